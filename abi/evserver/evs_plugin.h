@@ -1,0 +1,350 @@
+/*
+ * evs_plugin.h — the evserver plugin ABI. This is the only header a plugin includes.
+ *
+ * CALL SEQUENCE, from load to unload (all on the worker's loop thread):
+ *
+ *   1. The host opens the shared object (libltdl) and looks up the data symbol
+ *      `evs_plugin_entry` (an evs_plugin_descriptor; use EVS_PLUGIN_DEFINE). Before any plugin code runs it checks
+ *      magic, abi_major == host major, abi_minor <= host minor, and size >= the size of the
+ *      ABI 1.0 descriptor. A mismatch rejects the plugin with one log line.
+ *   2. The host validates the plugin's `[plugin "<name>"]` configuration section against the
+ *      descriptor's `config_items` table (data, no plugin code). `evserver -t` stops here.
+ *   3. In each worker process: init(host, plugin, &state). Registration (hooks, routes, event
+ *      subscriptions, crypto provider) is allowed only during init. Non-zero return: the
+ *      plugin is unloaded (fini is not called) and the host logs the error and carries on.
+ *   4. Requests flow: hooks run at their phases (enum evs_phase) for every request.
+ *   5. On SIGHUP the master validates the new configuration and starts new workers, which run
+ *      steps 1–3 with it; old workers stop accepting, finish in-flight requests, then run step 6.
+ *   6. fini(state) once, after the last request the plugin saw has completed. Then the host
+ *      closes the shared object.
+ *
+ * VERSIONING: a plugin built against ABI M.n loads into a host M.m with m >= n. Structs that
+ * cross the boundary start with their `size`; the host only appends members to them (and to
+ * struct evs_host) within a major version. Opaque handles never change shape.
+ *
+ * THREADING: every callback runs on the loop thread of the worker process that owns the object;
+ * plugins need no locks unless they start threads of their own.
+ *
+ * ERRORS: functions return 0 (or a positive value) on success and a negative errno-style value
+ * (-EINVAL, -ENOMEM, ... or EVS_E*) on failure. If a call that takes a callback fails, the
+ * callback never runs; otherwise it runs exactly once, on the loop thread, never before the call
+ * returns.
+ *
+ * CHANGELOG
+ *   1.0  first version: descriptor, config items, log, hooks, routes, responses, proxying,
+ *        upstream requests, timers, events, store, metrics, crypto calls, takeover.
+ */
+#ifndef EVSERVER_EVS_PLUGIN_H
+#define EVSERVER_EVS_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EVS_PLUGIN_MAGIC 0x50535645u /* "EVSP" little-endian */
+#define EVS_ABI_MAJOR 1
+#define EVS_ABI_MINOR 0
+
+/* Error codes beyond errno. */
+#define EVS_EUPSTREAM_REFUSED (-10001) /* upstream refused the connection */
+#define EVS_EUPSTREAM_TIMEOUT (-10002) /* upstream too slow (connect or response) */
+#define EVS_ENOCRYPTO (-10003)         /* no crypto provider, or it failed: fail closed */
+#define EVS_ECLOSED (-10004)           /* the peer closed the connection */
+#define EVS_ETLS (-10005)              /* TLS handshake or verification failed */
+
+/* ---- Opaque handles ---------------------------------------------------------------------- */
+typedef struct evs_plugin evs_plugin;   /* the host's record of one loaded plugin */
+typedef struct evs_request evs_request; /* one client request; valid until it completes */
+typedef struct evs_stream evs_stream;   /* a byte stream taken over from a client connection */
+typedef struct evs_timer evs_timer;
+typedef struct evs_client_response evs_client_response; /* response to evs_host.http_request */
+
+/* ---- Configuration items (data, validated by the host) ------------------------------------ */
+typedef enum evs_config_type {
+  EVS_CONFIG_STRING = 1,
+  EVS_CONFIG_INT = 2,      /* signed decimal, within [min, max] */
+  EVS_CONFIG_BOOL = 3,     /* on/off, yes/no, true/false */
+  EVS_CONFIG_DURATION = 4, /* 250ms, 10s, 5m, 1h; read as milliseconds, within [min, max] */
+  EVS_CONFIG_SIZE = 5,     /* 512, 64k, 25m, 1g; read as bytes, within [min, max] */
+  EVS_CONFIG_PATH = 6,     /* a file system path; relative paths resolve against the config dir */
+} evs_config_type;
+
+#define EVS_CONFIG_REQUIRED (1u << 0) /* the key must be set */
+#define EVS_CONFIG_SECRET (1u << 1)   /* never echoed in logs or errors */
+
+typedef struct evs_config_item {
+  const char *key;           /* lower-case, [a-z0-9_] */
+  evs_config_type type;
+  const char *default_value; /* in the file's syntax; NULL: no default */
+  int64_t min, max;          /* for INT, DURATION (ms), SIZE (bytes); min == max == 0: no bound */
+  uint32_t flags;            /* EVS_CONFIG_* */
+  const char *help;          /* one line, shown by `evserver --describe-config` */
+} evs_config_item;
+
+/* ---- The descriptor ---------------------------------------------------------------------- */
+struct evs_host;
+
+typedef struct evs_plugin_descriptor {
+  uint32_t magic;     /* EVS_PLUGIN_MAGIC */
+  uint16_t abi_major; /* EVS_ABI_MAJOR the plugin was built against */
+  uint16_t abi_minor; /* EVS_ABI_MINOR the plugin was built against */
+  uint32_t size;      /* sizeof(evs_plugin_descriptor) as the plugin compiled it */
+  const char *name;   /* unique, [a-z0-9-]; names its config section */
+  const char *version;
+  const char *description;
+  const evs_config_item *config_items; /* terminated by an item with key == NULL; may be NULL */
+  /* Called once per worker. *ret_state is passed back to every callback the plugin registers
+   * (as `state`) and to fini. Return 0, or a negative error to refuse loading. */
+  int (*init)(const struct evs_host *host, evs_plugin *plugin, void **ret_state);
+  void (*fini)(void *state);
+} evs_plugin_descriptor;
+
+#define EVS_PLUGIN_DESCRIPTOR_SYMBOL "evs_plugin_entry"
+
+/* Declares the descriptor with the right magic, version and size. */
+#define EVS_PLUGIN_DEFINE(name_, version_, description_, items_, init_, fini_)                  \
+  __attribute__((visibility("default"))) const evs_plugin_descriptor evs_plugin_entry = { \
+      EVS_PLUGIN_MAGIC, EVS_ABI_MAJOR, EVS_ABI_MINOR, sizeof(evs_plugin_descriptor),           \
+      (name_), (version_), (description_), (items_), (init_), (fini_)}
+
+/* ---- Logging ----------------------------------------------------------------------------- */
+typedef enum evs_log_level {
+  EVS_LOG_ERROR = 0, EVS_LOG_WARN = 1, EVS_LOG_INFO = 2, EVS_LOG_DEBUG = 3,
+} evs_log_level;
+
+/* ---- Requests ---------------------------------------------------------------------------- */
+/* Phases at which request hooks run, in order. */
+typedef enum evs_phase {
+  /* Route: decide who handles the request. A hook that takes the request returns EVS_HANDLED
+   * and must eventually respond, proxy, or take over; EVS_DECLINED passes to the next hook.
+   * If nobody takes it, the host answers 404 with error code `relay-not-found`. */
+  EVS_PHASE_ROUTE = 1,
+  /* Log: after the response completed (or the connection failed). Read-only. */
+  EVS_PHASE_LOG = 2,
+} evs_phase;
+
+#define EVS_DECLINED 0
+#define EVS_HANDLED 1
+
+typedef int (*evs_hook_fn)(void *state, evs_request *req);
+
+/* A request or response header, as bytes (not NUL-terminated). */
+typedef struct evs_header {
+  const char *name;
+  size_t name_len;
+  const char *value;
+  size_t value_len;
+} evs_header;
+
+typedef struct evs_request_info {
+  uint32_t size;           /* sizeof(evs_request_info) as the host filled it */
+  const char *method;      /* NUL-terminated */
+  const char *target;      /* request-target as received, NUL-terminated */
+  const char *path;        /* target up to '?', NUL-terminated */
+  const char *query;       /* after '?', or "" */
+  const char *host;        /* Host header without port, lower-case, NUL-terminated */
+  const char *client_addr; /* textual IP of the client */
+  const char *request_id;  /* unique per request; also in every log line about it */
+  int version_minor;       /* HTTP/1.<minor> */
+  int tls;                 /* request arrived over TLS */
+  const char *sni;         /* TLS server name or NULL */
+  const char *listener;    /* name of the listener it arrived on */
+  uint64_t content_length; /* if has_content_length */
+  int has_content_length;
+  int chunked;
+} evs_request_info;
+
+/* Description of where to proxy a request. */
+typedef struct evs_upstream {
+  uint32_t size;             /* sizeof(evs_upstream) */
+  const char *scheme;        /* "http" or "https" */
+  const char *host;          /* DNS name or IP literal */
+  uint16_t port;             /* 0: 80 or 443 by scheme */
+  const char *sni;           /* TLS server name; NULL: host */
+  int verify;                /* verify the upstream certificate (default 1) */
+  const char *ca_file;       /* NULL: the host's configured CA bundle */
+  const char *client_cert_file; /* mTLS client certificate (PEM) or NULL */
+  const char *client_key_file;
+  const char *host_header;   /* Host header to send; NULL: host[:port] */
+  int x_forwarded_for;       /* 0: leave X-Forwarded-For as received; 1: append client IP */
+  uint64_t connect_timeout_ms; /* 0: host default */
+  uint64_t response_timeout_ms; /* 0: host default */
+} evs_upstream;
+
+/* Body filter: sees each body chunk on its way through and may replace it. Called with
+ * data == NULL, len == 0 once at the end. Write output with evs_host.filter_emit. */
+typedef int (*evs_body_filter_fn)(void *state, evs_request *req, void *filter_arg,
+                                  const uint8_t *data, size_t len);
+
+/* ---- Upstream client requests (for plugins: webhooks, health checks) ---------------------- */
+typedef struct evs_client_request {
+  uint32_t size;
+  const char *method;
+  const char *url;           /* http:// or https:// */
+  const evs_header *headers;
+  size_t nheaders;
+  const uint8_t *body;
+  size_t body_len;
+  uint64_t timeout_ms;       /* whole request; 0: host default */
+  const char *ca_file;       /* NULL: default */
+  int verify;                /* verify TLS certificates; 1 unless set to 0 deliberately */
+} evs_client_request;
+
+/* status > 0: the response status; else a negative error. body is valid during the call. */
+typedef void (*evs_client_cb)(void *arg, int status, const uint8_t *body, size_t body_len);
+
+/* ---- Events (alerts and audit consume them) ---------------------------------------------- */
+typedef struct evs_event {
+  uint32_t size;
+  const char *type;       /* e.g. "relay.error" */
+  const char *json;       /* a JSON object with the event's fields; never request data */
+} evs_event;
+typedef void (*evs_event_fn)(void *state, const evs_event *ev);
+
+/* ---- Store ------------------------------------------------------------------------------- */
+/* Key-value namespaces per plugin, persisted through the host's store (SQLite or PostgreSQL).
+ * status: 0 found/done, -ENOENT not found, other negative: error. value valid during the call. */
+typedef void (*evs_store_cb)(void *arg, int status, const uint8_t *value, size_t value_len);
+/* Called per item, then once with key == NULL at the end (status in `status`). */
+typedef void (*evs_store_scan_cb)(void *arg, int status, const char *key, const uint8_t *value,
+                                  size_t value_len);
+
+/* ---- Crypto (forwarded to the crypto provider: the enclave plugin) ------------------------- */
+typedef struct evs_crypto_request {
+  uint32_t size;
+  const char *op;        /* "encrypt", "decrypt", ... (the enclave protocol's operation names) */
+  const uint8_t *payload;/* operation input, opaque to the host */
+  size_t payload_len;
+} evs_crypto_request;
+/* status 0: result holds the output; negative: error (EVS_ENOCRYPTO when the provider failed). */
+typedef void (*evs_crypto_cb)(void *arg, int status, const uint8_t *result, size_t result_len);
+/* A provider's handler: must call done(done_arg, ...) exactly once. */
+typedef void (*evs_crypto_done_fn)(void *done_arg, int status, const uint8_t *result,
+                                   size_t result_len);
+typedef int (*evs_crypto_provider_fn)(void *state, const evs_crypto_request *req,
+                                      evs_crypto_done_fn done, void *done_arg);
+
+/* ---- Takeover (CONNECT, Upgrade, own TLS) ------------------------------------------------ */
+/* Data read from a taken-over stream; len == 0 with status < 0 means closed or error. */
+typedef void (*evs_stream_read_fn)(void *arg, evs_stream *s, int status, const uint8_t *data,
+                                   size_t len);
+typedef void (*evs_stream_write_fn)(void *arg, evs_stream *s, int status);
+/* Picks a certificate for a TLS server handshake on a stream by SNI name: fill PEM paths or
+ * PEM buffers and return 0, or return negative to abort the handshake. */
+typedef struct evs_tls_identity {
+  uint32_t size;
+  const char *cert_pem; size_t cert_pem_len; /* certificate chain, PEM */
+  const char *key_pem; size_t key_pem_len;   /* private key, PEM */
+} evs_tls_identity;
+typedef int (*evs_tls_identity_fn)(void *arg, const char *sni, evs_tls_identity *ret);
+typedef void (*evs_timer_fn)(void *arg);
+
+/* ---- The host's service table ------------------------------------------------------------ */
+/* Append-only: new services go at the end and bump EVS_ABI_MINOR. Check `size` (or the host's
+ * minor) before using a member added after 1.0. */
+typedef struct evs_host {
+  uint32_t size;
+  uint16_t abi_major, abi_minor;
+
+  /* Logging: one JSON line, with the plugin name and (if req != NULL) the request id. Never
+   * pass secrets or bodies. */
+  void (*log)(evs_plugin *p, evs_request *req, evs_log_level level, const char *fmt, ...)
+      __attribute__((format(printf, 4, 5)));
+
+  /* Configuration: values of the plugin's own section, validated against its items. */
+  const char *(*config_string)(evs_plugin *p, const char *key); /* NULL if unset, no default */
+  int64_t (*config_int)(evs_plugin *p, const char *key);        /* INT, DURATION (ms), SIZE */
+  int (*config_bool)(evs_plugin *p, const char *key);
+  const char *(*config_dir)(evs_plugin *p);   /* directory of evserver.conf */
+  const char *(*state_dir)(evs_plugin *p);    /* the state directory */
+
+  /* Registration (init only). */
+  int (*add_hook)(evs_plugin *p, evs_phase phase, evs_hook_fn fn);
+
+  /* Request access. */
+  const evs_request_info *(*request_info)(evs_request *req);
+  /* Headers as received: index-based iteration; returns 0, or -ENOENT past the end. */
+  int (*request_header_at)(evs_request *req, size_t index, evs_header *ret);
+  /* First header with that name (case-insensitive); 0 or -ENOENT. */
+  int (*request_header)(evs_request *req, const char *name, evs_header *ret);
+  /* Outgoing header edits applied when proxying (set replaces all of that name). */
+  int (*request_set_header)(evs_request *req, const char *name, const char *value);
+  int (*request_remove_header)(evs_request *req, const char *name);
+  /* Per-request plugin data, freed by the plugin in its LOG hook or via free_fn at the end. */
+  void (*request_set_data)(evs_request *req, evs_plugin *p, void *data, void (*free_fn)(void *));
+  void *(*request_get_data)(evs_request *req, evs_plugin *p);
+
+  /* Responses. headers may be NULL. The body is copied. */
+  int (*respond)(evs_request *req, int status, const evs_header *headers, size_t nheaders,
+                 const uint8_t *body, size_t body_len);
+  /* The documented error shape: X-Evervault-Error-Code header and a JSON body with status,
+   * code, title, detail, message. */
+  int (*respond_error)(evs_request *req, int status, const char *code, const char *detail);
+
+  /* Proxy the request to an upstream, streaming the body both ways. Upstream failures answer
+   * with the documented codes (service-unavailable, request-timeout). Optional filters see the
+   * request and response bodies. */
+  int (*proxy)(evs_request *req, const evs_upstream *up, evs_body_filter_fn request_filter,
+               evs_body_filter_fn response_filter, void *filter_arg);
+  /* From a body filter: pass bytes on downstream of the filter. */
+  int (*filter_emit)(evs_request *req, const uint8_t *data, size_t len);
+
+  /* An independent HTTP(S) request. */
+  int (*http_request)(evs_plugin *p, const evs_client_request *creq, evs_client_cb cb, void *arg);
+
+  /* Timers. repeat_ms 0: once. The handle stays valid until timer_free. */
+  evs_timer *(*timer_start)(evs_plugin *p, uint64_t timeout_ms, uint64_t repeat_ms,
+                            evs_timer_fn cb, void *arg);
+  void (*timer_free)(evs_timer *t);
+
+  /* Events: emit to every subscriber in this worker (delivery is asynchronous). */
+  int (*emit_event)(evs_plugin *p, const evs_event *ev);
+  int (*subscribe_events)(evs_plugin *p, const char *type_prefix, evs_event_fn fn);
+
+  /* Store, in the plugin's namespace. ttl_s 0: no expiry. */
+  int (*store_get)(evs_plugin *p, const char *key, evs_store_cb cb, void *arg);
+  int (*store_put)(evs_plugin *p, const char *key, const uint8_t *value, size_t value_len,
+                   uint64_t ttl_s, evs_store_cb cb, void *arg);
+  int (*store_delete)(evs_plugin *p, const char *key, evs_store_cb cb, void *arg);
+  int (*store_scan)(evs_plugin *p, const char *prefix, evs_store_scan_cb cb, void *arg);
+
+  /* Metrics: a counter exported at /metrics as evserver_plugin_events_total{plugin,name};
+   * name is [a-z0-9_]. */
+  int (*counter_add)(evs_plugin *p, const char *name, uint64_t delta);
+
+  /* Crypto: forwarded to the registered provider (the enclave plugin). Returns EVS_ENOCRYPTO
+   * (and the callback never runs) when no provider is loaded: callers fail closed. */
+  int (*crypto_call)(evs_plugin *p, const evs_crypto_request *creq, evs_crypto_cb cb, void *arg);
+  int (*register_crypto_provider)(evs_plugin *p, evs_crypto_provider_fn fn);
+
+  /* Takeover: after a CONNECT or Upgrade request, send `status` with headers (e.g. 200 or 101)
+   * and hand the client connection to the plugin as a stream. Bytes the client already sent
+   * after the head arrive first through read. The request completes when the stream closes. */
+  evs_stream *(*takeover)(evs_request *req, int status, const evs_header *headers,
+                          size_t nheaders);
+  int (*stream_read_start)(evs_stream *s, evs_stream_read_fn cb, void *arg);
+  int (*stream_read_stop)(evs_stream *s);
+  int (*stream_write)(evs_stream *s, const uint8_t *data, size_t len, evs_stream_write_fn cb,
+                      void *arg);
+  /* Start a TLS server handshake on the stream; identity_fn picks the certificate per SNI.
+   * Reads after this return plaintext. */
+  int (*stream_start_tls)(evs_stream *s, evs_tls_identity_fn identity_fn, void *arg);
+  void (*stream_close)(evs_stream *s);
+
+  /* The worker's libuv loop (uv_loop_t *), for plugins that need raw I/O. libuv 1.x keeps its
+   * ABI stable; a plugin that uses it links libuv itself. */
+  void *(*uv_loop)(evs_plugin *p);
+
+  /* Read the whole request body (at most max_bytes; 0: limits.max_body_bytes) into memory and
+   * call cb with it; -E2BIG if it is larger. For handlers that answer themselves (APIs). */
+  int (*read_body)(evs_request *req, size_t max_bytes,
+                   void (*cb)(void *arg, int status, const uint8_t *data, size_t len), void *arg);
+} evs_host;
+
+#ifdef __cplusplus
+}
+#endif
+#endif

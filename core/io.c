@@ -1,0 +1,307 @@
+/*
+ * evs__io: sockets with optional TLS over memory BIOs (see io.h).
+ *
+ * TLS runs "in memory": ciphertext read from the socket goes into rbio, SSL_read yields
+ * plaintext, and whatever OpenSSL wants to send accumulates in wbio and is flushed to the socket
+ * after every TLS call. One per-thread read buffer serves every stream because libuv delivers a
+ * read and we consume it before returning.
+ */
+#include "io.h"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define READ_BUF_SIZE (64u * 1024u)
+
+static __thread char read_buf[READ_BUF_SIZE];
+static __thread char plain_buf[READ_BUF_SIZE];
+
+typedef struct write_req {
+  uv_write_t req;
+  evs__io *io;
+  size_t len;
+  char data[];
+} write_req;
+
+void evs__io_init(evs__io *io, void *owner) {
+  io->data = owner;
+  io->h.handle.data = io;
+  io->on_read = NULL;
+  io->on_drain = NULL;
+  io->on_close = NULL;
+  io->on_handshake = NULL;
+  io->ssl = NULL;
+  io->rbio = io->wbio = NULL;
+  io->write_queued = 0;
+  io->reading = io->handshaking = io->closing = io->shutdown_sent = io->tls_verified = 0;
+  io->error = 0;
+}
+
+static void on_write_done(uv_write_t *req, int status) {
+  write_req *w = (write_req *)req;
+  evs__io *io = w->io;
+  size_t before = io->write_queued;
+  io->write_queued -= w->len;
+  free(w);
+  if (status < 0 && !io->error) io->error = status;
+  if (!io->closing && io->on_drain && before >= EVS_IO_LOW_WATER &&
+      io->write_queued < EVS_IO_LOW_WATER)
+    io->on_drain(io);
+}
+
+static int raw_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
+  size_t total = 0;
+  for (size_t i = 0; i < nbufs; i++) total += bufs[i].len;
+  if (total == 0) return 0;
+  if (io->closing) return UV_ECANCELED;
+  write_req *w = malloc(sizeof *w + total);
+  if (!w) return UV_ENOMEM;
+  size_t off = 0;
+  for (size_t i = 0; i < nbufs; i++) {
+    memcpy(w->data + off, bufs[i].base, bufs[i].len);
+    off += bufs[i].len;
+  }
+  w->io = io;
+  w->len = total;
+  uv_buf_t b = uv_buf_init(w->data, (unsigned)total);
+  int r = uv_write(&w->req, &io->h.stream, &b, 1, on_write_done);
+  if (r < 0) {
+    free(w);
+    return r;
+  }
+  io->write_queued += total;
+  return 0;
+}
+
+/* Send whatever ciphertext OpenSSL produced. */
+static int flush_tls(evs__io *io) {
+  char buf[16384];
+  int n;
+  while ((n = BIO_read(io->wbio, buf, sizeof buf)) > 0) {
+    uv_buf_t b = uv_buf_init(buf, (unsigned)n);
+    int r = raw_write(io, &b, 1);
+    if (r < 0) return r;
+  }
+  return 0;
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)h;
+  (void)suggested;
+  buf->base = read_buf;
+  buf->len = sizeof read_buf;
+}
+
+static void deliver_error(evs__io *io, int err) {
+  if (!io->error) io->error = err;
+  if (io->handshaking && io->on_handshake) {
+    io->handshaking = 0;
+    io->on_handshake(io, err);
+    return;
+  }
+  if (io->on_read) io->on_read(io, err, NULL);
+}
+
+/* Push ciphertext into OpenSSL and deliver what plaintext comes out. */
+static void tls_input(evs__io *io, const char *data, size_t len) {
+  while (len > 0) {
+    int w = BIO_write(io->rbio, data, (int)len);
+    if (w <= 0) {
+      deliver_error(io, UV_EPROTO);
+      return;
+    }
+    data += w;
+    len -= (size_t)w;
+  }
+  if (io->handshaking) {
+    int r = SSL_do_handshake(io->ssl);
+    if (flush_tls(io) < 0) {
+      deliver_error(io, UV_EPIPE);
+      return;
+    }
+    if (r != 1) {
+      int e = SSL_get_error(io->ssl, r);
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return;
+      ERR_clear_error();
+      deliver_error(io, UV_EPROTO);
+      return;
+    }
+    io->handshaking = 0;
+    if (io->on_handshake) io->on_handshake(io, 0);
+    if (io->closing) return;
+  }
+  /* Deliver plaintext while the owner keeps reading; stop if it pauses (data then waits in
+   * OpenSSL's buffer until read_start). */
+  while (io->reading && !io->closing) {
+    int n = SSL_read(io->ssl, plain_buf, sizeof plain_buf);
+    if (n > 0) {
+      io->on_read(io, n, plain_buf);
+      continue;
+    }
+    int e = SSL_get_error(io->ssl, n);
+    flush_tls(io);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) break;
+    ERR_clear_error();
+    deliver_error(io, e == SSL_ERROR_ZERO_RETURN ? UV_EOF : UV_EPROTO);
+    break;
+  }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  evs__io *io = s->data;
+  if (nread == 0) return;
+  if (nread < 0) {
+    deliver_error(io, (int)nread);
+    return;
+  }
+  if (io->ssl)
+    tls_input(io, buf->base, (size_t)nread);
+  else if (io->on_read)
+    io->on_read(io, nread, buf->base);
+}
+
+void evs__io_feed(evs__io *io, const char *data, size_t len) {
+  if (len == 0) return;
+  if (io->ssl)
+    tls_input(io, data, len);
+  else if (io->on_read)
+    io->on_read(io, (ssize_t)len, data);
+}
+
+int evs__io_read_start(evs__io *io) {
+  if (io->closing) return UV_ECANCELED;
+  if (io->reading) return 0;
+  io->reading = 1;
+  int r = uv_read_start(&io->h.stream, alloc_cb, on_read);
+  if (r < 0) {
+    io->reading = 0;
+    return r;
+  }
+  /* Plaintext OpenSSL already decrypted but we did not deliver while paused. */
+  if (io->ssl && !io->handshaking && SSL_pending(io->ssl) > 0) tls_input(io, NULL, 0);
+  return 0;
+}
+
+void evs__io_read_stop(evs__io *io) {
+  if (!io->reading) return;
+  io->reading = 0;
+  if (!io->closing) uv_read_stop(&io->h.stream);
+}
+
+int evs__io_writev(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
+  if (io->closing) return UV_ECANCELED;
+  if (!io->ssl) return raw_write(io, bufs, nbufs);
+  for (size_t i = 0; i < nbufs; i++) {
+    size_t off = 0;
+    while (off < bufs[i].len) {
+      int n = SSL_write(io->ssl, bufs[i].base + off, (int)(bufs[i].len - off));
+      if (n <= 0) {
+        ERR_clear_error();
+        return UV_EPROTO;
+      }
+      off += (size_t)n;
+    }
+  }
+  return flush_tls(io);
+}
+
+int evs__io_write(evs__io *io, const void *data, size_t len) {
+  uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+  return evs__io_writev(io, &b, 1);
+}
+
+static int tls_common(evs__io *io, SSL_CTX *ctx, evs__io_handshake_cb cb) {
+  io->ssl = SSL_new(ctx);
+  if (!io->ssl) return UV_ENOMEM;
+  io->rbio = BIO_new(BIO_s_mem());
+  io->wbio = BIO_new(BIO_s_mem());
+  if (!io->rbio || !io->wbio) {
+    BIO_free(io->rbio);
+    BIO_free(io->wbio);
+    SSL_free(io->ssl);
+    io->ssl = NULL;
+    return UV_ENOMEM;
+  }
+  BIO_set_mem_eof_return(io->rbio, -1);
+  SSL_set_bio(io->ssl, io->rbio, io->wbio);
+  SSL_set_app_data(io->ssl, io);
+  io->handshaking = 1;
+  io->on_handshake = cb;
+  return 0;
+}
+
+int evs__io_tls_server(evs__io *io, SSL_CTX *ctx, evs__io_handshake_cb cb) {
+  int r = tls_common(io, ctx, cb);
+  if (r < 0) return r;
+  SSL_set_accept_state(io->ssl);
+  return 0;
+}
+
+int evs__io_tls_client(evs__io *io, SSL_CTX *ctx, const char *sni, const char *verify_host,
+                       evs__io_handshake_cb cb) {
+  int r = tls_common(io, ctx, cb);
+  if (r < 0) return r;
+  SSL_set_connect_state(io->ssl);
+  if (sni) SSL_set_tlsext_host_name(io->ssl, sni);
+  if (verify_host) {
+    SSL_set_hostflags(io->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    if (!SSL_set1_host(io->ssl, verify_host)) return UV_EINVAL;
+  }
+  int hr = SSL_do_handshake(io->ssl);
+  (void)hr;
+  ERR_clear_error();
+  if (flush_tls(io) < 0) return UV_EPIPE;
+  return 0;
+}
+
+const char *evs__io_sni(const evs__io *io) {
+  return io->ssl ? SSL_get_servername(io->ssl, TLSEXT_NAMETYPE_host_name) : NULL;
+}
+
+static void on_closed(uv_handle_t *h) {
+  evs__io *io = h->data;
+  if (io->ssl) {
+    SSL_free(io->ssl); /* frees both BIOs */
+    io->ssl = NULL;
+  }
+  if (io->on_close) io->on_close(io);
+}
+
+void evs__io_close(evs__io *io) {
+  if (io->closing) return;
+  if (io->ssl && !io->handshaking && !io->shutdown_sent) {
+    io->shutdown_sent = 1;
+    SSL_shutdown(io->ssl);
+    flush_tls(io);
+  }
+  io->closing = 1;
+  io->reading = 0;
+  uv_close(&io->h.handle, on_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  (void)status;
+  evs__io *io = req->data;
+  free(req);
+  io->closing = 0; /* let evs__io_close run its course */
+  evs__io_close(io);
+}
+
+void evs__io_shutdown_close(evs__io *io) {
+  if (io->closing) return;
+  if (io->ssl && !io->handshaking && !io->shutdown_sent) {
+    io->shutdown_sent = 1;
+    SSL_shutdown(io->ssl);
+    flush_tls(io);
+  }
+  evs__io_read_stop(io);
+  uv_shutdown_t *req = malloc(sizeof *req);
+  if (!req || (req->data = io, uv_shutdown(req, &io->h.stream, on_shutdown)) < 0) {
+    free(req);
+    evs__io_close(io);
+    return;
+  }
+  io->closing = 1; /* no more writes; reads stopped */
+}

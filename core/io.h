@@ -1,0 +1,75 @@
+/*
+ * A byte stream on the loop: a TCP or Unix socket, optionally wrapped in TLS (OpenSSL over
+ * memory BIOs). Server connections (server.c) and upstream connections (upstream.c) both use it,
+ * so TLS, write accounting and backpressure live in one place.
+ *
+ * Reads deliver plaintext through on_read; the data is valid only during the callback (it points
+ * into a per-loop buffer). Writes copy their input. `write_queued` counts bytes handed to the
+ * kernel but not yet written: callers stop reading their source above EVS_IO_HIGH_WATER and
+ * resume from on_drain, which fires once the queue falls below EVS_IO_LOW_WATER. That keeps
+ * memory per proxied request bounded whatever the body size.
+ */
+#ifndef EVS_CORE_IO_H
+#define EVS_CORE_IO_H
+
+#include <openssl/ssl.h>
+#include <stddef.h>
+#include <uv.h>
+
+#define EVS_IO_HIGH_WATER (256u * 1024u)
+#define EVS_IO_LOW_WATER (64u * 1024u)
+
+typedef struct evs__io evs__io;
+
+/* nread > 0: data; nread < 0: UV_EOF or error (the stream is then unusable). */
+typedef void (*evs__io_read_cb)(evs__io *io, ssize_t nread, const char *data);
+typedef void (*evs__io_cb)(evs__io *io);
+/* status 0: handshake done; negative: failed. */
+typedef void (*evs__io_handshake_cb)(evs__io *io, int status);
+
+struct evs__io {
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  void *data;                    /* owner */
+  evs__io_read_cb on_read;
+  evs__io_cb on_drain;           /* write queue fell below the low-water mark */
+  evs__io_cb on_close;           /* after the handle closed; the owner may free now */
+  evs__io_handshake_cb on_handshake;
+  SSL *ssl;
+  BIO *rbio, *wbio;              /* network side: rbio gets ciphertext in, wbio holds it out */
+  size_t write_queued;
+  unsigned reading : 1;
+  unsigned handshaking : 1;
+  unsigned closing : 1;
+  unsigned shutdown_sent : 1;
+  unsigned tls_verified : 1;
+  int error;                     /* last error, if any */
+};
+
+/* Initialise an accepted or new TCP stream in io->h.tcp (the caller did uv_tcp_init). */
+void evs__io_init(evs__io *io, void *owner);
+/* Make io a TLS server or client on ctx. A client verifies per ctx and checks host if given. */
+int evs__io_tls_server(evs__io *io, SSL_CTX *ctx, evs__io_handshake_cb cb);
+int evs__io_tls_client(evs__io *io, SSL_CTX *ctx, const char *sni, const char *verify_host,
+                       evs__io_handshake_cb cb);
+int evs__io_read_start(evs__io *io);
+void evs__io_read_stop(evs__io *io);
+/* Queue plaintext; returns 0 or a negative uv error. */
+int evs__io_write(evs__io *io, const void *data, size_t len);
+/* Gather write of several buffers. */
+int evs__io_writev(evs__io *io, const uv_buf_t *bufs, size_t nbufs);
+/* Close (idempotent); on_close runs later. Pending writes are flushed first by the kernel only
+ * if the caller waited for on_drain; a hard close drops them. */
+void evs__io_close(evs__io *io);
+/* Close after every queued write reached the kernel (uv_shutdown, then close). */
+void evs__io_shutdown_close(evs__io *io);
+/* Feed bytes that were read before the stream was wrapped (e.g. after takeover). */
+void evs__io_feed(evs__io *io, const char *data, size_t len);
+/* Selected SNI name of a TLS server connection, or NULL. */
+const char *evs__io_sni(const evs__io *io);
+
+#endif

@@ -1,0 +1,574 @@
+/*
+ * The master process: parses the command line, validates the configuration and plugins, opens
+ * the listening sockets, forks the workers and supervises them. It runs no event loop and no
+ * plugin code: it waits for signals (SIGHUP reload, SIGTERM/SIGINT stop, SIGCHLD) and talks to
+ * systemd through the sd_notify protocol (READY, RELOADING, STOPPING, WATCHDOG).
+ *
+ * Listening sockets belong to the master and outlive worker generations: on reload, new workers
+ * inherit the same sockets before old ones stop accepting, so no queued connection is dropped.
+ * All workers of a generation accept on one shared socket per listener.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "worker.h"
+
+#define MAX_WORKERS 64
+#define READY_TIMEOUT_MS 15000
+
+typedef struct child {
+  pid_t pid;
+  int slot;
+  unsigned generation;
+} child;
+
+typedef struct master {
+  evs__settings *settings;
+  evs__listen_sock *socks;
+  size_t nsocks;
+  child children[EVS_METRICS_SLOTS];
+  unsigned generation;
+  int nworkers;
+  uint64_t watchdog_usec;
+  int stopping;
+} master;
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- sd_notify --------------------------------------------------------------------------- */
+
+static void sd_notify_msg(const char *msg) {
+  const char *path = getenv("NOTIFY_SOCKET");
+  if (!path || !path[0]) return;
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  size_t len = strlen(path);
+  if (len >= sizeof sa.sun_path) {
+    close(fd);
+    return;
+  }
+  memcpy(sa.sun_path, path, len);
+  if (sa.sun_path[0] == '@') sa.sun_path[0] = '\0'; /* abstract namespace */
+  socklen_t sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+  ssize_t r = sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, sl);
+  (void)r;
+  close(fd);
+}
+
+/* ---- sockets ----------------------------------------------------------------------------- */
+
+static int open_tcp(const evs__listener_conf *l, char *err, size_t errlen) {
+  char host[256];
+  int family = 0;
+  uint16_t port = 0;
+  if (evs__conf_parse_address(l->address, host, sizeof host, &family, &port) < 0) {
+    snprintf(err, errlen, "listener '%s': invalid address '%s'", l->name, l->address);
+    return -1;
+  }
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  memset(&ss, 0, sizeof ss);
+  if (family == AF_INET6 || (family == AF_UNSPEC && strcmp(host, "*") == 0)) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons((uint16_t)port);
+    if (strcmp(host, "*") == 0) a->sin6_addr = in6addr_any;
+    else if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) goto bad;
+    sl = sizeof *a;
+    family = AF_INET6;
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1) goto bad;
+    sl = sizeof *a;
+  }
+  int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    snprintf(err, errlen, "listener '%s': socket: %s", l->name, strerror(errno));
+    return -1;
+  }
+  int one = 1, zero = 0;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (family == AF_INET6 && strcmp(host, "*") == 0)
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+  if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 4096) < 0) {
+    snprintf(err, errlen, "listener '%s': cannot listen on %s: %s", l->name, l->address,
+             strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
+bad:
+  snprintf(err, errlen, "listener '%s': invalid address '%s'", l->name, l->address);
+  return -1;
+}
+
+static int mkdir_p(const char *path, mode_t mode) {
+  char tmp[4096];
+  snprintf(tmp, sizeof tmp, "%s", path);
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(tmp, mode) < 0 && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  if (mkdir(tmp, mode) < 0 && errno != EEXIST) return -1;
+  return 0;
+}
+
+static int open_unix(const char *path, char *err, size_t errlen) {
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof sa.sun_path) {
+    snprintf(err, errlen, "admin socket path too long: %s", path);
+    return -1;
+  }
+  strcpy(sa.sun_path, path);
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash && slash != dir) {
+    *slash = '\0';
+    mkdir_p(dir, 0750);
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  /* A stale socket from a crashed run is replaced; a live one belongs to another evserver. */
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+    snprintf(err, errlen, "admin socket %s is in use by a running evserver", path);
+    close(fd);
+    return -1;
+  }
+  close(fd);
+  unlink(path);
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  mode_t old = umask(0117);
+  int r = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+  umask(old);
+  if (r < 0 || listen(fd, 128) < 0) {
+    snprintf(err, errlen, "cannot listen on admin socket %s: %s", path, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Open the sockets of s, reusing those of `old` whose address is unchanged. */
+static int open_sockets(const evs__settings *s, const evs__listen_sock *old, size_t nold,
+                        evs__listen_sock **ret, size_t *ret_n, char *err, size_t errlen) {
+  size_t n = s->nlisteners + 1;
+  evs__listen_sock *socks = calloc(n, sizeof *socks);
+  if (!socks) return -1;
+  for (size_t i = 0; i < n; i++) {
+    evs__listen_sock *k = &socks[i];
+    const char *addr = i < s->nlisteners ? s->listeners[i].address : s->admin_socket;
+    k->is_admin = i == s->nlisteners;
+    k->name = strdup(k->is_admin ? "admin" : s->listeners[i].name);
+    k->conf = k->is_admin ? NULL : &s->listeners[i];
+    k->tls = k->is_admin ? 0 : s->listeners[i].tls;
+    k->fd = -1;
+    for (size_t j = 0; j < nold; j++) {
+      const char *oaddr = old[j].is_admin ? NULL : old[j].conf->address;
+      if (old[j].is_admin == k->is_admin && old[j].fd >= 0 &&
+          (k->is_admin || strcmp(oaddr, addr) == 0)) {
+        k->fd = dup(old[j].fd);
+        break;
+      }
+    }
+    if (k->fd < 0) k->fd = k->is_admin ? open_unix(addr, err, errlen) : open_tcp(k->conf, err, errlen);
+    if (k->fd < 0) {
+      for (size_t j = 0; j <= i; j++) {
+        if (socks[j].fd >= 0) close(socks[j].fd);
+        free(socks[j].name);
+      }
+      free(socks);
+      return -1;
+    }
+  }
+  *ret = socks;
+  *ret_n = n;
+  return 0;
+}
+
+static void close_sockets(evs__listen_sock *socks, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (socks[i].fd >= 0) close(socks[i].fd);
+    free(socks[i].name);
+  }
+  free(socks);
+}
+
+/* ---- workers ----------------------------------------------------------------------------- */
+
+static int free_slot(master *m) {
+  for (int i = 0; i < EVS_METRICS_SLOTS; i++)
+    if (m->children[i].pid == 0) return i;
+  return -1;
+}
+
+static void drop_privileges(const evs__settings *s) {
+  if (!s->user || geteuid() != 0) return;
+  struct passwd *pw = getpwnam(s->user);
+  if (!pw) {
+    EVS_LOG_ERR("EVS-1601", "user '%s' does not exist", s->user);
+    _exit(1);
+  }
+  if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
+    EVS_LOG_ERR("EVS-1602", "cannot switch to user '%s': %s", s->user, strerror(errno));
+    _exit(1);
+  }
+}
+
+/* Fork one worker; returns the read end of its ready pipe, or -1. */
+static int spawn(master *m, int slot) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) return -1;
+  pid_t pid = fork();
+  if (pid < 0) {
+    close(p[0]);
+    close(p[1]);
+    return -1;
+  }
+  if (pid == 0) {
+    close(p[0]);
+    drop_privileges(m->settings);
+    _exit(evs__worker_run(m->settings, m->socks, m->nsocks, slot, m->generation, m->nworkers, p[1]));
+  }
+  close(p[1]);
+  m->children[slot] = (child){pid, slot, m->generation};
+  return p[0];
+}
+
+/* Start a full generation and wait until every worker said it is ready. */
+static int spawn_generation(master *m) {
+  int fds[MAX_WORKERS];
+  int n = 0;
+  for (int i = 0; i < m->nworkers; i++) {
+    int slot = free_slot(m);
+    if (slot < 0) break;
+    int fd = spawn(m, slot);
+    if (fd >= 0) fds[n++] = fd;
+  }
+  int ready = 0;
+  uint64_t deadline = now_ms() + READY_TIMEOUT_MS;
+  for (int i = 0; i < n; i++) {
+    struct pollfd pfd = {fds[i], POLLIN, 0};
+    uint64_t t = now_ms();
+    int left = t < deadline ? (int)(deadline - t) : 0;
+    char c;
+    if (poll(&pfd, 1, left) == 1 && read(fds[i], &c, 1) == 1) ready++;
+    close(fds[i]);
+  }
+  return ready;
+}
+
+static void signal_generation(master *m, int sig, int older_than_current) {
+  for (int i = 0; i < EVS_METRICS_SLOTS; i++) {
+    child *c = &m->children[i];
+    if (c->pid == 0) continue;
+    if (older_than_current && c->generation >= m->generation) continue;
+    kill(c->pid, sig);
+  }
+}
+
+static int live_children(master *m) {
+  int n = 0;
+  for (int i = 0; i < EVS_METRICS_SLOTS; i++) n += m->children[i].pid != 0;
+  return n;
+}
+
+static void reap(master *m) {
+  int status;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    for (int i = 0; i < EVS_METRICS_SLOTS; i++) {
+      child *c = &m->children[i];
+      if (c->pid != pid) continue;
+      c->pid = 0;
+      evs__metrics_region *r = evs__metrics_region_get();
+      if (r) __atomic_store_n(&r->slots[i].pid, 0, __ATOMIC_RELAXED);
+      int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      if (c->generation == m->generation && !m->stopping) {
+        /* A current worker died: replace it (slowly if it keeps dying). */
+        EVS_LOG_ERR("EVS-1603", "worker %d exited unexpectedly (%s %d); restarting it", (int)pid,
+                    WIFSIGNALED(status) ? "signal" : "status",
+                    WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+        if (r) __atomic_fetch_add(&r->worker_restarts, 1, __ATOMIC_RELAXED);
+        static uint64_t last_restart;
+        if (now_ms() - last_restart < 1000) usleep(500 * 1000);
+        last_restart = now_ms();
+        int fd = spawn(m, i);
+        if (fd >= 0) close(fd);
+      } else if (!clean) {
+        EVS_LOG_WARN("EVS-1604", "worker %d of generation %u exited with %s %d", (int)pid,
+                     c->generation, WIFSIGNALED(status) ? "signal" : "status",
+                     WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+      }
+    }
+  }
+}
+
+static int prepare_state_dir(const evs__settings *s) {
+  if (mkdir_p(s->state_dir, 0700) < 0) {
+    EVS_LOG_ERR("EVS-1605", "cannot create state directory %s: %s", s->state_dir, strerror(errno));
+    return -1;
+  }
+  if (s->user && geteuid() == 0) {
+    struct passwd *pw = getpwnam(s->user);
+    if (pw && chown(s->state_dir, pw->pw_uid, pw->pw_gid) < 0)
+      EVS_LOG_WARN("EVS-1606", "cannot chown %s: %s", s->state_dir, strerror(errno));
+  }
+  /* Migrate once here so workers starting together do not race (the store also copes). */
+  evs__store *st = NULL;
+  evs__store_options so = {s->store_backend, s->store_path, s->store_dsn};
+  char err[512];
+  if (evs__store_open(&so, &st, err, sizeof err) < 0) {
+    EVS_LOG_ERR("EVS-1607", "store (%s): %s", s->store_backend, err);
+    return -1;
+  }
+  evs__store_close(st);
+  return 0;
+}
+
+/* Validate a configuration file with its plugins; on success *ret holds it. */
+static int load_config(const char *path, evs__settings **ret, int for_test) {
+  char err[2048];
+  evs__settings *s = NULL;
+  if (evs__settings_load(path, &s, err, sizeof err) < 0) {
+    if (for_test) fprintf(stderr, "evserver: %s\n", err);
+    else EVS_LOG_ERR("EVS-1608", "%s", err);
+    return -1;
+  }
+  evs_log_level lvl;
+  if (evs__log_level_from_string(s->log_level, &lvl) == 0) evs__log_set_level(lvl);
+  evs__plugin_rec *p = NULL;
+  size_t n = 0;
+  if (evs__plugins_scan(s, &p, &n) < 0 ||
+      evs__plugins_check_sections(s, p, n, err, sizeof err) < 0) {
+    if (p) {
+      if (for_test) fprintf(stderr, "evserver: %s\n", err);
+      else EVS_LOG_ERR("EVS-1609", "%s", err);
+    }
+    evs__plugins_free(p, n);
+    /* A rejected plugin is not fatal for a running server (it is skipped and logged), but -t
+     * reports it so the operator sees it before a restart. Unknown plugin sections are fatal. */
+    int fatal = for_test || strstr(err, "no loadable plugin") != NULL;
+    if (fatal) {
+      evs__settings_free(s);
+      return -1;
+    }
+  } else {
+    evs__plugins_free(p, n);
+  }
+  *ret = s;
+  return 0;
+}
+
+static int resolve_workers(const evs__settings *s) {
+  long n = s->workers > 0 ? s->workers : sysconf(_SC_NPROCESSORS_ONLN);
+  if (n < 1) n = 1;
+  if (n > MAX_WORKERS / 2) n = MAX_WORKERS / 2; /* room for two generations during a reload */
+  return (int)n;
+}
+
+static void reload(master *m, const char *conf_path) {
+  sd_notify_msg("RELOADING=1");
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  char msg[64];
+  snprintf(msg, sizeof msg, "MONOTONIC_USEC=%llu",
+           (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000u);
+  sd_notify_msg(msg);
+  evs__settings *ns = NULL;
+  if (load_config(conf_path, &ns, 0) < 0) {
+    EVS_LOG_ERR("EVS-1610", "reload failed: keeping the running configuration");
+    sd_notify_msg("READY=1\nSTATUS=reload failed; running the previous configuration");
+    return;
+  }
+  evs__listen_sock *socks;
+  size_t nsocks;
+  char err[1024];
+  if (open_sockets(ns, m->socks, m->nsocks, &socks, &nsocks, err, sizeof err) < 0) {
+    EVS_LOG_ERR("EVS-1611", "reload failed: %s; keeping the running configuration", err);
+    evs__settings_free(ns);
+    sd_notify_msg("READY=1\nSTATUS=reload failed; running the previous configuration");
+    return;
+  }
+  if (prepare_state_dir(ns) < 0) {
+    close_sockets(socks, nsocks);
+    evs__settings_free(ns);
+    sd_notify_msg("READY=1\nSTATUS=reload failed; running the previous configuration");
+    return;
+  }
+  evs__settings *old_settings = m->settings;
+  evs__listen_sock *old_socks = m->socks;
+  size_t old_n = m->nsocks;
+  m->settings = ns;
+  m->socks = socks;
+  m->nsocks = nsocks;
+  m->nworkers = resolve_workers(ns);
+  m->generation++;
+  int ready = spawn_generation(m);
+  /* Old workers stop accepting only now that new ones are listening. */
+  signal_generation(m, SIGQUIT, 1);
+  close_sockets(old_socks, old_n);
+  evs__settings_free(old_settings);
+  evs__metrics_region *r = evs__metrics_region_get();
+  if (r) __atomic_fetch_add(&r->reloads, 1, __ATOMIC_RELAXED);
+  EVS_LOG_INFO("EVS-1612", "configuration reloaded: generation %u, %d of %d workers ready",
+               m->generation, ready, m->nworkers);
+  sd_notify_msg("READY=1\nSTATUS=running");
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: evserver [-c FILE] [-t] [-V]\n"
+          "  -c FILE   configuration file (default /etc/evserver/evserver.conf)\n"
+          "  -t        check the configuration and plugins, then exit\n"
+          "  -V        print the version and exit\n"
+          "  --describe-config  print every host configuration key with its help\n");
+}
+
+static void describe(void) {
+  for (const evs__conf_section_def *d = evs__conf_host_sections; d->type; d++) {
+    printf("[%s%s]\n", d->type, d->named ? " \"name\"" : "");
+    if (!d->items) {
+      printf("  (keys declared by the plugin)\n\n");
+      continue;
+    }
+    for (const evs_config_item *it = d->items; it->key; it++)
+      printf("  %-22s default %-16s %s\n", it->key, it->default_value ? it->default_value : "-",
+             it->help ? it->help : "");
+    printf("\n");
+  }
+}
+
+int evs__main(int argc, char **argv);
+int evs__main(int argc, char **argv) {
+  const char *conf_path = "/etc/evserver/evserver.conf";
+  int test_only = 0;
+  static const struct option longopts[] = {{"describe-config", no_argument, NULL, 'D'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {NULL, 0, NULL, 0}};
+  int opt;
+  evs__log_set_role("master");
+  while ((opt = getopt_long(argc, argv, "c:tVh", longopts, NULL)) != -1) {
+    switch (opt) {
+      case 'c': conf_path = optarg; break;
+      case 't': test_only = 1; break;
+      case 'V': printf("evserver %s (plugin ABI %d.%d)\n", EVS_VERSION, EVS_ABI_MAJOR, EVS_ABI_MINOR); return 0;
+      case 'D': describe(); return 0;
+      case 'h': usage(stdout); return 0;
+      default: usage(stderr); return 2;
+    }
+  }
+  if (optind != argc) {
+    usage(stderr);
+    return 2;
+  }
+  /* No core dumps: a worker's memory may hold request data in flight. */
+  struct rlimit rl = {0, 0};
+  setrlimit(RLIMIT_CORE, &rl);
+  prctl(PR_SET_DUMPABLE, 0);
+
+  master m;
+  memset(&m, 0, sizeof m);
+  if (load_config(conf_path, &m.settings, test_only) < 0) return 1;
+  if (test_only) {
+    printf("evserver: configuration file %s test is successful\n", conf_path);
+    evs__settings_free(m.settings);
+    return 0;
+  }
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGCHLD);
+  sigaddset(&set, SIGQUIT);
+  sigprocmask(SIG_BLOCK, &set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  if (evs__metrics_init() < 0 || prepare_state_dir(m.settings) < 0) return 1;
+  char err[1024];
+  if (open_sockets(m.settings, NULL, 0, &m.socks, &m.nsocks, err, sizeof err) < 0) {
+    EVS_LOG_ERR("EVS-1613", "%s", err);
+    return 1;
+  }
+  m.nworkers = resolve_workers(m.settings);
+  m.generation = 1;
+  int ready = spawn_generation(&m);
+  if (ready == 0) {
+    EVS_LOG_ERR("EVS-1614", "no worker became ready; stopping");
+    signal_generation(&m, SIGKILL, 0);
+    return 1;
+  }
+  EVS_LOG_INFO("EVS-1615", "evserver %s started: %d workers, %zu listeners, admin socket %s",
+               EVS_VERSION, ready, m.nsocks - 1, m.settings->admin_socket);
+  sd_notify_msg("READY=1\nSTATUS=running");
+  const char *wd = getenv("WATCHDOG_USEC");
+  if (wd) m.watchdog_usec = strtoull(wd, NULL, 10);
+  uint64_t stop_deadline = 0;
+
+  for (;;) {
+    struct timespec to = {1, 0};
+    if (m.watchdog_usec) {
+      uint64_t half = m.watchdog_usec / 2;
+      if (half < 1000000) to = (struct timespec){0, (long)(half * 1000)};
+    }
+    siginfo_t si;
+    int sig = sigtimedwait(&set, &si, &to);
+    if (m.watchdog_usec && live_children(&m) > 0) sd_notify_msg("WATCHDOG=1");
+    if (sig == SIGCHLD) reap(&m);
+    else if (sig == SIGHUP && !m.stopping) reload(&m, conf_path);
+    else if ((sig == SIGTERM || sig == SIGINT || sig == SIGQUIT) && !m.stopping) {
+      m.stopping = 1;
+      sd_notify_msg("STOPPING=1");
+      EVS_LOG_INFO("EVS-1616", "stopping: draining workers");
+      signal_generation(&m, SIGTERM, 0);
+      stop_deadline = now_ms() + (uint64_t)m.settings->drain_timeout_ms + 5000;
+    }
+    reap(&m);
+    if (m.stopping) {
+      if (live_children(&m) == 0) break;
+      if (now_ms() > stop_deadline) {
+        signal_generation(&m, SIGKILL, 0);
+        stop_deadline = now_ms() + 5000;
+      }
+    }
+  }
+  unlink(m.settings->admin_socket);
+  close_sockets(m.socks, m.nsocks);
+  evs__settings_free(m.settings);
+  EVS_LOG_INFO("EVS-1617", "stopped");
+  return 0;
+}

@@ -1,0 +1,801 @@
+/*
+ * The plugin loader (the only file that uses libltdl) and the evs_host service table that
+ * plugins call. The descriptor is checked before any plugin code runs; a rejected plugin is
+ * logged with one line saying which file, what was wanted, what was found and what to do, and
+ * the host carries on without it.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <ltdl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "worker.h"
+
+/* The size of the ABI 1.0 descriptor: anything shorter is truncated. */
+#define DESCRIPTOR_1_0_SIZE (offsetof(evs_plugin_descriptor, fini) + sizeof(void (*)(void *)))
+
+typedef struct evs__subscription {
+  char *prefix;
+  evs_event_fn fn;
+  struct evs__subscription *next;
+} evs__subscription;
+
+static evs__plugin_rec *rec(evs_plugin *p) { return (evs__plugin_rec *)p; }
+
+static int ltdl_ready;
+
+static int cmp_names(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void reject(evs__plugin_rec *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reject(evs__plugin_rec *r, const char *fmt, ...) {
+  char msg[768];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  free(r->reason);
+  r->reason = strdup(msg);
+  r->loaded = 0;
+  evs__log(EVS_LOG_ERROR, "EVS-1401", r->name, NULL, "plugin %s rejected: %s", r->file, msg);
+}
+
+/* Open one file and check its descriptor. On success r->desc and r->handle are set. */
+static void check_one(const evs__settings *s, evs__plugin_rec *r) {
+  lt_dlhandle h = lt_dlopen(r->file);
+  if (!h) {
+    reject(r, "cannot be opened (%s); wanted a shared object built against evs_plugin.h; "
+              "rebuild it or remove it from %s", lt_dlerror(), s->plugins_dir);
+    return;
+  }
+  r->handle = h;
+  const evs_plugin_descriptor *d = lt_dlsym(h, EVS_PLUGIN_DESCRIPTOR_SYMBOL);
+  if (!d) {
+    reject(r, "no '%s' symbol; wanted a plugin declared with EVS_PLUGIN_DEFINE; "
+              "this file is not an evserver plugin: remove it from %s",
+           EVS_PLUGIN_DESCRIPTOR_SYMBOL, s->plugins_dir);
+    return;
+  }
+  if (d->magic != EVS_PLUGIN_MAGIC) {
+    reject(r, "wrong magic: wanted 0x%08x, found 0x%08x; the file is not an evserver plugin or "
+              "is corrupt: rebuild it", EVS_PLUGIN_MAGIC, d->magic);
+    return;
+  }
+  if (d->abi_major != EVS_ABI_MAJOR) {
+    reject(r, "ABI major mismatch: wanted %d, found %d; rebuild the plugin against this "
+              "evserver's evs_plugin.h (ABI %d.%d)", EVS_ABI_MAJOR, d->abi_major,
+           EVS_ABI_MAJOR, EVS_ABI_MINOR);
+    return;
+  }
+  if (d->abi_minor > EVS_ABI_MINOR) {
+    reject(r, "built for a newer ABI: wanted minor <= %d, found %d.%d; upgrade evserver or "
+              "rebuild the plugin against ABI %d.%d", EVS_ABI_MINOR, d->abi_major, d->abi_minor,
+           EVS_ABI_MAJOR, EVS_ABI_MINOR);
+    return;
+  }
+  if (d->size < DESCRIPTOR_1_0_SIZE) {
+    reject(r, "truncated descriptor: wanted at least %zu bytes, found %u; rebuild the plugin "
+              "with EVS_PLUGIN_DEFINE", (size_t)DESCRIPTOR_1_0_SIZE, d->size);
+    return;
+  }
+  if (!d->name || !d->name[0] || strspn(d->name, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(d->name) ||
+      strlen(d->name) > 48) {
+    reject(r, "invalid name: wanted [a-z0-9-]{1,48}; fix the plugin's descriptor");
+    return;
+  }
+  if (!d->init) {
+    reject(r, "descriptor has no init function; fix the plugin's descriptor");
+    return;
+  }
+  free(r->name);
+  r->name = strdup(d->name);
+  r->desc = d;
+  r->loaded = 1;
+}
+
+int evs__plugins_scan(const evs__settings *s, evs__plugin_rec **ret, size_t *ret_n) {
+  if (!ltdl_ready) {
+    if (lt_dlinit() != 0) return -1;
+    ltdl_ready = 1;
+  }
+  DIR *dir = opendir(s->plugins_dir);
+  if (!dir) {
+    if (errno == ENOENT) {
+      EVS_LOG_WARN("EVS-1402", "plugins directory %s does not exist: no plugins loaded", s->plugins_dir);
+      *ret = NULL;
+      *ret_n = 0;
+      return 0;
+    }
+    EVS_LOG_ERR("EVS-1403", "cannot read plugins directory %s: %s", s->plugins_dir, strerror(errno));
+    return -1;
+  }
+  char **names = NULL;
+  size_t n = 0, cap = 0;
+  struct dirent *de;
+  while ((de = readdir(dir)) != NULL) {
+    size_t l = strlen(de->d_name);
+    if (l < 4 || strcmp(de->d_name + l - 3, ".so") != 0 || de->d_name[0] == '.') continue;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 8;
+      char **nn = realloc(names, cap * sizeof *names);
+      if (!nn) break;
+      names = nn;
+    }
+    names[n++] = strdup(de->d_name);
+  }
+  closedir(dir);
+  if (n) qsort(names, n, sizeof *names, cmp_names);
+  evs__plugin_rec *recs = calloc(n ? n : 1, sizeof *recs);
+  if (!recs) return -1;
+  for (size_t i = 0; i < n; i++) {
+    evs__plugin_rec *r = &recs[i];
+    size_t fl = strlen(s->plugins_dir) + strlen(names[i]) + 2;
+    r->file = malloc(fl);
+    snprintf(r->file, fl, "%s/%s", s->plugins_dir, names[i]);
+    r->name = strndup(names[i], strlen(names[i]) - 3);
+    free(names[i]);
+    check_one(s, r);
+    if (!r->loaded) continue;
+    for (size_t j = 0; j < i; j++) {
+      if (recs[j].loaded && strcmp(recs[j].name, r->name) == 0) {
+        reject(r, "a plugin named '%s' is already loaded from %s; remove one of them", r->name,
+               recs[j].file);
+        break;
+      }
+    }
+    if (!r->loaded) continue;
+    for (size_t k = 0; k < s->nplugins; k++)
+      if (strcmp(s->plugins[k].name, r->name) == 0) r->section = s->plugins[k].section;
+    char err[1024];
+    if (r->section && evs__conf_validate_section(s->conf, r->section, r->desc->config_items, err,
+                                                 sizeof err) < 0) {
+      reject(r, "configuration: %s", err);
+      continue;
+    }
+    if (!r->section && r->desc->config_items) {
+      /* No section: required items make that an error. */
+      for (const evs_config_item *it = r->desc->config_items; it->key; it++) {
+        if ((it->flags & EVS_CONFIG_REQUIRED) && !it->default_value) {
+          reject(r, "configuration: [plugin \"%s\"] is missing and key '%s' is required; add "
+                    "the section to %s", r->name, it->key, s->conf->path);
+          break;
+        }
+      }
+    }
+  }
+  free(names);
+  *ret = recs;
+  *ret_n = n;
+  return (int)n;
+}
+
+int evs__plugins_check_sections(const evs__settings *s, const evs__plugin_rec *p, size_t n,
+                                char *err, size_t errlen) {
+  for (size_t k = 0; k < s->nplugins; k++) {
+    int found = 0;
+    for (size_t i = 0; i < n; i++)
+      if (p[i].loaded && strcmp(p[i].name, s->plugins[k].name) == 0) found = 1;
+    if (!found) {
+      snprintf(err, errlen, "%s:%u: [plugin \"%s\"]: no loadable plugin of that name in %s",
+               s->conf->path, s->plugins[k].section->line, s->plugins[k].name, s->plugins_dir);
+      return -1;
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (!p[i].loaded && p[i].reason) {
+      snprintf(err, errlen, "plugin %s rejected: %s", p[i].file, p[i].reason);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+void evs__plugins_free(evs__plugin_rec *p, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (p[i].handle) lt_dlclose(p[i].handle);
+    while (p[i].subs) {
+      evs__subscription *s = p[i].subs;
+      p[i].subs = s->next;
+      free(s->prefix);
+      free(s);
+    }
+    free(p[i].file);
+    free(p[i].name);
+    free(p[i].reason);
+  }
+  free(p);
+}
+
+/* ---- hooks ------------------------------------------------------------------------------- */
+
+int evs__plugins_run_hooks(evs__worker *w, evs_phase phase, evs_request *req) {
+  for (size_t i = 0; i < w->nhooks; i++) {
+    evs__hook *h = &w->hooks[i];
+    if (h->phase != phase || !h->plugin->loaded) continue;
+    int r = h->fn(h->plugin->state, req);
+    if (phase == EVS_PHASE_ROUTE && r == EVS_HANDLED) {
+      req->handled = 1;
+      if (!req->handler) req->handler = h->plugin;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+void evs__request_free_pdata(evs_request *req) {
+  for (size_t i = 0; i < req->npdata; i++)
+    if (req->pdata[i].free_fn && req->pdata[i].data) req->pdata[i].free_fn(req->pdata[i].data);
+  free(req->pdata);
+  req->pdata = NULL;
+  req->npdata = 0;
+}
+
+/* ---- deferred callbacks: "never before the call returns" ---------------------------------- */
+
+typedef struct deferred {
+  uv_timer_t t;
+  void (*run)(struct deferred *d);
+  void *cb;
+  void *arg;
+  int status;
+  uint8_t *data;
+  size_t len;
+  char *s1, *s2;
+  struct deferred *next; /* for scans: a chain of items */
+} deferred;
+
+static void deferred_closed(uv_handle_t *h) {
+  deferred *d = h->data;
+  while (d) {
+    deferred *n = d->next;
+    free(d->data);
+    free(d->s1);
+    free(d->s2);
+    free(d);
+    d = n;
+  }
+}
+
+static void deferred_fire(uv_timer_t *t) {
+  deferred *d = t->data;
+  d->run(d);
+  uv_close((uv_handle_t *)t, deferred_closed);
+}
+
+static deferred *defer(void (*run)(deferred *), void *cb, void *arg) {
+  deferred *d = calloc(1, sizeof *d);
+  if (!d) return NULL;
+  d->run = run;
+  d->cb = cb;
+  d->arg = arg;
+  uv_timer_init(evs__w->loop, &d->t);
+  d->t.data = d;
+  return d;
+}
+static void defer_start(deferred *d) { uv_timer_start(&d->t, deferred_fire, 0, 0); }
+
+/* ---- the service table ------------------------------------------------------------------- */
+
+static void h_log(evs_plugin *p, evs_request *req, evs_log_level level, const char *fmt, ...) {
+  if (level < EVS_LOG_ERROR || level > EVS_LOG_DEBUG) level = EVS_LOG_INFO;
+  va_list ap;
+  va_start(ap, fmt);
+  evs__logv(level, "EVS-2000", p ? rec(p)->name : NULL, req ? req->request_id : NULL, fmt, ap);
+  va_end(ap);
+}
+
+static const evs_config_item *find_item(evs__plugin_rec *r, const char *key) {
+  if (!r->desc->config_items) return NULL;
+  for (const evs_config_item *it = r->desc->config_items; it->key; it++)
+    if (strcmp(it->key, key) == 0) return it;
+  return NULL;
+}
+
+static const char *raw_value(evs__plugin_rec *r, const char *key) {
+  const evs_config_item *it = find_item(r, key);
+  if (!it) return NULL;
+  if (r->section) return evs__conf_value(r->section, r->desc->config_items, key);
+  return it->default_value;
+}
+
+/* Resolved PATH values live as long as the plugin record: kept in a small list. */
+typedef struct path_cache {
+  evs__plugin_rec *r;
+  char *key, *value;
+  struct path_cache *next;
+} path_cache;
+static path_cache *paths;
+
+static const char *h_config_string(evs_plugin *p, const char *key) {
+  evs__plugin_rec *r = rec(p);
+  const evs_config_item *it = find_item(r, key);
+  const char *v = raw_value(r, key);
+  if (!v || !it || it->type != EVS_CONFIG_PATH) return v;
+  for (path_cache *c = paths; c; c = c->next)
+    if (c->r == r && strcmp(c->key, key) == 0) return c->value;
+  path_cache *c = calloc(1, sizeof *c);
+  if (!c) return v;
+  c->r = r;
+  c->key = strdup(key);
+  c->value = evs__conf_resolve_path(evs__w->settings->conf, v);
+  c->next = paths;
+  paths = c;
+  return c->value;
+}
+
+static int64_t h_config_int(evs_plugin *p, const char *key) {
+  evs__plugin_rec *r = rec(p);
+  const evs_config_item *it = find_item(r, key);
+  const char *v = raw_value(r, key);
+  int64_t out = 0;
+  if (!it || !v) return 0;
+  switch (it->type) {
+    case EVS_CONFIG_DURATION: evs__conf_parse_duration_ms(v, &out); break;
+    case EVS_CONFIG_SIZE: evs__conf_parse_size(v, &out); break;
+    case EVS_CONFIG_BOOL: {
+      int b = 0;
+      evs__conf_parse_bool(v, &b);
+      out = b;
+      break;
+    }
+    default: evs__conf_parse_int(v, &out); break;
+  }
+  return out;
+}
+
+static int h_config_bool(evs_plugin *p, const char *key) {
+  const char *v = raw_value(rec(p), key);
+  int b = 0;
+  if (v) evs__conf_parse_bool(v, &b);
+  return b;
+}
+
+static const char *h_config_dir(evs_plugin *p) {
+  (void)p;
+  return evs__w->settings->conf->dir;
+}
+static const char *h_state_dir(evs_plugin *p) {
+  (void)p;
+  return evs__w->settings->state_dir;
+}
+
+static int h_add_hook(evs_plugin *p, evs_phase phase, evs_hook_fn fn) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  if (phase != EVS_PHASE_ROUTE && phase != EVS_PHASE_LOG) return -EINVAL;
+  evs__worker *w = evs__w;
+  evs__hook *nh = realloc(w->hooks, (w->nhooks + 1) * sizeof *nh);
+  if (!nh) return -ENOMEM;
+  w->hooks = nh;
+  w->hooks[w->nhooks++] = (evs__hook){r, phase, fn};
+  return 0;
+}
+
+static const evs_request_info *h_request_info(evs_request *req) { return &req->info; }
+
+static int h_request_header_at(evs_request *req, size_t index, evs_header *ret) {
+  if (index >= req->h.nfields) return -ENOENT;
+  const evs__http_field *f = &req->fields[index];
+  ret->name = req->head + f->name_off;
+  ret->name_len = f->name_len;
+  ret->value = req->head + f->value_off;
+  ret->value_len = f->value_len;
+  return 0;
+}
+
+static int h_request_header(evs_request *req, const char *name, evs_header *ret) {
+  size_t nl = strlen(name);
+  for (size_t i = 0; i < req->h.nfields; i++) {
+    const evs__http_field *f = &req->fields[i];
+    if (f->name_len == nl && strncasecmp(req->head + f->name_off, name, nl) == 0)
+      return h_request_header_at(req, i, ret);
+  }
+  return -ENOENT;
+}
+
+static int valid_header(const char *name, const char *value) {
+  if (!name || !*name) return 0;
+  for (const char *c = name; *c; c++)
+    if (!evs__http_is_tchar((unsigned char)*c)) return 0;
+  return !value || evs__http_is_valid_field_value(value, strlen(value));
+}
+
+static int add_edit(evs_request *req, const char *name, const char *value) {
+  if (!valid_header(name, value)) return -EINVAL;
+  for (size_t i = 0; i < req->nedits; i++) {
+    if (strcasecmp(req->edits[i].name, name) == 0) {
+      free(req->edits[i].value);
+      req->edits[i].value = value ? strdup(value) : NULL;
+      return 0;
+    }
+  }
+  evs__edit *ne = realloc(req->edits, (req->nedits + 1) * sizeof *ne);
+  if (!ne) return -ENOMEM;
+  req->edits = ne;
+  req->edits[req->nedits].name = strdup(name);
+  req->edits[req->nedits].value = value ? strdup(value) : NULL;
+  req->nedits++;
+  return 0;
+}
+
+static int h_request_set_header(evs_request *req, const char *name, const char *value) {
+  if (!value) return -EINVAL;
+  return add_edit(req, name, value);
+}
+static int h_request_remove_header(evs_request *req, const char *name) {
+  return add_edit(req, name, NULL);
+}
+
+static void h_request_set_data(evs_request *req, evs_plugin *p, void *data, void (*free_fn)(void *)) {
+  for (size_t i = 0; i < req->npdata; i++) {
+    if (req->pdata[i].plugin == rec(p)) {
+      req->pdata[i].data = data;
+      req->pdata[i].free_fn = free_fn;
+      return;
+    }
+  }
+  evs__pdata *np = realloc(req->pdata, (req->npdata + 1) * sizeof *np);
+  if (!np) return;
+  req->pdata = np;
+  req->pdata[req->npdata++] = (evs__pdata){rec(p), data, free_fn};
+}
+
+static void *h_request_get_data(evs_request *req, evs_plugin *p) {
+  for (size_t i = 0; i < req->npdata; i++)
+    if (req->pdata[i].plugin == rec(p)) return req->pdata[i].data;
+  return NULL;
+}
+
+static int h_respond(evs_request *req, int status, const evs_header *headers, size_t n,
+                     const uint8_t *body, size_t len) {
+  if (status < 200 || status > 599) return -EINVAL;
+  if (req->head_sent) return -EALREADY;
+  for (size_t i = 0; i < n; i++) {
+    /* Framing is the host's: reject fields that would desynchronise it. */
+    static const char *const banned[] = {"content-length", "transfer-encoding", "connection", NULL};
+    for (int b = 0; banned[b]; b++)
+      if (headers[i].name_len == strlen(banned[b]) &&
+          strncasecmp(headers[i].name, banned[b], headers[i].name_len) == 0)
+        return -EINVAL;
+  }
+  return evs__respond(req, status, headers, n, body, len);
+}
+
+static int h_respond_error(evs_request *req, int status, const char *code, const char *detail) {
+  if (status < 400 || status > 599 || !code) return -EINVAL;
+  return evs__respond_error(req, status, code, detail ? detail : evs__status_text(status));
+}
+
+static int h_proxy(evs_request *req, const evs_upstream *up, evs_body_filter_fn rf,
+                   evs_body_filter_fn sf, void *arg) {
+  return evs__proxy_start(req, up, rf, sf, arg, req->handler);
+}
+
+static int h_filter_emit(evs_request *req, const uint8_t *data, size_t len) {
+  return evs__proxy_filter_emit(req, data, len);
+}
+
+static int h_http_request(evs_plugin *p, const evs_client_request *c, evs_client_cb cb, void *arg) {
+  return evs__client_request(rec(p), c, cb, arg);
+}
+
+struct evs_timer {
+  uv_timer_t t;
+  evs_timer_fn cb;
+  void *arg;
+};
+static void timer_fire(uv_timer_t *t) {
+  evs_timer *et = t->data;
+  et->cb(et->arg);
+}
+static evs_timer *h_timer_start(evs_plugin *p, uint64_t timeout, uint64_t repeat, evs_timer_fn cb,
+                                void *arg) {
+  (void)p;
+  evs_timer *t = calloc(1, sizeof *t);
+  if (!t) return NULL;
+  t->cb = cb;
+  t->arg = arg;
+  uv_timer_init(evs__w->loop, &t->t);
+  t->t.data = t;
+  uv_timer_start(&t->t, timer_fire, timeout, repeat);
+  return t;
+}
+static void timer_closed(uv_handle_t *h) { free(h->data); }
+static void h_timer_free(evs_timer *t) {
+  if (t) uv_close((uv_handle_t *)&t->t, timer_closed);
+}
+
+/* Events. */
+static void run_event(deferred *d) {
+  evs_event ev = {sizeof ev, d->s1, d->s2};
+  evs__worker *w = evs__w;
+  for (size_t i = 0; i < w->nplugins; i++) {
+    evs__plugin_rec *r = &w->plugins[i];
+    if (!r->loaded) continue;
+    for (evs__subscription *s = r->subs; s; s = s->next)
+      if (strncmp(ev.type, s->prefix, strlen(s->prefix)) == 0) s->fn(r->state, &ev);
+  }
+}
+static int h_emit_event(evs_plugin *p, const evs_event *ev) {
+  (void)p;
+  if (!ev || !ev->type || !ev->json) return -EINVAL;
+  json_error_t jerr;
+  json_t *j = json_loads(ev->json, 0, &jerr);
+  int ok = j && json_is_object(j);
+  json_decref(j);
+  if (!ok) return -EINVAL;
+  deferred *d = defer(run_event, NULL, NULL);
+  if (!d) return -ENOMEM;
+  d->s1 = strdup(ev->type);
+  d->s2 = strdup(ev->json);
+  defer_start(d);
+  return 0;
+}
+static int h_subscribe_events(evs_plugin *p, const char *prefix, evs_event_fn fn) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  evs__subscription *s = calloc(1, sizeof *s);
+  if (!s) return -ENOMEM;
+  s->prefix = strdup(prefix ? prefix : "");
+  s->fn = fn;
+  s->next = r->subs;
+  r->subs = s;
+  return 0;
+}
+
+/* Store. */
+static void run_store(deferred *d) {
+  ((evs_store_cb)d->cb)(d->arg, d->status, d->data, d->len);
+}
+static int h_store_get(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  if (!evs__w->store) return -ENOTSUP;
+  deferred *d = defer(run_store, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  d->status = evs__store_get(evs__w->store, rec(p)->name, key, &d->data, &d->len);
+  defer_start(d);
+  return 0;
+}
+static int h_store_put(evs_plugin *p, const char *key, const uint8_t *v, size_t len, uint64_t ttl,
+                       evs_store_cb cb, void *arg) {
+  if (!evs__w->store) return -ENOTSUP;
+  int r = evs__store_put(evs__w->store, rec(p)->name, key, v, len, ttl);
+  if (r < 0) return r;
+  if (!cb) return 0;
+  deferred *d = defer(run_store, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  d->status = r;
+  defer_start(d);
+  return 0;
+}
+static int h_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  if (!evs__w->store) return -ENOTSUP;
+  int r = evs__store_delete(evs__w->store, rec(p)->name, key);
+  if (!cb) return r == -ENOENT ? 0 : r;
+  deferred *d = defer(run_store, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  d->status = r;
+  defer_start(d);
+  return 0;
+}
+typedef struct scan_acc {
+  deferred *head, **tail;
+} scan_acc;
+static int scan_collect(void *arg, const char *key, const uint8_t *v, size_t len) {
+  scan_acc *a = arg;
+  deferred *item = calloc(1, sizeof *item);
+  if (!item) return 1;
+  item->s1 = strdup(key);
+  item->data = malloc(len ? len : 1);
+  if (len) memcpy(item->data, v, len);
+  item->len = len;
+  *a->tail = item;
+  a->tail = &item->next;
+  return 0;
+}
+static void run_scan(deferred *d) {
+  evs_store_scan_cb cb = (evs_store_scan_cb)d->cb;
+  for (deferred *i = d->next; i; i = i->next) cb(d->arg, 0, i->s1, i->data, i->len);
+  cb(d->arg, d->status, NULL, NULL, 0);
+}
+static int h_store_scan(evs_plugin *p, const char *prefix, evs_store_scan_cb cb, void *arg) {
+  if (!evs__w->store) return -ENOTSUP;
+  deferred *d = defer(run_scan, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  scan_acc a = {NULL, &d->next};
+  d->status = evs__store_scan(evs__w->store, rec(p)->name, prefix ? prefix : "", scan_collect, &a);
+  if (d->status > 0) d->status = 0;
+  defer_start(d);
+  return 0;
+}
+
+static int h_counter_add(evs_plugin *p, const char *name, uint64_t delta) {
+  return evs__metrics_plugin_add(rec(p)->name, name, delta);
+}
+
+/* Crypto: the host only routes; the provider (the enclave plugin) does the work. */
+typedef struct crypto_call {
+  evs_crypto_cb cb;
+  void *arg;
+  int done;
+} crypto_call;
+static void crypto_done(void *done_arg, int status, const uint8_t *result, size_t len) {
+  crypto_call *c = done_arg;
+  if (c->done) return;
+  c->done = 1;
+  c->cb(c->arg, status, result, len);
+  free(c);
+}
+static int h_crypto_call(evs_plugin *p, const evs_crypto_request *creq, evs_crypto_cb cb, void *arg) {
+  (void)p;
+  if (!creq || !creq->op || !cb) return -EINVAL;
+  evs__worker *w = evs__w;
+  for (size_t i = 0; i < w->nplugins; i++) {
+    evs__plugin_rec *r = &w->plugins[i];
+    if (!r->loaded || !r->crypto) continue;
+    crypto_call *c = calloc(1, sizeof *c);
+    if (!c) return -ENOMEM;
+    c->cb = cb;
+    c->arg = arg;
+    int rc = r->crypto(r->state, creq, crypto_done, c);
+    if (rc < 0) {
+      free(c);
+      return rc;
+    }
+    return 0;
+  }
+  return EVS_ENOCRYPTO; /* fail closed: nobody can do crypto */
+}
+static int h_register_crypto_provider(evs_plugin *p, evs_crypto_provider_fn fn) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  evs__worker *w = evs__w;
+  for (size_t i = 0; i < w->nplugins; i++)
+    if (w->plugins[i].crypto && &w->plugins[i] != r) return -EEXIST;
+  r->crypto = fn;
+  return 0;
+}
+
+/* Takeover and streams live in server.c, next to the connection they take over. */
+evs_stream *evs__takeover(evs_request *req, int status, const evs_header *h, size_t n);
+int evs__stream_read_start(evs_stream *s, evs_stream_read_fn cb, void *arg);
+int evs__stream_read_stop(evs_stream *s);
+int evs__stream_write(evs_stream *s, const uint8_t *d, size_t len, evs_stream_write_fn cb, void *arg);
+int evs__stream_start_tls(evs_stream *s, evs_tls_identity_fn fn, void *arg);
+void evs__stream_close(evs_stream *s);
+
+static void *h_uv_loop(evs_plugin *p) {
+  (void)p;
+  return evs__w->loop;
+}
+
+static int h_read_body(evs_request *req, size_t max_bytes,
+                       void (*cb)(void *arg, int status, const uint8_t *data, size_t len), void *arg);
+
+static const evs_host host_table = {
+    .size = sizeof(evs_host),
+    .abi_major = EVS_ABI_MAJOR,
+    .abi_minor = EVS_ABI_MINOR,
+    .log = h_log,
+    .config_string = h_config_string,
+    .config_int = h_config_int,
+    .config_bool = h_config_bool,
+    .config_dir = h_config_dir,
+    .state_dir = h_state_dir,
+    .add_hook = h_add_hook,
+    .request_info = h_request_info,
+    .request_header_at = h_request_header_at,
+    .request_header = h_request_header,
+    .request_set_header = h_request_set_header,
+    .request_remove_header = h_request_remove_header,
+    .request_set_data = h_request_set_data,
+    .request_get_data = h_request_get_data,
+    .respond = h_respond,
+    .respond_error = h_respond_error,
+    .proxy = h_proxy,
+    .filter_emit = h_filter_emit,
+    .http_request = h_http_request,
+    .timer_start = h_timer_start,
+    .timer_free = h_timer_free,
+    .emit_event = h_emit_event,
+    .subscribe_events = h_subscribe_events,
+    .store_get = h_store_get,
+    .store_put = h_store_put,
+    .store_delete = h_store_delete,
+    .store_scan = h_store_scan,
+    .counter_add = h_counter_add,
+    .crypto_call = h_crypto_call,
+    .register_crypto_provider = h_register_crypto_provider,
+    .takeover = evs__takeover,
+    .stream_read_start = evs__stream_read_start,
+    .stream_read_stop = evs__stream_read_stop,
+    .stream_write = evs__stream_write,
+    .stream_start_tls = evs__stream_start_tls,
+    .stream_close = evs__stream_close,
+    .uv_loop = h_uv_loop,
+    .read_body = h_read_body,
+};
+
+/* read_body: collect the whole body (bounded) and hand it over. */
+static int rb_data(evs_request *req, const char *data, size_t len) {
+  if (req->rb_len + len > req->rb_max) {
+    void (*cb)(void *, int, const uint8_t *, size_t) = req->rb_cb;
+    req->rb_cb = NULL;
+    if (cb) cb(req->rb_arg, -E2BIG, NULL, 0);
+    return 0;
+  }
+  memcpy(req->rb_buf + req->rb_len, data, len);
+  req->rb_len += len;
+  return 0;
+}
+static void rb_end(evs_request *req, int status) {
+  void (*cb)(void *, int, const uint8_t *, size_t) = req->rb_cb;
+  req->rb_cb = NULL;
+  if (cb) cb(req->rb_arg, status, (const uint8_t *)req->rb_buf, req->rb_len);
+}
+static const evs__body_sink rb_sink = {rb_data, rb_end};
+static int h_read_body(evs_request *req, size_t max_bytes,
+                       void (*cb)(void *arg, int status, const uint8_t *data, size_t len), void *arg) {
+  if (req->sink || !req->conn || !cb) return -EINVAL;
+  if (max_bytes == 0 || max_bytes > (size_t)evs__w->settings->max_body_bytes)
+    max_bytes = (size_t)evs__w->settings->max_body_bytes;
+  if (req->info.has_content_length && req->info.content_length > max_bytes) return -E2BIG;
+  req->rb_buf = malloc(req->info.has_content_length ? (size_t)req->info.content_length + 1 : max_bytes + 1);
+  if (!req->rb_buf) return -ENOMEM;
+  req->rb_max = max_bytes;
+  req->rb_cb = cb;
+  req->rb_arg = arg;
+  return evs__request_body_attach(req, &rb_sink, NULL);
+}
+
+/* ---- load into a worker ------------------------------------------------------------------ */
+
+int evs__plugins_load(evs__worker *w) {
+  if (evs__plugins_scan(w->settings, &w->plugins, &w->nplugins) < 0) return -1;
+  for (size_t i = 0; i < w->nplugins; i++) {
+    evs__plugin_rec *r = &w->plugins[i];
+    if (!r->loaded) continue;
+    size_t hooks_before = w->nhooks;
+    r->in_init = 1;
+    int rc = r->desc->init(&host_table, (evs_plugin *)r, &r->state);
+    r->in_init = 0;
+    if (rc != 0) {
+      w->nhooks = hooks_before; /* registrations of a failed init are void */
+      r->crypto = NULL;
+      reject(r, "init failed (%d: %s); see the plugin's log lines above and its README", rc,
+             rc < 0 ? strerror(-rc) : "error");
+      continue;
+    }
+    evs__log(EVS_LOG_INFO, "EVS-1404", r->name, NULL, "plugin %s %s loaded from %s", r->name,
+             r->desc->version ? r->desc->version : "?", r->file);
+  }
+  return 0;
+}
+
+void evs__plugins_unload(evs__worker *w) {
+  for (size_t i = w->nplugins; i-- > 0;) {
+    evs__plugin_rec *r = &w->plugins[i];
+    if (r->loaded && r->desc->fini) r->desc->fini(r->state);
+    r->loaded = 0;
+  }
+  while (paths) {
+    path_cache *c = paths;
+    paths = c->next;
+    free(c->key);
+    free(c->value);
+    free(c);
+  }
+  free(w->hooks);
+  w->hooks = NULL;
+  w->nhooks = 0;
+  evs__plugins_free(w->plugins, w->nplugins);
+  w->plugins = NULL;
+  w->nplugins = 0;
+}

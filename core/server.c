@@ -1,0 +1,1051 @@
+/*
+ * Client connections: accept, TLS, read and parse request heads, route them to plugins (or the
+ * admin endpoints), stream request bodies to whoever consumes them, write responses, keep-alive,
+ * limits and timeouts. One request is in flight per connection; pipelined bytes wait in the
+ * connection buffer until the current response is done.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "worker.h"
+
+enum conn_state { CONN_HANDSHAKE, CONN_HEAD, CONN_REQUEST, CONN_CLOSING };
+enum timer_kind { T_NONE, T_HEADER, T_BODY, T_IDLE, T_SEND };
+
+struct evs__conn {
+  evs__io io;
+  evs__listener *lst;
+  evs__worker *w;
+  char *buf;           /* head bytes and pipelined input */
+  size_t len, cap;
+  evs__http_scan scan;
+  evs_request *req;
+  uv_timer_t timer;
+  enum timer_kind timer_kind;
+  enum conn_state state;
+  int timer_closed;
+  int io_closed;
+  char client_addr[64];
+  evs__conn *prev, *next;
+  uint64_t nrequests;
+  uint64_t idle_since;  /* loop time the connection last became idle */
+};
+
+uint64_t evs__now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+const char *evs__status_text(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 407: return "Proxy Authentication Required";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+  }
+}
+
+/* ---- connection lifetime ----------------------------------------------------------------- */
+
+static void conn_read(evs__io *io, ssize_t nread, const char *data);
+static void conn_process(evs__conn *c);
+static void request_finish(evs_request *req);
+
+static void conn_maybe_free(evs__conn *c) {
+  if (!c->io_closed || !c->timer_closed) return;
+  free(c->buf);
+  free(c);
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  evs__conn *c = h->data;
+  c->timer_closed = 1;
+  conn_maybe_free(c);
+}
+
+static void on_io_closed(evs__io *io) {
+  evs__conn *c = io->data;
+  c->io_closed = 1;
+  conn_maybe_free(c);
+}
+
+/* Tear the connection down now (pending writes are dropped) or gracefully. */
+static void conn_close(evs__conn *c, int graceful) {
+  if (c->state == CONN_CLOSING) return;
+  c->state = CONN_CLOSING;
+  evs__worker *w = c->w;
+  if (c->prev) c->prev->next = c->next;
+  else w->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  w->nconns--;
+  evs__metrics_connections(-1);
+  uv_timer_stop(&c->timer);
+  uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+  if (c->req) {
+    evs_request *req = c->req;
+    req->conn = NULL;
+    c->req = NULL;
+    if (!req->response_done && req->on_abort) req->on_abort(req);
+    if (!req->finished) request_finish(req);
+  }
+  if (graceful) evs__io_shutdown_close(&c->io);
+  else evs__io_close(&c->io);
+}
+
+static void on_timeout(uv_timer_t *t) {
+  evs__conn *c = t->data;
+  enum timer_kind k = c->timer_kind;
+  c->timer_kind = T_NONE;
+  if (k == T_HEADER && c->len > 0 && !c->req) {
+    /* A partial head that never completed: tell the client why. */
+    static const char msg[] =
+        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+        "X-Evervault-Error-Code: request-timeout\r\nConnection: close\r\nContent-Length: 128\r\n\r\n"
+        "{\"status\":408,\"code\":\"request-timeout\",\"title\":\"Request Timeout\",\"detail\":"
+        "\"Request head timed out\",\"message\":\"Request head timed out\"} ";
+    evs__io_write(&c->io, msg, sizeof msg - 1);
+    evs__metrics_request(408, 0);
+    conn_close(c, 1);
+    return;
+  }
+  if (k == T_BODY && c->req && !c->req->head_sent) {
+    evs_request *req = c->req;
+    req->close_after = 1;
+    if (req->on_abort) {
+      void (*abort_fn)(evs_request *) = req->on_abort;
+      req->on_abort = NULL;
+      abort_fn(req);
+    }
+    if (c->req && !req->head_sent)
+      evs__respond_error(req, 408, "request-timeout", "The request body was not received in time");
+    return;
+  }
+  conn_close(c, 0);
+}
+
+static void timer_set(evs__conn *c, enum timer_kind k, int64_t ms) {
+  c->timer_kind = k;
+  if (ms <= 0) {
+    uv_timer_stop(&c->timer);
+    return;
+  }
+  uv_timer_start(&c->timer, on_timeout, (uint64_t)ms, 0);
+}
+
+static void conn_drain(evs__io *io) {
+  evs__conn *c = io->data;
+  if (c->req && c->req->on_client_drain) c->req->on_client_drain(c->req);
+}
+
+static void on_handshake(evs__io *io, int status) {
+  evs__conn *c = io->data;
+  if (status < 0) {
+    evs__log(EVS_LOG_DEBUG, "EVS-1201", NULL, NULL, "TLS handshake from %s failed", c->client_addr);
+    conn_close(c, 0);
+    return;
+  }
+  c->state = CONN_HEAD;
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  evs__listener *l = server->data;
+  evs__worker *w = evs__w;
+  if (status < 0 || w->draining) return;
+  evs__conn *c = calloc(1, sizeof *c);
+  if (!c) return;
+  c->w = w;
+  c->lst = l;
+  c->idle_since = uv_now(w->loop);
+  int r;
+  if (l->sock->is_admin) r = uv_pipe_init(w->loop, &c->io.h.pipe, 0);
+  else r = uv_tcp_init(w->loop, &c->io.h.tcp);
+  if (r < 0) {
+    free(c);
+    return;
+  }
+  evs__io_init(&c->io, c);
+  if (uv_accept(server, &c->io.h.stream) < 0) {
+    c->timer_closed = 1;
+    c->io.on_close = on_io_closed;
+    evs__io_close(&c->io);
+    return;
+  }
+  uv_timer_init(w->loop, &c->timer);
+  c->timer.data = c;
+  c->io.on_read = conn_read;
+  c->io.on_close = on_io_closed;
+  c->io.on_drain = conn_drain;
+  c->next = w->conns;
+  if (w->conns) w->conns->prev = c;
+  w->conns = c;
+  w->nconns++;
+  evs__metrics_connections(1);
+
+  if (l->sock->is_admin) {
+    snprintf(c->client_addr, sizeof c->client_addr, "unix");
+  } else {
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    c->client_addr[0] = '\0';
+    if (uv_tcp_getpeername(&c->io.h.tcp, (struct sockaddr *)&ss, &sl) == 0) {
+      if (ss.ss_family == AF_INET)
+        uv_ip4_name((struct sockaddr_in *)&ss, c->client_addr, sizeof c->client_addr);
+      else
+        uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_addr, sizeof c->client_addr);
+    }
+    uv_tcp_nodelay(&c->io.h.tcp, 1);
+  }
+  c->cap = (size_t)w->settings->max_header_bytes;
+  c->buf = malloc(c->cap);
+  if (!c->buf) {
+    conn_close(c, 0);
+    return;
+  }
+  if (w->nconns > w->max_conns) {
+    static const char msg[] =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        "X-Evervault-Error-Code: service-unavailable\r\nConnection: close\r\n"
+        "Content-Length: 142\r\n\r\n"
+        "{\"status\":503,\"code\":\"service-unavailable\",\"title\":\"Service Unavailable\","
+        "\"detail\":\"Too many connections\",\"message\":\"Too many connections\"}       ";
+    evs__metrics_rejected_connection();
+    evs__io_write(&c->io, msg, sizeof msg - 1);
+    conn_close(c, 1);
+    return;
+  }
+  c->state = CONN_HEAD;
+  if (l->tls) {
+    c->state = CONN_HANDSHAKE;
+    if (evs__io_tls_server(&c->io, evs__tls_server_ctx(l->tls), on_handshake) < 0) {
+      conn_close(c, 0);
+      return;
+    }
+  }
+  timer_set(c, T_HEADER, w->settings->header_timeout_ms);
+  if (evs__io_read_start(&c->io) < 0) conn_close(c, 0);
+}
+
+/* ---- errors before a request exists ------------------------------------------------------ */
+
+static void conn_fail(evs__conn *c, int status, const char *code, const char *detail) {
+  char body[512], head[512];
+  const char *title = evs__status_text(status);
+  int bl = snprintf(body, sizeof body,
+                    "{\"status\":%d,\"code\":\"%s\",\"title\":\"%s\",\"detail\":\"%s\","
+                    "\"message\":\"%s\"}",
+                    status, code, title, detail, detail);
+  int hl = snprintf(head, sizeof head,
+                    "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                    "X-Evervault-Error-Code: %s\r\nConnection: close\r\nContent-Length: %d\r\n\r\n",
+                    status, title, code, bl);
+  uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)hl), uv_buf_init(body, (unsigned)bl)};
+  evs__io_writev(&c->io, bufs, 2);
+  evs__metrics_request(status, 0);
+  evs__log(EVS_LOG_INFO, "EVS-1202", NULL, NULL, "rejected request from %s: %d %s (%s)",
+           c->client_addr, status, code, detail);
+  conn_close(c, 1);
+}
+
+/* ---- requests ---------------------------------------------------------------------------- */
+
+static void make_request_id(evs__worker *w, char *out, size_t n) {
+  snprintf(out, n, "%s%08" PRIx64, w->id_prefix, ++w->request_seq);
+}
+
+static int lower_host(const char *in, size_t len, char *out) {
+  /* Host without port, lower-case. IPv6 literals keep their brackets. */
+  size_t end = len;
+  if (len && in[0] == '[') {
+    const char *rb = memchr(in, ']', len);
+    end = rb ? (size_t)(rb - in) + 1 : len;
+  } else {
+    const char *colon = memchr(in, ':', len);
+    if (colon) end = (size_t)(colon - in);
+  }
+  for (size_t i = 0; i < end; i++) out[i] = (char)((in[i] >= 'A' && in[i] <= 'Z') ? in[i] + 32 : in[i]);
+  out[end] = '\0';
+  return 0;
+}
+
+static evs_request *request_new(evs__conn *c, size_t head_len, const evs__http_head *h,
+                                evs__http_field *fields) {
+  evs_request *req = calloc(1, sizeof *req);
+  if (!req) return NULL;
+  req->head = malloc(head_len);
+  req->fields = malloc(sizeof *fields * (h->nfields ? h->nfields : 1));
+  /* method, target, path, query, host: each NUL-terminated, all within the head's size. */
+  req->strings = malloc(head_len * 3 + 16);
+  if (!req->head || !req->fields || !req->strings) {
+    free(req->head);
+    free(req->fields);
+    free(req->strings);
+    free(req);
+    return NULL;
+  }
+  memcpy(req->head, c->buf, head_len);
+  memcpy(req->fields, fields, sizeof *fields * h->nfields);
+  req->h = *h;
+  req->h.fields = req->fields;
+  req->conn = c;
+  req->start_ns = evs__now_ns();
+  make_request_id(c->w, req->request_id, sizeof req->request_id);
+  snprintf(req->client_addr, sizeof req->client_addr, "%s", c->client_addr);
+
+  char *s = req->strings;
+  char *method = s;
+  memcpy(method, req->head + h->method_off, h->method_len);
+  method[h->method_len] = '\0';
+  s += h->method_len + 1;
+  char *target = s;
+  memcpy(target, req->head + h->target_off, h->target_len);
+  target[h->target_len] = '\0';
+  s += h->target_len + 1;
+  /* Path: for absolute-form, skip scheme://authority. */
+  const char *t = target;
+  if (t[0] != '/' && t[0] != '*') {
+    const char *p = strstr(t, "://");
+    if (p) {
+      p = strchr(p + 3, '/');
+      t = p ? p : "/";
+    }
+  }
+  char *path = s;
+  size_t plen = strcspn(t, "?");
+  memcpy(path, t, plen);
+  path[plen] = '\0';
+  s += plen + 1;
+  char *query = s;
+  if (t[plen] == '?') {
+    size_t ql = strlen(t + plen + 1);
+    memcpy(query, t + plen + 1, ql);
+    query[ql] = '\0';
+    s += ql + 1;
+  } else {
+    *s++ = '\0';
+  }
+  char *host = s;
+  host[0] = '\0';
+  if (h->flags & EVS_HTTP_F_HOST) {
+    const evs__http_field *hf = &req->fields[h->host_field];
+    lower_host(req->head + hf->value_off, hf->value_len, host);
+  }
+
+  evs_request_info *i = &req->info;
+  i->size = sizeof *i;
+  i->method = method;
+  i->target = target;
+  i->path = path;
+  i->query = query;
+  i->host = host;
+  i->client_addr = req->client_addr;
+  i->request_id = req->request_id;
+  i->version_minor = h->version_minor;
+  i->tls = c->lst->tls != NULL;
+  i->sni = evs__io_sni(&c->io);
+  i->listener = c->lst->sock->name;
+  i->has_content_length = (h->flags & EVS_HTTP_F_CONTENT_LENGTH) != 0;
+  i->content_length = h->content_length;
+  i->chunked = (h->flags & EVS_HTTP_F_CHUNKED) != 0;
+
+  req->has_body = i->chunked || (i->has_content_length && h->content_length > 0);
+  req->body_remaining = i->has_content_length ? h->content_length : 0;
+  req->body_done = !req->has_body;
+  req->chunked.max_trailer_bytes = 8192;
+  int keepalive = h->version_minor == 1 ? !(h->flags & EVS_HTTP_F_CONN_CLOSE)
+                                        : (h->flags & EVS_HTTP_F_CONN_KEEPALIVE) != 0;
+  req->close_after = !keepalive;
+  return req;
+}
+
+static void request_free(evs_request *req) {
+  evs__request_free_pdata(req);
+  for (size_t i = 0; i < req->nedits; i++) {
+    free(req->edits[i].name);
+    free(req->edits[i].value);
+  }
+  free(req->edits);
+  free(req->rb_buf);
+  free(req->head);
+  free(req->fields);
+  free(req->strings);
+  free(req);
+}
+
+/* The request is over (response done or client gone): log it, count it, free it, and let the
+ * connection continue with the next one. */
+static void request_finish(evs_request *req) {
+  if (req->finished) return;
+  req->finished = 1;
+  evs__worker *w = evs__w;
+  uint64_t us = (evs__now_ns() - req->start_ns) / 1000u;
+  int status = req->response_done ? req->status : (req->status ? req->status : 499);
+  evs__metrics_request(status, us);
+  if (evs__log_enabled(EVS_LOG_INFO))
+    evs__log(EVS_LOG_INFO, "EVS-1100", req->handler ? req->handler->name : NULL, req->request_id,
+             "%s %s %d %" PRIu64 "us in=%" PRIu64 " out=%" PRIu64 " client=%s host=%s%s%s",
+             req->info.method, req->info.path, status, us, req->body_received, req->bytes_out,
+             req->client_addr, req->info.host, req->error_code ? " code=" : "",
+             req->error_code ? req->error_code : "");
+  evs__plugins_run_hooks(w, EVS_PHASE_LOG, req);
+
+  evs__conn *c = req->conn;
+  if (c) {
+    c->req = NULL;
+    req->conn = NULL;
+  }
+  if (req->proxy) return; /* the proxy frees it (evs__proxy owns a reference until it is done) */
+  request_free(req);
+  if (!c || c->state == CONN_CLOSING) return;
+  if (req == NULL) return;
+}
+
+/* Called by the proxy when it drops its reference. */
+void evs__request_release(evs_request *req);
+void evs__request_release(evs_request *req) {
+  req->proxy = NULL;
+  if (req->finished) request_free(req);
+}
+
+/* After a response completed: close, or wait for the next request. */
+static void conn_after_response(evs__conn *c, evs_request *req) {
+  int close_after = req->close_after || !req->body_done || c->w->draining;
+  request_finish(req);
+  if (c->state == CONN_CLOSING) return;
+  if (close_after) {
+    conn_close(c, 1);
+    return;
+  }
+  c->state = CONN_HEAD;
+  c->idle_since = uv_now(c->w->loop);
+  memset(&c->scan, 0, sizeof c->scan);
+  if (c->len > 0) {
+    timer_set(c, T_HEADER, c->w->settings->header_timeout_ms);
+    conn_process(c);
+  } else {
+    timer_set(c, T_IDLE, c->w->settings->idle_timeout_ms);
+  }
+  if (c->state == CONN_HEAD) evs__io_read_start(&c->io);
+}
+
+static void dispatch(evs__conn *c, evs_request *req) {
+  evs__worker *w = c->w;
+  c->req = req;
+  c->state = CONN_REQUEST;
+  uv_timer_stop(&c->timer);
+  c->timer_kind = T_NONE;
+  /* Reading resumes when a body sink attaches or the next request begins. */
+  evs__io_read_stop(&c->io);
+  if (req->h.flags & EVS_HTTP_F_EXPECT_OTHER) {
+    evs__respond_error(req, 417, "bad-request", "Unsupported Expect value");
+    return;
+  }
+  if (req->has_body && req->info.has_content_length &&
+      req->h.content_length > (uint64_t)w->settings->max_body_bytes) {
+    req->close_after = 1;
+    evs__respond_error(req, 413, "payload-too-large",
+                       "The request exceeds the per-request size limit");
+    return;
+  }
+  if (c->lst->sock->is_admin) {
+    evs__admin_handle(w, req);
+    return;
+  }
+  if (!evs__plugins_run_hooks(w, EVS_PHASE_ROUTE, req) && !req->head_sent && c->req == req) {
+    evs__respond_error(req, 404, "relay-not-found",
+                       "No relay is configured for the requested domain");
+  }
+}
+
+/* Feed buffered input to the request body. Returns 0 to continue, 1 if paused, -1 on error
+ * (the connection was closed or answered). */
+static int body_input(evs__conn *c) {
+  evs_request *req = c->req;
+  size_t off = 0;
+  int rc = 0;
+  while (req && !req->body_done && off < c->len && !req->paused) {
+    const char *data = c->buf + off;
+    size_t avail = c->len - off, consumed, dlen = 0;
+    const char *dptr = NULL;
+    if (req->info.chunked) {
+      int r = evs__http_chunked_decode(&req->chunked, data, avail, &consumed, &dptr, &dlen);
+      if (r < 0) {
+        off = c->len;
+        req->close_after = 1;
+        if (!req->head_sent) {
+          if (req->on_abort) req->on_abort(req);
+          if (c->req == req && !req->head_sent)
+            evs__respond_error(req, 400, "bad-request", "Malformed chunked request body");
+        } else {
+          evs__request_abort(req);
+        }
+        rc = -1;
+        break;
+      }
+      if (req->chunked.done) req->body_done = 1;
+    } else {
+      consumed = avail < req->body_remaining ? avail : (size_t)req->body_remaining;
+      dptr = data;
+      dlen = consumed;
+      req->body_remaining -= consumed;
+      if (req->body_remaining == 0) req->body_done = 1;
+    }
+    off += consumed;
+    if (dlen) {
+      req->body_received += dlen;
+      if (req->body_received > (uint64_t)c->w->settings->max_body_bytes) {
+        off = c->len;
+        req->close_after = 1;
+        if (!req->head_sent) {
+          if (req->on_abort) req->on_abort(req);
+          if (c->req == req && !req->head_sent)
+            evs__respond_error(req, 413, "payload-too-large",
+                               "The request exceeds the per-request size limit");
+        } else {
+          evs__request_abort(req);
+        }
+        rc = -1;
+        break;
+      }
+      if (req->sink && req->sink->data(req, dptr, dlen) == 1) req->paused = 1;
+      if (c->req != req) break; /* the sink answered and finished the request */
+    }
+    if (req->body_done && req->sink) req->sink->end(req, 0);
+  }
+  if (off > 0 && c->state != CONN_CLOSING) {
+    memmove(c->buf, c->buf + off, c->len - off);
+    c->len -= off;
+  }
+  if (rc < 0) return -1;
+  if (c->req == req && req && req->paused) return 1;
+  return 0;
+}
+
+static void conn_process(evs__conn *c) {
+  evs__worker *w = c->w;
+  while (c->state == CONN_HEAD && c->len > 0) {
+    size_t head_len = 0;
+    int r = evs__http_scan_head(&c->scan, c->buf, c->len, c->cap, &head_len);
+    if (r == EVS_HTTP_NEED_MORE) return;
+    if (r < 0) {
+      conn_fail(c, evs__http_result_status(r), r == EVS_HTTP_E_HEAD_TOO_LARGE ? "bad-request" : "bad-request",
+                evs__http_result_reason(r));
+      return;
+    }
+    evs__http_field fields[1024];
+    evs__http_head h;
+    memset(&h, 0, sizeof h);
+    h.fields = fields;
+    h.max_fields = (size_t)w->settings->max_header_fields;
+    if (h.max_fields > 1024) h.max_fields = 1024;
+    r = evs__http_parse_request(c->buf, head_len, &h);
+    if (r < 0) {
+      conn_fail(c, evs__http_result_status(r), "bad-request", evs__http_result_reason(r));
+      return;
+    }
+    evs_request *req = request_new(c, head_len, &h, fields);
+    if (!req) {
+      conn_fail(c, 500, "internal-server-error", "Out of memory");
+      return;
+    }
+    c->nrequests++;
+    memmove(c->buf, c->buf + head_len, c->len - head_len);
+    c->len -= head_len;
+    dispatch(c, req);
+    return;
+  }
+}
+
+static void conn_read(evs__io *io, ssize_t nread, const char *data) {
+  evs__conn *c = io->data;
+  if (nread < 0) {
+    conn_close(c, 0);
+    return;
+  }
+  size_t n = (size_t)nread;
+  while (n > 0 && c->state != CONN_CLOSING) {
+    if (c->state == CONN_HEAD && c->timer_kind == T_IDLE)
+      timer_set(c, T_HEADER, c->w->settings->header_timeout_ms);
+    size_t room = c->cap - c->len;
+    if (room == 0) {
+      if (c->state == CONN_HEAD) {
+        conn_fail(c, 431, "bad-request", "request head too large");
+        return;
+      }
+      /* A request is in flight and its body sink is paused: keep the bytes for later. */
+      evs__io_read_stop(&c->io);
+      return;
+    }
+    size_t take = n < room ? n : room;
+    memcpy(c->buf + c->len, data, take);
+    c->len += take;
+    data += take;
+    n -= take;
+    if (c->state == CONN_HEAD) {
+      conn_process(c);
+    } else if (c->state == CONN_REQUEST && c->req && c->req->sink) {
+      if (c->req->body_done) {
+        /* Pipelined bytes after the body: they wait for the next request. */
+        evs__io_read_stop(&c->io);
+      } else {
+        int r = body_input(c);
+        if (r == 1) evs__io_read_stop(&c->io);
+        if (r < 0) return;
+        if (c->req && !c->req->body_done)
+          timer_set(c, T_BODY, c->w->settings->body_timeout_ms);
+        else if (c->timer_kind == T_BODY)
+          timer_set(c, T_NONE, 0);
+      }
+    } else if (c->state == CONN_REQUEST) {
+      evs__io_read_stop(&c->io);
+    }
+  }
+  if (n > 0 && c->state == CONN_REQUEST) {
+    /* Buffer full while paused: bytes that did not fit would be lost, so the read was stopped
+     * above before this could happen, except for TLS records decrypted in one go. Keep them by
+     * growing the buffer once (bounded: one TLS record). */
+    char *nb = realloc(c->buf, c->cap + n);
+    if (!nb) {
+      conn_close(c, 0);
+      return;
+    }
+    c->buf = nb;
+    memcpy(c->buf + c->len, data, n);
+    c->cap += n;
+    c->len += n;
+  }
+}
+
+/* ---- request body ------------------------------------------------------------------------ */
+
+int evs__request_body_attach(evs_request *req, const evs__body_sink *sink, void *arg) {
+  evs__conn *c = req->conn;
+  if (!c) return -ECONNRESET;
+  req->sink = sink;
+  req->sink_arg = arg;
+  if (!req->has_body) {
+    sink->end(req, 0);
+    return 0;
+  }
+  if ((req->h.flags & EVS_HTTP_F_EXPECT_CONTINUE) && !req->continue_sent && c->len == 0 &&
+      req->body_received == 0) {
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    req->continue_sent = 1;
+    evs__io_write(&c->io, cont, sizeof cont - 1);
+  }
+  evs__request_body_resume(req);
+  return 0;
+}
+
+void evs__request_body_resume(evs_request *req) {
+  evs__conn *c = req->conn;
+  req->paused = 0;
+  if (!c || c->req != req || req->body_done) return;
+  if (c->len > 0 && body_input(c) != 0) return;
+  if (c->req == req && !req->body_done && !req->paused) {
+    timer_set(c, T_BODY, c->w->settings->body_timeout_ms);
+    evs__io_read_start(&c->io);
+  }
+}
+
+/* ---- responses --------------------------------------------------------------------------- */
+
+static size_t fmt_date(char *out, size_t n) {
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  return strftime(out, n, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+}
+
+int evs__response_start(evs_request *req, int status, const evs_header *headers, size_t n,
+                        int64_t content_length) {
+  evs__conn *c = req->conn;
+  if (req->head_sent) return -EALREADY;
+  req->head_sent = 1;
+  req->status = status;
+  if (!c) return -ECONNRESET;
+  int head_method = strcmp(req->info.method, "HEAD") == 0;
+  int bodyless = head_method || status == 204 || status == 304 || status < 200;
+  if (c->w->draining) req->close_after = 1;
+  if (!bodyless && content_length < 0) {
+    if (req->info.version_minor >= 1) req->chunked_out = 1;
+    else req->close_after = 1;
+  }
+  if (!req->body_done) req->close_after = 1; /* unread body: cannot reuse the connection */
+
+  size_t cap = 256;
+  for (size_t i = 0; i < n; i++) cap += headers[i].name_len + headers[i].value_len + 4;
+  char *out = malloc(cap);
+  if (!out) return -ENOMEM;
+  size_t o = (size_t)snprintf(out, cap, "HTTP/1.1 %d %s\r\n", status, evs__status_text(status));
+  for (size_t i = 0; i < n; i++) {
+    memcpy(out + o, headers[i].name, headers[i].name_len);
+    o += headers[i].name_len;
+    out[o++] = ':';
+    out[o++] = ' ';
+    memcpy(out + o, headers[i].value, headers[i].value_len);
+    o += headers[i].value_len;
+    out[o++] = '\r';
+    out[o++] = '\n';
+  }
+  char date[64];
+  fmt_date(date, sizeof date);
+  o += (size_t)snprintf(out + o, cap - o, "Date: %s\r\n", date);
+  if (!bodyless || head_method) {
+    if (req->chunked_out)
+      o += (size_t)snprintf(out + o, cap - o, "Transfer-Encoding: chunked\r\n");
+    else if (content_length >= 0)
+      o += (size_t)snprintf(out + o, cap - o, "Content-Length: %" PRId64 "\r\n", content_length);
+  }
+  if (req->close_after) o += (size_t)snprintf(out + o, cap - o, "Connection: close\r\n");
+  else if (req->info.version_minor == 0) o += (size_t)snprintf(out + o, cap - o, "Connection: keep-alive\r\n");
+  out[o++] = '\r';
+  out[o++] = '\n';
+  int r = evs__io_write(&c->io, out, o);
+  free(out);
+  if (bodyless) req->chunked_out = 0;
+  timer_set(c, T_SEND, c->w->settings->send_timeout_ms);
+  return r;
+}
+
+int evs__response_body(evs_request *req, const void *data, size_t len) {
+  evs__conn *c = req->conn;
+  if (!c) return -ECONNRESET;
+  if (len == 0) return 0;
+  if (strcmp(req->info.method, "HEAD") == 0) return 0;
+  req->bytes_out += len;
+  int r;
+  if (req->chunked_out) {
+    char pre[32];
+    int pl = snprintf(pre, sizeof pre, "%zx\r\n", len);
+    uv_buf_t bufs[3] = {uv_buf_init(pre, (unsigned)pl), uv_buf_init((char *)data, (unsigned)len),
+                        uv_buf_init("\r\n", 2)};
+    r = evs__io_writev(&c->io, bufs, 3);
+  } else {
+    r = evs__io_write(&c->io, data, len);
+  }
+  timer_set(c, T_SEND, c->w->settings->send_timeout_ms);
+  return r;
+}
+
+int evs__response_congested(evs_request *req) {
+  return req->conn && req->conn->io.write_queued > EVS_IO_HIGH_WATER;
+}
+
+int evs__response_end(evs_request *req) {
+  evs__conn *c = req->conn;
+  if (req->response_done) return -EALREADY;
+  req->response_done = 1;
+  if (!c) {
+    request_finish(req);
+    return -ECONNRESET;
+  }
+  if (req->chunked_out) evs__io_write(&c->io, "0\r\n\r\n", 5);
+  timer_set(c, T_NONE, 0);
+  conn_after_response(c, req);
+  return 0;
+}
+
+int evs__respond(evs_request *req, int status, const evs_header *headers, size_t n,
+                 const void *body, size_t len) {
+  int r = evs__response_start(req, status, headers, n, (int64_t)len);
+  if (r < 0 && r != -ECONNRESET) return r;
+  evs__response_body(req, body, len);
+  evs__response_end(req);
+  return 0;
+}
+
+int evs__respond_error(evs_request *req, int status, const char *code, const char *detail) {
+  if (req->head_sent) {
+    evs__request_abort(req);
+    return -EALREADY;
+  }
+  req->error_code = code;
+  json_t *o = json_pack("{s:i,s:s,s:s,s:s,s:s}", "status", status, "code", code, "title",
+                        evs__status_text(status), "detail", detail, "message", detail);
+  char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+  json_decref(o);
+  if (!body) return -ENOMEM;
+  evs_header hs[2] = {
+      {"Content-Type", 12, "application/json", 16},
+      {"X-Evervault-Error-Code", 22, code, strlen(code)},
+  };
+  /* An error before the body was read leaves it unread: the connection cannot be reused. */
+  int r = evs__respond(req, status, hs, 2, body, strlen(body));
+  free(body);
+  return r;
+}
+
+void evs__request_abort(evs_request *req) {
+  evs__conn *c = req->conn;
+  if (c) conn_close(c, 0);
+  else if (!req->finished) request_finish(req);
+}
+
+/* ---- listeners --------------------------------------------------------------------------- */
+
+int evs__server_listen(evs__worker *w) {
+  w->listeners = calloc(w->nsocks, sizeof *w->listeners);
+  if (!w->listeners) return -ENOMEM;
+  for (size_t i = 0; i < w->nsocks; i++) {
+    evs__listener *l = &w->listeners[i];
+    const evs__listen_sock *s = &w->socks[i];
+    l->sock = s;
+    uv_stream_t *st;
+    int r;
+    if (s->is_admin) {
+      uv_pipe_init(w->loop, &l->pipe, 0);
+      r = uv_pipe_open(&l->pipe, s->fd);
+      st = (uv_stream_t *)&l->pipe;
+    } else {
+      uv_tcp_init(w->loop, &l->tcp);
+      r = uv_tcp_open(&l->tcp, s->fd);
+      st = (uv_stream_t *)&l->tcp;
+      if (s->tls) {
+        char err[512];
+        if (evs__tls_server_new(w->settings, s->conf, &l->tls, err, sizeof err) < 0) {
+          EVS_LOG_ERR("EVS-1203", "listener '%s': %s", s->name, err);
+          return -EINVAL;
+        }
+      }
+    }
+    if (r < 0) return r;
+    st->data = l;
+    r = uv_listen(st, 1024, on_connection);
+    if (r < 0) {
+      EVS_LOG_ERR("EVS-1204", "listener '%s': listen failed: %s", s->name, uv_strerror(r));
+      return r;
+    }
+  }
+  return 0;
+}
+
+static void on_listener_closed(uv_handle_t *h) { (void)h; }
+
+void evs__server_stop_accepting(evs__worker *w) {
+  for (size_t i = 0; i < w->nsocks && w->listeners; i++) {
+    evs__listener *l = &w->listeners[i];
+    if (l->closed) continue;
+    l->closed = 1;
+    /* Closing our handle closes this process's copy of the fd only: the master keeps the socket
+     * open, so connections in its accept queue wait for the next generation of workers. */
+    if (l->sock->is_admin) uv_close((uv_handle_t *)&l->pipe, on_listener_closed);
+    else uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+  }
+}
+
+void evs__server_close_idle(evs__worker *w, uint64_t min_idle_ms) {
+  evs__conn *c = w->conns;
+  uint64_t now = uv_now(w->loop);
+  while (c) {
+    evs__conn *next = c->next;
+    if (!c->req && c->len == 0 && c->state == CONN_HEAD && now - c->idle_since >= min_idle_ms)
+      conn_close(c, 0);
+    c = next;
+  }
+}
+
+void evs__server_close_all(evs__worker *w) {
+  while (w->conns) conn_close(w->conns, 0);
+}
+
+void evs__server_free_tls(evs__worker *w);
+void evs__server_free_tls(evs__worker *w) {
+  for (size_t i = 0; i < w->nsocks && w->listeners; i++) evs__tls_server_free(w->listeners[i].tls);
+  free(w->listeners);
+  w->listeners = NULL;
+}
+
+/* ---- takeover: the connection becomes a plain byte stream owned by a plugin ---------------- */
+
+struct evs_stream {
+  evs__conn *c;
+  evs_request *req;
+  evs_stream_read_fn read_cb;
+  void *read_arg;
+  SSL_CTX *tls_base;
+  evs_tls_identity_fn identity_fn;
+  void *identity_arg;
+  int closed;
+};
+
+typedef struct stream_write {
+  evs_stream *s;
+  evs_stream_write_fn cb;
+  void *arg;
+} stream_write;
+
+static void stream_on_read(evs__io *io, ssize_t nread, const char *data) {
+  evs__conn *c = io->data;
+  evs_stream *s = c->req ? c->req->proxy ? NULL : (evs_stream *)c->req->sink_arg : NULL;
+  if (!s || !s->read_cb) return;
+  if (nread < 0) s->read_cb(s->read_arg, s, (int)nread == UV_EOF ? EVS_ECLOSED : (int)nread, NULL, 0);
+  else s->read_cb(s->read_arg, s, 0, (const uint8_t *)data, (size_t)nread);
+}
+
+evs_stream *evs__takeover(evs_request *req, int status, const evs_header *h, size_t n);
+evs_stream *evs__takeover(evs_request *req, int status, const evs_header *h, size_t n) {
+  evs__conn *c = req->conn;
+  if (!c || req->head_sent || req->taken_over || req->proxy) return NULL;
+  if (status != 101 && (status < 200 || status > 299)) return NULL;
+  evs_stream *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->c = c;
+  s->req = req;
+  req->taken_over = 1;
+  req->head_sent = 1;
+  req->status = status;
+  req->body_done = 1;
+  req->sink_arg = s;
+  /* The head carries no framing: after it the connection is the plugin's byte stream. */
+  size_t cap = 128;
+  for (size_t i = 0; i < n; i++) cap += h[i].name_len + h[i].value_len + 4;
+  char *out = malloc(cap);
+  if (!out) {
+    free(s);
+    return NULL;
+  }
+  size_t o = (size_t)snprintf(out, cap, "HTTP/1.1 %d %s\r\n", status, evs__status_text(status));
+  for (size_t i = 0; i < n; i++) {
+    memcpy(out + o, h[i].name, h[i].name_len);
+    o += h[i].name_len;
+    out[o++] = ':';
+    out[o++] = ' ';
+    memcpy(out + o, h[i].value, h[i].value_len);
+    o += h[i].value_len;
+    out[o++] = '\r';
+    out[o++] = '\n';
+  }
+  out[o++] = '\r';
+  out[o++] = '\n';
+  evs__io_write(&c->io, out, o);
+  free(out);
+  timer_set(c, T_NONE, 0);
+  c->io.on_read = stream_on_read;
+  return s;
+}
+
+int evs__stream_read_start(evs_stream *s, evs_stream_read_fn cb, void *arg);
+int evs__stream_read_start(evs_stream *s, evs_stream_read_fn cb, void *arg) {
+  if (s->closed || !s->c) return -ECONNRESET;
+  s->read_cb = cb;
+  s->read_arg = arg;
+  evs__conn *c = s->c;
+  /* Bytes the client sent after the head come first. */
+  if (c->len > 0) {
+    size_t len = c->len;
+    char *copy = malloc(len);
+    if (!copy) return -ENOMEM;
+    memcpy(copy, c->buf, len);
+    c->len = 0;
+    evs__io_feed(&c->io, copy, len);
+    free(copy);
+    if (s->closed) return 0;
+  }
+  return evs__io_read_start(&c->io);
+}
+
+int evs__stream_read_stop(evs_stream *s);
+int evs__stream_read_stop(evs_stream *s) {
+  if (s->closed || !s->c) return -ECONNRESET;
+  evs__io_read_stop(&s->c->io);
+  return 0;
+}
+
+int evs__stream_write(evs_stream *s, const uint8_t *d, size_t len, evs_stream_write_fn cb, void *arg);
+int evs__stream_write(evs_stream *s, const uint8_t *d, size_t len, evs_stream_write_fn cb, void *arg) {
+  (void)cb;
+  (void)arg;
+  if (s->closed || !s->c) return -ECONNRESET;
+  int r = evs__io_write(&s->c->io, d, len);
+  return r < 0 ? r : 0;
+}
+
+static int stream_sni_cb(SSL *ssl, int *al, void *arg) {
+  (void)al;
+  (void)arg;
+  evs__io *io = SSL_get_app_data(ssl);
+  evs__conn *c = io->data;
+  evs_stream *s = c->req ? (evs_stream *)c->req->sink_arg : NULL;
+  if (!s || !s->identity_fn) return SSL_TLSEXT_ERR_ALERT_FATAL;
+  const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  evs_tls_identity id;
+  memset(&id, 0, sizeof id);
+  id.size = sizeof id;
+  if (s->identity_fn(s->identity_arg, name, &id) < 0) return SSL_TLSEXT_ERR_ALERT_FATAL;
+  SSL_CTX *ctx = evs__tls_ctx_from_pem(id.cert_pem, id.cert_pem_len, id.key_pem, id.key_pem_len);
+  if (!ctx) return SSL_TLSEXT_ERR_ALERT_FATAL;
+  SSL_set_SSL_CTX(ssl, ctx);
+  SSL_CTX_free(ctx); /* the SSL holds its own reference */
+  return SSL_TLSEXT_ERR_OK;
+}
+
+static void stream_handshake(evs__io *io, int status) {
+  evs__conn *c = io->data;
+  evs_stream *s = c->req ? (evs_stream *)c->req->sink_arg : NULL;
+  if (status < 0 && s && s->read_cb) s->read_cb(s->read_arg, s, EVS_ETLS, NULL, 0);
+}
+
+int evs__stream_start_tls(evs_stream *s, evs_tls_identity_fn fn, void *arg);
+int evs__stream_start_tls(evs_stream *s, evs_tls_identity_fn fn, void *arg) {
+  if (s->closed || !s->c || s->c->io.ssl) return -EINVAL;
+  s->tls_base = SSL_CTX_new(TLS_server_method());
+  if (!s->tls_base) return -ENOMEM;
+  evs__tls_apply_server_policy(s->tls_base);
+  SSL_CTX_set_tlsext_servername_callback(s->tls_base, stream_sni_cb);
+  s->identity_fn = fn;
+  s->identity_arg = arg;
+  int r = evs__io_tls_server(&s->c->io, s->tls_base, stream_handshake);
+  return r < 0 ? r : 0;
+}
+
+void evs__stream_close(evs_stream *s);
+void evs__stream_close(evs_stream *s) {
+  if (s->closed) return;
+  s->closed = 1;
+  evs__conn *c = s->c;
+  if (c && c->req == s->req) {
+    s->req->response_done = 1;
+    conn_close(c, 1);
+  }
+  if (s->tls_base) SSL_CTX_free(s->tls_base);
+  free(s);
+}

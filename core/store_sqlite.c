@@ -1,0 +1,595 @@
+/*
+ * The SQLite store backend: the embedded default, one database file in the state directory.
+ *
+ * Several worker processes of a node open the same file, each with its own connection. WAL
+ * mode lets readers run alongside the one writer; busy_timeout makes a writer wait for the
+ * lock instead of failing, and every write is either a single autocommit statement or a
+ * BEGIN IMMEDIATE transaction, which take the write lock up front and so never hit the
+ * deadlock-style SQLITE_BUSY that upgrading a read transaction can. synchronous=NORMAL is
+ * durable across process crashes and may lose the last commits on power loss, which is the
+ * usual trade for WAL. The file is created 0600 before SQLite opens it; SQLite gives its -wal
+ * and -shm files the database file's mode.
+ *
+ * Statements are prepared once per connection and cached (enum stmt_id). Called by store.c
+ * only, with arguments already checked and the handle's mutex held.
+ *
+ * MIGRATIONS. The schema is the ordered array `migrations` below; version N is element N-1.
+ * At open, each pending step runs in its own BEGIN IMMEDIATE transaction together with its row
+ * in evs_schema_migrations, so concurrent openers apply it exactly once. To change the schema:
+ *   1. append a step here and the equivalent step to store_pg.c (same version, same meaning,
+ *      each in its own dialect);
+ *   2. bump EVS_STORE_SCHEMA_VERSION in store.h (both files check it at compile time);
+ *   3. never edit or reorder a step that has shipped; prefer additive changes, since nodes of
+ *      the previous version may still run against a migrated PostgreSQL store.
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#define BUSY_TIMEOUT_MS 5000
+
+typedef struct migration {
+  int version;
+  const char *name;
+  const char *sql;
+} migration;
+
+static const migration migrations[] = {
+  { 1, "kv and log",
+    /* A rowid table rather than WITHOUT ROWID: values may be megabytes, and WITHOUT ROWID
+     * tables are meant for small rows. Keys are BLOBs so they compare bytewise. */
+    "CREATE TABLE evs_kv ("
+    "  ns TEXT NOT NULL,"
+    "  key BLOB NOT NULL,"
+    "  value BLOB NOT NULL,"
+    "  expires_at INTEGER," /* unix ms; NULL: never */
+    "  PRIMARY KEY (ns, key));"
+    "CREATE INDEX evs_kv_expires ON evs_kv (expires_at) WHERE expires_at IS NOT NULL;"
+    /* AUTOINCREMENT: ids are never reused, even after old records are deleted. */
+    "CREATE TABLE evs_log ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  stream TEXT NOT NULL,"
+    "  ts_ms INTEGER NOT NULL,"
+    "  record TEXT NOT NULL);"
+    "CREATE INDEX evs_log_stream_ts ON evs_log (stream, ts_ms, id);" },
+};
+_Static_assert(sizeof(migrations) / sizeof(migrations[0]) == EVS_STORE_SCHEMA_VERSION,
+               "store_sqlite.c: migrations[] and EVS_STORE_SCHEMA_VERSION disagree");
+
+enum stmt_id {
+  ST_GET,
+  ST_PUT,
+  ST_DEL,
+  ST_DEL_EXPIRED,
+  ST_SCAN,
+  ST_SCAN_BOUNDED,
+  ST_APPEND,
+  ST_QUERY,
+  ST_PURGE,
+  ST_VERSION,
+  ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+  [ST_GET] = "SELECT value, expires_at FROM evs_kv WHERE ns = ?1 AND key = ?2",
+  [ST_PUT] = "INSERT INTO evs_kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4) "
+             "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, "
+             "expires_at = excluded.expires_at",
+  [ST_DEL] = "DELETE FROM evs_kv WHERE ns = ?1 AND key = ?2 RETURNING expires_at",
+  [ST_DEL_EXPIRED] = "DELETE FROM evs_kv WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3",
+  /* Two scan statements rather than "(?3 IS NULL OR key < ?3)", which would keep SQLite from
+   * using the upper bound to end the index range. */
+  [ST_SCAN] = "SELECT key, value FROM evs_kv WHERE ns = ?1 AND key >= ?2 "
+              "AND (expires_at IS NULL OR expires_at > ?4) ORDER BY key LIMIT ?5",
+  [ST_SCAN_BOUNDED] = "SELECT key, value FROM evs_kv WHERE ns = ?1 AND key >= ?2 AND key < ?3 "
+                      "AND (expires_at IS NULL OR expires_at > ?4) ORDER BY key LIMIT ?5",
+  [ST_APPEND] = "INSERT INTO evs_log (stream, ts_ms, record) VALUES (?1, ?2, ?3)",
+  /* The row value comparison is a range on the (stream, ts_ms, id) index. */
+  [ST_QUERY] = "SELECT id, ts_ms, record FROM evs_log WHERE stream = ?1 AND ts_ms >= ?2 "
+               "AND (ts_ms, id) < (?3, ?4) ORDER BY ts_ms DESC, id DESC LIMIT ?5",
+  [ST_PURGE] = "DELETE FROM evs_kv WHERE rowid IN (SELECT rowid FROM evs_kv "
+               "WHERE expires_at <= ?1 LIMIT ?2)",
+  [ST_VERSION] = "SELECT coalesce(max(version), 0) FROM evs_schema_migrations",
+};
+
+typedef struct sq {
+  sqlite3 *db;
+  sqlite3_stmt *stmt[ST_COUNT];
+  char errmsg[256];
+} sq;
+
+static int map_rc(int rc) {
+  switch (rc & 0xff) {
+  case SQLITE_OK:
+  case SQLITE_ROW:
+  case SQLITE_DONE:
+    return 0;
+  case SQLITE_BUSY:
+  case SQLITE_LOCKED:
+    return -EBUSY;
+  case SQLITE_NOMEM:
+    return -ENOMEM;
+  case SQLITE_FULL:
+    return -ENOSPC;
+  case SQLITE_READONLY:
+    return -EROFS;
+  case SQLITE_PERM:
+  case SQLITE_AUTH:
+    return -EACCES;
+  case SQLITE_TOOBIG:
+    return -E2BIG;
+  default:
+    return -EIO;
+  }
+}
+
+/* Record the connection's message for last_error and return rc as a negative errno (never 0,
+ * whatever rc is: callers rely on a failure staying a failure). */
+static int fail(sq *q, int rc, const char *what) {
+  int r = map_rc(rc);
+  evs__store_format_error(q->errmsg, sizeof(q->errmsg), what, sqlite3_errmsg(q->db), NULL);
+  return r < 0 ? r : -EIO;
+}
+
+static int stmt(sq *q, enum stmt_id id, sqlite3_stmt **ret) {
+  if (!q->stmt[id]) {
+    int rc = sqlite3_prepare_v3(q->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                                &q->stmt[id], NULL);
+    if (rc != SQLITE_OK)
+      return fail(q, rc, "sqlite: prepare");
+  }
+  *ret = q->stmt[id];
+  return 0;
+}
+
+/* Reset after use so the statement holds no read snapshot and no bound pointers. */
+static void done(sqlite3_stmt *st) {
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+}
+
+static int exec(sq *q, const char *sql, const char *what) {
+  int rc = sqlite3_exec(q->db, sql, NULL, NULL, NULL);
+  return rc == SQLITE_OK ? 0 : fail(q, rc, what);
+}
+
+/* ---- open, migrate, close ---------------------------------------------------------------- */
+
+static void sq_close(void *impl) {
+  sq *q = impl;
+
+  if (!q)
+    return;
+  for (int i = 0; i < ST_COUNT; i++)
+    sqlite3_finalize(q->stmt[i]);
+  sqlite3_close_v2(q->db);
+  free(q);
+}
+
+static int read_version(sq *q) {
+  sqlite3_stmt *st = NULL;
+  int rc, r;
+
+  if ((r = stmt(q, ST_VERSION, &st)) < 0)
+    return r;
+  rc = sqlite3_step(st);
+  r = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : fail(q, rc, "sqlite: schema version");
+  done(st);
+  return r;
+}
+
+/* Apply at most one pending migration, in one IMMEDIATE transaction with its row in
+ * evs_schema_migrations. Returns 1 if one was applied, 0 if the schema is current, or a
+ * negative errno with err set. */
+static int migrate_step(sq *q, int64_t now_ms, char *err, size_t errlen) {
+  const migration *m = NULL;
+  sqlite3_stmt *ins = NULL;
+  int r, cur, rc;
+
+  /* BEGIN IMMEDIATE waits (busy_timeout) for the write lock, so a second opener reads the
+   * version only after the first has committed its step. */
+  if ((r = exec(q, "BEGIN IMMEDIATE", "sqlite: begin migration")) < 0)
+    goto out;
+  r = exec(q, "CREATE TABLE IF NOT EXISTS evs_schema_migrations ("
+              "  version INTEGER PRIMARY KEY,"
+              "  name TEXT NOT NULL,"
+              "  applied_at INTEGER NOT NULL)", /* unix ms */
+           "sqlite: create evs_schema_migrations");
+  if (r < 0)
+    goto rollback;
+  if ((r = cur = read_version(q)) < 0)
+    goto rollback;
+  if (cur > EVS_STORE_SCHEMA_VERSION) {
+    snprintf(q->errmsg, sizeof(q->errmsg),
+             "sqlite: store schema version %d is newer than this evserver's (%d); "
+             "upgrade evserver",
+             cur, EVS_STORE_SCHEMA_VERSION);
+    r = -ENOTSUP;
+    goto rollback;
+  }
+  if (cur == EVS_STORE_SCHEMA_VERSION) {
+    r = exec(q, "COMMIT", "sqlite: commit");
+    goto out;
+  }
+
+  m = &migrations[cur];
+  if ((r = exec(q, m->sql, "sqlite: migration")) < 0)
+    goto rollback;
+  rc = sqlite3_prepare_v2(q->db,
+                          "INSERT INTO evs_schema_migrations (version, name, applied_at) "
+                          "VALUES (?1, ?2, ?3)",
+                          -1, &ins, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int(ins, 1, m->version);
+    sqlite3_bind_text(ins, 2, m->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(ins, 3, now_ms);
+    rc = sqlite3_step(ins);
+  }
+  if (rc != SQLITE_DONE) {
+    r = fail(q, rc, "sqlite: record migration");
+    sqlite3_finalize(ins);
+    goto rollback;
+  }
+  sqlite3_finalize(ins);
+  if ((r = exec(q, "COMMIT", "sqlite: commit migration")) < 0)
+    goto rollback;
+  return 1;
+
+rollback:
+  sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+out:
+  if (r < 0 && err) {
+    if (m)
+      snprintf(err, errlen, "%s (migration %d '%s')", q->errmsg, m->version, m->name);
+    else
+      snprintf(err, errlen, "%s", q->errmsg);
+  }
+  return r;
+}
+
+/* Switch to WAL. Changing the journal mode needs a moment of exclusive access, and SQLite may
+ * report SQLITE_BUSY for it without consulting the busy handler when another process is
+ * opening the file at the same time, so retry for up to the busy timeout. */
+static int set_wal(sq *q) {
+  sqlite3_stmt *st = NULL;
+  int rc = SQLITE_OK;
+
+  for (int waited_ms = 0;; waited_ms += 10) {
+    rc = sqlite3_prepare_v2(q->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    if (rc == SQLITE_OK)
+      rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      const char *mode = (const char *)sqlite3_column_text(st, 0);
+      int is_wal = mode && sqlite3_stricmp(mode, "wal") == 0;
+      if (!is_wal)
+        snprintf(q->errmsg, sizeof(q->errmsg),
+                 "sqlite: cannot use WAL mode (journal mode stays '%.16s'); is the state "
+                 "directory on a local file system?",
+                 mode ? mode : "?");
+      sqlite3_finalize(st);
+      return is_wal ? 0 : -EIO;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if ((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED)
+      break;
+    if (waited_ms >= BUSY_TIMEOUT_MS)
+      break;
+    usleep(10 * 1000);
+  }
+  return fail(q, rc, "sqlite: journal_mode=WAL");
+}
+
+static int sq_open(const evs__store_options *o, int64_t now_ms, void **ret_impl, char *err,
+                   size_t errlen) {
+  sq *q;
+  int fd, r, rc;
+
+  if (!o->path || !*o->path) {
+    if (err)
+      snprintf(err, errlen, "sqlite: no database path");
+    return -EINVAL;
+  }
+  /* Create the file ourselves so it is 0600 from the first byte: SQLite would create it 0644
+   * (less the umask). An existing file keeps the mode its owner gave it. */
+  fd = open(o->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    r = -errno;
+    if (err)
+      snprintf(err, errlen, "sqlite: cannot open '%s': %s", o->path, strerror(-r));
+    return r;
+  }
+  close(fd);
+
+  q = calloc(1, sizeof(*q));
+  if (!q) {
+    if (err)
+      snprintf(err, errlen, "sqlite: out of memory");
+    return -ENOMEM;
+  }
+  /* NOMUTEX: store.c serializes calls on a handle, so SQLite's own mutex is redundant. */
+  rc = sqlite3_open_v2(o->path, &q->db,
+                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+                       NULL);
+  if (rc != SQLITE_OK) {
+    r = q->db ? fail(q, rc, "sqlite: open") : -ENOMEM;
+    goto fail;
+  }
+  sqlite3_busy_timeout(q->db, BUSY_TIMEOUT_MS);
+  if ((r = set_wal(q)) < 0)
+    goto fail;
+  /* trusted_schema=OFF: a tampered file cannot make our statements call SQL functions with
+   * side effects through views or triggers. */
+  r = exec(q, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA trusted_schema=OFF",
+           "sqlite: pragmas");
+  if (r < 0)
+    goto fail;
+  while ((r = migrate_step(q, now_ms, err, errlen)) > 0)
+    ;
+  if (r < 0) {
+    sq_close(q);
+    return r;
+  }
+  *ret_impl = q;
+  return 0;
+
+fail:
+  if (err)
+    snprintf(err, errlen, "%s ('%s')", q->errmsg[0] ? q->errmsg : "sqlite: open", o->path);
+  sq_close(q);
+  return r;
+}
+
+/* ---- key-value --------------------------------------------------------------------------- */
+
+static int sq_purge_one(sq *q, const char *ns, const char *key, size_t key_len, int64_t now_ms) {
+  sqlite3_stmt *st = NULL;
+  int r, rc;
+
+  if ((r = stmt(q, ST_DEL_EXPIRED, &st)) < 0)
+    return r;
+  sqlite3_bind_text(st, 1, ns, -1, SQLITE_STATIC);
+  sqlite3_bind_blob(st, 2, key, (int)key_len, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, now_ms);
+  rc = sqlite3_step(st);
+  r = rc == SQLITE_DONE ? 0 : fail(q, rc, "sqlite: delete expired");
+  done(st);
+  return r;
+}
+
+static int sq_get(void *impl, const char *ns, const char *key, size_t key_len, int64_t now_ms,
+                  uint8_t **ret_value, size_t *ret_len) {
+  sq *q = impl;
+  sqlite3_stmt *st = NULL;
+  int r, rc, expired = 0;
+  uint8_t *v = NULL;
+  size_t n = 0;
+
+  if ((r = stmt(q, ST_GET, &st)) < 0)
+    return r;
+  sqlite3_bind_text(st, 1, ns, -1, SQLITE_STATIC);
+  sqlite3_bind_blob(st, 2, key, (int)key_len, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    if (sqlite3_column_type(st, 1) != SQLITE_NULL && sqlite3_column_int64(st, 1) <= now_ms) {
+      expired = 1;
+      r = -ENOENT;
+    } else {
+      const void *p = sqlite3_column_blob(st, 0);
+      n = (size_t)sqlite3_column_bytes(st, 0);
+      v = malloc(n + 1);
+      if (!v)
+        r = -ENOMEM;
+      else {
+        if (n)
+          memcpy(v, p, n);
+        v[n] = '\0';
+      }
+    }
+  } else if (rc == SQLITE_DONE)
+    r = -ENOENT;
+  else
+    r = fail(q, rc, "sqlite: get");
+  done(st);
+  if (expired)
+    (void)sq_purge_one(q, ns, key, key_len, now_ms); /* best effort: the row is invisible */
+  if (r < 0)
+    return r;
+  *ret_value = v;
+  *ret_len = n;
+  return 0;
+}
+
+static int sq_put(void *impl, const char *ns, const char *key, size_t key_len, const uint8_t *v,
+                  size_t len, int64_t expires_ms) {
+  sq *q = impl;
+  sqlite3_stmt *st = NULL;
+  int r, rc;
+
+  if ((r = stmt(q, ST_PUT, &st)) < 0)
+    return r;
+  sqlite3_bind_text(st, 1, ns, -1, SQLITE_STATIC);
+  sqlite3_bind_blob(st, 2, key, (int)key_len, SQLITE_STATIC);
+  /* v is never NULL here (store.c passes "" for empty values): a NULL pointer would bind SQL
+   * NULL instead of an empty BLOB. */
+  sqlite3_bind_blob(st, 3, v, (int)len, SQLITE_STATIC);
+  if (expires_ms)
+    sqlite3_bind_int64(st, 4, expires_ms);
+  else
+    sqlite3_bind_null(st, 4);
+  rc = sqlite3_step(st);
+  r = rc == SQLITE_DONE ? 0 : fail(q, rc, "sqlite: put");
+  done(st);
+  return r;
+}
+
+static int sq_del(void *impl, const char *ns, const char *key, size_t key_len, int64_t now_ms) {
+  sq *q = impl;
+  sqlite3_stmt *st = NULL;
+  int r, rc;
+
+  /* Delete whatever is there and report -ENOENT for a row that had already expired, so an
+   * expired row goes away here too. */
+  if ((r = stmt(q, ST_DEL, &st)) < 0)
+    return r;
+  sqlite3_bind_text(st, 1, ns, -1, SQLITE_STATIC);
+  sqlite3_bind_blob(st, 2, key, (int)key_len, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    int live = sqlite3_column_type(st, 0) == SQLITE_NULL || sqlite3_column_int64(st, 0) > now_ms;
+    r = live ? 0 : -ENOENT;
+    /* A RETURNING statement makes its change only when stepped to the end. */
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+      r = fail(q, rc, "sqlite: delete");
+  } else if (rc == SQLITE_DONE)
+    r = -ENOENT;
+  else
+    r = fail(q, rc, "sqlite: delete");
+  done(st);
+  return r;
+}
+
+static int sq_scan(void *impl, const evs__store_scan_req *req, evs__store_page *page) {
+  sq *q = impl;
+  sqlite3_stmt *st = NULL;
+  int r, rc;
+
+  if ((r = stmt(q, req->hi ? ST_SCAN_BOUNDED : ST_SCAN, &st)) < 0)
+    return r;
+  sqlite3_bind_text(st, 1, req->ns, -1, SQLITE_STATIC);
+  /* lo may be empty: bind "" rather than NULL so that it is an empty BLOB, not SQL NULL. */
+  sqlite3_bind_blob(st, 2, req->lo_len ? (const void *)req->lo : "", (int)req->lo_len,
+                    SQLITE_STATIC);
+  if (req->hi)
+    sqlite3_bind_blob(st, 3, req->hi, (int)req->hi_len, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 4, req->now_ms);
+  sqlite3_bind_int64(st, 5, (sqlite3_int64)page->max_rows);
+  while (page->n < page->max_rows && page->bytes < page->max_bytes) {
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+      break;
+    if (rc != SQLITE_ROW) {
+      r = fail(q, rc, "sqlite: scan");
+      break;
+    }
+    {
+      /* Pointer first, then length, as SQLite asks; key and value are BLOBs, so neither call
+       * converts anything. */
+      const void *k = sqlite3_column_blob(st, 0), *v;
+      size_t klen = (size_t)sqlite3_column_bytes(st, 0), vlen;
+      v = sqlite3_column_blob(st, 1);
+      vlen = (size_t)sqlite3_column_bytes(st, 1);
+      r = evs__store_page_add(page, k, klen, v, vlen, 0, 0);
+    }
+    if (r < 0)
+      break;
+  }
+  done(st);
+  return r;
+}
+
+/* ---- streams ----------------------------------------------------------------------------- */
+
+static int sq_append(void *impl, const char *stream, int64_t ts_ms, const char *record,
+                     size_t record_len, int64_t *ret_id) {
+  sq *q = impl;
+  sqlite3_stmt *st = NULL;
+  int r, rc;
+
+  if ((r = stmt(q, ST_APPEND, &st)) < 0)
+    return r;
+  sqlite3_bind_text(st, 1, stream, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, ts_ms);
+  sqlite3_bind_text(st, 3, record, (int)record_len, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE) {
+    /* The connection is ours alone (store.c holds the handle's mutex), so the last rowid is
+     * this insert's. */
+    *ret_id = sqlite3_last_insert_rowid(q->db);
+    r = 0;
+  } else
+    r = fail(q, rc, "sqlite: append");
+  done(st);
+  return r;
+}
+
+static int sq_query(void *impl, const evs__store_query_req *req, evs__store_page *page) {
+  sq *q = impl;
+  sqlite3_stmt *st = NULL;
+  int r, rc;
+
+  if ((r = stmt(q, ST_QUERY, &st)) < 0)
+    return r;
+  sqlite3_bind_text(st, 1, req->stream, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, req->since_ms);
+  sqlite3_bind_int64(st, 3, req->before_ts);
+  sqlite3_bind_int64(st, 4, req->before_id);
+  sqlite3_bind_int64(st, 5, (sqlite3_int64)page->max_rows);
+  while (page->n < page->max_rows && page->bytes < page->max_bytes) {
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+      break;
+    if (rc != SQLITE_ROW) {
+      r = fail(q, rc, "sqlite: query");
+      break;
+    }
+    {
+      const unsigned char *rec = sqlite3_column_text(st, 2);
+      size_t rlen = (size_t)sqlite3_column_bytes(st, 2);
+      r = evs__store_page_add(page, NULL, 0, rec, rlen, sqlite3_column_int64(st, 0),
+                              sqlite3_column_int64(st, 1));
+    }
+    if (r < 0)
+      break;
+  }
+  done(st);
+  return r;
+}
+
+/* ---- the rest ---------------------------------------------------------------------------- */
+
+static int sq_purge(void *impl, int64_t now_ms, size_t max_rows) {
+  sq *q = impl;
+  sqlite3_stmt *st = NULL;
+  int r, rc;
+
+  if ((r = stmt(q, ST_PURGE, &st)) < 0)
+    return r;
+  sqlite3_bind_int64(st, 1, now_ms);
+  sqlite3_bind_int64(st, 2, max_rows > INT32_MAX ? INT32_MAX : (sqlite3_int64)max_rows);
+  rc = sqlite3_step(st);
+  r = rc == SQLITE_DONE ? sqlite3_changes(q->db) : fail(q, rc, "sqlite: purge");
+  done(st);
+  return r;
+}
+
+static int sq_schema_version(void *impl) {
+  return read_version(impl);
+}
+
+static const char *sq_last_error(void *impl) {
+  return ((sq *)impl)->errmsg;
+}
+
+const evs__store_backend evs__store_backend_sqlite = {
+  .name = "sqlite",
+  .open = sq_open,
+  .close = sq_close,
+  .get = sq_get,
+  .put = sq_put,
+  .del = sq_del,
+  .scan = sq_scan,
+  .append = sq_append,
+  .query = sq_query,
+  .purge = sq_purge,
+  .schema_version = sq_schema_version,
+  .last_error = sq_last_error,
+};

@@ -1,0 +1,246 @@
+/*
+ * TLS contexts (see tls.h). The SNI callback swaps the SSL_CTX of a handshake to the one whose
+ * certificate matches the requested name; it never fails a handshake for an unknown name (the
+ * default certificate answers, as browsers and curl expect).
+ */
+#include "tls.h"
+
+#include <openssl/err.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define TLS12_AEAD_CIPHERS                                                              \
+  "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" \
+  "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
+typedef struct sni_entry {
+  char *name; /* exact, or ".suffix" for "*.suffix" */
+  SSL_CTX *ctx;
+} sni_entry;
+
+struct evs__tls_server {
+  SSL_CTX *default_ctx;
+  sni_entry *entries;
+  size_t nentries;
+  SSL_CTX **owned;
+  size_t nowned;
+};
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg) {
+  (void)ssl;
+  (void)arg;
+  static const unsigned char h11[] = "\x08http/1.1";
+  unsigned char *sel;
+  if (SSL_select_next_proto(&sel, outlen, h11, sizeof h11 - 1, in, inlen) !=
+      OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_ALERT_FATAL; /* client offers only protocols we do not speak (h2) */
+  *out = sel;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+void evs__tls_apply_server_policy(SSL_CTX *ctx) {
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+  SSL_CTX_set_cipher_list(ctx, TLS12_AEAD_CIPHERS);
+  SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                               SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_TICKET);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+}
+
+static SSL_CTX *server_ctx_load(const char *cert, const char *key, char *err, size_t errlen) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  if (!ctx) {
+    snprintf(err, errlen, "cannot create TLS context");
+    return NULL;
+  }
+  evs__tls_apply_server_policy(ctx);
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+    snprintf(err, errlen, "cannot load certificate chain '%s'", cert);
+    goto fail;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+    snprintf(err, errlen, "cannot load private key '%s'", key);
+    goto fail;
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    snprintf(err, errlen, "private key '%s' does not match certificate '%s'", key, cert);
+    goto fail;
+  }
+  return ctx;
+fail:
+  ERR_clear_error();
+  SSL_CTX_free(ctx);
+  return NULL;
+}
+
+static int name_matches(const char *pattern, const char *name) {
+  if (pattern[0] == '.') {
+    size_t pl = strlen(pattern), nl = strlen(name);
+    /* "*.example.com" covers exactly one label: a.example.com, not a.b.example.com. */
+    if (nl <= pl || strcasecmp(name + nl - pl, pattern) != 0) return 0;
+    return memchr(name, '.', nl - pl) == NULL;
+  }
+  return strcasecmp(pattern, name) == 0;
+}
+
+static int sni_cb(SSL *ssl, int *al, void *arg) {
+  (void)al;
+  evs__tls_server *t = arg;
+  const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (!name) return SSL_TLSEXT_ERR_OK;
+  for (int pass = 0; pass < 2; pass++) {
+    for (size_t i = 0; i < t->nentries; i++) {
+      int wildcard = t->entries[i].name[0] == '.';
+      if (wildcard != pass) continue;
+      if (name_matches(t->entries[i].name, name)) {
+        SSL_set_SSL_CTX(ssl, t->entries[i].ctx);
+        return SSL_TLSEXT_ERR_OK;
+      }
+    }
+  }
+  return SSL_TLSEXT_ERR_OK;
+}
+
+int evs__tls_server_new(const evs__settings *s, const evs__listener_conf *l,
+                        evs__tls_server **ret, char *err, size_t errlen) {
+  evs__tls_server *t = calloc(1, sizeof *t);
+  if (!t) return -1;
+  t->owned = calloc(s->ncerts + 1, sizeof *t->owned);
+  size_t total_names = 0;
+  for (size_t i = 0; i < s->ncerts; i++) total_names += s->certs[i].nserver_names;
+  t->entries = calloc(total_names + 1, sizeof *t->entries);
+  if (!t->owned || !t->entries) goto fail;
+  t->default_ctx = server_ctx_load(l->cert_file, l->key_file, err, errlen);
+  if (!t->default_ctx) goto fail;
+  t->owned[t->nowned++] = t->default_ctx;
+  SSL_CTX_set_tlsext_servername_callback(t->default_ctx, sni_cb);
+  SSL_CTX_set_tlsext_servername_arg(t->default_ctx, t);
+  for (size_t i = 0; i < s->ncerts; i++) {
+    const evs__cert_conf *c = &s->certs[i];
+    SSL_CTX *ctx = server_ctx_load(c->cert_file, c->key_file, err, errlen);
+    if (!ctx) goto fail;
+    t->owned[t->nowned++] = ctx;
+    for (size_t j = 0; j < c->nserver_names; j++) {
+      const char *n = c->server_names[j];
+      t->entries[t->nentries].name = strdup(n[0] == '*' ? n + 1 : n);
+      t->entries[t->nentries].ctx = ctx;
+      if (!t->entries[t->nentries].name) goto fail;
+      t->nentries++;
+    }
+  }
+  *ret = t;
+  return 0;
+fail:
+  evs__tls_server_free(t);
+  return -1;
+}
+
+SSL_CTX *evs__tls_server_ctx(evs__tls_server *t) { return t->default_ctx; }
+
+void evs__tls_server_free(evs__tls_server *t) {
+  if (!t) return;
+  for (size_t i = 0; i < t->nentries; i++) free(t->entries[i].name);
+  for (size_t i = 0; i < t->nowned; i++) SSL_CTX_free(t->owned[i]);
+  free(t->entries);
+  free(t->owned);
+  free(t);
+}
+
+SSL_CTX *evs__tls_ctx_from_pem(const char *cert_pem, size_t cert_len, const char *key_pem,
+                               size_t key_len) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  if (!ctx) return NULL;
+  evs__tls_apply_server_policy(ctx);
+  BIO *cb = BIO_new_mem_buf(cert_pem, (int)cert_len);
+  BIO *kb = BIO_new_mem_buf(key_pem, (int)key_len);
+  X509 *x = cb ? PEM_read_bio_X509(cb, NULL, NULL, NULL) : NULL;
+  EVP_PKEY *k = kb ? PEM_read_bio_PrivateKey(kb, NULL, NULL, NULL) : NULL;
+  int ok = x && k && SSL_CTX_use_certificate(ctx, x) == 1 && SSL_CTX_use_PrivateKey(ctx, k) == 1;
+  if (ok) {
+    X509 *extra;
+    while ((extra = PEM_read_bio_X509(cb, NULL, NULL, NULL)) != NULL)
+      SSL_CTX_add_extra_chain_cert(ctx, extra);
+  }
+  ERR_clear_error();
+  X509_free(x);
+  EVP_PKEY_free(k);
+  BIO_free(cb);
+  BIO_free(kb);
+  if (!ok) {
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
+  return ctx;
+}
+
+/* ---- client contexts ------------------------------------------------------------------- */
+
+typedef struct client_entry {
+  char *key;
+  SSL_CTX *ctx;
+  struct client_entry *next;
+} client_entry;
+
+static client_entry *client_cache;
+
+SSL_CTX *evs__tls_client_ctx(const char *ca_file, const char *cert_file, const char *key_file,
+                             int verify, char *err, size_t errlen) {
+  char key[4096];
+  snprintf(key, sizeof key, "%s|%s|%s|%d", ca_file ? ca_file : "", cert_file ? cert_file : "",
+           key_file ? key_file : "", verify);
+  for (client_entry *e = client_cache; e; e = e->next)
+    if (strcmp(e->key, key) == 0) return e->ctx;
+
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  if (!ctx) return NULL;
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x08http/1.1", 9);
+  if (verify) {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    int ok = ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
+                     : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+      snprintf(err, errlen, "cannot load CA file '%s'", ca_file ? ca_file : "(system)");
+      goto fail;
+    }
+  } else {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+  }
+  if (cert_file) {
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, key_file ? key_file : cert_file, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+      snprintf(err, errlen, "cannot load client certificate '%s'", cert_file);
+      goto fail;
+    }
+  }
+  client_entry *e = calloc(1, sizeof *e);
+  if (!e || !(e->key = strdup(key))) {
+    free(e);
+    goto fail;
+  }
+  e->ctx = ctx;
+  e->next = client_cache;
+  client_cache = e;
+  return ctx;
+fail:
+  ERR_clear_error();
+  SSL_CTX_free(ctx);
+  return NULL;
+}
+
+void evs__tls_client_cache_clear(void) {
+  while (client_cache) {
+    client_entry *e = client_cache;
+    client_cache = e->next;
+    SSL_CTX_free(e->ctx);
+    free(e->key);
+    free(e);
+  }
+}

@@ -1,0 +1,33 @@
+/*
+ * TLS contexts. Servers: TLS 1.2 and 1.3 only, AEAD cipher suites only, ALPN "http/1.1", and a
+ * certificate chosen per SNI name (exact names first, then "*.suffix" wildcards, else the
+ * listener's default). Clients (upstreams): verification on unless turned off explicitly,
+ * optional client certificate for mTLS, contexts cached per (ca, cert, key, verify).
+ */
+#ifndef EVS_CORE_TLS_H
+#define EVS_CORE_TLS_H
+
+#include <openssl/ssl.h>
+
+#include "conf.h"
+
+typedef struct evs__tls_server evs__tls_server;
+
+/* Build the server contexts of one TLS listener: its default certificate plus every
+ * [certificate] section. Returns 0 or -1 with err (file names only, never key material). */
+int evs__tls_server_new(const evs__settings *s, const evs__listener_conf *l,
+                        evs__tls_server **ret, char *err, size_t errlen);
+SSL_CTX *evs__tls_server_ctx(evs__tls_server *t);
+void evs__tls_server_free(evs__tls_server *t);
+
+/* A client context (cached; owned by the cache). NULL ca_file: the configured default or the
+ * system store. */
+SSL_CTX *evs__tls_client_ctx(const char *ca_file, const char *cert_file, const char *key_file,
+                             int verify, char *err, size_t errlen);
+void evs__tls_client_cache_clear(void);
+/* A server context from PEM buffers (plugins minting certificates per SNI). */
+SSL_CTX *evs__tls_ctx_from_pem(const char *cert_pem, size_t cert_len, const char *key_pem,
+                               size_t key_len);
+void evs__tls_apply_server_policy(SSL_CTX *ctx);
+
+#endif
