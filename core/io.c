@@ -26,6 +26,8 @@ typedef struct write_req {
 } write_req;
 
 void evs__io_init(evs__io *io, void *owner) {
+  io->lingering = 0;
+  io->linger_timer = NULL;
   io->data = owner;
   io->h.handle.data = io;
   io->on_read = NULL;
@@ -152,6 +154,14 @@ static void tls_input(evs__io *io, const char *data, size_t len) {
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   evs__io *io = s->data;
   if (nread == 0) return;
+  if (io->lingering) {
+    if (nread < 0) {
+      io->lingering = 0;
+      io->closing = 0;
+      evs__io_close(io);
+    }
+    return;
+  }
   if (nread < 0) {
     deliver_error(io, (int)nread);
     return;
@@ -260,8 +270,14 @@ const char *evs__io_sni(const evs__io *io) {
   return io->ssl ? SSL_get_servername(io->ssl, TLSEXT_NAMETYPE_host_name) : NULL;
 }
 
+static void linger_timer_closed(uv_handle_t *h) { free(h); }
+
 static void on_closed(uv_handle_t *h) {
   evs__io *io = h->data;
+  if (io->linger_timer) {
+    uv_close((uv_handle_t *)io->linger_timer, linger_timer_closed);
+    io->linger_timer = NULL;
+  }
   if (io->ssl) {
     SSL_free(io->ssl); /* frees both BIOs */
     io->ssl = NULL;
@@ -281,10 +297,24 @@ void evs__io_close(evs__io *io) {
   uv_close(&io->h.handle, on_closed);
 }
 
+static void linger_done(uv_timer_t *t) {
+  evs__io *io = t->data;
+  io->lingering = 0;
+  io->closing = 0;
+  evs__io_close(io);
+}
+
 static void on_shutdown(uv_shutdown_t *req, int status) {
-  (void)status;
   evs__io *io = req->data;
   free(req);
+  if (status == 0 && io->h.handle.type == UV_TCP && (io->linger_timer = malloc(sizeof(uv_timer_t)))) {
+    uv_timer_init(io->h.handle.loop, io->linger_timer);
+    io->linger_timer->data = io;
+    uv_timer_start(io->linger_timer, linger_done, EVS_IO_LINGER_MS, 0);
+    io->lingering = 1;
+    if (uv_read_start(&io->h.stream, alloc_cb, on_read) == 0) return;
+    io->lingering = 0;
+  }
   io->closing = 0; /* let evs__io_close run its course */
   evs__io_close(io);
 }

@@ -47,6 +47,8 @@ struct evs__io {
   unsigned closing : 1;
   unsigned shutdown_sent : 1;
   unsigned tls_verified : 1;
+  unsigned lingering : 1;
+  uv_timer_t *linger_timer;
   int error;                     /* last error, if any */
 };
 
@@ -65,7 +67,10 @@ int evs__io_writev(evs__io *io, const uv_buf_t *bufs, size_t nbufs);
 /* Close (idempotent); on_close runs later. Pending writes are flushed first by the kernel only
  * if the caller waited for on_drain; a hard close drops them. */
 void evs__io_close(evs__io *io);
-/* Close after every queued write reached the kernel (uv_shutdown, then close). */
+/* Close after every queued write reached the kernel: uv_shutdown, then read and discard what
+ * the peer still sends for up to EVS_IO_LINGER_MS so that closing with unread input does not
+ * reset the connection and destroy the response we just sent (a "lingering close"). */
+#define EVS_IO_LINGER_MS 2000
 void evs__io_shutdown_close(evs__io *io);
 /* Feed bytes that were read before the stream was wrapped (e.g. after takeover). */
 void evs__io_feed(evs__io *io, const char *data, size_t len);

@@ -555,6 +555,10 @@ int evs__main(int argc, char **argv) {
       sd_notify_msg("STOPPING=1");
       EVS_LOG_INFO("EVS-1616", "stopping: draining workers");
       signal_generation(&m, SIGTERM, 0);
+      /* New connections are refused from now on instead of waiting in a queue nobody reads. */
+      close_sockets(m.socks, m.nsocks);
+      m.socks = NULL;
+      m.nsocks = 0;
       stop_deadline = now_ms() + (uint64_t)m.settings->drain_timeout_ms + 5000;
     }
     reap(&m);

@@ -1,0 +1,274 @@
+/*
+ * evctl: the command-line client of a running evserver, talking to its admin API over the Unix
+ * socket. This file holds the entry point, the global flags (--socket, --json, --no-color,
+ * --help, --version), the command table and the call into the admin API shared by every
+ * command. Commands live in cmd_*.c; docs/evctl.md is the user's guide.
+ *
+ * Global flags may appear anywhere before a "--"; whatever else follows the command's words
+ * is the command's own. Exit status: 0 success, 1 error, 2 usage error.
+ */
+#include "evctl.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The commands, in the order --help lists them. A multi-word name ("app create") is matched
+ * word by word, so groups of subcommands need nothing more than rows here. */
+static const evctl_command commands[] = {
+    {"status", "", "Show the server's version, process and counters", evctl_cmd_status},
+    {"plugins", "", "List the plugins and whether each was loaded or rejected", evctl_cmd_plugins},
+};
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void print_help(FILE *f) {
+  fprintf(f,
+          "Usage: evctl [flags] <command> [arguments]\n"
+          "\n"
+          "Control a running evserver through its admin socket.\n"
+          "\n"
+          "Commands:\n");
+  size_t w = 0;
+  for (size_t i = 0; i < NCOMMANDS; i++) {
+    size_t n = strlen(commands[i].name) + (*commands[i].args ? 1 + strlen(commands[i].args) : 0);
+    if (n > w) w = n;
+  }
+  for (size_t i = 0; i < NCOMMANDS; i++) {
+    char synopsis[256];
+    snprintf(synopsis, sizeof(synopsis), "%s%s%s", commands[i].name, *commands[i].args ? " " : "",
+             commands[i].args);
+    fprintf(f, "  %-*s  %s\n", (int)w, synopsis, commands[i].summary);
+  }
+  fprintf(f,
+          "\n"
+          "Flags:\n"
+          "  --socket PATH  The admin socket (default: $EVSERVER_ADMIN_SOCKET, else\n"
+          "                 " EVCTL_DEFAULT_SOCKET ")\n"
+          "  --json         Print the server's answer as one JSON object\n"
+          "  --no-color     Disable coloured output (NO_COLOR and EV_NO_COLOR are respected too)\n"
+          "  --help         Print this help, or a command's with `evctl <command> --help`\n"
+          "  --version      Print evctl's version\n"
+          "\n"
+          "Exit status: 0 success, 1 error, 2 usage error.\n");
+}
+
+static void print_command_help(const evctl_command *c) {
+  printf("Usage: evctl [flags] %s%s%s\n\n%s.\n\nRun `evctl --help` for the global flags.\n", c->name,
+         *c->args ? " " : "", c->args, c->summary);
+}
+
+int evctl_usage_error(const char *name, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("evctl: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  if (name)
+    fprintf(stderr, "\nTry 'evctl %s --help' for more information.\n", name);
+  else
+    fputs("\nTry 'evctl --help' for more information.\n", stderr);
+  return EVCTL_EXIT_USAGE;
+}
+
+int evctl_no_args(const char *name, int argc, char **argv) {
+  if (argc == 0) return 0;
+  if (argv[0][0] == '-' && argv[0][1])
+    return evctl_usage_error(name, "%s: unknown option '%s'", name, argv[0]);
+  return evctl_usage_error(name, "%s takes no arguments, got '%s'", name, argv[0]);
+}
+
+/* Number of leading words of argv that match the command name, or 0 if they do not all. */
+static size_t match_words(const char *name, int argc, char **argv) {
+  size_t words = 0;
+  for (const char *p = name; *p;) {
+    size_t n = strcspn(p, " ");
+    if ((int)words >= argc || strlen(argv[words]) != n || strncmp(argv[words], p, n) != 0) return 0;
+    words++;
+    p += n;
+    p += *p == ' ';
+  }
+  return words;
+}
+
+/* Whether word starts multi-word command names ("app" for "app create"). */
+static int is_group(const char *word) {
+  size_t n = strlen(word);
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    if (strncmp(commands[i].name, word, n) == 0 && commands[i].name[n] == ' ') return 1;
+  return 0;
+}
+
+static void list_group(const char *word) {
+  size_t n = strlen(word);
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    if (strncmp(commands[i].name, word, n) == 0 && commands[i].name[n] == ' ')
+      fprintf(stderr, "  evctl %s%s%s\n", commands[i].name, *commands[i].args ? " " : "",
+              commands[i].args);
+}
+
+/* Reports a failed admin call. The server's errors are JSON {status, code, title, detail,
+ * message}; anything else is shown as its status line and the start of its body. */
+static void report_http_error(const evctl_ctx *ctx, const char *method, const char *path,
+                              const evctl_response *r, json_t *obj) {
+  const char *detail = NULL, *code = evctl_response_header(r, "X-Evervault-Error-Code");
+  if (obj) {
+    json_t *d = json_object_get(obj, "detail");
+    if (!json_is_string(d)) d = json_object_get(obj, "message");
+    if (!json_is_string(d)) d = json_object_get(obj, "title");
+    if (json_is_string(d)) detail = json_string_value(d);
+    if (json_is_string(json_object_get(obj, "code"))) code = json_string_value(json_object_get(obj, "code"));
+    if (ctx->json) evctl_print_json(obj);
+  }
+  char status[160];
+  snprintf(status, sizeof(status), "evctl: %s %s: %d %s", method, path, r->status, r->reason);
+  evctl_print(ctx, stderr, EVCTL_PLAIN, status);
+  if (detail) {
+    fputs(": ", stderr);
+    evctl_print(ctx, stderr, EVCTL_PLAIN, detail);
+  } else if (!obj && r->body_len) {
+    char excerpt[201];
+    size_t n = strcspn(r->body, "\r\n");
+    snprintf(excerpt, sizeof(excerpt), "%.*s", (int)(n < 200 ? n : 200), r->body);
+    fputs(": ", stderr);
+    evctl_print(ctx, stderr, EVCTL_PLAIN, excerpt);
+  }
+  if (code) {
+    fputs(" [", stderr);
+    evctl_print(ctx, stderr, EVCTL_PLAIN, code);
+    fputc(']', stderr);
+  }
+  fputc('\n', stderr);
+}
+
+int evctl_admin_call(const evctl_ctx *ctx, const char *method, const char *path,
+                     const json_t *body, json_t **ret_obj) {
+  char *payload = NULL;
+  if (body && !(payload = json_dumps(body, JSON_COMPACT))) {
+    fprintf(stderr, "evctl: out of memory\n");
+    return -1;
+  }
+  evctl_response r = {0};
+  char err[512];
+  int rc = evctl_http_request(ctx->socket_path, method, path, "application/json", payload,
+                              payload ? strlen(payload) : 0, ctx->timeout_ms, &r, err, sizeof(err));
+  free(payload);
+  if (rc < 0) {
+    fputs("evctl: ", stderr);
+    evctl_print(ctx, stderr, EVCTL_PLAIN, err);
+    fputc('\n', stderr);
+    return -1;
+  }
+  json_error_t jerr;
+  json_t *obj = json_loadb(r.body, r.body_len, JSON_REJECT_DUPLICATES, &jerr);
+  if (obj && !json_is_object(obj)) {
+    json_decref(obj);
+    obj = NULL;
+  }
+  if (r.status < 200 || r.status > 299) {
+    report_http_error(ctx, method, path, &r, obj);
+    rc = -1;
+  } else if (!obj) {
+    char msg[400];
+    snprintf(msg, sizeof(msg), "evctl: %s %s: the server's answer is not a JSON object: %s", method,
+             path, r.body_len ? jerr.text : "empty body");
+    evctl_print(ctx, stderr, EVCTL_PLAIN, msg);
+    fputc('\n', stderr);
+    rc = -1;
+  } else {
+    *ret_obj = obj;
+    obj = NULL;
+  }
+  json_decref(obj);
+  evctl_response_done(&r);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  evctl_ctx ctx = {.timeout_ms = EVCTL_TIMEOUT_MS};
+  int no_color = 0, help = 0, version = 0, nargs = 0;
+  char **args = calloc((size_t)argc + 1, sizeof(*args));
+  if (!args) {
+    fputs("evctl: out of memory\n", stderr);
+    return EVCTL_EXIT_ERROR;
+  }
+
+  /* Pull the global flags out of argv wherever they are; the rest, in order, is the command. */
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) {
+      while (++i < argc) args[nargs++] = argv[i];
+    } else if (strcmp(a, "--json") == 0) {
+      ctx.json = 1;
+    } else if (strcmp(a, "--no-color") == 0 || strcmp(a, "--no-colour") == 0) {
+      no_color = 1;
+    } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      help = 1;
+    } else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
+      version = 1;
+    } else if (strcmp(a, "--socket") == 0) {
+      if (i + 1 == argc || !*argv[i + 1]) {
+        free(args);
+        return evctl_usage_error(NULL, "--socket needs a path");
+      }
+      ctx.socket_path = argv[++i];
+    } else if (strncmp(a, "--socket=", 9) == 0) {
+      if (!a[9]) {
+        free(args);
+        return evctl_usage_error(NULL, "--socket needs a path");
+      }
+      ctx.socket_path = a + 9;
+    } else {
+      args[nargs++] = argv[i];
+    }
+  }
+  if (!ctx.socket_path) {
+    const char *env = getenv("EVSERVER_ADMIN_SOCKET");
+    ctx.socket_path = env && *env ? env : EVCTL_DEFAULT_SOCKET;
+  }
+  ctx.color = evctl_want_color(no_color);
+
+  int rc;
+  const evctl_command *cmd = NULL;
+  size_t words = 0;
+  for (size_t i = 0; i < NCOMMANDS && !cmd; i++)
+    if ((words = match_words(commands[i].name, nargs, args)) > 0) cmd = &commands[i];
+
+  if (version) {
+    printf("evctl %s\n", EVS_VERSION);
+    rc = EVCTL_EXIT_OK;
+  } else if (nargs == 0) {
+    print_help(help ? stdout : stderr);
+    rc = help ? EVCTL_EXIT_OK : EVCTL_EXIT_USAGE;
+  } else if (!cmd) {
+    if (help) {
+      print_help(stdout);
+      rc = EVCTL_EXIT_OK;
+    } else if (args[0][0] == '-' && args[0][1]) {
+      rc = evctl_usage_error(NULL, "unknown option '%s'", args[0]);
+    } else if (is_group(args[0])) {
+      if (nargs > 1)
+        fprintf(stderr, "evctl: unknown command '%s %s'; '%s' takes one of:\n", args[0], args[1],
+                args[0]);
+      else
+        fprintf(stderr, "evctl: '%s' needs a subcommand, one of:\n", args[0]);
+      list_group(args[0]);
+      fputs("Try 'evctl --help' for more information.\n", stderr);
+      rc = EVCTL_EXIT_USAGE;
+    } else {
+      rc = evctl_usage_error(NULL, "unknown command '%s'", args[0]);
+    }
+  } else if (help) {
+    print_command_help(cmd);
+    rc = EVCTL_EXIT_OK;
+  } else {
+    rc = cmd->run(&ctx, nargs - (int)words, args + words);
+  }
+  free(args);
+
+  /* A full disk or a closed pipe on stdout is a failure the caller must see. */
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    if (rc == EVCTL_EXIT_OK) fputs("evctl: cannot write to standard output\n", stderr);
+    rc = rc == EVCTL_EXIT_OK ? EVCTL_EXIT_ERROR : rc;
+  }
+  return rc;
+}
