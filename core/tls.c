@@ -64,7 +64,8 @@ static SSL_CTX *server_ctx_load(const char *cert, const char *key, char *err, si
     goto fail;
   }
   if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-    snprintf(err, errlen, "cannot load private key '%s'", key);
+    snprintf(err, errlen, "cannot load private key '%s': missing, unreadable, or it does not "
+             "match certificate '%s'", key, cert);
     goto fail;
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
