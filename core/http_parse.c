@@ -487,25 +487,38 @@ static void scan_transfer_encoding(const unsigned char *v, size_t n, struct fram
   }
 }
 
+/*
+ * Next element of a comma-separated list starting at *pos: sets [*s, *e) with OWS trimmed
+ * (possibly empty) and moves *pos past the comma. Returns 0 when the list is exhausted.
+ */
+static int next_element(const unsigned char *v, size_t n, size_t *pos, size_t *s, size_t *e) {
+  size_t i = *pos;
+  if (i >= n)
+    return 0;
+  size_t a = i;
+  while (i < n && v[i] != ',')
+    i++;
+  size_t b = i;
+  while (a < b && is_ows(v[a]))
+    a++;
+  while (b > a && is_ows(v[b - 1]))
+    b--;
+  *s = a;
+  *e = b;
+  *pos = i + 1;
+  return 1;
+}
+
 /* The Connection options we act on; other elements name hop-by-hop fields (see below). */
 static void scan_connection(const unsigned char *v, size_t n, struct framing *fr) {
-  size_t i = 0;
-  while (i < n) {
-    size_t s = i;
-    while (i < n && v[i] != ',')
-      i++;
-    size_t e = i;
-    while (s < e && is_ows(v[s]))
-      s++;
-    while (e > s && is_ows(v[e - 1]))
-      e--;
+  size_t pos = 0, s, e;
+  while (next_element(v, n, &pos, &s, &e)) {
     if (EQ_LIT(v + s, e - s, "close"))
       fr->conn_close = 1;
     else if (EQ_LIT(v + s, e - s, "keep-alive"))
       fr->conn_keepalive = 1;
     else if (EQ_LIT(v + s, e - s, "upgrade"))
       fr->conn_upgrade = 1;
-    i++;
   }
 }
 
@@ -864,24 +877,15 @@ int evs__http_find_field(const char *buf, const evs__http_head *h, const char *l
 
 /* Is name one of the elements of the Connection field value v? */
 static int list_has(const unsigned char *v, size_t n, const unsigned char *name, size_t nlen) {
-  size_t i = 0;
-  while (i < n) {
-    size_t s = i;
-    while (i < n && v[i] != ',')
-      i++;
-    size_t e = i;
-    while (s < e && is_ows(v[s]))
-      s++;
-    while (e > s && is_ows(v[e - 1]))
-      e--;
-    if (e - s == nlen) {
-      size_t k = 0;
-      while (k < nlen && to_lower(v[s + k]) == to_lower(name[k]))
-        k++;
-      if (k == nlen)
-        return 1;
-    }
-    i++;
+  size_t pos = 0, s, e;
+  while (next_element(v, n, &pos, &s, &e)) {
+    if (e - s != nlen)
+      continue;
+    size_t k = 0;
+    while (k < nlen && to_lower(v[s + k]) == to_lower(name[k]))
+      k++;
+    if (k == nlen)
+      return 1;
   }
   return 0;
 }

@@ -182,7 +182,7 @@ int evs__plugins_check_sections(const evs__settings *s, const evs__plugin_rec *p
   for (size_t k = 0; k < s->nplugins; k++) {
     int found = 0;
     for (size_t i = 0; i < n; i++)
-      if (p[i].loaded && strcmp(p[i].name, s->plugins[k].name) == 0) found = 1;
+      if (p[i].name && strcmp(p[i].name, s->plugins[k].name) == 0) found = 1;
     if (!found) {
       snprintf(err, errlen, "%s:%u: [plugin \"%s\"]: no loadable plugin of that name in %s",
                s->conf->path, s->plugins[k].section->line, s->plugins[k].name, s->plugins_dir);

@@ -364,7 +364,20 @@ static evs_request *request_new(evs__conn *c, size_t head_len, const evs__http_h
   }
   char *host = s;
   host[0] = '\0';
-  if (h->flags & EVS_HTTP_F_HOST) {
+  const char *scheme_end = t != target ? strstr(target, "://") : NULL;
+  if (scheme_end) {
+    /* Absolute-form: the target's authority names the host and Host is ignored (RFC 9112 3.2.2). */
+    const char *auth = scheme_end + 3;
+    const char *at = NULL;
+    size_t alen = strcspn(auth, "/?");
+    for (size_t k = 0; k < alen; k++)
+      if (auth[k] == '@') at = auth + k;
+    if (at) {
+      alen -= (size_t)(at + 1 - auth);
+      auth = at + 1;
+    }
+    lower_host(auth, alen, host);
+  } else if (h->flags & EVS_HTTP_F_HOST) {
     const evs__http_field *hf = &req->fields[h->host_field];
     lower_host(req->head + hf->value_off, hf->value_len, host);
   }
@@ -566,8 +579,7 @@ static void conn_process(evs__conn *c) {
     int r = evs__http_scan_head(&c->scan, c->buf, c->len, c->cap, &head_len);
     if (r == EVS_HTTP_NEED_MORE) return;
     if (r < 0) {
-      conn_fail(c, evs__http_result_status(r), r == EVS_HTTP_E_HEAD_TOO_LARGE ? "bad-request" : "bad-request",
-                evs__http_result_reason(r));
+      conn_fail(c, evs__http_result_status(r), "bad-request", evs__http_result_reason(r));
       return;
     }
     evs__http_field fields[1024];

@@ -58,10 +58,11 @@ int evctl_cmd_status(const evctl_ctx *ctx, int argc, char **argv) {
     return EVCTL_EXIT_OK;
   }
 
-  char *version = value_text(json_object_get(st, "version"));
-  evctl_print(ctx, stdout, EVCTL_BOLD, "evserver ");
-  evctl_print(ctx, stdout, EVCTL_BOLD, version ? version : "?");
+  char *version = value_text(json_object_get(st, "version")), *title = NULL;
+  if (asprintf(&title, "evserver %s", version ? version : "?") < 0) title = NULL;
+  evctl_print(ctx, stdout, EVCTL_BOLD, title ? title : "evserver");
   fputs("  ", stdout);
+  free(title);
   evctl_print(ctx, stdout, EVCTL_GREEN, "running");
   putchar('\n');
   free(version);

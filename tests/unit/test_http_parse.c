@@ -249,7 +249,8 @@ static void test_request_line(void **unused) {
   (void)unused;
   static const struct msg_case rows[] = {
     MC("GET / HTTP/1.1\r\nHost: a\r\n\r\n", EVS_HTTP_OK, NULL),
-    MC("get / HTTP/1.1\r\nHost: a\r\n\r\n", EVS_HTTP_OK, NULL), /* methods are case-sensitive tokens */
+    /* Methods are case-sensitive tokens: "get" is some other method, not GET. */
+    MC("get / HTTP/1.1\r\nHost: a\r\n\r\n", EVS_HTTP_OK, NULL),
     MC("PROPFIND /x HTTP/1.1\r\nHost: a\r\n\r\n", EVS_HTTP_OK, NULL),
     MC("X!#$%&'*+-.^_`|~9 / HTTP/1.1\r\nHost: a\r\n\r\n", EVS_HTTP_OK, NULL),
     MC("ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEF / HTTP/1.1\r\nHost: a\r\n\r\n", EVS_HTTP_OK, NULL),
