@@ -203,6 +203,22 @@ void evs__io_read_stop(evs__io *io) {
 int evs__io_writev(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
   if (io->closing) return UV_ECANCELED;
   if (!io->ssl) return raw_write(io, bufs, nbufs);
+  if (nbufs > 1) {
+    /* One TLS record for a gathered write (a chunk header, its data and CRLF), not three. */
+    size_t total = 0;
+    for (size_t i = 0; i < nbufs; i++) total += bufs[i].len;
+    char *joined = malloc(total ? total : 1);
+    if (!joined) return UV_ENOMEM;
+    size_t off = 0;
+    for (size_t i = 0; i < nbufs; i++) {
+      memcpy(joined + off, bufs[i].base, bufs[i].len);
+      off += bufs[i].len;
+    }
+    uv_buf_t one = uv_buf_init(joined, (unsigned)total);
+    int r = evs__io_writev(io, &one, 1);
+    free(joined);
+    return r;
+  }
   for (size_t i = 0; i < nbufs; i++) {
     size_t off = 0;
     while (off < bufs[i].len) {

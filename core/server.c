@@ -445,14 +445,10 @@ static void request_finish(evs_request *req) {
     c->req = NULL;
     req->conn = NULL;
   }
-  if (req->proxy) return; /* the proxy frees it (evs__proxy owns a reference until it is done) */
+  if (req->proxy) return; /* the proxy still holds it: evs__request_release frees it */
   request_free(req);
-  if (!c || c->state == CONN_CLOSING) return;
-  if (req == NULL) return;
 }
 
-/* Called by the proxy when it drops its reference. */
-void evs__request_release(evs_request *req);
 void evs__request_release(evs_request *req) {
   req->proxy = NULL;
   if (req->finished) request_free(req);

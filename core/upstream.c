@@ -19,8 +19,6 @@
 #include "metrics.h"
 #include "worker.h"
 
-void evs__request_release(evs_request *req);
-
 #define MAX_RESPONSE_HEAD (64u * 1024u)
 
 typedef struct upconn upconn;

@@ -167,6 +167,8 @@ void evs__request_abort(evs_request *req);
 /* Body: attach a sink (starts reading the body; sends 100 Continue if the client asked). */
 int evs__request_body_attach(evs_request *req, const evs__body_sink *sink, void *arg);
 void evs__request_body_resume(evs_request *req);
+/* The proxy drops its reference to a request; frees it if the request already finished. */
+void evs__request_release(evs_request *req);
 
 const char *evs__status_text(int status);
 
