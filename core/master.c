@@ -249,7 +249,7 @@ static void drop_privileges(const evs__settings *s) {
 }
 
 /* Fork one worker; returns the read end of its ready pipe, or -1. */
-static int spawn(master *m, int slot) {
+static int spawn(master *m, int slot, int first) {
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) return -1;
   pid_t pid = fork();
@@ -261,7 +261,7 @@ static int spawn(master *m, int slot) {
   if (pid == 0) {
     close(p[0]);
     drop_privileges(m->settings);
-    _exit(evs__worker_run(m->settings, m->socks, m->nsocks, slot, m->generation, m->nworkers, p[1]));
+    _exit(evs__worker_run(m->settings, m->socks, m->nsocks, slot, m->generation, m->nworkers, first, p[1]));
   }
   close(p[1]);
   m->children[slot] = (child){pid, slot, m->generation};
@@ -275,7 +275,7 @@ static int spawn_generation(master *m) {
   for (int i = 0; i < m->nworkers; i++) {
     int slot = free_slot(m);
     if (slot < 0) break;
-    int fd = spawn(m, slot);
+    int fd = spawn(m, slot, i == 0);
     if (fd >= 0) fds[n++] = fd;
   }
   int ready = 0;
@@ -326,7 +326,7 @@ static void reap(master *m) {
         static uint64_t last_restart;
         if (now_ms() - last_restart < 1000) usleep(500 * 1000);
         last_restart = now_ms();
-        int fd = spawn(m, i);
+        int fd = spawn(m, i, 0);
         if (fd >= 0) close(fd);
       } else if (!clean) {
         EVS_LOG_WARN("EVS-1604", "worker %d of generation %u exited with %s %d", (int)pid,
@@ -374,10 +374,9 @@ static int load_config(const char *path, evs__settings **ret, int for_test) {
   size_t n = 0;
   if (evs__plugins_scan(s, &p, &n) < 0 ||
       evs__plugins_check_sections(s, p, n, err, sizeof err) < 0) {
-    if (p) {
-      if (for_test) fprintf(stderr, "evserver: %s\n", err);
-      else EVS_LOG_ERR("EVS-1609", "%s", err);
-    }
+    /* Rejected plugins were logged by the scan; only -t repeats the first error on stderr. */
+    if (p && for_test) fprintf(stderr, "evserver: %s\n", err);
+    else if (p && strstr(err, "no loadable plugin")) EVS_LOG_ERR("EVS-1609", "%s", err);
     evs__plugins_free(p, n);
     /* A rejected plugin is not fatal for a running server (it is skipped and logged), but -t
      * reports it so the operator sees it before a restart. Unknown plugin sections are fatal. */

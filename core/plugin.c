@@ -30,6 +30,9 @@ typedef struct evs__subscription {
 static evs__plugin_rec *rec(evs_plugin *p) { return (evs__plugin_rec *)p; }
 
 static int ltdl_ready;
+/* Rejections are logged once per node: by the master when it validates (descriptor, config) and
+ * by the first worker of a generation for init failures. Other scans stay quiet. */
+static int log_rejections = 1;
 
 static int cmp_names(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
@@ -45,14 +48,15 @@ static void reject(evs__plugin_rec *r, const char *fmt, ...) {
   free(r->reason);
   r->reason = strdup(msg);
   r->loaded = 0;
-  evs__log(EVS_LOG_ERROR, "EVS-1401", r->name, NULL, "plugin %s rejected: %s", r->file, msg);
+  if (log_rejections)
+    evs__log(EVS_LOG_ERROR, "EVS-1401", r->name, NULL, "plugin %s rejected: %s", r->file, msg);
 }
 
 /* Open one file and check its descriptor. On success r->desc and r->handle are set. */
 static void check_one(const evs__settings *s, evs__plugin_rec *r) {
   lt_dlhandle h = lt_dlopen(r->file);
   if (!h) {
-    reject(r, "cannot be opened (%s); wanted a shared object built against evs_plugin.h; "
+    reject(r, "cannot be opened (%s); wanted an ELF shared object built against evs_plugin.h; "
               "rebuild it or remove it from %s", lt_dlerror(), s->plugins_dir);
     return;
   }
@@ -758,19 +762,28 @@ static int h_read_body(evs_request *req, size_t max_bytes,
 /* ---- load into a worker ------------------------------------------------------------------ */
 
 int evs__plugins_load(evs__worker *w) {
-  if (evs__plugins_scan(w->settings, &w->plugins, &w->nplugins) < 0) return -1;
+  log_rejections = 0; /* the master already logged descriptor and configuration rejections */
+  int rc = evs__plugins_scan(w->settings, &w->plugins, &w->nplugins);
+  log_rejections = w->first_of_generation;
+  if (rc < 0) return -1;
   for (size_t i = 0; i < w->nplugins; i++) {
     evs__plugin_rec *r = &w->plugins[i];
     if (!r->loaded) continue;
     size_t hooks_before = w->nhooks;
     r->in_init = 1;
-    int rc = r->desc->init(&host_table, (evs_plugin *)r, &r->state);
+    int irc = r->desc->init(&host_table, (evs_plugin *)r, &r->state);
     r->in_init = 0;
-    if (rc != 0) {
+    if (irc != 0) {
       w->nhooks = hooks_before; /* registrations of a failed init are void */
       r->crypto = NULL;
-      reject(r, "init failed (%d: %s); see the plugin's log lines above and its README", rc,
-             rc < 0 ? strerror(-rc) : "error");
+      while (r->subs) {
+        evs__subscription *sub = r->subs;
+        r->subs = sub->next;
+        free(sub->prefix);
+        free(sub);
+      }
+      reject(r, "init failed (%d: %s); see the plugin's log lines above and its README", irc,
+             irc < 0 ? strerror(-irc) : "error");
       continue;
     }
     evs__log(EVS_LOG_INFO, "EVS-1404", r->name, NULL, "plugin %s %s loaded from %s", r->name,

@@ -66,7 +66,7 @@ static void close_walk(uv_handle_t *h, void *arg) {
 }
 
 int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsocks, int slot,
-                    unsigned generation, int nworkers, int ready_fd) {
+                    unsigned generation, int nworkers, int first_of_generation, int ready_fd) {
   static evs__worker worker;
   evs__worker *w = &worker;
   evs__w = w;
@@ -87,6 +87,7 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
   w->generation = generation;
   w->nworkers = nworkers;
   w->ready_fd = ready_fd;
+  w->first_of_generation = first_of_generation;
   w->started_ms = uv_now(w->loop);
   w->max_conns = (size_t)((s->max_connections + nworkers - 1) / nworkers);
   unsigned char rnd[4];

@@ -67,6 +67,7 @@ typedef struct evs__worker {
   char id_prefix[9];
   uint64_t started_ms;
   int ready_fd;              /* pipe to the master: one byte when ready */
+  int first_of_generation;   /* logs what every worker of the generation would log alike */
 } evs__worker;
 
 extern evs__worker *evs__w;  /* the worker of this process */
@@ -146,7 +147,7 @@ void evs__server_close_idle(evs__worker *w, uint64_t min_idle_ms);
 void evs__server_free_tls(evs__worker *w);
 /* Run a worker process until it has drained; returns the exit status. */
 int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsocks, int slot,
-                    unsigned generation, int nworkers, int ready_fd);
+                    unsigned generation, int nworkers, int first_of_generation, int ready_fd);
 void evs__server_close_all(evs__worker *w);
 
 /* Responses. content_length < 0: unknown (chunked to HTTP/1.1 clients, close-delimited to 1.0).

@@ -27,7 +27,7 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- parsing ---------------------------------------------------------------------------------- */
+/* ---- parsing ------------------------------------------------------------------------------ */
 
 static void set_err(char *err, size_t errlen, const char *msg) { snprintf(err, errlen, "%s", msg); }
 
@@ -352,7 +352,7 @@ int evctl_http_request(const char *socket_path, const char *method, const char *
     int e = errno;
     const char *hint = e == ENOENT || e == ECONNREFUSED ? " (is evserver running?)"
                      : e == EACCES ? " (run evctl as root or as the user evserver runs as)"
-                     : e == EAGAIN || e == EINPROGRESS ? " (the server is not accepting connections)"
+                     : e == EAGAIN ? " (the server is not accepting connections)"
                      : "";
     snprintf(err, errlen, "cannot connect to %s: %s%s", socket_path, strerror(e), hint);
     close(fd);
@@ -372,7 +372,8 @@ int evctl_http_request(const char *socket_path, const char *method, const char *
           method, target, EVS_VERSION);
   if (body)
     fprintf(m, "Content-Type: %s\r\nContent-Length: %zu\r\n", content_type, body_len);
-  else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0)
+  else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+           strcmp(method, "PATCH") == 0)
     fputs("Content-Length: 0\r\n", m);
   fputs("\r\n", m);
   if (body) fwrite(body, 1, body_len, m);
@@ -405,8 +406,8 @@ int evctl_http_request(const char *socket_path, const char *method, const char *
     size_t used;
     int eof = 0;
     if (cap - len < 16384) {
-      size_t ncap = cap ? cap * 2 : 65536;
-      if (ncap > EVCTL_MAX_RESPONSE_BYTES + MAX_HEAD_BYTES + 1) ncap = EVCTL_MAX_RESPONSE_BYTES + MAX_HEAD_BYTES + 1;
+      size_t ncap = cap ? cap * 2 : 65536, most = EVCTL_MAX_RESPONSE_BYTES + MAX_HEAD_BYTES + 1;
+      if (ncap > most) ncap = most;
       if (ncap <= len) {
         snprintf(err, errlen, "the response from %s is too large", socket_path);
         goto out;

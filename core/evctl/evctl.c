@@ -53,8 +53,8 @@ static void print_help(FILE *f) {
 }
 
 static void print_command_help(const evctl_command *c) {
-  printf("Usage: evctl [flags] %s%s%s\n\n%s.\n\nRun `evctl --help` for the global flags.\n", c->name,
-         *c->args ? " " : "", c->args, c->summary);
+  printf("Usage: evctl [flags] %s%s%s\n\n%s.\n\nRun `evctl --help` for the global flags.\n",
+         c->name, *c->args ? " " : "", c->args, c->summary);
 }
 
 int evctl_usage_error(const char *name, const char *fmt, ...) {
@@ -116,7 +116,8 @@ static void report_http_error(const evctl_ctx *ctx, const char *method, const ch
     if (!json_is_string(d)) d = json_object_get(obj, "message");
     if (!json_is_string(d)) d = json_object_get(obj, "title");
     if (json_is_string(d)) detail = json_string_value(d);
-    if (json_is_string(json_object_get(obj, "code"))) code = json_string_value(json_object_get(obj, "code"));
+    json_t *c = json_object_get(obj, "code");
+    if (json_is_string(c)) code = json_string_value(c);
     if (ctx->json) evctl_print_json(obj);
   }
   char status[160];
@@ -228,10 +229,16 @@ int main(int argc, char **argv) {
   ctx.color = evctl_want_color(no_color);
 
   int rc;
+  /* The longest match wins, so "relay" and "relay list" can both be commands. */
   const evctl_command *cmd = NULL;
   size_t words = 0;
-  for (size_t i = 0; i < NCOMMANDS && !cmd; i++)
-    if ((words = match_words(commands[i].name, nargs, args)) > 0) cmd = &commands[i];
+  for (size_t i = 0; i < NCOMMANDS; i++) {
+    size_t n = match_words(commands[i].name, nargs, args);
+    if (n > words) {
+      words = n;
+      cmd = &commands[i];
+    }
+  }
 
   if (version) {
     printf("evctl %s\n", EVS_VERSION);

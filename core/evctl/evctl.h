@@ -5,9 +5,9 @@
  * of commands). evctl is its own program and never links into the server, so its cross-file
  * names use the prefix evctl_ rather than the core's evs__.
  *
- * Adding a command: write `int cmd_x(const evctl_ctx *ctx, int argc, char **argv)` in a cmd_*.c
- * file, declare it below and add a row to the command table in evctl.c. Commands return an exit
- * status (EVCTL_EXIT_*) and report their own errors.
+ * Adding a command: write `int evctl_cmd_x(const evctl_ctx *ctx, int argc, char **argv)` in a
+ * cmd_*.c file, declare it below and add a row to the command table in evctl.c. Commands return
+ * an exit status (EVCTL_EXIT_*) and report their own errors.
  */
 #ifndef EVS_EVCTL_H
 #define EVS_EVCTL_H
