@@ -361,7 +361,7 @@ static int prepare_state_dir(const evs__settings *s) {
 
 /* Validate a configuration file with its plugins; on success *ret holds it. */
 static int load_config(const char *path, evs__settings **ret, int for_test) {
-  char err[2048];
+  char err[2048] = "";
   evs__settings *s = NULL;
   if (evs__settings_load(path, &s, err, sizeof err) < 0) {
     if (for_test) fprintf(stderr, "evserver: %s\n", err);
@@ -372,8 +372,13 @@ static int load_config(const char *path, evs__settings **ret, int for_test) {
   if (evs__log_level_from_string(s->log_level, &lvl) == 0) evs__log_set_level(lvl);
   evs__plugin_rec *p = NULL;
   size_t n = 0;
-  if (evs__plugins_scan(s, &p, &n) < 0 ||
-      evs__plugins_check_sections(s, p, n, err, sizeof err) < 0) {
+  if (evs__plugins_scan(s, &p, &n) < 0) {
+    /* Unreadable plugins directory: fatal, the scan logged why. */
+    if (for_test) fprintf(stderr, "evserver: cannot read plugins directory %s\n", s->plugins_dir);
+    evs__settings_free(s);
+    return -1;
+  }
+  if (evs__plugins_check_sections(s, p, n, err, sizeof err) < 0) {
     /* Rejected plugins were logged by the scan; only -t repeats the first error on stderr. */
     if (p && for_test) fprintf(stderr, "evserver: %s\n", err);
     else if (p && strstr(err, "no loadable plugin")) EVS_LOG_ERR("EVS-1609", "%s", err);

@@ -5,6 +5,7 @@
  * the host carries on without it.
  */
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <jansson.h>
 #include <ltdl.h>
@@ -56,8 +57,13 @@ static void reject(evs__plugin_rec *r, const char *fmt, ...) {
 static void check_one(const evs__settings *s, evs__plugin_rec *r) {
   lt_dlhandle h = lt_dlopen(r->file);
   if (!h) {
+    /* libltdl reports most dlopen failures as "file not found"; dlerror() says why. */
+    const char *why = lt_dlerror();
+    void *dh = dlopen(r->file, RTLD_NOW | RTLD_LOCAL);
+    if (dh) dlclose(dh);
+    else why = dlerror();
     reject(r, "cannot be opened (%s); wanted an ELF shared object built against evs_plugin.h; "
-              "rebuild it or remove it from %s", lt_dlerror(), s->plugins_dir);
+              "rebuild it or remove it from %s", why, s->plugins_dir);
     return;
   }
   r->handle = h;

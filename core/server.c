@@ -913,6 +913,7 @@ struct evs_stream {
   evs_tls_identity_fn identity_fn;
   void *identity_arg;
   int closed;
+  int pending_write_cbs; /* the stream is freed only when none are pending */
 };
 
 typedef struct stream_write {
@@ -999,12 +1000,41 @@ int evs__stream_read_stop(evs_stream *s) {
 }
 
 int evs__stream_write(evs_stream *s, const uint8_t *d, size_t len, evs_stream_write_fn cb, void *arg);
+typedef struct stream_write_done {
+  uv_timer_t t;
+  evs_stream *s;
+  evs_stream_write_fn cb;
+  void *arg;
+} stream_write_done;
+
+static void stream_write_closed(uv_handle_t *h) { free(h->data); }
+static void stream_write_fire(uv_timer_t *t) {
+  stream_write_done *d = t->data;
+  evs_stream *s = d->s;
+  s->pending_write_cbs--;
+  d->cb(d->arg, s, s->closed ? EVS_ECLOSED : 0);
+  if (s->closed && s->pending_write_cbs == 0) free(s);
+  uv_close((uv_handle_t *)t, stream_write_closed);
+}
+
 int evs__stream_write(evs_stream *s, const uint8_t *d, size_t len, evs_stream_write_fn cb, void *arg) {
-  (void)cb;
-  (void)arg;
   if (s->closed || !s->c) return -ECONNRESET;
   int r = evs__io_write(&s->c->io, d, len);
-  return r < 0 ? r : 0;
+  if (r < 0) return r;
+  if (cb) {
+    /* The data is copied into the write queue, so it is "written" from the caller's point of
+     * view; report that on the next loop turn, never before this call returns. */
+    stream_write_done *w = malloc(sizeof *w);
+    if (!w) return -ENOMEM;
+    w->s = s;
+    w->cb = cb;
+    w->arg = arg;
+    uv_timer_init(s->c->w->loop, &w->t);
+    w->t.data = w;
+    uv_timer_start(&w->t, stream_write_fire, 0, 0);
+    s->pending_write_cbs++;
+  }
+  return 0;
 }
 
 static int stream_sni_cb(SSL *ssl, int *al, void *arg) {
@@ -1055,5 +1085,6 @@ void evs__stream_close(evs_stream *s) {
     conn_close(c, 1);
   }
   if (s->tls_base) SSL_CTX_free(s->tls_base);
-  free(s);
+  s->tls_base = NULL;
+  if (s->pending_write_cbs == 0) free(s);
 }

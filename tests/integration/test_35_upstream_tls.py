@@ -1,0 +1,195 @@
+"""TLS towards destinations: certificate verification (relay `caFile`, `[upstream] ca_file`, the
+system store, `verifyDestination: false`, host name checks) and client certificates (relay
+`mtls`). A failure must come back at once as the documented error (X-Evervault-Error-Code
+service-unavailable, JSON {status, code, title, detail, message}) and be counted in
+evserver_upstream_errors_total; and a pooled upstream connection made under looser settings
+(no verification, a client certificate) must never serve a relay with stricter or different
+ones.
+
+The destinations are evstest Upstreams serving certificates from a throwaway CA that no system
+store trusts; one of them requires client certificates from that CA.
+"""
+
+import os
+import re
+import shutil
+import time
+
+import evstest
+from evstest import Upstream, parse_response, send_raw
+
+# Longer than any client wait below: a handshake that hangs shows up as a missing response,
+# not as a timeout answer.
+UPSTREAM = {"connect_timeout": "20s", "response_timeout": "20s"}
+CLIENT_TIMEOUT = 8.0
+ERROR_KEYS = {"status", "code", "title", "detail", "message"}
+
+
+class Pki:
+    def __init__(self):
+        self.ca = evstest.make_ca(name="upstream CA")
+        self.other_ca = evstest.make_ca(name="unrelated CA")
+        self.server = evstest.make_cert(self.ca, ["localhost", "127.0.0.1"])
+        self.ip_only = evstest.make_cert(self.ca, ["127.0.0.1"])
+        self.wrong_name = evstest.make_cert(self.ca, ["other.test"])
+        self.client = evstest.make_cert(self.ca, ["relay-client"], client=True)
+        self.foreign_client = evstest.make_cert(self.other_ca, ["foreign-client"], client=True)
+
+
+def get(srv, host, path="/up"):
+    """One request for relay `host`; returns (Response, seconds)."""
+    t = time.monotonic()
+    raw = send_raw(srv.port(), ("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                                % (path, host)).encode(), timeout=CLIENT_TIMEOUT)
+    took = time.monotonic() - t
+    assert raw, "no answer for %s within %gs: the upstream handshake hangs" % (host,
+                                                                              CLIENT_TIMEOUT)
+    return parse_response(raw), took
+
+
+def metric(srv, name, **labels):
+    want = ",".join('%s="%s"' % kv for kv in labels.items())
+    text = srv.admin_get("/metrics").text
+    m = re.search(r"^%s%s (\d+)$" % (re.escape(name), re.escape("{%s}" % want) if want else ""),
+                  text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def assert_service_unavailable(r, host):
+    assert r.status in (502, 503), "%s: %r %r" % (host, r, r.body)
+    assert r.header("X-Evervault-Error-Code") == "service-unavailable", (host, r.headers)
+    body = r.json()
+    assert set(body) == ERROR_KEYS, body
+    assert body["status"] == r.status and body["code"] == "service-unavailable", body
+    assert body["detail"] and body["message"], body
+
+
+def test_destination_verified_with_relay_ca_file():
+    pki = Pki()
+    up = Upstream(tls=pki.server, body=b"verified")
+    srv = evstest.start_server(upstream=UPSTREAM, relays={
+        "ca.test": {"destinationDomain": up.url, "caFile": pki.ca.cert},
+        "name.test": {"destinationDomain": "https://localhost:%d" % up.port,
+                      "caFile": pki.ca.cert}})
+    for host in ("ca.test", "name.test"):
+        r, _ = get(srv, host)
+        assert (r.status, r.body) == (200, b"verified"), (host, r, r.body)
+    assert len(up.wait_requests(2)) == 2 and not up.tls_errors, up.tls_errors
+
+
+def test_destination_unknown_to_system_store_fails_fast():
+    pki = Pki()
+    up = Upstream(tls=pki.server, body=b"must not be seen")
+    srv = evstest.start_server(upstream=UPSTREAM, relays={
+        "sys.test": {"destinationDomain": up.url}})
+    before = metric(srv, "evserver_upstream_errors_total", kind="tls")
+    r, took = get(srv, "sys.test")
+    assert_service_unavailable(r, "sys.test")
+    assert metric(srv, "evserver_upstream_errors_total", kind="tls") == before + 1
+    # evserver itself rejected the chain: the upstream saw the unknown_ca alert, no request.
+    evstest.wait_for(lambda: up.tls_errors, what="the upstream to see the failed handshake")
+    assert "UNKNOWN_CA" in up.tls_errors[0].upper(), up.tls_errors
+    assert up.requests == []
+    # A second try fails the same way (nothing cached a half-made connection).
+    r, _ = get(srv, "sys.test")
+    assert_service_unavailable(r, "sys.test")
+
+
+def test_upstream_ca_file_is_the_default_and_relay_ca_file_overrides_it():
+    pki = Pki()
+    up = Upstream(tls=pki.server, body=b"global-ca")
+    srv = evstest.start_server(upstream=dict(UPSTREAM, ca_file=pki.ca.cert), relays={
+        "global.test": {"destinationDomain": up.url},
+        "override.test": {"destinationDomain": up.url, "caFile": pki.other_ca.cert}})
+    r, _ = get(srv, "global.test")
+    assert (r.status, r.body) == (200, b"global-ca"), (r, r.body)
+    r, _ = get(srv, "override.test")
+    assert_service_unavailable(r, "override.test")
+    assert len(up.requests) == 1
+
+
+def test_verify_destination_false_and_pool_isolation():
+    pki = Pki()
+    up = Upstream(tls=pki.wrong_name, body=b"unverified")
+    srv = evstest.start_server(upstream=UPSTREAM, relays={
+        "noverify.test": {"destinationDomain": up.url, "verifyDestination": False},
+        "verify.test": {"destinationDomain": up.url}})
+    for _ in range(2):
+        r, _ = get(srv, "noverify.test")
+        assert (r.status, r.body) == (200, b"unverified"), (r, r.body)
+    # The unverified connection is pooled now; the verifying relay to the same address must
+    # make its own connection and fail verification, not borrow it.
+    r, _ = get(srv, "verify.test")
+    assert_service_unavailable(r, "verify.test")
+    assert len(up.requests) == 2, up.requests
+
+
+def test_hostname_mismatch_fails():
+    pki = Pki()
+    wrong = Upstream(tls=pki.wrong_name, body=b"wrong name")
+    ip_only = Upstream(tls=pki.ip_only, body=b"ip only")
+    srv = evstest.start_server(upstream=UPSTREAM, relays={
+        # certificate for other.test, destination 127.0.0.1
+        "mismatch.test": {"destinationDomain": wrong.url, "caFile": pki.ca.cert},
+        # certificate for IP 127.0.0.1 only, destination called localhost
+        "dnsname.test": {"destinationDomain": "https://localhost:%d" % ip_only.port,
+                         "caFile": pki.ca.cert},
+        # control: the same IP-only certificate reached by its address verifies
+        "ipok.test": {"destinationDomain": ip_only.url, "caFile": pki.ca.cert}})
+    before = metric(srv, "evserver_upstream_errors_total", kind="tls")
+    for host in ("mismatch.test", "dnsname.test"):
+        r, _ = get(srv, host)
+        assert_service_unavailable(r, host)
+    assert metric(srv, "evserver_upstream_errors_total", kind="tls") == before + 2
+    r, _ = get(srv, "ipok.test")
+    assert (r.status, r.body) == (200, b"ip only"), (r, r.body)
+    assert wrong.requests == [] and len(ip_only.requests) == 1
+
+
+def test_mtls_client_certificate_presented():
+    pki = Pki()
+    d = evstest.tmpdir()
+    # Relative paths in relay-config.json are relative to its directory.
+    shutil.copy(pki.client.cert, os.path.join(d, "client.crt"))
+    shutil.copy(pki.client.key, os.path.join(d, "client.key"))
+    shutil.copy(pki.ca.cert, os.path.join(d, "ca.crt"))
+    up = Upstream(tls=pki.server, client_ca=pki.ca, body=b"mutual")
+    cfg = evstest.write_config(d, upstream=UPSTREAM, relays={
+        "mtls.test": {"destinationDomain": up.url, "caFile": "ca.crt",
+                      "mtls": {"certificate": "client.crt", "key": "client.key"}}})
+    srv = evstest.Server(cfg).start()
+    r, _ = get(srv, "mtls.test")
+    assert (r.status, r.body) == (200, b"mutual"), (r, r.body)
+    cert = up.wait_requests(1)[0].client_cert
+    assert cert, "the upstream saw no client certificate"
+    subject = dict(kv for rdn in cert["subject"] for kv in rdn)
+    issuer = dict(kv for rdn in cert["issuer"] for kv in rdn)
+    assert subject.get("commonName") == "relay-client", cert
+    assert issuer.get("commonName") == "upstream CA", cert
+
+
+def test_mtls_required_but_missing_or_foreign_fails():
+    pki = Pki()
+    up = Upstream(tls=pki.server, client_ca=pki.ca, body=b"mutual")
+    srv = evstest.start_server(upstream=UPSTREAM, relays={
+        "mtls.test": {"destinationDomain": up.url, "caFile": pki.ca.cert,
+                      "mtls": {"certificate": pki.client.cert, "key": pki.client.key}},
+        "nomtls.test": {"destinationDomain": up.url, "caFile": pki.ca.cert},
+        "foreign.test": {"destinationDomain": up.url, "caFile": pki.ca.cert,
+                         "mtls": {"certificate": pki.foreign_client.cert,
+                                  "key": pki.foreign_client.key}}})
+    # First a good mTLS request, so an authenticated connection sits in the pool.
+    r, _ = get(srv, "mtls.test")
+    assert (r.status, r.body) == (200, b"mutual"), (r, r.body)
+    for n, host in enumerate(("nomtls.test", "foreign.test"), 1):
+        r, _ = get(srv, host)
+        assert_service_unavailable(r, host)
+        evstest.wait_for(lambda: len(up.tls_errors) >= n,
+                         what="the upstream to refuse the handshake of %s" % host)
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in up.tls_errors[0].upper(), up.tls_errors
+    # Only the request with the right certificate ever reached the destination.
+    assert len(up.requests) == 1, up.requests
+    assert all(q.client_cert for q in up.requests)
+
+
+evstest.main(globals())
