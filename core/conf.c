@@ -69,7 +69,7 @@ const evs_config_item evs__conf_limits_items[] = {
     {"max_body_bytes", EVS_CONFIG_SIZE, "25m", 1 * KIB, 64 * GIB, 0,
      "largest request body, per request; larger answers 413"},
     {"max_connections", EVS_CONFIG_INT, "10000", 1, 1000000, 0,
-     "most open client connections per worker; more wait in the backlog"},
+     "most open client connections on the node (split across workers); more get 503"},
     {"header_timeout", EVS_CONFIG_DURATION, "10s", 100, 1 * MS_H, 0,
      "time allowed to receive a complete request head"},
     {"body_timeout", EVS_CONFIG_DURATION, "30s", 100, 1 * MS_H, 0,

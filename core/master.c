@@ -47,7 +47,10 @@ typedef struct master {
   evs__listen_sock *socks;
   size_t nsocks;
   child children[EVS_METRICS_SLOTS];
-  unsigned generation;
+  unsigned generation;       /* the generation that is (or is becoming) current */
+  unsigned last_generation;  /* highest number handed out: numbers are never reused */
+  evs__listen_sock *stale_socks; /* during a reload: the previous sockets, closed in new workers */
+  size_t nstale;
   int nworkers;
   uint64_t watchdog_usec;
   int stopping;
@@ -260,6 +263,8 @@ static int spawn(master *m, int slot, int first) {
   }
   if (pid == 0) {
     close(p[0]);
+    /* A listener that moved must not stay open (and unanswered) in the new generation. */
+    for (size_t i = 0; i < m->nstale; i++) close(m->stale_socks[i].fd);
     drop_privileges(m->settings);
     _exit(evs__worker_run(m->settings, m->socks, m->nsocks, slot, m->generation, m->nworkers, first, p[1]));
   }
@@ -268,8 +273,9 @@ static int spawn(master *m, int slot, int first) {
   return p[0];
 }
 
-/* Start a full generation and wait until every worker said it is ready. */
-static int spawn_generation(master *m) {
+/* Start a full generation and wait until every worker said it is ready. Returns how many did;
+ * *ret_degraded counts those that came up with a plugin that failed its init. */
+static int spawn_generation(master *m, int *ret_degraded) {
   int fds[MAX_WORKERS];
   int n = 0;
   for (int i = 0; i < m->nworkers; i++) {
@@ -278,16 +284,20 @@ static int spawn_generation(master *m) {
     int fd = spawn(m, slot, i == 0);
     if (fd >= 0) fds[n++] = fd;
   }
-  int ready = 0;
+  int ready = 0, degraded = 0;
   uint64_t deadline = now_ms() + READY_TIMEOUT_MS;
   for (int i = 0; i < n; i++) {
     struct pollfd pfd = {fds[i], POLLIN, 0};
     uint64_t t = now_ms();
     int left = t < deadline ? (int)(deadline - t) : 0;
     char c;
-    if (poll(&pfd, 1, left) == 1 && read(fds[i], &c, 1) == 1) ready++;
+    if (poll(&pfd, 1, left) == 1 && read(fds[i], &c, 1) == 1) {
+      ready++;
+      if (c != 'R') degraded++;
+    }
     close(fds[i]);
   }
+  *ret_degraded = degraded;
   return ready;
 }
 
@@ -295,9 +305,15 @@ static void signal_generation(master *m, int sig, int older_than_current) {
   for (int i = 0; i < EVS_METRICS_SLOTS; i++) {
     child *c = &m->children[i];
     if (c->pid == 0) continue;
-    if (older_than_current && c->generation >= m->generation) continue;
+    if (older_than_current && c->generation == m->generation) continue;
     kill(c->pid, sig);
   }
+}
+
+static void signal_generation_exact(master *m, int sig, unsigned generation) {
+  for (int i = 0; i < EVS_METRICS_SLOTS; i++)
+    if (m->children[i].pid != 0 && m->children[i].generation == generation)
+      kill(m->children[i].pid, sig);
 }
 
 static int live_children(master *m) {
@@ -370,6 +386,19 @@ static int load_config(const char *path, evs__settings **ret, int for_test) {
   }
   evs_log_level lvl;
   if (evs__log_level_from_string(s->log_level, &lvl) == 0) evs__log_set_level(lvl);
+  /* Load the TLS material now, so a bad certificate fails -t and a reload, not the workers. */
+  for (size_t i = 0; i < s->nlisteners; i++) {
+    if (!s->listeners[i].tls) continue;
+    evs__tls_server *t = NULL;
+    char terr[1024];
+    if (evs__tls_server_new(s, &s->listeners[i], &t, terr, sizeof terr) < 0) {
+      if (for_test) fprintf(stderr, "evserver: %s: listener '%s': %s\n", path, s->listeners[i].name, terr);
+      else EVS_LOG_ERR("EVS-1619", "%s: listener '%s': %s", path, s->listeners[i].name, terr);
+      evs__settings_free(s);
+      return -1;
+    }
+    evs__tls_server_free(t);
+  }
   evs__plugin_rec *p = NULL;
   size_t n = 0;
   if (evs__plugins_scan(s, &p, &n) < 0) {
@@ -436,12 +465,36 @@ static void reload(master *m, const char *conf_path) {
   evs__settings *old_settings = m->settings;
   evs__listen_sock *old_socks = m->socks;
   size_t old_n = m->nsocks;
+  unsigned old_generation = m->generation;
+  int old_nworkers = m->nworkers;
   m->settings = ns;
   m->socks = socks;
   m->nsocks = nsocks;
   m->nworkers = resolve_workers(ns);
-  m->generation++;
-  int ready = spawn_generation(m);
+  m->generation = ++m->last_generation;
+  m->stale_socks = old_socks;
+  m->nstale = old_n;
+  int degraded = 0;
+  int ready = spawn_generation(m, &degraded);
+  m->stale_socks = NULL;
+  m->nstale = 0;
+  if (ready < m->nworkers || degraded > 0) {
+    /* The new generation cannot serve what the old one does: retire it gracefully (it may
+     * already have accepted connections) and keep the running configuration. */
+    EVS_LOG_ERR("EVS-1618", "reload failed: %d of %d new workers ready, %d with a plugin that "
+                "failed to initialise; keeping the running configuration", ready, m->nworkers,
+                degraded);
+    signal_generation_exact(m, SIGQUIT, m->generation);
+    m->settings = old_settings;
+    m->socks = old_socks;
+    m->nsocks = old_n;
+    m->generation = old_generation;
+    m->nworkers = old_nworkers;
+    close_sockets(socks, nsocks);
+    evs__settings_free(ns);
+    sd_notify_msg("READY=1\nSTATUS=reload failed; running the previous configuration");
+    return;
+  }
   /* Old workers stop accepting only now that new ones are listening. */
   signal_generation(m, SIGQUIT, 1);
   close_sockets(old_socks, old_n);
@@ -508,6 +561,17 @@ int evs__main(int argc, char **argv) {
   memset(&m, 0, sizeof m);
   if (load_config(conf_path, &m.settings, test_only) < 0) return 1;
   if (test_only) {
+    /* Initialise every plugin once, in a child (the master runs no plugin code), so that a
+     * plugin's own files (relay-config.json, ...) are checked too. */
+    pid_t pid = fork();
+    if (pid == 0) _exit(evs__worker_check_plugins(m.settings) == 0 ? 0 : 3);
+    int st = 0;
+    if (pid < 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      fprintf(stderr, "evserver: a plugin failed to initialise with %s (see the log line above)\n",
+              conf_path);
+      evs__settings_free(m.settings);
+      return 1;
+    }
     printf("evserver: configuration file %s test is successful\n", conf_path);
     evs__settings_free(m.settings);
     return 0;
@@ -529,8 +593,9 @@ int evs__main(int argc, char **argv) {
     return 1;
   }
   m.nworkers = resolve_workers(m.settings);
-  m.generation = 1;
-  int ready = spawn_generation(&m);
+  m.generation = m.last_generation = 1;
+  int degraded = 0;
+  int ready = spawn_generation(&m, &degraded);
   if (ready == 0) {
     EVS_LOG_ERR("EVS-1614", "no worker became ready; stopping");
     signal_generation(&m, SIGKILL, 0);

@@ -788,6 +788,7 @@ int evs__plugins_load(evs__worker *w) {
         free(sub->prefix);
         free(sub);
       }
+      w->plugin_init_failures++;
       reject(r, "init failed (%d: %s); see the plugin's log lines above and its README", irc,
              irc < 0 ? strerror(-irc) : "error");
       continue;

@@ -39,6 +39,7 @@ struct evs__conn {
   evs__conn *prev, *next;
   uint64_t nrequests;
   uint64_t idle_since;  /* loop time the connection last became idle */
+  int counted;          /* counts against limits.max_connections (admin connections do not) */
 };
 
 uint64_t evs__now_ns(void) {
@@ -117,6 +118,7 @@ static void conn_close(evs__conn *c, int graceful) {
   else w->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   w->nconns--;
+  if (c->counted) w->npublic--;
   evs__metrics_connections(-1);
   uv_timer_stop(&c->timer);
   uv_close((uv_handle_t *)&c->timer, on_timer_closed);
@@ -131,20 +133,15 @@ static void conn_close(evs__conn *c, int graceful) {
   else evs__io_close(&c->io);
 }
 
+static void conn_fail(evs__conn *c, int status, const char *code, const char *detail);
+
 static void on_timeout(uv_timer_t *t) {
   evs__conn *c = t->data;
   enum timer_kind k = c->timer_kind;
   c->timer_kind = T_NONE;
   if (k == T_HEADER && c->len > 0 && !c->req) {
     /* A partial head that never completed: tell the client why. */
-    static const char msg[] =
-        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-        "X-Evervault-Error-Code: request-timeout\r\nConnection: close\r\nContent-Length: 128\r\n\r\n"
-        "{\"status\":408,\"code\":\"request-timeout\",\"title\":\"Request Timeout\",\"detail\":"
-        "\"Request head timed out\",\"message\":\"Request head timed out\"} ";
-    evs__io_write(&c->io, msg, sizeof msg - 1);
-    evs__metrics_request(408, 0);
-    conn_close(c, 1);
+    conn_fail(c, 408, "request-timeout", "Request head timed out");
     return;
   }
   if (k == T_BODY && c->req && !c->req->head_sent) {
@@ -240,18 +237,13 @@ static void on_connection(uv_stream_t *server, int status) {
     conn_close(c, 0);
     return;
   }
-  if (w->nconns > w->max_conns) {
-    static const char msg[] =
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        "X-Evervault-Error-Code: service-unavailable\r\nConnection: close\r\n"
-        "Content-Length: 142\r\n\r\n"
-        "{\"status\":503,\"code\":\"service-unavailable\",\"title\":\"Service Unavailable\","
-        "\"detail\":\"Too many connections\",\"message\":\"Too many connections\"}       ";
+  if (!l->sock->is_admin && ++w->npublic > w->max_conns) {
+    c->counted = 1;
     evs__metrics_rejected_connection();
-    evs__io_write(&c->io, msg, sizeof msg - 1);
-    conn_close(c, 1);
+    conn_fail(c, 503, "service-unavailable", "Too many connections");
     return;
   }
+  c->counted = !l->sock->is_admin;
   c->state = CONN_HEAD;
   if (l->tls) {
     c->state = CONN_HANDSHAKE;
@@ -303,6 +295,31 @@ static int lower_host(const char *in, size_t len, char *out) {
   }
   for (size_t i = 0; i < end; i++) out[i] = (char)((in[i] >= 'A' && in[i] <= 'Z') ? in[i] + 32 : in[i]);
   out[end] = '\0';
+  return 0;
+}
+
+/* Requests we forward but that another parser might frame differently: a GET or HEAD with a
+ * body, or a field whose name only looks like a framing field (Transfer---Encoding). The
+ * connection closes after them, so nothing can be smuggled behind them. */
+static int request_is_ambiguous(const evs_request *req) {
+  const char *m = req->info.method;
+  if ((strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0) &&
+      (req->info.chunked || (req->info.has_content_length && req->info.content_length > 0)))
+    return 1;
+  for (size_t i = 0; i < req->h.nfields; i++) {
+    const evs__http_field *f = &req->fields[i];
+    char norm[32];
+    size_t n = 0;
+    for (size_t k = 0; k < f->name_len && n < sizeof norm - 1; k++) {
+      char ch = req->head[f->name_off + k];
+      if (ch >= 'A' && ch <= 'Z') ch = (char)(ch + 32);
+      if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')) norm[n++] = ch;
+    }
+    norm[n] = '\0';
+    if ((strcmp(norm, "transferencoding") == 0 && f->name_len != 17) ||
+        (strcmp(norm, "contentlength") == 0 && f->name_len != 14))
+      return 1;
+  }
   return 0;
 }
 
@@ -405,7 +422,7 @@ static evs_request *request_new(evs__conn *c, size_t head_len, const evs__http_h
   req->chunked.max_trailer_bytes = 8192;
   int keepalive = h->version_minor == 1 ? !(h->flags & EVS_HTTP_F_CONN_CLOSE)
                                         : (h->flags & EVS_HTTP_F_CONN_KEEPALIVE) != 0;
-  req->close_after = !keepalive;
+  req->close_after = !keepalive || request_is_ambiguous(req);
   return req;
 }
 
@@ -456,7 +473,9 @@ void evs__request_release(evs_request *req) {
 
 /* After a response completed: close, or wait for the next request. */
 static void conn_after_response(evs__conn *c, evs_request *req) {
-  int close_after = req->close_after || !req->body_done || c->w->draining;
+  /* A draining worker keeps a connection whose response promised keep-alive: the idle grace
+   * in worker.c closes it, so a client never loses a request it sent right after. */
+  int close_after = req->close_after || !req->body_done;
   request_finish(req);
   if (c->state == CONN_CLOSING) return;
   if (close_after) {
@@ -562,6 +581,14 @@ static int body_input(evs__conn *c) {
   if (off > 0 && c->state != CONN_CLOSING) {
     memmove(c->buf, c->buf + off, c->len - off);
     c->len -= off;
+    size_t base = (size_t)c->w->settings->max_header_bytes;
+    if (c->cap > base && c->len <= base) {
+      char *nb = realloc(c->buf, base);
+      if (nb) {
+        c->buf = nb;
+        c->cap = base;
+      }
+    }
   }
   if (rc < 0) return -1;
   if (c->req == req && req && req->paused) return 1;
@@ -618,9 +645,10 @@ static void conn_read(evs__io *io, ssize_t nread, const char *data) {
         conn_fail(c, 431, "bad-request", "request head too large");
         return;
       }
-      /* A request is in flight and its body sink is paused: keep the bytes for later. */
+      /* A request is in flight and its body sink is paused: stop reading and keep the rest of
+       * this read below (the buffer grows by at most one read, and shrinks once drained). */
       evs__io_read_stop(&c->io);
-      return;
+      break;
     }
     size_t take = n < room ? n : room;
     memcpy(c->buf + c->len, data, take);
@@ -985,7 +1013,10 @@ int evs__stream_read_start(evs_stream *s, evs_stream_read_fn cb, void *arg) {
     if (!copy) return -ENOMEM;
     memcpy(copy, c->buf, len);
     c->len = 0;
-    evs__io_feed(&c->io, copy, len);
+    /* Buffered bytes are plaintext already (the listener's TLS decrypted them), unless the
+     * plugin started its own TLS on a plain connection: then they are its first records. */
+    if (s->tls_base) evs__io_feed(&c->io, copy, len);
+    else c->io.on_read(&c->io, (ssize_t)len, copy);
     free(copy);
     if (s->closed) return 0;
   }

@@ -8,6 +8,7 @@
  * Bodies stream in both directions with backpressure: when the receiving side's write queue is
  * above the high-water mark the sending side stops reading until it drains.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -47,6 +48,7 @@ struct upconn {
   int closed;
   int io_done, timer_done;
   int gai_pending;
+  int sni_is_ip;
 };
 
 static upconn *idle_list;
@@ -174,8 +176,8 @@ static void on_connect(uv_connect_t *req, int status) {
   }
   uv_tcp_nodelay(&u->io->h.tcp, 1);
   if (u->ctx) {
-    int r = evs__io_tls_client(u->io, u->ctx, u->sni, u->tls_verify ? u->sni : NULL,
-                               on_tls_handshake);
+    int r = evs__io_tls_client(u->io, u->ctx, u->sni_is_ip ? NULL : u->sni,
+                               u->tls_verify ? u->sni : NULL, on_tls_handshake);
     if (r < 0) {
       if (u->owner) u->owner->on_connected(u->owner, EVS_ETLS);
       return;
@@ -233,7 +235,10 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
   }
   u->key = strdup(k);
   u->host = strdup(host);
+  /* RFC 6066: no IP literals in SNI; the name still serves for certificate verification. */
   u->sni = strdup(sni ? sni : host);
+  struct in6_addr ip;
+  u->sni_is_ip = inet_pton(AF_INET, u->sni, &ip) == 1 || inet_pton(AF_INET6, u->sni, &ip) == 1;
   u->port = port;
   u->tls_verify = verify;
   u->owner = owner;
@@ -572,7 +577,8 @@ static int send_head(evs__proxy *px) {
   size_t o = (size_t)snprintf(out, cap, "%s %s%s%s HTTP/1.1\r\n", req->info.method, target,
                               target == req->info.path && req->info.query[0] ? "?" : "",
                               target == req->info.path ? req->info.query : "");
-  const char *xff_prev = NULL;
+  /* Earlier X-Forwarded-For fields, joined in order (a list may be split over fields). */
+  char *xff_prev = NULL;
   size_t xff_prev_len = 0;
   for (size_t i = 0; i < req->h.nfields; i++) {
     const evs__http_field *f = &req->fields[i];
@@ -581,10 +587,15 @@ static int send_head(evs__proxy *px) {
         evs__http_field_is(b, f, "x-forwarded-proto"))
       continue;
     if (px->up.x_forwarded_for && evs__http_field_is(b, f, "x-forwarded-for")) {
-      if (!xff_prev) {
-        xff_prev = b + f->value_off;
-        xff_prev_len = f->value_len;
+      char *nx = realloc(xff_prev, xff_prev_len + f->value_len + 3);
+      if (!nx) continue;
+      xff_prev = nx;
+      if (xff_prev_len) {
+        memcpy(xff_prev + xff_prev_len, ", ", 2);
+        xff_prev_len += 2;
       }
+      memcpy(xff_prev + xff_prev_len, b + f->value_off, f->value_len);
+      xff_prev_len += f->value_len;
       continue;
     }
     int edited = 0;
@@ -614,6 +625,7 @@ static int send_head(evs__proxy *px) {
     else
       o += (size_t)snprintf(out + o, cap - o, "X-Forwarded-For: %s\r\n", req->client_addr);
   }
+  free(xff_prev);
   o += (size_t)snprintf(out + o, cap - o, "X-Forwarded-Proto: %s\r\n",
                         req->info.tls ? "https" : "http");
   if (req->has_body) {

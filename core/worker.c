@@ -116,7 +116,7 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
     EVS_LOG_ERR("EVS-1504", "worker cannot listen; exiting");
     return 1;
   }
-  char one = 'R';
+  char one = w->plugin_init_failures ? 'P' : 'R'; /* 'P': serving without a failed plugin */
   if (ready_fd >= 0) {
     ssize_t wr = write(ready_fd, &one, 1);
     (void)wr;
@@ -134,4 +134,21 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
   evs__store_close(w->store);
   EVS_LOG_DEBUG("EVS-1506", "worker exiting");
   return 0;
+}
+
+int evs__worker_check_plugins(const evs__settings *s) {
+  static evs__worker worker;
+  evs__worker *w = &worker;
+  evs__w = w;
+  evs__log_set_role("check");
+  w->loop = uv_default_loop();
+  w->settings = s;
+  w->nworkers = 1;
+  w->first_of_generation = 1;
+  evs__plugins_load(w);
+  int failures = w->plugin_init_failures;
+  evs__plugins_unload(w);
+  uv_walk(w->loop, close_walk, NULL);
+  uv_run(w->loop, UV_RUN_DEFAULT);
+  return failures;
 }

@@ -54,6 +54,7 @@ typedef struct evs__worker {
   int nworkers;
   evs__conn *conns;          /* all open client connections */
   size_t nconns;
+  size_t npublic;            /* connections on public listeners (not admin) */
   size_t max_conns;          /* this worker's share of limits.max_connections */
   int draining;
   uv_timer_t drain_timer;
@@ -68,6 +69,7 @@ typedef struct evs__worker {
   uint64_t started_ms;
   int ready_fd;              /* pipe to the master: one byte when ready */
   int first_of_generation;   /* logs what every worker of the generation would log alike */
+  int plugin_init_failures;  /* plugins whose init returned an error */
 } evs__worker;
 
 extern evs__worker *evs__w;  /* the worker of this process */
@@ -145,6 +147,8 @@ void evs__server_stop_accepting(evs__worker *w);
  * before closing an idle connection avoids racing a client that is sending its next request. */
 void evs__server_close_idle(evs__worker *w, uint64_t min_idle_ms);
 void evs__server_free_tls(evs__worker *w);
+/* In a child of `evserver -t`: initialise and finalise every plugin once; 0 if all succeeded. */
+int evs__worker_check_plugins(const evs__settings *s);
 /* Run a worker process until it has drained; returns the exit status. */
 int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsocks, int slot,
                     unsigned generation, int nworkers, int first_of_generation, int ready_fd);

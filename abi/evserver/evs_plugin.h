@@ -8,13 +8,16 @@
  *      magic, abi_major == host major, abi_minor <= host minor, and size >= the size of the
  *      ABI 1.0 descriptor. A mismatch rejects the plugin with one log line.
  *   2. The host validates the plugin's `[plugin "<name>"]` configuration section against the
- *      descriptor's `config_items` table (data, no plugin code). `evserver -t` stops here.
+ *      descriptor's `config_items` table (data, no plugin code). `evserver -t` then runs
+ *      init and fini once in a child process, so the plugin can check its own files.
  *   3. In each worker process: init(host, plugin, &state). Registration (hooks, routes, event
  *      subscriptions, crypto provider) is allowed only during init. Non-zero return: the
  *      plugin is unloaded (fini is not called) and the host logs the error and carries on.
  *   4. Requests flow: hooks run at their phases (enum evs_phase) for every request.
  *   5. On SIGHUP the master validates the new configuration and starts new workers, which run
  *      steps 1–3 with it; old workers stop accepting, finish in-flight requests, then run step 6.
+ *      If a new worker's init fails, the new generation is retired instead and the old one
+ *      keeps serving.
  *   6. fini(state) once, after the last request the plugin saw has completed. Then the host
  *      closes the shared object.
  *

@@ -12,7 +12,8 @@ them in order and prints "N passed, M failed". What is here:
                      RawUpstream, a plain-TCP one that keeps every byte it receives and
                      reads requests strictly (RawRequest, RawConnection)
 - certificates:      make_ca, make_cert (a throwaway CA and leaf certificates via `openssl`)
-- raw HTTP:          connect, send_raw (bytes in, bytes out), parse_response, parse_responses,
+- raw HTTP:          connect, send_raw (bytes in, bytes out), recv_responses and wait_closed
+                     (for a socket kept open), parse_response, parse_responses,
                      Response; admin_get / admin_request over the admin Unix socket
 - running:           main, Skip
 
@@ -47,7 +48,7 @@ __all__ = [
     "free_port", "free_ports", "Config", "write_config", "Server", "ServerError", "start_server",
     "run_evserver", "Upstream", "Request", "Cert", "make_ca", "make_cert", "connect", "send_raw",
     "Response", "Incomplete", "parse_response", "parse_responses", "admin_get", "admin_request",
-    "RawUpstream", "RawRequest", "RawConnection",
+    "RawUpstream", "RawRequest", "RawConnection", "recv_responses", "wait_closed",
 ]
 
 SOURCE_DIR = os.environ.get("EVS_SOURCE_DIR") or os.path.dirname(
@@ -1236,6 +1237,81 @@ def send_raw(port, data, host="127.0.0.1", *, timeout=5.0, tls=None, server_host
     finally:
         s.close()
     return got
+
+
+def recv_responses(sock, n=1, *, timeout=5.0, head=False, data=b"", allow_close=False):
+    """Reads from a connected socket until n complete responses (interim 1xx ones count) have
+    arrived and returns (responses, rest): the parsed Responses and any bytes after the n-th.
+    data: bytes already read (the rest of an earlier call). head=True parses them as answers to
+    HEAD (no bodies). Raises AssertionError, showing what did arrive, if timeout seconds pass or
+    the peer closes first; with allow_close=True a close instead returns the complete responses
+    so far (fewer than n: the caller sees the connection ended) and the bytes left over."""
+    deadline = time.monotonic() + timeout
+    got = data
+
+    def complete():
+        data, out = got, []
+        try:
+            while len(out) < n:
+                r, used = _parse(data, head, False)
+                out.append(r)
+                data = data[used:]
+        except ValueError:  # Incomplete included
+            return None
+        return out, data
+
+    while True:
+        done = complete()
+        if done:
+            for r in done[0]:
+                r.rest = b""
+            return done
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("%d response(s) not complete within %gs; got %r"
+                                 % (n, timeout, got[:2000]))
+        sock.settimeout(left)
+        try:
+            b = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except (ConnectionResetError, ssl.SSLError):
+            b = b""
+        if not b:
+            rs, data = [], got
+            try:  # a close-delimited body ends here
+                while len(rs) < n and data:
+                    r = parse_response(data, head=head)
+                    rs.append(r)
+                    data, r.rest = r.rest, b""
+            except ValueError:
+                pass
+            if len(rs) == n or allow_close:
+                return rs, data
+            raise AssertionError("connection closed before %d complete response(s); got %r"
+                                 % (n, got[:2000]))
+        got += b
+
+
+def wait_closed(sock, timeout=5.0):
+    """Waits until the peer closes (EOF or reset) a connected socket. Returns (closed, extra):
+    closed is False if timeout seconds passed first; extra is whatever bytes arrived meanwhile."""
+    deadline = time.monotonic() + timeout
+    extra = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False, extra
+        sock.settimeout(left)
+        try:
+            b = sock.recv(65536)
+        except socket.timeout:
+            return False, extra
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            return True, extra
+        if not b:
+            return True, extra
+        extra += b
 
 
 def admin_request(socket_path, method, path, body=None, headers=None, timeout=5.0):
