@@ -434,11 +434,11 @@ static int resolve_workers(const evs__settings *s) {
 }
 
 static void reload(master *m, const char *conf_path) {
-  sd_notify_msg("RELOADING=1");
+  /* One datagram, as Type=notify-reload requires. */
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  char msg[64];
-  snprintf(msg, sizeof msg, "MONOTONIC_USEC=%llu",
+  char msg[80];
+  snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
            (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000u);
   sd_notify_msg(msg);
   evs__settings *ns = NULL;
