@@ -26,11 +26,8 @@ static void respond_json(evs_request *req, json_t *o) {
 
 void evs__admin_handle(evs__worker *w, evs_request *req) {
   const char *path = req->info.path;
-  if (strcmp(req->info.method, "GET") != 0 && strcmp(req->info.method, "HEAD") != 0) {
-    evs__respond_error(req, 405, "bad-request", "Admin endpoints accept GET only");
-    return;
-  }
-  if (strcmp(path, "/metrics") == 0) {
+  int get = strcmp(req->info.method, "GET") == 0 || strcmp(req->info.method, "HEAD") == 0;
+  if (get && strcmp(path, "/metrics") == 0) {
     size_t len = 0;
     char *text = evs__metrics_render(&len);
     if (!text) {
@@ -42,7 +39,7 @@ void evs__admin_handle(evs__worker *w, evs_request *req) {
     free(text);
     return;
   }
-  if (strcmp(path, "/status") == 0) {
+  if (get && strcmp(path, "/status") == 0) {
     evs__metrics_region *m = evs__metrics_region_get();
     int64_t conns = 0;
     uint64_t requests = 0;
@@ -67,7 +64,7 @@ void evs__admin_handle(evs__worker *w, evs_request *req) {
     respond_json(req, o);
     return;
   }
-  if (strcmp(path, "/plugins") == 0) {
+  if (get && strcmp(path, "/plugins") == 0) {
     json_t *arr = json_array();
     for (size_t i = 0; i < w->nplugins; i++) {
       evs__plugin_rec *r = &w->plugins[i];
@@ -86,5 +83,7 @@ void evs__admin_handle(evs__worker *w, evs_request *req) {
     respond_json(req, json_pack("{s:o}", "plugins", arr));
     return;
   }
+  /* Plugins add admin endpoints (evctl commands) through their ROUTE hooks. */
+  if (evs__plugins_run_hooks(w, EVS_PHASE_ROUTE, req) || req->head_sent) return;
   evs__respond_error(req, 404, "resource-not-found", "No such admin endpoint");
 }

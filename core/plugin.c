@@ -689,6 +689,57 @@ static void *h_uv_loop(evs_plugin *p) {
 static int h_read_body(evs_request *req, size_t max_bytes,
                        void (*cb)(void *arg, int status, const uint8_t *data, size_t len), void *arg);
 
+static int stream_name(evs__plugin_rec *r, const char *stream, char *out, size_t n) {
+  if (!stream || !*stream) return -EINVAL;
+  int w = snprintf(out, n, "%s/%s", r->name, stream);
+  return w < 0 || (size_t)w >= n ? -E2BIG : 0;
+}
+
+static int h_store_append(evs_plugin *p, const char *stream, const char *json) {
+  if (!evs__w->store) return -ENOTSUP;
+  char name[EVS_STORE_NAME_MAX + 1];
+  int r = stream_name(rec(p), stream, name, sizeof name);
+  if (r < 0) return r;
+  return evs__store_append(evs__w->store, name, json, NULL);
+}
+
+typedef struct query_acc {
+  deferred *head, **tail;
+} query_acc;
+static int query_collect(void *arg, int64_t id, int64_t ts, const char *json) {
+  (void)id;
+  query_acc *a = arg;
+  deferred *item = calloc(1, sizeof *item);
+  if (!item) return 1;
+  item->s1 = strdup(json);
+  item->status = 0;
+  item->len = (size_t)ts;
+  *a->tail = item;
+  a->tail = &item->next;
+  return 0;
+}
+typedef void (*query_cb)(void *arg, int status, int64_t ts_ms, const char *json);
+static void run_query(deferred *d) {
+  query_cb cb = (query_cb)d->cb;
+  for (deferred *i = d->next; i; i = i->next) cb(d->arg, 0, (int64_t)i->len, i->s1);
+  cb(d->arg, d->status, 0, NULL);
+}
+static int h_store_query(evs_plugin *p, const char *stream, int64_t since_ms, size_t limit,
+                         query_cb cb, void *arg) {
+  if (!evs__w->store) return -ENOTSUP;
+  if (!cb) return -EINVAL;
+  char name[EVS_STORE_NAME_MAX + 1];
+  int r = stream_name(rec(p), stream, name, sizeof name);
+  if (r < 0) return r;
+  deferred *d = defer(run_query, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  query_acc a = {NULL, &d->next};
+  d->status = evs__store_query(evs__w->store, name, since_ms, limit, query_collect, &a);
+  if (d->status > 0) d->status = 0;
+  defer_start(d);
+  return 0;
+}
+
 static const evs_host host_table = {
     .size = sizeof(evs_host),
     .abi_major = EVS_ABI_MAJOR,
@@ -731,6 +782,8 @@ static const evs_host host_table = {
     .stream_close = evs__stream_close,
     .uv_loop = h_uv_loop,
     .read_body = h_read_body,
+    .store_append = h_store_append,
+    .store_query = h_store_query,
 };
 
 /* read_body: collect the whole body (bounded) and hand it over. */

@@ -119,7 +119,10 @@ typedef enum evs_log_level {
 } evs_log_level;
 
 /* ---- Requests ---------------------------------------------------------------------------- */
-/* Phases at which request hooks run, in order. */
+/* Phases at which request hooks run, in order. Requests on the admin Unix socket reach ROUTE
+ * hooks too (request_info.listener is "admin") when the host's own admin endpoints (/metrics,
+ * /status, /plugins) do not match: that is how plugins add evctl commands. Only the socket's
+ * file permissions guard it, so such handlers need no further authentication. */
 typedef enum evs_phase {
   /* Route: decide who handles the request. A hook that takes the request returns EVS_HANDLED
    * and must eventually respond, proxy, or take over; EVS_DECLINED passes to the next hook.
@@ -345,6 +348,14 @@ typedef struct evs_host {
    * call cb with it; -E2BIG if it is larger. For handlers that answer themselves (APIs). */
   int (*read_body)(evs_request *req, size_t max_bytes,
                    void (*cb)(void *arg, int status, const uint8_t *data, size_t len), void *arg);
+
+  /* Append-only record streams (transaction and audit logs), shared by all workers and nodes.
+   * stream is [A-Za-z0-9_.:/-]{1,64} and is prefixed with the plugin's name; json_record is one
+   * JSON object (<= 1 MiB, never secrets). query delivers records newest first, at most limit,
+   * with ts_ms >= since_ms, then once with json == NULL at the end. */
+  int (*store_append)(evs_plugin *p, const char *stream, const char *json_record);
+  int (*store_query)(evs_plugin *p, const char *stream, int64_t since_ms, size_t limit,
+                     void (*cb)(void *arg, int status, int64_t ts_ms, const char *json), void *arg);
 } evs_host;
 
 #ifdef __cplusplus

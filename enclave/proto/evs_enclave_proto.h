@@ -1,0 +1,94 @@
+/*
+ * The enclave protocol: how the enclave plugin (in a worker) talks to the enclave process (the
+ * only holder of key material) over a socketpair. Versioned, batched, asynchronous: one message
+ * carries many fields, and the plugin may have many requests in flight, matched by request id.
+ *
+ * Framing (all integers little-endian):
+ *
+ *   message  = u32 length (bytes after this field, <= EVS_EP_MAX_MESSAGE)
+ *              u32 magic  (EVS_EP_MAGIC)
+ *              u16 version (EVS_EP_VERSION)
+ *              u16 op     (request: enum evs_ep_op; response: the same op)
+ *              u32 request_id (chosen by the plugin, echoed in the response)
+ *              i32 status (request: 0; response: 0 or a negative enum evs_ep_status)
+ *              u32 nitems (<= EVS_EP_MAX_ITEMS)
+ *              item[nitems]
+ *   item     = u32 len, len bytes
+ *
+ * Each op documents its request items and response items below. Per-field results in batches
+ * are themselves items: `i32 status || bytes` (status 0: bytes are the result).
+ *
+ * Nothing in this header is secret-bearing by itself; what travels is ciphertext, public keys,
+ * sealed blobs, tokens (APP_CREATE's response and APP_UNLOCK's request, once) and, for DECRYPT,
+ * plaintext back to the plugin that asked for it. The channel never leaves the machine.
+ */
+#ifndef EVS_ENCLAVE_PROTO_H
+#define EVS_ENCLAVE_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define EVS_EP_MAGIC 0x31455645u /* "EVE1" */
+#define EVS_EP_VERSION 1
+#define EVS_EP_HEADER_LEN 24     /* length .. nitems */
+#define EVS_EP_MAX_MESSAGE (64u << 20) /* 25 MB files plus encoding overhead */
+#define EVS_EP_MAX_ITEMS 4096
+
+typedef enum evs_ep_op {
+  /* req: (none) — resp: [u16 version, "evserver-enclave <ver>"] */
+  EVS_EP_HELLO = 1,
+  /* req: [app_id] — resp: [app_token (text, shown once), pub_secp256k1 (33 B), pub_p256 (33 B),
+   *   sealed_share_1, sealed_share_2, wrapped_keys]. The plugin stores the last three (two
+   *   shares in two separate stores) and never sees the App Master Key or a private key. */
+  EVS_EP_APP_CREATE = 2,
+  /* req: [app_id, app_token, sealed_share_1, sealed_share_2, wrapped_keys]
+   * resp: [pub_secp256k1, pub_p256]. Keys then live in the enclave's locked memory. */
+  EVS_EP_APP_UNLOCK = 3,
+  /* req: [app_id] — resp: (none). Wipes the app's keys from the enclave. */
+  EVS_EP_APP_LOCK = 4,
+  /* req: [app_id] — resp: [u8 unlocked (0|1), pub_secp256k1, pub_p256] */
+  EVS_EP_APP_STATUS = 5,
+  /* req: [app_id, curve ("secp256k1"|"prime256v1"), role ("" for none), then per field:
+   *   one item "s:<text>" | "n:<json number text>" | "b:true|false"]
+   * resp: per field `i32 status || ev string` */
+  EVS_EP_ENCRYPT = 6,
+  /* req: [app_id, then per field: one ev: string]
+   * resp: per field `i32 status || u8 type (0 string, 1 number, 2 boolean) || plaintext` */
+  EVS_EP_DECRYPT = 7,
+  /* req: [app_id, curve, file bytes] — resp: [%EVENC bytes] */
+  EVS_EP_ENCRYPT_FILE = 8,
+  /* req: [app_id, %EVENC bytes] — resp: [plaintext bytes] */
+  EVS_EP_DECRYPT_FILE = 9,
+} evs_ep_op;
+
+typedef enum evs_ep_status {
+  EVS_EP_OK = 0,
+  EVS_EP_E_PROTOCOL = -1,     /* malformed message, bad magic/version, too large */
+  EVS_EP_E_UNKNOWN_OP = -2,
+  EVS_EP_E_NO_APP = -3,       /* app unknown or not unlocked */
+  EVS_EP_E_BAD_TOKEN = -4,    /* app token does not open the keys */
+  EVS_EP_E_DECRYPT = -5,      /* a field could not be decrypted (tampered, wrong app, ...) */
+  EVS_EP_E_INVALID = -6,      /* an input is invalid (curve, role, type, size) */
+  EVS_EP_E_INTERNAL = -7,
+} evs_ep_status;
+
+/* ---- encoding helpers (header-only: used by both sides, no dependencies) ------------------ */
+
+static inline void evs_ep_put_u32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+  p[2] = (uint8_t)(v >> 16);
+  p[3] = (uint8_t)(v >> 24);
+}
+static inline uint32_t evs_ep_get_u32(const uint8_t *p) {
+  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline void evs_ep_put_u16(uint8_t *p, uint16_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+}
+static inline uint16_t evs_ep_get_u16(const uint8_t *p) {
+  return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+#endif
