@@ -24,7 +24,7 @@
 
 #include "ec_internal.h"
 
-/* ---- process-wide curve handles --------------------------------------------------------------- */
+/* ---- process-wide curve handles -------------------------------------------------------------- */
 
 static pthread_once_t curves_once = PTHREAD_ONCE_INIT;
 static secp256k1_context *k1_ctx;
@@ -53,7 +53,7 @@ static const EC_GROUP *p256(void) {
   return p256_group;
 }
 
-/* ---- explicit-parameters SPKI prefixes --------------------------------------------------------- */
+/* ---- explicit-parameters SPKI prefixes ------------------------------------------------------- */
 
 /* DER of SubjectPublicKeyInfo { AlgorithmIdentifier { id-ecPublicKey, ECParameters { version 1,
  * FieldID { prime-field, p }, Curve { a, b [, seed] }, base G (uncompressed), order n,
@@ -172,7 +172,7 @@ int evs_ec_derive_key(evs_ec_curve curve, evs_ec_kdf kdf, const uint8_t z[EVS_EC
   return ok ? EVS_EC_OK : EVS_EC_ECRYPTO;
 }
 
-/* ---- secp256k1 (libsecp256k1) ------------------------------------------------------------------ */
+/* ---- secp256k1 (libsecp256k1) ---------------------------------------------------------------- */
 
 /* libsecp256k1's ECDH hashes the shared point by default; the Evervault scheme wants the bare
  * x-coordinate (like OpenSSL's ECDH and Node's computeSecret). */
@@ -213,7 +213,7 @@ static int k1_serialize(const secp256k1_pubkey *pk, uint8_t *comp, uint8_t *unc)
   return EVS_EC_OK;
 }
 
-/* ---- prime256v1 (OpenSSL) ---------------------------------------------------------------------- */
+/* ---- prime256v1 (OpenSSL) -------------------------------------------------------------------- */
 
 static int p256_decode(const uint8_t *in, size_t len, uint8_t *comp, uint8_t *unc) {
   const EC_GROUP *g = p256();
@@ -249,7 +249,8 @@ out:
   return r;
 }
 
-/* An EVP_PKEY for a prime256v1 public point (already validated) or key pair. */
+/* An EVP_PKEY for a prime256v1 public point (already validated) or key pair. Slow (it builds
+ * an EC_GROUP): for keys made once, not per ciphertext. */
 static EVP_PKEY *p256_pkey(const uint8_t unc[EVS_EC_PUB_UNC_LEN], const uint8_t *priv) {
   OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
   OSSL_PARAM *params = NULL;
@@ -310,7 +311,7 @@ out:
   return r;
 }
 
-/* ---- keys ------------------------------------------------------------------------------------- */
+/* ---- keys ------------------------------------------------------------------------------------ */
 
 int evs_ec_key_from_private(evs_ec_curve curve, const uint8_t priv[EVS_EC_PRIV_LEN],
                             evs_ec_key **ret_key) {
@@ -339,7 +340,9 @@ int evs_ec_key_from_private(evs_ec_curve curve, const uint8_t priv[EVS_EC_PRIV_L
     if ((r = k1_serialize(&pk, k->pub, k->pub_unc)) != EVS_EC_OK) goto fail;
   } else {
     if ((r = p256_pub_from_priv(priv, k->pub, k->pub_unc)) != EVS_EC_OK) goto fail;
-    if (!(k->pkey = p256_pkey(k->pub_unc, priv))) {
+    k->pkey = p256_pkey(k->pub_unc, priv);
+    k->pub_only = p256_pkey(k->pub_unc, NULL);
+    if (!k->pkey || !k->pub_only) {
       r = EVS_EC_ECRYPTO;
       goto fail;
     }
@@ -367,6 +370,7 @@ int evs_ec_key_generate(evs_ec_curve curve, evs_ec_key **ret_key) {
 void evs_ec_key_free(evs_ec_key *key) {
   if (!key) return;
   EVP_PKEY_free(key->pkey);
+  EVP_PKEY_free(key->pub_only);
   OPENSSL_clear_free(key, sizeof *key);
 }
 
@@ -382,7 +386,7 @@ void evs_ec_key_private(const evs_ec_key *key, uint8_t ret_priv[EVS_EC_PRIV_LEN]
   memcpy(ret_priv, key->priv, EVS_EC_PRIV_LEN);
 }
 
-/* ---- points and ECDH --------------------------------------------------------------------------- */
+/* ---- points and ECDH ------------------------------------------------------------------------- */
 
 int evs_ec_point_decode(evs_ec_curve curve, const uint8_t *in, size_t len,
                         uint8_t ret_compressed[EVS_EC_PUB_LEN],
@@ -398,23 +402,38 @@ int evs_ec_point_decode(evs_ec_curve curve, const uint8_t *in, size_t len,
   return EVS_EC_EINVAL;
 }
 
-static int p256_derive(const evs_ec_key *key, const uint8_t unc[EVS_EC_PUB_UNC_LEN],
-                       uint8_t z[EVS_EC_SECRET_LEN]) {
+/* ECDH on prime256v1 through EVP_PKEY_derive. The peer key is a duplicate of the app's public
+ * key with the (already validated) point swapped in: cheaper than building one from parameters
+ * (which creates a new EC_GROUP each time), and a kept derive context saves a provider lookup. */
+static int p256_derive(const evs_ec_key *key, EVP_PKEY_CTX **keep,
+                       const uint8_t unc[EVS_EC_PUB_UNC_LEN], uint8_t z[EVS_EC_SECRET_LEN]) {
   int r = EVS_EC_ECRYPTO;
   size_t zlen = EVS_EC_SECRET_LEN;
-  EVP_PKEY *peer = p256_pkey(unc, NULL);
-  EVP_PKEY_CTX *ctx = peer ? EVP_PKEY_CTX_new_from_pkey(NULL, key->pkey, NULL) : NULL;
+  EVP_PKEY_CTX *ctx = keep ? *keep : NULL;
+  EVP_PKEY *peer = EVP_PKEY_dup(key->pub_only);
+  if (!peer || EVP_PKEY_set1_encoded_public_key(peer, unc, EVS_EC_PUB_UNC_LEN) != 1) goto out;
+  if (!ctx) {
+    ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key->pkey, NULL);
+    if (!ctx || EVP_PKEY_derive_init(ctx) <= 0) {
+      EVP_PKEY_CTX_free(ctx);
+      ctx = NULL;
+      goto out;
+    }
+    if (keep) *keep = ctx;
+  }
   /* validate_peer = 0: the point was validated when decoded (cofactor 1, see the top). */
-  if (ctx && EVP_PKEY_derive_init(ctx) > 0 && EVP_PKEY_derive_set_peer_ex(ctx, peer, 0) > 0 &&
-      EVP_PKEY_derive(ctx, z, &zlen) > 0 && zlen == EVS_EC_SECRET_LEN)
+  if (EVP_PKEY_derive_set_peer_ex(ctx, peer, 0) > 0 && EVP_PKEY_derive(ctx, z, &zlen) > 0 &&
+      zlen == EVS_EC_SECRET_LEN)
     r = EVS_EC_OK;
-  EVP_PKEY_CTX_free(ctx);
+out:
+  if (!keep) EVP_PKEY_CTX_free(ctx);
   EVP_PKEY_free(peer);
   return r;
 }
 
-int evs__ec_ecdh_unc(const evs_ec_key *key, const uint8_t *peer, size_t peer_len,
-                     uint8_t ret_z[EVS_EC_SECRET_LEN], uint8_t ret_unc[EVS_EC_PUB_UNC_LEN]) {
+int evs__ec_ecdh_unc(const evs_ec_key *key, EVP_PKEY_CTX **derive_ctx, const uint8_t *peer,
+                     size_t peer_len, uint8_t ret_z[EVS_EC_SECRET_LEN],
+                     uint8_t ret_unc[EVS_EC_PUB_UNC_LEN]) {
   uint8_t unc[EVS_EC_PUB_UNC_LEN], z[EVS_EC_SECRET_LEN];
   int r;
   if (!key || !ret_z || (!peer && peer_len)) return EVS_EC_EINVAL;
@@ -426,7 +445,7 @@ int evs__ec_ecdh_unc(const evs_ec_key *key, const uint8_t *peer, size_t peer_len
     if (!secp256k1_ecdh(k1(), z, &pk, key->priv, k1_hash_x, NULL)) r = EVS_EC_ECRYPTO;
   } else {
     if ((r = p256_decode(peer, peer_len, NULL, unc)) != EVS_EC_OK) return r;
-    r = p256_derive(key, unc, z);
+    r = p256_derive(key, derive_ctx, unc, z);
   }
   if (r == EVS_EC_OK) {
     memcpy(ret_z, z, EVS_EC_SECRET_LEN);
@@ -438,5 +457,5 @@ int evs__ec_ecdh_unc(const evs_ec_key *key, const uint8_t *peer, size_t peer_len
 
 int evs_ec_ecdh(const evs_ec_key *priv, const uint8_t *peer, size_t peer_len,
                 uint8_t ret_z[EVS_EC_SECRET_LEN]) {
-  return evs__ec_ecdh_unc(priv, peer, peer_len, ret_z, NULL);
+  return evs__ec_ecdh_unc(priv, NULL, peer, peer_len, ret_z, NULL);
 }

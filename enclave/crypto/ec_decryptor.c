@@ -46,6 +46,7 @@ struct evs_ec_decryptor {
   size_t nbuckets;                /* a power of two */
   struct cache_entry *lru_head, *lru_tail;
   uint8_t sipkey[16];
+  EVP_PKEY_CTX *p256_derive;      /* kept across misses (see evs__ec_ecdh_unc) */
   evs_ec_decryptor_stats stats;
 };
 
@@ -101,6 +102,7 @@ void evs_ec_decryptor_free(evs_ec_decryptor *d) {
     OPENSSL_clear_free(d->entries, d->capacity * sizeof *d->entries);
   }
   OPENSSL_free(d->buckets);
+  EVP_PKEY_CTX_free(d->p256_derive);
   evs_ec_key_free(d->keys[0]);
   evs_ec_key_free(d->keys[1]);
   OPENSSL_clear_free(d, sizeof *d);
@@ -112,7 +114,7 @@ void evs_ec_decryptor_get_stats(const evs_ec_decryptor *d, evs_ec_decryptor_stat
   ret->entries = d->count;
 }
 
-/* ---- the LRU cache ------------------------------------------------------------------------------ */
+/* ---- the LRU cache --------------------------------------------------------------------------- */
 
 static uint64_t entry_hash(const evs_ec_decryptor *d, evs_ec_curve curve,
                            const uint8_t eph[EVS_EC_PUB_LEN]) {
@@ -213,7 +215,8 @@ static int lookup(evs_ec_decryptor *d, const evs_ec_key *key, const uint8_t eph[
     return EVS_EC_OK;
   }
   uint8_t z[EVS_EC_SECRET_LEN], unc[EVS_EC_PUB_UNC_LEN];
-  int r = evs__ec_ecdh_unc(key, eph, EVS_EC_PUB_LEN, z, unc);
+  int r = evs__ec_ecdh_unc(key, key->curve == EVS_EC_P256 ? &d->p256_derive : NULL, eph,
+                           EVS_EC_PUB_LEN, z, unc);
   if (r != EVS_EC_OK) {
     OPENSSL_cleanse(z, sizeof z);
     return r;
@@ -241,11 +244,12 @@ static int kdf_order(const struct cache_entry *e, evs_ec_version v, evs_ec_kdf o
   return 2;
 }
 
-/* ---- strings ------------------------------------------------------------------------------------ */
+/* ---- strings --------------------------------------------------------------------------------- */
 
 int evs_ec_decrypt(evs_ec_decryptor *d, const char *s, size_t len, uint8_t *out, size_t cap,
                    evs_ec_plaintext *ret) {
   evs_ec_parsed p;
+  evs_ec_plaintext pt;
   struct cache_entry *e;
   evs_ec_kdf order[2];
   uint8_t aad[EVS_EC_AAD_MAX], tag[EVS_EC_TAG_LEN];
@@ -258,6 +262,7 @@ int evs_ec_decrypt(evs_ec_decryptor *d, const char *s, size_t len, uint8_t *out,
   if (cap < p.ct_len) return EVS_EC_ESPACE;
   if ((r = lookup(d, key, p.eph, &e)) != EVS_EC_OK) return r;
   if ((r = evs_ec_aad(p.version, p.type, p.eph, key->pub, aad, &aad_len)) != EVS_EC_OK) return r;
+  memset(&pt, 0, sizeof pt);
   pt_len = p.ct_len - EVS_EC_TAG_LEN;
   tries = kdf_order(e, p.version, order);
   r = EVS_EC_EAUTH;
@@ -277,30 +282,28 @@ int evs_ec_decrypt(evs_ec_decryptor *d, const char *s, size_t len, uint8_t *out,
     if (r == EVS_EC_OK) {
       if (t > 0) d->stats.fallbacks++;
       e->preferred = (uint8_t)(order[t] + 1);
-      ret->kdf = order[t];
+      pt.kdf = order[t];
     }
   }
+  if (r == EVS_EC_OK && p.has_role) {
+    size_t used = 0;
+    r = evs_ec_metadata_parse(out, pt_len, &pt.meta, &used);
+    pt.data = out + used;
+    pt.len = pt_len - used;
+  } else {
+    pt.data = out;
+    pt.len = pt_len;
+  }
   if (r != EVS_EC_OK) {
+    /* Nothing unauthenticated (or unusable) is left for the caller. */
     OPENSSL_cleanse(out, n);
     return r;
   }
-  ret->version = p.version;
-  ret->curve = p.curve;
-  ret->type = p.type;
-  ret->has_metadata = p.has_role;
-  memset(&ret->meta, 0, sizeof ret->meta);
-  if (p.has_role) {
-    size_t used;
-    if ((r = evs_ec_metadata_parse(out, pt_len, &ret->meta, &used)) != EVS_EC_OK) {
-      OPENSSL_cleanse(out, n);
-      return r;
-    }
-    ret->data = out + used;
-    ret->len = pt_len - used;
-  } else {
-    ret->data = out;
-    ret->len = pt_len;
-  }
+  pt.version = p.version;
+  pt.curve = p.curve;
+  pt.type = p.type;
+  pt.has_metadata = p.has_role;
+  *ret = pt;
   return EVS_EC_OK;
 }
 
@@ -323,7 +326,7 @@ int evs_ec_decrypt_batch(evs_ec_decryptor *d, evs_ec_decrypt_field *fields, size
   return done;
 }
 
-/* ---- files -------------------------------------------------------------------------------------- */
+/* ---- files ----------------------------------------------------------------------------------- */
 
 int evs_ec_decrypt_file(evs_ec_decryptor *d, const uint8_t *in, size_t len, uint8_t *out,
                         size_t cap, size_t *ret_len, evs_ec_kdf *ret_kdf) {
@@ -351,6 +354,7 @@ int evs_ec_decrypt_file(evs_ec_decryptor *d, const uint8_t *in, size_t len, uint
   if ((r = evs_ec_aad(v, EVS_EC_STRING, eph, key->pub, aad, &aad_len)) != EVS_EC_OK) return r;
   tries = kdf_order(e, v, order);
   r = EVS_EC_EAUTH;
+  evs_ec_kdf kdf = order[0];
   for (int t = 0; t < tries && r == EVS_EC_EAUTH; t++) {
     int kr = entry_key(e, order[t]);
     if (kr != EVS_EC_OK) {
@@ -361,7 +365,7 @@ int evs_ec_decrypt_file(evs_ec_decryptor *d, const uint8_t *in, size_t len, uint
     if (r == EVS_EC_OK) {
       if (t > 0) d->stats.fallbacks++;
       e->preferred = (uint8_t)(order[t] + 1);
-      if (ret_kdf) *ret_kdf = order[t];
+      kdf = order[t];
     }
   }
   if (r != EVS_EC_OK) {
@@ -369,5 +373,6 @@ int evs_ec_decrypt_file(evs_ec_decryptor *d, const uint8_t *in, size_t len, uint
     return r;
   }
   *ret_len = pt_len;
+  if (ret_kdf) *ret_kdf = kdf;
   return EVS_EC_OK;
 }

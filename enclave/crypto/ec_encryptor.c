@@ -140,7 +140,7 @@ static int new_window(evs_ec_encryptor *e, uint64_t now) {
   int r;
   end_window(e);
   if ((r = evs_ec_key_generate(e->cfg.curve, &eph)) != EVS_EC_OK) return r;
-  r = evs__ec_ecdh_unc(eph, e->cfg.app_public_key, EVS_EC_PUB_LEN, z, NULL);
+  r = evs__ec_ecdh_unc(eph, NULL, e->cfg.app_public_key, EVS_EC_PUB_LEN, z, NULL);
   for (int k = 0; r == EVS_EC_OK && k < 2; k++) {
     if (!(need & 1u << k)) continue;
     r = evs_ec_derive_key(e->cfg.curve, (evs_ec_kdf)k, z, eph->pub_unc, key);
@@ -240,8 +240,7 @@ int evs_ec_encrypt(evs_ec_encryptor *e, evs_ec_type type, const uint8_t *data, s
     memcpy(o, ":$", 3);
     *ret_len = (size_t)(o + 2 - out);
   }
-  /* The metadata is not secret, but the value's ciphertext buffer may be reused by the caller's
-   * allocator: nothing secret is in it (only ciphertext), so no wipe is needed. */
+  /* ct holds ciphertext only: nothing to wipe. */
   if (ct != stackbuf) free(ct);
   return r;
 }
@@ -288,8 +287,8 @@ int evs_ec_encrypt_batch(evs_ec_encryptor *e, evs_ec_encrypt_field *fields, size
     evs_ec_encrypt_field *f = &fields[i];
     f->out = NULL;
     f->out_len = 0;
-    f->status = evs_ec_encrypt(e, f->type, f->data, f->len, f->role, arena + used, cap - used,
-                               &f->out_len);
+    f->status = evs_ec_encrypt(e, f->type, f->data, f->len, f->role, arena ? arena + used : NULL,
+                               cap - used, &f->out_len);
     if (f->status == EVS_EC_OK) {
       f->out = arena + used;
       used += f->out_len + 1;

@@ -26,7 +26,7 @@ const char *evs__ec_version_tag(evs_ec_version v) {
   return (unsigned)v < 4 ? version_tags[v] : NULL;
 }
 
-/* ---- ev: strings -------------------------------------------------------------------------------- */
+/* ---- ev: strings ----------------------------------------------------------------------------- */
 
 int evs__ec_parse(const char *s, size_t len, evs_ec_parsed *ret, int validate_ct) {
   const char *field[8];
@@ -91,7 +91,7 @@ int evs_ec_parse(const char *s, size_t len, evs_ec_parsed *ret) {
   return evs__ec_parse(s, len, ret, 1);
 }
 
-/* ---- AAD ---------------------------------------------------------------------------------------- */
+/* ---- AAD ------------------------------------------------------------------------------------- */
 
 int evs_ec_aad(evs_ec_version version, evs_ec_type type, const uint8_t eph[EVS_EC_PUB_LEN],
                const uint8_t app_pub[EVS_EC_PUB_LEN], uint8_t *out, size_t *ret_len) {
@@ -120,7 +120,7 @@ int evs_ec_aad(evs_ec_version version, evs_ec_type type, const uint8_t eph[EVS_E
   return EVS_EC_EINVAL;
 }
 
-/* ---- data roles and metadata ------------------------------------------------------------------- */
+/* ---- data roles and metadata ----------------------------------------------------------------- */
 
 int evs_ec_role_valid(const char *role, size_t len) {
   if (!role || len < 1 || len > EVS_EC_ROLE_MAX) return 0;

@@ -18,16 +18,20 @@ struct evs_ec_key {
   uint8_t priv[EVS_EC_PRIV_LEN];
   uint8_t pub[EVS_EC_PUB_LEN];
   uint8_t pub_unc[EVS_EC_PUB_UNC_LEN];
-  EVP_PKEY *pkey; /* prime256v1: the key pair for EVP_PKEY_derive; NULL for secp256k1 */
+  EVP_PKEY *pkey;     /* prime256v1: the key pair for EVP_PKEY_derive; NULL for secp256k1 */
+  EVP_PKEY *pub_only; /* prime256v1: the public key alone, duplicated to make peer keys */
 };
 
 /* The fetched AES-256-GCM implementation, fetched once per process; NULL if OpenSSL has none. */
 EVP_CIPHER *evs__ec_aes_gcm(void);
 
 /* ECDH of key with a peer given compressed or uncompressed: validates the point, returns Z and
- * (optionally) the peer's uncompressed encoding for the KDF. */
-int evs__ec_ecdh_unc(const evs_ec_key *key, const uint8_t *peer, size_t peer_len,
-                     uint8_t ret_z[EVS_EC_SECRET_LEN], uint8_t ret_unc[EVS_EC_PUB_UNC_LEN]);
+ * (optionally) the peer's uncompressed encoding for the KDF. derive_ctx (may be NULL) keeps a
+ * prime256v1 EVP_PKEY_CTX, initialised for key, across calls; the caller frees it with
+ * EVP_PKEY_CTX_free and must pass it only with the same key. */
+int evs__ec_ecdh_unc(const evs_ec_key *key, EVP_PKEY_CTX **derive_ctx, const uint8_t *peer,
+                     size_t peer_len, uint8_t ret_z[EVS_EC_SECRET_LEN],
+                     uint8_t ret_unc[EVS_EC_PUB_UNC_LEN]);
 
 /* Random bytes from OpenSSL's DRBG; EVS_EC_ERANDOM on failure. */
 int evs__ec_random(uint8_t *out, size_t len);

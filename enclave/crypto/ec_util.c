@@ -52,7 +52,7 @@ const char *evs_ec_status_name(int status) {
   return "unknown";
 }
 
-/* ---- AES-256-GCM ---------------------------------------------------------------------------- */
+/* ---- AES-256-GCM ----------------------------------------------------------------------------- */
 
 static pthread_once_t gcm_once = PTHREAD_ONCE_INIT;
 static EVP_CIPHER *gcm_cipher;
@@ -106,7 +106,7 @@ int evs__ec_gcm_open(EVP_CIPHER_CTX *ctx, const uint8_t iv[EVS_EC_IV_LEN], const
   return EVS_EC_OK;
 }
 
-/* ---- random, CRC-32 ------------------------------------------------------------------------- */
+/* ---- random, CRC-32 -------------------------------------------------------------------------- */
 
 int evs__ec_random(uint8_t *out, size_t len) {
   while (len) {
@@ -122,7 +122,7 @@ uint32_t evs__ec_crc32(const uint8_t *in, size_t len) {
   return (uint32_t)crc32_z(0L, in, len);
 }
 
-/* ---- SipHash-2-4 ---------------------------------------------------------------------------- */
+/* ---- SipHash-2-4 ----------------------------------------------------------------------------- */
 
 #define ROTL64(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
 

@@ -44,6 +44,16 @@
  * parent's buffered bytes; used bytes are wiped as they are handed out. bench/crypto measures
  * this against one RAND_bytes call per value.
  *
+ * Properties of the SDK's format that this library inherits (it must stay compatible):
+ *   - RFVC / Tk9D do not authenticate the :number / :boolean tag (§3.4): a relabelled value
+ *     decrypts and comes back with the new type. S0lS / QkTC bind it in the AAD.
+ *   - RFVC and version-2 files keyed with raw ECDH authenticate nothing but the ciphertext: the
+ *     ephemeral key with its other parity byte (02 <-> 03, the negated point) gives the same Z,
+ *     so that twin string decrypts to the same value. It changes no plaintext; do not use the
+ *     ciphertext string itself as an identity (e.g. a dedup or replay key) without normalising.
+ *   - For RFVC, S0lS and version-2 files a second derivation is tried when the first fails
+ *     (§3.2 quirk), so a forgery has two chances at a 128-bit tag instead of one.
+ *
  * Key cache: a decryptor caches, per (curve, ephemeral key), the ECDH secret Z and lazily one
  * keyed AES-GCM context per derivation (raw, KDF). This is the cache "keyed by (curve, ephemeral
  * key, derivation)" with the derivation as a slot of the entry: for secp256k1 the SDK quirk
@@ -62,7 +72,7 @@
 extern "C" {
 #endif
 
-/* ---- status codes ------------------------------------------------------------------------- */
+/* ---- status codes ---------------------------------------------------------------------------- */
 
 typedef enum evs_ec_status {
   EVS_EC_OK = 0,
@@ -92,7 +102,7 @@ const char *evs_ec_strerror(int status);
 /* A stable short code for a status ("auth", "format", ...), for error bodies and metrics. */
 const char *evs_ec_status_name(int status);
 
-/* ---- constants and small types ---------------------------------------------------------- */
+/* ---- constants and small types --------------------------------------------------------------- */
 
 typedef enum evs_ec_curve { EVS_EC_SECP256K1 = 0, EVS_EC_P256 = 1 } evs_ec_curve;
 
@@ -129,7 +139,7 @@ typedef enum evs_ec_kdf {
 /* The encryption origin the Node SDK writes into metadata ("eo": 5). */
 #define EVS_EC_ORIGIN_NODE_SDK 5
 
-/* ---- base64 (standard alphabet) ---------------------------------------------------------- */
+/* ---- base64 (standard alphabet) -------------------------------------------------------------- */
 
 /* Characters evs_ec_b64_encode writes for len bytes (unpadded, no NUL). */
 #define EVS_EC_B64_LEN(len) (((len) / 3) * 4 + (((len) % 3) ? ((len) % 3) + 1 : 0))
@@ -145,7 +155,7 @@ size_t evs_ec_b64_encode(const uint8_t *in, size_t len, char *out);
  * bytes (EVS_EC_ESPACE if more are needed). */
 int evs_ec_b64_decode(const char *in, size_t len, uint8_t *out, size_t cap, size_t *ret_len);
 
-/* ---- keys, points, ECDH, KDF ------------------------------------------------------------ */
+/* ---- keys, points, ECDH, KDF ----------------------------------------------------------------- */
 
 typedef struct evs_ec_key evs_ec_key;
 
@@ -194,7 +204,7 @@ int evs_ec_derive_key(evs_ec_curve curve, evs_ec_kdf kdf, const uint8_t z[EVS_EC
 int evs_ec_aad(evs_ec_version version, evs_ec_type type, const uint8_t eph[EVS_EC_PUB_LEN],
                const uint8_t app_pub[EVS_EC_PUB_LEN], uint8_t *out, size_t *ret_len);
 
-/* ---- data-role metadata (§3.5) ------------------------------------------------------------ */
+/* ---- data-role metadata (§3.5) --------------------------------------------------------------- */
 
 /* 1 when role[0..len) matches ^[a-z0-9-]{1,20}$, else 0. */
 int evs_ec_role_valid(const char *role, size_t len);
@@ -215,7 +225,7 @@ int evs_ec_metadata_encode(const char *role, uint64_t origin, uint32_t time, uin
 int evs_ec_metadata_parse(const uint8_t *in, size_t len, evs_ec_metadata *ret_meta,
                           size_t *ret_consumed);
 
-/* ---- ev: strings without keys ------------------------------------------------------------- */
+/* ---- ev: strings without keys ---------------------------------------------------------------- */
 
 /* The result of parsing an ev: string's layout (no decryption). Pointers are into the input. */
 typedef struct evs_ec_parsed {
@@ -235,7 +245,7 @@ typedef struct evs_ec_parsed {
  * least the tag, each field valid base64. */
 int evs_ec_parse(const char *s, size_t len, evs_ec_parsed *ret);
 
-/* ---- encryptor ---------------------------------------------------------------------------- */
+/* ---- encryptor ------------------------------------------------------------------------------- */
 
 typedef struct evs_ec_clock {
   /* Milliseconds of a monotonic clock, for the key window; NULL: CLOCK_MONOTONIC. */
@@ -316,7 +326,7 @@ typedef struct evs_ec_encrypt_field {
 int evs_ec_encrypt_batch(evs_ec_encryptor *enc, evs_ec_encrypt_field *fields, size_t n,
                          char *arena, size_t cap);
 
-/* ---- decryptor ---------------------------------------------------------------------------- */
+/* ---- decryptor ------------------------------------------------------------------------------- */
 
 typedef struct evs_ec_decryptor_config {
   const evs_ec_key *secp256k1; /* the app's secp256k1 key pair, or NULL */
@@ -384,7 +394,7 @@ typedef struct evs_ec_decrypt_field {
 int evs_ec_decrypt_batch(evs_ec_decryptor *dec, evs_ec_decrypt_field *fields, size_t n,
                          uint8_t *arena, size_t cap);
 
-/* ---- Shamir's Secret Sharing over GF(2^8) (App Master Key) ---------------------------------- */
+/* ---- Shamir's Secret Sharing over GF(2^8) (App Master Key) ----------------------------------- */
 
 #define EVS_SHAMIR_SECRET_LEN 32
 /* A share: threshold k (1 byte), x coordinate (1 byte, 1..255), y (32 bytes). */

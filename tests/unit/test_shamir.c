@@ -40,7 +40,8 @@ static void test_gf(void **state) {
   assert_int_equal(evs__shamir_gf_inv(0), 0);
   for (unsigned a = 0; a < 256; a++) {
     for (unsigned b = 0; b < 256; b++)
-      assert_int_equal(evs__shamir_gf_mul((uint8_t)a, (uint8_t)b), slow_mul((uint8_t)a, (uint8_t)b));
+      assert_int_equal(evs__shamir_gf_mul((uint8_t)a, (uint8_t)b),
+                       slow_mul((uint8_t)a, (uint8_t)b));
     if (a) assert_int_equal(evs__shamir_gf_mul((uint8_t)a, evs__shamir_gf_inv((uint8_t)a)), 1);
   }
 }
