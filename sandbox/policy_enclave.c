@@ -52,6 +52,8 @@ int evs__sandbox_enclave_rules(scmp_filter_ctx ctx) {
   ALLOW(rt_sigreturn);
   ALLOW(rt_sigprocmask);
   ALLOW(restart_syscall);
+  ALLOW(sigaltstack); /* sanitizer runtimes and libraries install alternate signal stacks */
+  ALLOW(sched_yield);
   ALLOW(exit);
   ALLOW(exit_group);
   /* Memory may be mapped and re-protected, but never executable: no code can be injected. */
