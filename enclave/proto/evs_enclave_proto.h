@@ -16,7 +16,10 @@
  *   item     = u32 len, len bytes
  *
  * Each op documents its request items and response items below. Per-field results in batches
- * are themselves items: `i32 status || bytes` (status 0: bytes are the result).
+ * are themselves items: `i32 status || bytes` (status 0: bytes are the result). A response
+ * with a non-zero status carries no items. The enclave answers requests in the order they
+ * arrive; a malformed or oversized frame gets EVS_EP_E_PROTOCOL (echoing op and request_id when
+ * its header could be read) and the enclave carries on.
  *
  * Nothing in this header is secret-bearing by itself; what travels is ciphertext, public keys,
  * sealed blobs, tokens (APP_CREATE's response and APP_UNLOCK's request, once) and, for DECRYPT,
@@ -35,30 +38,50 @@
 #define EVS_EP_MAX_ITEMS 4096
 
 typedef enum evs_ep_op {
-  /* req: (none) — resp: [u16 version, "evserver-enclave <ver>"] */
+  /* req: (none) — resp: [u16 version, "evserver-enclave <ver>"]. The text goes on with
+   *   " sandbox=<policy> open=<EPERM|...> socket=<EPERM|...> mlock=<all|secure-heap|none>": a live
+   *   self-check, made when HELLO is answered, that the seccomp filter refuses open and socket. */
   EVS_EP_HELLO = 1,
   /* req: [app_id] — resp: [app_token (text, shown once), pub_secp256k1 (33 B), pub_p256 (33 B),
    *   sealed_share_1, sealed_share_2, wrapped_keys]. The plugin stores the last three (two
-   *   shares in two separate stores) and never sees the App Master Key or a private key. */
+   *   shares in two separate stores) and never sees the App Master Key or a private key.
+   *   app_id: 1..128 of [A-Za-z0-9_-] (else EVS_EP_E_INVALID). The token is "evt_" + 43
+   *   base64url characters. The new app is left unlocked; an app id that is unlocked in this
+   *   enclave already is refused (EVS_EP_E_INVALID), as creating it again would replace keys. */
   EVS_EP_APP_CREATE = 2,
   /* req: [app_id, app_token, sealed_share_1, sealed_share_2, wrapped_keys]
-   * resp: [pub_secp256k1, pub_p256]. Keys then live in the enclave's locked memory. */
+   * resp: [pub_secp256k1, pub_p256]. Keys then live in the enclave's locked memory.
+   * An empty app_token item: the token from the enclave's credentials directory (file
+   * evserver-app-<app_id>). EVS_EP_E_BAD_TOKEN: the token is missing, malformed or does not open
+   * the keys; EVS_EP_E_INVALID: a sealed blob does not open (tampered, another app's, another
+   * sealing key). A failed unlock leaves an earlier unlock of the app in place. */
   EVS_EP_APP_UNLOCK = 3,
-  /* req: [app_id] — resp: (none). Wipes the app's keys from the enclave. */
+  /* req: [app_id] — resp: (none). Wipes the app's keys from the enclave (OK if not unlocked). */
   EVS_EP_APP_LOCK = 4,
-  /* req: [app_id] — resp: [u8 unlocked (0|1), pub_secp256k1, pub_p256] */
+  /* req: [app_id] — resp: [u8 unlocked (0|1), pub_secp256k1, pub_p256] (empty keys when 0) */
   EVS_EP_APP_STATUS = 5,
   /* req: [app_id, curve ("secp256k1"|"prime256v1"), role ("" for none), then per field:
    *   one item "s:<text>" | "n:<json number text>" | "b:true|false"]
-   * resp: per field `i32 status || ev string` */
+   * resp: per field `i32 status || ev string`
+   * The app must be unlocked (EVS_EP_E_NO_APP). Strings are trimmed like the SDK's
+   * String.prototype.trim; a field with an unknown type, a non-JSON number or a boolean other
+   * than true/false gets EVS_EP_E_INVALID (the others are still encrypted). A bad curve or role
+   * fails the whole message (EVS_EP_E_INVALID). */
   EVS_EP_ENCRYPT = 6,
   /* req: [app_id, then per field: one ev: string]
-   * resp: per field `i32 status || u8 type (0 string, 1 number, 2 boolean) || plaintext` */
+   * resp: per field `i32 status || u8 type (0 string, 1 number, 2 boolean) || plaintext`
+   * A failed field is its 4-byte status alone: EVS_EP_E_INVALID (not an ev: string) or
+   * EVS_EP_E_DECRYPT (does not authenticate with this app's keys). */
   EVS_EP_DECRYPT = 7,
   /* req: [app_id, curve, file bytes] — resp: [%EVENC bytes] */
   EVS_EP_ENCRYPT_FILE = 8,
   /* req: [app_id, %EVENC bytes] — resp: [plaintext bytes] */
   EVS_EP_DECRYPT_FILE = 9,
+  /* Added after the first version of this list (ops are only ever appended):
+   * req: as DECRYPT — resp: per field `i32 status || u8 type || u8 role_len || role || plaintext`
+   * The data role from the value's metadata (S0lS / QkTC; role_len 0 for RFVC / Tk9D), for a
+   * caller that enforces data-role policy; the enclave does not judge roles itself. */
+  EVS_EP_DECRYPT_ROLE = 10,
 } evs_ep_op;
 
 typedef enum evs_ep_status {

@@ -1,0 +1,167 @@
+/*
+ * enclave.h: the internals of the enclave process, evserver-enclave (enclave/README.md).
+ *
+ * Three parts, each a file:
+ *   frame.c  the wire format of enclave/proto/evs_enclave_proto.h: parsing a received message
+ *            into items (pointers into the message) and building a response with a hard cap.
+ *   keys.c   the key hierarchy: the sealing key, sealed Shamir shares, the app token, the
+ *            wrapped private keys, and the table of unlocked apps (keys in locked memory).
+ *   ops.c    one function per protocol op, and evs__ep_handle, which turns one request message
+ *            into one response message (it never fails: malformed input gets an error response).
+ * main.c is the process around them: arguments, start-up, sandboxing, the read/write loop.
+ *
+ * Nothing here logs or performs I/O except main.c (and the HELLO self-check, which attempts a
+ * forbidden open and socket on purpose). Single-threaded: one evs_enclave is used by one thread.
+ * Statuses are enum evs_ep_status values (0 or negative).
+ */
+#ifndef EVS_ENCLAVE_INTERNAL_H
+#define EVS_ENCLAVE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "evs_crypto.h"
+#include "evs_enclave_proto.h"
+
+/* ---- frames (frame.c) --------------------------------------------------------------------- */
+
+typedef struct evs_ep_item {
+  const uint8_t *p; /* into the message buffer */
+  uint32_t len;
+} evs_ep_item;
+
+typedef struct evs_ep_msg {
+  uint32_t magic;
+  uint16_t version;
+  uint16_t op;
+  uint32_t request_id;
+  int32_t status;
+  uint32_t nitems;
+  evs_ep_item *items; /* the caller's array (parse) */
+} evs_ep_msg;
+
+/* Parses a message without its leading u32 length: body[0..len) is magic .. items. items must
+ * hold EVS_EP_MAX_ITEMS entries. Returns EVS_EP_OK, or EVS_EP_E_PROTOCOL when the header is
+ * short, magic or version are wrong, nitems is over the limit, or the items do not fill the body
+ * exactly. On error, ret->op and ret->request_id are still set when the body was long enough to
+ * hold them (so the error response can echo them), else 0. */
+int evs__ep_parse(const uint8_t *body, size_t len, evs_ep_msg *ret, evs_ep_item *items);
+
+/* A response being built: the whole message, its u32 length first. The buffer grows by
+ * allocate-copy-wipe (never realloc, which would leave copies of plaintext behind) up to
+ * 4 + EVS_EP_MAX_MESSAGE bytes; beyond that `overflow` is set and items are dropped. */
+typedef struct evs_ep_buf {
+  uint8_t *p;
+  size_t len;
+  size_t cap;
+  uint32_t nitems;
+  int overflow; /* too large, or an allocation failed */
+  int nomem;
+} evs_ep_buf;
+
+/* Starts a response (resets len, keeps the allocation). */
+void evs__ep_begin(evs_ep_buf *b, uint16_t op, uint32_t request_id, int32_t status);
+/* Appends one item of len bytes (data may be NULL when len is 0). 0 or -1 (overflow). */
+int evs__ep_add(evs_ep_buf *b, const void *data, size_t len);
+/* Appends one item `i32 status || a || b` (a per-field result). 0 or -1. */
+int evs__ep_add_status(evs_ep_buf *b, int32_t status, const void *a, size_t alen, const void *c,
+                       size_t clen);
+/* Reserves an item of len bytes and returns where to write them (NULL on overflow); shrink it
+ * afterwards with evs__ep_shrink_last if fewer were written. */
+uint8_t *evs__ep_reserve(evs_ep_buf *b, size_t len);
+void evs__ep_shrink_last(evs_ep_buf *b, size_t reserved, size_t used);
+/* Writes the length and item count. When the response overflowed, it is replaced by an empty
+ * response with EVS_EP_E_INVALID (too large) or EVS_EP_E_INTERNAL (out of memory). */
+void evs__ep_finish(evs_ep_buf *b);
+/* Wipes (the response may hold plaintext) and frees the buffer; the struct can be reused. */
+void evs__ep_buf_done(evs_ep_buf *b);
+
+/* ---- keys and apps (keys.c) ------------------------------------------------------------- */
+
+#define EVS_APP_ID_MAX 128
+#define EVS_SEAL_KEY_LEN 32
+/* "evt_" + 43 characters of unpadded base64url of 32 bytes. */
+#define EVS_APP_TOKEN_PREFIX "evt_"
+#define EVS_APP_TOKEN_LEN 47
+#define EVS_SEALED_SHARE_LEN 67 /* "EVS\1" | x | IV 12 | share 34 | tag 16 */
+/* "EVK\1" | offset (IV, 32, tag) | 2 x (curve, pub, IV, 32, tag) */
+#define EVS_WRAPPED_KEYS_LEN 252
+
+typedef struct evs_enclave evs_enclave;
+
+typedef struct evs_app {
+  char id[EVS_APP_ID_MAX + 1];
+  size_t id_len;
+  evs_ec_key *keys[2];          /* by evs_ec_curve */
+  uint8_t pub[2][EVS_EC_PUB_LEN];
+  evs_ec_encryptor *enc[2];     /* made on first use */
+  evs_ec_decryptor *dec;
+  struct evs_app *next;
+} evs_app;
+
+/* 1 when id[0..len) is a valid app id: 1..128 of [A-Za-z0-9_-] (it names a credential file). */
+int evs__app_id_valid(const uint8_t *id, size_t len);
+
+/* A new enclave state holding a copy of the sealing key (in the secure heap). *ret is the
+ * caller's (evs__enclave_free, which wipes every key). */
+int evs__enclave_new(const uint8_t seal_key[EVS_SEAL_KEY_LEN], evs_enclave **ret);
+void evs__enclave_free(evs_enclave *e);
+/* Facts for HELLO, set by main.c (static strings; NULL: "none"). */
+void evs__enclave_set_info(evs_enclave *e, const char *sandbox, const char *mlock);
+const char *evs__enclave_sandbox(const evs_enclave *e);
+const char *evs__enclave_mlock(const evs_enclave *e);
+
+/* Remembers the token of an app (from the credentials directory) for APP_UNLOCK with an empty
+ * token item; kept in the secure heap. Replaces an earlier one. EVS_EP_E_INVALID for a bad id. */
+int evs__enclave_add_credential(evs_enclave *e, const char *id, size_t id_len, const char *token,
+                                size_t token_len);
+size_t evs__enclave_credentials(const evs_enclave *e);
+
+/* What APP_CREATE returns; every buffer is the caller's (evs__app_created_done wipes them). */
+typedef struct evs_app_created {
+  char token[EVS_APP_TOKEN_LEN + 1];
+  uint8_t pub[2][EVS_EC_PUB_LEN];
+  uint8_t share1[EVS_SEALED_SHARE_LEN];
+  uint8_t share2[EVS_SEALED_SHARE_LEN];
+  uint8_t wrapped[EVS_WRAPPED_KEYS_LEN];
+} evs_app_created;
+void evs__app_created_done(evs_app_created *c);
+
+/* Creates an app's keys (see enclave/README.md "Key hierarchy"); the app is unlocked afterwards.
+ * *ret is written in place (put it in locked memory) and wiped on failure. EVS_EP_E_INVALID for a
+ * bad id or an app that is unlocked here already, EVS_EP_E_INTERNAL on a crypto failure. */
+int evs__app_create(evs_enclave *e, const uint8_t *id, size_t id_len, evs_app_created *ret);
+
+/* Opens an app's keys with its token (token_len 0: the token from the credentials directory)
+ * and keeps them unlocked (replacing an earlier unlock). Statuses: EVS_EP_E_INVALID (bad id,
+ * sealed blobs that do not open with the sealing key for this app: tampered, another app's,
+ * another sealing key), EVS_EP_E_BAD_TOKEN (token malformed, missing, or not opening the keys).
+ * A failed unlock leaves an earlier unlock of the app in place. ret_pub may be NULL. */
+int evs__app_unlock(evs_enclave *e, const uint8_t *id, size_t id_len, const uint8_t *token,
+                    size_t token_len, const uint8_t *share1, size_t share1_len,
+                    const uint8_t *share2, size_t share2_len, const uint8_t *wrapped,
+                    size_t wrapped_len, uint8_t ret_pub[2][EVS_EC_PUB_LEN]);
+
+/* Wipes an app's keys; 1 if it was unlocked, 0 if not. */
+int evs__app_lock(evs_enclave *e, const uint8_t *id, size_t id_len);
+/* The unlocked app, or NULL. */
+evs_app *evs__app_find(evs_enclave *e, const uint8_t *id, size_t id_len);
+/* The app's encryptor for a curve, made on first use; NULL on failure. */
+evs_ec_encryptor *evs__app_encryptor(evs_app *app, evs_ec_curve curve);
+size_t evs__enclave_unlocked(const evs_enclave *e);
+
+/* ---- ops (ops.c) -------------------------------------------------------------------------- */
+
+/* Handles one request message (body = the bytes after its u32 length) and leaves the complete
+ * response message in out (evs__ep_finish done). Never fails: malformed input, unknown ops and
+ * errors become error responses. */
+void evs__ep_handle(evs_enclave *e, const uint8_t *body, size_t len, evs_ep_buf *out);
+
+/* Utilities shared with the tests. */
+/* 1 when s[0..len) is a JSON number (RFC 8259 grammar). */
+int evs__json_number_valid(const uint8_t *s, size_t len);
+/* Trims like JavaScript's String.prototype.trim (WhiteSpace and LineTerminator code points) on
+ * UTF-8; returns the new length and sets *ret_start. */
+size_t evs__js_trim(const uint8_t *s, size_t len, size_t *ret_start);
+
+#endif

@@ -1,0 +1,400 @@
+"""The enclave process, evserver-enclave, driven over its socketpair exactly as the enclave plugin
+drives it (enclave/proto/evs_enclave_proto.h), with the framing spoken from Python: the sandbox
+self-check (a forbidden open and socket fail with EPERM inside the enclave), APP_CREATE and
+APP_UNLOCK across a restart, a 50-field ENCRYPT per curve and role decrypted back with its types,
+a wrong token refused, the systemd-credentials unlock, malformed frames answered without a crash,
+no key material on disk besides the sealed blobs, and a process that is seccomp-filtered and not
+dumpable (a same-user process cannot read its memory).
+"""
+
+import os
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import time
+
+import evstest
+
+MAGIC = 0x31455645
+HELLO, APP_CREATE, APP_UNLOCK, APP_LOCK, APP_STATUS = 1, 2, 3, 4, 5
+ENCRYPT, DECRYPT, ENCRYPT_FILE, DECRYPT_FILE, DECRYPT_ROLE = 6, 7, 8, 9, 10
+E_PROTOCOL, E_UNKNOWN_OP, E_NO_APP, E_BAD_TOKEN, E_DECRYPT, E_INVALID = -1, -2, -3, -4, -5, -6
+MAX_MESSAGE = 64 << 20
+
+
+def binary():
+    path = evstest.build_path("evserver-enclave")
+    if not os.path.exists(path):
+        raise AssertionError("%s is missing: build the evserver-enclave target" % path)
+    return path
+
+
+def frame(op, items, request_id=1, magic=MAGIC, version=1, status=0, nitems=None):
+    body = struct.pack("<IHHIiI", magic, version, op, request_id, status,
+                       len(items) if nitems is None else nitems)
+    body += b"".join(struct.pack("<I", len(i)) + i for i in items)
+    return struct.pack("<I", len(body)) + body
+
+
+class Enclave:
+    """One evserver-enclave process and the plugin's end of its socketpair."""
+
+    def __init__(self, state_dir, credentials=None, env=None, user=None, extra_fds=()):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.seal_key = os.path.join(state_dir, "seal.key")
+        args = [binary(), "--fd", str(theirs.fileno()), "--seal-key", self.seal_key]
+        if credentials:
+            args += ["--credentials", credentials]
+        self.stderr_path = os.path.join(evstest.tmpdir("evs-enclave-log-"), "stderr")
+        with open(self.stderr_path, "wb") as err:
+            kw = {"user": user} if user is not None else {}
+            self.fd = theirs.fileno()
+            self.proc = subprocess.Popen(args, pass_fds=[theirs.fileno(), *extra_fds],
+                                         stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err,
+                                         env=env if env is not None else {}, **kw)
+        theirs.close()
+        self.next_id = 1
+        evstest.defer(self.kill)
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def recv(self):
+        head = self._read(4)
+        (length,) = struct.unpack("<I", head)
+        body = self._read(length)
+        magic, version, op, rid, status, n = struct.unpack("<IHHIiI", body[:20])
+        assert magic == MAGIC and version == 1, (magic, version)
+        items, off = [], 20
+        for _ in range(n):
+            (ln,) = struct.unpack("<I", body[off:off + 4])
+            items.append(body[off + 4:off + 4 + ln])
+            off += 4 + ln
+        assert off == len(body)
+        return op, rid, status, items
+
+    def _read(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise AssertionError("the enclave closed the connection; stderr: %r"
+                                     % self.stderr())
+            buf += chunk
+        return buf
+
+    def call(self, op, items):
+        rid = self.next_id
+        self.next_id += 1
+        self.send_raw(frame(op, items, rid))
+        rop, rrid, status, out = self.recv()
+        assert (rop, rrid) == (op, rid), (rop, rrid, op, rid)
+        return status, out
+
+    def ok(self, op, items):
+        status, out = self.call(op, items)
+        assert status == 0, "op %d failed with %d" % (op, status)
+        return out
+
+    def stderr(self):
+        with open(self.stderr_path, "rb") as f:
+            return f.read()
+
+    def close(self):
+        """EOF on the socket: the enclave must exit 0."""
+        self.sock.close()
+        return self.proc.wait(timeout=10)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.sock.close()
+
+
+def create_app(enc, app_id):
+    out = enc.ok(APP_CREATE, [app_id])
+    assert len(out) == 6
+    token, pub_k1, pub_p256, share1, share2, wrapped = out
+    assert token.startswith(b"evt_") and len(token) == 47, token
+    assert len(pub_k1) == 33 and len(pub_p256) == 33 and pub_k1[0] in (2, 3)
+    return out
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+def test_hello_sandbox_self_check():
+    # A descriptor leaked to the enclave by its parent must be closed before it sandboxes itself.
+    leak_r, leak_w = os.pipe()
+    evstest.defer(lambda: (os.close(leak_r), os.close(leak_w)))
+    enc = Enclave(evstest.tmpdir(), extra_fds=(leak_r, leak_w))
+    out = enc.ok(HELLO, [])
+    try:
+        fds = sorted(int(x) for x in os.listdir("/proc/%d/fd" % enc.proc.pid))
+    except PermissionError:  # not dumpable: only root may look
+        fds = None
+    if fds is not None:
+        assert fds == sorted({0, 1, 2, enc.fd}), fds
+    assert struct.unpack("<H", out[0])[0] == 1
+    text = out[1].decode()
+    assert text.startswith("evserver-enclave "), text
+    # Checked live inside the enclave: opening a file and creating a socket are refused.
+    assert "sandbox=enclave" in text and "open=EPERM" in text and "socket=EPERM" in text, text
+    assert enc.close() == 0
+    assert enc.stderr() == b"", enc.stderr()
+
+
+def test_create_unlock_encrypt_decrypt():
+    state = evstest.tmpdir()
+    enc = Enclave(state)
+    token, pub_k1, pub_p256, share1, share2, wrapped = create_app(enc, b"app_int1")
+    assert enc.close() == 0
+
+    # A new process (a restart): the app is locked until unlocked with its token.
+    enc = Enclave(state)
+    status, out = enc.call(APP_STATUS, [b"app_int1"])
+    assert status == 0 and out[0] == b"\x00", out
+    status, _ = enc.call(ENCRYPT, [b"app_int1", b"secp256k1", b"", b"s:x"])
+    assert status == E_NO_APP, status
+    out = enc.ok(APP_UNLOCK, [b"app_int1", token, share1, share2, wrapped])
+    assert out == [pub_k1, pub_p256]
+    out = enc.ok(APP_STATUS, [b"app_int1"])
+    assert out == [b"\x01", pub_k1, pub_p256]
+
+    # 50 fields per message: strings, numbers, booleans; both curves, with and without a role.
+    values, expected = [], []
+    for i in range(50):
+        kind = i % 5
+        if kind == 0:
+            values.append(b"s:value %d \xc3\xa9" % i)
+            expected.append((0, b"value %d \xc3\xa9" % i))
+        elif kind == 1:
+            values.append(b"s:  padded %d\n" % i)     # trimmed like the SDK does
+            expected.append((0, b"padded %d" % i))
+        elif kind == 2:
+            values.append(b"n:%d.25" % (i * 1000))
+            expected.append((1, b"%d.25" % (i * 1000)))
+        elif kind == 3:
+            values.append(b"n:-%de+21" % i)
+            expected.append((1, b"-%de+21" % i))
+        else:
+            values.append(b"b:true" if i % 2 else b"b:false")
+            expected.append((2, b"true" if i % 2 else b"false"))
+    all_ev, all_expected = [], []
+    for curve, tags in ((b"secp256k1", (b"ev:RFVC", b"ev:S0lS")),
+                        (b"prime256v1", (b"ev:Tk9D", b"ev:QkTC"))):
+        for role, tag in ((b"", tags[0]), (b"pii-1", tags[1])):
+            out = enc.ok(ENCRYPT, [b"app_int1", curve, role] + values)
+            assert len(out) == 50
+            for item in out:
+                assert struct.unpack("<i", item[:4])[0] == 0
+                ev = item[4:]
+                assert ev.startswith(tag) and ev.endswith(b":$"), ev
+                all_ev.append(ev)
+            all_expected += expected
+    # One ephemeral key per curve and window: every value of a message shares it.
+    assert len({ev.split(b":")[-3] for ev in all_ev[:50]}) == 1
+
+    out = enc.ok(DECRYPT, [b"app_int1"] + all_ev + [b"ev:RFVC:not:valid:$"])
+    assert len(out) == len(all_ev) + 1
+    for item, (typ, text) in zip(out, all_expected):
+        assert struct.unpack("<i", item[:4])[0] == 0, item
+        assert item[4] == typ and item[5:] == text, (item, typ, text)
+    assert struct.unpack("<i", out[-1][:4])[0] < 0
+    # DECRYPT_ROLE adds the data role: none for the first 50, pii-1 for the next 50.
+    out = enc.ok(DECRYPT_ROLE, [b"app_int1"] + all_ev[:100])
+    for i, item in enumerate(out):
+        role = b"pii-1" if i >= 50 else b""
+        assert item[4] == all_expected[i][0] and item[5] == len(role), item
+        assert item[6:6 + len(role)] == role and item[6 + len(role):] == all_expected[i][1]
+
+    # Files round-trip too.
+    data = os.urandom(100000)
+    (evenc,) = enc.ok(ENCRYPT_FILE, [b"app_int1", b"prime256v1", data])
+    assert evenc.startswith(b"%EVENC") and len(evenc) == len(data) + 75
+    assert enc.ok(DECRYPT_FILE, [b"app_int1", evenc]) == [data]
+
+    # The largest file the SDK allows (25 MiB), through messages of about 25 MiB each way.
+    data = os.urandom(25 * 1024 * 1024)
+    (evenc,) = enc.ok(ENCRYPT_FILE, [b"app_int1", b"secp256k1", data])
+    assert enc.ok(DECRYPT_FILE, [b"app_int1", evenc]) == [data]
+    status, _ = enc.call(ENCRYPT_FILE, [b"app_int1", b"secp256k1", data + b"x"])
+    assert status == E_INVALID
+
+    # Creating an app that is unlocked here again is refused (it would replace its keys).
+    status, _ = enc.call(APP_CREATE, [b"app_int1"])
+    assert status == E_INVALID
+
+    # LOCK: the keys are gone from the enclave.
+    enc.ok(APP_LOCK, [b"app_int1"])
+    status, _ = enc.call(DECRYPT, [b"app_int1", all_ev[0]])
+    assert status == E_NO_APP
+    assert enc.close() == 0
+    assert enc.stderr() == b""
+
+
+def test_wrong_token_refused():
+    state = evstest.tmpdir()
+    enc = Enclave(state)
+    token, _, _, share1, share2, wrapped = create_app(enc, b"app_wrong")
+    _, _, _, share1b, share2b, wrappedb = create_app(enc, b"app_other")
+    enc.close()
+    enc = Enclave(state)
+    bad = token[:10] + (b"A" if token[10:11] != b"A" else b"B") + token[11:]
+    for t in (bad, b"evt_" + b"A" * 43, b"not a token", b"evt_"):
+        status, out = enc.call(APP_UNLOCK, [b"app_wrong", t, share1, share2, wrapped])
+        assert status == E_BAD_TOKEN and out == [], (t, status)
+    # Blobs of another app, or tampered: refused as invalid.
+    status, _ = enc.call(APP_UNLOCK, [b"app_wrong", token, share1b, share2, wrapped])
+    assert status == E_INVALID, status
+    tampered = bytearray(share2)
+    tampered[-1] ^= 1
+    status, _ = enc.call(APP_UNLOCK, [b"app_wrong", token, share1, bytes(tampered), wrapped])
+    assert status == E_INVALID, status
+    status, out = enc.call(APP_STATUS, [b"app_wrong"])
+    assert out[0] == b"\x00"
+    enc.ok(APP_UNLOCK, [b"app_wrong", token, share1, share2, wrapped])
+    # The token must not show up in anything the enclave logged.
+    assert token not in enc.stderr()
+    assert enc.close() == 0
+
+
+def test_credentials_directory_unlock():
+    state = evstest.tmpdir()
+    enc = Enclave(state)
+    token, pub_k1, _, share1, share2, wrapped = create_app(enc, b"app_cred")
+    enc.close()
+    creds = evstest.tmpdir()
+    with open(os.path.join(creds, "evserver-app-app_cred"), "wb") as f:
+        f.write(token + b"\n")
+    with open(os.path.join(creds, "unrelated"), "wb") as f:
+        f.write(b"ignored")
+    # --credentials DIR, and the systemd default $CREDENTIALS_DIRECTORY.
+    for kw in ({"credentials": creds}, {"env": {"CREDENTIALS_DIRECTORY": creds}}):
+        enc = Enclave(state, **kw)
+        out = enc.ok(APP_UNLOCK, [b"app_cred", b"", share1, share2, wrapped])
+        assert out[0] == pub_k1
+        (ev,) = enc.ok(ENCRYPT, [b"app_cred", b"secp256k1", b"", b"s:hi"])
+        assert enc.ok(DECRYPT, [b"app_cred", ev[4:]]) == [b"\0\0\0\0\0hi"]
+        assert enc.close() == 0
+    # Without a credential, an empty token is refused.
+    enc = Enclave(state)
+    status, _ = enc.call(APP_UNLOCK, [b"app_cred", b"", share1, share2, wrapped])
+    assert status == E_BAD_TOKEN
+    enc.close()
+
+
+def test_malformed_frames_survive():
+    enc = Enclave(evstest.tmpdir())
+    # Bad magic, bad version, non-zero status: PROTOCOL, echoing the request id.
+    for kw in ({"magic": 0x12345678}, {"version": 9}, {"status": -1}):
+        enc.send_raw(frame(HELLO, [], request_id=77, **kw))
+        op, rid, status, items = enc.recv()
+        assert (op, rid, status, items) == (HELLO, 77, E_PROTOCOL, []), (kw, op, rid, status)
+    # Items that do not fill the body, an item count over the limit, a short body.
+    enc.send_raw(frame(HELLO, [b"abc"], request_id=78, nitems=2))
+    assert enc.recv()[1:3] == (78, E_PROTOCOL)
+    enc.send_raw(frame(HELLO, [], request_id=79, nitems=4097))
+    assert enc.recv()[1:3] == (79, E_PROTOCOL)
+    enc.send_raw(struct.pack("<I", 3) + b"abc")
+    assert enc.recv()[2] == E_PROTOCOL
+    enc.send_raw(struct.pack("<I", 0))
+    assert enc.recv()[2] == E_PROTOCOL
+    # Unknown op, wrong item counts, garbage items.
+    status, _ = enc.call(4242, [])
+    assert status == E_UNKNOWN_OP
+    status, _ = enc.call(APP_UNLOCK, [b"x"])
+    assert status == E_PROTOCOL
+    status, _ = enc.call(APP_CREATE, [b"\xff\x00bad id"])
+    assert status == E_INVALID
+    status, _ = enc.call(DECRYPT_FILE, [b"app_none", b"%EVENC" + b"\0" * 100])
+    assert status == E_NO_APP
+    # Over EVS_EP_MAX_MESSAGE: the body is read and discarded, then an error comes back.
+    # Its header is still read, so the response names the request.
+    head = frame(ENCRYPT_FILE, [], request_id=80)
+    enc.send_raw(struct.pack("<I", MAX_MESSAGE + 1) + head[4:])
+    chunk = b"\0" * (1 << 20)
+    left = MAX_MESSAGE + 1 - (len(head) - 4)
+    while left:
+        n = min(left, len(chunk))
+        enc.sock.sendall(chunk[:n])
+        left -= n
+    assert enc.recv() == (ENCRYPT_FILE, 80, E_PROTOCOL, [])
+    # Still alive and answering.
+    assert enc.proc.poll() is None
+    assert enc.ok(HELLO, [])[1].startswith(b"evserver-enclave ")
+    # A frame cut short by EOF: a clean exit.
+    enc.send_raw(struct.pack("<I", 100) + b"partial")
+    assert enc.close() == 0
+
+
+def test_no_key_material_on_disk_after_kill():
+    state = evstest.tmpdir()
+    enc = Enclave(state)
+    token, _, _, share1, share2, wrapped = create_app(enc, b"app_disk")
+    enc.ok(ENCRYPT, [b"app_disk", b"secp256k1", b"", b"s:secret"])
+    os.kill(enc.proc.pid, signal.SIGKILL)
+    enc.proc.wait()
+    # Only the sealing key file; nothing else (no core dump, no key, no token) was written.
+    assert sorted(os.listdir(state)) == ["seal.key"], os.listdir(state)
+    st = os.stat(enc.seal_key)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_size == 32
+    with open(enc.seal_key, "rb") as f:
+        seal = f.read()
+    for secret in (token,):
+        assert secret not in seal
+    # The sealing key alone does not open the app: the token is still needed.
+    enc = Enclave(state)
+    status, _ = enc.call(APP_UNLOCK, [b"app_disk", b"", share1, share2, wrapped])
+    assert status == E_BAD_TOKEN
+    enc.ok(APP_UNLOCK, [b"app_disk", token, share1, share2, wrapped])
+    enc.close()
+    # A sealing key readable by others is refused at start-up.
+    os.chmod(enc.seal_key, 0o644)
+    enc = Enclave(state)
+    assert enc.proc.wait(timeout=10) == 1
+    assert b"EVS-3007" in enc.stderr()
+    os.chmod(enc.seal_key, 0o600)
+
+
+def test_process_is_filtered_and_not_dumpable():
+    state = evstest.tmpdir()
+    user = None
+    if os.getuid() == 0:
+        # Run the enclave as an unprivileged user, so that "same user, no privilege" is what
+        # tries to read its memory below (root with CAP_SYS_PTRACE is not stopped by this).
+        user = 65534
+        os.chown(state, user, -1)
+    enc = Enclave(state, user=user)
+    enc.ok(HELLO, [])  # start-up finished: the sandbox is in place
+    pid = enc.proc.pid
+    with open("/proc/%d/status" % pid) as f:
+        status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    assert status["Seccomp"].strip() == "2", status.get("Seccomp")
+    assert int(status.get("Seccomp_filters", "1")) >= 1
+    assert status["NoNewPrivs"].strip() == "1"
+    # Not dumpable: the kernel makes its /proc entries root's, and a process of the same user
+    # cannot open its memory.
+    enclave_uid = user if user is not None else os.getuid()
+    assert os.stat("/proc/%d/status" % pid).st_uid != enclave_uid
+    probe = ("import sys\n"
+             "try:\n"
+             "    open('/proc/%d/mem', 'rb').close()\n"
+             "except PermissionError:\n"
+             "    sys.exit(0)\n"
+             "sys.exit(3)\n" % pid)
+    kw = {"user": user} if user is not None else {}
+    r = subprocess.run(["/usr/bin/python3", "-c", probe], **kw)
+    assert r.returncode == 0, "a same-user process could open the enclave's memory"
+    with open("/proc/%d/limits" % pid) as f:
+        core = [line for line in f if line.startswith("Max core file size")]
+    assert core and core[0].split()[4:6] == ["0", "0"], core
+    assert enc.close() == 0
+
+
+if __name__ == "__main__":
+    evstest.main(globals())
