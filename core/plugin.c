@@ -230,12 +230,13 @@ int evs__plugins_run_hooks(evs__worker *w, evs_phase phase, evs_request *req) {
   for (size_t i = 0; i < w->nhooks; i++) {
     evs__hook *h = &w->hooks[i];
     if (h->phase != phase || !h->plugin->loaded) continue;
+    /* Attribute the request before the hook runs: a hook that answers at once may finish it,
+     * so the request is not touched after a hook took it. */
+    evs__plugin_rec *before = req->handler;
+    if (phase == EVS_PHASE_ROUTE && !before) req->handler = h->plugin;
     int r = h->fn(h->plugin->state, req);
-    if (phase == EVS_PHASE_ROUTE && r == EVS_HANDLED) {
-      req->handled = 1;
-      if (!req->handler) req->handler = h->plugin;
-      return 1;
-    }
+    if (phase == EVS_PHASE_ROUTE && r == EVS_HANDLED) return 1;
+    if (phase == EVS_PHASE_ROUTE) req->handler = before;
   }
   return 0;
 }
@@ -786,22 +787,51 @@ static const evs_host host_table = {
     .store_query = h_store_query,
 };
 
-/* read_body: collect the whole body (bounded) and hand it over. */
+/* read_body: collect the whole body (bounded) and hand it over on the next loop turn. */
 static int rb_data(evs_request *req, const char *data, size_t len) {
+  if (req->rb_overflow) return 0;
   if (req->rb_len + len > req->rb_max) {
-    void (*cb)(void *, int, const uint8_t *, size_t) = req->rb_cb;
-    req->rb_cb = NULL;
-    if (cb) cb(req->rb_arg, -E2BIG, NULL, 0);
+    req->rb_overflow = 1; /* reported once the body ended, as -E2BIG */
     return 0;
+  }
+  if (req->rb_len + len > req->rb_cap) {
+    size_t ncap = req->rb_cap ? req->rb_cap * 2 : 16384;
+    while (ncap < req->rb_len + len) ncap *= 2;
+    if (ncap > req->rb_max) ncap = req->rb_max;
+    char *nb = realloc(req->rb_buf, ncap);
+    if (!nb) {
+      req->rb_overflow = 1;
+      return 0;
+    }
+    req->rb_buf = nb;
+    req->rb_cap = ncap;
   }
   memcpy(req->rb_buf + req->rb_len, data, len);
   req->rb_len += len;
   return 0;
 }
-static void rb_end(evs_request *req, int status) {
+static void run_rb(deferred *d) {
+  evs_request *req = d->arg;
   void (*cb)(void *, int, const uint8_t *, size_t) = req->rb_cb;
   req->rb_cb = NULL;
-  if (cb) cb(req->rb_arg, status, (const uint8_t *)req->rb_buf, req->rb_len);
+  /* The client may have gone meanwhile: then the handler learns it instead of getting a body. */
+  int status = req->conn ? d->status : -ECONNRESET;
+  if (cb) cb(req->rb_arg, status, (const uint8_t *)req->rb_buf, status < 0 ? 0 : req->rb_len);
+  evs__request_unhold(req);
+}
+static void rb_end(evs_request *req, int status) {
+  /* Never call back from inside read_body or the connection's read path: the handler may answer
+   * at once, and the connection must first finish consuming this request's bytes. */
+  deferred *d = defer(run_rb, NULL, req);
+  if (!d) {
+    void (*cb)(void *, int, const uint8_t *, size_t) = req->rb_cb;
+    req->rb_cb = NULL;
+    if (cb) cb(req->rb_arg, -ENOMEM, NULL, 0);
+    return;
+  }
+  d->status = status < 0 ? status : req->rb_overflow ? -E2BIG : 0;
+  evs__request_hold(req);
+  defer_start(d);
 }
 static const evs__body_sink rb_sink = {rb_data, rb_end};
 static int h_read_body(evs_request *req, size_t max_bytes,
@@ -810,8 +840,6 @@ static int h_read_body(evs_request *req, size_t max_bytes,
   if (max_bytes == 0 || max_bytes > (size_t)evs__w->settings->max_body_bytes)
     max_bytes = (size_t)evs__w->settings->max_body_bytes;
   if (req->info.has_content_length && req->info.content_length > max_bytes) return -E2BIG;
-  req->rb_buf = malloc(req->info.has_content_length ? (size_t)req->info.content_length + 1 : max_bytes + 1);
-  if (!req->rb_buf) return -ENOMEM;
   req->rb_max = max_bytes;
   req->rb_cb = cb;
   req->rb_arg = arg;

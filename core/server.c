@@ -462,13 +462,20 @@ static void request_finish(evs_request *req) {
     c->req = NULL;
     req->conn = NULL;
   }
-  if (req->proxy) return; /* the proxy still holds it: evs__request_release frees it */
+  /* The proxy or a caller up the stack may still use it: the last of them frees it. */
+  if (req->proxy || req->holds) return;
   request_free(req);
 }
 
 void evs__request_release(evs_request *req) {
   req->proxy = NULL;
-  if (req->finished) request_free(req);
+  if (req->finished && !req->holds) request_free(req);
+}
+
+void evs__request_hold(evs_request *req) { req->holds++; }
+
+void evs__request_unhold(evs_request *req) {
+  if (--req->holds == 0 && req->finished && !req->proxy) request_free(req);
 }
 
 /* After a response completed: close, or wait for the next request. */
@@ -494,7 +501,17 @@ static void conn_after_response(evs__conn *c, evs_request *req) {
   if (c->state == CONN_HEAD) evs__io_read_start(&c->io);
 }
 
+static void dispatch_held(evs__conn *c, evs_request *req);
+
+/* Handlers may answer synchronously, which can finish and free the request (and start the next
+ * pipelined one) before they return: hold it for the duration. */
 static void dispatch(evs__conn *c, evs_request *req) {
+  evs__request_hold(req);
+  dispatch_held(c, req);
+  evs__request_unhold(req);
+}
+
+static void dispatch_held(evs__conn *c, evs_request *req) {
   evs__worker *w = c->w;
   c->req = req;
   c->state = CONN_REQUEST;
@@ -525,8 +542,18 @@ static void dispatch(evs__conn *c, evs_request *req) {
 
 /* Feed buffered input to the request body. Returns 0 to continue, 1 if paused, -1 on error
  * (the connection was closed or answered). */
+static int body_input_held(evs__conn *c, evs_request *req);
+
 static int body_input(evs__conn *c) {
   evs_request *req = c->req;
+  if (!req) return 0;
+  evs__request_hold(req);
+  int r = body_input_held(c, req);
+  evs__request_unhold(req);
+  return r;
+}
+
+static int body_input_held(evs__conn *c, evs_request *req) {
   size_t off = 0;
   int rc = 0;
   while (req && !req->body_done && off < c->len && !req->paused) {

@@ -119,7 +119,8 @@ struct evs_request {
   int continue_sent;
   /* read_body collector. */
   char *rb_buf;
-  size_t rb_len, rb_max;
+  size_t rb_len, rb_cap, rb_max;
+  int rb_overflow;
   void (*rb_cb)(void *arg, int status, const uint8_t *data, size_t len);
   void *rb_arg;
   /* Response. */
@@ -136,6 +137,7 @@ struct evs_request {
   void (*on_abort)(evs_request *req); /* client went away */
   int handled;
   int finished;
+  int holds;                 /* code on the stack (or a deferred callback) still uses it */
   int taken_over;
 };
 
@@ -174,6 +176,10 @@ int evs__request_body_attach(evs_request *req, const evs__body_sink *sink, void 
 void evs__request_body_resume(evs_request *req);
 /* The proxy drops its reference to a request; frees it if the request already finished. */
 void evs__request_release(evs_request *req);
+/* Keep a request's memory alive across calls that may complete it (a hook that answers at
+ * once, a deferred callback): it is freed at the last unhold if it finished meanwhile. */
+void evs__request_hold(evs_request *req);
+void evs__request_unhold(evs_request *req);
 
 const char *evs__status_text(int status);
 

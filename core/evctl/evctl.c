@@ -13,11 +13,33 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* cmd_app.c (answered by the enclave plugin). */
+int evctl_cmd_app_create(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_app_list(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_app_unlock(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_key_create(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_key_list(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_key_revoke(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_encrypt(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_decrypt(const evctl_ctx *ctx, int argc, char **argv);
+
 /* The commands, in the order --help lists them. A multi-word name ("app create") is matched
  * word by word, so groups of subcommands need nothing more than rows here. */
 static const evctl_command commands[] = {
     {"status", "", "Show the server's version, process and counters", evctl_cmd_status},
     {"plugins", "", "List the plugins and whether each was loaded or rejected", evctl_cmd_plugins},
+    {"app create", "", "Create an app; prints its id and app token (once)", evctl_cmd_app_create},
+    {"app list", "", "List the apps", evctl_cmd_app_list},
+    {"app unlock", "<appId> [--token T]", "Unlock an app's keys (token from stdin if not given)",
+     evctl_cmd_app_unlock},
+    {"key create", "<appId> --permissions a,b", "Create a scoped API key; prints it (once)",
+     evctl_cmd_key_create},
+    {"key list", "<appId>", "List an app's API keys (never the keys themselves)", evctl_cmd_key_list},
+    {"key revoke", "<appId> <keyId>", "Revoke an API key", evctl_cmd_key_revoke},
+    {"encrypt", "<appId> [--curve C] [--role R] <value|JSON>", "Encrypt a value or every JSON leaf",
+     evctl_cmd_encrypt},
+    {"decrypt", "<appId> <ev:...|JSON>", "Decrypt an ev: string or every one in JSON",
+     evctl_cmd_decrypt},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -1,0 +1,733 @@
+/*
+ * api.c: the SDK-facing Evervault API on the api listener (docs: /work/shared PROTOCOL.md §2,
+ * README.md here): GET /cages/key and GET /keys (api-key header), POST /decrypt (Basic
+ * appId:apiKey; JSON or an %EVENC file), POST /encrypt (JSON or a file). Also the request
+ * context, the JSON field walkers and small helpers the admin endpoints share.
+ *
+ * Every encrypt or decrypt request is one enclave round trip: all fields travel in one batch.
+ * Decryption fails closed: one field that does not decrypt fails the whole request (422), and a
+ * dead or slow enclave answers 503, never plaintext and never a hang.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
+#include "enclave_int.h"
+#include "evs_enclave_proto.h"
+
+enum { API_KEYS = 100, API_ENCRYPT, API_DECRYPT };
+
+/* ---- the request context ------------------------------------------------------------------ */
+
+static void ctx_free(enc_ctx *x) {
+  if (!x) return;
+  json_decref(x->root);
+  json_decref(x->body_obj);
+  free(x->slots);
+  if (x->api_key) {
+    OPENSSL_cleanse(x->api_key, strlen(x->api_key));
+    free(x->api_key);
+  }
+  if (x->token) {
+    OPENSSL_cleanse(x->token, strlen(x->token));
+    free(x->token);
+  }
+  if (x->body) {
+    OPENSSL_cleanse(x->body, x->body_len);
+    free(x->body);
+  }
+  free(x);
+}
+
+static void ctx_release(void *p) {
+  enc_ctx *x = p;
+  x->req = NULL;
+  if (!x->pending) ctx_free(x);
+}
+
+enc_ctx *enc_ctx_new(enclave_state *st, evs_request *req) {
+  enc_ctx *x = calloc(1, sizeof *x);
+  if (!x) return NULL;
+  x->st = st;
+  x->req = req;
+  st->host->request_set_data(req, st->plugin, x, ctx_release);
+  return x;
+}
+
+int enc_ctx_resume(enc_ctx *x) {
+  x->pending = 0;
+  if (!x->req) {
+    ctx_free(x);
+    return 0;
+  }
+  return 1;
+}
+
+static void run_step(enc_ctx *x, int status, const uint8_t *data, size_t len) {
+  if (!enc_ctx_resume(x)) return;
+  if (x->err_status) {
+    enc_reply_error(x, x->err_status, x->err_code, x->err_detail);
+  } else if (status < 0) {
+    if (status == -E2BIG)
+      enc_reply_error(x, 413, "payload-too-large", "The request body is too large");
+    else if (status == -ENOMEM)
+      enc_reply_error(x, 500, "internal-error", "Out of memory");
+    else
+      enc_reply_error(x, 400, "bad-request", "The request body could not be read");
+  } else {
+    x->step(x, data, len);
+  }
+}
+
+static void on_step_timer(void *arg) {
+  enc_ctx *x = arg;
+  x->st->host->timer_free(x->timer);
+  x->timer = NULL;
+  /* The body (if any) moves out of the ctx: steps keep what they need themselves. */
+  uint8_t *body = x->body;
+  size_t len = x->body_len;
+  x->body = NULL;
+  x->body_len = 0;
+  run_step(x, x->body_status, body, len);
+  if (body) {
+    OPENSSL_cleanse(body, len);
+    free(body);
+  }
+}
+
+/* Not even from the body callback may the plugin answer at once (the host goes on using the
+ * request after it returns): keep a copy and continue on a zero timer. */
+static void on_step_body(void *arg, int status, const uint8_t *data, size_t len) {
+  enc_ctx *x = arg;
+  x->body_status = status;
+  if (status == 0 && x->req && !(x->body = malloc(len ? len : 1)))
+    x->body_status = -ENOMEM;
+  if (x->body) {
+    memcpy(x->body, data, len);
+    x->body_len = len;
+  }
+  x->timer = x->st->host->timer_start(x->st->plugin, 0, 0, on_step_timer, x);
+  if (!x->timer) {
+    free(x->body);
+    x->body = NULL;
+    x->body_len = 0;
+    run_step(x, -ENOMEM, NULL, 0);
+  }
+}
+
+int enc_continue(enc_ctx *x, int read_body, enc_step_fn step) {
+  const evs_host *h = x->st->host;
+  x->step = step;
+  x->pending = 1;
+  int r = 0;
+  if (read_body && !x->err_status) {
+    r = h->read_body(x->req, 0, on_step_body, x);
+    if (r == 0) return EVS_HANDLED;
+  }
+  x->body_status = r;
+  x->timer = h->timer_start(x->st->plugin, 0, 0, on_step_timer, x);
+  if (!x->timer) { /* out of memory: the one synchronous answer left */
+    x->pending = 0;
+    h->respond_error(x->req, 500, "internal-error", "Out of memory");
+  }
+  return EVS_HANDLED;
+}
+
+int enc_fail(enc_ctx *x, int status, const char *code, const char *detail) {
+  x->err_status = status;
+  x->err_code = code;
+  x->err_detail = detail;
+  return enc_continue(x, 0, NULL);
+}
+
+void enc_reply_json(enc_ctx *x, int status, json_t *obj) {
+  const evs_host *h = x->st->host;
+  evs_request *req = x->req;
+  char *body = obj ? json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY) : NULL;
+  json_decref(obj);
+  if (!body) {
+    h->respond_error(req, 500, "internal-error", "Out of memory");
+    return;
+  }
+  static const evs_header hdr[] = {{"Content-Type", 12, "application/json", 16}};
+  size_t n = strlen(body);
+  h->respond(req, status, hdr, 1, (const uint8_t *)body, n);
+  OPENSSL_cleanse(body, n); /* may hold decrypted values or a freshly minted secret */
+  free(body);
+}
+
+void enc_reply_error(enc_ctx *x, int status, const char *code, const char *detail) {
+  x->st->host->respond_error(x->req, status, code, detail);
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+char *enc_b64(const uint8_t *data, size_t len) {
+  char *out = malloc(4 * ((len + 2) / 3) + 1);
+  if (!out) return NULL;
+  EVP_EncodeBlock((unsigned char *)out, data, (int)len);
+  return out;
+}
+
+int enc_unb64(const char *s, size_t len, uint8_t **ret, size_t *ret_len) {
+  if (len % 4 || len > (64u << 20)) return -EINVAL;
+  uint8_t *out = malloc(len / 4 * 3 + 1);
+  if (!out) return -ENOMEM;
+  int n = len ? EVP_DecodeBlock(out, (const unsigned char *)s, (int)len) : 0;
+  if (n < 0) {
+    free(out);
+    return -EINVAL;
+  }
+  if (len && s[len - 1] == '=') n--;
+  if (len > 1 && s[len - 2] == '=') n--;
+  *ret = out;
+  *ret_len = (size_t)n;
+  return 0;
+}
+
+int enc_valid_app_id(const char *s) {
+  if (strncmp(s, "app_", 4) != 0) return 0;
+  size_t n = strlen(s);
+  if (n < 5 || n >= ENC_APP_ID_MAX) return 0;
+  for (size_t i = 4; i < n; i++)
+    if (!isxdigit((unsigned char)s[i]) || isupper((unsigned char)s[i])) return 0;
+  return 1;
+}
+
+void enc_audit(enclave_state *st, const char *who, const char *app, const char *op,
+               size_t fields, const char *outcome) {
+  json_t *o = json_pack("{s:s,s:s,s:s,s:I,s:s}", "who", who && *who ? who : "admin", "app",
+                        app ? app : "", "op", op, "fields", (json_int_t)fields, "outcome", outcome);
+  char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  if (s) st->host->store_append(st->plugin, "audit", s);
+  free(s);
+  json_decref(o);
+}
+
+static const char *status_code(int status, int *ret_http, const char **ret_detail) {
+  switch (status) {
+    case EVS_EP_E_NO_APP:
+      *ret_http = 503;
+      *ret_detail = "The app's keys are locked: unlock the app (evctl app unlock)";
+      return "service-unavailable";
+    case EVS_EP_E_BAD_TOKEN:
+      *ret_http = 401;
+      *ret_detail = "The app token does not open this app's keys";
+      return "unauthorized";
+    case EVS_EP_E_DECRYPT:
+      *ret_http = 422;
+      *ret_detail = "Unable to decrypt data";
+      return "decryption-error";
+    case EVS_EP_E_INVALID:
+      *ret_http = 400;
+      *ret_detail = "The request holds an invalid value (curve, role, type or size)";
+      return "bad-request";
+    case EVS_ENOCRYPTO:
+      *ret_http = 503;
+      *ret_detail = "The encryption service is unavailable; try again shortly";
+      return "service-unavailable";
+    default:
+      *ret_http = 500;
+      *ret_detail = "The encryption service failed";
+      return "internal-error";
+  }
+}
+
+static void reply_status(enc_ctx *x, int status) {
+  int http;
+  const char *detail;
+  const char *code = status_code(status, &http, &detail);
+  enc_reply_error(x, http, code, detail);
+}
+
+/* ---- JSON walkers ------------------------------------------------------------------------- */
+
+static int add_slot(enc_ctx *x, json_t *parent, const char *key, size_t index) {
+  if (x->nslots == x->cap) {
+    size_t cap = x->cap ? x->cap * 2 : 16;
+    if (cap > EVS_EP_MAX_ITEMS) return -E2BIG;
+    enc_slot *s = realloc(x->slots, cap * sizeof *s);
+    if (!s) return -ENOMEM;
+    x->slots = s;
+    x->cap = cap;
+  }
+  if (x->nslots + 2 > EVS_EP_MAX_ITEMS) return -E2BIG; /* room for app id, curve, role */
+  x->slots[x->nslots++] = (enc_slot){parent, key, index};
+  return 0;
+}
+
+static json_t *slot_get(const enc_slot *s) {
+  return json_is_object(s->parent) ? json_object_get(s->parent, s->key)
+                                   : json_array_get(s->parent, s->index);
+}
+
+static void slot_set(const enc_slot *s, json_t *v) {
+  if (json_is_object(s->parent))
+    json_object_set_new(s->parent, s->key, v);
+  else
+    json_array_set_new(s->parent, s->index, v);
+}
+
+/* Collects leaves: for decrypt every string starting "ev:", for encrypt every string, number
+ * and boolean. Depth is bounded by jansson's own parser limit. */
+static int collect(enc_ctx *x, json_t *v, int decrypt) {
+  const char *k;
+  json_t *c;
+  size_t i;
+  if (json_is_object(v)) {
+    json_object_foreach(v, k, c) {
+      if (json_is_object(c) || json_is_array(c)) {
+        int r = collect(x, c, decrypt);
+        if (r < 0) return r;
+      } else if (decrypt ? (json_is_string(c) && strncmp(json_string_value(c), "ev:", 3) == 0)
+                         : (json_is_string(c) || json_is_number(c) || json_is_boolean(c))) {
+        int r = add_slot(x, v, k, 0);
+        if (r < 0) return r;
+      }
+    }
+  } else if (json_is_array(v)) {
+    json_array_foreach(v, i, c) {
+      if (json_is_object(c) || json_is_array(c)) {
+        int r = collect(x, c, decrypt);
+        if (r < 0) return r;
+      } else if (decrypt ? (json_is_string(c) && strncmp(json_string_value(c), "ev:", 3) == 0)
+                         : (json_is_string(c) || json_is_number(c) || json_is_boolean(c))) {
+        int r = add_slot(x, v, NULL, i);
+        if (r < 0) return r;
+      }
+    }
+  }
+  return 0;
+}
+
+void enc_set_data(enc_ctx *x, json_t *data) {
+  /* A top-level scalar is wrapped in a one-element array so it has a slot like any leaf. */
+  if (json_is_object(data) || json_is_array(data)) {
+    x->root = data;
+    return;
+  }
+  x->root = json_array();
+  x->wrapped = 1;
+  if (x->root) json_array_append_new(x->root, data);
+  else json_decref(data);
+}
+
+static json_t *answer_data(enc_ctx *x) {
+  return x->wrapped ? json_array_get(x->root, 0) : x->root;
+}
+
+static void on_decrypted(void *arg, int status, const ep_item *it, size_t n) {
+  enc_ctx *x = arg;
+  if (!enc_ctx_resume(x)) return;
+  enclave_state *st = x->st;
+  const char *op = x->octet ? "decrypt-file" : "decrypt";
+  size_t fields = x->octet ? 1 : x->nslots;
+  if (status == 0 && !x->octet && n != x->nslots) status = EVS_EP_E_PROTOCOL;
+  if (status == 0 && x->octet && n != 1) status = EVS_EP_E_PROTOCOL;
+  if (status == 0 && !x->octet) {
+    for (size_t i = 0; i < n && status == 0; i++) {
+      if (it[i].len < 4) {
+        status = EVS_EP_E_PROTOCOL;
+        break;
+      }
+      int32_t fs = (int32_t)evs_ep_get_u32(it[i].data);
+      if (fs != 0) {
+        /* A field that is not a valid ev: string for this app is a decryption error too. */
+        status = fs == EVS_EP_E_NO_APP || fs == EVS_EP_E_INTERNAL ? fs : EVS_EP_E_DECRYPT;
+        break;
+      }
+      if (it[i].len < 5) {
+        status = EVS_EP_E_PROTOCOL;
+        break;
+      }
+      uint8_t type = it[i].data[4];
+      const char *p = (const char *)it[i].data + 5;
+      size_t len = it[i].len - 5;
+      json_t *v = NULL;
+      if (type == 1)
+        v = json_loadb(p, len, JSON_DECODE_ANY, NULL);
+      else if (type == 2)
+        v = json_boolean(len == 4 && memcmp(p, "true", 4) == 0);
+      if (!v || (type == 1 && !json_is_number(v))) {
+        json_decref(v);
+        v = json_stringn(p, len);
+      }
+      if (!v) {
+        status = EVS_EP_E_INTERNAL;
+        break;
+      }
+      slot_set(&x->slots[i], v);
+    }
+  }
+  enc_audit(st, x->key_id, x->app_id, op, fields, status == 0 ? "ok" : "error");
+  if (status != 0) {
+    reply_status(x, status);
+    return;
+  }
+  if (x->octet) {
+    static const evs_header hdr[] = {{"Content-Type", 12, "application/octet-stream", 24}};
+    st->host->respond(x->req, 200, hdr, 1, it[0].data, it[0].len);
+    return;
+  }
+  enc_reply_json(x, 200, json_pack("{s:O}", "data", answer_data(x)));
+}
+
+void enc_do_decrypt(enc_ctx *x) {
+  ep_msg m;
+  if (x->octet) {
+    ep_msg_init(&m, EVS_EP_DECRYPT_FILE);
+    ep_msg_add_str(&m, x->app_id);
+    ep_msg_add(&m, x->body, x->body_len);
+  } else {
+    int r = collect(x, x->root, 1);
+    if (r < 0) {
+      enc_reply_error(x, 413, "payload-too-large", "Too many encrypted fields in one request");
+      return;
+    }
+    ep_msg_init(&m, EVS_EP_DECRYPT);
+    ep_msg_add_str(&m, x->app_id);
+    for (size_t i = 0; i < x->nslots; i++) ep_msg_add_str(&m, json_string_value(slot_get(&x->slots[i])));
+  }
+  x->pending = 1;
+  int r = ep_client_call(x->st->client, &m, on_decrypted, x);
+  if (r < 0) {
+    x->pending = 0;
+    enc_audit(x->st, x->key_id, x->app_id, "decrypt", x->nslots, "error");
+    if (r == -E2BIG)
+      enc_reply_error(x, 413, "payload-too-large", "The request is too large to decrypt");
+    else
+      reply_status(x, EVS_ENOCRYPTO);
+  }
+}
+
+static void on_encrypted(void *arg, int status, const ep_item *it, size_t n) {
+  enc_ctx *x = arg;
+  if (!enc_ctx_resume(x)) return;
+  enclave_state *st = x->st;
+  if (status == 0 && (x->octet ? n != 1 : n != x->nslots)) status = EVS_EP_E_PROTOCOL;
+  if (status == 0 && !x->octet) {
+    for (size_t i = 0; i < n && status == 0; i++) {
+      if (it[i].len < 4) {
+        status = EVS_EP_E_PROTOCOL;
+        break;
+      }
+      int32_t fs = (int32_t)evs_ep_get_u32(it[i].data);
+      if (fs != 0) {
+        status = fs;
+        break;
+      }
+      json_t *v = json_stringn((const char *)it[i].data + 4, it[i].len - 4);
+      if (!v) {
+        status = EVS_EP_E_INTERNAL;
+        break;
+      }
+      slot_set(&x->slots[i], v);
+    }
+  }
+  enc_audit(st, x->key_id, x->app_id, x->octet ? "encrypt-file" : "encrypt",
+            x->octet ? 1 : x->nslots, status == 0 ? "ok" : "error");
+  if (status != 0) {
+    reply_status(x, status);
+    return;
+  }
+  if (x->octet) {
+    static const evs_header hdr[] = {{"Content-Type", 12, "application/octet-stream", 24}};
+    st->host->respond(x->req, 200, hdr, 1, it[0].data, it[0].len);
+    return;
+  }
+  json_t *d = answer_data(x);
+  enc_reply_json(x, 200, x->admin ? json_pack("{s:O}", "data", d) : json_incref(d));
+}
+
+void enc_do_encrypt(enc_ctx *x) {
+  ep_msg m;
+  if (x->octet) {
+    ep_msg_init(&m, EVS_EP_ENCRYPT_FILE);
+    ep_msg_add_str(&m, x->app_id);
+    ep_msg_add_str(&m, x->curve);
+    ep_msg_add(&m, x->body, x->body_len);
+  } else {
+    int r = collect(x, x->root, 0);
+    if (r < 0) {
+      enc_reply_error(x, 413, "payload-too-large", "Too many fields in one request");
+      return;
+    }
+    ep_msg_init(&m, EVS_EP_ENCRYPT);
+    ep_msg_add_str(&m, x->app_id);
+    ep_msg_add_str(&m, x->curve);
+    ep_msg_add_str(&m, x->role);
+    for (size_t i = 0; i < x->nslots; i++) {
+      json_t *v = slot_get(&x->slots[i]);
+      char *item = NULL;
+      size_t len = 0;
+      if (json_is_string(v)) {
+        len = json_string_length(v) + 2;
+        if ((item = malloc(len))) {
+          memcpy(item, "s:", 2);
+          memcpy(item + 2, json_string_value(v), len - 2);
+        }
+      } else if (json_is_boolean(v)) {
+        item = strdup(json_is_true(v) ? "b:true" : "b:false");
+        len = item ? strlen(item) : 0;
+      } else {
+        char *num = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        if (num && asprintf(&item, "n:%s", num) < 0) item = NULL;
+        len = item ? strlen(item) : 0;
+        free(num);
+      }
+      if (!item) {
+        m.failed = 1;
+        break;
+      }
+      ep_msg_add(&m, item, len);
+      OPENSSL_cleanse(item, len); /* plaintext */
+      free(item);
+    }
+  }
+  x->pending = 1;
+  int r = ep_client_call(x->st->client, &m, on_encrypted, x);
+  if (r < 0) {
+    x->pending = 0;
+    if (r == -E2BIG)
+      enc_reply_error(x, 413, "payload-too-large", "The request is too large to encrypt");
+    else
+      reply_status(x, EVS_ENOCRYPTO);
+  }
+}
+
+/* ---- authentication ----------------------------------------------------------------------- */
+
+/* The presented credential: `api-key: <key>` or `Authorization: Basic base64(appId:key)`.
+ * Fills x->api_key, x->key_id and (Basic) x->app_id. 0, or -1 when absent or malformed. */
+static int read_credential(enc_ctx *x, int basic) {
+  const evs_host *h = x->st->host;
+  evs_header hd;
+  char *key = NULL;
+  if (basic && h->request_header(x->req, "authorization", &hd) == 0 && hd.value_len > 6 &&
+      strncasecmp(hd.value, "Basic ", 6) == 0) {
+    const char *b = hd.value + 6;
+    size_t bl = hd.value_len - 6;
+    while (bl && *b == ' ') b++, bl--;
+    while (bl && b[bl - 1] == ' ') bl--;
+    uint8_t *dec;
+    size_t dl;
+    if (enc_unb64(b, bl, &dec, &dl) < 0) return -1;
+    uint8_t *colon = memchr(dec, ':', dl);
+    if (!colon || memchr(dec, 0, dl) || (size_t)(colon - dec) >= ENC_APP_ID_MAX) {
+      OPENSSL_cleanse(dec, dl);
+      free(dec);
+      return -1;
+    }
+    memcpy(x->app_id, dec, (size_t)(colon - dec));
+    x->app_id[colon - dec] = 0;
+    key = strndup((const char *)colon + 1, dl - (size_t)(colon - dec) - 1);
+    OPENSSL_cleanse(dec, dl);
+    free(dec);
+  } else if (h->request_header(x->req, "api-key", &hd) == 0 && hd.value_len < 512) {
+    key = strndup(hd.value, hd.value_len);
+  }
+  if (!key) return -1;
+  x->api_key = key;
+  /* ev:key:1:<secret>:<app hash>:<keyId> */
+  const char *last = strrchr(key, ':');
+  if (strncmp(key, "ev:key:", 7) != 0 || !last || strlen(last + 1) >= ENC_KEY_ID_MAX ||
+      strncmp(last + 1, "key_", 4) != 0)
+    return -1;
+  for (const char *p = last + 1; *p; p++)
+    if (!isalnum((unsigned char)*p) && *p != '_') return -1;
+  strcpy(x->key_id, last + 1);
+  return 0;
+}
+
+static void api_dispatch(enc_ctx *x);
+
+static const char *action_permission(int action) {
+  return action == API_DECRYPT ? "api:decrypt" : "api:encrypt";
+}
+
+static void on_api_app(void *arg, int status, const uint8_t *v, size_t len) {
+  enc_ctx *x = arg;
+  if (!enc_ctx_resume(x)) return;
+  if (status != 0) {
+    enc_reply_error(x, 401, "unauthorized", "Invalid authorization provided.");
+    return;
+  }
+  json_t *app = json_loadb((const char *)v, len, 0, NULL);
+  json_t *out = json_pack("{s:O?,s:O?}", "ecdhKey", json_object_get(app, "ecdhKey"),
+                          "ecdhP256Key", json_object_get(app, "ecdhP256Key"));
+  json_decref(app);
+  enc_reply_json(x, 200, out);
+}
+
+static void on_key_record(void *arg, int status, const uint8_t *v, size_t len) {
+  enc_ctx *x = arg;
+  if (!enc_ctx_resume(x)) return;
+  json_t *rec = status == 0 ? json_loadb((const char *)v, len, 0, NULL) : NULL;
+  const char *hash_hex = json_string_value(json_object_get(rec, "hash"));
+  const char *app = json_string_value(json_object_get(rec, "appId"));
+  uint8_t want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
+  int ok = rec && hash_hex && app && strlen(hash_hex) == 2 * sizeof want &&
+           !json_is_true(json_object_get(rec, "revoked"));
+  for (size_t i = 0; ok && i < sizeof want; i++) {
+    unsigned b;
+    if (sscanf(hash_hex + 2 * i, "%2x", &b) != 1) ok = 0;
+    want[i] = (uint8_t)b;
+  }
+  SHA256((const uint8_t *)x->api_key, strlen(x->api_key), got);
+  if (ok && CRYPTO_memcmp(want, got, sizeof want) != 0) ok = 0;
+  /* Basic carries the app id too; it must be the key's. */
+  if (ok && x->app_id[0] && strcmp(x->app_id, app) != 0) ok = 0;
+  if (!ok) {
+    enc_audit(x->st, x->key_id, x->app_id, x->action == API_DECRYPT ? "decrypt" : "auth", 0,
+              "unauthorized");
+    json_decref(rec);
+    enc_reply_error(x, 401, "unauthorized", "Invalid authorization provided.");
+    return;
+  }
+  snprintf(x->app_id, sizeof x->app_id, "%s", app);
+  const char *need = action_permission(x->action);
+  int allowed = strcmp(need, "api:encrypt") == 0; /* every key may encrypt (the docs' table) */
+  json_t *p;
+  size_t i;
+  json_array_foreach(json_object_get(rec, "permissions"), i, p) {
+    if (json_is_string(p) && strcmp(json_string_value(p), need) == 0) allowed = 1;
+  }
+  json_decref(rec);
+  if (!allowed) {
+    enc_audit(x->st, x->key_id, x->app_id, x->action == API_DECRYPT ? "decrypt" : "encrypt", 0,
+              "forbidden");
+    enc_reply_error(x, 403, "forbidden", "The API key does not have the required permissions.");
+    return;
+  }
+  api_dispatch(x);
+}
+
+/* ---- the endpoints ------------------------------------------------------------------------ */
+
+static void api_dispatch(enc_ctx *x) {
+  enclave_state *st = x->st;
+  if (x->action == API_KEYS) {
+    /* /keys names the app in a header: it must be the key's. */
+    evs_header hd;
+    if (st->host->request_header(x->req, "x-evervault-app-id", &hd) == 0 &&
+        (hd.value_len != strlen(x->app_id) || memcmp(hd.value, x->app_id, hd.value_len) != 0)) {
+      enc_reply_error(x, 401, "unauthorized", "Invalid authorization provided.");
+      return;
+    }
+    char k[ENC_STORE_KEY_MAX];
+    snprintf(k, sizeof k, "app/%s", x->app_id);
+    x->pending = 1;
+    if (st->host->store_get(st->plugin, k, on_api_app, x) < 0) {
+      x->pending = 0;
+      enc_reply_error(x, 500, "internal-error", "The store is unavailable");
+    }
+    return;
+  }
+  if (x->action == API_DECRYPT)
+    enc_do_decrypt(x);
+  else
+    enc_do_encrypt(x);
+}
+
+static int content_is(enc_ctx *x, const char *type) {
+  evs_header hd;
+  size_t n = strlen(type);
+  return x->st->host->request_header(x->req, "content-type", &hd) == 0 && hd.value_len >= n &&
+         strncasecmp(hd.value, type, n) == 0;
+}
+
+/* Query parameter value (not decoded; the values used here are plain tokens). */
+static void query_param(const char *q, const char *name, char *out, size_t outlen) {
+  size_t nl = strlen(name);
+  for (const char *p = q; p && *p;) {
+    if (strncmp(p, name, nl) == 0 && p[nl] == '=') {
+      size_t vl = strcspn(p + nl + 1, "&");
+      if (vl < outlen) {
+        memcpy(out, p + nl + 1, vl);
+        out[vl] = 0;
+      }
+      return;
+    }
+    p = strchr(p, '&');
+    if (p) p++;
+  }
+}
+
+/* The API request, its body read: authenticate, then keys, encrypt or decrypt. */
+static void api_step(enc_ctx *x, const uint8_t *data, size_t len) {
+  const evs_host *h = x->st->host;
+  const evs_request_info *info = h->request_info(x->req);
+  if (read_credential(x, x->action != API_KEYS) < 0) {
+    enc_reply_error(x, 401, "unauthorized", "Invalid authorization provided.");
+    return;
+  }
+  snprintf(x->curve, sizeof x->curve, "secp256k1");
+  query_param(info->query, "curve", x->curve, sizeof x->curve);
+  query_param(info->query, "role", x->role, sizeof x->role);
+  if (x->action == API_KEYS) {
+    /* no body: straight to the key record */
+  } else if (x->octet) {
+    if (!(x->body = malloc(len ? len : 1))) {
+      enc_reply_error(x, 500, "internal-error", "Out of memory");
+      return;
+    }
+    memcpy(x->body, data, len);
+    x->body_len = len;
+  } else {
+    json_error_t je;
+    json_t *root = json_loadb((const char *)data, len, JSON_DECODE_ANY, &je);
+    if (!root) {
+      enc_reply_error(x, 400, "bad-request", "The request body is not valid JSON");
+      return;
+    }
+    /* /decrypt takes the SDK's {"data": ...}; /encrypt takes the value itself. */
+    json_t *d = root;
+    if (x->action == API_DECRYPT && json_is_object(root) && json_object_get(root, "data")) {
+      d = json_incref(json_object_get(root, "data"));
+      json_decref(root);
+    }
+    enc_set_data(x, d);
+    if (!x->root) {
+      enc_reply_error(x, 500, "internal-error", "Out of memory");
+      return;
+    }
+  }
+  x->pending = 1;
+  char k[ENC_STORE_KEY_MAX];
+  snprintf(k, sizeof k, "key/%s", x->key_id);
+  if (x->st->host->store_get(x->st->plugin, k, on_key_record, x) < 0) {
+    x->pending = 0;
+    enc_reply_error(x, 500, "internal-error", "The store is unavailable");
+  }
+}
+
+int enc_api_route(enclave_state *st, evs_request *req) {
+  const evs_host *h = st->host;
+  const evs_request_info *info = h->request_info(req);
+  const char *path = info->path;
+  while (path[0] == '/' && path[1] == '/') path++; /* EV_API_URL with a trailing slash */
+  int get = strcmp(info->method, "GET") == 0, post = strcmp(info->method, "POST") == 0;
+  int action;
+  if (get && (strcmp(path, "/cages/key") == 0 || strcmp(path, "/keys") == 0))
+    action = API_KEYS;
+  else if (post && strcmp(path, "/decrypt") == 0)
+    action = API_DECRYPT;
+  else if (post && strcmp(path, "/encrypt") == 0)
+    action = API_ENCRYPT;
+  else
+    return EVS_DECLINED;
+  enc_ctx *x = enc_ctx_new(st, req);
+  if (!x) {
+    h->respond_error(req, 500, "internal-error", "Out of memory");
+    return EVS_HANDLED;
+  }
+  x->action = action;
+  x->octet = action != API_KEYS && content_is(x, "application/octet-stream");
+  return enc_continue(x, action != API_KEYS, api_step);
+}

@@ -1,0 +1,275 @@
+/*
+ * enclave: the plugin that fronts the key-holding process. It spawns and supervises
+ * `evserver-enclave` (ep_client.c), registers itself as the host's crypto provider, keeps the
+ * apps and their scoped API keys in the store (apps.c), and answers two sets of endpoints:
+ * the admin ones evctl calls over the admin socket (/apps/...) and the SDK-facing API on the
+ * listener named by `api_listener` (/cages/key, /keys, /encrypt, /decrypt; api.c).
+ *
+ * The plugin never sees a private key or the App Master Key: it stores sealed shares and wrapped
+ * keys, and API keys only as SHA-256 hashes. Plaintext passes through it for /encrypt and
+ * /decrypt, as it must, and is never logged or audited.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "enclave_int.h"
+#include "evs_enclave_proto.h"
+
+#ifndef EVS_ENCLAVE_DEFAULT_BINARY
+#define EVS_ENCLAVE_DEFAULT_BINARY "/usr/libexec/evserver/evserver-enclave"
+#endif
+
+static const evs_config_item items[] = {
+    /* No default in the table, so init can tell "not configured" from "configured wrong". */
+    {"enclave_binary", EVS_CONFIG_PATH, NULL, 0, 0, 0,
+     "the evserver-enclave executable (default: " EVS_ENCLAVE_DEFAULT_BINARY ")"},
+    {"seal_key", EVS_CONFIG_PATH, NULL, 0, 0, 0,
+     "the enclave's sealing key file (default: enclave-seal.key in the state directory)"},
+    {"credentials_dir", EVS_CONFIG_PATH, NULL, 0, 0, 0,
+     "directory of evserver-app-<appId> token files (default: $CREDENTIALS_DIRECTORY)"},
+    {"api_listener", EVS_CONFIG_STRING, "api", 0, 0, 0,
+     "requests on the listener with this name are Evervault API requests"},
+    {"request_timeout", EVS_CONFIG_DURATION, "10s", 100, 600000, 0,
+     "how long a request to the enclave may take before it fails closed"},
+    {NULL, 0, NULL, 0, 0, 0, NULL},
+};
+
+/* ---- unlocking apps after every (re)start ------------------------------------------------ */
+
+typedef struct unlock_job {
+  enclave_state *st;
+  char app_id[ENC_APP_ID_MAX];
+} unlock_job;
+
+static void auto_unlock_done(void *arg, int status, const ep_item *items_, size_t n) {
+  unlock_job *j = arg;
+  enclave_state *st = j->st;
+  if (status == 0)
+    st->host->log(st->plugin, NULL, EVS_LOG_INFO, "app %s unlocked from the credentials directory",
+                  j->app_id);
+  else if (status != EVS_ENOCRYPTO)
+    st->host->log(st->plugin, NULL, EVS_LOG_INFO,
+                  "app %s stays locked (no usable credential, status %d): run `evctl app unlock`",
+                  j->app_id, status);
+  free(j);
+}
+
+static void auto_unlock_scan(void *arg, int status, const char *key, const uint8_t *v,
+                             size_t len) {
+  enclave_state *st = arg;
+  if (!key || strncmp(key, "app/", 4) != 0) return;
+  const char *app = key + 4;
+  if (!enc_valid_app_id(app)) return;
+  unlock_job *j = calloc(1, sizeof *j);
+  if (!j) return;
+  j->st = st;
+  snprintf(j->app_id, sizeof j->app_id, "%s", app);
+  if (enc_app_unlock(st, app, "", auto_unlock_done, j) < 0) free(j);
+}
+
+/* A new enclave process answered HELLO: ask it to unlock every app whose token it can read
+ * from the credentials directory (APP_UNLOCK with an empty token). */
+static void on_enclave_up(void *arg) {
+  enclave_state *st = arg;
+  st->host->counter_add(st->plugin, "enclave_starts", 1);
+  if (ep_client_starts(st->client) > 1)
+    st->host->log(st->plugin, NULL, EVS_LOG_WARN,
+                  "enclave process restarted (pid %d); apps unlocked with evctl must be unlocked again",
+                  ep_client_pid(st->client));
+  st->host->store_scan(st->plugin, "app/", auto_unlock_scan, st);
+}
+
+static void on_enclave_down(void *arg, size_t failed) {
+  enclave_state *st = arg;
+  st->host->counter_add(st->plugin, "enclave_failures", 1);
+  st->host->log(st->plugin, NULL, EVS_LOG_WARN,
+                "enclave process lost (exited, closed its socket or stopped answering); %zu "
+                "request(s) failed closed; restarting it",
+                failed);
+}
+
+/* ---- the crypto provider ----------------------------------------------------------------- */
+
+typedef struct provider_call {
+  evs_crypto_done_fn done;
+  void *done_arg;
+} provider_call;
+
+static void provider_reply(void *arg, int status, const ep_item *it, size_t n) {
+  provider_call *pc = arg;
+  if (status != 0) {
+    pc->done(pc->done_arg, status == EVS_ENOCRYPTO ? EVS_ENOCRYPTO : status, NULL, 0);
+    free(pc);
+    return;
+  }
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) total += 4 + it[i].len;
+  uint8_t *out = malloc(total ? total : 1), *p = out;
+  if (!out) {
+    pc->done(pc->done_arg, -ENOMEM, NULL, 0);
+    free(pc);
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    evs_ep_put_u32(p, it[i].len);
+    memcpy(p + 4, it[i].data, it[i].len);
+    p += 4 + it[i].len;
+  }
+  pc->done(pc->done_arg, 0, out, total);
+  OPENSSL_cleanse(out, total);
+  free(out);
+  free(pc);
+}
+
+static const struct {
+  const char *name;
+  uint16_t op;
+} provider_ops[] = {
+    {"encrypt", EVS_EP_ENCRYPT},           {"decrypt", EVS_EP_DECRYPT},
+    {"encrypt_file", EVS_EP_ENCRYPT_FILE}, {"decrypt_file", EVS_EP_DECRYPT_FILE},
+    {"app_status", EVS_EP_APP_STATUS},     {"decrypt_role", EVS_EP_DECRYPT_ROLE},
+};
+
+/* Other plugins (functions, relays) reach the enclave through host->crypto_call: op is one of
+ * the names above and payload/result are the protocol's items, each `u32 len || bytes`. */
+static int provider(void *state, const evs_crypto_request *creq, evs_crypto_done_fn done,
+                    void *done_arg) {
+  enclave_state *st = state;
+  if (st->disabled) return EVS_ENOCRYPTO;
+  uint16_t op = 0;
+  for (size_t i = 0; i < sizeof provider_ops / sizeof provider_ops[0]; i++)
+    if (creq->op && strcmp(creq->op, provider_ops[i].name) == 0) op = provider_ops[i].op;
+  if (!op) return -EINVAL;
+  ep_item *it = calloc(EVS_EP_MAX_ITEMS, sizeof *it);
+  if (!it) return -ENOMEM;
+  int n = ep_items_parse(creq->payload, creq->payload_len, it, EVS_EP_MAX_ITEMS);
+  if (n < 0) {
+    free(it);
+    return -EINVAL;
+  }
+  ep_msg m;
+  ep_msg_init(&m, op);
+  for (int i = 0; i < n; i++) ep_msg_add(&m, it[i].data, it[i].len);
+  free(it);
+  provider_call *pc = calloc(1, sizeof *pc);
+  if (!pc) {
+    ep_msg_done(&m);
+    return -ENOMEM;
+  }
+  pc->done = done;
+  pc->done_arg = done_arg;
+  int r = ep_client_call(st->client, &m, provider_reply, pc);
+  if (r < 0) free(pc);
+  return r;
+}
+
+/* ---- routing ------------------------------------------------------------------------------ */
+
+static int route(void *state, evs_request *req) {
+  enclave_state *st = state;
+  const evs_request_info *info = st->host->request_info(req);
+  int admin = info->listener && strcmp(info->listener, "admin") == 0;
+  int api = !admin && info->listener && strcmp(info->listener, st->api_listener) == 0;
+  if (st->disabled && (api || (admin && (strncmp(info->path, "/apps", 5) == 0 ||
+                                         strcmp(info->path, "/audit") == 0)))) {
+    enc_ctx *x = enc_ctx_new(st, req);
+    if (!x) {
+      st->host->respond_error(req, 500, "internal-error", "Out of memory");
+      return EVS_HANDLED;
+    }
+    return enc_fail(x, 503, "service-unavailable",
+                    "The enclave is not installed or not configured (enclave_binary)");
+  }
+  if (admin) return enc_admin_route(st, req);
+  if (api) return enc_api_route(st, req);
+  return EVS_DECLINED;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------- */
+
+static void state_free(enclave_state *st) {
+  if (!st) return;
+  ep_client_free(st->client);
+  free(st->seal_key);
+  free(st);
+}
+
+static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
+  enclave_state *st = calloc(1, sizeof *st);
+  if (!st) return -ENOMEM;
+  st->host = host;
+  st->plugin = plugin;
+  const char *binary = host->config_string(plugin, "enclave_binary");
+  const char *seal = host->config_string(plugin, "seal_key");
+  const char *creds = host->config_string(plugin, "credentials_dir");
+  const char *api = host->config_string(plugin, "api_listener");
+  st->api_listener = api && *api ? api : "api";
+  if (!creds || !*creds) creds = getenv("CREDENTIALS_DIRECTORY");
+  if (creds && !*creds) creds = NULL;
+  if (seal && *seal) {
+    st->seal_key = strdup(seal);
+  } else {
+    const char *sd = host->state_dir(plugin);
+    size_t n = strlen(sd ? sd : ".") + sizeof "/enclave-seal.key";
+    if ((st->seal_key = malloc(n))) snprintf(st->seal_key, n, "%s/enclave-seal.key", sd ? sd : ".");
+  }
+  if (!st->seal_key) {
+    free(st);
+    return -ENOMEM;
+  }
+  int configured = binary && *binary;
+  if (!configured) binary = EVS_ENCLAVE_DEFAULT_BINARY;
+  if (access(binary, X_OK) != 0) {
+    int e = errno;
+    if (configured) {
+      host->log(plugin, NULL, EVS_LOG_ERROR,
+                "enclave_binary %s is not an executable file (%s); fix enclave_binary in the "
+                "[plugin \"enclave\"] section",
+                binary, strerror(e));
+      state_free(st);
+      return -ENOENT;
+    }
+    /* Not configured and not installed: stay loaded but disabled, answering 503, so servers
+     * that do not use apps (and their config checks) are not broken by this plugin. */
+    st->disabled = 1;
+    host->log(plugin, NULL, EVS_LOG_WARN,
+              "%s is not installed (%s): apps, keys and the encrypt/decrypt API are disabled; "
+              "set enclave_binary in the [plugin \"enclave\"] section to enable them",
+              binary, strerror(e));
+  }
+  int r = host->register_crypto_provider(plugin, provider);
+  if (r == 0) r = host->add_hook(plugin, EVS_PHASE_ROUTE, route);
+  if (r < 0 || st->disabled) {
+    if (r < 0) {
+      state_free(st);
+      return r;
+    }
+    *ret_state = st;
+    return 0;
+  }
+  ep_client_config cfg = {
+      .binary = binary,
+      .seal_key = st->seal_key,
+      .credentials_dir = creds,
+      .request_timeout_ms = (uint64_t)host->config_int(plugin, "request_timeout"),
+      .on_up = on_enclave_up,
+      .on_up_arg = st,
+      .on_down = on_enclave_down,
+  };
+  r = ep_client_new((uv_loop_t *)host->uv_loop(plugin), &cfg, &st->client);
+  if (r < 0) {
+    host->log(plugin, NULL, EVS_LOG_ERROR, "cannot start %s: %s", binary, strerror(-r));
+    state_free(st);
+    return r;
+  }
+  *ret_state = st;
+  return 0;
+}
+
+static void fini(void *state) { state_free(state); }
+
+EVS_PLUGIN_DEFINE("enclave", "0.1.0",
+                  "Apps, API keys and the Evervault encrypt/decrypt API, backed by evserver-enclave",
+                  items, init, fini);

@@ -1,0 +1,113 @@
+/*
+ * enclave_int.h: what the files of the enclave plugin share. enclave.c holds the descriptor,
+ * init and supervision glue; apps.c the admin endpoints (apps, keys) and the store records;
+ * api.c the SDK-facing API and the JSON field walkers; ep_client.c the enclave process.
+ */
+#ifndef EVS_ENCLAVE_INT_H
+#define EVS_ENCLAVE_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "evserver/evs_plugin.h"
+#include "ep_client.h"
+
+#define ENC_APP_ID_MAX 32      /* "app_" + 12 hex, with room */
+#define ENC_KEY_ID_MAX 40      /* "key_" + 16 hex, with room */
+#define ENC_STORE_KEY_MAX 64
+
+typedef struct enclave_state {
+  const evs_host *host;
+  evs_plugin *plugin;
+  ep_client *client;
+  const char *api_listener; /* owned by the host's configuration */
+  char *seal_key;
+  int disabled; /* enclave_binary not configured and not installed: answer 503 */
+} enclave_state;
+
+/* ---- per-request context (api.c) ---------------------------------------------------------
+ * Lives from the route hook until both the request has ended and no asynchronous step is
+ * outstanding: `req` turns NULL when the host ends the request, `pending` is set while a store,
+ * body or enclave callback is due. Whoever sees both clear frees it. */
+typedef struct enc_slot {
+  json_t *parent; /* object or array holding the leaf (borrowed from root) */
+  const char *key; /* for objects (borrowed from the object's key storage) */
+  size_t index;    /* for arrays */
+} enc_slot;
+
+typedef struct enc_ctx enc_ctx;
+typedef void (*enc_step_fn)(enc_ctx *x, const uint8_t *body, size_t len);
+
+struct enc_ctx {
+  enclave_state *st;
+  evs_request *req;
+  int pending;
+  int action;
+  int admin;
+  char app_id[ENC_APP_ID_MAX];
+  char key_id[ENC_KEY_ID_MAX];
+  char curve[16];
+  char role[64];
+  char *api_key;      /* the presented key, wiped on free */
+  json_t *root;       /* the data to encrypt/decrypt: an object or array */
+  int wrapped;        /* root is a one-element array around a top-level scalar */
+  json_t *body_obj;   /* admin request object */
+  enc_slot *slots;
+  size_t nslots, cap;
+  uint8_t *body;      /* raw body (files), wiped on free */
+  size_t body_len;
+  int octet;          /* application/octet-stream */
+  size_t limit;       /* GET /audit: how many records */
+  char *token;        /* app token on unlock, wiped on free */
+  enc_step_fn step;   /* what enc_continue runs once the body (if any) is in */
+  evs_timer *timer;   /* enc_continue's deferral when no body is read */
+  int body_status;
+  int err_status;     /* enc_fail: answer this instead of running step */
+  const char *err_code, *err_detail; /* static strings */
+};
+
+enc_ctx *enc_ctx_new(enclave_state *st, evs_request *req);
+/* At the start of every asynchronous callback: clears pending; returns 0 (and frees the ctx)
+ * when the request has already ended. */
+int enc_ctx_resume(enc_ctx *x);
+
+/* Route hooks never answer synchronously (the host touches the request after the hook
+ * returns, and an answered Connection: close request is already freed): they create a ctx and
+ * return enc_continue(x, read_body, step), which runs step on the loop after the body (POST) has
+ * been read, or on a zero timer. enc_fail does the same with an error answer. Both return
+ * EVS_HANDLED. */
+int enc_continue(enc_ctx *x, int read_body, enc_step_fn step);
+int enc_fail(enc_ctx *x, int status, const char *code, const char *detail);
+
+/* Answers with a JSON object (stolen) or an error; the ctx must not be touched afterwards. */
+void enc_reply_json(enc_ctx *x, int status, json_t *obj);
+void enc_reply_error(enc_ctx *x, int status, const char *code, const char *detail);
+
+/* ---- helpers (api.c) ---------------------------------------------------------------------- */
+char *enc_b64(const uint8_t *data, size_t len);                   /* malloc'd, NUL-terminated */
+int enc_unb64(const char *s, size_t len, uint8_t **ret, size_t *ret_len);
+void enc_audit(enclave_state *st, const char *who, const char *app, const char *op,
+               size_t fields, const char *outcome);
+int enc_valid_app_id(const char *s);
+
+/* Reads share1/<app>, share2/<app> and wrapped/<app> from the store and sends APP_UNLOCK
+ * with token ("" asks the enclave to read it from its credentials directory). Returns 0 (cb
+ * then runs exactly once, status as for ep_reply_fn, -ENOENT for an unknown app) or negative. */
+int enc_app_unlock(enclave_state *st, const char *app_id, const char *token, ep_reply_fn cb,
+                   void *arg);
+
+/* Encrypts or decrypts every field of x->root (JSON) or x->body (file) in one enclave round
+ * trip and answers; x->app_id, x->curve, x->role set. Used by the API and admin endpoints. */
+void enc_do_encrypt(enc_ctx *x);
+/* Takes data (stolen) as the value to work on: sets x->root (NULL on ENOMEM), x->wrapped. */
+void enc_set_data(enc_ctx *x, json_t *data);
+void enc_do_decrypt(enc_ctx *x);
+
+/* ---- the route hooks ---------------------------------------------------------------------- */
+int enc_admin_route(enclave_state *st, evs_request *req); /* apps.c */
+int enc_api_route(enclave_state *st, evs_request *req);   /* api.c */
+
+#endif

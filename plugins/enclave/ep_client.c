@@ -1,0 +1,585 @@
+/*
+ * ep_client.c: spawning, framing and supervision of the enclave process (see ep_client.h).
+ *
+ * I/O uses a uv_poll_t on the non-blocking socket with our own read buffer and write queue
+ * rather than a uv_pipe_t: libuv calls a pipe's write callbacks (UV_ECANCELED) when the handle
+ * closes, and the host closes this plugin's shared object right after fini, before the loop
+ * runs again, so no callback into this file may outlive fini. A poll handle has no request
+ * callbacks, and every handle here is closed with libc's free() as its close callback
+ * (close_free): that function stays mapped after the plugin is unloaded, and it is all a close
+ * needs, since the handles are allocated on their own.
+ */
+#include "ep_client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "evserver/evs_plugin.h"
+#include "evs_enclave_proto.h"
+
+#define EP_MSG_INITIAL 256
+
+/* free() as a close callback: uv_close_cb takes a uv_handle_t *, which free accepts. */
+#define close_free ((uv_close_cb)(void (*)(void))free)
+
+/* ---- messages ----------------------------------------------------------------------------- */
+
+void ep_msg_init(ep_msg *m, uint16_t op) {
+  memset(m, 0, sizeof *m);
+  m->op = op;
+  m->cap = EP_MSG_INITIAL;
+  m->buf = malloc(m->cap);
+  if (!m->buf) m->failed = 1;
+  m->len = 4 + EVS_EP_HEADER_LEN - 4; /* header space; "length" included */
+}
+
+void ep_msg_add(ep_msg *m, const void *data, size_t len) {
+  if (m->failed) return;
+  if (len > EVS_EP_MAX_MESSAGE || m->len + 4 + len > EVS_EP_MAX_MESSAGE + 4 ||
+      m->nitems >= EVS_EP_MAX_ITEMS) {
+    m->failed = 1;
+    return;
+  }
+  if (m->len + 4 + len > m->cap) {
+    size_t cap = m->cap;
+    while (cap < m->len + 4 + len) cap *= 2;
+    uint8_t *b = realloc(m->buf, cap);
+    if (!b) {
+      m->failed = 1;
+      return;
+    }
+    m->buf = b;
+    m->cap = cap;
+  }
+  evs_ep_put_u32(m->buf + m->len, (uint32_t)len);
+  if (len) memcpy(m->buf + m->len + 4, data, len);
+  m->len += 4 + len;
+  m->nitems++;
+}
+
+void ep_msg_add_str(ep_msg *m, const char *s) { ep_msg_add(m, s, strlen(s)); }
+
+void ep_msg_done(ep_msg *m) {
+  free(m->buf);
+  memset(m, 0, sizeof *m);
+  m->failed = 1;
+}
+
+int ep_items_parse(const uint8_t *p, size_t len, ep_item *ret, size_t max) {
+  size_t n = 0, off = 0;
+  while (off < len) {
+    if (len - off < 4 || n >= max) return -EINVAL;
+    uint32_t l = evs_ep_get_u32(p + off);
+    off += 4;
+    if (l > len - off) return -EINVAL;
+    ret[n].data = p + off;
+    ret[n].len = l;
+    n++;
+    off += l;
+  }
+  return (int)n;
+}
+
+/* ---- the client --------------------------------------------------------------------------- */
+
+typedef struct ep_pending {
+  struct ep_pending *next;
+  uint32_t id;
+  uint64_t deadline;
+  ep_reply_fn cb;
+  void *arg;
+} ep_pending;
+
+typedef struct ep_out {
+  struct ep_out *next;
+  uint8_t *buf;
+  size_t len, off;
+} ep_out;
+
+struct ep_client {
+  uv_loop_t *loop;
+  char *binary, *seal_key, *credentials_dir;
+  uint64_t timeout_ms;
+  ep_up_fn on_up;
+  void *on_up_arg;
+  void (*on_down)(void *arg, size_t failed);
+
+  int fd;              /* our end of the socketpair, -1 when down */
+  pid_t pid;           /* the enclave process, 0 when none */
+  int ready;           /* HELLO answered */
+  uint64_t starts;
+  uint64_t restart_delay_ms;
+  uv_poll_t *poll;     /* NULL when down */
+  int poll_events;
+  uv_timer_t *sweep;   /* deadlines of pending requests; also reaps a dead process */
+  uv_timer_t *restart;
+
+  uint8_t *in;         /* read buffer */
+  size_t in_len, in_cap;
+  ep_out *out_head, *out_tail;
+  ep_pending *pending;
+  uint32_t next_id;
+  uint32_t hello_id;
+  int freeing;
+};
+
+static size_t fail_all(ep_client *c) {
+  /* Detach the list first: a callback may issue a new call, which then fails at once. */
+  ep_pending *p = c->pending;
+  size_t n = 0;
+  c->pending = NULL;
+  while (p) {
+    n++;
+    ep_pending *next = p->next;
+    if (p->cb) p->cb(p->arg, EVS_ENOCRYPTO, NULL, 0);
+    free(p);
+    p = next;
+  }
+  return n;
+}
+
+static void reap(ep_client *c, int force) {
+  if (c->pid <= 0) return;
+  int st;
+  pid_t r = waitpid(c->pid, &st, WNOHANG);
+  if (r == 0 && force) {
+    kill(c->pid, SIGKILL);
+    r = waitpid(c->pid, &st, 0);
+  }
+  if (r == c->pid || (r < 0 && errno == ECHILD)) c->pid = 0;
+}
+
+static void schedule_restart(ep_client *c);
+
+/* The connection is gone (EOF, error, protocol violation): fail closed, then restart. */
+static void go_down(ep_client *c) {
+  if (c->poll) {
+    uv_poll_stop(c->poll);
+    uv_close((uv_handle_t *)c->poll, close_free);
+    c->poll = NULL;
+  }
+  if (c->fd >= 0) {
+    close(c->fd);
+    c->fd = -1;
+  }
+  c->ready = 0;
+  while (c->out_head) {
+    ep_out *o = c->out_head;
+    c->out_head = o->next;
+    free(o->buf);
+    free(o);
+  }
+  c->out_tail = NULL;
+  c->in_len = 0;
+  if (c->pid > 0) kill(c->pid, SIGKILL); /* a process that broke the protocol is not trusted */
+  reap(c, 0);
+  size_t failed = fail_all(c);
+  if (c->freeing) return;
+  schedule_restart(c);
+  if (c->on_down) c->on_down(c->on_up_arg, failed);
+}
+
+static void update_poll(ep_client *c);
+
+static void dispatch(ep_client *c, const uint8_t *msg, size_t len) {
+  /* msg starts at magic; len = bytes after the length field. */
+  if (len < EVS_EP_HEADER_LEN - 4 || evs_ep_get_u32(msg) != EVS_EP_MAGIC ||
+      evs_ep_get_u16(msg + 4) != EVS_EP_VERSION) {
+    go_down(c);
+    return;
+  }
+  uint32_t id = evs_ep_get_u32(msg + 8);
+  int32_t status = (int32_t)evs_ep_get_u32(msg + 12);
+  uint32_t nitems = evs_ep_get_u32(msg + 16);
+  if (nitems > EVS_EP_MAX_ITEMS) {
+    go_down(c);
+    return;
+  }
+  ep_item *items = nitems ? calloc(nitems, sizeof *items) : NULL;
+  if (nitems && !items) {
+    go_down(c);
+    return;
+  }
+  int n = ep_items_parse(msg + 20, len - 20, items, nitems);
+  if (n < 0 || (uint32_t)n != nitems) {
+    free(items);
+    go_down(c);
+    return;
+  }
+  ep_pending **pp = &c->pending, *p = NULL;
+  for (; *pp; pp = &(*pp)->next)
+    if ((*pp)->id == id) {
+      p = *pp;
+      *pp = p->next;
+      break;
+    }
+  if (p) {
+    if (status > 0) status = EVS_EP_E_PROTOCOL;
+    if (p->cb) p->cb(p->arg, status, items, nitems);
+    free(p);
+  }
+  free(items);
+}
+
+static void on_readable(ep_client *c) {
+  for (;;) {
+    if (c->in_cap - c->in_len < 65536) {
+      size_t cap = c->in_cap ? c->in_cap * 2 : 131072;
+      if (cap > EVS_EP_MAX_MESSAGE + 4 + 65536) cap = EVS_EP_MAX_MESSAGE + 4 + 65536;
+      if (cap <= c->in_cap) { /* a message over the limit */
+        go_down(c);
+        return;
+      }
+      uint8_t *b = realloc(c->in, cap);
+      if (!b) {
+        go_down(c);
+        return;
+      }
+      c->in = b;
+      c->in_cap = cap;
+    }
+    ssize_t r = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
+    if (r == 0) {
+      go_down(c);
+      return;
+    }
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      go_down(c);
+      return;
+    }
+    c->in_len += (size_t)r;
+  }
+  size_t off = 0;
+  while (c->in_len - off >= 4) {
+    uint32_t l = evs_ep_get_u32(c->in + off);
+    if (l > EVS_EP_MAX_MESSAGE || l < EVS_EP_HEADER_LEN - 4) {
+      go_down(c);
+      return;
+    }
+    if (c->in_len - off - 4 < l) break;
+    dispatch(c, c->in + off + 4, l);
+    if (c->fd < 0) return; /* went down while dispatching */
+    off += 4 + l;
+  }
+  if (off) {
+    memmove(c->in, c->in + off, c->in_len - off);
+    c->in_len -= off;
+  }
+  /* Give back a large buffer once a big message (a file) has gone through. */
+  if (c->in_len == 0 && c->in_cap > (1u << 20)) {
+    free(c->in);
+    c->in = NULL;
+    c->in_cap = 0;
+  }
+}
+
+static void on_writable(ep_client *c) {
+  while (c->out_head) {
+    ep_out *o = c->out_head;
+    ssize_t w = send(c->fd, o->buf + o->off, o->len - o->off, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      go_down(c);
+      return;
+    }
+    o->off += (size_t)w;
+    if (o->off < o->len) break;
+    c->out_head = o->next;
+    if (!c->out_head) c->out_tail = NULL;
+    free(o->buf);
+    free(o);
+  }
+  update_poll(c);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  ep_client *c = h->data;
+  if (status < 0) {
+    go_down(c);
+    return;
+  }
+  if (events & UV_READABLE) {
+    on_readable(c);
+    if (c->fd < 0) return;
+  }
+  if (events & (UV_WRITABLE | UV_DISCONNECT)) on_writable(c);
+}
+
+static void update_poll(ep_client *c) {
+  if (!c->poll) return;
+  int ev = UV_READABLE | UV_DISCONNECT | (c->out_head ? UV_WRITABLE : 0);
+  if (ev != c->poll_events) {
+    c->poll_events = ev;
+    if (uv_poll_start(c->poll, ev, on_poll) < 0) go_down(c);
+  }
+}
+
+static void on_hello(void *arg, int status, const ep_item *items, size_t nitems) {
+  ep_client *c = arg;
+  if (status != 0) return; /* the connection went down, or a refusal: the sweep will see it */
+  c->ready = 1;
+  c->restart_delay_ms = EP_RESTART_MIN_MS;
+  if (c->on_up) c->on_up(c->on_up_arg);
+}
+
+static int enqueue(ep_client *c, uint8_t *buf, size_t len) {
+  ep_out *o = calloc(1, sizeof *o);
+  if (!o) return -ENOMEM;
+  o->buf = buf;
+  o->len = len;
+  if (c->out_tail)
+    c->out_tail->next = o;
+  else
+    c->out_head = o;
+  c->out_tail = o;
+  on_writable(c); /* try at once; leftovers wait for POLLOUT */
+  return 0;
+}
+
+static int send_msg(ep_client *c, ep_msg *m, ep_reply_fn cb, void *arg) {
+  if (m->failed) {
+    ep_msg_done(m);
+    return -E2BIG;
+  }
+  if (c->fd < 0) {
+    ep_msg_done(m);
+    return EVS_ENOCRYPTO;
+  }
+  ep_pending *p = calloc(1, sizeof *p);
+  if (!p) {
+    ep_msg_done(m);
+    return -ENOMEM;
+  }
+  uint32_t id = ++c->next_id ? c->next_id : ++c->next_id;
+  evs_ep_put_u32(m->buf, (uint32_t)(m->len - 4));
+  evs_ep_put_u32(m->buf + 4, EVS_EP_MAGIC);
+  evs_ep_put_u16(m->buf + 8, EVS_EP_VERSION);
+  evs_ep_put_u16(m->buf + 10, m->op);
+  evs_ep_put_u32(m->buf + 12, id);
+  evs_ep_put_u32(m->buf + 16, 0);
+  evs_ep_put_u32(m->buf + 20, m->nitems);
+  p->id = id;
+  p->cb = cb;
+  p->arg = arg;
+  p->deadline = uv_now(c->loop) + c->timeout_ms;
+  uint8_t *buf = m->buf;
+  size_t len = m->len;
+  m->buf = NULL;
+  ep_msg_done(m);
+  if (enqueue(c, buf, len) < 0) {
+    free(buf);
+    free(p);
+    return -ENOMEM;
+  }
+  if (c->fd < 0) { /* the write found the peer gone: fail_all already ran without p */
+    free(p);
+    return EVS_ENOCRYPTO;
+  }
+  p->next = c->pending;
+  c->pending = p;
+  return (int)id;
+}
+
+static int spawn(ep_client *c) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return -errno;
+  char fdarg[16];
+  snprintf(fdarg, sizeof fdarg, "%d", 3);
+  char *argv[8];
+  int n = 0;
+  argv[n++] = c->binary;
+  argv[n++] = "--fd";
+  argv[n++] = fdarg;
+  argv[n++] = "--seal-key";
+  argv[n++] = c->seal_key;
+  if (c->credentials_dir) {
+    argv[n++] = "--credentials";
+    argv[n++] = c->credentials_dir;
+  }
+  argv[n] = NULL;
+  pid_t pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    close(sv[0]);
+    close(sv[1]);
+    return -e;
+  }
+  if (pid == 0) {
+    /* Only async-signal-safe calls from here to exec. */
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (sv[1] == 3) {
+      if (fcntl(3, F_SETFD, 0) < 0) _exit(127);
+    } else if (dup2(sv[1], 3) < 0) { /* dup2 clears FD_CLOEXEC on the copy */
+      _exit(127);
+    }
+    close_range(4, ~0u, 0);
+    execv(c->binary, argv);
+    _exit(127);
+  }
+  close(sv[1]);
+  int fl = fcntl(sv[0], F_GETFL);
+  fcntl(sv[0], F_SETFL, fl | O_NONBLOCK);
+  c->fd = sv[0];
+  c->pid = pid;
+  c->starts++;
+  c->poll = calloc(1, sizeof *c->poll);
+  if (!c->poll || uv_poll_init(c->loop, c->poll, c->fd) < 0) {
+    free(c->poll);
+    c->poll = NULL;
+    go_down(c);
+    return -ENOMEM;
+  }
+  c->poll->data = c;
+  uv_unref((uv_handle_t *)c->poll); /* the enclave never keeps a worker's loop alive */
+  c->poll_events = 0;
+  update_poll(c);
+  ep_msg m;
+  ep_msg_init(&m, EVS_EP_HELLO);
+  int r = send_msg(c, &m, on_hello, c);
+  if (r < 0) return r;
+  c->hello_id = (uint32_t)r;
+  return 0;
+}
+
+static void on_restart(uv_timer_t *t) {
+  ep_client *c = t->data;
+  reap(c, 1);
+  if (c->fd >= 0) return;
+  if (spawn(c) < 0) schedule_restart(c);
+}
+
+static void schedule_restart(ep_client *c) {
+  uint64_t d = c->restart_delay_ms;
+  c->restart_delay_ms = d * 2 > EP_RESTART_MAX_MS ? EP_RESTART_MAX_MS : d * 2;
+  uv_timer_start(c->restart, on_restart, d, 0);
+}
+
+static void on_sweep(uv_timer_t *t) {
+  ep_client *c = t->data;
+  uint64_t now = uv_now(c->loop);
+  /* A process that exited without its socket closing (it passed the fd on) is noticed here. */
+  if (c->pid > 0) {
+    int st;
+    if (waitpid(c->pid, &st, WNOHANG) == c->pid) {
+      c->pid = 0;
+      go_down(c);
+      return;
+    }
+  }
+  int expired = 0;
+  for (ep_pending *p = c->pending; p; p = p->next)
+    if (p->deadline <= now) expired = 1;
+  /* An enclave that stops answering is treated as dead: fail everything and restart it. */
+  if (expired && c->fd >= 0) go_down(c);
+}
+
+int ep_client_new(uv_loop_t *loop, const ep_client_config *cfg, ep_client **ret) {
+  ep_client *c = calloc(1, sizeof *c);
+  if (!c) return -ENOMEM;
+  c->loop = loop;
+  c->fd = -1;
+  c->timeout_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms : 10000;
+  c->on_up = cfg->on_up;
+  c->on_up_arg = cfg->on_up_arg;
+  c->on_down = cfg->on_down;
+  c->restart_delay_ms = EP_RESTART_MIN_MS;
+  c->binary = strdup(cfg->binary);
+  c->seal_key = strdup(cfg->seal_key);
+  c->credentials_dir = cfg->credentials_dir ? strdup(cfg->credentials_dir) : NULL;
+  c->sweep = calloc(1, sizeof *c->sweep);
+  c->restart = calloc(1, sizeof *c->restart);
+  if (!c->binary || !c->seal_key || (cfg->credentials_dir && !c->credentials_dir) || !c->sweep ||
+      !c->restart) {
+    free(c->binary);
+    free(c->seal_key);
+    free(c->credentials_dir);
+    free(c->sweep);
+    free(c->restart);
+    free(c);
+    return -ENOMEM;
+  }
+  uv_timer_init(loop, c->sweep);
+  uv_timer_init(loop, c->restart);
+  c->sweep->data = c->restart->data = c;
+  uv_unref((uv_handle_t *)c->sweep);
+  uv_unref((uv_handle_t *)c->restart);
+  int r = spawn(c);
+  if (r < 0) {
+    c->freeing = 1;
+    ep_client_free(c);
+    return r;
+  }
+  uv_timer_start(c->sweep, on_sweep, 250, 250);
+  *ret = c;
+  return 0;
+}
+
+void ep_client_free(ep_client *c) {
+  if (!c) return;
+  c->freeing = 1;
+  pid_t pid = c->pid;
+  if (pid > 0) kill(pid, SIGTERM);
+  /* Closed with free() itself as the callback (see the top of the file). */
+  if (c->poll) {
+    uv_poll_stop(c->poll);
+    uv_close((uv_handle_t *)c->poll, close_free);
+    c->poll = NULL;
+  }
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  uv_timer_stop(c->sweep);
+  uv_timer_stop(c->restart);
+  uv_close((uv_handle_t *)c->sweep, close_free);
+  uv_close((uv_handle_t *)c->restart, close_free);
+  fail_all(c);
+  if (pid > 0) {
+    /* Give it a moment to wipe its memory, then make sure. */
+    for (int i = 0; i < 50; i++) {
+      int st;
+      if (waitpid(pid, &st, WNOHANG) != 0) {
+        pid = 0;
+        break;
+      }
+      usleep(10000);
+    }
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, NULL, 0);
+    }
+  }
+  while (c->out_head) {
+    ep_out *o = c->out_head;
+    c->out_head = o->next;
+    free(o->buf);
+    free(o);
+  }
+  free(c->in);
+  free(c->binary);
+  free(c->seal_key);
+  free(c->credentials_dir);
+  free(c);
+}
+
+int ep_client_call(ep_client *c, ep_msg *m, ep_reply_fn cb, void *arg) {
+  int r = send_msg(c, m, cb, arg);
+  return r < 0 ? r : 0;
+}
+
+int ep_client_ready(const ep_client *c) { return c->fd >= 0 && c->ready; }
+int ep_client_pid(const ep_client *c) { return c->pid > 0 ? (int)c->pid : 0; }
+uint64_t ep_client_starts(const ep_client *c) { return c->starts; }
