@@ -6,8 +6,6 @@ end-to-end fields byte-exact and in order, X-Forwarded-For/-Proto, Host, method,
 Every test starts its own evserver (one worker) with a relay for Host "localhost" in front of a
 recording destination: evstest.Upstream where a parsed request is enough, evstest.RawUpstream
 where the exact bytes evserver sent matter.
-
-Tests marked KNOWN BUG are skipped unless EVS_RUN_KNOWN_BUGS=1; each names the defect.
 """
 
 import hashlib
@@ -18,16 +16,10 @@ import threading
 import time
 
 import evstest
-from evstest import (RawUpstream, Skip, Upstream, connect, parse_response, recv_responses,
+from evstest import (RawUpstream, Upstream, connect, parse_response, recv_responses,
                      start_server, wait_closed)
 
 RELAY = "localhost"
-
-
-def known_bug(text):
-    """Skips a test that fails because of a known evserver defect, unless EVS_RUN_KNOWN_BUGS=1."""
-    if os.environ.get("EVS_RUN_KNOWN_BUGS") != "1":
-        raise Skip("KNOWN BUG: %s (EVS_RUN_KNOWN_BUGS=1 runs it)" % text)
 
 
 def relay_server(up, relays=None, **config):
@@ -151,17 +143,11 @@ def test_chunked_request_body_forwarded_intact():
     assert len(up.wait_requests(2)[1].body) == len(big)
 
 
-KNOWN_BUG_BODY_LOSS = (
-    "core/server.c conn_read() loses request body bytes: when the connection buffer "
-    "(max_header_bytes long) fills while no body sink is consuming (the upstream connection is "
-    "still being opened, or the body is paused for backpressure), the room == 0 branch returns "
-    "and drops the rest of the read (up to 64 KiB); the request then ends in 408 after "
-    "body_timeout. Hit by any body sent with its head on a new upstream connection when head + "
-    "body > max_header_bytes, and, with max_header_bytes under 32k, by a slow upstream")
-
-
 def test_large_body_sent_with_its_head_in_one_write():
-    known_bug(KNOWN_BUG_BODY_LOSS)
+    """A body sent with its head on a new upstream connection, head + body far larger than
+    max_header_bytes: the connection buffer fills while the upstream connection is still being
+    opened (no body sink consuming yet), and no read byte may be lost (core/server.c
+    conn_read())."""
     rec = RawUpstream(keep_body=False)
     srv = relay_server(rec, limits={"body_timeout": "3s"})
     body = os.urandom(1024 * 1024)
@@ -173,7 +159,8 @@ def test_large_body_sent_with_its_head_in_one_write():
 
 
 def test_body_paused_for_slow_upstream_small_buffer():
-    known_bug(KNOWN_BUG_BODY_LOSS)
+    """With a small max_header_bytes, a body paused for upstream backpressure while reads are
+    still arriving must reach the destination complete."""
     # A destination that reads slowly, so evserver's upstream write queue passes the high-water
     # mark and the client side is paused while reads are still arriving.
     ls = socket.socket()
@@ -259,9 +246,18 @@ def _rss_kb(pid):
     return int(m.group(1))
 
 
+def _sanitized_build():
+    """True when evserver is built with AddressSanitizer (EVS_SANITIZED=1, as scripts/test sets
+    for its sanitizer suite, or the binary references __asan_init)."""
+    if os.environ.get("EVS_SANITIZED") == "1":
+        return True
+    with open(evstest.build_path("evserver"), "rb") as f:
+        return b"__asan_init" in f.read()
+
+
 def test_25mb_body_streams_in_bounded_memory():
-    # The body follows "100 Continue", as curl sends large bodies; sent together with its head
-    # it would hit KNOWN_BUG_BODY_LOSS (test_large_body_sent_with_its_head_in_one_write).
+    # The body follows "100 Continue", as curl sends large bodies (a body sent together with its
+    # head is test_large_body_sent_with_its_head_in_one_write).
     rec = RawUpstream(keep_body=False)
     srv = relay_server(rec, limits={"body_timeout": "10s"})
     workers = evstest.wait_for(lambda: _worker_pids(srv.pid), what="worker processes")
@@ -315,6 +311,11 @@ def test_25mb_body_streams_in_bounded_memory():
     assert (q.target, q.body_len, q.body_sha256) == ("/25mb", size, sha), q
     growth = max(max(peak[p], after[p]) - before[p] for p in workers)
     print("worker VmRSS before %s kB, peak %s kB, after %s kB" % (before, peak, after))
+    if _sanitized_build():
+        # ASan's quarantine keeps freed blocks (and its shadow memory grows with them), so RSS
+        # says nothing about evserver's own buffering there: only the intact body is checked.
+        print("sanitizer build: RSS bound not checked (ASan quarantine holds freed memory)")
+        return
     assert growth < 16 * 1024, "worker RSS grew by %d kB for a 25 MB body" % growth
 
 
@@ -464,9 +465,8 @@ def test_x_forwarded_for_and_proto():
 
 
 def test_x_forwarded_for_with_two_fields():
-    known_bug("core/upstream.c send_head() keeps only the first X-Forwarded-For field and drops "
-              "the others, so 'X-Forwarded-For: 1.1.1.1' + 'X-Forwarded-For: 2.2.2.2' reaches "
-              "the upstream as '1.1.1.1, 127.0.0.1' (RFC 9110 §5.3: the lines form one list)")
+    """Several X-Forwarded-For fields form one list (RFC 9110 §5.3): all of them are kept, in
+    order, in the one field sent upstream, followed by the client address."""
     rec = RawUpstream()
     srv = relay_server(rec)
     exchange(srv.port(), req("GET", "/x", [("X-Forwarded-For", "1.1.1.1"),

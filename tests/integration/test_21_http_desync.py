@@ -20,7 +20,8 @@ What must hold (SOURCE.md):
 - The follow-up request on a connection that stayed open is answered next: the connection is
   still in step after the case.
 Ambiguous requests that were forwarded must also have their client connection closed after the
-response; that is a separate test (see its KNOWN BUG note).
+response (Connection: close); that is a separate test,
+test_desync_ambiguous_forwarded_then_connection_closed.
 
 Run with Debian's /usr/bin/python3: the corpus is YAML and needs python3-yaml.
 """
@@ -39,10 +40,11 @@ CORPUS_DIR = os.path.join(evstest.SHARED_DIR, "testdata", "http-desync")
 UNIT_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "unit")
 RELAY_HOST = "localhost"  # the Host desync_to_raw.py gives cases that have none
 FOLLOW_UP = b"GET /follow-up HTTP/1.1\r\nHost: localhost\r\n\r\n"
-# Bodies larger than this are sent after the head has reached the upstream (KNOWN_BUG_BODY_LOSS
-# in test_20_http_engine.py: evserver drops body bytes that arrive while its 32 KiB connection
-# buffer is full and the upstream connection is still opening). Only more-compliant-tests:7
-# (Content-Length 4000000) is affected.
+# Bodies larger than this are sent only once evserver has answered or passed the head on, so a
+# refusal's response is read before megabytes of unread body could turn evserver's close into
+# a reset. Only more-compliant-tests:7 (Content-Length 4000000) is affected; a large body sent
+# in one write with its head is test_20_http_engine.py's
+# test_large_body_sent_with_its_head_in_one_write.
 STAGE_BODY_OVER = 16 * 1024
 # RFC 9112 §6.1: a server that does not understand a transfer coding SHOULD answer 501. The
 # corpus calls "Transfer-Encoding: xchunked" Severe; evserver's 501 refuses it just as firmly.
@@ -301,15 +303,10 @@ def test_desync_corpus_through_relay():
     assert tally["Severe"]["forwarded"] == 0
 
 
-def known_bug(text):
-    if os.environ.get("EVS_RUN_KNOWN_BUGS") != "1":
-        raise Skip("KNOWN BUG: %s (EVS_RUN_KNOWN_BUGS=1 runs it)" % text)
-
-
 def test_desync_ambiguous_forwarded_then_connection_closed():
-    known_bug("Ambiguous requests evserver forwards (a body on GET/HEAD, framing-lookalike field "
-              "names) keep the client connection open; SOURCE.md wants it closed after the "
-              "response (core/server.c request_new/dispatch never set close_after for them)")
+    """Ambiguous requests evserver forwards (a body on GET/HEAD, framing-lookalike field names)
+    are answered with Connection: close and the client connection is then closed (SOURCE.md):
+    nothing more is read from a connection whose framing a front end may see differently."""
     corpus, _ = load_corpus()
     rec, srv = start_corpus_server()
     kept_open = []

@@ -8,11 +8,10 @@ of a RawUpstream, so "nothing reached the upstream" is checked on the bytes it r
 """
 
 import json
-import os
 import time
 
 import evstest
-from evstest import RawUpstream, Skip, connect, recv_responses, start_server, wait_closed
+from evstest import RawUpstream, connect, recv_responses, start_server, wait_closed
 
 RELAY = "localhost"
 
@@ -38,20 +37,13 @@ def check_error(r, status, code, body=True):
         assert (j["status"], j["code"]) == (status, code), j
 
 
-def answer_then_close(s, timeout=5.0, trailing_ok=False):
+def answer_then_close(s, timeout=5.0):
     """The one response on s, and whether evserver then closed the connection. No bytes may
-    follow the response unless trailing_ok (see KNOWN_BUG_CANNED)."""
+    follow the response."""
     rs, rest = recv_responses(s, 1, timeout=timeout)
     closed, extra = wait_closed(s, 3)
-    assert trailing_ok or not rest + extra, "bytes after the response: %r" % (rest + extra)
+    assert not rest + extra, "bytes after the response: %r" % (rest + extra)
     return rs[0], closed
-
-
-KNOWN_BUG_CANNED = (
-    "core/server.c: the two pre-written error responses declare the wrong Content-Length: "
-    "on_timeout()'s 408 (header_timeout) says 128 for a 135-byte body, so the client gets "
-    "truncated JSON and 7 stray bytes; on_connection()'s 503 (max_connections) says 142 for "
-    "145 bytes, leaving 3 stray bytes after the response")
 
 
 def test_head_over_max_header_bytes_is_431():
@@ -175,8 +167,8 @@ def test_header_timeout_cuts_slowloris():
     finally:
         s.close()
     assert closed and 0.4 < took < 4, (closed, took)
-    if raw:  # KNOWN_BUG_CANNED: the JSON body is cut short, so it is checked in its own test
-        check_error(evstest.parse_response(raw), 408, "request-timeout", body=False)
+    if raw:  # framing in detail: test_canned_408_and_503_are_well_framed
+        check_error(evstest.parse_response(raw), 408, "request-timeout")
     # A head that trickles in a byte at a time never resets the clock.
     data = b"GET /trickle HTTP/1.1\r\nHost: localhost\r\n" + b"X-Pad: " + b"p" * 200 + b"\r\n\r\n"
     s = connect(srv.port())
@@ -254,7 +246,7 @@ def test_max_connections_per_worker():
         s4 = connect(srv.port())
         try:
             s4.sendall(head("/fourth"))
-            r, closed = answer_then_close(s4, trailing_ok=True)  # KNOWN_BUG_CANNED, tested below
+            r, closed = answer_then_close(s4)
         finally:
             s4.close()
         check_error(r, 503, "service-unavailable")
@@ -285,8 +277,9 @@ def test_max_connections_per_worker():
 
 
 def test_canned_408_and_503_are_well_framed():
-    if os.environ.get("EVS_RUN_KNOWN_BUGS") != "1":
-        raise Skip("KNOWN BUG: %s (EVS_RUN_KNOWN_BUGS=1 runs it)" % KNOWN_BUG_CANNED)
+    """The two pre-written error responses in core/server.c (on_timeout()'s 408 for
+    header_timeout, on_connection()'s 503 for max_connections) declare the Content-Length of
+    their JSON body exactly: the whole body, and not one byte after it."""
     rec = RawUpstream()
     srv = relay_server(rec, server={"workers": 1},
                        limits={"header_timeout": "300ms", "max_connections": 1})

@@ -61,10 +61,17 @@ def notes_after(srv, index, text):
 
 
 def refused(port):
+    """True when a connection to port is refused (ECONNREFUSED: no listening socket is left).
+    False when it is accepted, or reset: a connection that reached the listen queue just before
+    the last copy of the listening socket was closed (the master's and the workers' copies go
+    at slightly different moments after SIGTERM) is reset by the kernel, and the connect()
+    reports ECONNRESET; the socket is then on its way out but that is not yet a refusal."""
     try:
         s = socket.create_connection(("127.0.0.1", port), timeout=1)
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False
     s.close()
     return False
 

@@ -13,14 +13,11 @@ it yet (seen as EOF by a zero-timeout poll just before sending; the client then 
 With continuous load no keep-alive connection is idle for the 1 s drain grace, so these should
 not even occur; their count is printed.
 
-KNOWN BUG (reported, core/server.c conn_after_response): a draining worker closes a keep-alive
-connection right after a response whose head went out before the drain began, so without
-`Connection: close`; the client's next request on it then meets a closed connection.
-test_keepalive_response_straddling_reload_is_not_cut reproduces it deterministically. The load
-test recognises exactly that signature (a clean close or reset, no response bytes, on a reused
-keep-alive connection whose previous response lacked `Connection: close` and ended after a
-SIGHUP), still fails on any other error, runs all its other checks, and then skips as KNOWN BUG
-if such requests were seen.
+A draining worker keeps a keep-alive connection whose last response went out without
+`Connection: close` (its head left before the drain began) open for the client's next request,
+and answers that one with `Connection: close` (core/server.c conn_after_response);
+test_keepalive_response_straddling_reload_is_not_cut checks it deterministically, and the load
+test counts any request that meets a closed connection there as a failure like any other.
 """
 
 import collections
@@ -244,16 +241,13 @@ def test_reload_under_load_loses_no_request_and_switches_relay():
     end = time.monotonic()
 
     results = load.results
-    first_hup = windows[0][0]
-    known = [r for r in results if r.err and is_known_keepalive_cut(r, first_hup)]
-    failures = [r for r in results if r.err and r not in known]
-    print("load: %d requests, %d failed, %d of them the known keep-alive cut, %d keep-alive "
-          "closes before sending" % (len(results), len(failures) + len(known), len(known),
-                                     load.presend_closes))
+    failures = [r for r in results if r.err]
+    print("load: %d requests, %d failed, %d keep-alive closes before sending"
+          % (len(results), len(failures), load.presend_closes))
     assert not failures, "%d of %d requests failed during reloads, first ones:\n%s" % (
         len(failures), len(results),
-        "\n".join("  %s at +%.3fs (reused=%s): %s" % (r.thread, r.started - results[0].started,
-                                                      r.reused, r.err)
+        "\n".join("  %s at +%.3fs (reused=%s, previous response Connection: close=%s): %s"
+                  % (r.thread, r.started - results[0].started, r.reused, r.prev_close, r.err)
                   for r in failures[:15]))
     per_thread = collections.Counter(r.thread for r in results)
     assert len(per_thread) == 5 and min(per_thread.values()) >= 20, per_thread
@@ -280,21 +274,6 @@ def test_reload_under_load_loses_no_request_and_switches_relay():
     evstest.wait_for(lambda: len(worker_pids(srv.pid)) == 2, what="two workers after reloads")
     assert len(re.findall(r'"EVS-1612"', srv.log())) == 4, srv.log()
     assert srv.stop() == 0
-    if known:
-        raise evstest.Skip(
-            "KNOWN BUG: %d of %d requests met a keep-alive connection that a draining worker "
-            "closed right after a response without 'Connection: close' (all other checks "
-            "passed; see test_keepalive_response_straddling_reload_is_not_cut)"
-            % (len(known), len(results)))
-
-
-def is_known_keepalive_cut(r, first_hup):
-    """The signature of the known bug: no response bytes at all on a reused keep-alive
-    connection whose previous response did not announce Connection: close and ended after a
-    reload began."""
-    closed = r.err.startswith(("RemoteDisconnected:", "ConnectionResetError:",
-                               "BrokenPipeError:"))
-    return closed and r.reused and not r.prev_close and r.prev_finished > first_hup
 
 
 class SplitUpstream:
@@ -351,7 +330,7 @@ def test_keepalive_response_straddling_reload_is_not_cut():
     """A response whose head left before SIGHUP (so it promised keep-alive) ends after the old
     worker began draining; the client then sends its next request on that connection at once,
     well inside the documented 1 s idle grace. It must get a complete response (with
-    Connection: close), not a closed connection. KNOWN BUG while it gets zero bytes."""
+    Connection: close), not a closed connection."""
     up = SplitUpstream()
     srv = evstest.Server(evstest.write_config(
         relays={"app.test": {"destinationDomain": up.url}}), notify=True).start()
@@ -385,11 +364,7 @@ def test_keepalive_response_straddling_reload_is_not_cut():
     except (ConnectionResetError, BrokenPipeError):
         pass
     s.close()
-    if second == b"":
-        raise evstest.Skip(
-            "KNOWN BUG: a draining worker closed a keep-alive connection right after a "
-            "response sent without 'Connection: close'; the next request got no bytes "
-            "(core/server.c conn_after_response closes whenever w->draining)")
+    assert second, "the draining worker closed the promised keep-alive connection: no bytes"
     r = parse_response(second)
     assert (r.status, r.body) == (200, b"body"), second
     assert r.header("Connection", "").lower() == "close", r.headers
@@ -397,8 +372,8 @@ def test_keepalive_response_straddling_reload_is_not_cut():
 
 def test_reload_rotates_certificate_and_moves_listener():
     """Certificate rotation and a changed listener address take effect on reload; the old
-    address refuses connections once the old generation is gone. KNOWN BUG while the old
-    address still accepts connections nobody serves."""
+    address refuses connections once the old generation is gone: no process keeps the old
+    listening socket (the new workers must not inherit it at fork)."""
     ca = evstest.make_ca()
     old_cert = evstest.make_cert(ca, ["rot.test"], cn="rot.test old")
     new_cert = evstest.make_cert(ca, ["rot.test"], cn="rot.test new")
@@ -431,12 +406,8 @@ def test_reload_rotates_certificate_and_moves_listener():
                        timeout=2)
     except ConnectionRefusedError:
         return
-    assert raw == b"", "the old listener address still serves after the reload: %r" % raw[:80]
-    raise evstest.Skip(
-        "KNOWN BUG: after a reload that moved a listener, the old address still accepts TCP "
-        "connections and never answers them: the new workers inherited the old listening "
-        "socket at fork (core/master.c reload() closes old_socks only after "
-        "spawn_generation())")
+    raise AssertionError("the old listener address still accepts connections after the reload "
+                         "(a stale listening socket), answer %r" % raw[:80])
 
 
 def test_invalid_config_reload_keeps_running_configuration():
@@ -480,10 +451,9 @@ def test_invalid_config_reload_keeps_running_configuration():
 
 
 def test_invalid_relay_config_reload_keeps_running_relays():
-    """KNOWN BUG (reported): the master never validates relay-config.json, the new worker's
-    relay-inbound init fails, the plugin is dropped, and the old generation is retired anyway,
-    so every relay answers 404 relay-not-found. Skipped while that symptom shows; any other
-    behaviour than keeping the old relays fails."""
+    """A reload with an invalid relay-config.json is refused: the error (file:line:column) is
+    logged, the old generation keeps serving the old relays, and `evserver -t` rejects the
+    same configuration."""
     up_a = Upstream(body=b"A")
     cfg = evstest.write_config(relays={"app.test": {"destinationDomain": up_a.url}})
     srv = evstest.Server(cfg, notify=True).start()
@@ -498,22 +468,14 @@ def test_invalid_relay_config_reload_keeps_running_relays():
                      what="the relay-config.json error (file:line:column) in the log")
     time.sleep(0.5)
     r = relay_get(srv.port())
-    if r.status == 404 and r.header("X-Evervault-Error-Code") == "relay-not-found":
-        plugins = srv.admin_get("/plugins").json()["plugins"]
-        raise evstest.Skip(
-            "KNOWN BUG: reload with an invalid relay-config.json drops relay-inbound (%s) and "
-            "retires the old generation; relays answer 404 relay-not-found. `evserver -t` "
-            "exited %d on it." % ([p["status"] for p in plugins], check.returncode))
     assert (r.status, r.body) == (200, b"A"), (r, r.body)
     assert worker_pids(srv.pid) == workers
     assert check.returncode == 1 and "relay-config.json" in check.stderr, check
 
 
 def test_reload_with_unloadable_certificate_keeps_serving():
-    """KNOWN BUG (reported): a certificate file that cannot be loaded passes the master's
-    validation (and `evserver -t`); the new workers exit at listen time, reload() retires the
-    old generation although 0 workers became ready, and the master respawns failing workers
-    every 0.5 s: nothing serves. Skipped while that symptom shows."""
+    """A reload whose certificate file cannot be loaded is refused: the old generation keeps
+    serving, the log names the file, and `evserver -t` rejects the same configuration."""
     ca = evstest.make_ca()
     cert = evstest.make_cert(ca, ["localhost"])
     up_a = Upstream(body=b"A")
@@ -532,12 +494,9 @@ def test_reload_with_unloadable_certificate_keeps_serving():
     time.sleep(0.5)
     try:
         r = relay_get(srv.port(), timeout=3)
-    except evstest.Incomplete:
-        r = None
-    if r is None:
-        raise evstest.Skip(
-            "KNOWN BUG: reload with an unloadable certificate leaves no worker serving "
-            "(no answer within 3s); `evserver -t` exited %d on that config" % check.returncode)
+    except evstest.Incomplete as e:
+        raise AssertionError("no worker serves after a reload with an unloadable certificate "
+                             "(no answer within 3s: %s)" % e)
     assert (r.status, r.body) == (200, b"A"), (r, r.body)
     assert "missing.crt" in srv.log()
     assert check.returncode == 1 and "missing.crt" in check.stderr, check
