@@ -1,0 +1,774 @@
+/*
+ * json_rewrite: a push (incremental) JSON validator and rewriter for the Inbound Relay's
+ * "fields to encrypt" (see json_rewrite.h for the contract). One byte-driven state machine: the
+ * grammar state (what may come next at the current depth), and the lexer state of the token in
+ * progress (string with escape / \u / UTF-8 sub-states, number, literal), both of which survive
+ * any split of the input. Unselected bytes are never copied: the output is emitted as spans of
+ * the caller's buffer, broken only around selected values.
+ */
+#include "json_rewrite.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum pstate { P_VALUE, P_ARR_FIRST, P_OBJ_FIRST, P_KEY, P_COLON, P_AFTER, P_END };
+enum tok { T_NONE, T_STRING, T_NUMBER, T_LITERAL };
+enum sstate { S_NORMAL, S_ESC, S_HEX, S_LOW_BS, S_LOW_U, S_LOW_HEX, S_UTF8 };
+enum nstate { N_START, N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EXP };
+
+struct frame {
+  uint64_t index;  /* arrays: index of the next element */
+  size_t key_base; /* objects: first entry of this object in kh[] */
+  bool is_obj, sel, live;
+};
+
+struct evs__json_rewrite {
+  const evs__jsonpath *paths;
+  size_t nw;
+  struct evs__json_rewrite_opts o;
+  evs__json_emit_fn emit;
+  evs__json_transform_fn transform;
+  void *ud;
+  int err;
+  uint64_t err_off, off;
+
+  enum pstate ps;
+  struct frame *fr; /* fr[0..depth) */
+  uint64_t *st;     /* states of frame d at st[d * nw] */
+  unsigned depth, fr_cap;
+  uint64_t *cur; /* states of the value about to start */
+  bool cur_sel, cur_live;
+
+  enum tok tok;
+  int sub;
+  bool tok_key, capturing;
+  unsigned need, hexn;
+  unsigned char lo, hi;
+  uint32_t cu, hisur;
+  const char *lit;
+  unsigned lit_pos;
+  int ev; /* ev: detector: 0..2 prefix matched, 3 in body, -1 off */
+  unsigned ev_colons;
+  unsigned char ev_last[2];
+  const char *pass; /* start of not yet emitted pass-through bytes in the current buffer */
+
+  char *val, *key;
+  size_t val_len, val_cap, key_len, key_cap;
+  uint64_t *kh; /* hashes of the member names of all open objects */
+  size_t kh_len, kh_cap;
+  uint32_t *tab; /* open addressing over kh[]: entry index + 1, 0 empty */
+  size_t tab_cap, tab_used;
+  size_t mem, mem_hw;
+};
+
+const char *evs__json_rewrite_strerror(int err) {
+  switch (err) {
+  case EVS__JSON_E_SYNTAX: return "malformed JSON";
+  case EVS__JSON_E_DUPKEY: return "duplicate member name in an object";
+  case EVS__JSON_E_DEPTH: return "JSON nested too deeply";
+  case EVS__JSON_E_TOOBIG: return "selected value or member name too large";
+  case EVS__JSON_E_KEYS: return "too many member names in open objects";
+  case EVS__JSON_E_EVDATA: return "Evervault-encrypted data in an unselected field";
+  case -ENOMEM: return "out of memory";
+  default: return "error";
+  }
+}
+
+static void mem_account(evs__json_rewrite *rw, size_t old_bytes, size_t new_bytes) {
+  rw->mem = rw->mem - old_bytes + new_bytes;
+  if (rw->mem > rw->mem_hw) rw->mem_hw = rw->mem;
+}
+
+/* Grows *b (elements of size el, *cap of them) to hold at least need elements. */
+static int grow(evs__json_rewrite *rw, void **b, size_t *cap, size_t need, size_t el) {
+  size_t n = *cap ? *cap : 16;
+  void *nb;
+  if (need <= *cap) return 0;
+  while (n < need) n *= 2;
+  nb = realloc(*b, n * el);
+  if (!nb) return -ENOMEM;
+  mem_account(rw, *cap * el, n * el);
+  *b = nb;
+  *cap = n;
+  return 0;
+}
+
+/* Appends to a byte buffer kept NUL-terminated, capped at max_value bytes. */
+static int append(evs__json_rewrite *rw, char **b, size_t *len, size_t *cap, const char *s,
+                  size_t n) {
+  if (n > rw->o.max_value - *len) return EVS__JSON_E_TOOBIG;
+  if (*len + n + 1 > *cap) {
+    size_t c = *cap;
+    void *v = *b;
+    int r = grow(rw, &v, &c, *len + n + 1, 1);
+    if (r < 0) return r;
+    *b = v;
+    *cap = c;
+  }
+  memcpy(*b + *len, s, n);
+  *len += n;
+  (*b)[*len] = 0;
+  return 0;
+}
+
+static bool ev_char(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' ||
+         c == '/' || c == '=' || c == '-' || c == '_' || c == ':' || c == '$';
+}
+
+static void ev_feed(evs__json_rewrite *rw, const unsigned char *s, size_t n) {
+  for (size_t i = 0; i < n && rw->ev >= 0; i++) {
+    unsigned char c = s[i];
+    if (rw->ev < 3) {
+      rw->ev = c == (unsigned char)"ev:"[rw->ev] ? rw->ev + 1 : -1;
+      if (rw->ev == 3) rw->ev_colons = 1;
+    } else if (!ev_char(c)) {
+      rw->ev = -1;
+    } else {
+      rw->ev_colons += c == ':';
+    }
+    rw->ev_last[0] = rw->ev_last[1];
+    rw->ev_last[1] = c;
+  }
+}
+
+static bool ev_looks_encrypted(const evs__json_rewrite *rw) {
+  return rw->ev == 3 && (rw->ev_colons == 5 || rw->ev_colons == 6) && rw->ev_last[0] == ':' &&
+         rw->ev_last[1] == '$';
+}
+
+/* Decoded string bytes go to the member name, the selected value, or the ev: detector. */
+static int str_out(evs__json_rewrite *rw, const char *s, size_t n) {
+  if (rw->tok_key) return append(rw, &rw->key, &rw->key_len, &rw->key_cap, s, n);
+  if (rw->capturing) return append(rw, &rw->val, &rw->val_len, &rw->val_cap, s, n);
+  if (rw->ev >= 0) ev_feed(rw, (const unsigned char *)s, n);
+  return 0;
+}
+
+static int str_out_cp(evs__json_rewrite *rw, uint32_t cp) {
+  char b[4];
+  size_t n;
+  if (cp < 0x80) {
+    b[0] = (char)cp;
+    n = 1;
+  } else if (cp < 0x800) {
+    b[0] = (char)(0xC0 | (cp >> 6));
+    b[1] = (char)(0x80 | (cp & 0x3F));
+    n = 2;
+  } else if (cp < 0x10000) {
+    b[0] = (char)(0xE0 | (cp >> 12));
+    b[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    b[2] = (char)(0x80 | (cp & 0x3F));
+    n = 3;
+  } else {
+    b[0] = (char)(0xF0 | (cp >> 18));
+    b[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    b[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    b[3] = (char)(0x80 | (cp & 0x3F));
+    n = 4;
+  }
+  return str_out(rw, b, n);
+}
+
+/* A 64-bit hash of a decoded member name, eight bytes at a time. Unkeyed: a collision can only
+ * make the request that contains it fail (see json_rewrite.h). */
+static uint64_t key_hash(const char *s, size_t n) {
+  uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, s + i, 8);
+    h = (h ^ w) * 0x100000001b3ULL;
+    h ^= h >> 29;
+  }
+  if (i < n) {
+    uint64_t w = 0;
+    for (unsigned sh = 0; i < n; i++, sh += 8) w |= (uint64_t)(unsigned char)s[i] << sh;
+    h = (h ^ w) * 0x100000001b3ULL;
+  }
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return h;
+}
+
+/* Records the member name just parsed in the innermost object; fails on a repeat. */
+static int key_insert(evs__json_rewrite *rw, uint64_t h, size_t base) {
+  size_t mask, slot;
+  int r;
+  if (rw->kh_len >= rw->o.max_keys) return EVS__JSON_E_KEYS;
+  if (rw->kh_len == rw->kh_cap) {
+    void *v = rw->kh;
+    if ((r = grow(rw, &v, &rw->kh_cap, rw->kh_len + 1, sizeof *rw->kh)) < 0) return r;
+    rw->kh = v;
+  }
+  if ((rw->tab_used + 1) * 2 > rw->tab_cap) { /* rebuild, dropping stale slots of closed objects */
+    size_t n = 16;
+    while (n < 3 * (rw->kh_len + 1)) n *= 2;
+    if (n != rw->tab_cap) {
+      uint32_t *t = malloc(n * sizeof *t);
+      if (!t) return -ENOMEM;
+      mem_account(rw, rw->tab_cap * sizeof *t, n * sizeof *t);
+      free(rw->tab);
+      rw->tab = t;
+      rw->tab_cap = n;
+    }
+    memset(rw->tab, 0, rw->tab_cap * sizeof *rw->tab);
+    rw->tab_used = 0;
+    mask = rw->tab_cap - 1;
+    for (size_t i = 0; i < rw->kh_len; i++) {
+      for (slot = rw->kh[i] & mask; rw->tab[slot]; slot = (slot + 1) & mask) {
+      }
+      rw->tab[slot] = (uint32_t)(i + 1);
+      rw->tab_used++;
+    }
+  }
+  mask = rw->tab_cap - 1;
+  /* A slot may point past kh_len or into an enclosing object (stale, or another object's): only
+   * a live entry of this object with an equal hash is a duplicate. */
+  for (slot = h & mask; rw->tab[slot]; slot = (slot + 1) & mask) {
+    size_t e = rw->tab[slot] - 1;
+    if (e >= base && e < rw->kh_len && rw->kh[e] == h) return EVS__JSON_E_DUPKEY;
+  }
+  rw->tab[slot] = (uint32_t)(rw->kh_len + 1);
+  rw->tab_used++;
+  rw->kh[rw->kh_len++] = h;
+  return 0;
+}
+
+static int emit(evs__json_rewrite *rw, const char *b, size_t n) {
+  return n ? rw->emit(rw->ud, b, n) : 0;
+}
+
+/* A selected scalar starts at p: flush the pass-through bytes before it. */
+static int capture_begin(evs__json_rewrite *rw, const char *p) {
+  int r = emit(rw, rw->pass, (size_t)(p - rw->pass));
+  rw->capturing = true;
+  rw->val_len = 0;
+  /* An empty string is still handed over as a NUL-terminated buffer. */
+  return r < 0 ? r : append(rw, &rw->val, &rw->val_len, &rw->val_cap, "", 0);
+}
+
+/* The current token ended just before q. */
+static int tok_end(evs__json_rewrite *rw, const char *q, evs__json_type type) {
+  int r = 0;
+  rw->tok = T_NONE;
+  if (rw->tok_key) {
+    struct frame *f = &rw->fr[rw->depth - 1];
+    if ((r = key_insert(rw, key_hash(rw->key, rw->key_len), f->key_base)) < 0) return r;
+    if (f->sel) {
+      rw->cur_sel = true;
+      rw->cur_live = false;
+    } else if (f->live) {
+      int m = evs__jsonpath_step(rw->paths, rw->st + (rw->depth - 1) * rw->nw, rw->cur, rw->key,
+                                 rw->key_len, 0);
+      rw->cur_live = m != EVS__JSONPATH_DEAD;
+      rw->cur_sel = m == EVS__JSONPATH_MATCH;
+    } else {
+      rw->cur_sel = rw->cur_live = false;
+    }
+    rw->ps = P_COLON;
+    return 0;
+  }
+  if (rw->capturing) {
+    const char *out = NULL;
+    size_t outlen = 0;
+    rw->capturing = false;
+    rw->pass = q;
+    r = rw->transform(rw->ud, type, rw->val, rw->val_len, &out, &outlen);
+    if (r == EVS__JSON_DEFER) r = 0;
+    else if (r == 0) r = emit(rw, out, outlen);
+    if (r < 0) return r;
+  } else if (type == EVS__JSON_STRING && ev_looks_encrypted(rw)) {
+    return EVS__JSON_E_EVDATA;
+  }
+  rw->ps = rw->depth ? P_AFTER : P_END;
+  return 0;
+}
+
+/* Bytes that stand for themselves inside a string: printable ASCII except '"' and '\\'. */
+static const unsigned char plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
+static bool is_ws(unsigned char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
+
+static int hexval(unsigned char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Lexes string bytes from *pp; returns 0 when the buffer ran out or the string ended. */
+static int lex_string(evs__json_rewrite *rw, const unsigned char **pp, const unsigned char *e) {
+  const unsigned char *p = *pp;
+  int r = 0;
+  while (p < e) {
+    unsigned char c = *p;
+    switch (rw->sub) {
+    case S_NORMAL: {
+      const unsigned char *s = p;
+      while (p < e && plain[*p]) p++;
+      if (p > s && (rw->tok_key || rw->capturing || rw->ev >= 0) &&
+          (r = str_out(rw, (const char *)s, (size_t)(p - s))) < 0)
+        goto out;
+      if (p == e) goto out;
+      c = *p;
+      if (c == '"') {
+        p++;
+        r = tok_end(rw, (const char *)p, EVS__JSON_STRING);
+        goto out;
+      } else if (c == '\\') {
+        rw->sub = S_ESC;
+      } else if (c < 0x20) {
+        r = EVS__JSON_E_SYNTAX;
+        goto out;
+      } else {
+        if (c >= 0xC2 && c <= 0xDF) rw->need = 1, rw->lo = 0x80, rw->hi = 0xBF;
+        else if (c == 0xE0) rw->need = 2, rw->lo = 0xA0, rw->hi = 0xBF;
+        else if (c == 0xED) rw->need = 2, rw->lo = 0x80, rw->hi = 0x9F;
+        else if (c >= 0xE1 && c <= 0xEF) rw->need = 2, rw->lo = 0x80, rw->hi = 0xBF;
+        else if (c == 0xF0) rw->need = 3, rw->lo = 0x90, rw->hi = 0xBF;
+        else if (c >= 0xF1 && c <= 0xF3) rw->need = 3, rw->lo = 0x80, rw->hi = 0xBF;
+        else if (c == 0xF4) rw->need = 3, rw->lo = 0x80, rw->hi = 0x8F;
+        else {
+          r = EVS__JSON_E_SYNTAX;
+          goto out;
+        }
+        if ((r = str_out(rw, (const char *)p, 1)) < 0) goto out;
+        rw->sub = S_UTF8;
+      }
+      p++;
+      break;
+    }
+    case S_UTF8:
+      if (c < rw->lo || c > rw->hi) {
+        r = EVS__JSON_E_SYNTAX;
+        goto out;
+      }
+      if ((r = str_out(rw, (const char *)p, 1)) < 0) goto out;
+      rw->lo = 0x80, rw->hi = 0xBF;
+      if (--rw->need == 0) rw->sub = S_NORMAL;
+      p++;
+      break;
+    case S_ESC: {
+      char d;
+      switch (c) {
+      case '"': d = '"'; break;
+      case '\\': d = '\\'; break;
+      case '/': d = '/'; break;
+      case 'b': d = '\b'; break;
+      case 'f': d = '\f'; break;
+      case 'n': d = '\n'; break;
+      case 'r': d = '\r'; break;
+      case 't': d = '\t'; break;
+      case 'u':
+        rw->sub = S_HEX, rw->hexn = 0, rw->cu = 0;
+        p++;
+        continue;
+      default:
+        r = EVS__JSON_E_SYNTAX;
+        goto out;
+      }
+      if ((r = str_out(rw, &d, 1)) < 0) goto out;
+      rw->sub = S_NORMAL;
+      p++;
+      break;
+    }
+    case S_HEX:
+    case S_LOW_HEX: {
+      int v = hexval(c);
+      if (v < 0) {
+        r = EVS__JSON_E_SYNTAX;
+        goto out;
+      }
+      rw->cu = rw->cu << 4 | (uint32_t)v;
+      p++;
+      if (++rw->hexn < 4) break;
+      if (rw->sub == S_HEX) {
+        if (rw->cu >= 0xD800 && rw->cu <= 0xDBFF) {
+          rw->hisur = rw->cu;
+          rw->sub = S_LOW_BS;
+          break;
+        }
+        if (rw->cu >= 0xDC00 && rw->cu <= 0xDFFF) { /* lone low surrogate: not Unicode */
+          r = EVS__JSON_E_SYNTAX;
+          goto out;
+        }
+        r = str_out_cp(rw, rw->cu);
+      } else {
+        if (rw->cu < 0xDC00 || rw->cu > 0xDFFF) {
+          r = EVS__JSON_E_SYNTAX;
+          goto out;
+        }
+        r = str_out_cp(rw, 0x10000 + ((rw->hisur - 0xD800) << 10) + (rw->cu - 0xDC00));
+      }
+      if (r < 0) goto out;
+      rw->sub = S_NORMAL;
+      break;
+    }
+    case S_LOW_BS:
+    case S_LOW_U:
+      if (c != (rw->sub == S_LOW_BS ? '\\' : 'u')) { /* a high surrogate must be paired */
+        r = EVS__JSON_E_SYNTAX;
+        goto out;
+      }
+      p++;
+      if (rw->sub == S_LOW_BS) {
+        rw->sub = S_LOW_U;
+      } else {
+        rw->sub = S_LOW_HEX, rw->hexn = 0, rw->cu = 0;
+      }
+      break;
+    }
+  }
+out:
+  *pp = p;
+  return r;
+}
+
+/* Lexes number bytes; at the first byte not part of the number ends the token (not consuming
+ * it). Returns 0 or an error. */
+static int lex_number(evs__json_rewrite *rw, const unsigned char **pp, const unsigned char *e) {
+  const unsigned char *p = *pp, *s = p;
+  int r = 0;
+  for (; p < e; p++) {
+    unsigned char c = *p;
+    bool digit = c >= '0' && c <= '9';
+    switch (rw->sub) {
+    case N_START:
+      rw->sub = c == '-' ? N_MINUS : c == '0' ? N_ZERO : N_INT;
+      continue;
+    case N_MINUS:
+      if (!digit) goto bad;
+      rw->sub = c == '0' ? N_ZERO : N_INT;
+      continue;
+    case N_INT:
+      if (digit) continue;
+      /* fall through */
+    case N_ZERO:
+      if (c == '.') rw->sub = N_DOT;
+      else if (c == 'e' || c == 'E') rw->sub = N_E;
+      else goto end;
+      continue;
+    case N_DOT:
+      if (!digit) goto bad;
+      rw->sub = N_FRAC;
+      continue;
+    case N_FRAC:
+      if (digit) continue;
+      if (c == 'e' || c == 'E') rw->sub = N_E;
+      else goto end;
+      continue;
+    case N_E:
+      if (c == '+' || c == '-') {
+        rw->sub = N_ESIGN;
+        continue;
+      }
+      /* fall through */
+    case N_ESIGN:
+      if (!digit) goto bad;
+      rw->sub = N_EXP;
+      continue;
+    case N_EXP:
+      if (digit) continue;
+      goto end;
+    }
+  }
+  if (rw->capturing) r = append(rw, &rw->val, &rw->val_len, &rw->val_cap, (const char *)s,
+                                (size_t)(p - s));
+  *pp = p;
+  return r;
+end:
+  if (rw->capturing &&
+      (r = append(rw, &rw->val, &rw->val_len, &rw->val_cap, (const char *)s, (size_t)(p - s))) < 0)
+    return r;
+  *pp = p;
+  return tok_end(rw, (const char *)p, EVS__JSON_NUMBER);
+bad:
+  *pp = p;
+  return EVS__JSON_E_SYNTAX;
+}
+
+static int push_frame(evs__json_rewrite *rw, bool is_obj) {
+  struct frame *f;
+  int r;
+  if (rw->depth >= rw->o.max_depth) return EVS__JSON_E_DEPTH;
+  if (rw->depth == rw->fr_cap) {
+    size_t c = rw->fr_cap, c2 = rw->fr_cap;
+    void *a = rw->fr, *b = rw->st;
+    if ((r = grow(rw, &a, &c, rw->depth + 1, sizeof *rw->fr)) < 0) return r;
+    rw->fr = a;
+    if (rw->nw && (r = grow(rw, &b, &c2, rw->depth + 1, rw->nw * sizeof *rw->st)) < 0) return r;
+    rw->st = b;
+    rw->fr_cap = (unsigned)c;
+  }
+  f = &rw->fr[rw->depth];
+  f->index = 0;
+  f->key_base = rw->kh_len;
+  f->is_obj = is_obj;
+  f->sel = rw->cur_sel;
+  f->live = rw->cur_live;
+  if (f->live) memcpy(rw->st + rw->depth * rw->nw, rw->cur, rw->nw * sizeof *rw->st);
+  rw->depth++;
+  rw->ps = is_obj ? P_OBJ_FIRST : P_ARR_FIRST;
+  return 0;
+}
+
+static void pop_frame(evs__json_rewrite *rw) {
+  rw->kh_len = rw->fr[--rw->depth].key_base;
+  rw->ps = rw->depth ? P_AFTER : P_END;
+}
+
+/* A value starts with byte c at p (not consumed unless it is a bracket or quote). */
+static int value_begin(evs__json_rewrite *rw, const unsigned char **pp) {
+  const unsigned char *p = *pp;
+  unsigned char c = *p;
+  int r = 0;
+  if (rw->depth && !rw->fr[rw->depth - 1].is_obj) {
+    struct frame *f = &rw->fr[rw->depth - 1];
+    if (f->sel) {
+      rw->cur_sel = true;
+      rw->cur_live = false;
+    } else if (f->live) {
+      int m = evs__jsonpath_step(rw->paths, rw->st + (rw->depth - 1) * rw->nw, rw->cur, NULL, 0,
+                                 f->index);
+      rw->cur_live = m != EVS__JSONPATH_DEAD;
+      rw->cur_sel = m == EVS__JSONPATH_MATCH;
+    } else {
+      rw->cur_sel = rw->cur_live = false;
+    }
+    f->index++;
+  }
+  switch (c) {
+  case '{':
+  case '[':
+    *pp = p + 1;
+    return push_frame(rw, c == '{');
+  case '"':
+    rw->tok = T_STRING;
+    rw->sub = S_NORMAL;
+    rw->tok_key = false;
+    rw->ev = rw->cur_sel ? -1 : 0;
+    if (rw->cur_sel) r = capture_begin(rw, (const char *)p);
+    *pp = p + 1;
+    return r;
+  case 't':
+  case 'f':
+  case 'n':
+    rw->tok = T_LITERAL;
+    rw->lit = c == 't' ? "true" : c == 'f' ? "false" : "null";
+    rw->lit_pos = 0;
+    rw->tok_key = false;
+    if (rw->cur_sel && c != 'n') r = capture_begin(rw, (const char *)p);
+    return r;
+  default:
+    if (c == '-' || (c >= '0' && c <= '9')) {
+      rw->tok = T_NUMBER;
+      rw->sub = N_START;
+      rw->tok_key = false;
+      if (rw->cur_sel) r = capture_begin(rw, (const char *)p);
+      return r;
+    }
+    return EVS__JSON_E_SYNTAX;
+  }
+}
+
+static int run(evs__json_rewrite *rw, const unsigned char *p, const unsigned char *e,
+               const unsigned char **ret_p) {
+  int r = 0;
+  while (p < e) {
+    switch (rw->tok) {
+    case T_STRING:
+      r = lex_string(rw, &p, e);
+      break;
+    case T_NUMBER:
+      r = lex_number(rw, &p, e);
+      break;
+    case T_LITERAL:
+      while (p < e && rw->lit[rw->lit_pos]) {
+        if (*p != (unsigned char)rw->lit[rw->lit_pos]) {
+          r = EVS__JSON_E_SYNTAX;
+          goto out;
+        }
+        rw->lit_pos++;
+        p++;
+      }
+      if (!rw->lit[rw->lit_pos]) {
+        if (rw->capturing) r = append(rw, &rw->val, &rw->val_len, &rw->val_cap, rw->lit,
+                                      rw->lit_pos);
+        if (r == 0) r = tok_end(rw, (const char *)p, EVS__JSON_BOOLEAN);
+      }
+      break;
+    case T_NONE: {
+      unsigned char c;
+      while (p < e && is_ws(*p)) p++;
+      if (p == e) break;
+      c = *p;
+      switch (rw->ps) {
+      case P_VALUE:
+        r = value_begin(rw, &p);
+        break;
+      case P_ARR_FIRST:
+        if (c == ']') {
+          pop_frame(rw);
+          p++;
+        } else {
+          r = value_begin(rw, &p);
+        }
+        break;
+      case P_OBJ_FIRST:
+      case P_KEY:
+        if (c == '}' && rw->ps == P_OBJ_FIRST) {
+          pop_frame(rw);
+        } else if (c == '"') {
+          rw->tok = T_STRING;
+          rw->sub = S_NORMAL;
+          rw->tok_key = true;
+          rw->key_len = 0;
+          rw->ev = -1;
+        } else {
+          r = EVS__JSON_E_SYNTAX;
+          break;
+        }
+        p++;
+        break;
+      case P_COLON:
+        if (c != ':') {
+          r = EVS__JSON_E_SYNTAX;
+          break;
+        }
+        rw->ps = P_VALUE;
+        p++;
+        break;
+      case P_AFTER: {
+        bool obj = rw->fr[rw->depth - 1].is_obj;
+        if (c == ',') rw->ps = obj ? P_KEY : P_VALUE;
+        else if (c == (obj ? '}' : ']')) pop_frame(rw);
+        else {
+          r = EVS__JSON_E_SYNTAX;
+          break;
+        }
+        p++;
+        break;
+      }
+      case P_END:
+        r = EVS__JSON_E_SYNTAX;
+        break;
+      }
+      break;
+    }
+    }
+    if (r < 0) break;
+  }
+out:
+  *ret_p = p;
+  return r;
+}
+
+static int fail(evs__json_rewrite *rw, int r, uint64_t off) {
+  rw->err = r;
+  rw->err_off = off;
+  return r;
+}
+
+int evs__json_rewrite_feed(evs__json_rewrite *rw, const char *buf, size_t len) {
+  const unsigned char *p = (const unsigned char *)buf, *end = p + len;
+  int r;
+  if (rw->err) return rw->err;
+  if (len == 0) return 0;
+  rw->pass = buf;
+  r = run(rw, p, end, &p);
+  if (r < 0) return fail(rw, r, rw->off + (uint64_t)(p - (const unsigned char *)buf));
+  if (!rw->capturing && (r = emit(rw, rw->pass, (size_t)(buf + len - rw->pass))) < 0)
+    return fail(rw, r, rw->off + len);
+  rw->off += len;
+  return 0;
+}
+
+int evs__json_rewrite_finish(evs__json_rewrite *rw) {
+  int r = 0;
+  if (rw->err) return rw->err;
+  if (rw->tok == T_NUMBER) {
+    /* The body's end terminates a top-level number. */
+    if (rw->sub == N_ZERO || rw->sub == N_INT || rw->sub == N_FRAC || rw->sub == N_EXP) {
+      rw->pass = NULL;
+      r = tok_end(rw, NULL, EVS__JSON_NUMBER);
+      if (r < 0) return fail(rw, r, rw->off);
+    } else {
+      return fail(rw, EVS__JSON_E_SYNTAX, rw->off);
+    }
+  }
+  if (rw->tok != T_NONE || rw->ps != P_END) return fail(rw, EVS__JSON_E_SYNTAX, rw->off);
+  return 0;
+}
+
+int evs__json_rewrite_new(const evs__jsonpath *paths, const struct evs__json_rewrite_opts *opts,
+                          evs__json_emit_fn emit_fn, evs__json_transform_fn transform, void *ud,
+                          evs__json_rewrite **ret_rw) {
+  evs__json_rewrite *rw;
+  if (!emit_fn || (paths && !transform)) return -EINVAL;
+  rw = calloc(1, sizeof *rw);
+  if (!rw) return -ENOMEM;
+  if (opts) memcpy(&rw->o, opts, opts->size < sizeof rw->o ? opts->size : sizeof rw->o);
+  rw->o.size = sizeof rw->o;
+  if (!rw->o.max_depth) rw->o.max_depth = 256;
+  if (!rw->o.max_value) rw->o.max_value = 1024 * 1024;
+  if (!rw->o.max_keys) rw->o.max_keys = 100000;
+  if (rw->o.max_keys > UINT32_MAX / 4) rw->o.max_keys = UINT32_MAX / 4;
+  rw->paths = paths;
+  rw->nw = paths ? evs__jsonpath_nwords(paths) : 0;
+  rw->emit = emit_fn;
+  rw->transform = transform;
+  rw->ud = ud;
+  rw->ps = P_VALUE;
+  rw->mem = rw->mem_hw = sizeof *rw;
+  if (paths) {
+    if (!(rw->cur = calloc(rw->nw, sizeof *rw->cur))) {
+      free(rw);
+      return -ENOMEM;
+    }
+    mem_account(rw, 0, rw->nw * sizeof *rw->cur);
+    evs__jsonpath_start(paths, rw->cur);
+    rw->cur_live = true;
+    rw->cur_sel = evs__jsonpath_accepts(paths, rw->cur);
+  }
+  *ret_rw = rw;
+  return 0;
+}
+
+void evs__json_rewrite_free(evs__json_rewrite *rw) {
+  if (!rw) return;
+  free(rw->fr);
+  free(rw->st);
+  free(rw->cur);
+  free(rw->val);
+  free(rw->key);
+  free(rw->kh);
+  free(rw->tab);
+  free(rw);
+}
+
+uint64_t evs__json_rewrite_error_offset(const evs__json_rewrite *rw) { return rw->err_off; }
+
+size_t evs__json_rewrite_mem_high_water(const evs__json_rewrite *rw) { return rw->mem_hw; }
