@@ -18,10 +18,10 @@
 static __thread char read_buf[READ_BUF_SIZE];
 static __thread char plain_buf[READ_BUF_SIZE];
 
-typedef struct write_req {
+typedef struct evs__io_wreq {
   uv_write_t req;
   evs__io *io;
-  size_t len;
+  size_t len, cap;
   char data[];
 } write_req;
 
@@ -37,6 +37,8 @@ void evs__io_init(evs__io *io, void *owner) {
   io->ssl = NULL;
   io->rbio = io->wbio = NULL;
   io->write_queued = 0;
+  io->cork = NULL;
+  io->corked = 0;
   io->reading = io->handshaking = io->closing = io->shutdown_sent = io->tls_verified = 0;
   io->error = 0;
 }
@@ -58,12 +60,51 @@ static int raw_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
   for (size_t i = 0; i < nbufs; i++) total += bufs[i].len;
   if (total == 0) return 0;
   if (io->closing) return UV_ECANCELED;
+  if (io->corked) {
+    write_req *c = io->cork;
+    size_t have = c ? c->len : 0;
+    if (!c || have + total > c->cap) {
+      size_t cap = c ? c->cap * 2 : 4096;
+      if (cap < have + total) cap = have + total;
+      write_req *nc = realloc(c, sizeof *nc + cap);
+      if (!nc) return UV_ENOMEM;
+      nc->len = have;
+      nc->cap = cap;
+      io->cork = c = nc;
+    }
+    for (size_t i = 0; i < nbufs; i++) {
+      memcpy(c->data + c->len, bufs[i].base, bufs[i].len);
+      c->len += bufs[i].len;
+    }
+    io->write_queued += total;
+    return 0;
+  }
+  /* Nothing queued: write now. What the socket takes needs no copy, no write request and no
+   * POLLOUT start/stop in libuv (each costs an epoll_ctl on the next loop turn). */
+  size_t skip = 0;
+  if (io->write_queued == 0 && uv_stream_get_write_queue_size(&io->h.stream) == 0) {
+    int n = uv_try_write(&io->h.stream, bufs, (unsigned)nbufs);
+    if (n > 0) {
+      if ((size_t)n == total) return 0;
+      skip = (size_t)n;
+    }
+  }
+  total -= skip;
   write_req *w = malloc(sizeof *w + total);
   if (!w) return UV_ENOMEM;
   size_t off = 0;
   for (size_t i = 0; i < nbufs; i++) {
-    memcpy(w->data + off, bufs[i].base, bufs[i].len);
-    off += bufs[i].len;
+    size_t bl = bufs[i].len;
+    const char *bp = bufs[i].base;
+    if (skip >= bl) {
+      skip -= bl;
+      continue;
+    }
+    bp += skip;
+    bl -= skip;
+    skip = 0;
+    memcpy(w->data + off, bp, bl);
+    off += bl;
   }
   w->io = io;
   w->len = total;
@@ -233,6 +274,23 @@ int evs__io_writev(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
   return flush_tls(io);
 }
 
+void evs__io_cork(evs__io *io) { io->corked = 1; }
+
+int evs__io_uncork(evs__io *io) {
+  io->corked = 0;
+  write_req *w = io->cork;
+  if (!w) return 0;
+  io->cork = NULL;
+  io->write_queued -= w->len;
+  int r = UV_ECANCELED;
+  if (!io->closing) {
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+    r = raw_write(io, &b, 1);
+  }
+  free(w);
+  return r;
+}
+
 int evs__io_write(evs__io *io, const void *data, size_t len) {
   uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
   return evs__io_writev(io, &b, 1);
@@ -303,6 +361,12 @@ static void on_closed(uv_handle_t *h) {
 
 void evs__io_close(evs__io *io) {
   if (io->closing) return;
+  if (io->cork) {
+    io->write_queued -= io->cork->len;
+    free(io->cork);
+    io->cork = NULL;
+  }
+  io->corked = 0;
   if (io->ssl && !io->handshaking && !io->shutdown_sent) {
     io->shutdown_sent = 1;
     SSL_shutdown(io->ssl);
@@ -337,6 +401,7 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 
 void evs__io_shutdown_close(evs__io *io) {
   if (io->closing) return;
+  evs__io_uncork(io);
   if (io->ssl && !io->handshaking && !io->shutdown_sent) {
     io->shutdown_sent = 1;
     SSL_shutdown(io->ssl);

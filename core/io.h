@@ -48,7 +48,9 @@ struct evs__io {
   unsigned shutdown_sent : 1;
   unsigned tls_verified : 1;
   unsigned lingering : 1;
+  unsigned corked : 1;
   uv_timer_t *linger_timer;
+  struct evs__io_wreq *cork;     /* writes gathered while corked */
   int error;                     /* last error, if any */
 };
 
@@ -72,6 +74,10 @@ void evs__io_close(evs__io *io);
  * reset the connection and destroy the response we just sent (a "lingering close"). */
 #define EVS_IO_LINGER_MS 2000
 void evs__io_shutdown_close(evs__io *io);
+/* Gather writes into one buffer until uncork, so a response head and body (or everything one
+ * upstream read produced) leave in one write and one TCP segment. */
+void evs__io_cork(evs__io *io);
+int evs__io_uncork(evs__io *io);
 /* Feed bytes that were read before the stream was wrapped (e.g. after takeover). */
 void evs__io_feed(evs__io *io, const char *data, size_t len);
 /* Selected SNI name of a TLS server connection, or NULL. */

@@ -842,13 +842,17 @@ int evs__response_end(evs_request *req) {
     return -ECONNRESET;
   }
   if (req->chunked_out) evs__io_write(&c->io, "0\r\n\r\n", 5);
+  evs__io_uncork(&c->io);
   timer_set(c, T_NONE, 0);
   conn_after_response(c, req);
   return 0;
 }
 
+evs__io *evs__request_io(evs_request *req) { return req->conn ? &req->conn->io : NULL; }
+
 int evs__respond(evs_request *req, int status, const evs_header *headers, size_t n,
                  const void *body, size_t len) {
+  if (req->conn) evs__io_cork(&req->conn->io); /* head and body in one write; end uncorks */
   int r = evs__response_start(req, status, headers, n, (int64_t)len);
   if (r < 0 && r != -ECONNRESET) return r;
   evs__response_body(req, body, len);

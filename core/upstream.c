@@ -707,7 +707,19 @@ static void start_client_response(evs__proxy *px) {
   evs__response_start(req, p->h.status, hs, n, cl);
 }
 
+static void proxy_data_corked(upclient *cl, ssize_t nread, const char *data);
+
+/* What one upstream read produces for the client leaves in one write. The client stream stays
+ * valid through this call even if the request ends in it (handles are freed on a later turn). */
 static void proxy_data(upclient *cl, ssize_t nread, const char *data) {
+  evs__proxy *px = (evs__proxy *)cl;
+  evs__io *cio = px->req && !px->done ? evs__request_io(px->req) : NULL;
+  if (cio) evs__io_cork(cio);
+  proxy_data_corked(cl, nread, data);
+  if (cio) evs__io_uncork(cio);
+}
+
+static void proxy_data_corked(upclient *cl, ssize_t nread, const char *data) {
   evs__proxy *px = (evs__proxy *)cl;
   if (px->done) return;
   resp_parser *p = &px->rp;

@@ -168,6 +168,8 @@ int evs__respond(evs_request *req, int status, const evs_header *headers, size_t
 int evs__respond_error(evs_request *req, int status, const char *code, const char *detail);
 /* True if the client's write queue is above the high-water mark. */
 int evs__response_congested(evs_request *req);
+/* The client connection's stream, or NULL once it is gone (valid until the next loop turn). */
+evs__io *evs__request_io(evs_request *req);
 /* Abort: the response cannot be completed (upstream failed mid-body): close the client. */
 void evs__request_abort(evs_request *req);
 
