@@ -288,7 +288,7 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
 
 typedef struct resp_parser {
   char *head;
-  size_t len;
+  size_t len, cap;
   evs__http_scan scan;
   evs__http_head h;
   evs__http_field fields[256];
@@ -303,20 +303,50 @@ typedef struct resp_parser {
  * Sets p->have_head when the head has been parsed (caller checks after each call). */
 static int resp_parse_head(resp_parser *p, const char *data, size_t len, int head_request,
                            size_t *ret_used) {
-  size_t room = MAX_RESPONSE_HEAD - p->len;
-  size_t take = len < room ? len : room;
-  if (!p->head && !(p->head = malloc(MAX_RESPONSE_HEAD))) return -ENOMEM;
-  memcpy(p->head + p->len, data, take);
   size_t before = p->len;
-  p->len += take;
-  size_t head_len;
-  int r = evs__http_scan_head(&p->scan, p->head, p->len, MAX_RESPONSE_HEAD, &head_len);
-  if (r == EVS_HTTP_NEED_MORE) {
-    if (take < len) return -E2BIG;
-    *ret_used = take;
-    return 0;
+  size_t head_len = 0;
+  int r;
+  if (p->len == 0) {
+    /* The usual case: the whole head is in this read. Scan it in place and copy just the head,
+     * not the body bytes behind it. */
+    evs__http_scan sc;
+    memset(&sc, 0, sizeof sc);
+    r = evs__http_scan_head(&sc, data, len, MAX_RESPONSE_HEAD, &head_len);
+    if (r == EVS_HTTP_OK) {
+      if (head_len > p->cap) {
+        char *nh = realloc(p->head, head_len);
+        if (!nh) return -ENOMEM;
+        p->head = nh;
+        p->cap = head_len;
+      }
+      memcpy(p->head, data, head_len);
+      p->len = head_len;
+    } else if (r < 0 && r != EVS_HTTP_E_HEAD_TOO_LARGE) {
+      return -EPROTO;
+    }
+  } else {
+    r = EVS_HTTP_NEED_MORE;
   }
-  if (r < 0) return -EPROTO;
+  if (r != EVS_HTTP_OK) {
+    /* A head split over reads: gather it (bounded by MAX_RESPONSE_HEAD). */
+    size_t room = MAX_RESPONSE_HEAD - p->len;
+    size_t take = len < room ? len : room;
+    if (p->cap < MAX_RESPONSE_HEAD) {
+      char *nh = realloc(p->head, MAX_RESPONSE_HEAD);
+      if (!nh) return -ENOMEM;
+      p->head = nh;
+      p->cap = MAX_RESPONSE_HEAD;
+    }
+    memcpy(p->head + p->len, data, take);
+    p->len += take;
+    r = evs__http_scan_head(&p->scan, p->head, p->len, MAX_RESPONSE_HEAD, &head_len);
+    if (r == EVS_HTTP_NEED_MORE) {
+      if (take < len) return -E2BIG;
+      *ret_used = take;
+      return 0;
+    }
+    if (r < 0) return -EPROTO;
+  }
   memset(&p->h, 0, sizeof p->h);
   p->h.fields = p->fields;
   p->h.max_fields = 256;
