@@ -854,7 +854,10 @@ int evs__respond(evs_request *req, int status, const evs_header *headers, size_t
                  const void *body, size_t len) {
   if (req->conn) evs__io_cork(&req->conn->io); /* head and body in one write; end uncorks */
   int r = evs__response_start(req, status, headers, n, (int64_t)len);
-  if (r < 0 && r != -ECONNRESET) return r;
+  if (r < 0 && r != -ECONNRESET) {
+    if (req->conn) evs__io_uncork(&req->conn->io);
+    return r;
+  }
   evs__response_body(req, body, len);
   evs__response_end(req);
   return 0;
