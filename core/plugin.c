@@ -741,6 +741,66 @@ static int h_store_query(evs_plugin *p, const char *stream, int64_t since_ms, si
   return 0;
 }
 
+/* request_body_read: the body streams into the plugin; its end is reported on a later turn. */
+typedef struct body_reader {
+  evs_body_data_fn on_data;
+  evs_body_end_fn on_end;
+  void *arg;
+  int err; /* the plugin's error: the rest of the body is discarded */
+} body_reader;
+static int br_data(evs_request *req, const char *data, size_t len) {
+  body_reader *b = req->sink_arg;
+  if (b->err) return 0;
+  int r = b->on_data(b->arg, (const uint8_t *)data, len);
+  if (r < 0) {
+    b->err = r;
+    req->close_after = 1;
+    return 0;
+  }
+  return r == EVS_BODY_PAUSE;
+}
+static void run_br(deferred *d) {
+  evs_request *req = d->arg;
+  body_reader *b = (body_reader *)d->cb;
+  int status = req->conn ? d->status : -ECONNRESET;
+  b->on_end(b->arg, status);
+  free(b);
+  evs__request_unhold(req);
+}
+static void br_end(evs_request *req, int status) {
+  body_reader *b = req->sink_arg;
+  deferred *d = defer(run_br, (void *)b, req);
+  if (!d) {
+    b->on_end(b->arg, -ENOMEM);
+    free(b);
+    return;
+  }
+  d->status = status < 0 ? status : b->err;
+  evs__request_hold(req);
+  defer_start(d);
+}
+static const evs__body_sink br_sink = {br_data, br_end};
+static int h_request_body_read(evs_request *req, evs_body_data_fn on_data, evs_body_end_fn on_end,
+                               void *arg) {
+  if (req->sink || !req->conn || !on_data || !on_end) return -EINVAL;
+  if (req->info.has_content_length &&
+      req->info.content_length > (uint64_t)evs__w->settings->max_body_bytes)
+    return -E2BIG;
+  body_reader *b = calloc(1, sizeof *b);
+  if (!b) return -ENOMEM;
+  b->on_data = on_data;
+  b->on_end = on_end;
+  b->arg = arg;
+  int r = evs__request_body_attach(req, &br_sink, b);
+  if (r < 0) free(b);
+  return r;
+}
+
+static int h_response_status(evs_request *req, const char **ret_code) {
+  if (ret_code) *ret_code = req->error_code;
+  return req->status;
+}
+
 static const evs_host host_table = {
     .size = sizeof(evs_host),
     .abi_major = EVS_ABI_MAJOR,
@@ -785,6 +845,11 @@ static const evs_host host_table = {
     .read_body = h_read_body,
     .store_append = h_store_append,
     .store_query = h_store_query,
+    .request_body_read = h_request_body_read,
+    .request_body_resume = evs__request_body_resume,
+    .response_header = evs__proxy_response_header,
+    .filter_end = evs__proxy_filter_end,
+    .response_status = h_response_status,
 };
 
 /* read_body: collect the whole body (bounded) and hand it over on the next loop turn. */

@@ -426,12 +426,19 @@ struct evs__proxy {
   int retried;
   int done;
   int upstream_keepalive;
+  int held;               /* the response filter holds the end of the response (filter_end) */
+  /* A request body the plugin produces (evs_upstream.body_source, ABI 1.1). */
+  int (*body_source)(void *arg, uint8_t *buf, size_t cap, size_t *ret_len);
+  void *body_source_arg;
+  uint64_t body_source_len, body_source_sent;
+  uint8_t *source_buf;
 };
 
 static void proxy_finish(evs__proxy *px);
 
 static void proxy_timer_closed(uv_handle_t *h) {
   evs__proxy *px = h->data;
+  free(px->source_buf);
   free(px->rp.head);
   free(px->scheme);
   free(px->host);
@@ -535,6 +542,35 @@ static int write_up(evs__proxy *px, const char *data, size_t len) {
   return evs__io_write(px->uc->io, data, len);
 }
 
+int evs__proxy_filter_end(evs_request *req, int status) {
+  evs__proxy *px = req ? req->proxy : NULL;
+  if (!px || px->done || !px->held) return -EINVAL;
+  px->held = 0;
+  px->done = 1;
+  if (status < 0) evs__request_abort(req);
+  else evs__response_end(req);
+  proxy_finish(px);
+  return 0;
+}
+
+int evs__proxy_response_header(evs_request *req, const char *name, evs_header *ret) {
+  evs__proxy *px = req ? req->proxy : NULL;
+  if (!px || !px->rp.have_head || !name || !ret) return -ENOENT;
+  resp_parser *p = &px->rp;
+  size_t nl = strlen(name);
+  for (size_t i = 0; i < p->h.nfields; i++) {
+    const evs__http_field *f = &p->fields[i];
+    if (f->name_len == nl && strncasecmp(p->head + f->name_off, name, nl) == 0) {
+      ret->name = p->head + f->name_off;
+      ret->name_len = f->name_len;
+      ret->value = p->head + f->value_off;
+      ret->value_len = f->value_len;
+      return 0;
+    }
+  }
+  return -ENOENT;
+}
+
 int evs__proxy_filter_emit(evs_request *req, const uint8_t *data, size_t len) {
   evs__proxy *px = req->proxy;
   if (!px || px->done) return -ECANCELED;
@@ -577,8 +613,38 @@ static void sink_end(evs_request *req, int status) {
 
 static const evs__body_sink proxy_sink = {sink_data, sink_end};
 
+/* Sends the plugin's body (body_source) while the upstream connection takes it: up to the
+ * high-water mark now, the rest from proxy_up_drain. */
+#define SOURCE_CHUNK (64u * 1024u)
+static void pump_source(evs__proxy *px) {
+  while (!px->done && px->uc && !px->req_body_sent &&
+         px->uc->io->write_queued <= EVS_IO_HIGH_WATER) {
+    uint64_t left = px->body_source_len - px->body_source_sent;
+    size_t got = 0;
+    if (left > 0) {
+      if (!px->source_buf && !(px->source_buf = malloc(SOURCE_CHUNK))) {
+        proxy_fail(px, -ENOMEM);
+        return;
+      }
+      size_t cap = left < SOURCE_CHUNK ? (size_t)left : SOURCE_CHUNK;
+      if (px->body_source(px->body_source_arg, px->source_buf, cap, &got) < 0 || got == 0 ||
+          got > cap) {
+        proxy_fail(px, -EIO);
+        return;
+      }
+      if (write_up(px, (const char *)px->source_buf, got) < 0) return;
+      px->body_source_sent += got;
+    }
+    if (px->body_source_sent == px->body_source_len) {
+      px->req_body_sent = 1;
+      if (!px->response_started) arm_response_timer(px);
+    }
+  }
+}
+
 static void proxy_up_drain(upclient *cl) {
   evs__proxy *px = (evs__proxy *)cl;
+  if (px->body_source) pump_source(px);
   if (px->client_paused && px->req) {
     px->client_paused = 0;
     evs__request_body_resume(px->req);
@@ -658,7 +724,9 @@ static int send_head(evs__proxy *px) {
   free(xff_prev);
   o += (size_t)snprintf(out + o, cap - o, "X-Forwarded-Proto: %s\r\n",
                         req->info.tls ? "https" : "http");
-  if (req->has_body) {
+  if (px->body_source) {
+    o += (size_t)snprintf(out + o, cap - o, "Content-Length: %" PRIu64 "\r\n", px->body_source_len);
+  } else if (req->has_body) {
     if (req->info.chunked || px->req_filter) {
       px->req_chunked = 1;
       o += (size_t)snprintf(out + o, cap - o, "Transfer-Encoding: chunked\r\n");
@@ -694,7 +762,17 @@ static void proxy_connected(upclient *cl, int status) {
     return;
   }
   arm_response_timer(px);
-  if (!px->req_body_sent) evs__request_body_attach(req, &proxy_sink, px);
+  if (px->body_source) {
+    px->body_source_sent = 0;
+    px->req_body_sent = 0;
+    if (px->body_source(px->body_source_arg, NULL, 0, NULL) < 0) { /* rewind */
+      proxy_fail(px, -EIO);
+      return;
+    }
+    pump_source(px);
+  } else if (!px->req_body_sent) {
+    evs__request_body_attach(req, &proxy_sink, px);
+  }
 }
 
 static int client_emit(void *arg, const char *d, size_t n) {
@@ -757,7 +835,7 @@ static void proxy_data_corked(upclient *cl, ssize_t nread, const char *data) {
     if (p->have_head && p->mode == 3 && nread == UV_EOF) {
       p->done = 1;
     } else if (!p->have_head && px->uc && px->uc->reused && !px->retried &&
-               px->req_bytes_up == 0 && !px->req->has_body) {
+               (px->body_source || (px->req_bytes_up == 0 && !px->req->has_body))) {
       /* A pooled connection the upstream had already closed: retry once on a fresh one. */
       px->retried = 1;
       upconn_close(px->uc);
@@ -796,14 +874,25 @@ static void proxy_data_corked(upclient *cl, ssize_t nread, const char *data) {
   if (p->have_head && p->done) {
     uv_timer_stop(&px->timer);
     evs_request *req = px->req;
+    int fr = 0;
     if (px->resp_filter) {
       px->filtering_response = 1;
-      px->resp_filter(px->plugin ? px->plugin->state : NULL, req, px->filter_arg, NULL, 0);
+      fr = px->resp_filter(px->plugin ? px->plugin->state : NULL, req, px->filter_arg, NULL, 0);
     }
     upconn *u = px->uc;
     px->uc = NULL;
     int reusable = px->upstream_keepalive && px->req_body_sent && nread > 0;
     if (u) upconn_release(u, reusable);
+    if (fr == EVS_FILTER_HOLD) {
+      px->held = 1; /* evs__proxy_filter_end finishes the response */
+      return;
+    }
+    if (fr < 0) {
+      px->done = 1;
+      evs__request_abort(req);
+      proxy_finish(px);
+      return;
+    }
     px->done = 1;
     evs__response_end(req);
     proxy_finish(px);
@@ -842,6 +931,11 @@ int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_f
   px->ca_file = up->ca_file ? strdup(up->ca_file) : NULL;
   px->cert_file = up->client_cert_file ? strdup(up->client_cert_file) : NULL;
   px->key_file = up->client_key_file ? strdup(up->client_key_file) : NULL;
+  if (up->size >= offsetof(evs_upstream, body_source_len) + sizeof(uint64_t) && up->body_source) {
+    px->body_source = up->body_source;
+    px->body_source_arg = up->body_source_arg;
+    px->body_source_len = up->body_source_len;
+  }
   px->req_filter = req_filter;
   px->resp_filter = resp_filter;
   px->filter_arg = filter_arg;

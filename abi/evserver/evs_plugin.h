@@ -36,6 +36,13 @@
  * CHANGELOG
  *   1.0  first version: descriptor, config items, log, hooks, routes, responses, proxying,
  *        upstream requests, timers, events, store, metrics, crypto calls, takeover.
+ *   1.1  request_body_read / request_body_resume (stream a request body into the plugin);
+ *        evs_upstream.body_source* (proxy with a body the plugin produces); response filters
+ *        may hold the end of a response (EVS_FILTER_HOLD, filter_end) to finish it after an
+ *        asynchronous call; response_header (the upstream response's headers, from a
+ *        response filter). Used by the Inbound Relay to encrypt fields before anything
+ *        reaches the destination and to decrypt responses; response_status (status and error
+ *        code, for LOG hooks).
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -49,7 +56,7 @@ extern "C" {
 
 #define EVS_PLUGIN_MAGIC 0x50535645u /* "EVSP" little-endian */
 #define EVS_ABI_MAJOR 1
-#define EVS_ABI_MINOR 0
+#define EVS_ABI_MINOR 1
 
 /* Error codes beyond errno. */
 #define EVS_EUPSTREAM_REFUSED (-10001) /* upstream refused the connection */
@@ -178,12 +185,39 @@ typedef struct evs_upstream {
   int x_forwarded_for;       /* 0: leave X-Forwarded-For as received; 1: append client IP */
   uint64_t connect_timeout_ms; /* 0: host default */
   uint64_t response_timeout_ms; /* 0: host default */
+  /* ABI 1.1: a request body produced by the plugin instead of the client's (which the plugin
+   * has read whole with request_body_read before calling proxy). The host sends
+   * Content-Length: body_source_len and pulls the bytes with body_source as the upstream
+   * connection can take them: body_source writes up to cap bytes into buf, sets *ret_len
+   * (0 only at the end) and returns 0, or returns a negative error (the request then fails
+   * with `internal-server-error`). It may be called again from the start (after a rewind
+   * call with buf == NULL) if the host retries on a fresh connection. NULL: the client's
+   * body, streamed as received. */
+  int (*body_source)(void *arg, uint8_t *buf, size_t cap, size_t *ret_len);
+  void *body_source_arg;
+  uint64_t body_source_len;
 } evs_upstream;
 
 /* Body filter: sees each body chunk on its way through and may replace it. Called with
- * data == NULL, len == 0 once at the end. Write output with evs_host.filter_emit. */
+ * data == NULL, len == 0 once at the end. Write output with evs_host.filter_emit. Returns 0,
+ * or negative to fail the request. ABI 1.1: a response filter may return EVS_FILTER_HOLD from
+ * its end call; the host then keeps the response open until the plugin calls
+ * evs_host.filter_end (after emitting the rest with filter_emit), e.g. when the last bytes
+ * wait for an asynchronous crypto call. */
+#define EVS_FILTER_HOLD 1
 typedef int (*evs_body_filter_fn)(void *state, evs_request *req, void *filter_arg,
                                   const uint8_t *data, size_t len);
+
+/* ABI 1.1: request_body_read delivers decoded body bytes (chunked framing removed). on_data
+ * returns 0 to go on, EVS_BODY_PAUSE to stop reading until request_body_resume, or a negative
+ * error: the rest of the body is then read and discarded (the connection closes after the
+ * response) and on_end gets that error. on_data must not respond; on_end runs exactly once on
+ * a later loop turn, with 0 at the end of the body, the plugin's error, -E2BIG past
+ * limits.max_body_bytes, or another negative value when the client went away (then the
+ * request is already finished and the plugin must not respond). */
+#define EVS_BODY_PAUSE 1
+typedef int (*evs_body_data_fn)(void *arg, const uint8_t *data, size_t len);
+typedef void (*evs_body_end_fn)(void *arg, int status);
 
 /* ---- Upstream client requests (for plugins: webhooks, health checks) ---------------------- */
 typedef struct evs_client_request {
@@ -356,6 +390,23 @@ typedef struct evs_host {
   int (*store_append)(evs_plugin *p, const char *stream, const char *json_record);
   int (*store_query)(evs_plugin *p, const char *stream, int64_t since_ms, size_t limit,
                      void (*cb)(void *arg, int status, int64_t ts_ms, const char *json), void *arg);
+
+  /* ---- ABI 1.1 ---- */
+  /* Stream the request body into the plugin (see evs_body_data_fn). At most once per request,
+   * and not together with read_body or a proxy that streams the client's body. */
+  int (*request_body_read)(evs_request *req, evs_body_data_fn on_data, evs_body_end_fn on_end,
+                           void *arg);
+  void (*request_body_resume)(evs_request *req);
+  /* First header of the upstream response with that name (case-insensitive), once its head has
+   * arrived (i.e. from a response filter); 0 or -ENOENT. Valid until the request completes. */
+  int (*response_header)(evs_request *req, const char *name, evs_header *ret);
+  /* Ends a response held with EVS_FILTER_HOLD: status 0 completes it, negative aborts it (the
+   * client connection closes). */
+  int (*filter_end)(evs_request *req, int status);
+  /* The response status sent to the client so far (0 before the head), and in *ret_code (if
+   * not NULL) the documented error code when the response was an error from the host or a
+   * plugin's respond_error (else NULL). For LOG hooks: transaction logs and alerts. */
+  int (*response_status)(evs_request *req, const char **ret_code);
 } evs_host;
 
 #ifdef __cplusplus

@@ -731,3 +731,46 @@ int enc_api_route(enclave_state *st, evs_request *req) {
   x->octet = action != API_KEYS && content_is(x, "application/octet-stream");
   return enc_continue(x, action != API_KEYS, api_step);
 }
+
+/* ---- key checks for other plugins (the crypto provider's check_api_key) ------------------ */
+
+int enc_api_key_id(const char *key, char ret_id[ENC_KEY_ID_MAX]) {
+  const char *last = strrchr(key, ':');
+  if (strncmp(key, "ev:key:", 7) != 0 || !last || strlen(last + 1) >= ENC_KEY_ID_MAX ||
+      strncmp(last + 1, "key_", 4) != 0)
+    return -1;
+  for (const char *p = last + 1; *p; p++)
+    if (!isalnum((unsigned char)*p) && *p != '_') return -1;
+  strcpy(ret_id, last + 1);
+  return 0;
+}
+
+int enc_key_record_allows(const uint8_t *v, size_t len, const char *key, const char *perm,
+                          char ret_app[ENC_APP_ID_MAX], char ret_key_id[ENC_KEY_ID_MAX]) {
+  json_t *rec = json_loadb((const char *)v, len, 0, NULL);
+  const char *hash_hex = json_string_value(json_object_get(rec, "hash"));
+  const char *app = json_string_value(json_object_get(rec, "appId"));
+  const char *kid = json_string_value(json_object_get(rec, "keyId"));
+  uint8_t want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
+  int ok = rec && hash_hex && app && strlen(hash_hex) == 2 * sizeof want &&
+           strlen(app) < ENC_APP_ID_MAX && !json_is_true(json_object_get(rec, "revoked"));
+  for (size_t i = 0; ok && i < sizeof want; i++) {
+    unsigned b;
+    if (sscanf(hash_hex + 2 * i, "%2x", &b) != 1) ok = 0;
+    want[i] = (uint8_t)b;
+  }
+  SHA256((const uint8_t *)key, strlen(key), got);
+  if (ok && CRYPTO_memcmp(want, got, sizeof want) != 0) ok = 0;
+  int allowed = 0;
+  json_t *p;
+  size_t i;
+  json_array_foreach(json_object_get(rec, "permissions"), i, p) {
+    if (json_is_string(p) && strcmp(json_string_value(p), perm) == 0) allowed = 1;
+  }
+  if (ok) {
+    snprintf(ret_app, ENC_APP_ID_MAX, "%s", app);
+    snprintf(ret_key_id, ENC_KEY_ID_MAX, "%s", kid ? kid : "");
+  }
+  json_decref(rec);
+  return ok && allowed;
+}

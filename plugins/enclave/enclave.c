@@ -10,6 +10,7 @@
  * /decrypt, as it must, and is never logged or audited.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -132,11 +133,81 @@ static const struct {
     {"app_status", EVS_EP_APP_STATUS},     {"decrypt_role", EVS_EP_DECRYPT_ROLE},
 };
 
+/* check_api_key: [api key, permission] -> [app id, key id], or -EACCES. For plugins that
+ * guard their own traffic with the app's scoped API keys (the Inbound Relay's mTLS relays).
+ * Answered from the key records (hashes only); the key never goes further. */
+typedef struct key_check {
+  enclave_state *st;
+  evs_crypto_done_fn done;
+  void *done_arg;
+  char *key;
+  char *perm;
+} key_check;
+
+static void key_check_free(key_check *kc) {
+  if (kc->key) {
+    OPENSSL_cleanse(kc->key, strlen(kc->key));
+    free(kc->key);
+  }
+  free(kc->perm);
+  free(kc);
+}
+
+static void on_check_record(void *arg, int status, const uint8_t *v, size_t len) {
+  key_check *kc = arg;
+  int ok = 0;
+  char app[ENC_APP_ID_MAX] = "", key_id[ENC_KEY_ID_MAX] = "";
+  if (status == 0) ok = enc_key_record_allows(v, len, kc->key, kc->perm, app, key_id);
+  enc_audit(kc->st, key_id[0] ? key_id : "unknown", app, "relay-auth", 0, ok ? "ok" : "unauthorized");
+  if (!ok) {
+    kc->done(kc->done_arg, -EACCES, NULL, 0);
+  } else {
+    size_t al = strlen(app), kl = strlen(key_id);
+    uint8_t *out = malloc(8 + al + kl);
+    if (!out) {
+      kc->done(kc->done_arg, -ENOMEM, NULL, 0);
+    } else {
+      evs_ep_put_u32(out, (uint32_t)al);
+      memcpy(out + 4, app, al);
+      evs_ep_put_u32(out + 4 + al, (uint32_t)kl);
+      memcpy(out + 8 + al, key_id, kl);
+      kc->done(kc->done_arg, 0, out, 8 + al + kl);
+      free(out);
+    }
+  }
+  key_check_free(kc);
+}
+
+static int check_api_key(enclave_state *st, const evs_crypto_request *creq,
+                         evs_crypto_done_fn done, void *done_arg) {
+  ep_item it[2];
+  if (ep_items_parse(creq->payload, creq->payload_len, it, 2) != 2) return -EINVAL;
+  key_check *kc = calloc(1, sizeof *kc);
+  if (!kc) return -ENOMEM;
+  kc->st = st;
+  kc->done = done;
+  kc->done_arg = done_arg;
+  kc->key = strndup((const char *)it[0].data, it[0].len);
+  kc->perm = strndup((const char *)it[1].data, it[1].len);
+  char key_id[ENC_KEY_ID_MAX];
+  if (!kc->key || !kc->perm || enc_api_key_id(kc->key, key_id) < 0) {
+    key_check_free(kc);
+    return -EACCES;
+  }
+  char k[ENC_KEY_ID_MAX + 8];
+  snprintf(k, sizeof k, "key/%s", key_id);
+  int r = st->host->store_get(st->plugin, k, on_check_record, kc);
+  if (r < 0) key_check_free(kc);
+  return r;
+}
+
 /* Other plugins (functions, relays) reach the enclave through host->crypto_call: op is one of
  * the names above and payload/result are the protocol's items, each `u32 len || bytes`. */
 static int provider(void *state, const evs_crypto_request *creq, evs_crypto_done_fn done,
                     void *done_arg) {
   enclave_state *st = state;
+  if (creq->op && strcmp(creq->op, "check_api_key") == 0)
+    return check_api_key(st, creq, done, done_arg);
   if (st->disabled) return EVS_ENOCRYPTO;
   uint16_t op = 0;
   for (size_t i = 0; i < sizeof provider_ops / sizeof provider_ops[0]; i++)

@@ -109,5 +109,11 @@ void enc_do_decrypt(enc_ctx *x);
 /* ---- the route hooks ---------------------------------------------------------------------- */
 int enc_admin_route(enclave_state *st, evs_request *req); /* apps.c */
 int enc_api_route(enclave_state *st, evs_request *req);   /* api.c */
+/* api.c: the key id of an API key string, 0 or -1 when malformed. */
+int enc_api_key_id(const char *key, char ret_id[ENC_KEY_ID_MAX]);
+/* api.c: 1 when the key record (JSON) matches key (constant-time hash compare), is not revoked
+ * and grants perm; fills the app id and key id when the key matches. */
+int enc_key_record_allows(const uint8_t *v, size_t len, const char *key, const char *perm,
+                          char ret_app[ENC_APP_ID_MAX], char ret_key_id[ENC_KEY_ID_MAX]);
 
 #endif

@@ -13,6 +13,7 @@
 #include "relay_config.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -363,7 +364,7 @@ static int parse_route(const ctx *c, const char *jpath, json_t *v, evs__relay_ro
 static int parse_relay(const ctx *c, const char *domain, json_t *v, evs__relay *r) {
   static const char *const known[] = {"destinationDomain", "dnsTargets", "fieldsToEncrypt",
                                       "mtls", "responseDecryption", "xForwardedFor",
-                                      "verifyDestination", "caFile", NULL};
+                                      "verifyDestination", "caFile", "appId", "curve", NULL};
   static const char *const mtls_known[] = {"certificate", "key", NULL};
   char jp[JPATH_MAX], p[JPATH_MAX], q[100];
   json_t *dest, *dns, *fte, *m, *x;
@@ -444,6 +445,20 @@ static int parse_relay(const ctx *c, const char *domain, json_t *v, evs__relay *
     jpath_member(p, jp, "caFile");
     if ((rc = get_path(c, p, x, &r->ca_file)) < 0) return rc;
   }
+  if ((x = json_object_get(v, "appId"))) {
+    jpath_member(p, jp, "appId");
+    if ((rc = get_string(c, p, x, &r->app_id)) < 0) return rc;
+    for (const char *a = r->app_id; *a; a++)
+      if (!isalnum((unsigned char)*a) && *a != '_' && *a != '-')
+        return fail(c, p, "an app id is letters, digits, '_' and '-'");
+  }
+  if ((x = json_object_get(v, "curve"))) {
+    const char *s = json_is_string(x) ? json_string_value(x) : "";
+    jpath_member(p, jp, "curve");
+    if (strcmp(s, "secp256k1") != 0 && strcmp(s, "prime256v1") != 0)
+      return fail(c, p, "expected \"secp256k1\" or \"prime256v1\"");
+    if (!(r->curve = strdup(s))) return oom(c);
+  }
   return 0;
 }
 
@@ -468,6 +483,8 @@ static void relay_clear(evs__relay *r) {
   free(r->routes);
   free(r->mtls_certificate);
   free(r->mtls_key);
+  free(r->app_id);
+  free(r->curve);
   free(r->ca_file);
 }
 

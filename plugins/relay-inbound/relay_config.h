@@ -65,6 +65,9 @@ typedef struct evs__relay {
   int x_forwarded_for;      /* 1: append the client address (default); 0: preserve as received */
   int verify_destination;   /* verify the destination's certificate (default 1) */
   char *ca_file;            /* CA bundle for the destination or NULL (the host default) */
+  char *app_id;             /* the app whose keys encrypt this relay's fields, or NULL (the
+                             * plugin's app_id setting) */
+  char *curve;              /* "secp256k1" or "prime256v1", or NULL (secp256k1, the SDK's) */
 } evs__relay;
 
 typedef struct evs__relay_config {

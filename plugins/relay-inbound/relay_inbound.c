@@ -1,35 +1,283 @@
 /*
  * relay-inbound: the Inbound Relay. Requests whose Host names a relay (a custom domain from
  * relay-config.json, or `<destination with dots as dashes>.<base_domain>` as the hosted service
- * names them) are proxied to the relay's destination with method, path, query, headers and body
- * unchanged; responses stream back. Unknown hosts get `relay-not-found`, unknown subdomains of
- * the base domain `subdomain-not-found`.
+ * names them) are proxied to the relay's destination. When a fieldsToEncrypt entry matches the
+ * request's route and method, relay_encrypt.c reads the body, encrypts the selected fields
+ * through the enclave and only then proxies the rewritten body; otherwise method, path, query,
+ * headers and body pass unchanged. Unknown hosts get `relay-not-found`, unknown subdomains of
+ * the base domain `subdomain-not-found`; Evervault-encrypted data in the path or a header gets
+ * `encrypted-data-in-field`.
  *
- * This plugin sees only abi/evserver/evs_plugin.h; the relay-config.json loader is its own code
- * (relay_config.c), also unit-tested on its own.
+ * This file also owns the configuration: relay-config.json is compiled once (selectors), watched
+ * for changes (every worker re-reads it within a second, so `evctl relay push` and `evctl relay
+ * dev` apply without a restart) and replaced as a whole; requests keep the configuration they
+ * started with. The LOG hook writes the transaction log and emits `relay.error` events for the
+ * alerts plugin.
+ *
+ * This plugin sees only abi/evserver/evs_plugin.h (ABI 1.1).
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
 
 #include "evserver/evs_plugin.h"
-#include "relay_config.h"
-
-typedef struct relay_state {
-  const evs_host *host;
-  evs_plugin *plugin;
-  evs__relay_config *config;
-  const char *base_domain; /* lower-case, owned by the host's config */
-} relay_state;
+#include "relay_priv.h"
 
 static const evs_config_item items[] = {
     {"relay_config", EVS_CONFIG_PATH, "relay-config.json", 0, 0, 0,
      "relay-config.json with the relays (relative to evserver.conf)"},
     {"base_domain", EVS_CONFIG_STRING, "relay.localhost", 0, 0, 0,
      "domain under which relays get <destination-with-dashes>.<base_domain> names"},
+    {"app_id", EVS_CONFIG_STRING, NULL, 0, 0, 0,
+     "app whose keys encrypt fields for relays without an appId in relay-config.json"},
+    {"destination_override", EVS_CONFIG_STRING, NULL, 0, 0, 0,
+     "http://host:port: send every relay's traffic there instead (evctl relay dev)"},
+    {"spool_dir", EVS_CONFIG_PATH, NULL, 0, 0, 0,
+     "directory for bodies over 1 MiB while their fields are encrypted (default: state dir)"},
+    {"max_body", EVS_CONFIG_SIZE, "25m", 1024, 1LL << 30, 0,
+     "largest body the relay encrypts or decrypts (payload-too-large above)"},
+    {"team_uuid", EVS_CONFIG_STRING, "local", 0, 0, 0, "teamUuid carried by alerts"},
+    {"activity_url", EVS_CONFIG_STRING, "evctl://activity", 0, 0, 0,
+     "base of the activityLink in alerts; the request id is appended"},
+    {"request_structures", EVS_CONFIG_BOOL, "on", 0, 0, 0,
+     "record the shapes of requests (field paths, never values) for evctl relay structures"},
+    {"transaction_log", EVS_CONFIG_BOOL, "on", 0, 0, 0,
+     "record each relayed request (never values) for evctl activity"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
+
+int64_t relay_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- ev: data where it must not be ------------------------------------------------------- */
+
+static int ev_char(unsigned char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+         c == '/' || c == '=' || c == '_' || c == '-';
+}
+
+int relay_has_ev_token(const char *s, size_t len) {
+  for (size_t i = 0; i + 3 < len; i++) {
+    if (s[i] != 'e' || s[i + 1] != 'v' || s[i + 2] != ':') continue;
+    /* ev:<segments separated by ':'>:$ with 5 or 6 colons in all, no empty segment */
+    size_t j = i + 3, colons = 1, seg = 0;
+    while (j < len && (ev_char((unsigned char)s[j]) || s[j] == ':')) {
+      if (s[j] == ':') {
+        if (seg == 0) break;
+        colons++;
+        seg = 0;
+      } else {
+        seg++;
+      }
+      j++;
+    }
+    if (j < len && s[j] == '$' && j > i + 3 && s[j - 1] == ':' && (colons == 5 || colons == 6))
+      return 1;
+  }
+  return 0;
+}
+
+static int pct_decode(const char *in, size_t n, char *out) {
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (in[i] == '%' && i + 2 < n) {
+      char h[3] = {in[i + 1], in[i + 2], 0};
+      char *end;
+      long v = strtol(h, &end, 16);
+      if (*end == 0) {
+        out[o++] = (char)v;
+        i += 2;
+        continue;
+      }
+    }
+    out[o++] = in[i];
+  }
+  return (int)o;
+}
+
+/* ---- configuration ----------------------------------------------------------------------- */
+
+void relay_cfg_unref(relay_cfg *c) {
+  if (!c || --c->refs > 0) return;
+  for (size_t i = 0; c->sel && i < c->config->n; i++) {
+    for (size_t k = 0; c->sel[i] && k < c->config->relays[i].nroutes; k++) {
+      evs__jsonpath_free(c->sel[i][k].paths);
+      free(c->sel[i][k].names);
+    }
+    free(c->sel[i]);
+  }
+  free(c->sel);
+  evs__relay_config_free(c->config);
+  free(c);
+}
+
+static int compile_route(const evs__relay_route *rt, relay_route_sel *sel, char *err,
+                         size_t errlen) {
+  const char **sels = calloc(rt->nfields, sizeof *sels);
+  char **owned = calloc(rt->nfields, sizeof *owned);
+  sel->names = calloc(rt->nfields, sizeof *sel->names);
+  if (!sels || !owned || !sel->names) {
+    free(sels);
+    free(owned);
+    return -ENOMEM;
+  }
+  int rc = 0;
+  for (size_t i = 0; i < rt->nfields; i++) {
+    const char *f = rt->fields[i];
+    if (f[0] == '$') {
+      sels[i] = f;
+    } else {
+      sel->names[sel->nnames++] = f;
+      if (asprintf(&owned[i], "$.%s", f) < 0) {
+        rc = -ENOMEM;
+        break;
+      }
+      sels[i] = owned[i];
+    }
+  }
+  if (rc == 0) rc = evs__jsonpath_compile(sels, rt->nfields, &sel->paths, err, errlen);
+  for (size_t i = 0; i < rt->nfields; i++) free(owned[i]);
+  free(owned);
+  free(sels);
+  return rc;
+}
+
+static int cfg_load(const char *path, relay_cfg **ret, char *err, size_t errlen) {
+  relay_cfg *c = calloc(1, sizeof *c);
+  if (!c) return -ENOMEM;
+  c->refs = 1;
+  int rc = evs__relay_config_load_file(path, &c->config, err, errlen);
+  if (rc < 0) {
+    free(c);
+    return rc;
+  }
+  c->sel = calloc(c->config->n ? c->config->n : 1, sizeof *c->sel);
+  if (!c->sel) rc = -ENOMEM;
+  for (size_t i = 0; rc == 0 && i < c->config->n; i++) {
+    const evs__relay *r = &c->config->relays[i];
+    c->sel[i] = calloc(r->nroutes ? r->nroutes : 1, sizeof *c->sel[i]);
+    if (!c->sel[i]) rc = -ENOMEM;
+    for (size_t k = 0; rc == 0 && k < r->nroutes; k++) {
+      char e[512];
+      rc = compile_route(&r->routes[k], &c->sel[i][k], e, sizeof e);
+      if (rc < 0)
+        snprintf(err, errlen, "%s: $[\"%s\"].fieldsToEncrypt[%zu].fields: %s", path, r->domain, k,
+                 e);
+    }
+  }
+  if (rc < 0) {
+    relay_cfg_unref(c);
+    return rc;
+  }
+  *ret = c;
+  return 0;
+}
+
+static int file_id(const char *path, uint64_t *mt, uint64_t *size, uint64_t *ino) {
+  struct stat sb;
+  if (stat(path, &sb) < 0) return -errno;
+  *mt = (uint64_t)sb.st_mtim.tv_sec * 1000000000u + (uint64_t)sb.st_mtim.tv_nsec;
+  *size = (uint64_t)sb.st_size;
+  *ino = (uint64_t)sb.st_ino;
+  return 0;
+}
+
+static void cfg_swap(relay_state *st, relay_cfg *c) {
+  relay_cfg *old = st->cfg;
+  st->cfg = c;
+  relay_cfg_unref(old);
+}
+
+/* Re-reads the file when it changed; a broken file keeps the configuration in force. */
+static void watch_tick(void *arg) {
+  relay_state *st = arg;
+  uint64_t mt, size, ino;
+  if (file_id(st->config_path, &mt, &size, &ino) < 0) return;
+  if (mt == st->watch_mtime_ns && size == st->watch_size && ino == st->watch_ino) return;
+  st->watch_mtime_ns = mt;
+  st->watch_size = size;
+  st->watch_ino = ino;
+  char err[1024];
+  relay_cfg *c;
+  if (cfg_load(st->config_path, &c, err, sizeof err) < 0) {
+    st->host->log(st->plugin, NULL, EVS_LOG_ERROR, "relay-config not applied, keeping the previous one: %s", err);
+    return;
+  }
+  cfg_swap(st, c);
+  st->host->log(st->plugin, NULL, EVS_LOG_INFO, "%zu relay(s) from %s (file changed)",
+                c->config->n, st->config_path);
+}
+
+const evs_host *relay_host(const relay_state *st) { return st->host; }
+evs_plugin *relay_plugin(const relay_state *st) { return st->plugin; }
+const char *relay_config_path(const relay_state *st) { return st->config_path; }
+const evs__relay_config *relay_current_config(const relay_state *st) { return st->cfg->config; }
+
+int relay_config_replace(relay_state *st, const char *buf, size_t len, char *err, size_t errlen) {
+  evs__relay_config *check;
+  int rc = evs__relay_config_load_buffer(st->config_path, buf, len, &check, err, errlen);
+  if (rc < 0) return rc;
+  evs__relay_config_free(check);
+  char tmp[4096];
+  snprintf(tmp, sizeof tmp, "%s.tmp.%d", st->config_path, (int)getpid());
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    rc = -errno;
+    snprintf(err, errlen, "%s: cannot write: %s", tmp, strerror(errno));
+    return rc;
+  }
+  size_t off = 0;
+  while (off < len) {
+    ssize_t w = write(fd, buf + off, len - off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) break;
+    off += (size_t)w;
+  }
+  if (off != len || fsync(fd) < 0) {
+    rc = -EIO;
+    snprintf(err, errlen, "%s: write failed", tmp);
+    close(fd);
+    unlink(tmp);
+    return rc;
+  }
+  close(fd);
+  relay_cfg *c;
+  if ((rc = cfg_load(tmp, &c, err, errlen)) < 0) {
+    unlink(tmp);
+    return rc;
+  }
+  if (rename(tmp, st->config_path) < 0) {
+    rc = -errno;
+    snprintf(err, errlen, "%s: cannot replace: %s", st->config_path, strerror(errno));
+    unlink(tmp);
+    relay_cfg_unref(c);
+    return rc;
+  }
+  cfg_swap(st, c);
+  file_id(st->config_path, &st->watch_mtime_ns, &st->watch_size, &st->watch_ino);
+  return 0;
+}
+
+/* ---- routing ----------------------------------------------------------------------------- */
 
 /* `label` is a destination host with '.' written as '-' (the hosted relay naming). */
 static const evs__relay *find_by_label(const evs__relay_config *c, const char *label, size_t len) {
@@ -46,16 +294,160 @@ static const evs__relay *find_by_label(const evs__relay_config *c, const char *l
   return NULL;
 }
 
+/* Route patterns: segments match literally, `*` matches one segment, a final `**` (or a pattern
+ * ending in `*`) the rest of the path. */
+static int route_matches(const char *pat, const char *path) {
+  while (*pat && *path) {
+    if (pat[0] == '*' && pat[1] == '*') return 1;
+    if (pat[0] == '*' && pat[1] == 0) return 1;
+    if (*pat == '*') {
+      while (*path && *path != '/') path++;
+      pat++;
+      continue;
+    }
+    if (*pat != *path) return 0;
+    pat++;
+    path++;
+  }
+  if (*pat == '*' && (pat[1] == 0 || (pat[1] == '*' && pat[2] == 0))) return 1;
+  if (*pat == 0 && *path == 0) return 1;
+  /* "/users" also matches "/users/" */
+  return *pat == 0 && path[0] == '/' && path[1] == 0;
+}
+
+void relay_match_clear(relay_match *m) {
+  if (m->owns_paths) evs__jsonpath_free(m->paths);
+  free(m->names);
+  memset(m, 0, sizeof *m);
+}
+
+/* Collects the selections of every fieldsToEncrypt entry matching the request. 1 if any. */
+static int match_routes(relay_cfg *cfg, size_t ri, const char *method, const char *path,
+                        relay_match *m) {
+  const evs__relay *r = &cfg->config->relays[ri];
+  size_t nm = 0, first = 0, nsel = 0, nnames = 0;
+  for (size_t k = 0; k < r->nroutes; k++) {
+    const evs__relay_route *rt = &r->routes[k];
+    if ((strcmp(rt->method, "*") == 0 || strcasecmp(rt->method, method) == 0) &&
+        route_matches(rt->route, path)) {
+      if (nm++ == 0) first = k;
+      nsel += rt->nfields;
+      nnames += cfg->sel[ri][k].nnames;
+    }
+  }
+  if (nm == 0) return 0;
+  memset(m, 0, sizeof *m);
+  m->names = calloc(nnames ? nnames : 1, sizeof *m->names);
+  if (!m->names) return -ENOMEM;
+  for (size_t k = 0; k < r->nroutes; k++) {
+    const evs__relay_route *rt = &r->routes[k];
+    if ((strcmp(rt->method, "*") == 0 || strcasecmp(rt->method, method) == 0) &&
+        route_matches(rt->route, path))
+      for (size_t j = 0; j < cfg->sel[ri][k].nnames; j++) m->names[m->nnames++] = cfg->sel[ri][k].names[j];
+  }
+  m->fields = (const char *const *)r->routes[first].fields;
+  m->nfields = r->routes[first].nfields;
+  if (nm == 1) {
+    m->paths = cfg->sel[ri][first].paths;
+    return 1;
+  }
+  /* Several entries match: one selection with all their fields. */
+  const char **sels = calloc(nsel, sizeof *sels);
+  char **owned = calloc(nsel, sizeof *owned);
+  size_t n = 0;
+  int rc = sels && owned ? 0 : -ENOMEM;
+  for (size_t k = 0; rc == 0 && k < r->nroutes; k++) {
+    const evs__relay_route *rt = &r->routes[k];
+    if (!((strcmp(rt->method, "*") == 0 || strcasecmp(rt->method, method) == 0) &&
+          route_matches(rt->route, path)))
+      continue;
+    for (size_t j = 0; j < rt->nfields; j++) {
+      if (rt->fields[j][0] == '$') {
+        sels[n++] = rt->fields[j];
+      } else if (asprintf(&owned[n], "$.%s", rt->fields[j]) >= 0) {
+        sels[n] = owned[n];
+        n++;
+      } else {
+        rc = -ENOMEM;
+      }
+    }
+  }
+  char err[256];
+  if (rc == 0 && evs__jsonpath_compile(sels, n, &m->paths, err, sizeof err) < 0) rc = -EINVAL;
+  else if (rc == 0) m->owns_paths = 1;
+  for (size_t i = 0; owned && i < n; i++) free(owned[i]);
+  free(owned);
+  free(sels);
+  if (rc < 0) relay_match_clear(m);
+  return rc < 0 ? rc : 1;
+}
+
+void relay_upstream(relay_state *st, const evs__relay *r, evs_upstream *up) {
+  memset(up, 0, sizeof *up);
+  up->size = sizeof *up;
+  up->scheme = r->destination_scheme;
+  up->host = r->destination_host;
+  up->port = r->destination_port;
+  up->verify = r->verify_destination;
+  up->ca_file = r->ca_file;
+  up->client_cert_file = r->mtls_certificate;
+  up->client_key_file = r->mtls_key;
+  up->x_forwarded_for = r->x_forwarded_for;
+  if (st->override_host) {
+    up->scheme = st->override_scheme;
+    up->host = st->override_host;
+    up->port = st->override_port;
+    up->verify = 0;
+  }
+}
+
+const char *relay_app_id(relay_state *st, const evs__relay *r) {
+  return r->app_id ? r->app_id : st->app_id;
+}
+
+void relay_txn_release(relay_txn *t) {
+  if (t->req || (t->enc && !relay_encrypt_idle(t->enc)) || t->dec_pending) return;
+  relay_encrypt_free(t->enc);
+  relay_match_clear(&t->match);
+  relay_cfg_unref(t->cfg);
+  free(t);
+}
+
+static void txn_end(void *data) {
+  relay_txn *t = data;
+  t->req = NULL;
+  relay_txn_release(t); /* or later, when the last enclave call is back */
+}
+
+/* Header values and the (percent-decoded) path must not carry ev: data: the destination would
+ * otherwise receive ciphertext that was never meant for it, or the client could probe it. */
+static int carries_ev_data(const evs_host *h, evs_request *req, const evs_request_info *info) {
+  size_t pl = strlen(info->target);
+  char *dec = malloc(pl + 1);
+  int found = 0;
+  if (dec) {
+    int n = pct_decode(info->target, pl, dec);
+    found = relay_has_ev_token(dec, (size_t)n);
+    free(dec);
+  }
+  evs_header hd;
+  for (size_t i = 0; !found && h->request_header_at(req, i, &hd) == 0; i++)
+    found = relay_has_ev_token(hd.value, hd.value_len);
+  return found;
+}
+
 static int route(void *state, evs_request *req) {
   relay_state *st = state;
   const evs_host *h = st->host;
   const evs_request_info *info = h->request_info(req);
+  if (info->listener && strcmp(info->listener, "admin") == 0) return relay_admin_route(st, req);
   const char *host = info->host;
-  const evs__relay *r = evs__relay_config_find(st->config, host);
+  const evs__relay_config *c = st->cfg->config;
+  const evs__relay *r = evs__relay_config_find(c, host);
   size_t hl = strlen(host), bl = strlen(st->base_domain);
   int under_base = hl > bl + 1 && host[hl - bl - 1] == '.' &&
                    strcasecmp(host + hl - bl, st->base_domain) == 0;
-  if (!r && under_base) r = find_by_label(st->config, host, hl - bl - 1);
+  if (!r && under_base) r = find_by_label(c, host, hl - bl - 1);
   if (!r) {
     h->counter_add(st->plugin, "relay_not_found", 1);
     if (under_base)
@@ -64,58 +456,226 @@ static int route(void *state, evs_request *req) {
       h->respond_error(req, 404, "relay-not-found", "No relay is configured for this domain");
     return EVS_HANDLED;
   }
-  if (!r->destination_host) {
+  relay_txn *t = calloc(1, sizeof *t);
+  if (!t) {
+    h->respond_error(req, 500, "internal-server-error", "Out of memory");
+    return EVS_HANDLED;
+  }
+  t->st = st;
+  t->cfg = st->cfg;
+  t->cfg->refs++;
+  t->relay = r;
+  t->req = req;
+  t->started_ms = relay_now_ms();
+  t->started_ns = mono_ns();
+  h->request_set_data(req, st->plugin, t, txn_end);
+  h->counter_add(st->plugin, "relayed_requests", 1);
+
+  if (!r->destination_host && !st->override_host) {
     /* dnsTargets relays: the destination is the request's own host, resolved by the targets. */
     h->respond_error(req, 502, "service-unavailable", "DNS-target relays are not supported yet");
     return EVS_HANDLED;
   }
-  evs_upstream up;
-  memset(&up, 0, sizeof up);
-  up.size = sizeof up;
-  up.scheme = r->destination_scheme;
-  up.host = r->destination_host;
-  up.port = r->destination_port;
-  up.verify = r->verify_destination;
-  up.ca_file = r->ca_file;
-  up.client_cert_file = r->mtls_certificate;
-  up.client_key_file = r->mtls_key;
-  up.x_forwarded_for = r->x_forwarded_for;
-  int rc = h->proxy(req, &up, NULL, NULL, NULL);
-  if (rc < 0) h->respond_error(req, 500, "internal-server-error", "Relay could not start proxying");
-  h->counter_add(st->plugin, "relayed_requests", 1);
+  if (carries_ev_data(h, req, info)) {
+    h->counter_add(st->plugin, "encrypted_data_in_field", 1);
+    h->respond_error(req, 400, "encrypted-data-in-field",
+                     "Evervault-encrypted data in the request path or a header");
+    return EVS_HANDLED;
+  }
+  if (r->mtls_certificate) {
+    /* mTLS relays need an API key with the relay:inbound-mtls permission (relay_encrypt.c). */
+    relay_encrypt_check_key_then(t);
+    return EVS_HANDLED;
+  }
+  relay_dispatch(t);
   return EVS_HANDLED;
 }
 
+/* Encrypts when a fieldsToEncrypt entry matches, else proxies unchanged. */
+void relay_dispatch(relay_txn *t) {
+  relay_state *st = t->st;
+  const evs_host *h = st->host;
+  evs_request *req = t->req;
+  const evs_request_info *info = h->request_info(req);
+  size_t ri = (size_t)(t->relay - t->cfg->config->relays);
+  int m = match_routes(t->cfg, ri, info->method, info->path, &t->match);
+  if (m < 0) {
+    h->respond_error(req, 500, "internal-server-error", "Relay could not compile its selection");
+    return;
+  }
+  t->has_match = m;
+  evs_header ct;
+  int has_ct = h->request_header(req, "content-type", &ct) == 0;
+  if (m && (info->has_content_length || info->chunked)) {
+    relay_encrypt_start(t, has_ct ? ct.value : "", has_ct ? ct.value_len : 0);
+    return;
+  }
+  if (m && (strcmp(info->method, "POST") == 0 || strcmp(info->method, "PUT") == 0 ||
+            strcmp(info->method, "PATCH") == 0)) {
+    h->respond_error(req, 411, "content-length-required",
+                     "A request with fields to encrypt needs a Content-Length header");
+    return;
+  }
+  if (st->record_structures && (info->has_content_length || info->chunked) && has_ct &&
+      relay_now_ms() - st->last_structure_ms >= 1000) {
+    /* Sample the shape of this pass-through body (at most one request a second). */
+    st->last_structure_ms = relay_now_ms();
+    relay_encrypt_start(t, ct.value, ct.value_len);
+    return;
+  }
+  evs_upstream up;
+  relay_upstream(st, t->relay, &up);
+  int rc = h->proxy(req, &up, NULL, relay_response_filter(t), t);
+  if (rc < 0) h->respond_error(req, 500, "internal-server-error", "Relay could not start proxying");
+}
+
+/* ---- transaction log and alerts ---------------------------------------------------------- */
+
+static void iso8601(int64_t ms, char *out, size_t n) {
+  time_t s = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&s, &tm);
+  size_t w = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out + w, n - w, ".%03dZ", (int)(ms % 1000));
+}
+
+static int log_hook(void *state, evs_request *req) {
+  relay_state *st = state;
+  const evs_host *h = st->host;
+  relay_txn *t = h->request_get_data(req, st->plugin);
+  if (!t) return EVS_DECLINED;
+  const evs_request_info *info = h->request_info(req);
+  const char *code = NULL;
+  int status = h->response_status(req, &code);
+  char started[40];
+  iso8601(t->started_ms, started, sizeof started);
+  double dur = (double)(mono_ns() - t->started_ns) / 1e6;
+  if (st->transaction_log) {
+    json_t *fields = json_array();
+    for (size_t i = 0; t->has_match && i < t->match.nfields; i++)
+      json_array_append_new(fields, json_string(t->match.fields[i]));
+    json_t *rec = json_pack("{s:s,s:s,s:s,s:s,s:i,s:s,s:f,s:s?,s:o,s:I,s:I}", "requestId",
+                            info->request_id, "relay", t->relay->domain, "method", info->method,
+                            "path", info->path, "status", status, "startedAt", started,
+                            "durationMs", dur, "contentType", t->content_type_kind,
+                            "encryptedFields", fields, "encryptedCount", (json_int_t)t->encrypted,
+                            "decryptedFields", (json_int_t)t->decrypted);
+    if (rec && code) json_object_set_new(rec, "errorCode", json_string(code));
+    char *s = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+    if (s) h->store_append(st->plugin, "transactions", s);
+    free(s);
+    json_decref(rec);
+  }
+  if (code && status >= 400) {
+    char now[40], link[512], msg[600], uuid[40];
+    iso8601(relay_now_ms(), now, sizeof now);
+    snprintf(link, sizeof link, "%s?requestId=%s", st->activity_base, info->request_id);
+    snprintf(msg, sizeof msg, "Inbound Relay %s: %s %s failed with %s", t->relay->domain,
+             info->method, info->path, code);
+    uint64_t hsh = 1469598103934665603ull;
+    for (const char *p = t->relay->domain; *p; p++) hsh = (hsh ^ (unsigned char)*p) * 1099511628211ull;
+    snprintf(uuid, sizeof uuid, "relay_%016" PRIx64, hsh);
+    json_t *ev = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:s,s:s}", "teamUuid", st->team_uuid,
+                           "errorMessage", code, "evMessage", msg, "activityLink", link,
+                           "timestamp", now, "errorType", code, "statusCode", status,
+                           "statusGroup", status >= 500 ? "5XX" : "4XX", "relayUuid", uuid,
+                           "inboundDomain", t->relay->domain);
+    char *s = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+    if (s) {
+      evs_event e = {sizeof e, "relay.error", s};
+      h->emit_event(st->plugin, &e);
+    }
+    free(s);
+    json_decref(ev);
+  }
+  return EVS_DECLINED;
+}
+
+/* ---- init / fini ------------------------------------------------------------------------- */
+
+static int parse_override(relay_state *st, const char *url) {
+  const char *p = url;
+  if (strncmp(p, "http://", 7) == 0) {
+    st->override_scheme = strdup("http");
+    p += 7;
+  } else if (strncmp(p, "https://", 8) == 0) {
+    st->override_scheme = strdup("https");
+    p += 8;
+  } else {
+    return -EINVAL;
+  }
+  const char *colon = strrchr(p, ':');
+  size_t hl = colon ? (size_t)(colon - p) : strlen(p);
+  st->override_host = strndup(p, hl);
+  if (colon) {
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port <= 0 || port > 65535) return -EINVAL;
+    st->override_port = (uint16_t)port;
+  }
+  return st->override_scheme && st->override_host && hl ? 0 : -EINVAL;
+}
+
+static void state_free(relay_state *st) {
+  if (!st) return;
+  if (st->watch) st->host->timer_free(st->watch);
+  relay_cfg_unref(st->cfg);
+  free(st->config_path);
+  free(st->override_scheme);
+  free(st->override_host);
+  free(st);
+}
+
 static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
+  if (host->size < offsetof(evs_host, response_status) + sizeof host->response_status) {
+    host->log(plugin, NULL, EVS_LOG_ERROR, "this host lacks ABI 1.1 services");
+    return -ENOTSUP;
+  }
   relay_state *st = calloc(1, sizeof *st);
   if (!st) return -ENOMEM;
   st->host = host;
   st->plugin = plugin;
   const char *path = host->config_string(plugin, "relay_config");
+  st->config_path = realpath(path, NULL);
+  if (!st->config_path) st->config_path = strdup(path);
   char err[1024];
-  int rc = evs__relay_config_load_file(path, &st->config, err, sizeof err);
+  int rc = st->config_path ? cfg_load(st->config_path, &st->cfg, err, sizeof err) : -ENOMEM;
   if (rc < 0) {
     host->log(plugin, NULL, EVS_LOG_ERROR, "%s", err);
-    free(st);
+    state_free(st);
     return rc;
   }
+  file_id(st->config_path, &st->watch_mtime_ns, &st->watch_size, &st->watch_ino);
   st->base_domain = host->config_string(plugin, "base_domain");
-  rc = host->add_hook(plugin, EVS_PHASE_ROUTE, route);
-  if (rc < 0) {
-    evs__relay_config_free(st->config);
-    free(st);
+  st->app_id = host->config_string(plugin, "app_id");
+  st->spool_dir = host->config_string(plugin, "spool_dir");
+  if (!st->spool_dir) st->spool_dir = host->state_dir(plugin);
+  st->team_uuid = host->config_string(plugin, "team_uuid");
+  st->activity_base = host->config_string(plugin, "activity_url");
+  st->max_body = (uint64_t)host->config_int(plugin, "max_body");
+  st->record_structures = host->config_bool(plugin, "request_structures");
+  st->transaction_log = host->config_bool(plugin, "transaction_log");
+  const char *ov = host->config_string(plugin, "destination_override");
+  if (ov && parse_override(st, ov) < 0) {
+    host->log(plugin, NULL, EVS_LOG_ERROR,
+              "destination_override: expected http://host:port or https://host:port");
+    state_free(st);
+    return -EINVAL;
+  }
+  if ((rc = host->add_hook(plugin, EVS_PHASE_ROUTE, route)) < 0 ||
+      (rc = host->add_hook(plugin, EVS_PHASE_LOG, log_hook)) < 0) {
+    state_free(st);
     return rc;
   }
-  host->log(plugin, NULL, EVS_LOG_INFO, "%zu relay(s) from %s", st->config->n, path);
+  st->watch = host->timer_start(plugin, 1000, 1000, watch_tick, st);
+  host->log(plugin, NULL, EVS_LOG_INFO, "%zu relay(s) from %s", st->cfg->config->n,
+            st->config_path);
   *ret_state = st;
   return 0;
 }
 
-static void fini(void *state) {
-  relay_state *st = state;
-  evs__relay_config_free(st->config);
-  free(st);
-}
+static void fini(void *state) { state_free(state); }
 
-EVS_PLUGIN_DEFINE("relay-inbound", "0.1.0", "Inbound Relay: routes requests by Host to their destination",
-                  items, init, fini);
+EVS_PLUGIN_DEFINE("relay-inbound", "0.2.0",
+                  "Inbound Relay: encrypts configured fields, decrypts responses", items, init,
+                  fini);

@@ -1,0 +1,636 @@
+/*
+ * relay_encrypt.c: the Inbound Relay's request pipeline for requests whose route has fields to
+ * encrypt. The body streams in (request_body_read) through the rewriter for its content type;
+ * every selected value becomes a hole in the spool and joins a batch for the enclave (one
+ * crypto_call for many fields). Only when the whole body is valid and every value is back
+ * encrypted is the request proxied, with the spool as its body: bad input gets its documented
+ * error and nothing reaches the destination.
+ *
+ * The same path samples request structures (field paths, never values) of pass-through
+ * requests, at most one a second, forwarding their bodies unchanged.
+ *
+ * Memory per request: the rewriter's bounded state, the spool's first MiB (the rest goes to an
+ * unlinked temporary file), and the values of at most MAX_INFLIGHT batches of BATCH_BYTES.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "evs_enclave_proto.h"
+#include "json_rewrite.h"
+#include "relay_priv.h"
+#include "spool.h"
+
+#define SPOOL_MEM_MAX (1u << 20)
+#define BATCH_FIELDS 512
+#define BATCH_BYTES (256u << 10)
+#define MAX_INFLIGHT 4
+#define SAMPLE_MAX (64u << 10)
+#define STRUCTURE_TTL_S 86400
+
+enum fmt { F_NONE = 0, F_JSON, F_XML, F_FORM, F_MULTIPART };
+enum wrap { W_RAW = 0, W_JSON, W_PCT };
+
+typedef struct batch {
+  struct relay_enc *e;
+  uint8_t *payload;
+  size_t len, cap;
+  size_t n;
+  size_t *holes;
+  size_t holes_cap;
+  int file; /* an encrypt_file call: one hole, raw bytes */
+} batch;
+
+typedef struct relay_enc {
+  relay_txn *t;
+  enum fmt fmt;
+  enum wrap wrap;
+  evs__json_rewrite *json;
+  relay_spool spool;
+  batch *cur;
+  int inflight;
+  int paused;
+  int body_done;
+  int answered;
+  int err;             /* first error (negative), or 0 */
+  int err_status;
+  const char *err_code;
+  const char *err_detail;
+  uint64_t body_bytes;
+  char *sample;
+  size_t sample_len;
+  int sampling;
+  const char *app_id;
+  const char *curve;
+} relay_enc;
+
+int relay_encrypt_idle(const relay_enc *e) { return !e || e->inflight == 0; }
+
+static void batch_free(batch *b) {
+  if (!b) return;
+  if (b->payload) {
+    explicit_bzero(b->payload, b->len);
+    free(b->payload);
+  }
+  free(b->holes);
+  free(b);
+}
+
+void relay_encrypt_free(relay_enc *e) {
+  if (!e) return;
+  evs__json_rewrite_free(e->json);
+  relay_spool_done(&e->spool);
+  batch_free(e->cur);
+  free(e->sample);
+  free(e);
+}
+
+static void fail(relay_enc *e, int err, int status, const char *code, const char *detail) {
+  if (e->err) return;
+  e->err = err;
+  e->err_status = status;
+  e->err_code = code;
+  e->err_detail = detail;
+}
+
+/* ---- content types ----------------------------------------------------------------------- */
+
+static int ct_is(const char *ct, size_t n, const char *want) {
+  size_t wl = strlen(want);
+  return n >= wl && strncasecmp(ct, want, wl) == 0 && (n == wl || ct[wl] == ';' || ct[wl] == ' ');
+}
+
+/* The media type ends with suffix (e.g. "+json") before any parameters. */
+static int ct_suffix(const char *ct, size_t n, const char *suffix) {
+  size_t end = 0;
+  while (end < n && ct[end] != ';' && ct[end] != ' ') end++;
+  size_t sl = strlen(suffix);
+  return end >= sl && strncasecmp(ct + end - sl, suffix, sl) == 0;
+}
+
+static enum fmt fmt_of(const char *ct, size_t n) {
+  if (ct_is(ct, n, "application/json") || ct_suffix(ct, n, "+json")) return F_JSON;
+  if (ct_is(ct, n, "application/xml") || ct_is(ct, n, "text/xml") || ct_suffix(ct, n, "+xml"))
+    return F_XML;
+  if (ct_is(ct, n, "application/x-www-form-urlencoded")) return F_FORM;
+  if (ct_is(ct, n, "multipart/form-data")) return F_MULTIPART;
+  return F_NONE;
+}
+
+static const char *fmt_name(enum fmt f) {
+  switch (f) {
+  case F_JSON: return "json";
+  case F_XML: return "xml";
+  case F_FORM: return "form";
+  case F_MULTIPART: return "multipart";
+  default: return "other";
+  }
+}
+
+/* ---- batches ----------------------------------------------------------------------------- */
+
+static int put_item(batch *b, const void *a, size_t al, const void *c, size_t cl) {
+  size_t need = b->len + 4 + al + cl;
+  if (need > b->cap) {
+    size_t ncap = b->cap ? b->cap * 2 : 1024;
+    while (ncap < need) ncap *= 2;
+    uint8_t *np = malloc(ncap);
+    if (!np) return -ENOMEM;
+    if (b->payload) {
+      memcpy(np, b->payload, b->len);
+      explicit_bzero(b->payload, b->len);
+      free(b->payload);
+    }
+    b->payload = np;
+    b->cap = ncap;
+  }
+  evs_ep_put_u32(b->payload + b->len, (uint32_t)(al + cl));
+  memcpy(b->payload + b->len + 4, a, al);
+  if (cl) memcpy(b->payload + b->len + 4 + al, c, cl);
+  b->len = need;
+  return 0;
+}
+
+static batch *batch_new(relay_enc *e, int file) {
+  batch *b = calloc(1, sizeof *b);
+  if (!b) return NULL;
+  b->e = e;
+  b->file = file;
+  if (put_item(b, e->app_id, strlen(e->app_id), NULL, 0) < 0 ||
+      put_item(b, e->curve, strlen(e->curve), NULL, 0) < 0 ||
+      (!file && put_item(b, "", 0, NULL, 0) < 0)) {
+    batch_free(b);
+    return NULL;
+  }
+  return b;
+}
+
+static void maybe_proceed(relay_enc *e);
+
+static int wrap_len(enum wrap w, const uint8_t *s, size_t n) {
+  size_t out = n;
+  if (w == W_JSON) out += 2;
+  if (w == W_PCT)
+    for (size_t i = 0; i < n; i++)
+      if (!((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') ||
+            (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '_' || s[i] == '.'))
+        out += 2;
+  return (int)out;
+}
+
+static void wrap_into(enum wrap w, const uint8_t *s, size_t n, uint8_t *out) {
+  static const char hx[] = "0123456789ABCDEF";
+  size_t o = 0;
+  if (w == W_JSON) out[o++] = '"';
+  for (size_t i = 0; i < n; i++) {
+    uint8_t c = s[i];
+    if (w == W_PCT && !((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                        (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.')) {
+      out[o++] = '%';
+      out[o++] = (uint8_t)hx[c >> 4];
+      out[o++] = (uint8_t)hx[c & 15];
+    } else {
+      out[o++] = c;
+    }
+  }
+  if (w == W_JSON) out[o++] = '"';
+}
+
+static void on_batch(void *arg, int status, const uint8_t *res, size_t len) {
+  batch *b = arg;
+  relay_enc *e = b->e;
+  relay_txn *t = e->t;
+  e->inflight--;
+  if (status == -3 /* EVS_EP_E_NO_APP */) {
+    fail(e, status, 500, "internal-server-error",
+         "The relay's app is not unlocked in the enclave (evctl app unlock)");
+  } else if (status < 0) {
+    fail(e, status, 500, "internal-server-error", "Encryption is unavailable; nothing was forwarded");
+  } else {
+    size_t off = 0;
+    for (size_t i = 0; i < b->n && !e->err; i++) {
+      if (len - off < 4) break;
+      uint32_t il = evs_ep_get_u32(res + off);
+      const uint8_t *item = res + off + 4;
+      if (il > len - off - 4) break;
+      off += 4 + il;
+      const uint8_t *ct = item;
+      size_t ctl = il;
+      if (!b->file) { /* `i32 status || ev string` */
+        if (il < 4 || (int32_t)evs_ep_get_u32(item) != 0) {
+          fail(e, -EINVAL, 400, "bad-request", "A selected field could not be encrypted");
+          break;
+        }
+        ct += 4;
+        ctl -= 4;
+      }
+      enum wrap w = b->file ? W_RAW : e->wrap;
+      size_t wl = (size_t)wrap_len(w, ct, ctl);
+      uint8_t *tmp = malloc(wl ? wl : 1);
+      if (!tmp) {
+        fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
+        break;
+      }
+      wrap_into(w, ct, ctl, tmp);
+      if (relay_spool_fill(&e->spool, b->holes[i], tmp, wl) < 0)
+        fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
+      free(tmp);
+      t->encrypted++;
+    }
+    if (!e->err && e->spool.filled < e->spool.nholes && e->inflight == 0 && e->body_done &&
+        !e->cur)
+      fail(e, -EPROTO, 500, "internal-server-error", "The enclave answered too few fields");
+  }
+  batch_free(b);
+  if (!t->req) {
+    relay_txn_release(t);
+    return;
+  }
+  if (e->paused && e->inflight < MAX_INFLIGHT) {
+    e->paused = 0;
+    t->st->host->request_body_resume(t->req);
+  }
+  maybe_proceed(e);
+}
+
+static int batch_send(relay_enc *e, batch *b) {
+  relay_state *st = e->t->st;
+  evs_crypto_request cr = {sizeof cr, b->file ? "encrypt_file" : "encrypt", b->payload, b->len};
+  e->inflight++;
+  int r = st->host->crypto_call(st->plugin, &cr, on_batch, b);
+  if (r < 0) {
+    e->inflight--;
+    batch_free(b);
+    fail(e, r, 500, "internal-server-error", "Encryption is unavailable; nothing was forwarded");
+  }
+  return r;
+}
+
+static int flush(relay_enc *e) {
+  batch *b = e->cur;
+  e->cur = NULL;
+  if (!b || b->n == 0) {
+    batch_free(b);
+    return 0;
+  }
+  return batch_send(e, b);
+}
+
+/* The rewriters' transform: every selected value joins the batch and leaves a hole. */
+static int transform(void *ud, evs__json_type type, const char *value, size_t len,
+                     const char **ret_buf, size_t *ret_len) {
+  relay_enc *e = ud;
+  (void)ret_buf;
+  (void)ret_len;
+  size_t hole;
+  int r = relay_spool_hole(&e->spool, &hole);
+  if (r < 0) return r;
+  if ((int)type == 4 /* EVS__JSON_FILE */) {
+    batch *fb = batch_new(e, 1);
+    if (!fb) return -ENOMEM;
+    if (put_item(fb, value, len, NULL, 0) < 0 || !(fb->holes = malloc(sizeof *fb->holes))) {
+      batch_free(fb);
+      return -ENOMEM;
+    }
+    fb->holes[0] = hole;
+    fb->n = 1;
+    if ((r = batch_send(e, fb)) < 0) return r;
+    return EVS__JSON_DEFER;
+  }
+  if (!e->cur && !(e->cur = batch_new(e, 0))) return -ENOMEM;
+  batch *b = e->cur;
+  const char *tag = type == EVS__JSON_NUMBER ? "n:" : type == EVS__JSON_BOOLEAN ? "b:" : "s:";
+  if (put_item(b, tag, 2, value, len) < 0) return -ENOMEM;
+  if (b->n == b->holes_cap) {
+    size_t nc = b->holes_cap ? b->holes_cap * 2 : 16;
+    size_t *nh = realloc(b->holes, nc * sizeof *nh);
+    if (!nh) return -ENOMEM;
+    b->holes = nh;
+    b->holes_cap = nc;
+  }
+  b->holes[b->n++] = hole;
+  if (b->n >= BATCH_FIELDS || b->len >= BATCH_BYTES) {
+    if ((r = flush(e)) < 0) return r;
+  }
+  return EVS__JSON_DEFER;
+}
+
+static int emit(void *ud, const char *buf, size_t len) {
+  relay_enc *e = ud;
+  return relay_spool_write(&e->spool, buf, len);
+}
+
+/* ---- structures -------------------------------------------------------------------------- */
+
+static int simple_name(const char *k) {
+  if (!*k) return 0;
+  for (const char *p = k; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+          *p == '_' || *p == '-'))
+      return 0;
+  return 1;
+}
+
+static void walk_paths(json_t *v, char *path, size_t plen, size_t cap, json_t *out, int depth) {
+  if (json_array_size(out) >= 200 || depth > 32) return;
+  if (json_is_object(v)) {
+    const char *k;
+    json_t *c;
+    json_object_foreach(v, k, c) {
+      int w = simple_name(k) ? snprintf(path + plen, cap - plen, ".%s", k)
+                             : snprintf(path + plen, cap - plen, "['%s']", k);
+      if (w < 0 || (size_t)w >= cap - plen) continue;
+      walk_paths(c, path, plen + (size_t)w, cap, out, depth + 1);
+    }
+  } else if (json_is_array(v)) {
+    int w = snprintf(path + plen, cap - plen, "[*]");
+    if (w < 0 || (size_t)w >= cap - plen) return;
+    size_t i;
+    json_t *c;
+    json_array_foreach(v, i, c) walk_paths(c, path, plen + (size_t)w, cap, out, depth + 1);
+  } else {
+    path[plen] = 0;
+    size_t i;
+    json_t *x;
+    json_array_foreach(out, i, x) if (strcmp(json_string_value(x), path) == 0) return;
+    json_array_append_new(out, json_string(path));
+  }
+}
+
+static void form_names(const char *b, size_t n, json_t *out) {
+  size_t i = 0;
+  while (i < n && json_array_size(out) < 200) {
+    size_t j = i;
+    while (j < n && b[j] != '&' && b[j] != '=') j++;
+    if (j > i) {
+      char *name = strndup(b + i, j - i);
+      size_t k;
+      json_t *x;
+      int dup = 0;
+      json_array_foreach(out, k, x) dup |= strcmp(json_string_value(x), name) == 0;
+      if (!dup) json_array_append_new(out, json_string(name));
+      free(name);
+    }
+    while (j < n && b[j] != '&') j++;
+    i = j + 1;
+  }
+}
+
+static void multipart_names(const char *b, size_t n, json_t *out) {
+  static const char key[] = "name=\"";
+  for (size_t i = 0; i + sizeof key < n && json_array_size(out) < 200; i++) {
+    if (memcmp(b + i, key, sizeof key - 1) != 0 || (i > 0 && b[i - 1] != ' ' && b[i - 1] != ';'))
+      continue;
+    size_t s = i + sizeof key - 1, j = s;
+    while (j < n && b[j] != '"' && b[j] != '\r' && b[j] != '\n') j++;
+    if (j >= n || b[j] != '"') continue;
+    char *name = strndup(b + s, j - s);
+    size_t k;
+    json_t *x;
+    int dup = 0;
+    json_array_foreach(out, k, x) dup |= strcmp(json_string_value(x), name) == 0;
+    if (!dup) json_array_append_new(out, json_string(name));
+    free(name);
+  }
+}
+
+static void record_structure(relay_enc *e) {
+  relay_txn *t = e->t;
+  relay_state *st = t->st;
+  const evs_host *h = st->host;
+  const evs_request_info *info = h->request_info(t->req);
+  json_t *fields = json_array();
+  if (e->fmt == F_JSON) {
+    json_t *doc = json_loadb(e->sample, e->sample_len, JSON_DECODE_ANY, NULL);
+    char path[512] = "$";
+    if (doc) walk_paths(doc, path, 1, sizeof path, fields, 0);
+    json_decref(doc);
+  } else if (e->fmt == F_FORM) {
+    form_names(e->sample, e->sample_len, fields);
+  } else if (e->fmt == F_MULTIPART) {
+    multipart_names(e->sample, e->sample_len, fields);
+  }
+  char *flat = json_dumps(fields, JSON_COMPACT);
+  uint64_t hsh = 1469598103934665603ull;
+  const char *parts[] = {info->method, info->path, fmt_name(e->fmt), flat ? flat : ""};
+  for (size_t i = 0; i < 4; i++) {
+    for (const char *p = parts[i]; *p; p++) hsh = (hsh ^ (unsigned char)*p) * 1099511628211ull;
+    hsh = (hsh ^ 0xff) * 1099511628211ull;
+  }
+  free(flat);
+  json_t *rec = json_pack("{s:s,s:s,s:s,s:s,s:o,s:I}", "relay", t->relay->domain, "method",
+                          info->method, "route", info->path, "contentType", fmt_name(e->fmt),
+                          "fields", fields, "lastSeen", (json_int_t)relay_now_ms());
+  char *s = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+  char key[300];
+  snprintf(key, sizeof key, "structure/%s/%016" PRIx64, t->relay->domain, hsh);
+  if (s) h->store_put(st->plugin, key, (const uint8_t *)s, strlen(s), STRUCTURE_TTL_S, NULL, NULL);
+  free(s);
+  json_decref(rec);
+}
+
+/* ---- the request ------------------------------------------------------------------------- */
+
+static int body_source(void *arg, uint8_t *buf, size_t cap, size_t *ret_len) {
+  relay_enc *e = arg;
+  if (!buf) {
+    relay_spool_rewind(&e->spool);
+    return 0;
+  }
+  return relay_spool_read(&e->spool, buf, cap, ret_len);
+}
+
+static void maybe_proceed(relay_enc *e) {
+  relay_txn *t = e->t;
+  if (!e->body_done || e->inflight > 0 || e->answered || !t->req) return;
+  relay_state *st = t->st;
+  const evs_host *h = st->host;
+  e->answered = 1;
+  if (e->err) {
+    h->counter_add(st->plugin, "encrypt_errors", 1);
+    h->respond_error(t->req, e->err_status, e->err_code, e->err_detail);
+    return;
+  }
+  if (e->sampling && e->sample) record_structure(e);
+  evs_upstream up;
+  relay_upstream(st, t->relay, &up);
+  up.body_source = body_source;
+  up.body_source_arg = e;
+  up.body_source_len = relay_spool_total(&e->spool);
+  if (h->proxy(t->req, &up, NULL, relay_response_filter(t), t) < 0)
+    h->respond_error(t->req, 500, "internal-server-error", "Relay could not start proxying");
+}
+
+static void map_rewrite_error(relay_enc *e, int r) {
+  if (r == EVS__JSON_E_EVDATA)
+    fail(e, r, 400, "encrypted-data-in-field",
+         "Evervault-encrypted data in a field that is not configured for encryption");
+  else if (r == -E2BIG)
+    fail(e, r, 413, "payload-too-large", "The request exceeds the 25 MB limit for encryption");
+  else if (r == -ENOMEM || r == -EIO || r == -ENOSPC)
+    fail(e, r, 500, "internal-server-error", "The relay could not hold the request body");
+  else if (r <= -2000 && r > -2300)
+    fail(e, r, 400, "bad-request", "The request body is malformed for its Content-Type");
+  else if (!e->err)
+    fail(e, r, 500, "internal-server-error", "Encryption is unavailable; nothing was forwarded");
+}
+
+static int on_data(void *arg, const uint8_t *data, size_t len) {
+  relay_enc *e = arg;
+  if (e->err) return e->err;
+  e->body_bytes += len;
+  if (e->body_bytes > e->t->st->max_body) {
+    map_rewrite_error(e, -E2BIG);
+    return -E2BIG;
+  }
+  if (e->sampling) {
+    if (e->sample_len + len > SAMPLE_MAX) {
+      e->sampling = 0;
+    } else {
+      char *ns = realloc(e->sample, e->sample_len + len);
+      if (ns) {
+        memcpy(ns + e->sample_len, data, len);
+        e->sample = ns;
+        e->sample_len += len;
+      } else {
+        e->sampling = 0;
+      }
+    }
+  }
+  int r = e->json ? evs__json_rewrite_feed(e->json, (const char *)data, len)
+                  : relay_spool_write(&e->spool, data, len);
+  if (r < 0) {
+    map_rewrite_error(e, r);
+    return e->err ? e->err : r;
+  }
+  if (e->inflight >= MAX_INFLIGHT) {
+    e->paused = 1;
+    return EVS_BODY_PAUSE;
+  }
+  return 0;
+}
+
+static void on_end(void *arg, int status) {
+  relay_enc *e = arg;
+  relay_txn *t = e->t;
+  if (!t->req) { /* the client went away */
+    relay_txn_release(t);
+    return;
+  }
+  if (status < 0 && !e->err) {
+    if (status == -E2BIG) map_rewrite_error(e, status);
+    else {
+      /* The client went away or broke the body: nothing to answer. */
+      e->answered = 1;
+      e->body_done = 1;
+      return;
+    }
+  }
+  if (!e->err && e->json) {
+    int r = evs__json_rewrite_finish(e->json);
+    if (r < 0) map_rewrite_error(e, r);
+  }
+  if (!e->err) flush(e);
+  e->body_done = 1;
+  maybe_proceed(e);
+}
+
+void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) {
+  relay_state *st = t->st;
+  const evs_host *h = st->host;
+  relay_enc *e = calloc(1, sizeof *e);
+  if (!e) {
+    h->respond_error(t->req, 500, "internal-server-error", "Out of memory");
+    return;
+  }
+  t->enc = e;
+  e->t = t;
+  e->fmt = fmt_of(content_type, ct_len);
+  t->content_type_kind = fmt_name(e->fmt);
+  relay_spool_init(&e->spool, st->spool_dir, SPOOL_MEM_MAX);
+  e->app_id = relay_app_id(st, t->relay);
+  e->curve = t->relay->curve ? t->relay->curve : "secp256k1";
+  e->sampling = st->record_structures;
+  if (t->has_match && e->fmt != F_NONE && !e->app_id) {
+    e->answered = 1;
+    h->respond_error(t->req, 500, "internal-server-error",
+                     "The relay has fields to encrypt but no app (set appId in relay-config.json)");
+    return;
+  }
+  int r = 0;
+  if (t->has_match && e->fmt == F_JSON) {
+    e->wrap = W_JSON;
+    r = evs__json_rewrite_new(t->match.paths, NULL, emit, transform, e, &e->json);
+  } else if (t->has_match && e->fmt != F_NONE) {
+    e->answered = 1;
+    h->respond_error(t->req, 415, "bad-request", "This Content-Type is not supported yet");
+    return;
+  }
+  if (r >= 0) r = h->request_body_read(t->req, on_data, on_end, e);
+  if (r < 0) {
+    e->answered = 1;
+    if (r == -E2BIG)
+      h->respond_error(t->req, 413, "payload-too-large",
+                       "The request exceeds the 25 MB limit for encryption");
+    else
+      h->respond_error(t->req, 500, "internal-server-error", "Relay could not read the body");
+  }
+}
+
+/* ---- mTLS relays: the api-key header ------------------------------------------------------ */
+
+static void on_key_checked(void *arg, int status, const uint8_t *res, size_t len) {
+  relay_txn *t = arg;
+  (void)res;
+  (void)len;
+  t->dec_pending--;
+  if (!t->req) {
+    relay_txn_release(t);
+    return;
+  }
+  if (status != 0) {
+    t->st->host->respond_error(t->req, 401, "proxy-auth-failed",
+                               "This relay needs an api-key header with the Inbound Relay mTLS "
+                               "Proxy permission");
+    return;
+  }
+  relay_dispatch(t);
+}
+
+void relay_encrypt_check_key_then(relay_txn *t) {
+  const evs_host *h = t->st->host;
+  evs_header hd;
+  if (h->request_header(t->req, "api-key", &hd) != 0 || hd.value_len == 0 || hd.value_len > 512) {
+    h->respond_error(t->req, 401, "proxy-auth-failed",
+                     "This relay needs an api-key header with the Inbound Relay mTLS Proxy "
+                     "permission");
+    return;
+  }
+  static const char perm[] = "relay:inbound-mtls";
+  size_t n = 8 + hd.value_len + sizeof perm - 1;
+  uint8_t *p = malloc(n);
+  if (!p) {
+    h->respond_error(t->req, 500, "internal-server-error", "Out of memory");
+    return;
+  }
+  evs_ep_put_u32(p, (uint32_t)hd.value_len);
+  memcpy(p + 4, hd.value, hd.value_len);
+  evs_ep_put_u32(p + 4 + hd.value_len, sizeof perm - 1);
+  memcpy(p + 8 + hd.value_len, perm, sizeof perm - 1);
+  evs_crypto_request cr = {sizeof cr, "check_api_key", p, n};
+  t->dec_pending++;
+  int r = h->crypto_call(t->st->plugin, &cr, on_key_checked, t);
+  explicit_bzero(p, n);
+  free(p);
+  if (r < 0) {
+    t->dec_pending--;
+    h->respond_error(t->req, 401, "proxy-auth-failed",
+                     "API keys cannot be checked: the enclave plugin is not loaded");
+  }
+}

@@ -1,0 +1,106 @@
+/*
+ * relay_priv.h: the relay-inbound plugin's private types, shared by relay_inbound.c (plugin,
+ * configuration, routing, transaction log, alerts events) and relay_encrypt.c (the request
+ * pipeline that encrypts fields before anything reaches the destination). relay_int.h is the
+ * narrower interface the admin endpoints use.
+ */
+#ifndef EVS_RELAY_PRIV_H
+#define EVS_RELAY_PRIV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "evserver/evs_plugin.h"
+#include "jsonpath.h"
+#include "relay_config.h"
+#include "relay_int.h"
+
+/* Selection compiled from one fieldsToEncrypt entry: fields starting with '$' are JSONPath for
+ * JSON and XML bodies; other fields are names: form fields by that name, and for JSON and XML
+ * the dotted path "$.<name>". */
+typedef struct relay_route_sel {
+  evs__jsonpath *paths;   /* NULL when the route cannot select JSON/XML fields */
+  const char **names;     /* form field names (borrowed from the config) */
+  size_t nnames;
+} relay_route_sel;
+
+/* A loaded configuration with its compiled selections, shared by the requests that started
+ * under it: replaced as a whole, freed when the last of them ends. */
+typedef struct relay_cfg {
+  evs__relay_config *config;
+  relay_route_sel **sel; /* sel[relay][route] */
+  int refs;
+} relay_cfg;
+
+struct relay_state {
+  const evs_host *host;
+  evs_plugin *plugin;
+  relay_cfg *cfg;
+  char *config_path;
+  const char *base_domain;
+  const char *app_id;          /* default app for relays without appId */
+  const char *spool_dir;
+  const char *team_uuid;
+  const char *activity_base;   /* for alerts' activityLink */
+  char *override_scheme, *override_host; /* destination_override (relay dev) */
+  uint16_t override_port;
+  uint64_t max_body;
+  int record_structures;
+  int transaction_log;
+  evs_timer *watch;
+  uint64_t watch_mtime_ns, watch_size, watch_ino;
+  int64_t last_structure_ms;
+};
+
+/* What one request that matched fieldsToEncrypt needs. */
+typedef struct relay_match {
+  evs__jsonpath *paths;  /* owned when owns_paths, else borrowed from the route */
+  int owns_paths;
+  const char **names;    /* owned array of borrowed names */
+  size_t nnames;
+  const char *const *fields; /* for the transaction log: the route's fields */
+  size_t nfields;
+} relay_match;
+
+/* Per-request record: the transaction log and the pipeline both hang off it. */
+typedef struct relay_txn {
+  relay_state *st;
+  relay_cfg *cfg;        /* a reference, released at the end */
+  const evs__relay *relay;
+  evs_request *req;      /* NULL once the request ended */
+  int64_t started_ms;
+  uint64_t started_ns;
+  const char *route_fields_json; /* unused */
+  size_t encrypted, decrypted;
+  const char *content_type_kind;
+  struct relay_enc *enc; /* the encryption pipeline, if any */
+  struct relay_dec *dec; /* the response decryption, if any */
+  int dec_pending;       /* enclave calls of the response decryption in flight */
+  relay_match match;
+  int has_match;
+} relay_txn;
+
+void relay_cfg_unref(relay_cfg *c);
+void relay_match_clear(relay_match *m);
+/* The upstream of a relay (destination_override applied). */
+void relay_upstream(relay_state *st, const evs__relay *r, evs_upstream *up);
+const char *relay_app_id(relay_state *st, const evs__relay *r);
+/* True when s[0..len) contains something shaped like an ev: string. */
+int relay_has_ev_token(const char *s, size_t len);
+int64_t relay_now_ms(void);
+
+/* relay_encrypt.c: reads the body, encrypts the selected fields and proxies the result.
+ * Always answers the request (or the request went away). */
+void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len);
+void relay_encrypt_free(struct relay_enc *e);
+int relay_encrypt_idle(const struct relay_enc *e); /* no enclave call in flight */
+/* Proxies the request: encrypting when a fieldsToEncrypt entry matches, else unchanged. */
+void relay_dispatch(relay_txn *t);
+/* Ends the transaction record once the request ended and no enclave call is pending. */
+void relay_txn_release(relay_txn *t);
+/* relay_encrypt.c: mTLS relays: checks the api-key header (relay:inbound-mtls), then
+ * relay_dispatch, else answers proxy-auth-failed. */
+void relay_encrypt_check_key_then(relay_txn *t);
+/* relay_decrypt.c: the response filter when the relay decrypts responses, else NULL. */
+evs_body_filter_fn relay_response_filter(relay_txn *t);
+#endif
