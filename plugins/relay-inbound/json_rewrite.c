@@ -118,6 +118,17 @@ static bool ev_char(unsigned char c) {
          c == '/' || c == '=' || c == '-' || c == '_' || c == ':' || c == '$';
 }
 
+int evs__looks_like_ev_string(const char *s, size_t len) {
+  unsigned colons = 1;
+  if (len < 5 || memcmp(s, "ev:", 3) != 0 || s[len - 2] != ':' || s[len - 1] != '$') return 0;
+  for (size_t i = 3; i < len; i++) {
+    if (!ev_char((unsigned char)s[i])) return 0;
+    colons += s[i] == ':';
+  }
+  return colons == 5 || colons == 6;
+}
+
+/* The streaming form of evs__looks_like_ev_string() over decoded string bytes. */
 static void ev_feed(evs__json_rewrite *rw, const unsigned char *s, size_t n) {
   for (size_t i = 0; i < n && rw->ev >= 0; i++) {
     unsigned char c = s[i];

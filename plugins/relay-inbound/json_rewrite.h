@@ -64,6 +64,9 @@ typedef enum evs__json_type {
   EVS__JSON_STRING = 1,
   EVS__JSON_NUMBER,
   EVS__JSON_BOOLEAN,
+  /* Not produced by the JSON rewriter: the raw bytes of a multipart/form-data file part
+   * (multipart_rewrite.h), whose replacement (a %EVENC file) becomes the part's new body. */
+  EVS__JSON_FILE = 4,
 } evs__json_type;
 
 /* Receives output bytes buf[0..len) (valid only during the call; len > 0). Returns 0, or a
@@ -116,5 +119,10 @@ size_t evs__json_rewrite_mem_high_water(const evs__json_rewrite *rw);
 
 /* A static English description of an EVS__JSON_E_* code. */
 const char *evs__json_rewrite_strerror(int err);
+
+/* The heuristic behind EVS__JSON_E_EVDATA, shared by the form and multipart rewriters: 1 if
+ * s[0..len) starts with "ev:", ends with ":$", has 5 or 6 ':' in all and otherwise only
+ * base64/base64url characters (A-Z a-z 0-9 + / = - _ and '$'), else 0. */
+int evs__looks_like_ev_string(const char *s, size_t len);
 
 #endif

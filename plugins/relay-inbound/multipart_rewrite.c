@@ -1,0 +1,553 @@
+/*
+ * multipart_rewrite: a push parser and rewriter for multipart/form-data bodies (the contract is in
+ * multipart_rewrite.h). A byte-driven state machine over the RFC 2046 structure (preamble,
+ * delimiter line, header block, body, ..., close delimiter, epilogue) that survives any split of
+ * the input. A body ends at the delimiter D = CRLF "--" boundary. Since D holds a CR only at its
+ * start (boundary characters exclude CR and LF), a mismatch after k matched bytes restarts the
+ * match at 0, or at 1 when the mismatching byte is itself a CR: the partial match is always the
+ * constant D[0..k), so nothing of the input is held across feeds, and the bytes of a failed
+ * partial match are recovered from D itself. Header blocks are copied (bounded) to be parsed once
+ * complete; they are still emitted from the caller's buffer.
+ */
+#include "multipart_rewrite.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ev_detect.h"
+
+enum mstate {
+  M_PREAMBLE,   /* before the first delimiter */
+  M_DELIM_END,  /* just after D: "--", padding or CRLF */
+  M_PAD,        /* transport padding after D */
+  M_PAD_CR,     /* CR ending the delimiter line */
+  M_CLOSE_DASH, /* the second '-' of the close delimiter */
+  M_HEADERS,    /* a part's header block */
+  M_BODY,       /* a part's body */
+  M_EPILOGUE,   /* after the close delimiter: forwarded, not parsed */
+};
+
+enum hstate { H_LINE_START, H_IN_LINE, H_CR, H_END_CR };
+
+struct evs__multipart_rewrite {
+  char **fields;
+  size_t *flen, nfields;
+  char delim[4 + EVS__MULTIPART_BOUNDARY_MAX + 1]; /* D = CRLF "--" boundary */
+  size_t dlen;
+  struct evs__multipart_rewrite_opts o;
+  evs__json_emit_fn emit;
+  evs__json_transform_fn transform;
+  void *ud;
+  int err;
+  uint64_t err_off, off, parts;
+
+  enum mstate ms;
+  enum hstate hs;
+  size_t k; /* bytes of D matched */
+  char *hdr;
+  size_t hdr_len, hdr_cap;
+  bool capturing, is_file, ev_on;
+  char *val;
+  size_t val_len, val_cap;
+  struct evs__ev_detect ev;
+  const char *pass; /* start of not yet emitted pass-through bytes in the current buffer */
+  size_t mem, mem_hw;
+};
+
+const char *evs__multipart_rewrite_strerror(int err) {
+  switch (err) {
+  case EVS__JSON_E_SYNTAX: return "malformed multipart/form-data body";
+  case EVS__JSON_E_TOOBIG: return "selected multipart part too large";
+  case EVS__JSON_E_EVDATA: return "Evervault-encrypted data in an unselected multipart text field";
+  case EVS__MULTIPART_E_UNSUPPORTED:
+    return "selected multipart part has Content-Length or Content-Transfer-Encoding";
+  case -ENOMEM: return "out of memory";
+  default: return "error";
+  }
+}
+
+static void mem_account(evs__multipart_rewrite *rw, size_t old_bytes, size_t new_bytes) {
+  rw->mem = rw->mem - old_bytes + new_bytes;
+  if (rw->mem > rw->mem_hw) rw->mem_hw = rw->mem;
+}
+
+/* Appends to *b, kept NUL-terminated, failing with err beyond max bytes. The capacity never
+ * exceeds max + 1, so a 25 MiB cap does not allocate 32 MiB. */
+static int append(evs__multipart_rewrite *rw, char **b, size_t *len, size_t *cap, size_t max,
+                  int err, const char *s, size_t n) {
+  if (n > max - *len) return err;
+  if (*len + n + 1 > *cap) {
+    size_t c = *cap ? *cap : 256;
+    char *nb;
+    while (c < *len + n + 1) c *= 2;
+    if (c > max + 1) c = max + 1;
+    if (!(nb = realloc(*b, c))) return -ENOMEM;
+    mem_account(rw, *cap, c);
+    *b = nb;
+    *cap = c;
+  }
+  memcpy(*b + *len, s, n);
+  *len += n;
+  (*b)[*len] = 0;
+  return 0;
+}
+
+static int emit(evs__multipart_rewrite *rw, const char *b, size_t n) {
+  return n ? rw->emit(rw->ud, b, n) : 0;
+}
+
+/* ---- header parsing ------------------------------------------------------------------------- */
+
+static bool is_tchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static bool is_ows(unsigned char c) { return c == ' ' || c == '\t'; }
+
+static bool ieq(const char *a, size_t n, const char *lit) {
+  size_t i = 0;
+  for (; i < n && lit[i]; i++) {
+    unsigned char x = (unsigned char)a[i], y = (unsigned char)lit[i];
+    if (x >= 'A' && x <= 'Z') x = (unsigned char)(x + 32);
+    if (x != y) return false;
+  }
+  return i == n && !lit[i];
+}
+
+struct disp {
+  const char *name;
+  size_t name_len;
+  bool has_name, has_file;
+};
+
+/* Parses a Content-Disposition value v[0..n) (OWS already trimmed). */
+static int parse_disposition(const char *v, size_t n, struct disp *d) {
+  size_t i = 0, s;
+  while (i < n && is_tchar((unsigned char)v[i])) i++;
+  if (!ieq(v, i, "form-data")) return EVS__JSON_E_SYNTAX;
+  for (;;) {
+    const char *pn, *pv;
+    size_t pnl, pvl;
+    bool quoted = false;
+    while (i < n && is_ows((unsigned char)v[i])) i++;
+    if (i == n) break;
+    if (v[i++] != ';') return EVS__JSON_E_SYNTAX;
+    while (i < n && is_ows((unsigned char)v[i])) i++;
+    if (i == n) break; /* a trailing ';' */
+    for (s = i; i < n && is_tchar((unsigned char)v[i]); i++) {
+    }
+    pn = v + s;
+    pnl = i - s;
+    if (!pnl) return EVS__JSON_E_SYNTAX;
+    while (i < n && is_ows((unsigned char)v[i])) i++;
+    if (i == n || v[i++] != '=') return EVS__JSON_E_SYNTAX;
+    while (i < n && is_ows((unsigned char)v[i])) i++;
+    if (i < n && v[i] == '"') {
+      bool bs = false;
+      quoted = true;
+      for (s = ++i; i < n; i++) {
+        if (bs) bs = false;
+        else if (v[i] == '\\') bs = true;
+        else if (v[i] == '"') break;
+      }
+      if (i == n) return EVS__JSON_E_SYNTAX;
+      pv = v + s;
+      pvl = i - s;
+      i++;
+    } else {
+      for (s = i; i < n && is_tchar((unsigned char)v[i]); i++) {
+      }
+      pv = v + s;
+      pvl = i - s;
+      if (!pvl) return EVS__JSON_E_SYNTAX;
+    }
+    if (ieq(pn, pnl, "name")) {
+      if (d->has_name || (quoted && memchr(pv, '\\', pvl))) return EVS__JSON_E_SYNTAX;
+      d->has_name = true;
+      d->name = pv;
+      d->name_len = pvl;
+    } else if (ieq(pn, pnl, "name*")) {
+      return EVS__JSON_E_SYNTAX; /* RFC 7578 4.2: not for names; parsers would prefer it */
+    } else if (ieq(pn, pnl, "filename") || ieq(pn, pnl, "filename*")) {
+      d->has_file = true;
+    }
+  }
+  return d->has_name ? 0 : EVS__JSON_E_SYNTAX;
+}
+
+/* Parses the complete header block hdr[0..hdr_len) (lines ending CRLF, the last one empty; the
+ * line syntax was checked byte by byte) and decides what to do with the part's body. */
+static int headers_done(evs__multipart_rewrite *rw, const char *body_start) {
+  struct disp d = {0};
+  bool has_disp = false, has_len = false, has_cte = false, sel = false;
+  const char *h = rw->hdr, *end = rw->hdr + rw->hdr_len - 2;
+  int r;
+  while (h < end) {
+    const char *eol = memchr(h, '\r', (size_t)(end - h)), *c = h, *v, *ve;
+    while (c < eol && is_tchar((unsigned char)*c)) c++;
+    if (c == h || c == eol || *c != ':') return EVS__JSON_E_SYNTAX;
+    for (v = c + 1; v < eol && is_ows((unsigned char)*v); v++) {
+    }
+    for (ve = eol; ve > v && is_ows((unsigned char)ve[-1]); ve--) {
+    }
+    if (ieq(h, (size_t)(c - h), "content-disposition")) {
+      if (has_disp) return EVS__JSON_E_SYNTAX;
+      has_disp = true;
+      if ((r = parse_disposition(v, (size_t)(ve - v), &d)) < 0) return r;
+    } else if (ieq(h, (size_t)(c - h), "content-length")) {
+      has_len = true;
+    } else if (ieq(h, (size_t)(c - h), "content-transfer-encoding")) {
+      has_cte = true;
+    }
+    h = eol + 2;
+  }
+  if (!has_disp) return EVS__JSON_E_SYNTAX;
+  rw->parts++;
+  for (size_t i = 0; i < rw->nfields && !sel; i++)
+    sel = rw->flen[i] == d.name_len && memcmp(rw->fields[i], d.name, d.name_len) == 0;
+  rw->is_file = d.has_file;
+  rw->ev_on = false;
+  if (sel) {
+    if (has_len || has_cte) return EVS__MULTIPART_E_UNSUPPORTED;
+    if ((r = emit(rw, rw->pass, (size_t)(body_start - rw->pass))) < 0) return r;
+    rw->capturing = true;
+    rw->val_len = 0;
+    return append(rw, &rw->val, &rw->val_len, &rw->val_cap, rw->o.max_value, EVS__JSON_E_TOOBIG,
+                  "", 0);
+  }
+  if (!d.has_file) {
+    rw->ev_on = true;
+    evs__ev_detect_reset(&rw->ev);
+  }
+  return 0;
+}
+
+/* One byte of a header block: the line syntax, and the copy kept for headers_done(). */
+static int header_byte(evs__multipart_rewrite *rw, const char *p, bool *ret_done) {
+  unsigned char c = (unsigned char)*p;
+  int r;
+  *ret_done = false;
+  if ((r = append(rw, &rw->hdr, &rw->hdr_len, &rw->hdr_cap, rw->o.max_header, EVS__JSON_E_SYNTAX,
+                  (const char *)p, 1)) < 0)
+    return r;
+  switch (rw->hs) {
+  case H_LINE_START:
+    if (c == '\r') {
+      rw->hs = H_END_CR;
+      return 0;
+    }
+    if (is_ows(c)) return EVS__JSON_E_SYNTAX; /* obsolete line folding */
+    /* fall through */
+  case H_IN_LINE:
+    if (c == '\r') rw->hs = H_CR;
+    else if ((c < 0x20 && c != '\t') || c == 0x7f) return EVS__JSON_E_SYNTAX;
+    else rw->hs = H_IN_LINE;
+    return 0;
+  case H_CR:
+    if (c != '\n') return EVS__JSON_E_SYNTAX;
+    rw->hs = H_LINE_START;
+    return 0;
+  case H_END_CR:
+    if (c != '\n') return EVS__JSON_E_SYNTAX;
+    *ret_done = true;
+    return 0;
+  }
+  return 0;
+}
+
+/* ---- bodies --------------------------------------------------------------------------------- */
+
+/* Body bytes of the current part (never called for the preamble). */
+static int body_bytes(evs__multipart_rewrite *rw, const char *s, size_t n) {
+  if (!n) return 0;
+  if (rw->capturing)
+    return append(rw, &rw->val, &rw->val_len, &rw->val_cap, rw->o.max_value, EVS__JSON_E_TOOBIG,
+                  s, n);
+  if (rw->ev_on && rw->ev.st >= 0) evs__ev_detect_feed(&rw->ev, s, n);
+  return 0;
+}
+
+/* The part's body ended at a delimiter whose last byte is just before q. */
+static int part_end(evs__multipart_rewrite *rw, const char *q) {
+  int r = 0;
+  if (rw->capturing) {
+    const char *rep = NULL;
+    size_t rep_len = 0;
+    rw->capturing = false;
+    rw->pass = q;
+    r = rw->transform(rw->ud, rw->is_file ? EVS__JSON_FILE : EVS__JSON_STRING, rw->val,
+                      rw->val_len, &rep, &rep_len);
+    if (r == EVS__JSON_DEFER) r = 0;
+    else if (r == 0) r = emit(rw, rep, rep_len);
+    /* The delimiter was not emitted while the body was held; its bytes are D's. */
+    if (r == 0) r = emit(rw, rw->delim, rw->dlen);
+  } else if (rw->ev_on && evs__ev_detect_done(&rw->ev)) {
+    r = EVS__JSON_E_EVDATA;
+  }
+  rw->ev_on = false;
+  return r;
+}
+
+/* Scans for D from *pp in the preamble or a body; returns with *ret_found when D is complete. */
+static int scan(evs__multipart_rewrite *rw, const char **pp, const char *e, bool *ret_found) {
+  const char *p = *pp;
+  bool body = rw->ms == M_BODY;
+  int r = 0;
+  *ret_found = false;
+  while (p < e) {
+    if (rw->k == 0) {
+      const char *q = memchr(p, '\r', (size_t)(e - p));
+      if (!q) q = e;
+      if (body && (r = body_bytes(rw, p, (size_t)(q - p))) < 0) break;
+      p = q;
+      if (p == e) break;
+      rw->k = 1;
+      p++;
+    } else if (*p == rw->delim[rw->k]) {
+      p++;
+      if (++rw->k == rw->dlen) {
+        rw->k = 0;
+        *ret_found = true;
+        if (body) r = part_end(rw, p);
+        break;
+      }
+    } else {
+      /* The partial match was body bytes after all; the mismatching byte is looked at again. */
+      if (body && (r = body_bytes(rw, rw->delim, rw->k)) < 0) break;
+      rw->k = 0;
+    }
+  }
+  *pp = p;
+  return r;
+}
+
+static int run(evs__multipart_rewrite *rw, const char *p, const char *e, const char **ret_p) {
+  int r = 0;
+  while (p < e && r == 0) {
+    unsigned char c = (unsigned char)*p;
+    switch (rw->ms) {
+    case M_PREAMBLE:
+    case M_BODY: {
+      bool found;
+      r = scan(rw, &p, e, &found);
+      if (r == 0 && found) rw->ms = M_DELIM_END;
+      continue;
+    }
+    case M_DELIM_END:
+      if (c == '-') rw->ms = M_CLOSE_DASH;
+      else if (is_ows(c)) rw->ms = M_PAD;
+      else if (c == '\r') rw->ms = M_PAD_CR;
+      else r = EVS__JSON_E_SYNTAX;
+      break;
+    case M_PAD:
+      if (c == '\r') rw->ms = M_PAD_CR;
+      else if (!is_ows(c)) r = EVS__JSON_E_SYNTAX;
+      break;
+    case M_PAD_CR:
+      if (c != '\n') {
+        r = EVS__JSON_E_SYNTAX;
+        break;
+      }
+      rw->ms = M_HEADERS;
+      rw->hs = H_LINE_START;
+      rw->hdr_len = 0;
+      break;
+    case M_CLOSE_DASH:
+      if (c != '-') r = EVS__JSON_E_SYNTAX;
+      else rw->ms = M_EPILOGUE;
+      break;
+    case M_HEADERS: {
+      bool done;
+      if ((r = header_byte(rw, p, &done)) < 0) break;
+      if (done) {
+        if ((r = headers_done(rw, p + 1)) < 0) break;
+        rw->ms = M_BODY;
+        rw->k = 0;
+      }
+      break;
+    }
+    case M_EPILOGUE:
+      p = e;
+      continue;
+    }
+    if (r == 0) p++;
+  }
+  *ret_p = p;
+  return r;
+}
+
+static int fail(evs__multipart_rewrite *rw, int r, uint64_t off) {
+  rw->err = r;
+  rw->err_off = off;
+  return r;
+}
+
+int evs__multipart_rewrite_feed(evs__multipart_rewrite *rw, const char *buf, size_t len) {
+  const char *p;
+  int r;
+  if (rw->err) return rw->err;
+  if (len == 0) return 0;
+  rw->pass = buf;
+  r = run(rw, buf, buf + len, &p);
+  if (r < 0) return fail(rw, r, rw->off + (uint64_t)(p - buf));
+  if (!rw->capturing && (r = emit(rw, rw->pass, (size_t)(buf + len - rw->pass))) < 0)
+    return fail(rw, r, rw->off + len);
+  rw->off += len;
+  return 0;
+}
+
+int evs__multipart_rewrite_finish(evs__multipart_rewrite *rw) {
+  if (rw->err) return rw->err;
+  if (rw->ms != M_EPILOGUE) return fail(rw, EVS__JSON_E_SYNTAX, rw->off);
+  return 0;
+}
+
+/* ---- boundary and set-up -------------------------------------------------------------------- */
+
+static bool is_bchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c && strchr("'()+_,-./:=? ", c));
+}
+
+static bool boundary_ok(const char *b, size_t n) {
+  if (n < 1 || n > EVS__MULTIPART_BOUNDARY_MAX || b[n - 1] == ' ') return false;
+  for (size_t i = 0; i < n; i++)
+    if (!is_bchar((unsigned char)b[i])) return false;
+  return true;
+}
+
+int evs__multipart_boundary(const char *ct, char *ret, size_t cap) {
+  char b[EVS__MULTIPART_BOUNDARY_MAX + 1];
+  size_t bl = 0, i = 0, s;
+  bool found = false;
+  if (!ct) return EVS__JSON_E_SYNTAX;
+  while (is_ows((unsigned char)ct[i])) i++;
+  for (s = i; is_tchar((unsigned char)ct[i]); i++) {
+  }
+  if (i == s || ct[i++] != '/') return EVS__JSON_E_SYNTAX;
+  for (s = i; is_tchar((unsigned char)ct[i]); i++) {
+  }
+  if (i == s) return EVS__JSON_E_SYNTAX;
+  for (;;) {
+    size_t pn, pnl;
+    bool is_b;
+    while (is_ows((unsigned char)ct[i])) i++;
+    if (!ct[i]) break;
+    if (ct[i++] != ';') return EVS__JSON_E_SYNTAX;
+    while (is_ows((unsigned char)ct[i])) i++;
+    if (!ct[i]) break;
+    for (pn = i; is_tchar((unsigned char)ct[i]); i++) {
+    }
+    pnl = i - pn;
+    if (!pnl || ct[i++] != '=') return EVS__JSON_E_SYNTAX;
+    is_b = ieq(ct + pn, pnl, "boundary");
+    if (is_b) {
+      if (found) return EVS__JSON_E_SYNTAX; /* which one would the destination use? */
+      found = true;
+    }
+    if (ct[i] == '"') {
+      for (i++; ct[i] != '"'; i++) {
+        char c = ct[i];
+        if (!c) return EVS__JSON_E_SYNTAX;
+        if (c == '\\') {
+          if (!ct[++i]) return EVS__JSON_E_SYNTAX;
+          c = ct[i];
+        }
+        if (is_b) {
+          if (bl == EVS__MULTIPART_BOUNDARY_MAX) return EVS__JSON_E_SYNTAX;
+          b[bl++] = c;
+        }
+      }
+      i++;
+    } else {
+      for (s = i; is_tchar((unsigned char)ct[i]); i++) {
+        if (is_b) {
+          if (bl == EVS__MULTIPART_BOUNDARY_MAX) return EVS__JSON_E_SYNTAX;
+          b[bl++] = ct[i];
+        }
+      }
+      if (i == s) return EVS__JSON_E_SYNTAX;
+    }
+  }
+  if (!found || !boundary_ok(b, bl)) return EVS__JSON_E_SYNTAX;
+  if (cap < bl + 1) return -ENOSPC;
+  memcpy(ret, b, bl);
+  ret[bl] = 0;
+  return (int)bl;
+}
+
+int evs__multipart_rewrite_new(const char *boundary, const char *const *fields, size_t nfields,
+                               const struct evs__multipart_rewrite_opts *opts,
+                               evs__json_emit_fn emit_fn, evs__json_transform_fn transform,
+                               void *ud, evs__multipart_rewrite **ret_rw) {
+  evs__multipart_rewrite *rw;
+  size_t bl;
+  if (!emit_fn || !boundary || (nfields && (!fields || !transform))) return -EINVAL;
+  bl = strnlen(boundary, EVS__MULTIPART_BOUNDARY_MAX + 1);
+  if (!boundary_ok(boundary, bl)) return -EINVAL;
+  for (size_t i = 0; i < nfields; i++)
+    if (!fields[i]) return -EINVAL;
+  if (!(rw = calloc(1, sizeof *rw))) return -ENOMEM;
+  if (opts) memcpy(&rw->o, opts, opts->size < sizeof rw->o ? opts->size : sizeof rw->o);
+  rw->o.size = sizeof rw->o;
+  if (!rw->o.max_value) rw->o.max_value = 25u * 1024 * 1024;
+  if (!rw->o.max_header) rw->o.max_header = 16 * 1024;
+  memcpy(rw->delim, "\r\n--", 4);
+  memcpy(rw->delim + 4, boundary, bl);
+  rw->dlen = 4 + bl;
+  rw->emit = emit_fn;
+  rw->transform = transform;
+  rw->ud = ud;
+  rw->mem = rw->mem_hw = sizeof *rw;
+  /* The first delimiter may open the body without a CRLF before it: start as if one was seen. */
+  rw->ms = M_PREAMBLE;
+  rw->k = 2;
+  if (nfields) {
+    size_t total = 0;
+    char *s;
+    for (size_t i = 0; i < nfields; i++) total += strlen(fields[i]) + 1;
+    rw->fields = calloc(nfields, sizeof *rw->fields);
+    rw->flen = calloc(nfields, sizeof *rw->flen);
+    s = malloc(total);
+    if (!rw->fields || !rw->flen || !s) {
+      free(rw->fields);
+      free(rw->flen);
+      free(s);
+      free(rw);
+      return -ENOMEM;
+    }
+    mem_account(rw, 0, nfields * (sizeof *rw->fields + sizeof *rw->flen) + total);
+    for (size_t i = 0; i < nfields; i++) {
+      rw->flen[i] = strlen(fields[i]);
+      rw->fields[i] = s;
+      memcpy(s, fields[i], rw->flen[i] + 1);
+      s += rw->flen[i] + 1;
+    }
+    rw->nfields = nfields;
+  }
+  *ret_rw = rw;
+  return 0;
+}
+
+void evs__multipart_rewrite_free(evs__multipart_rewrite *rw) {
+  if (!rw) return;
+  if (rw->nfields) free(rw->fields[0]);
+  free(rw->fields);
+  free(rw->flen);
+  free(rw->hdr);
+  free(rw->val);
+  free(rw);
+}
+
+uint64_t evs__multipart_rewrite_error_offset(const evs__multipart_rewrite *rw) {
+  return rw->err_off;
+}
+
+size_t evs__multipart_rewrite_mem_high_water(const evs__multipart_rewrite *rw) {
+  return rw->mem_hw;
+}
+
+uint64_t evs__multipart_rewrite_parts(const evs__multipart_rewrite *rw) { return rw->parts; }
