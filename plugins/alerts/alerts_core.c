@@ -160,6 +160,10 @@ int evs__alerts_config_parse(const char *text, size_t len, const char *name,
   name = name ? name : "alerts.json";
   json_t *root = json_loadb(text ? text : "", len, JSON_REJECT_DUPLICATES, &je);
   if (!root) {
+    /* jansson appends "near '<token>'": the token may be (part of) a webhook URL, which is a
+     * credential, so only line, column and the reason are kept. */
+    char *near = strstr(je.text, " near ");
+    if (near) *near = 0;
     if (err && errlen) snprintf(err, errlen, "%s:%d:%d: %s", name, je.line, je.column, je.text);
     return -EINVAL;
   }
@@ -394,16 +398,17 @@ static char *chat_text(evs__alert_kind kind, const evs__alert_event *ev) {
   return b.p;
 }
 
-/* Discord refuses messages over 2000 characters; cut at a UTF-8 boundary and mark the cut. */
+/* Discord refuses messages over 2000 characters; cut longer ones at a UTF-8 boundary after
+ * 1990 characters and mark the cut. At least 10 characters (10 bytes) follow the cut, so the
+ * 3-byte mark and its NUL fit in place. */
 static void discord_cap(char *t) {
-  size_t n = strlen(t), chars = 0, i = 0;
-  for (; i < n; i++) {
-    if (((unsigned char)t[i] & 0xC0) != 0x80) {
-      if (chars == 1990) break;
-      chars++;
-    }
+  size_t chars = 0, cut = 0;
+  for (size_t i = 0; t[i]; i++) {
+    if (((unsigned char)t[i] & 0xC0) == 0x80) continue;
+    if (chars == 1990) cut = i;
+    chars++;
   }
-  if (i < n) memcpy(t + i, "…", sizeof "…");
+  if (chars > 2000) memcpy(t + cut, "\u2026", sizeof "\u2026");
 }
 
 static char *dump(json_t *j, size_t *ret_len) {
@@ -426,11 +431,10 @@ char *evs__alert_body(evs__alert_kind kind, const evs__alert_event *ev, size_t *
     if (!o) return NULL;
     for (int i = 0; i < EVS__AF_COUNT; i++) {
       json_t *v = NULL;
-      if (i == EVS__AF_STATUS_CODE) {
-        if (ev->has_status_code) v = json_integer(ev->status_code);
-      } else if (ev->str[i]) {
-        v = json_string(ev->str[i]);
-        if (!v) v = json_stringn_nocheck(ev->str[i], strlen(ev->str[i])); /* not UTF-8 */
+      if (i == EVS__AF_STATUS_CODE && ev->has_status_code) {
+        v = json_integer(ev->status_code);
+      } else if (i != EVS__AF_STATUS_CODE && ev->str[i]) {
+        v = json_string(ev->str[i]); /* UTF-8: it came out of json_loads */
       } else {
         continue;
       }
