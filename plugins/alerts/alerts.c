@@ -513,7 +513,10 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     state_free(st);
     return rc;
   }
-  if ((rc = load_key(st)) < 0 || (rc = subscribe(st)) < 0) {
+  /* Only webhooks are signed: without one, no key file is read or created. */
+  int webhooks = 0;
+  for (size_t i = 0; i < st->cfg->n; i++) webhooks |= st->cfg->dests[i].kind == EVS__ALERT_WEBHOOK;
+  if ((webhooks && (rc = load_key(st)) < 0) || (rc = subscribe(st)) < 0) {
     state_free(st);
     return rc;
   }
@@ -529,7 +532,10 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     d->cfg = &st->cfg->dests[i];
     evs__alert_url_origin(d->cfg->url, d->origin, sizeof d->origin);
     evs__alert_bucket_init(&d->bucket, st->max_per_minute, now);
-    if (strncmp(d->cfg->url, "http://", 7) == 0)
+    const char *h = d->cfg->url + 7;
+    int loopback = strncmp(h, "127.", 4) == 0 || strncmp(h, "localhost", 9) == 0 ||
+                   strncmp(h, "[::1]", 5) == 0;
+    if (strncmp(d->cfg->url, "http://", 7) == 0 && !loopback)
       host->log(plugin, NULL, EVS_LOG_WARN,
                 "alerts to %s travel unencrypted (http://); use https:// beyond this host",
                 d->origin);

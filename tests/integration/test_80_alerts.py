@@ -289,6 +289,8 @@ def test_missing_alerts_file_loads_without_alerts():
     emit(srv, event())
     time.sleep(0.3)
     assert counters(srv).get("alerts_sent", 0) == 0
+    # No webhook, no signing key: nothing is created in the state directory.
+    assert not os.path.exists(os.path.join(srv.config.state_dir, "alerts-signing.key"))
 
 
 def test_invalid_alerts_file_is_rejected():
