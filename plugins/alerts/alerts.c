@@ -111,16 +111,20 @@ static void iso_now(char *buf, size_t len) {
   snprintf(buf, len, "%s.%03ldZ", base, ts.tv_nsec / 1000000);
 }
 
-static void random_hex(char *out, size_t nbytes) {
+/* nbytes (<= 32) random bytes as lower-case hex into out (2 * nbytes + 1 bytes). Also makes
+ * the signing key, hence the wipe. Returns 0, or -EIO if the generator failed. */
+static int random_hex(char *out, size_t nbytes) {
   uint8_t r[32];
   static const char hex[] = "0123456789abcdef";
   if (nbytes > sizeof r) nbytes = sizeof r;
-  if (RAND_bytes(r, (int)nbytes) != 1) memset(r, 0, sizeof r); /* an id, not a secret */
+  if (RAND_bytes(r, (int)nbytes) != 1) return -EIO;
   for (size_t i = 0; i < nbytes; i++) {
     out[2 * i] = hex[r[i] >> 4];
     out[2 * i + 1] = hex[r[i] & 15];
   }
   out[2 * nbytes] = 0;
+  OPENSSL_cleanse(r, sizeof r);
+  return 0;
 }
 
 /* ---- the queue ----------------------------------------------------------------------------- */
@@ -154,7 +158,8 @@ static void enqueue(dest *d, char *body, size_t len, const char *event_type) {
   it->body = body;
   it->len = len;
   snprintf(it->event_type, sizeof it->event_type, "%s", event_type);
-  random_hex(it->delivery_id, 16);
+  if (random_hex(it->delivery_id, 16) < 0) /* an id, not a secret: a fallback will do */
+    snprintf(it->delivery_id, sizeof it->delivery_id, "%032llx", (unsigned long long)now_ms());
   if (d->nqueued >= (size_t)st->queue_size) {
     /* Full: drop the oldest alert that is not on its way (the head may be in flight or
      * waiting for a retry, and is then the one being worked on). */
@@ -354,26 +359,21 @@ static void on_tick(void *arg) {
  * file, then link(2), which fails if another worker got there first (then its key is used). */
 static int generate_key(alerts_state *st, const char *path) {
   char tmp[PATH_MAX];
-  uint8_t raw[32];
-  char hex[2 * sizeof raw + 2];
+  char hex[2 * 32 + 2];
   if (snprintf(tmp, sizeof tmp, "%s.XXXXXX", path) >= (int)sizeof tmp) return -ENAMETOOLONG;
-  if (RAND_bytes(raw, sizeof raw) != 1) return -EIO;
-  static const char digits[] = "0123456789abcdef";
-  for (size_t i = 0; i < sizeof raw; i++) {
-    hex[2 * i] = digits[raw[i] >> 4];
-    hex[2 * i + 1] = digits[raw[i] & 15];
-  }
-  hex[2 * sizeof raw] = '\n';
-  hex[2 * sizeof raw + 1] = 0;
-  OPENSSL_cleanse(raw, sizeof raw);
+  if (random_hex(hex, 32) < 0) return -EIO;
+  size_t len = 2 * 32 + 1;
+  hex[len - 1] = '\n';
   int fd = mkstemp(tmp); /* mode 0600 */
   if (fd < 0) {
+    int e = errno;
     OPENSSL_cleanse(hex, sizeof hex);
-    return -errno;
+    return -e;
   }
-  size_t len = 2 * sizeof raw + 1;
   int rc = 0;
-  if (fchmod(fd, 0600) < 0 || write(fd, hex, len) != (ssize_t)len || fsync(fd) < 0) rc = -errno;
+  errno = 0;
+  if (fchmod(fd, 0600) < 0 || write(fd, hex, len) != (ssize_t)len || fsync(fd) < 0)
+    rc = errno ? -errno : -EIO; /* a short write sets no errno */
   OPENSSL_cleanse(hex, sizeof hex);
   if (close(fd) < 0 && rc == 0) rc = -errno;
   if (rc == 0 && link(tmp, path) < 0 && errno != EEXIST) rc = -errno;
