@@ -8,6 +8,7 @@ keep-alive connection opened before the push carries requests to the new relay a
 
 import json
 import os
+import pty
 import select
 import signal
 import socket
@@ -159,6 +160,53 @@ def test_push_applies_without_restart():
     # Without --yes and without a terminal, push refuses and changes nothing.
     r = evctl(srv, "relay", "push", cwd=d)
     assert r.returncode == 2 and "--yes" in r.stderr, r
+
+
+def push_on_terminal(srv, cwd, answer):
+    """Runs `relay push` on a pseudo-terminal, answers the prompt, returns (status, output)."""
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("EVSERVER_ADMIN_SOCKET",)}
+    env.update(NO_COLOR="1", TERM="dumb")
+    try:
+        p = subprocess.Popen([evstest.build_path("evctl"), "--socket", srv.config.admin_socket,
+                              "relay", "push"], cwd=cwd, stdin=slave, stdout=slave, stderr=slave,
+                             env=env)
+    finally:
+        os.close(slave)
+    out, answered, deadline = b"", False, time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([master], [], [], 0.1)
+            if r:
+                try:
+                    b = os.read(master, 65536)
+                except OSError:
+                    break
+                if not b:
+                    break
+                out += b
+                if not answered and b"[y/N]" in out:
+                    os.write(master, answer + b"\n")
+                    answered = True
+            elif p.poll() is not None:
+                break
+    finally:
+        os.close(master)
+    return p.wait(10), out.decode(errors="replace")
+
+
+def test_push_asks_on_a_terminal():
+    need_build()
+    srv = evstest.start_server()
+    d = evstest.tmpdir()
+    ok(evctl(srv, "relay", "create", "--custom-domain", "t.test", "--destination-domain",
+             "http://127.0.0.1:9", cwd=d))
+    status, out = push_on_terminal(srv, d, b"n")
+    assert status == 1 and "+ t.test" in out and "cancelled" in out, (status, out)
+    assert srv.admin_get("/relays").json()["relays"] == {}
+    status, out = push_on_terminal(srv, d, b"y")
+    assert status == 0 and "Pushed" in out, (status, out)
+    assert list(srv.admin_get("/relays").json()["relays"]) == ["t.test"]
 
 
 def test_push_merges_and_prune_replaces():
