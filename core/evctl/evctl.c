@@ -40,8 +40,30 @@ static const evctl_command commands[] = {
      evctl_cmd_encrypt},
     {"decrypt", "<appId> <ev:...|JSON>", "Decrypt an ev: string or every one in JSON",
      evctl_cmd_decrypt},
+    {"relay create",
+     "[--force] [--destination-domain D] [--custom-domain C] [--relay-type AUTO|CUSTOM|DNS] "
+     "[--dns-target JSON]... [--base-domain B] [--file F]",
+     "Write a relay-config.json with one relay (no server needed)", evctl_cmd_relay_create},
+    {"relay clone", "--domain D [--file F] [--force]",
+     "Copy a relay from the server into a relay-config.json", evctl_cmd_relay_clone},
+    {"relay push", "[--file F] [--prune] [--yes]",
+     "Apply a relay-config.json to the server, after a summary of the changes", evctl_cmd_relay_push},
+    {"relay diff", "[--file F] [--prune]",
+     "Show what `relay push` would change, per relay and per key", evctl_cmd_relay_diff},
+    {"relay delete", "--domain D", "Delete a relay from the server", evctl_cmd_relay_delete},
+    {"relay list", "", "List the server's relays", evctl_cmd_relay_list},
+    {"relay structures", "[--relay D]",
+     "Request shapes (method, route, fields) seen by the relays in the last 24 h",
+     evctl_cmd_relay_structures},
+    {"relay dev", "--port P [--host H] [--file F] [--listen ADDR] [--state-dir DIR]",
+     "Run a local relay that forwards to H:P and follows edits of F", evctl_cmd_relay_dev},
+    {"activity",
+     "[--relay D] [--status S] [--method M] [--since 10m|1h|24h] [--limit N] [--request-id ID]",
+     "Relayed requests, newest first (never values, headers or bodies)", evctl_cmd_activity},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+#define HELP_SYNOPSIS_MAX 44
 
 static void print_help(FILE *f) {
   fprintf(f,
@@ -53,13 +75,17 @@ static void print_help(FILE *f) {
   size_t w = 0;
   for (size_t i = 0; i < NCOMMANDS; i++) {
     size_t n = strlen(commands[i].name) + (*commands[i].args ? 1 + strlen(commands[i].args) : 0);
-    if (n > w) w = n;
+    if (n > w && n <= HELP_SYNOPSIS_MAX) w = n;
   }
   for (size_t i = 0; i < NCOMMANDS; i++) {
-    char synopsis[256];
+    char synopsis[512];
     snprintf(synopsis, sizeof(synopsis), "%s%s%s", commands[i].name, *commands[i].args ? " " : "",
              commands[i].args);
-    fprintf(f, "  %-*s  %s\n", (int)w, synopsis, commands[i].summary);
+    /* A long synopsis gets a line of its own, so the summaries stay in one narrow column. */
+    if (strlen(synopsis) > HELP_SYNOPSIS_MAX)
+      fprintf(f, "  %s\n  %-*s  %s\n", synopsis, (int)w, "", commands[i].summary);
+    else
+      fprintf(f, "  %-*s  %s\n", (int)w, synopsis, commands[i].summary);
   }
   fprintf(f,
           "\n"
@@ -170,11 +196,17 @@ int evctl_admin_call(const evctl_ctx *ctx, const char *method, const char *path,
     fprintf(stderr, "evctl: out of memory\n");
     return -1;
   }
+  int rc = evctl_admin_call_text(ctx, method, path, payload, payload ? strlen(payload) : 0, ret_obj);
+  free(payload);
+  return rc;
+}
+
+int evctl_admin_call_text(const evctl_ctx *ctx, const char *method, const char *path,
+                          const char *payload, size_t payload_len, json_t **ret_obj) {
   evctl_response r = {0};
   char err[512];
   int rc = evctl_http_request(ctx->socket_path, method, path, "application/json", payload,
-                              payload ? strlen(payload) : 0, ctx->timeout_ms, &r, err, sizeof(err));
-  free(payload);
+                              payload_len, ctx->timeout_ms, &r, err, sizeof(err));
   if (rc < 0) {
     fputs("evctl: ", stderr);
     evctl_print(ctx, stderr, EVCTL_PLAIN, err);

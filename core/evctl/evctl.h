@@ -129,10 +129,27 @@ int evctl_no_args(const char *name, int argc, char **argv);
  * goes to stdout) and returns -1. */
 int evctl_admin_call(const evctl_ctx *ctx, const char *method, const char *path,
                      const json_t *body, json_t **ret_obj);
+/* The same with a request body that is already JSON text (payload may be NULL: no body), for
+ * callers that choose its layout (relay push sends an indented relay-config.json, which the
+ * server stores as it is). */
+int evctl_admin_call_text(const evctl_ctx *ctx, const char *method, const char *path,
+                          const char *payload, size_t payload_len, json_t **ret_obj);
 
 /* ---- cmd_server.c: the running server ------------------------------------------------------- */
 
 int evctl_cmd_status(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_plugins(const evctl_ctx *ctx, int argc, char **argv);
+
+/* ---- cmd_relay.c: relays and their traffic (the relay-inbound plugin's endpoints) ------------ */
+
+int evctl_cmd_relay_create(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_relay_clone(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_relay_push(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_relay_diff(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_relay_delete(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_relay_list(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_relay_structures(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_relay_dev(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_activity(const evctl_ctx *ctx, int argc, char **argv);
 
 #endif
