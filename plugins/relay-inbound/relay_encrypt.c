@@ -12,7 +12,9 @@
  * Memory per request: the rewriter's bounded state, the spool's first MiB (the rest goes to an
  * unlinked temporary file), and the values of at most MAX_INFLIGHT batches of BATCH_BYTES.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -23,7 +25,9 @@
 #include <jansson.h>
 
 #include "evs_enclave_proto.h"
+#include "form_rewrite.h"
 #include "json_rewrite.h"
+#include "multipart_rewrite.h"
 #include "relay_priv.h"
 #include "spool.h"
 
@@ -51,7 +55,11 @@ typedef struct relay_enc {
   relay_txn *t;
   enum fmt fmt;
   enum wrap wrap;
-  evs__json_rewrite *json;
+  /* The rewriter for the body's format (NULL: bytes are spooled unchanged). */
+  void *rw;
+  int (*rw_feed)(void *rw, const char *buf, size_t len);
+  int (*rw_finish)(void *rw);
+  void (*rw_free)(void *rw);
   relay_spool spool;
   batch *cur;
   int inflight;
@@ -84,7 +92,7 @@ static void batch_free(batch *b) {
 
 void relay_encrypt_free(relay_enc *e) {
   if (!e) return;
-  evs__json_rewrite_free(e->json);
+  if (e->rw) e->rw_free(e->rw);
   relay_spool_done(&e->spool);
   batch_free(e->cur);
   free(e->sample);
@@ -173,33 +181,24 @@ static batch *batch_new(relay_enc *e, int file) {
 
 static void maybe_proceed(relay_enc *e);
 
-static int wrap_len(enum wrap w, const uint8_t *s, size_t n) {
-  size_t out = n;
-  if (w == W_JSON) out += 2;
-  if (w == W_PCT)
-    for (size_t i = 0; i < n; i++)
-      if (!((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') ||
-            (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '_' || s[i] == '.'))
-        out += 2;
-  return (int)out;
+/* A value as its format writes it: a JSON string literal (ev: strings need no escapes),
+ * percent-encoded for forms, raw for multipart. */
+static size_t wrap_len(enum wrap w, const uint8_t *s, size_t n) {
+  if (w == W_JSON) return n + 2;
+  if (w == W_PCT) return evs__form_urlencode((const char *)s, n, NULL, 0);
+  return n;
 }
 
-static void wrap_into(enum wrap w, const uint8_t *s, size_t n, uint8_t *out) {
-  static const char hx[] = "0123456789ABCDEF";
-  size_t o = 0;
-  if (w == W_JSON) out[o++] = '"';
-  for (size_t i = 0; i < n; i++) {
-    uint8_t c = s[i];
-    if (w == W_PCT && !((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-                        (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.')) {
-      out[o++] = '%';
-      out[o++] = (uint8_t)hx[c >> 4];
-      out[o++] = (uint8_t)hx[c & 15];
-    } else {
-      out[o++] = c;
-    }
+static void wrap_into(enum wrap w, const uint8_t *s, size_t n, uint8_t *out, size_t cap) {
+  if (w == W_PCT) {
+    evs__form_urlencode((const char *)s, n, (char *)out, cap);
+  } else if (w == W_JSON) {
+    out[0] = '"';
+    memcpy(out + 1, s, n);
+    out[n + 1] = '"';
+  } else {
+    memcpy(out, s, n);
   }
-  if (w == W_JSON) out[o++] = '"';
 }
 
 static void on_batch(void *arg, int status, const uint8_t *res, size_t len) {
@@ -231,13 +230,13 @@ static void on_batch(void *arg, int status, const uint8_t *res, size_t len) {
         ctl -= 4;
       }
       enum wrap w = b->file ? W_RAW : e->wrap;
-      size_t wl = (size_t)wrap_len(w, ct, ctl);
+      size_t wl = wrap_len(w, ct, ctl);
       uint8_t *tmp = malloc(wl ? wl : 1);
       if (!tmp) {
         fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
         break;
       }
-      wrap_into(w, ct, ctl, tmp);
+      wrap_into(w, ct, ctl, tmp, wl);
       if (relay_spool_fill(&e->spool, b->holes[i], tmp, wl) < 0)
         fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
       free(tmp);
@@ -503,8 +502,8 @@ static int on_data(void *arg, const uint8_t *data, size_t len) {
       }
     }
   }
-  int r = e->json ? evs__json_rewrite_feed(e->json, (const char *)data, len)
-                  : relay_spool_write(&e->spool, data, len);
+  int r = e->rw ? e->rw_feed(e->rw, (const char *)data, len)
+                : relay_spool_write(&e->spool, data, len);
   if (r < 0) {
     map_rewrite_error(e, r);
     return e->err ? e->err : r;
@@ -532,8 +531,8 @@ static void on_end(void *arg, int status) {
       return;
     }
   }
-  if (!e->err && e->json) {
-    int r = evs__json_rewrite_finish(e->json);
+  if (!e->err && e->rw) {
+    int r = e->rw_finish(e->rw);
     if (r < 0) map_rewrite_error(e, r);
   }
   if (!e->err) flush(e);
@@ -566,11 +565,32 @@ void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) 
   int r = 0;
   if (t->has_match && e->fmt == F_JSON) {
     e->wrap = W_JSON;
-    r = evs__json_rewrite_new(t->match.paths, NULL, emit, transform, e, &e->json);
-  } else if (t->has_match && e->fmt != F_NONE) {
-    e->answered = 1;
-    h->respond_error(t->req, 415, "bad-request", "This Content-Type is not supported yet");
-    return;
+    e->rw_feed = (int (*)(void *, const char *, size_t))evs__json_rewrite_feed;
+    e->rw_finish = (int (*)(void *))evs__json_rewrite_finish;
+    e->rw_free = (void (*)(void *))evs__json_rewrite_free;
+    r = evs__json_rewrite_new(t->match.paths, NULL, emit, transform, e,
+                              (evs__json_rewrite **)&e->rw);
+  } else if (t->has_match && e->fmt == F_FORM) {
+    e->wrap = W_PCT;
+    e->rw_feed = (int (*)(void *, const char *, size_t))evs__form_rewrite_feed;
+    e->rw_finish = (int (*)(void *))evs__form_rewrite_finish;
+    e->rw_free = (void (*)(void *))evs__form_rewrite_free;
+    r = evs__form_rewrite_new(t->match.names, t->match.nnames, NULL, emit, transform, e,
+                              (evs__form_rewrite **)&e->rw);
+  } else if (t->has_match && e->fmt == F_MULTIPART) {
+    char ctz[1024], boundary[80];
+    snprintf(ctz, sizeof ctz, "%.*s", (int)ct_len, content_type);
+    if (evs__multipart_boundary(ctz, boundary, sizeof boundary) < 0) {
+      e->answered = 1;
+      h->respond_error(t->req, 400, "bad-request", "multipart/form-data without a valid boundary");
+      return;
+    }
+    e->wrap = W_RAW;
+    e->rw_feed = (int (*)(void *, const char *, size_t))evs__multipart_rewrite_feed;
+    e->rw_finish = (int (*)(void *))evs__multipart_rewrite_finish;
+    e->rw_free = (void (*)(void *))evs__multipart_rewrite_free;
+    r = evs__multipart_rewrite_new(boundary, t->match.names, t->match.nnames, NULL, emit,
+                                   transform, e, (evs__multipart_rewrite **)&e->rw);
   }
   if (r >= 0) r = h->request_body_read(t->req, on_data, on_end, e);
   if (r < 0) {

@@ -16,7 +16,9 @@
  *
  * This plugin sees only abi/evserver/evs_plugin.h (ABI 1.1).
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>

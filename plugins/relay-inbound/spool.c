@@ -2,7 +2,9 @@
  * spool.c: the relay's body spool (spool.h): memory first, then an unlinked temporary file;
  * holes filled out of order, read back in order.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "spool.h"
 
 #include <errno.h>
