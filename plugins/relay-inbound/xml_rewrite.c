@@ -1040,10 +1040,13 @@ int evs__xml_rewrite_feed(evs__xml_rewrite *rw, const char *buf, size_t len) {
   int r;
   if (rw->err) return rw->err;
   if (len == 0) return 0;
-  if ((ok = utf8_check(rw, p, len)) < len) return fail(rw, EVS__JSON_E_SYNTAX, rw->off + ok);
+  /* The bytes before an invalid one are parsed first, so that the error reported is the first
+   * one in the body however it was split. */
+  ok = utf8_check(rw, p, len);
   rw->buf = rw->pass = buf;
-  r = run(rw, p, p + len, &p);
+  r = run(rw, p, p + ok, &p);
   if (r < 0) return fail(rw, r, off_of(rw, p));
+  if (ok < len) return fail(rw, EVS__JSON_E_SYNTAX, rw->off + ok);
   if (!rw->capturing && (r = emit(rw, rw->pass, (size_t)(buf + len - rw->pass))) < 0)
     return fail(rw, r, rw->off + len);
   rw->off += len;

@@ -187,6 +187,24 @@ static size_t xref_element(struct xref *r, size_t i, const uint64_t *st, bool li
   return xref_find(r, i, ">") + 1;
 }
 
+/* True when out[0..olen) is in[0..n) with exactly the recorded spans replaced by their markers,
+ * i.e. putting the original spans back into the output gives the input. */
+static bool xref_put_back(const struct xref *r, const char *in, size_t n, const char *out,
+                          size_t olen) {
+  size_t ip = 0, op = 0;
+  for (unsigned k = 0; k < r->k && k < 4096; k++) {
+    size_t a = r->spans[k][0], gap = a - ip;
+    char m[32];
+    size_t ml = (size_t)snprintf(m, sizeof m, "#%u", k);
+    if (a < ip || op + gap + ml > olen || memcmp(out + op, in + ip, gap) != 0 ||
+        memcmp(out + op + gap, m, ml) != 0)
+      return false;
+    op += gap + ml;
+    ip = r->spans[k][1];
+  }
+  return olen - op == n - ip && memcmp(out + op, in + ip, n - ip) == 0;
+}
+
 /* Fills r (caller zeroes it and frees r->out) with the expected output for accepted s[0..n). */
 static void xref_run(struct xref *r, const evs__jsonpath *jp, const char *s, size_t n) {
   size_t nw = jp ? evs__jsonpath_nwords(jp) : 0, i = 0;
