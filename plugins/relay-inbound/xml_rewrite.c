@@ -878,9 +878,8 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
         r = decl_check(rw->decl, rw->decl_len - 1);
         rw->ls = L_TEXT;
       } else if (rw->decl_len == sizeof rw->decl) {
-        r = rw->decl_len >= 4 && memcmp(rw->decl, "xml", 3) == 0 && is_ws((unsigned char)rw->decl[3])
-                ? EVS__JSON_E_SYNTAX
-                : EVS__XML_E_PI;
+        bool xml = memcmp(rw->decl, "xml", 3) == 0 && is_ws((unsigned char)rw->decl[3]);
+        r = xml ? EVS__JSON_E_SYNTAX : EVS__XML_E_PI;
       } else {
         rw->decl[rw->decl_len++] = (char)c;
       }
@@ -1016,14 +1015,13 @@ static size_t utf8_check(evs__xml_rewrite *rw, const unsigned char *p, size_t n)
       if (c == '\t' || c == '\n' || c == '\r') continue;
       return i;
     }
-    if (c >= 0xC2 && c <= 0xDF) rw->u_need = 1, rw->u_lo = 0x80, rw->u_hi = 0xBF, rw->u_cp = c & 0x1Fu;
-    else if (c == 0xE0) rw->u_need = 2, rw->u_lo = 0xA0, rw->u_hi = 0xBF, rw->u_cp = 0;
-    else if (c == 0xED) rw->u_need = 2, rw->u_lo = 0x80, rw->u_hi = 0x9F, rw->u_cp = 0xD;
-    else if (c >= 0xE1 && c <= 0xEF) rw->u_need = 2, rw->u_lo = 0x80, rw->u_hi = 0xBF, rw->u_cp = c & 0xFu;
-    else if (c == 0xF0) rw->u_need = 3, rw->u_lo = 0x90, rw->u_hi = 0xBF, rw->u_cp = 0;
-    else if (c >= 0xF1 && c <= 0xF3) rw->u_need = 3, rw->u_lo = 0x80, rw->u_hi = 0xBF, rw->u_cp = c & 0x7u;
-    else if (c == 0xF4) rw->u_need = 3, rw->u_lo = 0x80, rw->u_hi = 0x8F, rw->u_cp = 4;
+    if (c >= 0xC2 && c <= 0xDF) rw->u_need = 1, rw->u_cp = c & 0x1Fu;
+    else if (c >= 0xE0 && c <= 0xEF) rw->u_need = 2, rw->u_cp = c & 0xFu;
+    else if (c >= 0xF0 && c <= 0xF4) rw->u_need = 3, rw->u_cp = c & 0x7u;
     else return i;
+    /* The second byte's range excludes overlongs, surrogates and code points past U+10FFFF. */
+    rw->u_lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+    rw->u_hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
   }
   return n;
 }

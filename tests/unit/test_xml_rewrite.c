@@ -243,7 +243,8 @@ static void test_selection(void **state) {
   expect("$.*", user, "<user><name>#0</name><ssn>#1</ssn></user>");
   expect("$[*]", user, "<user><name>#0</name><ssn>#1</ssn></user>");
   /* nested names */
-  expect("$.a.b", "<r><a><b>1</b><c>2</c></a><b>3</b></r>", "<r><a><b>#0</b><c>2</c></a><b>3</b></r>");
+  expect("$.a.b", "<r><a><b>1</b><c>2</c></a><b>3</b></r>",
+         "<r><a><b>#0</b><c>2</c></a><b>3</b></r>");
   expect("$['a']['b']", "<r><a><b>1</b></a></r>", "<r><a><b>#0</b></a></r>");
   /* repeated siblings: name selects all, [N] counts same-named siblings only */
   expect("$.items.card", items, "<r><items><card>#0</card><x/><card>#1</card></items></r>");
@@ -255,8 +256,10 @@ static void test_selection(void **state) {
   expect("$.items[0].card", items, "<r><items><card>#0</card><x/><card>#1</card></items></r>");
   expect("$.items[*].card", items, "<r><items><card>#0</card><x/><card>#1</card></items></r>");
   expect("$.items[*].card[1]", items, "<r><items><card>A</card><x/><card>#0</card></items></r>");
-  expect("$.items[1].card", two, "<r><items><card>A</card></items><items><card>#0</card></items></r>");
-  expect("$.items[*].card", two, "<r><items><card>#0</card></items><items><card>#1</card></items></r>");
+  expect("$.items[1].card", two,
+         "<r><items><card>A</card></items><items><card>#0</card></items></r>");
+  expect("$.items[*].card", two,
+         "<r><items><card>#0</card></items><items><card>#1</card></items></r>");
   expect("$.items[0]", two, "<r><items><card>#0</card></items><items><card>B</card></items></r>");
   expect("$..card[1]", items, "<r><items><card>A</card><x/><card>#0</card></items></r>");
   /* wildcards: .* also consumes the optional index step (documented) */
@@ -323,7 +326,8 @@ static void test_deferred(void **state) {
   async.store = true;
   async.defer = true;
   assert_int_equal(evs__xml_rewrite_new(jp, NULL, sink_emit, sink_transform, &async, &rw), 0);
-  for (size_t i = 0; i < strlen(doc); i++) assert_int_equal(evs__xml_rewrite_feed(rw, doc + i, 1), 0);
+  for (size_t i = 0; i < strlen(doc); i++)
+    assert_int_equal(evs__xml_rewrite_feed(rw, doc + i, 1), 0);
   assert_int_equal(evs__xml_rewrite_finish(rw), 0);
   evs__xml_rewrite_free(rw);
   assert_int_equal(async.k, sync.k);
@@ -558,7 +562,9 @@ static void test_limits(void **state) {
   free(s.out);
   assert_int_equal(rewrite_o(jp, &o, "<r><v>123456789</v></r>", 1, &s), EVS__JSON_E_TOOBIG);
   free(s.out);
-  assert_int_equal(rewrite_o(jp, &o, "<r><v>&amp;&amp;&amp;&amp;&amp;&amp;&amp;&amp;</v></r>", 2, &s), 0);
+  /* the cap is on decoded bytes: 8 references decode to 8 bytes */
+  assert_int_equal(
+      rewrite_o(jp, &o, "<r><v>&amp;&amp;&amp;&amp;&lt;&gt;&quot;&apos;</v></r>", 2, &s), 0);
   free(s.out);
   /* unselected text may be of any size; names are capped, one and all open together */
   assert_int_equal(rewrite_o(jp, &o, "<r><w>123456789012</w></r>", 1, &s), 0);
@@ -587,6 +593,18 @@ static void test_limits(void **state) {
   /* literal whitespace held before a selected element's first child is capped too */
   assert_int_equal(rewrite_o(jp, &o, "<r><v>         <a/></v></r>", 1, &s), EVS__JSON_E_TOOBIG);
   free(s.out);
+  { /* the declaration is read into a fixed buffer */
+    char doc[400];
+    snprintf(doc, sizeof doc, "<?xml version=\"1.0\"%300s?><r/>", "");
+    assert_int_equal(rewrite_o(NULL, NULL, doc, 1, &s), EVS__JSON_E_SYNTAX);
+    free(s.out);
+    snprintf(doc, sizeof doc, "<?pi %300s?><r/>", "");
+    assert_int_equal(rewrite_o(NULL, NULL, doc, 1, &s), EVS__XML_E_PI);
+    free(s.out);
+    snprintf(doc, sizeof doc, "<?xml version=\"1.0\"%200s?><r/>", "");
+    assert_int_equal(rewrite_o(NULL, NULL, doc, 1, &s), 0);
+    free(s.out);
+  }
   { /* the default depth: 256 */
     char *doc = malloc(300 * 8);
     size_t n = 0;
@@ -638,6 +656,15 @@ static void test_callback_errors_and_poison(void **state) {
   assert_int_equal(evs__xml_rewrite_feed(rw, "<r>ab\xff", 6), EVS__JSON_E_SYNTAX);
   assert_int_equal(evs__xml_rewrite_error_offset(rw), 5);
   evs__xml_rewrite_free(rw);
+  { /* with several errors the first in the body is reported, however it is split */
+    evs__jsonpath *s_ = paths("$.s", NULL);
+    const char *two = "<r><s>t<b/>\xff</s></r>";
+    for (int mode = 0; mode < 3; mode++) {
+      assert_int_equal(rewrite(s_, NULL, two, strlen(two), mode, &s), EVS__XML_E_MIXED);
+      free(s.out);
+    }
+    evs__jsonpath_free(s_);
+  }
   evs__xml_rewrite_free(NULL);
   assert_string_equal(evs__xml_rewrite_strerror(EVS__XML_E_DOCTYPE),
                       "DOCTYPE or markup declaration in XML");

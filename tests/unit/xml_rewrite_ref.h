@@ -75,7 +75,8 @@ static void xref_text(char **v, size_t *vl, size_t *vc, const char *s, size_t a,
     if (j == b) break;
     j++;
     if (s[j] == '#') {
-      unsigned long cp = s[j + 1] == 'x' ? strtoul(s + j + 2, NULL, 16) : strtoul(s + j + 1, NULL, 10);
+      unsigned long cp =
+          s[j + 1] == 'x' ? strtoul(s + j + 2, NULL, 16) : strtoul(s + j + 1, NULL, 10);
       char u[4];
       size_t un;
       if (cp < 0x80) u[0] = (char)cp, un = 1;
