@@ -1,0 +1,108 @@
+/*
+ * libFuzzer target for plugins/relay-inbound/xml_rewrite.c (with jsonpath.c). Besides memory
+ * errors it checks: without selectors (identity: nothing is transformed) a body is accepted iff
+ * the output equals the input; with selectors, a body valid without them is accepted too unless a
+ * selected element has mixed content; the result does not depend on how the body is split; the
+ * output equals a non-streaming reference (tests/unit/xml_rewrite_ref.h) that replaces the
+ * selected spans, with the same decoded values; the output re-parses as XML; and putting the
+ * original spans back yields the input.
+ *
+ *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
+ *     plugins/relay-inbound/xml_rewrite.c plugins/relay-inbound/jsonpath.c \
+ *     fuzz/fuzz_xml_rewrite.c -o /tmp/fuzz_xml_rewrite
+ */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jsonpath.h"
+#include "xml_rewrite.h"
+
+#include "../tests/unit/xml_rewrite_ref.h"
+
+struct out {
+  char *b;
+  size_t len, cap;
+  unsigned k;
+  uint64_t vhash;
+  char marker[32];
+};
+
+static int out_emit(void *ud, const char *b, size_t n) {
+  struct out *o = ud;
+  if (n == 0) __builtin_trap();
+  if (o->len + n > o->cap) {
+    o->cap = (o->len + n) * 2;
+    o->b = realloc(o->b, o->cap);
+    if (!o->b) abort();
+  }
+  memcpy(o->b + o->len, b, n);
+  o->len += n;
+  return 0;
+}
+
+static int out_transform(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+                         size_t *ret_len) {
+  struct out *o = ud;
+  if (v[n] != 0 || type != EVS__JSON_STRING) __builtin_trap();
+  o->vhash = xref_hash(o->vhash, v, n);
+  *ret_len = (size_t)snprintf(o->marker, sizeof o->marker, "#%u", o->k++);
+  *ret = o->marker;
+  return 0;
+}
+
+static int run(const evs__jsonpath *jp, const uint8_t *data, size_t size, size_t step,
+               struct out *o) {
+  evs__xml_rewrite *rw = NULL;
+  int r = 0;
+  memset(o, 0, sizeof *o);
+  if (evs__xml_rewrite_new(jp, NULL, out_emit, out_transform, o, &rw) != 0) abort();
+  for (size_t i = 0; i < size && r == 0; i += step)
+    r = evs__xml_rewrite_feed(rw, (const char *)data + i, size - i < step ? size - i : step);
+  if (r == 0) r = evs__xml_rewrite_finish(rw);
+  evs__xml_rewrite_free(rw);
+  return r;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  static evs__jsonpath *jp;
+  struct out a, b, c, d;
+  int ra, rb, rc;
+  size_t step = size ? 1 + data[0] % 7 : 1;
+  if (!jp) {
+    const char *sel[] = {"$..a", "$.*[1]", "$['b'].c", "$.d[*].e"};
+    char err[128];
+    if (evs__jsonpath_compile(sel, 4, &jp, err, sizeof err) != 0) abort();
+  }
+  ra = run(NULL, data, size, size ? size : 1, &a);
+  if (ra == 0 && (a.len != size || (size && memcmp(a.b, data, size) != 0))) __builtin_trap();
+  rb = run(jp, data, size, size ? size : 1, &b);
+  rc = run(jp, data, size, step, &c);
+  if (rb != rc || (rb == 0 && (b.len != c.len || b.k != c.k || b.vhash != c.vhash ||
+                               (b.len && memcmp(b.b, c.b, b.len) != 0))))
+    __builtin_trap();
+  if (ra == 0 && rb != 0 && rb != EVS__XML_E_MIXED) __builtin_trap();
+  if (rb == 0) { /* the output is XML again (markers are plain text) */
+    if (run(NULL, (const uint8_t *)b.b, b.len, b.len ? b.len : 1, &d) != 0) __builtin_trap();
+    free(d.b);
+  }
+  if (ra == 0 && rb == 0 && size <= 4000) {
+    struct xref *ref = calloc(1, sizeof *ref);
+    if (!ref) abort();
+    xref_run(ref, jp, (const char *)data, size);
+    if (ref->olen != b.len || ref->k != b.k || ref->vhash != b.vhash ||
+        (b.len && memcmp(ref->out, b.b, b.len) != 0))
+      __builtin_trap();
+    if (ref->k <= 4096 && !xref_put_back(ref, (const char *)data, size, b.b, b.len))
+      __builtin_trap();
+    free(ref->out);
+    free(ref);
+  }
+  free(a.b);
+  free(b.b);
+  free(c.b);
+  return 0;
+}
