@@ -28,6 +28,7 @@
 #include "form_rewrite.h"
 #include "json_rewrite.h"
 #include "multipart_rewrite.h"
+#include "xml_rewrite.h"
 #include "relay_priv.h"
 #include "spool.h"
 
@@ -570,6 +571,13 @@ void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) 
     e->rw_free = (void (*)(void *))evs__json_rewrite_free;
     r = evs__json_rewrite_new(t->match.paths, NULL, emit, transform, e,
                               (evs__json_rewrite **)&e->rw);
+  } else if (t->has_match && e->fmt == F_XML) {
+    e->wrap = W_RAW;
+    e->rw_feed = (int (*)(void *, const char *, size_t))evs__xml_rewrite_feed;
+    e->rw_finish = (int (*)(void *))evs__xml_rewrite_finish;
+    e->rw_free = (void (*)(void *))evs__xml_rewrite_free;
+    r = evs__xml_rewrite_new(t->match.paths, NULL, emit, transform, e,
+                             (evs__xml_rewrite **)&e->rw);
   } else if (t->has_match && e->fmt == F_FORM) {
     e->wrap = W_PCT;
     e->rw_feed = (int (*)(void *, const char *, size_t))evs__form_rewrite_feed;
