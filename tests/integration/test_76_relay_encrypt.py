@@ -1,0 +1,171 @@
+"""The Inbound Relay encrypting fields end to end, as the documentation's Getting Started does:
+curl POSTs {"name":"Claude Shannon","ssn":"123-12-1234"} through the relay; the destination (a
+real local HTTP server) receives `name` in plaintext and `ssn` as an ev: string, which evserver's
+own /decrypt (the SDK's endpoint) turns back into the original. Also XML, form and multipart
+bodies (files as %EVENC), byte-exact forwarding around the selected values, and the documented
+errors with nothing reaching the destination. Needs the real evserver-enclave."""
+
+import base64
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import evstest
+
+EV = re.compile(r"ev:[A-Za-z0-9+/=_:-]+:\$")
+
+
+def evctl_json(srv, *args):
+    r = subprocess.run([evstest.build_path("evctl"), "--socket", srv.config.admin_socket, "--json",
+                        *args], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return json.loads(r.stdout)
+
+
+def curl(srv, host, path, data, ctype, extra=()):
+    r = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-H", "Host: " + host,
+                        "-H", "Content-Type: " + ctype, "--data-binary", data, *extra,
+                        srv.url(path)], capture_output=True, timeout=20)
+    body, _, code = r.stdout.rpartition(b"\n")
+    return int(code), body
+
+
+def setup():
+    """A server with an app and a relay for it (per test: the harness stops both after it)."""
+    enclave = evstest.build_path("evserver-enclave")
+    if not os.access(enclave, os.X_OK):
+        raise evstest.Skip("%s is not built" % enclave)
+    up = evstest.Upstream()
+    cfg = evstest.write_config(listeners={"http": {}, "api": {}},
+                               plugins={"enclave": {"enclave_binary": enclave},
+                                        "relay-inbound": {}})
+    srv = evstest.Server(cfg).start()
+    app = evctl_json(srv, "app", "create")
+    key = evctl_json(srv, "key", "create", app["appId"], "--permissions", "api:decrypt")
+    relays = {"shannon.example": {
+        "destinationDomain": "http://127.0.0.1:%d" % up.port, "appId": app["appId"],
+        "fieldsToEncrypt": [
+            {"route": "/secure", "method": "POST", "fields": ["$.ssn", "$..card", "ssn", "doc"]},
+        ]}}
+    with open(cfg.relay_config, "w") as f:
+        json.dump(relays, f)
+    # Every worker re-reads the file within a second.
+    evstest.wait_for(lambda: curl(srv, "shannon.example", "/secure", '{"ssn":"1"}',
+                                  "application/json")[0] == 200 and
+                     EV.search(up.requests[-1].body.decode()), what="relay-config applied")
+    return dict(srv=srv, up=up, app=app, key=key)
+
+
+def decrypt(c, value):
+    auth = base64.b64encode(("%s:%s" % (c["app"]["appId"], c["key"]["apiKey"])).encode()).decode()
+    req = urllib.request.Request(c["srv"].url("/decrypt", "api"),
+                                 data=json.dumps({"data": value}).encode(),
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": "Basic " + auth})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())["data"]
+
+
+def test_getting_started():
+    c = setup()
+    n = len(c["up"].requests)
+    code, _ = curl(c["srv"], "shannon.example", "/secure",
+                   '{"name":"Claude Shannon", "ssn":"123-12-1234"}', "application/json")
+    assert code == 200
+    got = c["up"].wait_requests(n + 1)[-1]
+    text = got.body.decode()
+    assert "123-12-1234" not in text
+    m = re.fullmatch(r'\{"name":"Claude Shannon", "ssn":"(ev:[^"]+)"\}', text)
+    assert m, text
+    assert decrypt(c, m.group(1)) == "123-12-1234"
+    assert int(got.header("content-length")) == len(got.body)
+
+
+def test_byte_exact_and_typed():
+    c = setup()
+    n = len(c["up"].requests)
+    body = ('{ "a" : 1.50e3 ,"big":123456789012345678901234567890,"s":"\\u00e9\\n",'
+            '"ssn" : 42 ,"items":[{"card":true},{"card":"4242"}] }')
+    code, _ = curl(c["srv"], "shannon.example", "/secure", body, "application/json")
+    assert code == 200
+    out = c["up"].wait_requests(n + 1)[-1].body.decode()
+    vals = EV.findall(out)
+    assert len(vals) == 3, out
+    expect = ('{ "a" : 1.50e3 ,"big":123456789012345678901234567890,"s":"\\u00e9\\n",'
+              '"ssn" : "X" ,"items":[{"card":"X"},{"card":"X"}] }')
+    assert EV.sub("X", out) == expect, out
+    assert decrypt(c, vals[0]) == 42 and decrypt(c, vals[1]) is True
+    assert decrypt(c, vals[2]) == "4242"
+
+
+def test_xml_form_multipart():
+    c = setup()
+    srv, up = c["srv"], c["up"]
+    n = len(up.requests)
+    code, _ = curl(srv, "shannon.example", "/secure",
+                   "<user><name>Ada</name><ssn>123-12-1234</ssn></user>", "application/xml")
+    assert code == 200
+    out = up.wait_requests(n + 1)[-1].body.decode()
+    m = re.fullmatch(r"<user><name>Ada</name><ssn>(ev:[^<]+)</ssn></user>", out)
+    assert m and decrypt(c, m.group(1)) == "123-12-1234", out
+    code, _ = curl(srv, "shannon.example", "/secure", "name=Ada+L&ssn=123-12-1234",
+                   "application/x-www-form-urlencoded")
+    assert code == 200
+    out = up.wait_requests(n + 2)[-1].body.decode()
+    m = re.fullmatch(r"name=Ada\+L&ssn=(.+)", out)
+    assert m, out
+    value = urllib.parse.unquote_plus(m.group(1))
+    assert EV.fullmatch(value) and decrypt(c, value) == "123-12-1234"
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                        "Host: shannon.example", "-F", "name=Ada", "-F", "ssn=123-12-1234",
+                        "-F", "doc=@-;filename=scan.png;type=image/png", srv.url("/secure")],
+                       input=b"\x89PNG secret file bytes", capture_output=True, timeout=20)
+    assert r.stdout == b"200"
+    raw = up.wait_requests(n + 3)[-1].body
+    assert b"123-12-1234" not in raw and b"secret file bytes" not in raw
+    assert b'filename="scan.png"' in raw and b"%EVENC" in raw
+
+
+def test_errors_forward_nothing():
+    c = setup()
+    srv, up = c["srv"], c["up"]
+    n = len(up.requests)
+    cases = [
+        ('{"ssn": "1",}', "application/json", 400, "bad-request"),
+        ('{"ssn": "1", "ssn": "2"}', "application/json", 400, "bad-request"),
+        ("<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/passwd'>]><x><ssn>&e;</ssn></x>",
+         "application/xml", 400, "bad-request"),
+        ('{"name": "ev:RFVC:AAAA:BBBB:CCCC:$", "ssn": "1"}', "application/json", 400,
+         "encrypted-data-in-field"),
+    ]
+    for body, ctype, status, code in cases:
+        got, resp = curl(srv, "shannon.example", "/secure", body, ctype)
+        assert got == status, (body, got, resp)
+        assert json.loads(resp)["code"] == code, resp
+    got, resp = curl(srv, "shannon.example", "/secure", '{"ssn":"1"}', "application/json",
+                     ("-H", "X-Card: ev:RFVC:AAAA:BBBB:CCCC:$"))
+    assert got == 400 and b"encrypted-data-in-field" in resp
+    got, resp = curl(srv, "shannon.example", "/x/ev:RFVC:AAAA:BBBB:CCCC:$", "{}",
+                     "application/json")
+    assert got == 400 and b"encrypted-data-in-field" in resp
+    time.sleep(0.3)
+    assert len(up.requests) == n, "an invalid request reached the destination"
+
+
+def test_structures_and_activity_recorded():
+    c = setup()
+    srv = c["srv"]
+    assert curl(srv, "shannon.example", "/secure", '{"ssn":', "application/json")[0] == 400
+    assert curl(srv, "shannon.example", "/secure", '{"ssn":"123-12-1234"}',
+                "application/json")[0] == 200
+    acts = json.loads(srv.admin_get("/activity?relay=shannon.example").body)["transactions"]
+    assert acts and all("123-12-1234" not in json.dumps(a) for a in acts)
+    assert any(a["status"] == 400 and a.get("errorCode") for a in acts)
+
+
+if __name__ == "__main__":
+    evstest.main(globals())
