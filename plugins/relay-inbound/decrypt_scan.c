@@ -98,7 +98,7 @@ const char *evs__decrypt_scan_strerror(int err) {
   }
 }
 
-/* ---- content types ----------------------------------------------------------------------------- */
+/* ---- content types -------------------------------------------------------------------------- */
 
 static int lc(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
 static bool is_ws(int c) { return c == ' ' || c == '\t'; }
@@ -482,7 +482,7 @@ static int json_feed(evs__decrypt_scan *s, const char *b, size_t n) {
   return feed_end(s, s->cand, b, pass, end);
 }
 
-/* ---- text (XML, form, plain) ------------------------------------------------------------------- */
+/* ---- text (XML, form, plain) ---------------------------------------------------------------- */
 
 static bool is_run(const evs__decrypt_scan *s, unsigned char c) {
   return is_b64(c) || c == ':' || (c == '%' && s->kind == EVS__DSCAN_FORM);
