@@ -1,10 +1,331 @@
 /*
- * relay_decrypt.c: response decryption for the Inbound Relay. Not wired yet: responses pass
- * through unchanged (see plugins/relay-inbound/README.md, "Response decryption").
+ * relay_decrypt.c: response decryption for the Inbound Relay (on by default; relay-config.json
+ * `responseDecryption: false` turns it off). The destination's response streams through the
+ * scanner (decrypt_scan.c) chosen by its Content-Type. Bytes before the first Evervault value go
+ * to the client at once; from the first value on, output is spooled with a hole per value while
+ * the values go to the enclave in batches. At the end of the body the response is held
+ * (EVS_FILTER_HOLD) until every value is back, then the spool is sent and the response ended.
+ * Values the app's keys do not open are left as they were. If the enclave fails, the response
+ * is aborted: the client never gets a half-decrypted body.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "decrypt_scan.h"
+#include "evs_enclave_proto.h"
+#include "form_rewrite.h"
 #include "relay_priv.h"
+#include "spool.h"
+
+#define SPOOL_MEM_MAX (1u << 20)
+#define BATCH_FIELDS 512
+#define OUT_CHUNK (64u << 10)
+
+typedef struct dvalue {
+  size_t hole;
+  int kind;
+  char *orig; /* the value as it stood, restored when it does not decrypt */
+  size_t orig_len;
+} dvalue;
+
+typedef struct dbatch {
+  struct relay_dec *d;
+  uint8_t *payload;
+  size_t len, cap;
+  dvalue *v;
+  size_t n, vcap;
+  int file;
+} dbatch;
+
+typedef struct relay_dec {
+  relay_txn *t;
+  evs__decrypt_scan *scan;
+  relay_spool spool;
+  dbatch *cur;
+  int err;
+  int held;
+  int ended;
+} relay_dec;
+
+static void dbatch_free(dbatch *b) {
+  if (!b) return;
+  for (size_t i = 0; i < b->n; i++) free(b->v[i].orig);
+  free(b->v);
+  free(b->payload);
+  free(b);
+}
+
+static void dec_free(relay_dec *d) {
+  if (!d) return;
+  evs__decrypt_scan_free(d->scan);
+  relay_spool_done(&d->spool);
+  dbatch_free(d->cur);
+  free(d);
+}
+
+static int put(dbatch *b, const void *p, size_t n) {
+  if (b->len + 4 + n > b->cap) {
+    size_t nc = b->cap ? b->cap * 2 : 1024;
+    while (nc < b->len + 4 + n) nc *= 2;
+    uint8_t *np = realloc(b->payload, nc);
+    if (!np) return -ENOMEM;
+    b->payload = np;
+    b->cap = nc;
+  }
+  evs_ep_put_u32(b->payload + b->len, (uint32_t)n);
+  memcpy(b->payload + b->len + 4, p, n);
+  b->len += 4 + n;
+  return 0;
+}
+
+static dbatch *dbatch_new(relay_dec *d, int file) {
+  dbatch *b = calloc(1, sizeof *b);
+  const char *app = relay_app_id(d->t->st, d->t->relay);
+  if (!b || put(b, app, strlen(app)) < 0) {
+    dbatch_free(b);
+    return NULL;
+  }
+  b->d = d;
+  b->file = file;
+  return b;
+}
+
+/* The plaintext as the surrounding format writes it, into a new buffer. */
+static char *render(int kind, int type, const uint8_t *p, size_t n, size_t *ret_len) {
+  size_t cap = n * 6 + 3;
+  if (kind == EVS__DSCAN_FORM) cap = evs__form_urlencode((const char *)p, n, NULL, 0) + 1;
+  char *out = malloc(cap);
+  if (!out) return NULL;
+  size_t o = 0;
+  if (kind == EVS__DSCAN_FORM) {
+    o = evs__form_urlencode((const char *)p, n, out, cap);
+  } else if (kind == EVS__DSCAN_STRING_JSON && type == 0) {
+    static const char hx[] = "0123456789abcdef";
+    out[o++] = '"';
+    for (size_t i = 0; i < n; i++) {
+      uint8_t c = p[i];
+      if (c == '"' || c == '\\') {
+        out[o++] = '\\';
+        out[o++] = (char)c;
+      } else if (c < 0x20) {
+        memcpy(out + o, "\\u00", 4);
+        out[o + 4] = hx[c >> 4];
+        out[o + 5] = hx[c & 15];
+        o += 6;
+      } else {
+        out[o++] = (char)c;
+      }
+    }
+    out[o++] = '"';
+  } else if (kind == EVS__DSCAN_XML) {
+    for (size_t i = 0; i < n; i++) {
+      const char *e = p[i] == '&' ? "&amp;" : p[i] == '<' ? "&lt;" : p[i] == '>' ? "&gt;"
+                    : p[i] == '"' ? "&quot;" : p[i] == '\'' ? "&apos;" : NULL;
+      if (e) {
+        memcpy(out + o, e, strlen(e));
+        o += strlen(e);
+      } else {
+        out[o++] = (char)p[i];
+      }
+    }
+  } else { /* numbers and booleans in JSON, text, files: as they are */
+    memcpy(out, p, n);
+    o = n;
+  }
+  *ret_len = o;
+  return out;
+}
+
+static void finish_held(relay_dec *d);
+
+static void on_decrypted(void *arg, int status, const uint8_t *res, size_t len) {
+  dbatch *b = arg;
+  relay_dec *d = b->d;
+  relay_txn *t = d->t;
+  t->dec_pending--;
+  size_t off = 0;
+  for (size_t i = 0; i < b->n; i++) {
+    dvalue *v = &b->v[i];
+    const uint8_t *item = NULL;
+    uint32_t il = 0;
+    if (status == 0 && len - off >= 4) {
+      il = evs_ep_get_u32(res + off);
+      if (il <= len - off - 4) item = res + off + 4;
+      off += 4 + (item ? il : 0);
+    }
+    char *out = NULL;
+    size_t outl = 0;
+    if (item && b->file) {
+      out = render(EVS__DSCAN_FILE, 0, item, il, &outl);
+    } else if (item && il >= 5 && (int32_t)evs_ep_get_u32(item) == 0) {
+      out = render(v->kind, item[4], item + 5, il - 5, &outl);
+    }
+    if (out) {
+      t->decrypted++;
+      relay_spool_fill(&d->spool, v->hole, out, outl);
+      explicit_bzero(out, outl);
+      free(out);
+    } else if (status < 0 && status != -5 /* EVS_EP_E_DECRYPT */ && status != -6) {
+      d->err = status; /* the enclave failed: abort rather than send a partial body */
+    } else {
+      relay_spool_fill(&d->spool, v->hole, v->orig, v->orig_len);
+    }
+  }
+  dbatch_free(b);
+  if (!t->req) {
+    relay_txn_release(t);
+    return;
+  }
+  finish_held(d);
+}
+
+static int send_batch(relay_dec *d, dbatch *b) {
+  relay_state *st = d->t->st;
+  evs_crypto_request cr = {sizeof cr, b->file ? "decrypt_file" : "decrypt", b->payload, b->len};
+  d->t->dec_pending++;
+  int r = st->host->crypto_call(st->plugin, &cr, on_decrypted, b);
+  if (r < 0) {
+    d->t->dec_pending--;
+    dbatch_free(b);
+    d->err = r;
+  }
+  return r;
+}
+
+static int scan_emit(void *ud, const char *buf, size_t len) {
+  relay_dec *d = ud;
+  if (d->spool.nholes == 0) return d->t->st->host->filter_emit(d->t->req, (const uint8_t *)buf, len);
+  return relay_spool_write(&d->spool, buf, len);
+}
+
+static int scan_transform(void *ud, int kind, const char *value, size_t len,
+                          const char **ret_buf, size_t *ret_len) {
+  relay_dec *d = ud;
+  (void)ret_buf;
+  (void)ret_len;
+  int file = kind == EVS__DSCAN_FILE;
+  dbatch *b = file ? dbatch_new(d, 1) : d->cur ? d->cur : (d->cur = dbatch_new(d, 0));
+  if (!b) return -ENOMEM;
+  if (b->n == b->vcap) {
+    size_t nc = b->vcap ? b->vcap * 2 : 8;
+    dvalue *nv = realloc(b->v, nc * sizeof *nv);
+    if (!nv) return -ENOMEM;
+    b->v = nv;
+    b->vcap = nc;
+  }
+  dvalue *v = &b->v[b->n];
+  memset(v, 0, sizeof *v);
+  v->kind = kind;
+  /* What stood there, to restore a value that does not decrypt (JSON: with its quotes). */
+  int q = kind == EVS__DSCAN_STRING_JSON;
+  if (!(v->orig = malloc(len + 2))) return -ENOMEM;
+  if (q) v->orig[0] = '"';
+  memcpy(v->orig + q, value, len);
+  if (q) v->orig[len + 1] = '"';
+  v->orig_len = len + 2 * (size_t)q;
+  if (kind == EVS__DSCAN_FORM) { /* restore the form's spelling, percent-encoded */
+    size_t el = evs__form_urlencode(value, len, NULL, 0);
+    char *enc = malloc(el ? el : 1);
+    if (!enc) return -ENOMEM;
+    evs__form_urlencode(value, len, enc, el);
+    free(v->orig);
+    v->orig = enc;
+    v->orig_len = el;
+  }
+  int r = relay_spool_hole(&d->spool, &v->hole);
+  if (r < 0 || (r = put(b, value, len)) < 0) {
+    free(v->orig);
+    return r;
+  }
+  b->n++;
+  if (file) {
+    if ((r = send_batch(d, b)) < 0) return r;
+  } else if (b->n >= BATCH_FIELDS) {
+    d->cur = NULL;
+    if ((r = send_batch(d, b)) < 0) return r;
+  }
+  return EVS__JSON_DEFER;
+}
+
+/* Once every value is back: the spool to the client, then the end of the response. */
+static void finish_held(relay_dec *d) {
+  relay_txn *t = d->t;
+  if (!d->held || t->dec_pending > 0 || d->ended) return;
+  const evs_host *h = t->st->host;
+  d->ended = 1;
+  int status = d->err;
+  if (!status) {
+    uint8_t *buf = malloc(OUT_CHUNK);
+    size_t got = 0;
+    relay_spool_rewind(&d->spool);
+    status = buf ? 0 : -ENOMEM;
+    while (status == 0 && (status = relay_spool_read(&d->spool, buf, OUT_CHUNK, &got)) == 0 &&
+           got > 0)
+      status = h->filter_emit(t->req, buf, got);
+    free(buf);
+  }
+  if (status < 0) h->counter_add(t->st->plugin, "decrypt_errors", 1);
+  h->filter_end(t->req, status < 0 ? -1 : 0);
+}
+
+static int response_filter(void *state, evs_request *req, void *arg, const uint8_t *data,
+                           size_t len) {
+  (void)state;
+  relay_txn *t = arg;
+  const evs_host *h = t->st->host;
+  relay_dec *d = t->dec;
+  if (!d) {
+    evs_header ct;
+    char ctz[512] = "";
+    if (h->response_header(req, "content-type", &ct) == 0 && ct.value_len < sizeof ctz) {
+      memcpy(ctz, ct.value, ct.value_len);
+      ctz[ct.value_len] = 0;
+    }
+    if (!(d = calloc(1, sizeof *d))) return -ENOMEM;
+    d->t = t;
+    relay_spool_init(&d->spool, t->st->spool_dir, SPOOL_MEM_MAX);
+    struct evs__decrypt_scan_opts o = {sizeof o, 0, (size_t)t->st->max_body};
+    if (evs__decrypt_scan_new(ctz[0] ? ctz : NULL, &o, scan_emit, scan_transform, d, &d->scan) < 0) {
+      free(d);
+      return -ENOMEM;
+    }
+    t->dec = d;
+  }
+  if (data) {
+    int r = evs__decrypt_scan_feed(d->scan, (const char *)data, len);
+    return r < 0 ? r : 0;
+  }
+  int r = evs__decrypt_scan_finish(d->scan);
+  if (r < 0) return r;
+  if (d->cur) {
+    dbatch *b = d->cur;
+    d->cur = NULL;
+    if (send_batch(d, b) < 0) return d->err;
+  }
+  if (d->spool.nholes == 0) return 0;
+  d->held = 1;
+  if (t->dec_pending == 0) {
+    /* Everything came back synchronously: finish on the host's terms, from here. */
+    d->held = 0;
+    uint8_t *buf = malloc(OUT_CHUNK);
+    size_t got = 0;
+    if (!buf) return -ENOMEM;
+    relay_spool_rewind(&d->spool);
+    while ((r = relay_spool_read(&d->spool, buf, OUT_CHUNK, &got)) == 0 && got > 0)
+      if ((r = h->filter_emit(req, buf, got)) < 0) break;
+    free(buf);
+    return r < 0 || d->err ? -1 : 0;
+  }
+  return EVS_FILTER_HOLD;
+}
 
 evs_body_filter_fn relay_response_filter(relay_txn *t) {
-  (void)t;
-  return NULL;
+  if (!t->relay->response_decryption || !relay_app_id(t->st, t->relay)) return NULL;
+  return response_filter;
 }
+
+void relay_decrypt_free(struct relay_dec *d) { dec_free(d); }

@@ -410,6 +410,7 @@ const char *relay_app_id(relay_state *st, const evs__relay *r) {
 void relay_txn_release(relay_txn *t) {
   if (t->req || (t->enc && !relay_encrypt_idle(t->enc)) || t->dec_pending) return;
   relay_encrypt_free(t->enc);
+  relay_decrypt_free(t->dec);
   relay_match_clear(&t->match);
   relay_cfg_unref(t->cfg);
   free(t);

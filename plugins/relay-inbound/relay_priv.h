@@ -103,4 +103,5 @@ void relay_txn_release(relay_txn *t);
 void relay_encrypt_check_key_then(relay_txn *t);
 /* relay_decrypt.c: the response filter when the relay decrypts responses, else NULL. */
 evs_body_filter_fn relay_response_filter(relay_txn *t);
+void relay_decrypt_free(struct relay_dec *d);
 #endif

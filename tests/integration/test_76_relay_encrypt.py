@@ -73,9 +73,12 @@ def decrypt(c, value):
 def test_getting_started():
     c = setup()
     n = len(c["up"].requests)
-    code, _ = curl(c["srv"], "shannon.example", "/secure",
-                   '{"name":"Claude Shannon", "ssn":"123-12-1234"}', "application/json")
+    c["up"].set_response(handler=lambda r: (200, [("Content-Type", "application/json")], r.body))
+    code, echoed = curl(c["srv"], "shannon.example", "/secure",
+                        '{"name":"Claude Shannon", "ssn":"123-12-1234"}', "application/json")
     assert code == 200
+    # The destination echoes what it got; the client gets plaintext back (response decryption).
+    assert echoed == b'{"name":"Claude Shannon", "ssn":"123-12-1234"}', echoed
     got = c["up"].wait_requests(n + 1)[-1]
     text = got.body.decode()
     assert "123-12-1234" not in text
@@ -100,6 +103,21 @@ def test_byte_exact_and_typed():
     assert EV.sub("X", out) == expect, out
     assert decrypt(c, vals[0]) == 42 and decrypt(c, vals[1]) is True
     assert decrypt(c, vals[2]) == "4242"
+
+
+def test_response_decryption_typed_and_files():
+    c = setup()
+    ev = {}
+    up = c["up"]
+    curl(c["srv"], "shannon.example", "/secure", '{"ssn": 42, "card": {"card": true}}',
+         "application/json")
+    vals = EV.findall(up.requests[-1].body.decode())
+    body = ('{"n": "%s", "b": "%s", "x": "ev:not:real:$"}' % (vals[0], vals[1])).encode()
+    up.set_response(handler=lambda r: (200, [("Content-Type", "application/json")], body))
+    code, out = curl(c["srv"], "shannon.example", "/other", "{}", "application/json")
+    assert code == 200 and out == b'{"n": 42, "b": true, "x": "ev:not:real:$"}', out
+    up.set_response(handler=lambda r: (200, [("Content-Type", "text/plain")], b"plain body"))
+    assert curl(c["srv"], "shannon.example", "/other", "{}", "application/json")[1] == b"plain body"
 
 
 def test_xml_form_multipart():
