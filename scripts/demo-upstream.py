@@ -12,6 +12,7 @@ class Echo(BaseHTTPRequestHandler):
     def _echo(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        sys.stderr.write("demo-upstream: received %s\n" % body.decode("utf-8", "replace")[:500])
         out = json.dumps({
             "method": self.command,
             "path": self.path,

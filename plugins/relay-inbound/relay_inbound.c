@@ -519,7 +519,7 @@ void relay_dispatch(relay_txn *t) {
                      "A request with fields to encrypt needs a Content-Length header");
     return;
   }
-  if (st->record_structures && (info->has_content_length || info->chunked) && has_ct &&
+  if (st->record_structures && info->has_content_length && !info->chunked && has_ct &&
       relay_now_ms() - st->last_structure_ms >= 1000) {
     /* Sample the shape of this pass-through body (at most one request a second). */
     st->last_structure_ms = relay_now_ms();

@@ -10,9 +10,11 @@ The destinations are evstest Upstreams serving certificates from a throwaway CA 
 store trusts; one of them requires client certificates from that CA.
 """
 
+import json
 import os
 import re
 import shutil
+import subprocess
 
 import evstest
 from evstest import Upstream, parse_response, send_raw
@@ -35,10 +37,11 @@ class Pki:
         self.foreign_client = evstest.make_cert(self.other_ca, ["foreign-client"], client=True)
 
 
-def get(srv, host, path="/up"):
+def get(srv, host, path="/up", api_key=None):
     """One request for relay `host`; returns the Response."""
-    raw = send_raw(srv.port(), ("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
-                                % (path, host)).encode(), timeout=CLIENT_TIMEOUT)
+    extra = "api-key: %s\r\n" % api_key if api_key else ""
+    raw = send_raw(srv.port(), ("GET %s HTTP/1.1\r\nHost: %s\r\n%sConnection: close\r\n\r\n"
+                                % (path, host, extra)).encode(), timeout=CLIENT_TIMEOUT)
     assert raw, "no answer for %s within %gs: the upstream handshake hangs" % (host,
                                                                               CLIENT_TIMEOUT)
     return parse_response(raw)
@@ -143,6 +146,21 @@ def test_hostname_mismatch_fails():
     assert wrong.requests == [] and len(ip_only.requests) == 1
 
 
+ENCLAVE_PLUGINS = {"relay-inbound": {}, "enclave": {"enclave_binary":
+                                                      evstest.build_path("evserver-enclave")}}
+
+
+def mtls_api_key(srv, permissions="relay:inbound-mtls"):
+    """An app and an API key for mTLS relays (they need the api-key header)."""
+    def evctl(*args):
+        r = subprocess.run([evstest.build_path("evctl"), "--socket", srv.config.admin_socket,
+                            "--json", *args], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+        return json.loads(r.stdout)
+    app = evctl("app", "create")
+    return evctl("key", "create", app["appId"], "--permissions", permissions)["apiKey"]
+
+
 def test_mtls_client_certificate_presented():
     pki = Pki()
     d = evstest.tmpdir()
@@ -151,11 +169,17 @@ def test_mtls_client_certificate_presented():
     shutil.copy(pki.client.key, os.path.join(d, "client.key"))
     shutil.copy(pki.ca.cert, os.path.join(d, "ca.crt"))
     up = Upstream(tls=pki.server, client_ca=pki.ca, body=b"mutual")
-    cfg = evstest.write_config(d, upstream=UPSTREAM, relays={
+    cfg = evstest.write_config(d, upstream=UPSTREAM, plugins=ENCLAVE_PLUGINS, relays={
         "mtls.test": {"destinationDomain": up.url, "caFile": "ca.crt",
                       "mtls": {"certificate": "client.crt", "key": "client.key"}}})
     srv = evstest.Server(cfg).start()
+    # mTLS relays need an API key with the Inbound Relay mTLS Proxy permission.
     r = get(srv, "mtls.test")
+    assert r.status == 401 and b"proxy-auth-failed" in r.body, (r, r.body)
+    r = get(srv, "mtls.test", api_key=mtls_api_key(srv, "api:decrypt"))
+    assert r.status == 401 and b"proxy-auth-failed" in r.body, (r, r.body)
+    assert up.requests == []
+    r = get(srv, "mtls.test", api_key=mtls_api_key(srv))
     assert (r.status, r.body) == (200, b"mutual"), (r, r.body)
     cert = up.wait_requests(1)[0].client_cert
     assert cert, "the upstream saw no client certificate"
@@ -168,18 +192,19 @@ def test_mtls_client_certificate_presented():
 def test_mtls_required_but_missing_or_foreign_fails():
     pki = Pki()
     up = Upstream(tls=pki.server, client_ca=pki.ca, body=b"mutual")
-    srv = evstest.start_server(upstream=UPSTREAM, relays={
+    srv = evstest.start_server(upstream=UPSTREAM, plugins=ENCLAVE_PLUGINS, relays={
         "mtls.test": {"destinationDomain": up.url, "caFile": pki.ca.cert,
                       "mtls": {"certificate": pki.client.cert, "key": pki.client.key}},
         "nomtls.test": {"destinationDomain": up.url, "caFile": pki.ca.cert},
         "foreign.test": {"destinationDomain": up.url, "caFile": pki.ca.cert,
                          "mtls": {"certificate": pki.foreign_client.cert,
                                   "key": pki.foreign_client.key}}})
+    key = mtls_api_key(srv)
     # First a good mTLS request, so an authenticated connection sits in the pool.
-    r = get(srv, "mtls.test")
+    r = get(srv, "mtls.test", api_key=key)
     assert (r.status, r.body) == (200, b"mutual"), (r, r.body)
     for n, host in enumerate(("nomtls.test", "foreign.test"), 1):
-        r = get(srv, host)
+        r = get(srv, host, api_key=key)
         assert_service_unavailable(r, host)
         evstest.wait_for(lambda: len(up.tls_errors) >= n,
                          what="the upstream to refuse the handshake of %s" % host)

@@ -339,14 +339,16 @@ static void test_extensions(void **state) {
   expect_relay_error(D "\"xForwardedFor\": true",
                      ".xForwardedFor: expected \"append\" or \"preserve\"");
   expect_relay_error(D "\"caFile\": 7", ".caFile: expected a string");
+  expect_relay_error(D "\"appId\": \"a b\"", ".appId: an app id is letters, digits, '_' and '-'");
+  expect_relay_error(D "\"curve\": \"p384\"", ".curve: expected \"secp256k1\" or \"prime256v1\"");
   expect_relay_error(D "\"encryptEmptyStrings\": true",
                      ".encryptEmptyStrings: unknown member; expected one of destinationDomain, "
                      "dnsTargets, fieldsToEncrypt, mtls, responseDecryption, xForwardedFor, "
-                     "verifyDestination, caFile");
+                     "verifyDestination, caFile, appId, curve");
   expect_relay_error(D "\"has space\": 1",
                      "[\"has space\"]: unknown member; expected one of destinationDomain, "
                      "dnsTargets, fieldsToEncrypt, mtls, responseDecryption, xForwardedFor, "
-                     "verifyDestination, caFile");
+                     "verifyDestination, caFile, appId, curve");
 #undef D
 }
 
