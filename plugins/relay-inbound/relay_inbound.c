@@ -545,9 +545,11 @@ static void iso8601(int64_t ms, char *out, size_t n) {
 static int log_hook(void *state, evs_request *req) {
   relay_state *st = state;
   const evs_host *h = st->host;
+  const evs_request_info *info = h->request_info(req);
+  /* Admin requests carry relay_admin.c's data, not a transaction. */
+  if (info->listener && strcmp(info->listener, "admin") == 0) return EVS_DECLINED;
   relay_txn *t = h->request_get_data(req, st->plugin);
   if (!t) return EVS_DECLINED;
-  const evs_request_info *info = h->request_info(req);
   const char *code = NULL;
   int status = h->response_status(req, &code);
   char started[40];
