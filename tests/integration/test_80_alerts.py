@@ -324,5 +324,36 @@ def test_configured_signing_key_is_used():
     assert not os.path.exists(os.path.join(cfg.state_dir, "alerts-signing.key"))
 
 
+
+def test_relay_errors_reach_the_webhook():
+    """The real emitter: relay-inbound answering service-unavailable for a closed destination."""
+    hook = evstest.Upstream()
+    d = evstest.tmpdir()
+    with open(os.path.join(d, "alerts.json"), "w") as f:
+        json.dump([{"relay": RELAY, "type": "webhook", "url": hook.url + "/h"}], f)
+    pd = plugins_dir()
+    os.symlink(evstest.build_path("plugins.d", "relay-inbound.so"),
+               os.path.join(pd, "relay-inbound.so"))
+    closed = evstest.free_port()
+    cfg = evstest.write_config(d, server={"plugins_dir": pd},
+                               plugins={"alerts": {}, "relay-inbound": {}},
+                               relays={RELAY: {"destinationDomain": "http://127.0.0.1:%d" % closed}})
+    srv = evstest.Server(cfg).start()
+    body = b'{"card": "%s"}' % SECRET_MARKERS[0].encode()
+    raw = evstest.send_raw(srv.port(), (
+        "POST /pay?token=%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+        "Content-Length: %d\r\nConnection: close\r\n\r\n" % (SECRET_MARKERS[2], RELAY,
+                                                                len(body))).encode() + body)
+    assert evstest.parse_response(raw).status == 503
+    hook.wait_requests(1, timeout=10)
+    req = hook.requests[0]
+    got = json.loads(req.body)
+    assert list(got) == FIELDS, list(got)
+    assert got["errorType"] == "service-unavailable" and got["statusCode"] == 503
+    assert got["statusGroup"] == "5XX" and got["inboundDomain"] == RELAY
+    for m in SECRET_MARKERS:
+        assert m.encode() not in req.body, m
+    verify_signature(key_of(srv), req)
+
 if __name__ == "__main__":
     evstest.main(globals())
