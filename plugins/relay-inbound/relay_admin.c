@@ -358,7 +358,7 @@ static void on_structure(void *arg, int status, const char *key, const uint8_t *
     return;
   }
   for (size_t i = 0; i < n; i++) sorted[i] = json_array_get(x->items, i);
-  qsort(sorted, n, sizeof *sorted, by_last_seen_desc);
+  if (n) qsort(sorted, n, sizeof *sorted, by_last_seen_desc);
   for (size_t i = 0; i < n; i++) json_array_append(out, sorted[i]);
   free(sorted);
   json_t *obj = json_pack("{s:o}", "structures", out);
