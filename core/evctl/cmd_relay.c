@@ -914,14 +914,14 @@ static int exe_dir(char *out, size_t outlen) {
 
 /* evserver next to evctl, else the first in PATH. */
 static int find_evserver(const char *dir, char *out, size_t outlen) {
-  snprintf(out, outlen, "%s/evserver", dir);
-  if (access(out, X_OK) == 0) return 0;
+  int w = snprintf(out, outlen, "%s/evserver", dir);
+  if (w > 0 && (size_t)w < outlen && access(out, X_OK) == 0) return 0;
   const char *path = getenv("PATH");
   for (const char *p = path ? path : ""; *p;) {
     size_t n = strcspn(p, ":");
     if (n) {
-      snprintf(out, outlen, "%.*s/evserver", (int)n, p);
-      if (access(out, X_OK) == 0) return 0;
+      w = snprintf(out, outlen, "%.*s/evserver", (int)n, p);
+      if (w > 0 && (size_t)w < outlen && access(out, X_OK) == 0) return 0;
     }
     p += n;
     if (*p == ':') p++;

@@ -108,7 +108,7 @@ static void iso_now(char *buf, size_t len) {
   gmtime_r(&ts.tv_sec, &tm);
   char base[32];
   strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(buf, len, "%s.%03ldZ", base, ts.tv_nsec / 1000000);
+  snprintf(buf, len, "%s.%03dZ", base, (int)(ts.tv_nsec / 1000000) % 1000);
 }
 
 /* nbytes (<= 32) random bytes as lower-case hex into out (2 * nbytes + 1 bytes). Also makes
