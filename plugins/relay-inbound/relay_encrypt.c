@@ -38,6 +38,7 @@
 #define MAX_INFLIGHT 4
 #define SAMPLE_MAX (64u << 10)
 #define STRUCTURE_TTL_S 86400
+#define STRUCTURE_REFRESH_MS 60000 /* lastSeen is as fine as this */
 
 enum fmt { F_NONE = 0, F_JSON, F_XML, F_FORM, F_MULTIPART };
 enum wrap { W_RAW = 0, W_JSON, W_PCT };
@@ -424,9 +425,18 @@ static void record_structure(relay_enc *e) {
     hsh = (hsh ^ 0xff) * 1099511628211ull;
   }
   free(flat);
+  int64_t now = relay_now_ms();
+  size_t slot = hsh % (sizeof st->structures_seen / sizeof st->structures_seen[0]);
+  if (st->structures_seen[slot].hash == hsh &&
+      now - st->structures_seen[slot].stored_ms < STRUCTURE_REFRESH_MS) {
+    json_decref(fields);
+    return;
+  }
+  st->structures_seen[slot].hash = hsh;
+  st->structures_seen[slot].stored_ms = now;
   json_t *rec = json_pack("{s:s,s:s,s:s,s:s,s:o,s:I}", "relay", t->relay->domain, "method",
                           info->method, "route", info->path, "contentType", fmt_name(e->fmt),
-                          "fields", fields, "lastSeen", (json_int_t)relay_now_ms());
+                          "fields", fields, "lastSeen", (json_int_t)now);
   char *s = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
   char key[300];
   snprintf(key, sizeof key, "structure/%s/%016" PRIx64, t->relay->domain, hsh);

@@ -50,6 +50,9 @@ struct relay_state {
   evs_timer *watch;
   uint64_t watch_mtime_ns, watch_size, watch_ino;
   int64_t last_structure_ms;
+  /* Structures stored lately (hash, when): a shape is written at most once a minute, so the
+   * store is not written on every request. Overwritten slots only cost an extra write. */
+  struct { uint64_t hash; int64_t stored_ms; } structures_seen[512];
 };
 
 /* What one request that matched fieldsToEncrypt needs. */
