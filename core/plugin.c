@@ -701,7 +701,7 @@ static int h_store_append(evs_plugin *p, const char *stream, const char *json) {
   char name[EVS_STORE_NAME_MAX + 1];
   int r = stream_name(rec(p), stream, name, sizeof name);
   if (r < 0) return r;
-  return evs__store_append(evs__w->store, name, json, NULL);
+  return evs__appendq_add(evs__w, rec(p)->name, name, json);
 }
 
 typedef struct query_acc {
@@ -734,6 +734,7 @@ static int h_store_query(evs_plugin *p, const char *stream, int64_t since_ms, si
   if (r < 0) return r;
   deferred *d = defer(run_query, (void *)cb, arg);
   if (!d) return -ENOMEM;
+  evs__appendq_sync(evs__w); /* this worker reads what it appended */
   query_acc a = {NULL, &d->next};
   d->status = evs__store_query(evs__w->store, name, since_ms, limit, query_collect, &a);
   if (d->status > 0) d->status = 0;

@@ -366,13 +366,11 @@ int evs__store_scan(evs__store *s, const char *ns, const char *prefix, evs__stor
 
 /* ---- streams ----------------------------------------------------------------------------- */
 
-int evs__store_append(evs__store *s, const char *stream, const char *json_record,
-                      int64_t *ret_id) {
-  int64_t id;
+int evs__store_check_record(const char *stream, const char *json_record) {
   size_t n;
   int r;
 
-  if (!s || !json_record)
+  if (!json_record)
     return -EINVAL;
   if ((r = check_name(stream)) < 0)
     return r;
@@ -381,6 +379,40 @@ int evs__store_append(evs__store *s, const char *stream, const char *json_record
     return -E2BIG;
   if (n == 0 || !valid_utf8((const unsigned char *)json_record, n))
     return -EINVAL;
+  return 0;
+}
+
+int64_t evs__store_now_ms(evs__store *s) {
+  return now_ms(s);
+}
+
+int evs__store_append_batch(evs__store *s, const evs__store_rec *recs, size_t n) {
+  int r;
+
+  if (!s || (n && !recs))
+    return -EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if ((r = evs__store_check_record(recs[i].stream, recs[i].json)) < 0)
+      return r;
+  if (n == 0)
+    return 0;
+  pthread_mutex_lock(&s->lock);
+  r = s->backend->append_batch(s->impl, recs, n);
+  pthread_mutex_unlock(&s->lock);
+  return r;
+}
+
+int evs__store_append(evs__store *s, const char *stream, const char *json_record,
+                      int64_t *ret_id) {
+  int64_t id;
+  size_t n;
+  int r;
+
+  if (!s)
+    return -EINVAL;
+  if ((r = evs__store_check_record(stream, json_record)) < 0)
+    return r;
+  n = strlen(json_record);
   pthread_mutex_lock(&s->lock);
   r = s->backend->append(s->impl, stream, now_ms(s), json_record, n, &id);
   pthread_mutex_unlock(&s->lock);

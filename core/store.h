@@ -99,6 +99,24 @@ int evs__store_scan(evs__store *s, const char *ns, const char *prefix, evs__stor
 int evs__store_append(evs__store *s, const char *stream, const char *json_record,
                       int64_t *ret_id);
 
+/* One record of a batch: stream and json_record as for evs__store_append, with the timestamp
+ * the caller took when the record was made (evs__store_now_ms). */
+typedef struct evs__store_rec {
+  const char *stream;
+  const char *json;
+  int64_t ts_ms;
+} evs__store_rec;
+
+/* Append n records in one transaction: all of them or, on failure (a negative errno), none.
+ * Records are checked as evs__store_append checks them (evs__store_check_record) first. */
+int evs__store_append_batch(evs__store *s, const evs__store_rec *recs, size_t n);
+
+/* 0 if evs__store_append would accept this record, else the negative errno it would return. */
+int evs__store_check_record(const char *stream, const char *json_record);
+
+/* The store's clock (unix ms): the timestamps it gives appended records. */
+int64_t evs__store_now_ms(evs__store *s);
+
 /* Visit up to limit (>= 1) records of a stream with a timestamp >= since_ms, newest first
  * (by timestamp, then id). json is valid during the callback only. cb returns as for scan. */
 typedef int (*evs__store_query_cb)(void *arg, int64_t id, int64_t ts_ms, const char *json);
@@ -187,6 +205,8 @@ typedef struct evs__store_backend {
   int (*scan)(void *impl, const evs__store_scan_req *req, evs__store_page *page);
   int (*append)(void *impl, const char *stream, int64_t ts_ms, const char *record,
                 size_t record_len, int64_t *ret_id);
+  /* All n appends in one transaction, or none. */
+  int (*append_batch)(void *impl, const evs__store_rec *recs, size_t n);
   int (*query)(void *impl, const evs__store_query_req *req, evs__store_page *page);
   int (*purge)(void *impl, int64_t now_ms, size_t max_rows);
   int (*schema_version)(void *impl);

@@ -560,6 +560,23 @@ static int pg_append(void *impl, const char *stream, int64_t ts_ms, const char *
   return r;
 }
 
+static int pg_append_batch(void *impl, const evs__store_rec *recs, size_t n) {
+  pg *g = impl;
+  int64_t id;
+  int r;
+
+  if ((r = ensure_conn(g)) < 0)
+    return r;
+  if ((r = cmd(g, "BEGIN", "postgresql: begin append")) < 0)
+    return r;
+  for (size_t i = 0; i < n && r == 0; i++)
+    r = pg_append(g, recs[i].stream, recs[i].ts_ms, recs[i].json, strlen(recs[i].json), &id);
+  if (r == 0 && (r = cmd(g, "COMMIT", "postgresql: commit append")) == 0)
+    return 0;
+  PQclear(PQexec(g->conn, "ROLLBACK"));
+  return r;
+}
+
 static int pg_query(void *impl, const evs__store_query_req *req, evs__store_page *page) {
   pg *g = impl;
   params p = { 0 };
@@ -636,6 +653,7 @@ const evs__store_backend evs__store_backend_pg = {
   .del = pg_del,
   .scan = pg_scan,
   .append = pg_append,
+  .append_batch = pg_append_batch,
   .query = pg_query,
   .purge = pg_purge,
   .schema_version = pg_schema_version,

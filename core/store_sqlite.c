@@ -521,6 +521,21 @@ static int sq_append(void *impl, const char *stream, int64_t ts_ms, const char *
   return r;
 }
 
+static int sq_append_batch(void *impl, const evs__store_rec *recs, size_t n) {
+  sq *q = impl;
+  int64_t id;
+  int r;
+
+  if ((r = exec(q, "BEGIN IMMEDIATE", "sqlite: begin append")) < 0)
+    return r;
+  for (size_t i = 0; i < n && r == 0; i++)
+    r = sq_append(q, recs[i].stream, recs[i].ts_ms, recs[i].json, strlen(recs[i].json), &id);
+  if (r == 0 && (r = exec(q, "COMMIT", "sqlite: commit append")) == 0)
+    return 0;
+  sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+  return r;
+}
+
 static int sq_query(void *impl, const evs__store_query_req *req, evs__store_page *page) {
   sq *q = impl;
   sqlite3_stmt *st = NULL;
@@ -588,6 +603,7 @@ const evs__store_backend evs__store_backend_sqlite = {
   .del = sq_del,
   .scan = sq_scan,
   .append = sq_append,
+  .append_batch = sq_append_batch,
   .query = sq_query,
   .purge = sq_purge,
   .schema_version = sq_schema_version,

@@ -110,6 +110,9 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
   if (evs__store_open(&so, &w->store, err, sizeof err) < 0) {
     EVS_LOG_ERR("EVS-1503", "store (%s): %s", s->store_backend, err);
     w->store = NULL; /* plugins see -ENOTSUP from store calls */
+  } else if (evs__appendq_init(w) < 0) {
+    EVS_LOG_ERR("EVS-1503", "store: out of memory");
+    return 1;
   }
   evs__plugins_load(w);
   if (evs__server_listen(w) < 0) {
@@ -131,6 +134,7 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
   uv_run(w->loop, UV_RUN_DEFAULT);
   uv_loop_close(w->loop);
   evs__tls_client_cache_clear();
+  evs__appendq_close(w);
   evs__store_close(w->store);
   EVS_LOG_DEBUG("EVS-1506", "worker exiting");
   return 0;

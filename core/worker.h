@@ -64,6 +64,7 @@ typedef struct evs__worker {
   evs__hook *hooks;
   size_t nhooks;
   evs__store *store;
+  struct evs__appendq *appendq; /* stream appends, written behind (appendq.c) */
   uint64_t request_seq;
   char id_prefix[9];
   uint64_t started_ms;
@@ -73,6 +74,15 @@ typedef struct evs__worker {
 } evs__worker;
 
 extern evs__worker *evs__w;  /* the worker of this process */
+
+/* Stream appends, written behind in batches (appendq.c). add checks and queues a record;
+ * sync writes the queue and waits for the batch in flight (before a query); close writes
+ * what is left, after the loop ended and before the store closes. */
+typedef struct evs__appendq evs__appendq;
+int evs__appendq_init(evs__worker *w);
+int evs__appendq_add(evs__worker *w, const char *plugin, const char *stream, const char *json);
+void evs__appendq_sync(evs__worker *w);
+void evs__appendq_close(evs__worker *w);
 
 /* A header edit queued by a plugin for the proxied request. */
 typedef struct evs__edit {

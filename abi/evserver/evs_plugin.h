@@ -385,8 +385,11 @@ typedef struct evs_host {
 
   /* Append-only record streams (transaction and audit logs), shared by all workers and nodes.
    * stream is [A-Za-z0-9_.:/-]{1,64} and is prefixed with the plugin's name; json_record is one
-   * JSON object (<= 1 MiB, never secrets). query delivers records newest first, at most limit,
-   * with ts_ms >= since_ms, then once with json == NULL at the end. */
+   * JSON object (<= 1 MiB, never secrets). append checks and queues the record (stamped now)
+   * and returns at once; the host writes queued records in batches within ~50 ms, off the loop
+   * (-EAGAIN: the queue is full and the record was dropped). query delivers records newest
+   * first, at most limit, with ts_ms >= since_ms, then once with json == NULL at the end; it
+   * sees every record this worker appended, other workers' once written. */
   int (*store_append)(evs_plugin *p, const char *stream, const char *json_record);
   int (*store_query)(evs_plugin *p, const char *stream, int64_t since_ms, size_t limit,
                      void (*cb)(void *arg, int status, int64_t ts_ms, const char *json), void *arg);

@@ -412,6 +412,23 @@ def test_structures_and_activity():
     assert "act.test" in r.stdout and "LAST SEEN" in r.stdout, r.stdout
 
 
+def test_activity_written_before_stop():
+    """Records are written behind (in batches, off the loop); the records of requests answered
+    just before SIGTERM are written by the stopping workers, none lost, none twice."""
+    need_build()
+    up = evstest.Upstream()
+    srv = evstest.start_server(server={"workers": 2}, relays={"stop.test": {
+        "destinationDomain": "http://127.0.0.1:%d" % up.port}})
+    for i in range(60):
+        assert request(srv.port(), "stop.test", "GET", "/n/%d" % i).status == 200
+    srv.stop()
+    assert srv.proc.returncode == 0, srv.proc.returncode
+    srv.start()
+    txs = one_json(ok(evctl(srv, "--json", "activity", "--limit", "1000")))["transactions"]
+    paths = sorted(t["path"] for t in txs)
+    assert paths == sorted("/n/%d" % i for i in range(60)), paths
+
+
 # ---- relay dev ------------------------------------------------------------------------------
 
 def read_json_object(proc, timeout=10.0):

@@ -646,6 +646,32 @@ static void test_append_query(void **state) {
   assert_int_equal(r.n, 300);
 }
 
+/* A batch is written whole, with the timestamps it carries, or not at all. */
+static void test_append_batch(void **state) {
+  fx *f = need(state);
+  recs r;
+  evs__store_rec ok[] = {
+    {"batch", "{\"n\":0}", 700}, {"batch", "{\"n\":1}", 800}, {"other", "{\"n\":2}", 900},
+  };
+  evs__store_rec bad[] = {{"batch", "{\"n\":3}", 950}, {"bad stream", "{}", 960}};
+  evs__store_rec bad_utf8[] = {{"batch", "{\"n\":3}", 950}, {"batch", "\xc0\xaf", 960}};
+
+  assert_int_equal(evs__store_append_batch(f->s, ok, 3), 0);
+  assert_int_equal(evs__store_append_batch(f->s, ok, 0), 0);
+  assert_int_equal(evs__store_append_batch(f->s, bad, 2), -EINVAL);
+  assert_int_equal(evs__store_append_batch(f->s, bad_utf8, 2), -EINVAL);
+  assert_int_equal(evs__store_append_batch(f->s, NULL, 1), -EINVAL);
+  memset(&r, 0, sizeof(r));
+  assert_int_equal(evs__store_query(f->s, "batch", 0, 100, recs_cb, &r), 0);
+  assert_int_equal(r.n, 2); /* nothing of the refused batches */
+  assert_string_equal(r.first, "{\"n\":1}");
+  assert_int_equal(r.ts[0], 800);
+  assert_int_equal(r.ts[1], 700);
+  memset(&r, 0, sizeof(r));
+  assert_int_equal(evs__store_query(f->s, "other", 0, 100, recs_cb, &r), 0);
+  assert_int_equal(r.n, 1);
+}
+
 /* ---- schema ------------------------------------------------------------------------------ */
 
 static void test_migrations(void **state) {
@@ -964,6 +990,7 @@ static void test_format_error(void **state) {
   cmocka_unit_test_setup_teardown(test_ttl, setup, teardown),                                 \
   cmocka_unit_test_setup_teardown(test_limits, setup, teardown),                              \
   cmocka_unit_test_setup_teardown(test_append_query, setup, teardown),                        \
+  cmocka_unit_test_setup_teardown(test_append_batch, setup, teardown),                        \
   cmocka_unit_test_setup_teardown(test_migrations, setup, teardown),                          \
   cmocka_unit_test_setup_teardown(test_concurrent_processes, setup, teardown),                \
   cmocka_unit_test_setup_teardown(test_concurrent_upgrade, setup, teardown),                  \

@@ -1,0 +1,175 @@
+/*
+ * appendq.c: stream appends (the ABI's store_append) are written behind.
+ *
+ * A record is checked and copied into the worker's queue, and the queue is written in one
+ * transaction on a libuv work thread, every APPENDQ_INTERVAL_MS or as soon as APPENDQ_BATCH
+ * records wait. So a request never waits for the disk or the database (one insert per request
+ * was most of the relay's cost with SQLite, and a network round trip on the loop with
+ * PostgreSQL), and a transaction carries many records. Records keep the time they were
+ * appended. At most one batch is being written at a time; the queue is bounded, and a record
+ * that does not fit is refused (-EAGAIN) and counted, never blocking the loop.
+ *
+ * A query first writes this worker's queue and waits for the batch in flight, so a worker
+ * reads what it appended. A stopping worker writes what is left before it closes the store;
+ * a crash loses at most the last interval's records.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "store.h"
+#include "worker.h"
+
+#define APPENDQ_INTERVAL_MS 50
+#define APPENDQ_BATCH 512
+#define APPENDQ_MAX_RECORDS 65536
+#define APPENDQ_MAX_BYTES (16u << 20)
+
+typedef struct batch {
+  evs__store_rec *recs; /* stream and json share one allocation, at stream */
+  size_t n, cap, bytes;
+} batch;
+
+struct evs__appendq {
+  evs__worker *w;
+  uv_timer_t timer;
+  uv_work_t work;
+  batch pending;   /* the loop's */
+  batch writing;   /* the work thread's while busy */
+  int busy;
+  int result;
+  uv_mutex_t lock; /* written and its condition: a query waits for the batch in flight */
+  uv_cond_t written_cond;
+  int written;
+};
+
+static void batch_free(batch *b) {
+  for (size_t i = 0; i < b->n; i++) free((char *)b->recs[i].stream);
+  free(b->recs);
+  memset(b, 0, sizeof *b);
+}
+
+/* Failures are logged and counted, never with content. */
+static void report(batch *b, int r) {
+  if (r >= 0 || b->n == 0) return;
+  EVS_LOG_ERR("EVS-1507", "store: %zu stream record(s) not written: %s", b->n, strerror(-r));
+  evs__metrics_plugin_add("core", "store_appends_failed", b->n);
+}
+
+static void on_work(uv_work_t *req) {
+  evs__appendq *q = req->data;
+  q->result = evs__store_append_batch(q->w->store, q->writing.recs, q->writing.n);
+  uv_mutex_lock(&q->lock);
+  q->written = 1;
+  uv_cond_signal(&q->written_cond);
+  uv_mutex_unlock(&q->lock);
+}
+
+static void kick(evs__appendq *q);
+static void on_timer(uv_timer_t *t) {
+  kick(t->data);
+}
+
+static void after_work(uv_work_t *req, int status) {
+  evs__appendq *q = req->data;
+  report(&q->writing, status < 0 ? status : q->result);
+  batch_free(&q->writing);
+  q->busy = 0;
+  if (q->pending.n >= APPENDQ_BATCH)
+    kick(q);
+  else if (q->pending.n && !uv_is_closing((uv_handle_t *)&q->timer))
+    uv_timer_start(&q->timer, on_timer, APPENDQ_INTERVAL_MS, 0);
+}
+
+static void kick(evs__appendq *q) {
+  if (q->busy || q->pending.n == 0) return;
+  if (!uv_is_closing((uv_handle_t *)&q->timer)) uv_timer_stop(&q->timer);
+  q->writing = q->pending;
+  memset(&q->pending, 0, sizeof q->pending);
+  q->written = 0;
+  q->busy = 1;
+  q->work.data = q;
+  if (uv_queue_work(q->w->loop, &q->work, on_work, after_work) < 0) {
+    /* No thread: write it here rather than lose it. */
+    on_work(&q->work);
+    after_work(&q->work, 0);
+  }
+}
+
+int evs__appendq_init(evs__worker *w) {
+  evs__appendq *q = calloc(1, sizeof *q);
+  if (!q) return -ENOMEM;
+  q->w = w;
+  if (uv_mutex_init(&q->lock) < 0) {
+    free(q);
+    return -ENOMEM;
+  }
+  if (uv_cond_init(&q->written_cond) < 0) {
+    uv_mutex_destroy(&q->lock);
+    free(q);
+    return -ENOMEM;
+  }
+  uv_timer_init(w->loop, &q->timer);
+  q->timer.data = q;
+  uv_unref((uv_handle_t *)&q->timer); /* a waiting record does not keep the loop running */
+  w->appendq = q;
+  return 0;
+}
+
+int evs__appendq_add(evs__worker *w, const char *plugin, const char *stream, const char *json) {
+  evs__appendq *q = w->appendq;
+  int r;
+  if (!q || !w->store) return -ENOTSUP;
+  if ((r = evs__store_check_record(stream, json)) < 0) return r;
+  size_t slen = strlen(stream), jlen = strlen(json);
+  batch *b = &q->pending;
+  if (b->n >= APPENDQ_MAX_RECORDS || b->bytes + jlen > APPENDQ_MAX_BYTES) {
+    evs__metrics_plugin_add(plugin, "store_appends_dropped", 1);
+    return -EAGAIN;
+  }
+  if (b->n == b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 64;
+    evs__store_rec *recs = realloc(b->recs, cap * sizeof *recs);
+    if (!recs) return -ENOMEM;
+    b->recs = recs;
+    b->cap = cap;
+  }
+  char *copy = malloc(slen + 1 + jlen + 1);
+  if (!copy) return -ENOMEM;
+  memcpy(copy, stream, slen + 1);
+  memcpy(copy + slen + 1, json, jlen + 1);
+  b->recs[b->n++] = (evs__store_rec){copy, copy + slen + 1, evs__store_now_ms(w->store)};
+  b->bytes += jlen;
+  if (b->n >= APPENDQ_BATCH)
+    kick(q);
+  else if (!q->busy && !uv_is_active((uv_handle_t *)&q->timer))
+    uv_timer_start(&q->timer, on_timer, APPENDQ_INTERVAL_MS, 0);
+  return 0;
+}
+
+void evs__appendq_sync(evs__worker *w) {
+  evs__appendq *q = w->appendq;
+  if (!q) return;
+  if (q->busy) { /* the work thread is writing (or about to): wait for the store to have it */
+    uv_mutex_lock(&q->lock);
+    while (!q->written) uv_cond_wait(&q->written_cond, &q->lock);
+    uv_mutex_unlock(&q->lock);
+  }
+  if (q->pending.n) {
+    report(&q->pending, evs__store_append_batch(w->store, q->pending.recs, q->pending.n));
+    batch_free(&q->pending);
+  }
+}
+
+void evs__appendq_close(evs__worker *w) {
+  evs__appendq *q = w->appendq;
+  if (!q) return;
+  /* The loop has run to its end: no batch is in flight, and the timer is closed. */
+  evs__appendq_sync(w);
+  uv_cond_destroy(&q->written_cond);
+  uv_mutex_destroy(&q->lock);
+  free(q);
+  w->appendq = NULL;
+}
