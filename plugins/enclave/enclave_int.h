@@ -29,7 +29,7 @@ typedef struct enclave_state {
 } enclave_state;
 
 /* How long the other workers' enclaves get to act on a node-wide unlock or lock. */
-#define ENC_NODE_TIMEOUT_MS 15000
+#define ENC_NODE_TIMEOUT_MS 4000 /* under evctl's 5 s, so it hears the answer */
 
 /* ---- per-request context (api.c) ---------------------------------------------------------
  * Lives from the route hook until both the request has ended and no asynchronous step is
