@@ -80,7 +80,7 @@ static void send_hdr(uint8_t type, uint32_t seq, int32_t origin, int32_t value, 
   strcpy(h.plugin, plugin);
   memcpy(buf, &h, sizeof h);
   size_t pl = payload ? strlen(payload) : 0;
-  memcpy(buf + sizeof h, payload, pl);
+  if (pl) memcpy(buf + sizeof h, payload, pl);
   assert_int_equal(send(master_fd, buf, sizeof h + pl, 0), (ssize_t)(sizeof h + pl));
 }
 
