@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -40,6 +41,7 @@ typedef struct child {
   pid_t pid;
   int slot;
   unsigned generation;
+  int ctl; /* master's end of the worker's node channel, -1 when closed */
 } child;
 
 typedef struct master {
@@ -54,6 +56,7 @@ typedef struct master {
   int nworkers;
   uint64_t watchdog_usec;
   int stopping;
+  int sigfd;
 } master;
 
 static uint64_t now_ms(void) {
@@ -253,24 +256,85 @@ static void drop_privileges(const evs__settings *s) {
 
 /* Fork one worker; returns the read end of its ready pipe, or -1. */
 static int spawn(master *m, int slot, int first) {
-  int p[2];
+  int p[2], ctl[2];
   if (pipe2(p, O_CLOEXEC) < 0) return -1;
+  /* The node channel (node.c): without it the worker still serves, but alone. */
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) < 0) ctl[0] = ctl[1] = -1;
   pid_t pid = fork();
   if (pid < 0) {
     close(p[0]);
     close(p[1]);
+    if (ctl[0] >= 0) {
+      close(ctl[0]);
+      close(ctl[1]);
+    }
     return -1;
   }
   if (pid == 0) {
     close(p[0]);
+    if (ctl[0] >= 0) close(ctl[0]);
+    /* A worker holding a sibling's channel could pose as the master to it. */
+    for (int i = 0; i < EVS_METRICS_SLOTS; i++)
+      if (m->children[i].pid != 0 && m->children[i].ctl >= 0) close(m->children[i].ctl);
+    if (m->sigfd >= 0) close(m->sigfd);
     /* A listener that moved must not stay open (and unanswered) in the new generation. */
     for (size_t i = 0; i < m->nstale; i++) close(m->stale_socks[i].fd);
     drop_privileges(m->settings);
-    _exit(evs__worker_run(m->settings, m->socks, m->nsocks, slot, m->generation, m->nworkers, first, p[1]));
+    _exit(evs__worker_run(m->settings, m->socks, m->nsocks, slot, m->generation, m->nworkers, first,
+                          p[1], ctl[1]));
   }
   close(p[1]);
-  m->children[slot] = (child){pid, slot, m->generation};
+  if (ctl[1] >= 0) {
+    close(ctl[1]);
+    fcntl(ctl[0], F_SETFL, O_NONBLOCK);
+  }
+  m->children[slot] = (child){pid, slot, m->generation, ctl[0]};
   return p[0];
+}
+
+/* ---- the node channel: relay messages between workers (core/node.c) ---------------------- */
+
+static void close_ctl(child *c) {
+  if (c->ctl >= 0) close(c->ctl);
+  c->ctl = -1;
+}
+
+/* One datagram from the worker in `slot`. The payload may be secret (an app token on its way to
+ * every enclave): it is passed on at once, never logged, and the buffer is wiped. */
+static void relay_node(master *m, int slot) {
+  static uint8_t buf[EVS__NODE_DGRAM_MAX];
+  child *from = &m->children[slot];
+  ssize_t n = recv(from->ctl, buf, sizeof buf, MSG_DONTWAIT);
+  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+    close_ctl(from);
+    return;
+  }
+  if (n < (ssize_t)sizeof(evs__node_hdr)) return;
+  evs__node_hdr h;
+  memcpy(&h, buf, sizeof h);
+  if (h.type == EVS__NODE_BCAST) {
+    h.origin = slot; /* a worker cannot answer in another's name */
+    memcpy(buf, &h, sizeof h);
+    int reached = 0;
+    for (int i = 0; i < EVS_METRICS_SLOTS; i++) {
+      child *c = &m->children[i];
+      if (i == slot || c->pid == 0 || c->ctl < 0) continue;
+      if (send(c->ctl, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) == n) reached++;
+    }
+    explicit_bzero(buf, (size_t)n);
+    evs__node_hdr cnt = h;
+    cnt.type = EVS__NODE_COUNT;
+    cnt.value = reached;
+    ssize_t w = send(from->ctl, &cnt, sizeof cnt, MSG_DONTWAIT | MSG_NOSIGNAL);
+    (void)w;
+  } else if (h.type == EVS__NODE_REPLY && h.origin >= 0 && h.origin < EVS_METRICS_SLOTS) {
+    child *to = &m->children[h.origin];
+    if (to->pid != 0 && to->ctl >= 0) {
+      ssize_t w = send(to->ctl, &h, sizeof h, MSG_DONTWAIT | MSG_NOSIGNAL);
+      (void)w;
+    }
+  }
+  explicit_bzero(buf, (size_t)n);
 }
 
 /* Start a full generation and wait until every worker said it is ready. Returns how many did;
@@ -330,6 +394,7 @@ static void reap(master *m) {
       child *c = &m->children[i];
       if (c->pid != pid) continue;
       c->pid = 0;
+      close_ctl(c);
       evs__metrics_region *r = evs__metrics_region_get();
       if (r) __atomic_store_n(&r->slots[i].pid, 0, __ATOMIC_RELAXED);
       int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
@@ -586,6 +651,12 @@ int evs__main(int argc, char **argv) {
   sigprocmask(SIG_BLOCK, &set, NULL);
   signal(SIGPIPE, SIG_IGN);
 
+  m.sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (m.sigfd < 0) {
+    EVS_LOG_ERR("EVS-1620", "signalfd: %s", strerror(errno));
+    return 1;
+  }
+  for (int i = 0; i < EVS_METRICS_SLOTS; i++) m.children[i].ctl = -1;
   if (evs__metrics_init() < 0 || prepare_state_dir(m.settings) < 0) return 1;
   char err[1024];
   if (open_sockets(m.settings, NULL, 0, &m.socks, &m.nsocks, err, sizeof err) < 0) {
@@ -609,26 +680,40 @@ int evs__main(int argc, char **argv) {
   uint64_t stop_deadline = 0;
 
   for (;;) {
-    struct timespec to = {1, 0};
+    int timeout = 1000;
     if (m.watchdog_usec) {
       uint64_t half = m.watchdog_usec / 2;
-      if (half < 1000000) to = (struct timespec){0, (long)(half * 1000)};
+      if (half < 1000000) timeout = (int)(half / 1000);
     }
-    siginfo_t si;
-    int sig = sigtimedwait(&set, &si, &to);
+    /* Signals arrive through the signalfd, node messages through the workers' channels. */
+    struct pollfd pfd[1 + EVS_METRICS_SLOTS];
+    int slot_of[1 + EVS_METRICS_SLOTS], np = 1;
+    pfd[0] = (struct pollfd){m.sigfd, POLLIN, 0};
+    for (int i = 0; i < EVS_METRICS_SLOTS; i++) {
+      if (m.children[i].pid == 0 || m.children[i].ctl < 0) continue;
+      pfd[np] = (struct pollfd){m.children[i].ctl, POLLIN, 0};
+      slot_of[np++] = i;
+    }
+    int pr = poll(pfd, (nfds_t)np, timeout);
     if (m.watchdog_usec && live_children(&m) > 0) sd_notify_msg("WATCHDOG=1");
-    if (sig == SIGCHLD) reap(&m);
-    else if (sig == SIGHUP && !m.stopping) reload(&m, conf_path);
-    else if ((sig == SIGTERM || sig == SIGINT || sig == SIGQUIT) && !m.stopping) {
-      m.stopping = 1;
-      sd_notify_msg("STOPPING=1");
-      EVS_LOG_INFO("EVS-1616", "stopping: draining workers");
-      signal_generation(&m, SIGTERM, 0);
-      /* New connections are refused from now on instead of waiting in a queue nobody reads. */
-      close_sockets(m.socks, m.nsocks);
-      m.socks = NULL;
-      m.nsocks = 0;
-      stop_deadline = now_ms() + (uint64_t)m.settings->drain_timeout_ms + 5000;
+    for (int i = 1; pr > 0 && i < np; i++)
+      if (pfd[i].revents && m.children[slot_of[i]].ctl == pfd[i].fd) relay_node(&m, slot_of[i]);
+    struct signalfd_siginfo si;
+    while (pr > 0 && (pfd[0].revents & POLLIN) && read(m.sigfd, &si, sizeof si) == sizeof si) {
+      int sig = (int)si.ssi_signo;
+      if (sig == SIGCHLD) reap(&m);
+      else if (sig == SIGHUP && !m.stopping) reload(&m, conf_path);
+      else if ((sig == SIGTERM || sig == SIGINT || sig == SIGQUIT) && !m.stopping) {
+        m.stopping = 1;
+        sd_notify_msg("STOPPING=1");
+        EVS_LOG_INFO("EVS-1616", "stopping: draining workers");
+        signal_generation(&m, SIGTERM, 0);
+        /* New connections are refused from now on instead of waiting in a queue nobody reads. */
+        close_sockets(m.socks, m.nsocks);
+        m.socks = NULL;
+        m.nsocks = 0;
+        stop_deadline = now_ms() + (uint64_t)m.settings->drain_timeout_ms + 5000;
+      }
     }
     reap(&m);
     if (m.stopping) {

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -217,6 +218,8 @@ void evs__plugins_free(evs__plugin_rec *p, size_t n) {
       free(s->prefix);
       free(s);
     }
+    evs__store_close(p[i].aux_store);
+    p[i].aux_store = NULL;
     free(p[i].file);
     free(p[i].name);
     free(p[i].reason);
@@ -802,6 +805,85 @@ static int h_response_status(evs_request *req, const char **ret_code) {
   return req->status;
 }
 
+/* Node messages (node.c). */
+static int h_node_subscribe(evs_plugin *p, evs_node_msg_fn fn) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  if (!fn) return -EINVAL;
+  r->node_fn = fn;
+  return 0;
+}
+static int h_node_broadcast(evs_plugin *p, const uint8_t *msg, size_t len, uint64_t timeout_ms,
+                            evs_node_done_fn done, void *arg) {
+  return evs__node_broadcast(rec(p), msg, len, timeout_ms, done, arg);
+}
+
+/* The auxiliary store: a second evs__store handle per plugin, opened in its init. */
+static int h_aux_store_open(evs_plugin *p, const char *location) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  if (r->aux_store) return -EEXIST;
+  if (!location || !*location) return -EINVAL;
+  int pg = strncmp(location, "postgresql://", 13) == 0 || strncmp(location, "postgres://", 11) == 0 ||
+           strchr(location, '=') != NULL;
+  if (!pg) {
+    /* The file's directory, like the state directory, is private to evserver. */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", location);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+      *slash = 0;
+      for (char *c = dir + 1; *c; c++) {
+        if (*c != '/') continue;
+        *c = 0;
+        mkdir(dir, 0700);
+        *c = '/';
+      }
+      mkdir(dir, 0700);
+    }
+  }
+  evs__store_options so = {pg ? "postgresql" : "sqlite", pg ? NULL : location, pg ? location : NULL};
+  char err[512];
+  int rc = evs__store_open(&so, &r->aux_store, err, sizeof err);
+  if (rc < 0) {
+    r->aux_store = NULL;
+    evs__log(EVS_LOG_ERROR, "EVS-1405", r->name, NULL, "auxiliary store (%s): %s", so.backend, err);
+  }
+  return rc;
+}
+static int h_aux_store_get(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  evs__store *st = rec(p)->aux_store;
+  if (!st) return -ENOTSUP;
+  deferred *d = defer(run_store, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  d->status = evs__store_get(st, rec(p)->name, key, &d->data, &d->len);
+  defer_start(d);
+  return 0;
+}
+static int h_aux_store_put(evs_plugin *p, const char *key, const uint8_t *v, size_t len,
+                           evs_store_cb cb, void *arg) {
+  evs__store *st = rec(p)->aux_store;
+  if (!st) return -ENOTSUP;
+  int r = evs__store_put(st, rec(p)->name, key, v, len, 0);
+  if (r < 0 || !cb) return r;
+  deferred *d = defer(run_store, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  d->status = r;
+  defer_start(d);
+  return 0;
+}
+static int h_aux_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  evs__store *st = rec(p)->aux_store;
+  if (!st) return -ENOTSUP;
+  int r = evs__store_delete(st, rec(p)->name, key);
+  if (!cb) return r == -ENOENT ? 0 : r;
+  deferred *d = defer(run_store, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  d->status = r;
+  defer_start(d);
+  return 0;
+}
+
 static const evs_host host_table = {
     .size = sizeof(evs_host),
     .abi_major = EVS_ABI_MAJOR,
@@ -851,6 +933,13 @@ static const evs_host host_table = {
     .response_header = evs__proxy_response_header,
     .filter_end = evs__proxy_filter_end,
     .response_status = h_response_status,
+    .node_subscribe = h_node_subscribe,
+    .node_broadcast = h_node_broadcast,
+    .node_reply = evs__node_reply,
+    .aux_store_open = h_aux_store_open,
+    .aux_store_get = h_aux_store_get,
+    .aux_store_put = h_aux_store_put,
+    .aux_store_delete = h_aux_store_delete,
 };
 
 /* read_body: collect the whole body (bounded) and hand it over on the next loop turn. */
@@ -929,6 +1018,9 @@ int evs__plugins_load(evs__worker *w) {
     if (irc != 0) {
       w->nhooks = hooks_before; /* registrations of a failed init are void */
       r->crypto = NULL;
+      r->node_fn = NULL;
+      evs__store_close(r->aux_store);
+      r->aux_store = NULL;
       while (r->subs) {
         evs__subscription *sub = r->subs;
         r->subs = sub->next;

@@ -66,7 +66,8 @@ static void close_walk(uv_handle_t *h, void *arg) {
 }
 
 int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsocks, int slot,
-                    unsigned generation, int nworkers, int first_of_generation, int ready_fd) {
+                    unsigned generation, int nworkers, int first_of_generation, int ready_fd,
+                    int ctl_fd) {
   static evs__worker worker;
   evs__worker *w = &worker;
   evs__w = w;
@@ -87,6 +88,7 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
   w->generation = generation;
   w->nworkers = nworkers;
   w->ready_fd = ready_fd;
+  w->ctl_fd = ctl_fd;
   w->first_of_generation = first_of_generation;
   w->started_ms = uv_now(w->loop);
   w->max_conns = (size_t)((s->max_connections + nworkers - 1) / nworkers);
@@ -115,6 +117,8 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
     return 1;
   }
   evs__plugins_load(w);
+  if (evs__node_start(w) < 0)
+    EVS_LOG_WARN("EVS-1508", "node channel unavailable: plugins reach only this worker");
   if (evs__server_listen(w) < 0) {
     EVS_LOG_ERR("EVS-1504", "worker cannot listen; exiting");
     return 1;
@@ -129,6 +133,7 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
   uv_run(w->loop, UV_RUN_DEFAULT);
 
   evs__plugins_unload(w);
+  evs__node_stop(w); /* after fini: a plugin may still answer node messages there */
   evs__server_free_tls(w);
   uv_walk(w->loop, close_walk, NULL);
   uv_run(w->loop, UV_RUN_DEFAULT);
@@ -149,6 +154,7 @@ int evs__worker_check_plugins(const evs__settings *s) {
   w->settings = s;
   w->nworkers = 1;
   w->first_of_generation = 1;
+  w->ctl_fd = -1;
   evs__plugins_load(w);
   int failures = w->plugin_init_failures;
   evs__plugins_unload(w);

@@ -69,6 +69,7 @@ typedef struct evs__worker {
   char id_prefix[9];
   uint64_t started_ms;
   int ready_fd;              /* pipe to the master: one byte when ready */
+  int ctl_fd;                /* node channel to the master (node.c), -1 when none */
   int first_of_generation;   /* logs what every worker of the generation would log alike */
   int plugin_init_failures;  /* plugins whose init returned an error */
 } evs__worker;
@@ -163,7 +164,8 @@ void evs__server_free_tls(evs__worker *w);
 int evs__worker_check_plugins(const evs__settings *s);
 /* Run a worker process until it has drained; returns the exit status. */
 int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsocks, int slot,
-                    unsigned generation, int nworkers, int first_of_generation, int ready_fd);
+                    unsigned generation, int nworkers, int first_of_generation, int ready_fd,
+                    int ctl_fd);
 void evs__server_close_all(evs__worker *w);
 
 /* Responses. content_length < 0: unknown (chunked to HTTP/1.1 clients, close-delimited to 1.0).
@@ -220,6 +222,8 @@ struct evs__plugin_rec {
   evs_crypto_provider_fn crypto;
   struct evs__subscription *subs;
   int in_init;
+  evs_node_msg_fn node_fn;   /* node_subscribe */
+  evs__store *aux_store;     /* aux_store_open */
 };
 
 /* Scan the plugins directory and check each plugin's descriptor and configuration section,
@@ -236,6 +240,28 @@ int evs__plugins_run_hooks(evs__worker *w, evs_phase phase, evs_request *req);
 int evs__plugins_check_sections(const evs__settings *s, const evs__plugin_rec *p, size_t n,
                                 char *err, size_t errlen);
 void evs__request_free_pdata(evs_request *req);
+
+/* ---- node.c: messages between the workers of a node, relayed by the master ----------------
+ * One SOCK_SEQPACKET socketpair per worker; the master forwards a BCAST to every other worker
+ * and tells the sender how many it reached (COUNT); receivers answer with a REPLY addressed to
+ * the sender's slot. Payloads may be secret: every buffer that held one is wiped. */
+enum { EVS__NODE_BCAST = 1, EVS__NODE_COUNT = 2, EVS__NODE_REPLY = 3 };
+typedef struct evs__node_hdr {
+  uint8_t type;
+  uint8_t pad[3];
+  uint32_t seq;       /* chosen by the sender */
+  int32_t origin;     /* the sender's slot (the master sets it on BCAST) */
+  int32_t value;      /* COUNT: workers reached; REPLY: status */
+  char plugin[64];    /* NUL-terminated plugin name */
+} evs__node_hdr;
+#define EVS__NODE_DGRAM_MAX (sizeof(evs__node_hdr) + EVS_NODE_MSG_MAX)
+
+int evs__node_start(evs__worker *w);
+/* Drops pending broadcasts (their done never runs) and unanswered messages; closes the fd. */
+void evs__node_stop(evs__worker *w);
+int evs__node_broadcast(evs__plugin_rec *p, const uint8_t *msg, size_t len, uint64_t timeout_ms,
+                        evs_node_done_fn done, void *arg);
+void evs__node_reply(evs_node_msg *m, int status);
 
 /* ---- admin.c ----------------------------------------------------------------------------- */
 /* Serve a request that arrived on the admin socket. */

@@ -43,6 +43,11 @@
  *        response filter). Used by the Inbound Relay to encrypt fields before anything
  *        reaches the destination and to decrypt responses; response_status (status and error
  *        code, for LOG hooks).
+ *   1.2  node messages (node_subscribe, node_broadcast, node_reply): a plugin reaches its own
+ *        instances in the node's other worker processes, through the master, and learns how
+ *        many acted on it (the enclave plugin's node-wide app unlock); an auxiliary store
+ *        (aux_store_open/get/put/delete) in a separately configured location, for data that
+ *        must not sit in the same store as the rest (the enclave's second key share).
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -56,7 +61,7 @@ extern "C" {
 
 #define EVS_PLUGIN_MAGIC 0x50535645u /* "EVSP" little-endian */
 #define EVS_ABI_MAJOR 1
-#define EVS_ABI_MINOR 1
+#define EVS_ABI_MINOR 2
 
 /* Error codes beyond errno. */
 #define EVS_EUPSTREAM_REFUSED (-10001) /* upstream refused the connection */
@@ -248,6 +253,17 @@ typedef void (*evs_event_fn)(void *state, const evs_event *ev);
 /* Key-value namespaces per plugin, persisted through the host's store (SQLite or PostgreSQL).
  * status: 0 found/done, -ENOENT not found, other negative: error. value valid during the call. */
 typedef void (*evs_store_cb)(void *arg, int status, const uint8_t *value, size_t value_len);
+
+/* ABI 1.2 node messages. A message received from another worker; answer it exactly once with
+ * node_reply (the handle is freed then). Unanswered messages count as failed at the sender's
+ * timeout, and their handles are freed when the worker stops. */
+typedef struct evs_node_msg evs_node_msg;
+#define EVS_NODE_MSG_MAX 16384 /* bytes, one node message */
+/* msg/len are valid during the call only; the host wipes its copy afterwards. */
+typedef void (*evs_node_msg_fn)(void *state, const uint8_t *msg, size_t len, evs_node_msg *m);
+/* workers: how many other workers the message reached; ok: how many answered status 0 before
+ * the timeout. Both 0 when this is the only worker. */
+typedef void (*evs_node_done_fn)(void *arg, size_t workers, size_t ok);
 /* Called per item, then once with key == NULL at the end (status in `status`). */
 typedef void (*evs_store_scan_cb)(void *arg, int status, const char *key, const uint8_t *value,
                                   size_t value_len);
@@ -410,6 +426,31 @@ typedef struct evs_host {
    * not NULL) the documented error code when the response was an error from the host or a
    * plugin's respond_error (else NULL). For LOG hooks: transaction logs and alerts. */
   int (*response_status)(evs_request *req, const char **ret_code);
+
+  /* ---- ABI 1.2 ---- */
+  /* Node messages (init only): fn receives what this plugin's instances in the node's other
+   * worker processes broadcast. */
+  int (*node_subscribe)(evs_plugin *p, evs_node_msg_fn fn);
+  /* Send msg (1..EVS_NODE_MSG_MAX bytes) to this plugin in every other live worker of the
+   * node (all generations), through the master. done runs once, when each reached worker has
+   * answered or after timeout_ms (1..60000). The message may be secret: the host never logs or
+   * stores it, and wipes every copy it makes (here, in the master, in the receivers) as soon
+   * as it has been passed on. Workers started later never see it. */
+  int (*node_broadcast)(evs_plugin *p, const uint8_t *msg, size_t len, uint64_t timeout_ms,
+                        evs_node_done_fn done, void *arg);
+  /* Answer a received message (0: done, negative: failed). Exactly once per message. */
+  void (*node_reply)(evs_node_msg *m, int status);
+
+  /* An auxiliary store: the plugin's namespace in a second store, opened (and migrated) from
+   * location, which is a PostgreSQL connection string ("postgresql://..." or "key=value ...")
+   * or else the path of a SQLite file (its directory is created with mode 0700). Init only,
+   * once per plugin; -EEXIST the second time. The calls below then work like store_get, _put
+   * and _delete on it; -ENOTSUP before aux_store_open succeeded. */
+  int (*aux_store_open)(evs_plugin *p, const char *location);
+  int (*aux_store_get)(evs_plugin *p, const char *key, evs_store_cb cb, void *arg);
+  int (*aux_store_put)(evs_plugin *p, const char *key, const uint8_t *value, size_t value_len,
+                       evs_store_cb cb, void *arg);
+  int (*aux_store_delete)(evs_plugin *p, const char *key, evs_store_cb cb, void *arg);
 } evs_host;
 
 #ifdef __cplusplus

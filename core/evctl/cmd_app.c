@@ -5,6 +5,7 @@
  *   app create                         POST   /apps
  *   app list                           GET    /apps
  *   app unlock <appId> [--token T]     POST   /apps/<appId>/unlock   (token from stdin if absent)
+ *   app lock <appId>                   POST   /apps/<appId>/lock
  *   key create <appId> --permissions   POST   /apps/<appId>/keys
  *   key list <appId>                   GET    /apps/<appId>/keys
  *   key revoke <appId> <keyId>         DELETE /apps/<appId>/keys/<keyId>
@@ -141,7 +142,29 @@ int evctl_cmd_app_list(const evctl_ctx *ctx, int argc, char **argv) {
 }
 
 static void show_unlocked(const evctl_ctx *ctx, json_t *o) {
-  printf("%s unlocked\n", str(o, "appId") ? str(o, "appId") : "app");
+  printf("%s unlocked in %" JSON_INTEGER_FORMAT " of %" JSON_INTEGER_FORMAT " workers\n",
+         str(o, "appId") ? str(o, "appId") : "app",
+         json_integer_value(json_object_get(o, "workersUnlocked")),
+         json_integer_value(json_object_get(o, "workers")));
+}
+
+static void show_locked(const evctl_ctx *ctx, json_t *o) {
+  printf("%s locked in %" JSON_INTEGER_FORMAT " of %" JSON_INTEGER_FORMAT " workers\n",
+         str(o, "appId") ? str(o, "appId") : "app",
+         json_integer_value(json_object_get(o, "workersLocked")),
+         json_integer_value(json_object_get(o, "workers")));
+}
+
+int evctl_cmd_app_lock(const evctl_ctx *ctx, int argc, char **argv) {
+  const char *pos[1];
+  int np, rc = parse_args("app lock", argc, argv, NULL, 0, pos, 1, 1, &np);
+  if (rc) return rc;
+  if (!valid_id(pos[0], "app_")) return evctl_usage_error("app lock", "'%s' is not an app id", pos[0]);
+  char path[96];
+  snprintf(path, sizeof path, "/apps/%s/lock", pos[0]);
+  json_t *obj;
+  if (evctl_admin_call(ctx, "POST", path, NULL, &obj) < 0) return EVCTL_EXIT_ERROR;
+  return done(ctx, obj, show_locked);
 }
 
 int evctl_cmd_app_unlock(const evctl_ctx *ctx, int argc, char **argv) {

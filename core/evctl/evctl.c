@@ -17,6 +17,7 @@
 int evctl_cmd_app_create(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_app_list(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_app_unlock(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_app_lock(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_key_create(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_key_list(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_key_revoke(const evctl_ctx *ctx, int argc, char **argv);
@@ -30,8 +31,10 @@ static const evctl_command commands[] = {
     {"plugins", "", "List the plugins and whether each was loaded or rejected", evctl_cmd_plugins},
     {"app create", "", "Create an app; prints its id and app token (once)", evctl_cmd_app_create},
     {"app list", "", "List the apps", evctl_cmd_app_list},
-    {"app unlock", "<appId> [--token T]", "Unlock an app's keys (token from stdin if not given)",
-     evctl_cmd_app_unlock},
+    {"app unlock", "<appId> [--token T]",
+     "Unlock an app's keys in every worker (token from stdin if not given)", evctl_cmd_app_unlock},
+    {"app lock", "<appId>", "Wipe an app's keys from every worker's enclave until the next unlock",
+     evctl_cmd_app_lock},
     {"key create", "<appId> --permissions a,b", "Create a scoped API key; prints it (once)",
      evctl_cmd_key_create},
     {"key list", "<appId>", "List an app's API keys (never the keys themselves)", evctl_cmd_key_list},

@@ -109,9 +109,11 @@ static void on_step_body(void *arg, int status, const uint8_t *data, size_t len)
   if (status == 0 && x->req && !(x->body = malloc(len ? len : 1)))
     x->body_status = -ENOMEM;
   if (x->body) {
-    memcpy(x->body, data, len);
+    if (len) memcpy(x->body, data, len);
     x->body_len = len;
   }
+  /* The host frees its buffer without wiping it; it may hold an app token or plaintext. */
+  if (data && len) OPENSSL_cleanse((uint8_t *)data, len);
   x->timer = x->st->host->timer_start(x->st->plugin, 0, 0, on_step_timer, x);
   if (!x->timer) {
     free(x->body);

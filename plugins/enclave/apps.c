@@ -4,7 +4,9 @@
  *
  *   POST   /apps                      create an app: {appId, appToken, ecdhKey, ecdhP256Key}
  *   GET    /apps                      {apps: [{appId, createdAt, ecdhKey, ecdhP256Key}]}
- *   POST   /apps/<id>/unlock          {"appToken": ...} -> {appId, unlocked: true}
+ *   POST   /apps/<id>/unlock          {"appToken": ...} -> {appId, unlocked: true, workers,
+ *                                      workersUnlocked}: in every worker's enclave (node-wide)
+ *   POST   /apps/<id>/lock            {appId, locked: true, workers, workersLocked}, node-wide
  *   POST   /apps/<id>/keys            {"permissions": [...]} -> {apiKey, keyId, appId, permissions}
  *   GET    /apps/<id>/keys            {keys: [{keyId, permissions, createdAt, revoked}]}
  *   DELETE /apps/<id>/keys/<keyId>    {keyId, revoked: true}
@@ -15,7 +17,8 @@
  * Store records (the plugin's own namespace):
  *   app/<id>     JSON {appId, createdAt, ecdhKey, ecdhP256Key}
  *   share1/<id>  the enclave's sealed share 1 (bytes)
- *   share2/<id>  sealed share 2 (bytes): a second key, so a second store in a split deployment
+ *   share2/<id>  sealed share 2 (bytes), in the share store (host->aux_store_*, share_store),
+ *                never in the state store: one store alone never holds two shares
  *   wrapped/<id> the app's wrapped private keys (bytes)
  *   key/<keyId>  JSON {keyId, appId, hash: hex SHA-256 of the whole key, permissions,
  *                createdAt, revoked}: the key itself is never stored
@@ -34,7 +37,7 @@
 #include "evs_enclave_proto.h"
 
 enum { A_CREATE = 1, A_LIST, A_UNLOCK, A_KEY_CREATE, A_KEY_LIST, A_KEY_REVOKE, A_ENCRYPT,
-       A_DECRYPT };
+       A_DECRYPT, A_LOCK };
 
 /* The permissions of the docs' "API Key permissions" table, slugged; see README.md. */
 static const char *const permissions[] = {
@@ -108,7 +111,10 @@ static void chain_reply(void *arg, int status, const ep_item *it, size_t n) {
 static void chain_next(void *arg, int status, const uint8_t *v, size_t len) {
   unlock_chain *c = arg;
   if (status != 0) {
-    c->cb(c->arg, status == -ENOENT ? -ENOENT : EVS_EP_E_INTERNAL, NULL, 0);
+    /* share 1 missing: no such app; share 2 (share store) or wrapped keys missing: the app
+     * cannot be opened, and there is no fallback to another copy. */
+    c->cb(c->arg, status != -ENOENT ? EVS_EP_E_INTERNAL : c->step == 0 ? -ENOENT : -ENODATA,
+          NULL, 0);
     chain_free(c);
     return;
   }
@@ -123,7 +129,9 @@ static void chain_next(void *arg, int status, const uint8_t *v, size_t len) {
     c->step++;
     char k[ENC_STORE_KEY_MAX];
     snprintf(k, sizeof k, "%s/%s", c->step == 1 ? "share2" : "wrapped", c->app_id);
-    if (c->st->host->store_get(c->st->plugin, k, chain_next, c) < 0) {
+    const evs_host *h = c->st->host;
+    if ((c->step == 1 ? h->aux_store_get(c->st->plugin, k, chain_next, c)
+                      : h->store_get(c->st->plugin, k, chain_next, c)) < 0) {
       c->cb(c->arg, EVS_EP_E_INTERNAL, NULL, 0);
       chain_free(c);
     }
@@ -162,11 +170,47 @@ int enc_app_unlock(enclave_state *st, const char *app_id, const char *token, ep_
   return r;
 }
 
+int enc_app_lock(enclave_state *st, const char *app_id, ep_reply_fn cb, void *arg) {
+  ep_msg m;
+  ep_msg_init(&m, EVS_EP_APP_LOCK);
+  ep_msg_add_str(&m, app_id);
+  return ep_client_call(st->client, &m, cb, arg);
+}
+
+/* The token has reached every enclave it will reach: drop the plugin's copy now, not at the
+ * end of the request. */
+static void drop_token(enc_ctx *x) {
+  if (!x->token) return;
+  OPENSSL_cleanse(x->token, strlen(x->token));
+  free(x->token);
+  x->token = NULL;
+}
+
 /* ---- POST /apps --------------------------------------------------------------------------- */
+
+static void on_created_fanout(void *arg, size_t workers, size_t ok) {
+  enc_ctx *x = arg;
+  if (!enc_ctx_resume(x)) return;
+  json_t *out = x->body_obj;
+  x->body_obj = NULL;
+  if (ok < workers)
+    x->st->host->log(x->st->plugin, x->req, EVS_LOG_WARN,
+                     "app %s created but unlocked in only %zu of %zu other workers' enclaves: "
+                     "run `evctl app unlock`", x->app_id, ok, workers);
+  enc_reply_json(x, 201, out);
+}
 
 static void on_created_unlocked(void *arg, int status, const ep_item *it, size_t n) {
   enc_ctx *x = arg;
   if (!enc_ctx_resume(x)) return;
+  if (status == 0) {
+    /* The new app works in every worker at once: the other enclaves unlock it too. */
+    x->pending = 1;
+    int r = enc_node_fanout(x->st, x->app_id, x->token, on_created_fanout, x);
+    drop_token(x);
+    if (r == 0) return;
+    x->pending = 0;
+  }
   json_t *out = x->body_obj;
   x->body_obj = NULL;
   if (status != 0)
@@ -193,7 +237,11 @@ static void on_app_created(void *arg, int status, const ep_item *it, size_t n) {
   int r = rec ? 0 : -ENOMEM;
   /* Shares and wrapped keys first: an app record without them could never be unlocked. */
   if (r == 0) r = put(st, "share1", x->app_id, it[3].data, it[3].len);
-  if (r == 0) r = put(st, "share2", x->app_id, it[4].data, it[4].len);
+  if (r == 0) {
+    char k[ENC_STORE_KEY_MAX];
+    snprintf(k, sizeof k, "share2/%s", x->app_id);
+    r = st->host->aux_store_put(st->plugin, k, it[4].data, it[4].len, NULL, NULL);
+  }
   if (r == 0) r = put(st, "wrapped", x->app_id, it[5].data, it[5].len);
   if (r == 0) r = put_json(st, "app", x->app_id, rec);
   json_decref(rec);
@@ -281,12 +329,69 @@ static void scan(enc_ctx *x, const char *prefix) {
 
 /* ---- steps that need the app record first ------------------------------------------------- */
 
+/* After this worker's enclave unlocked or locked the app: the other workers' enclaves did too
+ * (or did not, in time). Anything short of all of them is an error the operator sees. */
+static void on_node_done(void *arg, size_t workers, size_t ok) {
+  enc_ctx *x = arg;
+  if (!enc_ctx_resume(x)) return;
+  int lock = x->action == A_LOCK;
+  enc_audit(x->st, "admin", x->app_id, lock ? "app.lock" : "app.unlock", 0,
+            ok == workers ? "ok" : "partial");
+  if (ok < workers) {
+    char detail[200];
+    snprintf(detail, sizeof detail,
+             "The app was %s in %zu of %zu workers' enclaves; the others did not answer in "
+             "time: run the command again", lock ? "locked" : "unlocked", ok + 1, workers + 1);
+    x->st->host->log(x->st->plugin, x->req, EVS_LOG_ERROR, "app %s: %s", x->app_id, detail);
+    enc_reply_error(x, 503, "service-unavailable", detail);
+    return;
+  }
+  enc_reply_json(x, 200, json_pack("{s:s,s:b,s:I,s:I}", "appId", x->app_id,
+                                   lock ? "locked" : "unlocked", 1, "workers",
+                                   (json_int_t)workers + 1,
+                                   lock ? "workersLocked" : "workersUnlocked", (json_int_t)ok + 1));
+}
+
+static void on_locked(void *arg, int status, const ep_item *it, size_t n) {
+  enc_ctx *x = arg;
+  if (!enc_ctx_resume(x)) return;
+  /* Locking is fail-safe: the other workers lock even when this enclave is down. */
+  if (status != 0 && status != EVS_ENOCRYPTO && status != EVS_EP_E_NO_APP) {
+    enc_audit(x->st, "admin", x->app_id, "app.lock", 0, "error");
+    enc_reply_error(x, 500, "internal-error", "The enclave could not lock the app");
+    return;
+  }
+  x->pending = 1;
+  if (enc_node_fanout(x->st, x->app_id, NULL, on_node_done, x) < 0) {
+    x->pending = 0;
+    enc_reply_error(x, 500, "internal-error", "The other workers could not be reached");
+  }
+}
+
 static void on_unlocked(void *arg, int status, const ep_item *it, size_t n) {
   enc_ctx *x = arg;
   if (!enc_ctx_resume(x)) return;
-  enc_audit(x->st, "admin", x->app_id, "app.unlock", 0, status == 0 ? "ok" : "error");
+  if (status == 0) {
+    /* This enclave accepted the token, so it is right: now every other worker's enclave. */
+    x->pending = 1;
+    int r = enc_node_fanout(x->st, x->app_id, x->token, on_node_done, x);
+    drop_token(x);
+    if (r == 0) return;
+    x->pending = 0;
+    enc_audit(x->st, "admin", x->app_id, "app.unlock", 0, "partial");
+    enc_reply_error(x, 500, "internal-error", "The other workers could not be reached");
+    return;
+  }
+  drop_token(x);
+  enc_audit(x->st, "admin", x->app_id, "app.unlock", 0, "error");
   if (status == -ENOENT) {
     enc_reply_error(x, 404, "resource-not-found", "No such app");
+  } else if (status == -ENODATA) {
+    x->st->host->log(x->st->plugin, x->req, EVS_LOG_ERROR,
+                     "app %s: a sealed share or the wrapped keys are missing (is share_store the "
+                     "store the app was created with?)", x->app_id);
+    enc_reply_error(x, 500, "internal-error",
+                    "The app's second share is missing from the share store (share_store)");
   } else if (status == EVS_EP_E_BAD_TOKEN) {
     enc_reply_error(x, 401, "unauthorized", "The app token does not open this app's keys");
   } else if (status == EVS_ENOCRYPTO) {
@@ -396,18 +501,21 @@ static void on_app_record(void *arg, int status, const uint8_t *v, size_t len) {
   }
   switch (x->action) {
     case A_UNLOCK: {
-      const char *t = json_string_value(json_object_get(x->body_obj, "appToken"));
-      if (!t || !*t) {
+      if (!x->token || !*x->token) {
         enc_reply_error(x, 400, "bad-request", "appToken is required");
         return;
       }
       x->pending = 1;
-      if (enc_app_unlock(x->st, x->app_id, t, on_unlocked, x) < 0) {
+      if (enc_app_unlock(x->st, x->app_id, x->token, on_unlocked, x) < 0) {
         x->pending = 0;
         enc_reply_error(x, 500, "internal-error", "Out of memory");
       }
       return;
     }
+    case A_LOCK:
+      x->pending = 1;
+      if (enc_app_lock(x->st, x->app_id, on_locked, x) < 0) on_locked(x, EVS_ENOCRYPTO, NULL, 0);
+      return;
     case A_KEY_CREATE:
       key_create(x);
       return;
@@ -474,6 +582,16 @@ static void admin_step(enc_ctx *x, const uint8_t *data, size_t len) {
     return;
   }
   x->body_obj = len ? json_loadb((const char *)data, len, 0, NULL) : json_object();
+  if (x->action == A_UNLOCK) {
+    /* One copy of the token, wiped when sent; the body buffer and jansson's copy go now. */
+    json_t *t = json_object_get(x->body_obj, "appToken");
+    const char *tv = json_string_value(t);
+    if (tv) {
+      x->token = strdup(tv);
+      OPENSSL_cleanse((char *)tv, strlen(tv));
+    }
+    OPENSSL_cleanse((uint8_t *)data, len);
+  }
   if (!json_is_object(x->body_obj)) {
     enc_reply_error(x, 400, "bad-request", "The request body must be a JSON object");
     return;
@@ -557,6 +675,7 @@ int enc_admin_route(enclave_state *st, evs_request *req) {
       strcpy(kid, p);
     }
     if (strcmp(rest, "unlock") == 0 && !*kid && strcmp(m, "POST") == 0) action = A_UNLOCK;
+    else if (strcmp(rest, "lock") == 0 && !*kid && strcmp(m, "POST") == 0) action = A_LOCK;
     else if (strcmp(rest, "keys") == 0 && !*kid && strcmp(m, "POST") == 0) action = A_KEY_CREATE;
     else if (strcmp(rest, "keys") == 0 && !*kid && strcmp(m, "GET") == 0) action = A_KEY_LIST;
     else if (strcmp(rest, "keys") == 0 && *kid && strcmp(m, "DELETE") == 0) action = A_KEY_REVOKE;

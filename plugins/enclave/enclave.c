@@ -34,6 +34,9 @@ static const evs_config_item items[] = {
      "requests on the listener with this name are Evervault API requests"},
     {"request_timeout", EVS_CONFIG_DURATION, "10s", 100, 600000, 0,
      "how long a request to the enclave may take before it fails closed"},
+    {"share_store", EVS_CONFIG_STRING, NULL, 0, 0, EVS_CONFIG_SECRET,
+     "where apps' sealed share 2 is kept, apart from the state store: a SQLite file or a "
+     "PostgreSQL connection string (default: share-store/shares.db in the state directory)"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -70,6 +73,27 @@ static void auto_unlock_scan(void *arg, int status, const char *key, const uint8
   if (enc_app_unlock(st, app, "", auto_unlock_done, j) < 0) free(j);
 }
 
+/* Apps created before the share store existed have share 2 in the state store: move it (the
+ * copy first, so a failure leaves it where it was). Then unlock from credentials. Every worker
+ * may do this at once: the moves are idempotent. */
+static void migrate_scan(void *arg, int status, const char *key, const uint8_t *v, size_t len) {
+  enclave_state *st = arg;
+  if (key) {
+    if (strncmp(key, "share2/", 7) != 0 || !enc_valid_app_id(key + 7)) return;
+    int r = st->host->aux_store_put(st->plugin, key, v, len, NULL, NULL);
+    if (r == 0) r = st->host->store_delete(st->plugin, key, NULL, NULL);
+    if (r == 0)
+      st->host->log(st->plugin, NULL, EVS_LOG_INFO, "app %s: share 2 moved to the share store",
+                    key + 7);
+    else
+      st->host->log(st->plugin, NULL, EVS_LOG_ERROR,
+                    "app %s: share 2 could not be moved to the share store (%s)", key + 7,
+                    strerror(-r));
+    return;
+  }
+  st->host->store_scan(st->plugin, "app/", auto_unlock_scan, st);
+}
+
 /* A new enclave process answered HELLO: ask it to unlock every app whose token it can read
  * from the credentials directory (APP_UNLOCK with an empty token). */
 static void on_enclave_up(void *arg) {
@@ -77,9 +101,86 @@ static void on_enclave_up(void *arg) {
   st->host->counter_add(st->plugin, "enclave_starts", 1);
   if (ep_client_starts(st->client) > 1)
     st->host->log(st->plugin, NULL, EVS_LOG_WARN,
-                  "enclave process restarted (pid %d); apps unlocked with evctl must be unlocked again",
+                  "enclave process restarted (pid %d): apps unlocked with evctl are locked in this "
+                  "worker until `evctl app unlock` runs again",
                   ep_client_pid(st->client));
-  st->host->store_scan(st->plugin, "app/", auto_unlock_scan, st);
+  if (st->host->store_scan(st->plugin, "share2/", migrate_scan, st) < 0)
+    st->host->store_scan(st->plugin, "app/", auto_unlock_scan, st);
+}
+
+/* ---- node-wide unlock and lock ------------------------------------------------------------
+ * Each worker has its own enclave process. An app unlocked (or locked) through the admin socket
+ * reaches one worker; that worker tells the others through the master (host->node_broadcast).
+ * Message: 'U' | u8 app id length | app id | token, or 'L' | u8 length | app id. */
+
+int enc_node_fanout(enclave_state *st, const char *app_id, const char *token,
+                    evs_node_done_fn done, void *arg) {
+  size_t al = strlen(app_id), tl = token ? strlen(token) : 0;
+  if (al > 255 || 2 + al + tl > EVS_NODE_MSG_MAX) return -EINVAL;
+  uint8_t *m = malloc(2 + al + tl);
+  if (!m) return -ENOMEM;
+  m[0] = token ? 'U' : 'L';
+  m[1] = (uint8_t)al;
+  memcpy(m + 2, app_id, al);
+  if (tl) memcpy(m + 2 + al, token, tl);
+  int r = st->host->node_broadcast(st->plugin, m, 2 + al + tl, ENC_NODE_TIMEOUT_MS, done, arg);
+  OPENSSL_cleanse(m, 2 + al + tl);
+  free(m);
+  return r;
+}
+
+typedef struct peer_job {
+  enclave_state *st;
+  evs_node_msg *m;
+  char op;
+  char app_id[ENC_APP_ID_MAX];
+} peer_job;
+
+static void peer_done(void *arg, int status, const ep_item *it, size_t n) {
+  peer_job *j = arg;
+  enclave_state *st = j->st;
+  if (status == 0)
+    st->host->log(st->plugin, NULL, EVS_LOG_INFO, "app %s %s in this worker's enclave (node-wide)",
+                  j->app_id, j->op == 'U' ? "unlocked" : "locked");
+  else
+    st->host->log(st->plugin, NULL, EVS_LOG_WARN,
+                  "app %s: node-wide %s failed in this worker's enclave (status %d)", j->app_id,
+                  j->op == 'U' ? "unlock" : "lock", status);
+  st->host->node_reply(j->m, status == 0 ? 0 : status < 0 ? status : -EIO);
+  free(j);
+}
+
+static void on_node_msg(void *state, const uint8_t *msg, size_t len, evs_node_msg *m) {
+  enclave_state *st = state;
+  peer_job *j = calloc(1, sizeof *j);
+  if (!j || st->disabled || len < 2 || (msg[0] != 'U' && msg[0] != 'L') ||
+      (size_t)msg[1] + 2 > len || msg[1] >= ENC_APP_ID_MAX) {
+    free(j);
+    st->host->node_reply(m, st->disabled ? EVS_ENOCRYPTO : -EINVAL);
+    return;
+  }
+  j->st = st;
+  j->m = m;
+  j->op = (char)msg[0];
+  memcpy(j->app_id, msg + 2, msg[1]);
+  size_t tl = len - 2 - msg[1];
+  int r;
+  if (!enc_valid_app_id(j->app_id) || (j->op == 'U') != (tl > 0)) {
+    r = -EINVAL; /* an empty token would mean "from the credentials directory" */
+  } else if (j->op == 'U') {
+    char *token = strndup((const char *)msg + 2 + msg[1], tl);
+    r = token ? enc_app_unlock(st, j->app_id, token, peer_done, j) : -ENOMEM;
+    if (token) {
+      OPENSSL_cleanse(token, tl);
+      free(token);
+    }
+  } else {
+    r = enc_app_lock(st, j->app_id, peer_done, j);
+  }
+  if (r < 0) {
+    free(j);
+    st->host->node_reply(m, r);
+  }
 }
 
 static void on_enclave_down(void *arg, size_t failed) {
@@ -312,6 +413,27 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   }
   int r = host->register_crypto_provider(plugin, provider);
   if (r == 0) r = host->add_hook(plugin, EVS_PHASE_ROUTE, route);
+  if (r == 0) r = host->node_subscribe(plugin, on_node_msg);
+  if (r == 0 && !st->disabled) {
+    /* Share 2 lives apart from the state store, so that one store alone never holds two shares. */
+    const char *ss = host->config_string(plugin, "share_store");
+    char *def = NULL;
+    if (!ss || !*ss) {
+      const char *sd = host->state_dir(plugin);
+      if (asprintf(&def, "%s/share-store/shares.db", sd ? sd : ".") < 0) def = NULL;
+      ss = def;
+    } else if (ss[0] != '/' && !strchr(ss, '=') && strncmp(ss, "postgres", 8) != 0) {
+      const char *sd = host->state_dir(plugin); /* a relative file is in the state directory */
+      if (asprintf(&def, "%s/%s", sd ? sd : ".", ss) < 0) def = NULL;
+      ss = def;
+    }
+    r = ss ? host->aux_store_open(plugin, ss) : -ENOMEM;
+    if (r < 0)
+      host->log(plugin, NULL, EVS_LOG_ERROR,
+                "cannot open the share store (share_store in the [plugin \"enclave\"] section): %s",
+                strerror(-r));
+    free(def);
+  }
   if (r < 0 || st->disabled) {
     if (r < 0) {
       state_free(st);

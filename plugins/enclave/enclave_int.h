@@ -28,6 +28,9 @@ typedef struct enclave_state {
   int disabled; /* enclave_binary not configured and not installed: answer 503 */
 } enclave_state;
 
+/* How long the other workers' enclaves get to act on a node-wide unlock or lock. */
+#define ENC_NODE_TIMEOUT_MS 4000 /* under evctl's 5 s, so it hears the answer */
+
 /* ---- per-request context (api.c) ---------------------------------------------------------
  * Lives from the route hook until both the request has ended and no asynchronous step is
  * outstanding: `req` turns NULL when the host ends the request, `pending` is set while a store,
@@ -61,7 +64,8 @@ struct enc_ctx {
   size_t body_len;
   int octet;          /* application/octet-stream */
   size_t limit;       /* GET /audit: how many records */
-  char *token;        /* app token on unlock, wiped on free */
+  char *token;        /* app token on unlock, wiped on free (and as soon as it is sent) */
+  size_t workers, workers_ok; /* node-wide unlock/lock: other workers reached, and done */
   enc_step_fn step;   /* what enc_continue runs once the body (if any) is in */
   evs_timer *timer;   /* enc_continue's deferral when no body is read */
   int body_status;
@@ -98,6 +102,14 @@ int enc_valid_app_id(const char *s);
  * then runs exactly once, status as for ep_reply_fn, -ENOENT for an unknown app) or negative. */
 int enc_app_unlock(enclave_state *st, const char *app_id, const char *token, ep_reply_fn cb,
                    void *arg);
+
+/* enclave.c: asks the enclaves of the node's other workers to unlock app_id with token, or to
+ * lock it (token NULL). done(arg, workers, ok) runs once, as for host->node_broadcast. The
+ * token is copied only into buffers that are wiped. Returns 0 or negative (done never runs). */
+int enc_node_fanout(enclave_state *st, const char *app_id, const char *token,
+                    evs_node_done_fn done, void *arg);
+/* apps.c: sends APP_LOCK for app_id to this worker's enclave. */
+int enc_app_lock(enclave_state *st, const char *app_id, ep_reply_fn cb, void *arg);
 
 /* Encrypts or decrypts every field of x->root (JSON) or x->body (file) in one enclave round
  * trip and answers; x->app_id, x->curve, x->role set. Used by the API and admin endpoints. */
