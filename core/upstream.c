@@ -622,11 +622,12 @@ static void pump_source(evs__proxy *px) {
     uint64_t left = px->body_source_len - px->body_source_sent;
     size_t got = 0;
     if (left > 0) {
-      if (!px->source_buf && !(px->source_buf = malloc(SOURCE_CHUNK))) {
+      size_t cap = left < SOURCE_CHUNK ? (size_t)left : SOURCE_CHUNK;
+      /* Sized by the first piece, the largest: a small body gets a small buffer. */
+      if (!px->source_buf && !(px->source_buf = malloc(cap))) {
         proxy_fail(px, -ENOMEM);
         return;
       }
-      size_t cap = left < SOURCE_CHUNK ? (size_t)left : SOURCE_CHUNK;
       if (px->body_source(px->body_source_arg, px->source_buf, cap, &got) < 0 || got == 0 ||
           got > cap) {
         proxy_fail(px, -EIO);

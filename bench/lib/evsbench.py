@@ -27,6 +27,9 @@ def arg_parser(prog):
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--hold", action="store_true",
+                    help="start and check everything, print pids and wrk commands, then wait "
+                         "(for profiling by hand) instead of measuring")
     return ap
 
 
@@ -302,8 +305,27 @@ relay_config = {self.tmp}/relay-config.json
         ports = ", ".join(f"{n} {port}" for n, (_, port) in self.servers.items())
         log(f"ports: {ports}; temp dir {self.tmp}")
 
+    def hold(self, cases):
+        """--hold: print what a profiler needs and wait until stopped (Ctrl-C)."""
+        for name, (p, port) in self.servers.items():
+            log(f"{name}: pids {' '.join(str(x) for x in self.family(p.pid))}")
+            for case in cases:
+                script = self.path(f"case-{case.name}.lua")
+                if case.method != "GET" or case.body:
+                    self.write(f"case-{case.name}.lua", f"wrk.method = {lua_str(case.method)}\n"
+                               f"wrk.body = {lua_str(case.body.decode())}\n")
+                hdrs = " ".join(f"-H '{h}'" for h in [f"Host: {self.host}"] + case.headers)
+                log(f"  {case.name}: wrk -t1 -c{self.opt.connections} -d10s {hdrs}"
+                    + (f" -s {script}" if case.method != "GET" or case.body else "")
+                    + f" http://127.0.0.1:{port}{case.path}")
+        log("holding; Ctrl-C stops everything")
+        while True:
+            time.sleep(3600)
+
     def run(self, cases):
         """ABBA rounds per case; returns {(case name, server): [round results]}."""
+        if self.opt.hold:
+            self.hold(cases)
         o, results = self.opt, {}
         for case in cases:
             for name, (p, port) in self.servers.items():   # warm-up: pools filled, pages faulted in

@@ -314,17 +314,19 @@ static int provider(void *state, const evs_crypto_request *creq, evs_crypto_done
   for (size_t i = 0; i < sizeof provider_ops / sizeof provider_ops[0]; i++)
     if (creq->op && strcmp(creq->op, provider_ops[i].name) == 0) op = provider_ops[i].op;
   if (!op) return -EINVAL;
-  ep_item *it = calloc(EVS_EP_MAX_ITEMS, sizeof *it);
-  if (!it) return -ENOMEM;
-  int n = ep_items_parse(creq->payload, creq->payload_len, it, EVS_EP_MAX_ITEMS);
-  if (n < 0) {
-    free(it);
-    return -EINVAL;
-  }
+  /* The payload is already items: check and copy them in one pass (no item array: this is
+   * on every relayed request). */
   ep_msg m;
   ep_msg_init(&m, op);
-  for (int i = 0; i < n; i++) ep_msg_add(&m, it[i].data, it[i].len);
-  free(it);
+  for (size_t off = 0, len = creq->payload_len; off < len;) {
+    uint32_t l = len - off >= 4 ? evs_ep_get_u32(creq->payload + off) : 0;
+    if (len - off < 4 || l > len - off - 4) {
+      ep_msg_done(&m);
+      return -EINVAL;
+    }
+    ep_msg_add(&m, creq->payload + off + 4, l);
+    off += 4 + (size_t)l;
+  }
   provider_call *pc = calloc(1, sizeof *pc);
   if (!pc) {
     ep_msg_done(&m);

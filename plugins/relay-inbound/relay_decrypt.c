@@ -23,7 +23,6 @@
 
 #define SPOOL_MEM_MAX (1u << 20)
 #define BATCH_FIELDS 512
-#define OUT_CHUNK (64u << 10)
 
 typedef struct dvalue {
   size_t hole;
@@ -252,22 +251,18 @@ static int scan_transform(void *ud, int kind, const char *value, size_t len,
 }
 
 /* Once every value is back: the spool to the client, then the end of the response. */
+static int emit_to_client(void *arg, const uint8_t *p, size_t n) {
+  relay_txn *t = arg;
+  return t->st->host->filter_emit(t->req, p, n);
+}
+
 static void finish_held(relay_dec *d) {
   relay_txn *t = d->t;
   if (!d->held || t->dec_pending > 0 || d->ended) return;
   const evs_host *h = t->st->host;
   d->ended = 1;
   int status = d->err;
-  if (!status) {
-    uint8_t *buf = malloc(OUT_CHUNK);
-    size_t got = 0;
-    relay_spool_rewind(&d->spool);
-    status = buf ? 0 : -ENOMEM;
-    while (status == 0 && (status = relay_spool_read(&d->spool, buf, OUT_CHUNK, &got)) == 0 &&
-           got > 0)
-      status = h->filter_emit(t->req, buf, got);
-    free(buf);
-  }
+  if (!status) status = relay_spool_replay(&d->spool, emit_to_client, t);
   if (status < 0) h->counter_add(t->st->plugin, "decrypt_errors", 1);
   h->filter_end(t->req, status < 0 ? -1 : 0);
 }
@@ -311,13 +306,7 @@ static int response_filter(void *state, evs_request *req, void *arg, const uint8
   if (t->dec_pending == 0) {
     /* Everything came back synchronously: finish on the host's terms, from here. */
     d->held = 0;
-    uint8_t *buf = malloc(OUT_CHUNK);
-    size_t got = 0;
-    if (!buf) return -ENOMEM;
-    relay_spool_rewind(&d->spool);
-    while ((r = relay_spool_read(&d->spool, buf, OUT_CHUNK, &got)) == 0 && got > 0)
-      if ((r = h->filter_emit(req, buf, got)) < 0) break;
-    free(buf);
+    r = relay_spool_replay(&d->spool, emit_to_client, t);
     return r < 0 || d->err ? -1 : 0;
   }
   return EVS_FILTER_HOLD;

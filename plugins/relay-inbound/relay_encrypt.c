@@ -566,7 +566,9 @@ void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) 
   relay_spool_init(&e->spool, st->spool_dir, SPOOL_MEM_MAX);
   e->app_id = relay_app_id(st, t->relay);
   e->curve = t->relay->curve ? t->relay->curve : "secp256k1";
-  e->sampling = st->record_structures;
+  /* Without a match the body is here only to be sampled (relay_dispatch asked already). */
+  const evs_request_info *info = h->request_info(t->req);
+  e->sampling = !t->has_match || relay_sample_due(st, t->relay->domain, info->method, info->path);
   if (t->has_match && e->fmt != F_NONE && !e->app_id) {
     e->answered = 1;
     h->respond_error(t->req, 500, "internal-server-error",

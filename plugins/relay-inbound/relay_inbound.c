@@ -203,6 +203,22 @@ static int file_id(const char *path, uint64_t *mt, uint64_t *size, uint64_t *ino
   return 0;
 }
 
+int relay_sample_due(relay_state *st, const char *domain, const char *method, const char *path) {
+  if (!st->record_structures) return 0;
+  uint64_t h = 1469598103934665603ull; /* FNV-1a over the three, NUL-separated */
+  const char *parts[] = {domain, method, path};
+  for (size_t i = 0; i < 3; i++) {
+    for (const char *p = parts[i]; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+  }
+  int64_t now = relay_now_ms();
+  size_t slot = h % (sizeof st->sampled / sizeof st->sampled[0]);
+  if (st->sampled[slot].hash == h && now - st->sampled[slot].sampled_ms < 1000) return 0;
+  st->sampled[slot].hash = h;
+  st->sampled[slot].sampled_ms = now;
+  return 1;
+}
+
 static void cfg_swap(relay_state *st, relay_cfg *c) {
   relay_cfg *old = st->cfg;
   st->cfg = c;
@@ -519,10 +535,9 @@ void relay_dispatch(relay_txn *t) {
                      "A request with fields to encrypt needs a Content-Length header");
     return;
   }
-  if (st->record_structures && info->has_content_length && !info->chunked && has_ct &&
-      relay_now_ms() - st->last_structure_ms >= 1000) {
-    /* Sample the shape of this pass-through body (at most one request a second). */
-    st->last_structure_ms = relay_now_ms();
+  if (info->has_content_length && !info->chunked && has_ct &&
+      relay_sample_due(st, t->relay->domain, info->method, info->path)) {
+    /* Sample the shape of this pass-through body. */
     relay_encrypt_start(t, ct.value, ct.value_len);
     return;
   }

@@ -49,7 +49,9 @@ struct relay_state {
   int transaction_log;
   evs_timer *watch;
   uint64_t watch_mtime_ns, watch_size, watch_ino;
-  int64_t last_structure_ms;
+  /* Requests sampled lately, per relay, method and path (hash, when): at most one a second
+   * each has its body's structure read. */
+  struct { uint64_t hash; int64_t sampled_ms; } sampled[256];
   /* Structures stored lately (hash, when): a shape is written at most once a minute, so the
    * store is not written on every request. Overwritten slots only cost an extra write. */
   struct { uint64_t hash; int64_t stored_ms; } structures_seen[512];
@@ -91,6 +93,9 @@ const char *relay_app_id(relay_state *st, const evs__relay *r);
 /* True when s[0..len) contains something shaped like an ev: string. */
 int relay_has_ev_token(const char *s, size_t len);
 int64_t relay_now_ms(void);
+/* 1 if this request's body should have its structure sampled: structures are on, and no
+ * request of this relay, method and path was sampled in the last second. */
+int relay_sample_due(relay_state *st, const char *domain, const char *method, const char *path);
 
 /* relay_encrypt.c: reads the body, encrypts the selected fields and proxies the result.
  * Always answers the request (or the request went away). */

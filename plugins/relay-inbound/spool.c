@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#define REPLAY_CHUNK (64u << 10)
+
 void relay_spool_init(relay_spool *s, const char *dir, size_t mem_max) {
   memset(s, 0, sizeof *s);
   s->dir = dir;
@@ -157,4 +159,20 @@ void relay_spool_done(relay_spool *s) {
   free(s->mem);
   if (s->fd >= 0) close(s->fd);
   relay_spool_init(s, s->dir, s->mem_max);
+}
+
+int relay_spool_replay(relay_spool *s, int (*fn)(void *arg, const uint8_t *p, size_t n),
+                       void *arg) {
+  uint64_t total = relay_spool_total(s);
+  size_t cap = total < REPLAY_CHUNK ? (size_t)total : REPLAY_CHUNK;
+  if (cap == 0) return 0;
+  uint8_t *buf = malloc(cap);
+  if (!buf) return -ENOMEM;
+  size_t got = 0;
+  int r;
+  relay_spool_rewind(s);
+  while ((r = relay_spool_read(s, buf, cap, &got)) == 0 && got > 0)
+    if ((r = fn(arg, buf, got)) < 0) break;
+  free(buf);
+  return r;
 }

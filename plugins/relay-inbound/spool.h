@@ -49,6 +49,10 @@ void relay_spool_rewind(relay_spool *s);
 /* Reads the next bytes (at most cap) into buf; *ret_len is 0 at the end. 0 or -EIO. */
 int relay_spool_read(relay_spool *s, uint8_t *buf, size_t cap, size_t *ret_len);
 /* Wipes the hole contents and frees everything; s may be half-built. */
+/* Rewind, then hand the whole spool to fn in pieces of at most 64 KiB (through one buffer of
+ * at most that size). Returns 0, or the first negative value of reading or of fn. */
+int relay_spool_replay(relay_spool *s, int (*fn)(void *arg, const uint8_t *p, size_t n),
+                       void *arg);
 void relay_spool_done(relay_spool *s);
 
 #endif
