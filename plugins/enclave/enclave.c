@@ -47,9 +47,25 @@ typedef struct unlock_job {
   char app_id[ENC_APP_ID_MAX];
 } unlock_job;
 
+static void release_parked(enclave_state *st);
+
+static void unlocking_done(enclave_state *st) {
+  if (st->unlocking > 0 && --st->unlocking == 0) release_parked(st);
+}
+
+static void first_unlock_overdue(void *arg) {
+  enclave_state *st = arg;
+  if (st->unlocking == 0) return;
+  st->host->log(st->plugin, NULL, EVS_LOG_WARN,
+                "the enclave did not get its apps within %d ms; requests go on", ENC_FIRST_UNLOCK_MS);
+  st->unlocking = 0;
+  release_parked(st);
+}
+
 static void auto_unlock_done(void *arg, int status, const ep_item *items_, size_t n) {
   unlock_job *j = arg;
   enclave_state *st = j->st;
+  unlocking_done(st);
   if (status == 0)
     st->host->log(st->plugin, NULL, EVS_LOG_INFO, "app %s unlocked from the credentials directory",
                   j->app_id);
@@ -63,14 +79,22 @@ static void auto_unlock_done(void *arg, int status, const ep_item *items_, size_
 static void auto_unlock_scan(void *arg, int status, const char *key, const uint8_t *v,
                              size_t len) {
   enclave_state *st = arg;
-  if (!key || strncmp(key, "app/", 4) != 0) return;
+  if (!key) { /* the end of the scan */
+    unlocking_done(st);
+    return;
+  }
+  if (strncmp(key, "app/", 4) != 0) return;
   const char *app = key + 4;
   if (!enc_valid_app_id(app)) return;
   unlock_job *j = calloc(1, sizeof *j);
   if (!j) return;
   j->st = st;
   snprintf(j->app_id, sizeof j->app_id, "%s", app);
-  if (enc_app_unlock(st, app, "", auto_unlock_done, j) < 0) free(j);
+  st->unlocking++;
+  if (enc_app_unlock(st, app, "", auto_unlock_done, j) < 0) {
+    st->unlocking--;
+    free(j);
+  }
 }
 
 /* Apps created before the share store existed have share 2 in the state store: move it (the
@@ -91,7 +115,7 @@ static void migrate_scan(void *arg, int status, const char *key, const uint8_t *
                     strerror(-r));
     return;
   }
-  st->host->store_scan(st->plugin, "app/", auto_unlock_scan, st);
+  if (st->host->store_scan(st->plugin, "app/", auto_unlock_scan, st) < 0) unlocking_done(st);
 }
 
 /* A new enclave process answered HELLO: ask it to unlock every app whose token it can read
@@ -104,8 +128,12 @@ static void on_enclave_up(void *arg) {
                   "enclave process restarted (pid %d): apps unlocked with evctl are locked in this "
                   "worker until `evctl app unlock` runs again",
                   ep_client_pid(st->client));
-  if (st->host->store_scan(st->plugin, "share2/", migrate_scan, st) < 0)
-    st->host->store_scan(st->plugin, "app/", auto_unlock_scan, st);
+  if (st->started) /* the first start's count is init's */
+    st->unlocking++; /* until the app scan has ended and each unlock it started answered */
+  st->started = 1;
+  if (st->host->store_scan(st->plugin, "share2/", migrate_scan, st) < 0 &&
+      st->host->store_scan(st->plugin, "app/", auto_unlock_scan, st) < 0)
+    unlocking_done(st);
 }
 
 /* ---- node-wide unlock and lock ------------------------------------------------------------
@@ -198,6 +226,12 @@ typedef struct provider_call {
   evs_crypto_done_fn done;
   void *done_arg;
 } provider_call;
+
+typedef struct parked_call {
+  struct parked_call *next;
+  ep_msg m;
+  provider_call *pc;
+} parked_call;
 
 static void provider_reply(void *arg, int status, const ep_item *it, size_t n) {
   provider_call *pc = arg;
@@ -334,9 +368,40 @@ static int provider(void *state, const evs_crypto_request *creq, evs_crypto_done
   }
   pc->done = done;
   pc->done_arg = done_arg;
+  if (st->unlocking > 0) {
+    parked_call *pk = calloc(1, sizeof *pk);
+    if (!pk) {
+      ep_msg_done(&m);
+      free(pc);
+      return -ENOMEM;
+    }
+    pk->m = m;
+    pk->pc = pc;
+    *st->parked_tail = pk;
+    st->parked_tail = &pk->next;
+    return 0;
+  }
   int r = ep_client_call(st->client, &m, provider_reply, pc);
   if (r < 0) free(pc);
   return r;
+}
+
+/* The enclave has its apps: send what waited, in order. A call that cannot be sent fails as
+ * it would have at once. */
+static void release_parked(enclave_state *st) {
+  parked_call *pk = st->parked;
+  st->parked = NULL;
+  st->parked_tail = &st->parked;
+  while (pk) {
+    parked_call *next = pk->next;
+    int r = ep_client_call(st->client, &pk->m, provider_reply, pk->pc);
+    if (r < 0) {
+      pk->pc->done(pk->pc->done_arg, r, NULL, 0);
+      free(pk->pc);
+    }
+    free(pk);
+    pk = next;
+  }
 }
 
 /* ---- routing ------------------------------------------------------------------------------ */
@@ -365,6 +430,13 @@ static int route(void *state, evs_request *req) {
 
 static void state_free(enclave_state *st) {
   if (!st) return;
+  for (parked_call *pk = st->parked, *next; pk; pk = next) { /* stopping: nobody waits */
+    next = pk->next;
+    ep_msg_done(&pk->m);
+    free(pk->pc);
+    free(pk);
+  }
+  if (st->first_unlock_deadline) st->host->timer_free(st->first_unlock_deadline);
   ep_client_free(st->client);
   free(st->seal_key);
   free(st);
@@ -375,6 +447,10 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   if (!st) return -ENOMEM;
   st->host = host;
   st->plugin = plugin;
+  st->parked_tail = &st->parked;
+  st->unlocking = 1; /* released by the first enclave's unlocks, or the deadline */
+  st->first_unlock_deadline =
+      host->timer_start(plugin, ENC_FIRST_UNLOCK_MS, 0, first_unlock_overdue, st);
   const char *binary = host->config_string(plugin, "enclave_binary");
   const char *seal = host->config_string(plugin, "seal_key");
   const char *creds = host->config_string(plugin, "credentials_dir");

@@ -26,9 +26,18 @@ typedef struct enclave_state {
   const char *api_listener; /* owned by the host's configuration */
   char *seal_key;
   int disabled; /* enclave_binary not configured and not installed: answer 503 */
+  /* From start until the first enclave process has been given its apps from the credentials
+   * directory (start, the scan and each unlock count one), provider calls wait in `parked`,
+   * so that a reload's new workers never answer "locked" for an app about to be unlocked.
+   * At most ENC_FIRST_UNLOCK_MS: then they go (and fail closed if the enclave is not up). */
+  int unlocking;
+  int started;
+  struct parked_call *parked, **parked_tail;
+  evs_timer *first_unlock_deadline;
 } enclave_state;
 
 /* How long the other workers' enclaves get to act on a node-wide unlock or lock. */
+#define ENC_FIRST_UNLOCK_MS 5000
 #define ENC_NODE_TIMEOUT_MS 4000 /* under evctl's 5 s, so it hears the answer */
 
 /* ---- per-request context (api.c) ---------------------------------------------------------

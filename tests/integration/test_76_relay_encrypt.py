@@ -34,17 +34,25 @@ def curl(srv, host, path, data, ctype, extra=()):
     return int(code), body
 
 
-def setup():
-    """A server with an app and a relay for it (per test: the harness stops both after it)."""
+def setup(credentials=False):
+    """A server with an app and a relay for it (per test: the harness stops both after it).
+    credentials: the app's token also goes to the credentials directory, so enclaves started
+    later (a reload's new workers) unlock it too."""
     enclave = evstest.build_path("evserver-enclave")
     if not os.access(enclave, os.X_OK):
         raise evstest.Skip("%s is not built" % enclave)
     up = evstest.Upstream()
+    creds = evstest.tmpdir()
     cfg = evstest.write_config(listeners={"http": {}, "api": {}},
-                               plugins={"enclave": {"enclave_binary": enclave},
+                               plugins={"enclave": {"enclave_binary": enclave,
+                                                    "credentials_dir": creds},
                                         "relay-inbound": {}})
     srv = evstest.Server(cfg).start()
     app = evctl_json(srv, "app", "create")
+    if credentials:
+        path = os.path.join(creds, "evserver-app-" + app["appId"])
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(app["appToken"])
     key = evctl_json(srv, "key", "create", app["appId"], "--permissions", "api:decrypt")
     relays = {"shannon.example": {
         "destinationDomain": "http://127.0.0.1:%d" % up.port, "appId": app["appId"],
@@ -183,6 +191,67 @@ def test_structures_and_activity_recorded():
     acts = json.loads(srv.admin_get("/activity?relay=shannon.example").body)["transactions"]
     assert acts and all("123-12-1234" not in json.dumps(a) for a in acts)
     assert any(a["status"] == 400 and a.get("errorCode") for a in acts)
+
+
+
+
+def test_reload_under_load_fails_no_request():
+    """relay-config.json rewritten every 0.2 s (selectors switch between two sets) and a SIGHUP,
+    while 4 keep-alive clients POST: every request succeeds, ssn never reaches the destination
+    in plaintext, and both selections were in force at some point. The app is unlocked from
+    the credentials directory, as a reload's new enclaves need (enclave/README.md)."""
+    import http.client
+    import threading
+    c = setup(credentials=True)
+    srv, up = c["srv"], c["up"]
+    with open(srv.config.relay_config) as f:
+        relays = json.load(f)
+    body = json.dumps({"name": "Claude Shannon", "ssn": "123-12-1234"})
+    stop, lock, results = threading.Event(), threading.Lock(), []
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port(), timeout=10)
+        while not stop.is_set():
+            try:
+                conn.request("POST", "/secure", body, {"Host": "shannon.example",
+                                                       "Content-Type": "application/json"})
+                r = conn.getresponse()
+                data = r.read()
+                out = r.status if r.status == 200 else (r.status, data[:200])
+            except Exception as e:  # a failed request is what this test looks for
+                out = repr(e)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", srv.port(), timeout=10)
+            with lock:
+                results.append(out)
+        conn.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    selections = (["$.ssn"], ["$.ssn", "$.name"])
+    deadline = time.monotonic() + 4
+    i = 0
+    while time.monotonic() < deadline:
+        i += 1
+        relays["shannon.example"]["fieldsToEncrypt"][0]["fields"] = selections[i % 2]
+        tmp = srv.config.relay_config + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(relays, f)
+        os.replace(tmp, srv.config.relay_config)
+        if i == 10:
+            srv.signal(__import__("signal").SIGHUP)
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(15)
+        assert not t.is_alive(), "a client is stuck"
+    failed = [r for r in results if r != 200]
+    assert len(results) >= 100 and not failed, (len(results), failed[:5])
+    bodies = [json.loads(r.body) for r in up.requests if r.path == "/secure"]
+    assert all(EV.fullmatch(b["ssn"]) for b in bodies), [b for b in bodies if "ssn" in b][:3]
+    names = {"ev" if EV.fullmatch(b["name"]) else b["name"] for b in bodies if "name" in b}
+    assert names == {"ev", "Claude Shannon"}, names
 
 
 if __name__ == "__main__":
