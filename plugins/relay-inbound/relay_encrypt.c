@@ -31,6 +31,7 @@
 #include "xml_rewrite.h"
 #include "relay_priv.h"
 #include "spool.h"
+#include "structure.h"
 
 #define SPOOL_MEM_MAX (1u << 20)
 #define BATCH_FIELDS 512
@@ -329,94 +330,13 @@ static int emit(void *ud, const char *buf, size_t len) {
 
 /* ---- structures -------------------------------------------------------------------------- */
 
-static int simple_name(const char *k) {
-  if (!*k) return 0;
-  for (const char *p = k; *p; p++)
-    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-          *p == '_' || *p == '-'))
-      return 0;
-  return 1;
-}
-
-static void walk_paths(json_t *v, char *path, size_t plen, size_t cap, json_t *out, int depth) {
-  if (json_array_size(out) >= 200 || depth > 32) return;
-  if (json_is_object(v)) {
-    const char *k;
-    json_t *c;
-    json_object_foreach(v, k, c) {
-      int w = simple_name(k) ? snprintf(path + plen, cap - plen, ".%s", k)
-                             : snprintf(path + plen, cap - plen, "['%s']", k);
-      if (w < 0 || (size_t)w >= cap - plen) continue;
-      walk_paths(c, path, plen + (size_t)w, cap, out, depth + 1);
-    }
-  } else if (json_is_array(v)) {
-    int w = snprintf(path + plen, cap - plen, "[*]");
-    if (w < 0 || (size_t)w >= cap - plen) return;
-    size_t i;
-    json_t *c;
-    json_array_foreach(v, i, c) walk_paths(c, path, plen + (size_t)w, cap, out, depth + 1);
-  } else {
-    path[plen] = 0;
-    size_t i;
-    json_t *x;
-    json_array_foreach(out, i, x) if (strcmp(json_string_value(x), path) == 0) return;
-    json_array_append_new(out, json_string(path));
-  }
-}
-
-static void form_names(const char *b, size_t n, json_t *out) {
-  size_t i = 0;
-  while (i < n && json_array_size(out) < 200) {
-    size_t j = i;
-    while (j < n && b[j] != '&' && b[j] != '=') j++;
-    if (j > i) {
-      char *name = strndup(b + i, j - i);
-      size_t k;
-      json_t *x;
-      int dup = 0;
-      json_array_foreach(out, k, x) dup |= strcmp(json_string_value(x), name) == 0;
-      if (!dup) json_array_append_new(out, json_string(name));
-      free(name);
-    }
-    while (j < n && b[j] != '&') j++;
-    i = j + 1;
-  }
-}
-
-static void multipart_names(const char *b, size_t n, json_t *out) {
-  static const char key[] = "name=\"";
-  for (size_t i = 0; i + sizeof key < n && json_array_size(out) < 200; i++) {
-    if (memcmp(b + i, key, sizeof key - 1) != 0 || (i > 0 && b[i - 1] != ' ' && b[i - 1] != ';'))
-      continue;
-    size_t s = i + sizeof key - 1, j = s;
-    while (j < n && b[j] != '"' && b[j] != '\r' && b[j] != '\n') j++;
-    if (j >= n || b[j] != '"') continue;
-    char *name = strndup(b + s, j - s);
-    size_t k;
-    json_t *x;
-    int dup = 0;
-    json_array_foreach(out, k, x) dup |= strcmp(json_string_value(x), name) == 0;
-    if (!dup) json_array_append_new(out, json_string(name));
-    free(name);
-  }
-}
-
 static void record_structure(relay_enc *e) {
   relay_txn *t = e->t;
   relay_state *st = t->st;
   const evs_host *h = st->host;
   const evs_request_info *info = h->request_info(t->req);
-  json_t *fields = json_array();
-  if (e->fmt == F_JSON) {
-    json_t *doc = json_loadb(e->sample, e->sample_len, JSON_DECODE_ANY, NULL);
-    char path[512] = "$";
-    if (doc) walk_paths(doc, path, 1, sizeof path, fields, 0);
-    json_decref(doc);
-  } else if (e->fmt == F_FORM) {
-    form_names(e->sample, e->sample_len, fields);
-  } else if (e->fmt == F_MULTIPART) {
-    multipart_names(e->sample, e->sample_len, fields);
-  }
+  json_t *fields = relay_structure_fields(fmt_name(e->fmt), e->sample, e->sample_len);
+  if (!fields) return;
   char *flat = json_dumps(fields, JSON_COMPACT);
   uint64_t hsh = 1469598103934665603ull;
   const char *parts[] = {info->method, info->path, fmt_name(e->fmt), flat ? flat : ""};

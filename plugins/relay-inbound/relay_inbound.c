@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <libxml/parser.h>
 
 #include "evserver/evs_plugin.h"
 #include "relay_priv.h"
@@ -651,6 +652,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     host->log(plugin, NULL, EVS_LOG_ERROR, "this host lacks ABI 1.1 services");
     return -ENOTSUP;
   }
+  xmlInitParser(); /* once per process, before any sample is parsed (relay_encrypt.c) */
   relay_state *st = calloc(1, sizeof *st);
   if (!st) return -ENOMEM;
   st->host = host;

@@ -191,6 +191,22 @@ def test_structures_and_activity_recorded():
     acts = json.loads(srv.admin_get("/activity?relay=shannon.example").body)["transactions"]
     assert acts and all("123-12-1234" not in json.dumps(a) for a in acts)
     assert any(a["status"] == 400 and a.get("errorCode") for a in acts)
+    # Structures: field paths for each content type, never values (XML as the XML rewriter
+    # selects: $ is the root element).
+    xml = ('<?xml version="1.0"?><person><name>Ada</name><ns:ssn>123-12-1234</ns:ssn>'
+           '<cards><card>4242</card><card><![CDATA[5555]]></card></cards><empty/></person>')
+    assert curl(srv, "shannon.example", "/xml", xml, "application/xml")[0] == 200
+    assert curl(srv, "shannon.example", "/form", "a=1&b=2", "application/x-www-form-urlencoded")[0] == 200
+
+    def shapes():
+        st = json.loads(srv.admin_get("/relays/structures?relay=shannon.example").body)
+        return {(s["route"], s["contentType"]): s["fields"] for s in st["structures"]}
+    got = evstest.wait_for(lambda: (lambda s: s if ("/xml", "xml") in s and ("/form", "form") in s
+                                    else None)(shapes()), what="xml and form structures")
+    assert sorted(got[("/xml", "xml")]) == ["$.cards.card", "$.name", "$['ns:ssn']"], got
+    assert sorted(got[("/form", "form")]) == ["a", "b"], got
+    assert ("/secure", "json") in got and got[("/secure", "json")] == ["$.ssn"], got
+    assert all("123-12-1234" not in f and "4242" not in f for v in got.values() for f in v), got
 
 
 
