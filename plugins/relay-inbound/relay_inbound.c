@@ -20,6 +20,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -558,6 +559,68 @@ static void iso8601(int64_t ms, char *out, size_t n) {
   snprintf(out + w, n - w, ".%03dZ", (int)(ms % 1000));
 }
 
+/* A transaction record under construction: JSON text in a fixed buffer (records are small;
+ * one that does not fit is not written). */
+typedef struct txlog_buf {
+  char s[8192];
+  size_t p;
+  int overflow;
+} txlog_buf;
+
+static void txlog_raw(txlog_buf *b, const char *s) {
+  size_t n = strlen(s);
+  if (b->overflow || n >= sizeof b->s - b->p) {
+    b->overflow = 1;
+    return;
+  }
+  memcpy(b->s + b->p, s, n + 1);
+  b->p += n;
+}
+
+static void txlog_fmt(txlog_buf *b, const char *fmt, ...) {
+  if (b->overflow) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int w = vsnprintf(b->s + b->p, sizeof b->s - b->p, fmt, ap);
+  va_end(ap);
+  if (w < 0 || (size_t)w >= sizeof b->s - b->p)
+    b->overflow = 1;
+  else
+    b->p += (size_t)w;
+}
+
+/* A JSON string: '"' and '\\' escaped, control bytes as \u00XX, other bytes as they are (the
+ * store refuses a record that is not UTF-8). */
+static void txlog_str(txlog_buf *b, const char *s) {
+  static const char hex[] = "0123456789abcdef";
+  if (b->overflow) return;
+  size_t cap = sizeof b->s - 1, p = b->p;
+  if (p >= cap) goto full;
+  b->s[p++] = '"';
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (p + 6 >= cap) goto full;
+    if (c == '"' || c == '\\') {
+      b->s[p++] = '\\';
+      b->s[p++] = (char)c;
+    } else if (c < 0x20) {
+      memcpy(b->s + p, "\\u00", 4);
+      b->s[p + 4] = hex[c >> 4];
+      b->s[p + 5] = hex[c & 15];
+      p += 6;
+    } else {
+      b->s[p++] = (char)c;
+    }
+  }
+  if (p + 1 >= cap) goto full;
+  b->s[p++] = '"';
+  b->s[p] = 0;
+  b->p = p;
+  return;
+full:
+  b->overflow = 1;
+}
+
 static int log_hook(void *state, evs_request *req) {
   relay_state *st = state;
   const evs_host *h = st->host;
@@ -572,20 +635,35 @@ static int log_hook(void *state, evs_request *req) {
   iso8601(t->started_ms, started, sizeof started);
   double dur = (double)(mono_ns() - t->started_ns) / 1e6;
   if (st->transaction_log) {
-    json_t *fields = json_array();
-    for (size_t i = 0; t->has_match && i < t->match.nfields; i++)
-      json_array_append_new(fields, json_string(t->match.fields[i]));
-    json_t *rec = json_pack("{s:s,s:s,s:s,s:s,s:i,s:s,s:f,s:s?,s:o,s:I,s:I}", "requestId",
-                            info->request_id, "relay", t->relay->domain, "method", info->method,
-                            "path", info->path, "status", status, "startedAt", started,
-                            "durationMs", dur, "contentType", t->content_type_kind,
-                            "encryptedFields", fields, "encryptedCount", (json_int_t)t->encrypted,
-                            "decryptedFields", (json_int_t)t->decrypted);
-    if (rec && code) json_object_set_new(rec, "errorCode", json_string(code));
-    char *s = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
-    if (s) h->store_append(st->plugin, "transactions", s);
-    free(s);
-    json_decref(rec);
+    /* Written directly rather than through jansson: this runs for every request. */
+    txlog_buf b = {.p = 0};
+    txlog_raw(&b, "{\"requestId\":");
+    txlog_str(&b, info->request_id);
+    txlog_raw(&b, ",\"relay\":");
+    txlog_str(&b, t->relay->domain);
+    txlog_raw(&b, ",\"method\":");
+    txlog_str(&b, info->method);
+    txlog_raw(&b, ",\"path\":");
+    txlog_str(&b, info->path);
+    txlog_fmt(&b, ",\"status\":%d,\"startedAt\":\"%s\",\"durationMs\":%.3f,\"contentType\":",
+              status, started, dur);
+    if (t->content_type_kind)
+      txlog_str(&b, t->content_type_kind);
+    else
+      txlog_raw(&b, "null");
+    txlog_raw(&b, ",\"encryptedFields\":[");
+    for (size_t i = 0; t->has_match && i < t->match.nfields; i++) {
+      if (i) txlog_raw(&b, ",");
+      txlog_str(&b, t->match.fields[i]);
+    }
+    txlog_fmt(&b, "],\"encryptedCount\":%zu,\"decryptedFields\":%zu", (size_t)t->encrypted,
+              (size_t)t->decrypted);
+    if (code) {
+      txlog_raw(&b, ",\"errorCode\":");
+      txlog_str(&b, code);
+    }
+    txlog_raw(&b, "}");
+    if (!b.overflow) h->store_append(st->plugin, "transactions", b.s);
   }
   if (code && status >= 400) {
     char now[40], link[512], msg[600], uuid[40];

@@ -191,6 +191,10 @@ def test_structures_and_activity_recorded():
     acts = json.loads(srv.admin_get("/activity?relay=shannon.example").body)["transactions"]
     assert acts and all("123-12-1234" not in json.dumps(a) for a in acts)
     assert any(a["status"] == 400 and a.get("errorCode") for a in acts)
+    ok = [a for a in acts if a["status"] == 200][0]
+    assert ok["encryptedFields"] == ["$.ssn", "$..card", "ssn", "doc"], ok
+    assert ok["method"] == "POST" and ok["path"] == "/secure" and ok["contentType"] == "json", ok
+    assert isinstance(ok["durationMs"], float) and ok["encryptedCount"] == 1, ok
     # Structures: field paths for each content type, never values (XML as the XML rewriter
     # selects: $ is the root element).
     xml = ('<?xml version="1.0"?><person><name>Ada</name><ns:ssn>123-12-1234</ns:ssn>'
