@@ -569,35 +569,48 @@ static int h_subscribe_events(evs_plugin *p, const char *prefix, evs_event_fn fn
 static void run_store(deferred *d) {
   ((evs_store_cb)d->cb)(d->arg, d->status, d->data, d->len);
 }
-static int h_store_get(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
-  if (!evs__w->store) return -ENOTSUP;
+/* The main store and a plugin's auxiliary store answer alike: get through a deferred callback,
+ * put and delete at once with an optional deferred callback. */
+static int store_get_in(evs__store *st, evs_plugin *p, const char *key, evs_store_cb cb,
+                        void *arg) {
+  if (!st) return -ENOTSUP;
   deferred *d = defer(run_store, (void *)cb, arg);
   if (!d) return -ENOMEM;
-  d->status = evs__store_get(evs__w->store, rec(p)->name, key, &d->data, &d->len);
+  d->status = evs__store_get(st, rec(p)->name, key, &d->data, &d->len);
   defer_start(d);
   return 0;
 }
-static int h_store_put(evs_plugin *p, const char *key, const uint8_t *v, size_t len, uint64_t ttl,
-                       evs_store_cb cb, void *arg) {
-  if (!evs__w->store) return -ENOTSUP;
-  int r = evs__store_put(evs__w->store, rec(p)->name, key, v, len, ttl);
-  if (r < 0) return r;
-  if (!cb) return 0;
+static int store_put_in(evs__store *st, evs_plugin *p, const char *key, const uint8_t *v,
+                        size_t len, uint64_t ttl, evs_store_cb cb, void *arg) {
+  if (!st) return -ENOTSUP;
+  int r = evs__store_put(st, rec(p)->name, key, v, len, ttl);
+  if (r < 0 || !cb) return r;
   deferred *d = defer(run_store, (void *)cb, arg);
   if (!d) return -ENOMEM;
   d->status = r;
   defer_start(d);
   return 0;
 }
-static int h_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
-  if (!evs__w->store) return -ENOTSUP;
-  int r = evs__store_delete(evs__w->store, rec(p)->name, key);
+static int store_delete_in(evs__store *st, evs_plugin *p, const char *key, evs_store_cb cb,
+                           void *arg) {
+  if (!st) return -ENOTSUP;
+  int r = evs__store_delete(st, rec(p)->name, key);
   if (!cb) return r == -ENOENT ? 0 : r;
   deferred *d = defer(run_store, (void *)cb, arg);
   if (!d) return -ENOMEM;
   d->status = r;
   defer_start(d);
   return 0;
+}
+static int h_store_get(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  return store_get_in(evs__w->store, p, key, cb, arg);
+}
+static int h_store_put(evs_plugin *p, const char *key, const uint8_t *v, size_t len, uint64_t ttl,
+                       evs_store_cb cb, void *arg) {
+  return store_put_in(evs__w->store, p, key, v, len, ttl, cb, arg);
+}
+static int h_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  return store_delete_in(evs__w->store, p, key, cb, arg);
 }
 typedef struct scan_acc {
   deferred *head, **tail;
@@ -852,36 +865,14 @@ static int h_aux_store_open(evs_plugin *p, const char *location) {
   return rc;
 }
 static int h_aux_store_get(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
-  evs__store *st = rec(p)->aux_store;
-  if (!st) return -ENOTSUP;
-  deferred *d = defer(run_store, (void *)cb, arg);
-  if (!d) return -ENOMEM;
-  d->status = evs__store_get(st, rec(p)->name, key, &d->data, &d->len);
-  defer_start(d);
-  return 0;
+  return store_get_in(rec(p)->aux_store, p, key, cb, arg);
 }
 static int h_aux_store_put(evs_plugin *p, const char *key, const uint8_t *v, size_t len,
                            evs_store_cb cb, void *arg) {
-  evs__store *st = rec(p)->aux_store;
-  if (!st) return -ENOTSUP;
-  int r = evs__store_put(st, rec(p)->name, key, v, len, 0);
-  if (r < 0 || !cb) return r;
-  deferred *d = defer(run_store, (void *)cb, arg);
-  if (!d) return -ENOMEM;
-  d->status = r;
-  defer_start(d);
-  return 0;
+  return store_put_in(rec(p)->aux_store, p, key, v, len, 0, cb, arg);
 }
 static int h_aux_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
-  evs__store *st = rec(p)->aux_store;
-  if (!st) return -ENOTSUP;
-  int r = evs__store_delete(st, rec(p)->name, key);
-  if (!cb) return r == -ENOENT ? 0 : r;
-  deferred *d = defer(run_store, (void *)cb, arg);
-  if (!d) return -ENOMEM;
-  d->status = r;
-  defer_start(d);
-  return 0;
+  return store_delete_in(rec(p)->aux_store, p, key, cb, arg);
 }
 
 static const evs_host host_table = {
