@@ -213,17 +213,13 @@ static int provider(void *state, const evs_crypto_request *creq, evs_crypto_done
   for (size_t i = 0; i < sizeof provider_ops / sizeof provider_ops[0]; i++)
     if (creq->op && strcmp(creq->op, provider_ops[i].name) == 0) op = provider_ops[i].op;
   if (!op) return -EINVAL;
-  ep_item *it = calloc(EVS_EP_MAX_ITEMS, sizeof *it);
-  if (!it) return -ENOMEM;
-  int n = ep_items_parse(creq->payload, creq->payload_len, it, EVS_EP_MAX_ITEMS);
-  if (n < 0) {
-    free(it);
-    return -EINVAL;
-  }
   ep_msg m;
   ep_msg_init(&m, op);
-  for (int i = 0; i < n; i++) ep_msg_add(&m, it[i].data, it[i].len);
-  free(it);
+  /* The payload is already in the protocol's item encoding: one copy, no item table. */
+  if (ep_msg_add_items(&m, creq->payload, creq->payload_len) < 0) {
+    ep_msg_done(&m);
+    return -EINVAL;
+  }
   provider_call *pc = calloc(1, sizeof *pc);
   if (!pc) {
     ep_msg_done(&m);

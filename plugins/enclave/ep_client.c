@@ -67,6 +67,38 @@ void ep_msg_add(ep_msg *m, const void *data, size_t len) {
 
 void ep_msg_add_str(ep_msg *m, const char *s) { ep_msg_add(m, s, strlen(s)); }
 
+int ep_msg_add_items(ep_msg *m, const uint8_t *p, size_t len) {
+  size_t n = 0, off = 0;
+  while (off < len) {
+    if (len - off < 4 || n >= EVS_EP_MAX_ITEMS) return -EINVAL;
+    uint32_t l = evs_ep_get_u32(p + off);
+    if (l > len - off - 4) return -EINVAL;
+    off += 4 + (size_t)l;
+    n++;
+  }
+  if (m->failed) return 0;
+  if (len > EVS_EP_MAX_MESSAGE || m->len + len > EVS_EP_MAX_MESSAGE + 4 ||
+      m->nitems + n > EVS_EP_MAX_ITEMS) {
+    m->failed = 1;
+    return 0;
+  }
+  if (m->len + len > m->cap) {
+    size_t cap = m->cap;
+    while (cap < m->len + len) cap *= 2;
+    uint8_t *b = realloc(m->buf, cap);
+    if (!b) {
+      m->failed = 1;
+      return 0;
+    }
+    m->buf = b;
+    m->cap = cap;
+  }
+  if (len) memcpy(m->buf + m->len, p, len);
+  m->len += len;
+  m->nitems += (uint32_t)n;
+  return 0;
+}
+
 void ep_msg_done(ep_msg *m) {
   free(m->buf);
   memset(m, 0, sizeof *m);
