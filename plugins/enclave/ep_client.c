@@ -157,7 +157,8 @@ struct ep_client {
   uint8_t *in;         /* read buffer */
   size_t in_len, in_cap;
   ep_out *out_head, *out_tail;
-  ep_pending *pending;
+  ep_pending *pending; /* oldest first: the enclave answers in order */
+  ep_pending **pending_tail;
   uint32_t next_id;
   uint32_t hello_id;
   int freeing;
@@ -168,6 +169,7 @@ static size_t fail_all(ep_client *c) {
   ep_pending *p = c->pending;
   size_t n = 0;
   c->pending = NULL;
+  c->pending_tail = &c->pending;
   while (p) {
     n++;
     ep_pending *next = p->next;
@@ -251,6 +253,7 @@ static void dispatch(ep_client *c, const uint8_t *msg, size_t len) {
     if ((*pp)->id == id) {
       p = *pp;
       *pp = p->next;
+      if (!*pp) c->pending_tail = pp;
       break;
     }
   if (p) {
@@ -418,8 +421,8 @@ static int send_msg(ep_client *c, ep_msg *m, ep_reply_fn cb, void *arg) {
     free(p);
     return EVS_ENOCRYPTO;
   }
-  p->next = c->pending;
-  c->pending = p;
+  *c->pending_tail = p;
+  c->pending_tail = &p->next;
   return (int)id;
 }
 
@@ -525,6 +528,7 @@ int ep_client_new(uv_loop_t *loop, const ep_client_config *cfg, ep_client **ret)
   if (!c) return -ENOMEM;
   c->loop = loop;
   c->fd = -1;
+  c->pending_tail = &c->pending;
   c->timeout_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms : 10000;
   c->on_up = cfg->on_up;
   c->on_up_arg = cfg->on_up_arg;
