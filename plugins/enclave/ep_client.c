@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -162,6 +163,7 @@ struct ep_client {
   uint32_t next_id;
   uint32_t hello_id;
   int freeing;
+  int dispatching; /* replies are being handled: calls they make are sent together after */
 };
 
 static size_t fail_all(ep_client *c) {
@@ -213,6 +215,7 @@ static void go_down(ep_client *c) {
   }
   c->out_tail = NULL;
   c->in_len = 0;
+  c->dispatching = 0;
   if (c->pid > 0) kill(c->pid, SIGKILL); /* a process that broke the protocol is not trusted */
   reap(c, 0);
   size_t failed = fail_all(c);
@@ -222,6 +225,7 @@ static void go_down(ep_client *c) {
 }
 
 static void update_poll(ep_client *c);
+static void on_writable(ep_client *c);
 
 static void dispatch(ep_client *c, const uint8_t *msg, size_t len) {
   /* msg starts at magic; len = bytes after the length field. */
@@ -295,6 +299,7 @@ static void on_readable(ep_client *c) {
     c->in_len += (size_t)r;
   }
   size_t off = 0;
+  c->dispatching = 1;
   while (c->in_len - off >= 4) {
     uint32_t l = evs_ep_get_u32(c->in + off);
     if (l > EVS_EP_MAX_MESSAGE || l < EVS_EP_HEADER_LEN - 4) {
@@ -306,6 +311,9 @@ static void on_readable(ep_client *c) {
     if (c->fd < 0) return; /* went down while dispatching */
     off += 4 + l;
   }
+  c->dispatching = 0;
+  if (c->out_head) on_writable(c);
+  if (c->fd < 0) return;
   if (off) {
     memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;
@@ -318,22 +326,37 @@ static void on_readable(ep_client *c) {
   }
 }
 
+/* Sends as much of the queue as the socket takes, up to 64 messages per system call. */
 static void on_writable(ep_client *c) {
   while (c->out_head) {
-    ep_out *o = c->out_head;
-    ssize_t w = send(c->fd, o->buf + o->off, o->len - o->off, MSG_NOSIGNAL);
+    struct iovec iov[64];
+    size_t n = 0, want = 0;
+    for (ep_out *o = c->out_head; o && n < 64; o = o->next, n++) {
+      iov[n].iov_base = o->buf + o->off;
+      iov[n].iov_len = o->len - o->off;
+      want += iov[n].iov_len;
+    }
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = n};
+    ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       go_down(c);
       return;
     }
-    o->off += (size_t)w;
-    if (o->off < o->len) break;
-    c->out_head = o->next;
-    if (!c->out_head) c->out_tail = NULL;
-    free(o->buf);
-    free(o);
+    for (size_t left = (size_t)w; left && c->out_head;) {
+      ep_out *o = c->out_head;
+      if (left < o->len - o->off) {
+        o->off += left;
+        break;
+      }
+      left -= o->len - o->off;
+      c->out_head = o->next;
+      if (!c->out_head) c->out_tail = NULL;
+      free(o->buf);
+      free(o);
+    }
+    if ((size_t)w < want) break; /* the socket is full: wait for POLLOUT */
   }
   update_poll(c);
 }
@@ -378,7 +401,9 @@ static int enqueue(ep_client *c, uint8_t *buf, size_t len) {
   else
     c->out_head = o;
   c->out_tail = o;
-  on_writable(c); /* try at once; leftovers wait for POLLOUT */
+  /* Try at once (leftovers wait for POLLOUT), unless replies are being handled: then what
+   * their callbacks send goes out in one system call when they are done. */
+  if (!c->dispatching) on_writable(c);
   return 0;
 }
 
