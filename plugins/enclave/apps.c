@@ -252,6 +252,7 @@ static void on_app_created(void *arg, int status, const ep_item *it, size_t n) {
     return;
   }
   x->token = strndup((const char *)it[0].data, it[0].len);
+  json_decref(x->body_obj); /* the request's object: the answer takes its place */
   x->body_obj = json_pack("{s:s,s:s%,s:s?,s:s?}", "appId", x->app_id, "appToken",
                           (const char *)it[0].data, (size_t)it[0].len, "ecdhKey", k1,
                           "ecdhP256Key", k2);

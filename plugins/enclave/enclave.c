@@ -348,18 +348,12 @@ static int provider(void *state, const evs_crypto_request *creq, evs_crypto_done
   for (size_t i = 0; i < sizeof provider_ops / sizeof provider_ops[0]; i++)
     if (creq->op && strcmp(creq->op, provider_ops[i].name) == 0) op = provider_ops[i].op;
   if (!op) return -EINVAL;
-  /* The payload is already items: check and copy them in one pass (no item array: this is
-   * on every relayed request). */
   ep_msg m;
   ep_msg_init(&m, op);
-  for (size_t off = 0, len = creq->payload_len; off < len;) {
-    uint32_t l = len - off >= 4 ? evs_ep_get_u32(creq->payload + off) : 0;
-    if (len - off < 4 || l > len - off - 4) {
-      ep_msg_done(&m);
-      return -EINVAL;
-    }
-    ep_msg_add(&m, creq->payload + off + 4, l);
-    off += 4 + (size_t)l;
+  /* The payload is already in the protocol's item encoding: one copy, no item table. */
+  if (ep_msg_add_items(&m, creq->payload, creq->payload_len) < 0) {
+    ep_msg_done(&m);
+    return -EINVAL;
   }
   provider_call *pc = calloc(1, sizeof *pc);
   if (!pc) {

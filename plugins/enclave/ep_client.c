@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -66,6 +67,38 @@ void ep_msg_add(ep_msg *m, const void *data, size_t len) {
 }
 
 void ep_msg_add_str(ep_msg *m, const char *s) { ep_msg_add(m, s, strlen(s)); }
+
+int ep_msg_add_items(ep_msg *m, const uint8_t *p, size_t len) {
+  size_t n = 0, off = 0;
+  while (off < len) {
+    if (len - off < 4 || n >= EVS_EP_MAX_ITEMS) return -EINVAL;
+    uint32_t l = evs_ep_get_u32(p + off);
+    if (l > len - off - 4) return -EINVAL;
+    off += 4 + (size_t)l;
+    n++;
+  }
+  if (m->failed) return 0;
+  if (len > EVS_EP_MAX_MESSAGE || m->len + len > EVS_EP_MAX_MESSAGE + 4 ||
+      m->nitems + n > EVS_EP_MAX_ITEMS) {
+    m->failed = 1;
+    return 0;
+  }
+  if (m->len + len > m->cap) {
+    size_t cap = m->cap;
+    while (cap < m->len + len) cap *= 2;
+    uint8_t *b = realloc(m->buf, cap);
+    if (!b) {
+      m->failed = 1;
+      return 0;
+    }
+    m->buf = b;
+    m->cap = cap;
+  }
+  if (len) memcpy(m->buf + m->len, p, len);
+  m->len += len;
+  m->nitems += (uint32_t)n;
+  return 0;
+}
 
 void ep_msg_done(ep_msg *m) {
   free(m->buf);
@@ -125,10 +158,12 @@ struct ep_client {
   uint8_t *in;         /* read buffer */
   size_t in_len, in_cap;
   ep_out *out_head, *out_tail;
-  ep_pending *pending;
+  ep_pending *pending; /* oldest first: the enclave answers in order */
+  ep_pending **pending_tail;
   uint32_t next_id;
   uint32_t hello_id;
   int freeing;
+  int dispatching; /* replies are being handled: calls they make are sent together after */
 };
 
 static size_t fail_all(ep_client *c) {
@@ -136,6 +171,7 @@ static size_t fail_all(ep_client *c) {
   ep_pending *p = c->pending;
   size_t n = 0;
   c->pending = NULL;
+  c->pending_tail = &c->pending;
   while (p) {
     n++;
     ep_pending *next = p->next;
@@ -179,6 +215,7 @@ static void go_down(ep_client *c) {
   }
   c->out_tail = NULL;
   c->in_len = 0;
+  c->dispatching = 0;
   if (c->pid > 0) kill(c->pid, SIGKILL); /* a process that broke the protocol is not trusted */
   reap(c, 0);
   size_t failed = fail_all(c);
@@ -188,6 +225,7 @@ static void go_down(ep_client *c) {
 }
 
 static void update_poll(ep_client *c);
+static void on_writable(ep_client *c);
 
 static void dispatch(ep_client *c, const uint8_t *msg, size_t len) {
   /* msg starts at magic; len = bytes after the length field. */
@@ -219,6 +257,7 @@ static void dispatch(ep_client *c, const uint8_t *msg, size_t len) {
     if ((*pp)->id == id) {
       p = *pp;
       *pp = p->next;
+      if (!*pp) c->pending_tail = pp;
       break;
     }
   if (p) {
@@ -260,6 +299,7 @@ static void on_readable(ep_client *c) {
     c->in_len += (size_t)r;
   }
   size_t off = 0;
+  c->dispatching = 1;
   while (c->in_len - off >= 4) {
     uint32_t l = evs_ep_get_u32(c->in + off);
     if (l > EVS_EP_MAX_MESSAGE || l < EVS_EP_HEADER_LEN - 4) {
@@ -271,6 +311,9 @@ static void on_readable(ep_client *c) {
     if (c->fd < 0) return; /* went down while dispatching */
     off += 4 + l;
   }
+  c->dispatching = 0;
+  if (c->out_head) on_writable(c);
+  if (c->fd < 0) return;
   if (off) {
     memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;
@@ -283,22 +326,37 @@ static void on_readable(ep_client *c) {
   }
 }
 
+/* Sends as much of the queue as the socket takes, up to 64 messages per system call. */
 static void on_writable(ep_client *c) {
   while (c->out_head) {
-    ep_out *o = c->out_head;
-    ssize_t w = send(c->fd, o->buf + o->off, o->len - o->off, MSG_NOSIGNAL);
+    struct iovec iov[64];
+    size_t n = 0, want = 0;
+    for (ep_out *o = c->out_head; o && n < 64; o = o->next, n++) {
+      iov[n].iov_base = o->buf + o->off;
+      iov[n].iov_len = o->len - o->off;
+      want += iov[n].iov_len;
+    }
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = n};
+    ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       go_down(c);
       return;
     }
-    o->off += (size_t)w;
-    if (o->off < o->len) break;
-    c->out_head = o->next;
-    if (!c->out_head) c->out_tail = NULL;
-    free(o->buf);
-    free(o);
+    for (size_t left = (size_t)w; left && c->out_head;) {
+      ep_out *o = c->out_head;
+      if (left < o->len - o->off) {
+        o->off += left;
+        break;
+      }
+      left -= o->len - o->off;
+      c->out_head = o->next;
+      if (!c->out_head) c->out_tail = NULL;
+      free(o->buf);
+      free(o);
+    }
+    if ((size_t)w < want) break; /* the socket is full: wait for POLLOUT */
   }
   update_poll(c);
 }
@@ -343,7 +401,9 @@ static int enqueue(ep_client *c, uint8_t *buf, size_t len) {
   else
     c->out_head = o;
   c->out_tail = o;
-  on_writable(c); /* try at once; leftovers wait for POLLOUT */
+  /* Try at once (leftovers wait for POLLOUT), unless replies are being handled: then what
+   * their callbacks send goes out in one system call when they are done. */
+  if (!c->dispatching) on_writable(c);
   return 0;
 }
 
@@ -386,8 +446,8 @@ static int send_msg(ep_client *c, ep_msg *m, ep_reply_fn cb, void *arg) {
     free(p);
     return EVS_ENOCRYPTO;
   }
-  p->next = c->pending;
-  c->pending = p;
+  *c->pending_tail = p;
+  c->pending_tail = &p->next;
   return (int)id;
 }
 
@@ -493,6 +553,7 @@ int ep_client_new(uv_loop_t *loop, const ep_client_config *cfg, ep_client **ret)
   if (!c) return -ENOMEM;
   c->loop = loop;
   c->fd = -1;
+  c->pending_tail = &c->pending;
   c->timeout_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms : 10000;
   c->on_up = cfg->on_up;
   c->on_up_arg = cfg->on_up_arg;

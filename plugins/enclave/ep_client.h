@@ -37,6 +37,10 @@ typedef struct ep_msg {
 void ep_msg_init(ep_msg *m, uint16_t op);
 void ep_msg_add(ep_msg *m, const void *data, size_t len);
 void ep_msg_add_str(ep_msg *m, const char *s);
+/* Appends a concatenation of items (`u32 len, bytes` repeated, as in crypto-provider payloads)
+ * as it is, in one copy. Returns 0, or -EINVAL when p is malformed or holds more than
+ * EVS_EP_MAX_ITEMS items (m is then unchanged). */
+int ep_msg_add_items(ep_msg *m, const uint8_t *p, size_t len);
 void ep_msg_done(ep_msg *m);
 
 /* Parses a concatenation of items (`u32 len, bytes` repeated) as used in crypto-provider payloads.

@@ -3,8 +3,9 @@ drives it (enclave/proto/evs_enclave_proto.h), with the framing spoken from Pyth
 self-check (a forbidden open and socket fail with EPERM inside the enclave), APP_CREATE and
 APP_UNLOCK across a restart, a 50-field ENCRYPT per curve and role decrypted back with its types,
 a wrong token refused, the systemd-credentials unlock, malformed frames answered without a crash,
-no key material on disk besides the sealed blobs, and a process that is seccomp-filtered and not
-dumpable (a same-user process cannot read its memory).
+pipelined requests answered whole and in order, no key material on disk besides the sealed
+blobs, and a process that is seccomp-filtered and not dumpable (a same-user process cannot read
+its memory).
 """
 
 import os
@@ -13,6 +14,7 @@ import socket
 import stat
 import struct
 import subprocess
+import threading
 import time
 
 import evstest
@@ -330,6 +332,48 @@ def test_malformed_frames_survive():
     # A frame cut short by EOF: a clean exit.
     enc.send_raw(struct.pack("<I", 100) + b"partial")
     assert enc.close() == 0
+
+
+def test_pipelined_requests_answered_in_order():
+    """The plugin pipelines requests and reads the responses later; the enclave reads requests
+    in chunks and writes responses in groups. All 300 come back whole and in order, with a file
+    larger than the enclave's read buffer and a malformed frame among them, while the requests
+    are still arriving in odd-sized pieces."""
+    enc = Enclave(evstest.tmpdir())
+    app = b"app_pipe"
+    create_app(enc, app)
+    big = os.urandom(600 * 1024)
+    reqs, expect = [], []
+    for i in range(300):
+        rid = 1000 + i
+        if i == 150:
+            reqs.append(frame(ENCRYPT_FILE, [app, b"prime256v1", big], rid))
+            expect.append((ENCRYPT_FILE, rid, 0))
+        elif i == 200:
+            reqs.append(frame(HELLO, [b"x"], rid))
+            expect.append((HELLO, rid, E_PROTOCOL))
+        else:
+            reqs.append(frame(ENCRYPT, [app, b"secp256k1", b"", b"s:v%d" % i], rid))
+            expect.append((ENCRYPT, rid, 0))
+    data = b"".join(reqs)
+
+    def send():
+        for off in range(0, len(data), 4099):
+            enc.sock.sendall(data[off:off + 4099])
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    outs = [enc.recv() for _ in reqs]
+    sender.join()
+    assert [o[:3] for o in outs] == expect
+    assert enc.ok(DECRYPT_FILE, [app, outs[150][3][0]]) == [big]
+    for i in (0, 149, 151, 299):
+        field = outs[i][3][0]
+        assert field[:4] == b"\0\0\0\0", field
+        (plain,) = enc.ok(DECRYPT, [app, field[4:]])
+        assert plain == b"\0\0\0\0\0" + b"v%d" % i, plain
+    assert enc.close() == 0
+    assert enc.stderr() == b""
 
 
 def test_no_key_material_on_disk_after_kill():
