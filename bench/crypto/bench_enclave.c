@@ -192,6 +192,48 @@ static int h_store_scan(evs_plugin *p, const char *prefix, evs_store_scan_cb cb,
   return defer(run_scan, (void *)cb, arg, prefix);
 }
 static int h_store_append(evs_plugin *p, const char *stream, const char *json) { return 0; }
+static void run_deleted(later *l) {
+  if (l->cb) ((evs_store_cb)l->cb)(l->arg, 0, NULL, 0);
+}
+static int h_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  for (store_rec **pp = &store; *pp; pp = &(*pp)->next)
+    if (strcmp((*pp)->key, key) == 0) {
+      store_rec *r = *pp;
+      *pp = r->next;
+      free(r->key);
+      free(r->val);
+      free(r);
+      break;
+    }
+  return defer(run_deleted, (void *)cb, arg, NULL);
+}
+
+/* ABI 1.2: the share store is the same in-memory map under "aux/"; no other workers. */
+static int h_aux_store_open(evs_plugin *p, const char *location) { return 0; }
+static int aux_key(const char *key, char *out, size_t n) {
+  int w = snprintf(out, n, "aux/%s", key);
+  return w < 0 || (size_t)w >= n ? -E2BIG : 0;
+}
+static int h_aux_store_get(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  char k[1100];
+  return aux_key(key, k, sizeof k) < 0 ? -E2BIG : h_store_get(p, k, cb, arg);
+}
+static int h_aux_store_put(evs_plugin *p, const char *key, const uint8_t *v, size_t len,
+                           evs_store_cb cb, void *arg) {
+  char k[1100];
+  return aux_key(key, k, sizeof k) < 0 ? -E2BIG : h_store_put(p, k, v, len, 0, cb, arg);
+}
+static int h_aux_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  char k[1100];
+  return aux_key(key, k, sizeof k) < 0 ? -E2BIG : h_store_delete(p, k, cb, arg);
+}
+static int h_node_subscribe(evs_plugin *p, evs_node_msg_fn fn) { return 0; }
+static void run_node_done(later *l) { ((evs_node_done_fn)l->cb)(l->arg, 0, 0); }
+static int h_node_broadcast(evs_plugin *p, const uint8_t *msg, size_t len, uint64_t timeout_ms,
+                            evs_node_done_fn done, void *arg) {
+  return defer(run_node_done, (void *)done, arg, NULL);
+}
+static void h_node_reply(evs_node_msg *m, int status) {}
 
 static void on_timer(uv_timer_t *t) {
   evs_timer *et = (evs_timer *)t;
@@ -280,6 +322,14 @@ static const evs_host host = {
     .uv_loop = h_uv_loop,
     .read_body = h_read_body,
     .store_append = h_store_append,
+    .store_delete = h_store_delete,
+    .node_subscribe = h_node_subscribe,
+    .node_broadcast = h_node_broadcast,
+    .node_reply = h_node_reply,
+    .aux_store_open = h_aux_store_open,
+    .aux_store_get = h_aux_store_get,
+    .aux_store_put = h_aux_store_put,
+    .aux_store_delete = h_aux_store_delete,
 };
 
 /* A ref'd ticker keeps uv_run blocking while the plugin's own handles are unref'd. */
