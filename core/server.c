@@ -40,6 +40,7 @@ struct evs__conn {
   uint64_t nrequests;
   uint64_t idle_since;  /* loop time the connection last became idle */
   int counted;          /* counts against limits.max_connections (admin connections do not) */
+  int peer_eof;         /* the client half-closed while a request was in flight */
 };
 
 uint64_t evs__now_ns(void) {
@@ -489,6 +490,10 @@ static void conn_after_response(evs__conn *c, evs_request *req) {
     conn_close(c, 1);
     return;
   }
+  if (c->len == 0 && c->peer_eof) {
+    conn_close(c, 1); /* answered; the client sends nothing more */
+    return;
+  }
   c->state = CONN_HEAD;
   c->idle_since = uv_now(c->w->loop);
   memset(&c->scan, 0, sizeof c->scan);
@@ -517,8 +522,8 @@ static void dispatch_held(evs__conn *c, evs_request *req) {
   c->state = CONN_REQUEST;
   uv_timer_stop(&c->timer);
   c->timer_kind = T_NONE;
-  /* Reading resumes when a body sink attaches or the next request begins. */
-  evs__io_read_stop(&c->io);
+  /* Reading goes on: what arrives during the request waits in the buffer and conn_read stops
+   * reading then. Stopping here would cost an epoll_ctl pair on every request. */
   if (req->h.flags & EVS_HTTP_F_EXPECT_OTHER) {
     evs__respond_error(req, 417, "bad-request", "Unsupported Expect value");
     return;
@@ -659,6 +664,14 @@ static void conn_process(evs__conn *c) {
 static void conn_read(evs__io *io, ssize_t nread, const char *data) {
   evs__conn *c = io->data;
   if (nread < 0) {
+    /* A half-close while a request is in flight and not reading its body: the request still
+     * gets its answer. A body read later (or a plain socket read again) meets the EOF anew. */
+    if (nread == UV_EOF && c->state == CONN_REQUEST && c->req &&
+        (!c->req->sink || c->req->body_done)) {
+      c->peer_eof = 1;
+      evs__io_read_stop(&c->io);
+      return;
+    }
     conn_close(c, 0);
     return;
   }
@@ -1030,6 +1043,7 @@ evs_stream *evs__takeover(evs_request *req, int status, const evs_header *h, siz
   evs__io_write(&c->io, out, o);
   free(out);
   timer_set(c, T_NONE, 0);
+  evs__io_read_stop(&c->io); /* until the plugin calls evs__stream_read_start */
   c->io.on_read = stream_on_read;
   return s;
 }
