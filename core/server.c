@@ -764,11 +764,26 @@ void evs__request_body_resume(evs_request *req) {
 
 /* ---- responses --------------------------------------------------------------------------- */
 
+/* The Date value changes once a second: format it then, not for every response. */
 static size_t fmt_date(char *out, size_t n) {
+  static __thread time_t last = (time_t)-1;
+  static __thread char cached[32];
+  static __thread size_t cached_len;
   time_t now = time(NULL);
-  struct tm tm;
-  gmtime_r(&now, &tm);
-  return strftime(out, n, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  if (now != last) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    cached_len = strftime(cached, sizeof cached, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (cached_len == 0) cached[0] = '\0';
+    last = now;
+  }
+  if (n == 0) return 0;
+  if (cached_len >= n) {
+    out[0] = '\0';
+    return 0;
+  }
+  memcpy(out, cached, cached_len + 1);
+  return cached_len;
 }
 
 int evs__response_start(evs_request *req, int status, const evs_header *headers, size_t n,
