@@ -678,11 +678,11 @@ static int send_head(evs__proxy *px) {
   size_t xff_prev_len = 0;
   for (size_t i = 0; i < req->h.nfields; i++) {
     const evs__http_field *f = &req->fields[i];
-    if (evs__http_field_is_hop_by_hop(b, &req->h, i) || evs__http_field_is(b, f, "host") ||
-        evs__http_field_is(b, f, "content-length") || evs__http_field_is(b, f, "expect") ||
-        evs__http_field_is(b, f, "x-forwarded-proto"))
+    if (evs__http_field_is_hop_by_hop(b, &req->h, i) || EVS__HTTP_FIELD_IS(b, f, "host") ||
+        EVS__HTTP_FIELD_IS(b, f, "content-length") || EVS__HTTP_FIELD_IS(b, f, "expect") ||
+        EVS__HTTP_FIELD_IS(b, f, "x-forwarded-proto"))
       continue;
-    if (px->up.x_forwarded_for && evs__http_field_is(b, f, "x-forwarded-for")) {
+    if (px->up.x_forwarded_for && EVS__HTTP_FIELD_IS(b, f, "x-forwarded-for")) {
       char *nx = realloc(xff_prev, xff_prev_len + f->value_len + 3);
       if (!nx) continue;
       xff_prev = nx;
@@ -798,7 +798,7 @@ static void start_client_response(evs__proxy *px) {
   for (size_t i = 0; i < p->h.nfields && n < 256; i++) {
     const evs__http_field *f = &p->fields[i];
     if (evs__http_field_is_hop_by_hop(p->head, &p->h, i) ||
-        evs__http_field_is(p->head, f, "content-length") || evs__http_field_is(p->head, f, "date"))
+        EVS__HTTP_FIELD_IS(p->head, f, "content-length") || EVS__HTTP_FIELD_IS(p->head, f, "date"))
       continue;
     hs[n].name = p->head + f->name_off;
     hs[n].name_len = f->name_len;
