@@ -21,6 +21,7 @@
 #include "worker.h"
 
 #define MAX_RESPONSE_HEAD (64u * 1024u)
+#define MAX_RESPONSE_FIELDS 256
 
 typedef struct upconn upconn;
 
@@ -287,11 +288,11 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
 /* ---- response head parsing, shared by proxy and client ---------------------------------- */
 
 typedef struct resp_parser {
-  char *head;
+  char *head;             /* the head, then its fields (aligned): one allocation, owned */
   size_t len, cap;
   evs__http_scan scan;
   evs__http_head h;
-  evs__http_field fields[256];
+  evs__http_field *fields;/* into head, once have_head */
   int have_head;
   int mode;               /* 0 none, 1 length, 2 chunked, 3 until close */
   uint64_t remaining;
@@ -299,31 +300,34 @@ typedef struct resp_parser {
   int done;
 } resp_parser;
 
+/* Heads are parsed into this per-thread array (4 KiB), then only the fields a head has are kept
+ * with it: no zeroed 4 KiB array in every proxied request. */
+static __thread evs__http_field resp_fields[MAX_RESPONSE_FIELDS];
+
+static int resp_reserve(resp_parser *p, size_t need) {
+  if (need <= p->cap) return 0;
+  char *nh = realloc(p->head, need);
+  if (!nh) return -ENOMEM;
+  p->head = nh;
+  p->cap = need;
+  return 0;
+}
+
 /* Feed bytes; calls body(data) for body bytes. Returns consumed bytes or negative error.
  * Sets p->have_head when the head has been parsed (caller checks after each call). */
 static int resp_parse_head(resp_parser *p, const char *data, size_t len, int head_request,
                            size_t *ret_used) {
   size_t before = p->len;
   size_t head_len = 0;
+  const char *hb = data; /* where the complete head is: this read, or the gathered bytes */
   int r;
   if (p->len == 0) {
-    /* The usual case: the whole head is in this read. Scan it in place and copy just the head,
+    /* The usual case: the whole head is in this read. Parse it in place and copy just the head,
      * not the body bytes behind it. */
     evs__http_scan sc;
     memset(&sc, 0, sizeof sc);
     r = evs__http_scan_head(&sc, data, len, MAX_RESPONSE_HEAD, &head_len);
-    if (r == EVS_HTTP_OK) {
-      if (head_len > p->cap) {
-        char *nh = realloc(p->head, head_len);
-        if (!nh) return -ENOMEM;
-        p->head = nh;
-        p->cap = head_len;
-      }
-      memcpy(p->head, data, head_len);
-      p->len = head_len;
-    } else if (r < 0 && r != EVS_HTTP_E_HEAD_TOO_LARGE) {
-      return -EPROTO;
-    }
+    if (r < 0 && r != EVS_HTTP_E_HEAD_TOO_LARGE) return -EPROTO;
   } else {
     r = EVS_HTTP_NEED_MORE;
   }
@@ -331,12 +335,7 @@ static int resp_parse_head(resp_parser *p, const char *data, size_t len, int hea
     /* A head split over reads: gather it (bounded by MAX_RESPONSE_HEAD). */
     size_t room = MAX_RESPONSE_HEAD - p->len;
     size_t take = len < room ? len : room;
-    if (p->cap < MAX_RESPONSE_HEAD) {
-      char *nh = realloc(p->head, MAX_RESPONSE_HEAD);
-      if (!nh) return -ENOMEM;
-      p->head = nh;
-      p->cap = MAX_RESPONSE_HEAD;
-    }
+    if (resp_reserve(p, MAX_RESPONSE_HEAD) < 0) return -ENOMEM;
     memcpy(p->head + p->len, data, take);
     p->len += take;
     r = evs__http_scan_head(&p->scan, p->head, p->len, MAX_RESPONSE_HEAD, &head_len);
@@ -346,11 +345,12 @@ static int resp_parse_head(resp_parser *p, const char *data, size_t len, int hea
       return 0;
     }
     if (r < 0) return -EPROTO;
+    hb = p->head;
   }
   memset(&p->h, 0, sizeof p->h);
-  p->h.fields = p->fields;
-  p->h.max_fields = 256;
-  if (evs__http_parse_response(p->head, head_len, &p->h) < 0) return -EPROTO;
+  p->h.fields = resp_fields;
+  p->h.max_fields = MAX_RESPONSE_FIELDS;
+  if (evs__http_parse_response(hb, head_len, &p->h) < 0) return -EPROTO;
   *ret_used = head_len - before;
   int st = p->h.status;
   if (st >= 100 && st < 200) {
@@ -359,6 +359,15 @@ static int resp_parse_head(resp_parser *p, const char *data, size_t len, int hea
     memset(&p->scan, 0, sizeof p->scan);
     return 1;
   }
+  /* Keep the head and its fields for as long as the response lasts (plugins may ask for a
+   * field through response_header). */
+  size_t foff = (head_len + 7u) & ~(size_t)7u;
+  if (resp_reserve(p, foff + p->h.nfields * sizeof *p->fields) < 0) return -ENOMEM;
+  if (hb == data) memcpy(p->head, data, head_len);
+  p->len = head_len;
+  p->fields = (evs__http_field *)(void *)(p->head + foff);
+  memcpy(p->fields, resp_fields, p->h.nfields * sizeof *p->fields);
+  p->h.fields = p->fields;
   p->have_head = 1;
   memset(&p->chunked, 0, sizeof p->chunked);
   p->chunked.max_trailer_bytes = 8192;
@@ -791,11 +800,11 @@ static int client_emit(void *arg, const char *d, size_t n) {
 static void start_client_response(evs__proxy *px) {
   evs_request *req = px->req;
   resp_parser *p = &px->rp;
-  evs_header hs[256];
+  evs_header hs[MAX_RESPONSE_FIELDS];
   size_t n = 0;
   int close = (p->h.flags & EVS_HTTP_F_CONN_CLOSE) || p->h.version_minor == 0;
   px->upstream_keepalive = !close && p->mode != 3;
-  for (size_t i = 0; i < p->h.nfields && n < 256; i++) {
+  for (size_t i = 0; i < p->h.nfields && n < MAX_RESPONSE_FIELDS; i++) {
     const evs__http_field *f = &p->fields[i];
     if (evs__http_field_is_hop_by_hop(p->head, &p->h, i) ||
         EVS__HTTP_FIELD_IS(p->head, f, "content-length") || EVS__HTTP_FIELD_IS(p->head, f, "date"))
