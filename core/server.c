@@ -804,7 +804,9 @@ int evs__response_start(evs_request *req, int status, const evs_header *headers,
 
   size_t cap = 256;
   for (size_t i = 0; i < n; i++) cap += headers[i].name_len + headers[i].value_len + 4;
-  char *out = malloc(cap);
+  /* The write copies what it does not send at once, so a usual head needs no allocation. */
+  char stack_out[8192];
+  char *out = cap <= sizeof stack_out ? stack_out : malloc(cap);
   if (!out) return -ENOMEM;
   size_t o = (size_t)snprintf(out, cap, "HTTP/1.1 %d %s\r\n", status, evs__status_text(status));
   for (size_t i = 0; i < n; i++) {
@@ -831,7 +833,7 @@ int evs__response_start(evs_request *req, int status, const evs_header *headers,
   out[o++] = '\r';
   out[o++] = '\n';
   int r = evs__io_write(&c->io, out, o);
-  free(out);
+  if (out != stack_out) free(out);
   if (bodyless) req->chunked_out = 0;
   timer_set(c, T_SEND, c->w->settings->send_timeout_ms);
   return r;

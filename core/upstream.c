@@ -675,7 +675,9 @@ static int send_head(evs__proxy *px) {
   size_t cap = req->h.head_len + 1024;
   for (size_t i = 0; i < req->nedits; i++)
     cap += strlen(req->edits[i].name) + (req->edits[i].value ? strlen(req->edits[i].value) : 0) + 4;
-  char *out = malloc(cap);
+  /* The write copies what it does not send at once, so a usual head needs no allocation. */
+  char stack_out[8192];
+  char *out = cap <= sizeof stack_out ? stack_out : malloc(cap);
   if (!out) return -ENOMEM;
   const char *target = req->info.target;
   if (target[0] != '/' && target[0] != '*') target = req->info.path; /* absolute-form */
@@ -749,7 +751,7 @@ static int send_head(evs__proxy *px) {
   out[o++] = '\r';
   out[o++] = '\n';
   int r = evs__io_write(px->uc->io, out, o);
-  free(out);
+  if (out != stack_out) free(out);
   return r;
 }
 
