@@ -24,6 +24,7 @@
 #define MAX_RESPONSE_FIELDS 256
 
 typedef struct upconn upconn;
+typedef struct pool pool;
 
 /* What an upstream connection is for: proxying a request or a plugin's client request. */
 typedef struct upclient {
@@ -34,9 +35,10 @@ typedef struct upclient {
 
 struct upconn {
   evs__io *io;            /* separate, so a failed connect can retry the next address */
-  char *key;
+  pool *pool;             /* its upstream identity; holds a reference */
   upclient *owner;
-  upconn *next_idle;
+  upconn *idle_prev, *idle_next;
+  int idle;               /* in pool->idle */
   uv_timer_t idle_timer;
   uv_getaddrinfo_t gai;
   uv_connect_t connect;
@@ -52,12 +54,52 @@ struct upconn {
   int sni_is_ip;
 };
 
-static upconn *idle_list;
+/* The connections to one upstream identity (scheme, host, port, TLS settings: the key). It lives
+ * while any of them does, and counts its idle ones, so releasing a connection compares no keys
+ * and getting one compares one key per upstream in use rather than one per idle connection. */
+struct pool {
+  char *key;
+  size_t refs;            /* upconns pointing here */
+  upconn *idle;           /* newest first */
+  size_t nidle;
+  pool *next;
+};
+
+static pool *pools;
+
+static pool *pool_ref(const char *key) {
+  pool *p;
+  for (p = pools; p; p = p->next)
+    if (strcmp(p->key, key) == 0) break;
+  if (!p) {
+    p = calloc(1, sizeof *p);
+    if (!p || !(p->key = strdup(key))) {
+      free(p);
+      return NULL;
+    }
+    p->next = pools;
+    pools = p;
+  }
+  p->refs++;
+  return p;
+}
+
+static void pool_unref(pool *p) {
+  if (!p || --p->refs > 0) return;
+  for (pool **pp = &pools; *pp; pp = &(*pp)->next) {
+    if (*pp == p) {
+      *pp = p->next;
+      break;
+    }
+  }
+  free(p->key);
+  free(p);
+}
 
 static void upconn_maybe_free(upconn *u) {
   if (!u->io_done || !u->timer_done || u->gai_pending) return;
   if (u->addrs) uv_freeaddrinfo(u->addrs);
-  free(u->key);
+  pool_unref(u->pool);
   free(u->host);
   free(u->sni);
   free(u);
@@ -75,13 +117,24 @@ static void upconn_timer_closed(uv_handle_t *h) {
 }
 
 static void idle_remove(upconn *u) {
-  for (upconn **pp = &idle_list; *pp; pp = &(*pp)->next_idle) {
-    if (*pp == u) {
-      *pp = u->next_idle;
-      u->next_idle = NULL;
-      return;
-    }
-  }
+  if (!u->idle) return;
+  pool *p = u->pool;
+  if (u->idle_prev) u->idle_prev->idle_next = u->idle_next;
+  else p->idle = u->idle_next;
+  if (u->idle_next) u->idle_next->idle_prev = u->idle_prev;
+  u->idle_prev = u->idle_next = NULL;
+  u->idle = 0;
+  p->nidle--;
+}
+
+static void idle_add(upconn *u) {
+  pool *p = u->pool;
+  u->idle_prev = NULL;
+  u->idle_next = p->idle;
+  if (p->idle) p->idle->idle_prev = u;
+  p->idle = u;
+  u->idle = 1;
+  p->nidle++;
 }
 
 static void upconn_close(upconn *u) {
@@ -94,7 +147,8 @@ static void upconn_close(upconn *u) {
 }
 
 void evs__upstream_pool_close_all(void) {
-  while (idle_list) upconn_close(idle_list);
+  for (pool *p = pools; p; p = p->next)
+    while (p->idle) upconn_close(p->idle); /* pools go when their connections are freed */
 }
 
 static void upconn_read(evs__io *io, ssize_t nread, const char *data) {
@@ -120,16 +174,12 @@ static void upconn_release(upconn *u, int reusable) {
     upconn_close(u);
     return;
   }
-  size_t n = 0;
-  for (upconn *i = idle_list; i; i = i->next_idle)
-    if (strcmp(i->key, u->key) == 0) n++;
-  if (n >= (size_t)evs__w->settings->upstream_pool_max_idle) {
+  if (u->pool->nidle >= (size_t)evs__w->settings->upstream_pool_max_idle) {
     upconn_close(u);
     return;
   }
   u->reused = 1;
-  u->next_idle = idle_list;
-  idle_list = u;
+  idle_add(u);
   uv_timer_start(&u->idle_timer, idle_timeout, (uint64_t)evs__w->settings->upstream_pool_idle_timeout_ms, 0);
   evs__io_read_start(u->io);
 }
@@ -221,8 +271,9 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
   char k[2048];
   snprintf(k, sizeof k, "%s|%s|%d|%s|%d|%s|%s|%s", scheme, host, port, sni ? sni : "", verify,
            ca_file ? ca_file : "", cert ? cert : "", key ? key : "");
-  for (upconn *i = idle_list; i; i = i->next_idle) {
-    if (strcmp(i->key, k) == 0) {
+  for (pool *p = pools; p; p = p->next) {
+    if (p->idle && strcmp(p->key, k) == 0) {
+      upconn *i = p->idle;
       idle_remove(i);
       uv_timer_stop(&i->idle_timer);
       i->owner = owner;
@@ -234,7 +285,6 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
     *ret_err = -ENOMEM;
     return NULL;
   }
-  u->key = strdup(k);
   u->host = strdup(host);
   /* RFC 6066: no IP literals in SNI; the name still serves for certificate verification. */
   u->sni = strdup(sni ? sni : host);
@@ -249,7 +299,6 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
                                  verify, err, sizeof err);
     if (!u->ctx) {
       EVS_LOG_ERR("EVS-1301", "upstream %s: %s", host, err);
-      free(u->key);
       free(u->host);
       free(u->sni);
       free(u);
@@ -257,8 +306,8 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
       return NULL;
     }
   }
-  if (upconn_new_io(u) < 0) {
-    free(u->key);
+  if (!(u->pool = pool_ref(k)) || upconn_new_io(u) < 0) {
+    pool_unref(u->pool);
     free(u->host);
     free(u->sni);
     free(u);
