@@ -15,6 +15,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "fmt.h"
 #include "log.h"
 #include "metrics.h"
 #include "worker.h"
@@ -281,7 +282,12 @@ static void conn_fail(evs__conn *c, int status, const char *code, const char *de
 /* ---- requests ---------------------------------------------------------------------------- */
 
 static void make_request_id(evs__worker *w, char *out, size_t n) {
-  snprintf(out, n, "%s%08" PRIx64, w->id_prefix, ++w->request_seq);
+  char t[sizeof w->id_prefix + 16];
+  char *e = evs__fmt_hex(evs__fmt_str(t, w->id_prefix), ++w->request_seq, 8);
+  size_t len = (size_t)(e - t);
+  if (len >= n) len = n - 1; /* as snprintf would cut it */
+  memcpy(out, t, len);
+  out[len] = '\0';
 }
 
 static int lower_host(const char *in, size_t len, char *out) {
@@ -324,6 +330,9 @@ static int request_is_ambiguous(const evs_request *req) {
   return 0;
 }
 
+_Static_assert(sizeof ((evs_request *)0)->client_addr == sizeof ((evs__conn *)0)->client_addr,
+               "request_new copies the client address whole");
+
 static evs_request *request_new(evs__conn *c, size_t head_len, const evs__http_head *h,
                                 evs__http_field *fields) {
   evs_request *req = calloc(1, sizeof *req);
@@ -346,7 +355,7 @@ static evs_request *request_new(evs__conn *c, size_t head_len, const evs__http_h
   req->conn = c;
   req->start_ns = evs__now_ns();
   make_request_id(c->w, req->request_id, sizeof req->request_id);
-  snprintf(req->client_addr, sizeof req->client_addr, "%s", c->client_addr);
+  memcpy(req->client_addr, c->client_addr, sizeof req->client_addr); /* same size, NUL inside */
 
   char *s = req->strings;
   char *method = s;
@@ -764,8 +773,9 @@ void evs__request_body_resume(evs_request *req) {
 
 /* ---- responses --------------------------------------------------------------------------- */
 
-/* The Date value changes once a second: format it then, not for every response. */
-static size_t fmt_date(char *out, size_t n) {
+/* Appends the Date value (at most 31 bytes). It changes once a second: format it then, not
+ * for every response. */
+static char *fmt_date(char *p) {
   static __thread time_t last = (time_t)-1;
   static __thread char cached[32];
   static __thread size_t cached_len;
@@ -774,16 +784,9 @@ static size_t fmt_date(char *out, size_t n) {
     struct tm tm;
     gmtime_r(&now, &tm);
     cached_len = strftime(cached, sizeof cached, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    if (cached_len == 0) cached[0] = '\0';
     last = now;
   }
-  if (n == 0) return 0;
-  if (cached_len >= n) {
-    out[0] = '\0';
-    return 0;
-  }
-  memcpy(out, cached, cached_len + 1);
-  return cached_len;
+  return evs__fmt_mem(p, cached, cached_len);
 }
 
 int evs__response_start(evs_request *req, int status, const evs_header *headers, size_t n,
@@ -802,37 +805,38 @@ int evs__response_start(evs_request *req, int status, const evs_header *headers,
   }
   if (!req->body_done) req->close_after = 1; /* unread body: cannot reuse the connection */
 
+  /* 256: the status line (at most 64 bytes), Date, one framing field, Connection, CRLF. */
   size_t cap = 256;
   for (size_t i = 0; i < n; i++) cap += headers[i].name_len + headers[i].value_len + 4;
   /* The write copies what it does not send at once, so a usual head needs no allocation. */
   char stack_out[8192];
   char *out = cap <= sizeof stack_out ? stack_out : malloc(cap);
   if (!out) return -ENOMEM;
-  size_t o = (size_t)snprintf(out, cap, "HTTP/1.1 %d %s\r\n", status, evs__status_text(status));
+  char *p = EVS__FMT_LIT(out, "HTTP/1.1 ");
+  p = evs__fmt_i64(p, status);
+  *p++ = ' ';
+  p = evs__fmt_str(p, evs__status_text(status));
+  p = EVS__FMT_LIT(p, "\r\n");
   for (size_t i = 0; i < n; i++) {
-    memcpy(out + o, headers[i].name, headers[i].name_len);
-    o += headers[i].name_len;
-    out[o++] = ':';
-    out[o++] = ' ';
-    memcpy(out + o, headers[i].value, headers[i].value_len);
-    o += headers[i].value_len;
-    out[o++] = '\r';
-    out[o++] = '\n';
+    p = evs__fmt_mem(p, headers[i].name, headers[i].name_len);
+    p = EVS__FMT_LIT(p, ": ");
+    p = evs__fmt_mem(p, headers[i].value, headers[i].value_len);
+    p = EVS__FMT_LIT(p, "\r\n");
   }
-  char date[64];
-  fmt_date(date, sizeof date);
-  o += (size_t)snprintf(out + o, cap - o, "Date: %s\r\n", date);
+  p = fmt_date(EVS__FMT_LIT(p, "Date: "));
+  p = EVS__FMT_LIT(p, "\r\n");
   if (!bodyless || head_method) {
-    if (req->chunked_out)
-      o += (size_t)snprintf(out + o, cap - o, "Transfer-Encoding: chunked\r\n");
-    else if (content_length >= 0)
-      o += (size_t)snprintf(out + o, cap - o, "Content-Length: %" PRId64 "\r\n", content_length);
+    if (req->chunked_out) {
+      p = EVS__FMT_LIT(p, "Transfer-Encoding: chunked\r\n");
+    } else if (content_length >= 0) {
+      p = evs__fmt_i64(EVS__FMT_LIT(p, "Content-Length: "), content_length);
+      p = EVS__FMT_LIT(p, "\r\n");
+    }
   }
-  if (req->close_after) o += (size_t)snprintf(out + o, cap - o, "Connection: close\r\n");
-  else if (req->info.version_minor == 0) o += (size_t)snprintf(out + o, cap - o, "Connection: keep-alive\r\n");
-  out[o++] = '\r';
-  out[o++] = '\n';
-  int r = evs__io_write(&c->io, out, o);
+  if (req->close_after) p = EVS__FMT_LIT(p, "Connection: close\r\n");
+  else if (req->info.version_minor == 0) p = EVS__FMT_LIT(p, "Connection: keep-alive\r\n");
+  p = EVS__FMT_LIT(p, "\r\n");
+  int r = evs__io_write(&c->io, out, (size_t)(p - out));
   if (out != stack_out) free(out);
   if (bodyless) req->chunked_out = 0;
   timer_set(c, T_SEND, c->w->settings->send_timeout_ms);
@@ -848,9 +852,9 @@ int evs__response_body(evs_request *req, const void *data, size_t len) {
   int r;
   if (req->chunked_out) {
     char pre[32];
-    int pl = snprintf(pre, sizeof pre, "%zx\r\n", len);
-    uv_buf_t bufs[3] = {uv_buf_init(pre, (unsigned)pl), uv_buf_init((char *)data, (unsigned)len),
-                        uv_buf_init("\r\n", 2)};
+    char *pe = EVS__FMT_LIT(evs__fmt_hex(pre, len, 1), "\r\n");
+    uv_buf_t bufs[3] = {uv_buf_init(pre, (unsigned)(pe - pre)),
+                        uv_buf_init((char *)data, (unsigned)len), uv_buf_init("\r\n", 2)};
     r = evs__io_writev(&c->io, bufs, 3);
   } else {
     r = evs__io_write(&c->io, data, len);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "fmt.h"
 #include "log.h"
 #include "metrics.h"
 #include "worker.h"
@@ -263,14 +264,48 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
   connect_next(u);
 }
 
+static upconn *upconn_get_key(upclient *owner, const char *k, int tls, const char *host, int port,
+                              const char *sni, int verify, const char *ca_file, const char *cert,
+                              const char *key, int *ret_err);
+
 /* Get a pooled connection or start a new one; on_connected runs when it is usable. */
 static upconn *upconn_get(upclient *owner, const char *scheme, const char *host, int port,
                           const char *sni, int verify, const char *ca_file, const char *cert,
                           const char *key, int *ret_err) {
   int tls = strcmp(scheme, "https") == 0;
-  char k[2048];
-  snprintf(k, sizeof k, "%s|%s|%d|%s|%d|%s|%s|%s", scheme, host, port, sni ? sni : "", verify,
-           ca_file ? ca_file : "", cert ? cert : "", key ? key : "");
+  const char *parts[] = {scheme, host, sni ? sni : "", ca_file ? ca_file : "", cert ? cert : "",
+                         key ? key : ""};
+  size_t plen[6], klen = 2 * 20 + 8;
+  for (size_t i = 0; i < 6; i++) klen += plen[i] = strlen(parts[i]);
+  char stack_k[2048];
+  char *k = klen <= sizeof stack_k ? stack_k : malloc(klen);
+  if (!k) {
+    *ret_err = -ENOMEM;
+    return NULL;
+  }
+  /* scheme|host|port|sni|verify|ca_file|cert|key */
+  char *e = evs__fmt_mem(k, parts[0], plen[0]);
+  *e++ = '|';
+  e = evs__fmt_mem(e, parts[1], plen[1]);
+  *e++ = '|';
+  e = evs__fmt_i64(e, port);
+  *e++ = '|';
+  e = evs__fmt_mem(e, parts[2], plen[2]);
+  *e++ = '|';
+  e = evs__fmt_i64(e, verify);
+  for (size_t i = 3; i < 6; i++) {
+    *e++ = '|';
+    e = evs__fmt_mem(e, parts[i], plen[i]);
+  }
+  *e = '\0';
+  upconn *u = upconn_get_key(owner, k, tls, host, port, sni, verify, ca_file, cert, key, ret_err);
+  if (k != stack_k) free(k);
+  return u;
+}
+
+static upconn *upconn_get_key(upclient *owner, const char *k, int tls, const char *host, int port,
+                              const char *sni, int verify, const char *ca_file, const char *cert,
+                              const char *key, int *ret_err) {
   for (pool *p = pools; p; p = p->next) {
     if (p->idle && strcmp(p->key, k) == 0) {
       upconn *i = p->idle;
@@ -592,9 +627,9 @@ static int write_up(evs__proxy *px, const char *data, size_t len) {
   px->req_bytes_up += len;
   if (px->req_chunked) {
     char pre[32];
-    int pl = snprintf(pre, sizeof pre, "%zx\r\n", len);
-    uv_buf_t bufs[3] = {uv_buf_init(pre, (unsigned)pl), uv_buf_init((char *)data, (unsigned)len),
-                        uv_buf_init("\r\n", 2)};
+    char *pe = EVS__FMT_LIT(evs__fmt_hex(pre, len, 1), "\r\n");
+    uv_buf_t bufs[3] = {uv_buf_init(pre, (unsigned)(pe - pre)),
+                        uv_buf_init((char *)data, (unsigned)len), uv_buf_init("\r\n", 2)};
     return evs__io_writev(px->uc->io, bufs, 3);
   }
   return evs__io_write(px->uc->io, data, len);
@@ -721,7 +756,11 @@ static void proxy_client_drain(evs_request *req) {
 static int send_head(evs__proxy *px) {
   evs_request *req = px->req;
   const char *b = req->head;
-  size_t cap = req->h.head_len + 1024;
+  /* The request line and the fields kept fit in the client's head, each field plus one byte (a
+   * space after the colon) and joined X-Forwarded-For values within theirs; then the fields
+   * added here, edits and Host. */
+  size_t hhlen = strlen(px->host_header);
+  size_t cap = req->h.head_len + 2 * req->h.nfields + 512 + sizeof req->client_addr + hhlen;
   for (size_t i = 0; i < req->nedits; i++)
     cap += strlen(req->edits[i].name) + (req->edits[i].value ? strlen(req->edits[i].value) : 0) + 4;
   /* The write copies what it does not send at once, so a usual head needs no allocation. */
@@ -729,10 +768,19 @@ static int send_head(evs__proxy *px) {
   char *out = cap <= sizeof stack_out ? stack_out : malloc(cap);
   if (!out) return -ENOMEM;
   const char *target = req->info.target;
-  if (target[0] != '/' && target[0] != '*') target = req->info.path; /* absolute-form */
-  size_t o = (size_t)snprintf(out, cap, "%s %s%s%s HTTP/1.1\r\n", req->info.method, target,
-                              target == req->info.path && req->info.query[0] ? "?" : "",
-                              target == req->info.path ? req->info.query : "");
+  char *p = evs__fmt_str(out, req->info.method);
+  *p++ = ' ';
+  if (target[0] != '/' && target[0] != '*') {
+    /* absolute-form: origin-form upstream */
+    p = evs__fmt_str(p, req->info.path);
+    if (req->info.query[0]) {
+      *p++ = '?';
+      p = evs__fmt_str(p, req->info.query);
+    }
+  } else {
+    p = evs__fmt_str(p, target);
+  }
+  p = EVS__FMT_LIT(p, " HTTP/1.1\r\n");
   /* Earlier X-Forwarded-For fields, joined in order (a list may be split over fields). */
   char *xff_prev = NULL;
   size_t xff_prev_len = 0;
@@ -760,46 +808,45 @@ static int send_head(evs__proxy *px) {
       if (strlen(en) == f->name_len && strncasecmp(en, b + f->name_off, f->name_len) == 0) edited = 1;
     }
     if (edited) continue;
-    memcpy(out + o, b + f->name_off, f->name_len);
-    o += f->name_len;
-    out[o++] = ':';
-    out[o++] = ' ';
-    memcpy(out + o, b + f->value_off, f->value_len);
-    o += f->value_len;
-    out[o++] = '\r';
-    out[o++] = '\n';
+    p = evs__fmt_mem(p, b + f->name_off, f->name_len);
+    p = EVS__FMT_LIT(p, ": ");
+    p = evs__fmt_mem(p, b + f->value_off, f->value_len);
+    p = EVS__FMT_LIT(p, "\r\n");
   }
   for (size_t e = 0; e < req->nedits; e++) {
     if (!req->edits[e].value) continue;
-    o += (size_t)snprintf(out + o, cap - o, "%s: %s\r\n", req->edits[e].name, req->edits[e].value);
+    p = evs__fmt_str(p, req->edits[e].name);
+    p = EVS__FMT_LIT(p, ": ");
+    p = evs__fmt_str(p, req->edits[e].value);
+    p = EVS__FMT_LIT(p, "\r\n");
   }
-  o += (size_t)snprintf(out + o, cap - o, "Host: %s\r\n", px->host_header);
+  p = evs__fmt_mem(EVS__FMT_LIT(p, "Host: "), px->host_header, hhlen);
+  p = EVS__FMT_LIT(p, "\r\n");
   if (px->up.x_forwarded_for) {
-    if (xff_prev)
-      o += (size_t)snprintf(out + o, cap - o, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_prev_len,
-                            xff_prev, req->client_addr);
-    else
-      o += (size_t)snprintf(out + o, cap - o, "X-Forwarded-For: %s\r\n", req->client_addr);
+    p = EVS__FMT_LIT(p, "X-Forwarded-For: ");
+    if (xff_prev) p = EVS__FMT_LIT(evs__fmt_mem(p, xff_prev, xff_prev_len), ", ");
+    p = evs__fmt_str(p, req->client_addr);
+    p = EVS__FMT_LIT(p, "\r\n");
   }
   free(xff_prev);
-  o += (size_t)snprintf(out + o, cap - o, "X-Forwarded-Proto: %s\r\n",
-                        req->info.tls ? "https" : "http");
+  if (req->info.tls) p = EVS__FMT_LIT(p, "X-Forwarded-Proto: https\r\n");
+  else p = EVS__FMT_LIT(p, "X-Forwarded-Proto: http\r\n");
   if (px->body_source) {
-    o += (size_t)snprintf(out + o, cap - o, "Content-Length: %" PRIu64 "\r\n", px->body_source_len);
+    p = evs__fmt_u64(EVS__FMT_LIT(p, "Content-Length: "), px->body_source_len);
+    p = EVS__FMT_LIT(p, "\r\n");
   } else if (req->has_body) {
     if (req->info.chunked || px->req_filter) {
       px->req_chunked = 1;
-      o += (size_t)snprintf(out + o, cap - o, "Transfer-Encoding: chunked\r\n");
+      p = EVS__FMT_LIT(p, "Transfer-Encoding: chunked\r\n");
     } else {
-      o += (size_t)snprintf(out + o, cap - o, "Content-Length: %" PRIu64 "\r\n",
-                            req->info.content_length);
+      p = evs__fmt_u64(EVS__FMT_LIT(p, "Content-Length: "), req->info.content_length);
+      p = EVS__FMT_LIT(p, "\r\n");
     }
   } else if (req->info.has_content_length) {
-    o += (size_t)snprintf(out + o, cap - o, "Content-Length: 0\r\n");
+    p = EVS__FMT_LIT(p, "Content-Length: 0\r\n");
   }
-  out[o++] = '\r';
-  out[o++] = '\n';
-  int r = evs__io_write(px->uc->io, out, o);
+  p = EVS__FMT_LIT(p, "\r\n");
+  int r = evs__io_write(px->uc->io, out, (size_t)(p - out));
   if (out != stack_out) free(out);
   return r;
 }
@@ -982,15 +1029,29 @@ int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_f
   px->sni = up->sni ? strdup(up->sni) : NULL;
   if (up->host_header) {
     px->host_header = strdup(up->host_header);
+  } else if ((tls && px->port == 443) || (!tls && px->port == 80)) {
+    px->host_header = strdup(up->host);
   } else {
-    char hh[512];
-    if ((tls && px->port == 443) || (!tls && px->port == 80)) snprintf(hh, sizeof hh, "%s", up->host);
-    else snprintf(hh, sizeof hh, "%s:%d", up->host, px->port);
-    px->host_header = strdup(hh);
+    size_t hl = strlen(up->host);
+    if ((px->host_header = malloc(hl + 24))) {
+      char *e = evs__fmt_i64(EVS__FMT_LIT(evs__fmt_mem(px->host_header, up->host, hl), ":"), px->port);
+      *e = '\0';
+    }
   }
   px->ca_file = up->ca_file ? strdup(up->ca_file) : NULL;
   px->cert_file = up->client_cert_file ? strdup(up->client_cert_file) : NULL;
   px->key_file = up->client_key_file ? strdup(up->client_key_file) : NULL;
+  if (!px->scheme || !px->host || !px->host_header) { /* send_head needs them */
+    free(px->scheme);
+    free(px->host);
+    free(px->sni);
+    free(px->host_header);
+    free(px->ca_file);
+    free(px->cert_file);
+    free(px->key_file);
+    free(px);
+    return -ENOMEM;
+  }
   if (up->size >= offsetof(evs_upstream, body_source_len) + sizeof(uint64_t) && up->body_source) {
     px->body_source = up->body_source;
     px->body_source_arg = up->body_source_arg;
