@@ -862,8 +862,7 @@ int evs__http_parse_response(const char *buf, size_t len, evs__http_head *h) {
 /* ---- field helpers -------------------------------------------------------------------------- */
 
 int evs__http_field_is(const char *buf, const evs__http_field *f, const char *lower_name) {
-  return eq_lower((const unsigned char *)buf + f->name_off, f->name_len, lower_name,
-                  strlen(lower_name));
+  return evs__http_field_is_n(buf, f, lower_name, strlen(lower_name));
 }
 
 int evs__http_find_field(const char *buf, const evs__http_head *h, const char *lower_name) {
@@ -896,22 +895,30 @@ static int list_has(const unsigned char *v, size_t n, const unsigned char *name,
  * routing of what we forward ("Connection: content-length" is a known desync trick).
  */
 int evs__http_field_is_hop_by_hop(const char *buf, const evs__http_head *h, size_t field_index) {
-  static const char *const fixed[] = {
-    "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
-    "proxy-authenticate", "proxy-authorization",
+  /* With their lengths: most names differ in length from most of these, so most checks are one
+   * integer comparison. */
+#define NAME(s) {s, sizeof(s) - 1}
+  static const struct {
+    const char *name;
+    size_t len;
+  } fixed[] = {
+    NAME("connection"), NAME("keep-alive"), NAME("proxy-connection"), NAME("te"),
+    NAME("transfer-encoding"), NAME("upgrade"), NAME("proxy-authenticate"),
+    NAME("proxy-authorization"),
   };
+#undef NAME
   if (field_index >= h->nfields)
     return 0;
   const evs__http_field *f = &h->fields[field_index];
   for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
-    if (evs__http_field_is(buf, f, fixed[i]))
+    if (evs__http_field_is_n(buf, f, fixed[i].name, fixed[i].len))
       return 1;
-  if (evs__http_field_is(buf, f, "content-length") || evs__http_field_is(buf, f, "host"))
+  if (EVS__HTTP_FIELD_IS(buf, f, "content-length") || EVS__HTTP_FIELD_IS(buf, f, "host"))
     return 0;
   const unsigned char *name = (const unsigned char *)buf + f->name_off;
   for (size_t i = 0; i < h->nfields; i++) {
     const evs__http_field *c = &h->fields[i];
-    if (evs__http_field_is(buf, c, "connection") &&
+    if (EVS__HTTP_FIELD_IS(buf, c, "connection") &&
         list_has((const unsigned char *)buf + c->value_off, c->value_len, name, f->name_len))
       return 1;
   }

@@ -121,6 +121,22 @@ int evs__http_parse_response_detail(const char *buf, size_t len, evs__http_head 
 /* Case-insensitive token comparison of a field name with a NUL-terminated lower-case name. */
 int evs__http_field_is(const char *buf, const evs__http_field *f, const char *lower_name);
 
+/* The same with the name's length given. Inline, and the length is compared first, because the
+ * proxy checks every field of every head against several names. */
+static inline int evs__http_field_is_n(const char *buf, const evs__http_field *f,
+                                       const char *lower_name, size_t len) {
+  if (f->name_len != len) return 0;
+  const unsigned char *s = (const unsigned char *)buf + f->name_off;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = s[i];
+    if ((unsigned)(c - 'A') < 26u) c = (unsigned char)(c | 0x20);
+    if (c != (unsigned char)lower_name[i]) return 0;
+  }
+  return 1;
+}
+/* For a string literal: its length is known at compile time. */
+#define EVS__HTTP_FIELD_IS(buf, f, lit) evs__http_field_is_n((buf), (f), "" lit, sizeof(lit) - 1)
+
 /* Find the first field with that (lower-case) name; returns its index or -1. */
 int evs__http_find_field(const char *buf, const evs__http_head *h, const char *lower_name);
 

@@ -15,6 +15,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "fmt.h"
 #include "log.h"
 #include "metrics.h"
 #include "worker.h"
@@ -40,6 +41,7 @@ struct evs__conn {
   uint64_t nrequests;
   uint64_t idle_since;  /* loop time the connection last became idle */
   int counted;          /* counts against limits.max_connections (admin connections do not) */
+  int peer_eof;         /* the client half-closed while a request was in flight */
 };
 
 uint64_t evs__now_ns(void) {
@@ -280,7 +282,12 @@ static void conn_fail(evs__conn *c, int status, const char *code, const char *de
 /* ---- requests ---------------------------------------------------------------------------- */
 
 static void make_request_id(evs__worker *w, char *out, size_t n) {
-  snprintf(out, n, "%s%08" PRIx64, w->id_prefix, ++w->request_seq);
+  char t[sizeof w->id_prefix + 16];
+  char *e = evs__fmt_hex(evs__fmt_str(t, w->id_prefix), ++w->request_seq, 8);
+  size_t len = (size_t)(e - t);
+  if (len >= n) len = n - 1; /* as snprintf would cut it */
+  memcpy(out, t, len);
+  out[len] = '\0';
 }
 
 static int lower_host(const char *in, size_t len, char *out) {
@@ -323,6 +330,9 @@ static int request_is_ambiguous(const evs_request *req) {
   return 0;
 }
 
+_Static_assert(sizeof ((evs_request *)0)->client_addr == sizeof ((evs__conn *)0)->client_addr,
+               "request_new copies the client address whole");
+
 static evs_request *request_new(evs__conn *c, size_t head_len, const evs__http_head *h,
                                 evs__http_field *fields) {
   evs_request *req = calloc(1, sizeof *req);
@@ -345,7 +355,7 @@ static evs_request *request_new(evs__conn *c, size_t head_len, const evs__http_h
   req->conn = c;
   req->start_ns = evs__now_ns();
   make_request_id(c->w, req->request_id, sizeof req->request_id);
-  snprintf(req->client_addr, sizeof req->client_addr, "%s", c->client_addr);
+  memcpy(req->client_addr, c->client_addr, sizeof req->client_addr); /* same size, NUL inside */
 
   char *s = req->strings;
   char *method = s;
@@ -489,6 +499,10 @@ static void conn_after_response(evs__conn *c, evs_request *req) {
     conn_close(c, 1);
     return;
   }
+  if (c->len == 0 && c->peer_eof) {
+    conn_close(c, 1); /* answered; the client sends nothing more */
+    return;
+  }
   c->state = CONN_HEAD;
   c->idle_since = uv_now(c->w->loop);
   memset(&c->scan, 0, sizeof c->scan);
@@ -517,8 +531,8 @@ static void dispatch_held(evs__conn *c, evs_request *req) {
   c->state = CONN_REQUEST;
   uv_timer_stop(&c->timer);
   c->timer_kind = T_NONE;
-  /* Reading resumes when a body sink attaches or the next request begins. */
-  evs__io_read_stop(&c->io);
+  /* Reading goes on: what arrives during the request waits in the buffer and conn_read stops
+   * reading then. Stopping here would cost an epoll_ctl pair on every request. */
   if (req->h.flags & EVS_HTTP_F_EXPECT_OTHER) {
     evs__respond_error(req, 417, "bad-request", "Unsupported Expect value");
     return;
@@ -659,6 +673,14 @@ static void conn_process(evs__conn *c) {
 static void conn_read(evs__io *io, ssize_t nread, const char *data) {
   evs__conn *c = io->data;
   if (nread < 0) {
+    /* A half-close while a request is in flight and not reading its body: the request still
+     * gets its answer. A body read later (or a plain socket read again) meets the EOF anew. */
+    if (nread == UV_EOF && c->state == CONN_REQUEST && c->req &&
+        (!c->req->sink || c->req->body_done)) {
+      c->peer_eof = 1;
+      evs__io_read_stop(&c->io);
+      return;
+    }
     conn_close(c, 0);
     return;
   }
@@ -751,11 +773,20 @@ void evs__request_body_resume(evs_request *req) {
 
 /* ---- responses --------------------------------------------------------------------------- */
 
-static size_t fmt_date(char *out, size_t n) {
+/* Appends the Date value (at most 31 bytes). It changes once a second: format it then, not
+ * for every response. */
+static char *fmt_date(char *p) {
+  static __thread time_t last = (time_t)-1;
+  static __thread char cached[32];
+  static __thread size_t cached_len;
   time_t now = time(NULL);
-  struct tm tm;
-  gmtime_r(&now, &tm);
-  return strftime(out, n, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  if (now != last) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    cached_len = strftime(cached, sizeof cached, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    last = now;
+  }
+  return evs__fmt_mem(p, cached, cached_len);
 }
 
 int evs__response_start(evs_request *req, int status, const evs_header *headers, size_t n,
@@ -774,36 +805,39 @@ int evs__response_start(evs_request *req, int status, const evs_header *headers,
   }
   if (!req->body_done) req->close_after = 1; /* unread body: cannot reuse the connection */
 
+  /* 256: the status line (at most 64 bytes), Date, one framing field, Connection, CRLF. */
   size_t cap = 256;
   for (size_t i = 0; i < n; i++) cap += headers[i].name_len + headers[i].value_len + 4;
-  char *out = malloc(cap);
+  /* The write copies what it does not send at once, so a usual head needs no allocation. */
+  char stack_out[8192];
+  char *out = cap <= sizeof stack_out ? stack_out : malloc(cap);
   if (!out) return -ENOMEM;
-  size_t o = (size_t)snprintf(out, cap, "HTTP/1.1 %d %s\r\n", status, evs__status_text(status));
+  char *p = EVS__FMT_LIT(out, "HTTP/1.1 ");
+  p = evs__fmt_i64(p, status);
+  *p++ = ' ';
+  p = evs__fmt_str(p, evs__status_text(status));
+  p = EVS__FMT_LIT(p, "\r\n");
   for (size_t i = 0; i < n; i++) {
-    memcpy(out + o, headers[i].name, headers[i].name_len);
-    o += headers[i].name_len;
-    out[o++] = ':';
-    out[o++] = ' ';
-    memcpy(out + o, headers[i].value, headers[i].value_len);
-    o += headers[i].value_len;
-    out[o++] = '\r';
-    out[o++] = '\n';
+    p = evs__fmt_mem(p, headers[i].name, headers[i].name_len);
+    p = EVS__FMT_LIT(p, ": ");
+    p = evs__fmt_mem(p, headers[i].value, headers[i].value_len);
+    p = EVS__FMT_LIT(p, "\r\n");
   }
-  char date[64];
-  fmt_date(date, sizeof date);
-  o += (size_t)snprintf(out + o, cap - o, "Date: %s\r\n", date);
+  p = fmt_date(EVS__FMT_LIT(p, "Date: "));
+  p = EVS__FMT_LIT(p, "\r\n");
   if (!bodyless || head_method) {
-    if (req->chunked_out)
-      o += (size_t)snprintf(out + o, cap - o, "Transfer-Encoding: chunked\r\n");
-    else if (content_length >= 0)
-      o += (size_t)snprintf(out + o, cap - o, "Content-Length: %" PRId64 "\r\n", content_length);
+    if (req->chunked_out) {
+      p = EVS__FMT_LIT(p, "Transfer-Encoding: chunked\r\n");
+    } else if (content_length >= 0) {
+      p = evs__fmt_i64(EVS__FMT_LIT(p, "Content-Length: "), content_length);
+      p = EVS__FMT_LIT(p, "\r\n");
+    }
   }
-  if (req->close_after) o += (size_t)snprintf(out + o, cap - o, "Connection: close\r\n");
-  else if (req->info.version_minor == 0) o += (size_t)snprintf(out + o, cap - o, "Connection: keep-alive\r\n");
-  out[o++] = '\r';
-  out[o++] = '\n';
-  int r = evs__io_write(&c->io, out, o);
-  free(out);
+  if (req->close_after) p = EVS__FMT_LIT(p, "Connection: close\r\n");
+  else if (req->info.version_minor == 0) p = EVS__FMT_LIT(p, "Connection: keep-alive\r\n");
+  p = EVS__FMT_LIT(p, "\r\n");
+  int r = evs__io_write(&c->io, out, (size_t)(p - out));
+  if (out != stack_out) free(out);
   if (bodyless) req->chunked_out = 0;
   timer_set(c, T_SEND, c->w->settings->send_timeout_ms);
   return r;
@@ -818,9 +852,9 @@ int evs__response_body(evs_request *req, const void *data, size_t len) {
   int r;
   if (req->chunked_out) {
     char pre[32];
-    int pl = snprintf(pre, sizeof pre, "%zx\r\n", len);
-    uv_buf_t bufs[3] = {uv_buf_init(pre, (unsigned)pl), uv_buf_init((char *)data, (unsigned)len),
-                        uv_buf_init("\r\n", 2)};
+    char *pe = EVS__FMT_LIT(evs__fmt_hex(pre, len, 1), "\r\n");
+    uv_buf_t bufs[3] = {uv_buf_init(pre, (unsigned)(pe - pre)),
+                        uv_buf_init((char *)data, (unsigned)len), uv_buf_init("\r\n", 2)};
     r = evs__io_writev(&c->io, bufs, 3);
   } else {
     r = evs__io_write(&c->io, data, len);
@@ -1030,6 +1064,7 @@ evs_stream *evs__takeover(evs_request *req, int status, const evs_header *h, siz
   evs__io_write(&c->io, out, o);
   free(out);
   timer_set(c, T_NONE, 0);
+  evs__io_read_stop(&c->io); /* until the plugin calls evs__stream_read_start */
   c->io.on_read = stream_on_read;
   return s;
 }

@@ -16,13 +16,16 @@
 #include <string.h>
 #include <strings.h>
 
+#include "fmt.h"
 #include "log.h"
 #include "metrics.h"
 #include "worker.h"
 
 #define MAX_RESPONSE_HEAD (64u * 1024u)
+#define MAX_RESPONSE_FIELDS 256
 
 typedef struct upconn upconn;
+typedef struct pool pool;
 
 /* What an upstream connection is for: proxying a request or a plugin's client request. */
 typedef struct upclient {
@@ -33,9 +36,10 @@ typedef struct upclient {
 
 struct upconn {
   evs__io *io;            /* separate, so a failed connect can retry the next address */
-  char *key;
+  pool *pool;             /* its upstream identity; holds a reference */
   upclient *owner;
-  upconn *next_idle;
+  upconn *idle_prev, *idle_next;
+  int idle;               /* in pool->idle */
   uv_timer_t idle_timer;
   uv_getaddrinfo_t gai;
   uv_connect_t connect;
@@ -51,12 +55,52 @@ struct upconn {
   int sni_is_ip;
 };
 
-static upconn *idle_list;
+/* The connections to one upstream identity (scheme, host, port, TLS settings: the key). It lives
+ * while any of them does, and counts its idle ones, so releasing a connection compares no keys
+ * and getting one compares one key per upstream in use rather than one per idle connection. */
+struct pool {
+  char *key;
+  size_t refs;            /* upconns pointing here */
+  upconn *idle;           /* newest first */
+  size_t nidle;
+  pool *next;
+};
+
+static pool *pools;
+
+static pool *pool_ref(const char *key) {
+  pool *p;
+  for (p = pools; p; p = p->next)
+    if (strcmp(p->key, key) == 0) break;
+  if (!p) {
+    p = calloc(1, sizeof *p);
+    if (!p || !(p->key = strdup(key))) {
+      free(p);
+      return NULL;
+    }
+    p->next = pools;
+    pools = p;
+  }
+  p->refs++;
+  return p;
+}
+
+static void pool_unref(pool *p) {
+  if (!p || --p->refs > 0) return;
+  for (pool **pp = &pools; *pp; pp = &(*pp)->next) {
+    if (*pp == p) {
+      *pp = p->next;
+      break;
+    }
+  }
+  free(p->key);
+  free(p);
+}
 
 static void upconn_maybe_free(upconn *u) {
   if (!u->io_done || !u->timer_done || u->gai_pending) return;
   if (u->addrs) uv_freeaddrinfo(u->addrs);
-  free(u->key);
+  pool_unref(u->pool);
   free(u->host);
   free(u->sni);
   free(u);
@@ -74,13 +118,24 @@ static void upconn_timer_closed(uv_handle_t *h) {
 }
 
 static void idle_remove(upconn *u) {
-  for (upconn **pp = &idle_list; *pp; pp = &(*pp)->next_idle) {
-    if (*pp == u) {
-      *pp = u->next_idle;
-      u->next_idle = NULL;
-      return;
-    }
-  }
+  if (!u->idle) return;
+  pool *p = u->pool;
+  if (u->idle_prev) u->idle_prev->idle_next = u->idle_next;
+  else p->idle = u->idle_next;
+  if (u->idle_next) u->idle_next->idle_prev = u->idle_prev;
+  u->idle_prev = u->idle_next = NULL;
+  u->idle = 0;
+  p->nidle--;
+}
+
+static void idle_add(upconn *u) {
+  pool *p = u->pool;
+  u->idle_prev = NULL;
+  u->idle_next = p->idle;
+  if (p->idle) p->idle->idle_prev = u;
+  p->idle = u;
+  u->idle = 1;
+  p->nidle++;
 }
 
 static void upconn_close(upconn *u) {
@@ -93,7 +148,8 @@ static void upconn_close(upconn *u) {
 }
 
 void evs__upstream_pool_close_all(void) {
-  while (idle_list) upconn_close(idle_list);
+  for (pool *p = pools; p; p = p->next)
+    while (p->idle) upconn_close(p->idle); /* pools go when their connections are freed */
 }
 
 static void upconn_read(evs__io *io, ssize_t nread, const char *data) {
@@ -119,16 +175,12 @@ static void upconn_release(upconn *u, int reusable) {
     upconn_close(u);
     return;
   }
-  size_t n = 0;
-  for (upconn *i = idle_list; i; i = i->next_idle)
-    if (strcmp(i->key, u->key) == 0) n++;
-  if (n >= (size_t)evs__w->settings->upstream_pool_max_idle) {
+  if (u->pool->nidle >= (size_t)evs__w->settings->upstream_pool_max_idle) {
     upconn_close(u);
     return;
   }
   u->reused = 1;
-  u->next_idle = idle_list;
-  idle_list = u;
+  idle_add(u);
   uv_timer_start(&u->idle_timer, idle_timeout, (uint64_t)evs__w->settings->upstream_pool_idle_timeout_ms, 0);
   evs__io_read_start(u->io);
 }
@@ -212,16 +264,51 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
   connect_next(u);
 }
 
+static upconn *upconn_get_key(upclient *owner, const char *k, int tls, const char *host, int port,
+                              const char *sni, int verify, const char *ca_file, const char *cert,
+                              const char *key, int *ret_err);
+
 /* Get a pooled connection or start a new one; on_connected runs when it is usable. */
 static upconn *upconn_get(upclient *owner, const char *scheme, const char *host, int port,
                           const char *sni, int verify, const char *ca_file, const char *cert,
                           const char *key, int *ret_err) {
   int tls = strcmp(scheme, "https") == 0;
-  char k[2048];
-  snprintf(k, sizeof k, "%s|%s|%d|%s|%d|%s|%s|%s", scheme, host, port, sni ? sni : "", verify,
-           ca_file ? ca_file : "", cert ? cert : "", key ? key : "");
-  for (upconn *i = idle_list; i; i = i->next_idle) {
-    if (strcmp(i->key, k) == 0) {
+  const char *parts[] = {scheme, host, sni ? sni : "", ca_file ? ca_file : "", cert ? cert : "",
+                         key ? key : ""};
+  size_t plen[6], klen = 2 * 20 + 8;
+  for (size_t i = 0; i < 6; i++) klen += plen[i] = strlen(parts[i]);
+  char stack_k[2048];
+  char *k = klen <= sizeof stack_k ? stack_k : malloc(klen);
+  if (!k) {
+    *ret_err = -ENOMEM;
+    return NULL;
+  }
+  /* scheme|host|port|sni|verify|ca_file|cert|key */
+  char *e = evs__fmt_mem(k, parts[0], plen[0]);
+  *e++ = '|';
+  e = evs__fmt_mem(e, parts[1], plen[1]);
+  *e++ = '|';
+  e = evs__fmt_i64(e, port);
+  *e++ = '|';
+  e = evs__fmt_mem(e, parts[2], plen[2]);
+  *e++ = '|';
+  e = evs__fmt_i64(e, verify);
+  for (size_t i = 3; i < 6; i++) {
+    *e++ = '|';
+    e = evs__fmt_mem(e, parts[i], plen[i]);
+  }
+  *e = '\0';
+  upconn *u = upconn_get_key(owner, k, tls, host, port, sni, verify, ca_file, cert, key, ret_err);
+  if (k != stack_k) free(k);
+  return u;
+}
+
+static upconn *upconn_get_key(upclient *owner, const char *k, int tls, const char *host, int port,
+                              const char *sni, int verify, const char *ca_file, const char *cert,
+                              const char *key, int *ret_err) {
+  for (pool *p = pools; p; p = p->next) {
+    if (p->idle && strcmp(p->key, k) == 0) {
+      upconn *i = p->idle;
       idle_remove(i);
       uv_timer_stop(&i->idle_timer);
       i->owner = owner;
@@ -233,7 +320,6 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
     *ret_err = -ENOMEM;
     return NULL;
   }
-  u->key = strdup(k);
   u->host = strdup(host);
   /* RFC 6066: no IP literals in SNI; the name still serves for certificate verification. */
   u->sni = strdup(sni ? sni : host);
@@ -248,7 +334,6 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
                                  verify, err, sizeof err);
     if (!u->ctx) {
       EVS_LOG_ERR("EVS-1301", "upstream %s: %s", host, err);
-      free(u->key);
       free(u->host);
       free(u->sni);
       free(u);
@@ -256,8 +341,8 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
       return NULL;
     }
   }
-  if (upconn_new_io(u) < 0) {
-    free(u->key);
+  if (!(u->pool = pool_ref(k)) || upconn_new_io(u) < 0) {
+    pool_unref(u->pool);
     free(u->host);
     free(u->sni);
     free(u);
@@ -287,11 +372,11 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
 /* ---- response head parsing, shared by proxy and client ---------------------------------- */
 
 typedef struct resp_parser {
-  char *head;
+  char *head;             /* the head, then its fields (aligned): one allocation, owned */
   size_t len, cap;
   evs__http_scan scan;
   evs__http_head h;
-  evs__http_field fields[256];
+  evs__http_field *fields;/* into head, once have_head */
   int have_head;
   int mode;               /* 0 none, 1 length, 2 chunked, 3 until close */
   uint64_t remaining;
@@ -299,31 +384,34 @@ typedef struct resp_parser {
   int done;
 } resp_parser;
 
+/* Heads are parsed into this per-thread array (4 KiB), then only the fields a head has are kept
+ * with it: no zeroed 4 KiB array in every proxied request. */
+static __thread evs__http_field resp_fields[MAX_RESPONSE_FIELDS];
+
+static int resp_reserve(resp_parser *p, size_t need) {
+  if (need <= p->cap) return 0;
+  char *nh = realloc(p->head, need);
+  if (!nh) return -ENOMEM;
+  p->head = nh;
+  p->cap = need;
+  return 0;
+}
+
 /* Feed bytes; calls body(data) for body bytes. Returns consumed bytes or negative error.
  * Sets p->have_head when the head has been parsed (caller checks after each call). */
 static int resp_parse_head(resp_parser *p, const char *data, size_t len, int head_request,
                            size_t *ret_used) {
   size_t before = p->len;
   size_t head_len = 0;
+  const char *hb = data; /* where the complete head is: this read, or the gathered bytes */
   int r;
   if (p->len == 0) {
-    /* The usual case: the whole head is in this read. Scan it in place and copy just the head,
+    /* The usual case: the whole head is in this read. Parse it in place and copy just the head,
      * not the body bytes behind it. */
     evs__http_scan sc;
     memset(&sc, 0, sizeof sc);
     r = evs__http_scan_head(&sc, data, len, MAX_RESPONSE_HEAD, &head_len);
-    if (r == EVS_HTTP_OK) {
-      if (head_len > p->cap) {
-        char *nh = realloc(p->head, head_len);
-        if (!nh) return -ENOMEM;
-        p->head = nh;
-        p->cap = head_len;
-      }
-      memcpy(p->head, data, head_len);
-      p->len = head_len;
-    } else if (r < 0 && r != EVS_HTTP_E_HEAD_TOO_LARGE) {
-      return -EPROTO;
-    }
+    if (r < 0 && r != EVS_HTTP_E_HEAD_TOO_LARGE) return -EPROTO;
   } else {
     r = EVS_HTTP_NEED_MORE;
   }
@@ -331,12 +419,7 @@ static int resp_parse_head(resp_parser *p, const char *data, size_t len, int hea
     /* A head split over reads: gather it (bounded by MAX_RESPONSE_HEAD). */
     size_t room = MAX_RESPONSE_HEAD - p->len;
     size_t take = len < room ? len : room;
-    if (p->cap < MAX_RESPONSE_HEAD) {
-      char *nh = realloc(p->head, MAX_RESPONSE_HEAD);
-      if (!nh) return -ENOMEM;
-      p->head = nh;
-      p->cap = MAX_RESPONSE_HEAD;
-    }
+    if (resp_reserve(p, MAX_RESPONSE_HEAD) < 0) return -ENOMEM;
     memcpy(p->head + p->len, data, take);
     p->len += take;
     r = evs__http_scan_head(&p->scan, p->head, p->len, MAX_RESPONSE_HEAD, &head_len);
@@ -346,11 +429,12 @@ static int resp_parse_head(resp_parser *p, const char *data, size_t len, int hea
       return 0;
     }
     if (r < 0) return -EPROTO;
+    hb = p->head;
   }
   memset(&p->h, 0, sizeof p->h);
-  p->h.fields = p->fields;
-  p->h.max_fields = 256;
-  if (evs__http_parse_response(p->head, head_len, &p->h) < 0) return -EPROTO;
+  p->h.fields = resp_fields;
+  p->h.max_fields = MAX_RESPONSE_FIELDS;
+  if (evs__http_parse_response(hb, head_len, &p->h) < 0) return -EPROTO;
   *ret_used = head_len - before;
   int st = p->h.status;
   if (st >= 100 && st < 200) {
@@ -359,6 +443,15 @@ static int resp_parse_head(resp_parser *p, const char *data, size_t len, int hea
     memset(&p->scan, 0, sizeof p->scan);
     return 1;
   }
+  /* Keep the head and its fields for as long as the response lasts (plugins may ask for a
+   * field through response_header). */
+  size_t foff = (head_len + 7u) & ~(size_t)7u;
+  if (resp_reserve(p, foff + p->h.nfields * sizeof *p->fields) < 0) return -ENOMEM;
+  if (hb == data) memcpy(p->head, data, head_len);
+  p->len = head_len;
+  p->fields = (evs__http_field *)(void *)(p->head + foff);
+  memcpy(p->fields, resp_fields, p->h.nfields * sizeof *p->fields);
+  p->h.fields = p->fields;
   p->have_head = 1;
   memset(&p->chunked, 0, sizeof p->chunked);
   p->chunked.max_trailer_bytes = 8192;
@@ -534,9 +627,9 @@ static int write_up(evs__proxy *px, const char *data, size_t len) {
   px->req_bytes_up += len;
   if (px->req_chunked) {
     char pre[32];
-    int pl = snprintf(pre, sizeof pre, "%zx\r\n", len);
-    uv_buf_t bufs[3] = {uv_buf_init(pre, (unsigned)pl), uv_buf_init((char *)data, (unsigned)len),
-                        uv_buf_init("\r\n", 2)};
+    char *pe = EVS__FMT_LIT(evs__fmt_hex(pre, len, 1), "\r\n");
+    uv_buf_t bufs[3] = {uv_buf_init(pre, (unsigned)(pe - pre)),
+                        uv_buf_init((char *)data, (unsigned)len), uv_buf_init("\r\n", 2)};
     return evs__io_writev(px->uc->io, bufs, 3);
   }
   return evs__io_write(px->uc->io, data, len);
@@ -664,26 +757,41 @@ static void proxy_client_drain(evs_request *req) {
 static int send_head(evs__proxy *px) {
   evs_request *req = px->req;
   const char *b = req->head;
-  size_t cap = req->h.head_len + 1024;
+  /* The request line and the fields kept fit in the client's head, each field plus one byte (a
+   * space after the colon) and joined X-Forwarded-For values within theirs; then the fields
+   * added here, edits and Host. */
+  size_t hhlen = strlen(px->host_header);
+  size_t cap = req->h.head_len + 2 * req->h.nfields + 512 + sizeof req->client_addr + hhlen;
   for (size_t i = 0; i < req->nedits; i++)
     cap += strlen(req->edits[i].name) + (req->edits[i].value ? strlen(req->edits[i].value) : 0) + 4;
-  char *out = malloc(cap);
+  /* The write copies what it does not send at once, so a usual head needs no allocation. */
+  char stack_out[8192];
+  char *out = cap <= sizeof stack_out ? stack_out : malloc(cap);
   if (!out) return -ENOMEM;
   const char *target = req->info.target;
-  if (target[0] != '/' && target[0] != '*') target = req->info.path; /* absolute-form */
-  size_t o = (size_t)snprintf(out, cap, "%s %s%s%s HTTP/1.1\r\n", req->info.method, target,
-                              target == req->info.path && req->info.query[0] ? "?" : "",
-                              target == req->info.path ? req->info.query : "");
+  char *p = evs__fmt_str(out, req->info.method);
+  *p++ = ' ';
+  if (target[0] != '/' && target[0] != '*') {
+    /* absolute-form: origin-form upstream */
+    p = evs__fmt_str(p, req->info.path);
+    if (req->info.query[0]) {
+      *p++ = '?';
+      p = evs__fmt_str(p, req->info.query);
+    }
+  } else {
+    p = evs__fmt_str(p, target);
+  }
+  p = EVS__FMT_LIT(p, " HTTP/1.1\r\n");
   /* Earlier X-Forwarded-For fields, joined in order (a list may be split over fields). */
   char *xff_prev = NULL;
   size_t xff_prev_len = 0;
   for (size_t i = 0; i < req->h.nfields; i++) {
     const evs__http_field *f = &req->fields[i];
-    if (evs__http_field_is_hop_by_hop(b, &req->h, i) || evs__http_field_is(b, f, "host") ||
-        evs__http_field_is(b, f, "content-length") || evs__http_field_is(b, f, "expect") ||
-        evs__http_field_is(b, f, "x-forwarded-proto"))
+    if (evs__http_field_is_hop_by_hop(b, &req->h, i) || EVS__HTTP_FIELD_IS(b, f, "host") ||
+        EVS__HTTP_FIELD_IS(b, f, "content-length") || EVS__HTTP_FIELD_IS(b, f, "expect") ||
+        EVS__HTTP_FIELD_IS(b, f, "x-forwarded-proto"))
       continue;
-    if (px->up.x_forwarded_for && evs__http_field_is(b, f, "x-forwarded-for")) {
+    if (px->up.x_forwarded_for && EVS__HTTP_FIELD_IS(b, f, "x-forwarded-for")) {
       char *nx = realloc(xff_prev, xff_prev_len + f->value_len + 3);
       if (!nx) continue;
       xff_prev = nx;
@@ -701,47 +809,46 @@ static int send_head(evs__proxy *px) {
       if (strlen(en) == f->name_len && strncasecmp(en, b + f->name_off, f->name_len) == 0) edited = 1;
     }
     if (edited) continue;
-    memcpy(out + o, b + f->name_off, f->name_len);
-    o += f->name_len;
-    out[o++] = ':';
-    out[o++] = ' ';
-    memcpy(out + o, b + f->value_off, f->value_len);
-    o += f->value_len;
-    out[o++] = '\r';
-    out[o++] = '\n';
+    p = evs__fmt_mem(p, b + f->name_off, f->name_len);
+    p = EVS__FMT_LIT(p, ": ");
+    p = evs__fmt_mem(p, b + f->value_off, f->value_len);
+    p = EVS__FMT_LIT(p, "\r\n");
   }
   for (size_t e = 0; e < req->nedits; e++) {
     if (!req->edits[e].value) continue;
-    o += (size_t)snprintf(out + o, cap - o, "%s: %s\r\n", req->edits[e].name, req->edits[e].value);
+    p = evs__fmt_str(p, req->edits[e].name);
+    p = EVS__FMT_LIT(p, ": ");
+    p = evs__fmt_str(p, req->edits[e].value);
+    p = EVS__FMT_LIT(p, "\r\n");
   }
-  o += (size_t)snprintf(out + o, cap - o, "Host: %s\r\n", px->host_header);
+  p = evs__fmt_mem(EVS__FMT_LIT(p, "Host: "), px->host_header, hhlen);
+  p = EVS__FMT_LIT(p, "\r\n");
   if (px->up.x_forwarded_for) {
-    if (xff_prev)
-      o += (size_t)snprintf(out + o, cap - o, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_prev_len,
-                            xff_prev, req->client_addr);
-    else
-      o += (size_t)snprintf(out + o, cap - o, "X-Forwarded-For: %s\r\n", req->client_addr);
+    p = EVS__FMT_LIT(p, "X-Forwarded-For: ");
+    if (xff_prev) p = EVS__FMT_LIT(evs__fmt_mem(p, xff_prev, xff_prev_len), ", ");
+    p = evs__fmt_str(p, req->client_addr);
+    p = EVS__FMT_LIT(p, "\r\n");
   }
   free(xff_prev);
-  o += (size_t)snprintf(out + o, cap - o, "X-Forwarded-Proto: %s\r\n",
-                        req->info.tls ? "https" : "http");
+  if (req->info.tls) p = EVS__FMT_LIT(p, "X-Forwarded-Proto: https\r\n");
+  else p = EVS__FMT_LIT(p, "X-Forwarded-Proto: http\r\n");
   if (px->body_source) {
-    o += (size_t)snprintf(out + o, cap - o, "Content-Length: %" PRIu64 "\r\n", px->body_source_len);
+    p = evs__fmt_u64(EVS__FMT_LIT(p, "Content-Length: "), px->body_source_len);
+    p = EVS__FMT_LIT(p, "\r\n");
   } else if (req->has_body) {
     if (req->info.chunked || px->req_filter) {
       px->req_chunked = 1;
-      o += (size_t)snprintf(out + o, cap - o, "Transfer-Encoding: chunked\r\n");
+      p = EVS__FMT_LIT(p, "Transfer-Encoding: chunked\r\n");
     } else {
-      o += (size_t)snprintf(out + o, cap - o, "Content-Length: %" PRIu64 "\r\n",
-                            req->info.content_length);
+      p = evs__fmt_u64(EVS__FMT_LIT(p, "Content-Length: "), req->info.content_length);
+      p = EVS__FMT_LIT(p, "\r\n");
     }
   } else if (req->info.has_content_length) {
-    o += (size_t)snprintf(out + o, cap - o, "Content-Length: 0\r\n");
+    p = EVS__FMT_LIT(p, "Content-Length: 0\r\n");
   }
-  out[o++] = '\r';
-  out[o++] = '\n';
-  int r = evs__io_write(px->uc->io, out, o);
-  free(out);
+  p = EVS__FMT_LIT(p, "\r\n");
+  int r = evs__io_write(px->uc->io, out, (size_t)(p - out));
+  if (out != stack_out) free(out);
   return r;
 }
 
@@ -792,14 +899,14 @@ static int client_emit(void *arg, const char *d, size_t n) {
 static void start_client_response(evs__proxy *px) {
   evs_request *req = px->req;
   resp_parser *p = &px->rp;
-  evs_header hs[256];
+  evs_header hs[MAX_RESPONSE_FIELDS];
   size_t n = 0;
   int close = (p->h.flags & EVS_HTTP_F_CONN_CLOSE) || p->h.version_minor == 0;
   px->upstream_keepalive = !close && p->mode != 3;
-  for (size_t i = 0; i < p->h.nfields && n < 256; i++) {
+  for (size_t i = 0; i < p->h.nfields && n < MAX_RESPONSE_FIELDS; i++) {
     const evs__http_field *f = &p->fields[i];
     if (evs__http_field_is_hop_by_hop(p->head, &p->h, i) ||
-        evs__http_field_is(p->head, f, "content-length") || evs__http_field_is(p->head, f, "date"))
+        EVS__HTTP_FIELD_IS(p->head, f, "content-length") || EVS__HTTP_FIELD_IS(p->head, f, "date"))
       continue;
     hs[n].name = p->head + f->name_off;
     hs[n].name_len = f->name_len;
@@ -923,15 +1030,29 @@ int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_f
   px->sni = up->sni ? strdup(up->sni) : NULL;
   if (up->host_header) {
     px->host_header = strdup(up->host_header);
+  } else if ((tls && px->port == 443) || (!tls && px->port == 80)) {
+    px->host_header = strdup(up->host);
   } else {
-    char hh[512];
-    if ((tls && px->port == 443) || (!tls && px->port == 80)) snprintf(hh, sizeof hh, "%s", up->host);
-    else snprintf(hh, sizeof hh, "%s:%d", up->host, px->port);
-    px->host_header = strdup(hh);
+    size_t hl = strlen(up->host);
+    if ((px->host_header = malloc(hl + 24))) {
+      char *e = evs__fmt_i64(EVS__FMT_LIT(evs__fmt_mem(px->host_header, up->host, hl), ":"), px->port);
+      *e = '\0';
+    }
   }
   px->ca_file = up->ca_file ? strdup(up->ca_file) : NULL;
   px->cert_file = up->client_cert_file ? strdup(up->client_cert_file) : NULL;
   px->key_file = up->client_key_file ? strdup(up->client_key_file) : NULL;
+  if (!px->scheme || !px->host || !px->host_header) { /* send_head needs them */
+    free(px->scheme);
+    free(px->host);
+    free(px->sni);
+    free(px->host_header);
+    free(px->ca_file);
+    free(px->cert_file);
+    free(px->key_file);
+    free(px);
+    return -ENOMEM;
+  }
   if (up->size >= offsetof(evs_upstream, body_source_len) + sizeof(uint64_t) && up->body_source) {
     px->body_source = up->body_source;
     px->body_source_arg = up->body_source_arg;

@@ -23,6 +23,9 @@ def arg_parser(prog):
     ap.add_argument("--pin", dest="pin", action="store_true", default=None)
     ap.add_argument("--no-pin", dest="pin", action="store_false")
     ap.add_argument("--ev-pool-idle", type=int, default=64)
+    ap.add_argument("--ev-transaction-log", choices=("on", "off"), default="on",
+                    help="relay-inbound's per-request record in the store (default on, as "
+                         "shipped; nginx runs with access_log off)")
     ap.add_argument("--max-other", type=float, default=30)
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--markdown", action="store_true")
@@ -183,6 +186,7 @@ pool_max_idle = {self.opt.ev_pool_idle}
 address = 127.0.0.1:{port}
 [plugin "relay-inbound"]
 relay_config = {self.tmp}/relay-config.json
+transaction_log = {self.opt.ev_transaction_log}
 {relay_conf}
 {extra_conf}""")
         self.servers["evserver"] = (self.start("evserver", [f"{build_dir}/evserver", "-c", conf],
@@ -301,7 +305,8 @@ relay_config = {self.tmp}/relay-config.json
         log(f"machine: {os.cpu_count()} CPUs, {model}")
         log(f"workers={o.workers} rounds={o.rounds} duration={o.duration}s wrk -t{o.threads} "
             f"-c{o.connections} pin={'proxy:CPU0 wrk+upstream:CPU1' if o.pin else 'off'} "
-            f"evserver pool_max_idle={o.ev_pool_idle} nginx keepalive=64{extra}")
+            f"evserver pool_max_idle={o.ev_pool_idle} transaction_log={o.ev_transaction_log} "
+            f"nginx keepalive=64{extra}")
         ports = ", ".join(f"{n} {port}" for n, (_, port) in self.servers.items())
         log(f"ports: {ports}; temp dir {self.tmp}")
 

@@ -230,7 +230,7 @@ static void cfg_swap(relay_state *st, relay_cfg *c) {
 /* Re-reads the file when it changed; a broken file keeps the configuration in force. */
 static void watch_tick(void *arg) {
   relay_state *st = arg;
-  uint64_t mt = 0, size = 0, ino = 0;
+  uint64_t mt = 0, size = 0, ino = 0; /* gcc -O3 cannot see file_id sets them */
   if (file_id(st->config_path, &mt, &size, &ino) < 0) return;
   if (mt == st->watch_mtime_ns && size == st->watch_size && ino == st->watch_ino) return;
   st->watch_mtime_ns = mt;

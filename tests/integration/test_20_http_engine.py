@@ -111,6 +111,27 @@ def test_pipelined_requests_answered_in_order():
     assert [q.path for q in up.wait_requests(3)] == ["/one", "/three", "/four"]
 
 
+def test_half_close_during_requests_still_answered():
+    """A client that half-closes right after sending its requests (the FIN reaches evserver
+    while they are upstream) gets every answer in full, a large one included, then the close."""
+    big = os.urandom(1 << 20)
+
+    def handler(q):
+        time.sleep(0.2)
+        return (200, {}, big if q.path == "/big" else (q.method + " " + q.path).encode())
+
+    up = Upstream(handler=handler)
+    srv = relay_server(up)
+    for data, want in (
+            (req("GET", "/one"), [b"GET /one"]),
+            (req("POST", "/two", body=b"abc") + req("GET", "/three"), [b"POST /two", b"GET /three"]),
+            (req("GET", "/big"), [big])):
+        got = evstest.send_raw(srv.port(), data, shut_wr=True, timeout=10)
+        rs = evstest.parse_responses(got)
+        assert [r.status for r in rs] == [200] * len(want), rs
+        assert [r.body for r in rs] == want
+
+
 # ---- request bodies ---------------------------------------------------------------------------
 
 def test_chunked_request_body_forwarded_intact():
