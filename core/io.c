@@ -60,6 +60,13 @@ static int raw_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
   for (size_t i = 0; i < nbufs; i++) total += bufs[i].len;
   if (total == 0) return 0;
   if (io->closing) return UV_ECANCELED;
+  if (io->corked && (io->cork ? io->cork->len : 0) + total > EVS_IO_CORK_MAX) {
+    /* Gathering is for small pieces: what is gathered goes out now, and so does a large one. */
+    int r = evs__io_uncork(io);
+    if (r == 0 && total > EVS_IO_CORK_MAX) r = raw_write(io, bufs, nbufs);
+    io->corked = 1;
+    if (r < 0 || total > EVS_IO_CORK_MAX) return r;
+  }
   if (io->corked) {
     write_req *c = io->cork;
     size_t have = c ? c->len : 0;

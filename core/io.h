@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #define EVS_IO_HIGH_WATER (256u * 1024u)
+#define EVS_IO_CORK_MAX (64u * 1024u) /* bytes gathered while corked, then written */
 #define EVS_IO_LOW_WATER (64u * 1024u)
 
 typedef struct evs__io evs__io;

@@ -520,6 +520,7 @@ struct evs__proxy {
   int done;
   int upstream_keepalive;
   int held;               /* the response filter holds the end of the response (filter_end) */
+  int client_corked;      /* held: the client stays corked until the proxy finishes */
   /* A request body the plugin produces (evs_upstream.body_source, ABI 1.1). */
   int (*body_source)(void *arg, uint8_t *buf, size_t cap, size_t *ret_len);
   void *body_source_arg;
@@ -588,6 +589,11 @@ static void proxy_fail(evs__proxy *px, int err) {
 static void proxy_finish(evs__proxy *px) {
   px->done = 1;
   evs_request *req = px->req;
+  if (req && px->client_corked) {
+    px->client_corked = 0;
+    evs__io *cio = evs__request_io(req);
+    if (cio) evs__io_uncork(cio);
+  }
   if (req) {
     req->on_abort = NULL;
     req->on_client_drain = NULL;
@@ -932,6 +938,12 @@ static void proxy_data(upclient *cl, ssize_t nread, const char *data) {
   evs__io *cio = px->req && !px->done ? evs__request_io(px->req) : NULL;
   if (cio) evs__io_cork(cio);
   proxy_data_corked(cl, nread, data);
+  /* A held response stays corked, so that its head and what the filter emits at its end leave
+   * together (in pieces of at most EVS_IO_CORK_MAX); proxy_finish uncorks. */
+  if (cio && px->held && !px->done) {
+    px->client_corked = 1;
+    return;
+  }
   if (cio) evs__io_uncork(cio);
 }
 

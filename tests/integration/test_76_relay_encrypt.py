@@ -126,6 +126,15 @@ def test_response_decryption_typed_and_files():
     assert code == 200 and out == b'{"n": 42, "b": true, "x": "ev:not:real:$"}', out
     up.set_response(handler=lambda r: (200, [("Content-Type", "text/plain")], b"plain body"))
     assert curl(c["srv"], "shannon.example", "/other", "{}", "application/json")[1] == b"plain body"
+    # A large response (held until its values are decrypted, then sent in bounded pieces).
+    pad = "x" * 1000
+    big = ("[" + ",".join('{"i": %d, "n": "%s", "pad": "%s"}' % (i, vals[0], pad)
+                          for i in range(800)) + "]").encode()
+    up.set_response(handler=lambda r: (200, [("Content-Type", "application/json")], big))
+    code, out = curl(c["srv"], "shannon.example", "/other", "{}", "application/json")
+    want = ("[" + ",".join('{"i": %d, "n": 42, "pad": "%s"}' % (i, pad) for i in range(800))
+            + "]").encode()
+    assert code == 200 and out == want, (code, len(out), out[:200])
 
 
 def test_xml_form_multipart():
