@@ -163,7 +163,7 @@ struct ep_client {
   uint32_t next_id;
   uint32_t hello_id;
   int freeing;
-  int dispatching; /* replies are being handled: calls they make are sent together after */
+  uv_prepare_t *flusher; /* armed while calls wait: sends them all before the loop polls */
 };
 
 static size_t fail_all(ep_client *c) {
@@ -215,7 +215,6 @@ static void go_down(ep_client *c) {
   }
   c->out_tail = NULL;
   c->in_len = 0;
-  c->dispatching = 0;
   if (c->pid > 0) kill(c->pid, SIGKILL); /* a process that broke the protocol is not trusted */
   reap(c, 0);
   size_t failed = fail_all(c);
@@ -299,7 +298,6 @@ static void on_readable(ep_client *c) {
     c->in_len += (size_t)r;
   }
   size_t off = 0;
-  c->dispatching = 1;
   while (c->in_len - off >= 4) {
     uint32_t l = evs_ep_get_u32(c->in + off);
     if (l > EVS_EP_MAX_MESSAGE || l < EVS_EP_HEADER_LEN - 4) {
@@ -311,8 +309,6 @@ static void on_readable(ep_client *c) {
     if (c->fd < 0) return; /* went down while dispatching */
     off += 4 + l;
   }
-  c->dispatching = 0;
-  if (c->out_head) on_writable(c);
   if (c->fd < 0) return;
   if (off) {
     memmove(c->in, c->in + off, c->in_len - off);
@@ -391,6 +387,12 @@ static void on_hello(void *arg, int status, const ep_item *items, size_t nitems)
   if (c->on_up) c->on_up(c->on_up_arg);
 }
 
+static void on_flush(uv_prepare_t *h) {
+  ep_client *c = h->data;
+  uv_prepare_stop(h);
+  if (c->fd >= 0 && c->out_head) on_writable(c);
+}
+
 static int enqueue(ep_client *c, uint8_t *buf, size_t len) {
   ep_out *o = calloc(1, sizeof *o);
   if (!o) return -ENOMEM;
@@ -401,9 +403,9 @@ static int enqueue(ep_client *c, uint8_t *buf, size_t len) {
   else
     c->out_head = o;
   c->out_tail = o;
-  /* Try at once (leftovers wait for POLLOUT), unless replies are being handled: then what
-   * their callbacks send goes out in one system call when they are done. */
-  if (!c->dispatching) on_writable(c);
+  /* Sent just before the loop next waits for events: the calls that this turn's callbacks
+   * make (many requests', under load) go out in one system call and wake the enclave once. */
+  if (!uv_is_active((uv_handle_t *)c->flusher)) uv_prepare_start(c->flusher, on_flush);
   return 0;
 }
 
@@ -564,19 +566,23 @@ int ep_client_new(uv_loop_t *loop, const ep_client_config *cfg, ep_client **ret)
   c->credentials_dir = cfg->credentials_dir ? strdup(cfg->credentials_dir) : NULL;
   c->sweep = calloc(1, sizeof *c->sweep);
   c->restart = calloc(1, sizeof *c->restart);
+  c->flusher = calloc(1, sizeof *c->flusher);
   if (!c->binary || !c->seal_key || (cfg->credentials_dir && !c->credentials_dir) || !c->sweep ||
-      !c->restart) {
+      !c->restart || !c->flusher) {
     free(c->binary);
     free(c->seal_key);
     free(c->credentials_dir);
     free(c->sweep);
     free(c->restart);
+    free(c->flusher);
     free(c);
     return -ENOMEM;
   }
   uv_timer_init(loop, c->sweep);
   uv_timer_init(loop, c->restart);
-  c->sweep->data = c->restart->data = c;
+  uv_prepare_init(loop, c->flusher);
+  c->sweep->data = c->restart->data = c->flusher->data = c;
+  uv_unref((uv_handle_t *)c->flusher);
   uv_unref((uv_handle_t *)c->sweep);
   uv_unref((uv_handle_t *)c->restart);
   int r = spawn(c);
@@ -607,6 +613,8 @@ void ep_client_free(ep_client *c) {
   uv_timer_stop(c->restart);
   uv_close((uv_handle_t *)c->sweep, close_free);
   uv_close((uv_handle_t *)c->restart, close_free);
+  uv_prepare_stop(c->flusher);
+  uv_close((uv_handle_t *)c->flusher, close_free);
   fail_all(c);
   if (pid > 0) {
     /* Give it a moment to wipe its memory, then make sure. */
