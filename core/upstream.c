@@ -871,6 +871,10 @@ static void proxy_connected(upclient *cl, int status) {
     return;
   }
   uv_timer_stop(&px->timer);
+  /* The head and what body is at hand leave in one write. A failure below closes the
+   * connection, which drops what was gathered. */
+  upconn *u = px->uc;
+  evs__io_cork(u->io);
   if (send_head(px) < 0) {
     proxy_fail(px, -EPIPE);
     return;
@@ -887,6 +891,7 @@ static void proxy_connected(upclient *cl, int status) {
   } else if (!px->req_body_sent) {
     evs__request_body_attach(req, &proxy_sink, px);
   }
+  if (px->uc == u) evs__io_uncork(u->io);
 }
 
 static int client_emit(void *arg, const char *d, size_t n) {
