@@ -23,9 +23,9 @@ def arg_parser(prog):
     ap.add_argument("--pin", dest="pin", action="store_true", default=None)
     ap.add_argument("--no-pin", dest="pin", action="store_false")
     ap.add_argument("--ev-pool-idle", type=int, default=64)
-    ap.add_argument("--ev-transaction-log", choices=("on", "off"), default="on",
-                    help="relay-inbound's per-request record in the store (default on, as "
-                         "shipped; nginx runs with access_log off)")
+    ap.add_argument("--ev-transaction-log", choices=("on", "off"), default="off",
+                    help="relay-inbound's per-request record in the store (default off, as "
+                         "nginx runs with access_log off; on: as shipped)")
     ap.add_argument("--max-other", type=float, default=30)
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--markdown", action="store_true")
