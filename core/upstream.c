@@ -530,8 +530,7 @@ struct evs__proxy {
 
 static void proxy_finish(evs__proxy *px);
 
-static void proxy_timer_closed(uv_handle_t *h) {
-  evs__proxy *px = h->data;
+static void proxy_free(evs__proxy *px) {
   free(px->source_buf);
   free(px->rp.head);
   free(px->scheme);
@@ -542,6 +541,10 @@ static void proxy_timer_closed(uv_handle_t *h) {
   free(px->cert_file);
   free(px->key_file);
   free(px);
+}
+
+static void proxy_timer_closed(uv_handle_t *h) {
+  proxy_free(h->data);
 }
 
 static void proxy_fail(evs__proxy *px, int err) {
@@ -1060,14 +1063,7 @@ int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_f
   px->cert_file = up->client_cert_file ? strdup(up->client_cert_file) : NULL;
   px->key_file = up->client_key_file ? strdup(up->client_key_file) : NULL;
   if (!px->scheme || !px->host || !px->host_header) { /* send_head needs them */
-    free(px->scheme);
-    free(px->host);
-    free(px->sni);
-    free(px->host_header);
-    free(px->ca_file);
-    free(px->cert_file);
-    free(px->key_file);
-    free(px);
+    proxy_free(px);
     return -ENOMEM;
   }
   if (up->size >= offsetof(evs_upstream, body_source_len) + sizeof(uint64_t) && up->body_source) {

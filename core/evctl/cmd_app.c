@@ -155,16 +155,23 @@ static void show_locked(const evctl_ctx *ctx, json_t *o) {
          json_integer_value(json_object_get(o, "workers")));
 }
 
-int evctl_cmd_app_lock(const evctl_ctx *ctx, int argc, char **argv) {
+/* The commands whose only argument is an app id: METHOD /apps/<appId>/<what>, then show. */
+static int app_call(const evctl_ctx *ctx, const char *cmd, int argc, char **argv,
+                    const char *method, const char *what,
+                    void (*show)(const evctl_ctx *, json_t *)) {
   const char *pos[1];
-  int np, rc = parse_args("app lock", argc, argv, NULL, 0, pos, 1, 1, &np);
+  int np, rc = parse_args(cmd, argc, argv, NULL, 0, pos, 1, 1, &np);
   if (rc) return rc;
-  if (!valid_id(pos[0], "app_")) return evctl_usage_error("app lock", "'%s' is not an app id", pos[0]);
+  if (!valid_id(pos[0], "app_")) return evctl_usage_error(cmd, "'%s' is not an app id", pos[0]);
   char path[96];
-  snprintf(path, sizeof path, "/apps/%s/lock", pos[0]);
+  snprintf(path, sizeof path, "/apps/%s/%s", pos[0], what);
   json_t *obj;
-  if (evctl_admin_call(ctx, "POST", path, NULL, &obj) < 0) return EVCTL_EXIT_ERROR;
-  return done(ctx, obj, show_locked);
+  if (evctl_admin_call(ctx, method, path, NULL, &obj) < 0) return EVCTL_EXIT_ERROR;
+  return done(ctx, obj, show);
+}
+
+int evctl_cmd_app_lock(const evctl_ctx *ctx, int argc, char **argv) {
+  return app_call(ctx, "app lock", argc, argv, "POST", "lock", show_locked);
 }
 
 int evctl_cmd_app_unlock(const evctl_ctx *ctx, int argc, char **argv) {
@@ -248,15 +255,7 @@ static void show_keys(const evctl_ctx *ctx, json_t *o) {
 }
 
 int evctl_cmd_key_list(const evctl_ctx *ctx, int argc, char **argv) {
-  const char *pos[1];
-  int np, rc = parse_args("key list", argc, argv, NULL, 0, pos, 1, 1, &np);
-  if (rc) return rc;
-  if (!valid_id(pos[0], "app_")) return evctl_usage_error("key list", "'%s' is not an app id", pos[0]);
-  char path[96];
-  snprintf(path, sizeof path, "/apps/%s/keys", pos[0]);
-  json_t *obj;
-  if (evctl_admin_call(ctx, "GET", path, NULL, &obj) < 0) return EVCTL_EXIT_ERROR;
-  return done(ctx, obj, show_keys);
+  return app_call(ctx, "key list", argc, argv, "GET", "keys", show_keys);
 }
 
 static void show_revoked(const evctl_ctx *ctx, json_t *o) {
