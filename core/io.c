@@ -55,6 +55,29 @@ static void on_write_done(uv_write_t *req, int status) {
     io->on_drain(io);
 }
 
+/* Cork buffers of the first size are kept for reuse (a few per thread): nearly every response
+ * is gathered once, and a 4 KiB malloc and free per response showed in profiles. */
+#define CORK_FIRST 4096
+#define CORK_SPARES 8
+static __thread write_req *cork_spare[CORK_SPARES];
+static __thread int cork_spares;
+
+static write_req *cork_get(void) {
+  write_req *w = cork_spares ? cork_spare[--cork_spares] : malloc(sizeof *w + CORK_FIRST);
+  if (w) {
+    w->len = 0;
+    w->cap = CORK_FIRST;
+  }
+  return w;
+}
+
+static void cork_put(write_req *w) {
+  if (w && w->cap == CORK_FIRST && cork_spares < CORK_SPARES)
+    cork_spare[cork_spares++] = w;
+  else
+    free(w);
+}
+
 static int raw_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
   size_t total = 0;
   for (size_t i = 0; i < nbufs; i++) total += bufs[i].len;
@@ -68,10 +91,11 @@ static int raw_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
     if (r < 0 || total > EVS_IO_CORK_MAX) return r;
   }
   if (io->corked) {
+    if (!io->cork && !(io->cork = cork_get())) return UV_ENOMEM;
     write_req *c = io->cork;
-    size_t have = c ? c->len : 0;
-    if (!c || have + total > c->cap) {
-      size_t cap = c ? c->cap * 2 : 4096;
+    size_t have = c->len;
+    if (have + total > c->cap) {
+      size_t cap = c->cap * 2;
       if (cap < have + total) cap = have + total;
       write_req *nc = realloc(c, sizeof *nc + cap);
       if (!nc) return UV_ENOMEM;
@@ -294,7 +318,7 @@ int evs__io_uncork(evs__io *io) {
     uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
     r = raw_write(io, &b, 1);
   }
-  free(w);
+  cork_put(w);
   return r;
 }
 
@@ -370,7 +394,7 @@ void evs__io_close(evs__io *io) {
   if (io->closing) return;
   if (io->cork) {
     io->write_queued -= io->cork->len;
-    free(io->cork);
+    cork_put(io->cork);
     io->cork = NULL;
   }
   io->corked = 0;

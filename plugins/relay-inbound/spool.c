@@ -41,7 +41,7 @@ int relay_spool_write(relay_spool *s, const void *data, size_t len) {
   if (len == 0) return 0;
   if (s->fd < 0 && s->mem_len + len <= s->mem_max) {
     if (s->mem_len + len > s->mem_cap) {
-      size_t ncap = s->mem_cap ? s->mem_cap * 2 : 4096;
+      size_t ncap = s->mem_cap ? s->mem_cap * 2 : 512; /* small bodies: a small (cached) chunk */
       while (ncap < s->mem_len + len) ncap *= 2;
       if (ncap > s->mem_max) ncap = s->mem_max;
       uint8_t *nm = realloc(s->mem, ncap);
