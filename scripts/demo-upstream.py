@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """The demo destination: an HTTP server on 127.0.0.1:9000 that echoes what it received, so a
-request through the relay shows exactly what the destination saw (method, path, headers, body)."""
+request through the relay shows exactly what the destination saw (method, path, headers, body as
+text). A JSON body is also echoed as JSON ("json"): its ev: strings are values the relay decrypts
+on the way back, so the client gets them in plaintext, as the Getting Started describes."""
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,12 +15,17 @@ class Echo(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         sys.stderr.write("demo-upstream: received %s\n" % body.decode("utf-8", "replace")[:500])
-        out = json.dumps({
+        echo = {
             "method": self.command,
             "path": self.path,
             "headers": {k: v for k, v in self.headers.items()},
             "body": body.decode("utf-8", "replace"),
-        }, indent=2).encode() + b"\n"
+        }
+        try:
+            echo["json"] = json.loads(body)
+        except ValueError:
+            pass
+        out = json.dumps(echo, indent=2).encode() + b"\n"
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
