@@ -442,9 +442,6 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->host = host;
   st->plugin = plugin;
   st->parked_tail = &st->parked;
-  st->unlocking = 1; /* released by the first enclave's unlocks, or the deadline */
-  st->first_unlock_deadline =
-      host->timer_start(plugin, ENC_FIRST_UNLOCK_MS, 0, first_unlock_overdue, st);
   const char *binary = host->config_string(plugin, "enclave_binary");
   const char *seal = host->config_string(plugin, "seal_key");
   const char *creds = host->config_string(plugin, "credentials_dir");
@@ -482,6 +479,11 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
               "%s is not installed (%s): apps, keys and the encrypt/decrypt API are disabled; "
               "set enclave_binary in the [plugin \"enclave\"] section to enable them",
               binary, strerror(e));
+  }
+  if (!st->disabled) {
+    st->unlocking = 1; /* released by the first enclave's unlocks, or the deadline */
+    st->first_unlock_deadline =
+        host->timer_start(plugin, ENC_FIRST_UNLOCK_MS, 0, first_unlock_overdue, st);
   }
   int r = host->register_crypto_provider(plugin, provider);
   if (r == 0) r = host->add_hook(plugin, EVS_PHASE_ROUTE, route);
