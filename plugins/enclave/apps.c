@@ -200,16 +200,21 @@ static void on_created_fanout(void *arg, size_t workers, size_t ok) {
   enc_reply_json(x, 201, out);
 }
 
+/* Sends the token to every other worker's enclave, then wipes it here. 0: done runs later. */
+static int fanout_token(enc_ctx *x, evs_node_done_fn done) {
+  x->pending = 1;
+  int r = enc_node_fanout(x->st, x->app_id, x->token, done, x);
+  drop_token(x);
+  if (r != 0) x->pending = 0;
+  return r;
+}
+
 static void on_created_unlocked(void *arg, int status, const ep_item *it, size_t n) {
   enc_ctx *x = arg;
   if (!enc_ctx_resume(x)) return;
   if (status == 0) {
     /* The new app works in every worker at once: the other enclaves unlock it too. */
-    x->pending = 1;
-    int r = enc_node_fanout(x->st, x->app_id, x->token, on_created_fanout, x);
-    drop_token(x);
-    if (r == 0) return;
-    x->pending = 0;
+    if (fanout_token(x, on_created_fanout) == 0) return;
   }
   json_t *out = x->body_obj;
   x->body_obj = NULL;
@@ -374,11 +379,7 @@ static void on_unlocked(void *arg, int status, const ep_item *it, size_t n) {
   if (!enc_ctx_resume(x)) return;
   if (status == 0) {
     /* This enclave accepted the token, so it is right: now every other worker's enclave. */
-    x->pending = 1;
-    int r = enc_node_fanout(x->st, x->app_id, x->token, on_node_done, x);
-    drop_token(x);
-    if (r == 0) return;
-    x->pending = 0;
+    if (fanout_token(x, on_node_done) == 0) return;
     enc_audit(x->st, "admin", x->app_id, "app.unlock", 0, "partial");
     enc_reply_error(x, 500, "internal-error", "The other workers could not be reached");
     return;
