@@ -40,6 +40,7 @@
 typedef struct child {
   pid_t pid;
   int slot;
+  int rank; /* k for the k-th worker of its generation; a replacement inherits it */
   unsigned generation;
   int ctl; /* master's end of the worker's node channel, -1 when closed */
 } child;
@@ -57,6 +58,8 @@ typedef struct master {
   uint64_t watchdog_usec;
   int stopping;
   int sigfd;
+  evs__kept_fd kept[EVS__KEPT_MAX]; /* descriptors plugins keep per rank (keep_fd) */
+  size_t nkept;
 } master;
 
 static uint64_t now_ms(void) {
@@ -255,7 +258,7 @@ static void drop_privileges(const evs__settings *s) {
 }
 
 /* Fork one worker; returns the read end of its ready pipe, or -1. */
-static int spawn(master *m, int slot, int first) {
+static int spawn(master *m, int slot, int rank, int first) {
   int p[2], ctl[2];
   if (pipe2(p, O_CLOEXEC) < 0) return -1;
   /* The node channel (node.c): without it the worker still serves, but alone. */
@@ -279,16 +282,22 @@ static int spawn(master *m, int slot, int first) {
     if (m->sigfd >= 0) close(m->sigfd);
     /* A listener that moved must not stay open (and unanswered) in the new generation. */
     for (size_t i = 0; i < m->nstale; i++) close(m->stale_socks[i].fd);
+    /* Kept descriptors: this rank's go to the worker, any other rank's must not. */
+    size_t nkept = 0;
+    for (size_t i = 0; i < m->nkept; i++) {
+      if (m->kept[i].rank == rank) m->kept[nkept++] = m->kept[i];
+      else close(m->kept[i].fd);
+    }
     drop_privileges(m->settings);
-    _exit(evs__worker_run(m->settings, m->socks, m->nsocks, slot, m->generation, m->nworkers, first,
-                          p[1], ctl[1]));
+    _exit(evs__worker_run(m->settings, m->socks, m->nsocks, slot, rank, m->generation, m->nworkers,
+                          first, p[1], ctl[1], m->kept, nkept));
   }
   close(p[1]);
   if (ctl[1] >= 0) {
     close(ctl[1]);
     fcntl(ctl[0], F_SETFL, O_NONBLOCK);
   }
-  m->children[slot] = (child){pid, slot, m->generation, ctl[0]};
+  m->children[slot] = (child){pid, slot, rank, m->generation, ctl[0]};
   return p[0];
 }
 
@@ -299,19 +308,82 @@ static void close_ctl(child *c) {
   c->ctl = -1;
 }
 
+static void kept_drop(master *m, size_t i) {
+  close(m->kept[i].fd);
+  m->kept[i] = m->kept[--m->nkept];
+}
+
+/* KEEP from a worker: hold fd (or, when fd < 0, drop) for the worker's rank under plugin/name.
+ * Only the current generation keeps: a draining worker's successor already has the rank. */
+static void keep_fd(master *m, const child *from, const evs__node_hdr *h, const uint8_t *name,
+                    size_t len, int fd) {
+  if (from->generation != m->generation || len == 0 || len >= sizeof m->kept[0].name) {
+    if (fd >= 0) close(fd);
+    return;
+  }
+  char nm[sizeof m->kept[0].name];
+  memcpy(nm, name, len);
+  nm[len] = 0;
+  for (size_t i = 0; i < m->nkept; i++)
+    if (m->kept[i].rank == from->rank && strcmp(m->kept[i].plugin, h->plugin) == 0 &&
+        strcmp(m->kept[i].name, nm) == 0) {
+      kept_drop(m, i);
+      break;
+    }
+  if (fd < 0) return;
+  if (m->nkept == EVS__KEPT_MAX) {
+    EVS_LOG_WARN("EVS-1621", "plugin %s: too many kept descriptors; not keeping %s", h->plugin, nm);
+    close(fd);
+    return;
+  }
+  evs__kept_fd *k = &m->kept[m->nkept++];
+  k->rank = from->rank;
+  snprintf(k->plugin, sizeof k->plugin, "%s", h->plugin);
+  snprintf(k->name, sizeof k->name, "%s", nm);
+  k->fd = fd;
+}
+
 /* One datagram from the worker in `slot`. The payload may be secret (an app token on its way to
  * every enclave): it is passed on at once, never logged, and the buffer is wiped. */
 static void relay_node(master *m, int slot) {
   static uint8_t buf[EVS__NODE_DGRAM_MAX];
   child *from = &m->children[slot];
-  ssize_t n = recv(from->ctl, buf, sizeof buf, MSG_DONTWAIT);
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int) * 4)];
+  } cm;
+  struct iovec iov = {buf, sizeof buf};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+                      .msg_controllen = sizeof cm.buf};
+  ssize_t n = recvmsg(from->ctl, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
     close_ctl(from);
     return;
   }
-  if (n < (ssize_t)sizeof(evs__node_hdr)) return;
+  if (n < 0) return;
+  int fd = -1; /* the first descriptor passed (KEEP); any other is closed */
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < nfd; i++) {
+      int f;
+      memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+      if (fd < 0) fd = f;
+      else close(f);
+    }
+  }
   evs__node_hdr h;
+  if (n < (ssize_t)sizeof h) {
+    if (fd >= 0) close(fd);
+    return;
+  }
   memcpy(&h, buf, sizeof h);
+  h.plugin[sizeof h.plugin - 1] = 0;
+  if (h.type == EVS__NODE_KEEP) {
+    keep_fd(m, from, &h, buf + sizeof h, (size_t)n - sizeof h, fd);
+    return;
+  }
+  if (fd >= 0) close(fd);
   if (h.type == EVS__NODE_BCAST) {
     h.origin = slot; /* a worker cannot answer in another's name */
     memcpy(buf, &h, sizeof h);
@@ -345,7 +417,7 @@ static int spawn_generation(master *m, int *ret_degraded) {
   for (int i = 0; i < m->nworkers; i++) {
     int slot = free_slot(m);
     if (slot < 0) break;
-    int fd = spawn(m, slot, i == 0);
+    int fd = spawn(m, slot, i, i == 0);
     if (fd >= 0) fds[n++] = fd;
   }
   int ready = 0, degraded = 0;
@@ -407,7 +479,7 @@ static void reap(master *m) {
         static uint64_t last_restart;
         if (now_ms() - last_restart < 1000) usleep(500 * 1000);
         last_restart = now_ms();
-        int fd = spawn(m, i, 0);
+        int fd = spawn(m, i, c->rank, 0);
         if (fd >= 0) close(fd);
       } else if (!clean) {
         EVS_LOG_WARN("EVS-1604", "worker %d of generation %u exited with %s %d", (int)pid,
@@ -562,6 +634,8 @@ static void reload(master *m, const char *conf_path) {
   }
   /* Old workers stop accepting only now that new ones are listening. */
   signal_generation(m, SIGQUIT, 1);
+  for (size_t i = m->nkept; i-- > 0;) /* ranks this generation does not have */
+    if (m->kept[i].rank >= m->nworkers) kept_drop(m, i);
   close_sockets(old_socks, old_n);
   evs__settings_free(old_settings);
   evs__metrics_region *r = evs__metrics_region_get();
@@ -622,7 +696,7 @@ int evs__main(int argc, char **argv) {
   setrlimit(RLIMIT_CORE, &rl);
   prctl(PR_SET_DUMPABLE, 0);
 
-  master m;
+  static master m; /* large (kept descriptors): not on the stack */
   memset(&m, 0, sizeof m);
   if (load_config(conf_path, &m.settings, test_only) < 0) return 1;
   if (test_only) {
@@ -657,6 +731,9 @@ int evs__main(int argc, char **argv) {
     return 1;
   }
   for (int i = 0; i < EVS_METRICS_SLOTS; i++) m.children[i].ctl = -1;
+  /* Processes a worker started and left behind when it exited (enclaves kept for its successor,
+   * keep_fd) become the master's children, so they are reaped here and waited for at stop. */
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
   if (evs__metrics_init() < 0 || prepare_state_dir(m.settings) < 0) return 1;
   char err[1024];
   if (open_sockets(m.settings, NULL, 0, &m.socks, &m.nsocks, err, sizeof err) < 0) {
@@ -723,6 +800,14 @@ int evs__main(int argc, char **argv) {
         stop_deadline = now_ms() + 5000;
       }
     }
+  }
+  /* Closing the kept descriptors lets the processes they reach (enclaves) see EOF and exit;
+   * they are our children now (subreaper): wait a little for them to wipe and go. */
+  while (m.nkept) kept_drop(&m, m.nkept - 1);
+  for (uint64_t until = now_ms() + 3000; now_ms() < until;) {
+    pid_t r = waitpid(-1, NULL, WNOHANG);
+    if (r < 0) break; /* ECHILD: none left */
+    if (r == 0) usleep(10000);
   }
   unlink(m.settings->admin_socket);
   close_sockets(m.socks, m.nsocks);

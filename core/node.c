@@ -234,3 +234,70 @@ void evs__node_reply(evs_node_msg *m, int status) {
     EVS_LOG_WARN("EVS-1507", "cannot answer a node message of plugin %s", m->plugin);
   free(m);
 }
+
+/* ---- kept descriptors (ABI keep_fd / kept_fd) ----------------------------------------------
+ * The master holds them per rank and hands a rank's to each worker it forks for that rank
+ * (master.c, spawn); here a plugin takes its own in init, and the rest are closed. */
+
+static int kept_name_valid(const char *name) {
+  size_t n = 0;
+  for (; name && name[n]; n++) {
+    char c = name[n];
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_')) return 0;
+  }
+  return n >= 1 && n <= 63;
+}
+
+int evs__node_keep_fd(evs__plugin_rec *p, const char *name, int fd) {
+  evs__worker *w = evs__w;
+  if (!kept_name_valid(name)) return -EINVAL;
+  if (strlen(p->name) >= sizeof ((evs__node_hdr *)0)->plugin) return -ENAMETOOLONG;
+  if (w->ctl_fd < 0) return -ENOTCONN;
+  if (w->draining) return -EPERM; /* a successor of this rank already runs */
+  evs__node_hdr h;
+  memset(&h, 0, sizeof h);
+  h.type = EVS__NODE_KEEP;
+  strcpy(h.plugin, p->name);
+  struct iovec iov[2] = {{&h, sizeof h}, {(void *)name, strlen(name)}};
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } cm;
+  struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
+  if (fd >= 0) {
+    memset(&cm, 0, sizeof cm);
+    mh.msg_control = cm.buf;
+    mh.msg_controllen = sizeof cm.buf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
+  ssize_t n = sendmsg(w->ctl_fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+  return n == (ssize_t)(sizeof h + strlen(name)) ? 0 : n < 0 ? -errno : -EIO;
+}
+
+int evs__node_kept_fd(evs__plugin_rec *p, const char *name) {
+  evs__worker *w = evs__w;
+  if (!p->in_init) return -EPERM;
+  if (!kept_name_valid(name)) return -EINVAL;
+  for (size_t i = 0; i < w->nkept; i++) {
+    evs__kept_fd *k = &w->kept[i];
+    if (k->fd >= 0 && strcmp(k->plugin, p->name) == 0 && strcmp(k->name, name) == 0) {
+      int fd = k->fd;
+      k->fd = -1;
+      return fd;
+    }
+  }
+  return -ENOENT;
+}
+
+void evs__node_kept_close_rest(evs__worker *w) {
+  for (size_t i = 0; i < w->nkept; i++)
+    if (w->kept[i].fd >= 0) {
+      close(w->kept[i].fd);
+      w->kept[i].fd = -1;
+    }
+  w->nkept = 0;
+}

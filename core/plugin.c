@@ -831,6 +831,11 @@ static int h_node_broadcast(evs_plugin *p, const uint8_t *msg, size_t len, uint6
   return evs__node_broadcast(rec(p), msg, len, timeout_ms, done, arg);
 }
 
+static int h_keep_fd(evs_plugin *p, const char *name, int fd) {
+  return evs__node_keep_fd(rec(p), name, fd);
+}
+static int h_kept_fd(evs_plugin *p, const char *name) { return evs__node_kept_fd(rec(p), name); }
+
 /* The auxiliary store: a second evs__store handle per plugin, opened in its init. */
 static int h_aux_store_open(evs_plugin *p, const char *location) {
   evs__plugin_rec *r = rec(p);
@@ -931,6 +936,8 @@ static const evs_host host_table = {
     .aux_store_get = h_aux_store_get,
     .aux_store_put = h_aux_store_put,
     .aux_store_delete = h_aux_store_delete,
+    .keep_fd = h_keep_fd,
+    .kept_fd = h_kept_fd,
 };
 
 /* read_body: collect the whole body (bounded) and hand it over on the next loop turn. */

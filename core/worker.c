@@ -67,8 +67,8 @@ static void close_walk(uv_handle_t *h, void *arg) {
 }
 
 int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsocks, int slot,
-                    unsigned generation, int nworkers, int first_of_generation, int ready_fd,
-                    int ctl_fd) {
+                    int rank, unsigned generation, int nworkers, int first_of_generation,
+                    int ready_fd, int ctl_fd, evs__kept_fd *kept, size_t nkept) {
   static evs__worker worker;
   evs__worker *w = &worker;
   evs__w = w;
@@ -90,6 +90,9 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
   w->socks = socks;
   w->nsocks = nsocks;
   w->slot = slot;
+  w->rank = rank;
+  w->kept = kept;
+  w->nkept = nkept;
   w->generation = generation;
   w->nworkers = nworkers;
   w->ready_fd = ready_fd;
@@ -122,6 +125,7 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
     return 1;
   }
   evs__plugins_load(w);
+  evs__node_kept_close_rest(w);
   if (evs__node_start(w) < 0)
     EVS_LOG_WARN("EVS-1508", "node channel unavailable: plugins reach only this worker");
   if (evs__server_listen(w) < 0) {

@@ -43,6 +43,15 @@ typedef struct evs__hook {
   evs_hook_fn fn;
 } evs__hook;
 
+/* A descriptor the master keeps for a rank (ABI keep_fd/kept_fd; node.c, master.c). */
+typedef struct evs__kept_fd {
+  int rank;
+  char plugin[64];
+  char name[64];
+  int fd;
+} evs__kept_fd;
+#define EVS__KEPT_MAX 256 /* per node */
+
 typedef struct evs__worker {
   uv_loop_t *loop;
   const evs__settings *settings;
@@ -50,6 +59,7 @@ typedef struct evs__worker {
   size_t nsocks;
   evs__listener *listeners;
   int slot;                  /* metrics slot */
+  int rank;                  /* place in the generation, inherited by replacements (keep_fd) */
   unsigned generation;
   int nworkers;
   evs__conn *conns;          /* all open client connections */
@@ -70,6 +80,8 @@ typedef struct evs__worker {
   uint64_t started_ms;
   int ready_fd;              /* pipe to the master: one byte when ready */
   int ctl_fd;                /* node channel to the master (node.c), -1 when none */
+  evs__kept_fd *kept;        /* this rank's kept descriptors, until plugins take them in init */
+  size_t nkept;
   int first_of_generation;   /* logs what every worker of the generation would log alike */
   int plugin_init_failures;  /* plugins whose init returned an error */
 } evs__worker;
@@ -164,8 +176,8 @@ void evs__server_free_tls(evs__worker *w);
 int evs__worker_check_plugins(const evs__settings *s);
 /* Run a worker process until it has drained; returns the exit status. */
 int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsocks, int slot,
-                    unsigned generation, int nworkers, int first_of_generation, int ready_fd,
-                    int ctl_fd);
+                    int rank, unsigned generation, int nworkers, int first_of_generation,
+                    int ready_fd, int ctl_fd, evs__kept_fd *kept, size_t nkept);
 void evs__server_close_all(evs__worker *w);
 
 /* Responses. content_length < 0: unknown (chunked to HTTP/1.1 clients, close-delimited to 1.0).
@@ -246,6 +258,8 @@ void evs__request_free_pdata(evs_request *req);
  * and tells the sender how many it reached (COUNT); receivers answer with a REPLY addressed to
  * the sender's slot. Payloads may be secret: every buffer that held one is wiped. */
 enum { EVS__NODE_BCAST = 1, EVS__NODE_COUNT = 2, EVS__NODE_REPLY = 3 };
+/* KEEP (worker to master): payload = the name; one descriptor as SCM_RIGHTS, or none to drop. */
+enum { EVS__NODE_KEEP = 4 };
 typedef struct evs__node_hdr {
   uint8_t type;
   uint8_t pad[3];
@@ -262,6 +276,10 @@ void evs__node_stop(evs__worker *w);
 int evs__node_broadcast(evs__plugin_rec *p, const uint8_t *msg, size_t len, uint64_t timeout_ms,
                         evs_node_done_fn done, void *arg);
 void evs__node_reply(evs_node_msg *m, int status);
+int evs__node_keep_fd(evs__plugin_rec *p, const char *name, int fd);
+int evs__node_kept_fd(evs__plugin_rec *p, const char *name);
+/* Closes the kept descriptors no plugin took (after init). */
+void evs__node_kept_close_rest(evs__worker *w);
 
 /* ---- admin.c ----------------------------------------------------------------------------- */
 /* Serve a request that arrived on the admin socket. */

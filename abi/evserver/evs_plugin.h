@@ -48,6 +48,10 @@
  *        many acted on it (the enclave plugin's node-wide app unlock); an auxiliary store
  *        (aux_store_open/get/put/delete) in a separately configured location, for data that
  *        must not sit in the same store as the rest (the enclave's second key share).
+ *   1.3  kept descriptors (keep_fd, kept_fd): the master holds a descriptor for the worker's
+ *        rank, so the worker that replaces it (after a reload or a crash) picks it up; the
+ *        enclave plugin keeps a connection to its enclave this way, so the enclave and the
+ *        apps unlocked in it outlive the worker.
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -61,7 +65,7 @@ extern "C" {
 
 #define EVS_PLUGIN_MAGIC 0x50535645u /* "EVSP" little-endian */
 #define EVS_ABI_MAJOR 1
-#define EVS_ABI_MINOR 2
+#define EVS_ABI_MINOR 3
 
 /* Error codes beyond errno. */
 #define EVS_EUPSTREAM_REFUSED (-10001) /* upstream refused the connection */
@@ -451,6 +455,20 @@ typedef struct evs_host {
   int (*aux_store_put)(evs_plugin *p, const char *key, const uint8_t *value, size_t value_len,
                        evs_store_cb cb, void *arg);
   int (*aux_store_delete)(evs_plugin *p, const char *key, evs_store_cb cb, void *arg);
+
+  /* ---- ABI 1.3 ---- */
+  /* Kept descriptors. A worker has a rank in the node: the k-th worker of a generation has rank
+   * k, and so have the worker that replaces it after a crash and the k-th worker of the next
+   * generation (reload). keep_fd hands a duplicate of fd to the master, which holds it for this
+   * plugin and rank under name ([a-z0-9_-]{1,63}), replacing what was kept under that name;
+   * fd < 0 drops it. The master never reads or writes it; it closes it when the node stops or
+   * when a reload leaves the rank with no worker. Only the current generation may keep: keep_fd
+   * in a draining worker returns -EPERM. -ENOTCONN when there is no master (evserver -t).
+   * kept_fd (init only) returns what a predecessor of this rank kept under name, now owned by
+   * the caller (close it), or -ENOENT; the master keeps its own copy. Descriptors no plugin
+   * took in init are closed after init. */
+  int (*keep_fd)(evs_plugin *p, const char *name, int fd);
+  int (*kept_fd)(evs_plugin *p, const char *name);
 } evs_host;
 
 #ifdef __cplusplus

@@ -4,7 +4,10 @@
  * plugin's name and payload; done runs once with the COUNT and the replies (or at the timeout,
  * counting missing replies as failed); an incoming BCAST reaches the subscribed plugin, whose
  * reply goes back to the sender's slot; one for a plugin without a subscriber is answered
- * -ENOSYS; without a channel done runs on the next turn with 0, 0.
+ * -ENOSYS; without a channel done runs on the next turn with 0, 0. keep_fd sends a KEEP datagram
+ * carrying the name and a duplicate descriptor (none to drop), refused while draining or with a
+ * bad name; kept_fd hands a plugin its own kept descriptor once, in init only, and the rest are
+ * closed after init.
  */
 #include <setjmp.h> /* cmocka needs these first */
 #include <stdarg.h>
@@ -172,6 +175,84 @@ static void test_alone(void **state) {
   assert_int_equal(done_ok, 0);
 }
 
+/* The master's side of a KEEP: header, name and the descriptor that came with it (or -1). */
+static ssize_t recv_keep(evs__node_hdr *h, char *name, size_t cap, int *fd) {
+  uint8_t buf[256];
+  union {
+    struct cmsghdr align;
+    char b[CMSG_SPACE(sizeof(int))];
+  } cm;
+  struct iovec iov = {buf, sizeof buf};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.b,
+                      .msg_controllen = sizeof cm.b};
+  ssize_t n = recvmsg(master_fd, &mh, MSG_DONTWAIT);
+  assert_true(n >= (ssize_t)sizeof *h);
+  memcpy(h, buf, sizeof *h);
+  size_t nl = (size_t)n - sizeof *h < cap - 1 ? (size_t)n - sizeof *h : cap - 1;
+  memcpy(name, buf + sizeof *h, nl);
+  name[nl] = 0;
+  *fd = -1;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+  if (c && c->cmsg_type == SCM_RIGHTS) memcpy(fd, CMSG_DATA(c), sizeof *fd);
+  return n;
+}
+
+static void test_keep_fd(void **state) {
+  int p[2];
+  assert_int_equal(pipe(p), 0);
+  assert_int_equal(evs__node_keep_fd(&plugins[0], "enclave", p[1]), 0);
+  evs__node_hdr h;
+  char name[64];
+  int fd;
+  recv_keep(&h, name, sizeof name, &fd);
+  assert_int_equal(h.type, EVS__NODE_KEEP);
+  assert_string_equal(h.plugin, "enclave");
+  assert_string_equal(name, "enclave");
+  assert_true(fd >= 0 && fd != p[1]); /* a duplicate: the caller keeps its own */
+  assert_int_equal(write(fd, "k", 1), 1);
+  char c = 0;
+  assert_int_equal(read(p[0], &c, 1), 1);
+  assert_int_equal(c, 'k');
+  close(fd);
+  /* fd < 0 drops what was kept: a KEEP without a descriptor. */
+  assert_int_equal(evs__node_keep_fd(&plugins[0], "enclave", -1), 0);
+  recv_keep(&h, name, sizeof name, &fd);
+  assert_int_equal(fd, -1);
+  assert_int_equal(evs__node_keep_fd(&plugins[0], "Bad Name", p[1]), -EINVAL);
+  assert_int_equal(evs__node_keep_fd(&plugins[0], "", p[1]), -EINVAL);
+  w.draining = 1; /* a successor has the rank now */
+  assert_int_equal(evs__node_keep_fd(&plugins[0], "enclave", p[1]), -EPERM);
+  w.draining = 0;
+  evs__node_stop(&w);
+  assert_int_equal(evs__node_keep_fd(&plugins[0], "enclave", p[1]), -ENOTCONN);
+  close(p[0]);
+  close(p[1]);
+}
+
+static void test_kept_fd(void **state) {
+  int a[2], b[2];
+  assert_int_equal(pipe(a), 0);
+  assert_int_equal(pipe(b), 0);
+  evs__kept_fd kept[2] = {{0, "enclave", "enclave", a[1]}, {0, "other", "enclave", b[1]}};
+  w.kept = kept;
+  w.nkept = 2;
+  assert_int_equal(evs__node_kept_fd(&plugins[0], "enclave"), -EPERM); /* init only */
+  plugins[0].in_init = 1;
+  assert_int_equal(evs__node_kept_fd(&plugins[0], "nothing"), -ENOENT);
+  assert_int_equal(evs__node_kept_fd(&plugins[0], "enclave"), a[1]);
+  assert_int_equal(evs__node_kept_fd(&plugins[0], "enclave"), -ENOENT); /* taken once */
+  plugins[0].in_init = 0;
+  /* Another plugin's descriptor is not ours, and is closed after init. */
+  evs__node_kept_close_rest(&w);
+  assert_int_equal(w.nkept, 0);
+  char c;
+  assert_int_equal(read(b[0], &c, 1), 0); /* EOF: its write end is closed */
+  assert_int_equal(write(a[1], "x", 1), 1); /* ours stays open */
+  close(a[0]);
+  close(a[1]);
+  close(b[0]);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_broadcast_counts_replies, setup, teardown),
@@ -179,6 +260,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
       cmocka_unit_test_setup_teardown(test_incoming_message_reaches_subscriber, setup, teardown),
       cmocka_unit_test_setup_teardown(test_alone, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_keep_fd, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_kept_fd, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
