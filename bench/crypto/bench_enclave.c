@@ -234,6 +234,9 @@ static int h_node_broadcast(evs_plugin *p, const uint8_t *msg, size_t len, uint6
   return defer(run_node_done, (void *)done, arg, NULL);
 }
 static void h_node_reply(evs_node_msg *m, int status) {}
+/* One process, no master: nothing is kept, so the enclave ends with the benchmark. */
+static int h_keep_fd(evs_plugin *p, const char *name, int fd) { return -ENOTCONN; }
+static int h_kept_fd(evs_plugin *p, const char *name) { return -ENOENT; }
 
 static void on_timer(uv_timer_t *t) {
   evs_timer *et = (evs_timer *)t;
@@ -330,6 +333,8 @@ static const evs_host host = {
     .aux_store_get = h_aux_store_get,
     .aux_store_put = h_aux_store_put,
     .aux_store_delete = h_aux_store_delete,
+    .keep_fd = h_keep_fd,
+    .kept_fd = h_kept_fd,
 };
 
 /* A ref'd ticker keeps uv_run blocking while the plugin's own handles are unref'd. */

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "enclave_int.h"
@@ -123,7 +124,11 @@ static void migrate_scan(void *arg, int status, const char *key, const uint8_t *
 static void on_enclave_up(void *arg) {
   enclave_state *st = arg;
   st->host->counter_add(st->plugin, "enclave_starts", 1);
-  if (ep_client_starts(st->client) > 1)
+  if (ep_client_adopted(st->client))
+    st->host->log(st->plugin, NULL, EVS_LOG_INFO,
+                  "enclave process %d carried over from this worker's predecessor: its unlocked "
+                  "apps stay unlocked", ep_client_pid(st->client));
+  else if (ep_client_starts(st->client) > 1)
     st->host->log(st->plugin, NULL, EVS_LOG_WARN,
                   "enclave process restarted (pid %d): apps unlocked with evctl are locked in this "
                   "worker until `evctl app unlock` runs again",
@@ -436,6 +441,34 @@ static void state_free(enclave_state *st) {
   free(st);
 }
 
+/* The enclave's spare connection goes to the master, for this worker's successor (a reload's
+ * new worker, or the replacement of a crashed one) to attach to the same enclave. */
+static int keep_spare(void *arg, int fd) {
+  enclave_state *st = arg;
+  if (st->host->abi_minor < 3) return -ENOTSUP;
+  return st->host->keep_fd(st->plugin, "enclave", fd);
+}
+
+/* Names what an enclave is started with: a successor attaches to an enclave only if it would
+ * start the same one (same binary file, sealing key and credentials). Not a secret. */
+static void config_tag(const char *binary, const char *seal, const char *creds, char out[17]) {
+  uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+  struct stat sb;
+  memset(&sb, 0, sizeof sb);
+  (void)stat(binary, &sb);
+  uint64_t ids[] = {(uint64_t)sb.st_dev, (uint64_t)sb.st_ino, (uint64_t)sb.st_size,
+                    (uint64_t)sb.st_mtim.tv_sec, (uint64_t)sb.st_mtim.tv_nsec, EVS_EP_VERSION};
+  const char *strs[] = {binary, seal, creds ? creds : ""};
+  for (size_t i = 0; i < 3; i++)
+    for (const char *p = strs[i];; p++) {
+      h = (h ^ (uint8_t)*p) * 0x100000001b3ull;
+      if (!*p) break;
+    }
+  const uint8_t *b = (const uint8_t *)ids;
+  for (size_t i = 0; i < sizeof ids; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+  snprintf(out, 17, "%016llx", (unsigned long long)h);
+}
+
 static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   enclave_state *st = calloc(1, sizeof *st);
   if (!st) return -ENOMEM;
@@ -516,10 +549,16 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     *ret_state = st;
     return 0;
   }
+  char tag[17];
+  config_tag(binary, st->seal_key, creds, tag);
+  int adopt = host->abi_minor >= 3 ? host->kept_fd(plugin, "enclave") : -1;
   ep_client_config cfg = {
       .binary = binary,
       .seal_key = st->seal_key,
       .credentials_dir = creds,
+      .tag = tag,
+      .adopt_fd = adopt >= 0 ? adopt : -1,
+      .on_spare = keep_spare,
       .request_timeout_ms = (uint64_t)host->config_int(plugin, "request_timeout"),
       .on_up = on_enclave_up,
       .on_up_arg = st,

@@ -27,6 +27,7 @@
 #include "evs_enclave_proto.h"
 
 #define EP_MSG_INITIAL 256
+#define EVS_EP_ATTACH 11 /* TODO(merge): from evs_enclave_proto.h */
 
 /* free() as a close callback: uv_close_cb takes a uv_handle_t *, which free accepts. */
 #define close_free ((uv_close_cb)(void (*)(void))free)
@@ -139,14 +140,19 @@ typedef struct ep_out {
 
 struct ep_client {
   uv_loop_t *loop;
-  char *binary, *seal_key, *credentials_dir;
+  char *binary, *seal_key, *credentials_dir, *tag;
+  int adopt_fd;        /* the first start attaches through it; -1 once used */
+  int (*on_spare)(void *arg, int fd);
+  int adopted;         /* the current connection is to a predecessor's process */
+  int spare_kept;      /* the current process was kept for a successor: it outlives us */
+  int enclave_pid;     /* from HELLO */
   uint64_t timeout_ms;
   ep_up_fn on_up;
   void *on_up_arg;
   void (*on_down)(void *arg, size_t failed);
 
   int fd;              /* our end of the socketpair, -1 when down */
-  pid_t pid;           /* the enclave process, 0 when none */
+  pid_t pid;           /* the enclave process when we started it (our child), else 0 */
   int ready;           /* HELLO answered */
   uint64_t starts;
   uint64_t restart_delay_ms;
@@ -195,8 +201,8 @@ static void reap(ep_client *c, int force) {
 
 static void schedule_restart(ep_client *c);
 
-/* The connection is gone (EOF, error, protocol violation): fail closed, then restart. */
-static void go_down(ep_client *c) {
+/* Closes the connection and fails what waited on it. */
+static size_t drop_conn(ep_client *c) {
   if (c->poll) {
     uv_poll_stop(c->poll);
     uv_close((uv_handle_t *)c->poll, close_free);
@@ -215,9 +221,19 @@ static void go_down(ep_client *c) {
   }
   c->out_tail = NULL;
   c->in_len = 0;
-  if (c->pid > 0) kill(c->pid, SIGKILL); /* a process that broke the protocol is not trusted */
+  c->adopted = 0;
+  c->spare_kept = 0;
+  c->enclave_pid = 0;
+  return fail_all(c);
+}
+
+/* The connection is gone (EOF, error, protocol violation): fail closed, then restart. */
+static void go_down(ep_client *c) {
+  /* A process that broke the protocol is not trusted. One we did not start is left alone: it
+   * loses its spare to the one started next, and ends when its last connection closes. */
+  if (c->pid > 0) kill(c->pid, SIGKILL);
   reap(c, 0);
-  size_t failed = fail_all(c);
+  size_t failed = drop_conn(c);
   if (c->freeing) return;
   schedule_restart(c);
   if (c->on_down) c->on_down(c->on_up_arg, failed);
@@ -379,9 +395,40 @@ static void update_poll(ep_client *c) {
   }
 }
 
+static int spawn(ep_client *c);
+
+/* The value of " key=value" in HELLO's text, or an empty string. */
+static void hello_field(const ep_item *text, const char *key, char *out, size_t cap) {
+  out[0] = 0;
+  size_t kl = strlen(key);
+  for (size_t i = 0; i + kl + 1 < text->len; i++) {
+    if (text->data[i] != ' ' || memcmp(text->data + i + 1, key, kl) != 0 ||
+        text->data[i + 1 + kl] != '=')
+      continue;
+    size_t j = i + 2 + kl, n = 0;
+    while (j < text->len && text->data[j] != ' ' && n + 1 < cap) out[n++] = (char)text->data[j++];
+    out[n] = 0;
+    return;
+  }
+}
+
 static void on_hello(void *arg, int status, const ep_item *items, size_t nitems) {
   ep_client *c = arg;
   if (status != 0) return; /* the connection went down, or a refusal: the sweep will see it */
+  char pid[16] = "", tag[80] = "";
+  if (nitems >= 2) {
+    hello_field(&items[1], "pid", pid, sizeof pid);
+    hello_field(&items[1], "tag", tag, sizeof tag);
+  }
+  if (c->adopted && (!c->tag || strcmp(tag, c->tag) != 0)) {
+    /* Started with another configuration (binary, sealing key, credentials): not ours to use.
+     * Start our own, whose spare then replaces the predecessor's. */
+    drop_conn(c);
+    if (spawn(c) < 0) schedule_restart(c);
+    return;
+  }
+  c->enclave_pid = atoi(pid);
+  c->starts++;
   c->ready = 1;
   c->restart_delay_ms = EP_RESTART_MIN_MS;
   if (c->on_up) c->on_up(c->on_up_arg);
@@ -453,52 +500,56 @@ static int send_msg(ep_client *c, ep_msg *m, ep_reply_fn cb, void *arg) {
   return (int)id;
 }
 
-static int spawn(ep_client *c) {
+/* Sends ATTACH (one-way, request id 0) over via with fd: the enclave serves fd as a further
+ * connection. One small frame in one sendmsg, so it never interleaves with other writes. */
+static int attach_send(int via, int fd) {
+  uint8_t f[EVS_EP_HEADER_LEN];
+  evs_ep_put_u32(f, EVS_EP_HEADER_LEN - 4);
+  evs_ep_put_u32(f + 4, EVS_EP_MAGIC);
+  evs_ep_put_u16(f + 8, EVS_EP_VERSION);
+  evs_ep_put_u16(f + 10, EVS_EP_ATTACH);
+  evs_ep_put_u32(f + 12, 0);
+  evs_ep_put_u32(f + 16, 0);
+  evs_ep_put_u32(f + 20, 0);
+  struct iovec iov = {f, sizeof f};
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } cm;
+  memset(&cm, 0, sizeof cm);
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+                      .msg_controllen = sizeof cm.buf};
+  struct cmsghdr *cmh = CMSG_FIRSTHDR(&mh);
+  cmh->cmsg_level = SOL_SOCKET;
+  cmh->cmsg_type = SCM_RIGHTS;
+  cmh->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cmh), &fd, sizeof fd);
+  ssize_t n = sendmsg(via, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+  return n == (ssize_t)sizeof f ? 0 : n < 0 ? -errno : -EIO;
+}
+
+/* A new connection to an enclave: via attaches it when >= 0. Returns our end, or -errno. */
+static int new_conn(int via, int *ret_theirs) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return -errno;
-  char fdarg[16];
-  snprintf(fdarg, sizeof fdarg, "%d", 3);
-  char *argv[8];
-  int n = 0;
-  argv[n++] = c->binary;
-  argv[n++] = "--fd";
-  argv[n++] = fdarg;
-  argv[n++] = "--seal-key";
-  argv[n++] = c->seal_key;
-  if (c->credentials_dir) {
-    argv[n++] = "--credentials";
-    argv[n++] = c->credentials_dir;
-  }
-  argv[n] = NULL;
-  pid_t pid = fork();
-  if (pid < 0) {
-    int e = errno;
-    close(sv[0]);
+  if (via >= 0) {
+    int r = attach_send(via, sv[1]);
     close(sv[1]);
-    return -e;
-  }
-  if (pid == 0) {
-    /* Only async-signal-safe calls from here to exec. */
-    sigset_t all;
-    sigemptyset(&all);
-    sigprocmask(SIG_SETMASK, &all, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (sv[1] == 3) {
-      if (fcntl(3, F_SETFD, 0) < 0) _exit(127);
-    } else if (dup2(sv[1], 3) < 0) { /* dup2 clears FD_CLOEXEC on the copy */
-      _exit(127);
+    if (r < 0) {
+      close(sv[0]);
+      return r;
     }
-    close_range(4, ~0u, 0);
-    execv(c->binary, argv);
-    _exit(127);
+  } else {
+    *ret_theirs = sv[1];
   }
-  close(sv[1]);
-  int fl = fcntl(sv[0], F_GETFL);
-  fcntl(sv[0], F_SETFL, fl | O_NONBLOCK);
-  c->fd = sv[0];
-  c->pid = pid;
-  c->starts++;
+  return sv[0];
+}
+
+/* Uses fd as the connection: polls it and says HELLO. */
+static int connect_fd(ep_client *c, int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  c->fd = fd;
   c->poll = calloc(1, sizeof *c->poll);
   if (!c->poll || uv_poll_init(c->loop, c->poll, c->fd) < 0) {
     free(c->poll);
@@ -516,6 +567,75 @@ static int spawn(ep_client *c) {
   if (r < 0) return r;
   c->hello_id = (uint32_t)r;
   return 0;
+}
+
+/* Attaches to the predecessor's enclave through its spare; -errno if that one is gone. */
+static int adopt(ep_client *c) {
+  int via = c->adopt_fd;
+  c->adopt_fd = -1;
+  int fd = new_conn(via, NULL);
+  close(via);
+  if (fd < 0) return fd;
+  c->adopted = 1;
+  return connect_fd(c, fd);
+}
+
+static int spawn(ep_client *c) {
+  if (c->adopt_fd >= 0 && adopt(c) == 0) return 0;
+  int theirs = -1;
+  int ours = new_conn(-1, &theirs);
+  if (ours < 0) return ours;
+  char fdarg[16];
+  snprintf(fdarg, sizeof fdarg, "%d", 3);
+  char *argv[10];
+  int n = 0;
+  argv[n++] = c->binary;
+  argv[n++] = "--fd";
+  argv[n++] = fdarg;
+  argv[n++] = "--seal-key";
+  argv[n++] = c->seal_key;
+  if (c->credentials_dir) {
+    argv[n++] = "--credentials";
+    argv[n++] = c->credentials_dir;
+  }
+  if (c->tag) {
+    argv[n++] = "--tag";
+    argv[n++] = c->tag;
+  }
+  argv[n] = NULL;
+  pid_t pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    close(ours);
+    close(theirs);
+    return -e;
+  }
+  if (pid == 0) {
+    /* Only async-signal-safe calls from here to exec. No parent-death signal: the process
+     * may outlive this worker (kept for its successor); it ends when its last connection
+     * closes. */
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    if (theirs == 3) {
+      if (fcntl(3, F_SETFD, 0) < 0) _exit(127);
+    } else if (dup2(theirs, 3) < 0) { /* dup2 clears FD_CLOEXEC on the copy */
+      _exit(127);
+    }
+    close_range(4, ~0u, 0);
+    execv(c->binary, argv);
+    _exit(127);
+  }
+  close(theirs);
+  c->pid = pid;
+  /* The spare: attached before anything else is written, kept by the caller. */
+  int spare = c->on_spare ? new_conn(ours, NULL) : -1;
+  if (spare >= 0) {
+    c->spare_kept = c->on_spare(c->on_up_arg, spare) == 0;
+    close(spare);
+  }
+  return connect_fd(c, ours);
 }
 
 static void on_restart(uv_timer_t *t) {
@@ -561,6 +681,9 @@ int ep_client_new(uv_loop_t *loop, const ep_client_config *cfg, ep_client **ret)
   c->on_up_arg = cfg->on_up_arg;
   c->on_down = cfg->on_down;
   c->restart_delay_ms = EP_RESTART_MIN_MS;
+  c->adopt_fd = cfg->adopt_fd;
+  c->on_spare = cfg->on_spare;
+  c->tag = cfg->tag ? strdup(cfg->tag) : NULL;
   c->binary = strdup(cfg->binary);
   c->seal_key = strdup(cfg->seal_key);
   c->credentials_dir = cfg->credentials_dir ? strdup(cfg->credentials_dir) : NULL;
@@ -568,7 +691,9 @@ int ep_client_new(uv_loop_t *loop, const ep_client_config *cfg, ep_client **ret)
   c->restart = calloc(1, sizeof *c->restart);
   c->flusher = calloc(1, sizeof *c->flusher);
   if (!c->binary || !c->seal_key || (cfg->credentials_dir && !c->credentials_dir) || !c->sweep ||
-      !c->restart || !c->flusher) {
+      !c->restart || !c->flusher || (cfg->tag && !c->tag)) {
+    if (c->adopt_fd >= 0) close(c->adopt_fd);
+    free(c->tag);
     free(c->binary);
     free(c->seal_key);
     free(c->credentials_dir);
@@ -599,8 +724,9 @@ int ep_client_new(uv_loop_t *loop, const ep_client_config *cfg, ep_client **ret)
 void ep_client_free(ep_client *c) {
   if (!c) return;
   c->freeing = 1;
-  pid_t pid = c->pid;
-  if (pid > 0) kill(pid, SIGTERM);
+  /* Our process ends on EOF (wiping its memory) unless it was kept for a successor. */
+  pid_t pid = c->spare_kept ? 0 : c->pid;
+  if (c->adopt_fd >= 0) close(c->adopt_fd);
   /* Closed with free() itself as the callback (see the top of the file). */
   if (c->poll) {
     uv_poll_stop(c->poll);
@@ -638,6 +764,7 @@ void ep_client_free(ep_client *c) {
     free(o);
   }
   free(c->in);
+  free(c->tag);
   free(c->binary);
   free(c->seal_key);
   free(c->credentials_dir);
@@ -650,5 +777,8 @@ int ep_client_call(ep_client *c, ep_msg *m, ep_reply_fn cb, void *arg) {
 }
 
 int ep_client_ready(const ep_client *c) { return c->fd >= 0 && c->ready; }
-int ep_client_pid(const ep_client *c) { return c->pid > 0 ? (int)c->pid : 0; }
+int ep_client_pid(const ep_client *c) {
+  return c->fd < 0 ? 0 : c->enclave_pid ? c->enclave_pid : c->pid > 0 ? (int)c->pid : 0;
+}
 uint64_t ep_client_starts(const ep_client *c) { return c->starts; }
+int ep_client_adopted(const ep_client *c) { return c->fd >= 0 && c->adopted; }

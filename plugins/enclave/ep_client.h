@@ -5,6 +5,10 @@
  * request fails with EVS_ENOCRYPTO (fail closed), and a timer starts a new process within
  * EP_RESTART_MAX_MS. Every request also has a deadline, so no caller ever waits forever.
  *
+ * The process may outlive the client: each new one gets a spare connection (ATTACH) that the
+ * caller hands to the host to keep for the worker's successor, which attaches to the same
+ * process through it (adopt_fd) instead of starting one, so the keys unlocked in it stay.
+ *
  * Everything runs on the worker's libuv loop thread. The client never logs: it reports through
  * the callbacks it was given and its caller logs once, with context.
  */
@@ -61,6 +65,18 @@ typedef struct ep_client_config {
   const char *binary;          /* evserver-enclave; copied */
   const char *seal_key;        /* copied */
   const char *credentials_dir; /* copied; NULL: none */
+  /* Names the configuration an enclave is started with (--tag, echoed by HELLO): an enclave
+   * reached through adopt_fd is used only if its tag is this one. Copied; NULL: none. */
+  const char *tag;
+  /* A connection to a running enclave that a predecessor of this worker started (the host's
+   * kept_fd), or -1. The first start attaches to that enclave instead of starting one; the
+   * client owns and closes the descriptor. */
+  int adopt_fd;
+  /* Called after each start of a new process with a spare connection to it, to be kept where a
+   * successor finds it (the host's keep_fd): nothing is ever read from it, and it is used only
+   * to attach further connections. Returns 0 if it was kept (the process then outlives this
+   * client); the client closes fd after the call. NULL: the process ends with the client. */
+  int (*on_spare)(void *arg, int fd);
   uint64_t request_timeout_ms;
   ep_up_fn on_up;
   void *on_up_arg;     /* also passed to on_down */
@@ -81,10 +97,13 @@ void ep_client_free(ep_client *c);
  * later, on the loop. */
 int ep_client_call(ep_client *c, ep_msg *m, ep_reply_fn cb, void *arg);
 
-/* Whether a process is running and answered HELLO. pid 0 when none. */
+/* Whether a process is running and answered HELLO. pid 0 when none (from HELLO for an adopted
+ * process). */
 int ep_client_ready(const ep_client *c);
 int ep_client_pid(const ep_client *c);
-/* Times the process was (re)started. */
+/* Enclaves that answered HELLO so far (started or adopted). */
 uint64_t ep_client_starts(const ep_client *c);
+/* Whether the current enclave was adopted from a predecessor rather than started here. */
+int ep_client_adopted(const ep_client *c);
 
 #endif

@@ -1,6 +1,9 @@
 """The enclave plugin with several workers: every worker has its own evserver-enclave, and
 `evctl app unlock` / `evctl app lock` (answered by one worker) reach all of them through the
-master (ABI node messages). Also the share store: sealed share 2 lives in a second store
+master (ABI node messages). An enclave outlives its worker: the master keeps a spare connection
+to it (ABI keep_fd), so a reload's new worker, or the replacement of a crashed one, attaches to
+the same enclave and apps unlocked by hand stay unlocked; a reload that changes what an enclave
+is started with starts new ones. Also the share store: sealed share 2 lives in a second store
 (share_store), never in the state store, and an app cannot be opened with one store alone.
 
 Uses the real $EVS_BUILD_DIR/evserver-enclave, or test_70's protocol stub without it.
@@ -38,9 +41,56 @@ def start(workers=2, **plugin):
     return evstest.Server(config(dir, workers, **plugin)).start(), dir
 
 
+def comm(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def worker_pids(srv):
+    """The master's children that are workers (enclaves whose worker exited become the master's
+    children too)."""
     with open("/proc/%d/task/%d/children" % (srv.pid, srv.pid)) as f:
-        return [int(x) for x in f.read().split()]
+        return [int(x) for x in f.read().split() if comm(int(x)) == "evserver"]
+
+
+def enclaves(dir):
+    """Live evserver-enclave processes started for the server in dir (by their sealing key)."""
+    seal = os.path.join(dir, "state", "enclave-seal.key").encode()
+    out = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                args = f.read().split(b"\0")
+            with open("/proc/%s/stat" % d) as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if args and args[0].endswith(b"evserver-enclave") and seal in args and state != "Z":
+            out.add(int(d))
+    return out
+
+
+def edit_conf(srv, old, new):
+    with open(srv.config.path) as f:
+        text = f.read()
+    assert old in text, (old, text)
+    with open(srv.config.path, "w") as f:
+        f.write(text.replace(old, new, 1))
+
+
+def reload(srv):
+    """SIGHUP; returns once a new generation serves and the old one has exited."""
+    old = set(worker_pids(srv))
+    n = srv.log().count('"EVS-1612"')
+    srv.signal(signal.SIGHUP)
+    evstest.wait_for(lambda: srv.log().count('"EVS-1612"') > n, timeout=15, what="the reload")
+    evstest.wait_for(lambda: not old & set(worker_pids(srv)), timeout=15,
+                     what="the old generation to exit")
 
 
 def enclave_pids(srv):
@@ -167,20 +217,99 @@ def test_killed_enclave_comes_back_locked_in_its_worker_only():
     assert set(round_trips(srv, app, key)) == {200}
 
 
-def test_killed_worker_comes_back_locked():
-    srv, _ = start()
+def lock_and_unlock_by_hand(srv, app):
+    """Makes the app one that only `evctl app unlock` opened (no credential anywhere)."""
+    E.evctl_json(srv, "app", "lock", app["appId"])
+    out = E.evctl_json(srv, "app", "unlock", app["appId"], "--token", app["appToken"])
+    assert out["workersUnlocked"] == out["workers"], out
+
+
+def test_killed_worker_keeps_its_enclave():
+    srv, dir = start()
     evstest.wait_for(lambda: len(enclave_pids(srv)) == 2, what="an enclave per worker")
     app, key = E.setup(srv)
+    lock_and_unlock_by_hand(srv, app)
+    before = enclaves(dir)
+    assert len(before) == 2, before
     victim = worker_pids(srv)[0]
     os.kill(victim, signal.SIGKILL)
-    evstest.wait_for(lambda: len(enclave_pids(srv)) == 2 and victim not in enclave_pids(srv),
-                     timeout=10, what="a replacement worker with its enclave")
-    time.sleep(0.5)
-    statuses = round_trips(srv, app, key)
-    assert set(statuses) <= {200, 503} and 200 in statuses, statuses
-    out = E.evctl_json(srv, "app", "unlock", app["appId"], "--token", app["appToken"])
-    assert out["workers"] == 2 and out["workersUnlocked"] == 2, out
+    evstest.wait_for(lambda: len(worker_pids(srv)) == 2 and victim not in worker_pids(srv),
+                     timeout=10, what="a replacement worker")
+    evstest.wait_for(lambda: "carried over" in srv.log(), what="the replacement to attach")
+    # The replacement attached to the dead worker's enclave: the same two processes, and the app
+    # is unlocked everywhere without anyone running evctl app unlock again.
+    assert enclaves(dir) == before
     assert set(round_trips(srv, app, key)) == {200}
+    assert len(served_by(srv, "/decrypt")) >= 2
+
+
+def test_reload_keeps_apps_unlocked_by_hand():
+    srv, dir = start()
+    evstest.wait_for(lambda: len(enclave_pids(srv)) == 2, what="an enclave per worker")
+    app, key = E.setup(srv)
+    lock_and_unlock_by_hand(srv, app)
+    before = enclaves(dir)
+    assert len(before) == 2, before
+    # Requests go on during three reloads: none fails, none is refused as locked.
+    import threading
+    stop, results = threading.Event(), []
+
+    def load():
+        while not stop.is_set():
+            results.extend(round_trips(srv, app, key, 5))
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    for _ in range(3):
+        reload(srv)
+        time.sleep(0.3)
+    stop.set()
+    t.join(30)
+    assert len(results) >= 20 and set(results) == {200}, (len(results), set(results))
+    # The new workers use the enclaves the first generation started, now the master's children.
+    assert enclaves(dir) == before
+    kids = open("/proc/%d/task/%d/children" % (srv.pid, srv.pid)).read().split()
+    assert before <= {int(k) for k in kids}, (before, kids)
+    assert set(round_trips(srv, app, key)) == {200}
+    # Locking still reaches every enclave, and a stop ends them all.
+    out = E.evctl_json(srv, "app", "lock", app["appId"])
+    assert out["workersLocked"] == 2, out
+    assert set(round_trips(srv, app, key, 10)) == {503}
+    srv.stop()
+    assert not enclaves(dir), "an enclave outlived the server"
+    log = srv.log()
+    assert app["appToken"] not in log and key["apiKey"] not in log
+
+
+def test_reload_with_other_enclave_settings_starts_new_enclaves():
+    srv, dir = start()
+    evstest.wait_for(lambda: len(enclave_pids(srv)) == 2, what="an enclave per worker")
+    app, key = E.setup(srv)
+    lock_and_unlock_by_hand(srv, app)
+    before = enclaves(dir)
+    # A credentials directory changes what an enclave is started with: the new workers start
+    # their own enclaves (the app is locked in them), and the old ones end.
+    creds = evstest.tmpdir("evs-creds-")
+    edit_conf(srv, '[plugin "enclave"]\n', '[plugin "enclave"]\ncredentials_dir = %s\n' % creds)
+    reload(srv)
+    evstest.wait_for(lambda: len(enclaves(dir)) == 2 and not enclaves(dir) & before,
+                     what="new enclaves, and the old ones gone")
+    assert set(round_trips(srv, app, key, 10)) == {503}
+    E.evctl_json(srv, "app", "unlock", app["appId"], "--token", app["appToken"])
+    assert set(round_trips(srv, app, key, 10)) == {200}
+
+
+def test_reload_to_fewer_workers_ends_the_spare_enclave():
+    srv, dir = start()
+    evstest.wait_for(lambda: len(enclave_pids(srv)) == 2, what="an enclave per worker")
+    app, key = E.setup(srv)
+    lock_and_unlock_by_hand(srv, app)
+    before = enclaves(dir)
+    edit_conf(srv, "workers = 2\n", "workers = 1\n")
+    reload(srv)
+    evstest.wait_for(lambda: len(enclaves(dir)) == 1, what="one enclave left")
+    assert enclaves(dir) < before
+    assert set(round_trips(srv, app, key, 10)) == {200}
 
 
 def kv_keys(path):
