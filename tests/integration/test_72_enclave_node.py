@@ -217,20 +217,23 @@ def test_killed_enclave_comes_back_locked_in_its_worker_only():
     assert set(round_trips(srv, app, key)) == {200}
 
 
-def lock_and_unlock_by_hand(srv, app):
-    """Makes the app one that only `evctl app unlock` opened (no credential anywhere)."""
-    E.evctl_json(srv, "app", "lock", app["appId"])
-    out = E.evctl_json(srv, "app", "unlock", app["appId"], "--token", app["appToken"])
-    assert out["workersUnlocked"] == out["workers"], out
-
-
-def test_killed_worker_keeps_its_enclave():
+def start_with_app_unlocked_by_hand():
+    """Two workers, each with its enclave, and an app that only `evctl app unlock` opened (no
+    credential anywhere). Returns the server, its directory, the app, its key and the two
+    enclave processes."""
     srv, dir = start()
     evstest.wait_for(lambda: len(enclave_pids(srv)) == 2, what="an enclave per worker")
     app, key = E.setup(srv)
-    lock_and_unlock_by_hand(srv, app)
+    E.evctl_json(srv, "app", "lock", app["appId"])
+    out = E.evctl_json(srv, "app", "unlock", app["appId"], "--token", app["appToken"])
+    assert out["workersUnlocked"] == out["workers"] == 2, out
     before = enclaves(dir)
     assert len(before) == 2, before
+    return srv, dir, app, key, before
+
+
+def test_killed_worker_keeps_its_enclave():
+    srv, dir, app, key, before = start_with_app_unlocked_by_hand()
     victim = worker_pids(srv)[0]
     os.kill(victim, signal.SIGKILL)
     evstest.wait_for(lambda: len(worker_pids(srv)) == 2 and victim not in worker_pids(srv),
@@ -244,12 +247,7 @@ def test_killed_worker_keeps_its_enclave():
 
 
 def test_reload_keeps_apps_unlocked_by_hand():
-    srv, dir = start()
-    evstest.wait_for(lambda: len(enclave_pids(srv)) == 2, what="an enclave per worker")
-    app, key = E.setup(srv)
-    lock_and_unlock_by_hand(srv, app)
-    before = enclaves(dir)
-    assert len(before) == 2, before
+    srv, dir, app, key, before = start_with_app_unlocked_by_hand()
     # Requests go on during three reloads: none fails, none is refused as locked.
     import threading
     stop, results = threading.Event(), []
@@ -282,11 +280,7 @@ def test_reload_keeps_apps_unlocked_by_hand():
 
 
 def test_reload_with_other_enclave_settings_starts_new_enclaves():
-    srv, dir = start()
-    evstest.wait_for(lambda: len(enclave_pids(srv)) == 2, what="an enclave per worker")
-    app, key = E.setup(srv)
-    lock_and_unlock_by_hand(srv, app)
-    before = enclaves(dir)
+    srv, dir, app, key, before = start_with_app_unlocked_by_hand()
     # A credentials directory changes what an enclave is started with: the new workers start
     # their own enclaves (the app is locked in them), and the old ones end.
     creds = evstest.tmpdir("evs-creds-")
@@ -300,11 +294,7 @@ def test_reload_with_other_enclave_settings_starts_new_enclaves():
 
 
 def test_reload_to_fewer_workers_ends_the_spare_enclave():
-    srv, dir = start()
-    evstest.wait_for(lambda: len(enclave_pids(srv)) == 2, what="an enclave per worker")
-    app, key = E.setup(srv)
-    lock_and_unlock_by_hand(srv, app)
-    before = enclaves(dir)
+    srv, dir, app, key, before = start_with_app_unlocked_by_hand()
     edit_conf(srv, "workers = 2\n", "workers = 1\n")
     reload(srv)
     evstest.wait_for(lambda: len(enclaves(dir)) == 1, what="one enclave left")
