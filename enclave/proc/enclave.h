@@ -110,6 +110,9 @@ void evs__enclave_free(evs_enclave *e);
 void evs__enclave_set_info(evs_enclave *e, const char *sandbox, const char *mlock);
 const char *evs__enclave_sandbox(const evs_enclave *e);
 const char *evs__enclave_mlock(const evs_enclave *e);
+/* The --tag for HELLO (a string that outlives e, validated by main.c; NULL: none). */
+void evs__enclave_set_tag(evs_enclave *e, const char *tag);
+const char *evs__enclave_tag(const evs_enclave *e);
 
 /* Remembers the token of an app (from the credentials directory) for APP_UNLOCK with an empty
  * token item; kept in the secure heap. Replaces an earlier one. EVS_EP_E_INVALID for a bad id. */

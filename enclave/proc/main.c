@@ -2,7 +2,7 @@
  * evserver-enclave: the key-holding process (enclave/README.md). The enclave plugin starts it
  * with fork+exec as
  *
- *   evserver-enclave --fd N --seal-key PATH [--credentials DIR]
+ *   evserver-enclave --fd N --seal-key PATH [--credentials DIR] [--tag TAG]
  *
  * where fd N is its end of a SOCK_STREAM socketpair. Start-up, in order: make the process
  * undumpable and disable core dumps; initialise OpenSSL's secure heap and warm up every
@@ -78,7 +78,9 @@ static void log_error(const char *id, const char *what, const char *detail, int 
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: evserver-enclave --fd N --seal-key PATH [--credentials DIR]\n"
+  fprintf(stderr, "usage: evserver-enclave --fd N --seal-key PATH [--credentials DIR]"
+                  " [--tag TAG]\n"
+                  "  TAG: 1..64 of [A-Za-z0-9_-], shown in HELLO\n"
                   "Started by the enclave plugin; see enclave/README.md.\n");
 }
 
@@ -506,7 +508,7 @@ done:
 }
 
 int main(int argc, char **argv) {
-  const char *seal_path = NULL, *cred_dir = NULL;
+  const char *seal_path = NULL, *cred_dir = NULL, *tag = NULL;
   int fd = -1, explicit_creds = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -524,6 +526,14 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--credentials") == 0 && i + 1 < argc) {
       cred_dir = argv[++i];
       explicit_creds = 1;
+    } else if (strcmp(a, "--tag") == 0 && i + 1 < argc) {
+      tag = argv[++i];
+      size_t n = strlen(tag);
+      if (n < 1 || n > 64 || strspn(tag, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                          "0123456789_-") != n) {
+        usage();
+        return 2;
+      }
     } else if (strcmp(a, "--version") == 0) {
       printf("evserver-enclave %s\n", EVS_ENCLAVE_VERSION);
       return 0;
@@ -584,6 +594,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   evs__enclave_set_info(e, evs_sandbox_policy_name(EVS_SANDBOX_ENCLAVE), mlock_mode);
+  evs__enclave_set_tag(e, tag);
   int rc = serve(e, fd);
   evs__enclave_free(e);
   return rc;

@@ -40,7 +40,12 @@
 typedef enum evs_ep_op {
   /* req: (none) — resp: [u16 version, "evserver-enclave <ver>"]. The text goes on with
    *   " sandbox=<policy> open=<EPERM|...> socket=<EPERM|...> mlock=<all|secure-heap|none>": a live
-   *   self-check, made when HELLO is answered, that the seccomp filter refuses open and socket. */
+   *   self-check, made when HELLO is answered, that the seccomp filter refuses open and socket.
+   *   Then " pid=<decimal pid>" (the enclave process, so that a client that attached to an
+   *   enclave it did not start knows which process it talks to), and " tag=<tag>" when the
+   *   enclave was started with --tag (1..64 of [A-Za-z0-9_-], opaque to the enclave: the
+   *   plugin uses it to check that an enclave it attaches to was started with the configuration
+   *   it would start one with). Fields are only ever appended: parse by name, not position. */
   EVS_EP_HELLO = 1,
   /* req: [app_id] — resp: [app_token (text, shown once), pub_secp256k1 (33 B), pub_p256 (33 B),
    *   sealed_share_1, sealed_share_2, wrapped_keys]. The plugin stores the last three (two
