@@ -157,7 +157,8 @@ size_t evs__enclave_unlocked(const evs_enclave *e);
 
 /* Handles one request message (body = the bytes after its u32 length) and leaves the complete
  * response message in out (evs__ep_finish done). Never fails: malformed input, unknown ops and
- * errors become error responses. */
+ * errors become error responses. EVS_EP_ATTACH is not an op of this function (it is about
+ * connections: main.c's loop handles it and never passes it here); it gets EVS_EP_E_UNKNOWN_OP. */
 void evs__ep_handle(evs_enclave *e, const uint8_t *body, size_t len, evs_ep_buf *out);
 
 /* Utilities shared with the tests. */

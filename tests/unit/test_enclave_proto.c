@@ -300,6 +300,11 @@ static void test_handle_errors(void **state) {
   assert_non_null(strstr(text, want));
   assert_string_equal(strstr(text, want) + strlen(want), "");
 
+  /* ATTACH is the process loop's (it carries a descriptor); here it is an unknown op. */
+  msg_begin(&m, EVS_EP_ATTACH, 0);
+  msg_end(&m);
+  evs__ep_handle(e, m.p + 4, m.len - 4, &out);
+  assert_int_equal(response(&out, &r, items), EVS_EP_E_UNKNOWN_OP);
 
   evs__ep_buf_done(&out);
   evs__enclave_free(e);
