@@ -1,11 +1,14 @@
 /*
  * The enclave policy: the process that holds App Master Keys and private keys. After start-up it
- * only talks over the socketpair it inherited, so it may read and write open descriptors, manage
- * its own memory (never executable), lock memory, read clocks and randomness, wait, and exit.
- * It cannot open files, create sockets, connect, exec, fork or trace.
+ * only talks over the socketpair it inherited and the unix sockets handed to it over that (its
+ * ATTACH request), so it may read and write open descriptors, receive descriptors, ask what kind
+ * of socket one is, manage its own memory (never executable), lock memory, read clocks and
+ * randomness, wait, and exit. It cannot open files, create sockets, connect, exec, fork or
+ * trace.
  */
 #include <errno.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 
 #include "policy.h"
 
@@ -56,6 +59,16 @@ int evs__sandbox_enclave_rules(scmp_filter_ctx ctx) {
   ALLOW(sched_yield);
   ALLOW(exit);
   ALLOW(exit_group);
+  /* ATTACH checks that a received descriptor is a unix stream socket that is not listening:
+   * getsockopt(SOL_SOCKET) for SO_DOMAIN, SO_TYPE and SO_ACCEPTCONN only, which read a socket's
+   * kind and nothing else. */
+  static const int sockopts[] = {SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN};
+  for (size_t i = 0; i < sizeof sockopts / sizeof sockopts[0]; i++) {
+    int r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(getsockopt), 2,
+                             SCMP_A1(SCMP_CMP_EQ, SOL_SOCKET, 0),
+                             SCMP_A2(SCMP_CMP_EQ, (scmp_datum_t)sockopts[i], 0));
+    if (r < 0) return r;
+  }
   /* Memory may be mapped and re-protected, but never executable: no code can be injected. */
   int r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(mmap), 1,
                            SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));

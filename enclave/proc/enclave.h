@@ -110,6 +110,9 @@ void evs__enclave_free(evs_enclave *e);
 void evs__enclave_set_info(evs_enclave *e, const char *sandbox, const char *mlock);
 const char *evs__enclave_sandbox(const evs_enclave *e);
 const char *evs__enclave_mlock(const evs_enclave *e);
+/* The --tag for HELLO (a string that outlives e, validated by main.c; NULL: none). */
+void evs__enclave_set_tag(evs_enclave *e, const char *tag);
+const char *evs__enclave_tag(const evs_enclave *e);
 
 /* Remembers the token of an app (from the credentials directory) for APP_UNLOCK with an empty
  * token item; kept in the secure heap. Replaces an earlier one. EVS_EP_E_INVALID for a bad id. */
@@ -154,7 +157,8 @@ size_t evs__enclave_unlocked(const evs_enclave *e);
 
 /* Handles one request message (body = the bytes after its u32 length) and leaves the complete
  * response message in out (evs__ep_finish done). Never fails: malformed input, unknown ops and
- * errors become error responses. */
+ * errors become error responses. EVS_EP_ATTACH is not an op of this function (it is about
+ * connections: main.c's loop handles it and never passes it here); it gets EVS_EP_E_UNKNOWN_OP. */
 void evs__ep_handle(evs_enclave *e, const uint8_t *body, size_t len, evs_ep_buf *out);
 
 /* Utilities shared with the tests. */

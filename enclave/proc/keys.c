@@ -47,6 +47,7 @@ struct evs_enclave {
   size_t ncreds;
   const char *sandbox;
   const char *mlock;
+  const char *tag;
 };
 
 /* Secrets that an operation needs for a moment, in one secure-heap block. */
@@ -228,6 +229,8 @@ void evs__enclave_set_info(evs_enclave *e, const char *sandbox, const char *mloc
 }
 const char *evs__enclave_sandbox(const evs_enclave *e) { return e->sandbox ? e->sandbox : "none"; }
 const char *evs__enclave_mlock(const evs_enclave *e) { return e->mlock ? e->mlock : "none"; }
+void evs__enclave_set_tag(evs_enclave *e, const char *tag) { e->tag = tag; }
+const char *evs__enclave_tag(const evs_enclave *e) { return e->tag; }
 
 int evs__enclave_add_credential(evs_enclave *e, const char *id, size_t id_len, const char *token,
                                 size_t token_len) {

@@ -2,20 +2,25 @@
  * evserver-enclave: the key-holding process (enclave/README.md). The enclave plugin starts it
  * with fork+exec as
  *
- *   evserver-enclave --fd N --seal-key PATH [--credentials DIR]
+ *   evserver-enclave --fd N --seal-key PATH [--credentials DIR] [--tag TAG]
  *
  * where fd N is its end of a SOCK_STREAM socketpair. Start-up, in order: make the process
  * undumpable and disable core dumps; initialise OpenSSL's secure heap and warm up every
  * algorithm; read (or create) the sealing key; read app tokens from the systemd credentials
  * directory (so that nothing needs a file after sandboxing); close every other descriptor; lock
- * memory; then evs_sandbox_apply(EVS_SANDBOX_ENCLAVE). From then on it reads requests from fd N
- * and writes their responses in order (single-threaded, blocking, buffered: see serve), until
- * EOF (exit 0). It logs nothing but one-line JSON errors on stderr, never with secrets.
+ * memory; then evs_sandbox_apply(EVS_SANDBOX_ENCLAVE). From then on one thread serves fd N and
+ * every further connection that an ATTACH request hands it (a unix stream socket passed with
+ * SCM_RIGHTS), each with its requests answered in order on it, with non-blocking I/O and
+ * buffering (see serve). A connection that closes or fails is dropped alone; when the last one
+ * has closed the process exits 0, so an enclave outlives the worker that started it while
+ * anyone else still holds a connection. It logs nothing but one-line JSON errors on stderr,
+ * never with secrets.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +28,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -78,7 +84,9 @@ static void log_error(const char *id, const char *what, const char *detail, int 
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: evserver-enclave --fd N --seal-key PATH [--credentials DIR]\n"
+  fprintf(stderr, "usage: evserver-enclave --fd N --seal-key PATH [--credentials DIR]"
+                  " [--tag TAG]\n"
+                  "  TAG: 1..64 of [A-Za-z0-9_-], shown in HELLO\n"
                   "Started by the enclave plugin; see enclave/README.md.\n");
 }
 
@@ -321,11 +329,7 @@ static int close_other_fds(int fd) {
   if (dup2(null, 0) < 0 || dup2(null, 1) < 0) return -1;
   if (null > 2) close(null);
   if (close_between(3, fd - 1) < 0 || close_between(fd + 1, INT_MAX) < 0) return -1;
-  /* The loop blocks on reads: a parent that made both ends non-blocking would otherwise see
-   * the enclave exit on the first EAGAIN. */
-  int fl = fcntl(fd, F_GETFL);
-  if (fl < 0 || ((fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)) return -1;
-  return fd;
+  return fd; /* blocking or not: the loop's calls say MSG_DONTWAIT and wait with poll */
 }
 
 /* 1 when the process has CAP_IPC_LOCK in its effective set (then RLIMIT_MEMLOCK does not
@@ -365,18 +369,38 @@ static const char *lock_memory(int secure_heap) {
 
 /* ---- the loop ------------------------------------------------------------------------ */
 
-/* Requests are read in chunks of up to IN_CAP bytes, so one read() takes every request the
+/* The enclave serves several connections (evs_enclave_proto.h, "Connections"): the one it was
+ * started with and those that EVS_EP_ATTACH adds, each with its own buffers, served one after
+ * the other by one thread. The loop polls them all; for each readable one it makes one read,
+ * handles every complete request that read completed, writes their responses back on that
+ * connection, and moves on to the next readable one (so a connection that keeps sending cannot
+ * starve the others). A connection that reaches EOF, fails, or stalls is closed alone; the loop
+ * returns when the last one is gone.
+ *
+ * Requests are read in chunks of up to IN_CAP bytes, so one read takes every request the
  * plugin has queued (it pipelines them) instead of two reads per request; a message larger than
  * that (a file) gets a buffer of its own. Responses are gathered while more requests are already
  * buffered and written together (one write, one wake-up of the plugin). So that no response
  * waits long, the group is written before a request is handled once its oldest request started
  * FLUSH_NS ago, or when the next request has over GATHER_ITEMS items (a batch of misses costs
  * ~70 us a field), and once it would pass OUT_CAP. Both buffers hold plaintext at times: every
- * byte is wiped once it has been handled or written. */
+ * byte is wiped once it has been handled or written, and when its connection is closed. */
 #define IN_CAP (256u << 10)
 #define OUT_CAP (64u << 10)
 #define FLUSH_NS 100000u
 #define GATHER_ITEMS 32
+/* A handful of connections is what the plugin needs (a worker's, an old worker's while it
+ * drains, the master's spare); the limit bounds memory (IN_CAP + OUT_CAP each). Descriptors
+ * received on a connection wait there for the ATTACH frames that consume them, at most
+ * MAX_PENDING_FDS; one recvmsg takes at most RECV_FDS (the kernel closes the rest and says
+ * MSG_CTRUNC). */
+#define MAX_CONNS 16
+#define MAX_PENDING_FDS 4
+#define RECV_FDS 8
+/* In the middle of a message (the rest of a large request, responses the peer does not read
+ * yet) the loop waits for that one connection, and the others wait too; after STALL_MS without
+ * progress it gives the connection up. */
+#define STALL_MS 10000
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -389,124 +413,370 @@ typedef struct inbuf {
   size_t off, len; /* unread bytes are p[off..len) */
 } inbuf;
 
-/* Copies n bytes of the stream to dst (NULL: discards them): first what is buffered, then
- * straight from fd. */
-static int take(int fd, inbuf *in, uint8_t *dst, uint64_t n) {
+/* One connection. Its descriptor is used with MSG_DONTWAIT rather than made O_NONBLOCK: the
+ * file status flags belong to the open file description, which the sender of an ATTACH (or the
+ * enclave's parent) may share, and a per-call flag changes nothing for them. */
+typedef struct conn {
+  int fd;                   /* -1: a free slot */
+  inbuf in;                 /* IN_CAP bytes (malloc): requests read, not yet handled */
+  uint8_t *w;               /* OUT_CAP bytes (malloc): gathered responses, w[0..wlen) */
+  size_t wlen;
+  uint64_t first_ns;        /* when the request of the oldest gathered response started */
+  int fds[MAX_PENDING_FDS]; /* received, waiting for an ATTACH; oldest first */
+  int nfds;
+} conn;
+
+typedef struct server {
+  evs_enclave *e;
+  evs_ep_buf out; /* the response being built; copied or written out before the next request */
+  conn conns[MAX_CONNS];
+  int nconns;
+} server;
+
+/* One recvmsg without waiting. Descriptors that came with the bytes are queued on c in arrival
+ * order; beyond MAX_PENDING_FDS they are closed (and logged). Returns the number of bytes, 0 at
+ * EOF, or -errno (-EAGAIN: nothing there). */
+static ssize_t conn_recv(conn *c, void *buf, size_t len) {
+  union {
+    struct cmsghdr align;
+    char b[CMSG_SPACE(RECV_FDS * sizeof(int))];
+  } cbuf;
+  struct iovec iov = {buf, len};
+  struct msghdr mh = {0};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = cbuf.b;
+  mh.msg_controllen = sizeof cbuf.b;
+  ssize_t n;
+  do n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  int extra = (mh.msg_flags & MSG_CTRUNC) != 0;
+  for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < k; i++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(cm) + i * sizeof fd, sizeof fd);
+      if (c->nfds < MAX_PENDING_FDS) {
+        c->fds[c->nfds++] = fd;
+      } else {
+        close(fd);
+        extra = 1;
+      }
+    }
+  }
+  if (extra)
+    log_error("EVS-3044", "more descriptors received than ATTACH frames consume: closed the extras",
+              NULL, 0);
+  return n;
+}
+
+/* Waits until c is ready for events (POLLIN or POLLOUT), at most STALL_MS: 0 (ready, or an
+ * error or hang-up that the next call reports), -ETIMEDOUT, or -errno. */
+static int conn_wait(const conn *c, short events) {
+  struct pollfd p = {.fd = c->fd, .events = events};
+  for (;;) {
+    int r = poll(&p, 1, STALL_MS);
+    if (r > 0) return 0;
+    if (r == 0) return -ETIMEDOUT;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+/* Reads exactly len bytes from c's socket (what c->in holds is the caller's business): 0, -EIO
+ * at EOF, -ETIMEDOUT, or -errno. */
+static int conn_read_full(conn *c, uint8_t *p, size_t len) {
+  while (len) {
+    ssize_t n = conn_recv(c, p, len);
+    if (n > 0) {
+      p += n;
+      len -= (size_t)n;
+      continue;
+    }
+    if (n == 0) return -EIO;
+    if (n != -EAGAIN) return (int)n;
+    int r = conn_wait(c, POLLIN);
+    if (r < 0) return r;
+  }
+  return 0;
+}
+
+/* Writes all of p[0..len) to c: 0, -ETIMEDOUT, or -errno (-EPIPE: the peer went away). */
+static int conn_write_full(conn *c, const uint8_t *p, size_t len) {
+  while (len) {
+    ssize_t n = send(c->fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      p += n;
+      len -= (size_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN) return -errno;
+    int r = conn_wait(c, POLLOUT);
+    if (r < 0) return r;
+  }
+  return 0;
+}
+
+/* Copies n bytes of c's stream to dst (NULL: discards them): first what is buffered, then
+ * straight from the socket. 0 or -errno. */
+static int take(conn *c, uint8_t *dst, uint64_t n) {
+  inbuf *in = &c->in;
   size_t b = in->len - in->off < n ? in->len - in->off : (size_t)n;
   if (dst) memcpy(dst, in->p + in->off, b);
   OPENSSL_cleanse(in->p + in->off, b);
   in->off += b;
   n -= b;
-  if (dst) return n ? read_full(fd, dst + b, (size_t)n) : 0;
+  if (dst) return n ? conn_read_full(c, dst + b, (size_t)n) : 0;
   uint8_t tmp[65536];
-  while (n) {
+  int r = 0;
+  while (n && r == 0) {
     size_t k = n > sizeof tmp ? sizeof tmp : (size_t)n;
-    if (read_full(fd, tmp, k) < 0) return -1;
+    r = conn_read_full(c, tmp, k);
     n -= k;
   }
-  return 0;
-}
-
-static int flush(int fd, uint8_t *w, size_t *wlen) {
-  int r = write_full(fd, w, *wlen);
-  OPENSSL_cleanse(w, *wlen);
-  *wlen = 0;
+  OPENSSL_cleanse(tmp, sizeof tmp);
   return r;
 }
 
-static int serve(evs_enclave *e, int fd) {
-  evs_ep_buf out = {0};
-  inbuf in = {malloc(IN_CAP), 0, 0};
-  uint8_t *w = malloc(OUT_CAP);
-  size_t wlen = 0;
-  uint64_t first_ns = 0; /* when the request of the oldest gathered response started */
-  int rc = 0;
-  if (!in.p || !w) {
-    log_error("EVS-3031", "out of memory for the I/O buffers", NULL, ENOMEM);
-    rc = 1;
-    goto done;
+static int flush(conn *c) {
+  int r = conn_write_full(c, c->w, c->wlen);
+  OPENSSL_cleanse(c->w, c->wlen);
+  c->wlen = 0;
+  return r;
+}
+
+/* Takes a new connection (an ATTACH's descriptor, or the first one). 0, or -1 with fd closed
+ * and the reason logged. */
+static int conn_add(server *s, int fd) {
+  conn *c = NULL;
+  for (int i = 0; i < MAX_CONNS && !c; i++)
+    if (s->conns[i].fd < 0) c = &s->conns[i];
+  if (!c) {
+    log_error("EVS-3043", "too many connections: ATTACH ignored", NULL, 0);
+    close(fd);
+    return -1;
   }
-  for (;;) {
-    size_t avail = in.len - in.off;
-    uint32_t len = avail >= 4 ? evs_ep_get_u32(in.p + in.off) : 0;
-    if (avail < 4 || (len <= IN_CAP - 4 && avail - 4 < len)) {
-      /* No complete request is buffered: write what is gathered before blocking. */
-      if (wlen && flush(fd, w, &wlen) < 0) break; /* the plugin went away */
-      if (in.off) {
-        memmove(in.p, in.p + in.off, avail);
-        OPENSSL_cleanse(in.p + avail, in.off); /* copies left behind by the move */
-        in.off = 0;
-        in.len = avail;
-      }
-      ssize_t n = read(fd, in.p + in.len, IN_CAP - in.len);
-      if (n < 0 && errno == EINTR) continue;
-      if (n == 0) break; /* EOF: the plugin closed its end */
-      if (n < 0) {
-        log_error("EVS-3030", "reading from the plugin failed", NULL, errno);
-        rc = 1;
-        break;
-      }
-      in.len += (size_t)n;
-      continue;
-    }
-    uint64_t t0 = now_ns();
-    if (len <= IN_CAP - 4) {
-      const uint8_t *body = in.p + in.off + 4;
-      if (wlen && (t0 - first_ns >= FLUSH_NS ||
-                   (len >= EVS_EP_HEADER_LEN - 4 && evs_ep_get_u32(body + 16) > GATHER_ITEMS)) &&
-          flush(fd, w, &wlen) < 0)
-        break;
-      evs__ep_handle(e, body, len, &out);
-      OPENSSL_cleanse(in.p + in.off, 4 + (size_t)len); /* it may hold plaintext or a token */
-      in.off += 4 + (size_t)len;
+  uint8_t *in = malloc(IN_CAP), *w = malloc(OUT_CAP);
+  if (!in || !w) {
+    free(in);
+    free(w);
+    log_error("EVS-3031", "out of memory for a connection's buffers", NULL, ENOMEM);
+    close(fd);
+    return -1;
+  }
+  *c = (conn){.fd = fd, .in = {in, 0, 0}, .w = w};
+  s->nconns++;
+  return 0;
+}
+
+/* Closes c and its waiting descriptors, and wipes and frees its buffers. */
+static void conn_drop(server *s, conn *c) {
+  close(c->fd);
+  for (int i = 0; i < c->nfds; i++) close(c->fds[i]);
+  OPENSSL_clear_free(c->in.p, IN_CAP);
+  OPENSSL_clear_free(c->w, OUT_CAP);
+  *c = (conn){.fd = -1};
+  s->nconns--;
+}
+
+/* Logs why a connection is given up (err: -errno), unless it is the ordinary end: EOF (-EIO),
+ * a peer that closed with responses unread (ECONNRESET) or before they were written (EPIPE).
+ * ENOMEM has been logged where it happened. */
+static void conn_failed(int err) {
+  if (err == -EIO || err == -ECONNRESET || err == -EPIPE || err == -ENOMEM) return;
+  if (err == -ETIMEDOUT)
+    log_error("EVS-3033", "a connection stalled in the middle of a message: closed it", NULL, 0);
+  else
+    log_error("EVS-3030", "a connection failed: closed it", NULL, -err);
+}
+
+/* 1 when the frame body (after its u32 length) is an ATTACH: right magic and version, op
+ * ATTACH. Such a frame is never answered, even when malformed. */
+static int is_attach(const uint8_t *body, size_t len) {
+  return len >= 8 && evs_ep_get_u32(body) == EVS_EP_MAGIC &&
+         evs_ep_get_u16(body + 4) == EVS_EP_VERSION && evs_ep_get_u16(body + 6) == EVS_EP_ATTACH;
+}
+
+/* 1 when fd is a unix stream socket that is not listening (one that is not connected fails at
+ * its first read and is closed then). */
+static int is_unix_stream(int fd) {
+  int v = -1;
+  socklen_t l = sizeof v;
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &v, &l) < 0 || v != AF_UNIX) return 0;
+  l = sizeof v;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &l) < 0 || v != SOCK_STREAM) return 0;
+  l = sizeof v;
+  return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &l) == 0 && v == 0;
+}
+
+/* An ATTACH frame arrived on c: the oldest descriptor waiting there becomes a connection, if
+ * the frame and the descriptor are what the protocol asks for; otherwise it is closed and the
+ * frame ignored (logged). Never answered, never fatal to c. */
+static void attach(server *s, conn *c, const uint8_t *body, size_t len) {
+  int fd = -1;
+  if (c->nfds) {
+    fd = c->fds[0];
+    c->nfds--;
+    memmove(c->fds, c->fds + 1, (size_t)c->nfds * sizeof *c->fds);
+  }
+  int well_formed = len == EVS_EP_HEADER_LEN - 4 && evs_ep_get_u32(body + 12) == 0 &&
+                    evs_ep_get_u32(body + 16) == 0; /* status 0, no items */
+  if (!well_formed)
+    log_error("EVS-3042", "an ATTACH frame with items or a status: ignored", NULL, 0);
+  else if (fd < 0)
+    log_error("EVS-3040", "an ATTACH frame without a descriptor: ignored", NULL, 0);
+  else if (!is_unix_stream(fd))
+    log_error("EVS-3041", "the descriptor of an ATTACH is not a unix stream socket: ignored",
+              NULL, 0);
+  else {
+    conn_add(s, fd); /* closes fd and logs when it cannot */
+    return;
+  }
+  if (fd >= 0) close(fd);
+}
+
+/* Handles the request at c->in.off, whose length field (len) has been read and whose body is
+ * buffered whole when len <= IN_CAP - 4; a larger one is read on. Its response is gathered or
+ * written. 0, or -errno: the connection is to be closed (conn_failed says why). */
+static int handle_one(server *s, conn *c, uint32_t len) {
+  inbuf *in = &c->in;
+  evs_ep_buf *out = &s->out;
+  uint64_t t0 = now_ns();
+  int r;
+  if (len <= IN_CAP - 4) {
+    const uint8_t *body = in->p + in->off + 4;
+    int one_way = is_attach(body, len);
+    if (one_way) {
+      attach(s, c, body, len);
     } else {
-      if (wlen && flush(fd, w, &wlen) < 0) break; /* the rest of this one may take a while */
-      in.off += 4;
-      uint8_t *body = len <= EVS_EP_MAX_MESSAGE ? malloc(len) : NULL;
-      if (!body) {
-        /* Too large (or no memory): read the header, so that the error response can name the
-         * request the plugin is waiting for, and discard the rest. */
-        uint8_t head[EVS_EP_HEADER_LEN - 4] = {0};
-        if (take(fd, &in, head, sizeof head) < 0 || take(fd, &in, NULL, len - sizeof head) < 0)
-          break;
-        evs__ep_begin(&out, evs_ep_get_u16(head + 6), evs_ep_get_u32(head + 8),
-                      len > EVS_EP_MAX_MESSAGE ? EVS_EP_E_PROTOCOL : EVS_EP_E_INTERNAL);
-        evs__ep_finish(&out);
-      } else {
-        if (take(fd, &in, body, len) < 0) {
-          OPENSSL_clear_free(body, len);
-          break;
-        }
-        evs__ep_handle(e, body, len, &out);
-        OPENSSL_clear_free(body, len);
-      }
+      if (c->wlen &&
+          (t0 - c->first_ns >= FLUSH_NS ||
+           (len >= EVS_EP_HEADER_LEN - 4 && evs_ep_get_u32(body + 16) > GATHER_ITEMS)) &&
+          (r = flush(c)) < 0)
+        return r;
+      evs__ep_handle(s->e, body, len, out);
     }
-    if (out.len == 0) { /* not even an error response could be built: better dead than mute */
-      log_error("EVS-3031", "out of memory for a response", NULL, ENOMEM);
+    OPENSSL_cleanse(in->p + in->off, 4 + (size_t)len); /* it may hold plaintext or a token */
+    in->off += 4 + (size_t)len;
+    if (one_way) return 0; /* no response */
+  } else {
+    if (c->wlen && (r = flush(c)) < 0) return r; /* the rest of this one may take a while */
+    in->off += 4;
+    uint8_t *body = len <= EVS_EP_MAX_MESSAGE ? malloc(len) : NULL;
+    if (!body) {
+      /* Too large (or no memory): read the header, so that the error response can name the
+       * request the plugin is waiting for, and discard the rest. */
+      uint8_t head[EVS_EP_HEADER_LEN - 4] = {0};
+      if ((r = take(c, head, sizeof head)) < 0 || (r = take(c, NULL, len - sizeof head)) < 0)
+        return r;
+      if (is_attach(head, sizeof head)) {
+        attach(s, c, head, len); /* malformed: ignored */
+        return 0;
+      }
+      evs__ep_begin(out, evs_ep_get_u16(head + 6), evs_ep_get_u32(head + 8),
+                    len > EVS_EP_MAX_MESSAGE ? EVS_EP_E_PROTOCOL : EVS_EP_E_INTERNAL);
+      evs__ep_finish(out);
+    } else {
+      if ((r = take(c, body, len)) < 0) {
+        OPENSSL_clear_free(body, len);
+        return r;
+      }
+      int one_way = is_attach(body, len);
+      if (one_way)
+        attach(s, c, body, len); /* malformed: ignored */
+      else
+        evs__ep_handle(s->e, body, len, out);
+      OPENSSL_clear_free(body, len);
+      if (one_way) return 0;
+    }
+  }
+  if (out->len == 0) { /* not even an error response could be built: better closed than mute */
+    log_error("EVS-3031", "out of memory for a response: closed the connection", NULL, ENOMEM);
+    return -ENOMEM;
+  }
+  if (c->wlen && out->len > OUT_CAP - c->wlen && (r = flush(c)) < 0) return r;
+  if (out->len > OUT_CAP) { /* large: written as it is */
+    r = conn_write_full(c, out->p, out->len);
+    OPENSSL_cleanse(out->p, out->len);
+    return r;
+  }
+  if (!c->wlen) c->first_ns = t0;
+  memcpy(c->w + c->wlen, out->p, out->len);
+  c->wlen += out->len;
+  OPENSSL_cleanse(out->p, out->len);
+  return 0;
+}
+
+/* c is readable: one read, every request it completes, their responses written. 0, or -1 when
+ * c is to be closed (the reason, if any, is logged). */
+static int conn_serve(server *s, conn *c) {
+  inbuf *in = &c->in;
+  if (in->off) {
+    size_t avail = in->len - in->off;
+    memmove(in->p, in->p + in->off, avail);
+    OPENSSL_cleanse(in->p + avail, in->off); /* copies left behind by the move */
+    in->off = 0;
+    in->len = avail;
+  }
+  /* Never full here: a request that fits in IN_CAP was handled once complete, and a larger
+   * one is read on as soon as its length is known. */
+  ssize_t n = conn_recv(c, in->p + in->len, IN_CAP - in->len);
+  if (n == -EAGAIN) return 0;
+  int r = n == 0 ? -EIO : n < 0 ? (int)n : 0;
+  if (r == 0) {
+    in->len += (size_t)n;
+    for (;;) {
+      size_t avail = in->len - in->off;
+      uint32_t len = avail >= 4 ? evs_ep_get_u32(in->p + in->off) : 0;
+      if (avail < 4 || (len <= IN_CAP - 4 && avail - 4 < len)) break; /* wait for the rest */
+      if ((r = handle_one(s, c, len)) < 0) break;
+    }
+  }
+  if (r == 0 && c->wlen) r = flush(c); /* before the loop waits again */
+  if (r < 0) conn_failed(r);
+  return r < 0 ? -1 : 0;
+}
+
+/* Serves the connection fd, and every connection ATTACH adds, until the last one has closed
+ * (0); 1 when the loop itself fails. */
+static int serve(evs_enclave *e, int fd) {
+  server s = {.e = e};
+  for (int i = 0; i < MAX_CONNS; i++) s.conns[i].fd = -1;
+  if (conn_add(&s, fd) < 0) return 1;
+  int rc = 0;
+  while (s.nconns > 0) {
+    struct pollfd p[MAX_CONNS];
+    int slot[MAX_CONNS];
+    nfds_t n = 0;
+    for (int i = 0; i < MAX_CONNS; i++) {
+      if (s.conns[i].fd < 0) continue;
+      p[n] = (struct pollfd){.fd = s.conns[i].fd, .events = POLLIN};
+      slot[n++] = i;
+    }
+    if (poll(p, n, -1) < 0) {
+      if (errno == EINTR) continue;
+      log_error("EVS-3032", "waiting for requests failed", NULL, errno);
       rc = 1;
       break;
     }
-    if (wlen && out.len > OUT_CAP - wlen && flush(fd, w, &wlen) < 0) break;
-    if (out.len > OUT_CAP) { /* large: written as it is */
-      int r = write_full(fd, out.p, out.len);
-      OPENSSL_cleanse(out.p, out.len);
-      if (r < 0) break;
-      continue;
+    for (nfds_t k = 0; k < n; k++) {
+      conn *c = &s.conns[slot[k]];
+      /* A slot closed (and perhaps refilled by an ATTACH) during this round: its new
+       * connection is polled next round; a read of it now would only find EAGAIN. */
+      if (!p[k].revents || c->fd != p[k].fd) continue;
+      if (conn_serve(&s, c) < 0) conn_drop(&s, c);
     }
-    if (!wlen) first_ns = t0;
-    memcpy(w + wlen, out.p, out.len);
-    wlen += out.len;
-    OPENSSL_cleanse(out.p, out.len);
   }
-done:
-  if (in.p) OPENSSL_clear_free(in.p, IN_CAP);
-  if (w) OPENSSL_clear_free(w, OUT_CAP);
-  evs__ep_buf_done(&out);
+  for (int i = 0; i < MAX_CONNS; i++)
+    if (s.conns[i].fd >= 0) conn_drop(&s, &s.conns[i]);
+  evs__ep_buf_done(&s.out);
   return rc;
 }
 
 int main(int argc, char **argv) {
-  const char *seal_path = NULL, *cred_dir = NULL;
+  const char *seal_path = NULL, *cred_dir = NULL, *tag = NULL;
   int fd = -1, explicit_creds = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -524,6 +794,14 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--credentials") == 0 && i + 1 < argc) {
       cred_dir = argv[++i];
       explicit_creds = 1;
+    } else if (strcmp(a, "--tag") == 0 && i + 1 < argc) {
+      tag = argv[++i];
+      size_t n = strlen(tag);
+      if (n < 1 || n > 64 || strspn(tag, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                          "0123456789_-") != n) {
+        usage();
+        return 2;
+      }
     } else if (strcmp(a, "--version") == 0) {
       printf("evserver-enclave %s\n", EVS_ENCLAVE_VERSION);
       return 0;
@@ -584,6 +862,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   evs__enclave_set_info(e, evs_sandbox_policy_name(EVS_SANDBOX_ENCLAVE), mlock_mode);
+  evs__enclave_set_tag(e, tag);
   int rc = serve(e, fd);
   evs__enclave_free(e);
   return rc;

@@ -141,16 +141,21 @@ static int32_t op_hello(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out) {
   int sk = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int socket_errno = sk < 0 ? errno : 0;
   if (sk >= 0) close(sk);
-  char text[256];
-  int n = snprintf(text, sizeof text, "evserver-enclave %s sandbox=%s open=%s socket=%s mlock=%s",
+  /* The pid and tag identify the process to a client that attached to an enclave it did not
+   * start (proto header, EVS_EP_ATTACH); fields are appended, never reordered. */
+  const char *tag = evs__enclave_tag(e);
+  char text[320];
+  int n = snprintf(text, sizeof text,
+                   "evserver-enclave %s sandbox=%s open=%s socket=%s mlock=%s pid=%ld%s%s",
                    EVS_ENCLAVE_VERSION, evs__enclave_sandbox(e),
                    open_errno == EPERM ? "EPERM" : open_errno ? "error" : "ALLOWED",
                    socket_errno == EPERM ? "EPERM" : socket_errno ? "error" : "ALLOWED",
-                   evs__enclave_mlock(e));
+                   evs__enclave_mlock(e), (long)getpid(), tag ? " tag=" : "", tag ? tag : "");
+  if (n < 0 || (size_t)n >= sizeof text) return EVS_EP_E_INTERNAL;
   uint8_t v[2];
   evs_ep_put_u16(v, EVS_EP_VERSION);
   evs__ep_add(out, v, 2);
-  evs__ep_add(out, text, n > 0 ? (size_t)n : 0);
+  evs__ep_add(out, text, (size_t)n);
   return EVS_EP_OK;
 }
 
@@ -394,6 +399,9 @@ void evs__ep_handle(evs_enclave *e, const uint8_t *body, size_t len, evs_ep_buf 
       case EVS_EP_DECRYPT_ROLE: r = op_decrypt(e, &m, out, 1); break;
       case EVS_EP_ENCRYPT_FILE: r = op_encrypt_file(e, &m, out); break;
       case EVS_EP_DECRYPT_FILE: r = op_decrypt_file(e, &m, out); break;
+      /* ATTACH carries a descriptor and is answered by nobody: main.c's loop takes it before
+       * a frame gets here. Anyone else (a unit test, the fuzzer) gets the unknown-op error. */
+      case EVS_EP_ATTACH: r = EVS_EP_E_UNKNOWN_OP; break;
       default: r = EVS_EP_E_UNKNOWN_OP; break;
     }
   }

@@ -1,7 +1,8 @@
 /*
  * The enclave protocol: how the enclave plugin (in a worker) talks to the enclave process (the
- * only holder of key material) over a socketpair. Versioned, batched, asynchronous: one message
- * carries many fields, and the plugin may have many requests in flight, matched by request id.
+ * only holder of key material) over unix stream sockets. Versioned, batched, asynchronous: one
+ * message carries many fields, and the plugin may have many requests in flight, matched by
+ * request id.
  *
  * Framing (all integers little-endian):
  *
@@ -17,9 +18,15 @@
  *
  * Each op documents its request items and response items below. Per-field results in batches
  * are themselves items: `i32 status || bytes` (status 0: bytes are the result). A response
- * with a non-zero status carries no items. The enclave answers requests in the order they
- * arrive; a malformed or oversized frame gets EVS_EP_E_PROTOCOL (echoing op and request_id when
- * its header could be read) and the enclave carries on.
+ * with a non-zero status carries no items. The enclave answers every request except ATTACH,
+ * on the connection it came from, in the order they arrive there; a malformed or oversized
+ * frame gets EVS_EP_E_PROTOCOL (echoing op and request_id when its header could be read) and
+ * the enclave carries on.
+ *
+ * Connections: the enclave serves every connection it has, each exactly like the first (its
+ * own requests, its own responses in order). The first is the descriptor it was started with
+ * (--fd N); EVS_EP_ATTACH adds more. It exits (status 0) when its last connection has closed,
+ * so an enclave outlives the worker that started it as long as anyone holds a connection to it.
  *
  * Nothing in this header is secret-bearing by itself; what travels is ciphertext, public keys,
  * sealed blobs, tokens (APP_CREATE's response and APP_UNLOCK's request, once) and, for DECRYPT,
@@ -40,7 +47,12 @@
 typedef enum evs_ep_op {
   /* req: (none) — resp: [u16 version, "evserver-enclave <ver>"]. The text goes on with
    *   " sandbox=<policy> open=<EPERM|...> socket=<EPERM|...> mlock=<all|secure-heap|none>": a live
-   *   self-check, made when HELLO is answered, that the seccomp filter refuses open and socket. */
+   *   self-check, made when HELLO is answered, that the seccomp filter refuses open and socket.
+   *   Then " pid=<decimal pid>" (the enclave process, so that a client that attached to an
+   *   enclave it did not start knows which process it talks to), and " tag=<tag>" when the
+   *   enclave was started with --tag (1..64 of [A-Za-z0-9_-], opaque to the enclave: the
+   *   plugin uses it to check that an enclave it attaches to was started with the configuration
+   *   it would start one with). Fields are only ever appended: parse by name, not position. */
   EVS_EP_HELLO = 1,
   /* req: [app_id] — resp: [app_token (text, shown once), pub_secp256k1 (33 B), pub_p256 (33 B),
    *   sealed_share_1, sealed_share_2, wrapped_keys]. The plugin stores the last three (two
@@ -82,6 +94,20 @@ typedef enum evs_ep_op {
    * The data role from the value's metadata (S0lS / QkTC; role_len 0 for RFVC / Tk9D), for a
    * caller that enforces data-role policy; the enclave does not judge roles itself. */
   EVS_EP_DECRYPT_ROLE = 10,
+  /* req: (none), sent with exactly one file descriptor as SCM_RIGHTS ancillary data, on the
+   *   sendmsg() that carries this frame or an earlier one on the same connection — resp: NONE.
+   * The descriptor must be a connected AF_UNIX SOCK_STREAM socket (the sender then closes its
+   * own copy); it becomes a further connection of the enclave, served exactly like the first,
+   * until either end closes it. ATTACH is one-way: send it with request_id 0 and do not wait
+   * for an answer (it is meant to be sent over a connection that nobody reads, a spare held
+   * only to keep the enclave reachable, where an answer would pile up unread). An ATTACH
+   * without a received descriptor, with a descriptor that is not a unix stream socket, with
+   * items or a non-zero status, or beyond the enclave's connection limit, is ignored: the
+   * descriptor (if any) is closed and the enclave logs it. Descriptors received on a
+   * connection wait there, in arrival order and at most 4, for the ATTACH frames that consume
+   * them; extras are closed. A client learns an ATTACH's outcome only by talking on the new
+   * connection (HELLO; a refused one is closed, so the client reads EOF). */
+  EVS_EP_ATTACH = 11,
 } evs_ep_op;
 
 typedef enum evs_ep_status {

@@ -5,10 +5,16 @@ APP_UNLOCK across a restart, a 50-field ENCRYPT per curve and role decrypted bac
 a wrong token refused, the systemd-credentials unlock, malformed frames answered without a crash,
 pipelined requests answered whole and in order, no key material on disk besides the sealed
 blobs, and a process that is seccomp-filtered and not dumpable (a same-user process cannot read
-its memory).
+its memory). Then the further connections that ATTACH hands the enclave (a unix socket passed
+with SCM_RIGHTS): served like the first, apps unlocked through one usable through another, each
+request answered on its own connection, the process alive until its last connection closes,
+ATTACHes without a proper descriptor ignored and logged, and HELLO's pid= and tag=.
 """
 
+import json
 import os
+import re
+import select
 import signal
 import socket
 import stat
@@ -22,6 +28,7 @@ import evstest
 MAGIC = 0x31455645
 HELLO, APP_CREATE, APP_UNLOCK, APP_LOCK, APP_STATUS = 1, 2, 3, 4, 5
 ENCRYPT, DECRYPT, ENCRYPT_FILE, DECRYPT_FILE, DECRYPT_ROLE = 6, 7, 8, 9, 10
+ATTACH = 11
 E_PROTOCOL, E_UNKNOWN_OP, E_NO_APP, E_BAD_TOKEN, E_DECRYPT, E_INVALID = -1, -2, -3, -4, -5, -6
 MAX_MESSAGE = 64 << 20
 
@@ -40,27 +47,14 @@ def frame(op, items, request_id=1, magic=MAGIC, version=1, status=0, nitems=None
     return struct.pack("<I", len(body)) + body
 
 
-class Enclave:
-    """One evserver-enclave process and the plugin's end of its socketpair."""
+class Conn:
+    """The client's end of one connection to an enclave process: frames out, responses in."""
 
-    def __init__(self, state_dir, credentials=None, env=None, user=None, extra_fds=()):
-        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    def __init__(self, enclave, sock):
+        self.enclave = enclave
+        self.sock = sock
         self.sock.settimeout(30)
-        self.seal_key = os.path.join(state_dir, "seal.key")
-        args = [binary(), "--fd", str(theirs.fileno()), "--seal-key", self.seal_key]
-        if credentials:
-            args += ["--credentials", credentials]
-        self.stderr_path = os.path.join(evstest.tmpdir("evs-enclave-log-"), "stderr")
-        with open(self.stderr_path, "wb") as err:
-            kw = {"user": user} if user is not None else {}
-            self.fd = theirs.fileno()
-            self.proc = subprocess.Popen(args, pass_fds=[theirs.fileno(), *extra_fds],
-                                         stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=err,
-                                         env=env if env is not None else {}, **kw)
-        theirs.close()
         self.next_id = 1
-        evstest.defer(self.kill)
 
     def send_raw(self, data):
         self.sock.sendall(data)
@@ -85,7 +79,7 @@ class Enclave:
             chunk = self.sock.recv(n - len(buf))
             if not chunk:
                 raise AssertionError("the enclave closed the connection; stderr: %r"
-                                     % self.stderr())
+                                     % self.enclave.stderr())
             buf += chunk
         return buf
 
@@ -101,6 +95,55 @@ class Enclave:
         status, out = self.call(op, items)
         assert status == 0, "op %d failed with %d" % (op, status)
         return out
+
+    def attach(self, fds=None, items=()):
+        """Sends ATTACH (request id 0; it gets no answer) with fds as SCM_RIGHTS in the same
+        sendmsg. fds None: the end of a new socketpair, whose other end comes back as a Conn."""
+        mine = theirs = None
+        if fds is None:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            fds = [theirs.fileno()]
+        data = frame(ATTACH, list(items), request_id=0)
+        if fds:
+            assert socket.send_fds(self.sock, [data], fds) == len(data)
+        else:
+            self.send_raw(data)
+        if mine is None:
+            return None
+        theirs.close()  # the enclave has its own copy now
+        conn = Conn(self.enclave, mine)
+        evstest.defer(conn.sock.close)
+        return conn
+
+    def assert_nothing_to_read(self):
+        """No bytes from the enclave wait on this connection. Meaningful after a round trip
+        made on it: the enclave answers in order, so it has handled everything sent before."""
+        r, _, _ = select.select([self.sock], [], [], 0.2)
+        assert not r, "unexpected bytes from the enclave: %r" % self.sock.recv(4096)
+
+
+class Enclave(Conn):
+    """One evserver-enclave process and the plugin's end of its socketpair, its first
+    connection."""
+
+    def __init__(self, state_dir, credentials=None, env=None, user=None, extra_fds=(),
+                 args=()):
+        sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        super().__init__(self, sock)
+        self.seal_key = os.path.join(state_dir, "seal.key")
+        args = [binary(), "--fd", str(theirs.fileno()), "--seal-key", self.seal_key, *args]
+        if credentials:
+            args += ["--credentials", credentials]
+        self.stderr_path = os.path.join(evstest.tmpdir("evs-enclave-log-"), "stderr")
+        with open(self.stderr_path, "wb") as err:
+            kw = {"user": user} if user is not None else {}
+            self.fd = theirs.fileno()
+            self.proc = subprocess.Popen(args, pass_fds=[theirs.fileno(), *extra_fds],
+                                         stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err,
+                                         env=env if env is not None else {}, **kw)
+        theirs.close()
+        evstest.defer(self.kill)
 
     def stderr(self):
         with open(self.stderr_path, "rb") as f:
@@ -438,6 +481,258 @@ def test_process_is_filtered_and_not_dumpable():
         core = [line for line in f if line.startswith("Max core file size")]
     assert core and core[0].split()[4:6] == ["0", "0"], core
     assert enc.close() == 0
+
+
+# ---- further connections: ATTACH --------------------------------------------------------------
+
+HELLO_TEXT = re.compile(r"evserver-enclave (?P<version>\S+) sandbox=(?P<sandbox>\S+) "
+                        r"open=(?P<open>\S+) socket=(?P<socket>\S+) mlock=(?P<mlock>\S+) "
+                        r"pid=(?P<pid>[0-9]+)(?: tag=(?P<tag>[A-Za-z0-9_-]{1,64}))?")
+
+
+def hello(conn):
+    """HELLO on conn; its text, parsed."""
+    out = conn.ok(HELLO, [])
+    m = HELLO_TEXT.fullmatch(out[1].decode())
+    assert m, out[1]
+    return m
+
+
+def log_ids(enc):
+    """The ids of the enclave's log lines (each a JSON object on one line)."""
+    return [json.loads(line)["id"] for line in enc.stderr().splitlines()]
+
+
+def test_attach_serves_a_second_connection():
+    state = evstest.tmpdir()
+    tag = "cfg-1_" + "A" * 58  # the longest tag: 64 characters
+    enc = Enclave(state, args=["--tag", tag])
+    m = hello(enc)
+    assert int(m["pid"]) == enc.proc.pid and m["tag"] == tag, m[0]
+    assert m["sandbox"] == "enclave" and m["open"] == "EPERM" and m["socket"] == "EPERM", m[0]
+    token, pub_k1, pub_p256, share1, share2, wrapped = create_app(enc, b"app_att")
+    enc.ok(APP_LOCK, [b"app_att"])
+    enc.ok(APP_UNLOCK, [b"app_att", token, share1, share2, wrapped])  # by hand, on connection 1
+
+    conn2 = enc.attach()
+    # ATTACH is one-way: the next answer on connection 1 is the next request's.
+    hello(enc)
+    enc.assert_nothing_to_read()
+    m = hello(conn2)
+    assert int(m["pid"]) == enc.proc.pid and m["tag"] == tag, m[0]
+    # One enclave, one table of apps: unlocked through connection 1, usable through 2.
+    assert conn2.ok(APP_STATUS, [b"app_att"]) == [b"\x01", pub_k1, pub_p256]
+    (ev,) = conn2.ok(ENCRYPT, [b"app_att", b"prime256v1", b"", b"s:through two"])
+    assert ev[:4] == b"\0\0\0\0", ev
+    assert conn2.ok(DECRYPT, [b"app_att", ev[4:]]) == [b"\0\0\0\0\0through two"]
+    assert enc.ok(DECRYPT, [b"app_att", ev[4:]]) == [b"\0\0\0\0\0through two"]
+    # A connection attached through an attached one is served too.
+    conn3 = conn2.attach()
+    assert int(hello(conn3)["pid"]) == enc.proc.pid
+    # A lock through one connection holds for all.
+    conn3.ok(APP_LOCK, [b"app_att"])
+    status, _ = enc.call(DECRYPT, [b"app_att", ev[4:]])
+    assert status == E_NO_APP, status
+    conn2.assert_nothing_to_read()
+    conn2.sock.close()
+    conn3.sock.close()
+    assert enc.close() == 0
+    assert enc.stderr() == b"", enc.stderr()
+
+    # Without --tag, HELLO has no tag field.
+    enc = Enclave(state)
+    m = hello(enc)
+    assert m["tag"] is None and int(m["pid"]) == enc.proc.pid, m[0]
+    assert enc.close() == 0
+
+
+def test_enclave_lives_until_its_last_connection_closes():
+    enc = Enclave(evstest.tmpdir())
+    create_app(enc, b"app_last")
+    conn2 = enc.attach()
+    hello(conn2)
+    enc.sock.close()  # the worker that started the enclave goes away
+    time.sleep(0.3)
+    assert enc.proc.poll() is None, enc.stderr()
+    (ev,) = conn2.ok(ENCRYPT, [b"app_last", b"secp256k1", b"", b"s:still here"])
+    assert conn2.ok(DECRYPT, [b"app_last", ev[4:]]) == [b"\0\0\0\0\0still here"]
+    # Attached through the second, which then closes: the third keeps the enclave alive.
+    conn3 = conn2.attach()
+    hello(conn3)
+    conn2.sock.close()
+    time.sleep(0.3)
+    assert enc.proc.poll() is None, enc.stderr()
+    assert conn3.ok(DECRYPT, [b"app_last", ev[4:]]) == [b"\0\0\0\0\0still here"]
+    conn3.sock.close()  # the last one
+    assert enc.proc.wait(timeout=10) == 0
+    assert enc.stderr() == b"", enc.stderr()
+
+
+def test_two_connections_pipelined_at_once():
+    """Two clients pipeline 300 requests each, at the same time, in odd-sized pieces: every
+    response comes back whole, in order, on the connection its request came on (each client's
+    values carry its own prefix, and decrypt back to it) — with a file larger than the read
+    buffer among one client's requests and a malformed frame among the other's."""
+    enc = Enclave(evstest.tmpdir())
+    app = b"app_two"
+    create_app(enc, app)
+    conns = [enc, enc.attach()]
+    big = os.urandom(600 * 1024)
+    plans = []
+    for k in range(2):
+        reqs, expect = [], []
+        for i in range(300):
+            rid = 1000 * (k + 1) + i
+            if k == 0 and i == 120:
+                reqs.append(frame(ENCRYPT_FILE, [app, b"prime256v1", big], rid))
+                expect.append((ENCRYPT_FILE, rid, 0))
+            elif k == 1 and i == 200:
+                reqs.append(frame(HELLO, [b"x"], rid))
+                expect.append((HELLO, rid, E_PROTOCOL))
+            else:
+                reqs.append(frame(ENCRYPT, [app, b"secp256k1", b"", b"s:c%d-v%d" % (k, i)], rid))
+                expect.append((ENCRYPT, rid, 0))
+        plans.append((b"".join(reqs), expect))
+
+    results = [None, None]
+    errors = []
+
+    def send(k):
+        data, piece = plans[k][0], 4099 + 1000 * k
+        for off in range(0, len(data), piece):
+            conns[k].sock.sendall(data[off:off + piece])
+
+    def receive(k):
+        try:
+            results[k] = [conns[k].recv() for _ in plans[k][1]]
+        except Exception as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=f, args=(k,)) for k in range(2) for f in (send, receive)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k in range(2):
+        assert [o[:3] for o in results[k]] == plans[k][1], k
+        for i in (0, 119, 121, 199, 201, 299):
+            field = results[k][i][3][0]
+            assert field[:4] == b"\0\0\0\0", field
+            # Decrypted through the other connection: it is the same enclave.
+            (plain,) = conns[1 - k].ok(DECRYPT, [app, field[4:]])
+            assert plain == b"\0\0\0\0\0" + b"c%d-v%d" % (k, i), plain
+    assert conns[1].ok(DECRYPT_FILE, [app, results[0][120][3][0]]) == [big]
+    for c in conns:
+        c.assert_nothing_to_read()
+    conns[1].sock.close()
+    assert enc.close() == 0
+    assert enc.stderr() == b"", enc.stderr()
+
+
+def test_attach_without_a_proper_descriptor_is_ignored():
+    enc = Enclave(evstest.tmpdir())
+    # No descriptor at all.
+    enc.attach(fds=[])
+    hello(enc)
+    enc.assert_nothing_to_read()
+    assert log_ids(enc) == ["EVS-3040"], enc.stderr()
+
+    # A pipe's end: not a socket. The enclave closes its copy, so with ours closed the read end
+    # sees EOF.
+    r, w = os.pipe()
+    evstest.defer(lambda: os.close(r))
+    enc.attach(fds=[w])
+    os.close(w)
+    hello(enc)
+    enc.assert_nothing_to_read()
+    ready, _, _ = select.select([r], [], [], 10)
+    assert ready and os.read(r, 1) == b"", "the enclave kept the pipe open"
+    # A datagram socket: not a stream socket.
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    evstest.defer(mine.close)
+    enc.attach(fds=[theirs.fileno()])
+    theirs.close()
+    hello(enc)
+    assert log_ids(enc) == ["EVS-3040", "EVS-3041", "EVS-3041"], enc.stderr()
+
+    # A proper socket with an ATTACH that has items: malformed, so ignored, and the socket
+    # closed (our end sees EOF).
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    evstest.defer(mine.close)
+    enc.attach(fds=[theirs.fileno()], items=[b"x"])
+    theirs.close()
+    hello(enc)
+    enc.assert_nothing_to_read()
+    mine.settimeout(10)
+    assert mine.recv(1) == b""
+    assert log_ids(enc)[-1] == "EVS-3042", enc.stderr()
+
+    # Descriptors beyond what waits for ATTACH frames (4) are closed and logged; the next
+    # ATTACH takes the oldest that waited.
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(5)]
+    for p in pairs:
+        evstest.defer(p[0].close)
+    data = frame(HELLO, [], request_id=500)
+    assert socket.send_fds(enc.sock, [data], [p[1].fileno() for p in pairs]) == len(data)
+    for p in pairs:
+        p[1].close()
+    assert enc.recv()[:3] == (HELLO, 500, 0)
+    assert log_ids(enc)[-1] == "EVS-3044", enc.stderr()
+    pairs[4][0].settimeout(10)
+    assert pairs[4][0].recv(1) == b""  # the fifth: closed
+    enc.attach(fds=[])  # consumes the first waiting descriptor
+    first = Conn(enc, pairs[0][0])
+    assert int(hello(first)["pid"]) == enc.proc.pid
+
+    # Through all of it the enclave served, and logged nothing but those lines.
+    assert enc.proc.poll() is None
+    assert log_ids(enc) == ["EVS-3040", "EVS-3041", "EVS-3041", "EVS-3042", "EVS-3044"]
+    first.sock.close()
+    assert enc.close() == 0
+
+
+def test_attach_beyond_the_connection_limit_is_refused():
+    enc = Enclave(evstest.tmpdir())
+    conns = [enc.attach() for _ in range(15)]  # 16 with the first
+    for c in conns:
+        hello(c)
+    extra = enc.attach()
+    hello(enc)
+    extra.sock.settimeout(10)
+    assert extra.sock.recv(1) == b""  # refused: closed
+    assert log_ids(enc) == ["EVS-3043"], enc.stderr()
+    # Once one has closed, there is room again.
+    conns[0].sock.close()
+    time.sleep(0.3)
+    again = enc.attach()
+    assert int(hello(again)["pid"]) == enc.proc.pid
+    for c in conns[1:] + [again]:
+        c.sock.close()
+    assert enc.close() == 0
+
+
+def test_stalled_connection_is_dropped_alone():
+    """A request that never arrives whole: after 10 s without progress the enclave closes that
+    connection (meanwhile the others wait) and goes on serving the rest."""
+    enc = Enclave(evstest.tmpdir())
+    conn2 = enc.attach()
+    hello(conn2)
+    head = frame(ENCRYPT_FILE, [], request_id=9)
+    conn2.send_raw(struct.pack("<I", 1 << 20) + head[4:] + b"\0" * 1000)
+    conn2.sock.settimeout(60)
+    assert conn2.sock.recv(1) == b""
+    assert log_ids(enc) == ["EVS-3033"], enc.stderr()
+    assert int(hello(enc)["pid"]) == enc.proc.pid
+    assert enc.close() == 0
+
+
+def test_tag_must_be_valid():
+    for tag in ("", "a" * 65, "has space", "semi;colon", "caf\u00e9", None):
+        args = [binary(), "--fd", "0", "--seal-key", "/nonexistent/seal.key", "--tag"]
+        r = subprocess.run(args + ([tag] if tag is not None else []), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={}, timeout=10)
+        assert r.returncode == 2 and b"usage:" in r.stderr, (tag, r.returncode, r.stderr)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@
 
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "enclave.h"
 
@@ -282,6 +284,27 @@ static void test_handle_errors(void **state) {
   assert_int_equal(r.nitems, 2);
   assert_int_equal(evs_ep_get_u16(r.items[0].p), EVS_EP_VERSION);
   assert_true(r.items[1].len > 17 && memcmp(r.items[1].p, "evserver-enclave ", 17) == 0);
+  /* ... ending with the pid, then the tag when there is one. */
+  char text[400], want[100];
+  snprintf(text, sizeof text, "%.*s", (int)r.items[1].len, (const char *)r.items[1].p);
+  snprintf(want, sizeof want, " mlock=none pid=%ld", (long)getpid());
+  assert_non_null(strstr(text, want));
+  assert_string_equal(strstr(text, want) + strlen(want), "");
+  evs__enclave_set_tag(e, "cfg-1_A");
+  msg_begin(&m, EVS_EP_HELLO, 6);
+  msg_end(&m);
+  evs__ep_handle(e, m.p + 4, m.len - 4, &out);
+  assert_int_equal(response(&out, &r, items), 0);
+  snprintf(text, sizeof text, "%.*s", (int)r.items[1].len, (const char *)r.items[1].p);
+  snprintf(want, sizeof want, " pid=%ld tag=cfg-1_A", (long)getpid());
+  assert_non_null(strstr(text, want));
+  assert_string_equal(strstr(text, want) + strlen(want), "");
+
+  /* ATTACH is the process loop's (it carries a descriptor); here it is an unknown op. */
+  msg_begin(&m, EVS_EP_ATTACH, 0);
+  msg_end(&m);
+  evs__ep_handle(e, m.p + 4, m.len - 4, &out);
+  assert_int_equal(response(&out, &r, items), EVS_EP_E_UNKNOWN_OP);
 
   evs__ep_buf_done(&out);
   evs__enclave_free(e);
