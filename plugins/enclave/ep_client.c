@@ -27,7 +27,6 @@
 #include "evs_enclave_proto.h"
 
 #define EP_MSG_INITIAL 256
-#define EVS_EP_ATTACH 11 /* TODO(merge): from evs_enclave_proto.h */
 
 /* free() as a close callback: uv_close_cb takes a uv_handle_t *, which free accepts. */
 #define close_free ((uv_close_cb)(void (*)(void))free)

@@ -234,16 +234,22 @@ def start_with_app_unlocked_by_hand():
 
 def test_killed_worker_keeps_its_enclave():
     srv, dir, app, key, before = start_with_app_unlocked_by_hand()
-    victim = worker_pids(srv)[0]
+    first = worker_pids(srv)
+    victim = first[0]
     os.kill(victim, signal.SIGKILL)
     evstest.wait_for(lambda: len(worker_pids(srv)) == 2 and victim not in worker_pids(srv),
                      timeout=10, what="a replacement worker")
     evstest.wait_for(lambda: "carried over" in srv.log(), what="the replacement to attach")
+    replacement = set(worker_pids(srv)) - set(first)
     # The replacement attached to the dead worker's enclave: the same two processes, and the app
     # is unlocked everywhere without anyone running evctl app unlock again.
     assert enclaves(dir) == before
-    assert set(round_trips(srv, app, key)) == {200}
-    assert len(served_by(srv, "/decrypt")) >= 2
+    for _ in range(5):
+        assert set(round_trips(srv, app, key)) == {200}
+        if replacement & served_by(srv, "/decrypt"):
+            break
+    else:
+        raise AssertionError("the replacement worker served no request")
 
 
 def test_reload_keeps_apps_unlocked_by_hand():
