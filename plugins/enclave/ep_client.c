@@ -394,7 +394,7 @@ static void update_poll(ep_client *c) {
   }
 }
 
-static int spawn(ep_client *c);
+static void on_restart(uv_timer_t *t);
 
 /* The value of " key=value" in HELLO's text, or an empty string. */
 static void hello_field(const ep_item *text, const char *key, char *out, size_t cap) {
@@ -421,9 +421,10 @@ static void on_hello(void *arg, int status, const ep_item *items, size_t nitems)
   }
   if (c->adopted && (!c->tag || strcmp(tag, c->tag) != 0)) {
     /* Started with another configuration (binary, sealing key, credentials): not ours to use.
-     * Start our own, whose spare then replaces the predecessor's. */
+     * Start our own, whose spare then replaces the predecessor's: from the timer, as the
+     * caller is still reading the connection dropped here. */
     drop_conn(c);
-    if (spawn(c) < 0) schedule_restart(c);
+    uv_timer_start(c->restart, on_restart, 0, 0);
     return;
   }
   c->enclave_pid = atoi(pid);
@@ -580,7 +581,10 @@ static int adopt(ep_client *c) {
 }
 
 static int spawn(ep_client *c) {
-  if (c->adopt_fd >= 0 && adopt(c) == 0) return 0;
+  if (c->adopt_fd >= 0) {
+    int r = adopt(c);
+    if (r == 0 || c->fd >= 0) return r; /* attached, or failed past the point of no return */
+  }
   int theirs = -1;
   int ours = new_conn(-1, &theirs);
   if (ours < 0) return ours;
