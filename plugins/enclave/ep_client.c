@@ -561,6 +561,9 @@ static int connect_fd(ep_client *c, int fd) {
   uv_unref((uv_handle_t *)c->poll); /* the enclave never keeps a worker's loop alive */
   c->poll_events = 0;
   update_poll(c);
+  /* The first start runs in init, before the loop has run: its cached time may be seconds old
+   * (a slow start of the worker), which would cut HELLO's deadline short. */
+  uv_update_time(c->loop);
   ep_msg m;
   ep_msg_init(&m, EVS_EP_HELLO);
   int r = send_msg(c, &m, on_hello, c);
