@@ -165,7 +165,6 @@ struct ep_client {
   ep_pending *pending; /* oldest first: the enclave answers in order */
   ep_pending **pending_tail;
   uint32_t next_id;
-  uint32_t hello_id;
   int freeing;
   uv_prepare_t *flusher; /* armed while calls wait: sends them all before the loop polls */
 };
@@ -566,9 +565,7 @@ static int connect_fd(ep_client *c, int fd) {
   ep_msg m;
   ep_msg_init(&m, EVS_EP_HELLO);
   int r = send_msg(c, &m, on_hello, c);
-  if (r < 0) return r;
-  c->hello_id = (uint32_t)r;
-  return 0;
+  return r < 0 ? r : 0;
 }
 
 /* Attaches to the predecessor's enclave through its spare; -errno if that one is gone. */
