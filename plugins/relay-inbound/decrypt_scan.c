@@ -417,7 +417,8 @@ static int json_feed(evs__decrypt_scan *s, const char *b, size_t n) {
         s->cand = false;
         s->in_str = false;
         p++;
-        if (ok) {
+        /* The closing quote counts: a held candidate never exceeds max_token. */
+        if (ok && ++s->cand_len <= s->max_token) {
           if ((r = cand_done(s, b, p)) < 0) return r;
           pass = p;
         } else if ((r = cand_fail(s, b, &pass)) < 0) {
@@ -530,13 +531,14 @@ static int text_feed(evs__decrypt_scan *s, const char *b, size_t n) {
         continue;
       }
       p++;
-      if (t == TK_DONE) {
+      /* The final '$' counts: a held candidate never exceeds max_token. */
+      if (++s->cand_len > s->max_token) {
+        if ((r = cand_fail(s, b, &pass)) < 0) return r;
+        s->ts = TS_SKIP;
+      } else if (t == TK_DONE) {
         if ((r = cand_done(s, b, p)) < 0) return r;
         pass = p;
         s->ts = TS_SCAN;
-      } else if (++s->cand_len > s->max_token) {
-        if ((r = cand_fail(s, b, &pass)) < 0) return r;
-        s->ts = TS_SKIP;
       }
     } else {
       while (p < end && is_run(s, (unsigned char)*p)) p++;
