@@ -1,0 +1,197 @@
+/*
+ * ev_guard.c: Evervault-encrypted data in any spelling (contract in ev_guard.h). Bytes pass
+ * through two decoding levels, each of which resolves one escape (JSON, percent, character
+ * reference) and passes everything else on unchanged, into a detector of ev: strings and the
+ * %EVENC magic. A raw ev: string holds no escape-starting byte, so decoding never hides one:
+ * the decoded view finds everything the raw view would.
+ */
+#include "ev_guard.h"
+
+#include <string.h>
+
+#define NONASCII 0x80 /* what a decoded code point above 0x7f becomes */
+
+static int hexval(unsigned c) {
+  if (c >= '0' && c <= '9') return (int)(c - '0');
+  if (c >= 'a' && c <= 'f') return (int)(c - 'a' + 10);
+  if (c >= 'A' && c <= 'F') return (int)(c - 'A' + 10);
+  return -1;
+}
+
+static int is_b64(unsigned c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+         c == '/' || c == '=' || c == '_' || c == '-';
+}
+
+static int is_alpha(unsigned c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
+
+static void detect(evs__ev_guard *g, unsigned c) {
+  static const char magic[] = "%EVENC";
+  if (c == (unsigned char)magic[g->magic]) {
+    if (++g->magic == sizeof magic - 1) {
+      g->found++;
+      g->magic = 0;
+    }
+  } else {
+    g->magic = c == '%';
+  }
+  if (g->ev < 3) {
+    if (c == (unsigned char)"ev:"[g->ev]) {
+      if (++g->ev == 3) {
+        g->colons = 1;
+        g->last_colon = 1;
+      }
+    } else {
+      g->ev = c == 'e';
+    }
+    return;
+  }
+  if (c == ':') {
+    g->colons++;
+    g->last_colon = 1;
+    return;
+  }
+  if (is_b64(c)) {
+    g->last_colon = 0;
+    return;
+  }
+  if (c == '$' && g->last_colon && g->colons >= 5) g->found++;
+  g->ev = 0;
+}
+
+static void level(evs__ev_guard *g, int l, unsigned c);
+
+static void out(evs__ev_guard *g, int l, unsigned c) {
+  if (l == 1)
+    detect(g, c);
+  else
+    level(g, l + 1, c);
+}
+
+/* The pending bytes are not an escape: the first goes on as it is, the rest is read again. */
+static void reject(evs__ev_guard *g, int l) {
+  evs__ev_guard_dec *d = &g->dec[l];
+  unsigned char tmp[sizeof d->p];
+  size_t n = d->n;
+  memcpy(tmp, d->p, n);
+  d->n = 0;
+  out(g, l, tmp[0]);
+  for (size_t i = 1; i < n; i++) level(g, l, tmp[i]);
+}
+
+static unsigned named_ref(const unsigned char *name, size_t n) {
+  static const struct {
+    const char *name;
+    char c;
+  } refs[] = {{"colon", ':'}, {"dollar", '$'}, {"equals", '='}, {"plus", '+'}, {"sol", '/'},
+              {"lowbar", '_'}, {"amp", '&'},   {"percnt", '%'}, {"bsol", '\\'}, {"num", '#'},
+              {"semi", ';'},  {"lt", '<'},     {"gt", '>'},     {"quot", '"'},  {"apos", '\''}};
+  for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++)
+    if (strlen(refs[i].name) == n && memcmp(refs[i].name, name, n) == 0)
+      return (unsigned char)refs[i].c;
+  return 0;
+}
+
+static void level(evs__ev_guard *g, int l, unsigned c) {
+  evs__ev_guard_dec *d = &g->dec[l];
+  if (d->n == 0) {
+    if (c == '\\' || c == '%' || c == '&') {
+      d->p[0] = (unsigned char)c;
+      d->n = 1;
+    } else {
+      out(g, l, c);
+    }
+    return;
+  }
+  d->p[d->n++] = (unsigned char)c;
+  if (d->p[0] == '%') { /* %XX */
+    if (hexval(c) < 0) {
+      reject(g, l);
+    } else if (d->n == 3) {
+      d->n = 0;
+      out(g, l, (unsigned)(hexval(d->p[1]) << 4 | hexval(d->p[2])));
+    }
+    return;
+  }
+  if (d->p[0] == '\\') { /* \X or \uXXXX */
+    if (d->n == 2) {
+      if (c == 'u') return;
+      d->n = 0;
+      out(g, l, c && strchr("bfnrt", (int)c) ? 0x01 : c);
+      return;
+    }
+    if (hexval(c) < 0) {
+      reject(g, l);
+    } else if (d->n == 6) {
+      unsigned cp = 0;
+      for (int i = 2; i < 6; i++) cp = cp << 4 | (unsigned)hexval(d->p[i]);
+      d->n = 0;
+      out(g, l, cp < 0x80 ? cp : NONASCII);
+    }
+    return;
+  }
+  /* '&': &#DDD; &#xHH; &name; */
+  if (d->n == 2) {
+    if (c != '#' && !is_alpha(c)) reject(g, l);
+    return;
+  }
+  if (d->p[1] != '#') {
+    if (c == ';') {
+      unsigned v = named_ref(d->p + 1, d->n - 2u);
+      if (!v) {
+        reject(g, l);
+      } else {
+        d->n = 0;
+        out(g, l, v);
+      }
+    } else if (!is_alpha(c) || d->n == sizeof d->p) {
+      reject(g, l);
+    }
+    return;
+  }
+  int hex = d->p[2] == 'x' || d->p[2] == 'X';
+  if (d->n == 3 && hex) return;
+  size_t first = hex ? 3 : 2;
+  if (c == ';' && (size_t)d->n - 1 > first) {
+    unsigned cp = 0;
+    for (size_t i = first; i + 1 < d->n; i++) {
+      cp = hex ? cp << 4 | (unsigned)hexval(d->p[i]) : cp * 10 + (d->p[i] - '0');
+      if (cp >= 0x80) cp = NONASCII; /* stays non-ASCII, and cannot overflow */
+    }
+    d->n = 0;
+    out(g, l, cp);
+  } else if ((hex ? hexval(c) < 0 : !(c >= '0' && c <= '9')) || d->n == sizeof d->p) {
+    reject(g, l);
+  }
+}
+
+void evs__ev_guard_init(evs__ev_guard *g) { memset(g, 0, sizeof *g); }
+
+size_t evs__ev_guard_feed(evs__ev_guard *g, const void *buf, size_t len) {
+  const unsigned char *p = buf;
+  for (size_t i = 0; i < len; i++) {
+    /* Fast path: bytes that start no escape and no value, at the detector's rest state. */
+    if (g->dec[0].n == 0 && g->dec[1].n == 0 && g->ev == 0 && g->magic == 0) {
+      unsigned c = p[i];
+      if (c != 'e' && c != '%' && c != '\\' && c != '&') continue;
+    }
+    level(g, 0, p[i]);
+  }
+  return g->found;
+}
+
+size_t evs__ev_guard_finish(evs__ev_guard *g) {
+  for (int l = 0; l < 2; l++)
+    while (g->dec[l].n) reject(g, l);
+  /* A value cannot end here: the detector starts afresh for the next input. */
+  g->ev = 0;
+  g->magic = 0;
+  return g->found;
+}
+
+size_t evs__ev_guard_scan(const void *buf, size_t len) {
+  evs__ev_guard g;
+  evs__ev_guard_init(&g);
+  evs__ev_guard_feed(&g, buf, len);
+  return evs__ev_guard_finish(&g);
+}
