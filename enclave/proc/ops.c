@@ -252,6 +252,9 @@ static int32_t op_encrypt(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out) 
         f[i].type = EVS_EC_STRING;
         break;
       }
+      case 'r': /* exactly as sent (the relay) */
+        f[i].type = EVS_EC_STRING;
+        break;
       case 'n':
         if (!evs__json_number_valid(v, len)) continue;
         f[i].type = EVS_EC_NUMBER;

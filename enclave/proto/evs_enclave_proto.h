@@ -73,10 +73,11 @@ typedef enum evs_ep_op {
   /* req: [app_id] — resp: [u8 unlocked (0|1), pub_secp256k1, pub_p256] (empty keys when 0) */
   EVS_EP_APP_STATUS = 5,
   /* req: [app_id, curve ("secp256k1"|"prime256v1"), role ("" for none), then per field:
-   *   one item "s:<text>" | "n:<json number text>" | "b:true|false"]
+   *   one item "s:<text>" | "r:<text>" | "n:<json number text>" | "b:true|false"]
    * resp: per field `i32 status || ev string`
-   * The app must be unlocked (EVS_EP_E_NO_APP). Strings are trimmed like the SDK's
-   * String.prototype.trim; a field with an unknown type, a non-JSON number or a boolean other
+   * The app must be unlocked (EVS_EP_E_NO_APP). "s:" strings are trimmed like the SDK's
+   * String.prototype.trim (the API's /encrypt); "r:" strings are encrypted exactly as given
+   * (the Inbound Relay: a value keeps the bytes its sender sent); a field with an unknown type, a non-JSON number or a boolean other
    * than true/false gets EVS_EP_E_INVALID (the others are still encrypted). A bad curve or role
    * fails the whole message (EVS_EP_E_INVALID). */
   EVS_EP_ENCRYPT = 6,

@@ -68,8 +68,8 @@ static void auto_unlock_done(void *arg, int status, const ep_item *items_, size_
   enclave_state *st = j->st;
   unlocking_done(st);
   if (status == 0)
-    st->host->log(st->plugin, NULL, EVS_LOG_INFO, "app %s unlocked from the credentials directory",
-                  j->app_id);
+    st->host->log(st->plugin, NULL, EVS_LOG_INFO,
+                  "app %s is unlocked (from the credentials directory, or already)", j->app_id);
   else if (status != EVS_ENOCRYPTO)
     st->host->log(st->plugin, NULL, EVS_LOG_INFO,
                   "app %s stays locked (no usable credential, status %d): run `evctl app unlock`",

@@ -79,6 +79,14 @@ typedef struct relay_enc {
   int sampling;
   const char *app_id;
   const char *curve;
+  /* Encrypted data in the body (ev_guard.h): found by the guard in any spelling, and passed
+   * unchanged as a selected value (only on relays that do not decrypt responses). More found
+   * than passed is encrypted-data-in-field. */
+  evs__ev_guard guard;
+  size_t passed;
+  int decrypts;     /* the relay decrypts responses: no encrypted data in requests at all */
+  uint8_t *pass;    /* a passed value as its format writes it */
+  size_t pass_cap;
 } relay_enc;
 
 int relay_encrypt_idle(const relay_enc *e) { return !e || e->inflight == 0; }
@@ -99,6 +107,7 @@ void relay_encrypt_free(relay_enc *e) {
   relay_spool_done(&e->spool);
   batch_free(e->cur);
   free(e->sample);
+  free(e->pass);
   free(e);
 }
 
@@ -212,6 +221,9 @@ static void on_batch(void *arg, int status, const uint8_t *res, size_t len) {
   if (status == -3 /* EVS_EP_E_NO_APP */) {
     fail(e, status, 500, "internal-server-error",
          "The relay's app is not unlocked in the enclave (evctl app unlock)");
+  } else if (status == EVS_ENOCRYPTO) {
+    fail(e, status, 503, "service-unavailable",
+         "The enclave is restarting; nothing was forwarded. Retry shortly");
   } else if (status < 0) {
     fail(e, status, 500, "internal-server-error", "Encryption is unavailable; nothing was forwarded");
   } else {
@@ -269,7 +281,11 @@ static int batch_send(relay_enc *e, batch *b) {
   if (r < 0) {
     e->inflight--;
     batch_free(b);
-    fail(e, r, 500, "internal-server-error", "Encryption is unavailable; nothing was forwarded");
+    if (r == EVS_ENOCRYPTO)
+      fail(e, r, 503, "service-unavailable",
+           "Encryption is unavailable (the enclave is not running); nothing was forwarded");
+    else
+      fail(e, r, 500, "internal-server-error", "Encryption is unavailable; nothing was forwarded");
   }
   return r;
 }
@@ -288,12 +304,32 @@ static int flush(relay_enc *e) {
 static int transform(void *ud, evs__json_type type, const char *value, size_t len,
                      const char **ret_buf, size_t *ret_len) {
   relay_enc *e = ud;
-  (void)ret_buf;
-  (void)ret_len;
+  int file = (int)type == 4 /* EVS__JSON_FILE */;
+  if (file ? len >= 6 && memcmp(value, "%EVENC", 6) == 0
+           : type == EVS__JSON_STRING && evs__looks_like_ev_string(value, len)) {
+    /* Already encrypted: never encrypted twice. A relay that decrypts responses refuses it
+     * (its destination could echo it back decrypted); another passes it as it is. */
+    if (e->decrypts) return EVS__JSON_E_EVDATA;
+    /* Returned now, a value is written by the rewriter itself: a JSON literal, else raw (the
+     * form rewriter percent-encodes what it is given). */
+    enum wrap w = e->wrap == W_JSON && !file ? W_JSON : W_RAW;
+    size_t wl = wrap_len(w, (const uint8_t *)value, len);
+    if (wl > e->pass_cap) {
+      uint8_t *np = realloc(e->pass, wl);
+      if (!np) return -ENOMEM;
+      e->pass = np;
+      e->pass_cap = wl;
+    }
+    wrap_into(w, (const uint8_t *)value, len, e->pass, wl);
+    e->passed++;
+    *ret_buf = (const char *)e->pass;
+    *ret_len = wl;
+    return 0;
+  }
   size_t hole;
   int r = relay_spool_hole(&e->spool, &hole);
   if (r < 0) return r;
-  if ((int)type == 4 /* EVS__JSON_FILE */) {
+  if (file) {
     batch *fb = batch_new(e, 1);
     if (!fb) return -ENOMEM;
     if (put_item(fb, value, len, NULL, 0) < 0 || !(fb->holes = malloc(sizeof *fb->holes))) {
@@ -307,7 +343,9 @@ static int transform(void *ud, evs__json_type type, const char *value, size_t le
   }
   if (!e->cur && !(e->cur = batch_new(e, 0))) return -ENOMEM;
   batch *b = e->cur;
-  const char *tag = type == EVS__JSON_NUMBER ? "n:" : type == EVS__JSON_BOOLEAN ? "b:" : "s:";
+  /* "r:": strings keep their leading and trailing whitespace (the SDK trims; the relay must
+   * not change what its client sent). */
+  const char *tag = type == EVS__JSON_NUMBER ? "n:" : type == EVS__JSON_BOOLEAN ? "b:" : "r:";
   if (put_item(b, tag, 2, value, len) < 0) return -ENOMEM;
   if (b->n == b->holes_cap) {
     size_t nc = b->holes_cap ? b->holes_cap * 2 : 16;
@@ -400,7 +438,9 @@ static void maybe_proceed(relay_enc *e) {
 static void map_rewrite_error(relay_enc *e, int r) {
   if (r == EVS__JSON_E_EVDATA)
     fail(e, r, 400, "encrypted-data-in-field",
-         "Evervault-encrypted data in a field that is not configured for encryption");
+         e->decrypts ? "Evervault-encrypted data in the request body: a relay that decrypts "
+                       "responses accepts none"
+                     : "Evervault-encrypted data in a field that is not configured for encryption");
   else if (r == -E2BIG)
     fail(e, r, 413, "payload-too-large", "The request exceeds the 25 MB limit for encryption");
   else if (r == -ENOMEM || r == -EIO || r == -ENOSPC)
@@ -414,6 +454,10 @@ static void map_rewrite_error(relay_enc *e, int r) {
 static int on_data(void *arg, const uint8_t *data, size_t len) {
   relay_enc *e = arg;
   if (e->err) return e->err;
+  if (evs__ev_guard_feed(&e->guard, data, len) > 0 && e->decrypts) {
+    map_rewrite_error(e, EVS__JSON_E_EVDATA);
+    return e->err;
+  }
   e->body_bytes += len;
   if (e->body_bytes > e->t->st->max_body) {
     map_rewrite_error(e, -E2BIG);
@@ -466,6 +510,8 @@ static void on_end(void *arg, int status) {
     int r = e->rw_finish(e->rw);
     if (r < 0) map_rewrite_error(e, r);
   }
+  if (!e->err && evs__ev_guard_finish(&e->guard) > e->passed)
+    map_rewrite_error(e, EVS__JSON_E_EVDATA);
   if (!e->err) flush(e);
   e->body_done = 1;
   maybe_proceed(e);
@@ -486,10 +532,20 @@ void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) 
   relay_spool_init(&e->spool, st->spool_dir, SPOOL_MEM_MAX);
   e->app_id = relay_app_id(st, t->relay);
   e->curve = t->relay->curve ? t->relay->curve : "secp256k1";
-  /* Without a match the body is here only to be sampled (relay_dispatch asked already). */
+  evs__ev_guard_init(&e->guard);
+  e->decrypts = t->relay->response_decryption;
   const evs_request_info *info = h->request_info(t->req);
-  e->sampling = !t->has_match || relay_sample_due(st, t->relay->domain, info->method, info->path);
-  if (t->has_match && e->fmt != F_NONE && !e->app_id) {
+  e->sampling = ct_len > 0 && relay_sample_due(st, t->relay->domain, info->method, info->path);
+  if (t->has_match && e->fmt == F_NONE) {
+    /* Fields are selected here, but the relay cannot parse this body: forwarding it would send
+     * them in plaintext. */
+    e->answered = 1;
+    h->respond_error(t->req, 415, "bad-request",
+                     "This route has fields to encrypt; its body must be JSON, XML, "
+                     "application/x-www-form-urlencoded or multipart/form-data (by Content-Type)");
+    return;
+  }
+  if (t->has_match && !e->app_id) {
     e->answered = 1;
     h->respond_error(t->req, 500, "internal-server-error",
                      "The relay has fields to encrypt but no app (set appId in relay-config.json)");
@@ -584,6 +640,8 @@ void relay_encrypt_check_key_then(relay_txn *t) {
   evs_ep_put_u32(p + 4 + hd.value_len, sizeof perm - 1);
   memcpy(p + 8 + hd.value_len, perm, sizeof perm - 1);
   evs_crypto_request cr = {sizeof cr, "check_api_key", p, n};
+  /* The key authenticates to the relay and could decrypt everything: it never goes further. */
+  h->request_remove_header(t->req, "api-key");
   t->dec_pending++;
   int r = h->crypto_call(t->st->plugin, &cr, on_key_checked, t);
   explicit_bzero(p, n);

@@ -72,52 +72,6 @@ static uint64_t mono_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* ---- ev: data where it must not be ------------------------------------------------------- */
-
-static int ev_char(unsigned char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
-         c == '/' || c == '=' || c == '_' || c == '-';
-}
-
-int relay_has_ev_token(const char *s, size_t len) {
-  for (size_t i = 0; i + 3 < len; i++) {
-    if (s[i] != 'e' || s[i + 1] != 'v' || s[i + 2] != ':') continue;
-    /* ev:<segments separated by ':'>:$ with 5 or 6 colons in all, no empty segment */
-    size_t j = i + 3, colons = 1, seg = 0;
-    while (j < len && (ev_char((unsigned char)s[j]) || s[j] == ':')) {
-      if (s[j] == ':') {
-        if (seg == 0) break;
-        colons++;
-        seg = 0;
-      } else {
-        seg++;
-      }
-      j++;
-    }
-    if (j < len && s[j] == '$' && j > i + 3 && s[j - 1] == ':' && (colons == 5 || colons == 6))
-      return 1;
-  }
-  return 0;
-}
-
-static int pct_decode(const char *in, size_t n, char *out) {
-  size_t o = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (in[i] == '%' && i + 2 < n) {
-      char h[3] = {in[i + 1], in[i + 2], 0};
-      char *end;
-      long v = strtol(h, &end, 16);
-      if (*end == 0) {
-        out[o++] = (char)v;
-        i += 2;
-        continue;
-      }
-    }
-    out[o++] = in[i];
-  }
-  return (int)o;
-}
-
 /* ---- configuration ----------------------------------------------------------------------- */
 
 void relay_cfg_unref(relay_cfg *c) {
@@ -440,21 +394,22 @@ static void txn_end(void *data) {
   relay_txn_release(t); /* or later, when the last enclave call is back */
 }
 
-/* Header values and the (percent-decoded) path must not carry ev: data: the destination would
- * otherwise receive ciphertext that was never meant for it, or the client could probe it. */
+/* The request line and the headers must not carry encrypted data, in any spelling
+ * (ev_guard.h): the destination would otherwise receive ciphertext that was never meant for it,
+ * and on a relay that decrypts responses, get it decrypted by echoing it back. */
 static int carries_ev_data(const evs_host *h, evs_request *req, const evs_request_info *info) {
-  size_t pl = strlen(info->target);
-  char *dec = malloc(pl + 1);
-  int found = 0;
-  if (dec) {
-    int n = pct_decode(info->target, pl, dec);
-    found = relay_has_ev_token(dec, (size_t)n);
-    free(dec);
-  }
+  evs__ev_guard g;
+  evs__ev_guard_init(&g);
+  evs__ev_guard_feed(&g, info->target, strlen(info->target));
+  size_t found = evs__ev_guard_finish(&g);
   evs_header hd;
-  for (size_t i = 0; !found && h->request_header_at(req, i, &hd) == 0; i++)
-    found = relay_has_ev_token(hd.value, hd.value_len);
-  return found;
+  for (size_t i = 0; !found && h->request_header_at(req, i, &hd) == 0; i++) {
+    evs__ev_guard_feed(&g, hd.name, hd.name_len);
+    evs__ev_guard_finish(&g);
+    evs__ev_guard_feed(&g, hd.value, hd.value_len);
+    found = evs__ev_guard_finish(&g);
+  }
+  return found > 0;
 }
 
 static int route(void *state, evs_request *req) {
@@ -500,9 +455,11 @@ static int route(void *state, evs_request *req) {
   if (carries_ev_data(h, req, info)) {
     h->counter_add(st->plugin, "encrypted_data_in_field", 1);
     h->respond_error(req, 400, "encrypted-data-in-field",
-                     "Evervault-encrypted data in the request path or a header");
+                     "Evervault-encrypted data in the request path, query or a header");
     return EVS_HANDLED;
   }
+  /* Credentials for a proxy stop at the proxy (the mTLS relays' api-key: relay_encrypt.c). */
+  h->request_remove_header(req, "proxy-authorization");
   if (r->mtls_certificate) {
     /* mTLS relays need an API key with the relay:inbound-mtls permission (relay_encrypt.c). */
     relay_encrypt_check_key_then(t);
@@ -525,22 +482,26 @@ void relay_dispatch(relay_txn *t) {
     return;
   }
   t->has_match = m;
-  evs_header ct;
+  evs_header ct, ce;
   int has_ct = h->request_header(req, "content-type", &ct) == 0;
-  if (m && (info->has_content_length || info->chunked)) {
-    relay_encrypt_start(t, has_ct ? ct.value : "", has_ct ? ct.value_len : 0);
-    return;
-  }
-  if (m && (strcmp(info->method, "POST") == 0 || strcmp(info->method, "PUT") == 0 ||
-            strcmp(info->method, "PATCH") == 0)) {
+  if (m && !info->has_content_length && !info->chunked &&
+      (strcmp(info->method, "POST") == 0 || strcmp(info->method, "PUT") == 0 ||
+       strcmp(info->method, "PATCH") == 0)) {
     h->respond_error(req, 411, "content-length-required",
                      "A request with fields to encrypt needs a Content-Length header");
     return;
   }
-  if (info->has_content_length && !info->chunked && has_ct &&
-      relay_sample_due(st, t->relay->domain, info->method, info->path)) {
-    /* Sample the shape of this pass-through body. */
-    relay_encrypt_start(t, ct.value, ct.value_len);
+  /* Every body is read whole before anything is sent: checked for encrypted data, its
+   * selected fields encrypted, its structure sampled (relay_encrypt.c). */
+  if (info->chunked || (info->has_content_length && (m || info->content_length > 0))) {
+    if (h->request_header(req, "content-encoding", &ce) == 0 &&
+        !(ce.value_len == 8 && strncasecmp(ce.value, "identity", 8) == 0)) {
+      h->respond_error(req, 415, "bad-request",
+                       "The relay does not accept compressed request bodies (Content-Encoding): "
+                       "it could not select fields in them or check them for encrypted data");
+      return;
+    }
+    relay_encrypt_start(t, has_ct ? ct.value : "", has_ct ? ct.value_len : 0);
     return;
   }
   evs_upstream up;

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "evserver/evs_plugin.h"
+#include "ev_guard.h"
 #include "jsonpath.h"
 #include "relay_config.h"
 #include "relay_int.h"
@@ -90,8 +91,6 @@ void relay_match_clear(relay_match *m);
 /* The upstream of a relay (destination_override applied). */
 void relay_upstream(relay_state *st, const evs__relay *r, evs_upstream *up);
 const char *relay_app_id(relay_state *st, const evs__relay *r);
-/* True when s[0..len) contains something shaped like an ev: string. */
-int relay_has_ev_token(const char *s, size_t len);
 int64_t relay_now_ms(void);
 /* 1 if this request's body should have its structure sampled: structures are on, and no
  * request of this relay, method and path was sampled in the last second. */

@@ -282,25 +282,28 @@ static void test_ops_round_trip(void **state) {
   assert_memory_equal(r.items[2].p, saved[2], EVS_EC_PUB_LEN);
 
   /* Encrypt in e (the creator), decrypt in e2 (unlocked from the blobs). */
+  /* "s:" is trimmed like the SDK's strings; "r:" (the relay's) is kept exactly. */
   static const char *values[] = {"s:  padded  ", "s:", "n:-12.5e3", "b:false",
-                                 "s:\xc3\xa9t\xc3\xa9", "x:bad", "n:NaN", "b:yes", "s"};
-  static const char *expect[] = {"padded", "", "-12.5e3", "false", "\xc3\xa9t\xc3\xa9"};
-  static const int types[] = {0, 0, 1, 2, 0};
+                                 "s:\xc3\xa9t\xc3\xa9", "r: \t p4ss word \n", "x:bad", "n:NaN",
+                                 "b:yes", "s"};
+  static const char *expect[] = {"padded", "", "-12.5e3", "false", "\xc3\xa9t\xc3\xa9",
+                                 " \t p4ss word \n"};
+  static const int types[] = {0, 0, 1, 2, 0, 0};
   for (int curve = 0; curve < 2; curve++) {
     for (int role = 0; role < 2; role++) {
       msg_begin(&m, EVS_EP_ENCRYPT);
       ADD(&m, "app_ops");
       ADD(&m, curve ? "prime256v1" : "secp256k1");
       ADD(&m, role ? "permit-all" : "");
-      for (size_t i = 0; i < 9; i++) ADD(&m, values[i]);
+      for (size_t i = 0; i < 10; i++) ADD(&m, values[i]);
       assert_int_equal(call(e, &m, &out, &r), 0);
-      assert_int_equal(r.nitems, 9);
+      assert_int_equal(r.nitems, 10);
       msgbuf dm;
       msg_begin(&dm, EVS_EP_DECRYPT);
       ADD(&dm, "app_ops");
-      for (size_t i = 0; i < 9; i++) {
+      for (size_t i = 0; i < 10; i++) {
         int32_t st = (int32_t)evs_ep_get_u32(r.items[i].p);
-        if (i >= 5) {
+        if (i >= 6) {
           assert_int_equal(st, EVS_EP_E_INVALID);
           assert_int_equal(r.items[i].len, 4);
           continue;
@@ -313,14 +316,14 @@ static void test_ops_round_trip(void **state) {
       }
       ADD(&dm, "ev:garbage");
       assert_int_equal(call(e2, &dm, &out, &r), 0);
-      assert_int_equal(r.nitems, 6);
-      for (size_t i = 0; i < 5; i++) {
+      assert_int_equal(r.nitems, 7);
+      for (size_t i = 0; i < 6; i++) {
         assert_int_equal((int32_t)evs_ep_get_u32(r.items[i].p), 0);
         assert_int_equal(r.items[i].p[4], types[i]);
         assert_int_equal(r.items[i].len - 5, strlen(expect[i]));
         assert_memory_equal(r.items[i].p + 5, expect[i], strlen(expect[i]));
       }
-      assert_true((int32_t)evs_ep_get_u32(r.items[5].p) < 0);
+      assert_true((int32_t)evs_ep_get_u32(r.items[6].p) < 0);
 
       /* DECRYPT_ROLE: the same, with the data role of role versions. */
       msg_begin(&dm, EVS_EP_ENCRYPT);
