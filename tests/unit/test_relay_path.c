@@ -117,7 +117,8 @@ static void test_normalize_table(void **state) {
   check_err("/a\tb", EVS__PATH_E_INVALID);
   /* the output never needs more than 3 * len + 2 */
   char small[8];
-  assert_int_equal(evs__path_normalize("/abcdefgh", 9, small, sizeof small, 0), EVS__PATH_E_NOSPACE);
+  assert_int_equal(evs__path_normalize("/abcdefgh", 9, small, sizeof small, 0),
+                   EVS__PATH_E_NOSPACE);
   assert_int_equal(evs__path_normalize("/abcdef", 7, small, sizeof small, 0), 7);
   char tight[3 * 2 + 2];
   assert_int_equal(evs__path_normalize("/{", 2, tight, sizeof tight, 0), 4);
@@ -208,7 +209,8 @@ static unsigned rnd(unsigned n) {
   return (unsigned)(rng_state % n);
 }
 
-static const char seg_chars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~";
+static const char seg_chars[] =
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~";
 
 struct buf {
   char b[2048];
