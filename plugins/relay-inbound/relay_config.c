@@ -11,6 +11,7 @@
  * why it has its own host name check instead of sharing conf.c's. No logging.
  */
 #include "relay_config.h"
+#include "relay_path.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -327,6 +328,25 @@ static int parse_route(const ctx *c, const char *jpath, json_t *v, evs__relay_ro
   for (const char *s = rt->route; *s; s++)
     if (*s == ' ' || *s == '?' || *s == '#')
       return fail(c, p, "must be a path without spaces, query or fragment");
+  /* Requests are matched in normal form (relay_path.h), so the pattern is kept in it too. A
+   * ';', "//", "." or ".." would never be seen in a request's normal form: refused, not guessed. */
+  {
+    size_t rl = strlen(rt->route);
+    char *keep = malloc(3 * rl + 2);
+    if (!keep || !(rt->pattern = malloc(3 * rl + 2))) {
+      free(keep);
+      return oom(c);
+    }
+    int n = evs__path_normalize(rt->route, rl, rt->pattern, 3 * rl + 2, 0);
+    int n2 = n < 0 ? n
+                   : evs__path_normalize(rt->route, rl, keep, 3 * rl + 2,
+                                         EVS__PATH_KEEP_DOTS | EVS__PATH_KEEP_PARAMS |
+                                             EVS__PATH_KEEP_EMPTY);
+    int same = n2 >= 0 && strcmp(keep, rt->pattern) == 0;
+    free(keep);
+    if (n < 0) return fail(c, p, "%s", evs__path_strerror(n));
+    if (!same) return fail(c, p, "must not contain ';', \"//\", \".\" or \"..\" segments");
+  }
 
   jpath_member(p, jpath, "method");
   if (method) {
@@ -364,7 +384,8 @@ static int parse_route(const ctx *c, const char *jpath, json_t *v, evs__relay_ro
 static int parse_relay(const ctx *c, const char *domain, json_t *v, evs__relay *r) {
   static const char *const known[] = {"destinationDomain", "dnsTargets", "fieldsToEncrypt",
                                       "mtls", "responseDecryption", "xForwardedFor",
-                                      "verifyDestination", "caFile", "appId", "curve", NULL};
+                                      "verifyDestination", "caFile", "appId", "curve",
+                                      "caseSensitiveRoutes", NULL};
   static const char *const mtls_known[] = {"certificate", "key", NULL};
   char jp[JPATH_MAX], p[JPATH_MAX], q[100];
   json_t *dest, *dns, *fte, *m, *x;
@@ -430,6 +451,10 @@ static int parse_relay(const ctx *c, const char *domain, json_t *v, evs__relay *
     jpath_member(p, jp, "responseDecryption");
     if ((rc = get_bool(c, p, x, &r->response_decryption)) < 0) return rc;
   }
+  if ((x = json_object_get(v, "caseSensitiveRoutes"))) {
+    jpath_member(p, jp, "caseSensitiveRoutes");
+    if ((rc = get_bool(c, p, x, &r->case_sensitive_routes)) < 0) return rc;
+  }
   if ((x = json_object_get(v, "verifyDestination"))) {
     jpath_member(p, jp, "verifyDestination");
     if ((rc = get_bool(c, p, x, &r->verify_destination)) < 0) return rc;
@@ -476,6 +501,7 @@ static void relay_clear(evs__relay *r) {
   for (size_t i = 0; r->routes && i < r->nroutes; i++) {
     evs__relay_route *rt = &r->routes[i];
     free(rt->route);
+    free(rt->pattern);
     free(rt->method);
     for (size_t k = 0; rt->fields && k < rt->nfields; k++) free(rt->fields[k]);
     free(rt->fields);

@@ -31,7 +31,8 @@
 
 /* One entry of fieldsToEncrypt. */
 typedef struct evs__relay_route {
-  char *route;    /* starts with '/'; matched by the plugin */
+  char *route;    /* starts with '/', as written */
+  char *pattern;  /* route in normal form (relay_path.h): what requests are matched against */
   char *method;   /* "GET", "POST", "PUT", "PATCH", "DELETE" or "*" (the default: any) */
   char **fields;  /* non-empty strings as written: "$.ssn", "card.number" */
   size_t nfields; /* >= 1 */
@@ -64,6 +65,7 @@ typedef struct evs__relay {
   int response_decryption;  /* decrypt ev: values in responses (default 1) */
   int x_forwarded_for;      /* 1: append the client address (default); 0: preserve as received */
   int verify_destination;   /* verify the destination's certificate (default 1) */
+  int case_sensitive_routes; /* caseSensitiveRoutes: routes compare ASCII case (default 0) */
   char *ca_file;            /* CA bundle for the destination or NULL (the host default) */
   char *app_id;             /* the app whose keys encrypt this relay's fields, or NULL (the
                              * plugin's app_id setting) */

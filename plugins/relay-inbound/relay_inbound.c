@@ -35,6 +35,7 @@
 #include <libxml/parser.h>
 
 #include "evserver/evs_plugin.h"
+#include "relay_path.h"
 #include "relay_priv.h"
 
 static const evs_config_item items[] = {
@@ -268,25 +269,10 @@ static const evs__relay *find_by_label(const evs__relay_config *c, const char *l
   return NULL;
 }
 
-/* Route patterns: segments match literally, `*` matches one segment, a final `**` (or a pattern
- * ending in `*`) the rest of the path. */
-static int route_matches(const char *pat, const char *path) {
-  while (*pat && *path) {
-    if (pat[0] == '*' && pat[1] == '*') return 1;
-    if (pat[0] == '*' && pat[1] == 0) return 1;
-    if (*pat == '*') {
-      while (*path && *path != '/') path++;
-      pat++;
-      continue;
-    }
-    if (*pat != *path) return 0;
-    pat++;
-    path++;
-  }
-  if (*pat == '*' && (pat[1] == 0 || (pat[1] == '*' && pat[2] == 0))) return 1;
-  if (*pat == 0 && *path == 0) return 1;
-  /* "/users" also matches "/users/" */
-  return *pat == 0 && path[0] == '/' && path[1] == 0;
+/* A route matches when any reading of the request path does (relay_path.h, README "Route
+ * matching"). */
+static int route_matches(const evs__relay_route *rt, const evs__path_views *pv) {
+  return evs__path_views_match(pv, rt->pattern);
 }
 
 void relay_match_clear(relay_match *m) {
@@ -296,14 +282,14 @@ void relay_match_clear(relay_match *m) {
 }
 
 /* Collects the selections of every fieldsToEncrypt entry matching the request. 1 if any. */
-static int match_routes(relay_cfg *cfg, size_t ri, const char *method, const char *path,
+static int match_routes(relay_cfg *cfg, size_t ri, const char *method, const evs__path_views *path,
                         relay_match *m) {
   const evs__relay *r = &cfg->config->relays[ri];
   size_t nm = 0, first = 0, nsel = 0, nnames = 0;
   for (size_t k = 0; k < r->nroutes; k++) {
     const evs__relay_route *rt = &r->routes[k];
     if ((strcmp(rt->method, "*") == 0 || strcasecmp(rt->method, method) == 0) &&
-        route_matches(rt->route, path)) {
+        route_matches(rt, path)) {
       if (nm++ == 0) first = k;
       nsel += rt->nfields;
       nnames += cfg->sel[ri][k].nnames;
@@ -316,7 +302,7 @@ static int match_routes(relay_cfg *cfg, size_t ri, const char *method, const cha
   for (size_t k = 0; k < r->nroutes; k++) {
     const evs__relay_route *rt = &r->routes[k];
     if ((strcmp(rt->method, "*") == 0 || strcasecmp(rt->method, method) == 0) &&
-        route_matches(rt->route, path))
+        route_matches(rt, path))
       for (size_t j = 0; j < cfg->sel[ri][k].nnames; j++) m->names[m->nnames++] = cfg->sel[ri][k].names[j];
   }
   m->fields = (const char *const *)r->routes[first].fields;
@@ -333,7 +319,7 @@ static int match_routes(relay_cfg *cfg, size_t ri, const char *method, const cha
   for (size_t k = 0; rc == 0 && k < r->nroutes; k++) {
     const evs__relay_route *rt = &r->routes[k];
     if (!((strcmp(rt->method, "*") == 0 || strcasecmp(rt->method, method) == 0) &&
-          route_matches(rt->route, path)))
+          route_matches(rt, path)))
       continue;
     for (size_t j = 0; j < rt->nfields; j++) {
       if (rt->fields[j][0] == '$') {
@@ -476,7 +462,19 @@ void relay_dispatch(relay_txn *t) {
   evs_request *req = t->req;
   const evs_request_info *info = h->request_info(req);
   size_t ri = (size_t)(t->relay - t->cfg->config->relays);
-  int m = match_routes(t->cfg, ri, info->method, info->path, &t->match);
+  /* Matched in every reading a destination might give the path; one none can describe is
+   * refused when the relay has fields to encrypt (relay_path.h). */
+  evs__path_views pv;
+  int pr = t->relay->nroutes == 0 || strcmp(info->path, "*") == 0
+               ? (memset(&pv, 0, sizeof pv), 0)
+               : evs__path_views_init(&pv, info->path, strlen(info->path),
+                                      t->relay->case_sensitive_routes);
+  if (pr == EVS__PATH_E_INVALID || pr == EVS__PATH_E_AMBIGUOUS || pr == EVS__PATH_E_NOSPACE) {
+    h->respond_error(req, 400, "bad-request", evs__path_strerror(pr));
+    return;
+  }
+  int m = pr < 0 ? pr : match_routes(t->cfg, ri, info->method, &pv, &t->match);
+  evs__path_views_clear(&pv);
   if (m < 0) {
     h->respond_error(req, 500, "internal-server-error", "Relay could not compile its selection");
     return;

@@ -221,6 +221,18 @@ static void test_fields_to_encrypt(void **state) {
   assert_string_equal(r->routes[1].route, "/any/*");
   assert_string_equal(r->routes[1].method, "*"); /* the default */
   assert_string_equal(r->routes[2].method, "DELETE");
+  assert_string_equal(r->routes[0].pattern, "/users");
+  assert_int_equal(r->case_sensitive_routes, 0); /* the default */
+  evs__relay_config_free(c);
+
+  /* Patterns are kept in normal form (relay_path.h); strict case is a per-relay option. */
+  r = one_relay("\"destinationDomain\": \"x\", \"caseSensitiveRoutes\": true, "
+                "\"fieldsToEncrypt\": [{\"route\": \"/Caf%c3%a9/%7euser/{id}/\", "
+                "\"fields\": [\"f\"]}]",
+                &c);
+  assert_string_equal(r->routes[0].route, "/Caf%c3%a9/%7euser/{id}/");
+  assert_string_equal(r->routes[0].pattern, "/Caf%C3%A9/~user/%7Bid%7D/");
+  assert_int_equal(r->case_sensitive_routes, 1);
   evs__relay_config_free(c);
 
   const char *methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE", "*", NULL};
@@ -257,6 +269,19 @@ static void test_fields_to_encrypt(void **state) {
   expect_relay_error(D "\"fieldsToEncrypt\": [{\"route\": \"/a?b=1\", \"fields\": [\"f\"]}]",
                      ".fieldsToEncrypt[0].route: must be a path without spaces, query or "
                      "fragment");
+  static const char *const unmatchable[] = {"/a;b", "/a//b", "/a/./b", "/a/../b", "/a/%2e", "//"};
+  for (size_t i = 0; i < sizeof unmatchable / sizeof *unmatchable; i++) {
+    char m[256];
+    snprintf(m, sizeof m, D "\"fieldsToEncrypt\": [{\"route\": \"%s\", \"fields\": [\"f\"]}]",
+             unmatchable[i]);
+    expect_relay_error(m, ".fieldsToEncrypt[0].route: must not contain ';', \"//\", \".\" or "
+                          "\"..\" segments");
+  }
+  expect_relay_error(D "\"fieldsToEncrypt\": [{\"route\": \"/a%2Fb\", \"fields\": [\"f\"]}]",
+                     ".fieldsToEncrypt[0].route: ambiguous path (encoded '/' or '\\', "
+                     "backslash, %00 or double encoding)");
+  expect_relay_error(D "\"fieldsToEncrypt\": [{\"route\": \"/a%zz\", \"fields\": [\"f\"]}]",
+                     ".fieldsToEncrypt[0].route: invalid path");
   expect_relay_error(D "\"fieldsToEncrypt\": [{\"route\": \"\", \"fields\": [\"f\"]}]",
                      ".fieldsToEncrypt[0].route: must not be empty");
   expect_relay_error(D "\"fieldsToEncrypt\": [{\"route\": 5, \"fields\": [\"f\"]}]",
@@ -334,6 +359,8 @@ static void test_extensions(void **state) {
   expect_relay_error(D "\"responseDecryption\": \"no\"",
                      ".responseDecryption: expected true or false");
   expect_relay_error(D "\"verifyDestination\": 0", ".verifyDestination: expected true or false");
+  expect_relay_error(D "\"caseSensitiveRoutes\": 1",
+                     ".caseSensitiveRoutes: expected true or false");
   expect_relay_error(D "\"xForwardedFor\": \"replace\"",
                      ".xForwardedFor: expected \"append\" or \"preserve\"");
   expect_relay_error(D "\"xForwardedFor\": true",
@@ -344,11 +371,11 @@ static void test_extensions(void **state) {
   expect_relay_error(D "\"encryptEmptyStrings\": true",
                      ".encryptEmptyStrings: unknown member; expected one of destinationDomain, "
                      "dnsTargets, fieldsToEncrypt, mtls, responseDecryption, xForwardedFor, "
-                     "verifyDestination, caFile, appId, curve");
+                     "verifyDestination, caFile, appId, curve, caseSensitiveRoutes");
   expect_relay_error(D "\"has space\": 1",
                      "[\"has space\"]: unknown member; expected one of destinationDomain, "
                      "dnsTargets, fieldsToEncrypt, mtls, responseDecryption, xForwardedFor, "
-                     "verifyDestination, caFile, appId, curve");
+                     "verifyDestination, caFile, appId, curve, caseSensitiveRoutes");
 #undef D
 }
 
