@@ -97,6 +97,10 @@ int evs__http_result_status(int result) {
   }
 }
 
+const char *evs__http_result_code(int result) {
+  return result == EVS_HTTP_E_LENGTH ? "content-length-required" : "bad-request";
+}
+
 const char *evs__http_result_reason(int result) {
   switch (result) {
   case EVS_HTTP_OK:
@@ -117,6 +121,8 @@ const char *evs__http_result_reason(int result) {
     return "invalid method";
   case EVS_HTTP_E_TARGET:
     return "invalid request-target";
+  case EVS_HTTP_E_LENGTH:
+    return "content-length is not a number";
   default:
     return "unknown error";
   }
@@ -637,7 +643,7 @@ static int parse_fields(const unsigned char *p, size_t len, size_t pos, evs__htt
           FAIL(EVS_HTTP_E_BAD, "duplicate content-length");
         int r = parse_content_length(val, vlen, &fr->content_length);
         if (r == -1)
-          FAIL(EVS_HTTP_E_BAD, "invalid content-length");
+          FAIL(EVS_HTTP_E_LENGTH, "invalid content-length");
         if (r == -2)
           FAIL(EVS_HTTP_E_BAD, "content-length too large");
       }

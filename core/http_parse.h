@@ -28,10 +28,14 @@ enum evs__http_result {
   EVS_HTTP_E_TE_UNSUPPORTED = -5,/* 501: a transfer coding other than a final "chunked" */
   EVS_HTTP_E_METHOD = -6,        /* 400: method token invalid or too long */
   EVS_HTTP_E_TARGET = -7,        /* 400: request-target invalid */
+  EVS_HTTP_E_LENGTH = -8,        /* 400: Content-Length is not a number (content-length-required) */
 };
 
 /* The HTTP status an error result maps to (400, 431, 505, 501). */
 int evs__http_result_status(int result);
+/* The documented error code an error result is answered with: "content-length-required" for
+ * EVS_HTTP_E_LENGTH, else "bad-request". */
+const char *evs__http_result_code(int result);
 /* A short, fixed, log-safe reason for an error result ("bad content-length", ...). */
 const char *evs__http_result_reason(int result);
 

@@ -265,8 +265,8 @@ static void conn_fail(evs__conn *c, int status, const char *code, const char *de
   const char *title = evs__status_text(status);
   int bl = snprintf(body, sizeof body,
                     "{\"status\":%d,\"code\":\"%s\",\"title\":\"%s\",\"detail\":\"%s\","
-                    "\"message\":\"%s\"}",
-                    status, code, title, detail, detail);
+                    "\"message\":\"%s\",\"evervault-error-code\":\"%s\"}",
+                    status, code, title, detail, detail, code);
   int hl = snprintf(head, sizeof head,
                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                     "X-Evervault-Error-Code: %s\r\nConnection: close\r\nContent-Length: %d\r\n\r\n",
@@ -643,7 +643,8 @@ static void conn_process(evs__conn *c) {
     int r = evs__http_scan_head(&c->scan, c->buf, c->len, c->cap, &head_len);
     if (r == EVS_HTTP_NEED_MORE) return;
     if (r < 0) {
-      conn_fail(c, evs__http_result_status(r), "bad-request", evs__http_result_reason(r));
+      conn_fail(c, evs__http_result_status(r), evs__http_result_code(r),
+                evs__http_result_reason(r));
       return;
     }
     evs__http_field fields[1024];
@@ -654,7 +655,8 @@ static void conn_process(evs__conn *c) {
     if (h.max_fields > 1024) h.max_fields = 1024;
     r = evs__http_parse_request(c->buf, head_len, &h);
     if (r < 0) {
-      conn_fail(c, evs__http_result_status(r), "bad-request", evs__http_result_reason(r));
+      conn_fail(c, evs__http_result_status(r), evs__http_result_code(r),
+                evs__http_result_reason(r));
       return;
     }
     evs_request *req = request_new(c, head_len, &h, fields);
@@ -903,8 +905,11 @@ int evs__respond_error(evs_request *req, int status, const char *code, const cha
     return -EALREADY;
   }
   req->error_code = code;
-  json_t *o = json_pack("{s:i,s:s,s:s,s:s,s:s}", "status", status, "code", code, "title",
-                        evs__status_text(status), "detail", detail, "message", detail);
+  /* "evervault-error-code" is the documented field for programmatic clients; the others are
+   * kept for the clients that read them. */
+  json_t *o = json_pack("{s:i,s:s,s:s,s:s,s:s,s:s}", "status", status, "code", code, "title",
+                        evs__status_text(status), "detail", detail, "message", detail,
+                        "evervault-error-code", code);
   char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
   json_decref(o);
   if (!body) return -ENOMEM;

@@ -40,12 +40,14 @@ CORPUS_DIR = os.path.join(evstest.SHARED_DIR, "testdata", "http-desync")
 UNIT_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "unit")
 RELAY_HOST = "localhost"  # the Host desync_to_raw.py gives cases that have none
 FOLLOW_UP = b"GET /follow-up HTTP/1.1\r\nHost: localhost\r\n\r\n"
-# Bodies larger than this are sent only once evserver has answered or passed the head on, so a
-# refusal's response is read before megabytes of unread body could turn evserver's close into
-# a reset. Only more-compliant-tests:7 (Content-Length 4000000) is affected; a large body sent
+# Bodies larger than this are sent only once evserver has answered (a refusal comes at once,
+# STAGE_WAIT at most) or passed the head on, so a refusal's response is read before megabytes of
+# unread body could turn evserver's close into a reset. (The relay reads a body whole before it
+# passes anything on, so the wait ends without either for an accepted request.) Only more-compliant-tests:7 (Content-Length 4000000) is affected; a large body sent
 # in one write with its head is test_20_http_engine.py's
 # test_large_body_sent_with_its_head_in_one_write.
 STAGE_BODY_OVER = 16 * 1024
+STAGE_WAIT = 0.5
 # RFC 9112 §6.1: a server that does not understand a transfer coding SHOULD answer 501. The
 # corpus calls "Transfer-Encoding: xchunked" Severe; evserver's 501 refuses it just as firmly.
 SEVERE_STATUS_EXCEPTIONS = {"severe:6": 501}
@@ -127,7 +129,7 @@ def exchange(port, head, body, rec, timeout=5.0):
             if staged:
                 n0 = len(rec.conns)
                 s.sendall(head)
-                deadline = time.monotonic() + 3
+                deadline = time.monotonic() + STAGE_WAIT
                 while time.monotonic() < deadline:
                     if any(b"\r\n\r\n" in bytes(c.data) for c in rec.conns[n0:]):
                         break
@@ -158,15 +160,17 @@ def exchange(port, head, body, rec, timeout=5.0):
 def error_shape_problems(r):
     """What is wrong with r as a documented error response (empty list if nothing)."""
     probs = []
-    if r.header("X-Evervault-Error-Code") != "bad-request":
-        probs.append("X-Evervault-Error-Code %r" % r.header("X-Evervault-Error-Code"))
+    # A Content-Length that is not a number has its own documented code.
+    code = r.header("X-Evervault-Error-Code")
+    if code not in ("bad-request", "content-length-required"):
+        probs.append("X-Evervault-Error-Code %r" % code)
     try:
         j = r.json()
     except ValueError:
         return probs + ["body is not JSON: %r" % r.body[:200]]
-    if sorted(j) != ["code", "detail", "message", "status", "title"]:
+    if sorted(j) != ["code", "detail", "evervault-error-code", "message", "status", "title"]:
         probs.append("JSON members %r" % sorted(j))
-    elif j["status"] != r.status or j["code"] != "bad-request":
+    elif j["status"] != r.status or j["code"] != code or j["evervault-error-code"] != code:
         probs.append("JSON status/code %r/%r" % (j["status"], j["code"]))
     if (r.header("Connection") or "").lower() != "close":
         probs.append("no Connection: close")
@@ -225,7 +229,10 @@ def run_case(srv, rec, cid, tier, head):
     want_body = b"" if kind == "chunked" else body
     if q.body != want_body:
         probs.append("upstream body %r, sent %r" % (q.body[:60], want_body[:60]))
-    if kind == "chunked" and q.framing != "chunked":
+    # The relay reads a body whole before forwarding it (to check it for encrypted data), so a
+    # chunked body may arrive with its decoded length instead.
+    if kind == "chunked" and q.framing != "chunked" and not (
+            q.framing == "length" and q.header("Content-Length") == str(len(want_body))):
         probs.append("chunked body forwarded with framing %s" % q.framing)
     if kind == "length" and (q.framing != "length" or q.header("Content-Length") != str(n)):
         probs.append("Content-Length %s body forwarded as %s %r" % (

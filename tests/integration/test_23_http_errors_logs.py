@@ -16,7 +16,7 @@ from evstest import RawUpstream, Upstream, connect, recv_responses, start_server
 
 RELAY = "localhost"
 MARKER = "SECRET-marker-123"
-ERROR_MEMBERS = ["code", "detail", "message", "status", "title"]
+ERROR_MEMBERS = ["code", "detail", "evervault-error-code", "message", "status", "title"]
 
 
 def get(port, target="/", host=RELAY, method="GET", fields=(), body=b"", timeout=5.0):
@@ -40,6 +40,7 @@ def check_error(r, status, code, title):
     j = r.json()
     assert sorted(j) == ERROR_MEMBERS, j
     assert (j["status"], j["code"], j["title"]) == (status, code, title), j
+    assert j["evervault-error-code"] == code, j  # the documented field
     assert isinstance(j["detail"], str) and j["detail"], j
     assert isinstance(j["message"], str) and j["message"], j
     return j

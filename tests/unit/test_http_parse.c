@@ -506,22 +506,22 @@ static void test_content_length(void **unused) {
        "duplicate content-length"),
     MC(POST11 "Content-Length: 5\r\ncontent-length: 5\r\n\r\n", EVS_HTTP_E_BAD,
        "duplicate content-length"),
-    MC(POST11 "Content-Length: 1000,1000\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: 1000, 1000\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: 1000 1000\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: 1000.1000\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: +5\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: -5\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: -0\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: 0x10\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: 1e3\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: 5a\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: \"5\"\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length:\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: \xa0" "5\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: 5\xa0\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: \xef\xbc\x95\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
-    MC(POST11 "Content-Length: $9000\r\n\r\n", EVS_HTTP_E_BAD, "invalid content-length"),
+    MC(POST11 "Content-Length: 1000,1000\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: 1000, 1000\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: 1000 1000\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: 1000.1000\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: +5\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: -5\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: -0\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: 0x10\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: 1e3\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: 5a\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: \"5\"\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length:\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: \xa0" "5\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: 5\xa0\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: \xef\xbc\x95\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
+    MC(POST11 "Content-Length: $9000\r\n\r\n", EVS_HTTP_E_LENGTH, "invalid content-length"),
     MC(POST11 "Content-Length: \x0b" "5\r\n\r\n", EVS_HTTP_E_BAD,
        "control character in field value"),
     MC(POST11 "Content-Length: 1000\x11\r\n\r\n", EVS_HTTP_E_BAD,
@@ -961,6 +961,9 @@ static void test_result_mapping(void **unused) {
   assert_int_equal(evs__http_result_status(EVS_HTTP_E_BAD), 400);
   assert_int_equal(evs__http_result_status(EVS_HTTP_E_METHOD), 400);
   assert_int_equal(evs__http_result_status(EVS_HTTP_E_TARGET), 400);
+  assert_int_equal(evs__http_result_status(EVS_HTTP_E_LENGTH), 400);
+  assert_string_equal(evs__http_result_code(EVS_HTTP_E_LENGTH), "content-length-required");
+  assert_string_equal(evs__http_result_code(EVS_HTTP_E_BAD), "bad-request");
   assert_int_equal(evs__http_result_status(EVS_HTTP_E_HEAD_TOO_LARGE), 431);
   assert_int_equal(evs__http_result_status(EVS_HTTP_E_TOO_MANY_FIELDS), 431);
   assert_int_equal(evs__http_result_status(EVS_HTTP_E_VERSION), 505);
