@@ -327,33 +327,6 @@ static json_t *answer_data(enc_ctx *x) {
   return x->wrapped ? json_array_get(x->root, 0) : x->root;
 }
 
-/* 1 when s[0..len) is a JSON number (RFC 8259 grammar, no whitespace), else 0. */
-static int json_number_text(const char *s, size_t len) {
-  size_t i = 0;
-  if (i < len && s[i] == '-') i++;
-  if (i >= len) return 0;
-  if (s[i] == '0') {
-    i++;
-  } else if (s[i] >= '1' && s[i] <= '9') {
-    while (i < len && s[i] >= '0' && s[i] <= '9') i++;
-  } else {
-    return 0;
-  }
-  if (i < len && s[i] == '.') {
-    size_t d = ++i;
-    while (i < len && s[i] >= '0' && s[i] <= '9') i++;
-    if (i == d) return 0;
-  }
-  if (i < len && (s[i] == 'e' || s[i] == 'E')) {
-    i++;
-    if (i < len && (s[i] == '+' || s[i] == '-')) i++;
-    size_t d = i;
-    while (i < len && s[i] >= '0' && s[i] <= '9') i++;
-    if (i == d) return 0;
-  }
-  return i == len;
-}
-
 /* A decrypted value as JSON, typed by its tag (PROTOCOL.md §2.2): type 0 a string, 1 a number,
  * 2 a boolean. A :number is a JSON number (an integer beyond 64 bits becomes a double, as the
  * SDK's Number() makes it) or "null", what JSON.stringify made of NaN or Infinity when the SDK
@@ -373,7 +346,10 @@ static int typed_value(uint8_t type, const char *p, size_t len, json_t **ret) {
         v = json_null();
         break;
       }
-      if (!json_number_text(p, len)) return EVS_EP_E_DECRYPT;
+      /* jansson's grammar is JSON's (no "01", "0x10", "NaN"), except that it skips whitespace
+       * around the value. */
+      if (!len || isspace((unsigned char)p[0]) || isspace((unsigned char)p[len - 1]))
+        return EVS_EP_E_DECRYPT;
       v = json_loadb(p, len, JSON_DECODE_ANY, NULL);
       if (!v) v = json_loadb(p, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, NULL);
       if (!json_is_number(v)) { /* a real beyond the double range, e.g. 1e400 */
@@ -814,15 +790,13 @@ static int api_query(enc_ctx *x, const char *q, char *detail, size_t cap) {
     if (is_curve) {
       const char *c = vl >= 0 ? enc_curve_name(value, (size_t)vl) : NULL;
       if (!c) {
-        snprintf(detail, cap, "Invalid query parameter 'curve': use secp256k1 (or koblitz) or "
-                              "prime256v1 (or secp256r1, nist)");
+        snprintf(detail, cap, "Invalid query parameter 'curve': " ENC_CURVE_HINT);
         return -1;
       }
       snprintf(x->curve, sizeof x->curve, "%s", c);
     } else {
       if (vl < 0 || !enc_role_valid(value, (size_t)vl)) {
-        snprintf(detail, cap,
-                 "Invalid query parameter 'role': a data role is 1 to 20 of a-z, 0-9 and '-'");
+        snprintf(detail, cap, "Invalid query parameter 'role': " ENC_ROLE_HINT);
         return -1;
       }
       if (x->octet) {

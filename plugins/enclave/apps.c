@@ -517,15 +517,13 @@ static int crypt_params(enc_ctx *x, char *detail, size_t cap) {
     if (strcmp(k, "curve") == 0) {
       const char *c = s ? enc_curve_name(s, n) : NULL;
       if (!c) {
-        snprintf(detail, cap, "Invalid body parameter 'curve': use secp256k1 (or koblitz) or "
-                              "prime256v1 (or secp256r1, nist)");
+        snprintf(detail, cap, "Invalid body parameter 'curve': " ENC_CURVE_HINT);
         return -1;
       }
       snprintf(x->curve, sizeof x->curve, "%s", c);
     } else {
       if (!s || !enc_role_valid(s, n)) {
-        snprintf(detail, cap,
-                 "Invalid body parameter 'role': a data role is 1 to 20 of a-z, 0-9 and '-'");
+        snprintf(detail, cap, "Invalid body parameter 'role': " ENC_ROLE_HINT);
         return -1;
       }
       memcpy(x->role, s, n + 1);

@@ -112,6 +112,9 @@ void enc_reply_error(enc_ctx *x, int status, const char *code, const char *detai
 const char *enc_curve_name(const char *v, size_t len);
 /* 1 when v[0..len) is a data role: ^[a-z0-9-]{1,20}$ (PROTOCOL.md §3.5), else 0. */
 int enc_role_valid(const char *v, size_t len);
+/* What error details say a valid curve and role are. */
+#define ENC_CURVE_HINT "use secp256k1 (or koblitz) or prime256v1 (or secp256r1, nist)"
+#define ENC_ROLE_HINT "a data role is 1 to 20 of a-z, 0-9 and '-'"
 /* Writes "'name'" into out (cap bytes) when name is short and printable ([A-Za-z0-9_.-]),
  * else a placeholder: for error details that name what the client sent. Returns out. */
 const char *enc_param_label(const char *name, size_t len, char *out, size_t cap);
