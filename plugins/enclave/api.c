@@ -800,7 +800,8 @@ static int api_query(enc_ctx *x, const char *q, char *detail, size_t cap) {
         return -1;
       }
       if (x->octet) {
-        snprintf(detail, cap, "Invalid query parameter 'role': data roles cannot be used with files");
+        snprintf(detail, cap,
+                 "Invalid query parameter 'role': data roles cannot be used with files");
         return -1;
       }
       memcpy(x->role, value, (size_t)vl + 1);

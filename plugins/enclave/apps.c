@@ -509,7 +509,8 @@ static int crypt_params(enc_ctx *x, char *detail, size_t cap) {
     if (x->action != A_ENCRYPT || (strcmp(k, "curve") != 0 && strcmp(k, "role") != 0)) {
       snprintf(detail, cap, "Unknown body parameter %s: %s",
                enc_param_label(k, strlen(k), label, sizeof label),
-               x->action == A_ENCRYPT ? "encrypt takes data, curve and role" : "decrypt takes data");
+               x->action == A_ENCRYPT ? "encrypt takes data, curve and role"
+                                      : "decrypt takes data");
       return -1;
     }
     const char *s = json_string_value(v);
