@@ -819,7 +819,7 @@ static void api_step(enc_ctx *x, const uint8_t *data, size_t len) {
     enc_reply_error(x, 401, "unauthorized", "Invalid authorization provided.");
     return;
   }
-  char detail[160];
+  char detail[256];
   if (api_query(x, info->query, detail, sizeof detail) < 0) {
     enc_reply_error(x, 400, "bad-request", detail);
     return;

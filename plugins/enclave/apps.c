@@ -580,7 +580,7 @@ static void on_app_record(void *arg, int status, const uint8_t *v, size_t len) {
         enc_reply_error(x, 400, "bad-request", "data is required");
         return;
       }
-      char detail[160];
+      char detail[256];
       if (crypt_params(x, detail, sizeof detail) < 0) {
         enc_reply_error(x, 400, "bad-request", detail);
         return;
