@@ -66,7 +66,9 @@ const evs_config_item evs__conf_limits_items[] = {
      "largest request head (request line and headers); larger answers 431"},
     {"max_header_fields", EVS_CONFIG_INT, "100", 1, 1000, 0,
      "most header fields in a request; more answers 431"},
-    {"max_body_bytes", EVS_CONFIG_SIZE, "25m", 1 * KIB, 64 * GIB, 0,
+    /* 26m: room for the largest %EVENC file POST /decrypt takes (25 MiB of plaintext plus 75
+     * bytes); the enclave plugin and the relay apply their exact 25 MiB limits themselves. */
+    {"max_body_bytes", EVS_CONFIG_SIZE, "26m", 1 * KIB, 64 * GIB, 0,
      "largest request body, per request; larger answers 413"},
     {"max_connections", EVS_CONFIG_INT, "10000", 1, 1000000, 0,
      "most open client connections on the node (split across workers); more get 503"},

@@ -17,6 +17,10 @@
 
 #include "enclave.h"
 
+/* The protocol's file limits are the crypto library's. */
+_Static_assert(EVS_EP_FILE_MAX_PLAINTEXT == EVS_EC_FILE_MAX_PLAINTEXT, "file plaintext limit");
+_Static_assert(EVS_EP_FILE_OVERHEAD == EVS_EC_FILE_OVERHEAD, "%EVENC overhead");
+
 #ifndef EVS_ENCLAVE_VERSION
 #define EVS_ENCLAVE_VERSION "0"
 #endif
@@ -48,6 +52,20 @@ int evs__json_number_valid(const uint8_t *s, size_t len) {
     if (i == d) return 0;
   }
   return i == len;
+}
+
+/* Whether a decrypted value's plaintext is of its type tag (evs_enclave_proto.h, DECRYPT): a
+ * :number is a JSON number or "null" (JSON.stringify of NaN and +-Infinity, which the SDK
+ * encrypts as numbers), a :boolean is "true" or "false". */
+static int typed_plaintext_valid(evs_ec_type type, const uint8_t *s, size_t len) {
+  switch (type) {
+    case EVS_EC_STRING: return 1;
+    case EVS_EC_NUMBER:
+      return evs__json_number_valid(s, len) || (len == 4 && memcmp(s, "null", 4) == 0);
+    case EVS_EC_BOOLEAN:
+      return (len == 4 && memcmp(s, "true", 4) == 0) || (len == 5 && memcmp(s, "false", 5) == 0);
+  }
+  return 0;
 }
 
 /* ECMAScript WhiteSpace and LineTerminator (what String.prototype.trim removes). */
@@ -327,6 +345,11 @@ static int32_t op_decrypt(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out, 
   for (size_t i = 0; i < n; i++) {
     if (f[i].status != EVS_EC_OK) {
       evs__ep_add_status(out, map_decrypt_status(f[i].status), NULL, 0, NULL, 0);
+      continue;
+    }
+    if (!typed_plaintext_valid(f[i].plain.type, f[i].plain.data, f[i].plain.len)) {
+      /* Relabelled (RFVC / Tk9D do not authenticate the tag): refused like a forgery. */
+      evs__ep_add_status(out, EVS_EP_E_DECRYPT, NULL, 0, NULL, 0);
       continue;
     }
     uint8_t meta[2 + EVS_EC_ROLE_MAX] = {(uint8_t)f[i].plain.type, 0};

@@ -43,6 +43,11 @@
 #define EVS_EP_HEADER_LEN 24     /* length .. nitems */
 #define EVS_EP_MAX_MESSAGE (64u << 20) /* 25 MB files plus encoding overhead */
 #define EVS_EP_MAX_ITEMS 4096
+/* Files (ENCRYPT_FILE, DECRYPT_FILE): at most 25 MiB of plaintext, the SDK's limit
+ * (EV_MAX_FILE_SIZE_IN_MB = 25, compared as 25 * 1024 * 1024 bytes); a %EVENC file is its
+ * plaintext plus 75 bytes (55-byte header, 16-byte GCM tag, 4-byte CRC-32). */
+#define EVS_EP_FILE_MAX_PLAINTEXT ((size_t)25 * 1024 * 1024)
+#define EVS_EP_FILE_OVERHEAD 75
 
 typedef enum evs_ep_op {
   /* req: (none) — resp: [u16 version, "evserver-enclave <ver>"]. The text goes on with
@@ -84,11 +89,19 @@ typedef enum evs_ep_op {
   /* req: [app_id, then per field: one ev: string]
    * resp: per field `i32 status || u8 type (0 string, 1 number, 2 boolean) || plaintext`
    * A failed field is its 4-byte status alone: EVS_EP_E_INVALID (not an ev: string) or
-   * EVS_EP_E_DECRYPT (does not authenticate with this app's keys). */
+   * EVS_EP_E_DECRYPT (does not authenticate with this app's keys, or its plaintext is not of
+   * its type: a :number whose text is not a JSON number or "null" (what JSON.stringify makes
+   * of NaN and Infinity), a :boolean other than "true" / "false"; RFVC and Tk9D do not
+   * authenticate the type tag, so a relabelled value would otherwise reach the caller). Type 1
+   * and 2 plaintexts are therefore safe to splice into JSON as they are. */
   EVS_EP_DECRYPT = 7,
-  /* req: [app_id, curve, file bytes] — resp: [%EVENC bytes] */
+  /* req: [app_id, curve, file bytes] — resp: [%EVENC bytes]
+   * File bytes over EVS_EP_FILE_MAX_PLAINTEXT: EVS_EP_E_INVALID. */
   EVS_EP_ENCRYPT_FILE = 8,
-  /* req: [app_id, %EVENC bytes] — resp: [plaintext bytes] */
+  /* req: [app_id, %EVENC bytes] — resp: [plaintext bytes]
+   * EVS_EP_E_INVALID: not a well-formed %EVENC file (too short, magic, version, header) or over
+   * EVS_EP_FILE_MAX_PLAINTEXT + EVS_EP_FILE_OVERHEAD bytes; EVS_EP_E_DECRYPT: CRC or GCM
+   * authentication fails (tampered, truncated, another app's). */
   EVS_EP_DECRYPT_FILE = 9,
   /* Added after the first version of this list (ops are only ever appended):
    * req: as DECRYPT — resp: per field `i32 status || u8 type || u8 role_len || role || plaintext`

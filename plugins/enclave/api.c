@@ -6,7 +6,9 @@
  *
  * Every encrypt or decrypt request is one enclave round trip: all fields travel in one batch.
  * Decryption fails closed: one field that does not decrypt fails the whole request (422), and a
- * dead or slow enclave answers 503, never plaintext and never a hang.
+ * dead or slow enclave answers 503, never plaintext and never a hang. Parameters are checked
+ * before anything is encrypted, and refused by name when not understood (never dropped); body
+ * limits are exact (README.md, "Parameters" and "Limits").
  */
 #include <ctype.h>
 #include <errno.h>
@@ -75,7 +77,8 @@ static void run_step(enc_ctx *x, int status, const uint8_t *data, size_t len) {
     enc_reply_error(x, x->err_status, x->err_code, x->err_detail);
   } else if (status < 0) {
     if (status == -E2BIG)
-      enc_reply_error(x, 413, "payload-too-large", "The request body is too large");
+      enc_reply_error(x, 413, "payload-too-large",
+                      x->too_big ? x->too_big : "The request body is too large");
     else if (status == -ENOMEM)
       enc_reply_error(x, 500, "internal-error", "Out of memory");
     else
@@ -129,7 +132,7 @@ int enc_continue(enc_ctx *x, int read_body, enc_step_fn step) {
   x->pending = 1;
   int r = 0;
   if (read_body && !x->err_status) {
-    r = h->read_body(x->req, 0, on_step_body, x);
+    r = h->read_body(x->req, x->body_max, on_step_body, x);
     if (r == 0) return EVS_HANDLED;
   }
   x->body_status = r;
@@ -324,6 +327,48 @@ static json_t *answer_data(enc_ctx *x) {
   return x->wrapped ? json_array_get(x->root, 0) : x->root;
 }
 
+/* A decrypted value as JSON, typed by its tag (PROTOCOL.md §2.2): type 0 a string, 1 a number,
+ * 2 a boolean. A :number is a JSON number (an integer beyond 64 bits becomes a double, as the
+ * SDK's Number() makes it) or "null", what JSON.stringify made of NaN or Infinity when the SDK
+ * encrypted it (answered as null); a :boolean is "true" or "false". Anything else was relabelled
+ * (RFVC / Tk9D do not authenticate the tag) and is EVS_EP_E_DECRYPT: never returned as a string,
+ * never a guessed value. The enclave refuses such values itself; this is the plugin's own check.
+ * Returns 0 with *ret set, or a negative protocol status. */
+static int typed_value(uint8_t type, const char *p, size_t len, json_t **ret) {
+  json_t *v = NULL;
+  switch (type) {
+    case 0:
+      v = json_stringn(p, len);
+      if (!v) return EVS_EP_E_INTERNAL; /* not UTF-8, or out of memory */
+      break;
+    case 1:
+      if (len == 4 && memcmp(p, "null", 4) == 0) {
+        v = json_null();
+        break;
+      }
+      /* jansson's grammar is JSON's (no "01", "0x10", "NaN"), except that it skips whitespace
+       * around the value. */
+      if (!len || isspace((unsigned char)p[0]) || isspace((unsigned char)p[len - 1]))
+        return EVS_EP_E_DECRYPT;
+      v = json_loadb(p, len, JSON_DECODE_ANY, NULL);
+      if (!v) v = json_loadb(p, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, NULL);
+      if (!json_is_number(v)) { /* a real beyond the double range, e.g. 1e400 */
+        json_decref(v);
+        return EVS_EP_E_DECRYPT;
+      }
+      break;
+    case 2:
+      if (len == 4 && memcmp(p, "true", 4) == 0) v = json_true();
+      else if (len == 5 && memcmp(p, "false", 5) == 0) v = json_false();
+      else return EVS_EP_E_DECRYPT;
+      break;
+    default:
+      return EVS_EP_E_PROTOCOL;
+  }
+  *ret = v;
+  return 0;
+}
+
 static void on_decrypted(void *arg, int status, const ep_item *it, size_t n) {
   enc_ctx *x = arg;
   if (!enc_ctx_resume(x)) return;
@@ -332,6 +377,10 @@ static void on_decrypted(void *arg, int status, const ep_item *it, size_t n) {
   size_t fields = x->octet ? 1 : x->nslots;
   if (status == 0 && !x->octet && n != x->nslots) status = EVS_EP_E_PROTOCOL;
   if (status == 0 && x->octet && n != 1) status = EVS_EP_E_PROTOCOL;
+  /* A body that is not a well-formed %EVENC file (no magic, truncated, a bad header) is data
+   * that does not decrypt, like a tampered one: 422 decryption-error (PROTOCOL.md §2.3), as a
+   * malformed ev: string is in JSON. Its size was checked before it was read. */
+  if (x->octet && status == EVS_EP_E_INVALID) status = EVS_EP_E_DECRYPT;
   if (status == 0 && !x->octet) {
     for (size_t i = 0; i < n && status == 0; i++) {
       if (it[i].len < 4) {
@@ -348,20 +397,10 @@ static void on_decrypted(void *arg, int status, const ep_item *it, size_t n) {
         status = EVS_EP_E_PROTOCOL;
         break;
       }
-      uint8_t type = it[i].data[4];
-      const char *p = (const char *)it[i].data + 5;
-      size_t len = it[i].len - 5;
       json_t *v = NULL;
-      if (type == 1)
-        v = json_loadb(p, len, JSON_DECODE_ANY, NULL);
-      else if (type == 2)
-        v = json_boolean(len == 4 && memcmp(p, "true", 4) == 0);
-      if (!v || (type == 1 && !json_is_number(v))) {
-        json_decref(v);
-        v = json_stringn(p, len);
-      }
-      if (!v) {
-        status = EVS_EP_E_INTERNAL;
+      int tr = typed_value(it[i].data[4], (const char *)it[i].data + 5, it[i].len - 5, &v);
+      if (tr != 0) {
+        status = tr;
         break;
       }
       slot_set(&x->slots[i], v);
@@ -644,21 +683,132 @@ static int content_is(enc_ctx *x, const char *type) {
          strncasecmp(hd.value, type, n) == 0;
 }
 
-/* Query parameter value (not decoded; the values used here are plain tokens). */
-static void query_param(const char *q, const char *name, char *out, size_t outlen) {
-  size_t nl = strlen(name);
-  for (const char *p = q; p && *p;) {
-    if (strncmp(p, name, nl) == 0 && p[nl] == '=') {
-      size_t vl = strcspn(p + nl + 1, "&");
-      if (vl < outlen) {
-        memcpy(out, p + nl + 1, vl);
-        out[vl] = 0;
-      }
-      return;
+/* ---- parameters ---------------------------------------------------------------------------
+ * A parameter is never silently dropped: an unknown, repeated, empty, over-long or invalid one
+ * is refused with 400 bad-request naming it. (A data role cut short or ignored would encrypt
+ * without the data policy the caller asked for; a curve name not understood would encrypt
+ * with another curve.) The SDK sends no query parameters at all (PROTOCOL.md §2). */
+
+static const struct {
+  const char *name, *canonical;
+} curve_names[] = {
+    {"secp256k1", "secp256k1"},  {"koblitz", "secp256k1"}, {"prime256v1", "prime256v1"},
+    {"secp256r1", "prime256v1"}, {"nist", "prime256v1"},
+};
+
+const char *enc_curve_name(const char *v, size_t len) {
+  for (size_t i = 0; i < sizeof curve_names / sizeof curve_names[0]; i++)
+    if (strlen(curve_names[i].name) == len && strncasecmp(v, curve_names[i].name, len) == 0)
+      return curve_names[i].canonical;
+  return NULL;
+}
+
+int enc_role_valid(const char *v, size_t len) {
+  if (len < 1 || len > 20) return 0;
+  for (size_t i = 0; i < len; i++)
+    if (!((v[i] >= 'a' && v[i] <= 'z') || (v[i] >= '0' && v[i] <= '9') || v[i] == '-')) return 0;
+  return 1;
+}
+
+const char *enc_param_label(const char *name, size_t len, char *out, size_t cap) {
+  int ok = len > 0 && len <= 40 && len + 3 <= cap;
+  for (size_t i = 0; ok && i < len; i++)
+    if (!isalnum((unsigned char)name[i]) && name[i] != '_' && name[i] != '.' && name[i] != '-')
+      ok = 0;
+  if (ok)
+    snprintf(out, cap, "'%.*s'", (int)len, name);
+  else
+    snprintf(out, cap, "%s", len ? "(a long or unprintable name)" : "(an empty name)");
+  return out;
+}
+
+static int hexval(int c) {
+  return c >= '0' && c <= '9' ? c - '0'
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                : -1;
+}
+
+/* Decodes a query component (%XX, '+' as a space) into out (cap bytes, NUL-terminated); the
+ * decoded length, or -1 when an escape is malformed, it decodes to a NUL, or it does not fit
+ * (nothing the API takes is that long: such a value is refused, never cut). */
+static long query_decode(const char *s, size_t len, char *out, size_t cap) {
+  size_t o = 0;
+  for (size_t i = 0; i < len; i++) {
+    int c = (unsigned char)s[i];
+    if (c == '%') {
+      if (len - i < 3 || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0) return -1;
+      c = hexval(s[i + 1]) << 4 | hexval(s[i + 2]);
+      i += 2;
+    } else if (c == '+') {
+      c = ' ';
     }
-    p = strchr(p, '&');
-    if (p) p++;
+    if (c == 0 || o + 1 >= cap) return -1;
+    out[o++] = (char)c;
   }
+  out[o] = 0;
+  return (long)o;
+}
+
+/* The query of an API request into x->curve and x->role (defaults: secp256k1, no role). 0, or
+ * -1 with a 400 detail in detail (cap bytes). /encrypt takes curve and role (role not with a
+ * file: data roles are for values only); the other endpoints take none. */
+static int api_query(enc_ctx *x, const char *q, char *detail, size_t cap) {
+  int takes = x->action == API_ENCRYPT;
+  int seen_curve = 0, seen_role = 0;
+  char label[48];
+  snprintf(x->curve, sizeof x->curve, "secp256k1");
+  x->role[0] = 0;
+  for (const char *p = q ? q : ""; *p;) {
+    size_t seg = strcspn(p, "&");
+    const char *eq = memchr(p, '=', seg);
+    size_t nl = eq ? (size_t)(eq - p) : seg;
+    char name[48], value[64];
+    long n = query_decode(p, nl, name, sizeof name);
+    const char *next = p[seg] ? p + seg + 1 : p + seg;
+    if (seg == 0) { /* "a=1&&b=2", a trailing '&': no parameter there */
+      p = next;
+      continue;
+    }
+    int is_curve = n >= 0 && strcmp(name, "curve") == 0;
+    int is_role = n >= 0 && strcmp(name, "role") == 0;
+    if (n < 0 || !takes || !(is_curve || is_role)) {
+      enc_param_label(n >= 0 ? name : p, n >= 0 ? (size_t)n : nl, label, sizeof label);
+      snprintf(detail, cap, "Unknown query parameter %s: %s", label,
+               takes ? "/encrypt takes curve and role" : "this endpoint takes no parameters");
+      return -1;
+    }
+    if ((is_curve && seen_curve++) || (is_role && seen_role++)) {
+      snprintf(detail, cap, "Query parameter '%s' is given more than once", name);
+      return -1;
+    }
+    if (!eq || eq + 1 == p + seg) {
+      snprintf(detail, cap, "Query parameter '%s' has no value", name);
+      return -1;
+    }
+    long vl = query_decode(eq + 1, seg - nl - 1, value, sizeof value);
+    if (is_curve) {
+      const char *c = vl >= 0 ? enc_curve_name(value, (size_t)vl) : NULL;
+      if (!c) {
+        snprintf(detail, cap, "Invalid query parameter 'curve': " ENC_CURVE_HINT);
+        return -1;
+      }
+      snprintf(x->curve, sizeof x->curve, "%s", c);
+    } else {
+      if (vl < 0 || !enc_role_valid(value, (size_t)vl)) {
+        snprintf(detail, cap, "Invalid query parameter 'role': " ENC_ROLE_HINT);
+        return -1;
+      }
+      if (x->octet) {
+        snprintf(detail, cap,
+                 "Invalid query parameter 'role': data roles cannot be used with files");
+        return -1;
+      }
+      memcpy(x->role, value, (size_t)vl + 1);
+    }
+    p = next;
+  }
+  return 0;
 }
 
 /* The API request, its body read: authenticate, then keys, encrypt or decrypt. */
@@ -669,9 +819,11 @@ static void api_step(enc_ctx *x, const uint8_t *data, size_t len) {
     enc_reply_error(x, 401, "unauthorized", "Invalid authorization provided.");
     return;
   }
-  snprintf(x->curve, sizeof x->curve, "secp256k1");
-  query_param(info->query, "curve", x->curve, sizeof x->curve);
-  query_param(info->query, "role", x->role, sizeof x->role);
+  char detail[256];
+  if (api_query(x, info->query, detail, sizeof detail) < 0) {
+    enc_reply_error(x, 400, "bad-request", detail);
+    return;
+  }
   if (x->action == API_KEYS) {
     /* no body: straight to the key record */
   } else if (x->octet) {
@@ -688,9 +840,24 @@ static void api_step(enc_ctx *x, const uint8_t *data, size_t len) {
       enc_reply_error(x, 400, "bad-request", "The request body is not valid JSON");
       return;
     }
-    /* /decrypt takes the SDK's {"data": ...}; /encrypt takes the value itself. */
+    /* /decrypt takes the SDK's {"data": ...}, or any other value as the data itself (the
+     * Cages API's form); /encrypt takes the value itself. "data" next to other keys is
+     * ambiguous: refused, naming the other key, rather than one of the two dropped. */
     json_t *d = root;
     if (x->action == API_DECRYPT && json_is_object(root) && json_object_get(root, "data")) {
+      const char *k;
+      json_t *c;
+      json_object_foreach(root, k, c) {
+        if (strcmp(k, "data") == 0) continue;
+        char label[48];
+        snprintf(detail, sizeof detail,
+                 "Unknown body parameter %s next to 'data': /decrypt takes {\"data\": ...} "
+                 "(or the data itself, without a 'data' key)",
+                 enc_param_label(k, strlen(k), label, sizeof label));
+        json_decref(root);
+        enc_reply_error(x, 400, "bad-request", detail);
+        return;
+      }
       d = json_incref(json_object_get(root, "data"));
       json_decref(root);
     }
@@ -731,6 +898,19 @@ int enc_api_route(enclave_state *st, evs_request *req) {
   }
   x->action = action;
   x->octet = action != API_KEYS && content_is(x, "application/octet-stream");
+  /* Exact body limits (README.md, "Limits"): a file to encrypt holds at most the SDK's 25 MiB;
+   * a file to decrypt is at most that plus the %EVENC overhead; JSON at most 25 MiB. */
+  if (action == API_ENCRYPT && x->octet) {
+    x->body_max = EVS_EP_FILE_MAX_PLAINTEXT;
+    x->too_big = "A file to encrypt may hold at most 25 MiB (26214400 bytes)";
+  } else if (action == API_DECRYPT && x->octet) {
+    x->body_max = EVS_EP_FILE_MAX_PLAINTEXT + EVS_EP_FILE_OVERHEAD;
+    x->too_big = "An encrypted file is at most 26214475 bytes (25 MiB of plaintext and the 75 "
+                 "bytes of the %EVENC format)";
+  } else {
+    x->body_max = ENC_MAX_JSON_BODY;
+    x->too_big = "The request body is over the 25 MiB (26214400 bytes) limit";
+  }
   return enc_continue(x, action != API_KEYS, api_step);
 }
 

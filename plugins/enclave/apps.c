@@ -494,6 +494,45 @@ static void on_key_for_revoke(void *arg, int status, const uint8_t *v, size_t le
   enc_reply_json(x, 200, json_pack("{s:s,s:b}", "keyId", x->key_id, "revoked", 1));
 }
 
+/* The body parameters of POST /apps/<id>/encrypt {"data", "curve"?, "role"?} and /decrypt
+ * {"data"} into x->curve and x->role. As on the API (api.c, "parameters"), nothing is silently
+ * dropped: an unknown key, a curve or role that is not a string or not valid is refused, with
+ * its name. 0, or -1 with the 400 detail in detail. */
+static int crypt_params(enc_ctx *x, char *detail, size_t cap) {
+  const char *k;
+  json_t *v;
+  char label[48];
+  snprintf(x->curve, sizeof x->curve, "secp256k1");
+  x->role[0] = 0;
+  json_object_foreach(x->body_obj, k, v) {
+    if (strcmp(k, "data") == 0) continue;
+    if (x->action != A_ENCRYPT || (strcmp(k, "curve") != 0 && strcmp(k, "role") != 0)) {
+      snprintf(detail, cap, "Unknown body parameter %s: %s",
+               enc_param_label(k, strlen(k), label, sizeof label),
+               x->action == A_ENCRYPT ? "encrypt takes data, curve and role"
+                                      : "decrypt takes data");
+      return -1;
+    }
+    const char *s = json_string_value(v);
+    size_t n = s ? json_string_length(v) : 0;
+    if (strcmp(k, "curve") == 0) {
+      const char *c = s ? enc_curve_name(s, n) : NULL;
+      if (!c) {
+        snprintf(detail, cap, "Invalid body parameter 'curve': " ENC_CURVE_HINT);
+        return -1;
+      }
+      snprintf(x->curve, sizeof x->curve, "%s", c);
+    } else {
+      if (!s || !enc_role_valid(s, n)) {
+        snprintf(detail, cap, "Invalid body parameter 'role': " ENC_ROLE_HINT);
+        return -1;
+      }
+      memcpy(x->role, s, n + 1);
+    }
+  }
+  return 0;
+}
+
 static void on_app_record(void *arg, int status, const uint8_t *v, size_t len) {
   enc_ctx *x = arg;
   if (!enc_ctx_resume(x)) return;
@@ -541,10 +580,11 @@ static void on_app_record(void *arg, int status, const uint8_t *v, size_t len) {
         enc_reply_error(x, 400, "bad-request", "data is required");
         return;
       }
-      const char *curve = json_string_value(json_object_get(x->body_obj, "curve"));
-      const char *role = json_string_value(json_object_get(x->body_obj, "role"));
-      snprintf(x->curve, sizeof x->curve, "%s", curve ? curve : "secp256k1");
-      snprintf(x->role, sizeof x->role, "%s", role ? role : "");
+      char detail[256];
+      if (crypt_params(x, detail, sizeof detail) < 0) {
+        enc_reply_error(x, 400, "bad-request", detail);
+        return;
+      }
       snprintf(x->key_id, sizeof x->key_id, "admin");
       enc_set_data(x, json_incref(d));
       if (!x->root) {
@@ -695,6 +735,10 @@ int enc_admin_route(enclave_state *st, evs_request *req) {
   x->action = action;
   snprintf(x->app_id, sizeof x->app_id, "%s", app);
   snprintf(x->key_id, sizeof x->key_id, "%s", kid);
+  if (action == A_ENCRYPT || action == A_DECRYPT) {
+    x->body_max = ENC_MAX_JSON_BODY;
+    x->too_big = "The request body is over the 25 MiB (26214400 bytes) limit";
+  }
   return enc_continue(x, strcmp(m, "POST") == 0, admin_step);
 }
 

@@ -78,6 +78,8 @@ struct enc_ctx {
   enc_step_fn step;   /* what enc_continue runs once the body (if any) is in */
   evs_timer *timer;   /* enc_continue's deferral when no body is read */
   int body_status;
+  size_t body_max;    /* enc_continue's read_body limit (0: the host's limits.max_body_bytes) */
+  const char *too_big; /* the 413's detail when the body is over body_max (static; NULL: generic) */
   int err_status;     /* enc_fail: answer this instead of running step */
   const char *err_code, *err_detail; /* static strings */
 };
@@ -100,6 +102,22 @@ void enc_reply_json(enc_ctx *x, int status, json_t *obj);
 void enc_reply_error(enc_ctx *x, int status, const char *code, const char *detail);
 
 /* ---- helpers (api.c) ---------------------------------------------------------------------- */
+/* The largest JSON request body of the encrypt/decrypt API and the admin encrypt/decrypt: the
+ * docs' "per-request limit of 25 MB for encryption/decryption". Files have their own limits
+ * (EVS_EP_FILE_MAX_PLAINTEXT, plus EVS_EP_FILE_OVERHEAD for a %EVENC file to decrypt). */
+#define ENC_MAX_JSON_BODY ((size_t)25 * 1024 * 1024)
+
+/* The canonical curve name ("secp256k1" or "prime256v1") of v[0..len): the names and aliases
+ * secp256k1, koblitz, prime256v1, secp256r1, nist, in any ASCII case. NULL for anything else. */
+const char *enc_curve_name(const char *v, size_t len);
+/* 1 when v[0..len) is a data role: ^[a-z0-9-]{1,20}$ (PROTOCOL.md §3.5), else 0. */
+int enc_role_valid(const char *v, size_t len);
+/* What error details say a valid curve and role are. */
+#define ENC_CURVE_HINT "use secp256k1 (or koblitz) or prime256v1 (or secp256r1, nist)"
+#define ENC_ROLE_HINT "a data role is 1 to 20 of a-z, 0-9 and '-'"
+/* Writes "'name'" into out (cap bytes) when name is short and printable ([A-Za-z0-9_.-]),
+ * else a placeholder: for error details that name what the client sent. Returns out. */
+const char *enc_param_label(const char *name, size_t len, char *out, size_t cap);
 char *enc_b64(const uint8_t *data, size_t len);                   /* malloc'd, NUL-terminated */
 int enc_unb64(const char *s, size_t len, uint8_t **ret, size_t *ret_len);
 void enc_audit(enclave_state *st, const char *who, const char *app, const char *op,

@@ -14,6 +14,7 @@ that test skips without the real enclave.
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ import evstest
 
 STUB = r'''#!/usr/bin/python3
 # A protocol stand-in for evserver-enclave (tests only): fake ciphertext, no secrets.
-import base64, hashlib, os, secrets, socket, struct, sys
+import base64, hashlib, os, secrets, socket, struct, sys, zlib
 args = sys.argv[1:]
 fd = int(args[args.index("--fd") + 1])
 creds = args[args.index("--credentials") + 1] if "--credentials" in args else None
@@ -45,12 +46,13 @@ def send(op, rid, status, its):
     body += b"".join(struct.pack("<I", len(i)) + i for i in its)
     sock.sendall(struct.pack("<I", len(body)) + body)
 def recvn(n):
-    b = b""
+    b = bytearray()
     while len(b) < n:
-        c = sock.recv(n - len(b))
+        c = sock.recv(min(n - len(b), 1 << 20))
         if not c: sys.exit(0)
         b += c
-    return b
+    return bytes(b)
+XOR = bytes(i ^ 0x5a for i in range(256))
 while True:
     (l,) = struct.unpack("<I", recvn(4))
     msg = recvn(l)
@@ -104,14 +106,24 @@ while True:
                 out.append(struct.pack("<i", -5))
         send(op, rid, 0, out)
     elif op == 8:
+        # Files: a 55-byte header naming the app, the XORed bytes, a 16-byte MAC, a CRC-32:
+        # the real format's 75 bytes of overhead and its limits (25 MiB of plaintext).
         app, curve, data = it
         if app not in apps: send(op, rid, -3, []); continue
-        send(op, rid, 0, [b"%EVENC" + app + b"|" + bytes(b ^ 0x5a for b in data)])
+        if len(data) > 25 << 20: send(op, rid, -6, []); continue
+        body = (b"%EVENC" + app + b"|").ljust(55, b"\0") + data.translate(XOR)
+        body += hashlib.sha256(body).digest()[:16]
+        send(op, rid, 0, [body + struct.pack("<I", zlib.crc32(body))])
     elif op == 9:
         app, data = it
         if app not in apps: send(op, rid, -3, []); continue
-        if not data.startswith(b"%EVENC" + app + b"|"): send(op, rid, -5, []); continue
-        send(op, rid, 0, [bytes(b ^ 0x5a for b in data[len(b"%EVENC" + app + b"|"):])])
+        if len(data) < 75 or len(data) > (25 << 20) + 75 or not data.startswith(b"%EVENC"):
+            send(op, rid, -6, []); continue
+        body, mac = data[:-20], data[-20:-4]
+        if (not data.startswith((b"%EVENC" + app + b"|").ljust(55, b"\0")) or
+                hashlib.sha256(body).digest()[:16] != mac):
+            send(op, rid, -5, []); continue
+        send(op, rid, 0, [body[55:].translate(XOR)])
     else:
         send(op, rid, -2, [])
 '''
@@ -402,6 +414,218 @@ def test_enclave_killed_fails_closed_and_recovers():
     evctl(srv, "app", "unlock", app2["appId"], "--token", app2["appToken"])
     assert api(srv, "POST", "/encrypt", {"x": "y"}, headers={"api-key": k2["apiKey"]})[0] == 200
 
+
+# ---- parameters, typed values, files and their limits (issue 9, items 8 and 9) -------------
+
+MiB = 1024 * 1024
+FILE_MAX = 25 * MiB        # the SDK's largest file (EV_MAX_FILE_SIZE_IN_MB=25, in MiB)
+FILE_OVERHEAD = 75         # %EVENC: 55-byte header, 16-byte tag, 4-byte CRC
+
+
+def curve_of(ev):
+    """The curve an ev: string was made with (the stub writes it in clear)."""
+    parts = ev.split(":")
+    if parts[1].startswith("STUB"):
+        return parts[2]
+    return {"RFVC": "secp256k1", "S0lS": "secp256k1", "Tk9D": "prime256v1",
+            "QkTC": "prime256v1"}[parts[1]]
+
+
+def relabel(ev, type):
+    """ev with the type tag `type` (the tag of RFVC / Tk9D is not authenticated)."""
+    parts = ev.split(":")
+    if parts[1].startswith("STUB"):
+        parts[1] = "STUB" + type
+    else:
+        assert len(parts) == 6, ev
+        parts.insert(2, type)
+    return ":".join(parts)
+
+
+def assert_bad_param(st, h, body, name):
+    assert_error(st, h, body, 400, "bad-request")
+    assert name in json.loads(body)["detail"], (name, body)
+
+
+def test_parameters_never_dropped():
+    srv = start()
+    app, key = setup(srv)
+    k = {"api-key": key["apiKey"]}
+    ok = basic(app["appId"], key["apiKey"])
+    # The documented curve names and aliases, in any case.
+    for name, curve in (("secp256k1", "secp256k1"), ("koblitz", "secp256k1"),
+                        ("SECP256K1", "secp256k1"), ("Koblitz", "secp256k1"),
+                        ("prime256v1", "prime256v1"), ("secp256r1", "prime256v1"),
+                        ("nist", "prime256v1"), ("NIST", "prime256v1"),
+                        ("Prime256V1", "prime256v1"), ("SECP256R1", "prime256v1")):
+        st, _, body = api(srv, "POST", "/encrypt?curve=" + name, "v", headers=k)
+        assert st == 200, (name, body)
+        assert curve_of(json.loads(body)) == curve, (name, body)
+    # A curve name that is too long, unknown, empty or given twice is refused: never the default.
+    for q in ("curve=prime256v1xxxxxxxxx", "curve=" + "a" * 64, "curve=ed25519", "curve=",
+              "curve", "curve=prime256v1&curve=secp256k1", "curve=p%2D256", "curve=%6Eist%20"):
+        assert_bad_param(*api(srv, "POST", "/encrypt?" + q, "v", headers=k), "'curve'")
+    # A role that is too long, not a role, empty or given twice is refused: never dropped.
+    for q in ("role=" + "a" * 64, "role=" + "a" * 21, "role=Upper", "role=a_b", "role=",
+              "role", "role=a&role=b", "role=a%00"):
+        assert_bad_param(*api(srv, "POST", "/encrypt?" + q, "v", headers=k), "'role'")
+    # 20 characters is a role, and it is used.
+    st, _, body = api(srv, "POST", "/encrypt?role=" + "a" * 20 + "&curve=nist", "v", headers=k)
+    assert st == 200, body
+    if not json.loads(body).startswith("ev:STUB"):
+        assert json.loads(body).startswith("ev:QkTC:"), body
+    # Data roles are for values, not files.
+    assert_bad_param(*api(srv, "POST", "/encrypt?role=my-role", b"file bytes", headers=k),
+                     "'role': data roles cannot be used with files")
+    # Unknown query parameters are refused, naming them; the endpoints without parameters too.
+    assert_bad_param(*api(srv, "POST", "/encrypt?roles=a", "v", headers=k), "'roles'")
+    assert_bad_param(*api(srv, "POST", "/encrypt?curve=nist&x=1", "v", headers=k), "'x'")
+    st, _, enc = api(srv, "POST", "/encrypt", {"a": "b"}, headers=k)
+    assert_bad_param(*api(srv, "POST", "/decrypt?curve=nist", {"data": json.loads(enc)},
+                          headers=ok), "'curve'")
+    assert_bad_param(*api(srv, "POST", "/decrypt?role=x", {"data": "x"}, headers=ok), "'role'")
+    assert_bad_param(*api(srv, "GET", "/cages/key?x=1", headers=k), "'x'")
+    assert_bad_param(*api(srv, "GET", "/keys?curve=nist", headers=k), "'curve'")
+    # The names echoed are only short printable ones.
+    st, h, body = api(srv, "POST", "/encrypt?%22%3Cscript%3E=1", "v", headers=k)
+    assert_bad_param(st, h, body, "unprintable")
+    # /decrypt's body: "data" next to another key is refused, naming it.
+    assert_bad_param(*api(srv, "POST", "/decrypt", {"data": json.loads(enc), "role": "x"},
+                          headers=ok), "'role'")
+    # The admin encrypt/decrypt take their parameters from the body, by the same rules.
+    def admin(path, body):
+        r = srv.admin_request("POST", "/apps/%s/%s" % (app["appId"], path), body)
+        return r.status, {k.lower(): v for k, v in r.headers}, r.body
+    st, _, body = admin("encrypt", {"data": "v", "curve": "Koblitz", "role": "r-1"})
+    assert st == 200, body
+    assert curve_of(json.loads(body)["data"]) == "secp256k1", body
+    for bad, name in (({"curve": "prime256v1xxxxxxxxx"}, "'curve'"), ({"curve": 1}, "'curve'"),
+                      ({"curve": ""}, "'curve'"), ({"role": "a" * 64}, "'role'"),
+                      ({"role": 5}, "'role'"), ({"role": ""}, "'role'"), ({"rol": "x"}, "'rol'")):
+        assert_bad_param(*admin("encrypt", dict(bad, data="v")), name)
+    assert_bad_param(*admin("decrypt", {"data": "x", "curve": "nist"}), "'curve'")
+    # Nothing of the above reached the enclave as an encryption without its role.
+    assert api(srv, "POST", "/decrypt", {"data": json.loads(enc)}, headers=ok)[0] == 200
+
+
+def test_typed_values_must_parse():
+    srv = start()
+    app, key = setup(srv)
+    k = {"api-key": key["apiKey"]}
+    ok = basic(app["appId"], key["apiKey"])
+    texts = ["abc", "12", "-1.5e3", "null", "true", "false", "True", "1", "0x10", "1e400",
+             "18446744073709551616", "Infinity", "NaN", "12 ", "01", "\u00e9"]
+    for curve in ("secp256k1", "prime256v1"):
+        st, _, body = api(srv, "POST", "/encrypt?curve=" + curve, texts, headers=k)
+        assert st == 200, body
+        enc = dict(zip(texts, json.loads(body)))
+        good = {("12", "number"): 12, ("1", "number"): 1, ("-1.5e3", "number"): -1500.0, ("null", "number"): None,
+                ("18446744073709551616", "number"): 18446744073709551616.0,
+                ("true", "boolean"): True, ("false", "boolean"): False}
+        # Valid relabelled texts come back typed.
+        st, _, body = api(srv, "POST", "/decrypt",
+                          {"data": [relabel(enc[t], ty) for t, ty in good]}, headers=ok)
+        assert st == 200, body
+        assert json.loads(body)["data"] == list(good.values()), body
+        # A :number / :boolean whose text is not one is a decryption error, never a string.
+        for t in texts:
+            for ty in ("number", "boolean"):
+                if (t, ty) in good or (t == "12 " and ty == "number"):
+                    continue
+                st, h, body = api(srv, "POST", "/decrypt", {"data": {"v": relabel(enc[t], ty)}},
+                                  headers=ok)
+                assert_error(st, h, body, 422, "decryption-error")
+                assert json.loads(body)["detail"] == "Unable to decrypt data", body
+
+
+def post(srv, path, headers, body=None, length=None, chunks=None):
+    """POST on a new connection: body with Content-Length (length alone: the head only, what a
+    server may refuse before the body), or chunks with Transfer-Encoding: chunked.
+    (status, headers dict lower-case, body bytes)."""
+    c = http.client.HTTPConnection("127.0.0.1", srv.port("api"), timeout=60)
+    try:
+        c.putrequest("POST", path, skip_accept_encoding=True)
+        for kv in dict({"Content-Type": "application/octet-stream"}, **headers).items():
+            c.putheader(*kv)
+        if chunks is not None:
+            c.putheader("Transfer-Encoding", "chunked")
+        else:
+            c.putheader("Content-Length", str(len(body) if length is None else length))
+        c.endheaders()
+        try:
+            if chunks is not None:
+                for ch in chunks:
+                    c.send(b"%x\r\n%s\r\n" % (len(ch), ch))
+                c.send(b"0\r\n\r\n")
+            elif body:
+                c.send(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered early: read what the server said
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
+def pieces(data, size=1 << 20):
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def test_garbage_evenc_is_decryption_error():
+    srv = start()
+    app, key = setup(srv)
+    ok = basic(app["appId"], key["apiKey"])
+    blob = bytes(range(256)) * 40
+    st, _, enc = api(srv, "POST", "/encrypt?curve=nist", blob, headers={"api-key": key["apiKey"]})
+    assert st == 200 and enc.startswith(b"%EVENC"), enc[:40]
+    flip = lambda b, i: b[:i] + bytes([b[i] ^ 1]) + b[i + 1:]  # noqa: E731
+    # Empty, the magic alone, a zero header, truncated below the format's 75 bytes, another
+    # version, offset or flags byte, no magic at all (tampering with the ciphertext or the CRC,
+    # and truncation past the header, fail the CRC and were 422 already).
+    bad = [b"", b"%EVENC", b"%EVENC" + b"\0" * 100, enc[:74], flip(enc, 6), flip(enc, 7),
+           flip(enc, 54), b"not an encrypted file at all" * 10]
+    for i, b in enumerate(bad):
+        st, h, body = api(srv, "POST", "/decrypt", b, headers=ok)
+        assert_error(st, h, body, 422, "decryption-error")
+        assert json.loads(body)["detail"] == "Unable to decrypt data", (i, body)
+    assert api(srv, "POST", "/decrypt", enc, headers=ok)[:3:2] == (200, blob)
+
+
+def test_file_limits_exact():
+    """25 MiB of plaintext is the largest file: its ciphertext (25 MiB + 75 bytes) decrypts,
+    one byte more on either side is 413 payload-too-large, with or without Content-Length."""
+    srv = start()
+    app, key = setup(srv)
+    k = {"api-key": key["apiKey"]}
+    ok = basic(app["appId"], key["apiKey"])
+    data = os.urandom(FILE_MAX)
+    st, _, enc = api(srv, "POST", "/encrypt", data, headers=k, timeout=60)
+    assert st == 200 and enc.startswith(b"%EVENC"), enc[:100]
+    assert len(enc) == FILE_MAX + FILE_OVERHEAD
+    st, h, body = api(srv, "POST", "/decrypt", enc, headers=ok, timeout=60)
+    assert st == 200 and h["content-type"] == "application/octet-stream", body[:200]
+    assert body == data
+    # The same through a chunked body (no Content-Length).
+    st, _, body = post(srv, "/decrypt", ok, chunks=pieces(enc))
+    assert st == 200 and body == data, (st, body[:200])
+    # One byte over: refused before it is read (Content-Length) or once read (chunked).
+    # The detail states the limit.
+    for path, n, hdr, limit in (("/decrypt", FILE_MAX + FILE_OVERHEAD + 1, ok, b"26214475 bytes"),
+                                ("/encrypt", FILE_MAX + 1, k, b"26214400 bytes")):
+        for r in (post(srv, path, hdr, length=n), post(srv, path, hdr, chunks=pieces(b"\0" * n))):
+            assert_error(*r, 413, "payload-too-large")
+            assert limit in r[2], r
+    # JSON: 25 MiB is the per-request limit too (the docs' "25 MB for encryption/decryption").
+    json_hdr = dict(ok, **{"Content-Type": "application/json"})
+    body = b'{"data":"' + b"x" * (FILE_MAX - 11) + b'"}'
+    assert len(body) == FILE_MAX
+    st, _, out = post(srv, "/decrypt", json_hdr, body)
+    assert st == 200 and len(out) == FILE_MAX, (st, out[:200])
+    for r in (post(srv, "/decrypt", json_hdr, length=FILE_MAX + 1),
+              post(srv, "/encrypt", dict(k, **{"Content-Type": "application/json"}),
+                   chunks=pieces(b'"' + b"x" * (FILE_MAX - 1) + b'"'))):
+        assert_error(*r, 413, "payload-too-large")
+        assert b"26214400 bytes" in r[2], r
 
 if __name__ == "__main__":
     evstest.main(globals())

@@ -521,7 +521,7 @@ static void test_minimal_defaults(void **state) {
   assert_string_equal(s->admin_socket, "/run/evserver/admin.sock");
   assert_int_equal(s->max_header_bytes, 32 * 1024);
   assert_int_equal(s->max_header_fields, 100);
-  assert_int_equal(s->max_body_bytes, 25 * 1024 * 1024);
+  assert_int_equal(s->max_body_bytes, 26 * 1024 * 1024);
   assert_int_equal(s->max_connections, 10000);
   assert_int_equal(s->header_timeout_ms, 10000);
   assert_int_equal(s->body_timeout_ms, 30000);

@@ -430,11 +430,79 @@ static void test_ops_round_trip(void **state) {
   evs__enclave_free(e2);
 }
 
+/* DECRYPT refuses a value whose plaintext is not of its type tag: RFVC and Tk9D do not
+ * authenticate the tag, so a relabelled string would otherwise come back as a "number" or
+ * "boolean" that is neither (and the relay splices those into JSON as they are). */
+static void test_decrypt_typed_plaintext(void **state) {
+  (void)state;
+  evs_enclave *e = new_enclave(7);
+  evs_ep_buf out = {0};
+  evs_ep_msg r;
+  msgbuf m;
+  evs_app_created c;
+  assert_int_equal(evs__app_create(e, ID("app_typed"), &c), EVS_EP_OK);
+  evs__app_created_done(&c);
+  static const struct {
+    const char *text, *type;
+    int ok;
+  } cases[] = {
+      {"12", "number", 1},        {"-1.5e+3", "number", 1}, {"null", "number", 1},
+      {"0", "number", 1},         {"abc", "number", 0},     {"", "number", 0},
+      {"01", "number", 0},        {"0x10", "number", 0},    {"NaN", "number", 0},
+      {"1.", "number", 0},        {"true", "number", 0},    {"true", "boolean", 1},
+      {"false", "boolean", 1},    {"True", "boolean", 0},   {"1", "boolean", 0},
+      {"", "boolean", 0},         {"null", "boolean", 0},   {"truex", "boolean", 0},
+  };
+  const size_t n = sizeof cases / sizeof cases[0];
+  for (int curve = 0; curve < 2; curve++) {
+    msg_begin(&m, EVS_EP_ENCRYPT);
+    ADD(&m, "app_typed");
+    ADD(&m, curve ? "prime256v1" : "secp256k1");
+    ADD(&m, "");
+    for (size_t i = 0; i < n; i++) {
+      char item[32];
+      snprintf(item, sizeof item, "s:%s", cases[i].text);
+      ADD(&m, item);
+    }
+    assert_int_equal(call(e, &m, &out, &r), 0);
+    assert_int_equal(r.nitems, n);
+    msgbuf dm;
+    msg_begin(&dm, EVS_EP_DECRYPT);
+    ADD(&dm, "app_typed");
+    for (size_t i = 0; i < n; i++) {
+      assert_int_equal((int32_t)evs_ep_get_u32(r.items[i].p), 0);
+      /* ev:RFVC:<iv>... -> ev:RFVC:<type>:<iv>... */
+      char ev[512];
+      const char *s = (const char *)r.items[i].p + 4;
+      size_t len = r.items[i].len - 4;
+      int k = snprintf(ev, sizeof ev, "%.8s%s:%.*s", s, cases[i].type, (int)(len - 8), s + 8);
+      assert_true(k > 0 && (size_t)k < sizeof ev);
+      ADD(&dm, ev);
+    }
+    assert_int_equal(call(e, &dm, &out, &r), 0);
+    assert_int_equal(r.nitems, n);
+    for (size_t i = 0; i < n; i++) {
+      int32_t st = (int32_t)evs_ep_get_u32(r.items[i].p);
+      if (!cases[i].ok) {
+        assert_int_equal(st, EVS_EP_E_DECRYPT);
+        assert_int_equal(r.items[i].len, 4); /* no plaintext */
+        continue;
+      }
+      assert_int_equal(st, 0);
+      assert_int_equal(r.items[i].p[4], strcmp(cases[i].type, "number") == 0 ? 1 : 2);
+      assert_int_equal(r.items[i].len - 5, strlen(cases[i].text));
+      assert_memory_equal(r.items[i].p + 5, cases[i].text, strlen(cases[i].text));
+    }
+  }
+  evs__ep_buf_done(&out);
+  evs__enclave_free(e);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_create_unlock), cmocka_unit_test(test_wrong_token),
       cmocka_unit_test(test_tampered),      cmocka_unit_test(test_credentials),
-      cmocka_unit_test(test_ops_round_trip),
+      cmocka_unit_test(test_ops_round_trip), cmocka_unit_test(test_decrypt_typed_plaintext),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

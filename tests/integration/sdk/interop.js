@@ -3,8 +3,8 @@
 // EVS_API_KEY (a key with api:decrypt), EVS_BAD_KEY (a revoked or forged key).
 // Encrypts strings, numbers, booleans, nested objects and a file with both curves, with and
 // without a data role (one client per combination: the SDK fixes its derived key on the first
-// encrypt), then decrypt() through evserver must give back the originals. Prints one line per
-// check; exits 1 on the first failure.
+// encrypt), and the largest file the SDK allows (25 MiB), then decrypt() through evserver must
+// give back the originals. Prints one line per check; exits 1 on the first failure.
 'use strict';
 
 if (!process.env.EV_API_URL) {
@@ -50,10 +50,25 @@ async function checkCombination(curve, role) {
   console.log(`ok ${label} file`);
 }
 
+// The largest file the SDK encrypts (EV_MAX_FILE_SIZE_IN_MB = 25, counted as 25 * 1024 * 1024
+// bytes) decrypts through evserver; one byte more the SDK itself refuses.
+async function checkLargestFile(curve) {
+  const ev = new Evervault(appId, apiKey, { curve });
+  const max = 25 * 1024 * 1024;
+  const file = require('crypto').randomBytes(max);
+  const enc = await ev.encrypt(file);
+  assert.ok(Buffer.isBuffer(enc) && enc.length === max + 75, `${curve} largest file: ${enc.length}`);
+  const dec = await ev.decrypt(enc);
+  assert.ok(Buffer.compare(Buffer.from(dec), file) === 0, `${curve} largest file`);
+  await assert.rejects(ev.encrypt(Buffer.alloc(max + 1)), /25MB/);
+  console.log(`ok ${curve} largest file (25 MiB)`);
+}
+
 async function main() {
   for (const curve of ['secp256k1', 'prime256v1']) {
     for (const role of [null, 'test-role']) await checkCombination(curve, role);
   }
+  for (const curve of ['secp256k1', 'prime256v1']) await checkLargestFile(curve);
   // A wrong key is refused, and the SDK surfaces the server's detail.
   const good = new Evervault(appId, apiKey);
   const enc = await good.encrypt('secret');
