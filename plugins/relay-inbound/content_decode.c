@@ -103,6 +103,38 @@ int evs__cdecode_parse(const char *value, size_t len, int *ret_codings) {
   return (int)n;
 }
 
+size_t evs__cdecode_accept_encoding(const char *in, size_t len, char *out) {
+  size_t o = 0, i = 0;
+  while (in && i < len) {
+    size_t s = i;
+    while (i < len && in[i] != ',') i++;
+    size_t e = i++;
+    while (s < e && (in[s] == ' ' || in[s] == '\t')) s++;
+    while (e > s && (in[e - 1] == ' ' || in[e - 1] == '\t')) e--;
+    size_t cl = 0; /* the coding: up to ';' or whitespace */
+    while (s + cl < e && in[s + cl] != ';' && in[s + cl] != ' ' && in[s + cl] != '\t') cl++;
+    const char *c = in + s;
+    int known = (cl == 4 && strncasecmp(c, "gzip", 4) == 0) ||
+                (cl == 6 && strncasecmp(c, "x-gzip", 6) == 0) ||
+                (cl == 7 && strncasecmp(c, "deflate", 7) == 0) ||
+                (cl == 2 && strncasecmp(c, "br", 2) == 0) ||
+                (cl == 8 && strncasecmp(c, "identity", 8) == 0);
+    if (!known) continue;
+    if (o) {
+      memcpy(out + o, ", ", 2);
+      o += 2;
+    }
+    memcpy(out + o, c, e - s);
+    o += e - s;
+  }
+  if (o == 0) {
+    memcpy(out, "identity", 8);
+    o = 8;
+  }
+  out[o] = 0;
+  return o;
+}
+
 /* ---- decoding ----------------------------------------------------------------------------- */
 
 static int stage_feed(evs__cdecode *d, size_t i, const uint8_t *p, size_t n);

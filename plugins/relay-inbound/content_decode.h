@@ -43,6 +43,13 @@ enum evs__cdec_coding {
  * list elements are ignored. ret_codings has room for EVS__CDEC_MAX_CODINGS. */
 int evs__cdecode_parse(const char *value, size_t len, int *ret_codings);
 
+/* The Accept-Encoding value to send a destination whose responses are decoded: the elements of
+ * the client's value in[0..len) (NULL: the client sent none) whose coding this decoder knows
+ * (gzip, x-gzip, deflate, br) or that are identity, with their parameters (q-values), joined by
+ * ", "; "identity" when none is left. `*` is dropped (it would admit codings the decoder does not
+ * know). out has room for 2 * len + 9 bytes; it is NUL-terminated. Returns the length written. */
+size_t evs__cdecode_accept_encoding(const char *in, size_t len, char *out);
+
 /* Returns the decoded bytes; any negative return stops decoding and is returned by the
  * feed/finish call that emitted. buf is valid during the call. */
 typedef int (*evs__cdecode_emit_fn)(void *ud, const char *buf, size_t len);

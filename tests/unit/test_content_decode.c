@@ -153,6 +153,30 @@ static void test_parse(void **state) {
 #undef P
 }
 
+static void test_accept_encoding(void **state) {
+  (void)state;
+  static const struct { const char *in, *out; } cases[] = {
+      {NULL, "identity"},
+      {"", "identity"},
+      {"*", "identity"},
+      {"zstd", "identity"},
+      {"gzip, deflate, br, zstd", "gzip, deflate, br"},
+      {"br;q=1.0, gzip;q=0.8, *;q=0.1", "br;q=1.0, gzip;q=0.8"},
+      {"zstd,br,br,br", "br, br, br"},
+      {"identity;q=0, X-GZIP ,compress", "identity;q=0, X-GZIP"},
+      {" , gzip ; q=0.5,", "gzip ; q=0.5"},
+      {"gzipx, brotli, deflate2", "identity"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    size_t len = cases[i].in ? strlen(cases[i].in) : 0;
+    char *out = malloc(2 * len + 9);
+    size_t n = evs__cdecode_accept_encoding(cases[i].in, len, out);
+    assert_string_equal(out, cases[i].out);
+    assert_int_equal(n, strlen(out));
+    free(out);
+  }
+}
+
 static void test_codings(void **state) {
   (void)state;
   size_t n = 200000;
@@ -320,7 +344,8 @@ static void test_emit_error(void **state) {
 int main(void) {
   srand(7);
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_parse),   cmocka_unit_test(test_codings),
+      cmocka_unit_test(test_parse),   cmocka_unit_test(test_accept_encoding),
+      cmocka_unit_test(test_codings),
       cmocka_unit_test(test_stacked), cmocka_unit_test(test_empty),
       cmocka_unit_test(test_corrupt), cmocka_unit_test(test_bombs),
       cmocka_unit_test(test_memory_bound), cmocka_unit_test(test_emit_error),
