@@ -119,6 +119,8 @@ size_t evs__cdecode_accept_encoding(const char *in, size_t len, char *out) {
                 (cl == 7 && strncasecmp(c, "deflate", 7) == 0) ||
                 (cl == 2 && strncasecmp(c, "br", 2) == 0) ||
                 (cl == 8 && strncasecmp(c, "identity", 8) == 0);
+    for (size_t k = s; known && k < e; k++) /* never a control byte into the request head */
+      if (((unsigned char)in[k] < 0x20 && in[k] != '\t') || in[k] == 0x7f) known = 0;
     if (!known) continue;
     if (o) {
       memcpy(out + o, ", ", 2);
@@ -227,9 +229,9 @@ static int br_feed(evs__cdecode *d, size_t i, const uint8_t *p, size_t n) {
         BrotliDecoderDecompressStream(s->br, &avail_in, &next_in, &avail_out, &next_out, NULL);
     if (r == BROTLI_DECODER_RESULT_ERROR) {
       BrotliDecoderErrorCode c = BrotliDecoderGetErrorCode(s->br);
-      return c <= BROTLI_DECODER_ERROR_ALLOC_CONTEXT_MODES && c >= BROTLI_DECODER_ERROR_ALLOC_BLOCK_TYPE_TREES
-                 ? EVS__CDEC_E_NOMEM
-                 : EVS__CDEC_E_CORRUPT;
+      int alloc = c <= BROTLI_DECODER_ERROR_ALLOC_CONTEXT_MODES &&
+                  c >= BROTLI_DECODER_ERROR_ALLOC_BLOCK_TYPE_TREES;
+      return alloc ? EVS__CDEC_E_NOMEM : EVS__CDEC_E_CORRUPT;
     }
     size_t produced = sizeof out - avail_out;
     if (produced) {

@@ -47,7 +47,8 @@ int evs__cdecode_parse(const char *value, size_t len, int *ret_codings);
  * the client's value in[0..len) (NULL: the client sent none) whose coding this decoder knows
  * (gzip, x-gzip, deflate, br) or that are identity, with their parameters (q-values), joined by
  * ", "; "identity" when none is left. `*` is dropped (it would admit codings the decoder does not
- * know). out has room for 2 * len + 9 bytes; it is NUL-terminated. Returns the length written. */
+ * know), and so is an element with a control byte. out has room for 2 * len + 9 bytes; it is
+ * NUL-terminated. Returns the length written. */
 size_t evs__cdecode_accept_encoding(const char *in, size_t len, char *out);
 
 /* Returns the decoded bytes; any negative return stops decoding and is returned by the

@@ -418,7 +418,8 @@ int relay_response_head(void *arg, evs_request *req, int status) {
   if (n == 0) return 0;
   /* The client gets identity. A response to HEAD carries the destination's Content-Length,
    * which was the compressed one. */
-  if (strcmp(h->request_info(req)->method, "HEAD") == 0) h->response_remove_header(req, "content-length");
+  if (strcmp(h->request_info(req)->method, "HEAD") == 0)
+    h->response_remove_header(req, "content-length");
   relay_dec *d = dec_get(t, req);
   if (!d) return -ENOMEM;
   return evs__cdecode_new(codings, (size_t)n, t->st->max_body, 0, cdec_emit, d, &d->cdec);

@@ -166,6 +166,7 @@ static void test_accept_encoding(void **state) {
       {"identity;q=0, X-GZIP ,compress", "identity;q=0, X-GZIP"},
       {" , gzip ; q=0.5,", "gzip ; q=0.5"},
       {"gzipx, brotli, deflate2", "identity"},
+      {"gzip;x=\"a\x01\", br", "br"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     size_t len = cases[i].in ? strlen(cases[i].in) : 0;
@@ -240,7 +241,8 @@ static void test_corrupt(void **state) {
   size_t n = 100000;
   uint8_t *plain = malloc(n);
   sample(plain, n);
-  struct { const char *ce; int wbits; } cases[] = {{"gzip", 31}, {"deflate", 15}, {"deflate", -15}, {"br", 0}};
+  struct { const char *ce; int wbits; } cases[] = {
+      {"gzip", 31}, {"deflate", 15}, {"deflate", -15}, {"br", 0}};
   for (size_t i = 0; i < 4; i++) {
     for (int how = WHOLE; how <= RANDOM; how++) {
       buf e = cases[i].wbits ? z_encode(plain, n, cases[i].wbits) : br_encode(plain, n, 5, 22);
