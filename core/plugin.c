@@ -938,6 +938,7 @@ static const evs_host host_table = {
     .aux_store_delete = h_aux_store_delete,
     .keep_fd = h_keep_fd,
     .kept_fd = h_kept_fd,
+    .response_remove_header = evs__proxy_response_remove_header,
 };
 
 /* read_body: collect the whole body (bounded) and hand it over on the next loop turn. */

@@ -520,6 +520,11 @@ struct evs__proxy {
   int done;
   int upstream_keepalive;
   int held;               /* the response filter holds the end of the response (filter_end) */
+  /* ABI 1.4: evs_upstream.response_head runs (in_head); fields it removed from the head the
+   * client gets, by index into rp.fields. */
+  int (*response_head)(void *filter_arg, evs_request *req, int status);
+  int in_head;
+  uint64_t dropped[(MAX_RESPONSE_FIELDS + 63) / 64];
   int client_corked;      /* held: the client stays corked until the proxy finishes */
   /* A request body the plugin produces (evs_upstream.body_source, ABI 1.1). */
   int (*body_source)(void *arg, uint8_t *buf, size_t cap, size_t *ret_len);
@@ -655,6 +660,10 @@ int evs__proxy_filter_end(evs_request *req, int status) {
   return 0;
 }
 
+static int field_dropped(const evs__proxy *px, size_t i) {
+  return (px->dropped[i / 64] >> (i % 64)) & 1;
+}
+
 int evs__proxy_response_header(evs_request *req, const char *name, evs_header *ret) {
   evs__proxy *px = req ? req->proxy : NULL;
   if (!px || !px->rp.have_head || !name || !ret) return -ENOENT;
@@ -662,6 +671,7 @@ int evs__proxy_response_header(evs_request *req, const char *name, evs_header *r
   size_t nl = strlen(name);
   for (size_t i = 0; i < p->h.nfields; i++) {
     const evs__http_field *f = &p->fields[i];
+    if (field_dropped(px, i)) continue;
     if (f->name_len == nl && strncasecmp(p->head + f->name_off, name, nl) == 0) {
       ret->name = p->head + f->name_off;
       ret->name_len = f->name_len;
@@ -671,6 +681,23 @@ int evs__proxy_response_header(evs_request *req, const char *name, evs_header *r
     }
   }
   return -ENOENT;
+}
+
+int evs__proxy_response_remove_header(evs_request *req, const char *name) {
+  evs__proxy *px = req ? req->proxy : NULL;
+  if (!px || !px->in_head || !name) return -EINVAL;
+  resp_parser *p = &px->rp;
+  size_t nl = strlen(name);
+  int n = 0;
+  for (size_t i = 0; i < p->h.nfields; i++) {
+    const evs__http_field *f = &p->fields[i];
+    if (!field_dropped(px, i) && f->name_len == nl &&
+        strncasecmp(p->head + f->name_off, name, nl) == 0) {
+      px->dropped[i / 64] |= (uint64_t)1 << (i % 64);
+      n++;
+    }
+  }
+  return n;
 }
 
 int evs__proxy_filter_emit(evs_request *req, const uint8_t *data, size_t len) {
@@ -910,15 +937,49 @@ static int client_emit(void *arg, const char *d, size_t n) {
   return 0;
 }
 
+/* ABI 1.4: the plugin's look at the head before the client gets it. 0: go on; 1: the plugin
+ * answered itself (the destination's response is discarded); negative: fail. */
+static int run_response_head(evs__proxy *px) {
+  evs_request *req = px->req;
+  px->in_head = 1;
+  int r = px->response_head(px->filter_arg, req, px->rp.h.status);
+  px->in_head = 0;
+  if (req->head_sent) return 1;
+  return r < 0 ? r : 0;
+}
+
 static void start_client_response(evs__proxy *px) {
   evs_request *req = px->req;
   resp_parser *p = &px->rp;
+  if (px->response_head) {
+    int r = run_response_head(px);
+    if (r == 1) {
+      /* Answered by the plugin: the rest of the destination's response is never read, so its
+       * connection cannot be reused. */
+      if (px->uc) {
+        upconn_close(px->uc);
+        px->uc = NULL;
+      }
+      px->done = 1;
+      proxy_finish(px);
+      return;
+    }
+    if (r < 0) {
+      proxy_fail(px, -EPROTO);
+      return;
+    }
+  }
   evs_header hs[MAX_RESPONSE_FIELDS];
   size_t n = 0;
   int close = (p->h.flags & EVS_HTTP_F_CONN_CLOSE) || p->h.version_minor == 0;
   px->upstream_keepalive = !close && p->mode != 3;
+  int cl_dropped = 0;
   for (size_t i = 0; i < p->h.nfields && n < MAX_RESPONSE_FIELDS; i++) {
     const evs__http_field *f = &p->fields[i];
+    if (field_dropped(px, i)) {
+      if (EVS__HTTP_FIELD_IS(p->head, f, "content-length")) cl_dropped = 1;
+      continue;
+    }
     if (evs__http_field_is_hop_by_hop(p->head, &p->h, i) ||
         EVS__HTTP_FIELD_IS(p->head, f, "content-length") || EVS__HTTP_FIELD_IS(p->head, f, "date"))
       continue;
@@ -931,7 +992,8 @@ static void start_client_response(evs__proxy *px) {
   int64_t cl = -1;
   int head_req = strcmp(req->info.method, "HEAD") == 0;
   if (!px->resp_filter && (p->h.flags & EVS_HTTP_F_CONTENT_LENGTH)) cl = (int64_t)p->h.content_length;
-  if (head_req && (p->h.flags & EVS_HTTP_F_CONTENT_LENGTH)) cl = (int64_t)p->h.content_length;
+  if (head_req && (p->h.flags & EVS_HTTP_F_CONTENT_LENGTH) && !cl_dropped)
+    cl = (int64_t)p->h.content_length;
   if (p->mode == 0 && !head_req) cl = 0;
   px->response_started = 1;
   evs__response_start(req, p->h.status, hs, n, cl);
@@ -1043,7 +1105,9 @@ int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_f
   if (!tls && strcmp(up->scheme, "http") != 0) return -EINVAL;
   evs__proxy *px = calloc(1, sizeof *px);
   if (!px) return -ENOMEM;
-  px->up = *up;
+  /* A plugin built against an older ABI passes a shorter struct: copy what it has. */
+  memcpy(&px->up, up, up->size < sizeof px->up ? up->size : sizeof px->up);
+  px->up.size = sizeof px->up;
   px->port = up->port ? up->port : (tls ? 443 : 80);
   px->scheme = strdup(up->scheme);
   px->host = strdup(up->host);
@@ -1071,6 +1135,8 @@ int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_f
     px->body_source_arg = up->body_source_arg;
     px->body_source_len = up->body_source_len;
   }
+  if (up->size >= offsetof(evs_upstream, response_head) + sizeof up->response_head)
+    px->response_head = up->response_head;
   px->req_filter = req_filter;
   px->resp_filter = resp_filter;
   px->filter_arg = filter_arg;

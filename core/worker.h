@@ -217,6 +217,9 @@ int evs__proxy_filter_emit(evs_request *req, const uint8_t *data, size_t len);
 int evs__proxy_filter_end(evs_request *req, int status);
 /* A header of the upstream response being proxied, once its head arrived. */
 int evs__proxy_response_header(evs_request *req, const char *name, evs_header *ret);
+/* ABI 1.4: from evs_upstream.response_head: drops fields from the head the client gets;
+ * returns how many, or -EINVAL outside that callback. */
+int evs__proxy_response_remove_header(evs_request *req, const char *name);
 int evs__client_request(evs__plugin_rec *p, const evs_client_request *creq, evs_client_cb cb,
                         void *arg);
 void evs__upstream_pool_close_all(void);

@@ -52,6 +52,10 @@
  *        rank, so the worker that replaces it (after a reload or a crash) picks it up; the
  *        enclave plugin keeps a connection to its enclave this way, so the enclave and the
  *        apps unlocked in it outlive the worker.
+ *   1.4  evs_upstream.response_head: a proxying plugin sees the destination's response head
+ *        before the client gets it, and may drop fields from it (response_remove_header) or
+ *        answer instead; the Inbound Relay decodes compressed responses to decrypt them, so it
+ *        drops Content-Encoding, and refuses codings it cannot decode.
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -65,7 +69,7 @@ extern "C" {
 
 #define EVS_PLUGIN_MAGIC 0x50535645u /* "EVSP" little-endian */
 #define EVS_ABI_MAJOR 1
-#define EVS_ABI_MINOR 3
+#define EVS_ABI_MINOR 4
 
 /* Error codes beyond errno. */
 #define EVS_EUPSTREAM_REFUSED (-10001) /* upstream refused the connection */
@@ -205,6 +209,15 @@ typedef struct evs_upstream {
   int (*body_source)(void *arg, uint8_t *buf, size_t cap, size_t *ret_len);
   void *body_source_arg;
   uint64_t body_source_len;
+  /* ABI 1.4: called once when the destination's response head has arrived (interim 1xx heads
+   * excluded), before anything of it reaches the client, with proxy's filter_arg and the
+   * response status. It may read the head (response_header), drop fields from what the client
+   * gets (response_remove_header), or answer instead with respond or respond_error: the
+   * destination's response is then discarded and its connection closed. Returns 0, or a
+   * negative error: the request then fails with 502 `service-unavailable` (unless the callback
+   * answered). The host still frames the response itself (Content-Length, Transfer-Encoding).
+   * NULL: the head passes as received. */
+  int (*response_head)(void *filter_arg, evs_request *req, int status);
 } evs_upstream;
 
 /* Body filter: sees each body chunk on its way through and may replace it. Called with
@@ -469,6 +482,14 @@ typedef struct evs_host {
    * took in init are closed after init. */
   int (*keep_fd)(evs_plugin *p, const char *name, int fd);
   int (*kept_fd)(evs_plugin *p, const char *name);
+
+  /* ---- ABI 1.4 ---- */
+  /* Only from evs_upstream.response_head: drops every field of that name (case-insensitive)
+   * from the response head the client gets; response_header no longer finds them. Returns the
+   * number of fields dropped (0 when there was none), or -EINVAL outside that callback.
+   * Dropping Content-Length also drops the length of a response to HEAD (other responses
+   * through a response filter never carry the destination's length). */
+  int (*response_remove_header)(evs_request *req, const char *name);
 } evs_host;
 
 #ifdef __cplusplus

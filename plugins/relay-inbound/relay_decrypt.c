@@ -7,6 +7,14 @@
  * (EVS_FILTER_HOLD) until every value is back, then the spool is sent and the response ended.
  * Values the app's keys do not open are left as they were. If the enclave fails, the response
  * is aborted: the client never gets a half-decrypted body.
+ *
+ * Compressed responses (content_decode.c): the request's Accept-Encoding is narrowed to the
+ * codings the relay decodes (gzip, deflate, br, identity). When the destination's head arrives
+ * (evs_upstream.response_head, ABI 1.4), a gzip, deflate or br body (stacked codings too) is
+ * decoded before the scanner and sent as identity: Content-Encoding is dropped and the host
+ * sends it chunked. Any other coding is refused before the head reaches the client, with 502
+ * `unsupported-content-type-in-response`, so no ciphertext passes in a body the relay could not
+ * read. A body that decodes past max_body, or is corrupt, aborts the response.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -14,7 +22,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "content_decode.h"
 #include "decrypt_scan.h"
 #include "evs_enclave_proto.h"
 #include "form_rewrite.h"
@@ -42,6 +52,7 @@ typedef struct dbatch {
 
 typedef struct relay_dec {
   relay_txn *t;
+  evs__cdecode *cdec;  /* the destination's Content-Encoding undone, or NULL */
   evs__decrypt_scan *scan;
   relay_spool spool;
   dbatch *cur;
@@ -60,6 +71,7 @@ static void dbatch_free(dbatch *b) {
 
 static void dec_free(relay_dec *d) {
   if (!d) return;
+  evs__cdecode_free(d->cdec);
   evs__decrypt_scan_free(d->scan);
   relay_spool_done(&d->spool);
   dbatch_free(d->cur);
@@ -267,34 +279,66 @@ static void finish_held(relay_dec *d) {
   h->filter_end(t->req, status < 0 ? -1 : 0);
 }
 
+/* The response's decryption state, made once its head has arrived. */
+static relay_dec *dec_get(relay_txn *t, evs_request *req) {
+  const evs_host *h = t->st->host;
+  if (t->dec) return t->dec;
+  evs_header ct;
+  char ctz[512] = "";
+  if (h->response_header(req, "content-type", &ct) == 0 && ct.value_len < sizeof ctz) {
+    memcpy(ctz, ct.value, ct.value_len);
+    ctz[ct.value_len] = 0;
+  }
+  relay_dec *d = calloc(1, sizeof *d);
+  if (!d) return NULL;
+  d->t = t;
+  relay_spool_init(&d->spool, t->st->spool_dir, SPOOL_MEM_MAX);
+  struct evs__decrypt_scan_opts o = {sizeof o, 0, (size_t)t->st->max_body};
+  if (evs__decrypt_scan_new(ctz[0] ? ctz : NULL, &o, scan_emit, scan_transform, d, &d->scan) < 0) {
+    free(d);
+    return NULL;
+  }
+  t->dec = d;
+  return d;
+}
+
+/* Decoded bytes go on to the scanner. */
+static int cdec_emit(void *ud, const char *buf, size_t len) {
+  relay_dec *d = ud;
+  int r = evs__decrypt_scan_feed(d->scan, buf, len);
+  return r < 0 ? r : 0;
+}
+
+/* Says once, in the log and a counter, why a compressed response was cut off. */
+static int decode_failed(relay_dec *d, evs_request *req, int r) {
+  relay_state *st = d->t->st;
+  const char *why = r == EVS__CDEC_E_TOOBIG ? "decodes to more than max_body"
+                    : r == EVS__CDEC_E_CORRUPT ? "is corrupt or truncated"
+                    : r == EVS__CDEC_E_NOMEM ? "needs more memory than allowed to decode"
+                    : NULL;
+  if (why) {
+    st->host->log(st->plugin, req, EVS_LOG_WARN,
+                  "the destination's compressed response %s: response aborted", why);
+    st->host->counter_add(st->plugin, "decode_errors", 1);
+  }
+  return r;
+}
+
 static int response_filter(void *state, evs_request *req, void *arg, const uint8_t *data,
                            size_t len) {
   (void)state;
   relay_txn *t = arg;
-  const evs_host *h = t->st->host;
-  relay_dec *d = t->dec;
-  if (!d) {
-    evs_header ct;
-    char ctz[512] = "";
-    if (h->response_header(req, "content-type", &ct) == 0 && ct.value_len < sizeof ctz) {
-      memcpy(ctz, ct.value, ct.value_len);
-      ctz[ct.value_len] = 0;
-    }
-    if (!(d = calloc(1, sizeof *d))) return -ENOMEM;
-    d->t = t;
-    relay_spool_init(&d->spool, t->st->spool_dir, SPOOL_MEM_MAX);
-    struct evs__decrypt_scan_opts o = {sizeof o, 0, (size_t)t->st->max_body};
-    if (evs__decrypt_scan_new(ctz[0] ? ctz : NULL, &o, scan_emit, scan_transform, d, &d->scan) < 0) {
-      free(d);
-      return -ENOMEM;
-    }
-    t->dec = d;
-  }
+  relay_dec *d = dec_get(t, req);
+  if (!d) return -ENOMEM;
   if (data) {
-    int r = evs__decrypt_scan_feed(d->scan, (const char *)data, len);
+    int r = d->cdec ? evs__cdecode_feed(d->cdec, data, len)
+                    : evs__decrypt_scan_feed(d->scan, (const char *)data, len);
+    if (r < 0 && d->cdec) return decode_failed(d, req, r);
     return r < 0 ? r : 0;
   }
-  int r = evs__decrypt_scan_finish(d->scan);
+  int r = d->cdec ? evs__cdecode_finish(d->cdec) : 0;
+  if (r < 0) return decode_failed(d, req, r);
+  r = evs__decrypt_scan_finish(d->scan);
   if (r < 0) return r;
   if (d->cur) {
     dbatch *b = d->cur;
@@ -312,9 +356,73 @@ static int response_filter(void *state, evs_request *req, void *arg, const uint8
   return EVS_FILTER_HOLD;
 }
 
+static int decrypts(const relay_txn *t) {
+  return t->relay->response_decryption && relay_app_id(t->st, t->relay) != NULL;
+}
+
+/* The client's Accept-Encoding (all its fields), narrowed to what content_decode.c decodes:
+ * the destination then has no reason to send a coding the relay could not read. */
+static void narrow_accept_encoding(relay_txn *t) {
+  const evs_host *h = t->st->host;
+  char *all = NULL;
+  size_t len = 0;
+  int any = 0;
+  evs_header hd;
+  for (size_t i = 0; h->request_header_at(t->req, i, &hd) == 0; i++) {
+    if (hd.name_len != 15 || strncasecmp(hd.name, "accept-encoding", 15) != 0) continue;
+    char *n = realloc(all, len + hd.value_len + 2);
+    if (!n) break;
+    all = n;
+    if (any) all[len++] = ',';
+    memcpy(all + len, hd.value, hd.value_len);
+    len += hd.value_len;
+    any = 1;
+  }
+  char *out = malloc(2 * len + 9);
+  if (out) {
+    evs__cdecode_accept_encoding(any ? all : NULL, len, out);
+    h->request_set_header(t->req, "Accept-Encoding", out);
+  }
+  free(out);
+  free(all);
+}
+
 evs_body_filter_fn relay_response_filter(relay_txn *t) {
-  if (!t->relay->response_decryption || !relay_app_id(t->st, t->relay)) return NULL;
+  if (!decrypts(t)) return NULL;
+  narrow_accept_encoding(t);
   return response_filter;
+}
+
+int relay_response_head(void *arg, evs_request *req, int status) {
+  relay_txn *t = arg;
+  if (!decrypts(t)) return 0;
+  const evs_host *h = t->st->host;
+  evs_header ce;
+  if (h->response_header(req, "content-encoding", &ce) < 0) return 0;
+  int codings[EVS__CDEC_MAX_CODINGS];
+  int n = evs__cdecode_parse(ce.value, ce.value_len, codings);
+  /* More than one Content-Encoding field: response_header saw only the first. */
+  int fields = n >= 0 ? h->response_remove_header(req, "content-encoding") : 0;
+  const char *detail = NULL;
+  if (n < 0 || fields > 1)
+    detail = "The destination's response has a Content-Encoding the relay cannot decode, so its "
+             "encrypted values could not be decrypted";
+  else if (n > 0 && status == 206)
+    detail = "The destination sent part of a compressed response (206), which the relay cannot "
+             "decode to decrypt";
+  if (detail) {
+    h->counter_add(t->st->plugin, "unsupported_encoding", 1);
+    h->respond_error(req, 502, "unsupported-content-type-in-response", detail);
+    return 0;
+  }
+  if (n == 0) return 0;
+  /* The client gets identity. A response to HEAD carries the destination's Content-Length,
+   * which was the compressed one. */
+  if (strcmp(h->request_info(req)->method, "HEAD") == 0)
+    h->response_remove_header(req, "content-length");
+  relay_dec *d = dec_get(t, req);
+  if (!d) return -ENOMEM;
+  return evs__cdecode_new(codings, (size_t)n, t->st->max_body, 0, cdec_emit, d, &d->cdec);
 }
 
 void relay_decrypt_free(struct relay_dec *d) { dec_free(d); }

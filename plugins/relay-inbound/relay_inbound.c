@@ -353,6 +353,7 @@ void relay_upstream(relay_state *st, const evs__relay *r, evs_upstream *up) {
   up->client_cert_file = r->mtls_certificate;
   up->client_key_file = r->mtls_key;
   up->x_forwarded_for = r->x_forwarded_for;
+  up->response_head = relay_response_head; /* relay_decrypt.c: compressed responses */
   if (st->override_host) {
     up->scheme = st->override_scheme;
     up->host = st->override_host;

@@ -108,7 +108,13 @@ void relay_txn_release(relay_txn *t);
 /* relay_encrypt.c: mTLS relays: checks the api-key header (relay:inbound-mtls), then
  * relay_dispatch, else answers proxy-auth-failed. */
 void relay_encrypt_check_key_then(relay_txn *t);
-/* relay_decrypt.c: the response filter when the relay decrypts responses, else NULL. */
+/* relay_decrypt.c: the response filter when the relay decrypts responses, else NULL. Call it
+ * once, just before proxy: when it returns a filter it has also narrowed the request's
+ * Accept-Encoding to the codings the relay decodes. */
 evs_body_filter_fn relay_response_filter(relay_txn *t);
+/* relay_decrypt.c: evs_upstream.response_head (arg: the relay_txn) for relays that decrypt
+ * responses: prepares decoding of gzip/deflate/br (drops Content-Encoding), refuses other
+ * codings with 502 unsupported-content-type-in-response. */
+int relay_response_head(void *arg, evs_request *req, int status);
 void relay_decrypt_free(struct relay_dec *d);
 #endif
