@@ -513,6 +513,25 @@ static int prepare_state_dir(const evs__settings *s) {
 }
 
 /* Validate a configuration file with its plugins; on success *ret holds it. */
+/* Every connection is a descriptor, and all of limits.max_connections may land on one worker
+ * (they share the listening sockets): raise the soft RLIMIT_NOFILE to the hard limit, which the
+ * workers inherit, and say so when even that cannot hold max_connections (the systemd unit
+ * sets LimitNOFILE=65536). */
+static void raise_nofile(const evs__settings *s) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  /* 128: listeners, the store, logs, upstream pools' share is on top of this. */
+  if (rl.rlim_cur != RLIM_INFINITY && (int64_t)rl.rlim_cur < s->max_connections + 128)
+    EVS_LOG_WARN("EVS-1622",
+                 "open-file limit %llu is below limits.max_connections (%lld) plus a margin: "
+                 "accepting may fail before the limit (raise LimitNOFILE / ulimit -n)",
+                 (unsigned long long)rl.rlim_cur, (long long)s->max_connections);
+}
+
 static int load_config(const char *path, evs__settings **ret, int for_test) {
   char err[2048] = "";
   evs__settings *s = NULL;
@@ -699,6 +718,7 @@ int evs__main(int argc, char **argv) {
   static master m; /* large (kept descriptors): not on the stack */
   memset(&m, 0, sizeof m);
   if (load_config(conf_path, &m.settings, test_only) < 0) return 1;
+  raise_nofile(m.settings);
   if (test_only) {
     /* Initialise every plugin once, in a child (the master runs no plugin code), so that a
      * plugin's own files (relay-config.json, ...) are checked too. */

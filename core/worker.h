@@ -65,7 +65,6 @@ typedef struct evs__worker {
   evs__conn *conns;          /* all open client connections */
   size_t nconns;
   size_t npublic;            /* connections on public listeners (not admin) */
-  size_t max_conns;          /* this worker's share of limits.max_connections */
   int draining;
   uv_timer_t drain_timer;
   uv_signal_t sig_term, sig_quit, sig_int;
