@@ -1056,12 +1056,15 @@ int evs__server_listen(evs__worker *w) {
       uv_tcp_init(w->loop, &l->tcp);
       r = uv_tcp_open(&l->tcp, s->fd);
       st = (uv_stream_t *)&l->tcp;
-      if (s->tls) {
+      if (s->tls && s->tls_server) {
+        l->tls = s->tls_server;
+      } else if (s->tls) {
         char err[512];
         if (evs__tls_server_new(w->settings, s->conf, &l->tls, err, sizeof err) < 0) {
           EVS_LOG_ERR("EVS-1203", "listener '%s': %s", s->name, err);
           return -EINVAL;
         }
+        l->own_tls = 1;
       }
     }
     if (r < 0) return r;
@@ -1106,7 +1109,8 @@ void evs__server_close_all(evs__worker *w) {
 
 void evs__server_free_tls(evs__worker *w);
 void evs__server_free_tls(evs__worker *w) {
-  for (size_t i = 0; i < w->nsocks && w->listeners; i++) evs__tls_server_free(w->listeners[i].tls);
+  for (size_t i = 0; i < w->nsocks && w->listeners; i++)
+    if (w->listeners[i].own_tls) evs__tls_server_free(w->listeners[i].tls);
   free(w->listeners);
   w->listeners = NULL;
 }
