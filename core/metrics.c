@@ -236,7 +236,8 @@ char *evs__metrics_render(size_t *ret_len) {
   emit(&o, "# HELP evserver_connections_total Client connections accepted.\n"
            "# TYPE evserver_connections_total counter\nevserver_connections_total %llu\n",
        (unsigned long long)total);
-  emit(&o, "# HELP evserver_rejected_connections_total Connections refused at max_connections.\n"
+  emit(&o, "# HELP evserver_rejected_connections_total Connections refused at max_connections "
+           "or max_connections_per_ip.\n"
            "# TYPE evserver_rejected_connections_total counter\n"
            "evserver_rejected_connections_total %llu\n", (unsigned long long)rejected);
   if (region)
