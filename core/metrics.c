@@ -30,7 +30,8 @@ int evs__metrics_init(void) {
   if (m == MAP_FAILED) return -errno;
   region = m;
   uint64_t seed = 0;
-  if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed) seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15u;
+  if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
+    seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15u;
   region->ip_seed = seed;
   return 0;
 }
@@ -122,7 +123,8 @@ static unsigned ip_col(uint64_t key, int row) {
 
 void evs__metrics_ip_add(uint64_t key, int delta) {
   evs__metrics_slot *s = slot();
-  for (int r = 0; r < EVS_IPCOUNT_ROWS; r++) ADD(&s->ip_connections[r][ip_col(key, r)], (uint32_t)delta);
+  for (int r = 0; r < EVS_IPCOUNT_ROWS; r++)
+    ADD(&s->ip_connections[r][ip_col(key, r)], (uint32_t)delta);
 }
 
 uint32_t evs__metrics_ip_count(uint64_t key) {

@@ -180,8 +180,8 @@ static const char *body_timeout_reason(evs__conn *c) {
   if (s->request_timeout_ms > 0 && now >= c->req_start + (uint64_t)s->request_timeout_ms)
     return "The request was not received within the time allowed (limits.request_timeout)";
   if (s->min_body_rate > 0 && c->rate_end && now >= c->rate_end) {
-    if (c->req->paused ||
-        c->rate_bytes * 1000u >= (uint64_t)s->min_body_rate * (uint64_t)s->min_body_rate_window_ms) {
+    uint64_t need = (uint64_t)s->min_body_rate * (uint64_t)s->min_body_rate_window_ms;
+    if (c->req->paused || c->rate_bytes * 1000u >= need) {
       c->rate_end = now + (uint64_t)s->min_body_rate_window_ms;
       c->rate_bytes = 0;
       return NULL;
