@@ -110,7 +110,11 @@ typedef struct evs__settings {
   char *admin_socket;
   /* [limits] */
   int64_t max_header_bytes, max_header_fields, max_body_bytes, max_connections;
+  int64_t max_connections_per_ip;   /* 0: no limit */
   int64_t header_timeout_ms, body_timeout_ms, idle_timeout_ms, send_timeout_ms, drain_timeout_ms;
+  int64_t request_timeout_ms;       /* 0: no limit */
+  int64_t min_body_rate;            /* bytes per second; 0: no minimum */
+  int64_t min_body_rate_window_ms, min_body_rate_grace_ms;
   /* [upstream] */
   int64_t upstream_connect_timeout_ms, upstream_response_timeout_ms;
   int64_t upstream_pool_max_idle, upstream_pool_idle_timeout_ms;

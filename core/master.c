@@ -140,13 +140,14 @@ bad:
   return -1;
 }
 
-static int mkdir_p(const char *path, mode_t mode) {
+/* Creates path and its missing parents: the parents with parent_mode, path with mode. */
+static int mkdir_p(const char *path, mode_t parent_mode, mode_t mode) {
   char tmp[4096];
   snprintf(tmp, sizeof tmp, "%s", path);
   for (char *p = tmp + 1; *p; p++) {
     if (*p != '/') continue;
     *p = '\0';
-    if (mkdir(tmp, mode) < 0 && errno != EEXIST) return -1;
+    if (mkdir(tmp, parent_mode) < 0 && errno != EEXIST) return -1;
     *p = '/';
   }
   if (mkdir(tmp, mode) < 0 && errno != EEXIST) return -1;
@@ -167,7 +168,7 @@ static int open_unix(const char *path, char *err, size_t errlen) {
   char *slash = strrchr(dir, '/');
   if (slash && slash != dir) {
     *slash = '\0';
-    mkdir_p(dir, 0750);
+    mkdir_p(dir, 0750, 0750);
   }
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
@@ -214,9 +215,19 @@ static int open_sockets(const evs__settings *s, const evs__listen_sock *old, siz
       }
     }
     if (k->fd < 0) k->fd = k->is_admin ? open_unix(addr, err, errlen) : open_tcp(k->conf, err, errlen);
+    if (k->fd >= 0 && k->tls) {
+      /* Built here, as root: workers inherit the contexts, never read the key files. */
+      char terr[1024];
+      if (evs__tls_server_new(s, k->conf, &k->tls_server, terr, sizeof terr) < 0) {
+        snprintf(err, errlen, "listener '%s': %s", k->name, terr);
+        close(k->fd);
+        k->fd = -1;
+      }
+    }
     if (k->fd < 0) {
       for (size_t j = 0; j <= i; j++) {
         if (socks[j].fd >= 0) close(socks[j].fd);
+        evs__tls_server_free(socks[j].tls_server);
         free(socks[j].name);
       }
       free(socks);
@@ -231,6 +242,7 @@ static int open_sockets(const evs__settings *s, const evs__listen_sock *old, siz
 static void close_sockets(evs__listen_sock *socks, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (socks[i].fd >= 0) close(socks[i].fd);
+    evs__tls_server_free(socks[i].tls_server);
     free(socks[i].name);
   }
   free(socks);
@@ -490,29 +502,191 @@ static void reap(master *m) {
   }
 }
 
+/* The user the workers switch to: only when the master runs as root and [server] user is set. */
+typedef struct run_user {
+  uid_t uid;
+  gid_t gid;
+  char name[64];
+} run_user;
+
+/* 1 and *ret filled when workers switch users, 0 when they do not, -1 (err) if the user does not
+ * exist. */
+static int worker_user(const evs__settings *s, run_user *ret, char *err, size_t errlen) {
+  if (!s->user || geteuid() != 0) return 0;
+  struct passwd *pw = getpwnam(s->user);
+  if (!pw) {
+    snprintf(err, errlen, "[server] user '%s' does not exist", s->user);
+    return -1;
+  }
+  ret->uid = pw->pw_uid;
+  ret->gid = pw->pw_gid;
+  snprintf(ret->name, sizeof ret->name, "%s", pw->pw_name);
+  return 1;
+}
+
+/* What the workers will need of the state directory and the SQLite store, checked as the
+ * workers' user: in a child that switches to it, so the kernel itself answers (modes, ACLs, a
+ * parent directory closed to the user). With migrate, the child then opens the store and runs
+ * its migrations, so every file that creates belongs to the user. Without a user to switch to,
+ * migrate opens the store here. Returns 0, or -1 with why in err. */
+static int check_as_worker_user(const evs__settings *s, int migrate, char *err, size_t errlen) {
+  run_user u;
+  int r = worker_user(s, &u, err, errlen);
+  if (r < 0) return -1;
+  evs__store_options so = {s->store_backend, s->store_path, s->store_dsn};
+  if (r == 0) {
+    if (!migrate) return 0;
+    evs__store *st = NULL;
+    char serr[512];
+    if (evs__store_open(&so, &st, serr, sizeof serr) < 0) {
+      snprintf(err, errlen, "store (%s): %s", s->store_backend, serr);
+      return -1;
+    }
+    evs__store_close(st);
+    return 0;
+  }
+  /* What the start does as root first: it creates the directory's missing parents and gives
+   * the directory, and a store file root left, to the user. So the user must reach the nearest
+   * existing parent, and use what exists and will not be given to it. */
+  char reach[4096];
+  struct stat sb;
+  snprintf(reach, sizeof reach, "%s", s->state_dir);
+  do {
+    char *slash = strrchr(reach, '/');
+    if (!slash) break;
+    if (slash == reach) slash[1] = '\0';
+    else *slash = '\0';
+  } while (stat(reach, &sb) < 0 && strcmp(reach, "/") != 0);
+  int sqlite = strcmp(s->store_backend, "sqlite") == 0;
+  int dir_given = !migrate; /* with migrate, prepare_state_dir has given them already */
+  int store_given = !migrate && sqlite && stat(s->store_path, &sb) == 0 && sb.st_uid == 0;
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) {
+    snprintf(err, errlen, "pipe: %s", strerror(errno));
+    return -1;
+  }
+  pid_t pid = fork();
+  if (pid < 0) {
+    snprintf(err, errlen, "fork: %s", strerror(errno));
+    close(p[0]);
+    close(p[1]);
+    return -1;
+  }
+  if (pid == 0) {
+    char msg[10240] = "";
+    close(p[0]);
+    if (setgroups(0, NULL) < 0 || setgid(u.gid) < 0 || setuid(u.uid) < 0) {
+      snprintf(msg, sizeof msg, "cannot switch to user '%s': %s", u.name, strerror(errno));
+    } else {
+      if (access(reach, X_OK) < 0)
+        snprintf(msg, sizeof msg,
+                 "state directory %s is not usable by user '%s' (uid %u): cannot reach %s: %s; "
+                 "open the path to that user or choose another state_dir",
+                 s->state_dir, u.name, (unsigned)u.uid, reach, strerror(errno));
+      else if (!dir_given && access(s->state_dir, R_OK | W_OK | X_OK) < 0)
+        snprintf(msg, sizeof msg,
+                 "state directory %s is not usable by user '%s' (uid %u): %s; give it to that "
+                 "user (chown) or choose another state_dir",
+                 s->state_dir, u.name, (unsigned)u.uid, strerror(errno));
+      else if (sqlite && !store_given && access(s->store_path, F_OK) == 0 &&
+               access(s->store_path, R_OK | W_OK) < 0)
+        snprintf(msg, sizeof msg,
+                 "store file %s is not usable by user '%s' (uid %u): %s; give it to that user "
+                 "(chown)",
+                 s->store_path, u.name, (unsigned)u.uid, strerror(errno));
+      else if (migrate) {
+        evs__store *st = NULL;
+        char serr[512];
+        if (evs__store_open(&so, &st, serr, sizeof serr) < 0)
+          snprintf(msg, sizeof msg, "store (%s), as user '%s': %s", s->store_backend, u.name,
+                   serr);
+        else
+          evs__store_close(st);
+      }
+    }
+    size_t n = strlen(msg);
+    if (n && write(p[1], msg, n) < 0) n = 1;
+    _exit(n ? 1 : 0);
+  }
+  close(p[1]);
+  char msg[10240];
+  ssize_t n, got = 0;
+  while ((n = read(p[0], msg + got, sizeof msg - 1 - (size_t)got)) > 0) got += n;
+  close(p[0]);
+  msg[got > 0 ? got : 0] = '\0';
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return 0;
+  snprintf(err, errlen, "%s", got > 0 ? msg : "the check as the workers' user failed");
+  return -1;
+}
+
+/* Files of an earlier start that created them as root (before the store was opened as the
+ * workers' user): the workers could not open them. */
+static void give_store_files(const evs__settings *s, const run_user *u) {
+  if (strcmp(s->store_backend, "sqlite") != 0) return;
+  static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+  for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+    char path[4096];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s%s", s->store_path, suffixes[i]);
+    if (lstat(path, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_uid != 0 || u->uid == 0) continue;
+    if (chown(path, u->uid, u->gid) < 0)
+      EVS_LOG_WARN("EVS-1606", "cannot chown %s: %s", path, strerror(errno));
+    else
+      EVS_LOG_WARN("EVS-1623", "%s belonged to root: given to user '%s', whom the workers run as",
+                   path, u->name);
+  }
+}
+
+/* The state directory exists and belongs to the workers' user, and the store is migrated (as
+ * that user, so the files it creates are the user's). */
 static int prepare_state_dir(const evs__settings *s) {
-  if (mkdir_p(s->state_dir, 0700) < 0) {
+  /* Parents the user must traverse; the directory itself is private. */
+  if (mkdir_p(s->state_dir, 0755, 0700) < 0) {
     EVS_LOG_ERR("EVS-1605", "cannot create state directory %s: %s", s->state_dir, strerror(errno));
     return -1;
   }
-  if (s->user && geteuid() == 0) {
-    struct passwd *pw = getpwnam(s->user);
-    if (pw && chown(s->state_dir, pw->pw_uid, pw->pw_gid) < 0)
-      EVS_LOG_WARN("EVS-1606", "cannot chown %s: %s", s->state_dir, strerror(errno));
-  }
-  /* Migrate once here so workers starting together do not race (the store also copes). */
-  evs__store *st = NULL;
-  evs__store_options so = {s->store_backend, s->store_path, s->store_dsn};
-  char err[512];
-  if (evs__store_open(&so, &st, err, sizeof err) < 0) {
-    EVS_LOG_ERR("EVS-1607", "store (%s): %s", s->store_backend, err);
+  char err[1024];
+  run_user u;
+  int r = worker_user(s, &u, err, sizeof err);
+  if (r < 0) {
+    EVS_LOG_ERR("EVS-1601", "%s", err);
     return -1;
   }
-  evs__store_close(st);
+  if (r > 0) {
+    if (chown(s->state_dir, u.uid, u.gid) < 0)
+      EVS_LOG_WARN("EVS-1606", "cannot chown %s: %s", s->state_dir, strerror(errno));
+    give_store_files(s, &u);
+  }
+  /* Migrate once here so workers starting together do not race (the store also copes). */
+  if (check_as_worker_user(s, 1, err, sizeof err) < 0) {
+    EVS_LOG_ERR("EVS-1607", "%s", err);
+    return -1;
+  }
   return 0;
 }
 
 /* Validate a configuration file with its plugins; on success *ret holds it. */
+/* Every connection is a descriptor, and all of limits.max_connections may land on one worker
+ * (they share the listening sockets): raise the soft RLIMIT_NOFILE to the hard limit, which the
+ * workers inherit, and say so when even that cannot hold max_connections (the systemd unit
+ * sets LimitNOFILE=65536). */
+static void raise_nofile(const evs__settings *s) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  /* 128: listeners, the store, logs, upstream pools' share is on top of this. */
+  if (rl.rlim_cur != RLIM_INFINITY && (int64_t)rl.rlim_cur < s->max_connections + 128)
+    EVS_LOG_WARN("EVS-1622",
+                 "open-file limit %llu is below limits.max_connections (%lld) plus a margin: "
+                 "accepting may fail before the limit (raise LimitNOFILE / ulimit -n)",
+                 (unsigned long long)rl.rlim_cur, (long long)s->max_connections);
+}
+
 static int load_config(const char *path, evs__settings **ret, int for_test) {
   char err[2048] = "";
   evs__settings *s = NULL;
@@ -699,7 +873,14 @@ int evs__main(int argc, char **argv) {
   static master m; /* large (kept descriptors): not on the stack */
   memset(&m, 0, sizeof m);
   if (load_config(conf_path, &m.settings, test_only) < 0) return 1;
+  raise_nofile(m.settings);
   if (test_only) {
+    char err[1024];
+    if (check_as_worker_user(m.settings, 0, err, sizeof err) < 0) {
+      fprintf(stderr, "evserver: %s: %s\n", conf_path, err);
+      evs__settings_free(m.settings);
+      return 1;
+    }
     /* Initialise every plugin once, in a child (the master runs no plugin code), so that a
      * plugin's own files (relay-config.json, ...) are checked too. */
     pid_t pid = fork();

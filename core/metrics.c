@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 const double evs__metrics_buckets_ms[EVS_METRICS_NBUCKETS] = {1, 2.5, 5, 10, 25, 50, 100, 250,
@@ -26,6 +29,10 @@ int evs__metrics_init(void) {
   void *m = mmap(NULL, sizeof *region, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED) return -errno;
   region = m;
+  uint64_t seed = 0;
+  if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
+    seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15u;
+  region->ip_seed = seed;
   return 0;
 }
 
@@ -37,9 +44,14 @@ void evs__metrics_use_slot(int slot) {
     return;
   }
   mine = &region->slots[slot];
-  __atomic_store_n(&mine->pid, (int32_t)getpid(), __ATOMIC_RELAXED);
-  /* The connections of the previous owner of this slot are gone. */
+  /* The connections of the previous owner of this slot are gone. Zeroed before the pid is
+   * published, so no other worker counts them. */
   __atomic_store_n(&mine->active_connections, 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&mine->public_connections, 0, __ATOMIC_RELAXED);
+  for (int r = 0; r < EVS_IPCOUNT_ROWS; r++)
+    for (int k = 0; k < EVS_IPCOUNT_COLS; k++)
+      __atomic_store_n(&mine->ip_connections[r][k], 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&mine->pid, (int32_t)getpid(), __ATOMIC_RELEASE);
 }
 
 static evs__metrics_slot *slot(void) { return mine ? mine : &fallback; }
@@ -65,6 +77,67 @@ void evs__metrics_connections(int delta) {
 }
 
 void evs__metrics_rejected_connection(void) { ADD(&slot()->rejected_connections, 1); }
+
+void evs__metrics_public_connections(int delta) { ADD(&slot()->public_connections, delta); }
+
+/* Live slots: every slot of the region whose worker the master has not marked dead, or only
+ * this process's own slot without a region (tests, -t). */
+#define FOR_LIVE_SLOTS(s)                                                                 \
+  for (int i_ = 0, n_ = region ? EVS_METRICS_SLOTS : 1; i_ < n_; i_++)                      \
+    for (evs__metrics_slot *s = region ? &region->slots[i_] : slot(); s; s = NULL)          \
+      if (!region || __atomic_load_n(&s->pid, __ATOMIC_ACQUIRE) != 0)
+
+int64_t evs__metrics_node_connections(void) {
+  int64_t n = 0;
+  FOR_LIVE_SLOTS(s) n += LOAD(&s->public_connections);
+  return n;
+}
+
+uint64_t evs__metrics_ip_key(const struct sockaddr *sa) {
+  uint64_t k = 0;
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+    memcpy(&k, &in->sin_addr, 4);
+    return k | (uint64_t)4 << 32;
+  }
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+      memcpy(&k, in6->sin6_addr.s6_addr + 12, 4);
+      return k | (uint64_t)4 << 32;
+    }
+    memcpy(&k, in6->sin6_addr.s6_addr, 8); /* the /64 */
+    return k ^ 6;
+  }
+  return 0;
+}
+
+/* splitmix64's finaliser over the key, the node's seed and the row. */
+static unsigned ip_col(uint64_t key, int row) {
+  uint64_t x = key ^ (region ? region->ip_seed : 0) ^ ((uint64_t)(row + 1) * 0x9e3779b97f4a7c15u);
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9u;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebu;
+  x ^= x >> 31;
+  return (unsigned)(x % EVS_IPCOUNT_COLS);
+}
+
+void evs__metrics_ip_add(uint64_t key, int delta) {
+  evs__metrics_slot *s = slot();
+  for (int r = 0; r < EVS_IPCOUNT_ROWS; r++)
+    ADD(&s->ip_connections[r][ip_col(key, r)], (uint32_t)delta);
+}
+
+uint32_t evs__metrics_ip_count(uint64_t key) {
+  unsigned cols[EVS_IPCOUNT_ROWS];
+  uint64_t sums[EVS_IPCOUNT_ROWS] = {0};
+  for (int r = 0; r < EVS_IPCOUNT_ROWS; r++) cols[r] = ip_col(key, r);
+  FOR_LIVE_SLOTS(s)
+    for (int r = 0; r < EVS_IPCOUNT_ROWS; r++) sums[r] += LOAD(&s->ip_connections[r][cols[r]]);
+  uint64_t m = sums[0];
+  for (int r = 1; r < EVS_IPCOUNT_ROWS; r++)
+    if (sums[r] < m) m = sums[r];
+  return m > UINT32_MAX ? UINT32_MAX : (uint32_t)m;
+}
 
 int evs__metrics_plugin_add(const char *plugin, const char *name, uint64_t delta) {
   evs__metrics_slot *s = slot();
@@ -165,7 +238,8 @@ char *evs__metrics_render(size_t *ret_len) {
   emit(&o, "# HELP evserver_connections_total Client connections accepted.\n"
            "# TYPE evserver_connections_total counter\nevserver_connections_total %llu\n",
        (unsigned long long)total);
-  emit(&o, "# HELP evserver_rejected_connections_total Connections refused at max_connections.\n"
+  emit(&o, "# HELP evserver_rejected_connections_total Connections refused at max_connections "
+           "or max_connections_per_ip.\n"
            "# TYPE evserver_rejected_connections_total counter\n"
            "evserver_rejected_connections_total %llu\n", (unsigned long long)rejected);
   if (region)

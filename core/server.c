@@ -3,6 +3,16 @@
  * admin endpoints), stream request bodies to whoever consumes them, write responses, keep-alive,
  * limits and timeouts. One request is in flight per connection; pipelined bytes wait in the
  * connection buffer until the current response is done.
+ *
+ * Slow clients. Every phase of a request has a deadline that the client cannot push back by
+ * trickling bytes: the head must be complete within limits.header_timeout of the connection's
+ * start (or of the previous response, on keep-alive), the whole request within
+ * limits.request_timeout of that moment, and a body must keep up limits.min_body_rate over each
+ * window once its grace has passed (windows restart after the server paused reading, which is
+ * not the client's doing). Connections are counted node-wide in the shared metrics region, in
+ * total (limits.max_connections) and per client address (limits.max_connections_per_ip), so a
+ * worker whose share fills up does not refuse while another has room, and one address cannot
+ * hold the node's connections.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -41,6 +51,12 @@ struct evs__conn {
   uint64_t nrequests;
   uint64_t idle_since;  /* loop time the connection last became idle */
   int counted;          /* counts against limits.max_connections (admin connections do not) */
+  int ip_counted;       /* counts against limits.max_connections_per_ip under ip_key */
+  uint64_t ip_key;
+  uint64_t req_start;   /* loop time the current request began (its head's deadlines run from it) */
+  uint64_t rate_end;    /* loop time the current min_body_rate window ends; 0: body not started */
+  uint64_t rate_bytes;  /* body bytes received in the current window */
+  uint64_t body_last_read; /* loop time of the last read of the body (body_timeout) */
   int peer_eof;         /* the client half-closed while a request was in flight */
 };
 
@@ -120,7 +136,11 @@ static void conn_close(evs__conn *c, int graceful) {
   else w->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   w->nconns--;
-  if (c->counted) w->npublic--;
+  if (c->counted) {
+    w->npublic--;
+    evs__metrics_public_connections(-1);
+  }
+  if (c->ip_counted) evs__metrics_ip_add(c->ip_key, -1);
   evs__metrics_connections(-1);
   uv_timer_stop(&c->timer);
   uv_close((uv_handle_t *)&c->timer, on_timer_closed);
@@ -137,6 +157,42 @@ static void conn_close(evs__conn *c, int graceful) {
 
 static void conn_fail(evs__conn *c, int status, const char *code, const char *detail);
 
+static void timer_set(evs__conn *c, enum timer_kind k, int64_t ms);
+static void body_timer(evs__conn *c);
+
+/* The head's timer: header_timeout, or what is left of request_timeout if that ends first. */
+static int64_t head_timeout_ms(const evs__conn *c) {
+  const evs__settings *s = c->w->settings;
+  int64_t ms = s->header_timeout_ms;
+  if (s->request_timeout_ms > 0) {
+    int64_t left = (int64_t)(c->req_start + (uint64_t)s->request_timeout_ms) -
+                   (int64_t)uv_now(c->w->loop);
+    if (left < ms) ms = left > 0 ? left : 1;
+  }
+  return ms;
+}
+
+/* Why a body timer fired: NULL if it did not end the request (a rate window passed at the
+ * minimum rate: the next one starts). */
+static const char *body_timeout_reason(evs__conn *c) {
+  const evs__settings *s = c->w->settings;
+  uint64_t now = uv_now(c->w->loop);
+  if (s->request_timeout_ms > 0 && now >= c->req_start + (uint64_t)s->request_timeout_ms)
+    return "The request was not received within the time allowed (limits.request_timeout)";
+  if (s->min_body_rate > 0 && c->rate_end && now >= c->rate_end) {
+    uint64_t need = (uint64_t)s->min_body_rate * (uint64_t)s->min_body_rate_window_ms;
+    if (c->req->paused || c->rate_bytes * 1000u >= need) {
+      c->rate_end = now + (uint64_t)s->min_body_rate_window_ms;
+      c->rate_bytes = 0;
+      return NULL;
+    }
+    return "The request body arrived slower than the minimum rate (limits.min_body_rate)";
+  }
+  if (now >= c->body_last_read + (uint64_t)s->body_timeout_ms)
+    return "The request body was not received in time";
+  return NULL; /* woken early (timers fire on loop time): wait for the rest */
+}
+
 static void on_timeout(uv_timer_t *t) {
   evs__conn *c = t->data;
   enum timer_kind k = c->timer_kind;
@@ -148,14 +204,19 @@ static void on_timeout(uv_timer_t *t) {
   }
   if (k == T_BODY && c->req && !c->req->head_sent) {
     evs_request *req = c->req;
+    if (req->body_done) return;
+    const char *why = body_timeout_reason(c);
+    if (!why) {
+      body_timer(c);
+      return;
+    }
     req->close_after = 1;
     if (req->on_abort) {
       void (*abort_fn)(evs_request *) = req->on_abort;
       req->on_abort = NULL;
       abort_fn(req);
     }
-    if (c->req && !req->head_sent)
-      evs__respond_error(req, 408, "request-timeout", "The request body was not received in time");
+    if (c->req && !req->head_sent) evs__respond_error(req, 408, "request-timeout", why);
     return;
   }
   conn_close(c, 0);
@@ -168,6 +229,18 @@ static void timer_set(evs__conn *c, enum timer_kind k, int64_t ms) {
     return;
   }
   uv_timer_start(&c->timer, on_timeout, (uint64_t)ms, 0);
+}
+
+/* Arm the body's timer for the first of its deadlines: body_timeout after the last read, the
+ * end of request_timeout, the end of the current min_body_rate window. */
+static void body_timer(evs__conn *c) {
+  const evs__settings *s = c->w->settings;
+  uint64_t now = uv_now(c->w->loop);
+  uint64_t at = c->body_last_read + (uint64_t)s->body_timeout_ms;
+  if (s->request_timeout_ms > 0 && c->req_start + (uint64_t)s->request_timeout_ms < at)
+    at = c->req_start + (uint64_t)s->request_timeout_ms;
+  if (s->min_body_rate > 0 && c->rate_end && c->rate_end < at) at = c->rate_end;
+  timer_set(c, T_BODY, at > now ? (int64_t)(at - now) : 1);
 }
 
 static void conn_drain(evs__io *io) {
@@ -219,6 +292,8 @@ static void on_connection(uv_stream_t *server, int status) {
   w->nconns++;
   evs__metrics_connections(1);
 
+  c->req_start = c->idle_since;
+  uint64_t ip_key = 0;
   if (l->sock->is_admin) {
     snprintf(c->client_addr, sizeof c->client_addr, "unix");
   } else {
@@ -230,8 +305,32 @@ static void on_connection(uv_stream_t *server, int status) {
         uv_ip4_name((struct sockaddr_in *)&ss, c->client_addr, sizeof c->client_addr);
       else
         uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_addr, sizeof c->client_addr);
+      ip_key = evs__metrics_ip_key((struct sockaddr *)&ss);
     }
     uv_tcp_nodelay(&c->io.h.tcp, 1);
+  }
+  if (!l->sock->is_admin) {
+    /* Node-wide counts (metrics.h), checked before anything is allocated for the connection. */
+    const evs__settings *s = w->settings;
+    const char *why = NULL;
+    if (s->max_connections_per_ip > 0 && ip_key &&
+        evs__metrics_ip_count(ip_key) >= (uint64_t)s->max_connections_per_ip)
+      why = "Too many connections from this address";
+    else if (evs__metrics_node_connections() >= s->max_connections)
+      why = "Too many connections";
+    if (why) {
+      evs__metrics_rejected_connection();
+      conn_fail(c, 503, "service-unavailable", why);
+      return;
+    }
+    c->counted = 1;
+    w->npublic++;
+    evs__metrics_public_connections(1);
+    if (s->max_connections_per_ip > 0 && ip_key) {
+      c->ip_counted = 1;
+      c->ip_key = ip_key;
+      evs__metrics_ip_add(ip_key, 1);
+    }
   }
   c->cap = (size_t)w->settings->max_header_bytes;
   c->buf = malloc(c->cap);
@@ -239,13 +338,6 @@ static void on_connection(uv_stream_t *server, int status) {
     conn_close(c, 0);
     return;
   }
-  if (!l->sock->is_admin && ++w->npublic > w->max_conns) {
-    c->counted = 1;
-    evs__metrics_rejected_connection();
-    conn_fail(c, 503, "service-unavailable", "Too many connections");
-    return;
-  }
-  c->counted = !l->sock->is_admin;
   c->state = CONN_HEAD;
   if (l->tls) {
     c->state = CONN_HANDSHAKE;
@@ -254,7 +346,7 @@ static void on_connection(uv_stream_t *server, int status) {
       return;
     }
   }
-  timer_set(c, T_HEADER, w->settings->header_timeout_ms);
+  timer_set(c, T_HEADER, head_timeout_ms(c));
   if (evs__io_read_start(&c->io) < 0) conn_close(c, 0);
 }
 
@@ -505,9 +597,10 @@ static void conn_after_response(evs__conn *c, evs_request *req) {
   }
   c->state = CONN_HEAD;
   c->idle_since = uv_now(c->w->loop);
+  c->req_start = c->idle_since; /* pipelined bytes: the next request began when this one ended */
   memset(&c->scan, 0, sizeof c->scan);
   if (c->len > 0) {
-    timer_set(c, T_HEADER, c->w->settings->header_timeout_ms);
+    timer_set(c, T_HEADER, head_timeout_ms(c));
     conn_process(c);
   } else {
     timer_set(c, T_IDLE, c->w->settings->idle_timeout_ms);
@@ -529,6 +622,7 @@ static void dispatch_held(evs__conn *c, evs_request *req) {
   evs__worker *w = c->w;
   c->req = req;
   c->state = CONN_REQUEST;
+  c->rate_end = 0; /* the body's rate is measured once something reads it */
   uv_timer_stop(&c->timer);
   c->timer_kind = T_NONE;
   /* Reading goes on: what arrives during the request waits in the buffer and conn_read stops
@@ -598,6 +692,7 @@ static int body_input_held(evs__conn *c, evs_request *req) {
       if (req->body_remaining == 0) req->body_done = 1;
     }
     off += consumed;
+    c->rate_bytes += consumed;
     if (dlen) {
       req->body_received += dlen;
       if (req->body_received > (uint64_t)c->w->settings->max_body_bytes) {
@@ -688,8 +783,11 @@ static void conn_read(evs__io *io, ssize_t nread, const char *data) {
   }
   size_t n = (size_t)nread;
   while (n > 0 && c->state != CONN_CLOSING) {
-    if (c->state == CONN_HEAD && c->timer_kind == T_IDLE)
-      timer_set(c, T_HEADER, c->w->settings->header_timeout_ms);
+    if (c->state == CONN_HEAD && c->timer_kind == T_IDLE) {
+      /* The first byte of the next request: its deadlines run from now, not from each byte. */
+      c->req_start = uv_now(c->w->loop);
+      timer_set(c, T_HEADER, head_timeout_ms(c));
+    }
     size_t room = c->cap - c->len;
     if (room == 0) {
       if (c->state == CONN_HEAD) {
@@ -713,11 +811,12 @@ static void conn_read(evs__io *io, ssize_t nread, const char *data) {
         /* Pipelined bytes after the body: they wait for the next request. */
         evs__io_read_stop(&c->io);
       } else {
+        c->body_last_read = uv_now(c->w->loop);
         int r = body_input(c);
         if (r == 1) evs__io_read_stop(&c->io);
         if (r < 0) return;
         if (c->req && !c->req->body_done)
-          timer_set(c, T_BODY, c->w->settings->body_timeout_ms);
+          body_timer(c);
         else if (c->timer_kind == T_BODY)
           timer_set(c, T_NONE, 0);
       }
@@ -764,12 +863,26 @@ int evs__request_body_attach(evs_request *req, const evs__body_sink *sink, void 
 
 void evs__request_body_resume(evs_request *req) {
   evs__conn *c = req->conn;
+  int was_paused = req->paused;
   req->paused = 0;
   if (!c || c->req != req || req->body_done) return;
+  const evs__settings *s = c->w->settings;
+  uint64_t now = uv_now(c->w->loop);
+  if (!c->rate_end || was_paused) {
+    /* The body starts (with its grace), or reading resumes after the server paused it: either
+     * way a fresh window, since the time the server did not read is not the client's. */
+    c->rate_end = now + (uint64_t)s->min_body_rate_window_ms +
+                  (c->rate_end ? 0 : (uint64_t)s->min_body_rate_grace_ms);
+    c->rate_bytes = 0;
+    c->body_last_read = now;
+  }
   if (c->len > 0 && body_input(c) != 0) return;
   if (c->req == req && !req->body_done && !req->paused) {
-    timer_set(c, T_BODY, c->w->settings->body_timeout_ms);
+    c->body_last_read = now;
+    body_timer(c);
     evs__io_read_start(&c->io);
+  } else if (c->req == req && req->body_done && c->timer_kind == T_BODY) {
+    timer_set(c, T_NONE, 0);
   }
 }
 
@@ -948,12 +1061,15 @@ int evs__server_listen(evs__worker *w) {
       uv_tcp_init(w->loop, &l->tcp);
       r = uv_tcp_open(&l->tcp, s->fd);
       st = (uv_stream_t *)&l->tcp;
-      if (s->tls) {
+      if (s->tls && s->tls_server) {
+        l->tls = s->tls_server;
+      } else if (s->tls) {
         char err[512];
         if (evs__tls_server_new(w->settings, s->conf, &l->tls, err, sizeof err) < 0) {
           EVS_LOG_ERR("EVS-1203", "listener '%s': %s", s->name, err);
           return -EINVAL;
         }
+        l->own_tls = 1;
       }
     }
     if (r < 0) return r;
@@ -998,7 +1114,8 @@ void evs__server_close_all(evs__worker *w) {
 
 void evs__server_free_tls(evs__worker *w);
 void evs__server_free_tls(evs__worker *w) {
-  for (size_t i = 0; i < w->nsocks && w->listeners; i++) evs__tls_server_free(w->listeners[i].tls);
+  for (size_t i = 0; i < w->nsocks && w->listeners; i++)
+    if (w->listeners[i].own_tls) evs__tls_server_free(w->listeners[i].tls);
   free(w->listeners);
   w->listeners = NULL;
 }

@@ -99,7 +99,6 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
   w->ctl_fd = ctl_fd;
   w->first_of_generation = first_of_generation;
   w->started_ms = uv_now(w->loop);
-  w->max_conns = (size_t)((s->max_connections + nworkers - 1) / nworkers);
   unsigned char rnd[4];
   RAND_bytes(rnd, sizeof rnd);
   snprintf(w->id_prefix, sizeof w->id_prefix, "%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3]);

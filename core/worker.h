@@ -27,6 +27,10 @@ typedef struct evs__listen_sock {
   int is_admin;              /* the admin Unix socket */
   int tls;
   const evs__listener_conf *conf;
+  /* The listener's TLS contexts, built by the master (owner) before it forks: the private keys
+   * are read as root, so they can stay readable by root alone, never by the workers' user.
+   * Workers use their inherited copy. NULL for plain listeners. */
+  evs__tls_server *tls_server;
 } evs__listen_sock;
 
 typedef struct evs__listener {
@@ -34,6 +38,7 @@ typedef struct evs__listener {
   uv_pipe_t pipe;
   const evs__listen_sock *sock;
   evs__tls_server *tls;
+  int own_tls;               /* tls was built here (no master: tests), so freed here */
   int closed;
 } evs__listener;
 
@@ -65,7 +70,6 @@ typedef struct evs__worker {
   evs__conn *conns;          /* all open client connections */
   size_t nconns;
   size_t npublic;            /* connections on public listeners (not admin) */
-  size_t max_conns;          /* this worker's share of limits.max_connections */
   int draining;
   uv_timer_t drain_timer;
   uv_signal_t sig_term, sig_quit, sig_int;

@@ -1,7 +1,8 @@
 """[limits] enforced on real connections: head size and field count (431), body size with
 Content-Length and chunked (413, before or during streaming), header_timeout against a
 slowloris, body_timeout against a stalled body, idle_timeout on keep-alive connections and
-max_connections per worker (503, and room again once a connection closes).
+max_connections (503, and room again once a connection closes; counted node-wide, see
+test_24_slowloris.py).
 
 Each test runs one evserver worker with small limits and a relay for Host "localhost" in front
 of a RawUpstream, so "nothing reached the upstream" is checked on the bytes it received.
@@ -226,7 +227,7 @@ def test_idle_timeout_closes_keepalive_connection():
     assert [q.target for q in rec.requests()] == ["/one", "/two"]
 
 
-def test_max_connections_per_worker():
+def test_max_connections():
     rec = RawUpstream()
     srv = relay_server(rec, server={"workers": 1}, limits={"max_connections": 3})
     held = []
