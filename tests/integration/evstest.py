@@ -1,7 +1,7 @@
 """evstest: the helpers evserver's integration tests share (Python standard library only).
 
 Each tests/integration/test_*.py is a plain script that ctest runs as `python3 <file>` with
-EVS_BUILD_DIR, EVS_SOURCE_DIR and EVS_SHARED_DIR in the environment (tests/integration/
+EVS_BUILD_DIR and EVS_SOURCE_DIR in the environment (tests/integration/
 CMakeLists.txt). It defines test_* functions and ends with `evstest.main(globals())`, which runs
 them in order and prints "N passed, M failed". What is here:
 
@@ -43,7 +43,7 @@ import time
 import traceback
 
 __all__ = [
-    "SOURCE_DIR", "BUILD_DIR", "SHARED_DIR", "build_path", "Skip", "main", "tmpdir", "wait_for",
+    "SOURCE_DIR", "BUILD_DIR", "build_path", "Skip", "main", "tmpdir", "wait_for",
     "defer",
     "free_port", "free_ports", "Config", "write_config", "Server", "ServerError", "start_server",
     "run_evserver", "Upstream", "Request", "Cert", "make_ca", "make_cert", "connect", "send_raw",
@@ -54,7 +54,6 @@ __all__ = [
 SOURCE_DIR = os.environ.get("EVS_SOURCE_DIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD_DIR = os.environ.get("EVS_BUILD_DIR") or None
-SHARED_DIR = os.environ.get("EVS_SHARED_DIR") or os.path.join(SOURCE_DIR, "..", "shared")
 
 
 def build_path(*parts):

@@ -1,6 +1,6 @@
 """The HTTP request-smuggling corpus through a relay, byte for byte.
 
-/work/shared/testdata/http-desync (aws/http-desync-guardian's cases; see its SOURCE.md) holds
+tests/data/http-desync (aws/http-desync-guardian's cases; see its SOURCE.md) holds
 requests classified Compliant, Acceptable, Ambiguous or Severe. Each is turned into raw bytes
 exactly as tests/unit/desync_to_raw.py does for the parser's unit test (that module is imported,
 so both tests send the same bytes), given a body that matches its framing, followed by a
@@ -36,7 +36,7 @@ import time
 import evstest
 from evstest import RawUpstream, Skip, connect, recv_responses, start_server, wait_closed
 
-CORPUS_DIR = os.path.join(evstest.SHARED_DIR, "testdata", "http-desync")
+CORPUS_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "data", "http-desync")
 UNIT_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "unit")
 RELAY_HOST = "localhost"  # the Host desync_to_raw.py gives cases that have none
 FOLLOW_UP = b"GET /follow-up HTTP/1.1\r\nHost: localhost\r\n\r\n"

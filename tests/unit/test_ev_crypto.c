@@ -5,8 +5,8 @@
  * relabelling; the secp256k1 derivation quirk; the ephemeral key window; the LRU cache; batches;
  * the SPKI prefixes against OpenSSL's own explicit-parameters encoding.
  *
- * The vectors are read from $EVS_SHARED_DIR/interop/vectors.json, else from
- * EVS_SOURCE_DIR/../shared (CI lays shared/ beside the clone).
+ * The vectors are read from tests/data/interop/vectors.json (a copy of what the real SDK
+ * produced; tests/data/README.md).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -61,14 +61,10 @@ static const char *const version_tags[] = {"RFVC", "S0lS", "Tk9D", "QkTC"};
 
 static json_t *load_vectors(void) {
   char path[4096];
-  const char *shared = getenv("EVS_SHARED_DIR");
-  if (shared && *shared)
-    snprintf(path, sizeof path, "%s/interop/vectors.json", shared);
-  else
-    snprintf(path, sizeof path, "%s/../shared/interop/vectors.json", EVS_SOURCE_DIR);
+  snprintf(path, sizeof path, "%s/tests/data/interop/vectors.json", EVS_SOURCE_DIR);
   json_error_t err;
   json_t *j = json_load_file(path, 0, &err);
-  if (!j) fprintf(stderr, "cannot load %s: %s (set EVS_SHARED_DIR)\n", path, err.text);
+  if (!j) fprintf(stderr, "cannot load %s: %s\n", path, err.text);
   return j;
 }
 

@@ -1,5 +1,5 @@
 /*
- * The public HTTP desync corpus (aws/http-desync-guardian, /work/shared/testdata/http-desync)
+ * The public HTTP desync corpus (aws/http-desync-guardian, tests/data/http-desync)
  * run through the strict parser: every request is scanned and parsed as the server would.
  * Severe cases must be rejected; Compliant and Acceptable ones must parse, except the few listed
  * in `expected_rejections` below, which RFC 9112 strictness (or a rule of this project) refuses,
