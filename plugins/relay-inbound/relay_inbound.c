@@ -581,6 +581,29 @@ full:
   b->overflow = 1;
 }
 
+/* Alerts' errorMessage: what went wrong, in words (the documentation's error reference). */
+static const char *error_message(const char *code) {
+  static const struct {
+    const char *code, *msg;
+  } msgs[] = {
+      {"subdomain-not-found", "The request was sent to a Relay subdomain that does not exist."},
+      {"relay-not-found", "No Relay is configured for the requested domain."},
+      {"request-timeout", "The target took too long to respond, or the client too long to send."},
+      {"service-unavailable", "The target refused the connection and could not be reached."},
+      {"internal-server-error", "There was an issue with Relay itself."},
+      {"unsupported-content-type-in-response",
+       "The target's response used a content type or encoding Relay cannot process."},
+      {"proxy-auth-failed", "The request did not carry a valid API key for this Relay."},
+      {"encrypted-data-in-field", "The request carried encrypted data where it was not expected."},
+      {"bad-request", "The request was malformed or could not be processed as sent."},
+      {"content-length-required", "The Content-Length header was missing or not a number."},
+      {"payload-too-large", "The request exceeded the 25 MB limit for encryption and decryption."},
+  };
+  for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++)
+    if (strcmp(msgs[i].code, code) == 0) return msgs[i].msg;
+  return "The request through Relay failed.";
+}
+
 static int log_hook(void *state, evs_request *req) {
   relay_state *st = state;
   const evs_host *h = st->host;
@@ -635,7 +658,7 @@ static int log_hook(void *state, evs_request *req) {
     for (const char *p = t->relay->domain; *p; p++) hsh = (hsh ^ (unsigned char)*p) * 1099511628211ull;
     snprintf(uuid, sizeof uuid, "relay_%016" PRIx64, hsh);
     json_t *ev = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:s,s:s}", "teamUuid", st->team_uuid,
-                           "errorMessage", code, "evMessage", msg, "activityLink", link,
+                           "errorMessage", error_message(code), "evMessage", msg, "activityLink", link,
                            "timestamp", now, "errorType", code, "statusCode", status,
                            "statusGroup", status >= 500 ? "5XX" : "4XX", "relayUuid", uuid,
                            "inboundDomain", t->relay->domain);

@@ -350,6 +350,8 @@ def test_relay_errors_reach_the_webhook():
     got = json.loads(req.body)
     assert list(got) == FIELDS, list(got)
     assert got["errorType"] == "service-unavailable" and got["statusCode"] == 503
+    # errorMessage explains; errorType carries the code.
+    assert got["errorMessage"] == "The target refused the connection and could not be reached."
     assert got["statusGroup"] == "5XX" and got["inboundDomain"] == RELAY
     for m in SECRET_MARKERS:
         assert m.encode() not in req.body, m
