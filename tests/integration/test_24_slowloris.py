@@ -400,6 +400,12 @@ class Flood:
 
 def test_10k_slow_connections_leave_room_for_a_normal_client():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 65536:
+        try:  # root may raise its own hard limit (the server inherits it)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ValueError, OSError):
+            pass
     if hard != resource.RLIM_INFINITY and hard < 16384:
         raise evstest.Skip("RLIMIT_NOFILE hard limit %d is below 16384" % hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
