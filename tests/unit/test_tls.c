@@ -215,15 +215,15 @@ static void test_client_verification(void **state) {
   (void)state;
   char err[512];
   /* Verification on: trusting the api cert as CA verifies it; the default cert fails. */
-  SSL_CTX *v = evs__tls_client_ctx(path_buf[2], NULL, NULL, 1, err, sizeof err);
+  SSL_CTX *v = evs__tls_client_ctx(path_buf[2], NULL, NULL, NULL, 1, err, sizeof err);
   assert_non_null(v);
-  assert_ptr_equal(v, evs__tls_client_ctx(path_buf[2], NULL, NULL, 1, err, sizeof err)); /* cached */
+  assert_ptr_equal(v, evs__tls_client_ctx(path_buf[2], NULL, NULL, NULL, 1, err, sizeof err)); /* cached */
   result r = connect_with(v, "api.example.test", NULL);
   assert_true(r.ok);
   r = connect_with(v, "unknown.test", NULL); /* gets default.test, not trusted */
   assert_false(r.ok);
-  assert_null(evs__tls_client_ctx("/nonexistent-ca.pem", NULL, NULL, 1, err, sizeof err));
-  assert_null(evs__tls_client_ctx(NULL, path_buf[2], path_buf[1], 0, err, sizeof err)); /* mismatched mTLS pair */
+  assert_null(evs__tls_client_ctx("/nonexistent-ca.pem", NULL, NULL, NULL, 1, err, sizeof err));
+  assert_null(evs__tls_client_ctx(NULL, path_buf[2], path_buf[1], NULL, 0, err, sizeof err)); /* mismatched mTLS pair */
   evs__tls_client_cache_clear();
 }
 
