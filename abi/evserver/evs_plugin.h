@@ -226,8 +226,7 @@ typedef struct evs_upstream {
    * The host reads it when it loads the key (once per worker and key), keeps no copy (its
    * buffer is wiped) and never logs it; the path (never the passphrase) separates pooled
    * connections. A missing file or a wrong passphrase fails the request with 502
-   * `service-unavailable` ("TLS with the destination failed"), logged as EVS-1301. An older
-   * host ignores this member: check evs_host.abi_minor >= 5 before relying on it. */
+   * `service-unavailable` ("TLS with the destination failed"), logged as EVS-1301. */
   const char *client_key_passphrase_file;
 } evs_upstream;
 

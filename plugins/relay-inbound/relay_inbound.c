@@ -458,12 +458,6 @@ static int route(void *state, evs_request *req) {
   h->request_set_data(req, st->plugin, t, txn_end);
   h->counter_add(st->plugin, "relayed_requests", 1);
 
-  if (r->mtls_passphrase_file && h->abi_minor < 5) {
-    /* An older host would not pass the passphrase on (it copies evs_upstream by its size). */
-    h->respond_error(req, 502, "service-unavailable",
-                     "This evserver cannot load an mTLS key with a passphrase (ABI 1.5 needed)");
-    return EVS_HANDLED;
-  }
   if (carries_ev_data(h, req, info)) {
     h->counter_add(st->plugin, "encrypted_data_in_field", 1);
     h->respond_error(req, 400, "encrypted-data-in-field",
