@@ -3,11 +3,16 @@ address (an IPv4 for A, a host name resolved for CNAME; evserver's `port` extens
 port), over https, with SNI, certificate verification and the Host header all naming the relay
 domain, as if the client had reached the destination directly through DNS. Several targets
 take turns per request (round robin). A certificate for another name fails with the documented
-service-unavailable.
+service-unavailable. Fields are encrypted and responses decrypted as on any relay.
 
 The destinations are evstest Upstreams serving certificates for the relay domain from a
 throwaway CA, given to the relay as `caFile`.
 """
+
+import json
+import os
+import re
+import subprocess
 
 import evstest
 from evstest import Upstream, parse_response, send_raw
@@ -100,6 +105,44 @@ def test_unreachable_target_is_service_unavailable():
         DOMAIN: {"dnsTargets": [target("127.0.0.1", port)], "caFile": ca.cert}})
     r = get(srv)
     assert r.status == 503 and r.header("X-Evervault-Error-Code") == "service-unavailable", r
+
+
+
+def test_fields_encrypted_and_responses_decrypted():
+    """The request pipeline is the relay's own: fieldsToEncrypt and response decryption."""
+    enclave = evstest.build_path("evserver-enclave")
+    if not os.access(enclave, os.X_OK):
+        raise evstest.Skip("%s is not built" % enclave)
+    ca = evstest.make_ca(name="dns CA")
+    # The destination echoes the body it got: the client sees it decrypted again.
+    up = Upstream(tls=evstest.make_cert(ca, [DOMAIN]),
+                  handler=lambda q: (200, {"Content-Type": "application/json"}, q.body))
+    cfg = evstest.write_config(upstream=UPSTREAM, plugins={
+        "enclave": {"enclave_binary": enclave}, "relay-inbound": {}})
+    srv = evstest.Server(cfg).start()
+    r = subprocess.run([evstest.build_path("evctl"), "--socket", srv.config.admin_socket,
+                        "--json", "app", "create"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    app = json.loads(r.stdout)["appId"]
+    with open(cfg.relay_config, "w") as f:
+        json.dump({DOMAIN: {"dnsTargets": [target("127.0.0.1", up.port)], "caFile": ca.cert,
+                            "appId": app, "fieldsToEncrypt": [
+                                {"route": "/pay", "method": "POST", "fields": ["$.ssn"]}]}}, f)
+    body = b'{"name":"Ada","ssn":"123-12-1234"}'
+
+    def post():
+        raw = send_raw(srv.port(), b"POST /pay HTTP/1.1\r\nHost: " + DOMAIN.encode() +
+                       b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                       b"Connection: close\r\n\r\n" % len(body) + body, timeout=CLIENT_TIMEOUT)
+        return parse_response(raw) if raw else None
+    # Every worker re-reads the file within a second.
+    evstest.wait_for(lambda: getattr(post(), "status", 0) == 200, what="relay-config applied")
+    r = post()
+    assert (r.status, r.body) == (200, body), (r, r.body)
+    q = up.requests[-1]
+    sent = json.loads(q.body)
+    assert sent["name"] == "Ada" and re.fullmatch(r"ev:[A-Za-z0-9+/=_:-]+:\$", sent["ssn"]), q.body
+    assert q.header("host") == DOMAIN, q.headers
 
 
 evstest.main(globals())
