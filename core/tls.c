@@ -5,6 +5,7 @@
  */
 #include "tls.h"
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -189,11 +190,50 @@ typedef struct client_entry {
 
 static client_entry *client_cache;
 
+/* The passphrase of a client key, read from its file just before the key is loaded and wiped
+ * right after. */
+typedef struct key_pass {
+  char s[1024];
+  size_t len;
+} key_pass;
+
+/* OpenSSL's PEM password callback. Without a passphrase it refuses (-1) rather than letting
+ * OpenSSL prompt on a terminal, which a server must never do. */
+static int key_pass_cb(char *buf, int size, int rwflag, void *userdata) {
+  const key_pass *p = userdata;
+  (void)rwflag;
+  if (!p || size < 0 || p->len > (size_t)size) return -1;
+  memcpy(buf, p->s, p->len);
+  return (int)p->len;
+}
+
+/* The first line of path, without its line end (LF or CRLF). 0, or -1 when unreadable, empty
+ * or longer than the buffer. */
+static int key_pass_read(const char *path, key_pass *p) {
+  char raw[sizeof p->s + 2];
+  size_t n = 0;
+  FILE *f = fopen(path, "re");
+  if (!f) return -1;
+  n = fread(raw, 1, sizeof raw, f);
+  fclose(f);
+  size_t line = 0;
+  while (line < n && raw[line] != '\n') line++;
+  int ok = line < sizeof p->s && (line < n || n < sizeof raw);
+  if (ok && line > 0 && raw[line - 1] == '\r') line--;
+  ok = ok && line > 0;
+  if (ok) {
+    memcpy(p->s, raw, line);
+    p->len = line;
+  }
+  OPENSSL_cleanse(raw, sizeof raw);
+  return ok ? 0 : -1;
+}
+
 SSL_CTX *evs__tls_client_ctx(const char *ca_file, const char *cert_file, const char *key_file,
-                             int verify, char *err, size_t errlen) {
+                             const char *pass_file, int verify, char *err, size_t errlen) {
   char key[4096];
-  snprintf(key, sizeof key, "%s|%s|%s|%d", ca_file ? ca_file : "", cert_file ? cert_file : "",
-           key_file ? key_file : "", verify);
+  snprintf(key, sizeof key, "%s|%s|%s|%s|%d", ca_file ? ca_file : "", cert_file ? cert_file : "",
+           key_file ? key_file : "", pass_file ? pass_file : "", verify);
   for (client_entry *e = client_cache; e; e = e->next)
     if (strcmp(e->key, key) == 0) return e->ctx;
 
@@ -214,10 +254,27 @@ SSL_CTX *evs__tls_client_ctx(const char *ca_file, const char *cert_file, const c
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
   }
   if (cert_file) {
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx, key_file ? key_file : cert_file, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx) != 1) {
-      snprintf(err, errlen, "cannot load client certificate '%s'", cert_file);
+    const char *kf = key_file ? key_file : cert_file;
+    key_pass pass = {.len = 0};
+    int pass_ok = !pass_file || key_pass_read(pass_file, &pass) == 0;
+    SSL_CTX_set_default_passwd_cb(ctx, key_pass_cb);
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, pass_file ? &pass : NULL);
+    int cert_ok = pass_ok && SSL_CTX_use_certificate_chain_file(ctx, cert_file) == 1;
+    int key_ok = cert_ok && SSL_CTX_use_PrivateKey_file(ctx, kf, SSL_FILETYPE_PEM) == 1;
+    /* The context keeps the callback (it refuses without userdata), never the passphrase. */
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+    OPENSSL_cleanse(&pass, sizeof pass);
+    if (!pass_ok) {
+      snprintf(err, errlen, "cannot read the passphrase of client key '%s' from '%s' (missing, "
+               "unreadable, empty, or a first line over 1023 bytes)", kf, pass_file);
+      goto fail;
+    }
+    if (!cert_ok || !key_ok || SSL_CTX_check_private_key(ctx) != 1) {
+      if (cert_ok && !key_ok && pass_file)
+        snprintf(err, errlen, "cannot load client key '%s' with the passphrase from '%s' "
+                 "(wrong passphrase?)", kf, pass_file);
+      else
+        snprintf(err, errlen, "cannot load client certificate '%s'", cert_file);
       goto fail;
     }
   }

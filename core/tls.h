@@ -2,7 +2,8 @@
  * TLS contexts. Servers: TLS 1.2 and 1.3 only, AEAD cipher suites only, ALPN "http/1.1", and a
  * certificate chosen per SNI name (exact names first, then "*.suffix" wildcards, else the
  * listener's default). Clients (upstreams): verification on unless turned off explicitly,
- * optional client certificate for mTLS, contexts cached per (ca, cert, key, verify).
+ * optional client certificate for mTLS (its key optionally encrypted, with a passphrase file),
+ * contexts cached per (ca, cert, key, passphrase file, verify).
  */
 #ifndef EVS_CORE_TLS_H
 #define EVS_CORE_TLS_H
@@ -20,10 +21,13 @@ int evs__tls_server_new(const evs__settings *s, const evs__listener_conf *l,
 SSL_CTX *evs__tls_server_ctx(evs__tls_server *t);
 void evs__tls_server_free(evs__tls_server *t);
 
-/* A client context (cached; owned by the cache). NULL ca_file: the configured default or the
- * system store. */
+/* A client context (cached per ca, cert, key, pass_file and verify; owned by the cache). NULL
+ * ca_file: the configured default or the system store. pass_file: NULL, or a file whose first
+ * line is the passphrase of an encrypted key_file; it is read only while the key loads and
+ * wiped after, never kept or put in err. Without it an encrypted key fails to load (OpenSSL
+ * never prompts). Returns NULL with err (file names only) on failure. */
 SSL_CTX *evs__tls_client_ctx(const char *ca_file, const char *cert_file, const char *key_file,
-                             int verify, char *err, size_t errlen);
+                             const char *pass_file, int verify, char *err, size_t errlen);
 void evs__tls_client_cache_clear(void);
 /* A server context from PEM buffers (plugins minting certificates per SNI). */
 SSL_CTX *evs__tls_ctx_from_pem(const char *cert_pem, size_t cert_len, const char *key_pem,

@@ -266,24 +266,25 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 static upconn *upconn_get_key(upclient *owner, const char *k, int tls, const char *host, int port,
                               const char *sni, int verify, const char *ca_file, const char *cert,
-                              const char *key, int *ret_err);
+                              const char *key, const char *pass_file, int *ret_err);
 
 /* Get a pooled connection or start a new one; on_connected runs when it is usable. */
 static upconn *upconn_get(upclient *owner, const char *scheme, const char *host, int port,
                           const char *sni, int verify, const char *ca_file, const char *cert,
-                          const char *key, int *ret_err) {
+                          const char *key, const char *pass_file, int *ret_err) {
   int tls = strcmp(scheme, "https") == 0;
   const char *parts[] = {scheme, host, sni ? sni : "", ca_file ? ca_file : "", cert ? cert : "",
-                         key ? key : ""};
-  size_t plen[6], klen = 2 * 20 + 8;
-  for (size_t i = 0; i < 6; i++) klen += plen[i] = strlen(parts[i]);
+                         key ? key : "", pass_file ? pass_file : ""};
+  size_t plen[7], klen = 2 * 20 + 9;
+  for (size_t i = 0; i < 7; i++) klen += plen[i] = strlen(parts[i]);
   char stack_k[2048];
   char *k = klen <= sizeof stack_k ? stack_k : malloc(klen);
   if (!k) {
     *ret_err = -ENOMEM;
     return NULL;
   }
-  /* scheme|host|port|sni|verify|ca_file|cert|key */
+  /* scheme|host|port|sni|verify|ca_file|cert|key|pass_file (the passphrase's file, never the
+   * passphrase) */
   char *e = evs__fmt_mem(k, parts[0], plen[0]);
   *e++ = '|';
   e = evs__fmt_mem(e, parts[1], plen[1]);
@@ -293,19 +294,20 @@ static upconn *upconn_get(upclient *owner, const char *scheme, const char *host,
   e = evs__fmt_mem(e, parts[2], plen[2]);
   *e++ = '|';
   e = evs__fmt_i64(e, verify);
-  for (size_t i = 3; i < 6; i++) {
+  for (size_t i = 3; i < 7; i++) {
     *e++ = '|';
     e = evs__fmt_mem(e, parts[i], plen[i]);
   }
   *e = '\0';
-  upconn *u = upconn_get_key(owner, k, tls, host, port, sni, verify, ca_file, cert, key, ret_err);
+  upconn *u = upconn_get_key(owner, k, tls, host, port, sni, verify, ca_file, cert, key, pass_file,
+                             ret_err);
   if (k != stack_k) free(k);
   return u;
 }
 
 static upconn *upconn_get_key(upclient *owner, const char *k, int tls, const char *host, int port,
                               const char *sni, int verify, const char *ca_file, const char *cert,
-                              const char *key, int *ret_err) {
+                              const char *key, const char *pass_file, int *ret_err) {
   for (pool *p = pools; p; p = p->next) {
     if (p->idle && strcmp(p->key, k) == 0) {
       upconn *i = p->idle;
@@ -331,7 +333,7 @@ static upconn *upconn_get_key(upclient *owner, const char *k, int tls, const cha
   if (tls) {
     char err[512];
     u->ctx = evs__tls_client_ctx(ca_file ? ca_file : evs__w->settings->upstream_ca_file, cert, key,
-                                 verify, err, sizeof err);
+                                 pass_file, verify, err, sizeof err);
     if (!u->ctx) {
       EVS_LOG_ERR("EVS-1301", "upstream %s: %s", host, err);
       free(u->host);
@@ -502,7 +504,7 @@ struct evs__proxy {
   evs__plugin_rec *plugin;
   upconn *uc;
   evs_upstream up;
-  char *scheme, *host, *sni, *host_header, *ca_file, *cert_file, *key_file;
+  char *scheme, *host, *sni, *host_header, *ca_file, *cert_file, *key_file, *pass_file;
   int port;
   evs_body_filter_fn req_filter, resp_filter;
   void *filter_arg;
@@ -545,6 +547,7 @@ static void proxy_free(evs__proxy *px) {
   free(px->ca_file);
   free(px->cert_file);
   free(px->key_file);
+  free(px->pass_file);
   free(px);
 }
 
@@ -1031,7 +1034,7 @@ static void proxy_data_corked(upclient *cl, ssize_t nread, const char *data) {
       upconn_close(px->uc);
       int err = 0;
       px->uc = upconn_get(&px->cl, px->scheme, px->host, px->port, px->sni, px->up.verify,
-                          px->ca_file, px->cert_file, px->key_file, &err);
+                          px->ca_file, px->cert_file, px->key_file, px->pass_file, &err);
       if (!px->uc) proxy_fail(px, err);
       else if (px->uc->reused) proxy_connected(&px->cl, 0);
       return;
@@ -1126,7 +1129,11 @@ int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_f
   px->ca_file = up->ca_file ? strdup(up->ca_file) : NULL;
   px->cert_file = up->client_cert_file ? strdup(up->client_cert_file) : NULL;
   px->key_file = up->client_key_file ? strdup(up->client_key_file) : NULL;
-  if (!px->scheme || !px->host || !px->host_header) { /* send_head needs them */
+  /* ABI 1.5; px->up holds NULL there when the plugin's struct is older (copied by its size). */
+  if (px->up.client_key_passphrase_file)
+    px->pass_file = strdup(px->up.client_key_passphrase_file);
+  if (!px->scheme || !px->host || !px->host_header || /* send_head needs them */
+      (px->up.client_key_passphrase_file && !px->pass_file)) {
     proxy_free(px);
     return -ENOMEM;
   }
@@ -1153,7 +1160,7 @@ int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_f
   req->handler = p;
   int err = 0;
   px->uc = upconn_get(&px->cl, px->scheme, px->host, px->port, px->sni, up->verify, px->ca_file,
-                      px->cert_file, px->key_file, &err);
+                      px->cert_file, px->key_file, px->pass_file, &err);
   if (!px->uc) {
     proxy_fail(px, err);
     return 0;
@@ -1347,7 +1354,7 @@ int evs__client_request(evs__plugin_rec *pl, const evs_client_request *r, evs_cl
   uv_timer_start(&c->timer, creq_timeout, to, 0);
   int err = 0;
   c->uc = upconn_get(&c->cl, tls ? "https" : "http", host, port, NULL, r->verify, r->ca_file,
-                     NULL, NULL, &err);
+                     NULL, NULL, NULL, &err);
   if (!c->uc) {
     uv_close((uv_handle_t *)&c->timer, creq_timer_closed);
     return err ? err : -ENOMEM;

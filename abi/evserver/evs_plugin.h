@@ -56,6 +56,9 @@
  *        before the client gets it, and may drop fields from it (response_remove_header) or
  *        answer instead; the Inbound Relay decodes compressed responses to decrypt them, so it
  *        drops Content-Encoding, and refuses codings it cannot decode.
+ *   1.5  evs_upstream.client_key_passphrase_file: the mTLS client key may be encrypted; the
+ *        host reads its passphrase from that file when it loads the key, and wipes it after.
+ *        (The Inbound Relay's mtls.passphraseFile.)
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -69,7 +72,7 @@ extern "C" {
 
 #define EVS_PLUGIN_MAGIC 0x50535645u /* "EVSP" little-endian */
 #define EVS_ABI_MAJOR 1
-#define EVS_ABI_MINOR 4
+#define EVS_ABI_MINOR 5
 
 /* Error codes beyond errno. */
 #define EVS_EUPSTREAM_REFUSED (-10001) /* upstream refused the connection */
@@ -218,6 +221,13 @@ typedef struct evs_upstream {
    * answered). The host still frames the response itself (Content-Length, Transfer-Encoding).
    * NULL: the head passes as received. */
   int (*response_head)(void *filter_arg, evs_request *req, int status);
+  /* ABI 1.5: a file whose first line (up to 1023 bytes, without the line end) is the
+   * passphrase of client_key_file, for an encrypted PEM key; NULL: the key is not encrypted.
+   * The host reads it when it loads the key (once per worker and key), keeps no copy (its
+   * buffer is wiped) and never logs it; the path (never the passphrase) separates pooled
+   * connections. A missing file or a wrong passphrase fails the request with 502
+   * `service-unavailable` ("TLS with the destination failed"), logged as EVS-1301. */
+  const char *client_key_passphrase_file;
 } evs_upstream;
 
 /* Body filter: sees each body chunk on its way through and may replace it. Called with

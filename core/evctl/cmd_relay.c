@@ -668,7 +668,7 @@ int evctl_cmd_relay_delete(const evctl_ctx *ctx, int argc, char **argv) {
   return EVCTL_EXIT_OK;
 }
 
-/* "A 203.0.113.7, CNAME b.example.com" for dnsTargets. */
+/* "A 203.0.113.7, CNAME b.example.com:8443" for dnsTargets. */
 static char *dns_text(json_t *targets) {
   char *out = NULL;
   size_t len = 0;
@@ -680,6 +680,8 @@ static char *dns_text(json_t *targets) {
   json_array_foreach(targets, i, t) {
     fprintf(m, "%s%s %s", i ? ", " : "", str(t, "type") ? str(t, "type") : "?",
             str(t, "address") ? str(t, "address") : "?");
+    json_t *port = json_object_get(t, "port"); /* evserver extension */
+    if (json_is_integer(port)) fprintf(m, ":%" JSON_INTEGER_FORMAT, json_integer_value(port));
   }
   fclose(m);
   return out;

@@ -271,7 +271,7 @@ static int parse_destination(const ctx *c, const char *jpath, json_t *v, evs__re
 }
 
 static int parse_dns_targets(const ctx *c, const char *jpath, json_t *v, evs__relay *r) {
-  static const char *const known[] = {"type", "address", NULL};
+  static const char *const known[] = {"type", "address", "port", NULL};
   size_t i;
   json_t *t;
   if (!json_is_array(v) || json_array_size(v) == 0)
@@ -281,7 +281,7 @@ static int parse_dns_targets(const ctx *c, const char *jpath, json_t *v, evs__re
   json_array_foreach(v, i, t) {
     evs__relay_dns_target *d = &r->dns_targets[r->ndns_targets++];
     char p[JPATH_MAX], pm[JPATH_MAX];
-    json_t *type, *addr;
+    json_t *type, *addr, *port;
     const char *ts;
     unsigned char bin[4];
     int rc;
@@ -304,6 +304,14 @@ static int parse_dns_targets(const ctx *c, const char *jpath, json_t *v, evs__re
       return fail(c, pm, "an A target needs an IPv4 address");
     if (d->type == EVS_RELAY_DNS_CNAME && !valid_hostname(d->address))
       return fail(c, pm, "a CNAME target needs an RFC 1123 host name");
+    /* evserver extension: the port the target serves https on (tests, non-standard setups). */
+    d->port = 443;
+    if ((port = json_object_get(t, "port"))) {
+      json_int_t n = json_is_integer(port) ? json_integer_value(port) : 0;
+      jpath_member(pm, p, "port");
+      if (n < 1 || n > 65535) return fail(c, pm, "expected a port in 1..65535");
+      d->port = (uint16_t)n;
+    }
   }
   return 0;
 }
@@ -386,7 +394,7 @@ static int parse_relay(const ctx *c, const char *domain, json_t *v, evs__relay *
                                       "mtls", "responseDecryption", "xForwardedFor",
                                       "verifyDestination", "caFile", "appId", "curve",
                                       "caseSensitiveRoutes", NULL};
-  static const char *const mtls_known[] = {"certificate", "key", NULL};
+  static const char *const mtls_known[] = {"certificate", "key", "passphraseFile", NULL};
   char jp[JPATH_MAX], p[JPATH_MAX], q[100];
   json_t *dest, *dns, *fte, *m, *x;
   int rc;
@@ -445,6 +453,12 @@ static int parse_relay(const ctx *c, const char *domain, json_t *v, evs__relay *
     if ((rc = get_path(c, pm, cert, &r->mtls_certificate)) < 0) return rc;
     jpath_member(pm, p, "key");
     if ((rc = get_path(c, pm, key, &r->mtls_key)) < 0) return rc;
+    /* The key's passphrase stays in a file of its own: this file is printed back by
+     * `evctl relay` (GET /relays) and kept in version control. */
+    if ((x = json_object_get(m, "passphraseFile"))) {
+      jpath_member(pm, p, "passphraseFile");
+      if ((rc = get_path(c, pm, x, &r->mtls_passphrase_file)) < 0) return rc;
+    }
   }
 
   if ((x = json_object_get(v, "responseDecryption"))) {
@@ -509,6 +523,7 @@ static void relay_clear(evs__relay *r) {
   free(r->routes);
   free(r->mtls_certificate);
   free(r->mtls_key);
+  free(r->mtls_passphrase_file);
   free(r->app_id);
   free(r->curve);
   free(r->ca_file);

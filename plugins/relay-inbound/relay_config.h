@@ -46,6 +46,7 @@ typedef enum evs__relay_dns_type {
 typedef struct evs__relay_dns_target {
   evs__relay_dns_type type;
   char *address;
+  uint16_t port;            /* evserver extension "port" (1..65535); 443 when not given */
 } evs__relay_dns_target;
 
 typedef struct evs__relay {
@@ -62,6 +63,7 @@ typedef struct evs__relay {
   /* evserver extensions. Paths are resolved against the directory of the file's name. */
   char *mtls_certificate;   /* client certificate for the destination (PEM) or NULL */
   char *mtls_key;           /* its key; set exactly when mtls_certificate is */
+  char *mtls_passphrase_file; /* file holding the key's passphrase (first line), or NULL */
   int response_decryption;  /* decrypt ev: values in responses (default 1) */
   int x_forwarded_for;      /* 1: append the client address (default); 0: preserve as received */
   int verify_destination;   /* verify the destination's certificate (default 1) */

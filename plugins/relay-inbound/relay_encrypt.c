@@ -427,7 +427,7 @@ static void maybe_proceed(relay_enc *e) {
   }
   if (e->sampling && e->sample) record_structure(e);
   evs_upstream up;
-  relay_upstream(st, t->relay, &up);
+  relay_upstream(t, &up);
   up.body_source = body_source;
   up.body_source_arg = e;
   up.body_source_len = relay_spool_total(&e->spool);

@@ -85,6 +85,7 @@ void relay_cfg_unref(relay_cfg *c) {
     free(c->sel[i]);
   }
   free(c->sel);
+  free(c->dns_next);
   evs__relay_config_free(c->config);
   free(c);
 }
@@ -130,7 +131,8 @@ static int cfg_load(const char *path, relay_cfg **ret, char *err, size_t errlen)
     return rc;
   }
   c->sel = calloc(c->config->n ? c->config->n : 1, sizeof *c->sel);
-  if (!c->sel) rc = -ENOMEM;
+  c->dns_next = calloc(c->config->n ? c->config->n : 1, sizeof *c->dns_next);
+  if (!c->sel || !c->dns_next) rc = -ENOMEM;
   for (size_t i = 0; rc == 0 && i < c->config->n; i++) {
     const evs__relay *r = &c->config->relays[i];
     c->sel[i] = calloc(r->nroutes ? r->nroutes : 1, sizeof *c->sel[i]);
@@ -342,22 +344,44 @@ static int match_routes(relay_cfg *cfg, size_t ri, const char *method, const evs
   return rc < 0 ? rc : 1;
 }
 
-void relay_upstream(relay_state *st, const evs__relay *r, evs_upstream *up) {
+/* dnsTargets relays (README "DNS targets"): the relay's own domain is what clients asked for,
+ * and the targets are the addresses it resolves to, as DNS would give them. So the connection
+ * goes to a target, and TLS (SNI and certificate verification) and the Host header name the
+ * relay domain. Targets take turns, one per request, counted per relay and configuration in
+ * this worker: round robin, as clients spread over several A records. */
+static void dns_target(relay_txn *t, evs_upstream *up) {
+  const evs__relay *r = t->relay;
+  size_t ri = (size_t)(r - t->cfg->config->relays);
+  const evs__relay_dns_target *d = &r->dns_targets[t->cfg->dns_next[ri]++ % r->ndns_targets];
+  up->scheme = "https";
+  up->host = d->address;
+  up->port = d->port;
+  up->sni = r->domain;
+  up->host_header = r->domain;
+}
+
+void relay_upstream(relay_txn *t, evs_upstream *up) {
+  relay_state *st = t->st;
+  const evs__relay *r = t->relay;
   memset(up, 0, sizeof *up);
   up->size = sizeof *up;
   up->scheme = r->destination_scheme;
   up->host = r->destination_host;
   up->port = r->destination_port;
+  if (!r->destination_host && r->ndns_targets) dns_target(t, up);
   up->verify = r->verify_destination;
   up->ca_file = r->ca_file;
   up->client_cert_file = r->mtls_certificate;
   up->client_key_file = r->mtls_key;
+  up->client_key_passphrase_file = r->mtls_passphrase_file; /* ABI 1.5 */
   up->x_forwarded_for = r->x_forwarded_for;
   up->response_head = relay_response_head; /* relay_decrypt.c: compressed responses */
   if (st->override_host) {
     up->scheme = st->override_scheme;
     up->host = st->override_host;
     up->port = st->override_port;
+    up->sni = NULL;
+    up->host_header = NULL;
     up->verify = 0;
   }
 }
@@ -434,11 +458,6 @@ static int route(void *state, evs_request *req) {
   h->request_set_data(req, st->plugin, t, txn_end);
   h->counter_add(st->plugin, "relayed_requests", 1);
 
-  if (!r->destination_host && !st->override_host) {
-    /* dnsTargets relays: the destination is the request's own host, resolved by the targets. */
-    h->respond_error(req, 502, "service-unavailable", "DNS-target relays are not supported yet");
-    return EVS_HANDLED;
-  }
   if (carries_ev_data(h, req, info)) {
     h->counter_add(st->plugin, "encrypted_data_in_field", 1);
     h->respond_error(req, 400, "encrypted-data-in-field",
@@ -504,7 +523,7 @@ void relay_dispatch(relay_txn *t) {
     return;
   }
   evs_upstream up;
-  relay_upstream(st, t->relay, &up);
+  relay_upstream(t, &up);
   int rc = h->proxy(req, &up, NULL, relay_response_filter(t), t);
   if (rc < 0) h->respond_error(req, 500, "internal-server-error", "Relay could not start proxying");
 }

@@ -30,6 +30,7 @@ typedef struct relay_route_sel {
 typedef struct relay_cfg {
   evs__relay_config *config;
   relay_route_sel **sel; /* sel[relay][route] */
+  size_t *dns_next;      /* dns_next[relay]: the dnsTargets turn of the next request */
   int refs;
 } relay_cfg;
 
@@ -88,8 +89,9 @@ typedef struct relay_txn {
 
 void relay_cfg_unref(relay_cfg *c);
 void relay_match_clear(relay_match *m);
-/* The upstream of a relay (destination_override applied). */
-void relay_upstream(relay_state *st, const evs__relay *r, evs_upstream *up);
+/* The upstream of the transaction's relay (destination_override applied; for dnsTargets relays
+ * the next target in turn). Call once per request: each call takes a turn. */
+void relay_upstream(relay_txn *t, evs_upstream *up);
 const char *relay_app_id(relay_state *st, const evs__relay *r);
 int64_t relay_now_ms(void);
 /* 1 if this request's body should have its structure sampled: structures are on, and no

@@ -13,6 +13,7 @@ store trusts; one of them requires client certificates from that CA.
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 
@@ -215,6 +216,60 @@ def test_mtls_required_but_missing_or_foreign_fails():
     # Only the request with the right certificate ever reached the destination.
     assert len(up.requests) == 1, up.requests
     assert all(q.client_cert for q in up.requests)
+
+
+
+def test_mtls_encrypted_key_with_passphrase_file():
+    pki = Pki()
+    d = evstest.tmpdir()
+    secret = "pass-" + secrets.token_hex(12)
+    wrong = "wrong-" + secrets.token_hex(12)
+    shutil.copy(pki.client.cert, os.path.join(d, "client.crt"))
+    shutil.copy(pki.ca.cert, os.path.join(d, "ca.crt"))
+    # The client key, encrypted with AES-256 under the passphrase.
+    subprocess.run(["openssl", "pkey", "-in", pki.client.key, "-aes256", "-passout",
+                    "pass:" + secret, "-out", os.path.join(d, "client.key")],
+                   check=True, capture_output=True)
+    with open(os.path.join(d, "client.key")) as f:
+        assert "ENCRYPTED" in f.read()
+    for name, text in (("client.pass", secret + "\n"), ("wrong.pass", wrong + "\r\n")):
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+        os.chmod(os.path.join(d, name), 0o600)
+    up = Upstream(tls=pki.server, client_ca=pki.ca, body=b"mutual")
+
+    def relay(**mtls):
+        return {"destinationDomain": up.url, "caFile": "ca.crt",
+                "mtls": dict({"certificate": "client.crt", "key": "client.key"}, **mtls)}
+    cfg = evstest.write_config(d, upstream=UPSTREAM, plugins=ENCLAVE_PLUGINS, relays={
+        "pass.test": relay(passphraseFile="client.pass"),
+        "wrongpass.test": relay(passphraseFile="wrong.pass"),
+        "nopass.test": relay(),
+        "nofile.test": relay(passphraseFile="missing.pass")})
+    srv = evstest.Server(cfg).start()
+    key = mtls_api_key(srv)
+    r = get(srv, "pass.test", api_key=key)
+    assert (r.status, r.body) == (200, b"mutual"), (r, r.body)
+    cert = up.wait_requests(1)[0].client_cert
+    assert cert and dict(kv for rdn in cert["subject"] for kv in rdn)["commonName"] == \
+        "relay-client", cert
+    # The same key with the wrong passphrase, none, or an unreadable file: a clean 502 (the
+    # pooled connection of pass.test is not borrowed: the passphrase file is in the pool key).
+    for host in ("wrongpass.test", "nopass.test", "nofile.test"):
+        r = get(srv, host, api_key=key)
+        assert_service_unavailable(r, host)
+        assert r.status == 502 and r.json()["detail"] == "TLS with the destination failed", r.body
+    assert len(up.requests) == 1, up.requests
+    # Still works after the failures (its context was cached, nothing was left half-set).
+    r = get(srv, "pass.test", api_key=key)
+    assert (r.status, r.body) == (200, b"mutual"), (r, r.body)
+    # The reasons are logged, by file name; the passphrases never appear, nor in the admin API.
+    log = srv.log()
+    assert "wrong passphrase" in log and "wrong.pass" in log and "missing.pass" in log, log
+    relays = srv.admin_get("/relays").text
+    assert '"passphraseFile"' in relays and "client.pass" in relays, relays
+    for text in (log, relays):
+        assert secret not in text and wrong not in text
 
 
 evstest.main(globals())

@@ -273,7 +273,8 @@ def test_clone_delete_list():
                          "fieldsToEncrypt": [{"route": "/u", "method": "POST",
                                               "fields": ["$.ssn", "$.card.number"]}],
                          "responseDecryption": False},
-              "b.test": {"dnsTargets": [{"type": "A", "address": "203.0.113.7"}]}}
+              "b.test": {"dnsTargets": [{"type": "A", "address": "203.0.113.7"},
+                                        {"type": "CNAME", "address": "c.example", "port": 8443}]}}
     srv = evstest.start_server(relays=relays)
     d = evstest.tmpdir()
 
@@ -285,7 +286,7 @@ def test_clone_delete_list():
     row = next(l for l in lines if l.startswith("a.test"))
     assert "POST /u (2)" in row and row.rstrip().endswith("off"), row
     row = next(l for l in lines if l.startswith("b.test"))
-    assert "dns: A 203.0.113.7" in row, row
+    assert "dns: A 203.0.113.7, CNAME c.example:8443" in row, row
 
     ok(evctl(srv, "relay", "clone", "--domain", "A.TEST", "--file", "a.json", cwd=d))
     assert read_json(os.path.join(d, "a.json")) == {"a.test": relays["a.test"]}

@@ -176,7 +176,26 @@ static void test_dns_targets(void **state) {
   assert_string_equal(r->dns_targets[0].address, "203.0.113.7");
   assert_int_equal(r->dns_targets[1].type, EVS_RELAY_DNS_CNAME);
   assert_string_equal(r->dns_targets[1].address, "backend.example.com");
+  assert_int_equal(r->dns_targets[0].port, 443); /* the default */
+  assert_int_equal(r->dns_targets[1].port, 443);
   evs__relay_config_free(c);
+
+  /* evserver extension: a port per target. */
+  r = one_relay("\"dnsTargets\": [{\"type\": \"A\", \"address\": \"127.0.0.1\", \"port\": 8443},"
+                " {\"type\": \"CNAME\", \"address\": \"localhost\", \"port\": 65535}]",
+                &c);
+  assert_int_equal(r->dns_targets[0].port, 8443);
+  assert_int_equal(r->dns_targets[1].port, 65535);
+  evs__relay_config_free(c);
+  expect_relay_error("\"dnsTargets\": [{\"type\": \"A\", \"address\": \"127.0.0.1\", \"port\": 0}]",
+                     ".dnsTargets[0].port: expected a port in 1..65535");
+  expect_relay_error("\"dnsTargets\": [{\"type\": \"A\", \"address\": \"127.0.0.1\"}, "
+                     "{\"type\": \"A\", \"address\": \"127.0.0.1\", \"port\": 65536}]",
+                     ".dnsTargets[1].port: expected a port in 1..65535");
+  expect_relay_error("\"dnsTargets\": [{\"type\": \"A\", \"address\": \"127.0.0.1\", \"port\": \"443\"}]",
+                     ".dnsTargets[0].port: expected a port in 1..65535");
+  expect_relay_error("\"dnsTargets\": [{\"type\": \"A\", \"address\": \"127.0.0.1\", \"port\": 443.5}]",
+                     ".dnsTargets[0].port: expected a port in 1..65535");
 
   expect_relay_error("\"destinationDomain\": \"x.example.com\", \"dnsTargets\": "
                      "[{\"type\": \"A\", \"address\": \"203.0.113.7\"}]",
@@ -200,7 +219,7 @@ static void test_dns_targets(void **state) {
                      ".dnsTargets[0]: missing member \"type\"");
   expect_relay_error("\"dnsTargets\": [{\"type\": \"A\", \"address\": \"203.0.113.7\", "
                      "\"ttl\": 60}]",
-                     ".dnsTargets[0].ttl: unknown member; expected one of type, address");
+                     ".dnsTargets[0].ttl: unknown member; expected one of type, address, port");
 }
 
 static void test_fields_to_encrypt(void **state) {
@@ -327,6 +346,7 @@ static void test_extensions(void **state) {
   r = &c->relays[0];
   assert_string_equal(r->mtls_certificate, "/etc/evs/tls/client.crt");
   assert_string_equal(r->mtls_key, "/keys/client.key");
+  assert_null(r->mtls_passphrase_file);
   assert_int_equal(r->response_decryption, 0);
   assert_int_equal(r->x_forwarded_for, 0);
   assert_int_equal(r->verify_destination, 0);
@@ -354,7 +374,27 @@ static void test_extensions(void **state) {
   expect_relay_error(D "\"mtls\": {\"certificate\": \"c\", \"key\": \"\"}",
                      ".mtls.key: must not be empty");
   expect_relay_error(D "\"mtls\": {\"certificate\": \"c\", \"key\": \"k\", \"password\": \"p\"}",
-                     ".mtls.password: unknown member; expected one of certificate, key");
+                     ".mtls.password: unknown member; expected one of certificate, key, "
+                     "passphraseFile");
+  /* The passphrase itself never sits in the file, only where to read it. */
+  expect_relay_error(D "\"mtls\": {\"certificate\": \"c\", \"key\": \"k\", \"passphrase\": \"p\"}",
+                     ".mtls.passphrase: unknown member; expected one of certificate, key, "
+                     "passphraseFile");
+  expect_relay_error(D "\"mtls\": {\"certificate\": \"c\", \"key\": \"k\", \"passphraseFile\": \"\"}",
+                     ".mtls.passphraseFile: must not be empty");
+  expect_relay_error(D "\"mtls\": {\"certificate\": \"c\", \"key\": \"k\", \"passphraseFile\": 1}",
+                     ".mtls.passphraseFile: expected a string");
+  {
+    const char *pj = "{\"a.example.com\": {\"destinationDomain\": \"x\", \"mtls\": "
+                     "{\"certificate\": \"c.crt\", \"key\": \"c.key\", \"passphraseFile\": "
+                     "\"secrets/key.pass\"}}}";
+    evs__relay_config *pc = NULL;
+    assert_int_equal(evs__relay_config_load_buffer("/etc/evs/relay-config.json", pj, strlen(pj),
+                                                   &pc, err, sizeof err),
+                     0);
+    assert_string_equal(pc->relays[0].mtls_passphrase_file, "/etc/evs/secrets/key.pass");
+    evs__relay_config_free(pc);
+  }
   expect_relay_error(D "\"mtls\": true", ".mtls: expected an object with certificate and key");
   expect_relay_error(D "\"responseDecryption\": \"no\"",
                      ".responseDecryption: expected true or false");

@@ -215,15 +215,92 @@ static void test_client_verification(void **state) {
   (void)state;
   char err[512];
   /* Verification on: trusting the api cert as CA verifies it; the default cert fails. */
-  SSL_CTX *v = evs__tls_client_ctx(path_buf[2], NULL, NULL, 1, err, sizeof err);
+  SSL_CTX *v = evs__tls_client_ctx(path_buf[2], NULL, NULL, NULL, 1, err, sizeof err);
   assert_non_null(v);
-  assert_ptr_equal(v, evs__tls_client_ctx(path_buf[2], NULL, NULL, 1, err, sizeof err)); /* cached */
+  assert_ptr_equal(v, evs__tls_client_ctx(path_buf[2], NULL, NULL, NULL, 1, err, sizeof err)); /* cached */
   result r = connect_with(v, "api.example.test", NULL);
   assert_true(r.ok);
   r = connect_with(v, "unknown.test", NULL); /* gets default.test, not trusted */
   assert_false(r.ok);
-  assert_null(evs__tls_client_ctx("/nonexistent-ca.pem", NULL, NULL, 1, err, sizeof err));
-  assert_null(evs__tls_client_ctx(NULL, path_buf[2], path_buf[1], 0, err, sizeof err)); /* mismatched mTLS pair */
+  assert_null(evs__tls_client_ctx("/nonexistent-ca.pem", NULL, NULL, NULL, 1, err, sizeof err));
+  assert_null(evs__tls_client_ctx(NULL, path_buf[2], path_buf[1], NULL, 0, err, sizeof err)); /* mismatched mTLS pair */
+  evs__tls_client_cache_clear();
+}
+
+static void write_file(const char *path, const char *text, size_t len) {
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  assert_int_equal(fwrite(text, 1, len, f), len);
+  fclose(f);
+}
+
+/* An encrypted client key loads with the passphrase from its file (first line, LF or CRLF
+ * removed), and fails cleanly without it, with a wrong one, or with an unusable file; the
+ * passphrase never appears in the error. */
+static void test_client_key_passphrase(void **state) {
+  (void)state;
+  static const char pass[] = "correct horse battery staple";
+  char err[512], enc[600], pf[600], name[600];
+  snprintf(enc, sizeof enc, "%s/enc.key", dir);
+  snprintf(pf, sizeof pf, "%s/key.pass", dir);
+  FILE *f = fopen(path_buf[1], "r");
+  assert_non_null(f);
+  EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+  fclose(f);
+  assert_non_null(k);
+  f = fopen(enc, "w");
+  assert_int_equal(PEM_write_PrivateKey(f, k, EVP_aes_256_cbc(), (const unsigned char *)pass,
+                                        (int)strlen(pass), NULL, NULL),
+                   1);
+  fclose(f);
+  EVP_PKEY_free(k);
+
+  write_file(pf, "correct horse battery staple\n", strlen(pass) + 1);
+  SSL_CTX *c = evs__tls_client_ctx(NULL, path_buf[0], enc, pf, 0, err, sizeof err);
+  assert_non_null(c);
+  evs__tls_client_cache_clear();
+  write_file(pf, "correct horse battery staple\r\nsecond line\n", strlen(pass) + 14);
+  assert_non_null(evs__tls_client_ctx(NULL, path_buf[0], enc, pf, 0, err, sizeof err));
+  evs__tls_client_cache_clear();
+  write_file(pf, "correct horse battery staple", strlen(pass)); /* no line end */
+  assert_non_null(evs__tls_client_ctx(NULL, path_buf[0], enc, pf, 0, err, sizeof err));
+  evs__tls_client_cache_clear();
+
+  /* No passphrase file: refused, not prompted for. */
+  assert_null(evs__tls_client_ctx(NULL, path_buf[0], enc, NULL, 0, err, sizeof err));
+  /* Wrong passphrase. */
+  write_file(pf, "correct horse battery stapler\n", strlen(pass) + 2);
+  assert_null(evs__tls_client_ctx(NULL, path_buf[0], enc, pf, 0, err, sizeof err));
+  assert_non_null(strstr(err, "wrong passphrase"));
+  assert_non_null(strstr(err, pf));
+  assert_null(strstr(err, "horse"));
+  /* Empty, a line too long, missing. */
+  write_file(pf, "\n", 1);
+  assert_null(evs__tls_client_ctx(NULL, path_buf[0], enc, pf, 0, err, sizeof err));
+  assert_non_null(strstr(err, "cannot read the passphrase"));
+  char big[1100];
+  memset(big, 'x', sizeof big);
+  write_file(pf, big, sizeof big);
+  assert_null(evs__tls_client_ctx(NULL, path_buf[0], enc, pf, 0, err, sizeof err));
+  assert_non_null(strstr(err, "cannot read the passphrase"));
+  snprintf(name, sizeof name, "%s/missing.pass", dir);
+  assert_null(evs__tls_client_ctx(NULL, path_buf[0], enc, name, 0, err, sizeof err));
+  assert_non_null(strstr(err, "missing.pass"));
+  /* A passphrase of 1023 bytes is the longest accepted. */
+  write_file(pf, big, 1023);
+  f = fopen(enc, "w");
+  k = NULL;
+  {
+    FILE *kf = fopen(path_buf[1], "r");
+    k = PEM_read_PrivateKey(kf, NULL, NULL, NULL);
+    fclose(kf);
+  }
+  assert_int_equal(PEM_write_PrivateKey(f, k, EVP_aes_256_cbc(), (const unsigned char *)big,
+                                        1023, NULL, NULL),
+                   1);
+  fclose(f);
+  EVP_PKEY_free(k);
+  assert_non_null(evs__tls_client_ctx(NULL, path_buf[0], enc, pf, 0, err, sizeof err));
   evs__tls_client_cache_clear();
 }
 
@@ -233,6 +310,7 @@ int main(void) {
       cmocka_unit_test(test_policy),
       cmocka_unit_test(test_load_errors),
       cmocka_unit_test(test_client_verification),
+      cmocka_unit_test(test_client_key_passphrase),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
