@@ -219,7 +219,8 @@ static int open_sockets(const evs__settings *s, const evs__listen_sock *old, siz
       /* Built here, as root: workers inherit the contexts, never read the key files. */
       char terr[1024];
       if (evs__tls_server_new(s, k->conf, &k->tls_server, terr, sizeof terr) < 0) {
-        snprintf(err, errlen, "listener '%s': %s", k->name, terr);
+        /* A message cut at errlen is still the message. */
+        if (snprintf(err, errlen, "listener '%s': %s", k->name, terr) < 0 && errlen) err[0] = 0;
         close(k->fd);
         k->fd = -1;
       }
@@ -617,7 +618,9 @@ static int check_as_worker_user(const evs__settings *s, int migrate, char *err, 
   int st = 0;
   while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
   if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return 0;
-  snprintf(err, errlen, "%s", got > 0 ? msg : "the check as the workers' user failed");
+  if (snprintf(err, errlen, "%s", got > 0 ? msg : "the check as the workers' user failed") < 0 &&
+      errlen)
+    err[0] = 0;
   return -1;
 }
 
