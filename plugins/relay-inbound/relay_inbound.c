@@ -465,7 +465,9 @@ static int route(void *state, evs_request *req) {
     return EVS_HANDLED;
   }
   /* Credentials for a proxy stop at the proxy (the mTLS relays' api-key: relay_encrypt.c). */
-  h->request_remove_header(req, "proxy-authorization");
+  evs_header pa;
+  if (h->request_header(req, "proxy-authorization", &pa) == 0)
+    h->request_remove_header(req, "proxy-authorization");
   if (r->mtls_certificate) {
     /* mTLS relays need an API key with the relay:inbound-mtls permission (relay_encrypt.c). */
     relay_encrypt_check_key_then(t);

@@ -221,6 +221,19 @@ def test_fields_never_forwarded_unparsed():
     assert all(b"111-11-1111" not in r.body for r in c["up"].requests)
 
 
+def test_content_length_not_a_number():
+    c = setup()
+    before = len(c["up"].requests)
+    for value in ("abc", "1e3", "-5", "0x10", "12, 12"):
+        raw = evstest.send_raw(c["srv"].port(), (
+            "POST /enc HTTP/1.1\r\nHost: dec.example\r\nContent-Type: application/json\r\n"
+            "Content-Length: %s\r\n\r\n{}" % value).encode(), timeout=10)
+        r = evstest.parse_response(raw)
+        assert r.header("X-Evervault-Error-Code") == "content-length-required", (value, raw)
+        assert json.loads(r.body)["evervault-error-code"] == "content-length-required", r.body
+    assert len(c["up"].requests) == before
+
+
 def test_exact_bytes_and_no_proxy_credentials():
     c = setup()
     up = c["up"]
