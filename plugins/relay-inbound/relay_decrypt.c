@@ -356,7 +356,7 @@ static int response_filter(void *state, evs_request *req, void *arg, const uint8
   return EVS_FILTER_HOLD;
 }
 
-static int decrypts(const relay_txn *t) {
+int relay_decrypts_responses(const relay_txn *t) {
   return t->relay->response_decryption && relay_app_id(t->st, t->relay) != NULL;
 }
 
@@ -388,14 +388,14 @@ static void narrow_accept_encoding(relay_txn *t) {
 }
 
 evs_body_filter_fn relay_response_filter(relay_txn *t) {
-  if (!decrypts(t)) return NULL;
+  if (!relay_decrypts_responses(t)) return NULL;
   narrow_accept_encoding(t);
   return response_filter;
 }
 
 int relay_response_head(void *arg, evs_request *req, int status) {
   relay_txn *t = arg;
-  if (!decrypts(t)) return 0;
+  if (!relay_decrypts_responses(t)) return 0;
   const evs_host *h = t->st->host;
   evs_header ce;
   if (h->response_header(req, "content-encoding", &ce) < 0) return 0;

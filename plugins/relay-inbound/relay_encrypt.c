@@ -533,7 +533,7 @@ void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) 
   e->app_id = relay_app_id(st, t->relay);
   e->curve = t->relay->curve ? t->relay->curve : "secp256k1";
   evs__ev_guard_init(&e->guard);
-  e->decrypts = t->relay->response_decryption;
+  e->decrypts = relay_decrypts_responses(t);
   const evs_request_info *info = h->request_info(t->req);
   e->sampling = ct_len > 0 && relay_sample_due(st, t->relay->domain, info->method, info->path);
   if (t->has_match && e->fmt == F_NONE) {

@@ -110,6 +110,9 @@ void relay_txn_release(relay_txn *t);
 /* relay_encrypt.c: mTLS relays: checks the api-key header (relay:inbound-mtls), then
  * relay_dispatch, else answers proxy-auth-failed. */
 void relay_encrypt_check_key_then(relay_txn *t);
+/* relay_decrypt.c: 1 when this relay decrypts responses (responseDecryption and an app): the
+ * one definition, which also decides that its requests may carry no encrypted data at all. */
+int relay_decrypts_responses(const relay_txn *t);
 /* relay_decrypt.c: the response filter when the relay decrypts responses, else NULL. Call it
  * once, just before proxy: when it returns a filter it has also narrowed the request's
  * Accept-Encoding to the codings the relay decodes. */
