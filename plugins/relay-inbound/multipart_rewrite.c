@@ -182,7 +182,7 @@ static int parse_disposition(const char *v, size_t n, struct disp *d) {
  * line syntax was checked byte by byte) and decides what to do with the part's body. */
 static int headers_done(evs__multipart_rewrite *rw, const char *body_start) {
   struct disp d = {0};
-  bool has_disp = false, has_len = false, has_cte = false, sel = false;
+  bool has_disp = false, has_len = false, has_cte = false, cte_decodes = false, sel = false;
   const char *h = rw->hdr, *end = rw->hdr + rw->hdr_len - 2;
   int r;
   while (h < end) {
@@ -201,10 +201,15 @@ static int headers_done(evs__multipart_rewrite *rw, const char *body_start) {
       has_len = true;
     } else if (ieq(h, (size_t)(c - h), "content-transfer-encoding")) {
       has_cte = true;
+      /* Anything but the identity codings is a body the destination may decode (base64,
+       * quoted-printable): what it holds could not be checked here. */
+      size_t vl = (size_t)(ve - v);
+      cte_decodes = !(ieq(v, vl, "7bit") || ieq(v, vl, "8bit") || ieq(v, vl, "binary"));
     }
     h = eol + 2;
   }
   if (!has_disp) return EVS__JSON_E_SYNTAX;
+  if (cte_decodes) return EVS__MULTIPART_E_UNSUPPORTED;
   rw->parts++;
   for (size_t i = 0; i < rw->nfields && !sel; i++)
     sel = rw->flen[i] == d.name_len && memcmp(rw->fields[i], d.name, d.name_len) == 0;

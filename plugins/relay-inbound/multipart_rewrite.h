@@ -25,7 +25,9 @@
  * length would be wrong after encryption, and encrypting a transfer-encoded body would hand the
  * destination a decoder error instead of a %EVENC file. Rewriting the header is not possible in a
  * stream (it precedes the body, and deferred transforms answer later). Unselected parts may carry
- * them: their bytes do not change.
+ * them (their bytes do not change), except a Content-Transfer-Encoding other than 7bit, 8bit or
+ * binary on any part: the destination may decode it (base64, quoted-printable), so what the part
+ * holds could not be checked for encrypted data.
  *
  * Strictness, because the destination's parser decides what the fields are and must not see a
  * different split than the relay: a delimiter "--boundary" must be followed by optional
@@ -44,6 +46,7 @@
  *   EVS__JSON_E_EVDATA   an unselected text part (no filename) whose body looks like an ev: string
  *                        (evs__looks_like_ev_string)
  *   EVS__MULTIPART_E_UNSUPPORTED  a selected part with Content-Length or
+ *                        Content-Transfer-Encoding, or any part with a decoding
  *                        Content-Transfer-Encoding (bad-request)
  *   -ENOMEM, or any negative value a callback returned.
  *

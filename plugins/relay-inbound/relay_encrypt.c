@@ -573,7 +573,9 @@ void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) 
     e->rw_free = (void (*)(void *))evs__form_rewrite_free;
     r = evs__form_rewrite_new(t->match.names, t->match.nnames, NULL, emit, transform, e,
                               (evs__form_rewrite **)&e->rw);
-  } else if (t->has_match && e->fmt == F_MULTIPART) {
+  } else if (e->fmt == F_MULTIPART) {
+    /* Parsed even without fields to encrypt: a part the destination may decode
+     * (Content-Transfer-Encoding) is refused, as the guard could not see into it. */
     char ctz[1024], boundary[80];
     snprintf(ctz, sizeof ctz, "%.*s", (int)ct_len, content_type);
     if (evs__multipart_boundary(ctz, boundary, sizeof boundary) < 0) {

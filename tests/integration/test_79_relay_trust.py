@@ -147,6 +147,20 @@ def body_cases(token):
     return out
 
 
+def transfer_encoded_parts(token):
+    """Multipart parts a destination may decode (base64, quoted-printable) before it reads them:
+    their content cannot be checked, so the part is refused whatever it holds."""
+    import base64
+    out = []
+    for cte, data in (("base64", base64.b64encode(token.encode())),
+                      ("quoted-printable", b"=65" + token[1:].encode()),
+                      ("BASE64", base64.b64encode(b"harmless"))):
+        out.append(b'--b\r\nContent-Disposition: form-data; name="x"\r\n'
+                   b"Content-Transfer-Encoding: " + cte.encode() + b"\r\n\r\n" + data +
+                   b"\r\n--b--\r\n")
+    return out
+
+
 PARSEABLE = ("application/json", "application/vnd.api+json", "application/xml", "text/xml",
              "application/x-www-form-urlencoded", "multipart/form-data; boundary=b")
 
@@ -174,6 +188,9 @@ def test_no_decryption_oracle_anywhere():
                     want = (415, "bad-request")  # a body with selected fields it cannot parse
                 cases.append(("POST", host, route, body, ctype, (), want))
                 cases.append(("PUT", host, route, body, ctype, (), ok))  # /enc is POST only
+            for body in transfer_encoded_parts(token):
+                cases.append(("POST", host, route, body, "multipart/form-data; boundary=b", (),
+                              (400, "bad-request")))
     refused(c, cases)
 
 

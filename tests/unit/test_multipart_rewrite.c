@@ -495,18 +495,29 @@ static void test_limits_and_unsupported(void **state) {
     assert_int_equal(rewrite_n("B0und", NULL, 0, NULL, doc, n, 2, &s, NULL), 0);
     free(s.out);
   }
-  { /* Content-Length or Content-Transfer-Encoding: refused on selected parts only */
+  { /* Content-Length or Content-Transfer-Encoding: refused on selected parts; on others only
+     * a decoding Content-Transfer-Encoding (the destination would see what the relay did not) */
     const char *cl = "--B0und\r\n" CD "name=\"a\"\r\ncontent-length: 1\r\n\r\nv\r\n--B0und--";
     const char *cte =
         "--B0und\r\n" CD "name=\"a\"\r\nContent-Transfer-Encoding: base64\r\n\r\ndg==\r\n--B0und--";
+    const char *qp = "--B0und\r\n" CD
+                     "name=\"a\"\r\nContent-Transfer-Encoding: Quoted-Printable\r\n\r\n=76\r\n--B0und--";
+    const char *cte8 =
+        "--B0und\r\n" CD "name=\"a\"\r\nContent-Transfer-Encoding: 8BIT\r\n\r\nv\r\n--B0und--";
     const char *g[] = {"b"};
     assert_int_equal(rewrite(f, 1, cl, 0, &s), EVS__MULTIPART_E_UNSUPPORTED);
     free(s.out);
     assert_int_equal(rewrite(f, 1, cte, 0, &s), EVS__MULTIPART_E_UNSUPPORTED);
     free(s.out);
+    assert_int_equal(rewrite(f, 1, cte8, 0, &s), EVS__MULTIPART_E_UNSUPPORTED);
+    free(s.out);
     assert_int_equal(rewrite(g, 1, cl, 0, &s), 0);
     free(s.out);
-    assert_int_equal(rewrite(g, 1, cte, 0, &s), 0);
+    assert_int_equal(rewrite(g, 1, cte8, 0, &s), 0);
+    free(s.out);
+    assert_int_equal(rewrite(g, 1, cte, 0, &s), EVS__MULTIPART_E_UNSUPPORTED);
+    free(s.out);
+    assert_int_equal(rewrite(g, 1, qp, 0, &s), EVS__MULTIPART_E_UNSUPPORTED);
     free(s.out);
   }
 }
