@@ -685,8 +685,145 @@ static int h_register_crypto_provider(evs_plugin *p, evs_crypto_provider_fn fn) 
   if (!r->in_init) return -EPERM;
   evs__worker *w = evs__w;
   for (size_t i = 0; i < w->nplugins; i++)
-    if (w->plugins[i].crypto && &w->plugins[i] != r) return -EEXIST;
+    if ((w->plugins[i].crypto || w->plugins[i].crypto2.size) && &w->plugins[i] != r)
+      return -EEXIST;
   r->crypto = fn;
+  return 0;
+}
+
+/* Typed crypto (ABI 1.6): the host checks the request's shape and routes it to the provider's
+ * typed table; it never sees a wire format. A guard makes sure the caller's callback runs at
+ * most once even if a provider misbehaves. */
+static evs__plugin_rec *typed_provider(void) {
+  evs__worker *w = evs__w;
+  for (size_t i = 0; i < w->nplugins; i++)
+    if (w->plugins[i].loaded && w->plugins[i].crypto2.size) return &w->plugins[i];
+  return NULL;
+}
+typedef struct typed_call {
+  union {
+    evs_values_cb values;
+    evs_bytes_cb bytes;
+    evs_api_key_cb key;
+  } cb;
+  void *arg;
+  int done;
+} typed_call;
+static typed_call *typed_new(void *arg) {
+  typed_call *c = calloc(1, sizeof *c);
+  if (c) c->arg = arg;
+  return c;
+}
+static void typed_values_done(void *a, int status, const evs_crypto_result *res, size_t n) {
+  typed_call *c = a;
+  if (c->done) return;
+  c->done = 1;
+  c->cb.values(c->arg, status, status == 0 ? res : NULL, status == 0 ? n : 0);
+  free(c);
+}
+static void typed_bytes_done(void *a, int status, const uint8_t *data, size_t len) {
+  typed_call *c = a;
+  if (c->done) return;
+  c->done = 1;
+  c->cb.bytes(c->arg, status, status == 0 ? data : NULL, status == 0 ? len : 0);
+  free(c);
+}
+static void typed_key_done(void *a, int status, const char *app_id) {
+  typed_call *c = a;
+  if (c->done) return;
+  c->done = 1;
+  c->cb.key(c->arg, status, status == 0 ? app_id : NULL);
+  free(c);
+}
+static int values_ok(const evs_crypto_value *v, size_t n) {
+  if (!v || n == 0 || n > EVS_CRYPTO_MAX_VALUES) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (v[i].size < sizeof(evs_crypto_value) || (!v[i].data && v[i].len)) return 0;
+  return 1;
+}
+static int h_encrypt_values(evs_plugin *p, const evs_encrypt_request *req, evs_values_cb cb,
+                            void *arg) {
+  (void)p;
+  if (!req || req->size < sizeof *req || !req->app_id || !req->curve || !cb ||
+      !values_ok(req->values, req->n))
+    return -EINVAL;
+  evs__plugin_rec *r = typed_provider();
+  if (!r) return EVS_ENOCRYPTO;
+  if (!r->crypto2.encrypt_values) return -ENOTSUP;
+  typed_call *c = typed_new(arg);
+  if (!c) return -ENOMEM;
+  c->cb.values = cb;
+  int rc = r->crypto2.encrypt_values(r->state, req, typed_values_done, c);
+  if (rc < 0) free(c);
+  return rc < 0 ? rc : 0;
+}
+static int h_decrypt_values(evs_plugin *p, const evs_decrypt_request *req, evs_values_cb cb,
+                            void *arg) {
+  (void)p;
+  if (!req || req->size < sizeof *req || !req->app_id || !cb || !values_ok(req->values, req->n))
+    return -EINVAL;
+  evs__plugin_rec *r = typed_provider();
+  if (!r) return EVS_ENOCRYPTO;
+  if (!r->crypto2.decrypt_values) return -ENOTSUP;
+  typed_call *c = typed_new(arg);
+  if (!c) return -ENOMEM;
+  c->cb.values = cb;
+  int rc = r->crypto2.decrypt_values(r->state, req, typed_values_done, c);
+  if (rc < 0) free(c);
+  return rc < 0 ? rc : 0;
+}
+static int h_file(evs_plugin *p, const evs_file_request *req, evs_bytes_cb cb, void *arg,
+                  int encrypt) {
+  (void)p;
+  if (!req || req->size < sizeof *req || !req->app_id || (encrypt && !req->curve) || !cb ||
+      (!req->data && req->len))
+    return -EINVAL;
+  evs__plugin_rec *r = typed_provider();
+  if (!r) return EVS_ENOCRYPTO;
+  int (*fn)(void *, const evs_file_request *, evs_bytes_cb, void *) =
+      encrypt ? r->crypto2.encrypt_file : r->crypto2.decrypt_file;
+  if (!fn) return -ENOTSUP;
+  typed_call *c = typed_new(arg);
+  if (!c) return -ENOMEM;
+  c->cb.bytes = cb;
+  int rc = fn(r->state, req, typed_bytes_done, c);
+  if (rc < 0) free(c);
+  return rc < 0 ? rc : 0;
+}
+static int h_encrypt_file(evs_plugin *p, const evs_file_request *req, evs_bytes_cb cb, void *arg) {
+  return h_file(p, req, cb, arg, 1);
+}
+static int h_decrypt_file(evs_plugin *p, const evs_file_request *req, evs_bytes_cb cb, void *arg) {
+  return h_file(p, req, cb, arg, 0);
+}
+static int h_check_api_key(evs_plugin *p, const evs_api_key_request *req, evs_api_key_cb cb,
+                           void *arg) {
+  (void)p;
+  if (!req || req->size < sizeof *req || !req->key || !req->key_len || !req->permission || !cb)
+    return -EINVAL;
+  evs__plugin_rec *r = typed_provider();
+  if (!r) return EVS_ENOCRYPTO;
+  if (!r->crypto2.check_api_key) return -ENOTSUP;
+  typed_call *c = typed_new(arg);
+  if (!c) return -ENOMEM;
+  c->cb.key = cb;
+  int rc = r->crypto2.check_api_key(r->state, req, typed_key_done, c);
+  if (rc < 0) free(c);
+  return rc < 0 ? rc : 0;
+}
+static int h_register_crypto_provider2(evs_plugin *p, const evs_crypto_provider *ops) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  if (!ops || ops->size < sizeof(uint32_t)) return -EINVAL;
+  evs__worker *w = evs__w;
+  for (size_t i = 0; i < w->nplugins; i++)
+    if (&w->plugins[i] != r && (w->plugins[i].crypto || w->plugins[i].crypto2.size)) return -EEXIST;
+  /* Copy what the provider's size covers; members it does not have stay NULL. */
+  evs_crypto_provider t;
+  memset(&t, 0, sizeof t);
+  memcpy(&t, ops, ops->size < sizeof t ? ops->size : sizeof t);
+  t.size = sizeof t;
+  r->crypto2 = t;
   return 0;
 }
 
@@ -939,6 +1076,12 @@ static const evs_host host_table = {
     .keep_fd = h_keep_fd,
     .kept_fd = h_kept_fd,
     .response_remove_header = evs__proxy_response_remove_header,
+    .encrypt_values = h_encrypt_values,
+    .decrypt_values = h_decrypt_values,
+    .encrypt_file = h_encrypt_file,
+    .decrypt_file = h_decrypt_file,
+    .check_api_key = h_check_api_key,
+    .register_crypto_provider2 = h_register_crypto_provider2,
 };
 
 /* read_body: collect the whole body (bounded) and hand it over on the next loop turn. */
@@ -1017,6 +1160,7 @@ int evs__plugins_load(evs__worker *w) {
     if (irc != 0) {
       w->nhooks = hooks_before; /* registrations of a failed init are void */
       r->crypto = NULL;
+      memset(&r->crypto2, 0, sizeof r->crypto2);
       r->node_fn = NULL;
       evs__store_close(r->aux_store);
       r->aux_store = NULL;

@@ -239,6 +239,7 @@ struct evs__plugin_rec {
   int loaded;
   char *reason;              /* why it was rejected */
   evs_crypto_provider_fn crypto;
+  evs_crypto_provider crypto2; /* register_crypto_provider2 (size 0: none) */
   struct evs__subscription *subs;
   int in_init;
   evs_node_msg_fn node_fn;   /* node_subscribe */

@@ -59,6 +59,11 @@
  *   1.5  evs_upstream.client_key_passphrase_file: the mTLS client key may be encrypted; the
  *        host reads its passphrase from that file when it loads the key, and wipes it after.
  *        (The Inbound Relay's mtls.passphraseFile.)
+ *   1.6  typed crypto and auth: encrypt_values, decrypt_values, encrypt_file, decrypt_file,
+ *        check_api_key, with named result codes (evs_crypto_status) and value types
+ *        (EVS_CRYPTO_STRING, _STRING_EXACT, _NUMBER, _BOOLEAN); a crypto provider registers
+ *        a typed table (register_crypto_provider2, evs_crypto_provider). crypto_call and
+ *        register_crypto_provider stay as the low-level path (the provider's own wire format).
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -72,7 +77,7 @@ extern "C" {
 
 #define EVS_PLUGIN_MAGIC 0x50535645u /* "EVSP" little-endian */
 #define EVS_ABI_MAJOR 1
-#define EVS_ABI_MINOR 5
+#define EVS_ABI_MINOR 6
 
 /* Error codes beyond errno. */
 #define EVS_EUPSTREAM_REFUSED (-10001) /* upstream refused the connection */
@@ -295,7 +300,10 @@ typedef void (*evs_node_done_fn)(void *arg, size_t workers, size_t ok);
 typedef void (*evs_store_scan_cb)(void *arg, int status, const char *key, const uint8_t *value,
                                   size_t value_len);
 
-/* ---- Crypto (forwarded to the crypto provider: the enclave plugin) ------------------------- */
+/* ---- Crypto, low level (forwarded to the crypto provider: the enclave plugin) -------------
+ * Kept for compatibility: op and payload are the provider's own wire format (for the enclave
+ * plugin, its protocol's items, which no installed header describes). New plugins use the typed
+ * calls of ABI 1.6 below (encrypt_values, ..., check_api_key). */
 typedef struct evs_crypto_request {
   uint32_t size;
   const char *op;        /* "encrypt", "decrypt", ... (the enclave protocol's operation names) */
@@ -309,6 +317,122 @@ typedef void (*evs_crypto_done_fn)(void *done_arg, int status, const uint8_t *re
                                    size_t result_len);
 typedef int (*evs_crypto_provider_fn)(void *state, const evs_crypto_request *req,
                                       evs_crypto_done_fn done, void *done_arg);
+
+/* ---- Typed crypto and auth (ABI 1.6) ------------------------------------------------------
+ * What a plugin uses to encrypt, decrypt and check API keys, without knowing any provider's
+ * wire format. The host forwards each call to the crypto provider (the enclave plugin), which
+ * registered an evs_crypto_provider table; with no provider loaded the call returns
+ * EVS_ENOCRYPTO and its callback never runs (callers fail closed). As everywhere: a call that
+ * returns negative never runs its callback; otherwise the callback runs exactly once, on the
+ * loop thread.
+ *
+ * Status of a whole call (the callback's `status`): EVS_CRYPTO_OK; a negative
+ * evs_crypto_status (e.g. EVS_CRYPTO_E_NO_APP: the app is unknown or locked); EVS_ENOCRYPTO
+ * (the provider is down or did not answer: retry later); -ENOMEM; -EACCES (check_api_key: the
+ * key is unknown or lacks the permission). Per-value statuses in evs_crypto_result use the
+ * same names.
+ *
+ * Ownership: request structs and everything they point to are the caller's; the host and the
+ * provider copy what they keep before the call returns. Result bytes (ev strings, ciphertext,
+ * plaintext, app ids) belong to the provider and are valid during the callback only; the
+ * provider wipes plaintext buffers after the callback returns, so copy what you keep (and wipe
+ * your copies of plaintext when done). */
+typedef enum evs_crypto_status {
+  EVS_CRYPTO_OK = 0,
+  EVS_CRYPTO_E_PROTOCOL = -1, /* the provider's answer was malformed (e.g. a count mismatch) */
+  EVS_CRYPTO_E_UNKNOWN_OP = -2,
+  EVS_CRYPTO_E_NO_APP = -3,   /* app unknown or locked (evctl app unlock) */
+  EVS_CRYPTO_E_BAD_TOKEN = -4,
+  EVS_CRYPTO_E_DECRYPT = -5,  /* a value does not decrypt with this app's keys (tampered, ...) */
+  EVS_CRYPTO_E_INVALID = -6,  /* an input is invalid (curve, role, type, size, not an ev: string) */
+  EVS_CRYPTO_E_INTERNAL = -7,
+} evs_crypto_status;
+
+/* Value types. STRING is trimmed like the SDK's (the API's /encrypt); STRING_EXACT is
+ * encrypted with its bytes exactly as given (whitespace kept); NUMBER is JSON number text;
+ * BOOLEAN is "true" or "false". Decryption yields STRING, NUMBER or BOOLEAN (NUMBER and
+ * BOOLEAN plaintexts are checked and safe to splice into JSON as they are). */
+#define EVS_CRYPTO_STRING 0
+#define EVS_CRYPTO_NUMBER 1
+#define EVS_CRYPTO_BOOLEAN 2
+#define EVS_CRYPTO_STRING_EXACT 3
+
+#define EVS_CRYPTO_MAX_VALUES 4000 /* per encrypt_values / decrypt_values call */
+
+typedef struct evs_crypto_value {
+  uint32_t size;       /* sizeof(evs_crypto_value) */
+  int type;            /* EVS_CRYPTO_* (encrypt); ignored by decrypt_values */
+  const uint8_t *data; /* the plaintext (encrypt) or the ev: string (decrypt) */
+  size_t len;
+} evs_crypto_value;
+
+/* One value's result: status EVS_CRYPTO_OK and data/len (the ev: string, or the plaintext and
+ * its type), or a negative evs_crypto_status and no data. Valid during the callback only. */
+typedef struct evs_crypto_result {
+  int status;
+  int type;            /* decrypt_values: EVS_CRYPTO_STRING, _NUMBER or _BOOLEAN */
+  const uint8_t *data;
+  size_t len;
+} evs_crypto_result;
+
+typedef struct evs_encrypt_request {
+  uint32_t size;          /* sizeof(evs_encrypt_request) */
+  const char *app_id;
+  const char *curve;      /* "secp256k1" or "prime256v1" */
+  const char *role;       /* data role, or NULL for none */
+  const evs_crypto_value *values;
+  size_t n;               /* 1..EVS_CRYPTO_MAX_VALUES */
+} evs_encrypt_request;
+
+typedef struct evs_decrypt_request {
+  uint32_t size;          /* sizeof(evs_decrypt_request) */
+  const char *app_id;
+  const evs_crypto_value *values; /* ev: strings (type ignored) */
+  size_t n;               /* 1..EVS_CRYPTO_MAX_VALUES */
+} evs_decrypt_request;
+
+typedef struct evs_file_request {
+  uint32_t size;          /* sizeof(evs_file_request) */
+  const char *app_id;
+  const char *curve;      /* encrypt_file: "secp256k1" or "prime256v1"; decrypt_file: ignored */
+  const uint8_t *data;    /* the file (encrypt) or the %EVENC bytes (decrypt); <= 25 MiB */
+  size_t len;
+} evs_file_request;
+
+typedef struct evs_api_key_request {
+  uint32_t size;          /* sizeof(evs_api_key_request) */
+  const char *key;        /* the API key as received; never logged, wiped by the provider */
+  size_t key_len;
+  const char *permission; /* e.g. "relay:inbound-mtls", "api:encrypt" */
+} evs_api_key_request;
+
+/* status EVS_CRYPTO_OK: results[0..n) match the request's values in order (n == request's n);
+ * otherwise results is NULL and n is 0. */
+typedef void (*evs_values_cb)(void *arg, int status, const evs_crypto_result *results, size_t n);
+/* status EVS_CRYPTO_OK: data/len is the whole output (a %EVENC file, or the plaintext). */
+typedef void (*evs_bytes_cb)(void *arg, int status, const uint8_t *data, size_t len);
+/* status EVS_CRYPTO_OK: the key is the app's and has the permission; app_id is NUL-terminated.
+ * -EACCES: unknown key or permission missing (app_id NULL). */
+typedef void (*evs_api_key_cb)(void *arg, int status, const char *app_id);
+
+/* The provider's side (register_crypto_provider2, init only, one provider per worker). Each
+ * function gets the provider's state and the caller's request; it either returns negative
+ * (done never runs) or calls done(done_arg, ...) exactly once, later, on the loop thread, with
+ * results it owns for the duration of that call (and wipes after, for plaintext). NULL members
+ * answer -ENOTSUP. The host checks `size` of the request structs before calling. */
+typedef struct evs_crypto_provider {
+  uint32_t size; /* sizeof(evs_crypto_provider) */
+  int (*encrypt_values)(void *state, const evs_encrypt_request *req, evs_values_cb done,
+                        void *done_arg);
+  int (*decrypt_values)(void *state, const evs_decrypt_request *req, evs_values_cb done,
+                        void *done_arg);
+  int (*encrypt_file)(void *state, const evs_file_request *req, evs_bytes_cb done,
+                      void *done_arg);
+  int (*decrypt_file)(void *state, const evs_file_request *req, evs_bytes_cb done,
+                      void *done_arg);
+  int (*check_api_key)(void *state, const evs_api_key_request *req, evs_api_key_cb done,
+                       void *done_arg);
+} evs_crypto_provider;
 
 /* ---- Takeover (CONNECT, Upgrade, own TLS) ------------------------------------------------ */
 /* Data read from a taken-over stream; len == 0 with status < 0 means closed or error. */
@@ -500,6 +624,23 @@ typedef struct evs_host {
    * Dropping Content-Length also drops the length of a response to HEAD (other responses
    * through a response filter never carry the destination's length). */
   int (*response_remove_header)(evs_request *req, const char *name);
+
+  /* ---- ABI 1.6 ---- */
+  /* Typed crypto and auth (see "Typed crypto and auth" above): forwarded to the registered
+   * evs_crypto_provider. -EINVAL for a malformed request (NULL members, n out of range, a
+   * request struct smaller than its 1.6 size); EVS_ENOCRYPTO when no provider is loaded. */
+  int (*encrypt_values)(evs_plugin *p, const evs_encrypt_request *req, evs_values_cb cb,
+                        void *arg);
+  int (*decrypt_values)(evs_plugin *p, const evs_decrypt_request *req, evs_values_cb cb,
+                        void *arg);
+  int (*encrypt_file)(evs_plugin *p, const evs_file_request *req, evs_bytes_cb cb, void *arg);
+  int (*decrypt_file)(evs_plugin *p, const evs_file_request *req, evs_bytes_cb cb, void *arg);
+  int (*check_api_key)(evs_plugin *p, const evs_api_key_request *req, evs_api_key_cb cb,
+                       void *arg);
+  /* Init only: become the worker's typed crypto provider (ops is copied). -EEXIST when another
+   * plugin already provides crypto. A provider usually registers the low-level
+   * register_crypto_provider as well, for plugins built against older minors. */
+  int (*register_crypto_provider2)(evs_plugin *p, const evs_crypto_provider *ops);
 } evs_host;
 
 #ifdef __cplusplus
