@@ -235,7 +235,8 @@ typedef struct provider_call {
 typedef struct parked_call {
   struct parked_call *next;
   ep_msg m;
-  provider_call *pc;
+  ep_reply_fn fn;
+  void *arg; /* one allocation, freed with free() if the call is dropped at shutdown */
 } parked_call;
 
 static void provider_reply(void *arg, int status, const ep_item *it, size_t n) {
@@ -279,6 +280,7 @@ static const struct {
 typedef struct key_check {
   enclave_state *st;
   evs_crypto_done_fn done;
+  evs_api_key_cb kdone; /* the typed call (ABI 1.6) instead of done */
   void *done_arg;
   char *key;
   char *perm;
@@ -299,7 +301,9 @@ static void on_check_record(void *arg, int status, const uint8_t *v, size_t len)
   char app[ENC_APP_ID_MAX] = "", key_id[ENC_KEY_ID_MAX] = "";
   if (status == 0) ok = enc_key_record_allows(v, len, kc->key, kc->perm, app, key_id);
   enc_audit(kc->st, key_id[0] ? key_id : "unknown", app, "relay-auth", 0, ok ? "ok" : "unauthorized");
-  if (!ok) {
+  if (kc->kdone) {
+    kc->kdone(kc->done_arg, ok ? 0 : -EACCES, ok ? app : NULL);
+  } else if (!ok) {
     kc->done(kc->done_arg, -EACCES, NULL, 0);
   } else {
     size_t al = strlen(app), kl = strlen(key_id);
@@ -318,17 +322,17 @@ static void on_check_record(void *arg, int status, const uint8_t *v, size_t len)
   key_check_free(kc);
 }
 
-static int check_api_key(enclave_state *st, const evs_crypto_request *creq,
-                         evs_crypto_done_fn done, void *done_arg) {
-  ep_item it[2];
-  if (ep_items_parse(creq->payload, creq->payload_len, it, 2) != 2) return -EINVAL;
+static int key_check_start(enclave_state *st, const uint8_t *key, size_t key_len,
+                           const uint8_t *perm, size_t perm_len, evs_crypto_done_fn done,
+                           evs_api_key_cb kdone, void *done_arg) {
   key_check *kc = calloc(1, sizeof *kc);
   if (!kc) return -ENOMEM;
   kc->st = st;
   kc->done = done;
+  kc->kdone = kdone;
   kc->done_arg = done_arg;
-  kc->key = strndup((const char *)it[0].data, it[0].len);
-  kc->perm = strndup((const char *)it[1].data, it[1].len);
+  kc->key = strndup((const char *)key, key_len);
+  kc->perm = strndup((const char *)perm, perm_len);
   char key_id[ENC_KEY_ID_MAX];
   if (!kc->key || !kc->perm || enc_api_key_id(kc->key, key_id) < 0) {
     key_check_free(kc);
@@ -339,6 +343,32 @@ static int check_api_key(enclave_state *st, const evs_crypto_request *creq,
   int r = st->host->store_get(st->plugin, k, on_check_record, kc);
   if (r < 0) key_check_free(kc);
   return r;
+}
+
+static int check_api_key(enclave_state *st, const evs_crypto_request *creq,
+                         evs_crypto_done_fn done, void *done_arg) {
+  ep_item it[2];
+  if (ep_items_parse(creq->payload, creq->payload_len, it, 2) != 2) return -EINVAL;
+  return key_check_start(st, it[0].data, it[0].len, it[1].data, it[1].len, done, NULL, done_arg);
+}
+
+/* Sends m (consumed either way) to the enclave, or parks it while the first unlocks run.
+ * fn runs exactly once unless this returns negative. */
+static int enclave_send(enclave_state *st, ep_msg *m, ep_reply_fn fn, void *arg) {
+  if (st->unlocking > 0) {
+    parked_call *pk = calloc(1, sizeof *pk);
+    if (!pk) {
+      ep_msg_done(m);
+      return -ENOMEM;
+    }
+    pk->m = *m;
+    pk->fn = fn;
+    pk->arg = arg;
+    *st->parked_tail = pk;
+    st->parked_tail = &pk->next;
+    return 0;
+  }
+  return ep_client_call(st->client, m, fn, arg);
 }
 
 /* Other plugins (functions, relays) reach the enclave through host->crypto_call: op is one of
@@ -367,20 +397,7 @@ static int provider(void *state, const evs_crypto_request *creq, evs_crypto_done
   }
   pc->done = done;
   pc->done_arg = done_arg;
-  if (st->unlocking > 0) {
-    parked_call *pk = calloc(1, sizeof *pk);
-    if (!pk) {
-      ep_msg_done(&m);
-      free(pc);
-      return -ENOMEM;
-    }
-    pk->m = m;
-    pk->pc = pc;
-    *st->parked_tail = pk;
-    st->parked_tail = &pk->next;
-    return 0;
-  }
-  int r = ep_client_call(st->client, &m, provider_reply, pc);
+  int r = enclave_send(st, &m, provider_reply, pc);
   if (r < 0) free(pc);
   return r;
 }
@@ -393,15 +410,153 @@ static void release_parked(enclave_state *st) {
   st->parked_tail = &st->parked;
   while (pk) {
     parked_call *next = pk->next;
-    int r = ep_client_call(st->client, &pk->m, provider_reply, pk->pc);
-    if (r < 0) {
-      pk->pc->done(pk->pc->done_arg, r, NULL, 0);
-      free(pk->pc);
-    }
+    int r = ep_client_call(st->client, &pk->m, pk->fn, pk->arg);
+    if (r < 0) pk->fn(pk->arg, r, NULL, 0);
     free(pk);
     pk = next;
   }
 }
+
+/* ---- the typed crypto provider (ABI 1.6) -------------------------------------------------
+ * The same enclave operations as provider_ops[], from typed requests: the protocol stays in
+ * this plugin. Results point into the enclave's reply, valid during the caller's callback
+ * (ep_client wipes its buffers after). */
+
+typedef struct typed_call {
+  evs_values_cb values;
+  evs_bytes_cb bytes;
+  void *done_arg;
+  size_t n;
+  int decrypt;
+} typed_call;
+
+static void values_reply(void *arg, int status, const ep_item *it, size_t n) {
+  typed_call *tc = arg;
+  evs_crypto_result *res = NULL;
+  if (status == 0 && n != tc->n) status = EVS_CRYPTO_E_PROTOCOL;
+  if (status == 0 && !(res = calloc(n, sizeof *res))) status = -ENOMEM;
+  if (status != 0) {
+    tc->values(tc->done_arg, status, NULL, 0);
+    free(tc);
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    /* `i32 status || ev string` (encrypt); `i32 status || u8 type || plaintext` (decrypt) */
+    size_t head = tc->decrypt ? 5 : 4;
+    int32_t fs = it[i].len >= 4 ? (int32_t)evs_ep_get_u32(it[i].data) : EVS_CRYPTO_E_PROTOCOL;
+    if (fs == 0 && it[i].len < head) fs = EVS_CRYPTO_E_PROTOCOL;
+    res[i].status = fs;
+    if (fs != 0) continue;
+    res[i].type = tc->decrypt ? it[i].data[4] : EVS_CRYPTO_STRING;
+    res[i].data = it[i].data + head;
+    res[i].len = it[i].len - head;
+  }
+  tc->values(tc->done_arg, 0, res, n);
+  free(res);
+  free(tc);
+}
+
+static void bytes_reply(void *arg, int status, const ep_item *it, size_t n) {
+  typed_call *tc = arg;
+  if (status == 0 && n != 1) status = EVS_CRYPTO_E_PROTOCOL;
+  if (status != 0)
+    tc->bytes(tc->done_arg, status, NULL, 0);
+  else
+    tc->bytes(tc->done_arg, 0, it[0].data, it[0].len);
+  free(tc);
+}
+
+static int typed_send(enclave_state *st, ep_msg *m, typed_call *tc, ep_reply_fn fn) {
+  if (m->failed) { /* out of memory or over the protocol's limits */
+    ep_msg_done(m);
+    free(tc);
+    return -E2BIG;
+  }
+  int r = enclave_send(st, m, fn, tc);
+  if (r < 0) free(tc);
+  return r;
+}
+
+static int t_encrypt_values(void *state, const evs_encrypt_request *req, evs_values_cb done,
+                            void *done_arg) {
+  enclave_state *st = state;
+  if (st->disabled) return EVS_ENOCRYPTO;
+  static const char *const tags[] = {[EVS_CRYPTO_STRING] = "s:", [EVS_CRYPTO_NUMBER] = "n:",
+                                     [EVS_CRYPTO_BOOLEAN] = "b:", [EVS_CRYPTO_STRING_EXACT] = "r:"};
+  for (size_t i = 0; i < req->n; i++)
+    if (req->values[i].type < 0 || req->values[i].type > EVS_CRYPTO_STRING_EXACT) return -EINVAL;
+  typed_call *tc = calloc(1, sizeof *tc);
+  if (!tc) return -ENOMEM;
+  tc->values = done;
+  tc->done_arg = done_arg;
+  tc->n = req->n;
+  ep_msg m;
+  ep_msg_init(&m, EVS_EP_ENCRYPT);
+  ep_msg_add_str(&m, req->app_id);
+  ep_msg_add_str(&m, req->curve);
+  ep_msg_add_str(&m, req->role ? req->role : "");
+  for (size_t i = 0; i < req->n; i++)
+    ep_msg_add2(&m, tags[req->values[i].type], 2, req->values[i].data, req->values[i].len);
+  return typed_send(st, &m, tc, values_reply);
+}
+
+static int t_decrypt_values(void *state, const evs_decrypt_request *req, evs_values_cb done,
+                            void *done_arg) {
+  enclave_state *st = state;
+  if (st->disabled) return EVS_ENOCRYPTO;
+  typed_call *tc = calloc(1, sizeof *tc);
+  if (!tc) return -ENOMEM;
+  tc->values = done;
+  tc->done_arg = done_arg;
+  tc->n = req->n;
+  tc->decrypt = 1;
+  ep_msg m;
+  ep_msg_init(&m, EVS_EP_DECRYPT);
+  ep_msg_add_str(&m, req->app_id);
+  for (size_t i = 0; i < req->n; i++) ep_msg_add(&m, req->values[i].data, req->values[i].len);
+  return typed_send(st, &m, tc, values_reply);
+}
+
+static int t_file(enclave_state *st, const evs_file_request *req, evs_bytes_cb done,
+                  void *done_arg, int encrypt) {
+  if (st->disabled) return EVS_ENOCRYPTO;
+  typed_call *tc = calloc(1, sizeof *tc);
+  if (!tc) return -ENOMEM;
+  tc->bytes = done;
+  tc->done_arg = done_arg;
+  ep_msg m;
+  ep_msg_init(&m, encrypt ? EVS_EP_ENCRYPT_FILE : EVS_EP_DECRYPT_FILE);
+  ep_msg_add_str(&m, req->app_id);
+  if (encrypt) ep_msg_add_str(&m, req->curve);
+  ep_msg_add(&m, req->data, req->len);
+  return typed_send(st, &m, tc, bytes_reply);
+}
+
+static int t_encrypt_file(void *state, const evs_file_request *req, evs_bytes_cb done,
+                          void *done_arg) {
+  return t_file(state, req, done, done_arg, 1);
+}
+
+static int t_decrypt_file(void *state, const evs_file_request *req, evs_bytes_cb done,
+                          void *done_arg) {
+  return t_file(state, req, done, done_arg, 0);
+}
+
+static int t_check_api_key(void *state, const evs_api_key_request *req, evs_api_key_cb done,
+                           void *done_arg) {
+  return key_check_start(state, (const uint8_t *)req->key, req->key_len,
+                         (const uint8_t *)req->permission, strlen(req->permission), NULL, done,
+                         done_arg);
+}
+
+static const evs_crypto_provider typed_provider = {
+    .size = sizeof(evs_crypto_provider),
+    .encrypt_values = t_encrypt_values,
+    .decrypt_values = t_decrypt_values,
+    .encrypt_file = t_encrypt_file,
+    .decrypt_file = t_decrypt_file,
+    .check_api_key = t_check_api_key,
+};
 
 /* ---- routing ------------------------------------------------------------------------------ */
 
@@ -432,7 +587,7 @@ static void state_free(enclave_state *st) {
   for (parked_call *pk = st->parked, *next; pk; pk = next) { /* stopping: nobody waits */
     next = pk->next;
     ep_msg_done(&pk->m);
-    free(pk->pc);
+    free(pk->arg);
     free(pk);
   }
   if (st->first_unlock_deadline) st->host->timer_free(st->first_unlock_deadline);
@@ -519,6 +674,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
         host->timer_start(plugin, ENC_FIRST_UNLOCK_MS, 0, first_unlock_overdue, st);
   }
   int r = host->register_crypto_provider(plugin, provider);
+  if (r == 0 && host->abi_minor >= 6) r = host->register_crypto_provider2(plugin, &typed_provider);
   if (r == 0) r = host->add_hook(plugin, EVS_PHASE_ROUTE, route);
   if (r == 0) r = host->node_subscribe(plugin, on_node_msg);
   if (r == 0 && !st->disabled) {

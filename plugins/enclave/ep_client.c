@@ -41,8 +41,15 @@ void ep_msg_init(ep_msg *m, uint16_t op) {
   m->len = 4 + EVS_EP_HEADER_LEN - 4; /* header space; "length" included */
 }
 
-void ep_msg_add(ep_msg *m, const void *data, size_t len) {
+void ep_msg_add(ep_msg *m, const void *data, size_t len) { ep_msg_add2(m, data, len, NULL, 0); }
+
+void ep_msg_add2(ep_msg *m, const void *data, size_t len, const void *data2, size_t len2) {
   if (m->failed) return;
+  if (len2 > EVS_EP_MAX_MESSAGE) {
+    m->failed = 1;
+    return;
+  }
+  len += len2;
   if (len > EVS_EP_MAX_MESSAGE || m->len + 4 + len > EVS_EP_MAX_MESSAGE + 4 ||
       m->nitems >= EVS_EP_MAX_ITEMS) {
     m->failed = 1;
@@ -60,7 +67,8 @@ void ep_msg_add(ep_msg *m, const void *data, size_t len) {
     m->cap = cap;
   }
   evs_ep_put_u32(m->buf + m->len, (uint32_t)len);
-  if (len) memcpy(m->buf + m->len + 4, data, len);
+  if (len - len2) memcpy(m->buf + m->len + 4, data, len - len2);
+  if (len2) memcpy(m->buf + m->len + 4 + len - len2, data2, len2);
   m->len += 4 + len;
   m->nitems++;
 }

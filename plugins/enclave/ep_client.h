@@ -41,6 +41,8 @@ typedef struct ep_msg {
 void ep_msg_init(ep_msg *m, uint16_t op);
 void ep_msg_add(ep_msg *m, const void *data, size_t len);
 void ep_msg_add_str(ep_msg *m, const char *s);
+/* One item that is data followed by data2 (e.g. a type tag and a value). */
+void ep_msg_add2(ep_msg *m, const void *data, size_t len, const void *data2, size_t len2);
 /* Appends a concatenation of items (`u32 len, bytes` repeated, as in crypto-provider payloads)
  * as it is, in one copy. Returns 0, or -EINVAL when p is malformed or holds more than
  * EVS_EP_MAX_ITEMS items (m is then unchanged). */
