@@ -143,6 +143,12 @@ static int h_add_hook(evs_plugin *p, evs_phase phase, evs_hook_fn fn) {
   if (phase == EVS_PHASE_ROUTE) route_hook = fn;
   return 0;
 }
+/* The typed provider (ABI 1.6) is not what this benchmark drives: accepted and unused. */
+static int h_register_crypto_provider2(evs_plugin *p, const evs_crypto_provider *ops) {
+  (void)p;
+  (void)ops;
+  return 0;
+}
 static int h_register_crypto_provider(evs_plugin *p, evs_crypto_provider_fn fn) {
   provider = fn;
   return 0;
@@ -322,6 +328,7 @@ static const evs_host host = {
     .counter_add = h_counter_add,
     .crypto_call = h_crypto_call,
     .register_crypto_provider = h_register_crypto_provider,
+    .register_crypto_provider2 = h_register_crypto_provider2,
     .uv_loop = h_uv_loop,
     .read_body = h_read_body,
     .store_append = h_store_append,

@@ -674,7 +674,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
         host->timer_start(plugin, ENC_FIRST_UNLOCK_MS, 0, first_unlock_overdue, st);
   }
   int r = host->register_crypto_provider(plugin, provider);
-  if (r == 0 && host->abi_minor >= 6) r = host->register_crypto_provider2(plugin, &typed_provider);
+  if (r == 0 && host->abi_minor >= 6 && host->register_crypto_provider2) r = host->register_crypto_provider2(plugin, &typed_provider);
   if (r == 0) r = host->add_hook(plugin, EVS_PHASE_ROUTE, route);
   if (r == 0) r = host->node_subscribe(plugin, on_node_msg);
   if (r == 0 && !st->disabled) {

@@ -26,7 +26,6 @@
 
 #include "content_decode.h"
 #include "decrypt_scan.h"
-#include "evs_enclave_proto.h"
 #include "form_rewrite.h"
 #include "relay_priv.h"
 #include "spool.h"
@@ -39,6 +38,7 @@ typedef struct dvalue {
   int kind;
   char *orig; /* the value as it stood, restored when it does not decrypt */
   size_t orig_len;
+  size_t off, len; /* the ev: string (or the file) in the batch's payload */
 } dvalue;
 
 typedef struct dbatch {
@@ -79,27 +79,22 @@ static void dec_free(relay_dec *d) {
 }
 
 static int put(dbatch *b, const void *p, size_t n) {
-  if (b->len + 4 + n > b->cap) {
+  if (b->len + n > b->cap) {
     size_t nc = b->cap ? b->cap * 2 : 1024;
-    while (nc < b->len + 4 + n) nc *= 2;
+    while (nc < b->len + n) nc *= 2;
     uint8_t *np = realloc(b->payload, nc);
     if (!np) return -ENOMEM;
     b->payload = np;
     b->cap = nc;
   }
-  evs_ep_put_u32(b->payload + b->len, (uint32_t)n);
-  memcpy(b->payload + b->len + 4, p, n);
-  b->len += 4 + n;
+  if (n) memcpy(b->payload + b->len, p, n);
+  b->len += n;
   return 0;
 }
 
 static dbatch *dbatch_new(relay_dec *d, int file) {
   dbatch *b = calloc(1, sizeof *b);
-  const char *app = relay_app_id(d->t->st, d->t->relay);
-  if (!b || put(b, app, strlen(app)) < 0) {
-    dbatch_free(b);
-    return NULL;
-  }
+  if (!b) return NULL;
   b->d = d;
   b->file = file;
   return b;
@@ -153,34 +148,28 @@ static char *render(int kind, int type, const uint8_t *p, size_t n, size_t *ret_
 
 static void finish_held(relay_dec *d);
 
-static void on_decrypted(void *arg, int status, const uint8_t *res, size_t len) {
-  dbatch *b = arg;
+/* The results of a batch: per value (res, n) from decrypt_values, or the file's plaintext
+ * (file, file_len) from decrypt_file. */
+static void dbatch_done(dbatch *b, int status, const evs_crypto_result *res, size_t n,
+                        const uint8_t *file, size_t file_len) {
   relay_dec *d = b->d;
   relay_txn *t = d->t;
   t->dec_pending--;
-  size_t off = 0;
   for (size_t i = 0; i < b->n; i++) {
     dvalue *v = &b->v[i];
-    const uint8_t *item = NULL;
-    uint32_t il = 0;
-    if (status == 0 && len - off >= 4) {
-      il = evs_ep_get_u32(res + off);
-      if (il <= len - off - 4) item = res + off + 4;
-      off += 4 + (item ? il : 0);
-    }
     char *out = NULL;
     size_t outl = 0;
-    if (item && b->file) {
-      out = render(EVS__DSCAN_FILE, 0, item, il, &outl);
-    } else if (item && il >= 5 && (int32_t)evs_ep_get_u32(item) == 0) {
-      out = render(v->kind, item[4], item + 5, il - 5, &outl);
+    if (status == 0 && b->file) {
+      out = render(EVS__DSCAN_FILE, 0, file, file_len, &outl);
+    } else if (status == 0 && i < n && res[i].status == EVS_CRYPTO_OK) {
+      out = render(v->kind, res[i].type, res[i].data, res[i].len, &outl);
     }
     if (out) {
       t->decrypted++;
       relay_spool_fill(&d->spool, v->hole, out, outl);
       explicit_bzero(out, outl);
       free(out);
-    } else if (status < 0 && status != -5 /* EVS_EP_E_DECRYPT */ && status != -6) {
+    } else if (status < 0 && status != EVS_CRYPTO_E_DECRYPT && status != EVS_CRYPTO_E_INVALID) {
       d->err = status; /* the enclave failed: abort rather than send a partial body */
     } else {
       relay_spool_fill(&d->spool, v->hole, v->orig, v->orig_len);
@@ -194,11 +183,35 @@ static void on_decrypted(void *arg, int status, const uint8_t *res, size_t len) 
   finish_held(d);
 }
 
+static void on_decrypted(void *arg, int status, const evs_crypto_result *res, size_t n) {
+  dbatch_done(arg, status, res, n, NULL, 0);
+}
+
+static void on_file_decrypted(void *arg, int status, const uint8_t *data, size_t len) {
+  dbatch_done(arg, status, NULL, 0, data, len);
+}
+
 static int send_batch(relay_dec *d, dbatch *b) {
   relay_state *st = d->t->st;
-  evs_crypto_request cr = {sizeof cr, b->file ? "decrypt_file" : "decrypt", b->payload, b->len};
+  const char *app = relay_app_id(st, d->t->relay);
+  int r;
   d->t->dec_pending++;
-  int r = st->host->crypto_call(st->plugin, &cr, on_decrypted, b);
+  if (b->file) {
+    evs_file_request fr = {sizeof fr, app, NULL, b->payload, b->len};
+    r = st->host->decrypt_file(st->plugin, &fr, on_file_decrypted, b);
+  } else {
+    evs_crypto_value *v = calloc(b->n ? b->n : 1, sizeof *v);
+    if (!v) {
+      r = -ENOMEM;
+    } else {
+      for (size_t i = 0; i < b->n; i++)
+        v[i] = (evs_crypto_value){sizeof v[i], EVS_CRYPTO_STRING, b->payload + b->v[i].off,
+                                  b->v[i].len};
+      evs_decrypt_request dr = {sizeof dr, app, v, b->n};
+      r = st->host->decrypt_values(st->plugin, &dr, on_decrypted, b);
+      free(v);
+    }
+  }
   if (r < 0) {
     d->t->dec_pending--;
     dbatch_free(b);
@@ -247,6 +260,8 @@ static int scan_transform(void *ud, int kind, const char *value, size_t len,
     v->orig = enc;
     v->orig_len = el;
   }
+  v->off = b->len;
+  v->len = len;
   int r = relay_spool_hole(&d->spool, &v->hole);
   if (r < 0 || (r = put(b, value, len)) < 0) {
     free(v->orig);

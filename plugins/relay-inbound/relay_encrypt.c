@@ -2,7 +2,7 @@
  * relay_encrypt.c: the Inbound Relay's request pipeline for requests whose route has fields to
  * encrypt. The body streams in (request_body_read) through the rewriter for its content type;
  * every selected value becomes a hole in the spool and joins a batch for the enclave (one
- * crypto_call for many fields). Only when the whole body is valid and every value is back
+ * encrypt_values call for many fields). Only when the whole body is valid and every value is back
  * encrypted is the request proxied, with the spool as its body: bad input gets its documented
  * error and nothing reaches the destination.
  *
@@ -24,7 +24,6 @@
 
 #include <jansson.h>
 
-#include "evs_enclave_proto.h"
 #include "form_rewrite.h"
 #include "json_rewrite.h"
 #include "multipart_rewrite.h"
@@ -44,12 +43,19 @@
 enum fmt { F_NONE = 0, F_JSON, F_XML, F_FORM, F_MULTIPART };
 enum wrap { W_RAW = 0, W_JSON, W_PCT };
 
+/* One value of a batch: where its result goes, and its bytes in the batch's payload. */
+typedef struct bval {
+  size_t hole;
+  size_t off, len;
+  int type; /* EVS_CRYPTO_* */
+} bval;
+
 typedef struct batch {
   struct relay_enc *e;
-  uint8_t *payload;
+  uint8_t *payload; /* the values' bytes, one after another (plaintext: wiped when freed) */
   size_t len, cap;
   size_t n;
-  size_t *holes;
+  bval *holes;
   size_t holes_cap;
   int file; /* an encrypt_file call: one hole, raw bytes */
 } batch;
@@ -155,8 +161,8 @@ static const char *fmt_name(enum fmt f) {
 
 /* ---- batches ----------------------------------------------------------------------------- */
 
-static int put_item(batch *b, const void *a, size_t al, const void *c, size_t cl) {
-  size_t need = b->len + 4 + al + cl;
+static int put_bytes(batch *b, const void *a, size_t al) {
+  size_t need = b->len + al;
   if (need > b->cap) {
     size_t ncap = b->cap ? b->cap * 2 : 1024;
     while (ncap < need) ncap *= 2;
@@ -170,10 +176,22 @@ static int put_item(batch *b, const void *a, size_t al, const void *c, size_t cl
     b->payload = np;
     b->cap = ncap;
   }
-  evs_ep_put_u32(b->payload + b->len, (uint32_t)(al + cl));
-  memcpy(b->payload + b->len + 4, a, al);
-  if (cl) memcpy(b->payload + b->len + 4 + al, c, cl);
+  if (al) memcpy(b->payload + b->len, a, al);
   b->len = need;
+  return 0;
+}
+
+static int add_value(batch *b, size_t hole, int type, const void *value, size_t len) {
+  if (b->n == b->holes_cap) {
+    size_t nc = b->holes_cap ? b->holes_cap * 2 : 16;
+    bval *nh = realloc(b->holes, nc * sizeof *nh);
+    if (!nh) return -ENOMEM;
+    b->holes = nh;
+    b->holes_cap = nc;
+  }
+  size_t off = b->len;
+  if (put_bytes(b, value, len) < 0) return -ENOMEM;
+  b->holes[b->n++] = (bval){hole, off, len, type};
   return 0;
 }
 
@@ -182,12 +200,6 @@ static batch *batch_new(relay_enc *e, int file) {
   if (!b) return NULL;
   b->e = e;
   b->file = file;
-  if (put_item(b, e->app_id, strlen(e->app_id), NULL, 0) < 0 ||
-      put_item(b, e->curve, strlen(e->curve), NULL, 0) < 0 ||
-      (!file && put_item(b, "", 0, NULL, 0) < 0)) {
-    batch_free(b);
-    return NULL;
-  }
   return b;
 }
 
@@ -213,12 +225,14 @@ static void wrap_into(enum wrap w, const uint8_t *s, size_t n, uint8_t *out, siz
   }
 }
 
-static void on_batch(void *arg, int status, const uint8_t *res, size_t len) {
-  batch *b = arg;
+/* The results of a batch: per value (res, n) from encrypt_values, or the file (file, file_len)
+ * from encrypt_file. */
+static void batch_done(batch *b, int status, const evs_crypto_result *res, size_t n,
+                       const uint8_t *file, size_t file_len) {
   relay_enc *e = b->e;
   relay_txn *t = e->t;
   e->inflight--;
-  if (status == -3 /* EVS_EP_E_NO_APP */) {
+  if (status == EVS_CRYPTO_E_NO_APP) {
     fail(e, status, 500, "internal-server-error",
          "The relay's app is not unlocked in the enclave (evctl app unlock)");
   } else if (status == EVS_ENOCRYPTO) {
@@ -227,22 +241,17 @@ static void on_batch(void *arg, int status, const uint8_t *res, size_t len) {
   } else if (status < 0) {
     fail(e, status, 500, "internal-server-error", "Encryption is unavailable; nothing was forwarded");
   } else {
-    size_t off = 0;
-    for (size_t i = 0; i < b->n && !e->err; i++) {
-      if (len - off < 4) break;
-      uint32_t il = evs_ep_get_u32(res + off);
-      const uint8_t *item = res + off + 4;
-      if (il > len - off - 4) break;
-      off += 4 + il;
-      const uint8_t *ct = item;
-      size_t ctl = il;
-      if (!b->file) { /* `i32 status || ev string` */
-        if (il < 4 || (int32_t)evs_ep_get_u32(item) != 0) {
+    size_t got = b->file ? 1 : n;
+    for (size_t i = 0; i < b->n && i < got && !e->err; i++) {
+      const uint8_t *ct = file;
+      size_t ctl = file_len;
+      if (!b->file) {
+        if (res[i].status != EVS_CRYPTO_OK) {
           fail(e, -EINVAL, 400, "bad-request", "A selected field could not be encrypted");
           break;
         }
-        ct += 4;
-        ctl -= 4;
+        ct = res[i].data;
+        ctl = res[i].len;
       }
       enum wrap w = b->file ? W_RAW : e->wrap;
       size_t wl = wrap_len(w, ct, ctl);
@@ -252,7 +261,7 @@ static void on_batch(void *arg, int status, const uint8_t *res, size_t len) {
         break;
       }
       wrap_into(w, ct, ctl, tmp, wl);
-      if (relay_spool_fill(&e->spool, b->holes[i], tmp, wl) < 0)
+      if (relay_spool_fill(&e->spool, b->holes[i].hole, tmp, wl) < 0)
         fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
       free(tmp);
       t->encrypted++;
@@ -273,11 +282,34 @@ static void on_batch(void *arg, int status, const uint8_t *res, size_t len) {
   maybe_proceed(e);
 }
 
+static void on_values(void *arg, int status, const evs_crypto_result *res, size_t n) {
+  batch_done(arg, status, res, n, NULL, 0);
+}
+
+static void on_file(void *arg, int status, const uint8_t *data, size_t len) {
+  batch_done(arg, status, NULL, 0, data, len);
+}
+
 static int batch_send(relay_enc *e, batch *b) {
   relay_state *st = e->t->st;
-  evs_crypto_request cr = {sizeof cr, b->file ? "encrypt_file" : "encrypt", b->payload, b->len};
+  int r;
   e->inflight++;
-  int r = st->host->crypto_call(st->plugin, &cr, on_batch, b);
+  if (b->file) {
+    evs_file_request fr = {sizeof fr, e->app_id, e->curve, b->payload, b->len};
+    r = st->host->encrypt_file(st->plugin, &fr, on_file, b);
+  } else {
+    evs_crypto_value *v = calloc(b->n, sizeof *v);
+    if (!v) {
+      r = -ENOMEM;
+    } else {
+      for (size_t i = 0; i < b->n; i++)
+        v[i] = (evs_crypto_value){sizeof v[i], b->holes[i].type, b->payload + b->holes[i].off,
+                                  b->holes[i].len};
+      evs_encrypt_request er = {sizeof er, e->app_id, e->curve, NULL, v, b->n};
+      r = st->host->encrypt_values(st->plugin, &er, on_values, b);
+      free(v);
+    }
+  }
   if (r < 0) {
     e->inflight--;
     batch_free(b);
@@ -332,29 +364,21 @@ static int transform(void *ud, evs__json_type type, const char *value, size_t le
   if (file) {
     batch *fb = batch_new(e, 1);
     if (!fb) return -ENOMEM;
-    if (put_item(fb, value, len, NULL, 0) < 0 || !(fb->holes = malloc(sizeof *fb->holes))) {
+    if (add_value(fb, hole, EVS_CRYPTO_STRING_EXACT, value, len) < 0) {
       batch_free(fb);
       return -ENOMEM;
     }
-    fb->holes[0] = hole;
-    fb->n = 1;
     if ((r = batch_send(e, fb)) < 0) return r;
     return EVS__JSON_DEFER;
   }
   if (!e->cur && !(e->cur = batch_new(e, 0))) return -ENOMEM;
   batch *b = e->cur;
-  /* "r:": strings keep their leading and trailing whitespace (the SDK trims; the relay must
+  /* Exact strings keep their leading and trailing whitespace (the SDK trims; the relay must
    * not change what its client sent). */
-  const char *tag = type == EVS__JSON_NUMBER ? "n:" : type == EVS__JSON_BOOLEAN ? "b:" : "r:";
-  if (put_item(b, tag, 2, value, len) < 0) return -ENOMEM;
-  if (b->n == b->holes_cap) {
-    size_t nc = b->holes_cap ? b->holes_cap * 2 : 16;
-    size_t *nh = realloc(b->holes, nc * sizeof *nh);
-    if (!nh) return -ENOMEM;
-    b->holes = nh;
-    b->holes_cap = nc;
-  }
-  b->holes[b->n++] = hole;
+  int ctype = type == EVS__JSON_NUMBER    ? EVS_CRYPTO_NUMBER
+              : type == EVS__JSON_BOOLEAN ? EVS_CRYPTO_BOOLEAN
+                                          : EVS_CRYPTO_STRING_EXACT;
+  if (add_value(b, hole, ctype, value, len) < 0) return -ENOMEM;
   if (b->n >= BATCH_FIELDS || b->len >= BATCH_BYTES) {
     if ((r = flush(e)) < 0) return r;
   }
@@ -603,10 +627,9 @@ void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) 
 
 /* ---- mTLS relays: the api-key header ------------------------------------------------------ */
 
-static void on_key_checked(void *arg, int status, const uint8_t *res, size_t len) {
+static void on_key_checked(void *arg, int status, const char *app_id) {
   relay_txn *t = arg;
-  (void)res;
-  (void)len;
+  (void)app_id;
   t->dec_pending--;
   if (!t->req) {
     relay_txn_release(t);
@@ -630,24 +653,20 @@ void relay_encrypt_check_key_then(relay_txn *t) {
                      "permission");
     return;
   }
-  static const char perm[] = "relay:inbound-mtls";
-  size_t n = 8 + hd.value_len + sizeof perm - 1;
-  uint8_t *p = malloc(n);
-  if (!p) {
+  char *key = malloc(hd.value_len + 1);
+  if (!key) {
     h->respond_error(t->req, 500, "internal-server-error", "Out of memory");
     return;
   }
-  evs_ep_put_u32(p, (uint32_t)hd.value_len);
-  memcpy(p + 4, hd.value, hd.value_len);
-  evs_ep_put_u32(p + 4 + hd.value_len, sizeof perm - 1);
-  memcpy(p + 8 + hd.value_len, perm, sizeof perm - 1);
-  evs_crypto_request cr = {sizeof cr, "check_api_key", p, n};
+  memcpy(key, hd.value, hd.value_len);
+  key[hd.value_len] = '\0';
+  evs_api_key_request kr = {sizeof kr, key, hd.value_len, "relay:inbound-mtls"};
   /* The key authenticates to the relay and could decrypt everything: it never goes further. */
   h->request_remove_header(t->req, "api-key");
   t->dec_pending++;
-  int r = h->crypto_call(t->st->plugin, &cr, on_key_checked, t);
-  explicit_bzero(p, n);
-  free(p);
+  int r = h->check_api_key(t->st->plugin, &kr, on_key_checked, t);
+  explicit_bzero(key, hd.value_len);
+  free(key);
   if (r < 0) {
     t->dec_pending--;
     h->respond_error(t->req, 401, "proxy-auth-failed",
