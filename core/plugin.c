@@ -692,8 +692,8 @@ static int h_register_crypto_provider(evs_plugin *p, evs_crypto_provider_fn fn) 
 }
 
 /* Typed crypto (ABI 1.6): the host checks the request's shape and routes it to the provider's
- * typed table; it never sees a wire format. A guard makes sure the caller's callback runs at
- * most once even if a provider misbehaves. */
+ * typed table; it never sees a wire format. The provider calls done exactly once (unless it
+ * returned negative); results reach the caller only with status 0. */
 static evs__plugin_rec *typed_provider(void) {
   evs__worker *w = evs__w;
   for (size_t i = 0; i < w->nplugins; i++)
@@ -738,7 +738,7 @@ static void typed_key_done(void *a, int status, const char *app_id) {
 static int values_ok(const evs_crypto_value *v, size_t n) {
   if (!v || n == 0 || n > EVS_CRYPTO_MAX_VALUES) return 0;
   for (size_t i = 0; i < n; i++)
-    if (v[i].size < sizeof(evs_crypto_value) || (!v[i].data && v[i].len)) return 0;
+    if (v[i].size != sizeof(evs_crypto_value) || (!v[i].data && v[i].len)) return 0;
   return 1;
 }
 static int h_encrypt_values(evs_plugin *p, const evs_encrypt_request *req, evs_values_cb cb,

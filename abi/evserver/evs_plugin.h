@@ -359,8 +359,10 @@ typedef enum evs_crypto_status {
 
 #define EVS_CRYPTO_MAX_VALUES 4000 /* per encrypt_values / decrypt_values call */
 
+/* evs_crypto_value and evs_crypto_result travel in arrays, so they never grow (an array's
+ * stride is the struct's size): a later minor that needs more adds new types and calls. */
 typedef struct evs_crypto_value {
-  uint32_t size;       /* sizeof(evs_crypto_value) */
+  uint32_t size;       /* sizeof(evs_crypto_value); anything else is -EINVAL */
   int type;            /* EVS_CRYPTO_* (encrypt); ignored by decrypt_values */
   const uint8_t *data; /* the plaintext (encrypt) or the ev: string (decrypt) */
   size_t len;
