@@ -205,8 +205,8 @@ static int send_batch(relay_dec *d, dbatch *b) {
       r = -ENOMEM;
     } else {
       for (size_t i = 0; i < b->n; i++)
-        v[i] = (evs_crypto_value){sizeof v[i], EVS_CRYPTO_STRING, b->payload + b->v[i].off,
-                                  b->v[i].len};
+        v[i] = (evs_crypto_value){sizeof v[i], EVS_CRYPTO_STRING,
+                                  b->payload ? b->payload + b->v[i].off : NULL, b->v[i].len};
       evs_decrypt_request dr = {sizeof dr, app, v, b->n};
       r = st->host->decrypt_values(st->plugin, &dr, on_decrypted, b);
       free(v);

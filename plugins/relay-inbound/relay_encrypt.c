@@ -303,7 +303,8 @@ static int batch_send(relay_enc *e, batch *b) {
       r = -ENOMEM;
     } else {
       for (size_t i = 0; i < b->n; i++)
-        v[i] = (evs_crypto_value){sizeof v[i], b->holes[i].type, b->payload + b->holes[i].off,
+        v[i] = (evs_crypto_value){sizeof v[i], b->holes[i].type,
+                                  b->payload ? b->payload + b->holes[i].off : NULL,
                                   b->holes[i].len};
       evs_encrypt_request er = {sizeof er, e->app_id, e->curve, NULL, v, b->n};
       r = st->host->encrypt_values(st->plugin, &er, on_values, b);
