@@ -43,6 +43,23 @@ void ep_msg_init(ep_msg *m, uint16_t op) {
 
 void ep_msg_add(ep_msg *m, const void *data, size_t len) { ep_msg_add2(m, data, len, NULL, 0); }
 
+/* Requests carry plaintext to encrypt and replies the plaintext decrypted: their buffers are
+ * wiped before they are freed or moved, never left in freed memory. */
+static void wipe_free(void *buf, size_t len) {
+  if (!buf) return;
+  explicit_bzero(buf, len);
+  free(buf);
+}
+
+/* realloc, wiping the old block: grows buf (len bytes used) to cap. NULL on failure (buf kept). */
+static uint8_t *grow_wiped(uint8_t *buf, size_t len, size_t cap) {
+  uint8_t *b = malloc(cap);
+  if (!b) return NULL;
+  if (len) memcpy(b, buf, len);
+  wipe_free(buf, len);
+  return b;
+}
+
 void ep_msg_add2(ep_msg *m, const void *data, size_t len, const void *data2, size_t len2) {
   if (m->failed) return;
   if (len2 > EVS_EP_MAX_MESSAGE) {
@@ -58,7 +75,7 @@ void ep_msg_add2(ep_msg *m, const void *data, size_t len, const void *data2, siz
   if (m->len + 4 + len > m->cap) {
     size_t cap = m->cap;
     while (cap < m->len + 4 + len) cap *= 2;
-    uint8_t *b = realloc(m->buf, cap);
+    uint8_t *b = grow_wiped(m->buf, m->len, cap);
     if (!b) {
       m->failed = 1;
       return;
@@ -93,7 +110,7 @@ int ep_msg_add_items(ep_msg *m, const uint8_t *p, size_t len) {
   if (m->len + len > m->cap) {
     size_t cap = m->cap;
     while (cap < m->len + len) cap *= 2;
-    uint8_t *b = realloc(m->buf, cap);
+    uint8_t *b = grow_wiped(m->buf, m->len, cap);
     if (!b) {
       m->failed = 1;
       return 0;
@@ -108,7 +125,7 @@ int ep_msg_add_items(ep_msg *m, const uint8_t *p, size_t len) {
 }
 
 void ep_msg_done(ep_msg *m) {
-  free(m->buf);
+  wipe_free(m->buf, m->len);
   memset(m, 0, sizeof *m);
   m->failed = 1;
 }
@@ -221,10 +238,11 @@ static size_t drop_conn(ep_client *c) {
   while (c->out_head) {
     ep_out *o = c->out_head;
     c->out_head = o->next;
-    free(o->buf);
+    wipe_free(o->buf, o->len);
     free(o);
   }
   c->out_tail = NULL;
+  if (c->in) explicit_bzero(c->in, c->in_len);
   c->in_len = 0;
   c->adopted = 0;
   c->spare_kept = 0;
@@ -297,7 +315,7 @@ static void on_readable(ep_client *c) {
         go_down(c);
         return;
       }
-      uint8_t *b = realloc(c->in, cap);
+      uint8_t *b = grow_wiped(c->in, c->in_len, cap);
       if (!b) {
         go_down(c);
         return;
@@ -334,10 +352,11 @@ static void on_readable(ep_client *c) {
   if (off) {
     memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;
+    explicit_bzero(c->in + c->in_len, off); /* the replies just handled */
   }
   /* Give back a large buffer once a big message (a file) has gone through. */
   if (c->in_len == 0 && c->in_cap > (1u << 20)) {
-    free(c->in);
+    wipe_free(c->in, c->in_cap);
     c->in = NULL;
     c->in_cap = 0;
   }
@@ -370,7 +389,7 @@ static void on_writable(ep_client *c) {
       left -= o->len - o->off;
       c->out_head = o->next;
       if (!c->out_head) c->out_tail = NULL;
-      free(o->buf);
+      wipe_free(o->buf, o->len);
       free(o);
     }
     if ((size_t)w < want) break; /* the socket is full: wait for POLLOUT */
@@ -493,7 +512,7 @@ static int send_msg(ep_client *c, ep_msg *m, ep_reply_fn cb, void *arg) {
   m->buf = NULL;
   ep_msg_done(m);
   if (enqueue(c, buf, len) < 0) {
-    free(buf);
+    wipe_free(buf, len);
     free(p);
     return -ENOMEM;
   }
@@ -770,10 +789,10 @@ void ep_client_free(ep_client *c) {
   while (c->out_head) {
     ep_out *o = c->out_head;
     c->out_head = o->next;
-    free(o->buf);
+    wipe_free(o->buf, o->len);
     free(o);
   }
-  free(c->in);
+  wipe_free(c->in, c->in_cap);
   free(c->tag);
   free(c->binary);
   free(c->seal_key);
