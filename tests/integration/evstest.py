@@ -17,7 +17,10 @@ them in order and prints "N passed, M failed". What is here:
                      Response; admin_get / admin_request over the admin Unix socket
 - running:           main, Skip
 
-Servers and upstreams started by a test are stopped after it, and a failed test prints the log
+Ports come from the kernel and stay reserved for the rest of the test, so no other process can
+take one between its choice and the server's bind (free_ports says how). Waits poll for the
+condition awaited (wait_for, wait_requests, wait_notify) with a generous deadline, never a
+fixed sleep. Servers and upstreams started by a test are stopped after it, and a failed test prints the log
 of every server it started. Temporary directories live under /tmp (Unix socket paths must stay
 short) and are removed at exit unless EVS_KEEP_TMP=1.
 """
@@ -105,22 +108,38 @@ def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
 # ---- ports ----------------------------------------------------------------------------------
 
 def free_ports(n, host="127.0.0.1"):
-    """n distinct TCP ports that were free on host a moment ago (all held at once while chosen,
-    so they differ)."""
+    """n distinct TCP ports on host, chosen by the kernel (bind to port 0) and reserved until
+    the end of the current test.
+
+    Each port stays bound by a probe socket with SO_REUSEADDR that never listens. evserver's
+    listeners (core/master.c), Upstream and RawUpstream set SO_REUSEADDR too, and Linux lets
+    such a socket bind and listen on an address whose other sockets all set it and none is
+    listening: the server binds the port it was given, and restarts or reloads on it keep
+    working. Meanwhile the kernel hands that port to nobody else: a bind to port 0 and the
+    source port of a connect() skip a port that has a bound socket, and a bind to it without
+    SO_REUSEADDR fails with EADDRINUSE. So a port chosen here cannot be taken by another test,
+    another test's server or anything else on the machine between the choice and the bind
+    (the old way, close the probe then bind, left that window open). A reserved port nobody
+    listens on still refuses connections, as a closed port should."""
     socks = []
     try:
         for _ in range(n):
             s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            s.bind((host, 0))
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, 0))
+        ports = [s.getsockname()[1] for s in socks]
+    except BaseException:
         for s in socks:
             s.close()
+        raise
+    for s in socks:
+        defer(s.close)
+    return ports
 
 
 def free_port(host="127.0.0.1"):
-    """One TCP port that was free on host a moment ago."""
+    """One TCP port on host, reserved until the end of the current test (see free_ports)."""
     return free_ports(1, host)[0]
 
 

@@ -4,8 +4,10 @@ writing, start on the admin socket, systemd notify, SIGTERM stop). If these fail
 integration tests' failures say nothing about evserver.
 """
 
+import errno
 import json
 import os
+import socket
 import ssl
 import threading
 
@@ -96,6 +98,27 @@ def test_tls_upstream_with_client_certificates():
 def test_free_ports_are_distinct_and_bindable():
     ports = evstest.free_ports(5)
     assert len(set(ports)) == 5 and all(1024 <= p <= 65535 for p in ports), ports
+    # Reserved: a plain bind (no SO_REUSEADDR) is refused, a listener with SO_REUSEADDR (as
+    # evserver's and the upstreams' are) binds it, and nothing listening means refused.
+    plain = socket.socket()
+    try:
+        plain.bind(("127.0.0.1", ports[0]))
+        raise AssertionError("port %d is not reserved" % ports[0])
+    except OSError as e:
+        assert e.errno == errno.EADDRINUSE, e
+    finally:
+        plain.close()
+    try:
+        socket.create_connection(("127.0.0.1", ports[1]), timeout=2).close()
+        raise AssertionError("port %d accepted a connection" % ports[1])
+    except ConnectionRefusedError:
+        pass
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", ports[1]))
+    ls.listen(1)
+    socket.create_connection(("127.0.0.1", ports[1]), timeout=2).close()
+    ls.close()
 
 
 def test_write_config():

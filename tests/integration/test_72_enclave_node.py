@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import time
 
 import evstest
 
@@ -195,9 +194,12 @@ def test_killed_enclave_comes_back_locked_in_its_worker_only():
     before = enclave_pids(srv)
     victim_worker, victim = sorted(before.items())[0]
     os.kill(victim, signal.SIGKILL)
-    evstest.wait_for(lambda: enclave_pids(srv).get(victim_worker) not in (None, victim),
-                     timeout=5, what="the enclave to be restarted")
-    time.sleep(0.3)
+    new = evstest.wait_for(lambda: enclave_pids(srv).get(victim_worker) not in (None, victim)
+                           and enclave_pids(srv)[victim_worker], timeout=20,
+                           what="the enclave to be restarted")
+    # Restarted means it answered HELLO: the worker says so in the log (not a fixed delay).
+    evstest.wait_for(lambda: "enclave process restarted (pid %d)" % new in srv.log(), timeout=20,
+                     what="the restarted enclave %d to answer its worker" % new)
     # Documented: the restarted enclave has the evctl-unlocked app locked (the token was never
     # kept); the other worker's enclave still has it. Every answer is 200 or a clean 503.
     # Which worker the kernel hands a connection is its choice: rounds go on until both
@@ -270,7 +272,10 @@ def test_reload_keeps_apps_unlocked_by_hand():
     t.start()
     for _ in range(3):
         reload(srv)
-        time.sleep(0.3)
+        # Some requests on each new generation before the next reload (not a fixed delay).
+        done = len(results)
+        evstest.wait_for(lambda: len(results) >= done + 5, timeout=30,
+                         what="requests served after the reload")
     stop.set()
     t.join(30)
     assert len(results) >= 20 and set(results) == {200}, (len(results), set(results))
