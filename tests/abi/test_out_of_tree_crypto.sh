@@ -10,39 +10,9 @@
 # non-zero on failure. EVS_KEEP_TMP=1 keeps the temporary directory.
 set -euo pipefail
 
-build=${EVS_BUILD_DIR:?set EVS_BUILD_DIR to the cmake build directory}
-src=${EVS_SOURCE_DIR:?set EVS_SOURCE_DIR to the evserver source directory}
-tmp=$(mktemp -d /tmp/evs-ootc-XXXXXX)
-prefix=$tmp/prefix
-server_pid=
-
-cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
-  if [ "${EVS_KEEP_TMP:-}" = 1 ]; then echo "kept: $tmp"; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-
-passed=0
-failed=0
-ok() { echo "ok   $1"; passed=$((passed + 1)); }
-fail() {
-  echo "FAIL $1"
-  shift
-  for line in "$@"; do printf '     %s\n' "$line"; done
-  failed=$((failed + 1))
-}
-finish() {
-  echo "$passed passed, $failed failed"
-  [ "$failed" -eq 0 ] && exit 0
-  exit 1
-}
-stop_here() {
-  fail "$@"
-  finish
-}
+oot_name=ootc
+# shellcheck source=oot_harness.sh
+source "$(dirname "${BASH_SOURCE[0]}")/oot_harness.sh"
 # expect NAME WANT GOT [context...]
 expect() {
   local name=$1 want=$2 got=$3
