@@ -225,6 +225,20 @@ static void wrap_into(enum wrap w, const uint8_t *s, size_t n, uint8_t *out, siz
   }
 }
 
+/* A crypto call that failed as a whole, whether it was refused at once or answered so: a locked
+ * app is the operator's to fix; an enclave that is not running (restarting) is worth a retry. */
+static void fail_crypto(relay_enc *e, int status) {
+  if (status == EVS_CRYPTO_E_NO_APP)
+    fail(e, status, 500, "internal-server-error",
+         "The relay's app is not unlocked in the enclave (evctl app unlock)");
+  else if (status == EVS_ENOCRYPTO)
+    fail(e, status, 503, "service-unavailable",
+         "Encryption is unavailable (the enclave is not running or restarting); nothing was "
+         "forwarded. Retry shortly");
+  else
+    fail(e, status, 500, "internal-server-error", "Encryption is unavailable; nothing was forwarded");
+}
+
 /* The results of a batch: per value (res, n) from encrypt_values, or the file (file, file_len)
  * from encrypt_file. */
 static void batch_done(batch *b, int status, const evs_crypto_result *res, size_t n,
@@ -232,14 +246,8 @@ static void batch_done(batch *b, int status, const evs_crypto_result *res, size_
   relay_enc *e = b->e;
   relay_txn *t = e->t;
   e->inflight--;
-  if (status == EVS_CRYPTO_E_NO_APP) {
-    fail(e, status, 500, "internal-server-error",
-         "The relay's app is not unlocked in the enclave (evctl app unlock)");
-  } else if (status == EVS_ENOCRYPTO) {
-    fail(e, status, 503, "service-unavailable",
-         "The enclave is restarting; nothing was forwarded. Retry shortly");
-  } else if (status < 0) {
-    fail(e, status, 500, "internal-server-error", "Encryption is unavailable; nothing was forwarded");
+  if (status < 0) {
+    fail_crypto(e, status);
   } else {
     size_t got = b->file ? 1 : n;
     for (size_t i = 0; i < b->n && i < got && !e->err; i++) {
@@ -314,11 +322,7 @@ static int batch_send(relay_enc *e, batch *b) {
   if (r < 0) {
     e->inflight--;
     batch_free(b);
-    if (r == EVS_ENOCRYPTO)
-      fail(e, r, 503, "service-unavailable",
-           "Encryption is unavailable (the enclave is not running); nothing was forwarded");
-    else
-      fail(e, r, 500, "internal-server-error", "Encryption is unavailable; nothing was forwarded");
+    fail_crypto(e, r);
   }
   return r;
 }
@@ -337,7 +341,7 @@ static int flush(relay_enc *e) {
 static int transform(void *ud, evs__json_type type, const char *value, size_t len,
                      const char **ret_buf, size_t *ret_len) {
   relay_enc *e = ud;
-  int file = (int)type == 4 /* EVS__JSON_FILE */;
+  int file = type == EVS__JSON_FILE;
   if (file ? len >= 6 && memcmp(value, "%EVENC", 6) == 0
            : type == EVS__JSON_STRING && evs__looks_like_ev_string(value, len)) {
     /* Already encrypted: never encrypted twice. A relay that decrypts responses refuses it
