@@ -9,7 +9,11 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "admin.h"
+#include "host.h"
 #include "metrics.h"
+#include "plugin.h"
+#include "request.h"
 #include "worker.h"
 
 static void respond_json(evs_request *req, json_t *o) {

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "appendq.h"
 #include "log.h"
 #include "metrics.h"
 #include "store.h"

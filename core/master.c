@@ -32,6 +32,9 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "node.h"
+#include "plugin.h"
+#include "server.h"
 #include "worker.h"
 
 #define MAX_WORKERS 64

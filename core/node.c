@@ -17,6 +17,8 @@
 #include <openssl/crypto.h>
 
 #include "log.h"
+#include "node.h"
+#include "plugin.h"
 #include "worker.h"
 
 struct evs_node_msg {

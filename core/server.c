@@ -25,9 +25,13 @@
 #include <strings.h>
 #include <time.h>
 
+#include "admin.h"
 #include "fmt.h"
+#include "host.h"
 #include "log.h"
 #include "metrics.h"
+#include "request.h"
+#include "server.h"
 #include "worker.h"
 
 enum conn_state { CONN_HANDSHAKE, CONN_HEAD, CONN_REQUEST, CONN_CLOSING };

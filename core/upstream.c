@@ -19,6 +19,10 @@
 #include "fmt.h"
 #include "log.h"
 #include "metrics.h"
+#include "plugin.h"
+#include "request.h"
+#include "tls.h"
+#include "upstream.h"
 #include "worker.h"
 
 #define MAX_RESPONSE_HEAD (64u * 1024u)

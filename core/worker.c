@@ -13,8 +13,13 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include "appendq.h"
 #include "log.h"
 #include "metrics.h"
+#include "node.h"
+#include "plugin.h"
+#include "server.h"
+#include "upstream.h"
 #include "worker.h"
 
 evs__worker *evs__w;

@@ -21,7 +21,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "../../core/node.h"
+#include "../../core/plugin.h"
+#include "../../core/worker.h"
 
 static evs__worker w;
 static evs__plugin_rec plugins[1];

@@ -1,0 +1,975 @@
+/*
+ * The evs_host service table: what plugins call, adapted to the core modules (requests and
+ * responses, proxying, timers, events, store, crypto, streams, node messages). Calls follow the
+ * ABI's contract: arguments checked, callbacks never before the call returns (deferred),
+ * registrations only during init.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "appendq.h"
+#include "host.h"
+#include "log.h"
+#include "metrics.h"
+#include "node.h"
+#include "plugin.h"
+#include "request.h"
+#include "upstream.h"
+#include "worker.h"
+
+typedef struct evs__subscription {
+  char *prefix;
+  evs_event_fn fn;
+  struct evs__subscription *next;
+} evs__subscription;
+
+static evs__plugin_rec *rec(evs_plugin *p) { return (evs__plugin_rec *)p; }
+
+/* ---- hooks ------------------------------------------------------------------------------- */
+
+int evs__plugins_run_hooks(evs__worker *w, evs_phase phase, evs_request *req) {
+  for (size_t i = 0; i < w->nhooks; i++) {
+    evs__hook *h = &w->hooks[i];
+    if (h->phase != phase || !h->plugin->loaded) continue;
+    /* Attribute the request before the hook runs: a hook that answers at once may finish it,
+     * so the request is not touched after a hook took it. */
+    evs__plugin_rec *before = req->handler;
+    if (phase == EVS_PHASE_ROUTE && !before) req->handler = h->plugin;
+    int r = h->fn(h->plugin->state, req);
+    if (phase == EVS_PHASE_ROUTE && r == EVS_HANDLED) return 1;
+    if (phase == EVS_PHASE_ROUTE) req->handler = before;
+  }
+  return 0;
+}
+
+void evs__request_free_pdata(evs_request *req) {
+  for (size_t i = 0; i < req->npdata; i++)
+    if (req->pdata[i].free_fn && req->pdata[i].data) req->pdata[i].free_fn(req->pdata[i].data);
+  free(req->pdata);
+  req->pdata = NULL;
+  req->npdata = 0;
+}
+
+/* ---- deferred callbacks: "never before the call returns" ---------------------------------- */
+
+typedef struct deferred {
+  uv_timer_t t;
+  void (*run)(struct deferred *d);
+  void *cb;
+  void *arg;
+  int status;
+  uint8_t *data;
+  size_t len;
+  char *s1, *s2;
+  struct deferred *next; /* for scans: a chain of items */
+} deferred;
+
+static void deferred_closed(uv_handle_t *h) {
+  deferred *d = h->data;
+  while (d) {
+    deferred *n = d->next;
+    free(d->data);
+    free(d->s1);
+    free(d->s2);
+    free(d);
+    d = n;
+  }
+}
+
+static void deferred_fire(uv_timer_t *t) {
+  deferred *d = t->data;
+  d->run(d);
+  uv_close((uv_handle_t *)t, deferred_closed);
+}
+
+static deferred *defer(void (*run)(deferred *), void *cb, void *arg) {
+  deferred *d = calloc(1, sizeof *d);
+  if (!d) return NULL;
+  d->run = run;
+  d->cb = cb;
+  d->arg = arg;
+  uv_timer_init(evs__w->loop, &d->t);
+  d->t.data = d;
+  return d;
+}
+static void defer_start(deferred *d) { uv_timer_start(&d->t, deferred_fire, 0, 0); }
+
+/* ---- the service table ------------------------------------------------------------------- */
+
+static void h_log(evs_plugin *p, evs_request *req, evs_log_level level, const char *fmt, ...) {
+  if (level < EVS_LOG_ERROR || level > EVS_LOG_DEBUG) level = EVS_LOG_INFO;
+  va_list ap;
+  va_start(ap, fmt);
+  evs__logv(level, "EVS-2000", p ? rec(p)->name : NULL, req ? req->request_id : NULL, fmt, ap);
+  va_end(ap);
+}
+
+static const evs_config_item *find_item(evs__plugin_rec *r, const char *key) {
+  if (!r->desc->config_items) return NULL;
+  for (const evs_config_item *it = r->desc->config_items; it->key; it++)
+    if (strcmp(it->key, key) == 0) return it;
+  return NULL;
+}
+
+static const char *raw_value(evs__plugin_rec *r, const char *key) {
+  const evs_config_item *it = find_item(r, key);
+  if (!it) return NULL;
+  if (r->section) return evs__conf_value(r->section, r->desc->config_items, key);
+  return it->default_value;
+}
+
+/* Resolved PATH values live as long as the plugin record: kept in a small list. */
+typedef struct path_cache {
+  evs__plugin_rec *r;
+  char *key, *value;
+  struct path_cache *next;
+} path_cache;
+static path_cache *paths;
+
+static const char *h_config_string(evs_plugin *p, const char *key) {
+  evs__plugin_rec *r = rec(p);
+  const evs_config_item *it = find_item(r, key);
+  const char *v = raw_value(r, key);
+  if (!v || !it || it->type != EVS_CONFIG_PATH) return v;
+  for (path_cache *c = paths; c; c = c->next)
+    if (c->r == r && strcmp(c->key, key) == 0) return c->value;
+  path_cache *c = calloc(1, sizeof *c);
+  if (!c) return v;
+  c->r = r;
+  c->key = strdup(key);
+  c->value = evs__conf_resolve_path(evs__w->settings->conf, v);
+  c->next = paths;
+  paths = c;
+  return c->value;
+}
+
+static int64_t h_config_int(evs_plugin *p, const char *key) {
+  evs__plugin_rec *r = rec(p);
+  const evs_config_item *it = find_item(r, key);
+  const char *v = raw_value(r, key);
+  int64_t out = 0;
+  if (!it || !v) return 0;
+  switch (it->type) {
+    case EVS_CONFIG_DURATION: evs__conf_parse_duration_ms(v, &out); break;
+    case EVS_CONFIG_SIZE: evs__conf_parse_size(v, &out); break;
+    case EVS_CONFIG_BOOL: {
+      int b = 0;
+      evs__conf_parse_bool(v, &b);
+      out = b;
+      break;
+    }
+    default: evs__conf_parse_int(v, &out); break;
+  }
+  return out;
+}
+
+static int h_config_bool(evs_plugin *p, const char *key) {
+  const char *v = raw_value(rec(p), key);
+  int b = 0;
+  if (v) evs__conf_parse_bool(v, &b);
+  return b;
+}
+
+static const char *h_config_dir(evs_plugin *p) {
+  (void)p;
+  return evs__w->settings->conf->dir;
+}
+static const char *h_state_dir(evs_plugin *p) {
+  (void)p;
+  return evs__w->settings->state_dir;
+}
+
+static int h_add_hook(evs_plugin *p, evs_phase phase, evs_hook_fn fn) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  if (phase != EVS_PHASE_ROUTE && phase != EVS_PHASE_LOG) return -EINVAL;
+  evs__worker *w = evs__w;
+  evs__hook *nh = realloc(w->hooks, (w->nhooks + 1) * sizeof *nh);
+  if (!nh) return -ENOMEM;
+  w->hooks = nh;
+  w->hooks[w->nhooks++] = (evs__hook){r, phase, fn};
+  return 0;
+}
+
+static const evs_request_info *h_request_info(evs_request *req) { return &req->info; }
+
+static int h_request_header_at(evs_request *req, size_t index, evs_header *ret) {
+  if (index >= req->h.nfields) return -ENOENT;
+  const evs__http_field *f = &req->fields[index];
+  ret->name = req->head + f->name_off;
+  ret->name_len = f->name_len;
+  ret->value = req->head + f->value_off;
+  ret->value_len = f->value_len;
+  return 0;
+}
+
+static int h_request_header(evs_request *req, const char *name, evs_header *ret) {
+  size_t nl = strlen(name);
+  for (size_t i = 0; i < req->h.nfields; i++) {
+    const evs__http_field *f = &req->fields[i];
+    if (f->name_len == nl && strncasecmp(req->head + f->name_off, name, nl) == 0)
+      return h_request_header_at(req, i, ret);
+  }
+  return -ENOENT;
+}
+
+static int valid_header(const char *name, const char *value) {
+  if (!name || !*name) return 0;
+  for (const char *c = name; *c; c++)
+    if (!evs__http_is_tchar((unsigned char)*c)) return 0;
+  return !value || evs__http_is_valid_field_value(value, strlen(value));
+}
+
+static int add_edit(evs_request *req, const char *name, const char *value) {
+  if (!valid_header(name, value)) return -EINVAL;
+  for (size_t i = 0; i < req->nedits; i++) {
+    if (strcasecmp(req->edits[i].name, name) == 0) {
+      free(req->edits[i].value);
+      req->edits[i].value = value ? strdup(value) : NULL;
+      return 0;
+    }
+  }
+  evs__edit *ne = realloc(req->edits, (req->nedits + 1) * sizeof *ne);
+  if (!ne) return -ENOMEM;
+  req->edits = ne;
+  req->edits[req->nedits].name = strdup(name);
+  req->edits[req->nedits].value = value ? strdup(value) : NULL;
+  req->nedits++;
+  return 0;
+}
+
+static int h_request_set_header(evs_request *req, const char *name, const char *value) {
+  if (!value) return -EINVAL;
+  return add_edit(req, name, value);
+}
+static int h_request_remove_header(evs_request *req, const char *name) {
+  return add_edit(req, name, NULL);
+}
+
+static void h_request_set_data(evs_request *req, evs_plugin *p, void *data, void (*free_fn)(void *)) {
+  for (size_t i = 0; i < req->npdata; i++) {
+    if (req->pdata[i].plugin == rec(p)) {
+      req->pdata[i].data = data;
+      req->pdata[i].free_fn = free_fn;
+      return;
+    }
+  }
+  evs__pdata *np = realloc(req->pdata, (req->npdata + 1) * sizeof *np);
+  if (!np) return;
+  req->pdata = np;
+  req->pdata[req->npdata++] = (evs__pdata){rec(p), data, free_fn};
+}
+
+static void *h_request_get_data(evs_request *req, evs_plugin *p) {
+  for (size_t i = 0; i < req->npdata; i++)
+    if (req->pdata[i].plugin == rec(p)) return req->pdata[i].data;
+  return NULL;
+}
+
+static int h_respond(evs_request *req, int status, const evs_header *headers, size_t n,
+                     const uint8_t *body, size_t len) {
+  if (status < 200 || status > 599) return -EINVAL;
+  if (req->head_sent) return -EALREADY;
+  for (size_t i = 0; i < n; i++) {
+    /* Framing is the host's: reject fields that would desynchronise it. */
+    static const char *const banned[] = {"content-length", "transfer-encoding", "connection", NULL};
+    for (int b = 0; banned[b]; b++)
+      if (headers[i].name_len == strlen(banned[b]) &&
+          strncasecmp(headers[i].name, banned[b], headers[i].name_len) == 0)
+        return -EINVAL;
+  }
+  return evs__respond(req, status, headers, n, body, len);
+}
+
+static int h_respond_error(evs_request *req, int status, const char *code, const char *detail) {
+  if (status < 400 || status > 599 || !code) return -EINVAL;
+  return evs__respond_error(req, status, code, detail ? detail : evs__status_text(status));
+}
+
+static int h_proxy(evs_request *req, const evs_upstream *up, evs_body_filter_fn rf,
+                   evs_body_filter_fn sf, void *arg) {
+  return evs__proxy_start(req, up, rf, sf, arg, req->handler);
+}
+
+static int h_filter_emit(evs_request *req, const uint8_t *data, size_t len) {
+  return evs__proxy_filter_emit(req, data, len);
+}
+
+static int h_http_request(evs_plugin *p, const evs_client_request *c, evs_client_cb cb, void *arg) {
+  return evs__client_request(rec(p), c, cb, arg);
+}
+
+struct evs_timer {
+  uv_timer_t t;
+  evs_timer_fn cb;
+  void *arg;
+};
+static void timer_fire(uv_timer_t *t) {
+  evs_timer *et = t->data;
+  et->cb(et->arg);
+}
+static evs_timer *h_timer_start(evs_plugin *p, uint64_t timeout, uint64_t repeat, evs_timer_fn cb,
+                                void *arg) {
+  (void)p;
+  evs_timer *t = calloc(1, sizeof *t);
+  if (!t) return NULL;
+  t->cb = cb;
+  t->arg = arg;
+  uv_timer_init(evs__w->loop, &t->t);
+  t->t.data = t;
+  uv_timer_start(&t->t, timer_fire, timeout, repeat);
+  return t;
+}
+static void timer_closed(uv_handle_t *h) { free(h->data); }
+static void h_timer_free(evs_timer *t) {
+  if (t) uv_close((uv_handle_t *)&t->t, timer_closed);
+}
+
+/* Events. */
+static void run_event(deferred *d) {
+  evs_event ev = {sizeof ev, d->s1, d->s2};
+  evs__worker *w = evs__w;
+  for (size_t i = 0; i < w->nplugins; i++) {
+    evs__plugin_rec *r = &w->plugins[i];
+    if (!r->loaded) continue;
+    for (evs__subscription *s = r->subs; s; s = s->next)
+      if (strncmp(ev.type, s->prefix, strlen(s->prefix)) == 0) s->fn(r->state, &ev);
+  }
+}
+static int h_emit_event(evs_plugin *p, const evs_event *ev) {
+  (void)p;
+  if (!ev || !ev->type || !ev->json) return -EINVAL;
+  json_error_t jerr;
+  json_t *j = json_loads(ev->json, 0, &jerr);
+  int ok = j && json_is_object(j);
+  json_decref(j);
+  if (!ok) return -EINVAL;
+  deferred *d = defer(run_event, NULL, NULL);
+  if (!d) return -ENOMEM;
+  d->s1 = strdup(ev->type);
+  d->s2 = strdup(ev->json);
+  defer_start(d);
+  return 0;
+}
+static int h_subscribe_events(evs_plugin *p, const char *prefix, evs_event_fn fn) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  evs__subscription *s = calloc(1, sizeof *s);
+  if (!s) return -ENOMEM;
+  s->prefix = strdup(prefix ? prefix : "");
+  s->fn = fn;
+  s->next = r->subs;
+  r->subs = s;
+  return 0;
+}
+
+/* Store. */
+static void run_store(deferred *d) {
+  ((evs_store_cb)d->cb)(d->arg, d->status, d->data, d->len);
+}
+/* The main store and a plugin's auxiliary store answer alike: get through a deferred callback,
+ * put and delete at once with an optional deferred callback. */
+static int store_get_in(evs__store *st, evs_plugin *p, const char *key, evs_store_cb cb,
+                        void *arg) {
+  if (!st) return -ENOTSUP;
+  deferred *d = defer(run_store, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  d->status = evs__store_get(st, rec(p)->name, key, &d->data, &d->len);
+  defer_start(d);
+  return 0;
+}
+static int store_put_in(evs__store *st, evs_plugin *p, const char *key, const uint8_t *v,
+                        size_t len, uint64_t ttl, evs_store_cb cb, void *arg) {
+  if (!st) return -ENOTSUP;
+  int r = evs__store_put(st, rec(p)->name, key, v, len, ttl);
+  if (r < 0 || !cb) return r;
+  deferred *d = defer(run_store, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  d->status = r;
+  defer_start(d);
+  return 0;
+}
+static int store_delete_in(evs__store *st, evs_plugin *p, const char *key, evs_store_cb cb,
+                           void *arg) {
+  if (!st) return -ENOTSUP;
+  int r = evs__store_delete(st, rec(p)->name, key);
+  if (!cb) return r == -ENOENT ? 0 : r;
+  deferred *d = defer(run_store, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  d->status = r;
+  defer_start(d);
+  return 0;
+}
+static int h_store_get(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  return store_get_in(evs__w->store, p, key, cb, arg);
+}
+static int h_store_put(evs_plugin *p, const char *key, const uint8_t *v, size_t len, uint64_t ttl,
+                       evs_store_cb cb, void *arg) {
+  return store_put_in(evs__w->store, p, key, v, len, ttl, cb, arg);
+}
+static int h_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  return store_delete_in(evs__w->store, p, key, cb, arg);
+}
+typedef struct scan_acc {
+  deferred *head, **tail;
+} scan_acc;
+static int scan_collect(void *arg, const char *key, const uint8_t *v, size_t len) {
+  scan_acc *a = arg;
+  deferred *item = calloc(1, sizeof *item);
+  if (!item) return 1;
+  item->s1 = strdup(key);
+  item->data = malloc(len ? len : 1);
+  if (len) memcpy(item->data, v, len);
+  item->len = len;
+  *a->tail = item;
+  a->tail = &item->next;
+  return 0;
+}
+static void run_scan(deferred *d) {
+  evs_store_scan_cb cb = (evs_store_scan_cb)d->cb;
+  for (deferred *i = d->next; i; i = i->next) cb(d->arg, 0, i->s1, i->data, i->len);
+  cb(d->arg, d->status, NULL, NULL, 0);
+}
+static int h_store_scan(evs_plugin *p, const char *prefix, evs_store_scan_cb cb, void *arg) {
+  if (!evs__w->store) return -ENOTSUP;
+  deferred *d = defer(run_scan, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  scan_acc a = {NULL, &d->next};
+  d->status = evs__store_scan(evs__w->store, rec(p)->name, prefix ? prefix : "", scan_collect, &a);
+  if (d->status > 0) d->status = 0;
+  defer_start(d);
+  return 0;
+}
+
+static int h_counter_add(evs_plugin *p, const char *name, uint64_t delta) {
+  return evs__metrics_plugin_add(rec(p)->name, name, delta);
+}
+
+/* Crypto: the host only routes; the provider (the enclave plugin) does the work. */
+typedef struct crypto_call {
+  evs_crypto_cb cb;
+  void *arg;
+  int done;
+} crypto_call;
+static void crypto_done(void *done_arg, int status, const uint8_t *result, size_t len) {
+  crypto_call *c = done_arg;
+  if (c->done) return;
+  c->done = 1;
+  c->cb(c->arg, status, result, len);
+  free(c);
+}
+static int h_crypto_call(evs_plugin *p, const evs_crypto_request *creq, evs_crypto_cb cb, void *arg) {
+  (void)p;
+  if (!creq || !creq->op || !cb) return -EINVAL;
+  evs__worker *w = evs__w;
+  for (size_t i = 0; i < w->nplugins; i++) {
+    evs__plugin_rec *r = &w->plugins[i];
+    if (!r->loaded || !r->crypto) continue;
+    crypto_call *c = calloc(1, sizeof *c);
+    if (!c) return -ENOMEM;
+    c->cb = cb;
+    c->arg = arg;
+    int rc = r->crypto(r->state, creq, crypto_done, c);
+    if (rc < 0) {
+      free(c);
+      return rc;
+    }
+    return 0;
+  }
+  return EVS_ENOCRYPTO; /* fail closed: nobody can do crypto */
+}
+static int h_register_crypto_provider(evs_plugin *p, evs_crypto_provider_fn fn) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  evs__worker *w = evs__w;
+  for (size_t i = 0; i < w->nplugins; i++)
+    if ((w->plugins[i].crypto || w->plugins[i].crypto2.size) && &w->plugins[i] != r)
+      return -EEXIST;
+  r->crypto = fn;
+  return 0;
+}
+
+/* Typed crypto (ABI 1.6): the host checks the request's shape and routes it to the provider's
+ * typed table; it never sees a wire format. The provider calls done exactly once (unless it
+ * returned negative); results reach the caller only with status 0. */
+static evs__plugin_rec *typed_provider(void) {
+  evs__worker *w = evs__w;
+  for (size_t i = 0; i < w->nplugins; i++)
+    if (w->plugins[i].loaded && w->plugins[i].crypto2.size) return &w->plugins[i];
+  return NULL;
+}
+typedef struct typed_call {
+  union {
+    evs_values_cb values;
+    evs_bytes_cb bytes;
+    evs_api_key_cb key;
+  } cb;
+  void *arg;
+  int done;
+} typed_call;
+static typed_call *typed_new(void *arg) {
+  typed_call *c = calloc(1, sizeof *c);
+  if (c) c->arg = arg;
+  return c;
+}
+static void typed_values_done(void *a, int status, const evs_crypto_result *res, size_t n) {
+  typed_call *c = a;
+  if (c->done) return;
+  c->done = 1;
+  c->cb.values(c->arg, status, status == 0 ? res : NULL, status == 0 ? n : 0);
+  free(c);
+}
+static void typed_bytes_done(void *a, int status, const uint8_t *data, size_t len) {
+  typed_call *c = a;
+  if (c->done) return;
+  c->done = 1;
+  c->cb.bytes(c->arg, status, status == 0 ? data : NULL, status == 0 ? len : 0);
+  free(c);
+}
+static void typed_key_done(void *a, int status, const char *app_id) {
+  typed_call *c = a;
+  if (c->done) return;
+  c->done = 1;
+  c->cb.key(c->arg, status, status == 0 ? app_id : NULL);
+  free(c);
+}
+static int values_ok(const evs_crypto_value *v, size_t n) {
+  if (!v || n == 0 || n > EVS_CRYPTO_MAX_VALUES) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (v[i].size != sizeof(evs_crypto_value) || (!v[i].data && v[i].len)) return 0;
+  return 1;
+}
+static int h_encrypt_values(evs_plugin *p, const evs_encrypt_request *req, evs_values_cb cb,
+                            void *arg) {
+  (void)p;
+  if (!req || req->size < sizeof *req || !req->app_id || !req->curve || !cb ||
+      !values_ok(req->values, req->n))
+    return -EINVAL;
+  evs__plugin_rec *r = typed_provider();
+  if (!r) return EVS_ENOCRYPTO;
+  if (!r->crypto2.encrypt_values) return -ENOTSUP;
+  typed_call *c = typed_new(arg);
+  if (!c) return -ENOMEM;
+  c->cb.values = cb;
+  int rc = r->crypto2.encrypt_values(r->state, req, typed_values_done, c);
+  if (rc < 0) free(c);
+  return rc < 0 ? rc : 0;
+}
+static int h_decrypt_values(evs_plugin *p, const evs_decrypt_request *req, evs_values_cb cb,
+                            void *arg) {
+  (void)p;
+  if (!req || req->size < sizeof *req || !req->app_id || !cb || !values_ok(req->values, req->n))
+    return -EINVAL;
+  evs__plugin_rec *r = typed_provider();
+  if (!r) return EVS_ENOCRYPTO;
+  if (!r->crypto2.decrypt_values) return -ENOTSUP;
+  typed_call *c = typed_new(arg);
+  if (!c) return -ENOMEM;
+  c->cb.values = cb;
+  int rc = r->crypto2.decrypt_values(r->state, req, typed_values_done, c);
+  if (rc < 0) free(c);
+  return rc < 0 ? rc : 0;
+}
+static int h_file(evs_plugin *p, const evs_file_request *req, evs_bytes_cb cb, void *arg,
+                  int encrypt) {
+  (void)p;
+  if (!req || req->size < sizeof *req || !req->app_id || (encrypt && !req->curve) || !cb ||
+      (!req->data && req->len))
+    return -EINVAL;
+  evs__plugin_rec *r = typed_provider();
+  if (!r) return EVS_ENOCRYPTO;
+  int (*fn)(void *, const evs_file_request *, evs_bytes_cb, void *) =
+      encrypt ? r->crypto2.encrypt_file : r->crypto2.decrypt_file;
+  if (!fn) return -ENOTSUP;
+  typed_call *c = typed_new(arg);
+  if (!c) return -ENOMEM;
+  c->cb.bytes = cb;
+  int rc = fn(r->state, req, typed_bytes_done, c);
+  if (rc < 0) free(c);
+  return rc < 0 ? rc : 0;
+}
+static int h_encrypt_file(evs_plugin *p, const evs_file_request *req, evs_bytes_cb cb, void *arg) {
+  return h_file(p, req, cb, arg, 1);
+}
+static int h_decrypt_file(evs_plugin *p, const evs_file_request *req, evs_bytes_cb cb, void *arg) {
+  return h_file(p, req, cb, arg, 0);
+}
+static int h_check_api_key(evs_plugin *p, const evs_api_key_request *req, evs_api_key_cb cb,
+                           void *arg) {
+  (void)p;
+  if (!req || req->size < sizeof *req || !req->key || !req->key_len || !req->permission || !cb)
+    return -EINVAL;
+  evs__plugin_rec *r = typed_provider();
+  if (!r) return EVS_ENOCRYPTO;
+  if (!r->crypto2.check_api_key) return -ENOTSUP;
+  typed_call *c = typed_new(arg);
+  if (!c) return -ENOMEM;
+  c->cb.key = cb;
+  int rc = r->crypto2.check_api_key(r->state, req, typed_key_done, c);
+  if (rc < 0) free(c);
+  return rc < 0 ? rc : 0;
+}
+static int h_register_crypto_provider2(evs_plugin *p, const evs_crypto_provider *ops) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  if (!ops || ops->size < sizeof(uint32_t)) return -EINVAL;
+  evs__worker *w = evs__w;
+  for (size_t i = 0; i < w->nplugins; i++)
+    if (&w->plugins[i] != r && (w->plugins[i].crypto || w->plugins[i].crypto2.size)) return -EEXIST;
+  /* Copy what the provider's size covers; members it does not have stay NULL. */
+  evs_crypto_provider t;
+  memset(&t, 0, sizeof t);
+  memcpy(&t, ops, ops->size < sizeof t ? ops->size : sizeof t);
+  t.size = sizeof t;
+  r->crypto2 = t;
+  return 0;
+}
+
+/* Takeover and streams live in server.c, next to the connection they take over. */
+evs_stream *evs__takeover(evs_request *req, int status, const evs_header *h, size_t n);
+int evs__stream_read_start(evs_stream *s, evs_stream_read_fn cb, void *arg);
+int evs__stream_read_stop(evs_stream *s);
+int evs__stream_write(evs_stream *s, const uint8_t *d, size_t len, evs_stream_write_fn cb, void *arg);
+int evs__stream_start_tls(evs_stream *s, evs_tls_identity_fn fn, void *arg);
+void evs__stream_close(evs_stream *s);
+
+static void *h_uv_loop(evs_plugin *p) {
+  (void)p;
+  return evs__w->loop;
+}
+
+static int h_read_body(evs_request *req, size_t max_bytes,
+                       void (*cb)(void *arg, int status, const uint8_t *data, size_t len), void *arg);
+
+static int stream_name(evs__plugin_rec *r, const char *stream, char *out, size_t n) {
+  if (!stream || !*stream) return -EINVAL;
+  int w = snprintf(out, n, "%s/%s", r->name, stream);
+  return w < 0 || (size_t)w >= n ? -E2BIG : 0;
+}
+
+static int h_store_append(evs_plugin *p, const char *stream, const char *json) {
+  if (!evs__w->store) return -ENOTSUP;
+  char name[EVS_STORE_NAME_MAX + 1];
+  int r = stream_name(rec(p), stream, name, sizeof name);
+  if (r < 0) return r;
+  return evs__appendq_add(evs__w, rec(p)->name, name, json);
+}
+
+typedef struct query_acc {
+  deferred *head, **tail;
+} query_acc;
+static int query_collect(void *arg, int64_t id, int64_t ts, const char *json) {
+  (void)id;
+  query_acc *a = arg;
+  deferred *item = calloc(1, sizeof *item);
+  if (!item) return 1;
+  item->s1 = strdup(json);
+  item->status = 0;
+  item->len = (size_t)ts;
+  *a->tail = item;
+  a->tail = &item->next;
+  return 0;
+}
+typedef void (*query_cb)(void *arg, int status, int64_t ts_ms, const char *json);
+static void run_query(deferred *d) {
+  query_cb cb = (query_cb)d->cb;
+  for (deferred *i = d->next; i; i = i->next) cb(d->arg, 0, (int64_t)i->len, i->s1);
+  cb(d->arg, d->status, 0, NULL);
+}
+static int h_store_query(evs_plugin *p, const char *stream, int64_t since_ms, size_t limit,
+                         query_cb cb, void *arg) {
+  if (!evs__w->store) return -ENOTSUP;
+  if (!cb) return -EINVAL;
+  char name[EVS_STORE_NAME_MAX + 1];
+  int r = stream_name(rec(p), stream, name, sizeof name);
+  if (r < 0) return r;
+  deferred *d = defer(run_query, (void *)cb, arg);
+  if (!d) return -ENOMEM;
+  evs__appendq_sync(evs__w); /* this worker reads what it appended */
+  query_acc a = {NULL, &d->next};
+  d->status = evs__store_query(evs__w->store, name, since_ms, limit, query_collect, &a);
+  if (d->status > 0) d->status = 0;
+  defer_start(d);
+  return 0;
+}
+
+/* request_body_read: the body streams into the plugin; its end is reported on a later turn. */
+typedef struct body_reader {
+  evs_body_data_fn on_data;
+  evs_body_end_fn on_end;
+  void *arg;
+  int err; /* the plugin's error: the rest of the body is discarded */
+} body_reader;
+static int br_data(evs_request *req, const char *data, size_t len) {
+  body_reader *b = req->sink_arg;
+  if (b->err) return 0;
+  int r = b->on_data(b->arg, (const uint8_t *)data, len);
+  if (r < 0) {
+    b->err = r;
+    req->close_after = 1;
+    return 0;
+  }
+  return r == EVS_BODY_PAUSE;
+}
+static void run_br(deferred *d) {
+  evs_request *req = d->arg;
+  body_reader *b = (body_reader *)d->cb;
+  int status = req->conn ? d->status : -ECONNRESET;
+  b->on_end(b->arg, status);
+  free(b);
+  evs__request_unhold(req);
+}
+static void br_end(evs_request *req, int status) {
+  body_reader *b = req->sink_arg;
+  deferred *d = defer(run_br, (void *)b, req);
+  if (!d) {
+    b->on_end(b->arg, -ENOMEM);
+    free(b);
+    return;
+  }
+  d->status = status < 0 ? status : b->err;
+  evs__request_hold(req);
+  defer_start(d);
+}
+static const evs__body_sink br_sink = {br_data, br_end};
+static int h_request_body_read(evs_request *req, evs_body_data_fn on_data, evs_body_end_fn on_end,
+                               void *arg) {
+  if (req->sink || !req->conn || !on_data || !on_end) return -EINVAL;
+  if (req->info.has_content_length &&
+      req->info.content_length > (uint64_t)evs__w->settings->max_body_bytes)
+    return -E2BIG;
+  body_reader *b = calloc(1, sizeof *b);
+  if (!b) return -ENOMEM;
+  b->on_data = on_data;
+  b->on_end = on_end;
+  b->arg = arg;
+  int r = evs__request_body_attach(req, &br_sink, b);
+  if (r < 0) free(b);
+  return r;
+}
+
+static int h_response_status(evs_request *req, const char **ret_code) {
+  if (ret_code) *ret_code = req->error_code;
+  return req->status;
+}
+
+/* Node messages (node.c). */
+static int h_node_subscribe(evs_plugin *p, evs_node_msg_fn fn) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  if (!fn) return -EINVAL;
+  r->node_fn = fn;
+  return 0;
+}
+static int h_node_broadcast(evs_plugin *p, const uint8_t *msg, size_t len, uint64_t timeout_ms,
+                            evs_node_done_fn done, void *arg) {
+  return evs__node_broadcast(rec(p), msg, len, timeout_ms, done, arg);
+}
+
+static int h_keep_fd(evs_plugin *p, const char *name, int fd) {
+  return evs__node_keep_fd(rec(p), name, fd);
+}
+static int h_kept_fd(evs_plugin *p, const char *name) { return evs__node_kept_fd(rec(p), name); }
+
+/* The auxiliary store: a second evs__store handle per plugin, opened in its init. */
+static int h_aux_store_open(evs_plugin *p, const char *location) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  if (r->aux_store) return -EEXIST;
+  if (!location || !*location) return -EINVAL;
+  int pg = strncmp(location, "postgresql://", 13) == 0 || strncmp(location, "postgres://", 11) == 0 ||
+           strchr(location, '=') != NULL;
+  if (!pg) {
+    /* The file's directory, like the state directory, is private to evserver. */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", location);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+      *slash = 0;
+      for (char *c = dir + 1; *c; c++) {
+        if (*c != '/') continue;
+        *c = 0;
+        mkdir(dir, 0700);
+        *c = '/';
+      }
+      mkdir(dir, 0700);
+    }
+  }
+  evs__store_options so = {pg ? "postgresql" : "sqlite", pg ? NULL : location, pg ? location : NULL};
+  char err[512];
+  int rc = evs__store_open(&so, &r->aux_store, err, sizeof err);
+  if (rc < 0) {
+    r->aux_store = NULL;
+    evs__log(EVS_LOG_ERROR, "EVS-1405", r->name, NULL, "auxiliary store (%s): %s", so.backend, err);
+  }
+  return rc;
+}
+static int h_aux_store_get(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  return store_get_in(rec(p)->aux_store, p, key, cb, arg);
+}
+static int h_aux_store_put(evs_plugin *p, const char *key, const uint8_t *v, size_t len,
+                           evs_store_cb cb, void *arg) {
+  return store_put_in(rec(p)->aux_store, p, key, v, len, 0, cb, arg);
+}
+static int h_aux_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
+  return store_delete_in(rec(p)->aux_store, p, key, cb, arg);
+}
+
+static const evs_host host_table = {
+    .size = sizeof(evs_host),
+    .abi_major = EVS_ABI_MAJOR,
+    .abi_minor = EVS_ABI_MINOR,
+    .log = h_log,
+    .config_string = h_config_string,
+    .config_int = h_config_int,
+    .config_bool = h_config_bool,
+    .config_dir = h_config_dir,
+    .state_dir = h_state_dir,
+    .add_hook = h_add_hook,
+    .request_info = h_request_info,
+    .request_header_at = h_request_header_at,
+    .request_header = h_request_header,
+    .request_set_header = h_request_set_header,
+    .request_remove_header = h_request_remove_header,
+    .request_set_data = h_request_set_data,
+    .request_get_data = h_request_get_data,
+    .respond = h_respond,
+    .respond_error = h_respond_error,
+    .proxy = h_proxy,
+    .filter_emit = h_filter_emit,
+    .http_request = h_http_request,
+    .timer_start = h_timer_start,
+    .timer_free = h_timer_free,
+    .emit_event = h_emit_event,
+    .subscribe_events = h_subscribe_events,
+    .store_get = h_store_get,
+    .store_put = h_store_put,
+    .store_delete = h_store_delete,
+    .store_scan = h_store_scan,
+    .counter_add = h_counter_add,
+    .crypto_call = h_crypto_call,
+    .register_crypto_provider = h_register_crypto_provider,
+    .takeover = evs__takeover,
+    .stream_read_start = evs__stream_read_start,
+    .stream_read_stop = evs__stream_read_stop,
+    .stream_write = evs__stream_write,
+    .stream_start_tls = evs__stream_start_tls,
+    .stream_close = evs__stream_close,
+    .uv_loop = h_uv_loop,
+    .read_body = h_read_body,
+    .store_append = h_store_append,
+    .store_query = h_store_query,
+    .request_body_read = h_request_body_read,
+    .request_body_resume = evs__request_body_resume,
+    .response_header = evs__proxy_response_header,
+    .filter_end = evs__proxy_filter_end,
+    .response_status = h_response_status,
+    .node_subscribe = h_node_subscribe,
+    .node_broadcast = h_node_broadcast,
+    .node_reply = evs__node_reply,
+    .aux_store_open = h_aux_store_open,
+    .aux_store_get = h_aux_store_get,
+    .aux_store_put = h_aux_store_put,
+    .aux_store_delete = h_aux_store_delete,
+    .keep_fd = h_keep_fd,
+    .kept_fd = h_kept_fd,
+    .response_remove_header = evs__proxy_response_remove_header,
+    .encrypt_values = h_encrypt_values,
+    .decrypt_values = h_decrypt_values,
+    .encrypt_file = h_encrypt_file,
+    .decrypt_file = h_decrypt_file,
+    .check_api_key = h_check_api_key,
+    .register_crypto_provider2 = h_register_crypto_provider2,
+};
+
+const evs_host *evs__host_table(void) { return &host_table; }
+
+void evs__host_forget(evs__plugin_rec *r) {
+  r->crypto = NULL;
+  memset(&r->crypto2, 0, sizeof r->crypto2);
+  r->node_fn = NULL;
+  evs__store_close(r->aux_store);
+  r->aux_store = NULL;
+  while (r->subs) {
+    evs__subscription *sub = r->subs;
+    r->subs = sub->next;
+    free(sub->prefix);
+    free(sub);
+  }
+}
+
+void evs__host_done(void) {
+  while (paths) {
+    path_cache *c = paths;
+    paths = c->next;
+    free(c->key);
+    free(c->value);
+    free(c);
+  }
+}
+
+/* read_body: collect the whole body (bounded) and hand it over on the next loop turn. */
+static int rb_data(evs_request *req, const char *data, size_t len) {
+  if (req->rb_overflow) return 0;
+  if (req->rb_len + len > req->rb_max) {
+    req->rb_overflow = 1; /* reported once the body ended, as -E2BIG */
+    return 0;
+  }
+  if (req->rb_len + len > req->rb_cap) {
+    size_t ncap = req->rb_cap ? req->rb_cap * 2 : 16384;
+    while (ncap < req->rb_len + len) ncap *= 2;
+    if (ncap > req->rb_max) ncap = req->rb_max;
+    char *nb = realloc(req->rb_buf, ncap);
+    if (!nb) {
+      req->rb_overflow = 1;
+      return 0;
+    }
+    req->rb_buf = nb;
+    req->rb_cap = ncap;
+  }
+  memcpy(req->rb_buf + req->rb_len, data, len);
+  req->rb_len += len;
+  return 0;
+}
+static void run_rb(deferred *d) {
+  evs_request *req = d->arg;
+  void (*cb)(void *, int, const uint8_t *, size_t) = req->rb_cb;
+  req->rb_cb = NULL;
+  /* The client may have gone meanwhile: then the handler learns it instead of getting a body. */
+  int status = req->conn ? d->status : -ECONNRESET;
+  if (cb) cb(req->rb_arg, status, (const uint8_t *)req->rb_buf, status < 0 ? 0 : req->rb_len);
+  evs__request_unhold(req);
+}
+static void rb_end(evs_request *req, int status) {
+  /* Never call back from inside read_body or the connection's read path: the handler may answer
+   * at once, and the connection must first finish consuming this request's bytes. */
+  deferred *d = defer(run_rb, NULL, req);
+  if (!d) {
+    void (*cb)(void *, int, const uint8_t *, size_t) = req->rb_cb;
+    req->rb_cb = NULL;
+    if (cb) cb(req->rb_arg, -ENOMEM, NULL, 0);
+    return;
+  }
+  d->status = status < 0 ? status : req->rb_overflow ? -E2BIG : 0;
+  evs__request_hold(req);
+  defer_start(d);
+}
+static const evs__body_sink rb_sink = {rb_data, rb_end};
+static int h_read_body(evs_request *req, size_t max_bytes,
+                       void (*cb)(void *arg, int status, const uint8_t *data, size_t len), void *arg) {
+  if (req->sink || !req->conn || !cb) return -EINVAL;
+  if (max_bytes == 0 || max_bytes > (size_t)evs__w->settings->max_body_bytes)
+    max_bytes = (size_t)evs__w->settings->max_body_bytes;
+  if (req->info.has_content_length && req->info.content_length > max_bytes) return -E2BIG;
+  req->rb_max = max_bytes;
+  req->rb_cb = cb;
+  req->rb_arg = arg;
+  return evs__request_body_attach(req, &rb_sink, NULL);
+}
+
