@@ -693,6 +693,71 @@ static void raise_nofile(const evs__settings *s) {
                  (unsigned long long)rl.rlim_cur, (long long)s->max_connections);
 }
 
+/* Checks every plugin's descriptor and configuration section, in a child process: opening a
+ * plugin (dlopen) runs its ELF constructors, and the master, which supervises the node and may
+ * run as root, runs no plugin code at all. The child runs as the workers' user. Returns 0 when
+ * all plugins are acceptable; otherwise -1 with the first error in err and *ret_fatal set when
+ * the configuration cannot run at all (not just without a rejected plugin). */
+static int check_plugins_in_child(const evs__settings *s, char *err, size_t errlen,
+                                  int *ret_fatal) {
+  struct {
+    int rc, fatal;
+    char err[1024];
+  } res;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) < 0) {
+    snprintf(err, errlen, "cannot check plugins: pipe: %s", strerror(errno));
+    *ret_fatal = 1;
+    return -1;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    drop_privileges(s);
+    memset(&res, 0, sizeof res);
+    evs__plugin_rec *p = NULL;
+    size_t n = 0;
+    if (evs__plugins_scan(s, &p, &n) < 0) {
+      res.rc = -1;
+      res.fatal = 1;
+      snprintf(res.err, sizeof res.err, "cannot read plugins directory %s", s->plugins_dir);
+    } else if (evs__plugins_check_sections(s, p, n, res.err, sizeof res.err) < 0) {
+      res.rc = -1;
+      res.fatal = strstr(res.err, "no loadable plugin") != NULL;
+    }
+    ssize_t w = write(fds[1], &res, sizeof res);
+    _exit(w == (ssize_t)sizeof res ? 0 : 1);
+  }
+  close(fds[1]);
+  if (pid < 0) {
+    close(fds[0]);
+    snprintf(err, errlen, "cannot check plugins: fork: %s", strerror(errno));
+    *ret_fatal = 1;
+    return -1;
+  }
+  ssize_t got;
+  do got = read(fds[0], &res, sizeof res);
+  while (got < 0 && errno == EINTR);
+  close(fds[0]);
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+  if (got != (ssize_t)sizeof res) {
+    if (WIFSIGNALED(st))
+      snprintf(err, errlen, "checking the plugins in %s crashed (signal %d): a plugin's "
+               "constructor or descriptor is broken", s->plugins_dir, WTERMSIG(st));
+    else
+      snprintf(err, errlen, "checking the plugins in %s failed (exit status %d)",
+               s->plugins_dir, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    *ret_fatal = 1;
+    return -1;
+  }
+  res.err[sizeof res.err - 1] = '\0';
+  if (res.rc == 0) return 0;
+  snprintf(err, errlen, "%s", res.err);
+  *ret_fatal = res.fatal;
+  return -1;
+}
+
 static int load_config(const char *path, evs__settings **ret, int for_test) {
   char err[2048] = "";
   evs__settings *s = NULL;
@@ -716,28 +781,18 @@ static int load_config(const char *path, evs__settings **ret, int for_test) {
     }
     evs__tls_server_free(t);
   }
-  evs__plugin_rec *p = NULL;
-  size_t n = 0;
-  if (evs__plugins_scan(s, &p, &n) < 0) {
-    /* Unreadable plugins directory: fatal, the scan logged why. */
-    if (for_test) fprintf(stderr, "evserver: cannot read plugins directory %s\n", s->plugins_dir);
-    evs__settings_free(s);
-    return -1;
-  }
-  if (evs__plugins_check_sections(s, p, n, err, sizeof err) < 0) {
-    /* Rejected plugins were logged by the scan; only -t repeats the first error on stderr. */
-    if (p && for_test) fprintf(stderr, "evserver: %s\n", err);
-    else if (p && strstr(err, "no loadable plugin")) EVS_LOG_ERR("EVS-1609", "%s", err);
-    evs__plugins_free(p, n);
-    /* A rejected plugin is not fatal for a running server (it is skipped and logged), but -t
-     * reports it so the operator sees it before a restart. Unknown plugin sections are fatal. */
-    int fatal = for_test || strstr(err, "no loadable plugin") != NULL;
-    if (fatal) {
+  int fatal = 0;
+  if (check_plugins_in_child(s, err, sizeof err, &fatal) < 0) {
+    /* Rejected plugins were logged by the check; only -t repeats the first error on stderr. A
+     * rejected plugin is not fatal for a running server (it is skipped and logged), but -t
+     * reports it so the operator sees it before a restart. Unknown plugin sections, an
+     * unreadable plugins directory and a check that crashed are fatal. */
+    if (for_test) fprintf(stderr, "evserver: %s\n", err);
+    else if (fatal) EVS_LOG_ERR("EVS-1609", "%s", err);
+    if (fatal || for_test) {
       evs__settings_free(s);
       return -1;
     }
-  } else {
-    evs__plugins_free(p, n);
   }
   *ret = s;
   return 0;

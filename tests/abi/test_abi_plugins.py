@@ -108,6 +108,19 @@ def test_server_runs_beside_rejected_plugins():
     assert s.running(), "evserver exited"
 
 
+def test_master_runs_no_plugin_code():
+    # Opening a plugin runs its constructors; the master (the node's supervisor, root in
+    # production) checks descriptors in a child process and never opens one itself.
+    log = os.path.join(tmpdir(), "ctor.log")
+    cfg = write_config(server={"plugins_dir": PLUGIN_DIR}, plugins=SECTIONS)
+    s = Server(cfg, env={"ABI_ECHO_CTOR_LOG": log}).start()
+    echo(s, "/ctor")  # a worker has loaded abi-echo and served with it
+    with open(log) as f:
+        pids = [int(x) for x in f.read().split()]
+    assert pids, "abi-echo's constructor never ran"
+    assert s.pid not in pids, "the master (pid %d) opened a plugin: %r" % (s.pid, pids)
+
+
 # ---- rejections: the log and /plugins ---------------------------------------------------------
 
 def test_each_rejection_is_one_log_line():

@@ -12,10 +12,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "evserver/evs_plugin.h"
 
 #define ECHO_HOST "abi-echo.test"
+
+/* Opening a plugin runs its ELF constructors: this one records which process ran it (in the file
+ * named by ABI_ECHO_CTOR_LOG), so the test can check that the master never opens a plugin. */
+__attribute__((constructor)) static void record_opener(void) {
+  const char *path = getenv("ABI_ECHO_CTOR_LOG");
+  if (!path) return;
+  FILE *f = fopen(path, "a");
+  if (!f) return;
+  fprintf(f, "%ld\n", (long)getpid());
+  fclose(f);
+}
 #define EVENT_TYPE "abi-echo.request"
 
 typedef struct echo_call echo_call;
