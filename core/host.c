@@ -20,6 +20,7 @@
 #include "node.h"
 #include "plugin.h"
 #include "request.h"
+#include "stream.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -631,13 +632,11 @@ static int h_register_crypto_provider2(evs_plugin *p, const evs_crypto_provider 
   return 0;
 }
 
-/* Takeover and streams live in server.c, next to the connection they take over. */
-evs_stream *evs__takeover(evs_request *req, int status, const evs_header *h, size_t n);
-int evs__stream_read_start(evs_stream *s, evs_stream_read_fn cb, void *arg);
-int evs__stream_read_stop(evs_stream *s);
-int evs__stream_write(evs_stream *s, const uint8_t *d, size_t len, evs_stream_write_fn cb, void *arg);
-int evs__stream_start_tls(evs_stream *s, evs_tls_identity_fn fn, void *arg);
-void evs__stream_close(evs_stream *s);
+/* Takeover and streams live in stream.c (stream.h). */
+static evs_stream *h_stream_connect(evs_plugin *p, const evs_stream_connect *opts,
+                                    evs_stream_connect_fn cb, void *arg) {
+  return evs__stream_connect(rec(p), opts, cb, arg);
+}
 
 static void *h_uv_loop(evs_plugin *p) {
   (void)p;
@@ -886,6 +885,9 @@ static const evs_host host_table = {
     .decrypt_file = h_decrypt_file,
     .check_api_key = h_check_api_key,
     .register_crypto_provider2 = h_register_crypto_provider2,
+    .stream_serve_http = evs__stream_serve_http,
+    .request_tunnel = evs__request_tunnel,
+    .stream_connect = h_stream_connect,
 };
 
 const evs_host *evs__host_table(void) { return &host_table; }

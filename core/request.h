@@ -79,6 +79,7 @@ struct evs_request {
   int finished;
   int holds;                 /* code on the stack (or a deferred callback) still uses it */
   int taken_over;
+  char *tunnel;              /* CONNECT authority of a served stream (stream.c), owned */
 };
 
 /* Responses. content_length < 0: unknown (chunked to HTTP/1.1 clients, close-delimited to 1.0).

@@ -32,10 +32,11 @@
 #include "metrics.h"
 #include "request.h"
 #include "server.h"
+#include "stream.h"
 #include "worker.h"
 
 enum conn_state { CONN_HANDSHAKE, CONN_HEAD, CONN_REQUEST, CONN_CLOSING };
-enum timer_kind { T_NONE, T_HEADER, T_BODY, T_IDLE, T_SEND };
+enum timer_kind { T_NONE, T_HEADER, T_BODY, T_IDLE, T_SEND, T_SERVE };
 
 struct evs__conn {
   evs__io io;
@@ -62,6 +63,8 @@ struct evs__conn {
   uint64_t rate_bytes;  /* body bytes received in the current window */
   uint64_t body_last_read; /* loop time of the last read of the body (body_timeout) */
   int peer_eof;         /* the client half-closed while a request was in flight */
+  evs_stream *stream;   /* taken over (stream.c); requests are then the stream's service's */
+  int serve_tls_input;  /* buffered input is TLS records for the stream's TLS (T_SERVE) */
 };
 
 uint64_t evs__now_ns(void) {
@@ -111,6 +114,7 @@ const char *evs__status_text(int status) {
 
 static void conn_read(evs__io *io, ssize_t nread, const char *data);
 static void conn_process(evs__conn *c);
+static void conn_serve_start(evs__conn *c);
 static void request_finish(evs_request *req);
 
 static void conn_maybe_free(evs__conn *c) {
@@ -154,6 +158,11 @@ static void conn_close(evs__conn *c, int graceful) {
     c->req = NULL;
     if (!req->response_done && req->on_abort) req->on_abort(req);
     if (!req->finished) request_finish(req);
+  }
+  if (c->stream) {
+    evs_stream *s = c->stream;
+    c->stream = NULL;
+    evs__stream_conn_closed(s);
   }
   if (graceful) evs__io_shutdown_close(&c->io);
   else evs__io_close(&c->io);
@@ -201,6 +210,10 @@ static void on_timeout(uv_timer_t *t) {
   evs__conn *c = t->data;
   enum timer_kind k = c->timer_kind;
   c->timer_kind = T_NONE;
+  if (k == T_SERVE) {
+    conn_serve_start(c);
+    return;
+  }
   if (k == T_HEADER && c->len > 0 && !c->req) {
     /* A partial head that never completed: tell the client why. */
     conn_fail(c, 408, "request-timeout", "Request head timed out");
@@ -515,7 +528,7 @@ static evs_request *request_new(evs__conn *c, size_t head_len, const evs__http_h
   i->client_addr = req->client_addr;
   i->request_id = req->request_id;
   i->version_minor = h->version_minor;
-  i->tls = c->lst->tls != NULL;
+  i->tls = c->io.ssl != NULL; /* the listener's TLS, or a tunnel's (stream_serve_http) */
   i->sni = evs__io_sni(&c->io);
   i->listener = c->lst->sock->name;
   i->has_content_length = (h->flags & EVS_HTTP_F_CONTENT_LENGTH) != 0;
@@ -540,6 +553,7 @@ static void request_free(evs_request *req) {
   }
   free(req->edits);
   free(req->rb_buf);
+  free(req->tunnel);
   free(req->head);
   free(req->fields);
   free(req->strings);
@@ -646,7 +660,10 @@ static void dispatch_held(evs__conn *c, evs_request *req) {
     evs__admin_handle(w, req);
     return;
   }
-  if (!evs__plugins_run_hooks(w, EVS_PHASE_ROUTE, req) && !req->head_sent && c->req == req) {
+  /* Inside a tunnel handed back to HTTP (stream_serve_http) the stream's service routes. */
+  int taken = c->stream ? evs__stream_dispatch(c->stream, req) == EVS_HANDLED
+                        : evs__plugins_run_hooks(w, EVS_PHASE_ROUTE, req);
+  if (!taken && !req->head_sent && c->req == req) {
     evs__respond_error(req, 404, "relay-not-found",
                        "No relay is configured for the requested domain");
   }
@@ -1124,193 +1141,68 @@ void evs__server_free_tls(evs__worker *w) {
   w->listeners = NULL;
 }
 
-/* ---- takeover: the connection becomes a plain byte stream owned by a plugin ---------------- */
+/* ---- streams (stream.c): the connection taken over, and handed back ---------------------- */
 
-struct evs_stream {
-  evs__conn *c;
-  evs_request *req;
-  evs_stream_read_fn read_cb;
-  void *read_arg;
-  SSL_CTX *tls_base;
-  evs_tls_identity_fn identity_fn;
-  void *identity_arg;
-  int closed;
-  int pending_write_cbs; /* the stream is freed only when none are pending */
-};
+evs__io *evs__conn_io(evs__conn *c) { return &c->io; }
 
-typedef struct stream_write {
-  evs_stream *s;
-  evs_stream_write_fn cb;
-  void *arg;
-} stream_write;
+evs_stream *evs__conn_stream(evs__conn *c) { return c->stream; }
 
-static void stream_on_read(evs__io *io, ssize_t nread, const char *data) {
-  evs__conn *c = io->data;
-  evs_stream *s = c->req ? c->req->proxy ? NULL : (evs_stream *)c->req->sink_arg : NULL;
-  if (!s || !s->read_cb) return;
-  if (nread < 0) s->read_cb(s->read_arg, s, (int)nread == UV_EOF ? EVS_ECLOSED : (int)nread, NULL, 0);
-  else s->read_cb(s->read_arg, s, 0, (const uint8_t *)data, (size_t)nread);
-}
-
-evs_stream *evs__takeover(evs_request *req, int status, const evs_header *h, size_t n);
-evs_stream *evs__takeover(evs_request *req, int status, const evs_header *h, size_t n) {
-  evs__conn *c = req->conn;
-  if (!c || req->head_sent || req->taken_over || req->proxy) return NULL;
-  if (status != 101 && (status < 200 || status > 299)) return NULL;
-  evs_stream *s = calloc(1, sizeof *s);
-  if (!s) return NULL;
-  s->c = c;
-  s->req = req;
-  req->taken_over = 1;
-  req->head_sent = 1;
-  req->status = status;
-  req->body_done = 1;
-  req->sink_arg = s;
-  /* The head carries no framing: after it the connection is the plugin's byte stream. */
-  size_t cap = 128;
-  for (size_t i = 0; i < n; i++) cap += h[i].name_len + h[i].value_len + 4;
-  char *out = malloc(cap);
-  if (!out) {
-    free(s);
-    return NULL;
-  }
-  size_t o = (size_t)snprintf(out, cap, "HTTP/1.1 %d %s\r\n", status, evs__status_text(status));
-  for (size_t i = 0; i < n; i++) {
-    memcpy(out + o, h[i].name, h[i].name_len);
-    o += h[i].name_len;
-    out[o++] = ':';
-    out[o++] = ' ';
-    memcpy(out + o, h[i].value, h[i].value_len);
-    o += h[i].value_len;
-    out[o++] = '\r';
-    out[o++] = '\n';
-  }
-  out[o++] = '\r';
-  out[o++] = '\n';
-  evs__io_write(&c->io, out, o);
-  free(out);
+void evs__conn_attach_stream(evs__conn *c, evs_stream *s) {
+  c->stream = s;
   timer_set(c, T_NONE, 0);
-  evs__io_read_stop(&c->io); /* until the plugin calls evs__stream_read_start */
-  c->io.on_read = stream_on_read;
-  return s;
 }
 
-int evs__stream_read_start(evs_stream *s, evs_stream_read_fn cb, void *arg);
-int evs__stream_read_start(evs_stream *s, evs_stream_read_fn cb, void *arg) {
-  if (s->closed || !s->c) return -ECONNRESET;
-  s->read_cb = cb;
-  s->read_arg = arg;
-  evs__conn *c = s->c;
-  /* Bytes the client sent after the head come first. */
-  if (c->len > 0) {
-    size_t len = c->len;
-    char *copy = malloc(len);
-    if (!copy) return -ENOMEM;
-    memcpy(copy, c->buf, len);
-    c->len = 0;
-    /* Buffered bytes are plaintext already (the listener's TLS decrypted them), unless the
-     * plugin started its own TLS on a plain connection: then they are its first records. */
-    if (s->tls_base) evs__io_feed(&c->io, copy, len);
-    else c->io.on_read(&c->io, (ssize_t)len, copy);
+ssize_t evs__conn_take_input(evs__conn *c, char **ret) {
+  *ret = NULL;
+  if (c->len == 0) return 0;
+  char *copy = malloc(c->len);
+  if (!copy) return -ENOMEM;
+  memcpy(copy, c->buf, c->len);
+  ssize_t n = (ssize_t)c->len;
+  c->len = 0;
+  *ret = copy;
+  return n;
+}
+
+void evs__conn_end_stream(evs__conn *c) {
+  if (c->req) c->req->response_done = 1;
+  conn_close(c, 1);
+}
+
+void evs__conn_abort(evs__conn *c) { conn_close(c, 0); }
+
+void evs__conn_serve_http(evs__conn *c, int input_is_tls) {
+  evs_request *req = c->req;
+  if (req) {
+    /* The CONNECT (or Upgrade) request is over: logged and counted now, with its status. */
+    req->response_done = 1;
+    request_finish(req);
+  }
+  c->state = CONN_HEAD;
+  c->io.on_read = conn_read;
+  c->serve_tls_input = input_is_tls != 0;
+  memset(&c->scan, 0, sizeof c->scan);
+  c->idle_since = c->req_start = uv_now(c->w->loop);
+  /* Start on the next loop turn, not inside the plugin's call (usually its ROUTE hook, on the
+   * stack of this connection's read): T_SERVE feeds what is buffered, then the head's deadlines
+   * run as for a new connection. */
+  c->timer_kind = T_SERVE;
+  uv_timer_start(&c->timer, on_timeout, 0, 0);
+}
+
+static void conn_serve_start(evs__conn *c) {
+  timer_set(c, T_HEADER, head_timeout_ms(c));
+  if (c->len > 0 && c->serve_tls_input) {
+    char *copy = NULL;
+    ssize_t n = evs__conn_take_input(c, &copy);
+    if (n < 0) {
+      conn_close(c, 0);
+      return;
+    }
+    evs__io_feed(&c->io, copy, (size_t)n); /* the client's first TLS records */
     free(copy);
-    if (s->closed) return 0;
+  } else if (c->len > 0) {
+    conn_process(c);
   }
-  return evs__io_read_start(&c->io);
-}
-
-int evs__stream_read_stop(evs_stream *s);
-int evs__stream_read_stop(evs_stream *s) {
-  if (s->closed || !s->c) return -ECONNRESET;
-  evs__io_read_stop(&s->c->io);
-  return 0;
-}
-
-int evs__stream_write(evs_stream *s, const uint8_t *d, size_t len, evs_stream_write_fn cb, void *arg);
-typedef struct stream_write_done {
-  uv_timer_t t;
-  evs_stream *s;
-  evs_stream_write_fn cb;
-  void *arg;
-} stream_write_done;
-
-static void stream_write_closed(uv_handle_t *h) { free(h->data); }
-static void stream_write_fire(uv_timer_t *t) {
-  stream_write_done *d = t->data;
-  evs_stream *s = d->s;
-  s->pending_write_cbs--;
-  d->cb(d->arg, s, s->closed ? EVS_ECLOSED : 0);
-  if (s->closed && s->pending_write_cbs == 0) free(s);
-  uv_close((uv_handle_t *)t, stream_write_closed);
-}
-
-int evs__stream_write(evs_stream *s, const uint8_t *d, size_t len, evs_stream_write_fn cb, void *arg) {
-  if (s->closed || !s->c) return -ECONNRESET;
-  int r = evs__io_write(&s->c->io, d, len);
-  if (r < 0) return r;
-  if (cb) {
-    /* The data is copied into the write queue, so it is "written" from the caller's point of
-     * view; report that on the next loop turn, never before this call returns. */
-    stream_write_done *w = malloc(sizeof *w);
-    if (!w) return -ENOMEM;
-    w->s = s;
-    w->cb = cb;
-    w->arg = arg;
-    uv_timer_init(s->c->w->loop, &w->t);
-    w->t.data = w;
-    uv_timer_start(&w->t, stream_write_fire, 0, 0);
-    s->pending_write_cbs++;
-  }
-  return 0;
-}
-
-static int stream_sni_cb(SSL *ssl, int *al, void *arg) {
-  (void)al;
-  (void)arg;
-  evs__io *io = SSL_get_app_data(ssl);
-  evs__conn *c = io->data;
-  evs_stream *s = c->req ? (evs_stream *)c->req->sink_arg : NULL;
-  if (!s || !s->identity_fn) return SSL_TLSEXT_ERR_ALERT_FATAL;
-  const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-  evs_tls_identity id;
-  memset(&id, 0, sizeof id);
-  id.size = sizeof id;
-  if (s->identity_fn(s->identity_arg, name, &id) < 0) return SSL_TLSEXT_ERR_ALERT_FATAL;
-  SSL_CTX *ctx = evs__tls_ctx_from_pem(id.cert_pem, id.cert_pem_len, id.key_pem, id.key_pem_len);
-  if (!ctx) return SSL_TLSEXT_ERR_ALERT_FATAL;
-  SSL_set_SSL_CTX(ssl, ctx);
-  SSL_CTX_free(ctx); /* the SSL holds its own reference */
-  return SSL_TLSEXT_ERR_OK;
-}
-
-static void stream_handshake(evs__io *io, int status) {
-  evs__conn *c = io->data;
-  evs_stream *s = c->req ? (evs_stream *)c->req->sink_arg : NULL;
-  if (status < 0 && s && s->read_cb) s->read_cb(s->read_arg, s, EVS_ETLS, NULL, 0);
-}
-
-int evs__stream_start_tls(evs_stream *s, evs_tls_identity_fn fn, void *arg);
-int evs__stream_start_tls(evs_stream *s, evs_tls_identity_fn fn, void *arg) {
-  if (s->closed || !s->c || s->c->io.ssl) return -EINVAL;
-  s->tls_base = SSL_CTX_new(TLS_server_method());
-  if (!s->tls_base) return -ENOMEM;
-  evs__tls_apply_server_policy(s->tls_base);
-  SSL_CTX_set_tlsext_servername_callback(s->tls_base, stream_sni_cb);
-  s->identity_fn = fn;
-  s->identity_arg = arg;
-  int r = evs__io_tls_server(&s->c->io, s->tls_base, stream_handshake);
-  return r < 0 ? r : 0;
-}
-
-void evs__stream_close(evs_stream *s);
-void evs__stream_close(evs_stream *s) {
-  if (s->closed) return;
-  s->closed = 1;
-  evs__conn *c = s->c;
-  if (c && c->req == s->req) {
-    s->req->response_done = 1;
-    conn_close(c, 1);
-  }
-  if (s->tls_base) SSL_CTX_free(s->tls_base);
-  s->tls_base = NULL;
-  if (s->pending_write_cbs == 0) free(s);
+  if (c->state == CONN_HEAD) evs__io_read_start(&c->io);
 }

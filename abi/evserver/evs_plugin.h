@@ -64,6 +64,13 @@
  *        (EVS_CRYPTO_STRING, _STRING_EXACT, _NUMBER, _BOOLEAN); a crypto provider registers
  *        a typed table (register_crypto_provider2, evs_crypto_provider). crypto_call and
  *        register_crypto_provider stay as the low-level path (the provider's own wire format).
+ *   1.7  streams: stream_serve_http hands a taken-over stream (after stream_start_tls) back to
+ *        the host's HTTP engine, so each request inside a CONNECT tunnel is parsed by the same
+ *        strict parser, under the same limits, and reaches the plugin as an evs_request
+ *        (evs_http_service) that can respond, proxy or filter; request_tunnel gives such a
+ *        request's CONNECT authority. stream_connect opens a client stream (TCP, or TLS with
+ *        verification) that the stream_* calls read, write and close (for upstreams a plugin
+ *        speaks to itself, e.g. WebSocket). The Outbound Relay's CONNECT proxy.
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -77,7 +84,7 @@ extern "C" {
 
 #define EVS_PLUGIN_MAGIC 0x50535645u /* "EVSP" little-endian */
 #define EVS_ABI_MAJOR 1
-#define EVS_ABI_MINOR 6
+#define EVS_ABI_MINOR 7
 
 /* Error codes beyond errno. */
 #define EVS_EUPSTREAM_REFUSED (-10001) /* upstream refused the connection */
@@ -451,6 +458,35 @@ typedef struct evs_tls_identity {
 typedef int (*evs_tls_identity_fn)(void *arg, const char *sni, evs_tls_identity *ret);
 typedef void (*evs_timer_fn)(void *arg);
 
+/* ABI 1.7: what serves the requests of a stream handed back to the HTTP engine
+ * (stream_serve_http). Zero it and set size = sizeof. */
+typedef struct evs_http_service {
+  uint32_t size; /* sizeof(evs_http_service) */
+  /* Each request parsed on the stream, like a ROUTE hook: return EVS_HANDLED and answer it
+   * (respond, respond_error, proxy; now or later), or EVS_DECLINED and the host answers 404
+   * `relay-not-found`. ROUTE hooks never see these requests; LOG hooks do. */
+  int (*request)(void *arg, evs_request *req);
+  /* Once, when the connection has ended (after its last request finished); free arg here.
+   * May be NULL. */
+  void (*closed)(void *arg);
+} evs_http_service;
+
+/* ABI 1.7: where a client stream connects (stream_connect). Zero it and set size = sizeof. */
+typedef struct evs_stream_connect {
+  uint32_t size;       /* sizeof(evs_stream_connect) */
+  const char *host;    /* DNS name or IP literal */
+  uint16_t port;
+  int tls;             /* 1: TLS client; the certificate chain and the name (sni) are verified */
+  int no_verify;       /* 1: skip verification (tests only); zeroed structs always verify */
+  const char *sni;     /* TLS server name and name verified; NULL: host */
+  const char *ca_file; /* NULL: the host's configured upstream CA bundle */
+  uint64_t connect_timeout_ms; /* TCP and TLS handshake; 0: upstream.connect_timeout */
+} evs_stream_connect;
+/* status 0: s is connected (and, with tls, verified) and ready for the stream_* calls;
+ * negative (EVS_EUPSTREAM_REFUSED, EVS_EUPSTREAM_TIMEOUT, EVS_ETLS for a failed handshake or
+ * verification, -ENOMEM): s is NULL and nothing is left to close. */
+typedef void (*evs_stream_connect_fn)(void *arg, evs_stream *s, int status);
+
 /* ---- The host's service table ------------------------------------------------------------ */
 /* Append-only: new services go at the end and bump EVS_ABI_MINOR. Check `size` (or the host's
  * minor) before using a member added after 1.0. */
@@ -643,6 +679,33 @@ typedef struct evs_host {
    * plugin already provides crypto. A provider usually registers the low-level
    * register_crypto_provider as well, for plugins built against older minors. */
   int (*register_crypto_provider2)(evs_plugin *p, const evs_crypto_provider *ops);
+
+  /* 1.7: streams */
+  /* Hand a taken-over stream back to the HTTP engine: from now on the connection is an HTTP
+   * server connection again (inside the TLS started with stream_start_tls, if any; bytes that
+   * already arrived count). Requests on it are parsed by the host's strict parser under the
+   * listener's limits (head size and fields, body size, timeouts, keep-alive), and each one is
+   * passed to svc->request(arg, req) as an evs_request on which respond, respond_error,
+   * proxy (same upstream pool and TLS verification as any request), filters and LOG hooks
+   * work as on a listener. The taken-over CONNECT/Upgrade request completes now (its log line
+   * and LOG hooks run); request_info of the inner requests names the same listener, with tls
+   * and sni those of the stream's TLS. On success the stream handle belongs to the host: do
+   * not use it again; svc->closed(arg) runs once when the connection ends. Returns 0,
+   * -EINVAL (bad svc, a stream not from takeover, reads started), -ECONNRESET (gone). svc is
+   * copied. */
+  int (*stream_serve_http)(evs_stream *s, const evs_http_service *svc, void *arg);
+  /* For a request parsed on a stream served with stream_serve_http: the request-target of the
+   * CONNECT request that opened the tunnel (its authority, "host:port"), NUL-terminated and
+   * valid as long as req; NULL for every other request. */
+  const char *(*request_tunnel)(evs_request *req);
+  /* Open a client stream to opts->host:opts->port, optionally TLS-verified (see
+   * evs_stream_connect), and call cb once with it. The stream is read, written and closed
+   * with stream_read_start, stream_read_stop, stream_write and stream_close (stream_start_tls
+   * and stream_serve_http do not apply: -EINVAL). stream_close before cb ran cancels the
+   * connect: cb then never runs. Returns the stream handle (for cancelling), or NULL on a bad
+   * argument or no memory: cb never runs. Not pooled: one connection per call. */
+  evs_stream *(*stream_connect)(evs_plugin *p, const evs_stream_connect *opts,
+                                evs_stream_connect_fn cb, void *arg);
 } evs_host;
 
 #ifdef __cplusplus

@@ -1,0 +1,483 @@
+/*
+ * Streams: byte streams a plugin reads and writes through evs_host (see stream.h).
+ *
+ * A server stream is a client connection taken over after a CONNECT or Upgrade request
+ * (takeover). The plugin may start a TLS server inside it with a certificate it picks per SNI
+ * name (stream_start_tls), and may then hand it back to the HTTP engine (stream_serve_http):
+ * the connection parses requests again, with the same strict parser, limits and timeouts as on
+ * the listener, and passes each one to the plugin's evs_http_service instead of the ROUTE hooks.
+ * That is how a CONNECT proxy (the Outbound Relay) sees every request inside a tunnel as an
+ * evs_request it can answer, proxy or filter, without a second HTTP parser or upstream client.
+ *
+ * A client stream is a connection a plugin opens itself (stream_connect): TCP, or TLS whose
+ * certificate chain and name are verified like an upstream's, for protocols the host does not
+ * proxy (WebSocket). It is not pooled.
+ *
+ * Lifetime: a stream counts references: the plugin's handle (until stream_close, or until
+ * stream_serve_http gives the stream to the host), the connection it is attached to (server
+ * streams, until the connection closes) or its socket (client streams, until the handle's close
+ * callback), a pending DNS lookup or connect timer, and each pending write callback. It is
+ * freed at the last.
+ */
+#include "stream.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "tls.h"
+
+enum stream_kind { STREAM_SERVER, STREAM_CLIENT };
+
+struct evs_stream {
+  enum stream_kind kind;
+  int refs;
+  int closed;               /* the plugin closed it (or gave it to the host) */
+  evs__io *io;              /* the connection's or its own; NULL once gone */
+  evs_stream_read_fn read_cb;
+  void *read_arg;
+  evs__plugin_rec *plugin;  /* who took it over or opened it */
+  /* Server streams. */
+  evs__conn *c;             /* NULL once the connection is gone */
+  SSL_CTX *tls_base;        /* stream_start_tls: the SNI callback's context */
+  evs_tls_identity_fn identity_fn;
+  void *identity_arg;
+  int served;               /* stream_serve_http */
+  evs_http_service svc;
+  void *svc_arg;
+  char *authority;          /* the CONNECT request-target, for request_tunnel */
+  /* Client streams. */
+  int connecting;
+  evs_stream_connect_fn connect_cb;
+  void *connect_arg;
+  char *host, *sni;
+  int sni_is_ip, verify;
+  uint16_t port;
+  SSL_CTX *client_ctx;      /* owned by the client context cache */
+  uv_getaddrinfo_t gai;
+  uv_connect_t creq;
+  uv_timer_t timer;
+  int timer_live;
+  struct addrinfo *addrs, *cur;
+};
+
+static void stream_unref(evs_stream *s) {
+  if (--s->refs > 0) return;
+  if (s->tls_base) SSL_CTX_free(s->tls_base);
+  if (s->addrs) uv_freeaddrinfo(s->addrs);
+  free(s->authority);
+  free(s->host);
+  free(s->sni);
+  free(s);
+}
+
+/* ---- takeover ---------------------------------------------------------------------------- */
+
+static void server_on_read(evs__io *io, ssize_t nread, const char *data) {
+  evs_stream *s = evs__conn_stream(io->data);
+  if (!s || s->closed || !s->read_cb) return;
+  if (nread < 0)
+    s->read_cb(s->read_arg, s, nread == UV_EOF ? EVS_ECLOSED : (int)nread, NULL, 0);
+  else
+    s->read_cb(s->read_arg, s, 0, (const uint8_t *)data, (size_t)nread);
+}
+
+evs_stream *evs__takeover(evs_request *req, int status, const evs_header *h, size_t n) {
+  evs__conn *c = req->conn;
+  if (!c || req->head_sent || req->taken_over || req->proxy) return NULL;
+  if (status != 101 && (status < 200 || status > 299)) return NULL;
+  evs_stream *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  /* The head carries no framing: after it the connection is the plugin's byte stream. */
+  size_t cap = 128;
+  for (size_t i = 0; i < n; i++) cap += h[i].name_len + h[i].value_len + 4;
+  char *out = malloc(cap);
+  if (!out) {
+    free(s);
+    return NULL;
+  }
+  if (strcmp(req->info.method, "CONNECT") == 0 && !(s->authority = strdup(req->info.target))) {
+    free(out);
+    free(s);
+    return NULL;
+  }
+  s->kind = STREAM_SERVER;
+  s->refs = 2; /* the plugin's handle and the connection */
+  s->c = c;
+  s->io = evs__conn_io(c);
+  s->plugin = req->handler;
+  req->taken_over = 1;
+  req->head_sent = 1;
+  req->status = status;
+  req->body_done = 1;
+  size_t o = (size_t)snprintf(out, cap, "HTTP/1.1 %d %s\r\n", status, evs__status_text(status));
+  for (size_t i = 0; i < n; i++) {
+    memcpy(out + o, h[i].name, h[i].name_len);
+    o += h[i].name_len;
+    out[o++] = ':';
+    out[o++] = ' ';
+    memcpy(out + o, h[i].value, h[i].value_len);
+    o += h[i].value_len;
+    out[o++] = '\r';
+    out[o++] = '\n';
+  }
+  out[o++] = '\r';
+  out[o++] = '\n';
+  evs__io_write(s->io, out, o);
+  free(out);
+  evs__conn_attach_stream(c, s);
+  evs__io_read_stop(s->io); /* until the plugin calls stream_read_start */
+  s->io->on_read = server_on_read;
+  return s;
+}
+
+void evs__stream_conn_closed(evs_stream *s) {
+  s->c = NULL;
+  s->io = NULL;
+  if (s->served) {
+    if (s->svc.closed) s->svc.closed(s->svc_arg);
+  } else if (!s->closed && s->read_cb) {
+    s->refs++; /* the plugin closes its handle from the callback */
+    s->read_cb(s->read_arg, s, EVS_ECLOSED, NULL, 0);
+    s->refs--;
+  }
+  stream_unref(s); /* the connection's reference */
+}
+
+/* ---- TLS inside a server stream ---------------------------------------------------------- */
+
+static int stream_sni_cb(SSL *ssl, int *al, void *arg) {
+  (void)al;
+  (void)arg;
+  evs__io *io = SSL_get_app_data(ssl);
+  evs_stream *s = evs__conn_stream(io->data);
+  if (!s || !s->identity_fn) return SSL_TLSEXT_ERR_ALERT_FATAL;
+  const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  evs_tls_identity id;
+  memset(&id, 0, sizeof id);
+  id.size = sizeof id;
+  if (s->identity_fn(s->identity_arg, name, &id) < 0) return SSL_TLSEXT_ERR_ALERT_FATAL;
+  SSL_CTX *ctx = evs__tls_ctx_from_pem(id.cert_pem, id.cert_pem_len, id.key_pem, id.key_pem_len);
+  if (!ctx) return SSL_TLSEXT_ERR_ALERT_FATAL;
+  SSL_set_SSL_CTX(ssl, ctx);
+  SSL_CTX_free(ctx); /* the SSL holds its own reference */
+  return SSL_TLSEXT_ERR_OK;
+}
+
+static void stream_handshake(evs__io *io, int status) {
+  evs_stream *s = evs__conn_stream(io->data);
+  if (status >= 0 || !s) return;
+  if (s->served) evs__conn_abort(s->c);
+  else if (!s->closed && s->read_cb) s->read_cb(s->read_arg, s, EVS_ETLS, NULL, 0);
+}
+
+int evs__stream_start_tls(evs_stream *s, evs_tls_identity_fn fn, void *arg) {
+  if (s->kind != STREAM_SERVER || s->closed || !s->c || s->io->ssl || !fn) return -EINVAL;
+  s->tls_base = SSL_CTX_new(TLS_server_method());
+  if (!s->tls_base) return -ENOMEM;
+  evs__tls_apply_server_policy(s->tls_base);
+  SSL_CTX_set_tlsext_servername_callback(s->tls_base, stream_sni_cb);
+  s->identity_fn = fn;
+  s->identity_arg = arg;
+  int r = evs__io_tls_server(s->io, s->tls_base, stream_handshake);
+  return r < 0 ? r : 0;
+}
+
+/* ---- back to HTTP ------------------------------------------------------------------------ */
+
+int evs__stream_serve_http(evs_stream *s, const evs_http_service *svc, void *arg) {
+  if (s->kind != STREAM_SERVER || s->closed || s->served || s->read_cb || !svc ||
+      svc->size < offsetof(evs_http_service, request) + sizeof svc->request || !svc->request)
+    return -EINVAL;
+  if (!s->c) return -ECONNRESET;
+  memset(&s->svc, 0, sizeof s->svc);
+  memcpy(&s->svc, svc, svc->size < sizeof s->svc ? svc->size : sizeof s->svc);
+  s->svc_arg = arg;
+  s->served = 1;
+  s->closed = 1; /* the handle is the host's now */
+  evs__conn_serve_http(s->c, s->tls_base != NULL);
+  stream_unref(s); /* the plugin's reference; the connection keeps its own */
+  return 0;
+}
+
+int evs__stream_dispatch(evs_stream *s, evs_request *req) {
+  if (s->authority && !req->tunnel) req->tunnel = strdup(s->authority);
+  req->handler = s->plugin;
+  return s->svc.request(s->svc_arg, req) == EVS_HANDLED ? EVS_HANDLED : EVS_DECLINED;
+}
+
+const char *evs__request_tunnel(evs_request *req) { return req->tunnel; }
+
+/* ---- reading and writing (both kinds) ---------------------------------------------------- */
+
+int evs__stream_read_start(evs_stream *s, evs_stream_read_fn cb, void *arg) {
+  if (s->closed || !s->io || s->connecting || !cb) return s->closed || !cb ? -EINVAL : -ECONNRESET;
+  s->read_cb = cb;
+  s->read_arg = arg;
+  if (s->kind == STREAM_SERVER) {
+    /* Bytes the client sent after the head come first. They are plaintext already (the
+     * listener's TLS decrypted them), unless the plugin started its own TLS on a plain
+     * connection: then they are its first records. */
+    char *copy = NULL;
+    ssize_t len = evs__conn_take_input(s->c, &copy);
+    if (len < 0) return (int)len;
+    if (len > 0) {
+      s->refs++;
+      if (s->tls_base) evs__io_feed(s->io, copy, (size_t)len);
+      else s->io->on_read(s->io, len, copy);
+      free(copy);
+      int gone = s->closed || !s->io;
+      stream_unref(s);
+      if (gone) return 0;
+    }
+  }
+  return evs__io_read_start(s->io);
+}
+
+int evs__stream_read_stop(evs_stream *s) {
+  if (s->closed) return -EINVAL;
+  if (!s->io || s->connecting) return -ECONNRESET;
+  evs__io_read_stop(s->io);
+  return 0;
+}
+
+typedef struct stream_write_done {
+  uv_timer_t t;
+  evs_stream *s;
+  evs_stream_write_fn cb;
+  void *arg;
+} stream_write_done;
+
+static void stream_write_closed(uv_handle_t *h) { free(h->data); }
+
+static void stream_write_fire(uv_timer_t *t) {
+  stream_write_done *d = t->data;
+  evs_stream *s = d->s;
+  d->cb(d->arg, s, s->closed || !s->io ? EVS_ECLOSED : 0);
+  stream_unref(s);
+  uv_close((uv_handle_t *)t, stream_write_closed);
+}
+
+int evs__stream_write(evs_stream *s, const uint8_t *d, size_t len, evs_stream_write_fn cb,
+                      void *arg) {
+  if (s->closed) return -EINVAL;
+  if (!s->io || s->connecting) return -ECONNRESET;
+  stream_write_done *w = NULL;
+  if (cb && !(w = malloc(sizeof *w))) return -ENOMEM;
+  int r = evs__io_write(s->io, d, len);
+  if (r < 0) {
+    free(w);
+    return r;
+  }
+  if (w) {
+    /* The data is copied into the write queue, so it is "written" from the caller's point of
+     * view; report that on the next loop turn, never before this call returns. */
+    w->s = s;
+    w->cb = cb;
+    w->arg = arg;
+    uv_timer_init(evs__w->loop, &w->t);
+    w->t.data = w;
+    uv_timer_start(&w->t, stream_write_fire, 0, 0);
+    s->refs++;
+  }
+  return 0;
+}
+
+/* ---- client streams ---------------------------------------------------------------------- */
+
+static void client_timer_closed(uv_handle_t *h) { stream_unref(h->data); }
+
+static void client_timer_stop(evs_stream *s) {
+  if (!s->timer_live) return;
+  s->timer_live = 0;
+  uv_close((uv_handle_t *)&s->timer, client_timer_closed);
+}
+
+static void client_io_closed(evs__io *io) {
+  evs_stream *s = io->data;
+  free(io);
+  stream_unref(s);
+}
+
+static void client_io_close(evs_stream *s) {
+  evs__io *io = s->io;
+  s->io = NULL;
+  if (io) evs__io_close(io);
+}
+
+static void client_on_read(evs__io *io, ssize_t nread, const char *data) {
+  evs_stream *s = io->data;
+  if (s->closed || !s->read_cb || s->io != io) return;
+  if (nread < 0)
+    s->read_cb(s->read_arg, s, nread == UV_EOF ? EVS_ECLOSED : (int)nread, NULL, 0);
+  else
+    s->read_cb(s->read_arg, s, 0, (const uint8_t *)data, (size_t)nread);
+}
+
+/* The connect ends: cb learns how (s on success, NULL and nothing to close on failure). */
+static void client_done(evs_stream *s, int status) {
+  s->connecting = 0;
+  client_timer_stop(s);
+  evs_stream_connect_fn cb = s->connect_cb;
+  s->connect_cb = NULL;
+  if (status < 0) {
+    client_io_close(s);
+    s->closed = 1;
+    cb(s->connect_arg, NULL, status);
+    stream_unref(s); /* the plugin's reference, never handed out */
+    return;
+  }
+  evs__io_read_stop(s->io); /* until the plugin reads; TLS data waits in OpenSSL's buffer */
+  cb(s->connect_arg, s, 0);
+}
+
+static void client_handshake(evs__io *io, int status) {
+  evs_stream *s = io->data;
+  if (s->closed || s->io != io || !s->connecting) return;
+  client_done(s, status < 0 ? EVS_ETLS : 0);
+}
+
+static void client_try(evs_stream *s);
+
+static void client_on_connect(uv_connect_t *req, int status) {
+  evs_stream *s = req->data;
+  if (s->closed || !s->connecting || !s->io || req->handle != &s->io->h.stream) return;
+  if (status < 0) {
+    client_io_close(s); /* a failed connect leaves the handle unusable */
+    if (s->cur && s->cur->ai_next) {
+      s->cur = s->cur->ai_next;
+      client_try(s);
+    } else {
+      client_done(s, EVS_EUPSTREAM_REFUSED);
+    }
+    return;
+  }
+  uv_tcp_nodelay(&s->io->h.tcp, 1);
+  s->io->on_read = client_on_read;
+  if (!s->client_ctx) {
+    client_done(s, 0);
+    return;
+  }
+  int r = evs__io_tls_client(s->io, s->client_ctx, s->sni_is_ip ? NULL : s->sni,
+                             s->verify ? s->sni : NULL, client_handshake);
+  if (r < 0 || evs__io_read_start(s->io) < 0) client_done(s, EVS_ETLS);
+}
+
+static void client_try(evs_stream *s) {
+  evs__io *io = malloc(sizeof *io);
+  if (!io) {
+    client_done(s, -ENOMEM);
+    return;
+  }
+  uv_tcp_init(evs__w->loop, &io->h.tcp);
+  evs__io_init(io, s);
+  io->on_close = client_io_closed;
+  s->refs++;
+  s->io = io;
+  s->creq.data = s;
+  if (uv_tcp_connect(&s->creq, &io->h.tcp, s->cur->ai_addr, client_on_connect) < 0) {
+    client_io_close(s);
+    if (s->cur->ai_next) {
+      s->cur = s->cur->ai_next;
+      client_try(s);
+    } else {
+      client_done(s, EVS_EUPSTREAM_REFUSED);
+    }
+  }
+}
+
+static void client_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  evs_stream *s = req->data;
+  if (s->closed || !s->connecting || status < 0 || !res) {
+    if (res) uv_freeaddrinfo(res);
+    if (!s->closed && s->connecting) client_done(s, EVS_EUPSTREAM_REFUSED);
+  } else {
+    s->addrs = s->cur = res;
+    client_try(s);
+  }
+  stream_unref(s); /* the lookup's reference */
+}
+
+static void client_timeout(uv_timer_t *t) {
+  evs_stream *s = t->data;
+  if (s->connecting && !s->closed) client_done(s, EVS_EUPSTREAM_TIMEOUT);
+}
+
+evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *opts,
+                                evs_stream_connect_fn cb, void *arg) {
+  evs_stream_connect o;
+  memset(&o, 0, sizeof o);
+  if (!opts || !cb || opts->size < offsetof(evs_stream_connect, connect_timeout_ms)) return NULL;
+  memcpy(&o, opts, opts->size < sizeof o ? opts->size : sizeof o);
+  if (!o.host || !o.host[0] || o.port == 0) return NULL;
+  evs_stream *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->kind = STREAM_CLIENT;
+  s->refs = 1; /* the plugin's handle */
+  s->plugin = p;
+  s->connect_cb = cb;
+  s->connect_arg = arg;
+  s->port = o.port;
+  s->verify = !o.no_verify;
+  s->host = strdup(o.host);
+  s->sni = strdup(o.sni ? o.sni : o.host);
+  if (!s->host || !s->sni) {
+    stream_unref(s);
+    return NULL;
+  }
+  /* RFC 6066: no IP literals in SNI; the name still serves for certificate verification. */
+  struct in6_addr ip;
+  s->sni_is_ip = inet_pton(AF_INET, s->sni, &ip) == 1 || inet_pton(AF_INET6, s->sni, &ip) == 1;
+  if (o.tls) {
+    char err[512];
+    s->client_ctx = evs__tls_client_ctx(o.ca_file ? o.ca_file : evs__w->settings->upstream_ca_file,
+                                        NULL, NULL, NULL, s->verify, err, sizeof err);
+    if (!s->client_ctx) {
+      evs__log(EVS_LOG_ERROR, "EVS-1301", p ? p->name : NULL, NULL, "stream to %s: %s", s->host,
+               err);
+      stream_unref(s);
+      return NULL;
+    }
+  }
+  char port_s[8];
+  snprintf(port_s, sizeof port_s, "%u", (unsigned)s->port);
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  s->gai.data = s;
+  if (uv_getaddrinfo(evs__w->loop, &s->gai, client_resolved, s->host, port_s, &hints) < 0) {
+    stream_unref(s);
+    return NULL;
+  }
+  s->refs++; /* the lookup's */
+  s->connecting = 1;
+  uv_timer_init(evs__w->loop, &s->timer);
+  s->timer.data = s;
+  s->timer_live = 1;
+  s->refs++; /* the timer's */
+  uint64_t ms = o.connect_timeout_ms ? o.connect_timeout_ms
+                                     : (uint64_t)evs__w->settings->upstream_connect_timeout_ms;
+  uv_timer_start(&s->timer, client_timeout, ms, 0);
+  return s;
+}
+
+/* ---- closing ----------------------------------------------------------------------------- */
+
+void evs__stream_close(evs_stream *s) {
+  if (s->closed) return;
+  s->closed = 1;
+  s->read_cb = NULL;
+  if (s->kind == STREAM_SERVER) {
+    if (s->c) evs__conn_end_stream(s->c); /* calls evs__stream_conn_closed */
+  } else {
+    s->connecting = 0;
+    s->connect_cb = NULL;
+    client_timer_stop(s);
+    client_io_close(s);
+  }
+  stream_unref(s); /* the plugin's reference */
+}
