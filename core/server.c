@@ -1178,7 +1178,8 @@ void evs__conn_serve_http(evs__conn *c, int input_is_tls) {
     req->response_done = 1;
     request_finish(req);
   }
-  c->state = CONN_HEAD;
+  /* The state stays CONN_REQUEST until T_SERVE: what the read in progress still delivers (this
+   * call usually runs inside it) is only buffered, as during a takeover, never parsed yet. */
   c->io.on_read = conn_read;
   c->serve_tls_input = input_is_tls != 0;
   memset(&c->scan, 0, sizeof c->scan);
@@ -1191,6 +1192,7 @@ void evs__conn_serve_http(evs__conn *c, int input_is_tls) {
 }
 
 static void conn_serve_start(evs__conn *c) {
+  c->state = CONN_HEAD;
   timer_set(c, T_HEADER, head_timeout_ms(c));
   if (c->len > 0 && c->serve_tls_input) {
     char *copy = NULL;

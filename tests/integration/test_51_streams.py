@@ -109,6 +109,61 @@ def test_tunnel_inner_requests_proxied_over_verified_tls():
     assert sum("/two 200" in r["msg"] for r in lines) == 1, lines
 
 
+def test_tunnel_client_hello_and_request_sent_early():
+    """The client sends its ClientHello right behind the CONNECT head, in the same write: those
+    bytes must reach the tunnel's TLS (not be parsed as HTTP), and the request that follows the
+    handshake is served."""
+    ca, dest_ca = evstest.make_ca(), evstest.make_ca(name="destination CA")
+    dest = evstest.Upstream(tls=evstest.make_cert(dest_ca, ["localhost"]), body=b"early ok")
+    srv = start(ca, {"upstream_ca": dest_ca.cert})
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context(cafile=ca.cert).wrap_bio(inc, out, server_hostname="localhost")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    authority = "localhost:%d" % dest.port
+    s = evstest.connect(srv.port(), timeout=10)
+    s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (authority, authority)).encode() +
+              out.read())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        b = s.recv(65536)
+        assert b, "closed before the 200: %r" % buf
+        buf += b
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    inc.write(rest)
+
+    def pump():
+        data = out.read()
+        if data:
+            s.sendall(data)
+        b = s.recv(65536)
+        assert b, "tunnel closed during the TLS exchange"
+        inc.write(b)
+
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump()
+    tls.write(b"GET /early HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    s.sendall(out.read())
+    got = b""
+    while b"early ok" not in got:
+        try:
+            got += tls.read(65536)
+        except ssl.SSLWantReadError:
+            pump()
+        except ssl.SSLZeroReturnError:
+            break
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"early ok"), got
+    s.close()
+    assert [r.path for r in dest.requests] == ["/early"]
+
+
 def test_tunnel_destination_not_verified_gets_502():
     ca, dest_ca, other_ca = (evstest.make_ca(), evstest.make_ca(name="destination CA"),
                              evstest.make_ca(name="other CA"))
