@@ -62,10 +62,19 @@ struct evs_stream {
   uv_timer_t timer;
   int timer_live;
   struct addrinfo *addrs, *cur;
+  evs_stream *prev, *next;  /* client_streams */
 };
+
+/* Client streams of this worker, so that stopping can silence them before plugins unload. */
+static evs_stream *client_streams;
 
 static void stream_unref(evs_stream *s) {
   if (--s->refs > 0) return;
+  if (s->kind == STREAM_CLIENT) {
+    if (s->prev) s->prev->next = s->next;
+    else if (client_streams == s) client_streams = s->next;
+    if (s->next) s->next->prev = s->prev;
+  }
   if (s->tls_base) SSL_CTX_free(s->tls_base);
   if (s->addrs) uv_freeaddrinfo(s->addrs);
   free(s->authority);
@@ -417,6 +426,9 @@ evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *op
   if (!s) return NULL;
   s->kind = STREAM_CLIENT;
   s->refs = 1; /* the plugin's handle */
+  s->next = client_streams;
+  if (client_streams) client_streams->prev = s;
+  client_streams = s;
   s->plugin = p;
   s->connect_cb = cb;
   s->connect_arg = arg;
@@ -480,4 +492,16 @@ void evs__stream_close(evs_stream *s) {
     client_io_close(s);
   }
   stream_unref(s); /* the plugin's reference */
+}
+
+void evs__streams_stop(void) {
+  /* Plugins unload next: none of their callbacks may run after, so every client stream is
+   * closed and silenced now; the handles stay valid (a plugin's fini may still close them). */
+  for (evs_stream *s = client_streams; s; s = s->next) {
+    s->connecting = 0;
+    s->connect_cb = NULL;
+    s->read_cb = NULL;
+    client_timer_stop(s);
+    client_io_close(s);
+  }
 }

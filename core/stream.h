@@ -29,6 +29,10 @@ const char *evs__request_tunnel(evs_request *req);
 evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *opts,
                                 evs_stream_connect_fn cb, void *arg);
 
+/* The worker stops (before plugins unload): close every client stream; no callback runs after.
+ * Handles stay valid until the plugin closes them. */
+void evs__streams_stop(void);
+
 /* ---- stream.c, for server.c -------------------------------------------------------------- */
 /* The connection s belongs to is closing (by anyone): s forgets it. A plugin that still holds
  * an unserved stream gets EVS_ECLOSED through its read callback; a served stream's service

@@ -19,6 +19,7 @@
 #include "node.h"
 #include "plugin.h"
 #include "server.h"
+#include "stream.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -30,6 +31,7 @@ evs__worker *evs__w;
 static void finish(evs__worker *w) {
   uv_timer_stop(&w->drain_timer);
   evs__server_close_all(w);
+  evs__streams_stop();
   evs__upstream_pool_close_all();
   uv_stop(w->loop);
 }
