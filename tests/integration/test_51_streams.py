@@ -18,6 +18,7 @@ import glob
 import importlib.util
 import os
 import select
+import signal
 import socket
 import ssl
 import threading
@@ -193,6 +194,25 @@ def test_tunnel_limits_apply_inside():
     rs, _ = recv_responses(t, 1, timeout=10, allow_close=True)
     assert rs and rs[0].status == 408, rs
     assert wait_closed(t, 5)[0]
+
+
+def test_tunnel_drains_like_a_connection():
+    """On stop, a request in flight inside a tunnel is answered with Connection: close, an idle
+    tunnel is closed like an idle keep-alive connection, and the server exits cleanly."""
+    ca, dest_ca = evstest.make_ca(), evstest.make_ca(name="destination CA")
+    dest = evstest.Upstream(tls=evstest.make_cert(dest_ca, ["localhost"]), delay=1.0)
+    srv = start(ca, {"upstream_ca": dest_ca.cert}, limits={"drain_timeout": "10s"})
+    authority = "localhost:%d" % dest.port
+    idle = open_tunnel(srv, authority, ca)
+    busy = open_tunnel(srv, authority, ca)
+    busy.sendall(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    dest.wait_requests(1, timeout=10)
+    srv.signal(signal.SIGTERM)
+    rs, _ = recv_responses(busy, 1, timeout=10)
+    assert rs[0].status == 200 and rs[0].header("Connection", "").lower() == "close", rs[0]
+    assert wait_closed(busy, 10)[0]
+    assert wait_closed(idle, 10)[0]
+    assert srv.wait(15) == 0
 
 
 # ---- the smuggling corpus, on the listener and inside a tunnel --------------------------------
