@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "helper.h"
 #include "log.h"
 #include "metrics.h"
 #include "worker.h"
@@ -1017,6 +1018,11 @@ static int h_aux_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, v
   return store_delete_in(rec(p)->aux_store, p, key, cb, arg);
 }
 
+static int h_helper_spawn(evs_plugin *p, const evs_helper_spec *spec, evs_helper_event_fn cb,
+                          void *arg, evs_helper **ret) {
+  return evs__helper_spawn(rec(p), spec, cb, arg, ret);
+}
+
 static const evs_host host_table = {
     .size = sizeof(evs_host),
     .abi_major = EVS_ABI_MAJOR,
@@ -1082,6 +1088,12 @@ static const evs_host host_table = {
     .decrypt_file = h_decrypt_file,
     .check_api_key = h_check_api_key,
     .register_crypto_provider2 = h_register_crypto_provider2,
+    /* 1.7: helper processes */
+    .helper_spawn = h_helper_spawn,
+    .helper_fd = evs__helper_fd,
+    .helper_pid = evs__helper_pid,
+    .helper_kill = evs__helper_kill,
+    .helper_stop = evs__helper_stop,
 };
 
 /* read_body: collect the whole body (bounded) and hand it over on the next loop turn. */
@@ -1164,6 +1176,7 @@ int evs__plugins_load(evs__worker *w) {
       r->node_fn = NULL;
       evs__store_close(r->aux_store);
       r->aux_store = NULL;
+      evs__helpers_release(r);
       while (r->subs) {
         evs__subscription *sub = r->subs;
         r->subs = sub->next;
@@ -1185,6 +1198,7 @@ void evs__plugins_unload(evs__worker *w) {
   for (size_t i = w->nplugins; i-- > 0;) {
     evs__plugin_rec *r = &w->plugins[i];
     if (r->loaded && r->desc->fini) r->desc->fini(r->state);
+    evs__helpers_release(r); /* after fini: no callback into an unloaded plugin */
     r->loaded = 0;
   }
   while (paths) {
