@@ -79,6 +79,7 @@ struct evs_helper {
   void *arg;
   /* The spec, copied. */
   char *path, **argv, **envp, *kept, *label;
+  char *cg_path; /* the current start's cgroup, removed once it is over (NULL: none) */
   evs_sandbox_policy policy;
   void *prog;
   size_t prog_len;
@@ -233,6 +234,7 @@ static void helper_free(evs_helper *h) {
   strv_free(h->envp);
   free(h->kept);
   free(h->label);
+  free(h->cg_path);
   free(h->prog);
   free(h);
 }
@@ -388,21 +390,35 @@ static __attribute__((noreturn)) void run_shepherd(const evs_helper *h, int sock
     close(cg_procs);
   }
   enter_namespaces(h, bfd);
+  /* Closed by the helper's exec (close-on-exec), or by its exit when a step before failed: the
+   * start is reported only once the program runs, so an exec error reaches helper_spawn. */
+  int ex[2];
+  if (pipe2(ex, O_CLOEXEC) < 0) child_fail(bfd, "pipe", -errno);
   pid_t self = getpid();
   pid_t pid = fork();
   if (pid < 0) child_fail(bfd, "fork", -errno);
-  if (pid == 0) run_helper(h, sock, bfd, self);
+  if (pid == 0) {
+    close(ex[0]);
+    run_helper(h, sock, bfd, self);
+  }
   close(sock);
+  close(ex[1]);
+  char c;
+  while (read(ex[0], &c, 1) < 0 && errno == EINTR) {}
+  close(ex[0]);
+  int ws = 0;
+  board b;
+  if (pread(bfd, &b, sizeof b, 0) == (ssize_t)sizeof b && b.state == B_FAILED) {
+    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {}
+    _exit(0); /* EOF without the byte: the worker reads the failure */
+  }
   int32_t p = pid, state = B_RUNNING;
   board_put(bfd, offsetof(board, pid), &p, sizeof p);
   board_put(bfd, offsetof(board, state), &state, sizeof state);
   char one = 1;
   ssize_t w = write(st, &one, 1);
   (void)w;
-  int ws = 0;
   while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {}
-  board b;
-  if (pread(bfd, &b, sizeof b, 0) == (ssize_t)sizeof b && b.state == B_FAILED) _exit(0);
   int32_t v = ws;
   state = B_EXITED;
   board_put(bfd, offsetof(board, wstatus), &v, sizeof v);
@@ -415,7 +431,7 @@ static __attribute__((noreturn)) void run_shepherd(const evs_helper *h, int sock
 /* cgroup.procs of a new cgroup with the spec's limits, under the worker's own cgroup, when the
  * machine delegates it (cgroup2 mounted at /sys/fs/cgroup and our cgroup writable); -1 and one
  * log line per worker otherwise. */
-static int cgroup_open(const evs_helper *h) {
+static int cgroup_open(evs_helper *h) {
   if (!h->cg_memory && !h->cg_pids && !h->cg_cpu_pct) return -1;
   char line[512], dir[768], path[900];
   const char *why = NULL;
@@ -433,6 +449,12 @@ static int cgroup_open(const evs_helper *h) {
   if (!found || stat(path, &sb) < 0) why = "no cgroup v2 hierarchy for this process";
   else if (access(dir, W_OK) != 0) why = "this process's cgroup is not delegated (not writable)";
   int fd = -1;
+  /* The controllers must be enabled for our cgroup's children; the kernel refuses that while
+   * processes sit in our cgroup itself (no internal processes), unless it is the root. */
+  snprintf(path, sizeof path, "%s/cgroup.subtree_control", dir);
+  if (!why && write_file(path, "+memory +pids +cpu") < 0)
+    why = "cannot enable memory, pids and cpu for child cgroups (the server's own cgroup holds "
+          "processes; delegate a subtree whose root holds none)";
   if (!why) {
     snprintf(path, sizeof path, "%s/evs-helper-%d-%s", dir, (int)getpid(), h->label);
     if (mkdir(path, 0700) < 0 && errno != EEXIST) why = "cannot create a child cgroup";
@@ -453,6 +475,10 @@ static int cgroup_open(const evs_helper *h) {
     }
     snprintf(file, sizeof file, "%s/cgroup.procs", path);
     if (!why && (fd = open(file, O_WRONLY | O_CLOEXEC)) < 0) why = "cgroup.procs is not writable";
+  }
+  if (!why) {
+    free(h->cg_path);
+    h->cg_path = strdup(path);
   }
   if (why) {
     if (!cgroup_warned++)
@@ -656,6 +682,7 @@ static void schedule_restart(evs_helper *h) {
   if (h->failures < 64) h->failures++; /* until a start lives restart_max (on_status) */
   evs_helper_event ev = {.type = EVS_HELPER_RESTARTING, .delay_ms = d};
   emit(h, &ev);
+  if (h->stopping || h->closing) return; /* helper_stop from the callback */
   uv_timer_start(h->timer, on_restart, d, 0);
 }
 
@@ -673,6 +700,11 @@ static void on_status(uv_poll_t *p, int status, int events) {
   if (h->shepherd > 0) {
     while (waitpid(h->shepherd, NULL, 0) < 0 && errno == EINTR) {}
     h->shepherd = 0;
+  }
+  if (h->cg_path) { /* empty now: the shepherd and the helper are gone */
+    rmdir(h->cg_path);
+    free(h->cg_path);
+    h->cg_path = NULL;
   }
   pid_t pid = h->pid;
   uint64_t lived = uv_now(evs__w->loop) - h->started_ms;
@@ -715,6 +747,10 @@ static void on_status(uv_poll_t *p, int status, int events) {
   }
   emit(h, &ev); /* the fd is still open during the callback */
   close_start(h);
+  if (h->stopping) { /* helper_stop from the callback */
+    handles_close_free(h);
+    return;
+  }
   if (!h->released) schedule_restart(h);
 }
 

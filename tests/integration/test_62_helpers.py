@@ -201,9 +201,54 @@ def test_unknown_policy_refused_clearly():
                      what="the refusal")
 
 
+def test_exec_failure_fails_the_spawn():
+    # An executable file the kernel cannot run: helper_spawn itself fails (init fails), and the
+    # log names the step and the errno.
+    d = evstest.tmpdir()
+    bogus = os.path.join(d, "bogus")
+    with open(bogus, "w") as f:
+        f.write("not a program\n")
+    os.chmod(bogus, 0o755)
+    cfg = evstest.write_config(server={"plugins_dir": plugins_dir()},
+                               plugins={"test-helper": {"program": bogus}})
+    srv = evstest.Server(cfg).start()
+    evstest.wait_for(lambda: "exec refused (Exec format error)" in srv.log(), what="the refusal")
+    evstest.wait_for(lambda: "init failed" in srv.log(), what="the failed init")
+    assert "helper event" not in srv.log()
+
+
+def cgroup_delegated():
+    """Our cgroup v2 directory, if it is writable (what the host needs), else None."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = [l.strip()[3:] for l in f if l.startswith("0::")][0]
+    except (OSError, IndexError):
+        return None
+    d = "/sys/fs/cgroup" + (rel if rel != "/" else "")
+    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers") or not os.access(d, os.W_OK):
+        return None
+    return d
+
+
 def test_cgroup_limits_where_delegated():
-    raise evstest.Skip("cgroup v2 delegation: not covered here yet (this machine has no "
-                       "writable cgroup2 hierarchy); the host logs EVS-1706 and goes on")
+    srv = start(memory_max="64m", pids_max=8, kept="")
+    pid = running_pid(srv)
+    if cgroup_delegated() is None:
+        # Not delegated here: one warning, and the helper runs without the limits.
+        assert srv.log().count('"EVS-1706"') == 1, srv.log()
+        os.kill(pid, signal.SIGKILL)
+        evstest.wait_for(lambda: state(srv)["pid"] not in (0, pid), what="the restart")
+        assert srv.log().count('"EVS-1706"') == 1
+        raise evstest.Skip("cgroup v2 is not delegated to this process: limits not enforced "
+                           "(the warning-and-go-on path was checked)")
+    with open("/proc/%d/cgroup" % pid) as f:
+        rel = [l.strip()[3:] for l in f if l.startswith("0::")][0]
+    d = "/sys/fs/cgroup" + rel
+    assert "evs-helper-" in rel, rel
+    with open(os.path.join(d, "memory.max")) as f:
+        assert int(f.read()) == 64 << 20
+    with open(os.path.join(d, "pids.max")) as f:
+        assert int(f.read()) == 9  # the helper's 8 and its shepherd
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ static const evs_config_item items[] = {
     {"restart_max", EVS_CONFIG_DURATION, "800ms", 0, 0, 0, "longest restart delay"},
     {"nofile", EVS_CONFIG_INT, "0", 0, 1000000, 0, "RLIMIT_NOFILE; 0: inherited"},
     {"tag", EVS_CONFIG_STRING, "", 0, 0, 0, "an argument, to change the spec"},
+    {"memory_max", EVS_CONFIG_SIZE, "0", 0, 0, 0, "cgroup memory.max; 0: none"},
+    {"pids_max", EVS_CONFIG_INT, "0", 0, 100000, 0, "cgroup pids.max; 0: none"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -122,6 +124,8 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret) {
   spec.restart_min_ms = (uint64_t)host->config_int(plugin, "restart_min");
   spec.restart_max_ms = (uint64_t)host->config_int(plugin, "restart_max");
   spec.kept = kept && *kept ? kept : NULL;
+  spec.cgroup_memory_max = (uint64_t)host->config_int(plugin, "memory_max");
+  spec.cgroup_pids_max = (uint64_t)host->config_int(plugin, "pids_max");
   int r = host->add_hook(plugin, EVS_PHASE_ROUTE, route);
   if (r == 0) r = host->helper_spawn(plugin, &spec, on_event, s, &s->helper);
   if (r < 0) {
