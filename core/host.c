@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "appendq.h"
+#include "helper.h"
 #include "host.h"
 #include "log.h"
 #include "metrics.h"
@@ -820,6 +821,11 @@ static int h_aux_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, v
   return store_delete_in(rec(p)->aux_store, p, key, cb, arg);
 }
 
+static int h_helper_spawn(evs_plugin *p, const evs_helper_spec *spec, evs_helper_event_fn cb,
+                          void *arg, evs_helper **ret) {
+  return evs__helper_spawn(rec(p), spec, cb, arg, ret);
+}
+
 static const evs_host host_table = {
     .size = sizeof(evs_host),
     .abi_major = EVS_ABI_MAJOR,
@@ -888,11 +894,18 @@ static const evs_host host_table = {
     .stream_serve_http = evs__stream_serve_http,
     .request_tunnel = evs__request_tunnel,
     .stream_connect = h_stream_connect,
+    /* 1.7: helper processes */
+    .helper_spawn = h_helper_spawn,
+    .helper_fd = evs__helper_fd,
+    .helper_pid = evs__helper_pid,
+    .helper_kill = evs__helper_kill,
+    .helper_stop = evs__helper_stop,
 };
 
 const evs_host *evs__host_table(void) { return &host_table; }
 
 void evs__host_forget(evs__plugin_rec *r) {
+  evs__helpers_release(r); /* after fini or a failed init: no callback into the plugin */
   r->crypto = NULL;
   memset(&r->crypto2, 0, sizeof r->crypto2);
   r->node_fn = NULL;

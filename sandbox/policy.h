@@ -1,4 +1,4 @@
-/* Internal: the rule sets of each policy (one file each), added to a default-deny filter. */
+/* Internal: the rule sets of each policy (one file each), added to a filter. */
 #ifndef EVS_SANDBOX_POLICY_H
 #define EVS_SANDBOX_POLICY_H
 
@@ -6,5 +6,9 @@
 
 int evs__sandbox_enclave_rules(scmp_filter_ctx ctx);
 int evs__sandbox_kill_rules(scmp_filter_ctx ctx);
+/* For a default-allow filter loaded before exec: what no helper may do, exec stage of every
+ * policy (kills and refusals that still let the exec and the program's start-up through). */
+int evs__sandbox_exec_rules(scmp_filter_ctx ctx);
+int evs__sandbox_worker_rules(scmp_filter_ctx ctx);
 
 #endif

@@ -71,6 +71,11 @@
  *        request's CONNECT authority. stream_connect opens a client stream (TCP, or TLS with
  *        verification) that the stream_* calls read, write and close (for upstreams a plugin
  *        speaks to itself, e.g. WebSocket). The Outbound Relay's CONNECT proxy.
+ *   1.7  helper processes (helper_spawn, helper_fd, helper_pid, helper_kill, helper_stop;
+ *        evs_helper_spec, evs_helper_event): the host starts a program on a socketpair under a
+ *        named seccomp policy from sandbox/, in optional namespaces, with rlimits and cgroup v2
+ *        limits, restarts it with backoff, ends it with the master, and keeps it per worker rank
+ *        across reloads and worker crashes. The enclave plugin's evserver-enclave runs so.
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -443,6 +448,98 @@ typedef struct evs_crypto_provider {
                        void *done_arg);
 } evs_crypto_provider;
 
+/* ---- Helper processes (ABI 1.7) ---------------------------------------------------------- */
+/* A helper is a program the host runs for a plugin, on one end of a socketpair, sandboxed and
+ * supervised: the host restarts it with backoff when it exits, kills it when the master dies
+ * (whatever way the master dies), and with `kept` it outlives the worker: the next worker of the
+ * same rank (after a crash or a reload) re-attaches to it. See abi/README.md, "Helper
+ * processes". */
+typedef struct evs_helper evs_helper;
+
+/* Namespaces (evs_helper_spec.namespaces). USER maps the worker's uid and gid to themselves
+ * (the helper gains no privilege over the host); PID makes the helper pid 1 of its own tree
+ * (it then gets only the signals it handles, apart from SIGKILL); MOUNT gives it a private
+ * copy of the mount table; NET an empty network (loopback only, down); IPC and UTS their
+ * own. */
+#define EVS_HELPER_NS_USER (1u << 0)
+#define EVS_HELPER_NS_PID (1u << 1)
+#define EVS_HELPER_NS_MOUNT (1u << 2)
+#define EVS_HELPER_NS_NET (1u << 3)
+#define EVS_HELPER_NS_IPC (1u << 4)
+#define EVS_HELPER_NS_UTS (1u << 5)
+
+/* evs_helper_spec.flags */
+#define EVS_HELPER_NO_RESTART (1u << 0) /* an exit is final: EXITED, then nothing */
+#define EVS_HELPER_SEQPACKET (1u << 1)  /* a SOCK_SEQPACKET pair instead of SOCK_STREAM */
+
+/* What to run and how; filled by the plugin (zero it, set size = sizeof). Everything is copied
+ * by helper_spawn. */
+typedef struct evs_helper_spec {
+  uint32_t size;
+  const char *path;        /* absolute path of the executable (exec'd as is, no PATH search) */
+  const char *const *argv; /* NULL-terminated; NULL: { path, NULL } */
+  const char *const *envp; /* NULL-terminated; NULL: an empty environment */
+  /* A seccomp policy by name, from sandbox/ ("worker", "enclave"; see sandbox/README.md).
+   * Required: an unknown name is -EINVAL. The host loads the policy's exec stage in the child
+   * before exec; a policy whose tightest stage cannot survive exec (the enclave's) is finished
+   * by the helper itself, which links sandbox/. */
+  const char *sandbox;
+  int fd;                   /* the helper's end of the socketpair appears as this fd (0: 3) */
+  uint32_t flags;           /* EVS_HELPER_* */
+  uint32_t namespaces;      /* EVS_HELPER_NS_* wanted */
+  /* Those of `namespaces` the helper may run without when the kernel refuses them (no
+   * unprivileged user namespaces, say); a refused namespace not listed here fails the start
+   * with -EPERM and a log line naming it. */
+  uint32_t namespaces_optional;
+  /* rlimits, soft = hard; 0: inherited. */
+  uint64_t rlimit_as;      /* bytes of address space */
+  uint64_t rlimit_nofile;  /* open descriptors */
+  uint64_t rlimit_nproc;   /* processes of the user (counts the whole uid, not just this tree) */
+  uint64_t rlimit_cpu;     /* CPU seconds: SIGXCPU, then SIGKILL */
+  uint64_t rlimit_fsize;   /* largest file written, bytes */
+  /* cgroup v2 limits, applied where the machine delegates a writable cgroup to the server;
+   * elsewhere the host logs once that it cannot and starts the helper without them. 0: none. */
+  uint64_t cgroup_memory_max; /* memory.max, bytes */
+  uint64_t cgroup_pids_max;   /* pids.max */
+  uint32_t cgroup_cpu_max_pct; /* cpu.max as a percentage of one CPU (100: one CPU) */
+  /* Restart backoff: the first restart after min_ms, doubling up to max_ms; it falls back to
+   * min_ms once a start has lived max_ms. 0: 200 ms and 10 s. */
+  uint64_t restart_min_ms, restart_max_ms;
+  /* [a-z0-9_-]{1,40}: keep the helper for this worker rank under this name (per plugin). The
+   * next worker of the rank that spawns the same name re-attaches to the running helper (event
+   * STARTED with adopted = 1) instead of starting one, if the spec and the executable file are
+   * unchanged; otherwise the old helper is stopped and a new one started. The helper's socket
+   * is then shared by successive workers, so use it to hand over fresh connections (as the
+   * enclave plugin does), not for a conversation. NULL: the helper ends with the worker. */
+  const char *kept;
+} evs_helper_spec;
+
+typedef enum evs_helper_event_type {
+  EVS_HELPER_STARTED = 1,    /* a process runs (pid, fd; adopted when a predecessor started it) */
+  EVS_HELPER_EXITED = 2,     /* it ended (exit_code or signal); fd is closed after the callback */
+  EVS_HELPER_RESTARTING = 3, /* a new start follows after delay_ms */
+  EVS_HELPER_FAILED = 4,     /* a start failed (error); another follows unless NO_RESTART */
+} evs_helper_event_type;
+
+typedef struct evs_helper_event {
+  uint32_t size;             /* sizeof(evs_helper_event) as the host filled it */
+  evs_helper_event_type type;
+  int pid;                   /* the helper's pid (in the server's pid namespace), 0 if none */
+  int fd;                    /* STARTED: the host's end of the socketpair (the host's; dup it to
+                                keep it), -1 otherwise */
+  int adopted;               /* STARTED: re-attached to a kept helper */
+  int exit_code;             /* EXITED: the exit status, or -1 when killed or unknown */
+  int signal;                /* EXITED: the signal that killed it, or 0. SIGSYS: a system call
+                                its sandbox policy forbids */
+  int error;                 /* FAILED: a negative errno (-EPERM: a namespace was refused) */
+  uint64_t delay_ms;         /* RESTARTING: the next start is in delay_ms */
+  uint64_t starts;           /* processes started (or adopted) for this handle so far */
+} evs_helper_event;
+
+/* Runs on the loop thread, never before helper_spawn returned, never after helper_stop or the
+ * plugin's fini. The event is valid during the call only. */
+typedef void (*evs_helper_event_fn)(void *arg, evs_helper *h, const evs_helper_event *ev);
+
 /* ---- Takeover (CONNECT, Upgrade, own TLS) ------------------------------------------------ */
 /* Data read from a taken-over stream; len == 0 with status < 0 means closed or error. */
 typedef void (*evs_stream_read_fn)(void *arg, evs_stream *s, int status, const uint8_t *data,
@@ -706,6 +803,26 @@ typedef struct evs_host {
    * argument or no memory: cb never runs. Not pooled: one connection per call. */
   evs_stream *(*stream_connect)(evs_plugin *p, const evs_stream_connect *opts,
                                 evs_stream_connect_fn cb, void *arg);
+  /* 1.7: helper processes */
+  /* Starts a helper (see evs_helper_spec) or re-attaches to this rank's kept one. On success
+   * (0, *ret set) the process runs and helper_fd gives its socket at once; cb then reports
+   * STARTED on a later turn and every later change. Fails with -EINVAL (a bad spec, an unknown
+   * policy), -ENOENT or -EACCES (the executable), -EPERM (a namespace the kernel refused, not
+   * optional; the host logs which), or another negative errno; the host logs the cause once.
+   * The handle is the plugin's until helper_stop; at unload (after fini) the host stops the
+   * plugin's helpers that are not kept and lets kept ones run for the next worker. */
+  int (*helper_spawn)(evs_plugin *p, const evs_helper_spec *spec, evs_helper_event_fn cb,
+                      void *arg, evs_helper **ret);
+  /* The host's end of the socketpair to the running process (owned by the host, valid until
+   * the next EXITED event), or -1 while none runs. */
+  int (*helper_fd)(evs_helper *h);
+  /* The running process's pid, or 0. */
+  int (*helper_pid)(evs_helper *h);
+  /* Sends sig to the running process (-ESRCH if none). It restarts as after any exit. */
+  int (*helper_kill)(evs_helper *h, int sig);
+  /* Stops the helper (SIGTERM, SIGKILL after 2 s), drops it from the rank if it was kept, and
+   * frees the handle: no callback runs after. Accepts NULL. */
+  void (*helper_stop)(evs_helper *h);
 } evs_host;
 
 #ifdef __cplusplus

@@ -1,6 +1,7 @@
 /*
- * enclave: the plugin that fronts the key-holding process. It spawns and supervises
- * `evserver-enclave` (ep_client.c), registers itself as the host's crypto provider, keeps the
+ * enclave: the plugin that fronts the key-holding process. The host runs `evserver-enclave` for it
+ * as a kept helper process (ABI 1.7: sandboxed, restarted with backoff, carried over to the next
+ * worker of the rank); ep_client.c speaks its protocol. The plugin registers itself as the host's crypto provider, keeps the
  * apps and their scoped API keys in the store (apps.c), and answers two sets of endpoints:
  * the admin ones evctl calls over the admin socket (/apps/...) and the SDK-facing API on the
  * listener named by `api_listener` (/cages/key, /keys, /encrypt, /decrypt; api.c).
@@ -10,11 +11,14 @@
  * /decrypt, as it must, and is never logged or audited.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+extern char **environ;
 
 #include "enclave_int.h"
 #include "evs_enclave_proto.h"
@@ -133,6 +137,9 @@ static void on_enclave_up(void *arg) {
                   "enclave process restarted (pid %d): apps unlocked with evctl are locked in this "
                   "worker until `evctl app unlock` runs again",
                   ep_client_pid(st->client));
+  else
+    st->host->log(st->plugin, NULL, EVS_LOG_INFO, "enclave process %d started",
+                  ep_client_pid(st->client));
   if (st->started) /* the first start's count is init's */
     st->unlocking++; /* until the app scan has ended and each unlock it started answered */
   st->started = 1;
@@ -223,6 +230,26 @@ static void on_enclave_down(void *arg, size_t failed) {
                 "enclave process lost (exited, closed its socket or stopped answering); %zu "
                 "request(s) failed closed; restarting it",
                 failed);
+  /* A process that broke the protocol or stopped answering is not trusted: the host restarts
+   * it once it is gone. (If it already exited, this is a no-op.) */
+  if (st->helper) st->host->helper_kill(st->helper, SIGKILL);
+}
+
+/* The host's reports on the enclave process. */
+static void on_helper_event(void *arg, evs_helper *h, const evs_helper_event *ev) {
+  enclave_state *st = arg;
+  (void)h;
+  if (ev->type == EVS_HELPER_STARTED) {
+    int r = ep_client_attach(st->client, ev->fd, ev->adopted);
+    if (r < 0) {
+      st->host->log(st->plugin, NULL, EVS_LOG_ERROR,
+                    "cannot connect to enclave process %d (%s); restarting it", ev->pid,
+                    strerror(-r));
+      st->host->helper_kill(st->helper, SIGKILL);
+    }
+  } else if (ev->type == EVS_HELPER_EXITED) {
+    ep_client_detach(st->client);
+  }
 }
 
 /* ---- the crypto provider ----------------------------------------------------------------- */
@@ -596,16 +623,8 @@ static void state_free(enclave_state *st) {
   free(st);
 }
 
-/* The enclave's spare connection goes to the master, for this worker's successor (a reload's
- * new worker, or the replacement of a crashed one) to attach to the same enclave. */
-static int keep_spare(void *arg, int fd) {
-  enclave_state *st = arg;
-  if (st->host->abi_minor < 3) return -ENOTSUP;
-  return st->host->keep_fd(st->plugin, "enclave", fd);
-}
-
-/* Names what an enclave is started with: a successor attaches to an enclave only if it would
- * start the same one (same binary file, sealing key and credentials). Not a secret. */
+/* Names what an enclave is started with (--tag, echoed by HELLO). The host itself re-attaches a
+ * successor only to an enclave started from the same arguments and file. Not a secret. */
 static void config_tag(const char *binary, const char *seal, const char *creds, char out[17]) {
   uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
   struct stat sb;
@@ -707,20 +726,42 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   }
   char tag[17];
   config_tag(binary, st->seal_key, creds, tag);
-  int adopt = host->abi_minor >= 3 ? host->kept_fd(plugin, "enclave") : -1;
   ep_client_config cfg = {
-      .binary = binary,
-      .seal_key = st->seal_key,
-      .credentials_dir = creds,
-      .tag = tag,
-      .adopt_fd = adopt >= 0 ? adopt : -1,
-      .on_spare = keep_spare,
       .request_timeout_ms = (uint64_t)host->config_int(plugin, "request_timeout"),
       .on_up = on_enclave_up,
       .on_up_arg = st,
       .on_down = on_enclave_down,
   };
   r = ep_client_new((uv_loop_t *)host->uv_loop(plugin), &cfg, &st->client);
+  /* The enclave applies its own policy once it has read its files; the host loads the policy's
+   * exec stage before that, and keeps the process for this worker rank. It inherits the
+   * environment (sanitizer options in tests); nothing secret is in it or in argv. */
+  const char *argv[10];
+  int n = 0;
+  argv[n++] = binary;
+  argv[n++] = "--fd";
+  argv[n++] = "3";
+  argv[n++] = "--seal-key";
+  argv[n++] = st->seal_key;
+  if (creds) {
+    argv[n++] = "--credentials";
+    argv[n++] = creds;
+  }
+  argv[n++] = "--tag";
+  argv[n++] = tag;
+  argv[n] = NULL;
+  evs_helper_spec spec;
+  memset(&spec, 0, sizeof spec);
+  spec.size = sizeof spec;
+  spec.path = binary;
+  spec.argv = argv;
+  spec.envp = (const char *const *)environ;
+  spec.sandbox = "enclave";
+  spec.fd = 3;
+  spec.restart_min_ms = EP_RESTART_MIN_MS;
+  spec.restart_max_ms = EP_RESTART_MAX_MS;
+  spec.kept = "enclave";
+  if (r == 0) r = host->helper_spawn(plugin, &spec, on_helper_event, st, &st->helper);
   if (r < 0) {
     host->log(plugin, NULL, EVS_LOG_ERROR, "cannot start %s: %s", binary, strerror(-r));
     state_free(st);

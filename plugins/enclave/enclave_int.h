@@ -23,6 +23,7 @@ typedef struct enclave_state {
   const evs_host *host;
   evs_plugin *plugin;
   ep_client *client;
+  evs_helper *helper;       /* evserver-enclave, run by the host (kept for the worker rank) */
   const char *api_listener; /* owned by the host's configuration */
   char *seal_key;
   int disabled; /* enclave_binary not configured and not installed: answer 503 */

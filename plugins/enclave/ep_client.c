@@ -1,5 +1,6 @@
 /*
- * ep_client.c: spawning, framing and supervision of the enclave process (see ep_client.h).
+ * ep_client.c: framing and deadlines of the connection to the enclave process (see
+ * ep_client.h); the host starts and supervises the process itself (a helper, ABI 1.7).
  *
  * I/O uses a uv_poll_t on the non-blocking socket with our own read buffer and write queue
  * rather than a uv_pipe_t: libuv calls a pipe's write callbacks (UV_ECANCELED) when the handle
@@ -13,13 +14,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "evserver/evs_plugin.h"
@@ -163,26 +162,19 @@ typedef struct ep_out {
 
 struct ep_client {
   uv_loop_t *loop;
-  char *binary, *seal_key, *credentials_dir, *tag;
-  int adopt_fd;        /* the first start attaches through it; -1 once used */
-  int (*on_spare)(void *arg, int fd);
   int adopted;         /* the current connection is to a predecessor's process */
-  int spare_kept;      /* the current process was kept for a successor: it outlives us */
   int enclave_pid;     /* from HELLO */
   uint64_t timeout_ms;
   ep_up_fn on_up;
   void *on_up_arg;
   void (*on_down)(void *arg, size_t failed);
 
-  int fd;              /* our end of the socketpair, -1 when down */
-  pid_t pid;           /* the enclave process when we started it (our child), else 0 */
+  int fd;              /* our connection, -1 when down */
   int ready;           /* HELLO answered */
   uint64_t starts;
-  uint64_t restart_delay_ms;
   uv_poll_t *poll;     /* NULL when down */
   int poll_events;
-  uv_timer_t *sweep;   /* deadlines of pending requests; also reaps a dead process */
-  uv_timer_t *restart;
+  uv_timer_t *sweep;   /* deadlines of pending requests */
 
   uint8_t *in;         /* read buffer */
   size_t in_len, in_cap;
@@ -210,19 +202,6 @@ static size_t fail_all(ep_client *c) {
   return n;
 }
 
-static void reap(ep_client *c, int force) {
-  if (c->pid <= 0) return;
-  int st;
-  pid_t r = waitpid(c->pid, &st, WNOHANG);
-  if (r == 0 && force) {
-    kill(c->pid, SIGKILL);
-    r = waitpid(c->pid, &st, 0);
-  }
-  if (r == c->pid || (r < 0 && errno == ECHILD)) c->pid = 0;
-}
-
-static void schedule_restart(ep_client *c);
-
 /* Closes the connection and fails what waited on it. */
 static size_t drop_conn(ep_client *c) {
   if (c->poll) {
@@ -245,20 +224,16 @@ static size_t drop_conn(ep_client *c) {
   if (c->in) explicit_bzero(c->in, c->in_len);
   c->in_len = 0;
   c->adopted = 0;
-  c->spare_kept = 0;
   c->enclave_pid = 0;
   return fail_all(c);
 }
 
-/* The connection is gone (EOF, error, protocol violation): fail closed, then restart. */
+/* The connection is gone (EOF, error, protocol violation, a missed deadline): fail closed and
+ * tell the caller, who has the process (which is not trusted any more) killed and restarted. */
 static void go_down(ep_client *c) {
-  /* A process that broke the protocol is not trusted. One we did not start is left alone: it
-   * loses its spare to the one started next, and ends when its last connection closes. */
-  if (c->pid > 0) kill(c->pid, SIGKILL);
-  reap(c, 0);
+  if (c->fd < 0) return;
   size_t failed = drop_conn(c);
   if (c->freeing) return;
-  schedule_restart(c);
   if (c->on_down) c->on_down(c->on_up_arg, failed);
 }
 
@@ -419,8 +394,6 @@ static void update_poll(ep_client *c) {
   }
 }
 
-static void on_restart(uv_timer_t *t);
-
 /* The value of " key=value" in HELLO's text, or an empty string. */
 static void hello_field(const ep_item *text, const char *key, char *out, size_t cap) {
   out[0] = 0;
@@ -439,23 +412,11 @@ static void hello_field(const ep_item *text, const char *key, char *out, size_t 
 static void on_hello(void *arg, int status, const ep_item *items, size_t nitems) {
   ep_client *c = arg;
   if (status != 0) return; /* the connection went down, or a refusal: the sweep will see it */
-  char pid[16] = "", tag[80] = "";
-  if (nitems >= 2) {
-    hello_field(&items[1], "pid", pid, sizeof pid);
-    hello_field(&items[1], "tag", tag, sizeof tag);
-  }
-  if (c->adopted && (!c->tag || strcmp(tag, c->tag) != 0)) {
-    /* Started with another configuration (binary, sealing key, credentials): not ours to use.
-     * Start our own, whose spare then replaces the predecessor's: from the timer, as the
-     * caller is still reading the connection dropped here. */
-    drop_conn(c);
-    uv_timer_start(c->restart, on_restart, 0, 0);
-    return;
-  }
+  char pid[16] = "";
+  if (nitems >= 2) hello_field(&items[1], "pid", pid, sizeof pid);
   c->enclave_pid = atoi(pid);
   c->starts++;
   c->ready = 1;
-  c->restart_delay_ms = EP_RESTART_MIN_MS;
   if (c->on_up) c->on_up(c->on_up_arg);
 }
 
@@ -595,103 +556,20 @@ static int connect_fd(ep_client *c, int fd) {
   return r < 0 ? r : 0;
 }
 
-/* Attaches to the predecessor's enclave through its spare; -errno if that one is gone. */
-static int adopt(ep_client *c) {
-  int via = c->adopt_fd;
-  c->adopt_fd = -1;
+int ep_client_attach(ep_client *c, int via, int adopted) {
+  if (c->fd >= 0) go_down(c);
   int fd = new_conn(via, NULL);
-  close(via);
   if (fd < 0) return fd;
-  c->adopted = 1;
-  return connect_fd(c, fd);
+  int r = connect_fd(c, fd);
+  if (r == 0) c->adopted = adopted;
+  return r;
 }
 
-static int spawn(ep_client *c) {
-  if (c->adopt_fd >= 0) {
-    int r = adopt(c);
-    if (r == 0 || c->fd >= 0) return r; /* attached, or failed past the point of no return */
-  }
-  int theirs = -1;
-  int ours = new_conn(-1, &theirs);
-  if (ours < 0) return ours;
-  char fdarg[16];
-  snprintf(fdarg, sizeof fdarg, "%d", 3);
-  char *argv[10];
-  int n = 0;
-  argv[n++] = c->binary;
-  argv[n++] = "--fd";
-  argv[n++] = fdarg;
-  argv[n++] = "--seal-key";
-  argv[n++] = c->seal_key;
-  if (c->credentials_dir) {
-    argv[n++] = "--credentials";
-    argv[n++] = c->credentials_dir;
-  }
-  if (c->tag) {
-    argv[n++] = "--tag";
-    argv[n++] = c->tag;
-  }
-  argv[n] = NULL;
-  pid_t pid = fork();
-  if (pid < 0) {
-    int e = errno;
-    close(ours);
-    close(theirs);
-    return -e;
-  }
-  if (pid == 0) {
-    /* Only async-signal-safe calls from here to exec. No parent-death signal: the process
-     * may outlive this worker (kept for its successor); it ends when its last connection
-     * closes. */
-    sigset_t all;
-    sigemptyset(&all);
-    sigprocmask(SIG_SETMASK, &all, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    if (theirs == 3) {
-      if (fcntl(3, F_SETFD, 0) < 0) _exit(127);
-    } else if (dup2(theirs, 3) < 0) { /* dup2 clears FD_CLOEXEC on the copy */
-      _exit(127);
-    }
-    close_range(4, ~0u, 0);
-    execv(c->binary, argv);
-    _exit(127);
-  }
-  close(theirs);
-  c->pid = pid;
-  /* The spare: attached before anything else is written, kept by the caller. */
-  int spare = c->on_spare ? new_conn(ours, NULL) : -1;
-  if (spare >= 0) {
-    c->spare_kept = c->on_spare(c->on_up_arg, spare) == 0;
-    close(spare);
-  }
-  return connect_fd(c, ours);
-}
-
-static void on_restart(uv_timer_t *t) {
-  ep_client *c = t->data;
-  reap(c, 1);
-  if (c->fd >= 0) return;
-  if (spawn(c) < 0) schedule_restart(c);
-}
-
-static void schedule_restart(ep_client *c) {
-  uint64_t d = c->restart_delay_ms;
-  c->restart_delay_ms = d * 2 > EP_RESTART_MAX_MS ? EP_RESTART_MAX_MS : d * 2;
-  uv_timer_start(c->restart, on_restart, d, 0);
-}
+void ep_client_detach(ep_client *c) { go_down(c); }
 
 static void on_sweep(uv_timer_t *t) {
   ep_client *c = t->data;
   uint64_t now = uv_now(c->loop);
-  /* A process that exited without its socket closing (it passed the fd on) is noticed here. */
-  if (c->pid > 0) {
-    int st;
-    if (waitpid(c->pid, &st, WNOHANG) == c->pid) {
-      c->pid = 0;
-      go_down(c);
-      return;
-    }
-  }
   int expired = 0;
   for (ep_pending *p = c->pending; p; p = p->next)
     if (p->deadline <= now) expired = 1;
@@ -709,42 +587,19 @@ int ep_client_new(uv_loop_t *loop, const ep_client_config *cfg, ep_client **ret)
   c->on_up = cfg->on_up;
   c->on_up_arg = cfg->on_up_arg;
   c->on_down = cfg->on_down;
-  c->restart_delay_ms = EP_RESTART_MIN_MS;
-  c->adopt_fd = cfg->adopt_fd;
-  c->on_spare = cfg->on_spare;
-  c->tag = cfg->tag ? strdup(cfg->tag) : NULL;
-  c->binary = strdup(cfg->binary);
-  c->seal_key = strdup(cfg->seal_key);
-  c->credentials_dir = cfg->credentials_dir ? strdup(cfg->credentials_dir) : NULL;
   c->sweep = calloc(1, sizeof *c->sweep);
-  c->restart = calloc(1, sizeof *c->restart);
   c->flusher = calloc(1, sizeof *c->flusher);
-  if (!c->binary || !c->seal_key || (cfg->credentials_dir && !c->credentials_dir) || !c->sweep ||
-      !c->restart || !c->flusher || (cfg->tag && !c->tag)) {
-    if (c->adopt_fd >= 0) close(c->adopt_fd);
-    free(c->tag);
-    free(c->binary);
-    free(c->seal_key);
-    free(c->credentials_dir);
+  if (!c->sweep || !c->flusher) {
     free(c->sweep);
-    free(c->restart);
     free(c->flusher);
     free(c);
     return -ENOMEM;
   }
   uv_timer_init(loop, c->sweep);
-  uv_timer_init(loop, c->restart);
   uv_prepare_init(loop, c->flusher);
-  c->sweep->data = c->restart->data = c->flusher->data = c;
+  c->sweep->data = c->flusher->data = c;
   uv_unref((uv_handle_t *)c->flusher);
   uv_unref((uv_handle_t *)c->sweep);
-  uv_unref((uv_handle_t *)c->restart);
-  int r = spawn(c);
-  if (r < 0) {
-    c->freeing = 1;
-    ep_client_free(c);
-    return r;
-  }
   uv_timer_start(c->sweep, on_sweep, 250, 250);
   *ret = c;
   return 0;
@@ -753,10 +608,8 @@ int ep_client_new(uv_loop_t *loop, const ep_client_config *cfg, ep_client **ret)
 void ep_client_free(ep_client *c) {
   if (!c) return;
   c->freeing = 1;
-  /* Our process ends on EOF (wiping its memory) unless it was kept for a successor. */
-  pid_t pid = c->spare_kept ? 0 : c->pid;
-  if (c->adopt_fd >= 0) close(c->adopt_fd);
-  /* Closed with free() itself as the callback (see the top of the file). */
+  /* Closed with free() itself as the callback (see the top of the file). The process is the
+   * host's: it ends, or stays for this worker's successor, without us. */
   if (c->poll) {
     uv_poll_stop(c->poll);
     uv_close((uv_handle_t *)c->poll, close_free);
@@ -765,27 +618,10 @@ void ep_client_free(ep_client *c) {
   if (c->fd >= 0) close(c->fd);
   c->fd = -1;
   uv_timer_stop(c->sweep);
-  uv_timer_stop(c->restart);
   uv_close((uv_handle_t *)c->sweep, close_free);
-  uv_close((uv_handle_t *)c->restart, close_free);
   uv_prepare_stop(c->flusher);
   uv_close((uv_handle_t *)c->flusher, close_free);
   fail_all(c);
-  if (pid > 0) {
-    /* Give it a moment to wipe its memory, then make sure. */
-    for (int i = 0; i < 50; i++) {
-      int st;
-      if (waitpid(pid, &st, WNOHANG) != 0) {
-        pid = 0;
-        break;
-      }
-      usleep(10000);
-    }
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, NULL, 0);
-    }
-  }
   while (c->out_head) {
     ep_out *o = c->out_head;
     c->out_head = o->next;
@@ -793,10 +629,6 @@ void ep_client_free(ep_client *c) {
     free(o);
   }
   wipe_free(c->in, c->in_cap);
-  free(c->tag);
-  free(c->binary);
-  free(c->seal_key);
-  free(c->credentials_dir);
   free(c);
 }
 
@@ -806,8 +638,6 @@ int ep_client_call(ep_client *c, ep_msg *m, ep_reply_fn cb, void *arg) {
 }
 
 int ep_client_ready(const ep_client *c) { return c->fd >= 0 && c->ready; }
-int ep_client_pid(const ep_client *c) {
-  return c->fd < 0 ? 0 : c->enclave_pid ? c->enclave_pid : c->pid > 0 ? (int)c->pid : 0;
-}
+int ep_client_pid(const ep_client *c) { return c->fd < 0 ? 0 : c->enclave_pid; }
 uint64_t ep_client_starts(const ep_client *c) { return c->starts; }
 int ep_client_adopted(const ep_client *c) { return c->fd >= 0 && c->adopted; }

@@ -1,13 +1,13 @@
 /*
  * ep_client: the worker side of the enclave protocol (enclave/proto/evs_enclave_proto.h). It
- * spawns `evserver-enclave` on one end of a socketpair, frames requests, matches responses by
- * request id, and supervises the process: when it exits or its socket closes, every pending
- * request fails with EVS_ENOCRYPTO (fail closed), and a timer starts a new process within
- * EP_RESTART_MAX_MS. Every request also has a deadline, so no caller ever waits forever.
- *
- * The process may outlive the client: each new one gets a spare connection (ATTACH) that the
- * caller hands to the host to keep for the worker's successor, which attaches to the same
- * process through it (adopt_fd) instead of starting one, so the keys unlocked in it stay.
+ * frames requests and matches responses by request id over a connection of its own to
+ * `evserver-enclave`, which it attaches (ATTACH) through the socket the host gave the process
+ * at start: the host runs the enclave as a kept helper (ABI 1.7 helper_spawn), restarts it with
+ * backoff, and hands the same process to this worker's successor, so the keys unlocked in it
+ * stay. When the connection or the process goes, every pending request fails with
+ * EVS_ENOCRYPTO (fail closed). Every request also has a deadline, so no caller ever waits
+ * forever; a process that misses one, or breaks the protocol, is reported through on_down for
+ * the caller to have it killed (and so restarted).
  *
  * Everything runs on the worker's libuv loop thread. The client never logs: it reports through
  * the callbacks it was given and its caller logs once, with context.
@@ -20,7 +20,7 @@
 
 #include <uv.h>
 
-#define EP_RESTART_MIN_MS 200
+#define EP_RESTART_MIN_MS 200 /* the host's restart backoff for the enclave */
 #define EP_RESTART_MAX_MS 2000
 
 /* One item of a message: points into a buffer that lives for the duration of a callback. */
@@ -64,35 +64,27 @@ typedef void (*ep_up_fn)(void *arg);
 typedef struct ep_client ep_client;
 
 typedef struct ep_client_config {
-  const char *binary;          /* evserver-enclave; copied */
-  const char *seal_key;        /* copied */
-  const char *credentials_dir; /* copied; NULL: none */
-  /* Names the configuration an enclave is started with (--tag, echoed by HELLO): an enclave
-   * reached through adopt_fd is used only if its tag is this one. Copied; NULL: none. */
-  const char *tag;
-  /* A connection to a running enclave that a predecessor of this worker started (the host's
-   * kept_fd), or -1. The first start attaches to that enclave instead of starting one; the
-   * client owns and closes the descriptor. */
-  int adopt_fd;
-  /* Called after each start of a new process with a spare connection to it, to be kept where a
-   * successor finds it (the host's keep_fd): nothing is ever read from it, and it is used only
-   * to attach further connections. Returns 0 if it was kept (the process then outlives this
-   * client); the client closes fd after the call. NULL: the process ends with the client. */
-  int (*on_spare)(void *arg, int fd);
   uint64_t request_timeout_ms;
   ep_up_fn on_up;
   void *on_up_arg;     /* also passed to on_down */
-  /* Called (on the loop) each time the process is lost: exited, closed its socket, broke the
-   * protocol or let a request pass its deadline; failed is the number of requests failed. */
+  /* Called (on the loop) each time the connection is lost: the process exited or closed it,
+   * broke the protocol or let a request pass its deadline; failed is the number of requests
+   * failed. Once per loss (ep_client_detach after a loss already reported is a no-op). */
   void (*on_down)(void *arg, size_t failed);
 } ep_client_config;
 
-/* Creates the client and starts the first enclave process. Returns 0 with *ret or a negative
- * errno (the process could not be started). */
+/* Creates the client, with no connection yet. Returns 0 with *ret or -ENOMEM. */
 int ep_client_new(uv_loop_t *loop, const ep_client_config *cfg, ep_client **ret);
-/* Fails pending requests with EVS_ENOCRYPTO, stops the process (SIGTERM, then SIGKILL) and
- * frees the client once its handles have closed. Accepts NULL. */
+/* Fails pending requests with EVS_ENOCRYPTO, closes the connection and frees the client once
+ * its handles have closed. The process is not the client's: it is left alone. Accepts NULL. */
 void ep_client_free(ep_client *c);
+
+/* A process is up (the host's helper STARTED event): attach a new connection through via (the
+ * helper's socket, which stays the host's) and say HELLO; on_up follows when it answers.
+ * adopted: the process was started by this worker's predecessor. Returns 0 or -errno. */
+int ep_client_attach(ep_client *c, int via, int adopted);
+/* The process is gone (EXITED): fail what waits on it, as a lost connection does. */
+void ep_client_detach(ep_client *c);
 
 /* Sends m (consumed: it is done on return, whatever happens). If the call fails (-ENOMEM,
  * -E2BIG, EVS_ENOCRYPTO when the enclave is down) cb never runs; otherwise it runs exactly once,

@@ -11,6 +11,7 @@ Uses the real $EVS_BUILD_DIR/evserver-enclave, or test_70's protocol stub withou
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -46,6 +47,11 @@ def comm(pid):
             return f.read().strip()
     except OSError:
         return ""
+
+
+def ppid(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rpartition(")")[2].split()[1])
 
 
 def worker_pids(srv):
@@ -93,17 +99,24 @@ def reload(srv):
 
 
 def enclave_pids(srv):
-    """{worker pid: its enclave pid}."""
+    """{worker pid: its enclave pid}, from what each live worker logged of the enclave it uses
+    last (started, carried over from its predecessor, restarted): the host runs enclaves under
+    a shepherd (core/helper.c), so the process tree no longer tells."""
+    live = set(worker_pids(srv))
     out = {}
-    for w in worker_pids(srv):
-        try:
-            with open("/proc/%d/task/%d/children" % (w, w)) as f:
-                kids = [int(x) for x in f.read().split()]
-        except OSError:
-            kids = []
-        if kids:
-            out[w] = kids[0]
-    return out
+    for r in srv.log_records():
+        m = re.match(r"enclave process (?:restarted \(pid )?(\d+)", r.get("msg", ""))
+        if m and r.get("plugin") == "enclave" and r.get("pid") in live:
+            out[r["pid"]] = int(m.group(1))
+    return {w: e for w, e in out.items() if e in enclaves_alive()}
+
+
+def enclaves_alive():
+    pids = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit() and comm(int(d)).startswith("evserver-encla"):
+            pids.add(int(d))
+    return pids
 
 
 def round_trips(srv, app, key, n=N):
@@ -148,6 +161,13 @@ def test_unlock_and_lock_reach_every_worker():
     srv, _ = start()
     assert len(worker_pids(srv)) == 2
     evstest.wait_for(lambda: len(enclave_pids(srv)) == 2, what="an enclave per worker")
+    # Run by the host as helpers: the exec stage the host loads, then the enclave's own filter.
+    for e in enclave_pids(srv).values():
+        with open("/proc/%d/status" % e) as f:
+            status = f.read()
+        assert re.search(r"^Seccomp:\s+2$", status, re.M), status
+        assert int(re.search(r"^Seccomp_filters:\s+(\d+)$", status, re.M).group(1)) >= 2, status
+        assert comm(ppid(e)) == "evs-helper" and ppid(ppid(e)) == srv.pid
     app, key = E.setup(srv)
     # A new app works in every worker at once (the creating worker fans out the fresh token).
     assert set(round_trips(srv, app, key)) == {200}
@@ -279,10 +299,11 @@ def test_reload_keeps_apps_unlocked_by_hand():
     stop.set()
     t.join(30)
     assert len(results) >= 20 and set(results) == {200}, (len(results), set(results))
-    # The new workers use the enclaves the first generation started, now the master's children.
+    # The new workers use the enclaves the first generation started, whose shepherds are the
+    # master's children.
     assert enclaves(dir) == before
     kids = open("/proc/%d/task/%d/children" % (srv.pid, srv.pid)).read().split()
-    assert before <= {int(k) for k in kids}, (before, kids)
+    assert {ppid(e) for e in before} <= {int(k) for k in kids}, (before, kids)
     assert set(round_trips(srv, app, key)) == {200}
     # Locking still reaches every enclave, and a stop ends them all.
     out = E.evctl_json(srv, "app", "lock", app["appId"])

@@ -117,11 +117,76 @@ static void test_exec_kills_with_sigsys(void **state) {
   assert_int_equal(WTERMSIG(st), SIGSYS);
 }
 
+/* The named registry, and the worker policy's exec stage as the host loads it into a helper:
+ * compiled in the parent, loaded after fork. */
+static void test_registry(void **state) {
+  (void)state;
+  evs_sandbox_policy p;
+  assert_int_equal(evs_sandbox_policy_lookup("enclave", &p), 0);
+  assert_int_equal(p, EVS_SANDBOX_ENCLAVE);
+  assert_true(evs_sandbox_policy_self_applied(p));
+  assert_int_equal(evs_sandbox_policy_lookup("worker", &p), 0);
+  assert_int_equal(p, EVS_SANDBOX_WORKER);
+  assert_false(evs_sandbox_policy_self_applied(p));
+  assert_string_equal(evs_sandbox_policy_name(p), "worker");
+  assert_int_equal(evs_sandbox_policy_lookup("nonesuch", &p), -ENOENT);
+  assert_int_equal(evs_sandbox_policy_lookup(NULL, &p), -ENOENT);
+}
+
+static int worker_child(void *prog, size_t len, int deadly) {
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    if (evs_sandbox_load(prog, len) != 0) _exit(99);
+    if (deadly) {
+      syscall(SYS_ptrace, 0 /* PTRACE_TRACEME */, 0, 0, 0);
+      _exit(98);
+    }
+    int bits = 0;
+    errno = 0;
+    if (socket(AF_INET, SOCK_STREAM, 0) < 0 && errno == EPERM) bits |= 1;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0) bits |= 2; /* unix sockets stay */
+    errno = 0;
+    if (syscall(SYS_fork) < 0 && errno == EPERM) bits |= 4;
+    errno = 0;
+    if (syscall(SYS_unshare, 0x10000000 /* CLONE_NEWUSER */) < 0 && errno == EPERM) bits |= 8;
+    unsigned char buf[8];
+    if (getrandom(buf, sizeof buf, 0) == sizeof buf) bits |= 16;
+    _exit(bits);
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  return st;
+}
+
+static void test_worker_exec_stage(void **state) {
+  (void)state;
+  void *prog = NULL;
+  size_t len = 0;
+  assert_int_equal(evs_sandbox_compile_exec_stage(EVS_SANDBOX_WORKER, &prog, &len), 0);
+  assert_true(len > 0);
+  int st = worker_child(prog, len, 0);
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 31);
+  st = worker_child(prog, len, 1);
+  assert_true(WIFSIGNALED(st));
+  assert_int_equal(WTERMSIG(st), SIGSYS);
+  free(prog);
+  /* The enclave's exec stage kills ptrace too (its own filter, applied later, is tighter). */
+  assert_int_equal(evs_sandbox_compile_exec_stage(EVS_SANDBOX_ENCLAVE, &prog, &len), 0);
+  st = worker_child(prog, len, 1);
+  assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+  free(prog);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_allowed_calls_work),
       cmocka_unit_test(test_forbidden_calls_fail_with_eperm),
       cmocka_unit_test(test_exec_kills_with_sigsys),
+      cmocka_unit_test(test_registry),
+      cmocka_unit_test(test_worker_exec_stage),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
