@@ -1,7 +1,8 @@
 /*
  * The admin endpoints, served on the admin Unix socket by whichever worker accepts the
- * connection: GET /metrics (Prometheus text), GET /status and GET /plugins (JSON). evctl is
- * their client. The socket's file mode is the access control (0660, owner and group).
+ * connection: GET /metrics (Prometheus text), GET /status, GET /plugins and GET /routes (JSON).
+ * evctl is their client. Plugins add their own through routes of role "admin" (and ROUTE
+ * hooks). The socket's file mode is the access control (0660, owner and group).
  */
 #include <jansson.h>
 #include <stdlib.h>
@@ -14,6 +15,8 @@
 #include "metrics.h"
 #include "plugin.h"
 #include "request.h"
+#include "route.h"
+#include "server.h"
 #include "worker.h"
 
 static void respond_json(evs_request *req, json_t *o) {
@@ -26,6 +29,43 @@ static void respond_json(evs_request *req, json_t *o) {
   evs_header h = {"Content-Type", 12, "application/json", 16};
   evs__respond(req, 200, &h, 1, body, strlen(body));
   free(body);
+}
+
+/* GET /routes: the route table in the order the host tries it, the roles each listener
+ * serves, and the plugins that still route with ROUTE hooks (tried after the routes). Every
+ * worker loads the same plugins, so any worker's table is the node's. */
+static json_t *routes_json(evs__worker *w) {
+  json_t *routes = json_array(), *listeners = json_array(), *hooks = json_array();
+  for (size_t k = 0; k < w->nroutes; k++) {
+    const evs__route *rt = &w->routes[k];
+    if (!rt->plugin->loaded) continue;
+    char hb[300];
+    json_array_append_new(
+        routes, json_pack("{s:s,s:s,s:s,s:s,s:s}", "role", rt->role, "host",
+                          evs__route_host_text(rt, hb, sizeof hb), "method",
+                          rt->method ? rt->method : "*", "prefix", rt->prefix, "plugin",
+                          rt->plugin->name));
+  }
+  for (size_t i = 0; i < w->nsocks; i++) {
+    const evs__listen_sock *so = &w->socks[i];
+    json_t *roles = json_array();
+    if (so->is_admin) json_array_append_new(roles, json_string("admin"));
+    for (size_t r = 0; so->conf && r < so->conf->nroles; r++)
+      json_array_append_new(roles, json_string(so->conf->roles[r]));
+    json_array_append_new(listeners, json_pack("{s:s,s:s,s:o}", "name", so->name, "address",
+                                               so->conf ? so->conf->address : "admin socket",
+                                               "roles", roles));
+  }
+  for (size_t i = 0; i < w->nhooks; i++) {
+    const evs__hook *h = &w->hooks[i];
+    if (h->phase != EVS_PHASE_ROUTE || !h->plugin->loaded) continue;
+    int seen = 0;
+    for (size_t j = 0; j < i && !seen; j++)
+      seen = w->hooks[j].phase == EVS_PHASE_ROUTE && w->hooks[j].plugin == h->plugin;
+    if (!seen) json_array_append_new(hooks, json_string(h->plugin->name));
+  }
+  return json_pack("{s:o,s:o,s:o}", "routes", routes, "listeners", listeners, "route_hooks",
+                   hooks);
 }
 
 void evs__admin_handle(evs__worker *w, evs_request *req) {
@@ -87,7 +127,14 @@ void evs__admin_handle(evs__worker *w, evs_request *req) {
     respond_json(req, json_pack("{s:o}", "plugins", arr));
     return;
   }
-  /* Plugins add admin endpoints (evctl commands) through their ROUTE hooks. */
+  if (get && strcmp(path, "/routes") == 0) {
+    respond_json(req, routes_json(w));
+    return;
+  }
+  /* Plugins add admin endpoints (evctl commands) as routes of role "admin", or through their
+   * ROUTE hooks. */
+  static const char *const admin_role[] = {"admin"};
+  if (evs__routes_run(w, admin_role, 1, req) || req->head_sent) return;
   if (evs__plugins_run_hooks(w, EVS_PHASE_ROUTE, req) || req->head_sent) return;
-  evs__respond_error(req, 404, "resource-not-found", "No such admin endpoint");
+  evs__respond_not_found(req, "admin");
 }

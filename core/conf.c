@@ -130,6 +130,9 @@ const evs_config_item evs__conf_listener_items[] = {
      "PEM certificate chain used when no [certificate] matches the SNI name; required with tls"},
     {"key", EVS_CONFIG_PATH, NULL, 0, 0, 0,
      "PEM private key of certificate; required with tls"},
+    {"serves", EVS_CONFIG_STRING, NULL, 0, 0, 0,
+     "space-separated roles whose routes this listener serves: api, relay, or a plugin's own "
+     "(default: api for a listener named \"api\", relay for any other)"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -1140,6 +1143,59 @@ static int load_unnamed(loader *l) {
   return s->store_path ? 0 : load_oom(l);
 }
 
+/* `serves`: the listener roles whose routes it serves (ABI 1.7 routes). Without the key, a
+ * listener named "api" serves api (the enclave plugin's API listener, as it was found by name
+ * before roles existed) and any other serves relay, so configurations written before stay
+ * as they were. "admin" belongs to the admin socket alone: its endpoints have no
+ * authentication besides the socket's file mode. */
+static int load_roles(loader *l, const evs__conf_section *sec, evs__listener_conf *lc) {
+  const char *v = evs__conf_value(sec, evs__conf_listener_items, "serves");
+  char eb[80];
+  if (!v) v = strcmp(lc->name, "api") == 0 ? "api" : "relay";
+  size_t n = 0;
+  for (const char *p = v; *p;) {
+    while (is_ws(*p)) p++;
+    if (*p) n++;
+    while (*p && !is_ws(*p)) p++;
+  }
+  if (n == 0) {
+    set_err(l->err, l->errlen, "%s:%u: key 'serves': expected at least one role (api, relay, ...)",
+            l->conf->path, line_of(sec, "serves"));
+    return -1;
+  }
+  if (!(lc->roles = calloc(n, sizeof *lc->roles))) return load_oom(l);
+  for (const char *p = v; *p;) {
+    while (is_ws(*p)) p++;
+    if (!*p) break;
+    const char *start = p;
+    while (*p && !is_ws(*p)) p++;
+    char *role = strndup(start, (size_t)(p - start));
+    if (!role) return load_oom(l);
+    lc->roles[lc->nroles++] = role;
+    size_t rl = strlen(role);
+    if (rl > 32 || strspn(role, "abcdefghijklmnopqrstuvwxyz0123456789-") != rl) {
+      set_err(l->err, l->errlen, "%s:%u: key 'serves': '%s' is not a role; expected [a-z0-9-]{1,32}",
+              l->conf->path, line_of(sec, "serves"), echo(role, eb, sizeof eb));
+      return -1;
+    }
+    if (strcmp(role, "admin") == 0) {
+      set_err(l->err, l->errlen,
+              "%s:%u: key 'serves': role 'admin' is served by the admin socket only ([admin] "
+              "socket); remove it",
+              l->conf->path, line_of(sec, "serves"));
+      return -1;
+    }
+    for (size_t k = 0; k + 1 < lc->nroles; k++) {
+      if (strcmp(lc->roles[k], role) == 0) {
+        set_err(l->err, l->errlen, "%s:%u: key 'serves': role '%s' is named twice",
+                l->conf->path, line_of(sec, "serves"), role);
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
 static int load_listener(loader *l, const evs__conf_section *sec, evs__listener_conf *lc) {
   const evs_config_item *items = evs__conf_listener_items;
   const char *path = l->conf->path;
@@ -1158,6 +1214,7 @@ static int load_listener(loader *l, const evs__conf_section *sec, evs__listener_
   }
   if (item_num(l, sec, items, "tls", &tls) < 0) return -1;
   lc->tls = (int)tls;
+  if (load_roles(l, sec, lc) < 0) return -1;
   if (item_str(l, sec, items, "certificate", &lc->cert_file) < 0 ||
       item_str(l, sec, items, "key", &lc->key_file) < 0)
     return -1;
@@ -1422,6 +1479,8 @@ void evs__settings_free(evs__settings *s) {
     free(s->listeners[i].address);
     free(s->listeners[i].cert_file);
     free(s->listeners[i].key_file);
+    for (size_t k = 0; k < s->listeners[i].nroles; k++) free(s->listeners[i].roles[k]);
+    free(s->listeners[i].roles);
   }
   free(s->listeners);
   for (size_t i = 0; s->certs && i < s->ncerts; i++) {

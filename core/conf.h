@@ -83,6 +83,8 @@ typedef struct evs__listener_conf {
   int tls;
   char *cert_file;      /* default certificate for TLS listeners without an SNI match */
   char *key_file;
+  char **roles;         /* `serves`: the roles whose routes it serves, at least one */
+  size_t nroles;
 } evs__listener_conf;
 
 typedef struct evs__cert_conf {

@@ -21,6 +21,7 @@
 #include "node.h"
 #include "plugin.h"
 #include "request.h"
+#include "route.h"
 #include "stream.h"
 #include "upstream.h"
 #include "worker.h"
@@ -46,6 +47,26 @@ int evs__plugins_run_hooks(evs__worker *w, evs_phase phase, evs_request *req) {
     int r = h->fn(h->plugin->state, req);
     if (phase == EVS_PHASE_ROUTE && r == EVS_HANDLED) return 1;
     if (phase == EVS_PHASE_ROUTE) req->handler = before;
+  }
+  return 0;
+}
+
+/* Routes (ABI 1.7): the table is sorted most specific first, so the first matching route of
+ * any of the listener's roles is the one to try; a handler that declines passes to the next. */
+int evs__routes_run(evs__worker *w, const char *const *roles, size_t nroles, evs_request *req) {
+  const evs_request_info *i = &req->info;
+  for (size_t k = 0; k < w->nroutes; k++) {
+    evs__route *rt = &w->routes[k];
+    if (!rt->plugin->loaded) continue;
+    int match = 0;
+    for (size_t r = 0; r < nroles && !match; r++)
+      match = evs__route_matches(rt, roles[r], i->host, i->method, i->path);
+    if (!match) continue;
+    /* Attributed before the call, as for hooks: a handler that answers at once may end it. */
+    evs__plugin_rec *before = req->handler;
+    if (!before) req->handler = rt->plugin;
+    if (rt->fn(rt->plugin->state, req) == EVS_HANDLED) return 1;
+    req->handler = before;
   }
   return 0;
 }
@@ -197,6 +218,26 @@ static int h_add_hook(evs_plugin *p, evs_phase phase, evs_hook_fn fn) {
   w->hooks = nh;
   w->hooks[w->nhooks++] = (evs__hook){r, phase, fn};
   return 0;
+}
+
+static int h_add_route(evs_plugin *p, const evs_route *route) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  evs__worker *w = evs__w;
+  evs__route rt;
+  int rc = evs__route_make(route, &rt);
+  if (rc < 0) return rc;
+  for (size_t k = 0; k < w->nroutes; k++) {
+    if (w->routes[k].plugin == r && evs__route_same(&w->routes[k], &rt)) {
+      evs__route_clear(&rt);
+      return -EEXIST;
+    }
+  }
+  static size_t seq;
+  rt.plugin = r;
+  rt.seq = seq++;
+  if ((rc = evs__route_insert(&w->routes, &w->nroutes, &rt)) < 0) evs__route_clear(&rt);
+  return rc;
 }
 
 static const evs_request_info *h_request_info(evs_request *req) { return &req->info; }
@@ -900,6 +941,8 @@ static const evs_host host_table = {
     .helper_pid = evs__helper_pid,
     .helper_kill = evs__helper_kill,
     .helper_stop = evs__helper_stop,
+    /* 1.7: routes */
+    .add_route = h_add_route,
 };
 
 const evs_host *evs__host_table(void) { return &host_table; }

@@ -22,6 +22,9 @@ const evs_host *evs__host_table(void);
 void evs__host_forget(evs__plugin_rec *r);
 /* Frees the host's caches once every plugin is unloaded. */
 void evs__host_done(void);
+/* Offer the request to the routes of the given listener roles (ABI 1.7), most specific first;
+ * 1 if a route's handler took it. */
+int evs__routes_run(evs__worker *w, const char *const *roles, size_t nroles, evs_request *req);
 /* Run the hooks of a phase; for ROUTE returns 1 if a plugin took the request. */
 int evs__plugins_run_hooks(evs__worker *w, evs_phase phase, evs_request *req);
 void evs__request_free_pdata(evs_request *req);

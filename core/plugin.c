@@ -20,6 +20,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "plugin.h"
+#include "route.h"
 #include "worker.h"
 
 /* The size of the ABI 1.0 descriptor: anything shorter is truncated. */
@@ -230,6 +231,7 @@ int evs__plugins_load(evs__worker *w) {
     r->in_init = 0;
     if (irc != 0) {
       w->nhooks = hooks_before; /* registrations of a failed init are void */
+      evs__route_drop_plugin(w->routes, &w->nroutes, r);
       evs__host_forget(r);
       w->plugin_init_failures++;
       reject(r, "init failed (%d: %s); see the plugin's log lines above and its README", irc,
@@ -252,6 +254,7 @@ void evs__plugins_unload(evs__worker *w) {
   free(w->hooks);
   w->hooks = NULL;
   w->nhooks = 0;
+  evs__route_table_free(&w->routes, &w->nroutes);
   evs__plugins_free(w->plugins, w->nplugins);
   w->plugins = NULL;
   w->nplugins = 0;

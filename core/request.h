@@ -92,6 +92,9 @@ int evs__response_end(evs_request *req);
 int evs__respond(evs_request *req, int status, const evs_header *headers, size_t n,
                  const void *body, size_t len);
 int evs__respond_error(evs_request *req, int status, const char *code, const char *detail);
+/* The documented 404 of a listener role when nothing took the request (server.c): relay:
+ * `relay-not-found`; api, admin and plugin roles: `resource-not-found`. */
+void evs__respond_not_found(evs_request *req, const char *role);
 /* True if the client's write queue is above the high-water mark. */
 int evs__response_congested(evs_request *req);
 /* The client connection's stream, or NULL once it is gone (valid until the next loop turn). */

@@ -660,13 +660,34 @@ static void dispatch_held(evs__conn *c, evs_request *req) {
     evs__admin_handle(w, req);
     return;
   }
-  /* Inside a tunnel handed back to HTTP (stream_serve_http) the stream's service routes. */
-  int taken = c->stream ? evs__stream_dispatch(c->stream, req) == EVS_HANDLED
-                        : evs__plugins_run_hooks(w, EVS_PHASE_ROUTE, req);
-  if (!taken && !req->head_sent && c->req == req) {
+  if (c->stream) {
+    /* Inside a tunnel handed back to HTTP (stream_serve_http) the stream's service routes:
+     * the listener's routes are for what arrives on the listener itself. */
+    if (evs__stream_dispatch(c->stream, req) == EVS_HANDLED || req->head_sent || c->req != req)
+      return;
+    evs__respond_not_found(req, "relay");
+    return;
+  }
+  /* Routes of the roles this listener serves, most specific first; then the ROUTE hooks of
+   * plugins that decide by themselves (every listener, as before ABI 1.7); then the documented
+   * 404 of the listener's first role. */
+  const evs__listener_conf *lc = c->lst->sock->conf;
+  const char *const *roles = lc ? (const char *const *)lc->roles : NULL;
+  size_t nroles = lc ? lc->nroles : 0;
+  if (evs__routes_run(w, roles, nroles, req) || req->head_sent || c->req != req) return;
+  if (evs__plugins_run_hooks(w, EVS_PHASE_ROUTE, req) || req->head_sent || c->req != req) return;
+  evs__respond_not_found(req, nroles ? roles[0] : "relay");
+}
+
+void evs__respond_not_found(evs_request *req, const char *role) {
+  if (strcmp(role, "relay") == 0)
     evs__respond_error(req, 404, "relay-not-found",
                        "No relay is configured for the requested domain");
-  }
+  else if (strcmp(role, "admin") == 0)
+    evs__respond_error(req, 404, "resource-not-found", "No such admin endpoint");
+  else
+    evs__respond_error(req, 404, "resource-not-found",
+                       "The API is unable to find the resource you have requested");
 }
 
 /* Feed buffered input to the request body. Returns 0 to continue, 1 if paused, -1 on error

@@ -18,6 +18,7 @@ typedef struct evs__plugin_rec evs__plugin_rec;
 typedef struct evs__listen_sock evs__listen_sock;
 typedef struct evs__listener evs__listener;
 typedef struct evs__hook evs__hook;
+typedef struct evs__route evs__route;
 struct evs__appendq;
 
 /* A descriptor the master keeps for a rank (ABI keep_fd/kept_fd; node.c, master.c). */
@@ -49,6 +50,8 @@ typedef struct evs__worker {
   size_t nplugins;
   evs__hook *hooks;
   size_t nhooks;
+  evs__route *routes;        /* ABI 1.7 add_route, most specific first (route.h) */
+  size_t nroutes;
   evs__store *store;
   struct evs__appendq *appendq; /* stream appends, written behind (appendq.c) */
   uint64_t request_seq;

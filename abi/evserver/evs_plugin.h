@@ -76,6 +76,10 @@
  *        named seccomp policy from sandbox/, in optional namespaces, with rlimits and cgroup v2
  *        limits, restarts it with backoff, ends it with the master, and keeps it per worker rank
  *        across reloads and worker crashes. The enclave plugin's evserver-enclave runs so.
+ *   1.7  routes registered with the host (add_route, evs_route): (listener role, host pattern,
+ *        method, path prefix) -> handler; each [listener] names the roles it serves, the host
+ *        picks the most specific route and answers the role's documented 404 itself. ROUTE
+ *        hooks stay, and run after the routes missed.
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -161,12 +165,15 @@ typedef enum evs_log_level {
 /* ---- Requests ---------------------------------------------------------------------------- */
 /* Phases at which request hooks run, in order. Requests on the admin Unix socket reach ROUTE
  * hooks too (request_info.listener is "admin") when the host's own admin endpoints (/metrics,
- * /status, /plugins) do not match: that is how plugins add evctl commands. Only the socket's
+ * /status, /plugins, /routes) and the routes of role "admin" do not match. Only the socket's
  * file permissions guard it, so such handlers need no further authentication. */
 typedef enum evs_phase {
   /* Route: decide who handles the request. A hook that takes the request returns EVS_HANDLED
    * and must eventually respond, proxy, or take over; EVS_DECLINED passes to the next hook.
-   * If nobody takes it, the host answers 404 with error code `relay-not-found`. */
+   * Since ABI 1.7 the host first tries the routes registered with add_route for the roles the
+   * listener serves; ROUTE hooks run, on every listener, only when no route took the request.
+   * If nobody takes it, the host answers 404 with the documented code of the listener's first
+   * role (relay: `relay-not-found`; api and admin: `resource-not-found`). */
   EVS_PHASE_ROUTE = 1,
   /* Log: after the response completed (or the connection failed). Read-only. */
   EVS_PHASE_LOG = 2,
@@ -176,6 +183,31 @@ typedef enum evs_phase {
 #define EVS_HANDLED 1
 
 typedef int (*evs_hook_fn)(void *state, evs_request *req);
+
+/* ABI 1.7: a route, registered with evs_host.add_route in init. Each [listener] of
+ * evserver.conf serves one or more roles (`serves = api relay`; the admin socket serves
+ * "admin"); a request is offered to the routes of those roles whose host pattern, method and
+ * path prefix match, most specific first:
+ *   1. host: an exact name before a "*.suffix" wildcard (longer suffix first) before NULL (any);
+ *   2. path: a longer prefix first;
+ *   3. method: a named method before NULL (any);
+ *   4. then in registration order (plugin load order, then the order of add_route calls).
+ * The handler returns EVS_HANDLED (and answers, proxies or takes over, as a ROUTE hook does) or
+ * EVS_DECLINED: the next matching route is tried, then the ROUTE hooks, then the host answers
+ * 404 with the documented code of the listener's first role. Routes are fixed at init: a
+ * plugin whose table of names changes at run time (the Inbound Relay's relay-config.json)
+ * registers one catch route for its role (host NULL, prefix "/"), keeps its own table and
+ * declines what is not in it. The host copies every string; the struct may be on the stack. */
+typedef struct evs_route {
+  uint32_t size;           /* sizeof(evs_route) */
+  const char *role;        /* [a-z0-9-]{1,32}: "api", "relay", "admin" or a role of your own */
+  const char *host;        /* "name.example" (exact), "*.example" (any name ending in
+                            * ".example"), or NULL: any host. Compared without case. */
+  const char *method;      /* "GET", "POST", ... (exact); NULL: any method */
+  const char *path_prefix; /* starts with '/'; matches the path itself and the paths below it
+                            * ("/apps" matches /apps and /apps/x, not /appsx); "/" matches all */
+  evs_hook_fn handler;     /* called with the plugin's state, like a ROUTE hook */
+} evs_route;
 
 /* A request or response header, as bytes (not NUL-terminated). */
 typedef struct evs_header {
@@ -823,6 +855,13 @@ typedef struct evs_host {
   /* Stops the helper (SIGTERM, SIGKILL after 2 s), drops it from the rank if it was kept, and
    * frees the handle: no callback runs after. Accepts NULL. */
   void (*helper_stop)(evs_helper *h);
+  /* 1.7: routes */
+  /* Init only (-EPERM later): register a route (see evs_route). Returns 0, -EINVAL for a
+   * malformed route (size smaller than 1.7's, a bad role, host pattern, method or prefix, no
+   * handler), -EEXIST when this plugin already registered the same role, host, method and
+   * prefix, -ENOMEM. A failed init drops the routes it registered. The route table is listed by
+   * the admin endpoint GET /routes (`evctl routes`). */
+  int (*add_route)(evs_plugin *p, const evs_route *route);
 } evs_host;
 
 #ifdef __cplusplus

@@ -143,6 +143,13 @@ static int h_add_hook(evs_plugin *p, evs_phase phase, evs_hook_fn fn) {
   if (phase == EVS_PHASE_ROUTE) route_hook = fn;
   return 0;
 }
+/* The enclave plugin serves its admin endpoints (POST /apps, all this benchmark calls) as
+ * routes of role "admin" (ABI 1.7), all with one handler. */
+static int h_add_route(evs_plugin *p, const evs_route *r) {
+  (void)p;
+  if (strcmp(r->role, "admin") == 0) route_hook = r->handler;
+  return 0;
+}
 /* The typed provider (ABI 1.6) is not what this benchmark drives: accepted and unused. */
 static int h_register_crypto_provider2(evs_plugin *p, const evs_crypto_provider *ops) {
   (void)p;
@@ -315,6 +322,7 @@ static const evs_host host = {
     .config_int = h_config_int,
     .state_dir = h_state_dir,
     .add_hook = h_add_hook,
+    .add_route = h_add_route,
     .request_info = h_request_info,
     .request_header = h_request_header,
     .request_set_data = h_request_set_data,

@@ -4,7 +4,7 @@
  * worker of the rank); ep_client.c speaks its protocol. The plugin registers itself as the host's crypto provider, keeps the
  * apps and their scoped API keys in the store (apps.c), and answers two sets of endpoints:
  * the admin ones evctl calls over the admin socket (/apps/...) and the SDK-facing API on the
- * listener named by `api_listener` (/cages/key, /keys, /encrypt, /decrypt; api.c).
+ * listeners serving the role "api" (/cages/key, /keys, /encrypt, /decrypt; api.c).
  *
  * The plugin never sees a private key or the App Master Key: it stores sealed shares and wrapped
  * keys, and API keys only as SHA-256 hashes. Plaintext passes through it for /encrypt and
@@ -36,7 +36,8 @@ static const evs_config_item items[] = {
     {"credentials_dir", EVS_CONFIG_PATH, NULL, 0, 0, 0,
      "directory of evserver-app-<appId> token files (default: $CREDENTIALS_DIRECTORY)"},
     {"api_listener", EVS_CONFIG_STRING, "api", 0, 0, 0,
-     "requests on the listener with this name are Evervault API requests"},
+     "obsolete (kept so configurations naming it still load): the API is served on the "
+     "listeners whose `serves` names api"},
     {"request_timeout", EVS_CONFIG_DURATION, "10s", 100, 600000, 0,
      "how long a request to the enclave may take before it fails closed"},
     {"share_store", EVS_CONFIG_STRING, NULL, 0, 0, EVS_CONFIG_SECRET,
@@ -587,25 +588,42 @@ static const evs_crypto_provider typed_provider = {
 
 /* ---- routing ------------------------------------------------------------------------------ */
 
-static int route(void *state, evs_request *req) {
-  enclave_state *st = state;
-  const evs_request_info *info = st->host->request_info(req);
-  int admin = info->listener && strcmp(info->listener, "admin") == 0;
-  int api = !admin && info->listener && strcmp(info->listener, st->api_listener) == 0;
-  if (st->disabled && (api || (admin && (strncmp(info->path, "/apps", 5) == 0 ||
-                                         strcmp(info->path, "/audit") == 0)))) {
-    enc_ctx *x = enc_ctx_new(st, req);
-    if (!x) {
-      st->host->respond_error(req, 500, "internal-error", "Out of memory");
-      return EVS_HANDLED;
-    }
-    return enc_fail(x, 503, "service-unavailable",
-                    "The enclave is not installed or not configured (enclave_binary)");
+static int disabled_answer(enclave_state *st, evs_request *req) {
+  enc_ctx *x = enc_ctx_new(st, req);
+  if (!x) {
+    st->host->respond_error(req, 500, "internal-error", "Out of memory");
+    return EVS_HANDLED;
   }
-  if (admin) return enc_admin_route(st, req);
-  if (api) return enc_api_route(st, req);
-  return EVS_DECLINED;
+  return enc_fail(x, 503, "service-unavailable",
+                  "The enclave is not installed or not configured (enclave_binary)");
 }
+
+/* Routes of role "api": the listeners that serve it carry the SDK's EV_API_URL. */
+static int api_route(void *state, evs_request *req) {
+  enclave_state *st = state;
+  if (st->disabled) return disabled_answer(st, req);
+  return enc_api_route(st, req);
+}
+
+/* Routes of role "admin" (the admin socket): evctl app ..., evctl audit. */
+static int admin_route(void *state, evs_request *req) {
+  enclave_state *st = state;
+  if (st->disabled) return disabled_answer(st, req);
+  return enc_admin_route(st, req);
+}
+
+/* The API's endpoints by name (what `evctl routes` shows), and a catch route for the same
+ * paths written with a doubled leading slash (an EV_API_URL with a trailing slash), which
+ * enc_api_route accepts and declines otherwise: the host then answers `resource-not-found`. */
+static const evs_route routes[] = {
+    {sizeof(evs_route), "api", NULL, "GET", "/cages/key", api_route},
+    {sizeof(evs_route), "api", NULL, "GET", "/keys", api_route},
+    {sizeof(evs_route), "api", NULL, "POST", "/encrypt", api_route},
+    {sizeof(evs_route), "api", NULL, "POST", "/decrypt", api_route},
+    {sizeof(evs_route), "api", NULL, NULL, "/", api_route},
+    {sizeof(evs_route), "admin", NULL, NULL, "/apps", admin_route},
+    {sizeof(evs_route), "admin", NULL, "GET", "/audit", admin_route},
+};
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
@@ -652,8 +670,13 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   const char *binary = host->config_string(plugin, "enclave_binary");
   const char *seal = host->config_string(plugin, "seal_key");
   const char *creds = host->config_string(plugin, "credentials_dir");
+  /* Before listener roles, the API was served on the listener of this name. Roles replaced
+   * it: the API is served wherever `serves` names api (by default, the listener "api"). */
   const char *api = host->config_string(plugin, "api_listener");
-  st->api_listener = api && *api ? api : "api";
+  if (api && *api && strcmp(api, "api") != 0)
+    host->log(plugin, NULL, EVS_LOG_WARN,
+              "api_listener = %s is no longer used: add `serves = api` to [listener \"%s\"] "
+              "(a listener named \"api\" serves the API by default)", api, api);
   if (!creds || !*creds) creds = getenv("CREDENTIALS_DIRECTORY");
   if (creds && !*creds) creds = NULL;
   if (seal && *seal) {
@@ -694,7 +717,8 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   }
   int r = host->register_crypto_provider(plugin, provider);
   if (r == 0 && host->abi_minor >= 6 && host->register_crypto_provider2) r = host->register_crypto_provider2(plugin, &typed_provider);
-  if (r == 0) r = host->add_hook(plugin, EVS_PHASE_ROUTE, route);
+  for (size_t i = 0; r == 0 && i < sizeof routes / sizeof routes[0]; i++)
+    r = host->add_route(plugin, &routes[i]);
   if (r == 0) r = host->node_subscribe(plugin, on_node_msg);
   if (r == 0 && !st->disabled) {
     /* Share 2 lives apart from the state store, so that one store alone never holds two shares. */

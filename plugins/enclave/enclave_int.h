@@ -24,7 +24,6 @@ typedef struct enclave_state {
   evs_plugin *plugin;
   ep_client *client;
   evs_helper *helper;       /* evserver-enclave, run by the host (kept for the worker rank) */
-  const char *api_listener; /* owned by the host's configuration */
   char *seal_key;
   int disabled; /* enclave_binary not configured and not installed: answer 503 */
   /* From start until the first enclave process has been given its apps from the credentials

@@ -423,11 +423,15 @@ static int carries_ev_data(const evs_host *h, evs_request *req, const evs_reques
   return found > 0;
 }
 
+/* The catch route of role "relay" (every host, every path): relay-config.json is replaced at
+ * run time, so the relays' names stay in the compiled config rather than in the host's route
+ * table, which is fixed at init. A name that is no relay's is declined: the host then answers
+ * `relay-not-found` (after any ROUTE hook of another plugin had its chance); a name under
+ * base_domain gets the documented `subdomain-not-found` here. */
 static int route(void *state, evs_request *req) {
   relay_state *st = state;
   const evs_host *h = st->host;
   const evs_request_info *info = h->request_info(req);
-  if (info->listener && strcmp(info->listener, "admin") == 0) return relay_admin_route(st, req);
   const char *host = info->host;
   const evs__relay_config *c = st->cfg->config;
   const evs__relay *r = evs__relay_config_find(c, host);
@@ -437,10 +441,8 @@ static int route(void *state, evs_request *req) {
   if (!r && under_base) r = find_by_label(c, host, hl - bl - 1);
   if (!r) {
     h->counter_add(st->plugin, "relay_not_found", 1);
-    if (under_base)
-      h->respond_error(req, 404, "subdomain-not-found", "No relay exists for this subdomain");
-    else
-      h->respond_error(req, 404, "relay-not-found", "No relay is configured for this domain");
+    if (!under_base) return EVS_DECLINED;
+    h->respond_error(req, 404, "subdomain-not-found", "No relay exists for this subdomain");
     return EVS_HANDLED;
   }
   relay_txn *t = calloc(1, sizeof *t);
@@ -476,6 +478,8 @@ static int route(void *state, evs_request *req) {
   relay_dispatch(t);
   return EVS_HANDLED;
 }
+
+static int admin_route(void *state, evs_request *req) { return relay_admin_route(state, req); }
 
 /* Encrypts when a fieldsToEncrypt entry matches, else proxies unchanged. */
 void relay_dispatch(relay_txn *t) {
@@ -766,8 +770,16 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     state_free(st);
     return -EINVAL;
   }
-  if ((rc = host->add_hook(plugin, EVS_PHASE_ROUTE, route)) < 0 ||
-      (rc = host->add_hook(plugin, EVS_PHASE_LOG, log_hook)) < 0) {
+  /* Relayed traffic on the listeners serving "relay"; evctl's endpoints on the admin socket. */
+  static const evs_route routes[] = {
+      {sizeof(evs_route), "relay", NULL, NULL, "/", route},
+      {sizeof(evs_route), "admin", NULL, NULL, "/relays", admin_route},
+      {sizeof(evs_route), "admin", NULL, NULL, "/activity", admin_route},
+  };
+  rc = 0;
+  for (size_t i = 0; rc == 0 && i < sizeof routes / sizeof routes[0]; i++)
+    rc = host->add_route(plugin, &routes[i]);
+  if (rc < 0 || (rc = host->add_hook(plugin, EVS_PHASE_LOG, log_hook)) < 0) {
     state_free(st);
     return rc;
   }
