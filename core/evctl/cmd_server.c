@@ -1,6 +1,6 @@
 /*
- * evctl commands about the running server itself: `status` (GET /status) and `plugins`
- * (GET /plugins). With --json each prints the server's object as received; otherwise a short
+ * evctl commands about the running server itself: `status` (GET /status), `plugins`
+ * (GET /plugins) and `routes` (GET /routes). With --json each prints the server's object as received; otherwise a short
  * human summary. Fields the server adds later are still shown, after the known ones, so a
  * newer server never loses information in an older evctl.
  */
@@ -160,4 +160,72 @@ int evctl_cmd_plugins(const evctl_ctx *ctx, int argc, char **argv) {
   printf("\n%zu loaded, %zu rejected\n", loaded, rejected);
   json_decref(obj);
   return EVCTL_EXIT_OK;
+}
+
+/* The route table in the order the server tries it, then which listener serves which roles,
+ * then the plugins that still route with ROUTE hooks (tried after the routes). */
+int evctl_cmd_routes(const evctl_ctx *ctx, int argc, char **argv) {
+  int rc = evctl_no_args("routes", argc, argv);
+  if (rc) return rc;
+  json_t *obj;
+  if (evctl_admin_call(ctx, "GET", "/routes", NULL, &obj) < 0) return EVCTL_EXIT_ERROR;
+  json_t *routes = json_object_get(obj, "routes");
+  if (!json_is_array(routes)) {
+    fprintf(stderr, "evctl: GET /routes: the answer has no \"routes\" array\n");
+    json_decref(obj);
+    return EVCTL_EXIT_ERROR;
+  }
+  if (ctx->json) {
+    evctl_print_json(obj);
+    json_decref(obj);
+    return EVCTL_EXIT_OK;
+  }
+  static const char *const rh[] = {"ROLE", "HOST", "METHOD", "PREFIX", "PLUGIN"};
+  static const char *const lh[] = {"LISTENER", "ADDRESS", "SERVES"};
+  evctl_table *rt = evctl_table_new(5, rh), *lt = evctl_table_new(3, lh);
+  int ok = rt && lt;
+  size_t i;
+  json_t *r;
+  json_array_foreach(routes, i, r) {
+    const char *cells[] = {string_field(r, "role"), string_field(r, "host"),
+                           string_field(r, "method"), string_field(r, "prefix"),
+                           string_field(r, "plugin")};
+    if (ok && evctl_table_add(rt, cells, NULL) < 0) ok = 0;
+  }
+  json_array_foreach(json_object_get(obj, "listeners"), i, r) {
+    char *roles = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&roles, &len);
+    size_t k;
+    json_t *role;
+    json_array_foreach(json_object_get(r, "roles"), k, role) {
+      if (m && json_is_string(role)) fprintf(m, "%s%s", k ? " " : "", json_string_value(role));
+    }
+    if (m) fclose(m);
+    const char *cells[] = {string_field(r, "name"), string_field(r, "address"), roles};
+    if (ok && evctl_table_add(lt, cells, NULL) < 0) ok = 0;
+    free(roles);
+  }
+  if (!ok) {
+    fprintf(stderr, "evctl: out of memory\n");
+  } else {
+    if (json_array_size(routes) == 0) printf("No routes.\n");
+    else evctl_table_print(rt, ctx, stdout);
+    putchar('\n');
+    evctl_table_print(lt, ctx, stdout);
+    json_t *hooks = json_object_get(obj, "route_hooks");
+    if (json_array_size(hooks) > 0) {
+      printf("\nROUTE hooks, after the routes:");
+      json_array_foreach(hooks, i, r) {
+        if (!json_is_string(r)) continue;
+        putchar(' ');
+        evctl_print(ctx, stdout, EVCTL_PLAIN, json_string_value(r));
+      }
+      putchar('\n');
+    }
+  }
+  evctl_table_free(rt);
+  evctl_table_free(lt);
+  json_decref(obj);
+  return ok ? EVCTL_EXIT_OK : EVCTL_EXIT_ERROR;
 }

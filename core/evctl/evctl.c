@@ -29,6 +29,7 @@ int evctl_cmd_decrypt(const evctl_ctx *ctx, int argc, char **argv);
 static const evctl_command commands[] = {
     {"status", "", "Show the server's version, process and counters", evctl_cmd_status},
     {"plugins", "", "List the plugins and whether each was loaded or rejected", evctl_cmd_plugins},
+    {"routes", "", "List the route table: role, host, method, path prefix, plugin", evctl_cmd_routes},
     {"app create", "", "Create an app; prints its id and app token (once)", evctl_cmd_app_create},
     {"app list", "", "List the apps", evctl_cmd_app_list},
     {"app unlock", "<appId> [--token T]",

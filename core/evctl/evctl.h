@@ -139,6 +139,7 @@ int evctl_admin_call_text(const evctl_ctx *ctx, const char *method, const char *
 
 int evctl_cmd_status(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_plugins(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_routes(const evctl_ctx *ctx, int argc, char **argv);
 
 /* ---- cmd_relay.c: relays and their traffic (the relay-inbound plugin's endpoints) ------------ */
 
