@@ -586,6 +586,9 @@ static void test_full_settings(void **state) {
                      "key = /keys/default.key\n"
                      "[listener \"any\"]\n"
                      "address = *:80\n"
+                     "serves =  api   relay outbound-2\n"
+                     "[listener \"api\"]\n"
+                     "address = *:81\n"
                      "[certificate \"relays\"]\n"
                      "server_names = *.Relay.Example.com \t relay.example.com\n"
                      "certificate = tls/relays.crt\n"
@@ -618,8 +621,17 @@ static void test_full_settings(void **state) {
   assert_string_equal(s->store_backend, "postgresql");
   assert_string_equal(s->store_path, "/srv/db.sqlite");
   assert_string_equal(s->store_dsn, "host=db password=hunter2");
-  assert_int_equal(s->nlisteners, 2);
+  assert_int_equal(s->nlisteners, 3);
   assert_string_equal(s->listeners[0].name, "tls");
+  /* serves: as written; by default api for the listener named "api", relay for others. */
+  assert_int_equal(s->listeners[0].nroles, 1);
+  assert_string_equal(s->listeners[0].roles[0], "relay");
+  assert_int_equal(s->listeners[1].nroles, 3);
+  assert_string_equal(s->listeners[1].roles[0], "api");
+  assert_string_equal(s->listeners[1].roles[1], "relay");
+  assert_string_equal(s->listeners[1].roles[2], "outbound-2");
+  assert_int_equal(s->listeners[2].nroles, 1);
+  assert_string_equal(s->listeners[2].roles[0], "api");
   assert_string_equal(s->listeners[0].address, "[::1]:8443");
   assert_int_equal(s->listeners[0].tls, 1);
   assert_string_equal(s->listeners[0].cert_file, "/etc/evs/tls/default.crt");
@@ -714,6 +726,15 @@ static void test_settings_errors(void **state) {
        P ":3: key 'certificate' is set but tls is off; set tls = on or remove the key"},
       {"[listener \"a\"]\naddress = 127.0.0.1:1\ntls = off\nkey = k.pem\n",
        P ":4: key 'key' is set but tls is off; set tls = on or remove the key"},
+      {"[listener \"a\"]\naddress = 127.0.0.1:1\nserves = admin\n",
+       P ":3: key 'serves': role 'admin' is served by the admin socket only ([admin] socket); "
+         "remove it"},
+      {"[listener \"a\"]\naddress = 127.0.0.1:1\nserves = api Relay\n",
+       P ":3: key 'serves': 'Relay' is not a role; expected [a-z0-9-]{1,32}"},
+      {"[listener \"a\"]\naddress = 127.0.0.1:1\nserves = relay api relay\n",
+       P ":3: key 'serves': role 'relay' is named twice"},
+      {"[listener \"a\"]\naddress = 127.0.0.1:1\nserves = \" \"\n",
+       P ":3: key 'serves': expected at least one role (api, relay, ...)"},
       {"[listener \"a\"]\naddress = 127.0.0.1:1\n[listener \"b\"]\naddress = 127.0.0.1:1\n",
        P ":4: key 'address': address '127.0.0.1:1' of [listener \"b\"] is already used by "
          "[listener \"a\"] (line 1)"},
@@ -946,8 +967,10 @@ static void test_shipped_example_tls_block(void **state) {
   fclose(f);
   s = load_ok(text);
   free(text);
-  assert_int_equal(s->nlisteners, 2);
+  assert_int_equal(s->nlisteners, 3);
   assert_int_equal(s->listeners[1].tls, 1);
+  assert_int_equal(s->listeners[2].nroles, 1);
+  assert_string_equal(s->listeners[2].roles[0], "api");
   assert_int_equal(s->ncerts, 1);
   evs__settings_free(s);
 }
