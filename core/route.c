@@ -128,7 +128,10 @@ void evs__route_table_free(evs__route **routes, size_t *n) {
 int evs__route_matches(const evs__route *rt, const char *role, const char *host,
                        const char *method, const char *path) {
   if (strcmp(rt->role, role) != 0) return 0;
-  if (rt->method && strcmp(rt->method, method) != 0) return 0;
+  /* A GET route answers HEAD too (RFC 9110 §9.3.2; the host sends no body to HEAD). */
+  if (rt->method && strcmp(rt->method, method) != 0 &&
+      !(strcmp(method, "HEAD") == 0 && strcmp(rt->method, "GET") == 0))
+    return 0;
   if (rt->host_kind == 2 && strcmp(rt->host, host ? host : "") != 0) return 0;
   if (rt->host_kind == 1) {
     size_t hl = host ? strlen(host) : 0, sl = strlen(rt->host);

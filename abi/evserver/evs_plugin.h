@@ -203,7 +203,8 @@ typedef struct evs_route {
   const char *role;        /* [a-z0-9-]{1,32}: "api", "relay", "admin" or a role of your own */
   const char *host;        /* "name.example" (exact), "*.example" (any name ending in
                             * ".example"), or NULL: any host. Compared without case. */
-  const char *method;      /* "GET", "POST", ... (exact); NULL: any method */
+  const char *method;      /* "GET", "POST", ... (exact; a GET route also serves HEAD);
+                            * NULL: any method */
   const char *path_prefix; /* starts with '/'; matches the path itself and the paths below it
                             * ("/apps" matches /apps and /apps/x, not /appsx); "/" matches all */
   evs_hook_fn handler;     /* called with the plugin's state, like a ROUTE hook */

@@ -1,8 +1,8 @@
 /*
  * hello: the smallest useful evserver plugin, built outside the evserver tree against the
- * installed header only (see README.md). It answers requests whose Host is its configured `host`
- * with 200 and a line of text, counts them, and declines every other request so the next plugin
- * (or the host's 404) gets it.
+ * installed header only (see README.md). It registers one route (ABI 1.7): requests whose Host
+ * is its configured `host`, on the listeners serving the role "relay", get 200 and a line of
+ * text, and are counted. The host routes every other request elsewhere (or answers its 404).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -27,10 +27,9 @@ static const evs_config_item items[] = {
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
-static int route(void *state, evs_request *req) {
+static int hello(void *state, evs_request *req) {
   hello_state *st = state;
   const evs_request_info *info = st->host->request_info(req);
-  if (strcmp(info->host, st->vhost) != 0) return EVS_DECLINED;
   char body[512];
   int n = snprintf(body, sizeof body, "%s\n%s %s\n", st->message, info->method, info->path);
   if (n < 0) return EVS_DECLINED;
@@ -49,7 +48,9 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->plugin = plugin;
   st->vhost = host->config_string(plugin, "host");
   st->message = host->config_string(plugin, "message");
-  int rc = host->add_hook(plugin, EVS_PHASE_ROUTE, route);
+  /* Any method, any path, on the host named in the configuration; the host copies the route. */
+  evs_route r = {sizeof r, "relay", st->vhost, NULL, "/", hello};
+  int rc = host->add_route(plugin, &r);
   if (rc < 0) {
     free(st);
     return rc;

@@ -52,9 +52,16 @@ static void test_matching(void **state) {
   assert_false(evs__route_matches(&rt, "relay", "shop.example", "POST", "/appsx"));
   assert_false(evs__route_matches(&rt, "relay", "shop.example", "POST", "/ap"));
   assert_false(evs__route_matches(&rt, "relay", "shop.example", "GET", "/apps"));
+  assert_false(evs__route_matches(&rt, "relay", "shop.example", "HEAD", "/apps"));
   assert_false(evs__route_matches(&rt, "api", "shop.example", "POST", "/apps"));
   assert_false(evs__route_matches(&rt, "relay", "x.shop.example", "POST", "/apps"));
   assert_false(evs__route_matches(&rt, "relay", "", "POST", "/apps"));
+  evs__route_clear(&rt);
+
+  r = mk("relay", "shop.example", "GET", "/");
+  assert_int_equal(evs__route_make(&r, &rt), 0);
+  assert_true(evs__route_matches(&rt, "relay", "shop.example", "HEAD", "/")); /* GET serves HEAD */
+  assert_false(evs__route_matches(&rt, "relay", "shop.example", "POST", "/"));
   evs__route_clear(&rt);
 
   r = mk("relay", "*.example", NULL, "/");
