@@ -1,7 +1,7 @@
 /*
  * The route table (ABI 1.7): validation, ordering and matching of routes plugins register with
  * add_route. Dispatch lives with the request path (server.c, admin.c); registration in the
- * evs_host table (plugin.c). See route.h.
+ * evs_host table (host.c, which also runs them: evs__routes_run). See route.h.
  */
 #include "route.h"
 

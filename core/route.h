@@ -1,7 +1,7 @@
 /*
  * The route table (ABI 1.7 add_route): routes a plugin registered for a listener role, kept
  * most specific first, matched against a request's host, method and path. Pure data: no loop,
- * no logging, no plugin calls (server.c and admin.c dispatch; plugin.c registers), so the
+ * no logging, no plugin calls (host.c registers and runs them for server.c and admin.c), so the
  * ordering rules are unit-tested on their own (tests/unit/test_route.c).
  */
 #ifndef EVS_CORE_ROUTE_H
