@@ -43,11 +43,11 @@ static int marker(char *b, size_t cap, unsigned k) {
   return snprintf(b, cap, "ev:R /+=&%%:#%u:$", k);
 }
 
-static int out_transform(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int out_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                          size_t *ret_len) {
   struct out *o = ud;
   int ml = marker(o->marker, sizeof o->marker, o->k++);
-  if (v[n] != 0 || type != EVS__JSON_STRING) __builtin_trap();
+  if (v[n] != 0 || type != EVS__RW_STRING) __builtin_trap();
   if (o->check && ((size_t)ml != n || memcmp(v, o->marker, n) != 0)) __builtin_trap();
   *ret = o->marker;
   *ret_len = (size_t)ml;
