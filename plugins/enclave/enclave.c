@@ -326,7 +326,8 @@ static void on_check_record(void *arg, int status, const uint8_t *v, size_t len)
   key_check *kc = arg;
   int ok = 0;
   char app[ENC_APP_ID_MAX] = "", key_id[ENC_KEY_ID_MAX] = "";
-  if (status == 0) ok = enc_key_record_allows(v, len, kc->key, kc->perm, app, key_id);
+  if (status == 0)
+    ok = enc_api_key_verify(v, len, kc->key, kc->perm, NULL, app, key_id) == ENC_KEY_OK;
   enc_audit(kc->st, key_id[0] ? key_id : "unknown", app, "relay-auth", 0, ok ? "ok" : "unauthorized");
   if (kc->kdone) {
     kc->kdone(kc->done_arg, ok ? 0 : -EACCES, ok ? app : NULL);
