@@ -196,15 +196,6 @@ int enc_unb64(const char *s, size_t len, uint8_t **ret, size_t *ret_len) {
   return 0;
 }
 
-int enc_valid_app_id(const char *s) {
-  if (strncmp(s, "app_", 4) != 0) return 0;
-  size_t n = strlen(s);
-  if (n < 5 || n >= ENC_APP_ID_MAX) return 0;
-  for (size_t i = 4; i < n; i++)
-    if (!isxdigit((unsigned char)s[i]) || isupper((unsigned char)s[i])) return 0;
-  return 1;
-}
-
 void enc_audit(enclave_state *st, const char *who, const char *app, const char *op,
                size_t fields, const char *outcome) {
   json_t *o = json_pack("{s:s,s:s,s:s,s:I,s:s}", "who", who && *who ? who : "admin", "app",

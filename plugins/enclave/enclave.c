@@ -90,7 +90,7 @@ static void auto_unlock_scan(void *arg, int status, const char *key, const uint8
   }
   if (strncmp(key, "app/", 4) != 0) return;
   const char *app = key + 4;
-  if (!enc_valid_app_id(app)) return;
+  if (!evs_app_id_valid(app, strlen(app))) return;
   unlock_job *j = calloc(1, sizeof *j);
   if (!j) return;
   j->st = st;
@@ -108,7 +108,7 @@ static void auto_unlock_scan(void *arg, int status, const char *key, const uint8
 static void migrate_scan(void *arg, int status, const char *key, const uint8_t *v, size_t len) {
   enclave_state *st = arg;
   if (key) {
-    if (strncmp(key, "share2/", 7) != 0 || !enc_valid_app_id(key + 7)) return;
+    if (strncmp(key, "share2/", 7) != 0 || !evs_app_id_valid(key + 7, strlen(key + 7))) return;
     int r = st->host->aux_store_put(st->plugin, key, v, len, NULL, NULL);
     if (r == 0) r = st->host->store_delete(st->plugin, key, NULL, NULL);
     if (r == 0)
@@ -205,7 +205,7 @@ static void on_node_msg(void *state, const uint8_t *msg, size_t len, evs_node_ms
   memcpy(j->app_id, msg + 2, msg[1]);
   size_t tl = len - 2 - msg[1];
   int r;
-  if (!enc_valid_app_id(j->app_id) || (j->op == 'U') != (tl > 0)) {
+  if (!evs_app_id_valid(j->app_id, strlen(j->app_id)) || (j->op == 'U') != (tl > 0)) {
     r = -EINVAL; /* an empty token would mean "from the credentials directory" */
   } else if (j->op == 'U') {
     char *token = strndup((const char *)msg + 2 + msg[1], tl);

@@ -14,8 +14,9 @@
 
 #include "evserver/evs_plugin.h"
 #include "ep_client.h"
+#include "evs_app_id.h" /* the app id rule (enclave/proto, header-only) */
 
-#define ENC_APP_ID_MAX 32      /* "app_" + 12 hex, with room */
+#define ENC_APP_ID_MAX (EVS_APP_ID_MAX_LEN + 1) /* an app id and its NUL */
 #define ENC_KEY_ID_MAX 40      /* "key_" + 16 hex, with room */
 #define ENC_STORE_KEY_MAX 64
 
@@ -123,7 +124,6 @@ char *enc_b64(const uint8_t *data, size_t len);                   /* malloc'd, N
 int enc_unb64(const char *s, size_t len, uint8_t **ret, size_t *ret_len);
 void enc_audit(enclave_state *st, const char *who, const char *app, const char *op,
                size_t fields, const char *outcome);
-int enc_valid_app_id(const char *s);
 
 /* Reads share1/<app>, share2/<app> and wrapped/<app> from the store and sends APP_UNLOCK
  * with token ("" asks the enclave to read it from its credentials directory). Returns 0 (cb
