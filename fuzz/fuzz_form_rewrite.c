@@ -7,6 +7,7 @@
  *
  *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
  *     plugins/relay-inbound/form_rewrite.c plugins/relay-inbound/json_rewrite.c \
+ *     plugins/relay-inbound/rewriter.c \
  *     plugins/relay-inbound/jsonpath.c fuzz/fuzz_form_rewrite.c -o /tmp/fuzz_form_rewrite
  */
 #include <stdbool.h>

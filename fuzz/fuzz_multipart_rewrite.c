@@ -8,6 +8,7 @@
  *
  *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
  *     plugins/relay-inbound/multipart_rewrite.c plugins/relay-inbound/json_rewrite.c \
+ *     plugins/relay-inbound/rewriter.c \
  *     plugins/relay-inbound/jsonpath.c fuzz/fuzz_multipart_rewrite.c -o /tmp/fuzz_multipart
  */
 #include <stdbool.h>

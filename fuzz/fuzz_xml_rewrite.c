@@ -9,6 +9,7 @@
  *
  *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
  *     plugins/relay-inbound/xml_rewrite.c plugins/relay-inbound/jsonpath.c \
+ *     plugins/relay-inbound/rewriter.c \
  *     fuzz/fuzz_xml_rewrite.c -o /tmp/fuzz_xml_rewrite
  */
 #include <stdbool.h>

@@ -327,12 +327,6 @@ static size_t ops_place(const char *value, size_t len, char *out, size_t cap) {
   return evs__form_urlencode(value, len, out, cap);
 }
 
-/* A transform's return is written verbatim: the rewriter encodes it. */
-static size_t ops_place_verbatim(const char *value, size_t len, char *out, size_t cap) {
-  if (out && cap >= len) memcpy(out, value, len);
-  return len;
-}
-
 static int ops_new(const evs__rewriter_select *sel, evs__rw_emit_fn emit_fn,
                    evs__rw_transform_fn transform_fn, void *ud, void **ret_impl) {
   evs__form_rewrite *rw = NULL;
@@ -356,7 +350,7 @@ const evs__rewriter_ops evs__form_rewriter = {
     .name = "form",
     .parse_unselected = 0,
     .place = ops_place,
-    .place_returned = ops_place_verbatim,
+    .place_returned = evs__rewriter_place_verbatim, /* the rewriter encodes it */
     .new = ops_new,
     .feed = ops_feed,
     .finish = ops_finish,

@@ -559,12 +559,6 @@ uint64_t evs__multipart_rewrite_parts(const evs__multipart_rewrite *rw) { return
 
 /* ---- the rewriter interface (rewriter.h) ------------------------------------------------- */
 
-/* A replacement placed by the caller is written verbatim. */
-static size_t ops_place(const char *value, size_t len, char *out, size_t cap) {
-  if (out && cap >= len) memcpy(out, value, len);
-  return len;
-}
-
 static int ops_new(const evs__rewriter_select *sel, evs__rw_emit_fn emit_fn,
                    evs__rw_transform_fn transform_fn, void *ud, void **ret_impl) {
   /* The boundary is read from the Content-Type here, so that a caller needs nothing of the
@@ -596,8 +590,8 @@ static size_t ops_mem_high_water(const void *impl) {
 const evs__rewriter_ops evs__multipart_rewriter = {
     .name = "multipart",
     .parse_unselected = 1,
-    .place = ops_place,
-    .place_returned = ops_place,
+    .place = evs__rewriter_place_verbatim,
+    .place_returned = evs__rewriter_place_verbatim,
     .new = ops_new,
     .feed = ops_feed,
     .finish = ops_finish,

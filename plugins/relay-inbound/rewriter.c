@@ -31,6 +31,11 @@ const evs__rewriter_ops *evs__rewriter_for_content_type(const char *ct, size_t n
   return NULL;
 }
 
+size_t evs__rewriter_place_verbatim(const char *value, size_t len, char *out, size_t cap) {
+  if (out && cap >= len) memcpy(out, value, len);
+  return len;
+}
+
 int evs__rewriter_answer(int err, const char **ret_code) {
   switch ((evs__rw_error)err) {
   case EVS__RW_E_EVDATA:

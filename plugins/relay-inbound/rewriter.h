@@ -113,6 +113,9 @@ typedef struct evs__rewriter_ops {
   const char *(*strerror)(int err); /* a static English description, in the format's terms */
 } evs__rewriter_ops;
 
+/* The place (and place_returned) of the formats that take a replacement verbatim. */
+size_t evs__rewriter_place_verbatim(const char *value, size_t len, char *out, size_t cap);
+
 extern const evs__rewriter_ops evs__json_rewriter;
 extern const evs__rewriter_ops evs__xml_rewriter;
 extern const evs__rewriter_ops evs__form_rewriter;
