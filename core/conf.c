@@ -37,123 +37,177 @@
 #define MIB (1024 * KIB)
 #define GIB ((int64_t)1024 * MIB)
 
-/* ---- The host's item tables -------------------------------------------------------------- */
-/* Bounds keep values in the range the server code was written for; docs/configuration.md
- * documents every row (tests/unit/test_conf.c fails when it does not). */
+/* ---- The host's key tables --------------------------------------------------------------- */
+/* The one declaration of every host key: name, type, default, bounds, flags and help (the item
+ * validation and --describe-config read), the evs__settings member it fills and, for a string
+ * with a fixed set of values, that set. Bounds keep values in the range the server code was
+ * written for; docs/configuration.md documents every row (tests/unit/test_conf.c fails when it
+ * does not). */
 
-const evs_config_item evs__conf_server_items[] = {
-    {"workers", EVS_CONFIG_INT, "0", 0, 64, 0,
-     "worker processes; 0 starts one per CPU"},
-    {"state_dir", EVS_CONFIG_PATH, "/var/lib/evserver", 0, 0, 0,
-     "directory for persistent state (the SQLite store, keys)"},
-    {"plugins_dir", EVS_CONFIG_PATH, EVS_DEFAULT_PLUGINS_DIR, 0, 0, 0,
-     "directory the plugin loader searches for <name>.so"},
-    {"log_level", EVS_CONFIG_STRING, "info", 0, 0, 0,
-     "least severe level logged: error, warn, info or debug"},
-    {"user", EVS_CONFIG_STRING, NULL, 0, 0, 0,
-     "user to switch to after binding the listeners (optional)"},
-    {NULL, 0, NULL, 0, 0, 0, NULL},
+/* The member a key fills: an int64_t for INT, BOOL, DURATION and SIZE, a char * for STRING and
+ * PATH (a copy; PATH resolved against the configuration's directory; empty reads as unset).
+ * BY_HAND: the loader reads the key itself (named sections, store.path). */
+#define SETTING(member) (offsetof(evs__settings, member) + 1)
+#define BY_HAND 0
+
+static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+static const char *const store_backends[] = {"sqlite", "postgresql", NULL};
+
+const evs__conf_key evs__conf_server_keys[] = {
+    {{"workers", EVS_CONFIG_INT, "0", 0, 64, 0,
+      "worker processes; 0 starts one per CPU"},
+     SETTING(workers), NULL},
+    {{"state_dir", EVS_CONFIG_PATH, "/var/lib/evserver", 0, 0, 0,
+      "directory for persistent state (the SQLite store, keys)"},
+     SETTING(state_dir), NULL},
+    {{"plugins_dir", EVS_CONFIG_PATH, EVS_DEFAULT_PLUGINS_DIR, 0, 0, 0,
+      "directory the plugin loader searches for <name>.so"},
+     SETTING(plugins_dir), NULL},
+    {{"log_level", EVS_CONFIG_STRING, "info", 0, 0, 0,
+      "least severe level logged: error, warn, info or debug"},
+     SETTING(log_level), log_levels},
+    {{"user", EVS_CONFIG_STRING, NULL, 0, 0, 0,
+      "user to switch to after binding the listeners (optional)"},
+     SETTING(user), NULL},
+    {{"tls_ticket_rotation", EVS_CONFIG_DURATION, "1h", 1000, 24 * MS_H, 0,
+      "how often the TLS session ticket key is replaced; a ticket opens for 2 to 3 times this"},
+     SETTING(tls_ticket_rotation_ms), NULL},
+    {{NULL, 0, NULL, 0, 0, 0, NULL}, BY_HAND, NULL},
 };
 
-const evs_config_item evs__conf_admin_items[] = {
-    {"socket", EVS_CONFIG_PATH, "/run/evserver/admin.sock", 0, 0, 0,
-     "Unix socket of the admin API (used by evctl)"},
-    {NULL, 0, NULL, 0, 0, 0, NULL},
+const evs__conf_key evs__conf_admin_keys[] = {
+    {{"socket", EVS_CONFIG_PATH, "/run/evserver/admin.sock", 0, 0, 0,
+      "Unix socket of the admin API (used by evctl)"},
+     SETTING(admin_socket), NULL},
+    {{NULL, 0, NULL, 0, 0, 0, NULL}, BY_HAND, NULL},
 };
 
-const evs_config_item evs__conf_limits_items[] = {
-    {"max_header_bytes", EVS_CONFIG_SIZE, "32k", 1 * KIB, 1 * MIB, 0,
-     "largest request head (request line and headers); larger answers 431"},
-    {"max_header_fields", EVS_CONFIG_INT, "100", 1, 1000, 0,
-     "most header fields in a request; more answers 431"},
+const evs__conf_key evs__conf_limits_keys[] = {
+    {{"max_header_bytes", EVS_CONFIG_SIZE, "32k", 1 * KIB, 1 * MIB, 0,
+      "largest request head (request line and headers); larger answers 431"},
+     SETTING(max_header_bytes), NULL},
+    {{"max_header_fields", EVS_CONFIG_INT, "100", 1, 1000, 0,
+      "most header fields in a request; more answers 431"},
+     SETTING(max_header_fields), NULL},
     /* 26m: room for the largest %EVENC file POST /decrypt takes (25 MiB of plaintext plus 75
      * bytes); the enclave plugin and the relay apply their exact 25 MiB limits themselves. */
-    {"max_body_bytes", EVS_CONFIG_SIZE, "26m", 1 * KIB, 64 * GIB, 0,
-     "largest request body, per request; larger answers 413"},
-    {"max_connections", EVS_CONFIG_INT, "10000", 1, 1000000, 0,
-     "most open client connections on the node, counted across all workers; more get 503"},
-    {"max_connections_per_ip", EVS_CONFIG_INT, "1000", 0, 1000000, 0,
-     "most open connections from one client address (IPv6: one /64), node-wide; more get 503; "
-     "0: no limit"},
-    {"header_timeout", EVS_CONFIG_DURATION, "10s", 100, 1 * MS_H, 0,
-     "time allowed to receive a complete request head, from its first byte (a total deadline)"},
-    {"body_timeout", EVS_CONFIG_DURATION, "30s", 100, 1 * MS_H, 0,
-     "longest wait between two reads of a request body"},
-    {"request_timeout", EVS_CONFIG_DURATION, "5m", 0, 24 * MS_H, 0,
-     "time allowed from the first byte of a request until its body is received; 0: no limit"},
-    {"min_body_rate", EVS_CONFIG_SIZE, "1k", 0, 1 * GIB, 0,
-     "slowest request body accepted, in bytes per second over each min_body_rate_window; "
-     "slower answers 408; 0: no minimum"},
-    {"min_body_rate_window", EVS_CONFIG_DURATION, "10s", 100, 1 * MS_H, 0,
-     "window over which min_body_rate is measured"},
-    {"min_body_rate_grace", EVS_CONFIG_DURATION, "5s", 0, 1 * MS_H, 0,
-     "time a request body may take to start before min_body_rate applies"},
-    {"idle_timeout", EVS_CONFIG_DURATION, "60s", 100, 1 * MS_H, 0,
-     "how long an idle keep-alive connection is kept open"},
-    {"send_timeout", EVS_CONFIG_DURATION, "30s", 100, 1 * MS_H, 0,
-     "longest wait for the client to accept more response bytes"},
-    {"drain_timeout", EVS_CONFIG_DURATION, "30s", 0, 1 * MS_H, 0,
-     "how long SIGTERM and SIGHUP wait for in-flight requests before closing them"},
-    {NULL, 0, NULL, 0, 0, 0, NULL},
+    {{"max_body_bytes", EVS_CONFIG_SIZE, "26m", 1 * KIB, 64 * GIB, 0,
+      "largest request body, per request; larger answers 413"},
+     SETTING(max_body_bytes), NULL},
+    {{"max_connections", EVS_CONFIG_INT, "10000", 1, 1000000, 0,
+      "most open client connections on the node, counted across all workers; more get 503"},
+     SETTING(max_connections), NULL},
+    {{"max_connections_per_ip", EVS_CONFIG_INT, "1000", 0, 1000000, 0,
+      "most open connections from one client address (IPv6: one /64), node-wide; more get 503; "
+      "0: no limit"},
+     SETTING(max_connections_per_ip), NULL},
+    {{"header_timeout", EVS_CONFIG_DURATION, "10s", 100, 1 * MS_H, 0,
+      "time allowed to receive a complete request head, from its first byte (a total deadline)"},
+     SETTING(header_timeout_ms), NULL},
+    {{"body_timeout", EVS_CONFIG_DURATION, "30s", 100, 1 * MS_H, 0,
+      "longest wait between two reads of a request body"},
+     SETTING(body_timeout_ms), NULL},
+    {{"request_timeout", EVS_CONFIG_DURATION, "5m", 0, 24 * MS_H, 0,
+      "time allowed from the first byte of a request until its body is received; 0: no limit"},
+     SETTING(request_timeout_ms), NULL},
+    {{"min_body_rate", EVS_CONFIG_SIZE, "1k", 0, 1 * GIB, 0,
+      "slowest request body accepted, in bytes per second over each min_body_rate_window; "
+      "slower answers 408; 0: no minimum"},
+     SETTING(min_body_rate), NULL},
+    {{"min_body_rate_window", EVS_CONFIG_DURATION, "10s", 100, 1 * MS_H, 0,
+      "window over which min_body_rate is measured"},
+     SETTING(min_body_rate_window_ms), NULL},
+    {{"min_body_rate_grace", EVS_CONFIG_DURATION, "5s", 0, 1 * MS_H, 0,
+      "time a request body may take to start before min_body_rate applies"},
+     SETTING(min_body_rate_grace_ms), NULL},
+    {{"idle_timeout", EVS_CONFIG_DURATION, "60s", 100, 1 * MS_H, 0,
+      "how long an idle keep-alive connection is kept open"},
+     SETTING(idle_timeout_ms), NULL},
+    {{"send_timeout", EVS_CONFIG_DURATION, "30s", 100, 1 * MS_H, 0,
+      "longest wait for the client to accept more response bytes"},
+     SETTING(send_timeout_ms), NULL},
+    {{"drain_timeout", EVS_CONFIG_DURATION, "30s", 0, 1 * MS_H, 0,
+      "how long SIGTERM and SIGHUP wait for in-flight requests before closing them"},
+     SETTING(drain_timeout_ms), NULL},
+    {{NULL, 0, NULL, 0, 0, 0, NULL}, BY_HAND, NULL},
 };
 
-const evs_config_item evs__conf_upstream_items[] = {
-    {"connect_timeout", EVS_CONFIG_DURATION, "5s", 100, 10 * MS_M, 0,
-     "time allowed to connect to an upstream (TCP and TLS handshake)"},
-    {"response_timeout", EVS_CONFIG_DURATION, "60s", 1 * MS_S, 1 * MS_H, 0,
-     "time to the first response byte, and longest wait between response reads"},
-    {"pool_max_idle", EVS_CONFIG_INT, "32", 0, 10000, 0,
-     "idle keep-alive connections kept per upstream; 0 disables pooling"},
-    {"pool_idle_timeout", EVS_CONFIG_DURATION, "30s", 1 * MS_S, 1 * MS_H, 0,
-     "how long an idle pooled upstream connection is kept"},
-    {"ca_file", EVS_CONFIG_PATH, NULL, 0, 0, 0,
-     "PEM bundle to verify upstream certificates; unset: the system default"},
-    {NULL, 0, NULL, 0, 0, 0, NULL},
+const evs__conf_key evs__conf_upstream_keys[] = {
+    {{"connect_timeout", EVS_CONFIG_DURATION, "5s", 100, 10 * MS_M, 0,
+      "time allowed to connect to an upstream (TCP and TLS handshake)"},
+     SETTING(upstream_connect_timeout_ms), NULL},
+    {{"response_timeout", EVS_CONFIG_DURATION, "60s", 1 * MS_S, 1 * MS_H, 0,
+      "time to the first response byte, and longest wait between response reads"},
+     SETTING(upstream_response_timeout_ms), NULL},
+    {{"pool_max_idle", EVS_CONFIG_INT, "32", 0, 10000, 0,
+      "idle keep-alive connections kept per upstream; 0 disables pooling"},
+     SETTING(upstream_pool_max_idle), NULL},
+    {{"pool_idle_timeout", EVS_CONFIG_DURATION, "30s", 1 * MS_S, 1 * MS_H, 0,
+      "how long an idle pooled upstream connection is kept"},
+     SETTING(upstream_pool_idle_timeout_ms), NULL},
+    {{"ca_file", EVS_CONFIG_PATH, NULL, 0, 0, 0,
+      "PEM bundle to verify upstream certificates; unset: the system default"},
+     SETTING(upstream_ca_file), NULL},
+    {{NULL, 0, NULL, 0, 0, 0, NULL}, BY_HAND, NULL},
 };
 
-const evs_config_item evs__conf_store_items[] = {
-    {"backend", EVS_CONFIG_STRING, "sqlite", 0, 0, 0,
-     "where plugins' key-value data lives: sqlite or postgresql"},
-    {"path", EVS_CONFIG_PATH, "evserver.db", 0, 0, 0,
-     "SQLite database file; a relative path is relative to state_dir"},
-    {"dsn", EVS_CONFIG_STRING, NULL, 0, 0, EVS_CONFIG_SECRET,
-     "libpq connection string; required when backend = postgresql"},
-    {NULL, 0, NULL, 0, 0, 0, NULL},
+const evs__conf_key evs__conf_store_keys[] = {
+    {{"backend", EVS_CONFIG_STRING, "sqlite", 0, 0, 0,
+      "where plugins' key-value data lives: sqlite or postgresql"},
+     SETTING(store_backend), store_backends},
+    {{"path", EVS_CONFIG_PATH, "evserver.db", 0, 0, 0,
+      "SQLite database file; a relative path is relative to state_dir"},
+     BY_HAND, NULL},
+    {{"dsn", EVS_CONFIG_STRING, NULL, 0, 0, EVS_CONFIG_SECRET,
+      "libpq connection string; required when backend = postgresql"},
+     SETTING(store_dsn), NULL},
+    {{NULL, 0, NULL, 0, 0, 0, NULL}, BY_HAND, NULL},
 };
 
-const evs_config_item evs__conf_listener_items[] = {
-    {"address", EVS_CONFIG_STRING, NULL, 0, 0, EVS_CONFIG_REQUIRED,
-     "host:port to listen on: 127.0.0.1:8080, [::1]:8443, *:80"},
-    {"tls", EVS_CONFIG_BOOL, "off", 0, 0, 0,
-     "terminate TLS on this listener"},
-    {"certificate", EVS_CONFIG_PATH, NULL, 0, 0, 0,
-     "PEM certificate chain used when no [certificate] matches the SNI name; required with tls"},
-    {"key", EVS_CONFIG_PATH, NULL, 0, 0, 0,
-     "PEM private key of certificate; required with tls"},
-    {"serves", EVS_CONFIG_STRING, NULL, 0, 0, 0,
-     "space-separated roles whose routes this listener serves: api, relay, or a plugin's own "
-     "(default: api for a listener named \"api\", relay for any other)"},
-    {NULL, 0, NULL, 0, 0, 0, NULL},
+const evs__conf_key evs__conf_listener_keys[] = {
+    {{"address", EVS_CONFIG_STRING, NULL, 0, 0, EVS_CONFIG_REQUIRED,
+      "host:port to listen on: 127.0.0.1:8080, [::1]:8443, *:80"},
+     BY_HAND, NULL},
+    {{"tls", EVS_CONFIG_BOOL, "off", 0, 0, 0,
+      "terminate TLS on this listener"},
+     BY_HAND, NULL},
+    {{"certificate", EVS_CONFIG_PATH, NULL, 0, 0, 0,
+      "PEM certificate chain used when no [certificate] matches the SNI name; required with tls"},
+     BY_HAND, NULL},
+    {{"key", EVS_CONFIG_PATH, NULL, 0, 0, 0,
+      "PEM private key of certificate; required with tls"},
+     BY_HAND, NULL},
+    {{"serves", EVS_CONFIG_STRING, NULL, 0, 0, 0,
+      "space-separated roles whose routes this listener serves: api, relay, or a plugin's own "
+      "(default: api for a listener named \"api\", relay for any other)"},
+     BY_HAND, NULL},
+    {{"session_tickets", EVS_CONFIG_BOOL, "on", 0, 0, 0,
+      "TLS session resumption with tickets (TLS 1.3 and 1.2), valid on every worker of the node"},
+     BY_HAND, NULL},
+    {{NULL, 0, NULL, 0, 0, 0, NULL}, BY_HAND, NULL},
 };
 
-const evs_config_item evs__conf_certificate_items[] = {
-    {"server_names", EVS_CONFIG_STRING, NULL, 0, 0, EVS_CONFIG_REQUIRED,
-     "space-separated SNI names this certificate serves: exact names or *.suffix wildcards"},
-    {"certificate", EVS_CONFIG_PATH, NULL, 0, 0, EVS_CONFIG_REQUIRED,
-     "PEM certificate chain"},
-    {"key", EVS_CONFIG_PATH, NULL, 0, 0, EVS_CONFIG_REQUIRED,
-     "PEM private key"},
-    {NULL, 0, NULL, 0, 0, 0, NULL},
+const evs__conf_key evs__conf_certificate_keys[] = {
+    {{"server_names", EVS_CONFIG_STRING, NULL, 0, 0, EVS_CONFIG_REQUIRED,
+      "space-separated SNI names this certificate serves: exact names or *.suffix wildcards"},
+     BY_HAND, NULL},
+    {{"certificate", EVS_CONFIG_PATH, NULL, 0, 0, EVS_CONFIG_REQUIRED,
+      "PEM certificate chain"},
+     BY_HAND, NULL},
+    {{"key", EVS_CONFIG_PATH, NULL, 0, 0, EVS_CONFIG_REQUIRED,
+      "PEM private key"},
+     BY_HAND, NULL},
+    {{NULL, 0, NULL, 0, 0, 0, NULL}, BY_HAND, NULL},
 };
 
 const evs__conf_section_def evs__conf_host_sections[] = {
-    {"server", 0, evs__conf_server_items, "processes, directories, logging"},
-    {"admin", 0, evs__conf_admin_items, "the local admin API"},
-    {"limits", 0, evs__conf_limits_items, "per-request and per-connection limits and timeouts"},
-    {"upstream", 0, evs__conf_upstream_items, "connections to destinations"},
-    {"store", 0, evs__conf_store_items, "the key-value store plugins persist to"},
-    {"listener", 1, evs__conf_listener_items, "an address to accept clients on (one or more)"},
-    {"certificate", 1, evs__conf_certificate_items, "an SNI certificate for TLS listeners"},
+    {"server", 0, evs__conf_server_keys, "processes, directories, logging"},
+    {"admin", 0, evs__conf_admin_keys, "the local admin API"},
+    {"limits", 0, evs__conf_limits_keys, "per-request and per-connection limits and timeouts"},
+    {"upstream", 0, evs__conf_upstream_keys, "connections to destinations"},
+    {"store", 0, evs__conf_store_keys, "the key-value store plugins persist to"},
+    {"listener", 1, evs__conf_listener_keys, "an address to accept clients on (one or more)"},
+    {"certificate", 1, evs__conf_certificate_keys, "an SNI certificate for TLS listeners"},
     {"plugin", 1, NULL, "a plugin's own settings (keys declared by the plugin)"},
     {NULL, 0, NULL, NULL},
 };
@@ -430,9 +484,31 @@ static int check_value(const evs_config_item *it, const char *v, int64_t *ret_nu
   return 0;
 }
 
-static const evs_config_item *find_item(const evs_config_item *items, const char *key) {
-  for (; items && items->key; items++)
-    if (strcmp(items->key, key) == 0) return items;
+/* An item table as validation and lookups walk it: a plugin's array of evs_config_item, or one
+ * of the host's arrays of evs__conf_key (whose first member is the item), with its row size. */
+typedef struct item_table {
+  const char *rows; /* NULL: no items */
+  size_t stride;
+} item_table;
+
+static item_table plugin_table(const evs_config_item *items) {
+  return (item_table){(const char *)items, sizeof *items};
+}
+
+static item_table host_table(const evs__conf_key *keys) {
+  return (item_table){(const char *)keys, sizeof *keys};
+}
+
+/* The i-th item, or NULL at the terminating row (key NULL). */
+static const evs_config_item *item_at(item_table t, size_t i) {
+  const evs_config_item *it = t.rows ? (const evs_config_item *)(t.rows + i * t.stride) : NULL;
+  return it && it->key ? it : NULL;
+}
+
+static const evs_config_item *find_item(item_table t, const char *key) {
+  const evs_config_item *it;
+  for (size_t i = 0; (it = item_at(t, i)); i++)
+    if (strcmp(it->key, key) == 0) return it;
   return NULL;
 }
 
@@ -446,13 +522,17 @@ const evs__conf_entry *evs__conf_find_entry(const evs__conf_section *sec, const 
 }
 
 /* sec may be NULL (the section is absent): then the default applies. */
-const char *evs__conf_value(const evs__conf_section *sec, const evs_config_item *items,
-                            const char *key) {
+static const char *value_of(const evs__conf_section *sec, item_table t, const char *key) {
   const evs__conf_entry *e = evs__conf_find_entry(sec, key);
   const evs_config_item *it;
   if (e) return e->value;
-  it = find_item(items, key);
+  it = find_item(t, key);
   return it ? it->default_value : NULL;
+}
+
+const char *evs__conf_value(const evs__conf_section *sec, const evs_config_item *items,
+                            const char *key) {
+  return value_of(sec, plugin_table(items), key);
 }
 
 const evs__conf_section *evs__conf_find_section(const evs__conf *conf, const char *type,
@@ -876,19 +956,20 @@ void evs__conf_free(evs__conf *conf) {
 
 /* ---- Validation -------------------------------------------------------------------------- */
 
-int evs__conf_validate_section(const evs__conf *conf, const evs__conf_section *sec,
-                               const evs_config_item *items, char *err, size_t errlen) {
+static int validate(const evs__conf *conf, const evs__conf_section *sec, item_table items,
+                    char *err, size_t errlen) {
   const char *path = conf && conf->path ? conf->path : "(config)";
   char label[160], expected[128], eb[80];
+  const evs_config_item *it;
   if (!sec) return 0;
   for (size_t i = 0; i < sec->nentries; i++) {
     const evs__conf_entry *e = &sec->entries[i];
-    const evs_config_item *it = find_item(items, e->key);
-    if (!it) {
+    if (!(it = find_item(items, e->key))) {
       char known[512];
+      const evs_config_item *k;
       size_t off = 0;
       known[0] = 0;
-      for (const evs_config_item *k = items; k && k->key; k++)
+      for (size_t j = 0; (k = item_at(items, j)); j++)
         list_append(known, sizeof known, &off, k->key);
       if (!known[0])
         set_err(err, errlen, "%s:%u: unknown key '%s': %s takes no keys", path, e->line, e->key,
@@ -912,7 +993,7 @@ int evs__conf_validate_section(const evs__conf *conf, const evs__conf_section *s
               expected, echo(e->value, eb, sizeof eb));
     return -1;
   }
-  for (const evs_config_item *it = items; it && it->key; it++) {
+  for (size_t i = 0; (it = item_at(items, i)); i++) {
     if (evs__conf_find_entry(sec, it->key)) continue;
     if (it->flags & EVS_CONFIG_REQUIRED) {
       set_err(err, errlen, "%s:%u: %s: missing required key '%s'", path, sec->line,
@@ -930,6 +1011,11 @@ int evs__conf_validate_section(const evs__conf *conf, const evs__conf_section *s
     }
   }
   return 0;
+}
+
+int evs__conf_validate_section(const evs__conf *conf, const evs__conf_section *sec,
+                               const evs_config_item *items, char *err, size_t errlen) {
+  return validate(conf, sec, plugin_table(items), err, errlen);
 }
 
 /* ---- Addresses and server names ---------------------------------------------------------- */
@@ -995,59 +1081,6 @@ static const evs__conf_section_def *find_def(const char *type) {
   return NULL;
 }
 
-/* Numbers and strings of the unnamed sections, filled from a table rather than by hand. */
-typedef struct num_field {
-  const char *section, *key;
-  size_t offset;
-} num_field;
-
-static const num_field num_fields[] = {
-    {"server", "workers", offsetof(evs__settings, workers)},
-    {"limits", "max_header_bytes", offsetof(evs__settings, max_header_bytes)},
-    {"limits", "max_header_fields", offsetof(evs__settings, max_header_fields)},
-    {"limits", "max_body_bytes", offsetof(evs__settings, max_body_bytes)},
-    {"limits", "max_connections", offsetof(evs__settings, max_connections)},
-    {"limits", "max_connections_per_ip", offsetof(evs__settings, max_connections_per_ip)},
-    {"limits", "header_timeout", offsetof(evs__settings, header_timeout_ms)},
-    {"limits", "body_timeout", offsetof(evs__settings, body_timeout_ms)},
-    {"limits", "request_timeout", offsetof(evs__settings, request_timeout_ms)},
-    {"limits", "min_body_rate", offsetof(evs__settings, min_body_rate)},
-    {"limits", "min_body_rate_window", offsetof(evs__settings, min_body_rate_window_ms)},
-    {"limits", "min_body_rate_grace", offsetof(evs__settings, min_body_rate_grace_ms)},
-    {"limits", "idle_timeout", offsetof(evs__settings, idle_timeout_ms)},
-    {"limits", "send_timeout", offsetof(evs__settings, send_timeout_ms)},
-    {"limits", "drain_timeout", offsetof(evs__settings, drain_timeout_ms)},
-    {"upstream", "connect_timeout", offsetof(evs__settings, upstream_connect_timeout_ms)},
-    {"upstream", "response_timeout", offsetof(evs__settings, upstream_response_timeout_ms)},
-    {"upstream", "pool_max_idle", offsetof(evs__settings, upstream_pool_max_idle)},
-    {"upstream", "pool_idle_timeout", offsetof(evs__settings, upstream_pool_idle_timeout_ms)},
-};
-
-/* Strings and paths (PATH items resolve against the config directory; store.path is special
- * and handled by hand). Optional strings left empty read as unset (NULL). */
-static const num_field str_fields[] = {
-    {"server", "state_dir", offsetof(evs__settings, state_dir)},
-    {"server", "plugins_dir", offsetof(evs__settings, plugins_dir)},
-    {"server", "log_level", offsetof(evs__settings, log_level)},
-    {"server", "user", offsetof(evs__settings, user)},
-    {"admin", "socket", offsetof(evs__settings, admin_socket)},
-    {"upstream", "ca_file", offsetof(evs__settings, upstream_ca_file)},
-    {"store", "backend", offsetof(evs__settings, store_backend)},
-    {"store", "dsn", offsetof(evs__settings, store_dsn)},
-};
-
-typedef struct enum_check {
-  const char *section, *key;
-  const char *const *values; /* NULL-terminated */
-} enum_check;
-
-static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
-static const char *const store_backends[] = {"sqlite", "postgresql", NULL};
-static const enum_check enum_checks[] = {
-    {"server", "log_level", log_levels},
-    {"store", "backend", store_backends},
-};
-
 typedef struct loader {
   const evs__conf *conf;
   evs__settings *s;
@@ -1066,10 +1099,10 @@ static unsigned line_of(const evs__conf_section *sec, const char *key) {
   return e ? e->line : sec ? sec->line : 0;
 }
 
-static int item_num(loader *l, const evs__conf_section *sec, const evs_config_item *items,
+static int item_num(loader *l, const evs__conf_section *sec, const evs__conf_key *keys,
                     const char *key, int64_t *ret) {
-  const evs_config_item *it = find_item(items, key);
-  const char *v = evs__conf_value(sec, items, key);
+  const evs_config_item *it = find_item(host_table(keys), key);
+  const char *v = value_of(sec, host_table(keys), key);
   if (!it || !v || check_value(it, v, ret) < 0) {
     /* Only reachable with a broken built-in default: the section itself was validated. */
     set_err(l->err, l->errlen, "%s: internal error: no valid value for key '%s'",
@@ -1080,36 +1113,31 @@ static int item_num(loader *l, const evs__conf_section *sec, const evs_config_it
 }
 
 /* A copy of the value of key (resolved if it is a PATH), or NULL if it has none. */
-static int item_str(loader *l, const evs__conf_section *sec, const evs_config_item *items,
+static int item_str(loader *l, const evs__conf_section *sec, const evs__conf_key *keys,
                     const char *key, char **ret) {
-  const evs_config_item *it = find_item(items, key);
-  const char *v = evs__conf_value(sec, items, key);
+  const evs_config_item *it = find_item(host_table(keys), key);
+  const char *v = value_of(sec, host_table(keys), key);
   *ret = NULL;
   if (!v || !v[0]) return 0;
   *ret = it && it->type == EVS_CONFIG_PATH ? evs__conf_resolve_path(l->conf, v) : strdup(v);
   return *ret ? 0 : load_oom(l);
 }
 
-static int check_enums(loader *l) {
+/* A key with a fixed set of values (one_of) holds one of them. */
+static int check_one_of(loader *l, const evs__conf_section *sec, const evs__conf_key *k) {
   char eb[80], list[128];
-  for (size_t i = 0; i < sizeof enum_checks / sizeof enum_checks[0]; i++) {
-    const enum_check *ec = &enum_checks[i];
-    const evs__conf_section *sec = evs__conf_find_section(l->conf, ec->section, NULL);
-    const char *v = evs__conf_value(sec, find_def(ec->section)->items, ec->key);
-    size_t off = 0;
-    int ok = 0;
-    list[0] = 0;
-    for (const char *const *e = ec->values; *e; e++) {
-      ok |= strcmp(*e, v) == 0;
-      list_append(list, sizeof list, &off, *e);
-    }
-    if (!ok) {
-      set_err(l->err, l->errlen, "%s:%u: key '%s': expected one of %s, got '%s'", l->conf->path,
-              line_of(sec, ec->key), ec->key, list, echo(v, eb, sizeof eb));
-      return -1;
-    }
+  const char *v = value_of(sec, host_table(k), k->item.key);
+  size_t off = 0;
+  int ok = 0;
+  list[0] = 0;
+  for (const char *const *e = k->one_of; *e; e++) {
+    ok |= v && strcmp(*e, v) == 0;
+    list_append(list, sizeof list, &off, *e);
   }
-  return 0;
+  if (ok) return 0;
+  set_err(l->err, l->errlen, "%s:%u: key '%s': expected one of %s, got '%s'", l->conf->path,
+          line_of(sec, k->item.key), k->item.key, list, echo(v ? v : "", eb, sizeof eb));
+  return -1;
 }
 
 static int load_unnamed(loader *l) {
@@ -1117,19 +1145,23 @@ static int load_unnamed(loader *l) {
   const evs__conf_section *store;
   const char *v;
   char label[160];
-  for (size_t i = 0; i < sizeof num_fields / sizeof num_fields[0]; i++) {
-    const num_field *f = &num_fields[i];
-    if (item_num(l, evs__conf_find_section(l->conf, f->section, NULL),
-                 find_def(f->section)->items, f->key, (int64_t *)((char *)s + f->offset)) < 0)
-      return -1;
+  /* Every key of the unnamed sections that fills a setting, straight from the key tables. */
+  for (const evs__conf_section_def *d = evs__conf_host_sections; d->type; d++) {
+    if (d->named || !d->keys) continue;
+    const evs__conf_section *sec = evs__conf_find_section(l->conf, d->type, NULL);
+    for (const evs__conf_key *k = d->keys; k->item.key; k++) {
+      if (k->one_of && check_one_of(l, sec, k) < 0) return -1;
+      if (k->setting == BY_HAND) continue;
+      void *field = (char *)s + (k->setting - 1);
+      int r;
+      switch (k->item.type) {
+      case EVS_CONFIG_STRING:
+      case EVS_CONFIG_PATH: r = item_str(l, sec, d->keys, k->item.key, field); break;
+      default: r = item_num(l, sec, d->keys, k->item.key, field); break;
+      }
+      if (r < 0) return -1;
+    }
   }
-  for (size_t i = 0; i < sizeof str_fields / sizeof str_fields[0]; i++) {
-    const num_field *f = &str_fields[i];
-    if (item_str(l, evs__conf_find_section(l->conf, f->section, NULL),
-                 find_def(f->section)->items, f->key, (char **)((char *)s + f->offset)) < 0)
-      return -1;
-  }
-  if (check_enums(l) < 0) return -1;
   store = evs__conf_find_section(l->conf, "store", NULL);
   if (strcmp(s->store_backend, "postgresql") == 0 && !s->store_dsn) {
     set_err(l->err, l->errlen, "%s:%u: %s: key 'dsn' is required when backend = postgresql",
@@ -1138,7 +1170,7 @@ static int load_unnamed(loader *l) {
     return -1;
   }
   /* The SQLite file lives in the state directory unless given as an absolute path. */
-  v = evs__conf_value(store, evs__conf_store_items, "path");
+  v = value_of(store, host_table(evs__conf_store_keys), "path");
   s->store_path = join_path(s->state_dir, v);
   return s->store_path ? 0 : load_oom(l);
 }
@@ -1149,7 +1181,7 @@ static int load_unnamed(loader *l) {
  * as they were. "admin" belongs to the admin socket alone: its endpoints have no
  * authentication besides the socket's file mode. */
 static int load_roles(loader *l, const evs__conf_section *sec, evs__listener_conf *lc) {
-  const char *v = evs__conf_value(sec, evs__conf_listener_items, "serves");
+  const char *v = value_of(sec, host_table(evs__conf_listener_keys), "serves");
   char eb[80];
   if (!v) v = strcmp(lc->name, "api") == 0 ? "api" : "relay";
   size_t n = 0;
@@ -1197,10 +1229,10 @@ static int load_roles(loader *l, const evs__conf_section *sec, evs__listener_con
 }
 
 static int load_listener(loader *l, const evs__conf_section *sec, evs__listener_conf *lc) {
-  const evs_config_item *items = evs__conf_listener_items;
+  const evs__conf_key *items = evs__conf_listener_keys;
   const char *path = l->conf->path;
   char host[INET6_ADDRSTRLEN], label[160], eb[80];
-  const char *addr = evs__conf_value(sec, items, "address");
+  const char *addr = value_of(sec, host_table(items), "address");
   int64_t tls;
   uint16_t port;
   int family;
@@ -1214,6 +1246,9 @@ static int load_listener(loader *l, const evs__conf_section *sec, evs__listener_
   }
   if (item_num(l, sec, items, "tls", &tls) < 0) return -1;
   lc->tls = (int)tls;
+  int64_t tickets;
+  if (item_num(l, sec, items, "session_tickets", &tickets) < 0) return -1;
+  lc->session_tickets = (int)tickets;
   if (load_roles(l, sec, lc) < 0) return -1;
   if (item_str(l, sec, items, "certificate", &lc->cert_file) < 0 ||
       item_str(l, sec, items, "key", &lc->key_file) < 0)
@@ -1239,8 +1274,8 @@ static int load_listener(loader *l, const evs__conf_section *sec, evs__listener_
 }
 
 static int load_cert(loader *l, const evs__conf_section *sec, evs__cert_conf *cc) {
-  const evs_config_item *items = evs__conf_certificate_items;
-  const char *names = evs__conf_value(sec, items, "server_names");
+  const evs__conf_key *items = evs__conf_certificate_keys;
+  const char *names = value_of(sec, host_table(items), "server_names");
   char eb[80];
   size_t n = 0;
   if (!(cc->name = strdup(sec->name))) return load_oom(l);
@@ -1389,7 +1424,7 @@ static int settings_from_conf(evs__conf *conf, evs__settings **ret_settings, cha
               sec->line, sec->type, sec->type);
       goto out;
     }
-    if (def->items && evs__conf_validate_section(conf, sec, def->items, err, errlen) < 0)
+    if (def->keys && validate(conf, sec, host_table(def->keys), err, errlen) < 0)
       goto out;
     if (strcmp(def->type, "listener") == 0) nl++;
     if (strcmp(def->type, "certificate") == 0) nc++;

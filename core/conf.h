@@ -9,9 +9,10 @@
  *   key = value               value runs to end of line, surrounding whitespace trimmed;
  *                             an optional pair of double quotes around the value is removed
  *
- * Every key of every section is declared as data (evs_config_item, the same type plugins use
- * for their own sections in abi/evserver/evs_plugin.h), so one mechanism parses, validates and
- * documents all of them. Errors name file, line and key: "evserver.conf:12: key 'workers':
+ * Every key of every section is declared once, as data: the host's keys in the tables below
+ * (evs__conf_key: the item, of the type plugins use for their own sections in
+ * abi/evserver/evs_plugin.h, and the setting it fills), plugins' keys in their descriptors. One
+ * mechanism parses, validates, documents and loads all of them. Errors name file, line and key: "evserver.conf:12: key 'workers':
  * expected an integer in [1, 64], got 'x'".
  *
  * Library-like: no logging; errors come back in caller-provided buffers.
@@ -81,6 +82,7 @@ typedef struct evs__listener_conf {
   char *name;
   char *address;        /* "127.0.0.1:8080", "[::1]:8443", "*:80" */
   int tls;
+  int session_tickets;  /* TLS session resumption by tickets (tls_tickets.c) */
   char *cert_file;      /* default certificate for TLS listeners without an SNI match */
   char *key_file;
   char **roles;         /* `serves`: the roles whose routes it serves, at least one */
@@ -113,6 +115,7 @@ typedef struct evs__settings {
   /* [limits] */
   int64_t max_header_bytes, max_header_fields, max_body_bytes, max_connections;
   int64_t max_connections_per_ip;   /* 0: no limit */
+  int64_t tls_ticket_rotation_ms;
   int64_t header_timeout_ms, body_timeout_ms, idle_timeout_ms, send_timeout_ms, drain_timeout_ms;
   int64_t request_timeout_ms;       /* 0: no limit */
   int64_t min_body_rate;            /* bytes per second; 0: no minimum */
@@ -134,14 +137,24 @@ typedef struct evs__settings {
   size_t nplugins;
 } evs__settings;
 
-/* The item tables of the host's own sections, for validation and `--describe-config`. */
-extern const evs_config_item evs__conf_server_items[];
-extern const evs_config_item evs__conf_admin_items[];
-extern const evs_config_item evs__conf_limits_items[];
-extern const evs_config_item evs__conf_upstream_items[];
-extern const evs_config_item evs__conf_store_items[];
-extern const evs_config_item evs__conf_listener_items[];
-extern const evs_config_item evs__conf_certificate_items[];
+/* One key of the host's own sections: its item (name, type, default, bounds, flags, help: what
+ * validation and `--describe-config` read), the evs__settings member it fills (offsetof + 1; 0:
+ * the loader reads it by hand, as for the named sections' keys), and for a STRING with a fixed
+ * set of values, that set (NULL-terminated; NULL: any). Tables end with a row whose item.key is
+ * NULL. */
+typedef struct evs__conf_key {
+  evs_config_item item; /* first: a table of keys is walked as a table of items */
+  size_t setting;
+  const char *const *one_of;
+} evs__conf_key;
+
+extern const evs__conf_key evs__conf_server_keys[];
+extern const evs__conf_key evs__conf_admin_keys[];
+extern const evs__conf_key evs__conf_limits_keys[];
+extern const evs__conf_key evs__conf_upstream_keys[];
+extern const evs__conf_key evs__conf_store_keys[];
+extern const evs__conf_key evs__conf_listener_keys[];
+extern const evs__conf_key evs__conf_certificate_keys[];
 
 /* Load and validate a configuration file into settings (plugin sections are checked for syntax
  * here and against their plugin's items by the plugin loader). Unknown section types are
@@ -151,13 +164,13 @@ void evs__settings_free(evs__settings *s);
 
 /* ---- Additions: lookups, buffers, addresses -------------------------------------------- */
 
-/* The sections the host knows, in documentation order, terminated by type == NULL. items is
+/* The sections the host knows, in documentation order, terminated by type == NULL. keys is
  * NULL for "plugin" (its items come from the plugin's descriptor). `evserver --describe-config`,
  * the tests and the fuzzer walk this table. */
 typedef struct evs__conf_section_def {
   const char *type;
   int named;                   /* 1: written [type "name"]; 0: written [type] */
-  const evs_config_item *items;
+  const evs__conf_key *keys;
   const char *help;            /* one line */
 } evs__conf_section_def;
 extern const evs__conf_section_def evs__conf_host_sections[];

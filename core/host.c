@@ -134,10 +134,36 @@ static void h_log(evs_plugin *p, evs_request *req, evs_log_level level, const ch
 }
 
 static const evs_config_item *find_item(evs__plugin_rec *r, const char *key) {
-  if (!r->desc->config_items) return NULL;
+  if (!r->desc->config_items || !key) return NULL;
   for (const evs_config_item *it = r->desc->config_items; it->key; it++)
     if (strcmp(it->key, key) == 0) return it;
   return NULL;
+}
+
+/* A plugin asked for a key its descriptor does not declare: a bug in the plugin, which would
+ * otherwise read as unset and pass unnoticed. Logged once per plugin and key in this process
+ * (the list holds the few names that ever appear). */
+typedef struct undeclared_key {
+  char *plugin, *key;
+  struct undeclared_key *next;
+} undeclared_key;
+static undeclared_key *undeclared_keys;
+
+static void log_undeclared(evs__plugin_rec *r, const char *key) {
+  for (undeclared_key *u = undeclared_keys; u; u = u->next)
+    if (strcmp(u->plugin, r->name) == 0 && strcmp(u->key, key) == 0) return;
+  undeclared_key *u = calloc(1, sizeof *u);
+  if (u && (u->plugin = strdup(r->name)) && (u->key = strdup(key))) {
+    u->next = undeclared_keys;
+    undeclared_keys = u;
+  } else if (u) {
+    free(u->plugin);
+    free(u);
+  }
+  evs__log(EVS_LOG_ERROR, "EVS-1410", r->name, NULL,
+           "plugin %s read configuration key '%s', which its descriptor does not declare "
+           "(config_items); the lookup failed. Declare the key or fix its name",
+           r->name, key);
 }
 
 static const char *raw_value(evs__plugin_rec *r, const char *key) {
@@ -158,6 +184,10 @@ static path_cache *paths;
 static const char *h_config_string(evs_plugin *p, const char *key) {
   evs__plugin_rec *r = rec(p);
   const evs_config_item *it = find_item(r, key);
+  if (!it) {
+    log_undeclared(r, key ? key : "(null)");
+    return NULL;
+  }
   const char *v = raw_value(r, key);
   if (!v || !it || it->type != EVS_CONFIG_PATH) return v;
   for (path_cache *c = paths; c; c = c->next)
@@ -175,9 +205,13 @@ static const char *h_config_string(evs_plugin *p, const char *key) {
 static int64_t h_config_int(evs_plugin *p, const char *key) {
   evs__plugin_rec *r = rec(p);
   const evs_config_item *it = find_item(r, key);
+  if (!it) {
+    log_undeclared(r, key ? key : "(null)");
+    return EVS_CONFIG_UNDECLARED;
+  }
   const char *v = raw_value(r, key);
   int64_t out = 0;
-  if (!it || !v) return 0;
+  if (!v) return 0;
   switch (it->type) {
     case EVS_CONFIG_DURATION: evs__conf_parse_duration_ms(v, &out); break;
     case EVS_CONFIG_SIZE: evs__conf_parse_size(v, &out); break;
@@ -193,7 +227,12 @@ static int64_t h_config_int(evs_plugin *p, const char *key) {
 }
 
 static int h_config_bool(evs_plugin *p, const char *key) {
-  const char *v = raw_value(rec(p), key);
+  evs__plugin_rec *r = rec(p);
+  if (!find_item(r, key)) {
+    log_undeclared(r, key ? key : "(null)");
+    return -ENOENT;
+  }
+  const char *v = raw_value(r, key);
   int b = 0;
   if (v) evs__conf_parse_bool(v, &b);
   return b;

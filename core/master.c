@@ -892,13 +892,15 @@ static void usage(FILE *f) {
 static void describe(void) {
   for (const evs__conf_section_def *d = evs__conf_host_sections; d->type; d++) {
     printf("[%s%s]\n", d->type, d->named ? " \"name\"" : "");
-    if (!d->items) {
+    if (!d->keys) {
       printf("  (keys declared by the plugin)\n\n");
       continue;
     }
-    for (const evs_config_item *it = d->items; it->key; it++)
+    for (const evs__conf_key *k = d->keys; k->item.key; k++) {
+      const evs_config_item *it = &k->item;
       printf("  %-22s default %-16s %s\n", it->key, it->default_value ? it->default_value : "-",
              it->help ? it->help : "");
+    }
     printf("\n");
   }
 }

@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "admin.h"
+#include "error_body.h"
 #include "fmt.h"
 #include "host.h"
 #include "log.h"
@@ -370,12 +371,11 @@ static void on_connection(uv_stream_t *server, int status) {
 /* ---- errors before a request exists ------------------------------------------------------ */
 
 static void conn_fail(evs__conn *c, int status, const char *code, const char *detail) {
-  char body[512], head[512];
+  char body[1024], head[512];
   const char *title = evs__status_text(status);
-  int bl = snprintf(body, sizeof body,
-                    "{\"status\":%d,\"code\":\"%s\",\"title\":\"%s\",\"detail\":\"%s\","
-                    "\"message\":\"%s\",\"evervault-error-code\":\"%s\"}",
-                    status, code, title, detail, detail, code);
+  /* The details here are the server's own short sentences: they fit. */
+  int bl = (int)evs__error_body(body, sizeof body, status, code, detail);
+  if (bl >= (int)sizeof body) bl = (int)sizeof body - 1;
   int hl = snprintf(head, sizeof head,
                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                     "X-Evervault-Error-Code: %s\r\nConnection: close\r\nContent-Length: %d\r\n\r\n",
@@ -1060,21 +1060,21 @@ int evs__respond_error(evs_request *req, int status, const char *code, const cha
     return -EALREADY;
   }
   req->error_code = code;
-  /* "evervault-error-code" is the documented field for programmatic clients; the others are
-   * kept for the clients that read them. */
-  json_t *o = json_pack("{s:i,s:s,s:s,s:s,s:s,s:s}", "status", status, "code", code, "title",
-                        evs__status_text(status), "detail", detail, "message", detail,
-                        "evervault-error-code", code);
-  char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
-  json_decref(o);
-  if (!body) return -ENOMEM;
+  /* The one builder of the documented body (error_body.h); on the stack unless the detail is
+   * long. */
+  char stack[1024], *body = stack;
+  size_t bl = evs__error_body(stack, sizeof stack, status, code, detail);
+  if (bl >= sizeof stack) {
+    if (!(body = malloc(bl + 1))) return -ENOMEM;
+    evs__error_body(body, bl + 1, status, code, detail);
+  }
   evs_header hs[2] = {
       {"Content-Type", 12, "application/json", 16},
       {"X-Evervault-Error-Code", 22, code, strlen(code)},
   };
   /* An error before the body was read leaves it unread: the connection cannot be reused. */
-  int r = evs__respond(req, status, hs, 2, body, strlen(body));
-  free(body);
+  int r = evs__respond(req, status, hs, 2, body, bl);
+  if (body != stack) free(body);
   return r;
 }
 

@@ -41,9 +41,17 @@ static void check_conf(const evs__conf *c, const uint8_t *data, size_t size) {
   char err[512];
   for (size_t i = 0; i < c->nsections; i++) {
     const evs__conf_section *sec = &c->sections[i];
-    const evs_config_item *items = plugin_items;
+    /* A host section's items are its key table's; any other is read as a plugin's. */
+    evs_config_item items[64];
+    size_t n = 0;
+    const evs__conf_section_def *def = NULL;
     for (const evs__conf_section_def *d = evs__conf_host_sections; d->type; d++)
-      if (strcmp(d->type, sec->type) == 0 && d->items) items = d->items;
+      if (strcmp(d->type, sec->type) == 0 && d->keys) def = d;
+    if (def)
+      for (const evs__conf_key *k = def->keys; k->item.key && n < 63; k++) items[n++] = k->item;
+    else
+      for (const evs_config_item *it = plugin_items; it->key && n < 63; it++) items[n++] = *it;
+    items[n] = (evs_config_item){NULL, 0, NULL, 0, 0, 0, NULL};
     err[0] = 0;
     if (evs__conf_validate_section(c, sec, items, err, sizeof err) < 0 &&
         strcmp(sec->type, "store") == 0) {

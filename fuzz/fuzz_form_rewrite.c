@@ -7,6 +7,7 @@
  *
  *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
  *     plugins/relay-inbound/form_rewrite.c plugins/relay-inbound/json_rewrite.c \
+ *     plugins/relay-inbound/rewriter.c \
  *     plugins/relay-inbound/jsonpath.c fuzz/fuzz_form_rewrite.c -o /tmp/fuzz_form_rewrite
  */
 #include <stdbool.h>
@@ -43,11 +44,11 @@ static int marker(char *b, size_t cap, unsigned k) {
   return snprintf(b, cap, "ev:R /+=&%%:#%u:$", k);
 }
 
-static int out_transform(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int out_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                          size_t *ret_len) {
   struct out *o = ud;
   int ml = marker(o->marker, sizeof o->marker, o->k++);
-  if (v[n] != 0 || type != EVS__JSON_STRING) __builtin_trap();
+  if (v[n] != 0 || type != EVS__RW_STRING) __builtin_trap();
   if (o->check && ((size_t)ml != n || memcmp(v, o->marker, n) != 0)) __builtin_trap();
   *ret = o->marker;
   *ret_len = (size_t)ml;

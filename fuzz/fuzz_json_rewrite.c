@@ -41,10 +41,10 @@ static int out_emit(void *ud, const char *b, size_t n) {
   return 0;
 }
 
-static int out_transform(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int out_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                          size_t *ret_len) {
   struct out *o = ud;
-  if (v[n] != 0 || type < EVS__JSON_STRING || type > EVS__JSON_BOOLEAN) __builtin_trap();
+  if (v[n] != 0 || type < EVS__RW_STRING || type > EVS__RW_BOOLEAN) __builtin_trap();
   *ret_len = (size_t)snprintf(o->marker, sizeof o->marker, "\"#%u\"", o->k++);
   *ret = o->marker;
   return 0;

@@ -8,6 +8,7 @@
  *
  *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
  *     plugins/relay-inbound/multipart_rewrite.c plugins/relay-inbound/json_rewrite.c \
+ *     plugins/relay-inbound/rewriter.c \
  *     plugins/relay-inbound/jsonpath.c fuzz/fuzz_multipart_rewrite.c -o /tmp/fuzz_multipart
  */
 #include <stdbool.h>
@@ -40,15 +41,15 @@ static int out_emit(void *ud, const char *b, size_t n) {
   return 0;
 }
 
-static int marker(char *b, size_t cap, evs__json_type type, unsigned k) {
-  return type == EVS__JSON_FILE ? snprintf(b, cap, "%%EVENC#%u", k) : snprintf(b, cap, "#%u", k);
+static int marker(char *b, size_t cap, evs__rw_type type, unsigned k) {
+  return type == EVS__RW_FILE ? snprintf(b, cap, "%%EVENC#%u", k) : snprintf(b, cap, "#%u", k);
 }
 
-static int out_transform(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int out_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                          size_t *ret_len) {
   struct out *o = ud;
   int ml;
-  if (v[n] != 0 || (type != EVS__JSON_STRING && type != EVS__JSON_FILE)) __builtin_trap();
+  if (v[n] != 0 || (type != EVS__RW_STRING && type != EVS__RW_FILE)) __builtin_trap();
   ml = marker(o->marker, sizeof o->marker, type, o->k);
   if (o->check && ((size_t)ml != n || memcmp(v, o->marker, n) != 0)) __builtin_trap();
   if (o->k < 64) o->types[o->k] = (unsigned char)type;
@@ -102,7 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (rb != rc || (rb == 0 && (b.len != c.len || b.k != c.k || pb != pc ||
                                (b.len && memcmp(b.b, c.b, b.len) != 0))))
     __builtin_trap();
-  if (ra == 0 && rb != 0 && rb != EVS__MULTIPART_E_UNSUPPORTED) __builtin_trap();
+  if (ra == 0 && rb != 0 && rb != EVS__RW_E_UNSUPPORTED) __builtin_trap();
   if (ra == 0 && pa != pb && rb == 0) __builtin_trap();
   if (rb == 0) {
     struct out e;

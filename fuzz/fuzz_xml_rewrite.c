@@ -9,6 +9,7 @@
  *
  *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
  *     plugins/relay-inbound/xml_rewrite.c plugins/relay-inbound/jsonpath.c \
+ *     plugins/relay-inbound/rewriter.c \
  *     fuzz/fuzz_xml_rewrite.c -o /tmp/fuzz_xml_rewrite
  */
 #include <stdbool.h>
@@ -43,10 +44,10 @@ static int out_emit(void *ud, const char *b, size_t n) {
   return 0;
 }
 
-static int out_transform(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int out_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                          size_t *ret_len) {
   struct out *o = ud;
-  if (v[n] != 0 || type != EVS__JSON_STRING) __builtin_trap();
+  if (v[n] != 0 || type != EVS__RW_STRING) __builtin_trap();
   o->vhash = xref_hash(o->vhash, v, n);
   *ret_len = (size_t)snprintf(o->marker, sizeof o->marker, "#%u", o->k++);
   *ret = o->marker;
@@ -84,7 +85,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (rb != rc || (rb == 0 && (b.len != c.len || b.k != c.k || b.vhash != c.vhash ||
                                (b.len && memcmp(b.b, c.b, b.len) != 0))))
     __builtin_trap();
-  if (ra == 0 && rb != 0 && rb != EVS__XML_E_MIXED) __builtin_trap();
+  if (ra == 0 && rb != 0 && rb != EVS__RW_E_MIXED) __builtin_trap();
   if (rb == 0) { /* the output is XML again (markers are plain text) */
     if (run(NULL, (const uint8_t *)b.b, b.len, b.len ? b.len : 1, &d) != 0) __builtin_trap();
     free(d.b);

@@ -122,6 +122,10 @@ typedef enum evs_config_type {
 #define EVS_CONFIG_REQUIRED (1u << 0) /* the key must be set */
 #define EVS_CONFIG_SECRET (1u << 1)   /* never echoed in logs or errors */
 
+/* config_int's answer for a key the plugin's config_items do not declare (config_string answers
+ * NULL, config_bool -ENOENT); the host also logs the plugin and key once (EVS-1410). */
+#define EVS_CONFIG_UNDECLARED INT64_MIN
+
 typedef struct evs_config_item {
   const char *key;           /* lower-case, [a-z0-9_] */
   evs_config_type type;
@@ -629,10 +633,12 @@ typedef struct evs_host {
   void (*log)(evs_plugin *p, evs_request *req, evs_log_level level, const char *fmt, ...)
       __attribute__((format(printf, 4, 5)));
 
-  /* Configuration: values of the plugin's own section, validated against its items. */
+  /* Configuration: values of the plugin's own section, validated against its items. A key not
+   * in the descriptor's config_items is an error, logged once per key (EVS-1410): config_string
+   * returns NULL, config_int EVS_CONFIG_UNDECLARED, config_bool -ENOENT. */
   const char *(*config_string)(evs_plugin *p, const char *key); /* NULL if unset, no default */
   int64_t (*config_int)(evs_plugin *p, const char *key);        /* INT, DURATION (ms), SIZE */
-  int (*config_bool)(evs_plugin *p, const char *key);
+  int (*config_bool)(evs_plugin *p, const char *key);           /* 0 or 1 */
   const char *(*config_dir)(evs_plugin *p);   /* directory of evserver.conf */
   const char *(*state_dir)(evs_plugin *p);    /* the state directory */
 

@@ -28,7 +28,7 @@ static int emit(void *ud, const char *b, size_t n) {
   return 0;
 }
 
-static int transform(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                      size_t *ret_len) {
   static const char lit[] = "\"ev:QkTC:aXZpdml2aXZpdml2:QW5FcGhlbWVyYWxQdWJsaWNLZXlBbkVwaGVtZXJh"
                             "bFB1YmxpY0tleQ:Y2lwaGVydGV4dGFuZHRhZw:$\"";

@@ -16,6 +16,7 @@
  * --json every command prints the server's object.
  */
 #include "evctl.h"
+#include "evs_app_id.h" /* enclave/proto: header-only, the one app id rule */
 
 #include <inttypes.h>
 #include <stdlib.h>
@@ -56,7 +57,10 @@ static int parse_args(const char *cmd, int argc, char **argv, opt_val *opts, siz
   return 0;
 }
 
-static int valid_id(const char *s, const char *prefix) {
+/* A key id: "key_" and letters or digits, at most 32 bytes. (App ids follow the one rule of
+ * enclave/proto/evs_app_id.h, shared with the enclave and its plugin.) */
+static int valid_key_id(const char *s) {
+  const char *prefix = "key_";
   size_t pl = strlen(prefix);
   if (strncmp(s, prefix, pl) != 0 || strlen(s) > 32 || !s[pl]) return 0;
   for (const char *p = s + pl; *p; p++)
@@ -162,7 +166,7 @@ static int app_call(const evctl_ctx *ctx, const char *cmd, int argc, char **argv
   const char *pos[1];
   int np, rc = parse_args(cmd, argc, argv, NULL, 0, pos, 1, 1, &np);
   if (rc) return rc;
-  if (!valid_id(pos[0], "app_")) return evctl_usage_error(cmd, "'%s' is not an app id", pos[0]);
+  if (!evs_app_id_valid(pos[0], strlen(pos[0]))) return evctl_usage_error(cmd, "'%s' is not an app id", pos[0]);
   char path[96];
   snprintf(path, sizeof path, "/apps/%s/%s", pos[0], what);
   json_t *obj;
@@ -179,7 +183,7 @@ int evctl_cmd_app_unlock(const evctl_ctx *ctx, int argc, char **argv) {
   const char *pos[1];
   int np, rc = parse_args("app unlock", argc, argv, opts, 1, pos, 1, 1, &np);
   if (rc) return rc;
-  if (!valid_id(pos[0], "app_")) return evctl_usage_error("app unlock", "'%s' is not an app id", pos[0]);
+  if (!evs_app_id_valid(pos[0], strlen(pos[0]))) return evctl_usage_error("app unlock", "'%s' is not an app id", pos[0]);
   char buf[1024];
   const char *token = opts[0].value;
   if (!token) {
@@ -217,7 +221,7 @@ int evctl_cmd_key_create(const evctl_ctx *ctx, int argc, char **argv) {
   const char *pos[1];
   int np, rc = parse_args("key create", argc, argv, opts, 1, pos, 1, 1, &np);
   if (rc) return rc;
-  if (!valid_id(pos[0], "app_")) return evctl_usage_error("key create", "'%s' is not an app id", pos[0]);
+  if (!evs_app_id_valid(pos[0], strlen(pos[0]))) return evctl_usage_error("key create", "'%s' is not an app id", pos[0]);
   json_t *perms = json_array();
   for (const char *p = opts[0].value; p && *p;) {
     size_t n = strcspn(p, ",");
@@ -266,8 +270,8 @@ int evctl_cmd_key_revoke(const evctl_ctx *ctx, int argc, char **argv) {
   const char *pos[2];
   int np, rc = parse_args("key revoke", argc, argv, NULL, 0, pos, 2, 2, &np);
   if (rc) return rc;
-  if (!valid_id(pos[0], "app_")) return evctl_usage_error("key revoke", "'%s' is not an app id", pos[0]);
-  if (!valid_id(pos[1], "key_")) return evctl_usage_error("key revoke", "'%s' is not a key id", pos[1]);
+  if (!evs_app_id_valid(pos[0], strlen(pos[0]))) return evctl_usage_error("key revoke", "'%s' is not an app id", pos[0]);
+  if (!valid_key_id(pos[1])) return evctl_usage_error("key revoke", "'%s' is not a key id", pos[1]);
   char path[128];
   snprintf(path, sizeof path, "/apps/%s/keys/%s", pos[0], pos[1]);
   json_t *obj;
@@ -298,7 +302,7 @@ static int crypt_cmd(const evctl_ctx *ctx, const char *cmd, int argc, char **arg
   const char *pos[2];
   int np, rc = parse_args(cmd, argc, argv, opts, enc ? 2 : 0, pos, 2, 2, &np);
   if (rc) return rc;
-  if (!valid_id(pos[0], "app_")) return evctl_usage_error(cmd, "'%s' is not an app id", pos[0]);
+  if (!evs_app_id_valid(pos[0], strlen(pos[0]))) return evctl_usage_error(cmd, "'%s' is not an app id", pos[0]);
   const char *curve = opts[0].value;
   if (curve && strcmp(curve, "secp256k1") != 0 && strcmp(curve, "prime256v1") != 0)
     return evctl_usage_error(cmd, "%s: --curve is secp256k1 or prime256v1", cmd);

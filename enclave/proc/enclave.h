@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "evs_crypto.h"
+#include "evs_app_id.h"
 #include "evs_enclave_proto.h"
 
 /* ---- frames (frame.c) --------------------------------------------------------------------- */
@@ -78,7 +79,7 @@ void evs__ep_buf_done(evs_ep_buf *b);
 
 /* ---- keys and apps (keys.c) ------------------------------------------------------------- */
 
-#define EVS_APP_ID_MAX 128
+#define EVS_APP_ID_MAX EVS_APP_ID_MAX_LEN /* the rule is evs_app_id.h */
 #define EVS_SEAL_KEY_LEN 32
 /* "evt_" + 43 characters of unpadded base64url of 32 bytes. */
 #define EVS_APP_TOKEN_PREFIX "evt_"
@@ -98,9 +99,6 @@ typedef struct evs_app {
   evs_ec_decryptor *dec;
   struct evs_app *next;
 } evs_app;
-
-/* 1 when id[0..len) is a valid app id: 1..128 of [A-Za-z0-9_-] (it names a credential file). */
-int evs__app_id_valid(const uint8_t *id, size_t len);
 
 /* A new enclave state holding a copy of the sealing key (in the secure heap). *ret is the
  * caller's (evs__enclave_free, which wipes every key). */

@@ -65,17 +65,6 @@ static void scratch_free(scratch *s) {
   if (s) OPENSSL_secure_clear_free(s, sizeof *s);
 }
 
-int evs__app_id_valid(const uint8_t *id, size_t len) {
-  if (!id || len == 0 || len > EVS_APP_ID_MAX) return 0;
-  for (size_t i = 0; i < len; i++) {
-    uint8_t c = id[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '_' || c == '-'))
-      return 0;
-  }
-  return 1;
-}
-
 static unsigned bucket(const uint8_t *id, size_t len) {
   uint32_t h = 2166136261u; /* FNV-1a: app ids are not secret, and the table is small */
   for (size_t i = 0; i < len; i++) h = (h ^ id[i]) * 16777619u;
@@ -234,7 +223,7 @@ const char *evs__enclave_tag(const evs_enclave *e) { return e->tag; }
 
 int evs__enclave_add_credential(evs_enclave *e, const char *id, size_t id_len, const char *token,
                                 size_t token_len) {
-  if (!evs__app_id_valid((const uint8_t *)id, id_len) || token_len > 4096)
+  if (!evs_app_id_valid(id, id_len) || token_len > 4096)
     return EVS_EP_E_INVALID;
   char *t = OPENSSL_secure_malloc(token_len + 1);
   if (!t) return EVS_EP_E_INTERNAL;
@@ -267,14 +256,14 @@ size_t evs__enclave_credentials(const evs_enclave *e) { return e->ncreds; }
 size_t evs__enclave_unlocked(const evs_enclave *e) { return e->napps; }
 
 evs_app *evs__app_find(evs_enclave *e, const uint8_t *id, size_t id_len) {
-  if (!evs__app_id_valid(id, id_len)) return NULL;
+  if (!evs_app_id_valid(id, id_len)) return NULL;
   for (evs_app *a = e->apps[bucket(id, id_len)]; a; a = a->next)
     if (a->id_len == id_len && memcmp(a->id, id, id_len) == 0) return a;
   return NULL;
 }
 
 int evs__app_lock(evs_enclave *e, const uint8_t *id, size_t id_len) {
-  if (!evs__app_id_valid(id, id_len)) return 0;
+  if (!evs_app_id_valid(id, id_len)) return 0;
   for (evs_app **pp = &e->apps[bucket(id, id_len)]; *pp; pp = &(*pp)->next) {
     evs_app *a = *pp;
     if (a->id_len == id_len && memcmp(a->id, id, id_len) == 0) {
@@ -338,7 +327,7 @@ evs_ec_encryptor *evs__app_encryptor(evs_app *app, evs_ec_curve curve) {
 void evs__app_created_done(evs_app_created *c) { OPENSSL_cleanse(c, sizeof *c); }
 
 int evs__app_create(evs_enclave *e, const uint8_t *id, size_t id_len, evs_app_created *ret) {
-  if (!evs__app_id_valid(id, id_len)) return EVS_EP_E_INVALID;
+  if (!evs_app_id_valid(id, id_len)) return EVS_EP_E_INVALID;
   /* An app that is unlocked here already exists: creating it again would replace keys that
    * data is encrypted under (two workers racing to create the same app, or a confused plugin). */
   if (evs__app_find(e, id, id_len)) return EVS_EP_E_INVALID;
@@ -392,7 +381,7 @@ int evs__app_unlock(evs_enclave *e, const uint8_t *id, size_t id_len, const uint
                     size_t token_len, const uint8_t *share1, size_t share1_len,
                     const uint8_t *share2, size_t share2_len, const uint8_t *wrapped,
                     size_t wrapped_len, uint8_t ret_pub[2][EVS_EC_PUB_LEN]) {
-  if (!evs__app_id_valid(id, id_len)) return EVS_EP_E_INVALID;
+  if (!evs_app_id_valid(id, id_len)) return EVS_EP_E_INVALID;
   if (token_len == 0) { /* the token from the credentials directory */
     token = NULL;
     for (credential *c = e->creds; c; c = c->next) {

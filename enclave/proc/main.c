@@ -223,7 +223,7 @@ static int load_credentials(evs_enclave *e, const char *dir, int explicit_dir) {
     const char *name = de->d_name;
     if (strncmp(name, CREDENTIAL_PREFIX, plen) != 0) continue;
     const char *id = name + plen;
-    if (!evs__app_id_valid((const uint8_t *)id, strlen(id))) {
+    if (!evs_app_id_valid(id, strlen(id))) {
       log_error("EVS-3011", "ignoring a credential whose name is not a valid app id", name, 0);
       continue;
     }
@@ -275,7 +275,7 @@ static int warm_up(void) {
   int ok = evs__enclave_new(seal_key, &e) == EVS_EP_OK;
   OPENSSL_cleanse(seal_key, sizeof seal_key);
   evs_app_created c;
-  static const uint8_t id[] = "warm-up";
+  static const uint8_t id[] = "app_warmup"; /* a valid id (evs_app_id.h), in a scratch enclave */
   ok = ok && evs__app_create(e, id, sizeof id - 1, &c) == EVS_EP_OK;
   if (ok) {
     uint8_t pub[2][EVS_EC_PUB_LEN];

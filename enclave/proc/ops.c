@@ -208,14 +208,14 @@ static int32_t op_app_unlock(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *ou
 
 static int32_t op_app_lock(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out) {
   if (m->nitems != 1) return EVS_EP_E_PROTOCOL;
-  if (!evs__app_id_valid(m->items[0].p, m->items[0].len)) return EVS_EP_E_INVALID;
+  if (!evs_app_id_valid(m->items[0].p, m->items[0].len)) return EVS_EP_E_INVALID;
   evs__app_lock(e, m->items[0].p, m->items[0].len); /* idempotent */
   return EVS_EP_OK;
 }
 
 static int32_t op_app_status(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out) {
   if (m->nitems != 1) return EVS_EP_E_PROTOCOL;
-  if (!evs__app_id_valid(m->items[0].p, m->items[0].len)) return EVS_EP_E_INVALID;
+  if (!evs_app_id_valid(m->items[0].p, m->items[0].len)) return EVS_EP_E_INVALID;
   evs_app *a = evs__app_find(e, m->items[0].p, m->items[0].len);
   uint8_t unlocked = a ? 1 : 0;
   evs__ep_add(out, &unlocked, 1);
@@ -225,7 +225,7 @@ static int32_t op_app_status(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *ou
 }
 
 static int32_t find_app(evs_enclave *e, const evs_ep_item *id, evs_app **ret) {
-  if (!evs__app_id_valid(id->p, id->len)) return EVS_EP_E_INVALID;
+  if (!evs_app_id_valid(id->p, id->len)) return EVS_EP_E_INVALID;
   *ret = evs__app_find(e, id->p, id->len);
   return *ret ? EVS_EP_OK : EVS_EP_E_NO_APP;
 }

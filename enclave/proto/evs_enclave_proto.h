@@ -62,7 +62,7 @@ typedef enum evs_ep_op {
   /* req: [app_id] — resp: [app_token (text, shown once), pub_secp256k1 (33 B), pub_p256 (33 B),
    *   sealed_share_1, sealed_share_2, wrapped_keys]. The plugin stores the last three (two
    *   shares in two separate stores) and never sees the App Master Key or a private key.
-   *   app_id: 1..128 of [A-Za-z0-9_-] (else EVS_EP_E_INVALID). The token is "evt_" + 43
+   *   app_id: valid by evs_app_id.h (else EVS_EP_E_INVALID). The token is "evt_" + 43
    *   base64url characters. The new app is left unlocked; an app id that is unlocked in this
    *   enclave already is refused (EVS_EP_E_INVALID), as creating it again would replace keys. */
   EVS_EP_APP_CREATE = 2,

@@ -196,15 +196,6 @@ int enc_unb64(const char *s, size_t len, uint8_t **ret, size_t *ret_len) {
   return 0;
 }
 
-int enc_valid_app_id(const char *s) {
-  if (strncmp(s, "app_", 4) != 0) return 0;
-  size_t n = strlen(s);
-  if (n < 5 || n >= ENC_APP_ID_MAX) return 0;
-  for (size_t i = 4; i < n; i++)
-    if (!isxdigit((unsigned char)s[i]) || isupper((unsigned char)s[i])) return 0;
-  return 1;
-}
-
 void enc_audit(enclave_state *st, const char *who, const char *app, const char *op,
                size_t fields, const char *outcome) {
   json_t *o = json_pack("{s:s,s:s,s:s,s:I,s:s}", "who", who && *who ? who : "admin", "app",
@@ -575,15 +566,7 @@ static int read_credential(enc_ctx *x, int basic) {
   }
   if (!key) return -1;
   x->api_key = key;
-  /* ev:key:1:<secret>:<app hash>:<keyId> */
-  const char *last = strrchr(key, ':');
-  if (strncmp(key, "ev:key:", 7) != 0 || !last || strlen(last + 1) >= ENC_KEY_ID_MAX ||
-      strncmp(last + 1, "key_", 4) != 0)
-    return -1;
-  for (const char *p = last + 1; *p; p++)
-    if (!isalnum((unsigned char)*p) && *p != '_') return -1;
-  strcpy(x->key_id, last + 1);
-  return 0;
+  return enc_api_key_id(key, x->key_id);
 }
 
 static void api_dispatch(enc_ctx *x);
@@ -609,40 +592,21 @@ static void on_api_app(void *arg, int status, const uint8_t *v, size_t len) {
 static void on_key_record(void *arg, int status, const uint8_t *v, size_t len) {
   enc_ctx *x = arg;
   if (!enc_ctx_resume(x)) return;
-  json_t *rec = status == 0 ? json_loadb((const char *)v, len, 0, NULL) : NULL;
-  const char *hash_hex = json_string_value(json_object_get(rec, "hash"));
-  const char *app = json_string_value(json_object_get(rec, "appId"));
-  uint8_t want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
-  int ok = rec && hash_hex && app && strlen(hash_hex) == 2 * sizeof want &&
-           !json_is_true(json_object_get(rec, "revoked"));
-  for (size_t i = 0; ok && i < sizeof want; i++) {
-    unsigned b;
-    if (sscanf(hash_hex + 2 * i, "%2x", &b) != 1) ok = 0;
-    want[i] = (uint8_t)b;
-  }
-  SHA256((const uint8_t *)x->api_key, strlen(x->api_key), got);
-  if (ok && CRYPTO_memcmp(want, got, sizeof want) != 0) ok = 0;
+  char app[ENC_APP_ID_MAX] = "", key_id[ENC_KEY_ID_MAX] = "";
+  const char *op = x->action == API_DECRYPT ? "decrypt" : "encrypt";
   /* Basic carries the app id too; it must be the key's. */
-  if (ok && x->app_id[0] && strcmp(x->app_id, app) != 0) ok = 0;
-  if (!ok) {
+  int verdict = status == 0 ? enc_api_key_verify(v, len, x->api_key, action_permission(x->action),
+                                                 x->app_id[0] ? x->app_id : NULL, app, key_id)
+                            : ENC_KEY_INVALID;
+  if (verdict == ENC_KEY_INVALID) {
     enc_audit(x->st, x->key_id, x->app_id, x->action == API_DECRYPT ? "decrypt" : "auth", 0,
               "unauthorized");
-    json_decref(rec);
     enc_reply_error(x, 401, "unauthorized", "Invalid authorization provided.");
     return;
   }
   snprintf(x->app_id, sizeof x->app_id, "%s", app);
-  const char *need = action_permission(x->action);
-  int allowed = strcmp(need, "api:encrypt") == 0; /* every key may encrypt (the docs' table) */
-  json_t *p;
-  size_t i;
-  json_array_foreach(json_object_get(rec, "permissions"), i, p) {
-    if (json_is_string(p) && strcmp(json_string_value(p), need) == 0) allowed = 1;
-  }
-  json_decref(rec);
-  if (!allowed) {
-    enc_audit(x->st, x->key_id, x->app_id, x->action == API_DECRYPT ? "decrypt" : "encrypt", 0,
-              "forbidden");
+  if (verdict == ENC_KEY_FORBIDDEN) {
+    enc_audit(x->st, x->key_id, x->app_id, op, 0, "forbidden");
     enc_reply_error(x, 403, "forbidden", "The API key does not have the required permissions.");
     return;
   }
@@ -927,9 +891,10 @@ int enc_api_key_id(const char *key, char ret_id[ENC_KEY_ID_MAX]) {
   return 0;
 }
 
-int enc_key_record_allows(const uint8_t *v, size_t len, const char *key, const char *perm,
-                          char ret_app[ENC_APP_ID_MAX], char ret_key_id[ENC_KEY_ID_MAX]) {
-  json_t *rec = json_loadb((const char *)v, len, 0, NULL);
+int enc_api_key_verify(const uint8_t *record, size_t len, const char *key, const char *perm,
+                       const char *app_id, char ret_app[ENC_APP_ID_MAX],
+                       char ret_key_id[ENC_KEY_ID_MAX]) {
+  json_t *rec = key ? json_loadb((const char *)record, len, 0, NULL) : NULL;
   const char *hash_hex = json_string_value(json_object_get(rec, "hash"));
   const char *app = json_string_value(json_object_get(rec, "appId"));
   const char *kid = json_string_value(json_object_get(rec, "keyId"));
@@ -941,18 +906,23 @@ int enc_key_record_allows(const uint8_t *v, size_t len, const char *key, const c
     if (sscanf(hash_hex + 2 * i, "%2x", &b) != 1) ok = 0;
     want[i] = (uint8_t)b;
   }
-  SHA256((const uint8_t *)key, strlen(key), got);
-  if (ok && CRYPTO_memcmp(want, got, sizeof want) != 0) ok = 0;
-  int allowed = 0;
+  /* The hash is computed and compared whatever went before, in constant time. */
+  SHA256((const uint8_t *)(key ? key : ""), key ? strlen(key) : 0, got);
+  if (CRYPTO_memcmp(want, got, sizeof want) != 0) ok = 0;
+  if (ok && app_id && strcmp(app_id, app) != 0) ok = 0;
+  if (!ok) {
+    json_decref(rec);
+    return ENC_KEY_INVALID;
+  }
+  /* Every key may encrypt (the permissions table of the README); others are granted. */
+  int allowed = strcmp(perm, "api:encrypt") == 0;
   json_t *p;
   size_t i;
   json_array_foreach(json_object_get(rec, "permissions"), i, p) {
     if (json_is_string(p) && strcmp(json_string_value(p), perm) == 0) allowed = 1;
   }
-  if (ok) {
-    snprintf(ret_app, ENC_APP_ID_MAX, "%s", app);
-    snprintf(ret_key_id, ENC_KEY_ID_MAX, "%s", kid ? kid : "");
-  }
+  snprintf(ret_app, ENC_APP_ID_MAX, "%s", app);
+  snprintf(ret_key_id, ENC_KEY_ID_MAX, "%s", kid ? kid : "");
   json_decref(rec);
-  return ok && allowed;
+  return allowed ? ENC_KEY_OK : ENC_KEY_FORBIDDEN;
 }

@@ -695,7 +695,8 @@ int enc_admin_route(enclave_state *st, evs_request *req) {
   if (strcmp(path, "/audit") == 0 && strcmp(m, "GET") == 0)
     return audit_route(st, req, info->query ? info->query : "");
   if (strncmp(path, "/apps", 5) != 0 || (path[5] && path[5] != '/')) return EVS_DECLINED;
-  char app[ENC_APP_ID_MAX] = "", rest[64] = "", kid[ENC_KEY_ID_MAX] = "";
+  /* app holds more than an app id, so that a longer one is refused by the rule below. */
+  char app[128] = "", rest[64] = "", kid[ENC_KEY_ID_MAX] = "";
   int action = 0;
   const char *p = path + 5;
   if (!*p || strcmp(p, "/") == 0) {
@@ -730,10 +731,12 @@ int enc_admin_route(enclave_state *st, evs_request *req) {
     return EVS_HANDLED;
   }
   if (!action) return enc_fail(x, 404, "resource-not-found", "No such admin endpoint");
-  if (*app && !enc_valid_app_id(app)) return enc_fail(x, 404, "resource-not-found", "No such app");
+  if (*app && !evs_app_id_valid(app, strlen(app)))
+    return enc_fail(x, 400, "bad-request",
+                    "Not an app id: app_ followed by 1 to 27 lower-case letters or digits");
   x->admin = 1;
   x->action = action;
-  snprintf(x->app_id, sizeof x->app_id, "%s", app);
+  memcpy(x->app_id, app, strlen(app) + 1); /* valid, so it fits */
   snprintf(x->key_id, sizeof x->key_id, "%s", kid);
   if (action == A_ENCRYPT || action == A_DECRYPT) {
     x->body_max = ENC_MAX_JSON_BODY;

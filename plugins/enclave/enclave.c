@@ -91,7 +91,7 @@ static void auto_unlock_scan(void *arg, int status, const char *key, const uint8
   }
   if (strncmp(key, "app/", 4) != 0) return;
   const char *app = key + 4;
-  if (!enc_valid_app_id(app)) return;
+  if (!evs_app_id_valid(app, strlen(app))) return;
   unlock_job *j = calloc(1, sizeof *j);
   if (!j) return;
   j->st = st;
@@ -109,7 +109,7 @@ static void auto_unlock_scan(void *arg, int status, const char *key, const uint8
 static void migrate_scan(void *arg, int status, const char *key, const uint8_t *v, size_t len) {
   enclave_state *st = arg;
   if (key) {
-    if (strncmp(key, "share2/", 7) != 0 || !enc_valid_app_id(key + 7)) return;
+    if (strncmp(key, "share2/", 7) != 0 || !evs_app_id_valid(key + 7, strlen(key + 7))) return;
     int r = st->host->aux_store_put(st->plugin, key, v, len, NULL, NULL);
     if (r == 0) r = st->host->store_delete(st->plugin, key, NULL, NULL);
     if (r == 0)
@@ -206,7 +206,7 @@ static void on_node_msg(void *state, const uint8_t *msg, size_t len, evs_node_ms
   memcpy(j->app_id, msg + 2, msg[1]);
   size_t tl = len - 2 - msg[1];
   int r;
-  if (!enc_valid_app_id(j->app_id) || (j->op == 'U') != (tl > 0)) {
+  if (!evs_app_id_valid(j->app_id, strlen(j->app_id)) || (j->op == 'U') != (tl > 0)) {
     r = -EINVAL; /* an empty token would mean "from the credentials directory" */
   } else if (j->op == 'U') {
     char *token = strndup((const char *)msg + 2 + msg[1], tl);
@@ -327,7 +327,8 @@ static void on_check_record(void *arg, int status, const uint8_t *v, size_t len)
   key_check *kc = arg;
   int ok = 0;
   char app[ENC_APP_ID_MAX] = "", key_id[ENC_KEY_ID_MAX] = "";
-  if (status == 0) ok = enc_key_record_allows(v, len, kc->key, kc->perm, app, key_id);
+  if (status == 0)
+    ok = enc_api_key_verify(v, len, kc->key, kc->perm, NULL, app, key_id) == ENC_KEY_OK;
   enc_audit(kc->st, key_id[0] ? key_id : "unknown", app, "relay-auth", 0, ok ? "ok" : "unauthorized");
   if (kc->kdone) {
     kc->kdone(kc->done_arg, ok ? 0 : -EACCES, ok ? app : NULL);

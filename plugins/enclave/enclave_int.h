@@ -14,8 +14,9 @@
 
 #include "evserver/evs_plugin.h"
 #include "ep_client.h"
+#include "evs_app_id.h" /* the app id rule (enclave/proto, header-only) */
 
-#define ENC_APP_ID_MAX 32      /* "app_" + 12 hex, with room */
+#define ENC_APP_ID_MAX (EVS_APP_ID_MAX_LEN + 1) /* an app id and its NUL */
 #define ENC_KEY_ID_MAX 40      /* "key_" + 16 hex, with room */
 #define ENC_STORE_KEY_MAX 64
 
@@ -122,7 +123,6 @@ char *enc_b64(const uint8_t *data, size_t len);                   /* malloc'd, N
 int enc_unb64(const char *s, size_t len, uint8_t **ret, size_t *ret_len);
 void enc_audit(enclave_state *st, const char *who, const char *app, const char *op,
                size_t fields, const char *outcome);
-int enc_valid_app_id(const char *s);
 
 /* Reads share1/<app>, share2/<app> and wrapped/<app> from the store and sends APP_UNLOCK
  * with token ("" asks the enclave to read it from its credentials directory). Returns 0 (cb
@@ -148,11 +148,19 @@ void enc_do_decrypt(enc_ctx *x);
 /* ---- the route hooks ---------------------------------------------------------------------- */
 int enc_admin_route(enclave_state *st, evs_request *req); /* apps.c */
 int enc_api_route(enclave_state *st, evs_request *req);   /* api.c */
-/* api.c: the key id of an API key string, 0 or -1 when malformed. */
+/* api.c: the key id of an API key string (ev:key:1:<secret>:<app hash>:<keyId>), 0 or -1 when
+ * malformed. The one parser of a presented key, for every path. */
 int enc_api_key_id(const char *key, char ret_id[ENC_KEY_ID_MAX]);
-/* api.c: 1 when the key record (JSON) matches key (constant-time hash compare), is not revoked
- * and grants perm; fills the app id and key id when the key matches. */
-int enc_key_record_allows(const uint8_t *v, size_t len, const char *key, const char *perm,
-                          char ret_app[ENC_APP_ID_MAX], char ret_key_id[ENC_KEY_ID_MAX]);
+/* api.c: the one verifier of a presented API key, for the API's own endpoints and for other
+ * plugins (check_api_key). record[0..len) is the stored key record (JSON: hash, appId, keyId,
+ * permissions, revoked), found by the key id enc_api_key_id() read from key. Returns
+ * ENC_KEY_INVALID unless the record is well formed, not revoked, its hash is SHA-256(key)
+ * (compared in constant time) and, when app_id is not NULL, its app is app_id; else
+ * ENC_KEY_FORBIDDEN unless the key grants perm (every key may "api:encrypt"), else ENC_KEY_OK.
+ * ret_app and ret_key_id are filled unless ENC_KEY_INVALID. */
+enum { ENC_KEY_OK = 0, ENC_KEY_INVALID = -1, ENC_KEY_FORBIDDEN = -2 };
+int enc_api_key_verify(const uint8_t *record, size_t len, const char *key, const char *perm,
+                       const char *app_id, char ret_app[ENC_APP_ID_MAX],
+                       char ret_key_id[ENC_KEY_ID_MAX]);
 
 #endif

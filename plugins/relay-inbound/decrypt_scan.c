@@ -37,7 +37,7 @@ struct tk {
 };
 
 struct evs__decrypt_scan {
-  evs__json_emit_fn emit;
+  evs__rw_emit_fn emit;
   evs__decrypt_transform_fn transform;
   void *ud;
   size_t max_token, max_file;
@@ -244,7 +244,7 @@ static int transform(evs__decrypt_scan *s, int kind, const char *v, size_t n) {
   int r;
   s->found++;
   r = s->transform(s->ud, kind, v, n, &out, &outlen);
-  if (r == EVS__JSON_DEFER) return 0;
+  if (r == EVS__RW_DEFER) return 0;
   if (r < 0) return r;
   if (r > 0 || (outlen && !out)) return -EINVAL;
   return emit(s, out, outlen);
@@ -752,7 +752,7 @@ static int mp_finish(evs__decrypt_scan *s) {
 /* ---- API ------------------------------------------------------------------------------------- */
 
 int evs__decrypt_scan_new(const char *content_type, const struct evs__decrypt_scan_opts *opts,
-                          evs__json_emit_fn emit_cb, evs__decrypt_transform_fn transform_cb,
+                          evs__rw_emit_fn emit_cb, evs__decrypt_transform_fn transform_cb,
                           void *ud, evs__decrypt_scan **ret_scan) {
   evs__decrypt_scan *s;
   if (!emit_cb || !transform_cb || !ret_scan) return -EINVAL;

@@ -44,13 +44,13 @@
  *
  * Asynchronous transforms follow json_rewrite.h: transform and emit calls are strictly ordered.
  * Every output byte before a value has been emitted when its transform runs, and nothing after
- * it is emitted before the transform returns. A transform may return EVS__JSON_DEFER: nothing
+ * it is emitted before the transform returns. A transform may return EVS__RW_DEFER: nothing
  * is emitted for the value and the caller records a hole at its current output position, to fill
  * when the batch of values of this response comes back from the enclave.
  *
  * Errors (the scanner is then poisoned and returns the same error on every later call):
  *   EVS__DSCAN_E_TOOBIG  a %EVENC file larger than max_file
- *   -EINVAL              a transform returned a positive value other than EVS__JSON_DEFER, or a
+ *   -EINVAL              a transform returned a positive value other than EVS__RW_DEFER, or a
  *                        feed after finish
  *   -ENOMEM, or any negative value a callback returned (passed through unchanged).
  *
@@ -62,7 +62,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "json_rewrite.h" /* evs__json_emit_fn, EVS__JSON_DEFER */
+#include "rewriter.h" /* evs__rw_emit_fn, EVS__RW_DEFER */
 
 enum {
   EVS__DSCAN_E_TOOBIG = -2101,
@@ -91,7 +91,7 @@ enum {
 /* Transforms one value. value[0..len) is the ev: string (no quotes; not NUL-terminated) or the
  * whole %EVENC file; it is valid only during the call. Returns 0 after setting *ret_buf and
  * *ret_len to the bytes to emit in its place (owned by the transform, valid until it is called
- * again or the scanner is freed; *ret_len may be 0), EVS__JSON_DEFER (nothing is emitted; the
+ * again or the scanner is freed; *ret_len may be 0), EVS__RW_DEFER (nothing is emitted; the
  * caller fills the hole later), or a negative value that aborts the scan. */
 typedef int (*evs__decrypt_transform_fn)(void *ud, int kind, const char *value, size_t len,
                                          const char **ret_buf, size_t *ret_len);
@@ -114,7 +114,7 @@ evs__dscan_mode evs__decrypt_scan_mode_for(const char *content_type);
  * during the call). opts may be NULL for the defaults. Returns 0 and sets *ret_scan (free with
  * evs__decrypt_scan_free), or -EINVAL / -ENOMEM. */
 int evs__decrypt_scan_new(const char *content_type, const struct evs__decrypt_scan_opts *opts,
-                          evs__json_emit_fn emit, evs__decrypt_transform_fn transform, void *ud,
+                          evs__rw_emit_fn emit, evs__decrypt_transform_fn transform, void *ud,
                           evs__decrypt_scan **ret_scan);
 
 void evs__decrypt_scan_free(evs__decrypt_scan *scan);

@@ -1,5 +1,5 @@
 /*
- * ev_detect: the streaming form of evs__looks_like_ev_string() (json_rewrite.h) for the form and
+ * ev_detect: the streaming form of evs__looks_like_ev_string() (rewriter.h) for the form and
  * multipart rewriters, whose unselected values arrive in pieces of any size and are never held.
  * Feeding a value's bytes in any split and then asking evs__ev_detect_done() gives the same
  * answer as evs__looks_like_ev_string() on the whole value (tests/unit/test_form_rewrite.c checks

@@ -18,8 +18,8 @@ struct evs__form_rewrite {
   char **fields;
   size_t *flen, nfields, fmax;
   struct evs__form_rewrite_opts o;
-  evs__json_emit_fn emit;
-  evs__json_transform_fn transform;
+  evs__rw_emit_fn emit;
+  evs__rw_transform_fn transform;
   void *ud;
   int err;
   uint64_t err_off, off, pairs;
@@ -38,9 +38,9 @@ struct evs__form_rewrite {
 
 const char *evs__form_rewrite_strerror(int err) {
   switch (err) {
-  case EVS__JSON_E_SYNTAX: return "malformed form body (bad %XX escape)";
-  case EVS__JSON_E_TOOBIG: return "selected form value too large";
-  case EVS__JSON_E_EVDATA: return "Evervault-encrypted data in an unselected form field";
+  case EVS__RW_E_SYNTAX: return "malformed form body (bad %XX escape)";
+  case EVS__RW_E_TOOBIG: return "selected form value too large";
+  case EVS__RW_E_EVDATA: return "Evervault-encrypted data in an unselected form field";
   case -ENOMEM: return "out of memory";
   default: return "error";
   }
@@ -53,7 +53,7 @@ static void mem_account(evs__form_rewrite *rw, size_t old_bytes, size_t new_byte
 
 /* Appends to the selected value, kept NUL-terminated and capped at max_value bytes. */
 static int val_append(evs__form_rewrite *rw, const char *s, size_t n) {
-  if (n > rw->o.max_value - rw->val_len) return EVS__JSON_E_TOOBIG;
+  if (n > rw->o.max_value - rw->val_len) return EVS__RW_E_TOOBIG;
   if (rw->val_len + n + 1 > rw->val_cap) {
     size_t c = rw->val_cap ? rw->val_cap : 64;
     char *b;
@@ -157,11 +157,11 @@ static int pair_end(evs__form_rewrite *rw, const char *q) {
     size_t rep_len = 0;
     rw->capturing = false;
     rw->pass = q;
-    r = rw->transform(rw->ud, EVS__JSON_STRING, rw->val, rw->val_len, &rep, &rep_len);
-    if (r == EVS__JSON_DEFER) r = 0;
+    r = rw->transform(rw->ud, EVS__RW_STRING, rw->val, rw->val_len, &rep, &rep_len);
+    if (r == EVS__RW_DEFER) r = 0;
     else if (r == 0) r = emit_encoded(rw, rep, rep_len);
   } else if (rw->in_value && evs__ev_detect_done(&rw->ev)) {
-    r = EVS__JSON_E_EVDATA;
+    r = EVS__RW_E_EVDATA;
   }
   rw->in_value = rw->seg_used = rw->name_over = false;
   rw->name_len = 0;
@@ -182,7 +182,7 @@ static int run(evs__form_rewrite *rw, const char *p, const char *e, const char *
     if (rw->pct) {
       int v = hexval(c);
       if (v < 0) {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         break;
       }
       if (rw->pct == 1) {
@@ -252,15 +252,15 @@ int evs__form_rewrite_feed(evs__form_rewrite *rw, const char *buf, size_t len) {
 int evs__form_rewrite_finish(evs__form_rewrite *rw) {
   int r;
   if (rw->err) return rw->err;
-  if (rw->pct) return fail(rw, EVS__JSON_E_SYNTAX, rw->off);
+  if (rw->pct) return fail(rw, EVS__RW_E_SYNTAX, rw->off);
   rw->pass = NULL;
   if ((r = pair_end(rw, NULL)) < 0) return fail(rw, r, rw->off);
   return 0;
 }
 
 int evs__form_rewrite_new(const char *const *fields, size_t nfields,
-                          const struct evs__form_rewrite_opts *opts, evs__json_emit_fn emit_fn,
-                          evs__json_transform_fn transform, void *ud, evs__form_rewrite **ret_rw) {
+                          const struct evs__form_rewrite_opts *opts, evs__rw_emit_fn emit_fn,
+                          evs__rw_transform_fn transform, void *ud, evs__form_rewrite **ret_rw) {
   evs__form_rewrite *rw;
   if (!emit_fn || (nfields && (!fields || !transform))) return -EINVAL;
   for (size_t i = 0; i < nfields; i++)
@@ -319,3 +319,43 @@ uint64_t evs__form_rewrite_error_offset(const evs__form_rewrite *rw) { return rw
 size_t evs__form_rewrite_mem_high_water(const evs__form_rewrite *rw) { return rw->mem_hw; }
 
 uint64_t evs__form_rewrite_pairs(const evs__form_rewrite *rw) { return rw->pairs; }
+
+/* ---- the rewriter interface (rewriter.h) ------------------------------------------------- */
+
+/* A replacement placed by the caller is percent-encoded, as the rewriter writes one itself. */
+static size_t ops_place(const char *value, size_t len, char *out, size_t cap) {
+  return evs__form_urlencode(value, len, out, cap);
+}
+
+static int ops_new(const evs__rewriter_select *sel, evs__rw_emit_fn emit_fn,
+                   evs__rw_transform_fn transform_fn, void *ud, void **ret_impl) {
+  evs__form_rewrite *rw = NULL;
+  int r = evs__form_rewrite_new(sel->names, sel->nnames, NULL, emit_fn, transform_fn, ud, &rw);
+  if (r == 0) *ret_impl = rw;
+  return r;
+}
+static int ops_feed(void *impl, const char *buf, size_t len) {
+  return evs__form_rewrite_feed(impl, buf, len);
+}
+static int ops_finish(void *impl) { return evs__form_rewrite_finish(impl); }
+static void ops_free(void *impl) { evs__form_rewrite_free(impl); }
+static uint64_t ops_error_offset(const void *impl) {
+  return evs__form_rewrite_error_offset(impl);
+}
+static size_t ops_mem_high_water(const void *impl) {
+  return evs__form_rewrite_mem_high_water(impl);
+}
+
+const evs__rewriter_ops evs__form_rewriter = {
+    .name = "form",
+    .parse_unselected = 0,
+    .place = ops_place,
+    .place_returned = evs__rewriter_place_verbatim, /* the rewriter encodes it */
+    .new = ops_new,
+    .feed = ops_feed,
+    .finish = ops_finish,
+    .free = ops_free,
+    .error_offset = ops_error_offset,
+    .mem_high_water = ops_mem_high_water,
+    .strerror = evs__form_rewrite_strerror,
+};

@@ -28,8 +28,8 @@ struct evs__json_rewrite {
   const evs__jsonpath *paths;
   size_t nw;
   struct evs__json_rewrite_opts o;
-  evs__json_emit_fn emit;
-  evs__json_transform_fn transform;
+  evs__rw_emit_fn emit;
+  evs__rw_transform_fn transform;
   void *ud;
   int err;
   uint64_t err_off, off;
@@ -65,12 +65,12 @@ struct evs__json_rewrite {
 
 const char *evs__json_rewrite_strerror(int err) {
   switch (err) {
-  case EVS__JSON_E_SYNTAX: return "malformed JSON";
-  case EVS__JSON_E_DUPKEY: return "duplicate member name in an object";
-  case EVS__JSON_E_DEPTH: return "JSON nested too deeply";
-  case EVS__JSON_E_TOOBIG: return "selected value or member name too large";
-  case EVS__JSON_E_KEYS: return "too many member names in open objects";
-  case EVS__JSON_E_EVDATA: return "Evervault-encrypted data in an unselected field";
+  case EVS__RW_E_SYNTAX: return "malformed JSON";
+  case EVS__RW_E_DUPKEY: return "duplicate member name in an object";
+  case EVS__RW_E_DEPTH: return "JSON nested too deeply";
+  case EVS__RW_E_TOOBIG: return "selected value or member name too large";
+  case EVS__RW_E_KEYS: return "too many member names in open objects";
+  case EVS__RW_E_EVDATA: return "Evervault-encrypted data in an unselected field";
   case -ENOMEM: return "out of memory";
   default: return "error";
   }
@@ -98,7 +98,7 @@ static int grow(evs__json_rewrite *rw, void **b, size_t *cap, size_t need, size_
 /* Appends to a byte buffer kept NUL-terminated, capped at max_value bytes. */
 static int append(evs__json_rewrite *rw, char **b, size_t *len, size_t *cap, const char *s,
                   size_t n) {
-  if (n > rw->o.max_value - *len) return EVS__JSON_E_TOOBIG;
+  if (n > rw->o.max_value - *len) return EVS__RW_E_TOOBIG;
   if (*len + n + 1 > *cap) {
     size_t c = *cap;
     void *v = *b;
@@ -211,7 +211,7 @@ static uint64_t key_hash(const char *s, size_t n) {
 static int key_insert(evs__json_rewrite *rw, uint64_t h, size_t base) {
   size_t mask, slot;
   int r;
-  if (rw->kh_len >= rw->o.max_keys) return EVS__JSON_E_KEYS;
+  if (rw->kh_len >= rw->o.max_keys) return EVS__RW_E_KEYS;
   if (rw->kh_len == rw->kh_cap) {
     void *v = rw->kh;
     if ((r = grow(rw, &v, &rw->kh_cap, rw->kh_len + 1, sizeof *rw->kh)) < 0) return r;
@@ -243,7 +243,7 @@ static int key_insert(evs__json_rewrite *rw, uint64_t h, size_t base) {
    * a live entry of this object with an equal hash is a duplicate. */
   for (slot = h & mask; rw->tab[slot]; slot = (slot + 1) & mask) {
     size_t e = rw->tab[slot] - 1;
-    if (e >= base && e < rw->kh_len && rw->kh[e] == h) return EVS__JSON_E_DUPKEY;
+    if (e >= base && e < rw->kh_len && rw->kh[e] == h) return EVS__RW_E_DUPKEY;
   }
   rw->tab[slot] = (uint32_t)(rw->kh_len + 1);
   rw->tab_used++;
@@ -265,7 +265,7 @@ static int capture_begin(evs__json_rewrite *rw, const char *p) {
 }
 
 /* The current token ended just before q. */
-static int tok_end(evs__json_rewrite *rw, const char *q, evs__json_type type) {
+static int tok_end(evs__json_rewrite *rw, const char *q, evs__rw_type type) {
   int r = 0;
   rw->tok = T_NONE;
   if (rw->tok_key) {
@@ -291,11 +291,11 @@ static int tok_end(evs__json_rewrite *rw, const char *q, evs__json_type type) {
     rw->capturing = false;
     rw->pass = q;
     r = rw->transform(rw->ud, type, rw->val, rw->val_len, &out, &outlen);
-    if (r == EVS__JSON_DEFER) r = 0;
+    if (r == EVS__RW_DEFER) r = 0;
     else if (r == 0) r = emit(rw, out, outlen);
     if (r < 0) return r;
-  } else if (type == EVS__JSON_STRING && ev_looks_encrypted(rw)) {
-    return EVS__JSON_E_EVDATA;
+  } else if (type == EVS__RW_STRING && ev_looks_encrypted(rw)) {
+    return EVS__RW_E_EVDATA;
   }
   rw->ps = rw->depth ? P_AFTER : P_END;
   return 0;
@@ -347,12 +347,12 @@ static int lex_string(evs__json_rewrite *rw, const unsigned char **pp, const uns
       c = *p;
       if (c == '"') {
         p++;
-        r = tok_end(rw, (const char *)p, EVS__JSON_STRING);
+        r = tok_end(rw, (const char *)p, EVS__RW_STRING);
         goto out;
       } else if (c == '\\') {
         rw->sub = S_ESC;
       } else if (c < 0x20) {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         goto out;
       } else {
         if (c >= 0xC2 && c <= 0xDF) rw->need = 1, rw->lo = 0x80, rw->hi = 0xBF;
@@ -363,7 +363,7 @@ static int lex_string(evs__json_rewrite *rw, const unsigned char **pp, const uns
         else if (c >= 0xF1 && c <= 0xF3) rw->need = 3, rw->lo = 0x80, rw->hi = 0xBF;
         else if (c == 0xF4) rw->need = 3, rw->lo = 0x80, rw->hi = 0x8F;
         else {
-          r = EVS__JSON_E_SYNTAX;
+          r = EVS__RW_E_SYNTAX;
           goto out;
         }
         if ((r = str_out(rw, (const char *)p, 1)) < 0) goto out;
@@ -374,7 +374,7 @@ static int lex_string(evs__json_rewrite *rw, const unsigned char **pp, const uns
     }
     case S_UTF8:
       if (c < rw->lo || c > rw->hi) {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         goto out;
       }
       if ((r = str_out(rw, (const char *)p, 1)) < 0) goto out;
@@ -398,7 +398,7 @@ static int lex_string(evs__json_rewrite *rw, const unsigned char **pp, const uns
         p++;
         continue;
       default:
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         goto out;
       }
       if ((r = str_out(rw, &d, 1)) < 0) goto out;
@@ -410,7 +410,7 @@ static int lex_string(evs__json_rewrite *rw, const unsigned char **pp, const uns
     case S_LOW_HEX: {
       int v = hexval(c);
       if (v < 0) {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         goto out;
       }
       rw->cu = rw->cu << 4 | (uint32_t)v;
@@ -423,13 +423,13 @@ static int lex_string(evs__json_rewrite *rw, const unsigned char **pp, const uns
           break;
         }
         if (rw->cu >= 0xDC00 && rw->cu <= 0xDFFF) { /* lone low surrogate: not Unicode */
-          r = EVS__JSON_E_SYNTAX;
+          r = EVS__RW_E_SYNTAX;
           goto out;
         }
         r = str_out_cp(rw, rw->cu);
       } else {
         if (rw->cu < 0xDC00 || rw->cu > 0xDFFF) {
-          r = EVS__JSON_E_SYNTAX;
+          r = EVS__RW_E_SYNTAX;
           goto out;
         }
         r = str_out_cp(rw, 0x10000 + ((rw->hisur - 0xD800) << 10) + (rw->cu - 0xDC00));
@@ -441,7 +441,7 @@ static int lex_string(evs__json_rewrite *rw, const unsigned char **pp, const uns
     case S_LOW_BS:
     case S_LOW_U:
       if (c != (rw->sub == S_LOW_BS ? '\\' : 'u')) { /* a high surrogate must be paired */
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         goto out;
       }
       p++;
@@ -515,16 +515,16 @@ end:
       (r = append(rw, &rw->val, &rw->val_len, &rw->val_cap, (const char *)s, (size_t)(p - s))) < 0)
     return r;
   *pp = p;
-  return tok_end(rw, (const char *)p, EVS__JSON_NUMBER);
+  return tok_end(rw, (const char *)p, EVS__RW_NUMBER);
 bad:
   *pp = p;
-  return EVS__JSON_E_SYNTAX;
+  return EVS__RW_E_SYNTAX;
 }
 
 static int push_frame(evs__json_rewrite *rw, bool is_obj) {
   struct frame *f;
   int r;
-  if (rw->depth >= rw->o.max_depth) return EVS__JSON_E_DEPTH;
+  if (rw->depth >= rw->o.max_depth) return EVS__RW_E_DEPTH;
   if (rw->depth == rw->fr_cap) {
     size_t c = rw->fr_cap, c2 = rw->fr_cap;
     void *a = rw->fr, *b = rw->st;
@@ -601,7 +601,7 @@ static int value_begin(evs__json_rewrite *rw, const unsigned char **pp) {
       if (rw->cur_sel) r = capture_begin(rw, (const char *)p);
       return r;
     }
-    return EVS__JSON_E_SYNTAX;
+    return EVS__RW_E_SYNTAX;
   }
 }
 
@@ -619,7 +619,7 @@ static int run(evs__json_rewrite *rw, const unsigned char *p, const unsigned cha
     case T_LITERAL:
       while (p < e && rw->lit[rw->lit_pos]) {
         if (*p != (unsigned char)rw->lit[rw->lit_pos]) {
-          r = EVS__JSON_E_SYNTAX;
+          r = EVS__RW_E_SYNTAX;
           goto out;
         }
         rw->lit_pos++;
@@ -628,7 +628,7 @@ static int run(evs__json_rewrite *rw, const unsigned char *p, const unsigned cha
       if (!rw->lit[rw->lit_pos]) {
         if (rw->capturing) r = append(rw, &rw->val, &rw->val_len, &rw->val_cap, rw->lit,
                                       rw->lit_pos);
-        if (r == 0) r = tok_end(rw, (const char *)p, EVS__JSON_BOOLEAN);
+        if (r == 0) r = tok_end(rw, (const char *)p, EVS__RW_BOOLEAN);
       }
       break;
     case T_NONE: {
@@ -659,14 +659,14 @@ static int run(evs__json_rewrite *rw, const unsigned char *p, const unsigned cha
           rw->key_len = 0;
           rw->ev = -1;
         } else {
-          r = EVS__JSON_E_SYNTAX;
+          r = EVS__RW_E_SYNTAX;
           break;
         }
         p++;
         break;
       case P_COLON:
         if (c != ':') {
-          r = EVS__JSON_E_SYNTAX;
+          r = EVS__RW_E_SYNTAX;
           break;
         }
         rw->ps = P_VALUE;
@@ -677,14 +677,14 @@ static int run(evs__json_rewrite *rw, const unsigned char *p, const unsigned cha
         if (c == ',') rw->ps = obj ? P_KEY : P_VALUE;
         else if (c == (obj ? '}' : ']')) pop_frame(rw);
         else {
-          r = EVS__JSON_E_SYNTAX;
+          r = EVS__RW_E_SYNTAX;
           break;
         }
         p++;
         break;
       }
       case P_END:
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         break;
       }
       break;
@@ -724,18 +724,18 @@ int evs__json_rewrite_finish(evs__json_rewrite *rw) {
     /* The body's end terminates a top-level number. */
     if (rw->sub == N_ZERO || rw->sub == N_INT || rw->sub == N_FRAC || rw->sub == N_EXP) {
       rw->pass = NULL;
-      r = tok_end(rw, NULL, EVS__JSON_NUMBER);
+      r = tok_end(rw, NULL, EVS__RW_NUMBER);
       if (r < 0) return fail(rw, r, rw->off);
     } else {
-      return fail(rw, EVS__JSON_E_SYNTAX, rw->off);
+      return fail(rw, EVS__RW_E_SYNTAX, rw->off);
     }
   }
-  if (rw->tok != T_NONE || rw->ps != P_END) return fail(rw, EVS__JSON_E_SYNTAX, rw->off);
+  if (rw->tok != T_NONE || rw->ps != P_END) return fail(rw, EVS__RW_E_SYNTAX, rw->off);
   return 0;
 }
 
 int evs__json_rewrite_new(const evs__jsonpath *paths, const struct evs__json_rewrite_opts *opts,
-                          evs__json_emit_fn emit_fn, evs__json_transform_fn transform, void *ud,
+                          evs__rw_emit_fn emit_fn, evs__rw_transform_fn transform, void *ud,
                           evs__json_rewrite **ret_rw) {
   evs__json_rewrite *rw;
   if (!emit_fn || (paths && !transform)) return -EINVAL;
@@ -783,3 +783,46 @@ void evs__json_rewrite_free(evs__json_rewrite *rw) {
 uint64_t evs__json_rewrite_error_offset(const evs__json_rewrite *rw) { return rw->err_off; }
 
 size_t evs__json_rewrite_mem_high_water(const evs__json_rewrite *rw) { return rw->mem_hw; }
+
+/* ---- the rewriter interface (rewriter.h) ------------------------------------------------- */
+
+/* A replacement placed by the caller is a JSON string literal: ev: strings need no escapes. */
+static size_t ops_place(const char *value, size_t len, char *out, size_t cap) {
+  if (out && cap >= len + 2) {
+    out[0] = '"';
+    memcpy(out + 1, value, len);
+    out[len + 1] = '"';
+  }
+  return len + 2;
+}
+
+static int ops_new(const evs__rewriter_select *sel, evs__rw_emit_fn emit_fn,
+                   evs__rw_transform_fn transform_fn, void *ud, void **ret_impl) {
+  evs__json_rewrite *rw = NULL;
+  int r = evs__json_rewrite_new(sel->paths, NULL, emit_fn, transform_fn, ud, &rw);
+  if (r == 0) *ret_impl = rw;
+  return r;
+}
+static int ops_feed(void *impl, const char *buf, size_t len) {
+  return evs__json_rewrite_feed(impl, buf, len);
+}
+static int ops_finish(void *impl) { return evs__json_rewrite_finish(impl); }
+static void ops_free(void *impl) { evs__json_rewrite_free(impl); }
+static uint64_t ops_error_offset(const void *impl) { return evs__json_rewrite_error_offset(impl); }
+static size_t ops_mem_high_water(const void *impl) {
+  return evs__json_rewrite_mem_high_water(impl);
+}
+
+const evs__rewriter_ops evs__json_rewriter = {
+    .name = "json",
+    .parse_unselected = 0,
+    .place = ops_place,
+    .place_returned = ops_place,
+    .new = ops_new,
+    .feed = ops_feed,
+    .finish = ops_finish,
+    .free = ops_free,
+    .error_offset = ops_error_offset,
+    .mem_high_water = ops_mem_high_water,
+    .strerror = evs__json_rewrite_strerror,
+};

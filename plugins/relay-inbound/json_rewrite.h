@@ -17,15 +17,15 @@
  * evs__json_rewrite_mem_high_water() reports the peak of these allocations.
  *
  * Errors (the rewriter is then poisoned and returns the same error on every later call):
- *   EVS__JSON_E_SYNTAX   malformed JSON (bad-request)
- *   EVS__JSON_E_DUPKEY   a member name repeated within one object (bad-request: parsers disagree
+ *   EVS__RW_E_SYNTAX   malformed JSON (bad-request)
+ *   EVS__RW_E_DUPKEY   a member name repeated within one object (bad-request: parsers disagree
  *                        on which one wins). Names are compared by a 64-bit hash of their decoded
  *                        bytes, so a false "duplicate" has probability ~ k^2 / 2^65 for k names;
  *                        it can only reject the request, never let a duplicate through.
- *   EVS__JSON_E_DEPTH    nesting deeper than max_depth
- *   EVS__JSON_E_TOOBIG   a selected value or a member name longer than max_value (decoded)
- *   EVS__JSON_E_KEYS     more than max_keys member names held by the open objects together
- *   EVS__JSON_E_EVDATA   an unselected string value that looks like an ev: string (starts with
+ *   EVS__RW_E_DEPTH    nesting deeper than max_depth
+ *   EVS__RW_E_TOOBIG   a selected value or a member name longer than max_value (decoded)
+ *   EVS__RW_E_KEYS     more than max_keys member names held by the open objects together
+ *   EVS__RW_E_EVDATA   an unselected string value that looks like an ev: string (starts with
  *                        "ev:", ends with ":$", 5 or 6 ':' in all, only base64/base64url
  *                        characters otherwise) (encrypted-data-in-field)
  *   -ENOMEM, or any negative value a callback returned (passed through unchanged).
@@ -33,7 +33,7 @@
  * Asynchronous transforms (the relay batches all fields of a request into one enclave call):
  * transform calls are strictly ordered with emit calls. Every byte before a selected value has
  * been emitted when its transform runs, and nothing after it is emitted before the transform
- * returns. A transform that cannot answer yet returns EVS__JSON_DEFER: nothing is emitted for
+ * returns. A transform that cannot answer yet returns EVS__RW_DEFER: nothing is emitted for
  * that value and the caller records a hole at its current output position (e.g. an offset into
  * its spooled output), then fills the holes when the batch comes back. Holding the output is
  * thereby the caller's choice (memory arena with a cap, or a spool file for a 25 MB body), and
@@ -48,40 +48,7 @@
 #include <stdint.h>
 
 #include "jsonpath.h"
-
-enum {
-  EVS__JSON_E_SYNTAX = -2001,
-  EVS__JSON_E_DUPKEY = -2002,
-  EVS__JSON_E_DEPTH = -2003,
-  EVS__JSON_E_TOOBIG = -2004,
-  EVS__JSON_E_KEYS = -2005,
-  EVS__JSON_E_EVDATA = -2006,
-};
-
-#define EVS__JSON_DEFER 1 /* transform return: replacement will be placed by the caller */
-
-typedef enum evs__json_type {
-  EVS__JSON_STRING = 1,
-  EVS__JSON_NUMBER,
-  EVS__JSON_BOOLEAN,
-  /* Not produced by the JSON rewriter: the raw bytes of a multipart/form-data file part
-   * (multipart_rewrite.h), whose replacement (a %EVENC file) becomes the part's new body. */
-  EVS__JSON_FILE = 4,
-} evs__json_type;
-
-/* Receives output bytes buf[0..len) (valid only during the call; len > 0). Returns 0, or a
- * negative value that aborts the rewrite and is returned by feed/finish. */
-typedef int (*evs__json_emit_fn)(void *ud, const char *buf, size_t len);
-
-/* Transforms one selected value. value[0..len) is: for a string, its decoded bytes (escapes
- * resolved, valid UTF-8, may contain NUL; value[len] is a NUL); for a number, its text as sent
- * (e.g. "-1.5e300", "123456789012345678901234567890"); for a boolean, "true" or "false". The
- * buffer is valid only during the call. Returns 0 after setting *ret_buf and *ret_len to the bytes
- * to emit in place of the value (a JSON literal, e.g. "\"ev:...\"", owned by the transform and
- * valid until the transform is called again or the rewriter is freed), EVS__JSON_DEFER (see
- * above; nothing is emitted), or a negative value that aborts the rewrite. */
-typedef int (*evs__json_transform_fn)(void *ud, evs__json_type type, const char *value, size_t len,
-                                      const char **ret_buf, size_t *ret_len);
+#include "rewriter.h" /* callbacks, value types, error codes, EVS__RW_DEFER */
 
 struct evs__json_rewrite_opts {
   size_t size;        /* sizeof(struct evs__json_rewrite_opts) */
@@ -97,7 +64,7 @@ typedef struct evs__json_rewrite evs__json_rewrite;
  * selected and the rewriter only validates and forwards. opts may be NULL for the defaults.
  * Returns 0 and sets *ret_rw (free with evs__json_rewrite_free), or -EINVAL / -ENOMEM. */
 int evs__json_rewrite_new(const evs__jsonpath *paths, const struct evs__json_rewrite_opts *opts,
-                          evs__json_emit_fn emit, evs__json_transform_fn transform, void *ud,
+                          evs__rw_emit_fn emit, evs__rw_transform_fn transform, void *ud,
                           evs__json_rewrite **ret_rw);
 
 void evs__json_rewrite_free(evs__json_rewrite *rw);
@@ -106,7 +73,7 @@ void evs__json_rewrite_free(evs__json_rewrite *rw);
  * from inside this call. */
 int evs__json_rewrite_feed(evs__json_rewrite *rw, const char *buf, size_t len);
 
-/* Signals the end of the body: fails with EVS__JSON_E_SYNTAX unless exactly one complete value
+/* Signals the end of the body: fails with EVS__RW_E_SYNTAX unless exactly one complete value
  * (with optional surrounding whitespace) was fed. May call transform/emit for a trailing
  * top-level number. Returns 0 or a negative error. */
 int evs__json_rewrite_finish(evs__json_rewrite *rw);
@@ -117,12 +84,7 @@ uint64_t evs__json_rewrite_error_offset(const evs__json_rewrite *rw);
 /* Peak bytes allocated by the rewriter for its buffers, frames and key hashes. */
 size_t evs__json_rewrite_mem_high_water(const evs__json_rewrite *rw);
 
-/* A static English description of an EVS__JSON_E_* code. */
+/* A static English description of an EVS__RW_E_* code, in JSON terms. */
 const char *evs__json_rewrite_strerror(int err);
-
-/* The heuristic behind EVS__JSON_E_EVDATA, shared by the form and multipart rewriters: 1 if
- * s[0..len) starts with "ev:", ends with ":$", has 5 or 6 ':' in all and otherwise only
- * base64/base64url characters (A-Z a-z 0-9 + / = - _ and '$'), else 0. */
-int evs__looks_like_ev_string(const char *s, size_t len);
 
 #endif

@@ -37,8 +37,8 @@ struct evs__multipart_rewrite {
   char delim[4 + EVS__MULTIPART_BOUNDARY_MAX + 1]; /* D = CRLF "--" boundary */
   size_t dlen;
   struct evs__multipart_rewrite_opts o;
-  evs__json_emit_fn emit;
-  evs__json_transform_fn transform;
+  evs__rw_emit_fn emit;
+  evs__rw_transform_fn transform;
   void *ud;
   int err;
   uint64_t err_off, off, parts;
@@ -58,10 +58,10 @@ struct evs__multipart_rewrite {
 
 const char *evs__multipart_rewrite_strerror(int err) {
   switch (err) {
-  case EVS__JSON_E_SYNTAX: return "malformed multipart/form-data body";
-  case EVS__JSON_E_TOOBIG: return "selected multipart part too large";
-  case EVS__JSON_E_EVDATA: return "Evervault-encrypted data in an unselected multipart text field";
-  case EVS__MULTIPART_E_UNSUPPORTED:
+  case EVS__RW_E_SYNTAX: return "malformed multipart/form-data body";
+  case EVS__RW_E_TOOBIG: return "selected multipart part too large";
+  case EVS__RW_E_EVDATA: return "Evervault-encrypted data in an unselected multipart text field";
+  case EVS__RW_E_UNSUPPORTED:
     return "selected multipart part has Content-Length or Content-Transfer-Encoding";
   case -ENOMEM: return "out of memory";
   default: return "error";
@@ -127,23 +127,23 @@ struct disp {
 static int parse_disposition(const char *v, size_t n, struct disp *d) {
   size_t i = 0, s;
   while (i < n && is_tchar((unsigned char)v[i])) i++;
-  if (!ieq(v, i, "form-data")) return EVS__JSON_E_SYNTAX;
+  if (!ieq(v, i, "form-data")) return EVS__RW_E_SYNTAX;
   for (;;) {
     const char *pn, *pv;
     size_t pnl, pvl;
     bool quoted = false;
     while (i < n && is_ows((unsigned char)v[i])) i++;
     if (i == n) break;
-    if (v[i++] != ';') return EVS__JSON_E_SYNTAX;
+    if (v[i++] != ';') return EVS__RW_E_SYNTAX;
     while (i < n && is_ows((unsigned char)v[i])) i++;
     if (i == n) break; /* a trailing ';' */
     for (s = i; i < n && is_tchar((unsigned char)v[i]); i++) {
     }
     pn = v + s;
     pnl = i - s;
-    if (!pnl) return EVS__JSON_E_SYNTAX;
+    if (!pnl) return EVS__RW_E_SYNTAX;
     while (i < n && is_ows((unsigned char)v[i])) i++;
-    if (i == n || v[i++] != '=') return EVS__JSON_E_SYNTAX;
+    if (i == n || v[i++] != '=') return EVS__RW_E_SYNTAX;
     while (i < n && is_ows((unsigned char)v[i])) i++;
     if (i < n && v[i] == '"') {
       bool bs = false;
@@ -153,7 +153,7 @@ static int parse_disposition(const char *v, size_t n, struct disp *d) {
         else if (v[i] == '\\') bs = true;
         else if (v[i] == '"') break;
       }
-      if (i == n) return EVS__JSON_E_SYNTAX;
+      if (i == n) return EVS__RW_E_SYNTAX;
       pv = v + s;
       pvl = i - s;
       i++;
@@ -162,20 +162,20 @@ static int parse_disposition(const char *v, size_t n, struct disp *d) {
       }
       pv = v + s;
       pvl = i - s;
-      if (!pvl) return EVS__JSON_E_SYNTAX;
+      if (!pvl) return EVS__RW_E_SYNTAX;
     }
     if (ieq(pn, pnl, "name")) {
-      if (d->has_name || (quoted && memchr(pv, '\\', pvl))) return EVS__JSON_E_SYNTAX;
+      if (d->has_name || (quoted && memchr(pv, '\\', pvl))) return EVS__RW_E_SYNTAX;
       d->has_name = true;
       d->name = pv;
       d->name_len = pvl;
     } else if (ieq(pn, pnl, "name*")) {
-      return EVS__JSON_E_SYNTAX; /* RFC 7578 4.2: not for names; parsers would prefer it */
+      return EVS__RW_E_SYNTAX; /* RFC 7578 4.2: not for names; parsers would prefer it */
     } else if (ieq(pn, pnl, "filename") || ieq(pn, pnl, "filename*")) {
       d->has_file = true;
     }
   }
-  return d->has_name ? 0 : EVS__JSON_E_SYNTAX;
+  return d->has_name ? 0 : EVS__RW_E_SYNTAX;
 }
 
 /* Parses the complete header block hdr[0..hdr_len) (lines ending CRLF, the last one empty; the
@@ -188,13 +188,13 @@ static int headers_done(evs__multipart_rewrite *rw, const char *body_start) {
   while (h < end) {
     const char *eol = memchr(h, '\r', (size_t)(end - h)), *c = h, *v, *ve;
     while (c < eol && is_tchar((unsigned char)*c)) c++;
-    if (c == h || c == eol || *c != ':') return EVS__JSON_E_SYNTAX;
+    if (c == h || c == eol || *c != ':') return EVS__RW_E_SYNTAX;
     for (v = c + 1; v < eol && is_ows((unsigned char)*v); v++) {
     }
     for (ve = eol; ve > v && is_ows((unsigned char)ve[-1]); ve--) {
     }
     if (ieq(h, (size_t)(c - h), "content-disposition")) {
-      if (has_disp) return EVS__JSON_E_SYNTAX;
+      if (has_disp) return EVS__RW_E_SYNTAX;
       has_disp = true;
       if ((r = parse_disposition(v, (size_t)(ve - v), &d)) < 0) return r;
     } else if (ieq(h, (size_t)(c - h), "content-length")) {
@@ -208,19 +208,19 @@ static int headers_done(evs__multipart_rewrite *rw, const char *body_start) {
     }
     h = eol + 2;
   }
-  if (!has_disp) return EVS__JSON_E_SYNTAX;
-  if (cte_decodes) return EVS__MULTIPART_E_UNSUPPORTED;
+  if (!has_disp) return EVS__RW_E_SYNTAX;
+  if (cte_decodes) return EVS__RW_E_UNSUPPORTED;
   rw->parts++;
   for (size_t i = 0; i < rw->nfields && !sel; i++)
     sel = rw->flen[i] == d.name_len && memcmp(rw->fields[i], d.name, d.name_len) == 0;
   rw->is_file = d.has_file;
   rw->ev_on = false;
   if (sel) {
-    if (has_len || has_cte) return EVS__MULTIPART_E_UNSUPPORTED;
+    if (has_len || has_cte) return EVS__RW_E_UNSUPPORTED;
     if ((r = emit(rw, rw->pass, (size_t)(body_start - rw->pass))) < 0) return r;
     rw->capturing = true;
     rw->val_len = 0;
-    return append(rw, &rw->val, &rw->val_len, &rw->val_cap, rw->o.max_value, EVS__JSON_E_TOOBIG,
+    return append(rw, &rw->val, &rw->val_len, &rw->val_cap, rw->o.max_value, EVS__RW_E_TOOBIG,
                   "", 0);
   }
   if (!d.has_file) {
@@ -235,7 +235,7 @@ static int header_byte(evs__multipart_rewrite *rw, const char *p, bool *ret_done
   unsigned char c = (unsigned char)*p;
   int r;
   *ret_done = false;
-  if ((r = append(rw, &rw->hdr, &rw->hdr_len, &rw->hdr_cap, rw->o.max_header, EVS__JSON_E_SYNTAX,
+  if ((r = append(rw, &rw->hdr, &rw->hdr_len, &rw->hdr_cap, rw->o.max_header, EVS__RW_E_SYNTAX,
                   (const char *)p, 1)) < 0)
     return r;
   switch (rw->hs) {
@@ -244,19 +244,19 @@ static int header_byte(evs__multipart_rewrite *rw, const char *p, bool *ret_done
       rw->hs = H_END_CR;
       return 0;
     }
-    if (is_ows(c)) return EVS__JSON_E_SYNTAX; /* obsolete line folding */
+    if (is_ows(c)) return EVS__RW_E_SYNTAX; /* obsolete line folding */
     /* fall through */
   case H_IN_LINE:
     if (c == '\r') rw->hs = H_CR;
-    else if ((c < 0x20 && c != '\t') || c == 0x7f) return EVS__JSON_E_SYNTAX;
+    else if ((c < 0x20 && c != '\t') || c == 0x7f) return EVS__RW_E_SYNTAX;
     else rw->hs = H_IN_LINE;
     return 0;
   case H_CR:
-    if (c != '\n') return EVS__JSON_E_SYNTAX;
+    if (c != '\n') return EVS__RW_E_SYNTAX;
     rw->hs = H_LINE_START;
     return 0;
   case H_END_CR:
-    if (c != '\n') return EVS__JSON_E_SYNTAX;
+    if (c != '\n') return EVS__RW_E_SYNTAX;
     *ret_done = true;
     return 0;
   }
@@ -269,7 +269,7 @@ static int header_byte(evs__multipart_rewrite *rw, const char *p, bool *ret_done
 static int body_bytes(evs__multipart_rewrite *rw, const char *s, size_t n) {
   if (!n) return 0;
   if (rw->capturing)
-    return append(rw, &rw->val, &rw->val_len, &rw->val_cap, rw->o.max_value, EVS__JSON_E_TOOBIG,
+    return append(rw, &rw->val, &rw->val_len, &rw->val_cap, rw->o.max_value, EVS__RW_E_TOOBIG,
                   s, n);
   if (rw->ev_on && rw->ev.st >= 0) evs__ev_detect_feed(&rw->ev, s, n);
   return 0;
@@ -283,14 +283,14 @@ static int part_end(evs__multipart_rewrite *rw, const char *q) {
     size_t rep_len = 0;
     rw->capturing = false;
     rw->pass = q;
-    r = rw->transform(rw->ud, rw->is_file ? EVS__JSON_FILE : EVS__JSON_STRING, rw->val,
+    r = rw->transform(rw->ud, rw->is_file ? EVS__RW_FILE : EVS__RW_STRING, rw->val,
                       rw->val_len, &rep, &rep_len);
-    if (r == EVS__JSON_DEFER) r = 0;
+    if (r == EVS__RW_DEFER) r = 0;
     else if (r == 0) r = emit(rw, rep, rep_len);
     /* The delimiter was not emitted while the body was held; its bytes are D's. */
     if (r == 0) r = emit(rw, rw->delim, rw->dlen);
   } else if (rw->ev_on && evs__ev_detect_done(&rw->ev)) {
-    r = EVS__JSON_E_EVDATA;
+    r = EVS__RW_E_EVDATA;
   }
   rw->ev_on = false;
   return r;
@@ -345,15 +345,15 @@ static int run(evs__multipart_rewrite *rw, const char *p, const char *e, const c
       if (c == '-') rw->ms = M_CLOSE_DASH;
       else if (is_ows(c)) rw->ms = M_PAD;
       else if (c == '\r') rw->ms = M_PAD_CR;
-      else r = EVS__JSON_E_SYNTAX;
+      else r = EVS__RW_E_SYNTAX;
       break;
     case M_PAD:
       if (c == '\r') rw->ms = M_PAD_CR;
-      else if (!is_ows(c)) r = EVS__JSON_E_SYNTAX;
+      else if (!is_ows(c)) r = EVS__RW_E_SYNTAX;
       break;
     case M_PAD_CR:
       if (c != '\n') {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         break;
       }
       rw->ms = M_HEADERS;
@@ -361,7 +361,7 @@ static int run(evs__multipart_rewrite *rw, const char *p, const char *e, const c
       rw->hdr_len = 0;
       break;
     case M_CLOSE_DASH:
-      if (c != '-') r = EVS__JSON_E_SYNTAX;
+      if (c != '-') r = EVS__RW_E_SYNTAX;
       else rw->ms = M_EPILOGUE;
       break;
     case M_HEADERS: {
@@ -406,7 +406,7 @@ int evs__multipart_rewrite_feed(evs__multipart_rewrite *rw, const char *buf, siz
 
 int evs__multipart_rewrite_finish(evs__multipart_rewrite *rw) {
   if (rw->err) return rw->err;
-  if (rw->ms != M_EPILOGUE) return fail(rw, EVS__JSON_E_SYNTAX, rw->off);
+  if (rw->ms != M_EPILOGUE) return fail(rw, EVS__RW_E_SYNTAX, rw->off);
   return 0;
 }
 
@@ -428,41 +428,41 @@ int evs__multipart_boundary(const char *ct, char *ret, size_t cap) {
   char b[EVS__MULTIPART_BOUNDARY_MAX + 1];
   size_t bl = 0, i = 0, s;
   bool found = false;
-  if (!ct) return EVS__JSON_E_SYNTAX;
+  if (!ct) return EVS__RW_E_SYNTAX;
   while (is_ows((unsigned char)ct[i])) i++;
   for (s = i; is_tchar((unsigned char)ct[i]); i++) {
   }
-  if (i == s || ct[i++] != '/') return EVS__JSON_E_SYNTAX;
+  if (i == s || ct[i++] != '/') return EVS__RW_E_SYNTAX;
   for (s = i; is_tchar((unsigned char)ct[i]); i++) {
   }
-  if (i == s) return EVS__JSON_E_SYNTAX;
+  if (i == s) return EVS__RW_E_SYNTAX;
   for (;;) {
     size_t pn, pnl;
     bool is_b;
     while (is_ows((unsigned char)ct[i])) i++;
     if (!ct[i]) break;
-    if (ct[i++] != ';') return EVS__JSON_E_SYNTAX;
+    if (ct[i++] != ';') return EVS__RW_E_SYNTAX;
     while (is_ows((unsigned char)ct[i])) i++;
     if (!ct[i]) break;
     for (pn = i; is_tchar((unsigned char)ct[i]); i++) {
     }
     pnl = i - pn;
-    if (!pnl || ct[i++] != '=') return EVS__JSON_E_SYNTAX;
+    if (!pnl || ct[i++] != '=') return EVS__RW_E_SYNTAX;
     is_b = ieq(ct + pn, pnl, "boundary");
     if (is_b) {
-      if (found) return EVS__JSON_E_SYNTAX; /* which one would the destination use? */
+      if (found) return EVS__RW_E_SYNTAX; /* which one would the destination use? */
       found = true;
     }
     if (ct[i] == '"') {
       for (i++; ct[i] != '"'; i++) {
         char c = ct[i];
-        if (!c) return EVS__JSON_E_SYNTAX;
+        if (!c) return EVS__RW_E_SYNTAX;
         if (c == '\\') {
-          if (!ct[++i]) return EVS__JSON_E_SYNTAX;
+          if (!ct[++i]) return EVS__RW_E_SYNTAX;
           c = ct[i];
         }
         if (is_b) {
-          if (bl == EVS__MULTIPART_BOUNDARY_MAX) return EVS__JSON_E_SYNTAX;
+          if (bl == EVS__MULTIPART_BOUNDARY_MAX) return EVS__RW_E_SYNTAX;
           b[bl++] = c;
         }
       }
@@ -470,14 +470,14 @@ int evs__multipart_boundary(const char *ct, char *ret, size_t cap) {
     } else {
       for (s = i; is_tchar((unsigned char)ct[i]); i++) {
         if (is_b) {
-          if (bl == EVS__MULTIPART_BOUNDARY_MAX) return EVS__JSON_E_SYNTAX;
+          if (bl == EVS__MULTIPART_BOUNDARY_MAX) return EVS__RW_E_SYNTAX;
           b[bl++] = ct[i];
         }
       }
-      if (i == s) return EVS__JSON_E_SYNTAX;
+      if (i == s) return EVS__RW_E_SYNTAX;
     }
   }
-  if (!found || !boundary_ok(b, bl)) return EVS__JSON_E_SYNTAX;
+  if (!found || !boundary_ok(b, bl)) return EVS__RW_E_SYNTAX;
   if (cap < bl + 1) return -ENOSPC;
   memcpy(ret, b, bl);
   ret[bl] = 0;
@@ -486,7 +486,7 @@ int evs__multipart_boundary(const char *ct, char *ret, size_t cap) {
 
 int evs__multipart_rewrite_new(const char *boundary, const char *const *fields, size_t nfields,
                                const struct evs__multipart_rewrite_opts *opts,
-                               evs__json_emit_fn emit_fn, evs__json_transform_fn transform,
+                               evs__rw_emit_fn emit_fn, evs__rw_transform_fn transform,
                                void *ud, evs__multipart_rewrite **ret_rw) {
   evs__multipart_rewrite *rw;
   size_t bl;
@@ -556,3 +556,47 @@ size_t evs__multipart_rewrite_mem_high_water(const evs__multipart_rewrite *rw) {
 }
 
 uint64_t evs__multipart_rewrite_parts(const evs__multipart_rewrite *rw) { return rw->parts; }
+
+/* ---- the rewriter interface (rewriter.h) ------------------------------------------------- */
+
+static int ops_new(const evs__rewriter_select *sel, evs__rw_emit_fn emit_fn,
+                   evs__rw_transform_fn transform_fn, void *ud, void **ret_impl) {
+  /* The boundary is read from the Content-Type here, so that a caller needs nothing of the
+   * format but its table. */
+  char ct[1024], boundary[EVS__MULTIPART_BOUNDARY_MAX + 1];
+  size_t n = sel->content_type_len < sizeof ct - 1 ? sel->content_type_len : sizeof ct - 1;
+  if (!sel->content_type) return EVS__RW_E_BOUNDARY;
+  memcpy(ct, sel->content_type, n);
+  ct[n] = '\0';
+  if (evs__multipart_boundary(ct, boundary, sizeof boundary) < 0) return EVS__RW_E_BOUNDARY;
+  evs__multipart_rewrite *rw = NULL;
+  int r = evs__multipart_rewrite_new(boundary, sel->names, sel->nnames, NULL, emit_fn, transform_fn,
+                                     ud, &rw);
+  if (r == 0) *ret_impl = rw;
+  return r;
+}
+static int ops_feed(void *impl, const char *buf, size_t len) {
+  return evs__multipart_rewrite_feed(impl, buf, len);
+}
+static int ops_finish(void *impl) { return evs__multipart_rewrite_finish(impl); }
+static void ops_free(void *impl) { evs__multipart_rewrite_free(impl); }
+static uint64_t ops_error_offset(const void *impl) {
+  return evs__multipart_rewrite_error_offset(impl);
+}
+static size_t ops_mem_high_water(const void *impl) {
+  return evs__multipart_rewrite_mem_high_water(impl);
+}
+
+const evs__rewriter_ops evs__multipart_rewriter = {
+    .name = "multipart",
+    .parse_unselected = 1,
+    .place = evs__rewriter_place_verbatim,
+    .place_returned = evs__rewriter_place_verbatim,
+    .new = ops_new,
+    .feed = ops_feed,
+    .finish = ops_finish,
+    .free = ops_free,
+    .error_offset = ops_error_offset,
+    .mem_high_water = ops_mem_high_water,
+    .strerror = evs__multipart_rewrite_strerror,
+};

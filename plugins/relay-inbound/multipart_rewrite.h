@@ -1,16 +1,16 @@
 /*
  * multipart_rewrite: the Inbound Relay's streaming field rewriter for multipart/form-data request
- * bodies (RFC 7578 over RFC 2046), the sibling of json_rewrite.h and form_rewrite.h (same
- * callbacks, error codes and asynchronous pattern; read json_rewrite.h first).
+ * bodies (RFC 7578 over RFC 2046), the sibling of json_rewrite.h and form_rewrite.h (callbacks
+ * and error codes from rewriter.h; asynchronous pattern as in json_rewrite.h, read that first).
  *
  * Selection: plain field names, compared byte for byte with the name= parameter of each part's
  * Content-Disposition. A selected part is one transform call:
- *   - a file part (its Content-Disposition has filename= or filename*=): type EVS__JSON_FILE and
+ *   - a file part (its Content-Disposition has filename= or filename*=): type EVS__RW_FILE and
  *     the raw file bytes; the replacement (a %EVENC file) becomes the part's body. The filename
  *     and every part header stay as sent, as the product documentation promises ("Encrypted files
  *     will arrive at your server with an unchanged filename, but the bytes in the file will be
  *     fully encrypted").
- *   - a text part: type EVS__JSON_STRING and the body bytes; the replacement (an ev: string) is
+ *   - a text part: type EVS__RW_STRING and the body bytes; the replacement (an ev: string) is
  *     the new body, verbatim.
  * value[len] is a NUL in both cases (the bytes may contain NULs). A repeated selected name (e.g.
  * several files under one name) is transformed each time.
@@ -21,7 +21,7 @@
  * be handed to the transform (<= max_value bytes).
  *
  * Content-Length and Content-Transfer-Encoding: RFC 7578 parts carry neither (section 4.7 forbids
- * the latter). A selected part carrying one is refused with EVS__MULTIPART_E_UNSUPPORTED: its
+ * the latter). A selected part carrying one is refused with EVS__RW_E_UNSUPPORTED: its
  * length would be wrong after encryption, and encrypting a transfer-encoded body would hand the
  * destination a decoder error instead of a %EVENC file. Rewriting the header is not possible in a
  * stream (it precedes the body, and deferred transforms answer later). Unselected parts may carry
@@ -40,12 +40,12 @@
  * a copy of the names and the delimiter; evs__multipart_rewrite_mem_high_water() reports the peak.
  *
  * Errors (the rewriter is then poisoned, as in json_rewrite.h):
- *   EVS__JSON_E_SYNTAX   malformed multipart (see above; also no close delimiter at finish, a
+ *   EVS__RW_E_SYNTAX   malformed multipart (see above; also no close delimiter at finish, a
  *                        header block over max_header, no Content-Disposition)
- *   EVS__JSON_E_TOOBIG   a selected part's body over max_value bytes
- *   EVS__JSON_E_EVDATA   an unselected text part (no filename) whose body looks like an ev: string
+ *   EVS__RW_E_TOOBIG   a selected part's body over max_value bytes
+ *   EVS__RW_E_EVDATA   an unselected text part (no filename) whose body looks like an ev: string
  *                        (evs__looks_like_ev_string)
- *   EVS__MULTIPART_E_UNSUPPORTED  a selected part with Content-Length or
+ *   EVS__RW_E_UNSUPPORTED  a selected part with Content-Length or
  *                        Content-Transfer-Encoding, or any part with a decoding
  *                        Content-Transfer-Encoding (bad-request)
  *   -ENOMEM, or any negative value a callback returned.
@@ -58,11 +58,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "json_rewrite.h"
-
-enum {
-  EVS__MULTIPART_E_UNSUPPORTED = -2101,
-};
+#include "rewriter.h"
 
 #define EVS__MULTIPART_BOUNDARY_MAX 70 /* RFC 2046 section 5.1.1 */
 
@@ -80,7 +76,7 @@ typedef struct evs__multipart_rewrite evs__multipart_rewrite;
  * multipart/form-data: that is the caller's routing decision), parameters are token=token or
  * token=quoted-string (names case-insensitive), exactly one boundary parameter, 1..70 characters
  * of RFC 2046's bchars, not ending in a space. Writes it NUL-terminated to ret[0..cap) and
- * returns its length; EVS__JSON_E_SYNTAX if it is missing or malformed, -ENOSPC if cap is too
+ * returns its length; EVS__RW_E_SYNTAX if it is missing or malformed, -ENOSPC if cap is too
  * small (71 is always enough). */
 int evs__multipart_boundary(const char *content_type, char *ret, size_t cap);
 
@@ -90,7 +86,7 @@ int evs__multipart_boundary(const char *content_type, char *ret, size_t cap);
  * 0 and sets *ret_rw, or -EINVAL (bad boundary or arguments) / -ENOMEM. */
 int evs__multipart_rewrite_new(const char *boundary, const char *const *fields, size_t nfields,
                                const struct evs__multipart_rewrite_opts *opts,
-                               evs__json_emit_fn emit, evs__json_transform_fn transform, void *ud,
+                               evs__rw_emit_fn emit, evs__rw_transform_fn transform, void *ud,
                                evs__multipart_rewrite **ret_rw);
 
 void evs__multipart_rewrite_free(evs__multipart_rewrite *rw);
@@ -98,7 +94,7 @@ void evs__multipart_rewrite_free(evs__multipart_rewrite *rw);
 /* Consumes buf[0..len) (any split of the body). Returns 0 or a negative error. */
 int evs__multipart_rewrite_feed(evs__multipart_rewrite *rw, const char *buf, size_t len);
 
-/* Signals the end of the body: fails with EVS__JSON_E_SYNTAX unless the close delimiter was
+/* Signals the end of the body: fails with EVS__RW_E_SYNTAX unless the close delimiter was
  * seen. Returns 0 or a negative error. */
 int evs__multipart_rewrite_finish(evs__multipart_rewrite *rw);
 
@@ -111,8 +107,8 @@ size_t evs__multipart_rewrite_mem_high_water(const evs__multipart_rewrite *rw);
 /* Parts whose header block has been parsed so far, for logs and tests. */
 uint64_t evs__multipart_rewrite_parts(const evs__multipart_rewrite *rw);
 
-/* A static English description of an error code (EVS__JSON_E_* read in multipart terms, and
- * EVS__MULTIPART_E_*). */
+/* A static English description of an error code (EVS__RW_E_* read in multipart
+ * terms). */
 const char *evs__multipart_rewrite_strerror(int err);
 
 #endif

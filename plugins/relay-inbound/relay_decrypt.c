@@ -274,7 +274,7 @@ static int scan_transform(void *ud, int kind, const char *value, size_t len,
     d->cur = NULL;
     if ((r = send_batch(d, b)) < 0) return r;
   }
-  return EVS__JSON_DEFER;
+  return EVS__RW_DEFER;
 }
 
 /* Once every value is back: the spool to the client, then the end of the response. */

@@ -24,11 +24,8 @@
 
 #include <jansson.h>
 
-#include "form_rewrite.h"
-#include "json_rewrite.h"
-#include "multipart_rewrite.h"
-#include "xml_rewrite.h"
 #include "relay_priv.h"
+#include "rewriter.h"
 #include "spool.h"
 #include "structure.h"
 
@@ -39,9 +36,6 @@
 #define SAMPLE_MAX (64u << 10)
 #define STRUCTURE_TTL_S 86400
 #define STRUCTURE_REFRESH_MS 60000 /* lastSeen is as fine as this */
-
-enum fmt { F_NONE = 0, F_JSON, F_XML, F_FORM, F_MULTIPART };
-enum wrap { W_RAW = 0, W_JSON, W_PCT };
 
 /* One value of a batch: where its result goes, and its bytes in the batch's payload. */
 typedef struct bval {
@@ -62,13 +56,10 @@ typedef struct batch {
 
 typedef struct relay_enc {
   relay_txn *t;
-  enum fmt fmt;
-  enum wrap wrap;
-  /* The rewriter for the body's format (NULL: bytes are spooled unchanged). */
+  /* The body's format by its Content-Type (NULL: one the relay cannot parse), and its rewriter
+   * (NULL: bytes are spooled unchanged). */
+  const evs__rewriter_ops *ops;
   void *rw;
-  int (*rw_feed)(void *rw, const char *buf, size_t len);
-  int (*rw_finish)(void *rw);
-  void (*rw_free)(void *rw);
   relay_spool spool;
   batch *cur;
   int inflight;
@@ -109,7 +100,7 @@ static void batch_free(batch *b) {
 
 void relay_encrypt_free(relay_enc *e) {
   if (!e) return;
-  if (e->rw) e->rw_free(e->rw);
+  if (e->rw) e->ops->free(e->rw);
   relay_spool_done(&e->spool);
   batch_free(e->cur);
   free(e->sample);
@@ -125,39 +116,7 @@ static void fail(relay_enc *e, int err, int status, const char *code, const char
   e->err_detail = detail;
 }
 
-/* ---- content types ----------------------------------------------------------------------- */
-
-static int ct_is(const char *ct, size_t n, const char *want) {
-  size_t wl = strlen(want);
-  return n >= wl && strncasecmp(ct, want, wl) == 0 && (n == wl || ct[wl] == ';' || ct[wl] == ' ');
-}
-
-/* The media type ends with suffix (e.g. "+json") before any parameters. */
-static int ct_suffix(const char *ct, size_t n, const char *suffix) {
-  size_t end = 0;
-  while (end < n && ct[end] != ';' && ct[end] != ' ') end++;
-  size_t sl = strlen(suffix);
-  return end >= sl && strncasecmp(ct + end - sl, suffix, sl) == 0;
-}
-
-static enum fmt fmt_of(const char *ct, size_t n) {
-  if (ct_is(ct, n, "application/json") || ct_suffix(ct, n, "+json")) return F_JSON;
-  if (ct_is(ct, n, "application/xml") || ct_is(ct, n, "text/xml") || ct_suffix(ct, n, "+xml"))
-    return F_XML;
-  if (ct_is(ct, n, "application/x-www-form-urlencoded")) return F_FORM;
-  if (ct_is(ct, n, "multipart/form-data")) return F_MULTIPART;
-  return F_NONE;
-}
-
-static const char *fmt_name(enum fmt f) {
-  switch (f) {
-  case F_JSON: return "json";
-  case F_XML: return "xml";
-  case F_FORM: return "form";
-  case F_MULTIPART: return "multipart";
-  default: return "other";
-  }
-}
+static const char *fmt_name(const relay_enc *e) { return e->ops ? e->ops->name : "other"; }
 
 /* ---- batches ----------------------------------------------------------------------------- */
 
@@ -205,26 +164,6 @@ static batch *batch_new(relay_enc *e, int file) {
 
 static void maybe_proceed(relay_enc *e);
 
-/* A value as its format writes it: a JSON string literal (ev: strings need no escapes),
- * percent-encoded for forms, raw for multipart. */
-static size_t wrap_len(enum wrap w, const uint8_t *s, size_t n) {
-  if (w == W_JSON) return n + 2;
-  if (w == W_PCT) return evs__form_urlencode((const char *)s, n, NULL, 0);
-  return n;
-}
-
-static void wrap_into(enum wrap w, const uint8_t *s, size_t n, uint8_t *out, size_t cap) {
-  if (w == W_PCT) {
-    evs__form_urlencode((const char *)s, n, (char *)out, cap);
-  } else if (w == W_JSON) {
-    out[0] = '"';
-    memcpy(out + 1, s, n);
-    out[n + 1] = '"';
-  } else {
-    memcpy(out, s, n);
-  }
-}
-
 /* A crypto call that failed as a whole, whether it was refused at once or answered so: a locked
  * app is the operator's to fix; an enclave that is not running (restarting) is worth a retry. */
 static void fail_crypto(relay_enc *e, int status) {
@@ -261,14 +200,13 @@ static void batch_done(batch *b, int status, const evs_crypto_result *res, size_
         ct = res[i].data;
         ctl = res[i].len;
       }
-      enum wrap w = b->file ? W_RAW : e->wrap;
-      size_t wl = wrap_len(w, ct, ctl);
+      size_t wl = e->ops->place((const char *)ct, ctl, NULL, 0);
       uint8_t *tmp = malloc(wl ? wl : 1);
       if (!tmp) {
         fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
         break;
       }
-      wrap_into(w, ct, ctl, tmp, wl);
+      e->ops->place((const char *)ct, ctl, (char *)tmp, wl);
       if (relay_spool_fill(&e->spool, b->holes[i].hole, tmp, wl) < 0)
         fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
       free(tmp);
@@ -338,26 +276,24 @@ static int flush(relay_enc *e) {
 }
 
 /* The rewriters' transform: every selected value joins the batch and leaves a hole. */
-static int transform(void *ud, evs__json_type type, const char *value, size_t len,
+static int transform(void *ud, evs__rw_type type, const char *value, size_t len,
                      const char **ret_buf, size_t *ret_len) {
   relay_enc *e = ud;
-  int file = type == EVS__JSON_FILE;
+  int file = type == EVS__RW_FILE;
   if (file ? len >= 6 && memcmp(value, "%EVENC", 6) == 0
-           : type == EVS__JSON_STRING && evs__looks_like_ev_string(value, len)) {
+           : type == EVS__RW_STRING && evs__looks_like_ev_string(value, len)) {
     /* Already encrypted: never encrypted twice. A relay that decrypts responses refuses it
      * (its destination could echo it back decrypted); another passes it as it is. */
-    if (e->decrypts) return EVS__JSON_E_EVDATA;
-    /* Returned now, a value is written by the rewriter itself: a JSON literal, else raw (the
-     * form rewriter percent-encodes what it is given). */
-    enum wrap w = e->wrap == W_JSON && !file ? W_JSON : W_RAW;
-    size_t wl = wrap_len(w, (const uint8_t *)value, len);
+    if (e->decrypts) return EVS__RW_E_EVDATA;
+    /* Returned now, a value is written by the rewriter itself, as its format takes it. */
+    size_t wl = e->ops->place_returned(value, len, NULL, 0);
     if (wl > e->pass_cap) {
       uint8_t *np = realloc(e->pass, wl);
       if (!np) return -ENOMEM;
       e->pass = np;
       e->pass_cap = wl;
     }
-    wrap_into(w, (const uint8_t *)value, len, e->pass, wl);
+    e->ops->place_returned(value, len, (char *)e->pass, wl);
     e->passed++;
     *ret_buf = (const char *)e->pass;
     *ret_len = wl;
@@ -374,20 +310,20 @@ static int transform(void *ud, evs__json_type type, const char *value, size_t le
       return -ENOMEM;
     }
     if ((r = batch_send(e, fb)) < 0) return r;
-    return EVS__JSON_DEFER;
+    return EVS__RW_DEFER;
   }
   if (!e->cur && !(e->cur = batch_new(e, 0))) return -ENOMEM;
   batch *b = e->cur;
   /* Exact strings keep their leading and trailing whitespace (the SDK trims; the relay must
    * not change what its client sent). */
-  int ctype = type == EVS__JSON_NUMBER    ? EVS_CRYPTO_NUMBER
-              : type == EVS__JSON_BOOLEAN ? EVS_CRYPTO_BOOLEAN
+  int ctype = type == EVS__RW_NUMBER    ? EVS_CRYPTO_NUMBER
+              : type == EVS__RW_BOOLEAN ? EVS_CRYPTO_BOOLEAN
                                           : EVS_CRYPTO_STRING_EXACT;
   if (add_value(b, hole, ctype, value, len) < 0) return -ENOMEM;
   if (b->n >= BATCH_FIELDS || b->len >= BATCH_BYTES) {
     if ((r = flush(e)) < 0) return r;
   }
-  return EVS__JSON_DEFER;
+  return EVS__RW_DEFER;
 }
 
 static int emit(void *ud, const char *buf, size_t len) {
@@ -402,11 +338,11 @@ static void record_structure(relay_enc *e) {
   relay_state *st = t->st;
   const evs_host *h = st->host;
   const evs_request_info *info = h->request_info(t->req);
-  json_t *fields = relay_structure_fields(fmt_name(e->fmt), e->sample, e->sample_len);
+  json_t *fields = relay_structure_fields(fmt_name(e), e->sample, e->sample_len);
   if (!fields) return;
   char *flat = json_dumps(fields, JSON_COMPACT);
   uint64_t hsh = 1469598103934665603ull;
-  const char *parts[] = {info->method, info->path, fmt_name(e->fmt), flat ? flat : ""};
+  const char *parts[] = {info->method, info->path, fmt_name(e), flat ? flat : ""};
   for (size_t i = 0; i < 4; i++) {
     for (const char *p = parts[i]; *p; p++) hsh = (hsh ^ (unsigned char)*p) * 1099511628211ull;
     hsh = (hsh ^ 0xff) * 1099511628211ull;
@@ -422,7 +358,7 @@ static void record_structure(relay_enc *e) {
   st->structures_seen[slot].hash = hsh;
   st->structures_seen[slot].stored_ms = now;
   json_t *rec = json_pack("{s:s,s:s,s:s,s:s,s:o,s:I}", "relay", t->relay->domain, "method",
-                          info->method, "route", info->path, "contentType", fmt_name(e->fmt),
+                          info->method, "route", info->path, "contentType", fmt_name(e),
                           "fields", fields, "lastSeen", (json_int_t)now);
   char *s = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
   char key[300];
@@ -465,17 +401,19 @@ static void maybe_proceed(relay_enc *e) {
 }
 
 static void map_rewrite_error(relay_enc *e, int r) {
-  if (r == EVS__JSON_E_EVDATA)
-    fail(e, r, 400, "encrypted-data-in-field",
+  const char *code = NULL;
+  int status = evs__rewriter_answer(r, &code);
+  if (r == EVS__RW_E_EVDATA)
+    fail(e, r, status, code,
          e->decrypts ? "Evervault-encrypted data in the request body: a relay that decrypts "
                        "responses accepts none"
                      : "Evervault-encrypted data in a field that is not configured for encryption");
+  else if (status)
+    fail(e, r, status, code, "The request body is malformed for its Content-Type");
   else if (r == -E2BIG)
     fail(e, r, 413, "payload-too-large", "The request exceeds the 25 MB limit for encryption");
   else if (r == -ENOMEM || r == -EIO || r == -ENOSPC)
     fail(e, r, 500, "internal-server-error", "The relay could not hold the request body");
-  else if (r <= -2000 && r > -2300)
-    fail(e, r, 400, "bad-request", "The request body is malformed for its Content-Type");
   else if (!e->err)
     fail(e, r, 500, "internal-server-error", "Encryption is unavailable; nothing was forwarded");
 }
@@ -484,7 +422,7 @@ static int on_data(void *arg, const uint8_t *data, size_t len) {
   relay_enc *e = arg;
   if (e->err) return e->err;
   if (evs__ev_guard_feed(&e->guard, data, len) > 0 && e->decrypts) {
-    map_rewrite_error(e, EVS__JSON_E_EVDATA);
+    map_rewrite_error(e, EVS__RW_E_EVDATA);
     return e->err;
   }
   e->body_bytes += len;
@@ -506,7 +444,7 @@ static int on_data(void *arg, const uint8_t *data, size_t len) {
       }
     }
   }
-  int r = e->rw ? e->rw_feed(e->rw, (const char *)data, len)
+  int r = e->rw ? e->ops->feed(e->rw, (const char *)data, len)
                 : relay_spool_write(&e->spool, data, len);
   if (r < 0) {
     map_rewrite_error(e, r);
@@ -536,11 +474,11 @@ static void on_end(void *arg, int status) {
     }
   }
   if (!e->err && e->rw) {
-    int r = e->rw_finish(e->rw);
+    int r = e->ops->finish(e->rw);
     if (r < 0) map_rewrite_error(e, r);
   }
   if (!e->err && evs__ev_guard_finish(&e->guard) > e->passed)
-    map_rewrite_error(e, EVS__JSON_E_EVDATA);
+    map_rewrite_error(e, EVS__RW_E_EVDATA);
   if (!e->err) flush(e);
   e->body_done = 1;
   maybe_proceed(e);
@@ -556,8 +494,8 @@ void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) 
   }
   t->enc = e;
   e->t = t;
-  e->fmt = fmt_of(content_type, ct_len);
-  t->content_type_kind = fmt_name(e->fmt);
+  e->ops = evs__rewriter_for_content_type(content_type, ct_len);
+  t->content_type_kind = fmt_name(e);
   relay_spool_init(&e->spool, st->spool_dir, SPOOL_MEM_MAX);
   e->app_id = relay_app_id(st, t->relay);
   e->curve = t->relay->curve ? t->relay->curve : "secp256k1";
@@ -565,7 +503,7 @@ void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) 
   e->decrypts = relay_decrypts_responses(t);
   const evs_request_info *info = h->request_info(t->req);
   e->sampling = ct_len > 0 && relay_sample_due(st, t->relay->domain, info->method, info->path);
-  if (t->has_match && e->fmt == F_NONE) {
+  if (t->has_match && !e->ops) {
     /* Fields are selected here, but the relay cannot parse this body: forwarding it would send
      * them in plaintext. */
     e->answered = 1;
@@ -581,43 +519,15 @@ void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) 
     return;
   }
   int r = 0;
-  if (t->has_match && e->fmt == F_JSON) {
-    e->wrap = W_JSON;
-    e->rw_feed = (int (*)(void *, const char *, size_t))evs__json_rewrite_feed;
-    e->rw_finish = (int (*)(void *))evs__json_rewrite_finish;
-    e->rw_free = (void (*)(void *))evs__json_rewrite_free;
-    r = evs__json_rewrite_new(t->match.paths, NULL, emit, transform, e,
-                              (evs__json_rewrite **)&e->rw);
-  } else if (t->has_match && e->fmt == F_XML) {
-    e->wrap = W_RAW;
-    e->rw_feed = (int (*)(void *, const char *, size_t))evs__xml_rewrite_feed;
-    e->rw_finish = (int (*)(void *))evs__xml_rewrite_finish;
-    e->rw_free = (void (*)(void *))evs__xml_rewrite_free;
-    r = evs__xml_rewrite_new(t->match.paths, NULL, emit, transform, e,
-                             (evs__xml_rewrite **)&e->rw);
-  } else if (t->has_match && e->fmt == F_FORM) {
-    e->wrap = W_PCT;
-    e->rw_feed = (int (*)(void *, const char *, size_t))evs__form_rewrite_feed;
-    e->rw_finish = (int (*)(void *))evs__form_rewrite_finish;
-    e->rw_free = (void (*)(void *))evs__form_rewrite_free;
-    r = evs__form_rewrite_new(t->match.names, t->match.nnames, NULL, emit, transform, e,
-                              (evs__form_rewrite **)&e->rw);
-  } else if (e->fmt == F_MULTIPART) {
-    /* Parsed even without fields to encrypt: a part the destination may decode
-     * (Content-Transfer-Encoding) is refused, as the guard could not see into it. */
-    char ctz[1024], boundary[80];
-    snprintf(ctz, sizeof ctz, "%.*s", (int)ct_len, content_type);
-    if (evs__multipart_boundary(ctz, boundary, sizeof boundary) < 0) {
+  if (e->ops && (t->has_match || e->ops->parse_unselected)) {
+    evs__rewriter_select sel = {t->match.paths, t->match.names, t->match.nnames, content_type,
+                                ct_len};
+    r = e->ops->new(&sel, emit, transform, e, &e->rw);
+    if (r == EVS__RW_E_BOUNDARY) {
       e->answered = 1;
       h->respond_error(t->req, 400, "bad-request", "multipart/form-data without a valid boundary");
       return;
     }
-    e->wrap = W_RAW;
-    e->rw_feed = (int (*)(void *, const char *, size_t))evs__multipart_rewrite_feed;
-    e->rw_finish = (int (*)(void *))evs__multipart_rewrite_finish;
-    e->rw_free = (void (*)(void *))evs__multipart_rewrite_free;
-    r = evs__multipart_rewrite_new(boundary, t->match.names, t->match.nnames, NULL, emit,
-                                   transform, e, (evs__multipart_rewrite **)&e->rw);
   }
   if (r >= 0) r = h->request_body_read(t->req, on_data, on_end, e);
   if (r < 0) {

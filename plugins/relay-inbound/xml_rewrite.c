@@ -64,8 +64,8 @@ struct evs__xml_rewrite {
   const evs__jsonpath *paths;
   size_t nw;
   struct evs__xml_rewrite_opts o;
-  evs__json_emit_fn emit;
-  evs__json_transform_fn transform;
+  evs__rw_emit_fn emit;
+  evs__rw_transform_fn transform;
   void *ud;
   int err;
   uint64_t err_off, off; /* off: body offset of buf[0] */
@@ -114,16 +114,16 @@ struct evs__xml_rewrite {
 
 const char *evs__xml_rewrite_strerror(int err) {
   switch (err) {
-  case EVS__JSON_E_SYNTAX: return "malformed XML";
-  case EVS__JSON_E_DEPTH: return "XML nested too deeply";
-  case EVS__JSON_E_TOOBIG: return "selected text or element name too large";
-  case EVS__JSON_E_KEYS: return "too many distinct element names in open elements";
-  case EVS__JSON_E_EVDATA: return "Evervault-encrypted data in an unselected field";
-  case EVS__XML_E_DOCTYPE: return "DOCTYPE or markup declaration in XML";
-  case EVS__XML_E_ENTITY: return "reference to an undeclared XML entity";
-  case EVS__XML_E_PI: return "XML processing instruction";
-  case EVS__XML_E_ENCODING: return "XML encoding other than UTF-8";
-  case EVS__XML_E_MIXED: return "text beside child elements in a selected XML element";
+  case EVS__RW_E_SYNTAX: return "malformed XML";
+  case EVS__RW_E_DEPTH: return "XML nested too deeply";
+  case EVS__RW_E_TOOBIG: return "selected text or element name too large";
+  case EVS__RW_E_KEYS: return "too many distinct element names in open elements";
+  case EVS__RW_E_EVDATA: return "Evervault-encrypted data in an unselected field";
+  case EVS__RW_E_DOCTYPE: return "DOCTYPE or markup declaration in XML";
+  case EVS__RW_E_ENTITY: return "reference to an undeclared XML entity";
+  case EVS__RW_E_PI: return "XML processing instruction";
+  case EVS__RW_E_ENCODING: return "XML encoding other than UTF-8";
+  case EVS__RW_E_MIXED: return "text beside child elements in a selected XML element";
   case -ENOMEM: return "out of memory";
   default: return "error";
   }
@@ -151,7 +151,7 @@ static int grow(evs__xml_rewrite *rw, void **b, size_t *cap, size_t need, size_t
 /* Appends to a byte buffer kept NUL-terminated whose length may not pass limit. */
 static int append(evs__xml_rewrite *rw, char **b, size_t *len, size_t *cap, size_t limit,
                   const char *s, size_t n) {
-  if (n > limit - *len) return EVS__JSON_E_TOOBIG;
+  if (n > limit - *len) return EVS__RW_E_TOOBIG;
   if (*len + n + 1 > *cap) {
     size_t c = *cap;
     void *v = *b;
@@ -273,7 +273,7 @@ static int sibling_index(evs__xml_rewrite *rw, uint64_t h, size_t base, uint64_t
       }
     }
   }
-  if (rw->kh_len >= rw->o.max_keys) return EVS__JSON_E_KEYS;
+  if (rw->kh_len >= rw->o.max_keys) return EVS__RW_E_KEYS;
   if (rw->kh_len == rw->kh_cap) {
     void *v = rw->kh;
     if ((r = grow(rw, &v, &rw->kh_cap, rw->kh_len + 1, sizeof *rw->kh)) < 0) return r;
@@ -358,8 +358,8 @@ static int capture_end(evs__xml_rewrite *rw, const unsigned char *p) {
   int r;
   if (rw->cap_ws) return capture_flush(rw, p, "<", 1);
   rw->capturing = false;
-  r = rw->transform(rw->ud, EVS__JSON_STRING, rw->val, rw->val_len, &out, &outlen);
-  if (r == EVS__JSON_DEFER) r = 0;
+  r = rw->transform(rw->ud, EVS__RW_STRING, rw->val, rw->val_len, &out, &outlen);
+  if (r == EVS__RW_DEFER) r = 0;
   else if (r == 0) r = emit(rw, out, outlen);
   if (r < 0) return r;
   return resume(rw, p, "<", 1);
@@ -443,7 +443,7 @@ static int open_element(evs__xml_rewrite *rw) {
   uint64_t *slot;
   bool sel = false, live = false;
   int r;
-  if (rw->depth >= rw->o.max_depth) return EVS__JSON_E_DEPTH;
+  if (rw->depth >= rw->o.max_depth) return EVS__RW_E_DEPTH;
   if (rw->depth == rw->fr_cap) {
     size_t c = rw->fr_cap, c2 = rw->fr_cap;
     void *a = rw->fr, *b = rw->st;
@@ -519,38 +519,38 @@ static int decl_check(const char *d, size_t n) {
   size_t i = 3;
   unsigned next = 0;
   if (n < 3 || memcmp(d, "xml", 3) != 0 || (n > 3 && !is_ws((unsigned char)d[3])))
-    return EVS__XML_E_PI;
+    return EVS__RW_E_PI;
   for (;;) {
     size_t ws = i, vb, vl;
     unsigned k;
     char q;
     while (i < n && is_ws((unsigned char)d[i])) i++;
     if (i == n) break;
-    if (i == ws) return EVS__JSON_E_SYNTAX;
+    if (i == ws) return EVS__RW_E_SYNTAX;
     for (k = next; k < 3; k++) {
       size_t l = strlen(names[k]);
       if (n - i >= l && memcmp(d + i, names[k], l) == 0) break;
     }
-    if (k == 3 || (next == 0 && k != 0)) return EVS__JSON_E_SYNTAX; /* version comes first */
+    if (k == 3 || (next == 0 && k != 0)) return EVS__RW_E_SYNTAX; /* version comes first */
     i += strlen(names[k]);
     while (i < n && is_ws((unsigned char)d[i])) i++;
-    if (i == n || d[i] != '=') return EVS__JSON_E_SYNTAX;
+    if (i == n || d[i] != '=') return EVS__RW_E_SYNTAX;
     i++;
     while (i < n && is_ws((unsigned char)d[i])) i++;
-    if (i == n || (d[i] != '"' && d[i] != '\'')) return EVS__JSON_E_SYNTAX;
+    if (i == n || (d[i] != '"' && d[i] != '\'')) return EVS__RW_E_SYNTAX;
     q = d[i++];
     vb = i;
     while (i < n && d[i] != q) i++;
-    if (i == n) return EVS__JSON_E_SYNTAX;
+    if (i == n) return EVS__RW_E_SYNTAX;
     vl = i++ - vb;
-    if (k == 0 && !(vl == 3 && memcmp(d + vb, "1.0", 3) == 0)) return EVS__JSON_E_SYNTAX;
-    if (k == 1 && !(vl == 5 && strncasecmp(d + vb, "UTF-8", 5) == 0)) return EVS__XML_E_ENCODING;
+    if (k == 0 && !(vl == 3 && memcmp(d + vb, "1.0", 3) == 0)) return EVS__RW_E_SYNTAX;
+    if (k == 1 && !(vl == 5 && strncasecmp(d + vb, "UTF-8", 5) == 0)) return EVS__RW_E_ENCODING;
     if (k == 2 && !((vl == 3 && memcmp(d + vb, "yes", 3) == 0) ||
                     (vl == 2 && memcmp(d + vb, "no", 2) == 0)))
-      return EVS__JSON_E_SYNTAX;
+      return EVS__RW_E_SYNTAX;
     next = k + 1;
   }
-  return next ? 0 : EVS__JSON_E_SYNTAX;
+  return next ? 0 : EVS__RW_E_SYNTAX;
 }
 
 /* ---- references ---------------------------------------------------------------------------- */
@@ -592,7 +592,7 @@ static int ref_byte(evs__xml_rewrite *rw, unsigned char c) {
   case R_START:
     if (c == '#') rw->rs = R_HASH;
     else if (name_start(c)) rw->rs = R_NAME, rw->ref_name[0] = (char)c, rw->ref_n = 1;
-    else return EVS__JSON_E_SYNTAX;
+    else return EVS__RW_E_SYNTAX;
     return 0;
   case R_NAME:
     if (name_char(c)) {
@@ -600,14 +600,14 @@ static int ref_byte(evs__xml_rewrite *rw, unsigned char c) {
       rw->ref_n++;
       return 0;
     }
-    if (c != ';') return EVS__JSON_E_SYNTAX;
+    if (c != ';') return EVS__RW_E_SYNTAX;
     {
       static const char ents[][5] = {"amp", "lt", "gt", "quot", "apos"};
       static const char chars[] = "&<>\"'";
       size_t k;
       for (k = 0; k < 5; k++)
         if (rw->ref_n == strlen(ents[k]) && memcmp(rw->ref_name, ents[k], rw->ref_n) == 0) break;
-      if (k == 5) return EVS__XML_E_ENTITY; /* never expanded: no DTD can declare one */
+      if (k == 5) return EVS__RW_E_ENTITY; /* never expanded: no DTD can declare one */
       b[0] = chars[k];
       n = 1;
     }
@@ -629,7 +629,7 @@ static int ref_byte(evs__xml_rewrite *rw, unsigned char c) {
       rw->ref_n = 1;
       return 0;
     }
-    if (c != ';' || rw->rs != R_DEC || !rw->ref_n) return EVS__JSON_E_SYNTAX;
+    if (c != ';' || rw->rs != R_DEC || !rw->ref_n) return EVS__RW_E_SYNTAX;
     goto num;
   case R_HEX0:
   case R_HEX:
@@ -642,13 +642,13 @@ static int ref_byte(evs__xml_rewrite *rw, unsigned char c) {
       rw->rs = R_HEX;
       return 0;
     }
-    if (c != ';' || rw->rs != R_HEX) return EVS__JSON_E_SYNTAX;
+    if (c != ';' || rw->rs != R_HEX) return EVS__RW_E_SYNTAX;
   num:
-    if (!xml_char(rw->ref_val)) return EVS__JSON_E_SYNTAX;
+    if (!xml_char(rw->ref_val)) return EVS__RW_E_SYNTAX;
     n = utf8_encode(rw->ref_val, b);
     break;
   default:
-    return EVS__JSON_E_SYNTAX;
+    return EVS__RW_E_SYNTAX;
   }
   rw->rb = 0;
   if (rw->ref_attr) {
@@ -685,7 +685,7 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
       } else if (rw->bom_pos == 0) {
         rw->ls = L_TEXT;
       } else {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
       }
       break;
     case L_TEXT: {
@@ -695,7 +695,7 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
         while (p < e && is_ws(*p)) p++;
         if (p == e) break;
         if (*p != '<') {
-          r = rw->depth ? EVS__XML_E_MIXED : EVS__JSON_E_SYNTAX;
+          r = rw->depth ? EVS__RW_E_MIXED : EVS__RW_E_SYNTAX;
           break;
         }
       } else {
@@ -708,7 +708,7 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
             rw->rb = rw->rb < 2 ? rw->rb + 1 : 2;
           } else if (*p == '>') {
             if (rw->rb == 2) { /* "]]>" may not appear in character data */
-              r = EVS__JSON_E_SYNTAX;
+              r = EVS__RW_E_SYNTAX;
               break;
             }
             rw->rb = 0;
@@ -736,11 +736,11 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
     case L_LT:
       if (c == '/') {
         if (!rw->depth) {
-          r = EVS__JSON_E_SYNTAX;
+          r = EVS__RW_E_SYNTAX;
           break;
         }
         if (rw->capturing) r = capture_end(rw, p);
-        else if (ev_looks_encrypted(rw)) r = EVS__JSON_E_EVDATA;
+        else if (ev_looks_encrypted(rw)) r = EVS__RW_E_EVDATA;
         rw->ev = -1;
         rw->etag_i = 0;
         rw->ls = L_ETAG_NAME;
@@ -754,20 +754,20 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
           rw->ls = L_DECL;
           p++;
         } else {
-          r = EVS__XML_E_PI;
+          r = EVS__RW_E_PI;
         }
       } else if (name_start(c)) {
         if (!rw->depth && rw->root_seen) {
-          r = EVS__JSON_E_SYNTAX; /* a second root element */
+          r = EVS__RW_E_SYNTAX; /* a second root element */
           break;
         }
-        if (rw->capturing) r = rw->cap_ws ? capture_flush(rw, p, "<", 1) : EVS__XML_E_MIXED;
-        else if (ev_looks_encrypted(rw)) r = EVS__JSON_E_EVDATA;
+        if (rw->capturing) r = rw->cap_ws ? capture_flush(rw, p, "<", 1) : EVS__RW_E_MIXED;
+        else if (ev_looks_encrypted(rw)) r = EVS__RW_E_EVDATA;
         rw->ev = -1;
         rw->tag_off = rw->names_len;
         rw->ls = L_STAG_NAME;
       } else {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
       }
       break;
     case L_LT_BANG:
@@ -781,20 +781,20 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
         rw->ls = L_COMMENT_OPEN;
         p++;
       } else if (c == '[') {
-        if (!rw->depth) r = EVS__JSON_E_SYNTAX;
-        else if (!rw->capturing && rw->fr[rw->depth - 1].sel) r = EVS__XML_E_MIXED;
+        if (!rw->depth) r = EVS__RW_E_SYNTAX;
+        else if (!rw->capturing && rw->fr[rw->depth - 1].sel) r = EVS__RW_E_MIXED;
         rw->sub = 0;
         rw->ls = L_CDATA_OPEN;
         p++;
       } else if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) {
-        r = EVS__XML_E_DOCTYPE;
+        r = EVS__RW_E_DOCTYPE;
       } else {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
       }
       break;
     case L_COMMENT_OPEN:
       if (c != '-') {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         break;
       }
       rw->ls = L_COMMENT;
@@ -816,7 +816,7 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
       break;
     case L_COMMENT_D2:
       if (c != '>') { /* "--" may not appear inside a comment */
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         break;
       }
       p++;
@@ -830,7 +830,7 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
       break;
     case L_CDATA_OPEN:
       if (c != (unsigned char)"CDATA["[rw->sub]) {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         break;
       }
       p++;
@@ -879,7 +879,7 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
         rw->ls = L_TEXT;
       } else if (rw->decl_len == sizeof rw->decl) {
         bool xml = memcmp(rw->decl, "xml", 3) == 0 && is_ws((unsigned char)rw->decl[3]);
-        r = xml ? EVS__JSON_E_SYNTAX : EVS__XML_E_PI;
+        r = xml ? EVS__RW_E_SYNTAX : EVS__RW_E_PI;
       } else {
         rw->decl[rw->decl_len++] = (char)c;
       }
@@ -911,7 +911,7 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
         rw->ls = L_ATTR_NAME;
         p++;
       } else {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
       }
       break;
     case L_ATTR_NAME:
@@ -931,7 +931,7 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
         rw->ls = L_ATTR_VAL;
         p++;
       } else {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
       }
       break;
     case L_ATTR_VAL: {
@@ -940,12 +940,12 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
       if (p > s && rw->ev >= 0) ev_feed(rw, s, (size_t)(p - s));
       if (p == e) break;
       if (*p == '<') {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
       } else if (*p == '&') {
         ref_begin(rw, true);
         p++;
       } else {
-        if (ev_looks_encrypted(rw)) r = EVS__JSON_E_EVDATA;
+        if (ev_looks_encrypted(rw)) r = EVS__RW_E_EVDATA;
         rw->ev = -1;
         rw->had_ws = false;
         rw->ls = L_STAG_SPACE;
@@ -955,7 +955,7 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
     }
     case L_STAG_SLASH:
       if (c != '>') {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
         break;
       }
       p++;
@@ -966,14 +966,14 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
       const char *want = rw->names + f->name_off;
       while (p < e && name_char(*p)) {
         if (rw->etag_i >= f->name_len || (unsigned char)want[rw->etag_i] != *p) {
-          r = EVS__JSON_E_SYNTAX; /* mismatched end tag */
+          r = EVS__RW_E_SYNTAX; /* mismatched end tag */
           break;
         }
         rw->etag_i++;
         p++;
       }
       if (r < 0 || p == e) break;
-      if (rw->etag_i != f->name_len) r = EVS__JSON_E_SYNTAX;
+      if (rw->etag_i != f->name_len) r = EVS__RW_E_SYNTAX;
       rw->ls = L_ETAG_SPACE;
       break;
     }
@@ -984,7 +984,7 @@ static int run(evs__xml_rewrite *rw, const unsigned char *p, const unsigned char
         p++;
         close_element(rw);
       } else {
-        r = EVS__JSON_E_SYNTAX;
+        r = EVS__RW_E_SYNTAX;
       }
       break;
     case L_REF:
@@ -1044,7 +1044,7 @@ int evs__xml_rewrite_feed(evs__xml_rewrite *rw, const char *buf, size_t len) {
   rw->buf = rw->pass = buf;
   r = run(rw, p, p + ok, &p);
   if (r < 0) return fail(rw, r, off_of(rw, p));
-  if (ok < len) return fail(rw, EVS__JSON_E_SYNTAX, rw->off + ok);
+  if (ok < len) return fail(rw, EVS__RW_E_SYNTAX, rw->off + ok);
   if (!rw->capturing && (r = emit(rw, rw->pass, (size_t)(buf + len - rw->pass))) < 0)
     return fail(rw, r, rw->off + len);
   rw->off += len;
@@ -1054,12 +1054,12 @@ int evs__xml_rewrite_feed(evs__xml_rewrite *rw, const char *buf, size_t len) {
 int evs__xml_rewrite_finish(evs__xml_rewrite *rw) {
   if (rw->err) return rw->err;
   if (rw->ls != L_TEXT || rw->depth || !rw->root_seen || rw->u_need)
-    return fail(rw, EVS__JSON_E_SYNTAX, rw->off);
+    return fail(rw, EVS__RW_E_SYNTAX, rw->off);
   return 0;
 }
 
 int evs__xml_rewrite_new(const evs__jsonpath *paths, const struct evs__xml_rewrite_opts *opts,
-                         evs__json_emit_fn emit_fn, evs__json_transform_fn transform, void *ud,
+                         evs__rw_emit_fn emit_fn, evs__rw_transform_fn transform, void *ud,
                          evs__xml_rewrite **ret_rw) {
   evs__xml_rewrite *rw;
   if (!emit_fn || (paths && !transform)) return -EINVAL;
@@ -1107,3 +1107,38 @@ void evs__xml_rewrite_free(evs__xml_rewrite *rw) {
 uint64_t evs__xml_rewrite_error_offset(const evs__xml_rewrite *rw) { return rw->err_off; }
 
 size_t evs__xml_rewrite_mem_high_water(const evs__xml_rewrite *rw) { return rw->mem_hw; }
+
+/* ---- the rewriter interface (rewriter.h) ------------------------------------------------- */
+
+static int ops_new(const evs__rewriter_select *sel, evs__rw_emit_fn emit_fn,
+                   evs__rw_transform_fn transform_fn, void *ud, void **ret_impl) {
+  evs__xml_rewrite *rw = NULL;
+  int r = evs__xml_rewrite_new(sel->paths, NULL, emit_fn, transform_fn, ud, &rw);
+  if (r == 0) *ret_impl = rw;
+  return r;
+}
+static int ops_feed(void *impl, const char *buf, size_t len) {
+  return evs__xml_rewrite_feed(impl, buf, len);
+}
+static int ops_finish(void *impl) { return evs__xml_rewrite_finish(impl); }
+static void ops_free(void *impl) { evs__xml_rewrite_free(impl); }
+static uint64_t ops_error_offset(const void *impl) {
+  return evs__xml_rewrite_error_offset(impl);
+}
+static size_t ops_mem_high_water(const void *impl) {
+  return evs__xml_rewrite_mem_high_water(impl);
+}
+
+const evs__rewriter_ops evs__xml_rewriter = {
+    .name = "xml",
+    .parse_unselected = 0,
+    .place = evs__rewriter_place_verbatim,
+    .place_returned = evs__rewriter_place_verbatim,
+    .new = ops_new,
+    .feed = ops_feed,
+    .finish = ops_finish,
+    .free = ops_free,
+    .error_offset = ops_error_offset,
+    .mem_high_water = ops_mem_high_water,
+    .strerror = evs__xml_rewrite_strerror,
+};

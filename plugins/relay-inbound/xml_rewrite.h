@@ -23,7 +23,7 @@
  *   - Attributes are not selectable (and never change).
  * What is transformed: a selected element whose content is character data (text, the five
  * predefined entity references, character references, CDATA sections) is one transform call of
- * type EVS__JSON_STRING with the decoded text (line ends normalised to \n as XML requires;
+ * type EVS__RW_STRING with the decoded text (line ends normalised to \n as XML requires;
  * leading and trailing whitespace kept). The returned bytes replace the element's content between
  * its start and end tags verbatim: they are not XML-escaped (ev: strings need no escaping), so a
  * transform returning arbitrary text must escape it itself. A selected element with child
@@ -34,7 +34,7 @@
  *   - Comments before the first character data of a selected leaf are kept; comments after it
  *     are part of the replaced content (dropped).
  *   - Inside a selected element, text next to child elements (mixed content) other than literal
- *     whitespace is refused (EVS__XML_E_MIXED): it could be neither encrypted alone nor passed.
+ *     whitespace is refused (EVS__RW_E_MIXED): it could be neither encrypted alone nor passed.
  *
  * Strictness (refused: the relay answers bad-request): a DOCTYPE or any other markup declaration
  * (so no entity is ever declared or expanded: no XXE, no billion laughs); entity references other
@@ -58,22 +58,22 @@
  * own request.
  *
  * Errors (the rewriter is then poisoned and returns the same error on every later call):
- *   EVS__JSON_E_SYNTAX   malformed XML (bad-request)
- *   EVS__JSON_E_DEPTH    elements nested deeper than max_depth
- *   EVS__JSON_E_TOOBIG   selected text, an element name, or the open elements' names together
+ *   EVS__RW_E_SYNTAX   malformed XML (bad-request)
+ *   EVS__RW_E_DEPTH    elements nested deeper than max_depth
+ *   EVS__RW_E_TOOBIG   selected text, an element name, or the open elements' names together
  *                        longer than max_value
- *   EVS__JSON_E_KEYS     more than max_keys distinct child names held for sibling indices
- *   EVS__JSON_E_EVDATA   unselected text (an element's character data between two tags, or an
+ *   EVS__RW_E_KEYS     more than max_keys distinct child names held for sibling indices
+ *   EVS__RW_E_EVDATA   unselected text (an element's character data between two tags, or an
  *                        attribute value), with surrounding whitespace ignored, that looks like
  *                        an ev: string (the json_rewrite.h rule) (encrypted-data-in-field)
- *   EVS__XML_E_DOCTYPE   a DOCTYPE or other markup declaration (<!ENTITY, <!ELEMENT, ...)
- *   EVS__XML_E_ENTITY    a reference to an entity other than the five predefined ones
- *   EVS__XML_E_PI        a processing instruction other than the leading XML declaration
- *   EVS__XML_E_ENCODING  an XML declaration naming an encoding other than UTF-8
- *   EVS__XML_E_MIXED     non-whitespace text beside child elements inside a selected element
+ *   EVS__RW_E_DOCTYPE   a DOCTYPE or other markup declaration (<!ENTITY, <!ELEMENT, ...)
+ *   EVS__RW_E_ENTITY    a reference to an entity other than the five predefined ones
+ *   EVS__RW_E_PI        a processing instruction other than the leading XML declaration
+ *   EVS__RW_E_ENCODING  an XML declaration naming an encoding other than UTF-8
+ *   EVS__RW_E_MIXED     non-whitespace text beside child elements inside a selected element
  *   -ENOMEM, or any negative value a callback returned (passed through unchanged).
  *
- * Asynchronous transforms: exactly as json_rewrite.h describes (EVS__JSON_DEFER records a hole at
+ * Asynchronous transforms: exactly as json_rewrite.h describes (EVS__RW_DEFER records a hole at
  * the caller's current output position; transform and emit calls are strictly ordered).
  *
  * Threading: one rewriter per request, used from one thread at a time.
@@ -84,16 +84,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "json_rewrite.h"
 #include "jsonpath.h"
-
-enum {
-  EVS__XML_E_DOCTYPE = -2101,
-  EVS__XML_E_ENTITY = -2102,
-  EVS__XML_E_PI = -2103,
-  EVS__XML_E_ENCODING = -2104,
-  EVS__XML_E_MIXED = -2105,
-};
+#include "rewriter.h"
 
 struct evs__xml_rewrite_opts {
   size_t size;        /* sizeof(struct evs__xml_rewrite_opts) */
@@ -107,10 +99,10 @@ typedef struct evs__xml_rewrite evs__xml_rewrite;
 
 /* Creates a rewriter. paths (borrowed, must outlive the rewriter) may be NULL: then nothing is
  * selected and the rewriter only validates and forwards. opts may be NULL for the defaults.
- * transform is called with type EVS__JSON_STRING only; value[len] is a NUL. Returns 0 and sets
+ * transform is called with type EVS__RW_STRING only; value[len] is a NUL. Returns 0 and sets
  * *ret_rw (free with evs__xml_rewrite_free), or -EINVAL / -ENOMEM. */
 int evs__xml_rewrite_new(const evs__jsonpath *paths, const struct evs__xml_rewrite_opts *opts,
-                         evs__json_emit_fn emit, evs__json_transform_fn transform, void *ud,
+                         evs__rw_emit_fn emit, evs__rw_transform_fn transform, void *ud,
                          evs__xml_rewrite **ret_rw);
 
 void evs__xml_rewrite_free(evs__xml_rewrite *rw);
@@ -119,7 +111,7 @@ void evs__xml_rewrite_free(evs__xml_rewrite *rw);
  * from inside this call. */
 int evs__xml_rewrite_feed(evs__xml_rewrite *rw, const char *buf, size_t len);
 
-/* Signals the end of the body: fails with EVS__JSON_E_SYNTAX unless a complete document (one
+/* Signals the end of the body: fails with EVS__RW_E_SYNTAX unless a complete document (one
  * root element, optional prolog and trailing whitespace/comments) was fed. Returns 0 or a
  * negative error. */
 int evs__xml_rewrite_finish(evs__xml_rewrite *rw);
@@ -130,7 +122,7 @@ uint64_t evs__xml_rewrite_error_offset(const evs__xml_rewrite *rw);
 /* Peak bytes allocated by the rewriter for its buffers, frames and name hashes. */
 size_t evs__xml_rewrite_mem_high_water(const evs__xml_rewrite *rw);
 
-/* A static English description of an EVS__XML_E_* or EVS__JSON_E_* code. */
+/* A static English description of an EVS__RW_E_* code, in XML terms. */
 const char *evs__xml_rewrite_strerror(int err);
 
 #endif

@@ -138,7 +138,7 @@ case "$(body_of "$r")" in
   "status -5 decrypt" | "status -6 invalid") ok "the failed value's status is named" ;;
   *) fail "the failed value's status is named" "got: $(body_of "$r")" ;;
 esac
-r=$(req POST "/encrypt?app=app_00000000000000000000000000000000" --data-binary x)
+r=$(req POST "/encrypt?app=app_000000000000" --data-binary x)
 expect "an unknown app gets EVS_CRYPTO_E_NO_APP" "status -3 no-app" "$(body_of "$r")"
 
 # ---- 5. encrypt_file / decrypt_file ----------------------------------------------------------

@@ -319,6 +319,30 @@ def test_keys_endpoint_and_round_trip():
     assert b"Claude" not in r.body and b"just text" not in r.body
 
 
+# The one app id rule (enclave/proto/evs_app_id.h) at the two entry points a client reaches:
+# evctl and the plugin's admin API. tests/unit/test_app_id.c runs the same ids through the rule
+# and the enclave process (APP_CREATE); keep the lists alike.
+GOOD_IDS = ["app_0123456789ab", "app_a", "app_int1", "app_" + "z" * 27, "app_000000000000"]
+BAD_IDS = ["", "app_", "app", "APP_abc", "App_abc", "app_ABC", "app_abC", "app-abc", "app_a-b",
+           "app_a_b", "app_a.b", "app_a/b", "app_" + "z" * 28, "xapp_1", " app_1", "app_1 ",
+           "app_\u00e9", "key_0123"]
+
+
+def test_one_app_id_rule():
+    srv = start()
+    created = evctl_json(srv, "app", "create")["appId"]
+    for app in GOOD_IDS + BAD_IDS + [created]:
+        good = app in GOOD_IDS or app == created
+        r = evctl(srv, "app", "lock", app, check=False)
+        refused = r.returncode == 2 and "is not an app id" in r.stderr
+        assert refused != good, (app, r.returncode, r.stdout, r.stderr)
+        # The admin API, for the ids a path segment can carry as they are.
+        if app and all(c.isascii() and (c.isalnum() or c in "_.-") for c in app):
+            resp = srv.admin_request("POST", "/apps/%s/lock" % app)
+            refused = resp.status == 400 and resp.header("X-Evervault-Error-Code") == "bad-request"
+            assert refused != good, (app, resp.status, resp.body)
+
+
 def test_wrong_and_revoked_keys_refused():
     srv = start()
     app, key = setup(srv)

@@ -989,6 +989,66 @@ static const char *type_name(evs_config_type t) {
   return "?";
 }
 
+/* The key tables are the one declaration of the host's keys: every key that fills a setting
+ * fills it with its default when unset, and with the value written when set (all keys of the
+ * unnamed sections at once, so a row pointing at the wrong member shows). */
+static void test_key_table_fills_settings(void **state) {
+  (void)state;
+  char text[8192];
+  size_t off = 0;
+  for (const evs__conf_section_def *d = evs__conf_host_sections; d->type; d++) {
+    if (d->named || !d->keys) continue;
+    off += (size_t)snprintf(text + off, sizeof text - off, "[%s]\n", d->type);
+    for (const evs__conf_key *k = d->keys; k->item.key; k++) {
+      const evs_config_item *it = &k->item;
+      if (k->setting == 0) continue;
+      /* A value other than the default, distinct per key where the type allows. */
+      const char *v = it->type == EVS_CONFIG_STRING ? (k->one_of ? k->one_of[0] : "v")
+                      : it->type == EVS_CONFIG_PATH ? "/p"
+                      : it->type == EVS_CONFIG_BOOL ? "on"
+                                                    : NULL;
+      char num[32];
+      if (!v) {
+        snprintf(num, sizeof num, "%lld", (long long)(it->max ? it->max : it->min + 1));
+        if (it->type == EVS_CONFIG_DURATION) strcat(num, "ms");
+        v = num;
+      }
+      off += (size_t)snprintf(text + off, sizeof text - off, "%s = %s\n", it->key, v);
+    }
+  }
+  snprintf(text + off, sizeof text - off, "%s", MIN_LISTENER);
+  evs__settings *set = load_ok(text), *defaults = load_ok(MIN_LISTENER);
+  for (const evs__conf_section_def *d = evs__conf_host_sections; d->type; d++) {
+    if (d->named || !d->keys) continue;
+    for (const evs__conf_key *k = d->keys; k->item.key; k++) {
+      const evs_config_item *it = &k->item;
+      if (k->setting == 0) continue;
+      const char *f = (const char *)set + k->setting - 1;
+      const char *g = (const char *)defaults + k->setting - 1;
+      if (it->type == EVS_CONFIG_STRING || it->type == EVS_CONFIG_PATH) {
+        const char *sv = *(char *const *)(const void *)f, *dv = *(char *const *)(const void *)g;
+        assert_non_null(sv);
+        if (it->default_value && it->type == EVS_CONFIG_STRING)
+          assert_string_equal(dv, it->default_value);
+        if (!it->default_value) assert_null(dv);
+      } else {
+        int64_t sv = *(const int64_t *)(const void *)f, dv = *(const int64_t *)(const void *)g;
+        int64_t want = 0;
+        if (it->type == EVS_CONFIG_INT) evs__conf_parse_int(it->default_value, &want);
+        if (it->type == EVS_CONFIG_SIZE) evs__conf_parse_size(it->default_value, &want);
+        if (it->type == EVS_CONFIG_DURATION) evs__conf_parse_duration_ms(it->default_value, &want);
+        if (dv != want) fail_msg("[%s] %s: default read as %lld", d->type, it->key, (long long)dv);
+        int64_t set_want = it->max ? it->max : it->min + 1;
+        if (sv != set_want) fail_msg("[%s] %s: read as %lld", d->type, it->key, (long long)sv);
+      }
+    }
+  }
+  assert_string_equal(set->log_level, "error");
+  assert_string_equal(set->store_backend, "sqlite");
+  evs__settings_free(set);
+  evs__settings_free(defaults);
+}
+
 static void test_item_tables(void **state) {
   const evs__conf_section_def *d;
   int n = 0;
@@ -996,14 +1056,14 @@ static void test_item_tables(void **state) {
   for (d = evs__conf_host_sections; d->type; d++, n++) {
     evs__conf_section empty = {(char *)d->type, d->named ? (char *)"n" : NULL, 1, NULL, 0};
     assert_non_null(d->help);
-    if (!d->items) {
+    if (!d->keys) {
       assert_string_equal(d->type, "plugin");
       continue;
     }
     /* Every default is valid for its own item (validate checks defaults of absent keys). */
     evs_config_item no_required[32];
     size_t k = 0;
-    for (const evs_config_item *it = d->items; it->key; it++, k++) {
+    for (const evs_config_item *it = &d->keys[0].item; it->key; it = &d->keys[++k].item) {
       assert_true(k < 31);
       no_required[k] = *it;
       no_required[k].flags &= ~EVS_CONFIG_REQUIRED;
@@ -1018,13 +1078,13 @@ static void test_item_tables(void **state) {
       fail_msg("[%s]: %s", d->type, err);
   }
   assert_int_equal(n, 8);
-  assert_ptr_equal(evs__conf_host_sections[0].items, evs__conf_server_items);
-  assert_ptr_equal(evs__conf_host_sections[1].items, evs__conf_admin_items);
-  assert_ptr_equal(evs__conf_host_sections[2].items, evs__conf_limits_items);
-  assert_ptr_equal(evs__conf_host_sections[3].items, evs__conf_upstream_items);
-  assert_ptr_equal(evs__conf_host_sections[4].items, evs__conf_store_items);
-  assert_ptr_equal(evs__conf_host_sections[5].items, evs__conf_listener_items);
-  assert_ptr_equal(evs__conf_host_sections[6].items, evs__conf_certificate_items);
+  assert_ptr_equal(evs__conf_host_sections[0].keys, evs__conf_server_keys);
+  assert_ptr_equal(evs__conf_host_sections[1].keys, evs__conf_admin_keys);
+  assert_ptr_equal(evs__conf_host_sections[2].keys, evs__conf_limits_keys);
+  assert_ptr_equal(evs__conf_host_sections[3].keys, evs__conf_upstream_keys);
+  assert_ptr_equal(evs__conf_host_sections[4].keys, evs__conf_store_keys);
+  assert_ptr_equal(evs__conf_host_sections[5].keys, evs__conf_listener_keys);
+  assert_ptr_equal(evs__conf_host_sections[6].keys, evs__conf_certificate_keys);
 }
 
 static void fmt_bound(const evs_config_item *it, int64_t v, char *buf, size_t len) {
@@ -1083,19 +1143,21 @@ static void test_docs_cover_items(void **state) {
     start += strlen(heading);
     end = strstr(start, "\n#");
     if (!end) end = doc + len;
-    if (!d->items) continue;
+    if (!d->keys) continue;
     /* Every documented row is a key of the table, with its type, default and bounds. */
     for (line = start; line < end;) {
       char *nl = memchr(line, '\n', (size_t)(end - line)), row[2048], *cells[8];
       size_t n = nl ? (size_t)(nl - line) : (size_t)(end - line);
       if (n < sizeof row && strncmp(line, "| `", 3) == 0) {
+        const evs__conf_key *k;
         const evs_config_item *it;
         char key[64], want[128], lo[32], hi[32];
         memcpy(row, line, n);
         row[n] = 0;
         assert_true(split_row(row, cells, 8) >= 5);
         if (sscanf(cells[0], "`%63[a-z0-9_]`", key) != 1) fail_msg("bad key cell: %s", cells[0]);
-        for (it = d->items; it->key && strcmp(it->key, key) != 0; it++) {}
+        for (k = d->keys; k->item.key && strcmp(k->item.key, key) != 0; k++) {}
+        it = &k->item;
         if (!it->key) fail_msg("docs: [%s] documents '%s', which is not a key", d->type, key);
         snprintf(want, sizeof want, "%s%s%s", type_name(it->type),
                  it->flags & EVS_CONFIG_REQUIRED ? " (required)" : "",
@@ -1121,7 +1183,8 @@ static void test_docs_cover_items(void **state) {
       line = nl ? nl + 1 : end;
     }
     /* ...and every key of the table is documented. */
-    for (const evs_config_item *it = d->items; it->key; it++) {
+    for (const evs__conf_key *k = d->keys; k->item.key; k++) {
+      const evs_config_item *it = &k->item;
       char needle[80];
       snprintf(needle, sizeof needle, "\n| `%s` |", it->key);
       char *hit = strstr(start - 1, needle);
@@ -1158,6 +1221,7 @@ int main(void) {
       cmocka_unit_test(test_shipped_example),
       cmocka_unit_test(test_shipped_example_tls_block),
       cmocka_unit_test(test_item_tables),
+      cmocka_unit_test(test_key_table_fills_settings),
       cmocka_unit_test(test_docs_cover_items),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -109,7 +109,7 @@ static int sink_transform(void *ud, int kind, const char *v, size_t n, const cha
   if (s->fail_at && (int)s->k == s->fail_at) return -EIO;
   if (s->defer) {
     if (k < 64) s->holes[k] = s->len;
-    return EVS__JSON_DEFER;
+    return EVS__RW_DEFER;
   }
   *ret_len = (size_t)marker(s->marker, sizeof s->marker, kind, k);
   *ret = s->marker;

@@ -27,7 +27,7 @@
 /* ---- harness --------------------------------------------------------------------------------- */
 
 struct call {
-  evs__json_type type;
+  evs__rw_type type;
   char value[256];
   size_t len;
 };
@@ -64,7 +64,7 @@ static int marker(char *b, size_t cap, unsigned k) {
   return snprintf(b, cap, "ev:RFVC:%u+/=:aXY=:ZXBo_-:$", k);
 }
 
-static int sink_transform(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int sink_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                           size_t *ret_len) {
   struct sink *s = ud;
   assert_int_equal(v[n], 0);
@@ -76,7 +76,7 @@ static int sink_transform(void *ud, evs__json_type type, const char *v, size_t n
   if (s->defer) {
     if (s->k < 64) s->holes[s->k] = s->len;
     s->k++;
-    return EVS__JSON_DEFER;
+    return EVS__RW_DEFER;
   }
   *ret_len = (size_t)marker(s->marker, sizeof s->marker, s->k++);
   *ret = s->marker;
@@ -229,7 +229,7 @@ static void test_expected_output_and_values(void **state) {
   for (int mode = 0; mode < 3; mode++) {
     assert_int_equal(rewrite(f, 2, NULL, doc, strlen(doc), mode, &s), 0);
     assert_int_equal(s.k, 3);
-    assert_int_equal(s.calls[0].type, EVS__JSON_STRING);
+    assert_int_equal(s.calls[0].type, EVS__RW_STRING);
     assert_int_equal(s.calls[0].len, 9);
     assert_string_equal(s.calls[0].value, "12+3 4\xe2\x82\xac");
     assert_int_equal(s.calls[1].len, 0); /* "s%73n=" is ssn with an empty value */
@@ -316,7 +316,7 @@ static void test_malformed(void **state) {
       struct sink s;
       int r = rewrite(mode == 2 ? NULL : f, mode == 2 ? 0 : 1, NULL, bad[i], strlen(bad[i]), mode,
                       &s);
-      if (r != EVS__JSON_E_SYNTAX) fail_msg("accepted: %s (%d)", bad[i], r);
+      if (r != EVS__RW_E_SYNTAX) fail_msg("accepted: %s (%d)", bad[i], r);
       free(s.out);
     }
   }
@@ -326,10 +326,10 @@ static void test_malformed(void **state) {
     memset(&s, 0, sizeof s);
     assert_int_equal(evs__form_rewrite_new(NULL, 0, NULL, sink_emit, NULL, &s, &rw), 0);
     assert_int_equal(evs__form_rewrite_feed(rw, "ab=c%4", 6), 0);
-    assert_int_equal(evs__form_rewrite_feed(rw, "x", 1), EVS__JSON_E_SYNTAX);
+    assert_int_equal(evs__form_rewrite_feed(rw, "x", 1), EVS__RW_E_SYNTAX);
     assert_int_equal(evs__form_rewrite_error_offset(rw), 6);
-    assert_int_equal(evs__form_rewrite_feed(rw, "y", 1), EVS__JSON_E_SYNTAX); /* poisoned */
-    assert_int_equal(evs__form_rewrite_finish(rw), EVS__JSON_E_SYNTAX);
+    assert_int_equal(evs__form_rewrite_feed(rw, "y", 1), EVS__RW_E_SYNTAX); /* poisoned */
+    assert_int_equal(evs__form_rewrite_finish(rw), EVS__RW_E_SYNTAX);
     evs__form_rewrite_free(rw);
   }
 }
@@ -352,7 +352,7 @@ static void test_ev_data(void **state) {
   (void)state;
   for (size_t i = 0; i < sizeof enc / sizeof enc[0]; i++) {
     for (int mode = 0; mode < 3; mode++) {
-      assert_int_equal(rewrite(f, 1, NULL, enc[i], strlen(enc[i]), mode, &s), EVS__JSON_E_EVDATA);
+      assert_int_equal(rewrite(f, 1, NULL, enc[i], strlen(enc[i]), mode, &s), EVS__RW_E_EVDATA);
       free(s.out);
     }
   }
@@ -405,7 +405,7 @@ static void test_limits(void **state) {
   free(s.out);
   assert_int_equal(rewrite(f, 1, &o, "v=%31%32%33%34%35%36%37%38", 26, 1, &s), 0); /* decoded */
   free(s.out);
-  assert_int_equal(rewrite(f, 1, &o, "v=123456789", 11, 1, &s), EVS__JSON_E_TOOBIG);
+  assert_int_equal(rewrite(f, 1, &o, "v=123456789", 11, 1, &s), EVS__RW_E_TOOBIG);
   free(s.out);
   assert_int_equal(rewrite(f, 1, &o, "w=123456789012&vv=123456789012", 30, 1, &s), 0);
   free(s.out);
@@ -424,7 +424,7 @@ static int emit_fail(void *ud, const char *b, size_t n) {
   return -EPIPE;
 }
 
-static int transform_fail(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int transform_fail(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                           size_t *ret_len) {
   (void)ud, (void)type, (void)v, (void)n, (void)ret, (void)ret_len;
   return -EIO;

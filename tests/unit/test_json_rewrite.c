@@ -26,7 +26,7 @@
 /* ---- harness --------------------------------------------------------------------------------- */
 
 struct call {
-  evs__json_type type;
+  evs__rw_type type;
   char value[256];
   size_t len;
 };
@@ -58,7 +58,7 @@ static int sink_emit(void *ud, const char *b, size_t n) {
   return 0;
 }
 
-static int sink_transform(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int sink_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                           size_t *ret_len) {
   struct sink *s = ud;
   int ml;
@@ -71,7 +71,7 @@ static int sink_transform(void *ud, evs__json_type type, const char *v, size_t n
   if (s->defer) {
     if (s->k < 4096) s->holes[s->k] = s->len;
     s->k++;
-    return EVS__JSON_DEFER;
+    return EVS__RW_DEFER;
   }
   ml = snprintf(s->marker, sizeof s->marker, "\"#%u\"", s->k++);
   *ret = s->marker;
@@ -218,18 +218,18 @@ static void test_typed_values(void **state) {
   for (int mode = 0; mode < 3; mode++) {
     assert_int_equal(rewrite(jp, NULL, doc, strlen(doc), mode, &s), 0);
     assert_int_equal(s.k, 6);
-    assert_int_equal(s.calls[0].type, EVS__JSON_STRING);
+    assert_int_equal(s.calls[0].type, EVS__RW_STRING);
     assert_int_equal(s.calls[0].len, strlen("a\xc3\xa9\xf0\x9f\x98\x80\n\"/\xe2\x82\xac"));
     assert_string_equal(s.calls[0].value, "a\xc3\xa9\xf0\x9f\x98\x80\n\"/\xe2\x82\xac");
-    assert_int_equal(s.calls[1].type, EVS__JSON_NUMBER);
+    assert_int_equal(s.calls[1].type, EVS__RW_NUMBER);
     assert_string_equal(s.calls[1].value, "-1.5e+10");
-    assert_int_equal(s.calls[2].type, EVS__JSON_BOOLEAN);
+    assert_int_equal(s.calls[2].type, EVS__RW_BOOLEAN);
     assert_string_equal(s.calls[2].value, "true");
-    assert_int_equal(s.calls[3].type, EVS__JSON_BOOLEAN);
+    assert_int_equal(s.calls[3].type, EVS__RW_BOOLEAN);
     assert_string_equal(s.calls[3].value, "false");
-    assert_int_equal(s.calls[4].type, EVS__JSON_NUMBER);
+    assert_int_equal(s.calls[4].type, EVS__RW_NUMBER);
     assert_string_equal(s.calls[4].value, "123456789012345678901234567890");
-    assert_int_equal(s.calls[5].type, EVS__JSON_STRING);
+    assert_int_equal(s.calls[5].type, EVS__RW_STRING);
     assert_int_equal(s.calls[5].len, 2);
     assert_memory_equal(s.calls[5].value, "\0x", 2);
     assert_string_equal(s.out, "{\"s\":\"#0\",\"n\":\"#1\",\"b\":\"#2\",\"f\":\"#3\",\"z\":null,"
@@ -297,7 +297,7 @@ static void test_malformed(void **state) {
     for (int mode = 0; mode < 2; mode++) {
       struct sink s;
       int r = rewrite(mode ? jp : NULL, NULL, bad[i], strlen(bad[i]), mode, &s);
-      if (r != EVS__JSON_E_SYNTAX) fail_msg("accepted: %s (%d)", bad[i], r);
+      if (r != EVS__RW_E_SYNTAX) fail_msg("accepted: %s (%d)", bad[i], r);
       free(s.out);
     }
   }
@@ -315,7 +315,7 @@ static void test_duplicate_keys(void **state) {
   struct sink s;
   (void)state;
   for (size_t i = 0; i < sizeof dup / sizeof dup[0]; i++) {
-    assert_int_equal(rewrite_str(NULL, dup[i], &s), EVS__JSON_E_DUPKEY);
+    assert_int_equal(rewrite_str(NULL, dup[i], &s), EVS__RW_E_DUPKEY);
     free(s.out);
   }
   for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
@@ -329,7 +329,7 @@ static void test_duplicate_keys(void **state) {
     n += (size_t)sprintf(doc + n, "{");
     for (int i = 0; i < 5000; i++) n += (size_t)sprintf(doc + n, "\"k%d\":%d,", i, i);
     n += (size_t)sprintf(doc + n, "\"k17\":0}");
-    assert_int_equal(rewrite(NULL, NULL, doc, n, 2, &s), EVS__JSON_E_DUPKEY);
+    assert_int_equal(rewrite(NULL, NULL, doc, n, 2, &s), EVS__RW_E_DUPKEY);
     free(s.out);
     strcpy(doc + n - 8, "\"end\":0}");
     assert_int_equal(rewrite(NULL, NULL, doc, strlen(doc), 0, &s), 0);
@@ -346,22 +346,22 @@ static void test_limits(void **state) {
   (void)state;
   assert_int_equal(rewrite(NULL, &o, "[[[[1]]]]", 9, 0, &s), 0);
   free(s.out);
-  assert_int_equal(rewrite(NULL, &o, "[[[[[1]]]]]", 11, 0, &s), EVS__JSON_E_DEPTH);
+  assert_int_equal(rewrite(NULL, &o, "[[[[[1]]]]]", 11, 0, &s), EVS__RW_E_DEPTH);
   free(s.out);
   assert_int_equal(rewrite(jp, &o, "{\"v\":\"12345678\"}", 16, 1, &s), 0);
   free(s.out);
-  assert_int_equal(rewrite(jp, &o, "{\"v\":\"123456789\"}", 17, 1, &s), EVS__JSON_E_TOOBIG);
+  assert_int_equal(rewrite(jp, &o, "{\"v\":\"123456789\"}", 17, 1, &s), EVS__RW_E_TOOBIG);
   free(s.out);
-  assert_int_equal(rewrite(jp, &o, "{\"v\":123456789}", 15, 1, &s), EVS__JSON_E_TOOBIG);
+  assert_int_equal(rewrite(jp, &o, "{\"v\":123456789}", 15, 1, &s), EVS__RW_E_TOOBIG);
   free(s.out);
   /* unselected values may be of any size; member names are capped */
   assert_int_equal(rewrite(jp, &o, "{\"w\":\"123456789012\"}", 20, 1, &s), 0);
   free(s.out);
-  assert_int_equal(rewrite(jp, &o, "{\"123456789\":1}", 15, 1, &s), EVS__JSON_E_TOOBIG);
+  assert_int_equal(rewrite(jp, &o, "{\"123456789\":1}", 15, 1, &s), EVS__RW_E_TOOBIG);
   free(s.out);
   assert_int_equal(rewrite(jp, &o, "{\"a\":1,\"b\":{\"c\":1}}", 19, 1, &s), 0);
   free(s.out);
-  assert_int_equal(rewrite(jp, &o, "{\"a\":1,\"b\":{\"c\":1,\"d\":2}}", 25, 1, &s), EVS__JSON_E_KEYS);
+  assert_int_equal(rewrite(jp, &o, "{\"a\":1,\"b\":{\"c\":1,\"d\":2}}", 25, 1, &s), EVS__RW_E_KEYS);
   free(s.out);
   { /* the default cap: a huge flat object is refused at 100000 names, memory stays ~3 MiB */
     size_t n = 0;
@@ -373,7 +373,7 @@ static void test_limits(void **state) {
     doc[n++] = '}';
     memset(&s, 0, sizeof s);
     assert_int_equal(evs__json_rewrite_new(NULL, NULL, sink_emit, NULL, &s, &rw), 0);
-    assert_int_equal(evs__json_rewrite_feed(rw, doc, n), EVS__JSON_E_KEYS);
+    assert_int_equal(evs__json_rewrite_feed(rw, doc, n), EVS__RW_E_KEYS);
     assert_true(evs__json_rewrite_mem_high_water(rw) < 4u * 1024 * 1024);
     evs__json_rewrite_free(rw);
     free(doc);
@@ -398,7 +398,7 @@ static void test_ev_data(void **state) {
   struct sink s;
   (void)state;
   for (size_t i = 0; i < sizeof enc / sizeof enc[0]; i++) {
-    assert_int_equal(rewrite(jp, NULL, enc[i], strlen(enc[i]), 1, &s), EVS__JSON_E_EVDATA);
+    assert_int_equal(rewrite(jp, NULL, enc[i], strlen(enc[i]), 1, &s), EVS__RW_E_EVDATA);
     free(s.out);
   }
   for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
@@ -430,7 +430,7 @@ static void test_callback_errors_and_poison(void **state) {
     memset(&s, 0, sizeof s);
     assert_int_equal(evs__json_rewrite_new(NULL, NULL, sink_emit, NULL, &s, &rw), 0);
     assert_int_equal(evs__json_rewrite_feed(rw, "[1,\n2", 5), 0);
-    assert_int_equal(evs__json_rewrite_feed(rw, "x", 1), EVS__JSON_E_SYNTAX);
+    assert_int_equal(evs__json_rewrite_feed(rw, "x", 1), EVS__RW_E_SYNTAX);
     assert_int_equal(evs__json_rewrite_error_offset(rw), 5);
     evs__json_rewrite_free(rw);
   }

@@ -25,7 +25,7 @@
 /* ---- harness --------------------------------------------------------------------------------- */
 
 struct call {
-  evs__json_type type;
+  evs__rw_type type;
   char value[256];
   size_t len;
 };
@@ -58,12 +58,12 @@ static int sink_emit(void *ud, const char *b, size_t n) {
 }
 
 /* Replacement for call k: "%EVENC#k" for files, an ev:-shaped string for text. */
-static int marker(char *b, size_t cap, evs__json_type type, unsigned k) {
-  return type == EVS__JSON_FILE ? snprintf(b, cap, "%%EVENC#%u", k)
+static int marker(char *b, size_t cap, evs__rw_type type, unsigned k) {
+  return type == EVS__RW_FILE ? snprintf(b, cap, "%%EVENC#%u", k)
                                 : snprintf(b, cap, "ev:RFVC:%u:aXY=:ZXBo:$", k);
 }
 
-static int sink_transform(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int sink_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                           size_t *ret_len) {
   struct sink *s = ud;
   assert_int_equal(v[n], 0);
@@ -75,7 +75,7 @@ static int sink_transform(void *ud, evs__json_type type, const char *v, size_t n
   if (s->defer) {
     if (s->k < 64) s->holes[s->k] = s->len;
     s->k++;
-    return EVS__JSON_DEFER;
+    return EVS__RW_DEFER;
   }
   *ret_len = (size_t)marker(s->marker, sizeof s->marker, type, s->k++);
   *ret = s->marker;
@@ -163,7 +163,7 @@ static void test_boundary(void **state) {
   }
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     int r = evs__multipart_boundary(bad[i], b, sizeof b);
-    if (r != EVS__JSON_E_SYNTAX) fail_msg("accepted: %s (%d)", bad[i], r);
+    if (r != EVS__RW_E_SYNTAX) fail_msg("accepted: %s (%d)", bad[i], r);
   }
   assert_int_equal(evs__multipart_boundary("multipart/form-data; boundary=abcd", b, 4), -ENOSPC);
   assert_int_equal(evs__multipart_boundary("multipart/form-data; boundary=abcd", b, 5), 4);
@@ -248,7 +248,7 @@ static void test_split_independence(void **state) {
       int r0 = rewrite_doc(fieldsets[f], nf, corpus[d], 0, &whole);
       /* corpus[1] has a selected part with Content-Length when "card" is selected */
       if (d == 1 && f == 3) {
-        assert_int_equal(r0, EVS__MULTIPART_E_UNSUPPORTED);
+        assert_int_equal(r0, EVS__RW_E_UNSUPPORTED);
       } else if (r0 != 0) {
         fail_msg("doc %zu set %zu: %s", d, f, evs__multipart_rewrite_strerror(r0));
       }
@@ -277,10 +277,10 @@ static void test_file_part_replaced(void **state) {
   for (int mode = 0; mode < 3; mode++) {
     assert_int_equal(rewrite_doc(f, 2, corpus[0], mode, &s), 0);
     assert_int_equal(s.k, 2);
-    assert_int_equal(s.calls[0].type, EVS__JSON_STRING);
+    assert_int_equal(s.calls[0].type, EVS__RW_STRING);
     assert_int_equal(s.calls[0].len, 11);
     assert_string_equal(s.calls[0].value, "123-12-1234");
-    assert_int_equal(s.calls[1].type, EVS__JSON_FILE);
+    assert_int_equal(s.calls[1].type, EVS__RW_FILE);
     assert_int_equal(s.calls[1].len, sizeof png - 1);
     assert_memory_equal(s.calls[1].value, png, sizeof png - 1);
     assert_string_equal(s.out,
@@ -301,9 +301,9 @@ static void test_text_parts_and_odd_spellings(void **state) {
     assert_int_equal(rewrite_doc(f, 2, corpus[1], mode, &s), 0);
     assert_int_equal(s.k, 2);
     /* filename*= makes it a file part; the body is empty ("\r\n" is the delimiter's) */
-    assert_int_equal(s.calls[0].type, EVS__JSON_FILE);
+    assert_int_equal(s.calls[0].type, EVS__RW_FILE);
     assert_int_equal(s.calls[0].len, 0);
-    assert_int_equal(s.calls[1].type, EVS__JSON_STRING);
+    assert_int_equal(s.calls[1].type, EVS__RW_STRING);
     assert_int_equal(s.calls[1].len, 2);
     assert_string_equal(s.calls[1].value, "\r\n");
     assert_string_equal(
@@ -320,7 +320,7 @@ static void test_text_parts_and_odd_spellings(void **state) {
     assert_int_equal(rewrite_doc(g, 2, corpus[4], 2, &s), 0);
     assert_int_equal(s.k, 3);
     assert_string_equal(s.calls[0].value, "v");
-    assert_int_equal(s.calls[1].type, EVS__JSON_FILE);
+    assert_int_equal(s.calls[1].type, EVS__RW_FILE);
     assert_string_equal(s.calls[1].value, "--B1\r\nnested\r\n--B1--");
     assert_string_equal(s.calls[2].value, "second");
     free(s.out);
@@ -406,7 +406,7 @@ static void test_malformed(void **state) {
     for (int mode = 0; mode < 3; mode++) {
       struct sink s;
       int r = rewrite(mode == 2 ? NULL : f, mode == 2 ? 0 : 1, bad[i], mode, &s);
-      if (r != EVS__JSON_E_SYNTAX) fail_msg("accepted #%zu mode %d: %s (%d)", i, mode, bad[i], r);
+      if (r != EVS__RW_E_SYNTAX) fail_msg("accepted #%zu mode %d: %s (%d)", i, mode, bad[i], r);
       free(s.out);
     }
   }
@@ -416,10 +416,10 @@ static void test_malformed(void **state) {
     memset(&s, 0, sizeof s);
     assert_int_equal(evs__multipart_rewrite_new("B0und", NULL, 0, NULL, sink_emit, NULL, &s, &rw), 0);
     assert_int_equal(evs__multipart_rewrite_feed(rw, "--B0u", 5), 0);
-    assert_int_equal(evs__multipart_rewrite_feed(rw, "ndXY", 4), EVS__JSON_E_SYNTAX);
+    assert_int_equal(evs__multipart_rewrite_feed(rw, "ndXY", 4), EVS__RW_E_SYNTAX);
     assert_int_equal(evs__multipart_rewrite_error_offset(rw), 7);
-    assert_int_equal(evs__multipart_rewrite_feed(rw, "\r\n", 2), EVS__JSON_E_SYNTAX);
-    assert_int_equal(evs__multipart_rewrite_finish(rw), EVS__JSON_E_SYNTAX);
+    assert_int_equal(evs__multipart_rewrite_feed(rw, "\r\n", 2), EVS__RW_E_SYNTAX);
+    assert_int_equal(evs__multipart_rewrite_finish(rw), EVS__RW_E_SYNTAX);
     evs__multipart_rewrite_free(rw);
   }
 }
@@ -442,7 +442,7 @@ static void test_ev_data(void **state) {
   (void)state;
   for (size_t i = 0; i < sizeof enc / sizeof enc[0]; i++) {
     for (int mode = 0; mode < 3; mode++) {
-      assert_int_equal(rewrite(f, 1, enc[i], mode, &s), EVS__JSON_E_EVDATA);
+      assert_int_equal(rewrite(f, 1, enc[i], mode, &s), EVS__RW_E_EVDATA);
       free(s.out);
     }
   }
@@ -470,7 +470,7 @@ static void test_limits_and_unsupported(void **state) {
   assert_int_equal(rewrite_n("B0und", f, 1, &o, ok8, strlen(ok8), 1, &s, NULL), 0);
   free(s.out);
   assert_int_equal(rewrite_n("B0und", f, 1, &o, big9, strlen(big9), 1, &s, NULL),
-                   EVS__JSON_E_TOOBIG);
+                   EVS__RW_E_TOOBIG);
   free(s.out);
   assert_int_equal(rewrite_n("B0und", f, 1, &o, other, strlen(other), 1, &s, NULL), 0);
   free(s.out);
@@ -481,12 +481,12 @@ static void test_limits_and_unsupported(void **state) {
     assert_int_equal(rewrite_n("B0und", NULL, 0, &o, h62, strlen(h62), 0, &s, NULL), 0);
     free(s.out);
     assert_int_equal(rewrite_n("B0und", NULL, 0, &o, h62, strlen(h62) - 1, 0, &s, NULL),
-                     EVS__JSON_E_SYNTAX);
+                     EVS__RW_E_SYNTAX);
     free(s.out);
     memset(doc + n, 'x', 16 * 1024);
     n += 16 * 1024;
     n += (size_t)sprintf(doc + n, "\r\n\r\nv\r\n--B0und--");
-    assert_int_equal(rewrite_n("B0und", NULL, 0, NULL, doc, n, 0, &s, NULL), EVS__JSON_E_SYNTAX);
+    assert_int_equal(rewrite_n("B0und", NULL, 0, NULL, doc, n, 0, &s, NULL), EVS__RW_E_SYNTAX);
     free(s.out);
     n = (size_t)sprintf(doc, "--B0und\r\n" CD "name=\"a\"\r\nX: ");
     memset(doc + n, 'x', 15 * 1024);
@@ -505,19 +505,19 @@ static void test_limits_and_unsupported(void **state) {
     const char *cte8 =
         "--B0und\r\n" CD "name=\"a\"\r\nContent-Transfer-Encoding: 8BIT\r\n\r\nv\r\n--B0und--";
     const char *g[] = {"b"};
-    assert_int_equal(rewrite(f, 1, cl, 0, &s), EVS__MULTIPART_E_UNSUPPORTED);
+    assert_int_equal(rewrite(f, 1, cl, 0, &s), EVS__RW_E_UNSUPPORTED);
     free(s.out);
-    assert_int_equal(rewrite(f, 1, cte, 0, &s), EVS__MULTIPART_E_UNSUPPORTED);
+    assert_int_equal(rewrite(f, 1, cte, 0, &s), EVS__RW_E_UNSUPPORTED);
     free(s.out);
-    assert_int_equal(rewrite(f, 1, cte8, 0, &s), EVS__MULTIPART_E_UNSUPPORTED);
+    assert_int_equal(rewrite(f, 1, cte8, 0, &s), EVS__RW_E_UNSUPPORTED);
     free(s.out);
     assert_int_equal(rewrite(g, 1, cl, 0, &s), 0);
     free(s.out);
     assert_int_equal(rewrite(g, 1, cte8, 0, &s), 0);
     free(s.out);
-    assert_int_equal(rewrite(g, 1, cte, 0, &s), EVS__MULTIPART_E_UNSUPPORTED);
+    assert_int_equal(rewrite(g, 1, cte, 0, &s), EVS__RW_E_UNSUPPORTED);
     free(s.out);
-    assert_int_equal(rewrite(g, 1, qp, 0, &s), EVS__MULTIPART_E_UNSUPPORTED);
+    assert_int_equal(rewrite(g, 1, qp, 0, &s), EVS__RW_E_UNSUPPORTED);
     free(s.out);
   }
 }
@@ -527,7 +527,7 @@ static int emit_fail(void *ud, const char *b, size_t n) {
   return -EPIPE;
 }
 
-static int transform_fail(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int transform_fail(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                           size_t *ret_len) {
   (void)ud, (void)type, (void)v, (void)n, (void)ret, (void)ret_len;
   return -EIO;
@@ -588,8 +588,8 @@ static void test_bounded_memory(void **state) {
   assert_int_equal(evs__multipart_rewrite_parts(rw), 3);
   {
     char m[64];
-    size_t m0 = (size_t)marker(m, sizeof m, EVS__JSON_STRING, 0);
-    size_t m1 = (size_t)marker(m, sizeof m, EVS__JSON_STRING, 1);
+    size_t m0 = (size_t)marker(m, sizeof m, EVS__RW_STRING, 0);
+    size_t m1 = (size_t)marker(m, sizeof m, EVS__RW_STRING, 1);
     assert_int_equal(s.len, in - 11 - 16 + m0 + m1);
   }
   if (hw >= 4096) fail_msg("high water %zu bytes for a %zu-byte body", hw, in);

@@ -69,7 +69,8 @@ static int setup(void **state) {
   make_cert("default.test", p(0, "d.crt"), p(1, "d.key"));
   make_cert("api.example.test", p(2, "a.crt"), p(3, "a.key"));
   make_cert("*.relay.example.test", p(4, "w.crt"), p(5, "w.key"));
-  listener = (evs__listener_conf){"tls", "127.0.0.1:0", 1, path_buf[0], path_buf[1], NULL, 0};
+  listener = (evs__listener_conf){.name = "tls", .address = "127.0.0.1:0", .tls = 1,
+                                  .cert_file = path_buf[0], .key_file = path_buf[1]};
   certs[0] = (evs__cert_conf){"api", names_api, 1, path_buf[2], path_buf[3]};
   certs[1] = (evs__cert_conf){"wild", names_wild, 1, path_buf[4], path_buf[5]};
   settings.certs = certs;

@@ -28,7 +28,7 @@
 /* ---- harness --------------------------------------------------------------------------------- */
 
 struct call {
-  evs__json_type type;
+  evs__rw_type type;
   char value[256];
   size_t len;
 };
@@ -61,12 +61,12 @@ static int sink_emit(void *ud, const char *b, size_t n) {
   return 0;
 }
 
-static int sink_transform(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int sink_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                           size_t *ret_len) {
   struct sink *s = ud;
   int ml;
   assert_int_equal(v[n], 0);
-  assert_int_equal(type, EVS__JSON_STRING);
+  assert_int_equal(type, EVS__RW_STRING);
   if (s->k < 64) {
     s->calls[s->k].type = type;
     s->calls[s->k].len = n;
@@ -76,7 +76,7 @@ static int sink_transform(void *ud, evs__json_type type, const char *v, size_t n
   if (s->defer) {
     if (s->k < 4096) s->holes[s->k] = s->len;
     s->k++;
-    return EVS__JSON_DEFER;
+    return EVS__RW_DEFER;
   }
   ml = snprintf(s->marker, sizeof s->marker, "#%u", s->k++);
   *ret = s->marker;
@@ -179,9 +179,9 @@ static void check_doc(const evs__jsonpath *jp, const char *doc) {
   assert_non_null(ref);
   r0 = rewrite(jp, NULL, doc, n, 0, &s);
   free(s.out);
-  if (r0 == EVS__XML_E_MIXED) { /* a selected element with mixed content: refused whole */
+  if (r0 == EVS__RW_E_MIXED) { /* a selected element with mixed content: refused whole */
     for (int mode = 1; mode < 3; mode++) {
-      assert_int_equal(rewrite(jp, NULL, doc, n, mode, &s), EVS__XML_E_MIXED);
+      assert_int_equal(rewrite(jp, NULL, doc, n, mode, &s), EVS__RW_E_MIXED);
       free(s.out);
     }
     free(ref);
@@ -362,88 +362,88 @@ struct bad {
 static void test_rejections(void **state) {
   static const struct bad bad[] = {
       /* DTDs, entities, external entities, billion laughs */
-      {"<!DOCTYPE r><r/>", EVS__XML_E_DOCTYPE},
+      {"<!DOCTYPE r><r/>", EVS__RW_E_DOCTYPE},
       {"<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY x SYSTEM \"file:///etc/passwd\">]><r>&x;</r>",
-       EVS__XML_E_DOCTYPE},
+       EVS__RW_E_DOCTYPE},
       {"<!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;&lol;&lol;\">]>"
        "<lolz>&lol2;</lolz>",
-       EVS__XML_E_DOCTYPE},
-      {"<!ENTITY x \"y\"><r/>", EVS__XML_E_DOCTYPE},
-      {"<r><!ELEMENT r ANY></r>", EVS__XML_E_DOCTYPE},
-      {"<!doctype r><r/>", EVS__XML_E_DOCTYPE},
-      {"<r>&x;</r>", EVS__XML_E_ENTITY},
-      {"<r>&lol2;</r>", EVS__XML_E_ENTITY},
-      {"<r a=\"&ext;\"/>", EVS__XML_E_ENTITY},
-      {"<r>&ampx;</r>", EVS__XML_E_ENTITY},
-      {"<r>&AMP;</r>", EVS__XML_E_ENTITY},
+       EVS__RW_E_DOCTYPE},
+      {"<!ENTITY x \"y\"><r/>", EVS__RW_E_DOCTYPE},
+      {"<r><!ELEMENT r ANY></r>", EVS__RW_E_DOCTYPE},
+      {"<!doctype r><r/>", EVS__RW_E_DOCTYPE},
+      {"<r>&x;</r>", EVS__RW_E_ENTITY},
+      {"<r>&lol2;</r>", EVS__RW_E_ENTITY},
+      {"<r a=\"&ext;\"/>", EVS__RW_E_ENTITY},
+      {"<r>&ampx;</r>", EVS__RW_E_ENTITY},
+      {"<r>&AMP;</r>", EVS__RW_E_ENTITY},
       /* processing instructions and declarations */
-      {"<?xml-stylesheet href=\"a\"?><r/>", EVS__XML_E_PI},
-      {"<r><?php echo 1; ?></r>", EVS__XML_E_PI},
-      {"<r/><?pi?>", EVS__XML_E_PI},
-      {" <?xml version=\"1.0\"?><r/>", EVS__XML_E_PI},
-      {"<?xml version=\"1.0\"?><?xml version=\"1.0\"?><r/>", EVS__XML_E_PI},
-      {"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><r/>", EVS__XML_E_ENCODING},
-      {"<?xml version=\"1.0\" encoding=\"UTF-16\"?><r/>", EVS__XML_E_ENCODING},
-      {"<?xml?><r/>", EVS__JSON_E_SYNTAX},
-      {"<?xml version=\"1.1\"?><r/>", EVS__JSON_E_SYNTAX},
-      {"<?xml encoding=\"UTF-8\" version=\"1.0\"?><r/>", EVS__JSON_E_SYNTAX},
-      {"<?xml version=\"1.0\" standalone=\"maybe\"?><r/>", EVS__JSON_E_SYNTAX},
-      {"<?xml version=\"1.0\"standalone=\"yes\"?><r/>", EVS__JSON_E_SYNTAX},
+      {"<?xml-stylesheet href=\"a\"?><r/>", EVS__RW_E_PI},
+      {"<r><?php echo 1; ?></r>", EVS__RW_E_PI},
+      {"<r/><?pi?>", EVS__RW_E_PI},
+      {" <?xml version=\"1.0\"?><r/>", EVS__RW_E_PI},
+      {"<?xml version=\"1.0\"?><?xml version=\"1.0\"?><r/>", EVS__RW_E_PI},
+      {"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><r/>", EVS__RW_E_ENCODING},
+      {"<?xml version=\"1.0\" encoding=\"UTF-16\"?><r/>", EVS__RW_E_ENCODING},
+      {"<?xml?><r/>", EVS__RW_E_SYNTAX},
+      {"<?xml version=\"1.1\"?><r/>", EVS__RW_E_SYNTAX},
+      {"<?xml encoding=\"UTF-8\" version=\"1.0\"?><r/>", EVS__RW_E_SYNTAX},
+      {"<?xml version=\"1.0\" standalone=\"maybe\"?><r/>", EVS__RW_E_SYNTAX},
+      {"<?xml version=\"1.0\"standalone=\"yes\"?><r/>", EVS__RW_E_SYNTAX},
       /* structure */
-      {"", EVS__JSON_E_SYNTAX},
-      {"   ", EVS__JSON_E_SYNTAX},
-      {"<r>", EVS__JSON_E_SYNTAX},
-      {"<r><a></r>", EVS__JSON_E_SYNTAX},
-      {"<r></R>", EVS__JSON_E_SYNTAX},
-      {"<r></rr>", EVS__JSON_E_SYNTAX},
-      {"<rr></r>", EVS__JSON_E_SYNTAX},
-      {"<r><a></b></r>", EVS__JSON_E_SYNTAX},
-      {"<r></>", EVS__JSON_E_SYNTAX},
-      {"<r/><r/>", EVS__JSON_E_SYNTAX},
-      {"<a></a><b></b>", EVS__JSON_E_SYNTAX},
-      {"x<r/>", EVS__JSON_E_SYNTAX},
-      {"<r/>x", EVS__JSON_E_SYNTAX},
-      {"<r/>&amp;", EVS__JSON_E_SYNTAX},
-      {"</r>", EVS__JSON_E_SYNTAX},
-      {"<r/></r>", EVS__JSON_E_SYNTAX},
-      {"<1r/>", EVS__JSON_E_SYNTAX},
-      {"< r/>", EVS__JSON_E_SYNTAX},
-      {"<r a/>", EVS__JSON_E_SYNTAX},
-      {"<r a=1/>", EVS__JSON_E_SYNTAX},
-      {"<r a=\"1\"b=\"2\"/>", EVS__JSON_E_SYNTAX},
-      {"<r a=\"<\"/>", EVS__JSON_E_SYNTAX},
-      {"<r a=\"1'/>", EVS__JSON_E_SYNTAX},
-      {"<r / >", EVS__JSON_E_SYNTAX},
-      {"<r>a < b</r>", EVS__JSON_E_SYNTAX},
-      {"<r>a & b</r>", EVS__JSON_E_SYNTAX},
-      {"<r>&#;</r>", EVS__JSON_E_SYNTAX},
-      {"<r>&#x;</r>", EVS__JSON_E_SYNTAX},
-      {"<r>&#0;</r>", EVS__JSON_E_SYNTAX},
-      {"<r>&#xD800;</r>", EVS__JSON_E_SYNTAX},
-      {"<r>&#x110000;</r>", EVS__JSON_E_SYNTAX},
-      {"<r>&#99999999999999999999;</r>", EVS__JSON_E_SYNTAX},
-      {"<r>&#xFFFE;</r>", EVS__JSON_E_SYNTAX},
-      {"<r>&amp</r>", EVS__JSON_E_SYNTAX},
-      {"<r>]]></r>", EVS__JSON_E_SYNTAX},
-      {"<r><!-- a -- b --></r>", EVS__JSON_E_SYNTAX},
-      {"<r><!-- a ---></r>", EVS__JSON_E_SYNTAX},
-      {"<r><!- a --></r>", EVS__JSON_E_SYNTAX},
-      {"<r><![CDATA[x]]></r><![CDATA[y]]>", EVS__JSON_E_SYNTAX},
-      {"<r><![cdata[x]]></r>", EVS__JSON_E_SYNTAX},
-      {"<r><![CDATA[x]></r>", EVS__JSON_E_SYNTAX},
-      {"<r><!-- open </r>", EVS__JSON_E_SYNTAX},
-      {"\xEF\xBB<r/>", EVS__JSON_E_SYNTAX},
+      {"", EVS__RW_E_SYNTAX},
+      {"   ", EVS__RW_E_SYNTAX},
+      {"<r>", EVS__RW_E_SYNTAX},
+      {"<r><a></r>", EVS__RW_E_SYNTAX},
+      {"<r></R>", EVS__RW_E_SYNTAX},
+      {"<r></rr>", EVS__RW_E_SYNTAX},
+      {"<rr></r>", EVS__RW_E_SYNTAX},
+      {"<r><a></b></r>", EVS__RW_E_SYNTAX},
+      {"<r></>", EVS__RW_E_SYNTAX},
+      {"<r/><r/>", EVS__RW_E_SYNTAX},
+      {"<a></a><b></b>", EVS__RW_E_SYNTAX},
+      {"x<r/>", EVS__RW_E_SYNTAX},
+      {"<r/>x", EVS__RW_E_SYNTAX},
+      {"<r/>&amp;", EVS__RW_E_SYNTAX},
+      {"</r>", EVS__RW_E_SYNTAX},
+      {"<r/></r>", EVS__RW_E_SYNTAX},
+      {"<1r/>", EVS__RW_E_SYNTAX},
+      {"< r/>", EVS__RW_E_SYNTAX},
+      {"<r a/>", EVS__RW_E_SYNTAX},
+      {"<r a=1/>", EVS__RW_E_SYNTAX},
+      {"<r a=\"1\"b=\"2\"/>", EVS__RW_E_SYNTAX},
+      {"<r a=\"<\"/>", EVS__RW_E_SYNTAX},
+      {"<r a=\"1'/>", EVS__RW_E_SYNTAX},
+      {"<r / >", EVS__RW_E_SYNTAX},
+      {"<r>a < b</r>", EVS__RW_E_SYNTAX},
+      {"<r>a & b</r>", EVS__RW_E_SYNTAX},
+      {"<r>&#;</r>", EVS__RW_E_SYNTAX},
+      {"<r>&#x;</r>", EVS__RW_E_SYNTAX},
+      {"<r>&#0;</r>", EVS__RW_E_SYNTAX},
+      {"<r>&#xD800;</r>", EVS__RW_E_SYNTAX},
+      {"<r>&#x110000;</r>", EVS__RW_E_SYNTAX},
+      {"<r>&#99999999999999999999;</r>", EVS__RW_E_SYNTAX},
+      {"<r>&#xFFFE;</r>", EVS__RW_E_SYNTAX},
+      {"<r>&amp</r>", EVS__RW_E_SYNTAX},
+      {"<r>]]></r>", EVS__RW_E_SYNTAX},
+      {"<r><!-- a -- b --></r>", EVS__RW_E_SYNTAX},
+      {"<r><!-- a ---></r>", EVS__RW_E_SYNTAX},
+      {"<r><!- a --></r>", EVS__RW_E_SYNTAX},
+      {"<r><![CDATA[x]]></r><![CDATA[y]]>", EVS__RW_E_SYNTAX},
+      {"<r><![cdata[x]]></r>", EVS__RW_E_SYNTAX},
+      {"<r><![CDATA[x]></r>", EVS__RW_E_SYNTAX},
+      {"<r><!-- open </r>", EVS__RW_E_SYNTAX},
+      {"\xEF\xBB<r/>", EVS__RW_E_SYNTAX},
       /* encoding and characters */
-      {"<r>\xff</r>", EVS__JSON_E_SYNTAX},
-      {"<r>\xc0\xaf</r>", EVS__JSON_E_SYNTAX},
-      {"<r>\xed\xa0\x80</r>", EVS__JSON_E_SYNTAX},
-      {"<r>\xf4\x90\x80\x80</r>", EVS__JSON_E_SYNTAX},
-      {"<r>\xef\xbf\xbe</r>", EVS__JSON_E_SYNTAX},
-      {"<r>\x01</r>", EVS__JSON_E_SYNTAX},
-      {"<r>\x00</r>", EVS__JSON_E_SYNTAX},
-      {"<r a=\"\x0c\"/>", EVS__JSON_E_SYNTAX},
-      {"<r/>\xc3", EVS__JSON_E_SYNTAX},
-      {"\xfe\xff\x00<\x00r\x00/\x00>", EVS__JSON_E_SYNTAX},
+      {"<r>\xff</r>", EVS__RW_E_SYNTAX},
+      {"<r>\xc0\xaf</r>", EVS__RW_E_SYNTAX},
+      {"<r>\xed\xa0\x80</r>", EVS__RW_E_SYNTAX},
+      {"<r>\xf4\x90\x80\x80</r>", EVS__RW_E_SYNTAX},
+      {"<r>\xef\xbf\xbe</r>", EVS__RW_E_SYNTAX},
+      {"<r>\x01</r>", EVS__RW_E_SYNTAX},
+      {"<r>\x00</r>", EVS__RW_E_SYNTAX},
+      {"<r a=\"\x0c\"/>", EVS__RW_E_SYNTAX},
+      {"<r/>\xc3", EVS__RW_E_SYNTAX},
+      {"\xfe\xff\x00<\x00r\x00/\x00>", EVS__RW_E_SYNTAX},
   };
   evs__jsonpath *jp = paths("$..*", NULL);
   (void)state;
@@ -499,7 +499,7 @@ static void test_mixed_content(void **state) {
   (void)state;
   for (size_t i = 0; i < sizeof mixed / sizeof mixed[0]; i++) {
     for (int mode = 0; mode < 3; mode++) {
-      assert_int_equal(rewrite(jp, NULL, mixed[i], strlen(mixed[i]), mode, &s), EVS__XML_E_MIXED);
+      assert_int_equal(rewrite(jp, NULL, mixed[i], strlen(mixed[i]), mode, &s), EVS__RW_E_MIXED);
       free(s.out);
     }
     /* unselected mixed content is fine */
@@ -532,7 +532,7 @@ static void test_ev_data(void **state) {
   for (size_t i = 0; i < sizeof enc / sizeof enc[0]; i++) {
     for (int mode = 0; mode < 3; mode++) {
       int r = rewrite(jp, NULL, enc[i], strlen(enc[i]), mode, &s);
-      if (r != EVS__JSON_E_EVDATA) fail_msg("%s: %d", enc[i], r);
+      if (r != EVS__RW_E_EVDATA) fail_msg("%s: %d", enc[i], r);
       free(s.out);
     }
   }
@@ -556,11 +556,11 @@ static void test_limits(void **state) {
   assert_int_equal(rewrite_o(NULL, &o, "<a><b><c><d/></c></b></a>", 0, &s), 0);
   free(s.out);
   assert_int_equal(rewrite_o(NULL, &o, "<a><b><c><d><e/></d></c></b></a>", 1, &s),
-                   EVS__JSON_E_DEPTH);
+                   EVS__RW_E_DEPTH);
   free(s.out);
   assert_int_equal(rewrite_o(jp, &o, "<r><v>12345678</v></r>", 1, &s), 0);
   free(s.out);
-  assert_int_equal(rewrite_o(jp, &o, "<r><v>123456789</v></r>", 1, &s), EVS__JSON_E_TOOBIG);
+  assert_int_equal(rewrite_o(jp, &o, "<r><v>123456789</v></r>", 1, &s), EVS__RW_E_TOOBIG);
   free(s.out);
   /* the cap is on decoded bytes: 8 references decode to 8 bytes */
   assert_int_equal(
@@ -569,16 +569,16 @@ static void test_limits(void **state) {
   /* unselected text may be of any size; names are capped, one and all open together */
   assert_int_equal(rewrite_o(jp, &o, "<r><w>123456789012</w></r>", 1, &s), 0);
   free(s.out);
-  assert_int_equal(rewrite_o(jp, &o, "<r><abcdefghi/></r>", 1, &s), EVS__JSON_E_TOOBIG);
+  assert_int_equal(rewrite_o(jp, &o, "<r><abcdefghi/></r>", 1, &s), EVS__RW_E_TOOBIG);
   free(s.out);
-  assert_int_equal(rewrite_o(jp, &o, "<abc><defg><hi/></defg></abc>", 1, &s), EVS__JSON_E_TOOBIG);
+  assert_int_equal(rewrite_o(jp, &o, "<abc><defg><hi/></defg></abc>", 1, &s), EVS__RW_E_TOOBIG);
   free(s.out);
   assert_int_equal(rewrite_o(jp, &o, "<abc><defg></defg><defg/></abc>", 1, &s), 0);
   free(s.out);
   /* distinct child names are remembered only while their element is open */
   assert_int_equal(rewrite_o(all, &o, "<r><a/><b/><c/><a/></r>", 0, &s), 0);
   free(s.out);
-  assert_int_equal(rewrite_o(all, &o, "<r><a/><b/><c/><d/></r>", 0, &s), EVS__JSON_E_KEYS);
+  assert_int_equal(rewrite_o(all, &o, "<r><a/><b/><c/><d/></r>", 0, &s), EVS__RW_E_KEYS);
   free(s.out);
   assert_int_equal(rewrite_o(all, &o, "<r><x><a/><b/></x><x><c/><d/></x></r>", 0, &s), 0);
   free(s.out);
@@ -591,15 +591,15 @@ static void test_limits(void **state) {
     evs__jsonpath_free(ab);
   }
   /* literal whitespace held before a selected element's first child is capped too */
-  assert_int_equal(rewrite_o(jp, &o, "<r><v>         <a/></v></r>", 1, &s), EVS__JSON_E_TOOBIG);
+  assert_int_equal(rewrite_o(jp, &o, "<r><v>         <a/></v></r>", 1, &s), EVS__RW_E_TOOBIG);
   free(s.out);
   { /* the declaration is read into a fixed buffer */
     char doc[400];
     snprintf(doc, sizeof doc, "<?xml version=\"1.0\"%300s?><r/>", "");
-    assert_int_equal(rewrite_o(NULL, NULL, doc, 1, &s), EVS__JSON_E_SYNTAX);
+    assert_int_equal(rewrite_o(NULL, NULL, doc, 1, &s), EVS__RW_E_SYNTAX);
     free(s.out);
     snprintf(doc, sizeof doc, "<?pi %300s?><r/>", "");
-    assert_int_equal(rewrite_o(NULL, NULL, doc, 1, &s), EVS__XML_E_PI);
+    assert_int_equal(rewrite_o(NULL, NULL, doc, 1, &s), EVS__RW_E_PI);
     free(s.out);
     snprintf(doc, sizeof doc, "<?xml version=\"1.0\"%200s?><r/>", "");
     assert_int_equal(rewrite_o(NULL, NULL, doc, 1, &s), 0);
@@ -610,7 +610,7 @@ static void test_limits(void **state) {
     size_t n = 0;
     assert_non_null(doc);
     for (int i = 0; i < 257; i++) n += (size_t)sprintf(doc + n, "<a>");
-    assert_int_equal(rewrite(NULL, NULL, doc, n, 0, &s), EVS__JSON_E_DEPTH);
+    assert_int_equal(rewrite(NULL, NULL, doc, n, 0, &s), EVS__RW_E_DEPTH);
     free(s.out);
     free(doc);
   }
@@ -623,7 +623,7 @@ static int emit_fail(void *ud, const char *b, size_t n) {
   return -EPIPE;
 }
 
-static int transform_fail(void *ud, evs__json_type type, const char *v, size_t n, const char **ret,
+static int transform_fail(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                           size_t *ret_len) {
   (void)ud, (void)type, (void)v, (void)n, (void)ret, (void)ret_len;
   return -EIO;
@@ -647,26 +647,26 @@ static void test_callback_errors_and_poison(void **state) {
   memset(&s, 0, sizeof s);
   assert_int_equal(evs__xml_rewrite_new(NULL, NULL, sink_emit, NULL, &s, &rw), 0);
   assert_int_equal(evs__xml_rewrite_feed(rw, "<r>\n<a>", 7), 0);
-  assert_int_equal(evs__xml_rewrite_feed(rw, "</b>", 4), EVS__JSON_E_SYNTAX);
+  assert_int_equal(evs__xml_rewrite_feed(rw, "</b>", 4), EVS__RW_E_SYNTAX);
   assert_int_equal(evs__xml_rewrite_error_offset(rw), 9);
-  assert_int_equal(evs__xml_rewrite_feed(rw, "</a>", 4), EVS__JSON_E_SYNTAX);
+  assert_int_equal(evs__xml_rewrite_feed(rw, "</a>", 4), EVS__RW_E_SYNTAX);
   evs__xml_rewrite_free(rw);
   memset(&s, 0, sizeof s);
   assert_int_equal(evs__xml_rewrite_new(NULL, NULL, sink_emit, NULL, &s, &rw), 0);
-  assert_int_equal(evs__xml_rewrite_feed(rw, "<r>ab\xff", 6), EVS__JSON_E_SYNTAX);
+  assert_int_equal(evs__xml_rewrite_feed(rw, "<r>ab\xff", 6), EVS__RW_E_SYNTAX);
   assert_int_equal(evs__xml_rewrite_error_offset(rw), 5);
   evs__xml_rewrite_free(rw);
   { /* with several errors the first in the body is reported, however it is split */
     evs__jsonpath *s_ = paths("$.s", NULL);
     const char *two = "<r><s>t<b/>\xff</s></r>";
     for (int mode = 0; mode < 3; mode++) {
-      assert_int_equal(rewrite(s_, NULL, two, strlen(two), mode, &s), EVS__XML_E_MIXED);
+      assert_int_equal(rewrite(s_, NULL, two, strlen(two), mode, &s), EVS__RW_E_MIXED);
       free(s.out);
     }
     evs__jsonpath_free(s_);
   }
   evs__xml_rewrite_free(NULL);
-  assert_string_equal(evs__xml_rewrite_strerror(EVS__XML_E_DOCTYPE),
+  assert_string_equal(evs__xml_rewrite_strerror(EVS__RW_E_DOCTYPE),
                       "DOCTYPE or markup declaration in XML");
   evs__jsonpath_free(jp);
 }
