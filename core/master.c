@@ -35,6 +35,7 @@
 #include "node.h"
 #include "plugin.h"
 #include "server.h"
+#include "tls_tickets.h"
 #include "worker.h"
 
 #define MAX_WORKERS 64
@@ -979,6 +980,11 @@ int evs__main(int argc, char **argv) {
    * keep_fd) become the master's children, so they are reaped here and waited for at stop. */
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   if (evs__metrics_init() < 0 || prepare_state_dir(m.settings) < 0) return 1;
+  /* Before the listeners' TLS contexts are built and the workers forked: they share the ring. */
+  if (evs__tls_tickets_init(now_ms()) < 0) {
+    EVS_LOG_ERR("EVS-1624", "cannot make the TLS session ticket keys: %s", strerror(errno));
+    return 1;
+  }
   char err[1024];
   if (open_sockets(m.settings, NULL, 0, &m.socks, &m.nsocks, err, sizeof err) < 0) {
     EVS_LOG_ERR("EVS-1613", "%s", err);
@@ -1017,6 +1023,7 @@ int evs__main(int argc, char **argv) {
     }
     int pr = poll(pfd, (nfds_t)np, timeout);
     if (m.watchdog_usec && live_children(&m) > 0) sd_notify_msg("WATCHDOG=1");
+    evs__tls_tickets_tick(now_ms(), m.settings->tls_ticket_rotation_ms);
     for (int i = 1; pr > 0 && i < np; i++)
       if (pfd[i].revents && m.children[slot_of[i]].ctl == pfd[i].fd) relay_node(&m, slot_of[i]);
     struct signalfd_siginfo si;

@@ -29,6 +29,7 @@
 
 #include "log.h"
 #include "tls.h"
+#include "tls_tickets.h"
 
 enum stream_kind { STREAM_SERVER, STREAM_CLIENT };
 
@@ -188,6 +189,7 @@ int evs__stream_start_tls(evs_stream *s, evs_tls_identity_fn fn, void *arg) {
   s->tls_base = SSL_CTX_new(TLS_server_method());
   if (!s->tls_base) return -ENOMEM;
   evs__tls_apply_server_policy(s->tls_base);
+  evs__tls_tickets_apply(s->tls_base, 1); /* the SDK opens a tunnel per request: let it resume */
   SSL_CTX_set_tlsext_servername_callback(s->tls_base, stream_sni_cb);
   s->identity_fn = fn;
   s->identity_arg = arg;

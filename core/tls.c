@@ -4,6 +4,7 @@
  * default certificate answers, as browsers and curl expect).
  */
 #include "tls.h"
+#include "tls_tickets.h"
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -53,13 +54,15 @@ void evs__tls_apply_server_policy(SSL_CTX *ctx) {
   SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
 }
 
-static SSL_CTX *server_ctx_load(const char *cert, const char *key, char *err, size_t errlen) {
+static SSL_CTX *server_ctx_load(const char *cert, const char *key, int tickets, char *err,
+                                size_t errlen) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
   if (!ctx) {
     snprintf(err, errlen, "cannot create TLS context");
     return NULL;
   }
   evs__tls_apply_server_policy(ctx);
+  evs__tls_tickets_apply(ctx, tickets);
   if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
     snprintf(err, errlen, "cannot load certificate chain '%s'", cert);
     goto fail;
@@ -117,14 +120,14 @@ int evs__tls_server_new(const evs__settings *s, const evs__listener_conf *l,
   for (size_t i = 0; i < s->ncerts; i++) total_names += s->certs[i].nserver_names;
   t->entries = calloc(total_names + 1, sizeof *t->entries);
   if (!t->owned || !t->entries) goto fail;
-  t->default_ctx = server_ctx_load(l->cert_file, l->key_file, err, errlen);
+  t->default_ctx = server_ctx_load(l->cert_file, l->key_file, l->session_tickets, err, errlen);
   if (!t->default_ctx) goto fail;
   t->owned[t->nowned++] = t->default_ctx;
   SSL_CTX_set_tlsext_servername_callback(t->default_ctx, sni_cb);
   SSL_CTX_set_tlsext_servername_arg(t->default_ctx, t);
   for (size_t i = 0; i < s->ncerts; i++) {
     const evs__cert_conf *c = &s->certs[i];
-    SSL_CTX *ctx = server_ctx_load(c->cert_file, c->key_file, err, errlen);
+    SSL_CTX *ctx = server_ctx_load(c->cert_file, c->key_file, l->session_tickets, err, errlen);
     if (!ctx) goto fail;
     t->owned[t->nowned++] = ctx;
     for (size_t j = 0; j < c->nserver_names; j++) {
@@ -158,6 +161,7 @@ SSL_CTX *evs__tls_ctx_from_pem(const char *cert_pem, size_t cert_len, const char
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
   if (!ctx) return NULL;
   evs__tls_apply_server_policy(ctx);
+  evs__tls_tickets_apply(ctx, 1);
   BIO *cb = BIO_new_mem_buf(cert_pem, (int)cert_len);
   BIO *kb = BIO_new_mem_buf(key_pem, (int)key_len);
   X509 *x = cb ? PEM_read_bio_X509(cb, NULL, NULL, NULL) : NULL;

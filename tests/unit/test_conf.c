@@ -681,7 +681,7 @@ static void test_settings_errors(void **state) {
       {"[server \"x\"]\n", P ":1: section [server] takes no name; write [server]"},
       {"[server]\nworker = 1\n",
        P ":2: unknown key 'worker' in [server] (known keys: workers, state_dir, plugins_dir, "
-         "log_level, user)"},
+         "log_level, user, tls_ticket_rotation)"},
       {"[server]\nworkers = 65\n" MIN_LISTENER,
        P ":2: key 'workers': expected an integer in [0, 64], got '65'"},
       {"[server]\nworkers = -1\n" MIN_LISTENER,
