@@ -71,6 +71,39 @@ class Skip(Exception):
     """Raise from a test to skip it, with the reason as the message."""
 
 
+DesyncCase = collections.namedtuple("DesyncCase", "id tier name head case")
+
+
+def desync_corpus():
+    """The HTTP request smuggling corpus (tests/data/http-desync, converted to raw requests by
+    tests/unit/desync_to_raw.py), as DesyncCase(id "file:n", expected tier, printable name,
+    request head bytes, parsed case) in corpus order. Needs Debian's python3-yaml."""
+    try:
+        import yaml
+    except ImportError:
+        raise Skip("python3-yaml is missing: run with Debian's /usr/bin/python3")
+    corpus_dir = os.path.join(SOURCE_DIR, "tests", "data", "http-desync")
+    if not os.path.isdir(corpus_dir):
+        raise Skip("no corpus at %s" % corpus_dir)
+    import glob
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "desync_to_raw", os.path.join(SOURCE_DIR, "tests", "unit", "desync_to_raw.py"))
+    d2r = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(d2r)
+    out = []
+    for path in sorted(glob.glob(os.path.join(corpus_dir, "*.yaml"))):
+        stem = os.path.basename(path)[:-len(".yaml")]
+        with open(path, encoding="utf-8") as f:
+            cases = yaml.safe_load(f) or []
+        for i, case in enumerate(cases, 1):
+            out.append(DesyncCase("%s:%d" % (stem, i), case["expected"]["tier"],
+                                  d2r.printable(d2r.to_bytes(case.get("name"))),
+                                  d2r.head_bytes(case), case))
+    assert len(out) > 100, "only %d corpus cases" % len(out)
+    return out
+
+
 # ---- cleanup bookkeeping --------------------------------------------------------------------
 
 _tmpdirs = []

@@ -26,8 +26,6 @@ test_desync_ambiguous_forwarded_then_connection_closed.
 Run with Debian's /usr/bin/python3: the corpus is YAML and needs python3-yaml.
 """
 
-import glob
-import importlib.util
 import os
 import re
 import socket
@@ -36,7 +34,6 @@ import time
 import evstest
 from evstest import RawUpstream, Skip, connect, recv_responses, start_server, wait_closed
 
-CORPUS_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "data", "http-desync")
 UNIT_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "unit")
 RELAY_HOST = "localhost"  # the Host desync_to_raw.py gives cases that have none
 FOLLOW_UP = b"GET /follow-up HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -52,31 +49,6 @@ STAGE_WAIT = 0.5
 # corpus calls "Transfer-Encoding: xchunked" Severe; evserver's 501 refuses it just as firmly.
 SEVERE_STATUS_EXCEPTIONS = {"severe:6": 501}
 REJECT_STATUSES = (400, 501, 505)
-
-
-def load_corpus():
-    """[(id, tier, name, head bytes, parsed case)] in corpus order."""
-    try:
-        import yaml
-    except ImportError:
-        raise Skip("python3-yaml is missing: run with Debian's /usr/bin/python3")
-    if not os.path.isdir(CORPUS_DIR):
-        raise Skip("no corpus at %s" % CORPUS_DIR)
-    spec = importlib.util.spec_from_file_location("desync_to_raw",
-                                                  os.path.join(UNIT_DIR, "desync_to_raw.py"))
-    d2r = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(d2r)
-    out = []
-    for path in sorted(glob.glob(os.path.join(CORPUS_DIR, "*.yaml"))):
-        stem = os.path.basename(path)[:-len(".yaml")]
-        with open(path, encoding="utf-8") as f:
-            cases = yaml.safe_load(f) or []
-        for i, case in enumerate(cases, 1):
-            out.append(("%s:%d" % (stem, i), case["expected"]["tier"],
-                        d2r.printable(d2r.to_bytes(case.get("name"))), d2r.head_bytes(case),
-                        case))
-    assert len(out) > 100, "only %d corpus cases" % len(out)
-    return out, d2r
 
 
 def expected_rejections():
@@ -263,7 +235,7 @@ def lookalike_fields(head):
 
 
 def test_desync_corpus_through_relay():
-    corpus, _ = load_corpus()
+    corpus = evstest.desync_corpus()
     listed = expected_rejections()
     rec, srv = start_corpus_server()
     tiers = ["Compliant", "Acceptable", "Ambiguous", "Severe"]
@@ -314,7 +286,7 @@ def test_desync_ambiguous_forwarded_then_connection_closed():
     """Ambiguous requests evserver forwards (a body on GET/HEAD, framing-lookalike field names)
     are answered with Connection: close and the client connection is then closed (SOURCE.md):
     nothing more is read from a connection whose framing a front end may see differently."""
-    corpus, _ = load_corpus()
+    corpus = evstest.desync_corpus()
     rec, srv = start_corpus_server()
     kept_open = []
     for cid, tier, name, head, _ in corpus:

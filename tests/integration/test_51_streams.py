@@ -14,8 +14,6 @@ tests/plugins/connect_proxy.c, loaded from $EVS_BUILD_DIR/test-plugins.d:
 Run with Debian's /usr/bin/python3: the corpus is YAML and needs python3-yaml.
 """
 
-import glob
-import importlib.util
 import os
 import select
 import signal
@@ -26,8 +24,6 @@ import threading
 import evstest
 from evstest import RawUpstream, Skip, recv_responses, wait_closed
 
-CORPUS_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "data", "http-desync")
-UNIT_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "unit")
 FOLLOW_UP = b"GET /follow-up HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
@@ -217,28 +213,6 @@ def test_tunnel_drains_like_a_connection():
 
 # ---- the smuggling corpus, on the listener and inside a tunnel --------------------------------
 
-def load_corpus():
-    try:
-        import yaml
-    except ImportError:
-        raise Skip("python3-yaml is missing: run with Debian's /usr/bin/python3")
-    if not os.path.isdir(CORPUS_DIR):
-        raise Skip("no corpus at %s" % CORPUS_DIR)
-    spec = importlib.util.spec_from_file_location("desync_to_raw",
-                                                  os.path.join(UNIT_DIR, "desync_to_raw.py"))
-    d2r = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(d2r)
-    out = []
-    for path in sorted(glob.glob(os.path.join(CORPUS_DIR, "*.yaml"))):
-        stem = os.path.basename(path)[:-len(".yaml")]
-        with open(path, encoding="utf-8") as f:
-            cases = yaml.safe_load(f) or []
-        for i, case in enumerate(cases, 1):
-            out.append(("%s:%d" % (stem, i), case["expected"]["tier"], d2r.head_bytes(case)))
-    assert len(out) > 100, "only %d corpus cases" % len(out)
-    return out
-
-
 def body_for(head):
     """A body matching the head's framing as a strict reader sees it (test_21's rule)."""
     te = cl = None
@@ -278,7 +252,7 @@ def verdict(sock, head, body):
 
 
 def test_desync_corpus_inside_tunnel_same_verdicts_as_listener():
-    corpus = load_corpus()
+    corpus = [(c.id, c.tier, c.head) for c in evstest.desync_corpus()]
     ca = evstest.make_ca()
     rec = RawUpstream()
     srv = start(ca, {"inner_scheme": "http", "direct_upstream": "127.0.0.1:%d" % rec.port},
