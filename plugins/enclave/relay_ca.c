@@ -300,8 +300,8 @@ static void cert_call_free(cert_call *cc) {
 static void sign_reply(void *arg, int status, const ep_item *it, size_t n) {
   cert_call *cc = arg;
   if (status == 0 && n != 1) status = EVS_CRYPTO_E_PROTOCOL;
-  if (status == EVS_EP_E_INVALID)
-    cc->st->host->log(cc->st->plugin, NULL, EVS_LOG_INFO,
+  if (status == EVS_EP_E_INVALID) /* names may come from clients (CONNECT hosts): debug only */
+    cc->st->host->log(cc->st->plugin, NULL, EVS_LOG_DEBUG,
                       "issue_certificate refused by the enclave: a bad name, key or validity, or "
                       "a relay CA that does not open with this node's sealing key");
   if (status != 0) {
