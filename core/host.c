@@ -697,6 +697,38 @@ static int h_check_api_key(evs_plugin *p, const evs_api_key_request *req, evs_ap
   if (rc < 0) free(c);
   return rc < 0 ? rc : 0;
 }
+/* Certificates (ABI 1.7): shape checks, then the provider's typed table. */
+static int h_issue_certificate(evs_plugin *p, const evs_cert_request *req, evs_bytes_cb cb,
+                               void *arg) {
+  (void)p;
+  if (!req || req->size < sizeof *req || !req->names || req->nnames == 0 ||
+      req->nnames > EVS_CERT_MAX_NAMES || !req->public_key_pem || !cb)
+    return -EINVAL;
+  for (size_t i = 0; i < req->nnames; i++)
+    if (!req->names[i]) return -EINVAL;
+  evs__plugin_rec *r = typed_provider();
+  if (!r) return EVS_ENOCRYPTO;
+  if (!r->crypto2.issue_certificate) return -ENOTSUP;
+  typed_call *c = typed_new(arg);
+  if (!c) return -ENOMEM;
+  c->cb.bytes = cb;
+  int rc = r->crypto2.issue_certificate(r->state, req, typed_bytes_done, c);
+  if (rc < 0) free(c);
+  return rc < 0 ? rc : 0;
+}
+static int h_ca_certificates(evs_plugin *p, evs_bytes_cb cb, void *arg) {
+  (void)p;
+  if (!cb) return -EINVAL;
+  evs__plugin_rec *r = typed_provider();
+  if (!r) return EVS_ENOCRYPTO;
+  if (!r->crypto2.ca_certificates) return -ENOTSUP;
+  typed_call *c = typed_new(arg);
+  if (!c) return -ENOMEM;
+  c->cb.bytes = cb;
+  int rc = r->crypto2.ca_certificates(r->state, typed_bytes_done, c);
+  if (rc < 0) free(c);
+  return rc < 0 ? rc : 0;
+}
 static int h_register_crypto_provider2(evs_plugin *p, const evs_crypto_provider *ops) {
   evs__plugin_rec *r = rec(p);
   if (!r->in_init) return -EPERM;
@@ -982,6 +1014,8 @@ static const evs_host host_table = {
     .helper_stop = evs__helper_stop,
     /* 1.7: routes */
     .add_route = h_add_route,
+    .issue_certificate = h_issue_certificate,
+    .ca_certificates = h_ca_certificates,
 };
 
 const evs_host *evs__host_table(void) { return &host_table; }

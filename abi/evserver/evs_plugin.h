@@ -80,6 +80,11 @@
  *        method, path prefix) -> handler; each [listener] names the roles it serves, the host
  *        picks the most specific route and answers the role's documented 404 itself. ROUTE
  *        hooks stay, and run after the routes missed.
+ *   1.7  certificates (issue_certificate, ca_certificates; evs_cert_request; the matching
+ *        members at the end of evs_crypto_provider): a leaf certificate for given SANs and a
+ *        public key the caller holds the private key of, signed by the node's relay CA (whose
+ *        key only the provider, the enclave, holds), and the PEM bundle of CAs to trust. The
+ *        Outbound Relay's TLS inside a CONNECT tunnel.
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -395,6 +400,7 @@ typedef enum evs_crypto_status {
   EVS_CRYPTO_E_DECRYPT = -5,  /* a value does not decrypt with this app's keys (tampered, ...) */
   EVS_CRYPTO_E_INVALID = -6,  /* an input is invalid (curve, role, type, size, not an ev: string) */
   EVS_CRYPTO_E_INTERNAL = -7,
+  EVS_CRYPTO_UNAVAILABLE = -8, /* 1.7: what the call needs does not exist yet (no relay CA) */
 } evs_crypto_status;
 
 /* Value types. STRING is trimmed like the SDK's (the API's /encrypt); STRING_EXACT is
@@ -466,6 +472,22 @@ typedef void (*evs_bytes_cb)(void *arg, int status, const uint8_t *data, size_t 
  * -EACCES: unknown key or permission missing (app_id NULL). */
 typedef void (*evs_api_key_cb)(void *arg, int status, const char *app_id);
 
+/* ---- Certificates (ABI 1.7) ---------------------------------------------------------------
+ * The node's relay CA (created and rotated by the operator: `evctl relay-ca`) signs leaf
+ * certificates for the Outbound Relay, which terminates TLS inside a CONNECT tunnel with them.
+ * The CA's private key lives with the crypto provider (the enclave) and never reaches a
+ * plugin; the caller generates the leaf's key pair itself and sends only the public key.
+ * Statuses as for the typed crypto calls: EVS_CRYPTO_OK, EVS_CRYPTO_E_INVALID (a bad name, key
+ * or validity), EVS_CRYPTO_UNAVAILABLE (no CA exists yet), EVS_ENOCRYPTO, -ENOMEM. */
+#define EVS_CERT_MAX_NAMES 8
+typedef struct evs_cert_request {
+  uint32_t size;                /* sizeof(evs_cert_request) */
+  const char *const *names;     /* DNS names or IP literals: the leaf's SANs (names[0] is also the CN) */
+  size_t nnames;                /* 1..EVS_CERT_MAX_NAMES */
+  const char *public_key_pem;   /* the leaf's public key (SubjectPublicKeyInfo, PEM); the caller keeps the private key */
+  uint32_t validity_s;          /* 0: the provider's default (e.g. 7 days) */
+} evs_cert_request;
+
 /* The provider's side (register_crypto_provider2, init only, one provider per worker). Each
  * function gets the provider's state and the caller's request; it either returns negative
  * (done never runs) or calls done(done_arg, ...) exactly once, later, on the loop thread, with
@@ -483,6 +505,11 @@ typedef struct evs_crypto_provider {
                       void *done_arg);
   int (*check_api_key)(void *state, const evs_api_key_request *req, evs_api_key_cb done,
                        void *done_arg);
+  /* 1.7: certificates (see "Certificates" above). issue_certificate's done gets the PEM chain
+   * (the leaf, then the CA that signed it); ca_certificates' the PEM bundle to trust. */
+  int (*issue_certificate)(void *state, const evs_cert_request *req, evs_bytes_cb done,
+                           void *done_arg);
+  int (*ca_certificates)(void *state, evs_bytes_cb done, void *done_arg);
 } evs_crypto_provider;
 
 /* ---- Helper processes (ABI 1.7) ---------------------------------------------------------- */
@@ -869,6 +896,17 @@ typedef struct evs_host {
    * prefix, -ENOMEM. A failed init drops the routes it registered. The route table is listed by
    * the admin endpoint GET /routes (`evctl routes`). */
   int (*add_route)(evs_plugin *p, const evs_route *route);
+  /* 1.7: certificates */
+  /* A leaf certificate for req->names and req->public_key_pem, signed by the node's current
+   * relay CA (see "Certificates"). cb: PEM chain, leaf then the CA that signed it; statuses
+   * evs_crypto_status (e.g. EVS_CRYPTO_UNAVAILABLE when no CA exists yet). Returns -EINVAL for
+   * a malformed request (size smaller than 1.7's, no names or more than EVS_CERT_MAX_NAMES, a
+   * NULL name or key), EVS_ENOCRYPTO without a provider, -ENOTSUP when the provider has no
+   * certificates. */
+  int (*issue_certificate)(evs_plugin *p, const evs_cert_request *req, evs_bytes_cb cb, void *arg); /* cb: PEM chain, leaf then the CA that signed it; statuses evs_crypto_status (e.g. EVS_CRYPTO_UNAVAILABLE when no CA exists yet) */
+  /* The PEM bundle clients should trust (current CA, then older ones still valid);
+   * EVS_CRYPTO_UNAVAILABLE when no CA exists. Answered from memory (no enclave round trip). */
+  int (*ca_certificates)(evs_plugin *p, evs_bytes_cb cb, void *arg); /* PEM bundle clients should trust (current CA, then older ones still valid) */
 } evs_host;
 
 #ifdef __cplusplus

@@ -135,6 +135,11 @@ int evctl_admin_call(const evctl_ctx *ctx, const char *method, const char *path,
 int evctl_admin_call_text(const evctl_ctx *ctx, const char *method, const char *path,
                           const char *payload, size_t payload_len, json_t **ret_obj);
 
+/* ---- cmd_relay_ca.c: the Outbound Relay's CA (the enclave plugin's /relay-ca endpoints) ----- */
+int evctl_cmd_relay_ca_create(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_relay_ca_show(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_relay_ca_rotate(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_relay_ca_remove(const evctl_ctx *ctx, int argc, char **argv);
 /* ---- cmd_server.c: the running server ------------------------------------------------------- */
 
 int evctl_cmd_status(const evctl_ctx *ctx, int argc, char **argv);

@@ -151,6 +151,63 @@ evs_app *evs__app_find(evs_enclave *e, const uint8_t *id, size_t id_len);
 evs_ec_encryptor *evs__app_encryptor(evs_app *app, evs_ec_curve curve);
 size_t evs__enclave_unlocked(const evs_enclave *e);
 
+/* AES-256-GCM under the sealing key with a random IV: out = IV 12 || ciphertext (len) || tag 16.
+ * unseal wipes out on failure. 0 or -1. For ca.c, which seals the relay CA's key as keys.c
+ * seals shares. */
+#define EVS_SEAL_OVERHEAD 28
+int evs__enclave_seal(const evs_enclave *e, const uint8_t *aad, size_t aad_len,
+                      const uint8_t *in, size_t len, uint8_t *out);
+int evs__enclave_unseal(const evs_enclave *e, const uint8_t *aad, size_t aad_len,
+                        const uint8_t *in, size_t len, uint8_t *out);
+
+/* ---- the Outbound Relay's CA (ca.c) ------------------------------------------------------
+ * A P-256 CA made here; its private key leaves the enclave only sealed ("EVC\1" || IV ||
+ * AES-256-GCM(SEC1 DER of the key) || tag, AAD = label || SHA-256 of the CA's
+ * SubjectPublicKeyInfo), so the store holds the certificate and that blob. CA_SIGN sends both
+ * back with every request; the enclave keeps the last one it unsealed (evs_ca_cache), so a
+ * restarted enclave or a rotated CA needs no extra step. */
+#define EVS_CA_MAX_NAMES 8
+#define EVS_CA_NAME_MAX 253
+#define EVS_CA_CN_MAX 64
+#define EVS_CA_DEFAULT_DAYS 3650
+#define EVS_CA_MAX_DAYS 10950                      /* 30 years */
+#define EVS_CA_LEAF_DEFAULT_S (7u * 86400)         /* 7 days */
+#define EVS_CA_LEAF_MAX_S (398u * 86400)           /* the CA/Browser Forum's ceiling */
+#define EVS_CA_LEAF_BACKDATE_S 300                 /* notBefore: 5 minutes ago (clock skew) */
+#define EVS_CA_SPKI_MAX 16384
+#define EVS_CA_PEM_MAX 16384
+
+typedef struct evs_ca_cache evs_ca_cache;
+void evs__ca_cache_free(evs_ca_cache *c);
+evs_ca_cache **evs__enclave_ca(evs_enclave *e);
+
+/* What a SAN is: EVS_CA_NAME_DNS (a host name: 1..253 bytes, labels of 1..63 of [A-Za-z0-9-],
+ * not starting or ending with '-', no trailing dot, no wildcard, not all-numeric like an IPv4
+ * address would be), EVS_CA_NAME_IP (a dotted-quad IPv4 or an IPv6 literal, no brackets, no
+ * zone), or 0 (refused). ip receives 4 or 16 bytes and ip_len their count (may be NULL). */
+enum { EVS_CA_NAME_DNS = 1, EVS_CA_NAME_IP = 2 };
+int evs__ca_name_kind(const uint8_t *s, size_t len, uint8_t ip[16], size_t *ip_len);
+
+/* Makes a CA: a new P-256 key, a self-signed certificate (CN cn, or "evserver Outbound Relay
+ * CA" when cn_len is 0; cn: 1..64 printable ASCII) valid for days (0: EVS_CA_DEFAULT_DAYS) from
+ * an hour ago. *ret_pem and *ret_sealed are malloc'd (the caller frees). EVS_EP_E_INVALID for a
+ * bad cn or days, EVS_EP_E_INTERNAL for a crypto failure. */
+int evs__ca_create(evs_enclave *e, const uint8_t *cn, size_t cn_len, uint32_t days,
+                   char **ret_pem, size_t *ret_pem_len, uint8_t **ret_sealed,
+                   size_t *ret_sealed_len);
+
+/* Issues a leaf: CA certificate (PEM) and its sealed key (as evs__ca_create made them), the
+ * leaf's public key (SubjectPublicKeyInfo, PEM or DER: EC P-256/P-384/P-521, RSA 2048..8192 or
+ * Ed25519), validity_s (0: EVS_CA_LEAF_DEFAULT_S; 60..EVS_CA_LEAF_MAX_S; never past the CA's
+ * notAfter), names (1..EVS_CA_MAX_NAMES, each evs__ca_name_kind; names[0] is the CN when it is
+ * at most 64 bytes). The leaf: random 128-bit serial, notBefore 5 minutes ago, CA:FALSE,
+ * digitalSignature (and keyEncipherment for RSA), serverAuth, the SANs, key identifiers.
+ * *ret_pem is malloc'd. EVS_EP_E_INVALID for any bad input (a blob that does not open with the
+ * sealing key for this certificate, an expired CA included), EVS_EP_E_INTERNAL otherwise. */
+int evs__ca_sign(evs_enclave *e, const uint8_t *ca_pem, size_t ca_pem_len, const uint8_t *sealed,
+                 size_t sealed_len, const uint8_t *spki, size_t spki_len, uint32_t validity_s,
+                 const evs_ep_item *names, size_t nnames, char **ret_pem, size_t *ret_pem_len);
+
 /* ---- ops (ops.c) -------------------------------------------------------------------------- */
 
 /* Handles one request message (body = the bytes after its u32 length) and leaves the complete

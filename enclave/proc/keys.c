@@ -48,6 +48,7 @@ struct evs_enclave {
   const char *sandbox;
   const char *mlock;
   const char *tag;
+  evs_ca_cache *ca; /* the relay CA last used for CA_SIGN (ca.c) */
 };
 
 /* Secrets that an operation needs for a moment, in one secure-heap block. */
@@ -208,6 +209,7 @@ void evs__enclave_free(evs_enclave *e) {
     OPENSSL_secure_clear_free(c->token, c->token_len + 1);
     OPENSSL_clear_free(c, sizeof *c);
   }
+  evs__ca_cache_free(e->ca);
   OPENSSL_secure_clear_free(e->seal_key, EVS_SEAL_KEY_LEN);
   OPENSSL_clear_free(e, sizeof *e);
 }
@@ -253,6 +255,18 @@ int evs__enclave_add_credential(evs_enclave *e, const char *id, size_t id_len, c
 }
 
 size_t evs__enclave_credentials(const evs_enclave *e) { return e->ncreds; }
+
+/* The relay CA (ca.c) seals its private key exactly as shares are sealed: AES-256-GCM under the
+ * sealing key, a random IV, an AAD that names the purpose. */
+int evs__enclave_seal(const evs_enclave *e, const uint8_t *aad, size_t aad_len,
+                      const uint8_t *in, size_t len, uint8_t *out) {
+  return seal(e->seal_key, aad, aad_len, in, len, out);
+}
+int evs__enclave_unseal(const evs_enclave *e, const uint8_t *aad, size_t aad_len,
+                        const uint8_t *in, size_t len, uint8_t *out) {
+  return open_sealed(e->seal_key, aad, aad_len, in, len, out);
+}
+evs_ca_cache **evs__enclave_ca(evs_enclave *e) { return &e->ca; }
 size_t evs__enclave_unlocked(const evs_enclave *e) { return e->napps; }
 
 evs_app *evs__app_find(evs_enclave *e, const uint8_t *id, size_t id_len) {

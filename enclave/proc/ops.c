@@ -405,6 +405,34 @@ static int32_t op_decrypt_file(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *
   return EVS_EP_OK;
 }
 
+static int32_t op_ca_create(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out) {
+  if (m->nitems != 2 || m->items[1].len != 4) return EVS_EP_E_PROTOCOL;
+  char *pem = NULL;
+  uint8_t *sealed = NULL;
+  size_t pem_len = 0, sealed_len = 0;
+  int32_t r = evs__ca_create(e, m->items[0].p, m->items[0].len, evs_ep_get_u32(m->items[1].p),
+                             &pem, &pem_len, &sealed, &sealed_len);
+  if (r != EVS_EP_OK) return r;
+  evs__ep_add(out, pem, pem_len);
+  evs__ep_add(out, sealed, sealed_len);
+  free(pem);
+  free(sealed);
+  return EVS_EP_OK;
+}
+
+static int32_t op_ca_sign(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out) {
+  if (m->nitems < 5 || m->items[3].len != 4) return EVS_EP_E_PROTOCOL;
+  const evs_ep_item *it = m->items;
+  char *pem = NULL;
+  size_t pem_len = 0;
+  int32_t r = evs__ca_sign(e, it[0].p, it[0].len, it[1].p, it[1].len, it[2].p, it[2].len,
+                           evs_ep_get_u32(it[3].p), it + 4, m->nitems - 4, &pem, &pem_len);
+  if (r != EVS_EP_OK) return r;
+  evs__ep_add(out, pem, pem_len);
+  free(pem);
+  return EVS_EP_OK;
+}
+
 /* ---- dispatch ---------------------------------------------------------------------------- */
 
 void evs__ep_handle(evs_enclave *e, const uint8_t *body, size_t len, evs_ep_buf *out) {
@@ -425,6 +453,8 @@ void evs__ep_handle(evs_enclave *e, const uint8_t *body, size_t len, evs_ep_buf 
       case EVS_EP_DECRYPT_ROLE: r = op_decrypt(e, &m, out, 1); break;
       case EVS_EP_ENCRYPT_FILE: r = op_encrypt_file(e, &m, out); break;
       case EVS_EP_DECRYPT_FILE: r = op_decrypt_file(e, &m, out); break;
+      case EVS_EP_CA_CREATE: r = op_ca_create(e, &m, out); break;
+      case EVS_EP_CA_SIGN: r = op_ca_sign(e, &m, out); break;
       /* ATTACH carries a descriptor and is answered by nobody: main.c's loop takes it before
        * a frame gets here. Anyone else (a unit test, the fuzzer) gets the unknown-op error. */
       case EVS_EP_ATTACH: r = EVS_EP_E_UNKNOWN_OP; break;

@@ -122,6 +122,23 @@ typedef enum evs_ep_op {
    * them; extras are closed. A client learns an ATTACH's outcome only by talking on the new
    * connection (HELLO; a refused one is closed, so the client reads EOF). */
   EVS_EP_ATTACH = 11,
+  /* The Outbound Relay's CA (enclave/README.md, "The relay CA"). The enclave keeps no CA state:
+   * the plugin stores what CA_CREATE returns and sends it back with every CA_SIGN.
+   * req: [common name (0..64 printable ASCII; empty: "evserver Outbound Relay CA"),
+   *   u32 validity in days (0: 3650; at most 10950)]
+   * resp: [CA certificate (PEM), sealed private key ("EVC\1" || IV 12 || AES-256-GCM of the
+   *   key's SEC1 DER under the sealing key || tag 16; AAD binds it to the certificate's key)].
+   * A new P-256 key each time; the private key leaves the enclave only sealed.
+   * EVS_EP_E_INVALID: a bad name or validity. */
+  EVS_EP_CA_CREATE = 12,
+  /* req: [CA certificate (PEM), sealed key (both as CA_CREATE returned them), the leaf's public
+   *   key (SubjectPublicKeyInfo, PEM or DER: EC P-256/384/521, RSA 2048..8192, Ed25519),
+   *   u32 validity in seconds (0: 7 days; 60..398 days), then 1..8 names (SANs: DNS names or
+   *   IPv4/IPv6 literals; the first is also the CN when at most 64 bytes)]
+   * resp: [leaf certificate (PEM)]: random serial, notBefore 5 minutes ago, notAfter capped at
+   *   the CA's, CA:FALSE, serverAuth. EVS_EP_E_INVALID: a bad name, key or validity, too many
+   *   names, or a CA that does not open (tampered, another sealing key, expired). */
+  EVS_EP_CA_SIGN = 13,
 } evs_ep_op;
 
 typedef enum evs_ep_status {

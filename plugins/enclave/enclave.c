@@ -43,6 +43,9 @@ static const evs_config_item items[] = {
     {"share_store", EVS_CONFIG_STRING, NULL, 0, 0, EVS_CONFIG_SECRET,
      "where apps' sealed share 2 is kept, apart from the state store: a SQLite file or a "
      "PostgreSQL connection string (default: share-store/shares.db in the state directory)"},
+    {"relay_ca_url", EVS_CONFIG_STRING, NULL, 0, 0, 0,
+     "the public URL of the relay CA certificate (GET " RELAY_CA_PATH " on an api listener), "
+     "shown by `evctl relay-ca show`: the value for the SDKs' EV_CERT_HOSTNAME"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -193,6 +196,10 @@ static void peer_done(void *arg, int status, const ep_item *it, size_t n) {
 
 static void on_node_msg(void *state, const uint8_t *msg, size_t len, evs_node_msg *m) {
   enclave_state *st = state;
+  if (len == 1 && msg[0] == 'C') { /* the relay CA record changed */
+    enc_relay_ca_node_msg(st, m);
+    return;
+  }
   peer_job *j = calloc(1, sizeof *j);
   if (!j || st->disabled || len < 2 || (msg[0] != 'U' && msg[0] != 'L') ||
       (size_t)msg[1] + 2 > len || msg[1] >= ENC_APP_ID_MAX) {
@@ -383,7 +390,7 @@ static int check_api_key(enclave_state *st, const evs_crypto_request *creq,
 
 /* Sends m (consumed either way) to the enclave, or parks it while the first unlocks run.
  * fn runs exactly once unless this returns negative. */
-static int enclave_send(enclave_state *st, ep_msg *m, ep_reply_fn fn, void *arg) {
+int enc_enclave_send(enclave_state *st, ep_msg *m, ep_reply_fn fn, void *arg) {
   if (st->unlocking > 0) {
     parked_call *pk = calloc(1, sizeof *pk);
     if (!pk) {
@@ -426,7 +433,7 @@ static int provider(void *state, const evs_crypto_request *creq, evs_crypto_done
   }
   pc->done = done;
   pc->done_arg = done_arg;
-  int r = enclave_send(st, &m, provider_reply, pc);
+  int r = enc_enclave_send(st, &m, provider_reply, pc);
   if (r < 0) free(pc);
   return r;
 }
@@ -501,7 +508,7 @@ static int typed_send(enclave_state *st, ep_msg *m, typed_call *tc, ep_reply_fn 
     free(tc);
     return -E2BIG;
   }
-  int r = enclave_send(st, m, fn, tc);
+  int r = enc_enclave_send(st, m, fn, tc);
   if (r < 0) free(tc);
   return r;
 }
@@ -585,6 +592,8 @@ static const evs_crypto_provider typed_provider = {
     .encrypt_file = t_encrypt_file,
     .decrypt_file = t_decrypt_file,
     .check_api_key = t_check_api_key,
+    .issue_certificate = enc_issue_certificate,
+    .ca_certificates = enc_ca_certificates,
 };
 
 /* ---- routing ------------------------------------------------------------------------------ */
@@ -616,7 +625,19 @@ static int admin_route(void *state, evs_request *req) {
 /* The API's endpoints by name (what `evctl routes` shows), and a catch route for the same
  * paths written with a doubled leading slash (an EV_API_URL with a trailing slash), which
  * enc_api_route accepts and declines otherwise: the host then answers `resource-not-found`. */
+static int ca_pem_route(void *state, evs_request *req) {
+  return enc_relay_ca_pem_route(state, req);
+}
+
+static int ca_admin_route(void *state, evs_request *req) {
+  enclave_state *st = state;
+  if (st->disabled) return disabled_answer(st, req);
+  return enc_relay_ca_admin_route(st, req);
+}
+
 static const evs_route routes[] = {
+    {sizeof(evs_route), "api", NULL, "GET", RELAY_CA_PATH, ca_pem_route},
+    {sizeof(evs_route), "admin", NULL, NULL, "/relay-ca", ca_admin_route},
     {sizeof(evs_route), "api", NULL, "GET", "/cages/key", api_route},
     {sizeof(evs_route), "api", NULL, "GET", "/keys", api_route},
     {sizeof(evs_route), "api", NULL, "POST", "/encrypt", api_route},
@@ -637,6 +658,7 @@ static void state_free(enclave_state *st) {
     free(pk);
   }
   if (st->first_unlock_deadline) st->host->timer_free(st->first_unlock_deadline);
+  enc_relay_ca_stop(st);
   ep_client_free(st->client);
   free(st->seal_key);
   free(st);
@@ -787,6 +809,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   spec.restart_max_ms = EP_RESTART_MAX_MS;
   spec.kept = "enclave";
   if (r == 0) r = host->helper_spawn(plugin, &spec, on_helper_event, st, &st->helper);
+  if (r == 0) r = enc_relay_ca_start(st);
   if (r < 0) {
     host->log(plugin, NULL, EVS_LOG_ERROR, "cannot start %s: %s", binary, strerror(-r));
     state_free(st);

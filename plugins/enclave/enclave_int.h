@@ -20,6 +20,8 @@
 #define ENC_KEY_ID_MAX 40      /* "key_" + 16 hex, with room */
 #define ENC_STORE_KEY_MAX 64
 
+typedef struct relay_ca relay_ca; /* relay_ca.c */
+
 typedef struct enclave_state {
   const evs_host *host;
   evs_plugin *plugin;
@@ -35,6 +37,9 @@ typedef struct enclave_state {
   int started;
   struct parked_call *parked, **parked_tail;
   evs_timer *first_unlock_deadline;
+  relay_ca *ca;          /* this worker's copy of the store's relay CA record (NULL: none) */
+  evs_timer *ca_refresh; /* re-reads it now and then (other nodes may rotate it) */
+  uint64_t ca_read_ms;   /* when it was last read (a miss re-reads at most once a second) */
 } enclave_state;
 
 /* How long the other workers' enclaves get to act on a node-wide unlock or lock. */
@@ -81,6 +86,7 @@ struct enc_ctx {
   int body_status;
   size_t body_max;    /* enc_continue's read_body limit (0: the host's limits.max_body_bytes) */
   const char *too_big; /* the 413's detail when the body is over body_max (static; NULL: generic) */
+  char ca_fp[100];    /* DELETE /relay-ca/<fingerprint> */
   int err_status;     /* enc_fail: answer this instead of running step */
   const char *err_code, *err_detail; /* static strings */
 };
@@ -144,6 +150,24 @@ void enc_do_encrypt(enc_ctx *x);
 /* Takes data (stolen) as the value to work on: sets x->root (NULL on ENOMEM), x->wrapped. */
 void enc_set_data(enc_ctx *x, json_t *data);
 void enc_do_decrypt(enc_ctx *x);
+
+/* ---- the relay CA (relay_ca.c) --------------------------------------------------------------- */
+#define RELAY_CA_PATH "/relay-ca.pem" /* on the api role: the SDKs' EV_CERT_HOSTNAME */
+#define EVS_CA_MAX_DAYS_API 10950
+/* Starts this worker's copy (read now, then every minute); enc_relay_ca_stop frees it. */
+int enc_relay_ca_start(enclave_state *st);
+void enc_relay_ca_stop(enclave_state *st);
+/* A node message 'C' (another worker changed the record): re-read it, then node_reply. */
+void enc_relay_ca_node_msg(enclave_state *st, evs_node_msg *m);
+int enc_relay_ca_pem_route(enclave_state *st, evs_request *req);   /* GET /relay-ca.pem */
+int enc_relay_ca_admin_route(enclave_state *st, evs_request *req); /* /relay-ca (admin) */
+/* The crypto provider's members of ABI 1.7. */
+int enc_issue_certificate(void *state, const evs_cert_request *req, evs_bytes_cb done,
+                          void *done_arg);
+int enc_ca_certificates(void *state, evs_bytes_cb done, void *done_arg);
+/* enclave.c: sends m to this worker's enclave (parked while the first unlocks run). m is
+ * consumed. As ep_client_call. */
+int enc_enclave_send(enclave_state *st, ep_msg *m, ep_reply_fn fn, void *arg);
 
 /* ---- the route hooks ---------------------------------------------------------------------- */
 int enc_admin_route(enclave_state *st, evs_request *req); /* apps.c */
