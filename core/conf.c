@@ -129,6 +129,10 @@ const evs__conf_key evs__conf_limits_keys[] = {
     {{"drain_timeout", EVS_CONFIG_DURATION, "30s", 0, 1 * MS_H, 0,
       "how long SIGTERM and SIGHUP wait for in-flight requests before closing them"},
      SETTING(drain_timeout_ms), NULL},
+    {{"tls_identity_cache", EVS_CONFIG_INT, "1024", 1, 1000000, 0,
+      "TLS contexts each worker keeps for the certificates plugins give tunnels by name "
+      "(evs_tls_identity.cache_key), least recently used evicted first"},
+     SETTING(tls_identity_cache), NULL},
     {{NULL, 0, NULL, 0, 0, 0, NULL}, BY_HAND, NULL},
 };
 

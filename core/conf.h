@@ -115,6 +115,7 @@ typedef struct evs__settings {
   /* [limits] */
   int64_t max_header_bytes, max_header_fields, max_body_bytes, max_connections;
   int64_t max_connections_per_ip;   /* 0: no limit */
+  int64_t tls_identity_cache;       /* entries per worker (stream.c) */
   int64_t tls_ticket_rotation_ms;
   int64_t header_timeout_ms, body_timeout_ms, idle_timeout_ms, send_timeout_ms, drain_timeout_ms;
   int64_t request_timeout_ms;       /* 0: no limit */

@@ -55,12 +55,18 @@ int evs__plugins_run_hooks(evs__worker *w, evs_phase phase, evs_request *req) {
  * any of the listener's roles is the one to try; a handler that declines passes to the next. */
 int evs__routes_run(evs__worker *w, const char *const *roles, size_t nroles, evs_request *req) {
   const evs_request_info *i = &req->info;
+  /* A CONNECT is routed by its target's host, not by the Host header. */
+  const char *host = i->host;
+  char connect_host[256];
+  if (strcmp(i->method, "CONNECT") == 0)
+    host = evs__route_connect_host(i->target, connect_host, sizeof connect_host) ? connect_host
+                                                                                : "";
   for (size_t k = 0; k < w->nroutes; k++) {
     evs__route *rt = &w->routes[k];
     if (!rt->plugin->loaded) continue;
     int match = 0;
     for (size_t r = 0; r < nroles && !match; r++)
-      match = evs__route_matches(rt, roles[r], i->host, i->method, i->path);
+      match = evs__route_matches(rt, roles[r], host, i->method, i->path);
     if (!match) continue;
     /* Attributed before the call, as for hooks: a handler that answers at once may end it. */
     evs__plugin_rec *before = req->handler;

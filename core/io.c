@@ -5,6 +5,12 @@
  * plaintext, and whatever OpenSSL wants to send accumulates in wbio and is flushed to the socket
  * after every TLS call. One per-thread read buffer serves every stream because libuv delivers a
  * read and we consume it before returning.
+ *
+ * TLS inside TLS (a CONNECT tunnel on a TLS listener whose plugin starts TLS in the tunnel) is a
+ * second SSL over the first one's plaintext: socket -> outer rbio -> SSL_read(outer) -> inner
+ * rbio -> SSL_read(inner) -> owner, and back through SSL_write(inner) -> inner wbio ->
+ * SSL_write(outer) -> outer wbio -> socket. Everything above the innermost layer (the owner,
+ * reads, writes, backpressure, closing) is unchanged; only the bottom of the pipe knows.
  */
 #include "io.h"
 
@@ -36,6 +42,8 @@ void evs__io_init(evs__io *io, void *owner) {
   io->on_handshake = NULL;
   io->ssl = NULL;
   io->rbio = io->wbio = NULL;
+  io->outer_ssl = NULL;
+  io->outer_rbio = io->outer_wbio = NULL;
   io->write_queued = 0;
   io->cork = NULL;
   io->corked = 0;
@@ -149,16 +157,36 @@ static int raw_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
   return 0;
 }
 
-/* Send whatever ciphertext OpenSSL produced. */
-static int flush_tls(evs__io *io) {
+/* Send whatever ciphertext a layer's write BIO holds to the socket. */
+static int flush_bio(evs__io *io, BIO *wbio) {
   char buf[16384];
   int n;
-  while ((n = BIO_read(io->wbio, buf, sizeof buf)) > 0) {
+  while ((n = BIO_read(wbio, buf, sizeof buf)) > 0) {
     uv_buf_t b = uv_buf_init(buf, (unsigned)n);
     int r = raw_write(io, &b, 1);
     if (r < 0) return r;
   }
   return 0;
+}
+
+/* Send whatever ciphertext the innermost layer produced: to the socket, or as plaintext of the
+ * outer layer. */
+static int flush_tls(evs__io *io) {
+  if (!io->outer_ssl) return flush_bio(io, io->wbio);
+  char buf[16384];
+  int n;
+  while ((n = BIO_read(io->wbio, buf, sizeof buf)) > 0) {
+    int off = 0;
+    while (off < n) {
+      int w = SSL_write(io->outer_ssl, buf + off, n - off);
+      if (w <= 0) {
+        ERR_clear_error();
+        return UV_EPROTO;
+      }
+      off += w;
+    }
+  }
+  return flush_bio(io, io->outer_wbio);
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -223,6 +251,40 @@ static void tls_input(evs__io *io, const char *data, size_t len) {
   }
 }
 
+/* Two layers: push the socket's ciphertext into the outer layer and its plaintext (the inner
+ * layer's records) into the inner one. Everything the outer layer decrypts goes on at once;
+ * the inner layer holds it while the owner is paused, which is bounded by the one socket read
+ * it came in (reading from the socket stops with the owner). */
+static void outer_input(evs__io *io, const char *data, size_t len) {
+  while (len > 0) {
+    int w = BIO_write(io->outer_rbio, data, (int)len);
+    if (w <= 0) {
+      deliver_error(io, UV_EPROTO);
+      return;
+    }
+    data += w;
+    len -= (size_t)w;
+  }
+  char buf[16384];
+  while (!io->closing) {
+    int n = SSL_read(io->outer_ssl, buf, sizeof buf);
+    if (n > 0) {
+      tls_input(io, buf, (size_t)n);
+      continue;
+    }
+    int e = SSL_get_error(io->outer_ssl, n);
+    flush_bio(io, io->outer_wbio); /* what the outer layer answers by itself (a key update) */
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) break;
+    ERR_clear_error();
+    deliver_error(io, e == SSL_ERROR_ZERO_RETURN ? UV_EOF : UV_EPROTO);
+    break;
+  }
+}
+
+/* Input held in a layer while the owner was paused: decrypted records not delivered, or
+ * records not yet decrypted. */
+static int tls_held(SSL *ssl, BIO *rbio) { return SSL_pending(ssl) > 0 || BIO_ctrl_pending(rbio) > 0; }
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   evs__io *io = s->data;
   if (nread == 0) return;
@@ -238,7 +300,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     deliver_error(io, (int)nread);
     return;
   }
-  if (io->ssl)
+  if (io->outer_ssl)
+    outer_input(io, buf->base, (size_t)nread);
+  else if (io->ssl)
     tls_input(io, buf->base, (size_t)nread);
   else if (io->on_read)
     io->on_read(io, nread, buf->base);
@@ -261,8 +325,11 @@ int evs__io_read_start(evs__io *io) {
     io->reading = 0;
     return r;
   }
-  /* Plaintext OpenSSL already decrypted but we did not deliver while paused. */
-  if (io->ssl && !io->handshaking && SSL_pending(io->ssl) > 0) tls_input(io, NULL, 0);
+  /* Input OpenSSL holds but we did not deliver while paused: the outer layer's first (it may
+   * carry the inner layer's handshake, as after a takeover), then the inner layer's. */
+  if (io->outer_ssl && tls_held(io->outer_ssl, io->outer_rbio)) outer_input(io, NULL, 0);
+  if (io->ssl && !io->handshaking && !io->closing && io->reading && tls_held(io->ssl, io->rbio))
+    tls_input(io, NULL, 0);
   return 0;
 }
 
@@ -328,17 +395,22 @@ int evs__io_write(evs__io *io, const void *data, size_t len) {
 }
 
 static int tls_common(evs__io *io, SSL_CTX *ctx, evs__io_handshake_cb cb) {
-  io->ssl = SSL_new(ctx);
-  if (!io->ssl) return UV_ENOMEM;
-  io->rbio = BIO_new(BIO_s_mem());
-  io->wbio = BIO_new(BIO_s_mem());
-  if (!io->rbio || !io->wbio) {
-    BIO_free(io->rbio);
-    BIO_free(io->wbio);
-    SSL_free(io->ssl);
-    io->ssl = NULL;
+  SSL *ssl = SSL_new(ctx);
+  BIO *rbio = BIO_new(BIO_s_mem()), *wbio = BIO_new(BIO_s_mem());
+  if (!ssl || !rbio || !wbio) {
+    BIO_free(rbio);
+    BIO_free(wbio);
+    SSL_free(ssl);
     return UV_ENOMEM;
   }
+  if (io->ssl) { /* TLS inside TLS: the present layer carries the new one */
+    io->outer_ssl = io->ssl;
+    io->outer_rbio = io->rbio;
+    io->outer_wbio = io->wbio;
+  }
+  io->ssl = ssl;
+  io->rbio = rbio;
+  io->wbio = wbio;
   BIO_set_mem_eof_return(io->rbio, -1);
   SSL_set_bio(io->ssl, io->rbio, io->wbio);
   SSL_set_app_data(io->ssl, io);
@@ -348,6 +420,8 @@ static int tls_common(evs__io *io, SSL_CTX *ctx, evs__io_handshake_cb cb) {
 }
 
 int evs__io_tls_server(evs__io *io, SSL_CTX *ctx, evs__io_handshake_cb cb) {
+  if (io->closing || (io->ssl && (io->outer_ssl || io->handshaking || io->shutdown_sent)))
+    return UV_EINVAL;
   int r = tls_common(io, ctx, cb);
   if (r < 0) return r;
   SSL_set_accept_state(io->ssl);
@@ -356,6 +430,7 @@ int evs__io_tls_server(evs__io *io, SSL_CTX *ctx, evs__io_handshake_cb cb) {
 
 int evs__io_tls_client(evs__io *io, SSL_CTX *ctx, const char *sni, const char *verify_host,
                        evs__io_handshake_cb cb) {
+  if (io->ssl) return UV_EINVAL; /* clients have one layer */
   int r = tls_common(io, ctx, cb);
   if (r < 0) return r;
   SSL_set_connect_state(io->ssl);
@@ -387,7 +462,23 @@ static void on_closed(uv_handle_t *h) {
     SSL_free(io->ssl); /* frees both BIOs */
     io->ssl = NULL;
   }
+  if (io->outer_ssl) {
+    SSL_free(io->outer_ssl);
+    io->outer_ssl = NULL;
+  }
   if (io->on_close) io->on_close(io);
+}
+
+/* close_notify on every layer, innermost first. */
+static void tls_shutdown(evs__io *io) {
+  io->shutdown_sent = 1;
+  SSL_shutdown(io->ssl);
+  flush_tls(io);
+  if (io->outer_ssl) {
+    SSL_shutdown(io->outer_ssl);
+    ERR_clear_error();
+    flush_bio(io, io->outer_wbio);
+  }
 }
 
 void evs__io_close(evs__io *io) {
@@ -398,11 +489,7 @@ void evs__io_close(evs__io *io) {
     io->cork = NULL;
   }
   io->corked = 0;
-  if (io->ssl && !io->handshaking && !io->shutdown_sent) {
-    io->shutdown_sent = 1;
-    SSL_shutdown(io->ssl);
-    flush_tls(io);
-  }
+  if (io->ssl && !io->handshaking && !io->shutdown_sent) tls_shutdown(io);
   io->closing = 1;
   io->reading = 0;
   uv_close(&io->h.handle, on_closed);
@@ -433,11 +520,7 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 void evs__io_shutdown_close(evs__io *io) {
   if (io->closing) return;
   evs__io_uncork(io);
-  if (io->ssl && !io->handshaking && !io->shutdown_sent) {
-    io->shutdown_sent = 1;
-    SSL_shutdown(io->ssl);
-    flush_tls(io);
-  }
+  if (io->ssl && !io->handshaking && !io->shutdown_sent) tls_shutdown(io);
   evs__io_read_stop(io);
   uv_shutdown_t *req = malloc(sizeof *req);
   if (!req || (req->data = io, uv_shutdown(req, &io->h.stream, on_shutdown)) < 0) {

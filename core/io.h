@@ -40,8 +40,12 @@ struct evs__io {
   evs__io_cb on_drain;           /* write queue fell below the low-water mark */
   evs__io_cb on_close;           /* after the handle closed; the owner may free now */
   evs__io_handshake_cb on_handshake;
-  SSL *ssl;
-  BIO *rbio, *wbio;              /* network side: rbio gets ciphertext in, wbio holds it out */
+  SSL *ssl;                      /* the innermost TLS layer: its plaintext is the owner's */
+  BIO *rbio, *wbio;              /* its network side: rbio gets ciphertext in, wbio holds it out */
+  /* TLS inside TLS (a tunnel's TLS on a TLS listener): the listener's layer moves here and
+   * carries the inner layer's records as its plaintext. NULL on every other connection. */
+  SSL *outer_ssl;
+  BIO *outer_rbio, *outer_wbio;
   size_t write_queued;
   unsigned reading : 1;
   unsigned handshaking : 1;
@@ -57,7 +61,9 @@ struct evs__io {
 
 /* Initialise an accepted or new TCP stream in io->h.tcp (the caller did uv_tcp_init). */
 void evs__io_init(evs__io *io, void *owner);
-/* Make io a TLS server or client on ctx. A client verifies per ctx and checks host if given. */
+/* Make io a TLS server or client on ctx. A client verifies per ctx and checks host if given.
+ * A server on an io that has TLS already (its handshake done) runs inside it: the existing
+ * layer becomes the outer one and carries the new layer's records; at most two layers. */
 int evs__io_tls_server(evs__io *io, SSL_CTX *ctx, evs__io_handshake_cb cb);
 int evs__io_tls_client(evs__io *io, SSL_CTX *ctx, const char *sni, const char *verify_host,
                        evs__io_handshake_cb cb);
@@ -79,7 +85,8 @@ void evs__io_shutdown_close(evs__io *io);
  * upstream read produced) leave in one write and one TCP segment. */
 void evs__io_cork(evs__io *io);
 int evs__io_uncork(evs__io *io);
-/* Feed bytes that were read before the stream was wrapped (e.g. after takeover). */
+/* Feed bytes that were read before the stream was wrapped (e.g. after takeover): they go to
+ * the innermost layer (with two layers, they are the outer layer's plaintext already). */
 void evs__io_feed(evs__io *io, const char *data, size_t len);
 /* Selected SNI name of a TLS server connection, or NULL. */
 const char *evs__io_sni(const evs__io *io);

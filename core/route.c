@@ -42,11 +42,17 @@ void evs__route_clear(evs__route *rt) {
 
 int evs__route_make(const evs_route *r, evs__route *out) {
   if (!r || r->size < offsetof(evs_route, handler) + sizeof r->handler || !r->handler ||
-      !evs__route_role_valid(r->role) || !r->path_prefix || r->path_prefix[0] != '/' ||
-      strlen(r->path_prefix) > 1024 || (r->method && !method_valid(r->method)))
+      !evs__route_role_valid(r->role) || (r->method && !method_valid(r->method)))
+    return -EINVAL;
+  /* A CONNECT route has no path (its requests' target is an authority); every other route has
+   * a prefix. */
+  int is_connect = r->method && strcmp(r->method, "CONNECT") == 0;
+  if (is_connect ? r->path_prefix != NULL
+                 : !r->path_prefix || r->path_prefix[0] != '/' || strlen(r->path_prefix) > 1024)
     return -EINVAL;
   evs__route rt;
   memset(&rt, 0, sizeof rt);
+  rt.connect = is_connect;
   if (r->host) {
     const char *h = r->host;
     if (h[0] == '*') {
@@ -63,10 +69,10 @@ int evs__route_make(const evs_route *r, evs__route *out) {
   rt.role = strdup(r->role);
   rt.method = r->method ? strdup(r->method) : NULL;
   /* "/apps/" and "/apps" mean the same: the prefix is kept without its trailing slash. */
-  size_t pl = strlen(r->path_prefix);
+  size_t pl = is_connect ? 0 : strlen(r->path_prefix);
   while (pl > 1 && r->path_prefix[pl - 1] == '/') pl--;
-  rt.prefix = strndup(r->path_prefix, pl);
-  rt.prefix_len = pl == 1 ? 0 : pl; /* "/" matches every path */
+  rt.prefix = is_connect ? strdup("") : strndup(r->path_prefix, pl);
+  rt.prefix_len = pl <= 1 ? 0 : pl; /* "/" matches every path */
   rt.fn = r->handler;
   if (!rt.role || (r->method && !rt.method) || !rt.prefix) {
     evs__route_clear(&rt);
@@ -125,9 +131,29 @@ void evs__route_table_free(evs__route **routes, size_t *n) {
   *n = 0;
 }
 
+size_t evs__route_connect_host(const char *target, char *buf, size_t len) {
+  const char *h = target, *end;
+  if (h[0] == '[') {
+    end = strchr(h, ']');
+    if (!end) return 0;
+    h++;
+  } else {
+    end = strrchr(h, ':');
+    if (!end) end = h + strlen(h);
+  }
+  size_t n = (size_t)(end - h);
+  if (n == 0 || n >= len) return 0;
+  for (size_t k = 0; k < n; k++) buf[k] = ascii_lower(h[k]);
+  buf[n] = '\0';
+  return n;
+}
+
 int evs__route_matches(const evs__route *rt, const char *role, const char *host,
                        const char *method, const char *path) {
   if (strcmp(rt->role, role) != 0) return 0;
+  /* CONNECT routes and CONNECT requests meet only each other: a tunnel is never a request
+   * for a path, and a route for paths never takes a connection over by surprise. */
+  if (rt->connect != (strcmp(method, "CONNECT") == 0)) return 0;
   /* A GET route answers HEAD too (RFC 9110 §9.3.2; the host sends no body to HEAD). */
   if (rt->method && strcmp(rt->method, method) != 0 &&
       !(strcmp(method, "HEAD") == 0 && strcmp(rt->method, "GET") == 0))
@@ -138,7 +164,7 @@ int evs__route_matches(const evs__route *rt, const char *role, const char *host,
     /* ".example" matches "a.example" and "a.b.example", never "example" itself. */
     if (hl <= sl || strcmp(host + hl - sl, rt->host) != 0) return 0;
   }
-  if (rt->prefix_len == 0) return 1;
+  if (rt->prefix_len == 0 || rt->connect) return 1;
   return strncmp(path, rt->prefix, rt->prefix_len) == 0 &&
          (path[rt->prefix_len] == 0 || path[rt->prefix_len] == '/' ||
           path[rt->prefix_len] == '?');

@@ -22,6 +22,7 @@ struct evs__route {
   char *method;                /* NULL: any */
   char *prefix;
   size_t prefix_len;
+  int connect;                 /* method "CONNECT", no prefix ("" kept): matches CONNECT only */
   evs_hook_fn fn;
   size_t seq;                  /* registration order */
 };
@@ -44,9 +45,13 @@ void evs__route_drop_plugin(struct evs__route *routes, size_t *n, const evs__plu
 /* Clears every route and frees the table; *routes and *n are reset. */
 void evs__route_table_free(struct evs__route **routes, size_t *n);
 /* 1 if rt matches a request on a listener serving role, with host (lower-case, no port),
- * method and path. */
+ * method and path. For a CONNECT request, host is the target's (evs__route_connect_host) and
+ * path is ignored; CONNECT requests match CONNECT routes only, and those nothing else. */
 int evs__route_matches(const struct evs__route *rt, const char *role, const char *host,
                        const char *method, const char *path);
+/* The host of a CONNECT target ("host:port", "[v6]:port"), lower-case, without port or
+ * brackets, into buf: its length, or 0 when it does not fit or is empty. */
+size_t evs__route_connect_host(const char *target, char *buf, size_t len);
 /* The host pattern as written ("*.example", an exact name, or "*" for any). */
 const char *evs__route_host_text(const struct evs__route *rt, char *buf, size_t len);
 

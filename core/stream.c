@@ -9,6 +9,12 @@
  * That is how a CONNECT proxy (the Outbound Relay) sees every request inside a tunnel as an
  * evs_request it can answer, proxy or filter, without a second HTTP parser or upstream client.
  *
+ * The TLS inside a server stream may run inside the listener's TLS (io.c stacks the layers).
+ * Tunnels are opened per request by the SDK, so their TLS is cheap to set up: every stream of
+ * the worker shares one server context (policy, session tickets, the SNI callback), and the
+ * context built from an identity the plugin names (evs_tls_identity.cache_key) is kept in a
+ * bounded LRU cache (tls_idcache.c) instead of being parsed from PEM on every handshake.
+ *
  * A client stream is a connection a plugin opens itself (stream_connect): TCP, or TLS whose
  * certificate chain and name are verified like an upstream's, for protocols the host does not
  * proxy (WebSocket). It is not pooled.
@@ -29,6 +35,7 @@
 
 #include "log.h"
 #include "tls.h"
+#include "tls_idcache.h"
 #include "tls_tickets.h"
 
 enum stream_kind { STREAM_SERVER, STREAM_CLIENT };
@@ -43,7 +50,7 @@ struct evs_stream {
   evs__plugin_rec *plugin;  /* who took it over or opened it */
   /* Server streams. */
   evs__conn *c;             /* NULL once the connection is gone */
-  SSL_CTX *tls_base;        /* stream_start_tls: the SNI callback's context */
+  int tls;                  /* stream_start_tls was called */
   evs_tls_identity_fn identity_fn;
   void *identity_arg;
   int served;               /* stream_serve_http */
@@ -76,7 +83,6 @@ static void stream_unref(evs_stream *s) {
     else if (client_streams == s) client_streams = s->next;
     if (s->next) s->next->prev = s->prev;
   }
-  if (s->tls_base) SSL_CTX_free(s->tls_base);
   if (s->addrs) uv_freeaddrinfo(s->addrs);
   free(s->authority);
   free(s->host);
@@ -159,6 +165,32 @@ void evs__stream_conn_closed(evs_stream *s) {
 
 /* ---- TLS inside a server stream ---------------------------------------------------------- */
 
+/* Tunnels' sessions are their own: a ticket the listener issued never resumes inside a tunnel,
+ * nor the reverse (OpenSSL refuses a session of another session id context). */
+static const unsigned char tunnel_sid_ctx[] = "evserver tunnel";
+
+/* Per worker (one loop, one thread): the context every stream's TLS starts on, and the
+ * contexts built from named identities. Made on first use; dropped when the worker stops
+ * (connections still using them keep their references). */
+static SSL_CTX *tunnel_base;
+static evs__tls_idcache *tunnel_identities;
+
+static int stream_sni_cb(SSL *ssl, int *al, void *arg);
+
+static SSL_CTX *tunnel_base_ctx(void) {
+  if (tunnel_base) return tunnel_base;
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  if (!ctx) return NULL;
+  evs__tls_apply_server_policy(ctx);
+  evs__tls_tickets_apply(ctx, 1); /* the SDK opens a tunnel per request: let it resume */
+  SSL_CTX_set_session_id_context(ctx, tunnel_sid_ctx, sizeof tunnel_sid_ctx - 1);
+  SSL_CTX_set_tlsext_servername_callback(ctx, stream_sni_cb);
+  return tunnel_base = ctx;
+}
+
+/* The longest cache_key kept; longer ones are used uncached. */
+#define CACHE_KEY_MAX 255
+
 static int stream_sni_cb(SSL *ssl, int *al, void *arg) {
   (void)al;
   (void)arg;
@@ -170,10 +202,27 @@ static int stream_sni_cb(SSL *ssl, int *al, void *arg) {
   memset(&id, 0, sizeof id);
   id.size = sizeof id;
   if (s->identity_fn(s->identity_arg, name, &id) < 0) return SSL_TLSEXT_ERR_ALERT_FATAL;
-  SSL_CTX *ctx = evs__tls_ctx_from_pem(id.cert_pem, id.cert_pem_len, id.key_pem, id.key_pem_len);
+  /* A plugin built against an older header may have set a smaller size. */
+  const char *key = id.size >= offsetof(evs_tls_identity, cache_key) + sizeof id.cache_key
+                        ? id.cache_key
+                        : NULL;
+  if (key && (!key[0] || strnlen(key, CACHE_KEY_MAX + 1) > CACHE_KEY_MAX)) key = NULL;
+  if (key && !tunnel_identities)
+    tunnel_identities = evs__tls_idcache_new((size_t)evs__w->settings->tls_identity_cache);
+  SSL_CTX *ctx = key && tunnel_identities
+                     ? evs__tls_idcache_get(tunnel_identities, s->plugin, key)
+                     : NULL;
+  if (ctx) {
+    SSL_set_SSL_CTX(ssl, ctx); /* the SSL takes its own reference */
+    return SSL_TLSEXT_ERR_OK;
+  }
+  ctx = evs__tls_ctx_from_pem(id.cert_pem, id.cert_pem_len, id.key_pem, id.key_pem_len);
   if (!ctx) return SSL_TLSEXT_ERR_ALERT_FATAL;
+  /* Same session id context as the base, so that switching keeps the tunnels' sessions. */
+  SSL_CTX_set_session_id_context(ctx, tunnel_sid_ctx, sizeof tunnel_sid_ctx - 1);
+  if (key && tunnel_identities) evs__tls_idcache_put(tunnel_identities, s->plugin, key, ctx);
   SSL_set_SSL_CTX(ssl, ctx);
-  SSL_CTX_free(ctx); /* the SSL holds its own reference */
+  SSL_CTX_free(ctx); /* the SSL (and the cache) hold their own references */
   return SSL_TLSEXT_ERR_OK;
 }
 
@@ -185,16 +234,16 @@ static void stream_handshake(evs__io *io, int status) {
 }
 
 int evs__stream_start_tls(evs_stream *s, evs_tls_identity_fn fn, void *arg) {
-  if (s->kind != STREAM_SERVER || s->closed || !s->c || s->io->ssl || !fn) return -EINVAL;
-  s->tls_base = SSL_CTX_new(TLS_server_method());
-  if (!s->tls_base) return -ENOMEM;
-  evs__tls_apply_server_policy(s->tls_base);
-  evs__tls_tickets_apply(s->tls_base, 1); /* the SDK opens a tunnel per request: let it resume */
-  SSL_CTX_set_tlsext_servername_callback(s->tls_base, stream_sni_cb);
+  /* Once per stream; on a TLS listener the stream's TLS runs inside the listener's. */
+  if (s->kind != STREAM_SERVER || s->closed || !s->c || s->tls || !fn) return -EINVAL;
+  SSL_CTX *base = tunnel_base_ctx();
+  if (!base) return -ENOMEM;
   s->identity_fn = fn;
   s->identity_arg = arg;
-  int r = evs__io_tls_server(s->io, s->tls_base, stream_handshake);
-  return r < 0 ? r : 0;
+  int r = evs__io_tls_server(s->io, base, stream_handshake);
+  if (r < 0) return r == UV_ENOMEM ? -ENOMEM : -EINVAL;
+  s->tls = 1;
+  return 0;
 }
 
 /* ---- back to HTTP ------------------------------------------------------------------------ */
@@ -209,7 +258,7 @@ int evs__stream_serve_http(evs_stream *s, const evs_http_service *svc, void *arg
   s->svc_arg = arg;
   s->served = 1;
   s->closed = 1; /* the handle is the host's now */
-  evs__conn_serve_http(s->c, s->tls_base != NULL);
+  evs__conn_serve_http(s->c, s->tls);
   stream_unref(s); /* the plugin's reference; the connection keeps its own */
   return 0;
 }
@@ -237,7 +286,7 @@ int evs__stream_read_start(evs_stream *s, evs_stream_read_fn cb, void *arg) {
     if (len < 0) return (int)len;
     if (len > 0) {
       s->refs++;
-      if (s->tls_base) evs__io_feed(s->io, copy, (size_t)len);
+      if (s->tls) evs__io_feed(s->io, copy, (size_t)len);
       else s->io->on_read(s->io, len, copy);
       free(copy);
       int gone = s->closed || !s->io;
@@ -496,6 +545,11 @@ void evs__stream_close(evs_stream *s) {
   stream_unref(s); /* the plugin's reference */
 }
 
+void evs__streams_tls_stats(size_t *ret_cached, size_t *ret_evicted) {
+  *ret_cached = evs__tls_idcache_count(tunnel_identities);
+  *ret_evicted = evs__tls_idcache_evictions(tunnel_identities);
+}
+
 void evs__streams_stop(void) {
   /* Plugins unload next: none of their callbacks may run after, so every client stream is
    * closed and silenced now; the handles stay valid (a plugin's fini may still close them). */
@@ -506,4 +560,9 @@ void evs__streams_stop(void) {
     client_timer_stop(s);
     client_io_close(s);
   }
+  /* Connections still draining hold their own references to these contexts. */
+  evs__tls_idcache_free(tunnel_identities);
+  tunnel_identities = NULL;
+  SSL_CTX_free(tunnel_base);
+  tunnel_base = NULL;
 }

@@ -85,6 +85,13 @@
  *        public key the caller holds the private key of, signed by the node's relay CA (whose
  *        key only the provider, the enclave, holds), and the PEM bundle of CAs to trust. The
  *        Outbound Relay's TLS inside a CONNECT tunnel.
+ *   1.7  tunnels: stream_start_tls works on a connection that arrived on a TLS listener (TLS
+ *        inside TLS: the Outbound Relay's clients speak TLS to evserver, then TLS to the
+ *        destination's minted leaf inside the CONNECT tunnel); routes with method "CONNECT"
+ *        (path_prefix NULL) match CONNECT requests by the host of their target, and never any
+ *        other request; evs_tls_identity.cache_key lets the host keep the context it built from
+ *        an identity (a bounded per-worker LRU, [limits] tls_identity_cache) instead of parsing
+ *        the PEM on every handshake. The tunnels' TLS issues and accepts session tickets.
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -206,7 +213,15 @@ typedef int (*evs_hook_fn)(void *state, evs_request *req);
  * 404 with the documented code of the listener's first role. Routes are fixed at init: a
  * plugin whose table of names changes at run time (the Inbound Relay's relay-config.json)
  * registers one catch route for its role (host NULL, prefix "/"), keeps its own table and
- * declines what is not in it. The host copies every string; the struct may be on the stack. */
+ * declines what is not in it. The host copies every string; the struct may be on the stack.
+ *
+ * CONNECT routes: method "CONNECT" with path_prefix NULL matches CONNECT requests (whose target
+ * is an authority, "host:port", not a path) on the route's role, the host pattern compared with
+ * the target's host (no port, no brackets around an IPv6 literal, without case), not with the
+ * Host header. A CONNECT request is offered to CONNECT routes only, and a CONNECT route is
+ * offered nothing else; routes of any method (NULL) never see a CONNECT. Ordering is by host
+ * as above, then registration order. The handler typically takes the connection over
+ * (takeover, stream_start_tls, stream_serve_http). */
 typedef struct evs_route {
   uint32_t size;           /* sizeof(evs_route) */
   const char *role;        /* [a-z0-9-]{1,32}: "api", "relay", "admin" or a role of your own */
@@ -215,7 +230,8 @@ typedef struct evs_route {
   const char *method;      /* "GET", "POST", ... (exact; a GET route also serves HEAD);
                             * NULL: any method */
   const char *path_prefix; /* starts with '/'; matches the path itself and the paths below it
-                            * ("/apps" matches /apps and /apps/x, not /appsx); "/" matches all */
+                            * ("/apps" matches /apps and /apps/x, not /appsx); "/" matches all.
+                            * NULL with method "CONNECT" (and only then): a CONNECT route */
   evs_hook_fn handler;     /* called with the plugin's state, like a ROUTE hook */
 } evs_route;
 
@@ -609,12 +625,21 @@ typedef void (*evs_helper_event_fn)(void *arg, evs_helper *h, const evs_helper_e
 typedef void (*evs_stream_read_fn)(void *arg, evs_stream *s, int status, const uint8_t *data,
                                    size_t len);
 typedef void (*evs_stream_write_fn)(void *arg, evs_stream *s, int status);
-/* Picks a certificate for a TLS server handshake on a stream by SNI name: fill PEM paths or
- * PEM buffers and return 0, or return negative to abort the handshake. */
+/* Picks a certificate for a TLS server handshake on a stream by SNI name (NULL when the client
+ * sent none, as clients do for an IP address): fill the PEM buffers and return 0, or return
+ * negative to abort the handshake. The host zeroes *ret and sets its size before the call;
+ * the buffers need to stay valid only during the call (the host copies what it keeps). */
 typedef struct evs_tls_identity {
   uint32_t size;
   const char *cert_pem; size_t cert_pem_len; /* certificate chain, PEM */
   const char *key_pem; size_t key_pem_len;   /* private key, PEM */
+  /* 1.7: a name for this certificate and key, unique among the identities of your plugin
+   * (say "leaf:api.example.com:<serial>"), or NULL. With a name, the host keeps the TLS context
+   * it builds from the PEM in a per-worker LRU cache (at most [limits] tls_identity_cache
+   * entries, default 1024) and later handshakes that return the same name use that context
+   * without parsing the PEM again: a name must never be reused for a different certificate or
+   * key. Eviction never affects connections already using a context. At most 255 bytes. */
+  const char *cache_key;
 } evs_tls_identity;
 typedef int (*evs_tls_identity_fn)(void *arg, const char *sni, evs_tls_identity *ret);
 typedef void (*evs_timer_fn)(void *arg);
@@ -738,7 +763,8 @@ typedef struct evs_host {
   int (*stream_write)(evs_stream *s, const uint8_t *data, size_t len, evs_stream_write_fn cb,
                       void *arg);
   /* Start a TLS server handshake on the stream; identity_fn picks the certificate per SNI.
-   * Reads after this return plaintext. */
+   * Reads after this return plaintext. Since 1.7 also on a connection that arrived on a TLS
+   * listener: the stream's TLS then runs inside the listener's (once per stream). */
   int (*stream_start_tls)(evs_stream *s, evs_tls_identity_fn identity_fn, void *arg);
   void (*stream_close)(evs_stream *s);
 

@@ -82,6 +82,52 @@ static void test_matching(void **state) {
   evs__route_clear(NULL);
 }
 
+/* CONNECT routes: no prefix, matched on the target's host; CONNECT requests meet CONNECT
+ * routes only, and CONNECT routes nothing else. */
+static void test_connect_routes(void **state) {
+  (void)state;
+  evs__route rt, any, get;
+  evs_route bad_prefix = mk("tunnel", NULL, "CONNECT", "/");
+  assert_int_equal(evs__route_make(&bad_prefix, &rt), -EINVAL);
+  evs_route no_prefix_not_connect = mk("tunnel", NULL, "GET", NULL);
+  assert_int_equal(evs__route_make(&no_prefix_not_connect, &rt), -EINVAL);
+
+  evs_route r = mk("tunnel", "*.Example.com", "CONNECT", NULL);
+  assert_int_equal(evs__route_make(&r, &rt), 0);
+  assert_true(rt.connect);
+  char h[256];
+  assert_int_equal(evs__route_connect_host("API.example.com:443", h, sizeof h), 15);
+  assert_string_equal(h, "api.example.com");
+  assert_true(evs__route_matches(&rt, "tunnel", h, "CONNECT", ""));
+  assert_false(evs__route_matches(&rt, "relay", h, "CONNECT", ""));
+  assert_false(evs__route_matches(&rt, "tunnel", "example.com", "CONNECT", ""));
+  /* Not for requests with paths, of any method. */
+  assert_false(evs__route_matches(&rt, "tunnel", h, "GET", "/"));
+  assert_false(evs__route_matches(&rt, "tunnel", h, "POST", "/x"));
+
+  /* Routes of any method, or another, never see a CONNECT. */
+  evs_route ra = mk("tunnel", NULL, NULL, "/");
+  evs_route rg = mk("tunnel", NULL, "GET", "/");
+  assert_int_equal(evs__route_make(&ra, &any), 0);
+  assert_int_equal(evs__route_make(&rg, &get), 0);
+  assert_false(evs__route_matches(&any, "tunnel", h, "CONNECT", ""));
+  assert_false(evs__route_matches(&get, "tunnel", h, "CONNECT", ""));
+  assert_true(evs__route_matches(&any, "tunnel", h, "GET", "/"));
+  assert_false(evs__route_same(&rt, &any));
+
+  /* Target hosts: IPv6 literals lose their brackets, ports go, empty or oversized fail. */
+  assert_int_equal(evs__route_connect_host("[2001:DB8::1]:8443", h, sizeof h), 11);
+  assert_string_equal(h, "2001:db8::1");
+  assert_int_equal(evs__route_connect_host("10.0.0.1:443", h, sizeof h), 8);
+  assert_string_equal(h, "10.0.0.1");
+  assert_int_equal(evs__route_connect_host(":443", h, sizeof h), 0);
+  assert_int_equal(evs__route_connect_host("[::1", h, sizeof h), 0);
+  assert_int_equal(evs__route_connect_host("abcdef:1", h, 4), 0);
+  evs__route_clear(&rt);
+  evs__route_clear(&any);
+  evs__route_clear(&get);
+}
+
 static void test_order_most_specific_first(void **state) {
   (void)state;
   /* Registered least specific first; expected position in the table after each. */
@@ -122,6 +168,7 @@ int main(void) {
       cmocka_unit_test(test_make_refuses_malformed),
       cmocka_unit_test(test_matching),
       cmocka_unit_test(test_order_most_specific_first),
+      cmocka_unit_test(test_connect_routes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
