@@ -1,6 +1,7 @@
 """Streams handed back to the HTTP engine, and client streams (ABI 1.7: stream_serve_http,
 request_tunnel, stream_connect; core/stream.c), through the test plugin
-tests/plugins/connect_proxy.c, loaded from $EVS_BUILD_DIR/test-plugins.d:
+tests/plugins/connect_proxy.c (a CONNECT route of the role "tunnel"), loaded from
+$EVS_BUILD_DIR/test-plugins.d. TLS inside a TLS listener's tunnels: test_52.
 
 - CONNECT host:port, then TLS inside the tunnel with a leaf the plugin mints for the SNI name
   from a test CA (the client verifies it against that CA), then several keep-alive requests in
@@ -28,9 +29,11 @@ FOLLOW_UP = b"GET /follow-up HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 def start(ca, plugin=None, **kw):
+    """The plugin serves the role "tunnel" (a CONNECT route and two path routes)."""
     cfg = {"ca_cert": ca.cert, "ca_key": ca.key}
     cfg.update(plugin or {})
     kw.setdefault("server", {})["plugins_dir"] = evstest.build_path("test-plugins.d")
+    kw.setdefault("listeners", {"http": {"serves": "tunnel"}})
     return evstest.start_server(plugins={"test-connect-proxy": cfg}, **kw)
 
 
@@ -368,4 +371,5 @@ def test_client_streams_tcp_and_verified_tls():
     assert plugin_metric(srv, "tunnels") == 0
 
 
-evstest.main(globals())
+if __name__ == "__main__":  # test_52 imports the helpers
+    evstest.main(globals())

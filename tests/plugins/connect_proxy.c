@@ -1,12 +1,20 @@
 /*
  * test-connect-proxy: a test plugin for ABI 1.7 streams, shaped like the Outbound Relay.
  *
- * - CONNECT host:port is taken over; a TLS server starts inside the tunnel with a leaf
- *   certificate minted for the SNI name and signed by a test CA (ca_cert, ca_key), and the
- *   stream is handed back to the host's HTTP engine (stream_serve_http). Every request inside
- *   the tunnel is proxied to inner_scheme://host:port of the CONNECT (https: verified against
- *   upstream_ca, through the host's upstream pool).
- * - Other requests with Host dial.test and path /dial open a client stream
+ * Everything is served through routes of the role "tunnel" (a listener says `serves = tunnel`),
+ * so listeners of other roles (test_50's, with test-takeover's ROUTE hook) never see it.
+ *
+ * - CONNECT host:port (a CONNECT route, ABI 1.7 tunnels) is taken over; a TLS server starts
+ *   inside the tunnel (inside the listener's TLS too, on a TLS listener) with a leaf
+ *   certificate minted for the SNI name (the CONNECT host when the client sends no SNI, as for
+ *   an IP address) and signed by a test CA (ca_cert, ca_key), and the stream is handed back to
+ *   the host's HTTP engine (stream_serve_http). Every request inside the tunnel is proxied to
+ *   inner_scheme://host:port of the CONNECT (https: verified against upstream_ca, through the
+ *   host's upstream pool). With cache_leaves = on, one leaf per name is minted, kept and given
+ *   to the host with a cache_key (the host then keeps its TLS context), as the Outbound Relay
+ *   does; otherwise every tunnel gets a fresh leaf. Counters: tunnels, tunnels_closed,
+ *   inner_requests, leaves_minted.
+ * - Requests with Host dial.test and path /dial open a client stream
  *   (stream_connect) to ?host=&port=[&tls=1][&sni=], write "ping\n", and answer 200 with what
  *   the peer sent back (up to 5 bytes), or 502 with "error <status>".
  * - Other requests go to direct_upstream (http, host:port) when it is set, so a test can send
@@ -33,20 +41,35 @@ typedef struct st {
   const char *upstream_ca;
   const char *inner_scheme;
   const char *direct;
+  int cache_leaves;
+  struct leaf *leaves;      /* cache_leaves: one per name, kept until fini */
 } st;
+
+typedef struct leaf {
+  struct leaf *next;
+  char *name, *key;
+  char *cert_pem, *key_pem;
+  size_t cert_len, key_len;
+} leaf;
 
 typedef struct tunnel {
   st *s;
-  char *cert_pem, *key_pem;
-  size_t cert_len, key_len;
+  char connect_host[256];   /* the CONNECT target's host: the name when there is no SNI */
+  leaf own;                 /* without cache_leaves: this tunnel's leaf */
 } tunnel;
+
+static void leaf_clear(leaf *l) {
+  free(l->name);
+  free(l->key);
+  free(l->cert_pem);
+  free(l->key_pem);
+}
 
 static void tunnel_free(void *arg) {
   tunnel *t = arg;
   st *s = t->s;
   s->host->counter_add(s->plugin, "tunnels_closed", 1);
-  free(t->cert_pem);
-  free(t->key_pem);
+  leaf_clear(&t->own);
   free(t);
 }
 
@@ -66,47 +89,79 @@ static char *to_pem(int is_key, void *obj, size_t *ret_len) {
   return out;
 }
 
-/* A leaf for the SNI name, signed by the test CA. */
+/* Mints a leaf for name into l, signed by the test CA: 0 or -ENOMEM. */
+static int mint(st *s, const char *name, leaf *l) {
+  s->host->counter_add(s->plugin, "leaves_minted", 1);
+  const char *sni = name;
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  X509 *x = X509_new();
+  unsigned char serial[8];
+  RAND_bytes(serial, sizeof serial);
+  serial[0] &= 0x7f;
+  BIGNUM *bn = BN_bin2bn(serial, sizeof serial, NULL);
+  BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
+  BN_free(bn);
+  X509_set_version(x, 2);
+  X509_gmtime_adj(X509_getm_notBefore(x), -60);
+  X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+  X509_set_pubkey(x, k);
+  X509_NAME *n = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)sni, -1, -1, 0);
+  X509_set_issuer_name(x, X509_get_subject_name(s->ca));
+  char san[300];
+  int ip = strspn(sni, "0123456789.") == strlen(sni) || strchr(sni, ':') != NULL;
+  snprintf(san, sizeof san, "%s:%s", ip ? "IP" : "DNS", sni);
+  X509V3_CTX v3;
+  X509V3_set_ctx(&v3, s->ca, x, NULL, NULL, 0);
+  X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, san);
+  if (ext) {
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+  }
+  X509_sign(x, s->ca_key, EVP_sha256());
+  l->cert_pem = to_pem(0, x, &l->cert_len);
+  l->key_pem = to_pem(1, k, &l->key_len);
+  X509_free(x);
+  EVP_PKEY_free(k);
+  if (!l->cert_pem || !l->key_pem) return -ENOMEM;
+  return 0;
+}
+
+/* The leaf for the SNI name, or for the CONNECT host when the client sent no SNI. */
 static int identity(void *arg, const char *sni, evs_tls_identity *ret) {
   tunnel *t = arg;
   st *s = t->s;
-  if (!sni || !s->ca) return -EINVAL;
-  if (!t->cert_pem) {
-    EVP_PKEY *k = EVP_EC_gen("P-256");
-    X509 *x = X509_new();
-    unsigned char serial[8];
-    RAND_bytes(serial, sizeof serial);
-    serial[0] &= 0x7f;
-    BIGNUM *bn = BN_bin2bn(serial, sizeof serial, NULL);
-    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
-    BN_free(bn);
-    X509_set_version(x, 2);
-    X509_gmtime_adj(X509_getm_notBefore(x), -60);
-    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-    X509_set_pubkey(x, k);
-    X509_NAME *n = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)sni, -1, -1, 0);
-    X509_set_issuer_name(x, X509_get_subject_name(s->ca));
-    char san[300];
-    snprintf(san, sizeof san, "DNS:%s", sni);
-    X509V3_CTX v3;
-    X509V3_set_ctx(&v3, s->ca, x, NULL, NULL, 0);
-    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, san);
-    if (ext) {
-      X509_add_ext(x, ext, -1);
-      X509_EXTENSION_free(ext);
+  const char *name = sni ? sni : t->connect_host;
+  if (!name[0] || !s->ca) return -EINVAL;
+  leaf *l = &t->own;
+  if (s->cache_leaves) {
+    for (l = s->leaves; l && strcmp(l->name, name) != 0; l = l->next) {
     }
-    X509_sign(x, s->ca_key, EVP_sha256());
-    t->cert_pem = to_pem(0, x, &t->cert_len);
-    t->key_pem = to_pem(1, k, &t->key_len);
-    X509_free(x);
-    EVP_PKEY_free(k);
-    if (!t->cert_pem || !t->key_pem) return -ENOMEM;
+    if (!l) {
+      if (!(l = calloc(1, sizeof *l)) || !(l->name = strdup(name)) || mint(s, name, l) < 0) {
+        if (l) leaf_clear(l);
+        free(l);
+        return -ENOMEM;
+      }
+      char key[300];
+      snprintf(key, sizeof key, "leaf:%s", name);
+      if (!(l->key = strdup(key))) {
+        leaf_clear(l);
+        free(l);
+        return -ENOMEM;
+      }
+      l->next = s->leaves;
+      s->leaves = l;
+    }
+  } else if (!l->cert_pem && mint(s, name, l) < 0) {
+    return -ENOMEM;
   }
-  ret->cert_pem = t->cert_pem;
-  ret->cert_pem_len = t->cert_len;
-  ret->key_pem = t->key_pem;
-  ret->key_pem_len = t->key_len;
+  ret->cert_pem = l->cert_pem;
+  ret->cert_pem_len = l->cert_len;
+  ret->key_pem = l->key_pem;
+  ret->key_pem_len = l->key_len;
+  if (ret->size >= offsetof(evs_tls_identity, cache_key) + sizeof ret->cache_key)
+    ret->cache_key = l->key; /* NULL without cache_leaves */
   return 0;
 }
 
@@ -274,21 +329,31 @@ static int dial_route(st *s, evs_request *req, const evs_request_info *info) {
   return EVS_HANDLED;
 }
 
-/* ---- listener requests --------------------------------------------------------------------- */
+/* ---- listener requests (routes of the role "tunnel") ---------------------------------------- */
 
-static int route(void *state, evs_request *req) {
+static int dial_open(void *state, evs_request *req) {
+  st *s = state;
+  return dial_route(s, req, s->host->request_info(req));
+}
+
+static int direct(void *state, evs_request *req) {
+  st *s = state;
+  return s->direct ? proxy_to(s, req, "http", s->direct) : EVS_DECLINED;
+}
+
+static int tunnel_open(void *state, evs_request *req) {
   st *s = state;
   const evs_request_info *info = s->host->request_info(req);
-  if (strcmp(info->method, "CONNECT") != 0) {
-    if (strcmp(info->host, "dial.test") == 0 && strcmp(info->path, "/dial") == 0)
-      return dial_route(s, req, info);
-    if (s->direct) return proxy_to(s, req, "http", s->direct);
-    return EVS_DECLINED;
-  }
-  if (!s->ca) return EVS_DECLINED; /* not configured: leave CONNECT to test-takeover */
+  if (!s->ca) return EVS_DECLINED;
   tunnel *t = calloc(1, sizeof *t);
   if (!t) return EVS_DECLINED;
   t->s = s;
+  uint16_t port;
+  if (split_authority(info->target, t->connect_host, sizeof t->connect_host, &port) < 0) {
+    free(t);
+    s->host->respond_error(req, 400, "bad-request", "bad authority");
+    return EVS_HANDLED;
+  }
   evs_stream *stream = s->host->takeover(req, 200, NULL, 0);
   if (!stream) {
     free(t);
@@ -311,6 +376,12 @@ static int route(void *state, evs_request *req) {
 }
 
 static void st_free(st *s) {
+  while (s->leaves) {
+    leaf *l = s->leaves;
+    s->leaves = l->next;
+    leaf_clear(l);
+    free(l);
+  }
   X509_free(s->ca);
   EVP_PKEY_free(s->ca_key);
   free(s);
@@ -324,6 +395,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   s->upstream_ca = host->config_string(plugin, "upstream_ca");
   s->inner_scheme = host->config_string(plugin, "inner_scheme");
   s->direct = host->config_string(plugin, "direct_upstream");
+  s->cache_leaves = host->config_bool(plugin, "cache_leaves");
   const char *cert = host->config_string(plugin, "ca_cert");
   const char *key = host->config_string(plugin, "ca_key");
   if (cert && key) {
@@ -342,7 +414,18 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
       return -EINVAL;
     }
   }
-  host->add_hook(plugin, EVS_PHASE_ROUTE, route);
+  static const evs_route routes[] = {
+      {sizeof(evs_route), "tunnel", NULL, "CONNECT", NULL, tunnel_open},
+      {sizeof(evs_route), "tunnel", "dial.test", NULL, "/dial", dial_open},
+      {sizeof(evs_route), "tunnel", NULL, NULL, "/", direct},
+  };
+  for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+    int rc = host->add_route(plugin, &routes[i]);
+    if (rc < 0) {
+      st_free(s);
+      return rc;
+    }
+  }
   *ret_state = s;
   return 0;
 }
@@ -355,6 +438,8 @@ static const evs_config_item items[] = {
     {"upstream_ca", EVS_CONFIG_PATH, NULL, 0, 0, 0, "CA bundle verifying destinations"},
     {"inner_scheme", EVS_CONFIG_STRING, "https", 0, 0, 0, "scheme of requests in a tunnel"},
     {"direct_upstream", EVS_CONFIG_STRING, NULL, 0, 0, 0, "host:port for other requests"},
+    {"cache_leaves", EVS_CONFIG_BOOL, "off", 0, 0, 0,
+     "one leaf per name, kept and named (cache_key) so the host keeps its TLS context"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
