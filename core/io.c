@@ -283,7 +283,9 @@ static void outer_input(evs__io *io, const char *data, size_t len) {
 
 /* Input held in a layer while the owner was paused: decrypted records not delivered, or
  * records not yet decrypted. */
-static int tls_held(SSL *ssl, BIO *rbio) { return SSL_pending(ssl) > 0 || BIO_ctrl_pending(rbio) > 0; }
+static int tls_held(SSL *ssl, BIO *rbio) {
+  return SSL_pending(ssl) > 0 || BIO_ctrl_pending(rbio) > 0;
+}
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   evs__io *io = s->data;

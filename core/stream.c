@@ -545,11 +545,6 @@ void evs__stream_close(evs_stream *s) {
   stream_unref(s); /* the plugin's reference */
 }
 
-void evs__streams_tls_stats(size_t *ret_cached, size_t *ret_evicted) {
-  *ret_cached = evs__tls_idcache_count(tunnel_identities);
-  *ret_evicted = evs__tls_idcache_evictions(tunnel_identities);
-}
-
 void evs__streams_stop(void) {
   /* Plugins unload next: none of their callbacks may run after, so every client stream is
    * closed and silenced now; the handles stay valid (a plugin's fini may still close them). */

@@ -29,8 +29,6 @@ const char *evs__request_tunnel(evs_request *req);
 evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *opts,
                                 evs_stream_connect_fn cb, void *arg);
 
-/* Named identities cached by this worker (tunnels' TLS) and evictions so far. */
-void evs__streams_tls_stats(size_t *ret_cached, size_t *ret_evicted);
 /* The worker stops (before plugins unload): close every client stream; no callback runs after.
  * Handles stay valid until the plugin closes them. */
 void evs__streams_stop(void);

@@ -178,6 +178,47 @@ def test_tls_in_tls_inner_requests_keep_alive_and_pipelined():
     assert sum(m.startswith("POST /two 200") for m in lines) == 1, lines
 
 
+def test_client_hello_right_behind_the_connect():
+    """The ClientHello follows the CONNECT at once, in the same TLS record and in a record of
+    its own right behind it: both ways the bytes reach the tunnel's TLS (the second way they
+    wait, decrypted or not, in the listener's TLS layer while the plugin takes over)."""
+    n = Node()
+    dest = evstest.Upstream(tls=evstest.make_cert(n.dest_ca, ["localhost"]), body=b"early")
+    authority = "localhost:%d" % dest.port
+    connect = ("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (authority, authority)).encode()
+    for same_record in (True, False):
+        o = n.outer()
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ssl.create_default_context(cafile=n.ca.cert).wrap_bio(inc, out,
+                                                                     server_hostname="localhost")
+        try:
+            obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        hello = out.read()
+        if same_record:
+            o.sendall(connect + hello)
+        else:
+            o.sendall(connect)
+            o.sendall(hello)
+        head = evstest.parse_response(t51.read_head(o), head=True)
+        assert head.status == 200, head
+        t = InnerTLS.__new__(InnerTLS)  # finish the handshake already begun
+        t.outer, t.inc, t.out, t.obj = o, inc, out, obj
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                t._pump()
+        t._flush()
+        t.sendall(b"GET /early HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        rs, _ = recv_responses(t, 1, timeout=10, allow_close=True)
+        assert rs[0].status == 200 and rs[0].body == b"early", (same_record, rs[0])
+        t.close()
+    assert len(dest.requests) == 2
+
+
 def test_ip_destination_without_sni():
     """An IP destination: the client sends no SNI; the plugin mints for the CONNECT host (an
     IP SAN) and the client verifies it."""
