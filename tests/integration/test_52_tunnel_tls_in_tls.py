@@ -99,7 +99,7 @@ class Node:
     """evserver with a TLS listener serving the role "tunnel"; the test plugin mints leaves
     from self.ca; destinations are verified against self.dest_ca."""
 
-    def __init__(self, plugin=None, limits=None, upstream=None, server=None, dest=None):
+    def __init__(self, plugin=None, limits=None, upstream=None, server=None, extra=None):
         self.ca, self.dest_ca = evstest.make_ca(), evstest.make_ca(name="destination CA")
         self.listener_ca = evstest.make_ca(name="listener CA")
         self.listener_cert = evstest.make_cert(self.listener_ca, ["relay.test"])
@@ -113,9 +113,9 @@ class Node:
             kw["upstream"] = upstream
         self.srv = evstest.start_server(
             plugins={"test-connect-proxy": cfg},
-            listeners={"tunnels": {"serves": "tunnel", "tls": True,
-                                   "certificate": self.listener_cert.cert,
-                                   "key": self.listener_cert.key}}, **kw)
+            listeners=dict({"tunnels": {"serves": "tunnel", "tls": True,
+                                        "certificate": self.listener_cert.cert,
+                                        "key": self.listener_cert.key}}, **(extra or {})), **kw)
         self.port = self.srv.port("tunnels")
 
     def outer(self, ctx=None):
@@ -176,6 +176,32 @@ def test_tls_in_tls_inner_requests_keep_alive_and_pipelined():
     lines = [r["msg"] for r in n.srv.log_records() if r.get("id") == "EVS-1100"]
     assert any(m.startswith("CONNECT ") and " 200 " in m for m in lines), lines
     assert sum(m.startswith("POST /two 200") for m in lines) == 1, lines
+
+
+def test_connect_only_on_connect_routes():
+    """The plugin's CONNECT route serves its role only: a CONNECT on a listener of another role
+    never reaches it (test-takeover's ROUTE hook, which every listener runs, may take it). On
+    the tunnel listener, a request for a path goes to the plugin's catch route ("/", any
+    method), a CONNECT to its CONNECT route; /routes lists the CONNECT route without prefix."""
+    rec = evstest.Upstream(body=b"direct")
+    n = Node(plugin={"direct_upstream": "127.0.0.1:%d" % rec.port},
+             extra={"other": {"serves": "outbound"}})
+    evstest.send_raw(n.srv.port("other"),
+                     b"CONNECT localhost:9 HTTP/1.1\r\nHost: localhost:9\r\n\r\n", timeout=2)
+    assert n.metric("tunnels") == 0
+    o = n.outer()
+    o.sendall(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    rs, _ = recv_responses(o, 1, timeout=10, allow_close=True)
+    assert rs[0].status == 200 and rs[0].body == b"direct", rs[0]
+    o.close()
+    t = n.tunnel("localhost:%d" % rec.port)
+    t.close()
+    assert n.metric("tunnels") == 1
+    assert [r.path for r in rec.requests] == ["/x"]
+    routes = n.srv.admin_get("/routes").json()["routes"]
+    mine = [(r["role"], r["method"], r["prefix"]) for r in routes
+            if r["plugin"] == "test-connect-proxy"]
+    assert ("tunnel", "CONNECT", "") in mine and ("tunnel", "*", "/") in mine, mine
 
 
 def test_client_hello_right_behind_the_connect():
