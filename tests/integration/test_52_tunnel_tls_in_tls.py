@@ -369,7 +369,7 @@ def test_identity_cache_eviction_keeps_live_tunnels():
 
 
 def test_desync_corpus_inside_tls_in_tls_tunnel():
-    corpus = t51.load_corpus()
+    corpus = [(c.id, c.tier, c.head) for c in evstest.desync_corpus()]
     rec = t51.RawUpstream()
     n = Node(plugin={"inner_scheme": "http", "direct_upstream": "127.0.0.1:%d" % rec.port},
              upstream={"pool_max_idle": 0, "response_timeout": "5s"},
