@@ -10,9 +10,10 @@
  *     "outboundDestinations": {                 required; at most 256
  *       "<id>": {                               [A-Za-z0-9_-]{1,64}
  *         "destinationDomain": "api.example.com/pay",   outbound_match.h's syntax
- *         "fieldsToEncrypt": ["$.card.number", "ssn"],   response encryption (optional):
- *                                              JSON/XML selectors (relay-common's jsonpath),
- *                                              form and multipart field names (files included)
+ *         "fieldsToEncrypt": ["$.card.number", "$.iban"],  response encryption (optional):
+ *                                              the Inbound Relay's selectors (relay-common's
+ *                                              jsonpath): JSON and XML paths, form and multipart
+ *                                              fields by $.<name> (files included)
  *         "encryptFiles": false                 response encryption of whole file bodies
  *       }
  *     },
