@@ -125,7 +125,7 @@ static void show_app(const evctl_ctx *ctx, json_t *o) {
 }
 
 int evctl_cmd_outbound_list(const evctl_ctx *ctx, int argc, char **argv) {
-  const char *pos[1];
+  const char *pos[1] = {NULL};
   int np, rc = parse("outbound list", argc, argv, NULL, 0, pos, 0, 1, &np);
   if (rc) return rc;
   if (np && (rc = check_app("outbound list", pos[0]))) return rc;
@@ -151,7 +151,7 @@ static void reloaded_note(const json_t *o) {
 }
 
 int evctl_cmd_outbound_create(const evctl_ctx *ctx, int argc, char **argv) {
-  const char *cmd = "outbound create", *pos[1];
+  const char *cmd = "outbound create", *pos[1] = {NULL};
   oopt o[] = {{"destination-domain", 0, NULL, 0}, {"id", 0, NULL, 0},
               {"fields-to-encrypt", 0, NULL, 0}, {"encrypt-files", 1, NULL, 0}};
   int np, rc = parse(cmd, argc, argv, o, 4, pos, 1, 1, &np);
@@ -188,7 +188,7 @@ int evctl_cmd_outbound_create(const evctl_ctx *ctx, int argc, char **argv) {
 }
 
 int evctl_cmd_outbound_delete(const evctl_ctx *ctx, int argc, char **argv) {
-  const char *cmd = "outbound delete", *pos[2];
+  const char *cmd = "outbound delete", *pos[2] = {NULL, NULL};
   oopt o[] = {{"all", 1, NULL, 0}};
   int np, rc = parse(cmd, argc, argv, o, 1, pos, 1, 2, &np);
   if (rc) return rc;
@@ -333,7 +333,7 @@ static size_t print_changes(const evctl_ctx *ctx, const json_t *c) {
 }
 
 int evctl_cmd_outbound_diff(const evctl_ctx *ctx, int argc, char **argv) {
-  const char *cmd = "outbound diff", *pos[1], *app;
+  const char *cmd = "outbound diff", *pos[1] = {NULL}, *app = NULL;
   oopt o[] = {{"app", 0, NULL, 0}};
   int np, rc = parse(cmd, argc, argv, o, 1, pos, 1, 1, &np);
   if (rc) return rc;
@@ -362,7 +362,7 @@ int evctl_cmd_outbound_diff(const evctl_ctx *ctx, int argc, char **argv) {
 }
 
 int evctl_cmd_outbound_push(const evctl_ctx *ctx, int argc, char **argv) {
-  const char *cmd = "outbound push", *pos[1], *app;
+  const char *cmd = "outbound push", *pos[1] = {NULL}, *app = NULL;
   oopt o[] = {{"app", 0, NULL, 0}};
   int np, rc = parse(cmd, argc, argv, o, 1, pos, 1, 1, &np);
   if (rc) return rc;

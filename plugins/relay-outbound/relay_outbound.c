@@ -115,7 +115,9 @@ static void load_finish(ob_state *st, int status) {
     free(t);
     t = n;
   }
-  if (st->table) {
+  /* Requests waiting for the first load: answered now, from the table or (it could not be
+   * loaded, e.g. no store) with 503, rather than left waiting for a load that may never come. */
+  if (!st->loading) {
     ob_v2 *w = st->waiting;
     st->waiting = NULL;
     while (w) {
@@ -193,7 +195,7 @@ static void on_gen_poll(void *arg, int status, const uint8_t *v, size_t len) {
   if (st->stopping || st->loading) return;
   int changed = status == 0 ? (len != strlen(st->gen) || memcmp(v, st->gen, len) != 0)
                             : status == -ENOENT && st->gen[0];
-  if (changed) reload(st, NULL, NULL, NULL);
+  if (changed || !st->table) reload(st, NULL, NULL, NULL); /* !table: the last load failed */
 }
 
 static void on_poll_timer(void *arg) {
@@ -234,9 +236,18 @@ static void v2_answer(ob_v2 *v) {
     v2_unref(v); /* the waiting list's reference */
     return;
   }
-  if (!st->table) { /* the first load failed: keep waiting for the next */
-    v->next_waiting = st->waiting;
-    st->waiting = v;
+  if (!st->table) {
+    if (st->loading) { /* the first load is under way */
+      v->next_waiting = st->waiting;
+      st->waiting = v;
+      return;
+    }
+    evs_request *r = v->req;
+    v->refs++; /* respond_error may free the request (v2_gone) */
+    st->h->respond_error(r, 503, "service-unavailable",
+                         "The outbound configuration could not be loaded from the store; retry later.");
+    v->refs--;
+    v2_unref(v);
     return;
   }
   static const char empty[] = "{\"outboundDestinations\":{}}";
@@ -248,7 +259,7 @@ static void v2_answer(ob_v2 *v) {
   v->refs++; /* respond may free the request (v2_gone) */
   st->h->respond(req, 200, hdr, 3, a ? (const uint8_t *)a->v2_body : (const uint8_t *)empty,
                  a ? a->v2_len : sizeof empty - 1);
-  v2_unref(v);
+  v->refs--; /* the guard; the waiting list's reference still holds v */
   v2_unref(v); /* the waiting list's (or the key check's) reference */
 }
 
@@ -261,12 +272,7 @@ static void on_key_checked(void *arg, int status, const char *app_id) {
   }
   if (status == 0 && !v->second && app_id && evs__ob_app_id_valid(app_id)) {
     snprintf(v->app_id, sizeof v->app_id, "%s", app_id);
-    if (!st->table) {
-      v->next_waiting = st->waiting;
-      st->waiting = v;
-      return;
-    }
-    v2_answer(v);
+    v2_answer(v); /* waits if the first load is under way */
     return;
   }
   evs_request *req = v->req;
@@ -377,7 +383,7 @@ static void admin_json(ob_admin *x, int status, json_t *obj) {
     x->refs++;
     if (body) st->h->respond(req, status, hdr, 1, (const uint8_t *)body, strlen(body));
     else st->h->respond_error(req, 500, "internal-server-error", "Out of memory");
-    admin_unref(x);
+    x->refs--; /* the guard; the pending reference still holds x */
   }
   free(body);
   admin_unref(x);
@@ -388,7 +394,7 @@ static void admin_error(ob_admin *x, int status, const char *code, const char *d
     evs_request *req = x->req;
     x->refs++;
     x->st->h->respond_error(req, status, code, detail);
-    admin_unref(x);
+    x->refs--; /* the guard; the pending reference still holds x */
   }
   admin_unref(x);
 }
