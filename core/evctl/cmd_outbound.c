@@ -332,21 +332,34 @@ static size_t print_changes(const evctl_ctx *ctx, const json_t *c) {
   return total;
 }
 
-int evctl_cmd_outbound_diff(const evctl_ctx *ctx, int argc, char **argv) {
-  const char *cmd = "outbound diff", *pos[1] = {NULL}, *app = NULL;
+/* push and diff: FILE sent to PUT /outbound/<app> (a dry run for diff). 0 with *ret_obj and
+ * the app id in app (APP_BUF bytes), or an exit status (reported). */
+#define APP_BUF 80
+static int send_file(const evctl_ctx *ctx, const char *cmd, int argc, char **argv, int dry_run,
+                     json_t **ret_obj, char *ret_app) {
+  const char *pos[1] = {NULL}, *app = NULL;
   oopt o[] = {{"app", 0, NULL, 0}};
   int np, rc = parse(cmd, argc, argv, o, 1, pos, 1, 1, &np);
   if (rc) return rc;
-  char *text;
-  size_t len;
-  json_t *doc, *obj;
+  char *text = NULL;
+  size_t len = 0;
+  json_t *doc = NULL;
   if ((rc = load_file(cmd, pos[0], o[0].value, &text, &len, &app, &doc))) return rc;
+  if (!app) return EVCTL_EXIT_ERROR; /* load_file sets it on success */
   char path[128];
-  snprintf(path, sizeof path, "/outbound/%s?dryRun=1", app);
-  rc = evctl_admin_call_text(ctx, "PUT", path, text, len, &obj);
+  snprintf(path, sizeof path, "/outbound/%s%s", app, dry_run ? "?dryRun=1" : "");
+  snprintf(ret_app, APP_BUF, "%s", app); /* app may point into doc */
+  rc = evctl_admin_call_text(ctx, "PUT", path, text, len, ret_obj);
   free(text);
   json_decref(doc);
-  if (rc < 0) return EVCTL_EXIT_ERROR;
+  return rc < 0 ? EVCTL_EXIT_ERROR : 0;
+}
+
+int evctl_cmd_outbound_diff(const evctl_ctx *ctx, int argc, char **argv) {
+  json_t *obj;
+  char app[APP_BUF];
+  int rc = send_file(ctx, "outbound diff", argc, argv, 1, &obj, app);
+  if (rc) return rc;
   json_t *c = changes(json_object_get(json_object_get(obj, "current"), "config"),
                       json_object_get(json_object_get(obj, "proposed"), "config"));
   if (ctx->json) {
@@ -362,20 +375,10 @@ int evctl_cmd_outbound_diff(const evctl_ctx *ctx, int argc, char **argv) {
 }
 
 int evctl_cmd_outbound_push(const evctl_ctx *ctx, int argc, char **argv) {
-  const char *cmd = "outbound push", *pos[1] = {NULL}, *app = NULL;
-  oopt o[] = {{"app", 0, NULL, 0}};
-  int np, rc = parse(cmd, argc, argv, o, 1, pos, 1, 1, &np);
+  json_t *obj;
+  char app[APP_BUF];
+  int rc = send_file(ctx, "outbound push", argc, argv, 0, &obj, app);
   if (rc) return rc;
-  char *text;
-  size_t len;
-  json_t *doc, *obj;
-  if ((rc = load_file(cmd, pos[0], o[0].value, &text, &len, &app, &doc))) return rc;
-  char path[128];
-  snprintf(path, sizeof path, "/outbound/%s", app);
-  rc = evctl_admin_call_text(ctx, "PUT", path, text, len, &obj);
-  free(text);
-  json_decref(doc);
-  if (rc < 0) return EVCTL_EXIT_ERROR;
   if (ctx->json) {
     evctl_print_json(obj);
   } else {

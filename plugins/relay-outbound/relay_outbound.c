@@ -448,7 +448,7 @@ static void on_local_reload(void *arg, int status) {
 static void on_gen_put(void *arg, int status, const uint8_t *v, size_t len) {
   ob_admin *x = arg;
   if (status < 0)
-    x->st->h->log(x->st->p, NULL, EVS_LOG_WARN, "cannot update the outbound generation token "
+    x->st->h->log(x->st->p, NULL, EVS_LOG_WARN, "cannot update the outbound generation (key gen) "
                   "(%s): other nodes see the change at their next successful poll", strerror(-status));
   if (x->st->stopping || reload(x->st, on_local_reload, x, NULL) < 0) on_local_reload(x, -ENOMEM);
 }
