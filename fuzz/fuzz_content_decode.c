@@ -1,5 +1,5 @@
 /*
- * libFuzzer target for plugins/relay-inbound/content_decode.c, the decoder of compressed
+ * libFuzzer target for plugins/relay-common/content_decode.c, the decoder of compressed
  * responses (the destination's bytes are untrusted). The first byte picks the codings (gzip,
  * deflate, br, "gzip, br"), the split step and the mode; the rest is the input. Mode "decode":
  * the input is the encoded body; whole and split decoding must agree (status and output) and
@@ -7,8 +7,8 @@
  * zlib or libbrotlienc; decoding must give it back, whole and split. The Content-Encoding and
  * Accept-Encoding parsers get the input as text too.
  *
- *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
- *     plugins/relay-inbound/content_decode.c fuzz/fuzz_content_decode.c -lz -lbrotlidec \
+ *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
+ *     plugins/relay-common/content_decode.c fuzz/fuzz_content_decode.c -lz -lbrotlidec \
  *     -lbrotlienc -o /tmp/fuzz_content_decode
  */
 #include <brotli/encode.h>

@@ -1,5 +1,5 @@
 /*
- * libFuzzer target for plugins/relay-inbound/decrypt_scan.c. The first byte picks the
+ * libFuzzer target for plugins/relay-common/decrypt_scan.c. The first byte picks the
  * Content-Type (JSON, XML, urlencoded, text, multipart, raw) and the split step; the rest is the
  * body. Besides memory errors it checks: with an identity transform (each value put back as it
  * came) the output equals the input, whole and split (except where the scanner resolved an escape,
@@ -7,8 +7,8 @@
  * transform the output and the values do not depend on the split; every value handed over is a
  * well-formed ev: string (or a file starting with %EVENC); memory stays within the caps.
  *
- *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
- *     plugins/relay-inbound/decrypt_scan.c fuzz/fuzz_decrypt_scan.c -o /tmp/fuzz_decrypt_scan
+ *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
+ *     plugins/relay-common/decrypt_scan.c fuzz/fuzz_decrypt_scan.c -o /tmp/fuzz_decrypt_scan
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem */

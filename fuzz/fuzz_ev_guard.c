@@ -1,5 +1,5 @@
 /*
- * libFuzzer target for plugins/relay-inbound/ev_guard.c. Checks: the count does not depend on
+ * libFuzzer target for plugins/relay-common/ev_guard.c. Checks: the count does not depend on
  * how the input is split; and the guard is a superset of what the relay decrypts: whenever
  * decrypt_scan.c (in the mode the first byte picks) would hand a value to the enclave, the guard
  * finds at least one in the same bytes. So nothing a relay would decrypt on the way back can

@@ -1,14 +1,14 @@
 /*
- * libFuzzer target for plugins/relay-inbound/form_rewrite.c. Besides memory errors it checks:
+ * libFuzzer target for plugins/relay-common/form_rewrite.c. Besides memory errors it checks:
  * without selections a body is accepted iff the output equals the input; with selections a body
  * accepted without them is accepted too, the result does not depend on how the body is split,
  * and the output re-parses with the same pairs, names and selected pairs, whose decoded values
  * are exactly the replacements the transform returned.
  *
- *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
- *     plugins/relay-inbound/form_rewrite.c plugins/relay-inbound/json_rewrite.c \
- *     plugins/relay-inbound/rewriter.c \
- *     plugins/relay-inbound/jsonpath.c fuzz/fuzz_form_rewrite.c -o /tmp/fuzz_form_rewrite
+ *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
+ *     plugins/relay-common/form_rewrite.c plugins/relay-common/json_rewrite.c \
+ *     plugins/relay-common/rewriter.c \
+ *     plugins/relay-common/jsonpath.c fuzz/fuzz_form_rewrite.c -o /tmp/fuzz_form_rewrite
  */
 #include <stdbool.h>
 #include <stdint.h>

@@ -1,12 +1,12 @@
 /*
- * libFuzzer target for plugins/relay-inbound/json_rewrite.c (and jsonpath.c). Besides memory
+ * libFuzzer target for plugins/relay-common/json_rewrite.c (and jsonpath.c). Besides memory
  * errors it checks: without selectors (identity: nothing is transformed) a body is accepted iff
  * the output equals the input; with selectors, a body valid without them is accepted too, the
  * output equals a non-streaming reference that replaces the selected spans, and putting the
  * original spans back yields the input; the result does not depend on how the body is split.
  *
- *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
- *     plugins/relay-inbound/json_rewrite.c plugins/relay-inbound/jsonpath.c \
+ *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
+ *     plugins/relay-common/json_rewrite.c plugins/relay-common/jsonpath.c \
  *     fuzz/fuzz_json_rewrite.c -o /tmp/fuzz_json_rewrite
  */
 #include <stdbool.h>

@@ -1,15 +1,15 @@
 /*
- * libFuzzer target for plugins/relay-inbound/multipart_rewrite.c (and the boundary helper).
+ * libFuzzer target for plugins/relay-common/multipart_rewrite.c (and the boundary helper).
  * Besides memory errors it checks: without selections a body is accepted iff the output equals
  * the input; with selections a body accepted without them is accepted too (unless a selected part
  * carries Content-Length), the result does not depend on how the body is split, and the output
  * re-parses with the same number of parts and the same selected parts, in order and of the same
  * kind, whose bodies are exactly the replacements the transform returned.
  *
- *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
- *     plugins/relay-inbound/multipart_rewrite.c plugins/relay-inbound/json_rewrite.c \
- *     plugins/relay-inbound/rewriter.c \
- *     plugins/relay-inbound/jsonpath.c fuzz/fuzz_multipart_rewrite.c -o /tmp/fuzz_multipart
+ *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
+ *     plugins/relay-common/multipart_rewrite.c plugins/relay-common/json_rewrite.c \
+ *     plugins/relay-common/rewriter.c \
+ *     plugins/relay-common/jsonpath.c fuzz/fuzz_multipart_rewrite.c -o /tmp/fuzz_multipart
  */
 #include <stdbool.h>
 #include <stdint.h>

@@ -1,13 +1,13 @@
 /*
- * libFuzzer target for plugins/relay-inbound/relay_path.c. Besides memory errors it checks, for
+ * libFuzzer target for plugins/relay-common/relay_path.c. Besides memory errors it checks, for
  * every flag combination: the output fits 3 * len + 2, starts with '/', is what normalising it
  * again gives (idempotence) and never fails to normalise; with flags 0 it holds no "//", no "."
  * or ".." segment and no ';'; an input refused with one flag set is refused alike with all; the
  * views of a path are distinct and the first is the full normal form; a normal form matches
  * itself as a pattern (when it holds no '*'), in every case.
  *
- *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
- *     plugins/relay-inbound/relay_path.c fuzz/fuzz_relay_path.c -o /tmp/fuzz_relay_path
+ *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
+ *     plugins/relay-common/relay_path.c fuzz/fuzz_relay_path.c -o /tmp/fuzz_relay_path
  */
 #include <stdint.h>
 #include <stdlib.h>

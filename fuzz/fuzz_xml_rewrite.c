@@ -1,5 +1,5 @@
 /*
- * libFuzzer target for plugins/relay-inbound/xml_rewrite.c (with jsonpath.c). Besides memory
+ * libFuzzer target for plugins/relay-common/xml_rewrite.c (with jsonpath.c). Besides memory
  * errors it checks: without selectors (identity: nothing is transformed) a body is accepted iff
  * the output equals the input; with selectors, a body valid without them is accepted too unless a
  * selected element has mixed content; the result does not depend on how the body is split; the
@@ -7,9 +7,9 @@
  * selected spans, with the same decoded values; the output re-parses as XML; and putting the
  * original spans back yields the input.
  *
- *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-inbound \
- *     plugins/relay-inbound/xml_rewrite.c plugins/relay-inbound/jsonpath.c \
- *     plugins/relay-inbound/rewriter.c \
+ *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
+ *     plugins/relay-common/xml_rewrite.c plugins/relay-common/jsonpath.c \
+ *     plugins/relay-common/rewriter.c \
  *     fuzz/fuzz_xml_rewrite.c -o /tmp/fuzz_xml_rewrite
  */
 #include <stdbool.h>

@@ -1,13 +1,13 @@
 /*
  * bench_json_rewrite: single-core throughput of the Inbound Relay's streaming JSON rewriter
- * (plugins/relay-inbound/json_rewrite.c) alone, on a ~1 MB generated request body with a few
+ * (plugins/relay-common/json_rewrite.c) alone, on a ~1 MB generated request body with a few
  * selected fields, fed in 64 KiB pieces; the transform returns a fixed ev:-sized literal. The
  * baseline, measured in the same run, is a plain pass over the same bytes (memchr for '"' plus
  * memcpy into a scratch buffer), i.e. roughly the cost of merely forwarding the body.
  * Figures are the median of 7 runs of >= 0.3 s each, in MB/s (10^6 bytes).
  *
- *   cc -O2 -Iplugins/relay-inbound bench/relay/bench_json_rewrite.c \
- *     plugins/relay-inbound/json_rewrite.c plugins/relay-inbound/jsonpath.c -o /tmp/bench_jr
+ *   cc -O2 -Iplugins/relay-common bench/relay/bench_json_rewrite.c \
+ *     plugins/relay-common/json_rewrite.c plugins/relay-common/jsonpath.c -o /tmp/bench_jr
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>

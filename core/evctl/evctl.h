@@ -19,6 +19,14 @@
 
 #ifndef EVS_VERSION
 #define EVS_VERSION "unknown"
+/* ---- cmd_outbound.c: Outbound Relay destinations (the relay-outbound plugin's endpoints) ---- */
+
+int evctl_cmd_outbound_list(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_outbound_create(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_outbound_delete(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_outbound_push(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_outbound_diff(const evctl_ctx *ctx, int argc, char **argv);
+
 #endif
 
 #define EVCTL_EXIT_OK 0
@@ -157,5 +165,13 @@ int evctl_cmd_relay_list(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_relay_structures(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_relay_dev(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_activity(const evctl_ctx *ctx, int argc, char **argv);
+
+/* ---- cmd_outbound.c: Outbound Relay destinations (the relay-outbound plugin's endpoints) ---- */
+
+int evctl_cmd_outbound_list(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_outbound_create(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_outbound_delete(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_outbound_push(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_outbound_diff(const evctl_ctx *ctx, int argc, char **argv);
 
 #endif

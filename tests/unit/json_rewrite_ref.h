@@ -1,5 +1,5 @@
 /*
- * A non-streaming reference for the JSON rewriter (plugins/relay-inbound/json_rewrite.c), shared
+ * A non-streaming reference for the JSON rewriter (plugins/relay-common/json_rewrite.c), shared
  * by tests/unit/test_json_rewrite.c and fuzz/fuzz_json_rewrite.c. Test-only code: static
  * functions in a header so each includer gets its own copy without a shared library.
  */

@@ -1,5 +1,5 @@
 /*
- * Unit tests for plugins/relay-inbound/content_decode.c, the Inbound Relay's decoder of
+ * Unit tests for plugins/relay-common/content_decode.c, the Inbound Relay's decoder of
  * response content codings: Content-Encoding parsing; gzip (one and several members), deflate
  * zlib-wrapped and raw, br and stacked codings, each fed whole, byte by byte and in random
  * pieces; an empty body; corrupt, truncated and trailing data; the decoded-size bound against

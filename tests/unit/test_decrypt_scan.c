@@ -1,5 +1,5 @@
 /*
- * Unit tests for plugins/relay-inbound/decrypt_scan.c, the Inbound Relay's response-decryption
+ * Unit tests for plugins/relay-common/decrypt_scan.c, the Inbound Relay's response-decryption
  * scanner: mode selection from Content-Type; JSON (values in objects, arrays and nesting replaced,
  * keys and substrings not, escapes before a token, "\/"); text, XML and urlencoded tokens
  * (percent-encoded too); near-misses passing unchanged; multipart with an %EVENC file part, text

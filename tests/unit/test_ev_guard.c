@@ -1,5 +1,5 @@
 /*
- * Unit tests for plugins/relay-inbound/ev_guard.c: every spelling of an ev: string or a %EVENC
+ * Unit tests for plugins/relay-common/ev_guard.c: every spelling of an ev: string or a %EVENC
  * file a destination could decode (raw, JSON escapes, percent-encoding, character references,
  * two of them nested) is found, in any split of the input; near misses and ordinary text are
  * not. The property test re-spells real-looking tokens at random and checks each is found.

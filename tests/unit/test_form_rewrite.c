@@ -1,5 +1,5 @@
 /*
- * Unit tests for plugins/relay-inbound/form_rewrite.c: byte-exact forwarding (identity, and with
+ * Unit tests for plugins/relay-common/form_rewrite.c: byte-exact forwarding (identity, and with
  * selections compared with a non-streaming reference, for whole, byte-by-byte and random
  * splits), selection by decoded name, '+' and %XX decoding of the transform value, the encoding of
  * the replacement (the destination decodes exactly the returned ev: string), the deferred

@@ -1,5 +1,5 @@
 /*
- * Unit tests for plugins/relay-inbound/json_rewrite.c (selector syntax: test_jsonpath.c): byte-exact forwarding (compared with a
+ * Unit tests for plugins/relay-common/json_rewrite.c (selector syntax: test_jsonpath.c): byte-exact forwarding (compared with a
  * non-streaming reference, for whole, byte-by-byte and random splits), typed and decoded
  * transform values, the deferred (async) transform pattern, strict RFC 8259 validation, duplicate
  * keys, the depth / value size / key count limits, ev:-looking unselected strings, and bounded

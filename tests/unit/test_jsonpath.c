@@ -1,5 +1,5 @@
 /*
- * Unit tests for plugins/relay-inbound/jsonpath.c: every supported selector form matched against
+ * Unit tests for plugins/relay-common/jsonpath.c: every supported selector form matched against
  * paths (member names and array indices), descendant and wildcard steps, several selectors in
  * one set, dead-subtree reporting, and the error message for each unsupported or invalid form.
  */

@@ -1,5 +1,5 @@
 /*
- * Unit tests for plugins/relay-inbound/multipart_rewrite.c: the boundary helper, byte-exact
+ * Unit tests for plugins/relay-common/multipart_rewrite.c: the boundary helper, byte-exact
  * forwarding (identity, and split independence with selections, for whole, byte-by-byte and
  * random splits), a file part replaced with its filename and headers kept, text parts, partial
  * delimiters inside bodies, the deferred (async) pattern, every syntax error, ev:-looking

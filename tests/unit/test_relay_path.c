@@ -1,5 +1,5 @@
 /*
- * Unit tests for plugins/relay-inbound/relay_path.c: normal forms of a table of spellings (the
+ * Unit tests for plugins/relay-common/relay_path.c: normal forms of a table of spellings (the
  * ones frameworks route alike, the ones refused as ambiguous or invalid), route patterns, the
  * readings of a path, and a property: random paths re-spelt at random (case, escapes of
  * unreserved characters, extra slashes, "./", "x/../", ";params", a trailing slash) have the

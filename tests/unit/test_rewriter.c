@@ -1,5 +1,5 @@
 /*
- * Unit tests for plugins/relay-inbound/rewriter.{h,c}: the choice of a rewriter by Content-Type,
+ * Unit tests for plugins/relay-common/rewriter.{h,c}: the choice of a rewriter by Content-Type,
  * the relay's answer to every rewriter error (and that the codes are distinct), and each format
  * driven through its operations table alone, as relay_encrypt.c drives it: selection, the
  * replacement as a transform returns it (place_returned) and as a caller fills a hole (place),

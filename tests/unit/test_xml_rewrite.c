@@ -1,5 +1,5 @@
 /*
- * Unit tests for plugins/relay-inbound/xml_rewrite.c: byte-exact forwarding (compared with a
+ * Unit tests for plugins/relay-common/xml_rewrite.c: byte-exact forwarding (compared with a
  * non-streaming reference, tests/unit/xml_rewrite_ref.h, for whole, byte-by-byte and random
  * splits), the selection rules of xml_rewrite.h for every selector form, decoded transform values
  * (references, CDATA, line ends), the deferred (async) transform pattern, every rejection (DTD,

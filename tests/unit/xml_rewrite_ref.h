@@ -1,5 +1,5 @@
 /*
- * A non-streaming reference for the XML rewriter (plugins/relay-inbound/xml_rewrite.c), shared by
+ * A non-streaming reference for the XML rewriter (plugins/relay-common/xml_rewrite.c), shared by
  * tests/unit/test_xml_rewrite.c and fuzz/fuzz_xml_rewrite.c. Test-only code: static functions in
  * a header so each includer gets its own copy without a shared library.
  *
