@@ -1,5 +1,6 @@
 /*
- * Small appenders that build heads, keys and IDs on the request path (server.c, upstream.c).
+ * Small appenders that build heads, keys and IDs on the request path (server.c, upstream.c,
+ * proxy.c).
  *
  * snprintf parses its format on every call, and with ten calls a request that was a third of the
  * proxy's user-space instructions (docs/performance.md). Each appender writes at p, without a NUL,

@@ -14,16 +14,17 @@
 #include <sys/stat.h>
 
 #include "appendq.h"
+#include "client.h"
 #include "helper.h"
 #include "host.h"
 #include "log.h"
 #include "metrics.h"
 #include "node.h"
 #include "plugin.h"
+#include "proxy.h"
 #include "request.h"
 #include "route.h"
 #include "stream.h"
-#include "upstream.h"
 #include "worker.h"
 
 typedef struct evs__subscription {

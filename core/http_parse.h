@@ -2,8 +2,9 @@
  * HTTP/1.x message parsing (RFC 9112), strict.
  *
  * Pure functions over caller-owned buffers: no allocation, no I/O, no logging. The connection
- * code in server.c and upstream.c feeds bytes in; this file decides what is a valid message.
- * Everything here parses untrusted input and has a libFuzzer target (fuzz/fuzz_http_parse.c).
+ * code in server.c (requests) and upstream.c (responses, for proxy.c and client.c) feeds bytes
+ * in; this file decides what is a valid message. Everything here parses untrusted input and has
+ * a libFuzzer target (fuzz/fuzz_http_parse.c).
  *
  * A message head is parsed in two steps: evs__http_scan_head() finds where the head ends (and
  * rejects bare CR/LF and oversize heads early, byte by byte, so a slowloris of garbage is cut off

@@ -1,24 +1,13 @@
 /*
- * Upstreams (upstream.c): the connection pool, proxying a request, and the plugins' HTTP
- * client.
+ * The upstream connection pool (upstream.c), as the worker sees it. Proxying a request is in
+ * proxy.h, the plugins' client requests in client.h; what those two share of the connections is
+ * in upstream_conn.h.
  */
 #ifndef EVS_CORE_UPSTREAM_H
 #define EVS_CORE_UPSTREAM_H
 
-#include "request.h"
-
-int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_fn req_filter,
-                     evs_body_filter_fn resp_filter, void *filter_arg, evs__plugin_rec *p);
-int evs__proxy_filter_emit(evs_request *req, const uint8_t *data, size_t len);
-/* Ends a response held by a response filter (EVS_FILTER_HOLD). */
-int evs__proxy_filter_end(evs_request *req, int status);
-/* A header of the upstream response being proxied, once its head arrived. */
-int evs__proxy_response_header(evs_request *req, const char *name, evs_header *ret);
-/* ABI 1.4: from evs_upstream.response_head: drops fields from the head the client gets;
- * returns how many, or -EINVAL outside that callback. */
-int evs__proxy_response_remove_header(evs_request *req, const char *name);
-int evs__client_request(evs__plugin_rec *p, const evs_client_request *creq, evs_client_cb cb,
-                        void *arg);
+/* Closes every idle pooled connection (worker drain and stop); connections in use close when
+ * their request ends. Loop thread. */
 void evs__upstream_pool_close_all(void);
 
 #endif

@@ -1,8 +1,8 @@
 /*
  * The worker process: its loop, listeners, connections, plugins and store (evs__worker, one per
  * process, reached through evs__w). Every core module of a worker reads it; each module's own
- * types and calls are in its header (server.h, request.h, upstream.h, plugin.h, host.h, node.h,
- * admin.h, appendq.h).
+ * types and calls are in its header (server.h, request.h, upstream.h, proxy.h, client.h, plugin.h,
+ * host.h, node.h, admin.h, appendq.h).
  */
 #ifndef EVS_CORE_WORKER_H
 #define EVS_CORE_WORKER_H
