@@ -92,6 +92,11 @@
  *        other request; evs_tls_identity.cache_key lets the host keep the context it built from
  *        an identity (a bounded per-worker LRU, [limits] tls_identity_cache) instead of parsing
  *        the PEM on every handshake. The tunnels' TLS issues and accepts session tickets.
+ *   1.7  a configuration lookup (config_string, config_int, config_bool) of a key the plugin's
+ *        config_items do not declare is an error (NULL, EVS_CONFIG_UNDECLARED, -ENOENT; one
+ *        log line per key), where it used to read as unset; the host's error bodies are built
+ *        in one place (respond_error). The executable exports no symbol: plugins reach the
+ *        host through this table alone, as they always should have.
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
