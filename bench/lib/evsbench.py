@@ -245,7 +245,9 @@ transaction_log = {self.opt.ev_transaction_log}
     def check_servers(self, cases):
         time.sleep(0.5)   # let every worker start
         for name, (p, port) in self.servers.items():
-            workers = len(children(p.pid))
+            # The master's children are its workers and, for helpers kept per rank (the
+            # enclave), their shepherds ("evs-helper"), which are not workers.
+            workers = sum(1 for c in children(p.pid) if comm(c) != "evs-helper")
             if workers != self.opt.workers:
                 raise SystemExit(f"{name}: expected {self.opt.workers} workers, found {workers}")
             for case in cases:
@@ -406,6 +408,14 @@ def children(pid):
     except OSError:
         pass
     return out
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def lua_str(s):
