@@ -1,0 +1,202 @@
+"""The Outbound Relay's proxy path (plugins/relay-outbound/outbound_proxy.c) with real processes:
+evserver with the enclave and relay-outbound plugins, a TLS listener `serves = outbound`, the
+relay CA made with `evctl relay-ca create`, apps and keys made with `evctl`, values encrypted by
+POST /encrypt, and an HTTPS destination (evstest.Upstream, certificate from a test CA given to
+the plugin's destination_ca_file) that records what it receives. Clients: curl (`--proxy
+https://...`, the key on the inner request with -H or on the CONNECT with --proxy-header).
+
+- a configured destination gets every ev: value decrypted (typed JSON), the right
+  Content-Length, and never Proxy-Authorization; the app gets the destination's response;
+- 407 proxy-auth-failed for a missing or wrong key, on the CONNECT and on the inner request;
+- 403 forbidden-destination for ev: data to a host that is not a destination (body, header,
+  path, percent-encoded), and unconfiguredHosts refuse vs passthrough;
+- a destination with an invalid certificate is 502; a 26 MB body is 413; a compressed body 415.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+
+import evstest
+
+_spec = importlib.util.spec_from_file_location(
+    "enclave_api", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "test_70_enclave_api.py"))
+E = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(E)
+
+PERM = "relay:outbound-proxy"
+
+
+def need_build():
+    for p in (("evserver",), ("evctl",), ("plugins.d", "relay-outbound.so"),
+              ("plugins.d", "enclave.so"), ("evserver-enclave",)):
+        if not os.path.exists(evstest.build_path(*p)):
+            raise evstest.Skip("%s is not built" % "/".join(p))
+
+
+class Env:
+    """A server with an outbound listener, a relay CA, an app with keys, and a destination."""
+
+    def __init__(self, workers=1, outbound=None):
+        need_build()
+        self.dir = evstest.tmpdir("evs-obp-")
+        self.dest_ca = evstest.make_ca(name="destination CA")
+        self.listener_ca = evstest.make_ca(name="listener CA")
+        lc = evstest.make_cert(self.listener_ca, ["localhost", "127.0.0.1"])
+        plugin = {"destination_ca_file": self.dest_ca.cert}
+        plugin.update(outbound or {})
+        cfg = evstest.write_config(
+            self.dir,
+            listeners={"http": {}, "api": {},
+                       "outbound": {"serves": "outbound", "tls": True, "certificate": lc.cert,
+                                    "key": lc.key}},
+            server={"workers": workers},
+            plugins={"enclave": {"enclave_binary": E.enclave_binary(self.dir),
+                                 "request_timeout": "5s"},
+                     "relay-outbound": plugin})
+        self.srv = evstest.Server(cfg).start()
+        E.evctl(self.srv, "relay-ca", "create")
+        st, _, pem = E.api(self.srv, "GET", "/relay-ca.pem")
+        assert st == 200, pem
+        self.relay_ca = os.path.join(self.dir, "relay-ca.pem")
+        with open(self.relay_ca, "wb") as f:
+            f.write(pem)
+        self.app = E.evctl_json(self.srv, "app", "create")["appId"]
+        self.key = E.evctl_json(self.srv, "key", "create", self.app, "--permissions",
+                                PERM + ",api:encrypt")["apiKey"]
+        self.dest = evstest.Upstream(tls=evstest.make_cert(self.dest_ca, ["localhost",
+                                                                          "127.0.0.1"]),
+                                     handler=self.echo)
+
+    @staticmethod
+    def echo(req):
+        return 200, {"Content-Type": "application/json"}, json.dumps(
+            {"seen": req.body.decode(errors="replace")}).encode()
+
+    def destination(self, domain):
+        E.evctl_json(self.srv, "outbound", "create", self.app, "--destination-domain", domain)
+
+    def unconfigured(self, mode):
+        st, body = self.admin("GET", "/outbound/" + self.app)
+        cfg = json.loads(body)["config"]
+        cfg["unconfiguredHosts"] = mode
+        st, body = self.admin("PUT", "/outbound/" + self.app, json.dumps(cfg).encode())
+        assert st == 200, body
+
+    def admin(self, method, path, body=None):
+        r = self.srv.admin_request(method, path, body=body, timeout=15)
+        return r.status, r.body
+
+    def encrypt(self, value):
+        st, _, body = E.api(self.srv, "POST", "/encrypt", value, headers={"api-key": self.key})
+        assert st == 200, body
+        return json.loads(body)
+
+    def curl(self, url, *args, key=None, connect_key=None, data=None, host_ip=False):
+        """(status, body) of curl through the outbound listener."""
+        cmd = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", url,
+               "--proxy", "https://localhost:%d" % self.srv.port("outbound"),
+               "--proxy-cacert", self.listener_ca.cert, "--cacert", self.relay_ca,
+               "--max-time", "20"]
+        if key is not None:
+            cmd += ["-H", "Proxy-Authorization: " + key]
+        if connect_key is not None:
+            cmd += ["--proxy-header", "Proxy-Authorization: " + connect_key]
+        if data is not None:
+            cmd += ["--data-binary", "@-", "-H", "Content-Type: application/json"]
+        cmd += list(args)
+        r = subprocess.run(cmd, input=data, capture_output=True, timeout=60)
+        out = r.stdout
+        body, _, code = out.rpartition(b"\n")
+        return int(code or 0), body, r.stderr.decode(errors="replace")
+
+
+def test_decrypts_for_a_destination_key_on_inner_request_and_on_connect():
+    env = Env()
+    env.destination("localhost")
+    enc = env.encrypt({"ssn": "123-45-6789", "n": 42, "ok": True, "plain": "x"})
+    body = json.dumps(enc).encode()
+    url = "https://localhost:%d/pay?x=1" % env.dest.port
+    st, out, err = env.curl(url, key=env.key, data=body)
+    assert st == 200, (st, out, err)
+    got = env.dest.wait_requests(1)[0]
+    assert json.loads(got.body) == {"ssn": "123-45-6789", "n": 42, "ok": True, "plain": "x"}, got.body
+    assert got.header("Proxy-Authorization") is None
+    assert int(got.header("Content-Length")) == len(got.body)
+    assert json.loads(json.loads(out)["seen"])["ssn"] == "123-45-6789"
+    # The key on the CONNECT (createRelayHttpsAgent), none inside.
+    st, out, err = env.curl(url, connect_key=env.key, data=body)
+    assert st == 200, (st, out, err)
+    got = env.dest.wait_requests(2)[1]
+    assert json.loads(got.body)["n"] == 42 and got.header("Proxy-Authorization") is None
+
+
+def test_proxy_auth_failed():
+    env = Env()
+    env.destination("localhost")
+    url = "https://localhost:%d/" % env.dest.port
+    for kw in ({}, {"key": "ev:key:wrong"}):
+        st, out, err = env.curl(url, **kw)
+        assert st == 407, (st, out, err)
+        assert json.loads(out)["code"] == "proxy-auth-failed", out
+    # On the CONNECT: curl reports the proxy's refusal.
+    st, out, err = env.curl(url, connect_key="ev:key:wrong")
+    assert st == 407 or "407" in err, (st, out, err)
+    # A key without the permission.
+    other = E.evctl_json(env.srv, "key", "create", env.app, "--permissions", "")["apiKey"]
+    st, out, _ = env.curl(url, key=other)
+    assert st == 407, (st, out)
+    assert env.dest.requests == []
+
+
+def test_forbidden_destination_and_unconfigured_hosts():
+    env = Env()
+    env.destination("elsewhere.example")
+    ev = env.encrypt("secret")
+    url = "https://localhost:%d/p" % env.dest.port
+    # Default refuse: even plain requests.
+    st, out, _ = env.curl(url, key=env.key)
+    assert st == 403 and json.loads(out)["code"] == "forbidden-destination", (st, out)
+    env.unconfigured("passthrough")
+    st, out, _ = env.curl(url, key=env.key, data=b'{"a":"plain"}')
+    assert st == 200, (st, out)
+    assert env.dest.wait_requests(1)[0].body == b'{"a":"plain"}'
+    pct = ev.replace(":", "%3A")
+    cases = [dict(data=json.dumps({"x": ev}).encode()),
+             dict(data=json.dumps({"x": ev.replace("e", "\\u0065", 1)}).encode()),
+             dict(args=("-H", "X-Card: " + ev)),
+             dict(path="/p/" + pct),
+             dict(path="/p?q=" + pct)]
+    for c in cases:
+        u = "https://localhost:%d%s" % (env.dest.port, c.get("path", "/p"))
+        st, out, _ = env.curl(u, *c.get("args", ()), key=env.key, data=c.get("data"))
+        assert st == 403 and json.loads(out)["code"] == "forbidden-destination", (c, st, out)
+    assert len(env.dest.requests) == 1
+
+
+def test_bad_destination_certificate_large_and_compressed_bodies():
+    env = Env()
+    env.destination("localhost")
+    env.destination("127.0.0.1")
+    other_ca = evstest.make_ca(name="other CA")
+    bad = evstest.Upstream(tls=evstest.make_cert(other_ca, ["localhost"]))
+    st, out, _ = env.curl("https://localhost:%d/" % bad.port, key=env.key)
+    assert st == 502, (st, out)
+    assert bad.requests == []
+    big = b'{"a":"' + b"x" * (26 << 20) + b'"}'
+    st, out, _ = env.curl("https://localhost:%d/" % env.dest.port, key=env.key, data=big)
+    assert st == 413 and json.loads(out)["code"] == "payload-too-large", (st, out[:200])
+    st, out, _ = env.curl("https://localhost:%d/" % env.dest.port, "-H", "Content-Encoding: gzip",
+                          key=env.key, data=b"xx")
+    assert st == 415, (st, out)
+    # An IP destination: no SNI, a leaf with an IP SAN.
+    enc = env.encrypt({"v": "by ip"})
+    st, out, err = env.curl("https://127.0.0.1:%d/" % env.dest.port, key=env.key,
+                            data=json.dumps(enc).encode())
+    assert st == 200, (st, out, err)
+    assert json.loads(env.dest.requests[-1].body) == {"v": "by ip"}
+
+
+evstest.main(globals())
