@@ -16,6 +16,7 @@ https://...`, the key on the inner request with -H or on the CONNECT with --prox
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 
 import evstest
@@ -197,6 +198,45 @@ def test_bad_destination_certificate_large_and_compressed_bodies():
                             data=json.dumps(enc).encode())
     assert st == 200, (st, out, err)
     assert json.loads(env.dest.requests[-1].body) == {"v": "by ip"}
+
+
+SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")
+
+
+def test_official_sdk():
+    """@evervault/sdk 6.4.0 unmodified (tests/integration/sdk/outbound.js): createRelayHttpsAgent
+    (key on the CONNECT), enableOutboundRelay with decryptionDomains (key inside the tunnel) and
+    with the destinations of GET /v2/relay-outbound; values the SDK encrypted arrive decrypted."""
+    node = shutil.which("node")
+    if not node:
+        raise evstest.Skip("node is not installed")
+    if not os.path.isdir(os.path.join(SDK_DIR, "node_modules", "@evervault", "sdk")):
+        raise evstest.Skip("tests/integration/sdk/node_modules is missing")
+    env = Env()
+    env.destination("localhost")
+    api = "http://127.0.0.1:%d" % env.srv.port("api")
+    penv = dict(os.environ, EV_API_URL=api,
+                EV_TUNNEL_HOSTNAME="https://127.0.0.1:%d" % env.srv.port("outbound"),
+                EV_CERT_HOSTNAME=api + "/relay-ca.pem",
+                # The listener's CA: NODE_EXTRA_CA_CERTS alone is lost once the SDK adds the
+                # relay CA to every context (addCACert starts from Node's bundled roots), so
+                # the OpenSSL store (SSL_CERT_FILE) carries it.
+                NODE_EXTRA_CA_CERTS=env.listener_ca.cert, NODE_OPTIONS="--use-openssl-ca",
+                SSL_CERT_FILE=env.listener_ca.cert, EVS_APP_ID=env.app,
+                EVS_API_KEY=env.key, EVS_DEST_PORT=str(env.dest.port))
+    for i, mode in enumerate(("agent", "domains", "config")):
+        r = subprocess.run([node, os.path.join(SDK_DIR, "outbound.js"), mode], cwd=SDK_DIR,
+                           env=penv, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (mode, r.stdout, r.stderr)
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["status"] == 200, (mode, res)
+        got = env.dest.wait_requests(i + 1)[i]
+        assert got.path == "/sdk-" + mode, got
+        assert json.loads(got.body) == {"ssn": "123-45-6789", "n": 42, "ok": True, "mode": mode}, \
+            (mode, got.body)
+        assert got.header("Proxy-Authorization") is None
+        assert json.loads(json.loads(res["body"])["seen"])["ssn"] == "123-45-6789"
+    assert env.key not in env.srv.log()
 
 
 evstest.main(globals())
