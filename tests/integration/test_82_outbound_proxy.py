@@ -17,7 +17,12 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
+import ssl
+import struct
 import subprocess
+import threading
+import time
 
 import evstest
 
@@ -198,6 +203,101 @@ def test_bad_destination_certificate_large_and_compressed_bodies():
                             data=json.dumps(enc).encode())
     assert st == 200, (st, out, err)
     assert json.loads(env.dest.requests[-1].body) == {"v": "by ip"}
+
+
+def tunnel(env, authority, connect_headers=b"", name="localhost"):
+    """TLS to the outbound listener, CONNECT, then TLS inside verified against the relay CA:
+    (InnerTLS, CONNECT response)."""
+    import test_52_tunnel_tls_in_tls as t52
+    ctx = ssl.create_default_context(cafile=env.listener_ca.cert)
+    raw = socket.create_connection(("127.0.0.1", env.srv.port("outbound")), timeout=10)
+    o = ctx.wrap_socket(raw, server_hostname="localhost")
+    o.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (authority.encode(),
+                                                                 authority.encode(),
+                                                                 connect_headers))
+    head = evstest.parse_response(t52.t51.read_head(o), head=True)
+    if head.status != 200:
+        return None, head
+    return t52.InnerTLS(o, ssl.create_default_context(cafile=env.relay_ca), name), head
+
+
+def test_keys_in_one_tunnel_and_pipelining():
+    env = Env()
+    env.destination("localhost")
+    auth = "localhost:%d" % env.dest.port
+    ev = env.encrypt("pipelined secret")
+    body = json.dumps({"v": ev}).encode()
+    k = env.key.encode()
+
+    def post(path, key=None):
+        h = b"Proxy-Authorization: " + key + b"\r\n" if key is not None else b""
+        return (b"POST %s HTTP/1.1\r\nHost: localhost\r\n%sContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (path.encode(), h, len(body), body))
+
+    # The first request authenticates the tunnel; later ones may omit the key, a different
+    # key is refused (407 ends the tunnel: its body was not read); pipelined on one connection.
+    t, _ = tunnel(env, auth)
+    t.sendall(post("/1", k) + post("/2") + post("/3", b"ev:key:other") + post("/4", k))
+    rs, _ = evstest.recv_responses(t, 3, timeout=15, allow_close=True)
+    assert [r.status for r in rs] == [200, 200, 407], rs
+    assert rs[2].header("X-Evervault-Error-Code") == "proxy-auth-failed"
+    assert json.loads(rs[2].body)["code"] == "proxy-auth-failed"
+    got = env.dest.wait_requests(2)
+    assert [r.path for r in got] == ["/1", "/2"]
+    assert all(json.loads(r.body) == {"v": "pipelined secret"} for r in got)
+    assert all(r.header("Proxy-Authorization") is None for r in got)
+    # No key on the first request: 407.
+    t, _ = tunnel(env, auth)
+    t.sendall(post("/5"))
+    rs, _ = evstest.recv_responses(t, 1, timeout=15, allow_close=True)
+    assert rs[0].status == 407, rs
+    # A wrong key on the CONNECT: 407 with the documented body, no tunnel.
+    t, head = tunnel(env, auth, b"Proxy-Authorization: ev:key:nope\r\n")
+    assert t is None and head.status == 407, head
+    # The key on the CONNECT: requests inside need none, the same one passes, a different one
+    # is refused.
+    t, _ = tunnel(env, auth, b"Proxy-Authorization: " + k + b"\r\n")
+    t.sendall(post("/6") + post("/7", k) + post("/8", b"ev:key:other"))
+    rs, _ = evstest.recv_responses(t, 3, timeout=15, allow_close=True)
+    assert [r.status for r in rs] == [200, 200, 407], rs
+    assert [r.path for r in env.dest.requests] == ["/1", "/2", "/6", "/7"]
+
+
+def test_destination_resets_mid_response():
+    """The destination sends a head and part of the body, then resets: the client sees the
+    response cut short (never a complete-looking one), and the relay goes on serving."""
+    env = Env()
+    env.destination("localhost")
+    cert = evstest.make_cert(env.dest_ca, ["localhost"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert.cert, cert.key)
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    evstest.defer(lsock.close)
+
+    def serve():
+        while True:
+            try:
+                c, _ = lsock.accept()
+            except OSError:
+                return
+            s = None
+            try:
+                s = ctx.wrap_socket(c, server_side=True)  # takes c's descriptor over
+                s.recv(65536)
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except (OSError, ssl.SSLError):
+                pass
+            (s or c).close()
+    threading.Thread(target=serve, daemon=True).start()
+    port = lsock.getsockname()[1]
+    t0 = time.monotonic()
+    st, out, err = env.curl("https://localhost:%d/" % port, key=env.key)
+    assert len(out) < 100000 and time.monotonic() - t0 < 15, (st, len(out), err)
+    st, out, err = env.curl("https://localhost:%d/" % env.dest.port, key=env.key)
+    assert st == 200, (st, out, err)
 
 
 SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")
