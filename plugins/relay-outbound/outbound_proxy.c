@@ -21,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
@@ -61,7 +62,8 @@ struct ob_proxy {
   size_t key_len;
   ob_leaf *leaves;
   size_t nleaves;
-  const char *ca_file;
+  const char *ca_file;      /* the bundle destinations are verified with (NULL: the host's) */
+  char *ca_bundle;          /* system roots + destination_ca_file, written at init */
   const char *spool_dir;
   uint64_t max_body;
 };
@@ -650,13 +652,63 @@ static int inner_request(void *arg, evs_request *req) {
 
 /* ---- init and fini --------------------------------------------------------------------- */
 
+static int append_file(FILE *out, const char *path) {
+  FILE *in = fopen(path, "r");
+  if (!in) return -errno;
+  char buf[16384];
+  size_t n;
+  int r = 0;
+  while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+    if (fwrite(buf, 1, n, out) != n) r = -EIO;
+  if (ferror(in)) r = -EIO;
+  fclose(in);
+  fputc('\n', out);
+  return r;
+}
+
+/* destination_ca_file adds to the system's roots rather than replacing them: one bundle of both
+ * in the state directory (the same bytes from every worker: written to a temporary name, then
+ * renamed over). Returns the path (owned by px) or NULL, and logs why. */
+static char *write_bundle(ob_proxy *px, const char *extra) {
+  const evs_host *h = px->h;
+  const char *sys = getenv(X509_get_default_cert_file_env());
+  if (!sys) sys = X509_get_default_cert_file();
+  const char *dir = h->state_dir(px->p);
+  char path[4096], tmp[4200];
+  snprintf(path, sizeof path, "%s/outbound-ca.pem", dir);
+  snprintf(tmp, sizeof tmp, "%s.%ld", path, (long)getpid());
+  FILE *f = fopen(tmp, "w");
+  if (!f) {
+    h->log(px->p, NULL, EVS_LOG_ERROR, "cannot write %s: %s", tmp, strerror(errno));
+    return NULL;
+  }
+  int r = append_file(f, extra);
+  if (r < 0) {
+    h->log(px->p, NULL, EVS_LOG_ERROR, "destination_ca_file %s: %s", extra, strerror(-r));
+  } else if (append_file(f, sys) < 0) {
+    h->log(px->p, NULL, EVS_LOG_WARN,
+           "no system CA bundle at %s: destinations are verified with destination_ca_file alone",
+           sys);
+  }
+  if (fclose(f) != 0 && r == 0) r = -EIO;
+  if (r < 0 || rename(tmp, path) != 0) {
+    unlink(tmp);
+    return NULL;
+  }
+  return strdup(path);
+}
+
 int ob_proxy_init(const evs_host *h, evs_plugin *p, ob_state *st, ob_proxy **ret) {
   ob_proxy *px = calloc(1, sizeof *px);
   if (!px) return -ENOMEM;
   px->h = h;
   px->p = p;
   px->st = st;
-  px->ca_file = h->config_string(p, "destination_ca_file");
+  const char *extra = h->config_string(p, "destination_ca_file");
+  if (extra && !(px->ca_file = px->ca_bundle = write_bundle(px, extra))) {
+    ob_proxy_free(px);
+    return -EINVAL;
+  }
   px->spool_dir = h->config_string(p, "spool_dir");
   if (!px->spool_dir) px->spool_dir = h->state_dir(p);
   px->max_body = (uint64_t)h->config_int(p, "max_body");
@@ -690,5 +742,6 @@ void ob_proxy_free(ob_proxy *px) {
   if (px->key_pem) OPENSSL_cleanse(px->key_pem, px->key_len);
   free(px->key_pem);
   free(px->pub_pem);
+  free(px->ca_bundle);
   free(px);
 }

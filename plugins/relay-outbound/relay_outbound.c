@@ -759,8 +759,8 @@ static const evs_config_item items[] = {
     {"store_poll_interval", EVS_CONFIG_DURATION, "2s", 200, 60000, 0,
      "how often each worker checks the store for outbound configuration changed on other nodes"},
     {"destination_ca_file", EVS_CONFIG_PATH, NULL, 0, 0, 0,
-     "CA bundle (PEM) that verifies destinations instead of the host's bundle (ca_file), for "
-     "private destinations; include public roots in it if public destinations are used too"},
+     "CA certificates (PEM) trusted for destinations besides the system's roots (private "
+     "destinations); unset: the host's bundle ([upstream] ca_file or the system's)"},
     {"spool_dir", EVS_CONFIG_PATH, NULL, 0, 0, 0,
      "where request bodies past 1 MiB wait for decryption (unlinked files); default state_dir"},
     {"max_body", EVS_CONFIG_SIZE, "25m", 1024, 1LL << 30, 0,
