@@ -1,6 +1,7 @@
 /*
- * outbound_int.h: what the Outbound Relay plugin's files share (relay_outbound.c now; the
- * CONNECT proxy next). Not installed, not seen by other plugins.
+ * outbound_int.h: what the Outbound Relay plugin's files share (relay_outbound.c, the
+ * configuration cache; outbound_proxy.c, the CONNECT proxy). Not installed, not seen by other
+ * plugins.
  */
 #ifndef EVS_OUTBOUND_INT_H
 #define EVS_OUTBOUND_INT_H

@@ -1,8 +1,8 @@
 /*
- * relay_outbound.c: the Outbound Relay plugin, first half: the per-app destinations
- * configuration (kept in the store, cached per worker, reloaded on every worker of every node
- * when it changes), GET /v2/relay-outbound for the SDKs (role api) and the admin endpoints
- * behind `evctl outbound` (role admin). The CONNECT proxy comes next; it will look
+ * relay_outbound.c: the Outbound Relay plugin: the per-app destinations configuration (kept in
+ * the store, cached per worker, reloaded on every worker of every node when it changes),
+ * GET /v2/relay-outbound for the SDKs (role api) and the admin endpoints behind
+ * `evctl outbound` (role admin). The CONNECT proxy (role outbound) is outbound_proxy.c; it looks
  * destinations up with ob_lookup() below. README.md here is the user's guide.
  *
  * Store (namespace "relay-outbound"):
