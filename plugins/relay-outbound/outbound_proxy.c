@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -66,9 +67,15 @@ struct ob_proxy {
   char *ca_bundle;          /* system roots + destination_ca_file, written at init */
   const char *spool_dir;
   uint64_t max_body;
+  int transaction_log;
+  const char *team_uuid, *activity_base;
 };
 
+#define TUNNEL_MAGIC 0x6f62746eu /* what request_get_data holds: a CONNECT's tunnel... */
+#define TXN_MAGIC 0x6f627478u    /* ...or a request inside one */
+
 typedef struct ob_tunnel {
+  uint32_t magic;
   ob_proxy *px;
   int refs;
   evs_request *connect_req; /* until the CONNECT completes */
@@ -82,7 +89,12 @@ typedef struct ob_tunnel {
 } ob_tunnel;
 
 typedef struct ob_txn {
+  uint32_t magic;
   ob_tunnel *t;
+  int64_t started_ms;
+  uint64_t started_ns;
+  char dest_id[80];       /* the destination's id, or "" */
+  uint64_t decrypted;
   evs_request *req;
   int refs;
   char *key; /* the Proxy-Authorization being checked (wiped) */
@@ -97,6 +109,18 @@ typedef struct ob_txn {
 } ob_txn;
 
 /* ---- small helpers --------------------------------------------------------------------- */
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static void sha256(const void *p, size_t n, unsigned char out[32]) {
   unsigned int ol = 32;
@@ -330,6 +354,7 @@ static int connect_route(void *state, evs_request *req) {
     h->respond_error(req, 500, "internal-server-error", "Out of memory");
     return EVS_HANDLED;
   }
+  t->magic = TUNNEL_MAGIC;
   t->px = px;
   if (evs__ob_authority_parse(info->target, strlen(info->target), t->host, sizeof t->host,
                               &t->port) < 0) {
@@ -431,6 +456,7 @@ static void body_failed(ob_txn *x, int r) {
 
 static void on_decrypted(void *arg, int status) {
   ob_txn *x = arg;
+  if (x->dec) x->decrypted = evs__decrypt_body_decrypted(x->dec);
   if (x->req) {
     if (status < 0) body_failed(x, status);
     else forward(x, 1);
@@ -459,6 +485,7 @@ static void on_body_end(void *arg, int status) {
   } else if (x->dec) {
     int r = evs__decrypt_body_finish(x->dec);
     if (r == EVS__DBODY_PENDING) return; /* on_decrypted has the reference */
+    x->decrypted = evs__decrypt_body_decrypted(x->dec);
     if (r < 0) body_failed(x, r);
     else forward(x, 1);
   } else if (evs__ev_guard_finish(&x->guard) > 0) {
@@ -534,6 +561,7 @@ static void txn_route(ob_txn *x) {
     }
   }
   x->configured = dest != NULL;
+  if (dest) snprintf(x->dest_id, sizeof x->dest_id, "%s", dest->id);
   if (!has_body) {
     forward(x, 0);
     return;
@@ -602,9 +630,12 @@ static int inner_request(void *arg, evs_request *req) {
     h->respond_error(req, 500, "internal-server-error", "Out of memory");
     return EVS_HANDLED;
   }
+  x->magic = TXN_MAGIC;
   x->t = t;
   t->refs++;
   x->req = req;
+  x->started_ms = wall_ms();
+  x->started_ns = mono_ns();
   x->refs = 1; /* the request's */
   h->request_set_data(req, px->p, x, txn_gone);
   h->counter_add(px->p, "inner_requests", 1);
@@ -646,6 +677,215 @@ static int inner_request(void *arg, evs_request *req) {
       h->respond_error(req, 503, "service-unavailable", "API keys cannot be checked right now; retry later.");
     else
       proxy_auth_failed(h, req);
+  }
+  return EVS_HANDLED;
+}
+
+/* ---- transaction log and relay.error events ---------------------------------------------- */
+
+static void iso8601(int64_t ms, char *out, size_t n) {
+  time_t s = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&s, &tm);
+  size_t w = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out + w, n - w, ".%03dZ", (int)(ms % 1000));
+}
+
+static const char *error_message(const char *code) {
+  static const struct {
+    const char *code, *msg;
+  } msgs[] = {
+      {"proxy-auth-failed", "The request did not carry a valid API key for the Outbound Relay."},
+      {"forbidden-destination", "The request was sent to a destination that isn't trusted by Relay."},
+      {"payload-too-large", "The request exceeded the 25 MB limit for decryption."},
+      {"service-unavailable", "The target refused the connection and could not be reached."},
+      {"request-timeout", "The target took too long to respond, or the client too long to send."},
+      {"internal-server-error", "There was an issue with Relay itself."},
+      {"bad-request", "The request was malformed or could not be processed as sent."},
+  };
+  for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++)
+    if (strcmp(msgs[i].code, code) == 0) return msgs[i].msg;
+  return "The request through the Outbound Relay failed.";
+}
+
+/* Every request in a tunnel (and a refused CONNECT): one record in the plugin's "transactions"
+ * stream, for `evctl activity` (never a value, a header or a key), and a relay.error event for
+ * the alerts plugin when it failed with a documented error. */
+static int log_hook(void *state, evs_request *req) {
+  ob_proxy *px = ob_state_proxy(state);
+  const evs_host *h = px->h;
+  uint32_t *tag = h->request_get_data(req, px->p);
+  if (!tag || (*tag != TXN_MAGIC && *tag != TUNNEL_MAGIC)) return EVS_DECLINED;
+  ob_txn *x = *tag == TXN_MAGIC ? (ob_txn *)tag : NULL;
+  ob_tunnel *t = x ? x->t : (ob_tunnel *)tag;
+  const evs_request_info *info = h->request_info(req);
+  const char *code = NULL;
+  int status = h->response_status(req, &code);
+  if (!x && status < 400) return EVS_DECLINED; /* an open tunnel: its requests say the rest */
+  char dest[300], started[40];
+  snprintf(dest, sizeof dest, "%s:%d", t->host, t->port);
+  int64_t start = x ? x->started_ms : wall_ms();
+  iso8601(start, started, sizeof started);
+  if (px->transaction_log) {
+    json_t *rec = json_pack("{s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:f,s:I}", "requestId",
+                            info->request_id, "relay", "outbound", "destination", dest, "method",
+                            info->method, "path", x ? info->path : "", "status", status,
+                            "startedAt", started, "durationMs",
+                            x ? (double)(mono_ns() - x->started_ns) / 1e6 : 0.0,
+                            "decryptedFields", (json_int_t)(x ? x->decrypted : 0));
+    if (rec && t->authed) json_object_set_new(rec, "appId", json_string(t->app_id));
+    if (rec && x && x->dest_id[0]) json_object_set_new(rec, "destinationId", json_string(x->dest_id));
+    if (rec && code) json_object_set_new(rec, "errorCode", json_string(code));
+    char *s = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+    if (s) h->store_append(px->p, "transactions", s);
+    free(s);
+    json_decref(rec);
+  }
+  if (code && status >= 400) {
+    char now[40], link[512], msg[700], uuid[40];
+    iso8601(wall_ms(), now, sizeof now);
+    snprintf(link, sizeof link, "%s?requestId=%s", px->activity_base, info->request_id);
+    snprintf(msg, sizeof msg, "Outbound Relay to %s: %s %s failed with %s", dest, info->method,
+             x ? info->path : "(CONNECT)", code);
+    uint64_t hsh = 1469598103934665603ull;
+    for (const char *p = t->host; *p; p++) hsh = (hsh ^ (unsigned char)*p) * 1099511628211ull;
+    snprintf(uuid, sizeof uuid, "outbound_%016llx", (unsigned long long)hsh);
+    json_t *ev = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:s,s:s}", "teamUuid",
+                           px->team_uuid, "errorMessage", error_message(code), "evMessage", msg,
+                           "activityLink", link, "timestamp", now, "errorType", code,
+                           "statusCode", status, "statusGroup", status >= 500 ? "5XX" : "4XX",
+                           "relayUuid", uuid, "inboundDomain", t->host);
+    char *s = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+    if (s) {
+      evs_event e = {sizeof e, "relay.error", s};
+      h->emit_event(px->p, &e);
+    }
+    free(s);
+    json_decref(ev);
+  }
+  return EVS_DECLINED;
+}
+
+/* ---- GET /outbound-activity (role admin): the transaction log, for evctl activity ---------- */
+
+typedef struct ob_activity {
+  ob_proxy *px;
+  evs_request *req;
+  int refs;
+  json_t *items;
+  size_t limit;
+  char request_id[80];
+  char relay[260];  /* "outbound", or a destination host */
+  char method[16];
+  int status_exact, status_class;
+} ob_activity;
+
+/* evctl activity's filters, as relay-inbound's GET /activity applies them. */
+static int activity_matches(const ob_activity *a, json_t *rec) {
+  const char *s;
+  if (a->request_id[0] && (!(s = json_string_value(json_object_get(rec, "requestId"))) ||
+                           strcmp(s, a->request_id) != 0))
+    return 0;
+  if (a->method[0] && (!(s = json_string_value(json_object_get(rec, "method"))) ||
+                       strcasecmp(s, a->method) != 0))
+    return 0;
+  if (a->relay[0] && strcasecmp(a->relay, "outbound") != 0) {
+    s = json_string_value(json_object_get(rec, "destination"));
+    size_t n = strlen(a->relay);
+    if (!s || strncasecmp(s, a->relay, n) != 0 || s[n] != ':') return 0;
+  }
+  if (a->status_exact || a->status_class) {
+    json_t *st = json_object_get(rec, "status");
+    if (!json_is_integer(st)) return 0;
+    json_int_t code = json_integer_value(st);
+    if (a->status_exact && code != a->status_exact) return 0;
+    if (a->status_class && code / 100 != a->status_class) return 0;
+  }
+  return 1;
+}
+
+static void activity_unref(ob_activity *a) {
+  if (--a->refs > 0) return;
+  json_decref(a->items);
+  free(a);
+}
+
+static void activity_gone(void *data) {
+  ob_activity *a = data;
+  a->req = NULL;
+  activity_unref(a);
+}
+
+static void on_activity(void *arg, int status, int64_t ts_ms, const char *json) {
+  ob_activity *a = arg;
+  (void)ts_ms;
+  if (json) {
+    if (!a->req || json_array_size(a->items) >= a->limit) return;
+    json_t *rec = json_loads(json, 0, NULL);
+    if (json_is_object(rec) && activity_matches(a, rec)) json_array_append(a->items, rec);
+    json_decref(rec);
+    return;
+  }
+  const evs_host *h = a->px->h;
+  if (a->req) {
+    if (status < 0) {
+      h->respond_error(a->req, 500, "internal-error", "The store is unavailable");
+    } else {
+      json_t *o = json_pack("{s:O}", "transactions", a->items);
+      char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+      evs_header hd = {"Content-Type", 12, "application/json", 16};
+      if (s) h->respond(a->req, 200, &hd, 1, (const uint8_t *)s, strlen(s));
+      else h->respond_error(a->req, 500, "internal-error", "Out of memory");
+      free(s);
+      json_decref(o);
+    }
+  }
+  activity_unref(a);
+}
+
+/* The query of relay-inbound's GET /activity (relay, status, method, since, limit, requestId;
+ * relay is "outbound" or a destination host): matching records, newest first. evctl activity
+ * sends the same query to both and merges. */
+static int activity_route(void *state, evs_request *req) {
+  ob_proxy *px = ob_state_proxy(state);
+  const evs_host *h = px->h;
+  const char *q = h->request_info(req)->query;
+  int64_t since = 0;
+  size_t limit = 100;
+  ob_activity *a = calloc(1, sizeof *a);
+  if (!a || !(a->items = json_array())) {
+    free(a);
+    h->respond_error(req, 500, "internal-error", "Out of memory");
+    return EVS_HANDLED;
+  }
+  for (const char *p = q; p && *p;) {
+    size_t n = strcspn(p, "&");
+    if (strncmp(p, "since=", 6) == 0) since = strtoll(p + 6, NULL, 10);
+    else if (strncmp(p, "limit=", 6) == 0) limit = (size_t)strtoul(p + 6, NULL, 10);
+    else if (strncmp(p, "requestId=", 10) == 0 && n - 10 < sizeof a->request_id)
+      snprintf(a->request_id, sizeof a->request_id, "%.*s", (int)(n - 10), p + 10);
+    else if (strncmp(p, "relay=", 6) == 0 && n - 6 < sizeof a->relay)
+      snprintf(a->relay, sizeof a->relay, "%.*s", (int)(n - 6), p + 6);
+    else if (strncmp(p, "method=", 7) == 0 && n - 7 < sizeof a->method)
+      snprintf(a->method, sizeof a->method, "%.*s", (int)(n - 7), p + 7);
+    else if (strncmp(p, "status=", 7) == 0 && n == 10 && (p[8] == 'x' || p[8] == 'X'))
+      a->status_class = p[7] - '0';
+    else if (strncmp(p, "status=", 7) == 0)
+      a->status_exact = atoi(p + 7);
+    p += n;
+    if (*p) p++;
+  }
+  if (limit == 0 || limit > 1000) limit = 1000;
+  a->px = px;
+  a->req = req;
+  a->limit = limit;
+  a->refs = 2;
+  h->request_set_data(req, px->p, a, activity_gone);
+  int filtered = a->request_id[0] || a->relay[0] || a->method[0] || a->status_exact ||
+                 a->status_class;
+  if (h->store_query(px->p, "transactions", since, filtered ? 10000 : limit, on_activity, a) < 0) {
+    a->refs--;
+    h->respond_error(req, 500, "internal-error", "The store is unavailable");
   }
   return EVS_HANDLED;
 }
@@ -722,8 +962,17 @@ int ob_proxy_init(const evs_host *h, evs_plugin *p, ob_state *st, ob_proxy **ret
     ob_proxy_free(px);
     return -ENOMEM;
   }
-  static const evs_route r = {sizeof(evs_route), "outbound", NULL, "CONNECT", NULL, connect_route};
-  int rc = h->add_route(p, &r);
+  px->transaction_log = h->config_bool(p, "transaction_log");
+  px->team_uuid = h->config_string(p, "team_uuid");
+  px->activity_base = h->config_string(p, "activity_url");
+  static const evs_route routes[] = {
+      {sizeof(evs_route), "outbound", NULL, "CONNECT", NULL, connect_route},
+      {sizeof(evs_route), "admin", NULL, "GET", "/outbound-activity", activity_route},
+  };
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < sizeof routes / sizeof routes[0]; i++)
+    rc = h->add_route(p, &routes[i]);
+  if (rc == 0) rc = h->add_hook(p, EVS_PHASE_LOG, log_hook);
   if (rc < 0) {
     ob_proxy_free(px);
     return rc;

@@ -765,6 +765,11 @@ static const evs_config_item items[] = {
      "where request bodies past 1 MiB wait for decryption (unlinked files); default state_dir"},
     {"max_body", EVS_CONFIG_SIZE, "25m", 1024, 1LL << 30, 0,
      "largest request body the proxy reads (payload-too-large above)"},
+    {"transaction_log", EVS_CONFIG_BOOL, "on", 0, 0, 0,
+     "record each proxied request (never values) for evctl activity"},
+    {"team_uuid", EVS_CONFIG_STRING, "local", 0, 0, 0, "teamUuid carried by alerts"},
+    {"activity_url", EVS_CONFIG_STRING, "evctl://activity", 0, 0, 0,
+     "base of the activityLink in alerts; the request id is appended"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 

@@ -137,6 +137,16 @@ def test_decrypts_for_a_destination_key_on_inner_request_and_on_connect():
     assert st == 200, (st, out, err)
     got = env.dest.wait_requests(2)[1]
     assert json.loads(got.body)["n"] == 42 and got.header("Proxy-Authorization") is None
+    # evctl activity: both requests in the transaction log (never a value, never the key).
+    out = E.evctl(env.srv, "--json", "activity").stdout
+    recs = [r for r in json.loads(out)["transactions"] if r.get("relay") == "outbound"]
+    assert len(recs) == 2, out
+    for r in recs:
+        assert r["status"] == 200 and r["path"] == "/pay" and r["appId"] == env.app, r
+        assert r["destination"] == "localhost:%d" % env.dest.port and r["decryptedFields"] == 4, r
+    assert "ev:" not in out and env.key not in out and "123-45" not in out
+    text = E.evctl(env.srv, "activity").stdout
+    assert "outbound to localhost:%d" % env.dest.port in text and "(4 decrypted)" in text, text
 
 
 def test_proxy_auth_failed():
@@ -180,6 +190,9 @@ def test_forbidden_destination_and_unconfigured_hosts():
         st, out, _ = env.curl(u, *c.get("args", ()), key=env.key, data=c.get("data"))
         assert st == 403 and json.loads(out)["code"] == "forbidden-destination", (c, st, out)
     assert len(env.dest.requests) == 1
+    out = json.loads(E.evctl(env.srv, "--json", "activity", "--status", "403").stdout)
+    codes = [r.get("errorCode") for r in out["transactions"]]
+    assert len(codes) == 1 + len(cases) and set(codes) == {"forbidden-destination"}, out
 
 
 def test_bad_destination_certificate_large_and_compressed_bodies():
