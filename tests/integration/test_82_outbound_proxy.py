@@ -313,6 +313,42 @@ def test_destination_resets_mid_response():
     assert st == 200, (st, out, err)
 
 
+def test_desync_corpus_inside_an_outbound_tunnel():
+    """evstest's request-smuggling corpus inside authenticated outbound tunnels (the host's one
+    parser; test_52 compares its verdicts with a listener's): a rejected case never reaches the
+    destination, no Severe case is forwarded, and compliant ones are."""
+    import test_51_streams as t51
+    corpus = [(c.id, c.tier, c.head) for c in evstest.desync_corpus()]
+    env = Env()
+    env.destination("localhost")
+    # Empty answers (Content-Length: 0), so that an answer to HEAD parses the same either way.
+    env.dest = evstest.Upstream(tls=evstest.make_cert(env.dest_ca, ["localhost"]), body=b"")
+    auth = "localhost:%d" % env.dest.port
+    rejecting = (400, 431, 501, 505)
+    failures, rejected, tally = [], 0, {}
+    for cid, tier, head in corpus:
+        body = t51.body_for(head)
+        n0 = len(env.dest.requests)
+        t, _ = tunnel(env, auth, b"Proxy-Authorization: " + env.key.encode() + b"\r\n")
+        try:
+            inside = t51.verdict(t, head, body)
+        finally:
+            t.close()
+        tally[(tier, inside[0][0])] = tally.get((tier, inside[0][0]), 0) + 1
+        if inside[0][0] in rejecting:
+            rejected += 1
+            paths = [r.path for r in env.dest.requests[n0:]]
+            if paths:
+                failures.append("%s %s: rejected, yet the destination got %r" % (tier, cid, paths))
+        elif tier == "Severe":
+            failures.append("Severe %s forwarded inside the tunnel: %r" % (cid, inside))
+        assert env.srv.running(), "evserver exited during %s" % cid
+    print("desync corpus in outbound tunnels: %d cases, %d rejected" % (len(corpus), rejected))
+    assert not failures, "%d case(s) differ:\n  %s" % (len(failures), "\n  ".join(failures))
+    assert rejected > 20
+    assert tally.get(("Compliant", 200), 0) > 5, tally
+
+
 SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")
 
 
