@@ -37,6 +37,7 @@
 #include "outbound_int.h"
 #include "outbound_match.h"
 #include "relay_path.h"
+#include "request_guard.h"
 #include "spool.h"
 
 #define OB_PERMISSION "relay:outbound-proxy"
@@ -497,22 +498,6 @@ static void on_body_end(void *arg, int status) {
   txn_unref(x);
 }
 
-/* ev: data in the request line or a header, in any spelling (ev_guard.h). */
-static int head_carries_ev_data(const evs_host *h, evs_request *req, const evs_request_info *info) {
-  evs__ev_guard g;
-  evs__ev_guard_init(&g);
-  evs__ev_guard_feed(&g, info->target, strlen(info->target));
-  size_t found = evs__ev_guard_finish(&g);
-  evs_header hd;
-  for (size_t i = 0; !found && h->request_header_at(req, i, &hd) == 0; i++) {
-    evs__ev_guard_feed(&g, hd.name, hd.name_len);
-    evs__ev_guard_finish(&g);
-    evs__ev_guard_feed(&g, hd.value, hd.value_len);
-    found = evs__ev_guard_finish(&g);
-  }
-  return found > 0;
-}
-
 /* The request, once the tunnel's app is known. */
 static void txn_route(ob_txn *x) {
   ob_tunnel *t = x->t;
@@ -539,9 +524,7 @@ static void txn_route(ob_txn *x) {
   }
   free(normal);
   int has_body = info->chunked || (info->has_content_length && info->content_length > 0);
-  evs_header ce;
-  if (has_body && h->request_header(req, "content-encoding", &ce) == 0 &&
-      !(ce.value_len == 8 && strncasecmp(ce.value, "identity", 8) == 0)) {
+  if (has_body && evs__relay_body_encoded(h, req)) {
     h->respond_error(req, 415, "bad-request",
                      "The relay does not accept compressed request bodies (Content-Encoding): "
                      "it could not decrypt them or check them for encrypted data");
@@ -549,7 +532,7 @@ static void txn_route(ob_txn *x) {
   }
   if (!dest) {
     const evs__ob_app *a = ob_app(px->st, t->app_id);
-    if (head_carries_ev_data(h, req, info)) {
+    if (evs__relay_head_carries_ev_data(h, req)) {
       h->counter_add(px->p, "forbidden_destination", 1);
       forbidden(h, req, "Evervault-encrypted data may only be sent to a configured destination");
       return;
