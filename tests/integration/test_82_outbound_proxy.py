@@ -210,6 +210,10 @@ def test_bad_destination_certificate_large_and_compressed_bodies():
     st, out, _ = env.curl("https://localhost:%d/" % env.dest.port, "-H", "Content-Encoding: gzip",
                           key=env.key, data=b"xx")
     assert st == 415, (st, out)
+    # Every Content-Encoding field counts, not only the first.
+    st, out, _ = env.curl("https://localhost:%d/" % env.dest.port, "-H", "Content-Encoding: identity",
+                          "-H", "Content-Encoding: gzip", key=env.key, data=b"xx")
+    assert st == 415, (st, out)
     # An IP destination: no SNI, a leaf with an IP SAN.
     enc = env.encrypt({"v": "by ip"})
     st, out, err = env.curl("https://127.0.0.1:%d/" % env.dest.port, key=env.key,
