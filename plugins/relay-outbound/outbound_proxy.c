@@ -179,7 +179,7 @@ static ob_leaf *leaf_find(ob_proxy *px, const char *host) {
 }
 
 /* A leaf from the enclave's PEM chain: its serial names it, its notAfter bounds its use. */
-static ob_leaf *leaf_new(ob_proxy *px, const char *host, const uint8_t *pem, size_t len) {
+static ob_leaf *leaf_new(const char *host, const uint8_t *pem, size_t len) {
   BIO *b = BIO_new_mem_buf(pem, (int)len);
   X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
   BIO_free(b);
@@ -282,7 +282,7 @@ static void on_leaf(void *arg, int status, const uint8_t *pem, size_t len) {
   ob_proxy *px = t->px;
   const evs_host *h = px->h;
   if (t->connect_req) {
-    ob_leaf *l = status == 0 ? leaf_new(px, t->host, pem, len) : NULL;
+    ob_leaf *l = status == 0 ? leaf_new(t->host, pem, len) : NULL;
     if (l) {
       h->counter_add(px->p, "leaves_issued", 1);
       leaf_cache(px, l);
