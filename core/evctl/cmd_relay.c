@@ -11,7 +11,8 @@
  *   relay list                                       GET    /relays
  *   relay structures [--relay D]                     GET    /relays/structures
  *   activity [--relay D] [--status S] [--method M] [--since DUR] [--limit N] [--request-id ID]
- *                                                    GET    /activity
+ *                                                    GET    /activity, and the Outbound
+ *                                                    Relay's GET /outbound-activity (merged)
  *   relay dev --port P [--host H] [--file F] [--listen ADDR] [--state-dir DIR]
  *                                                    runs evserver (fork and exec)
  *
@@ -825,6 +826,42 @@ static int64_t parse_duration(const char *s) {
   return unit ? (int64_t)v * unit : -1;
 }
 
+static int by_started_desc(const void *a, const void *b) {
+  const char *x = json_string_value(json_object_get(*(json_t *const *)a, "startedAt"));
+  const char *y = json_string_value(json_object_get(*(json_t *const *)b, "startedAt"));
+  return strcmp(y ? y : "", x ? x : "");
+}
+
+/* The Outbound Relay's records (relay-outbound's GET /outbound-activity, same query) merged into
+ * obj's "transactions", newest first, at most limit. Without that plugin, nothing is added. */
+static void merge_outbound(const evctl_ctx *ctx, const char *q, int limit, json_t *obj) {
+  char target[1500], err[256];
+  snprintf(target, sizeof target, "/outbound-activity%s", q);
+  evctl_response r = {0};
+  if (evctl_http_request(ctx->socket_path, "GET", target, NULL, NULL, 0, ctx->timeout_ms, &r,
+                         err, sizeof err) < 0)
+    return;
+  json_t *o = r.status == 200 ? json_loadb(r.body, r.body_len, 0, NULL) : NULL;
+  evctl_response_done(&r);
+  json_t *more = json_object_get(o, "transactions"), *list = json_object_get(obj, "transactions");
+  if (json_array_size(more) && json_is_array(list)) {
+    json_array_extend(list, more);
+    size_t n = json_array_size(list);
+    json_t **v = malloc(n * sizeof *v);
+    if (v) {
+      for (size_t i = 0; i < n; i++) v[i] = json_incref(json_array_get(list, i));
+      qsort(v, n, sizeof *v, by_started_desc);
+      json_array_clear(list);
+      for (size_t i = 0; i < n; i++) {
+        if ((int)i < limit) json_array_append(list, v[i]);
+        json_decref(v[i]);
+      }
+      free(v);
+    }
+  }
+  json_decref(o);
+}
+
 int evctl_cmd_activity(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "activity";
   ropt o[] = {{"relay", 0, 1, {0}, 0}, {"status", 0, 1, {0}, 0}, {"method", 0, 1, {0}, 0},
@@ -853,6 +890,7 @@ int evctl_cmd_activity(const evctl_ctx *ctx, int argc, char **argv) {
   snprintf(target, sizeof target, "/activity%s", q);
   json_t *obj;
   if (evctl_admin_call(ctx, "GET", target, NULL, &obj) < 0) return EVCTL_EXIT_ERROR;
+  merge_outbound(ctx, q, opt(&o[4]) ? atoi(opt(&o[4])) : 50, obj);
   if (ctx->json) {
     evctl_print_json(obj);
     json_decref(obj);
@@ -873,7 +911,17 @@ int evctl_cmd_activity(const evctl_ctx *ctx, int argc, char **argv) {
       if (code) snprintf(status, sizeof status, "%" JSON_INTEGER_FORMAT, code);
       if (json_is_number(dv)) snprintf(dur, sizeof dur, "%.0f ms", json_number_value(dv));
       char *fields = joined(json_object_get(x, "encryptedFields"));
-      const char *cells[] = {str(x, "startedAt"), str(x, "relay"), str(x, "method"), str(x, "path"),
+      char relay[400];
+      const char *dest = json_string_value(json_object_get(x, "destination"));
+      snprintf(relay, sizeof relay, "%s%s%s", str(x, "relay"), dest ? " to " : "", dest ? dest : "");
+      if (dest) { /* outbound records count decrypted values instead */
+        json_t *dv2 = json_object_get(x, "decryptedFields");
+        free(fields);
+        fields = malloc(48);
+        if (fields) snprintf(fields, 48, "(%lld decrypted)",
+                             (long long)(json_is_integer(dv2) ? json_integer_value(dv2) : 0));
+      }
+      const char *cells[] = {str(x, "startedAt"), relay, str(x, "method"), str(x, "path"),
                              status, dur, fields};
       evctl_style styles[7] = {0};
       styles[4] = code >= 500 ? EVCTL_RED : code >= 400 ? EVCTL_YELLOW : code ? EVCTL_GREEN : 0;

@@ -37,6 +37,7 @@
 #include "evserver/evs_plugin.h"
 #include "relay_path.h"
 #include "relay_priv.h"
+#include "request_guard.h"
 
 static const evs_config_item items[] = {
     {"relay_config", EVS_CONFIG_PATH, "relay-config.json", 0, 0, 0,
@@ -405,24 +406,6 @@ static void txn_end(void *data) {
   relay_txn_release(t); /* or later, when the last enclave call is back */
 }
 
-/* The request line and the headers must not carry encrypted data, in any spelling
- * (ev_guard.h): the destination would otherwise receive ciphertext that was never meant for it,
- * and on a relay that decrypts responses, get it decrypted by echoing it back. */
-static int carries_ev_data(const evs_host *h, evs_request *req, const evs_request_info *info) {
-  evs__ev_guard g;
-  evs__ev_guard_init(&g);
-  evs__ev_guard_feed(&g, info->target, strlen(info->target));
-  size_t found = evs__ev_guard_finish(&g);
-  evs_header hd;
-  for (size_t i = 0; !found && h->request_header_at(req, i, &hd) == 0; i++) {
-    evs__ev_guard_feed(&g, hd.name, hd.name_len);
-    evs__ev_guard_finish(&g);
-    evs__ev_guard_feed(&g, hd.value, hd.value_len);
-    found = evs__ev_guard_finish(&g);
-  }
-  return found > 0;
-}
-
 /* The catch route of role "relay" (every host, every path): relay-config.json is replaced at
  * run time, so the relays' names stay in the compiled config rather than in the host's route
  * table, which is fixed at init. A name that is no relay's is declined: the host then answers
@@ -460,7 +443,7 @@ static int route(void *state, evs_request *req) {
   h->request_set_data(req, st->plugin, t, txn_end);
   h->counter_add(st->plugin, "relayed_requests", 1);
 
-  if (carries_ev_data(h, req, info)) {
+  if (evs__relay_head_carries_ev_data(h, req)) {
     h->counter_add(st->plugin, "encrypted_data_in_field", 1);
     h->respond_error(req, 400, "encrypted-data-in-field",
                      "Evervault-encrypted data in the request path, query or a header");
@@ -506,7 +489,7 @@ void relay_dispatch(relay_txn *t) {
     return;
   }
   t->has_match = m;
-  evs_header ct, ce;
+  evs_header ct;
   int has_ct = h->request_header(req, "content-type", &ct) == 0;
   if (m && !info->has_content_length && !info->chunked &&
       (strcmp(info->method, "POST") == 0 || strcmp(info->method, "PUT") == 0 ||
@@ -518,8 +501,7 @@ void relay_dispatch(relay_txn *t) {
   /* Every body is read whole before anything is sent: checked for encrypted data, its
    * selected fields encrypted, its structure sampled (relay_encrypt.c). */
   if (info->chunked || (info->has_content_length && (m || info->content_length > 0))) {
-    if (h->request_header(req, "content-encoding", &ce) == 0 &&
-        !(ce.value_len == 8 && strncasecmp(ce.value, "identity", 8) == 0)) {
+    if (evs__relay_body_encoded(h, req)) {
       h->respond_error(req, 415, "bad-request",
                        "The relay does not accept compressed request bodies (Content-Encoding): "
                        "it could not select fields in them or check them for encrypted data");

@@ -1,8 +1,8 @@
 /*
- * relay_outbound.c: the Outbound Relay plugin, first half: the per-app destinations
- * configuration (kept in the store, cached per worker, reloaded on every worker of every node
- * when it changes), GET /v2/relay-outbound for the SDKs (role api) and the admin endpoints
- * behind `evctl outbound` (role admin). The CONNECT proxy comes next; it will look
+ * relay_outbound.c: the Outbound Relay plugin: the per-app destinations configuration (kept in
+ * the store, cached per worker, reloaded on every worker of every node when it changes),
+ * GET /v2/relay-outbound for the SDKs (role api) and the admin endpoints behind
+ * `evctl outbound` (role admin). The CONNECT proxy (role outbound) is outbound_proxy.c; it looks
  * destinations up with ob_lookup() below. README.md here is the user's guide.
  *
  * Store (namespace "relay-outbound"):
@@ -75,7 +75,10 @@ struct ob_state {
   int polling;
   char poll_header[32]; /* x-poll-interval, seconds */
   int stopping;
+  ob_proxy *proxy; /* outbound_proxy.c */
 };
+
+ob_proxy *ob_state_proxy(void *state) { return ((ob_state *)state)->proxy; }
 
 static void v2_unref(ob_v2 *v) {
   if (--v->refs == 0) free(v);
@@ -755,12 +758,25 @@ static const evs_config_item items[] = {
      "x-poll-interval of GET /v2/relay-outbound: how often the SDKs fetch the destinations"},
     {"store_poll_interval", EVS_CONFIG_DURATION, "2s", 200, 60000, 0,
      "how often each worker checks the store for outbound configuration changed on other nodes"},
+    {"destination_ca_file", EVS_CONFIG_PATH, NULL, 0, 0, 0,
+     "CA certificates (PEM) trusted for destinations besides the system's roots (private "
+     "destinations); unset: the host's bundle ([upstream] ca_file or the system's)"},
+    {"spool_dir", EVS_CONFIG_PATH, NULL, 0, 0, 0,
+     "where request bodies past 1 MiB wait for decryption (unlinked files); default state_dir"},
+    {"max_body", EVS_CONFIG_SIZE, "25m", 1024, 1LL << 30, 0,
+     "largest request body the proxy reads (payload-too-large above)"},
+    {"transaction_log", EVS_CONFIG_BOOL, "on", 0, 0, 0,
+     "record each proxied request (never values) for evctl activity"},
+    {"team_uuid", EVS_CONFIG_STRING, "local", 0, 0, 0, "teamUuid carried by alerts"},
+    {"activity_url", EVS_CONFIG_STRING, "evctl://activity", 0, 0, 0,
+     "base of the activityLink in alerts; the request id is appended"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
 static void state_free(ob_state *st) {
   if (!st) return;
   if (st->poll) st->h->timer_free(st->poll);
+  ob_proxy_free(st->proxy);
   evs__ob_table_free(st->table);
   evs__ob_table_free(st->building);
   /* Nobody is answered after fini: node messages' handles are the host's to free, and an
@@ -792,6 +808,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   int r = 0;
   for (size_t i = 0; r == 0 && i < sizeof routes / sizeof routes[0]; i++) r = host->add_route(plugin, &routes[i]);
   if (r == 0) r = host->node_subscribe(plugin, on_node_msg);
+  if (r == 0) r = ob_proxy_init(host, plugin, st, &st->proxy);
   if (r < 0) {
     host->log(plugin, NULL, EVS_LOG_ERROR, "cannot register the outbound routes: %s", strerror(-r));
     free(st);

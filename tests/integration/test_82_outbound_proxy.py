@@ -1,0 +1,395 @@
+"""The Outbound Relay's proxy path (plugins/relay-outbound/outbound_proxy.c) with real processes:
+evserver with the enclave and relay-outbound plugins, a TLS listener `serves = outbound`, the
+relay CA made with `evctl relay-ca create`, apps and keys made with `evctl`, values encrypted by
+POST /encrypt, and an HTTPS destination (evstest.Upstream, certificate from a test CA given to
+the plugin's destination_ca_file) that records what it receives. Clients: curl (`--proxy
+https://...`, the key on the inner request with -H or on the CONNECT with --proxy-header).
+
+- a configured destination gets every ev: value decrypted (typed JSON), the right
+  Content-Length, and never Proxy-Authorization; the app gets the destination's response;
+- 407 proxy-auth-failed for a missing or wrong key, on the CONNECT and on the inner request;
+- 403 forbidden-destination for ev: data to a host that is not a destination (body, header,
+  path, percent-encoded), and unconfiguredHosts refuse vs passthrough;
+- a destination with an invalid certificate is 502; a 26 MB body is 413; a compressed body 415.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+
+import evstest
+
+_spec = importlib.util.spec_from_file_location(
+    "enclave_api", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "test_70_enclave_api.py"))
+E = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(E)
+
+PERM = "relay:outbound-proxy"
+
+
+def need_build():
+    for p in (("evserver",), ("evctl",), ("plugins.d", "relay-outbound.so"),
+              ("plugins.d", "enclave.so"), ("evserver-enclave",)):
+        if not os.path.exists(evstest.build_path(*p)):
+            raise evstest.Skip("%s is not built" % "/".join(p))
+
+
+class Env:
+    """A server with an outbound listener, a relay CA, an app with keys, and a destination."""
+
+    def __init__(self, workers=1, outbound=None):
+        need_build()
+        self.dir = evstest.tmpdir("evs-obp-")
+        self.dest_ca = evstest.make_ca(name="destination CA")
+        self.listener_ca = evstest.make_ca(name="listener CA")
+        lc = evstest.make_cert(self.listener_ca, ["localhost", "127.0.0.1"])
+        plugin = {"destination_ca_file": self.dest_ca.cert}
+        plugin.update(outbound or {})
+        cfg = evstest.write_config(
+            self.dir,
+            listeners={"http": {}, "api": {},
+                       "outbound": {"serves": "outbound", "tls": True, "certificate": lc.cert,
+                                    "key": lc.key}},
+            server={"workers": workers},
+            plugins={"enclave": {"enclave_binary": E.enclave_binary(self.dir),
+                                 "request_timeout": "5s"},
+                     "relay-outbound": plugin})
+        self.srv = evstest.Server(cfg).start()
+        E.evctl(self.srv, "relay-ca", "create")
+        st, _, pem = E.api(self.srv, "GET", "/relay-ca.pem")
+        assert st == 200, pem
+        self.relay_ca = os.path.join(self.dir, "relay-ca.pem")
+        with open(self.relay_ca, "wb") as f:
+            f.write(pem)
+        self.app = E.evctl_json(self.srv, "app", "create")["appId"]
+        self.key = E.evctl_json(self.srv, "key", "create", self.app, "--permissions",
+                                PERM + ",api:encrypt")["apiKey"]
+        self.dest = evstest.Upstream(tls=evstest.make_cert(self.dest_ca, ["localhost",
+                                                                          "127.0.0.1"]),
+                                     handler=self.echo)
+
+    @staticmethod
+    def echo(req):
+        return 200, {"Content-Type": "application/json"}, json.dumps(
+            {"seen": req.body.decode(errors="replace")}).encode()
+
+    def destination(self, domain):
+        E.evctl_json(self.srv, "outbound", "create", self.app, "--destination-domain", domain)
+
+    def unconfigured(self, mode):
+        st, body = self.admin("GET", "/outbound/" + self.app)
+        cfg = json.loads(body)["config"]
+        cfg["unconfiguredHosts"] = mode
+        st, body = self.admin("PUT", "/outbound/" + self.app, json.dumps(cfg).encode())
+        assert st == 200, body
+
+    def admin(self, method, path, body=None):
+        r = self.srv.admin_request(method, path, body=body, timeout=15)
+        return r.status, r.body
+
+    def encrypt(self, value):
+        st, _, body = E.api(self.srv, "POST", "/encrypt", value, headers={"api-key": self.key})
+        assert st == 200, body
+        return json.loads(body)
+
+    def curl(self, url, *args, key=None, connect_key=None, data=None, host_ip=False):
+        """(status, body) of curl through the outbound listener."""
+        cmd = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", url,
+               "--proxy", "https://localhost:%d" % self.srv.port("outbound"),
+               "--proxy-cacert", self.listener_ca.cert, "--cacert", self.relay_ca,
+               "--max-time", "20"]
+        if key is not None:
+            cmd += ["-H", "Proxy-Authorization: " + key]
+        if connect_key is not None:
+            cmd += ["--proxy-header", "Proxy-Authorization: " + connect_key]
+        if data is not None:
+            cmd += ["--data-binary", "@-", "-H", "Content-Type: application/json"]
+        cmd += list(args)
+        r = subprocess.run(cmd, input=data, capture_output=True, timeout=60)
+        out = r.stdout
+        body, _, code = out.rpartition(b"\n")
+        return int(code or 0), body, r.stderr.decode(errors="replace")
+
+
+def test_decrypts_for_a_destination_key_on_inner_request_and_on_connect():
+    env = Env()
+    env.destination("localhost")
+    enc = env.encrypt({"ssn": "123-45-6789", "n": 42, "ok": True, "plain": "x"})
+    body = json.dumps(enc).encode()
+    url = "https://localhost:%d/pay?x=1" % env.dest.port
+    st, out, err = env.curl(url, key=env.key, data=body)
+    assert st == 200, (st, out, err)
+    got = env.dest.wait_requests(1)[0]
+    assert json.loads(got.body) == {"ssn": "123-45-6789", "n": 42, "ok": True, "plain": "x"}, got.body
+    assert got.header("Proxy-Authorization") is None
+    assert int(got.header("Content-Length")) == len(got.body)
+    assert json.loads(json.loads(out)["seen"])["ssn"] == "123-45-6789"
+    # The key on the CONNECT (createRelayHttpsAgent), none inside.
+    st, out, err = env.curl(url, connect_key=env.key, data=body)
+    assert st == 200, (st, out, err)
+    got = env.dest.wait_requests(2)[1]
+    assert json.loads(got.body)["n"] == 42 and got.header("Proxy-Authorization") is None
+    # evctl activity: both requests in the transaction log (never a value, never the key).
+    out = E.evctl(env.srv, "--json", "activity").stdout
+    recs = [r for r in json.loads(out)["transactions"] if r.get("relay") == "outbound"]
+    assert len(recs) == 2, out
+    for r in recs:
+        assert r["status"] == 200 and r["path"] == "/pay" and r["appId"] == env.app, r
+        assert r["destination"] == "localhost:%d" % env.dest.port and r["decryptedFields"] == 4, r
+    assert "ev:" not in out and env.key not in out and "123-45" not in out
+    text = E.evctl(env.srv, "activity").stdout
+    assert "outbound to localhost:%d" % env.dest.port in text and "(4 decrypted)" in text, text
+
+
+def test_proxy_auth_failed():
+    env = Env()
+    env.destination("localhost")
+    url = "https://localhost:%d/" % env.dest.port
+    for kw in ({}, {"key": "ev:key:wrong"}):
+        st, out, err = env.curl(url, **kw)
+        assert st == 407, (st, out, err)
+        assert json.loads(out)["code"] == "proxy-auth-failed", out
+    # On the CONNECT: curl reports the proxy's refusal.
+    st, out, err = env.curl(url, connect_key="ev:key:wrong")
+    assert st == 407 or "407" in err, (st, out, err)
+    # A key without the permission.
+    other = E.evctl_json(env.srv, "key", "create", env.app, "--permissions", "")["apiKey"]
+    st, out, _ = env.curl(url, key=other)
+    assert st == 407, (st, out)
+    assert env.dest.requests == []
+
+
+def test_forbidden_destination_and_unconfigured_hosts():
+    env = Env()
+    env.destination("elsewhere.example")
+    ev = env.encrypt("secret")
+    url = "https://localhost:%d/p" % env.dest.port
+    # Default refuse: even plain requests.
+    st, out, _ = env.curl(url, key=env.key)
+    assert st == 403 and json.loads(out)["code"] == "forbidden-destination", (st, out)
+    env.unconfigured("passthrough")
+    st, out, _ = env.curl(url, key=env.key, data=b'{"a":"plain"}')
+    assert st == 200, (st, out)
+    assert env.dest.wait_requests(1)[0].body == b'{"a":"plain"}'
+    pct = ev.replace(":", "%3A")
+    cases = [dict(data=json.dumps({"x": ev}).encode()),
+             dict(data=json.dumps({"x": ev.replace("e", "\\u0065", 1)}).encode()),
+             dict(args=("-H", "X-Card: " + ev)),
+             dict(path="/p/" + pct),
+             dict(path="/p?q=" + pct)]
+    for c in cases:
+        u = "https://localhost:%d%s" % (env.dest.port, c.get("path", "/p"))
+        st, out, _ = env.curl(u, *c.get("args", ()), key=env.key, data=c.get("data"))
+        assert st == 403 and json.loads(out)["code"] == "forbidden-destination", (c, st, out)
+    assert len(env.dest.requests) == 1
+    out = json.loads(E.evctl(env.srv, "--json", "activity", "--status", "403").stdout)
+    codes = [r.get("errorCode") for r in out["transactions"]]
+    assert len(codes) == 1 + len(cases) and set(codes) == {"forbidden-destination"}, out
+
+
+def test_bad_destination_certificate_large_and_compressed_bodies():
+    env = Env()
+    env.destination("localhost")
+    env.destination("127.0.0.1")
+    other_ca = evstest.make_ca(name="other CA")
+    bad = evstest.Upstream(tls=evstest.make_cert(other_ca, ["localhost"]))
+    st, out, _ = env.curl("https://localhost:%d/" % bad.port, key=env.key)
+    assert st == 502, (st, out)
+    assert bad.requests == []
+    big = b'{"a":"' + b"x" * (26 << 20) + b'"}'
+    st, out, _ = env.curl("https://localhost:%d/" % env.dest.port, key=env.key, data=big)
+    assert st == 413 and json.loads(out)["code"] == "payload-too-large", (st, out[:200])
+    st, out, _ = env.curl("https://localhost:%d/" % env.dest.port, "-H", "Content-Encoding: gzip",
+                          key=env.key, data=b"xx")
+    assert st == 415, (st, out)
+    # Every Content-Encoding field counts, not only the first.
+    st, out, _ = env.curl("https://localhost:%d/" % env.dest.port, "-H", "Content-Encoding: identity",
+                          "-H", "Content-Encoding: gzip", key=env.key, data=b"xx")
+    assert st == 415, (st, out)
+    # An IP destination: no SNI, a leaf with an IP SAN.
+    enc = env.encrypt({"v": "by ip"})
+    st, out, err = env.curl("https://127.0.0.1:%d/" % env.dest.port, key=env.key,
+                            data=json.dumps(enc).encode())
+    assert st == 200, (st, out, err)
+    assert json.loads(env.dest.requests[-1].body) == {"v": "by ip"}
+
+
+def tunnel(env, authority, connect_headers=b"", name="localhost"):
+    """TLS to the outbound listener, CONNECT, then TLS inside verified against the relay CA:
+    (InnerTLS, CONNECT response)."""
+    import test_52_tunnel_tls_in_tls as t52
+    ctx = ssl.create_default_context(cafile=env.listener_ca.cert)
+    raw = socket.create_connection(("127.0.0.1", env.srv.port("outbound")), timeout=10)
+    o = ctx.wrap_socket(raw, server_hostname="localhost")
+    o.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (authority.encode(),
+                                                                 authority.encode(),
+                                                                 connect_headers))
+    head = evstest.parse_response(t52.t51.read_head(o), head=True)
+    if head.status != 200:
+        return None, head
+    return t52.InnerTLS(o, ssl.create_default_context(cafile=env.relay_ca), name), head
+
+
+def test_keys_in_one_tunnel_and_pipelining():
+    env = Env()
+    env.destination("localhost")
+    auth = "localhost:%d" % env.dest.port
+    ev = env.encrypt("pipelined secret")
+    body = json.dumps({"v": ev}).encode()
+    k = env.key.encode()
+
+    def post(path, key=None):
+        h = b"Proxy-Authorization: " + key + b"\r\n" if key is not None else b""
+        return (b"POST %s HTTP/1.1\r\nHost: localhost\r\n%sContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (path.encode(), h, len(body), body))
+
+    # The first request authenticates the tunnel; later ones may omit the key, a different
+    # key is refused (407 ends the tunnel: its body was not read); pipelined on one connection.
+    t, _ = tunnel(env, auth)
+    t.sendall(post("/1", k) + post("/2") + post("/3", b"ev:key:other") + post("/4", k))
+    rs, _ = evstest.recv_responses(t, 3, timeout=15, allow_close=True)
+    assert [r.status for r in rs] == [200, 200, 407], rs
+    assert rs[2].header("X-Evervault-Error-Code") == "proxy-auth-failed"
+    assert json.loads(rs[2].body)["code"] == "proxy-auth-failed"
+    got = env.dest.wait_requests(2)
+    assert [r.path for r in got] == ["/1", "/2"]
+    assert all(json.loads(r.body) == {"v": "pipelined secret"} for r in got)
+    assert all(r.header("Proxy-Authorization") is None for r in got)
+    # No key on the first request: 407.
+    t, _ = tunnel(env, auth)
+    t.sendall(post("/5"))
+    rs, _ = evstest.recv_responses(t, 1, timeout=15, allow_close=True)
+    assert rs[0].status == 407, rs
+    # A wrong key on the CONNECT: 407 with the documented body, no tunnel.
+    t, head = tunnel(env, auth, b"Proxy-Authorization: ev:key:nope\r\n")
+    assert t is None and head.status == 407, head
+    # The key on the CONNECT: requests inside need none, the same one passes, a different one
+    # is refused.
+    t, _ = tunnel(env, auth, b"Proxy-Authorization: " + k + b"\r\n")
+    t.sendall(post("/6") + post("/7", k) + post("/8", b"ev:key:other"))
+    rs, _ = evstest.recv_responses(t, 3, timeout=15, allow_close=True)
+    assert [r.status for r in rs] == [200, 200, 407], rs
+    assert [r.path for r in env.dest.requests] == ["/1", "/2", "/6", "/7"]
+
+
+def test_destination_resets_mid_response():
+    """The destination sends a head and part of the body, then resets: the client sees the
+    response cut short (never a complete-looking one), and the relay goes on serving."""
+    env = Env()
+    env.destination("localhost")
+    cert = evstest.make_cert(env.dest_ca, ["localhost"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert.cert, cert.key)
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    evstest.defer(lsock.close)
+
+    def serve():
+        while True:
+            try:
+                c, _ = lsock.accept()
+            except OSError:
+                return
+            s = None
+            try:
+                s = ctx.wrap_socket(c, server_side=True)  # takes c's descriptor over
+                s.recv(65536)
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except (OSError, ssl.SSLError):
+                pass
+            (s or c).close()
+    threading.Thread(target=serve, daemon=True).start()
+    port = lsock.getsockname()[1]
+    t0 = time.monotonic()
+    st, out, err = env.curl("https://localhost:%d/" % port, key=env.key)
+    assert len(out) < 100000 and time.monotonic() - t0 < 15, (st, len(out), err)
+    st, out, err = env.curl("https://localhost:%d/" % env.dest.port, key=env.key)
+    assert st == 200, (st, out, err)
+
+
+def test_desync_corpus_inside_an_outbound_tunnel():
+    """evstest's request-smuggling corpus inside authenticated outbound tunnels (the host's one
+    parser; test_52 compares its verdicts with a listener's): a rejected case never reaches the
+    destination, no Severe case is forwarded, and compliant ones are."""
+    import test_51_streams as t51
+    corpus = [(c.id, c.tier, c.head) for c in evstest.desync_corpus()]
+    env = Env()
+    env.destination("localhost")
+    # Empty answers (Content-Length: 0), so that an answer to HEAD parses the same either way.
+    env.dest = evstest.Upstream(tls=evstest.make_cert(env.dest_ca, ["localhost"]), body=b"")
+    auth = "localhost:%d" % env.dest.port
+    rejecting = (400, 431, 501, 505)
+    failures, rejected, tally = [], 0, {}
+    for cid, tier, head in corpus:
+        body = t51.body_for(head)
+        n0 = len(env.dest.requests)
+        t, _ = tunnel(env, auth, b"Proxy-Authorization: " + env.key.encode() + b"\r\n")
+        try:
+            inside = t51.verdict(t, head, body)
+        finally:
+            t.close()
+        tally[(tier, inside[0][0])] = tally.get((tier, inside[0][0]), 0) + 1
+        if inside[0][0] in rejecting:
+            rejected += 1
+            paths = [r.path for r in env.dest.requests[n0:]]
+            if paths:
+                failures.append("%s %s: rejected, yet the destination got %r" % (tier, cid, paths))
+        elif tier == "Severe":
+            failures.append("Severe %s forwarded inside the tunnel: %r" % (cid, inside))
+        assert env.srv.running(), "evserver exited during %s" % cid
+    print("desync corpus in outbound tunnels: %d cases, %d rejected" % (len(corpus), rejected))
+    assert not failures, "%d case(s) differ:\n  %s" % (len(failures), "\n  ".join(failures))
+    assert rejected > 20
+    assert tally.get(("Compliant", 200), 0) > 5, tally
+
+
+SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")
+
+
+def test_official_sdk():
+    """@evervault/sdk 6.4.0 unmodified (tests/integration/sdk/outbound.js): createRelayHttpsAgent
+    (key on the CONNECT), enableOutboundRelay with decryptionDomains (key inside the tunnel) and
+    with the destinations of GET /v2/relay-outbound; values the SDK encrypted arrive decrypted."""
+    node = shutil.which("node")
+    if not node:
+        raise evstest.Skip("node is not installed")
+    if not os.path.isdir(os.path.join(SDK_DIR, "node_modules", "@evervault", "sdk")):
+        raise evstest.Skip("tests/integration/sdk/node_modules is missing")
+    env = Env()
+    env.destination("localhost")
+    api = "http://127.0.0.1:%d" % env.srv.port("api")
+    penv = dict(os.environ, EV_API_URL=api,
+                EV_TUNNEL_HOSTNAME="https://127.0.0.1:%d" % env.srv.port("outbound"),
+                EV_CERT_HOSTNAME=api + "/relay-ca.pem",
+                # The listener's CA: NODE_EXTRA_CA_CERTS alone is lost once the SDK adds the
+                # relay CA to every context (addCACert starts from Node's bundled roots), so
+                # the OpenSSL store (SSL_CERT_FILE) carries it.
+                NODE_EXTRA_CA_CERTS=env.listener_ca.cert, NODE_OPTIONS="--use-openssl-ca",
+                SSL_CERT_FILE=env.listener_ca.cert, EVS_APP_ID=env.app,
+                EVS_API_KEY=env.key, EVS_DEST_PORT=str(env.dest.port))
+    for i, mode in enumerate(("agent", "domains", "config")):
+        r = subprocess.run([node, os.path.join(SDK_DIR, "outbound.js"), mode], cwd=SDK_DIR,
+                           env=penv, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (mode, r.stdout, r.stderr)
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["status"] == 200, (mode, res)
+        got = env.dest.wait_requests(i + 1)[i]
+        assert got.path == "/sdk-" + mode, got
+        assert json.loads(got.body) == {"ssn": "123-45-6789", "n": 42, "ok": True, "mode": mode}, \
+            (mode, got.body)
+        assert got.header("Proxy-Authorization") is None
+        assert json.loads(json.loads(res["body"])["seen"])["ssn"] == "123-45-6789"
+    assert env.key not in env.srv.log()
+
+
+evstest.main(globals())
