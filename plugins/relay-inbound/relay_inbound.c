@@ -35,6 +35,7 @@
 #include <libxml/parser.h>
 
 #include "evserver/evs_plugin.h"
+#include "relay_event.h"
 #include "relay_path.h"
 #include "relay_priv.h"
 #include "request_guard.h"
@@ -518,13 +519,6 @@ void relay_dispatch(relay_txn *t) {
 
 /* ---- transaction log and alerts ---------------------------------------------------------- */
 
-static void iso8601(int64_t ms, char *out, size_t n) {
-  time_t s = (time_t)(ms / 1000);
-  struct tm tm;
-  gmtime_r(&s, &tm);
-  size_t w = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(out + w, n - w, ".%03dZ", (int)(ms % 1000));
-}
 
 /* A transaction record under construction: JSON text in a fixed buffer (records are small;
  * one that does not fit is not written). */
@@ -588,28 +582,6 @@ full:
   b->overflow = 1;
 }
 
-/* Alerts' errorMessage: what went wrong, in words (the documentation's error reference). */
-static const char *error_message(const char *code) {
-  static const struct {
-    const char *code, *msg;
-  } msgs[] = {
-      {"subdomain-not-found", "The request was sent to a Relay subdomain that does not exist."},
-      {"relay-not-found", "No Relay is configured for the requested domain."},
-      {"request-timeout", "The target took too long to respond, or the client too long to send."},
-      {"service-unavailable", "The target refused the connection and could not be reached."},
-      {"internal-server-error", "There was an issue with Relay itself."},
-      {"unsupported-content-type-in-response",
-       "The target's response used a content type or encoding Relay cannot process."},
-      {"proxy-auth-failed", "The request did not carry a valid API key for this Relay."},
-      {"encrypted-data-in-field", "The request carried encrypted data where it was not expected."},
-      {"bad-request", "The request was malformed or could not be processed as sent."},
-      {"content-length-required", "The Content-Length header was missing or not a number."},
-      {"payload-too-large", "The request exceeded the 25 MB limit for encryption and decryption."},
-  };
-  for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++)
-    if (strcmp(msgs[i].code, code) == 0) return msgs[i].msg;
-  return "The request through Relay failed.";
-}
 
 static int log_hook(void *state, evs_request *req) {
   relay_state *st = state;
@@ -622,7 +594,7 @@ static int log_hook(void *state, evs_request *req) {
   const char *code = NULL;
   int status = h->response_status(req, &code);
   char started[40];
-  iso8601(t->started_ms, started, sizeof started);
+  evs__relay_iso8601(t->started_ms, started, sizeof started);
   double dur = (double)(mono_ns() - t->started_ns) / 1e6;
   if (st->transaction_log) {
     /* Written directly rather than through jansson: this runs for every request. */
@@ -656,26 +628,14 @@ static int log_hook(void *state, evs_request *req) {
     if (!b.overflow) h->store_append(st->plugin, "transactions", b.s);
   }
   if (code && status >= 400) {
-    char now[40], link[512], msg[600], uuid[40];
-    iso8601(relay_now_ms(), now, sizeof now);
+    char link[512], msg[600], uuid[40];
     snprintf(link, sizeof link, "%s?requestId=%s", st->activity_base, info->request_id);
     snprintf(msg, sizeof msg, "Inbound Relay %s: %s %s failed with %s", t->relay->domain,
              info->method, info->path, code);
-    uint64_t hsh = 1469598103934665603ull;
-    for (const char *p = t->relay->domain; *p; p++) hsh = (hsh ^ (unsigned char)*p) * 1099511628211ull;
-    snprintf(uuid, sizeof uuid, "relay_%016" PRIx64, hsh);
-    json_t *ev = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:s,s:s}", "teamUuid", st->team_uuid,
-                           "errorMessage", error_message(code), "evMessage", msg, "activityLink", link,
-                           "timestamp", now, "errorType", code, "statusCode", status,
-                           "statusGroup", status >= 500 ? "5XX" : "4XX", "relayUuid", uuid,
-                           "inboundDomain", t->relay->domain);
-    char *s = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
-    if (s) {
-      evs_event e = {sizeof e, "relay.error", s};
-      h->emit_event(st->plugin, &e);
-    }
-    free(s);
-    json_decref(ev);
+    evs__relay_uuid("relay", t->relay->domain, uuid, sizeof uuid);
+    evs__relay_error e = {st->team_uuid, link, uuid, t->relay->domain, msg, code, status,
+                          relay_now_ms()};
+    evs__relay_error_emit(h, st->plugin, &e);
   }
   return EVS_DECLINED;
 }

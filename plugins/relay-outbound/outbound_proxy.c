@@ -36,6 +36,7 @@
 #include "evserver/evs_plugin.h"
 #include "outbound_int.h"
 #include "outbound_match.h"
+#include "relay_event.h"
 #include "relay_path.h"
 #include "request_guard.h"
 #include "spool.h"
@@ -666,31 +667,6 @@ static int inner_request(void *arg, evs_request *req) {
 
 /* ---- transaction log and relay.error events ---------------------------------------------- */
 
-static void iso8601(int64_t ms, char *out, size_t n) {
-  time_t s = (time_t)(ms / 1000);
-  struct tm tm;
-  gmtime_r(&s, &tm);
-  size_t w = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(out + w, n - w, ".%03dZ", (int)(ms % 1000));
-}
-
-static const char *error_message(const char *code) {
-  static const struct {
-    const char *code, *msg;
-  } msgs[] = {
-      {"proxy-auth-failed", "The request did not carry a valid API key for the Outbound Relay."},
-      {"forbidden-destination", "The request was sent to a destination that isn't trusted by Relay."},
-      {"payload-too-large", "The request exceeded the 25 MB limit for decryption."},
-      {"service-unavailable", "The target refused the connection and could not be reached."},
-      {"request-timeout", "The target took too long to respond, or the client too long to send."},
-      {"internal-server-error", "There was an issue with Relay itself."},
-      {"bad-request", "The request was malformed or could not be processed as sent."},
-  };
-  for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++)
-    if (strcmp(msgs[i].code, code) == 0) return msgs[i].msg;
-  return "The request through the Outbound Relay failed.";
-}
-
 /* Every request in a tunnel (and a refused CONNECT): one record in the plugin's "transactions"
  * stream, for `evctl activity` (never a value, a header or a key), and a relay.error event for
  * the alerts plugin when it failed with a documented error. */
@@ -708,7 +684,7 @@ static int log_hook(void *state, evs_request *req) {
   char dest[300], started[40];
   snprintf(dest, sizeof dest, "%s:%d", t->host, t->port);
   int64_t start = x ? x->started_ms : wall_ms();
-  iso8601(start, started, sizeof started);
+  evs__relay_iso8601(start, started, sizeof started);
   if (px->transaction_log) {
     json_t *rec = json_pack("{s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:f,s:I}", "requestId",
                             info->request_id, "relay", "outbound", "destination", dest, "method",
@@ -725,26 +701,13 @@ static int log_hook(void *state, evs_request *req) {
     json_decref(rec);
   }
   if (code && status >= 400) {
-    char now[40], link[512], msg[700], uuid[40];
-    iso8601(wall_ms(), now, sizeof now);
+    char link[512], msg[700], uuid[40];
     snprintf(link, sizeof link, "%s?requestId=%s", px->activity_base, info->request_id);
     snprintf(msg, sizeof msg, "Outbound Relay to %s: %s %s failed with %s", dest, info->method,
              x ? info->path : "(CONNECT)", code);
-    uint64_t hsh = 1469598103934665603ull;
-    for (const char *p = t->host; *p; p++) hsh = (hsh ^ (unsigned char)*p) * 1099511628211ull;
-    snprintf(uuid, sizeof uuid, "outbound_%016llx", (unsigned long long)hsh);
-    json_t *ev = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:s,s:s}", "teamUuid",
-                           px->team_uuid, "errorMessage", error_message(code), "evMessage", msg,
-                           "activityLink", link, "timestamp", now, "errorType", code,
-                           "statusCode", status, "statusGroup", status >= 500 ? "5XX" : "4XX",
-                           "relayUuid", uuid, "inboundDomain", t->host);
-    char *s = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
-    if (s) {
-      evs_event e = {sizeof e, "relay.error", s};
-      h->emit_event(px->p, &e);
-    }
-    free(s);
-    json_decref(ev);
+    evs__relay_uuid("outbound", t->host, uuid, sizeof uuid);
+    evs__relay_error e = {px->team_uuid, link, uuid, t->host, msg, code, status, wall_ms()};
+    evs__relay_error_emit(h, px->p, &e);
   }
   return EVS_DECLINED;
 }
