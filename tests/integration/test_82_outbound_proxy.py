@@ -10,7 +10,11 @@ https://...`, the key on the inner request with -H or on the CONNECT with --prox
 - 407 proxy-auth-failed for a missing or wrong key, on the CONNECT and on the inner request;
 - 403 forbidden-destination for ev: data to a host that is not a destination (body, header,
   path, percent-encoded), and unconfiguredHosts refuse vs passthrough;
-- a destination with an invalid certificate is 502; a 26 MB body is 413; a compressed body 415.
+- a destination with an invalid certificate is 502; a 26 MB body is 413; a compressed body 415;
+- response encryption: a destination's fieldsToEncrypt (JSON, nested JSON, XML, multipart text
+  fields, and files with encryptFiles; gzip responses decoded first) reach the app encrypted
+  with its key, and POST /decrypt gives the originals back; other destinations are untouched;
+- leaves minted before authentication are rate-limited (a tiny bucket: 503, a counter).
 """
 
 import importlib.util
@@ -351,6 +355,88 @@ def test_desync_corpus_inside_an_outbound_tunnel():
     assert not failures, "%d case(s) differ:\n  %s" % (len(failures), "\n  ".join(failures))
     assert rejected > 20
     assert tally.get(("Compliant", 200), 0) > 5, tally
+
+
+RESP_JSON = {"card": {"number": "4242424242424242", "cvc": 123}, "name": "Ann Lee",
+             "plain": "visible", "n": 7}
+RESP_XML = b"<?xml version=\"1.0\"?><r><iban>DE89 3704</iban><keep>k</keep></r>"
+BOUNDARY = "b0undary"
+FILE_BYTES = b"%PDF-1.4 binary \x00\x01\xff file"
+
+
+def resp_handler(req):
+    path = req.path.split("?")[0]
+    if path.endswith("/json"):
+        return 200, {"Content-Type": "application/json"}, json.dumps(RESP_JSON).encode()
+    if path.endswith("/gz"):
+        import gzip
+        return 200, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, \
+            gzip.compress(json.dumps(RESP_JSON).encode())
+    if path.endswith("/xml"):
+        return 200, {"Content-Type": "application/xml"}, RESP_XML
+    if path.endswith("/mp"):
+        body = ("--%s\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nsecret note\r\n"
+                "--%s\r\nContent-Disposition: form-data; name=\"doc\"; filename=\"a.pdf\"\r\n"
+                "Content-Type: application/pdf\r\n\r\n" % (BOUNDARY, BOUNDARY)).encode() + \
+            FILE_BYTES + ("\r\n--%s--\r\n" % BOUNDARY).encode()
+        return 200, {"Content-Type": "multipart/form-data; boundary=" + BOUNDARY}, body
+    return 200, {"Content-Type": "text/plain"}, b"plain text"
+
+
+def decrypt(env, value):
+    st, _, body = E.api(env.srv, "POST", "/decrypt", {"data": value},
+                        headers=E.basic(env.app, env.dkey))
+    assert st == 200, body
+    return json.loads(body)["data"]
+
+
+def test_response_encryption():
+    env = Env()
+    env.dkey = E.evctl_json(env.srv, "key", "create", env.app, "--permissions",
+                            "api:decrypt")["apiKey"]
+    env.dest = evstest.Upstream(tls=evstest.make_cert(env.dest_ca, ["localhost", "127.0.0.1"]),
+                                handler=resp_handler)
+    E.evctl_json(env.srv, "outbound", "create", env.app, "--id", "enc",
+                 "--destination-domain", "localhost/enc/*", "--fields-to-encrypt",
+                 "$.card.number,$.name,$.n,$.iban,$.note,$.doc", "--encrypt-files")
+    E.evctl_json(env.srv, "outbound", "create", env.app, "--id", "plain",
+                 "--destination-domain", "localhost")
+    base = "https://localhost:%d" % env.dest.port
+    # JSON: a nested field, a top-level string and a number encrypted; the rest as it was.
+    for path in ("/enc/json", "/enc/gz"):
+        st, out, err = env.curl(base + path, key=env.key)
+        assert st == 200, (path, st, out, err)
+        got = json.loads(out)
+        for k in ("name", "n"):
+            assert isinstance(got[k], str) and got[k].startswith("ev:"), (path, got)
+        assert got["card"]["number"].startswith("ev:") and got["card"]["cvc"] == 123, got
+        assert got["plain"] == "visible" and b"4242" not in out and b"Ann" not in out, out
+        assert decrypt(env, got) == RESP_JSON, (path, got)
+    # XML.
+    st, out, err = env.curl(base + "/enc/xml", key=env.key)
+    assert st == 200 and b"DE89" not in out and b"<keep>k</keep>" in out, (st, out, err)
+    iban = out.split(b"<iban>")[1].split(b"</iban>")[0].decode()
+    assert iban.startswith("ev:") and decrypt(env, iban) == "DE89 3704", out
+    # Multipart: the text field and (encryptFiles) the file, its filename unchanged.
+    st, out, err = env.curl(base + "/enc/mp", key=env.key)
+    assert st == 200, (st, out, err)
+    assert b"secret note" not in out and FILE_BYTES not in out and b'filename="a.pdf"' in out, out
+    parts = out.split(("--" + BOUNDARY).encode())
+    note = parts[1].split(b"\r\n\r\n", 1)[1][:-2].decode()
+    assert note.startswith("ev:") and decrypt(env, note) == "secret note", parts[1]
+    doc = parts[2].split(b"\r\n\r\n", 1)[1][:-2]
+    assert doc.startswith(b"%EVENC"), doc[:20]
+    st, _, plain = E.api(env.srv, "POST", "/decrypt", doc, headers=E.basic(env.app, env.dkey))
+    assert st == 200 and plain == FILE_BYTES, (st, plain[:40])
+    # A body with no fields to select (text) and another destination: untouched.
+    st, out, _ = env.curl(base + "/enc/text", key=env.key)
+    assert st == 200 and out == b"plain text", (st, out)
+    st, out, _ = env.curl(base + "/json", key=env.key)
+    assert st == 200 and json.loads(out) == RESP_JSON, (st, out)
+    out = json.loads(E.evctl(env.srv, "--json", "activity").stdout)
+    counts = sorted(r.get("encryptedFields", -1) for r in out["transactions"]
+                    if r.get("relay") == "outbound")
+    assert counts == [-1, 0, 1, 2, 3, 3], counts
 
 
 SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")
