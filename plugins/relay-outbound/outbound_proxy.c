@@ -497,7 +497,7 @@ static int resp_get(ob_txn *x, evs_request *req) {
   const evs__rewriter_ops *ops = NULL;
   if (h->response_header(req, "content-type", &ct) == 0)
     ops = evs__rewriter_for_content_type(ct.value, ct.value_len);
-  if (!ops) { /* no fields to select in it (text, HTML, a bare file): passed as it is */
+  if (!ops) { /* no body to rewrite (response_head refused any other): passed as it is */
     x->rpass = 1;
     return 0;
   }
@@ -560,6 +560,22 @@ static int response_filter(void *state, evs_request *req, void *arg, const uint8
 static int response_head(void *arg, evs_request *req, int status) {
   ob_txn *x = arg;
   const evs_host *h = x->t->px->h;
+  /* A body the rewriters cannot parse is refused, as the documentation says of
+   * unsupported-content-type-in-response; a response without a body has no fields. */
+  evs_header ct, cl;
+  int bodiless = status == 204 || status == 304 || (status >= 100 && status < 200) ||
+                 strcmp(h->request_info(req)->method, "HEAD") == 0 ||
+                 (h->response_header(req, "content-length", &cl) == 0 && cl.value_len == 1 &&
+                  cl.value[0] == '0');
+  if (!bodiless && (h->response_header(req, "content-type", &ct) < 0 ||
+                    !evs__rewriter_for_content_type(ct.value, ct.value_len))) {
+    h->counter_add(x->t->px->p, "unsupported_content_type", 1);
+    h->respond_error(req, 502, "unsupported-content-type-in-response",
+                     "This destination has fields to encrypt in its responses; the response must "
+                     "be JSON, XML, application/x-www-form-urlencoded or multipart/form-data (by "
+                     "Content-Type)");
+    return 0;
+  }
   evs_header ce;
   if (h->response_header(req, "content-encoding", &ce) < 0) return 0;
   int codings[EVS__CDEC_MAX_CODINGS];

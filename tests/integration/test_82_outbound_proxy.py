@@ -428,15 +428,17 @@ def test_response_encryption():
     assert doc.startswith(b"%EVENC"), doc[:20]
     st, _, plain = E.api(env.srv, "POST", "/decrypt", doc, headers=E.basic(env.app, env.dkey))
     assert st == 200 and plain == FILE_BYTES, (st, plain[:40])
-    # A body with no fields to select (text) and another destination: untouched.
+    # A body the relay cannot select fields in (text): the documented error, nothing of it sent.
     st, out, _ = env.curl(base + "/enc/text", key=env.key)
-    assert st == 200 and out == b"plain text", (st, out)
+    assert st == 502 and json.loads(out)["code"] == "unsupported-content-type-in-response", \
+        (st, out)
+    # Another destination: untouched.
     st, out, _ = env.curl(base + "/json", key=env.key)
     assert st == 200 and json.loads(out) == RESP_JSON, (st, out)
     out = json.loads(E.evctl(env.srv, "--json", "activity").stdout)
     counts = sorted(r.get("encryptedFields", -1) for r in out["transactions"]
                     if r.get("relay") == "outbound")
-    assert counts == [-1, 0, 1, 2, 3, 3], counts
+    assert counts == [-1, 0, 1, 2, 3, 3], counts  # the 502's count: 0
 
 
 SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")
