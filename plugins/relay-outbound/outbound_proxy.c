@@ -72,6 +72,10 @@ struct ob_proxy {
   uint64_t max_body;
   int transaction_log;
   const char *team_uuid, *activity_base;
+  /* Leaves minted for tunnels not yet authenticated: a token bucket per worker (cache hits and
+   * authenticated tunnels take nothing). */
+  double leaf_tokens, leaf_burst, leaf_per_ns;
+  uint64_t leaf_refill_ns;
 };
 
 #define TUNNEL_MAGIC 0x6f62746eu /* what request_get_data holds: a CONNECT's tunnel... */
@@ -311,6 +315,17 @@ static void on_leaf(void *arg, int status, const uint8_t *pem, size_t len) {
   tunnel_unref(t);
 }
 
+/* One token of the unauthenticated leaf bucket: 1 and taken, or 0 when it is empty. */
+static int leaf_token(ob_proxy *px) {
+  uint64_t now = mono_ns();
+  px->leaf_tokens += (double)(now - px->leaf_refill_ns) * px->leaf_per_ns;
+  if (px->leaf_tokens > px->leaf_burst) px->leaf_tokens = px->leaf_burst;
+  px->leaf_refill_ns = now;
+  if (px->leaf_tokens < 1.0) return 0;
+  px->leaf_tokens -= 1.0;
+  return 1;
+}
+
 /* The leaf for the CONNECT host, minted before TLS starts (an IP destination sends no SNI). */
 static void tunnel_leaf(ob_tunnel *t) {
   ob_proxy *px = t->px;
@@ -320,6 +335,15 @@ static void tunnel_leaf(ob_tunnel *t) {
     l->refs++;
     t->leaf = l;
     tunnel_open(t);
+    return;
+  }
+  if (!t->authed && !leaf_token(px)) {
+    /* Anyone who reaches the listener can name hosts before any key is seen: new names are
+     * rate-limited, so the enclave is not made to sign without bound. */
+    h->counter_add(px->p, "leaf_rate_limited", 1);
+    h->respond_error(t->connect_req, 503, "service-unavailable",
+                     "Too many new destination hosts before authentication; retry shortly, or "
+                     "send Proxy-Authorization on the CONNECT");
     return;
   }
   const char *names[1] = {t->bare};
@@ -1128,6 +1152,10 @@ int ob_proxy_init(const evs_host *h, evs_plugin *p, ob_state *st, ob_proxy **ret
   px->spool_dir = h->config_string(p, "spool_dir");
   if (!px->spool_dir) px->spool_dir = h->state_dir(p);
   px->max_body = (uint64_t)h->config_int(p, "max_body");
+  px->leaf_burst = (double)h->config_int(p, "unauthenticated_leaf_burst");
+  px->leaf_per_ns = (double)h->config_int(p, "unauthenticated_leaf_rate") / 60e9;
+  px->leaf_tokens = px->leaf_burst;
+  px->leaf_refill_ns = mono_ns();
   EVP_PKEY *k = EVP_EC_gen("P-256");
   if (k) {
     px->key_pem = pem_of(k, 0, &px->key_len);

@@ -441,6 +441,46 @@ def test_response_encryption():
     assert counts == [-1, 0, 1, 2, 3, 3], counts  # the 502's count: 0
 
 
+def connect_status(env, authority, connect_headers=b""):
+    """The status of a CONNECT to the outbound listener (nothing sent inside the tunnel)."""
+    import test_52_tunnel_tls_in_tls as t52
+    ctx = ssl.create_default_context(cafile=env.listener_ca.cert)
+    raw = socket.create_connection(("127.0.0.1", env.srv.port("outbound")), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as o:
+        o.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (
+            authority.encode(), authority.encode(), connect_headers))
+        head = evstest.parse_response(t52.t51.read_head(o), head=True)
+    return head
+
+
+def outbound_counters(srv):
+    import re
+    out = {}
+    for line in srv.admin_get("/metrics").text.splitlines():
+        m = re.match(r'evserver_plugin_events_total\{plugin="relay-outbound",name="(\w+)"\} '
+                     r'(\d+)$', line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def test_unauthenticated_leaves_are_rate_limited():
+    """A CONNECT without a key makes the worker mint a leaf for any name: a tiny bucket (burst
+    2, 1 a minute) lets two new names through, then answers 503; a cached name is free, and so
+    is a tunnel authenticated on the CONNECT."""
+    env = Env(outbound={"unauthenticated_leaf_rate": 1, "unauthenticated_leaf_burst": 2})
+    assert connect_status(env, "one.example:443").status == 200
+    assert connect_status(env, "two.example:443").status == 200
+    head = connect_status(env, "three.example:443")
+    assert head.status == 503 and head.header("X-Evervault-Error-Code") == "service-unavailable", \
+        head
+    assert connect_status(env, "one.example:443").status == 200  # cached: free
+    key = b"Proxy-Authorization: " + env.key.encode() + b"\r\n"
+    assert connect_status(env, "four.example:443", key).status == 200
+    c = outbound_counters(env.srv)
+    assert c.get("leaf_rate_limited") == 1 and c.get("leaves_issued") == 3, c
+
+
 SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")
 
 
