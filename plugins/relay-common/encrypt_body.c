@@ -41,6 +41,8 @@ struct evs__encrypt_body {
   evs__encrypt_body_cfg cfg;
   char *app_id, *curve;
   void *rw; /* cfg.ops's rewriter, or NULL: bytes are spooled unchanged */
+  ebatch *whole; /* whole_file: the body, one file */
+  size_t whole_hole;
   relay_spool spool;
   ebatch *cur;
   int inflight;
@@ -69,6 +71,7 @@ static void body_release(evs__encrypt_body *e) {
   if (e->rw) e->cfg.ops->free(e->rw);
   relay_spool_done(&e->spool);
   batch_free(e->cur);
+  batch_free(e->whole);
   free(e->pass);
   free(e->app_id);
   free(e->curve);
@@ -186,13 +189,15 @@ static void batch_done(ebatch *b, int status, const evs_crypto_result *res, size
         ct = res[i].data;
         ctl = res[i].len;
       }
-      size_t wl = e->cfg.ops->place((const char *)ct, ctl, NULL, 0);
+      size_t (*place)(const char *, size_t, char *, size_t) =
+          e->cfg.ops ? e->cfg.ops->place : evs__rewriter_place_verbatim;
+      size_t wl = place((const char *)ct, ctl, NULL, 0);
       uint8_t *tmp = malloc(wl ? wl : 1);
       if (!tmp) {
         fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
         break;
       }
-      e->cfg.ops->place((const char *)ct, ctl, (char *)tmp, wl);
+      place((const char *)ct, ctl, (char *)tmp, wl);
       if (relay_spool_fill(&e->spool, b->holes[i].hole, tmp, wl) < 0)
         fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
       free(tmp);
@@ -335,6 +340,11 @@ int evs__encrypt_body_new(const evs__encrypt_body_cfg *cfg, evs__encrypt_body **
       body_release(e);
       return r;
     }
+  } else if (!cfg->ops && cfg->whole_file) {
+    if (!(e->whole = batch_new(e, 1)) || relay_spool_hole(&e->spool, &e->whole_hole) < 0) {
+      body_release(e);
+      return -ENOMEM;
+    }
   }
   *ret = e;
   return 0;
@@ -342,8 +352,9 @@ int evs__encrypt_body_new(const evs__encrypt_body_cfg *cfg, evs__encrypt_body **
 
 int evs__encrypt_body_feed(evs__encrypt_body *e, const uint8_t *p, size_t n) {
   if (e->err) return e->err;
-  int r = e->rw ? e->cfg.ops->feed(e->rw, (const char *)p, n)
-                : relay_spool_write(&e->spool, p, n);
+  int r = e->rw      ? e->cfg.ops->feed(e->rw, (const char *)p, n)
+          : e->whole ? put_bytes(e->whole, p, n)
+                     : relay_spool_write(&e->spool, p, n);
   if (r < 0) {
     evs__encrypt_body_fail(e, r);
     return e->err;
@@ -359,6 +370,25 @@ int evs__encrypt_body_finish(evs__encrypt_body *e) {
   if (!e->err && e->cfg.ev_found && e->cfg.ev_found(e->cfg.arg) > e->passed)
     evs__encrypt_body_fail(e, EVS__RW_E_EVDATA);
   if (!e->err) flush(e);
+  if (!e->err && e->whole) {
+    ebatch *b = e->whole;
+    e->whole = NULL;
+    if (b->len >= 6 && memcmp(b->payload, "%EVENC", 6) == 0) { /* never encrypted twice */
+      if (relay_spool_fill(&e->spool, e->whole_hole, b->payload, b->len) < 0)
+        fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
+      else
+        e->passed++;
+      batch_free(b);
+    } else if (!(b->holes = calloc(1, sizeof *b->holes))) {
+      batch_free(b);
+      fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
+    } else {
+      b->holes_cap = 1;
+      b->holes[0] = (ebval){e->whole_hole, 0, b->len, EVS_CRYPTO_STRING_EXACT};
+      b->n = 1;
+      batch_send(e, b);
+    }
+  }
   e->finished = 1;
   if (e->err) return e->err;
   return e->inflight > 0 ? EVS__EBODY_PENDING : 0;

@@ -45,6 +45,10 @@ typedef struct evs__encrypt_body_cfg {
   int refuse_ev;
   /* Zero: file parts (EVS__RW_FILE) are written as they are, not encrypted. */
   int files;
+  /* Without a rewriter (ops NULL): nonzero encrypts the whole body as one %EVENC file
+   * (encrypt_file at finish; the body is held in memory, so the caller bounds it). A body that
+   * already is one is written as it is. */
+  int whole_file;
   /* Runs on the loop after each enclave call came back (never after free): the caller resumes
    * its source when no longer busy, and goes on when evs__encrypt_body_idle after finish. */
   void (*progress)(void *arg);

@@ -375,10 +375,10 @@ void evs__ob_selection_free(evs__ob_selection *s) {
 }
 
 int evs__ob_selection_new(const evs__ob_destination *d, evs__ob_selection **ret) {
-  if (d->nfields == 0) return -EINVAL;
+  if (d->nfields == 0 && !d->encrypt_files) return -EINVAL;
   evs__ob_selection *s = calloc(1, sizeof *s);
-  if (!s || !(s->fields = calloc(d->nfields, sizeof *s->fields)) ||
-      !(s->names = calloc(d->nfields, sizeof *s->names))) {
+  if (!s || !(s->fields = calloc(d->nfields + 1, sizeof *s->fields)) ||
+      !(s->names = calloc(d->nfields + 1, sizeof *s->names))) {
     evs__ob_selection_free(s);
     return -ENOMEM;
   }
@@ -395,8 +395,8 @@ int evs__ob_selection_new(const evs__ob_destination *d, evs__ob_selection **ret)
       s->names[s->nnames++] = n + 2;
   }
   char jerr[160];
-  int rc = evs__jsonpath_compile((const char *const *)s->fields, s->nfields, &s->paths, jerr,
-                                 sizeof jerr);
+  int rc = s->nfields == 0 ? 0 : evs__jsonpath_compile((const char *const *)s->fields, s->nfields,
+                                                       &s->paths, jerr, sizeof jerr);
   if (rc < 0) {
     evs__ob_selection_free(s);
     return rc == -ENOMEM ? -ENOMEM : -EINVAL;

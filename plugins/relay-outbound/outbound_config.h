@@ -117,7 +117,8 @@ typedef struct evs__ob_selection {
   int encrypt_files;
 } evs__ob_selection;
 
-/* 0 and *ret (free with evs__ob_selection_free), -EINVAL (no fields), or -ENOMEM. */
+/* 0 and *ret (free with evs__ob_selection_free), -EINVAL (no fields and no encryptFiles), or
+ * -ENOMEM. */
 int evs__ob_selection_new(const evs__ob_destination *d, evs__ob_selection **ret);
 void evs__ob_selection_free(evs__ob_selection *s);
 

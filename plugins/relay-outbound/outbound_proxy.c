@@ -521,12 +521,14 @@ static int resp_get(ob_txn *x, evs_request *req) {
   const evs__rewriter_ops *ops = NULL;
   if (h->response_header(req, "content-type", &ct) == 0)
     ops = evs__rewriter_for_content_type(ct.value, ct.value_len);
-  if (!ops) { /* no body to rewrite (response_head refused any other): passed as it is */
+  /* No fields to select: passed as it is; a body no rewriter parses is one file with
+   * encryptFiles (response_head refused it otherwise). */
+  if ((ops && x->sel->nfields == 0) || (!ops && !x->sel->encrypt_files)) {
     x->rpass = 1;
     return 0;
   }
-  evs__rewriter_select sel = {x->sel->paths, x->sel->names, x->sel->nnames, ct.value,
-                              ct.value_len};
+  evs__rewriter_select sel = {x->sel->paths, x->sel->names, x->sel->nnames,
+                              ops ? ct.value : NULL, ops ? ct.value_len : 0};
   evs__encrypt_body_cfg c;
   memset(&c, 0, sizeof c);
   c.size = sizeof c;
@@ -537,6 +539,7 @@ static int resp_get(ob_txn *x, evs_request *req) {
   c.ops = ops;
   c.sel = &sel;
   c.files = x->sel->encrypt_files;
+  c.whole_file = x->sel->encrypt_files;
   c.progress = on_resp_progress;
   c.arg = x;
   return evs__encrypt_body_new(&c, &x->renc);
@@ -591,8 +594,9 @@ static int response_head(void *arg, evs_request *req, int status) {
                  strcmp(h->request_info(req)->method, "HEAD") == 0 ||
                  (h->response_header(req, "content-length", &cl) == 0 && cl.value_len == 1 &&
                   cl.value[0] == '0');
-  if (!bodiless && (h->response_header(req, "content-type", &ct) < 0 ||
-                    !evs__rewriter_for_content_type(ct.value, ct.value_len))) {
+  if (!bodiless && !x->sel->encrypt_files &&
+      (h->response_header(req, "content-type", &ct) < 0 ||
+       !evs__rewriter_for_content_type(ct.value, ct.value_len))) {
     h->counter_add(x->t->px->p, "unsupported_content_type", 1);
     h->respond_error(req, 502, "unsupported-content-type-in-response",
                      "This destination has fields to encrypt in its responses; the response must "
@@ -756,7 +760,8 @@ static void txn_route(ob_txn *x) {
   }
   x->configured = dest != NULL;
   if (dest) snprintf(x->dest_id, sizeof x->dest_id, "%s", dest->id);
-  if (dest && dest->nfields > 0 && evs__ob_selection_new(dest, &x->sel) < 0) {
+  if (dest && (dest->nfields > 0 || dest->encrypt_files) &&
+      evs__ob_selection_new(dest, &x->sel) < 0) {
     h->respond_error(req, 500, "internal-server-error", "Out of memory");
     return;
   }

@@ -12,7 +12,7 @@ https://...`, the key on the inner request with -H or on the CONNECT with --prox
   path, percent-encoded), and unconfiguredHosts refuse vs passthrough;
 - a destination with an invalid certificate is 502; a 26 MB body is 413; a compressed body 415;
 - response encryption: a destination's fieldsToEncrypt (JSON, nested JSON, XML, multipart text
-  fields, and files with encryptFiles; gzip responses decoded first) reach the app encrypted
+  fields, and files with encryptFiles, whole bodies too; gzip responses decoded first) reach the app encrypted
   with its key, and POST /decrypt gives the originals back; other destinations are untouched;
 - leaves minted before authentication are rate-limited (a tiny bucket: 503, a counter).
 """
@@ -380,6 +380,8 @@ def resp_handler(req):
                 "Content-Type: application/pdf\r\n\r\n" % (BOUNDARY, BOUNDARY)).encode() + \
             FILE_BYTES + ("\r\n--%s--\r\n" % BOUNDARY).encode()
         return 200, {"Content-Type": "multipart/form-data; boundary=" + BOUNDARY}, body
+    if path.endswith("/raw"):
+        return 200, {"Content-Type": "application/pdf"}, FILE_BYTES
     return 200, {"Content-Type": "text/plain"}, b"plain text"
 
 
@@ -428,17 +430,31 @@ def test_response_encryption():
     assert doc.startswith(b"%EVENC"), doc[:20]
     st, _, plain = E.api(env.srv, "POST", "/decrypt", doc, headers=E.basic(env.app, env.dkey))
     assert st == 200 and plain == FILE_BYTES, (st, plain[:40])
-    # A body the relay cannot select fields in (text): the documented error, nothing of it sent.
-    st, out, _ = env.curl(base + "/enc/text", key=env.key)
-    assert st == 502 and json.loads(out)["code"] == "unsupported-content-type-in-response", \
-        (st, out)
     # Another destination: untouched.
     st, out, _ = env.curl(base + "/json", key=env.key)
     assert st == 200 and json.loads(out) == RESP_JSON, (st, out)
     out = json.loads(E.evctl(env.srv, "--json", "activity").stdout)
     counts = sorted(r.get("encryptedFields", -1) for r in out["transactions"]
                     if r.get("relay") == "outbound")
-    assert counts == [-1, 0, 1, 2, 3, 3], counts  # the 502's count: 0
+    assert counts == [-1, 1, 2, 3, 3], counts
+    # Fields without encryptFiles: a body the relay cannot select fields in (text) is the
+    # documented error, nothing of it sent; with encryptFiles it is one file (below).
+    E.evctl_json(env.srv, "outbound", "create", env.app, "--id", "fields",
+                 "--destination-domain", "localhost/fields/*", "--fields-to-encrypt", "$.name")
+    st, out, _ = env.curl(base + "/fields/text", key=env.key)
+    assert st == 502 and json.loads(out)["code"] == "unsupported-content-type-in-response", \
+        (st, out)
+    st, out, _ = env.curl(base + "/enc/text", key=env.key)
+    assert st == 200 and out.startswith(b"%EVENC"), (st, out)
+    # encryptFiles alone: a whole file body becomes a %EVENC file; JSON has no file to encrypt.
+    E.evctl_json(env.srv, "outbound", "create", env.app, "--id", "files",
+                 "--destination-domain", "localhost/files/*", "--encrypt-files")
+    st, out, err = env.curl(base + "/files/raw", key=env.key)
+    assert st == 200 and out.startswith(b"%EVENC") and FILE_BYTES not in out, (st, out[:60], err)
+    st, _, plain = E.api(env.srv, "POST", "/decrypt", out, headers=E.basic(env.app, env.dkey))
+    assert st == 200 and plain == FILE_BYTES, (st, plain[:40])
+    st, out, _ = env.curl(base + "/files/json", key=env.key)
+    assert st == 200 and json.loads(out) == RESP_JSON, (st, out)
 
 
 def connect_status(env, authority, connect_headers=b""):
