@@ -252,7 +252,7 @@ void relay_encrypt_start(relay_txn *t, const char *content_type, size_t ct_len) 
     return;
   }
   evs__rewriter_select sel = {t->match.paths, t->match.names, t->match.nnames, content_type,
-                              ct_len};
+                              ct_len, 0};
   evs__encrypt_body_cfg c;
   memset(&c, 0, sizeof c);
   c.size = sizeof c;

@@ -528,7 +528,7 @@ static int resp_get(ob_txn *x, evs_request *req) {
     return 0;
   }
   evs__rewriter_select sel = {x->sel->paths, x->sel->names, x->sel->nnames,
-                              ops ? ct.value : NULL, ops ? ct.value_len : 0};
+                              ops ? ct.value : NULL, ops ? ct.value_len : 0, 1};
   evs__encrypt_body_cfg c;
   memset(&c, 0, sizeof c);
   c.size = sizeof c;

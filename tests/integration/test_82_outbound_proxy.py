@@ -361,6 +361,7 @@ RESP_JSON = {"card": {"number": "4242424242424242", "cvc": 123}, "name": "Ann Le
              "plain": "visible", "n": 7}
 RESP_XML = b"<?xml version=\"1.0\"?><r><iban>DE89 3704</iban><keep>k</keep></r>"
 BOUNDARY = "b0undary"
+EV_LIKE = "ev:Tk9D:abc:def:ghi:$"  # looks encrypted: unselected in a response, it passes
 FILE_BYTES = b"%PDF-1.4 binary \x00\x01\xff file"
 
 
@@ -380,6 +381,9 @@ def resp_handler(req):
                 "Content-Type: application/pdf\r\n\r\n" % (BOUNDARY, BOUNDARY)).encode() + \
             FILE_BYTES + ("\r\n--%s--\r\n" % BOUNDARY).encode()
         return 200, {"Content-Type": "multipart/form-data; boundary=" + BOUNDARY}, body
+    if path.endswith("/evjson"):
+        return 200, {"Content-Type": "application/json"}, json.dumps(
+            {"name": "Ann Lee", "token": EV_LIKE}).encode()
     if path.endswith("/raw"):
         return 200, {"Content-Type": "application/pdf"}, FILE_BYTES
     return 200, {"Content-Type": "text/plain"}, b"plain text"
@@ -430,13 +434,19 @@ def test_response_encryption():
     assert doc.startswith(b"%EVENC"), doc[:20]
     st, _, plain = E.api(env.srv, "POST", "/decrypt", doc, headers=E.basic(env.app, env.dkey))
     assert st == 200 and plain == FILE_BYTES, (st, plain[:40])
+    # An unselected field that looks encrypted passes as it is (the request-side refusal is
+    # not applied to responses).
+    st, out, err = env.curl(base + "/enc/evjson", key=env.key)
+    assert st == 200, (st, out, err)
+    got = json.loads(out)
+    assert got["token"] == EV_LIKE and got["name"].startswith("ev:"), got
     # Another destination: untouched.
     st, out, _ = env.curl(base + "/json", key=env.key)
     assert st == 200 and json.loads(out) == RESP_JSON, (st, out)
     out = json.loads(E.evctl(env.srv, "--json", "activity").stdout)
     counts = sorted(r.get("encryptedFields", -1) for r in out["transactions"]
                     if r.get("relay") == "outbound")
-    assert counts == [-1, 1, 2, 3, 3], counts
+    assert counts == [-1, 1, 1, 2, 3, 3], counts
     # Fields without encryptFiles: a body the relay cannot select fields in (text) is the
     # documented error, nothing of it sent; with encryptFiles it is one file (below).
     E.evctl_json(env.srv, "outbound", "create", env.app, "--id", "fields",
