@@ -14,7 +14,8 @@
  *                                              the Inbound Relay's selectors (relay-common's
  *                                              jsonpath): JSON and XML paths, form and multipart
  *                                              fields by $.<name> (files included)
- *         "encryptFiles": false                 response encryption of whole file bodies
+ *         "encryptFiles": false                 response encryption of files: whole bodies
+ *                                              no rewriter parses, named multipart file parts
  *       }
  *     },
  *     "unconfiguredHosts": "refuse"             or "passthrough" (see README.md); default refuse

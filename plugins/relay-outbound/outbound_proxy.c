@@ -9,8 +9,12 @@
  * decrypted (relay-common/decrypt_body.c, the code the Inbound Relay decrypts responses with),
  * then proxied to https://host:port with the body from the spool; any other host gets
  * `forbidden-destination` when the request carries encrypted data in any spelling
- * (relay-common/ev_guard.c), and otherwise what the app's `unconfiguredHosts` says.
- * README.md here has the flows, the errors and the trust boundary.
+ * (relay-common/ev_guard.c), and otherwise what the app's `unconfiguredHosts` says. A
+ * destination with fieldsToEncrypt (or encryptFiles) has its response held and its fields
+ * encrypted with the app's key (relay-common/encrypt_body.c, the code the Inbound Relay encrypts
+ * requests with) before the app sees it. Leaves minted for tunnels not yet authenticated come
+ * from a per-worker token bucket. README.md here has the flows, the errors and the trust
+ * boundary.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
