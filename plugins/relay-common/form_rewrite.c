@@ -160,7 +160,7 @@ static int pair_end(evs__form_rewrite *rw, const char *q) {
     r = rw->transform(rw->ud, EVS__RW_STRING, rw->val, rw->val_len, &rep, &rep_len);
     if (r == EVS__RW_DEFER) r = 0;
     else if (r == 0) r = emit_encoded(rw, rep, rep_len);
-  } else if (rw->in_value && evs__ev_detect_done(&rw->ev)) {
+  } else if (rw->in_value && !rw->o.allow_ev && evs__ev_detect_done(&rw->ev)) {
     r = EVS__RW_E_EVDATA;
   }
   rw->in_value = rw->seg_used = rw->name_over = false;
@@ -330,7 +330,8 @@ static size_t ops_place(const char *value, size_t len, char *out, size_t cap) {
 static int ops_new(const evs__rewriter_select *sel, evs__rw_emit_fn emit_fn,
                    evs__rw_transform_fn transform_fn, void *ud, void **ret_impl) {
   evs__form_rewrite *rw = NULL;
-  int r = evs__form_rewrite_new(sel->names, sel->nnames, NULL, emit_fn, transform_fn, ud, &rw);
+  struct evs__form_rewrite_opts o = {sizeof o, 0, sel->allow_ev};
+  int r = evs__form_rewrite_new(sel->names, sel->nnames, &o, emit_fn, transform_fn, ud, &rw);
   if (r == 0) *ret_impl = rw;
   return r;
 }

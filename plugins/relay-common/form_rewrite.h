@@ -46,6 +46,7 @@
 struct evs__form_rewrite_opts {
   size_t size;      /* sizeof(struct evs__form_rewrite_opts) */
   size_t max_value; /* decoded bytes of a selected value; 0: 1 MiB */
+  int allow_ev;      /* nonzero: unselected ev:-looking values pass (no EVS__RW_E_EVDATA) */
 };
 
 struct evs__form_rewrite;

@@ -294,7 +294,7 @@ static int tok_end(evs__json_rewrite *rw, const char *q, evs__rw_type type) {
     if (r == EVS__RW_DEFER) r = 0;
     else if (r == 0) r = emit(rw, out, outlen);
     if (r < 0) return r;
-  } else if (type == EVS__RW_STRING && ev_looks_encrypted(rw)) {
+  } else if (type == EVS__RW_STRING && !rw->o.allow_ev && ev_looks_encrypted(rw)) {
     return EVS__RW_E_EVDATA;
   }
   rw->ps = rw->depth ? P_AFTER : P_END;
@@ -799,7 +799,8 @@ static size_t ops_place(const char *value, size_t len, char *out, size_t cap) {
 static int ops_new(const evs__rewriter_select *sel, evs__rw_emit_fn emit_fn,
                    evs__rw_transform_fn transform_fn, void *ud, void **ret_impl) {
   evs__json_rewrite *rw = NULL;
-  int r = evs__json_rewrite_new(sel->paths, NULL, emit_fn, transform_fn, ud, &rw);
+  struct evs__json_rewrite_opts o = {sizeof o, 0, 0, 0, sel->allow_ev};
+  int r = evs__json_rewrite_new(sel->paths, &o, emit_fn, transform_fn, ud, &rw);
   if (r == 0) *ret_impl = rw;
   return r;
 }

@@ -55,6 +55,7 @@ struct evs__json_rewrite_opts {
   unsigned max_depth; /* 0: 256 */
   size_t max_value;   /* decoded bytes of a selected value or member name; 0: 1 MiB */
   size_t max_keys;    /* member names held by all open objects; 0: 100000 */
+  int allow_ev;      /* nonzero: unselected ev:-looking values pass (no EVS__RW_E_EVDATA) */
 };
 
 struct evs__json_rewrite;

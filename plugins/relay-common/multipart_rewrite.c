@@ -289,7 +289,7 @@ static int part_end(evs__multipart_rewrite *rw, const char *q) {
     else if (r == 0) r = emit(rw, rep, rep_len);
     /* The delimiter was not emitted while the body was held; its bytes are D's. */
     if (r == 0) r = emit(rw, rw->delim, rw->dlen);
-  } else if (rw->ev_on && evs__ev_detect_done(&rw->ev)) {
+  } else if (rw->ev_on && !rw->o.allow_ev && evs__ev_detect_done(&rw->ev)) {
     r = EVS__RW_E_EVDATA;
   }
   rw->ev_on = false;
@@ -570,7 +570,8 @@ static int ops_new(const evs__rewriter_select *sel, evs__rw_emit_fn emit_fn,
   ct[n] = '\0';
   if (evs__multipart_boundary(ct, boundary, sizeof boundary) < 0) return EVS__RW_E_BOUNDARY;
   evs__multipart_rewrite *rw = NULL;
-  int r = evs__multipart_rewrite_new(boundary, sel->names, sel->nnames, NULL, emit_fn, transform_fn,
+  struct evs__multipart_rewrite_opts o = {sizeof o, 0, 0, sel->allow_ev};
+  int r = evs__multipart_rewrite_new(boundary, sel->names, sel->nnames, &o, emit_fn, transform_fn,
                                      ud, &rw);
   if (r == 0) *ret_impl = rw;
   return r;

@@ -66,6 +66,7 @@ struct evs__multipart_rewrite_opts {
   size_t size;       /* sizeof(struct evs__multipart_rewrite_opts) */
   size_t max_value;  /* bytes of a selected part's body; 0: 25 MiB (the SDK's file limit) */
   size_t max_header; /* bytes of one part's header block; 0: 16 KiB */
+  int allow_ev;      /* nonzero: unselected ev:-looking values pass (no EVS__RW_E_EVDATA) */
 };
 
 struct evs__multipart_rewrite;

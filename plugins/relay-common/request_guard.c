@@ -3,9 +3,11 @@
  */
 #include "request_guard.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "content_decode.h"
 #include "ev_guard.h"
 
 int evs__relay_head_carries_ev_data(const evs_host *h, evs_request *req) {
@@ -35,4 +37,28 @@ int evs__relay_body_encoded(const evs_host *h, evs_request *req) {
     if (!(n == 8 && strncasecmp(v, "identity", 8) == 0)) return 1;
   }
   return 0;
+}
+
+void evs__relay_narrow_accept_encoding(const evs_host *h, evs_request *req) {
+  char *all = NULL;
+  size_t len = 0;
+  int any = 0;
+  evs_header hd;
+  for (size_t i = 0; h->request_header_at(req, i, &hd) == 0; i++) {
+    if (hd.name_len != 15 || strncasecmp(hd.name, "accept-encoding", 15) != 0) continue;
+    char *n = realloc(all, len + hd.value_len + 2);
+    if (!n) break;
+    all = n;
+    if (any) all[len++] = ',';
+    memcpy(all + len, hd.value, hd.value_len);
+    len += hd.value_len;
+    any = 1;
+  }
+  char *out = malloc(2 * len + 9);
+  if (out) {
+    evs__cdecode_accept_encoding(any ? all : NULL, len, out);
+    h->request_set_header(req, "Accept-Encoding", out);
+  }
+  free(out);
+  free(all);
 }

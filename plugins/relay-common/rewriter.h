@@ -84,6 +84,10 @@ typedef struct evs__rewriter_select {
   size_t nnames;
   const char *content_type;    /* the Content-Type value (multipart reads its boundary) */
   size_t content_type_len;
+  /* Nonzero: an unselected value that looks like an ev: string is written as it is rather than
+   * refused (EVS__RW_E_EVDATA): responses, where it is not the request trust boundary's
+   * business (the Outbound Relay's response encryption). */
+  int allow_ev;
 } evs__rewriter_select;
 
 /* A format's operations. Each format's .c defines one constant table; the typed functions of

@@ -227,7 +227,7 @@ static void ev_feed(evs__xml_rewrite *rw, const unsigned char *s, size_t n) {
 }
 
 static bool ev_looks_encrypted(const evs__xml_rewrite *rw) {
-  return rw->ev >= 3 && (rw->ev_colons == 5 || rw->ev_colons == 6) && rw->ev_last[0] == ':' &&
+  return !rw->o.allow_ev && rw->ev >= 3 && (rw->ev_colons == 5 || rw->ev_colons == 6) && rw->ev_last[0] == ':' &&
          rw->ev_last[1] == '$';
 }
 
@@ -1113,7 +1113,8 @@ size_t evs__xml_rewrite_mem_high_water(const evs__xml_rewrite *rw) { return rw->
 static int ops_new(const evs__rewriter_select *sel, evs__rw_emit_fn emit_fn,
                    evs__rw_transform_fn transform_fn, void *ud, void **ret_impl) {
   evs__xml_rewrite *rw = NULL;
-  int r = evs__xml_rewrite_new(sel->paths, NULL, emit_fn, transform_fn, ud, &rw);
+  struct evs__xml_rewrite_opts o = {sizeof o, 0, 0, 0, sel->allow_ev};
+  int r = evs__xml_rewrite_new(sel->paths, &o, emit_fn, transform_fn, ud, &rw);
   if (r == 0) *ret_impl = rw;
   return r;
 }

@@ -92,6 +92,7 @@ struct evs__xml_rewrite_opts {
   unsigned max_depth; /* open elements; 0: 256 */
   size_t max_value;   /* decoded selected text, one name, all open names together; 0: 1 MiB */
   size_t max_keys;    /* distinct child names held for sibling indices; 0: 100000 */
+  int allow_ev;      /* nonzero: unselected ev:-looking values pass (no EVS__RW_E_EVDATA) */
 };
 
 struct evs__xml_rewrite;

@@ -28,6 +28,7 @@
 #include "content_decode.h"
 #include "decrypt_body.h"
 #include "relay_priv.h"
+#include "request_guard.h"
 #include "spool.h"
 
 typedef struct relay_dec {
@@ -156,36 +157,9 @@ int relay_decrypts_responses(const relay_txn *t) {
   return t->relay->response_decryption && relay_app_id(t->st, t->relay) != NULL;
 }
 
-/* The client's Accept-Encoding (all its fields), narrowed to what content_decode.c decodes:
- * the destination then has no reason to send a coding the relay could not read. */
-static void narrow_accept_encoding(relay_txn *t) {
-  const evs_host *h = t->st->host;
-  char *all = NULL;
-  size_t len = 0;
-  int any = 0;
-  evs_header hd;
-  for (size_t i = 0; h->request_header_at(t->req, i, &hd) == 0; i++) {
-    if (hd.name_len != 15 || strncasecmp(hd.name, "accept-encoding", 15) != 0) continue;
-    char *n = realloc(all, len + hd.value_len + 2);
-    if (!n) break;
-    all = n;
-    if (any) all[len++] = ',';
-    memcpy(all + len, hd.value, hd.value_len);
-    len += hd.value_len;
-    any = 1;
-  }
-  char *out = malloc(2 * len + 9);
-  if (out) {
-    evs__cdecode_accept_encoding(any ? all : NULL, len, out);
-    h->request_set_header(t->req, "Accept-Encoding", out);
-  }
-  free(out);
-  free(all);
-}
-
 evs_body_filter_fn relay_response_filter(relay_txn *t) {
   if (!relay_decrypts_responses(t)) return NULL;
-  narrow_accept_encoding(t);
+  evs__relay_narrow_accept_encoding(t->st->host, t->req);
   return response_filter;
 }
 

@@ -364,3 +364,43 @@ void evs__ob_table_free(evs__ob_table *t) {
   free(t->apps);
   free(t);
 }
+
+void evs__ob_selection_free(evs__ob_selection *s) {
+  if (!s) return;
+  evs__jsonpath_free(s->paths);
+  for (size_t k = 0; k < s->nfields; k++) free(s->fields[k]);
+  free(s->fields);
+  free(s->names);
+  free(s);
+}
+
+int evs__ob_selection_new(const evs__ob_destination *d, evs__ob_selection **ret) {
+  if (d->nfields == 0 && !d->encrypt_files) return -EINVAL;
+  evs__ob_selection *s = calloc(1, sizeof *s);
+  if (!s || !(s->fields = calloc(d->nfields + 1, sizeof *s->fields)) ||
+      !(s->names = calloc(d->nfields + 1, sizeof *s->names))) {
+    evs__ob_selection_free(s);
+    return -ENOMEM;
+  }
+  s->encrypt_files = d->encrypt_files;
+  for (size_t k = 0; k < d->nfields; k++) {
+    if (!(s->fields[k] = strdup(d->fields[k]))) {
+      evs__ob_selection_free(s);
+      return -ENOMEM;
+    }
+    s->nfields++;
+    const char *n = s->fields[k];
+    /* `$.<name>`: one plain member, which is also a form or multipart field's name. */
+    if (n[0] == '$' && n[1] == '.' && n[2] && !strpbrk(n + 2, ".[]*'\"\\ "))
+      s->names[s->nnames++] = n + 2;
+  }
+  char jerr[160];
+  int rc = s->nfields == 0 ? 0 : evs__jsonpath_compile((const char *const *)s->fields, s->nfields,
+                                                       &s->paths, jerr, sizeof jerr);
+  if (rc < 0) {
+    evs__ob_selection_free(s);
+    return rc == -ENOMEM ? -ENOMEM : -EINVAL;
+  }
+  *ret = s;
+  return 0;
+}

@@ -14,7 +14,8 @@
  *                                              the Inbound Relay's selectors (relay-common's
  *                                              jsonpath): JSON and XML paths, form and multipart
  *                                              fields by $.<name> (files included)
- *         "encryptFiles": false                 response encryption of whole file bodies
+ *         "encryptFiles": false                 response encryption of files: whole bodies
+ *                                              no rewriter parses, named multipart file parts
  *       }
  *     },
  *     "unconfiguredHosts": "refuse"             or "passthrough" (see README.md); default refuse
@@ -32,6 +33,7 @@
 
 #include <jansson.h>
 
+#include "jsonpath.h"
 #include "outbound_match.h"
 
 #define EVS__OB_MAX_DESTINATIONS 256
@@ -102,5 +104,23 @@ const evs__ob_app *evs__ob_table_get(const evs__ob_table *t, const char *app_id)
 size_t evs__ob_table_count(const evs__ob_table *t);
 const evs__ob_app *evs__ob_table_at(const evs__ob_table *t, size_t i);
 void evs__ob_table_free(evs__ob_table *t);
+
+/* A destination's fieldsToEncrypt compiled for the rewriters (relay-common's rewriter.h), owned
+ * by one response: it outlives reloads of the table. paths holds every selector (JSON and XML);
+ * names the form and multipart field names, from the selectors of one plain member
+ * (`$.<name>`). */
+typedef struct evs__ob_selection {
+  evs__jsonpath *paths;
+  const char **names; /* point into fields */
+  size_t nnames;
+  char **fields;
+  size_t nfields;
+  int encrypt_files;
+} evs__ob_selection;
+
+/* 0 and *ret (free with evs__ob_selection_free), -EINVAL (no fields and no encryptFiles), or
+ * -ENOMEM. */
+int evs__ob_selection_new(const evs__ob_destination *d, evs__ob_selection **ret);
+void evs__ob_selection_free(evs__ob_selection *s);
 
 #endif

@@ -9,8 +9,12 @@
  * decrypted (relay-common/decrypt_body.c, the code the Inbound Relay decrypts responses with),
  * then proxied to https://host:port with the body from the spool; any other host gets
  * `forbidden-destination` when the request carries encrypted data in any spelling
- * (relay-common/ev_guard.c), and otherwise what the app's `unconfiguredHosts` says.
- * README.md here has the flows, the errors and the trust boundary.
+ * (relay-common/ev_guard.c), and otherwise what the app's `unconfiguredHosts` says. A
+ * destination with fieldsToEncrypt (or encryptFiles) has its response held and its fields
+ * encrypted with the app's key (relay-common/encrypt_body.c, the code the Inbound Relay encrypts
+ * requests with) before the app sees it. Leaves minted for tunnels not yet authenticated come
+ * from a per-worker token bucket. README.md here has the flows, the errors and the trust
+ * boundary.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -30,8 +34,10 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "content_decode.h"
 #include "decrypt_body.h"
 #include "decrypt_scan.h"
+#include "encrypt_body.h"
 #include "ev_guard.h"
 #include "evserver/evs_plugin.h"
 #include "outbound_int.h"
@@ -71,6 +77,10 @@ struct ob_proxy {
   uint64_t max_body;
   int transaction_log;
   const char *team_uuid, *activity_base;
+  /* Leaves minted for tunnels not yet authenticated: a token bucket per worker (cache hits and
+   * authenticated tunnels take nothing). */
+  double leaf_tokens, leaf_burst, leaf_per_ns;
+  uint64_t leaf_refill_ns;
 };
 
 #define TUNNEL_MAGIC 0x6f62746eu /* what request_get_data holds: a CONNECT's tunnel... */
@@ -108,6 +118,16 @@ typedef struct ob_txn {
   evs__ev_guard guard;
   uint64_t body_bytes;
   relay_spool *out;       /* what body_source reads */
+  /* Response encryption (a destination with fieldsToEncrypt): the selection, copied so that it
+   * outlives a reload; the decoder of a compressed response; the rewriter, spool and batches
+   * (relay-common's encrypt_body.c, the Inbound Relay's request-side code). */
+  evs__ob_selection *sel;
+  evs__cdecode *cdec;
+  evs__encrypt_body *renc;
+  int rpass;              /* a response the selection cannot address: passed as it is */
+  int rheld, rended;
+  uint64_t rbytes;
+  uint64_t encrypted;
 } ob_txn;
 
 /* ---- small helpers --------------------------------------------------------------------- */
@@ -300,6 +320,17 @@ static void on_leaf(void *arg, int status, const uint8_t *pem, size_t len) {
   tunnel_unref(t);
 }
 
+/* One token of the unauthenticated leaf bucket: 1 and taken, or 0 when it is empty. */
+static int leaf_token(ob_proxy *px) {
+  uint64_t now = mono_ns();
+  px->leaf_tokens += (double)(now - px->leaf_refill_ns) * px->leaf_per_ns;
+  if (px->leaf_tokens > px->leaf_burst) px->leaf_tokens = px->leaf_burst;
+  px->leaf_refill_ns = now;
+  if (px->leaf_tokens < 1.0) return 0;
+  px->leaf_tokens -= 1.0;
+  return 1;
+}
+
 /* The leaf for the CONNECT host, minted before TLS starts (an IP destination sends no SNI). */
 static void tunnel_leaf(ob_tunnel *t) {
   ob_proxy *px = t->px;
@@ -309,6 +340,15 @@ static void tunnel_leaf(ob_tunnel *t) {
     l->refs++;
     t->leaf = l;
     tunnel_open(t);
+    return;
+  }
+  if (!t->authed && !leaf_token(px)) {
+    /* Anyone who reaches the listener can name hosts before any key is seen: new names are
+     * rate-limited, so the enclave is not made to sign without bound. */
+    h->counter_add(px->p, "leaf_rate_limited", 1);
+    h->respond_error(t->connect_req, 503, "service-unavailable",
+                     "Too many new destination hosts before authentication; retry shortly, or "
+                     "send Proxy-Authorization on the CONNECT");
     return;
   }
   const char *names[1] = {t->bare};
@@ -402,6 +442,9 @@ static void txn_unref(ob_txn *x) {
     free(x->key);
   }
   evs__decrypt_body_free(x->dec);
+  evs__cdecode_free(x->cdec);
+  evs__encrypt_body_free(x->renc); /* calls in flight only release memory when they return */
+  evs__ob_selection_free(x->sel);
   if (x->plain_init) relay_spool_done(&x->plain);
   tunnel_unref(x->t);
   free(x);
@@ -422,6 +465,176 @@ static int body_source(void *arg, uint8_t *buf, size_t cap, size_t *ret_len) {
   return relay_spool_read(x->out, buf, cap, ret_len);
 }
 
+/* ---- response encryption --------------------------------------------------------------- */
+
+static int resp_emit(void *arg, const uint8_t *p, size_t n) {
+  ob_txn *x = arg;
+  return x->t->px->h->filter_emit(x->req, p, n);
+}
+
+/* Says once, in the log and a counter, why a response was cut off. */
+static int resp_failed(ob_txn *x, evs_request *req, int r) {
+  ob_proxy *px = x->t->px;
+  const evs_host *h = px->h;
+  const char *why = r == EVS__CDEC_E_TOOBIG ? "decodes to more than max_body"
+                    : r == EVS__CDEC_E_CORRUPT ? "is corrupt or truncated"
+                    : r == EVS__CDEC_E_NOMEM ? "needs more memory than allowed to decode"
+                    : NULL;
+  int status = 0;
+  const char *code = NULL, *detail = NULL;
+  if (why) {
+    h->log(px->p, req, EVS_LOG_WARN, "the destination's compressed response %s: response aborted",
+           why);
+    h->counter_add(px->p, "decode_errors", 1);
+  } else if (x->renc && evs__encrypt_body_error(x->renc, &status, &code, &detail)) {
+    h->log(px->p, req, EVS_LOG_WARN,
+           "response encryption failed (%s, %d): response aborted, nothing of it was sent", code,
+           status);
+    h->counter_add(px->p, "encrypt_errors", 1);
+  } else if (r == -E2BIG) {
+    h->log(px->p, req, EVS_LOG_WARN, "the destination's response is over max_body: response "
+           "aborted");
+    h->counter_add(px->p, "encrypt_errors", 1);
+  }
+  return r < 0 ? r : -EIO;
+}
+
+/* The spool (every value back) to the client. */
+static int resp_replay(ob_txn *x) {
+  x->encrypted = evs__encrypt_body_encrypted(x->renc);
+  return relay_spool_replay(evs__encrypt_body_spool(x->renc), resp_emit, x);
+}
+
+/* encrypt_body's progress: a held response ends once every value is back. */
+static void on_resp_progress(void *arg) {
+  ob_txn *x = arg;
+  if (!x->req || !x->rheld || x->rended || !evs__encrypt_body_idle(x->renc)) return;
+  const evs_host *h = x->t->px->h;
+  x->rended = 1;
+  int r = evs__encrypt_body_error(x->renc, NULL, NULL, NULL);
+  if (r) resp_failed(x, x->req, r);
+  else r = resp_replay(x);
+  h->filter_end(x->req, r < 0 ? -1 : 0);
+}
+
+/* The response's encryption state, made once its head has arrived. */
+static int resp_get(ob_txn *x, evs_request *req) {
+  if (x->renc || x->rpass) return 0;
+  ob_proxy *px = x->t->px;
+  const evs_host *h = px->h;
+  evs_header ct;
+  const evs__rewriter_ops *ops = NULL;
+  if (h->response_header(req, "content-type", &ct) == 0)
+    ops = evs__rewriter_for_content_type(ct.value, ct.value_len);
+  /* No fields to select: passed as it is; a body no rewriter parses is one file with
+   * encryptFiles (response_head refused it otherwise). */
+  if ((ops && x->sel->nfields == 0) || (!ops && !x->sel->encrypt_files)) {
+    x->rpass = 1;
+    return 0;
+  }
+  evs__rewriter_select sel = {x->sel->paths, x->sel->names, x->sel->nnames,
+                              ops ? ct.value : NULL, ops ? ct.value_len : 0, 1};
+  evs__encrypt_body_cfg c;
+  memset(&c, 0, sizeof c);
+  c.size = sizeof c;
+  c.host = h;
+  c.plugin = px->p;
+  c.app_id = x->t->app_id; /* the key's app */
+  c.spool_dir = px->spool_dir;
+  c.ops = ops;
+  c.sel = &sel;
+  c.files = x->sel->encrypt_files;
+  c.whole_file = x->sel->encrypt_files;
+  c.progress = on_resp_progress;
+  c.arg = x;
+  return evs__encrypt_body_new(&c, &x->renc);
+}
+
+static int resp_feed(ob_txn *x, const uint8_t *p, size_t n) {
+  if (x->rpass) return x->t->px->h->filter_emit(x->req, p, n);
+  x->rbytes += n;
+  if (x->rbytes > x->t->px->max_body) return -E2BIG;
+  return evs__encrypt_body_feed(x->renc, p, n);
+}
+
+/* Decoded bytes go on to the rewriter. */
+static int cdec_emit(void *ud, const char *buf, size_t len) {
+  int r = resp_feed(ud, (const uint8_t *)buf, len);
+  return r < 0 ? r : 0;
+}
+
+static int response_filter(void *state, evs_request *req, void *arg, const uint8_t *data,
+                           size_t len) {
+  (void)state;
+  ob_txn *x = arg;
+  int r = resp_get(x, req);
+  if (r < 0) return resp_failed(x, req, r);
+  if (data) {
+    r = x->cdec ? evs__cdecode_feed(x->cdec, data, len) : resp_feed(x, data, len);
+    return r < 0 ? resp_failed(x, req, r) : 0;
+  }
+  if (x->cdec && (r = evs__cdecode_finish(x->cdec)) < 0) return resp_failed(x, req, r);
+  if (x->rpass) return 0;
+  if (x->rbytes == 0) return 0; /* no body (HEAD, 204, 304): no fields */
+  r = evs__encrypt_body_finish(x->renc);
+  if (r < 0) return resp_failed(x, req, r);
+  if (r == EVS__EBODY_PENDING) {
+    x->rheld = 1;
+    return EVS_FILTER_HOLD;
+  }
+  r = resp_replay(x);
+  return r < 0 ? -1 : 0;
+}
+
+/* The destination's head: a compressed body is decoded (and sent as identity), as the Inbound
+ * Relay does to decrypt; a coding the relay cannot decode is refused before the head reaches
+ * the app, so no selected field passes in plaintext. */
+static int response_head(void *arg, evs_request *req, int status) {
+  ob_txn *x = arg;
+  const evs_host *h = x->t->px->h;
+  /* A body the rewriters cannot parse is refused, as the documentation says of
+   * unsupported-content-type-in-response; a response without a body has no fields. */
+  evs_header ct, cl;
+  int bodiless = status == 204 || status == 304 || (status >= 100 && status < 200) ||
+                 strcmp(h->request_info(req)->method, "HEAD") == 0 ||
+                 (h->response_header(req, "content-length", &cl) == 0 && cl.value_len == 1 &&
+                  cl.value[0] == '0');
+  if (!bodiless && !x->sel->encrypt_files &&
+      (h->response_header(req, "content-type", &ct) < 0 ||
+       !evs__rewriter_for_content_type(ct.value, ct.value_len))) {
+    h->counter_add(x->t->px->p, "unsupported_content_type", 1);
+    h->respond_error(req, 502, "unsupported-content-type-in-response",
+                     "This destination has fields to encrypt in its responses; the response must "
+                     "be JSON, XML, application/x-www-form-urlencoded or multipart/form-data (by "
+                     "Content-Type)");
+    return 0;
+  }
+  evs_header ce;
+  if (h->response_header(req, "content-encoding", &ce) < 0) return 0;
+  int codings[EVS__CDEC_MAX_CODINGS];
+  int n = evs__cdecode_parse(ce.value, ce.value_len, codings);
+  /* More than one Content-Encoding field: response_header saw only the first. */
+  int fields = n >= 0 ? h->response_remove_header(req, "content-encoding") : 0;
+  const char *detail = NULL;
+  if (n < 0 || fields > 1)
+    detail = "The destination's response has a Content-Encoding the relay cannot decode, so its "
+             "fields could not be encrypted";
+  else if (n > 0 && status == 206)
+    detail = "The destination sent part of a compressed response (206), which the relay cannot "
+             "decode to encrypt";
+  if (detail) {
+    h->counter_add(x->t->px->p, "unsupported_encoding", 1);
+    h->respond_error(req, 502, "unsupported-content-type-in-response", detail);
+    return 0;
+  }
+  if (n == 0) return 0;
+  if (strcmp(h->request_info(req)->method, "HEAD") == 0)
+    h->response_remove_header(req, "content-length");
+  int r = resp_get(x, req);
+  if (r < 0) return r;
+  return evs__cdecode_new(codings, (size_t)n, x->t->px->max_body, 0, cdec_emit, x, &x->cdec);
+}
+
 static void forward(ob_txn *x, int with_body) {
   ob_tunnel *t = x->t;
   ob_proxy *px = t->px;
@@ -440,7 +653,13 @@ static void forward(ob_txn *x, int with_body) {
     up.body_source_len = relay_spool_total(x->out);
   }
   h->counter_add(px->p, x->configured ? "decrypted_requests" : "passthrough_requests", 1);
-  if (h->proxy(x->req, &up, NULL, NULL, NULL) < 0)
+  evs_body_filter_fn rf = NULL;
+  if (x->sel) { /* response encryption */
+    evs__relay_narrow_accept_encoding(h, x->req);
+    up.response_head = response_head;
+    rf = response_filter;
+  }
+  if (h->proxy(x->req, &up, NULL, rf, x) < 0)
     h->respond_error(x->req, 500, "internal-server-error", "The relay could not start proxying");
 }
 
@@ -546,6 +765,11 @@ static void txn_route(ob_txn *x) {
   }
   x->configured = dest != NULL;
   if (dest) snprintf(x->dest_id, sizeof x->dest_id, "%s", dest->id);
+  if (dest && (dest->nfields > 0 || dest->encrypt_files) &&
+      evs__ob_selection_new(dest, &x->sel) < 0) {
+    h->respond_error(req, 500, "internal-server-error", "Out of memory");
+    return;
+  }
   if (!has_body) {
     forward(x, 0);
     return;
@@ -692,6 +916,8 @@ static int log_hook(void *state, evs_request *req) {
                             "startedAt", started, "durationMs",
                             x ? (double)(mono_ns() - x->started_ns) / 1e6 : 0.0,
                             "decryptedFields", (json_int_t)(x ? x->decrypted : 0));
+    if (rec && x && x->sel)
+      json_object_set_new(rec, "encryptedFields", json_integer((json_int_t)x->encrypted));
     if (rec && t->authed) json_object_set_new(rec, "appId", json_string(t->app_id));
     if (rec && x && x->dest_id[0]) json_object_set_new(rec, "destinationId", json_string(x->dest_id));
     if (rec && code) json_object_set_new(rec, "errorCode", json_string(code));
@@ -898,6 +1124,10 @@ int ob_proxy_init(const evs_host *h, evs_plugin *p, ob_state *st, ob_proxy **ret
   px->spool_dir = h->config_string(p, "spool_dir");
   if (!px->spool_dir) px->spool_dir = h->state_dir(p);
   px->max_body = (uint64_t)h->config_int(p, "max_body");
+  px->leaf_burst = (double)h->config_int(p, "unauthenticated_leaf_burst");
+  px->leaf_per_ns = (double)h->config_int(p, "unauthenticated_leaf_rate") / 60e9;
+  px->leaf_tokens = px->leaf_burst;
+  px->leaf_refill_ns = mono_ns();
   EVP_PKEY *k = EVP_EC_gen("P-256");
   if (k) {
     px->key_pem = pem_of(k, 0, &px->key_len);

@@ -765,6 +765,11 @@ static const evs_config_item items[] = {
      "where request bodies past 1 MiB wait for decryption (unlinked files); default state_dir"},
     {"max_body", EVS_CONFIG_SIZE, "25m", 1024, 1LL << 30, 0,
      "largest request body the proxy reads (payload-too-large above)"},
+    {"unauthenticated_leaf_rate", EVS_CONFIG_INT, "60", 1, 1000000, 0,
+     "leaf certificates per minute each worker mints for tunnels not yet authenticated "
+     "(CONNECT without Proxy-Authorization; known hosts are free); 503 beyond"},
+    {"unauthenticated_leaf_burst", EVS_CONFIG_INT, "30", 1, 100000, 0,
+     "how many such leaves a worker may mint at once before unauthenticated_leaf_rate applies"},
     {"transaction_log", EVS_CONFIG_BOOL, "on", 0, 0, 0,
      "record each proxied request (never values) for evctl activity"},
     {"team_uuid", EVS_CONFIG_STRING, "local", 0, 0, 0, "teamUuid carried by alerts"},

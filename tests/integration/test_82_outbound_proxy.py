@@ -10,7 +10,11 @@ https://...`, the key on the inner request with -H or on the CONNECT with --prox
 - 407 proxy-auth-failed for a missing or wrong key, on the CONNECT and on the inner request;
 - 403 forbidden-destination for ev: data to a host that is not a destination (body, header,
   path, percent-encoded), and unconfiguredHosts refuse vs passthrough;
-- a destination with an invalid certificate is 502; a 26 MB body is 413; a compressed body 415.
+- a destination with an invalid certificate is 502; a 26 MB body is 413; a compressed body 415;
+- response encryption: a destination's fieldsToEncrypt (JSON, nested JSON, XML, multipart text
+  fields, and files with encryptFiles, whole bodies too; gzip responses decoded first) reach the app encrypted
+  with its key, and POST /decrypt gives the originals back; other destinations are untouched;
+- leaves minted before authentication are rate-limited (a tiny bucket: 503, a counter).
 """
 
 import importlib.util
@@ -351,6 +355,156 @@ def test_desync_corpus_inside_an_outbound_tunnel():
     assert not failures, "%d case(s) differ:\n  %s" % (len(failures), "\n  ".join(failures))
     assert rejected > 20
     assert tally.get(("Compliant", 200), 0) > 5, tally
+
+
+RESP_JSON = {"card": {"number": "4242424242424242", "cvc": 123}, "name": "Ann Lee",
+             "plain": "visible", "n": 7}
+RESP_XML = b"<?xml version=\"1.0\"?><r><iban>DE89 3704</iban><keep>k</keep></r>"
+BOUNDARY = "b0undary"
+EV_LIKE = "ev:Tk9D:abc:def:ghi:$"  # looks encrypted: unselected in a response, it passes
+FILE_BYTES = b"%PDF-1.4 binary \x00\x01\xff file"
+
+
+def resp_handler(req):
+    path = req.path.split("?")[0]
+    if path.endswith("/json"):
+        return 200, {"Content-Type": "application/json"}, json.dumps(RESP_JSON).encode()
+    if path.endswith("/gz"):
+        import gzip
+        return 200, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, \
+            gzip.compress(json.dumps(RESP_JSON).encode())
+    if path.endswith("/xml"):
+        return 200, {"Content-Type": "application/xml"}, RESP_XML
+    if path.endswith("/mp"):
+        body = ("--%s\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nsecret note\r\n"
+                "--%s\r\nContent-Disposition: form-data; name=\"doc\"; filename=\"a.pdf\"\r\n"
+                "Content-Type: application/pdf\r\n\r\n" % (BOUNDARY, BOUNDARY)).encode() + \
+            FILE_BYTES + ("\r\n--%s--\r\n" % BOUNDARY).encode()
+        return 200, {"Content-Type": "multipart/form-data; boundary=" + BOUNDARY}, body
+    if path.endswith("/evjson"):
+        return 200, {"Content-Type": "application/json"}, json.dumps(
+            {"name": "Ann Lee", "token": EV_LIKE}).encode()
+    if path.endswith("/raw"):
+        return 200, {"Content-Type": "application/pdf"}, FILE_BYTES
+    return 200, {"Content-Type": "text/plain"}, b"plain text"
+
+
+def decrypt(env, value):
+    st, _, body = E.api(env.srv, "POST", "/decrypt", {"data": value},
+                        headers=E.basic(env.app, env.dkey))
+    assert st == 200, body
+    return json.loads(body)["data"]
+
+
+def test_response_encryption():
+    env = Env()
+    env.dkey = E.evctl_json(env.srv, "key", "create", env.app, "--permissions",
+                            "api:decrypt")["apiKey"]
+    env.dest = evstest.Upstream(tls=evstest.make_cert(env.dest_ca, ["localhost", "127.0.0.1"]),
+                                handler=resp_handler)
+    E.evctl_json(env.srv, "outbound", "create", env.app, "--id", "enc",
+                 "--destination-domain", "localhost/enc/*", "--fields-to-encrypt",
+                 "$.card.number,$.name,$.n,$.iban,$.note,$.doc", "--encrypt-files")
+    E.evctl_json(env.srv, "outbound", "create", env.app, "--id", "plain",
+                 "--destination-domain", "localhost")
+    base = "https://localhost:%d" % env.dest.port
+    # JSON: a nested field, a top-level string and a number encrypted; the rest as it was.
+    for path in ("/enc/json", "/enc/gz"):
+        st, out, err = env.curl(base + path, key=env.key)
+        assert st == 200, (path, st, out, err)
+        got = json.loads(out)
+        for k in ("name", "n"):
+            assert isinstance(got[k], str) and got[k].startswith("ev:"), (path, got)
+        assert got["card"]["number"].startswith("ev:") and got["card"]["cvc"] == 123, got
+        assert got["plain"] == "visible" and b"4242" not in out and b"Ann" not in out, out
+        assert decrypt(env, got) == RESP_JSON, (path, got)
+    # XML.
+    st, out, err = env.curl(base + "/enc/xml", key=env.key)
+    assert st == 200 and b"DE89" not in out and b"<keep>k</keep>" in out, (st, out, err)
+    iban = out.split(b"<iban>")[1].split(b"</iban>")[0].decode()
+    assert iban.startswith("ev:") and decrypt(env, iban) == "DE89 3704", out
+    # Multipart: the text field and (encryptFiles) the file, its filename unchanged.
+    st, out, err = env.curl(base + "/enc/mp", key=env.key)
+    assert st == 200, (st, out, err)
+    assert b"secret note" not in out and FILE_BYTES not in out and b'filename="a.pdf"' in out, out
+    parts = out.split(("--" + BOUNDARY).encode())
+    note = parts[1].split(b"\r\n\r\n", 1)[1][:-2].decode()
+    assert note.startswith("ev:") and decrypt(env, note) == "secret note", parts[1]
+    doc = parts[2].split(b"\r\n\r\n", 1)[1][:-2]
+    assert doc.startswith(b"%EVENC"), doc[:20]
+    st, _, plain = E.api(env.srv, "POST", "/decrypt", doc, headers=E.basic(env.app, env.dkey))
+    assert st == 200 and plain == FILE_BYTES, (st, plain[:40])
+    # An unselected field that looks encrypted passes as it is (the request-side refusal is
+    # not applied to responses).
+    st, out, err = env.curl(base + "/enc/evjson", key=env.key)
+    assert st == 200, (st, out, err)
+    got = json.loads(out)
+    assert got["token"] == EV_LIKE and got["name"].startswith("ev:"), got
+    # Another destination: untouched.
+    st, out, _ = env.curl(base + "/json", key=env.key)
+    assert st == 200 and json.loads(out) == RESP_JSON, (st, out)
+    out = json.loads(E.evctl(env.srv, "--json", "activity").stdout)
+    counts = sorted(r.get("encryptedFields", -1) for r in out["transactions"]
+                    if r.get("relay") == "outbound")
+    assert counts == [-1, 1, 1, 2, 3, 3], counts
+    # Fields without encryptFiles: a body the relay cannot select fields in (text) is the
+    # documented error, nothing of it sent; with encryptFiles it is one file (below).
+    E.evctl_json(env.srv, "outbound", "create", env.app, "--id", "fields",
+                 "--destination-domain", "localhost/fields/*", "--fields-to-encrypt", "$.name")
+    st, out, _ = env.curl(base + "/fields/text", key=env.key)
+    assert st == 502 and json.loads(out)["code"] == "unsupported-content-type-in-response", \
+        (st, out)
+    st, out, _ = env.curl(base + "/enc/text", key=env.key)
+    assert st == 200 and out.startswith(b"%EVENC"), (st, out)
+    # encryptFiles alone: a whole file body becomes a %EVENC file; JSON has no file to encrypt.
+    E.evctl_json(env.srv, "outbound", "create", env.app, "--id", "files",
+                 "--destination-domain", "localhost/files/*", "--encrypt-files")
+    st, out, err = env.curl(base + "/files/raw", key=env.key)
+    assert st == 200 and out.startswith(b"%EVENC") and FILE_BYTES not in out, (st, out[:60], err)
+    st, _, plain = E.api(env.srv, "POST", "/decrypt", out, headers=E.basic(env.app, env.dkey))
+    assert st == 200 and plain == FILE_BYTES, (st, plain[:40])
+    st, out, _ = env.curl(base + "/files/json", key=env.key)
+    assert st == 200 and json.loads(out) == RESP_JSON, (st, out)
+
+
+def connect_status(env, authority, connect_headers=b""):
+    """The status of a CONNECT to the outbound listener (nothing sent inside the tunnel)."""
+    import test_52_tunnel_tls_in_tls as t52
+    ctx = ssl.create_default_context(cafile=env.listener_ca.cert)
+    raw = socket.create_connection(("127.0.0.1", env.srv.port("outbound")), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as o:
+        o.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (
+            authority.encode(), authority.encode(), connect_headers))
+        head = evstest.parse_response(t52.t51.read_head(o), head=True)
+    return head
+
+
+def outbound_counters(srv):
+    import re
+    out = {}
+    for line in srv.admin_get("/metrics").text.splitlines():
+        m = re.match(r'evserver_plugin_events_total\{plugin="relay-outbound",name="(\w+)"\} '
+                     r'(\d+)$', line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def test_unauthenticated_leaves_are_rate_limited():
+    """A CONNECT without a key makes the worker mint a leaf for any name: a tiny bucket (burst
+    2, 1 a minute) lets two new names through, then answers 503; a cached name is free, and so
+    is a tunnel authenticated on the CONNECT."""
+    env = Env(outbound={"unauthenticated_leaf_rate": 1, "unauthenticated_leaf_burst": 2})
+    assert connect_status(env, "one.example:443").status == 200
+    assert connect_status(env, "two.example:443").status == 200
+    head = connect_status(env, "three.example:443")
+    assert head.status == 503 and head.header("X-Evervault-Error-Code") == "service-unavailable", \
+        head
+    assert connect_status(env, "one.example:443").status == 200  # cached: free
+    key = b"Proxy-Authorization: " + env.key.encode() + b"\r\n"
+    assert connect_status(env, "four.example:443", key).status == 200
+    c = outbound_counters(env.srv)
+    assert c.get("leaf_rate_limited") == 1 and c.get("leaves_issued") == 3, c
 
 
 SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")

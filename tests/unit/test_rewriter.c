@@ -112,8 +112,8 @@ static int sink_transform(void *ud, evs__rw_type type, const char *v, size_t n,
 
 /* Rewrites body with the value "1" selected, through ops only; returns what new returned, or
  * the first error. With defer, the replacement goes into the hole with ops->place. */
-static int run(const evs__rewriter_ops *ops, const char *ct, const char *body, int defer,
-               struct sink *s) {
+static int run_ev(const evs__rewriter_ops *ops, const char *ct, const char *body, int defer,
+                  int allow_ev, struct sink *s) {
   static const char *const names[] = {"a"};
   static const char *const sels[] = {"$.a"};
   evs__jsonpath *jp = NULL;
@@ -121,7 +121,7 @@ static int run(const evs__rewriter_ops *ops, const char *ct, const char *body, i
   memset(s, 0, sizeof *s);
   s->ops = ops;
   s->defer = defer;
-  evs__rewriter_select sel = {jp, names, 1, ct, strlen(ct)};
+  evs__rewriter_select sel = {jp, names, 1, ct, strlen(ct), allow_ev};
   void *rw = NULL;
   int r = ops->new(&sel, sink_emit, sink_transform, s, &rw);
   if (r == 0) {
@@ -142,6 +142,11 @@ static int run(const evs__rewriter_ops *ops, const char *ct, const char *body, i
   }
   s->out[s->len] = '\0';
   return r;
+}
+
+static int run(const evs__rewriter_ops *ops, const char *ct, const char *body, int defer,
+               struct sink *s) {
+  return run_ev(ops, ct, body, defer, 0, s);
 }
 
 static void test_formats(void **state) {
@@ -193,12 +198,38 @@ static void test_errors_through_ops(void **state) {
                       "DOCTYPE or markup declaration in XML");
 }
 
+/* An unselected ev:-looking value: refused by default (the request trust boundary), written as it
+ * is with allow_ev (responses), in every format. */
+static void test_allow_ev(void **state) {
+  (void)state;
+#define EVL "ev:Tk9D:abc:def:ghi:$"
+  static const struct {
+    const evs__rewriter_ops *ops;
+    const char *ct, *in;
+  } cases[] = {
+      {&evs__json_rewriter, "application/json", "{\"a\":\"1\",\"b\":\"" EVL "\"}"},
+      {&evs__xml_rewriter, "application/xml", "<r><a>1</a><b>" EVL "</b></r>"},
+      {&evs__form_rewriter, "application/x-www-form-urlencoded", "a=1&b=" EVL},
+      {&evs__multipart_rewriter, "multipart/form-data; boundary=BB",
+       "--BB\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\n" EVL "\r\n--BB--\r\n"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    struct sink s;
+    assert_int_equal(run_ev(cases[i].ops, cases[i].ct, cases[i].in, 0, 0, &s), EVS__RW_E_EVDATA);
+    int r = run_ev(cases[i].ops, cases[i].ct, cases[i].in, 0, 1, &s);
+    if (r != 0) fail_msg("%s: %s", cases[i].ops->name, cases[i].ops->strerror(r));
+    if (!strstr(s.out, EVL)) fail_msg("%s: got %s", cases[i].ops->name, s.out);
+  }
+#undef EVL
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_content_type),
       cmocka_unit_test(test_answer),
       cmocka_unit_test(test_formats),
       cmocka_unit_test(test_errors_through_ops),
+      cmocka_unit_test(test_allow_ev),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
