@@ -33,7 +33,7 @@ struct evs__form_rewrite {
   size_t val_len, val_cap;
   struct evs__ev_detect ev;
   const char *pass; /* start of not yet emitted pass-through bytes in the current buffer */
-  size_t mem, mem_hw;
+  evs__rw_mem mem;
 };
 
 const char *evs__form_rewrite_strerror(int err) {
@@ -46,11 +46,6 @@ const char *evs__form_rewrite_strerror(int err) {
   }
 }
 
-static void mem_account(evs__form_rewrite *rw, size_t old_bytes, size_t new_bytes) {
-  rw->mem = rw->mem - old_bytes + new_bytes;
-  if (rw->mem > rw->mem_hw) rw->mem_hw = rw->mem;
-}
-
 /* Appends to the selected value, kept NUL-terminated and capped at max_value bytes. */
 static int val_append(evs__form_rewrite *rw, const char *s, size_t n) {
   if (n > rw->o.max_value - rw->val_len) return EVS__RW_E_TOOBIG;
@@ -59,7 +54,7 @@ static int val_append(evs__form_rewrite *rw, const char *s, size_t n) {
     char *b;
     while (c < rw->val_len + n + 1) c *= 2;
     if (!(b = realloc(rw->val, c))) return -ENOMEM;
-    mem_account(rw, rw->val_cap, c);
+    evs__rw_mem_account(&rw->mem, rw->val_cap, c);
     rw->val = b;
     rw->val_cap = c;
   }
@@ -272,7 +267,7 @@ int evs__form_rewrite_new(const char *const *fields, size_t nfields,
   rw->emit = emit_fn;
   rw->transform = transform;
   rw->ud = ud;
-  rw->mem = rw->mem_hw = sizeof *rw;
+  rw->mem.now = rw->mem.high = sizeof *rw;
   if (nfields) {
     size_t total = 0;
     char *s;
@@ -291,7 +286,8 @@ int evs__form_rewrite_new(const char *const *fields, size_t nfields,
       free(rw);
       return -ENOMEM;
     }
-    mem_account(rw, 0, nfields * (sizeof *rw->fields + sizeof *rw->flen) + total + rw->fmax + 1);
+    evs__rw_mem_account(&rw->mem, 0,
+                        nfields * (sizeof *rw->fields + sizeof *rw->flen) + total + rw->fmax + 1);
     for (size_t i = 0; i < nfields; i++) {
       rw->flen[i] = strlen(fields[i]);
       rw->fields[i] = s;
@@ -316,7 +312,7 @@ void evs__form_rewrite_free(evs__form_rewrite *rw) {
 
 uint64_t evs__form_rewrite_error_offset(const evs__form_rewrite *rw) { return rw->err_off; }
 
-size_t evs__form_rewrite_mem_high_water(const evs__form_rewrite *rw) { return rw->mem_hw; }
+size_t evs__form_rewrite_mem_high_water(const evs__form_rewrite *rw) { return rw->mem.high; }
 
 uint64_t evs__form_rewrite_pairs(const evs__form_rewrite *rw) { return rw->pairs; }
 

@@ -60,7 +60,7 @@ struct evs__json_rewrite {
   size_t kh_len, kh_cap;
   uint32_t *tab; /* open addressing over kh[]: entry index + 1, 0 empty */
   size_t tab_cap, tab_used;
-  size_t mem, mem_hw;
+  evs__rw_mem mem;
 };
 
 const char *evs__json_rewrite_strerror(int err) {
@@ -76,25 +76,6 @@ const char *evs__json_rewrite_strerror(int err) {
   }
 }
 
-static void mem_account(evs__json_rewrite *rw, size_t old_bytes, size_t new_bytes) {
-  rw->mem = rw->mem - old_bytes + new_bytes;
-  if (rw->mem > rw->mem_hw) rw->mem_hw = rw->mem;
-}
-
-/* Grows *b (elements of size el, *cap of them) to hold at least need elements. */
-static int grow(evs__json_rewrite *rw, void **b, size_t *cap, size_t need, size_t el) {
-  size_t n = *cap ? *cap : 16;
-  void *nb;
-  if (need <= *cap) return 0;
-  while (n < need) n *= 2;
-  nb = realloc(*b, n * el);
-  if (!nb) return -ENOMEM;
-  mem_account(rw, *cap * el, n * el);
-  *b = nb;
-  *cap = n;
-  return 0;
-}
-
 /* Appends to a byte buffer kept NUL-terminated, capped at max_value bytes. */
 static int append(evs__json_rewrite *rw, char **b, size_t *len, size_t *cap, const char *s,
                   size_t n) {
@@ -102,7 +83,7 @@ static int append(evs__json_rewrite *rw, char **b, size_t *len, size_t *cap, con
   if (*len + n + 1 > *cap) {
     size_t c = *cap;
     void *v = *b;
-    int r = grow(rw, &v, &c, *len + n + 1, 1);
+    int r = evs__rw_grow(&rw->mem, &v, &c, *len + n + 1, 1);
     if (r < 0) return r;
     *b = v;
     *cap = c;
@@ -214,7 +195,7 @@ static int key_insert(evs__json_rewrite *rw, uint64_t h, size_t base) {
   if (rw->kh_len >= rw->o.max_keys) return EVS__RW_E_KEYS;
   if (rw->kh_len == rw->kh_cap) {
     void *v = rw->kh;
-    if ((r = grow(rw, &v, &rw->kh_cap, rw->kh_len + 1, sizeof *rw->kh)) < 0) return r;
+    if ((r = evs__rw_grow(&rw->mem, &v, &rw->kh_cap, rw->kh_len + 1, sizeof *rw->kh)) < 0) return r;
     rw->kh = v;
   }
   if ((rw->tab_used + 1) * 2 > rw->tab_cap) { /* rebuild, dropping stale slots of closed objects */
@@ -223,7 +204,7 @@ static int key_insert(evs__json_rewrite *rw, uint64_t h, size_t base) {
     if (n != rw->tab_cap) {
       uint32_t *t = malloc(n * sizeof *t);
       if (!t) return -ENOMEM;
-      mem_account(rw, rw->tab_cap * sizeof *t, n * sizeof *t);
+      evs__rw_mem_account(&rw->mem, rw->tab_cap * sizeof *t, n * sizeof *t);
       free(rw->tab);
       rw->tab = t;
       rw->tab_cap = n;
@@ -528,9 +509,11 @@ static int push_frame(evs__json_rewrite *rw, bool is_obj) {
   if (rw->depth == rw->fr_cap) {
     size_t c = rw->fr_cap, c2 = rw->fr_cap;
     void *a = rw->fr, *b = rw->st;
-    if ((r = grow(rw, &a, &c, rw->depth + 1, sizeof *rw->fr)) < 0) return r;
+    if ((r = evs__rw_grow(&rw->mem, &a, &c, rw->depth + 1, sizeof *rw->fr)) < 0) return r;
     rw->fr = a;
-    if (rw->nw && (r = grow(rw, &b, &c2, rw->depth + 1, rw->nw * sizeof *rw->st)) < 0) return r;
+    if (rw->nw &&
+        (r = evs__rw_grow(&rw->mem, &b, &c2, rw->depth + 1, rw->nw * sizeof *rw->st)) < 0)
+      return r;
     rw->st = b;
     rw->fr_cap = (unsigned)c;
   }
@@ -753,13 +736,13 @@ int evs__json_rewrite_new(const evs__jsonpath *paths, const struct evs__json_rew
   rw->transform = transform;
   rw->ud = ud;
   rw->ps = P_VALUE;
-  rw->mem = rw->mem_hw = sizeof *rw;
+  rw->mem.now = rw->mem.high = sizeof *rw;
   if (paths) {
     if (!(rw->cur = calloc(rw->nw, sizeof *rw->cur))) {
       free(rw);
       return -ENOMEM;
     }
-    mem_account(rw, 0, rw->nw * sizeof *rw->cur);
+    evs__rw_mem_account(&rw->mem, 0, rw->nw * sizeof *rw->cur);
     evs__jsonpath_start(paths, rw->cur);
     rw->cur_live = true;
     rw->cur_sel = evs__jsonpath_accepts(paths, rw->cur);
@@ -782,7 +765,7 @@ void evs__json_rewrite_free(evs__json_rewrite *rw) {
 
 uint64_t evs__json_rewrite_error_offset(const evs__json_rewrite *rw) { return rw->err_off; }
 
-size_t evs__json_rewrite_mem_high_water(const evs__json_rewrite *rw) { return rw->mem_hw; }
+size_t evs__json_rewrite_mem_high_water(const evs__json_rewrite *rw) { return rw->mem.high; }
 
 /* ---- the rewriter interface (rewriter.h) ------------------------------------------------- */
 

@@ -53,7 +53,7 @@ struct evs__multipart_rewrite {
   size_t val_len, val_cap;
   struct evs__ev_detect ev;
   const char *pass; /* start of not yet emitted pass-through bytes in the current buffer */
-  size_t mem, mem_hw;
+  evs__rw_mem mem;
 };
 
 const char *evs__multipart_rewrite_strerror(int err) {
@@ -68,11 +68,6 @@ const char *evs__multipart_rewrite_strerror(int err) {
   }
 }
 
-static void mem_account(evs__multipart_rewrite *rw, size_t old_bytes, size_t new_bytes) {
-  rw->mem = rw->mem - old_bytes + new_bytes;
-  if (rw->mem > rw->mem_hw) rw->mem_hw = rw->mem;
-}
-
 /* Appends to *b, kept NUL-terminated, failing with err beyond max bytes. The capacity never
  * exceeds max + 1, so a 25 MiB cap does not allocate 32 MiB. */
 static int append(evs__multipart_rewrite *rw, char **b, size_t *len, size_t *cap, size_t max,
@@ -84,7 +79,7 @@ static int append(evs__multipart_rewrite *rw, char **b, size_t *len, size_t *cap
     while (c < *len + n + 1) c *= 2;
     if (c > max + 1) c = max + 1;
     if (!(nb = realloc(*b, c))) return -ENOMEM;
-    mem_account(rw, *cap, c);
+    evs__rw_mem_account(&rw->mem, *cap, c);
     *b = nb;
     *cap = c;
   }
@@ -506,7 +501,7 @@ int evs__multipart_rewrite_new(const char *boundary, const char *const *fields, 
   rw->emit = emit_fn;
   rw->transform = transform;
   rw->ud = ud;
-  rw->mem = rw->mem_hw = sizeof *rw;
+  rw->mem.now = rw->mem.high = sizeof *rw;
   /* The first delimiter may open the body without a CRLF before it: start as if one was seen. */
   rw->ms = M_PREAMBLE;
   rw->k = 2;
@@ -524,7 +519,7 @@ int evs__multipart_rewrite_new(const char *boundary, const char *const *fields, 
       free(rw);
       return -ENOMEM;
     }
-    mem_account(rw, 0, nfields * (sizeof *rw->fields + sizeof *rw->flen) + total);
+    evs__rw_mem_account(&rw->mem, 0, nfields * (sizeof *rw->fields + sizeof *rw->flen) + total);
     for (size_t i = 0; i < nfields; i++) {
       rw->flen[i] = strlen(fields[i]);
       rw->fields[i] = s;
@@ -552,7 +547,7 @@ uint64_t evs__multipart_rewrite_error_offset(const evs__multipart_rewrite *rw) {
 }
 
 size_t evs__multipart_rewrite_mem_high_water(const evs__multipart_rewrite *rw) {
-  return rw->mem_hw;
+  return rw->mem.high;
 }
 
 uint64_t evs__multipart_rewrite_parts(const evs__multipart_rewrite *rw) { return rw->parts; }

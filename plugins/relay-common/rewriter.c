@@ -5,6 +5,9 @@
  */
 #include "rewriter.h"
 
+#include <errno.h>
+#include <stdlib.h>
+
 #include <string.h>
 #include <strings.h>
 
@@ -56,5 +59,16 @@ int evs__rewriter_answer(int err, const char **ret_code) {
     *ret_code = "bad-request";
     return 400;
   }
+  return 0;
+}
+
+int evs__rw_grow_slow(evs__rw_mem *m, void **b, size_t *cap, size_t need, size_t el) {
+  size_t n = *cap ? *cap : 16;
+  while (n < need) n *= 2;
+  void *nb = realloc(*b, n * el);
+  if (!nb) return -ENOMEM;
+  evs__rw_mem_account(m, *cap * el, n * el);
+  *b = nb;
+  *cap = n;
   return 0;
 }

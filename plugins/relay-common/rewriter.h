@@ -63,6 +63,23 @@ typedef enum evs__rw_type {
 
 /* Receives output bytes buf[0..len) (valid only during the call; len > 0). Returns 0, or a
  * negative value that aborts the rewrite and is returned by feed/finish. */
+/* The memory a rewriter holds and its peak (what mem_high_water reports), kept by every format
+ * alike. */
+typedef struct evs__rw_mem {
+  size_t now, high;
+} evs__rw_mem;
+static inline void evs__rw_mem_account(evs__rw_mem *m, size_t old_bytes, size_t new_bytes) {
+  m->now = m->now - old_bytes + new_bytes;
+  if (m->now > m->high) m->high = m->now;
+}
+/* Grows *b (elements of size el, *cap of them, doubling from 16) to hold at least need
+ * elements, accounting the change in m. 0 or -ENOMEM (*b unchanged). The check is inline: it
+ * runs on every append, the growing rarely. */
+int evs__rw_grow_slow(evs__rw_mem *m, void **b, size_t *cap, size_t need, size_t el);
+static inline int evs__rw_grow(evs__rw_mem *m, void **b, size_t *cap, size_t need, size_t el) {
+  return need <= *cap ? 0 : evs__rw_grow_slow(m, b, cap, need, el);
+}
+
 typedef int (*evs__rw_emit_fn)(void *ud, const char *buf, size_t len);
 
 /* Transforms one selected value. value[0..len) is: for a string, its decoded bytes (escapes

@@ -109,7 +109,7 @@ struct evs__xml_rewrite {
   size_t kh_len, kh_cap;
   uint32_t *tab; /* open addressing over kh[]: entry index + 1, 0 empty */
   size_t tab_cap, tab_used;
-  size_t mem, mem_hw;
+  evs__rw_mem mem;
 };
 
 const char *evs__xml_rewrite_strerror(int err) {
@@ -129,25 +129,6 @@ const char *evs__xml_rewrite_strerror(int err) {
   }
 }
 
-static void mem_account(evs__xml_rewrite *rw, size_t old_bytes, size_t new_bytes) {
-  rw->mem = rw->mem - old_bytes + new_bytes;
-  if (rw->mem > rw->mem_hw) rw->mem_hw = rw->mem;
-}
-
-/* Grows *b (elements of size el, *cap of them) to hold at least need elements. */
-static int grow(evs__xml_rewrite *rw, void **b, size_t *cap, size_t need, size_t el) {
-  size_t n = *cap ? *cap : 16;
-  void *nb;
-  if (need <= *cap) return 0;
-  while (n < need) n *= 2;
-  nb = realloc(*b, n * el);
-  if (!nb) return -ENOMEM;
-  mem_account(rw, *cap * el, n * el);
-  *b = nb;
-  *cap = n;
-  return 0;
-}
-
 /* Appends to a byte buffer kept NUL-terminated whose length may not pass limit. */
 static int append(evs__xml_rewrite *rw, char **b, size_t *len, size_t *cap, size_t limit,
                   const char *s, size_t n) {
@@ -155,7 +136,7 @@ static int append(evs__xml_rewrite *rw, char **b, size_t *len, size_t *cap, size
   if (*len + n + 1 > *cap) {
     size_t c = *cap;
     void *v = *b;
-    int r = grow(rw, &v, &c, *len + n + 1, 1);
+    int r = evs__rw_grow(&rw->mem, &v, &c, *len + n + 1, 1);
     if (r < 0) return r;
     *b = v;
     *cap = c;
@@ -276,7 +257,7 @@ static int sibling_index(evs__xml_rewrite *rw, uint64_t h, size_t base, uint64_t
   if (rw->kh_len >= rw->o.max_keys) return EVS__RW_E_KEYS;
   if (rw->kh_len == rw->kh_cap) {
     void *v = rw->kh;
-    if ((r = grow(rw, &v, &rw->kh_cap, rw->kh_len + 1, sizeof *rw->kh)) < 0) return r;
+    if ((r = evs__rw_grow(&rw->mem, &v, &rw->kh_cap, rw->kh_len + 1, sizeof *rw->kh)) < 0) return r;
     rw->kh = v;
   }
   if ((rw->tab_used + 1) * 2 > rw->tab_cap) { /* rebuild, dropping stale slots of closed elements */
@@ -285,7 +266,7 @@ static int sibling_index(evs__xml_rewrite *rw, uint64_t h, size_t base, uint64_t
     if (n != rw->tab_cap) {
       uint32_t *t = malloc(n * sizeof *t);
       if (!t) return -ENOMEM;
-      mem_account(rw, rw->tab_cap * sizeof *t, n * sizeof *t);
+      evs__rw_mem_account(&rw->mem, rw->tab_cap * sizeof *t, n * sizeof *t);
       free(rw->tab);
       rw->tab = t;
       rw->tab_cap = n;
@@ -447,9 +428,11 @@ static int open_element(evs__xml_rewrite *rw) {
   if (rw->depth == rw->fr_cap) {
     size_t c = rw->fr_cap, c2 = rw->fr_cap;
     void *a = rw->fr, *b = rw->st;
-    if ((r = grow(rw, &a, &c, rw->depth + 1, sizeof *rw->fr)) < 0) return r;
+    if ((r = evs__rw_grow(&rw->mem, &a, &c, rw->depth + 1, sizeof *rw->fr)) < 0) return r;
     rw->fr = a;
-    if (rw->nw && (r = grow(rw, &b, &c2, rw->depth + 1, rw->nw * sizeof *rw->st)) < 0) return r;
+    if (rw->nw &&
+        (r = evs__rw_grow(&rw->mem, &b, &c2, rw->depth + 1, rw->nw * sizeof *rw->st)) < 0)
+      return r;
     rw->st = b;
     rw->fr_cap = (unsigned)c;
   }
@@ -1078,7 +1061,7 @@ int evs__xml_rewrite_new(const evs__jsonpath *paths, const struct evs__xml_rewri
   rw->ud = ud;
   rw->ls = L_BOM;
   rw->ev = -1;
-  rw->mem = rw->mem_hw = sizeof *rw;
+  rw->mem.now = rw->mem.high = sizeof *rw;
   if (paths) {
     rw->t1 = calloc(2 * rw->nw, sizeof *rw->t1);
     if (!rw->t1) {
@@ -1086,7 +1069,7 @@ int evs__xml_rewrite_new(const evs__jsonpath *paths, const struct evs__xml_rewri
       return -ENOMEM;
     }
     rw->t2 = rw->t1 + rw->nw;
-    mem_account(rw, 0, 2 * rw->nw * sizeof *rw->t1);
+    evs__rw_mem_account(&rw->mem, 0, 2 * rw->nw * sizeof *rw->t1);
   }
   *ret_rw = rw;
   return 0;
@@ -1106,7 +1089,7 @@ void evs__xml_rewrite_free(evs__xml_rewrite *rw) {
 
 uint64_t evs__xml_rewrite_error_offset(const evs__xml_rewrite *rw) { return rw->err_off; }
 
-size_t evs__xml_rewrite_mem_high_water(const evs__xml_rewrite *rw) { return rw->mem_hw; }
+size_t evs__xml_rewrite_mem_high_water(const evs__xml_rewrite *rw) { return rw->mem.high; }
 
 /* ---- the rewriter interface (rewriter.h) ------------------------------------------------- */
 
