@@ -65,6 +65,7 @@ class Bench:
         self.procs = []
         self.servers = {}   # name -> (Popen, port); the two proxies
         self.upstream = None
+        self.baseline = "nginx"   # the other proxy's name in self.servers (bench/outbound: squid)
 
         def on_signal(signum, frame):
             raise SystemExit(f"{prog}: stopped by signal {signum}")
@@ -342,7 +343,8 @@ transaction_log = {self.opt.ev_transaction_log}
                 f"{'cpu us/req':>10} {'proxy cpu':>9} {'up us/req':>9} {'wrk us/req':>10} "
                 f"{'other cpu':>9} {'errors':>6}")
             for rnd in range(o.rounds):
-                order = ["evserver", "nginx"] if rnd % 2 == 0 else ["nginx", "evserver"]
+                b = self.baseline
+                order = ["evserver", b] if rnd % 2 == 0 else [b, "evserver"]
                 for name in order:
                     for attempt in range(o.retries + 1):
                         r = self.measure(name, case)
@@ -362,7 +364,9 @@ transaction_log = {self.opt.ev_transaction_log}
         return results
 
     def summary(self, cases, results, targets):
-        """Medians and evserver/nginx ratios per case; `targets(ratio)` -> lines to print."""
+        """Medians and evserver/baseline ratios per case; `targets(ratio)` -> lines to print."""
+        b = self.baseline
+        rl = "ev/" + b
         med = lambda c, name, k: statistics.median(x[k] for x in results[(c, name)])
         log("\n== summary (medians over rounds) ==")
         nnoisy = sum(x["noisy"] for v in results.values() for x in v)
@@ -374,14 +378,14 @@ transaction_log = {self.opt.ev_transaction_log}
         rows = []
         keys = ("rps", "p50", "p99", "cpu_us")
         for case in cases:
-            for name in ("evserver", "nginx"):
+            for name in ("evserver", b):
                 v = [med(case.name, name, k) for k in keys]
                 rows.append((case.name, name, v))
                 log(f"{case.name:<{width}} {name:<9} {v[0]:>10.0f} {v[1]:>8.3f} {v[2]:>8.3f} {v[3]:>10.2f}")
-            ratio = dict(zip(keys, (med(case.name, "evserver", k) / med(case.name, "nginx", k)
+            ratio = dict(zip(keys, (med(case.name, "evserver", k) / med(case.name, b, k)
                                     for k in keys)))
-            rows.append((case.name, "ev/nginx", [ratio[k] for k in keys]))
-            log(f"{case.name:<{width}} {'ev/nginx':<9} {ratio['rps']:>9.2f}x {ratio['p50']:>7.2f}x "
+            rows.append((case.name, rl, [ratio[k] for k in keys]))
+            log(f"{case.name:<{width}} {rl:<9} {ratio['rps']:>9.2f}x {ratio['p50']:>7.2f}x "
                 f"{ratio['p99']:>7.2f}x {ratio['cpu_us']:>9.2f}x")
             for line in targets(ratio):
                 log(f"{'':<{width}} {line}")
@@ -389,8 +393,8 @@ transaction_log = {self.opt.ev_transaction_log}
             log("\n| case | proxy | req/s | p50 ms | p99 ms | CPU µs/req |")
             log("| --- | --- | ---: | ---: | ---: | ---: |")
             for c, name, v in rows:
-                if name == "ev/nginx":
-                    log(f"| {c} | **evserver/nginx** | {v[0]:.2f}× | {v[1]:.2f}× | {v[2]:.2f}× | {v[3]:.2f}× |")
+                if name == rl:
+                    log(f"| {c} | **evserver/{b}** | {v[0]:.2f}× | {v[1]:.2f}× | {v[2]:.2f}× | {v[3]:.2f}× |")
                 else:
                     log(f"| {c} | {name} | {v[0]:.0f} | {v[1]:.3f} | {v[2]:.3f} | {v[3]:.2f} |")
 
