@@ -276,7 +276,7 @@ static void test_leaf_never_outlives_ca(void **state) {
   uint8_t key[1024];
   size_t kl = leaf_pub("P-256", 0, 0, key, sizeof key);
   const char *n[] = {"example.test"};
-  X509 *leaf;
+  X509 *leaf = NULL;
   assert_int_equal(sign(e, &c, key, kl, EVS_CA_LEAF_MAX_S, n, 1, &leaf), EVS_EP_OK);
   assert_int_equal(ASN1_TIME_compare(X509_get0_notAfter(leaf), X509_get0_notAfter(cax)), 0);
   X509_free(leaf);
