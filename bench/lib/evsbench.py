@@ -169,7 +169,8 @@ http {{
         self.servers["nginx"] = (self.start("nginx", ["/usr/sbin/nginx", "-p", self.tmp, "-c", conf],
                                             port, PROXY_CPUS), port)
 
-    def start_evserver(self, build_dir, port, relay_config, extra_conf="", relay_conf=""):
+    def start_evserver(self, build_dir, port, relay_config, extra_conf="", relay_conf="",
+                       listener_conf=""):
         os.makedirs(self.path("state"), exist_ok=True)
         self.write("relay-config.json", relay_config)
         conf = self.write("evserver.conf", f"""[server]
@@ -185,6 +186,7 @@ drain_timeout = 1s
 pool_max_idle = {self.opt.ev_pool_idle}
 [listener "http"]
 address = 127.0.0.1:{port}
+{listener_conf}
 [plugin "relay-inbound"]
 relay_config = {self.tmp}/relay-config.json
 transaction_log = {self.opt.ev_transaction_log}

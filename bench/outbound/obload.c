@@ -5,6 +5,9 @@
  * `Proxy-Authorization`, -a), TLS inside the tunnel (verified against -C, name -n), then POST
  * the body (-b) to -u. -k: keep-alive, requests follow each other in one tunnel; otherwise
  * every request carries `Connection: close` and gets a new tunnel (as the SDKs do).
+ * -D (direct): no proxy, no tunnel: TLS to the server itself (-t), then `GET -u` with
+ * `Host: -T` and `Connection: close`, a new connection per request (bench/tls/run: the cost of a
+ * TLS listener per connection, full or resumed with -r).
  * Prints a summary in wrk's format, so bench/lib/evsbench.py's parse_wrk reads it.
  *
  * cc -O2 -o obload obload.c -lssl -lcrypto -lpthread */
@@ -24,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int g_port, g_tls, g_keepalive, g_conns = 10, g_dur = 10, g_resume;
+static int g_port, g_tls, g_keepalive, g_conns = 10, g_dur = 10, g_resume, g_direct;
 static const char *g_auth, *g_target = "localhost:443", *g_name = "localhost", *g_path = "/";
 static const char *g_cafile, *g_proxy_ca, *g_check;
 static char *g_body;
@@ -34,7 +37,7 @@ static double g_deadline;
 
 typedef struct {
   pthread_t th;
-  long done, errors, connect_err, read_err;
+  long done, errors, connect_err, read_err, resumed, handshakes;
   double *lat; size_t nlat, cap;
   SSL_SESSION *sess;
 } worker;
@@ -92,6 +95,7 @@ static int read_response(rdfn rd, void *arg, int head_only) {
   return status;
 }
 static int rd_ssl(void *a, void *b, int n) { return SSL_read(a, b, n); }
+static int rd_stream(void *a, void *b, int n) { return s_read(a, b, n); }
 
 static void record(worker *w, double t) {
   if (w->nlat == w->cap) {
@@ -120,8 +124,22 @@ static void *run(void *arg) {
       SSL_set_tlsext_host_name(s.o, "localhost");
       if (g_resume && w->sess) SSL_set_session(s.o, w->sess);
       if (SSL_connect(s.o) != 1) { w->connect_err++; goto fail; }
+      w->handshakes++;
+      w->resumed += SSL_session_reused(s.o);
     }
-    int n = snprintf(req, sizeof req, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n", g_target,
+    int n;
+    if (g_direct) {
+      n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
+                   g_path, g_target);
+      if (s_write(&s, req, n) != n) { w->read_err++; goto fail; }
+      int st = read_response(rd_stream, &s, 0);
+      if (st < 0) { w->read_err++; goto fail; }
+      if (st < 200 || st > 399) w->errors++;
+      w->done++;
+      record(w, now() - t0);
+      goto fail;   /* the connection ends after one request, as with `Connection: close` */
+    }
+    n = snprintf(req, sizeof req, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n", g_target,
                      g_target, g_auth ? "Proxy-Authorization: " : "", g_auth ? g_auth : "",
                      g_auth ? "\r\n" : "");
     if (s_write(&s, req, n) != n) { w->connect_err++; goto fail; }
@@ -195,14 +213,15 @@ static int cmpd(const void *a, const void *b) {
 
 static void usage(void) {
   fprintf(stderr, "usage: obload -p PROXYPORT [-t] [-P proxy-ca] -C inner-ca -T host:port -n name "
-                  "-u path -b bodyfile [-a key] [-k] [-r] [-c conns] [-d secs] [-x expect]\n");
+                  "-u path -b bodyfile [-a key] [-k] [-r] [-c conns] [-d secs] [-x expect]\n"
+                  "       obload -D -p PORT [-t -P server-ca] -T host -u path [-r] [-c conns] [-d secs] [-x expect]\n");
   exit(2);
 }
 
 int main(int argc, char **argv) {
   int o;
   const char *bodyfile = NULL;
-  while ((o = getopt(argc, argv, "p:tP:C:T:n:u:b:a:krc:d:x:")) != -1) switch (o) {
+  while ((o = getopt(argc, argv, "p:tP:C:T:n:u:b:a:krc:d:x:D")) != -1) switch (o) {
     case 'p': g_port = atoi(optarg); break;
     case 't': g_tls = 1; break;
     case 'P': g_proxy_ca = optarg; break;
@@ -217,14 +236,17 @@ int main(int argc, char **argv) {
     case 'c': g_conns = atoi(optarg); break;
     case 'd': g_dur = atoi(optarg); break;
     case 'x': g_check = optarg; break;
+    case 'D': g_direct = 1; break;
     default: usage();
   }
-  if (!g_port || !g_cafile || !bodyfile || g_conns < 1 || g_conns > 1000) usage();
-  FILE *f = fopen(bodyfile, "rb");
-  if (!f) { perror(bodyfile); return 2; }
+  if (!g_port || (!g_direct && (!g_cafile || !bodyfile)) || g_conns < 1 || g_conns > 1000) usage();
   g_body = malloc(1 << 20);
-  g_body_len = fread(g_body, 1, 1 << 20, f);
-  fclose(f);
+  if (bodyfile) {
+    FILE *f = fopen(bodyfile, "rb");
+    if (!f) { perror(bodyfile); return 2; }
+    g_body_len = fread(g_body, 1, 1 << 20, f);
+    fclose(f);
+  }
   signal(SIGPIPE, SIG_IGN);
   g_outer_ctx = SSL_CTX_new(TLS_client_method());
   g_inner_ctx = SSL_CTX_new(TLS_client_method());
@@ -232,7 +254,7 @@ int main(int argc, char **argv) {
     SSL_CTX_load_verify_locations(g_outer_ctx, g_proxy_ca, NULL);
     SSL_CTX_set_verify(g_outer_ctx, SSL_VERIFY_PEER, NULL);
   }
-  if (SSL_CTX_load_verify_locations(g_inner_ctx, g_cafile, NULL) != 1) { ERR_print_errors_fp(stderr); return 2; }
+  if (g_cafile && SSL_CTX_load_verify_locations(g_inner_ctx, g_cafile, NULL) != 1) { ERR_print_errors_fp(stderr); return 2; }
   SSL_CTX_set_verify(g_inner_ctx, SSL_VERIFY_PEER, NULL);
   /* Inner sessions are never resumed: each tunnel's inner TLS is a full handshake (the SDK). */
   SSL_CTX_set_session_cache_mode(g_inner_ctx, SSL_SESS_CACHE_OFF);
@@ -243,10 +265,11 @@ int main(int argc, char **argv) {
   double t0 = now();
   g_deadline = t0 + g_dur;
   for (int i = 0; i < g_conns; i++) pthread_create(&ws[i].th, NULL, run, &ws[i]);
-  long done = 0, errors = 0, cerr = 0, rerr = 0;
+  long done = 0, errors = 0, cerr = 0, rerr = 0, resumed = 0, handshakes = 0;
   size_t nl = 0;
   for (int i = 0; i < g_conns; i++) {
     pthread_join(ws[i].th, NULL);
+    resumed += ws[i].resumed; handshakes += ws[i].handshakes;
     done += ws[i].done; errors += ws[i].errors; cerr += ws[i].connect_err; rerr += ws[i].read_err;
     nl += ws[i].nlat;
   }
@@ -256,12 +279,15 @@ int main(int argc, char **argv) {
   for (int i = 0; i < g_conns; i++) { memcpy(all + k, ws[i].lat, ws[i].nlat * sizeof *all); k += ws[i].nlat; }
   qsort(all, nl, sizeof *all, cmpd);
   double p50 = nl ? all[nl / 2] : 0, p99 = nl ? all[(size_t)(nl * 0.99)] : 0;
-  printf("obload %s, %d connections, %s\n", g_keepalive ? "keep-alive" : "new tunnel per request",
-         g_conns, g_tls ? "TLS to the proxy" : "plain to the proxy");
+  printf("obload %s, %d connections, %s\n",
+         g_direct ? "direct, new connection per request"
+                  : g_keepalive ? "keep-alive" : "new tunnel per request",
+         g_conns, g_tls ? "TLS" : "plain");
   printf("  Latency Distribution\n     50%%  %.3fms\n     99%%  %.3fms\n", p50 * 1e3, p99 * 1e3);
   printf("  %ld requests in %.2fs\n", done, el);
   if (cerr || rerr) printf("  Socket errors: connect %ld, read %ld, write 0, timeout 0\n", cerr, rerr);
   if (errors) printf("  Non-2xx or 3xx responses: %ld\n", errors);
   printf("Requests/sec: %.2f\n", done / el);
+  if (g_tls) printf("TLS handshakes to the server: %ld, resumed %ld\n", handshakes, resumed);
   return 0;
 }

@@ -84,8 +84,13 @@ def test_tls13_and_tls12_resume():
         assert not reused, "the first connection cannot resume"
         assert sess is not None and sess.has_ticket, "%s: no ticket issued" % version
         for i in range(5):
+            offered = sess
             reused, sess = n.get(ctx, sess)
             assert reused, "%s: connection %d made a full handshake" % (version, i + 2)
+            if version == ssl.TLSVersion.TLSv1_3:
+                # A fresh ticket on every resumption (RFC 8446 C.4): OpenSSL clients never
+                # offer a used ticket again, so without one every other connection was full.
+                assert sess.id != offered.id, "connection %d got no new ticket" % (i + 2)
 
 
 def test_a_ticket_resumes_on_the_next_generation_of_workers():
