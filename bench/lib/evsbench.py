@@ -196,6 +196,14 @@ transaction_log = {self.opt.ev_transaction_log}
                                                port, PROXY_CPUS), port)
 
     # ---- measuring ---------------------------------------------------------------------------
+    def server_pids(self, name):
+        """A server's processes, with those of its companions (a TLS front of a proxy that cannot
+        terminate TLS itself), whose CPU counts as the server's."""
+        pids = self.family(self.servers[name][0].pid)
+        for c in getattr(self, "companions", {}).get(name, []):
+            pids += self.family(c.pid)
+        return sorted(pids)
+
     @staticmethod
     def family(pid):
         """The pid and all its descendants (master, workers, and evserver's enclave processes)."""
@@ -283,13 +291,13 @@ transaction_log = {self.opt.ev_transaction_log}
     def measure(self, name, case):
         """One wrk round against one proxy, with the CPU time of everything involved."""
         p, port = self.servers[name]
-        pids, upids = self.family(p.pid), self.family(self.upstream.pid)
+        pids, upids = self.server_pids(name), self.family(self.upstream.pid)
         b0 = self.busy_ticks()
         c0, u0, t0 = self.cpu_ticks(pids), self.cpu_ticks(upids), time.monotonic()
         r = self.wrk(port, case, self.opt.duration)
         c1, u1, t1 = self.cpu_ticks(pids), self.cpu_ticks(upids), time.monotonic()
         b1 = self.busy_ticks()
-        if self.family(p.pid) != pids:
+        if self.server_pids(name) != pids:
             raise SystemExit(f"{name}: its process set changed during the round (a crash?)")
         n = max(r["requests"], 1)
         cpu_s = (c1 - c0) / CLK_TCK
