@@ -14,7 +14,10 @@ https://...`, the key on the inner request with -H or on the CONNECT with --prox
 - response encryption: a destination's fieldsToEncrypt (JSON, nested JSON, XML, multipart text
   fields, and files with encryptFiles, whole bodies too; gzip responses decoded first) reach the app encrypted
   with its key, and POST /decrypt gives the originals back; other destinations are untouched;
-- leaves minted before authentication are rate-limited (a tiny bucket: 503, a counter).
+- leaves minted before authentication are rate-limited (a tiny bucket: 503, a counter);
+- IPv6: `CONNECT [::1]:port` to a destination listening on ::1 (leaf with the IP SAN ::1),
+  decrypted for the destination spelt `::1`, `[::1]` or `[::1]:port`; a DNS name resolving to
+  ::1 (skipped when no name does on this machine).
 """
 
 import importlib.util
@@ -505,6 +508,111 @@ def test_unauthenticated_leaves_are_rate_limited():
     assert connect_status(env, "four.example:443", key).status == 200
     c = outbound_counters(env.srv)
     assert c.get("leaf_rate_limited") == 1 and c.get("leaves_issued") == 3, c
+
+
+# ---- IPv6 destinations ----------------------------------------------------------------------
+
+def have_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_ipv6_destinations():
+    """`CONNECT [::1]:port` to a destination on ::1: the leaf carries the IP SAN ::1 (curl
+    checks it against the relay CA), values are decrypted for a destination spelt `::1` (Node's
+    options.hostname), `[::1]` or `[::1]:port` alike, and the destination's certificate is
+    verified against the address."""
+    if not have_ipv6_loopback():
+        raise evstest.Skip("no IPv6 loopback (::1) on this machine")
+    env = Env()
+    dest6 = evstest.Upstream(tls=evstest.make_cert(env.dest_ca, ["::1"]), handler=Env.echo,
+                             host="::1")
+    plain = {"card": "4242424242424242", "n": 6}
+    body = json.dumps(env.encrypt(plain)).encode()
+    url = "https://[::1]:%d/six" % dest6.port
+    # Not a destination yet: encrypted data is refused, nothing is sent.
+    st, out, err = env.curl(url, key=env.key, data=body)
+    assert st == 403 and json.loads(out)["code"] == "forbidden-destination", (st, out, err)
+    assert dest6.requests == []
+    for i, domain in enumerate(("::1", "[::1]", "[0:0::1]:%d" % dest6.port, "::1/six")):
+        doc = {"outboundDestinations": {"six": {"destinationDomain": domain}}}
+        st, res = env.admin("PUT", "/outbound/" + env.app, json.dumps(doc).encode())
+        assert st == 200, (domain, res)
+        st, out, err = env.curl(url, key=env.key, data=body)
+        assert st == 200, (domain, st, out, err)
+        got = dest6.wait_requests(i + 1)[i]
+        assert json.loads(got.body) == plain, (domain, got.body)
+        assert got.header("Proxy-Authorization") is None
+    # Served to the SDK as written (it compares the spelling its client uses).
+    st, _, out = E.api(env.srv, "GET", "/v2/relay-outbound", headers={"api-key": env.key})
+    assert st == 200 and json.loads(out)["outboundDestinations"]["six"]["destinationDomain"] == \
+        "::1/six", out
+    # The same address twice, in the two spellings, is one destination: refused.
+    doc = {"outboundDestinations": {"a": {"destinationDomain": "::1"},
+                                    "b": {"destinationDomain": "[::1]"}}}
+    st, res = env.admin("PUT", "/outbound/" + env.app, json.dumps(doc).encode())
+    assert st == 400 and b"the same" in res, (st, res)
+    # A port without brackets is not a port: refused at push time only if it is no address.
+    doc = {"outboundDestinations": {"a": {"destinationDomain": "::1:99999"}}}
+    st, res = env.admin("PUT", "/outbound/" + env.app, json.dumps(doc).encode())
+    assert st == 400 and b"brackets" in res, (st, res)
+    # A certificate without the address (only a DNS name) fails verification: 502.
+    bad = evstest.Upstream(tls=evstest.make_cert(env.dest_ca, ["localhost"]), host="::1")
+    st, out, _ = env.curl("https://[::1]:%d/six" % bad.port, key=env.key)
+    assert st == 502, (st, out)
+    assert bad.requests == []
+    # The CONNECT target needs the brackets (RFC 9110 authority form).
+    assert connect_status(env, "::1:%d" % dest6.port).status == 400
+    recs = json.loads(E.evctl(env.srv, "--json", "activity").stdout)["transactions"]
+    assert any(r.get("destination") == "[::1]:%d" % dest6.port and r["status"] == 200 and
+               r.get("decryptedFields") == 2 for r in recs), recs
+
+
+def name_resolving_to_v6_loopback():
+    """A host name this machine resolves to ::1, or None."""
+    for name in ("localhost", "ip6-localhost", "localhost6", "ip6-loopback"):
+        try:
+            infos = socket.getaddrinfo(name, 443, socket.AF_INET6, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        if any(i[4][0] == "::1" for i in infos):
+            return name
+    return None
+
+
+def test_dns_name_resolving_to_ipv6():
+    """A destination given by a DNS name that resolves to ::1, listening on ::1 only: the
+    relay connects to it (trying the name's addresses in turn) and decrypts for it."""
+    if not have_ipv6_loopback():
+        raise evstest.Skip("no IPv6 loopback (::1) on this machine")
+    name = name_resolving_to_v6_loopback()
+    if not name:
+        raise evstest.Skip("no host name resolves to ::1 here (localhost: %s)" % sorted(
+            {i[4][0] for i in socket.getaddrinfo("localhost", 443, 0, socket.SOCK_STREAM)}))
+    env = Env()
+    dest6 = evstest.Upstream(tls=evstest.make_cert(env.dest_ca, [name]), handler=Env.echo,
+                             host="::1")
+    # The same port on 127.0.0.1 is held without listening, so an IPv4 address of the name
+    # refuses at once rather than reaching someone else's server.
+    v4 = socket.socket()
+    try:
+        v4.bind(("127.0.0.1", dest6.port))
+        evstest.defer(v4.close)
+    except OSError:
+        v4.close()
+        raise evstest.Skip("port %d is taken on 127.0.0.1" % dest6.port)
+    env.destination(name)
+    plain = {"v": "by name over six"}
+    st, out, err = env.curl("https://%s:%d/n" % (name, dest6.port), key=env.key,
+                            data=json.dumps(env.encrypt(plain)).encode())
+    assert st == 200, (st, out, err)
+    assert json.loads(dest6.wait_requests(1)[0].body) == plain
+
+
 
 
 SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")
