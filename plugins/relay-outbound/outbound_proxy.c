@@ -926,11 +926,12 @@ static int log_hook(void *state, evs_request *req) {
     free(s);
     json_decref(rec);
   }
-  if (code && status >= 400) {
+  if (code) { /* an error answer, or (status < 400) a response cut short after its head */
     char link[512], msg[700], uuid[40];
     snprintf(link, sizeof link, "%s?requestId=%s", px->activity_base, info->request_id);
-    snprintf(msg, sizeof msg, "Outbound Relay to %s: %s %s failed with %s", dest, info->method,
-             x ? info->path : "(CONNECT)", code);
+    snprintf(msg, sizeof msg, "Outbound Relay to %s: %s %s %s %s", dest, info->method,
+             x ? info->path : "(CONNECT)",
+             status >= 400 ? "failed with" : "was cut short mid-response:", code);
     evs__relay_uuid("outbound", t->host, uuid, sizeof uuid);
     evs__relay_error e = {px->team_uuid, link, uuid, t->host, msg, code, status, wall_ms()};
     evs__relay_error_emit(h, px->p, &e);

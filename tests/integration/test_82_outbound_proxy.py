@@ -17,12 +17,15 @@ https://...`, the key on the inner request with -H or on the CONNECT with --prox
 - leaves minted before authentication are rate-limited (a tiny bucket: 503, a counter);
 - IPv6: `CONNECT [::1]:port` to a destination listening on ::1 (leaf with the IP SAN ::1),
   decrypted for the destination spelt `::1`, `[::1]` or `[::1]:port`; a DNS name resolving to
-  ::1 (skipped when no name does on this machine).
+  ::1 (skipped when no name does on this machine);
+- relay.error events reach the alerts plugin's webhook (forbidden-destination, a destination
+  resetting mid-response: statusGroup ERR), with the documented fields and no value or key.
 """
 
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -52,9 +55,14 @@ def need_build():
 class Env:
     """A server with an outbound listener, a relay CA, an app with keys, and a destination."""
 
-    def __init__(self, workers=1, outbound=None):
+    def __init__(self, workers=1, outbound=None, alerts=None):
         need_build()
         self.dir = evstest.tmpdir("evs-obp-")
+        plugins_extra = {}
+        if alerts is not None:  # alerts.json next to evserver.conf
+            with open(os.path.join(self.dir, "alerts.json"), "w") as f:
+                json.dump(alerts, f)
+            plugins_extra["alerts"] = {}
         self.dest_ca = evstest.make_ca(name="destination CA")
         self.listener_ca = evstest.make_ca(name="listener CA")
         lc = evstest.make_cert(self.listener_ca, ["localhost", "127.0.0.1"])
@@ -66,9 +74,9 @@ class Env:
                        "outbound": {"serves": "outbound", "tls": True, "certificate": lc.cert,
                                     "key": lc.key}},
             server={"workers": workers},
-            plugins={"enclave": {"enclave_binary": E.enclave_binary(self.dir),
-                                 "request_timeout": "5s"},
-                     "relay-outbound": plugin})
+            plugins=dict({"enclave": {"enclave_binary": E.enclave_binary(self.dir),
+                                      "request_timeout": "5s"},
+                          "relay-outbound": plugin}, **plugins_extra))
         self.srv = evstest.Server(cfg).start()
         E.evctl(self.srv, "relay-ca", "create")
         st, _, pem = E.api(self.srv, "GET", "/relay-ca.pem")
@@ -611,6 +619,114 @@ def test_dns_name_resolving_to_ipv6():
                             data=json.dumps(env.encrypt(plain)).encode())
     assert st == 200, (st, out, err)
     assert json.loads(dest6.wait_requests(1)[0].body) == plain
+
+
+# ---- relay.error events to the alerts plugin --------------------------------------------------
+
+def test_relay_errors_reach_the_alerts_webhook():
+    """The Outbound Relay's errors reach a webhook end to end (plugins/alerts): a
+    forbidden-destination (4XX) and a destination that resets mid-response (the app got a 200
+    head and a cut body: errorType service-unavailable, statusGroup ERR). The documented fields
+    only, signed; never a value (plaintext or ev:) nor the key."""
+    import test_80_alerts as t80
+    hook = evstest.Upstream()
+    env = Env(alerts=[{"relay": "*", "type": "webhook", "url": hook.url + "/h"}],
+              outbound={"team_uuid": "team_ob11", "activity_url": "http://127.0.0.1/activity"})
+    env.destination("localhost")
+    secret = "123-45-6789"
+    ev = env.encrypt({"ssn": secret})
+    body = json.dumps(ev).encode()
+    # 1. Encrypted data to a host that is not a destination (127.0.0.1 is not "localhost").
+    st, out, _ = env.curl("https://127.0.0.1:%d/pay?q=1" % env.dest.port, key=env.key, data=body)
+    assert st == 403 and json.loads(out)["code"] == "forbidden-destination", (st, out)
+    hook.wait_requests(1, timeout=15)
+    # 2. A destination that sends a head and part of the body, then resets (RST) once the
+    # app has the head: the relay has forwarded it, so the response is cut short, not a 502.
+    cert = evstest.make_cert(env.dest_ca, ["localhost"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert.cert, cert.key)
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    evstest.defer(lsock.close)
+    received, head_seen = [], threading.Event()
+    evstest.defer(head_seen.set)
+
+    def serve():
+        try:
+            c, _ = lsock.accept()
+        except OSError:
+            return
+        s = None
+        try:
+            s = ctx.wrap_socket(c, server_side=True)
+            req = s.recv(65536)
+            head, _, rest = req.partition(b"\r\n\r\n")
+            n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(rest) < n:
+                more = s.recv(65536)
+                if not more:
+                    break
+                rest += more
+            received.append(rest)
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+            head_seen.wait(30)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (OSError, ssl.SSLError):
+            pass
+        (s or c).close()
+    threading.Thread(target=serve, daemon=True).start()
+    port = lsock.getsockname()[1]
+    t, _ = tunnel(env, "localhost:%d" % port, b"Proxy-Authorization: %s\r\n" % env.key.encode())
+    t.sendall(b"POST /reset HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    t.settimeout(15)
+    got_back = b""
+    while b"\r\n\r\n" not in got_back:
+        chunk = t.recv(65536)
+        assert chunk, got_back
+        got_back += chunk
+    assert got_back.startswith(b"HTTP/1.1 200 "), got_back[:200]
+    head_seen.set()
+    while True:  # the rest, until the relay ends the connection
+        try:
+            chunk = t.recv(65536)
+        except (OSError, ssl.SSLError):
+            break
+        if not chunk:
+            break
+        got_back += chunk
+    assert len(got_back) < 100000, len(got_back)
+    t.close()
+    assert received and secret.encode() in received[0]  # decrypted for the destination
+    hook.wait_requests(2, timeout=15)
+    got = {}
+    for r in hook.requests:
+        assert r.header("X-Evervault-Event") == "relay.error", r.headers
+        t80.verify_signature(t80.key_of(env.srv), r)
+        ev_body = json.loads(r.body)
+        assert list(ev_body) == t80.FIELDS, list(ev_body)
+        got[ev_body["errorType"]] = ev_body
+        everything = r.body + repr(r.headers).encode()
+        for leak in (secret.encode(), b"ev:", env.key.encode(), b"q=1"):
+            assert leak not in everything, (leak, r.body)
+    f = got["forbidden-destination"]
+    assert f["statusCode"] == 403 and f["statusGroup"] == "4XX", f
+    assert f["inboundDomain"] == "127.0.0.1" and f["relayUuid"].startswith("outbound_"), f
+    assert f["teamUuid"] == "team_ob11" and f["activityLink"].startswith(
+        "http://127.0.0.1/activity?requestId="), f
+    assert "127.0.0.1:%d" % env.dest.port in f["evMessage"] and "/pay" in f["evMessage"], f
+    c = got["service-unavailable"]
+    assert c["statusCode"] == 200 and c["statusGroup"] == "ERR", c
+    assert c["inboundDomain"] == "localhost" and "cut short" in c["evMessage"], c
+    assert "localhost:%d" % port in c["evMessage"], c
+    # The transaction log says the same (a 200 that failed).
+    recs = json.loads(E.evctl(env.srv, "--json", "activity").stdout)["transactions"]
+    assert any(r.get("path") == "/reset" and r["status"] == 200 and
+               r.get("errorCode") == "service-unavailable" for r in recs), recs
+    assert env.dest.requests == []
+    log = env.srv.log()
+    assert secret not in log and env.key not in log
 
 
 
