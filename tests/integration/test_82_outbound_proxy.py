@@ -19,7 +19,9 @@ https://...`, the key on the inner request with -H or on the CONNECT with --prox
   decrypted for the destination spelt `::1`, `[::1]` or `[::1]:port`; a DNS name resolving to
   ::1 (skipped when no name does on this machine);
 - relay.error events reach the alerts plugin's webhook (forbidden-destination, a destination
-  resetting mid-response: statusGroup ERR), with the documented fields and no value or key.
+  resetting mid-response: statusGroup ERR), with the documented fields and no value or key;
+- a key revoked while its tunnel is open: the next request in the tunnel is 407
+  proxy-auth-failed and the tunnel ends.
 """
 
 import importlib.util
@@ -729,6 +731,53 @@ def test_relay_errors_reach_the_alerts_webhook():
     assert secret not in log and env.key not in log
 
 
+# ---- a key revoked while its tunnel is open ---------------------------------------------------
+
+def test_revoked_key_ends_its_open_tunnel():
+    """The tunnel's key is checked again for every request in it: after `evctl key revoke`, the
+    next request in an already-open tunnel (key given on the first inner request, or on the
+    CONNECT) is 407 proxy-auth-failed with the documented body, and the tunnel ends after that
+    answer (a pipelined request behind it is never served). Two workers: the revocation reaches
+    the other worker's cache through a node message before evctl returns."""
+    env = Env(workers=2)
+    env.destination("localhost")
+    auth = "localhost:%d" % env.dest.port
+
+    def get(path, key=None):
+        h = b"Proxy-Authorization: " + key.encode() + b"\r\n" if key else b""
+        return b"GET %s HTTP/1.1\r\nHost: localhost\r\n%s\r\n" % (path.encode(), h)
+
+    for how in ("inner", "connect", "inner-again"):
+        k = E.evctl_json(env.srv, "key", "create", env.app, "--permissions", PERM)
+        connect_h = b"Proxy-Authorization: %s\r\n" % k["apiKey"].encode() if how == "connect" else b""
+        t, head = tunnel(env, auth, connect_h)
+        assert t is not None, head
+        first = get("/%s-1" % how, k["apiKey"] if how != "connect" else None)
+        t.sendall(first + get("/%s-2" % how))
+        rs, _ = evstest.recv_responses(t, 2, timeout=15)
+        assert [r.status for r in rs] == [200, 200], (how, rs)
+        E.evctl(env.srv, "key", "revoke", env.app, k["keyId"])
+        # The same key again on the request, or none (the tunnel's): both refused now.
+        again = k["apiKey"] if how == "inner-again" else None
+        t.sendall(get("/%s-3" % how, again) + get("/%s-4" % how))
+        rs, _ = evstest.recv_responses(t, 2, timeout=15, allow_close=True)
+        assert len(rs) == 1 and rs[0].status == 407, (how, rs)
+        assert rs[0].header("X-Evervault-Error-Code") == "proxy-auth-failed", rs[0].headers
+        assert rs[0].header("Connection") == "close", rs[0].headers
+        assert json.loads(rs[0].body)["code"] == "proxy-auth-failed", rs[0].body
+        t.close()
+        # A new tunnel with the revoked key is refused too.
+        st, out, _ = env.curl("https://%s/" % auth, key=k["apiKey"])
+        assert st == 407, (how, st, out)
+    paths = [r.path for r in env.dest.requests]
+    assert paths == ["/inner-1", "/inner-2", "/connect-1", "/connect-2", "/inner-again-1",
+                     "/inner-again-2"], paths
+    # A key that stays valid keeps its tunnel.
+    t, _ = tunnel(env, auth, b"Proxy-Authorization: %s\r\n" % env.key.encode())
+    t.sendall(get("/kept-1") + get("/kept-2"))
+    rs, _ = evstest.recv_responses(t, 2, timeout=15)
+    assert [r.status for r in rs] == [200, 200], rs
+    assert env.key not in env.srv.log()
 
 
 SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")
