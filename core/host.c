@@ -376,6 +376,12 @@ static int h_respond(evs_request *req, int status, const evs_header *headers, si
   return evs__respond(req, status, headers, n, body, len);
 }
 
+static int h_response_close(evs_request *req) {
+  if (!req || req->head_sent) return -EALREADY;
+  req->close_after = 1;
+  return 0;
+}
+
 static int h_respond_error(evs_request *req, int status, const char *code, const char *detail) {
   if (status < 400 || status > 599 || !code) return -EINVAL;
   return evs__respond_error(req, status, code, detail ? detail : evs__status_text(status));
@@ -692,15 +698,21 @@ static int h_decrypt_file(evs_plugin *p, const evs_file_request *req, evs_bytes_
 static int h_check_api_key(evs_plugin *p, const evs_api_key_request *req, evs_api_key_cb cb,
                            void *arg) {
   (void)p;
-  if (!req || req->size < sizeof *req || !req->key || !req->key_len || !req->permission || !cb)
+  if (!req || req->size < offsetof(evs_api_key_request, recheck) || !req->key || !req->key_len ||
+      !req->permission || !cb)
     return -EINVAL;
   evs__plugin_rec *r = typed_provider();
   if (!r) return EVS_ENOCRYPTO;
   if (!r->crypto2.check_api_key) return -ENOTSUP;
+  /* The provider always gets the current struct: members a 1.6 caller lacks read as 0. */
+  evs_api_key_request k;
+  memset(&k, 0, sizeof k);
+  memcpy(&k, req, req->size < sizeof k ? req->size : sizeof k);
+  k.size = sizeof k;
   typed_call *c = typed_new(arg);
   if (!c) return -ENOMEM;
   c->cb.key = cb;
-  int rc = r->crypto2.check_api_key(r->state, req, typed_key_done, c);
+  int rc = r->crypto2.check_api_key(r->state, &k, typed_key_done, c);
   if (rc < 0) free(c);
   return rc < 0 ? rc : 0;
 }
@@ -1023,6 +1035,7 @@ static const evs_host host_table = {
     .add_route = h_add_route,
     .issue_certificate = h_issue_certificate,
     .ca_certificates = h_ca_certificates,
+    .response_close = h_response_close,
 };
 
 const evs_host *evs__host_table(void) { return &host_table; }

@@ -114,6 +114,7 @@ static void proxy_fail(evs__proxy *px, int err) {
       px->done = 1; /* before responding: the response may finish the request synchronously */
       evs__respond_error(req, status, code, detail);
     } else {
+      req->error_code = code; /* cut short after the head: LOG hooks see why (alerts) */
       evs__request_abort(req);
     }
   }
@@ -583,8 +584,7 @@ static void proxy_data_corked(evs__upclient *cl, ssize_t nread, const char *data
   if (p->have_head && off < len && !p->done) {
     size_t used = 0;
     if (evs__resp_parse_body(p, data + off, len - off, client_emit, px, &used) < 0) {
-      if (px->req) evs__request_abort(px->req);
-      proxy_fail(px, -EPROTO);
+      proxy_fail(px, -EPROTO); /* aborts the response, its head being out */
       return;
     }
   }

@@ -473,6 +473,17 @@ bad:
                   "--help)");
 }
 
+static void on_keys_changed(void *arg, size_t workers, size_t ok) {
+  enc_ctx *x = arg;
+  if (!enc_ctx_resume(x)) return;
+  if (ok < workers)
+    x->st->host->log(x->st->plugin, x->req, EVS_LOG_WARN,
+                     "key %s revoked; %zu of %zu other workers did not confirm in time (their "
+                     "cached checks expire within %d ms)", x->key_id, workers - ok, workers,
+                     ENC_KEYCACHE_MS);
+  enc_reply_json(x, 200, json_pack("{s:s,s:b}", "keyId", x->key_id, "revoked", 1));
+}
+
 static void on_key_for_revoke(void *arg, int status, const uint8_t *v, size_t len) {
   enc_ctx *x = arg;
   if (!enc_ctx_resume(x)) return;
@@ -491,7 +502,10 @@ static void on_key_for_revoke(void *arg, int status, const uint8_t *v, size_t le
     enc_reply_error(x, 500, "internal-error", "The key could not be stored");
     return;
   }
-  enc_reply_json(x, 200, json_pack("{s:s,s:b}", "keyId", x->key_id, "revoked", 1));
+  /* Answered once every worker of the node dropped its cached checks: from then on no tunnel
+   * of this node passes another request with the key. */
+  x->pending = 1;
+  if (enc_keys_changed(x->st, on_keys_changed, x) < 0) on_keys_changed(x, 0, 0);
 }
 
 /* The body parameters of POST /apps/<id>/encrypt {"data", "curve"?, "role"?} and /decrypt

@@ -16,7 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
 
 extern char **environ;
 
@@ -200,6 +203,11 @@ static void on_node_msg(void *state, const uint8_t *msg, size_t len, evs_node_ms
     enc_relay_ca_node_msg(st, m);
     return;
   }
+  if (len == 1 && msg[0] == 'K') { /* a key was revoked: cached checks are stale */
+    st->key_gen++;
+    st->host->node_reply(m, 0);
+    return;
+  }
   peer_job *j = calloc(1, sizeof *j);
   if (!j || st->disabled || len < 2 || (msg[0] != 'U' && msg[0] != 'L') ||
       (size_t)msg[1] + 2 > len || msg[1] >= ENC_APP_ID_MAX) {
@@ -319,7 +327,54 @@ typedef struct key_check {
   void *done_arg;
   char *key;
   char *perm;
+  uint64_t gen; /* key_gen when the record was read: a revocation since makes it stale */
 } key_check;
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* A cache slot's name: SHA-256 of the key, a NUL and the permission (the key is not kept). */
+static int keycache_id(const char *key, size_t key_len, const char *perm, size_t perm_len,
+                       unsigned char out[32]) {
+  EVP_MD_CTX *c = EVP_MD_CTX_new();
+  unsigned int n = 32;
+  int ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) && EVP_DigestUpdate(c, key, key_len) &&
+           EVP_DigestUpdate(c, "", 1) && EVP_DigestUpdate(c, perm, perm_len) &&
+           EVP_DigestFinal_ex(c, out, &n);
+  EVP_MD_CTX_free(c);
+  return ok ? 0 : -1;
+}
+
+static void keycache_put(enclave_state *st, const char *key, const char *perm, const char *app) {
+  unsigned char id[32];
+  if (keycache_id(key, strlen(key), perm, strlen(perm), id) < 0) return;
+  enc_keycache_slot *sl = &st->keycache[id[0] % ENC_KEYCACHE_SLOTS];
+  memcpy(sl->id, id, sizeof id);
+  snprintf(sl->app, sizeof sl->app, "%s", app);
+  sl->gen = st->key_gen;
+  sl->until_ms = mono_ms() + ENC_KEYCACHE_MS;
+}
+
+/* The app of a recent successful check of key and perm still valid, or NULL. */
+static const char *keycache_get(enclave_state *st, const char *key, size_t key_len,
+                                const char *perm) {
+  unsigned char id[32];
+  if (keycache_id(key, key_len, perm, strlen(perm), id) < 0) return NULL;
+  enc_keycache_slot *sl = &st->keycache[id[0] % ENC_KEYCACHE_SLOTS];
+  if (sl->gen != st->key_gen || CRYPTO_memcmp(sl->id, id, sizeof id) != 0 ||
+      mono_ms() >= sl->until_ms)
+    return NULL;
+  return sl->app;
+}
+
+int enc_keys_changed(enclave_state *st, evs_node_done_fn done, void *arg) {
+  st->key_gen++;
+  static const uint8_t msg[] = {'K'};
+  return st->host->node_broadcast(st->plugin, msg, 1, ENC_NODE_TIMEOUT_MS, done, arg);
+}
 
 static void key_check_free(key_check *kc) {
   if (kc->key) {
@@ -337,6 +392,7 @@ static void on_check_record(void *arg, int status, const uint8_t *v, size_t len)
   if (status == 0)
     ok = enc_api_key_verify(v, len, kc->key, kc->perm, NULL, app, key_id) == ENC_KEY_OK;
   enc_audit(kc->st, key_id[0] ? key_id : "unknown", app, "relay-auth", 0, ok ? "ok" : "unauthorized");
+  if (ok && kc->kdone && kc->gen == kc->st->key_gen) keycache_put(kc->st, kc->key, kc->perm, app);
   if (kc->kdone) {
     kc->kdone(kc->done_arg, ok ? 0 : -EACCES, ok ? app : NULL);
   } else if (!ok) {
@@ -367,6 +423,7 @@ static int key_check_start(enclave_state *st, const uint8_t *key, size_t key_len
   kc->done = done;
   kc->kdone = kdone;
   kc->done_arg = done_arg;
+  kc->gen = st->key_gen;
   kc->key = strndup((const char *)key, key_len);
   kc->perm = strndup((const char *)perm, perm_len);
   char key_id[ENC_KEY_ID_MAX];
@@ -580,6 +637,14 @@ static int t_decrypt_file(void *state, const evs_file_request *req, evs_bytes_cb
 
 static int t_check_api_key(void *state, const evs_api_key_request *req, evs_api_key_cb done,
                            void *done_arg) {
+  enclave_state *st = state;
+  /* A recheck answered from the cache runs done before this returns (no store read, no audit
+   * record: the check that filled the slot has one). */
+  const char *app = req->recheck ? keycache_get(st, req->key, req->key_len, req->permission) : NULL;
+  if (app) {
+    done(done_arg, 0, app);
+    return 0;
+  }
   return key_check_start(state, (const uint8_t *)req->key, req->key_len,
                          (const uint8_t *)req->permission, strlen(req->permission), NULL, done,
                          done_arg);
@@ -690,6 +755,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->host = host;
   st->plugin = plugin;
   st->parked_tail = &st->parked;
+  st->key_gen = 1;
   const char *binary = host->config_string(plugin, "enclave_binary");
   const char *seal = host->config_string(plugin, "seal_key");
   const char *creds = host->config_string(plugin, "credentials_dir");

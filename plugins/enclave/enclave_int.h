@@ -22,6 +22,19 @@
 
 typedef struct relay_ca relay_ca; /* relay_ca.c */
 
+/* Answers to repeated key checks (evs_api_key_request.recheck: each request in an Outbound
+ * Relay tunnel), so that a tunnel's key is checked per request without a store read: a slot
+ * holds a successful check's SHA-256(key, permission) and app, valid while no key was revoked
+ * in this node since (gen) and for at most ENC_KEYCACHE_MS (other nodes' revocations). */
+#define ENC_KEYCACHE_SLOTS 64
+#define ENC_KEYCACHE_MS 1000
+typedef struct enc_keycache_slot {
+  unsigned char id[32];
+  char app[ENC_APP_ID_MAX];
+  uint64_t gen;      /* enclave_state.key_gen when it was filled (0: empty) */
+  uint64_t until_ms; /* monotonic */
+} enc_keycache_slot;
+
 typedef struct enclave_state {
   const evs_host *host;
   evs_plugin *plugin;
@@ -40,6 +53,8 @@ typedef struct enclave_state {
   relay_ca *ca;          /* this worker's copy of the store's relay CA record (NULL: none) */
   evs_timer *ca_refresh; /* re-reads it now and then (other nodes may rotate it) */
   uint64_t ca_read_ms;   /* when it was last read (a miss re-reads at most once a second) */
+  uint64_t key_gen;      /* from 1; +1 whenever a key is revoked in this node */
+  enc_keycache_slot keycache[ENC_KEYCACHE_SLOTS];
 } enclave_state;
 
 /* How long the other workers' enclaves get to act on a node-wide unlock or lock. */
@@ -139,6 +154,9 @@ int enc_app_unlock(enclave_state *st, const char *app_id, const char *token, ep_
 /* enclave.c: asks the enclaves of the node's other workers to unlock app_id with token, or to
  * lock it (token NULL). done(arg, workers, ok) runs once, as for host->node_broadcast. The
  * token is copied only into buffers that are wiped. Returns 0 or negative (done never runs). */
+/* A key was revoked: drop this worker's cached key checks, then the other workers' (node
+ * message 'K'); done(arg, workers, ok) as for node_broadcast. */
+int enc_keys_changed(enclave_state *st, evs_node_done_fn done, void *arg);
 int enc_node_fanout(enclave_state *st, const char *app_id, const char *token,
                     evs_node_done_fn done, void *arg);
 /* apps.c: sends APP_LOCK for app_id to this worker's enclave. */

@@ -53,7 +53,7 @@ int evs__relay_error_emit(const evs_host *h, evs_plugin *p, const evs__relay_err
                          "errorMessage", evs__relay_error_message(e->code), "evMessage",
                          e->ev_message, "activityLink", e->activity_link, "timestamp", now,
                          "errorType", e->code, "statusCode", e->status, "statusGroup",
-                         e->status >= 500 ? "5XX" : "4XX", "relayUuid", e->relay_uuid,
+                         e->status >= 500 ? "5XX" : e->status >= 400 ? "4XX" : "ERR", "relayUuid", e->relay_uuid,
                          "inboundDomain", e->domain);
   char *s = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
   json_decref(ev);

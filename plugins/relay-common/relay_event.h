@@ -17,7 +17,7 @@ typedef struct evs__relay_error {
   const char *domain;        /* the relay's domain (inbound) or the destination (outbound) */
   const char *ev_message;    /* one line: which relay, which request, which code */
   const char *code;          /* the documented error code (errorType) */
-  int status;
+  int status;                /* below 400: a response cut short after its head (group ERR) */
   int64_t now_ms;            /* wall clock */
 } evs__relay_error;
 

@@ -320,7 +320,7 @@ void relay_encrypt_check_key_then(relay_txn *t) {
   }
   memcpy(key, hd.value, hd.value_len);
   key[hd.value_len] = '\0';
-  evs_api_key_request kr = {sizeof kr, key, hd.value_len, "relay:inbound-mtls"};
+  evs_api_key_request kr = {sizeof kr, key, hd.value_len, "relay:inbound-mtls", 0};
   /* The key authenticates to the relay and could decrypt everything: it never goes further. */
   h->request_remove_header(t->req, "api-key");
   t->dec_pending++;

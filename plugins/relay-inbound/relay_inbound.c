@@ -627,11 +627,11 @@ static int log_hook(void *state, evs_request *req) {
     txlog_raw(&b, "}");
     if (!b.overflow) h->store_append(st->plugin, "transactions", b.s);
   }
-  if (code && status >= 400) {
+  if (code) { /* an error answer, or (status < 400) a response cut short after its head */
     char link[512], msg[600], uuid[40];
     snprintf(link, sizeof link, "%s?requestId=%s", st->activity_base, info->request_id);
-    snprintf(msg, sizeof msg, "Inbound Relay %s: %s %s failed with %s", t->relay->domain,
-             info->method, info->path, code);
+    snprintf(msg, sizeof msg, "Inbound Relay %s: %s %s %s %s", t->relay->domain, info->method,
+             info->path, status >= 400 ? "failed with" : "was cut short mid-response:", code);
     evs__relay_uuid("relay", t->relay->domain, uuid, sizeof uuid);
     evs__relay_error e = {st->team_uuid, link, uuid, t->relay->domain, msg, code, status,
                           relay_now_ms()};

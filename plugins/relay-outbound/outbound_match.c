@@ -54,14 +54,21 @@ static int check_name(const char *s, size_t len, int suffix, char *out, size_t c
   return 0;
 }
 
-/* "[v6]" of len bytes (brackets included) into its canonical form, brackets kept. */
-static int check_v6(const char *s, size_t len, char *out, size_t cap, const char **why) {
+/* "[v6]" of len bytes (brackets included; without them when bare) into its canonical form,
+ * in brackets. */
+static int check_v6(const char *s, size_t len, int bare, char *out, size_t cap, const char **why) {
   char buf[INET6_ADDRSTRLEN + 1], canon[INET6_ADDRSTRLEN];
   struct in6_addr a;
-  if (len < 3 || s[len - 1] != ']' || len - 2 > INET6_ADDRSTRLEN)
-    return *why = "an IPv6 address must be in brackets: [2001:db8::1]", -EINVAL;
-  memcpy(buf, s + 1, len - 2);
-  buf[len - 2] = 0;
+  if (bare) {
+    if (len > INET6_ADDRSTRLEN) return *why = "not a valid IPv6 address", -EINVAL;
+    memcpy(buf, s, len);
+    buf[len] = 0;
+  } else {
+    if (len < 3 || s[len - 1] != ']' || len - 2 > INET6_ADDRSTRLEN)
+      return *why = "an IPv6 address must be in brackets: [2001:db8::1]", -EINVAL;
+    memcpy(buf, s + 1, len - 2);
+    buf[len - 2] = 0;
+  }
   if (inet_pton(AF_INET6, buf, &a) != 1) return *why = "not a valid IPv6 address", -EINVAL;
   inet_ntop(AF_INET6, &a, canon, sizeof canon);
   size_t cl = strlen(canon);
@@ -125,6 +132,17 @@ int evs__ob_pattern_parse(const char *s, size_t len, evs__ob_pattern *ret, const
     hl--;
     if (hl == 0) return *ret_why = "\"*\" alone would match every host; name a suffix (\"*.example.com\")", -EINVAL;
   }
+  /* A bare IPv6 address (two colons or more, no brackets: "::1", as Node's options.hostname
+   * and axios spell it) is the address alone; a port needs the brackets ("[::1]:8443"). */
+  const char *c1 = hl && h[0] != '[' ? memchr(h, ':', hl) : NULL;
+  if (c1 && memchr(c1 + 1, ':', hl - (size_t)(c1 + 1 - h))) {
+    if (ret->host_kind == EVS__OB_HOST_SUFFIX)
+      return *ret_why = "an IPv6 address cannot be a suffix", -EINVAL;
+    if (check_v6(h, hl, 1, ret->host, sizeof ret->host, &why) < 0)
+      return *ret_why = "malformed host (an IPv6 address with a port goes in brackets: "
+                        "[2001:db8::1]:443)", -EINVAL;
+    goto path;
+  }
   const char *colon;
   if (split_port(h, hl, &colon) < 0)
     return *ret_why = "malformed host or port (an IPv6 address goes in brackets: [2001:db8::1]:443)", -EINVAL;
@@ -137,12 +155,13 @@ int evs__ob_pattern_parse(const char *s, size_t len, evs__ob_pattern *ret, const
   if (name_len && h[0] == '[') {
     if (ret->host_kind == EVS__OB_HOST_SUFFIX)
       return *ret_why = "an IPv6 address cannot be a suffix", -EINVAL;
-    rc = check_v6(h, name_len, ret->host, sizeof ret->host, &why);
+    rc = check_v6(h, name_len, 0, ret->host, sizeof ret->host, &why);
   } else {
     rc = check_name(h, name_len, ret->host_kind == EVS__OB_HOST_SUFFIX, ret->host,
                     sizeof ret->host, &why);
   }
   if (rc < 0) return *ret_why = why, rc;
+path:
   ret->path_kind = EVS__OB_PATH_ANY;
   if (slash) {
     const char *p = slash;
@@ -176,7 +195,7 @@ int evs__ob_authority_parse(const char *s, size_t len, char *host, size_t cap, i
   if (port < 0) return -EINVAL;
   size_t hl = (size_t)(colon - s);
   if (hl > cap - 1 || cap == 0) return -ENAMETOOLONG;
-  int rc = hl && s[0] == '[' ? check_v6(s, hl, host, cap, &why) : check_name(s, hl, 0, host, cap, &why);
+  int rc = hl && s[0] == '[' ? check_v6(s, hl, 0, host, cap, &why) : check_name(s, hl, 0, host, cap, &why);
   if (rc < 0) return rc;
   *ret_port = port;
   return 0;

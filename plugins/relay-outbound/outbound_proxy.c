@@ -97,6 +97,10 @@ typedef struct ob_tunnel {
   int authed;
   char app_id[80];
   unsigned char key_hash[32]; /* SHA-256 of the key that authenticated the tunnel */
+  /* That key, checked again for every request in the tunnel (a revoked key ends it); wiped
+   * when the tunnel ends. */
+  char *key;
+  size_t key_len;
   ob_leaf *leaf;
 } ob_tunnel;
 
@@ -246,10 +250,20 @@ static void leaf_cache(ob_proxy *px, ob_leaf *l) {
 
 /* ---- tunnels --------------------------------------------------------------------------- */
 
+static void tunnel_set_key(ob_tunnel *t, char *key, size_t len) {
+  if (t->key) {
+    OPENSSL_cleanse(t->key, t->key_len);
+    free(t->key);
+  }
+  t->key = key;
+  t->key_len = len;
+}
+
 static void tunnel_unref(ob_tunnel *t) {
   if (--t->refs > 0) return;
   leaf_unref(t->leaf);
   OPENSSL_cleanse(t->key_hash, sizeof t->key_hash);
+  tunnel_set_key(t, NULL, 0);
   free(t);
 }
 
@@ -416,8 +430,15 @@ static int connect_route(void *state, evs_request *req) {
       proxy_auth_failed(h, req);
       return EVS_HANDLED;
     }
+    char *key = malloc(pa.value_len);
+    if (!key) {
+      h->respond_error(req, 500, "internal-server-error", "Out of memory");
+      return EVS_HANDLED;
+    }
+    memcpy(key, pa.value, pa.value_len);
+    tunnel_set_key(t, key, pa.value_len);
     sha256(pa.value, pa.value_len, t->key_hash);
-    evs_api_key_request kr = {sizeof kr, pa.value, pa.value_len, OB_PERMISSION};
+    evs_api_key_request kr = {sizeof kr, pa.value, pa.value_len, OB_PERMISSION, 0};
     t->refs++;
     int r = h->check_api_key(px->p, &kr, on_connect_key, t);
     if (r < 0) {
@@ -808,22 +829,37 @@ static void txn_route(ob_txn *x) {
   if (r < 0) body_failed(x, r);
 }
 
+/* A key refused inside a tunnel ends it: the client must open a new one with a valid key. */
+static void tunnel_auth_failed(ob_txn *x) {
+  const evs_host *h = x->t->px->h;
+  h->counter_add(x->t->px->p, "proxy_auth_failed", 1);
+  if (h->size >= offsetof(evs_host, response_close) + sizeof h->response_close)
+    h->response_close(x->req);
+  proxy_auth_failed(h, x->req);
+}
+
+/* The first key of a tunnel checked, or the tunnel's key checked again (t->authed). */
 static void on_inner_key(void *arg, int status, const char *app_id) {
   ob_txn *x = arg;
   ob_tunnel *t = x->t;
   const evs_host *h = t->px->h;
   if (x->req) {
-    if (status == 0 && app_id && strlen(app_id) < sizeof t->app_id && !t->authed) {
+    if (status == 0 && app_id && t->authed && strcmp(app_id, t->app_id) == 0) {
+      txn_route(x);
+    } else if (status == 0 && app_id && strlen(app_id) < sizeof t->app_id && !t->authed) {
       snprintf(t->app_id, sizeof t->app_id, "%s", app_id);
       sha256(x->key, x->key_len, t->key_hash);
+      tunnel_set_key(t, x->key, x->key_len); /* the tunnel keeps it for later checks */
+      x->key = NULL;
+      x->key_len = 0;
       t->authed = 1;
       txn_route(x);
     } else if (status == EVS_ENOCRYPTO || status == EVS_CRYPTO_UNAVAILABLE) {
       h->respond_error(x->req, 503, "service-unavailable",
                        "API keys cannot be checked right now; retry later.");
     } else {
-      h->counter_add(t->px->p, "proxy_auth_failed", 1);
-      proxy_auth_failed(h, x->req);
+      if (t->authed) h->counter_add(t->px->p, "tunnel_key_refused", 1);
+      tunnel_auth_failed(x);
     }
   }
   txn_unref(x);
@@ -860,23 +896,24 @@ static int inner_request(void *arg, evs_request *req) {
     x->key_len = pa.value_len;
     h->request_remove_header(req, "proxy-authorization");
   }
+  evs_api_key_request kr = {sizeof kr, x->key, x->key_len, OB_PERMISSION, 0};
   if (t->authed) {
     unsigned char hash[32];
     if (has_key) sha256(x->key, x->key_len, hash);
     if (has_key && CRYPTO_memcmp(hash, t->key_hash, sizeof hash) != 0) {
-      h->counter_add(px->p, "proxy_auth_failed", 1);
-      proxy_auth_failed(h, req);
+      tunnel_auth_failed(x);
       return EVS_HANDLED;
     }
-    txn_route(x);
+    /* The tunnel's key again, for every request: a key revoked (or its permission withdrawn)
+     * since the tunnel opened is refused now. A recheck may come from the provider's cache,
+     * which revocations invalidate (plugins/enclave/README.md). */
+    kr.key = t->key;
+    kr.key_len = t->key_len;
+    kr.recheck = 1;
+  } else if (!has_key) {
+    tunnel_auth_failed(x);
     return EVS_HANDLED;
   }
-  if (!has_key) {
-    h->counter_add(px->p, "proxy_auth_failed", 1);
-    proxy_auth_failed(h, req);
-    return EVS_HANDLED;
-  }
-  evs_api_key_request kr = {sizeof kr, x->key, x->key_len, OB_PERMISSION};
   x->refs++;
   int r = h->check_api_key(px->p, &kr, on_inner_key, x);
   if (r < 0) {
@@ -926,11 +963,12 @@ static int log_hook(void *state, evs_request *req) {
     free(s);
     json_decref(rec);
   }
-  if (code && status >= 400) {
+  if (code) { /* an error answer, or (status < 400) a response cut short after its head */
     char link[512], msg[700], uuid[40];
     snprintf(link, sizeof link, "%s?requestId=%s", px->activity_base, info->request_id);
-    snprintf(msg, sizeof msg, "Outbound Relay to %s: %s %s failed with %s", dest, info->method,
-             x ? info->path : "(CONNECT)", code);
+    snprintf(msg, sizeof msg, "Outbound Relay to %s: %s %s %s %s", dest, info->method,
+             x ? info->path : "(CONNECT)",
+             status >= 400 ? "failed with" : "was cut short mid-response:", code);
     evs__relay_uuid("outbound", t->host, uuid, sizeof uuid);
     evs__relay_error e = {px->team_uuid, link, uuid, t->host, msg, code, status, wall_ms()};
     evs__relay_error_emit(h, px->p, &e);

@@ -602,6 +602,8 @@ class _UpstreamServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     def __init__(self, addr, upstream, ctx):
         self.upstream, self.ctx = upstream, ctx
+        if ":" in addr[0]:  # an IPv6 address ("::1")
+            self.address_family = socket.AF_INET6
         super().__init__(addr, _UpstreamHandler)
 
     def finish_request(self, request, client_address):
@@ -637,6 +639,7 @@ class Upstream:
 
     Upstream(status=200, body=b"ok", headers=None, delay=0.0, handler=None, tls=None,
              client_ca=None, host="127.0.0.1", port=0)
+      host:     the address to listen on ("::1" for IPv6; url then has it in brackets)
       headers:  dict or [(name, value)] added to every response (Content-Type and
                 Content-Length are added unless given)
       delay:    seconds to wait before answering
@@ -667,7 +670,9 @@ class Upstream:
         self.tls = bool(tls)
         self._srv = _UpstreamServer((host, port), self, ctx)
         self.host, self.port = self._srv.server_address[:2]
-        self.url = "%s://%s:%d" % ("https" if tls else "http", self.host, self.port)
+        self.url = "%s://%s:%d" % ("https" if tls else "http",
+                                   "[%s]" % self.host if ":" in self.host else self.host,
+                                   self.port)
         self._thread = threading.Thread(target=self._srv.serve_forever, args=(0.05,),
                                         daemon=True)
         self._thread.start()

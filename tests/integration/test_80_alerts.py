@@ -15,7 +15,9 @@ threaded recording HTTP server. Checked here:
   counted as alerts_dropped_rate, and a summary follows once the bucket refills;
 - Slack gets {"text": ...} and Discord {"content": ..., "allowed_mentions": ...} built from the
   fields only;
-- a missing alerts.json loads the plugin with no alerts; an invalid one rejects it.
+- a missing alerts.json loads the plugin with no alerts; an invalid one rejects it;
+- the real emitters: relay-inbound's error answers and a response its destination cut short
+  after the head (statusGroup ERR); the Outbound Relay's in test_82_outbound_proxy.py.
 """
 
 import hashlib
@@ -356,6 +358,70 @@ def test_relay_errors_reach_the_webhook():
     for m in SECRET_MARKERS:
         assert m.encode() not in req.body, m
     verify_signature(key_of(srv), req)
+
+
+def test_response_cut_short_reaches_the_webhook():
+    """relay-inbound's destination sends a 200 head and part of the body, then resets: the
+    client's response is cut short, and the alert says so (statusGroup ERR, the status sent)."""
+    import socket
+    import struct
+    import threading
+    hook = evstest.Upstream()
+    d = evstest.tmpdir()
+    with open(os.path.join(d, "alerts.json"), "w") as f:
+        json.dump([{"relay": "*", "type": "webhook", "url": hook.url + "/h"}], f)
+    pd = plugins_dir()
+    os.symlink(evstest.build_path("plugins.d", "relay-inbound.so"),
+               os.path.join(pd, "relay-inbound.so"))
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    evstest.defer(lsock.close)
+    head_seen = threading.Event()
+    evstest.defer(head_seen.set)
+
+    def serve():
+        try:
+            c, _ = lsock.accept()
+        except OSError:
+            return
+        with c:
+            c.recv(65536)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+            head_seen.wait(30)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    threading.Thread(target=serve, daemon=True).start()
+    cfg = evstest.write_config(d, server={"plugins_dir": pd},
+                               plugins={"alerts": {}, "relay-inbound": {}},
+                               relays={RELAY: {"destinationDomain": "http://127.0.0.1:%d" %
+                                               lsock.getsockname()[1]}})
+    srv = evstest.Server(cfg).start()
+    with socket.create_connection(("127.0.0.1", srv.port()), timeout=15) as c:
+        c.sendall(("GET /cut?token=%s HTTP/1.1\r\nHost: %s\r\n\r\n" % (
+            SECRET_MARKERS[2], RELAY)).encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = c.recv(65536)
+            assert chunk, got
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200 "), got[:100]
+        head_seen.set()
+        while True:
+            try:
+                chunk = c.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    assert len(got) < 100000, len(got)
+    hook.wait_requests(1, timeout=15)
+    got = json.loads(hook.requests[0].body)
+    assert list(got) == FIELDS, list(got)
+    assert got["errorType"] == "service-unavailable" and got["statusCode"] == 200, got
+    assert got["statusGroup"] == "ERR" and "cut short" in got["evMessage"], got
+    assert SECRET_MARKERS[2].encode() not in hook.requests[0].body
+    verify_signature(key_of(srv), hook.requests[0])
 
 if __name__ == "__main__":
     evstest.main(globals())

@@ -14,12 +14,20 @@ https://...`, the key on the inner request with -H or on the CONNECT with --prox
 - response encryption: a destination's fieldsToEncrypt (JSON, nested JSON, XML, multipart text
   fields, and files with encryptFiles, whole bodies too; gzip responses decoded first) reach the app encrypted
   with its key, and POST /decrypt gives the originals back; other destinations are untouched;
-- leaves minted before authentication are rate-limited (a tiny bucket: 503, a counter).
+- leaves minted before authentication are rate-limited (a tiny bucket: 503, a counter);
+- IPv6: `CONNECT [::1]:port` to a destination listening on ::1 (leaf with the IP SAN ::1),
+  decrypted for the destination spelt `::1`, `[::1]` or `[::1]:port`; a DNS name resolving to
+  ::1 (skipped when no name does on this machine);
+- relay.error events reach the alerts plugin's webhook (forbidden-destination, a destination
+  resetting mid-response: statusGroup ERR), with the documented fields and no value or key;
+- a key revoked while its tunnel is open: the next request in the tunnel is 407
+  proxy-auth-failed and the tunnel ends.
 """
 
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -49,9 +57,14 @@ def need_build():
 class Env:
     """A server with an outbound listener, a relay CA, an app with keys, and a destination."""
 
-    def __init__(self, workers=1, outbound=None):
+    def __init__(self, workers=1, outbound=None, alerts=None):
         need_build()
         self.dir = evstest.tmpdir("evs-obp-")
+        plugins_extra = {}
+        if alerts is not None:  # alerts.json next to evserver.conf
+            with open(os.path.join(self.dir, "alerts.json"), "w") as f:
+                json.dump(alerts, f)
+            plugins_extra["alerts"] = {}
         self.dest_ca = evstest.make_ca(name="destination CA")
         self.listener_ca = evstest.make_ca(name="listener CA")
         lc = evstest.make_cert(self.listener_ca, ["localhost", "127.0.0.1"])
@@ -63,9 +76,9 @@ class Env:
                        "outbound": {"serves": "outbound", "tls": True, "certificate": lc.cert,
                                     "key": lc.key}},
             server={"workers": workers},
-            plugins={"enclave": {"enclave_binary": E.enclave_binary(self.dir),
-                                 "request_timeout": "5s"},
-                     "relay-outbound": plugin})
+            plugins=dict({"enclave": {"enclave_binary": E.enclave_binary(self.dir),
+                                      "request_timeout": "5s"},
+                          "relay-outbound": plugin}, **plugins_extra))
         self.srv = evstest.Server(cfg).start()
         E.evctl(self.srv, "relay-ca", "create")
         st, _, pem = E.api(self.srv, "GET", "/relay-ca.pem")
@@ -416,7 +429,7 @@ def test_response_encryption():
         for k in ("name", "n"):
             assert isinstance(got[k], str) and got[k].startswith("ev:"), (path, got)
         assert got["card"]["number"].startswith("ev:") and got["card"]["cvc"] == 123, got
-        assert got["plain"] == "visible" and b"4242" not in out and b"Ann" not in out, out
+        assert got["plain"] == "visible" and b"4242424242424242" not in out and b"Ann Lee" not in out, out
         assert decrypt(env, got) == RESP_JSON, (path, got)
     # XML.
     st, out, err = env.curl(base + "/enc/xml", key=env.key)
@@ -505,6 +518,266 @@ def test_unauthenticated_leaves_are_rate_limited():
     assert connect_status(env, "four.example:443", key).status == 200
     c = outbound_counters(env.srv)
     assert c.get("leaf_rate_limited") == 1 and c.get("leaves_issued") == 3, c
+
+
+# ---- IPv6 destinations ----------------------------------------------------------------------
+
+def have_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_ipv6_destinations():
+    """`CONNECT [::1]:port` to a destination on ::1: the leaf carries the IP SAN ::1 (curl
+    checks it against the relay CA), values are decrypted for a destination spelt `::1` (Node's
+    options.hostname), `[::1]` or `[::1]:port` alike, and the destination's certificate is
+    verified against the address."""
+    if not have_ipv6_loopback():
+        raise evstest.Skip("no IPv6 loopback (::1) on this machine")
+    env = Env()
+    dest6 = evstest.Upstream(tls=evstest.make_cert(env.dest_ca, ["::1"]), handler=Env.echo,
+                             host="::1")
+    plain = {"card": "4242424242424242", "n": 6}
+    body = json.dumps(env.encrypt(plain)).encode()
+    url = "https://[::1]:%d/six" % dest6.port
+    # Not a destination yet: encrypted data is refused, nothing is sent.
+    st, out, err = env.curl(url, key=env.key, data=body)
+    assert st == 403 and json.loads(out)["code"] == "forbidden-destination", (st, out, err)
+    assert dest6.requests == []
+    for i, domain in enumerate(("::1", "[::1]", "[0:0::1]:%d" % dest6.port, "::1/six")):
+        doc = {"outboundDestinations": {"six": {"destinationDomain": domain}}}
+        st, res = env.admin("PUT", "/outbound/" + env.app, json.dumps(doc).encode())
+        assert st == 200, (domain, res)
+        st, out, err = env.curl(url, key=env.key, data=body)
+        assert st == 200, (domain, st, out, err)
+        got = dest6.wait_requests(i + 1)[i]
+        assert json.loads(got.body) == plain, (domain, got.body)
+        assert got.header("Proxy-Authorization") is None
+    # Served to the SDK as written (it compares the spelling its client uses).
+    st, _, out = E.api(env.srv, "GET", "/v2/relay-outbound", headers={"api-key": env.key})
+    assert st == 200 and json.loads(out)["outboundDestinations"]["six"]["destinationDomain"] == \
+        "::1/six", out
+    # The same address twice, in the two spellings, is one destination: refused.
+    doc = {"outboundDestinations": {"a": {"destinationDomain": "::1"},
+                                    "b": {"destinationDomain": "[::1]"}}}
+    st, res = env.admin("PUT", "/outbound/" + env.app, json.dumps(doc).encode())
+    assert st == 400 and b"the same" in res, (st, res)
+    # A port without brackets is not a port: refused at push time only if it is no address.
+    doc = {"outboundDestinations": {"a": {"destinationDomain": "::1:99999"}}}
+    st, res = env.admin("PUT", "/outbound/" + env.app, json.dumps(doc).encode())
+    assert st == 400 and b"brackets" in res, (st, res)
+    # A certificate without the address (only a DNS name) fails verification: 502.
+    bad = evstest.Upstream(tls=evstest.make_cert(env.dest_ca, ["localhost"]), host="::1")
+    st, out, _ = env.curl("https://[::1]:%d/six" % bad.port, key=env.key)
+    assert st == 502, (st, out)
+    assert bad.requests == []
+    # The CONNECT target needs the brackets (RFC 9110 authority form).
+    assert connect_status(env, "::1:%d" % dest6.port).status == 400
+    recs = json.loads(E.evctl(env.srv, "--json", "activity").stdout)["transactions"]
+    assert any(r.get("destination") == "[::1]:%d" % dest6.port and r["status"] == 200 and
+               r.get("decryptedFields") == 2 for r in recs), recs
+
+
+def name_resolving_to_v6_loopback():
+    """A host name this machine resolves to ::1, or None."""
+    for name in ("localhost", "ip6-localhost", "localhost6", "ip6-loopback"):
+        try:
+            infos = socket.getaddrinfo(name, 443, socket.AF_INET6, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        if any(i[4][0] == "::1" for i in infos):
+            return name
+    return None
+
+
+def test_dns_name_resolving_to_ipv6():
+    """A destination given by a DNS name that resolves to ::1, listening on ::1 only: the
+    relay connects to it (trying the name's addresses in turn) and decrypts for it."""
+    if not have_ipv6_loopback():
+        raise evstest.Skip("no IPv6 loopback (::1) on this machine")
+    name = name_resolving_to_v6_loopback()
+    if not name:
+        raise evstest.Skip("no host name resolves to ::1 here (localhost: %s)" % sorted(
+            {i[4][0] for i in socket.getaddrinfo("localhost", 443, 0, socket.SOCK_STREAM)}))
+    env = Env()
+    dest6 = evstest.Upstream(tls=evstest.make_cert(env.dest_ca, [name]), handler=Env.echo,
+                             host="::1")
+    # The same port on 127.0.0.1 is held without listening, so an IPv4 address of the name
+    # refuses at once rather than reaching someone else's server.
+    v4 = socket.socket()
+    try:
+        v4.bind(("127.0.0.1", dest6.port))
+        evstest.defer(v4.close)
+    except OSError:
+        v4.close()
+        raise evstest.Skip("port %d is taken on 127.0.0.1" % dest6.port)
+    env.destination(name)
+    plain = {"v": "by name over six"}
+    st, out, err = env.curl("https://%s:%d/n" % (name, dest6.port), key=env.key,
+                            data=json.dumps(env.encrypt(plain)).encode())
+    assert st == 200, (st, out, err)
+    assert json.loads(dest6.wait_requests(1)[0].body) == plain
+
+
+# ---- relay.error events to the alerts plugin --------------------------------------------------
+
+def test_relay_errors_reach_the_alerts_webhook():
+    """The Outbound Relay's errors reach a webhook end to end (plugins/alerts): a
+    forbidden-destination (4XX) and a destination that resets mid-response (the app got a 200
+    head and a cut body: errorType service-unavailable, statusGroup ERR). The documented fields
+    only, signed; never a value (plaintext or ev:) nor the key."""
+    import test_80_alerts as t80
+    hook = evstest.Upstream()
+    env = Env(alerts=[{"relay": "*", "type": "webhook", "url": hook.url + "/h"}],
+              outbound={"team_uuid": "team_ob11", "activity_url": "http://127.0.0.1/activity"})
+    env.destination("localhost")
+    secret = "123-45-6789"
+    ev = env.encrypt({"ssn": secret})
+    body = json.dumps(ev).encode()
+    # 1. Encrypted data to a host that is not a destination (127.0.0.1 is not "localhost").
+    st, out, _ = env.curl("https://127.0.0.1:%d/pay?q=1" % env.dest.port, key=env.key, data=body)
+    assert st == 403 and json.loads(out)["code"] == "forbidden-destination", (st, out)
+    hook.wait_requests(1, timeout=15)
+    # 2. A destination that sends a head and part of the body, then resets (RST) once the
+    # app has the head: the relay has forwarded it, so the response is cut short, not a 502.
+    cert = evstest.make_cert(env.dest_ca, ["localhost"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert.cert, cert.key)
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    evstest.defer(lsock.close)
+    received, head_seen = [], threading.Event()
+    evstest.defer(head_seen.set)
+
+    def serve():
+        try:
+            c, _ = lsock.accept()
+        except OSError:
+            return
+        s = None
+        try:
+            s = ctx.wrap_socket(c, server_side=True)
+            req = s.recv(65536)
+            head, _, rest = req.partition(b"\r\n\r\n")
+            n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(rest) < n:
+                more = s.recv(65536)
+                if not more:
+                    break
+                rest += more
+            received.append(rest)
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+            head_seen.wait(30)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (OSError, ssl.SSLError):
+            pass
+        (s or c).close()
+    threading.Thread(target=serve, daemon=True).start()
+    port = lsock.getsockname()[1]
+    t, _ = tunnel(env, "localhost:%d" % port, b"Proxy-Authorization: %s\r\n" % env.key.encode())
+    t.sendall(b"POST /reset HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    t.settimeout(15)
+    got_back = b""
+    while b"\r\n\r\n" not in got_back:
+        chunk = t.recv(65536)
+        assert chunk, got_back
+        got_back += chunk
+    assert got_back.startswith(b"HTTP/1.1 200 "), got_back[:200]
+    head_seen.set()
+    while True:  # the rest, until the relay ends the connection
+        try:
+            chunk = t.recv(65536)
+        except (OSError, ssl.SSLError):
+            break
+        if not chunk:
+            break
+        got_back += chunk
+    assert len(got_back) < 100000, len(got_back)
+    t.close()
+    assert received and secret.encode() in received[0]  # decrypted for the destination
+    hook.wait_requests(2, timeout=15)
+    got = {}
+    for r in hook.requests:
+        assert r.header("X-Evervault-Event") == "relay.error", r.headers
+        t80.verify_signature(t80.key_of(env.srv), r)
+        ev_body = json.loads(r.body)
+        assert list(ev_body) == t80.FIELDS, list(ev_body)
+        got[ev_body["errorType"]] = ev_body
+        everything = r.body + repr(r.headers).encode()
+        for leak in (secret.encode(), b"ev:", env.key.encode(), b"q=1"):
+            assert leak not in everything, (leak, r.body)
+    f = got["forbidden-destination"]
+    assert f["statusCode"] == 403 and f["statusGroup"] == "4XX", f
+    assert f["inboundDomain"] == "127.0.0.1" and f["relayUuid"].startswith("outbound_"), f
+    assert f["teamUuid"] == "team_ob11" and f["activityLink"].startswith(
+        "http://127.0.0.1/activity?requestId="), f
+    assert "127.0.0.1:%d" % env.dest.port in f["evMessage"] and "/pay" in f["evMessage"], f
+    c = got["service-unavailable"]
+    assert c["statusCode"] == 200 and c["statusGroup"] == "ERR", c
+    assert c["inboundDomain"] == "localhost" and "cut short" in c["evMessage"], c
+    assert "localhost:%d" % port in c["evMessage"], c
+    # The transaction log says the same (a 200 that failed).
+    recs = json.loads(E.evctl(env.srv, "--json", "activity").stdout)["transactions"]
+    assert any(r.get("path") == "/reset" and r["status"] == 200 and
+               r.get("errorCode") == "service-unavailable" for r in recs), recs
+    assert env.dest.requests == []
+    log = env.srv.log()
+    assert secret not in log and env.key not in log
+
+
+# ---- a key revoked while its tunnel is open ---------------------------------------------------
+
+def test_revoked_key_ends_its_open_tunnel():
+    """The tunnel's key is checked again for every request in it: after `evctl key revoke`, the
+    next request in an already-open tunnel (key given on the first inner request, or on the
+    CONNECT) is 407 proxy-auth-failed with the documented body, and the tunnel ends after that
+    answer (a pipelined request behind it is never served). Two workers: the revocation reaches
+    the other worker's cache through a node message before evctl returns."""
+    env = Env(workers=2)
+    env.destination("localhost")
+    auth = "localhost:%d" % env.dest.port
+
+    def get(path, key=None):
+        h = b"Proxy-Authorization: " + key.encode() + b"\r\n" if key else b""
+        return b"GET %s HTTP/1.1\r\nHost: localhost\r\n%s\r\n" % (path.encode(), h)
+
+    for how in ("inner", "connect", "inner-again"):
+        k = E.evctl_json(env.srv, "key", "create", env.app, "--permissions", PERM)
+        connect_h = b"Proxy-Authorization: %s\r\n" % k["apiKey"].encode() if how == "connect" else b""
+        t, head = tunnel(env, auth, connect_h)
+        assert t is not None, head
+        first = get("/%s-1" % how, k["apiKey"] if how != "connect" else None)
+        t.sendall(first + get("/%s-2" % how))
+        rs, _ = evstest.recv_responses(t, 2, timeout=15)
+        assert [r.status for r in rs] == [200, 200], (how, rs)
+        E.evctl(env.srv, "key", "revoke", env.app, k["keyId"])
+        # The same key again on the request, or none (the tunnel's): both refused now.
+        again = k["apiKey"] if how == "inner-again" else None
+        t.sendall(get("/%s-3" % how, again) + get("/%s-4" % how))
+        rs, _ = evstest.recv_responses(t, 2, timeout=15, allow_close=True)
+        assert len(rs) == 1 and rs[0].status == 407, (how, rs)
+        assert rs[0].header("X-Evervault-Error-Code") == "proxy-auth-failed", rs[0].headers
+        assert rs[0].header("Connection") == "close", rs[0].headers
+        assert json.loads(rs[0].body)["code"] == "proxy-auth-failed", rs[0].body
+        t.close()
+        # A new tunnel with the revoked key is refused too.
+        st, out, _ = env.curl("https://%s/" % auth, key=k["apiKey"])
+        assert st == 407, (how, st, out)
+    paths = [r.path for r in env.dest.requests]
+    assert paths == ["/inner-1", "/inner-2", "/connect-1", "/connect-2", "/inner-again-1",
+                     "/inner-again-2"], paths
+    # A key that stays valid keeps its tunnel.
+    t, _ = tunnel(env, auth, b"Proxy-Authorization: %s\r\n" % env.key.encode())
+    t.sendall(get("/kept-1") + get("/kept-2"))
+    rs, _ = evstest.recv_responses(t, 2, timeout=15)
+    assert [r.status for r in rs] == [200, 200], rs
+    assert env.key not in env.srv.log()
 
 
 SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")

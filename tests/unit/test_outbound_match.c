@@ -74,7 +74,17 @@ static void test_patterns(void **state) {
   parse_bad("api.example.com:65536", "port");
   parse_bad("api.example.com:", "port");
   parse_bad("api.example.com:+80", "port");
-  parse_bad("2001:db8::1", "brackets");
+  /* A bare IPv6 address is the address alone (Node's options.hostname spelling); the same
+   * pattern as in brackets. A port needs the brackets. */
+  p = parse_ok("2001:DB8::1");
+  assert_string_equal(p.host, "[2001:db8::1]");
+  assert_int_equal(p.port, 0);
+  p = parse_ok("::1/v1/*");
+  assert_string_equal(p.host, "[::1]");
+  assert_int_equal(p.path_kind, EVS__OB_PATH_PREFIX);
+  assert_string_equal(p.path, "/v1/");
+  parse_bad("2001:db8::g", "brackets");
+  parse_bad("*::1", "suffix");
   parse_bad("[2001:db8::g]", "IPv6");
   parse_bad("*[::1]", "suffix");
   parse_bad("127.1", "IPv4");

@@ -187,7 +187,7 @@ static int route(void *state, evs_request *req) {
       answer_status(c, 400, -EINVAL);
       return EVS_HANDLED;
     }
-    evs_api_key_request kr = {sizeof kr, key.value, key.value_len, perm};
+    evs_api_key_request kr = {sizeof kr, key.value, key.value_len, perm, 0};
     int r = h->check_api_key(st->plugin, &kr, on_key, c);
     if (r < 0) answer_status(c, r == -EACCES ? 401 : 500, r);
     return EVS_HANDLED;
