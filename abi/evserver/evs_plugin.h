@@ -97,7 +97,7 @@
  *        log line per key), where it used to read as unset; the host's error bodies are built
  *        in one place (respond_error). The executable exports no symbol: plugins reach the
  *        host through this table alone, as they always should have.
- *   1.7  evs_api_key_request.recheck (a provider may answer a repeated check from a cache it
+ *   1.8  evs_api_key_request.recheck (a provider may answer a repeated check from a cache it
  *        keeps coherent with revocations) and response_close (end the connection after this
  *        response): the Outbound Relay checks a tunnel's key again on every request in it and
  *        ends the tunnel once the key is revoked. response_status also gives a code with a
@@ -116,7 +116,7 @@ extern "C" {
 
 #define EVS_PLUGIN_MAGIC 0x50535645u /* "EVSP" little-endian */
 #define EVS_ABI_MAJOR 1
-#define EVS_ABI_MINOR 7
+#define EVS_ABI_MINOR 8
 
 /* Error codes beyond errno. */
 #define EVS_EUPSTREAM_REFUSED (-10001) /* upstream refused the connection */
@@ -488,10 +488,10 @@ typedef struct evs_api_key_request {
   const char *key;        /* the API key as received; never logged, wiped by the provider */
   size_t key_len;
   const char *permission; /* e.g. "relay:inbound-mtls", "api:encrypt" */
-  /* 1.7: nonzero when the caller checks again a key it already checked (each request in a
+  /* 1.8: nonzero when the caller checks again a key it already checked (each request in a
    * tunnel): the provider may answer from a per-worker cache it keeps coherent with key
    * revocations on this node (other nodes' within a second), and records no audit entry for
-   * such an answer. A struct without it (the 1.6 size) reads as 0. */
+   * such an answer. A struct without it (the 1.7 size) reads as 0. */
   int recheck;
 } evs_api_key_request;
 
@@ -818,7 +818,7 @@ typedef struct evs_host {
   int (*filter_end)(evs_request *req, int status);
   /* The response status sent to the client so far (0 before the head), and in *ret_code (if
    * not NULL) the documented error code when the response was an error from the host or a
-   * plugin's respond_error (else NULL). Since 1.7 a code with a status below 400 means the
+   * plugin's respond_error (else NULL). Since 1.8 a code with a status below 400 means the
    * response was cut short after its head: the destination reset the connection or timed out
    * mid-body (service-unavailable, request-timeout). For LOG hooks: transaction logs and
    * alerts. */
@@ -952,7 +952,7 @@ typedef struct evs_host {
   /* The PEM bundle clients should trust (current CA, then older ones still valid);
    * EVS_CRYPTO_UNAVAILABLE when no CA exists. Answered from memory (no enclave round trip). */
   int (*ca_certificates)(evs_plugin *p, evs_bytes_cb cb, void *arg); /* PEM bundle clients should trust (current CA, then older ones still valid) */
-  /* 1.7: the connection closes once this request's response is sent (its head says
+  /* 1.8: the connection closes once this request's response is sent (its head says
    * `Connection: close`), whatever keep-alive would allow: for an answer after which the
    * connection must not be used again (a tunnel whose key was revoked). Before the head goes
    * out: 0; -EALREADY after. */
