@@ -1,0 +1,518 @@
+/*
+ * evs-fnbox: the box that runs one function's code (docs/functions.md is its contract).
+ *
+ * Started by the host as a helper (sandbox policy "fnbox": its exec stage lets the set-up below
+ * through), it builds the box and execs the runtime's interpreter on its bootstrap, which then
+ * serves runs over fd 3. The set-up, in order:
+ *
+ *   outer process   unshares user, mount, pid, net, ipc and uts namespaces at once (the outer
+ *                   uid maps to 0 inside, for the set-up only), opens (O_PATH) everything the
+ *                   box will see and forks the box's pid 1; it then only waits
+ *                   and passes the exit status on. Killing it kills the box (PR_SET_PDEATHSIG,
+ *                   and the end of a pid namespace's init ends all of it).
+ *   pid 1           mounts a fresh tmpfs root: read-only binds of the interpreter, the library
+ *                   directories, the runtime's stdlib (python), the bootstrap at /bootstrap, the
+ *                   code at /function, the egress socket at /run/evs/egress.sock; a tmpfs /tmp
+ *                   of --tmp-size bytes; /dev with null, zero, random, urandom; /proc of the new
+ *                   pid namespace. pivot_root, old root detached, root remounted read-only. Then
+ *                   every capability goes (bounding set, ambient, securebits locked so that exec
+ *                   as uid 0 regains nothing), no-new-privs, the runtime's seccomp policy
+ *                   (function-node, function-python), exec.
+ *
+ * Set-up errors go to stderr (one line, no payload) and, as a `fail` frame, to the channel.
+ * This program parses no untrusted input: only its command line, written by the plugin.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/capability.h>
+#include <linux/securebits.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "evs_sandbox.h"
+
+#define CHANNEL_FD 3
+#define EGRESS_IN_BOX "/run/evs/egress.sock"
+#define MAX_BINDS 32
+
+enum { RT_NODE = 1, RT_PYTHON = 2 };
+
+/* One read-only bind: an O_PATH descriptor opened before any mount, and where it goes. */
+struct bind {
+  int fd;
+  int is_dir;
+  char dst[PATH_MAX];
+};
+
+struct box {
+  int runtime;
+  const char *interpreter_arg, *code_arg, *handler, *egress_arg;
+  unsigned long long tmp_size;
+  int seccomp_log;
+  char interpreter[PATH_MAX]; /* resolved */
+  char pyver[16];             /* "3.11" */
+  struct bind binds[MAX_BINDS];
+  int nbinds;
+  /* Symbolic links to recreate in the new root (/lib -> usr/lib on merged-/usr systems). */
+  char links[8][2][PATH_MAX];
+  int nlinks;
+};
+
+static int json_str(char *out, size_t cap, const char *s) {
+  size_t n = 0;
+  for (; *s && n + 8 < cap; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') {
+      out[n++] = '\\';
+      out[n++] = (char)c;
+    } else if (c < 0x20) {
+      n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+    } else {
+      out[n++] = (char)c;
+    }
+  }
+  out[n] = 0;
+  return (int)n;
+}
+
+/* Reports a set-up failure on stderr and as a `fail` frame, then exits. */
+static __attribute__((noreturn, format(printf, 2, 3))) void die(int err, const char *fmt, ...) {
+  char msg[512], esc[1100], frame[1200];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (err) {
+    size_t l = strlen(msg);
+    snprintf(msg + l, sizeof msg - l, ": %s", strerror(err));
+  }
+  dprintf(2, "evs-fnbox: %s\n", msg);
+  json_str(esc, sizeof esc, msg);
+  int n = snprintf(frame + 4, sizeof frame - 4,
+                   "{\"t\":\"fail\",\"error\":{\"message\":\"evs-fnbox: %s\",\"stack\":\"\"}}", esc);
+  if (n > 0 && (size_t)n < sizeof frame - 4) {
+    uint32_t len = (uint32_t)n;
+    frame[0] = (char)(len >> 24), frame[1] = (char)(len >> 16);
+    frame[2] = (char)(len >> 8), frame[3] = (char)len;
+    ssize_t w = write(CHANNEL_FD, frame, (size_t)n + 4);
+    (void)w;
+  }
+  _exit(127);
+}
+
+static void usage(void) {
+  dprintf(2, "usage: evs-fnbox --runtime node|python --interpreter <abs path> --code <dir> "
+             "--handler <file>.<func> --tmp-size <bytes> [--egress <unix socket path>] "
+             "[--seccomp-log]\n");
+  _exit(2);
+}
+
+static void parse_args(struct box *b, int argc, char **argv) {
+  const char *rt = NULL, *tmp = NULL;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--seccomp-log") == 0) {
+      b->seccomp_log = 1;
+      continue;
+    }
+    if (i + 1 >= argc) usage();
+    const char *v = argv[++i];
+    if (strcmp(a, "--runtime") == 0) rt = v;
+    else if (strcmp(a, "--interpreter") == 0) b->interpreter_arg = v;
+    else if (strcmp(a, "--code") == 0) b->code_arg = v;
+    else if (strcmp(a, "--handler") == 0) b->handler = v;
+    else if (strcmp(a, "--tmp-size") == 0) tmp = v;
+    else if (strcmp(a, "--egress") == 0) b->egress_arg = v;
+    else usage();
+  }
+  if (!rt || !b->interpreter_arg || !b->code_arg || !b->handler || !tmp) usage();
+  if (strcmp(rt, "node") == 0) b->runtime = RT_NODE;
+  else if (strcmp(rt, "python") == 0) b->runtime = RT_PYTHON;
+  else die(0, "unknown runtime '%.20s' (node, python)", rt);
+  char *end;
+  errno = 0;
+  b->tmp_size = strtoull(tmp, &end, 10);
+  if (errno || *end || b->tmp_size < 4096) die(0, "--tmp-size must be a number of bytes >= 4096");
+  if (b->interpreter_arg[0] != '/') die(0, "--interpreter must be an absolute path");
+  const char *dot = strrchr(b->handler, '.');
+  if (!dot || dot == b->handler || !dot[1] || strlen(b->handler) > 256)
+    die(0, "--handler must be <file>.<func>");
+}
+
+/* Adds a read-only bind of host path src at dst in the box (dst NULL: the same path). */
+static void add_bind(struct box *b, const char *src, const char *dst, int required) {
+  if (b->nbinds >= MAX_BINDS) die(0, "too many bind mounts");
+  int fd = open(src, O_PATH | O_CLOEXEC);
+  if (fd < 0) {
+    if (!required && errno == ENOENT) return;
+    die(errno, "%s", src);
+  }
+  struct stat sb;
+  if (fstat(fd, &sb) < 0) die(errno, "%s", src);
+  struct bind *bd = &b->binds[b->nbinds++];
+  bd->fd = fd;
+  bd->is_dir = S_ISDIR(sb.st_mode);
+  snprintf(bd->dst, sizeof bd->dst, "%s", dst ? dst : src);
+}
+
+/* A top-level library location: a symbolic link is recreated, a directory bound read-only. */
+static void add_libdir(struct box *b, const char *path) {
+  struct stat sb;
+  if (lstat(path, &sb) < 0) return;
+  if (S_ISLNK(sb.st_mode)) {
+    if (b->nlinks >= 8) return;
+    char target[PATH_MAX];
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    if (n <= 0) return;
+    target[n] = 0;
+    snprintf(b->links[b->nlinks][0], PATH_MAX, "%s", path);
+    snprintf(b->links[b->nlinks][1], PATH_MAX, "%s", target);
+    b->nlinks++;
+    /* The link's target must exist in the box too (relative targets are from /). */
+    char abs[PATH_MAX + 2];
+    if (target[0] == '/') snprintf(abs, sizeof abs, "%s", target);
+    else snprintf(abs, sizeof abs, "/%s", target);
+    add_libdir(b, abs);
+  } else if (S_ISDIR(sb.st_mode)) {
+    for (int i = 0; i < b->nbinds; i++)
+      if (strcmp(b->binds[i].dst, path) == 0) return;
+    add_bind(b, path, NULL, 0);
+  }
+}
+
+/* "3.11" from ".../python3.11"; else the only lib/python3.* under the prefix. */
+static void python_version(struct box *b, const char *prefix) {
+  const char *base = strrchr(b->interpreter, '/') + 1;
+  unsigned maj, min;
+  if (sscanf(base, "python%u.%u", &maj, &min) == 2) {
+    snprintf(b->pyver, sizeof b->pyver, "%u.%u", maj, min);
+    return;
+  }
+  for (min = 30; min >= 6; min--) {
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/lib/python3.%u/os.py", prefix, min);
+    if (access(p, F_OK) == 0) {
+      snprintf(b->pyver, sizeof b->pyver, "3.%u", min);
+      return;
+    }
+  }
+  die(0, "cannot tell the Python version of %s", b->interpreter);
+}
+
+/* What the box will see, opened now, before the tmpfs root hides anything: the binds use
+ * these descriptors, not paths. */
+static void plan(struct box *b, const char *self_dir) {
+  if (!realpath(b->interpreter_arg, b->interpreter)) die(errno, "%s", b->interpreter_arg);
+  if (access(b->interpreter, X_OK) < 0) die(errno, "%s", b->interpreter);
+  add_bind(b, b->interpreter, NULL, 1);
+  /* Shared libraries: the system's library directories, whole (read-only, nothing secret in
+   * them); computing the exact closure per runtime is left for later (sandbox/README.md). */
+  static const char *const libdirs[] = {"/lib", "/lib64", "/usr/lib64",
+                                        "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+                                        "/usr/local/lib"};
+  for (size_t i = 0; i < sizeof libdirs / sizeof libdirs[0]; i++) add_libdir(b, libdirs[i]);
+  if (b->runtime == RT_PYTHON) {
+    /* <prefix>/bin/pythonX.Y: the stdlib is <prefix>/lib/pythonX.Y, libpython beside it. */
+    char prefix[PATH_MAX], p[PATH_MAX * 2];
+    snprintf(prefix, sizeof prefix, "%s", b->interpreter);
+    for (int k = 0; k < 2; k++) {
+      char *s = strrchr(prefix, '/');
+      if (!s || s == prefix) die(0, "cannot tell the prefix of %s", b->interpreter);
+      *s = 0;
+    }
+    python_version(b, prefix);
+    snprintf(p, sizeof p, "%s/lib/python%s", prefix, b->pyver);
+    int have = 0;
+    for (int i = 0; i < b->nbinds; i++)
+      if (strncmp(p, b->binds[i].dst, strlen(b->binds[i].dst)) == 0 &&
+          p[strlen(b->binds[i].dst)] == '/')
+        have = 1;
+    if (!have) add_bind(b, p, NULL, 1);
+    snprintf(p, sizeof p, "%s/lib/libpython%s.so.1.0", prefix, b->pyver);
+    if (access(p, F_OK) == 0 && strncmp(p, "/usr/lib/", 9) != 0) add_bind(b, p, NULL, 1);
+  }
+  /* CA certificates, for TLS through the egress proxy (public data). */
+  add_bind(b, "/etc/ssl", NULL, 0);
+  add_bind(b, "/usr/share/ca-certificates", NULL, 0);
+  char p[PATH_MAX];
+  snprintf(p, sizeof p, "%s/fnbox-runtimes/%s", self_dir,
+           b->runtime == RT_NODE ? "node" : "python");
+  add_bind(b, p, "/bootstrap", 1);
+  add_bind(b, b->code_arg, "/function", 1);
+  if (!b->binds[b->nbinds - 1].is_dir) die(ENOTDIR, "%s", b->code_arg);
+  if (b->egress_arg) {
+    add_bind(b, b->egress_arg, EGRESS_IN_BOX, 1);
+    struct stat sb;
+    if (stat(b->egress_arg, &sb) < 0 || !S_ISSOCK(sb.st_mode))
+      die(ENOTSOCK, "--egress %s", b->egress_arg);
+  }
+}
+
+static int write_file(const char *path, const char *s) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  ssize_t n = write(fd, s, strlen(s));
+  int e = n < 0 ? -errno : 0;
+  close(fd);
+  return e;
+}
+
+/* mkdir -p under the new root. */
+static void mkdirs(const char *path, mode_t mode) {
+  char p[PATH_MAX];
+  snprintf(p, sizeof p, "%s", path);
+  for (char *s = p + 1; *s; s++) {
+    if (*s != '/') continue;
+    *s = 0;
+    if (mkdir(p, 0755) < 0 && errno != EEXIST) die(errno, "mkdir %s", p);
+    *s = '/';
+  }
+  if (mkdir(p, mode) < 0 && errno != EEXIST) die(errno, "mkdir %s", p);
+}
+
+/* The mount flags a read-only remount must keep: in a user namespace the kernel refuses to
+ * clear nosuid, nodev, noexec or the atime flags it inherited (they are locked). */
+static unsigned long locked_flags(const char *path) {
+  struct statvfs sv;
+  unsigned long f = 0;
+  if (statvfs(path, &sv) < 0) return 0;
+  if (sv.f_flag & ST_NOSUID) f |= MS_NOSUID;
+  if (sv.f_flag & ST_NODEV) f |= MS_NODEV;
+  if (sv.f_flag & ST_NOEXEC) f |= MS_NOEXEC;
+  if (sv.f_flag & ST_NOATIME) f |= MS_NOATIME;
+  if (sv.f_flag & ST_NODIRATIME) f |= MS_NODIRATIME;
+  if (sv.f_flag & ST_RELATIME) f |= MS_RELATIME;
+  return f;
+}
+
+static void bind_ro(const struct bind *bd, const char *root) {
+  char dst[PATH_MAX * 2], src[64];
+  snprintf(dst, sizeof dst, "%s%s", root, bd->dst);
+  if (bd->is_dir) {
+    mkdirs(dst, 0755);
+  } else {
+    char *s = strrchr(dst, '/');
+    *s = 0;
+    mkdirs(dst, 0755);
+    *s = '/';
+    int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) die(errno, "mount point %s", bd->dst);
+    close(fd);
+  }
+  snprintf(src, sizeof src, "/proc/self/fd/%d", bd->fd);
+  if (mount(src, dst, NULL, MS_BIND | MS_REC, NULL) < 0) die(errno, "bind %s", bd->dst);
+  unsigned long f = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | locked_flags(dst);
+  if (mount(NULL, dst, NULL, f, NULL) < 0) die(errno, "read-only %s", bd->dst);
+}
+
+static void build_root(const struct box *b) {
+  /* The tmpfs root goes over /tmp of this (private) mount namespace: every source is already
+   * open, so what it hides does not matter. */
+  const char *root = "/tmp";
+  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die(errno, "private mounts");
+  if (mount("fnbox", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755") < 0)
+    die(errno, "root tmpfs");
+  char p[PATH_MAX * 2];
+  for (int i = 0; i < b->nbinds; i++) bind_ro(&b->binds[i], root);
+  for (int i = 0; i < b->nlinks; i++) {
+    snprintf(p, sizeof p, "%s%s", root, b->links[i][0]);
+    if (symlink(b->links[i][1], p) < 0 && errno != EEXIST) die(errno, "symlink %s", p);
+  }
+  /* /tmp: the function's only writable place, of bounded size. */
+  char opt[64];
+  snprintf(opt, sizeof opt, "size=%llu,mode=1777", b->tmp_size);
+  snprintf(p, sizeof p, "%s/tmp", root);
+  mkdirs(p, 01777);
+  if (mount("tmp", p, "tmpfs", MS_NOSUID | MS_NODEV, opt) < 0) die(errno, "/tmp tmpfs");
+  /* /dev: device nodes cannot be made in a user namespace; bind the host's harmless ones. */
+  static const char *const devs[] = {"null", "zero", "random", "urandom"};
+  snprintf(p, sizeof p, "%s/dev", root);
+  mkdirs(p, 0755);
+  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) {
+    char src[64];
+    snprintf(src, sizeof src, "/dev/%s", devs[i]);
+    snprintf(p, sizeof p, "%s/dev/%s", root, devs[i]);
+    int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) die(errno, "mount point /dev/%s", devs[i]);
+    close(fd);
+    if (mount(src, p, NULL, MS_BIND, NULL) < 0) die(errno, "bind %s", src);
+    mount(NULL, p, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC | locked_flags(p), NULL);
+  }
+  static const char *const fdlinks[][2] = {{"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
+                                           {"stdout", "/proc/self/fd/1"},
+                                           {"stderr", "/proc/self/fd/2"}};
+  for (size_t i = 0; i < sizeof fdlinks / sizeof fdlinks[0]; i++) {
+    snprintf(p, sizeof p, "%s/dev/%s", root, fdlinks[i][0]);
+    if (symlink(fdlinks[i][1], p) < 0) die(errno, "symlink %s", p);
+  }
+  /* /proc of the box's own pid namespace: it shows the box and nothing else. */
+  snprintf(p, sizeof p, "%s/proc", root);
+  mkdirs(p, 0555);
+  if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+    die(errno, "/proc of the box");
+  if (b->egress_arg) {
+    snprintf(p, sizeof p, "%s/run/evs", root);
+    chmod(p, 0755);
+  }
+  /* Enter it and drop the host's tree entirely. */
+  if (chdir(root) < 0) die(errno, "chdir new root");
+  if (syscall(SYS_pivot_root, ".", ".") < 0) die(errno, "pivot_root");
+  if (umount2(".", MNT_DETACH) < 0) die(errno, "detach the old root");
+  if (chdir("/") < 0) die(errno, "chdir /");
+  if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+    die(errno, "read-only root");
+}
+
+/* Loopback up (best effort): the net namespace has nothing else. */
+static void loopback_up(void) {
+  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return;
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+    ifr.ifr_flags |= IFF_UP;
+    ioctl(s, SIOCSIFFLAGS, &ifr);
+  }
+  close(s);
+}
+
+/* Every capability goes, for good: exec as uid 0 must not bring any back. */
+static void drop_caps(void) {
+  if (prctl(PR_SET_SECUREBITS, SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_SETUID_FIXUP |
+                                   SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_NOROOT |
+                                   SECBIT_NOROOT_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE |
+                                   SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
+            0, 0, 0) < 0)
+    die(errno, "securebits");
+  for (int c = 0; c <= 63; c++)
+    if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno == EINVAL) break;
+  prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct data[2];
+  memset(data, 0, sizeof data);
+  if (syscall(SYS_capset, &hdr, data) < 0) die(errno, "capset");
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die(errno, "no-new-privs");
+}
+
+/* Descriptors: the channel on 3, /dev/null on 0-2 (the function's output goes over the channel
+ * as log frames, never to evserver's stdout or stderr), nothing else. */
+static void fix_fds(void) {
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0) die(errno, "/dev/null");
+  for (int i = 0; i < 3; i++)
+    if (dup2(null, i) < 0) die(errno, "dup2");
+  close(null);
+  if (fcntl(CHANNEL_FD, F_SETFD, 0) < 0) die(errno, "the channel (fd 3)");
+  syscall(SYS_close_range, CHANNEL_FD + 1, ~0u, 0);
+}
+
+static __attribute__((noreturn)) void run_box(struct box *b, int parent_alive) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  struct pollfd pf = {parent_alive, POLLIN, 0};
+  if (poll(&pf, 1, 0) != 0) _exit(1); /* the outer process died before the line above */
+  close(parent_alive);
+  build_root(b);
+  for (int i = 0; i < b->nbinds; i++) close(b->binds[i].fd);
+  sethostname("fnbox", 5);
+  loopback_up();
+  struct rlimit none = {0, 0};
+  setrlimit(RLIMIT_CORE, &none);
+  const char *policy_name = b->runtime == RT_NODE ? "function-node" : "function-python";
+  evs_sandbox_policy pol;
+  if (evs_sandbox_policy_lookup(policy_name, &pol) < 0) die(0, "no policy %s", policy_name);
+  char *argv[16];
+  int n = 0;
+  if (b->runtime == RT_NODE) {
+    argv[n++] = "node";
+    argv[n++] = "/bootstrap/bootstrap.js";
+  } else {
+    argv[n++] = "python3";
+    argv[n++] = "-I"; /* no PYTHON* variables, no user site: the box decides sys.path */
+    argv[n++] = "-S";
+    argv[n++] = "-B";
+    argv[n++] = "/bootstrap/bootstrap.py";
+  }
+  argv[n++] = (char *)b->handler;
+  if (b->egress_arg) argv[n++] = EGRESS_IN_BOX;
+  argv[n] = NULL;
+  drop_caps();
+  int r = evs_sandbox_apply_ex(pol, b->seccomp_log ? EVS_SANDBOX_LOG_DENIED : 0);
+  if (r < 0) die(-r, "seccomp policy %s", policy_name);
+  fix_fds();
+  extern char **environ;
+  execve(b->interpreter, argv, environ);
+  die(errno, "exec %s", b->interpreter);
+}
+
+int main(int argc, char **argv) {
+  struct box b;
+  memset(&b, 0, sizeof b);
+  parse_args(&b, argc, argv);
+  struct stat sb;
+  if (fstat(CHANNEL_FD, &sb) < 0 || !S_ISSOCK(sb.st_mode))
+    die(EBADF, "fd 3 must be the channel socket");
+  char self[PATH_MAX];
+  ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (sl <= 0) die(errno, "/proc/self/exe");
+  self[sl] = 0;
+  *strrchr(self, '/') = 0;
+
+  uid_t uid = geteuid();
+  gid_t gid = getegid();
+  if (unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC |
+              CLONE_NEWUTS) < 0)
+    die(errno, "namespaces (unprivileged user namespaces disabled?)");
+  char map[64];
+  int r = write_file("/proc/self/setgroups", "deny");
+  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)uid);
+  if (r == 0) r = write_file("/proc/self/uid_map", map);
+  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)gid);
+  if (r == 0) r = write_file("/proc/self/gid_map", map);
+  if (r < 0) die(-r, "user namespace id maps");
+  /* Opened in the new mount namespace: a bind's source must be one of its own mounts. */
+  plan(&b, self);
+
+  int alive[2];
+  if (pipe2(alive, O_CLOEXEC) < 0) die(errno, "pipe");
+  pid_t pid = fork();
+  if (pid < 0) die(errno, "fork");
+  if (pid == 0) {
+    close(alive[1]);
+    run_box(&b, alive[0]);
+  }
+  /* The outer process: holds alive[1] until it ends, waits, passes the status on. */
+  close(alive[0]);
+  close(CHANNEL_FD);
+  for (int i = 0; i < b.nbinds; i++) close(b.binds[i].fd);
+  int ws;
+  while (waitpid(pid, &ws, 0) < 0)
+    if (errno != EINTR) _exit(1);
+  if (WIFSIGNALED(ws)) {
+    int sig = WTERMSIG(ws);
+    signal(sig, SIG_DFL);
+    struct rlimit none = {0, 0};
+    setrlimit(RLIMIT_CORE, &none);
+    kill(getpid(), sig);
+    _exit(128 + sig);
+  }
+  _exit(WIFEXITED(ws) ? WEXITSTATUS(ws) : 1);
+}
