@@ -442,10 +442,10 @@ static __attribute__((noreturn)) void run_box(struct box *b, int parent_alive) {
   char *argv[16];
   int n = 0;
   if (b->runtime == RT_NODE) {
-    argv[n++] = "node";
+    argv[n++] = b->interpreter;
     argv[n++] = "/bootstrap/bootstrap.js";
   } else {
-    argv[n++] = "python3";
+    argv[n++] = b->interpreter; /* python finds its prefix from it (PATH is the function's) */
     argv[n++] = "-I"; /* no PYTHON* variables, no user site: the box decides sys.path */
     argv[n++] = "-S";
     argv[n++] = "-B";

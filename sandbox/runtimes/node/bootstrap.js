@@ -43,9 +43,9 @@ function emitLog(stream, text) {
 }
 for (const [name, stream] of [['log', 'stdout'], ['info', 'stdout'], ['debug', 'stdout'],
   ['warn', 'stderr'], ['error', 'stderr'], ['trace', 'stderr']]) {
-  console[name] = (...args) => emitLog(stream, util.format(...args));
+  console[name] = (...args) => emitLog(stream, util.format(...args) + '\n');
 }
-console.dir = (obj, opts) => emitLog('stdout', util.inspect(obj, opts));
+console.dir = (obj, opts) => emitLog('stdout', util.inspect(obj, opts) + '\n');
 for (const [s, stream] of [[process.stdout, 'stdout'], [process.stderr, 'stderr']]) {
   s.write = (chunk, enc, cb) => {
     emitLog(stream, typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8'));
