@@ -452,7 +452,10 @@ static __attribute__((noreturn)) void run_box(struct box *b, int parent_alive) {
     argv[n++] = "/bootstrap/bootstrap.py";
   }
   argv[n++] = (char *)b->handler;
-  if (b->egress_arg) argv[n++] = EGRESS_IN_BOX;
+  argv[n++] = b->egress_arg ? EGRESS_IN_BOX : "";
+  /* Python coerces the C locale by setting LC_CTYPE (PEP 538): the bootstrap takes it out of
+   * the function's environment again unless the function had it. */
+  if (b->runtime == RT_PYTHON) argv[n++] = getenv("LC_CTYPE") ? "lc_ctype" : "";
   argv[n] = NULL;
   drop_caps();
   int r = evs_sandbox_apply_ex(pol, b->seccomp_log ? EVS_SANDBOX_LOG_DENIED : 0);

@@ -1,5 +1,5 @@
 // The Node bootstrap of a function box (docs/functions.md): run by evs-fnbox as
-// `node /bootstrap/bootstrap.js <file>.<func> [<egress socket>]` inside the box. It loads the
+// `node /bootstrap/bootstrap.js <file>.<func> <egress socket or ''>` inside the box. It loads the
 // handler from /function, says `ready` (or `fail`) on fd 3, then serves `run` frames one at a
 // time: console output goes back as `log` frames (never to fd 1 or 2), context.encrypt/decrypt
 // become `call` frames answered by `reply`, the outcome a `result` frame. After each run /tmp is
@@ -13,7 +13,7 @@ const util = require('util');
 
 const MAX_FRAME = 32 * 1024 * 1024;
 const handlerSpec = process.argv[2] || '';
-const egressPath = process.argv[3] || null;
+const egressPath = process.argv[3] || null; // '' without --egress
 const envSnapshot = Object.assign({}, process.env);
 
 const chan = new net.Socket({ fd: 3, readable: true, writable: true });

@@ -1,5 +1,5 @@
 # The Python bootstrap of a function box (docs/functions.md): run by evs-fnbox as
-# `python3 -I -S -B /bootstrap/bootstrap.py <file>.<func> [<egress socket>]` inside the box. It
+# `python3 -I -S -B /bootstrap/bootstrap.py <file>.<func> <egress socket or ''> [lc_ctype]` in the box. It
 # imports the handler from /function, says `ready` (or `fail`) on fd 3, then serves `run` frames
 # one at a time: print and sys.stdout/stderr writes go back as `log` frames (never to fd 1 or 2),
 # context.encrypt/decrypt become `call` frames answered by `reply` (blocking), the outcome a
@@ -18,7 +18,9 @@ import traceback
 
 MAX_FRAME = 32 * 1024 * 1024
 HANDLER = sys.argv[1] if len(sys.argv) > 1 else ""
-EGRESS = sys.argv[2] if len(sys.argv) > 2 else None
+EGRESS = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else None
+if (len(sys.argv) < 4 or sys.argv[3] != "lc_ctype") and "LC_CTYPE" in os.environ:
+    del os.environ["LC_CTYPE"]  # set by Python's locale coercion, not by the function
 ENV_SNAPSHOT = dict(os.environ)
 
 chan = socket.socket(fileno=3)
