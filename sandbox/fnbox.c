@@ -366,8 +366,13 @@ static void build_root(const struct box *b) {
   /* /proc of the box's own pid namespace: it shows the box and nothing else. */
   snprintf(p, sizeof p, "%s/proc", root);
   mkdirs(p, 0555);
-  if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-    die(errno, "/proc of the box");
+  /* The kernel refuses a new proc in a user namespace when the host's /proc is partly hidden
+   * (systemd's ProtectKernelTunables=, container runtimes' masked paths): the box then has no
+   * /proc, which node and python do without. */
+  if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+    if (errno != EPERM) die(errno, "/proc of the box");
+    dprintf(2, "evs-fnbox: no /proc in the box (%s)\n", strerror(errno));
+  }
   if (b->egress_arg) {
     snprintf(p, sizeof p, "%s/run/evs", root);
     chmod(p, 0755);
