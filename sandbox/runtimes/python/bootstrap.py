@@ -32,7 +32,7 @@ class ProtocolError(Exception):
 
 
 def send(obj):
-    body = json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    body = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("ascii")
     if len(body) > MAX_FRAME:
         return False
     with send_lock:
