@@ -475,6 +475,8 @@ int main(int argc, char **argv) {
   struct box b;
   memset(&b, 0, sizeof b);
   parse_args(&b, argc, argv);
+  /* Only the channel is ours: whatever else was inherited would keep, say, its other end open. */
+  syscall(SYS_close_range, CHANNEL_FD + 1, ~0u, 0);
   struct stat sb;
   if (fstat(CHANNEL_FD, &sb) < 0 || !S_ISSOCK(sb.st_mode))
     die(EBADF, "fd 3 must be the channel socket");
@@ -511,6 +513,7 @@ int main(int argc, char **argv) {
   close(alive[0]);
   close(CHANNEL_FD);
   for (int i = 0; i < b.nbinds; i++) close(b.binds[i].fd);
+  syscall(SYS_close_range, 0, 2, 0);
   int ws;
   while (waitpid(pid, &ws, 0) < 0)
     if (errno != EINTR) _exit(1);

@@ -329,11 +329,11 @@ static void test_fnbox_exec_stage(void **state) {
   fputs("def handler(data, context):\n    return data\n", f);
   fclose(f);
   int sv[2];
-  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
   pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
-    if (dup2(sv[1], 3) != 3) _exit(96);
+    if (dup2(sv[1], 3) != 3 || fcntl(3, F_SETFD, 0) < 0) _exit(96);
     if (evs_sandbox_load(prog, len) != 0) _exit(99);
     char *argv[] = {"evs-fnbox", "--runtime", "python", "--interpreter", (char *)py, "--code",
                     dir, "--handler", "main.handler", "--tmp-size", "1048576", NULL};
