@@ -5,17 +5,17 @@
 # context.encrypt/decrypt become `call` frames answered by `reply` (blocking), the outcome a
 # `result` frame. After each run /tmp is emptied and the environment restored. Standard library
 # only.
+# Cold start matters: only what every box needs is imported here (json; the channel is used
+# through os.read/os.write, without the socket module); the rest when it is needed.
+import _thread
 import importlib
 import io
 import json
 import os
-import shutil
-import socket
 import struct
 import sys
-import threading
-import traceback
 
+CHANNEL = 3
 MAX_FRAME = 32 * 1024 * 1024
 HANDLER = sys.argv[1] if len(sys.argv) > 1 else ""
 EGRESS = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else None
@@ -23,8 +23,7 @@ if (len(sys.argv) < 4 or sys.argv[3] != "lc_ctype") and "LC_CTYPE" in os.environ
     del os.environ["LC_CTYPE"]  # set by Python's locale coercion, not by the function
 ENV_SNAPSHOT = dict(os.environ)
 
-chan = socket.socket(fileno=3)
-send_lock = threading.Lock()
+send_lock = _thread.allocate_lock()
 
 
 class ProtocolError(Exception):
@@ -35,15 +34,17 @@ def send(obj):
     body = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("ascii")
     if len(body) > MAX_FRAME:
         return False
+    data = memoryview(struct.pack(">I", len(body)) + body)
     with send_lock:
-        chan.sendall(struct.pack(">I", len(body)) + body)
+        while data:
+            data = data[os.write(CHANNEL, data):]
     return True
 
 
 def recv_exact(n):
     buf = bytearray()
     while len(buf) < n:
-        chunk = chan.recv(min(n - len(buf), 1 << 20))
+        chunk = os.read(CHANNEL, min(n - len(buf), 1 << 20))
         if not chunk:
             os._exit(0)  # the plugin closed the channel: the box ends
         buf += chunk
@@ -64,6 +65,7 @@ def recv():
 
 
 def error_of(e):
+    import traceback
     return {
         "message": str(e) or type(e).__name__,
         "stack": "".join(traceback.format_exception(type(e), e, e.__traceback__)),
@@ -81,7 +83,7 @@ class LogStream(io.TextIOBase):
     def __init__(self, name):
         self.name = name
         self._buf = []
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def writable(self):
         return True
@@ -115,17 +117,25 @@ sys.stderr = LogStream("stderr")
 
 
 # ---- egress: HTTP(S) through the CONNECT proxy on a unix socket -----------------------------
-class _TunnelSocket(socket.socket):
-    # http.client sets TCP_NODELAY on what create_connection returns; a unix socket has none.
-    def setsockopt(self, level, opt, *args):
-        if level == socket.IPPROTO_TCP:
-            return None
-        return super().setsockopt(level, opt, *args)
+def install_egress():
+    import socket
+
+    class TunnelSocket(socket.socket):
+        # http.client sets TCP_NODELAY on what create_connection returns; unix sockets have none.
+        def setsockopt(self, level, opt, *args):
+            if level == socket.IPPROTO_TCP:
+                return None
+            return super().setsockopt(level, opt, *args)
+
+    def tunnel(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **kw):
+        return _tunnel(socket, TunnelSocket, address, timeout)
+
+    socket.create_connection = tunnel
 
 
-def _tunnel(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **kw):
+def _tunnel(socket, TunnelSocket, address, timeout):
     host, port = address[0], address[1]
-    s = _TunnelSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s = TunnelSocket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
             s.settimeout(timeout)
@@ -149,7 +159,7 @@ def _tunnel(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None
 
 
 if EGRESS:
-    socket.create_connection = _tunnel
+    install_egress()
 
 
 # ---- calls: context.encrypt / decrypt (blocking) --------------------------------------------
@@ -195,6 +205,7 @@ def clean_tmp():
         p = os.path.join("/tmp", n)
         try:
             if os.path.isdir(p) and not os.path.islink(p):
+                import shutil
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 os.unlink(p)
