@@ -28,6 +28,15 @@ def interpreter(runtime):
     return None
 
 
+def sanitized():
+    """Whether evs-fnbox was built with the sanitizers (-DEVS_SANITIZE=ON)."""
+    try:
+        with open(FNBOX, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
+
+
 class Box:
     """One evs-fnbox process. files: {name: source} written to a fresh code dir."""
 

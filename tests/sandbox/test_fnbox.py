@@ -423,6 +423,7 @@ class EscapeTests(EscapeChecks, unittest.TestCase):
                 r, _, _ = b.run({})  # alive, and /tmp was emptied: the same again
                 self.assertIn(r["result"], (28, "ENOSPC"))
 
+    @unittest.skipIf(fnbox.sanitized(), "ASan's shadow memory does not fit in RLIMIT_AS")
     def test_python_memory_limit(self):
         b = self.box("python", py_fn("return len(bytearray(data['n']))"), rlimit_as=1 << 30)
         r, _, _ = b.run({"n": 2 << 30})
