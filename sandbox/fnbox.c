@@ -337,8 +337,10 @@ static void build_root(const struct box *b) {
     if (symlink(b->links[i][1], p) < 0 && errno != EEXIST) die(errno, "symlink %s", p);
   }
   /* /tmp: the function's only writable place, of bounded size. */
-  char opt[64];
-  snprintf(opt, sizeof opt, "size=%llu,mode=1777", b->tmp_size);
+  /* Inodes cost kernel memory that size= does not count: one per 4 KiB of /tmp, at least 1024. */
+  char opt[96];
+  unsigned long long inodes = b->tmp_size / 4096 > 1024 ? b->tmp_size / 4096 : 1024;
+  snprintf(opt, sizeof opt, "size=%llu,nr_inodes=%llu,mode=1777", b->tmp_size, inodes);
   snprintf(p, sizeof p, "%s/tmp", root);
   mkdirs(p, 01777);
   if (mount("tmp", p, "tmpfs", MS_NOSUID | MS_NODEV, opt) < 0) die(errno, "/tmp tmpfs");
@@ -514,6 +516,14 @@ int main(int argc, char **argv) {
   close(CHANNEL_FD);
   for (int i = 0; i < b.nbinds; i++) close(b.binds[i].fd);
   syscall(SYS_close_range, 0, 2, 0);
+  /* It owns the box's namespaces: it keeps no capability in them while it waits. */
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct none_caps[2];
+  memset(none_caps, 0, sizeof none_caps);
+  if (syscall(SYS_capset, &hdr, none_caps) < 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+    kill(pid, SIGKILL);
+    _exit(1);
+  }
   int ws;
   while (waitpid(pid, &ws, 0) < 0)
     if (errno != EINTR) _exit(1);
