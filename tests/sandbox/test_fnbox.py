@@ -503,7 +503,7 @@ class EgressProxy:
     """A CONNECT proxy on a unix socket, as the plugin runs one: every tunnel goes to the
     test's HTTP server on 127.0.0.1, whatever host was asked for; hosts in `refuse` get 403."""
 
-    def __init__(self, target_port, refuse=()):
+    def __init__(self, target_port, refuse=(), ports=None):
         self.dir = tempfile.mkdtemp(prefix="fnbox-egress-")
         os.chmod(self.dir, 0o755)
         self.path = os.path.join(self.dir, "egress.sock")
@@ -513,6 +513,7 @@ class EgressProxy:
         self.srv.listen(16)
         self.target_port = target_port
         self.refuse = refuse
+        self.ports = ports or {}  # requested port -> the local server for it
         self.asked = []
         threading.Thread(target=self.loop, daemon=True).start()
 
@@ -538,7 +539,8 @@ class EgressProxy:
             c.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
             c.close()
             return
-        up = socket.create_connection(("127.0.0.1", self.target_port))
+        port = int(target.rsplit(":", 1)[1])
+        up = socket.create_connection(("127.0.0.1", self.ports.get(port, self.target_port)))
         c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
 
         def pump(a, b):
@@ -584,7 +586,28 @@ class Egress(unittest.TestCase):
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
         self.addCleanup(self.http.server_close)
         self.addCleanup(self.http.shutdown)
-        self.proxy = EgressProxy(self.http.server_address[1], refuse=("denied.test",))
+        # HTTPS: a self-signed certificate for api.example.test, trusted by the functions
+        # through their own code (python: cadata; node: NODE_EXTRA_CA_CERTS=/function/ca.pem).
+        import ssl
+        self.certdir = tempfile.mkdtemp(prefix="fnbox-tls-")
+        self.addCleanup(lambda: __import__("shutil").rmtree(self.certdir, ignore_errors=True))
+        key, crt = (os.path.join(self.certdir, n) for n in ("key.pem", "crt.pem"))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt,
+                        "-days", "2", "-subj", "/CN=api.example.test",
+                        "-addext", "subjectAltName=DNS:api.example.test"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(crt) as f:
+            self.ca = f.read()
+        self.https = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(crt, key)
+        self.https.socket = ctx.wrap_socket(self.https.socket, server_side=True)
+        threading.Thread(target=self.https.serve_forever, daemon=True).start()
+        self.addCleanup(self.https.server_close)
+        self.addCleanup(self.https.shutdown)
+        self.proxy = EgressProxy(self.http.server_address[1], refuse=("denied.test",),
+                                 ports={443: self.https.server_address[1]})
         self.addCleanup(self.proxy.close)
 
     def box(self, rt, files, **kw):
@@ -622,6 +645,29 @@ class Egress(unittest.TestCase):
         self.assertEqual(r["result"]["ok"], "hello from api.example.test:8080")
         self.assertIn("403", r["result"]["denied"])
         self.assertEqual(r["result"]["fetch"], "hello from fetch.example.test:81")
+
+    def test_python_https_through_proxy(self):
+        b = self.box("python", py_fn(
+            "import ssl, urllib.request\nctx = ssl.create_default_context(cadata=data['ca'])\n"
+            "return urllib.request.urlopen('https://api.example.test/x', context=ctx, timeout=10).read().decode()"))
+        r, _, _ = b.run({"ca": self.ca})
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(r["result"], "hello from api.example.test")
+
+    @unittest.skipUnless(NODE_OK, "node is not installed")
+    def test_node_https_and_fetch_through_proxy(self):
+        files = node_fn(
+            "const https = require('https'); const out = {};"
+            "out.https = await new Promise((res, rej) => https.get('https://api.example.test/x', r => {"
+            "  let s = ''; r.on('data', d => s += d); r.on('end', () => res(s)); }).on('error', rej));"
+            "out.fetch = await (await fetch('https://api.example.test/y')).text();"
+            "return out;")
+        files["ca.pem"] = self.ca
+        b = self.box("node", files, env={"NODE_EXTRA_CA_CERTS": "/function/ca.pem"})
+        r, _, _ = b.run({})
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(r["result"], {"https": "hello from api.example.test",
+                                       "fetch": "hello from api.example.test"})
 
     def test_no_egress_no_network(self):
         # Without --egress the same code has no way out.
