@@ -37,7 +37,7 @@ typedef enum evs_sandbox_policy {
   EVS_SANDBOX_FNBOX = 3,
   /* The interpreter of a function box (node 20, python 3.11): deny by default (EPERM), an
    * allowlist of what the runtime needs to serve runs; threads but no new processes, unix
-   * sockets only, execve allowed (the filter goes on before the interpreter's exec). */
+   * sockets only. One execve (evs_sandbox_apply_exec: the interpreter's), then none. */
   EVS_SANDBOX_FUNCTION_NODE = 4,
   EVS_SANDBOX_FUNCTION_PYTHON = 5,
 } evs_sandbox_policy;
@@ -58,6 +58,12 @@ typedef enum evs_sandbox_policy {
 int evs_sandbox_apply(evs_sandbox_policy policy);
 /* The same, with EVS_SANDBOX_* flags. */
 int evs_sandbox_apply_ex(evs_sandbox_policy policy, unsigned flags);
+
+/* For a policy applied just before an exec (the function policies): the filter lets exactly
+ * one execve through, the one whose path argument is this very pointer (exec_path, which the
+ * caller then passes to execve unchanged); any other execve kills the process. After the exec
+ * no such pointer exists in the new program's view, so it can exec nothing. */
+int evs_sandbox_apply_exec(evs_sandbox_policy policy, unsigned flags, const char *exec_path);
 
 /* Human-readable name of a policy, for logs; also its name in the registry. */
 const char *evs_sandbox_policy_name(evs_sandbox_policy policy);

@@ -465,7 +465,8 @@ static __attribute__((noreturn)) void run_box(struct box *b, int parent_alive) {
   if (b->runtime == RT_PYTHON) argv[n++] = getenv("LC_CTYPE") ? "lc_ctype" : "";
   argv[n] = NULL;
   drop_caps();
-  int r = evs_sandbox_apply_ex(pol, b->seccomp_log ? EVS_SANDBOX_LOG_DENIED : 0);
+  int r = evs_sandbox_apply_exec(pol, b->seccomp_log ? EVS_SANDBOX_LOG_DENIED : 0,
+                                 b->interpreter);
   if (r < 0) die(-r, "seccomp policy %s", policy_name);
   fix_fds();
   extern char **environ;

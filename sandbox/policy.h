@@ -15,7 +15,8 @@ int evs__sandbox_exec_rules(scmp_filter_ctx ctx);
 int evs__sandbox_exec_kill_rules(scmp_filter_ctx ctx);
 int evs__sandbox_fnbox_exec_rules(scmp_filter_ctx ctx);
 /* The final stage of function-node and function-python (a deny-by-default filter). */
-int evs__sandbox_function_rules(scmp_filter_ctx ctx, evs_sandbox_policy policy);
+int evs__sandbox_function_rules(scmp_filter_ctx ctx, evs_sandbox_policy policy,
+                                const char *exec_path);
 int evs__sandbox_worker_rules(scmp_filter_ctx ctx);
 
 #endif

@@ -8,12 +8,14 @@
  * `evs-fnbox --seccomp-log` (would-be-denied calls go to the kernel log instead). Threads yes
  * (clone with CLONE_THREAD; clone3, whose flags seccomp cannot see, fails with ENOSYS so that
  * glibc falls back to clone), new processes no. Sockets: unix ones only (the channel, the egress
- * proxy). execve stays allowed, since the filter is loaded before the exec of the interpreter;
- * with no new processes it can only replace the box's process by another one of the few
- * binaries in the box, under the same filter. Calls that only an attacker makes kill (SIGSYS).
+ * proxy). The filter goes on before the exec of the interpreter, so it allows exactly that
+ * execve: the one whose path argument is the very pointer evs-fnbox passes. Any later execve
+ * (its path elsewhere in a new address space, which the box cannot see) kills the box, as do
+ * execveat and the calls that only an attacker makes (SIGSYS).
  */
 #include <errno.h>
 #include <sched.h>
+#include <stdint.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 
@@ -56,7 +58,7 @@ static const char *const common[] = {
     "prlimit64", "getrusage", "sysinfo", "times", "uname", "getuid", "geteuid", "getgid",
     "getegid", "getresuid", "getresgid", "getgroups", "getpid", "getppid", "gettid", "getpgrp",
     "getpgid", "getsid", "getcpu", "capget", "prctl", "arch_prctl", "getrandom", "memfd_create",
-    "wait4", "waitid", "exit", "exit_group", "restart_syscall", "execve",
+    "wait4", "waitid", "exit", "exit_group", "restart_syscall",
     /* sockets: creation is unix-only (below); the rest only ever applies to unix sockets */
     "connect", "bind", "listen", "accept", "accept4", "sendto", "recvfrom", "sendmsg", "recvmsg",
     "sendmmsg", "recvmmsg", "shutdown", "getsockname", "getpeername", "getsockopt",
@@ -67,12 +69,21 @@ static const char *const common[] = {
 static const char *const deadly[] = {
     "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "kexec_file_load",
     "init_module", "finit_module", "delete_module", "bpf", "perf_event_open", "iopl", "ioperm",
-    "open_by_handle_at", "userfaultfd",
+    "open_by_handle_at", "userfaultfd", "execveat",
 };
 
-int evs__sandbox_function_rules(scmp_filter_ctx ctx, evs_sandbox_policy policy) {
+int evs__sandbox_function_rules(scmp_filter_ctx ctx, evs_sandbox_policy policy,
+                                const char *exec_path) {
   int r = add_names(ctx, SCMP_ACT_KILL_PROCESS, deadly, sizeof deadly / sizeof deadly[0]);
   if (r == 0) r = add_names(ctx, SCMP_ACT_ALLOW, common, sizeof common / sizeof common[0]);
+  if (r < 0) return r;
+  scmp_datum_t once = (scmp_datum_t)(uintptr_t)exec_path;
+  if (exec_path)
+    r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(execve), 1, SCMP_A0(SCMP_CMP_EQ, once));
+  if (r == 0)
+    r = exec_path ? seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, SCMP_SYS(execve), 1,
+                                     SCMP_A0(SCMP_CMP_NE, once))
+                  : seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, SCMP_SYS(execve), 0);
   if (r < 0) return r;
   /* Threads only: a clone without CLONE_THREAD (fork, child_process.spawn, os.fork) is
    * refused by the default action. */

@@ -57,6 +57,10 @@ int evs_sandbox_policy_self_applied(evs_sandbox_policy policy) {
 int evs_sandbox_apply(evs_sandbox_policy policy) { return evs_sandbox_apply_ex(policy, 0); }
 
 int evs_sandbox_apply_ex(evs_sandbox_policy policy, unsigned flags) {
+  return evs_sandbox_apply_exec(policy, flags, NULL);
+}
+
+int evs_sandbox_apply_exec(evs_sandbox_policy policy, unsigned flags, const char *exec_path) {
   struct rlimit none = {0, 0};
   if (setrlimit(RLIMIT_CORE, &none) < 0) return -errno;
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) return -errno;
@@ -71,7 +75,9 @@ int evs_sandbox_apply_ex(evs_sandbox_policy policy, unsigned flags) {
       if (r == 0) r = evs__sandbox_kill_rules(ctx);
       break;
     case EVS_SANDBOX_FUNCTION_NODE:
-    case EVS_SANDBOX_FUNCTION_PYTHON: r = evs__sandbox_function_rules(ctx, policy); break;
+    case EVS_SANDBOX_FUNCTION_PYTHON:
+      r = evs__sandbox_function_rules(ctx, policy, exec_path);
+      break;
     default: r = -EINVAL; break; /* the worker and fnbox policies have only an exec stage */
   }
   if (r == 0) r = seccomp_load(ctx);

@@ -276,6 +276,35 @@ static void test_function_policies(void **state) {
   }
 }
 
+/* One execve: the one whose path is the very pointer given; any other, or any without a
+ * pointer given, kills. */
+static int exec_child(const char *allowed, const char *path) {
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    if (evs_sandbox_apply_exec(EVS_SANDBOX_FUNCTION_PYTHON, 0, allowed) != 0) _exit(99);
+    char *argv[] = {(char *)path, NULL}, *envp[] = {NULL};
+    execve(path, argv, envp);
+    _exit(98);
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  return st;
+}
+
+static void test_function_policy_one_exec(void **state) {
+  (void)state;
+  static const char path[] = "/bin/true";
+  char copy[sizeof path];
+  memcpy(copy, path, sizeof path);
+  int st = exec_child(path, path);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  st = exec_child(path, copy); /* the same file by another pointer: killed */
+  assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+  st = exec_child(NULL, path);
+  assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+}
+
 /* Log mode: what would fail with EPERM goes through (and to the kernel log); kills stay. */
 static void test_function_policy_log_mode(void **state) {
   (void)state;
@@ -367,6 +396,7 @@ int main(void) {
       cmocka_unit_test(test_registry),
       cmocka_unit_test(test_worker_exec_stage),
       cmocka_unit_test(test_function_policies),
+      cmocka_unit_test(test_function_policy_one_exec),
       cmocka_unit_test(test_function_policy_log_mode),
       cmocka_unit_test(test_fnbox_exec_stage),
   };
