@@ -72,7 +72,7 @@ struct box {
   struct bind binds[MAX_BINDS];
   int nbinds;
   /* Symbolic links to recreate in the new root (/lib -> usr/lib on merged-/usr systems). */
-  char links[8][2][PATH_MAX];
+  char links[16][2][PATH_MAX];
   int nlinks;
 };
 
@@ -173,29 +173,42 @@ static void add_bind(struct box *b, const char *src, const char *dst, int requir
   snprintf(bd->dst, sizeof bd->dst, "%s", dst ? dst : src);
 }
 
-/* A top-level library location: a symbolic link is recreated, a directory bound read-only. */
-static void add_libdir(struct box *b, const char *path) {
-  struct stat sb;
-  if (lstat(path, &sb) < 0) return;
-  if (S_ISLNK(sb.st_mode)) {
-    if (b->nlinks >= 8) return;
-    char target[PATH_MAX];
-    ssize_t n = readlink(path, target, sizeof target - 1);
-    if (n <= 0) return;
-    target[n] = 0;
-    snprintf(b->links[b->nlinks][0], PATH_MAX, "%s", path);
-    snprintf(b->links[b->nlinks][1], PATH_MAX, "%s", target);
-    b->nlinks++;
-    /* The link's target must exist in the box too (relative targets are from /). */
-    char abs[PATH_MAX + 2];
-    if (target[0] == '/') snprintf(abs, sizeof abs, "%s", target);
-    else snprintf(abs, sizeof abs, "/%s", target);
-    add_libdir(b, abs);
-  } else if (S_ISDIR(sb.st_mode)) {
-    for (int i = 0; i < b->nbinds; i++)
-      if (strcmp(b->binds[i].dst, path) == 0) return;
-    add_bind(b, path, NULL, 0);
+/* Whether path is already in the box, under a bound directory. */
+static int covered(const struct box *b, const char *path) {
+  for (int i = 0; i < b->nbinds; i++) {
+    size_t n = strlen(b->binds[i].dst);
+    if (strncmp(path, b->binds[i].dst, n) == 0 && (path[n] == 0 || path[n] == '/')) return 1;
   }
+  return 0;
+}
+
+/* A host path the box needs at the same place: a symbolic link is recreated (and what it
+ * points to added), a directory or file bound read-only; a missing one is skipped. */
+static void add_path(struct box *b, const char *path, int depth) {
+  struct stat sb;
+  if (depth > 4 || covered(b, path) || lstat(path, &sb) < 0) return;
+  if (!S_ISLNK(sb.st_mode)) {
+    if (S_ISDIR(sb.st_mode) || S_ISREG(sb.st_mode)) add_bind(b, path, NULL, 0);
+    return;
+  }
+  if (b->nlinks >= (int)(sizeof b->links / sizeof b->links[0])) return;
+  char target[PATH_MAX];
+  ssize_t n = readlink(path, target, sizeof target - 1);
+  if (n <= 0) return;
+  target[n] = 0;
+  snprintf(b->links[b->nlinks][0], PATH_MAX, "%s", path);
+  snprintf(b->links[b->nlinks][1], PATH_MAX, "%s", target);
+  b->nlinks++;
+  char abs[PATH_MAX * 2];
+  if (target[0] == '/') {
+    snprintf(abs, sizeof abs, "%s", target);
+  } else { /* relative to the link's directory */
+    snprintf(abs, sizeof abs, "%s", path);
+    *strrchr(abs, '/') = 0;
+    size_t l = strlen(abs);
+    snprintf(abs + l, sizeof abs - l, "/%s", target);
+  }
+  add_path(b, abs, depth + 1);
 }
 
 /* "3.11" from ".../python3.11"; else the only lib/python3.* under the prefix. */
@@ -228,7 +241,7 @@ static void plan(struct box *b, const char *self_dir) {
   static const char *const libdirs[] = {"/lib", "/lib64", "/usr/lib64",
                                         "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
                                         "/usr/local/lib"};
-  for (size_t i = 0; i < sizeof libdirs / sizeof libdirs[0]; i++) add_libdir(b, libdirs[i]);
+  for (size_t i = 0; i < sizeof libdirs / sizeof libdirs[0]; i++) add_path(b, libdirs[i], 0);
   if (b->runtime == RT_PYTHON) {
     /* <prefix>/bin/pythonX.Y: the stdlib is <prefix>/lib/pythonX.Y, libpython beside it. */
     char prefix[PATH_MAX], p[PATH_MAX * 2];
@@ -249,9 +262,12 @@ static void plan(struct box *b, const char *self_dir) {
     snprintf(p, sizeof p, "%s/lib/libpython%s.so.1.0", prefix, b->pyver);
     if (access(p, F_OK) == 0 && strncmp(p, "/usr/lib/", 9) != 0) add_bind(b, p, NULL, 1);
   }
-  /* CA certificates, for TLS through the egress proxy (public data). */
-  add_bind(b, "/etc/ssl", NULL, 0);
-  add_bind(b, "/usr/share/ca-certificates", NULL, 0);
+  /* CA certificates, for TLS through the egress proxy: the public ones only (never all of
+   * /etc/ssl: its private/ may be readable by evserver's uid or groups, which the box keeps). */
+  static const char *const ca[] = {"/etc/ssl/certs", "/usr/share/ca-certificates",
+                                   "/etc/ssl/openssl.cnf", "/usr/lib/ssl/certs",
+                                   "/usr/lib/ssl/cert.pem", "/usr/lib/ssl/openssl.cnf"};
+  for (size_t i = 0; i < sizeof ca / sizeof ca[0]; i++) add_path(b, ca[i], 0);
   char p[PATH_MAX];
   snprintf(p, sizeof p, "%s/fnbox-runtimes/%s", self_dir,
            b->runtime == RT_NODE ? "node" : "python");
@@ -334,6 +350,10 @@ static void build_root(const struct box *b) {
   for (int i = 0; i < b->nbinds; i++) bind_ro(&b->binds[i], root);
   for (int i = 0; i < b->nlinks; i++) {
     snprintf(p, sizeof p, "%s%s", root, b->links[i][0]);
+    char *slash = strrchr(p, '/');
+    *slash = 0;
+    mkdirs(p, 0755);
+    *slash = '/';
     if (symlink(b->links[i][1], p) < 0 && errno != EEXIST) die(errno, "symlink %s", p);
   }
   /* /tmp: the function's only writable place, of bounded size. */

@@ -314,6 +314,9 @@ try_it('write /', lambda: open('/x', 'w').write('x'))
 try_it('write stdlib', lambda: open(os.__file__, 'a').write('x'))
 try_it('mknod', lambda: os.mknod('/tmp/n', 0o20666, os.makedev(1, 3)))
 try_it('setuid', lambda: os.setuid(1))
+try_it('ssl private keys', lambda: os.listdir('/etc/ssl/private'))
+import ssl
+out['ca_certs'] = len(ssl.create_default_context().get_ca_certs()) + len(os.listdir(ssl.get_default_verify_paths().openssl_capath))
 out['procs'] = [n for n in os.listdir('/proc') if n.isdigit()]
 for line in open('/proc/self/status'):
     k, _, v = line.partition(':')
@@ -383,6 +386,8 @@ class EscapeTests(EscapeChecks, unittest.TestCase):
         self.assertEqual(out["clone3"], "denied ENOSYS")
         self.assertEqual(out["inet socket"], "denied EPERM")
         self.assertEqual(out["mount"], "denied EPERM")
+        if os.path.isdir("/etc/ssl/certs"):
+            self.assertGreater(out["ca_certs"], 0)  # public CAs are there, private keys not
 
     def test_net_namespace_alone(self):
         # With seccomp in log mode (sockets allowed), the network namespace still has nothing
