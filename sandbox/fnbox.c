@@ -253,14 +253,9 @@ static void plan(struct box *b, const char *self_dir) {
     }
     python_version(b, prefix);
     snprintf(p, sizeof p, "%s/lib/python%s", prefix, b->pyver);
-    int have = 0;
-    for (int i = 0; i < b->nbinds; i++)
-      if (strncmp(p, b->binds[i].dst, strlen(b->binds[i].dst)) == 0 &&
-          p[strlen(b->binds[i].dst)] == '/')
-        have = 1;
-    if (!have) add_bind(b, p, NULL, 1);
+    if (!covered(b, p)) add_bind(b, p, NULL, 1);
     snprintf(p, sizeof p, "%s/lib/libpython%s.so.1.0", prefix, b->pyver);
-    if (access(p, F_OK) == 0 && strncmp(p, "/usr/lib/", 9) != 0) add_bind(b, p, NULL, 1);
+    if (access(p, F_OK) == 0 && !covered(b, p)) add_bind(b, p, NULL, 1);
   }
   /* CA certificates, for TLS through the egress proxy: the public ones only (never all of
    * /etc/ssl: its private/ may be readable by evserver's uid or groups, which the box keeps). */
@@ -406,6 +401,7 @@ static void build_root(const struct box *b) {
   if (chdir("/") < 0) die(errno, "chdir /");
   if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
     die(errno, "read-only root");
+  if (chdir("/function") < 0) die(errno, "chdir /function"); /* relative paths: the code's */
 }
 
 /* Loopback up (best effort): the net namespace has nothing else. */

@@ -144,6 +144,11 @@ class Common:
         self.assertNotIn("PATH", env)
         self.assertEqual(set(env), {"FN_ENV", "KEEP"})
 
+    def test_cwd_is_the_code(self):
+        b = self.ready(self.fn(self.CWD))
+        r, _, _ = b.run({})
+        self.assertEqual(r["result"], "/function")
+
     def test_exit_on_channel_close(self):
         b = self.ready(self.fn(self.HELLO))
         b.sock.close()
@@ -163,6 +168,7 @@ class NodeProtocol(Common, unittest.TestCase):
     THROWS = "if (data.ok) return 1; throw new Error('boom');"
     SYNTAX = {"index.js": "exports.handler = async (data => {\n"}
     MISSING = "index.nope"
+    CWD = "return process.cwd();"
     TMP = ("const fs = require('fs');"
            "if (data.write) { fs.writeFileSync('/tmp/a.txt', 'x'); fs.writeFileSync('/tmp/.hidden', 'x');"
            "fs.mkdirSync('/tmp/d/e', {recursive: true}); fs.writeFileSync('/tmp/d/e/f', 'x'); }"
@@ -172,6 +178,12 @@ class NodeProtocol(Common, unittest.TestCase):
 
 
 class PythonProtocol(Common, unittest.TestCase):
+    def test_async_handler(self):
+        b = self.ready({"main.py": "import asyncio\nasync def handler(data, context):\n"
+                                   "    await asyncio.sleep(0.01)\n    return data\n"})
+        r, _, _ = b.run({"a": 1})
+        self.assertEqual(r["result"], {"a": 1})
+
     RT = "python"
     fn = staticmethod(py_fn)
     HELLO = "return 'hello ' + data['name']"
@@ -182,6 +194,7 @@ class PythonProtocol(Common, unittest.TestCase):
     THROWS = "if data.get('ok'): return 1\nraise ValueError('boom')"
     SYNTAX = {"main.py": "def handler(data, context)\n    return 1\n"}
     MISSING = "main.nope"
+    CWD = "import os\nreturn os.getcwd()"
     TMP = ("import os\nif data['write']:\n    open('/tmp/a.txt', 'w').write('x')\n"
            "    open('/tmp/.hidden', 'w').write('x')\n    os.makedirs('/tmp/d/e')\n"
            "    open('/tmp/d/e/f', 'w').write('x')\nreturn os.listdir('/tmp')")
@@ -429,6 +442,29 @@ class EscapeTests(EscapeChecks, unittest.TestCase):
                 self.assertIn(r["result"], (28, "ENOSPC"))
                 r, _, _ = b.run({})  # alive, and /tmp was emptied: the same again
                 self.assertIn(r["result"], (28, "ENOSPC"))
+
+    def test_locked_leftovers_do_not_survive(self):
+        # A run hides data for the next one in a directory it made unreadable, under /tmp made
+        # unwritable; the next run finds an empty /tmp (or a fresh box), never the data.
+        for rt, files in (("python", py_fn(
+                "import os\nif data['hide']:\n    os.makedirs('/tmp/a/b')\n"
+                "    open('/tmp/a/b/secret', 'w').write('card 4242')\n    os.chmod('/tmp/a/b', 0)\n"
+                "    os.chmod('/tmp/a', 0)\n    os.chmod('/tmp', 0o500)\n    return 'hidden'\n"
+                "os.chmod('/tmp', 0o1777)\nreturn [os.listdir('/tmp'), os.getcwd()]")),
+                ("node", node_fn(
+                    "const fs = require('fs'); if (data.hide) { fs.mkdirSync('/tmp/a/b', {recursive: true});"
+                    "fs.writeFileSync('/tmp/a/b/secret', 'card 4242'); fs.chmodSync('/tmp/a/b', 0);"
+                    "fs.chmodSync('/tmp/a', 0); fs.chmodSync('/tmp', 0o500); process.chdir('/tmp'); return 'hidden'; }"
+                    "return [fs.readdirSync('/tmp'), process.cwd()];"))):
+            if rt == "node" and not NODE_OK:
+                continue
+            with self.subTest(runtime=rt):
+                b = self.box(rt, files)
+                r, _, _ = b.run({"hide": True})
+                self.assertEqual(r["result"], "hidden")
+                r, _, _ = b.run({"hide": False})
+                self.assertIsNotNone(r, "the box ended instead: acceptable, but not expected here")
+                self.assertEqual(r["result"], [[], "/function"])
 
     @unittest.skipIf(fnbox.sanitized(), "ASan's shadow memory does not fit in RLIMIT_AS")
     def test_python_memory_limit(self):

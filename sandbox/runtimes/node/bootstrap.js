@@ -159,12 +159,31 @@ function call(op, data) {
 }
 
 // ---- after a run ----------------------------------------------------------------------------
-function cleanTmp() {
-  let names = [];
-  try { names = fs.readdirSync('/tmp'); } catch (_) { return; }
+// Removes everything under dir. The box has no capability, so a directory the function made
+// unreadable or unwritable is opened up first.
+function removeTree(dir) {
+  let names;
+  try {
+    fs.chmodSync(dir, dir === '/tmp' ? 0o1777 : 0o700);
+    names = fs.readdirSync(dir);
+  } catch (_) { return; }
   for (const n of names) {
-    try { fs.rmSync(path.join('/tmp', n), { recursive: true, force: true }); } catch (_) { }
+    const p = path.join(dir, n);
+    let st;
+    try { st = fs.lstatSync(p); } catch (_) { continue; }
+    if (st.isDirectory()) {
+      removeTree(p);
+      try { fs.rmdirSync(p); } catch (_) { }
+    } else {
+      try { fs.unlinkSync(p); } catch (_) { }
+    }
   }
+}
+
+// Whether /tmp is empty afterwards: if not, the box must not serve another run.
+function cleanTmp() {
+  removeTree('/tmp');
+  try { return fs.readdirSync('/tmp').length === 0; } catch (_) { return false; }
 }
 
 function restoreEnv() {
@@ -217,8 +236,11 @@ function finish(run, out) {
   current = null;
   for (const p of run.pending.values()) p.reject(new Error('the run is over'));
   send(out);
-  cleanTmp();
+  // Nothing of this run may reach the next: /tmp, the environment, the working directory.
+  // What cannot be undone ends the box (the plugin starts a fresh one).
+  if (!cleanTmp()) return chan.end(() => process.exit(1));
   restoreEnv();
+  try { process.chdir('/function'); } catch (_) { }
   busy = false;
   next();
 }

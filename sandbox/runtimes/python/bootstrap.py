@@ -196,21 +196,33 @@ class Context:
 
 
 # ---- after a run ----------------------------------------------------------------------------
-def clean_tmp():
+def remove_tree(d):
+    """Removes everything under d. The box has no capability, so a directory the function made
+    unreadable or unwritable is opened up first."""
     try:
-        names = os.listdir("/tmp")
+        os.chmod(d, 0o1777 if d == "/tmp" else 0o700)
+        names = os.listdir(d)
     except OSError:
         return
     for n in names:
-        p = os.path.join("/tmp", n)
+        p = os.path.join(d, n)
         try:
             if os.path.isdir(p) and not os.path.islink(p):
-                import shutil
-                shutil.rmtree(p, ignore_errors=True)
+                remove_tree(p)
+                os.rmdir(p)
             else:
                 os.unlink(p)
         except OSError:
             pass
+
+
+def clean_tmp():
+    """Whether /tmp is empty afterwards: if not, the box must not serve another run."""
+    remove_tree("/tmp")
+    try:
+        return not os.listdir("/tmp")
+    except OSError:
+        return False
 
 
 def restore_env():
@@ -238,6 +250,9 @@ def serve(handler, frame):
     current = run
     try:
         value = handler(frame.get("payload"), Context(run))
+        if hasattr(value, "__await__"):  # an async def handler
+            import asyncio
+            value = asyncio.run(value)
         body = {"t": "result", "id": run["id"], "ok": True, "result": value}
         try:
             json.dumps(body, allow_nan=False)
@@ -252,8 +267,15 @@ def serve(handler, frame):
     if not send(body):
         send({"t": "result", "id": run["id"], "ok": False,
               "error": {"message": "result too large", "stack": ""}})
-    clean_tmp()
+    # Nothing of this run may reach the next: /tmp, the environment, the working directory.
+    # What cannot be undone ends the box (the plugin starts a fresh one).
+    if not clean_tmp():
+        os._exit(1)
     restore_env()
+    try:
+        os.chdir("/function")
+    except OSError:
+        pass
 
 
 def main():
