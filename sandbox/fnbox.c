@@ -263,6 +263,7 @@ static void plan(struct box *b, const char *self_dir) {
                                    "/etc/ssl/openssl.cnf", "/usr/lib/ssl/certs",
                                    "/usr/lib/ssl/cert.pem", "/usr/lib/ssl/openssl.cnf"};
   for (size_t i = 0; i < sizeof ca / sizeof ca[0]; i++) add_path(b, ca[i], 0);
+  add_path(b, "/usr/share/zoneinfo", 0); /* time zones, for python's zoneinfo (node has ICU's) */
   char p[PATH_MAX];
   snprintf(p, sizeof p, "%s/fnbox-runtimes/%s", self_dir,
            b->runtime == RT_NODE ? "node" : "python");
@@ -373,12 +374,30 @@ static void build_root(const struct box *b) {
     if (mount(src, p, NULL, MS_BIND, NULL) < 0) die(errno, "bind %s", src);
     mount(NULL, p, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC | locked_flags(p), NULL);
   }
-  static const char *const fdlinks[][2] = {{"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
-                                           {"stdout", "/proc/self/fd/1"},
-                                           {"stderr", "/proc/self/fd/2"}};
-  for (size_t i = 0; i < sizeof fdlinks / sizeof fdlinks[0]; i++) {
-    snprintf(p, sizeof p, "%s/dev/%s", root, fdlinks[i][0]);
-    if (symlink(fdlinks[i][1], p) < 0) die(errno, "symlink %s", p);
+  /* /dev/shm is /tmp: POSIX semaphores and shared memory (python's multiprocessing locks) then
+   * count against --tmp-size and go with the run like the rest of /tmp. */
+  static const char *const devlinks[][2] = {{"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
+                                            {"stdout", "/proc/self/fd/1"},
+                                            {"stderr", "/proc/self/fd/2"}, {"shm", "/tmp"}};
+  for (size_t i = 0; i < sizeof devlinks / sizeof devlinks[0]; i++) {
+    snprintf(p, sizeof p, "%s/dev/%s", root, devlinks[i][0]);
+    if (symlink(devlinks[i][1], p) < 0) die(errno, "symlink %s", p);
+  }
+  /* Who uid 0 is (home /tmp), and localhost: what libraries ask of /etc when nothing is set. */
+  static const char *const etc[][2] = {
+      {"passwd", "root:x:0:0:function:/tmp:/nonexistent\n"},
+      {"group", "root:x:0:\n"},
+      {"hosts", "127.0.0.1 localhost\n::1 localhost\n"},
+  };
+  snprintf(p, sizeof p, "%s/etc", root);
+  mkdirs(p, 0755);
+  for (size_t i = 0; i < sizeof etc / sizeof etc[0]; i++) {
+    snprintf(p, sizeof p, "%s/etc/%s", root, etc[i][0]);
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) die(errno, "%s", p);
+    ssize_t w = write(fd, etc[i][1], strlen(etc[i][1]));
+    close(fd);
+    if (w < 0) die(errno, "%s", p);
   }
   /* /proc of the box's own pid namespace: it shows the box and nothing else. */
   snprintf(p, sizeof p, "%s/proc", root);
