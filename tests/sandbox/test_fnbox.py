@@ -257,7 +257,8 @@ const tryIt = async (name, f) => {
 await tryIt('read other code', () => fs.readFileSync(data.other, 'utf8'));
 await tryIt('list other code', () => fs.readdirSync(data.otherDir));
 await tryIt('read state db', () => fs.readFileSync(data.db, 'utf8'));
-await tryIt('read /etc/passwd', () => fs.readFileSync('/etc/passwd', 'utf8'));
+out.passwd = fs.readFileSync('/etc/passwd', 'utf8');
+await tryIt('read /etc/hostname', () => fs.readFileSync('/etc/hostname', 'utf8'));
 await tryIt('read /etc/shadow', () => fs.readFileSync('/etc/shadow', 'utf8'));
 await tryIt('admin socket', () => new Promise((res, rej) => {
   const s = net.connect({path: data.admin}); s.on('connect', () => res('connected')); s.on('error', rej); }));
@@ -300,7 +301,8 @@ def sysc(nr, *args):
 try_it('read other code', lambda: open(data['other']).read())
 try_it('read state db', lambda: open(data['db']).read())
 try_it('list state dir', lambda: os.listdir(data['state']))
-try_it('read /etc/passwd', lambda: open('/etc/passwd').read())
+out['passwd'] = open('/etc/passwd').read()
+try_it('read /etc/hostname', lambda: open('/etc/hostname').read())
 def unix_connect():
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(data['admin']); return 'connected'
 try_it('admin socket', unix_connect)
@@ -360,6 +362,7 @@ class EscapeChecks:
         allowed = {k: v for k, v in out.items() if isinstance(v, str) and v.startswith("ALLOWED")}
         self.assertEqual(allowed, {}, "escapes that worked: %r" % allowed)
         self.assertEqual(out["procs"], ["1"])  # only the box in its pid namespace
+        self.assertEqual(out["passwd"], "root:x:0:0:function:/tmp:/nonexistent\n")  # the box's
         for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
             self.assertEqual(int(out[k], 16), 0, k)
         self.assertEqual(out["NoNewPrivs"], "1")
