@@ -6,18 +6,20 @@
  * serves runs over fd 3. The set-up, in order:
  *
  *   outer process   unshares user, mount, pid, net, ipc and uts namespaces at once (the outer
- *                   uid maps to 0 inside, for the set-up only), opens (O_PATH) everything the
- *                   box will see and forks the box's pid 1; it then only waits
- *                   and passes the exit status on. Killing it kills the box (PR_SET_PDEATHSIG,
- *                   and the end of a pid namespace's init ends all of it).
+ *                   uid is 0 inside, with every capability there until the set-up is done),
+ *                   opens (O_PATH) everything the box will see and forks the box's pid 1; then
+ *                   it drops its capabilities, waits and passes the exit status on. Killing it
+ *                   kills the box (PR_SET_PDEATHSIG, and a pid namespace ends with its init).
  *   pid 1           mounts a fresh tmpfs root: read-only binds of the interpreter, the library
- *                   directories, the runtime's stdlib (python), the bootstrap at /bootstrap, the
- *                   code at /function, the egress socket at /run/evs/egress.sock; a tmpfs /tmp
- *                   of --tmp-size bytes; /dev with null, zero, random, urandom; /proc of the new
- *                   pid namespace. pivot_root, old root detached, root remounted read-only. Then
- *                   every capability goes (bounding set, ambient, securebits locked so that exec
- *                   as uid 0 regains nothing), no-new-privs, the runtime's seccomp policy
- *                   (function-node, function-python), exec.
+ *                   directories, the runtime's stdlib (python), public CA certificates and time
+ *                   zones, the bootstrap at /bootstrap, the code at /function, the egress socket
+ *                   at /run/evs/egress.sock; a tmpfs /tmp of --tmp-size bytes (/dev/shm points
+ *                   there); /dev with null, zero, random, urandom; a small /etc of its own;
+ *                   /proc of the new pid namespace. pivot_root, old root detached, root
+ *                   remounted read-only. Then every capability goes (bounding set, ambient,
+ *                   securebits locked so that exec as uid 0 regains nothing), no-new-privs, the
+ *                   runtime's seccomp policy (function-node, function-python: it allows this
+ *                   one exec and no other), exec, with /function as the working directory.
  *
  * Set-up errors go to stderr (one line, no payload) and, as a `fail` frame, to the channel.
  * This program parses no untrusted input: only its command line, written by the plugin.
@@ -85,6 +87,8 @@ static int json_str(char *out, size_t cap, const char *s) {
       out[n++] = (char)c;
     } else if (c < 0x20) {
       n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+    } else if (c >= 0x80) {
+      out[n++] = '?'; /* a path need not be UTF-8; the frame must be */
     } else {
       out[n++] = (char)c;
     }
@@ -408,10 +412,6 @@ static void build_root(const struct box *b) {
   if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
     if (errno != EPERM) die(errno, "/proc of the box");
     dprintf(2, "evs-fnbox: no /proc in the box (%s)\n", strerror(errno));
-  }
-  if (b->egress_arg) {
-    snprintf(p, sizeof p, "%s/run/evs", root);
-    chmod(p, 0755);
   }
   /* Enter it and drop the host's tree entirely. */
   if (chdir(root) < 0) die(errno, "chdir new root");
