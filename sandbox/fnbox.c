@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -485,6 +486,12 @@ static __attribute__((noreturn)) void run_box(struct box *b, int parent_alive) {
   int n = 0;
   if (b->runtime == RT_NODE) {
     argv[n++] = b->interpreter;
+    /* Under a write-xor-execute rule (systemd's MemoryDenyWriteExecute=, PR_SET_MDWE, both
+     * inherited), V8's JIT dies at its first compile: node runs without it then. */
+    void *wx = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS,
+                    -1, 0);
+    if (wx == MAP_FAILED) argv[n++] = "--jitless";
+    else munmap(wx, 4096);
     argv[n++] = "/bootstrap/bootstrap.js";
   } else {
     argv[n++] = b->interpreter; /* python finds its prefix from it (PATH is the function's) */

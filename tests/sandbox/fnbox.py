@@ -41,7 +41,7 @@ class Box:
     """One evs-fnbox process. files: {name: source} written to a fresh code dir."""
 
     def __init__(self, runtime, files, handler=None, env=None, tmp_size=8 << 20, egress=None,
-                 rlimit_as=None, code_dir=None, extra_args=()):
+                 rlimit_as=None, code_dir=None, extra_args=(), preexec=None):
         self.runtime = runtime
         self.tmp = tempfile.mkdtemp(prefix="fnbox-test-")
         os.chmod(self.tmp, 0o755)
@@ -68,6 +68,8 @@ class Box:
             os.dup2(child.fileno(), 3)
             if rlimit_as:
                 resource.setrlimit(resource.RLIMIT_AS, (rlimit_as, rlimit_as))
+            if preexec:
+                preexec()
 
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(args, pass_fds=(3,), preexec_fn=pre,

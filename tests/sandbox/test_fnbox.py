@@ -533,6 +533,26 @@ class Lifecycle(unittest.TestCase):
                 finally:
                     b.close()
 
+    @unittest.skipUnless(NODE_OK, "node is not installed")
+    def test_node_under_write_xor_execute(self):
+        # As under systemd's MemoryDenyWriteExecute=: V8's JIT cannot run, node runs jitless.
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if libc.prctl(65, 1, 0, 0, 0) == 0 else 1)  # PR_SET_MDWE
+        if os.waitpid(pid, 0)[1] != 0:
+            self.skipTest("no PR_SET_MDWE in this kernel")
+        b = Box("node", node_fn("return [1, 2, 3].map(x => x * data.k);"),
+                preexec=lambda: libc.prctl(65, 1, 0, 0, 0))
+        try:
+            f, _ = b.start()
+            self.assertEqual(f, {"t": "ready"})
+            r, _, _ = b.run({"k": 2})
+            self.assertEqual(r["result"], [2, 4, 6])
+        finally:
+            b.close()
+
     def test_set_up_error_is_a_fail_frame(self):
         b = Box("python", py_fn("return 1"), code_dir="/nonexistent/code")
         try:
