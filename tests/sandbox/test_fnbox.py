@@ -720,6 +720,40 @@ class Egress(unittest.TestCase):
         self.assertTrue(r["ok"], r)
         self.assertEqual(r["result"], "hello from api.example.test")
 
+    def test_python_requests_through_proxy(self):
+        # requests (urllib3 underneath) resolves and connects by itself: the bootstrap hooks it.
+        # The function brings its own copy, as a deployed one would; skipped without one here.
+        src, cands = None, list(sys.path)
+        try:  # or from any python3 on PATH that has them (a pyenv one, say)
+            cands.append(subprocess.run(
+                ["python3", "-c", "import os, requests; print(os.path.dirname(os.path.dirname("
+                 "requests.__file__)))"], capture_output=True, text=True, timeout=20).stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+        for d in cands:
+            if all(os.path.isdir(os.path.join(d, m)) for m in ("requests", "urllib3", "idna", "certifi")):
+                src = d
+                break
+        if not src or not os.access(os.path.join(src, "requests", "__init__.py"), os.R_OK):
+            self.skipTest("no requests/urllib3/idna/certifi to vendor")
+        import shutil
+        files = py_fn("import requests\nout = {}\n"
+                      "out['https'] = requests.get('https://api.example.test/x', verify='/function/ca.pem', timeout=10).text\n"
+                      "out['http'] = requests.get('http://api.example.test:8080/y', timeout=10).text\n"
+                      "return out")
+        files["ca.pem"] = self.ca
+        b = Box("python", files, egress=self.proxy.path)
+        self.addCleanup(b.close)
+        for m in ("requests", "urllib3", "idna", "certifi", "charset_normalizer"):
+            if os.path.isdir(os.path.join(src, m)):
+                shutil.copytree(os.path.join(src, m), os.path.join(b.code, m), dirs_exist_ok=True)
+        f, _ = b.start()
+        self.assertEqual(f, {"t": "ready"})
+        r, _, _ = b.run({})
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(r["result"], {"https": "hello from api.example.test",
+                                       "http": "hello from api.example.test:8080"})
+
     @unittest.skipUnless(NODE_OK, "node is not installed")
     def test_node_https_and_fetch_through_proxy(self):
         files = node_fn(

@@ -132,6 +132,34 @@ def install_egress():
 
     socket.create_connection = tunnel
 
+    # urllib3 (under requests) resolves and connects by itself: its create_connection is
+    # replaced as it is imported, from the function's own copy in /function.
+    def urllib3_tunnel(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None,
+                       socket_options=None):
+        s = _tunnel(socket, TunnelSocket, address, timeout)
+        for opt in socket_options or ():
+            s.setsockopt(*opt)
+        return s
+
+    import importlib.machinery
+
+    class Urllib3Patch:
+        def find_spec(self, name, path, target=None):
+            if name != "urllib3.util.connection":
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec and spec.loader:
+                exec_module = spec.loader.exec_module
+
+                def patched(module):
+                    exec_module(module)
+                    module.create_connection = urllib3_tunnel
+
+                spec.loader.exec_module = patched
+            return spec
+
+    sys.meta_path.insert(0, Urllib3Patch())
+
 
 def _tunnel(socket, TunnelSocket, address, timeout):
     host, port = address[0], address[1]
