@@ -149,6 +149,18 @@ class Common:
         r, _, _ = b.run({})
         self.assertEqual(r["result"], "/function")
 
+    def test_late_output_stays_out_of_the_next_run(self):
+        if self.RT != "node":
+            self.skipTest("python threads carry no run")
+        b = self.ready(self.fn(
+            "if (data.leave) { setTimeout(() => console.log('late', data.secret), 50); return 1; }"
+            "await new Promise(r => setTimeout(r, 200)); console.log('own'); return 2;"))
+        r, logs, _ = b.run({"leave": True, "secret": "4242"}, "r-a")
+        self.assertEqual(r["result"], 1)
+        r, logs, _ = b.run({}, "r-b")
+        self.assertEqual(r["result"], 2)
+        self.assertEqual([f["text"] for f in logs], ["own\n"])
+
     def test_exit_on_channel_close(self):
         b = self.ready(self.fn(self.HELLO))
         b.sock.close()

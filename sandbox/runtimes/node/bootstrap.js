@@ -6,6 +6,7 @@
 // emptied and the environment restored. Plain Node, no dependencies.
 'use strict';
 
+const { AsyncLocalStorage } = require('async_hooks');
 const fs = require('fs');
 const net = require('net');
 const path = require('path');
@@ -19,7 +20,10 @@ const envSnapshot = Object.assign({}, process.env);
 const chan = new net.Socket({ fd: 3, readable: true, writable: true });
 
 function send(obj) {
-  let body = Buffer.from(JSON.stringify(obj), 'utf8');
+  return sendRaw(Buffer.from(JSON.stringify(obj), 'utf8'));
+}
+
+function sendRaw(body) {
   if (body.length > MAX_FRAME) return false;
   const hdr = Buffer.allocUnsafe(4);
   hdr.writeUInt32BE(body.length, 0);
@@ -36,10 +40,14 @@ function errorOf(e) {
 
 // ---- console: log frames of the current run ------------------------------------------------
 let current = null; // { id, seq, pending: Map(seq -> {resolve, reject}) }
+// Which run the code that is running belongs to: a timer or promise left over from an earlier
+// run must not write into the current run's log (its output would carry the earlier data).
+const als = new AsyncLocalStorage();
 
 function emitLog(stream, text) {
-  if (!current || text === '') return; // output outside a run has no run to go to
-  send({ t: 'log', id: current.id, stream, text: String(text) });
+  const run = als.getStore();
+  if (!run || run !== current || text === '') return; // outside its run: dropped
+  send({ t: 'log', id: run.id, stream, text: String(text) });
 }
 for (const [name, stream] of [['log', 'stdout'], ['info', 'stdout'], ['debug', 'stdout'],
   ['warn', 'stderr'], ['error', 'stderr'], ['trace', 'stderr']]) {
@@ -145,9 +153,8 @@ if (egressPath) {
 }
 
 // ---- calls: context.encrypt / decrypt -------------------------------------------------------
-function call(op, data) {
-  const run = current;
-  if (!run) return Promise.reject(new Error(`context.${op} called outside a run`));
+function call(run, op, data) {
+  if (run !== current) return Promise.reject(new Error(`context.${op} called after its run`));
   const seq = ++run.seq;
   return new Promise((resolve, reject) => {
     run.pending.set(seq, { resolve, reject });
@@ -212,18 +219,18 @@ async function serve(frame) {
   const run = current;
   const context = {
     runId: run.id,
-    encrypt: (v) => call('encrypt', v),
-    decrypt: (v) => call('decrypt', v),
+    encrypt: (v) => call(run, 'encrypt', v),
+    decrypt: (v) => call(run, 'decrypt', v),
   };
   let out;
   try {
-    const value = await handler(frame.payload === undefined ? null : frame.payload, context);
+    const payload = frame.payload === undefined ? null : frame.payload;
+    const value = await als.run(run, () => handler(payload, context));
     out = { t: 'result', id: run.id, ok: true, result: value === undefined ? null : value };
-    let body;
-    try { body = JSON.stringify(out); } catch (e) {
+    try { out = JSON.stringify(out); } catch (e) {
       out = { t: 'result', id: run.id, ok: false, error: errorOf(new Error(`result is not JSON: ${e.message}`)) };
     }
-    if (body && Buffer.byteLength(body) > MAX_FRAME)
+    if (typeof out === 'string' && Buffer.byteLength(out) > MAX_FRAME)
       out = { t: 'result', id: run.id, ok: false, error: { message: 'result too large', stack: '' } };
   } catch (e) {
     out = { t: 'result', id: run.id, ok: false, error: errorOf(e) };
@@ -231,11 +238,13 @@ async function serve(frame) {
   finish(run, out);
 }
 
+// out: the result frame, or its JSON already made.
 function finish(run, out) {
   if (current !== run) return;
   current = null;
   for (const p of run.pending.values()) p.reject(new Error('the run is over'));
-  send(out);
+  if (typeof out === 'string') sendRaw(Buffer.from(out, 'utf8'));
+  else send(out);
   // Nothing of this run may reach the next: /tmp, the environment, the working directory.
   // What cannot be undone ends the box (the plugin starts a fresh one).
   if (!cleanTmp()) return chan.end(() => process.exit(1));
