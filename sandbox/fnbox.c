@@ -404,13 +404,15 @@ static void build_root(const struct box *b) {
     close(fd);
     if (w < 0) die(errno, "%s", p);
   }
-  /* /proc of the box's own pid namespace: it shows the box and nothing else. */
-  snprintf(p, sizeof p, "%s/proc", root);
-  mkdirs(p, 0555);
-  /* The kernel refuses a new proc in a user namespace when the host's /proc is partly hidden
+  /* /proc of the box's own pid namespace: it shows the box and nothing else. Read-only: the
+   * global sysctls under /proc/sys (core_pattern…) and /proc/sysrq-trigger check the writer's
+   * uid, not a capability, and the box's uid 0 may be the host's.
+   * The kernel refuses a new proc in a user namespace when the host's /proc is partly hidden
    * (systemd's ProtectKernelTunables=, container runtimes' masked paths): the box then has no
    * /proc, which node and python do without. */
-  if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+  snprintf(p, sizeof p, "%s/proc", root);
+  mkdirs(p, 0555);
+  if (mount("proc", p, "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
     if (errno != EPERM) die(errno, "/proc of the box");
     dprintf(2, "evs-fnbox: no /proc in the box (%s)\n", strerror(errno));
   }
