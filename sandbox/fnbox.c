@@ -48,11 +48,15 @@
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <grp.h>
 #include <unistd.h>
 
 #include "evs_sandbox.h"
 
 #define CHANNEL_FD 3
+#ifndef EVS_FNBOX_UID
+#define EVS_FNBOX_UID 2147483646u /* the box's uid 0 on the host when evs-fnbox runs as root */
+#endif
 #define EGRESS_IN_BOX "/run/evs/egress.sock"
 #define MAX_BINDS 32
 
@@ -518,6 +522,60 @@ static __attribute__((noreturn)) void run_box(struct box *b, int parent_alive) {
   die(errno, "exec %s", b->interpreter);
 }
 
+/* Waits for pid and ends the same way: its exit code, or the same signal (a seccomp kill
+ * stays a SIGSYS for whoever waits for us). */
+static __attribute__((noreturn)) void wait_and_pass_on(pid_t pid) {
+  int ws;
+  while (waitpid(pid, &ws, 0) < 0)
+    if (errno != EINTR) _exit(1);
+  if (WIFSIGNALED(ws)) {
+    int sig = WTERMSIG(ws);
+    signal(sig, SIG_DFL);
+    struct rlimit none = {0, 0};
+    setrlimit(RLIMIT_CORE, &none);
+    kill(getpid(), sig);
+    _exit(128 + sig);
+  }
+  _exit(WIFEXITED(ws) ? WEXITSTATUS(ws) : 1);
+}
+
+static void drop_all_caps(void) {
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct none_caps[2];
+  memset(none_caps, 0, sizeof none_caps);
+  if (syscall(SYS_capset, &hdr, none_caps) < 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+    _exit(1);
+}
+
+/* Root's part when the box is a stranger: only a process outside the new user namespace with
+ * CAP_SETUID there may map another uid than its own, so root forks the process that unshares,
+ * writes its maps once it has, then becomes EVS_FNBOX_UID itself and waits. */
+static __attribute__((noreturn)) void map_child_and_wait(pid_t child, int ready, int go) {
+  char c, path[64], map[64];
+  int r = read(ready, &c, 1) == 1 ? 0 : -EIO;
+  snprintf(map, sizeof map, "0 %u 1\n", EVS_FNBOX_UID);
+  snprintf(path, sizeof path, "/proc/%d/uid_map", (int)child);
+  if (r == 0) r = write_file(path, map);
+  snprintf(path, sizeof path, "/proc/%d/gid_map", (int)child);
+  if (r == 0) r = write_file(path, map);
+  if (r < 0) {
+    kill(child, SIGKILL);
+    die(-r, "user namespace id maps");
+  }
+  if (write(go, "g", 1) != 1) kill(child, SIGKILL);
+  close(ready);
+  close(go);
+  close(CHANNEL_FD);
+  syscall(SYS_close_range, 0, 2, 0);
+  if (setgroups(0, NULL) < 0 || setresgid(EVS_FNBOX_UID, EVS_FNBOX_UID, EVS_FNBOX_UID) < 0 ||
+      setresuid(EVS_FNBOX_UID, EVS_FNBOX_UID, EVS_FNBOX_UID) < 0) {
+    kill(child, SIGKILL);
+    _exit(1);
+  }
+  drop_all_caps();
+  wait_and_pass_on(child);
+}
+
 int main(int argc, char **argv) {
   struct box b;
   memset(&b, 0, sizeof b);
@@ -533,20 +591,62 @@ int main(int argc, char **argv) {
   self[sl] = 0;
   *strrchr(self, '/') = 0;
 
+  /* Started by root, the box's uid 0 is not the host's root but EVS_FNBOX_UID, a uid nobody
+   * else has: what checks a uid rather than a capability (global sysctls, signals, ptrace of
+   * same-uid processes) then finds a stranger. Everything the box sees is opened before the
+   * switch, as root; after it, the box reads its files as "others". One exception: an egress
+   * socket others cannot connect to keeps the box at the host's uid 0 (said on stderr). */
   uid_t uid = geteuid();
   gid_t gid = getegid();
+  int stranger = uid == 0;
+  struct stat es;
+  if (stranger && b.egress_arg && stat(b.egress_arg, &es) == 0 && !(es.st_mode & S_IWOTH)) {
+    dprintf(2, "evs-fnbox: %s is not writable by others: the box keeps uid 0 (give the socket "
+               "mode 0666 in a private directory)\n", b.egress_arg);
+    stranger = 0;
+  }
+  int ready[2] = {-1, -1}, go[2] = {-1, -1};
+  pid_t root_pid = getpid();
+  if (stranger) {
+    if (pipe2(ready, O_CLOEXEC) < 0 || pipe2(go, O_CLOEXEC) < 0) die(errno, "pipe");
+    pid_t c = fork();
+    if (c < 0) die(errno, "fork");
+    if (c > 0) {
+      close(ready[1]);
+      close(go[0]);
+      map_child_and_wait(c, ready[0], go[1]);
+    }
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    close(ready[0]);
+    close(go[1]);
+  }
   if (unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC |
               CLONE_NEWUTS) < 0)
     die(errno, "namespaces (unprivileged user namespaces disabled?)");
-  char map[64];
-  int r = write_file("/proc/self/setgroups", "deny");
-  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)uid);
-  if (r == 0) r = write_file("/proc/self/uid_map", map);
-  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)gid);
-  if (r == 0) r = write_file("/proc/self/gid_map", map);
-  if (r < 0) die(-r, "user namespace id maps");
+  if (stranger) {
+    char c;
+    if (write(ready[1], "r", 1) != 1 || read(go[0], &c, 1) != 1) _exit(1); /* root is gone */
+    close(ready[1]);
+    close(go[0]);
+  } else {
+    /* An unprivileged writer may map only its own ids, and only once setgroups is denied. */
+    char map[64];
+    int r = write_file("/proc/self/setgroups", "deny");
+    snprintf(map, sizeof map, "0 %u 1\n", (unsigned)uid);
+    if (r == 0) r = write_file("/proc/self/uid_map", map);
+    snprintf(map, sizeof map, "0 %u 1\n", (unsigned)gid);
+    if (r == 0) r = write_file("/proc/self/gid_map", map);
+    if (r < 0) die(-r, "user namespace id maps");
+  }
   /* Opened in the new mount namespace: a bind's source must be one of its own mounts. */
   plan(&b, self);
+  if (stranger) {
+    if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+      die(errno, "becoming uid %u", EVS_FNBOX_UID);
+    /* A change of uid clears the parent-death signal: set it again, and check root is there. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != root_pid) _exit(1);
+  }
 
   int alive[2];
   if (pipe2(alive, O_CLOEXEC) < 0) die(errno, "pipe");
@@ -556,29 +656,12 @@ int main(int argc, char **argv) {
     close(alive[1]);
     run_box(&b, alive[0]);
   }
-  /* The outer process: holds alive[1] until it ends, waits, passes the status on. */
+  /* The waiting process: holds alive[1] until it ends, waits, passes the status on. It owns
+   * the box's namespaces: it keeps no capability in them while it waits. */
   close(alive[0]);
   close(CHANNEL_FD);
   for (int i = 0; i < b.nbinds; i++) close(b.binds[i].fd);
   syscall(SYS_close_range, 0, 2, 0);
-  /* It owns the box's namespaces: it keeps no capability in them while it waits. */
-  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
-  struct __user_cap_data_struct none_caps[2];
-  memset(none_caps, 0, sizeof none_caps);
-  if (syscall(SYS_capset, &hdr, none_caps) < 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
-    kill(pid, SIGKILL);
-    _exit(1);
-  }
-  int ws;
-  while (waitpid(pid, &ws, 0) < 0)
-    if (errno != EINTR) _exit(1);
-  if (WIFSIGNALED(ws)) {
-    int sig = WTERMSIG(ws);
-    signal(sig, SIG_DFL);
-    struct rlimit none = {0, 0};
-    setrlimit(RLIMIT_CORE, &none);
-    kill(getpid(), sig);
-    _exit(128 + sig);
-  }
-  _exit(WIFEXITED(ws) ? WEXITSTATUS(ws) : 1);
+  drop_all_caps();
+  wait_and_pass_on(pid);
 }

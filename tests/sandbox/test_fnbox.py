@@ -572,6 +572,23 @@ class Lifecycle(unittest.TestCase):
         finally:
             b.close()
 
+    def test_box_uid_on_the_host(self):
+        # Started by root, no process of the box is the host's root (EVS_FNBOX_UID instead);
+        # started by another user, the box is that user.
+        want = 2147483646 if os.geteuid() == 0 else os.geteuid()
+        b = Box("python", py_fn("return 1"))
+        try:
+            self.assertEqual(b.start()[0], {"t": "ready"})
+            kids = self.box_pids(b.proc.pid)
+            self.assertGreaterEqual(len(kids), 1)
+            for k in kids:
+                with open("/proc/%d/status" % k) as f:
+                    ids = {l.split(":")[0]: l.split()[1:] for l in f if l.startswith(("Uid", "Gid"))}
+                self.assertEqual(ids["Uid"], [str(want)] * 4, k)
+                self.assertEqual(ids["Gid"], [str(want)] * 4 if os.geteuid() == 0 else ids["Gid"], k)
+        finally:
+            b.close()
+
     def test_set_up_error_is_a_fail_frame(self):
         b = Box("python", py_fn("return 1"), code_dir="/nonexistent/code")
         try:
@@ -694,6 +711,14 @@ class Egress(unittest.TestCase):
         self.proxy = EgressProxy(self.http.server_address[1], refuse=("denied.test",),
                                  ports={443: self.https.server_address[1]})
         self.addCleanup(self.proxy.close)
+
+    def test_private_egress_socket(self):
+        # A socket only its owner may use still works: as root the box then keeps uid 0.
+        os.chmod(self.proxy.path, 0o600)
+        b = self.box("python", py_fn(
+            "import urllib.request\nreturn urllib.request.urlopen('http://a.test:8080/', timeout=10).read().decode()"))
+        r, _, _ = b.run({})
+        self.assertEqual(r["result"], "hello from a.test:8080")
 
     def box(self, rt, files, **kw):
         b = Box(rt, files, egress=self.proxy.path, **kw)
