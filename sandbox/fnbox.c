@@ -6,10 +6,12 @@
  * serves runs over fd 3. The set-up, in order:
  *
  *   outer process   unshares user, mount, pid, net, ipc and uts namespaces at once (the outer
- *                   uid is 0 inside, with every capability there until the set-up is done),
- *                   opens (O_PATH) everything the box will see and forks the box's pid 1; then
- *                   it drops its capabilities, waits and passes the exit status on. Killing it
- *                   kills the box (PR_SET_PDEATHSIG, and a pid namespace ends with its init).
+ *                   uid is 0 inside, with every capability there until the set-up is done;
+ *                   started by root, a forked child does this and the box's uid 0 is
+ *                   EVS_FNBOX_UID on the host: map_child_and_wait), opens (O_PATH) everything
+ *                   the box will see and forks the box's pid 1; then it drops its capabilities,
+ *                   waits and passes the exit status on. Killing it kills the box
+ *                   (PR_SET_PDEATHSIG, and a pid namespace ends with its init).
  *   pid 1           mounts a fresh tmpfs root: read-only binds of the interpreter, the library
  *                   directories, the runtime's stdlib (python), public CA certificates and time
  *                   zones, the bootstrap at /bootstrap, the code at /function, the egress socket
