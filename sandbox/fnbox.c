@@ -118,7 +118,9 @@ static __attribute__((noreturn, format(printf, 2, 3))) void die(int err, const c
   dprintf(2, "evs-fnbox: %s\n", msg);
   json_str(esc, sizeof esc, msg);
   int n = snprintf(frame + 4, sizeof frame - 4,
-                   "{\"t\":\"fail\",\"error\":{\"message\":\"evs-fnbox: %s\",\"stack\":\"\"}}", esc);
+                   "{\"t\":\"fail\",\"error\":{\"message\":\"evs-fnbox: %s\","
+                   "\"stack\":\"\"}}",
+                   esc);
   if (n > 0 && (size_t)n < sizeof frame - 4) {
     uint32_t len = (uint32_t)n;
     frame[0] = (char)(len >> 24), frame[1] = (char)(len >> 16);

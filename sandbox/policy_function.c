@@ -80,10 +80,11 @@ int evs__sandbox_function_rules(scmp_filter_ctx ctx, evs_sandbox_policy policy,
   if (r < 0) return r;
   scmp_datum_t once = (scmp_datum_t)(uintptr_t)exec_path;
   if (exec_path)
-    r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(execve), 1, SCMP_A0(SCMP_CMP_EQ, once));
+    r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(execve), 1,
+                         SCMP_A0(SCMP_CMP_EQ, once, 0));
   if (r == 0)
     r = exec_path ? seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, SCMP_SYS(execve), 1,
-                                     SCMP_A0(SCMP_CMP_NE, once))
+                                     SCMP_A0(SCMP_CMP_NE, once, 0))
                   : seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, SCMP_SYS(execve), 0);
   if (r < 0) return r;
   /* Threads only: a clone without CLONE_THREAD (fork, child_process.spawn, os.fork) is
@@ -92,10 +93,11 @@ int evs__sandbox_function_rules(scmp_filter_ctx ctx, evs_sandbox_policy policy,
                        SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
   if (r == 0) r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
   if (r == 0)
-    r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
+    r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
+                         SCMP_A0(SCMP_CMP_EQ, AF_UNIX, 0));
   if (r == 0)
     r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socketpair), 1,
-                         SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
+                         SCMP_A0(SCMP_CMP_EQ, AF_UNIX, 0));
   /* io_uring would bypass the filter for the calls it performs; libuv falls back without it. */
   if (r == 0) r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(io_uring_setup), 0);
   (void)policy; /* node and python need the same calls so far; each keeps its name */

@@ -34,7 +34,11 @@ function sendRaw(body) {
 function errorOf(e) {
   if (e instanceof Error) return { message: String(e.message), stack: String(e.stack || '') };
   let message;
-  try { message = typeof e === 'string' ? e : JSON.stringify(e); } catch (_) { message = String(e); }
+  try {
+    message = typeof e === 'string' ? e : JSON.stringify(e);
+  } catch (_) {
+    message = String(e);
+  }
   return { message: String(message), stack: '' };
 }
 
@@ -78,7 +82,8 @@ function tunnel(host, port, cb) {
     const status = /^HTTP\/1\.[01] (\d{3})/.exec(buf.toString('latin1', 0, end));
     if (!status || status[1] !== '200') {
       sock.destroy();
-      const err = new Error(`egress proxy refused ${host}:${port} (${status ? status[1] : 'bad reply'})`);
+      const why = status ? status[1] : 'bad reply';
+      const err = new Error(`egress proxy refused ${host}:${port} (${why})`);
       err.code = 'EEGRESS';
       return cb(err);
     }
@@ -228,10 +233,12 @@ async function serve(frame) {
     const value = await als.run(run, () => handler(payload, context));
     out = { t: 'result', id: run.id, ok: true, result: value === undefined ? null : value };
     try { out = JSON.stringify(out); } catch (e) {
-      out = { t: 'result', id: run.id, ok: false, error: errorOf(new Error(`result is not JSON: ${e.message}`)) };
+      const err = new Error(`result is not JSON: ${e.message}`);
+      out = { t: 'result', id: run.id, ok: false, error: errorOf(err) };
     }
     if (typeof out === 'string' && Buffer.byteLength(out) > MAX_FRAME)
-      out = { t: 'result', id: run.id, ok: false, error: { message: 'result too large', stack: '' } };
+      out = { t: 'result', id: run.id, ok: false, 
+              error: { message: 'result too large', stack: '' } };
   } catch (e) {
     out = { t: 'result', id: run.id, ok: false, error: errorOf(e) };
   }

@@ -1,10 +1,11 @@
 # The Python bootstrap of a function box (docs/functions.md): run by evs-fnbox as
-# `python3 -I -S -B /bootstrap/bootstrap.py <file>.<func> <egress socket or ''> [lc_ctype]` in the box. It
-# imports the handler from /function, says `ready` (or `fail`) on fd 3, then serves `run` frames
-# one at a time: print and sys.stdout/stderr writes go back as `log` frames (never to fd 1 or 2),
-# context.encrypt/decrypt become `call` frames answered by `reply` (blocking), the outcome a
-# `result` frame. After each run /tmp is emptied and the environment restored. Standard library
-# only.
+# `python3 -I -S -B /bootstrap/bootstrap.py <file>.<func> <egress socket or ''> [lc_ctype]` in
+# the box. It imports the handler from /function, says `ready` (or `fail`) on fd 3, then serves
+# `run` frames one at a time: print and sys.stdout/stderr writes go back as `log` frames (never
+# to fd 1 or 2), context.encrypt/decrypt become `call` frames answered by `reply` (blocking),
+# the outcome a `result` frame. After each run /tmp is emptied, the environment and the working
+# directory restored. Standard library only.
+#
 # Cold start matters: only what every box needs is imported here (json; the channel is used
 # through os.read/os.write, without the socket module); the rest when it is needed.
 import _thread
@@ -179,7 +180,8 @@ def _tunnel(socket, TunnelSocket, address, timeout):
         status = head.split(b"\r\n", 1)[0].split()
         if len(status) < 2 or status[1] != b"200":
             raise ConnectionRefusedError(
-                "egress proxy refused %s (%s)" % (hp, status[1].decode() if len(status) > 1 else "?"))
+                "egress proxy refused %s (%s)"
+                % (hp, status[1].decode() if len(status) > 1 else "?"))
         return s
     except BaseException:
         s.close()
