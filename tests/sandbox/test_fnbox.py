@@ -189,6 +189,25 @@ class NodeProtocol(Common, unittest.TestCase):
            "delete process.env.FN_ENV; return {FN_ENV: 'fn'}; } return Object.assign({}, process.env);")
 
 
+@unittest.skipUnless(NODE_OK, "node is not installed")
+class NodeModules(unittest.TestCase):
+    def test_es_modules_and_node_modules(self):
+        for files in ({"index.mjs": "export const handler = async (data) => data.x + 1;\n"},
+                      {"package.json": '{"type": "module"}',
+                       "index.js": "export async function handler(data) { return data.x + 1; }\n"},
+                      {"node_modules/dep/index.js": "module.exports = (x) => x + 1;\n",
+                       "index.js": "const dep = require('dep');\n"
+                                   "exports.handler = async (data) => dep(data.x);\n"}):
+            with self.subTest(files=sorted(files)):
+                b = Box("node", files)
+                try:
+                    self.assertEqual(b.start()[0], {"t": "ready"})
+                    r, _, _ = b.run({"x": 1})
+                    self.assertEqual(r["result"], 2)
+                finally:
+                    b.close()
+
+
 class PythonProtocol(Common, unittest.TestCase):
     def test_async_handler(self):
         b = self.ready({"main.py": "import asyncio\nasync def handler(data, context):\n"
@@ -825,7 +844,7 @@ class Egress(unittest.TestCase):
 
 
 GROUPS = {
-    "protocol": [NodeProtocol, PythonProtocol],
+    "protocol": [NodeProtocol, NodeModules, PythonProtocol],
     "escape": [EscapeTests],
     "lifecycle": [Lifecycle],
     "egress": [Egress],

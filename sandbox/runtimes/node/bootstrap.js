@@ -205,12 +205,21 @@ function restoreEnv() {
 
 // ---- the handler ----------------------------------------------------------------------------
 let handler = null;
-function load() {
+// CommonJS first (require), an ES module (`export const handler`, .mjs) through import().
+async function load() {
   const dot = handlerSpec.lastIndexOf('.');
   if (dot <= 0) throw new Error(`handler must be <file>.<func>, got '${handlerSpec}'`);
   const file = handlerSpec.slice(0, dot);
   const func = handlerSpec.slice(dot + 1);
-  const mod = require(path.resolve('/function', file));
+  const base = path.resolve('/function', file);
+  let mod;
+  try {
+    mod = require(base);
+  } catch (e) {
+    const mjs = fs.existsSync(base + '.mjs') ? base + '.mjs' : null;
+    if (e.code !== 'ERR_REQUIRE_ESM' && !(e.code === 'MODULE_NOT_FOUND' && mjs)) throw e;
+    mod = await import(require('url').pathToFileURL(mjs || require.resolve(base)).href);
+  }
   const fn = mod && mod[func];
   if (typeof fn !== 'function') throw new Error(`${file} does not export a function '${func}'`);
   handler = fn;
@@ -310,10 +319,7 @@ chan.on('data', (d) => {
 chan.on('end', () => process.exit(0));
 chan.on('error', () => process.exit(1));
 
-try {
-  load();
-  send({ t: 'ready' });
-} catch (e) {
+load().then(() => send({ t: 'ready' }), (e) => {
   send({ t: 'fail', error: errorOf(e) });
   chan.end(() => process.exit(1));
-}
+});
