@@ -252,9 +252,9 @@ static void plan(struct box *b, const char *self_dir) {
   /* Shared libraries: the system's library directories, whole (read-only, nothing secret in
    * them); computing the exact closure per runtime is left for later (sandbox/README.md). */
   static const char *const libdirs[] = {"/lib", "/lib64", "/usr/lib64",
-                                        "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
-                                        "/usr/local/lib"};
+                                        "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"};
   for (size_t i = 0; i < sizeof libdirs / sizeof libdirs[0]; i++) add_path(b, libdirs[i], 0);
+  if (strncmp(b->interpreter, "/usr/local/", 11) == 0) add_path(b, "/usr/local/lib", 0);
   if (b->runtime == RT_PYTHON) {
     /* <prefix>/bin/pythonX.Y: the stdlib is <prefix>/lib/pythonX.Y, libpython beside it. */
     char prefix[PATH_MAX], p[PATH_MAX * 2];
