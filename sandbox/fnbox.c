@@ -12,20 +12,23 @@
  *                   the box will see and forks the box's pid 1; then it drops its capabilities,
  *                   waits and passes the exit status on. Killing it kills the box
  *                   (PR_SET_PDEATHSIG, and a pid namespace ends with its init).
- *   pid 1           mounts a fresh tmpfs root: read-only binds of the interpreter, the library
- *                   directories, the runtime's stdlib (python), public CA certificates and time
- *                   zones, the bootstrap at /bootstrap, the code at /function, the egress socket
- *                   at /run/evs/egress.sock; a tmpfs /tmp of --tmp-size bytes (/dev/shm points
- *                   there); /dev with null, zero, random, urandom; a small /etc of its own;
- *                   /proc of the new pid namespace. pivot_root, old root detached, root
- *                   remounted read-only. Then every capability goes (bounding set, ambient,
- *                   securebits locked so that exec as uid 0 regains nothing), no-new-privs, the
- *                   runtime's seccomp policy (function-node, function-python: it allows this
- *                   one exec and no other), exec, with /function as the working directory.
+ *   pid 1           mounts a fresh tmpfs root: read-only binds of the interpreter, the shared
+ *                   libraries it loads, the runtime's stdlib (python), public CA certificates
+ *                   and time zones, the bootstrap at /bootstrap, the code at /function, the
+ *                   egress socket at /run/evs/egress.sock; a tmpfs /tmp of --tmp-size bytes
+ *                   (/dev/shm points there); /dev with null, zero, random, urandom; a small
+ *                   /etc of its own; /proc of the new pid namespace. pivot_root, old root
+ *                   detached, root remounted read-only. Then every capability goes (bounding
+ *                   set, ambient, securebits locked so that exec as uid 0 regains nothing),
+ *                   no-new-privs, the runtime's seccomp policy (function-node, function-python:
+ *                   it allows this one exec and no other), exec, with /function as the working
+ *                   directory.
  *
  * Set-up errors go to stderr (one line, no payload) and, as a `fail` frame, to the channel.
  * This program parses no untrusted input: only its command line, written by the plugin.
  */
+#include <dirent.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -60,7 +63,7 @@
 #define EVS_FNBOX_UID 2147483646u /* the box's uid 0 on the host when evs-fnbox runs as root */
 #endif
 #define EGRESS_IN_BOX "/run/evs/egress.sock"
-#define MAX_BINDS 32
+#define MAX_BINDS 192
 
 enum { RT_NODE = 1, RT_PYTHON = 2 };
 
@@ -224,6 +227,161 @@ static void add_path(struct box *b, const char *path, int depth) {
   add_path(b, abs, depth + 1);
 }
 
+/* ---- shared libraries: the closure of an ELF file's dependencies ------------------------- */
+
+/* Where ld.so looks when nothing else says (no ld.so.cache in the box), in its order. */
+static const char *const lib_dirs[] = {"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
+                                       "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+                                       "/lib64", "/usr/lib64", "/lib", "/usr/lib"};
+
+static void elf_deps(struct box *b, const char *file, int depth);
+
+/* A library the box needs, bound at the name the loader opens, in the directory it resolves to
+ * (through the host's /lib -> usr/lib links, recreated in the box), then its own needs. */
+static void add_lib(struct box *b, const char *path, int depth) {
+  char dir[PATH_MAX], real[PATH_MAX], dst[PATH_MAX * 2];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (!slash || slash == dir) return;
+  *slash = 0;
+  if (!realpath(dir, real)) return;
+  snprintf(dst, sizeof dst, "%s/%s", real, slash + 1);
+  if (strlen(dst) >= PATH_MAX || covered(b, dst)) return;
+  add_bind(b, path, dst, 0);
+  elf_deps(b, path, depth + 1);
+}
+
+/* The file a DT_NEEDED name is loaded from: DT_RUNPATH/DT_RPATH ($ORIGIN is the file's own
+ * directory), then the default directories. */
+static int find_lib(const char *name, const char *runpath, const char *origin, char *out,
+                    size_t cap) {
+  if (strchr(name, '/')) return snprintf(out, cap, "%s", name) < (int)cap ? 0 : -1;
+  for (const char *r = runpath; r && *r;) {
+    size_t n = strcspn(r, ":");
+    char dir[PATH_MAX];
+    if (n < sizeof dir) {
+      memcpy(dir, r, n);
+      dir[n] = 0;
+      const char *rest = NULL;
+      if (strncmp(dir, "$ORIGIN", 7) == 0) rest = dir + 7;
+      else if (strncmp(dir, "${ORIGIN}", 9) == 0) rest = dir + 9;
+      if (rest) snprintf(out, cap, "%s%s/%s", origin, rest, name);
+      else snprintf(out, cap, "%s/%s", dir, name);
+      if (access(out, F_OK) == 0) return 0;
+    }
+    r += n + (r[n] == ':');
+  }
+  for (size_t i = 0; i < sizeof lib_dirs / sizeof lib_dirs[0]; i++) {
+    snprintf(out, cap, "%s/%s", lib_dirs[i], name);
+    if (access(out, F_OK) == 0) return 0;
+  }
+  return -1;
+}
+
+/* A NUL-terminated string at off (0, or -1 if none fits in cap). */
+static int read_str(int fd, off_t off, char *buf, size_t cap) {
+  ssize_t n = pread(fd, buf, cap - 1, off);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  return strlen(buf) < (size_t)n ? 0 : -1;
+}
+
+/* Reads PT_INTERP and the DT_NEEDED entries of a 64-bit ELF file (the host's own binaries:
+ * anything malformed simply adds nothing). */
+static void elf_deps(struct box *b, const char *file, int depth) {
+  if (depth > 16) return;
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  Elf64_Ehdr eh;
+  Elf64_Phdr ph[64];
+  Elf64_Dyn dyn[512];
+  if (pread(fd, &eh, sizeof eh, 0) != (ssize_t)sizeof eh || memcmp(eh.e_ident, ELFMAG, SELFMAG) ||
+      eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(Elf64_Phdr) ||
+      eh.e_phnum > 64 ||
+      pread(fd, ph, eh.e_phnum * sizeof ph[0], (off_t)eh.e_phoff) !=
+          (ssize_t)(eh.e_phnum * sizeof ph[0]))
+    goto out;
+  ssize_t ndyn = 0;
+  for (int i = 0; i < eh.e_phnum; i++) {
+    if (ph[i].p_type == PT_INTERP && ph[i].p_filesz < PATH_MAX) {
+      char interp[PATH_MAX];
+      if (pread(fd, interp, ph[i].p_filesz, (off_t)ph[i].p_offset) == (ssize_t)ph[i].p_filesz) {
+        interp[ph[i].p_filesz] = 0;
+        add_lib(b, interp, depth);
+      }
+    } else if (ph[i].p_type == PT_DYNAMIC) {
+      size_t n = ph[i].p_filesz < sizeof dyn ? ph[i].p_filesz : sizeof dyn;
+      ndyn = pread(fd, dyn, n, (off_t)ph[i].p_offset) / (ssize_t)sizeof dyn[0];
+    }
+  }
+  uint64_t str_va = 0, str_sz = 0, path_off = UINT64_MAX;
+  for (ssize_t i = 0; i < ndyn && dyn[i].d_tag != DT_NULL; i++) {
+    if (dyn[i].d_tag == DT_STRTAB) str_va = dyn[i].d_un.d_ptr;
+    else if (dyn[i].d_tag == DT_STRSZ) str_sz = dyn[i].d_un.d_val;
+    else if (dyn[i].d_tag == DT_RUNPATH || (dyn[i].d_tag == DT_RPATH && path_off == UINT64_MAX))
+      path_off = dyn[i].d_un.d_val;
+  }
+  if (!str_va || !str_sz) goto out;
+  off_t str_off = -1;
+  for (int i = 0; i < eh.e_phnum; i++)
+    if (ph[i].p_type == PT_LOAD && str_va >= ph[i].p_vaddr &&
+        str_va + str_sz <= ph[i].p_vaddr + ph[i].p_filesz)
+      str_off = (off_t)(str_va - ph[i].p_vaddr + ph[i].p_offset);
+  if (str_off < 0) goto out;
+  /* Only the strings wanted: a big binary's string table (node's) runs to megabytes. */
+  char origin[PATH_MAX], runpath[PATH_MAX], name[256], lib[PATH_MAX];
+  snprintf(origin, sizeof origin, "%s", file);
+  *strrchr(origin, '/') = 0;
+  int have_rp = path_off < str_sz && read_str(fd, str_off + (off_t)path_off, runpath,
+                                                sizeof runpath) == 0;
+  for (ssize_t i = 0; i < ndyn && dyn[i].d_tag != DT_NULL; i++) {
+    if (dyn[i].d_tag != DT_NEEDED || dyn[i].d_un.d_val >= str_sz) continue;
+    if (read_str(fd, str_off + (off_t)dyn[i].d_un.d_val, name, sizeof name) == 0 &&
+        find_lib(name, have_rp ? runpath : NULL, origin, lib, sizeof lib) == 0)
+      add_lib(b, lib, depth);
+  }
+out:
+  close(fd);
+}
+
+/* The closure for a runtime: the interpreter's, the libraries glibc itself loads at run time
+ * (name service, unwinding), and for python every extension module of its stdlib. */
+static void add_libraries(struct box *b, const char *stdlib) {
+  elf_deps(b, b->interpreter, 0);
+  static const char *const dlopened[] = {"libnss_files.so.2", "libnss_dns.so.2",
+                                         "libgcc_s.so.1"};
+  for (size_t i = 0; i < sizeof dlopened / sizeof dlopened[0]; i++) {
+    char lib[PATH_MAX];
+    if (find_lib(dlopened[i], NULL, "/", lib, sizeof lib) == 0) add_lib(b, lib, 0);
+  }
+  if (!stdlib) return;
+  char dyn[PATH_MAX];
+  snprintf(dyn, sizeof dyn, "%s/lib-dynload", stdlib);
+  DIR *d = opendir(dyn);
+  for (struct dirent *e; d && (e = readdir(d));) {
+    size_t n = strlen(e->d_name);
+    if (n < 4 || strcmp(e->d_name + n - 3, ".so") != 0) continue;
+    char so[PATH_MAX * 2];
+    snprintf(so, sizeof so, "%s/%s", dyn, e->d_name);
+    elf_deps(b, so, 1);
+  }
+  if (d) closedir(d);
+}
+
+/* A top-level symbolic link of the host recreated in the box (nothing is bound for it). */
+static void add_link(struct box *b, const char *path) {
+  struct stat sb;
+  if (lstat(path, &sb) < 0 || !S_ISLNK(sb.st_mode)) return;
+  if (b->nlinks >= (int)(sizeof b->links / sizeof b->links[0])) return;
+  char target[PATH_MAX];
+  ssize_t n = readlink(path, target, sizeof target - 1);
+  if (n <= 0) return;
+  target[n] = 0;
+  snprintf(b->links[b->nlinks][0], PATH_MAX, "%s", path);
+  snprintf(b->links[b->nlinks][1], PATH_MAX, "%s", target);
+  b->nlinks++;
+}
+
 /* "3.11" from ".../python3.11"; else the only lib/python3.* under the prefix. */
 static void python_version(struct box *b, const char *prefix) {
   const char *base = strrchr(b->interpreter, '/') + 1;
@@ -249,12 +407,10 @@ static void plan(struct box *b, const char *self_dir) {
   if (!realpath(b->interpreter_arg, b->interpreter)) die(errno, "%s", b->interpreter_arg);
   if (access(b->interpreter, X_OK) < 0) die(errno, "%s", b->interpreter);
   add_bind(b, b->interpreter, NULL, 1);
-  /* Shared libraries: the system's library directories, whole (read-only, nothing secret in
-   * them); computing the exact closure per runtime is left for later (sandbox/README.md). */
-  static const char *const libdirs[] = {"/lib", "/lib64", "/usr/lib64",
-                                        "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"};
-  for (size_t i = 0; i < sizeof libdirs / sizeof libdirs[0]; i++) add_path(b, libdirs[i], 0);
-  if (strncmp(b->interpreter, "/usr/local/", 11) == 0) add_path(b, "/usr/local/lib", 0);
+  /* Merged-/usr systems' top-level links (/lib -> usr/lib): the loader's paths go through them.
+   * The libraries themselves come one by one (add_libraries, below). */
+  static const char *const top[] = {"/lib", "/lib64", "/lib32", "/libx32"};
+  for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) add_link(b, top[i]);
   if (b->runtime == RT_PYTHON) {
     /* <prefix>/bin/pythonX.Y: the stdlib is <prefix>/lib/pythonX.Y, libpython beside it. */
     char prefix[PATH_MAX], p[PATH_MAX * 2];
@@ -267,8 +423,9 @@ static void plan(struct box *b, const char *self_dir) {
     python_version(b, prefix);
     snprintf(p, sizeof p, "%s/lib/python%s", prefix, b->pyver);
     if (!covered(b, p)) add_bind(b, p, NULL, 1);
-    snprintf(p, sizeof p, "%s/lib/libpython%s.so.1.0", prefix, b->pyver);
-    if (access(p, F_OK) == 0 && !covered(b, p)) add_bind(b, p, NULL, 1);
+    add_libraries(b, p);
+  } else {
+    add_libraries(b, NULL);
   }
   /* CA certificates, for TLS through the egress proxy: the public ones only (never all of
    * /etc/ssl: its private/ may be readable by evserver's uid or groups, which the box keeps). */
@@ -581,8 +738,7 @@ static __attribute__((noreturn)) void map_child_and_wait(pid_t child, int ready,
 }
 
 int main(int argc, char **argv) {
-  struct box b;
-  memset(&b, 0, sizeof b);
+  static struct box b; /* large (paths of every bind): not on the stack */
   parse_args(&b, argc, argv);
   /* Only the channel is ours: whatever else was inherited would keep, say, its other end open. */
   syscall(SYS_close_range, CHANNEL_FD + 1, ~0u, 0);

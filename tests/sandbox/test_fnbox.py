@@ -377,6 +377,8 @@ for line in open('/proc/self/status'):
         out[k] = v.strip()
 out['root'] = sorted(os.listdir('/'))
 out['hostname'] = socket.gethostname()
+libdir = '/usr/lib/x86_64-linux-gnu'
+out['libs'] = sorted(os.listdir(libdir)) if os.path.isdir(libdir) else None
 return out
 """
 
@@ -442,6 +444,9 @@ class EscapeTests(EscapeChecks, unittest.TestCase):
         self.assertEqual(out["mount"], "denied EPERM")
         if os.path.isdir("/etc/ssl/certs"):
             self.assertGreater(out["ca_certs"], 0)  # public CAs are there, private keys not
+        if out["libs"] is not None:  # the libraries python loads, not the host's whole directory
+            self.assertIn("libc.so.6", out["libs"])
+            self.assertLess(len(out["libs"]), 80, out["libs"])
 
     def test_net_namespace_alone(self):
         # With seccomp in log mode (sockets allowed), the network namespace still has nothing
