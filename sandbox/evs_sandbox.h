@@ -31,7 +31,21 @@ typedef enum evs_sandbox_policy {
    * mounts, namespaces, ptrace, module loading, bpf, perf, keyrings, clock setting. Calls that
    * only an attacker makes kill the process (SIGSYS); the rest fail with EPERM. */
   EVS_SANDBOX_WORKER = 2,
+  /* evs-fnbox, the builder of a function box (sandbox/fnbox.c): its exec stage kills what the
+   * worker's does but lets the box's set-up through (unshare, mount, pivot_root, fork). The
+   * final stage is the runtime's, below, which evs-fnbox loads itself before its last exec. */
+  EVS_SANDBOX_FNBOX = 3,
+  /* The interpreter of a function box (node 20, python 3.11): deny by default (EPERM), an
+   * allowlist of what the runtime needs to serve runs; threads but no new processes, unix
+   * sockets only. One execve (evs_sandbox_apply_exec: the interpreter's), then none. */
+  EVS_SANDBOX_FUNCTION_NODE = 4,
+  EVS_SANDBOX_FUNCTION_PYTHON = 5,
 } evs_sandbox_policy;
+
+/* evs_sandbox_apply_ex flags. LOG_DENIED: calls the policy would refuse with EPERM are allowed
+ * and logged by the kernel (SECCOMP_RET_LOG) instead, to find what a runtime needs; the deadly
+ * ones still kill. Never in production. */
+#define EVS_SANDBOX_LOG_DENIED 1u
 
 /*
  * Apply a policy's final stage to the calling thread and every thread it creates afterwards:
@@ -42,11 +56,20 @@ typedef enum evs_sandbox_policy {
  * errno.
  */
 int evs_sandbox_apply(evs_sandbox_policy policy);
+/* The same, with EVS_SANDBOX_* flags. */
+int evs_sandbox_apply_ex(evs_sandbox_policy policy, unsigned flags);
+
+/* For a policy applied just before an exec (the function policies): the filter lets exactly
+ * one execve through, the one whose path argument is this very pointer (exec_path, which the
+ * caller then passes to execve unchanged); any other execve kills the process. After the exec
+ * no such pointer exists in the new program's view, so it can exec nothing. */
+int evs_sandbox_apply_exec(evs_sandbox_policy policy, unsigned flags, const char *exec_path);
 
 /* Human-readable name of a policy, for logs; also its name in the registry. */
 const char *evs_sandbox_policy_name(evs_sandbox_policy policy);
 
-/* The policy named name ("enclave", "worker"): 0 and *ret, or -ENOENT. */
+/* The policy named name ("enclave", "worker", "fnbox", "function-node", "function-python"): 0
+ * and *ret, or -ENOENT. */
 int evs_sandbox_policy_lookup(const char *name, evs_sandbox_policy *ret);
 
 /* Whether a policy's final stage is applied by the program itself (after exec, linking this

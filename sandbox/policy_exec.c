@@ -11,7 +11,7 @@
 
 #include "policy.h"
 
-int evs__sandbox_exec_rules(scmp_filter_ctx ctx) {
+int evs__sandbox_exec_kill_rules(scmp_filter_ctx ctx) {
   static const int deadly[] = {
       SCMP_SYS(ptrace),       SCMP_SYS(process_vm_readv), SCMP_SYS(process_vm_writev),
       SCMP_SYS(kexec_load),   SCMP_SYS(kexec_file_load),  SCMP_SYS(init_module),
@@ -22,6 +22,12 @@ int evs__sandbox_exec_rules(scmp_filter_ctx ctx) {
   int r;
   for (size_t i = 0; i < sizeof deadly / sizeof deadly[0]; i++)
     if ((r = seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, deadly[i], 0)) < 0) return r;
+  return 0;
+}
+
+int evs__sandbox_exec_rules(scmp_filter_ctx ctx) {
+  int r = evs__sandbox_exec_kill_rules(ctx);
+  if (r < 0) return r;
   static const int refused[] = {
       SCMP_SYS(mount),      SCMP_SYS(umount2),  SCMP_SYS(pivot_root), SCMP_SYS(chroot),
       SCMP_SYS(setns),      SCMP_SYS(unshare),  SCMP_SYS(keyctl),     SCMP_SYS(add_key),

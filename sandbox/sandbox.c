@@ -27,6 +27,9 @@ static const struct {
 } registry[] = {
     {EVS_SANDBOX_ENCLAVE, "enclave", 1},
     {EVS_SANDBOX_WORKER, "worker", 0},
+    {EVS_SANDBOX_FNBOX, "fnbox", 0},
+    {EVS_SANDBOX_FUNCTION_NODE, "function-node", 1},
+    {EVS_SANDBOX_FUNCTION_PYTHON, "function-python", 1},
 };
 #define NREGISTRY (sizeof registry / sizeof registry[0])
 
@@ -51,19 +54,32 @@ int evs_sandbox_policy_self_applied(evs_sandbox_policy policy) {
   return 0;
 }
 
-int evs_sandbox_apply(evs_sandbox_policy policy) {
+int evs_sandbox_apply(evs_sandbox_policy policy) { return evs_sandbox_apply_ex(policy, 0); }
+
+int evs_sandbox_apply_ex(evs_sandbox_policy policy, unsigned flags) {
+  return evs_sandbox_apply_exec(policy, flags, NULL);
+}
+
+int evs_sandbox_apply_exec(evs_sandbox_policy policy, unsigned flags, const char *exec_path) {
   struct rlimit none = {0, 0};
   if (setrlimit(RLIMIT_CORE, &none) < 0) return -errno;
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) return -errno;
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return -errno;
-  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ERRNO(EPERM));
+  scmp_filter_ctx ctx =
+      seccomp_init((flags & EVS_SANDBOX_LOG_DENIED) ? SCMP_ACT_LOG : SCMP_ACT_ERRNO(EPERM));
   if (!ctx) return -ENOMEM;
   int r;
   switch (policy) {
-    case EVS_SANDBOX_ENCLAVE: r = evs__sandbox_enclave_rules(ctx); break;
-    default: r = -EINVAL; break; /* the worker policy has only an exec stage */
+    case EVS_SANDBOX_ENCLAVE:
+      r = evs__sandbox_enclave_rules(ctx);
+      if (r == 0) r = evs__sandbox_kill_rules(ctx);
+      break;
+    case EVS_SANDBOX_FUNCTION_NODE:
+    case EVS_SANDBOX_FUNCTION_PYTHON:
+      r = evs__sandbox_function_rules(ctx, policy, exec_path);
+      break;
+    default: r = -EINVAL; break; /* the worker and fnbox policies have only an exec stage */
   }
-  if (r == 0) r = evs__sandbox_kill_rules(ctx);
   if (r == 0) r = seccomp_load(ctx);
   seccomp_release(ctx);
   return r;
@@ -89,7 +105,12 @@ int evs_sandbox_compile_exec_stage(evs_sandbox_policy policy, void **ret_prog, s
   if (!ctx) return -ENOMEM;
   /* The filter is loaded by evs_sandbox_load, which sets no-new-privs itself. */
   int r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
-  if (r == 0) r = evs__sandbox_exec_rules(ctx);
+  if (r == 0 && policy == EVS_SANDBOX_FNBOX) {
+    r = evs__sandbox_exec_kill_rules(ctx);
+    if (r == 0) r = evs__sandbox_fnbox_exec_rules(ctx);
+  } else if (r == 0) {
+    r = evs__sandbox_exec_rules(ctx);
+  }
   if (r == 0 && policy == EVS_SANDBOX_WORKER) r = evs__sandbox_worker_rules(ctx);
   int fd = -1;
   if (r == 0) {
