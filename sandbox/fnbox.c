@@ -265,9 +265,9 @@ static int find_lib(const char *name, const char *runpath, const char *origin, c
       const char *rest = NULL;
       if (strncmp(dir, "$ORIGIN", 7) == 0) rest = dir + 7;
       else if (strncmp(dir, "${ORIGIN}", 9) == 0) rest = dir + 9;
-      if (rest) snprintf(out, cap, "%s%s/%s", origin, rest, name);
-      else snprintf(out, cap, "%s/%s", dir, name);
-      if (access(out, F_OK) == 0) return 0;
+      int w = rest ? snprintf(out, cap, "%s%s/%s", origin, rest, name)
+                   : snprintf(out, cap, "%s/%s", dir, name);
+      if (w > 0 && (size_t)w < cap && access(out, F_OK) == 0) return 0;
     }
     r += n + (r[n] == ':');
   }
@@ -392,8 +392,8 @@ static void python_version(struct box *b, const char *prefix) {
   }
   for (min = 30; min >= 6; min--) {
     char p[PATH_MAX];
-    snprintf(p, sizeof p, "%s/lib/python3.%u/os.py", prefix, min);
-    if (access(p, F_OK) == 0) {
+    int w = snprintf(p, sizeof p, "%s/lib/python3.%u/os.py", prefix, min);
+    if (w > 0 && (size_t)w < sizeof p && access(p, F_OK) == 0) {
       snprintf(b->pyver, sizeof b->pyver, "3.%u", min);
       return;
     }
@@ -435,8 +435,9 @@ static void plan(struct box *b, const char *self_dir) {
   for (size_t i = 0; i < sizeof ca / sizeof ca[0]; i++) add_path(b, ca[i], 0);
   add_path(b, "/usr/share/zoneinfo", 0); /* time zones, for python's zoneinfo (node has ICU's) */
   char p[PATH_MAX];
-  snprintf(p, sizeof p, "%s/fnbox-runtimes/%s", self_dir,
-           b->runtime == RT_NODE ? "node" : "python");
+  int w = snprintf(p, sizeof p, "%s/fnbox-runtimes/%s", self_dir,
+                   b->runtime == RT_NODE ? "node" : "python");
+  if (w < 0 || (size_t)w >= sizeof p) die(ENAMETOOLONG, "%s/fnbox-runtimes", self_dir);
   add_bind(b, p, "/bootstrap", 1);
   add_bind(b, b->code_arg, "/function", 1);
   if (!b->binds[b->nbinds - 1].is_dir) die(ENOTDIR, "%s", b->code_arg);
