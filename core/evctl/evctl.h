@@ -174,4 +174,15 @@ int evctl_cmd_outbound_delete(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_outbound_push(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_outbound_diff(const evctl_ctx *ctx, int argc, char **argv);
 
+/* ---- cmd_function.c: Functions (the function-runtime plugin's endpoints) ------------------- */
+
+int evctl_cmd_function_init(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_function_create_toml(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_function_deploy(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_function_list(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_function_delete(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_function_env(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_function_run(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_function_run_status(const evctl_ctx *ctx, int argc, char **argv);
+
 #endif

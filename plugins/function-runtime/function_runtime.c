@@ -788,6 +788,10 @@ static void start_run(fr_state *st, evs_request *req, const char *app, const cha
   cpy(r->name, sizeof r->name, name);
   if (app) cpy(r->app, sizeof r->app, app);
   r->async = header_is_true(st, req, "X-Async");
+  if (admin) {
+    const char *q = st->h->request_info(req)->query;
+    if (q && (strstr(q, "async=1") || strstr(q, "async=true"))) r->async = 1;
+  }
   if (!admin) {
     evs_header hd;
     int rc = st->h->request_header(req, "Authorization", &hd) == 0
@@ -1669,8 +1673,9 @@ static int admin_route(void *arg, evs_request *req) {
 /* ---- init and fini ----------------------------------------------------------------------- */
 
 static const evs_config_item items[] = {
-    {"fnbox_binary", EVS_CONFIG_PATH, EVS_FNBOX_DEFAULT_BINARY, 0, 0, 0,
-     "the evs-fnbox executable that builds each function's sandbox"},
+    {"fnbox_binary", EVS_CONFIG_PATH, NULL, 0, 0, 0,
+     "the evs-fnbox executable that builds each function's sandbox; default the installed "
+     "one, else the build tree's"},
     {"node", EVS_CONFIG_PATH, "/usr/bin/node", 0, 0, 0,
      "the Node.js interpreter; node@N functions run on it for every N up to its major version"},
     {"python", EVS_CONFIG_PATH, "/usr/bin/python3", 0, 0, 0,
@@ -1740,6 +1745,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->p = plugin;
   st->loop = host->uv_loop(plugin);
   st->fnbox = host->config_string(plugin, "fnbox_binary");
+  if (!st->fnbox) st->fnbox = access(EVS_FNBOX_INSTALL_PATH, X_OK) == 0 ? EVS_FNBOX_INSTALL_PATH : EVS_FNBOX_BUILD_PATH;
   st->node = host->config_string(plugin, "node");
   st->python = host->config_string(plugin, "python");
   st->pool_max = host->config_int(plugin, "pool_max");

@@ -1,0 +1,595 @@
+/*
+ * evctl commands for Functions, answered by the function-runtime plugin's admin endpoints
+ * (plugins/function-runtime/function_runtime.c):
+ *
+ *   function init [--language node|python] [--force] [--dir D | D]   writes a hello-world
+ *   function create-toml [--force]                     writes ./function.toml
+ *   function deploy [--app A] [--dir D]                PUT    /functions/<app>/<name>
+ *   function list [--app A]                            GET    /functions[?app=]
+ *   function delete [--app A] [--name N]               DELETE /functions/<app>/<name>
+ *   function env get|set|delete [--app A] [--name N] [--key K] [--value V] [--secret]
+ *                                                      GET/PUT/DELETE .../env[/<K>]
+ *   function run [--app A] [--name N] (--data JSON | --in FILE) [--async]
+ *                                                      POST   /functions/<app>/<name>/runs
+ *   function run-status [--app A] --name N <runId>     GET    .../runs/<runId> (with its log)
+ *
+ * The app is --app, else $EV_APP_ID; the name is --name, else function.toml's. deploy reads
+ * function.toml (fn_toml.c), packs the directory into a gzip-compressed tar with libarchive
+ * (regular files and directories; symlinks and .git are left out) and sends it base64 in JSON;
+ * the server checks everything again (language, handler file, timeout, the archive itself).
+ * docs/evctl.md is the user's guide.
+ */
+#include "evctl.h"
+#include "evs_app_id.h"
+#include "fn_toml.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <openssl/evp.h>
+
+#define CODE_MAX (15u << 20)
+#define PAYLOAD_MAX (6u << 20)
+
+typedef struct fopt {
+  const char *name;
+  int flag;
+  const char *value;
+  int set;
+} fopt;
+
+static int parse(const char *cmd, int argc, char **argv, fopt *o, size_t no, const char **pos, int npos_max,
+                 int *ret_npos) {
+  int np = 0;
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i];
+    if (a[0] == '-' && a[1] == '-' && a[2]) {
+      size_t k = 0, nl = strcspn(a + 2, "=");
+      while (k < no && !(strlen(o[k].name) == nl && strncmp(o[k].name, a + 2, nl) == 0)) k++;
+      if (k == no) return evctl_usage_error(cmd, "%s: unknown option '%s'", cmd, a);
+      o[k].set = 1;
+      if (o[k].flag) {
+        if (a[2 + nl] == '=') return evctl_usage_error(cmd, "%s: --%s takes no value", cmd, o[k].name);
+      } else if (a[2 + nl] == '=') {
+        o[k].value = a + 3 + nl;
+      } else {
+        if (i + 1 == argc) return evctl_usage_error(cmd, "%s: --%s needs a value", cmd, o[k].name);
+        o[k].value = argv[++i];
+      }
+    } else {
+      if (np == npos_max) return evctl_usage_error(cmd, "%s: unexpected argument '%s'", cmd, a);
+      pos[np++] = a;
+    }
+  }
+  if (ret_npos) *ret_npos = np;
+  return 0;
+}
+
+static char *read_file(const char *path, size_t max, size_t *ret_len, char *err, size_t errlen) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return NULL;
+  }
+  char *buf = malloc(max + 1);
+  size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
+  int bad = ferror(f);
+  fclose(f);
+  if (!buf || bad || n > max) {
+    free(buf);
+    snprintf(err, errlen, "%s: %s", path, bad ? "read error" : !buf ? "out of memory" : "too large");
+    return NULL;
+  }
+  buf[n] = 0;
+  *ret_len = n;
+  return buf;
+}
+
+/* function.toml of dir, as its [function] table. */
+static json_t *load_toml(const char *cmd, const char *dir) {
+  char path[4096], err[512];
+  snprintf(path, sizeof path, "%s/function.toml", dir ? dir : ".");
+  size_t len;
+  char *text = read_file(path, EVCTL_TOML_MAX, &len, err, sizeof err);
+  if (!text) {
+    fprintf(stderr, "evctl: %s: %s (run `evctl function create-toml` or pass --name)\n", cmd, err);
+    return NULL;
+  }
+  json_t *root = NULL;
+  int rc = evctl_toml_parse(text, len, &root, err, sizeof err);
+  free(text);
+  if (rc < 0) {
+    fprintf(stderr, "evctl: %s: %s: %s\n", cmd, path, err);
+    return NULL;
+  }
+  json_t *fn = json_incref(json_object_get(root, "function"));
+  json_decref(root);
+  if (!json_is_object(fn)) {
+    json_decref(fn);
+    fprintf(stderr, "evctl: %s: %s has no [function] table\n", cmd, path);
+    return NULL;
+  }
+  return fn;
+}
+
+static const char *app_of(const char *cmd, const fopt *app) {
+  const char *a = app->set ? app->value : getenv("EV_APP_ID");
+  if (!a || !*a) {
+    evctl_usage_error(cmd, "%s: which app? Pass --app <appId> or set EV_APP_ID", cmd);
+    return NULL;
+  }
+  if (!evs_app_id_valid(a, strlen(a))) {
+    evctl_usage_error(cmd, "%s: '%s' is not an app id (app_ and 12 hex digits)", cmd, a);
+    return NULL;
+  }
+  return a;
+}
+
+/* The function's name: --name, else function.toml's (in dir). Returns a string to free. */
+static char *name_of(const char *cmd, const fopt *name, const char *dir) {
+  if (name->set) return strdup(name->value);
+  json_t *fn = load_toml(cmd, dir);
+  const char *n = json_string_value(json_object_get(fn, "name"));
+  char *r = n ? strdup(n) : NULL;
+  if (fn && !n) fprintf(stderr, "evctl: %s: function.toml has no name\n", cmd);
+  json_decref(fn);
+  return r;
+}
+
+static int write_new(const char *path, const char *text, int force) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (force ? O_TRUNC : O_EXCL), 0644);
+  if (fd < 0) {
+    fprintf(stderr, "evctl: %s: %s%s\n", path, strerror(errno), errno == EEXIST ? " (--force overwrites)" : "");
+    return -1;
+  }
+  size_t n = strlen(text);
+  ssize_t w = write(fd, text, n);
+  close(fd);
+  return w == (ssize_t)n ? 0 : -1;
+}
+
+static const char NODE_HANDLER[] =
+    "// A hello-world Evervault Function: data is the run's payload, with every encrypted value\n"
+    "// already decrypted; context.encrypt(value) encrypts with the app's keys.\n"
+    "exports.handler = async (data, context) => {\n"
+    "  const name = data && typeof data.name === 'string' ? data.name : 'world';\n"
+    "  console.log('greeting someone');\n"
+    "  return {\n"
+    "    message: `Hello from a Function! It seems you have ${name.length} letters in your name`,\n"
+    "    name,\n"
+    "  };\n"
+    "};\n";
+
+static const char PYTHON_HANDLER[] =
+    "# A hello-world Evervault Function: data is the run's payload, with every encrypted value\n"
+    "# already decrypted; context.encrypt(value) encrypts with the app's keys.\n"
+    "def handler(data, context):\n"
+    "    name = data.get('name', 'world') if isinstance(data, dict) else 'world'\n"
+    "    print('greeting someone')\n"
+    "    return {\n"
+    "        'message': f'Hello from a Function! It seems you have {len(name)} letters in your name',\n"
+    "        'name': name,\n"
+    "    }\n";
+
+static void toml_text(char *out, size_t cap, const char *name, int python) {
+  snprintf(out, cap,
+           "[function]\n"
+           "# The name of your Function\n"
+           "name = \"%s\"\n"
+           "# <file>.<function>: the file (without .js or .py) and the function it exports\n"
+           "handler = \"%s\"\n"
+           "# node@<major> or python@3.<minor>\n"
+           "language = \"%s\"\n"
+           "# seconds, 1 to 900 (runs without X-Async stop at the server's sync_timeout)\n"
+           "timeout = 30\n"
+           "# Clients allowed to run it (IP addresses or CIDR ranges); empty: any client\n"
+           "# inbound_allowlist = [\"203.0.113.0/24\"]\n",
+           name, python ? "main.handler" : "index.handler", python ? "python@3.9" : "node@18");
+}
+
+int evctl_cmd_function_init(const evctl_ctx *ctx, int argc, char **argv) {
+  const char *cmd = "function init";
+  fopt o[] = {{"language", 0, NULL, 0}, {"force", 1, NULL, 0}, {"dir", 0, NULL, 0}, {"name", 0, NULL, 0}};
+  const char *pos[1];
+  int np;
+  if (parse(cmd, argc, argv, o, 4, pos, 1, &np)) return EVCTL_EXIT_USAGE;
+  const char *lang = o[0].set ? o[0].value : "node";
+  if (strcmp(lang, "node") != 0 && strcmp(lang, "python") != 0)
+    return evctl_usage_error(cmd, "%s: --language is node or python", cmd);
+  int python = strcmp(lang, "python") == 0;
+  const char *name = o[3].set ? o[3].value : "hello-function";
+  const char *dir = o[2].set ? o[2].value : np ? pos[0] : name;
+  if (mkdir(dir, 0755) < 0 && !(errno == EEXIST && o[1].set)) {
+    fprintf(stderr, "evctl: %s: %s: %s%s\n", cmd, dir, strerror(errno), errno == EEXIST ? " (--force writes into it)" : "");
+    return EVCTL_EXIT_ERROR;
+  }
+  if (!o[3].set) { /* the directory's own name */
+    const char *slash = strrchr(dir, '/');
+    const char *base = slash ? slash + 1 : dir;
+    if (*base && strcmp(base, ".") != 0 && strcmp(base, "..") != 0) name = base;
+  }
+  char path[4200], toml[1024];
+  toml_text(toml, sizeof toml, name, python);
+  snprintf(path, sizeof path, "%s/function.toml", dir);
+  if (write_new(path, toml, o[1].set) < 0) return EVCTL_EXIT_ERROR;
+  snprintf(path, sizeof path, "%s/%s", dir, python ? "main.py" : "index.js");
+  if (write_new(path, python ? PYTHON_HANDLER : NODE_HANDLER, o[1].set) < 0) return EVCTL_EXIT_ERROR;
+  if (!python) {
+    char pkg[512];
+    snprintf(pkg, sizeof pkg, "{\n  \"name\": \"%s\",\n  \"version\": \"1.0.0\",\n  \"main\": \"index.js\"\n}\n", name);
+    snprintf(path, sizeof path, "%s/package.json", dir);
+    if (write_new(path, pkg, o[1].set) < 0) return EVCTL_EXIT_ERROR;
+  }
+  if (ctx->json) {
+    json_t *r = json_pack("{s:s,s:s,s:s}", "dir", dir, "name", name, "language", python ? "python" : "node");
+    evctl_print_json(r);
+    json_decref(r);
+  } else {
+    printf("Created a %s hello-world Function '%s' in %s; deploy it with:\n  cd %s && evctl function deploy --app <appId>\n",
+           python ? "Python" : "Node.js", name, dir, dir);
+  }
+  return EVCTL_EXIT_OK;
+}
+
+int evctl_cmd_function_create_toml(const evctl_ctx *ctx, int argc, char **argv) {
+  const char *cmd = "function create-toml";
+  fopt o[] = {{"force", 1, NULL, 0}, {"name", 0, NULL, 0}, {"language", 0, NULL, 0}};
+  if (parse(cmd, argc, argv, o, 3, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  char cwd[4096], toml[1024];
+  const char *name = o[1].set ? o[1].value : NULL;
+  if (!name) {
+    name = getcwd(cwd, sizeof cwd) ? strrchr(cwd, '/') + 1 : "my-function";
+    if (!*name) name = "my-function";
+  }
+  toml_text(toml, sizeof toml, name, o[2].set && strcmp(o[2].value, "python") == 0);
+  if (write_new("function.toml", toml, o[0].set) < 0) return EVCTL_EXIT_ERROR;
+  if (ctx->json) {
+    json_t *r = json_pack("{s:s,s:s}", "file", "function.toml", "name", name);
+    evctl_print_json(r);
+    json_decref(r);
+  } else {
+    printf("Wrote function.toml for '%s'\n", name);
+  }
+  return EVCTL_EXIT_OK;
+}
+
+/* ---- packing ------------------------------------------------------------------------------ */
+
+typedef struct pack {
+  struct archive *a;
+  size_t files, skipped;
+  char err[512];
+} pack;
+
+static int add_tree(pack *pk, const char *root, const char *rel, int depth) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s%s%s", root, *rel ? "/" : "", rel);
+  DIR *d = opendir(path);
+  if (!d) {
+    snprintf(pk->err, sizeof pk->err, "%.300s: %.150s", path, strerror(errno));
+    return -1;
+  }
+  if (depth > 32) {
+    closedir(d);
+    snprintf(pk->err, sizeof pk->err, "%.300s: directories nested too deeply", path);
+    return -1;
+  }
+  struct dirent *e;
+  int rc = 0;
+  while (rc == 0 && (e = readdir(d))) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 || strcmp(e->d_name, ".git") == 0) continue;
+    char r2[4200], full[4400];
+    snprintf(r2, sizeof r2, "%s%s%s", rel, *rel ? "/" : "", e->d_name);
+    snprintf(full, sizeof full, "%s/%s", root, r2);
+    struct stat sb;
+    if (lstat(full, &sb) < 0) continue;
+    if (!S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode)) {
+      pk->skipped++;
+      continue;
+    }
+    struct archive_entry *ae = archive_entry_new();
+    archive_entry_set_pathname(ae, r2);
+    archive_entry_set_filetype(ae, S_ISDIR(sb.st_mode) ? AE_IFDIR : AE_IFREG);
+    archive_entry_set_perm(ae, S_ISDIR(sb.st_mode) ? 0755 : (sb.st_mode & 0111) ? 0755 : 0644);
+    archive_entry_set_size(ae, S_ISDIR(sb.st_mode) ? 0 : sb.st_size);
+    archive_entry_set_mtime(ae, sb.st_mtime, 0);
+    if (archive_write_header(pk->a, ae) != ARCHIVE_OK) {
+      snprintf(pk->err, sizeof pk->err, "%.300s: %.150s", r2, archive_error_string(pk->a));
+      rc = -1;
+    } else if (S_ISREG(sb.st_mode)) {
+      int fd = open(full, O_RDONLY | O_CLOEXEC);
+      char buf[65536];
+      ssize_t n;
+      while (fd >= 0 && (n = read(fd, buf, sizeof buf)) > 0)
+        if (archive_write_data(pk->a, buf, (size_t)n) < 0) {
+          snprintf(pk->err, sizeof pk->err, "%.300s: %.150s", r2, archive_error_string(pk->a));
+          rc = -1;
+          break;
+        }
+      if (fd >= 0) close(fd);
+      pk->files++;
+    }
+    archive_entry_free(ae);
+    if (rc == 0 && S_ISDIR(sb.st_mode)) rc = add_tree(pk, root, r2, depth + 1);
+  }
+  closedir(d);
+  return rc;
+}
+
+static char *pack_dir(const char *dir, size_t *ret_len, size_t *ret_files, char *err, size_t errlen) {
+  size_t cap = CODE_MAX, used = 0;
+  char *buf = malloc(cap);
+  pack pk = {archive_write_new(), 0, 0, ""};
+  if (!buf || !pk.a) {
+    free(buf);
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  archive_write_add_filter_gzip(pk.a);
+  archive_write_set_format_pax_restricted(pk.a);
+  int rc = archive_write_open_memory(pk.a, buf, cap, &used) == ARCHIVE_OK ? add_tree(&pk, dir, "", 0) : -1;
+  if (rc == 0 && archive_write_close(pk.a) != ARCHIVE_OK) {
+    snprintf(pk.err, sizeof pk.err, "the archive is larger than %u MiB (%s)", CODE_MAX >> 20, archive_error_string(pk.a));
+    rc = -1;
+  }
+  archive_write_free(pk.a);
+  if (rc < 0) {
+    snprintf(err, errlen, "%s", pk.err[0] ? pk.err : "cannot pack the directory");
+    free(buf);
+    return NULL;
+  }
+  *ret_len = used;
+  *ret_files = pk.files;
+  return buf;
+}
+
+int evctl_cmd_function_deploy(const evctl_ctx *ctx, int argc, char **argv) {
+  const char *cmd = "function deploy";
+  fopt o[] = {{"app", 0, NULL, 0}, {"dir", 0, NULL, 0}, {"background", 1, NULL, 0}};
+  if (parse(cmd, argc, argv, o, 3, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  const char *app = app_of(cmd, &o[0]);
+  if (!app) return EVCTL_EXIT_USAGE;
+  const char *dir = o[1].set ? o[1].value : ".";
+  json_t *fn = load_toml(cmd, dir);
+  if (!fn) return EVCTL_EXIT_ERROR;
+  const char *name = json_string_value(json_object_get(fn, "name"));
+  const char *handler = json_string_value(json_object_get(fn, "handler"));
+  const char *lang = json_string_value(json_object_get(fn, "language"));
+  json_t *timeout = json_object_get(fn, "timeout"), *allow = json_object_get(fn, "inbound_allowlist");
+  if (!name || !handler || !lang || (timeout && !json_is_integer(timeout)) || (allow && !json_is_array(allow))) {
+    fprintf(stderr, "evctl: %s: function.toml needs name, handler and language (strings); timeout is an "
+                    "integer, inbound_allowlist an array of strings\n", cmd);
+    json_decref(fn);
+    return EVCTL_EXIT_ERROR;
+  }
+  char err[600];
+  size_t len, files;
+  char *code = pack_dir(dir, &len, &files, err, sizeof err);
+  if (!code) {
+    fprintf(stderr, "evctl: %s: %s\n", cmd, err);
+    json_decref(fn);
+    return EVCTL_EXIT_ERROR;
+  }
+  char *b64 = malloc(4 * ((len + 2) / 3) + 1);
+  if (b64) EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)code, (int)len);
+  free(code);
+  json_t *body = b64 ? json_pack("{s:s,s:s,s:I,s:s}", "handler", handler, "language", lang, "timeout",
+                                 timeout ? json_integer_value(timeout) : (json_int_t)30, "archive", b64) : NULL;
+  free(b64);
+  if (body && allow) json_object_set(body, "inboundAllowlist", allow);
+  char path[512];
+  snprintf(path, sizeof path, "/functions/%s/%s", app, name);
+  json_t *res = NULL;
+  evctl_ctx c2 = *ctx;
+  c2.timeout_ms = 60000;
+  int rc = body ? evctl_admin_call(&c2, "PUT", path, body, &res) : -1;
+  json_decref(body);
+  json_decref(fn);
+  if (rc < 0) return EVCTL_EXIT_ERROR;
+  if (ctx->json) {
+    evctl_print_json(res);
+  } else {
+    printf("Deployed %s (app %s): version %lld, %s, %zu files, %lld bytes packed\n",
+           json_string_value(json_object_get(res, "name")), app,
+           (long long)json_integer_value(json_object_get(res, "version")),
+           json_string_value(json_object_get(res, "language")), files,
+           (long long)json_integer_value(json_object_get(res, "codeBytes")));
+  }
+  json_decref(res);
+  return EVCTL_EXIT_OK;
+}
+
+int evctl_cmd_function_list(const evctl_ctx *ctx, int argc, char **argv) {
+  const char *cmd = "function list";
+  fopt o[] = {{"app", 0, NULL, 0}};
+  if (parse(cmd, argc, argv, o, 1, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  const char *app = o[0].set || getenv("EV_APP_ID") ? app_of(cmd, &o[0]) : NULL;
+  if ((o[0].set || getenv("EV_APP_ID")) && !app) return EVCTL_EXIT_USAGE;
+  char path[128];
+  if (app) snprintf(path, sizeof path, "/functions?app=%s", app);
+  else snprintf(path, sizeof path, "/functions");
+  json_t *res = NULL;
+  if (evctl_admin_call(ctx, "GET", path, NULL, &res) < 0) return EVCTL_EXIT_ERROR;
+  if (ctx->json) {
+    evctl_print_json(res);
+    json_decref(res);
+    return EVCTL_EXIT_OK;
+  }
+  static const char *const hdr[] = {"APP", "NAME", "VERSION", "LANGUAGE", "HANDLER", "TIMEOUT"};
+  evctl_table *t = evctl_table_new(6, hdr);
+  size_t i;
+  json_t *f;
+  json_array_foreach(json_object_get(res, "functions"), i, f) {
+    char ver[24], to[24];
+    snprintf(ver, sizeof ver, "%lld", (long long)json_integer_value(json_object_get(f, "version")));
+    snprintf(to, sizeof to, "%llds", (long long)json_integer_value(json_object_get(f, "timeout")));
+    const char *cells[] = {json_string_value(json_object_get(f, "appUuid")), json_string_value(json_object_get(f, "name")),
+                           ver, json_string_value(json_object_get(f, "language")),
+                           json_string_value(json_object_get(f, "handler")), to};
+    evctl_table_add(t, cells, NULL);
+  }
+  evctl_table_print(t, ctx, stdout);
+  evctl_table_free(t);
+  json_decref(res);
+  return EVCTL_EXIT_OK;
+}
+
+int evctl_cmd_function_delete(const evctl_ctx *ctx, int argc, char **argv) {
+  const char *cmd = "function delete";
+  fopt o[] = {{"app", 0, NULL, 0}, {"name", 0, NULL, 0}, {"use-current-directory", 1, NULL, 0}};
+  if (parse(cmd, argc, argv, o, 3, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  const char *app = app_of(cmd, &o[0]);
+  if (!app) return EVCTL_EXIT_USAGE;
+  char *name = name_of(cmd, &o[1], ".");
+  if (!name) return EVCTL_EXIT_ERROR;
+  char path[512];
+  snprintf(path, sizeof path, "/functions/%s/%s", app, name);
+  json_t *res = NULL;
+  int rc = evctl_admin_call(ctx, "DELETE", path, NULL, &res);
+  if (rc == 0) {
+    if (ctx->json) evctl_print_json(res);
+    else printf("Deleted function %s (app %s)\n", name, app);
+  }
+  free(name);
+  json_decref(res);
+  return rc < 0 ? EVCTL_EXIT_ERROR : EVCTL_EXIT_OK;
+}
+
+int evctl_cmd_function_env(const evctl_ctx *ctx, int argc, char **argv) {
+  const char *cmd = "function env";
+  fopt o[] = {{"app", 0, NULL, 0}, {"name", 0, NULL, 0}, {"key", 0, NULL, 0}, {"value", 0, NULL, 0},
+              {"secret", 1, NULL, 0}};
+  const char *pos[1];
+  int np;
+  if (parse(cmd, argc, argv, o, 5, pos, 1, &np)) return EVCTL_EXIT_USAGE;
+  if (np != 1 || (strcmp(pos[0], "get") != 0 && strcmp(pos[0], "set") != 0 && strcmp(pos[0], "delete") != 0))
+    return evctl_usage_error(cmd, "%s: get, set or delete?", cmd);
+  const char *app = app_of(cmd, &o[0]);
+  if (!app) return EVCTL_EXIT_USAGE;
+  int set = strcmp(pos[0], "set") == 0, del = strcmp(pos[0], "delete") == 0;
+  if ((set || del) && !o[2].set) return evctl_usage_error(cmd, "%s %s: --key is required", cmd, pos[0]);
+  if (set && !o[3].set) return evctl_usage_error(cmd, "%s set: --value is required", cmd);
+  char *name = name_of(cmd, &o[1], ".");
+  if (!name) return EVCTL_EXIT_ERROR;
+  char path[700];
+  if (set || del) snprintf(path, sizeof path, "/functions/%s/%s/env/%s", app, name, o[2].value);
+  else snprintf(path, sizeof path, "/functions/%s/%s/env", app, name);
+  json_t *body = set ? json_pack("{s:s,s:b}", "value", o[3].value, "secret", o[4].set) : NULL;
+  json_t *res = NULL;
+  int rc = evctl_admin_call(ctx, set ? "PUT" : del ? "DELETE" : "GET", path, body, &res);
+  json_decref(body);
+  free(name);
+  if (rc < 0) return EVCTL_EXIT_ERROR;
+  if (ctx->json) {
+    evctl_print_json(res);
+  } else {
+    json_t *env = json_object_get(res, "env");
+    const char *k;
+    json_t *v;
+    if (o[2].set && !set && !del) {
+      json_t *e = json_object_get(env, o[2].value);
+      if (e) printf("%s\n", json_string_value(json_object_get(e, "value")));
+    } else {
+      json_object_foreach(env, k, v) {
+        printf("%s=%s%s\n", k, json_string_value(json_object_get(v, "value")),
+               json_is_true(json_object_get(v, "secret")) ? "  (secret)" : "");
+      }
+    }
+  }
+  json_decref(res);
+  return EVCTL_EXIT_OK;
+}
+
+int evctl_cmd_function_run(const evctl_ctx *ctx, int argc, char **argv) {
+  const char *cmd = "function run";
+  fopt o[] = {{"app", 0, NULL, 0}, {"name", 0, NULL, 0}, {"data", 0, NULL, 0}, {"in", 0, NULL, 0},
+              {"async", 1, NULL, 0}};
+  if (parse(cmd, argc, argv, o, 5, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  if (o[2].set == o[3].set) return evctl_usage_error(cmd, "%s: give the payload with --data JSON or --in FILE", cmd);
+  const char *app = app_of(cmd, &o[0]);
+  if (!app) return EVCTL_EXIT_USAGE;
+  char err[512];
+  size_t len;
+  char *text = o[2].set ? strdup(o[2].value) : read_file(o[3].value, PAYLOAD_MAX, &len, err, sizeof err);
+  if (!text) {
+    fprintf(stderr, "evctl: %s: %s\n", cmd, err);
+    return EVCTL_EXIT_ERROR;
+  }
+  json_error_t je;
+  json_t *payload = json_loads(text, JSON_DECODE_ANY, &je);
+  free(text);
+  if (!payload) {
+    fprintf(stderr, "evctl: %s: the payload is not JSON: %s\n", cmd, je.text);
+    return EVCTL_EXIT_USAGE;
+  }
+  char *name = name_of(cmd, &o[1], ".");
+  if (!name) {
+    json_decref(payload);
+    return EVCTL_EXIT_ERROR;
+  }
+  char path[512];
+  snprintf(path, sizeof path, "/functions/%s/%s/runs%s", app, name, o[4].set ? "?async=1" : "");
+  json_t *body = json_pack("{s:o}", "payload", payload);
+  json_t *res = NULL;
+  evctl_ctx c2 = *ctx;
+  c2.timeout_ms = 910000; /* the server ends the run at its timeout */
+  int rc = evctl_admin_call(&c2, "POST", path, body, &res);
+  json_decref(body);
+  free(name);
+  if (rc < 0) return EVCTL_EXIT_ERROR;
+  const char *status = json_string_value(json_object_get(res, "status"));
+  if (ctx->json) {
+    evctl_print_json(res);
+  } else if (status && strcmp(status, "success") == 0) {
+    char *r = json_dumps(json_object_get(res, "result"), JSON_INDENT(2) | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+    printf("%s\n", r ? r : "null");
+    free(r);
+  } else if (status && strcmp(status, "failure") == 0) {
+    json_t *e = json_object_get(res, "error");
+    fprintf(stderr, "evctl: the function threw: %s\n%s\n", json_string_value(json_object_get(e, "message")),
+            json_string_value(json_object_get(e, "stack")) ? json_string_value(json_object_get(e, "stack")) : "");
+  } else {
+    printf("Run %s: %s\n", json_string_value(json_object_get(res, "runId")), status ? status : "?");
+  }
+  int ok = !status || strcmp(status, "failure") != 0;
+  json_decref(res);
+  return ok ? EVCTL_EXIT_OK : EVCTL_EXIT_ERROR;
+}
+
+int evctl_cmd_function_run_status(const evctl_ctx *ctx, int argc, char **argv) {
+  const char *cmd = "function run-status";
+  fopt o[] = {{"app", 0, NULL, 0}, {"name", 0, NULL, 0}};
+  const char *pos[1];
+  int np;
+  if (parse(cmd, argc, argv, o, 2, pos, 1, &np)) return EVCTL_EXIT_USAGE;
+  if (np != 1) return evctl_usage_error(cmd, "%s: which run id?", cmd);
+  const char *app = app_of(cmd, &o[0]);
+  if (!app) return EVCTL_EXIT_USAGE;
+  char *name = name_of(cmd, &o[1], ".");
+  if (!name) return EVCTL_EXIT_ERROR;
+  char path[600];
+  snprintf(path, sizeof path, "/functions/%s/%s/runs/%s", app, name, pos[0]);
+  free(name);
+  json_t *res = NULL;
+  if (evctl_admin_call(ctx, "GET", path, NULL, &res) < 0) return EVCTL_EXIT_ERROR;
+  if (ctx->json) {
+    evctl_print_json(res);
+  } else {
+    printf("%s: %s\n", pos[0], json_string_value(json_object_get(res, "status")));
+    size_t i;
+    json_t *l;
+    json_array_foreach(json_object_get(res, "logs"), i, l) {
+      evctl_print(ctx, stdout, EVCTL_DIM, json_string_value(json_object_get(l, "text")));
+    }
+  }
+  json_decref(res);
+  return EVCTL_EXIT_OK;
+}
