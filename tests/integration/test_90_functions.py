@@ -1,0 +1,379 @@
+"""Functions end to end: the function-runtime plugin, evs-fnbox boxes and the real enclave.
+
+`evctl function init|deploy|list|env|run|run-status|delete` with Node.js and Python hello-world
+Functions; the official SDK (@evervault/sdk 6.4.0, tests/integration/sdk/functions.js)
+encrypts a name, runs the Function and sees it decrypted, gets FunctionRuntimeError for a
+throwing handler and creates run tokens, which are then redeemed over plain HTTP with
+`Authorization: RunToken` and `Bearer` (single use, bound to the payload, expiring); async runs
+(X-Async) polled to completion; a run past its timeout kills its box (the evs-fnbox process is
+gone); secrets reach the Function's environment and never appear in evserver's log or store in
+plaintext; every documented error code of the Function Run API; console output kept with the
+run record, not in evserver's log; runs in the activity stream and the counters.
+
+Needs node (and python3) and the real $EVS_BUILD_DIR/evserver-enclave and evs-fnbox.
+"""
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import evstest
+
+SDK_DIR = os.path.join(evstest.SOURCE_DIR, "tests", "integration", "sdk")
+TOKEN_TTL = 2  # seconds (run_token_ttl)
+
+NODE_HELLO = r"""
+exports.handler = async (data, context) => {
+  console.log('hello-log-line ' + (data && data.plain));
+  const enc = await context.encrypt('inner secret');
+  return { name: data.name, enc, greeting: process.env.GREETING || null,
+           secret: process.env.API_SECRET || null, tmpClean: require('fs').readdirSync('/tmp').length };
+};
+"""
+PY_HELLO = """
+def handler(data, context):
+    print('py-log-line')
+    return {'name': data.get('name'), 'lang': 'python', 'enc': context.encrypt('py secret')}
+"""
+FUNCTIONS = {
+    "hello": ("node", "index.handler", NODE_HELLO, {}),
+    "pyhello": ("python", "main.handler", PY_HELLO, {}),
+    "thrower": ("node", "index.handler", "exports.handler = async () => { throw new Error('boom'); };", {}),
+    "slow": ("node", "index.handler",
+             "exports.handler = async () => { await new Promise(r => setTimeout(r, 20000)); return 1; };",
+             {"timeout": 1}),
+    "crasher": ("node", "index.handler", "exports.handler = async () => { process.exit(3); };", {}),
+    "sleepy": ("node", "index.handler",
+               "exports.handler = async (d) => { await new Promise(r => setTimeout(r, 1500)); "
+               "return { waited: d.ms }; };", {"timeout": 10}),
+    "walled": ("node", "index.handler", "exports.handler = async () => 'hi';",
+               {"inbound_allowlist": ["10.9.8.7", "192.0.2.0/24"]}),
+    "opened": ("node", "index.handler", "exports.handler = async () => 'hi';",
+               {"inbound_allowlist": ["127.0.0.0/8"]}),
+    "stuck": ("node", "index.handler",
+              "const t = Date.now() + 30000; while (Date.now() < t) {}\nexports.handler = async () => 1;", {}),
+}
+
+
+def need():
+    for p in ("evserver", "evctl", "evs-fnbox", "evserver-enclave", "plugins.d/function-runtime.so"):
+        if not os.path.exists(evstest.build_path(*p.split("/"))):
+            raise evstest.Skip("%s is not built" % p)
+    if not shutil.which("node"):
+        raise evstest.Skip("node is not installed")
+
+
+class Env:
+    """One server with the enclave and function-runtime, one app, keys, deployed Functions."""
+
+    def __init__(self):
+        need()
+        self.dir = evstest.tmpdir("evs-fn-")
+        cfg = evstest.write_config(
+            self.dir, listeners={"http": {}, "api": {}}, server={"workers": 1},
+            plugins={"enclave": {"enclave_binary": evstest.build_path("evserver-enclave")},
+                     "function-runtime": {"fnbox_binary": evstest.build_path("evs-fnbox"),
+                                          "run_token_ttl": "%ds" % TOKEN_TTL,
+                                          "start_timeout": "3s", "idle_timeout": "60s"}})
+        self.cfg = cfg
+        self.srv = evstest.Server(cfg).start()
+        self.app = self.evctl("app", "create")["appId"]
+        self.key = self.evctl("key", "create", self.app, "--permissions",
+                              "function:run,function:create-run-token,api:decrypt")["apiKey"]
+        self.encrypt_only = self.evctl("key", "create", self.app, "--permissions", "")["apiKey"]
+        self.fndir = os.path.join(self.dir, "functions")
+        os.makedirs(self.fndir)
+
+    def evctl(self, *args, cwd=None, ok=True, env=None):
+        r = subprocess.run([evstest.build_path("evctl"), "--socket", self.cfg.admin_socket, "--json",
+                            *args], capture_output=True, text=True, timeout=120, cwd=cwd,
+                           env=dict(os.environ, **(env or {})))
+        if ok:
+            assert r.returncode == 0, (args, r.stdout, r.stderr)
+        out = json.loads(r.stdout) if r.stdout.strip() else None
+        return out if ok else (r.returncode, out, r.stderr)
+
+    def deploy(self, name):
+        lang, handler, code, extra = FUNCTIONS[name]
+        d = os.path.join(self.fndir, name)
+        os.makedirs(d, exist_ok=True)
+        toml = ['[function]', 'name = "%s"' % name, 'handler = "%s"' % handler,
+                'language = "%s"' % ("node@18" if lang == "node" else "python@3.9")]
+        if "timeout" in extra:
+            toml.append("timeout = %d" % extra["timeout"])
+        if "inbound_allowlist" in extra:
+            toml.append("inbound_allowlist = [%s]" % ", ".join('"%s"' % a for a in extra["inbound_allowlist"]))
+        with open(os.path.join(d, "function.toml"), "w") as f:
+            f.write("\n".join(toml) + "\n")
+        with open(os.path.join(d, "index.js" if lang == "node" else "main.py"), "w") as f:
+            f.write(code)
+        return self.evctl("function", "deploy", "--app", self.app, cwd=d)
+
+    def api(self, method, path, body=None, headers=None, raw=None, timeout=60):
+        hdrs = dict(headers or {})
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is not None:
+            hdrs.setdefault("Content-Type", "application/json")
+        req = urllib.request.Request(self.srv.url(path, "api"), data=data, headers=hdrs, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, {k.lower(): v for k, v in r.headers.items()}, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, json.loads(e.read() or b"null")
+
+    def basic(self, key=None, app=None):
+        cred = "%s:%s" % (app or self.app, key or self.key)
+        return {"Authorization": "Basic " + base64.b64encode(cred.encode()).decode()}
+
+    def run(self, name, payload, headers=None, **kw):
+        h = self.basic() if headers is None else headers
+        return self.api("POST", "/functions/%s/runs" % name, {"payload": payload}, headers=h, **kw)
+
+    def encrypt(self, value):
+        st, _, body = self.api("POST", "/encrypt", value, headers={"api-key": self.key})
+        assert st == 200, body
+        return body
+
+    def decrypt(self, value):
+        st, _, body = self.api("POST", "/decrypt", {"data": value}, headers=self.basic())
+        assert st == 200, body
+        return body["data"]
+
+    def token(self, name, payload, key=None):
+        return self.api("POST", "/v2/functions/%s/run-token" % name, payload,
+                        headers={"api-key": key or self.key})
+
+    def stop(self):
+        self.srv.stop()
+
+
+def assert_error(status, headers, body, want_status, code):
+    assert status == want_status, (status, body)
+    assert headers.get("x-evervault-error-code") == code, (headers, body)
+    assert body["code"] == code and body["status"] == want_status, body
+    assert body["detail"] and body["message"] and body["title"], body
+
+
+def box_pids(log):
+    return [int(m) for m in re.findall(r"helper evs-fnbox started: pid (\d+)", log)]
+
+
+def test_cli_deploy_run_env_delete():
+    e = Env()
+    try:
+        # init writes a runnable hello-world for both languages; deploy it as is.
+        for lang in ("node", "python"):
+            d = os.path.join(e.fndir, "init-" + lang)
+            out = e.evctl("function", "init", "--language", lang, d)
+            assert out["name"] == "init-" + lang
+            dep = e.evctl("function", "deploy", "--app", e.app, cwd=d)
+            assert dep["version"] == 1 and dep["runtime"] == lang, dep
+            res = e.evctl("function", "run", "--app", e.app, "--data", '{"name": "Grace"}', cwd=d)
+            assert res["status"] == "success", res
+            assert "5 letters" in res["result"]["message"], res
+            # The name comes from function.toml, the app from EV_APP_ID.
+            res = e.evctl("function", "run", "--in", os.path.join(d, "function.toml"), cwd=d,
+                          env={"EV_APP_ID": e.app}, ok=False)
+            assert res[0] != 0  # function.toml is not JSON: refused before anything is sent
+        # create-toml writes a starter file that deploys with a handler next to it.
+        d = os.path.join(e.fndir, "from-toml")
+        os.makedirs(d)
+        e.evctl("function", "create-toml", "--name", "from-toml", cwd=d)
+        assert 'name = "from-toml"' in open(os.path.join(d, "function.toml")).read()
+        code, _, err = e.evctl("function", "deploy", "--app", e.app, cwd=d, ok=False)
+        assert code != 0 and "index.js" in err, err  # the handler's file is missing
+        # Redeploying makes a new version; list shows the app's functions.
+        e.deploy("hello")
+        assert e.deploy("hello")["version"] == 2
+        names = {f["name"]: f for f in e.evctl("function", "list", "--app", e.app)["functions"]}
+        assert {"init-node", "init-python", "hello"} <= set(names), names
+        # A language the node cannot serve is refused with what is installed.
+        d = os.path.join(e.fndir, "future")
+        os.makedirs(d)
+        with open(os.path.join(d, "function.toml"), "w") as f:
+            f.write('[function]\nname = "future"\nhandler = "index.handler"\nlanguage = "node@99"\n')
+        open(os.path.join(d, "index.js"), "w").write("exports.handler = async () => 1;\n")
+        code, out, err = e.evctl("function", "deploy", "--app", e.app, cwd=d, ok=False)
+        assert code != 0 and "node@99" in err and "this node has node" in err, err
+        # Environment: a plain value and a secret reach process.env when a box starts.
+        e.evctl("function", "env", "set", "--app", e.app, "--name", "hello", "--key", "GREETING",
+                "--value", "bonjour")
+        secret = "s3cr3t-%d-value" % os.getpid()
+        out = e.evctl("function", "env", "set", "--app", e.app, "--name", "hello", "--key",
+                      "API_SECRET", "--value", secret, "--secret")
+        assert out["env"]["API_SECRET"]["value"].startswith("ev:"), out
+        assert out["env"]["API_SECRET"]["secret"] is True
+        env = e.evctl("function", "env", "get", "--app", e.app, "--name", "hello")["env"]
+        assert env["GREETING"]["value"] == "bonjour" and secret not in json.dumps(env)
+        res = e.evctl("function", "run", "--app", e.app, "--name", "hello", "--data", '{"name": "x", "plain": 41}')
+        assert res["result"]["greeting"] == "bonjour" and res["result"]["secret"] == secret, res
+        # The console output is kept with the run record, not in evserver's log.
+        rec = e.evctl("function", "run-status", "--app", e.app, "--name", "hello", res["runId"])
+        assert any("hello-log-line 41" in l["text"] for l in rec["logs"]), rec
+        assert rec["status"] == "success"
+        e.evctl("function", "env", "delete", "--app", e.app, "--name", "hello", "--key", "GREETING")
+        res = e.evctl("function", "run", "--app", e.app, "--name", "hello", "--data", '{"name": "x"}')
+        assert res["result"]["greeting"] is None, res
+        # Python, through the API with Basic auth, context.encrypt included.
+        e.deploy("pyhello")
+        st, _, body = e.run("pyhello", {"name": e.encrypt("Alan")})
+        assert st == 200 and body["status"] == "success", body
+        assert body["result"]["name"] == "Alan" and body["result"]["lang"] == "python", body
+        assert e.decrypt(body["result"]["enc"]) == "py secret"
+        # delete: gone for runs and for the list.
+        e.evctl("function", "delete", "--app", e.app, "--name", "pyhello")
+        assert_error(*e.run("pyhello", {}), 404, "resource-not-found")
+        names = {f["name"] for f in e.evctl("function", "list", "--app", e.app)["functions"]}
+        assert "pyhello" not in names
+        # Secrets and console output never reach evserver's log or store in plaintext.
+        e.stop()
+        log = e.srv.log()
+        assert secret not in log and "hello-log-line" not in log and "py-log-line" not in log
+        state = os.path.join(e.dir, "state")
+        for root, _, files in os.walk(state):
+            if os.path.join(state, "functions") in root:
+                continue
+            for fn in files:
+                with open(os.path.join(root, fn), "rb") as f:
+                    assert secret.encode() not in f.read(), fn
+    finally:
+        if e.srv.running():
+            e.stop()
+
+
+def test_sdk_run_tokens_async_timeout():
+    e = Env()
+    try:
+        for name in ("hello", "thrower", "slow", "sleepy"):
+            e.deploy(name)
+        if not os.path.isdir(os.path.join(SDK_DIR, "node_modules", "@evervault", "sdk")):
+            raise evstest.Skip("tests/integration/sdk/node_modules is missing")
+        env = dict(os.environ, EV_API_URL="http://127.0.0.1:%d" % e.srv.port("api"), EVS_APP_ID=e.app,
+                   EVS_API_KEY=e.key, EVS_FN="hello", EVS_THROW_FN="thrower", EVS_SLOW_FN="slow")
+        r = subprocess.run(["node", os.path.join(SDK_DIR, "functions.js")], cwd=SDK_DIR, env=env,
+                           capture_output=True, text=True, timeout=120)
+        print(r.stdout, end="")
+        assert r.returncode == 0, r.stdout + r.stderr
+        tokens = json.loads(r.stdout.strip().splitlines()[-1])
+        enc = tokens["encryptedName"]
+        # RunToken, as the SDK's own e2e test redeems it: the payload decrypted, then single use.
+        h = {"Authorization": "RunToken " + tokens["runToken"]}
+        st, _, body = e.run("hello", {"name": enc}, headers=h)
+        assert st == 200 and body["result"]["name"] == "Claude Shannon", body
+        assert_error(*e.run("hello", {"name": enc}, headers=h), 401, "run-token-used-error")
+        # Bearer with the docs' curl body (the payload itself); a different payload is refused
+        # without using the token up.
+        h = {"Authorization": "Bearer " + tokens["bearer"]}
+        assert_error(*e.api("POST", "/functions/hello/runs", {"name": "Eve"}, headers=h), 403,
+                     "payload-verification-error")
+        st, _, body = e.api("POST", "/functions/hello/runs", {"name": "Ada"}, headers=h)
+        assert st == 200 and body["result"]["name"] == "Ada", body
+        assert_error(*e.run("hello", {"name": "Ada"}, headers=h), 401, "run-token-used-error")
+        # A token for one function does not run another; forged and malformed tokens.
+        st, _, tok = e.token("hello", {"a": 1})
+        assert st == 200 and tok["token"].startswith("rt_"), tok
+        assert_error(*e.run("sleepy", {"a": 1}, headers={"Authorization": "RunToken " + tok["token"]}),
+                     401, "run-token-validation-error")
+        assert_error(*e.run("hello", {"a": 1}, headers={"Authorization": "RunToken rt_" + "A" * 43}), 401,
+                     "run-token-validation-error")
+        assert_error(*e.run("hello", {"a": 1}, headers={"Authorization": "Bearer nonsense"}), 401,
+                     "run-token-validation-error")
+        # Expiry (run_token_ttl is 2 s here): a token is refused once its lifetime is over.
+        h = {"Authorization": "RunToken " + tokens["mismatch"]}
+        time.sleep(TOKEN_TTL + 0.5)  # wall-clock expiry: nothing to poll without using the token
+        assert_error(*e.run("hello", {"name": "Ada"}, headers=h), 401, "run-token-expired")
+        # A token needs function:create-run-token and an existing function.
+        assert_error(*e.token("hello", {}, key=e.encrypt_only), 401, "unauthorized")
+        assert_error(*e.token("nope", {}), 404, "resource-not-found")
+        # Async: 202 at once, then the status moves to success with the result.
+        st, _, body = e.run("sleepy", {"ms": 1500}, headers=dict(e.basic(), **{"X-Async": "true"}))
+        assert st == 202 and body["status"] == "queued" and body["runId"].startswith("func_run_"), body
+        run_id = body["runId"]
+        seen = set()
+
+        def finished():
+            s, _, b = e.api("GET", "/functions/sleepy/runs/" + run_id, headers=e.basic())
+            assert s == 200, b
+            seen.add(b["status"])
+            return b if b["status"] not in ("queued", "running") else None
+        final = evstest.wait_for(finished, timeout=30, interval=0.1, what="the async run")
+        assert final["status"] == "success" and final["result"] == {"waited": 1500}, final
+        assert "logs" not in final
+        assert_error(*e.api("GET", "/functions/sleepy/runs/func_run_nope", headers=e.basic()), 404,
+                     "resource-not-found")
+        # An async run past its timeout ends as "timeout".
+        st, _, body = e.run("slow", {}, headers=dict(e.basic(), **{"X-Async": "true"}))
+        assert st == 202
+
+        def timed_out():
+            b = e.api("GET", "/functions/slow/runs/" + body["runId"], headers=e.basic())[2]
+            return b if b["status"] not in ("queued", "running") else None
+        assert evstest.wait_for(timed_out, timeout=30, what="the async timeout")["status"] == "timeout"
+        # A sync timeout answers request-timeout and kills the box: its evs-fnbox is gone.
+        before = set(box_pids(e.srv.log()))
+        assert_error(*e.run("slow", {}), 408, "request-timeout")
+        new = set(box_pids(e.srv.log())) - before
+        assert new, "no box was started for the run"
+        for pid in new:
+            evstest.wait_for(lambda: not os.path.exists("/proc/%d" % pid) or
+                             open("/proc/%d/stat" % pid).read().split()[2] == "Z",
+                             timeout=10, what="the killed box to go")
+        # Activity and counters: runs are recorded, payloads are not.
+        act = json.loads(e.srv.admin_get("/function-activity?limit=100").body)
+        statuses = {(r["functionName"], r["status"]) for r in act["runs"]}
+        assert ("hello", "success") in statuses and ("slow", "timeout") in statuses, statuses
+        assert ("thrower", "failure") in statuses
+        assert "Claude" not in json.dumps(act) and enc not in json.dumps(act)
+        metrics = e.srv.admin_get("/metrics").body.decode()
+        assert re.search(r'plugin="function-runtime",name="function_runs"\} [1-9]', metrics), metrics[-2000:]
+        assert 'name="function_runs_timeout"' in metrics
+    finally:
+        e.stop()
+
+
+def test_error_codes():
+    e = Env()
+    try:
+        for name in ("hello", "crasher", "walled", "opened", "stuck"):
+            e.deploy(name)
+        st, _, body = e.run("hello", {"name": "Linus"})
+        assert st == 200 and body["status"] == "success", body
+        # bad-request: no payload member, not JSON.
+        assert_error(*e.api("POST", "/functions/hello/runs", {"name": "x"}, headers=e.basic()), 400, "bad-request")
+        assert_error(*e.api("POST", "/functions/hello/runs", raw=b"{not json", headers=e.basic()), 400,
+                     "bad-request")
+        # resource-not-found: no such function.
+        assert_error(*e.run("missing", {}), 404, "resource-not-found")
+        # unauthorized: no credential, a wrong key, a key of the wrong app, a key without function:run.
+        assert_error(*e.run("hello", {}, headers={}), 401, "unauthorized")
+        assert_error(*e.run("hello", {}, headers=e.basic(key="ev:key:1:nope")), 401, "unauthorized")
+        assert_error(*e.run("hello", {}, headers=e.basic(app="app_000000000000")), 401, "unauthorized")
+        assert_error(*e.run("hello", {}, headers=e.basic(key=e.encrypt_only)), 401, "unauthorized")
+        # decryption-error: a tampered ev: string.
+        enc = e.encrypt("hello there")
+        bad = enc[:-6] + ("AAAAAA" if not enc.endswith("AAAAAA") else "BBBBBB")
+        assert_error(*e.run("hello", {"name": bad}), 422, "decryption-error")
+        # forbidden-ip-error: the inbound allowlist.
+        assert_error(*e.run("walled", {}), 403, "forbidden-ip-error")
+        st, _, body = e.run("opened", {})
+        assert st == 200 and body["result"] == "hi", body
+        # internal-error: the handler's process dies mid-run; the next run gets a fresh box.
+        assert_error(*e.run("crasher", {}), 500, "internal-error")
+        assert_error(*e.run("crasher", {}), 500, "internal-error")
+        # function-not-ready-error: the box does not become ready within start_timeout.
+        assert_error(*e.run("stuck", {}), 503, "function-not-ready-error")
+        # The server is still fine.
+        st, _, body = e.run("hello", {"name": "Linus"})
+        assert st == 200 and body["result"]["name"] == "Linus", body
+    finally:
+        e.stop()
+
+
+if __name__ == "__main__":
+    evstest.main(globals())
