@@ -757,6 +757,11 @@ typedef struct evs_host {
   int (*store_get)(evs_plugin *p, const char *key, evs_store_cb cb, void *arg);
   int (*store_put)(evs_plugin *p, const char *key, const uint8_t *value, size_t value_len,
                    uint64_t ttl_s, evs_store_cb cb, void *arg);
+  /* cb's status is 0 when the key existed (and was live), -ENOENT when it did not. This is an
+   * atomic take: of any number of concurrent deletes of one key, from any workers or from any
+   * nodes sharing a PostgreSQL store, exactly one is told 0 (both backends; tests/unit/
+   * test_store.c test_delete_once_concurrent). A single-use token is "put, then delete to use":
+   * the function-runtime plugin's run tokens. */
   int (*store_delete)(evs_plugin *p, const char *key, evs_store_cb cb, void *arg);
   int (*store_scan)(evs_plugin *p, const char *prefix, evs_store_scan_cb cb, void *arg);
 

@@ -796,6 +796,72 @@ static void test_concurrent_processes(void **state) {
   restore_location(f);
 }
 
+/* Delete is a take-once: however many processes (or nodes, on PostgreSQL) delete the same key
+ * at the same moment, exactly one is told 0 and every other -ENOENT. The function-runtime
+ * plugin's run tokens rely on it for "single use" (rtlive/<digest>). */
+#define TAKE_KEYS 200
+
+static void test_delete_once_concurrent(void **state) {
+  fx *f = need(state);
+  evs__store_options o;
+  char where[PATH_MAX], key[32];
+  int go[2], counts[2];
+  pid_t pids[NPROC];
+
+  fresh_location(f, "take", &o, where, sizeof(where));
+  evs__store *s = reopen(f, &o);
+  for (int k = 0; k < TAKE_KEYS; k++) {
+    snprintf(key, sizeof(key), "tok/%d", k);
+    put_str(s, "take", key, "1");
+  }
+  evs__store_close(s);
+  assert_int_equal(pipe(go), 0);
+  assert_int_equal(pipe(counts), 0);
+  for (int i = 0; i < NPROC; i++) {
+    pids[i] = fork();
+    assert_true(pids[i] >= 0);
+    if (pids[i] == 0) {
+      char c, err[256];
+      evs__store *cs = NULL;
+      int won = 0;
+      close(go[1]);
+      close(counts[0]);
+      if (evs__store_open(&o, &cs, err, sizeof(err)) < 0)
+        _exit(10);
+      if (read(go[0], &c, 1) != 0)
+        _exit(9);
+      for (int k = 0; k < TAKE_KEYS; k++) {
+        char ck[32];
+        snprintf(ck, sizeof(ck), "tok/%d", (k + i * 37) % TAKE_KEYS); /* each its own order */
+        int r = evs__store_delete(cs, "take", ck);
+        if (r == 0)
+          won++;
+        else if (r != -ENOENT)
+          _exit(11);
+      }
+      evs__store_close(cs);
+      if (write(counts[1], &won, sizeof(won)) != (ssize_t)sizeof(won))
+        _exit(12);
+      _exit(0);
+    }
+  }
+  close(go[0]);
+  close(go[1]);
+  close(counts[1]);
+  int total = 0;
+  for (int i = 0; i < NPROC; i++) {
+    int status, won = 0;
+    assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(read(counts[0], &won, sizeof(won)), (ssize_t)sizeof(won));
+    total += won;
+  }
+  close(counts[0]);
+  assert_int_equal(total, TAKE_KEYS);
+  restore_location(f);
+}
+
 /* The upgrade case: the migrations table exists (an older evserver made it) and several
  * processes open the store at once to apply the pending steps. A deferred transaction or a
  * missing advisory lock shows here as a failed open. */
@@ -994,6 +1060,7 @@ static void test_format_error(void **state) {
   cmocka_unit_test_setup_teardown(test_migrations, setup, teardown),                          \
   cmocka_unit_test_setup_teardown(test_concurrent_processes, setup, teardown),                \
   cmocka_unit_test_setup_teardown(test_concurrent_upgrade, setup, teardown),                  \
+  cmocka_unit_test_setup_teardown(test_delete_once_concurrent, setup, teardown),              \
   cmocka_unit_test_setup_teardown(test_file_mode, setup, teardown)
 
 int main(void) {
