@@ -832,11 +832,12 @@ static int by_started_desc(const void *a, const void *b) {
   return strcmp(y ? y : "", x ? x : "");
 }
 
-/* The Outbound Relay's records (relay-outbound's GET /outbound-activity, same query) merged into
- * obj's "transactions", newest first, at most limit. Without that plugin, nothing is added. */
-static void merge_outbound(const evctl_ctx *ctx, const char *q, int limit, json_t *obj) {
+/* Another plugin's records (relay-outbound's GET /outbound-activity, function-runtime's GET
+ * /function-activity; same query) merged into obj's "transactions", newest first, at most
+ * limit. Without that plugin, nothing is added. */
+static void merge_outbound(const evctl_ctx *ctx, const char *base, const char *q, int limit, json_t *obj) {
   char target[1500], err[256];
-  snprintf(target, sizeof target, "/outbound-activity%s", q);
+  snprintf(target, sizeof target, "%s%s", base, q);
   evctl_response r = {0};
   if (evctl_http_request(ctx->socket_path, "GET", target, NULL, NULL, 0, ctx->timeout_ms, &r,
                          err, sizeof err) < 0)
@@ -890,7 +891,8 @@ int evctl_cmd_activity(const evctl_ctx *ctx, int argc, char **argv) {
   snprintf(target, sizeof target, "/activity%s", q);
   json_t *obj;
   if (evctl_admin_call(ctx, "GET", target, NULL, &obj) < 0) return EVCTL_EXIT_ERROR;
-  merge_outbound(ctx, q, opt(&o[4]) ? atoi(opt(&o[4])) : 50, obj);
+  merge_outbound(ctx, "/outbound-activity", q, opt(&o[4]) ? atoi(opt(&o[4])) : 50, obj);
+  merge_outbound(ctx, "/function-activity", q, opt(&o[4]) ? atoi(opt(&o[4])) : 50, obj);
   if (ctx->json) {
     evctl_print_json(obj);
     json_decref(obj);

@@ -294,10 +294,19 @@ void fr_run_finish(fr_run *r, const char *status, json_t *result, json_t *error,
   }
   /* The activity stream: never payloads, results or console output. */
   int shown = status ? 200 : http;
-  json_t *act = json_pack("{s:s,s:s,s:s,s:s,s:i,s:I,s:b,s:b,s:s}", "runId", r->id, "appUuid", r->app,
-                          "functionName", r->name, "status", rec_status, "statusCode", shown,
-                          "durationMs", (json_int_t)(now - r->created_ms), "coldStart", r->cold,
-                          "async", r->async, "requestId", r->request_id);
+  /* Shaped like the relays' transaction records, so `evctl activity` lists them together. */
+  char started[40], path[128], label[96];
+  time_t secs = (time_t)(r->created_ms / 1000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  size_t sl = strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(started + sl, sizeof started - sl, ".%03dZ", (int)(r->created_ms % 1000));
+  snprintf(path, sizeof path, "/functions/%s/runs", r->name);
+  snprintf(label, sizeof label, "function %s", r->name);
+  json_t *act = json_pack("{s:s,s:s,s:s,s:s,s:i,s:s,s:I,s:s,s:s,s:s,s:s,s:b,s:b}", "requestId", r->request_id,
+                          "relay", label, "method", "POST", "path", path, "status", shown, "startedAt", started,
+                          "durationMs", (json_int_t)(now - r->created_ms), "runId", r->id, "appUuid", r->app,
+                          "functionName", r->name, "runStatus", rec_status, "coldStart", r->cold, "async", r->async);
   if (act && code) json_object_set_new(act, "errorCode", json_string(code));
   char *as = act ? json_dumps(act, JSON_COMPACT) : NULL;
   json_decref(act);
@@ -1545,7 +1554,7 @@ static void on_activity(void *arg, int status, int64_t ts, const char *json) {
   }
   json_t *items = x->items;
   x->items = NULL;
-  admin_json(x, 200, json_pack("{s:o}", "runs", items));
+  admin_json(x, 200, json_pack("{s:o}", "transactions", items));
 }
 
 static int query_param(const char *q, const char *name, char *out, size_t cap) {
@@ -1555,7 +1564,7 @@ static int query_param(const char *q, const char *name, char *out, size_t cap) {
     size_t len = amp ? (size_t)(amp - p) : strlen(p);
     if (len > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
       size_t vl = len - nl - 1;
-      if (vl >= cap) return -1;
+      if (vl >= cap) return -2;
       memcpy(out, p + nl + 1, vl);
       out[vl] = 0;
       return 0;
@@ -1581,11 +1590,16 @@ static int admin_route(void *arg, evs_request *req) {
     x->req = req;
     x->refs = 2;
     st->h->request_set_data(req, st->p, x, admin_gone);
-    char lim[16];
+    char lim[16], since[24], relay[8];
     long limit = query_param(info->query, "limit", lim, sizeof lim) == 0 ? atol(lim) : 50;
     if (limit < 1 || limit > 1000) limit = 50;
+    int64_t since_ms = query_param(info->query, "since", since, sizeof since) == 0 ? atoll(since) : 0;
     x->items = json_array();
-    if (st->h->store_query(st->p, "runs", 0, (size_t)limit, on_activity, x) < 0)
+    if (query_param(info->query, "relay", relay, sizeof relay) == 0 || query_param(info->query, "relay", NULL, 0) == -2) {
+      admin_json(x, 200, json_pack("{s:o}", "transactions", json_incref(x->items))); /* a relay's: none */
+      return EVS_HANDLED;
+    }
+    if (st->h->store_query(st->p, "runs", since_ms, (size_t)limit, on_activity, x) < 0)
       admin_error(x, 500, "internal-error", "The store is unavailable");
     return EVS_HANDLED;
   }

@@ -78,6 +78,7 @@ class Env:
         cfg = evstest.write_config(
             self.dir, listeners={"http": {}, "api": {}}, server={"workers": 1},
             plugins={"enclave": {"enclave_binary": evstest.build_path("evserver-enclave")},
+                     "relay-inbound": {},
                      "function-runtime": {"fnbox_binary": evstest.build_path("evs-fnbox"),
                                           "run_token_ttl": "%ds" % TOKEN_TTL,
                                           "start_timeout": "3s", "idle_timeout": "60s"}})
@@ -326,10 +327,13 @@ def test_sdk_run_tokens_async_timeout():
                              timeout=10, what="the killed box to go")
         # Activity and counters: runs are recorded, payloads are not.
         act = json.loads(e.srv.admin_get("/function-activity?limit=100").body)
-        statuses = {(r["functionName"], r["status"]) for r in act["runs"]}
+        statuses = {(r["functionName"], r["runStatus"]) for r in act["transactions"]}
         assert ("hello", "success") in statuses and ("slow", "timeout") in statuses, statuses
         assert ("thrower", "failure") in statuses
         assert "Claude" not in json.dumps(act) and enc not in json.dumps(act)
+        listed = e.evctl("activity", "--limit", "100")["transactions"]
+        assert any(t.get("relay") == "function hello" and t["status"] == 200 for t in listed), listed
+        assert any(t.get("relay") == "function slow" and t["status"] == 408 for t in listed), listed
         metrics = e.srv.admin_get("/metrics").body.decode()
         assert re.search(r'plugin="function-runtime",name="function_runs"\} [1-9]', metrics), metrics[-2000:]
         assert 'name="function_runs_timeout"' in metrics
