@@ -69,6 +69,7 @@ void fr_pools_free(fr_state *st);                  /* fini: stop every box */
 void fr_pools_reap(fr_state *st);                  /* idle boxes past idle_ms */
 void fr_box_abandon(fr_run *r);                    /* timeout: kill r's box */
 size_t fr_pools_count(fr_state *st, size_t *ret_busy);
+void fr_rm_tree(const char *dir);                  /* rm -r without following links */
 
 /* function_runtime.c, for fr_box.c */
 /* The run ended: status "success"/"failure" with result or error (consumed references), or an

@@ -1300,17 +1300,7 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
       rc = -ENOENT;
     }
   }
-  char cmd[4300];
-  snprintf(cmd, sizeof cmd, "%s", dir);
-  {
-    /* rm -r of the scratch directory, without a shell. */
-    pid_t pid = fork();
-    if (pid == 0) {
-      execl("/bin/rm", "rm", "-rf", "--", cmd, (char *)NULL);
-      _exit(127);
-    }
-    if (pid > 0) waitpid(pid, NULL, 0);
-  }
+  fr_rm_tree(dir);
   if (rc < 0) {
     free(code);
     admin_error(x, 400, "bad-request", err);
