@@ -72,16 +72,22 @@ def need():
 class Env:
     """One server with the enclave and function-runtime, one app, keys, deployed Functions."""
 
-    def __init__(self):
+    def __init__(self, alerts=None):
         need()
         self.dir = evstest.tmpdir("evs-fn-")
+        extra = {}
+        if alerts is not None:
+            with open(os.path.join(self.dir, "alerts.json"), "w") as f:
+                json.dump(alerts, f)
+            extra["alerts"] = {"event_prefixes": "function."}
         cfg = evstest.write_config(
             self.dir, listeners={"http": {}, "api": {}}, server={"workers": 1},
             plugins={"enclave": {"enclave_binary": evstest.build_path("evserver-enclave")},
                      "relay-inbound": {},
                      "function-runtime": {"fnbox_binary": evstest.build_path("evs-fnbox"),
                                           "run_token_ttl": "%ds" % TOKEN_TTL,
-                                          "start_timeout": "3s", "idle_timeout": "60s"}})
+                                          "start_timeout": "3s", "idle_timeout": "60s"},
+                     **extra})
         self.cfg = cfg
         self.srv = evstest.Server(cfg).start()
         self.app = self.evctl("app", "create")["appId"]
@@ -342,7 +348,8 @@ def test_sdk_run_tokens_async_timeout():
 
 
 def test_error_codes():
-    e = Env()
+    hook = evstest.Upstream()
+    e = Env(alerts=[{"function": "crasher", "type": "webhook", "url": hook.url + "/alerts"}])
     try:
         for name in ("hello", "crasher", "walled", "opened", "stuck"):
             e.deploy(name)
@@ -370,13 +377,25 @@ def test_error_codes():
         # internal-error: the handler's process dies mid-run; the next run gets a fresh box.
         assert_error(*e.run("crasher", {}), 500, "internal-error")
         assert_error(*e.run("crasher", {}), 500, "internal-error")
+        # The crashes raised function.error alerts with the documented fields.
+        hook.wait_requests(1, timeout=15)
+        alert = json.loads(hook.requests[0].body)
+        for f in ("teamUuid", "errorMessage", "evMessage", "activityLink", "timestamp", "errorType",
+                  "statusCode", "statusGroup", "functionUuid", "functionName"):
+            assert f in alert, (f, alert)
+        assert alert["functionName"] == "crasher" and alert["errorType"] == "internal-error", alert
+        assert alert["statusCode"] == 500 and alert["statusGroup"] == "5XX", alert
+        assert alert["functionUuid"].startswith("func_"), alert
         # function-not-ready-error: the box does not become ready within start_timeout.
         assert_error(*e.run("stuck", {}), 503, "function-not-ready-error")
         # The server is still fine.
         st, _, body = e.run("hello", {"name": "Linus"})
         assert st == 200 and body["result"]["name"] == "Linus", body
+        # Only the crasher's alerts went to its webhook.
+        assert all(json.loads(r.body)["functionName"] == "crasher" for r in hook.requests)
     finally:
         e.stop()
+        hook.stop()
 
 
 if __name__ == "__main__":
