@@ -14,6 +14,7 @@ Needs node (and python3) and the real $EVS_BUILD_DIR/evserver-enclave and evs-fn
 """
 
 import base64
+import concurrent.futures
 import json
 import os
 import re
@@ -72,7 +73,7 @@ def need():
 class Env:
     """One server with the enclave and function-runtime, one app, keys, deployed Functions."""
 
-    def __init__(self, alerts=None):
+    def __init__(self, alerts=None, workers=1, **runtime):
         need()
         self.dir = evstest.tmpdir("evs-fn-")
         extra = {}
@@ -81,12 +82,12 @@ class Env:
                 json.dump(alerts, f)
             extra["alerts"] = {"event_prefixes": "function."}
         cfg = evstest.write_config(
-            self.dir, listeners={"http": {}, "api": {}}, server={"workers": 1},
+            self.dir, listeners={"http": {}, "api": {}}, server={"workers": workers},
             plugins={"enclave": {"enclave_binary": evstest.build_path("evserver-enclave")},
                      "relay-inbound": {},
                      "function-runtime": {"fnbox_binary": evstest.build_path("evs-fnbox"),
                                           "run_token_ttl": "%ds" % TOKEN_TTL,
-                                          "start_timeout": "3s", "idle_timeout": "60s"},
+                                          "start_timeout": "3s", "idle_timeout": "60s", **runtime},
                      **extra})
         self.cfg = cfg
         self.srv = evstest.Server(cfg).start()
@@ -396,6 +397,53 @@ def test_error_codes():
     finally:
         e.stop()
         hook.stop()
+
+
+def test_warm_pool():
+    """pool_max bounds the boxes of a Function (runs beyond wait, none fail); a warm box serves
+    the next run without a cold start; idle boxes stop after idle_timeout; a redeploy gets fresh
+    boxes."""
+    e = Env(pool_max=2, idle_timeout="1s")
+    try:
+        e.deploy("sleepy")
+        e.deploy("hello")
+        before = len(box_pids(e.srv.log()))
+        with concurrent.futures.ThreadPoolExecutor(6) as ex:
+            results = list(ex.map(lambda i: e.run("sleepy", {"ms": i}), range(6)))
+        assert all(r[0] == 200 and r[2]["status"] == "success" for r in results), results
+        assert sorted(r[2]["result"]["waited"] for r in results) == list(range(6))
+        pids = box_pids(e.srv.log())[before:]
+        assert len(pids) == 2, pids  # six runs, two boxes
+        # Warm: back-to-back runs of hello reuse one box.
+        n = len(box_pids(e.srv.log()))
+        for i in range(5):
+            assert e.run("hello", {"name": "n%d" % i})[0] == 200
+        assert len(box_pids(e.srv.log())) == n + 1
+        # Idle boxes stop after idle_timeout (1 s here): their processes go.
+        for pid in box_pids(e.srv.log()):
+            evstest.wait_for(lambda: not os.path.exists("/proc/%d" % pid) or
+                             open("/proc/%d/stat" % pid).read().split()[2] == "Z",
+                             timeout=15, what="idle box %d to stop" % pid)
+        act = json.loads(e.srv.admin_get("/function-activity?limit=100").body)["transactions"]
+        colds = [t["coldStart"] for t in act if t["functionName"] == "hello"]
+        assert colds.count(True) == 1 and colds.count(False) == 4, colds
+    finally:
+        e.stop()
+
+
+def test_two_workers():
+    """Deployed code and run records are shared through the store: with two workers, runs land
+    on either and both unpack the same version once."""
+    e = Env(workers=2)
+    try:
+        e.deploy("hello")
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            results = list(ex.map(lambda i: e.run("hello", {"name": "w%d" % i}), range(12)))
+        assert all(r[0] == 200 and r[2]["result"]["name"] == "w%d" % i for i, r in enumerate(results)), results
+        st, _, body = e.run("sleepy", {}, headers=dict(e.basic(), **{"X-Async": "true"}))
+        assert st == 404  # not deployed here
+    finally:
+        e.stop()
 
 
 if __name__ == "__main__":
