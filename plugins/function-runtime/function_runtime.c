@@ -612,6 +612,9 @@ static int ip_allowed(const json_t *list, const char *addr) {
 
 static void after_token(fr_run *r);
 
+static void decrypt_payload(fr_run *r);
+
+/* The atomic take of rtlive/<digest>: of concurrent uses (any worker, any node), one gets 0. */
 static void on_token_live_deleted(void *arg, int status, const uint8_t *v, size_t len) {
   (void)v, (void)len;
   fr_run *r = arg;
@@ -624,7 +627,7 @@ static void on_token_live_deleted(void *arg, int status, const uint8_t *v, size_
     fr_run_finish(r, NULL, NULL, NULL, 500, "internal-error", "The store is unavailable");
     return;
   }
-  after_token(r);
+  decrypt_payload(r);
 }
 
 static void on_token_record(void *arg, int status, const uint8_t *v, size_t len) {
@@ -664,10 +667,7 @@ static void on_token_record(void *arg, int status, const uint8_t *v, size_t len)
   }
   cpy(r->app, sizeof r->app, app);
   json_decref(t);
-  char key[128];
-  snprintf(key, sizeof key, "rtlive/%s", r->token_digest);
-  int rc = st->h->store_delete(st->p, key, on_token_live_deleted, r);
-  if (rc < 0) fr_run_finish(r, NULL, NULL, NULL, 500, "internal-error", "The store is unavailable");
+  after_token(r); /* the token is used up only once the run is allowed to go ahead */
 }
 
 static void on_fn_record(void *arg, int status, const uint8_t *v, size_t len);
@@ -700,13 +700,21 @@ static void on_fn_record(void *arg, int status, const uint8_t *v, size_t len) {
       return;
     }
   }
-  if (r->token && r->auth.kind == FN_AUTH_TOKEN && !r->token_digest[1]) {
-    /* not reached: tokens resolve the app first */
+  if (r->token) {
+    char key[128];
+    snprintf(key, sizeof key, "rtlive/%s", r->token_digest);
+    int rc = st->h->store_delete(st->p, key, on_token_live_deleted, r);
+    if (rc < 0) fr_run_finish(r, NULL, NULL, NULL, 500, "internal-error", "The store is unavailable");
+    return;
   }
+  decrypt_payload(r);
+}
+
+static void decrypt_payload(fr_run *r) {
   json_t *payload = json_incref(json_object_get(r->body, "payload"));
   json_decref(r->body); /* the ciphertext copy is no longer needed */
   r->body = NULL;
-  fr_crypto(st, r->app, 0, payload, on_payload_decrypted, r);
+  fr_crypto(r->st, r->app, 0, payload, on_payload_decrypted, r);
 }
 
 static void on_run_key(void *arg, int status, const char *app_id) {
