@@ -221,6 +221,8 @@ def test_cli_deploy_run_env_delete():
         assert env["GREETING"]["value"] == "bonjour" and secret not in json.dumps(env)
         res = e.evctl("function", "run", "--app", e.app, "--name", "hello", "--data", '{"name": "x", "plain": 41}')
         assert res["result"]["greeting"] == "bonjour" and res["result"]["secret"] == secret, res
+        assert e.decrypt(res["result"]["enc"]) == "inner secret"  # context.encrypt, app's keys
+        assert res["result"]["tmpClean"] == 0, res  # /tmp is emptied between runs
         # The console output is kept with the run record, not in evserver's log.
         rec = e.evctl("function", "run-status", "--app", e.app, "--name", "hello", res["runId"])
         assert any("hello-log-line 41" in l["text"] for l in rec["logs"]), rec
