@@ -75,11 +75,13 @@ static void box_close(fr_box *b, const char *why);
 
 static void box_unref(fr_box *b) {
   if (--b->refs) return;
+  fr_state *st = b->st;
   free(b->rbuf);
   if (b->wbuf) OPENSSL_cleanse(b->wbuf, b->wcap);
   free(b->wbuf);
   json_decref(b->env);
   free(b);
+  fr_live(st, -1);
 }
 
 static void pool_free(fr_pool *p) {
@@ -619,6 +621,7 @@ static int box_start(fr_pool *p) {
   fr_state *st = p->st;
   fr_box *b = calloc(1, sizeof *b);
   if (!b) return -ENOMEM;
+  st->live++;
   b->st = st;
   b->pool = p;
   b->refs = 1;
@@ -735,8 +738,7 @@ void fr_pools_free(fr_state *st) {
   while (st->pools) {
     fr_pool *p = st->pools;
     while (p->boxes) box_close(p->boxes, NULL);
-    while (queue_pop(p)) {
-    }
+    fail_queued(p, NULL, NULL, 503, "function-not-ready-error", "The server is stopping; retry");
     pool_free(p);
   }
 }

@@ -36,6 +36,10 @@ struct fr_state {
   fr_run *runs; /* every run in flight */
   evs_timer *reaper;
   int stopping;
+  /* Objects alive that a callback may still reach (runs, requests' contexts, crypto jobs,
+   * boxes). After fini (stopping) the state stays until the last of them is released: the
+   * enclave plugin, unloaded after this one, fails its pending calls into us. */
+  int live, orphan;
 };
 
 /* One run, from the request (or async start) to its record. */
@@ -79,5 +83,6 @@ void fr_run_finish(fr_run *r, const char *status, json_t *result, json_t *error,
 void fr_run_log(fr_run *r, const char *stream, const char *text, size_t len);
 void fr_run_started(fr_run *r);
 int64_t fr_now_ms(void);
+void fr_live(fr_state *st, int delta); /* may free st (after fini): last use of st */
 
 #endif

@@ -119,6 +119,11 @@ static void send_json(fr_state *st, evs_request *req, int status, json_t *obj) {
 
 /* ---- runs: life cycle ---------------------------------------------------------------------- */
 
+void fr_live(fr_state *st, int delta) {
+  st->live += delta;
+  if (st->live == 0 && st->orphan) free(st);
+}
+
 static void run_unref(fr_run *r) {
   if (--r->refs > 0) return;
   fr_state *st = r->st;
@@ -134,6 +139,7 @@ static void run_unref(fr_run *r) {
   json_decref(r->logs);
   OPENSSL_cleanse(&r->auth, sizeof r->auth);
   free(r);
+  fr_live(st, -1);
 }
 
 static void run_gone(void *data) {
@@ -145,6 +151,7 @@ static void run_gone(void *data) {
 static fr_run *run_new(fr_state *st, evs_request *req) {
   fr_run *r = calloc(1, sizeof *r);
   if (!r) return NULL;
+  st->live++;
   r->st = st;
   r->req = req;
   r->refs = req ? 2 : 1; /* the request's, the pipeline's */
@@ -414,13 +421,18 @@ static void cjob_free(fr_cjob *j) {
   }
   free(j->s);
   json_decref(j->root);
+  fr_state *st = j->st;
   free(j);
+  fr_live(st, -1);
 }
 
 static void on_crypto_values(void *arg, int status, const evs_crypto_result *res, size_t n) {
   fr_cjob *j = arg;
-  if (j->st->stopping) {
+  if (j->st->stopping) { /* after fini: the callback only releases what waits on it */
+    void (*cb)(void *, int, json_t *) = j->cb;
+    void *cbarg = j->arg;
     cjob_free(j);
+    cb(cbarg, EVS_ENOCRYPTO, NULL);
     return;
   }
   if (status == 0 && n == j->n) {
@@ -466,6 +478,7 @@ static void fr_crypto(fr_state *st, const char *app, int encrypt, json_t *data,
     cb(arg, -ENOMEM, NULL);
     return;
   }
+  st->live++;
   j->st = st;
   j->encrypt = encrypt;
   j->cb = cb;
@@ -563,6 +576,7 @@ static void on_payload_decrypted(void *arg, int status, json_t *data) {
   fr_run *r = arg;
   if (r->st->stopping) {
     json_decref(data);
+    run_unref(r);
     return;
   }
   if (status < 0) {
@@ -618,7 +632,10 @@ static void decrypt_payload(fr_run *r);
 static void on_token_live_deleted(void *arg, int status, const uint8_t *v, size_t len) {
   (void)v, (void)len;
   fr_run *r = arg;
-  if (r->st->stopping) return;
+  if (r->st->stopping) {
+    run_unref(r); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status == -ENOENT) {
     fr_run_finish(r, NULL, NULL, NULL, 401, "run-token-used-error", "This run token has already been used");
     return;
@@ -633,7 +650,10 @@ static void on_token_live_deleted(void *arg, int status, const uint8_t *v, size_
 static void on_token_record(void *arg, int status, const uint8_t *v, size_t len) {
   fr_run *r = arg;
   fr_state *st = r->st;
-  if (st->stopping) return;
+  if (st->stopping) {
+    run_unref(r); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status == -ENOENT) {
     fr_run_finish(r, NULL, NULL, NULL, 401, "run-token-validation-error", "The run token is not valid");
     return;
@@ -683,7 +703,10 @@ static void after_token(fr_run *r) {
 static void on_fn_record(void *arg, int status, const uint8_t *v, size_t len) {
   fr_run *r = arg;
   fr_state *st = r->st;
-  if (st->stopping) return;
+  if (st->stopping) {
+    run_unref(r); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status == -ENOENT) {
     fr_run_finish(r, NULL, NULL, NULL, 404, "resource-not-found", "No function of this name exists in the app");
     return;
@@ -720,7 +743,10 @@ static void decrypt_payload(fr_run *r) {
 static void on_run_key(void *arg, int status, const char *app_id) {
   fr_run *r = arg;
   fr_state *st = r->st;
-  if (st->stopping) return;
+  if (st->stopping) {
+    run_unref(r); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status == EVS_ENOCRYPTO) {
     fr_run_finish(r, NULL, NULL, NULL, 500, "internal-error", "API keys cannot be checked right now; retry later");
     return;
@@ -762,7 +788,10 @@ static void start_auth(fr_run *r) {
 
 static void on_run_body(void *arg, int status, const uint8_t *data, size_t len) {
   fr_run *r = arg;
-  if (r->st->stopping) return;
+  if (r->st->stopping) {
+    run_unref(r); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status < 0) {
     if (status == -E2BIG) fr_run_finish(r, NULL, NULL, NULL, 413, "bad-request", "The payload is too large");
     else fr_run_finish(r, NULL, NULL, NULL, 400, "bad-request", "The request body could not be read");
@@ -840,8 +869,10 @@ typedef struct fr_get {
 
 static void get_unref(fr_get *g) {
   if (--g->refs) return;
+  fr_state *st = g->st;
   OPENSSL_cleanse(&g->auth, sizeof g->auth);
   free(g);
+  fr_live(st, -1);
 }
 static void get_gone(void *d) {
   fr_get *g = d;
@@ -860,7 +891,10 @@ static void get_error(fr_get *g, int status, const char *code, const char *detai
 
 static void on_run_rec(void *arg, int status, const uint8_t *v, size_t len) {
   fr_get *g = arg;
-  if (g->st->stopping) return;
+  if (g->st->stopping) {
+    get_unref(g); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status == -ENOENT) {
     get_error(g, 404, "resource-not-found", "No run of this id exists");
     return;
@@ -897,7 +931,10 @@ static void get_load(fr_get *g) {
 
 static void on_get_key(void *arg, int status, const char *app_id) {
   fr_get *g = arg;
-  if (g->st->stopping) return;
+  if (g->st->stopping) {
+    get_unref(g); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status == EVS_ENOCRYPTO) {
     get_error(g, 500, "internal-error", "API keys cannot be checked right now; retry later");
     return;
@@ -917,6 +954,7 @@ static void start_get(fr_state *st, evs_request *req, const char *app, const cha
     st->h->respond_error(req, 500, "internal-error", "Out of memory");
     return;
   }
+  st->live++;
   g->st = st;
   g->req = req;
   g->refs = 2;
@@ -957,7 +995,10 @@ typedef struct fr_tok {
 } fr_tok;
 
 static void tok_unref(fr_tok *t) {
-  if (--t->refs == 0) free(t);
+  if (--t->refs) return;
+  fr_state *st = t->st;
+  free(t);
+  fr_live(st, -1);
 }
 static void tok_gone(void *d) {
   fr_tok *t = d;
@@ -978,7 +1019,10 @@ static void on_tok_fn(void *arg, int status, const uint8_t *v, size_t len) {
   (void)v, (void)len;
   fr_tok *t = arg;
   fr_state *st = t->st;
-  if (st->stopping) return;
+  if (st->stopping) {
+    tok_unref(t); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status == -ENOENT) {
     tok_error(t, 404, "resource-not-found", "No function of this name exists in the app");
     return;
@@ -1028,7 +1072,10 @@ static void on_tok_fn(void *arg, int status, const uint8_t *v, size_t len) {
 static void on_tok_key(void *arg, int status, const char *app_id) {
   fr_tok *t = arg;
   fr_state *st = t->st;
-  if (st->stopping) return;
+  if (st->stopping) {
+    tok_unref(t); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status == EVS_ENOCRYPTO) {
     tok_error(t, 500, "internal-error", "API keys cannot be checked right now; retry later");
     return;
@@ -1046,7 +1093,10 @@ static void on_tok_key(void *arg, int status, const char *app_id) {
 static void on_tok_body(void *arg, int status, const uint8_t *data, size_t len) {
   fr_tok *t = arg;
   fr_state *st = t->st;
-  if (st->stopping) return;
+  if (st->stopping) {
+    tok_unref(t); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status < 0) {
     tok_error(t, status == -E2BIG ? 413 : 400, "bad-request", "The payload could not be read");
     return;
@@ -1079,6 +1129,7 @@ static void start_token(fr_state *st, evs_request *req, const char *name) {
     st->h->respond_error(req, 500, "internal-error", "Out of memory");
     return;
   }
+  st->live++;
   t->st = st;
   t->req = req;
   t->refs = 2;
@@ -1165,7 +1216,9 @@ static void admin_unref(fr_admin *x) {
     OPENSSL_cleanse(x->env_value, strlen(x->env_value));
     free(x->env_value);
   }
+  fr_state *st = x->st;
   free(x);
+  fr_live(st, -1);
 }
 static void admin_gone(void *d) {
   fr_admin *x = d;
@@ -1387,6 +1440,7 @@ static void on_secret_encrypted(void *arg, int status, json_t *data) {
   fr_admin *x = arg;
   if (x->st->stopping) {
     json_decref(data);
+    admin_unref(x);
     return;
   }
   if (status < 0 || !json_is_string(data)) {
@@ -1400,7 +1454,10 @@ static void on_secret_encrypted(void *arg, int status, json_t *data) {
 
 static void on_env(void *arg, int status, const uint8_t *v, size_t len) {
   fr_admin *x = arg;
-  if (x->st->stopping) return;
+  if (x->st->stopping) {
+    admin_unref(x); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status < 0 && status != -ENOENT) {
     admin_error(x, 500, "internal-error", "The store is unavailable");
     return;
@@ -1435,7 +1492,10 @@ static void on_env(void *arg, int status, const uint8_t *v, size_t len) {
 static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
   fr_admin *x = arg;
   fr_state *st = x->st;
-  if (st->stopping) return;
+  if (st->stopping) {
+    admin_unref(x); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status < 0 && status != -ENOENT) {
     admin_error(x, 500, "internal-error", "The store is unavailable");
     return;
@@ -1490,7 +1550,10 @@ static void admin_load_fn(fr_admin *x) {
 
 static void on_admin_body(void *arg, int status, const uint8_t *data, size_t len) {
   fr_admin *x = arg;
-  if (x->st->stopping) return;
+  if (x->st->stopping) {
+    admin_unref(x); /* fini ran: release, answer nobody */
+    return;
+  }
   if (status < 0) {
     admin_error(x, status == -E2BIG ? 413 : 400, "bad-request",
                 status == -E2BIG ? "The request body is too large" : "The request body could not be read");
@@ -1520,7 +1583,10 @@ static void on_admin_body(void *arg, int status, const uint8_t *data, size_t len
 
 static void on_list_item(void *arg, int status, const char *key, const uint8_t *v, size_t len) {
   fr_admin *x = arg;
-  if (x->st->stopping) return;
+  if (x->st->stopping) {
+    if (!key) admin_unref(x);
+    return;
+  }
   if (key) {
     json_t *fn = json_loadb((const char *)v, len, 0, NULL);
     if (fn) json_array_append_new(x->items, fn);
@@ -1537,7 +1603,10 @@ static void on_list_item(void *arg, int status, const char *key, const uint8_t *
 
 static void on_activity(void *arg, int status, int64_t ts, const char *json) {
   fr_admin *x = arg;
-  if (x->st->stopping) return;
+  if (x->st->stopping) {
+    if (!json) admin_unref(x);
+    return;
+  }
   if (json) {
     json_t *rec = json_loads(json, 0, NULL);
     if (rec) {
@@ -1584,6 +1653,7 @@ static int admin_route(void *arg, evs_request *req) {
       st->h->respond_error(req, 500, "internal-error", "Out of memory");
       return EVS_HANDLED;
     }
+    st->live++;
     x->st = st;
     x->req = req;
     x->refs = 2;
@@ -1620,6 +1690,7 @@ static int admin_route(void *arg, evs_request *req) {
     st->h->respond_error(req, 500, "internal-error", "Out of memory");
     return EVS_HANDLED;
   }
+  st->live++;
   x->st = st;
   x->req = req;
   x->refs = 2;
@@ -1807,23 +1878,16 @@ static void fini(void *state) {
   fr_state *st = state;
   st->stopping = 1;
   if (st->reaper) st->h->timer_free(st->reaper);
-  fr_pools_free(st);
-  /* Runs still in flight: their requests are ended by the host; drop our references. */
-  while (st->runs) {
-    fr_run *r = st->runs;
-    st->runs = r->next_live;
-    r->next_live = NULL;
+  st->reaper = NULL;
+  fr_pools_free(st); /* boxes killed, their runs recorded as failed, waiting runs answered */
+  /* Runs still waiting on a callback keep their memory until it comes (it then only releases
+   * them); their timers go now, while the host's table may still be used. */
+  for (fr_run *r = st->runs; r; r = r->next_live) {
     if (r->timer) st->h->timer_free(r->timer);
     r->timer = NULL;
-    json_decref(r->body);
-    json_decref(r->fn);
-    json_decref(r->payload);
-    json_decref(r->logs);
-    r->body = r->fn = r->payload = r->logs = NULL;
-    /* fini runs after the last request completed, so no request still holds the run. */
-    free(r);
   }
-  free(st);
+  if (st->live == 0) free(st);
+  else st->orphan = 1;
 }
 
 EVS_PLUGIN_DEFINE("function-runtime", "0.1.0",

@@ -33,7 +33,8 @@ NODE_HELLO = r"""
 exports.handler = async (data, context) => {
   console.log('hello-log-line ' + (data && data.plain));
   const enc = await context.encrypt('inner secret');
-  return { name: data.name, enc, greeting: process.env.GREETING || null,
+  const rt = await context.decrypt(await context.encrypt({ a: 'x', n: 2, b: true }));
+  return { name: data.name, enc, rt, greeting: process.env.GREETING || null,
            secret: process.env.API_SECRET || null, tmpClean: require('fs').readdirSync('/tmp').length };
 };
 """
@@ -222,6 +223,7 @@ def test_cli_deploy_run_env_delete():
         res = e.evctl("function", "run", "--app", e.app, "--name", "hello", "--data", '{"name": "x", "plain": 41}')
         assert res["result"]["greeting"] == "bonjour" and res["result"]["secret"] == secret, res
         assert e.decrypt(res["result"]["enc"]) == "inner secret"  # context.encrypt, app's keys
+        assert res["result"]["rt"] == {"a": "x", "n": 2, "b": True}, res  # context.decrypt, typed
         assert res["result"]["tmpClean"] == 0, res  # /tmp is emptied between runs
         # The console output is kept with the run record, not in evserver's log.
         rec = e.evctl("function", "run-status", "--app", e.app, "--name", "hello", res["runId"])
@@ -446,6 +448,29 @@ def test_two_workers():
         assert st == 404  # not deployed here
     finally:
         e.stop()
+
+
+def test_stop_with_runs_in_flight():
+    """Stopping the server with async runs in their boxes and runs waiting for a box: the boxes
+    are killed, the worker exits cleanly (no crash, nothing left running)."""
+    e = Env(pool_max=1)
+    try:
+        e.deploy("sleepy")
+        ids = []
+        for i in range(3):
+            st, _, body = e.run("sleepy", {"ms": i}, headers=dict(e.basic(), **{"X-Async": "true"}))
+            assert st == 202, body
+            ids.append(body["runId"])
+        evstest.wait_for(lambda: box_pids(e.srv.log()), timeout=10, what="a box")
+        pids = box_pids(e.srv.log())
+    finally:
+        e.stop()
+    assert e.srv.returncode == 0, e.srv.returncode
+    for pid in pids:
+        evstest.wait_for(lambda: not os.path.exists("/proc/%d" % pid) or
+                         open("/proc/%d/stat" % pid).read().split()[2] == "Z",
+                         timeout=10, what="box %d to go with the server" % pid)
+    assert "Sanitizer" not in e.srv.log()
 
 
 if __name__ == "__main__":
