@@ -191,7 +191,9 @@ static void toml_text(char *out, size_t cap, const char *name, int python) {
            "# seconds, 1 to 900 (runs without X-Async stop at the server's sync_timeout)\n"
            "timeout = 30\n"
            "# Clients allowed to run it (IP addresses or CIDR ranges); empty: any client\n"
-           "# inbound_allowlist = [\"203.0.113.0/24\"]\n",
+           "# inbound_allowlist = [\"203.0.113.0/24\"]\n"
+           "# Hosts it may connect to (names or *.suffix); empty: any public host\n"
+           "# outbound_allowlist = [\"api.example.com\", \"*.example.net\"]\n",
            name, python ? "main.handler" : "index.handler", python ? "python@3.9" : "node@18");
 }
 
@@ -364,9 +366,11 @@ int evctl_cmd_function_deploy(const evctl_ctx *ctx, int argc, char **argv) {
   const char *handler = json_string_value(json_object_get(fn, "handler"));
   const char *lang = json_string_value(json_object_get(fn, "language"));
   json_t *timeout = json_object_get(fn, "timeout"), *allow = json_object_get(fn, "inbound_allowlist");
-  if (!name || !handler || !lang || (timeout && !json_is_integer(timeout)) || (allow && !json_is_array(allow))) {
+  json_t *out_allow = json_object_get(fn, "outbound_allowlist");
+  if (!name || !handler || !lang || (timeout && !json_is_integer(timeout)) || (allow && !json_is_array(allow)) ||
+      (out_allow && !json_is_array(out_allow))) {
     fprintf(stderr, "evctl: %s: function.toml needs name, handler and language (strings); timeout is an "
-                    "integer, inbound_allowlist an array of strings\n", cmd);
+                    "integer, inbound_allowlist and outbound_allowlist arrays of strings\n", cmd);
     json_decref(fn);
     return EVCTL_EXIT_ERROR;
   }
@@ -385,6 +389,7 @@ int evctl_cmd_function_deploy(const evctl_ctx *ctx, int argc, char **argv) {
                                  timeout ? json_integer_value(timeout) : (json_int_t)30, "archive", b64) : NULL;
   free(b64);
   if (body && allow) json_object_set(body, "inboundAllowlist", allow);
+  if (body && out_allow) json_object_set(body, "outboundAllowlist", out_allow);
   char path[512];
   snprintf(path, sizeof path, "/functions/%s/%s", app, name);
   json_t *res = NULL;

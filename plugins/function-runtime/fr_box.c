@@ -67,6 +67,7 @@ struct fr_box {
   size_t wlen, wcap;
   int64_t idle_since;
   evs_timer *start_timer, *reap_timer;
+  fr_egress *egress;
   json_t *env;  /* plain values for the spawn's environment (plaintext secrets: wiped) */
   char dir[4200];
 };
@@ -386,6 +387,8 @@ static void box_close(fr_box *b, const char *why) {
   }
   if (b->fd >= 0) close(b->fd);
   b->fd = -1;
+  fr_egress_close(b->egress);
+  b->egress = NULL;
   if (b->start_timer) st->h->timer_free(b->start_timer);
   b->start_timer = NULL;
   fr_pool *p = b->pool;
@@ -444,7 +447,18 @@ static void spawn(fr_box *b) {
   snprintf(tmp, sizeof tmp, "%" PRId64, st->tmp_size);
   const char *argv[] = {st->fnbox, "--runtime", node ? "node" : "python", "--interpreter",
                         node ? st->node : st->python, "--code", b->dir, "--handler", handler ? handler : "",
-                        "--tmp-size", tmp, NULL};
+                        "--tmp-size", tmp, NULL, NULL, NULL};
+  if (st->egress_on) {
+    char label[160];
+    snprintf(label, sizeof label, "%s/%s", p->app, p->name);
+    b->egress = fr_egress_open(st, json_object_get(p->fn, "outboundAllowlist"), label);
+    if (!b->egress) {
+      box_close(b, "its egress socket could not be made (egress_dir too long or not writable?)");
+      return;
+    }
+    argv[11] = "--egress";
+    argv[12] = fr_egress_path(b->egress);
+  }
   size_t n = json_object_size(b->env), i = 0;
   char **envp = calloc(n + 1, sizeof *envp);
   const char *k;

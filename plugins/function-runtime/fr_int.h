@@ -21,6 +21,7 @@ typedef struct fr_state fr_state;
 typedef struct fr_run fr_run;
 typedef struct fr_pool fr_pool;
 typedef struct fr_box fr_box;
+typedef struct fr_egress fr_egress;
 
 struct fr_state {
   const evs_host *h;
@@ -32,6 +33,8 @@ struct fr_state {
   int64_t pool_max, idle_ms, start_timeout_ms, sync_timeout_ms, max_payload, token_ttl_s,
       run_ttl_s, log_max, tmp_size, memory_max, max_code;
   const char *team_uuid, *activity_url;
+  int egress_on, egress_allow_private;
+  char egress_dir[96];
   fr_pool *pools;
   fr_run *runs; /* every run in flight */
   evs_timer *reaper;
@@ -73,7 +76,12 @@ void fr_pools_free(fr_state *st);                  /* fini: stop every box */
 void fr_pools_reap(fr_state *st);                  /* idle boxes past idle_ms */
 void fr_box_abandon(fr_run *r);                    /* timeout: kill r's box */
 size_t fr_pools_count(fr_state *st, size_t *ret_busy);
-void fr_rm_tree(const char *dir);                  /* rm -r without following links */
+void fr_rm_tree(const char *dir);
+
+/* fr_egress.c: the box's CONNECT proxy on a unix socket (NULL: could not listen). */
+fr_egress *fr_egress_open(fr_state *st, const json_t *allow, const char *label);
+const char *fr_egress_path(const fr_egress *eg);
+void fr_egress_close(fr_egress *eg); /* accepts NULL; connections end, memory goes later */                  /* rm -r without following links */
 
 /* function_runtime.c, for fr_box.c */
 /* The run ended: status "success"/"failure" with result or error (consumed references), or an

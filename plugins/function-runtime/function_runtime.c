@@ -1331,6 +1331,23 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
     admin_error(x, 400, "bad-request", "inboundAllowlist must be an array of IP addresses or CIDR ranges");
     return;
   }
+  json_t *out_allow = json_object_get(b, "outboundAllowlist");
+  if (out_allow && !json_is_array(out_allow)) {
+    admin_error(x, 400, "bad-request", "outboundAllowlist must be an array of host names or *.suffix");
+    return;
+  }
+  json_array_foreach(out_allow, i, a) {
+    const char *h = json_string_value(a);
+    size_t hl = h ? strlen(h) : 0;
+    int ok = hl > 0 && hl < 254;
+    for (size_t k = (h && h[0] == '*' && h[1] == '.') ? 2 : 0; ok && k < hl; k++)
+      ok = (h[k] >= 'a' && h[k] <= 'z') || (h[k] >= 'A' && h[k] <= 'Z') || (h[k] >= '0' && h[k] <= '9') ||
+           h[k] == '.' || h[k] == '-' || h[k] == ':';
+    if (!ok) {
+      admin_error(x, 400, "bad-request", "outboundAllowlist must be an array of host names or *.suffix");
+      return;
+    }
+  }
   if (check_language(st, lang, runtime, err, sizeof err) < 0) {
     admin_error(x, 400, "bad-request", err);
     return;
@@ -1386,6 +1403,7 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
                          "updatedAt", (json_int_t)now);
   json_decref(old);
   if (fn && allow) json_object_set(fn, "inboundAllowlist", allow);
+  if (fn && out_allow) json_object_set(fn, "outboundAllowlist", out_allow);
   char key[512];
   snprintf(key, sizeof key, "code/%s/%s/%" JSON_INTEGER_FORMAT, x->app, x->name, ver);
   rc = fn ? st->h->store_put(st->p, key, code, code_len, 0, NULL, NULL) : -ENOMEM;
@@ -1783,6 +1801,14 @@ static const evs_config_item items[] = {
      "memory of one box (cgroup v2 memory.max where delegated)"},
     {"code_dir", EVS_CONFIG_PATH, NULL, 0, 0, 0,
      "where deployed versions are unpacked on this node; default <state_dir>/functions"},
+    {"egress", EVS_CONFIG_BOOL, "on", 0, 0, 0,
+     "Functions may open outbound connections (through a CONNECT proxy per box)"},
+    {"egress_allow_private", EVS_CONFIG_BOOL, "off", 0, 0, 0,
+     "let Functions reach loopback, private and link-local addresses (off: the node's own "
+     "services stay out of reach)"},
+    {"egress_dir", EVS_CONFIG_PATH, NULL, 0, 0, 0,
+     "where the boxes' egress sockets are made (short: a socket path has at most 107 bytes); "
+     "default <state_dir>/fn-egress"},
     {"team_uuid", EVS_CONFIG_STRING, "local", 0, 0, 0, "teamUuid carried by alerts"},
     {"activity_url", EVS_CONFIG_STRING, "evctl://function-activity", 0, 0, 0,
      "base of the activityLink in alerts; ?runId=<id> is appended"},
@@ -1844,6 +1870,17 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->memory_max = host->config_int(plugin, "memory_max");
   st->team_uuid = host->config_string(plugin, "team_uuid");
   st->activity_url = host->config_string(plugin, "activity_url");
+  st->egress_on = host->config_bool(plugin, "egress") == 1;
+  st->egress_allow_private = host->config_bool(plugin, "egress_allow_private") == 1;
+  const char *ed = host->config_string(plugin, "egress_dir");
+  int edn = ed ? snprintf(st->egress_dir, sizeof st->egress_dir, "%s", ed)
+               : snprintf(st->egress_dir, sizeof st->egress_dir, "%s/fn-egress", host->state_dir(plugin));
+  if (edn < 0 || (size_t)edn >= sizeof st->egress_dir - 24) {
+    host->log(plugin, NULL, EVS_LOG_ERROR, "egress_dir is too long for a unix socket path (at most %zu "
+              "bytes); set a shorter one", sizeof st->egress_dir - 25);
+    free(st);
+    return -ENAMETOOLONG;
+  }
   const char *cd = host->config_string(plugin, "code_dir");
   static char code_dir[4096];
   if (cd) snprintf(code_dir, sizeof code_dir, "%s", cd);

@@ -58,6 +58,24 @@ FUNCTIONS = {
                {"inbound_allowlist": ["10.9.8.7", "192.0.2.0/24"]}),
     "opened": ("node", "index.handler", "exports.handler = async () => 'hi';",
                {"inbound_allowlist": ["127.0.0.0/8"]}),
+    "fetcher": ("node", "index.handler",
+                "exports.handler = async (d) => { try { const r = await fetch(d.url); "
+                "return { status: r.status, body: await r.text() }; } catch (e) { "
+                "return { error: String(e.cause ? e.cause.message : e.message) }; } };", {}),
+    "getter": ("node", "index.handler",
+               "const http = require('http');\nexports.handler = (d) => new Promise((res) => { "
+               "http.get(d.url, (r) => { let b = ''; r.on('data', (c) => b += c); "
+               "r.on('end', () => res({ status: r.statusCode, body: b })); })"
+               ".on('error', (e) => res({ error: e.message })); });", {}),
+    "pyfetch": ("python", "main.handler",
+                "import urllib.request\ndef handler(d, context):\n    try:\n"
+                "        with urllib.request.urlopen(d['url'], timeout=10) as r:\n"
+                "            return {'status': r.status, 'body': r.read().decode()}\n"
+                "    except Exception as e:\n        return {'error': str(e)}\n", {}),
+    "fenced": ("node", "index.handler",
+               "exports.handler = async (d) => { try { const r = await fetch(d.url); return { status: r.status }; }"
+               " catch (e) { return { error: String(e.cause ? e.cause.message : e.message) }; } };",
+               {"outbound_allowlist": ["api.example.invalid", "*.example.invalid"]}),
     "stuck": ("node", "index.handler",
               "const t = Date.now() + 30000; while (Date.now() < t) {}\nexports.handler = async () => 1;", {}),
 }
@@ -116,6 +134,8 @@ class Env:
                 'language = "%s"' % ("node@18" if lang == "node" else "python@3.9")]
         if "timeout" in extra:
             toml.append("timeout = %d" % extra["timeout"])
+        if "outbound_allowlist" in extra:
+            toml.append("outbound_allowlist = [%s]" % ", ".join('"%s"' % a for a in extra["outbound_allowlist"]))
         if "inbound_allowlist" in extra:
             toml.append("inbound_allowlist = [%s]" % ", ".join('"%s"' % a for a in extra["inbound_allowlist"]))
         with open(os.path.join(d, "function.toml"), "w") as f:
@@ -160,6 +180,9 @@ class Env:
 
     def stop(self):
         self.srv.stop()
+        log = self.srv.log()
+        # Nothing crashed, in the server or (under ASan) at the workers' exit after fini.
+        assert "Sanitizer" not in log and "runtime error:" not in log and "EVS-1603" not in log, log[-3000:]
 
 
 def assert_error(status, headers, body, want_status, code):
@@ -471,6 +494,40 @@ def test_stop_with_runs_in_flight():
                          open("/proc/%d/stat" % pid).read().split()[2] == "Z",
                          timeout=10, what="box %d to go with the server" % pid)
     assert "Sanitizer" not in e.srv.log()
+
+
+def test_egress():
+    """Functions reach the network only through their box's CONNECT proxy: fetch, http.get and
+    Python's urllib get through to an allowed destination; the outbound allowlist refuses other
+    hosts; without egress_allow_private the node's own loopback services stay out of reach."""
+    dest = evstest.Upstream(body=b"from the destination")
+    e = Env(egress_allow_private="on")
+    try:
+        for name in ("fetcher", "getter", "pyfetch", "fenced"):
+            e.deploy(name)
+        url = "http://127.0.0.1:%d/hello" % dest.port
+        for name in ("fetcher", "getter", "pyfetch"):
+            st, _, body = e.run(name, {"url": url})
+            assert st == 200 and body["result"] == {"status": 200, "body": "from the destination"}, (name, body)
+        assert len(dest.requests) == 3 and dest.requests[0].path == "/hello"
+        st, _, body = e.run("fenced", {"url": url})
+        assert st == 200 and "403" in body["result"]["error"], body
+        assert len(dest.requests) == 3
+    finally:
+        e.stop()
+    e = Env()  # egress_allow_private off (the default)
+    try:
+        e.deploy("fetcher")
+        e.deploy("pyfetch")
+        for name in ("fetcher", "pyfetch"):
+            st, _, body = e.run(name, {"url": "http://127.0.0.1:%d/" % e.srv.port("api")})
+            assert st == 200 and "403" in body["result"]["error"], (name, body)
+            st, _, body = e.run(name, {"url": "http://localhost:%d/" % dest.port})
+            assert st == 200 and "403" in body["result"]["error"], (name, body)
+        assert len(dest.requests) == 3
+    finally:
+        e.stop()
+        dest.stop()
 
 
 if __name__ == "__main__":
