@@ -146,3 +146,44 @@ int evs__fn_b64_decode(const char *s, size_t n, uint8_t **ret, size_t *ret_len) 
   *ret_len = (size_t)r;
   return 0;
 }
+
+int evs__fn_connect_parse(const char *h, size_t len, char *host, size_t cap, int *ret_port) {
+  if (len < 8 || memchr(h, 0, len) || strncmp(h, "CONNECT ", 8) != 0) return -1;
+  const char *t = h + 8, *sp = memchr(t, ' ', len - 8);
+  if (!sp || (size_t)(h + len - sp) < 11) return -1;
+  if (strncmp(sp, " HTTP/1.1\r\n", 11) != 0 && strncmp(sp, " HTTP/1.0\r\n", 11) != 0) return -1;
+  size_t tl = (size_t)(sp - t);
+  const char *colon = NULL;
+  for (size_t i = tl; i-- > 0;)
+    if (t[i] == ':') {
+      colon = t + i;
+      break;
+    }
+  if (!colon) return -1;
+  const char *hs = t, *he = colon;
+  if (*hs == '[') {
+    if (he - hs < 3 || he[-1] != ']') return -1;
+    hs++;
+    he--;
+  }
+  size_t hl = (size_t)(he - hs);
+  if (hl == 0 || hl >= cap) return -1;
+  for (size_t i = 0; i < hl; i++) {
+    char ch = hs[i];
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+          ch == '-' || ch == ':' || ch == '_'))
+      return -1;
+  }
+  const char *ps = colon + 1;
+  if (ps == sp || sp - ps > 5) return -1;
+  long port = 0;
+  for (const char *q = ps; q < sp; q++) {
+    if (*q < '0' || *q > '9') return -1;
+    port = port * 10 + (*q - '0');
+  }
+  if (port < 1 || port > 65535) return -1;
+  memcpy(host, hs, hl);
+  host[hl] = 0;
+  *ret_port = (int)port;
+  return 0;
+}

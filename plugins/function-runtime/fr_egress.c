@@ -23,6 +23,7 @@
 
 #include <uv.h>
 
+#include "fn_token.h"
 #include "fr_int.h"
 
 #define HEAD_MAX 8192
@@ -290,41 +291,8 @@ static int host_allowed(const json_t *allow, const char *host) {
   return 0;
 }
 
-/* "CONNECT host:port HTTP/1.x" (host may be [v6]); 0 or -1. */
 static int parse_connect(eg_conn *c) {
-  const char *h = c->head;
-  if (strncmp(h, "CONNECT ", 8) != 0) return -1;
-  const char *t = h + 8, *sp = strchr(t, ' ');
-  if (!sp || (strncmp(sp, " HTTP/1.1\r\n", 11) != 0 && strncmp(sp, " HTTP/1.0\r\n", 11) != 0)) return -1;
-  size_t tl = (size_t)(sp - t);
-  const char *colon = NULL;
-  for (size_t i = tl; i-- > 0;)
-    if (t[i] == ':') {
-      colon = t + i;
-      break;
-    }
-  if (!colon) return -1;
-  const char *hs = t, *he = colon;
-  if (*hs == '[') {
-    if (he - hs < 3 || he[-1] != ']') return -1;
-    hs++;
-    he--;
-  }
-  size_t hl = (size_t)(he - hs);
-  if (hl == 0 || hl >= sizeof c->host) return -1;
-  for (size_t i = 0; i < hl; i++) {
-    char ch = hs[i];
-    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
-          ch == '-' || ch == ':' || ch == '_'))
-      return -1;
-  }
-  memcpy(c->host, hs, hl);
-  c->host[hl] = 0;
-  char *end;
-  long port = strtol(colon + 1, &end, 10);
-  if (end != sp || port < 1 || port > 65535) return -1;
-  c->port = (int)port;
-  return 0;
+  return evs__fn_connect_parse(c->head, c->hlen, c->host, sizeof c->host, &c->port);
 }
 
 static void on_read_client(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
