@@ -459,6 +459,14 @@ static void spawn(fr_box *b) {
     argv[11] = "--egress";
     argv[12] = fr_egress_path(b->egress);
   }
+  /* Memory without a delegated cgroup: Python under RLIMIT_AS (a MemoryError, the box lives
+   * on); V8 cannot start under an address-space limit, so Node gets a heap limit instead,
+   * unless the Function's environment sets NODE_OPTIONS itself. */
+  char heap[64];
+  if (node && !json_object_get(b->env, "NODE_OPTIONS")) {
+    snprintf(heap, sizeof heap, "--max-old-space-size=%lld", (long long)(st->memory_max / 4 * 3 >> 20));
+    json_object_set_new(b->env, "NODE_OPTIONS", json_string(heap));
+  }
   size_t n = json_object_size(b->env), i = 0;
   char **envp = calloc(n + 1, sizeof *envp);
   const char *k;
@@ -478,6 +486,7 @@ static void spawn(fr_box *b) {
   spec.fd = 3;
   spec.flags = EVS_HELPER_NO_RESTART;
   spec.cgroup_memory_max = (uint64_t)st->memory_max;
+  if (!node) spec.rlimit_as = (uint64_t)st->memory_max;
   spec.cgroup_pids_max = 256;
   int rc = envp ? st->h->helper_spawn(st->p, &spec, on_helper, b, &b->h) : -ENOMEM;
   for (size_t j = 0; envp && j < i; j++) {

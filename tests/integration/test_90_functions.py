@@ -76,6 +76,8 @@ FUNCTIONS = {
                "exports.handler = async (d) => { try { const r = await fetch(d.url); return { status: r.status }; }"
                " catch (e) { return { error: String(e.cause ? e.cause.message : e.message) }; } };",
                {"outbound_allowlist": ["api.example.invalid", "*.example.invalid"]}),
+    "pyhog": ("python", "main.handler",
+              "def handler(d, context):\n    return len(bytearray(4 * 1024 ** 3))\n", {}),
     "stuck": ("node", "index.handler",
               "const t = Date.now() + 30000; while (Date.now() < t) {}\nexports.handler = async () => 1;", {}),
 }
@@ -379,7 +381,7 @@ def test_error_codes():
     hook = evstest.Upstream()
     e = Env(alerts=[{"function": "crasher", "type": "webhook", "url": hook.url + "/alerts"}])
     try:
-        for name in ("hello", "crasher", "walled", "opened", "stuck"):
+        for name in ("hello", "crasher", "walled", "opened", "stuck", "pyhog"):
             e.deploy(name)
         st, _, body = e.run("hello", {"name": "Linus"})
         assert st == 200 and body["status"] == "success", body
@@ -414,6 +416,9 @@ def test_error_codes():
         assert alert["functionName"] == "crasher" and alert["errorType"] == "internal-error", alert
         assert alert["statusCode"] == 500 and alert["statusGroup"] == "5XX", alert
         assert alert["functionUuid"].startswith("func_"), alert
+        # memory_max (1g): a Python box cannot take 4 GiB; the handler fails, the server is fine.
+        st, _, body = e.run("pyhog", {})
+        assert st == 200 and body["status"] == "failure" and "MemoryError" in json.dumps(body["error"]), body
         # function-not-ready-error: the box does not become ready within start_timeout.
         assert_error(*e.run("stuck", {}), 503, "function-not-ready-error")
         # The server is still fine.
