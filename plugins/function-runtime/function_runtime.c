@@ -198,6 +198,7 @@ static const char *fn_str(const json_t *fn, const char *k) {
 
 static void emit_alert(fr_run *r, int http, const char *code, const char *message) {
   fr_state *st = r->st;
+  if (!r->fn) return; /* only for a Function that exists, run by someone with a credential */
   char link[512], ts[40], evmsg[300];
   snprintf(link, sizeof link, "%s?runId=%s", st->activity_url, r->id);
   time_t t = (time_t)(fr_now_ms() / 1000);
@@ -221,6 +222,7 @@ static void emit_alert(fr_run *r, int http, const char *code, const char *messag
 }
 
 static void run_record_put(fr_run *r, json_t *rec) {
+  if (!r->app[0]) return;
   char key[256];
   snprintf(key, sizeof key, "run/%s/%s", r->app, r->id);
   char *s = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -317,7 +319,9 @@ void fr_run_finish(fr_run *r, const char *status, json_t *result, json_t *error,
   if (act && code) json_object_set_new(act, "errorCode", json_string(code));
   char *as = act ? json_dumps(act, JSON_COMPACT) : NULL;
   json_decref(act);
-  if (as) st->h->store_append(st->p, "runs", as);
+  /* Requests that never got as far as an app (no or bad credentials) are not recorded: anyone
+   * could fill the stream with them. */
+  if (as && r->app[0]) st->h->store_append(st->p, "runs", as);
   free(as);
   st->h->counter_add(st->p, "function_runs", 1);
   if (status && strcmp(status, "success") == 0) {
