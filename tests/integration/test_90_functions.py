@@ -78,6 +78,7 @@ FUNCTIONS = {
                {"outbound_allowlist": ["api.example.invalid", "*.example.invalid"]}),
     "pyhog": ("python", "main.handler",
               "def handler(d, context):\n    return len(bytearray(4 * 1024 ** 3))\n", {}),
+    "badload": ("node", "index.handler", "throw new Error('cannot load this');\nexports.handler = () => 1;", {}),
     "stuck": ("node", "index.handler",
               "const t = Date.now() + 30000; while (Date.now() < t) {}\nexports.handler = async () => 1;", {}),
 }
@@ -381,7 +382,7 @@ def test_error_codes():
     hook = evstest.Upstream()
     e = Env(alerts=[{"function": "crasher", "type": "webhook", "url": hook.url + "/alerts"}])
     try:
-        for name in ("hello", "crasher", "walled", "opened", "stuck", "pyhog"):
+        for name in ("hello", "crasher", "walled", "opened", "stuck", "pyhog", "badload"):
             e.deploy(name)
         st, _, body = e.run("hello", {"name": "Linus"})
         assert st == 200 and body["status"] == "success", body
@@ -419,6 +420,12 @@ def test_error_codes():
         # memory_max (1g): a Python box cannot take 4 GiB; the handler fails, the server is fine.
         st, _, body = e.run("pyhog", {})
         assert st == 200 and body["status"] == "failure" and "MemoryError" in json.dumps(body["error"]), body
+        # A handler module that throws while loading: the run fails with its error (the SDK's
+        # FunctionRuntimeError), every time, and nothing else is disturbed.
+        for _ in range(2):
+            st, _, body = e.run("badload", {})
+            assert st == 200 and body["status"] == "failure", body
+            assert "cannot load this" in body["error"]["message"], body
         # function-not-ready-error: the box does not become ready within start_timeout.
         assert_error(*e.run("stuck", {}), 503, "function-not-ready-error")
         # The server is still fine.
