@@ -69,7 +69,7 @@ struct fr_box {
   evs_timer *start_timer, *reap_timer;
   fr_egress *egress;
   json_t *env;  /* plain values for the spawn's environment (plaintext secrets: wiped) */
-  char dir[4200];
+  char dir[4400];
 };
 
 static void box_close(fr_box *b, const char *why);
@@ -611,7 +611,7 @@ static void on_code(void *arg, int status, const uint8_t *v, size_t len) {
     box_unref(b);
     return;
   }
-  char tmp[4300], err[300];
+  char tmp[4500], err[300];
   snprintf(tmp, sizeof tmp, "%s.tmp-%d", b->dir, (int)getpid());
   fr_rm_tree(tmp);
   int rc = evs__fn_archive_unpack(v, len, (uint64_t)st->max_code * 8, tmp, err, sizeof err);
@@ -629,7 +629,7 @@ static void on_code(void *arg, int status, const uint8_t *v, size_t len) {
 }
 
 static int mkdirs(const char *path) {
-  char buf[4200];
+  char buf[4400];
   snprintf(buf, sizeof buf, "%s", path);
   for (char *s = buf + 1; *s; s++) {
     if (*s != '/') continue;
@@ -744,17 +744,6 @@ void fr_pools_reap(fr_state *st) {
     }
     if (!p->boxes && !p->qhead) pool_free(p);
   }
-}
-
-size_t fr_pools_count(fr_state *st, size_t *ret_busy) {
-  size_t n = 0, busy = 0;
-  for (fr_pool *p = st->pools; p; p = p->next)
-    for (fr_box *b = p->boxes; b; b = b->next) {
-      n++;
-      if (b->state == B_BUSY) busy++;
-    }
-  if (ret_busy) *ret_busy = busy;
-  return n;
 }
 
 void fr_pools_free(fr_state *st) {

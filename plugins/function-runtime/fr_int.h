@@ -27,7 +27,8 @@ struct fr_state {
   const evs_host *h;
   evs_plugin *p;
   void *loop; /* uv_loop_t */
-  const char *fnbox, *node, *python, *code_dir_base;
+  const char *fnbox, *node, *python;
+  char code_dir_base[4096]; /* code_dir: where versions are unpacked on this node */
   char node_version[32], python_version[32]; /* "20.20.2", "3.11.7"; "" when not found */
   int node_major, python_minor;
   int64_t pool_max, idle_ms, start_timeout_ms, sync_timeout_ms, max_payload, token_ttl_s,
@@ -75,7 +76,6 @@ int fr_pool_submit(fr_state *st, fr_run *r);     /* queues r on its function's p
 void fr_pools_free(fr_state *st);                  /* fini: stop every box */
 void fr_pools_reap(fr_state *st);                  /* idle boxes past idle_ms */
 void fr_box_abandon(fr_run *r);                    /* timeout: kill r's box */
-size_t fr_pools_count(fr_state *st, size_t *ret_busy);
 void fr_rm_tree(const char *dir);
 
 /* fr_egress.c: the box's CONNECT proxy on a unix socket (NULL: could not listen). */

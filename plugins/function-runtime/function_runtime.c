@@ -1886,10 +1886,8 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     return -ENAMETOOLONG;
   }
   const char *cd = host->config_string(plugin, "code_dir");
-  static char code_dir[4096];
-  if (cd) snprintf(code_dir, sizeof code_dir, "%s", cd);
-  else snprintf(code_dir, sizeof code_dir, "%s/functions", host->state_dir(plugin));
-  st->code_dir_base = code_dir;
+  if (cd) snprintf(st->code_dir_base, sizeof st->code_dir_base, "%s", cd);
+  else snprintf(st->code_dir_base, sizeof st->code_dir_base, "%s/functions", host->state_dir(plugin));
   probe(st->node, st->node_version, sizeof st->node_version);
   probe(st->python, st->python_version, sizeof st->python_version);
   st->node_major = atoi(st->node_version);
