@@ -486,7 +486,7 @@ static void spawn(fr_box *b) {
   spec.fd = 3;
   spec.flags = EVS_HELPER_NO_RESTART;
   spec.cgroup_memory_max = (uint64_t)st->memory_max;
-  if (!node) spec.rlimit_as = (uint64_t)st->memory_max;
+  if (!node && st->python_rlimit_as) spec.rlimit_as = (uint64_t)st->memory_max;
   spec.cgroup_pids_max = 256;
   int rc = envp ? st->h->helper_spawn(st->p, &spec, on_helper, b, &b->h) : -ENOMEM;
   for (size_t j = 0; envp && j < i; j++) {

@@ -1803,6 +1803,9 @@ static const evs_config_item items[] = {
     {"tmp_size", EVS_CONFIG_SIZE, "512m", 1LL << 20, 64LL << 30, 0, "each box's /tmp (tmpfs)"},
     {"memory_max", EVS_CONFIG_SIZE, "1g", 64LL << 20, 64LL << 30, 0,
      "memory of one box (cgroup v2 memory.max where delegated)"},
+    {"python_rlimit_as", EVS_CONFIG_BOOL, "on", 0, 0, 0,
+     "Python boxes run under RLIMIT_AS of memory_max (off for an evs-fnbox built with "
+     "AddressSanitizer, whose shadow memory does not fit under it)"},
     {"code_dir", EVS_CONFIG_PATH, NULL, 0, 0, 0,
      "where deployed versions are unpacked on this node; default <state_dir>/functions"},
     {"egress", EVS_CONFIG_BOOL, "on", 0, 0, 0,
@@ -1874,6 +1877,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->memory_max = host->config_int(plugin, "memory_max");
   st->team_uuid = host->config_string(plugin, "team_uuid");
   st->activity_url = host->config_string(plugin, "activity_url");
+  st->python_rlimit_as = host->config_bool(plugin, "python_rlimit_as") == 1;
   st->egress_on = host->config_bool(plugin, "egress") == 1;
   st->egress_allow_private = host->config_bool(plugin, "egress_allow_private") == 1;
   const char *ed = host->config_string(plugin, "egress_dir");
