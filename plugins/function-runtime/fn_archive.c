@@ -60,6 +60,7 @@ static int make_parents(const char *dir, const char *rel, int last) {
     if (mkdir(path, 0755) < 0 && errno != EEXIST) return -errno;
     if (lstat(path, &sb) < 0) return -errno;
     if (!S_ISDIR(sb.st_mode)) return -ENOTDIR;
+    if ((sb.st_mode & 07777) != 0755 && chmod(path, 0755) < 0) return -errno;
     path[i] = c;
   }
   return 0;
@@ -77,7 +78,9 @@ int evs__fn_archive_unpack(const uint8_t *data, size_t len, uint64_t max_bytes, 
     rc = fail(err, errlen, -EINVAL, "not a gzip-compressed tar archive%s", NULL);
     goto out;
   }
-  if (dir && mkdir(dir, 0755) < 0) {
+  /* Modes are set explicitly, whatever the umask: a box started by root runs as a uid of its
+   * own (docs/functions.md, "Files and uids") and reads the code as "others". */
+  if (dir && (mkdir(dir, 0755) < 0 || chmod(dir, 0755) < 0)) {
     rc = fail(err, errlen, -errno, "cannot create the code directory: %s", strerror(errno));
     goto out;
   }
@@ -129,6 +132,10 @@ int evs__fn_archive_unpack(const uint8_t *data, size_t len, uint64_t max_bytes, 
       snprintf(path, sizeof path, "%s/%s", dir, name);
       mode_t mode = (archive_entry_perm(e) & 0111) ? 0755 : 0644;
       fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+      if (fd >= 0 && fchmod(fd, mode) < 0) {
+        close(fd);
+        fd = -1;
+      }
       if (fd < 0) {
         rc = fail(err, errlen, -errno, "cannot write a file: %s", strerror(errno));
         goto out;

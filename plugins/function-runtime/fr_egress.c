@@ -409,7 +409,10 @@ fr_egress *fr_egress_open(fr_state *st, const json_t *allow, const char *label) 
   eg->server.data = eg;
   eg->server_open = 1;
   st->live++;
-  if (uv_pipe_bind(&eg->server, eg->path) < 0 || chmod(eg->path, 0600) < 0 ||
+  /* 0666 in a 0700 directory: only this uid reaches it through the file system, and a box
+   * started by root (whose uid 0 is a uid of its own on the host) can connect through its bind
+   * mount without keeping the host's uid 0 (docs/functions.md, "Files and uids"). */
+  if (uv_pipe_bind(&eg->server, eg->path) < 0 || chmod(eg->path, 0666) < 0 ||
       uv_listen((uv_stream_t *)&eg->server, 16, on_connection) < 0) {
     fr_egress_close(eg);
     return NULL;

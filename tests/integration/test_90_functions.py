@@ -255,6 +255,12 @@ def test_cli_deploy_run_env_delete():
         assert e.decrypt(res["result"]["enc"]) == "inner secret"  # context.encrypt, app's keys
         assert res["result"]["rt"] == {"a": "x", "n": 2, "b": True}, res  # context.decrypt, typed
         assert res["result"]["tmpClean"] == 0, res  # /tmp is emptied between runs
+        # The unpacked code is readable by others whatever the umask (a box started by root
+        # runs as a uid of its own).
+        code = os.path.join(e.dir, "state", "functions", e.app, "hello")
+        ver = sorted(os.listdir(code))[-1]
+        assert os.stat(os.path.join(code, ver)).st_mode & 0o777 == 0o755
+        assert os.stat(os.path.join(code, ver, "index.js")).st_mode & 0o777 == 0o644
         # The console output is kept with the run record, not in evserver's log.
         rec = e.evctl("function", "run-status", "--app", e.app, "--name", "hello", res["runId"])
         assert any("hello-log-line 41" in l["text"] for l in rec["logs"]), rec
