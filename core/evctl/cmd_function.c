@@ -200,8 +200,8 @@ static void toml_text(char *out, size_t cap, const char *name, int python) {
 int evctl_cmd_function_init(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function init";
   fopt o[] = {{"language", 0, NULL, 0}, {"force", 1, NULL, 0}, {"dir", 0, NULL, 0}, {"name", 0, NULL, 0}};
-  const char *pos[1];
-  int np;
+  const char *pos[1] = {NULL};
+  int np = 0;
   if (parse(cmd, argc, argv, o, 4, pos, 1, &np)) return EVCTL_EXIT_USAGE;
   const char *lang = o[0].set ? o[0].value : "node";
   if (strcmp(lang, "node") != 0 && strcmp(lang, "python") != 0)
@@ -472,8 +472,8 @@ int evctl_cmd_function_env(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function env";
   fopt o[] = {{"app", 0, NULL, 0}, {"name", 0, NULL, 0}, {"key", 0, NULL, 0}, {"value", 0, NULL, 0},
               {"secret", 1, NULL, 0}};
-  const char *pos[1];
-  int np;
+  const char *pos[1] = {NULL};
+  int np = 0;
   if (parse(cmd, argc, argv, o, 5, pos, 1, &np)) return EVCTL_EXIT_USAGE;
   if (np != 1 || (strcmp(pos[0], "get") != 0 && strcmp(pos[0], "set") != 0 && strcmp(pos[0], "delete") != 0))
     return evctl_usage_error(cmd, "%s: get, set or delete?", cmd);
@@ -572,8 +572,8 @@ int evctl_cmd_function_run(const evctl_ctx *ctx, int argc, char **argv) {
 int evctl_cmd_function_run_status(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function run-status";
   fopt o[] = {{"app", 0, NULL, 0}, {"name", 0, NULL, 0}};
-  const char *pos[1];
-  int np;
+  const char *pos[1] = {NULL};
+  int np = 0;
   if (parse(cmd, argc, argv, o, 2, pos, 1, &np)) return EVCTL_EXIT_USAGE;
   if (np != 1) return evctl_usage_error(cmd, "%s: which run id?", cmd);
   const char *app = app_of(cmd, &o[0]);

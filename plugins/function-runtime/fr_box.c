@@ -327,12 +327,9 @@ static void on_readable(fr_box *b) {
         return;
       }
       if (b->rlen - off - 4 < len) break;
-      b->refs++;
-      on_frame(b, p + 4, len);
+      on_frame(b, p + 4, len); /* on_poll's reference keeps b alive through it */
       off += 4 + len;
-      int dead = b->state == B_DEAD;
-      box_unref(b);
-      if (dead) return;
+      if (b->state == B_DEAD) return;
     }
     memmove(b->rbuf, b->rbuf + off, b->rlen - off);
     b->rlen -= off;
@@ -345,9 +342,10 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     box_close(b, "the channel failed");
     return;
   }
-  b->refs++;
+  b->refs++; /* whatever a frame does (box_close included), b lives until we are done */
   if (events & UV_READABLE) on_readable(b);
-  if (b->state != B_DEAD && (events & UV_WRITABLE)) flush(b);
+  int dead = b->state == B_DEAD;
+  if (!dead && (events & UV_WRITABLE)) flush(b);
   box_unref(b);
 }
 
