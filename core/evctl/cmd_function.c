@@ -192,7 +192,7 @@ static void toml_text(char *out, size_t cap, const char *name, int python) {
            "timeout = 30\n"
            "# Clients allowed to run it (IP addresses or CIDR ranges); empty: any client\n"
            "# inbound_allowlist = [\"203.0.113.0/24\"]\n"
-           "# Hosts it may connect to (names or *.suffix); empty: any public host\n"
+           "# Hosts it may connect to (host, host:port, *.suffix); empty: any public host\n"
            "# outbound_allowlist = [\"api.example.com\", \"*.example.net\"]\n",
            name, python ? "main.handler" : "index.handler", python ? "python@3.9" : "node@18");
 }

@@ -52,8 +52,4 @@ int evs__fn_payload_digest(const json_t *payload, char out[65]);
  * *ret and *ret_len, -EINVAL or -ENOMEM. */
 int evs__fn_b64_decode(const char *s, size_t n, uint8_t **ret, size_t *ret_len);
 
-/* The head of a box's egress request, "CONNECT host:port HTTP/1.1\r\n..." (host a name, an IPv4
- * literal or a bracketed IPv6 literal; port 1..65535), NUL-terminated within len. 0 with host
- * (NUL-terminated, brackets removed, [A-Za-z0-9.:_-] only) and *port, or -1. */
-int evs__fn_connect_parse(const char *head, size_t len, char *host, size_t cap, int *port);
 #endif

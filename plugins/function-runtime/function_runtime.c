@@ -50,6 +50,7 @@
 
 #include "fn_archive.h"
 #include "fr_int.h"
+#include "outbound_match.h"
 
 #define PERM_RUN "function:run"
 #define PERM_TOKEN "function:create-run-token"
@@ -1335,22 +1336,26 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
     admin_error(x, 400, "bad-request", "inboundAllowlist must be an array of IP addresses or CIDR ranges");
     return;
   }
+  /* The Outbound Relay's destination-domain syntax, hosts and ports only (the egress proxy
+   * matches with the same code: egress_proxy.c). */
   json_t *out_allow = json_object_get(b, "outboundAllowlist");
   if (out_allow && !json_is_array(out_allow)) {
-    admin_error(x, 400, "bad-request", "outboundAllowlist must be an array of host names or *.suffix");
+    admin_error(x, 400, "bad-request", "outboundAllowlist must be an array of destination domains");
     return;
   }
   json_array_foreach(out_allow, i, a) {
-    const char *h = json_string_value(a);
-    size_t hl = h ? strlen(h) : 0;
-    int ok = hl > 0 && hl < 254;
-    for (size_t k = (h && h[0] == '*' && h[1] == '.') ? 2 : 0; ok && k < hl; k++)
-      ok = (h[k] >= 'a' && h[k] <= 'z') || (h[k] >= 'A' && h[k] <= 'Z') || (h[k] >= '0' && h[k] <= '9') ||
-           h[k] == '.' || h[k] == '-' || h[k] == ':';
-    if (!ok) {
-      admin_error(x, 400, "bad-request", "outboundAllowlist must be an array of host names or *.suffix");
-      return;
+    const char *h = json_string_value(a), *why = "it is not a string";
+    evs__ob_pattern pat;
+    int ok = h && evs__ob_pattern_parse(h, strlen(h), &pat, &why) == 0;
+    if (ok && pat.path_kind != EVS__OB_PATH_ANY) {
+      ok = 0;
+      why = "an outbound allowlist entry names hosts (and ports), not paths";
     }
+    if (ok) continue;
+    char msg[320];
+    snprintf(msg, sizeof msg, "outboundAllowlist entry %zu: %s", i, why);
+    admin_error(x, 400, "bad-request", msg);
+    return;
   }
   if (check_language(st, lang, runtime, err, sizeof err) < 0) {
     admin_error(x, 400, "bad-request", err);

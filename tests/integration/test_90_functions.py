@@ -79,6 +79,14 @@ FUNCTIONS = {
                "exports.handler = async (d) => { try { const r = await fetch(d.url); return { status: r.status }; }"
                " catch (e) { return { error: String(e.cause ? e.cause.message : e.message) }; } };",
                {"outbound_allowlist": ["api.example.invalid", "*.example.invalid"]}),
+    "namer": ("node", "index.handler",
+              "const http = require('http'), https = require('https');\n"
+              "exports.handler = (d) => new Promise((res) => { const m = d.tls ? https : http; "
+              "const o = { host: d.host, port: d.port, path: '/named', rejectUnauthorized: false };"
+              "if (d.tls) o.servername = d.name; else o.headers = { Host: d.name };"
+              "m.get(o, (r) => { let b = ''; r.on('data', (c) => b += c); "
+              "r.on('end', () => res({ status: r.statusCode, body: b })); })"
+              ".on('error', (e) => res({ error: e.code || e.message })); });", {}),
     "pyhog": ("python", "main.handler",
               "def handler(d, context):\n    return len(bytearray(4 * 1024 ** 3))\n", {}),
     "badload": ("node", "index.handler", "throw new Error('cannot load this');\nexports.handler = () => 1;", {}),
@@ -551,6 +559,32 @@ def test_egress():
     finally:
         e.stop()
         dest.stop()
+
+
+def test_egress_names_the_connect_host():
+    """The egress proxy reads a Function's first bytes: a TLS server name, or a plain request's
+    Host, must name the host the tunnel was opened to. An address allowed for one name (a CDN's)
+    cannot be asked for another; the same request naming the CONNECT host goes through."""
+    ca = evstest.make_ca()
+    cert = evstest.make_cert(ca, ["localhost"])
+    plain = evstest.Upstream(body=b"plain")
+    tls = evstest.Upstream(body=b"tls", tls=cert)
+    e = Env(egress_allow_private="on")
+    try:
+        e.deploy("namer")
+        for up, is_tls in ((plain, False), (tls, True)):
+            ok = e.run("namer", {"host": "localhost", "port": up.port, "tls": is_tls, "name": "localhost"})
+            assert ok[0] == 200 and ok[2]["result"]["status"] == 200, ok
+            other = e.run("namer", {"host": "localhost", "port": up.port, "tls": is_tls,
+                                    "name": "other.example"})
+            assert other[0] == 200 and "error" in other[2]["result"], other
+        assert len(plain.requests) == 1 and len(tls.requests) == 1
+        evstest.wait_for(lambda: "names another host than the CONNECT" in e.srv.log(),
+                         what="the refusal's log line")
+    finally:
+        e.stop()
+        plain.stop()
+        tls.stop()
 
 
 if __name__ == "__main__":
