@@ -263,6 +263,10 @@ static void body_timer(evs__conn *c) {
 
 static void conn_drain(evs__io *io) {
   evs__conn *c = io->data;
+  if (c->stream) {
+    evs__stream_drained(c->stream);
+    return;
+  }
   if (c->req && c->req->on_client_drain) c->req->on_client_drain(c->req);
 }
 
