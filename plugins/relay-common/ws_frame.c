@@ -273,6 +273,22 @@ long evs__ws_parse(evs__ws_parser *p, const uint8_t *buf, size_t len, evs__ws_ev
   return (long)i;
 }
 
+/* ---- messages ----------------------------------------------------------------------------- */
+
+int evs__ws_message_kind(const uint8_t *p, size_t n) {
+  size_t i = 0;
+  if (n >= 3 && p[0] == 0xEF && p[1] == 0xBB && p[2] == 0xBF) i = 3;
+  while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n')) i++;
+  if (i == n) return EVS__WS_MSG_OTHER;
+  if (p[i] == '{' || p[i] == '[') return EVS__WS_MSG_JSON;
+  if (p[i] == '<') return EVS__WS_MSG_XML;
+  return EVS__WS_MSG_OTHER;
+}
+
+const char *evs__ws_message_content_type(int kind) {
+  return kind == EVS__WS_MSG_XML ? "application/xml" : "application/json";
+}
+
 /* ---- the opening handshake --------------------------------------------------------------- */
 
 void evs__ws_accept(const char *key, size_t key_len,

@@ -111,6 +111,17 @@ int evs__ws_close_code_ok(int code);
 /* 1 if s[0..n) is UTF-8 (RFC 3629: no overlongs, surrogates or code points above 10FFFF). */
 int evs__ws_utf8_valid(const uint8_t *s, size_t n);
 
+/* What a data message holds, by its first byte after an optional UTF-8 BOM and whitespace:
+ * EVS__WS_MSG_JSON ('{' or '['), EVS__WS_MSG_XML ('<'), else EVS__WS_MSG_OTHER (passes through
+ * unchanged, after the trust-boundary guard). The rewriter then parses it strictly: a message
+ * that only starts like JSON is refused, never forwarded half-understood. */
+#define EVS__WS_MSG_OTHER 0
+#define EVS__WS_MSG_JSON 1
+#define EVS__WS_MSG_XML 2
+int evs__ws_message_kind(const uint8_t *p, size_t n);
+/* The Content-Type whose rewriter reads a message of that kind. */
+const char *evs__ws_message_content_type(int kind);
+
 /* The Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2): out gets 28 characters and
  * a NUL. sha1 is the caller's SHA-1 (20 bytes out), so this file needs no crypto library. */
 void evs__ws_accept(const char *key, size_t key_len,

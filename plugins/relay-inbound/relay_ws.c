@@ -242,18 +242,6 @@ static void maybe_done(relay_ws *ws) {
 
 /* ---- messages ---------------------------------------------------------------------------- */
 
-static int sniff(const uint8_t *p, size_t n) {
-  size_t i = 0;
-  if (n >= 3 && p[0] == 0xEF && p[1] == 0xBB && p[2] == 0xBF) i = 3; /* BOM */
-  while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n')) i++;
-  if (i == n) return 0;
-  if (p[i] == '{' || p[i] == '[') return 1; /* JSON */
-  if (p[i] == '<') return 2;                /* XML */
-  return 0;
-}
-
-static const char *kind_ct(int kind) { return kind == 2 ? "application/xml" : "application/json"; }
-
 /* A message leaves: the direction's counter, the frame, the buffer reused. */
 static void forward(ws_dir *d, uint8_t *buf, size_t len) {
   relay_ws *ws = d->ws;
@@ -382,9 +370,9 @@ static void c2s_message(ws_dir *d) {
   const evs_host *h = ws->h;
   uint8_t *m = d->msg + HEADROOM;
   d->guard_found = evs__ev_guard_scan(m, d->msg_len);
-  int kind = sniff(m, d->msg_len);
+  int kind = evs__ws_message_kind(m, d->msg_len);
   if (kind && t && t->has_match) {
-    const char *ct = kind_ct(kind);
+    const char *ct = evs__ws_message_content_type(kind);
     evs__rewriter_select sel = {t->match.paths, t->match.names, t->match.nnames, ct, strlen(ct),
                                 0};
     evs__encrypt_body_cfg c;
@@ -433,7 +421,7 @@ static void s2c_message(ws_dir *d) {
   relay_ws *ws = d->ws;
   relay_txn *t = ws->t;
   uint8_t *m = d->msg + HEADROOM;
-  int kind = sniff(m, d->msg_len);
+  int kind = evs__ws_message_kind(m, d->msg_len);
   if (kind && t && relay_decrypts_responses(t) && memmem(m, d->msg_len, "ev:", 3)) {
     evs__decrypt_body_cfg c;
     memset(&c, 0, sizeof c);
@@ -446,7 +434,7 @@ static void s2c_message(ws_dir *d) {
     c.emit = dec_emit;
     c.done = dec_done;
     c.arg = d;
-    int r = evs__decrypt_body_new(&c, kind_ct(kind), &d->dec);
+    int r = evs__decrypt_body_new(&c, evs__ws_message_content_type(kind), &d->dec);
     if (r < 0) {
       fail_enclave(d);
       return;
