@@ -254,7 +254,7 @@ static int forward_spool(ws_dir *d, const uint8_t *prefix, size_t plen, relay_sp
   uint64_t total = plen + (sp ? relay_spool_total(sp) : 0);
   uint8_t *buf = malloc(HEADROOM + total + 1);
   if (!buf) return -ENOMEM;
-  memcpy(buf + HEADROOM, prefix, plen);
+  if (plen) memcpy(buf + HEADROOM, prefix, plen);
   size_t o = plen;
   if (sp) {
     relay_spool_rewind(sp);

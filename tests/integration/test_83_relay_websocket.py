@@ -569,13 +569,29 @@ def test_libwebsockets_test_server_destination():
     lws = shutil.which("libwebsockets-test-server")
     if not lws:
         raise evstest.Skip("libwebsockets-test-server is not installed")
-    port = evstest.free_port()
-    res = evstest.tmpdir()
-    p = subprocess.Popen([lws, "--port=%d" % port],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=res)
-    evstest.defer(p.kill)
-    evstest.wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0,
-                     what="libwebsockets-test-server listening")
+    # libwebsockets binds [::]:port itself, so evstest's reserved ports (a bound probe) refuse
+    # it, and so does a port of the ephemeral range some connection uses from another address:
+    # try ports below that range whose wildcard bind works now, another if one was taken.
+    import random
+    for _ in range(20):
+        port = random.randrange(10000, 32000)
+        probe = socket.socket(socket.AF_INET6)
+        try:
+            probe.bind(("::", port))
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        p = subprocess.Popen([lws, "--port=%d" % port], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, cwd=evstest.tmpdir())
+        evstest.defer(p.kill)
+        evstest.wait_for(lambda: p.poll() is not None or
+                         socket.socket().connect_ex(("127.0.0.1", port)) == 0,
+                         what="libwebsockets-test-server listening")
+        if p.poll() is None:
+            break
+    else:
+        raise AssertionError("libwebsockets-test-server did not start")
     c = setup({"lws.example": "http://127.0.0.1:%d" % port})
 
     async def run():
