@@ -295,6 +295,8 @@ def test_python_both_ends():
             back_bin = await ws.recv()
             await ws.send("plain text, not JSON")
             back_txt = await ws.recv()
+            pong = await ws.ping(b"are you there")  # answered by the destination, end to end
+            await asyncio.wait_for(pong, 10)
             return back, back_xml, back_frag, back_bin, back_txt
 
     back, back_xml, back_frag, back_bin, back_txt = asyncio.run(run())
@@ -326,6 +328,28 @@ def test_python_both_ends():
     act = json.dumps(evctl_json(srv, "activity"))
     assert '"messagesIn": 5' in act or '"messagesIn":5' in act, act
     assert "123-12-1234" not in act and "123-12-1234" not in srv.log()
+
+
+def test_limits_idle_timeout_and_metrics():
+    """websocket_max_connections: the next upgrade gets 503; websocket_idle_timeout closes an
+    idle WebSocket with 1001; the counters reach /metrics."""
+    dest = PyDest()
+    c = setup({"py.example": "http://127.0.0.1:%d" % dest.port},
+              relay_options={"websocket_max_connections": 1, "websocket_idle_timeout": "1s"})
+    srv = c["srv"]
+    s = raw_client(srv, "py.example")
+    s2 = socket.create_connection(("127.0.0.1", srv.port()), timeout=10)
+    s2.sendall(b"GET /chat HTTP/1.1\r\nHost: py.example\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\n\r\n")
+    resp = evstest.recv_responses(s2, 1)[0][0]
+    assert resp.status == 503, resp
+    frames = read_frames(s, timeout=10)
+    assert close_code(frames) == 1001 and frames[-1][1][2:] == b"idle timeout", frames
+    s.close()
+    m = srv.admin_get("/metrics").body.decode()
+    for name in ("websocket_connections", "websocket_limit", "websocket_idle_timeouts"):
+        assert 'name="%s"' % name in m, (name, m[-2000:])
 
 
 def test_trust_boundary_refuses_ev_data():
