@@ -46,9 +46,11 @@ def need_websockets():
 
 class PyDest:
     """websockets.serve on a kernel-assigned port. Echoes every message back (recording it),
-    /refuse answers 403, /push sends `push` messages first, /flood sends until stopped."""
+    /refuse answers 403, /push sends `push` messages first, /flood sends until stopped.
+    ssl: an SSLContext to serve wss."""
 
-    def __init__(self):
+    def __init__(self, ssl=None):
+        self.ssl = ssl
         need_websockets()
         self.messages = []
         self.heads = []
@@ -91,7 +93,7 @@ class PyDest:
         async def main():
             self.server = await websockets.serve(
                 handler, "127.0.0.1", 0, process_request=process_request, max_size=None,
-                subprotocols=["chat.v1", "chat.v2"])
+                subprotocols=["chat.v1", "chat.v2"], ssl=self.ssl)
             self.port = self.server.sockets[0].getsockname()[1]
             self.ready.set()
 
@@ -226,15 +228,17 @@ def evctl_json(srv, *args):
     return json.loads(r.stdout)
 
 
-def setup(destinations, relay_options=None, workers=None):
+def setup(destinations, relay_options=None, workers=None, listeners=None, relay_extra=None):
     """A server with an app and one relay per destination {"name.example": "http://..."}, each
-    selecting $.ssn, $.card.number and (XML) $.doc.ssn on GET /chat."""
+    selecting $.ssn, $.card.number and (XML) $.doc.ssn on GET /chat (relay_extra: more members
+    for every relay)."""
     enclave = evstest.build_path("evserver-enclave")
     if not os.access(enclave, os.X_OK):
         raise evstest.Skip("%s is not built" % enclave)
     creds = evstest.tmpdir()
     server = {"workers": workers} if workers else None
-    cfg = evstest.write_config(listeners={"http": {}, "api": {}}, server=server,
+    cfg = evstest.write_config(listeners=dict({"http": {}, "api": {}}, **(listeners or {})),
+                               server=server,
                                plugins={"enclave": {"enclave_binary": enclave,
                                                     "credentials_dir": creds},
                                         "relay-inbound": dict(relay_options or {})})
@@ -246,6 +250,7 @@ def setup(destinations, relay_options=None, workers=None):
         relays[name] = {"destinationDomain": dest, "appId": app["appId"],
                         "fieldsToEncrypt": [{"route": "/chat", "method": "GET",
                                              "fields": ["$.ssn", "$.card.number", "$.doc.ssn"]}]}
+        relays[name].update(relay_extra or {})
     with open(cfg.relay_config, "w") as f:
         json.dump(relays, f)
     evstest.wait_for(lambda: all(n in srv.log() for n in ["%d relay(s)" % len(relays)]),
@@ -328,6 +333,49 @@ def test_python_both_ends():
     act = json.dumps(evctl_json(srv, "activity"))
     assert '"messagesIn": 5' in act or '"messagesIn":5' in act, act
     assert "123-12-1234" not in act and "123-12-1234" not in srv.log()
+
+
+def test_wss_both_legs():
+    """wss:// to a TLS listener of evserver, and wss to the destination, whose certificate the
+    relay verifies (caFile); one the relay cannot verify fails the upgrade with 502."""
+    import ssl as ssl_mod
+    need_websockets()
+    ca = evstest.make_ca()
+    leaf = evstest.make_cert(ca, names=("localhost", "127.0.0.1", "ws.example"))
+    sctx = ssl_mod.SSLContext(ssl_mod.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(leaf.cert, leaf.key)
+    dest = PyDest(ssl=sctx)
+    other = evstest.make_ca(name="untrusted CA")
+    c = setup({"wss.example": "https://127.0.0.1:%d" % dest.port},
+              listeners={"https": {"tls": True, "certificate": leaf.cert, "key": leaf.key}},
+              relay_extra={"caFile": ca.cert})
+    srv = c["srv"]
+    cctx = ssl_mod.create_default_context(cafile=ca.cert)
+    cctx.check_hostname = False
+
+    async def run():
+        async with websockets.connect("wss://wss.example:%d/chat" % srv.port("https"),
+                                      host="127.0.0.1", port=srv.port("https"), ssl=cctx,
+                                      server_hostname="ws.example", max_size=None) as ws:
+            await ws.send(json.dumps({"ssn": "123-12-1234"}))
+            return json.loads(await ws.recv())
+    assert asyncio.run(run()) == {"ssn": "123-12-1234"}
+    assert EV.fullmatch(json.loads(dest.messages[-1])["ssn"]), dest.messages
+    # the destination's certificate is not from the relay's caFile: no WebSocket
+    relays = {"wss.example": {"destinationDomain": "https://127.0.0.1:%d" % dest.port,
+                              "appId": c["app"]["appId"], "caFile": other.cert}}
+    with open(srv.config.relay_config, "w") as f:
+        json.dump(relays, f)
+
+    async def refused():
+        try:
+            async with websockets.connect("wss://wss.example:%d/chat" % srv.port("https"),
+                                          host="127.0.0.1", port=srv.port("https"), ssl=cctx,
+                                          server_hostname="ws.example"):
+                return None
+        except websockets.InvalidStatusCode as e:
+            return e.status_code
+    evstest.wait_for(lambda: asyncio.run(refused()) == 502, what="verification refused")
 
 
 def test_limits_idle_timeout_and_metrics():
@@ -571,13 +619,24 @@ def test_client_that_never_reads():
 
 
 def test_drain_closes_with_1001():
-    """SIGTERM: open WebSockets get close 1001 and the server exits."""
+    """SIGHUP and SIGTERM: open WebSockets get close 1001; after a reload new ones open; after
+    SIGTERM the server exits."""
     dest = PyDest()
     c = setup({"py.example": "http://127.0.0.1:%d" % dest.port})
     s = raw_client(c["srv"], "py.example")
     s.sendall(frame(1, b'{"a":1}'))
     frames = read_frames(s, timeout=2)
     assert frames and frames[0] == (1, b'{"a":1}'), frames
+    # a reload: the old worker's WebSockets get 1001, new ones open on the new generation
+    c["srv"].signal(signal.SIGHUP)
+    frames = read_frames(s, timeout=10)
+    assert close_code(frames) == 1001 and frames[-1][1][2:] == b"server going away", frames
+    s.sendall(frame(8, struct.pack(">H", 1001)))
+    s.close()
+    s = raw_client(c["srv"], "py.example")
+    s.sendall(frame(1, b'{"b":2}'))
+    frames = read_frames(s, timeout=2)
+    assert frames and frames[0] == (1, b'{"b":2}'), frames
     c["srv"].signal(signal.SIGTERM)
     frames = read_frames(s, timeout=10)
     assert close_code(frames) == 1001, frames
