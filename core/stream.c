@@ -525,8 +525,10 @@ evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *op
   s->sni_is_ip = inet_pton(AF_INET, s->sni, &ip) == 1 || inet_pton(AF_INET6, s->sni, &ip) == 1;
   if (o.tls) {
     char err[512];
+    /* 1.8 members read as NULL from a 1.7 struct (copied by its size above). */
     s->client_ctx = evs__tls_client_ctx(o.ca_file ? o.ca_file : evs__w->settings->upstream_ca_file,
-                                        NULL, NULL, NULL, s->verify, err, sizeof err);
+                                        o.client_cert_file, o.client_key_file,
+                                        o.client_key_passphrase_file, s->verify, err, sizeof err);
     if (!s->client_ctx) {
       evs__log(EVS_LOG_ERROR, "EVS-1301", p ? p->name : NULL, NULL, "stream to %s: %s", s->host,
                err);

@@ -110,6 +110,9 @@
  *        The host emits the event "worker.draining" ({"reason":"reload"|"stop"}) when the
  *        worker starts draining, so a plugin holding long-lived streams can end them
  *        gracefully (WebSocket close 1001) within limits.drain_timeout.
+ *        evs_stream_connect.client_cert_file, client_key_file, client_key_passphrase_file:
+ *        client streams present a client certificate (the Inbound Relay's mTLS relays'
+ *        WebSockets).
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -690,6 +693,12 @@ typedef struct evs_stream_connect {
   const char *sni;     /* TLS server name and name verified; NULL: host */
   const char *ca_file; /* NULL: the host's configured upstream CA bundle */
   uint64_t connect_timeout_ms; /* TCP and TLS handshake; 0: upstream.connect_timeout */
+  /* 1.8: a client certificate for TLS (mTLS), as evs_upstream's: PEM files, the key optionally
+   * encrypted with the passphrase in client_key_passphrase_file (read while the key loads, then
+   * wiped). NULL: none. A struct of the 1.7 size has none. */
+  const char *client_cert_file;
+  const char *client_key_file;
+  const char *client_key_passphrase_file;
 } evs_stream_connect;
 /* status 0: s is connected (and, with tls, verified) and ready for the stream_* calls;
  * negative (EVS_EUPSTREAM_REFUSED, EVS_EUPSTREAM_TIMEOUT, EVS_ETLS for a failed handshake or

@@ -978,11 +978,6 @@ void relay_ws_start(relay_txn *t) {
   }
   evs_upstream up;
   relay_upstream(t, &up);
-  if (up.client_cert_file) {
-    h->respond_error(req, 502, "service-unavailable",
-                     "WebSockets to destinations that need a client certificate are not supported");
-    return;
-  }
   uint64_t dh = domain_hash(t->relay->domain);
   if (relay_ws_count(st, dh) >= st->ws_max_connections) {
     h->counter_add(st->plugin, "websocket_limit", 1);
@@ -1060,6 +1055,9 @@ void relay_ws_start(relay_txn *t) {
     evs_header hd;
     if (h->request_header_at(req, i, &hd) < 0) break;
     if (hop_by_hop(&hd)) continue;
+    /* An mTLS relay's api-key authenticated the client to the relay and stops here, as on
+     * HTTP requests (relay_encrypt.c): it could decrypt everything. */
+    if (t->relay->mtls_certificate && hdr_is(&hd, "api-key")) continue;
     char nm[128];
     if (has_conn && hd.name_len < sizeof nm) {
       memcpy(nm, hd.name, hd.name_len);
@@ -1107,6 +1105,9 @@ void relay_ws_start(relay_txn *t) {
   sc.sni = up.sni;
   sc.ca_file = up.ca_file;
   sc.connect_timeout_ms = up.connect_timeout_ms;
+  sc.client_cert_file = up.client_cert_file; /* mTLS relays (ABI 1.8) */
+  sc.client_key_file = up.client_key_file;
+  sc.client_key_passphrase_file = up.client_key_passphrase_file;
   ws->deadline_ms = 0;
   ws_enter(ws);
   ws->dest = h->stream_connect(st->plugin, &sc, on_connect, ws);

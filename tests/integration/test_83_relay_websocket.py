@@ -378,6 +378,40 @@ def test_wss_both_legs():
     evstest.wait_for(lambda: asyncio.run(refused()) == 502, what="verification refused")
 
 
+def test_mtls_destination():
+    """An mTLS relay: the WebSocket needs the api-key (relay:inbound-mtls), which stops at the
+    relay; the destination, requiring a client certificate, sees the relay's."""
+    import ssl as ssl_mod
+    need_websockets()
+    ca = evstest.make_ca(name="upstream CA")
+    server = evstest.make_cert(ca, ["localhost", "127.0.0.1"])
+    client = evstest.make_cert(ca, ["relay-client"], client=True)
+    sctx = ssl_mod.SSLContext(ssl_mod.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(server.cert, server.key)
+    sctx.verify_mode = ssl_mod.CERT_REQUIRED
+    sctx.load_verify_locations(ca.cert)
+    dest = PyDest(ssl=sctx)
+    c = setup({"mtls.example": "https://127.0.0.1:%d" % dest.port},
+              relay_extra={"caFile": ca.cert,
+                           "mtls": {"certificate": client.cert, "key": client.key}})
+    srv = c["srv"]
+    key = evctl_json(srv, "key", "create", c["app"]["appId"], "--permissions",
+                     "relay:inbound-mtls")["apiKey"]
+
+    async def run(headers):
+        try:
+            async with py_connect(srv, "mtls.example", extra_headers=headers) as ws:
+                await ws.send(json.dumps({"ssn": "1"}))
+                return json.loads(await ws.recv())
+        except websockets.InvalidStatusCode as e:
+            return e.status_code
+    assert asyncio.run(run({})) == 401
+    assert asyncio.run(run({"api-key": key})) == {"ssn": "1"}
+    path, head = dest.heads[-1]
+    assert "api-key" not in {k.lower() for k in head}, head
+    assert EV.fullmatch(json.loads(dest.messages[-1])["ssn"]), dest.messages
+
+
 def test_limits_idle_timeout_and_metrics():
     """websocket_max_connections: the next upgrade gets 503; websocket_idle_timeout closes an
     idle WebSocket with 1001; the counters reach /metrics."""
