@@ -929,6 +929,8 @@ static void on_connect(void *arg, evs_stream *s, int status) {
 int relay_ws_is_upgrade(const evs_host *h, evs_request *req) {
   int up = 0, conn = 0;
   evs_header hd;
+  /* Every relayed request asks: one lookup when there is no Upgrade field at all. */
+  if (h->request_header(req, "upgrade", &hd) != 0) return 0;
   for (size_t i = 0; h->request_header_at(req, i, &hd) == 0; i++) {
     if (hdr_is(&hd, "upgrade") && has_token(hd.value, hd.value_len, "websocket")) up = 1;
     else if (hdr_is(&hd, "connection") && has_token(hd.value, hd.value_len, "upgrade")) conn = 1;
