@@ -102,8 +102,8 @@
  *        response): the Outbound Relay checks a tunnel's key again on every request in it and
  *        ends the tunnel once the key is revoked. response_status also gives a code with a
  *        status below 400 when a response was cut short after its head (the destination reset
- *        or timed out mid-body).
- *   1.8  stream write backpressure (stream_write_queued, stream_on_drain): a plugin relaying
+ *        or timed out mid-body). Stream write backpressure (stream_write_queued,
+ *        stream_on_drain, EVS_STREAM_HIGH_WATER, EVS_STREAM_LOW_WATER): a plugin relaying
  *        between two streams pauses its reading side while the other's write queue is above
  *        EVS_STREAM_HIGH_WATER and resumes when it drains (the Inbound Relay's WebSockets); a
  *        client stream closed with stream_close sends what it queued before it shuts down.
