@@ -61,7 +61,7 @@ typedef struct ws_dir {
   size_t msg_len, msg_cap;
   int msg_op;
   uint8_t *pending;       /* bytes read while the direction could not parse them */
-  size_t pending_len, pending_off;
+  size_t pending_len;
   int busy;               /* a message is with the enclave */
   int bp_paused;          /* the other side's write queue is full */
   int reading;
@@ -556,11 +556,10 @@ static void parse_bytes(ws_dir *d, const uint8_t *p, size_t n) {
   size_t used = (size_t)r;
   if (used < n && !d->stopped && !d->ws->finished) {
     size_t rest = n - used;
-    if (d->pending_len - d->pending_off + rest > PENDING_MAX) {
+    if (d->pending_len + rest > PENDING_MAX) {
       parse_error(d, EVS__WS_CLOSE_TOO_BIG);
       return;
     }
-    if (d->pending_off && d->pending_off == d->pending_len) d->pending_off = d->pending_len = 0;
     uint8_t *np = realloc(d->pending, d->pending_len + rest);
     if (!np) {
       parse_error(d, EVS__WS_CLOSE_INTERNAL);
@@ -576,13 +575,13 @@ static void parse_bytes(ws_dir *d, const uint8_t *p, size_t n) {
 static void dir_update(ws_dir *d) {
   relay_ws *ws = d->ws;
   evs_stream *from = d->c2s ? ws->client : ws->dest;
-  while (can_parse(d) && d->pending_off < d->pending_len) {
+  while (can_parse(d) && d->pending_len) {
     /* Parse from a detached copy: parsing may append to pending again. */
     uint8_t *p = d->pending;
-    size_t off = d->pending_off, len = d->pending_len;
+    size_t len = d->pending_len;
     d->pending = NULL;
-    d->pending_len = d->pending_off = 0;
-    parse_bytes(d, p + off, len - off);
+    d->pending_len = 0;
+    parse_bytes(d, p, len);
     free(p);
   }
   if (ws->finished || !from) return;
@@ -629,7 +628,7 @@ static void on_read(void *arg, evs_stream *s, int status, const uint8_t *data, s
     ws_leave(ws);
     return;
   }
-  if (!can_parse(d) || d->pending_off < d->pending_len) {
+  if (!can_parse(d) || d->pending_len) {
     /* A read that arrived after we asked to stop, or behind bytes that wait. */
     if (!d->stopped) {
       uint8_t *np = d->pending_len + len <= PENDING_MAX ? realloc(d->pending, d->pending_len + len)
