@@ -463,6 +463,32 @@ def test_trust_boundary_refuses_ev_data():
     assert len(dest.messages) == n, dest.messages[n:]
 
 
+def test_trust_boundary_without_response_decryption():
+    """responseDecryption false: a selected field whose whole value already is an ev: string is
+    forwarded as it is (nothing on the way back decrypts), as in request bodies; one anywhere
+    else still closes the client with 1008."""
+    dest = PyDest()
+    c = setup({"py.example": "http://127.0.0.1:%d" % dest.port},
+              relay_extra={"responseDecryption": False})
+    srv = c["srv"]
+
+    async def send(msg):
+        async with py_connect(srv, "py.example") as ws:
+            await ws.send(msg)
+            try:
+                return await ws.recv()
+            except websockets.ConnectionClosed as e:
+                return (e.code, e.reason)
+    back = json.loads(asyncio.run(send(json.dumps({"ssn": "123-12-1234"}))))
+    ev = back["ssn"]  # not decrypted on the way back on this relay
+    assert EV.fullmatch(ev) and decrypt(c, ev) == "123-12-1234", back
+    assert json.loads(asyncio.run(send(json.dumps({"ssn": ev})))) == {"ssn": ev}
+    assert json.loads(dest.messages[-1]) == {"ssn": ev}, dest.messages[-1]
+    n = len(dest.messages)
+    assert asyncio.run(send(json.dumps({"note": ev}))) == (1008, "encrypted-data-in-field")
+    assert len(dest.messages) == n
+
+
 def test_node_ws_both_ends():
     """Node's ws as client and as destination (which offers permessage-deflate: never
     negotiated through the relay)."""
