@@ -574,6 +574,28 @@ def test_refused_upgrade_passes_status():
     assert resp.status == 403 and resp.body == b'{"refused":true}', resp
 
 
+def test_destination_silent_or_unreachable():
+    """No answer to the handshake within websocket_handshake_timeout: 504 request-timeout;
+    nothing listening: 502 service-unavailable."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts (the kernel does) and never answers
+    evstest.defer(silent.close)
+    closed = evstest.free_port()  # reserved, nobody listens
+    c = setup({"silent.example": "http://127.0.0.1:%d" % silent.getsockname()[1],
+               "closed.example": "http://127.0.0.1:%d" % closed},
+              relay_options={"websocket_handshake_timeout": "1s"})
+    for host, status, code in (("silent.example", 504, b"request-timeout"),
+                               ("closed.example", 502, b"service-unavailable")):
+        s = socket.create_connection(("127.0.0.1", c["srv"].port()), timeout=10)
+        s.sendall(("GET /chat HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n" % host).encode())
+        resp = evstest.recv_responses(s, 1, timeout=10)[0][0]
+        assert resp.status == status and code in resp.body, (host, resp, resp.body)
+        s.close()
+
+
 def test_big_messages():
     """A 16 MiB message passes both ways (websocket_max_message 16m); one byte more is closed
     with 1009 and never reaches the destination."""
