@@ -1036,7 +1036,19 @@ static const evs_host host_table = {
     .issue_certificate = h_issue_certificate,
     .ca_certificates = h_ca_certificates,
     .response_close = h_response_close,
+    .stream_write_queued = evs__stream_write_queued,
+    .stream_on_drain = evs__stream_on_drain,
 };
+
+void evs__host_emit_draining(const char *reason) {
+  deferred *d = defer(run_event, NULL, NULL);
+  if (!d) return;
+  d->s1 = strdup("worker.draining");
+  char json[64];
+  snprintf(json, sizeof json, "{\"reason\":\"%s\"}", reason);
+  d->s2 = strdup(json);
+  defer_start(d);
+}
 
 const evs_host *evs__host_table(void) { return &host_table; }
 

@@ -22,6 +22,8 @@ const evs_host *evs__host_table(void);
 void evs__host_forget(evs__plugin_rec *r);
 /* Frees the host's caches once every plugin is unloaded. */
 void evs__host_done(void);
+/* ABI 1.8: the worker starts draining: the event "worker.draining" to subscribed plugins. */
+void evs__host_emit_draining(const char *reason);
 /* Offer the request to the routes of the given listener roles (ABI 1.7), most specific first;
  * 1 if a route's handler took it. */
 int evs__routes_run(evs__worker *w, const char *const *roles, size_t nroles, evs_request *req);

@@ -263,6 +263,8 @@ static void body_timer(evs__conn *c) {
 
 static void conn_drain(evs__io *io) {
   evs__conn *c = io->data;
+  /* A taken-over stream's plugin (1.8 stream_on_drain); a served stream's requests as any. */
+  if (c->stream) evs__stream_drained(c->stream);
   if (c->req && c->req->on_client_drain) c->req->on_client_drain(c->req);
 }
 

@@ -57,6 +57,8 @@ struct evs_stream {
   evs_http_service svc;
   void *svc_arg;
   char *authority;          /* the CONNECT request-target, for request_tunnel */
+  evs_stream_write_fn drain_cb; /* 1.8 stream_on_drain: the write queue fell below low water */
+  void *drain_arg;
   /* Client streams. */
   int connecting;
   evs_stream_connect_fn connect_cb;
@@ -350,6 +352,28 @@ int evs__stream_write(evs_stream *s, const uint8_t *d, size_t len, evs_stream_wr
   return 0;
 }
 
+/* ---- write backpressure (1.8) ------------------------------------------------------------ */
+
+size_t evs__stream_write_queued(evs_stream *s) {
+  return s && !s->closed && s->io ? s->io->write_queued : 0;
+}
+
+int evs__stream_on_drain(evs_stream *s, evs_stream_write_fn cb, void *arg) {
+  if (!s || s->closed) return -EINVAL;
+  s->drain_cb = cb;
+  s->drain_arg = arg;
+  return 0;
+}
+
+void evs__stream_drained(evs_stream *s) {
+  if (!s || s->closed || !s->drain_cb || !s->io) return;
+  s->refs++; /* the plugin may close its handle from the callback */
+  s->drain_cb(s->drain_arg, s, 0);
+  stream_unref(s);
+}
+
+static void client_io_drain(evs__io *io) { evs__stream_drained(io->data); }
+
 /* ---- client streams ---------------------------------------------------------------------- */
 
 static void client_timer_closed(uv_handle_t *h) { stream_unref(h->data); }
@@ -439,6 +463,7 @@ static void client_try(evs_stream *s) {
   uv_tcp_init(evs__w->loop, &io->h.tcp);
   evs__io_init(io, s);
   io->on_close = client_io_closed;
+  io->on_drain = client_io_drain;
   s->refs++;
   s->io = io;
   s->creq.data = s;
@@ -500,8 +525,10 @@ evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *op
   s->sni_is_ip = inet_pton(AF_INET, s->sni, &ip) == 1 || inet_pton(AF_INET6, s->sni, &ip) == 1;
   if (o.tls) {
     char err[512];
+    /* 1.8 members read as NULL from a 1.7 struct (copied by its size above). */
     s->client_ctx = evs__tls_client_ctx(o.ca_file ? o.ca_file : evs__w->settings->upstream_ca_file,
-                                        NULL, NULL, NULL, s->verify, err, sizeof err);
+                                        o.client_cert_file, o.client_key_file,
+                                        o.client_key_passphrase_file, s->verify, err, sizeof err);
     if (!s->client_ctx) {
       evs__log(EVS_LOG_ERROR, "EVS-1301", p ? p->name : NULL, NULL, "stream to %s: %s", s->host,
                err);
@@ -541,10 +568,19 @@ void evs__stream_close(evs_stream *s) {
   if (s->kind == STREAM_SERVER) {
     if (s->c) evs__conn_end_stream(s->c); /* calls evs__stream_conn_closed */
   } else {
+    int connected = !s->connecting;
     s->connecting = 0;
     s->connect_cb = NULL;
     client_timer_stop(s);
-    client_io_close(s);
+    /* A connected stream's queued writes (a WebSocket close frame, say) still reach the peer:
+     * shut down after them, as a server stream closes gracefully. */
+    evs__io *io = s->io;
+    if (connected && io) {
+      s->io = NULL;
+      evs__io_shutdown_close(io);
+    } else {
+      client_io_close(s);
+    }
   }
   stream_unref(s); /* the plugin's reference */
 }
@@ -565,3 +601,7 @@ void evs__streams_stop(void) {
   SSL_CTX_free(tunnel_base);
   tunnel_base = NULL;
 }
+
+_Static_assert(EVS_STREAM_HIGH_WATER == EVS_IO_HIGH_WATER &&
+                   EVS_STREAM_LOW_WATER == EVS_IO_LOW_WATER,
+               "the ABI's stream marks are the write queue's");

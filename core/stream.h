@@ -29,6 +29,13 @@ const char *evs__request_tunnel(evs_request *req);
 evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *opts,
                                 evs_stream_connect_fn cb, void *arg);
 
+/* ABI 1.8: bytes queued on the stream's connection and not yet written; a callback when that
+ * queue falls below EVS_IO_LOW_WATER after having been above it. */
+size_t evs__stream_write_queued(evs_stream *s);
+int evs__stream_on_drain(evs_stream *s, evs_stream_write_fn cb, void *arg);
+/* server.c: the connection's write queue drained (its on_drain). */
+void evs__stream_drained(evs_stream *s);
+
 /* The worker stops (before plugins unload): close every client stream; no callback runs after.
  * Handles stay valid until the plugin closes them. */
 void evs__streams_stop(void);

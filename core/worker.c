@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "appendq.h"
+#include "host.h"
 #include "log.h"
 #include "metrics.h"
 #include "node.h"
@@ -64,6 +65,7 @@ static void on_stop_signal(uv_signal_t *h, int signum) {
   EVS_LOG_INFO("EVS-1502", "draining (%s): %zu connection(s) open", signum == SIGQUIT ? "reload" : "stop",
                w->nconns);
   evs__server_stop_accepting(w);
+  evs__host_emit_draining(signum == SIGQUIT ? "reload" : "stop");
   uv_timer_start(&w->drain_timer, drain_tick, 0, DRAIN_TICK_MS);
   uv_timer_start(&deadline_timer, drain_deadline, (uint64_t)w->settings->drain_timeout_ms, 0);
 }

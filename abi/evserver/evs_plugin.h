@@ -102,7 +102,17 @@
  *        response): the Outbound Relay checks a tunnel's key again on every request in it and
  *        ends the tunnel once the key is revoked. response_status also gives a code with a
  *        status below 400 when a response was cut short after its head (the destination reset
- *        or timed out mid-body).
+ *        or timed out mid-body). Stream write backpressure (stream_write_queued,
+ *        stream_on_drain, EVS_STREAM_HIGH_WATER, EVS_STREAM_LOW_WATER): a plugin relaying
+ *        between two streams pauses its reading side while the other's write queue is above
+ *        EVS_STREAM_HIGH_WATER and resumes when it drains (the Inbound Relay's WebSockets); a
+ *        client stream closed with stream_close sends what it queued before it shuts down.
+ *        The host emits the event "worker.draining" ({"reason":"reload"|"stop"}) when the
+ *        worker starts draining, so a plugin holding long-lived streams can end them
+ *        gracefully (WebSocket close 1001) within limits.drain_timeout.
+ *        evs_stream_connect.client_cert_file, client_key_file, client_key_passphrase_file:
+ *        client streams present a client certificate (the Inbound Relay's mTLS relays'
+ *        WebSockets).
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -683,6 +693,12 @@ typedef struct evs_stream_connect {
   const char *sni;     /* TLS server name and name verified; NULL: host */
   const char *ca_file; /* NULL: the host's configured upstream CA bundle */
   uint64_t connect_timeout_ms; /* TCP and TLS handshake; 0: upstream.connect_timeout */
+  /* 1.8: a client certificate for TLS (mTLS), as evs_upstream's: PEM files, the key optionally
+   * encrypted with the passphrase in client_key_passphrase_file (read while the key loads, then
+   * wiped). NULL: none. A struct of the 1.7 size has none. */
+  const char *client_cert_file;
+  const char *client_key_file;
+  const char *client_key_passphrase_file;
 } evs_stream_connect;
 /* status 0: s is connected (and, with tls, verified) and ready for the stream_* calls;
  * negative (EVS_EUPSTREAM_REFUSED, EVS_EUPSTREAM_TIMEOUT, EVS_ETLS for a failed handshake or
@@ -962,7 +978,20 @@ typedef struct evs_host {
    * connection must not be used again (a tunnel whose key was revoked). Before the head goes
    * out: 0; -EALREADY after. */
   int (*response_close)(evs_request *req);
+  /* 1.8: stream write backpressure. stream_write copies into the connection's write queue at
+   * once, so a fast reader could grow it without bound: stream_write_queued gives the bytes
+   * queued and not yet written to the socket (0 for a closed stream); a relaying plugin stops
+   * reading its source while that is above EVS_STREAM_HIGH_WATER. stream_on_drain sets (cb
+   * NULL: clears) the callback that runs, with status 0, each time the queue falls below
+   * EVS_STREAM_LOW_WATER after having been at or above it; then resume reading. -EINVAL for a
+   * closed stream. */
+  size_t (*stream_write_queued)(evs_stream *s);
+  int (*stream_on_drain)(evs_stream *s, evs_stream_write_fn cb, void *arg);
 } evs_host;
+
+/* ABI 1.8: the write-queue marks of stream_write_queued and stream_on_drain. */
+#define EVS_STREAM_HIGH_WATER (256u * 1024u)
+#define EVS_STREAM_LOW_WATER (64u * 1024u)
 
 #ifdef __cplusplus
 }

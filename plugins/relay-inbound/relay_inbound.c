@@ -60,6 +60,18 @@ static const evs_config_item items[] = {
      "record the shapes of requests (field paths, never values) for evctl relay structures"},
     {"transaction_log", EVS_CONFIG_BOOL, "on", 0, 0, 0,
      "record each relayed request (never values) for evctl activity"},
+    {"websocket", EVS_CONFIG_BOOL, "on", 0, 0, 0,
+     "relay WebSocket upgrades (off: 501 not-implemented)"},
+    {"websocket_max_message", EVS_CONFIG_SIZE, "16m", 1024, 1LL << 30, 0,
+     "largest WebSocket message, all its frames (close 1009 above)"},
+    {"websocket_idle_timeout", EVS_CONFIG_DURATION, "5m", 0, 86400000, 0,
+     "close a WebSocket (1001) after this long without a frame either way; 0: never"},
+    {"websocket_close_timeout", EVS_CONFIG_DURATION, "5s", 100, 600000, 0,
+     "how long the relay waits for close frames before it ends the connections"},
+    {"websocket_handshake_timeout", EVS_CONFIG_DURATION, "30s", 100, 600000, 0,
+     "how long the destination has to answer the WebSocket handshake (504 after)"},
+    {"websocket_max_connections", EVS_CONFIG_INT, "10000", 1, 10000000, 0,
+     "open WebSockets per relay and worker process (503 above)"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -189,6 +201,7 @@ static void cfg_swap(relay_state *st, relay_cfg *c) {
 /* Re-reads the file when it changed; a broken file keeps the configuration in force. */
 static void watch_tick(void *arg) {
   relay_state *st = arg;
+  relay_ws_tick(st); /* WebSocket deadlines ride on the same second */
   uint64_t mt = 0, size = 0, ino = 0; /* gcc -O3 cannot see file_id sets them */
   if (file_id(st->config_path, &mt, &size, &ino) < 0) return;
   if (mt == st->watch_mtime_ns && size == st->watch_size && ino == st->watch_ino) return;
@@ -404,6 +417,7 @@ void relay_txn_release(relay_txn *t) {
 static void txn_end(void *data) {
   relay_txn *t = data;
   t->req = NULL;
+  if (t->ws) relay_ws_request_gone(t->ws); /* the client left before the 101 */
   relay_txn_release(t); /* or later, when the last enclave call is back */
 }
 
@@ -490,6 +504,11 @@ void relay_dispatch(relay_txn *t) {
     return;
   }
   t->has_match = m;
+  /* A WebSocket: its client messages get the route's selections (relay_ws.c). */
+  if (relay_ws_is_upgrade(h, req)) {
+    relay_ws_start(t);
+    return;
+  }
   evs_header ct;
   int has_ct = h->request_header(req, "content-type", &ct) == 0;
   if (m && !info->has_content_length && !info->chunked &&
@@ -620,6 +639,9 @@ static int log_hook(void *state, evs_request *req) {
     }
     txlog_fmt(&b, "],\"encryptedCount\":%zu,\"decryptedFields\":%zu", (size_t)t->encrypted,
               (size_t)t->decrypted);
+    if (status == 101) /* a WebSocket: its message counts, never contents */
+      txlog_fmt(&b, ",\"websocket\":{\"messagesIn\":%llu,\"messagesOut\":%llu,\"closeCode\":%d}",
+                (unsigned long long)t->ws_in, (unsigned long long)t->ws_out, t->ws_close);
     if (code) {
       txlog_raw(&b, ",\"errorCode\":");
       txlog_str(&b, code);
@@ -667,12 +689,19 @@ static int parse_override(relay_state *st, const char *url) {
 
 static void state_free(relay_state *st) {
   if (!st) return;
+  relay_ws_stop_all(st);
   if (st->watch) st->host->timer_free(st->watch);
   relay_cfg_unref(st->cfg);
   free(st->config_path);
   free(st->override_scheme);
   free(st->override_host);
   free(st);
+}
+
+/* A reload or stop began: open WebSockets get close 1001 (ABI 1.8 event). */
+static void on_draining(void *state, const evs_event *ev) {
+  (void)ev;
+  relay_ws_drain(state);
 }
 
 static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
@@ -705,6 +734,12 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->max_body = (uint64_t)host->config_int(plugin, "max_body");
   st->record_structures = host->config_bool(plugin, "request_structures");
   st->transaction_log = host->config_bool(plugin, "transaction_log");
+  st->ws_enabled = host->config_bool(plugin, "websocket");
+  st->ws_max_message = (uint64_t)host->config_int(plugin, "websocket_max_message");
+  st->ws_idle_timeout_ms = (uint64_t)host->config_int(plugin, "websocket_idle_timeout");
+  st->ws_close_timeout_ms = (uint64_t)host->config_int(plugin, "websocket_close_timeout");
+  st->ws_handshake_timeout_ms = (uint64_t)host->config_int(plugin, "websocket_handshake_timeout");
+  st->ws_max_connections = host->config_int(plugin, "websocket_max_connections");
   const char *ov = host->config_string(plugin, "destination_override");
   if (ov && parse_override(st, ov) < 0) {
     host->log(plugin, NULL, EVS_LOG_ERROR,
@@ -721,6 +756,8 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   rc = 0;
   for (size_t i = 0; rc == 0 && i < sizeof routes / sizeof routes[0]; i++)
     rc = host->add_route(plugin, &routes[i]);
+  if (rc == 0 && host->abi_minor >= 8)
+    rc = host->subscribe_events(plugin, "worker.draining", on_draining);
   if (rc < 0 || (rc = host->add_hook(plugin, EVS_PHASE_LOG, log_hook)) < 0) {
     state_free(st);
     return rc;

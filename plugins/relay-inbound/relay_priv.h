@@ -57,6 +57,12 @@ struct relay_state {
   /* Structures stored lately (hash, when): a shape is written at most once a minute, so the
    * store is not written on every request. Overwritten slots only cost an extra write. */
   struct { uint64_t hash; int64_t stored_ms; } structures_seen[512];
+  /* WebSockets (relay_ws.c): the open ones, and the websocket_* settings. */
+  struct relay_ws *ws_list;
+  int ws_enabled;
+  uint64_t ws_max_message;
+  uint64_t ws_idle_timeout_ms, ws_close_timeout_ms, ws_handshake_timeout_ms;
+  int64_t ws_max_connections;
 };
 
 /* What one request that matched fieldsToEncrypt needs. */
@@ -85,6 +91,9 @@ typedef struct relay_txn {
   int dec_pending;       /* enclave calls of the response decryption in flight */
   relay_match match;
   int has_match;
+  struct relay_ws *ws;   /* a WebSocket (relay_ws.c) while it runs */
+  uint64_t ws_in, ws_out; /* its messages, client to destination and back, for the log */
+  int ws_close;           /* the close code the relay started with, or 0 */
 } relay_txn;
 
 void relay_cfg_unref(relay_cfg *c);
@@ -122,4 +131,14 @@ evs_body_filter_fn relay_response_filter(relay_txn *t);
  * codings with 502 unsupported-content-type-in-response. */
 int relay_response_head(void *arg, evs_request *req, int status);
 void relay_decrypt_free(struct relay_dec *d);
+/* relay_ws.c: WebSockets. is_upgrade: the request asks for one. start: answers the request
+ * (a refusal, or 101 once the destination accepted) and relays the WebSocket. request_gone:
+ * the request ended before the WebSocket opened. tick: every second (deadlines, idle). drain:
+ * close 1001 to every open WebSocket (reload, stop). stop_all: the plugin unloads. */
+int relay_ws_is_upgrade(const evs_host *h, evs_request *req);
+void relay_ws_start(relay_txn *t);
+void relay_ws_request_gone(struct relay_ws *ws);
+void relay_ws_tick(relay_state *st);
+void relay_ws_drain(relay_state *st);
+void relay_ws_stop_all(relay_state *st);
 #endif

@@ -1,0 +1,317 @@
+/*
+ * ws_frame.c: RFC 6455 framing, a streaming parser and the frame writer (see ws_frame.h for
+ * what is refused and why the relay frames WebSockets itself).
+ */
+#include "ws_frame.h"
+
+#include <string.h>
+
+void evs__ws_parser_init(evs__ws_parser *p, int from_client, uint64_t max_message) {
+  memset(p, 0, sizeof *p - sizeof p->scratch);
+  p->from_client = from_client;
+  p->max_message = max_message;
+}
+
+int evs__ws_parser_idle(const evs__ws_parser *p) {
+  return !p->in_frame && p->head_len == 0 && !p->in_message;
+}
+
+/* ---- UTF-8 ------------------------------------------------------------------------------- */
+
+/* Feeds s[0..n) to the incremental check; 0 when a byte is not UTF-8. */
+static int utf8_feed(uint8_t *need, uint8_t *lo, uint8_t *hi, const uint8_t *s, size_t n) {
+  uint8_t nd = *need, l = *lo, h = *hi;
+  for (size_t i = 0; i < n; i++) {
+    uint8_t c = s[i];
+    if (nd) {
+      if (c < l || c > h) return 0;
+      nd--;
+      l = 0x80;
+      h = 0xBF;
+      continue;
+    }
+    if (c < 0x80) {
+      /* ASCII runs are the common case: skip them eight at a time. */
+      while (i + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080ull) break;
+        i += 8;
+      }
+      if (i < n && s[i] >= 0x80) i--; /* look at it again as a lead byte */
+      continue;
+    }
+    l = 0x80;
+    h = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) nd = 1;
+    else if (c == 0xE0) nd = 2, l = 0xA0;
+    else if (c == 0xED) nd = 2, h = 0x9F;
+    else if (c >= 0xE1 && c <= 0xEF) nd = 2;
+    else if (c == 0xF0) nd = 3, l = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3) nd = 3;
+    else if (c == 0xF4) nd = 3, h = 0x8F;
+    else return 0;
+  }
+  *need = nd;
+  *lo = l;
+  *hi = h;
+  return 1;
+}
+
+int evs__ws_utf8_valid(const uint8_t *s, size_t n) {
+  uint8_t need = 0, lo = 0x80, hi = 0xBF;
+  return utf8_feed(&need, &lo, &hi, s, n) && need == 0;
+}
+
+int evs__ws_close_code_ok(int code) {
+  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+         (code >= 3000 && code <= 4999);
+}
+
+int evs__ws_close_valid(const uint8_t *p, size_t n, int *code) {
+  if (n == 0) {
+    *code = 1005;
+    return 1;
+  }
+  if (n == 1) return 0;
+  int c = (p[0] << 8) | p[1];
+  if (!evs__ws_close_code_ok(c) || !evs__ws_utf8_valid(p + 2, n - 2)) return 0;
+  *code = c;
+  return 1;
+}
+
+/* ---- writing ----------------------------------------------------------------------------- */
+
+size_t evs__ws_frame_head(uint8_t out[14], int fin, int opcode, uint64_t len,
+                          const uint8_t *mask) {
+  size_t o = 0;
+  out[o++] = (uint8_t)((fin ? 0x80 : 0) | (opcode & 0x0F));
+  uint8_t m = mask ? 0x80 : 0;
+  if (len < 126) {
+    out[o++] = (uint8_t)(m | len);
+  } else if (len <= 0xFFFF) {
+    out[o++] = (uint8_t)(m | 126);
+    out[o++] = (uint8_t)(len >> 8);
+    out[o++] = (uint8_t)len;
+  } else {
+    out[o++] = (uint8_t)(m | 127);
+    for (int i = 7; i >= 0; i--) out[o++] = (uint8_t)(len >> (8 * i));
+  }
+  if (mask) {
+    memcpy(out + o, mask, 4);
+    o += 4;
+  }
+  return o;
+}
+
+void evs__ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t off) {
+  uint8_t k[8];
+  for (int i = 0; i < 8; i++) k[i] = key[(off + (uint64_t)i) & 3];
+  size_t i = 0;
+  uint64_t kw;
+  memcpy(&kw, k, 8);
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    w ^= kw;
+    memcpy(p + i, &w, 8);
+  }
+  for (; i < n; i++) p[i] ^= k[i & 7];
+}
+
+/* ---- parsing ----------------------------------------------------------------------------- */
+
+static long fail(evs__ws_parser *p, int code) {
+  p->error = code;
+  return -code;
+}
+
+/* The head is complete when it holds 2 bytes, the extended length and the mask. */
+static size_t head_need(const evs__ws_parser *p) {
+  if (p->head_len < 2) return 2;
+  size_t n = 2;
+  uint8_t l7 = p->head[1] & 0x7F;
+  if (l7 == 126) n += 2;
+  else if (l7 == 127) n += 8;
+  if (p->head[1] & 0x80) n += 4;
+  return n;
+}
+
+/* Checks the complete head and starts the frame. 0 or a close code. */
+static int head_done(evs__ws_parser *p) {
+  uint8_t b0 = p->head[0], b1 = p->head[1];
+  int fin = b0 >> 7, op = b0 & 0x0F, masked = b1 >> 7;
+  if (b0 & 0x70) return EVS__WS_CLOSE_PROTOCOL;
+  if (masked != p->from_client) return EVS__WS_CLOSE_PROTOCOL;
+  uint64_t len = b1 & 0x7F;
+  size_t o = 2;
+  if (len == 126) {
+    len = ((uint64_t)p->head[2] << 8) | p->head[3];
+    o = 4;
+  } else if (len == 127) {
+    len = 0;
+    for (int i = 0; i < 8; i++) len = (len << 8) | p->head[2 + i];
+    o = 10;
+    if (len >> 63) return EVS__WS_CLOSE_PROTOCOL;
+  }
+  if (masked) memcpy(p->mask, p->head + o, 4);
+  if (op >= 0x8) {
+    if (op > EVS__WS_OP_PONG) return EVS__WS_CLOSE_PROTOCOL;
+    if (!fin || len > 125) return EVS__WS_CLOSE_PROTOCOL;
+    p->ctl_len = 0;
+  } else if (op == EVS__WS_OP_CONT) {
+    if (!p->in_message) return EVS__WS_CLOSE_PROTOCOL;
+  } else if (op == EVS__WS_OP_TEXT || op == EVS__WS_OP_BINARY) {
+    if (p->in_message) return EVS__WS_CLOSE_PROTOCOL;
+    p->in_message = 1;
+    p->msg_opcode = op;
+    p->msg_started = 0;
+    p->msg_len = 0;
+    p->utf8_need = 0;
+    p->utf8_lo = 0x80;
+    p->utf8_hi = 0xBF;
+  } else {
+    return EVS__WS_CLOSE_PROTOCOL;
+  }
+  if (op < 0x8) {
+    if (p->max_message && (len > p->max_message || p->msg_len + len > p->max_message))
+      return EVS__WS_CLOSE_TOO_BIG;
+    p->msg_len += len;
+  }
+  p->in_frame = 1;
+  p->fin = fin;
+  p->opcode = op;
+  p->masked = masked;
+  p->remaining = len;
+  p->frame_off = 0;
+  p->head_len = 0;
+  return 0;
+}
+
+/* A control frame is complete: check a close frame's payload, then deliver. */
+static int control_done(evs__ws_parser *p, evs__ws_event_fn fn, void *arg, int *stop) {
+  int code;
+  if (p->opcode == EVS__WS_OP_CLOSE && !evs__ws_close_valid(p->ctl, p->ctl_len, &code)) {
+    /* A code no peer may send is a protocol error; a bad reason is invalid data. */
+    if (p->ctl_len >= 2 && evs__ws_close_code_ok((p->ctl[0] << 8) | p->ctl[1]))
+      return EVS__WS_CLOSE_INVALID_DATA;
+    return EVS__WS_CLOSE_PROTOCOL;
+  }
+  evs__ws_event ev = {1, p->opcode, 1, 1, p->ctl, p->ctl_len};
+  p->in_frame = 0;
+  *stop = fn(arg, &ev);
+  return 0;
+}
+
+/* Payload bytes of a data frame (unmasked), with the UTF-8 check of text messages. */
+static int data_chunk(evs__ws_parser *p, const uint8_t *d, size_t n, int frame_end,
+                      evs__ws_event_fn fn, void *arg, int *stop) {
+  if (p->msg_opcode == EVS__WS_OP_TEXT &&
+      !utf8_feed(&p->utf8_need, &p->utf8_lo, &p->utf8_hi, d, n))
+    return EVS__WS_CLOSE_INVALID_DATA;
+  int msg_end = frame_end && p->fin;
+  if (msg_end && p->msg_opcode == EVS__WS_OP_TEXT && p->utf8_need)
+    return EVS__WS_CLOSE_INVALID_DATA;
+  /* Empty chunks are delivered only where they carry news: the start or the end of a message. */
+  if (n == 0 && !msg_end && p->msg_started) return 0;
+  evs__ws_event ev = {0, p->msg_opcode, !p->msg_started, msg_end, d, n};
+  p->msg_started = 1;
+  if (msg_end) p->in_message = 0;
+  *stop = fn(arg, &ev);
+  return 0;
+}
+
+long evs__ws_parse(evs__ws_parser *p, const uint8_t *buf, size_t len, evs__ws_event_fn fn,
+                   void *arg) {
+  if (p->error) return -p->error;
+  size_t i = 0;
+  int stop = 0;
+  while (!stop && (i < len || (p->in_frame && p->remaining == 0))) {
+    if (!p->in_frame) {
+      size_t need = head_need(p);
+      while (p->head_len < need && i < len) {
+        p->head[p->head_len++] = buf[i++];
+        need = head_need(p);
+      }
+      if (p->head_len < need) break;
+      int rc = head_done(p);
+      if (rc) return fail(p, rc);
+      continue; /* a frame of 0 bytes completes below without input */
+    }
+    size_t avail = len - i;
+    size_t n = p->remaining < avail ? (size_t)p->remaining : avail;
+    int rc = 0;
+    if (p->opcode >= 0x8) {
+      memcpy(p->ctl + p->ctl_len, buf + i, n);
+      if (p->masked) evs__ws_mask(p->ctl + p->ctl_len, n, p->mask, p->frame_off);
+      p->ctl_len = (uint8_t)(p->ctl_len + n);
+      p->frame_off += n;
+      p->remaining -= n;
+      i += n;
+      if (p->remaining == 0) rc = control_done(p, fn, arg, &stop);
+    } else if (!p->masked) {
+      p->remaining -= n;
+      p->frame_off += n;
+      i += n;
+      int end = p->remaining == 0;
+      if (end) p->in_frame = 0;
+      rc = data_chunk(p, buf + i - n, n, end, fn, arg, &stop);
+    } else {
+      /* Unmask through the scratch buffer, a piece at a time. */
+      if (n > sizeof p->scratch) n = sizeof p->scratch;
+      memcpy(p->scratch, buf + i, n);
+      evs__ws_mask(p->scratch, n, p->mask, p->frame_off);
+      p->remaining -= n;
+      p->frame_off += n;
+      i += n;
+      int end = p->remaining == 0;
+      if (end) p->in_frame = 0;
+      rc = data_chunk(p, p->scratch, n, end, fn, arg, &stop);
+    }
+    if (rc) return fail(p, rc);
+  }
+  return (long)i;
+}
+
+/* ---- messages ----------------------------------------------------------------------------- */
+
+int evs__ws_message_kind(const uint8_t *p, size_t n) {
+  size_t i = 0;
+  if (n >= 3 && p[0] == 0xEF && p[1] == 0xBB && p[2] == 0xBF) i = 3;
+  while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n')) i++;
+  if (i == n) return EVS__WS_MSG_OTHER;
+  if (p[i] == '{' || p[i] == '[') return EVS__WS_MSG_JSON;
+  if (p[i] == '<') return EVS__WS_MSG_XML;
+  return EVS__WS_MSG_OTHER;
+}
+
+const char *evs__ws_message_content_type(int kind) {
+  return kind == EVS__WS_MSG_XML ? "application/xml" : "application/json";
+}
+
+/* ---- the opening handshake --------------------------------------------------------------- */
+
+void evs__ws_accept(const char *key, size_t key_len,
+                    void (*sha1)(const uint8_t *in, size_t n, uint8_t out[20]), char out[29]) {
+  static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  uint8_t in[128 + sizeof guid];
+  if (key_len > 128) key_len = 128; /* callers check the key's form first */
+  memcpy(in, key, key_len);
+  memcpy(in + key_len, guid, sizeof guid - 1);
+  uint8_t d[21];
+  sha1(in, key_len + sizeof guid - 1, d);
+  d[20] = 0;
+  size_t o = 0;
+  for (size_t i = 0; i < 21; i += 3) {
+    uint32_t v = ((uint32_t)d[i] << 16) | ((uint32_t)(i + 1 < 21 ? d[i + 1] : 0) << 8) |
+                 (uint32_t)(i + 2 < 21 ? d[i + 2] : 0);
+    out[o++] = b64[(v >> 18) & 63];
+    out[o++] = b64[(v >> 12) & 63];
+    out[o++] = b64[(v >> 6) & 63];
+    out[o++] = b64[v & 63];
+  }
+  /* 20 bytes: 27 characters and one '=' */
+  out[27] = '=';
+  out[28] = 0;
+}

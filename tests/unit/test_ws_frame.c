@@ -1,0 +1,165 @@
+/*
+ * Unit tests for plugins/relay-common/ws_frame.c: RFC 6455's own examples (§5.7 frames, §1.3
+ * the accept key), fragmentation with an interleaved control frame, every refusal and its close
+ * code, UTF-8 checked across fragment boundaries, the message size limit, close payloads, and
+ * message kinds. fuzz/fuzz_ws_frame.c checks split-independence and round trips at random.
+ */
+#include <setjmp.h> /* cmocka needs these first */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ws_frame.h"
+
+typedef struct seen {
+  int n;
+  int control[16], opcode[16], first[16], fin[16];
+  char data[16][256];
+  size_t len[16];
+} seen;
+
+static int record(void *arg, const evs__ws_event *ev) {
+  seen *s = arg;
+  if (s->n < 16) {
+    s->control[s->n] = ev->control;
+    s->opcode[s->n] = ev->opcode;
+    s->first[s->n] = ev->first;
+    s->fin[s->n] = ev->fin;
+    s->len[s->n] = ev->len < 256 ? ev->len : 255;
+    memcpy(s->data[s->n], ev->data, s->len[s->n]);
+  }
+  s->n++;
+  return 0;
+}
+
+static long parse(int from_client, uint64_t max, const void *d, size_t n, seen *s) {
+  evs__ws_parser *p = malloc(sizeof *p);
+  evs__ws_parser_init(p, from_client, max);
+  memset(s, 0, sizeof *s);
+  long r = evs__ws_parse(p, d, n, record, s);
+  free(p);
+  return r;
+}
+
+static void test_rfc_examples(void **state) {
+  (void)state;
+  seen s;
+  /* §5.7: a single-frame unmasked text message, and the masked one */
+  static const uint8_t unmasked[] = {0x81, 0x05, 'H', 'e', 'l', 'l', 'o'};
+  assert_int_equal(parse(0, 0, unmasked, sizeof unmasked, &s), sizeof unmasked);
+  assert_int_equal(s.n, 1);
+  assert_memory_equal(s.data[0], "Hello", 5);
+  static const uint8_t masked[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58};
+  assert_int_equal(parse(1, 0, masked, sizeof masked, &s), sizeof masked);
+  assert_int_equal(s.n, 1);
+  assert_true(s.first[0] && s.fin[0] && s.opcode[0] == EVS__WS_OP_TEXT);
+  assert_memory_equal(s.data[0], "Hello", 5);
+  /* a fragmented text message with a ping between its fragments */
+  static const uint8_t frag[] = {0x01, 0x03, 'H', 'e', 'l', 0x89, 0x00, 0x80, 0x02, 'l', 'o'};
+  assert_int_equal(parse(0, 0, frag, sizeof frag, &s), sizeof frag);
+  assert_int_equal(s.n, 3);
+  assert_true(s.first[0] && !s.fin[0] && s.control[1] && s.opcode[1] == EVS__WS_OP_PING);
+  assert_true(!s.first[2] && s.fin[2] && s.opcode[2] == EVS__WS_OP_TEXT);
+}
+
+/* §1.3: the accept key of the RFC's example */
+static void sha1(const uint8_t *in, size_t n, uint8_t out[20]) {
+  unsigned int len = 20;
+  EVP_Digest(in, n, out, &len, EVP_sha1(), NULL);
+}
+
+static void test_accept_key(void **state) {
+  (void)state;
+  char acc[29];
+  evs__ws_accept("dGhlIHNhbXBsZSBub25jZQ==", 24, sha1, acc);
+  assert_string_equal(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+}
+
+static void test_refusals(void **state) {
+  (void)state;
+  seen s;
+  struct {
+    int from_client;
+    uint8_t b[16];
+    size_t n;
+    long want;
+  } cases[] = {
+      {1, {0x81, 0x02, 'h', 'i'}, 4, -1002},                       /* client frame unmasked */
+      {0, {0x81, 0x82, 1, 2, 3, 4, 'h', 'i'}, 8, -1002},           /* server frame masked */
+      {0, {0xC1, 0x01, 'x'}, 3, -1002},                            /* RSV1 */
+      {0, {0x83, 0x01, 'x'}, 3, -1002},                            /* opcode 3 */
+      {0, {0x89, 0x7E, 0x00, 0x7E}, 4, -1002},                     /* ping of 126 bytes */
+      {0, {0x09, 0x00}, 2, -1002},                                 /* fragmented ping */
+      {0, {0x80, 0x01, 'x'}, 3, -1002},                            /* continuation first */
+      {0, {0x01, 0x01, 'a', 0x81, 0x01, 'b'}, 6, -1002},           /* new message inside one */
+      {0, {0x81, 0x02, 0xC3, 0x28}, 4, -1007},                     /* invalid UTF-8 */
+      {0, {0x81, 0x03, 0xED, 0xA0, 0x80}, 5, -1007},               /* a surrogate */
+      {0, {0x81, 0x02, 0xC0, 0x80}, 4, -1007},                     /* overlong */
+      {0, {0x88, 0x01, 0x03}, 3, -1002},                           /* close of 1 byte */
+      {0, {0x88, 0x02, 0x03, 0xED}, 4, -1002},                     /* close code 1005 */
+      {0, {0x88, 0x02, 0x03, 0xE7}, 4, -1002},                     /* close code 999 */
+      {0, {0x88, 0x03, 0x03, 0xE8, 0xFF}, 5, -1007},               /* reason not UTF-8 */
+      {0, {0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0}, 10, -1002},     /* 64-bit length, top bit */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    assert_int_equal(parse(cases[i].from_client, 0, cases[i].b, cases[i].n, &s), cases[i].want);
+}
+
+static void test_utf8_across_fragments_and_limit(void **state) {
+  (void)state;
+  seen s;
+  /* "é" split between two fragments is fine; a truncated sequence at the end is not */
+  static const uint8_t ok[] = {0x01, 0x01, 0xC3, 0x80, 0x01, 0xA9};
+  assert_int_equal(parse(0, 0, ok, sizeof ok, &s), sizeof ok);
+  static const uint8_t cut[] = {0x81, 0x01, 0xC3};
+  assert_int_equal(parse(0, 0, cut, sizeof cut, &s), -1007);
+  /* binary is not checked */
+  static const uint8_t bin[] = {0x82, 0x01, 0xC3};
+  assert_int_equal(parse(0, 0, bin, sizeof bin, &s), sizeof bin);
+  /* max_message counts all fragments */
+  static const uint8_t big[] = {0x02, 0x03, 'a', 'b', 'c', 0x80, 0x02, 'd', 'e'};
+  assert_int_equal(parse(0, 5, big, sizeof big, &s), sizeof big);
+  assert_int_equal(parse(0, 4, big, sizeof big, &s), -1009);
+}
+
+static void test_writer_and_kinds(void **state) {
+  (void)state;
+  uint8_t h[14], key[4] = {9, 8, 7, 6};
+  assert_int_equal(evs__ws_frame_head(h, 1, 1, 5, NULL), 2);
+  assert_int_equal(evs__ws_frame_head(h, 1, 2, 300, NULL), 4);
+  assert_int_equal(h[1], 126);
+  assert_int_equal(evs__ws_frame_head(h, 1, 2, 70000, key), 14);
+  assert_int_equal(h[1], 0x80 | 127);
+  uint8_t p[11] = "hello world";
+  evs__ws_mask(p, 11, key, 0);
+  evs__ws_mask(p, 5, key, 0);
+  evs__ws_mask(p + 5, 6, key, 5);
+  assert_memory_equal(p, "hello world", 11);
+  assert_int_equal(evs__ws_message_kind((const uint8_t *)" \n{\"a\":1}", 9), EVS__WS_MSG_JSON);
+  assert_int_equal(evs__ws_message_kind((const uint8_t *)"\xEF\xBB\xBF[1]", 6), EVS__WS_MSG_JSON);
+  assert_int_equal(evs__ws_message_kind((const uint8_t *)"<a/>", 4), EVS__WS_MSG_XML);
+  assert_int_equal(evs__ws_message_kind((const uint8_t *)"hello", 5), EVS__WS_MSG_OTHER);
+  assert_int_equal(evs__ws_message_kind((const uint8_t *)"  ", 2), EVS__WS_MSG_OTHER);
+  int code;
+  assert_true(evs__ws_close_valid((const uint8_t *)"\x03\xE8ok", 4, &code) && code == 1000);
+  assert_true(evs__ws_close_valid(NULL, 0, &code) && code == 1005);
+  assert_false(evs__ws_close_code_ok(1006));
+  assert_true(evs__ws_close_code_ok(4000));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_rfc_examples),
+      cmocka_unit_test(test_accept_key),
+      cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_utf8_across_fragments_and_limit),
+      cmocka_unit_test(test_writer_and_kinds),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
