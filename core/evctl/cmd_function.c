@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <archive.h>
@@ -353,10 +354,119 @@ static char *pack_dir(const char *dir, size_t *ret_len, size_t *ret_files, char 
   return buf;
 }
 
+/* ---- dependencies ------------------------------------------------------------------------- */
+/* As the documentation says of deploys: a Node.js Function's non-development dependencies are
+ * installed from package.json unless it ships node_modules, a Python Function's from
+ * requirements.txt. They are installed here, on the machine that deploys (with whatever package
+ * index it is configured for), into a copy of the directory that is then packed: never on the
+ * server, where an installer's scripts would run outside any sandbox. npm runs with
+ * --ignore-scripts (ship node_modules for packages that need their install scripts); pip
+ * installs into .python_packages, which the box puts on sys.path after /function. */
+
+/* Runs argv in dir, its output on our stderr (stdout may carry --json). Returns its exit code,
+ * or -1 when it could not run. */
+static int run_in(const char *dir, char *const argv[]) {
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    dup2(2, 1);
+    if (chdir(dir) < 0) _exit(126);
+    execvp(argv[0], argv);
+    _exit(127);
+  }
+  int st;
+  while (waitpid(pid, &st, 0) < 0)
+    if (errno != EINTR) return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int has_file(const char *dir, const char *name) {
+  char p[4200];
+  struct stat sb;
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  return stat(p, &sb) == 0;
+}
+
+/* What needs installing: 'n' (npm), 'p' (pip) or 0. */
+static int deps_kind(const char *dir, int python) {
+  char p[4200];
+  if (python) {
+    snprintf(p, sizeof p, "%s/requirements.txt", dir);
+    FILE *f = fopen(p, "r");
+    if (!f) return 0;
+    char line[1024];
+    int any = 0;
+    while (!any && fgets(line, sizeof line, f)) {
+      const char *c = line + strspn(line, " \t");
+      any = *c && *c != '#' && *c != '\n' && *c != '\r';
+    }
+    fclose(f);
+    return any ? 'p' : 0;
+  }
+  if (has_file(dir, "node_modules")) return 0; /* shipped: installation is skipped */
+  snprintf(p, sizeof p, "%s/package.json", dir);
+  json_t *pkg = json_load_file(p, 0, NULL);
+  json_t *deps = json_object_get(pkg, "dependencies");
+  int any = json_is_object(deps) && json_object_size(deps) > 0;
+  json_decref(pkg);
+  return any ? 'n' : 0;
+}
+
+/* Copies dir into a new temporary directory and installs the dependencies there. Returns the
+ * directory (malloc'd; the caller removes it), or NULL with err set. */
+static char *stage_with_deps(const char *dir, int kind, char *err, size_t errlen) {
+  err[0] = 0;
+  char *stage = strdup("/tmp/evctl-deploy-XXXXXX");
+  if (!stage || !mkdtemp(stage)) {
+    snprintf(err, errlen, "cannot make a staging directory: %s", strerror(errno));
+    free(stage);
+    return NULL;
+  }
+  char src[4200];
+  snprintf(src, sizeof src, "%s/.", dir);
+  char *cp[] = {"cp", "-a", "--", src, stage, NULL};
+  char *npm[] = {"npm", "install", "--omit=dev", "--ignore-scripts", "--install-links",
+                 "--no-audit", "--no-fund", "--no-package-lock", NULL};
+  const char *py = getenv("EVCTL_PYTHON") ? getenv("EVCTL_PYTHON") : "python3";
+  char *pip[] = {(char *)py, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+                 "--target", ".python_packages", "-r", "requirements.txt", NULL};
+  int rc = run_in(".", cp);
+  if (rc != 0) {
+    snprintf(err, errlen, "cannot copy %s to a staging directory", dir);
+  } else {
+    fprintf(stderr, "evctl: installing dependencies (%s)\n",
+            kind == 'n' ? "npm install --omit=dev --ignore-scripts" : "pip install -r requirements.txt");
+    rc = run_in(stage, kind == 'n' ? npm : pip);
+    if (rc == 0 && kind == 'n') {
+      /* npm links local (file:) packages into node_modules, and links are not packed: copy
+       * what they point to instead. */
+      char *deref[] = {"cp", "-RL", "--", "node_modules", ".evs-node_modules", NULL};
+      char *rmnm[] = {"rm", "-rf", "--", "node_modules", NULL};
+      char *mv[] = {"mv", "--", ".evs-node_modules", "node_modules", NULL};
+      if (run_in(stage, deref) != 0 || run_in(stage, rmnm) != 0 || run_in(stage, mv) != 0) {
+        snprintf(err, errlen, "cannot copy the installed node_modules");
+        rc = -1;
+      }
+    }
+    if (rc != 0 && !err[0])
+      snprintf(err, errlen, "%s failed (exit %d); fix it, or install the dependencies into the "
+               "directory yourself%s", kind == 'n' ? "npm install" : "pip install", rc,
+               kind == 'n' ? " (node_modules is then shipped as it is)" : "");
+  }
+  if (rc != 0) {
+    char *rm[] = {"rm", "-rf", "--", stage, NULL};
+    run_in(".", rm);
+    free(stage);
+    return NULL;
+  }
+  return stage;
+}
+
 int evctl_cmd_function_deploy(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function deploy";
-  fopt o[] = {{"app", 0, NULL, 0}, {"dir", 0, NULL, 0}, {"background", 1, NULL, 0}};
-  if (parse(cmd, argc, argv, o, 3, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  fopt o[] = {{"app", 0, NULL, 0}, {"dir", 0, NULL, 0}, {"background", 1, NULL, 0},
+              {"no-install", 1, NULL, 0}};
+  if (parse(cmd, argc, argv, o, 4, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
   const char *app = app_of(cmd, &o[0]);
   if (!app) return EVCTL_EXIT_USAGE;
   const char *dir = o[1].set ? o[1].value : ".";
@@ -376,7 +486,19 @@ int evctl_cmd_function_deploy(const evctl_ctx *ctx, int argc, char **argv) {
   }
   char err[600];
   size_t len, files;
-  char *code = pack_dir(dir, &len, &files, err, sizeof err);
+  int kind = o[3].set ? 0 : deps_kind(dir, strncmp(lang, "python", 6) == 0);
+  char *stage = kind ? stage_with_deps(dir, kind, err, sizeof err) : NULL;
+  if (kind && !stage) {
+    fprintf(stderr, "evctl: %s: %s\n", cmd, err);
+    json_decref(fn);
+    return EVCTL_EXIT_ERROR;
+  }
+  char *code = pack_dir(stage ? stage : dir, &len, &files, err, sizeof err);
+  if (stage) {
+    char *rm[] = {"rm", "-rf", "--", stage, NULL};
+    run_in(".", rm);
+    free(stage);
+  }
   if (!code) {
     fprintf(stderr, "evctl: %s: %s\n", cmd, err);
     json_decref(fn);

@@ -561,6 +561,75 @@ def test_egress():
         dest.stop()
 
 
+def make_wheel(path, name, version, files):
+    """A pure-Python wheel, by hand (zip + dist-info), so that pip installs it offline."""
+    import zipfile
+    info = "%s-%s.dist-info" % (name, version)
+    entries = dict(files)
+    entries[info + "/METADATA"] = "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (name, version)
+    entries[info + "/WHEEL"] = "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    entries[info + "/RECORD"] = "".join("%s,,\n" % f for f in list(entries) + [info + "/RECORD"])
+    with zipfile.ZipFile(path, "w") as z:
+        for f, text in entries.items():
+            z.writestr(f, text)
+
+
+def test_dependencies_are_installed_at_deploy():
+    """As the documentation says: a Node.js Function's dependencies come from package.json unless
+    it ships node_modules, a Python Function's from requirements.txt. evctl installs them on the
+    deploying machine (npm, pip: here from local packages, offline) into what it packs; the
+    Function then imports them in its box."""
+    if not shutil.which("npm"):
+        raise evstest.Skip("npm is not installed")
+    if subprocess.run(["python3", "-m", "pip", "--version"], capture_output=True).returncode != 0:
+        raise evstest.Skip("pip is not installed for python3")
+    e = Env()
+    try:
+        d = os.path.join(e.fndir, "withdeps")
+        os.makedirs(os.path.join(d, "vendor", "shout"))
+        with open(os.path.join(d, "vendor", "shout", "package.json"), "w") as f:
+            json.dump({"name": "shout", "version": "1.0.0", "main": "index.js"}, f)
+        with open(os.path.join(d, "vendor", "shout", "index.js"), "w") as f:
+            f.write("module.exports = (s) => s.toUpperCase() + '!';\n")
+        with open(os.path.join(d, "package.json"), "w") as f:
+            json.dump({"name": "withdeps", "version": "1.0.0",
+                       "dependencies": {"shout": "file:./vendor/shout"}}, f)
+        with open(os.path.join(d, "index.js"), "w") as f:
+            f.write("const shout = require('shout');\nexports.handler = async (d) => shout(d.name);\n")
+        with open(os.path.join(d, "function.toml"), "w") as f:
+            f.write('[function]\nname = "withdeps"\nhandler = "index.handler"\nlanguage = "node@18"\n')
+        e.evctl("function", "deploy", "--app", e.app, cwd=d)
+        assert not os.path.exists(os.path.join(d, "node_modules")), "installed into the user's directory"
+        st, _, body = e.run("withdeps", {"name": "grace"})
+        assert st == 200 and body["result"] == "GRACE!", body
+
+        p = os.path.join(e.fndir, "pydeps")
+        os.makedirs(os.path.join(p, "vendor"))
+        make_wheel(os.path.join(p, "vendor", "titlecase-1.0-py3-none-any.whl"), "titlecase", "1.0",
+                   {"titlecase/__init__.py": "def tc(s):\n    return s.title() + ' (from a wheel)'\n"})
+        with open(os.path.join(p, "requirements.txt"), "w") as f:
+            f.write("# local, offline\n./vendor/titlecase-1.0-py3-none-any.whl\n")
+        with open(os.path.join(p, "main.py"), "w") as f:
+            f.write("from titlecase import tc\ndef handler(d, context):\n    return tc(d['name'])\n")
+        with open(os.path.join(p, "function.toml"), "w") as f:
+            f.write('[function]\nname = "pydeps"\nhandler = "main.handler"\nlanguage = "python@3.9"\n')
+        e.evctl("function", "deploy", "--app", e.app, cwd=p)
+        st, _, body = e.run("pydeps", {"name": "ada lovelace"})
+        assert st == 200 and body["result"] == "Ada Lovelace (from a wheel)", body
+
+        # --no-install packs the directory as it is: the import then fails in the box.
+        e.evctl("function", "deploy", "--app", e.app, "--no-install", cwd=p)
+        st, _, body = e.run("pydeps", {"name": "x"})
+        assert body.get("status") != "success", body
+        # A failing install stops the deploy with the installer's exit code in the message.
+        with open(os.path.join(p, "requirements.txt"), "w") as f:
+            f.write("./vendor/missing-1.0-py3-none-any.whl\n")
+        rc, _, err = e.evctl("function", "deploy", "--app", e.app, cwd=p, ok=False)
+        assert rc != 0 and "pip install failed" in err, err
+    finally:
+        e.stop()
+
+
 def test_egress_names_the_connect_host():
     """The egress proxy reads a Function's first bytes: a TLS server name, or a plain request's
     Host, must name the host the tunnel was opened to. An address allowed for one name (a CDN's)

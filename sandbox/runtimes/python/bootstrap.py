@@ -267,6 +267,9 @@ def load():
     if not dot or not file or not func:
         raise ValueError("handler must be <file>.<func>, got %r" % HANDLER)
     sys.path.insert(0, "/function")
+    # Dependencies evctl installed from requirements.txt at deploy (evctl function deploy).
+    if os.path.isdir("/function/.python_packages"):
+        sys.path.insert(1, "/function/.python_packages")
     mod = importlib.import_module(file.replace("/", "."))
     fn = getattr(mod, func, None)
     if not callable(fn):
