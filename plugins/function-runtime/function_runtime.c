@@ -272,6 +272,64 @@ void fr_run_log(fr_run *r, const char *stream, const char *text, size_t len) {
                                              (json_int_t)fr_now_ms()));
 }
 
+/* ---- sealed run records ------------------------------------------------------------------ */
+/* A run record's private part (`result` of an async run, `error` the Function threw, `logs`) is
+ * stored as one ev: string of its JSON, encrypted with the app's keys ("sealed"), so that what a
+ * Function was given in plaintext never lies in the store (disk, PostgreSQL) in plaintext. Reads
+ * (GET .../runs/<id>, evctl function run-status) open it through the enclave. If it cannot be
+ * sealed (the enclave is down), the record is kept without it ("sealed": null) rather than in
+ * the clear. */
+static void fr_crypto(fr_state *st, const char *app, int encrypt, json_t *data,
+                      void (*cb)(void *arg, int status, json_t *data), void *arg);
+
+typedef struct seal_job {
+  fr_run *r;
+  json_t *rec;
+} seal_job;
+
+static void on_sealed(void *arg, int status, json_t *data) {
+  seal_job *j = arg;
+  fr_run *r = j->r;
+  if (status == 0 && json_is_string(data)) {
+    json_object_set(j->rec, "sealed", data);
+  } else {
+    json_object_set_new(j->rec, "sealed", json_null());
+    if (!r->st->stopping)
+      r->st->h->log(r->st->p, NULL, EVS_LOG_WARN, "run %s: its output could not be sealed with the "
+                    "app's keys (status %d): the record keeps none of it", r->id, status);
+  }
+  json_decref(data);
+  if (!r->st->stopping) run_record_put(r, j->rec);
+  json_decref(j->rec);
+  free(j);
+  run_unref(r);
+}
+
+static void record_seal_put(fr_run *r, json_t *rec, json_t *priv) {
+  char *text = priv ? json_dumps(priv, JSON_COMPACT) : NULL;
+  if (priv) {
+    json_object_clear(priv);
+    json_decref(priv);
+  }
+  seal_job *j = text ? calloc(1, sizeof *j) : NULL;
+  json_t *str = j ? json_string(text) : NULL;
+  if (text) {
+    OPENSSL_cleanse(text, strlen(text));
+    free(text);
+  }
+  if (!str) {
+    free(j);
+    json_object_set_new(rec, "sealed", json_null());
+    run_record_put(r, rec);
+    json_decref(rec);
+    return;
+  }
+  j->r = r;
+  j->rec = rec; /* ours now */
+  r->refs++;
+  fr_crypto(r->st, r->app, 1, str, on_sealed, j);
+}
+
 void fr_run_finish(fr_run *r, const char *status, json_t *result, json_t *error, int http,
                    const char *code, const char *detail) {
   fr_state *st = r->st;
@@ -294,13 +352,16 @@ void fr_run_finish(fr_run *r, const char *status, json_t *result, json_t *error,
     json_object_set_new(rec, "finishedAt", json_integer(now));
     json_object_set_new(rec, "durationMs", json_integer(now - (r->started_ms ? r->started_ms : r->created_ms)));
     json_object_set_new(rec, "coldStart", json_boolean(r->cold));
-    if (r->async && result) json_object_set(rec, "result", result);
-    if (error) json_object_set(rec, "error", error);
+    /* What the Function produced (an async result, what it threw, its console output) may hold
+     * the plaintext it was given: it is kept sealed with the app's keys (record_seal_put). An
+     * error of our own (code) is ours, and stays readable. */
+    json_t *priv = json_object();
+    if (priv && r->async && result) json_object_set(priv, "result", result);
+    if (priv && error) json_object_set(priv, "error", error);
+    if (priv) json_object_set(priv, "logs", r->logs);
     if (code) json_object_set_new(rec, "error", json_pack("{s:s,s:s,s:i}", "code", code, "message",
                                                           detail ? detail : "", "status", http));
-    json_object_set(rec, "logs", r->logs);
-    run_record_put(r, rec);
-    json_decref(rec);
+    record_seal_put(r, rec, priv);
   }
   /* The activity stream: never payloads, results or console output. */
   int shown = status ? 200 : http;
@@ -865,6 +926,7 @@ static void start_run(fr_state *st, evs_request *req, const char *app, const cha
 typedef struct fr_get {
   fr_state *st;
   evs_request *req;
+  json_t *rec; /* the record, while its sealed part is being opened */
   int refs, admin;
   char app[FN_APP_MAX + 1];
   char name[FR_NAME_MAX + 1];
@@ -894,6 +956,48 @@ static void get_error(fr_get *g, int status, const char *code, const char *detai
   get_unref(g);
 }
 
+/* Answers a run's record: its private part merged back (output only for the admin). */
+static void get_answer(fr_get *g, json_t *rec) {
+  json_object_del(rec, "sealed");
+  if (!g->admin) json_object_del(rec, "logs");
+  if (g->req) {
+    evs_request *req = g->req;
+    g->refs++;
+    send_json(g->st, req, 200, rec);
+    g->refs--;
+  } else {
+    json_decref(rec);
+  }
+  get_unref(g);
+}
+
+static void on_run_unsealed(void *arg, int status, json_t *data) {
+  fr_get *g = arg;
+  json_t *rec = g->rec;
+  g->rec = NULL;
+  if (g->st->stopping) {
+    json_decref(data);
+    json_decref(rec);
+    get_unref(g);
+    return;
+  }
+  json_t *priv = status == 0 && json_is_string(data)
+                     ? json_loadb(json_string_value(data), json_string_length(data), 0, NULL)
+                     : NULL;
+  if (data && json_is_string(data)) OPENSSL_cleanse((void *)json_string_value(data), json_string_length(data));
+  json_decref(data);
+  if (!json_is_object(priv)) {
+    json_decref(priv);
+    json_decref(rec);
+    get_error(g, status == EVS_CRYPTO_E_NO_APP ? 503 : 500, "internal-error",
+              "The run's output cannot be opened right now (is the app unlocked?)");
+    return;
+  }
+  json_object_update(rec, priv);
+  json_decref(priv);
+  get_answer(g, rec);
+}
+
 static void on_run_rec(void *arg, int status, const uint8_t *v, size_t len) {
   fr_get *g = arg;
   if (g->st->stopping) {
@@ -916,16 +1020,13 @@ static void on_run_rec(void *arg, int status, const uint8_t *v, size_t len) {
     get_error(g, 404, "resource-not-found", "No run of this id exists for this function");
     return;
   }
-  if (!g->admin) json_object_del(rec, "logs");
-  if (g->req) {
-    evs_request *req = g->req;
-    g->refs++;
-    send_json(g->st, req, 200, rec);
-    g->refs--;
-  } else {
-    json_decref(rec);
+  json_t *sealed = json_object_get(rec, "sealed");
+  if (json_is_string(sealed)) { /* opened through the enclave: on_run_unsealed answers */
+    g->rec = rec;
+    fr_crypto(g->st, g->app, 0, json_incref(sealed), on_run_unsealed, g);
+    return;
   }
-  get_unref(g);
+  get_answer(g, rec);
 }
 
 static void get_load(fr_get *g) {
