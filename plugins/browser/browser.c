@@ -25,7 +25,7 @@
 #include <zlib.h>
 
 #include "evserver/evs_plugin.h"
-#include "policy.h"
+#include "browser_policy.h"
 
 #ifndef EVS_BROWSER_DEFAULT_ASSETS
 #define EVS_BROWSER_DEFAULT_ASSETS "/usr/share/evserver/browser"

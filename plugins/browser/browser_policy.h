@@ -1,5 +1,5 @@
 /*
- * policy.h: the browser plugin's parsers of untrusted or configured text, apart from the plugin
+ * browser_policy.h: the browser plugin's parsers of untrusted or configured text, apart from the plugin
  * so the unit test and fuzz/fuzz_browser_policy.c run them without a host: the per-app origin
  * policy (`allowed_origins`), the Inputs page's query (`app`, `origin`) and Accept-Encoding.
  */

@@ -1,5 +1,5 @@
 /*
- * policy.c: see policy.h. No allocation beyond the policy itself; every output is bounded.
+ * browser_policy.c: see browser_policy.h. No allocation beyond the policy itself; every output is bounded.
  */
 #include <ctype.h>
 #include <stdlib.h>
@@ -7,7 +7,7 @@
 #include <strings.h>
 #include <stdio.h>
 
-#include "policy.h"
+#include "browser_policy.h"
 
 void evs__bp_policy_free(evs_bp_policy *p) {
   if (!p) return;
