@@ -53,21 +53,20 @@ static void hex(const uint8_t *in, size_t n, char *out) {
 
 /* ---- GET /public-keys/<appId> ------------------------------------------------------------- */
 
-/* A fixed one-minute window per client address, in a small table per worker: an address that
- * collides with another shares its count (so the limit errs towards refusing, never towards
- * letting more through). Returns 1 when the request may go on. */
+/* A fixed one-minute window per client address, counted in a small table per worker indexed by
+ * a hash of the address: addresses that collide share one count, so the limit errs towards
+ * refusing, never towards letting more through (alternating colliding addresses cannot reset
+ * each other's count). Returns 1 when the request may go on. */
 static int rate_ok(enclave_state *st, const char *addr) {
   uint32_t h = 2166136261u;
   for (const char *p = addr; *p; p++) h = (h ^ (uint8_t)*p) * 16777619u;
   enc_rate_slot *s = &st->rate[h % ENC_RATE_SLOTS];
-  uint64_t window = mono_ms() / 60000u;
-  if (s->window != window || strncmp(s->addr, addr, sizeof s->addr - 1) != 0) {
-    if (s->window == window && s->count >= (uint32_t)st->public_keys_rate) return 0;
-    snprintf(s->addr, sizeof s->addr, "%s", addr);
+  uint64_t window = mono_ms() / 60000u + 1; /* + 1: a zeroed slot is never the current window */
+  if (s->window != window) {
     s->window = window;
     s->count = 0;
   }
-  if (s->count >= (uint32_t)st->public_keys_rate) return 0;
+  if (s->count >= (uint64_t)st->public_keys_rate) return 0;
   s->count++;
   return 1;
 }
@@ -104,14 +103,13 @@ static void on_public_app(void *arg, int status, const uint8_t *v, size_t len) {
   evs_header hdr[] = {{"Content-Type", 12, "application/json", 16},
                       {"Access-Control-Allow-Origin", 27, "*", 1},
                       {"Cache-Control", 13, "public, max-age=300", 19},
-                      {"ETag", 4, etag, strlen(etag)},
-                      {"Vary", 4, "Origin", 6}};
+                      {"ETag", 4, etag, strlen(etag)}};
   evs_header inm;
   if (x->st->host->request_header(x->req, "if-none-match", &inm) == 0 &&
       inm.value_len == strlen(etag) && memcmp(inm.value, etag, inm.value_len) == 0)
-    x->st->host->respond(x->req, 304, hdr + 1, 4, NULL, 0);
+    x->st->host->respond(x->req, 304, hdr + 1, 3, NULL, 0);
   else
-    x->st->host->respond(x->req, 200, hdr, 5, (const uint8_t *)body, n);
+    x->st->host->respond(x->req, 200, hdr, 4, (const uint8_t *)body, n);
   free(body);
 }
 

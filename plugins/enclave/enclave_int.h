@@ -38,9 +38,8 @@ typedef struct enc_keycache_slot {
 /* GET /public-keys rate limiting (browser.c): a fixed one-minute window per client address. */
 #define ENC_RATE_SLOTS 256
 typedef struct enc_rate_slot {
-  char addr[48];
-  uint64_t window; /* minute number (monotonic ms / 60000) */
-  uint32_t count;
+  uint64_t window; /* minute number (monotonic ms / 60000, + 1) */
+  uint64_t count;  /* requests of the addresses hashed here in that minute */
 } enc_rate_slot;
 
 typedef struct enclave_state {
