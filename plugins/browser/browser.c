@@ -271,7 +271,8 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->host = host;
   st->plugin = plugin;
   const char *dir = host->config_string(plugin, "assets_dir");
-  if (!dir || !*dir) dir = EVS_BROWSER_DEFAULT_ASSETS;
+  int configured = dir && *dir;
+  if (!configured) dir = EVS_BROWSER_DEFAULT_ASSETS;
   char err[256];
   if (evs__bp_policy_parse(host->config_string(plugin, "allowed_origins"), &st->policy, err,
                            sizeof err) < 0) {
@@ -291,6 +292,17 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     a->name = asset_files[i].name;
     a->type = asset_files[i].type;
     int r = read_file(dir, a->name, &a->data, &a->len);
+    if (r == -ENOENT && !configured) {
+      /* Not configured and not installed (a build tree's plugins_dir loads every plugin):
+       * stay loaded, serving nothing, so servers that do not use it are not broken by it. */
+      host->log(plugin, NULL, EVS_LOG_WARN,
+                "%s/%s is not installed: the browser SDK and Inputs are not served; set "
+                "assets_dir in the [plugin \"browser\"] section to serve them", dir, a->name);
+      EVP_MD_CTX_free(all);
+      state_free(st);
+      *ret_state = NULL;
+      return 0;
+    }
     if (r < 0) {
       host->log(plugin, NULL, EVS_LOG_ERROR,
                 "cannot read %s/%s (%s): set assets_dir in [plugin \"browser\"] to the "

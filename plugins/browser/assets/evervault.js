@@ -290,5 +290,7 @@
   // For the Inputs iframe, which shares this file: encrypt with a key already known.
   Evervault._Keys = Keys;
   Evervault._unb64 = unb64;
+  // For tests against the Node SDK's vectors (tests/integration/sdk/browser.js).
+  Evervault._p256 = {decompress: decompress, compress: compress, SPKI_PREFIX: SPKI_PREFIX, b64: b64};
   global.Evervault = Evervault;
 })(typeof window !== 'undefined' ? window : globalThis);
