@@ -1,13 +1,15 @@
 """The browser SDK and the Inputs iframe (plugins/browser, plugins/enclave/browser.c) in Debian's
 headless Chromium, driven by puppeteer-core (tests/integration/sdk/browser.js): ev.encrypt of
-every kind of value decrypted through evserver and compared byte-format-wise with the Node SDK's
-prime256v1 output; client-side tokens decrypting once in the page, then refused; the Inputs
+every kind of value decrypted through evserver (the API's /decrypt and the Inbound Relay's
+response decryption) and compared byte-format-wise with the Node SDK's prime256v1 output and
+vectors; client-side tokens decrypting once in the page, then refused; the Inputs
 iframe with valid and invalid cards of each brand, disableCVV, labels and setLabels, the three
 themes against committed screenshots (tests/integration/data/browser), no card number in any
 message to the page or any request, and refusal to run in a page of an origin the app does not
 allow. Without Chromium's browser, the HTTP-level checks still run: asset headers (types,
 ETags, gzip, immutable versioned URLs), the public keys endpoint (CORS, cache, 304, rate limit),
-the Inputs page's CSP, client-side token rules."""
+the Inputs page's CSP, client-side token rules (binding, expiry, the 10-minute cap, 16 racing
+redemptions over two workers of which one wins)."""
 
 import gzip
 import http.server
@@ -70,15 +72,17 @@ def start(allowed=""):
 
 
 def write(d, ports, allowed):
-    listeners = {"api": {"address": "127.0.0.1:%d" % ports["api"]} if ports else {}}
+    listeners = {"api": {"address": "127.0.0.1:%d" % ports["api"]} if ports else {},
+                 "http": {"address": "127.0.0.1:%d" % ports["http"]} if ports else {}}
     enclave = evstest.build_path("evserver-enclave")
     return evstest.write_config(d, listeners=listeners, server={"workers": 2}, plugins={
         "enclave": {"enclave_binary": enclave, "public_keys_rate": 100},
+        "relay-inbound": {},
         "browser": {"assets_dir": ASSETS, "allowed_origins": allowed or '""'}})
 
 
 def reload_with(srv, d, allowed, probe):
-    write(d, {"api": srv.port("api")}, allowed)
+    write(d, {"api": srv.port("api"), "http": srv.port("http")}, allowed)
     srv.signal(signal.SIGHUP)
     evstest.wait_for(lambda: call("GET", probe)[0] == 200, timeout=15, what="reload")
 
@@ -165,6 +169,24 @@ def test_http_level():
                        {"Authorization": "Token " + tok, "Content-Type": "application/json"})
     assert st == 401 and json.loads(body)["code"] == "token-used"
     assert h["access-control-allow-origin"] == "*"
+    # Time bound: an expiry 1.5 s ahead is honoured, and after it the token is refused.
+    import time
+    st, _, body = call("POST", api + "/client-side-tokens", json.dumps(
+        {"action": "api:decrypt", "payload": "p", "expiry": int(time.time() * 1000) + 1500}).encode(),
+        hdr)
+    short = json.loads(body)
+    assert st == 200 and short["expiry"] - short["createdAt"] <= 1500, body
+    time.sleep(1.7)
+    st, _, body = call("POST", api + "/decrypt", json.dumps({"data": "p"}).encode(),
+                       {"Authorization": "Token " + short["token"],
+                        "Content-Type": "application/json"})
+    assert st == 401 and json.loads(body)["code"] in ("token-expired", "unauthorized"), body
+    # At most 10 minutes, whatever is asked.
+    st, _, body = call("POST", api + "/client-side-tokens", json.dumps(
+        {"action": "api:decrypt", "payload": "p", "expiry": int(time.time() * 1000) + 86400000}
+    ).encode(), hdr)
+    long_ = json.loads(body)
+    assert long_["expiry"] - long_["createdAt"] == 600000, body
     # Single use under a race: 16 redemptions at once, over both workers' connections, one wins.
     st, _, body = call("POST", api + "/client-side-tokens", json.dumps(
         {"action": "api:decrypt", "payload": ["x"]}).encode(), hdr)
@@ -201,10 +223,30 @@ def test_chromium():
                EVS_PAGE="http://127.0.0.1:%d/page.html" % page_port,
                EVS_BAD_PAGE="http://localhost:%d/page.html" % page_port,
                EVS_REFERENCES=REFS, CHROMIUM=CHROMIUM)
+    out = os.path.join(srv.config.dir, "browser-values.json")
+    env["EVS_OUT"] = out
     r = subprocess.run([node, os.path.join(SDK_DIR, "browser.js")], cwd=SDK_DIR, env=env,
                        capture_output=True, text=True, timeout=300)
     print(r.stdout, end="")
     assert r.returncode == 0, "browser.js failed (%d):\n%s%s" % (r.returncode, r.stdout, r.stderr)
+    # The Inbound Relay decrypts the browser's ev: strings in a destination's response, typed,
+    # as it does the Node SDK's.
+    with open(out) as f:
+        body = f.read().encode()
+    up = evstest.Upstream()
+    evstest.defer(up.stop)
+    up.set_response(handler=lambda req: (200, [("Content-Type", "application/json")], body))
+    with open(srv.config.relay_config, "w") as f:
+        json.dump({"browser.example": {"destinationDomain": "http://127.0.0.1:%d" % up.port,
+                                       "appId": app["appId"]}}, f)
+
+    def relayed():
+        st, _, b = call("GET", "http://127.0.0.1:%d/x" % srv.port("http"),
+                        headers={"Host": "browser.example"})
+        return json.loads(b) if st == 200 else None
+    evstest.wait_for(lambda: relayed() is not None, what="relay-config applied")
+    assert relayed() == {"s": "hello browser", "n": 1.5, "i": 42, "t": True, "f": False,
+                         "nested": {"a": ["x", 2, None]}, "nul": None}
     log = srv.log()
     assert key["apiKey"] not in log and app["appToken"] not in log
     assert "4242424242424242" not in log

@@ -111,6 +111,8 @@ async function main() {
     const plainFile = await apiDecryptFile(fileBytes);
     assert.deepStrictEqual([...plainFile], Array.from({length: 300}, (_, i) => (i * 7) & 255));
     ok('ev.encrypt: strings, numbers, booleans, objects, a file; evserver decrypts them typed');
+    // For test_85_browser.py: the Inbound Relay decrypts these in a destination's response.
+    if (process.env.EVS_OUT) fs.writeFileSync(process.env.EVS_OUT, JSON.stringify(out.enc));
 
     // Byte formats against the Node SDK with prime256v1 (PROTOCOL.md §3, §4).
     process.env.EV_API_URL = API;
