@@ -23,7 +23,7 @@
 #include "enclave_int.h"
 #include "evs_enclave_proto.h"
 
-enum { API_KEYS = 100, API_ENCRYPT, API_DECRYPT };
+enum { API_KEYS = 100, API_ENCRYPT, API_DECRYPT, API_CST };
 
 /* ---- the request context ------------------------------------------------------------------ */
 
@@ -160,15 +160,37 @@ void enc_reply_json(enc_ctx *x, int status, json_t *obj) {
     h->respond_error(req, 500, "internal-error", "Out of memory");
     return;
   }
-  static const evs_header hdr[] = {{"Content-Type", 12, "application/json", 16}};
+  static const evs_header hdr[] = {{"Content-Type", 12, "application/json", 16},
+                                   {"Access-Control-Allow-Origin", 27, "*", 1}};
   size_t n = strlen(body);
-  h->respond(req, status, hdr, 1, (const uint8_t *)body, n);
+  h->respond(req, status, hdr, x->cors ? 2 : 1, (const uint8_t *)body, n);
   OPENSSL_cleanse(body, n); /* may hold decrypted values or a freshly minted secret */
   free(body);
 }
 
 void enc_reply_error(enc_ctx *x, int status, const char *code, const char *detail) {
-  x->st->host->respond_error(x->req, status, code, detail);
+  if (!x->cors) {
+    x->st->host->respond_error(x->req, status, code, detail);
+    return;
+  }
+  /* respond_error takes no headers: the same documented shape, by hand, with CORS so that a
+   * page's script can read why (a token already used, expired...). */
+  json_t *o = json_pack("{s:i,s:s,s:s,s:s,s:s}", "status", status, "code", code, "title",
+                        status == 401 ? "Unauthorized" : status == 403 ? "Forbidden"
+                        : status == 429 ? "Too Many Requests" : status >= 500 ? "Server Error"
+                                                                : "Bad Request",
+                        "detail", detail, "message", detail);
+  char *body = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  json_decref(o);
+  if (!body) {
+    x->st->host->respond_error(x->req, status, code, detail);
+    return;
+  }
+  evs_header hdr[] = {{"Content-Type", 12, "application/json", 16},
+                      {"Access-Control-Allow-Origin", 27, "*", 1},
+                      {"X-Evervault-Error-Code", 22, code, strlen(code)}};
+  x->st->host->respond(x->req, status, hdr, 3, (const uint8_t *)body, strlen(body));
+  free(body);
 }
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -316,6 +338,10 @@ void enc_set_data(enc_ctx *x, json_t *data) {
 
 static json_t *answer_data(enc_ctx *x) {
   return x->wrapped ? json_array_get(x->root, 0) : x->root;
+}
+
+json_t *enc_answer_data(enc_ctx *x) {
+  return answer_data(x);
 }
 
 /* A decrypted value as JSON, typed by its tag (PROTOCOL.md §2.2): type 0 a string, 1 a number,
@@ -572,7 +598,7 @@ static int read_credential(enc_ctx *x, int basic) {
 static void api_dispatch(enc_ctx *x);
 
 static const char *action_permission(int action) {
-  return action == API_DECRYPT ? "api:decrypt" : "api:encrypt";
+  return action == API_DECRYPT || action == API_CST ? "api:decrypt" : "api:encrypt";
 }
 
 static void on_api_app(void *arg, int status, const uint8_t *v, size_t len) {
@@ -634,7 +660,9 @@ static void api_dispatch(enc_ctx *x) {
     }
     return;
   }
-  if (x->action == API_DECRYPT)
+  if (x->action == API_CST)
+    enc_cst_create(x);
+  else if (x->action == API_DECRYPT)
     enc_do_decrypt(x);
   else
     enc_do_encrypt(x);
@@ -779,7 +807,8 @@ static int api_query(enc_ctx *x, const char *q, char *detail, size_t cap) {
 static void api_step(enc_ctx *x, const uint8_t *data, size_t len) {
   const evs_host *h = x->st->host;
   const evs_request_info *info = h->request_info(x->req);
-  if (read_credential(x, x->action != API_KEYS) < 0) {
+  int token = x->action == API_DECRYPT ? enc_cst_credential(x) : 0;
+  if (token < 0 || (token == 0 && read_credential(x, x->action != API_KEYS) < 0)) {
     enc_reply_error(x, 401, "unauthorized", "Invalid authorization provided.");
     return;
   }
@@ -831,6 +860,14 @@ static void api_step(enc_ctx *x, const uint8_t *data, size_t len) {
       return;
     }
   }
+  if (token) {
+    if (x->octet)
+      enc_reply_error(x, 400, "bad-request",
+                      "A client-side token decrypts JSON ({\"data\": ...}), not a file");
+    else
+      enc_cst_redeem(x);
+    return;
+  }
   x->pending = 1;
   char k[ENC_STORE_KEY_MAX];
   snprintf(k, sizeof k, "key/%s", x->key_id);
@@ -853,6 +890,13 @@ int enc_api_route(enclave_state *st, evs_request *req) {
     action = API_DECRYPT;
   else if (post && strcmp(path, "/encrypt") == 0)
     action = API_ENCRYPT;
+  else if (post && strcmp(path, "/client-side-tokens") == 0)
+    action = API_CST;
+  else if (get && strncmp(path, "/public-keys/", 13) == 0)
+    return enc_public_keys_route(st, req, path + 13);
+  else if (strcmp(info->method, "OPTIONS") == 0 &&
+           (strcmp(path, "/decrypt") == 0 || strncmp(path, "/public-keys/", 13) == 0))
+    return enc_preflight_route(st, req);
   else
     return EVS_DECLINED;
   enc_ctx *x = enc_ctx_new(st, req);

@@ -49,6 +49,9 @@ static const evs_config_item items[] = {
     {"relay_ca_url", EVS_CONFIG_STRING, NULL, 0, 0, 0,
      "the public URL of the relay CA certificate (GET " RELAY_CA_PATH " on an api listener), "
      "shown by `evctl relay-ca show`: the value for the SDKs' EV_CERT_HOSTNAME"},
+    {"public_keys_rate", EVS_CONFIG_INT, "600", 1, 1000000, 0,
+     "GET /public-keys/<appId> (no credential): requests per minute per client address and "
+     "worker; more are answered 429"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -707,6 +710,8 @@ static const evs_route routes[] = {
     {sizeof(evs_route), "api", NULL, "GET", "/keys", api_route},
     {sizeof(evs_route), "api", NULL, "POST", "/encrypt", api_route},
     {sizeof(evs_route), "api", NULL, "POST", "/decrypt", api_route},
+    {sizeof(evs_route), "api", NULL, "POST", "/client-side-tokens", api_route},
+    {sizeof(evs_route), "api", NULL, "GET", "/public-keys", api_route},
     {sizeof(evs_route), "api", NULL, NULL, "/", api_route},
     {sizeof(evs_route), "admin", NULL, NULL, "/apps", admin_route},
     {sizeof(evs_route), "admin", NULL, "GET", "/audit", admin_route},
@@ -756,6 +761,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->plugin = plugin;
   st->parked_tail = &st->parked;
   st->key_gen = 1;
+  st->public_keys_rate = host->config_int(plugin, "public_keys_rate");
   const char *binary = host->config_string(plugin, "enclave_binary");
   const char *seal = host->config_string(plugin, "seal_key");
   const char *creds = host->config_string(plugin, "credentials_dir");

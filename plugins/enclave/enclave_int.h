@@ -35,6 +35,13 @@ typedef struct enc_keycache_slot {
   uint64_t until_ms; /* monotonic */
 } enc_keycache_slot;
 
+/* GET /public-keys rate limiting (browser.c): a fixed one-minute window per client address. */
+#define ENC_RATE_SLOTS 256
+typedef struct enc_rate_slot {
+  uint64_t window; /* minute number (monotonic ms / 60000, + 1) */
+  uint64_t count;  /* requests of the addresses hashed here in that minute */
+} enc_rate_slot;
+
 typedef struct enclave_state {
   const evs_host *host;
   evs_plugin *plugin;
@@ -55,6 +62,8 @@ typedef struct enclave_state {
   uint64_t ca_read_ms;   /* when it was last read (a miss re-reads at most once a second) */
   uint64_t key_gen;      /* from 1; +1 whenever a key is revoked in this node */
   enc_keycache_slot keycache[ENC_KEYCACHE_SLOTS];
+  int64_t public_keys_rate; /* GET /public-keys: requests per minute per client address */
+  enc_rate_slot rate[ENC_RATE_SLOTS];
 } enclave_state;
 
 /* How long the other workers' enclaves get to act on a node-wide unlock or lock. */
@@ -102,6 +111,9 @@ struct enc_ctx {
   size_t body_max;    /* enc_continue's read_body limit (0: the host's limits.max_body_bytes) */
   const char *too_big; /* the 413's detail when the body is over body_max (static; NULL: generic) */
   char ca_fp[100];    /* DELETE /relay-ca/<fingerprint> */
+  int cors;           /* a browser's request (public keys, a client-side token): answers carry
+                       * Access-Control-Allow-Origin: * (bearer credentials, never cookies) */
+  char cst_hash[65];  /* POST /decrypt with a client-side token: hex SHA-256 of the token */
   int err_status;     /* enc_fail: answer this instead of running step */
   const char *err_code, *err_detail; /* static strings */
 };
@@ -168,6 +180,24 @@ void enc_do_encrypt(enc_ctx *x);
 /* Takes data (stolen) as the value to work on: sets x->root (NULL on ENOMEM), x->wrapped. */
 void enc_set_data(enc_ctx *x, json_t *data);
 void enc_do_decrypt(enc_ctx *x);
+
+/* ---- the browser's endpoints (browser.c) --------------------------------------------------
+ * GET /public-keys/<appId> (no credential, CORS, cached, rate limited per client address),
+ * POST /client-side-tokens (Basic, api:decrypt), POST /decrypt with Authorization: Token <t>
+ * (single use: redeemed by taking the token's live marker from the store) and the CORS
+ * preflight of those paths. README.md, "Browsers". */
+#define ENC_CST_DEFAULT_MS (5 * 60 * 1000)  /* a token's life when the SDK sends no usable expiry */
+#define ENC_CST_MAX_MS (10 * 60 * 1000)     /* and the most it may ask for */
+int enc_public_keys_route(enclave_state *st, evs_request *req, const char *app_id);
+int enc_preflight_route(enclave_state *st, evs_request *req);
+/* Steps of api.c's flow once the caller is known. */
+void enc_cst_create(enc_ctx *x);           /* Basic key checked: mint a token, answer */
+int enc_cst_redeem(enc_ctx *x);            /* Token given, body parsed: check, take, decrypt */
+/* 1 when the request carries Authorization: Token <t>: x->token, x->cst_hash, x->cors set;
+ * 0 when it carries none; -1 when malformed. */
+int enc_cst_credential(enc_ctx *x);
+/* api.c: the data of a request (the value itself when a scalar was wrapped). */
+json_t *enc_answer_data(enc_ctx *x);
 
 /* ---- the relay CA (relay_ca.c) --------------------------------------------------------------- */
 #define RELAY_CA_PATH "/relay-ca.pem" /* on the api role: the SDKs' EV_CERT_HOSTNAME */
