@@ -921,64 +921,92 @@ static void start_run(fr_state *st, evs_request *req, const char *app, const cha
   if (rc < 0) on_run_body(r, rc, NULL, 0);
 }
 
+/* ---- request-bound operations ------------------------------------------------------------ */
+/* What a GET of a run, a run-token request and an admin call share: the request, held until it
+ * is answered or gone (then req is NULL), and one reference per callback in flight. Each is a
+ * struct whose first member is an fr_op; release frees what it owns besides itself. */
+typedef struct fr_op fr_op;
+struct fr_op {
+  fr_state *st;
+  evs_request *req;
+  int refs;
+  void (*release)(fr_op *op);
+};
+
+static void op_start(fr_op *o, fr_state *st, evs_request *req, void (*release)(fr_op *)) {
+  st->live++;
+  o->st = st;
+  o->req = req;
+  o->refs = 2; /* the request's, the pipeline's */
+  o->release = release;
+}
+
+static void op_unref(fr_op *o) {
+  if (--o->refs) return;
+  fr_state *st = o->st;
+  if (o->release) o->release(o);
+  free(o); /* the first member: the operation itself */
+  fr_live(st, -1);
+}
+
+static void op_gone(void *d) {
+  fr_op *o = d;
+  o->req = NULL;
+  op_unref(o);
+}
+
+/* Answers with the documented error body (if the request is still there), then lets go. */
+static void op_error(fr_op *o, int status, const char *code, const char *detail) {
+  if (o->req) {
+    evs_request *req = o->req;
+    o->refs++;
+    o->st->h->respond_error(req, status, code, detail);
+    o->refs--;
+  }
+  op_unref(o);
+}
+
 /* ---- GET /functions/<name>/runs/<id> ----------------------------------------------------- */
 
 typedef struct fr_get {
-  fr_state *st;
-  evs_request *req;
+  fr_op op;
   json_t *rec; /* the record, while its sealed part is being opened */
-  int refs, admin;
+  int admin;
   char app[FN_APP_MAX + 1];
   char name[FR_NAME_MAX + 1];
   char id[FR_ID_MAX];
   fn_auth auth;
 } fr_get;
 
-static void get_unref(fr_get *g) {
-  if (--g->refs) return;
-  fr_state *st = g->st;
+static void get_release(fr_op *o) {
+  fr_get *g = (fr_get *)o;
+  json_decref(g->rec);
   OPENSSL_cleanse(&g->auth, sizeof g->auth);
-  free(g);
-  fr_live(st, -1);
-}
-static void get_gone(void *d) {
-  fr_get *g = d;
-  g->req = NULL;
-  get_unref(g);
-}
-static void get_error(fr_get *g, int status, const char *code, const char *detail) {
-  if (g->req) {
-    evs_request *req = g->req;
-    g->refs++;
-    g->st->h->respond_error(req, status, code, detail);
-    g->refs--;
-  }
-  get_unref(g);
 }
 
 /* Answers a run's record: its private part merged back (output only for the admin). */
 static void get_answer(fr_get *g, json_t *rec) {
   json_object_del(rec, "sealed");
   if (!g->admin) json_object_del(rec, "logs");
-  if (g->req) {
-    evs_request *req = g->req;
-    g->refs++;
-    send_json(g->st, req, 200, rec);
-    g->refs--;
+  if (g->op.req) {
+    evs_request *req = g->op.req;
+    g->op.refs++;
+    send_json(g->op.st, req, 200, rec);
+    g->op.refs--;
   } else {
     json_decref(rec);
   }
-  get_unref(g);
+  op_unref(&g->op);
 }
 
 static void on_run_unsealed(void *arg, int status, json_t *data) {
   fr_get *g = arg;
   json_t *rec = g->rec;
   g->rec = NULL;
-  if (g->st->stopping) {
+  if (g->op.st->stopping) {
     json_decref(data);
     json_decref(rec);
-    get_unref(g);
+    op_unref(&g->op);
     return;
   }
   json_t *priv = status == 0 && json_is_string(data)
@@ -989,7 +1017,7 @@ static void on_run_unsealed(void *arg, int status, json_t *data) {
   if (!json_is_object(priv)) {
     json_decref(priv);
     json_decref(rec);
-    get_error(g, status == EVS_CRYPTO_E_NO_APP ? 503 : 500, "internal-error",
+    op_error(&g->op, status == EVS_CRYPTO_E_NO_APP ? 503 : 500, "internal-error",
               "The run's output cannot be opened right now (is the app unlocked?)");
     return;
   }
@@ -1000,30 +1028,30 @@ static void on_run_unsealed(void *arg, int status, json_t *data) {
 
 static void on_run_rec(void *arg, int status, const uint8_t *v, size_t len) {
   fr_get *g = arg;
-  if (g->st->stopping) {
-    get_unref(g); /* fini ran: release, answer nobody */
+  if (g->op.st->stopping) {
+    op_unref(&g->op); /* fini ran: release, answer nobody */
     return;
   }
   if (status == -ENOENT) {
-    get_error(g, 404, "resource-not-found", "No run of this id exists");
+    op_error(&g->op, 404, "resource-not-found", "No run of this id exists");
     return;
   }
   json_t *rec = status == 0 ? json_loadb((const char *)v, len, 0, NULL) : NULL;
   const char *name = json_string_value(json_object_get(rec, "functionName"));
   if (!rec || !name) {
     json_decref(rec);
-    get_error(g, 500, "internal-error", "The store is unavailable");
+    op_error(&g->op, 500, "internal-error", "The store is unavailable");
     return;
   }
   if (strcmp(name, g->name) != 0) {
     json_decref(rec);
-    get_error(g, 404, "resource-not-found", "No run of this id exists for this function");
+    op_error(&g->op, 404, "resource-not-found", "No run of this id exists for this function");
     return;
   }
   json_t *sealed = json_object_get(rec, "sealed");
   if (json_is_string(sealed)) { /* opened through the enclave: on_run_unsealed answers */
     g->rec = rec;
-    fr_crypto(g->st, g->app, 0, json_incref(sealed), on_run_unsealed, g);
+    fr_crypto(g->op.st, g->app, 0, json_incref(sealed), on_run_unsealed, g);
     return;
   }
   get_answer(g, rec);
@@ -1032,21 +1060,21 @@ static void on_run_rec(void *arg, int status, const uint8_t *v, size_t len) {
 static void get_load(fr_get *g) {
   char key[256];
   snprintf(key, sizeof key, "run/%s/%s", g->app, g->id);
-  if (g->st->h->store_get(g->st->p, key, on_run_rec, g) < 0) get_error(g, 500, "internal-error", "The store is unavailable");
+  if (g->op.st->h->store_get(g->op.st->p, key, on_run_rec, g) < 0) op_error(&g->op, 500, "internal-error", "The store is unavailable");
 }
 
 static void on_get_key(void *arg, int status, const char *app_id) {
   fr_get *g = arg;
-  if (g->st->stopping) {
-    get_unref(g); /* fini ran: release, answer nobody */
+  if (g->op.st->stopping) {
+    op_unref(&g->op); /* fini ran: release, answer nobody */
     return;
   }
   if (status == EVS_ENOCRYPTO) {
-    get_error(g, 500, "internal-error", "API keys cannot be checked right now; retry later");
+    op_error(&g->op, 500, "internal-error", "API keys cannot be checked right now; retry later");
     return;
   }
   if (status != 0 || !app_id || strcmp(app_id, g->auth.app_id) != 0) {
-    get_error(g, 401, "unauthorized", "Invalid authorization provided");
+    op_error(&g->op, 401, "unauthorized", "Invalid authorization provided");
     return;
   }
   cpy(g->app, sizeof g->app, app_id);
@@ -1060,14 +1088,11 @@ static void start_get(fr_state *st, evs_request *req, const char *app, const cha
     st->h->respond_error(req, 500, "internal-error", "Out of memory");
     return;
   }
-  st->live++;
-  g->st = st;
-  g->req = req;
-  g->refs = 2;
+  op_start(&g->op, st, req, get_release);
   g->admin = admin;
   cpy(g->name, sizeof g->name, name);
   cpy(g->id, sizeof g->id, id);
-  st->h->request_set_data(req, st->p, g, get_gone);
+  st->h->request_set_data(req, st->p, g, op_gone);
   if (admin) {
     cpy(g->app, sizeof g->app, app);
     get_load(g);
@@ -1076,7 +1101,7 @@ static void start_get(fr_state *st, evs_request *req, const char *app, const cha
   evs_header hd;
   if (st->h->request_header(req, "Authorization", &hd) != 0 ||
       evs__fn_auth_parse(hd.value, hd.value_len, &g->auth) < 0 || g->auth.kind != FN_AUTH_BASIC) {
-    get_error(g, 401, "unauthorized", "Invalid authorization provided");
+    op_error(&g->op, 401, "unauthorized", "Invalid authorization provided");
     return;
   }
   evs_api_key_request kr;
@@ -1092,54 +1117,32 @@ static void start_get(fr_state *st, evs_request *req, const char *app, const cha
 /* ---- POST /v2/functions/<name>/run-token ------------------------------------------------- */
 
 typedef struct fr_tok {
-  fr_state *st;
-  evs_request *req;
-  int refs;
+  fr_op op;
   char name[FR_NAME_MAX + 1];
   char app[FN_APP_MAX + 1];
   char digest[65];
 } fr_tok;
 
-static void tok_unref(fr_tok *t) {
-  if (--t->refs) return;
-  fr_state *st = t->st;
-  free(t);
-  fr_live(st, -1);
-}
-static void tok_gone(void *d) {
-  fr_tok *t = d;
-  t->req = NULL;
-  tok_unref(t);
-}
-static void tok_error(fr_tok *t, int status, const char *code, const char *detail) {
-  if (t->req) {
-    evs_request *req = t->req;
-    t->refs++;
-    t->st->h->respond_error(req, status, code, detail);
-    t->refs--;
-  }
-  tok_unref(t);
-}
 
 static void on_tok_fn(void *arg, int status, const uint8_t *v, size_t len) {
   (void)v, (void)len;
   fr_tok *t = arg;
-  fr_state *st = t->st;
+  fr_state *st = t->op.st;
   if (st->stopping) {
-    tok_unref(t); /* fini ran: release, answer nobody */
+    op_unref(&t->op); /* fini ran: release, answer nobody */
     return;
   }
   if (status == -ENOENT) {
-    tok_error(t, 404, "resource-not-found", "No function of this name exists in the app");
+    op_error(&t->op, 404, "resource-not-found", "No function of this name exists in the app");
     return;
   }
   if (status < 0) {
-    tok_error(t, 500, "internal-error", "The store is unavailable");
+    op_error(&t->op, 500, "internal-error", "The store is unavailable");
     return;
   }
   char token[FN_TOKEN_LEN + 1], tdig[65], key[128];
   if (evs__fn_token_new(token) < 0) {
-    tok_error(t, 500, "internal-error", "No randomness");
+    op_error(&t->op, 500, "internal-error", "No randomness");
     return;
   }
   evs__fn_token_digest(token, tdig);
@@ -1158,65 +1161,65 @@ static void on_tok_fn(void *arg, int status, const uint8_t *v, size_t len) {
     free(s);
   }
   if (rc < 0) {
-    tok_error(t, 500, "internal-error", "The store is unavailable");
+    op_error(&t->op, 500, "internal-error", "The store is unavailable");
     return;
   }
   st->h->counter_add(st->p, "function_run_tokens", 1);
   json_t *obj = json_pack("{s:s,s:I}", "token", token, "expiresAt", (json_int_t)exp);
   OPENSSL_cleanse(token, sizeof token);
-  if (t->req) {
-    evs_request *req = t->req;
-    t->refs++;
+  if (t->op.req) {
+    evs_request *req = t->op.req;
+    t->op.refs++;
     send_json(st, req, 200, obj);
-    t->refs--;
+    t->op.refs--;
   } else {
     json_decref(obj);
   }
-  tok_unref(t);
+  op_unref(&t->op);
 }
 
 static void on_tok_key(void *arg, int status, const char *app_id) {
   fr_tok *t = arg;
-  fr_state *st = t->st;
+  fr_state *st = t->op.st;
   if (st->stopping) {
-    tok_unref(t); /* fini ran: release, answer nobody */
+    op_unref(&t->op); /* fini ran: release, answer nobody */
     return;
   }
   if (status == EVS_ENOCRYPTO) {
-    tok_error(t, 500, "internal-error", "API keys cannot be checked right now; retry later");
+    op_error(&t->op, 500, "internal-error", "API keys cannot be checked right now; retry later");
     return;
   }
   if (status != 0 || !app_id || strlen(app_id) > FN_APP_MAX) {
-    tok_error(t, 401, "unauthorized", "Invalid authorization provided (the API key needs the function:create-run-token permission)");
+    op_error(&t->op, 401, "unauthorized", "Invalid authorization provided (the API key needs the function:create-run-token permission)");
     return;
   }
   cpy(t->app, sizeof t->app, app_id);
   char key[256];
   snprintf(key, sizeof key, "fn/%s/%s", t->app, t->name);
-  if (st->h->store_get(st->p, key, on_tok_fn, t) < 0) tok_error(t, 500, "internal-error", "The store is unavailable");
+  if (st->h->store_get(st->p, key, on_tok_fn, t) < 0) op_error(&t->op, 500, "internal-error", "The store is unavailable");
 }
 
 static void on_tok_body(void *arg, int status, const uint8_t *data, size_t len) {
   fr_tok *t = arg;
-  fr_state *st = t->st;
+  fr_state *st = t->op.st;
   if (st->stopping) {
-    tok_unref(t); /* fini ran: release, answer nobody */
+    op_unref(&t->op); /* fini ran: release, answer nobody */
     return;
   }
   if (status < 0) {
-    tok_error(t, status == -E2BIG ? 413 : 400, "bad-request", "The payload could not be read");
+    op_error(&t->op, status == -E2BIG ? 413 : 400, "bad-request", "The payload could not be read");
     return;
   }
   json_t *payload = json_loadb((const char *)data, len, JSON_DECODE_ANY, NULL);
   if (!payload || evs__fn_payload_digest(payload, t->digest) < 0) {
     json_decref(payload);
-    tok_error(t, 400, "bad-request", "The body must be the JSON payload the token is for");
+    op_error(&t->op, 400, "bad-request", "The body must be the JSON payload the token is for");
     return;
   }
   json_decref(payload);
   evs_header hd;
-  if (!t->req || st->h->request_header(t->req, "api-key", &hd) != 0 || hd.value_len == 0 || hd.value_len > FN_KEY_MAX) {
-    tok_error(t, 401, "unauthorized", "Invalid authorization provided");
+  if (!t->op.req || st->h->request_header(t->op.req, "api-key", &hd) != 0 || hd.value_len == 0 || hd.value_len > FN_KEY_MAX) {
+    op_error(&t->op, 401, "unauthorized", "Invalid authorization provided");
     return;
   }
   evs_api_key_request kr;
@@ -1235,12 +1238,9 @@ static void start_token(fr_state *st, evs_request *req, const char *name) {
     st->h->respond_error(req, 500, "internal-error", "Out of memory");
     return;
   }
-  st->live++;
-  t->st = st;
-  t->req = req;
-  t->refs = 2;
+  op_start(&t->op, st, req, NULL);
   cpy(t->name, sizeof t->name, name);
-  st->h->request_set_data(req, st->p, t, tok_gone);
+  st->h->request_set_data(req, st->p, t, op_gone);
   int rc = st->h->read_body(req, (size_t)st->max_payload, on_tok_body, t);
   if (rc < 0) on_tok_body(t, rc, NULL, 0);
 }
@@ -1301,9 +1301,8 @@ static int api_route(void *arg, evs_request *req) {
 enum { AD_LIST, AD_DEPLOY, AD_GET, AD_DELETE, AD_ENV_GET, AD_ENV_SET, AD_ENV_DEL, AD_ACTIVITY };
 
 typedef struct fr_admin {
-  fr_state *st;
-  evs_request *req;
-  int refs, action, secret;
+  fr_op op;
+  int action, secret;
   char app[FN_APP_MAX + 1];
   char name[FR_NAME_MAX + 1];
   char env_key[130];
@@ -1312,8 +1311,8 @@ typedef struct fr_admin {
   int64_t filter;
 } fr_admin;
 
-static void admin_unref(fr_admin *x) {
-  if (--x->refs) return;
+static void admin_release(fr_op *o) {
+  fr_admin *x = (fr_admin *)o;
   json_decref(x->body);
   json_decref(x->fn);
   json_decref(x->env);
@@ -1322,34 +1321,17 @@ static void admin_unref(fr_admin *x) {
     OPENSSL_cleanse(x->env_value, strlen(x->env_value));
     free(x->env_value);
   }
-  fr_state *st = x->st;
-  free(x);
-  fr_live(st, -1);
-}
-static void admin_gone(void *d) {
-  fr_admin *x = d;
-  x->req = NULL;
-  admin_unref(x);
-}
-static void admin_error(fr_admin *x, int status, const char *code, const char *detail) {
-  if (x->req) {
-    evs_request *req = x->req;
-    x->refs++;
-    x->st->h->respond_error(req, status, code, detail);
-    x->refs--;
-  }
-  admin_unref(x);
 }
 static void admin_json(fr_admin *x, int status, json_t *obj) {
-  if (x->req) {
-    evs_request *req = x->req;
-    x->refs++;
-    send_json(x->st, req, status, obj);
-    x->refs--;
+  if (x->op.req) {
+    evs_request *req = x->op.req;
+    x->op.refs++;
+    send_json(x->op.st, req, status, obj);
+    x->op.refs--;
   } else {
     json_decref(obj);
   }
-  admin_unref(x);
+  op_unref(&x->op);
 }
 
 static int put_json(fr_state *st, const char *key, const json_t *v) {
@@ -1396,7 +1378,7 @@ static int check_language(fr_state *st, const char *lang, char *runtime, char *e
 }
 
 static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
-  fr_state *st = x->st;
+  fr_state *st = x->op.st;
   json_t *b = x->body;
   const char *handler = json_string_value(json_object_get(b, "handler"));
   const char *lang = json_string_value(json_object_get(b, "language"));
@@ -1404,21 +1386,21 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
   json_t *timeout = json_object_get(b, "timeout"), *allow = json_object_get(b, "inboundAllowlist");
   char err[400], runtime[16];
   if (!handler || !lang || !archive) {
-    admin_error(x, 400, "bad-request", "handler, language and archive are required");
+    op_error(&x->op, 400, "bad-request", "handler, language and archive are required");
     return;
   }
   const char *dot = strrchr(handler, '.');
   if (!dot || dot == handler || !dot[1] || strlen(handler) > 200 || !evs__fn_archive_name_ok(handler)) {
-    admin_error(x, 400, "bad-request", "handler must be <file>.<function>, e.g. index.handler");
+    op_error(&x->op, 400, "bad-request", "handler must be <file>.<function>, e.g. index.handler");
     return;
   }
   int64_t t = timeout ? (json_is_integer(timeout) ? json_integer_value(timeout) : -1) : 30;
   if (t < 1 || t > 900) {
-    admin_error(x, 400, "bad-request", "timeout must be a whole number of seconds from 1 to 900");
+    op_error(&x->op, 400, "bad-request", "timeout must be a whole number of seconds from 1 to 900");
     return;
   }
   if (allow && !json_is_array(allow)) {
-    admin_error(x, 400, "bad-request", "inboundAllowlist must be an array of IP addresses or CIDR ranges");
+    op_error(&x->op, 400, "bad-request", "inboundAllowlist must be an array of IP addresses or CIDR ranges");
     return;
   }
   size_t i;
@@ -1434,14 +1416,14 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
     if (inet_pton(strchr(net, ':') ? AF_INET6 : AF_INET, net, buf) != 1) goto bad_allow;
     continue;
   bad_allow:
-    admin_error(x, 400, "bad-request", "inboundAllowlist must be an array of IP addresses or CIDR ranges");
+    op_error(&x->op, 400, "bad-request", "inboundAllowlist must be an array of IP addresses or CIDR ranges");
     return;
   }
   /* The Outbound Relay's destination-domain syntax, hosts and ports only (the egress proxy
    * matches with the same code: egress_proxy.c). */
   json_t *out_allow = json_object_get(b, "outboundAllowlist");
   if (out_allow && !json_is_array(out_allow)) {
-    admin_error(x, 400, "bad-request", "outboundAllowlist must be an array of destination domains");
+    op_error(&x->op, 400, "bad-request", "outboundAllowlist must be an array of destination domains");
     return;
   }
   json_array_foreach(out_allow, i, a) {
@@ -1455,22 +1437,22 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
     if (ok) continue;
     char msg[320];
     snprintf(msg, sizeof msg, "outboundAllowlist entry %zu: %s", i, why);
-    admin_error(x, 400, "bad-request", msg);
+    op_error(&x->op, 400, "bad-request", msg);
     return;
   }
   if (check_language(st, lang, runtime, err, sizeof err) < 0) {
-    admin_error(x, 400, "bad-request", err);
+    op_error(&x->op, 400, "bad-request", err);
     return;
   }
   uint8_t *code = NULL;
   size_t code_len = 0;
   if (evs__fn_b64_decode(archive, strlen(archive), &code, &code_len) < 0) {
-    admin_error(x, 400, "bad-request", "archive must be base64");
+    op_error(&x->op, 400, "bad-request", "archive must be base64");
     return;
   }
   if (code_len > (size_t)st->max_code) {
     free(code);
-    admin_error(x, 413, "bad-request", "The archive is larger than max_code");
+    op_error(&x->op, 413, "bad-request", "The archive is larger than max_code");
     return;
   }
   /* Unpacked once here, into a scratch directory, to check it and find the handler's file. */
@@ -1491,7 +1473,7 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
   fr_rm_tree(dir);
   if (rc < 0) {
     free(code);
-    admin_error(x, 400, "bad-request", err);
+    op_error(&x->op, 400, "bad-request", err);
     return;
   }
   json_t *old = prev ? json_loadb((const char *)prev, prev_len, 0, NULL) : NULL;
@@ -1526,7 +1508,7 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
   }
   if (rc < 0) {
     json_decref(fn);
-    admin_error(x, 500, "internal-error", "The store is unavailable");
+    op_error(&x->op, 500, "internal-error", "The store is unavailable");
     return;
   }
   st->h->log(st->p, NULL, EVS_LOG_INFO, "function %s of app %s deployed: version %" JSON_INTEGER_FORMAT
@@ -1539,7 +1521,7 @@ static void bump_env_version(fr_admin *x) {
   json_object_set_new(x->fn, "envVersion", json_integer(json_integer_value(json_object_get(x->fn, "envVersion")) + 1));
   char key[512];
   snprintf(key, sizeof key, "fn/%s/%s", x->app, x->name);
-  put_json(x->st, key, x->fn);
+  put_json(x->op.st, key, x->fn);
 }
 
 static json_t *env_view(const json_t *env) {
@@ -1556,8 +1538,8 @@ static json_t *env_view(const json_t *env) {
 static void env_store(fr_admin *x) {
   char key[512];
   snprintf(key, sizeof key, "env/%s/%s", x->app, x->name);
-  if (put_json(x->st, key, x->env) < 0) {
-    admin_error(x, 500, "internal-error", "The store is unavailable");
+  if (put_json(x->op.st, key, x->env) < 0) {
+    op_error(&x->op, 500, "internal-error", "The store is unavailable");
     return;
   }
   bump_env_version(x);
@@ -1566,14 +1548,14 @@ static void env_store(fr_admin *x) {
 
 static void on_secret_encrypted(void *arg, int status, json_t *data) {
   fr_admin *x = arg;
-  if (x->st->stopping) {
+  if (x->op.st->stopping) {
     json_decref(data);
-    admin_unref(x);
+    op_unref(&x->op);
     return;
   }
   if (status < 0 || !json_is_string(data)) {
     json_decref(data);
-    admin_error(x, 503, "internal-error", "The secret could not be encrypted (is the app unlocked?)");
+    op_error(&x->op, 503, "internal-error", "The secret could not be encrypted (is the app unlocked?)");
     return;
   }
   json_object_set_new(x->env, x->env_key, json_pack("{s:o,s:b}", "value", data, "secret", 1));
@@ -1582,12 +1564,12 @@ static void on_secret_encrypted(void *arg, int status, json_t *data) {
 
 static void on_env(void *arg, int status, const uint8_t *v, size_t len) {
   fr_admin *x = arg;
-  if (x->st->stopping) {
-    admin_unref(x); /* fini ran: release, answer nobody */
+  if (x->op.st->stopping) {
+    op_unref(&x->op); /* fini ran: release, answer nobody */
     return;
   }
   if (status < 0 && status != -ENOENT) {
-    admin_error(x, 500, "internal-error", "The store is unavailable");
+    op_error(&x->op, 500, "internal-error", "The store is unavailable");
     return;
   }
   x->env = status == 0 ? json_loadb((const char *)v, len, 0, NULL) : json_object();
@@ -1601,7 +1583,7 @@ static void on_env(void *arg, int status, const uint8_t *v, size_t len) {
   }
   if (x->action == AD_ENV_DEL) {
     if (json_object_del(x->env, x->env_key) < 0) {
-      admin_error(x, 404, "resource-not-found", "The function has no such environment variable");
+      op_error(&x->op, 404, "resource-not-found", "The function has no such environment variable");
       return;
     }
     env_store(x);
@@ -1610,7 +1592,7 @@ static void on_env(void *arg, int status, const uint8_t *v, size_t len) {
   if (x->secret) {
     json_t *plain = json_string(x->env_value);
     /* STRING_EXACT would keep whitespace; secrets go through the same path as SDK strings. */
-    fr_crypto(x->st, x->app, 1, plain, on_secret_encrypted, x);
+    fr_crypto(x->op.st, x->app, 1, plain, on_secret_encrypted, x);
     return;
   }
   json_object_set_new(x->env, x->env_key, json_pack("{s:s,s:b}", "value", x->env_value, "secret", 0));
@@ -1619,13 +1601,13 @@ static void on_env(void *arg, int status, const uint8_t *v, size_t len) {
 
 static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
   fr_admin *x = arg;
-  fr_state *st = x->st;
+  fr_state *st = x->op.st;
   if (st->stopping) {
-    admin_unref(x); /* fini ran: release, answer nobody */
+    op_unref(&x->op); /* fini ran: release, answer nobody */
     return;
   }
   if (status < 0 && status != -ENOENT) {
-    admin_error(x, 500, "internal-error", "The store is unavailable");
+    op_error(&x->op, 500, "internal-error", "The store is unavailable");
     return;
   }
   if (x->action == AD_DEPLOY) {
@@ -1633,12 +1615,12 @@ static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
     return;
   }
   if (status == -ENOENT) {
-    admin_error(x, 404, "resource-not-found", "No function of this name exists in the app");
+    op_error(&x->op, 404, "resource-not-found", "No function of this name exists in the app");
     return;
   }
   x->fn = json_loadb((const char *)v, len, 0, NULL);
   if (!x->fn) {
-    admin_error(x, 500, "internal-error", "The stored record is not JSON");
+    op_error(&x->op, 500, "internal-error", "The stored record is not JSON");
     return;
   }
   char key[512];
@@ -1656,7 +1638,7 @@ static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
     st->h->store_delete(st->p, key, NULL, NULL);
     snprintf(key, sizeof key, "fn/%s/%s", x->app, x->name);
     if (st->h->store_delete(st->p, key, NULL, NULL) < 0) {
-      admin_error(x, 500, "internal-error", "The store is unavailable");
+      op_error(&x->op, 500, "internal-error", "The store is unavailable");
       return;
     }
     st->h->log(st->p, NULL, EVS_LOG_INFO, "function %s of app %s deleted", x->name, x->app);
@@ -1665,7 +1647,7 @@ static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
   }
   default:
     snprintf(key, sizeof key, "env/%s/%s", x->app, x->name);
-    if (st->h->store_get(st->p, key, on_env, x) < 0) admin_error(x, 500, "internal-error", "The store is unavailable");
+    if (st->h->store_get(st->p, key, on_env, x) < 0) op_error(&x->op, 500, "internal-error", "The store is unavailable");
     return;
   }
 }
@@ -1673,36 +1655,36 @@ static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
 static void admin_load_fn(fr_admin *x) {
   char key[512];
   snprintf(key, sizeof key, "fn/%s/%s", x->app, x->name);
-  if (x->st->h->store_get(x->st->p, key, on_admin_fn, x) < 0) admin_error(x, 500, "internal-error", "The store is unavailable");
+  if (x->op.st->h->store_get(x->op.st->p, key, on_admin_fn, x) < 0) op_error(&x->op, 500, "internal-error", "The store is unavailable");
 }
 
 static void on_admin_body(void *arg, int status, const uint8_t *data, size_t len) {
   fr_admin *x = arg;
-  if (x->st->stopping) {
-    admin_unref(x); /* fini ran: release, answer nobody */
+  if (x->op.st->stopping) {
+    op_unref(&x->op); /* fini ran: release, answer nobody */
     return;
   }
   if (status < 0) {
-    admin_error(x, status == -E2BIG ? 413 : 400, "bad-request",
+    op_error(&x->op, status == -E2BIG ? 413 : 400, "bad-request",
                 status == -E2BIG ? "The request body is too large" : "The request body could not be read");
     return;
   }
   x->body = json_loadb((const char *)data, len, 0, NULL);
   if (!json_is_object(x->body)) {
-    admin_error(x, 400, "bad-request", "The body must be a JSON object");
+    op_error(&x->op, 400, "bad-request", "The body must be a JSON object");
     return;
   }
   if (x->action == AD_ENV_SET) {
     const char *v = json_string_value(json_object_get(x->body, "value"));
     if (!v || strlen(v) > 32768) {
-      admin_error(x, 400, "bad-request", "value must be a string of at most 32 KiB");
+      op_error(&x->op, 400, "bad-request", "value must be a string of at most 32 KiB");
       return;
     }
     x->secret = json_is_true(json_object_get(x->body, "secret"));
     x->env_value = strdup(v);
     json_object_del(x->body, "value");
     if (!x->env_value) {
-      admin_error(x, 500, "internal-error", "Out of memory");
+      op_error(&x->op, 500, "internal-error", "Out of memory");
       return;
     }
   }
@@ -1711,8 +1693,8 @@ static void on_admin_body(void *arg, int status, const uint8_t *data, size_t len
 
 static void on_list_item(void *arg, int status, const char *key, const uint8_t *v, size_t len) {
   fr_admin *x = arg;
-  if (x->st->stopping) {
-    if (!key) admin_unref(x);
+  if (x->op.st->stopping) {
+    if (!key) op_unref(&x->op);
     return;
   }
   if (key) {
@@ -1721,7 +1703,7 @@ static void on_list_item(void *arg, int status, const char *key, const uint8_t *
     return;
   }
   if (status < 0 && status != -ENOENT) {
-    admin_error(x, 500, "internal-error", "The store is unavailable");
+    op_error(&x->op, 500, "internal-error", "The store is unavailable");
     return;
   }
   json_t *items = x->items;
@@ -1731,8 +1713,8 @@ static void on_list_item(void *arg, int status, const char *key, const uint8_t *
 
 static void on_activity(void *arg, int status, int64_t ts, const char *json) {
   fr_admin *x = arg;
-  if (x->st->stopping) {
-    if (!json) admin_unref(x);
+  if (x->op.st->stopping) {
+    if (!json) op_unref(&x->op);
     return;
   }
   if (json) {
@@ -1744,7 +1726,7 @@ static void on_activity(void *arg, int status, int64_t ts, const char *json) {
     return;
   }
   if (status < 0) {
-    admin_error(x, 500, "internal-error", "The store is unavailable");
+    op_error(&x->op, 500, "internal-error", "The store is unavailable");
     return;
   }
   json_t *items = x->items;
@@ -1781,11 +1763,8 @@ static int admin_route(void *arg, evs_request *req) {
       st->h->respond_error(req, 500, "internal-error", "Out of memory");
       return EVS_HANDLED;
     }
-    st->live++;
-    x->st = st;
-    x->req = req;
-    x->refs = 2;
-    st->h->request_set_data(req, st->p, x, admin_gone);
+    op_start(&x->op, st, req, admin_release);
+    st->h->request_set_data(req, st->p, x, op_gone);
     char lim[16], since[24], relay[8];
     long limit = query_param(info->query, "limit", lim, sizeof lim) == 0 ? atol(lim) : 50;
     if (limit < 1 || limit > 1000) limit = 50;
@@ -1796,7 +1775,7 @@ static int admin_route(void *arg, evs_request *req) {
       return EVS_HANDLED;
     }
     if (st->h->store_query(st->p, "runs", since_ms, (size_t)limit, on_activity, x) < 0)
-      admin_error(x, 500, "internal-error", "The store is unavailable");
+      op_error(&x->op, 500, "internal-error", "The store is unavailable");
     return EVS_HANDLED;
   }
   char seg[6][FR_ID_MAX + FR_NAME_MAX];
@@ -1818,20 +1797,17 @@ static int admin_route(void *arg, evs_request *req) {
     st->h->respond_error(req, 500, "internal-error", "Out of memory");
     return EVS_HANDLED;
   }
-  st->live++;
-  x->st = st;
-  x->req = req;
-  x->refs = 2;
-  st->h->request_set_data(req, st->p, x, admin_gone);
+  op_start(&x->op, st, req, admin_release);
+  st->h->request_set_data(req, st->p, x, op_gone);
   if (n == 1) {
     if (!get) {
-      admin_error(x, 405, "method-not-allowed", "/functions takes GET");
+      op_error(&x->op, 405, "method-not-allowed", "/functions takes GET");
       return EVS_HANDLED;
     }
     char app[FN_APP_MAX + 1], prefix[FN_APP_MAX + 8] = "fn/";
     if (query_param(info->query, "app", app, sizeof app) == 0) {
       if (!app_valid(app)) {
-        admin_error(x, 400, "bad-request", "app must be an app id");
+        op_error(&x->op, 400, "bad-request", "app must be an app id");
         return EVS_HANDLED;
       }
       snprintf(prefix, sizeof prefix, "fn/%s/", app);
@@ -1839,11 +1815,11 @@ static int admin_route(void *arg, evs_request *req) {
     x->action = AD_LIST;
     x->items = json_array();
     if (st->h->store_scan(st->p, prefix, on_list_item, x) < 0)
-      admin_error(x, 500, "internal-error", "The store is unavailable");
+      op_error(&x->op, 500, "internal-error", "The store is unavailable");
     return EVS_HANDLED;
   }
   if (n < 3 || !app_valid(seg[1]) || !name_valid(seg[2], strlen(seg[2]))) {
-    admin_error(x, 400, "bad-request", "Paths are /functions/<appId>/<name>[/...]; names are 1 to 64 "
+    op_error(&x->op, 400, "bad-request", "Paths are /functions/<appId>/<name>[/...]; names are 1 to 64 "
                 "letters, digits, '-' or '_'");
     return EVS_HANDLED;
   }
@@ -1865,11 +1841,11 @@ static int admin_route(void *arg, evs_request *req) {
       x->action = put ? AD_ENV_SET : AD_ENV_DEL;
       if (put) body_max = 65536 * 2;
     } else {
-      admin_error(x, 400, "bad-request", "GET .../env, PUT or DELETE .../env/<KEY> (letters, digits, '_')");
+      op_error(&x->op, 400, "bad-request", "GET .../env, PUT or DELETE .../env/<KEY> (letters, digits, '_')");
       return EVS_HANDLED;
     }
   } else {
-    admin_error(x, 404, "resource-not-found", "No such function endpoint");
+    op_error(&x->op, 404, "resource-not-found", "No such function endpoint");
     return EVS_HANDLED;
   }
   if (body_max) {
