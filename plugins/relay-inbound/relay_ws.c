@@ -34,7 +34,9 @@
 #include <strings.h>
 #include <sys/random.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "decrypt_body.h"
 #include "encrypt_body.h"
@@ -111,18 +113,22 @@ static void sha1(const uint8_t *in, size_t n, uint8_t out[20]) {
   EVP_Digest(in, n, out, &len, EVP_sha1(), NULL);
 }
 
-/* Masking keys (RFC 6455 §5.3: unpredictable) from the kernel, a page at a time. */
-static void mask_key(uint8_t key[4]) {
+/* Masking keys (RFC 6455 §5.3: unpredictable, since the client's bytes are attacker-chosen)
+ * from OpenSSL's CSPRNG, a page at a time. Never a weaker source: if it fails the frame goes
+ * with a key from the kernel, and if that fails too the connection ends (mask_key < 0). */
+static int mask_key(uint8_t key[4]) {
   static uint8_t pool[4096];
   static size_t off = sizeof pool;
   if (off + 4 > sizeof pool) {
-    if (getrandom(pool, sizeof pool, 0) != (ssize_t)sizeof pool) {
-      for (size_t i = 0; i < sizeof pool; i++) pool[i] = (uint8_t)(rand() >> 7);
+    if (RAND_bytes(pool, sizeof pool) != 1) {
+      ERR_clear_error();
+      return getrandom(key, 4, 0) == 4 ? 0 : -EIO;
     }
     off = 0;
   }
   memcpy(key, pool + off, 4);
   off += 4;
+  return 0;
 }
 
 static int hdr_is(const evs_header *h, const char *name) {
@@ -184,7 +190,7 @@ static int send_frame(relay_ws *ws, int to_client, int op, uint8_t *buf, size_t 
   evs_stream *s = to_stream(ws, to_client);
   if (!s) return -ECONNRESET;
   uint8_t head[14], key[4];
-  if (!to_client) mask_key(key);
+  if (!to_client && mask_key(key) < 0) return -EIO;
   size_t hl = evs__ws_frame_head(head, 1, op, len, to_client ? NULL : key);
   uint8_t *p = buf + HEADROOM - hl;
   memcpy(p, head, hl);
@@ -1019,8 +1025,10 @@ void relay_ws_start(relay_txn *t) {
   evs__ws_accept(key.value, key.value_len, sha1, ws->client_accept);
   /* The destination gets a key of the relay's own. */
   uint8_t rnd[16];
-  if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
-    for (size_t i = 0; i < sizeof rnd; i++) rnd[i] = (uint8_t)(rand() >> 5);
+  if (RAND_bytes(rnd, sizeof rnd) != 1) { /* a nonce, not a secret: the kernel's will do */
+    ERR_clear_error();
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) memset(rnd, 0x5a, sizeof rnd);
+  }
   char dkey[25];
   EVP_EncodeBlock((unsigned char *)dkey, rnd, sizeof rnd);
   evs__ws_accept(dkey, 24, sha1, ws->dest_accept);
