@@ -12,7 +12,9 @@
  *
  * Every other request is declined, so other plugins (the enclave's /apps) still see it.
  * Writes go through relay_config_replace (relay_inbound.c), which validates, writes the file
- * atomically and applies it without a restart. The records read here are written by the
+ * atomically and applies it without a restart; with config_source = store they are then
+ * published to the store (relay_config_publish) and answered once the store has them, so every
+ * node of a cluster applies them within store_poll_interval. The records read here are written by the
  * request path; their formats are fixed in relay_int.h.
  *
  * Answers that wait for the store keep their state in an admin_ctx attached to the request
@@ -215,6 +217,46 @@ static const char *parse_query(admin_ctx *x, const char *q, int activity) {
   return NULL;
 }
 
+/* ---- publishing to the store (config_source = store) -------------------------------------- */
+
+static void on_published(void *arg, int status) {
+  admin_ctx *x = arg;
+  if (!ctx_resume(x)) return;
+  const evs_host *h = relay_host(x->st);
+  if (status < 0) {
+    h->log(relay_plugin(x->st), NULL, EVS_LOG_ERROR,
+           "relay configuration applied on this node but not stored (%s): other nodes keep theirs",
+           strerror(-status));
+    h->respond_error(x->req, 503, "service-unavailable",
+                     "The store is unavailable: the relay configuration was applied on this node "
+                     "only; push it again");
+    return;
+  }
+  json_t *answer = x->items;
+  x->items = NULL;
+  reply_json(h, x->req, 200, answer);
+}
+
+/* Answers answer (consumed) now, or once the store has text when the store's copy is
+ * authoritative. x may be NULL (then one is made for req). */
+static void answer_after_publish(relay_state *st, evs_request *req, admin_ctx *x, const char *text,
+                                 size_t len, json_t *answer) {
+  const evs_host *h = relay_host(st);
+  if (!relay_config_shared(st)) {
+    reply_json(h, req, 200, answer);
+    return;
+  }
+  if (!x && !(x = ctx_new(st, req, A_PUT))) {
+    json_decref(answer);
+    h->respond_error(req, 500, "internal-error", "Out of memory");
+    return;
+  }
+  json_decref(x->items);
+  x->items = answer;
+  x->pending = 1;
+  if (relay_config_publish(st, text, len, on_published, x) < 0) on_published(x, -EIO);
+}
+
 /* ---- GET /relays, DELETE /relays/<domain> --------------------------------------------------- */
 
 /* The relay-config.json object in the file. NULL with a message in err. */
@@ -276,14 +318,16 @@ static void delete_relay(relay_state *st, evs_request *req, const char *segment)
   }
   size_t tl = strlen(text);
   int rc = relay_config_replace(st, text, tl, err, sizeof err);
-  free(text);
   if (rc < 0) {
+    free(text);
     h->respond_error(req, rc == -EINVAL ? 400 : 500, rc == -EINVAL ? "bad-request" : "internal-error",
                      err);
     return;
   }
-  reply_json(h, req, 200, json_pack("{s:s,s:I}", "deleted", domain, "relays",
-                                    (json_int_t)relay_current_config(st)->n));
+  answer_after_publish(st, req, NULL, text, tl,
+                       json_pack("{s:s,s:I}", "deleted", domain, "relays",
+                                 (json_int_t)relay_current_config(st)->n));
+  free(text);
 }
 
 /* ---- PUT /relays -------------------------------------------------------------------------- */
@@ -312,7 +356,8 @@ static void on_put_body(void *arg, int status, const uint8_t *data, size_t len) 
     h->respond_error(req, 500, "internal-error", err);
     return;
   }
-  reply_json(h, req, 200, json_pack("{s:I}", "relays", (json_int_t)relay_current_config(st)->n));
+  answer_after_publish(st, req, x, (const char *)data, len,
+                       json_pack("{s:I}", "relays", (json_int_t)relay_current_config(st)->n));
 }
 
 /* ---- GET /relays/structures --------------------------------------------------------------- */

@@ -14,6 +14,13 @@
  * started with. The LOG hook writes the transaction log and emits `relay.error` events for the
  * alerts plugin.
  *
+ * Clusters (`config_source = store`): the store, shared by every node through PostgreSQL, holds
+ * the configuration in force (keys "config", the document, and "config-gen", a token rewritten
+ * after every change). `evctl relay push` on any node writes both; every worker of every node
+ * polls config-gen (store_poll_interval) and, when it changed, validates the document, writes it
+ * to its relay-config.json (the local copy a node starts from when the store is unreachable) and
+ * applies it. A node whose store holds no configuration yet seeds it from its file.
+ *
  * This plugin sees only abi/evserver/evs_plugin.h (ABI 1.1).
  */
 #ifndef _GNU_SOURCE
@@ -27,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -72,6 +80,12 @@ static const evs_config_item items[] = {
      "how long the destination has to answer the WebSocket handshake (504 after)"},
     {"websocket_max_connections", EVS_CONFIG_INT, "10000", 1, 10000000, 0,
      "open WebSockets per relay and worker process (503 above)"},
+    {"config_source", EVS_CONFIG_STRING, "file", 0, 0, 0,
+     "file: relay-config.json alone configures this node; store: the store's copy, shared by "
+     "every node of a cluster, is authoritative (relay-config.json is its local copy)"},
+    {"store_poll_interval", EVS_CONFIG_DURATION, "1s", 200, 60000, 0,
+     "with config_source = store: how often each worker checks the store for a configuration "
+     "pushed on another node"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -267,6 +281,135 @@ int relay_config_replace(relay_state *st, const char *buf, size_t len, char *err
   cfg_swap(st, c);
   file_id(st->config_path, &st->watch_mtime_ns, &st->watch_size, &st->watch_ino);
   return 0;
+}
+
+/* ---- the store's copy (config_source = store) ------------------------------------------- */
+
+typedef struct publish_ctx {
+  relay_state *st;
+  relay_publish_cb cb;
+  void *arg;
+  char gen[RELAY_GEN_MAX];
+} publish_ctx;
+
+static void new_gen(char *out, size_t outlen) {
+  unsigned char b[8];
+  if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b)
+    for (size_t i = 0; i < sizeof b; i++) b[i] = (unsigned char)(rand() & 0xff);
+  snprintf(out, outlen, "%" PRId64 "-%02x%02x%02x%02x%02x%02x%02x%02x", relay_now_ms(), b[0], b[1],
+           b[2], b[3], b[4], b[5], b[6], b[7]);
+}
+
+static void on_gen_written(void *arg, int status, const uint8_t *v, size_t len) {
+  (void)v, (void)len;
+  publish_ctx *x = arg;
+  if (status == 0) memcpy(x->st->store_gen, x->gen, sizeof x->gen);
+  if (x->cb) x->cb(x->arg, status);
+  free(x);
+}
+
+static void on_doc_written(void *arg, int status, const uint8_t *v, size_t len) {
+  (void)v, (void)len;
+  publish_ctx *x = arg;
+  const evs_host *h = x->st->host;
+  if (status < 0 || h->store_put(x->st->plugin, "config-gen", (const uint8_t *)x->gen,
+                                 strlen(x->gen), 0, on_gen_written, x) < 0)
+    on_gen_written(x, status < 0 ? status : -EIO, NULL, 0);
+}
+
+int relay_config_shared(const relay_state *st) { return st->shared; }
+
+int relay_config_publish(relay_state *st, const char *buf, size_t len, relay_publish_cb cb,
+                         void *arg) {
+  publish_ctx *x = calloc(1, sizeof *x);
+  if (!x) return -ENOMEM;
+  x->st = st;
+  x->cb = cb;
+  x->arg = arg;
+  new_gen(x->gen, sizeof x->gen);
+  int rc = st->host->store_put(st->plugin, "config", (const uint8_t *)buf, len, 0, on_doc_written, x);
+  if (rc < 0) free(x);
+  return rc;
+}
+
+static void on_seeded(void *arg, int status) {
+  relay_state *st = arg;
+  if (status < 0)
+    st->host->log(st->plugin, NULL, EVS_LOG_WARN, "cannot seed the store's relay configuration "
+                  "(%s): will retry", strerror(-status));
+  st->polling = 0;
+}
+
+/* The store has no configuration yet: offer this node's file (every worker may; identical). */
+static void seed_store(relay_state *st) {
+  FILE *f = fopen(st->config_path, "rb");
+  char *buf = NULL;
+  size_t len = 0;
+  if (f) {
+    buf = malloc(1u << 20);
+    if (buf) len = fread(buf, 1, 1u << 20, f);
+    fclose(f);
+  }
+  if (!buf || len == 0 || relay_config_publish(st, buf, len, on_seeded, st) < 0) st->polling = 0;
+  free(buf);
+}
+
+static void on_store_doc(void *arg, int status, const uint8_t *v, size_t len) {
+  relay_state *st = arg;
+  st->polling = 0;
+  if (status < 0) {
+    if (!st->store_down)
+      st->host->log(st->plugin, NULL, EVS_LOG_WARN, "cannot read the store's relay configuration "
+                    "(%s): keeping the one in force", strerror(-status));
+    st->store_down = 1;
+    return;
+  }
+  char err[1024];
+  if (relay_config_replace(st, (const char *)v, len, err, sizeof err) < 0) {
+    /* Remember the generation anyway: the same broken document would fail again every tick. */
+    st->host->log(st->plugin, NULL, EVS_LOG_ERROR,
+                  "the store's relay configuration (gen %s) not applied, keeping the previous "
+                  "one: %s", st->polled_gen, err);
+  } else {
+    st->host->log(st->plugin, NULL, EVS_LOG_INFO, "%zu relay(s) from the store (gen %s)",
+                  st->cfg->config->n, st->polled_gen);
+  }
+  memcpy(st->store_gen, st->polled_gen, sizeof st->store_gen);
+}
+
+static void on_store_gen(void *arg, int status, const uint8_t *v, size_t len) {
+  relay_state *st = arg;
+  if (status == -ENOENT) {
+    seed_store(st);
+    return;
+  }
+  if (status < 0) {
+    if (!st->store_down)
+      st->host->log(st->plugin, NULL, EVS_LOG_WARN, "cannot poll the store for relay "
+                    "configuration changes (%s): keeping the one in force", strerror(-status));
+    st->store_down = 1;
+    st->polling = 0;
+    return;
+  }
+  if (st->store_down)
+    st->host->log(st->plugin, NULL, EVS_LOG_INFO, "the store answers again; relay configuration "
+                  "changes are followed");
+  st->store_down = 0;
+  if (len >= sizeof st->polled_gen ||
+      (len == strlen(st->store_gen) && memcmp(v, st->store_gen, len) == 0)) {
+    st->polling = 0;
+    return;
+  }
+  memcpy(st->polled_gen, v, len);
+  st->polled_gen[len] = 0;
+  if (st->host->store_get(st->plugin, "config", on_store_doc, st) < 0) st->polling = 0;
+}
+
+static void poll_tick(void *arg) {
+  relay_state *st = arg;
+  if (st->polling) return;
+  st->polling = 1;
+  if (st->host->store_get(st->plugin, "config-gen", on_store_gen, st) < 0) st->polling = 0;
 }
 
 /* ---- routing ----------------------------------------------------------------------------- */
@@ -691,6 +834,7 @@ static void state_free(relay_state *st) {
   if (!st) return;
   relay_ws_stop_all(st);
   if (st->watch) st->host->timer_free(st->watch);
+  if (st->poll) st->host->timer_free(st->poll);
   relay_cfg_unref(st->cfg);
   free(st->config_path);
   free(st->override_scheme);
@@ -740,6 +884,14 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->ws_close_timeout_ms = (uint64_t)host->config_int(plugin, "websocket_close_timeout");
   st->ws_handshake_timeout_ms = (uint64_t)host->config_int(plugin, "websocket_handshake_timeout");
   st->ws_max_connections = host->config_int(plugin, "websocket_max_connections");
+  const char *src = host->config_string(plugin, "config_source");
+  if (src && strcmp(src, "store") == 0) {
+    st->shared = 1;
+  } else if (src && strcmp(src, "file") != 0) {
+    host->log(plugin, NULL, EVS_LOG_ERROR, "config_source: expected file or store");
+    state_free(st);
+    return -EINVAL;
+  }
   const char *ov = host->config_string(plugin, "destination_override");
   if (ov && parse_override(st, ov) < 0) {
     host->log(plugin, NULL, EVS_LOG_ERROR,
@@ -763,6 +915,12 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     return rc;
   }
   st->watch = host->timer_start(plugin, 1000, 1000, watch_tick, st);
+  if (st->shared) {
+    uint64_t every = (uint64_t)host->config_int(plugin, "store_poll_interval");
+    /* The first poll at once: a node joining a cluster serves the cluster's relays, not its
+     * file's, as soon as the store answers. */
+    st->poll = host->timer_start(plugin, 1, every, poll_tick, st);
+  }
   host->log(plugin, NULL, EVS_LOG_INFO, "%zu relay(s) from %s", st->cfg->config->n,
             st->config_path);
   *ret_state = st;

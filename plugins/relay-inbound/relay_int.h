@@ -39,6 +39,17 @@ const evs__relay_config *relay_current_config(const relay_state *st);
  * errno with a message in err and changes nothing. */
 int relay_config_replace(relay_state *st, const char *buf, size_t len, char *err, size_t errlen);
 
+/* config_source = store (clusters): 1 when the store's copy is authoritative. */
+int relay_config_shared(const relay_state *st);
+
+/* Writes buf[0..len) (already validated) as the store's configuration and a new generation,
+ * so every worker of every node applies it at its next poll. cb(arg, status) runs once, on the
+ * loop, with 0 when both writes succeeded; if this returns an error cb never runs. */
+typedef void (*relay_publish_cb)(void *arg, int status);
+#define RELAY_GEN_MAX 80
+int relay_config_publish(relay_state *st, const char *buf, size_t len, relay_publish_cb cb,
+                         void *arg);
+
 /* relay_admin.c: the admin endpoints (GET/PUT /relays, DELETE /relays/<domain>,
  * GET /relays/structures, GET /activity). EVS_HANDLED or EVS_DECLINED. */
 int relay_admin_route(relay_state *st, evs_request *req);

@@ -51,6 +51,13 @@ struct relay_state {
   int transaction_log;
   evs_timer *watch;
   uint64_t watch_mtime_ns, watch_size, watch_ino;
+  /* config_source = store: the generation applied (or written) last, the one being fetched. */
+  int shared;
+  evs_timer *poll;
+  int polling;
+  int store_down;  /* the last poll failed (logged once per outage) */
+  char store_gen[RELAY_GEN_MAX];
+  char polled_gen[RELAY_GEN_MAX];
   /* Requests sampled lately, per relay, method and path (hash, when): at most one a second
    * each has its body's structure read. */
   struct { uint64_t hash; int64_t sampled_ms; } sampled[256];

@@ -37,6 +37,9 @@ struct relay_state {
   evs__relay_config cfg;
   int replace_calls;
   char *replaced;      /* the last buffer relay_config_replace accepted */
+  int shared;          /* config_source = store */
+  int publish_status;  /* what relay_config_publish's callback reports */
+  char *published;     /* the last buffer published */
 };
 
 static relay_state g_st;
@@ -151,8 +154,13 @@ static void run_queued(void) {
   }
 }
 
+static void h_log(evs_plugin *p, evs_request *req, evs_log_level level, const char *fmt, ...) {
+  (void)p, (void)req, (void)level, (void)fmt;
+}
+
 static const evs_host g_host = {
     .size = sizeof(evs_host),
+    .log = h_log,
     .request_info = h_request_info,
     .request_set_data = h_set_data,
     .respond = h_respond,
@@ -202,6 +210,17 @@ int relay_config_replace(relay_state *st, const char *buf, size_t len, char *err
   return 0;
 }
 
+int relay_config_shared(const relay_state *st) { return st->shared; }
+
+/* Reports at once: the admin code must cope with a callback before the call returns. */
+int relay_config_publish(relay_state *st, const char *buf, size_t len, relay_publish_cb cb,
+                         void *arg) {
+  free(st->published);
+  st->published = strndup(buf, len);
+  cb(arg, st->publish_status);
+  return 0;
+}
+
 /* ---- helpers ------------------------------------------------------------------------------ */
 
 static void new_req(evs_request *req, const char *listener, const char *method, const char *path,
@@ -231,6 +250,7 @@ static void write_file(const char *text) {
 static int setup(void **state) {
   (void)state;
   free(g_st.replaced);
+  free(g_st.published);
   memset(&g_st, 0, sizeof g_st);
   snprintf(g_st.path, sizeof g_st.path, "/tmp/test_relay_admin.%ld.json", (long)getpid());
   write_file("{\"a.test\": {\"destinationDomain\": \"a.example.com\"},\n"
@@ -249,6 +269,8 @@ static int teardown(void **state) {
   unlink(g_st.path);
   free(g_st.replaced);
   g_st.replaced = NULL;
+  free(g_st.published);
+  g_st.published = NULL;
   return 0;
 }
 
@@ -320,6 +342,34 @@ static void put_replaces_or_reports(void **state) {
   run_queued();
   assert_int_equal(req.status, 413);
   assert_int_equal(g_st.replace_calls, 2);
+}
+
+/* config_source = store: a change is answered once the store has it, and a store that refused
+ * it is a 503 saying only this node has it. */
+static void shared_config_is_published(void **state) {
+  (void)state;
+  evs_request req;
+  g_st.shared = 1;
+  new_req(&req, "admin", "PUT", "/relays", "");
+  relay_admin_route(&g_st, &req);
+  g_body = "{\"c.test\": {\"destinationDomain\": \"c\"}}";
+  run_queued();
+  assert_int_equal(req.status, 200);
+  assert_string_equal(req.body, "{\"relays\":1}");
+  assert_string_equal(g_st.published, g_body);
+
+  g_st.publish_status = -ENOTCONN;
+  new_req(&req, "admin", "PUT", "/relays", "");
+  relay_admin_route(&g_st, &req);
+  run_queued();
+  assert_int_equal(req.status, 503);
+  assert_string_equal(req.code, "service-unavailable");
+
+  g_st.publish_status = 0;
+  new_req(&req, "admin", "DELETE", "/relays/c.test", "");
+  relay_admin_route(&g_st, &req);
+  assert_int_equal(req.status, 200);
+  assert_string_equal(g_st.published, "{}");
 }
 
 static void delete_removes_one_key(void **state) {
@@ -482,6 +532,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(get_relays_is_the_file, setup, teardown),
       cmocka_unit_test_setup_teardown(put_replaces_or_reports, setup, teardown),
       cmocka_unit_test_setup_teardown(delete_removes_one_key, setup, teardown),
+      cmocka_unit_test_setup_teardown(shared_config_is_published, setup, teardown),
       cmocka_unit_test_setup_teardown(structures_by_relay_newest_first, setup, teardown),
       cmocka_unit_test_setup_teardown(activity_filters, setup, teardown),
       cmocka_unit_test_setup_teardown(gone_request_is_not_answered, setup, teardown),
