@@ -604,6 +604,10 @@ static const char *action_permission(int action) {
 static void on_api_app(void *arg, int status, const uint8_t *v, size_t len) {
   enc_ctx *x = arg;
   if (!enc_ctx_resume(x)) return;
+  if (status < 0 && status != -ENOENT) {
+    enc_reply_error(x, 503, "service-unavailable", "The store is unavailable; retry");
+    return;
+  }
   if (status != 0) {
     enc_reply_error(x, 401, "unauthorized", "Invalid authorization provided.");
     return;
@@ -620,6 +624,13 @@ static void on_key_record(void *arg, int status, const uint8_t *v, size_t len) {
   if (!enc_ctx_resume(x)) return;
   char app[ENC_APP_ID_MAX] = "", key_id[ENC_KEY_ID_MAX] = "";
   const char *op = x->action == API_DECRYPT ? "decrypt" : "encrypt";
+  /* The store could not answer (PostgreSQL restarting, unreachable): the key is neither good
+   * nor bad, so the client is told to retry, not that its key is wrong (docs/state.md). */
+  if (status < 0 && status != -ENOENT) {
+    enc_reply_error(x, 503, "service-unavailable",
+                    "The store is unavailable: the API key cannot be checked now; retry");
+    return;
+  }
   /* Basic carries the app id too; it must be the key's. */
   int verdict = status == 0 ? enc_api_key_verify(v, len, x->api_key, action_permission(x->action),
                                                  x->app_id[0] ? x->app_id : NULL, app, key_id)
@@ -873,7 +884,7 @@ static void api_step(enc_ctx *x, const uint8_t *data, size_t len) {
   snprintf(k, sizeof k, "key/%s", x->key_id);
   if (x->st->host->store_get(x->st->plugin, k, on_key_record, x) < 0) {
     x->pending = 0;
-    enc_reply_error(x, 500, "internal-error", "The store is unavailable");
+    enc_reply_error(x, 503, "service-unavailable", "The store is unavailable; retry");
   }
 }
 

@@ -376,15 +376,17 @@ def test_kill_node_under_load():
              len(bad_after), (down_at - killed_at) * 1000), flush=True)
     assert all(r[1] == 200 for r in before), [r for r in before if r[1] != 200][:5]
     assert not bad_after, bad_after[:5]
-    # Transaction records: every request acknowledged before the kill by more than the
-    # write-behind interval (50 ms; 500 ms allowed for a loaded machine) is in the store.
-    # Each client request had a path of its own, which the record keeps.
-    acked = {r[2] for r in before if r[0] < killed_at - 0.5}
+    # Transaction records are written behind (core/appendq.c: a batch every 50 ms), so a
+    # kill -9 may lose the records of the killed node's last 50 ms (docs/state.md). Every
+    # request acknowledged before that (250 ms allowed for a loaded machine) must be in the
+    # store; each client request had a path of its own, which its record keeps.
     stored = set(pg.sql("SELECT record::json->>'path' FROM evs_log WHERE record LIKE "
                         "'%/secure/t%'", db="evs").split())
+    acked = {r[2] for r in before if r[0] < killed_at - 0.25}
     missing = acked - stored
-    print("transaction records: %d acknowledged up to 500 ms before the kill, %d missing"
-          % (len(acked), len(missing)), flush=True)
+    last = {r[2] for r in before if r[0] >= killed_at - 0.25} - stored
+    print("transaction records: %d acknowledged up to 250 ms before the kill, %d missing; "
+          "%d of the last 250 ms missing" % (len(acked), len(missing), len(last)), flush=True)
     assert not missing, sorted(missing)[:5]
 
 
@@ -399,7 +401,7 @@ def test_postgresql_restart_under_load():
             st, h, body = http(ha.url("api", "/encrypt"), {"v": "x"}, {"api-key": key["apiKey"]})
             code = h.get("x-evervault-error-code")
             statuses.append((st, code))
-            if st not in (200,) and not (st in (500, 503) and code):
+            if st != 200 and not (st == 503 and code == "service-unavailable"):
                 statuses.append(("bad", body[:200]))
     threads = [threading.Thread(target=client, daemon=True) for _ in range(3)]
     for t in threads:
