@@ -93,6 +93,12 @@ class Postgres:
 
 # ---- the nodes and HAProxy --------------------------------------------------------------------
 
+def functions_available():
+    return (os.access(evstest.build_path("evs-fnbox"), os.X_OK) and
+            os.path.exists(evstest.build_path("plugins.d", "function-runtime.so")) and
+            shutil.which("node"))
+
+
 def node(name, pg, seal, enclave):
     dir = evstest.tmpdir("evs-%s-" % name)
     # Each node has its own copy of the one sealing key (what an operator distributes).
@@ -100,12 +106,15 @@ def node(name, pg, seal, enclave):
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, seal)
     os.close(fd)
+    plugins = {"enclave": {"enclave_binary": enclave, "seal_key": key,
+                           "share_store": pg.dsn("evs_shares"), "request_timeout": "3s"},
+               "relay-inbound": {"config_source": "store", "store_poll_interval": "200ms"}}
+    if functions_available():
+        plugins["function-runtime"] = {"fnbox_binary": evstest.build_path("evs-fnbox"),
+                                       "start_timeout": "5s"}
     cfg = evstest.write_config(
         dir, listeners={"http": {}, "api": {}}, server={"workers": 2},
-        store={"backend": "postgresql", "dsn": pg.dsn()},
-        plugins={"enclave": {"enclave_binary": enclave, "seal_key": key,
-                             "share_store": pg.dsn("evs_shares"), "request_timeout": "3s"},
-                 "relay-inbound": {"config_source": "store", "store_poll_interval": "200ms"}})
+        store={"backend": "postgresql", "dsn": pg.dsn()}, plugins=plugins)
     return evstest.Server(cfg).start(timeout=30)
 
 
@@ -322,8 +331,9 @@ def test_app_keys_relay_across_nodes():
     # A relay pushed on A applies on B: nobody touches B's files or restarts it.
     with evstest.Upstream() as up:
         push(a, relays_for(app, up))
-        evstest.wait_for(lambda: relay(b.url(""), "/secure/1", {"ssn": "1"})[0] == 200,
-                         timeout=10, what="B to serve the relay pushed on A")
+        evstest.wait_for(lambda: all(relay(b.url(""), "/secure/1", {"ssn": "1"})[0] == 200
+                                     for _ in range(20)),
+                         timeout=10, what="every worker of B to serve the relay pushed on A")
         st, h, body = relay(b.url(""), "/secure/2", {"name": "Claude Shannon", "ssn": "123-12-1234"})
         assert st == 200, (st, body)
         got = up.requests[-1].json()
@@ -347,14 +357,62 @@ def test_app_keys_relay_across_nodes():
         assert app["appToken"] not in srv.log() and key["apiKey"] not in srv.log()
 
 
+def deploy(srv, app, name, code):
+    d = os.path.join(srv.config.dir, "fn-" + name)
+    os.makedirs(d)
+    with open(os.path.join(d, "function.toml"), "w") as f:
+        f.write('[function]\nname = "%s"\nhandler = "index.handler"\nlanguage = "node@18"\n'
+                % name)
+    with open(os.path.join(d, "index.js"), "w") as f:
+        f.write(code)
+    r = subprocess.run([evstest.build_path("evctl"), "--socket", srv.config.admin_socket, "--json",
+                        "function", "deploy", "--app", app["appId"]], cwd=d, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+
+
+def test_functions_and_run_tokens_across_nodes():
+    if not functions_available():
+        raise evstest.Skip("function-runtime, evs-fnbox or node is not available")
+    pg, a, b, ha = cluster()
+    app, key = setup_app(a, b)
+    fkey = evctl(a, "key", "create", app["appId"], "--permissions",
+                 "function:run,function:create-run-token,api:encrypt")
+    deploy(a, app, "echo", "exports.handler = async (d) => ({ got: d });")
+    # Deployed through A, run through HAProxy (both nodes), with an encrypted field that each
+    # node's enclave decrypts for the Function.
+    ev = encrypt(api_url(b, "/encrypt"), fkey, "123-12-1234")
+    for i in range(4):
+        st, h, body = http(ha.url("api", "/functions/echo/runs"), {"payload": {"ssn": ev, "i": i}},
+                           basic(app, fkey), timeout=60)
+        assert st == 200, (st, body)
+        out = json.loads(body)
+        assert out["result"] == {"got": {"ssn": "123-12-1234", "i": i}}, out
+    # A run token made on A and used on A is refused on B, and the other way round.
+    for maker, user, other in ((a, a, b), (b, b, a)):
+        st, h, body = http(api_url(maker, "/v2/functions/echo/run-token"), {"x": 1},
+                           {"api-key": fkey["apiKey"]})
+        assert st == 200, (st, body)
+        tok = {"Authorization": "RunToken " + json.loads(body)["token"]}
+        st, h, body = http(api_url(user, "/functions/echo/runs"), {"payload": {"x": 1}}, tok,
+                           timeout=60)
+        assert st == 200, (st, body)
+        st, h, body = http(api_url(other, "/functions/echo/runs"), {"payload": {"x": 1}}, tok,
+                           timeout=60)
+        assert st == 401 and json.loads(body)["code"] == "run-token-used-error", (st, body)
+
+
 def test_kill_node_under_load():
     pg, a, b, ha = cluster()
     app, key = setup_app(a, b)
     with evstest.Upstream() as up:
         push(a, relays_for(app, up))
+        # Every worker of both nodes follows within store_poll_interval (200 ms here): twenty
+        # fresh connections in a row to each node succeed.
         for srv in (a, b):
-            evstest.wait_for(lambda: relay(srv.url(""), "/secure/0", {"ssn": "1"})[0] == 200,
-                             timeout=10, what="both nodes to serve the relay")
+            evstest.wait_for(lambda: all(relay(srv.url(""), "/secure/0", {"ssn": "1"})[0] == 200
+                                         for _ in range(20)),
+                             timeout=10, what="every worker of both nodes to serve the relay")
         load = Load(ha, up)
         evstest.wait_for(lambda: load.count() >= 100, timeout=30, what="some load")
         killed_at = time.monotonic()
