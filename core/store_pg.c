@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -83,7 +84,16 @@ typedef struct pg {
   PGconn *conn;
   char *password; /* a copy, to mask in messages; wiped on close */
   char errmsg[256];
+  /* Reconnection backoff: after a failed reconnect, calls fail at once (-ENOTCONN) until
+   * retry_at (CLOCK_MONOTONIC ms), so a worker's callers never wait on more than one connect
+   * attempt per backoff period while the database is away. Not the store's clock: only how
+   * often this process knocks. */
+  int64_t retry_at_ms;
+  int64_t backoff_ms;
 } pg;
+
+#define PG_BACKOFF_MIN_MS 100
+#define PG_BACKOFF_MAX_MS 1000
 
 /* ---- parameters and results -------------------------------------------------------------- */
 
@@ -180,13 +190,31 @@ static int fail(pg *g, const PGresult *res, const char *what) {
   return r;
 }
 
-/* Before each call: a connection that broke since the last one is re-established. */
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Before each call: a connection that broke since the last one is re-established, at most
+ * once per backoff period (PG_BACKOFF_MIN_MS doubling to PG_BACKOFF_MAX_MS); in between,
+ * -ENOTCONN at once. docs/state.md states what callers answer meanwhile. */
 static int ensure_conn(pg *g) {
   if (PQstatus(g->conn) == CONNECTION_OK)
     return 0;
+  int64_t now = mono_ms();
+  if (g->retry_at_ms && now < g->retry_at_ms)
+    return -ENOTCONN; /* errmsg still holds the last reconnect's message */
   PQreset(g->conn);
-  if (PQstatus(g->conn) == CONNECTION_OK)
+  if (PQstatus(g->conn) == CONNECTION_OK) {
+    g->retry_at_ms = 0;
+    g->backoff_ms = 0;
     return 0;
+  }
+  g->backoff_ms = g->backoff_ms ? g->backoff_ms * 2 : PG_BACKOFF_MIN_MS;
+  if (g->backoff_ms > PG_BACKOFF_MAX_MS)
+    g->backoff_ms = PG_BACKOFF_MAX_MS;
+  g->retry_at_ms = mono_ms() + g->backoff_ms;
   evs__store_format_error(g->errmsg, sizeof(g->errmsg), "postgresql: reconnect",
                           PQerrorMessage(g->conn), g->password);
   return -ENOTCONN;
@@ -316,7 +344,9 @@ static int pg_open(const evs__store_options *o, int64_t now_ms, void **ret_impl,
    * client_encoding last so it cannot: records are UTF-8. */
   const char *keys[] = { "application_name", "connect_timeout", "dbname", "client_encoding",
                          NULL };
-  const char *vals[] = { "evserver", "10", o->dsn, "UTF8", NULL };
+  /* connect_timeout 2 s (the DSN may change it): a reconnect blocks its caller that long at
+   * most, once per backoff period (ensure_conn). */
+  const char *vals[] = { "evserver", "2", o->dsn, "UTF8", NULL };
   const migration *m = NULL;
   PQconninfoOption *opts;
   const char *secret = NULL;
