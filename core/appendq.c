@@ -12,6 +12,12 @@
  * A query first writes this worker's queue and waits for the batch in flight, so a worker
  * reads what it appended. A stopping worker writes what is left before it closes the store;
  * a crash loses at most the last interval's records.
+ *
+ * A batch the store could not take for a passing reason (-ENOTCONN: PostgreSQL restarting or
+ * unreachable; -EBUSY: a lock wait) goes back to the front of the queue and is tried again
+ * at the next interval, within the queue's bounds, so records outlive a database restart
+ * (docs/state.md). A batch is one transaction: it is written whole or not at all; a
+ * connection lost while its commit was in flight may write it twice, never half.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -44,6 +50,7 @@ struct evs__appendq {
   uv_mutex_t lock; /* written and its condition: a query waits for the batch in flight */
   uv_cond_t written_cond;
   int written;
+  int retrying; /* a batch was put back; logged once per outage */
 };
 
 static void batch_free(batch *b) {
@@ -68,6 +75,35 @@ static void on_work(uv_work_t *req) {
   uv_mutex_unlock(&q->lock);
 }
 
+static int transient(int r) { return r == -ENOTCONN || r == -EBUSY; }
+
+/* The batch being written failed for a passing reason: put it in front of the records queued
+ * since, unless that would pass the queue's bounds (then it is reported lost). */
+static void requeue(evs__appendq *q, int r) {
+  batch *w = &q->writing, *p = &q->pending;
+  size_t n = w->n + p->n;
+  evs__store_rec *recs = NULL;
+  if (n <= APPENDQ_MAX_RECORDS && w->bytes + p->bytes <= APPENDQ_MAX_BYTES)
+    recs = malloc(n * sizeof *recs);
+  if (!recs) {
+    report(w, r);
+    batch_free(w);
+    return;
+  }
+  if (!q->retrying)
+    EVS_LOG_WARN("EVS-1510", "store: %zu stream record(s) kept to write again: %s", w->n,
+                 strerror(-r));
+  q->retrying = 1;
+  memcpy(recs, w->recs, w->n * sizeof *recs);
+  if (p->n) memcpy(recs + w->n, p->recs, p->n * sizeof *recs);
+  free(w->recs);
+  free(p->recs);
+  p->recs = recs;
+  p->n = p->cap = n;
+  p->bytes += w->bytes;
+  memset(w, 0, sizeof *w);
+}
+
 static void kick(evs__appendq *q);
 static void on_timer(uv_timer_t *t) {
   kick(t->data);
@@ -75,7 +111,15 @@ static void on_timer(uv_timer_t *t) {
 
 static void after_work(uv_work_t *req, int status) {
   evs__appendq *q = req->data;
-  report(&q->writing, status < 0 ? status : q->result);
+  if (status == 0 && transient(q->result) && !uv_is_closing((uv_handle_t *)&q->timer)) {
+    requeue(q, q->result);
+  } else {
+    if (status == 0 && q->result >= 0 && q->retrying) {
+      EVS_LOG_INFO("EVS-1511", "store: stream records written again");
+      q->retrying = 0;
+    }
+    report(&q->writing, status < 0 ? status : q->result);
+  }
   batch_free(&q->writing);
   q->busy = 0;
   if (q->pending.n >= APPENDQ_BATCH)

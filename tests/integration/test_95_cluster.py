@@ -451,6 +451,13 @@ def test_kill_node_under_load():
 def test_postgresql_restart_under_load():
     pg, a, b, ha = cluster()
     app, key = setup_app(a, b)
+    up = evstest.Upstream()
+    evstest.defer(up.stop)
+    push(a, relays_for(app, up))
+    for srv in (a, b):
+        evstest.wait_for(lambda: all(relay(srv.url(""), "/secure/0", {"ssn": "1"})[0] == 200
+                                     for _ in range(20)),
+                         timeout=10, what="every worker of both nodes to serve the relay")
     statuses = []
     stop = threading.Event()
 
@@ -461,29 +468,47 @@ def test_postgresql_restart_under_load():
             statuses.append((st, code))
             if st != 200 and not (st == 503 and code == "service-unavailable"):
                 statuses.append(("bad", body[:200]))
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(3)]
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
     for t in threads:
         t.start()
-    evstest.wait_for(lambda: len(statuses) >= 50, timeout=30, what="some load")
+    load = Load(ha, up, threads=2)  # the Inbound Relay, encrypting, at the same time
+    evstest.wait_for(lambda: len(statuses) >= 50 and load.count() >= 50, timeout=30,
+                     what="some load")
     pg.stop("fast")
-    n = len(statuses)
-    evstest.wait_for(lambda: len(statuses) >= n + 20, timeout=30, what="requests while down")
+    n, m = len(statuses), load.count()
+    evstest.wait_for(lambda: len(statuses) >= n + 20 and load.count() >= m + 20, timeout=30,
+                     what="requests while PostgreSQL is down")
     pg.start()
     # The nodes reconnect by themselves: successes again through both.
     evstest.wait_for(lambda: all(s[0] == 200 for s in statuses[-20:]), timeout=30,
-                     what="requests to succeed again")
+                     what="API requests to succeed again")
     stop.set()
     for t in threads:
         t.join(30)
+    relayed = load.stop()
     bad = [s for s in statuses if s[0] == "bad"]
     failed = [s for s in statuses if s[0] not in (200, "bad")]
-    print("PostgreSQL restart: %d requests, %d failed cleanly (%s), %d otherwise"
-          % (len(statuses), len(failed), sorted(set(failed)), len(bad)), flush=True)
+    print("PostgreSQL restart: %d API requests, %d failed cleanly (%s), %d otherwise; %d relay "
+          "requests, %d failed" % (len(statuses), len(failed), sorted(set(failed)), len(bad),
+                                   len(relayed), sum(1 for r in relayed if r[1] != 200)),
+          flush=True)
     assert not bad, bad[:5]
+    # The relay's hot path needs no database: every relayed request succeeded throughout.
+    assert all(r[1] == 200 for r in relayed), [r for r in relayed if r[1] != 200][:5]
     for srv in (a, b):
         st, h, body = http(api_url(srv, "/encrypt"), {"v": "y"}, {"api-key": key["apiKey"]})
         assert st == 200, (st, body)
-    # Nothing half-written: every app has all its records, in both stores.
+    # The transaction records written behind while the database was away were kept and
+    # written once it came back: every acknowledged request has its record.
+    want = {r[2] for r in relayed}
+
+    def missing():
+        got = set(pg.sql("SELECT record::json->>'path' FROM evs_log WHERE record LIKE "
+                         "'%/secure/t%'", db="evs").split())
+        return want - got
+    evstest.wait_for(lambda: not missing(), timeout=15,
+                     what="every relayed request's transaction record in PostgreSQL")
+    # Nothing half-written: the app has all its records.
     for prefix in ("app/", "share1/", "wrapped/"):
         n = pg.sql("SELECT count(*) FROM evs_kv WHERE ns = 'enclave' AND "
                    "convert_from(key, 'UTF8') LIKE '%s%%'" % prefix, db="evs").strip()
