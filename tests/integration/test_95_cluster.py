@@ -353,6 +353,23 @@ def test_app_keys_relay_across_nodes():
             st, h, body = relay(a.url(""), "/other", {"card": "4242"})
             return st == 200 and EV.fullmatch(str(up.requests[-1].json().get("card")))
         evstest.wait_for(a_encrypts_card, timeout=10, what="A to apply the relay pushed on B")
+    # Outbound Relay destinations added on A are served by every worker of B (its cache
+    # follows the store's generation, store_poll_interval).
+    okey = evctl(a, "key", "create", app["appId"], "--permissions", "relay:outbound-proxy")
+    r = evstest.admin_request(a.config.admin_socket, "POST",
+                              "/outbound/%s/destinations" % app["appId"],
+                              json.dumps({"id": "pay", "destinationDomain": "pay.example.com",
+                                          "fieldsToEncrypt": []}).encode(),
+                              {"Content-Type": "application/json"})
+    assert r.status in (200, 201), (r.status, r.body)
+
+    def b_serves_pay():
+        for _ in range(10):
+            st, h, body = http(api_url(b, "/v2/relay-outbound"), headers={"api-key": okey["apiKey"]})
+            if st != 200 or "pay" not in json.loads(body)["outboundDestinations"]:
+                return False
+        return True
+    evstest.wait_for(b_serves_pay, timeout=15, what="B to serve the destination added on A")
     for srv in (a, b):
         assert app["appToken"] not in srv.log() and key["apiKey"] not in srv.log()
 
