@@ -123,11 +123,11 @@ class HAProxy:
     health check every 200 ms (two failures: down), and a retry on another node for a request
     whose connection failed."""
 
-    def __init__(self, nodes):
+    def __init__(self, nodes, ports=None):
         if not os.access(HAPROXY, os.X_OK):
             raise evstest.Skip("%s not found (apt-get install haproxy)" % HAPROXY)
         self.dir = evstest.tmpdir("evs-haproxy-")
-        self.ports = dict(zip(("http", "api"), evstest.free_ports(2)))
+        self.ports = dict(zip(("http", "api"), ports or evstest.free_ports(2)))
         self.stats = os.path.join(self.dir, "stats.sock")
         lines = ["global", "  stats socket %s mode 600 level admin" % self.stats,
                  "  maxconn 2000", "defaults", "  mode http", "  timeout connect 1s",
@@ -188,7 +188,9 @@ class HAProxy:
         self.log.close()
 
 
-def cluster():
+def cluster(ports=None):
+    """PostgreSQL, nodes A and B, HAProxy (on ports (relay, api) if given). scripts/demo
+    --cluster starts this too."""
     enclave = evstest.build_path("evserver-enclave")
     if not os.access(enclave, os.X_OK):
         raise evstest.Skip("%s is not built" % enclave)
@@ -196,7 +198,7 @@ def cluster():
     seal = os.urandom(32)
     a = node("a", pg, seal, enclave)
     b = node("b", pg, seal, enclave)
-    return pg, a, b, HAProxy([a, b])
+    return pg, a, b, HAProxy([a, b], ports)
 
 
 # ---- clients ------------------------------------------------------------------------------------
