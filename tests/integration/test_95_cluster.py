@@ -99,7 +99,9 @@ def functions_available():
             shutil.which("node"))
 
 
-def node(name, pg, seal, enclave):
+def node(name, pg, seal, enclave, workers=2, log_level="info", relay=None, store=None):
+    """A node of the cluster (bench/cluster/run passes the keyword arguments: workers, log
+    level, relay-inbound items, a store other than the cluster's)."""
     dir = evstest.tmpdir("evs-%s-" % name)
     # Each node has its own copy of the one sealing key (what an operator distributes).
     key = os.path.join(dir, "enclave-seal.key")
@@ -108,13 +110,15 @@ def node(name, pg, seal, enclave):
     os.close(fd)
     plugins = {"enclave": {"enclave_binary": enclave, "seal_key": key,
                            "share_store": pg.dsn("evs_shares"), "request_timeout": "3s"},
-               "relay-inbound": {"config_source": "store", "store_poll_interval": "200ms"}}
+               "relay-inbound": dict({"config_source": "store", "store_poll_interval": "200ms"},
+                                     **(relay or {}))}
     if functions_available():
         plugins["function-runtime"] = {"fnbox_binary": evstest.build_path("evs-fnbox"),
                                        "start_timeout": "5s"}
     cfg = evstest.write_config(
-        dir, listeners={"http": {}, "api": {}}, server={"workers": 2},
-        store={"backend": "postgresql", "dsn": pg.dsn()}, plugins=plugins)
+        dir, listeners={"http": {}, "api": {}},
+        server={"workers": workers, "log_level": log_level},
+        store=store or {"backend": "postgresql", "dsn": pg.dsn()}, plugins=plugins)
     return evstest.Server(cfg).start(timeout=30)
 
 
