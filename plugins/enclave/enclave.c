@@ -351,7 +351,9 @@ static int keycache_id(const char *key, size_t key_len, const char *perm, size_t
   return ok ? 0 : -1;
 }
 
-static void keycache_put(enclave_state *st, const char *key, const char *perm, const char *app) {
+void enc_keycache_put(enclave_state *st, uint64_t gen, const char *key, const char *perm,
+                      const char *app) {
+  if (gen != st->key_gen) return; /* a key was revoked since the record was read */
   unsigned char id[32];
   if (keycache_id(key, strlen(key), perm, strlen(perm), id) < 0) return;
   enc_keycache_slot *sl = &st->keycache[id[0] % ENC_KEYCACHE_SLOTS];
@@ -362,8 +364,8 @@ static void keycache_put(enclave_state *st, const char *key, const char *perm, c
 }
 
 /* The app of a recent successful check of key and perm still valid, or NULL. */
-static const char *keycache_get(enclave_state *st, const char *key, size_t key_len,
-                                const char *perm) {
+const char *enc_keycache_get(enclave_state *st, const char *key, size_t key_len,
+                             const char *perm) {
   unsigned char id[32];
   if (keycache_id(key, key_len, perm, strlen(perm), id) < 0) return NULL;
   enc_keycache_slot *sl = &st->keycache[id[0] % ENC_KEYCACHE_SLOTS];
@@ -395,7 +397,7 @@ static void on_check_record(void *arg, int status, const uint8_t *v, size_t len)
   if (status == 0)
     ok = enc_api_key_verify(v, len, kc->key, kc->perm, NULL, app, key_id) == ENC_KEY_OK;
   enc_audit(kc->st, key_id[0] ? key_id : "unknown", app, "relay-auth", 0, ok ? "ok" : "unauthorized");
-  if (ok && kc->kdone && kc->gen == kc->st->key_gen) keycache_put(kc->st, kc->key, kc->perm, app);
+  if (ok && kc->kdone) enc_keycache_put(kc->st, kc->gen, kc->key, kc->perm, app);
   if (kc->kdone) {
     kc->kdone(kc->done_arg, ok ? 0 : -EACCES, ok ? app : NULL);
   } else if (!ok) {
@@ -643,7 +645,7 @@ static int t_check_api_key(void *state, const evs_api_key_request *req, evs_api_
   enclave_state *st = state;
   /* A recheck answered from the cache runs done before this returns (no store read, no audit
    * record: the check that filled the slot has one). */
-  const char *app = req->recheck ? keycache_get(st, req->key, req->key_len, req->permission) : NULL;
+  const char *app = req->recheck ? enc_keycache_get(st, req->key, req->key_len, req->permission) : NULL;
   if (app) {
     done(done_arg, 0, app);
     return 0;

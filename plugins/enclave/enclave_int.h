@@ -23,7 +23,9 @@
 typedef struct relay_ca relay_ca; /* relay_ca.c */
 
 /* Answers to repeated key checks (evs_api_key_request.recheck: each request in an Outbound
- * Relay tunnel), so that a tunnel's key is checked per request without a store read: a slot
+ * Relay tunnel; and every API request, /encrypt, /decrypt, /keys, /cages/key: api.c), so that a
+ * key is checked per request without a store read (docs/state.md: no database round trip on
+ * the request path): a slot
  * holds a successful check's SHA-256(key, permission) and app, valid while no key was revoked
  * in this node since (gen) and for at most ENC_KEYCACHE_MS (other nodes' revocations). */
 #define ENC_KEYCACHE_SLOTS 64
@@ -41,6 +43,15 @@ typedef struct enc_rate_slot {
   uint64_t window; /* minute number (monotonic ms / 60000, + 1) */
   uint64_t count;  /* requests of the addresses hashed here in that minute */
 } enc_rate_slot;
+
+struct enclave_state;
+/* enclave.c: the cache above. get: the app of a successful check of (key, perm) made less than
+ * ENC_KEYCACHE_MS ago with no revocation in this node since, or NULL. put: records one, unless
+ * gen (key_gen when the record was read) is no longer current. */
+const char *enc_keycache_get(struct enclave_state *st, const char *key, size_t key_len,
+                             const char *perm);
+void enc_keycache_put(struct enclave_state *st, uint64_t gen, const char *key, const char *perm,
+                      const char *app);
 
 typedef struct enclave_state {
   const evs_host *host;
@@ -94,6 +105,7 @@ struct enc_ctx {
   char curve[16];
   char role[64];
   char *api_key;      /* the presented key, wiped on free */
+  uint64_t key_gen;   /* enclave_state.key_gen when the key record was asked for */
   json_t *root;       /* the data to encrypt/decrypt: an object or array */
   int wrapped;        /* root is a one-element array around a top-level scalar */
   json_t *body_obj;   /* admin request object */
