@@ -18,6 +18,11 @@
  * at the next interval, within the queue's bounds, so records outlive a database restart
  * (docs/state.md). A batch is one transaction: it is written whole or not at all; a
  * connection lost while its commit was in flight may write it twice, never half.
+ *
+ * With PostgreSQL the batches go through a connection of their own (own), so the loop's store
+ * calls (key-value reads and writes, synchronous on the loop) never wait for a batch's commit
+ * behind the handle's mutex; that wait was the p99 of a worker writing audit records. SQLite
+ * keeps one handle: a second connection would wait for the same file lock anyway.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -41,6 +46,7 @@ typedef struct batch {
 
 struct evs__appendq {
   evs__worker *w;
+  evs__store *own;   /* PostgreSQL: the batches' own connection (NULL: w->store) */
   uv_timer_t timer;
   uv_work_t work;
   batch pending;   /* the loop's */
@@ -68,7 +74,8 @@ static void report(batch *b, int r) {
 
 static void on_work(uv_work_t *req) {
   evs__appendq *q = req->data;
-  q->result = evs__store_append_batch(q->w->store, q->writing.recs, q->writing.n);
+  q->result = evs__store_append_batch(q->own ? q->own : q->w->store, q->writing.recs,
+                                     q->writing.n);
   uv_mutex_lock(&q->lock);
   q->written = 1;
   uv_cond_signal(&q->written_cond);
@@ -143,10 +150,18 @@ static void kick(evs__appendq *q) {
   }
 }
 
-int evs__appendq_init(evs__worker *w) {
+int evs__appendq_init(evs__worker *w, const evs__store_options *so) {
   evs__appendq *q = calloc(1, sizeof *q);
   if (!q) return -ENOMEM;
   q->w = w;
+  if (so && so->backend && strcmp(so->backend, "postgresql") == 0) {
+    char err[512];
+    if (evs__store_open(so, &q->own, err, sizeof err) < 0) {
+      EVS_LOG_WARN("EVS-1512", "store: no second connection for stream records (%s); they share "
+                   "the worker's", err);
+      q->own = NULL;
+    }
+  }
   if (uv_mutex_init(&q->lock) < 0) {
     free(q);
     return -ENOMEM;
@@ -203,7 +218,8 @@ void evs__appendq_sync(evs__worker *w) {
     uv_mutex_unlock(&q->lock);
   }
   if (q->pending.n) {
-    report(&q->pending, evs__store_append_batch(w->store, q->pending.recs, q->pending.n));
+    report(&q->pending, evs__store_append_batch(q->own ? q->own : w->store, q->pending.recs,
+                                                q->pending.n));
     batch_free(&q->pending);
   }
 }
@@ -213,6 +229,7 @@ void evs__appendq_close(evs__worker *w) {
   if (!q) return;
   /* The loop has run to its end: no batch is in flight, and the timer is closed. */
   evs__appendq_sync(w);
+  evs__store_close(q->own);
   uv_cond_destroy(&q->written_cond);
   uv_mutex_destroy(&q->lock);
   free(q);

@@ -128,7 +128,7 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
   if (evs__store_open(&so, &w->store, err, sizeof err) < 0) {
     EVS_LOG_ERR("EVS-1503", "store (%s): %s", s->store_backend, err);
     w->store = NULL; /* plugins see -ENOTSUP from store calls */
-  } else if (evs__appendq_init(w) < 0) {
+  } else if (evs__appendq_init(w, &so) < 0) {
     EVS_LOG_ERR("EVS-1503", "store: out of memory");
     return 1;
   }
