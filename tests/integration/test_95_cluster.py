@@ -207,6 +207,13 @@ def cluster(ports=None):
 
 # ---- clients ------------------------------------------------------------------------------------
 
+def assert_clean(*nodes):
+    """No sanitizer report (ASan builds) in a node's log."""
+    for srv in nodes:
+        log = srv.log()
+        assert "Sanitizer" not in log and "runtime error:" not in log, log[-3000:]
+
+
 def evctl(srv, *args, stdin=None):
     r = subprocess.run([evstest.build_path("evctl"), "--socket", srv.config.admin_socket, "--json",
                         *args], input=stdin, capture_output=True, text=True, timeout=20)
@@ -387,6 +394,7 @@ def test_app_keys_relay_across_nodes():
     evstest.wait_for(b_serves_pay, timeout=15, what="B to serve the destination added on A")
     for srv in (a, b):
         assert app["appToken"] not in srv.log() and key["apiKey"] not in srv.log()
+    assert_clean(a, b)
 
 
 def deploy(srv, app, name, code):
@@ -432,6 +440,7 @@ def test_functions_and_run_tokens_across_nodes():
         st, h, body = http(api_url(other, "/functions/echo/runs"), {"payload": {"x": 1}}, tok,
                            timeout=60)
         assert st == 401 and json.loads(body)["code"] == "run-token-used-error", (st, body)
+    assert_clean(a, b)
 
 
 def test_kill_node_under_load():
@@ -478,6 +487,7 @@ def test_kill_node_under_load():
     print("transaction records: %d acknowledged up to 250 ms before the kill, %d missing; "
           "%d of the last 250 ms missing" % (len(acked), len(missing), len(last)), flush=True)
     assert not missing, sorted(missing)[:5]
+    assert_clean(b)
 
 
 def test_postgresql_restart_under_load():
@@ -545,6 +555,7 @@ def test_postgresql_restart_under_load():
         n = pg.sql("SELECT count(*) FROM evs_kv WHERE ns = 'enclave' AND "
                    "convert_from(key, 'UTF8') LIKE '%s%%'" % prefix, db="evs").strip()
         assert n == "1", (prefix, n)
+    assert_clean(a, b)
 
 
 if __name__ == "__main__":
