@@ -9,7 +9,10 @@ as an operator distributes it) and `config_source = store` for the Inbound Relay
 HAProxy balancing the relay and API listeners round robin with a TCP health check every 200 ms.
 
 - An app and key created through node A encrypt on B and decrypt on A (and the other way), once
-  the app is unlocked on B (per node: docs/state.md, "Unlocking a cluster").
+  the app is unlocked on B (per node: docs/state.md, "Unlocking a cluster"); a key revoked on A
+  is refused on B within a second; client-side tokens and Functions' run tokens used on one
+  node are refused on the other; Functions deployed through A run on both; Outbound Relay
+  destinations added on A are served by B.
 - `evctl relay push` on A applies on B without touching B's files.
 - kill -9 of node A while clients send through HAProxy: once the health check has removed A,
   every request succeeds; the transaction log records of every request acknowledged more than
@@ -333,6 +336,19 @@ def test_app_keys_relay_across_nodes():
     for i in range(6):
         ev = encrypt(ha.url("api", "/encrypt"), key, "lb-%d" % i)
         assert decrypt(ha.url("api", "/decrypt"), app, key, ev) == "lb-%d" % i
+
+    # A client-side token made on A and used on B is refused on A (and the other way round):
+    # single use across the cluster (the store's atomic take of cstlive/<hash>).
+    for maker, user, other in ((a, b, a), (b, a, b)):
+        ev = encrypt(api_url(maker, "/encrypt"), key, "4242")
+        st, h, body = http(api_url(maker, "/client-side-tokens"),
+                           {"action": "api:decrypt", "payload": {"card": ev}}, basic(app, key))
+        assert st == 200, (st, body)
+        tok = {"Authorization": "Token " + json.loads(body)["token"]}
+        st, h, body = http(api_url(user, "/decrypt"), {"data": {"card": ev}}, tok)
+        assert st == 200 and json.loads(body) == {"data": {"card": "4242"}}, (st, body)
+        st, h, body = http(api_url(other, "/decrypt"), {"data": {"card": ev}}, tok)
+        assert st == 401 and json.loads(body)["code"] == "token-used", (st, body)
 
     # A key revoked on A is refused on A at once and on B within the key cache's second
     # (ENC_KEYCACHE_MS: each worker answers a key it checked less than a second ago without
