@@ -645,7 +645,8 @@ static int t_check_api_key(void *state, const evs_api_key_request *req, evs_api_
   enclave_state *st = state;
   /* A recheck answered from the cache runs done before this returns (no store read, no audit
    * record: the check that filled the slot has one). */
-  const char *app = req->recheck ? enc_keycache_get(st, req->key, req->key_len, req->permission) : NULL;
+  const char *app =
+      req->recheck ? enc_keycache_get(st, req->key, req->key_len, req->permission) : NULL;
   if (app) {
     done(done_arg, 0, app);
     return 0;

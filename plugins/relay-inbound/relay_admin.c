@@ -14,8 +14,8 @@
  * Writes go through relay_config_replace (relay_inbound.c), which validates, writes the file
  * atomically and applies it without a restart; with config_source = store they are then
  * published to the store (relay_config_publish) and answered once the store has them, so every
- * node of a cluster applies them within store_poll_interval. The records read here are written by the
- * request path; their formats are fixed in relay_int.h.
+ * node of a cluster applies them within store_poll_interval. The records read here are written
+ * by the request path; their formats are fixed in relay_int.h.
  *
  * Answers that wait for the store keep their state in an admin_ctx attached to the request
  * (request_set_data): if the client goes away first, the host frees the request and the ctx

@@ -327,7 +327,8 @@ int relay_config_publish(relay_state *st, const char *buf, size_t len, relay_pub
   x->cb = cb;
   x->arg = arg;
   new_gen(x->gen, sizeof x->gen);
-  int rc = st->host->store_put(st->plugin, "config", (const uint8_t *)buf, len, 0, on_doc_written, x);
+  int rc = st->host->store_put(st->plugin, "config", (const uint8_t *)buf, len, 0, on_doc_written,
+                               x);
   if (rc < 0) free(x);
   return rc;
 }
