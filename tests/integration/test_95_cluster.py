@@ -111,7 +111,9 @@ def node(name, pg, seal, enclave, workers=2, log_level="info", relay=None, store
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, seal)
     os.close(fd)
-    plugins = {"enclave": {"enclave_binary": enclave, "seal_key": key,
+    creds = os.path.join(dir, "credentials")  # as systemd's $CREDENTIALS_DIRECTORY
+    os.mkdir(creds, 0o700)
+    plugins = {"enclave": {"enclave_binary": enclave, "seal_key": key, "credentials_dir": creds,
                            "share_store": pg.dsn("evs_shares"), "request_timeout": "3s"},
                "relay-inbound": dict({"config_source": "store", "store_poll_interval": "200ms"},
                                      **(relay or {}))}
@@ -456,6 +458,30 @@ def test_functions_and_run_tokens_across_nodes():
         st, h, body = http(api_url(other, "/functions/echo/runs"), {"payload": {"x": 1}}, tok,
                            timeout=60)
         assert st == 401 and json.loads(body)["code"] == "run-token-used-error", (st, body)
+    assert_clean(a, b)
+
+
+def test_unlock_from_credentials_on_every_node():
+    """The unattended way (docs/state.md, "Unlocking a cluster"): the app's token as a systemd
+    credential on every node; a node that starts unlocks it by itself, no evctl needed."""
+    pg, a, b, ha = cluster()
+    app = evctl(a, "app", "create")
+    key = evctl(a, "key", "create", app["appId"], "--permissions", "api:encrypt,api:decrypt")
+    st, h, body = http(api_url(b, "/encrypt"), {"v": 1}, {"api-key": key["apiKey"]})
+    assert st == 503 and h.get("x-evervault-error-code") == "service-unavailable", (st, body)
+    path = os.path.join(b.config.dir, "credentials", "evserver-app-" + app["appId"])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, app["appToken"].encode())
+    os.close(fd)
+    b.stop()
+    b.start(timeout=30)
+    # Every worker of B unlocks it from the credential at its enclave's start.
+    evstest.wait_for(lambda: all(http(api_url(b, "/encrypt"), {"v": i},
+                                      {"api-key": key["apiKey"]})[0] == 200 for i in range(10)),
+                     timeout=15, what="B to unlock the app from its credential")
+    ev = encrypt(api_url(b, "/encrypt"), key, "from b")
+    assert decrypt(api_url(a, "/decrypt"), app, key, ev) == "from b"
+    assert app["appToken"] not in b.log()
     assert_clean(a, b)
 
 
