@@ -24,6 +24,7 @@
 #include "proxy.h"
 #include "request.h"
 #include "route.h"
+#include "tls.h"
 #include "stream.h"
 #include "worker.h"
 
@@ -284,6 +285,15 @@ static int h_add_route(evs_plugin *p, const evs_route *route) {
   rt.seq = seq++;
   if ((rc = evs__route_insert(&w->routes, &w->nroutes, &rt)) < 0) evs__route_clear(&rt);
   return rc;
+}
+
+static int h_add_tls_identity(evs_plugin *p, const char *role, const char *suffix,
+                              evs_tls_identity_fn fn, void *arg) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  if (!evs__route_role_valid(role)) return -EINVAL;
+  evs__tls_provider_cache_size((size_t)evs__w->settings->tls_identity_cache);
+  return evs__tls_provider_add(r, role, suffix, fn, arg);
 }
 
 static const evs_request_info *h_request_info(evs_request *req) { return &req->info; }
@@ -1038,6 +1048,7 @@ static const evs_host host_table = {
     .response_close = h_response_close,
     .stream_write_queued = evs__stream_write_queued,
     .stream_on_drain = evs__stream_on_drain,
+    .add_tls_identity = h_add_tls_identity,
 };
 
 void evs__host_emit_draining(const char *reason) {

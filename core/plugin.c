@@ -21,6 +21,7 @@
 #include "metrics.h"
 #include "plugin.h"
 #include "route.h"
+#include "tls.h"
 #include "worker.h"
 
 /* The size of the ABI 1.0 descriptor: anything shorter is truncated. */
@@ -232,6 +233,7 @@ int evs__plugins_load(evs__worker *w) {
     if (irc != 0) {
       w->nhooks = hooks_before; /* registrations of a failed init are void */
       evs__route_drop_plugin(w->routes, &w->nroutes, r);
+      evs__tls_provider_drop(r);
       evs__host_forget(r);
       w->plugin_init_failures++;
       reject(r, "init failed (%d: %s); see the plugin's log lines above and its README", irc,

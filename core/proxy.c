@@ -631,6 +631,9 @@ int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_f
     return -EINVAL;
   int tls = strcmp(up->scheme, "https") == 0;
   if (!tls && strcmp(up->scheme, "http") != 0) return -EINVAL;
+  const char *unix_path =
+      up->size >= offsetof(evs_upstream, unix_path) + sizeof up->unix_path ? up->unix_path : NULL;
+  if (unix_path && (tls || !unix_path[0])) return -EINVAL; /* plain HTTP on a unix socket */
   evs__proxy *px = calloc(1, sizeof *px);
   if (!px) return -ENOMEM;
   /* A plugin built against an older ABI passes a shorter struct: copy what it has. */
@@ -650,6 +653,17 @@ int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_f
       char *e = evs__fmt_i64(EVS__FMT_LIT(evs__fmt_mem(px->host_header, up->host, hl), ":"), px->port);
       *e = '\0';
     }
+  }
+  /* ABI 1.9: a unix socket; the connection pool keys it as the host "unix:<path>". */
+  if (unix_path) {
+    size_t ul = strlen(unix_path);
+    char *uh = malloc(ul + 6);
+    if (uh) {
+      memcpy(uh, "unix:", 5);
+      memcpy(uh + 5, unix_path, ul + 1);
+    }
+    free(px->host);
+    px->host = uh;
   }
   px->ca_file = up->ca_file ? strdup(up->ca_file) : NULL;
   px->cert_file = up->client_cert_file ? strdup(up->client_cert_file) : NULL;

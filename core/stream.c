@@ -64,6 +64,7 @@ struct evs_stream {
   evs_stream_connect_fn connect_cb;
   void *connect_arg;
   char *host, *sni;
+  char *unix_path;          /* 1.9: a client stream to a unix socket, or NULL */
   int sni_is_ip, verify;
   uint16_t port;
   SSL_CTX *client_ctx;      /* owned by the client context cache */
@@ -90,6 +91,7 @@ __attribute__((noinline)) static void stream_unref(evs_stream *s) {
   if (s->addrs) uv_freeaddrinfo(s->addrs);
   free(s->authority);
   free(s->host);
+  free(s->unix_path);
   free(s->sni);
   free(s);
 }
@@ -443,7 +445,7 @@ static void client_on_connect(uv_connect_t *req, int status) {
     }
     return;
   }
-  uv_tcp_nodelay(&s->io->h.tcp, 1);
+  if (!s->unix_path) uv_tcp_nodelay(&s->io->h.tcp, 1);
   s->io->on_read = client_on_read;
   if (!s->client_ctx) {
     client_done(s, 0);
@@ -460,13 +462,18 @@ static void client_try(evs_stream *s) {
     client_done(s, -ENOMEM);
     return;
   }
-  uv_tcp_init(evs__w->loop, &io->h.tcp);
+  if (s->unix_path) uv_pipe_init(evs__w->loop, &io->h.pipe, 0);
+  else uv_tcp_init(evs__w->loop, &io->h.tcp);
   evs__io_init(io, s);
   io->on_close = client_io_closed;
   io->on_drain = client_io_drain;
   s->refs++;
   s->io = io;
   s->creq.data = s;
+  if (s->unix_path) {
+    uv_pipe_connect(&s->creq, &io->h.pipe, s->unix_path, client_on_connect);
+    return;
+  }
   if (uv_tcp_connect(&s->creq, &io->h.tcp, s->cur->ai_addr, client_on_connect) < 0) {
     client_io_close(s);
     if (s->cur->ai_next) {
@@ -501,6 +508,12 @@ evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *op
   memset(&o, 0, sizeof o);
   if (!opts || !cb || opts->size < offsetof(evs_stream_connect, connect_timeout_ms)) return NULL;
   memcpy(&o, opts, opts->size < sizeof o ? opts->size : sizeof o);
+  /* 1.9 members read as NULL from an older struct (copied by its size above). */
+  if (o.unix_path && (!o.unix_path[0] || o.tls)) return NULL;
+  if (o.unix_path) {
+    o.host = "localhost";
+    o.port = 1;
+  }
   if (!o.host || !o.host[0] || o.port == 0) return NULL;
   evs_stream *s = calloc(1, sizeof *s);
   if (!s) return NULL;
@@ -536,19 +549,27 @@ evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *op
       return NULL;
     }
   }
-  char port_s[8];
-  snprintf(port_s, sizeof port_s, "%u", (unsigned)s->port);
-  struct addrinfo hints;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  s->gai.data = s;
-  if (uv_getaddrinfo(evs__w->loop, &s->gai, client_resolved, s->host, port_s, &hints) < 0) {
-    stream_unref(s);
-    return NULL;
+  if (o.unix_path) {
+    if (!(s->unix_path = strdup(o.unix_path))) {
+      stream_unref(s);
+      return NULL;
+    }
+    s->connecting = 1;
+  } else {
+    char port_s[8];
+    snprintf(port_s, sizeof port_s, "%u", (unsigned)s->port);
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    s->gai.data = s;
+    if (uv_getaddrinfo(evs__w->loop, &s->gai, client_resolved, s->host, port_s, &hints) < 0) {
+      stream_unref(s);
+      return NULL;
+    }
+    s->refs++; /* the lookup's */
+    s->connecting = 1;
   }
-  s->refs++; /* the lookup's */
-  s->connecting = 1;
   uv_timer_init(evs__w->loop, &s->timer);
   s->timer.data = s;
   s->timer_live = 1;
@@ -556,6 +577,8 @@ evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *op
   uint64_t ms = o.connect_timeout_ms ? o.connect_timeout_ms
                                      : (uint64_t)evs__w->settings->upstream_connect_timeout_ms;
   uv_timer_start(&s->timer, client_timeout, ms, 0);
+  /* A pipe connect reports its result in the callback, on a later turn. */
+  if (s->unix_path) client_try(s);
   return s;
 }
 

@@ -4,8 +4,10 @@
  * default certificate answers, as browsers and curl expect).
  */
 #include "tls.h"
+#include "tls_idcache.h"
 #include "tls_tickets.h"
 
+#include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <stdio.h>
@@ -24,6 +26,8 @@ typedef struct sni_entry {
 
 struct evs__tls_server {
   SSL_CTX *default_ctx;
+  char **roles; /* the listener's `serves`, for plugins' identities (ABI 1.9) */
+  size_t nroles;
   sni_entry *entries;
   size_t nentries;
   SSL_CTX **owned;
@@ -93,11 +97,103 @@ static int name_matches(const char *pattern, const char *name) {
   return strcasecmp(pattern, name) == 0;
 }
 
+/* ---- plugins' identities on listeners (ABI 1.9 add_tls_identity) ----------------------- */
+
+typedef struct tls_provider {
+  const void *owner;
+  char *role, *suffix; /* suffix with its leading '.' */
+  evs_tls_identity_fn fn;
+  void *arg;
+} tls_provider;
+
+/* Per worker: registered in init, read during handshakes. */
+static tls_provider *providers;
+static size_t nproviders;
+static evs__tls_idcache *provider_contexts;
+static size_t provider_cache_cap = 1024;
+
+int evs__tls_provider_add(const void *owner, const char *role, const char *suffix,
+                          evs_tls_identity_fn fn, void *arg) {
+  if (!fn || !role || !role[0] || !suffix || !suffix[0] || suffix[0] == '.' ||
+      strlen(suffix) > 253)
+    return -EINVAL;
+  tls_provider *np = realloc(providers, (nproviders + 1) * sizeof *np);
+  if (!np) return -ENOMEM;
+  providers = np;
+  tls_provider *tp = &providers[nproviders];
+  tp->owner = owner;
+  tp->fn = fn;
+  tp->arg = arg;
+  tp->role = strdup(role);
+  tp->suffix = malloc(strlen(suffix) + 2);
+  if (!tp->role || !tp->suffix) {
+    free(tp->role);
+    free(tp->suffix);
+    return -ENOMEM;
+  }
+  tp->suffix[0] = '.';
+  strcpy(tp->suffix + 1, suffix);
+  nproviders++;
+  return 0;
+}
+
+void evs__tls_provider_drop(const void *owner) {
+  size_t out = 0;
+  for (size_t i = 0; i < nproviders; i++) {
+    if (providers[i].owner == owner) {
+      free(providers[i].role);
+      free(providers[i].suffix);
+    } else {
+      providers[out++] = providers[i];
+    }
+  }
+  nproviders = out;
+}
+
+void evs__tls_provider_cache_size(size_t cap) { provider_cache_cap = cap ? cap : 1; }
+
+#define PROVIDER_KEY_MAX 255
+
+/* 1 when a plugin's identity was set on ssl. */
+static int provider_identity(evs__tls_server *t, SSL *ssl, const char *name) {
+  size_t nl = strlen(name);
+  for (size_t i = 0; i < nproviders; i++) {
+    tls_provider *tp = &providers[i];
+    size_t sl = strlen(tp->suffix);
+    if (nl <= sl || strcasecmp(name + nl - sl, tp->suffix) != 0) continue;
+    int serves = 0;
+    for (size_t r = 0; r < t->nroles && !serves; r++) serves = !strcmp(t->roles[r], tp->role);
+    if (!serves) continue;
+    evs_tls_identity id;
+    memset(&id, 0, sizeof id);
+    id.size = sizeof id;
+    if (tp->fn(tp->arg, name, &id) < 0) continue;
+    const char *key = id.cache_key;
+    if (key && (!key[0] || strnlen(key, PROVIDER_KEY_MAX + 1) > PROVIDER_KEY_MAX)) key = NULL;
+    if (key && !provider_contexts) provider_contexts = evs__tls_idcache_new(provider_cache_cap);
+    SSL_CTX *ctx = key && provider_contexts
+                       ? evs__tls_idcache_get(provider_contexts, tp->owner, key)
+                       : NULL;
+    if (ctx) {
+      SSL_set_SSL_CTX(ssl, ctx);
+      return 1;
+    }
+    ctx = evs__tls_ctx_from_pem(id.cert_pem, id.cert_pem_len, id.key_pem, id.key_pem_len);
+    if (!ctx) return 0;
+    if (key && provider_contexts) evs__tls_idcache_put(provider_contexts, tp->owner, key, ctx);
+    SSL_set_SSL_CTX(ssl, ctx);
+    SSL_CTX_free(ctx); /* the SSL (and the cache) hold their own references */
+    return 1;
+  }
+  return 0;
+}
+
 static int sni_cb(SSL *ssl, int *al, void *arg) {
   (void)al;
   evs__tls_server *t = arg;
   const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
   if (!name) return SSL_TLSEXT_ERR_OK;
+  if (nproviders && provider_identity(t, ssl, name)) return SSL_TLSEXT_ERR_OK;
   for (int pass = 0; pass < 2; pass++) {
     for (size_t i = 0; i < t->nentries; i++) {
       int wildcard = t->entries[i].name[0] == '.';
@@ -119,7 +215,10 @@ int evs__tls_server_new(const evs__settings *s, const evs__listener_conf *l,
   size_t total_names = 0;
   for (size_t i = 0; i < s->ncerts; i++) total_names += s->certs[i].nserver_names;
   t->entries = calloc(total_names + 1, sizeof *t->entries);
-  if (!t->owned || !t->entries) goto fail;
+  t->roles = calloc(l->nroles + 1, sizeof *t->roles);
+  if (!t->owned || !t->entries || !t->roles) goto fail;
+  for (size_t i = 0; i < l->nroles; i++)
+    if (!(t->roles[t->nroles++] = strdup(l->roles[i]))) goto fail;
   t->default_ctx = server_ctx_load(l->cert_file, l->key_file, l->session_tickets, err, errlen);
   if (!t->default_ctx) goto fail;
   t->owned[t->nowned++] = t->default_ctx;
@@ -150,6 +249,8 @@ SSL_CTX *evs__tls_server_ctx(evs__tls_server *t) { return t->default_ctx; }
 void evs__tls_server_free(evs__tls_server *t) {
   if (!t) return;
   for (size_t i = 0; i < t->nentries; i++) free(t->entries[i].name);
+  for (size_t i = 0; i < t->nroles; i++) free(t->roles[i]);
+  free(t->roles);
   for (size_t i = 0; i < t->nowned; i++) SSL_CTX_free(t->owned[i]);
   free(t->entries);
   free(t->owned);

@@ -11,6 +11,7 @@
 #include <openssl/ssl.h>
 
 #include "conf.h"
+#include "evserver/evs_plugin.h"
 
 typedef struct evs__tls_server evs__tls_server;
 
@@ -33,5 +34,13 @@ void evs__tls_client_cache_clear(void);
 SSL_CTX *evs__tls_ctx_from_pem(const char *cert_pem, size_t cert_len, const char *key_pem,
                                size_t key_len);
 void evs__tls_apply_server_policy(SSL_CTX *ctx);
+
+/* ABI 1.9 add_tls_identity: plugins' certificates on TLS listeners by SNI suffix and role
+ * (per worker; owner is the plugin's record, dropped when its init fails). The contexts built
+ * from named identities are kept in an LRU of cap entries ([limits] tls_identity_cache). */
+int evs__tls_provider_add(const void *owner, const char *role, const char *suffix,
+                          evs_tls_identity_fn fn, void *arg);
+void evs__tls_provider_drop(const void *owner);
+void evs__tls_provider_cache_size(size_t cap);
 
 #endif

@@ -159,7 +159,8 @@ static void free_io(evs__io *io) { free(io); }
 static int upconn_new_io(evs__upconn *u) {
   u->io = malloc(sizeof *u->io);
   if (!u->io) return -ENOMEM;
-  uv_tcp_init(evs__w->loop, &u->io->h.tcp);
+  if (u->unix_path) uv_pipe_init(evs__w->loop, &u->io->h.pipe, 0);
+  else uv_tcp_init(evs__w->loop, &u->io->h.tcp);
   evs__io_init(u->io, u);
   u->io->on_close = upconn_io_closed;
   u->io->on_read = upconn_read;
@@ -193,7 +194,7 @@ static void on_connect(uv_connect_t *req, int status) {
     if (u->owner) u->owner->on_connected(u->owner, EVS_EUPSTREAM_REFUSED);
     return;
   }
-  uv_tcp_nodelay(&u->io->h.tcp, 1);
+  if (!u->unix_path) uv_tcp_nodelay(&u->io->h.tcp, 1);
   if (u->ctx) {
     int r = evs__io_tls_client(u->io, u->ctx, u->sni_is_ip ? NULL : u->sni,
                                u->tls_verify ? u->sni : NULL, on_tls_handshake);
@@ -298,6 +299,14 @@ static evs__upconn *upconn_get_key(evs__upclient *owner, const char *k, int tls,
   u->port = port;
   u->tls_verify = verify;
   u->owner = owner;
+  if (u->host && strncmp(u->host, "unix:", 5) == 0 && u->host[5]) u->unix_path = u->host + 5;
+  if (tls && u->unix_path) { /* plain HTTP only on a unix socket */
+    free(u->host);
+    free(u->sni);
+    free(u);
+    *ret_err = -EINVAL;
+    return NULL;
+  }
   if (tls) {
     char err[512];
     u->ctx = evs__tls_client_ctx(ca_file ? ca_file : evs__w->settings->upstream_ca_file, cert, key,
@@ -321,6 +330,11 @@ static evs__upconn *upconn_get_key(evs__upclient *owner, const char *k, int tls,
   }
   uv_timer_init(evs__w->loop, &u->idle_timer);
   u->idle_timer.data = u;
+  if (u->unix_path) {
+    u->connect.data = u;
+    uv_pipe_connect(&u->connect, &u->io->h.pipe, u->unix_path, on_connect);
+    return u;
+  }
   char port_s[8];
   snprintf(port_s, sizeof port_s, "%d", port);
   struct addrinfo hints;

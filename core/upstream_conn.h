@@ -53,9 +53,11 @@ struct evs__upconn {
   int io_done, timer_done;
   int gai_pending;
   int sni_is_ip;
+  const char *unix_path;     /* ABI 1.9: within host ("unix:<path>"), or NULL for TCP */
 };
 
-/* Gets an idle connection from the pool of this upstream identity (scheme, host, port, sni,
+/* A host of the form "unix:<path>" (scheme http) connects to that unix socket (ABI 1.9).
+ * Gets an idle connection from the pool of this upstream identity (scheme, host, port, sni,
  * verify, ca_file, cert, key, pass_file; the strings are copied) or starts a new one. The
  * connection reports to owner until it is released or closed. A pooled one comes back with
  * reused set and is usable at once: on_connected is not called for it. Otherwise on_connected

@@ -113,6 +113,11 @@
  *        evs_stream_connect.client_cert_file, client_key_file, client_key_passphrase_file:
  *        client streams present a client certificate (the Inbound Relay's mTLS relays'
  *        WebSockets).
+ *   1.9  unix sockets and plugin-chosen listener certificates (the Cages front):
+ *        evs_upstream.unix_path and evs_stream_connect.unix_path connect to a unix stream
+ *        socket instead of host:port (the cage's app socket); add_tls_identity lets a plugin
+ *        pick the certificate of a TLS listener serving one of its roles by SNI name (one
+ *        certificate per cage, issued from the node CA, which its attestation binds).
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -126,7 +131,7 @@ extern "C" {
 
 #define EVS_PLUGIN_MAGIC 0x50535645u /* "EVSP" little-endian */
 #define EVS_ABI_MAJOR 1
-#define EVS_ABI_MINOR 8
+#define EVS_ABI_MINOR 9
 
 /* Error codes beyond errno. */
 #define EVS_EUPSTREAM_REFUSED (-10001) /* upstream refused the connection */
@@ -324,6 +329,9 @@ typedef struct evs_upstream {
    * connections. A missing file or a wrong passphrase fails the request with 502
    * `service-unavailable` ("TLS with the destination failed"), logged as EVS-1301. */
   const char *client_key_passphrase_file;
+  /* ABI 1.9: connect to this unix stream socket instead of host:port (scheme "http" only;
+   * host still names the Host header). Connections are pooled per path. NULL: TCP. */
+  const char *unix_path;
 } evs_upstream;
 
 /* Body filter: sees each body chunk on its way through and may replace it. Called with
@@ -699,6 +707,9 @@ typedef struct evs_stream_connect {
   const char *client_cert_file;
   const char *client_key_file;
   const char *client_key_passphrase_file;
+  /* 1.9: connect to this unix stream socket instead of host:port (tls must be 0; host and
+   * port are then ignored and may be NULL and 0). NULL: TCP. */
+  const char *unix_path;
 } evs_stream_connect;
 /* status 0: s is connected (and, with tls, verified) and ready for the stream_* calls;
  * negative (EVS_EUPSTREAM_REFUSED, EVS_EUPSTREAM_TIMEOUT, EVS_ETLS for a failed handshake or
@@ -987,6 +998,14 @@ typedef struct evs_host {
    * closed stream. */
   size_t (*stream_write_queued)(evs_stream *s);
   int (*stream_on_drain)(evs_stream *s, evs_stream_write_fn cb, void *arg);
+  /* 1.9: init only (-EPERM later). On TLS listeners that serve `role`, a client whose SNI name
+   * ends in "." host_suffix (any number of labels before it) is offered to fn first, during
+   * the handshake and on the loop thread: fn fills the identity (as for stream_start_tls;
+   * give it a cache_key, so the host builds the TLS context once) and returns 0, or returns
+   * negative and the listener's own certificates apply. fn must answer at once from memory.
+   * Returns 0, -EINVAL (bad role or suffix, no fn), -ENOMEM. */
+  int (*add_tls_identity)(evs_plugin *p, const char *role, const char *host_suffix,
+                          evs_tls_identity_fn fn, void *arg);
 } evs_host;
 
 /* ABI 1.8: the write-queue marks of stream_write_queued and stream_on_drain. */
