@@ -4,6 +4,7 @@
  * ABI's contract: arguments checked, callbacks never before the call returns (deferred),
  * registrations only during init.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdarg.h>
@@ -384,6 +385,36 @@ static int h_respond(evs_request *req, int status, const evs_header *headers, si
         return -EINVAL;
   }
   return evs__respond(req, status, headers, n, body, len);
+}
+
+/* 1.9: a field for whatever head goes out (respond, respond_error, or the proxied one). */
+static int h_response_add_header(evs_request *req, const char *name, const char *value) {
+  if (!req || !name || !value) return -EINVAL;
+  if (req->head_sent) return -EALREADY;
+  size_t nl = strlen(name), vl = strlen(value);
+  if (nl == 0 || nl > 256 || vl > 8192 || req->extra_out_len + nl + vl + 4 > 16384)
+    return -EINVAL;
+  for (size_t i = 0; i < nl; i++) /* a token (RFC 9110 §5.6.2) */
+    if (!(isalnum((unsigned char)name[i]) || strchr("!#$%&'*+-.^_`|~", name[i])))
+      return -EINVAL;
+  for (size_t i = 0; i < vl; i++)
+    if ((unsigned char)value[i] < 0x20 && value[i] != '\t') return -EINVAL;
+  static const char *const banned[] = {"content-length", "transfer-encoding", "connection",
+                                       "date", NULL};
+  for (int b = 0; banned[b]; b++)
+    if (strcasecmp(name, banned[b]) == 0) return -EINVAL;
+  char *n = realloc(req->extra_out, req->extra_out_len + nl + vl + 4);
+  if (!n) return -ENOMEM;
+  req->extra_out = n;
+  char *p = n + req->extra_out_len;
+  memcpy(p, name, nl);
+  p[nl] = ':';
+  p[nl + 1] = ' ';
+  memcpy(p + nl + 2, value, vl);
+  p[nl + 2 + vl] = '\r';
+  p[nl + 3 + vl] = '\n';
+  req->extra_out_len += nl + vl + 4;
+  return 0;
 }
 
 static int h_response_close(evs_request *req) {
@@ -1049,6 +1080,7 @@ static const evs_host host_table = {
     .stream_write_queued = evs__stream_write_queued,
     .stream_on_drain = evs__stream_on_drain,
     .add_tls_identity = h_add_tls_identity,
+    .response_add_header = h_response_add_header,
 };
 
 void evs__host_emit_draining(const char *reason) {

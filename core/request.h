@@ -69,6 +69,8 @@ struct evs_request {
   int response_done;
   int chunked_out;
   int close_after;
+  char *extra_out;           /* ABI 1.9 response_add_header: "name: value\r\n" lines */
+  size_t extra_out_len;
   uint64_t bytes_out;
   const char *error_code;    /* documented code, if the host answered with one */
   evs__plugin_rec *handler;  /* plugin that took the request */

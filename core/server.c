@@ -555,6 +555,7 @@ static void request_free(evs_request *req) {
   }
   free(req->edits);
   free(req->rb_buf);
+  free(req->extra_out);
   free(req->tunnel);
   free(req->head);
   free(req->fields);
@@ -965,7 +966,7 @@ int evs__response_start(evs_request *req, int status, const evs_header *headers,
   if (!req->body_done) req->close_after = 1; /* unread body: cannot reuse the connection */
 
   /* 256: the status line (at most 64 bytes), Date, one framing field, Connection, CRLF. */
-  size_t cap = 256;
+  size_t cap = 256 + req->extra_out_len;
   for (size_t i = 0; i < n; i++) cap += headers[i].name_len + headers[i].value_len + 4;
   /* The write copies what it does not send at once, so a usual head needs no allocation. */
   char stack_out[8192];
@@ -982,6 +983,7 @@ int evs__response_start(evs_request *req, int status, const evs_header *headers,
     p = evs__fmt_mem(p, headers[i].value, headers[i].value_len);
     p = EVS__FMT_LIT(p, "\r\n");
   }
+  if (req->extra_out_len) p = evs__fmt_mem(p, req->extra_out, req->extra_out_len);
   p = fmt_date(EVS__FMT_LIT(p, "Date: "));
   p = EVS__FMT_LIT(p, "\r\n");
   if (!bodyless || head_method) {

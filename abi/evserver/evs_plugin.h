@@ -117,7 +117,9 @@
  *        evs_upstream.unix_path and evs_stream_connect.unix_path connect to a unix stream
  *        socket instead of host:port (the cage's app socket); add_tls_identity lets a plugin
  *        pick the certificate of a TLS listener serving one of its roles by SNI name (one
- *        certificate per cage, issued from the node CA, which its attestation binds).
+ *        certificate per cage, issued from the node CA, which its attestation binds);
+ *        response_add_header adds a field to whatever response head the request sends
+ *        (x-evervault-cage-ctx on a cage's answers, proxied or not).
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -1006,6 +1008,13 @@ typedef struct evs_host {
    * Returns 0, -EINVAL (bad role or suffix, no fn), -ENOMEM. */
   int (*add_tls_identity)(evs_plugin *p, const char *role, const char *host_suffix,
                           evs_tls_identity_fn fn, void *arg);
+  /* 1.9: adds a field to the response head this request will send, whichever sends it
+   * (respond, respond_error, or the proxied response, where it follows the destination's
+   * fields): x-evervault-cage-ctx on every answer of a cage. Before the head goes out (also
+   * from evs_upstream.response_head); -EALREADY after. -EINVAL for a name that is not a
+   * token, a framing field (Content-Length, Transfer-Encoding, Connection, Date), a value
+   * with control characters, or more than 16 KiB of added fields. Copied. */
+  int (*response_add_header)(evs_request *req, const char *name, const char *value);
 } evs_host;
 
 /* ABI 1.8: the write-queue marks of stream_write_queued and stream_on_drain. */
