@@ -688,7 +688,7 @@ typedef struct cb_op {
   evs_request *req;
   int refs;
   char app[CB_APP_MAX + 1], name[CB_NAME_MAX + 1];
-  char sub[160];           /* what follows /cages/<app>/<name>/ */
+  char sub[200];           /* what follows /cages/<app>/<name>/ */
   json_t *body, *rec, *aux;
   uint8_t *img;            /* deploy: the image, assembled */
   size_t img_len;
@@ -1301,10 +1301,8 @@ static int admin_images(cb_state *st, evs_request *req) {
     st->h->respond_error(req, 500, "internal-error", "Out of memory");
     return EVS_HANDLED;
   }
-  snprintf(o->image, sizeof o->image, "%s", sha);
+  snprintf(o->image, sizeof o->image, "%.64s", sha);
   o->chunk = i;
-  op_unref(o); /* one chain reference is enough below */
-  o->refs++;
   if (!strcmp(ri->method, "PUT")) {
     if (st->h->read_body(req, CB_CHUNK, on_chunk_body, o) < 0)
       op_error(o, 400, "bad-request", "The body cannot be read");
@@ -1348,9 +1346,9 @@ static int admin_cages(void *state, evs_request *req) {
     st->h->respond_error(req, 500, "internal-error", "Out of memory");
     return EVS_HANDLED;
   }
-  snprintf(o->app, sizeof o->app, "%s", app);
-  snprintf(o->name, sizeof o->name, "%s", name);
-  snprintf(o->sub, sizeof o->sub, "%s", sub);
+  snprintf(o->app, sizeof o->app, "%.63s", app);
+  snprintf(o->name, sizeof o->name, "%.63s", name);
+  snprintf(o->sub, sizeof o->sub, "%.159s", sub);
   const char *m = ri->method;
   if (!strcmp(m, "GET") && (!name[0] || (!sub[0]))) {
     if (!app[0] && ri->query[0] && !strncmp(ri->query, "app=", 4))
@@ -1450,8 +1448,8 @@ static int cb_init(const evs_host *h, evs_plugin *p, void **ret) {
   char sub[4300];
   snprintf(sub, sizeof sub, "%s/images", st->dir);
   int rc = mkdir_p(sub);
-  snprintf(sub, sizeof sub, "%s/spool", st->dir);
-  if (rc == 0) rc = mkdir_p(sub);
+  snprintf(st->spool_dir, sizeof st->spool_dir, "%s/spool", st->dir);
+  if (rc == 0) rc = mkdir_p(st->spool_dir);
   if (rc < 0) {
     h->log(p, NULL, EVS_LOG_ERROR, "cannot create %s: %s", st->dir, strerror(-rc));
     free(st);
@@ -1483,9 +1481,8 @@ static void cb_fini(void *state) {
   if (!st) return;
   st->stopping = 1;
   if (st->sync_timer) st->h->timer_free(st->sync_timer);
-  while (st->cages) cage_remove(st->cages);
-  /* Instances still stopping are the runner's now; it ends them with the worker. */
-  free(st);
+  /* The cages keep running for this rank's next worker (the runner keeps them); what is
+   * left here is freed with the process, since late callbacks may still name it. */
 }
 
 EVS_PLUGIN_DEFINE("cage-broker", "1.0.0",

@@ -18,7 +18,7 @@
 
 #define CB_NAME_MAX 63
 #define CB_APP_MAX 63
-#define CB_HOST_MAX 300
+#define CB_HOST_MAX 400
 /* Images are stored in chunks below the store's 16 MiB value limit (see cage_broker.c). */
 #define CB_CHUNK (8u << 20)
 
@@ -53,7 +53,7 @@ struct cb_cage {
    * the store (the key sealed with the app's keys as an ev: string). */
   char *cert_pem, *key_pem;
   size_t cert_len, key_len;
-  char cache_key[160];
+  char cache_key[256];
   uint8_t *spki;                /* DER SubjectPublicKeyInfo of the certificate (attestation) */
   size_t spki_len;
   int tls_pending;
@@ -70,6 +70,7 @@ struct cb_state {
   evs_plugin *p;
   char domain[256];
   char dir[4096];               /* <state_dir>/cage-broker */
+  char spool_dir[4200];         /* <dir>/spool: request bodies being decrypted */
   char node_id[96];
   cage_backend backend;
   uint64_t memory;
