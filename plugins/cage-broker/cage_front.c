@@ -560,8 +560,11 @@ static int front_request(void *state, evs_request *req) {
   kr.key_len = key.value_len;
   kr.permission = "api:encrypt"; /* granted to every key of the app */
   kr.recheck = 1;
-  if (h->check_api_key(st->p, &kr, on_key_checked, t) < 0)
+  int rc = h->check_api_key(st->p, &kr, on_key_checked, t);
+  if (rc == EVS_ENOCRYPTO)
     txn_error(t, 503, "service-unavailable", "The API key cannot be checked now");
+  else if (rc < 0) /* a key the provider refuses to look at (malformed) */
+    txn_error(t, 401, "unauthorized", "A valid api-key header for the cage's app is required");
   return EVS_HANDLED;
 }
 
