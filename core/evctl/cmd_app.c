@@ -25,38 +25,6 @@
 
 #include <openssl/crypto.h>
 
-/* Splits argv into options (--name value / --name=value, listed in opts) and positionals. */
-typedef struct opt_val {
-  const char *name;
-  const char *value;
-} opt_val;
-
-static int parse_args(const char *cmd, int argc, char **argv, opt_val *opts, size_t nopts,
-                      const char **pos, int npos_min, int npos_max, int *ret_npos) {
-  int np = 0;
-  for (int i = 0; i < argc; i++) {
-    const char *a = argv[i];
-    if (a[0] == '-' && a[1] == '-' && a[2]) {
-      size_t k = 0, nl = strcspn(a + 2, "=");
-      for (; k < nopts; k++)
-        if (strlen(opts[k].name) == nl && strncmp(opts[k].name, a + 2, nl) == 0) break;
-      if (k == nopts) return evctl_usage_error(cmd, "%s: unknown option '%s'", cmd, a);
-      if (a[2 + nl] == '=') {
-        opts[k].value = a + 3 + nl;
-      } else {
-        if (i + 1 == argc) return evctl_usage_error(cmd, "%s: --%s needs a value", cmd, opts[k].name);
-        opts[k].value = argv[++i];
-      }
-    } else {
-      if (np == npos_max) return evctl_usage_error(cmd, "%s: unexpected argument '%s'", cmd, a);
-      pos[np++] = a;
-    }
-  }
-  if (np < npos_min) return evctl_usage_error(cmd, "%s: missing argument", cmd);
-  *ret_npos = np;
-  return 0;
-}
-
 /* A key id: "key_" and letters or digits, at most 32 bytes. (App ids follow the one rule of
  * enclave/proto/evs_app_id.h, shared with the enclave and its plugin.) */
 static int valid_key_id(const char *s) {
@@ -164,7 +132,7 @@ static int app_call(const evctl_ctx *ctx, const char *cmd, int argc, char **argv
                     const char *method, const char *what,
                     void (*show)(const evctl_ctx *, json_t *)) {
   const char *pos[1];
-  int np, rc = parse_args(cmd, argc, argv, NULL, 0, pos, 1, 1, &np);
+  int np, rc = evctl_parse_opts(cmd, argc, argv, NULL, 0, pos, 1, 1, &np);
   if (rc) return rc;
   if (!evs_app_id_valid(pos[0], strlen(pos[0]))) return evctl_usage_error(cmd, "'%s' is not an app id", pos[0]);
   char path[96];
@@ -179,9 +147,9 @@ int evctl_cmd_app_lock(const evctl_ctx *ctx, int argc, char **argv) {
 }
 
 int evctl_cmd_app_unlock(const evctl_ctx *ctx, int argc, char **argv) {
-  opt_val opts[] = {{"token", NULL}};
+  evctl_opt opts[] = {EVCTL_OPT("token")};
   const char *pos[1];
-  int np, rc = parse_args("app unlock", argc, argv, opts, 1, pos, 1, 1, &np);
+  int np, rc = evctl_parse_opts("app unlock", argc, argv, opts, 1, pos, 1, 1, &np);
   if (rc) return rc;
   if (!evs_app_id_valid(pos[0], strlen(pos[0]))) return evctl_usage_error("app unlock", "'%s' is not an app id", pos[0]);
   char buf[1024];
@@ -217,9 +185,9 @@ static void show_key(const evctl_ctx *ctx, json_t *o) {
 }
 
 int evctl_cmd_key_create(const evctl_ctx *ctx, int argc, char **argv) {
-  opt_val opts[] = {{"permissions", NULL}};
+  evctl_opt opts[] = {EVCTL_OPT("permissions")};
   const char *pos[1];
-  int np, rc = parse_args("key create", argc, argv, opts, 1, pos, 1, 1, &np);
+  int np, rc = evctl_parse_opts("key create", argc, argv, opts, 1, pos, 1, 1, &np);
   if (rc) return rc;
   if (!evs_app_id_valid(pos[0], strlen(pos[0]))) return evctl_usage_error("key create", "'%s' is not an app id", pos[0]);
   json_t *perms = json_array();
@@ -268,7 +236,7 @@ static void show_revoked(const evctl_ctx *ctx, json_t *o) {
 
 int evctl_cmd_key_revoke(const evctl_ctx *ctx, int argc, char **argv) {
   const char *pos[2];
-  int np, rc = parse_args("key revoke", argc, argv, NULL, 0, pos, 2, 2, &np);
+  int np, rc = evctl_parse_opts("key revoke", argc, argv, NULL, 0, pos, 2, 2, &np);
   if (rc) return rc;
   if (!evs_app_id_valid(pos[0], strlen(pos[0]))) return evctl_usage_error("key revoke", "'%s' is not an app id", pos[0]);
   if (!valid_key_id(pos[1])) return evctl_usage_error("key revoke", "'%s' is not a key id", pos[1]);
@@ -298,9 +266,9 @@ static json_t *value_arg(const char *s) {
 }
 
 static int crypt_cmd(const evctl_ctx *ctx, const char *cmd, int argc, char **argv, int enc) {
-  opt_val opts[] = {{"curve", NULL}, {"role", NULL}};
+  evctl_opt opts[] = {EVCTL_OPT("curve"), EVCTL_OPT("role")};
   const char *pos[2];
-  int np, rc = parse_args(cmd, argc, argv, opts, enc ? 2 : 0, pos, 2, 2, &np);
+  int np, rc = evctl_parse_opts(cmd, argc, argv, opts, enc ? 2 : 0, pos, 2, 2, &np);
   if (rc) return rc;
   if (!evs_app_id_valid(pos[0], strlen(pos[0]))) return evctl_usage_error(cmd, "'%s' is not an app id", pos[0]);
   const char *curve = opts[0].value;

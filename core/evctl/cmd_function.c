@@ -40,39 +40,6 @@
 #define CODE_MAX (15u << 20)
 #define PAYLOAD_MAX (6u << 20)
 
-typedef struct fopt {
-  const char *name;
-  int flag;
-  const char *value;
-  int set;
-} fopt;
-
-static int parse(const char *cmd, int argc, char **argv, fopt *o, size_t no, const char **pos, int npos_max,
-                 int *ret_npos) {
-  int np = 0;
-  for (int i = 0; i < argc; i++) {
-    const char *a = argv[i];
-    if (a[0] == '-' && a[1] == '-' && a[2]) {
-      size_t k = 0, nl = strcspn(a + 2, "=");
-      while (k < no && !(strlen(o[k].name) == nl && strncmp(o[k].name, a + 2, nl) == 0)) k++;
-      if (k == no) return evctl_usage_error(cmd, "%s: unknown option '%s'", cmd, a);
-      o[k].set = 1;
-      if (o[k].flag) {
-        if (a[2 + nl] == '=') return evctl_usage_error(cmd, "%s: --%s takes no value", cmd, o[k].name);
-      } else if (a[2 + nl] == '=') {
-        o[k].value = a + 3 + nl;
-      } else {
-        if (i + 1 == argc) return evctl_usage_error(cmd, "%s: --%s needs a value", cmd, o[k].name);
-        o[k].value = argv[++i];
-      }
-    } else {
-      if (np == npos_max) return evctl_usage_error(cmd, "%s: unexpected argument '%s'", cmd, a);
-      pos[np++] = a;
-    }
-  }
-  if (ret_npos) *ret_npos = np;
-  return 0;
-}
 
 static char *read_file(const char *path, size_t max, size_t *ret_len, char *err, size_t errlen) {
   FILE *f = fopen(path, "rb");
@@ -121,7 +88,7 @@ static json_t *load_toml(const char *cmd, const char *dir) {
   return fn;
 }
 
-static const char *app_of(const char *cmd, const fopt *app) {
+static const char *app_of(const char *cmd, const evctl_opt *app) {
   const char *a = app->set ? app->value : getenv("EV_APP_ID");
   if (!a || !*a) {
     evctl_usage_error(cmd, "%s: which app? Pass --app <appId> or set EV_APP_ID", cmd);
@@ -135,7 +102,7 @@ static const char *app_of(const char *cmd, const fopt *app) {
 }
 
 /* The function's name: --name, else function.toml's (in dir). Returns a string to free. */
-static char *name_of(const char *cmd, const fopt *name, const char *dir) {
+static char *name_of(const char *cmd, const evctl_opt *name, const char *dir) {
   if (name->set) return strdup(name->value);
   json_t *fn = load_toml(cmd, dir);
   const char *n = json_string_value(json_object_get(fn, "name"));
@@ -200,10 +167,10 @@ static void toml_text(char *out, size_t cap, const char *name, int python) {
 
 int evctl_cmd_function_init(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function init";
-  fopt o[] = {{"language", 0, NULL, 0}, {"force", 1, NULL, 0}, {"dir", 0, NULL, 0}, {"name", 0, NULL, 0}};
+  evctl_opt o[] = {EVCTL_OPT("language"), EVCTL_FLAG("force"), EVCTL_OPT("dir"), EVCTL_OPT("name")};
   const char *pos[1] = {NULL};
   int np = 0;
-  if (parse(cmd, argc, argv, o, 4, pos, 1, &np)) return EVCTL_EXIT_USAGE;
+  if (evctl_parse_opts(cmd, argc, argv, o, 4, pos, 0, 1, &np)) return EVCTL_EXIT_USAGE;
   const char *lang = o[0].set ? o[0].value : "node";
   if (strcmp(lang, "node") != 0 && strcmp(lang, "python") != 0)
     return evctl_usage_error(cmd, "%s: --language is node or python", cmd);
@@ -244,8 +211,8 @@ int evctl_cmd_function_init(const evctl_ctx *ctx, int argc, char **argv) {
 
 int evctl_cmd_function_create_toml(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function create-toml";
-  fopt o[] = {{"force", 1, NULL, 0}, {"name", 0, NULL, 0}, {"language", 0, NULL, 0}};
-  if (parse(cmd, argc, argv, o, 3, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  evctl_opt o[] = {EVCTL_FLAG("force"), EVCTL_OPT("name"), EVCTL_OPT("language")};
+  if (evctl_parse_opts(cmd, argc, argv, o, 3, NULL, 0, 0, NULL)) return EVCTL_EXIT_USAGE;
   char cwd[4096], toml[1024];
   const char *name = o[1].set ? o[1].value : NULL;
   if (!name) {
@@ -464,9 +431,9 @@ static char *stage_with_deps(const char *dir, int kind, char *err, size_t errlen
 
 int evctl_cmd_function_deploy(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function deploy";
-  fopt o[] = {{"app", 0, NULL, 0}, {"dir", 0, NULL, 0}, {"background", 1, NULL, 0},
-              {"no-install", 1, NULL, 0}};
-  if (parse(cmd, argc, argv, o, 4, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  evctl_opt o[] = {EVCTL_OPT("app"), EVCTL_OPT("dir"), EVCTL_FLAG("background"),
+                   EVCTL_FLAG("no-install")};
+  if (evctl_parse_opts(cmd, argc, argv, o, 4, NULL, 0, 0, NULL)) return EVCTL_EXIT_USAGE;
   const char *app = app_of(cmd, &o[0]);
   if (!app) return EVCTL_EXIT_USAGE;
   const char *dir = o[1].set ? o[1].value : ".";
@@ -536,8 +503,8 @@ int evctl_cmd_function_deploy(const evctl_ctx *ctx, int argc, char **argv) {
 
 int evctl_cmd_function_list(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function list";
-  fopt o[] = {{"app", 0, NULL, 0}};
-  if (parse(cmd, argc, argv, o, 1, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  evctl_opt o[] = {EVCTL_OPT("app")};
+  if (evctl_parse_opts(cmd, argc, argv, o, 1, NULL, 0, 0, NULL)) return EVCTL_EXIT_USAGE;
   const char *app = o[0].set || getenv("EV_APP_ID") ? app_of(cmd, &o[0]) : NULL;
   if ((o[0].set || getenv("EV_APP_ID")) && !app) return EVCTL_EXIT_USAGE;
   char path[128];
@@ -571,8 +538,8 @@ int evctl_cmd_function_list(const evctl_ctx *ctx, int argc, char **argv) {
 
 int evctl_cmd_function_delete(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function delete";
-  fopt o[] = {{"app", 0, NULL, 0}, {"name", 0, NULL, 0}, {"use-current-directory", 1, NULL, 0}};
-  if (parse(cmd, argc, argv, o, 3, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  evctl_opt o[] = {EVCTL_OPT("app"), EVCTL_OPT("name"), EVCTL_FLAG("use-current-directory")};
+  if (evctl_parse_opts(cmd, argc, argv, o, 3, NULL, 0, 0, NULL)) return EVCTL_EXIT_USAGE;
   const char *app = app_of(cmd, &o[0]);
   if (!app) return EVCTL_EXIT_USAGE;
   char *name = name_of(cmd, &o[1], ".");
@@ -592,11 +559,11 @@ int evctl_cmd_function_delete(const evctl_ctx *ctx, int argc, char **argv) {
 
 int evctl_cmd_function_env(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function env";
-  fopt o[] = {{"app", 0, NULL, 0}, {"name", 0, NULL, 0}, {"key", 0, NULL, 0}, {"value", 0, NULL, 0},
-              {"secret", 1, NULL, 0}};
+  evctl_opt o[] = {EVCTL_OPT("app"), EVCTL_OPT("name"), EVCTL_OPT("key"), EVCTL_OPT("value"),
+                   EVCTL_FLAG("secret")};
   const char *pos[1] = {NULL};
   int np = 0;
-  if (parse(cmd, argc, argv, o, 5, pos, 1, &np)) return EVCTL_EXIT_USAGE;
+  if (evctl_parse_opts(cmd, argc, argv, o, 5, pos, 0, 1, &np)) return EVCTL_EXIT_USAGE;
   if (np != 1 || (strcmp(pos[0], "get") != 0 && strcmp(pos[0], "set") != 0 && strcmp(pos[0], "delete") != 0))
     return evctl_usage_error(cmd, "%s: get, set or delete?", cmd);
   const char *app = app_of(cmd, &o[0]);
@@ -637,9 +604,9 @@ int evctl_cmd_function_env(const evctl_ctx *ctx, int argc, char **argv) {
 
 int evctl_cmd_function_run(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function run";
-  fopt o[] = {{"app", 0, NULL, 0}, {"name", 0, NULL, 0}, {"data", 0, NULL, 0}, {"in", 0, NULL, 0},
-              {"async", 1, NULL, 0}};
-  if (parse(cmd, argc, argv, o, 5, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  evctl_opt o[] = {EVCTL_OPT("app"), EVCTL_OPT("name"), EVCTL_OPT("data"), EVCTL_OPT("in"),
+                   EVCTL_FLAG("async")};
+  if (evctl_parse_opts(cmd, argc, argv, o, 5, NULL, 0, 0, NULL)) return EVCTL_EXIT_USAGE;
   if (o[2].set == o[3].set) return evctl_usage_error(cmd, "%s: give the payload with --data JSON or --in FILE", cmd);
   const char *app = app_of(cmd, &o[0]);
   if (!app) return EVCTL_EXIT_USAGE;
@@ -693,10 +660,10 @@ int evctl_cmd_function_run(const evctl_ctx *ctx, int argc, char **argv) {
 
 int evctl_cmd_function_run_status(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "function run-status";
-  fopt o[] = {{"app", 0, NULL, 0}, {"name", 0, NULL, 0}};
+  evctl_opt o[] = {EVCTL_OPT("app"), EVCTL_OPT("name")};
   const char *pos[1] = {NULL};
   int np = 0;
-  if (parse(cmd, argc, argv, o, 2, pos, 1, &np)) return EVCTL_EXIT_USAGE;
+  if (evctl_parse_opts(cmd, argc, argv, o, 2, pos, 0, 1, &np)) return EVCTL_EXIT_USAGE;
   if (np != 1) return evctl_usage_error(cmd, "%s: which run id?", cmd);
   const char *app = app_of(cmd, &o[0]);
   if (!app) return EVCTL_EXIT_USAGE;

@@ -23,41 +23,6 @@
 
 #define DOC_MAX (512u * 1024) /* the plugin's limit for a document */
 
-typedef struct oopt {
-  const char *name;
-  int flag;
-  const char *value;
-  int set;
-} oopt;
-
-/* --name value, --name=value and --flag; the rest are positionals (at most npos). */
-static int parse(const char *cmd, int argc, char **argv, oopt *o, size_t no, const char **pos,
-                 int npos_min, int npos_max, int *ret_npos) {
-  int np = 0;
-  for (int i = 0; i < argc; i++) {
-    const char *a = argv[i];
-    if (a[0] == '-' && a[1] == '-' && a[2]) {
-      size_t k = 0, nl = strcspn(a + 2, "=");
-      while (k < no && !(strlen(o[k].name) == nl && strncmp(o[k].name, a + 2, nl) == 0)) k++;
-      if (k == no) return evctl_usage_error(cmd, "%s: unknown option '%s'", cmd, a);
-      o[k].set = 1;
-      if (o[k].flag) {
-        if (a[2 + nl] == '=') return evctl_usage_error(cmd, "%s: --%s takes no value", cmd, o[k].name);
-      } else if (a[2 + nl] == '=') {
-        o[k].value = a + 3 + nl;
-      } else {
-        if (i + 1 == argc) return evctl_usage_error(cmd, "%s: --%s needs a value", cmd, o[k].name);
-        o[k].value = argv[++i];
-      }
-    } else {
-      if (np == npos_max) return evctl_usage_error(cmd, "%s: unexpected argument '%s'", cmd, a);
-      pos[np++] = a;
-    }
-  }
-  if (np < npos_min) return evctl_usage_error(cmd, "%s: missing argument", cmd);
-  *ret_npos = np;
-  return 0;
-}
 
 static int check_app(const char *cmd, const char *app) {
   if (!evs_app_id_valid(app, strlen(app)))
@@ -126,7 +91,7 @@ static void show_app(const evctl_ctx *ctx, json_t *o) {
 
 int evctl_cmd_outbound_list(const evctl_ctx *ctx, int argc, char **argv) {
   const char *pos[1] = {NULL};
-  int np, rc = parse("outbound list", argc, argv, NULL, 0, pos, 0, 1, &np);
+  int np, rc = evctl_parse_opts("outbound list", argc, argv, NULL, 0, pos, 0, 1, &np);
   if (rc) return rc;
   if (np && (rc = check_app("outbound list", pos[0]))) return rc;
   char path[128];
@@ -152,9 +117,9 @@ static void reloaded_note(const json_t *o) {
 
 int evctl_cmd_outbound_create(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "outbound create", *pos[1] = {NULL};
-  oopt o[] = {{"destination-domain", 0, NULL, 0}, {"id", 0, NULL, 0},
-              {"fields-to-encrypt", 0, NULL, 0}, {"encrypt-files", 1, NULL, 0}};
-  int np, rc = parse(cmd, argc, argv, o, 4, pos, 1, 1, &np);
+  evctl_opt o[] = {EVCTL_OPT("destination-domain"), EVCTL_OPT("id"), EVCTL_OPT("fields-to-encrypt"),
+                   EVCTL_FLAG("encrypt-files")};
+  int np, rc = evctl_parse_opts(cmd, argc, argv, o, 4, pos, 1, 1, &np);
   if (rc) return rc;
   if ((rc = check_app(cmd, pos[0]))) return rc;
   if (!o[0].value) return evctl_usage_error(cmd, "%s: --destination-domain is required", cmd);
@@ -189,8 +154,8 @@ int evctl_cmd_outbound_create(const evctl_ctx *ctx, int argc, char **argv) {
 
 int evctl_cmd_outbound_delete(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "outbound delete", *pos[2] = {NULL, NULL};
-  oopt o[] = {{"all", 1, NULL, 0}};
-  int np, rc = parse(cmd, argc, argv, o, 1, pos, 1, 2, &np);
+  evctl_opt o[] = {EVCTL_FLAG("all")};
+  int np, rc = evctl_parse_opts(cmd, argc, argv, o, 1, pos, 1, 2, &np);
   if (rc) return rc;
   if ((rc = check_app(cmd, pos[0]))) return rc;
   if ((np == 2) == o[0].set)
@@ -338,8 +303,8 @@ static size_t print_changes(const evctl_ctx *ctx, const json_t *c) {
 static int send_file(const evctl_ctx *ctx, const char *cmd, int argc, char **argv, int dry_run,
                      json_t **ret_obj, char *ret_app) {
   const char *pos[1] = {NULL}, *app = NULL;
-  oopt o[] = {{"app", 0, NULL, 0}};
-  int np, rc = parse(cmd, argc, argv, o, 1, pos, 1, 1, &np);
+  evctl_opt o[] = {EVCTL_OPT("app")};
+  int np, rc = evctl_parse_opts(cmd, argc, argv, o, 1, pos, 1, 1, &np);
   if (rc) return rc;
   char *text = NULL;
   size_t len = 0;

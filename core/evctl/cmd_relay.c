@@ -41,52 +41,9 @@
 #define DEFAULT_FILE "relay-config.json"
 #define DEFAULT_BASE_DOMAIN "relay.localhost"
 #define RELAY_FILE_MAX (1u << 20) /* the server's limit for relay-config.json */
-#define MAX_VALUES 32             /* most values of a repeatable option (--dns-target) */
 
 /* ---- options ------------------------------------------------------------------------------ */
 
-/* One option of a command: a flag (no value) or an option taking a value, repeatable when
- * max > 1. Commands here take no positional arguments. */
-typedef struct ropt {
-  const char *name;
-  int flag;
-  int max;
-  const char *v[MAX_VALUES];
-  int n;
-} ropt;
-
-static int parse_opts(const char *cmd, int argc, char **argv, ropt *o, size_t no) {
-  for (int i = 0; i < argc; i++) {
-    const char *a = argv[i];
-    if (!(a[0] == '-' && a[1] == '-' && a[2]))
-      return evctl_usage_error(cmd, "%s: unexpected argument '%s'", cmd, a);
-    size_t k = 0, nl = strcspn(a + 2, "=");
-    for (; k < no; k++)
-      if (strlen(o[k].name) == nl && strncmp(o[k].name, a + 2, nl) == 0) break;
-    if (k == no) return evctl_usage_error(cmd, "%s: unknown option '%s'", cmd, a);
-    ropt *op = &o[k];
-    const char *val;
-    if (op->flag) {
-      if (a[2 + nl] == '=') return evctl_usage_error(cmd, "%s: --%s takes no value", cmd, op->name);
-      val = "";
-    } else if (a[2 + nl] == '=') {
-      val = a + 3 + nl;
-    } else {
-      if (i + 1 == argc) return evctl_usage_error(cmd, "%s: --%s needs a value", cmd, op->name);
-      val = argv[++i];
-    }
-    if (!op->flag && !*val) return evctl_usage_error(cmd, "%s: --%s needs a value", cmd, op->name);
-    int max = op->max > 0 ? op->max : 1;
-    if (op->n == max) {
-      if (max == 1) return evctl_usage_error(cmd, "%s: --%s given twice", cmd, op->name);
-      return evctl_usage_error(cmd, "%s: --%s given more than %d times", cmd, op->name, max);
-    }
-    op->v[op->n++] = val;
-  }
-  return 0;
-}
-
-static const char *opt(const ropt *o) { return o->n ? o->v[0] : NULL; }
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
@@ -271,16 +228,15 @@ static void destination_host(const char *dest, char *out, size_t outlen) {
 
 int evctl_cmd_relay_create(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "relay create";
-  ropt o[] = {{"force", 1, 1, {0}, 0},         {"destination-domain", 0, 1, {0}, 0},
-              {"custom-domain", 0, 1, {0}, 0}, {"relay-type", 0, 1, {0}, 0},
-              {"dns-target", 0, MAX_VALUES, {0}, 0}, {"file", 0, 1, {0}, 0},
-              {"base-domain", 0, 1, {0}, 0}};
-  int rc = parse_opts(cmd, argc, argv, o, sizeof o / sizeof o[0]);
+  evctl_opt o[] = {EVCTL_FLAG("force"), EVCTL_OPT("destination-domain"), EVCTL_OPT("custom-domain"),
+                   EVCTL_OPT("relay-type"), EVCTL_OPT_REPEAT("dns-target", EVCTL_OPT_VALUES),
+                   EVCTL_OPT("file"), EVCTL_OPT("base-domain")};
+  int rc = evctl_parse_opts(cmd, argc, argv, o, sizeof o / sizeof o[0], NULL, 0, 0, NULL);
   if (rc) return rc;
-  int force = o[0].n > 0;
-  const char *dest = opt(&o[1]), *custom = opt(&o[2]), *type = opt(&o[3]);
-  const char *file = opt(&o[5]) ? opt(&o[5]) : DEFAULT_FILE;
-  const char *base = opt(&o[6]) ? opt(&o[6]) : DEFAULT_BASE_DOMAIN;
+  int force = o[0].set > 0;
+  const char *dest = o[1].value, *custom = o[2].value, *type = o[3].value;
+  const char *file = o[5].value ? o[5].value : DEFAULT_FILE;
+  const char *base = o[6].value ? o[6].value : DEFAULT_BASE_DOMAIN;
   char t[8];
   if (type) {
     if (strcasecmp(type, "AUTO") != 0 && strcasecmp(type, "CUSTOM") != 0 &&
@@ -289,16 +245,16 @@ int evctl_cmd_relay_create(const evctl_ctx *ctx, int argc, char **argv) {
     snprintf(t, sizeof t, "%s", type);
     for (char *p = t; *p; p++) *p = (char)(*p & ~0x20);
   } else {
-    snprintf(t, sizeof t, "%s", o[4].n ? "DNS" : custom ? "CUSTOM" : "AUTO");
+    snprintf(t, sizeof t, "%s", o[4].set ? "DNS" : custom ? "CUSTOM" : "AUTO");
   }
   if (strcmp(t, "DNS") == 0) {
-    if (!o[4].n) return evctl_usage_error(cmd, "%s: a DNS relay needs at least one --dns-target", cmd);
+    if (!o[4].set) return evctl_usage_error(cmd, "%s: a DNS relay needs at least one --dns-target", cmd);
     if (dest)
       return evctl_usage_error(cmd, "%s: a relay has either --destination-domain or DNS targets, "
                                "not both", cmd);
     if (!custom) return evctl_usage_error(cmd, "%s: a DNS relay needs --custom-domain", cmd);
   } else {
-    if (o[4].n) return evctl_usage_error(cmd, "%s: --dns-target needs --relay-type DNS", cmd);
+    if (o[4].set) return evctl_usage_error(cmd, "%s: --dns-target needs --relay-type DNS", cmd);
     if (!dest) return evctl_usage_error(cmd, "%s: --destination-domain is required", cmd);
     if (strcmp(t, "CUSTOM") == 0 && !custom)
       return evctl_usage_error(cmd, "%s: a CUSTOM relay needs --custom-domain", cmd);
@@ -331,7 +287,7 @@ int evctl_cmd_relay_create(const evctl_ctx *ctx, int argc, char **argv) {
     json_object_set_new(relay, "destinationDomain", json_string(dest));
   } else {
     json_t *targets = json_array();
-    for (int i = 0; i < o[4].n; i++) {
+    for (int i = 0; i < o[4].set; i++) {
       json_error_t je;
       json_t *tg = json_loads(o[4].v[i], 0, &je);
       if (!json_is_object(tg) || !json_is_string(json_object_get(tg, "type")) ||
@@ -370,10 +326,10 @@ int evctl_cmd_relay_create(const evctl_ctx *ctx, int argc, char **argv) {
 
 int evctl_cmd_relay_clone(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "relay clone";
-  ropt o[] = {{"domain", 0, 1, {0}, 0}, {"file", 0, 1, {0}, 0}, {"force", 1, 1, {0}, 0}};
-  int rc = parse_opts(cmd, argc, argv, o, 3);
+  evctl_opt o[] = {EVCTL_OPT("domain"), EVCTL_OPT("file"), EVCTL_FLAG("force")};
+  int rc = evctl_parse_opts(cmd, argc, argv, o, 3, NULL, 0, 0, NULL);
   if (rc) return rc;
-  const char *domain = opt(&o[0]), *file = opt(&o[1]) ? opt(&o[1]) : DEFAULT_FILE;
+  const char *domain = o[0].value, *file = o[1].value ? o[1].value : DEFAULT_FILE;
   if (!domain) return evctl_usage_error(cmd, "%s: --domain is required", cmd);
   json_t *relays = server_relays(ctx, NULL);
   if (!relays) return EVCTL_EXIT_ERROR;
@@ -384,7 +340,7 @@ int evctl_cmd_relay_clone(const evctl_ctx *ctx, int argc, char **argv) {
     return EVCTL_EXIT_ERROR;
   }
   json_t *doc = json_pack("{s:O}", key, json_object_get(relays, key));
-  rc = write_relay_file(ctx, file, doc, o[2].n > 0) < 0 ? EVCTL_EXIT_ERROR : EVCTL_EXIT_OK;
+  rc = write_relay_file(ctx, file, doc, o[2].set > 0) < 0 ? EVCTL_EXIT_ERROR : EVCTL_EXIT_OK;
   if (rc == EVCTL_EXIT_OK) {
     if (ctx->json) {
       json_t *out = json_pack("{s:s,s:s,s:O}", "file", file, "domain", key, "config", doc);
@@ -547,11 +503,11 @@ static int load_diff(const evctl_ctx *ctx, const char *file, int prune, json_t *
 
 int evctl_cmd_relay_diff(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "relay diff";
-  ropt o[] = {{"file", 0, 1, {0}, 0}, {"prune", 1, 1, {0}, 0}};
-  int rc = parse_opts(cmd, argc, argv, o, 2);
+  evctl_opt o[] = {EVCTL_OPT("file"), EVCTL_FLAG("prune")};
+  int rc = evctl_parse_opts(cmd, argc, argv, o, 2, NULL, 0, 0, NULL);
   if (rc) return rc;
-  const char *file = opt(&o[0]) ? opt(&o[0]) : DEFAULT_FILE;
-  int prune = o[1].n > 0;
+  const char *file = o[0].value ? o[0].value : DEFAULT_FILE;
+  int prune = o[1].set > 0;
   json_t *f, *s;
   relay_diff d;
   if ((rc = load_diff(ctx, file, prune, &f, &s, &d)) != EVCTL_EXIT_OK) return rc;
@@ -579,11 +535,11 @@ static int confirm(const char *question) {
 
 int evctl_cmd_relay_push(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "relay push";
-  ropt o[] = {{"file", 0, 1, {0}, 0}, {"yes", 1, 1, {0}, 0}, {"prune", 1, 1, {0}, 0}};
-  int rc = parse_opts(cmd, argc, argv, o, 3);
+  evctl_opt o[] = {EVCTL_OPT("file"), EVCTL_FLAG("yes"), EVCTL_FLAG("prune")};
+  int rc = evctl_parse_opts(cmd, argc, argv, o, 3, NULL, 0, 0, NULL);
   if (rc) return rc;
-  const char *file = opt(&o[0]) ? opt(&o[0]) : DEFAULT_FILE;
-  int yes = o[1].n > 0, prune = o[2].n > 0;
+  const char *file = o[0].value ? o[0].value : DEFAULT_FILE;
+  int yes = o[1].set > 0, prune = o[2].set > 0;
   /* A prompt needs a person at a terminal; with --json stdout belongs to scripts. */
   int interactive = !ctx->json && isatty(STDIN_FILENO) && isatty(STDERR_FILENO);
   if (!yes && !interactive)
@@ -646,10 +602,10 @@ done:
 
 int evctl_cmd_relay_delete(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "relay delete";
-  ropt o[] = {{"domain", 0, 1, {0}, 0}};
-  int rc = parse_opts(cmd, argc, argv, o, 1);
+  evctl_opt o[] = {EVCTL_OPT("domain")};
+  int rc = evctl_parse_opts(cmd, argc, argv, o, 1, NULL, 0, 0, NULL);
   if (rc) return rc;
-  const char *domain = opt(&o[0]);
+  const char *domain = o[0].value;
   if (!domain) return evctl_usage_error(cmd, "%s: --domain is required", cmd);
   if (!valid_domain(domain))
     return evctl_usage_error(cmd, "%s: '%s' is not a relay domain", cmd, domain);
@@ -774,14 +730,14 @@ static char *joined(json_t *arr) {
 
 int evctl_cmd_relay_structures(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "relay structures";
-  ropt o[] = {{"relay", 0, 1, {0}, 0}};
-  int rc = parse_opts(cmd, argc, argv, o, 1);
+  evctl_opt o[] = {EVCTL_OPT("relay")};
+  int rc = evctl_parse_opts(cmd, argc, argv, o, 1, NULL, 0, 0, NULL);
   if (rc) return rc;
   char path[400] = "";
-  if (opt(&o[0])) {
-    if (!valid_domain(opt(&o[0])))
-      return evctl_usage_error(cmd, "%s: '%s' is not a relay domain", cmd, opt(&o[0]));
-    add_param(path, sizeof path, "relay", opt(&o[0]));
+  if (o[0].value) {
+    if (!valid_domain(o[0].value))
+      return evctl_usage_error(cmd, "%s: '%s' is not a relay domain", cmd, o[0].value);
+    add_param(path, sizeof path, "relay", o[0].value);
   }
   char target[512];
   snprintf(target, sizeof target, "/relays/structures%s", path);
@@ -865,34 +821,34 @@ static void merge_outbound(const evctl_ctx *ctx, const char *base, const char *q
 
 int evctl_cmd_activity(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "activity";
-  ropt o[] = {{"relay", 0, 1, {0}, 0}, {"status", 0, 1, {0}, 0}, {"method", 0, 1, {0}, 0},
-              {"since", 0, 1, {0}, 0}, {"limit", 0, 1, {0}, 0}, {"request-id", 0, 1, {0}, 0}};
-  int rc = parse_opts(cmd, argc, argv, o, 6);
+  evctl_opt o[] = {EVCTL_OPT("relay"), EVCTL_OPT("status"), EVCTL_OPT("method"), EVCTL_OPT("since"),
+                   EVCTL_OPT("limit"), EVCTL_OPT("request-id")};
+  int rc = evctl_parse_opts(cmd, argc, argv, o, 6, NULL, 0, 0, NULL);
   if (rc) return rc;
   char q[1400] = "";
-  if (opt(&o[0])) {
-    if (!valid_domain(opt(&o[0])))
-      return evctl_usage_error(cmd, "%s: '%s' is not a relay domain", cmd, opt(&o[0]));
-    add_param(q, sizeof q, "relay", opt(&o[0]));
+  if (o[0].value) {
+    if (!valid_domain(o[0].value))
+      return evctl_usage_error(cmd, "%s: '%s' is not a relay domain", cmd, o[0].value);
+    add_param(q, sizeof q, "relay", o[0].value);
   }
-  if (opt(&o[1])) add_param(q, sizeof q, "status", opt(&o[1]));
-  if (opt(&o[2])) add_param(q, sizeof q, "method", opt(&o[2]));
-  if (opt(&o[3])) {
-    int64_t d = parse_duration(opt(&o[3]));
+  if (o[1].value) add_param(q, sizeof q, "status", o[1].value);
+  if (o[2].value) add_param(q, sizeof q, "method", o[2].value);
+  if (o[3].value) {
+    int64_t d = parse_duration(o[3].value);
     if (d < 0)
       return evctl_usage_error(cmd, "%s: --since is a duration such as 30s, 10m, 1h, 24h or 7d", cmd);
     char ms[32];
     snprintf(ms, sizeof ms, "%lld", (long long)(now_ms() - d > 0 ? now_ms() - d : 0));
     add_param(q, sizeof q, "since", ms);
   }
-  if (opt(&o[4])) add_param(q, sizeof q, "limit", opt(&o[4]));
-  if (opt(&o[5])) add_param(q, sizeof q, "requestId", opt(&o[5]));
+  if (o[4].value) add_param(q, sizeof q, "limit", o[4].value);
+  if (o[5].value) add_param(q, sizeof q, "requestId", o[5].value);
   char target[1500];
   snprintf(target, sizeof target, "/activity%s", q);
   json_t *obj;
   if (evctl_admin_call(ctx, "GET", target, NULL, &obj) < 0) return EVCTL_EXIT_ERROR;
-  merge_outbound(ctx, "/outbound-activity", q, opt(&o[4]) ? atoi(opt(&o[4])) : 50, obj);
-  merge_outbound(ctx, "/function-activity", q, opt(&o[4]) ? atoi(opt(&o[4])) : 50, obj);
+  merge_outbound(ctx, "/outbound-activity", q, o[4].value ? atoi(o[4].value) : 50, obj);
+  merge_outbound(ctx, "/function-activity", q, o[4].value ? atoi(o[4].value) : 50, obj);
   if (ctx->json) {
     evctl_print_json(obj);
     json_decref(obj);
@@ -983,28 +939,28 @@ static int find_evserver(const char *dir, char *out, size_t outlen) {
 
 int evctl_cmd_relay_dev(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "relay dev";
-  ropt o[] = {{"port", 0, 1, {0}, 0}, {"host", 0, 1, {0}, 0}, {"file", 0, 1, {0}, 0},
-              {"listen", 0, 1, {0}, 0}, {"state-dir", 0, 1, {0}, 0}};
-  int rc = parse_opts(cmd, argc, argv, o, 5);
+  evctl_opt o[] = {EVCTL_OPT("port"), EVCTL_OPT("host"), EVCTL_OPT("file"), EVCTL_OPT("listen"),
+                   EVCTL_OPT("state-dir")};
+  int rc = evctl_parse_opts(cmd, argc, argv, o, 5, NULL, 0, 0, NULL);
   if (rc) return rc;
-  if (!opt(&o[0])) return evctl_usage_error(cmd, "%s: --port is required", cmd);
+  if (!o[0].value) return evctl_usage_error(cmd, "%s: --port is required", cmd);
   char *end;
-  long port = strtol(opt(&o[0]), &end, 10);
+  long port = strtol(o[0].value, &end, 10);
   if (*end || port < 1 || port > 65535)
     return evctl_usage_error(cmd, "%s: --port must be in 1..65535", cmd);
-  const char *host = opt(&o[1]) ? opt(&o[1]) : "127.0.0.1";
-  const char *listen = opt(&o[3]) ? opt(&o[3]) : "127.0.0.1:7700";
+  const char *host = o[1].value ? o[1].value : "127.0.0.1";
+  const char *listen = o[3].value ? o[3].value : "127.0.0.1:7700";
   if (strpbrk(host, " \t\r\n\"/?#@") || strpbrk(listen, " \t\r\n\""))
     return evctl_usage_error(cmd, "%s: --host and --listen take a host and a host:port", cmd);
 
   char file[PATH_MAX], state[PATH_MAX] = "", dir[PATH_MAX], server[PATH_MAX];
-  if (!realpath(opt(&o[2]) ? opt(&o[2]) : DEFAULT_FILE, file)) {
+  if (!realpath(o[2].value ? o[2].value : DEFAULT_FILE, file)) {
     err_line(ctx, "%s: %s (create one with `evctl relay create`)",
-             opt(&o[2]) ? opt(&o[2]) : DEFAULT_FILE, strerror(errno));
+             o[2].value ? o[2].value : DEFAULT_FILE, strerror(errno));
     return EVCTL_EXIT_ERROR;
   }
-  if (opt(&o[4]) && !realpath(opt(&o[4]), state)) {
-    err_line(ctx, "%s: %s", opt(&o[4]), strerror(errno));
+  if (o[4].value && !realpath(o[4].value, state)) {
+    err_line(ctx, "%s: %s", o[4].value, strerror(errno));
     return EVCTL_EXIT_ERROR;
   }
   json_t *relays = read_relay_file(ctx, file);

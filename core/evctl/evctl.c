@@ -156,6 +156,44 @@ int evctl_usage_error(const char *name, const char *fmt, ...) {
   return EVCTL_EXIT_USAGE;
 }
 
+int evctl_parse_opts(const char *cmd, int argc, char **argv, evctl_opt *o, size_t no,
+                     const char **pos, int npos_min, int npos_max, int *ret_npos) {
+  int np = 0;
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i];
+    if (!(a[0] == '-' && a[1] == '-' && a[2])) {
+      if (np == npos_max) return evctl_usage_error(cmd, "%s: unexpected argument '%s'", cmd, a);
+      pos[np++] = a;
+      continue;
+    }
+    size_t k = 0, nl = strcspn(a + 2, "=");
+    while (k < no && !(strlen(o[k].name) == nl && strncmp(o[k].name, a + 2, nl) == 0)) k++;
+    if (k == no) return evctl_usage_error(cmd, "%s: unknown option '%s'", cmd, a);
+    evctl_opt *op = &o[k];
+    const char *val;
+    if (op->flag) {
+      if (a[2 + nl] == '=')
+        return evctl_usage_error(cmd, "%s: --%s takes no value", cmd, op->name);
+      val = "";
+    } else if (a[2 + nl] == '=') {
+      val = a + 3 + nl;
+    } else {
+      if (i + 1 == argc) return evctl_usage_error(cmd, "%s: --%s needs a value", cmd, op->name);
+      val = argv[++i];
+    }
+    int max = op->max > 0 && op->max <= EVCTL_OPT_VALUES ? op->max : 1;
+    if (op->set == max) {
+      if (max == 1) return evctl_usage_error(cmd, "%s: --%s given twice", cmd, op->name);
+      return evctl_usage_error(cmd, "%s: --%s given more than %d times", cmd, op->name, max);
+    }
+    if (!op->set) op->value = val;
+    op->v[op->set++] = val;
+  }
+  if (np < npos_min) return evctl_usage_error(cmd, "%s: missing argument", cmd);
+  if (ret_npos) *ret_npos = np;
+  return 0;
+}
+
 int evctl_no_args(const char *name, int argc, char **argv) {
   if (argc == 0) return 0;
   if (argv[0][0] == '-' && argv[0][1])

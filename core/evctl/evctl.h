@@ -27,6 +27,9 @@ int evctl_cmd_outbound_delete(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_outbound_push(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_outbound_diff(const evctl_ctx *ctx, int argc, char **argv);
 
+/* ---- cmd_cage_attest.c: `evctl cage attest` (called by the `evctl cage` dispatcher) ---------- */
+int cmd_cage_attest(int argc, char **argv);
+
 #endif
 
 #define EVCTL_EXIT_OK 0
@@ -128,6 +131,29 @@ void evctl_print_json(const json_t *v);
 /* Reports a usage error for command name ("evctl: msg" and a pointer to --help) on stderr and
  * returns EVCTL_EXIT_USAGE. */
 int evctl_usage_error(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* One option of a command, for evctl_parse_opts: `--name value`, `--name=value`, or `--name`
+ * alone for a flag. Declare a table with the macros below ({EVCTL_OPT("app"),
+ * EVCTL_FLAG("force")}); the parser fills the rest. An empty value is a value (commands
+ * validate their own); an option given more often than max is refused. */
+#define EVCTL_OPT_VALUES 32
+typedef struct evctl_opt {
+  const char *name;
+  int flag;                        /* 1: takes no value */
+  int max;                         /* times it may be given, up to EVCTL_OPT_VALUES; 0: once */
+  const char *value;               /* the first value (a flag: ""); NULL: not given */
+  int set;                         /* times given */
+  const char *v[EVCTL_OPT_VALUES]; /* every value given, in order */
+} evctl_opt;
+#define EVCTL_OPT(n) {.name = (n)}
+#define EVCTL_FLAG(n) {.name = (n), .flag = 1}
+#define EVCTL_OPT_REPEAT(n, m) {.name = (n), .max = (m)}
+
+/* Splits argv into the options of o (no of them) and positionals: at least npos_min, at most
+ * npos_max, stored in pos; *ret_npos (if not NULL) gets their number. Returns 0, or
+ * EVCTL_EXIT_USAGE with the error reported (unknown option, missing value, value of a flag,
+ * repeated option, too few or too many positionals). */
+int evctl_parse_opts(const char *cmd, int argc, char **argv, evctl_opt *o, size_t no,
+                     const char **pos, int npos_min, int npos_max, int *ret_npos);
 /* Checks that a command given no arguments got none; returns 0 or EVCTL_EXIT_USAGE (reported). */
 int evctl_no_args(const char *name, int argc, char **argv);
 

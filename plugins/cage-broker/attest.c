@@ -387,7 +387,10 @@ int cage_attest_parse(const uint8_t *doc, size_t len, cage_attest_doc *ret) {
   parsed ps;
   cage_attest_doc d;
   int r = parse(doc, len, &ps, &d);
-  if (r == 0 && ret) *ret = d;
+  if (r == 0 && ret) {
+    *ret = d;
+    ret->module_id = d.module_id ? ret->module_id_buf : NULL;
+  }
   parsed_done(&ps);
   return r;
 }
@@ -516,7 +519,10 @@ int cage_attest_verify(const uint8_t *doc, size_t len, const cage_attest_expect 
     r = CAGE_ATTEST_ENONCE;
     goto done;
   }
-  if (ret) *ret = d;
+  if (ret) {
+    *ret = d;
+    ret->module_id = ret->module_id_buf; /* not into this frame's copy */
+  }
   r = 0;
 done:
   X509_free(leaf);

@@ -93,7 +93,7 @@ typedef struct cage_attest_expect {
 
 /* What a verified document says. Pointers go into the document bytes, which must outlive it. */
 typedef struct cage_attest_doc {
-  const char *module_id;        /* NUL-terminated copy in module_id_buf */
+  const char *module_id;        /* module_id_buf of this struct (re-point it after a copy) */
   char module_id_buf[128];
   char digest[16];
   uint64_t timestamp_ms;

@@ -12,6 +12,8 @@
  *       writes a COSE_Sign1 to stdout; public_key is the SubjectPublicKeyInfo of --cert-pem
  *   cage-attest-tool verify ROOT.der DOC [--spki-from-cert-pem FILE] [--pcr N=HEX]...
  *       prints the verdict; exit 0 when verified
+ *   cage-attest-tool evctl ARGS...
+ *       `evctl cage attest ARGS...` (core/evctl/cmd_cage_attest.c), for test_98
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +24,8 @@
 #include <openssl/x509v3.h>
 
 #include "attest.h"
+
+int cmd_cage_attest(int argc, char **argv); /* core/evctl/cmd_cage_attest.c */
 
 static int fail(const char *what) {
   fprintf(stderr, "cage-attest-tool: %s\n", what);
@@ -237,6 +241,7 @@ static int cmd_verify(const char *root_path, const char *doc_path, int argc, cha
 }
 
 int main(int argc, char **argv) {
+  if (argc >= 2 && !strcmp(argv[1], "evctl")) return cmd_cage_attest(argc - 2, argv + 2);
   if (argc >= 3 && !strcmp(argv[1], "ca")) return cmd_ca(argv[2]);
   if (argc >= 3 && !strcmp(argv[1], "doc")) return cmd_doc(argv[2], argc - 3, argv + 3);
   if (argc >= 4 && !strcmp(argv[1], "verify"))

@@ -420,6 +420,26 @@ def test_usage_errors_exit_2():
     assert not f.requests, "a usage error must not reach the server"
 
 
+def test_command_options_share_one_parser():
+    # Every command's options go through evctl_parse_opts: the same errors everywhere, and
+    # none of them reaches the server.
+    f = fake()
+    app = "app_0123456789ab"
+    cases = (
+        (("function", "run", "--app", app, "--app", app), b"given twice"),
+        (("function", "env", "--secret=yes"), b"takes no value"),
+        (("outbound", "list", "--all"), b"unknown option"),
+        (("key", "create", app, "--permissions"), b"needs a value"),
+        (("relay", "push", "extra"), b"unexpected argument"),
+        (("encrypt", app), b"missing argument"),
+        (("activity", "--limit", "1", "--limit", "2"), b"given twice"),
+    )
+    for args, why in cases:
+        r = evctl(*args, env=base_env(EVSERVER_ADMIN_SOCKET=f.path))
+        assert r.returncode == 2 and why in r.stderr, (args, r)
+    assert not f.requests, "a usage error must not reach the server"
+
+
 def test_help_and_version():
     r = evctl("--help")
     assert r.returncode == 0 and b"Usage: evctl" in r.stdout, r

@@ -1,7 +1,7 @@
 /*
  * cage_run_fake.c: a stand-in for the Cages runner (plugins/cage-broker/cage_run.h), linked
  * into a test build of the cage-broker plugin (test-plugins.d/cage-broker.so) so that the
- * front is tested on its own (tests/integration/test_98_cage_front.py): every instance is
+ * front is tested on its own (tests/integration/test_97_cage_front.py): every instance is
  * tests/integration/cage/fake_app.py run as a helper process (helper_spawn, the "worker"
  * policy), serving HTTP on a unix socket; the image file is not booted, only checked to exist.
  * The app speaks a line protocol on the helper's socketpair (fd 3):
