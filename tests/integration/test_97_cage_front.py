@@ -20,6 +20,7 @@ import base64
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -31,6 +32,9 @@ _spec = importlib.util.spec_from_file_location(
 E = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(E)
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+SDK_MODULES = os.path.join(HERE, "sdk", "node_modules")
+BINDINGS = os.path.join(evstest.SOURCE_DIR, "plugins", "cage-broker", "node-bindings")
 DOMAIN = "cages.localhost"
 HELLO = {"response": "Hello! I'm writing to you from within an enclave"}
 
@@ -154,6 +158,30 @@ class Env:
             return st == 200
         evstest.wait_for(served, timeout=30, what="the cage's TLS front")
 
+    def sdk_attest(self, name, pcrs):
+        if not shutil.which("node") or not os.path.isdir(SDK_MODULES):
+            return
+        st, _, root = E.api(self.srv, "GET", "/attestation-root.pem")
+        assert st == 200, root
+        rootf = os.path.join(self.dir, "attestation-root.pem")
+        with open(rootf, "wb") as f:
+            f.write(root)
+        def run(p):
+            env = dict(os.environ, EV_ENCLAVES_HOSTNAME=DOMAIN, NODE_EXTRA_CA_CERTS=self.node_ca,
+                       EVS_SDK_DIR=SDK_MODULES, EVS_BINDINGS=BINDINGS, ATT_ROOT=rootf,
+                       CAGE_HOST=self.host(name), CAGE_PORT=str(self.srv.port("cages")),
+                       CAGE_NAME=name, CAGE_APP=self.app, CAGE_KEY=self.key,
+                       ATT_PCRS=json.dumps(p))
+            r = subprocess.run(["node", os.path.join(HERE, "cage", "sdk_attest.js")], env=env,
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout.strip().splitlines()[-1])
+        good = run({k: pcrs[k] for k in ("pcr0", "pcr1", "pcr2", "pcr8")})
+        assert good["ok"] and good["status"] == 200 and json.loads(good["body"]) == HELLO, good
+        wrong = dict(pcrs, pcr0="00" * 48)
+        bad = run({k: wrong[k] for k in ("pcr0", "pcr1", "pcr2", "pcr8")})
+        assert not bad["ok"] and bad["failures"], bad  # refused by the bindings, on PCRs
+
     def encrypt(self, value):
         st, _, body = E.api(self.srv, "POST", "/encrypt", value, headers={"api-key": self.key})
         assert st == 200, body
@@ -249,14 +277,13 @@ def test_hello_auth_decrypt_trx_api_env():
     st, body = e.admin("GET", "/cages/%s/hello-cage/env" % e.app)
     assert st == 200 and body["env"]["ACME_API_KEY"]["value"] == sealed, body
 
-    # the attestation document (no API key): the enclave signs it when it has an attestation key
+    # the attestation document (no API key), signed in the enclave, binding this TLS key
     st, hdrs, body = e.curl("hello-cage", "/.well-known/attestation")
-    assert hdrs.get("x-evervault-cage-ctx"), hdrs
-    if st == 200:
-        doc = base64.b64decode(json.loads(body)["attestation_doc"])
-        assert len(doc) > 100 and doc[0] in (0x84, 0xd2), doc[:4]  # COSE_Sign1 (tagged or not)
-    else:
-        assert st == 503, (st, body)
+    assert st == 200 and hdrs.get("x-evervault-cage-ctx"), (st, body)
+    doc = base64.b64decode(json.loads(body)["attestation_doc"])
+    assert len(doc) > 100 and doc[0] in (0x84, 0xd2), doc[:4]  # COSE_Sign1 (tagged or not)
+    # the unmodified SDK accepts the right PCRs and refuses others (createEnclaveHttpsAgent)
+    e.sdk_attest("hello-cage", pcrs)
 
 
 def test_no_api_key_auth_logs_and_delete():
