@@ -1,7 +1,7 @@
 """The Cages front and control side (plugins/cage-broker/cage_front.c, cage_broker.c) with a
 stand-in runner (tests/plugins/cage_run_fake.c: the app, tests/integration/cage/fake_app.py, runs
 as a helper process on a unix socket instead of booting the image), so that everything the
-front does is checked on its own, with the real enclave, real TLS and curl:
+front does is checked on its own, with the real enclave, real TLS, curl and evctl:
 
 deploy through the admin API (image chunks in the store, content-addressed), the cage's own
 certificate from the node CA by SNI (`https://hello-cage.<app>.cages.localhost`, curl
@@ -375,6 +375,76 @@ def test_locked_certificates():
     other = evstest.make_cert(ca, ["other.example"], dir=e.dir)
     st, body, _ = e.deploy("signed", "s3", cert=other)
     assert st == 403, body
+
+
+def test_evctl_cage_workflow():
+    """evctl cage init, deploy --eif-path, list cages|deployments, env, cert, logs, delete."""
+    e = Env()
+    d = os.path.join(e.dir, "cli")
+    os.makedirs(d)
+    with open(os.path.join(d, "Dockerfile"), "w") as f:
+        f.write("FROM scratch\n")
+
+    def evctl(*args, ok=True):
+        r = subprocess.run([evstest.build_path("evctl"), "--socket", e.cfg.admin_socket,
+                            "--json", "cage", *args], capture_output=True, text=True,
+                           timeout=120, cwd=d)
+        if ok:
+            assert r.returncode == 0, (args, r.stdout, r.stderr)
+            return json.loads(r.stdout) if r.stdout.strip() else None
+        return r
+    evctl("init", "--name", "cli-cage", "--app", e.app, "--debug", "-f", "Dockerfile")
+    data, pcrs = e.image("cli1")
+    eif = os.path.join(d, "enclave.eif")
+    with open(eif, "wb") as f:
+        f.write(data)
+    out = evctl("deploy", "--eif-path", eif)
+    assert out["deployment"]["id"] == 1 and out["deployment"]["pcrs"] == pcrs, out
+    assert out["domain"] == e.host("cli-cage"), out
+    # text output: the documented line
+    r = subprocess.run([evstest.build_path("evctl"), "--socket", e.cfg.admin_socket, "cage",
+                        "deploy", "--eif-path", eif], capture_output=True, text=True,
+                       timeout=120, cwd=d)
+    assert r.returncode == 0 and ("Cage deployed successfully. Your Cage is now available at "
+                                  "https://" + e.host("cli-cage")) in r.stdout, (r.stdout, r.stderr)
+    e.wait_ready("cli-cage", deployment=2)
+    cages = evctl("list", "cages")["cages"]
+    mine = [c for c in cages if c["name"] == "cli-cage"]
+    assert mine and mine[0]["instances"][0]["state"] == "ready", cages
+    assert mine[0]["instances"][0]["restarts"] == 0, mine
+    deps = evctl("list", "deployments")["deployments"]
+    assert [x["id"] for x in deps] == [2, 1], deps
+    deps = evctl("list", "deployments", "--cage-uuid", mine[0]["uuid"])["deployments"]
+    assert len(deps) == 2, deps
+    # env
+    out = evctl("env", "add", "--key", "REGION", "--value", "europe")
+    assert out["env"]["REGION"] == {"value": "europe", "secret": False}, out
+    out = evctl("env", "add", "--key", "ACME_API_KEY", "--value", "secretvalue", "--secret")
+    assert out["env"]["ACME_API_KEY"]["value"].startswith("ev:"), out
+    out = evctl("env", "get")
+    assert set(out["env"]) == {"REGION", "ACME_API_KEY"}, out
+    evctl("env", "delete", "--key", "REGION")
+    assert set(evctl("env", "get")["env"]) == {"ACME_API_KEY"}
+    # logs (the cage is in debug mode)
+    evstest.wait_for(lambda: e.curl("cli-cage", "/echo", key=e.key, data="{}")[0] == 200,
+                     timeout=30, what="cli cage serving")
+    logs = evstest.wait_for(lambda: evctl("logs")["records"], timeout=10, what="logs")
+    assert any("echo of 2 bytes" in x["line"] for x in logs), logs
+    # signing certificates: upload, lock; then only a signed image with that cert deploys
+    ca = evstest.make_ca(d, name="cli signing CA")
+    signer = evstest.make_cert(ca, ["signer.example"], dir=d)
+    out = evctl("cert", "upload", "--cert_path", signer.cert)
+    assert len(out["certs"]) == 1, out
+    out = evctl("cert", "lock", "--all")
+    assert out["locked"] == [out["certs"][0]["pcr8"]], out
+    r = evctl("deploy", "--eif-path", eif, ok=False)
+    assert r.returncode != 0 and "locked" in (r.stderr + r.stdout), (r.stdout, r.stderr)
+    signed, _ = e.image("cli2", signer)
+    with open(eif, "wb") as f:
+        f.write(signed)
+    assert evctl("deploy", "--eif-path", eif)["deployment"]["id"] == 3
+    evctl("delete")
+    assert not [c for c in evctl("list", "cages")["cages"] if c["name"] == "cli-cage"]
 
 
 evstest.main(globals())
