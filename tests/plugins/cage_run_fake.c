@@ -158,11 +158,14 @@ int cage_run_start(evs_plugin *p, const evs_host *host, const cage_run_spec *spe
     ci->env[n + 1] = strdup(spec->debug ? "FAKE_DEBUG=1" : "FAKE_DEBUG=0");
   }
   const char *argv[] = {"/usr/bin/python3", EVS_FAKE_CAGE_APP, ci->sock, NULL};
+  /* bench/cages/run: its own app (a C echo server) instead of fake_app.py. */
+  const char *bin = getenv("EVS_FAKE_CAGE_APP_BIN");
+  const char *bargv[] = {bin, ci->sock, NULL};
   evs_helper_spec hs;
   memset(&hs, 0, sizeof hs);
   hs.size = sizeof hs;
-  hs.path = "/usr/bin/python3";
-  hs.argv = argv;
+  hs.path = bin && bin[0] == '/' ? bin : "/usr/bin/python3";
+  hs.argv = bin && bin[0] == '/' ? bargv : argv;
   hs.envp = (const char *const *)ci->env;
   hs.sandbox = "worker";
   hs.restart_min_ms = 100;
