@@ -297,6 +297,14 @@ static int h_add_tls_identity(evs_plugin *p, const char *role, const char *suffi
   return evs__tls_provider_add(r, role, suffix, fn, arg);
 }
 
+static int h_add_tls_passthrough(evs_plugin *p, const char *role, const char *suffix,
+                                 evs_tls_passthrough_fn fn, void *arg) {
+  evs__plugin_rec *r = rec(p);
+  if (!r->in_init) return -EPERM;
+  if (!evs__route_role_valid(role)) return -EINVAL;
+  return evs__tls_passthrough_add(r, role, suffix, fn, arg);
+}
+
 static const evs_request_info *h_request_info(evs_request *req) { return &req->info; }
 
 static int h_request_header_at(evs_request *req, size_t index, evs_header *ret) {
@@ -1081,6 +1089,7 @@ static const evs_host host_table = {
     .stream_on_drain = evs__stream_on_drain,
     .add_tls_identity = h_add_tls_identity,
     .response_add_header = h_response_add_header,
+    .add_tls_passthrough = h_add_tls_passthrough,
 };
 
 void evs__host_emit_draining(const char *reason) {

@@ -34,9 +34,12 @@
 #include "request.h"
 #include "server.h"
 #include "stream.h"
+#include "tls.h"
+#include "tls_sni.h"
 #include "worker.h"
 
-enum conn_state { CONN_HANDSHAKE, CONN_HEAD, CONN_REQUEST, CONN_CLOSING };
+/* CONN_SNIFF: a TLS listener reads the ClientHello before its handshake (ABI 1.9 passthrough) */
+enum conn_state { CONN_HANDSHAKE, CONN_HEAD, CONN_REQUEST, CONN_CLOSING, CONN_SNIFF };
 enum timer_kind { T_NONE, T_HEADER, T_BODY, T_IDLE, T_SEND, T_SERVE };
 
 struct evs__conn {
@@ -359,7 +362,9 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   }
   c->state = CONN_HEAD;
-  if (l->tls) {
+  if (l->tls && evs__tls_server_sniffs(l->tls)) {
+    c->state = CONN_SNIFF; /* conn_sniff decides once the ClientHello is in */
+  } else if (l->tls) {
     c->state = CONN_HANDSHAKE;
     if (evs__io_tls_server(&c->io, evs__tls_server_ctx(l->tls), on_handshake) < 0) {
       conn_close(c, 0);
@@ -812,6 +817,45 @@ static void conn_process(evs__conn *c) {
   }
 }
 
+/* ABI 1.9 passthrough: the ClientHello read so far decides who gets the connection: a plugin
+ * whose suffix its SNI ends in (as a raw stream, these bytes first), else this listener's own
+ * TLS, fed with them. */
+static void conn_sniff(evs__conn *c) {
+  char name[256];
+  int r = evs__tls_sni_parse((const uint8_t *)c->buf, c->len, name, sizeof name);
+  if (r == -EAGAIN && c->len < c->cap && c->len < EVS_SNI_MAX_HELLO) return; /* more to read */
+  evs_tls_passthrough_fn fn;
+  void *arg;
+  const void *owner;
+  if (r == 1 && evs__tls_passthrough_find(c->lst->tls, name, &fn, &arg, &owner)) {
+    evs_stream *s = evs__stream_from_conn(c, (evs__plugin_rec *)owner);
+    if (!s) {
+      conn_close(c, 0);
+      return;
+    }
+    c->state = CONN_REQUEST;
+    if (fn(arg, name, s) == 1) return; /* the plugin's now */
+    c->stream = NULL;
+    evs__stream_unclaimed(s, conn_read);
+    /* Reading and the head's deadline, as the stream's making had stopped them. */
+    timer_set(c, T_HEADER, head_timeout_ms(c));
+    if (evs__io_read_start(&c->io) < 0) {
+      conn_close(c, 0);
+      return;
+    }
+  }
+  c->state = CONN_HANDSHAKE;
+  char *copy = NULL;
+  ssize_t n = evs__conn_take_input(c, &copy);
+  if (n < 0 || evs__io_tls_server(&c->io, evs__tls_server_ctx(c->lst->tls), on_handshake) < 0) {
+    free(copy);
+    conn_close(c, 0);
+    return;
+  }
+  evs__io_feed(&c->io, copy, (size_t)n); /* the ClientHello, into the TLS layer */
+  free(copy);
+}
+
 static void conn_read(evs__io *io, ssize_t nread, const char *data) {
   evs__conn *c = io->data;
   if (nread < 0) {
@@ -827,6 +871,15 @@ static void conn_read(evs__io *io, ssize_t nread, const char *data) {
     return;
   }
   size_t n = (size_t)nread;
+  if (c->state == CONN_SNIFF) {
+    size_t take = n < c->cap - c->len ? n : c->cap - c->len;
+    memcpy(c->buf + c->len, data, take);
+    c->len += take;
+    conn_sniff(c);
+    if (take < n && c->state == CONN_HANDSHAKE) evs__io_feed(&c->io, data + take, n - take);
+    else if (take < n) conn_close(c, 0); /* a plugin's stream: more than one buffer at once */
+    return;
+  }
   while (n > 0 && c->state != CONN_CLOSING) {
     if (c->state == CONN_HEAD && c->timer_kind == T_IDLE) {
       /* The first byte of the next request: its deadlines run from now, not from each byte. */

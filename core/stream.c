@@ -156,6 +156,30 @@ evs_stream *evs__takeover(evs_request *req, int status, const evs_header *h, siz
   return s;
 }
 
+evs_stream *evs__stream_from_conn(evs__conn *c, evs__plugin_rec *p) {
+  evs_stream *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->kind = STREAM_SERVER;
+  s->refs = 2; /* the plugin's handle and the connection */
+  s->c = c;
+  s->io = evs__conn_io(c);
+  s->plugin = p;
+  evs__conn_attach_stream(c, s);
+  evs__io_read_stop(s->io); /* until the plugin calls stream_read_start */
+  s->io->on_read = server_on_read;
+  return s;
+}
+
+void evs__stream_unclaimed(evs_stream *s, evs__io_read_cb on_read) {
+  /* Declined before any use: the connection is the host's again. */
+  s->io->on_read = on_read;
+  s->c = NULL;
+  s->io = NULL;
+  s->closed = 1;
+  s->refs = 1;
+  stream_unref(s);
+}
+
 void evs__stream_conn_closed(evs_stream *s) {
   s->c = NULL;
   s->io = NULL;

@@ -45,6 +45,11 @@ void evs__streams_stop(void);
  * an unserved stream gets EVS_ECLOSED through its read callback; a served stream's service
  * gets its closed callback. Called after the connection's request (if any) finished. */
 void evs__stream_conn_closed(evs_stream *s);
+/* ABI 1.9 passthrough: a server stream for a connection that has no request (a TLS listener's
+ * connection before its handshake), attached to c; and, when the plugin declined it unused,
+ * its undoing (the connection reads through on_read again; the caller detaches it from c). */
+evs_stream *evs__stream_from_conn(evs__conn *c, evs__plugin_rec *p);
+void evs__stream_unclaimed(evs_stream *s, evs__io_read_cb on_read);
 /* A request parsed on a served stream: pass it to the service. Returns EVS_HANDLED or
  * EVS_DECLINED (the caller then answers 404). */
 int evs__stream_dispatch(evs_stream *s, evs_request *req);

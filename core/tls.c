@@ -103,6 +103,7 @@ typedef struct tls_provider {
   const void *owner;
   char *role, *suffix; /* suffix with its leading '.' */
   evs_tls_identity_fn fn;
+  evs_tls_passthrough_fn pass; /* a passthrough provider (fn NULL) */
   void *arg;
 } tls_provider;
 
@@ -112,9 +113,9 @@ static size_t nproviders;
 static evs__tls_idcache *provider_contexts;
 static size_t provider_cache_cap = 1024;
 
-int evs__tls_provider_add(const void *owner, const char *role, const char *suffix,
-                          evs_tls_identity_fn fn, void *arg) {
-  if (!fn || !role || !role[0] || !suffix || !suffix[0] || suffix[0] == '.' ||
+static int provider_add(const void *owner, const char *role, const char *suffix,
+                        evs_tls_identity_fn fn, evs_tls_passthrough_fn pass, void *arg) {
+  if ((!fn && !pass) || !role || !role[0] || !suffix || !suffix[0] || suffix[0] == '.' ||
       strlen(suffix) > 253)
     return -EINVAL;
   tls_provider *np = realloc(providers, (nproviders + 1) * sizeof *np);
@@ -123,6 +124,7 @@ int evs__tls_provider_add(const void *owner, const char *role, const char *suffi
   tls_provider *tp = &providers[nproviders];
   tp->owner = owner;
   tp->fn = fn;
+  tp->pass = pass;
   tp->arg = arg;
   tp->role = strdup(role);
   tp->suffix = malloc(strlen(suffix) + 2);
@@ -134,6 +136,46 @@ int evs__tls_provider_add(const void *owner, const char *role, const char *suffi
   tp->suffix[0] = '.';
   strcpy(tp->suffix + 1, suffix);
   nproviders++;
+  return 0;
+}
+
+int evs__tls_provider_add(const void *owner, const char *role, const char *suffix,
+                          evs_tls_identity_fn fn, void *arg) {
+  return fn ? provider_add(owner, role, suffix, fn, NULL, arg) : -EINVAL;
+}
+
+int evs__tls_passthrough_add(const void *owner, const char *role, const char *suffix,
+                             evs_tls_passthrough_fn fn, void *arg) {
+  return fn ? provider_add(owner, role, suffix, NULL, fn, arg) : -EINVAL;
+}
+
+static int serves(const evs__tls_server *t, const char *role) {
+  for (size_t r = 0; r < t->nroles; r++)
+    if (!strcmp(t->roles[r], role)) return 1;
+  return 0;
+}
+
+int evs__tls_server_sniffs(const evs__tls_server *t) {
+  for (size_t i = 0; i < nproviders; i++)
+    if (providers[i].pass && serves(t, providers[i].role)) return 1;
+  return 0;
+}
+
+int evs__tls_passthrough_find(const evs__tls_server *t, const char *name,
+                              evs_tls_passthrough_fn *ret_fn, void **ret_arg,
+                              const void **ret_owner) {
+  size_t nl = strlen(name);
+  for (size_t i = 0; i < nproviders; i++) {
+    tls_provider *tp = &providers[i];
+    size_t sl = strlen(tp->suffix);
+    if (!tp->pass || nl <= sl || strcasecmp(name + nl - sl, tp->suffix) != 0 ||
+        !serves(t, tp->role))
+      continue;
+    *ret_fn = tp->pass;
+    *ret_arg = tp->arg;
+    *ret_owner = tp->owner;
+    return 1;
+  }
   return 0;
 }
 
@@ -160,10 +202,8 @@ static int provider_identity(evs__tls_server *t, SSL *ssl, const char *name) {
   for (size_t i = 0; i < nproviders; i++) {
     tls_provider *tp = &providers[i];
     size_t sl = strlen(tp->suffix);
-    if (nl <= sl || strcasecmp(name + nl - sl, tp->suffix) != 0) continue;
-    int serves = 0;
-    for (size_t r = 0; r < t->nroles && !serves; r++) serves = !strcmp(t->roles[r], tp->role);
-    if (!serves) continue;
+    if (!tp->fn || nl <= sl || strcasecmp(name + nl - sl, tp->suffix) != 0) continue;
+    if (!serves(t, tp->role)) continue;
     evs_tls_identity id;
     memset(&id, 0, sizeof id);
     id.size = sizeof id;

@@ -41,6 +41,14 @@ void evs__tls_apply_server_policy(SSL_CTX *ctx);
 int evs__tls_provider_add(const void *owner, const char *role, const char *suffix,
                           evs_tls_identity_fn fn, void *arg);
 void evs__tls_provider_drop(const void *owner);
+/* ABI 1.9 add_tls_passthrough: the same registry. sniffs: some provider wants this listener's
+ * ClientHellos read first; find: the provider for a SNI name (1), or 0. */
+int evs__tls_passthrough_add(const void *owner, const char *role, const char *suffix,
+                             evs_tls_passthrough_fn fn, void *arg);
+int evs__tls_server_sniffs(const evs__tls_server *t);
+int evs__tls_passthrough_find(const evs__tls_server *t, const char *name,
+                              evs_tls_passthrough_fn *ret_fn, void **ret_arg,
+                              const void **ret_owner);
 void evs__tls_provider_cache_size(size_t cap);
 
 #endif

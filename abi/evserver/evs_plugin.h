@@ -119,7 +119,9 @@
  *        pick the certificate of a TLS listener serving one of its roles by SNI name (one
  *        certificate per cage, issued from the node CA, which its attestation binds);
  *        response_add_header adds a field to whatever response head the request sends
- *        (x-evervault-cage-ctx on a cage's answers, proxied or not).
+ *        (x-evervault-cage-ctx on a cage's answers, proxied or not); add_tls_passthrough
+ *        hands a TLS listener's connection to a plugin before any handshake, chosen by the
+ *        ClientHello's SNI (a cage with disable_tls_termination: its own TLS, untouched).
  */
 #ifndef EVSERVER_EVS_PLUGIN_H
 #define EVSERVER_EVS_PLUGIN_H
@@ -717,6 +719,12 @@ typedef struct evs_stream_connect {
  * negative (EVS_EUPSTREAM_REFUSED, EVS_EUPSTREAM_TIMEOUT, EVS_ETLS for a failed handshake or
  * verification, -ENOMEM): s is NULL and nothing is left to close. */
 typedef void (*evs_stream_connect_fn)(void *arg, evs_stream *s, int status);
+/* ABI 1.9 (add_tls_passthrough): a connection on a TLS listener, before any handshake, whose
+ * ClientHello names sni. Return 1 and s is the plugin's, a server stream as after takeover
+ * (stream_read_start delivers the ClientHello's bytes first, then whatever follows; write,
+ * close, on_drain; not stream_serve_http). Return 0 without having used s and the listener
+ * terminates TLS itself as usual (s is then gone). */
+typedef int (*evs_tls_passthrough_fn)(void *arg, const char *sni, evs_stream *s);
 
 /* ---- The host's service table ------------------------------------------------------------ */
 /* Append-only: new services go at the end and bump EVS_ABI_MINOR. Check `size` (or the host's
@@ -1015,6 +1023,13 @@ typedef struct evs_host {
    * token, a framing field (Content-Length, Transfer-Encoding, Connection, Date), a value
    * with control characters, or more than 16 KiB of added fields. Copied. */
   int (*response_add_header)(evs_request *req, const char *name, const char *value);
+  /* 1.9: init only (-EPERM later). On TLS listeners that serve `role`, the host reads each
+   * client's ClientHello before its own handshake (within limits.header_timeout and one TLS
+   * record); when its SNI name ends in "." host_suffix, fn decides (evs_tls_passthrough_fn).
+   * A ClientHello without SNI, split over records or not TLS goes to the listener's TLS as
+   * usual. Returns 0, -EINVAL (bad role or suffix, no fn), -ENOMEM. */
+  int (*add_tls_passthrough)(evs_plugin *p, const char *role, const char *host_suffix,
+                             evs_tls_passthrough_fn fn, void *arg);
 } evs_host;
 
 /* ABI 1.8: the write-queue marks of stream_write_queued and stream_on_drain. */

@@ -18,6 +18,9 @@
  *   path, status, timing; never bodies or headers) goes to the "trx" stream with the same id.
  * - The Encryption API inside the cage (127.0.0.1:9999, through the runner's on_api):
  *   /encrypt and /decrypt with JSON bodies as the documentation's examples, /attestation-doc.
+ * - disable_tls_termination = true: the connection is taken before any TLS (add_tls_passthrough,
+ *   ABI 1.9, by the ClientHello's SNI) and piped to the app's socket as it is; the app
+ *   terminates TLS itself, so no API key, decryption or transaction record applies.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -830,10 +833,106 @@ void cb_front_on_api(void *arg, cage_instance *ci, cage_api_call *call, const ch
   }
 }
 
+/* ---- disable_tls_termination: the client's TLS to the app, untouched ------------------------ */
+
+typedef struct cb_pipe {
+  cb_state *st;
+  evs_stream *client, *app;
+  int closed;
+} cb_pipe;
+
+static void pipe_close(cb_pipe *p) {
+  if (p->closed) return;
+  p->closed = 1;
+  /* Closing a stream stops its callbacks (and cancels a connect still in flight). */
+  if (p->client) p->st->h->stream_close(p->client);
+  if (p->app) p->st->h->stream_close(p->app);
+  free(p);
+}
+
+static void on_client_data(void *arg, evs_stream *s, int status, const uint8_t *d, size_t n);
+static void on_app_data(void *arg, evs_stream *s, int status, const uint8_t *d, size_t n);
+
+/* Backpressure: a side whose peer's write queue is full stops reading until it drains. */
+static void resume_client(void *arg, evs_stream *s, int status) {
+  (void)s;
+  cb_pipe *p = arg;
+  if (status == 0 && !p->closed) p->st->h->stream_read_start(p->client, on_client_data, p);
+}
+
+static void resume_app(void *arg, evs_stream *s, int status) {
+  (void)s;
+  cb_pipe *p = arg;
+  if (status == 0 && !p->closed) p->st->h->stream_read_start(p->app, on_app_data, p);
+}
+
+static void relay(cb_pipe *p, evs_stream *from, evs_stream *to, const uint8_t *d, size_t n,
+                  evs_stream_write_fn resume) {
+  const evs_host *h = p->st->h;
+  if (h->stream_write(to, d, n, NULL, NULL) < 0) {
+    pipe_close(p);
+    return;
+  }
+  if (h->stream_write_queued(to) >= EVS_STREAM_HIGH_WATER) {
+    h->stream_read_stop(from);
+    h->stream_on_drain(to, resume, p);
+  }
+}
+
+static void on_client_data(void *arg, evs_stream *s, int status, const uint8_t *d, size_t n) {
+  cb_pipe *p = arg;
+  if (status < 0 || n == 0) pipe_close(p);
+  else relay(p, s, p->app, d, n, resume_client);
+}
+
+static void on_app_data(void *arg, evs_stream *s, int status, const uint8_t *d, size_t n) {
+  cb_pipe *p = arg;
+  if (status < 0 || n == 0) pipe_close(p);
+  else relay(p, s, p->client, d, n, resume_app);
+}
+
+static void on_app_connected(void *arg, evs_stream *s, int status) {
+  cb_pipe *p = arg;
+  if (status < 0) {
+    p->app = NULL;
+    pipe_close(p);
+    return;
+  }
+  p->app = s;
+  const evs_host *h = p->st->h;
+  if (h->stream_read_start(p->app, on_app_data, p) < 0 ||
+      h->stream_read_start(p->client, on_client_data, p) < 0) /* the ClientHello comes first */
+    pipe_close(p);
+}
+
+static int passthrough(void *arg, const char *sni, evs_stream *s) {
+  cb_state *st = arg;
+  cb_cage *c = cb_cage_by_host(st, sni);
+  if (!c || !c->no_tls_termination) return 0; /* TLS terminated here, as usual */
+  cb_inst *in = c->cur;
+  const char *sock = in && in->ci && in->state == CAGE_READY ? cage_run_app_socket(in->ci) : NULL;
+  cb_pipe *p = sock ? calloc(1, sizeof *p) : NULL;
+  if (!p) {
+    st->h->stream_close(s); /* not running: the client's handshake fails */
+    return 1;
+  }
+  p->st = st;
+  p->client = s;
+  st->h->counter_add(st->p, "passthrough_connections", 1);
+  evs_stream_connect o;
+  memset(&o, 0, sizeof o);
+  o.size = sizeof o;
+  o.unix_path = sock;
+  p->app = st->h->stream_connect(st->p, &o, on_app_connected, p);
+  if (!p->app) pipe_close(p);
+  return 1;
+}
+
 int cb_front_init(cb_state *st) {
   const evs_host *h = st->h;
   const char *role = h->config_string(st->p, "role") ?: "cages";
   int rc = h->add_tls_identity(st->p, role, st->domain, identity, st);
+  if (rc == 0) rc = h->add_tls_passthrough(st->p, role, st->domain, passthrough, st);
   evs_route r;
   memset(&r, 0, sizeof r);
   r.size = sizeof r;

@@ -447,4 +447,38 @@ def test_evctl_cage_workflow():
     assert not [c for c in evctl("list", "cages")["cages"] if c["name"] == "cli-cage"]
 
 
+def test_disable_tls_termination():
+    """The client's TLS reaches the app untouched: the app's own certificate, no API key."""
+    e = Env()
+    st, body, _ = e.deploy("own-tls", "tls1", disable_tls_termination=True)
+    assert st == 200, body
+    app_ca = evstest.make_ca(e.dir, name="app CA")
+    own = evstest.make_cert(app_ca, [e.host("own-tls")], dir=e.dir)
+    for k, v in (("FAKE_TLS_CERT", own.cert), ("FAKE_TLS_KEY", own.key)):
+        st, body = e.admin("PUT", "/cages/%s/own-tls/env/%s" % (e.app, k), {"value": v})
+        assert st == 200, body
+    st, body, _ = e.deploy("own-tls", "tls1", disable_tls_termination=True)  # env at start
+    assert st == 200, body
+    e.wait_ready("own-tls", deployment=2)
+    port = e.srv.port("cages")
+    h = e.host("own-tls")
+
+    def curl(ca):
+        return subprocess.run(["curl", "-sS", "--max-time", "20", "--resolve",
+                               "%s:%d:127.0.0.1" % (h, port), "--cacert", ca,
+                               "https://%s:%d/hello" % (h, port)], capture_output=True,
+                              timeout=30)
+    r = evstest.wait_for(lambda: (lambda r: r.returncode == 0 and r)(curl(app_ca.cert)),
+                         timeout=30, what="the app's own TLS through the front")
+    assert json.loads(r.stdout) == HELLO, r.stdout  # no api-key: the front saw no HTTP
+    r = curl(e.node_ca)  # not the node CA's certificate: the app's
+    assert r.returncode != 0, r.stdout
+    # the other cages on the same listener still terminate here
+    st, body, _ = e.deploy("hello-cage", "t2")
+    assert st == 200, body
+    e.wait_ready("hello-cage")
+    e.wait_tls("hello-cage")
+    assert "passthrough_connections" in e.srv.admin_get("/metrics").text
+
+
 evstest.main(globals())

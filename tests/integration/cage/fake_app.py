@@ -7,6 +7,8 @@ runner's line protocol). Routes:
   GET  /roundtrip  {"encrypted": <what /encrypt gave>, "decrypted": <what /decrypt gave back>}
   POST /api/<path> the body passed to the Encryption API's /<path>, its answer returned
   GET  /crash      the process exits (code 3)
+With FAKE_TLS_CERT and FAKE_TLS_KEY in its environment it serves HTTPS itself (a cage with
+disable_tls_termination).
 """
 
 import base64
@@ -116,6 +118,11 @@ try:
 except FileNotFoundError:
     pass
 srv = S(SOCK, H)
+if os.environ.get("FAKE_TLS_CERT"):  # disable_tls_termination: the app's own TLS
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.environ["FAKE_TLS_CERT"], os.environ["FAKE_TLS_KEY"])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 threading.Thread(target=reader, daemon=True).start()
 send("READY")
 srv.serve_forever()
