@@ -149,7 +149,7 @@ static int upload_chunk(const evctl_ctx *ctx, const char *sha, size_t i, const u
 }
 
 static int deploy(const evctl_ctx *ctx, int argc, char **argv) {
-  const char *config = "./cage.toml", *eif = NULL;
+  const char *config = "./cage.toml", *eif = NULL, *outdir = NULL;
   char **bargv = calloc((size_t)argc + 4, sizeof *bargv);
   int bargc = 0;
   if (!bargv) return EVCTL_EXIT_ERROR;
@@ -162,6 +162,8 @@ static int deploy(const evctl_ctx *ctx, int argc, char **argv) {
       bargv[bargc++] = (char *)v;
     } else if ((v = opt_value(argc, argv, &i, NULL, "--eif-path"))) {
       eif = v;
+    } else if ((v = opt_value(argc, argv, &i, "-o", "--output"))) {
+      outdir = v; /* where the build leaves enclave.eif (default: a new temporary directory) */
     } else if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "--quite")) {
       continue;
     } else {
@@ -173,11 +175,12 @@ static int deploy(const evctl_ctx *ctx, int argc, char **argv) {
     free(bargv);
     return EVCTL_EXIT_ERROR;
   }
-  char built[PATH_MAX] = "";
+  char built[PATH_MAX + 16] = "";
   if (!eif) {
     /* A fresh build, as ev-cage deploy does without --eif-path. */
-    char dir[] = "/tmp/evctl-cage-XXXXXX";
-    if (!mkdtemp(dir)) {
+    char dir[PATH_MAX] = "/tmp/evctl-cage-XXXXXX";
+    if (outdir) snprintf(dir, sizeof dir, "%s", outdir);
+    else if (!mkdtemp(dir)) {
       fprintf(stderr, "evctl: cannot make a build directory: %s\n", strerror(errno));
       free(bargv);
       json_decref(c.toml);
