@@ -190,7 +190,17 @@ static int deploy(const evctl_ctx *ctx, int argc, char **argv) {
     bargv[bargc++] = dir;
     evctl_ctx quiet = *ctx;
     quiet.json = 0;
+    /* The build's report goes to stderr: stdout carries the deploy's answer (one JSON object
+     * with --json). */
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO);
+    if (saved >= 0) dup2(STDERR_FILENO, STDOUT_FILENO);
     int rc = evctl_cmd_cage_build(&quiet, bargc, bargv);
+    fflush(stdout);
+    if (saved >= 0) {
+      dup2(saved, STDOUT_FILENO);
+      close(saved);
+    }
     if (rc != EVCTL_EXIT_OK) {
       free(bargv);
       json_decref(c.toml);
