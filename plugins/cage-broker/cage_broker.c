@@ -677,9 +677,17 @@ static void sync_tick(void *arg) {
   }
 }
 
-static void sync_soon_cb(void *arg) { sync_tick(arg); }
+static void sync_soon_cb(void *arg) {
+  cb_state *st = arg;
+  st->h->timer_free(st->soon_timer); /* safe from its own callback: freed once closed */
+  st->soon_timer = NULL;
+  sync_tick(st);
+}
 
-void cb_sync_soon(cb_state *st) { st->h->timer_start(st->p, 0, 0, sync_soon_cb, st); }
+/* A sync on the next turn (after a deploy or delete here), rather than within sync_interval. */
+void cb_sync_soon(cb_state *st) {
+  if (!st->soon_timer) st->soon_timer = st->h->timer_start(st->p, 0, 0, sync_soon_cb, st);
+}
 
 /* ---- admin operations ------------------------------------------------------------------------ */
 
@@ -1481,6 +1489,7 @@ static void cb_fini(void *state) {
   if (!st) return;
   st->stopping = 1;
   if (st->sync_timer) st->h->timer_free(st->sync_timer);
+  if (st->soon_timer) st->h->timer_free(st->soon_timer);
   /* The cages keep running for this rank's next worker (the runner keeps them); what is
    * left here is freed with the process, since late callbacks may still name it. */
 }

@@ -77,6 +77,7 @@ struct cb_state {
   int64_t max_body;
   int64_t sync_ms;
   evs_timer *sync_timer;
+  evs_timer *soon_timer;
   int syncing;
   int stopping;
   cb_cage *cages;

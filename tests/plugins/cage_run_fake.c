@@ -41,6 +41,7 @@ struct cage_instance {
   size_t len;
   int stopping;
   char **env;
+  evs_timer *stop_timer;
 };
 
 static void pipe_closed(uv_handle_t *h) { free(h); }
@@ -202,6 +203,7 @@ void cage_api_reply(cage_api_call *call, int status, const char *content_type,
 
 static void stopped(void *arg) {
   cage_instance *ci = arg;
+  ci->h->timer_free(ci->stop_timer);
   ci->cb.on_state(ci->arg, ci, CAGE_STOPPED, "stopped");
   for (size_t i = 0; ci->env && ci->env[i]; i++) free(ci->env[i]);
   free(ci->env);
@@ -213,5 +215,5 @@ void cage_run_stop(cage_instance *ci) {
   ci->stopping = 1;
   close_pipe(ci);
   ci->h->helper_stop(ci->hp);
-  ci->h->timer_start(ci->p, 0, 0, stopped, ci);
+  ci->stop_timer = ci->h->timer_start(ci->p, 0, 0, stopped, ci);
 }
