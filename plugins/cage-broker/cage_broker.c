@@ -1105,6 +1105,8 @@ static void on_deploy_certs(void *arg, int status, const uint8_t *value, size_t 
   eif_pcrs pcrs;
   memset(&pcrs, 0, sizeof pcrs);
   if (rc == 0) rc = eif_pcrs_of(img, &pcrs);
+  /* A signed image's signature must hold: PCR8 is only worth its certificate if it does. */
+  if (rc == 0 && pcrs.has_pcr8 && eif_verify_signature(img, &why) != 0) rc = -EBADMSG;
   eif_free(img);
   if (rc < 0) {
     json_decref(certs);
