@@ -65,7 +65,7 @@ class Env:
             )
         self.cfg = cfg
         self.srv = evstest.Server(cfg).start()
-        evstest.defer(self.srv.stop)
+        evstest.defer(self.stop)
         E.evctl(self.srv, "relay-ca", "create")
         st, _, pem = E.api(self.srv, "GET", "/relay-ca.pem")
         assert st == 200, pem
@@ -78,6 +78,11 @@ class Env:
         other = E.evctl_json(self.srv, "app", "create")["appId"]
         self.other_key = E.evctl_json(self.srv, "key", "create", other, "--permissions",
                                       "api:encrypt")["apiKey"]
+
+    def stop(self):
+        self.srv.stop()
+        log = self.srv.log()
+        assert "Sanitizer" not in log and "runtime error:" not in log, log[-3000:]
 
     # ---- admin ----
     def admin(self, method, path, body=None, raw=None, timeout=30):

@@ -101,7 +101,6 @@ def flow(backend):
         f.write(conf.replace('[plugin "cage-broker"]', '[plugin "cage-broker"]\nbackend = %s'
                              % backend, 1))
     e.srv = evstest.Server(e.cfg).start()
-    evstest.defer(e.srv.stop)
     d = e.cage_dir()
     e.evctl(d, "init", "-f", "Dockerfile", "--name", "hello-cage", "--app", e.app)
     # deploy without --eif-path builds first (evctl cage build's code)
