@@ -967,13 +967,15 @@ static void test_shipped_example_tls_block(void **state) {
   fclose(f);
   s = load_ok(text);
   free(text);
-  assert_int_equal(s->nlisteners, 4);
+  assert_int_equal(s->nlisteners, 5);
   assert_int_equal(s->listeners[1].tls, 1);
   assert_int_equal(s->listeners[2].nroles, 1);
   assert_string_equal(s->listeners[2].roles[0], "api");
   assert_int_equal(s->listeners[3].tls, 1); /* the Outbound Relay's CONNECT proxy */
   assert_int_equal(s->listeners[3].nroles, 1);
   assert_string_equal(s->listeners[3].roles[0], "outbound");
+  assert_int_equal(s->listeners[4].tls, 1); /* the Cages front */
+  assert_string_equal(s->listeners[4].roles[0], "cages");
   assert_int_equal(s->ncerts, 1);
   evs__settings_free(s);
 }
