@@ -159,7 +159,7 @@ int cage_run_start(evs_plugin *p, const evs_host *host, const cage_run_spec *spe
     ci->env[n + 1] = strdup(spec->debug ? "FAKE_DEBUG=1" : "FAKE_DEBUG=0");
   }
   const char *argv[] = {"/usr/bin/python3", EVS_FAKE_CAGE_APP, ci->sock, NULL};
-  /* bench/cages/run: its own app (a C echo server) instead of fake_app.py. */
+  /* bench/cages/front/run: its own app (a C echo server) instead of fake_app.py. */
   const char *bin = getenv("EVS_FAKE_CAGE_APP_BIN");
   const char *bargv[] = {bin, ci->sock, NULL};
   evs_helper_spec hs;

@@ -1,5 +1,5 @@
 /*
- * bench/cages/echo_app.c: the app behind both fronts in bench/cages/run: HTTP/1.1 keep-alive on
+ * bench/cages/front/echo_app.c: the app behind both fronts in bench/cages/front/run: HTTP/1.1 keep-alive on
  * the unix socket argv[1], answering every request with its body (so the bench sees what each
  * front passed on: plaintext through evserver, ev: strings through nginx). Single-threaded
  * poll() loop. Started by the stand-in runner (tests/plugins/cage_run_fake.c, through
