@@ -257,7 +257,8 @@ static const char *h_state_dir(evs_plugin *p) {
 static int h_add_hook(evs_plugin *p, evs_phase phase, evs_hook_fn fn) {
   evs__plugin_rec *r = rec(p);
   if (!r->in_init) return -EPERM;
-  if (phase != EVS_PHASE_ROUTE && phase != EVS_PHASE_LOG) return -EINVAL;
+  if (phase != EVS_PHASE_ROUTE && phase != EVS_PHASE_LOG && phase != EVS_PHASE_END)
+    return -EINVAL;
   evs__worker *w = evs__w;
   evs__hook *nh = realloc(w->hooks, (w->nhooks + 1) * sizeof *nh);
   if (!nh) return -ENOMEM;
@@ -789,7 +790,26 @@ static int h_store_append(evs_plugin *p, const char *stream, const char *json) {
   char name[EVS_STORE_NAME_MAX + 1];
   int r = stream_name(rec(p), stream, name, sizeof name);
   if (r < 0) return r;
-  return evs__appendq_add(evs__w, rec(p)->name, name, json);
+  return evs__appendq_add(evs__w, rec(p)->name, name, json, NULL);
+}
+
+/* 1.9: a record the response's end waits for (server.c holds it, appendq.c commits it). */
+static int h_store_append_request(evs_plugin *p, evs_request *req, const char *stream,
+                                  const char *json) {
+  if (!req) return -EINVAL;
+  if (!evs__w->store) return -ENOTSUP;
+  char name[EVS_STORE_NAME_MAX + 1];
+  int r = stream_name(rec(p), stream, name, sizeof name);
+  if (r < 0) return r;
+  int bind = !req->end_sent && !req->finished && req->conn;
+  uint64_t seq = 0;
+  if ((r = evs__appendq_add(evs__w, rec(p)->name, name, json, bind ? &seq : NULL)) < 0) return r;
+  return bind ? evs__request_bind_record(req, seq) : req->conn ? -EALREADY : -ECONNRESET;
+}
+
+static int h_store_append_ready(evs_plugin *p) {
+  (void)p;
+  return evs__appendq_ready(evs__w);
 }
 
 typedef struct query_acc {
@@ -1001,6 +1021,8 @@ static const evs_host host_table = {
     .read_body = h_read_body,
     .store_append = h_store_append,
     .store_query = h_store_query,
+    .store_append_request = h_store_append_request,
+    .store_append_ready = h_store_append_ready,
     .request_body_read = h_request_body_read,
     .request_body_resume = evs__request_body_resume,
     .response_header = evs__proxy_response_header,
