@@ -345,10 +345,10 @@ void evs__appendq_sync(evs__worker *w) {
   }
 }
 
-static void give_up(waiter *x) {
+static void give_up(waiter *x, int settled) {
   while (x) {
     waiter *n = x->next;
-    x->fn(x->arg, -ECANCELED);
+    x->fn(x->arg, settled ? x->status : -ECANCELED);
     free(x);
     x = n;
   }
@@ -363,8 +363,8 @@ void evs__appendq_close(evs__worker *w) {
     report(&q->pending, -ENOTCONN);
     batch_free(&q->pending);
   }
-  give_up(q->ready);
-  give_up(q->waiting);
+  give_up(q->ready, 1);
+  give_up(q->waiting, 0);
   evs__store_close(q->own);
   uv_cond_destroy(&q->written_cond);
   uv_mutex_destroy(&q->lock);
