@@ -17,8 +17,9 @@
  *   record. Waiters (evs__appendq_wait) are told on the loop thread, from the idle handle, so
  *   that a released response never runs inside a plugin's call.
  *
- * A query first writes this worker's queue and waits for the batch in flight, so a worker
- * reads what it appended. A stopping worker writes what is left before it closes the store.
+ * A query first has this worker's queue written (evs__appendq_flush, as for a waited-for
+ * record), so a worker reads what it appended. A stopping worker writes what is left before it
+ * closes the store.
  *
  * A batch the store could not take for a passing reason (-ENOTCONN: PostgreSQL restarting or
  * unreachable; -EBUSY: a lock wait) goes back to the front of the queue and is tried again
@@ -311,6 +312,14 @@ int evs__appendq_wait(evs__worker *w, uint64_t seq, evs__appendq_fn fn, void *ar
   *q->waiting_tail = x;
   q->waiting_tail = &x->next;
   return 0;
+}
+
+int evs__appendq_flush(evs__worker *w, evs__appendq_fn fn, void *arg) {
+  evs__appendq *q = w->appendq;
+  if (!q || q->retrying || q->seq <= q->settled) return 1;
+  q->urgent = 1;
+  if (!q->busy && !closing(q)) uv_idle_start(&q->idle, on_idle);
+  return evs__appendq_wait(w, q->seq, fn, arg);
 }
 
 int evs__appendq_ready(evs__worker *w) {

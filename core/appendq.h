@@ -29,11 +29,17 @@ int evs__appendq_add(evs__worker *w, const char *plugin, const char *stream, con
  * waiter waits on. */
 typedef void (*evs__appendq_fn)(void *arg, int status);
 int evs__appendq_wait(evs__worker *w, uint64_t seq, evs__appendq_fn fn, void *arg);
+/* fn(arg, status) runs once on the loop thread when every record queued so far is written
+ * (as evs__appendq_wait), the batch starting at once; returns 1 (fn never runs) when nothing
+ * waits to be written or the store is away (waiting would last the outage), 0 otherwise. A
+ * query goes after it, to read what this worker appended, without writing on the loop. */
+int evs__appendq_flush(evs__worker *w, evs__appendq_fn fn, void *arg);
 /* 0 while the store takes records; -ENOTCONN while a batch failed for a passing reason and
  * waits to be written again (PostgreSQL unreachable); -ENOTSUP without a store. */
 int evs__appendq_ready(evs__worker *w);
 /* Batches written so far (tests: group commit). */
 uint64_t evs__appendq_batches(evs__worker *w);
+/* Writes the queue on the calling thread (the loop has ended: evs__appendq_close). */
 void evs__appendq_sync(evs__worker *w);
 void evs__appendq_close(evs__worker *w);
 
