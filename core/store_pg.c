@@ -158,7 +158,10 @@ static int64_t get_int(const PGresult *res, int row, int col) {
 static int map_sqlstate(const char *st) {
   if (!st)
     return -EIO;
-  if (strncmp(st, "08", 2) == 0)
+  /* 08: connection exceptions; 57P01-57P03: the server is shutting down or starting (a
+   * restart): the session ends, and the next call reconnects. */
+  if (strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0 ||
+      strcmp(st, "57P03") == 0)
     return -ENOTCONN;
   if (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0 || strcmp(st, "55P03") == 0)
     return -EBUSY;

@@ -566,9 +566,11 @@ def test_postgresql_restart_under_load():
     evstest.wait_for(lambda: len(statuses) >= 50 and load.count() >= 50, timeout=30,
                      what="some load")
     pg.stop("fast")
-    n, m = len(statuses), load.count()
-    evstest.wait_for(lambda: len(statuses) >= n + 20 and load.count() >= m + 20, timeout=30,
-                     what="requests while PostgreSQL is down")
+    n = len(statuses)
+    # Relay clients may be waiting: a response in flight when the database went away waits
+    # for its record (up to record_timeout), so only the API's progress is awaited here.
+    evstest.wait_for(lambda: len(statuses) >= n + 20, timeout=30,
+                     what="API requests while PostgreSQL is down")
     pg.start()
     # The nodes reconnect by themselves: successes again through both.
     evstest.wait_for(lambda: all(s[0] == 200 for s in statuses[-20:]), timeout=30,
