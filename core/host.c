@@ -904,7 +904,7 @@ static int h_store_append_request(evs_plugin *p, evs_request *req, const char *s
   char name[EVS_STORE_NAME_MAX + 1];
   int r = stream_name(rec(p), stream, name, sizeof name);
   if (r < 0) return r;
-  int bind = !req->end_sent && !req->finished && req->conn;
+  int bind = evs__request_can_bind(req);
   uint64_t seq = 0;
   if ((r = evs__appendq_add(evs__w, rec(p)->name, name, json, bind ? &seq : NULL)) < 0) return r;
   return bind ? evs__request_bind_record(req, seq) : req->conn ? -EALREADY : -ECONNRESET;

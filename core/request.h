@@ -73,6 +73,7 @@ struct evs_request {
   int64_t out_left;          /* body bytes the head announced and not yet written; -1: unknown */
   uint64_t record_seq;       /* the last record bound to the response (store_append_request) */
   int end_sent;              /* the response's end went to the client (or never will) */
+  int end_bound;             /* the END hooks ran: a record bound later would not be waited for */
   const char *error_code;    /* documented code, if the host answered with one */
   evs__plugin_rec *handler;  /* plugin that took the request */
   evs__proxy *proxy;
@@ -95,8 +96,9 @@ int evs__response_body(evs_request *req, const void *data, size_t len);
  * (the last body byte, the final chunk, or a bodyless head) wait for the commit, at most
  * [store] record_timeout: then the connection closes without them. */
 int evs__response_end(evs_request *req);
-/* store_append_request: the response's end waits for the record seq (appendq.h). -EALREADY
- * when the end has gone out, -ECONNRESET without a client. */
+/* store_append_request: 1 while a record can still be bound to the response (its END hooks
+ * have not finished), else 0; then evs__request_bind_record makes its end wait for seq. */
+int evs__request_can_bind(const evs_request *req);
 int evs__request_bind_record(evs_request *req, uint64_t seq);
 /* Whole response in one call. */
 int evs__respond(evs_request *req, int status, const evs_header *headers, size_t n,

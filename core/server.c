@@ -1078,9 +1078,12 @@ static void on_record_settled(void *arg, int status) {
   evs__request_unhold(req);
 }
 
+int evs__request_can_bind(const evs_request *req) {
+  return req->conn && !req->end_sent && !req->end_bound && !req->finished;
+}
+
 int evs__request_bind_record(evs_request *req, uint64_t seq) {
-  if (req->end_sent || req->finished) return -EALREADY;
-  if (!req->conn) return -ECONNRESET;
+  if (!evs__request_can_bind(req)) return req->conn ? -EALREADY : -ECONNRESET;
   if (seq > req->record_seq) req->record_seq = seq;
   return 0;
 }
@@ -1096,6 +1099,7 @@ int evs__response_end(evs_request *req) {
   /* ABI 1.9: END hooks see the complete response before its end leaves (read-only; they may
    * bind transaction records to it). */
   evs__plugins_run_hooks(c->w, EVS_PHASE_END, req);
+  req->end_bound = 1;
   if (req->conn != c || req->finished) return 0;
   if (req->record_seq) {
     int r = evs__appendq_wait(c->w, req->record_seq, on_record_settled, req);

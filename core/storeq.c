@@ -25,6 +25,7 @@ struct evs__storeq {
   evs__storeq_job *done, **done_tail;
   int running;          /* the thread is inside a job's work */
   int stop;
+  int joined;
   size_t outstanding;   /* queued and not yet handed back (loop thread only) */
   uv_async_t async;
 };
@@ -99,7 +100,7 @@ fail_mutex:
 
 int evs__storeq_submit(evs__worker *w, evs__storeq_job *j) {
   evs__storeq *q = w->storeq;
-  if (!q || uv_is_closing((uv_handle_t *)&q->async)) return -ENOTSUP;
+  if (!q || q->stop || uv_is_closing((uv_handle_t *)&q->async)) return -ENOTSUP;
   j->next = NULL;
   if (q->outstanding++ == 0) uv_ref((uv_handle_t *)&q->async);
   uv_mutex_lock(&q->lock);
@@ -118,14 +119,21 @@ void evs__storeq_drain(evs__worker *w) {
   uv_mutex_unlock(&q->lock);
 }
 
-void evs__storeq_close(evs__worker *w) {
+void evs__storeq_stop(evs__worker *w) {
   evs__storeq *q = w->storeq;
-  if (!q) return;
+  if (!q || q->joined) return;
   uv_mutex_lock(&q->lock);
   q->stop = 1;
   uv_cond_signal(&q->todo_cond);
   uv_mutex_unlock(&q->lock);
   uv_thread_join(&q->thread);
+  q->joined = 1;
+}
+
+void evs__storeq_close(evs__worker *w) {
+  evs__storeq *q = w->storeq;
+  if (!q) return;
+  evs__storeq_stop(w);
   /* The loop is over: answers nobody can be given any more are dropped. */
   evs__storeq_job *j = q->done;
   while (j) {

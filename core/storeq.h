@@ -24,8 +24,11 @@ int evs__storeq_submit(evs__worker *w, evs__storeq_job *j);
 /* Wait until every job queued so far has run its work: a synchronous call made on the loop
  * after this sees their effects, in order. */
 void evs__storeq_drain(evs__worker *w);
-/* After the loop ended: finish the queued work, stop the thread, release the jobs whose done
- * could not run any more. */
+/* When the loop has ended (before its handles are closed): finish the queued work and stop
+ * the thread; later submits are refused (-ENOTSUP). */
+void evs__storeq_stop(evs__worker *w);
+/* After the loop is closed: stop if not yet, release the jobs whose done could not run any
+ * more, free the lane. */
 void evs__storeq_close(evs__worker *w);
 
 #endif

@@ -152,6 +152,7 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
 
   evs__plugins_unload(w);
   evs__node_stop(w); /* after fini: a plugin may still answer node messages there */
+  evs__storeq_stop(w); /* what fini queued is written; nobody is answered any more */
   evs__server_free_tls(w);
   uv_walk(w->loop, close_walk, NULL);
   uv_run(w->loop, UV_RUN_DEFAULT);
