@@ -18,6 +18,8 @@ HAProxy balancing the relay and API listeners round robin with a TCP health chec
   every request succeeds; every request whose response a client received completely, before
   the kill or after, has its transaction record in PostgreSQL (a response's end waits for its
   record's commit: docs/state.md).
+- A response in flight while PostgreSQL is down closes without its end after [store]
+  record_timeout, later ones are refused with 503, and the held record is written afterwards.
 - PostgreSQL restarted while clients send: the requests that need it (API key checks, and
   relayed requests, whose records it keeps) fail with the documented 503 or succeed, never
   anything else; every relayed request that succeeded has its record; the nodes reconnect on
@@ -612,6 +614,44 @@ def test_postgresql_restart_under_load():
                    "convert_from(key, 'UTF8') LIKE '%s%%'" % prefix, db="evs").strip()
         assert n == "1", (prefix, n)
     assert_clean(a, b)
+
+
+def test_record_timeout_while_postgresql_is_down():
+    """A response in flight when the store went away never reaches its end without its record
+    ([store] record_timeout: the connection closes first); the requests after it are refused
+    up front with the documented 503; the record is written once the store is back."""
+    enclave = evstest.build_path("evserver-enclave")
+    if not os.access(enclave, os.X_OK):
+        raise evstest.Skip("%s is not built" % enclave)
+    pg = Postgres()
+    seal = os.urandom(32)
+    n = node("a", pg, seal, enclave, workers=1,
+             store={"backend": "postgresql", "dsn": pg.dsn(), "record_timeout": "500ms"})
+    app = evctl(n, "app", "create")
+    with evstest.Upstream() as up:
+        push(n, relays_for(app, up))
+        evstest.wait_for(lambda: relay(n.url(""), "/secure/0", {"ssn": "1"})[0] == 200,
+                         timeout=10, what="the relay to serve")
+        pg.stop("fast")
+        # No batch has failed yet: this request is relayed, and its end waits for its record.
+        t0 = time.monotonic()
+        st, h, body = relay(n.url(""), "/secure/held", {"ssn": "2"})
+        held = time.monotonic() - t0
+        assert st == 0, (st, body)  # the connection closed before the response's end
+        assert held >= 0.45, held
+        # The worker knows the store is away now: refused before anything is relayed.
+        hits = len(up.requests)
+        st, h, body = relay(n.url(""), "/secure/refused", {"ssn": "3"})
+        assert st == 503 and h.get("x-evervault-error-code") == "service-unavailable", (st, body)
+        assert len(up.requests) == hits, "a refused request reached the destination"
+        pg.start()
+        evstest.wait_for(lambda: relay(n.url(""), "/secure/again", {"ssn": "4"})[0] == 200,
+                         timeout=20, what="the relay to serve again once PostgreSQL is back")
+    stored = set(pg.sql("SELECT record::json->>'path' FROM evs_log", db="evs").split())
+    # The unanswered request's record was kept and written; the refused one has its own.
+    assert "/secure/held" in stored and "/secure/again" in stored, sorted(stored)
+    assert "EVS-1108" in n.log()
+    assert_clean(n)
 
 
 if __name__ == "__main__":
