@@ -906,7 +906,12 @@ static int h_store_append_request(evs_plugin *p, evs_request *req, const char *s
   if (r < 0) return r;
   int bind = evs__request_can_bind(req);
   uint64_t seq = 0;
-  if ((r = evs__appendq_add(evs__w, rec(p)->name, name, json, bind ? &seq : NULL)) < 0) return r;
+  if ((r = evs__appendq_add(evs__w, rec(p)->name, name, json, bind ? &seq : NULL)) < 0) {
+    /* The queue is full (the store far behind) or memory ran out: the response must not be
+     * acknowledged without its record (a malformed record is the plugin's bug: refused). */
+    if (bind && (r == -EAGAIN || r == -ENOMEM)) req->record_lost = 1;
+    return r;
+  }
   return bind ? evs__request_bind_record(req, seq) : req->conn ? -EALREADY : -ECONNRESET;
 }
 

@@ -74,6 +74,7 @@ struct evs_request {
   uint64_t record_seq;       /* the last record bound to the response (store_append_request) */
   int end_sent;              /* the response's end went to the client (or never will) */
   int end_bound;             /* the END hooks ran: a record bound later would not be waited for */
+  int record_lost;           /* a record for it could not be queued: its end must not leave */
   const char *error_code;    /* documented code, if the host answered with one */
   evs__plugin_rec *handler;  /* plugin that took the request */
   evs__proxy *proxy;

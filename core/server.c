@@ -1101,6 +1101,14 @@ int evs__response_end(evs_request *req) {
   evs__plugins_run_hooks(c->w, EVS_PHASE_END, req);
   req->end_bound = 1;
   if (req->conn != c || req->finished) return 0;
+  if (req->record_lost) {
+    EVS_LOG_ERR("EVS-1109", "store: transaction record not queued (queue full): connection "
+                "closed before the response's end");
+    evs__metrics_plugin_add("core", "responses_unacknowledged", 1);
+    req->end_sent = 1;
+    conn_close(c, 0);
+    return 0;
+  }
   if (req->record_seq) {
     int r = evs__appendq_wait(c->w, req->record_seq, on_record_settled, req);
     if (r == 0) {

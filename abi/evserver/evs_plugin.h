@@ -1012,7 +1012,8 @@ typedef struct evs_host {
    * stays queued to be written when the store is back. Returns 0; -EALREADY when the
    * response's end has gone out and -ECONNRESET when the client is gone (the record is
    * queued all the same, written behind); the errors of store_append otherwise (nothing
-   * queued). */
+   * queued; when the queue is full (-EAGAIN) or memory ran out, the response loses its end
+   * too: it is not acknowledged without its record). */
   int (*store_append_request)(evs_plugin *p, evs_request *req, const char *stream,
                               const char *json_record);
   /* 1.9: 0 while the store takes records; -ENOTCONN while it does not (a batch failed because
