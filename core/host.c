@@ -1192,6 +1192,7 @@ void evs__host_forget(evs__plugin_rec *r) {
   r->crypto = NULL;
   memset(&r->crypto2, 0, sizeof r->crypto2);
   r->node_fn = NULL;
+  evs__storeq_drain(evs__w); /* no call the plugin queued still uses its auxiliary store */
   evs__store_close(r->aux_store);
   r->aux_store = NULL;
   while (r->subs) {
