@@ -93,7 +93,7 @@ static uint64_t ev_found(void *arg) {
 
 /* ---- structures -------------------------------------------------------------------------- */
 
-/* A structure sample is best effort: a failed put is retried at the next sample. */
+/* A structure sample is best effort: a failed put waits for the next refresh of its shape. */
 static void structure_stored(void *arg, int status, const uint8_t *v, size_t len) {
   (void)arg;
   (void)status;
