@@ -20,7 +20,7 @@ static uint32_t get32(const uint8_t *p) {
 }
 
 static int is_chan_type(uint8_t t) { return t >= CMUX_OPEN && t <= CMUX_CLOSE; }
-static int is_ctrl_type(uint8_t t) { return t >= CMUX_HELLO && t <= CMUX_EGRESS; }
+static int is_ctrl_type(uint8_t t) { return t >= CMUX_HELLO && t <= CMUX_WHERE; }
 
 long cmux_parse(const uint8_t *p, size_t n, cmux_frame *f) {
   if (n < CMUX_HDR) return 0;
@@ -159,7 +159,7 @@ int cmux_put_u32(cmux_buf *b, uint32_t v) {
 int cmux_put_str(cmux_buf *b, const char *s, size_t len) {
   if (len > 65535) return -EMSGSIZE;
   int r = cmux_put_u16(b, (uint16_t)len);
-  return r < 0 ? r : put_raw(b, s, len);
+  return r < 0 ? r : put_raw(b, (const uint8_t *)s, len);
 }
 
 int cmux_frame_end(cmux_buf *b, size_t off) {
@@ -313,7 +313,7 @@ uint32_t cmux_open(cmux *m, int fd, uint8_t kind, uint16_t port, const char *nam
 int cmux_send(cmux *m, uint8_t type, const void *payload, size_t len) {
   if (m->dead) return -EPIPE;
   size_t off = cmux_frame_begin(&m->out, type, 0);
-  int r = put_raw(&m->out, payload, len);
+  int r = put_raw(&m->out, (const uint8_t *)payload, len);
   if (r == 0) r = cmux_frame_end(&m->out, off);
   else m->out.len = off;
   return r;

@@ -40,6 +40,8 @@ enum cmux_type {
   CMUX_API_RESP = 22, /* u32 id, u16 status, string content type, body (the rest) */
   CMUX_FAIL = 23,     /* a set-up failure: text (no secret) */
   CMUX_EGRESS = 24,   /* vmm -> plugin: u8 allowed, u16 port, string host, string why */
+  CMUX_WHERE = 25,    /* vmm -> plugin: the app socket's path (first on each attach);
+                         plugin -> vmm: the egress proxy's socket path */
 };
 
 /* Channel kinds (OPEN). */
