@@ -553,6 +553,8 @@ int main(int argc, char **argv) {
   sigemptyset(&ss);
   sigaddset(&ss, SIGCHLD);
   sigaddset(&ss, SIGPIPE);
+  sigaddset(&ss, SIGTERM); /* helper_stop: the cage and its files go first */
+  sigaddset(&ss, SIGINT);
   sigprocmask(SIG_BLOCK, &ss, NULL);
   sigdelset(&ss, SIGPIPE);
   g.sfd = signalfd(-1, &ss, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -592,8 +594,8 @@ int main(int argc, char **argv) {
         take_attach();
       } else if (pf[i].fd == g.sfd) {
         struct signalfd_siginfo si;
-        while (read(g.sfd, &si, sizeof si) > 0) {
-        }
+        while (read(g.sfd, &si, sizeof si) > 0)
+          if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) finish(0);
         int ws;
         pid_t p;
         while ((p = waitpid(-1, &ws, WNOHANG)) > 0)

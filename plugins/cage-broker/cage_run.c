@@ -93,6 +93,8 @@ static void conn_close(cage_instance *ci) {
   ci->calls = NULL;
 }
 
+static void on_poll(uv_poll_t *h, int status, int events);
+
 static void update_poll(cage_instance *ci) {
   if (!ci->ctl || !ci->poll) return;
   struct pollfd pf[2];
@@ -100,7 +102,8 @@ static void update_poll(cage_instance *ci) {
   int ev = 0;
   if (n && pf[0].events & POLLIN) ev |= UV_READABLE;
   if (n && pf[0].events & POLLOUT) ev |= UV_WRITABLE;
-  uv_poll_start(ci->poll, ev, NULL); /* callback unchanged: set at the first start */
+  if (ev) uv_poll_start(ci->poll, ev, on_poll);
+  else uv_poll_stop(ci->poll);
 }
 
 static void send_start(cage_instance *ci) {
@@ -300,7 +303,8 @@ static const char *vmm_path(void) {
 
 static void egress_event(void *arg, const char *host, int port, int allowed, const char *why) {
   cage_instance *ci = arg;
-  if (ci->cb.on_egress) ci->cb.on_egress(ci->arg, ci, host, port, allowed, why);
+  if (ci->cb.on_egress)
+    ci->cb.on_egress(ci->arg, ci, host, port, allowed, why ? why : "allowed");
 }
 
 static void instance_free(cage_instance *ci) {
