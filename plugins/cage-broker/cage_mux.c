@@ -447,9 +447,17 @@ static void read_stream(cmux *m) {
   }
 }
 
+/* A write that never raises SIGPIPE on a socket (the stream may also be a character device:
+ * the virtio-serial port). */
+static ssize_t xwrite(int fd, const void *p, size_t n) {
+  ssize_t k = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (k < 0 && errno == ENOTSOCK) k = write(fd, p, n);
+  return k;
+}
+
 static void write_stream(cmux *m) {
   while (m->out.len) {
-    ssize_t k = write(m->fd, m->out.p, m->out.len);
+    ssize_t k = xwrite(m->fd, m->out.p, m->out.len);
     if (k < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (k <= 0) {
       die(m, "mux write error");
@@ -522,7 +530,7 @@ static void read_chan(cmux *m, chan *c) {
 
 static void write_chan(cmux *m, chan *c) {
   while (c->in.len) {
-    ssize_t k = write(c->fd, c->in.p, c->in.len);
+    ssize_t k = xwrite(c->fd, c->in.p, c->in.len);
     if (k < 0 && (errno == EAGAIN || errno == EINTR)) break;
     if (k <= 0) {
       send_empty(m, CMUX_CLOSE, c->id);
