@@ -421,11 +421,13 @@ static void start_app(void) {
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
     setsid();
-    int null = open("/dev/null", O_RDWR);
-    dup2(null, 0);
-    dup2(g.cfg.debug ? g.out_pipe[1] : null, 1);
-    dup2(g.cfg.debug ? g.err_pipe[1] : null, 2);
     if (chroot("/rootfs") < 0 || chdir("/") < 0) _exit(126);
+    /* The app's own /dev/null (init's root has none under the sandbox): its output must never
+     * reach the host's logs outside debug mode, so no null means no start. */
+    int null = open("/dev/null", O_RDWR);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(g.cfg.debug ? g.out_pipe[1] : null, 1) < 0 ||
+        dup2(g.cfg.debug ? g.err_pipe[1] : null, 2) < 0)
+      _exit(126);
     if (chdir(g.cfg.workdir) < 0) _exit(126);
     if (setgroups(0, NULL) < 0 && errno != EPERM) _exit(126);
     if (setresgid(g.cfg.gid, g.cfg.gid, g.cfg.gid) < 0 ||

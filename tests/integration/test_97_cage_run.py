@@ -272,6 +272,9 @@ def check_no_egress(backend, timeout=60.0):
         assert esc["connect outside"].startswith("blocked"), esc
         assert esc["connect host loopback port"].startswith("blocked"), esc
         assert state(srv)["egress"] == []
+        # Not in debug mode: the app's output reaches nothing of the host's.
+        assert "hello-cage listening" not in srv.log()
+        assert state(srv)["logs"] == 0
     finally:
         srv.stop()
 
