@@ -226,7 +226,7 @@ static int write_file(const char *path, const char *s) {
 static void bind_dev(const char *root, const char *name) {
   char src[64], dst[PATH_MAX];
   snprintf(src, sizeof src, "/dev/%s", name);
-  snprintf(dst, sizeof dst, "%s/rootfs/dev/%s", root, name);
+  snprintf(dst, sizeof dst, "%.3000s/rootfs/dev/%.20s", root, name);
   int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0) _exit(120);
   close(fd);
@@ -240,7 +240,7 @@ static __attribute__((noreturn)) void sandbox_pid1(const char *root, int mux, in
   if (mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0) _exit(111);
   if (mount(NULL, root, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, NULL) < 0) _exit(112);
   char p[PATH_MAX];
-  snprintf(p, sizeof p, "%s/rootfs/dev", root);
+  snprintf(p, sizeof p, "%.3000s/rootfs/dev", root);
   mkdir(p, 0755);
   static const char *const devs[] = {"null", "zero", "random", "urandom", "full"};
   for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) bind_dev(root, devs[i]);
