@@ -165,6 +165,10 @@ const evs__conf_key evs__conf_store_keys[] = {
     {{"dsn", EVS_CONFIG_STRING, NULL, 0, 0, EVS_CONFIG_SECRET,
       "libpq connection string; required when backend = postgresql"},
      SETTING(store_dsn), NULL},
+    {{"record_timeout", EVS_CONFIG_DURATION, "10s", 100, 10 * MS_M, 0,
+      "longest a response's end waits for its transaction record to be committed; after it "
+      "the connection closes without the end (the response is not acknowledged)"},
+     SETTING(store_record_timeout_ms), NULL},
     {{NULL, 0, NULL, 0, 0, 0, NULL}, BY_HAND, NULL},
 };
 

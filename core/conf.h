@@ -129,6 +129,7 @@ typedef struct evs__settings {
   char *store_backend;              /* "sqlite" or "postgresql" */
   char *store_path;                 /* sqlite: file, relative to state_dir */
   char *store_dsn;                  /* postgresql: libpq connection string */
+  int64_t store_record_timeout_ms;  /* longest a response's end waits for its record's commit */
   /* Named sections. */
   evs__listener_conf *listeners;
   size_t nlisteners;

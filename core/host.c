@@ -25,6 +25,7 @@
 #include "proxy.h"
 #include "request.h"
 #include "route.h"
+#include "storeq.h"
 #include "tls.h"
 #include "stream.h"
 #include "worker.h"
@@ -102,8 +103,7 @@ typedef struct deferred {
   struct deferred *next; /* for scans: a chain of items */
 } deferred;
 
-static void deferred_closed(uv_handle_t *h) {
-  deferred *d = h->data;
+static void deferred_free(deferred *d) {
   while (d) {
     deferred *n = d->next;
     free(d->data);
@@ -113,6 +113,7 @@ static void deferred_closed(uv_handle_t *h) {
     d = n;
   }
 }
+static void deferred_closed(uv_handle_t *h) { deferred_free(h->data); }
 
 static void deferred_fire(uv_timer_t *t) {
   deferred *d = t->data;
@@ -259,7 +260,8 @@ static const char *h_state_dir(evs_plugin *p) {
 static int h_add_hook(evs_plugin *p, evs_phase phase, evs_hook_fn fn) {
   evs__plugin_rec *r = rec(p);
   if (!r->in_init) return -EPERM;
-  if (phase != EVS_PHASE_ROUTE && phase != EVS_PHASE_LOG) return -EINVAL;
+  if (phase != EVS_PHASE_ROUTE && phase != EVS_PHASE_LOG && phase != EVS_PHASE_END)
+    return -EINVAL;
   evs__worker *w = evs__w;
   evs__hook *nh = realloc(w->hooks, (w->nhooks + 1) * sizeof *nh);
   if (!nh) return -ENOMEM;
@@ -513,42 +515,150 @@ static int h_subscribe_events(evs_plugin *p, const char *prefix, evs_event_fn fn
   return 0;
 }
 
-/* Store. */
+/* Store. Calls with a callback run on the worker's store lane (storeq.c), in the order they
+ * were made, so that a PostgreSQL round trip or a SQLite fsync never stalls the loop; the
+ * callback runs on the loop thread once the lane answered. put and delete without a callback
+ * keep their contract (done when the call returns, its result returned): they wait for the
+ * lane to empty, so they still come after the calls made before them, and run on the loop. */
 static void run_store(deferred *d) {
   ((evs_store_cb)d->cb)(d->arg, d->status, d->data, d->len);
 }
-/* The main store and a plugin's auxiliary store answer alike: get through a deferred callback,
- * put and delete at once with an optional deferred callback. */
+
+enum { SJ_GET, SJ_PUT, SJ_DEL, SJ_SCAN, SJ_QUERY };
+typedef struct store_job {
+  evs__storeq_job j;
+  int op;
+  evs__store *st;
+  char *ns;      /* namespace (plugin name) or stream: copied, the plugin may unload first */
+  char *key;     /* key, scan prefix */
+  uint8_t *val;
+  size_t len;
+  uint64_t ttl;
+  int64_t since;
+  size_t limit;
+  deferred *d;   /* the answer: status, value, items (chain), and the callback to call */
+} store_job;
+
+static int scan_collect(void *arg, const char *key, const uint8_t *v, size_t len);
+static int query_collect(void *arg, int64_t id, int64_t ts, const char *json);
+typedef struct collect_acc {
+  deferred *head, **tail;
+} collect_acc;
+
+static void sj_work(evs__storeq_job *jb) {
+  store_job *j = (store_job *)jb;
+  deferred *d = j->d;
+  collect_acc a = {NULL, &d->next};
+  switch (j->op) {
+    case SJ_GET: d->status = evs__store_get(j->st, j->ns, j->key, &d->data, &d->len); break;
+    case SJ_PUT: d->status = evs__store_put(j->st, j->ns, j->key, j->val, j->len, j->ttl); break;
+    case SJ_DEL: d->status = evs__store_delete(j->st, j->ns, j->key); break;
+    case SJ_SCAN:
+      d->status = evs__store_scan(j->st, j->ns, j->key, scan_collect, &a);
+      if (d->status > 0) d->status = 0;
+      break;
+    case SJ_QUERY:
+      d->status = evs__store_query(j->st, j->ns, j->since, j->limit, query_collect, &a);
+      if (d->status > 0) d->status = 0;
+      break;
+  }
+}
+static void sj_release(evs__storeq_job *jb) {
+  store_job *j = (store_job *)jb;
+  deferred_free(j->d);
+  free(j->ns);
+  free(j->key);
+  free(j->val);
+  free(j);
+}
+static void sj_done(evs__storeq_job *jb) {
+  store_job *j = (store_job *)jb;
+  j->d->run(j->d);
+  sj_release(jb);
+}
+
+/* A job for the lane; NULL when out of memory. */
+static store_job *sj_new(int op, evs__store *st, const char *ns, const char *key,
+                         void (*run)(deferred *), void *cb, void *arg) {
+  store_job *j = calloc(1, sizeof *j);
+  deferred *d = calloc(1, sizeof *d);
+  if (!j || !d || !(j->ns = strdup(ns)) || (key && !(j->key = strdup(key)))) {
+    free(d);
+    if (j) free(j->ns);
+    free(j);
+    return NULL;
+  }
+  j->j.work = sj_work;
+  j->j.done = sj_done;
+  j->j.release = sj_release;
+  j->op = op;
+  j->st = st;
+  d->run = run;
+  d->cb = cb;
+  d->arg = arg;
+  j->d = d;
+  return j;
+}
+
+/* Submits a job; without a lane (evserver -t) it runs here and answers on a later turn. */
+static int sj_submit(store_job *j) {
+  if (evs__storeq_submit(evs__w, &j->j) == 0) return 0;
+  sj_work(&j->j);
+  deferred *d = defer(j->d->run, j->d->cb, j->d->arg);
+  if (!d) {
+    sj_release(&j->j);
+    return -ENOMEM;
+  }
+  d->status = j->d->status;
+  d->data = j->d->data;
+  d->len = j->d->len;
+  d->next = j->d->next;
+  j->d->data = NULL;
+  j->d->next = NULL;
+  sj_release(&j->j);
+  defer_start(d);
+  return 0;
+}
+
+/* The main store and a plugin's auxiliary store answer alike. */
 static int store_get_in(evs__store *st, evs_plugin *p, const char *key, evs_store_cb cb,
                         void *arg) {
   if (!st) return -ENOTSUP;
-  deferred *d = defer(run_store, (void *)cb, arg);
-  if (!d) return -ENOMEM;
-  d->status = evs__store_get(st, rec(p)->name, key, &d->data, &d->len);
-  defer_start(d);
-  return 0;
+  if (!key || !cb) return -EINVAL;
+  store_job *j = sj_new(SJ_GET, st, rec(p)->name, key, run_store, (void *)cb, arg);
+  return j ? sj_submit(j) : -ENOMEM;
 }
 static int store_put_in(evs__store *st, evs_plugin *p, const char *key, const uint8_t *v,
                         size_t len, uint64_t ttl, evs_store_cb cb, void *arg) {
   if (!st) return -ENOTSUP;
-  int r = evs__store_put(st, rec(p)->name, key, v, len, ttl);
-  if (r < 0 || !cb) return r;
-  deferred *d = defer(run_store, (void *)cb, arg);
-  if (!d) return -ENOMEM;
-  d->status = r;
-  defer_start(d);
-  return 0;
+  if (!cb) {
+    evs__storeq_drain(evs__w);
+    return evs__store_put(st, rec(p)->name, key, v, len, ttl);
+  }
+  if (!key || (!v && len)) return -EINVAL;
+  if (len > EVS_STORE_VALUE_MAX) return -E2BIG;
+  store_job *j = sj_new(SJ_PUT, st, rec(p)->name, key, run_store, (void *)cb, arg);
+  if (!j) return -ENOMEM;
+  if (len && !(j->val = malloc(len))) {
+    sj_release(&j->j);
+    return -ENOMEM;
+  }
+  if (len) memcpy(j->val, v, len);
+  j->len = len;
+  j->ttl = ttl;
+  return sj_submit(j);
 }
 static int store_delete_in(evs__store *st, evs_plugin *p, const char *key, evs_store_cb cb,
                            void *arg) {
   if (!st) return -ENOTSUP;
-  int r = evs__store_delete(st, rec(p)->name, key);
-  if (!cb) return r == -ENOENT ? 0 : r;
-  deferred *d = defer(run_store, (void *)cb, arg);
-  if (!d) return -ENOMEM;
-  d->status = r;
-  defer_start(d);
-  return 0;
+  if (!cb) {
+    evs__storeq_drain(evs__w);
+    int r = evs__store_delete(st, rec(p)->name, key);
+    return r == -ENOENT ? 0 : r;
+  }
+  if (!key) return -EINVAL;
+  store_job *j = sj_new(SJ_DEL, st, rec(p)->name, key, run_store, (void *)cb, arg);
+  return j ? sj_submit(j) : -ENOMEM;
 }
 static int h_store_get(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
   return store_get_in(evs__w->store, p, key, cb, arg);
@@ -560,11 +670,8 @@ static int h_store_put(evs_plugin *p, const char *key, const uint8_t *v, size_t 
 static int h_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
   return store_delete_in(evs__w->store, p, key, cb, arg);
 }
-typedef struct scan_acc {
-  deferred *head, **tail;
-} scan_acc;
 static int scan_collect(void *arg, const char *key, const uint8_t *v, size_t len) {
-  scan_acc *a = arg;
+  collect_acc *a = arg;
   deferred *item = calloc(1, sizeof *item);
   if (!item) return 1;
   item->s1 = strdup(key);
@@ -582,13 +689,10 @@ static void run_scan(deferred *d) {
 }
 static int h_store_scan(evs_plugin *p, const char *prefix, evs_store_scan_cb cb, void *arg) {
   if (!evs__w->store) return -ENOTSUP;
-  deferred *d = defer(run_scan, (void *)cb, arg);
-  if (!d) return -ENOMEM;
-  scan_acc a = {NULL, &d->next};
-  d->status = evs__store_scan(evs__w->store, rec(p)->name, prefix ? prefix : "", scan_collect, &a);
-  if (d->status > 0) d->status = 0;
-  defer_start(d);
-  return 0;
+  if (!cb) return -EINVAL;
+  store_job *j = sj_new(SJ_SCAN, evs__w->store, rec(p)->name, prefix ? prefix : "", run_scan,
+                        (void *)cb, arg);
+  return j ? sj_submit(j) : -ENOMEM;
 }
 
 static int h_counter_add(evs_plugin *p, const char *name, uint64_t delta) {
@@ -838,15 +942,36 @@ static int h_store_append(evs_plugin *p, const char *stream, const char *json) {
   char name[EVS_STORE_NAME_MAX + 1];
   int r = stream_name(rec(p), stream, name, sizeof name);
   if (r < 0) return r;
-  return evs__appendq_add(evs__w, rec(p)->name, name, json);
+  return evs__appendq_add(evs__w, rec(p)->name, name, json, NULL);
 }
 
-typedef struct query_acc {
-  deferred *head, **tail;
-} query_acc;
+/* 1.9: a record the response's end waits for (server.c holds it, appendq.c commits it). */
+static int h_store_append_request(evs_plugin *p, evs_request *req, const char *stream,
+                                  const char *json) {
+  if (!req) return -EINVAL;
+  if (!evs__w->store) return -ENOTSUP;
+  char name[EVS_STORE_NAME_MAX + 1];
+  int r = stream_name(rec(p), stream, name, sizeof name);
+  if (r < 0) return r;
+  int bind = evs__request_can_bind(req);
+  uint64_t seq = 0;
+  if ((r = evs__appendq_add(evs__w, rec(p)->name, name, json, bind ? &seq : NULL)) < 0) {
+    /* The queue is full (the store far behind) or memory ran out: the response must not be
+     * acknowledged without its record (a malformed record is the plugin's bug: refused). */
+    if (bind && (r == -EAGAIN || r == -ENOMEM)) req->record_lost = 1;
+    return r;
+  }
+  return bind ? evs__request_bind_record(req, seq) : req->conn ? -EALREADY : -ECONNRESET;
+}
+
+static int h_store_append_ready(evs_plugin *p) {
+  (void)p;
+  return evs__appendq_ready(evs__w);
+}
+
 static int query_collect(void *arg, int64_t id, int64_t ts, const char *json) {
   (void)id;
-  query_acc *a = arg;
+  collect_acc *a = arg;
   deferred *item = calloc(1, sizeof *item);
   if (!item) return 1;
   item->s1 = strdup(json);
@@ -862,6 +987,15 @@ static void run_query(deferred *d) {
   for (deferred *i = d->next; i; i = i->next) cb(d->arg, 0, (int64_t)i->len, i->s1);
   cb(d->arg, d->status, 0, NULL);
 }
+/* A query waits for this worker's queued records to be written (appendq.c), so that it sees
+ * them, then goes to the lane. */
+static void query_flushed(void *arg, int status) {
+  (void)status; /* not written (the store is away): the query says what it can */
+  store_job *j = arg;
+  if (evs__storeq_submit(evs__w, &j->j) == 0) return;
+  sj_work(&j->j); /* no lane; a later turn already: answer now */
+  sj_done(&j->j);
+}
 static int h_store_query(evs_plugin *p, const char *stream, int64_t since_ms, size_t limit,
                          query_cb cb, void *arg) {
   if (!evs__w->store) return -ENOTSUP;
@@ -869,14 +1003,13 @@ static int h_store_query(evs_plugin *p, const char *stream, int64_t since_ms, si
   char name[EVS_STORE_NAME_MAX + 1];
   int r = stream_name(rec(p), stream, name, sizeof name);
   if (r < 0) return r;
-  deferred *d = defer(run_query, (void *)cb, arg);
-  if (!d) return -ENOMEM;
-  evs__appendq_sync(evs__w); /* this worker reads what it appended */
-  query_acc a = {NULL, &d->next};
-  d->status = evs__store_query(evs__w->store, name, since_ms, limit, query_collect, &a);
-  if (d->status > 0) d->status = 0;
-  defer_start(d);
-  return 0;
+  store_job *j = sj_new(SJ_QUERY, evs__w->store, name, NULL, run_query, (void *)cb, arg);
+  if (!j) return -ENOMEM;
+  j->since = since_ms;
+  j->limit = limit;
+  r = evs__appendq_flush(evs__w, query_flushed, j);
+  if (r == 0) return 0;
+  return sj_submit(j);
 }
 
 /* request_body_read: the body streams into the plugin; its end is reported on a later turn. */
@@ -1050,6 +1183,8 @@ static const evs_host host_table = {
     .read_body = h_read_body,
     .store_append = h_store_append,
     .store_query = h_store_query,
+    .store_append_request = h_store_append_request,
+    .store_append_ready = h_store_append_ready,
     .request_body_read = h_request_body_read,
     .request_body_resume = evs__request_body_resume,
     .response_header = evs__proxy_response_header,
@@ -1109,6 +1244,7 @@ void evs__host_forget(evs__plugin_rec *r) {
   r->crypto = NULL;
   memset(&r->crypto2, 0, sizeof r->crypto2);
   r->node_fn = NULL;
+  evs__storeq_drain(evs__w); /* no call the plugin queued still uses its auxiliary store */
   evs__store_close(r->aux_store);
   r->aux_store = NULL;
   while (r->subs) {

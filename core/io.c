@@ -47,6 +47,7 @@ void evs__io_init(evs__io *io, void *owner) {
   io->write_queued = 0;
   io->cork = NULL;
   io->corked = 0;
+  io->held = 0;
   io->reading = io->handshaking = io->closing = io->shutdown_sent = io->tls_verified = 0;
   io->error = 0;
 }
@@ -91,7 +92,7 @@ static int raw_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
   for (size_t i = 0; i < nbufs; i++) total += bufs[i].len;
   if (total == 0) return 0;
   if (io->closing) return UV_ECANCELED;
-  if (io->corked && (io->cork ? io->cork->len : 0) + total > EVS_IO_CORK_MAX) {
+  if (io->corked && !io->held && (io->cork ? io->cork->len : 0) + total > EVS_IO_CORK_MAX) {
     /* Gathering is for small pieces: what is gathered goes out now, and so does a large one. */
     int r = evs__io_uncork(io);
     if (r == 0 && total > EVS_IO_CORK_MAX) r = raw_write(io, bufs, nbufs);
@@ -376,7 +377,18 @@ int evs__io_writev(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
 
 void evs__io_cork(evs__io *io) { io->corked = 1; }
 
+void evs__io_hold(evs__io *io) {
+  io->corked = 1;
+  io->held = 1;
+}
+
+int evs__io_release(evs__io *io) {
+  io->held = 0;
+  return evs__io_uncork(io);
+}
+
 int evs__io_uncork(evs__io *io) {
+  if (io->held) return 0;
   io->corked = 0;
   write_req *w = io->cork;
   if (!w) return 0;
@@ -491,6 +503,7 @@ void evs__io_close(evs__io *io) {
     io->cork = NULL;
   }
   io->corked = 0;
+  io->held = 0;
   if (io->ssl && !io->handshaking && !io->shutdown_sent) tls_shutdown(io);
   io->closing = 1;
   io->reading = 0;

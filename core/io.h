@@ -54,6 +54,7 @@ struct evs__io {
   unsigned tls_verified : 1;
   unsigned lingering : 1;
   unsigned corked : 1;
+  unsigned held : 1;             /* corked until evs__io_release: uncork does nothing */
   uv_timer_t *linger_timer;
   struct evs__io_wreq *cork;     /* writes gathered while corked */
   int error;                     /* last error, if any */
@@ -85,6 +86,10 @@ void evs__io_shutdown_close(evs__io *io);
  * upstream read produced) leave in one write and one TCP segment. */
 void evs__io_cork(evs__io *io);
 int evs__io_uncork(evs__io *io);
+/* Cork until evs__io_release, whoever uncorks meanwhile, and however much gathers: a
+ * response's end waits so for its transaction record's commit (server.c). */
+void evs__io_hold(evs__io *io);
+int evs__io_release(evs__io *io);
 /* Feed bytes that were read before the stream was wrapped (e.g. after takeover): they go to
  * the innermost layer (with two layers, they are the outer layer's plaintext already). */
 void evs__io_feed(evs__io *io, const char *data, size_t len);

@@ -72,6 +72,11 @@ struct evs_request {
   char *extra_out;           /* ABI 1.9 response_add_header: "name: value\r\n" lines */
   size_t extra_out_len;
   uint64_t bytes_out;
+  int64_t out_left;          /* body bytes the head announced and not yet written; -1: unknown */
+  uint64_t record_seq;       /* the last record bound to the response (store_append_request) */
+  int end_sent;              /* the response's end went to the client (or never will) */
+  int end_bound;             /* the END hooks ran: a record bound later would not be waited for */
+  int record_lost;           /* a record for it could not be queued: its end must not leave */
   const char *error_code;    /* documented code, if the host answered with one */
   evs__plugin_rec *handler;  /* plugin that took the request */
   evs__proxy *proxy;
@@ -89,7 +94,15 @@ struct evs_request {
 int evs__response_start(evs_request *req, int status, const evs_header *headers, size_t n,
                         int64_t content_length);
 int evs__response_body(evs_request *req, const void *data, size_t len);
+/* Ends the response. Since ABI 1.9 the END hooks run first; if a transaction record is bound
+ * to the response (evs__request_bind_record) and not yet committed, the response's last bytes
+ * (the last body byte, the final chunk, or a bodyless head) wait for the commit, at most
+ * [store] record_timeout: then the connection closes without them. */
 int evs__response_end(evs_request *req);
+/* store_append_request: 1 while a record can still be bound to the response (its END hooks
+ * have not finished), else 0; then evs__request_bind_record makes its end wait for seq. */
+int evs__request_can_bind(const evs_request *req);
+int evs__request_bind_record(evs_request *req, uint64_t seq);
 /* Whole response in one call. */
 int evs__respond(evs_request *req, int status, const evs_header *headers, size_t n,
                  const void *body, size_t len);

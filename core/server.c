@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "admin.h"
+#include "appendq.h"
 #include "error_body.h"
 #include "fmt.h"
 #include "host.h"
@@ -40,7 +41,7 @@
 
 /* CONN_SNIFF: a TLS listener reads the ClientHello before its handshake (ABI 1.9 passthrough) */
 enum conn_state { CONN_HANDSHAKE, CONN_HEAD, CONN_REQUEST, CONN_CLOSING, CONN_SNIFF };
-enum timer_kind { T_NONE, T_HEADER, T_BODY, T_IDLE, T_SEND, T_SERVE };
+enum timer_kind { T_NONE, T_HEADER, T_BODY, T_IDLE, T_SEND, T_SERVE, T_RECORD };
 
 struct evs__conn {
   evs__io io;
@@ -239,6 +240,14 @@ static void on_timeout(uv_timer_t *t) {
     }
     if (c->req && !req->head_sent) evs__respond_error(req, 408, "request-timeout", why);
     return;
+  }
+  if (k == T_RECORD && c->req) {
+    /* Not acknowledged: the client never gets the end of a response whose record the store
+     * did not take. The record stays queued and is written when the store is back. */
+    EVS_LOG_WARN("EVS-1108", "store: transaction record not committed within %" PRId64
+                 " ms: connection closed before the response's end",
+                 c->w->settings->store_record_timeout_ms);
+    evs__metrics_plugin_add("core", "responses_unacknowledged", 1);
   }
   conn_close(c, 0);
 }
@@ -1017,6 +1026,10 @@ int evs__response_start(evs_request *req, int status, const evs_header *headers,
     else req->close_after = 1;
   }
   if (!req->body_done) req->close_after = 1; /* unread body: cannot reuse the connection */
+  req->out_left = bodyless ? 0 : content_length;
+  /* A head that is the whole response is the response's end: it waits in the cork for
+   * evs__response_end (and, there, perhaps for a transaction record's commit). */
+  if (status >= 200 && req->out_left == 0) evs__io_cork(&c->io);
 
   /* 256: the status line (at most 64 bytes), Date, one framing field, Connection, CRLF. */
   size_t cap = 256 + req->extra_out_len;
@@ -1064,6 +1077,17 @@ int evs__response_body(evs_request *req, const void *data, size_t len) {
   if (strcmp(req->info.method, "HEAD") == 0) return 0;
   req->bytes_out += len;
   int r;
+  if (req->out_left > 0 && (uint64_t)len >= (uint64_t)req->out_left) {
+    /* The last body byte is the response's end: it waits in the cork for evs__response_end,
+     * whatever the cork's size limit flushes of the rest. */
+    req->out_left = 0;
+    r = len > 1 ? evs__io_write(&c->io, data, len - 1) : 0;
+    evs__io_cork(&c->io);
+    int r2 = evs__io_write(&c->io, (const char *)data + len - 1, 1);
+    timer_set(c, T_SEND, c->w->settings->send_timeout_ms);
+    return r < 0 ? r : r2;
+  }
+  if (req->out_left > 0) req->out_left -= (int64_t)len;
   if (req->chunked_out) {
     char pre[32];
     char *pe = EVS__FMT_LIT(evs__fmt_hex(pre, len, 1), "\r\n");
@@ -1081,6 +1105,44 @@ int evs__response_congested(evs_request *req) {
   return req->conn && req->conn->io.write_queued > EVS_IO_HIGH_WATER;
 }
 
+/* The response's last bytes go out and the connection moves on. */
+static void response_send_end(evs_request *req) {
+  evs__conn *c = req->conn;
+  req->end_sent = 1;
+  if (req->chunked_out) evs__io_write(&c->io, "0\r\n\r\n", 5);
+  evs__io_release(&c->io);
+  timer_set(c, T_NONE, 0);
+  conn_after_response(c, req);
+}
+
+static void on_record_settled(void *arg, int status) {
+  evs_request *req = arg;
+  evs__conn *c = req->conn;
+  if (c && c->req == req && !req->end_sent) {
+    if (status < 0) {
+      /* The store refused the record for good: the response is not acknowledged. */
+      EVS_LOG_ERR("EVS-1109", "store: transaction record not written (%s): connection closed "
+                  "before the response's end", strerror(-status));
+      evs__metrics_plugin_add("core", "responses_unacknowledged", 1);
+      req->end_sent = 1;
+      conn_close(c, 0);
+    } else {
+      response_send_end(req);
+    }
+  }
+  evs__request_unhold(req);
+}
+
+int evs__request_can_bind(const evs_request *req) {
+  return req->conn && !req->end_sent && !req->end_bound && !req->finished;
+}
+
+int evs__request_bind_record(evs_request *req, uint64_t seq) {
+  if (!evs__request_can_bind(req)) return req->conn ? -EALREADY : -ECONNRESET;
+  if (seq > req->record_seq) req->record_seq = seq;
+  return 0;
+}
+
 int evs__response_end(evs_request *req) {
   evs__conn *c = req->conn;
   if (req->response_done) return -EALREADY;
@@ -1089,10 +1151,35 @@ int evs__response_end(evs_request *req) {
     request_finish(req);
     return -ECONNRESET;
   }
-  if (req->chunked_out) evs__io_write(&c->io, "0\r\n\r\n", 5);
-  evs__io_uncork(&c->io);
-  timer_set(c, T_NONE, 0);
-  conn_after_response(c, req);
+  /* ABI 1.9: END hooks see the complete response before its end leaves (read-only; they may
+   * bind transaction records to it). */
+  evs__plugins_run_hooks(c->w, EVS_PHASE_END, req);
+  req->end_bound = 1;
+  if (req->conn != c || req->finished) return 0;
+  if (req->record_lost) {
+    EVS_LOG_ERR("EVS-1109", "store: transaction record not queued (queue full): connection "
+                "closed before the response's end");
+    evs__metrics_plugin_add("core", "responses_unacknowledged", 1);
+    req->end_sent = 1;
+    conn_close(c, 0);
+    return 0;
+  }
+  if (req->record_seq) {
+    int r = evs__appendq_wait(c->w, req->record_seq, on_record_settled, req);
+    if (r == 0) {
+      /* Group commit (appendq.c): the end waits in the cork for the batch's commit. */
+      evs__io_hold(&c->io);
+      evs__request_hold(req);
+      timer_set(c, T_RECORD, c->w->settings->store_record_timeout_ms);
+      return 0;
+    }
+    if (r < 0) {
+      req->end_sent = 1;
+      conn_close(c, 0);
+      return r;
+    }
+  }
+  response_send_end(req);
   return 0;
 }
 

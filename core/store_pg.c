@@ -158,7 +158,10 @@ static int64_t get_int(const PGresult *res, int row, int col) {
 static int map_sqlstate(const char *st) {
   if (!st)
     return -EIO;
-  if (strncmp(st, "08", 2) == 0)
+  /* 08: connection exceptions; 57P01-57P03: the server is shutting down or starting (a
+   * restart): the session ends, and the next call reconnects. */
+  if (strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0 ||
+      strcmp(st, "57P03") == 0)
     return -ENOTCONN;
   if (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0 || strcmp(st, "55P03") == 0)
     return -EBUSY;
@@ -590,17 +593,57 @@ static int pg_append(void *impl, const char *stream, int64_t ts_ms, const char *
   return r;
 }
 
+/* Rows of one INSERT: a batch of up to this many records is one statement, so one round trip
+ * and one implicit transaction (the group commit's wait is then the commit, not a round trip
+ * per record). */
+#define PG_BATCH_ROWS 400
+
+/* INSERT of recs[0..n) (n <= PG_BATCH_ROWS) in one statement. */
+static int pg_insert_rows(pg *g, const evs__store_rec *recs, size_t n) {
+  size_t np = 3 * n;
+  Oid *types = malloc(np * sizeof *types);
+  const char **values = malloc(np * sizeof *values);
+  char (*ints)[24] = malloc(n * sizeof *ints);
+  size_t cap = 64 + n * 32;
+  char *sql = malloc(cap);
+  int r = -ENOMEM;
+  if (!types || !values || !ints || !sql) goto out;
+  size_t off = (size_t)snprintf(sql, cap, "INSERT INTO evs_log (stream, ts_ms, record) VALUES ");
+  for (size_t i = 0; i < n; i++) {
+    snprintf(ints[i], sizeof ints[i], "%" PRId64, recs[i].ts_ms);
+    types[3 * i] = OID_TEXT;
+    values[3 * i] = recs[i].stream;
+    types[3 * i + 1] = OID_INT8;
+    values[3 * i + 1] = ints[i];
+    types[3 * i + 2] = OID_TEXT;
+    values[3 * i + 2] = recs[i].json;
+    off += (size_t)snprintf(sql + off, cap - off, "%s($%zu,$%zu,$%zu)", i ? "," : "", 3 * i + 1,
+                            3 * i + 2, 3 * i + 3);
+  }
+  PGresult *res = PQexecParams(g->conn, sql, (int)np, types, values, NULL, NULL, 1);
+  ExecStatusType st = PQresultStatus(res);
+  r = res && st == PGRES_COMMAND_OK ? 0 : fail(g, res, "postgresql: append");
+  PQclear(res);
+out:
+  free(types);
+  free(values);
+  free(ints);
+  free(sql);
+  return r;
+}
+
 static int pg_append_batch(void *impl, const evs__store_rec *recs, size_t n) {
   pg *g = impl;
-  int64_t id;
   int r;
 
   if ((r = ensure_conn(g)) < 0)
     return r;
+  if (n <= PG_BATCH_ROWS)
+    return pg_insert_rows(g, recs, n);
   if ((r = cmd(g, "BEGIN", "postgresql: begin append")) < 0)
     return r;
-  for (size_t i = 0; i < n && r == 0; i++)
-    r = pg_append(g, recs[i].stream, recs[i].ts_ms, recs[i].json, strlen(recs[i].json), &id);
+  for (size_t i = 0; i < n && r == 0; i += PG_BATCH_ROWS)
+    r = pg_insert_rows(g, recs + i, n - i < PG_BATCH_ROWS ? n - i : PG_BATCH_ROWS);
   if (r == 0 && (r = cmd(g, "COMMIT", "postgresql: commit append")) == 0)
     return 0;
   PQclear(PQexec(g->conn, "ROLLBACK"));

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "appendq.h"
+#include "storeq.h"
 #include "host.h"
 #include "log.h"
 #include "metrics.h"
@@ -128,7 +129,7 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
   if (evs__store_open(&so, &w->store, err, sizeof err) < 0) {
     EVS_LOG_ERR("EVS-1503", "store (%s): %s", s->store_backend, err);
     w->store = NULL; /* plugins see -ENOTSUP from store calls */
-  } else if (evs__appendq_init(w, &so) < 0) {
+  } else if (evs__appendq_init(w, &so) < 0 || evs__storeq_init(w) < 0) {
     EVS_LOG_ERR("EVS-1503", "store: out of memory");
     return 1;
   }
@@ -151,11 +152,13 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
 
   evs__plugins_unload(w);
   evs__node_stop(w); /* after fini: a plugin may still answer node messages there */
+  evs__storeq_stop(w); /* what fini queued is written; nobody is answered any more */
   evs__server_free_tls(w);
   uv_walk(w->loop, close_walk, NULL);
   uv_run(w->loop, UV_RUN_DEFAULT);
   uv_loop_close(w->loop);
   evs__tls_client_cache_clear();
+  evs__storeq_close(w);
   evs__appendq_close(w);
   evs__store_close(w->store);
   EVS_LOG_DEBUG("EVS-1506", "worker exiting");

@@ -20,6 +20,7 @@ typedef struct evs__listener evs__listener;
 typedef struct evs__hook evs__hook;
 typedef struct evs__route evs__route;
 struct evs__appendq;
+struct evs__storeq;
 
 /* A descriptor the master keeps for a rank (ABI keep_fd/kept_fd; node.c, master.c). */
 typedef struct evs__kept_fd {
@@ -53,7 +54,8 @@ typedef struct evs__worker {
   evs__route *routes;        /* ABI 1.7 add_route, most specific first (route.h) */
   size_t nroutes;
   evs__store *store;
-  struct evs__appendq *appendq; /* stream appends, written behind (appendq.c) */
+  struct evs__appendq *appendq; /* stream appends, written in batches (appendq.c) */
+  struct evs__storeq *storeq;   /* key-value calls, on the store lane (storeq.c) */
   uint64_t request_seq;
   char id_prefix[9];
   uint64_t started_ms;

@@ -40,6 +40,13 @@ typedef enum evs_sandbox_policy {
    * sockets only. One execve (evs_sandbox_apply_exec: the interpreter's), then none. */
   EVS_SANDBOX_FUNCTION_NODE = 4,
   EVS_SANDBOX_FUNCTION_PYTHON = 5,
+  /* evs-cage-vmm and what runs under it (qemu; the sandbox's evs-cage-init and app): an exec
+   * stage with the kills above that lets the sandbox's set-up through (unshare, mount,
+   * pivot_root, chroot) and inet sockets (the cage's own loopback), never raw or packet ones. */
+  EVS_SANDBOX_CAGE_VMM = 6,
+  /* A cage's app under the sandbox backend: cage-vmm's, and no mount, unshare, pivot_root or
+   * chroot. Compiled by evs-cage-vmm, loaded by evs-cage-init before the app's exec. */
+  EVS_SANDBOX_CAGE_APP = 7,
 } evs_sandbox_policy;
 
 /* evs_sandbox_apply_ex flags. LOG_DENIED: calls the policy would refuse with EPERM are allowed
@@ -68,7 +75,8 @@ int evs_sandbox_apply_exec(evs_sandbox_policy policy, unsigned flags, const char
 /* Human-readable name of a policy, for logs; also its name in the registry. */
 const char *evs_sandbox_policy_name(evs_sandbox_policy policy);
 
-/* The policy named name ("enclave", "worker", "fnbox", "function-node", "function-python"): 0
+/* The policy named name ("enclave", "worker", "fnbox", "function-node", "function-python",
+ * "cage-vmm", "cage-app"): 0
  * and *ret, or -ENOENT. */
 int evs_sandbox_policy_lookup(const char *name, evs_sandbox_policy *ret);
 

@@ -18,5 +18,8 @@ int evs__sandbox_fnbox_exec_rules(scmp_filter_ctx ctx);
 int evs__sandbox_function_rules(scmp_filter_ctx ctx, evs_sandbox_policy policy,
                                 const char *exec_path);
 int evs__sandbox_worker_rules(scmp_filter_ctx ctx);
+/* The Cages exec stages (policy_cage.c); the kills come from evs__sandbox_exec_kill_rules. */
+int evs__sandbox_cage_vmm_rules(scmp_filter_ctx ctx);
+int evs__sandbox_cage_app_rules(scmp_filter_ctx ctx);
 
 #endif

@@ -30,6 +30,8 @@ static const struct {
     {EVS_SANDBOX_FNBOX, "fnbox", 0},
     {EVS_SANDBOX_FUNCTION_NODE, "function-node", 1},
     {EVS_SANDBOX_FUNCTION_PYTHON, "function-python", 1},
+    {EVS_SANDBOX_CAGE_VMM, "cage-vmm", 0},
+    {EVS_SANDBOX_CAGE_APP, "cage-app", 0},
 };
 #define NREGISTRY (sizeof registry / sizeof registry[0])
 
@@ -108,6 +110,11 @@ int evs_sandbox_compile_exec_stage(evs_sandbox_policy policy, void **ret_prog, s
   if (r == 0 && policy == EVS_SANDBOX_FNBOX) {
     r = evs__sandbox_exec_kill_rules(ctx);
     if (r == 0) r = evs__sandbox_fnbox_exec_rules(ctx);
+  } else if (r == 0 && (policy == EVS_SANDBOX_CAGE_VMM || policy == EVS_SANDBOX_CAGE_APP)) {
+    r = evs__sandbox_exec_kill_rules(ctx);
+    if (r == 0)
+      r = policy == EVS_SANDBOX_CAGE_VMM ? evs__sandbox_cage_vmm_rules(ctx)
+                                         : evs__sandbox_cage_app_rules(ctx);
   } else if (r == 0) {
     r = evs__sandbox_exec_rules(ctx);
   }

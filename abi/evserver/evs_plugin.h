@@ -113,6 +113,12 @@
  *        evs_stream_connect.client_cert_file, client_key_file, client_key_passphrase_file:
  *        client streams present a client certificate (the Inbound Relay's mTLS relays'
  *        WebSockets).
+ *   1.9  durable transaction records: the END hook phase (EVS_PHASE_END: the response is
+ *        complete, its last bytes not yet sent), store_append_request (a record bound to a
+ *        request: the host holds the end of its response until the record is committed, so
+ *        no client holds a complete response whose record a crash could lose) and
+ *        store_append_ready (whether the store takes records now: refuse work up front,
+ *        cleanly, while it does not). store_append keeps its write-behind behaviour.
  *   1.9  unix sockets and plugin-chosen listener certificates (the Cages front):
  *        evs_upstream.unix_path and evs_stream_connect.unix_path connect to a unix stream
  *        socket instead of host:port (the cage's app socket); add_tls_identity lets a plugin
@@ -223,6 +229,13 @@ typedef enum evs_phase {
   EVS_PHASE_ROUTE = 1,
   /* Log: after the response completed (or the connection failed). Read-only. */
   EVS_PHASE_LOG = 2,
+  /* ABI 1.9. End: the response is complete on the host's side (respond, the destination's
+   * last body byte, filter_end) and its last bytes have not left yet. Read-only, like LOG
+   * (response_status works); the place to bind a transaction record to the response with
+   * store_append_request. Runs at most once per request, before LOG, and not at all for a
+   * response cut short, a takeover (CONNECT, WebSocket) or a client already gone: LOG sees
+   * those. */
+  EVS_PHASE_END = 3,
 } evs_phase;
 
 #define EVS_DECLINED 0
@@ -1008,6 +1021,27 @@ typedef struct evs_host {
    * closed stream. */
   size_t (*stream_write_queued)(evs_stream *s);
   int (*stream_on_drain)(evs_stream *s, evs_stream_write_fn cb, void *arg);
+  /* 1.9: durable transaction records. store_append_request appends like store_append (same
+   * stream names, record rules and queue) and binds the record to req: the host sends the
+   * end of req's response (its last body byte, its final chunk, or its head when it has no
+   * body) only once the record is committed to the store, in a batch that starts as soon as
+   * the store is free (group commit), so a client never holds a complete response whose
+   * record a crash of the node could lose. Call it before the response ends (from an
+   * EVS_PHASE_END hook, or earlier); several records may be bound to one request. A record
+   * the store does not take within [store] record_timeout (the store unreachable), or
+   * refuses, costs the response its end: the connection closes without it, and the record
+   * stays queued to be written when the store is back. Returns 0; -EALREADY when the
+   * response's end has gone out and -ECONNRESET when the client is gone (the record is
+   * queued all the same, written behind); the errors of store_append otherwise (nothing
+   * queued; when the queue is full (-EAGAIN) or memory ran out, the response loses its end
+   * too: it is not acknowledged without its record). */
+  int (*store_append_request)(evs_plugin *p, evs_request *req, const char *stream,
+                              const char *json_record);
+  /* 1.9: 0 while the store takes records; -ENOTCONN while it does not (a batch failed because
+   * the store is unreachable and waits to be written again): a handler whose response needs a
+   * record answers 503 `service-unavailable` up front rather than do work it cannot record;
+   * -ENOTSUP without a store. */
+  int (*store_append_ready)(evs_plugin *p);
   /* 1.9: init only (-EPERM later). On TLS listeners that serve `role`, a client whose SNI name
    * ends in "." host_suffix (any number of labels before it) is offered to fn first, during
    * the handshake and on the loop thread: fn fills the identity (as for stream_start_tls;

@@ -34,7 +34,8 @@ typedef struct cage_run_spec {
   const char *image_path;   /* the .eif on local disk; the runner may unpack it beside */
   cage_backend backend;
   const char *const *env;   /* "KEY=VALUE", NULL-terminated; secrets already plaintext
-                               (wiped by the runner once sent) */
+                               (copied: the runner keeps them to send again at each restart
+                               of the cage, and wipes them at cage_run_stop) */
   uint64_t memory_bytes;    /* 0: 256 MiB */
   unsigned cpus;            /* 0: 1 */
   const char *const *egress_allow; /* destination domains (Outbound Relay syntax); NULL: any */
@@ -42,6 +43,7 @@ typedef struct cage_run_spec {
   size_t n_egress_ports;
   int egress;               /* 0: no network out of the cage at all */
   int debug;                /* 1: forward the app's stdout/stderr to on_log */
+  int egress_allow_private; /* egress may reach loopback and private addresses (tests) */
 } cage_run_spec;
 
 typedef struct cage_run_callbacks {
@@ -63,8 +65,8 @@ int cage_run_start(evs_plugin *p, const evs_host *host, const cage_run_spec *spe
                    const cage_run_callbacks *cb, void *arg, cage_instance **ret_ci);
 
 /* A unix socket path: each connection to it reaches the app's port inside the cage, bytes
- * as sent (HTTP with TLS termination on, the client's TLS without). Valid while the instance
- * is READY; only the worker's user can connect. */
+ * as sent (HTTP with TLS termination on, the client's TLS without). NULL unless the instance
+ * is READY (the path changes at each boot); only the worker's user can connect (0600). */
 const char *cage_run_app_socket(const cage_instance *ci);
 
 /* Which isolation backs the instance: "kvm" or "sandbox" (for the attestation document). */
@@ -74,8 +76,8 @@ const char *cage_run_backend(const cage_instance *ci);
 void cage_api_reply(cage_api_call *call, int status, const char *content_type,
                     const uint8_t *body, size_t len);
 
-/* Stops the instance (the cage is killed); on_state(CAGE_STOPPED) follows, then the memory
- * is freed. */
+/* Stops the instance (the cage is killed); on_state(CAGE_STOPPED) runs before it returns, then
+ * the memory is freed. Not from inside one of the instance's callbacks. */
 void cage_run_stop(cage_instance *ci);
 
 #endif

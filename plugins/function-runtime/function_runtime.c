@@ -383,7 +383,14 @@ void fr_run_finish(fr_run *r, const char *status, json_t *result, json_t *error,
   json_decref(act);
   /* Requests that never got as far as an app (no or bad credentials) are not recorded: anyone
    * could fill the stream with them. */
-  if (as && r->app[0]) st->h->store_append(st->p, "runs", as);
+  if (as && r->app[0]) {
+    /* A synchronous run's answer waits for its record's commit (ABI 1.9, docs/state.md); an
+     * async run was answered (202) before it ran, so its record is written behind. */
+    if (r->req && !r->answered)
+      st->h->store_append_request(st->p, r->req, "runs", as);
+    else
+      st->h->store_append(st->p, "runs", as);
+  }
   free(as);
   st->h->counter_add(st->p, "function_runs", 1);
   if (status && strcmp(status, "success") == 0) {

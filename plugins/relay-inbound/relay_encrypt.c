@@ -93,6 +93,14 @@ static uint64_t ev_found(void *arg) {
 
 /* ---- structures -------------------------------------------------------------------------- */
 
+/* A structure sample is best effort: a failed put waits for the next refresh of its shape. */
+static void structure_stored(void *arg, int status, const uint8_t *v, size_t len) {
+  (void)arg;
+  (void)status;
+  (void)v;
+  (void)len;
+}
+
 static void record_structure(relay_enc *e) {
   relay_txn *t = e->t;
   relay_state *st = t->st;
@@ -123,7 +131,11 @@ static void record_structure(relay_enc *e) {
   char *s = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
   char key[300];
   snprintf(key, sizeof key, "structure/%s/%016" PRIx64, t->relay->domain, hsh);
-  if (s) h->store_put(st->plugin, key, (const uint8_t *)s, strlen(s), STRUCTURE_TTL_S, NULL, NULL);
+  /* With a callback the put runs on the host's store thread: the request never waits for it
+   * (without one it would be synchronous, on the loop). */
+  if (s)
+    h->store_put(st->plugin, key, (const uint8_t *)s, strlen(s), STRUCTURE_TTL_S,
+                 structure_stored, NULL);
   free(s);
   json_decref(rec);
 }

@@ -601,6 +601,15 @@ static int route(void *state, evs_request *req) {
   t->started_ns = mono_ns();
   h->request_set_data(req, st->plugin, t, txn_end);
   h->counter_add(st->plugin, "relayed_requests", 1);
+  if (st->transaction_log && h->store_append_ready(st->plugin) == -ENOTCONN) {
+    /* No response goes out whose record could not be kept (docs/state.md): refused before
+     * anything reaches the destination, so the client may retry safely. */
+    t->unbound = 1;
+    h->counter_add(st->plugin, "refused_store_unavailable", 1);
+    h->respond_error(req, 503, "service-unavailable",
+                     "The transaction log cannot be written right now; retry later.");
+    return EVS_HANDLED;
+  }
 
   if (evs__relay_head_carries_ev_data(h, req)) {
     h->counter_add(st->plugin, "encrypted_data_in_field", 1);
@@ -746,6 +755,67 @@ full:
 }
 
 
+/* The transaction record of a request, as it stands (status, duration, counts). */
+static int txn_record(relay_state *st, evs_request *req, relay_txn *t, txlog_buf *b) {
+  const evs_host *h = st->host;
+  const evs_request_info *info = h->request_info(req);
+  const char *code = NULL;
+  int status = h->response_status(req, &code);
+  char started[40];
+  evs__relay_iso8601(t->started_ms, started, sizeof started);
+  double dur = (double)(mono_ns() - t->started_ns) / 1e6;
+  /* Written directly rather than through jansson: this runs for every request. */
+  b->p = 0;
+  b->overflow = 0;
+  txlog_raw(b, "{\"requestId\":");
+  txlog_str(b, info->request_id);
+  txlog_raw(b, ",\"relay\":");
+  txlog_str(b, t->relay->domain);
+  txlog_raw(b, ",\"method\":");
+  txlog_str(b, info->method);
+  txlog_raw(b, ",\"path\":");
+  txlog_str(b, info->path);
+  txlog_fmt(b, ",\"status\":%d,\"startedAt\":\"%s\",\"durationMs\":%.3f,\"contentType\":",
+            status, started, dur);
+  if (t->content_type_kind)
+    txlog_str(b, t->content_type_kind);
+  else
+    txlog_raw(b, "null");
+  txlog_raw(b, ",\"encryptedFields\":[");
+  for (size_t i = 0; t->has_match && i < t->match.nfields; i++) {
+    if (i) txlog_raw(b, ",");
+    txlog_str(b, t->match.fields[i]);
+  }
+  txlog_fmt(b, "],\"encryptedCount\":%zu,\"decryptedFields\":%zu", (size_t)t->encrypted,
+            (size_t)t->decrypted);
+  if (status == 101) /* a WebSocket: its message counts, never contents */
+    txlog_fmt(b, ",\"websocket\":{\"messagesIn\":%llu,\"messagesOut\":%llu,\"closeCode\":%d}",
+              (unsigned long long)t->ws_in, (unsigned long long)t->ws_out, t->ws_close);
+  if (code) {
+    txlog_raw(b, ",\"errorCode\":");
+    txlog_str(b, code);
+  }
+  txlog_raw(b, "}");
+  return b->overflow ? -E2BIG : 0;
+}
+
+/* END (ABI 1.9): the response is complete and its end not sent: its record is bound to it, so
+ * the client gets the end only once the record is committed (docs/state.md). */
+static int end_hook(void *state, evs_request *req) {
+  relay_state *st = state;
+  const evs_host *h = st->host;
+  const evs_request_info *info = h->request_info(req);
+  if (!st->transaction_log || (info->listener && strcmp(info->listener, "admin") == 0))
+    return EVS_DECLINED;
+  relay_txn *t = h->request_get_data(req, st->plugin);
+  if (!t || t->recorded || t->unbound) return EVS_DECLINED;
+  txlog_buf b;
+  if (txn_record(st, req, t, &b) < 0) return EVS_DECLINED;
+  int r = h->store_append_request(st->plugin, req, "transactions", b.s);
+  t->recorded = r == 0 || r == -EALREADY || r == -ECONNRESET; /* else LOG tries again */
+  return EVS_DECLINED;
+}
+
 static int log_hook(void *state, evs_request *req) {
   relay_state *st = state;
   const evs_host *h = st->host;
@@ -756,42 +826,12 @@ static int log_hook(void *state, evs_request *req) {
   if (!t) return EVS_DECLINED;
   const char *code = NULL;
   int status = h->response_status(req, &code);
-  char started[40];
-  evs__relay_iso8601(t->started_ms, started, sizeof started);
-  double dur = (double)(mono_ns() - t->started_ns) / 1e6;
-  if (st->transaction_log) {
-    /* Written directly rather than through jansson: this runs for every request. */
-    txlog_buf b = {.p = 0};
-    txlog_raw(&b, "{\"requestId\":");
-    txlog_str(&b, info->request_id);
-    txlog_raw(&b, ",\"relay\":");
-    txlog_str(&b, t->relay->domain);
-    txlog_raw(&b, ",\"method\":");
-    txlog_str(&b, info->method);
-    txlog_raw(&b, ",\"path\":");
-    txlog_str(&b, info->path);
-    txlog_fmt(&b, ",\"status\":%d,\"startedAt\":\"%s\",\"durationMs\":%.3f,\"contentType\":",
-              status, started, dur);
-    if (t->content_type_kind)
-      txlog_str(&b, t->content_type_kind);
-    else
-      txlog_raw(&b, "null");
-    txlog_raw(&b, ",\"encryptedFields\":[");
-    for (size_t i = 0; t->has_match && i < t->match.nfields; i++) {
-      if (i) txlog_raw(&b, ",");
-      txlog_str(&b, t->match.fields[i]);
-    }
-    txlog_fmt(&b, "],\"encryptedCount\":%zu,\"decryptedFields\":%zu", (size_t)t->encrypted,
-              (size_t)t->decrypted);
-    if (status == 101) /* a WebSocket: its message counts, never contents */
-      txlog_fmt(&b, ",\"websocket\":{\"messagesIn\":%llu,\"messagesOut\":%llu,\"closeCode\":%d}",
-                (unsigned long long)t->ws_in, (unsigned long long)t->ws_out, t->ws_close);
-    if (code) {
-      txlog_raw(&b, ",\"errorCode\":");
-      txlog_str(&b, code);
-    }
-    txlog_raw(&b, "}");
-    if (!b.overflow) h->store_append(st->plugin, "transactions", b.s);
+  /* A response that never ended (cut short, a WebSocket, the client gone) is recorded here,
+   * written behind: no client holds a complete response for it. */
+  if (st->transaction_log && !t->recorded) {
+    txlog_buf b;
+    if (txn_record(st, req, t, &b) == 0) h->store_append(st->plugin, "transactions", b.s);
+    t->recorded = 1;
   }
   if (code) { /* an error answer, or (status < 400) a response cut short after its head */
     char link[512], msg[600], uuid[40];
@@ -911,6 +951,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     rc = host->add_route(plugin, &routes[i]);
   if (rc == 0 && host->abi_minor >= 8)
     rc = host->subscribe_events(plugin, "worker.draining", on_draining);
+  if (rc == 0) rc = host->add_hook(plugin, EVS_PHASE_END, end_hook);
   if (rc < 0 || (rc = host->add_hook(plugin, EVS_PHASE_LOG, log_hook)) < 0) {
     state_free(st);
     return rc;

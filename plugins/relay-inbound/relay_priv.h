@@ -101,6 +101,8 @@ typedef struct relay_txn {
   struct relay_ws *ws;   /* a WebSocket (relay_ws.c) while it runs */
   uint64_t ws_in, ws_out; /* its messages, client to destination and back, for the log */
   int ws_close;           /* the close code the relay started with, or 0 */
+  int recorded;           /* its transaction record is queued (END hook, or LOG) */
+  int unbound;            /* the record must not hold the response (the store is away) */
 } relay_txn;
 
 void relay_cfg_unref(relay_cfg *c);

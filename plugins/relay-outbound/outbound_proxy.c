@@ -102,11 +102,14 @@ typedef struct ob_tunnel {
   char *key;
   size_t key_len;
   ob_leaf *leaf;
+  int recorded; /* a refused CONNECT's record is queued (END hook) */
 } ob_tunnel;
 
 typedef struct ob_txn {
   uint32_t magic;
   ob_tunnel *t;
+  int recorded; /* its transaction record is queued (END hook, or LOG) */
+  int unbound;  /* refused because the store is away: its record must not hold the answer */
   int64_t started_ms;
   uint64_t started_ns;
   char dest_id[80];       /* the destination's id, or "" */
@@ -883,6 +886,14 @@ static int inner_request(void *arg, evs_request *req) {
   x->refs = 1; /* the request's */
   h->request_set_data(req, px->p, x, txn_gone);
   h->counter_add(px->p, "inner_requests", 1);
+  if (px->transaction_log && h->store_append_ready(px->p) == -ENOTCONN) {
+    /* No response goes out whose record could not be kept (docs/state.md): refused before
+     * anything reaches the destination. */
+    x->unbound = 1;
+    h->respond_error(req, 503, "service-unavailable",
+                     "The transaction log cannot be written right now; retry later.");
+    return EVS_HANDLED;
+  }
   /* The credential stops here: read it, then drop it from what the destination gets. */
   evs_header pa;
   int has_key = h->request_header(req, "proxy-authorization", &pa) == 0;
@@ -931,6 +942,53 @@ static int inner_request(void *arg, evs_request *req) {
 /* Every request in a tunnel (and a refused CONNECT): one record in the plugin's "transactions"
  * stream, for `evctl activity` (never a value, a header or a key), and a relay.error event for
  * the alerts plugin when it failed with a documented error. */
+/* The record of a request in a tunnel (x) or of a refused CONNECT (t alone), as it stands. */
+static char *ob_record(ob_proxy *px, evs_request *req, ob_txn *x, ob_tunnel *t) {
+  const evs_host *h = px->h;
+  const evs_request_info *info = h->request_info(req);
+  const char *code = NULL;
+  int status = h->response_status(req, &code);
+  char dest[300], started[40];
+  snprintf(dest, sizeof dest, "%s:%d", t->host, t->port);
+  int64_t start = x ? x->started_ms : wall_ms();
+  evs__relay_iso8601(start, started, sizeof started);
+  json_t *rec = json_pack("{s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:f,s:I}", "requestId",
+                          info->request_id, "relay", "outbound", "destination", dest, "method",
+                          info->method, "path", x ? info->path : "", "status", status,
+                          "startedAt", started, "durationMs",
+                          x ? (double)(mono_ns() - x->started_ns) / 1e6 : 0.0,
+                          "decryptedFields", (json_int_t)(x ? x->decrypted : 0));
+  if (rec && x && x->sel)
+    json_object_set_new(rec, "encryptedFields", json_integer((json_int_t)x->encrypted));
+  if (rec && t->authed) json_object_set_new(rec, "appId", json_string(t->app_id));
+  if (rec && x && x->dest_id[0]) json_object_set_new(rec, "destinationId", json_string(x->dest_id));
+  if (rec && code) json_object_set_new(rec, "errorCode", json_string(code));
+  char *s = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+  json_decref(rec);
+  return s;
+}
+
+/* END (ABI 1.9): the record is bound to the response, whose end the client gets once the
+ * record is committed (docs/state.md). */
+static int end_hook(void *state, evs_request *req) {
+  ob_proxy *px = ob_state_proxy(state);
+  const evs_host *h = px->h;
+  uint32_t *tag = h->request_get_data(req, px->p);
+  if (!px->transaction_log || !tag || (*tag != TXN_MAGIC && *tag != TUNNEL_MAGIC))
+    return EVS_DECLINED;
+  ob_txn *x = *tag == TXN_MAGIC ? (ob_txn *)tag : NULL;
+  ob_tunnel *t = x ? x->t : (ob_tunnel *)tag;
+  if (x ? x->recorded || x->unbound : t->recorded) return EVS_DECLINED;
+  if (!x && h->response_status(req, NULL) < 400) return EVS_DECLINED;
+  char *s = ob_record(px, req, x, t);
+  int r = s ? h->store_append_request(px->p, req, "transactions", s) : -ENOMEM;
+  free(s);
+  int queued = r == 0 || r == -EALREADY || r == -ECONNRESET; /* else LOG tries again */
+  if (x) x->recorded = queued;
+  else t->recorded = queued;
+  return EVS_DECLINED;
+}
+
 static int log_hook(void *state, evs_request *req) {
   ob_proxy *px = ob_state_proxy(state);
   const evs_host *h = px->h;
@@ -942,26 +1000,15 @@ static int log_hook(void *state, evs_request *req) {
   const char *code = NULL;
   int status = h->response_status(req, &code);
   if (!x && status < 400) return EVS_DECLINED; /* an open tunnel: its requests say the rest */
-  char dest[300], started[40];
+  char dest[300];
   snprintf(dest, sizeof dest, "%s:%d", t->host, t->port);
-  int64_t start = x ? x->started_ms : wall_ms();
-  evs__relay_iso8601(start, started, sizeof started);
-  if (px->transaction_log) {
-    json_t *rec = json_pack("{s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:f,s:I}", "requestId",
-                            info->request_id, "relay", "outbound", "destination", dest, "method",
-                            info->method, "path", x ? info->path : "", "status", status,
-                            "startedAt", started, "durationMs",
-                            x ? (double)(mono_ns() - x->started_ns) / 1e6 : 0.0,
-                            "decryptedFields", (json_int_t)(x ? x->decrypted : 0));
-    if (rec && x && x->sel)
-      json_object_set_new(rec, "encryptedFields", json_integer((json_int_t)x->encrypted));
-    if (rec && t->authed) json_object_set_new(rec, "appId", json_string(t->app_id));
-    if (rec && x && x->dest_id[0]) json_object_set_new(rec, "destinationId", json_string(x->dest_id));
-    if (rec && code) json_object_set_new(rec, "errorCode", json_string(code));
-    char *s = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+  /* A response that never ended (cut short, the client gone) is recorded here, written
+   * behind: no client holds a complete response for it. */
+  if (px->transaction_log && !(x ? x->recorded : t->recorded)) {
+    char *s = ob_record(px, req, x, t);
     if (s) h->store_append(px->p, "transactions", s);
     free(s);
-    json_decref(rec);
+    if (x) x->recorded = 1;
   }
   if (code) { /* an error answer, or (status < 400) a response cut short after its head */
     char link[512], msg[700], uuid[40];
@@ -1186,6 +1233,7 @@ int ob_proxy_init(const evs_host *h, evs_plugin *p, ob_state *st, ob_proxy **ret
   int rc = 0;
   for (size_t i = 0; rc == 0 && i < sizeof routes / sizeof routes[0]; i++)
     rc = h->add_route(p, &routes[i]);
+  if (rc == 0) rc = h->add_hook(p, EVS_PHASE_END, end_hook);
   if (rc == 0) rc = h->add_hook(p, EVS_PHASE_LOG, log_hook);
   if (rc < 0) {
     ob_proxy_free(px);

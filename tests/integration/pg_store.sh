@@ -4,7 +4,7 @@
 # TCP port, so nothing clashes with another server on the machine), exports EVS_TEST_PG_DSN,
 # runs the test binary, and stops and removes the cluster on the way out, whatever happens.
 #
-#   usage: tests/integration/pg_store.sh path/to/test_store
+#   usage: tests/integration/pg_store.sh path/to/test_store (or another store test: test_appendq)
 #
 # Exits with the test binary's status. Exits 0 with "skipped: ..." only when the PostgreSQL
 # server binaries are absent (apt-get install postgresql-15). PostgreSQL refuses to run as root,

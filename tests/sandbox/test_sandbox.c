@@ -399,6 +399,65 @@ static void test_fnbox_exec_stage(void **state) {
   free(prog);
 }
 
+/* ---- the Cages policies (policy_cage.c) -------------------------------------------------- */
+
+/* Bits of what a cage's app may and may not do, under the cage-app (or cage-vmm) exec stage. */
+static int cage_child(evs_sandbox_policy pol, int deadly) {
+  void *prog = NULL;
+  size_t len = 0;
+  assert_int_equal(evs_sandbox_compile_exec_stage(pol, &prog, &len), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    if (evs_sandbox_load(prog, len) != 0) _exit(99);
+    if (deadly) {
+      syscall(SYS_ptrace, 0 /* PTRACE_TRACEME */, 0, 0, 0);
+      _exit(98);
+    }
+    int bits = 0, fd;
+    if ((fd = socket(AF_INET, SOCK_STREAM, 0)) >= 0) bits |= 1, close(fd); /* its loopback */
+    errno = 0;
+    if (socket(AF_INET, SOCK_RAW, 1 /* ICMP */) < 0 && errno == EPERM) bits |= 2;
+    errno = 0;
+    if (socket(17 /* AF_PACKET */, SOCK_RAW, 0) < 0 && errno == EPERM) bits |= 4;
+    errno = 0;
+    if (socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0) >= 0) bits |= 8;
+    pid_t c = fork(); /* an app may fork */
+    if (c == 0) _exit(0);
+    if (c > 0) bits |= 16, waitpid(c, NULL, 0);
+    errno = 0;
+    if (syscall(SYS_chroot, "/") < 0 && errno == EPERM) bits |= 32;
+    errno = 0;
+    if (syscall(SYS_unshare, 0x10000000 /* CLONE_NEWUSER */) < 0 && errno == EPERM) bits |= 64;
+    _exit(bits);
+  }
+  free(prog);
+  int st;
+  waitpid(pid, &st, 0);
+  return st;
+}
+
+static void test_cage_policies(void **state) {
+  (void)state;
+  evs_sandbox_policy p;
+  assert_int_equal(evs_sandbox_policy_lookup("cage-app", &p), 0);
+  assert_int_equal(p, EVS_SANDBOX_CAGE_APP);
+  int st = cage_child(EVS_SANDBOX_CAGE_APP, 0);
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 127);
+  st = cage_child(EVS_SANDBOX_CAGE_APP, 1);
+  assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+  /* evs-cage-vmm's stage: the same sockets, but chroot and unshare stay (it builds the
+   * sandbox); ptrace still kills. */
+  assert_int_equal(evs_sandbox_policy_lookup("cage-vmm", &p), 0);
+  st = cage_child(EVS_SANDBOX_CAGE_VMM, 0);
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st) & 31, 31);
+  assert_int_equal(WEXITSTATUS(st) & 32, 0);
+  st = cage_child(EVS_SANDBOX_CAGE_VMM, 1);
+  assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_allowed_calls_work),
@@ -410,6 +469,7 @@ int main(void) {
       cmocka_unit_test(test_function_policy_one_exec),
       cmocka_unit_test(test_function_policy_log_mode),
       cmocka_unit_test(test_fnbox_exec_stage),
+      cmocka_unit_test(test_cage_policies),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

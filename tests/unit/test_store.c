@@ -670,6 +670,29 @@ static void test_append_batch(void **state) {
   memset(&r, 0, sizeof(r));
   assert_int_equal(evs__store_query(f->s, "other", 0, 100, recs_cb, &r), 0);
   assert_int_equal(r.n, 1);
+
+  /* A batch larger than one statement's rows (PostgreSQL: PG_BATCH_ROWS) is still one
+   * transaction: all of it, in order (a bad record anywhere refuses it before any write). */
+  enum { BIG = 1000 };
+  evs__store_rec *big = calloc(BIG, sizeof *big);
+  char (*texts)[32] = calloc(BIG, sizeof *texts);
+  assert_non_null(big);
+  assert_non_null(texts);
+  for (int i = 0; i < BIG; i++) {
+    snprintf(texts[i], sizeof texts[i], "{\"n\":%d}", i);
+    big[i] = (evs__store_rec){"big", texts[i], 1000 + i};
+  }
+  big[BIG - 1].stream = "bad stream";
+  assert_int_equal(evs__store_append_batch(f->s, big, BIG), -EINVAL);
+  big[BIG - 1].stream = "big";
+  assert_int_equal(evs__store_append_batch(f->s, big, BIG), 0);
+  memset(&r, 0, sizeof(r));
+  assert_int_equal(evs__store_query(f->s, "big", 0, 2 * BIG, recs_cb, &r), 0);
+  assert_int_equal(r.n, BIG);
+  assert_string_equal(r.first, "{\"n\":999}");
+  assert_int_equal(r.ts[0], 1000 + BIG - 1);
+  free(big);
+  free(texts);
 }
 
 /* ---- schema ------------------------------------------------------------------------------ */
