@@ -208,4 +208,33 @@ int evctl_cmd_function_env(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_function_run(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_function_run_status(const evctl_ctx *ctx, int argc, char **argv);
 
+/* ---- cmd_cage.c: Cages (evctl cage ...; docs/cages.md) -------------------------------------- */
+
+/* Local subcommands: init, build, describe, cert new (cmd_cage.c). */
+int evctl_cmd_cage_init(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_cage_build(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_cage_describe(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_cage_cert_new(const evctl_ctx *ctx, int argc, char **argv);
+/* The table's rows for `cage attest` and the server-side subcommands: each sets evctl_cage_ctx
+ * and calls cmd_cage_attest or cmd_cage_remote with the subcommand's words in front. */
+int evctl_cmd_cage_attest(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_cage_deploy(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_cage_list(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_cage_delete(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_cage_logs(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_cage_env(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_cage_cert_upload(const evctl_ctx *ctx, int argc, char **argv);
+int evctl_cmd_cage_cert_lock(const evctl_ctx *ctx, int argc, char **argv);
+
+/* The global flags (--socket, --json, colour, timeout) while a cage subcommand runs; set before
+ * cmd_cage_attest and cmd_cage_remote are called, so that they can use evctl_admin_call. */
+extern const evctl_ctx *evctl_cage_ctx;
+/* `evctl cage attest ...` (cmd_cage_attest.c): argv[0] is "attest", the rest its arguments,
+ * as for main. Returns an EVCTL_EXIT_* status. */
+int cmd_cage_attest(int argc, char **argv);
+/* Every server-side cage subcommand (cmd_cage_remote.c): deploy, list, delete, logs, env,
+ * cert upload, cert lock. argv[0] is the subcommand's first word ("deploy", "env", "cert"; for
+ * "cert upload" argv[1] is "upload"), then the rest of the command line, as for main. Returns an EVCTL_EXIT_* status. */
+int cmd_cage_remote(int argc, char **argv);
+
 #endif

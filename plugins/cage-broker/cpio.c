@@ -24,6 +24,8 @@ typedef struct cpio_entry {
   size_t len;
   char *disk; /* regular files from disk */
   dev_t rdev;
+  uid_t uid;
+  gid_t gid;
   size_t seq; /* insertion order, so the last of equal paths wins */
 } cpio_entry;
 
@@ -108,7 +110,16 @@ int cpio_add_disk_file(cpio_builder *b, const char *path, mode_t mode, const cha
   return (e->disk = strdup(disk_path)) ? 0 : -ENOMEM;
 }
 
-static int walk(cpio_builder *b, char *apath, size_t alen, char *dpath, size_t dlen,
+int cpio_add_node(cpio_builder *b, const char *path, mode_t mode, unsigned rmajor,
+                  unsigned rminor) {
+  if (!valid_path(path) || !(S_ISCHR(mode) || S_ISBLK(mode) || S_ISFIFO(mode))) return -EINVAL;
+  cpio_entry *e = add(b, path, mode & (S_IFMT | 07777));
+  if (!e) return -ENOMEM;
+  e->rdev = makedev(rmajor, rminor);
+  return 0;
+}
+
+static int walk(cpio_builder *b, char *apath, size_t alen, char *dpath, size_t dlen, int keep,
                 const char **why, char **ret_path) {
   DIR *d = opendir(dpath);
   if (!d) {
@@ -140,7 +151,8 @@ static int walk(cpio_builder *b, char *apath, size_t alen, char *dpath, size_t d
     mode_t perm = st.st_mode & 07777;
     if (S_ISDIR(st.st_mode)) {
       rc = cpio_add_dir(b, apath, perm);
-      if (rc == 0) rc = walk(b, apath, alen + 1 + nl, dpath, dlen + 1 + nl, why, ret_path);
+      if (rc == 0 && keep) b->e[b->n - 1].uid = st.st_uid, b->e[b->n - 1].gid = st.st_gid;
+      if (rc == 0) rc = walk(b, apath, alen + 1 + nl, dpath, dlen + 1 + nl, keep, why, ret_path);
       if (rc < 0) break;
     } else if (S_ISREG(st.st_mode)) {
       rc = cpio_add_disk_file(b, apath, perm, dpath);
@@ -164,6 +176,8 @@ static int walk(cpio_builder *b, char *apath, size_t alen, char *dpath, size_t d
       if (!*why) *why = "out of memory";
       break;
     }
+    if (keep && !S_ISDIR(st.st_mode) && b->n && strcmp(b->e[b->n - 1].path, apath) == 0)
+      b->e[b->n - 1].uid = st.st_uid, b->e[b->n - 1].gid = st.st_gid;
   }
   closedir(d);
   apath[alen] = 0;
@@ -171,8 +185,8 @@ static int walk(cpio_builder *b, char *apath, size_t alen, char *dpath, size_t d
   return rc;
 }
 
-int cpio_add_tree(cpio_builder *b, const char *prefix, const char *dir, const char **ret_why,
-                  char **ret_path) {
+int cpio_add_tree(cpio_builder *b, const char *prefix, const char *dir, int keep_owner,
+                  const char **ret_why, char **ret_path) {
   const char *why = NULL;
   if (ret_path) *ret_path = NULL;
   struct stat st;
@@ -188,7 +202,7 @@ int cpio_add_tree(cpio_builder *b, const char *prefix, const char *dir, const ch
     size_t dl = strlen(dpath);
     while (dl > 1 && dpath[dl - 1] == '/') dpath[--dl] = 0;
     rc = cpio_add_dir(b, prefix, st.st_mode & 07777);
-    if (rc == 0) rc = walk(b, apath, strlen(apath), dpath, dl, &why, ret_path);
+    if (rc == 0) rc = walk(b, apath, strlen(apath), dpath, dl, keep_owner, &why, ret_path);
   }
   free(apath);
   free(dpath);
@@ -246,13 +260,14 @@ static int gz_pad4(gz *g) {
   return pad ? gz_put(g, zero, pad, Z_NO_FLUSH) : 0;
 }
 
-static int put_header(gz *g, uint32_t ino, uint32_t mode, uint32_t nlink, uint64_t size,
-                      uint32_t rmaj, uint32_t rmin, const char *name) {
+static int put_header(gz *g, uint32_t ino, uint32_t mode, uint32_t uid, uint32_t gid,
+                      uint32_t nlink, uint64_t size, uint32_t rmaj, uint32_t rmin,
+                      const char *name) {
   char h[128];
   size_t namesize = strlen(name) + 1;
   if (size > 0xffffffffu) return -EFBIG; /* newc sizes are 32-bit */
   snprintf(h, sizeof h, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X", ino, mode,
-           0u, 0u, nlink, 0u, (uint32_t)size, 0u, 0u, rmaj, rmin, (uint32_t)namesize, 0u);
+           uid, gid, nlink, 0u, (uint32_t)size, 0u, 0u, rmaj, rmin, (uint32_t)namesize, 0u);
   int rc = gz_put(g, h, 110, Z_NO_FLUSH);
   if (rc == 0) rc = gz_put(g, name, namesize, Z_NO_FLUSH);
   if (rc == 0) rc = gz_pad4(g);
@@ -296,7 +311,7 @@ int cpio_write_gz(const cpio_builder *b, uint8_t **ret, size_t *ret_len, const c
         break;
       }
       uint64_t size = (uint64_t)st.st_size, done = 0;
-      rc = put_header(&g, ino, (uint32_t)e->mode, 1, size, 0, 0, e->path);
+      rc = put_header(&g, ino, (uint32_t)e->mode, e->uid, e->gid, 1, size, 0, 0, e->path);
       while (rc == 0 && done < size) {
         ssize_t r = read(fd, buf, 1 << 16);
         if (r < 0 && errno == EINTR) continue;
@@ -312,13 +327,13 @@ int cpio_write_gz(const cpio_builder *b, uint8_t **ret, size_t *ret_len, const c
       if (rc == -EFBIG) *ret_why = "a file is larger than cpio's 4 GiB limit";
     } else {
       uint32_t nlink = S_ISDIR(e->mode) ? 2 : 1;
-      rc = put_header(&g, ino, (uint32_t)e->mode, nlink, e->len, major(e->rdev),
-                      minor(e->rdev), e->path);
+      rc = put_header(&g, ino, (uint32_t)e->mode, e->uid, e->gid, nlink, e->len,
+                      major(e->rdev), minor(e->rdev), e->path);
       if (rc == 0 && e->len) rc = gz_put(&g, e->data, e->len, Z_NO_FLUSH);
     }
     if (rc == 0) rc = gz_pad4(&g);
   }
-  if (rc == 0) rc = put_header(&g, 0, 0, 1, 0, 0, 0, "TRAILER!!!");
+  if (rc == 0) rc = put_header(&g, 0, 0, 0, 0, 1, 0, 0, 0, "TRAILER!!!");
   if (rc == 0) rc = gz_put(&g, NULL, 0, Z_FINISH);
   deflateEnd(&g.z);
   free(buf);
