@@ -957,7 +957,8 @@ static int make_cage_json(build_state *b, json_t *cfg, const char *rootfs, long 
     return -1;
   }
   json_t *dest = json_array(), *ports = json_array();
-  json_t *d = toml_get(b->toml, "egress", "destinations"), *p = toml_get(b->toml, "egress", "ports");
+  json_t *d = toml_get(b->toml, "egress", "destinations");
+  json_t *p = toml_get(b->toml, "egress", "ports");
   size_t i;
   json_t *x;
   if (d && !json_is_array(d)) goto bad_egress;
@@ -1210,7 +1211,8 @@ int evctl_cmd_cage_build(const evctl_ctx *ctx, int argc, char **argv) {
   }
 
   const char *builder = getenv("EVS_CAGE_BUILDER");
-  if (!builder || !*builder) builder = on_path("buildah") ? "buildah" : on_path("podman") ? "podman" : NULL;
+  if (!builder || !*builder)
+    builder = on_path("buildah") ? "buildah" : on_path("podman") ? "podman" : NULL;
   if (!builder) {
     fprintf(stderr, "evctl: %s: neither buildah nor podman is installed (apt-get install "
             "buildah)\n", cmd);
@@ -1431,9 +1433,10 @@ int evctl_cmd_cage_describe(const evctl_ctx *ctx, int argc, char **argv) {
     evctl_print_json(j);
     json_decref(j);
   } else {
-    printf("%s: %s", path, pcrs.has_pcr8 ? (signed_ok ? "signed, signature valid" : "signed, "
-                                                                                   "SIGNATURE INVALID")
-                                         : "unsigned");
+    printf("%s: %s", path,
+           !pcrs.has_pcr8 ? "unsigned"
+           : signed_ok    ? "signed, signature valid"
+                          : "signed, SIGNATURE INVALID");
     const char *kv = json_string_value(
         json_object_get(json_object_get(mj, "BuildMetadata"), "KernelVersion"));
     if (kv && *kv) {

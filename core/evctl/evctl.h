@@ -234,7 +234,8 @@ extern const evctl_ctx *evctl_cage_ctx;
 int cmd_cage_attest(int argc, char **argv);
 /* Every server-side cage subcommand (cmd_cage_remote.c): deploy, list, delete, logs, env,
  * cert upload, cert lock. argv[0] is the subcommand's first word ("deploy", "env", "cert"; for
- * "cert upload" argv[1] is "upload"), then the rest of the command line, as for main. Returns an EVCTL_EXIT_* status. */
+ * "cert upload" argv[1] is "upload"), then the rest of the command line, as for main.
+ * Returns an EVCTL_EXIT_* status. */
 int cmd_cage_remote(int argc, char **argv);
 
 #endif

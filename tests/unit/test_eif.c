@@ -1,8 +1,8 @@
 /*
- * Unit tests for plugins/cage-broker/eif.c and cpio.c. The expected PCRs, CRC and image digest
- * below were computed independently, by a Python script that lays the image out as Nitro's
- * EifBuilder does (struct.pack, zlib.crc32, hashlib.sha384; see tests/integration/eifref.py),
- * not by this library. Signed images: PCR8 is recomputed here with EVP over the certificate's
+ * Unit tests for plugins/cage-broker/eif.c and cpio.c. The expected PCRs and image digest
+ * below were computed independently of this library, by a short Python script laying the image
+ * out as Nitro's EifBuilder does (struct.pack, zlib.crc32, hashlib.sha384: the reader class of
+ * tests/integration/test_96_cage_build.py is the same logic). Signed images: PCR8 is recomputed here with EVP over the certificate's
  * DER, the signature verifies, and any change to the measured bytes breaks the CRC or the
  * signature. The ramdisk writer: identical bytes for the same tree however it was added.
  */
@@ -25,9 +25,12 @@
 #include "cpio.h"
 #include "eif.h"
 
-#define PCR0 "0de1f71561dbb522c04ecc2253efd777346e426b953b457a0f81a4790dfe7f6af30ab0b327ac5b3b0eaa38f037ef5432"
-#define PCR1 "d1484a3d664a0310b9976f5fab992430153c264fa75539c083f551ddac9befcaba25adad96506ce3fb3f6e193a5feed0"
-#define PCR2 "65630beaa0b40f405cd5666229feb69e0cb106fcc4e348e5a21da70fb865dfbbb0afbcb799014a9328fda049d84e2bf1"
+#define PCR0 "0de1f71561dbb522c04ecc2253efd777346e426b953b457a"                                \
+             "0f81a4790dfe7f6af30ab0b327ac5b3b0eaa38f037ef5432"
+#define PCR1 "d1484a3d664a0310b9976f5fab992430153c264fa75539c0"                                \
+             "83f551ddac9befcaba25adad96506ce3fb3f6e193a5feed0"
+#define PCR2 "65630beaa0b40f405cd5666229feb69e0cb106fcc4e348e5"                                \
+             "a21da70fb865dfbbb0afbcb799014a9328fda049d84e2bf1"
 #define IMG_SHA256 "5e3df64c77b69dc7cc730cb0146d7847a10eea8ad50689523f157baf351c9f0a"
 #define IMG_LEN 2275
 
