@@ -140,10 +140,14 @@ typedef struct evctl_opt {
   const char *value;               /* the first value (a flag: ""); NULL: not given */
   int set;                         /* times given */
   const char *v[EVCTL_OPT_VALUES]; /* every value given, in order */
+  char short_name;                 /* also `-x value`, `-xvalue` (a flag: `-x`); 0: none */
 } evctl_opt;
 #define EVCTL_OPT(n) {.name = (n)}
 #define EVCTL_FLAG(n) {.name = (n), .flag = 1}
 #define EVCTL_OPT_REPEAT(n, m) {.name = (n), .max = (m)}
+/* With a one-letter alias, for commands that mirror a CLI which has them (ev-cage's -c -f -o). */
+#define EVCTL_OPT_S(n, c) {.name = (n), .short_name = (c)}
+#define EVCTL_FLAG_S(n, c) {.name = (n), .flag = 1, .short_name = (c)}
 
 /* Splits argv into the options of o (no of them) and positionals: at least npos_min, at most
  * npos_max, stored in pos; *ret_npos (if not NULL) gets their number. Returns 0, or
