@@ -485,6 +485,26 @@ def test_local_base_and_oci_archive():
         assert cj["port"] == 7000 and cj["cmd"] == ["/app/server"] and cj["user"] == "0:0"
 
 
+def test_build_args_and_short_options():
+    """--build-arg reaches the Dockerfile's ARG; -c, -f and -o work as ev-cage's do, with the
+    cage.toml and Dockerfile elsewhere than the current directory."""
+    e = env()
+    d = project("args")
+    os.makedirs(os.path.join(d, "conf"))
+    os.rename(os.path.join(d, "cage.toml"), os.path.join(d, "conf", "cage.toml"))
+    with open(os.path.join(d, "conf", "Args.Dockerfile"), "w") as f:
+        f.write('FROM scratch\nARG WHO=nobody\nENV WHO=$WHO\nCOPY server /server\n'
+                'ENTRYPOINT ["/server"]\n')
+    evctl("cage", "build", "-c", "conf/cage.toml", "-f", "conf/Args.Dockerfile", "-o", "o1",
+          "--build-arg", "WHO=someone", "--kernel-dir", e["kdir"], "--init", e["init"], ".",
+          cwd=d)
+    eif = Eif(open(os.path.join(d, "o1", "enclave.eif"), "rb").read())
+    cj = json.loads(ramdisk(eif, 1)["cage.json"][6])
+    assert "WHO=someone" in cj["env"] and cj["port"] == 8008, cj
+    got, _ = toml_pcrs(os.path.join(d, "conf"))
+    assert got == eif.pcrs()
+
+
 def test_bad_inputs():
     """Clear errors: no Dockerfile, a bad cage.toml, no kernel, a dynamic /init, a base image
     that is not there, a reserved port, and corrupt or truncated images for describe."""
