@@ -632,6 +632,27 @@ static int run(char *const argv[], int out_fd, char **ret_out, size_t *ret_len) 
   return 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
+/* Runs argv with its output thrown away; returns its exit status, or -1. */
+static int run_quiet(char *const argv[]) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int fd = open("/dev/null", O_RDWR);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    execvp(argv[0], argv);
+    _exit(127);
+  }
+  int st;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 static int on_path(const char *prog) {
   const char *path = getenv("PATH");
   if (strchr(prog, '/')) return access(prog, X_OK) == 0;
@@ -1173,9 +1194,8 @@ int evctl_cmd_cage_build(const evctl_ctx *ctx, int argc, char **argv) {
   }
   rootfs = path_join(b.tmp, "rootfs");
   iidfile = path_join(b.tmp, "iid");
-  char outspec[600], tag[128];
+  char outspec[600];
   snprintf(outspec, sizeof outspec, "type=local,dest=%s", rootfs);
-  snprintf(tag, sizeof tag, "localhost/evs-cage-%s:latest", name);
   /* buildah/podman as root in a container: chroot isolation needs no nested namespaces
    * ($BUILDAH_ISOLATION overrides it); the rootfs comes out as a directory. */
   const char *iso = getenv("BUILDAH_ISOLATION");
@@ -1190,8 +1210,6 @@ int evctl_cmd_cage_build(const evctl_ctx *ctx, int argc, char **argv) {
   bargv[n++] = userdf;
   bargv[n++] = "--iidfile";
   bargv[n++] = iidfile;
-  bargv[n++] = "-t";
-  bargv[n++] = tag;
   bargv[n++] = "--output";
   bargv[n++] = outspec;
   for (int i = 0; i < o[BARG].set; i++) {
@@ -1221,6 +1239,10 @@ int evctl_cmd_cage_build(const evctl_ctx *ctx, int argc, char **argv) {
                    strstr(builder, "podman") ? "inspect" : "--type=image", iid, NULL};
   size_t outlen;
   st = run(iargv, -1, &inspect_out, &outlen);
+  /* The image itself is not kept: its root filesystem and config are all the build needs, and
+   * every build would otherwise leave one more image in the builder's storage. */
+  char *rargv[] = {(char *)builder, "rmi", iid, NULL};
+  run_quiet(rargv);
   free(iid);
   json_error_t jerr;
   b.inspect = st == 0 && inspect_out ? json_loadb(inspect_out, outlen, 0, &jerr) : NULL;

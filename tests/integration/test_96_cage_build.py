@@ -356,13 +356,20 @@ def test_build_and_describe():
 
 
 def test_reproducible():
-    """The same inputs give the same bytes and PCRs, whatever the files' times; another binary
-    changes PCR0 and PCR2 but not PCR1; a cage.toml setting is measured in PCR2."""
+    """The same inputs give the same bytes and PCRs, whatever the files' times, and leave no
+    image behind; another binary changes PCR0 and PCR2 but not PCR1; a cage.toml setting is
+    measured in PCR2."""
     d = project("repro")
+
+    def images():
+        return subprocess.run(["buildah", "images", "--all", "-q"], env=env()["env"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    before = images()
     a = build(d, out="a")
     os.utime(os.path.join(d, "server"), (1, 1))
     b = build(d, out="b")
     assert hashlib.sha256(a).hexdigest() == hashlib.sha256(b).hexdigest()
+    assert images() == before, "no image left in the builder's storage"
     pa = Eif(a).pcrs()
     static_binary(d, "server", server_c("another"))
     pc = Eif(build(d, out="c")).pcrs()
