@@ -483,6 +483,7 @@ report:;
     }
   }
   free(signer);
+  cage_attest_doc_done(&d);
   json_decref(body);
   OPENSSL_free(spki);
   free(doc);

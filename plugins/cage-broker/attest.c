@@ -257,6 +257,31 @@ static void parsed_done(parsed *ps) {
   if (ps->payload) cbor_decref(&ps->payload);
 }
 
+void cage_attest_doc_done(cage_attest_doc *d) {
+  if (!d) return;
+  free(d->owned);
+  memset(d, 0, sizeof *d);
+}
+
+/* libcbor copies byte strings into its items, which parsed_done frees: the fields a caller
+ * keeps are copied into one buffer of the doc's own. */
+static int own_fields(cage_attest_doc *d) {
+  const uint8_t **f[4] = {&d->cert_der, &d->public_key, &d->user_data, &d->nonce};
+  size_t *l[4] = {&d->cert_len, &d->public_key_len, &d->user_data_len, &d->nonce_len};
+  size_t total = 1;
+  for (int i = 0; i < 4; i++) total += *f[i] ? *l[i] : 0;
+  uint8_t *buf = malloc(total), *p = buf;
+  if (!buf) return -ENOMEM;
+  for (int i = 0; i < 4; i++) {
+    if (!*f[i]) continue;
+    memcpy(p, *f[i], *l[i]);
+    *f[i] = p;
+    p += *l[i];
+  }
+  d->owned = buf;
+  return 0;
+}
+
 /* bstr or null into (*p, *len); -1 for anything else or over the bound. */
 static int opt_bstr(const cbor_item_t *v, const uint8_t **p, size_t *len) {
   if (cbor_is_null(v)) {
@@ -387,6 +412,7 @@ int cage_attest_parse(const uint8_t *doc, size_t len, cage_attest_doc *ret) {
   parsed ps;
   cage_attest_doc d;
   int r = parse(doc, len, &ps, &d);
+  if (r == 0 && ret) r = own_fields(&d);
   if (r == 0 && ret) {
     *ret = d;
     ret->module_id = d.module_id ? ret->module_id_buf : NULL;
@@ -519,6 +545,7 @@ int cage_attest_verify(const uint8_t *doc, size_t len, const cage_attest_expect 
     r = CAGE_ATTEST_ENONCE;
     goto done;
   }
+  if (ret && (r = own_fields(&d)) < 0) goto done;
   if (ret) {
     *ret = d;
     ret->module_id = ret->module_id_buf; /* not into this frame's copy */

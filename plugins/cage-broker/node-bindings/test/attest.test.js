@@ -24,7 +24,7 @@ const { createAttestationBindings, verifyAttestationDocument, decodeCbor } = req
 const REPO = path.resolve(__dirname, '..', '..', '..', '..');
 const BUILD = process.env.EVS_BUILD_DIR || path.join(REPO, 'build');
 const TOOL = path.join(BUILD, 'cage-attest-tool');
-const SDK_DIR = process.env.EVS_SDK_DIR || path.join(REPO, 'tests', 'integration', 'sdk', 'node_modules');
+const SDK_DIR = process.env.EVS_SDK_DIR ? path.resolve(process.env.EVS_SDK_DIR) : path.join(REPO, 'tests', 'integration', 'sdk', 'node_modules');
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'evs-att-node-'));
 const other = fs.mkdtempSync(path.join(os.tmpdir(), 'evs-att-node-other-'));
