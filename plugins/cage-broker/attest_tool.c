@@ -74,8 +74,10 @@ static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *is
   X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 365);
   X509_set_pubkey(x, key);
   X509 *is = issuer ? issuer : x;
-  int bad = ext(is, x, NID_basic_constraints, ca ? "critical,CA:TRUE,pathlen:0" : "critical,CA:FALSE") ||
-            ext(is, x, NID_key_usage, ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature") ||
+  int bad = ext(is, x, NID_basic_constraints,
+                ca ? "critical,CA:TRUE,pathlen:0" : "critical,CA:FALSE") ||
+            ext(is, x, NID_key_usage,
+                ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature") ||
             ext(is, x, NID_subject_key_identifier, "hash") ||
             (issuer && ext(is, x, NID_authority_key_identifier, "keyid:always"));
   X509_NAME_free(n);

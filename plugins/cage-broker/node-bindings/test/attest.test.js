@@ -24,7 +24,8 @@ const { createAttestationBindings, verifyAttestationDocument, decodeCbor } = req
 const REPO = path.resolve(__dirname, '..', '..', '..', '..');
 const BUILD = process.env.EVS_BUILD_DIR || path.join(REPO, 'build');
 const TOOL = path.join(BUILD, 'cage-attest-tool');
-const SDK_DIR = process.env.EVS_SDK_DIR ? path.resolve(process.env.EVS_SDK_DIR) : path.join(REPO, 'tests', 'integration', 'sdk', 'node_modules');
+const SDK_DIR = process.env.EVS_SDK_DIR ? path.resolve(process.env.EVS_SDK_DIR)
+  : path.join(REPO, 'tests', 'integration', 'sdk', 'node_modules');
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'evs-att-node-'));
 const other = fs.mkdtempSync(path.join(os.tmpdir(), 'evs-att-node-other-'));
@@ -97,7 +98,8 @@ test('a document from the C encoder verifies, with every PCR set form the SDK pa
 
 test('wrong PCRs, an empty PCR list, a tampered signature or PCR byte are refused', () => {
   const b = createAttestationBindings({ root });
-  assert.strictEqual(b.attestEnclave(der(cert.crt), [{ ...PCRS, pcr2: 'b2'.repeat(48) }], doc), false);
+  const wrong = [{ ...PCRS, pcr2: 'b2'.repeat(48) }];
+  assert.strictEqual(b.attestEnclave(der(cert.crt), wrong, doc), false);
   assert.strictEqual(b.attestEnclave(der(cert.crt), [], doc), false);
   assert.strictEqual(b.attestEnclave(der(cert.crt), [{}], doc), false);
   const sig = Buffer.from(doc);
@@ -120,7 +122,8 @@ test('a document for another certificate, or under another root, is refused', ()
 
 test('malformed bytes are refused without throwing', () => {
   const b = createAttestationBindings({ root });
-  const cases = [Buffer.alloc(0), Buffer.from([0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+  const cases = [Buffer.alloc(0),
+                 Buffer.from([0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
                  Buffer.from([0x9f, 0x40, 0xff]), doc.subarray(0, doc.length - 1),
                  Buffer.concat([doc, Buffer.from([0])]), Buffer.from('not cbor'), undefined];
   for (const c of cases) assert.strictEqual(b.attestEnclave(der(cert.crt), [PCRS], c), false);
