@@ -35,6 +35,7 @@
 #define ATTEST_ROOT_KEY "attest-root"
 #define ATTEST_NODE_FILE "attest-node.json"
 #define ATTEST_RECHECK_MS 60000
+#define ATTEST_RETRY_MS 5000 /* a failed re-check (store or enclave away) is tried again */
 #define ATTEST_FILE_MAX 65536
 
 enum { A_IDLE = 0, A_LOADING, A_READY };
@@ -50,6 +51,7 @@ typedef struct waiter {
 
 struct attest_keys {
   int state;
+  int have; /* a complete set was loaded once: it keeps serving while a re-check fails */
   uint64_t loaded_ms;
   uint8_t *root, *root_sealed, *node, *node_sealed;
   size_t root_len, root_sealed_len, node_len, node_sealed_len;
@@ -127,7 +129,15 @@ static char *record_make(const uint8_t *cert, size_t cert_len, const uint8_t *se
 static void finish(enclave_state *st, int status) {
   attest_keys *k = st->attest;
   k->state = status == 0 ? A_READY : A_IDLE;
-  if (status == 0) k->loaded_ms = now_ms();
+  if (status == 0) {
+    k->loaded_ms = now_ms();
+    k->have = 1;
+  } else if (k->have && k->root && k->node && k->node_sealed) {
+    /* The keys in memory still sign; check again soon. */
+    k->state = A_READY;
+    k->loaded_ms = now_ms() - ATTEST_RECHECK_MS + ATTEST_RETRY_MS;
+    status = 0;
+  }
   waiter *w = k->waiters;
   k->waiters = NULL;
   while (w) {
