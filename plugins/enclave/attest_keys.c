@@ -128,6 +128,7 @@ static char *record_make(const uint8_t *cert, size_t cert_len, const uint8_t *se
 
 static void finish(enclave_state *st, int status) {
   attest_keys *k = st->attest;
+  if (!k) return; /* stopping */
   k->state = status == 0 ? A_READY : A_IDLE;
   if (status == 0) {
     k->loaded_ms = now_ms();
@@ -198,6 +199,7 @@ static int node_read(enclave_state *st, uint8_t **cert, size_t *cert_len, uint8_
 
 static void on_node_created(void *arg, int status, const ep_item *it, size_t n) {
   enclave_state *st = arg;
+  if (!st->attest) return; /* stopping */
   attest_keys *k = st->attest;
   if (status != 0 || n != 2) {
     fail(st, EVS_ENOCRYPTO, "the enclave did not certify a node key");
@@ -247,6 +249,7 @@ static void node_create(enclave_state *st) {
 
 static void on_chain_checked(void *arg, int status, const ep_item *it, size_t n) {
   enclave_state *st = arg;
+  if (!st->attest) return; /* stopping */
   (void)it;
   if (status == 0 && n == 2) {
     finish(st, 0);
@@ -294,6 +297,7 @@ static void on_root(void *arg, int status, const uint8_t *v, size_t len);
 
 static void on_root_put(void *arg, int status, const uint8_t *v, size_t len) {
   enclave_state *st = arg;
+  if (!st->attest) return; /* stopping */
   (void)v;
   (void)len;
   if (status < 0) {
@@ -307,6 +311,7 @@ static void on_root_put(void *arg, int status, const uint8_t *v, size_t len) {
 
 static void on_root_created(void *arg, int status, const ep_item *it, size_t n) {
   enclave_state *st = arg;
+  if (!st->attest) return; /* stopping */
   if (status != 0 || n != 2) {
     fail(st, EVS_ENOCRYPTO, "the enclave did not make a root");
     return;
@@ -330,6 +335,7 @@ static void on_root_created(void *arg, int status, const ep_item *it, size_t n) 
 
 static void on_root(void *arg, int status, const uint8_t *v, size_t len) {
   enclave_state *st = arg;
+  if (!st->attest) return; /* stopping */
   attest_keys *k = st->attest;
   if (status == -ENOENT) {
     ep_msg m;
