@@ -27,9 +27,6 @@ int evctl_cmd_outbound_delete(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_outbound_push(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_outbound_diff(const evctl_ctx *ctx, int argc, char **argv);
 
-/* ---- cmd_cage_attest.c: `evctl cage attest` (called by the `evctl cage` dispatcher) ---------- */
-int cmd_cage_attest(int argc, char **argv);
-
 #endif
 
 #define EVCTL_EXIT_OK 0

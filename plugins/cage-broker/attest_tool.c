@@ -243,7 +243,10 @@ static int cmd_verify(const char *root_path, const char *doc_path, int argc, cha
 }
 
 int main(int argc, char **argv) {
-  if (argc >= 2 && !strcmp(argv[1], "evctl")) return cmd_cage_attest(argc - 2, argv + 2);
+  if (argc >= 2 && !strcmp(argv[1], "evctl")) { /* as evctl's router calls it */
+    argv[1] = (char *)"attest";
+    return cmd_cage_attest(argc - 1, argv + 1);
+  }
   if (argc >= 3 && !strcmp(argv[1], "ca")) return cmd_ca(argv[2]);
   if (argc >= 3 && !strcmp(argv[1], "doc")) return cmd_doc(argv[2], argc - 3, argv + 3);
   if (argc >= 4 && !strcmp(argv[1], "verify"))
