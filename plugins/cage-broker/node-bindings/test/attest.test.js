@@ -131,11 +131,12 @@ test('malformed bytes are refused without throwing', () => {
   assert.throws(() => createAttestationBindings({}));
 });
 
-function sdkRun(docFile, pcrs) {
+function sdkRun(docFile, pcrs, mode = 'agent') {
   const r = spawnSync(process.execPath, [path.join(__dirname, 'sdk_agent.js')], {
     env: { ...process.env, EV_ENCLAVES_HOSTNAME: 'enclave.test', NODE_EXTRA_CA_CERTS: ca.crt,
            EVS_SDK_DIR: SDK_DIR, ATT_ROOT: path.join(dir, 'root.pem'), ATT_DOC: docFile,
-           TLS_CERT: cert.crt, TLS_KEY: cert.key, ATT_PCRS: JSON.stringify(pcrs) },
+           TLS_CERT: cert.crt, TLS_KEY: cert.key, ATT_PCRS: JSON.stringify(pcrs),
+           ATT_MODE: mode },
     encoding: 'utf8', timeout: 60000,
   });
   const line = r.stdout.trim().split('\n').pop();
@@ -161,4 +162,14 @@ sdk('the SDK agent: right PCRs pass, other PCRs and another certificate are refu
   r = sdkRun(forOther, [PCRS]);
   assert.strictEqual(r.ok, false, JSON.stringify(r));
   assert.match(r.failures.join(), /another TLS key/);
+});
+
+sdk('the SDK\'s enableEnclaves: right PCRs pass, other PCRs are refused', () => {
+  const good = path.join(dir, 'good-enable.cbor');
+  fs.writeFileSync(good, doc);
+  let r = sdkRun(good, [PCRS], 'enable');
+  assert.deepStrictEqual([r.ok, r.status], [true, 200], JSON.stringify(r));
+  r = sdkRun(good, [{ pcr8: 'c8'.repeat(48) }], 'enable');
+  assert.strictEqual(r.ok, false, JSON.stringify(r));
+  assert.match(r.failures.join(), /PCR/);
 });
