@@ -11,9 +11,8 @@ other PCRs, another root, and a listener whose certificate is not the one the do
 root; the root and the node key survive a restart and a killed enclave; the store and the
 state directory hold only sealed keys. Then the Node bindings' own tests (documents from the C
 encoder, the unmodified SDK's createEnclaveHttpsAgent and enableEnclaves), and the bindings on a
-document the
-server signed. `evctl cage attest` is run as evctl once the `evctl cage` dispatcher has it, else
-through cage-attest-tool (the same cmd_cage_attest.c).
+document the server signed. `evctl cage attest` is run as evctl once the `evctl cage` dispatcher
+has it, else through cage-attest-tool (the same cmd_cage_attest.c).
 """
 
 import base64
