@@ -208,6 +208,41 @@ int evs__ca_sign(evs_enclave *e, const uint8_t *ca_pem, size_t ca_pem_len, const
                  size_t sealed_len, const uint8_t *spki, size_t spki_len, uint32_t validity_s,
                  const evs_ep_item *names, size_t nnames, char **ret_pem, size_t *ret_pem_len);
 
+/* ---- the attestation keys of Cages (attest.c) ----------------------------------------------
+ * A per-cluster root and a per-node key, both P-384, made here; each leaves the enclave only
+ * sealed ("EVA\1" || IV || AES-256-GCM(SEC1 DER) || tag, AAD = label || SHA-256 of the key's
+ * SubjectPublicKeyInfo; the root and node labels differ, so one blob never opens as the other).
+ * Certificates travel as DER. The last node key unsealed is cached. */
+#define EVS_ATTEST_SIG_LEN 96             /* P-384 r || s, as COSE wants it */
+#define EVS_ATTEST_TBS_MAX (64u * 1024)   /* a Sig_structure; a document is ~2 KiB */
+typedef struct evs_attest_cache evs_attest_cache;
+void evs__attest_cache_free(evs_attest_cache *c);
+evs_attest_cache **evs__enclave_attest(evs_enclave *e);
+/* A root: CN cn (0..64 printable ASCII; empty: "evserver attestation root"), valid days (0:
+ * EVS_CA_DEFAULT_DAYS, at most EVS_CA_MAX_DAYS) from an hour ago, CA:TRUE pathlen 0. Returns
+ * its DER certificate and sealed key (malloc'd). EVS_EP_E_INVALID, EVS_EP_E_INTERNAL. */
+int evs__attest_root_create(evs_enclave *e, const uint8_t *cn, size_t cn_len, uint32_t days,
+                            uint8_t **ret_der, size_t *ret_der_len, uint8_t **ret_sealed,
+                            size_t *ret_sealed_len);
+/* A node key certified by the root (CN name, 1..64 printable ASCII; CA:FALSE,
+ * digitalSignature; valid until the root's notAfter). EVS_EP_E_INVALID when the root or its
+ * sealed key does not open (tampered, another sealing key) or the root is expired. */
+int evs__attest_node_create(evs_enclave *e, const uint8_t *root_der, size_t root_len,
+                            const uint8_t *root_sealed, size_t root_sealed_len,
+                            const uint8_t *name, size_t name_len, uint8_t **ret_der,
+                            size_t *ret_der_len, uint8_t **ret_sealed, size_t *ret_sealed_len);
+/* EVS_EP_OK when the sealed node key opens, is the node certificate's, and that certificate
+ * is signed by the root (a P-384 root), both valid now; else EVS_EP_E_INVALID. */
+int evs__attest_chain(evs_enclave *e, const uint8_t *root_der, size_t root_len,
+                      const uint8_t *node_der, size_t node_len, const uint8_t *sealed,
+                      size_t sealed_len);
+/* Signs a COSE Sig_structure (it must start ["Signature1", ...; at most EVS_ATTEST_TBS_MAX)
+ * with the node key: ECDSA P-384 over SHA-384, r || s. EVS_EP_E_INVALID for anything else, a
+ * key that does not open, or an expired node certificate. */
+int evs__attest_sign(evs_enclave *e, const uint8_t *node_der, size_t node_len,
+                     const uint8_t *sealed, size_t sealed_len, const uint8_t *tbs, size_t tbs_len,
+                     uint8_t sig[EVS_ATTEST_SIG_LEN]);
+
 /* ---- ops (ops.c) -------------------------------------------------------------------------- */
 
 /* Handles one request message (body = the bytes after its u32 length) and leaves the complete

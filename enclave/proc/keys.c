@@ -49,6 +49,7 @@ struct evs_enclave {
   const char *mlock;
   const char *tag;
   evs_ca_cache *ca; /* the relay CA last used for CA_SIGN (ca.c) */
+  evs_attest_cache *attest; /* the node attestation key last used (attest.c) */
 };
 
 /* Secrets that an operation needs for a moment, in one secure-heap block. */
@@ -210,6 +211,7 @@ void evs__enclave_free(evs_enclave *e) {
     OPENSSL_clear_free(c, sizeof *c);
   }
   evs__ca_cache_free(e->ca);
+  evs__attest_cache_free(e->attest);
   OPENSSL_secure_clear_free(e->seal_key, EVS_SEAL_KEY_LEN);
   OPENSSL_clear_free(e, sizeof *e);
 }
@@ -267,6 +269,7 @@ int evs__enclave_unseal(const evs_enclave *e, const uint8_t *aad, size_t aad_len
   return open_sealed(e->seal_key, aad, aad_len, in, len, out);
 }
 evs_ca_cache **evs__enclave_ca(evs_enclave *e) { return &e->ca; }
+evs_attest_cache **evs__enclave_attest(evs_enclave *e) { return &e->attest; }
 size_t evs__enclave_unlocked(const evs_enclave *e) { return e->napps; }
 
 evs_app *evs__app_find(evs_enclave *e, const uint8_t *id, size_t id_len) {

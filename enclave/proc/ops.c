@@ -433,6 +433,57 @@ static int32_t op_ca_sign(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out) 
   return EVS_EP_OK;
 }
 
+static int32_t op_attest_root_create(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out) {
+  if (m->nitems != 2 || m->items[1].len != 4) return EVS_EP_E_PROTOCOL;
+  uint8_t *der = NULL, *sealed = NULL;
+  size_t der_len = 0, sealed_len = 0;
+  int32_t r = evs__attest_root_create(e, m->items[0].p, m->items[0].len,
+                                      evs_ep_get_u32(m->items[1].p), &der, &der_len, &sealed,
+                                      &sealed_len);
+  if (r != EVS_EP_OK) return r;
+  evs__ep_add(out, der, der_len);
+  evs__ep_add(out, sealed, sealed_len);
+  free(der);
+  free(sealed);
+  return EVS_EP_OK;
+}
+
+static int32_t op_attest_node_create(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out) {
+  if (m->nitems != 3) return EVS_EP_E_PROTOCOL;
+  const evs_ep_item *it = m->items;
+  uint8_t *der = NULL, *sealed = NULL;
+  size_t der_len = 0, sealed_len = 0;
+  int32_t r = evs__attest_node_create(e, it[0].p, it[0].len, it[1].p, it[1].len, it[2].p,
+                                      it[2].len, &der, &der_len, &sealed, &sealed_len);
+  if (r != EVS_EP_OK) return r;
+  evs__ep_add(out, der, der_len);
+  evs__ep_add(out, sealed, sealed_len);
+  free(der);
+  free(sealed);
+  return EVS_EP_OK;
+}
+
+static int32_t op_attest_chain(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out) {
+  if (m->nitems != 3) return EVS_EP_E_PROTOCOL;
+  const evs_ep_item *it = m->items;
+  int32_t r = evs__attest_chain(e, it[0].p, it[0].len, it[1].p, it[1].len, it[2].p, it[2].len);
+  if (r != EVS_EP_OK) return r;
+  evs__ep_add(out, it[1].p, it[1].len); /* the chain, leaf first */
+  evs__ep_add(out, it[0].p, it[0].len);
+  return EVS_EP_OK;
+}
+
+static int32_t op_attest_sign(evs_enclave *e, const evs_ep_msg *m, evs_ep_buf *out) {
+  if (m->nitems != 3) return EVS_EP_E_PROTOCOL;
+  const evs_ep_item *it = m->items;
+  uint8_t sig[EVS_ATTEST_SIG_LEN];
+  int32_t r = evs__attest_sign(e, it[0].p, it[0].len, it[1].p, it[1].len, it[2].p, it[2].len,
+                               sig);
+  if (r != EVS_EP_OK) return r;
+  evs__ep_add(out, sig, sizeof sig);
+  return EVS_EP_OK;
+}
+
 /* ---- dispatch ---------------------------------------------------------------------------- */
 
 void evs__ep_handle(evs_enclave *e, const uint8_t *body, size_t len, evs_ep_buf *out) {
@@ -455,6 +506,10 @@ void evs__ep_handle(evs_enclave *e, const uint8_t *body, size_t len, evs_ep_buf 
       case EVS_EP_DECRYPT_FILE: r = op_decrypt_file(e, &m, out); break;
       case EVS_EP_CA_CREATE: r = op_ca_create(e, &m, out); break;
       case EVS_EP_CA_SIGN: r = op_ca_sign(e, &m, out); break;
+      case EVS_EP_ATTEST_ROOT_CREATE: r = op_attest_root_create(e, &m, out); break;
+      case EVS_EP_ATTEST_NODE_CREATE: r = op_attest_node_create(e, &m, out); break;
+      case EVS_EP_ATTEST_CHAIN: r = op_attest_chain(e, &m, out); break;
+      case EVS_EP_ATTEST_SIGN: r = op_attest_sign(e, &m, out); break;
       /* ATTACH carries a descriptor and is answered by nobody: main.c's loop takes it before
        * a frame gets here. Anyone else (a unit test, the fuzzer) gets the unknown-op error. */
       case EVS_EP_ATTACH: r = EVS_EP_E_UNKNOWN_OP; break;

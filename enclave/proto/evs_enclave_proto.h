@@ -139,6 +139,27 @@ typedef enum evs_ep_op {
    *   the CA's, CA:FALSE, serverAuth. EVS_EP_E_INVALID: a bad name, key or validity, too many
    *   names, or a CA that does not open (tampered, another sealing key, expired). */
   EVS_EP_CA_SIGN = 13,
+  /* The attestation keys of Cages (enclave/README.md, "The attestation keys"): a root per
+   * cluster, a key per node certified by it; both P-384, both leave the enclave only sealed
+   * ("EVA\1" || IV 12 || AES-256-GCM of the SEC1 DER || tag 16, bound to the key). Certificates
+   * are DER. The enclave keeps no attestation state: the plugin stores what these return.
+   * req: [common name (0..64 printable ASCII; empty: "evserver attestation root"),
+   *   u32 validity in days (0: 3650; at most 10950)]
+   * resp: [root certificate (DER), sealed root key]. EVS_EP_E_INVALID: a bad name or validity. */
+  EVS_EP_ATTEST_ROOT_CREATE = 14,
+  /* req: [root certificate (DER), sealed root key, node name (1..64 printable ASCII, the CN)]
+   * resp: [node certificate (DER; CA:FALSE, valid until the root's notAfter), sealed node key].
+   * EVS_EP_E_INVALID: the root does not open (tampered, another sealing key) or has expired. */
+  EVS_EP_ATTEST_NODE_CREATE = 15,
+  /* req: [root certificate, node certificate, sealed node key] — resp: [node certificate, root
+   * certificate] (the chain, leaf first), once the enclave has checked that the node key opens,
+   * is the certificate's, and that the root signed the certificate; else EVS_EP_E_INVALID. */
+  EVS_EP_ATTEST_CHAIN = 16,
+  /* req: [node certificate, sealed node key, COSE Sig_structure (CBOR, must start
+   *   ["Signature1", ...; at most 64 KiB)] — resp: [signature: 96 bytes, P-384 r || s over
+   *   SHA-384]. EVS_EP_E_INVALID: not a Sig_structure, a key that does not open, an expired
+   *   node certificate. Nothing but Sig_structures is ever signed with the node key. */
+  EVS_EP_ATTEST_SIGN = 17,
 } evs_ep_op;
 
 typedef enum evs_ep_status {

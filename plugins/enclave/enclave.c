@@ -477,6 +477,8 @@ static int provider(void *state, const evs_crypto_request *creq, evs_crypto_done
   if (creq->op && strcmp(creq->op, "check_api_key") == 0)
     return check_api_key(st, creq, done, done_arg);
   if (st->disabled) return EVS_ENOCRYPTO;
+  if (creq->op && (strcmp(creq->op, "attest_chain") == 0 || strcmp(creq->op, "attest_sign") == 0))
+    return enc_attest_call(st, creq, done, done_arg);
   uint16_t op = 0;
   for (size_t i = 0; i < sizeof provider_ops / sizeof provider_ops[0]; i++)
     if (creq->op && strcmp(creq->op, provider_ops[i].name) == 0) op = provider_ops[i].op;
@@ -706,7 +708,15 @@ static int ca_admin_route(void *state, evs_request *req) {
   return enc_relay_ca_admin_route(st, req);
 }
 
+static int attest_root_route(void *state, evs_request *req) {
+  enclave_state *st = state;
+  if (st->disabled) return disabled_answer(st, req);
+  return enc_attest_root_route(st, req);
+}
+
 static const evs_route routes[] = {
+    {sizeof(evs_route), "api", NULL, "GET", ATTEST_ROOT_PATH, attest_root_route},
+    {sizeof(evs_route), "admin", NULL, "GET", ATTEST_ROOT_PATH, attest_root_route},
     {sizeof(evs_route), "api", NULL, "GET", RELAY_CA_PATH, ca_pem_route},
     {sizeof(evs_route), "admin", NULL, NULL, "/relay-ca", ca_admin_route},
     {sizeof(evs_route), "api", NULL, "GET", "/cages/key", api_route},
@@ -732,7 +742,8 @@ static void state_free(enclave_state *st) {
   }
   if (st->first_unlock_deadline) st->host->timer_free(st->first_unlock_deadline);
   enc_relay_ca_stop(st);
-  ep_client_free(st->client);
+  ep_client_free(st->client); /* fails what waits on the enclave, attestation loads too */
+  enc_attest_free(st);
   free(st->seal_key);
   free(st);
 }

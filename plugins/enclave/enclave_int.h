@@ -21,6 +21,7 @@
 #define ENC_STORE_KEY_MAX 64
 
 typedef struct relay_ca relay_ca; /* relay_ca.c */
+typedef struct attest_keys attest_keys; /* attest_keys.c */
 
 /* Answers to repeated key checks (evs_api_key_request.recheck: each request in an Outbound
  * Relay tunnel; and every API request, /encrypt, /decrypt, /keys, /cages/key: api.c), so that a
@@ -68,6 +69,7 @@ typedef struct enclave_state {
   int started;
   struct parked_call *parked, **parked_tail;
   evs_timer *first_unlock_deadline;
+  attest_keys *attest;   /* the attestation root and node key, once loaded (attest_keys.c) */
   relay_ca *ca;          /* this worker's copy of the store's relay CA record (NULL: none) */
   evs_timer *ca_refresh; /* re-reads it now and then (other nodes may rotate it) */
   uint64_t ca_read_ms;   /* when it was last read (a miss re-reads at most once a second) */
@@ -228,6 +230,14 @@ int enc_ca_certificates(void *state, evs_bytes_cb done, void *done_arg);
 /* enclave.c: sends m to this worker's enclave (parked while the first unlocks run). m is
  * consumed. As ep_client_call. */
 int enc_enclave_send(enclave_state *st, ep_msg *m, ep_reply_fn fn, void *arg);
+
+/* ---- the attestation keys of Cages (attest_keys.c) ----------------------------------------- */
+#define ATTEST_ROOT_PATH "/attestation-root.pem" /* api and admin roles, no auth */
+/* The crypto provider's "attest_chain" and "attest_sign" (creq->op is one of them). */
+int enc_attest_call(enclave_state *st, const evs_crypto_request *creq, evs_crypto_done_fn done,
+                    void *done_arg);
+int enc_attest_root_route(enclave_state *st, evs_request *req); /* GET /attestation-root.pem */
+void enc_attest_free(enclave_state *st);
 
 /* ---- the route hooks ---------------------------------------------------------------------- */
 int enc_admin_route(enclave_state *st, evs_request *req); /* apps.c */

@@ -1,0 +1,357 @@
+/*
+ * attest.c: the attestation keys of Cages, inside the enclave (enclave/README.md, "The
+ * attestation keys"). Whoever holds the node's attestation key can vouch for any PCRs and any
+ * TLS key to every client that pinned the evserver attestation root, so both keys are made here
+ * and leave the enclave only sealed, exactly as the relay CA's key (ca.c):
+ *
+ *   root  P-384, self-signed, one per cluster: made once (ATTEST_ROOT_CREATE), its certificate
+ *         and sealed key kept in the store by the enclave plugin, used only to certify nodes;
+ *   node  P-384, one per node, certified by the root at the node's first start
+ *         (ATTEST_NODE_CREATE); it signs documents (ATTEST_SIGN).
+ *
+ * The enclave keeps no attestation state: the plugin sends the certificate and sealed key with
+ * each request, and the last node key unsealed is cached (keyed by a hash of both). ATTEST_SIGN
+ * signs only COSE Sig_structures ("Signature1" first), so the node key cannot be made to sign a
+ * certificate, a TLS handshake or anything else. Nothing here logs.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "enclave.h"
+
+static const uint8_t att_magic[4] = {'E', 'V', 'A', 1};
+static const char root_label[] = "evserver-enclave attest-root v1";
+static const char node_label[] = "evserver-enclave attest-node v1";
+#define ROOT_DEFAULT_CN "evserver attestation root"
+#define KEY_DER_MAX 512 /* SEC1 DER of a P-384 key is 167 bytes */
+/* ["Signature1", ...: array(4), text(10) */
+static const uint8_t sig_structure_prefix[] = {0x84, 0x6a, 'S', 'i', 'g', 'n', 'a', 't',
+                                               'u', 'r', 'e', '1'};
+
+struct evs_attest_cache {
+  uint8_t id[32]; /* SHA-256(cert DER || 0 || sealed blob) */
+  X509 *cert;
+  EVP_PKEY *key;
+};
+
+void evs__attest_cache_free(evs_attest_cache *c) {
+  if (!c) return;
+  X509_free(c->cert);
+  EVP_PKEY_free(c->key);
+  OPENSSL_clear_free(c, sizeof *c);
+}
+
+/* ---- helpers -------------------------------------------------------------------------------- */
+
+static int random_serial(X509 *x) {
+  uint8_t b[16];
+  if (RAND_bytes(b, sizeof b) != 1) return -1;
+  b[0] &= 0x7f;
+  b[0] |= 0x40;
+  BIGNUM *bn = BN_bin2bn(b, sizeof b, NULL);
+  int ok = bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL;
+  BN_free(bn);
+  return ok ? 0 : -1;
+}
+
+static int add_ext(X509 *issuer, X509 *x, int nid, const char *value) {
+  X509V3_CTX ctx;
+  X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
+  X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+  int ok = ext && X509_add_ext(x, ext, -1) == 1;
+  X509_EXTENSION_free(ext);
+  return ok ? 0 : -1;
+}
+
+static int der_of(X509 *x, uint8_t **ret, size_t *ret_len) {
+  uint8_t *der = NULL;
+  int n = i2d_X509(x, &der);
+  if (n <= 0) return -1;
+  uint8_t *out = malloc((size_t)n);
+  if (out) memcpy(out, der, (size_t)n);
+  OPENSSL_free(der);
+  if (!out) return -1;
+  *ret = out;
+  *ret_len = (size_t)n;
+  return 0;
+}
+
+static X509 *parse_der(const uint8_t *p, size_t len) {
+  if (len == 0 || len > EVS_CA_PEM_MAX) return NULL;
+  const uint8_t *q = p;
+  X509 *x = d2i_X509(NULL, &q, (long)len);
+  if (x && q != p + len) {
+    X509_free(x);
+    return NULL;
+  }
+  return x;
+}
+
+static int is_p384(EVP_PKEY *k) {
+  char group[32];
+  size_t gl = 0;
+  return k && EVP_PKEY_get_base_id(k) == EVP_PKEY_EC &&
+         EVP_PKEY_get_group_name(k, group, sizeof group, &gl) == 1 &&
+         strcmp(group, "secp384r1") == 0;
+}
+
+/* AAD = label (with its NUL) || SHA-256(SubjectPublicKeyInfo DER). */
+static int key_aad(const char *label, size_t label_len, EVP_PKEY *pub, uint8_t *aad) {
+  uint8_t *der = NULL;
+  int n = i2d_PUBKEY(pub, &der);
+  unsigned int hl = 0;
+  int ok = n > 0 && EVP_Digest(der, (size_t)n, aad + label_len, &hl, EVP_sha256(), NULL) == 1;
+  OPENSSL_free(der);
+  memcpy(aad, label, label_len);
+  return ok && hl == 32 ? 0 : -1;
+}
+
+/* "EVA\1" || seal(SEC1 DER of key), bound to the key's public half under label. */
+static int seal_key(evs_enclave *e, const char *label, size_t label_len, EVP_PKEY *key,
+                    uint8_t **ret, size_t *ret_len) {
+  int der_len = i2d_PrivateKey(key, NULL);
+  if (der_len <= 0 || der_len > KEY_DER_MAX) return -1;
+  uint8_t *der = OPENSSL_secure_malloc((size_t)der_len), *p = der;
+  uint8_t aad[64 + 32];
+  size_t sealed_len = 4 + (size_t)der_len + EVS_SEAL_OVERHEAD;
+  uint8_t *sealed = NULL;
+  int r = -1;
+  if (der && i2d_PrivateKey(key, &p) == der_len && key_aad(label, label_len, key, aad) == 0 &&
+      (sealed = malloc(sealed_len))) {
+    memcpy(sealed, att_magic, 4);
+    if (evs__enclave_seal(e, aad, label_len + 32, der, (size_t)der_len, sealed + 4) == 0) {
+      *ret = sealed;
+      *ret_len = sealed_len;
+      sealed = NULL;
+      r = 0;
+    }
+  }
+  if (der) OPENSSL_secure_clear_free(der, (size_t)der_len);
+  free(sealed);
+  return r;
+}
+
+/* The private key of cert from its sealed blob; NULL unless it opens and is cert's key. */
+static EVP_PKEY *unseal_key(evs_enclave *e, const char *label, size_t label_len, X509 *cert,
+                            const uint8_t *sealed, size_t sealed_len) {
+  if (sealed_len < 4 + EVS_SEAL_OVERHEAD + 1 || sealed_len > 4 + EVS_SEAL_OVERHEAD + KEY_DER_MAX ||
+      memcmp(sealed, att_magic, 4) != 0)
+    return NULL;
+  EVP_PKEY *pub = X509_get0_pubkey(cert);
+  size_t der_len = sealed_len - 4 - EVS_SEAL_OVERHEAD;
+  uint8_t *der = OPENSSL_secure_malloc(der_len);
+  uint8_t aad[64 + 32];
+  EVP_PKEY *key = NULL;
+  if (is_p384(pub) && der && key_aad(label, label_len, pub, aad) == 0 &&
+      evs__enclave_unseal(e, aad, label_len + 32, sealed + 4, der_len, der) == 0) {
+    const uint8_t *p = der;
+    key = d2i_PrivateKey(EVP_PKEY_EC, NULL, &p, (long)der_len);
+    if (key && (p != der + der_len || EVP_PKEY_eq(key, pub) != 1)) {
+      EVP_PKEY_free(key);
+      key = NULL;
+    }
+  }
+  if (der) OPENSSL_secure_clear_free(der, der_len);
+  return key;
+}
+
+static int valid_now(X509 *x) {
+  time_t now = time(NULL);
+  return X509_cmp_time(X509_get0_notAfter(x), &now) > 0 &&
+         X509_cmp_time(X509_get0_notBefore(x), &now) < 0;
+}
+
+static int name_ok(const uint8_t *s, size_t len) {
+  if (len > EVS_CA_CN_MAX) return 0;
+  for (size_t i = 0; i < len; i++)
+    if (s[i] < 0x20 || s[i] > 0x7e) return 0;
+  return 1;
+}
+
+/* ---- the root ------------------------------------------------------------------------------- */
+
+int evs__attest_root_create(evs_enclave *e, const uint8_t *cn, size_t cn_len, uint32_t days,
+                            uint8_t **ret_der, size_t *ret_der_len, uint8_t **ret_sealed,
+                            size_t *ret_sealed_len) {
+  if (!name_ok(cn, cn_len) || days > EVS_CA_MAX_DAYS) return EVS_EP_E_INVALID;
+  char name[EVS_CA_CN_MAX + 1];
+  if (cn_len) memcpy(name, cn, cn_len);
+  name[cn_len] = 0;
+  if (!cn_len) strcpy(name, ROOT_DEFAULT_CN);
+  if (days == 0) days = EVS_CA_DEFAULT_DAYS;
+  int32_t r = EVS_EP_E_INTERNAL;
+  EVP_PKEY *key = EVP_EC_gen("P-384");
+  X509 *x = X509_new();
+  X509_NAME *subj = X509_NAME_new();
+  uint8_t *der = NULL, *sealed = NULL;
+  size_t der_len = 0, sealed_len = 0;
+  if (!key || !x || !subj) goto done;
+  if (X509_set_version(x, 2) != 1 || random_serial(x) < 0 ||
+      X509_NAME_add_entry_by_txt(subj, "O", MBSTRING_ASC, (const unsigned char *)"evserver", -1,
+                                 -1, 0) != 1 ||
+      X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_ASC, (const unsigned char *)name, -1, -1,
+                                 0) != 1 ||
+      X509_set_subject_name(x, subj) != 1 || X509_set_issuer_name(x, subj) != 1 ||
+      !X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
+      !X509_time_adj_ex(X509_getm_notAfter(x), (int)days, 0, NULL) ||
+      X509_set_pubkey(x, key) != 1)
+    goto done;
+  if (add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") < 0 ||
+      add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign") < 0 ||
+      add_ext(x, x, NID_subject_key_identifier, "hash") < 0 ||
+      X509_sign(x, key, EVP_sha384()) <= 0)
+    goto done;
+  if (seal_key(e, root_label, sizeof root_label, key, &sealed, &sealed_len) < 0 ||
+      der_of(x, &der, &der_len) < 0)
+    goto done;
+  *ret_der = der;
+  *ret_der_len = der_len;
+  *ret_sealed = sealed;
+  *ret_sealed_len = sealed_len;
+  der = sealed = NULL;
+  r = EVS_EP_OK;
+done:
+  free(der);
+  free(sealed);
+  X509_NAME_free(subj);
+  X509_free(x);
+  EVP_PKEY_free(key);
+  return r;
+}
+
+/* ---- a node --------------------------------------------------------------------------------- */
+
+int evs__attest_node_create(evs_enclave *e, const uint8_t *root_der, size_t root_len,
+                            const uint8_t *root_sealed, size_t root_sealed_len,
+                            const uint8_t *name, size_t name_len, uint8_t **ret_der,
+                            size_t *ret_der_len, uint8_t **ret_sealed, size_t *ret_sealed_len) {
+  if (name_len == 0 || !name_ok(name, name_len)) return EVS_EP_E_INVALID;
+  X509 *root = parse_der(root_der, root_len);
+  EVP_PKEY *root_key =
+      root ? unseal_key(e, root_label, sizeof root_label, root, root_sealed, root_sealed_len)
+           : NULL;
+  int32_t r = EVS_EP_E_INVALID;
+  EVP_PKEY *key = NULL;
+  X509 *x = NULL;
+  X509_NAME *subj = NULL;
+  uint8_t *der = NULL, *sealed = NULL;
+  size_t der_len = 0, sealed_len = 0;
+  char cn[EVS_CA_CN_MAX + 1];
+  if (!root_key || !valid_now(root)) goto done;
+  memcpy(cn, name, name_len);
+  cn[name_len] = 0;
+  r = EVS_EP_E_INTERNAL;
+  if (!(key = EVP_EC_gen("P-384")) || !(x = X509_new()) || !(subj = X509_NAME_new())) goto done;
+  /* Valid as long as the root: a node certificate is renewed only with a new root. */
+  if (X509_set_version(x, 2) != 1 || random_serial(x) < 0 ||
+      X509_NAME_add_entry_by_txt(subj, "O", MBSTRING_ASC, (const unsigned char *)"evserver", -1,
+                                 -1, 0) != 1 ||
+      X509_NAME_add_entry_by_txt(subj, "OU", MBSTRING_ASC,
+                                 (const unsigned char *)"attestation node", -1, -1, 0) != 1 ||
+      X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1,
+                                 0) != 1 ||
+      X509_set_subject_name(x, subj) != 1 ||
+      X509_set_issuer_name(x, X509_get_subject_name(root)) != 1 ||
+      !X509_gmtime_adj(X509_getm_notBefore(x), -300) ||
+      X509_set1_notAfter(x, X509_get0_notAfter(root)) != 1 || X509_set_pubkey(x, key) != 1)
+    goto done;
+  if (add_ext(root, x, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
+      add_ext(root, x, NID_key_usage, "critical,digitalSignature") < 0 ||
+      add_ext(root, x, NID_subject_key_identifier, "hash") < 0 ||
+      add_ext(root, x, NID_authority_key_identifier, "keyid:always") < 0 ||
+      X509_sign(x, root_key, EVP_sha384()) <= 0)
+    goto done;
+  if (seal_key(e, node_label, sizeof node_label, key, &sealed, &sealed_len) < 0 ||
+      der_of(x, &der, &der_len) < 0)
+    goto done;
+  *ret_der = der;
+  *ret_der_len = der_len;
+  *ret_sealed = sealed;
+  *ret_sealed_len = sealed_len;
+  der = sealed = NULL;
+  r = EVS_EP_OK;
+done:
+  free(der);
+  free(sealed);
+  X509_NAME_free(subj);
+  X509_free(x);
+  EVP_PKEY_free(key);
+  EVP_PKEY_free(root_key);
+  X509_free(root);
+  return r;
+}
+
+/* The cached node key for this certificate and blob, unsealing it on a miss. */
+static evs_attest_cache *node_open(evs_enclave *e, const uint8_t *cert, size_t cert_len,
+                                   const uint8_t *sealed, size_t sealed_len) {
+  uint8_t id[32];
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
+           EVP_DigestUpdate(md, cert, cert_len) == 1 && EVP_DigestUpdate(md, "\0", 1) == 1 &&
+           EVP_DigestUpdate(md, sealed, sealed_len) == 1 &&
+           EVP_DigestFinal_ex(md, id, NULL) == 1;
+  EVP_MD_CTX_free(md);
+  if (!ok) return NULL;
+  evs_attest_cache **slot = evs__enclave_attest(e);
+  if (*slot && CRYPTO_memcmp((*slot)->id, id, 32) == 0) return *slot;
+  X509 *x = parse_der(cert, cert_len);
+  EVP_PKEY *key = x ? unseal_key(e, node_label, sizeof node_label, x, sealed, sealed_len) : NULL;
+  evs_attest_cache *c = key ? OPENSSL_zalloc(sizeof *c) : NULL;
+  if (!c) {
+    EVP_PKEY_free(key);
+    X509_free(x);
+    return NULL;
+  }
+  memcpy(c->id, id, 32);
+  c->cert = x;
+  c->key = key;
+  evs__attest_cache_free(*slot);
+  *slot = c;
+  return c;
+}
+
+int evs__attest_chain(evs_enclave *e, const uint8_t *root_der, size_t root_len,
+                      const uint8_t *node_der, size_t node_len, const uint8_t *sealed,
+                      size_t sealed_len) {
+  X509 *root = parse_der(root_der, root_len);
+  evs_attest_cache *c = root ? node_open(e, node_der, node_len, sealed, sealed_len) : NULL;
+  EVP_PKEY *rk = root ? X509_get0_pubkey(root) : NULL;
+  int ok = c && is_p384(rk) && valid_now(root) && valid_now(c->cert) &&
+           X509_check_issued(root, c->cert) == X509_V_OK && X509_verify(c->cert, rk) == 1;
+  X509_free(root);
+  return ok ? EVS_EP_OK : EVS_EP_E_INVALID;
+}
+
+int evs__attest_sign(evs_enclave *e, const uint8_t *node_der, size_t node_len,
+                     const uint8_t *sealed, size_t sealed_len, const uint8_t *tbs, size_t tbs_len,
+                     uint8_t sig[EVS_ATTEST_SIG_LEN]) {
+  if (tbs_len < sizeof sig_structure_prefix || tbs_len > EVS_ATTEST_TBS_MAX ||
+      memcmp(tbs, sig_structure_prefix, sizeof sig_structure_prefix) != 0)
+    return EVS_EP_E_INVALID;
+  evs_attest_cache *c = node_open(e, node_der, node_len, sealed, sealed_len);
+  if (!c || !valid_now(c->cert)) return EVS_EP_E_INVALID;
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  uint8_t der[128];
+  size_t der_len = sizeof der;
+  int32_t r = EVS_EP_E_INTERNAL;
+  if (md && EVP_DigestSignInit(md, NULL, EVP_sha384(), NULL, c->key) == 1 &&
+      EVP_DigestSign(md, der, &der_len, tbs, tbs_len) == 1) {
+    const uint8_t *p = der;
+    ECDSA_SIG *s = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
+    const BIGNUM *br = NULL, *bs = NULL;
+    if (s) ECDSA_SIG_get0(s, &br, &bs);
+    if (s && BN_bn2binpad(br, sig, 48) == 48 && BN_bn2binpad(bs, sig + 48, 48) == 48)
+      r = EVS_EP_OK;
+    ECDSA_SIG_free(s);
+  }
+  EVP_MD_CTX_free(md);
+  return r;
+}
