@@ -63,60 +63,6 @@
 
 const evctl_ctx *evctl_cage_ctx;
 
-/* ---- options ------------------------------------------------------------------------------ */
-
-typedef struct copt {
-  const char *name; /* long name, without "--" */
-  char short_name;  /* 0: none */
-  int flag;         /* takes no value */
-  const char *value;
-  int set;
-  const char *values[64]; /* every value, for repeatable options (--build-arg) */
-  size_t nvalues;
-} copt;
-
-static int parse_opts(const char *cmd, int argc, char **argv, copt *o, size_t no,
-                      const char **pos, int npos_max, int *ret_npos) {
-  int np = 0;
-  for (int i = 0; i < argc; i++) {
-    const char *a = argv[i];
-    size_t k = no;
-    const char *inline_value = NULL;
-    if (a[0] == '-' && a[1] == '-' && a[2]) {
-      size_t nl = strcspn(a + 2, "=");
-      for (k = 0; k < no; k++)
-        if (strlen(o[k].name) == nl && strncmp(o[k].name, a + 2, nl) == 0) break;
-      if (a[2 + nl] == '=') inline_value = a + 3 + nl;
-    } else if (a[0] == '-' && a[1] && a[1] != '-') {
-      for (k = 0; k < no; k++)
-        if (o[k].short_name && o[k].short_name == a[1]) break;
-      if (k < no && a[2]) inline_value = a + 2;
-    } else {
-      if (np == npos_max) return evctl_usage_error(cmd, "%s: unexpected argument '%s'", cmd, a);
-      pos[np++] = a;
-      continue;
-    }
-    if (k == no) return evctl_usage_error(cmd, "%s: unknown option '%s'", cmd, a);
-    o[k].set = 1;
-    if (o[k].flag) {
-      if (inline_value)
-        return evctl_usage_error(cmd, "%s: --%s takes no value", cmd, o[k].name);
-      continue;
-    }
-    const char *v = inline_value;
-    if (!v) {
-      if (i + 1 == argc) return evctl_usage_error(cmd, "%s: --%s needs a value", cmd, o[k].name);
-      v = argv[++i];
-    }
-    o[k].value = v;
-    if (o[k].nvalues == sizeof o[k].values / sizeof o[k].values[0])
-      return evctl_usage_error(cmd, "%s: too many --%s", cmd, o[k].name);
-    o[k].values[o[k].nvalues++] = v;
-  }
-  if (ret_npos) *ret_npos = np;
-  return 0;
-}
-
 /* ---- files -------------------------------------------------------------------------------- */
 
 static uint8_t *slurp(const char *path, size_t max, size_t *ret_len, char *err, size_t errlen) {
@@ -472,9 +418,9 @@ out:
 
 int evctl_cmd_cage_cert_new(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "cage cert new";
-  copt o[] = {{.name = "output", .short_name = 'o'}, {.name = "subj"},
-              {.name = "force", .flag = 1}, {.name = "days"}};
-  if (parse_opts(cmd, argc, argv, o, 4, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  evctl_opt o[] = {EVCTL_OPT_S("output", 'o'), EVCTL_OPT("subj"), EVCTL_FLAG("force"),
+                   EVCTL_OPT("days")};
+  if (evctl_parse_opts(cmd, argc, argv, o, 4, NULL, 0, 0, NULL)) return EVCTL_EXIT_USAGE;
   const char *dir = o[0].set ? o[0].value : ".";
   long days = 365;
   if (o[3].set && (!valid_port_text(o[3].value, &days) || days > 3650))
@@ -504,23 +450,23 @@ int evctl_cmd_cage_init(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "cage init";
   enum { NAME, APP, FILE_, OUT, DEBUG, EGRESS, EPORTS, EDEST, NOAUTH, GENSIGN, KEY, CERT,
          VERBOSE, FORCE, NOPT };
-  copt o[NOPT] = {
-      [NAME] = {.name = "name"},
-      [APP] = {.name = "app"},
-      [FILE_] = {.name = "file", .short_name = 'f'},
-      [OUT] = {.name = "output", .short_name = 'o'},
-      [DEBUG] = {.name = "debug", .flag = 1},
-      [EGRESS] = {.name = "egress", .flag = 1},
-      [EPORTS] = {.name = "egress-ports"},
-      [EDEST] = {.name = "egress-destinations"},
-      [NOAUTH] = {.name = "disable-api-key-auth", .flag = 1},
-      [GENSIGN] = {.name = "generate-signing", .flag = 1},
-      [KEY] = {.name = "private-key"},
-      [CERT] = {.name = "signing-cert"},
-      [VERBOSE] = {.name = "verbose", .short_name = 'v', .flag = 1},
-      [FORCE] = {.name = "force", .flag = 1},
+  evctl_opt o[NOPT] = {
+      [NAME] = EVCTL_OPT("name"),
+      [APP] = EVCTL_OPT("app"),
+      [FILE_] = EVCTL_OPT_S("file", 'f'),
+      [OUT] = EVCTL_OPT_S("output", 'o'),
+      [DEBUG] = EVCTL_FLAG("debug"),
+      [EGRESS] = EVCTL_FLAG("egress"),
+      [EPORTS] = EVCTL_OPT("egress-ports"),
+      [EDEST] = EVCTL_OPT("egress-destinations"),
+      [NOAUTH] = EVCTL_FLAG("disable-api-key-auth"),
+      [GENSIGN] = EVCTL_FLAG("generate-signing"),
+      [KEY] = EVCTL_OPT("private-key"),
+      [CERT] = EVCTL_OPT("signing-cert"),
+      [VERBOSE] = EVCTL_FLAG_S("verbose", 'v'),
+      [FORCE] = EVCTL_FLAG("force"),
   };
-  if (parse_opts(cmd, argc, argv, o, NOPT, NULL, 0, NULL)) return EVCTL_EXIT_USAGE;
+  if (evctl_parse_opts(cmd, argc, argv, o, NOPT, NULL, 0, 0, NULL)) return EVCTL_EXIT_USAGE;
   if (!o[NAME].set) return evctl_usage_error(cmd, "%s: --name is required", cmd);
   if (!valid_cage_name(o[NAME].value))
     return evctl_usage_error(cmd, "%s: '%s' is not a cage name (a DNS label: a-z, 0-9 and '-', "
@@ -684,6 +630,27 @@ static int run(char *const argv[], int out_fd, char **ret_out, size_t *ret_len) 
   }
   if (WIFEXITED(st)) return WEXITSTATUS(st) == 127 ? -1 : WEXITSTATUS(st);
   return 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+/* Runs argv with its output thrown away; returns its exit status, or -1. */
+static int run_quiet(char *const argv[]) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int fd = open("/dev/null", O_RDWR);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    execvp(argv[0], argv);
+    _exit(127);
+  }
+  int st;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 static int on_path(const char *prog) {
@@ -957,7 +924,8 @@ static int make_cage_json(build_state *b, json_t *cfg, const char *rootfs, long 
     return -1;
   }
   json_t *dest = json_array(), *ports = json_array();
-  json_t *d = toml_get(b->toml, "egress", "destinations"), *p = toml_get(b->toml, "egress", "ports");
+  json_t *d = toml_get(b->toml, "egress", "destinations");
+  json_t *p = toml_get(b->toml, "egress", "ports");
   size_t i;
   json_t *x;
   if (d && !json_is_array(d)) goto bad_egress;
@@ -1085,13 +1053,13 @@ static void print_pcrs(const eif_pcrs *pcrs) {
 }
 
 /* The kernel directory: --kernel-dir, $EVS_CAGE_KERNEL_DIR, then the default. */
-static char *find_kernel_dir(const copt *opt) {
+static char *find_kernel_dir(const evctl_opt *opt) {
   const char *d = opt->set ? opt->value : getenv("EVS_CAGE_KERNEL_DIR");
   return strdup(d && *d ? d : DEFAULT_KERNEL_DIR);
 }
 
 /* evs-cage-init: --init, $EVS_CAGE_INIT, the installed one, the build tree's. */
-static const char *find_init(const copt *opt) {
+static const char *find_init(const evctl_opt *opt) {
   if (opt->set) return opt->value;
   const char *e = getenv("EVS_CAGE_INIT");
   if (e && *e) return e;
@@ -1103,25 +1071,25 @@ static const char *find_init(const copt *opt) {
 
 int evctl_cmd_cage_build(const evctl_ctx *ctx, int argc, char **argv) {
   enum { CONFIG, FILE_, OUT, KEY, CERT, BARG, KDIR, INIT, VERBOSE, NOPT };
-  copt o[NOPT] = {
-      [CONFIG] = {.name = "config", .short_name = 'c'},
-      [FILE_] = {.name = "file", .short_name = 'f'},
-      [OUT] = {.name = "output", .short_name = 'o'},
-      [KEY] = {.name = "private-key"},
-      [CERT] = {.name = "signing-cert"},
-      [BARG] = {.name = "build-arg"},
-      [KDIR] = {.name = "kernel-dir"},
-      [INIT] = {.name = "init"},
-      [VERBOSE] = {.name = "verbose", .short_name = 'v', .flag = 1},
+  evctl_opt o[NOPT] = {
+      [CONFIG] = EVCTL_OPT_S("config", 'c'),
+      [FILE_] = EVCTL_OPT_S("file", 'f'),
+      [OUT] = EVCTL_OPT_S("output", 'o'),
+      [KEY] = EVCTL_OPT("private-key"),
+      [CERT] = EVCTL_OPT("signing-cert"),
+      [BARG] = EVCTL_OPT("build-arg"),
+      [KDIR] = EVCTL_OPT("kernel-dir"),
+      [INIT] = EVCTL_OPT("init"),
+      [VERBOSE] = EVCTL_FLAG_S("verbose", 'v'),
   };
   build_state b = {.cmd = "cage build"};
   const char *cmd = b.cmd, *pos[1] = {0};
   int npos = 0;
-  if (parse_opts(cmd, argc, argv, o, NOPT, pos, 1, &npos)) return EVCTL_EXIT_USAGE;
+  if (evctl_parse_opts(cmd, argc, argv, o, NOPT, pos, 0, 1, &npos)) return EVCTL_EXIT_USAGE;
   if (o[KEY].set != o[CERT].set)
     return evctl_usage_error(cmd, "%s: --signing-cert and --private-key go together", cmd);
-  for (size_t i = 0; i < o[BARG].nvalues; i++)
-    if (!strchr(o[BARG].values[i], '=') || o[BARG].values[i][0] == '=')
+  for (int i = 0; i < o[BARG].set; i++)
+    if (!strchr(o[BARG].v[i], '=') || o[BARG].v[i][0] == '=')
       return evctl_usage_error(cmd, "%s: --build-arg takes KEY=VALUE", cmd);
   const char *context = npos ? pos[0] : ".";
   const char *toml_path = o[CONFIG].set ? o[CONFIG].value : "./cage.toml";
@@ -1210,7 +1178,8 @@ int evctl_cmd_cage_build(const evctl_ctx *ctx, int argc, char **argv) {
   }
 
   const char *builder = getenv("EVS_CAGE_BUILDER");
-  if (!builder || !*builder) builder = on_path("buildah") ? "buildah" : on_path("podman") ? "podman" : NULL;
+  if (!builder || !*builder)
+    builder = on_path("buildah") ? "buildah" : on_path("podman") ? "podman" : NULL;
   if (!builder) {
     fprintf(stderr, "evctl: %s: neither buildah nor podman is installed (apt-get install "
             "buildah)\n", cmd);
@@ -1225,15 +1194,14 @@ int evctl_cmd_cage_build(const evctl_ctx *ctx, int argc, char **argv) {
   }
   rootfs = path_join(b.tmp, "rootfs");
   iidfile = path_join(b.tmp, "iid");
-  char outspec[600], tag[128];
+  char outspec[600];
   snprintf(outspec, sizeof outspec, "type=local,dest=%s", rootfs);
-  snprintf(tag, sizeof tag, "localhost/evs-cage-%s:latest", name);
   /* buildah/podman as root in a container: chroot isolation needs no nested namespaces
    * ($BUILDAH_ISOLATION overrides it); the rootfs comes out as a directory. */
   const char *iso = getenv("BUILDAH_ISOLATION");
   char isolation[64];
   snprintf(isolation, sizeof isolation, "--isolation=%s", iso && *iso ? iso : "chroot");
-  char *bargv[16 + 2 * 64];
+  char *bargv[16 + 2 * EVCTL_OPT_VALUES];
   size_t n = 0;
   bargv[n++] = (char *)builder;
   bargv[n++] = strcmp(builder, "podman") == 0 || strstr(builder, "podman") ? "build" : "bud";
@@ -1242,13 +1210,11 @@ int evctl_cmd_cage_build(const evctl_ctx *ctx, int argc, char **argv) {
   bargv[n++] = userdf;
   bargv[n++] = "--iidfile";
   bargv[n++] = iidfile;
-  bargv[n++] = "-t";
-  bargv[n++] = tag;
   bargv[n++] = "--output";
   bargv[n++] = outspec;
-  for (size_t i = 0; i < o[BARG].nvalues; i++) {
+  for (int i = 0; i < o[BARG].set; i++) {
     bargv[n++] = "--build-arg";
-    bargv[n++] = (char *)o[BARG].values[i];
+    bargv[n++] = (char *)o[BARG].v[i];
   }
   bargv[n++] = (char *)context;
   bargv[n] = NULL;
@@ -1273,6 +1239,10 @@ int evctl_cmd_cage_build(const evctl_ctx *ctx, int argc, char **argv) {
                    strstr(builder, "podman") ? "inspect" : "--type=image", iid, NULL};
   size_t outlen;
   st = run(iargv, -1, &inspect_out, &outlen);
+  /* The image itself is not kept: its root filesystem and config are all the build needs, and
+   * every build would otherwise leave one more image in the builder's storage. */
+  char *rargv[] = {(char *)builder, "rmi", iid, NULL};
+  run_quiet(rargv);
   free(iid);
   json_error_t jerr;
   b.inspect = st == 0 && inspect_out ? json_loadb(inspect_out, outlen, 0, &jerr) : NULL;
@@ -1401,9 +1371,9 @@ out:
 
 int evctl_cmd_cage_describe(const evctl_ctx *ctx, int argc, char **argv) {
   const char *cmd = "cage describe", *pos[1] = {0};
-  copt o[] = {{.name = "verbose", .short_name = 'v', .flag = 1}};
+  evctl_opt o[] = {EVCTL_FLAG_S("verbose", 'v')};
   int npos = 0;
-  if (parse_opts(cmd, argc, argv, o, 1, pos, 1, &npos)) return EVCTL_EXIT_USAGE;
+  if (evctl_parse_opts(cmd, argc, argv, o, 1, pos, 0, 1, &npos)) return EVCTL_EXIT_USAGE;
   const char *path = npos ? pos[0] : "./enclave.eif";
   eif_image *img;
   const char *why = NULL;
@@ -1431,9 +1401,10 @@ int evctl_cmd_cage_describe(const evctl_ctx *ctx, int argc, char **argv) {
     evctl_print_json(j);
     json_decref(j);
   } else {
-    printf("%s: %s", path, pcrs.has_pcr8 ? (signed_ok ? "signed, signature valid" : "signed, "
-                                                                                   "SIGNATURE INVALID")
-                                         : "unsigned");
+    printf("%s: %s", path,
+           !pcrs.has_pcr8 ? "unsigned"
+           : signed_ok    ? "signed, signature valid"
+                          : "signed, SIGNATURE INVALID");
     const char *kv = json_string_value(
         json_object_get(json_object_get(mj, "BuildMetadata"), "KernelVersion"));
     if (kv && *kv) {

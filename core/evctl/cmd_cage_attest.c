@@ -7,8 +7,11 @@
  * connection, not just for some server). The server's certificate chain is not checked against
  * a CA: the attestation is what binds the key.
  *
- * Self-contained apart from the response parser of admin_http.c, so a test build can drive it
- * without the rest of evctl. Exit status: 0 verified, 1 refused or unreachable, 2 usage.
+ * Called by `evctl cage`'s router (cmd_cage.c) with argv[0] "attest" and the global flags in
+ * evctl_cage_ctx (evctl strips --json before commands see it). Self-contained apart from the
+ * response parser of admin_http.c, so a test build (cage-attest-tool evctl) can drive it without
+ * the rest of evctl; evctl_cage_ctx is then absent (a weak reference) and --json is read here.
+ * Exit status: 0 verified, 1 refused or unreachable, 2 usage.
  */
 #include "evctl.h"
 
@@ -33,6 +36,10 @@
 #include <openssl/x509.h>
 
 #include "attest.h"
+
+/* Declared in evctl.h by the `evctl cage` router; weak, for builds without it. */
+int cmd_cage_attest(int argc, char **argv);
+extern const evctl_ctx *evctl_cage_ctx __attribute__((weak));
 
 #define CA_TIMEOUT_S 10
 #define CA_MAX_RESPONSE (1u << 20)
@@ -289,9 +296,10 @@ static void fingerprint(const uint8_t *der, size_t len, char out[65]) {
 
 int cmd_cage_attest(int argc, char **argv) {
   const char *url = NULL, *root_path = NULL, *toml = NULL, *pcr_arg[4] = {NULL};
-  int want_nonce = 0, json = 0;
+  int want_nonce = 0, json = &evctl_cage_ctx && evctl_cage_ctx && evctl_cage_ctx->json;
   static const char *pcr_opts[4] = {"--pcr0", "--pcr1", "--pcr2", "--pcr8"};
-  for (int i = 0; i < argc; i++) {
+  int first = argc > 0 && strcmp(argv[0], "attest") == 0; /* the router's subcommand word */
+  for (int i = first; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     const char **slot = NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -483,6 +491,7 @@ report:;
     }
   }
   free(signer);
+  cage_attest_doc_done(&d);
   json_decref(body);
   OPENSSL_free(spki);
   free(doc);

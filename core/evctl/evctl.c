@@ -108,8 +108,8 @@ static const evctl_command commands[] = {
      evctl_cmd_cage_describe},
     {"cage cert new", "[-o DIR] [--subj /CN=..] [--days N] [--force]",
      "Make a P-384 signing key and self-signed certificate", evctl_cmd_cage_cert_new},
-    {"cage cert upload", "[-p CERT] [-c cage.toml]", "Register a signing certificate with the server",
-     evctl_cmd_cage_cert_upload},
+    {"cage cert upload", "[-p CERT] [-c cage.toml]",
+     "Register a signing certificate with the server", evctl_cmd_cage_cert_upload},
     {"cage cert lock", "[-c cage.toml]", "Lock a cage's deployments to registered certificates",
      evctl_cmd_cage_cert_lock},
     {"cage deploy", "[CONTEXT] [-c cage.toml] [--eif-path P] [build options]",
@@ -187,23 +187,33 @@ int evctl_parse_opts(const char *cmd, int argc, char **argv, evctl_opt *o, size_
                      const char **pos, int npos_min, int npos_max, int *ret_npos) {
   int np = 0;
   for (int i = 0; i < argc; i++) {
-    const char *a = argv[i];
-    if (!(a[0] == '-' && a[1] == '-' && a[2])) {
+    const char *a = argv[i], *inline_val = NULL;
+    size_t k = no;
+    if (a[0] == '-' && a[1] == '-' && a[2]) {
+      size_t nl = strcspn(a + 2, "=");
+      for (k = 0; k < no; k++)
+        if (strlen(o[k].name) == nl && strncmp(o[k].name, a + 2, nl) == 0) break;
+      if (k == no) return evctl_usage_error(cmd, "%s: unknown option '%s'", cmd, a);
+      if (a[2 + nl] == '=') inline_val = a + 3 + nl;
+    } else if (a[0] == '-' && a[1] && a[1] != '-') {
+      /* A one-letter alias where the table has one; anything else stays a positional. */
+      for (k = 0; k < no; k++)
+        if (o[k].short_name == a[1]) break;
+      if (k < no && a[2]) inline_val = a + 2;
+    }
+    if (k == no) {
       if (np == npos_max) return evctl_usage_error(cmd, "%s: unexpected argument '%s'", cmd, a);
       pos[np++] = a;
       continue;
     }
-    size_t k = 0, nl = strcspn(a + 2, "=");
-    while (k < no && !(strlen(o[k].name) == nl && strncmp(o[k].name, a + 2, nl) == 0)) k++;
-    if (k == no) return evctl_usage_error(cmd, "%s: unknown option '%s'", cmd, a);
     evctl_opt *op = &o[k];
     const char *val;
     if (op->flag) {
-      if (a[2 + nl] == '=')
+      if (inline_val)
         return evctl_usage_error(cmd, "%s: --%s takes no value", cmd, op->name);
       val = "";
-    } else if (a[2 + nl] == '=') {
-      val = a + 3 + nl;
+    } else if (inline_val) {
+      val = inline_val;
     } else {
       if (i + 1 == argc) return evctl_usage_error(cmd, "%s: --%s needs a value", cmd, op->name);
       val = argv[++i];

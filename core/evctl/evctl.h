@@ -27,9 +27,6 @@ int evctl_cmd_outbound_delete(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_outbound_push(const evctl_ctx *ctx, int argc, char **argv);
 int evctl_cmd_outbound_diff(const evctl_ctx *ctx, int argc, char **argv);
 
-/* ---- cmd_cage_attest.c: `evctl cage attest` (called by the `evctl cage` dispatcher) ---------- */
-int cmd_cage_attest(int argc, char **argv);
-
 #endif
 
 #define EVCTL_EXIT_OK 0
@@ -143,10 +140,14 @@ typedef struct evctl_opt {
   const char *value;               /* the first value (a flag: ""); NULL: not given */
   int set;                         /* times given */
   const char *v[EVCTL_OPT_VALUES]; /* every value given, in order */
+  char short_name;                 /* also `-x value`, `-xvalue` (a flag: `-x`); 0: none */
 } evctl_opt;
 #define EVCTL_OPT(n) {.name = (n)}
 #define EVCTL_FLAG(n) {.name = (n), .flag = 1}
 #define EVCTL_OPT_REPEAT(n, m) {.name = (n), .max = (m)}
+/* With a one-letter alias, for commands that mirror a CLI which has them (ev-cage's -c -f -o). */
+#define EVCTL_OPT_S(n, c) {.name = (n), .short_name = (c)}
+#define EVCTL_FLAG_S(n, c) {.name = (n), .flag = 1, .short_name = (c)}
 
 /* Splits argv into the options of o (no of them) and positionals: at least npos_min, at most
  * npos_max, stored in pos; *ret_npos (if not NULL) gets their number. Returns 0, or
@@ -237,7 +238,8 @@ extern const evctl_ctx *evctl_cage_ctx;
 int cmd_cage_attest(int argc, char **argv);
 /* Every server-side cage subcommand (cmd_cage_remote.c): deploy, list, delete, logs, env,
  * cert upload, cert lock. argv[0] is the subcommand's first word ("deploy", "env", "cert"; for
- * "cert upload" argv[1] is "upload"), then the rest of the command line, as for main. Returns an EVCTL_EXIT_* status. */
+ * "cert upload" argv[1] is "upload"), then the rest of the command line, as for main.
+ * Returns an EVCTL_EXIT_* status. */
 int cmd_cage_remote(int argc, char **argv);
 
 #endif

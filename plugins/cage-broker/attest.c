@@ -52,12 +52,15 @@ static int walk(const uint8_t *p, size_t len, size_t *pos, int depth) {
   uint64_t arg;
   if (head(p, len, pos, &major, &arg) < 0) return -1;
   switch (major) {
-    case 0: case 1: return 0;
-    case 2: case 3:
+    case 0:
+    case 1: return 0;
+    case 2:
+    case 3:
       if (arg > len - *pos) return -1;
       *pos += (size_t)arg;
       return 0;
-    case 4: case 5: {
+    case 4:
+    case 5: {
       uint64_t n = major == 5 ? arg * 2 : arg;
       if (arg > len - *pos || n > len - *pos) return -1; /* each item takes a byte at least */
       for (uint64_t i = 0; i < n; i++)
@@ -65,16 +68,14 @@ static int walk(const uint8_t *p, size_t len, size_t *pos, int depth) {
       return 0;
     }
     case 6: return walk(p, len, pos, depth + 1);
-    default: /* 7: only false, true, null */
-      return arg >= 20 && arg <= 22 ? 0 : -1;
+    default: return arg >= 20 && arg <= 22 ? 0 : -1; /* 7: only false, true, null */
   }
 }
 
 /* One complete CBOR item filling p[0..len), loaded by libcbor; NULL otherwise. */
 static cbor_item_t *load(const uint8_t *p, size_t len) {
   size_t pos = 0;
-  if (len == 0 || len > CAGE_ATTEST_MAX_DOC || walk(p, len, &pos, 0) < 0 || pos != len)
-    return NULL;
+  if (len == 0 || len > CAGE_ATTEST_MAX_DOC || walk(p, len, &pos, 0) < 0 || pos != len) return NULL;
   struct cbor_load_result res;
   cbor_item_t *it = cbor_load(p, len, &res);
   if (it && (res.error.code != CBOR_ERR_NONE || res.read != len)) {
@@ -90,8 +91,8 @@ static int is_bstr(const cbor_item_t *it) {
 
 static int str_eq(const cbor_item_t *it, const char *s) {
   size_t n = strlen(s);
-  return it && cbor_isa_string(it) && cbor_string_is_definite(it) &&
-         cbor_string_length(it) == n && memcmp(cbor_string_handle(it), s, n) == 0;
+  return it && cbor_isa_string(it) && cbor_string_is_definite(it) && cbor_string_length(it) == n &&
+         memcmp(cbor_string_handle(it), s, n) == 0;
 }
 
 /* ---- encoding ------------------------------------------------------------------------------- */
@@ -134,8 +135,8 @@ static int sig_structure(const uint8_t *payload, size_t len, uint8_t **ret, size
   cbor_item_t *a = cbor_new_definite_array(4);
   int r = -ENOMEM;
   if (a && cbor_array_push(a, cbor_move(cbor_build_string("Signature1"))) &&
-      cbor_array_push(a, cbor_move(cbor_build_bytestring(protected_es384,
-                                                         sizeof protected_es384))) &&
+      cbor_array_push(a,
+                      cbor_move(cbor_build_bytestring(protected_es384, sizeof protected_es384))) &&
       cbor_array_push(a, cbor_move(cbor_build_bytestring(NULL, 0))) &&
       cbor_array_push(a, cbor_move(cbor_build_bytestring(payload, len))))
     r = serialize(a, ret, ret_len);
@@ -165,8 +166,7 @@ int cage_attest_encode_tbs(const cage_attest_fields *f, uint8_t **ret_payload,
     if (!ok) goto done;
   }
   for (size_t i = 0; i < f->nbundle; i++)
-    if (!cbor_array_push(bundle, cbor_move(cbor_build_bytestring(f->bundle[i],
-                                                                 f->bundle_len[i]))))
+    if (!cbor_array_push(bundle, cbor_move(cbor_build_bytestring(f->bundle[i], f->bundle_len[i]))))
       goto done;
   cbor_item_t *p = pcrs, *b = bundle;
   pcrs = bundle = NULL; /* put() takes them */
@@ -201,8 +201,9 @@ int cage_attest_encode_cose(const uint8_t *payload, size_t payload_len,
                             size_t *ret_doc_len) {
   cbor_item_t *a = cbor_new_definite_array(4);
   int r = -ENOMEM;
-  if (a && cbor_array_push(a, cbor_move(cbor_build_bytestring(protected_es384,
-                                                              sizeof protected_es384))) &&
+  if (a &&
+      cbor_array_push(a,
+                      cbor_move(cbor_build_bytestring(protected_es384, sizeof protected_es384))) &&
       cbor_array_push(a, cbor_move(cbor_new_definite_map(0))) &&
       cbor_array_push(a, cbor_move(cbor_build_bytestring(payload, payload_len))) &&
       cbor_array_push(a, cbor_move(cbor_build_bytestring(sig, CAGE_ATTEST_SIG_LEN))))
@@ -255,6 +256,31 @@ typedef struct parsed {
 static void parsed_done(parsed *ps) {
   if (ps->cose) cbor_decref(&ps->cose);
   if (ps->payload) cbor_decref(&ps->payload);
+}
+
+void cage_attest_doc_done(cage_attest_doc *d) {
+  if (!d) return;
+  free(d->owned);
+  memset(d, 0, sizeof *d);
+}
+
+/* libcbor copies byte strings into its items, which parsed_done frees: the fields a caller
+ * keeps are copied into one buffer of the doc's own. */
+static int own_fields(cage_attest_doc *d) {
+  const uint8_t **f[4] = {&d->cert_der, &d->public_key, &d->user_data, &d->nonce};
+  size_t *l[4] = {&d->cert_len, &d->public_key_len, &d->user_data_len, &d->nonce_len};
+  size_t total = 1;
+  for (int i = 0; i < 4; i++) total += *f[i] ? *l[i] : 0;
+  uint8_t *buf = malloc(total), *p = buf;
+  if (!buf) return -ENOMEM;
+  for (int i = 0; i < 4; i++) {
+    if (!*f[i]) continue;
+    memcpy(p, *f[i], *l[i]);
+    *f[i] = p;
+    p += *l[i];
+  }
+  d->owned = buf;
+  return 0;
 }
 
 /* bstr or null into (*p, *len); -1 for anything else or over the bound. */
@@ -321,8 +347,7 @@ static int parse_payload(parsed *ps, cage_attest_doc *d) {
         return CAGE_ATTEST_EFORMAT;
       cbor_item_t **items = cbor_array_handle(v);
       for (size_t j = 0; j < cbor_array_size(v); j++) {
-        if (!is_bstr(items[j]) || cbor_bytestring_length(items[j]) == 0)
-          return CAGE_ATTEST_EFORMAT;
+        if (!is_bstr(items[j]) || cbor_bytestring_length(items[j]) == 0) return CAGE_ATTEST_EFORMAT;
         ps->bundle[j] = cbor_bytestring_handle(items[j]);
         ps->bundle_len[j] = cbor_bytestring_length(items[j]);
       }
@@ -387,6 +412,7 @@ int cage_attest_parse(const uint8_t *doc, size_t len, cage_attest_doc *ret) {
   parsed ps;
   cage_attest_doc d;
   int r = parse(doc, len, &ps, &d);
+  if (r == 0 && ret) r = own_fields(&d);
   if (r == 0 && ret) {
     *ret = d;
     ret->module_id = d.module_id ? ret->module_id_buf : NULL;
@@ -504,8 +530,8 @@ int cage_attest_verify(const uint8_t *doc, size_t len, const cage_attest_expect 
   if ((r = verify_chain(&ps, exp, leaf)) < 0) goto done;
   if ((r = verify_sig(&ps, leaf)) < 0) goto done;
   for (size_t i = 0; i < CAGE_ATTEST_NPCRS; i++)
-    if (exp->pcrs[i] && (!(d.pcr_mask & (1u << i)) ||
-                         memcmp(exp->pcrs[i], d.pcrs[i], CAGE_ATTEST_PCR_LEN) != 0)) {
+    if (exp->pcrs[i] &&
+        (!(d.pcr_mask & (1u << i)) || memcmp(exp->pcrs[i], d.pcrs[i], CAGE_ATTEST_PCR_LEN) != 0)) {
       r = CAGE_ATTEST_EPCR;
       goto done;
     }
@@ -519,6 +545,7 @@ int cage_attest_verify(const uint8_t *doc, size_t len, const cage_attest_expect 
     r = CAGE_ATTEST_ENONCE;
     goto done;
   }
+  if (ret && (r = own_fields(&d)) < 0) goto done;
   if (ret) {
     *ret = d;
     ret->module_id = ret->module_id_buf; /* not into this frame's copy */
@@ -615,13 +642,21 @@ static void on_sig(void *arg, int status, const uint8_t *res, size_t len) {
   build_job *j = arg;
   const uint8_t *it[1];
   size_t il[1];
-  if (status < 0) { job_fail(j, status); return; }
-  if (items_of(res, len, it, il, 1) != 1 || il[0] != CAGE_ATTEST_SIG_LEN)
-    { job_fail(j, -EPROTO); return; }
+  if (status < 0) {
+    job_fail(j, status);
+    return;
+  }
+  if (items_of(res, len, it, il, 1) != 1 || il[0] != CAGE_ATTEST_SIG_LEN) {
+    job_fail(j, -EPROTO);
+    return;
+  }
   uint8_t *doc = NULL;
   size_t doc_len = 0;
   int r = cage_attest_encode_cose(j->payload, j->payload_len, it[0], &doc, &doc_len);
-  if (r < 0) { job_fail(j, r); return; }
+  if (r < 0) {
+    job_fail(j, r);
+    return;
+  }
   j->cb(j->arg, 0, doc, doc_len);
   free(doc);
   job_free(j);
@@ -631,9 +666,18 @@ static void on_chain(void *arg, int status, const uint8_t *res, size_t len) {
   build_job *j = arg;
   const uint8_t *it[2];
   size_t il[2];
-  if (status < 0) { job_fail(j, status); return; }
-  if (items_of(res, len, it, il, 2) != 2 || !il[0] || !il[1]) { job_fail(j, -EPROTO); return; }
-  if (!(j->cert = malloc(il[0])) || !(j->root = malloc(il[1]))) { job_fail(j, -ENOMEM); return; }
+  if (status < 0) {
+    job_fail(j, status);
+    return;
+  }
+  if (items_of(res, len, it, il, 2) != 2 || !il[0] || !il[1]) {
+    job_fail(j, -EPROTO);
+    return;
+  }
+  if (!(j->cert = malloc(il[0])) || !(j->root = malloc(il[1]))) {
+    job_fail(j, -ENOMEM);
+    return;
+  }
   memcpy(j->cert, it[0], il[0]);
   memcpy(j->root, it[1], il[1]);
   j->root_len = il[1];
@@ -652,11 +696,15 @@ static void on_chain(void *arg, int status, const uint8_t *res, size_t len) {
   int r = cage_attest_encode_tbs(&j->f, &j->payload, &j->payload_len, &tbs, &tbs_len);
   j->f.bundle = NULL;
   j->f.bundle_len = NULL;
-  if (r < 0) { job_fail(j, r); return; }
+  if (r < 0) {
+    job_fail(j, r);
+    return;
+  }
   uint8_t *req = malloc(4 + tbs_len);
   if (!req) {
     free(tbs);
-    { job_fail(j, -ENOMEM); return; }
+    job_fail(j, -ENOMEM);
+    return;
   }
   req[0] = (uint8_t)tbs_len;
   req[1] = (uint8_t)(tbs_len >> 8);
@@ -681,8 +729,8 @@ static int dup_bytes(const uint8_t *p, size_t len, uint8_t **ret) {
 
 int cage_attest_doc_build(const evs_host *host, evs_plugin *p, const cage_attest_request *req,
                           cage_attest_doc_cb cb, void *arg) {
-  if (!host || !req || req->size < sizeof *req || !cb || !req->module_id ||
-      !*req->module_id || strlen(req->module_id) > 127)
+  if (!host || !req || req->size < sizeof *req || !cb || !req->module_id || !*req->module_id ||
+      strlen(req->module_id) > 127)
     return -EINVAL;
   build_job *j = calloc(1, sizeof *j);
   if (!j) return -ENOMEM;

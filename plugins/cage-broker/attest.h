@@ -91,7 +91,8 @@ typedef struct cage_attest_expect {
   int64_t now_s;                /* certificate validity at this time; 0: now */
 } cage_attest_expect;
 
-/* What a verified document says. Pointers go into the document bytes, which must outlive it. */
+/* What a verified document says. The byte fields point into `owned`, a copy made for this
+ * struct: release it with cage_attest_doc_done. */
 typedef struct cage_attest_doc {
   const char *module_id;        /* module_id_buf of this struct (re-point it after a copy) */
   char module_id_buf[128];
@@ -107,7 +108,10 @@ typedef struct cage_attest_doc {
   size_t nonce_len;
   const uint8_t *cert_der;
   size_t cert_len;
+  uint8_t *owned;
 } cage_attest_doc;
+/* Frees what a parse or verify left in d (accepts a zeroed struct); d is zeroed. */
+void cage_attest_doc_done(cage_attest_doc *d);
 
 /* Parses and verifies doc[0..len) (COSE_Sign1, tagged 18 or not): structure, ES384, the
  * certificate chain (certificate, then cabundle's intermediates, up to exactly root_der; the
@@ -117,7 +121,7 @@ typedef struct cage_attest_doc {
 int cage_attest_verify(const uint8_t *doc, size_t len, const cage_attest_expect *exp,
                        cage_attest_doc *ret);
 /* Parses without any check beyond structure (for printing a refused document, and the fuzz
- * target): 0 or CAGE_ATTEST_EFORMAT. */
+ * target): 0 (*ret filled: cage_attest_doc_done it) or CAGE_ATTEST_EFORMAT / -ENOMEM. */
 int cage_attest_parse(const uint8_t *doc, size_t len, cage_attest_doc *ret);
 /* A short English reason for a status of the calls above. */
 const char *cage_attest_strerror(int status);

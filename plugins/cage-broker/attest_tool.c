@@ -74,8 +74,10 @@ static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *is
   X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 365);
   X509_set_pubkey(x, key);
   X509 *is = issuer ? issuer : x;
-  int bad = ext(is, x, NID_basic_constraints, ca ? "critical,CA:TRUE,pathlen:0" : "critical,CA:FALSE") ||
-            ext(is, x, NID_key_usage, ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature") ||
+  int bad = ext(is, x, NID_basic_constraints,
+                ca ? "critical,CA:TRUE,pathlen:0" : "critical,CA:FALSE") ||
+            ext(is, x, NID_key_usage,
+                ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature") ||
             ext(is, x, NID_subject_key_identifier, "hash") ||
             (issuer && ext(is, x, NID_authority_key_identifier, "keyid:always"));
   X509_NAME_free(n);
@@ -241,7 +243,10 @@ static int cmd_verify(const char *root_path, const char *doc_path, int argc, cha
 }
 
 int main(int argc, char **argv) {
-  if (argc >= 2 && !strcmp(argv[1], "evctl")) return cmd_cage_attest(argc - 2, argv + 2);
+  if (argc >= 2 && !strcmp(argv[1], "evctl")) { /* as evctl's router calls it */
+    argv[1] = (char *)"attest";
+    return cmd_cage_attest(argc - 1, argv + 1);
+  }
   if (argc >= 3 && !strcmp(argv[1], "ca")) return cmd_ca(argv[2]);
   if (argc >= 3 && !strcmp(argv[1], "doc")) return cmd_doc(argv[2], argc - 3, argv + 3);
   if (argc >= 4 && !strcmp(argv[1], "verify"))

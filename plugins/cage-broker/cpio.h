@@ -1,6 +1,7 @@
 /*
  * cpio.h: a deterministic gzip'd newc cpio writer, for the ramdisks of a cage image (eif.h,
- * docs/cages.md). Entries are sorted by path, every mtime is 0, owners are 0:0 (or a tree's own, on request), inode
+ * docs/cages.md). Entries are sorted by path, every mtime is 0, owners are 0:0 (or a tree's
+ * own, on request), inode
  * numbers follow the sorted order, and the gzip header carries no name and no time, so the same
  * tree always gives the same bytes (and so the same PCRs). Part of the evs_eif library.
  */

@@ -111,7 +111,7 @@ typedef struct cbuf {
 } cbuf;
 
 static void cb_put(cbuf *b, const void *p, size_t n) {
-  if (b->oom || n == 0) return; /* memcpy from NULL with 0 bytes is undefined (UBSan) */
+  if (b->oom || !n) return;
   if (b->len + n > b->cap) {
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + n) cap *= 2;

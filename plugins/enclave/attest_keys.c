@@ -35,6 +35,7 @@
 #define ATTEST_ROOT_KEY "attest-root"
 #define ATTEST_NODE_FILE "attest-node.json"
 #define ATTEST_RECHECK_MS 60000
+#define ATTEST_RETRY_MS 5000 /* a failed re-check (store or enclave away) is tried again */
 #define ATTEST_FILE_MAX 65536
 
 enum { A_IDLE = 0, A_LOADING, A_READY };
@@ -50,6 +51,7 @@ typedef struct waiter {
 
 struct attest_keys {
   int state;
+  int have; /* a complete set was loaded once: it keeps serving while a re-check fails */
   uint64_t loaded_ms;
   uint8_t *root, *root_sealed, *node, *node_sealed;
   size_t root_len, root_sealed_len, node_len, node_sealed_len;
@@ -102,8 +104,10 @@ static int record_parse(const uint8_t *v, size_t len, uint8_t **cert, size_t *ce
   const char *s = json_string_value(json_object_get(o, "sealedKey"));
   int r = -EINVAL;
   if (c && s && enc_unb64(c, strlen(c), cert, cert_len) == 0) {
-    if (enc_unb64(s, strlen(s), sealed, sealed_len) == 0) r = 0;
-    else free(*cert);
+    if (enc_unb64(s, strlen(s), sealed, sealed_len) == 0)
+      r = 0;
+    else
+      free(*cert);
   }
   json_decref(o);
   return r;
@@ -124,8 +128,17 @@ static char *record_make(const uint8_t *cert, size_t cert_len, const uint8_t *se
 
 static void finish(enclave_state *st, int status) {
   attest_keys *k = st->attest;
+  if (!k) return; /* stopping */
   k->state = status == 0 ? A_READY : A_IDLE;
-  if (status == 0) k->loaded_ms = now_ms();
+  if (status == 0) {
+    k->loaded_ms = now_ms();
+    k->have = 1;
+  } else if (k->have && k->root && k->node && k->node_sealed) {
+    /* The keys in memory still sign; check again soon. */
+    k->state = A_READY;
+    k->loaded_ms = now_ms() - ATTEST_RECHECK_MS + ATTEST_RETRY_MS;
+    status = 0;
+  }
   waiter *w = k->waiters;
   k->waiters = NULL;
   while (w) {
@@ -186,21 +199,27 @@ static int node_read(enclave_state *st, uint8_t **cert, size_t *cert_len, uint8_
 
 static void on_node_created(void *arg, int status, const ep_item *it, size_t n) {
   enclave_state *st = arg;
+  if (!st->attest) return; /* stopping */
   attest_keys *k = st->attest;
-  if (status != 0 || n != 2) { fail(st, EVS_ENOCRYPTO, "the enclave did not certify a node key"); return; }
+  if (status != 0 || n != 2) {
+    fail(st, EVS_ENOCRYPTO, "the enclave did not certify a node key");
+    return;
+  }
   char *json = record_make(it[0].data, it[0].len, it[1].data, it[1].len);
   if (!json || set_bytes(&k->node, &k->node_len, it[0].data, it[0].len) < 0 ||
       set_bytes(&k->node_sealed, &k->node_sealed_len, it[1].data, it[1].len) < 0) {
     free(json);
-    { fail(st, -ENOMEM, "out of memory"); return; }
+    fail(st, -ENOMEM, "out of memory");
+    return;
   }
   int r = node_write(st, json);
   free(json);
   if (r < 0) {
     st->host->log(st->plugin, NULL, EVS_LOG_ERROR,
-                  "attestation keys: cannot write %s in the state directory: %s",
-                  ATTEST_NODE_FILE, strerror(-r));
-    { finish(st, r); return; }
+                  "attestation keys: cannot write %s in the state directory: %s", ATTEST_NODE_FILE,
+                  strerror(-r));
+    finish(st, r);
+    return;
   }
   st->host->log(st->plugin, NULL, EVS_LOG_INFO,
                 "attestation keys: this node's key is certified by the attestation root");
@@ -221,7 +240,8 @@ static void node_create(enclave_state *st) {
   ep_msg_add_str(&m, name);
   if (m.failed) {
     ep_msg_done(&m);
-    { fail(st, -ENOMEM, "out of memory"); return; }
+    fail(st, -ENOMEM, "out of memory");
+    return;
   }
   int r = enc_enclave_send(st, &m, on_node_created, st);
   if (r < 0) finish(st, r);
@@ -229,13 +249,18 @@ static void node_create(enclave_state *st) {
 
 static void on_chain_checked(void *arg, int status, const ep_item *it, size_t n) {
   enclave_state *st = arg;
+  if (!st->attest) return; /* stopping */
   (void)it;
-  if (status == 0 && n == 2) { finish(st, 0); return; }
+  if (status == 0 && n == 2) {
+    finish(st, 0);
+    return;
+  }
   if (status == EVS_EP_E_INVALID) { /* not under the current root, or does not open */
     st->host->log(st->plugin, NULL, EVS_LOG_WARN,
                   "attestation keys: this node's key is not certified by the store's attestation "
                   "root (or does not open with the sealing key): certifying a new one");
-    { node_create(st); return; }
+    node_create(st);
+    return;
   }
   finish(st, status < 0 ? status : EVS_ENOCRYPTO);
 }
@@ -244,7 +269,10 @@ static void node_load(enclave_state *st) {
   attest_keys *k = st->attest;
   uint8_t *cert = NULL, *sealed = NULL;
   size_t cl = 0, sl = 0;
-  if (node_read(st, &cert, &cl, &sealed, &sl) < 0) { node_create(st); return; }
+  if (node_read(st, &cert, &cl, &sealed, &sl) < 0) {
+    node_create(st);
+    return;
+  }
   free(k->node);
   free(k->node_sealed);
   k->node = cert;
@@ -258,7 +286,8 @@ static void node_load(enclave_state *st) {
   ep_msg_add(&m, k->node_sealed, k->node_sealed_len);
   if (m.failed) {
     ep_msg_done(&m);
-    { fail(st, -ENOMEM, "out of memory"); return; }
+    fail(st, -ENOMEM, "out of memory");
+    return;
   }
   int r = enc_enclave_send(st, &m, on_chain_checked, st);
   if (r < 0) finish(st, r);
@@ -268,9 +297,13 @@ static void on_root(void *arg, int status, const uint8_t *v, size_t len);
 
 static void on_root_put(void *arg, int status, const uint8_t *v, size_t len) {
   enclave_state *st = arg;
+  if (!st->attest) return; /* stopping */
   (void)v;
   (void)len;
-  if (status < 0) { fail(st, status, "cannot store the new attestation root"); return; }
+  if (status < 0) {
+    fail(st, status, "cannot store the new attestation root");
+    return;
+  }
   /* Read it back: of two nodes that made a root at once, both go on with the one kept. */
   int r = st->host->store_get(st->plugin, ATTEST_ROOT_KEY, on_root, st);
   if (r < 0) finish(st, r);
@@ -278,21 +311,31 @@ static void on_root_put(void *arg, int status, const uint8_t *v, size_t len) {
 
 static void on_root_created(void *arg, int status, const ep_item *it, size_t n) {
   enclave_state *st = arg;
-  if (status != 0 || n != 2) { fail(st, EVS_ENOCRYPTO, "the enclave did not make a root"); return; }
+  if (!st->attest) return; /* stopping */
+  if (status != 0 || n != 2) {
+    fail(st, EVS_ENOCRYPTO, "the enclave did not make a root");
+    return;
+  }
   char *json = record_make(it[0].data, it[0].len, it[1].data, it[1].len);
-  if (!json) { fail(st, -ENOMEM, "out of memory"); return; }
-  int r = st->host->store_put(st->plugin, ATTEST_ROOT_KEY, (const uint8_t *)json, strlen(json),
-                              0, on_root_put, st);
+  if (!json) {
+    fail(st, -ENOMEM, "out of memory");
+    return;
+  }
+  int r = st->host->store_put(st->plugin, ATTEST_ROOT_KEY, (const uint8_t *)json, strlen(json), 0,
+                              on_root_put, st);
   free(json);
-  if (r < 0) finish(st, r);
+  if (r < 0)
+    finish(st, r);
   else
     st->host->log(st->plugin, NULL, EVS_LOG_INFO,
                   "attestation keys: made the cluster's attestation root (P-384, in the store "
-                  "as %s)", ATTEST_ROOT_KEY);
+                  "as %s)",
+                  ATTEST_ROOT_KEY);
 }
 
 static void on_root(void *arg, int status, const uint8_t *v, size_t len) {
   enclave_state *st = arg;
+  if (!st->attest) return; /* stopping */
   attest_keys *k = st->attest;
   if (status == -ENOENT) {
     ep_msg m;
@@ -306,16 +349,22 @@ static void on_root(void *arg, int status, const uint8_t *v, size_t len) {
     if (r < 0) finish(st, r);
     return;
   }
-  if (status < 0) { finish(st, status); return; } /* the store is away: try again on the next call */
+  if (status < 0) { /* the store is away: try again on the next call */
+    finish(st, status);
+    return;
+  }
   uint8_t *cert = NULL, *sealed = NULL;
   size_t cl = 0, sl = 0;
-  if (record_parse(v, len, &cert, &cl, &sealed, &sl) < 0)
-    { fail(st, -EINVAL, "the store's attest-root record is malformed"); return; }
+  if (record_parse(v, len, &cert, &cl, &sealed, &sl) < 0) {
+    fail(st, -EINVAL, "the store's attest-root record is malformed");
+    return;
+  }
   char *pem = pem_of_der(cert, cl);
   if (!pem) {
     free(cert);
     free(sealed);
-    { fail(st, -EINVAL, "the store's attestation root is not a certificate"); return; }
+    fail(st, -EINVAL, "the store's attestation root is not a certificate");
+    return;
   }
   free(k->root);
   free(k->root_sealed);
@@ -422,8 +471,7 @@ static void on_signed(void *arg, int status, const ep_item *it, size_t n) {
   } else {
     if (status == EVS_EP_E_INVALID && c->st->attest && c->st->attest->state == A_READY)
       c->st->attest->state = A_IDLE; /* the key stopped opening: load and check it again */
-    c->done(c->done_arg, status == EVS_ENOCRYPTO || status >= 0 ? EVS_ENOCRYPTO : status, NULL,
-            0);
+    c->done(c->done_arg, status == EVS_ENOCRYPTO || status >= 0 ? EVS_ENOCRYPTO : status, NULL, 0);
   }
   call_free(c);
 }
@@ -433,12 +481,14 @@ static void on_keys(enclave_state *st, void *arg, int status) {
   attest_keys *k = st->attest;
   if (status < 0) {
     c->done(c->done_arg, EVS_ENOCRYPTO, NULL, 0);
-    { call_free(c); return; }
+    call_free(c);
+    return;
   }
   if (!c->sign) {
     ep_item it[2] = {{k->node, (uint32_t)k->node_len}, {k->root, (uint32_t)k->root_len}};
     answer_items(c, it, 2);
-    { call_free(c); return; }
+    call_free(c);
+    return;
   }
   ep_msg m;
   ep_msg_init(&m, EVS_EP_ATTEST_SIGN);

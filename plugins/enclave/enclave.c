@@ -742,8 +742,8 @@ static void state_free(enclave_state *st) {
   }
   if (st->first_unlock_deadline) st->host->timer_free(st->first_unlock_deadline);
   enc_relay_ca_stop(st);
+  ep_client_free(st->client); /* fails what waits on the enclave, attestation loads too */
   enc_attest_free(st);
-  ep_client_free(st->client);
   free(st->seal_key);
   free(st);
 }

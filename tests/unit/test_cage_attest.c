@@ -145,6 +145,9 @@ static void test_round_trip(void **state) {
   assert_int_equal(d.pcrs[3][0], 0);
   assert_int_equal(d.public_key_len, sizeof spki_a);
   assert_null(d.user_data);
+  assert_memory_equal(d.public_key, spki_a, sizeof spki_a);
+  assert_memory_equal(d.nonce, nonce, sizeof nonce);
+  cage_attest_doc_done(&d);
 
   /* COSE_Sign1_Tagged: tag 18 (0xd2) in front */
   uint8_t *tagged = malloc(len + 1);
@@ -233,6 +236,7 @@ static void test_hostile_cbor(void **state) {
   uint8_t deep[64];
   memset(deep, 0x81, sizeof deep);
   deep[63] = 0;
+  memset(&d, 0, sizeof d);
   assert_int_equal(cage_attest_parse(huge_array, sizeof huge_array, &d), CAGE_ATTEST_EFORMAT);
   assert_int_equal(cage_attest_parse(huge_map, sizeof huge_map, &d), CAGE_ATTEST_EFORMAT);
   assert_int_equal(cage_attest_parse(indefinite, sizeof indefinite, &d), CAGE_ATTEST_EFORMAT);

@@ -1,8 +1,8 @@
 /*
- * Unit tests for plugins/cage-broker/eif.c and cpio.c. The expected PCRs, CRC and image digest
- * below were computed independently, by a Python script that lays the image out as Nitro's
- * EifBuilder does (struct.pack, zlib.crc32, hashlib.sha384; see tests/integration/eifref.py),
- * not by this library. Signed images: PCR8 is recomputed here with EVP over the certificate's
+ * Unit tests for plugins/cage-broker/eif.c and cpio.c. The expected PCRs and image digest
+ * below were computed independently of this library, by a short Python script laying the image
+ * out as Nitro's EifBuilder does (struct.pack, zlib.crc32, hashlib.sha384: the reader class of
+ * tests/integration/test_96_cage_build.py is the same logic). Signed images: PCR8 is recomputed here with EVP over the certificate's
  * DER, the signature verifies, and any change to the measured bytes breaks the CRC or the
  * signature. The ramdisk writer: identical bytes for the same tree however it was added.
  */
@@ -25,9 +25,12 @@
 #include "cpio.h"
 #include "eif.h"
 
-#define PCR0 "0de1f71561dbb522c04ecc2253efd777346e426b953b457a0f81a4790dfe7f6af30ab0b327ac5b3b0eaa38f037ef5432"
-#define PCR1 "d1484a3d664a0310b9976f5fab992430153c264fa75539c083f551ddac9befcaba25adad96506ce3fb3f6e193a5feed0"
-#define PCR2 "65630beaa0b40f405cd5666229feb69e0cb106fcc4e348e5a21da70fb865dfbbb0afbcb799014a9328fda049d84e2bf1"
+#define PCR0 "0de1f71561dbb522c04ecc2253efd777346e426b953b457a"                                \
+             "0f81a4790dfe7f6af30ab0b327ac5b3b0eaa38f037ef5432"
+#define PCR1 "d1484a3d664a0310b9976f5fab992430153c264fa75539c0"                                \
+             "83f551ddac9befcaba25adad96506ce3fb3f6e193a5feed0"
+#define PCR2 "65630beaa0b40f405cd5666229feb69e0cb106fcc4e348e5"                                \
+             "a21da70fb865dfbbb0afbcb799014a9328fda049d84e2bf1"
 #define IMG_SHA256 "5e3df64c77b69dc7cc730cb0146d7847a10eea8ad50689523f157baf351c9f0a"
 #define IMG_LEN 2275
 
@@ -329,12 +332,86 @@ static void test_cpio(void **state) {
   cpio_free(b);
 }
 
+/* A tree on disk: files, a directory, a symbolic link and a FIFO come out sorted, with their
+ * modes, mtimes 0 and owners kept or dropped on request; a socket is left out. */
+static void test_cpio_tree(void **state) {
+  (void)state;
+  char dir[] = "/tmp/evs-cpio-XXXXXX", p[600];
+  assert_non_null(mkdtemp(dir));
+  snprintf(p, sizeof p, "%s/b", dir);
+  assert_int_equal(mkdir(p, 0750), 0);
+  snprintf(p, sizeof p, "%s/b/file", dir);
+  FILE *f = fopen(p, "w");
+  fputs("content", f);
+  fclose(f);
+  assert_int_equal(chmod(p, 0640), 0);
+  int root = geteuid() == 0; /* owners can only be given away by root */
+  if (root) assert_int_equal(chown(p, 1234, 5678), 0);
+  snprintf(p, sizeof p, "%s/a-link", dir);
+  assert_int_equal(symlink("b/file", p), 0);
+  snprintf(p, sizeof p, "%s/fifo", dir);
+  assert_int_equal(mkfifo(p, 0600), 0);
+  cpio_builder *c = cpio_new();
+  const char *why;
+  char *bad = NULL;
+  assert_int_equal(cpio_add_tree(c, "rootfs", dir, 1, &why, &bad), 0);
+  uint8_t *gz;
+  size_t n, rn;
+  assert_int_equal(cpio_write_gz(c, &gz, &n, &why), 0);
+  uint8_t *raw = gunzip(gz, n, &rn);
+  /* Names in order: rootfs, rootfs/a-link, rootfs/b, rootfs/b/file, rootfs/fifo. */
+  const char *want[] = {"rootfs", "rootfs/a-link", "rootfs/b", "rootfs/b/file", "rootfs/fifo"};
+  size_t off = 0;
+  for (size_t i = 0; i < 5; i++) {
+    char h[9] = {0};
+    unsigned long fld[13];
+    for (int k = 0; k < 13; k++) {
+      memcpy(h, raw + off + 6 + 8 * k, 8);
+      fld[k] = strtoul(h, NULL, 16);
+    }
+    const char *name = (const char *)raw + off + 110;
+    assert_string_equal(name, want[i]);
+    assert_int_equal(fld[0], i + 1); /* inode */
+    assert_int_equal(fld[5], 0);     /* mtime */
+    if (i == 3) {
+      assert_int_equal(fld[1], 0100640);
+      assert_int_equal(fld[2], root ? 1234 : geteuid());
+      assert_int_equal(fld[3], root ? 5678 : getegid());
+      assert_int_equal(fld[6], 7);
+    }
+    if (i == 1) assert_int_equal(fld[1] & 0170000, 0120000);
+    if (i == 4) assert_int_equal(fld[1], 010600);
+    off = (off + 110 + fld[11] + 3) & ~(size_t)3;
+    off = (off + fld[6] + 3) & ~(size_t)3;
+  }
+  assert_memory_equal(raw + off + 110, "TRAILER!!!", 10);
+  free(raw);
+  free(gz);
+  cpio_free(c);
+  /* Owners dropped. */
+  c = cpio_new();
+  assert_int_equal(cpio_add_tree(c, "r", dir, 0, &why, &bad), 0);
+  assert_int_equal(cpio_write_gz(c, &gz, &n, &why), 0);
+  raw = gunzip(gz, n, &rn);
+  assert_null(memmem(raw, rn, "000004D2", 8)); /* uid 1234 nowhere */
+  free(raw);
+  free(gz);
+  cpio_free(c);
+  c = cpio_new();
+  assert_int_equal(cpio_add_tree(c, "r", "/nonexistent-evs", 0, &why, &bad), -ENOTDIR);
+  cpio_free(c);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_unsigned_matches_reference),
       cmocka_unit_test(test_reader_refuses),
       cmocka_unit_test(test_signed),
       cmocka_unit_test(test_cpio),
+      cmocka_unit_test(test_cpio_tree),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

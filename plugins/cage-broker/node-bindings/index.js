@@ -64,7 +64,12 @@ function decodeCbor(buf) {
         pos += n;
         return s;
       }
-      case 4: { const n = count(); const a = []; for (let i = 0; i < n; i++) a.push(item(depth + 1)); return a; }
+      case 4: {
+        const n = count();
+        const a = [];
+        for (let i = 0; i < n; i++) a.push(item(depth + 1));
+        return a;
+      }
       case 5: {
         const n = count();
         const m = new Map();
@@ -92,14 +97,22 @@ function decodeCbor(buf) {
 function cborHead(major, n) {
   if (n < 24) return Buffer.from([(major << 5) | n]);
   if (n < 0x100) return Buffer.from([(major << 5) | 24, n]);
-  if (n < 0x10000) { const b = Buffer.alloc(3); b[0] = (major << 5) | 25; b.writeUInt16BE(n, 1); return b; }
+  if (n < 0x10000) {
+    const b = Buffer.alloc(3);
+    b[0] = (major << 5) | 25;
+    b.writeUInt16BE(n, 1);
+    return b;
+  }
   const b = Buffer.alloc(5);
   b[0] = (major << 5) | 26;
   b.writeUInt32BE(n, 1);
   return b;
 }
 const bstr = (b) => Buffer.concat([cborHead(2, b.length), b]);
-const tstr = (s) => { const b = Buffer.from(s, 'utf8'); return Buffer.concat([cborHead(3, b.length), b]); };
+const tstr = (s) => {
+  const b = Buffer.from(s, 'utf8');
+  return Buffer.concat([cborHead(3, b.length), b]);
+};
 
 /* ---- the document ---------------------------------------------------------------------------- */
 
@@ -173,7 +186,8 @@ function checkChain(leaf, bundle, root, now) {
 
 function toX509(v) {
   if (v instanceof crypto.X509Certificate) return v;
-  return new crypto.X509Certificate(Buffer.isBuffer(v) || typeof v === 'string' ? v : Buffer.from(v));
+  const raw = Buffer.isBuffer(v) || typeof v === 'string' ? v : Buffer.from(v);
+  return new crypto.X509Certificate(raw);
 }
 
 /* One entry of the SDK's pcrsList: {pcr0, pcr1, pcr2, pcr8} hex strings (also PCR0, pcr_0). */
@@ -224,7 +238,8 @@ function verifyAttestationDocument(docBytes, opts) {
       fail('the nonce differs');
     return { ok: true, payload: d.payload };
   } catch (e) {
-    return { ok: false, error: e instanceof AttestationFailure ? e.message : String(e.message || e) };
+    const error = e instanceof AttestationFailure ? e.message : String(e.message || e);
+    return { ok: false, error };
   }
 }
 
@@ -235,7 +250,8 @@ function verifyAttestationDocument(docBytes, opts) {
  * (optional): called with the reason when a connection is refused.
  */
 function createAttestationBindings(options) {
-  if (!options || !options.root) throw new TypeError('createAttestationBindings: options.root is required');
+  if (!options || !options.root)
+    throw new TypeError('createAttestationBindings: options.root is required');
   const root = toX509(options.root);
   if (!root.ca) throw new TypeError('createAttestationBindings: root is not a CA certificate');
   return {

@@ -24,7 +24,8 @@ const { createAttestationBindings, verifyAttestationDocument, decodeCbor } = req
 const REPO = path.resolve(__dirname, '..', '..', '..', '..');
 const BUILD = process.env.EVS_BUILD_DIR || path.join(REPO, 'build');
 const TOOL = path.join(BUILD, 'cage-attest-tool');
-const SDK_DIR = process.env.EVS_SDK_DIR || path.join(REPO, 'tests', 'integration', 'sdk', 'node_modules');
+const SDK_DIR = process.env.EVS_SDK_DIR ? path.resolve(process.env.EVS_SDK_DIR)
+  : path.join(REPO, 'tests', 'integration', 'sdk', 'node_modules');
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'evs-att-node-'));
 const other = fs.mkdtempSync(path.join(os.tmpdir(), 'evs-att-node-other-'));
@@ -97,7 +98,8 @@ test('a document from the C encoder verifies, with every PCR set form the SDK pa
 
 test('wrong PCRs, an empty PCR list, a tampered signature or PCR byte are refused', () => {
   const b = createAttestationBindings({ root });
-  assert.strictEqual(b.attestEnclave(der(cert.crt), [{ ...PCRS, pcr2: 'b2'.repeat(48) }], doc), false);
+  const wrong = [{ ...PCRS, pcr2: 'b2'.repeat(48) }];
+  assert.strictEqual(b.attestEnclave(der(cert.crt), wrong, doc), false);
   assert.strictEqual(b.attestEnclave(der(cert.crt), [], doc), false);
   assert.strictEqual(b.attestEnclave(der(cert.crt), [{}], doc), false);
   const sig = Buffer.from(doc);
@@ -120,7 +122,8 @@ test('a document for another certificate, or under another root, is refused', ()
 
 test('malformed bytes are refused without throwing', () => {
   const b = createAttestationBindings({ root });
-  const cases = [Buffer.alloc(0), Buffer.from([0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+  const cases = [Buffer.alloc(0),
+                 Buffer.from([0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
                  Buffer.from([0x9f, 0x40, 0xff]), doc.subarray(0, doc.length - 1),
                  Buffer.concat([doc, Buffer.from([0])]), Buffer.from('not cbor'), undefined];
   for (const c of cases) assert.strictEqual(b.attestEnclave(der(cert.crt), [PCRS], c), false);
@@ -128,11 +131,12 @@ test('malformed bytes are refused without throwing', () => {
   assert.throws(() => createAttestationBindings({}));
 });
 
-function sdkRun(docFile, pcrs) {
+function sdkRun(docFile, pcrs, mode = 'agent') {
   const r = spawnSync(process.execPath, [path.join(__dirname, 'sdk_agent.js')], {
     env: { ...process.env, EV_ENCLAVES_HOSTNAME: 'enclave.test', NODE_EXTRA_CA_CERTS: ca.crt,
            EVS_SDK_DIR: SDK_DIR, ATT_ROOT: path.join(dir, 'root.pem'), ATT_DOC: docFile,
-           TLS_CERT: cert.crt, TLS_KEY: cert.key, ATT_PCRS: JSON.stringify(pcrs) },
+           TLS_CERT: cert.crt, TLS_KEY: cert.key, ATT_PCRS: JSON.stringify(pcrs),
+           ATT_MODE: mode },
     encoding: 'utf8', timeout: 60000,
   });
   const line = r.stdout.trim().split('\n').pop();
@@ -158,4 +162,14 @@ sdk('the SDK agent: right PCRs pass, other PCRs and another certificate are refu
   r = sdkRun(forOther, [PCRS]);
   assert.strictEqual(r.ok, false, JSON.stringify(r));
   assert.match(r.failures.join(), /another TLS key/);
+});
+
+sdk('the SDK\'s enableEnclaves: right PCRs pass, other PCRs are refused', () => {
+  const good = path.join(dir, 'good-enable.cbor');
+  fs.writeFileSync(good, doc);
+  let r = sdkRun(good, [PCRS], 'enable');
+  assert.deepStrictEqual([r.ok, r.status], [true, 200], JSON.stringify(r));
+  r = sdkRun(good, [{ pcr8: 'c8'.repeat(48) }], 'enable');
+  assert.strictEqual(r.ok, false, JSON.stringify(r));
+  assert.match(r.failures.join(), /PCR/);
 });

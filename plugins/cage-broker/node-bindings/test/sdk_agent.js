@@ -7,7 +7,9 @@
  *
  * Environment (set by the parent, before the SDK reads it): EV_ENCLAVES_HOSTNAME=enclave.test,
  * NODE_EXTRA_CA_CERTS (the test CA), and EVS_SDK_DIR, ATT_ROOT (attestation root PEM),
- * ATT_DOC (document file), TLS_CERT, TLS_KEY, ATT_PCRS (JSON, the SDK's pcrs value).
+ * ATT_DOC (document file), TLS_CERT, TLS_KEY, ATT_PCRS (JSON, the SDK's pcrs value), ATT_MODE
+ * ("agent": createEnclaveHttpsAgent, the default; "enable": enableEnclaves, which patches
+ * tls.checkServerIdentity for the whole process, and a request through Node's global agent).
  * The cage's name resolves without /etc/hosts: tls.connect is wrapped so that hosts under
  * enclave.test go to this process's server (the SDK's own checkServerIdentity still runs on
  * the real host name). Prints one JSON line: {ok, status, body} or {ok: false, error}.
@@ -51,10 +53,15 @@ server.listen(0, '127.0.0.1', async () => {
   });
   let out;
   try {
-    const agent = await ev.createEnclaveHttpsAgent(
-      { 'hello-cage': JSON.parse(process.env.ATT_PCRS) }, bindings);
+    const data = { 'hello-cage': JSON.parse(process.env.ATT_PCRS) };
+    let agent;
+    if (process.env.ATT_MODE === 'enable') await ev.enableEnclaves(data, bindings);
+    else agent = await ev.createEnclaveHttpsAgent(data, bindings);
     out = await new Promise((resolve) => {
-      const req = https.get('https://hello-cage.app-test.enclave.test/hello', { agent }, (res) => {
+      /* enable: a plain agent of its own. Node's global agent keeps alive the connection the SDK
+       * opened to fetch the document, before its check was installed, and would reuse it. */
+      const opts = { agent: agent || new https.Agent() };
+      const req = https.get('https://hello-cage.app-test.enclave.test/hello', opts, (res) => {
         let body = '';
         res.on('data', (c) => { body += c; });
         res.on('end', () => resolve({ ok: true, status: res.statusCode, body }));
