@@ -64,7 +64,7 @@ int main(int argc, char **argv) {
   if (r == 0)
     r = cpio_add_file(boot, "lib/modules/evs/order", 0644, (const uint8_t *)order, strlen(order));
   char *bad = NULL;
-  if (r == 0) r = cpio_add_tree(app, "rootfs", rootfs, &why, &bad);
+  if (r == 0) r = cpio_add_tree(app, "rootfs", rootfs, 0, &why, &bad);
   size_t cjl;
   uint8_t *cjb = slurp(cj, &cjl);
   if (r == 0) r = cpio_add_file(app, "cage.json", 0644, cjb, cjl);
