@@ -25,6 +25,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -542,7 +543,20 @@ static int front_request(void *state, evs_request *req) {
   h->response_add_header(req, "x-evervault-cage-ctx", t->ctx);
   if (!strcmp(ri->path, "/.well-known/attestation") &&
       (!strcmp(ri->method, "GET") || !strcmp(ri->method, "HEAD"))) {
-    if (attest(c, NULL, 0, NULL, 0, on_wellknown_doc, t) < 0)
+    /* ?nonce=<hex> (evctl cage attest --nonce): the document carries it, so it is fresh. */
+    uint8_t nonce[CAGE_ATTEST_MAX_FIELD];
+    size_t nn = 0;
+    const char *q = strstr(ri->query, "nonce=");
+    if (q && (q == ri->query || q[-1] == '&')) {
+      q += 6;
+      while (nn < sizeof nonce && isxdigit((unsigned char)q[2 * nn]) &&
+             isxdigit((unsigned char)q[2 * nn + 1])) {
+        unsigned v;
+        sscanf(q + 2 * nn, "%2x", &v);
+        nonce[nn++] = (uint8_t)v;
+      }
+    }
+    if (attest(c, nn ? nonce : NULL, nn, NULL, 0, on_wellknown_doc, t) < 0)
       txn_error(t, 503, "service-unavailable", "The attestation document cannot be made now");
     return EVS_HANDLED;
   }
