@@ -153,7 +153,6 @@ static int deploy(const evctl_ctx *ctx, int argc, char **argv) {
   char **bargv = calloc((size_t)argc + 4, sizeof *bargv);
   int bargc = 0;
   if (!bargv) return EVCTL_EXIT_ERROR;
-  bargv[bargc++] = "build";
   for (int i = 1; i < argc; i++) {
     const char *v;
     if ((v = opt_value(argc, argv, &i, "-c", "--config"))) {

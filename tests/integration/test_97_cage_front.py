@@ -61,7 +61,8 @@ class Env:
                                             "serves": "cages"}},
             server={"plugins_dir": plugins_dir()},
             plugins={"enclave": {"enclave_binary": evstest.build_path("evserver-enclave")},
-                     "cage-broker": {"domain": DOMAIN, "sync_interval": "200ms"}},
+                     "cage-broker": dict({"domain": DOMAIN, "sync_interval": "200ms"},
+                                         **getattr(self, "broker_extra", {}))},
             )
         self.cfg = cfg
         self.srv = evstest.Server(cfg).start()
