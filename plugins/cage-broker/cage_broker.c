@@ -195,12 +195,52 @@ static void inst_stop(cb_inst *in) {
 
 static void inst_free(cb_inst *in) {
   cb_state *st = in->st;
+  if (in->retire_timer) {
+    st->h->timer_free(in->retire_timer);
+    in->retire_timer = NULL;
+  }
+  if (in->inflight > 0) { /* requests still hold it: the last one frees it */
+    in->dead = 1;
+    return;
+  }
   for (cb_inst **pp = &st->insts; *pp; pp = &(*pp)->next_all)
     if (*pp == in) {
       *pp = in->next_all;
       break;
     }
   free(in);
+}
+
+void cb_inst_hold(cb_inst *in) { in->inflight++; }
+
+void cb_inst_release(cb_inst *in) {
+  if (in->inflight > 0) in->inflight--;
+  if (in->inflight > 0) return;
+  if (in->dead) inst_free(in);
+  else if (in->retiring) inst_stop(in);
+}
+
+static void retire_timeout(void *arg) {
+  cb_inst *in = arg;
+  in->st->h->timer_free(in->retire_timer);
+  in->retire_timer = NULL;
+  inst_stop(in); /* its last requests took too long */
+}
+
+/* A replaced instance stops once the requests already proxied to it have finished, so that a
+ * redeploy fails none of them. */
+static void inst_retire(cb_inst *in) {
+  if (in->c) {
+    if (in->c->cur == in) in->c->cur = NULL;
+    if (in->c->next_inst == in) in->c->next_inst = NULL;
+  }
+  if (in->inflight == 0) {
+    inst_stop(in);
+    return;
+  }
+  in->retiring = 1;
+  if (!in->retire_timer)
+    in->retire_timer = in->st->h->timer_start(in->st->p, CB_RETIRE_MS, 0, retire_timeout, in);
 }
 
 static void on_state(void *arg, cage_instance *ci, cage_state state, const char *why) {
@@ -223,7 +263,7 @@ static void on_state(void *arg, cage_instance *ci, cage_state state, const char 
       cb_inst *old = c->cur;
       c->cur = in;
       c->next_inst = NULL;
-      if (old) inst_stop(old);
+      if (old) inst_retire(old);
     }
   } else if (state == CAGE_CRASHED) {
     in->restarts++;

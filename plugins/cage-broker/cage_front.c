@@ -346,10 +346,12 @@ typedef struct cb_txn {
   int trx;
   evs__decrypt_body *dec;
   uint64_t decrypted;
+  cb_inst *inst;          /* the instance it was proxied to (held until the end) */
 } cb_txn;
 
 static void txn_unref(cb_txn *t) {
   if (--t->refs > 0) return;
+  if (t->inst) cb_inst_release(t->inst);
   evs__decrypt_body_free(t->dec);
   if (t->c) cb_cage_unref(t->c);
   free(t);
@@ -407,6 +409,10 @@ static void proxy_now(cb_txn *t) {
     up.body_source_len = relay_spool_total(evs__decrypt_body_spool(t->dec));
   }
   int rc = st->h->proxy(req, &up, NULL, NULL, t);
+  if (rc == 0) {
+    t->inst = in;
+    cb_inst_hold(in);
+  }
   if (rc < 0) {
     txn_error(t, 502, "service-unavailable", "The cage could not be reached");
     return;

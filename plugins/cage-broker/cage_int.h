@@ -21,6 +21,7 @@
 #define CB_HOST_MAX 400
 /* Images are stored in chunks below the store's 16 MiB value limit (see cage_broker.c). */
 #define CB_CHUNK (8u << 20)
+#define CB_RETIRE_MS 10000 /* longest wait for a replaced instance's requests to finish */
 
 typedef struct cb_state cb_state;
 typedef struct cb_cage cb_cage;
@@ -36,6 +37,11 @@ typedef struct cb_inst {
   char why[160];
   int stopping;
   int preparing;           /* image fetch or env decryption in flight */
+  /* Requests proxied to it and not finished: a replaced instance is stopped once they are
+   * (or after CB_RETIRE_MS), and its memory outlives its STOPPED while any remains. */
+  unsigned inflight;
+  int retiring, dead;
+  evs_timer *retire_timer;
   struct cb_inst *next_all;
 } cb_inst;
 
@@ -85,6 +91,9 @@ struct cb_state {
 };
 
 /* cage_broker.c */
+/* A request proxied to the instance starts and ends (see cb_inst.inflight). */
+void cb_inst_hold(cb_inst *in);
+void cb_inst_release(cb_inst *in);
 int64_t cb_now_ms(void);
 void cb_random_hex(char *out, size_t nbytes);
 cb_cage *cb_cage_by_host(cb_state *st, const char *host);
