@@ -252,7 +252,7 @@ static int deploy(const evctl_ctx *ctx, int argc, char **argv) {
   return EVCTL_EXIT_OK;
 }
 
-/* ---- list, delete, logs ------------------------------------------------------------------------ */
+/* ---- list, delete, logs ---------------------------------------------------------------------- */
 
 static const char *inst_summary(json_t *cage, char *buf, size_t n) {
   size_t i, off = 0;
@@ -451,7 +451,8 @@ static int cert(const evctl_ctx *ctx, int argc, char **argv) {
     if ((v = opt_value(argc, argv, &i, "-c", "--config"))) config = v;
     else if ((v = opt_value(argc, argv, &i, "-p", "--cert_path"))) cert_path = v;
     else if ((v = opt_value(argc, argv, &i, NULL, "--cert-path"))) cert_path = v;
-    else if ((v = opt_value(argc, argv, &i, NULL, "--pcr8"))) json_array_append_new(pcr8, json_string(v));
+    else if ((v = opt_value(argc, argv, &i, NULL, "--pcr8")))
+      json_array_append_new(pcr8, json_string(v));
     else if (!strcmp(argv[i], "--all")) all = 1;
     else {
       json_decref(pcr8);
@@ -469,7 +470,8 @@ static int cert(const evctl_ctx *ctx, int argc, char **argv) {
   int rc;
   if (upload) {
     if (!cert_path)
-      cert_path = json_string_value(json_object_get(json_object_get(c.toml, "signing"), "certPath"));
+      cert_path =
+          json_string_value(json_object_get(json_object_get(c.toml, "signing"), "certPath"));
     if (!cert_path) {
       json_decref(c.toml);
       json_decref(pcr8);

@@ -898,7 +898,7 @@ static void admin_delete_done(cb_op *o) {
   op_json(o, 200, json_pack("{s:s,s:s,s:b}", "name", o->name, "app", o->app, "deleted", 1));
 }
 
-/* ---- env -------------------------------------------------------------------------------------- */
+/* ---- env ------------------------------------------------------------------------------------- */
 
 static json_t *env_view(const json_t *env) {
   json_t *out = json_object();
@@ -973,7 +973,7 @@ static void on_env_for(void *arg, int status, const uint8_t *value, size_t len) 
     op_error(o, 503, "internal-error", "The enclave is unavailable");
 }
 
-/* ---- certs ------------------------------------------------------------------------------------ */
+/* ---- certs ----------------------------------------------------------------------------------- */
 
 /* PCR8 as Nitro measures a signing certificate: SHA-384 over 48 zero bytes and the SHA-384 of
  * the certificate's DER (one extension of a zeroed PCR). */
@@ -1056,7 +1056,7 @@ static void on_certs_for(void *arg, int status, const uint8_t *value, size_t len
   op_json(o, 200, json_incref(o->aux));
 }
 
-/* ---- logs and transactions -------------------------------------------------------------------- */
+/* ---- logs and transactions ------------------------------------------------------------------- */
 
 static void on_stream_rec(void *arg, int status, int64_t ts, const char *json) {
   cb_op *o = arg;
@@ -1075,7 +1075,7 @@ static void on_stream_rec(void *arg, int status, int64_t ts, const char *json) {
   json_decref(r);
 }
 
-/* ---- deploy ----------------------------------------------------------------------------------- */
+/* ---- deploy ---------------------------------------------------------------------------------- */
 
 static void deploy_fail(cb_op *o, int status, const char *code, const char *detail) {
   op_error(o, status, code, detail);
@@ -1437,7 +1437,7 @@ notfound:
 
 static int admin_images_route(void *state, evs_request *req) { return admin_images(state, req); }
 
-/* ---- plugin ----------------------------------------------------------------------------------- */
+/* ---- plugin ---------------------------------------------------------------------------------- */
 
 static const evs_config_item config_items[] = {
     {"domain", EVS_CONFIG_STRING, "cages.localhost", 0, 0, 0,

@@ -285,7 +285,7 @@ static int identity(void *arg, const char *sni, evs_tls_identity *ret) {
   return 0;
 }
 
-/* ---- attestation documents -------------------------------------------------------------------- */
+/* ---- attestation documents ------------------------------------------------------------------- */
 
 typedef void (*attest_done_fn)(void *arg, int status, const uint8_t *doc, size_t len);
 
@@ -332,7 +332,7 @@ static int attest(cb_cage *c, const uint8_t *nonce, size_t nonce_len, const uint
   return cage_attest_doc_build(c->st->h, c->st->p, &r, cb, arg);
 }
 
-/* ---- requests ---------------------------------------------------------------------------------- */
+/* ---- requests -------------------------------------------------------------------------------- */
 
 typedef struct cb_txn {
   uint32_t magic;

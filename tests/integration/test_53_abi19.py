@@ -1,6 +1,6 @@
 """ABI 1.9 (abi/evserver/evs_plugin.h): evs_upstream.unix_path (a proxied request reaches an
-HTTP server on a unix socket, pooled, and a dead socket is the documented 503, as a refused TCP connect),
-evs_stream_connect.unix_path (a plugin's client stream to the same socket), add_tls_identity
+HTTP server on a unix socket, pooled, and a dead socket is the documented 503, as a refused TCP
+connect), evs_stream_connect.unix_path (a plugin's client stream to the same socket), add_tls_identity
 (a plugin's certificate chosen by SNI suffix on a TLS listener serving its role; other names
 keep the listener's own) and response_add_header (a field on the proxied response, on an
 error, and its refusals). The plugin is tests/plugins/abi19.c (test-abi19); what the Cages

@@ -87,7 +87,8 @@ static void handle_line(cage_instance *ci, char *l) {
     }
     call->ci = ci;
     call->id = id;
-    ci->cb.on_api(ci->arg, ci, call, method, path, body ? body : (const uint8_t *)"", body ? bl : 0);
+    ci->cb.on_api(ci->arg, ci, call, method, path, body ? body : (const uint8_t *)"",
+                  body ? bl : 0);
     free(body);
   }
 }
