@@ -1,11 +1,14 @@
 /*
- * bench/cages/front/echo_app.c: the app behind both fronts in bench/cages/front/run: HTTP/1.1 keep-alive on
- * the unix socket argv[1], answering every request with its body (so the bench sees what each
+ * bench/cages/front/echo_app.c: the app behind both fronts in bench/cages/front/run: HTTP/1.1
+ * keep-alive on the unix socket argv[1], answering every request with its body (so the bench sees what each
  * front passed on: plaintext through evserver, ev: strings through nginx). Single-threaded
  * poll() loop. Started by the stand-in runner (tests/plugins/cage_run_fake.c, through
- * EVS_FAKE_CAGE_APP_BIN), it says READY on fd 3 once listening.
+ * EVS_FAKE_CAGE_APP_BIN), it says READY on fd 3 once listening; with a port number instead of
+ * a path it listens on that TCP port (in a real cage, built with `evctl cage build`).
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,12 +56,23 @@ static int serve(int fd, conn *c) {
 
 int main(int argc, char **argv) {
   if (argc != 2) return 2;
-  int ls = socket(AF_UNIX, SOCK_STREAM, 0);
-  struct sockaddr_un a = {.sun_family = AF_UNIX};
-  snprintf(a.sun_path, sizeof a.sun_path, "%s", argv[1]);
-  unlink(a.sun_path);
-  if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 || listen(ls, 1024) < 0) return 1;
-  if (write(3, "READY\n", 6) != 6) { /* no runner: run anyway (nginx alone) */ }
+  int ls;
+  if (strspn(argv[1], "0123456789") == strlen(argv[1])) {
+    /* In a real cage: the app's port (EXPOSE), inside the cage's own network. */
+    ls = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1]))};
+    if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 || listen(ls, 1024) < 0) return 1;
+  } else {
+    ls = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", argv[1]);
+    unlink(a.sun_path);
+    if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 || listen(ls, 1024) < 0) return 1;
+    /* The stand-in runner's protocol on fd 3. */
+    if (write(3, "READY\n", 6) != 6) { /* no runner: run anyway (nginx alone) */ }
+  }
   static struct pollfd pf[MAXC + 1];
   int fds[MAXC];
   int n = 0;
