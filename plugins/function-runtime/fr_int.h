@@ -39,6 +39,7 @@ struct fr_state {
   fr_pool *pools;
   fr_run *runs; /* every run in flight */
   evs_timer *reaper;
+  struct fr_admin *lock_waiters; /* admin calls waiting to retry a Function's write lock */
   int stopping;
   /* Objects alive that a callback may still reach (runs, requests' contexts, crypto jobs,
    * boxes). After fini (stopping) the state stays until the last of them is released: the

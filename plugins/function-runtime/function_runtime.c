@@ -1310,6 +1310,11 @@ enum { AD_LIST, AD_DEPLOY, AD_GET, AD_DELETE, AD_ENV_GET, AD_ENV_SET, AD_ENV_DEL
 typedef struct fr_admin {
   fr_op op;
   int action, secret;
+  int locked;             /* holds lock/<app>/<name> (released with the operation) */
+  int64_t lock_since;     /* ms: when it started to wait for the lock */
+  evs_timer *lock_retry;
+  struct fr_admin *next_waiter;
+  json_int_t gone_version; /* the version a deleted Function of this name had reached */
   char app[FN_APP_MAX + 1];
   char name[FR_NAME_MAX + 1];
   char env_key[130];
@@ -1318,8 +1323,24 @@ typedef struct fr_admin {
   int64_t filter;
 } fr_admin;
 
+static void lock_key(const fr_admin *x, char *key, size_t len) {
+  snprintf(key, len, "lock/%s/%s", x->app, x->name);
+}
+
 static void admin_release(fr_op *o) {
   fr_admin *x = (fr_admin *)o;
+  fr_state *st = o->st;
+  if (x->lock_retry && !st->stopping) st->h->timer_free(x->lock_retry);
+  for (fr_admin **pp = &st->lock_waiters; *pp; pp = &(*pp)->next_waiter)
+    if (*pp == x) {
+      *pp = x->next_waiter;
+      break;
+    }
+  if (x->locked && !st->stopping) { /* synchronous: written before a waiter can take it */
+    char key[512];
+    lock_key(x, key, sizeof key);
+    st->h->store_delete(st->p, key, NULL, NULL);
+  }
   json_decref(x->body);
   json_decref(x->fn);
   json_decref(x->env);
@@ -1484,7 +1505,25 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
     return;
   }
   json_t *old = prev ? json_loadb((const char *)prev, prev_len, 0, NULL) : NULL;
-  json_int_t ver = old ? json_integer_value(json_object_get(old, "version")) + 1 : 1;
+  json_int_t ver = old ? json_integer_value(json_object_get(old, "version")) : x->gone_version;
+  ver++;
+  /* The write lock makes deploys of one Function take turns; the claim makes each version
+   * number used once whatever happens (a lock that expired under a stalled holder, a deleted
+   * Function deployed again: nodes keep unpacked versions by number). */
+  char key[512];
+  for (int tries = 0;; tries++, ver++) {
+    snprintf(key, sizeof key, "ver/%s/%s/%" JSON_INTEGER_FORMAT, x->app, x->name, ver);
+    rc = st->h->store_put_new(st->p, key, (const uint8_t *)"", 0, 0, NULL, NULL);
+    if (rc != -EEXIST || tries == 16) break;
+  }
+  if (rc < 0) {
+    json_decref(old);
+    free(code);
+    op_error(&x->op, rc == -EEXIST ? 409 : 500, rc == -EEXIST ? "conflict" : "internal-error",
+             rc == -EEXIST ? "Concurrent deploys of this Function: try again"
+                           : "The store is unavailable");
+    return;
+  }
   const char *uuid = old ? json_string_value(json_object_get(old, "functionUuid")) : NULL;
   char uuidbuf[48];
   if (!uuid) {
@@ -1503,7 +1542,6 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
   json_decref(old);
   if (fn && allow) json_object_set(fn, "inboundAllowlist", allow);
   if (fn && out_allow) json_object_set(fn, "outboundAllowlist", out_allow);
-  char key[512];
   snprintf(key, sizeof key, "code/%s/%s/%" JSON_INTEGER_FORMAT, x->app, x->name, ver);
   rc = fn ? st->h->store_put(st->p, key, code, code_len, 0, NULL, NULL) : -ENOMEM;
   free(code);
@@ -1606,6 +1644,8 @@ static void on_env(void *arg, int status, const uint8_t *v, size_t len) {
   env_store(x);
 }
 
+static void on_admin_gone(void *arg, int status, const uint8_t *v, size_t len);
+
 static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
   fr_admin *x = arg;
   fr_state *st = x->op.st;
@@ -1617,7 +1657,16 @@ static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
     op_error(&x->op, 500, "internal-error", "The store is unavailable");
     return;
   }
+  if (x->action == AD_DEPLOY && status == -ENOENT && !x->gone_version) {
+    char key[512];
+    snprintf(key, sizeof key, "gone/%s/%s", x->app, x->name);
+    x->gone_version = -1;
+    if (st->h->store_get(st->p, key, on_admin_gone, x) < 0)
+      op_error(&x->op, 500, "internal-error", "The store is unavailable");
+    return;
+  }
   if (x->action == AD_DEPLOY) {
+    if (x->gone_version < 0) x->gone_version = 0;
     deploy(x, status == 0 ? v : NULL, len);
     return;
   }
@@ -1643,8 +1692,13 @@ static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
     }
     snprintf(key, sizeof key, "env/%s/%s", x->app, x->name);
     st->h->store_delete(st->p, key, NULL, NULL);
+    /* The next Function of this name goes on from this version (see deploy). */
+    char gone[64];
+    snprintf(gone, sizeof gone, "{\"version\":%" JSON_INTEGER_FORMAT "}", ver);
+    snprintf(key, sizeof key, "gone/%s/%s", x->app, x->name);
+    int grc = st->h->store_put(st->p, key, (const uint8_t *)gone, strlen(gone), 0, NULL, NULL);
     snprintf(key, sizeof key, "fn/%s/%s", x->app, x->name);
-    if (st->h->store_delete(st->p, key, NULL, NULL) < 0) {
+    if (grc < 0 || st->h->store_delete(st->p, key, NULL, NULL) < 0) {
       op_error(&x->op, 500, "internal-error", "The store is unavailable");
       return;
     }
@@ -1659,10 +1713,92 @@ static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
   }
 }
 
+static void on_admin_gone(void *arg, int status, const uint8_t *v, size_t len) {
+  fr_admin *x = arg;
+  if (status == 0) {
+    json_t *g = json_loadb((const char *)v, len, 0, NULL);
+    x->gone_version = json_integer_value(json_object_get(g, "version"));
+    json_decref(g);
+  }
+  on_admin_fn(x, status < 0 && status != -ENOENT ? status : -ENOENT, NULL, 0);
+}
+
 static void admin_load_fn(fr_admin *x) {
   char key[512];
   snprintf(key, sizeof key, "fn/%s/%s", x->app, x->name);
   if (x->op.st->h->store_get(x->op.st->p, key, on_admin_fn, x) < 0) op_error(&x->op, 500, "internal-error", "The store is unavailable");
+}
+
+/* Calls that rewrite fn/<app>/<name> (deploy, env changes, delete) take turns per Function,
+ * on every worker and node: the lock is a create-only key with a time to live, so a holder
+ * that died lets go by itself. */
+#define FR_LOCK_TTL_S 30
+#define FR_LOCK_RETRY_MS 20
+
+static void admin_lock(fr_admin *x);
+
+static void on_lock_retry(void *arg) {
+  fr_admin *x = arg;
+  fr_state *st = x->op.st;
+  st->h->timer_free(x->lock_retry);
+  x->lock_retry = NULL;
+  for (fr_admin **pp = &st->lock_waiters; *pp; pp = &(*pp)->next_waiter)
+    if (*pp == x) {
+      *pp = x->next_waiter;
+      break;
+    }
+  admin_lock(x);
+}
+
+static void on_lock(void *arg, int status, const uint8_t *v, size_t len) {
+  (void)v;
+  (void)len;
+  fr_admin *x = arg;
+  fr_state *st = x->op.st;
+  if (st->stopping) {
+    x->locked = status == 0;
+    op_unref(&x->op);
+    return;
+  }
+  if (status == 0) {
+    x->locked = 1;
+    admin_load_fn(x);
+    return;
+  }
+  if (status != -EEXIST) {
+    op_error(&x->op, 500, "internal-error", "The store is unavailable");
+    return;
+  }
+  if (fr_now_ms() - x->lock_since > FR_LOCK_TTL_S * 1000) {
+    op_error(&x->op, 409, "conflict", "Another change of this Function is in progress: try again");
+    return;
+  }
+  x->lock_retry = st->h->timer_start(st->p, FR_LOCK_RETRY_MS, 0, on_lock_retry, x);
+  if (!x->lock_retry) {
+    op_error(&x->op, 500, "internal-error", "Out of memory");
+    return;
+  }
+  x->next_waiter = st->lock_waiters;
+  st->lock_waiters = x;
+}
+
+static void admin_lock(fr_admin *x) {
+  fr_state *st = x->op.st;
+  char key[512], who[32];
+  lock_key(x, key, sizeof key);
+  int n = snprintf(who, sizeof who, "%d", (int)getpid());
+  if (!x->lock_since) x->lock_since = fr_now_ms();
+  if (st->h->store_put_new(st->p, key, (const uint8_t *)who, (size_t)n, FR_LOCK_TTL_S, on_lock,
+                          x) < 0)
+    op_error(&x->op, 500, "internal-error", "The store is unavailable");
+}
+
+static void admin_start(fr_admin *x) {
+  if (x->action == AD_DEPLOY || x->action == AD_DELETE || x->action == AD_ENV_SET ||
+      x->action == AD_ENV_DEL)
+    admin_lock(x);
+  else
+    admin_load_fn(x);
 }
 
 static void on_admin_body(void *arg, int status, const uint8_t *data, size_t len) {
@@ -1695,7 +1831,7 @@ static void on_admin_body(void *arg, int status, const uint8_t *data, size_t len
       return;
     }
   }
-  admin_load_fn(x);
+  admin_start(x);
 }
 
 static void on_list_item(void *arg, int status, const char *key, const uint8_t *v, size_t len) {
@@ -1859,7 +1995,7 @@ static int admin_route(void *arg, evs_request *req) {
     int rc = st->h->read_body(req, body_max, on_admin_body, x);
     if (rc < 0) on_admin_body(x, rc, NULL, 0);
   } else {
-    admin_load_fn(x);
+    admin_start(x);
   }
   return EVS_HANDLED;
 }
@@ -2012,6 +2148,13 @@ static void fini(void *state) {
   if (st->reaper) st->h->timer_free(st->reaper);
   st->reaper = NULL;
   fr_pools_free(st); /* boxes killed, their runs recorded as failed, waiting runs answered */
+  while (st->lock_waiters) { /* their timers go while the host's table may still be used */
+    fr_admin *x = st->lock_waiters;
+    st->lock_waiters = x->next_waiter;
+    st->h->timer_free(x->lock_retry);
+    x->lock_retry = NULL;
+    op_unref(&x->op);
+  }
   /* Runs still waiting on a callback keep their memory until it comes (it then only releases
    * them); their timers go now, while the host's table may still be used. */
   for (fr_run *r = st->runs; r; r = r->next_live) {

@@ -507,6 +507,38 @@ def test_two_workers():
         e.stop()
 
 
+def concurrent_deploys(nodes, name, n):
+    """n deploys of one Function at once, spread over nodes (Envs): their versions."""
+    for e in nodes:
+        e.deploy(name)  # writes the Function's directory (and deploys once)
+    def one(i):
+        e = nodes[i % len(nodes)]
+        return e.evctl("function", "deploy", "--app", nodes[0].app, cwd=os.path.join(e.fndir, name))
+
+    with concurrent.futures.ThreadPoolExecutor(n) as ex:
+        outs = list(ex.map(one, range(n)))
+    return [o["version"] for o in outs]
+
+
+def test_concurrent_deploys():
+    """Deploys of one Function at the same moment, on two workers, each get a version of their
+    own, and the record left is the highest; a deleted Function deployed again goes on from its
+    last version (nodes keep unpacked code by version number)."""
+    e = Env(workers=2)
+    try:
+        n = 8
+        vers = concurrent_deploys([e], "hello", n)
+        assert sorted(vers) == list(range(2, 2 + n)), vers  # one deploy came first
+        got = json.loads(e.srv.admin_get("/functions/%s/hello" % e.app).body)
+        assert got["version"] == 1 + n, got
+        e.evctl("function", "delete", "--app", e.app, "--name", "hello")
+        assert e.deploy("hello")["version"] == 2 + n
+        st, _, body = e.run("hello", {"name": "again"})
+        assert st == 200 and body["result"]["name"] == "again", body
+    finally:
+        e.stop()
+
+
 def test_stop_with_runs_in_flight():
     """Stopping the server with async runs in their boxes and runs waiting for a box: the boxes
     are killed, the worker exits cleanly (no crash, nothing left running)."""
