@@ -67,6 +67,10 @@ struct fr_run {
   size_t log_bytes;
   int log_cut;
   int64_t created_ms, started_ms;
+  /* An answer held until the run's record is in the store (run_hold, run_flush). */
+  int held, held_http;
+  json_t *held_obj;
+  char *held_code, *held_detail;
   evs_timer *timer;
   fr_box *box;
   fr_pool *pool;

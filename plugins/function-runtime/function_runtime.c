@@ -134,6 +134,9 @@ static void run_unref(fr_run *r) {
       break;
     }
   if (r->timer) st->h->timer_free(r->timer);
+  json_decref(r->held_obj);
+  free(r->held_code);
+  free(r->held_detail);
   json_decref(r->body);
   json_decref(r->fn);
   json_decref(r->payload);
@@ -193,6 +196,42 @@ static void run_send(fr_run *r, int status, json_t *obj) {
   }
 }
 
+/* The client is told only once the run's record is in the store, so that a read of it right
+ * after (GET .../runs/<id>, run-status, on any worker or node) finds it: the 202 of an async
+ * run waits for "queued", a sync run's answer for its final record. obj NULL: an error. */
+static void run_hold(fr_run *r, int http, json_t *obj, const char *code, const char *detail) {
+  if (!r->req || r->answered || r->held) {
+    json_decref(obj);
+    return;
+  }
+  r->held = 1;
+  r->answered = 1; /* nothing else answers it now */
+  r->held_http = http;
+  r->held_obj = obj;
+  r->held_code = code ? strdup(code) : NULL;
+  r->held_detail = detail ? strdup(detail) : NULL;
+}
+
+static void run_flush(fr_run *r) {
+  if (!r->held) return;
+  r->held = 0;
+  r->answered = 0;
+  json_t *obj = r->held_obj;
+  r->held_obj = NULL;
+  if (r->st->stopping) { /* fini ran: the host closes the connection */
+    json_decref(obj);
+    r->answered = 1;
+  } else if (obj) {
+    run_send(r, r->held_http, obj);
+  } else {
+    run_error(r, r->held_http, r->held_code ? r->held_code : "internal-error",
+              r->held_detail ? r->held_detail : "");
+  }
+  free(r->held_code);
+  free(r->held_detail);
+  r->held_code = r->held_detail = NULL;
+}
+
 static const char *fn_str(const json_t *fn, const char *k) {
   return json_string_value(json_object_get(fn, k));
 }
@@ -222,19 +261,33 @@ static void emit_alert(fr_run *r, int http, const char *code, const char *messag
   free(s);
 }
 
+static void on_record_put(void *arg, int status, const uint8_t *v, size_t len) {
+  (void)v;
+  (void)len;
+  fr_run *r = arg;
+  if (status < 0 && !r->st->stopping)
+    r->st->h->log(r->st->p, NULL, EVS_LOG_ERROR, "cannot store the record of run %s: %s", r->id,
+                  strerror(-status));
+  run_flush(r);
+  run_unref(r);
+}
+
+/* Through the worker's store thread, off the loop; a run's records are written in the order
+ * they are made (the store runs one worker's calls in order), so "queued", "running" and the
+ * final record cannot overtake each other. A held answer goes once the write is done. */
 static void run_record_put(fr_run *r, json_t *rec) {
-  if (!r->app[0]) return;
+  char *s = r->app[0] ? json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  if (!s) {
+    run_flush(r);
+    return;
+  }
   char key[256];
   snprintf(key, sizeof key, "run/%s/%s", r->app, r->id);
-  char *s = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER);
-  if (s) {
-    int rc = r->st->h->store_put(r->st->p, key, (const uint8_t *)s, strlen(s), (uint64_t)r->st->run_ttl_s,
-                                 NULL, NULL);
-    if (rc < 0)
-      r->st->h->log(r->st->p, NULL, EVS_LOG_ERROR, "cannot store the record of run %s: %s", r->id,
-                    strerror(-rc));
-    free(s);
-  }
+  r->refs++;
+  int rc = r->st->h->store_put(r->st->p, key, (const uint8_t *)s, strlen(s),
+                               (uint64_t)r->st->run_ttl_s, on_record_put, r);
+  free(s);
+  if (rc < 0) on_record_put(r, rc, NULL, 0);
 }
 
 static json_t *run_record(fr_run *r, const char *status) {
@@ -300,6 +353,7 @@ static void on_sealed(void *arg, int status, json_t *data) {
   }
   json_decref(data);
   if (!r->st->stopping) run_record_put(r, j->rec);
+  else run_flush(r);
   json_decref(j->rec);
   free(j);
   run_unref(r);
@@ -347,22 +401,6 @@ void fr_run_finish(fr_run *r, const char *status, json_t *result, json_t *error,
   r->payload = NULL;
   int64_t now = fr_now_ms();
   const char *rec_status = status ? status : (code && strcmp(code, "request-timeout") == 0) ? "timeout" : "failure";
-  json_t *rec = run_record(r, rec_status);
-  if (rec) {
-    json_object_set_new(rec, "finishedAt", json_integer(now));
-    json_object_set_new(rec, "durationMs", json_integer(now - (r->started_ms ? r->started_ms : r->created_ms)));
-    json_object_set_new(rec, "coldStart", json_boolean(r->cold));
-    /* What the Function produced (an async result, what it threw, its console output) may hold
-     * the plaintext it was given: it is kept sealed with the app's keys (record_seal_put). An
-     * error of our own (code) is ours, and stays readable. */
-    json_t *priv = json_object();
-    if (priv && r->async && result) json_object_set(priv, "result", result);
-    if (priv && error) json_object_set(priv, "error", error);
-    if (priv) json_object_set(priv, "logs", r->logs);
-    if (code) json_object_set_new(rec, "error", json_pack("{s:s,s:s,s:i}", "code", code, "message",
-                                                          detail ? detail : "", "status", http));
-    record_seal_put(r, rec, priv);
-  }
   /* The activity stream: never payloads, results or console output. */
   int shown = status ? 200 : http;
   /* Shaped like the relays' transaction records, so `evctl activity` lists them together. */
@@ -404,14 +442,34 @@ void fr_run_finish(fr_run *r, const char *status, json_t *result, json_t *error,
                                                                           : "function_runs_error", 1);
     emit_alert(r, http, code, detail);
   }
+  /* The answer waits for the record (run_hold); the activity record above is bound to the
+   * request first, so it too is committed before the answer ends. */
   if (status) {
     json_t *obj = json_pack("{s:s,s:s,s:s,s:I,s:s}", "id", r->id, "runId", r->id, "status", status,
                             "createdAt", (json_int_t)r->created_ms, "appUuid", r->app);
     if (obj && result) json_object_set(obj, "result", result);
     if (obj && error) json_object_set(obj, "error", error);
-    run_send(r, 200, obj);
+    run_hold(r, 200, obj, NULL, NULL);
   } else {
-    run_error(r, http, code, detail);
+    run_hold(r, http, NULL, code, detail);
+  }
+  json_t *rec = run_record(r, rec_status);
+  if (rec) {
+    json_object_set_new(rec, "finishedAt", json_integer(now));
+    json_object_set_new(rec, "durationMs", json_integer(now - (r->started_ms ? r->started_ms : r->created_ms)));
+    json_object_set_new(rec, "coldStart", json_boolean(r->cold));
+    /* What the Function produced (an async result, what it threw, its console output) may hold
+     * the plaintext it was given: it is kept sealed with the app's keys (record_seal_put). An
+     * error of our own (code) is ours, and stays readable. */
+    json_t *priv = json_object();
+    if (priv && r->async && result) json_object_set(priv, "result", result);
+    if (priv && error) json_object_set(priv, "error", error);
+    if (priv) json_object_set(priv, "logs", r->logs);
+    if (code) json_object_set_new(rec, "error", json_pack("{s:s,s:s,s:i}", "code", code, "message",
+                                                          detail ? detail : "", "status", http));
+    record_seal_put(r, rec, priv);
+  } else {
+    run_flush(r);
   }
   json_decref(result);
   json_decref(error);
@@ -634,12 +692,12 @@ static void dispatch(fr_run *r) {
   r->timer = st->h->timer_start(st->p, (uint64_t)limit, 0, on_run_timeout, r);
   if (r->async) {
     json_t *rec = run_record(r, "queued");
-    if (rec) {
-      run_record_put(r, rec);
-      json_decref(rec);
-    }
-    run_send(r, 202, json_pack("{s:s,s:s,s:s,s:I,s:s}", "id", r->id, "runId", r->id, "status",
-                               "queued", "createdAt", (json_int_t)r->created_ms, "appUuid", r->app));
+    run_hold(r, 202, json_pack("{s:s,s:s,s:s,s:I,s:s}", "id", r->id, "runId", r->id, "status",
+                               "queued", "createdAt", (json_int_t)r->created_ms, "appUuid", r->app),
+             NULL, NULL);
+    if (rec) run_record_put(r, rec);
+    else run_flush(r);
+    json_decref(rec);
   }
   int rc = fr_pool_submit(st, r);
   if (rc < 0) fr_run_finish(r, NULL, NULL, NULL, 500, "internal-error", "The function could not be started");

@@ -539,6 +539,30 @@ def test_concurrent_deploys():
         e.stop()
 
 
+def test_record_read_after_answer():
+    """A run's record is in the store when its answer arrives (it is written off the event
+    loop, and the answer waits for it): a read right after, on either of two workers, finds
+    the final record of a sync run and at least "queued" for an async one."""
+    e = Env(workers=2)
+    try:
+        e.deploy("hello")
+        e.deploy("thrower")
+        for i in range(20):
+            name = "thrower" if i % 4 == 3 else "hello"
+            st, _, body = e.run(name, {"name": "r%d" % i})
+            assert st == 200, body
+            path = "/functions/%s/runs/%s" % (name, body["runId"])
+            s, _, rec = e.api("GET", path, headers=e.basic())
+            assert s == 200 and rec["status"] == body["status"], (i, s, rec)
+            async_h = dict(e.basic(), **{"X-Async": "true"})
+            st, _, body = e.run("hello", {"name": "a%d" % i}, headers=async_h)
+            assert st == 202, body
+            s, _, rec = e.api("GET", "/functions/hello/runs/" + body["runId"], headers=e.basic())
+            assert s == 200 and rec["status"] in ("queued", "running", "success"), (i, s, rec)
+    finally:
+        e.stop()
+
+
 def test_stop_with_runs_in_flight():
     """Stopping the server with async runs in their boxes and runs waiting for a box: the boxes
     are killed, the worker exits cleanly (no crash, nothing left running)."""
