@@ -78,6 +78,8 @@ struct fr_run {
 
 /* fr_box.c */
 int fr_pool_submit(fr_state *st, fr_run *r);     /* queues r on its function's pool */
+/* Starts one box for the Function of record fn if its pool in this worker has none. */
+int fr_pool_warm(fr_state *st, const char *app, const char *name, json_t *fn);
 void fr_pools_free(fr_state *st);                  /* fini: stop every box */
 void fr_pools_reap(fr_state *st);                  /* idle boxes past idle_ms */
 void fr_box_abandon(fr_run *r);                    /* timeout: kill r's box */

@@ -1361,6 +1361,40 @@ static int api_route(void *arg, evs_request *req) {
   return EVS_HANDLED;
 }
 
+/* ---- pre-warming ---------------------------------------------------------------------------
+ * Pools are per worker, so without this a Function's first run on each worker would be a cold
+ * start. After a deploy or an environment change the worker that made it starts one box of the
+ * new version and tells the node's other workers (node_broadcast: the record, which holds no
+ * secret) to do the same; each starts one only if its pool of that version has none. */
+
+static void on_warm_sent(void *arg, size_t workers, size_t ok) {
+  (void)arg;
+  (void)workers;
+  (void)ok;
+}
+
+static void warm_node(fr_state *st, const char *app, const char *name, json_t *fn) {
+  if (fr_pool_warm(st, app, name, fn) < 0)
+    st->h->log(st->p, NULL, EVS_LOG_WARN, "function %s of app %s: cannot pre-warm a box", name, app);
+  char *s = json_dumps(fn, JSON_COMPACT);
+  if (s && strlen(s) <= EVS_NODE_MSG_MAX)
+    st->h->node_broadcast(st->p, (const uint8_t *)s, strlen(s), 5000, on_warm_sent, NULL);
+  free(s);
+}
+
+static void on_node_msg(void *state, const uint8_t *msg, size_t len, evs_node_msg *m) {
+  fr_state *st = state;
+  json_t *fn = json_loadb((const char *)msg, len, 0, NULL);
+  const char *app = json_string_value(json_object_get(fn, "appUuid"));
+  const char *name = json_string_value(json_object_get(fn, "name"));
+  int rc = -EINVAL;
+  if (app && name && app_valid(app) && name_valid(name, strlen(name)) &&
+      json_is_integer(json_object_get(fn, "version")))
+    rc = fr_pool_warm(st, app, name, fn);
+  json_decref(fn);
+  st->h->node_reply(m, rc);
+}
+
 /* ---- admin ------------------------------------------------------------------------------- */
 
 enum { AD_LIST, AD_DEPLOY, AD_GET, AD_DELETE, AD_ENV_GET, AD_ENV_SET, AD_ENV_DEL, AD_ACTIVITY };
@@ -1617,6 +1651,7 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
   st->h->log(st->p, NULL, EVS_LOG_INFO, "function %s of app %s deployed: version %" JSON_INTEGER_FORMAT
              " (%s, %zu bytes)", x->name, x->app, ver, lang, code_len);
   st->h->counter_add(st->p, "function_deploys", 1);
+  warm_node(st, x->app, x->name, fn);
   admin_json(x, 200, fn);
 }
 
@@ -1624,7 +1659,7 @@ static void bump_env_version(fr_admin *x) {
   json_object_set_new(x->fn, "envVersion", json_integer(json_integer_value(json_object_get(x->fn, "envVersion")) + 1));
   char key[512];
   snprintf(key, sizeof key, "fn/%s/%s", x->app, x->name);
-  put_json(x->op.st, key, x->fn);
+  if (put_json(x->op.st, key, x->fn) == 0) warm_node(x->op.st, x->app, x->name, x->fn);
 }
 
 static json_t *env_view(const json_t *env) {
@@ -2137,7 +2172,13 @@ static void probe(const char *path, char *out, size_t cap) {
 static void on_reap(void *arg) { fr_pools_reap(arg); }
 
 static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
-  if (host->abi_minor < 7) return -ENOTSUP;
+  /* store_put_new (1.9): deploys take turns and claim their versions with it. */
+  if (host->abi_minor < 9 ||
+      host->size < offsetof(evs_host, store_put_new) + sizeof host->store_put_new) {
+    host->log(plugin, NULL, EVS_LOG_ERROR, "function-runtime needs a host with store_put_new "
+              "(ABI 1.9 as of this evserver): upgrade evserver");
+    return -ENOTSUP;
+  }
   fr_state *st = calloc(1, sizeof *st);
   if (!st) return -ENOMEM;
   st->h = host;
@@ -2189,6 +2230,12 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   for (size_t i = 0; r == 0 && i < sizeof routes / sizeof routes[0]; i++) r = host->add_route(plugin, &routes[i]);
   if (r < 0) {
     host->log(plugin, NULL, EVS_LOG_ERROR, "cannot register the Functions routes: %s", strerror(-r));
+    free(st);
+    return r;
+  }
+  if (r == 0) r = host->node_subscribe(plugin, on_node_msg);
+  if (r < 0) {
+    host->log(plugin, NULL, EVS_LOG_ERROR, "cannot subscribe to node messages: %s", strerror(-r));
     free(st);
     return r;
   }

@@ -563,6 +563,45 @@ def test_record_read_after_answer():
         e.stop()
 
 
+def counter(e, name):
+    metrics = e.srv.admin_get("/metrics").body.decode()
+    m = re.search(r'plugin="function-runtime",name="%s"\} (\d+)' % name, metrics)
+    return int(m.group(1)) if m else 0
+
+
+def test_prewarm_every_worker():
+    """After a deploy every worker of the node has a warm box of the new version (the deploying
+    worker tells the others with a node message), so runs landing on any worker start warm;
+    an environment change (a new environment version) warms again."""
+    workers = 3
+    e = Env(workers=workers, pool_max=2)
+    try:
+        e.deploy("hello")
+        evstest.wait_for(lambda: counter(e, "function_prewarmed") >= workers, timeout=30,
+                         what="a warm box in every worker")
+        assert counter(e, "function_prewarmed") == workers  # one each, not more
+        assert len(box_pids(e.srv.log())) == workers
+        cold = counter(e, "function_cold_starts")
+        for i in range(15):  # new connections: the workers take turns accepting them
+            st, _, body = e.run("hello", {"name": "w%d" % i})
+            assert st == 200 and body["result"]["name"] == "w%d" % i, body
+        assert counter(e, "function_cold_starts") == cold
+        act = json.loads(e.srv.admin_get("/function-activity?limit=100").body)["transactions"]
+        colds = [t["coldStart"] for t in act if t["functionName"] == "hello"]
+        assert len(colds) == 15 and not any(colds), colds
+        assert len(box_pids(e.srv.log())) == workers  # no box started for a run
+        e.evctl("function", "env", "set", "--app", e.app, "--name", "hello", "--key", "GREETING",
+                "--value", "hi")
+        evstest.wait_for(lambda: counter(e, "function_prewarmed") >= 2 * workers, timeout=30,
+                         what="warm boxes of the new environment")
+        st, _, body = e.run("hello", {"name": "env"})
+        assert st == 200 and body["result"]["greeting"] == "hi", body
+        assert counter(e, "function_cold_starts") == cold
+        assert len(box_pids(e.srv.log())) == 2 * workers
+    finally:
+        e.stop()
+
+
 def test_stop_with_runs_in_flight():
     """Stopping the server with async runs in their boxes and runs waiting for a box: the boxes
     are killed, the worker exits cleanly (no crash, nothing left running)."""
