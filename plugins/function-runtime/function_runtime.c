@@ -1375,11 +1375,80 @@ static void on_warm_sent(void *arg, size_t workers, size_t ok) {
 
 static void warm_node(fr_state *st, const char *app, const char *name, json_t *fn) {
   if (fr_pool_warm(st, app, name, fn) < 0)
-    st->h->log(st->p, NULL, EVS_LOG_WARN, "function %s of app %s: cannot pre-warm a box", name, app);
+    st->h->log(st->p, NULL, EVS_LOG_WARN, "function %s of app %s: cannot pre-warm a box", name,
+               app);
   char *s = json_dumps(fn, JSON_COMPACT);
   if (s && strlen(s) <= EVS_NODE_MSG_MAX)
     st->h->node_broadcast(st->p, (const uint8_t *)s, strlen(s), 5000, on_warm_sent, NULL);
   free(s);
+}
+
+/* A worker that starts (a reload, a crashed worker replaced) warms the Functions run on the
+ * node within idle_timeout, at most FR_WARM_RECENT of them: one query of the runs stream, one
+ * read of each record. */
+#define FR_WARM_RECENT 16
+
+static void on_recent_fn(void *arg, int status, const uint8_t *v, size_t len) {
+  fr_state *st = arg;
+  if (status == 0 && !st->stopping) {
+    json_t *fn = json_loadb((const char *)v, len, 0, NULL);
+    const char *app = json_string_value(json_object_get(fn, "appUuid"));
+    const char *name = json_string_value(json_object_get(fn, "name"));
+    if (app && name) fr_pool_warm(st, app, name, fn);
+    json_decref(fn);
+  }
+  fr_live(st, -1);
+}
+
+typedef struct fr_recent {
+  fr_state *st;
+  json_t *seen; /* "fn/<app>/<name>" keys */
+} fr_recent;
+
+static void on_recent_run(void *arg, int status, int64_t ts, const char *json) {
+  (void)status;
+  (void)ts;
+  fr_recent *rc = arg;
+  fr_state *st = rc->st;
+  json_t **seen = &rc->seen;
+  if (json) {
+    json_t *rec = json_loads(json, 0, NULL);
+    const char *app = json_string_value(json_object_get(rec, "appUuid"));
+    const char *name = json_string_value(json_object_get(rec, "functionName"));
+    char key[FN_APP_MAX + FR_NAME_MAX + 8];
+    if (app && name && app_valid(app) && name_valid(name, strlen(name)) &&
+        json_object_size(*seen) < FR_WARM_RECENT) {
+      snprintf(key, sizeof key, "fn/%s/%s", app, name);
+      json_object_set_new(*seen, key, json_true());
+    }
+    json_decref(rec);
+    return;
+  }
+  const char *key;
+  json_t *v;
+  json_object_foreach(*seen, key, v) {
+    if (st->stopping) break;
+    st->live++;
+    if (st->h->store_get(st->p, key, on_recent_fn, st) < 0) st->live--;
+  }
+  json_decref(rc->seen);
+  free(rc);
+  fr_live(st, -1);
+}
+
+static void warm_recent(fr_state *st) {
+  fr_recent *rc = calloc(1, sizeof *rc);
+  if (!rc || st->idle_ms <= 0 || !(rc->seen = json_object())) {
+    free(rc);
+    return;
+  }
+  rc->st = st;
+  st->live++;
+  if (st->h->store_query(st->p, "runs", fr_now_ms() - st->idle_ms, 500, on_recent_run, rc) < 0) {
+    json_decref(rc->seen);
+    free(rc);
+    st->live--;
+  }
 }
 
 static void on_node_msg(void *state, const uint8_t *msg, size_t len, evs_node_msg *m) {
@@ -2240,6 +2309,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     return r;
   }
   st->reaper = host->timer_start(plugin, 1000, 1000, on_reap, st);
+  warm_recent(st);
   host->log(plugin, NULL, EVS_LOG_INFO, "Functions: node %s (%s), python %s (%s), evs-fnbox %s",
             st->node_version[0] ? st->node_version : "absent", st->node,
             st->python_version[0] ? st->python_version : "absent", st->python, st->fnbox);

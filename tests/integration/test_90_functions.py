@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -598,6 +599,16 @@ def test_prewarm_every_worker():
         assert st == 200 and body["result"]["greeting"] == "hi", body
         assert counter(e, "function_cold_starts") == cold
         assert len(box_pids(e.srv.log())) == 2 * workers
+        # A reload replaces every worker: the new ones warm what ran lately.
+        e.srv.signal(signal.SIGHUP)
+        evstest.wait_for(lambda: counter(e, "function_prewarmed") >= 3 * workers, timeout=30,
+                         what="the new workers to warm hello")
+        evstest.wait_for(lambda: len(box_pids(e.srv.log())) == 3 * workers, timeout=30,
+                         what="the new workers' boxes")
+        for i in range(6):
+            st, _, body = e.run("hello", {"name": "r%d" % i})
+            assert st == 200 and body["result"]["greeting"] == "hi", body
+        assert counter(e, "function_cold_starts") == cold
     finally:
         e.stop()
 
