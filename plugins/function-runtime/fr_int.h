@@ -34,7 +34,7 @@ struct fr_state {
   int64_t pool_max, idle_ms, start_timeout_ms, sync_timeout_ms, max_payload, token_ttl_s,
       run_ttl_s, log_max, tmp_size, memory_max, max_code;
   const char *team_uuid, *activity_url;
-  int egress_on, egress_allow_private, python_rlimit_as;
+  int egress_on, egress_allow_private, python_rlimit_as, prewarm;
   char egress_dir[96];
   fr_pool *pools;
   fr_run *runs; /* every run in flight */

@@ -1374,6 +1374,7 @@ static void on_warm_sent(void *arg, size_t workers, size_t ok) {
 }
 
 static void warm_node(fr_state *st, const char *app, const char *name, json_t *fn) {
+  if (!st->prewarm) return;
   if (fr_pool_warm(st, app, name, fn) < 0)
     st->h->log(st->p, NULL, EVS_LOG_WARN, "function %s of app %s: cannot pre-warm a box", name,
                app);
@@ -1437,7 +1438,7 @@ static void on_recent_run(void *arg, int status, int64_t ts, const char *json) {
 }
 
 static void warm_recent(fr_state *st) {
-  fr_recent *rc = calloc(1, sizeof *rc);
+  fr_recent *rc = st->prewarm ? calloc(1, sizeof *rc) : NULL;
   if (!rc || st->idle_ms <= 0 || !(rc->seen = json_object())) {
     free(rc);
     return;
@@ -2195,6 +2196,9 @@ static const evs_config_item items[] = {
      "AddressSanitizer, whose shadow memory does not fit under it)"},
     {"code_dir", EVS_CONFIG_PATH, NULL, 0, 0, 0,
      "where deployed versions are unpacked on this node; default <state_dir>/functions"},
+    {"prewarm", EVS_CONFIG_BOOL, "on", 0, 0, 0,
+     "start one box of a Function in every worker after its deploy or environment change, and "
+     "in a starting worker for the Functions run within idle_timeout"},
     {"egress", EVS_CONFIG_BOOL, "on", 0, 0, 0,
      "Functions may open outbound connections (through a CONNECT proxy per box)"},
     {"egress_allow_private", EVS_CONFIG_BOOL, "off", 0, 0, 0,
@@ -2272,6 +2276,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->activity_url = host->config_string(plugin, "activity_url");
   st->python_rlimit_as = host->config_bool(plugin, "python_rlimit_as") == 1;
   st->egress_on = host->config_bool(plugin, "egress") == 1;
+  st->prewarm = host->config_bool(plugin, "prewarm") == 1;
   st->egress_allow_private = host->config_bool(plugin, "egress_allow_private") == 1;
   const char *ed = host->config_string(plugin, "egress_dir");
   int edn = ed ? snprintf(st->egress_dir, sizeof st->egress_dir, "%s", ed)
