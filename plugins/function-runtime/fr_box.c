@@ -235,10 +235,12 @@ static void on_frame(fr_box *b, const uint8_t *data, size_t len) {
     b->start_timer = NULL;
     b->state = B_IDLE;
     b->idle_since = fr_now_ms();
-    if (b->prewarm) st->h->counter_add(st->p, "function_prewarmed", 1);
+    int warmed = b->prewarm;
+    if (warmed) st->h->counter_add(st->p, "function_prewarmed", 1);
     b->prewarm = 0;
     fr_run *r = queue_pop(b->pool);
     if (r) {
+      if (warmed) r->cold = 1; /* it waited for this box's start all the same */
       r->pool = NULL;
       assign(b, r);
     }
