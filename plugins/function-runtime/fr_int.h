@@ -70,7 +70,8 @@ struct fr_run {
   /* An answer held until the run's record is in the store (run_hold, run_flush). */
   int held, held_http;
   json_t *held_obj;
-  char *held_code, *held_detail;
+  const char *held_code; /* static, as every error code: the host keeps the pointer */
+  char *held_detail;
   evs_timer *timer;
   fr_box *box;
   fr_pool *pool;

@@ -135,7 +135,6 @@ static void run_unref(fr_run *r) {
     }
   if (r->timer) st->h->timer_free(r->timer);
   json_decref(r->held_obj);
-  free(r->held_code);
   free(r->held_detail);
   json_decref(r->body);
   json_decref(r->fn);
@@ -208,7 +207,7 @@ static void run_hold(fr_run *r, int http, json_t *obj, const char *code, const c
   r->answered = 1; /* nothing else answers it now */
   r->held_http = http;
   r->held_obj = obj;
-  r->held_code = code ? strdup(code) : NULL;
+  r->held_code = code;
   r->held_detail = detail ? strdup(detail) : NULL;
 }
 
@@ -227,9 +226,9 @@ static void run_flush(fr_run *r) {
     run_error(r, r->held_http, r->held_code ? r->held_code : "internal-error",
               r->held_detail ? r->held_detail : "");
   }
-  free(r->held_code);
   free(r->held_detail);
-  r->held_code = r->held_detail = NULL;
+  r->held_code = NULL;
+  r->held_detail = NULL;
 }
 
 static const char *fn_str(const json_t *fn, const char *k) {
