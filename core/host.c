@@ -524,7 +524,7 @@ static void run_store(deferred *d) {
   ((evs_store_cb)d->cb)(d->arg, d->status, d->data, d->len);
 }
 
-enum { SJ_GET, SJ_PUT, SJ_DEL, SJ_SCAN, SJ_QUERY };
+enum { SJ_GET, SJ_PUT, SJ_PUT_NEW, SJ_DEL, SJ_SCAN, SJ_QUERY };
 typedef struct store_job {
   evs__storeq_job j;
   int op;
@@ -552,6 +552,9 @@ static void sj_work(evs__storeq_job *jb) {
   switch (j->op) {
     case SJ_GET: d->status = evs__store_get(j->st, j->ns, j->key, &d->data, &d->len); break;
     case SJ_PUT: d->status = evs__store_put(j->st, j->ns, j->key, j->val, j->len, j->ttl); break;
+    case SJ_PUT_NEW:
+      d->status = evs__store_put_new(j->st, j->ns, j->key, j->val, j->len, j->ttl);
+      break;
     case SJ_DEL: d->status = evs__store_delete(j->st, j->ns, j->key); break;
     case SJ_SCAN:
       d->status = evs__store_scan(j->st, j->ns, j->key, scan_collect, &a);
@@ -628,16 +631,17 @@ static int store_get_in(evs__store *st, evs_plugin *p, const char *key, evs_stor
   store_job *j = sj_new(SJ_GET, st, rec(p)->name, key, run_store, (void *)cb, arg);
   return j ? sj_submit(j) : -ENOMEM;
 }
-static int store_put_in(evs__store *st, evs_plugin *p, const char *key, const uint8_t *v,
-                        size_t len, uint64_t ttl, evs_store_cb cb, void *arg) {
+static int store_put_op(int op, evs__store *st, evs_plugin *p, const char *key,
+                        const uint8_t *v, size_t len, uint64_t ttl, evs_store_cb cb, void *arg) {
   if (!st) return -ENOTSUP;
   if (!cb) {
     evs__storeq_drain(evs__w);
+    if (op == SJ_PUT_NEW) return evs__store_put_new(st, rec(p)->name, key, v, len, ttl);
     return evs__store_put(st, rec(p)->name, key, v, len, ttl);
   }
   if (!key || (!v && len)) return -EINVAL;
   if (len > EVS_STORE_VALUE_MAX) return -E2BIG;
-  store_job *j = sj_new(SJ_PUT, st, rec(p)->name, key, run_store, (void *)cb, arg);
+  store_job *j = sj_new(op, st, rec(p)->name, key, run_store, (void *)cb, arg);
   if (!j) return -ENOMEM;
   if (len && !(j->val = malloc(len))) {
     sj_release(&j->j);
@@ -647,6 +651,10 @@ static int store_put_in(evs__store *st, evs_plugin *p, const char *key, const ui
   j->len = len;
   j->ttl = ttl;
   return sj_submit(j);
+}
+static int store_put_in(evs__store *st, evs_plugin *p, const char *key, const uint8_t *v,
+                        size_t len, uint64_t ttl, evs_store_cb cb, void *arg) {
+  return store_put_op(SJ_PUT, st, p, key, v, len, ttl, cb, arg);
 }
 static int store_delete_in(evs__store *st, evs_plugin *p, const char *key, evs_store_cb cb,
                            void *arg) {
@@ -666,6 +674,10 @@ static int h_store_get(evs_plugin *p, const char *key, evs_store_cb cb, void *ar
 static int h_store_put(evs_plugin *p, const char *key, const uint8_t *v, size_t len, uint64_t ttl,
                        evs_store_cb cb, void *arg) {
   return store_put_in(evs__w->store, p, key, v, len, ttl, cb, arg);
+}
+static int h_store_put_new(evs_plugin *p, const char *key, const uint8_t *v, size_t len,
+                           uint64_t ttl, evs_store_cb cb, void *arg) {
+  return store_put_op(SJ_PUT_NEW, evs__w->store, p, key, v, len, ttl, cb, arg);
 }
 static int h_store_delete(evs_plugin *p, const char *key, evs_store_cb cb, void *arg) {
   return store_delete_in(evs__w->store, p, key, cb, arg);
@@ -1185,6 +1197,7 @@ static const evs_host host_table = {
     .store_query = h_store_query,
     .store_append_request = h_store_append_request,
     .store_append_ready = h_store_append_ready,
+    .store_put_new = h_store_put_new,
     .request_body_read = h_request_body_read,
     .request_body_resume = evs__request_body_resume,
     .response_header = evs__proxy_response_header,

@@ -256,8 +256,8 @@ int evs__store_get(evs__store *s, const char *ns, const char *key, uint8_t **ret
   return r;
 }
 
-int evs__store_put(evs__store *s, const char *ns, const char *key, const uint8_t *v, size_t len,
-                   uint64_t ttl_s) {
+static int put_common(evs__store *s, const char *ns, const char *key, const uint8_t *v,
+                      size_t len, uint64_t ttl_s, int create_only) {
   int64_t now, expires = 0;
   long klen;
   int r;
@@ -277,12 +277,27 @@ int evs__store_put(evs__store *s, const char *ns, const char *key, const uint8_t
   now = now_ms(s);
   if (ttl_s)
     expires = now + (int64_t)ttl_s * 1000;
-  r = s->backend->put(s->impl, ns, key, (size_t)klen, v ? v : (const uint8_t *)"", len, expires);
+  if (create_only)
+    r = s->backend->put_new(s->impl, ns, key, (size_t)klen, v ? v : (const uint8_t *)"", len,
+                            expires, now);
+  else
+    r = s->backend->put(s->impl, ns, key, (size_t)klen, v ? v : (const uint8_t *)"", len,
+                        expires);
   /* Opportunistic and best effort: a failed purge must not fail the put that triggered it. */
   if (r == 0 && ++s->puts % PURGE_EVERY_PUTS == 0)
     (void)s->backend->purge(s->impl, now, PURGE_BATCH);
   pthread_mutex_unlock(&s->lock);
   return r;
+}
+
+int evs__store_put(evs__store *s, const char *ns, const char *key, const uint8_t *v, size_t len,
+                   uint64_t ttl_s) {
+  return put_common(s, ns, key, v, len, ttl_s, 0);
+}
+
+int evs__store_put_new(evs__store *s, const char *ns, const char *key, const uint8_t *v,
+                       size_t len, uint64_t ttl_s) {
+  return put_common(s, ns, key, v, len, ttl_s, 1);
 }
 
 int evs__store_delete(evs__store *s, const char *ns, const char *key) {

@@ -79,6 +79,12 @@ int evs__store_get(evs__store *s, const char *ns, const char *key, uint8_t **ret
 int evs__store_put(evs__store *s, const char *ns, const char *key, const uint8_t *v, size_t len,
                    uint64_t ttl_s);
 
+/* Create a key: as evs__store_put when the key is absent or expired, else -EEXIST and nothing
+ * written. Atomic: of concurrent creators of one key (any threads, processes, or nodes sharing
+ * a PostgreSQL store) exactly one gets 0. */
+int evs__store_put_new(evs__store *s, const char *ns, const char *key, const uint8_t *v,
+                       size_t len, uint64_t ttl_s);
+
 /* Delete a key. Returns 0, or -ENOENT if it did not exist or had expired. */
 int evs__store_delete(evs__store *s, const char *ns, const char *key);
 
@@ -201,6 +207,9 @@ typedef struct evs__store_backend {
   /* expires_ms 0: never. */
   int (*put)(void *impl, const char *ns, const char *key, size_t key_len, const uint8_t *v,
              size_t len, int64_t expires_ms);
+  /* 0 if it wrote (the key was absent or expired at now_ms), -EEXIST if a live row is there. */
+  int (*put_new)(void *impl, const char *ns, const char *key, size_t key_len, const uint8_t *v,
+                 size_t len, int64_t expires_ms, int64_t now_ms);
   int (*del)(void *impl, const char *ns, const char *key, size_t key_len, int64_t now_ms);
   int (*scan)(void *impl, const evs__store_scan_req *req, evs__store_page *page);
   int (*append)(void *impl, const char *stream, int64_t ts_ms, const char *record,

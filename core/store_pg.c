@@ -514,6 +514,37 @@ static int pg_put(void *impl, const char *ns, const char *key, size_t key_len, c
   return 0;
 }
 
+static int pg_put_new(void *impl, const char *ns, const char *key, size_t key_len,
+                      const uint8_t *v, size_t len, int64_t expires_ms, int64_t now_ms) {
+  pg *g = impl;
+  params p = { 0 };
+  PGresult *res;
+  int r;
+
+  if ((r = ensure_conn(g)) < 0)
+    return r;
+  p_text(&p, ns);
+  p_bytea(&p, key, key_len);
+  p_bytea(&p, v, len);
+  if (expires_ms)
+    p_int8(&p, expires_ms);
+  else
+    p_null(&p, OID_INT8);
+  p_int8(&p, now_ms);
+  /* The conflicting row is locked, so of concurrent creators exactly one changes a row: an
+   * absent or expired key is created, a live one left alone. */
+  res = run(g, "INSERT INTO evs_kv (ns, key, value, expires_at) VALUES ($1, $2, $3, $4) "
+               "ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, "
+               "expires_at = EXCLUDED.expires_at "
+               "WHERE evs_kv.expires_at IS NOT NULL AND evs_kv.expires_at <= $5",
+            &p, "postgresql: put_new", &r);
+  if (!res)
+    return r;
+  r = atoi(PQcmdTuples(res)) > 0 ? 0 : -EEXIST;
+  PQclear(res);
+  return r;
+}
+
 static int pg_del(void *impl, const char *ns, const char *key, size_t key_len, int64_t now_ms) {
   pg *g = impl;
   params p = { 0 };
@@ -723,6 +754,7 @@ const evs__store_backend evs__store_backend_pg = {
   .close = pg_close,
   .get = pg_get,
   .put = pg_put,
+  .put_new = pg_put_new,
   .del = pg_del,
   .scan = pg_scan,
   .append = pg_append,

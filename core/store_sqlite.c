@@ -66,6 +66,7 @@ _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == EVS_STORE_SCHEMA_VE
 enum stmt_id {
   ST_GET,
   ST_PUT,
+  ST_PUT_NEW,
   ST_DEL,
   ST_DEL_EXPIRED,
   ST_SCAN,
@@ -82,6 +83,12 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_PUT] = "INSERT INTO evs_kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4) "
              "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, "
              "expires_at = excluded.expires_at",
+  /* Create-only: an expired row is replaced (the WHERE), a live one is left alone; one row
+   * changed tells the caller it created the key. */
+  [ST_PUT_NEW] = "INSERT INTO evs_kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4) "
+                 "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, "
+                 "expires_at = excluded.expires_at "
+                 "WHERE evs_kv.expires_at IS NOT NULL AND evs_kv.expires_at <= ?5",
   [ST_DEL] = "DELETE FROM evs_kv WHERE ns = ?1 AND key = ?2 RETURNING expires_at",
   [ST_DEL_EXPIRED] = "DELETE FROM evs_kv WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3",
   /* Two scan statements rather than "(?3 IS NULL OR key < ?3)", which would keep SQLite from
@@ -430,6 +437,31 @@ static int sq_put(void *impl, const char *ns, const char *key, size_t key_len, c
   return r;
 }
 
+static int sq_put_new(void *impl, const char *ns, const char *key, size_t key_len,
+                      const uint8_t *v, size_t len, int64_t expires_ms, int64_t now_ms) {
+  sq *q = impl;
+  sqlite3_stmt *st = NULL;
+  int r, rc;
+
+  if ((r = stmt(q, ST_PUT_NEW, &st)) < 0)
+    return r;
+  sqlite3_bind_text(st, 1, ns, -1, SQLITE_STATIC);
+  sqlite3_bind_blob(st, 2, key, (int)key_len, SQLITE_STATIC);
+  sqlite3_bind_blob(st, 3, v, (int)len, SQLITE_STATIC);
+  if (expires_ms)
+    sqlite3_bind_int64(st, 4, expires_ms);
+  else
+    sqlite3_bind_null(st, 4);
+  sqlite3_bind_int64(st, 5, now_ms);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE)
+    r = sqlite3_changes(q->db) > 0 ? 0 : -EEXIST;
+  else
+    r = fail(q, rc, "sqlite: put_new");
+  done(st);
+  return r;
+}
+
 static int sq_del(void *impl, const char *ns, const char *key, size_t key_len, int64_t now_ms) {
   sq *q = impl;
   sqlite3_stmt *st = NULL;
@@ -600,6 +632,7 @@ const evs__store_backend evs__store_backend_sqlite = {
   .close = sq_close,
   .get = sq_get,
   .put = sq_put,
+  .put_new = sq_put_new,
   .del = sq_del,
   .scan = sq_scan,
   .append = sq_append,

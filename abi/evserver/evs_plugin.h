@@ -119,6 +119,8 @@
  *        no client holds a complete response whose record a crash could lose) and
  *        store_append_ready (whether the store takes records now: refuse work up front,
  *        cleanly, while it does not). store_append keeps its write-behind behaviour.
+ *   1.9  store_put_new: create-only put (-EEXIST when the key is live), atomic across workers
+ *        and nodes: claims, locks and version numbers.
  *   1.9  unix sockets and plugin-chosen listener certificates (the Cages front):
  *        evs_upstream.unix_path and evs_stream_connect.unix_path connect to a unix stream
  *        socket instead of host:port (the cage's app socket); add_tls_identity lets a plugin
@@ -1042,6 +1044,12 @@ typedef struct evs_host {
    * record answers 503 `service-unavailable` up front rather than do work it cannot record;
    * -ENOTSUP without a store. */
   int (*store_append_ready)(evs_plugin *p);
+  /* 1.9: create-only store_put: writes only if the key is absent or expired, else status
+   * -EEXIST and nothing written. Atomic like store_delete: of concurrent creators of one key
+   * (any workers, any nodes sharing PostgreSQL) exactly one is told 0. cb NULL: done when it
+   * returns (the result is the return value), as store_put. */
+  int (*store_put_new)(evs_plugin *p, const char *key, const uint8_t *value, size_t value_len,
+                       uint64_t ttl_s, evs_store_cb cb, void *arg);
   /* 1.9: init only (-EPERM later). On TLS listeners that serve `role`, a client whose SNI name
    * ends in "." host_suffix (any number of labels before it) is offered to fn first, during
    * the handshake and on the loop thread: fn fills the identity (as for stream_start_tls;

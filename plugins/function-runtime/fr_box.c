@@ -48,6 +48,7 @@ struct fr_pool {
   fr_box *boxes;
   size_t nboxes;
   fr_run *qhead, *qtail;
+  int warming; /* the next box_start is a pre-warm (fr_pool_warm), for no run yet */
 };
 
 struct fr_box {
@@ -66,6 +67,7 @@ struct fr_box {
   uint8_t *wbuf;
   size_t wlen, wcap;
   int64_t idle_since;
+  int prewarm; /* started ahead of any run: counted function_prewarmed once ready */
   evs_timer *start_timer, *reap_timer;
   fr_egress *egress;
   json_t *env;  /* plain values for the spawn's environment (plaintext secrets: wiped) */
@@ -233,8 +235,12 @@ static void on_frame(fr_box *b, const uint8_t *data, size_t len) {
     b->start_timer = NULL;
     b->state = B_IDLE;
     b->idle_since = fr_now_ms();
+    int warmed = b->prewarm;
+    if (warmed) st->h->counter_add(st->p, "function_prewarmed", 1);
+    b->prewarm = 0;
     fr_run *r = queue_pop(b->pool);
     if (r) {
+      if (warmed) r->cold = 1; /* it waited for this box's start all the same */
       r->pool = NULL;
       assign(b, r);
     }
@@ -513,7 +519,8 @@ static void spawn(fr_box *b) {
   b->poll->data = b;
   b->state = B_STARTING;
   poll_update(b);
-  st->h->counter_add(st->p, "function_cold_starts", 1);
+  /* A pre-warmed box is counted as function_prewarmed once ready: no run waits for it. */
+  if (!b->prewarm) st->h->counter_add(st->p, "function_cold_starts", 1);
 }
 
 static void on_env_decrypted(void *arg, int status, json_t *data) {
@@ -648,6 +655,8 @@ static int box_start(fr_pool *p) {
   b->refs = 1;
   b->fd = -1;
   b->state = B_PREP;
+  b->prewarm = p->warming;
+  p->warming = 0;
   b->next = p->boxes;
   p->boxes = b;
   p->nboxes++;
@@ -693,24 +702,42 @@ static void pump(fr_pool *p) {
   }
 }
 
-int fr_pool_submit(fr_state *st, fr_run *r) {
-  int64_t ver = json_integer_value(json_object_get(r->fn, "version"));
-  int64_t envv = json_integer_value(json_object_get(r->fn, "envVersion"));
+/* The pool of (app, name, the record's version and environment version); made if absent. */
+static fr_pool *pool_get(fr_state *st, const char *app, const char *name, json_t *fn) {
+  int64_t ver = json_integer_value(json_object_get(fn, "version"));
+  int64_t envv = json_integer_value(json_object_get(fn, "envVersion"));
   fr_pool *p = st->pools;
-  while (p && !(p->version == ver && p->env_version == envv && strcmp(p->app, r->app) == 0 &&
-                strcmp(p->name, r->name) == 0))
+  while (p && !(p->version == ver && p->env_version == envv && strcmp(p->app, app) == 0 &&
+                strcmp(p->name, name) == 0))
     p = p->next;
   if (!p) {
-    if (!(p = calloc(1, sizeof *p))) return -ENOMEM;
+    if (!(p = calloc(1, sizeof *p))) return NULL;
     p->st = st;
-    snprintf(p->app, sizeof p->app, "%s", r->app);
-    snprintf(p->name, sizeof p->name, "%s", r->name);
+    snprintf(p->app, sizeof p->app, "%s", app);
+    snprintf(p->name, sizeof p->name, "%s", name);
     p->version = ver;
     p->env_version = envv;
-    p->fn = json_incref(r->fn);
+    p->fn = json_incref(fn);
     p->next = st->pools;
     st->pools = p;
   }
+  return p;
+}
+
+int fr_pool_warm(fr_state *st, const char *app, const char *name, json_t *fn) {
+  if (st->stopping || st->pool_max < 1) return 0;
+  fr_pool *p = pool_get(st, app, name, fn);
+  if (!p) return -ENOMEM;
+  if (p->nboxes > 0) return 0; /* one box is all a pre-warm makes: runs grow the pool */
+  p->warming = 1;
+  int rc = box_start(p);
+  p->warming = 0;
+  return rc;
+}
+
+int fr_pool_submit(fr_state *st, fr_run *r) {
+  fr_pool *p = pool_get(st, r->app, r->name, r->fn);
+  if (!p) return -ENOMEM;
   r->pool = p;
   r->next_queued = NULL;
   if (p->qtail) p->qtail->next_queued = r;

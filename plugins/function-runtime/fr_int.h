@@ -34,11 +34,12 @@ struct fr_state {
   int64_t pool_max, idle_ms, start_timeout_ms, sync_timeout_ms, max_payload, token_ttl_s,
       run_ttl_s, log_max, tmp_size, memory_max, max_code;
   const char *team_uuid, *activity_url;
-  int egress_on, egress_allow_private, python_rlimit_as;
+  int egress_on, egress_allow_private, python_rlimit_as, prewarm;
   char egress_dir[96];
   fr_pool *pools;
   fr_run *runs; /* every run in flight */
   evs_timer *reaper;
+  struct fr_admin *lock_waiters; /* admin calls waiting to retry a Function's write lock */
   int stopping;
   /* Objects alive that a callback may still reach (runs, requests' contexts, crypto jobs,
    * boxes). After fini (stopping) the state stays until the last of them is released: the
@@ -66,6 +67,11 @@ struct fr_run {
   size_t log_bytes;
   int log_cut;
   int64_t created_ms, started_ms;
+  /* An answer held until the run's record is in the store (run_hold, run_flush). */
+  int held, held_http;
+  json_t *held_obj;
+  const char *held_code; /* static, as every error code: the host keeps the pointer */
+  char *held_detail;
   evs_timer *timer;
   fr_box *box;
   fr_pool *pool;
@@ -73,6 +79,8 @@ struct fr_run {
 
 /* fr_box.c */
 int fr_pool_submit(fr_state *st, fr_run *r);     /* queues r on its function's pool */
+/* Starts one box for the Function of record fn if its pool in this worker has none. */
+int fr_pool_warm(fr_state *st, const char *app, const char *name, json_t *fn);
 void fr_pools_free(fr_state *st);                  /* fini: stop every box */
 void fr_pools_reap(fr_state *st);                  /* idle boxes past idle_ms */
 void fr_box_abandon(fr_run *r);                    /* timeout: kill r's box */

@@ -134,6 +134,8 @@ static void run_unref(fr_run *r) {
       break;
     }
   if (r->timer) st->h->timer_free(r->timer);
+  json_decref(r->held_obj);
+  free(r->held_detail);
   json_decref(r->body);
   json_decref(r->fn);
   json_decref(r->payload);
@@ -193,6 +195,42 @@ static void run_send(fr_run *r, int status, json_t *obj) {
   }
 }
 
+/* The client is told only once the run's record is in the store, so that a read of it right
+ * after (GET .../runs/<id>, run-status, on any worker or node) finds it: the 202 of an async
+ * run waits for "queued", a sync run's answer for its final record. obj NULL: an error. */
+static void run_hold(fr_run *r, int http, json_t *obj, const char *code, const char *detail) {
+  if (!r->req || r->answered || r->held) {
+    json_decref(obj);
+    return;
+  }
+  r->held = 1;
+  r->answered = 1; /* nothing else answers it now */
+  r->held_http = http;
+  r->held_obj = obj;
+  r->held_code = code;
+  r->held_detail = detail ? strdup(detail) : NULL;
+}
+
+static void run_flush(fr_run *r) {
+  if (!r->held) return;
+  r->held = 0;
+  r->answered = 0;
+  json_t *obj = r->held_obj;
+  r->held_obj = NULL;
+  if (r->st->stopping) { /* fini ran: the host closes the connection */
+    json_decref(obj);
+    r->answered = 1;
+  } else if (obj) {
+    run_send(r, r->held_http, obj);
+  } else {
+    run_error(r, r->held_http, r->held_code ? r->held_code : "internal-error",
+              r->held_detail ? r->held_detail : "");
+  }
+  free(r->held_detail);
+  r->held_code = NULL;
+  r->held_detail = NULL;
+}
+
 static const char *fn_str(const json_t *fn, const char *k) {
   return json_string_value(json_object_get(fn, k));
 }
@@ -222,19 +260,33 @@ static void emit_alert(fr_run *r, int http, const char *code, const char *messag
   free(s);
 }
 
+static void on_record_put(void *arg, int status, const uint8_t *v, size_t len) {
+  (void)v;
+  (void)len;
+  fr_run *r = arg;
+  if (status < 0 && !r->st->stopping)
+    r->st->h->log(r->st->p, NULL, EVS_LOG_ERROR, "cannot store the record of run %s: %s", r->id,
+                  strerror(-status));
+  run_flush(r);
+  run_unref(r);
+}
+
+/* Through the worker's store thread, off the loop; a run's records are written in the order
+ * they are made (the store runs one worker's calls in order), so "queued", "running" and the
+ * final record cannot overtake each other. A held answer goes once the write is done. */
 static void run_record_put(fr_run *r, json_t *rec) {
-  if (!r->app[0]) return;
+  char *s = r->app[0] ? json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  if (!s) {
+    run_flush(r);
+    return;
+  }
   char key[256];
   snprintf(key, sizeof key, "run/%s/%s", r->app, r->id);
-  char *s = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER);
-  if (s) {
-    int rc = r->st->h->store_put(r->st->p, key, (const uint8_t *)s, strlen(s), (uint64_t)r->st->run_ttl_s,
-                                 NULL, NULL);
-    if (rc < 0)
-      r->st->h->log(r->st->p, NULL, EVS_LOG_ERROR, "cannot store the record of run %s: %s", r->id,
-                    strerror(-rc));
-    free(s);
-  }
+  r->refs++;
+  int rc = r->st->h->store_put(r->st->p, key, (const uint8_t *)s, strlen(s),
+                               (uint64_t)r->st->run_ttl_s, on_record_put, r);
+  free(s);
+  if (rc < 0) on_record_put(r, rc, NULL, 0);
 }
 
 static json_t *run_record(fr_run *r, const char *status) {
@@ -300,6 +352,7 @@ static void on_sealed(void *arg, int status, json_t *data) {
   }
   json_decref(data);
   if (!r->st->stopping) run_record_put(r, j->rec);
+  else run_flush(r);
   json_decref(j->rec);
   free(j);
   run_unref(r);
@@ -347,22 +400,6 @@ void fr_run_finish(fr_run *r, const char *status, json_t *result, json_t *error,
   r->payload = NULL;
   int64_t now = fr_now_ms();
   const char *rec_status = status ? status : (code && strcmp(code, "request-timeout") == 0) ? "timeout" : "failure";
-  json_t *rec = run_record(r, rec_status);
-  if (rec) {
-    json_object_set_new(rec, "finishedAt", json_integer(now));
-    json_object_set_new(rec, "durationMs", json_integer(now - (r->started_ms ? r->started_ms : r->created_ms)));
-    json_object_set_new(rec, "coldStart", json_boolean(r->cold));
-    /* What the Function produced (an async result, what it threw, its console output) may hold
-     * the plaintext it was given: it is kept sealed with the app's keys (record_seal_put). An
-     * error of our own (code) is ours, and stays readable. */
-    json_t *priv = json_object();
-    if (priv && r->async && result) json_object_set(priv, "result", result);
-    if (priv && error) json_object_set(priv, "error", error);
-    if (priv) json_object_set(priv, "logs", r->logs);
-    if (code) json_object_set_new(rec, "error", json_pack("{s:s,s:s,s:i}", "code", code, "message",
-                                                          detail ? detail : "", "status", http));
-    record_seal_put(r, rec, priv);
-  }
   /* The activity stream: never payloads, results or console output. */
   int shown = status ? 200 : http;
   /* Shaped like the relays' transaction records, so `evctl activity` lists them together. */
@@ -404,14 +441,34 @@ void fr_run_finish(fr_run *r, const char *status, json_t *result, json_t *error,
                                                                           : "function_runs_error", 1);
     emit_alert(r, http, code, detail);
   }
+  /* The answer waits for the record (run_hold); the activity record above is bound to the
+   * request first, so it too is committed before the answer ends. */
   if (status) {
     json_t *obj = json_pack("{s:s,s:s,s:s,s:I,s:s}", "id", r->id, "runId", r->id, "status", status,
                             "createdAt", (json_int_t)r->created_ms, "appUuid", r->app);
     if (obj && result) json_object_set(obj, "result", result);
     if (obj && error) json_object_set(obj, "error", error);
-    run_send(r, 200, obj);
+    run_hold(r, 200, obj, NULL, NULL);
   } else {
-    run_error(r, http, code, detail);
+    run_hold(r, http, NULL, code, detail);
+  }
+  json_t *rec = run_record(r, rec_status);
+  if (rec) {
+    json_object_set_new(rec, "finishedAt", json_integer(now));
+    json_object_set_new(rec, "durationMs", json_integer(now - (r->started_ms ? r->started_ms : r->created_ms)));
+    json_object_set_new(rec, "coldStart", json_boolean(r->cold));
+    /* What the Function produced (an async result, what it threw, its console output) may hold
+     * the plaintext it was given: it is kept sealed with the app's keys (record_seal_put). An
+     * error of our own (code) is ours, and stays readable. */
+    json_t *priv = json_object();
+    if (priv && r->async && result) json_object_set(priv, "result", result);
+    if (priv && error) json_object_set(priv, "error", error);
+    if (priv) json_object_set(priv, "logs", r->logs);
+    if (code) json_object_set_new(rec, "error", json_pack("{s:s,s:s,s:i}", "code", code, "message",
+                                                          detail ? detail : "", "status", http));
+    record_seal_put(r, rec, priv);
+  } else {
+    run_flush(r);
   }
   json_decref(result);
   json_decref(error);
@@ -634,12 +691,12 @@ static void dispatch(fr_run *r) {
   r->timer = st->h->timer_start(st->p, (uint64_t)limit, 0, on_run_timeout, r);
   if (r->async) {
     json_t *rec = run_record(r, "queued");
-    if (rec) {
-      run_record_put(r, rec);
-      json_decref(rec);
-    }
-    run_send(r, 202, json_pack("{s:s,s:s,s:s,s:I,s:s}", "id", r->id, "runId", r->id, "status",
-                               "queued", "createdAt", (json_int_t)r->created_ms, "appUuid", r->app));
+    run_hold(r, 202, json_pack("{s:s,s:s,s:s,s:I,s:s}", "id", r->id, "runId", r->id, "status",
+                               "queued", "createdAt", (json_int_t)r->created_ms, "appUuid", r->app),
+             NULL, NULL);
+    if (rec) run_record_put(r, rec);
+    else run_flush(r);
+    json_decref(rec);
   }
   int rc = fr_pool_submit(st, r);
   if (rc < 0) fr_run_finish(r, NULL, NULL, NULL, 500, "internal-error", "The function could not be started");
@@ -1303,6 +1360,110 @@ static int api_route(void *arg, evs_request *req) {
   return EVS_HANDLED;
 }
 
+/* ---- pre-warming ---------------------------------------------------------------------------
+ * Pools are per worker, so without this a Function's first run on each worker would be a cold
+ * start. After a deploy or an environment change the worker that made it starts one box of the
+ * new version and tells the node's other workers (node_broadcast: the record, which holds no
+ * secret) to do the same; each starts one only if its pool of that version has none. */
+
+static void on_warm_sent(void *arg, size_t workers, size_t ok) {
+  (void)arg;
+  (void)workers;
+  (void)ok;
+}
+
+static void warm_node(fr_state *st, const char *app, const char *name, json_t *fn) {
+  if (!st->prewarm) return;
+  if (fr_pool_warm(st, app, name, fn) < 0)
+    st->h->log(st->p, NULL, EVS_LOG_WARN, "function %s of app %s: cannot pre-warm a box", name,
+               app);
+  char *s = json_dumps(fn, JSON_COMPACT);
+  if (s && strlen(s) <= EVS_NODE_MSG_MAX)
+    st->h->node_broadcast(st->p, (const uint8_t *)s, strlen(s), 5000, on_warm_sent, NULL);
+  free(s);
+}
+
+/* A worker that starts (a reload, a crashed worker replaced) warms the Functions run on the
+ * node within idle_timeout, at most FR_WARM_RECENT of them: one query of the runs stream, one
+ * read of each record. */
+#define FR_WARM_RECENT 16
+
+static void on_recent_fn(void *arg, int status, const uint8_t *v, size_t len) {
+  fr_state *st = arg;
+  if (status == 0 && !st->stopping) {
+    json_t *fn = json_loadb((const char *)v, len, 0, NULL);
+    const char *app = json_string_value(json_object_get(fn, "appUuid"));
+    const char *name = json_string_value(json_object_get(fn, "name"));
+    if (app && name) fr_pool_warm(st, app, name, fn);
+    json_decref(fn);
+  }
+  fr_live(st, -1);
+}
+
+typedef struct fr_recent {
+  fr_state *st;
+  json_t *seen; /* "fn/<app>/<name>" keys */
+} fr_recent;
+
+static void on_recent_run(void *arg, int status, int64_t ts, const char *json) {
+  (void)status;
+  (void)ts;
+  fr_recent *rc = arg;
+  fr_state *st = rc->st;
+  json_t **seen = &rc->seen;
+  if (json) {
+    json_t *rec = json_loads(json, 0, NULL);
+    const char *app = json_string_value(json_object_get(rec, "appUuid"));
+    const char *name = json_string_value(json_object_get(rec, "functionName"));
+    char key[FN_APP_MAX + FR_NAME_MAX + 8];
+    if (app && name && app_valid(app) && name_valid(name, strlen(name)) &&
+        json_object_size(*seen) < FR_WARM_RECENT) {
+      snprintf(key, sizeof key, "fn/%s/%s", app, name);
+      json_object_set_new(*seen, key, json_true());
+    }
+    json_decref(rec);
+    return;
+  }
+  const char *key;
+  json_t *v;
+  json_object_foreach(*seen, key, v) {
+    if (st->stopping) break;
+    st->live++;
+    if (st->h->store_get(st->p, key, on_recent_fn, st) < 0) st->live--;
+  }
+  json_decref(rc->seen);
+  free(rc);
+  fr_live(st, -1);
+}
+
+static void warm_recent(fr_state *st) {
+  fr_recent *rc = st->prewarm ? calloc(1, sizeof *rc) : NULL;
+  if (!rc || st->idle_ms <= 0 || !(rc->seen = json_object())) {
+    free(rc);
+    return;
+  }
+  rc->st = st;
+  st->live++;
+  if (st->h->store_query(st->p, "runs", fr_now_ms() - st->idle_ms, 500, on_recent_run, rc) < 0) {
+    json_decref(rc->seen);
+    free(rc);
+    st->live--;
+  }
+}
+
+static void on_node_msg(void *state, const uint8_t *msg, size_t len, evs_node_msg *m) {
+  fr_state *st = state;
+  json_t *fn = json_loadb((const char *)msg, len, 0, NULL);
+  const char *app = json_string_value(json_object_get(fn, "appUuid"));
+  const char *name = json_string_value(json_object_get(fn, "name"));
+  int rc = -EINVAL;
+  if (app && name && app_valid(app) && name_valid(name, strlen(name)) &&
+      json_is_integer(json_object_get(fn, "version")))
+    rc = fr_pool_warm(st, app, name, fn);
+  json_decref(fn);
+  st->h->node_reply(m, rc);
+}
+
 /* ---- admin ------------------------------------------------------------------------------- */
 
 enum { AD_LIST, AD_DEPLOY, AD_GET, AD_DELETE, AD_ENV_GET, AD_ENV_SET, AD_ENV_DEL, AD_ACTIVITY };
@@ -1310,6 +1471,11 @@ enum { AD_LIST, AD_DEPLOY, AD_GET, AD_DELETE, AD_ENV_GET, AD_ENV_SET, AD_ENV_DEL
 typedef struct fr_admin {
   fr_op op;
   int action, secret;
+  int locked;             /* holds lock/<app>/<name> (released with the operation) */
+  int64_t lock_since;     /* ms: when it started to wait for the lock */
+  evs_timer *lock_retry;
+  struct fr_admin *next_waiter;
+  json_int_t gone_version; /* the version a deleted Function of this name had reached */
   char app[FN_APP_MAX + 1];
   char name[FR_NAME_MAX + 1];
   char env_key[130];
@@ -1318,8 +1484,24 @@ typedef struct fr_admin {
   int64_t filter;
 } fr_admin;
 
+static void lock_key(const fr_admin *x, char *key, size_t len) {
+  snprintf(key, len, "lock/%s/%s", x->app, x->name);
+}
+
 static void admin_release(fr_op *o) {
   fr_admin *x = (fr_admin *)o;
+  fr_state *st = o->st;
+  if (x->lock_retry && !st->stopping) st->h->timer_free(x->lock_retry);
+  for (fr_admin **pp = &st->lock_waiters; *pp; pp = &(*pp)->next_waiter)
+    if (*pp == x) {
+      *pp = x->next_waiter;
+      break;
+    }
+  if (x->locked && !st->stopping) { /* synchronous: written before a waiter can take it */
+    char key[512];
+    lock_key(x, key, sizeof key);
+    st->h->store_delete(st->p, key, NULL, NULL);
+  }
   json_decref(x->body);
   json_decref(x->fn);
   json_decref(x->env);
@@ -1484,7 +1666,25 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
     return;
   }
   json_t *old = prev ? json_loadb((const char *)prev, prev_len, 0, NULL) : NULL;
-  json_int_t ver = old ? json_integer_value(json_object_get(old, "version")) + 1 : 1;
+  json_int_t ver = old ? json_integer_value(json_object_get(old, "version")) : x->gone_version;
+  ver++;
+  /* The write lock makes deploys of one Function take turns; the claim makes each version
+   * number used once whatever happens (a lock that expired under a stalled holder, a deleted
+   * Function deployed again: nodes keep unpacked versions by number). */
+  char key[512];
+  for (int tries = 0;; tries++, ver++) {
+    snprintf(key, sizeof key, "ver/%s/%s/%" JSON_INTEGER_FORMAT, x->app, x->name, ver);
+    rc = st->h->store_put_new(st->p, key, (const uint8_t *)"", 0, 0, NULL, NULL);
+    if (rc != -EEXIST || tries == 16) break;
+  }
+  if (rc < 0) {
+    json_decref(old);
+    free(code);
+    op_error(&x->op, rc == -EEXIST ? 409 : 500, rc == -EEXIST ? "conflict" : "internal-error",
+             rc == -EEXIST ? "Concurrent deploys of this Function: try again"
+                           : "The store is unavailable");
+    return;
+  }
   const char *uuid = old ? json_string_value(json_object_get(old, "functionUuid")) : NULL;
   char uuidbuf[48];
   if (!uuid) {
@@ -1503,7 +1703,6 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
   json_decref(old);
   if (fn && allow) json_object_set(fn, "inboundAllowlist", allow);
   if (fn && out_allow) json_object_set(fn, "outboundAllowlist", out_allow);
-  char key[512];
   snprintf(key, sizeof key, "code/%s/%s/%" JSON_INTEGER_FORMAT, x->app, x->name, ver);
   rc = fn ? st->h->store_put(st->p, key, code, code_len, 0, NULL, NULL) : -ENOMEM;
   free(code);
@@ -1521,6 +1720,7 @@ static void deploy(fr_admin *x, const uint8_t *prev, size_t prev_len) {
   st->h->log(st->p, NULL, EVS_LOG_INFO, "function %s of app %s deployed: version %" JSON_INTEGER_FORMAT
              " (%s, %zu bytes)", x->name, x->app, ver, lang, code_len);
   st->h->counter_add(st->p, "function_deploys", 1);
+  warm_node(st, x->app, x->name, fn);
   admin_json(x, 200, fn);
 }
 
@@ -1528,7 +1728,7 @@ static void bump_env_version(fr_admin *x) {
   json_object_set_new(x->fn, "envVersion", json_integer(json_integer_value(json_object_get(x->fn, "envVersion")) + 1));
   char key[512];
   snprintf(key, sizeof key, "fn/%s/%s", x->app, x->name);
-  put_json(x->op.st, key, x->fn);
+  if (put_json(x->op.st, key, x->fn) == 0) warm_node(x->op.st, x->app, x->name, x->fn);
 }
 
 static json_t *env_view(const json_t *env) {
@@ -1606,6 +1806,8 @@ static void on_env(void *arg, int status, const uint8_t *v, size_t len) {
   env_store(x);
 }
 
+static void on_admin_gone(void *arg, int status, const uint8_t *v, size_t len);
+
 static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
   fr_admin *x = arg;
   fr_state *st = x->op.st;
@@ -1617,7 +1819,16 @@ static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
     op_error(&x->op, 500, "internal-error", "The store is unavailable");
     return;
   }
+  if (x->action == AD_DEPLOY && status == -ENOENT && !x->gone_version) {
+    char key[512];
+    snprintf(key, sizeof key, "gone/%s/%s", x->app, x->name);
+    x->gone_version = -1;
+    if (st->h->store_get(st->p, key, on_admin_gone, x) < 0)
+      op_error(&x->op, 500, "internal-error", "The store is unavailable");
+    return;
+  }
   if (x->action == AD_DEPLOY) {
+    if (x->gone_version < 0) x->gone_version = 0;
     deploy(x, status == 0 ? v : NULL, len);
     return;
   }
@@ -1643,8 +1854,13 @@ static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
     }
     snprintf(key, sizeof key, "env/%s/%s", x->app, x->name);
     st->h->store_delete(st->p, key, NULL, NULL);
+    /* The next Function of this name goes on from this version (see deploy). */
+    char gone[64];
+    snprintf(gone, sizeof gone, "{\"version\":%" JSON_INTEGER_FORMAT "}", ver);
+    snprintf(key, sizeof key, "gone/%s/%s", x->app, x->name);
+    int grc = st->h->store_put(st->p, key, (const uint8_t *)gone, strlen(gone), 0, NULL, NULL);
     snprintf(key, sizeof key, "fn/%s/%s", x->app, x->name);
-    if (st->h->store_delete(st->p, key, NULL, NULL) < 0) {
+    if (grc < 0 || st->h->store_delete(st->p, key, NULL, NULL) < 0) {
       op_error(&x->op, 500, "internal-error", "The store is unavailable");
       return;
     }
@@ -1659,10 +1875,92 @@ static void on_admin_fn(void *arg, int status, const uint8_t *v, size_t len) {
   }
 }
 
+static void on_admin_gone(void *arg, int status, const uint8_t *v, size_t len) {
+  fr_admin *x = arg;
+  if (status == 0) {
+    json_t *g = json_loadb((const char *)v, len, 0, NULL);
+    x->gone_version = json_integer_value(json_object_get(g, "version"));
+    json_decref(g);
+  }
+  on_admin_fn(x, status < 0 && status != -ENOENT ? status : -ENOENT, NULL, 0);
+}
+
 static void admin_load_fn(fr_admin *x) {
   char key[512];
   snprintf(key, sizeof key, "fn/%s/%s", x->app, x->name);
   if (x->op.st->h->store_get(x->op.st->p, key, on_admin_fn, x) < 0) op_error(&x->op, 500, "internal-error", "The store is unavailable");
+}
+
+/* Calls that rewrite fn/<app>/<name> (deploy, env changes, delete) take turns per Function,
+ * on every worker and node: the lock is a create-only key with a time to live, so a holder
+ * that died lets go by itself. */
+#define FR_LOCK_TTL_S 30
+#define FR_LOCK_RETRY_MS 20
+
+static void admin_lock(fr_admin *x);
+
+static void on_lock_retry(void *arg) {
+  fr_admin *x = arg;
+  fr_state *st = x->op.st;
+  st->h->timer_free(x->lock_retry);
+  x->lock_retry = NULL;
+  for (fr_admin **pp = &st->lock_waiters; *pp; pp = &(*pp)->next_waiter)
+    if (*pp == x) {
+      *pp = x->next_waiter;
+      break;
+    }
+  admin_lock(x);
+}
+
+static void on_lock(void *arg, int status, const uint8_t *v, size_t len) {
+  (void)v;
+  (void)len;
+  fr_admin *x = arg;
+  fr_state *st = x->op.st;
+  if (st->stopping) {
+    x->locked = status == 0;
+    op_unref(&x->op);
+    return;
+  }
+  if (status == 0) {
+    x->locked = 1;
+    admin_load_fn(x);
+    return;
+  }
+  if (status != -EEXIST) {
+    op_error(&x->op, 500, "internal-error", "The store is unavailable");
+    return;
+  }
+  if (fr_now_ms() - x->lock_since > FR_LOCK_TTL_S * 1000) {
+    op_error(&x->op, 409, "conflict", "Another change of this Function is in progress: try again");
+    return;
+  }
+  x->lock_retry = st->h->timer_start(st->p, FR_LOCK_RETRY_MS, 0, on_lock_retry, x);
+  if (!x->lock_retry) {
+    op_error(&x->op, 500, "internal-error", "Out of memory");
+    return;
+  }
+  x->next_waiter = st->lock_waiters;
+  st->lock_waiters = x;
+}
+
+static void admin_lock(fr_admin *x) {
+  fr_state *st = x->op.st;
+  char key[512], who[32];
+  lock_key(x, key, sizeof key);
+  int n = snprintf(who, sizeof who, "%d", (int)getpid());
+  if (!x->lock_since) x->lock_since = fr_now_ms();
+  if (st->h->store_put_new(st->p, key, (const uint8_t *)who, (size_t)n, FR_LOCK_TTL_S, on_lock,
+                          x) < 0)
+    op_error(&x->op, 500, "internal-error", "The store is unavailable");
+}
+
+static void admin_start(fr_admin *x) {
+  if (x->action == AD_DEPLOY || x->action == AD_DELETE || x->action == AD_ENV_SET ||
+      x->action == AD_ENV_DEL)
+    admin_lock(x);
+  else
+    admin_load_fn(x);
 }
 
 static void on_admin_body(void *arg, int status, const uint8_t *data, size_t len) {
@@ -1695,7 +1993,7 @@ static void on_admin_body(void *arg, int status, const uint8_t *data, size_t len
       return;
     }
   }
-  admin_load_fn(x);
+  admin_start(x);
 }
 
 static void on_list_item(void *arg, int status, const char *key, const uint8_t *v, size_t len) {
@@ -1859,7 +2157,7 @@ static int admin_route(void *arg, evs_request *req) {
     int rc = st->h->read_body(req, body_max, on_admin_body, x);
     if (rc < 0) on_admin_body(x, rc, NULL, 0);
   } else {
-    admin_load_fn(x);
+    admin_start(x);
   }
   return EVS_HANDLED;
 }
@@ -1897,6 +2195,9 @@ static const evs_config_item items[] = {
      "AddressSanitizer, whose shadow memory does not fit under it)"},
     {"code_dir", EVS_CONFIG_PATH, NULL, 0, 0, 0,
      "where deployed versions are unpacked on this node; default <state_dir>/functions"},
+    {"prewarm", EVS_CONFIG_BOOL, "on", 0, 0, 0,
+     "start one box of a Function in every worker after its deploy or environment change, and "
+     "in a starting worker for the Functions run within idle_timeout"},
     {"egress", EVS_CONFIG_BOOL, "on", 0, 0, 0,
      "Functions may open outbound connections (through a CONNECT proxy per box)"},
     {"egress_allow_private", EVS_CONFIG_BOOL, "off", 0, 0, 0,
@@ -1943,7 +2244,13 @@ static void probe(const char *path, char *out, size_t cap) {
 static void on_reap(void *arg) { fr_pools_reap(arg); }
 
 static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
-  if (host->abi_minor < 7) return -ENOTSUP;
+  /* store_put_new (1.9): deploys take turns and claim their versions with it. */
+  if (host->abi_minor < 9 ||
+      host->size < offsetof(evs_host, store_put_new) + sizeof host->store_put_new) {
+    host->log(plugin, NULL, EVS_LOG_ERROR, "function-runtime needs a host with store_put_new "
+              "(ABI 1.9 as of this evserver): upgrade evserver");
+    return -ENOTSUP;
+  }
   fr_state *st = calloc(1, sizeof *st);
   if (!st) return -ENOMEM;
   st->h = host;
@@ -1968,6 +2275,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
   st->activity_url = host->config_string(plugin, "activity_url");
   st->python_rlimit_as = host->config_bool(plugin, "python_rlimit_as") == 1;
   st->egress_on = host->config_bool(plugin, "egress") == 1;
+  st->prewarm = host->config_bool(plugin, "prewarm") == 1;
   st->egress_allow_private = host->config_bool(plugin, "egress_allow_private") == 1;
   const char *ed = host->config_string(plugin, "egress_dir");
   int edn = ed ? snprintf(st->egress_dir, sizeof st->egress_dir, "%s", ed)
@@ -1998,7 +2306,14 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     free(st);
     return r;
   }
+  if (r == 0) r = host->node_subscribe(plugin, on_node_msg);
+  if (r < 0) {
+    host->log(plugin, NULL, EVS_LOG_ERROR, "cannot subscribe to node messages: %s", strerror(-r));
+    free(st);
+    return r;
+  }
   st->reaper = host->timer_start(plugin, 1000, 1000, on_reap, st);
+  warm_recent(st);
   host->log(plugin, NULL, EVS_LOG_INFO, "Functions: node %s (%s), python %s (%s), evs-fnbox %s",
             st->node_version[0] ? st->node_version : "absent", st->node,
             st->python_version[0] ? st->python_version : "absent", st->python, st->fnbox);
@@ -2012,6 +2327,13 @@ static void fini(void *state) {
   if (st->reaper) st->h->timer_free(st->reaper);
   st->reaper = NULL;
   fr_pools_free(st); /* boxes killed, their runs recorded as failed, waiting runs answered */
+  while (st->lock_waiters) { /* their timers go while the host's table may still be used */
+    fr_admin *x = st->lock_waiters;
+    st->lock_waiters = x->next_waiter;
+    st->h->timer_free(x->lock_retry);
+    x->lock_retry = NULL;
+    op_unref(&x->op);
+  }
   /* Runs still waiting on a callback keep their memory until it comes (it then only releases
    * them); their timers go now, while the host's table may still be used. */
   for (fr_run *r = st->runs; r; r = r->next_live) {

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -503,6 +504,111 @@ def test_two_workers():
         assert all(r[0] == 200 and r[2]["result"]["name"] == "w%d" % i for i, r in enumerate(results)), results
         st, _, body = e.run("sleepy", {}, headers=dict(e.basic(), **{"X-Async": "true"}))
         assert st == 404  # not deployed here
+    finally:
+        e.stop()
+
+
+def concurrent_deploys(nodes, name, n):
+    """n deploys of one Function at once, spread over nodes (Envs): their versions."""
+    for e in nodes:
+        e.deploy(name)  # writes the Function's directory (and deploys once)
+    def one(i):
+        e = nodes[i % len(nodes)]
+        return e.evctl("function", "deploy", "--app", nodes[0].app, cwd=os.path.join(e.fndir, name))
+
+    with concurrent.futures.ThreadPoolExecutor(n) as ex:
+        outs = list(ex.map(one, range(n)))
+    return [o["version"] for o in outs]
+
+
+def test_concurrent_deploys():
+    """Deploys of one Function at the same moment, on two workers, each get a version of their
+    own, and the record left is the highest; a deleted Function deployed again goes on from its
+    last version (nodes keep unpacked code by version number)."""
+    e = Env(workers=2)
+    try:
+        n = 8
+        vers = concurrent_deploys([e], "hello", n)
+        assert sorted(vers) == list(range(2, 2 + n)), vers  # one deploy came first
+        got = json.loads(e.srv.admin_get("/functions/%s/hello" % e.app).body)
+        assert got["version"] == 1 + n, got
+        e.evctl("function", "delete", "--app", e.app, "--name", "hello")
+        assert e.deploy("hello")["version"] == 2 + n
+        st, _, body = e.run("hello", {"name": "again"})
+        assert st == 200 and body["result"]["name"] == "again", body
+    finally:
+        e.stop()
+
+
+def test_record_read_after_answer():
+    """A run's record is in the store when its answer arrives (it is written off the event
+    loop, and the answer waits for it): a read right after, on either of two workers, finds
+    the final record of a sync run and at least "queued" for an async one."""
+    e = Env(workers=2)
+    try:
+        e.deploy("hello")
+        e.deploy("thrower")
+        for i in range(20):
+            name = "thrower" if i % 4 == 3 else "hello"
+            st, _, body = e.run(name, {"name": "r%d" % i})
+            assert st == 200, body
+            path = "/functions/%s/runs/%s" % (name, body["runId"])
+            s, _, rec = e.api("GET", path, headers=e.basic())
+            assert s == 200 and rec["status"] == body["status"], (i, s, rec)
+            async_h = dict(e.basic(), **{"X-Async": "true"})
+            st, _, body = e.run("hello", {"name": "a%d" % i}, headers=async_h)
+            assert st == 202, body
+            s, _, rec = e.api("GET", "/functions/hello/runs/" + body["runId"], headers=e.basic())
+            assert s == 200 and rec["status"] in ("queued", "running", "success"), (i, s, rec)
+    finally:
+        e.stop()
+
+
+def counter(e, name):
+    metrics = e.srv.admin_get("/metrics").body.decode()
+    m = re.search(r'plugin="function-runtime",name="%s"\} (\d+)' % name, metrics)
+    return int(m.group(1)) if m else 0
+
+
+def test_prewarm_every_worker():
+    """After a deploy every worker of the node has a warm box of the new version (the deploying
+    worker tells the others with a node message), so runs landing on any worker start warm;
+    an environment change (a new environment version) warms again."""
+    workers = 3
+    e = Env(workers=workers, pool_max=2)
+    try:
+        e.deploy("hello")
+        evstest.wait_for(lambda: counter(e, "function_prewarmed") >= workers, timeout=30,
+                         what="a warm box in every worker")
+        assert counter(e, "function_prewarmed") == workers  # one each, not more
+        assert len(box_pids(e.srv.log())) == workers
+        cold = counter(e, "function_cold_starts")
+        for i in range(15):  # new connections: the workers take turns accepting them
+            st, _, body = e.run("hello", {"name": "w%d" % i})
+            assert st == 200 and body["result"]["name"] == "w%d" % i, body
+        assert counter(e, "function_cold_starts") == cold
+        act = json.loads(e.srv.admin_get("/function-activity?limit=100").body)["transactions"]
+        colds = [t["coldStart"] for t in act if t["functionName"] == "hello"]
+        assert len(colds) == 15 and not any(colds), colds
+        assert len(box_pids(e.srv.log())) == workers  # no box started for a run
+        e.evctl("function", "env", "set", "--app", e.app, "--name", "hello", "--key", "GREETING",
+                "--value", "hi")
+        evstest.wait_for(lambda: counter(e, "function_prewarmed") >= 2 * workers, timeout=30,
+                         what="warm boxes of the new environment")
+        st, _, body = e.run("hello", {"name": "env"})
+        assert st == 200 and body["result"]["greeting"] == "hi", body
+        assert counter(e, "function_cold_starts") == cold
+        assert len(box_pids(e.srv.log())) == 2 * workers
+        # A reload replaces every worker: the new ones warm what ran lately.
+        e.srv.signal(signal.SIGHUP)
+        evstest.wait_for(lambda: counter(e, "function_prewarmed") >= 3 * workers, timeout=30,
+                         what="the new workers to warm hello")
+        evstest.wait_for(lambda: len(box_pids(e.srv.log())) == 3 * workers, timeout=30,
+                         what="the new workers' boxes")
+        for i in range(6):
+            st, _, body = e.run("hello", {"name": "r%d" % i})
+            assert st == 200 and body["result"]["greeting"] == "hi", body
+        assert counter(e, "function_cold_starts") == cold
     finally:
         e.stop()
 

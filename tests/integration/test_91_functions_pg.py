@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Functions on two nodes sharing one PostgreSQL store: a Function deployed through node A runs
 on node B (B unpacks the version from the store), and a run token redeemed on both nodes at the
-same moment runs exactly once (the store's delete is an atomic take on PostgreSQL too).
+same moment runs exactly once (the store's delete is an atomic take on PostgreSQL too), and
+deploys of one Function on both nodes at once get a version each (store_put_new).
 
 Without EVS_TEST_PG_DSN this re-runs itself under tests/integration/pg_store.sh, which starts a
 throwaway PostgreSQL (or reports "skipped" when the server binaries are absent).
@@ -9,6 +10,7 @@ throwaway PostgreSQL (or reports "skipped" when the server binaries are absent).
 
 import concurrent.futures
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -71,6 +73,12 @@ def test_two_nodes_share_functions_and_tokens():
                 results = list(ex.map(redeem, [(a, i, t), (b, i, t)]))
                 codes = sorted((r[0], (r[2] or {}).get("code") or r[2].get("status")) for r in results)
                 assert codes == [(200, "success"), (401, "run-token-used-error")], codes
+        # Deploys of one Function on both nodes at once: a version each, the highest kept.
+        vers = T.concurrent_deploys([a, b], "echo", 8)
+        assert sorted(vers) == list(range(4, 12)), vers  # after the first and two sequential
+        for node in (a, b):
+            got = json.loads(node.srv.admin_get("/functions/%s/echo" % a.app).body)
+            assert got["version"] == 11, got
     finally:
         for e in nodes:
             e.stop()

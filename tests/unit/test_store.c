@@ -885,6 +885,114 @@ static void test_delete_once_concurrent(void **state) {
   restore_location(f);
 }
 
+/* put_new creates and never overwrites a live key; an expired one counts as absent. */
+static void test_put_new(void **state) {
+  fx *f = need(state);
+  const uint8_t *a = (const uint8_t *)"a", *b = (const uint8_t *)"b";
+
+  use_fake_clock(f, 1700000000000);
+  assert_int_equal(evs__store_put_new(f->s, "pn", "k", a, 1, 0), 0);
+  assert_int_equal(evs__store_put_new(f->s, "pn", "k", b, 1, 0), -EEXIST);
+  assert_value(f->s, "pn", "k", "a");
+  assert_int_equal(evs__store_put_new(f->s, "pn", "t", a, 1, 10), 0);
+  f->now += 9999;
+  assert_int_equal(evs__store_put_new(f->s, "pn", "t", b, 1, 10), -EEXIST);
+  assert_value(f->s, "pn", "t", "a");
+  f->now += 1; /* expired now: created again, with the new expiry */
+  assert_int_equal(evs__store_put_new(f->s, "pn", "t", b, 1, 10), 0);
+  assert_value(f->s, "pn", "t", "b");
+  f->now += 9999;
+  assert_value(f->s, "pn", "t", "b");
+  assert_int_equal(evs__store_put_new(f->s, "other", "k", b, 1, 0), 0); /* per namespace */
+  assert_int_equal(evs__store_delete(f->s, "pn", "k"), 0);
+  assert_int_equal(evs__store_put_new(f->s, "pn", "k", b, 0, 0), 0);
+  assert_value(f->s, "pn", "k", "");
+  assert_int_equal(evs__store_put_new(f->s, "pn", "", a, 1, 0), -EINVAL);
+}
+
+/* Create-only is atomic: of NPROC processes creating the same keys at once, exactly one wins
+ * each key, and the value kept is the winner's. */
+static void test_put_new_concurrent(void **state) {
+  fx *f = need(state);
+  evs__store_options o;
+  char where[PATH_MAX];
+  int go[2], counts[2];
+  pid_t pids[NPROC];
+
+  fresh_location(f, "claim", &o, where, sizeof(where));
+  evs__store *s = reopen(f, &o);
+  evs__store_close(s);
+  assert_int_equal(pipe(go), 0);
+  assert_int_equal(pipe(counts), 0);
+  for (int i = 0; i < NPROC; i++) {
+    pids[i] = fork();
+    assert_true(pids[i] >= 0);
+    if (pids[i] == 0) {
+      char c, err[256], ck[32], me[8];
+      evs__store *cs = NULL;
+      int won = 0;
+      close(go[1]);
+      close(counts[0]);
+      if (evs__store_open(&o, &cs, err, sizeof(err)) < 0)
+        _exit(10);
+      if (read(go[0], &c, 1) != 0)
+        _exit(9);
+      snprintf(me, sizeof(me), "%d", i);
+      for (int k = 0; k < TAKE_KEYS; k++) {
+        snprintf(ck, sizeof(ck), "ver/%d", (k + i * 37) % TAKE_KEYS);
+        int r = evs__store_put_new(cs, "claim", ck, (const uint8_t *)me, strlen(me), 0);
+        if (r == 0)
+          won++;
+        else if (r != -EEXIST)
+          _exit(11);
+      }
+      evs__store_close(cs);
+      int msg[2] = {i, won};
+      if (write(counts[1], msg, sizeof(msg)) != (ssize_t)sizeof(msg))
+        _exit(12);
+      _exit(0);
+    }
+  }
+  close(go[0]);
+  close(go[1]);
+  close(counts[1]);
+  int total = 0, wins[NPROC] = {0};
+  for (int i = 0; i < NPROC; i++) {
+    int status;
+    assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+  }
+  for (int i = 0; i < NPROC; i++) {
+    int msg[2];
+    assert_int_equal(read(counts[0], msg, sizeof(msg)), (ssize_t)sizeof(msg));
+    assert_true(msg[0] >= 0 && msg[0] < NPROC);
+    wins[msg[0]] = msg[1];
+    total += msg[1];
+  }
+  close(counts[0]);
+  assert_int_equal(total, TAKE_KEYS);
+  /* Every key holds one writer's mark, and the marks add up to the wins: no key was written
+   * by two creators. */
+  s = reopen(f, &o);
+  int per[NPROC] = {0};
+  for (int k = 0; k < TAKE_KEYS; k++) {
+    char ck[32];
+    uint8_t *v = NULL;
+    size_t len = 0;
+    snprintf(ck, sizeof(ck), "ver/%d", k);
+    assert_int_equal(evs__store_get(s, "claim", ck, &v, &len), 0);
+    int who = atoi((const char *)v);
+    free(v);
+    assert_true(who >= 0 && who < NPROC);
+    per[who]++;
+  }
+  evs__store_close(s);
+  for (int i = 0; i < NPROC; i++)
+    assert_int_equal(per[i], wins[i]);
+  restore_location(f);
+}
+
 /* The upgrade case: the migrations table exists (an older evserver made it) and several
  * processes open the store at once to apply the pending steps. A deferred transaction or a
  * missing advisory lock shows here as a failed open. */
@@ -1084,6 +1192,8 @@ static void test_format_error(void **state) {
   cmocka_unit_test_setup_teardown(test_concurrent_processes, setup, teardown),                \
   cmocka_unit_test_setup_teardown(test_concurrent_upgrade, setup, teardown),                  \
   cmocka_unit_test_setup_teardown(test_delete_once_concurrent, setup, teardown),              \
+  cmocka_unit_test_setup_teardown(test_put_new, setup, teardown),                             \
+  cmocka_unit_test_setup_teardown(test_put_new_concurrent, setup, teardown),                  \
   cmocka_unit_test_setup_teardown(test_file_mode, setup, teardown)
 
 int main(void) {
