@@ -1468,7 +1468,8 @@ static int mkdir_p(const char *path) {
 }
 
 static int cb_init(const evs_host *h, evs_plugin *p, void **ret) {
-  if (h->size < offsetof(evs_host, add_tls_passthrough) + sizeof h->add_tls_passthrough) {
+  if (h->size < offsetof(evs_host, add_tls_passthrough) + sizeof h->add_tls_passthrough ||
+      h->size < offsetof(evs_host, store_put_new) + sizeof h->store_put_new) {
     h->log(p, NULL, EVS_LOG_ERROR, "cage-broker needs a host with plugin ABI 1.9");
     return -ENOTSUP;
   }

@@ -126,6 +126,32 @@ static int tls_adopt(cb_cage *c, const char *cert, const char *key, size_t key_l
   return c->cert_pem && c->key_pem && c->spki ? 0 : -ENOMEM;
 }
 
+static void on_tls_rec(void *arg, int status, const uint8_t *value, size_t len);
+
+static void on_tls_put(void *arg, int status, const uint8_t *value, size_t len) {
+  (void)value;
+  (void)len;
+  tls_job *j = arg;
+  cb_cage *c = j->c;
+  if (status == 0 && !c->removed) {
+    tls_job_end(j, tls_adopt(c, j->cert_pem, j->key_pem, j->key_len) == 0);
+    return;
+  }
+  if (status != -EEXIST || c->removed) {
+    tls_job_end(j, 0);
+    return;
+  }
+  /* Another worker or node made it first: use theirs. */
+  OPENSSL_cleanse(j->key_pem, j->key_len);
+  free(j->key_pem);
+  j->key_pem = NULL;
+  free(j->cert_pem);
+  j->cert_pem = NULL;
+  char key[200];
+  snprintf(key, sizeof key, "tls/%s/%s", c->app, c->name);
+  if (c->st->h->store_get(c->st->p, key, on_tls_rec, j) < 0) tls_job_end(j, 0);
+}
+
 static void on_key_sealed(void *arg, int status, const evs_crypto_result *res, size_t n) {
   tls_job *j = arg;
   cb_cage *c = j->c;
@@ -139,11 +165,13 @@ static void on_key_sealed(void *arg, int status, const evs_crypto_result *res, s
   json_decref(rec);
   char key[200];
   snprintf(key, sizeof key, "tls/%s/%s", c->app, c->name);
-  int ok = s && c->st->h->store_put(c->st->p, key, (const uint8_t *)s, strlen(s), 0, NULL,
-                                    NULL) == 0;
+  /* Create-only: of workers and nodes making the cage's identity at once, one wins and the
+   * others take its certificate (on_tls_put), so all present the same one. */
+  int rc = s ? c->st->h->store_put_new(c->st->p, key, (const uint8_t *)s, strlen(s), 0,
+                                       on_tls_put, j)
+             : -ENOMEM;
   free(s);
-  if (ok) ok = tls_adopt(c, j->cert_pem, j->key_pem, j->key_len) == 0;
-  tls_job_end(j, ok);
+  if (rc < 0) tls_job_end(j, 0);
 }
 
 static void issue(tls_job *j);
@@ -250,6 +278,7 @@ static void on_tls_rec(void *arg, int status, const uint8_t *value, size_t len) 
     tls_job_end(j, 1);
     return;
   }
+  free(j->cert_pem);
   j->cert_pem = strdup(cert);
   evs_crypto_value v = {sizeof v, 0, (const uint8_t *)key, strlen(key)};
   evs_decrypt_request dr = {sizeof dr, c->app, &v, 1};

@@ -59,7 +59,7 @@ class Env:
             self.dir,
             listeners={"api": {}, "cages": {"tls": True, "certificate": lc.cert, "key": lc.key,
                                             "serves": "cages"}},
-            server={"plugins_dir": plugins_dir()},
+            server={"plugins_dir": plugins_dir(), "workers": getattr(self, "workers", 1)},
             plugins={"enclave": {"enclave_binary": evstest.build_path("evserver-enclave")},
                      "cage-broker": dict({"domain": DOMAIN, "sync_interval": "200ms"},
                                          **getattr(self, "broker_extra", {}))},
@@ -485,6 +485,35 @@ def test_disable_tls_termination():
     e.wait_ready("hello-cage")
     e.wait_tls("hello-cage")
     assert "passthrough_connections" in e.srv.admin_get("/metrics").text
+
+
+def test_one_certificate_across_workers():
+    """Two workers make the cage's identity at once: one wins the create-only put, the other
+    takes its certificate, so every connection sees the same one (the attestation binds it)."""
+    class Env2(Env):
+        workers = 2
+    e = Env2()
+    st, body, _ = e.deploy("hello-cage", "w1")
+    assert st == 200, body
+    e.wait_ready("hello-cage")
+    e.wait_tls("hello-cage")
+    import hashlib
+    import socket
+    import ssl
+    ctx = ssl.create_default_context(cafile=e.node_ca)
+
+    def fingerprint():
+        try:
+            with socket.create_connection(("127.0.0.1", e.srv.port("cages")), timeout=10) as s:
+                with ctx.wrap_socket(s, server_hostname=e.host("hello-cage")) as t:
+                    return hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest()
+        except ssl.SSLError:
+            return None  # a worker that has no identity yet answers with the listener's
+    # Both workers serve the name (each has its own instance); within the re-read period they
+    # present the one certificate in the store.
+    evstest.wait_for(lambda: (lambda f: len(f) == 1 and None not in f)(
+        {fingerprint() for _ in range(12)}), timeout=90, interval=1,
+        what="one certificate on every worker")
 
 
 evstest.main(globals())
