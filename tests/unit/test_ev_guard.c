@@ -162,7 +162,8 @@ static void test_property_respelled_tokens_found(void **state) {
 static void test_every_alignment(void **state) {
   (void)state;
   static const char *const inner[] = {TOKEN, "\\u0065v:RFVC:Ak3X:AAAA:BBBB:$", "%EVENC",
-                                      "&#101;v:RFVC:Ak3X:AAAA:BBBB:$", "%65v:RFVC:Ak3X:AAAA:BBBB:$"};
+                                      "&#101;v:RFVC:Ak3X:AAAA:BBBB:$",
+                                      "%65v:RFVC:Ak3X:AAAA:BBBB:$"};
   char buf[128];
   for (size_t k = 0; k < sizeof inner / sizeof inner[0]; k++) {
     for (size_t pad = 0; pad < 20; pad++) {

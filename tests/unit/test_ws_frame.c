@@ -158,7 +158,8 @@ static void test_writer_and_kinds(void **state) {
 static void test_frame_whole(void **state) {
   (void)state;
   evs__ws_frame f;
-  static const uint8_t masked[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58};
+  static const uint8_t masked[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d,
+                                   0x7f, 0x9f, 0x4d, 0x51, 0x58};
   assert_true(evs__ws_frame_whole(masked, sizeof masked, 1, 0, &f));
   assert_true(f.opcode == EVS__WS_OP_TEXT && f.head_len == 6 && f.len == 5 && f.mask == masked + 2);
   for (size_t n = 0; n < sizeof masked; n++) /* not yet whole */
