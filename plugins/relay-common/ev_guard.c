@@ -190,6 +190,15 @@ size_t evs__ev_guard_feed(evs__ev_guard *g, const void *buf, size_t len) {
       if (i == len) break;
       unsigned c = p[i];
       if (c != 'e' && c != '%' && c != '\\' && c != '&') continue;
+      /* An 'e' not followed by 'v' (nor by a byte that starts something) leaves the detector
+       * at rest again after that byte: the pair changes nothing. Common in text. */
+      if (c == 'e' && i + 1 < len) {
+        unsigned c2 = p[i + 1];
+        if (c2 != 'v' && c2 != 'e' && c2 != '%' && c2 != '\\' && c2 != '&') {
+          i++;
+          continue;
+        }
+      }
     }
     level(g, 0, p[i]);
   }

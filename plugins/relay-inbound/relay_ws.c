@@ -33,6 +33,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -50,6 +51,7 @@
 #define PENDING_MAX (1u << 20)  /* bytes read while a direction waits */
 #define HEADROOM 14             /* a frame head in front of every payload */
 #define MAX_HEADERS 64
+#define FAST_MAX (128u << 10)  /* input the fast path takes per write (a 64 KiB frame fits) */
 
 enum { WS_CONNECTING, WS_HANDSHAKE, WS_OPEN, WS_CLOSING, WS_DONE };
 
@@ -108,7 +110,13 @@ typedef struct relay_ws {
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-static uint64_t now_ms(void) { return (uint64_t)relay_now_ms(); }
+/* Deadlines and idle times only, checked by a 1 s tick: the coarse monotonic clock does (it is
+ * read per read of every WebSocket, and costs a memory load instead of a clock read). */
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 static void sha1(const uint8_t *in, size_t n, uint8_t out[20]) {
   unsigned int len = 20;
@@ -572,9 +580,11 @@ static void parse_error(ws_dir *d, int code) {
  * trust-boundary guard); a frame that would need anything else (a fragment, a close, a frame not
  * yet whole, a message to encrypt or decrypt, an ev: token to refuse, invalid UTF-8, a frame the
  * parser refuses) stops the fast path, and the streaming path takes it and the rest, so each of
- * those decisions is made in one place only. Returns the bytes consumed. */
+ * those decisions is made in one place only. Takes at most FAST_MAX bytes (the write, and
+ * d->out, stay bounded); returns the bytes consumed. */
 static size_t fast_forward(ws_dir *d, const uint8_t *p, size_t n) {
   relay_ws *ws = d->ws;
+  if (n > FAST_MAX) n = FAST_MAX;
   relay_txn *t = ws->t;
   if (ws->phase != WS_OPEN || !t || d->parser->error || !evs__ws_parser_idle(d->parser))
     return 0;
@@ -582,11 +592,12 @@ static size_t fast_forward(ws_dir *d, const uint8_t *p, size_t n) {
   int c2s = d->c2s;
   int decrypts = !c2s && relay_decrypts_responses(t);
   if (c2s && d->out_cap < n) {
-    /* The output is as long as the input (same heads, another key), so the input's size. */
-    uint8_t *o = realloc(d->out, n);
+    /* The output is as long as the input (same heads, another key). */
+    size_t cap = n < 4096 ? 4096 : n;
+    uint8_t *o = realloc(d->out, cap);
     if (!o) return 0;
     d->out = o;
-    d->out_cap = n;
+    d->out_cap = cap;
   }
   size_t i = 0;
   uint64_t msgs = 0;
@@ -624,7 +635,12 @@ static size_t fast_forward(ws_dir *d, const uint8_t *p, size_t n) {
 
 /* Parses what can be parsed now; the rest waits in pending. */
 static void parse_bytes(ws_dir *d, const uint8_t *p, size_t n) {
-  size_t used = fast_forward(d, p, n);
+  size_t used = 0;
+  while (used < n) {
+    size_t k = fast_forward(d, p + used, n - used);
+    used += k;
+    if (k == 0 || !can_parse(d)) break;
+  }
   if (used < n && can_parse(d)) {
     long r = evs__ws_parse(d->parser, p + used, n - used, on_event, d);
     if (r < 0) {
