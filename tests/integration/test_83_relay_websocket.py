@@ -609,17 +609,21 @@ def test_refused_upgrade_passes_status():
 
 def test_destination_silent_or_unreachable():
     """No answer to the handshake within websocket_handshake_timeout: 504 request-timeout;
-    nothing listening: 502 service-unavailable."""
+    nothing listening, or no route: 502 service-unavailable."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)  # accepts (the kernel does) and never answers
     evstest.defer(silent.close)
     closed = evstest.free_port()  # reserved, nobody listens
+    # an address literal is connected to at once (no lookup): the broadcast address fails
+    # there and then (ENETUNREACH), not in a later callback
     c = setup({"silent.example": "http://127.0.0.1:%d" % silent.getsockname()[1],
-               "closed.example": "http://127.0.0.1:%d" % closed},
+               "closed.example": "http://127.0.0.1:%d" % closed,
+               "bcast.example": "http://255.255.255.255:9"},
               relay_options={"websocket_handshake_timeout": "1s"})
     for host, status, code in (("silent.example", 504, b"request-timeout"),
-                               ("closed.example", 502, b"service-unavailable")):
+                               ("closed.example", 502, b"service-unavailable"),
+                               ("bcast.example", 502, b"service-unavailable")):
         s = socket.create_connection(("127.0.0.1", c["srv"].port()), timeout=10)
         s.sendall(("GET /chat HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
