@@ -29,7 +29,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,8 +61,6 @@ struct evs_stream {
   void *drain_arg;
   /* Client streams. */
   int connecting;
-  int starting;             /* inside evs__stream_connect: a failure is its return, not cb's */
-  int start_failed;
   evs_stream_connect_fn connect_cb;
   void *connect_arg;
   char *host, *sni;
@@ -417,8 +414,7 @@ static void client_done(evs_stream *s, int status) {
   if (status < 0) {
     client_io_close(s);
     s->closed = 1;
-    if (s->starting) s->start_failed = 1;
-    else cb(s->connect_arg, NULL, status);
+    cb(s->connect_arg, NULL, status);
     stream_unref(s); /* the plugin's reference, never handed out */
     return;
   }
@@ -546,19 +542,12 @@ evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *op
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  /* An address literal needs no lookup: connect now. The lookup would run on libuv's thread
-   * pool, whose threads alone make every later system call of the worker dearer (glibc's
-   * cancellation points, the kernel's file reference counts: docs/performance.md). */
-  struct addrinfo *lit = NULL;
-  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-  if (getaddrinfo(s->host, port_s, &hints, &lit) != 0) lit = NULL; /* a name: no lookup here */
-  hints.ai_flags = 0;
   s->gai.data = s;
-  if (!lit && uv_getaddrinfo(evs__w->loop, &s->gai, client_resolved, s->host, port_s, &hints) < 0) {
+  if (uv_getaddrinfo(evs__w->loop, &s->gai, client_resolved, s->host, port_s, &hints) < 0) {
     stream_unref(s);
     return NULL;
   }
-  if (!lit) s->refs++; /* the lookup's */
+  s->refs++; /* the lookup's */
   s->connecting = 1;
   uv_timer_init(evs__w->loop, &s->timer);
   s->timer.data = s;
@@ -567,13 +556,6 @@ evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *op
   uint64_t ms = o.connect_timeout_ms ? o.connect_timeout_ms
                                      : (uint64_t)evs__w->settings->upstream_connect_timeout_ms;
   uv_timer_start(&s->timer, client_timeout, ms, 0);
-  if (lit) {
-    s->addrs = s->cur = lit;
-    s->starting = 1;
-    client_try(s); /* the connect completes (or fails) in a later callback, or fails here */
-    s->starting = 0;
-    if (s->start_failed) return NULL; /* the timer's and the socket's references hold it */
-  }
   return s;
 }
 
