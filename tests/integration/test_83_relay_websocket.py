@@ -615,8 +615,7 @@ def test_destination_silent_or_unreachable():
     silent.listen(4)  # accepts (the kernel does) and never answers
     evstest.defer(silent.close)
     closed = evstest.free_port()  # reserved, nobody listens
-    # an address literal is connected to at once (no lookup): the broadcast address fails
-    # there and then (ENETUNREACH), not in a later callback
+    # no route: connecting to the broadcast address fails at once (ENETUNREACH)
     c = setup({"silent.example": "http://127.0.0.1:%d" % silent.getsockname()[1],
                "closed.example": "http://127.0.0.1:%d" % closed,
                "bcast.example": "http://255.255.255.255:9"},
