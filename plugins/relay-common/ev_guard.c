@@ -167,12 +167,34 @@ static void level(evs__ev_guard *g, int l, unsigned c) {
 
 void evs__ev_guard_init(evs__ev_guard *g) { memset(g, 0, sizeof *g); }
 
-/* A byte of w equal to b (SWAR: nonzero if any of the eight is). */
+/* The bytes of w equal to b (SWAR): nonzero if any of the eight is, and then its lowest set bit
+ * is in the first such byte in memory order (little-endian; bits above it may be false). */
 #define ONES 0x0101010101010101ull
 #define HIGHS 0x8080808080808080ull
 static uint64_t has_byte(uint64_t w, unsigned char b) {
   uint64_t x = w ^ (ONES * b);
   return (x - ONES) & ~x & HIGHS;
+}
+
+/* The offset of the first byte of p[0..n) that starts an escape or a value ('e', '%', '\\',
+ * '&'), or n. Eight bytes at a time: every message of a WebSocket is scanned whole. */
+static size_t next_trigger(const unsigned char *p, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    uint64_t m = has_byte(w, 'e') | has_byte(w, '%') | has_byte(w, '\\') | has_byte(w, '&');
+    if (m) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+      return i + (size_t)__builtin_ctzll(m) / 8;
+#else
+      break;
+#endif
+    }
+  }
+  for (; i < n; i++)
+    if (p[i] == 'e' || p[i] == '%' || p[i] == '\\' || p[i] == '&') break;
+  return i;
 }
 
 size_t evs__ev_guard_feed(evs__ev_guard *g, const void *buf, size_t len) {
@@ -181,15 +203,9 @@ size_t evs__ev_guard_feed(evs__ev_guard *g, const void *buf, size_t len) {
     /* Fast path: bytes that start no escape and no value, at the detector's rest state; eight
      * at a time while none of them could (every message of a WebSocket is scanned whole). */
     if (g->dec[0].n == 0 && g->dec[1].n == 0 && g->ev == 0 && g->magic == 0) {
-      while (i + 8 <= len) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        if (has_byte(w, 'e') | has_byte(w, '%') | has_byte(w, '\\') | has_byte(w, '&')) break;
-        i += 8;
-      }
+      i += next_trigger(p + i, len - i);
       if (i == len) break;
       unsigned c = p[i];
-      if (c != 'e' && c != '%' && c != '\\' && c != '&') continue;
       /* An 'e' not followed by 'v' (nor by a byte that starts something) leaves the detector
        * at rest again after that byte: the pair changes nothing. Common in text. */
       if (c == 'e' && i + 1 < len) {
