@@ -8,6 +8,9 @@
 #include "ev_guard.h"
 
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define NONASCII 0x80 /* what a decoded code point above 0x7f becomes */
 
@@ -180,6 +183,18 @@ static uint64_t has_byte(uint64_t w, unsigned char b) {
  * '&'), or n. Eight bytes at a time: every message of a WebSocket is scanned whole. */
 static size_t next_trigger(const unsigned char *p, size_t n) {
   size_t i = 0;
+#ifdef __SSE2__
+  /* Sixteen at a time where SSE2 is there (every x86-64). */
+  const __m128i te = _mm_set1_epi8('e'), tp = _mm_set1_epi8('%'), tb = _mm_set1_epi8('\\'),
+                ta = _mm_set1_epi8('&');
+  for (; i + 16 <= n; i += 16) {
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+    __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, te), _mm_cmpeq_epi8(v, tp)),
+                             _mm_or_si128(_mm_cmpeq_epi8(v, tb), _mm_cmpeq_epi8(v, ta)));
+    unsigned bits = (unsigned)_mm_movemask_epi8(m);
+    if (bits) return i + (size_t)__builtin_ctz(bits);
+  }
+#endif
   for (; i + 8 <= n; i += 8) {
     uint64_t w;
     memcpy(&w, p + i, 8);

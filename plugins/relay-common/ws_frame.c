@@ -59,6 +59,16 @@ static int utf8_feed(uint8_t *need, uint8_t *lo, uint8_t *hi, const uint8_t *s, 
 }
 
 int evs__ws_utf8_valid(const uint8_t *s, size_t n) {
+  /* Most messages are ASCII: one pass that only looks for a high bit first. */
+  uint64_t any = 0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, s + i, 8);
+    any |= w;
+  }
+  for (; i < n; i++) any |= s[i];
+  if (!(any & 0x8080808080808080ull)) return 1;
   uint8_t need = 0, lo = 0x80, hi = 0xBF;
   return utf8_feed(&need, &lo, &hi, s, n) && need == 0;
 }

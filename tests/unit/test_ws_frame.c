@@ -119,6 +119,18 @@ static void test_utf8_across_fragments_and_limit(void **state) {
   assert_int_equal(parse(0, 0, ok, sizeof ok, &s), sizeof ok);
   static const uint8_t cut[] = {0x81, 0x01, 0xC3};
   assert_int_equal(parse(0, 0, cut, sizeof cut, &s), -1007);
+  /* the whole-buffer check, ASCII first: long runs, a bad byte at every place */
+  uint8_t t[40];
+  memset(t, 'a', sizeof t);
+  assert_true(evs__ws_utf8_valid(t, sizeof t));
+  for (size_t i = 0; i < sizeof t; i++) {
+    t[i] = 0xFF;
+    assert_false(evs__ws_utf8_valid(t, sizeof t));
+    t[i] = 'a';
+  }
+  memcpy(t + 30, "\xC3\xA9", 2);
+  assert_true(evs__ws_utf8_valid(t, sizeof t));
+  assert_false(evs__ws_utf8_valid(t, 31));
   /* binary is not checked */
   static const uint8_t bin[] = {0x82, 0x01, 0xC3};
   assert_int_equal(parse(0, 0, bin, sizeof bin, &s), sizeof bin);
