@@ -4,7 +4,9 @@
  * TLS verified like every upstream) with a key of the relay's own; only when the destination
  * answered 101 does the client get its 101 (takeover), and a refusal passes through with its
  * status. Then frames flow both ways through relay-common's ws_frame.c, which checks each one
- * strictly; messages are reassembled and re-framed:
+ * strictly. Whole single-frame messages that need no rewriting take a fast path (fast_forward:
+ * checked, then forwarded together, one write per read); the others are reassembled and
+ * re-framed:
  *
  *   client -> destination: every message goes through the trust-boundary guard (ev_guard.c);
  *     JSON and XML messages on a relay whose fieldsToEncrypt select fields for the WebSocket's
