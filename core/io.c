@@ -14,10 +14,12 @@
  */
 #include "io.h"
 
+#include <errno.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define READ_BUF_SIZE (64u * 1024u)
 
@@ -87,6 +89,28 @@ static void cork_put(write_req *w) {
     free(w);
 }
 
+/* uv_try_write, with send(2)/sendmsg(2) on TCP: the socket calls skip the file layer write(2)
+ * and writev(2) pass through (rw_verify_area, the security hook, sock_write_iter), which a
+ * profile of small WebSocket messages shows per message (docs/performance.md, "WebSockets").
+ * Same contract: bytes taken, or a negative error (UV_EAGAIN: none). */
+static int try_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
+  uv_os_fd_t fd;
+  if (io->h.handle.type != UV_TCP || uv_fileno(&io->h.handle, &fd) < 0)
+    return uv_try_write(&io->h.stream, bufs, (unsigned)nbufs);
+  ssize_t n;
+  if (nbufs == 1) {
+    n = send(fd, bufs[0].base, bufs[0].len, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } else {
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = (struct iovec *)(uintptr_t)bufs; /* uv_buf_t is struct iovec's layout on Unix */
+    m.msg_iovlen = nbufs;
+    n = sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
+  if (n >= 0) return (int)n;
+  return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? UV_EAGAIN : -errno;
+}
+
 static int raw_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
   size_t total = 0;
   for (size_t i = 0; i < nbufs; i++) total += bufs[i].len;
@@ -123,7 +147,7 @@ static int raw_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
    * POLLOUT start/stop in libuv (each costs an epoll_ctl on the next loop turn). */
   size_t skip = 0;
   if (io->write_queued == 0 && uv_stream_get_write_queue_size(&io->h.stream) == 0) {
-    int n = uv_try_write(&io->h.stream, bufs, (unsigned)nbufs);
+    int n = try_write(io, bufs, nbufs);
     if (n > 0) {
       if ((size_t)n == total) return 0;
       skip = (size_t)n;

@@ -4,7 +4,9 @@
  * checks: the events and the verdict do not depend on how the input is split; every text
  * message delivered is UTF-8 and no message exceeds max_message; control payloads are at most
  * 125 bytes; and what was delivered, framed again by the writer (masked or not), parses back to
- * the same messages.
+ * the same messages. The fast path's frame finder (evs__ws_frame_whole) agrees with the parser:
+ * each frame it finds at the start of the input, the parser takes whole, as one message (or ping
+ * or pong) with the same payload, refusing it only for invalid UTF-8.
  *
  * The first byte picks the side (bit 0: frames from a client, masked), the split step (bits 1-4)
  * and a small max_message (bits 5-7: 0 none, else 2^(4+n) bytes).
@@ -96,6 +98,46 @@ static void log_free(log_t *l) {
   free(l->items);
 }
 
+static int count_ev(void *arg, const evs__ws_event *ev) {
+  log_t *l = arg;
+  if (!ev->first || !ev->fin) __builtin_trap(); /* a whole frame is one event */
+  l->msg_op = ev->opcode;
+  put(&l->msg, &l->msg_len, &l->msg_cap, ev->data, ev->len);
+  l->len++;
+  return 0;
+}
+
+static void check_whole(int from_client, uint64_t max, const uint8_t *d, size_t n) {
+  evs__ws_frame f;
+  evs__ws_parser *p = malloc(sizeof *p);
+  if (!p) abort();
+  for (size_t i = 0; evs__ws_frame_whole(d + i, n - i, from_client, max, &f);) {
+    size_t fl = f.head_len + f.len;
+    if (fl > n - i || (from_client != (f.mask != NULL))) __builtin_trap();
+    log_t l;
+    memset(&l, 0, sizeof l);
+    evs__ws_parser_init(p, from_client, max);
+    long r = evs__ws_parse(p, d + i, fl, count_ev, &l);
+    if (r < 0) {
+      if (r != -1007 || f.opcode != EVS__WS_OP_TEXT) __builtin_trap();
+      log_free(&l);
+      break;
+    }
+    if ((size_t)r != fl || l.len != 1 || l.msg_op != f.opcode || l.msg_len != f.len ||
+        !evs__ws_parser_idle(p))
+      __builtin_trap();
+    uint8_t *pl = malloc(f.len + 1);
+    if (!pl) abort();
+    memcpy(pl, d + i + f.head_len, f.len);
+    if (f.mask) evs__ws_mask(pl, f.len, f.mask, 0);
+    if (f.len && memcmp(pl, l.msg, f.len) != 0) __builtin_trap();
+    free(pl);
+    log_free(&l);
+    i += fl;
+  }
+  free(p);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
@@ -105,6 +147,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   uint64_t max = mx ? (uint64_t)1 << (4 + mx) : 0;
   data++;
   size--;
+  check_whole(from_client, max, data, size);
   log_t a, b;
   long ra = run(from_client, max, data, size, size ? size : 1, &a);
   long rb = run(from_client, max, data, size, step, &b);

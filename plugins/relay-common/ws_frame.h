@@ -96,6 +96,24 @@ long evs__ws_parse(evs__ws_parser *p, const uint8_t *buf, size_t len, evs__ws_ev
 /* 1 when no frame or message is half-read. */
 int evs__ws_parser_idle(const evs__ws_parser *p);
 
+/* One whole frame found by evs__ws_frame_whole: the relay's fast path (relay_ws.c) forwards such
+ * frames without the streaming parser, reassembly or a copy per frame. */
+typedef struct evs__ws_frame {
+  int opcode;           /* TEXT or BINARY (then a whole message: FIN set), PING or PONG */
+  size_t head_len;      /* bytes before the payload, the mask key included */
+  size_t len;           /* payload bytes: the frame is p[0 .. head_len + len) */
+  const uint8_t *mask;  /* the key of a client frame (inside p), else NULL */
+} evs__ws_frame;
+
+/* 1 if p[0..n) starts with a whole frame that a parser between messages would take as it is: a
+ * data frame with FIN set (a whole message of at most max_message bytes, 0: no limit) or a ping
+ * or pong, with the side's mask rule and no reserved bit; *f then describes it. 0 for anything
+ * else (a frame not yet whole, a fragment, a close, a frame the parser refuses): those bytes
+ * belong to evs__ws_parse, which alone decides on them. The payload is not looked at: UTF-8 of
+ * a text frame is the caller's to check (a client's payload is still masked here). */
+int evs__ws_frame_whole(const uint8_t *p, size_t n, int from_client, uint64_t max_message,
+                        evs__ws_frame *f);
+
 /* Writes a frame head for one whole frame into out (at most 14 bytes); returns its length.
  * mask NULL: unmasked (server to client); else the 4-byte key (the caller masks the payload). */
 size_t evs__ws_frame_head(uint8_t out[14], int fin, int opcode, uint64_t len,

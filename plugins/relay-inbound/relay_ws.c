@@ -4,7 +4,9 @@
  * TLS verified like every upstream) with a key of the relay's own; only when the destination
  * answered 101 does the client get its 101 (takeover), and a refusal passes through with its
  * status. Then frames flow both ways through relay-common's ws_frame.c, which checks each one
- * strictly; messages are reassembled and re-framed:
+ * strictly. Whole single-frame messages that need no rewriting take a fast path (fast_forward:
+ * checked, then forwarded together, one write per read); the others are reassembled and
+ * re-framed:
  *
  *   client -> destination: every message goes through the trust-boundary guard (ev_guard.c);
  *     JSON and XML messages on a relay whose fieldsToEncrypt select fields for the WebSocket's
@@ -33,6 +35,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -50,6 +53,7 @@
 #define PENDING_MAX (1u << 20)  /* bytes read while a direction waits */
 #define HEADROOM 14             /* a frame head in front of every payload */
 #define MAX_HEADERS 64
+#define FAST_MAX (128u << 10)  /* input the fast path takes per write (a 64 KiB frame fits) */
 
 enum { WS_CONNECTING, WS_HANDSHAKE, WS_OPEN, WS_CLOSING, WS_DONE };
 
@@ -75,6 +79,8 @@ typedef struct ws_dir {
   uint8_t *prefix;        /* decrypt_body's bytes before the first value */
   size_t prefix_len, prefix_cap;
   size_t guard_found;
+  uint8_t *out;           /* the fast path's frames toward the destination, masked again */
+  size_t out_cap;
 } ws_dir;
 
 typedef struct relay_ws {
@@ -106,7 +112,13 @@ typedef struct relay_ws {
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-static uint64_t now_ms(void) { return (uint64_t)relay_now_ms(); }
+/* Deadlines and idle times only, checked by a 1 s tick: the coarse monotonic clock does (it is
+ * read per read of every WebSocket, and costs a memory load instead of a clock read). */
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 static void sha1(const uint8_t *in, size_t n, uint8_t out[20]) {
   unsigned int len = 20;
@@ -165,6 +177,7 @@ static void ws_free(relay_ws *ws) {
     evs__encrypt_body_free(d->enc);
     evs__decrypt_body_free(d->dec);
     free(d->prefix);
+    free(d->out);
   }
   free(ws->hs_req);
   free(ws->hs);
@@ -184,18 +197,12 @@ static evs_stream *to_stream(relay_ws *ws, int to_client) {
 
 static void on_drain(void *arg, evs_stream *s, int status);
 
-/* Writes one frame whose payload sits at buf + HEADROOM (buf is writable: the head goes in front,
- * and a payload to the destination is masked in place). */
-static int send_frame(relay_ws *ws, int to_client, int op, uint8_t *buf, size_t len) {
+/* Writes whole frames to one side (one write: the stream copies only what the socket does not
+ * take at once). */
+static int send_bytes(relay_ws *ws, int to_client, const uint8_t *p, size_t n) {
   evs_stream *s = to_stream(ws, to_client);
   if (!s) return -ECONNRESET;
-  uint8_t head[14], key[4];
-  if (!to_client && mask_key(key) < 0) return -EIO;
-  size_t hl = evs__ws_frame_head(head, 1, op, len, to_client ? NULL : key);
-  uint8_t *p = buf + HEADROOM - hl;
-  memcpy(p, head, hl);
-  if (!to_client) evs__ws_mask(buf + HEADROOM, len, key, 0);
-  int r = ws->h->stream_write(s, p, hl + len, NULL, NULL);
+  int r = ws->h->stream_write(s, p, n, NULL, NULL);
   if (r < 0) return r;
   /* Backpressure: the direction feeding this side waits while its queue is full. */
   if (ws->h->stream_write_queued(s) >= EVS_STREAM_HIGH_WATER) {
@@ -207,6 +214,20 @@ static int send_frame(relay_ws *ws, int to_client, int op, uint8_t *buf, size_t 
     }
   }
   return 0;
+}
+
+/* Writes one frame whose payload sits at buf + HEADROOM (buf is writable: the head goes in front,
+ * and a payload to the destination is masked in place). */
+static int send_frame(relay_ws *ws, int to_client, int op, uint8_t *buf, size_t len) {
+  evs_stream *s = to_stream(ws, to_client);
+  if (!s) return -ECONNRESET;
+  uint8_t head[14], key[4];
+  if (!to_client && mask_key(key) < 0) return -EIO;
+  size_t hl = evs__ws_frame_head(head, 1, op, len, to_client ? NULL : key);
+  uint8_t *p = buf + HEADROOM - hl;
+  memcpy(p, head, hl);
+  if (!to_client) evs__ws_mask(buf + HEADROOM, len, key, 0);
+  return send_bytes(ws, to_client, p, hl + len);
 }
 
 static void send_close(relay_ws *ws, int to_client, int code, const char *reason) {
@@ -552,14 +573,91 @@ static void parse_error(ws_dir *d, int code) {
   maybe_done(ws);
 }
 
+/* memmem(p, n, "ev:", 3) != NULL, without memmem's set-up cost on short messages. */
+static int has_ev(const uint8_t *p, size_t n) {
+  const uint8_t *end = p + n;
+  for (const uint8_t *e = p; end - e >= 3 && (e = memchr(e, 'e', (size_t)(end - e) - 2)); e++)
+    if (e[1] == 'v' && e[2] == ':') return 1;
+  return 0;
+}
+
+/* The fast path, for what most WebSockets carry: while the parser is between messages, the
+ * whole single-frame messages, pings and pongs at the start of the input leave in one write,
+ * without the streaming parser, reassembly or a copy per frame. Toward the client the
+ * destination's frames leave as they came (unmasked; the input itself is written); toward the
+ * destination each frame is unmasked into d->out, checked, and masked again with a key of the
+ * relay's. The checks are the parser's and the message handlers' (UTF-8 of text, the
+ * trust-boundary guard); a frame that would need anything else (a fragment, a close, a frame not
+ * yet whole, a message to encrypt or decrypt, an ev: token to refuse, invalid UTF-8, a frame the
+ * parser refuses) stops the fast path, and the streaming path takes it and the rest, so each of
+ * those decisions is made in one place only. Takes at most FAST_MAX bytes (the write, and
+ * d->out, stay bounded); returns the bytes consumed. */
+static size_t fast_forward(ws_dir *d, const uint8_t *p, size_t n) {
+  relay_ws *ws = d->ws;
+  if (n > FAST_MAX) n = FAST_MAX;
+  relay_txn *t = ws->t;
+  if (ws->phase != WS_OPEN || !t || d->parser->error || !evs__ws_parser_idle(d->parser))
+    return 0;
+  uint64_t max = d->parser->max_message;
+  int c2s = d->c2s;
+  int decrypts = !c2s && relay_decrypts_responses(t);
+  if (c2s && d->out_cap < n) {
+    /* The output is as long as the input (same heads, another key). */
+    size_t cap = n < 4096 ? 4096 : n;
+    uint8_t *o = realloc(d->out, cap);
+    if (!o) return 0;
+    d->out = o;
+    d->out_cap = cap;
+  }
+  size_t i = 0;
+  uint64_t msgs = 0;
+  evs__ws_frame f;
+  while (evs__ws_frame_whole(p + i, n - i, c2s, max, &f)) {
+    const uint8_t *q = p + i + f.head_len;
+    int data = f.opcode < 0x8;
+    if (c2s) {
+      uint8_t *o = d->out + i, *oq = o + f.head_len;
+      memcpy(oq, q, f.len);
+      evs__ws_mask(oq, f.len, f.mask, 0);
+      if (f.opcode == EVS__WS_OP_TEXT && !evs__ws_utf8_valid(oq, f.len)) break;
+      if (data && (evs__ev_guard_scan(oq, f.len) ||
+                   (t->has_match && evs__ws_message_kind(oq, f.len))))
+        break;
+      uint8_t key[4];
+      if (mask_key(key) < 0) break;
+      memcpy(o, p + i, f.head_len - 4);
+      memcpy(o + f.head_len - 4, key, 4);
+      evs__ws_mask(oq, f.len, key, 0);
+    } else {
+      if (f.opcode == EVS__WS_OP_TEXT && !evs__ws_utf8_valid(q, f.len)) break;
+      if (data && decrypts && evs__ws_message_kind(q, f.len) && has_ev(q, f.len)) break;
+    }
+    msgs += data;
+    i += f.head_len + f.len;
+  }
+  if (i == 0) return 0;
+  ws->last_ms = now_ms();
+  d->messages += msgs;
+  send_bytes(ws, !c2s, c2s ? d->out : p, i);
+  return i;
+}
+
 /* Parses what can be parsed now; the rest waits in pending. */
 static void parse_bytes(ws_dir *d, const uint8_t *p, size_t n) {
-  long r = evs__ws_parse(d->parser, p, n, on_event, d);
-  if (r < 0) {
-    parse_error(d, (int)-r);
-    return;
+  size_t used = 0;
+  while (used < n) {
+    size_t k = fast_forward(d, p + used, n - used);
+    used += k;
+    if (k == 0 || !can_parse(d)) break;
   }
-  size_t used = (size_t)r;
+  if (used < n && can_parse(d)) {
+    long r = evs__ws_parse(d->parser, p + used, n - used, on_event, d);
+    if (r < 0) {
+      parse_error(d, (int)-r);
+      return;
+    }
+    used += (size_t)r;
+  }
   if (used < n && !d->stopped && !d->ws->finished) {
     size_t rest = n - used;
     if (d->pending_len + rest > PENDING_MAX) {

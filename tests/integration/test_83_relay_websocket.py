@@ -158,6 +158,33 @@ def read_frames(sock, timeout=10.0):
         buf += d
 
 
+def read_until(sock, done, timeout=10.0):
+    """Frames until done(frames), a close or EOF; on a timeout, what came: [(opcode, payload)]."""
+    sock.settimeout(timeout)
+    buf, out = b"", []
+    while not done(out) and not any(op == 8 for op, _ in out):
+        if len(buf) >= 4 or (len(buf) >= 2 and buf[1] & 0x7F < 126):
+            ln, o = buf[1] & 0x7F, 2
+            if ln == 126:
+                ln, o = struct.unpack(">H", buf[2:4])[0], 4
+            if len(buf) >= o + ln:
+                out.append((buf[0] & 0x0F, buf[o:o + ln]))
+                buf = buf[o + ln:]
+                continue
+        try:
+            d = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not d:
+            break
+        buf += d
+    return out
+
+
+def data_of(frames):
+    return [(op, p) for op, p in frames if op in (1, 2)]
+
+
 def close_code(frames):
     for op, p in frames:
         if op == 8:
@@ -187,6 +214,8 @@ class RawDest:
     (close=True) or keeps the connection."""
 
     def __init__(self, after=b"", close=True):
+        # after: bytes, or a list of chunks written apart (so they reach the relay in separate
+        # reads; paced, not a synchronisation: any split must give the same result)
         self.after, self.close = after, close
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -211,9 +240,13 @@ class RawDest:
                 head += d
             key = re.search(rb"Sec-WebSocket-Key: (\S+)", head, re.I).group(1)
             acc = base64.b64encode(hashlib.sha1(key + GUID).digest())
+            chunks = self.after if isinstance(self.after, list) else [self.after]
             c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                       b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + acc + b"\r\n\r\n" +
-                      self.after)
+                      chunks[0])
+            for chunk in chunks[1:]:
+                time.sleep(0.1)
+                c.sendall(chunk)
             if self.close:
                 time.sleep(0.2)  # paces the close after the bytes: not a synchronisation
                 c.close()
@@ -576,17 +609,20 @@ def test_refused_upgrade_passes_status():
 
 def test_destination_silent_or_unreachable():
     """No answer to the handshake within websocket_handshake_timeout: 504 request-timeout;
-    nothing listening: 502 service-unavailable."""
+    nothing listening, or no route: 502 service-unavailable."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)  # accepts (the kernel does) and never answers
     evstest.defer(silent.close)
     closed = evstest.free_port()  # reserved, nobody listens
+    # no route: connecting to the broadcast address fails at once (ENETUNREACH)
     c = setup({"silent.example": "http://127.0.0.1:%d" % silent.getsockname()[1],
-               "closed.example": "http://127.0.0.1:%d" % closed},
+               "closed.example": "http://127.0.0.1:%d" % closed,
+               "bcast.example": "http://255.255.255.255:9"},
               relay_options={"websocket_handshake_timeout": "1s"})
     for host, status, code in (("silent.example", 504, b"request-timeout"),
-                               ("closed.example", 502, b"service-unavailable")):
+                               ("closed.example", 502, b"service-unavailable"),
+                               ("bcast.example", 502, b"service-unavailable")):
         s = socket.create_connection(("127.0.0.1", c["srv"].port()), timeout=10)
         s.sendall(("GET /chat HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -664,6 +700,98 @@ def test_destination_misbehaving():
         frames = read_frames(s)
         assert close_code(frames) == 1014, (name, frames)
         assert all(op == 8 for op, _ in frames), (name, frames)  # nothing half-relayed
+        s.close()
+
+
+def test_batched_split_and_fragmented_client_frames():
+    """What the fast path (whole frames of one read, one write) hands to the streaming path and
+    back: several messages in one write, fragmented ones and pings among them, a frame split
+    across reads, a UTF-8 character split across fragments, a message to encrypt between plain
+    ones (order kept), and in one write a good message followed by invalid UTF-8 or an ev: token
+    (the good one reaches the destination, then 1007 or 1008, nothing of the bad one)."""
+    dest = PyDest()
+    c = setup({"py.example": "http://127.0.0.1:%d" % dest.port})
+    srv = c["srv"]
+    # /plain: no fields selected, every message passes through
+    s = raw_client(srv, "py.example", path="/plain")
+    s.sendall(frame(1, b"one") + frame(1, b"tw", fin=False) + frame(9, b"ping-1") +
+              frame(0, b"o") + frame(2, b"\x00three") + frame(1, b"caf\xc3", fin=False) +
+              frame(0, b"\xa9!") + frame(9, b"ping-2") + frame(1, b'{"n":4}'))
+    # the pings go end to end: the destination's pongs come back, in any order with the data
+    got = read_until(s, lambda f: len(data_of(f)) >= 5 and sum(op == 10 for op, _ in f) >= 2)
+    assert data_of(got) == [(1, b"one"), (1, b"two"), (2, b"\x00three"), (1, "café!".encode()),
+                            (1, b'{"n":4}')], got
+    assert sorted(p for op, p in got if op == 10) == [b"ping-1", b"ping-2"], got
+    assert dest.messages[:5] == ["one", "two", b"\x00three", "café!", '{"n":4}'], dest.messages
+    # a frame split across reads: in its head, then in its payload (paced: any split must give
+    # the same result)
+    text = json.dumps({"x": "y" * 300}).encode()
+    big = frame(1, text)
+    for cut in (1, 3, 9, 150):
+        s.sendall(big[:cut])
+        time.sleep(0.05)
+        s.sendall(big[cut:] + frame(1, b"after-%d" % cut))
+        got = read_until(s, lambda f: len(data_of(f)) >= 2)
+        assert data_of(got) == [(1, text), (1, b"after-%d" % cut)], (cut, got)
+    s.close()
+    # /chat selects $.ssn: the message to encrypt waits for the enclave; the plain ones around
+    # it keep their order
+    s = raw_client(srv, "py.example")
+    s.sendall(frame(1, b"before") + frame(1, b'{"ssn":"123-12-1234"}') + frame(1, b"after"))
+    got = data_of(read_until(s, lambda f: len(data_of(f)) >= 3))
+    assert len(got) == 3 and got[0] == (1, b"before") and got[2] == (1, b"after"), got
+    assert json.loads(got[1][1]) == {"ssn": "123-12-1234"}, got
+    assert dest.messages[-3] == "before" and dest.messages[-1] == "after", dest.messages
+    assert EV.fullmatch(json.loads(dest.messages[-2])["ssn"]), dest.messages
+    s.close()
+    # a good message, then a bad one, in one write
+    fake = "ev:RFVC:Ak3X:AAAA:BBBB:$"
+    # (the relay's own close, by its reason: the destination would refuse invalid UTF-8 too)
+    for bad, code, reason in ((frame(1, b"\xc3\x28"), 1007, b"invalid UTF-8"),
+                              (frame(1, json.dumps({"note": fake}).encode()), 1008,
+                               b"encrypted-data-in-field"),
+                              (frame(1, b"ok \xe2", fin=False) + frame(0, b"\x28\xa1"), 1007,
+                               b"invalid UTF-8")):
+        n = len(dest.messages)
+        s = raw_client(srv, "py.example", path="/plain")
+        s.sendall(frame(1, b"good-%d" % code) + bad)
+        frames = read_frames(s)
+        assert close_code(frames) == code and frames[-1][1][2:] == reason, (bad, frames)
+        s.close()
+        evstest.wait_for(lambda: len(dest.messages) > n, what="the good message")
+        assert dest.messages[n:] == ["good-%d" % code], (bad, dest.messages[n:])
+
+
+def test_batched_split_and_fragmented_destination_frames():
+    """The destination's side of the same: several frames in one write (fragmented messages,
+    pings among them), frames split across reads, and a good message followed by invalid UTF-8
+    (in one frame, or split across fragments): the good ones reach the client whole and in
+    order, then 1014; nothing of the bad message."""
+    ok = (frame(1, b"one", mask=False) + frame(1, b"tw", mask=False, fin=False) +
+          frame(9, b"ping", mask=False) + frame(0, b"o", mask=False) +
+          frame(1, b"caf\xc3", mask=False, fin=False) + frame(0, b"\xa9", mask=False) +
+          frame(2, b"\x00bin", mask=False))
+    split = frame(1, b"s" * 300, mask=False) + frame(1, b"end", mask=False)
+    cases = [
+        ("batched", [ok], [(1, b"one"), (1, b"two"), (1, "café".encode()), (2, b"\x00bin")]),
+        ("split in a head", [split[:1], split[1:3], split[3:]], [(1, b"s" * 300), (1, b"end")]),
+        ("split in a payload", [split[:100], split[100:]], [(1, b"s" * 300), (1, b"end")]),
+        ("then invalid UTF-8", [frame(1, b"good", mask=False) + frame(1, b"\xed\xa0\x80",
+                                                                       mask=False)],
+         [(1, b"good")]),
+        ("then invalid UTF-8 across fragments",
+         [frame(1, b"good", mask=False) + frame(1, b"x\xe2", mask=False, fin=False) +
+          frame(0, b"\x28\xa1", mask=False)], [(1, b"good")]),
+    ]
+    dests = {"d%d.example" % i: RawDest(after=after) for i, (_, after, _) in enumerate(cases)}
+    c = setup({n: "http://127.0.0.1:%d" % d.port for n, d in dests.items()})
+    for i, (name, _, want) in enumerate(cases):
+        s = raw_client(c["srv"], "d%d.example" % i, path="/plain")
+        frames = read_frames(s)
+        assert [f for f in frames if f[0] in (1, 2)] == want, (name, frames)
+        assert close_code(frames) == 1014, (name, frames)
+        if name == "batched":
+            assert (9, b"ping") in frames, frames
         s.close()
 
 

@@ -157,12 +157,33 @@ static void test_property_respelled_tokens_found(void **state) {
   }
 }
 
+/* The scan skips eight bytes at a time where none can start an escape or a value: a value or an
+ * escape at every alignment, behind and before long plain runs, is still found. */
+static void test_every_alignment(void **state) {
+  (void)state;
+  static const char *const inner[] = {TOKEN, "\\u0065v:RFVC:Ak3X:AAAA:BBBB:$", "%EVENC",
+                                      "&#101;v:RFVC:Ak3X:AAAA:BBBB:$",
+                                      "%65v:RFVC:Ak3X:AAAA:BBBB:$"};
+  char buf[128];
+  for (size_t k = 0; k < sizeof inner / sizeof inner[0]; k++) {
+    for (size_t pad = 0; pad < 20; pad++) {
+      memset(buf, 'x', pad);
+      snprintf(buf + pad, sizeof buf - pad, "%s yyyyyyyyyyyyyyyy", inner[k]);
+      assert_int_equal(found_all_splits(buf), 1);
+    }
+  }
+  memset(buf, 'Z', sizeof buf - 1);
+  buf[sizeof buf - 1] = 0;
+  assert_int_equal(found_all_splits(buf), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_spellings_found),
       cmocka_unit_test(test_near_misses_not_found),
       cmocka_unit_test(test_counts_each_value),
       cmocka_unit_test(test_property_respelled_tokens_found),
+      cmocka_unit_test(test_every_alignment),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

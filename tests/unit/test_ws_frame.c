@@ -119,6 +119,18 @@ static void test_utf8_across_fragments_and_limit(void **state) {
   assert_int_equal(parse(0, 0, ok, sizeof ok, &s), sizeof ok);
   static const uint8_t cut[] = {0x81, 0x01, 0xC3};
   assert_int_equal(parse(0, 0, cut, sizeof cut, &s), -1007);
+  /* the whole-buffer check, ASCII first: long runs, a bad byte at every place */
+  uint8_t t[40];
+  memset(t, 'a', sizeof t);
+  assert_true(evs__ws_utf8_valid(t, sizeof t));
+  for (size_t i = 0; i < sizeof t; i++) {
+    t[i] = 0xFF;
+    assert_false(evs__ws_utf8_valid(t, sizeof t));
+    t[i] = 'a';
+  }
+  memcpy(t + 30, "\xC3\xA9", 2);
+  assert_true(evs__ws_utf8_valid(t, sizeof t));
+  assert_false(evs__ws_utf8_valid(t, 31));
   /* binary is not checked */
   static const uint8_t bin[] = {0x82, 0x01, 0xC3};
   assert_int_equal(parse(0, 0, bin, sizeof bin, &s), sizeof bin);
@@ -153,6 +165,35 @@ static void test_writer_and_kinds(void **state) {
   assert_true(evs__ws_close_code_ok(4000));
 }
 
+/* The fast path's frame finder takes exactly the whole frames the parser would take as whole
+ * messages (or pings and pongs) and leaves everything else to the parser. */
+static void test_frame_whole(void **state) {
+  (void)state;
+  evs__ws_frame f;
+  static const uint8_t masked[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d,
+                                   0x7f, 0x9f, 0x4d, 0x51, 0x58};
+  assert_true(evs__ws_frame_whole(masked, sizeof masked, 1, 0, &f));
+  assert_true(f.opcode == EVS__WS_OP_TEXT && f.head_len == 6 && f.len == 5 && f.mask == masked + 2);
+  for (size_t n = 0; n < sizeof masked; n++) /* not yet whole */
+    assert_false(evs__ws_frame_whole(masked, n, 1, 0, &f));
+  assert_false(evs__ws_frame_whole(masked, sizeof masked, 0, 0, &f)); /* wrong side */
+  assert_false(evs__ws_frame_whole(masked, sizeof masked, 1, 4, &f));  /* over max_message */
+  assert_true(evs__ws_frame_whole(masked, sizeof masked, 1, 5, &f));
+  static const uint8_t ping[] = {0x89, 0x01, 'p', 0x81, 0x00};
+  assert_true(evs__ws_frame_whole(ping, sizeof ping, 0, 0, &f));
+  assert_true(f.opcode == EVS__WS_OP_PING && f.head_len == 2 && f.len == 1 && !f.mask);
+  uint8_t mid[300] = {0x82, 0x7E, 0x01, 0x00};
+  assert_true(evs__ws_frame_whole(mid, 4 + 256, 0, 0, &f) && f.head_len == 4 && f.len == 256);
+  assert_false(evs__ws_frame_whole(mid, 4 + 255, 0, 0, &f));
+  /* left to the parser: fragments, continuations, closes, reserved bits, 64-bit lengths,
+   * oversized control frames, unknown opcodes */
+  static const uint8_t others[][4] = {{0x01, 0x01, 'a'}, {0x80, 0x01, 'a'}, {0x88, 0x00},
+                                      {0xC1, 0x01, 'a'}, {0x82, 0x7F, 0}, {0x89, 0x7E, 0, 126},
+                                      {0x83, 0x01, 'a'}, {0x09, 0x00}};
+  for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
+    assert_false(evs__ws_frame_whole(others[i], 4, 0, 0, &f));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rfc_examples),
@@ -160,6 +201,7 @@ int main(void) {
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_utf8_across_fragments_and_limit),
       cmocka_unit_test(test_writer_and_kinds),
+      cmocka_unit_test(test_frame_whole),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
