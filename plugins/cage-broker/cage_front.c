@@ -373,6 +373,7 @@ typedef struct cb_txn {
   char ctx[40];
   int64_t t0;
   int trx;
+  int recorded;           /* its record is bound to the response (END) */
   evs__decrypt_body *dec;
   uint64_t decrypted;
   cb_inst *inst;          /* the instance it was proxied to (held until the end) */
@@ -595,6 +596,14 @@ static int front_request(void *state, evs_request *req) {
       txn_error(t, 503, "service-unavailable", "The attestation document cannot be made now");
     return EVS_HANDLED;
   }
+  if (t->trx && h->store_append_ready(st->p) == -ENOTCONN) {
+    /* No response goes out whose record could not be kept (docs/state.md): refused before
+     * anything reaches the cage, so the client may retry safely. */
+    t->trx = 0;
+    txn_error(t, 503, "service-unavailable",
+              "The transaction log cannot be written right now; retry later.");
+    return EVS_HANDLED;
+  }
   if (!c->api_key_auth) {
     after_auth(t);
     return EVS_HANDLED;
@@ -620,10 +629,8 @@ static int front_request(void *state, evs_request *req) {
   return EVS_HANDLED;
 }
 
-static int front_log(void *state, evs_request *req) {
-  cb_state *st = state;
-  cb_txn *t = st->h->request_get_data(req, st->p);
-  if (!t || t->magic != TXN_MAGIC || !t->trx) return EVS_DECLINED;
+/* The transaction record of a request (never bodies), as JSON text; NULL if none is due. */
+static char *trx_record(cb_state *st, evs_request *req, cb_txn *t) {
   const evs_request_info *ri = st->h->request_info(req);
   const char *code = NULL;
   int status = st->h->response_status(req, &code);
@@ -634,9 +641,32 @@ static int front_log(void *state, evs_request *req) {
                           ri->request_id);
   if (rec && code) json_object_set_new(rec, "errorCode", json_string(code));
   char *s = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+  json_decref(rec);
+  return s;
+}
+
+/* END (ABI 1.9): the response is complete and its end not yet sent. Its record is bound to it,
+ * so the client gets the end only once the record is committed, as for the relays. */
+static int front_end(void *state, evs_request *req) {
+  cb_state *st = state;
+  cb_txn *t = st->h->request_get_data(req, st->p);
+  if (!t || t->magic != TXN_MAGIC || !t->trx || t->recorded) return EVS_DECLINED;
+  char *s = trx_record(st, req, t);
+  int r = s ? st->h->store_append_request(st->p, req, "trx", s) : -ENOMEM;
+  t->recorded = r == 0 || r == -EALREADY || r == -ECONNRESET; /* else LOG tries again */
+  free(s);
+  return EVS_DECLINED;
+}
+
+/* LOG: a response that never ended (cut short, the client gone, a passthrough) is recorded
+ * here, written behind: no client holds a complete response for it. */
+static int front_log(void *state, evs_request *req) {
+  cb_state *st = state;
+  cb_txn *t = st->h->request_get_data(req, st->p);
+  if (!t || t->magic != TXN_MAGIC || !t->trx || t->recorded) return EVS_DECLINED;
+  char *s = trx_record(st, req, t);
   if (s) st->h->store_append(st->p, "trx", s);
   free(s);
-  json_decref(rec);
   return EVS_DECLINED;
 }
 
@@ -989,6 +1019,7 @@ int cb_front_init(cb_state *st) {
   r.path_prefix = "/";
   r.handler = front_request;
   if (rc == 0) rc = h->add_route(st->p, &r);
+  if (rc == 0) rc = h->add_hook(st->p, EVS_PHASE_END, front_end);
   if (rc == 0) rc = h->add_hook(st->p, EVS_PHASE_LOG, front_log);
   if (rc < 0) h->log(st->p, NULL, EVS_LOG_ERROR, "cannot register the cages' front: %s",
                      strerror(-rc));
