@@ -395,6 +395,10 @@ int cage_run_start(evs_plugin *p, const evs_host *host, const cage_run_spec *spe
   argv[k++] = "--cpus";
   argv[k++] = cpus;
   if (spec->debug) argv[k++] = "--debug";
+  if (spec->kvm_tcg) {
+    argv[k++] = "--accel";
+    argv[k++] = "tcg";
+  }
   size_t np = spec->egress ? spec->n_egress_ports : 0;
   if (spec->egress && np == 0) {
     argv[k++] = "--egress-port";
