@@ -361,7 +361,7 @@ static void start_kvm(const eif_image *img) {
                         "-kernel", kpath, "-initrd", ipath, "-append", cmdline,
                         "-chardev", chardev, "-device", "virtio-serial-device",
                         "-device", "virtserialport,chardev=evs,name=evs",
-                        "-serial", g.debug ? "stdio" : "none",
+                        "-serial", "none", /* the app's output comes over the mux */
                         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
                                     "resourcecontrol=deny",
                         NULL};
@@ -371,7 +371,7 @@ static void start_kvm(const eif_image *img) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     int null = open("/dev/null", O_RDWR);
     dup2(null, 0);
-    if (!g.debug) dup2(null, 1);
+    dup2(null, 1);
     syscall(SYS_close_range, 3, ~0u, 0);
     execv(g.qemu, (char *const *)argv);
     _exit(127);
