@@ -617,13 +617,16 @@ static void api_request(struct api_conn *c) {
     return;
   }
   size_t hl = (size_t)(he - p) + 4;
-  char *sp1 = memchr(p, ' ', hl), *sp2 = sp1 ? memchr(sp1 + 1, ' ', hl - (size_t)(sp1 + 1 - (char *)p)) : NULL;
+  char *sp1 = memchr(p, ' ', hl);
+  char *sp2 = sp1 ? memchr(sp1 + 1, ' ', hl - (size_t)(sp1 + 1 - (char *)p)) : NULL;
   if (!sp1 || !sp2) {
     api_error(c, 400, "bad request line");
     return;
   }
   size_t clen = 0;
-  for (char *l = memmem(p, hl, "\r\n", 2); l && l + 2 < (char *)he; l = memmem(l + 2, (size_t)((char *)he - l - 2) + 2, "\r\n", 2)) {
+  char *end = (char *)he;
+  for (char *l = memmem(p, hl, "\r\n", 2); l && l + 2 < end;
+       l = memmem(l + 2, (size_t)(end - l - 2) + 2, "\r\n", 2)) {
     char *h = l + 2;
     if (strncasecmp(h, "content-length:", 15) == 0) clen = strtoul(h + 15, NULL, 10);
     if (strncasecmp(h, "transfer-encoding:", 18) == 0) {

@@ -191,7 +191,8 @@ static void on_ctrl(void *arg, cmux *m, const cmux_frame *f) {
       c->id = id;
       c->next = ci->calls;
       ci->calls = c;
-      if (ci->cb.on_api) ci->cb.on_api(ci->arg, ci, c, method, pth, body ? body : (const uint8_t *)"", bl);
+      if (ci->cb.on_api)
+        ci->cb.on_api(ci->arg, ci, c, method, pth, body ? body : (const uint8_t *)"", bl);
       else cage_api_reply(c, 404, "application/json", (const uint8_t *)"{}", 2);
       break;
     }
@@ -279,7 +280,8 @@ static void on_helper(void *arg, evs_helper *h, const evs_helper_event *ev) {
     case EVS_HELPER_EXITED:
       conn_close(ci);
       if (ci->why[0]) snprintf(why, sizeof why, "%s", ci->why);
-      else if (ev->signal) snprintf(why, sizeof why, "evs-cage-vmm killed by signal %d", ev->signal);
+      else if (ev->signal)
+        snprintf(why, sizeof why, "evs-cage-vmm killed by signal %d", ev->signal);
       else snprintf(why, sizeof why, "evs-cage-vmm exited with status %d", ev->exit_code);
       set_state(ci, CAGE_CRASHED, why);
       return;
