@@ -380,7 +380,10 @@ static void app_mounts(void) {
   mkdir("/rootfs/sys", 0555);
   mkdir("/rootfs/dev", 0755);
   mkdir("/rootfs/tmp", 01777);
-  if (mount("proc", "/rootfs/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+  /* Read-only in the sandbox: the global sysctls under /proc/sys check the writer's uid, not a
+   * capability, and the cage's uid 0 may be the host's (docs/cages.md). */
+  unsigned long ro = g.vm ? 0 : MS_RDONLY;
+  if (mount("proc", "/rootfs/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | ro, NULL) < 0)
     dprintf(2, "evs-cage-init: /proc: %s\n", strerror(errno));
   mount("sysfs", "/rootfs/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   if (g.vm) mount("devtmpfs", "/rootfs/dev", "devtmpfs", MS_NOSUID, "mode=0755");
