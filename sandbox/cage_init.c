@@ -380,7 +380,10 @@ static void app_mounts(void) {
   mkdir("/rootfs/sys", 0555);
   mkdir("/rootfs/dev", 0755);
   mkdir("/rootfs/tmp", 01777);
-  if (mount("proc", "/rootfs/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+  /* Read-only in the sandbox: the global sysctls under /proc/sys check the writer's uid, not a
+   * capability, and the cage's uid 0 may be the host's (docs/cages.md). */
+  unsigned long ro = g.vm ? 0 : MS_RDONLY;
+  if (mount("proc", "/rootfs/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | ro, NULL) < 0)
     dprintf(2, "evs-cage-init: /proc: %s\n", strerror(errno));
   mount("sysfs", "/rootfs/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   if (g.vm) mount("devtmpfs", "/rootfs/dev", "devtmpfs", MS_NOSUID, "mode=0755");
@@ -617,13 +620,16 @@ static void api_request(struct api_conn *c) {
     return;
   }
   size_t hl = (size_t)(he - p) + 4;
-  char *sp1 = memchr(p, ' ', hl), *sp2 = sp1 ? memchr(sp1 + 1, ' ', hl - (size_t)(sp1 + 1 - (char *)p)) : NULL;
+  char *sp1 = memchr(p, ' ', hl);
+  char *sp2 = sp1 ? memchr(sp1 + 1, ' ', hl - (size_t)(sp1 + 1 - (char *)p)) : NULL;
   if (!sp1 || !sp2) {
     api_error(c, 400, "bad request line");
     return;
   }
   size_t clen = 0;
-  for (char *l = memmem(p, hl, "\r\n", 2); l && l + 2 < (char *)he; l = memmem(l + 2, (size_t)((char *)he - l - 2) + 2, "\r\n", 2)) {
+  char *end = (char *)he;
+  for (char *l = memmem(p, hl, "\r\n", 2); l && l + 2 < end;
+       l = memmem(l + 2, (size_t)(end - l - 2) + 2, "\r\n", 2)) {
     char *h = l + 2;
     if (strncasecmp(h, "content-length:", 15) == 0) clen = strtoul(h + 15, NULL, 10);
     if (strncasecmp(h, "transfer-encoding:", 18) == 0) {

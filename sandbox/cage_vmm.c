@@ -55,6 +55,7 @@
 
 static struct {
   const char *backend, *eif_path, *base, *qemu;
+  int tcg; /* --accel tcg: software emulation, for tests where KVM cannot boot a kernel */
   char dir[256];             /* private: mkdtemp under --dir */
   char egress_sock[108];     /* the plugin's egress proxy, as the attached worker said */
   unsigned long long memory_mib;
@@ -127,7 +128,8 @@ static __attribute__((noreturn)) void finish(int code) {
 
 static void usage(void) {
   dprintf(2, "usage: evs-cage-vmm --backend kvm|sandbox --eif <file> --dir <base dir> "
-             "[--memory <MiB>] [--cpus <n>] [--debug] [--egress-port <p>...] [--qemu <path>]\n");
+             "[--memory <MiB>] [--cpus <n>] [--debug] [--egress-port <p>...] [--qemu <path>] "
+             "[--accel kvm|tcg]\n");
   _exit(2);
 }
 
@@ -147,6 +149,7 @@ static void parse_args(int argc, char **argv) {
     else if (strcmp(a, "--eif") == 0) g.eif_path = v;
     else if (strcmp(a, "--dir") == 0) g.base = v;
     else if (strcmp(a, "--qemu") == 0) g.qemu = v;
+    else if (strcmp(a, "--accel") == 0) g.tcg = strcmp(v, "tcg") == 0;
     else if (strcmp(a, "--memory") == 0) g.memory_mib = strtoull(v, NULL, 10);
     else if (strcmp(a, "--cpus") == 0) g.cpus = (unsigned)strtoul(v, NULL, 10);
     else if (strcmp(a, "--egress-port") == 0 && g.n_ports < MAX_PORTS) {
@@ -352,12 +355,13 @@ static void start_kvm(const eif_image *img) {
   snprintf(mem, sizeof mem, "%llu", g.memory_mib);
   snprintf(smp, sizeof smp, "%u", g.cpus);
   snprintf(chardev, sizeof chardev, "socket,id=evs,path=%s", spath);
-  const char *argv[] = {g.qemu, "-M", "microvm", "-enable-kvm", "-m", mem, "-smp", smp,
+  const char *argv[] = {g.qemu, "-M", "microvm", "-accel", g.tcg ? "tcg" : "kvm", "-m", mem,
+                        "-smp", smp,
                         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
                         "-kernel", kpath, "-initrd", ipath, "-append", cmdline,
                         "-chardev", chardev, "-device", "virtio-serial-device",
                         "-device", "virtserialport,chardev=evs,name=evs",
-                        "-serial", g.debug ? "stdio" : "none",
+                        "-serial", "none", /* the app's output comes over the mux */
                         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
                                     "resourcecontrol=deny",
                         NULL};
@@ -367,7 +371,7 @@ static void start_kvm(const eif_image *img) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     int null = open("/dev/null", O_RDWR);
     dup2(null, 0);
-    if (!g.debug) dup2(null, 1);
+    dup2(null, 1);
     syscall(SYS_close_range, 3, ~0u, 0);
     execv(g.qemu, (char *const *)argv);
     _exit(127);

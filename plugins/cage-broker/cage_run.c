@@ -191,7 +191,8 @@ static void on_ctrl(void *arg, cmux *m, const cmux_frame *f) {
       c->id = id;
       c->next = ci->calls;
       ci->calls = c;
-      if (ci->cb.on_api) ci->cb.on_api(ci->arg, ci, c, method, pth, body ? body : (const uint8_t *)"", bl);
+      if (ci->cb.on_api)
+        ci->cb.on_api(ci->arg, ci, c, method, pth, body ? body : (const uint8_t *)"", bl);
       else cage_api_reply(c, 404, "application/json", (const uint8_t *)"{}", 2);
       break;
     }
@@ -279,7 +280,8 @@ static void on_helper(void *arg, evs_helper *h, const evs_helper_event *ev) {
     case EVS_HELPER_EXITED:
       conn_close(ci);
       if (ci->why[0]) snprintf(why, sizeof why, "%s", ci->why);
-      else if (ev->signal) snprintf(why, sizeof why, "evs-cage-vmm killed by signal %d", ev->signal);
+      else if (ev->signal)
+        snprintf(why, sizeof why, "evs-cage-vmm killed by signal %d", ev->signal);
       else snprintf(why, sizeof why, "evs-cage-vmm exited with status %d", ev->exit_code);
       set_state(ci, CAGE_CRASHED, why);
       return;
@@ -395,6 +397,10 @@ int cage_run_start(evs_plugin *p, const evs_host *host, const cage_run_spec *spe
   argv[k++] = "--cpus";
   argv[k++] = cpus;
   if (spec->debug) argv[k++] = "--debug";
+  if (spec->kvm_tcg) {
+    argv[k++] = "--accel";
+    argv[k++] = "tcg";
+  }
   size_t np = spec->egress ? spec->n_egress_ports : 0;
   if (spec->egress && np == 0) {
     argv[k++] = "--egress-port";

@@ -44,6 +44,8 @@ typedef struct cage_run_spec {
   int egress;               /* 0: no network out of the cage at all */
   int debug;                /* 1: forward the app's stdout/stderr to on_log */
   int egress_allow_private; /* egress may reach loopback and private addresses (tests) */
+  int kvm_tcg;              /* backend kvm under qemu's software emulation instead of KVM (tests
+                               on machines whose KVM cannot boot a kernel); never attestable */
 } cage_run_spec;
 
 typedef struct cage_run_callbacks {

@@ -240,6 +240,7 @@ static int public_addr(const struct sockaddr *sa) {
 /* ---- connecting --------------------------------------------------------------------------- */
 
 static void try_connect(tunnel *t);
+static void on_first_flight(tunnel *t);
 
 static void on_connect(uv_connect_t *c, int status) {
   tunnel *t = c->data;
@@ -259,6 +260,9 @@ static void on_connect(uv_connect_t *c, int status) {
   touch(t, t->e->o.idle_timeout_ms);
   start_reading(t, &t->dest); /* a server may speak first */
   start_reading(t, &t->box);  /* the first flight, held until its name is checked */
+  /* A client that sent its first flight right behind the CONNECT head (the cages' runner
+   * does) sends nothing more until it is answered: decide on what is held already. */
+  if (t->len) on_first_flight(t);
 }
 
 static void try_connect(tunnel *t) {

@@ -46,7 +46,7 @@ def kernel_parts():
     return os.path.join(d, "vmlinuz"), mods
 
 
-def make_image(cage, init=None, app=None):
+def make_image(cage, init=None, app=None, cmdline=""):
     """An image: /init, and /rootfs/bin/hello-cage with /cage.json from the dict cage."""
     d = evstest.tmpdir("evs-cage-img-")
     root = os.path.join(d, "rootfs")
@@ -67,7 +67,7 @@ def make_image(cage, init=None, app=None):
     kernel, mods = kernel_parts()
     out = os.path.join(d, "enclave.eif")
     args = [evstest.build_path("test-bin", "evs-test-cage-mkimage"), "--out", out,
-            "--kernel", kernel, "--cmdline", "console=ttyS0 quiet panic=-1 reboot=t",
+            "--kernel", kernel, "--cmdline", "console=ttyS0 quiet panic=-1 reboot=t " + cmdline,
             "--init", init or evstest.build_path("evs-cage-init"), "--rootfs", root,
             "--cage-json", cj]
     for m in mods:
@@ -172,15 +172,21 @@ class TlsServer:
         self.sock.close()
 
 
-def check_runner(backend, timeout=60.0):
+def tcg_cmdline(extra):
+    """Under software emulation the kernel's TSC calibration against the PIT fails when the
+    machine is busy (and the boot then stalls): give it a frequency instead."""
+    return "tsc_early_khz=2500000" if extra.get("tcg") else ""
+
+
+def check_runner(backend, timeout=60.0, **extra):
     """The whole runner suite on one backend."""
     tls = TlsServer()
     image = make_image({"egress": {"enabled": True, "destinations": ["localhost"],
-                                   "ports": [tls.port]}, "debug": True})
+                                   "ports": [tls.port]}, "debug": True}, cmdline=tcg_cmdline(extra))
     t0 = time.monotonic()
     srv = start(image, backend, env="SECRET_TOKEN=s3cr3t-value;REGION=europe", egress="on",
                 egress_allow="localhost", egress_ports=str(tls.port), allow_private="on",
-                debug="on")
+                debug="on", **extra)
     try:
         s = wait_ready(srv, timeout)
         print("  %s: READY %.3f s after the server started" % (backend, time.monotonic() - t0))
@@ -234,9 +240,14 @@ def check_runner(backend, timeout=60.0):
         st, esc = app(srv, "GET", "/escape?paths=%s&port=%d"
                       % (",".join(p for p in paths if p), srv.port()))
         assert st == 200, esc
-        allowed = [k for k, v in esc.items() if v == "ALLOWED"]
+        # Under the sandbox every attempt fails. Under kvm the app is root of its own VM (as
+        # in a Nitro enclave): mounting or a raw socket there reaches nothing outside the VM,
+        # so only what would leave it must fail.
+        leaving = [k for k in esc if k.startswith(("read path", "connect"))]
+        checked = list(esc) if backend == "sandbox" else leaving
+        allowed = [k for k in checked if esc[k] == "ALLOWED"]
         assert not allowed, esc
-        assert len(esc) >= 14, esc
+        assert len(esc) >= 14 and len(leaving) >= 6, esc
         # A crash: reported with its cause, restarted, serving again.
         try:
             app(srv, "GET", "/crash", timeout=5)
@@ -260,10 +271,10 @@ def check_runner(backend, timeout=60.0):
     assert "Sanitizer" not in srv.log()
 
 
-def check_no_egress(backend, timeout=60.0):
+def check_no_egress(backend, timeout=60.0, **extra):
     """Without egress: no DNS, no egress listener, no route anywhere."""
-    image = make_image({})
-    srv = start(image, backend)
+    image = make_image({}, cmdline=tcg_cmdline(extra))
+    srv = start(image, backend, **extra)
     try:
         wait_ready(srv, timeout)
         st, eg = app(srv, "GET", "/egress?host=localhost&port=443")
@@ -319,6 +330,19 @@ def test_kvm_runner():
         raise evstest.Skip(why)
     check_runner("kvm", timeout=120)
     check_no_egress("kvm", timeout=120)
+
+
+def test_kvm_backend_under_tcg():
+    """The kvm backend's whole path (qemu microvm, the image's kernel and modules, the
+    virtio-serial port, evs-cage-init in VM mode) under qemu's software emulation: where KVM
+    works, test_kvm_runner covers it at full speed; where it cannot boot (nested
+    virtualisation), this still proves the VM side."""
+    if not os.access(QEMU, os.X_OK):
+        raise evstest.Skip("qemu-system-x86_64 is not installed")
+    if not kernel_dir():
+        raise evstest.Skip("no cage kernel directory (scripts/cage-kernel; $EVS_CAGE_KERNEL_DIR)")
+    check_runner("kvm", timeout=300, tcg="on")
+    check_no_egress("kvm", timeout=300, tcg="on")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ static const evs_config_item items[] = {
     {"egress_ports", EVS_CONFIG_STRING, "", 0, 0, 0, "ports, comma-separated"},
     {"allow_private", EVS_CONFIG_BOOL, "false", 0, 0, 0, "egress to loopback"},
     {"debug", EVS_CONFIG_BOOL, "false", 0, 0, 0, "forward the app's output"},
+    {"tcg", EVS_CONFIG_BOOL, "false", 0, 0, 0, "kvm backend under software emulation"},
     {NULL, 0, NULL, 0, 0, 0, NULL},
 };
 
@@ -181,6 +182,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret) {
       .egress = host->config_bool(plugin, "egress"),
       .debug = host->config_bool(plugin, "debug"),
       .egress_allow_private = host->config_bool(plugin, "allow_private"),
+      .kvm_tcg = host->config_bool(plugin, "tcg"),
   };
   static const cage_run_callbacks cb = {on_state, on_log, on_api, on_egress};
   int r = host->add_hook(plugin, EVS_PHASE_ROUTE, route);

@@ -79,7 +79,8 @@ static int api_call(const char *path, const char *body, size_t blen, char *dst, 
   static char resp[1 << 20];
   size_t rl = 0;
   ssize_t k;
-  while (rl < sizeof resp - 1 && (k = read(s, resp + rl, sizeof resp - 1 - rl)) > 0) rl += (size_t)k;
+  while (rl < sizeof resp - 1 && (k = read(s, resp + rl, sizeof resp - 1 - rl)) > 0)
+    rl += (size_t)k;
   close(s);
   resp[rl] = 0;
   char *b = strstr(resp, "\r\n\r\n");

@@ -87,7 +87,15 @@ int main(int argc, char **argv) {
   in.metadata.data = (const uint8_t *)"{}";
   in.metadata.len = 2;
   eif_pcrs pcrs;
-  if (eif_write(out, &in, &pcrs, &why) < 0) {
+  int w = eif_write(out, &in, &pcrs, &why);
+  free((void *)in.kernel.data);
+  free(b0);
+  free(b1);
+  free(cjb);
+  free(bad);
+  cpio_free(boot);
+  cpio_free(app);
+  if (w < 0) {
     fprintf(stderr, "mkimage: %s\n", why);
     return 1;
   }
