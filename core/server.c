@@ -264,6 +264,10 @@ static void timer_set(evs__conn *c, enum timer_kind k, int64_t ms) {
 /* Arm the body's timer for the first of its deadlines: body_timeout after the last read, the
  * end of request_timeout, the end of the current min_body_rate window. */
 static void body_timer(evs__conn *c) {
+  /* A response whose end waits for its record's commit owns the timer (record_timeout): body
+   * bytes still arriving must not replace it with a body deadline that would abort the
+   * connection and lose the held end. */
+  if (c->timer_kind == T_RECORD) return;
   const evs__settings *s = c->w->settings;
   uint64_t now = uv_now(c->w->loop);
   uint64_t at = c->body_last_read + (uint64_t)s->body_timeout_ms;
