@@ -488,9 +488,17 @@ static int pg_get(void *impl, const char *ns, const char *key, size_t key_len, i
   return 0;
 }
 
-static int pg_put(void *impl, const char *ns, const char *key, size_t key_len, const uint8_t *v,
-                  size_t len, int64_t expires_ms) {
-  pg *g = impl;
+#define PG_UPSERT                                                                    \
+  "INSERT INTO evs_kv (ns, key, value, expires_at) VALUES ($1, $2, $3, $4) "              \
+  "ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, "                           \
+  "expires_at = EXCLUDED.expires_at"
+
+/* A put (create_only 0: insert or replace) or a create-only put (-EEXIST when a live row is
+ * there; now_ms decides what is live). The conflicting row is locked, so of concurrent
+ * creators exactly one changes a row: an absent or expired key is created, a live one left
+ * alone. */
+static int pg_write(pg *g, int create_only, const char *ns, const char *key, size_t key_len,
+                    const uint8_t *v, size_t len, int64_t expires_ms, int64_t now_ms) {
   params p = { 0 };
   PGresult *res;
   int r;
@@ -504,45 +512,28 @@ static int pg_put(void *impl, const char *ns, const char *key, size_t key_len, c
     p_int8(&p, expires_ms);
   else
     p_null(&p, OID_INT8);
-  res = run(g, "INSERT INTO evs_kv (ns, key, value, expires_at) VALUES ($1, $2, $3, $4) "
-               "ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, "
-               "expires_at = EXCLUDED.expires_at",
-            &p, "postgresql: put", &r);
+  if (create_only)
+    p_int8(&p, now_ms);
+  res = run(g,
+            create_only ? PG_UPSERT " WHERE evs_kv.expires_at IS NOT NULL AND "
+                                    "evs_kv.expires_at <= $5"
+                        : PG_UPSERT,
+            &p, create_only ? "postgresql: put_new" : "postgresql: put", &r);
   if (!res)
     return r;
+  r = create_only && atoi(PQcmdTuples(res)) == 0 ? -EEXIST : 0;
   PQclear(res);
-  return 0;
+  return r;
+}
+
+static int pg_put(void *impl, const char *ns, const char *key, size_t key_len, const uint8_t *v,
+                  size_t len, int64_t expires_ms) {
+  return pg_write(impl, 0, ns, key, key_len, v, len, expires_ms, 0);
 }
 
 static int pg_put_new(void *impl, const char *ns, const char *key, size_t key_len,
                       const uint8_t *v, size_t len, int64_t expires_ms, int64_t now_ms) {
-  pg *g = impl;
-  params p = { 0 };
-  PGresult *res;
-  int r;
-
-  if ((r = ensure_conn(g)) < 0)
-    return r;
-  p_text(&p, ns);
-  p_bytea(&p, key, key_len);
-  p_bytea(&p, v, len);
-  if (expires_ms)
-    p_int8(&p, expires_ms);
-  else
-    p_null(&p, OID_INT8);
-  p_int8(&p, now_ms);
-  /* The conflicting row is locked, so of concurrent creators exactly one changes a row: an
-   * absent or expired key is created, a live one left alone. */
-  res = run(g, "INSERT INTO evs_kv (ns, key, value, expires_at) VALUES ($1, $2, $3, $4) "
-               "ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, "
-               "expires_at = EXCLUDED.expires_at "
-               "WHERE evs_kv.expires_at IS NOT NULL AND evs_kv.expires_at <= $5",
-            &p, "postgresql: put_new", &r);
-  if (!res)
-    return r;
-  r = atoi(PQcmdTuples(res)) > 0 ? 0 : -EEXIST;
-  PQclear(res);
-  return r;
+  return pg_write(impl, 1, ns, key, key_len, v, len, expires_ms, now_ms);
 }
 
 static int pg_del(void *impl, const char *ns, const char *key, size_t key_len, int64_t now_ms) {

@@ -414,13 +414,14 @@ static int sq_get(void *impl, const char *ns, const char *key, size_t key_len, i
   return 0;
 }
 
-static int sq_put(void *impl, const char *ns, const char *key, size_t key_len, const uint8_t *v,
-                  size_t len, int64_t expires_ms) {
-  sq *q = impl;
+/* A put (ST_PUT: insert or replace) or a create-only put (ST_PUT_NEW: -EEXIST when a live row
+ * is there; now_ms decides what is live). */
+static int sq_write(sq *q, int which, const char *ns, const char *key, size_t key_len,
+                    const uint8_t *v, size_t len, int64_t expires_ms, int64_t now_ms) {
   sqlite3_stmt *st = NULL;
   int r, rc;
 
-  if ((r = stmt(q, ST_PUT, &st)) < 0)
+  if ((r = stmt(q, which, &st)) < 0)
     return r;
   sqlite3_bind_text(st, 1, ns, -1, SQLITE_STATIC);
   sqlite3_bind_blob(st, 2, key, (int)key_len, SQLITE_STATIC);
@@ -431,35 +432,25 @@ static int sq_put(void *impl, const char *ns, const char *key, size_t key_len, c
     sqlite3_bind_int64(st, 4, expires_ms);
   else
     sqlite3_bind_null(st, 4);
+  if (which == ST_PUT_NEW)
+    sqlite3_bind_int64(st, 5, now_ms);
   rc = sqlite3_step(st);
-  r = rc == SQLITE_DONE ? 0 : fail(q, rc, "sqlite: put");
+  if (rc != SQLITE_DONE)
+    r = fail(q, rc, which == ST_PUT_NEW ? "sqlite: put_new" : "sqlite: put");
+  else if (which == ST_PUT_NEW && sqlite3_changes(q->db) == 0)
+    r = -EEXIST;
   done(st);
   return r;
 }
 
+static int sq_put(void *impl, const char *ns, const char *key, size_t key_len, const uint8_t *v,
+                  size_t len, int64_t expires_ms) {
+  return sq_write(impl, ST_PUT, ns, key, key_len, v, len, expires_ms, 0);
+}
+
 static int sq_put_new(void *impl, const char *ns, const char *key, size_t key_len,
                       const uint8_t *v, size_t len, int64_t expires_ms, int64_t now_ms) {
-  sq *q = impl;
-  sqlite3_stmt *st = NULL;
-  int r, rc;
-
-  if ((r = stmt(q, ST_PUT_NEW, &st)) < 0)
-    return r;
-  sqlite3_bind_text(st, 1, ns, -1, SQLITE_STATIC);
-  sqlite3_bind_blob(st, 2, key, (int)key_len, SQLITE_STATIC);
-  sqlite3_bind_blob(st, 3, v, (int)len, SQLITE_STATIC);
-  if (expires_ms)
-    sqlite3_bind_int64(st, 4, expires_ms);
-  else
-    sqlite3_bind_null(st, 4);
-  sqlite3_bind_int64(st, 5, now_ms);
-  rc = sqlite3_step(st);
-  if (rc == SQLITE_DONE)
-    r = sqlite3_changes(q->db) > 0 ? 0 : -EEXIST;
-  else
-    r = fail(q, rc, "sqlite: put_new");
-  done(st);
-  return r;
+  return sq_write(impl, ST_PUT_NEW, ns, key, key_len, v, len, expires_ms, now_ms);
 }
 
 static int sq_del(void *impl, const char *ns, const char *key, size_t key_len, int64_t now_ms) {
