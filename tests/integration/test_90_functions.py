@@ -464,8 +464,8 @@ def test_error_codes():
 def test_warm_pool():
     """pool_max bounds the boxes of a Function (runs beyond wait, none fail); a warm box serves
     the next run without a cold start; idle boxes stop after idle_timeout; a redeploy gets fresh
-    boxes."""
-    e = Env(pool_max=2, idle_timeout="1s")
+    boxes. Pre-warming is off: its box would start at the deploy, before the count."""
+    e = Env(pool_max=2, idle_timeout="1s", prewarm=False)
     try:
         e.deploy("sleepy")
         e.deploy("hello")
