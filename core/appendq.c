@@ -12,7 +12,8 @@
  * - waited for (store_append_request: a transaction record whose response the host holds until
  *   it is committed, docs/state.md): group commit. The first such record starts a batch at the
  *   next loop turn (so the records of one turn share it); records that arrive while a batch is
- *   being written go together into the next one, which starts as soon as that one committed.
+ *   being written go together into the next one, which starts at the loop turn after that one
+ *   committed (with the records of the turn in which it committed).
  *   No timer: under load a batch carries what arrived during one commit, idle it carries one
  *   record. Waiters (evs__appendq_wait) are told on the loop thread, from the idle handle, so
  *   that a released response never runs inside a plugin's call.
@@ -187,9 +188,13 @@ static void after_work(uv_work_t *req, int status) {
   batch_free(&q->writing);
   settle(q, q->writing_last, r < 0 ? r : 0);
   if (closing(q)) return;
-  /* Group commit: what arrived during this batch goes now, if anybody waits for it. */
-  if (q->pending.n >= APPENDQ_BATCH || (q->urgent && q->pending.n))
+  /* Group commit: what arrived during this batch goes at the next turn (on_idle), if anybody
+   * waits for it, so that the records of the rest of this turn's events join it (kicked here,
+   * in the middle of the turn, they waited for the whole next commit). */
+  if (q->pending.n >= APPENDQ_BATCH)
     kick(q);
+  else if (q->urgent && q->pending.n)
+    uv_idle_start(&q->idle, on_idle);
   else if (q->pending.n)
     uv_timer_start(&q->timer, on_timer, APPENDQ_INTERVAL_MS, 0);
 }
