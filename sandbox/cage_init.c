@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "cage_mux.h"
+#include "userns.h"
 
 #define API_PORT 9999
 #define MAX_ENV 512
@@ -361,19 +362,6 @@ static void vm_setup(void) {
   fail("no virtio-serial port named evs");
 }
 
-static void loopback_up(void) {
-  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0) return;
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
-  if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
-    ifr.ifr_flags |= IFF_UP;
-    ioctl(s, SIOCSIFFLAGS, &ifr);
-  }
-  close(s);
-}
-
 /* What the app sees besides its image: /proc, /sys (read-only), /dev, a /tmp of its own. */
 static void app_mounts(void) {
   mkdir("/rootfs/proc", 0555);
@@ -392,16 +380,6 @@ static void app_mounts(void) {
 }
 
 /* ---- the app ------------------------------------------------------------------------------ */
-
-static void drop_caps(void) {
-  for (int c = 0; c <= 63; c++)
-    if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno == EINVAL) break;
-  prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
-  struct __user_cap_data_struct data[2];
-  memset(data, 0, sizeof data);
-  if (syscall(SYS_capset, &hdr, data) < 0) _exit(126);
-}
 
 static void start_app(void) {
   if (g.cfg.debug && (pipe2(g.out_pipe, O_CLOEXEC) < 0 || pipe2(g.err_pipe, O_CLOEXEC) < 0))
@@ -437,7 +415,7 @@ static void start_app(void) {
         setresuid(g.cfg.uid, g.cfg.uid, g.cfg.uid) < 0)
       _exit(126);
     if (!g.vm) { /* the VM is the boundary under kvm; here the kernel is shared */
-      drop_caps();
+      if (evs__drop_caps() < 0) _exit(126);
       struct sock_fprog fp = {(unsigned short)(g.filter_len / sizeof(struct sock_filter)),
                               (struct sock_filter *)g.filter};
       if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
@@ -835,7 +813,7 @@ int main(void) {
   g.mux = cmux_new(g.mux_fd, 1, &ops, NULL);
   if (!g.mux) fail("out of memory");
   read_config();
-  loopback_up();
+  evs__loopback_up();
   sethostname("cage", 4);
   app_mounts();
   uint8_t hello[2] = {(uint8_t)(g.cfg.port >> 8), (uint8_t)g.cfg.port};

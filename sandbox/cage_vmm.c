@@ -49,6 +49,7 @@
 #include "cage_mux.h"
 #include "eif.h"
 #include "evs_sandbox.h"
+#include "userns.h"
 
 #define CTL_FD 3
 #define MAX_PORTS 16
@@ -185,6 +186,17 @@ static void write_all(const char *path, const uint8_t *p, size_t n, int append) 
   close(fd);
 }
 
+/* The unpacked tree belongs to the cage's uid 0 on the host, whatever owners the image gave
+ * (a one-id map has no other: the image's owners all become the cage's root), so that the
+ * app owns and can write its files. Nothing of the cage runs yet: no race with it. */
+static uid_t g_owner;
+static int chown_one(const char *p, const struct stat *sb, int flag, struct FTW *f) {
+  (void)flag, (void)f;
+  if ((sb->st_uid != g_owner || sb->st_gid != g_owner) && lchown(p, g_owner, g_owner) < 0)
+    die("%s: %s", p, strerror(errno));
+  return 0;
+}
+
 /* Unpacks a gzip'd newc ramdisk into the current directory: regular files, directories and
  * symbolic links only (no device nodes, FIFOs or set-id bits), no absolute paths, no "..", no
  * writing through a link. The image is the developer's, so it is input we do not trust. */
@@ -205,8 +217,6 @@ static void unpack(const uint8_t *p, size_t n) {
     mode_t t = archive_entry_filetype(e);
     if (t != AE_IFREG && t != AE_IFDIR && t != AE_IFLNK) continue;
     archive_entry_set_perm(e, archive_entry_perm(e) & 0777);
-    archive_entry_set_uid(e, getuid());
-    archive_entry_set_gid(e, getgid());
     if (archive_read_extract2(a, e, w) != ARCHIVE_OK)
       die("ramdisk entry refused: %s", archive_error_string(a));
   }
@@ -217,40 +227,84 @@ static void unpack(const uint8_t *p, size_t n) {
 
 /* ---- backends ----------------------------------------------------------------------------- */
 
-static int write_file(const char *path, const char *s) {
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return -errno;
-  ssize_t n = write(fd, s, strlen(s));
-  int e = n < 0 ? -errno : 0;
-  close(fd);
-  return e;
+static const char *const devs[] = {"null", "zero", "random", "urandom", "full"};
+#define N_DEVS (sizeof devs / sizeof devs[0])
+
+/* The mount points of the host's harmless device nodes in the unpacked tree, as descriptors:
+ * the image is untrusted and its /rootfs or /rootfs/dev may be a link to anywhere of the
+ * host's, so no component is followed. Made (create) before the cage exists, and opened again
+ * by the outer process in its mount namespace (a mount point must be one of its own mounts).
+ * 0, or -1 with errno set and *ret_what naming the step. */
+static int dev_points(const char *root, int create, int *ret_fds, const char **ret_what) {
+  int r = -1, fd = -1, rootfs = -1, dev = -1;
+  size_t i = 0;
+  *ret_what = "/rootfs (not a directory?)";
+  rootfs = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (rootfs >= 0) {
+    fd = openat(rootfs, "rootfs", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    close(rootfs);
+    rootfs = fd;
+  }
+  if (rootfs < 0) goto out;
+  *ret_what = "/rootfs/dev (not a directory?)";
+  if (create && mkdirat(rootfs, "dev", 0755) < 0 && errno != EEXIST) goto out;
+  dev = openat(rootfs, "dev", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (dev < 0) goto out;
+  if (create && fchownat(dev, "", g_owner, g_owner, AT_EMPTY_PATH) < 0) goto out;
+  *ret_what = "a /rootfs/dev node's mount point (not a regular file?)";
+  for (; i < N_DEVS; i++) {
+    int flags = O_NOFOLLOW | O_CLOEXEC | (create ? O_RDONLY | O_CREAT | O_NONBLOCK : O_PATH);
+    struct stat sb;
+    ret_fds[i] = openat(dev, devs[i], flags, 0644);
+    if (ret_fds[i] < 0) goto out;
+    if (fstat(ret_fds[i], &sb) < 0 || !S_ISREG(sb.st_mode)) {
+      close(ret_fds[i]);
+      errno = EINVAL;
+      goto out;
+    }
+  }
+  r = 0;
+out:
+  if (r < 0)
+    while (i > 0) close(ret_fds[--i]);
+  if (dev >= 0) close(dev);
+  if (rootfs >= 0) close(rootfs);
+  return r;
 }
 
-static void bind_dev(const char *root, const char *name) {
-  char src[64], dst[PATH_MAX];
-  snprintf(src, sizeof src, "/dev/%s", name);
-  snprintf(dst, sizeof dst, "%.3000s/rootfs/dev/%.20s", root, name);
-  int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd < 0) _exit(120);
-  close(fd);
-  if (mount(src, dst, NULL, MS_BIND, NULL) < 0) _exit(121);
+/* A set-up step of the sandbox's own processes failed: said on stderr (the host's log), exit. */
+static __attribute__((noreturn)) void setup_fail(int code, const char *what) {
+  dprintf(2, "evs-cage-vmm: sandbox set-up: %s: %s\n", what, strerror(errno));
+  _exit(code);
 }
 
-/* The sandbox's pid 1 (in the new namespaces): the unpacked tree becomes the root, /init runs. */
-static __attribute__((noreturn)) void sandbox_pid1(const char *root, int mux, int filter) {
+/* The sandbox's root, made by the outer process in its new mount namespace before it takes
+ * the cage's uid (the host's directories above the tree are root's alone): the unpacked tree
+ * bound nosuid and nodev, the device nodes bound in, pivot_root into it. */
+static void sandbox_root(const char *root) {
+  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) setup_fail(110, "private mounts");
+  if (mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0) setup_fail(111, "bind the root");
+  if (mount(NULL, root, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, NULL) < 0)
+    setup_fail(112, "remount the root");
+  int dev_fds[N_DEVS]; /* (opened in the bound tree, which becomes the root) */
+  const char *what;
+  if (dev_points(root, 0, dev_fds, &what) < 0) setup_fail(120, what);
+  for (size_t i = 0; i < N_DEVS; i++) {
+    char src[64], dst[64];
+    snprintf(src, sizeof src, "/dev/%s", devs[i]);
+    snprintf(dst, sizeof dst, "/proc/self/fd/%d", dev_fds[i]);
+    if (mount(src, dst, NULL, MS_BIND, NULL) < 0) setup_fail(121, dst);
+    close(dev_fds[i]);
+  }
+  if (chdir(root) < 0) setup_fail(113, "chdir root");
+  if (syscall(SYS_pivot_root, ".", ".") < 0) setup_fail(114, "pivot_root");
+  if (umount2(".", MNT_DETACH) < 0) setup_fail(115, "detach the old root");
+  if (chdir("/") < 0) setup_fail(116, "chdir /");
+}
+
+/* The sandbox's pid 1 (in the new namespaces, root already pivoted): /init runs. */
+static __attribute__((noreturn)) void sandbox_pid1(int mux, int filter) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) _exit(110);
-  if (mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0) _exit(111);
-  if (mount(NULL, root, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, NULL) < 0) _exit(112);
-  char p[PATH_MAX];
-  snprintf(p, sizeof p, "%.3000s/rootfs/dev", root);
-  mkdir(p, 0755);
-  static const char *const devs[] = {"null", "zero", "random", "urandom", "full"};
-  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) bind_dev(root, devs[i]);
-  if (chdir(root) < 0) _exit(113);
-  if (syscall(SYS_pivot_root, ".", ".") < 0) _exit(114);
-  if (umount2(".", MNT_DETACH) < 0) _exit(115);
-  if (chdir("/") < 0) _exit(116);
   if (dup2(mux, 3) < 0 || dup2(filter, 4) < 0) _exit(117);
   syscall(SYS_close_range, 5, ~0u, 0);
   int null = open("/dev/null", O_RDWR); /* (there is none at / yet: init makes its own) */
@@ -261,7 +315,12 @@ static __attribute__((noreturn)) void sandbox_pid1(const char *root, int mux, in
   _exit(118);
 }
 
+/* Started by root, the cage's uid 0 is EVS_CAGE_UID on the host, not root (userns.h): only a
+ * process outside the new user namespace may map another uid than its own, so this process
+ * writes the maps of the outer one once it has unshared. Otherwise the cage's uid 0 is ours. */
 static void start_sandbox(const eif_image *img) {
+  int stranger = geteuid() == 0;
+  g_owner = stranger ? EVS_CAGE_UID : geteuid();
   char root[PATH_MAX];
   snprintf(root, sizeof root, "%s/root", g.dir);
   rm_tree(root);
@@ -275,6 +334,11 @@ static void start_sandbox(const eif_image *img) {
   if (fchdir(cwd) < 0) die("chdir back");
   close(cwd);
   chmod(root, 0755);
+  int dev_fds[N_DEVS];
+  const char *what;
+  if (dev_points(root, 1, dev_fds, &what) < 0) die("the image's %s: %s", what, strerror(errno));
+  for (size_t i = 0; i < N_DEVS; i++) close(dev_fds[i]);
+  if (stranger && nftw(root, chown_one, 16, FTW_PHYS) != 0) die("%s: chown", root);
   /* The app's seccomp program, compiled here: init links no libseccomp. */
   void *prog;
   size_t plen;
@@ -283,27 +347,39 @@ static void start_sandbox(const eif_image *img) {
   int filter = memfd_create("cage-app", 0);
   if (filter < 0 || write(filter, prog, plen) != (ssize_t)plen) die("memfd: %s", strerror(errno));
   free(prog);
-  int sv[2];
+  int sv[2], ready[2], go[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) die("socketpair");
+  if (pipe2(ready, O_CLOEXEC) < 0 || pipe2(go, O_CLOEXEC) < 0) die("pipe: %s", strerror(errno));
   uid_t uid = getuid();
   gid_t gid = getgid();
+  pid_t vmm = getpid();
   pid_t outer = fork();
   if (outer < 0) die("fork: %s", strerror(errno));
   if (outer == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     close(sv[0]);
+    close(ready[0]);
+    close(go[1]);
     if (unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC |
                 CLONE_NEWUTS) < 0) {
       dprintf(2, "evs-cage-vmm: namespaces: %s\n", strerror(errno));
       _exit(100);
     }
-    char map[64];
-    int e = write_file("/proc/self/setgroups", "deny");
-    snprintf(map, sizeof map, "0 %u 1\n", (unsigned)uid);
-    if (e == 0) e = write_file("/proc/self/uid_map", map);
-    snprintf(map, sizeof map, "0 %u 1\n", (unsigned)gid);
-    if (e == 0) e = write_file("/proc/self/gid_map", map);
-    if (e < 0) _exit(101);
+    char c;
+    if (stranger) {
+      if (write(ready[1], "r", 1) != 1 || read(go[0], &c, 1) != 1) _exit(101);
+    } else if ((errno = -evs__map_self(uid, gid)) != 0) {
+      setup_fail(101, "id maps");
+    }
+    close(ready[1]);
+    close(go[0]);
+    sandbox_root(root);
+    if (stranger) {
+      if (evs__become_ns_root() < 0) setup_fail(103, "becoming the cage's uid");
+      /* A change of uid clears the parent-death signal: set it again, and check we have one. */
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != vmm) _exit(104);
+    }
     /* rlimits for the whole cage: its memory as address space per process, and processes. */
     struct rlimit as = {g.memory_mib << 20, g.memory_mib << 20};
     setrlimit(RLIMIT_AS, &as);
@@ -311,7 +387,7 @@ static void start_sandbox(const eif_image *img) {
     setrlimit(RLIMIT_CORE, &core);
     pid_t p1 = fork();
     if (p1 < 0) _exit(102);
-    if (p1 == 0) sandbox_pid1(root, sv[1], filter);
+    if (p1 == 0) sandbox_pid1(sv[1], filter);
     close(sv[1]);
     close(filter);
     int ws;
@@ -321,7 +397,18 @@ static void start_sandbox(const eif_image *img) {
   }
   close(sv[1]);
   close(filter);
+  close(ready[1]);
+  close(go[0]);
   g.child = outer;
+  if (stranger) {
+    char c;
+    if (read(ready[0], &c, 1) != 1) die("the cage's namespaces were not made");
+    r = evs__map_stranger(outer, EVS_CAGE_UID);
+    if (r < 0) die("the cage's id maps: %s", strerror(-r));
+    if (write(go[1], "g", 1) != 1) die("the cage's outer process is gone");
+  }
+  close(ready[0]);
+  close(go[1]);
   g.mux_fd = sv[0];
 }
 

@@ -33,8 +33,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/capability.h>
-#include <linux/securebits.h>
-#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -43,7 +41,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -57,11 +54,9 @@
 #include <unistd.h>
 
 #include "evs_sandbox.h"
+#include "userns.h"
 
 #define CHANNEL_FD 3
-#ifndef EVS_FNBOX_UID
-#define EVS_FNBOX_UID 2147483646u /* the box's uid 0 on the host when evs-fnbox runs as root */
-#endif
 #define EGRESS_IN_BOX "/run/evs/egress.sock"
 #define MAX_BINDS 192
 
@@ -449,15 +444,6 @@ static void plan(struct box *b, const char *self_dir) {
   }
 }
 
-static int write_file(const char *path, const char *s) {
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return -errno;
-  ssize_t n = write(fd, s, strlen(s));
-  int e = n < 0 ? -errno : 0;
-  close(fd);
-  return e;
-}
-
 /* mkdir -p under the new root. */
 static void mkdirs(const char *path, mode_t mode) {
   char p[PATH_MAX];
@@ -592,38 +578,6 @@ static void build_root(const struct box *b) {
   if (chdir("/function") < 0) die(errno, "chdir /function"); /* relative paths: the code's */
 }
 
-/* Loopback up (best effort): the net namespace has nothing else. */
-static void loopback_up(void) {
-  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0) return;
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
-  if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
-    ifr.ifr_flags |= IFF_UP;
-    ioctl(s, SIOCSIFFLAGS, &ifr);
-  }
-  close(s);
-}
-
-/* Every capability goes, for good: exec as uid 0 must not bring any back. */
-static void drop_caps(void) {
-  if (prctl(PR_SET_SECUREBITS, SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_SETUID_FIXUP |
-                                   SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_NOROOT |
-                                   SECBIT_NOROOT_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE |
-                                   SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
-            0, 0, 0) < 0)
-    die(errno, "securebits");
-  for (int c = 0; c <= 63; c++)
-    if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno == EINVAL) break;
-  prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
-  struct __user_cap_data_struct data[2];
-  memset(data, 0, sizeof data);
-  if (syscall(SYS_capset, &hdr, data) < 0) die(errno, "capset");
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die(errno, "no-new-privs");
-}
-
 /* Descriptors: the channel on 3, /dev/null on 0-2 (the function's output goes over the channel
  * as log frames, never to evserver's stdout or stderr), nothing else. */
 static void fix_fds(void) {
@@ -644,7 +598,7 @@ static __attribute__((noreturn)) void run_box(struct box *b, int parent_alive) {
   build_root(b);
   for (int i = 0; i < b->nbinds; i++) close(b->binds[i].fd);
   sethostname("fnbox", 5);
-  loopback_up();
+  evs__loopback_up();
   struct rlimit none = {0, 0};
   setrlimit(RLIMIT_CORE, &none);
   const char *policy_name = b->runtime == RT_NODE ? "function-node" : "function-python";
@@ -674,8 +628,9 @@ static __attribute__((noreturn)) void run_box(struct box *b, int parent_alive) {
    * the function's environment again unless the function had it. */
   if (b->runtime == RT_PYTHON) argv[n++] = getenv("LC_CTYPE") ? "lc_ctype" : "";
   argv[n] = NULL;
-  drop_caps();
-  int r = evs_sandbox_apply_exec(pol, b->seccomp_log ? EVS_SANDBOX_LOG_DENIED : 0,
+  int r = evs__drop_caps();
+  if (r < 0) die(-r, "dropping capabilities");
+  r = evs_sandbox_apply_exec(pol, b->seccomp_log ? EVS_SANDBOX_LOG_DENIED : 0,
                                  b->interpreter);
   if (r < 0) die(-r, "seccomp policy %s", policy_name);
   fix_fds();
@@ -713,13 +668,9 @@ static void drop_all_caps(void) {
  * CAP_SETUID there may map another uid than its own, so root forks the process that unshares,
  * writes its maps once it has, then becomes EVS_FNBOX_UID itself and waits. */
 static __attribute__((noreturn)) void map_child_and_wait(pid_t child, int ready, int go) {
-  char c, path[64], map[64];
+  char c;
   int r = read(ready, &c, 1) == 1 ? 0 : -EIO;
-  snprintf(map, sizeof map, "0 %u 1\n", EVS_FNBOX_UID);
-  snprintf(path, sizeof path, "/proc/%d/uid_map", (int)child);
-  if (r == 0) r = write_file(path, map);
-  snprintf(path, sizeof path, "/proc/%d/gid_map", (int)child);
-  if (r == 0) r = write_file(path, map);
+  if (r == 0) r = evs__map_stranger(child, EVS_FNBOX_UID);
   if (r < 0) {
     kill(child, SIGKILL);
     die(-r, "user namespace id maps");
@@ -790,20 +741,14 @@ int main(int argc, char **argv) {
     close(ready[1]);
     close(go[0]);
   } else {
-    /* An unprivileged writer may map only its own ids, and only once setgroups is denied. */
-    char map[64];
-    int r = write_file("/proc/self/setgroups", "deny");
-    snprintf(map, sizeof map, "0 %u 1\n", (unsigned)uid);
-    if (r == 0) r = write_file("/proc/self/uid_map", map);
-    snprintf(map, sizeof map, "0 %u 1\n", (unsigned)gid);
-    if (r == 0) r = write_file("/proc/self/gid_map", map);
+    int r = evs__map_self(uid, gid);
     if (r < 0) die(-r, "user namespace id maps");
   }
   /* Opened in the new mount namespace: a bind's source must be one of its own mounts. */
   plan(&b, self);
   if (stranger) {
-    if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
-      die(errno, "becoming uid %u", EVS_FNBOX_UID);
+    int r = evs__become_ns_root();
+    if (r < 0) die(-r, "becoming uid %u", EVS_FNBOX_UID);
     /* A change of uid clears the parent-death signal: set it again, and check root is there. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != root_pid) _exit(1);

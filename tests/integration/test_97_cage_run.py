@@ -248,6 +248,8 @@ def check_runner(backend, timeout=60.0, **extra):
         allowed = [k for k in checked if esc[k] == "ALLOWED"]
         assert not allowed, esc
         assert len(esc) >= 14 and len(leaving) >= 6, esc
+        if backend == "sandbox":
+            check_whoami(srv)
         # A crash: reported with its cause, restarted, serving again.
         try:
             app(srv, "GET", "/crash", timeout=5)
@@ -269,6 +271,28 @@ def check_runner(backend, timeout=60.0, **extra):
     finally:
         srv.stop()
     assert "Sanitizer" not in srv.log()
+
+
+CAGE_UID = 2147483645  # sandbox/userns.h EVS_CAGE_UID
+
+
+def check_whoami(srv):
+    """The app is uid 0 of its cage and owns its files there. On the host that uid 0 is the
+    runner's uid, except that a runner started by root maps it to EVS_CAGE_UID, never to root:
+    what the app creates belongs to that uid, and the host's root is nobody in the cage."""
+    st, who = app(srv, "GET", "/whoami")
+    assert st == 200 and who["uid"] == 0, who
+    assert who["write own file"] == "ALLOWED", who
+    assert who["create own file"] == "ALLOWED", who
+    want = CAGE_UID if os.geteuid() == 0 else os.geteuid()
+    made = os.path.join(os.path.dirname(state(srv)["app_socket"]), "root", "rootfs", "etc",
+                        "whoami-file")
+    assert os.lstat(made).st_uid == want and os.lstat(made).st_gid == want, (made, want)
+    with open("/proc/sys/kernel/overflowuid") as f:
+        nobody = int(f.read())
+    assert who["dev_null_uid"] == nobody, who  # the host's root (owner of /dev/null) unmapped
+    if who["uid_map"]:  # (the cage may have no /proc)
+        assert who["uid_map"].split() == ["0", str(want), "1"], who
 
 
 def check_no_egress(backend, timeout=60.0, **extra):

@@ -8,6 +8,10 @@
  *                             with SNI H, report what came back
  *   GET  /env                 its environment
  *   GET  /crash               exits 1
+ *   GET  /whoami              its uid, /proc/self/uid_map (who its uid 0 is on the host, when
+ *                             the cage has a /proc), the owner it sees of /dev/null (the
+ *                             host's), whether it can write its own files (/etc/hostname, a
+ *                             new /etc/whoami-file, left for the host to look at)
  *   GET  /escape?paths=a,b&port=N  escape attempts, each reported "blocked: <why>" or
  *                             "ALLOWED"
  * Listens on $PORT or 8008; one request per connection.
@@ -25,6 +29,7 @@
 #include <sys/mount.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -264,6 +269,28 @@ static void escape(char *paths, int port) {
   adds("}");
 }
 
+static void whoami(void) {
+  char m[300], map[200] = "";
+  int fd = open("/proc/self/uid_map", O_RDONLY);
+  ssize_t n = fd >= 0 ? read(fd, map, sizeof map - 1) : -1;
+  if (fd >= 0) close(fd);
+  map[n > 0 ? n : 0] = 0;
+  struct stat sb;
+  long null_uid = stat("/dev/null", &sb) == 0 ? (long)sb.st_uid : -1;
+  snprintf(m, sizeof m, "{\"uid\":%u,\"dev_null_uid\":%ld,\"uid_map\":", (unsigned)getuid(),
+           null_uid);
+  adds(m);
+  add_json_str(map, strlen(map));
+  first = 0;
+  fd = open("/etc/hostname", O_WRONLY | O_APPEND);
+  report("write own file", fd >= 0 && write(fd, "", 0) == 0 ? 0 : -1, errno);
+  if (fd >= 0) close(fd);
+  fd = open("/etc/whoami-file", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  report("create own file", fd, errno);
+  if (fd >= 0) close(fd);
+  adds("}");
+}
+
 static void query(const char *path, const char *key, char *dst, size_t cap) {
   dst[0] = 0;
   const char *q = strchr(path, '?');
@@ -360,6 +387,8 @@ static void serve(int c) {
     adds("}");
   } else if (strcmp(path, "/crash") == 0) {
     _exit(1);
+  } else if (strcmp(path, "/whoami") == 0) {
+    whoami();
   } else if (strncmp(path, "/escape", 7) == 0) {
     char paths[1024], port[8];
     query(path, "paths", paths, sizeof paths);

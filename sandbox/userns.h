@@ -1,0 +1,48 @@
+/*
+ * userns: what the sandboxes built from namespaces share (evs-fnbox, evs-cage-vmm and
+ * evs-cage-init): the id maps of a new user namespace, the loopback, dropping capabilities.
+ * Plain libc, no allocation, no logging: callers report errors (negative errno) their way.
+ *
+ * Started by root, a sandbox's uid 0 is not the host's root but a uid nobody else has: what
+ * checks a uid rather than a capability (global sysctls, signals, ptrace of same-uid
+ * processes, files owned by root) then finds a stranger. Each kind of sandbox has its own, so
+ * that a function box and a cage are strangers to each other too. Started by anyone else, a
+ * sandbox's uid 0 is that user (an unprivileged writer may map only its own ids).
+ */
+#ifndef EVS_USERNS_H
+#define EVS_USERNS_H
+
+#include <sys/types.h>
+
+#ifndef EVS_FNBOX_UID
+#define EVS_FNBOX_UID 2147483646u /* a function box's uid 0 when evs-fnbox runs as root */
+#endif
+#ifndef EVS_CAGE_UID
+#define EVS_CAGE_UID 2147483645u /* a sandboxed cage's uid 0 when evs-cage-vmm runs as root */
+#endif
+
+/* Writes s to an existing file (procfs, sysfs). 0 or -errno. */
+int evs__write_file(const char *path, const char *s);
+
+/* After unshare(CLONE_NEWUSER) by an unprivileged process: setgroups denied, then its own uid
+ * and gid as 0 inside. 0 or -errno. */
+int evs__map_self(uid_t uid, gid_t gid);
+
+/* Root's part for a stranger: maps uid and gid 0 of pid's new user namespace to id (pid has
+ * unshared; the caller, outside it, has CAP_SETUID and CAP_SETGID). 0 or -errno. */
+int evs__map_stranger(pid_t pid, unsigned id);
+
+/* In a namespace mapped by evs__map_stranger, the process that still has the host's root
+ * credentials becomes uid and gid 0 there (the stranger's id outside), with no supplementary
+ * groups (root's would stay the host's). It keeps its capabilities in the namespace; the
+ * parent-death signal is cleared by the change of uid. 0 or -errno. */
+int evs__become_ns_root(void);
+
+/* The net namespace's loopback up (best effort). */
+void evs__loopback_up(void);
+
+/* Every capability goes for good (bounding set, ambient, securebits locked so that exec as
+ * uid 0 regains nothing), then no-new-privs. 0 or -errno. */
+int evs__drop_caps(void);
+
+#endif
