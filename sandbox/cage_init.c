@@ -369,7 +369,7 @@ static void app_mounts(void) {
   mkdir("/rootfs/dev", 0755);
   mkdir("/rootfs/tmp", 01777);
   /* Read-only in the sandbox: the global sysctls under /proc/sys check the writer's uid, not a
-   * capability, and the cage's uid 0 may be the host's (docs/cages.md). */
+   * capability, and the cage's uid 0 is a host uid (the runner's, or EVS_CAGE_UID). */
   unsigned long ro = g.vm ? 0 : MS_RDONLY;
   if (mount("proc", "/rootfs/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | ro, NULL) < 0)
     dprintf(2, "evs-cage-init: /proc: %s\n", strerror(errno));

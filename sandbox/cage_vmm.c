@@ -8,7 +8,8 @@
  *   sandbox  both ramdisks unpacked into a private directory, and the image's /init
  *            (evs-cage-init) run there as pid 1 of new user, pid, mount, net, ipc and uts
  *            namespaces (pivot_root into it, host /dev nodes null, zero, random, urandom bound
- *            in), the mux on a socketpair, the app's seccomp program (cage-app) on fd 4.
+ *            in), the mux on a socketpair, the app's seccomp program (cage-app) on fd 4. Run by
+ *            root, the cage's uid 0 is EVS_CAGE_UID outside (userns.h), owner of the tree.
  * Either way it then serves the mux's host side: connections to its app socket (dir/app.sock,
  * 0600) become channels to the app's port once the app is READY; egress channels are checked
  * for their port and handed to the plugin's egress proxy (a CONNECT over a unix socket: the
