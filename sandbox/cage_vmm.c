@@ -190,10 +190,11 @@ static void write_all(const char *path, const uint8_t *p, size_t n, int append) 
 /* The unpacked tree belongs to the cage's uid 0 on the host, whatever owners the image gave
  * (a one-id map has no other: the image's owners all become the cage's root), so that the
  * app owns and can write its files. Nothing of the cage runs yet: no race with it. */
-static uid_t g_owner;
+static int g_stranger; /* run by root: the cage's uid 0 is EVS_CAGE_UID */
 static int chown_one(const char *p, const struct stat *sb, int flag, struct FTW *f) {
   (void)flag, (void)f;
-  if ((sb->st_uid != g_owner || sb->st_gid != g_owner) && lchown(p, g_owner, g_owner) < 0)
+  if ((sb->st_uid != EVS_CAGE_UID || sb->st_gid != EVS_CAGE_UID) &&
+      lchown(p, EVS_CAGE_UID, EVS_CAGE_UID) < 0)
     die("%s: %s", p, strerror(errno));
   return 0;
 }
@@ -251,7 +252,8 @@ static int dev_points(const char *root, int create, int *ret_fds, const char **r
   if (create && mkdirat(rootfs, "dev", 0755) < 0 && errno != EEXIST) goto out;
   dev = openat(rootfs, "dev", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (dev < 0) goto out;
-  if (create && fchownat(dev, "", g_owner, g_owner, AT_EMPTY_PATH) < 0) goto out;
+  if (create && g_stranger && fchownat(dev, "", EVS_CAGE_UID, EVS_CAGE_UID, AT_EMPTY_PATH) < 0)
+    goto out;
   *ret_what = "a /rootfs/dev node's mount point (not a regular file?)";
   for (; i < N_DEVS; i++) {
     int flags = O_NOFOLLOW | O_CLOEXEC | (create ? O_RDONLY | O_CREAT | O_NONBLOCK : O_PATH);
@@ -320,8 +322,7 @@ static __attribute__((noreturn)) void sandbox_pid1(int mux, int filter) {
  * process outside the new user namespace may map another uid than its own, so this process
  * writes the maps of the outer one once it has unshared. Otherwise the cage's uid 0 is ours. */
 static void start_sandbox(const eif_image *img) {
-  int stranger = geteuid() == 0;
-  g_owner = stranger ? EVS_CAGE_UID : geteuid();
+  int stranger = g_stranger = geteuid() == 0;
   char root[PATH_MAX];
   snprintf(root, sizeof root, "%s/root", g.dir);
   rm_tree(root);
@@ -369,8 +370,13 @@ static void start_sandbox(const eif_image *img) {
     char c;
     if (stranger) {
       if (write(ready[1], "r", 1) != 1 || read(go[0], &c, 1) != 1) _exit(101);
-    } else if ((errno = -evs__map_self(uid, gid)) != 0) {
-      setup_fail(101, "id maps");
+    } else {
+      /* This process's /proc files are root's while it is not dumpable (main): its own maps
+       * would be refused to a user. Dumpable for the two writes only. */
+      prctl(PR_SET_DUMPABLE, 1);
+      errno = -evs__map_self(uid, gid);
+      prctl(PR_SET_DUMPABLE, 0);
+      if (errno) setup_fail(101, "id maps");
     }
     close(ready[1]);
     close(go[0]);

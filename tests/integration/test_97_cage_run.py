@@ -276,7 +276,7 @@ def check_runner(backend, timeout=60.0, **extra):
 CAGE_UID = 2147483645  # sandbox/userns.h EVS_CAGE_UID
 
 
-def check_whoami(srv):
+def check_whoami(srv, runner_uid=None):
     """The app is uid 0 of its cage and owns its files there. On the host that uid 0 is the
     runner's uid, except that a runner started by root maps it to EVS_CAGE_UID, never to root:
     what the app creates belongs to that uid, and the host's root is nobody in the cage."""
@@ -284,7 +284,8 @@ def check_whoami(srv):
     assert st == 200 and who["uid"] == 0, who
     assert who["write own file"] == "ALLOWED", who
     assert who["create own file"] == "ALLOWED", who
-    want = CAGE_UID if os.geteuid() == 0 else os.geteuid()
+    runner_uid = os.geteuid() if runner_uid is None else runner_uid
+    want = CAGE_UID if runner_uid == 0 else runner_uid
     made = os.path.join(os.path.dirname(state(srv)["app_socket"]), "root", "rootfs", "etc",
                         "whoami-file")
     assert os.lstat(made).st_uid == want and os.lstat(made).st_gid == want, (made, want)
@@ -320,6 +321,31 @@ def test_sandbox_runner():
 
 def test_sandbox_no_egress():
     check_no_egress("sandbox")
+
+
+def test_sandbox_runner_as_user():
+    """Run by a user ([server] user = nobody), the cage's uid 0 is that user on the host."""
+    if os.geteuid() != 0:
+        raise evstest.Skip("needs root to start evserver as nobody")
+    import pwd
+    nobody = pwd.getpwnam("nobody").pw_uid
+    image = make_image({})
+    for p in (os.path.dirname(image), image):
+        os.chmod(p, 0o755)
+    d = evstest.tmpdir("evs-cage-user-")
+    os.chmod(d, 0o755)
+    plugins = plugins_dir()
+    os.chmod(plugins, 0o755)
+    cfg = evstest.write_config(d, server={"plugins_dir": plugins, "user": "nobody",
+                                          "state_dir": os.path.join(d, "fresh", "state")},
+                               plugins={"test-cage-run": {"image": image, "backend": "sandbox"}})
+    srv = evstest.Server(cfg).start()
+    try:
+        wait_ready(srv)
+        check_whoami(srv, runner_uid=nobody)
+    finally:
+        srv.stop()
+    assert "Sanitizer" not in srv.log()
 
 
 def kvm_usable():
