@@ -21,11 +21,11 @@ static int socket_rules(scmp_filter_ctx ctx) {
   int r;
   for (int call = 0; call < 2; call++) {
     int nr = call ? SCMP_SYS(socketpair) : SCMP_SYS(socket);
-    r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1, SCMP_A0(SCMP_CMP_GT, AF_NETLINK));
+    r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1, SCMP_A0(SCMP_CMP_GT, AF_NETLINK, 0));
     if (r < 0) return r;
     for (int fam = AF_INET + 1; fam < AF_NETLINK; fam++) {
       if (fam == AF_INET6) continue;
-      r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1, SCMP_A0(SCMP_CMP_EQ, fam));
+      r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1, SCMP_A0(SCMP_CMP_EQ, fam, 0));
       if (r < 0) return r;
     }
     r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1,
