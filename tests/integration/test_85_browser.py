@@ -66,7 +66,7 @@ def start(allowed=""):
         raise evstest.Skip("%s is not built: the browser tests need the real enclave" % enclave)
     d = evstest.tmpdir()
     cfg = write(d, None, allowed)
-    srv = evstest.Server(cfg).start()
+    srv = evstest.Server(cfg, notify=True).start()
     evstest.defer(srv.stop)
     return srv, d
 
@@ -82,9 +82,17 @@ def write(d, ports, allowed):
 
 
 def reload_with(srv, d, allowed, probe):
+    """Reloads and returns once the new generation answers alone: after the master's READY=1
+    (sent once the old workers were told to stop accepting) and five answers in a row from the
+    new configuration (an old worker may still take a connection until it has read its
+    SIGQUIT)."""
+    ready = sum("READY=1" in m for _, m in srv.notifications())
     write(d, {"api": srv.port("api"), "http": srv.port("http")}, allowed)
     srv.signal(signal.SIGHUP)
-    evstest.wait_for(lambda: call("GET", probe)[0] == 200, timeout=15, what="reload")
+    evstest.wait_for(lambda: sum("READY=1" in m for _, m in srv.notifications()) > ready,
+                     timeout=15, what="READY=1 after the reload")
+    evstest.wait_for(lambda: all(call("GET", probe)[0] == 200 for _ in range(5)), timeout=15,
+                     what="the new configuration on every connection")
 
 
 def setup():
