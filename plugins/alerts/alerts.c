@@ -31,6 +31,7 @@
 
 #include "alerts_core.h"
 #include "evserver/evs_plugin.h"
+#include "token_bucket.h"
 
 #define ALERTS_VERSION "0.1.0"
 #define USER_AGENT "evserver-alerts/" ALERTS_VERSION
@@ -59,7 +60,7 @@ typedef struct dest {
   size_t nqueued;
   int inflight;      /* head is being sent */
   evs_timer *retry;  /* head waits for its next attempt */
-  evs__alert_bucket bucket;
+  evs_token_bucket bucket;
   uint64_t suppressed; /* dropped by the rate limit since the last summary */
 } dest;
 
@@ -315,7 +316,7 @@ static void on_event(void *state, const evs_event *e) {
   for (size_t i = 0; i < st->cfg->n; i++) {
     dest *d = &st->dests[i];
     if (!evs__alert_dest_matches(d->cfg, ev)) continue;
-    if (!evs__alert_bucket_take(&d->bucket, now)) {
+    if (!evs_token_bucket_take(&d->bucket, now)) {
       if (d->suppressed++ == 0)
         st->host->log(st->plugin, NULL, EVS_LOG_WARN,
                       "alerts to %s exceed %lld per minute; dropping them until the rate falls",
@@ -340,7 +341,7 @@ static void on_tick(void *arg) {
   uint64_t now = now_ms();
   for (size_t i = 0; i < st->cfg->n; i++) {
     dest *d = &st->dests[i];
-    if (!d->suppressed || !evs__alert_bucket_take(&d->bucket, now)) continue;
+    if (!d->suppressed || !evs_token_bucket_take(&d->bucket, now)) continue;
     char ts[40];
     iso_now(ts, sizeof ts);
     size_t len = 0;
@@ -531,7 +532,7 @@ static int init(const evs_host *host, evs_plugin *plugin, void **ret_state) {
     d->st = st;
     d->cfg = &st->cfg->dests[i];
     evs__alert_url_origin(d->cfg->url, d->origin, sizeof d->origin);
-    evs__alert_bucket_init(&d->bucket, st->max_per_minute, now);
+    evs_token_bucket_init(&d->bucket, st->max_per_minute, st->max_per_minute, now);
     const char *h = d->cfg->url + 7;
     int loopback = strncmp(h, "127.", 4) == 0 || strncmp(h, "localhost", 9) == 0 ||
                    strncmp(h, "[::1]", 5) == 0;

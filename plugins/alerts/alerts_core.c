@@ -1,7 +1,7 @@
 /*
  * The host-independent half of the alerts plugin (contract: alerts_core.h): the alerts.json
- * loader, the event sanitiser, payload builders, the webhook signature, the token bucket and the
- * backoff. jansson parses and builds JSON, OpenSSL computes the HMAC; nothing here logs.
+ * loader, the event sanitiser, payload builders, the webhook signature and the backoff.
+ * jansson parses and builds JSON, OpenSSL computes the HMAC; nothing here logs.
  *
  * Payloads are built from an allow-list of the documented alert fields, not by forwarding the
  * event: an emitter that (wrongly) put request data into an event still cannot make it leave the
@@ -499,23 +499,6 @@ int evs__alert_sign(const uint8_t *key, size_t key_len, int64_t unix_time, const
   ret[o] = 0;
   OPENSSL_cleanse(mac, sizeof mac);
   return 0;
-}
-
-void evs__alert_bucket_init(evs__alert_bucket *b, int64_t per_minute, uint64_t now_ms) {
-  b->capacity = per_minute > 0 ? (double)per_minute : 1.0;
-  b->tokens = b->capacity;
-  b->last_ms = now_ms;
-}
-
-int evs__alert_bucket_take(evs__alert_bucket *b, uint64_t now_ms) {
-  if (now_ms > b->last_ms) {
-    b->tokens += (double)(now_ms - b->last_ms) * b->capacity / 60000.0;
-    if (b->tokens > b->capacity) b->tokens = b->capacity;
-    b->last_ms = now_ms;
-  }
-  if (b->tokens < 1.0) return 0;
-  b->tokens -= 1.0;
-  return 1;
 }
 
 uint64_t evs__alert_backoff_ms(unsigned attempt, uint32_t rnd) {

@@ -1,7 +1,7 @@
 /*
  * alerts_core.h — the parts of the alerts plugin that need no host: the alerts.json loader,
  * the event sanitiser, the payload builders (webhook, Slack, Discord), the webhook signature,
- * the per-destination token bucket and the retry backoff. Pure functions (no logging, no I/O
+ * and the retry backoff. Pure functions (no logging, no I/O
  * except the file loader), so tests/unit/test_alerts.c and fuzz/fuzz_alerts.c exercise them
  * without a server. alerts.c is the plugin around them.
  */
@@ -96,16 +96,6 @@ char *evs__alert_summary_body(evs__alert_kind kind, uint64_t count, int64_t max_
  * Returns 0, or -EINVAL / -ENOSPC (ret smaller than EVS__ALERTS_SIG_MAX) / -EIO. */
 int evs__alert_sign(const uint8_t *key, size_t key_len, int64_t unix_time, const uint8_t *body,
                     size_t body_len, char *ret, size_t ret_size);
-
-/* A token bucket of `per_minute` tokens, refilled continuously (per_minute per 60 s). */
-typedef struct evs__alert_bucket {
-  double tokens;
-  double capacity;
-  uint64_t last_ms;
-} evs__alert_bucket;
-void evs__alert_bucket_init(evs__alert_bucket *b, int64_t per_minute, uint64_t now_ms);
-/* Takes a token: 1 if one was available, 0 if the alert must be dropped. */
-int evs__alert_bucket_take(evs__alert_bucket *b, uint64_t now_ms);
 
 /* Delay before retry number `attempt` (1 for the first retry): 1 s doubled per attempt, capped
  * at 60 s, with "equal jitter" (half the delay fixed, half chosen by `rnd`), so a burst of

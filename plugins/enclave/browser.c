@@ -53,22 +53,20 @@ static void hex(const uint8_t *in, size_t n, char *out) {
 
 /* ---- GET /public-keys/<appId> ------------------------------------------------------------- */
 
-/* A fixed one-minute window per client address, counted in a small table per worker indexed by
- * a hash of the address: addresses that collide share one count, so the limit errs towards
- * refusing, never towards letting more through (alternating colliding addresses cannot reset
- * each other's count). Returns 1 when the request may go on. */
+/* A token bucket per client address (public_keys_rate a minute, as many at once), in a small
+ * table per worker indexed by a hash of the address: addresses that collide share one bucket, so
+ * the limit errs towards refusing, never towards letting more through. Returns 1 when the
+ * request may go on. */
 static int rate_ok(enclave_state *st, const char *addr) {
   uint32_t h = 2166136261u;
   for (const char *p = addr; *p; p++) h = (h ^ (uint8_t)*p) * 16777619u;
   enc_rate_slot *s = &st->rate[h % ENC_RATE_SLOTS];
-  uint64_t window = mono_ms() / 60000u + 1; /* + 1: a zeroed slot is never the current window */
-  if (s->window != window) {
-    s->window = window;
-    s->count = 0;
+  uint64_t now = mono_ms();
+  if (!s->started) {
+    evs_token_bucket_init(&s->bucket, st->public_keys_rate, st->public_keys_rate, now);
+    s->started = 1;
   }
-  if (s->count >= (uint64_t)st->public_keys_rate) return 0;
-  s->count++;
-  return 1;
+  return evs_token_bucket_take(&s->bucket, now);
 }
 
 static void on_public_app(void *arg, int status, const uint8_t *v, size_t len) {

@@ -15,6 +15,7 @@
 #include "evserver/evs_plugin.h"
 #include "ep_client.h"
 #include "evs_app_id.h" /* the app id rule (enclave/proto, header-only) */
+#include "token_bucket.h"
 
 #define ENC_APP_ID_MAX (EVS_APP_ID_MAX_LEN + 1) /* an app id and its NUL */
 #define ENC_KEY_ID_MAX 40      /* "key_" + 16 hex, with room */
@@ -38,11 +39,11 @@ typedef struct enc_keycache_slot {
   uint64_t until_ms; /* monotonic */
 } enc_keycache_slot;
 
-/* GET /public-keys rate limiting (browser.c): a fixed one-minute window per client address. */
+/* GET /public-keys rate limiting (browser.c): a token bucket per client address. */
 #define ENC_RATE_SLOTS 256
 typedef struct enc_rate_slot {
-  uint64_t window; /* minute number (monotonic ms / 60000, + 1) */
-  uint64_t count;  /* requests of the addresses hashed here in that minute */
+  evs_token_bucket bucket; /* of the addresses hashed here */
+  int started;             /* 0: the bucket was never used (full once initialised) */
 } enc_rate_slot;
 
 struct enclave_state;

@@ -46,6 +46,7 @@
 #include "relay_path.h"
 #include "request_guard.h"
 #include "spool.h"
+#include "token_bucket.h"
 
 #define OB_PERMISSION "relay:outbound-proxy"
 #define LEAF_CACHE_MAX 256
@@ -79,8 +80,7 @@ struct ob_proxy {
   const char *team_uuid, *activity_base;
   /* Leaves minted for tunnels not yet authenticated: a token bucket per worker (cache hits and
    * authenticated tunnels take nothing). */
-  double leaf_tokens, leaf_burst, leaf_per_ns;
-  uint64_t leaf_refill_ns;
+  evs_token_bucket leaf_bucket;
 };
 
 #define TUNNEL_MAGIC 0x6f62746eu /* what request_get_data holds: a CONNECT's tunnel... */
@@ -337,17 +337,6 @@ static void on_leaf(void *arg, int status, const uint8_t *pem, size_t len) {
   tunnel_unref(t);
 }
 
-/* One token of the unauthenticated leaf bucket: 1 and taken, or 0 when it is empty. */
-static int leaf_token(ob_proxy *px) {
-  uint64_t now = mono_ns();
-  px->leaf_tokens += (double)(now - px->leaf_refill_ns) * px->leaf_per_ns;
-  if (px->leaf_tokens > px->leaf_burst) px->leaf_tokens = px->leaf_burst;
-  px->leaf_refill_ns = now;
-  if (px->leaf_tokens < 1.0) return 0;
-  px->leaf_tokens -= 1.0;
-  return 1;
-}
-
 /* The leaf for the CONNECT host, minted before TLS starts (an IP destination sends no SNI). */
 static void tunnel_leaf(ob_tunnel *t) {
   ob_proxy *px = t->px;
@@ -359,7 +348,7 @@ static void tunnel_leaf(ob_tunnel *t) {
     tunnel_open(t);
     return;
   }
-  if (!t->authed && !leaf_token(px)) {
+  if (!t->authed && !evs_token_bucket_take(&px->leaf_bucket, mono_ns() / 1000000u)) {
     /* Anyone who reaches the listener can name hosts before any key is seen: new names are
      * rate-limited, so the enclave is not made to sign without bound. */
     h->counter_add(px->p, "leaf_rate_limited", 1);
@@ -1209,10 +1198,8 @@ int ob_proxy_init(const evs_host *h, evs_plugin *p, ob_state *st, ob_proxy **ret
   px->spool_dir = h->config_string(p, "spool_dir");
   if (!px->spool_dir) px->spool_dir = h->state_dir(p);
   px->max_body = (uint64_t)h->config_int(p, "max_body");
-  px->leaf_burst = (double)h->config_int(p, "unauthenticated_leaf_burst");
-  px->leaf_per_ns = (double)h->config_int(p, "unauthenticated_leaf_rate") / 60e9;
-  px->leaf_tokens = px->leaf_burst;
-  px->leaf_refill_ns = mono_ns();
+  evs_token_bucket_init(&px->leaf_bucket, h->config_int(p, "unauthenticated_leaf_rate"),
+                        h->config_int(p, "unauthenticated_leaf_burst"), mono_ns() / 1000000u);
   EVP_PKEY *k = EVP_EC_gen("P-256");
   if (k) {
     px->key_pem = pem_of(k, 0, &px->key_len);

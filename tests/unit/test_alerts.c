@@ -1,7 +1,7 @@
 /*
  * Unit tests of plugins/alerts/alerts_core.c: the alerts.json loader, the event sanitiser,
  * payload building (webhook, Slack, Discord), the webhook signature against a known vector
- * computed independently, the token bucket, the backoff bounds, and URL redaction for logs.
+ * computed independently, the backoff bounds, and URL redaction for logs.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -281,24 +281,6 @@ static void test_signature(void **state) {
   assert_int_equal(evs__alert_sign(NULL, 0, 1, (const uint8_t *)body, 1, sig, sizeof sig), -EINVAL);
 }
 
-static void test_bucket(void **state) {
-  (void)state;
-  evs__alert_bucket b;
-  evs__alert_bucket_init(&b, 30, 1000);
-  int ok = 0;
-  for (int i = 0; i < 200; i++) ok += evs__alert_bucket_take(&b, 1000);
-  assert_int_equal(ok, 30);
-  assert_false(evs__alert_bucket_take(&b, 1000 + 1999)); /* 30/min: one token per 2 s */
-  assert_true(evs__alert_bucket_take(&b, 1000 + 2000));
-  assert_false(evs__alert_bucket_take(&b, 1000 + 2000));
-  /* A long pause refills to the capacity, not beyond. */
-  ok = 0;
-  for (int i = 0; i < 200; i++) ok += evs__alert_bucket_take(&b, 10u * 60 * 1000);
-  assert_int_equal(ok, 30);
-  /* A clock that goes back does not add tokens. */
-  assert_false(evs__alert_bucket_take(&b, 5));
-}
-
 static void test_backoff_and_retryable(void **state) {
   (void)state;
   for (unsigned a = 1; a <= 12; a++) {
@@ -345,7 +327,6 @@ int main(void) {
       cmocka_unit_test(test_chat_bodies),
       cmocka_unit_test(test_summary),
       cmocka_unit_test(test_signature),
-      cmocka_unit_test(test_bucket),
       cmocka_unit_test(test_backoff_and_retryable),
       cmocka_unit_test(test_url_origin),
   };
