@@ -1461,7 +1461,8 @@ static const evs_config_item config_items[] = {
     {"role", EVS_CONFIG_STRING, "cages", 0, 0, 0,
      "the listener role of the cages' front (a TLS listener with serves = cages)"},
     {"backend", EVS_CONFIG_STRING, "auto", 0, 0, 0,
-     "what isolates a cage: auto (kvm where /dev/kvm and qemu exist), kvm or sandbox"},
+     "what isolates a cage: auto (kvm where KVM can boot a kernel and qemu exists), kvm or "
+     "sandbox"},
     {"memory", EVS_CONFIG_SIZE, "256m", 32LL << 20, 64LL << 30, 0, "memory of each cage"},
     {"max_image", EVS_CONFIG_SIZE, "512m", 1 << 20, 4LL << 30, 0, "largest image file deployed"},
     {"max_body", EVS_CONFIG_SIZE, "25m", 1024, 256LL << 20, 0,

@@ -321,6 +321,17 @@ static void instance_free(cage_instance *ci) {
   free(ci);
 }
 
+/* AUTO's choice: KVM where it can boot the image's kernel. That takes /dev/kvm, qemu and a
+ * hardware-assisted KVM driver: under kvm_pvm (paravirtualised KVM on machines without VT-x or
+ * AMD-V, as in nested clouds) /dev/kvm exists but only PVM-enabled guest kernels boot, and an
+ * ordinary one stalls in its decompressor with no error. */
+static cage_backend auto_backend(void) {
+  if (access("/dev/kvm", R_OK | W_OK) != 0 || access(QEMU, X_OK) != 0) return CAGE_BACKEND_SANDBOX;
+  if (access("/sys/module/kvm_intel", F_OK) == 0 || access("/sys/module/kvm_amd", F_OK) == 0)
+    return CAGE_BACKEND_KVM;
+  return CAGE_BACKEND_SANDBOX;
+}
+
 static int name_ok(const char *s) {
   size_t n = s ? strlen(s) : 0;
   if (n < 1 || n > 40) return 0;
@@ -342,10 +353,7 @@ int cage_run_start(evs_plugin *p, const evs_host *host, const cage_run_spec *spe
   ci->arg = arg;
   ci->fd = -1;
   ci->backend = spec->backend;
-  if (ci->backend == CAGE_BACKEND_AUTO)
-    ci->backend = access("/dev/kvm", R_OK | W_OK) == 0 && access(QEMU, X_OK) == 0
-                      ? CAGE_BACKEND_KVM
-                      : CAGE_BACKEND_SANDBOX;
+  if (ci->backend == CAGE_BACKEND_AUTO) ci->backend = auto_backend();
   int r = 0;
   size_t n = 0;
   while (spec->env && spec->env[n]) n++;

@@ -16,7 +16,7 @@ typedef struct cage_instance cage_instance;
 typedef struct cage_api_call cage_api_call;
 
 typedef enum cage_backend {
-  CAGE_BACKEND_AUTO = 0, /* kvm where /dev/kvm and qemu exist, else sandbox */
+  CAGE_BACKEND_AUTO = 0, /* kvm where KVM can boot the kernel (cage_run.c), else sandbox */
   CAGE_BACKEND_KVM,
   CAGE_BACKEND_SANDBOX,
 } cage_backend;
