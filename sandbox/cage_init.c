@@ -369,7 +369,7 @@ static void app_mounts(void) {
   mkdir("/rootfs/dev", 0755);
   mkdir("/rootfs/tmp", 01777);
   /* Read-only in the sandbox: the global sysctls under /proc/sys check the writer's uid, not a
-   * capability, and the cage's uid 0 is a host uid (the runner's, or EVS_CAGE_UID). */
+   * capability, and the cage's ids are host ids (the runner's, or EVS_CAGE_UID_BASE + n). */
   unsigned long ro = g.vm ? 0 : MS_RDONLY;
   if (mount("proc", "/rootfs/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | ro, NULL) < 0)
     dprintf(2, "evs-cage-init: /proc: %s\n", strerror(errno));
@@ -813,6 +813,14 @@ int main(void) {
   g.mux = cmux_new(g.mux_fd, 1, &ops, NULL);
   if (!g.mux) fail("out of memory");
   read_config();
+  if (!g.vm) { /* the ids the cage has (evs-cage-vmm): an image USER outside them cannot run */
+    const char *ids = getenv("EVS_CAGE_IDS");
+    unsigned long n = ids ? strtoul(ids, NULL, 10) : 1;
+    if (g.cfg.uid >= n || g.cfg.gid >= n)
+      fail("the image's USER is %u:%u, but this cage has only uid and gid 0: the sandbox backend "
+           "maps a range of ids only when evserver runs as root (docs/cages.md)",
+           g.cfg.uid, g.cfg.gid);
+  }
   evs__loopback_up();
   sethostname("cage", 4);
   app_mounts();

@@ -8,8 +8,9 @@
  *   sandbox  both ramdisks unpacked into a private directory, and the image's /init
  *            (evs-cage-init) run there as pid 1 of new user, pid, mount, net, ipc and uts
  *            namespaces (pivot_root into it, host /dev nodes null, zero, random, urandom bound
- *            in), the mux on a socketpair, the app's seccomp program (cage-app) on fd 4. Run by
- *            root, the cage's uid 0 is EVS_CAGE_UID outside (userns.h), owner of the tree.
+ *            in, its own /proc), the mux on a socketpair, the app's seccomp program (cage-app) on
+ *            fd 4. Run by root, the cage's ids 0..65535 are EVS_CAGE_UID_BASE + n outside
+ *            (userns.h), and the tree keeps the image's owners, shifted there.
  * Either way it then serves the mux's host side: connections to its app socket (dir/app.sock,
  * 0600) become channels to the app's port once the app is READY; egress channels are checked
  * for their port and handed to the plugin's egress proxy (a CONNECT over a unix socket: the
@@ -187,14 +188,16 @@ static void write_all(const char *path, const uint8_t *p, size_t n, int append) 
   close(fd);
 }
 
-/* The unpacked tree belongs to the cage's uid 0 on the host, whatever owners the image gave
- * (a one-id map has no other: the image's owners all become the cage's root), so that the
- * app owns and can write its files. Nothing of the cage runs yet: no race with it. */
-static int g_stranger; /* run by root: the cage's uid 0 is EVS_CAGE_UID */
+/* Run by root, the cage's ids 0..EVS_CAGE_IDS-1 are EVS_CAGE_UID_BASE and up on the host
+ * (userns.h): the archive's owners are shifted there as they are written, and what the unpack
+ * itself made (implied parent directories, the device mount points, the root) becomes the
+ * cage's root. Nothing of the cage runs yet: no race with it. */
+static int g_stranger; /* run by root: the cage's ids are EVS_CAGE_UID_BASE + n */
 static int chown_one(const char *p, const struct stat *sb, int flag, struct FTW *f) {
   (void)flag, (void)f;
-  if ((sb->st_uid != EVS_CAGE_UID || sb->st_gid != EVS_CAGE_UID) &&
-      lchown(p, EVS_CAGE_UID, EVS_CAGE_UID) < 0)
+  if ((sb->st_uid == 0 || sb->st_gid == 0) &&
+      lchown(p, sb->st_uid == 0 ? EVS_CAGE_UID : (uid_t)-1,
+             sb->st_gid == 0 ? EVS_CAGE_UID : (gid_t)-1) < 0)
     die("%s: %s", p, strerror(errno));
   return 0;
 }
@@ -211,7 +214,8 @@ static void unpack(const uint8_t *p, size_t n) {
   archive_write_disk_set_options(w, ARCHIVE_EXTRACT_SECURE_SYMLINKS |
                                         ARCHIVE_EXTRACT_SECURE_NODOTDOT |
                                         ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS |
-                                        ARCHIVE_EXTRACT_PERM);
+                                        ARCHIVE_EXTRACT_PERM |
+                                        (g_stranger ? ARCHIVE_EXTRACT_OWNER : 0));
   if (archive_read_open_memory(a, p, n) != ARCHIVE_OK) die("ramdisk: not an archive");
   struct archive_entry *e;
   int r;
@@ -219,6 +223,16 @@ static void unpack(const uint8_t *p, size_t n) {
     mode_t t = archive_entry_filetype(e);
     if (t != AE_IFREG && t != AE_IFDIR && t != AE_IFLNK) continue;
     archive_entry_set_perm(e, archive_entry_perm(e) & 0777);
+    if (g_stranger) { /* the image's owners, as the cage's ids on the host */
+      la_int64_t u = archive_entry_uid(e), gr = archive_entry_gid(e);
+      if (u < 0 || u >= EVS_CAGE_IDS || gr < 0 || gr >= EVS_CAGE_IDS)
+        die("ramdisk entry %s: owner %lld:%lld is not one of the cage's %u ids",
+            archive_entry_pathname(e), (long long)u, (long long)gr, EVS_CAGE_IDS);
+      archive_entry_set_uid(e, EVS_CAGE_UID_BASE + u);
+      archive_entry_set_gid(e, EVS_CAGE_UID_BASE + gr);
+      archive_entry_set_uname(e, NULL);
+      archive_entry_set_gname(e, NULL);
+    }
     if (archive_read_extract2(a, e, w) != ARCHIVE_OK)
       die("ramdisk entry refused: %s", archive_error_string(a));
   }
@@ -283,7 +297,8 @@ static __attribute__((noreturn)) void setup_fail(int code, const char *what) {
 
 /* The sandbox's root, made by the outer process in its new mount namespace before it takes
  * the cage's uid (the host's directories above the tree are root's alone): the unpacked tree
- * bound nosuid and nodev, the device nodes bound in, pivot_root into it. */
+ * bound nosuid and nodev, the device nodes bound in, and the tree as the working directory.
+ * pid 1 pivots into it (pivot_into), once it has mounted its /proc. */
 static void sandbox_root(const char *root) {
   if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) setup_fail(110, "private mounts");
   if (mount(root, root, NULL, MS_BIND | MS_REC, NULL) < 0) setup_fail(111, "bind the root");
@@ -300,27 +315,56 @@ static void sandbox_root(const char *root) {
     close(dev_fds[i]);
   }
   if (chdir(root) < 0) setup_fail(113, "chdir root");
+}
+
+/* pid 1, in the new pid namespace, its working directory the bound tree: the namespace's own
+ * /proc on the tree's /proc, then pivot_root, the old root detached. The order matters: the
+ * kernel lets a user namespace mount a new proc only while a full one is visible in its mount
+ * namespace, which the host's is until the detach, and a proc shows the pid namespace of the
+ * process that mounts it (the outer process is still in the host's). evs-cage-init then mounts
+ * the app's /rootfs/proc, allowed because this one is visible. The image is untrusted: /proc
+ * must be a directory of the tree, not a link. Where the host's /proc is partly masked (as in
+ * containers) the kernel refuses: the cage has no /proc, as before. */
+static void pivot_into(void) {
+  if (mkdir("proc", 0555) < 0 && errno != EEXIST) setup_fail(122, "mkdir /proc");
+  int pfd = open("proc", O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC);
+  if (pfd < 0) setup_fail(123, "the image's /proc");
+  char dst[64];
+  snprintf(dst, sizeof dst, "/proc/self/fd/%d", pfd);
+  if (mount("proc", dst, "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+    if (errno != EPERM) setup_fail(124, "/proc of the cage");
+    dprintf(2, "evs-cage-vmm: no /proc in the cage (%s)\n", strerror(errno));
+  }
+  close(pfd);
   if (syscall(SYS_pivot_root, ".", ".") < 0) setup_fail(114, "pivot_root");
   if (umount2(".", MNT_DETACH) < 0) setup_fail(115, "detach the old root");
   if (chdir("/") < 0) setup_fail(116, "chdir /");
 }
 
-/* The sandbox's pid 1 (in the new namespaces, root already pivoted): /init runs. */
-static __attribute__((noreturn)) void sandbox_pid1(int mux, int filter) {
+/* The sandbox's pid 1 (in the new namespaces): its root, then /init runs. ids: how many ids the
+ * cage has (init refuses an image USER outside them with a sentence). */
+static __attribute__((noreturn)) void sandbox_pid1(int mux, int filter, unsigned ids) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  pivot_into();
   if (dup2(mux, 3) < 0 || dup2(filter, 4) < 0) _exit(117);
   syscall(SYS_close_range, 5, ~0u, 0);
   int null = open("/dev/null", O_RDWR); /* (there is none at / yet: init makes its own) */
   if (null >= 0) dup2(null, 0);
   char *argv[] = {"/init", NULL};
-  char *envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL};
+  char ids_env[32];
+  snprintf(ids_env, sizeof ids_env, "EVS_CAGE_IDS=%u", ids);
+  char *envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", ids_env,
+                  NULL};
   execve("/init", argv, envp);
   _exit(118);
 }
 
-/* Started by root, the cage's uid 0 is EVS_CAGE_UID on the host, not root (userns.h): only a
- * process outside the new user namespace may map another uid than its own, so this process
- * writes the maps of the outer one once it has unshared. Otherwise the cage's uid 0 is ours. */
+/* Started by root, the cage's ids 0..65535 are EVS_CAGE_UID_BASE and up on the host, never root
+ * (userns.h): only a process outside the new user namespace may map other ids than its own, so
+ * this process writes the maps of the outer one once it has unshared. Otherwise the cage has one
+ * id, 0, ours: the subordinate ids of /etc/subuid would need newuidmap, a set-id program, which
+ * gains nothing under the no-new-privs every helper runs with, so an image USER other than root
+ * is refused there (evs-cage-init says so). */
 static void start_sandbox(const eif_image *img) {
   int stranger = g_stranger = geteuid() == 0;
   char root[PATH_MAX];
@@ -394,7 +438,7 @@ static void start_sandbox(const eif_image *img) {
     setrlimit(RLIMIT_CORE, &core);
     pid_t p1 = fork();
     if (p1 < 0) _exit(102);
-    if (p1 == 0) sandbox_pid1(sv[1], filter);
+    if (p1 == 0) sandbox_pid1(sv[1], filter, stranger ? EVS_CAGE_IDS : 1);
     close(sv[1]);
     close(filter);
     int ws;
@@ -410,7 +454,7 @@ static void start_sandbox(const eif_image *img) {
   if (stranger) {
     char c;
     if (read(ready[0], &c, 1) != 1) die("the cage's namespaces were not made");
-    r = evs__map_stranger(outer, EVS_CAGE_UID);
+    r = evs__map_stranger_range(outer, EVS_CAGE_UID_BASE, EVS_CAGE_IDS);
     if (r < 0) die("the cage's id maps: %s", strerror(-r));
     if (write(go[1], "g", 1) != 1) die("the cage's outer process is gone");
   }

@@ -37,9 +37,11 @@ int evs__map_self(uid_t uid, gid_t gid) {
   return r;
 }
 
-int evs__map_stranger(pid_t pid, unsigned id) {
+int evs__map_stranger(pid_t pid, unsigned id) { return evs__map_stranger_range(pid, id, 1); }
+
+int evs__map_stranger_range(pid_t pid, unsigned base, unsigned count) {
   char path[64], map[64];
-  snprintf(map, sizeof map, "0 %u 1\n", id);
+  snprintf(map, sizeof map, "0 %u %u\n", base, count);
   snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
   int r = evs__write_file(path, map);
   snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);

@@ -17,9 +17,15 @@
 #ifndef EVS_FNBOX_UID
 #define EVS_FNBOX_UID 2147483646u /* a function box's uid 0 when evs-fnbox runs as root */
 #endif
-#ifndef EVS_CAGE_UID
-#define EVS_CAGE_UID 2147483645u /* a sandboxed cage's uid 0 when evs-cage-vmm runs as root */
+/* A sandboxed cage run by root has EVS_CAGE_IDS ids (an image's non-root USER needs more than
+ * one): its uid and gid n are EVS_CAGE_UID_BASE + n on the host, a range that no one else uses
+ * (below the function box's uid; set another at build time, -DEVS_CAGE_UID_BASE=, where the
+ * machine's users or /etc/subuid ranges overlap it). */
+#ifndef EVS_CAGE_UID_BASE
+#define EVS_CAGE_UID_BASE 2147352576u /* 0x7ffe0000 */
 #endif
+#define EVS_CAGE_IDS 65536u
+#define EVS_CAGE_UID EVS_CAGE_UID_BASE /* the cage's uid 0 on the host */
 
 /* Writes s to an existing file (procfs, sysfs). 0 or -errno. */
 int evs__write_file(const char *path, const char *s);
@@ -31,6 +37,10 @@ int evs__map_self(uid_t uid, gid_t gid);
 /* Root's part for a stranger: maps uid and gid 0 of pid's new user namespace to id (pid has
  * unshared; the caller, outside it, has CAP_SETUID and CAP_SETGID). 0 or -errno. */
 int evs__map_stranger(pid_t pid, unsigned id);
+
+/* The same for count ids: 0..count-1 of pid's namespace are base..base+count-1 outside, uids
+ * and gids alike. 0 or -errno. */
+int evs__map_stranger_range(pid_t pid, unsigned base, unsigned count);
 
 /* In a namespace mapped by evs__map_stranger, the process that still has the host's root
  * credentials becomes uid and gid 0 there (the stranger's id outside), with no supplementary

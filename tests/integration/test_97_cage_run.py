@@ -46,8 +46,10 @@ def kernel_parts():
     return os.path.join(d, "vmlinuz"), mods
 
 
-def make_image(cage, init=None, app=None, cmdline=""):
-    """An image: /init, and /rootfs/bin/hello-cage with /cage.json from the dict cage."""
+def make_image(cage, init=None, app=None, cmdline="", etc_owner=None):
+    """An image: /init, and /rootfs/bin/hello-cage with /cage.json from the dict cage.
+    etc_owner (uid, gid): /rootfs/etc and its files belong to them, and the image keeps the
+    rootfs's owners (as `evctl cage build` does), else everything is 0:0."""
     d = evstest.tmpdir("evs-cage-img-")
     root = os.path.join(d, "rootfs")
     os.makedirs(os.path.join(root, "bin"))
@@ -56,6 +58,9 @@ def make_image(cage, init=None, app=None, cmdline=""):
                 os.path.join(root, "bin", "hello-cage"))
     with open(os.path.join(root, "etc", "hostname"), "w") as f:
         f.write("cage\n")
+    if etc_owner:
+        for p in (os.path.join(root, "etc"), os.path.join(root, "etc", "hostname")):
+            os.chown(p, *etc_owner)
     conf = {"version": 1, "name": "hello-cage", "debug": False, "api_key_auth": True,
             "egress": {"enabled": False, "destinations": ["*"], "ports": [443]},
             "entrypoint": ["/bin/hello-cage"], "cmd": [], "env": ["PATH=/bin", "FROM_IMAGE=yes"],
@@ -72,6 +77,8 @@ def make_image(cage, init=None, app=None, cmdline=""):
             "--cage-json", cj]
     for m in mods:
         args += ["--module", m]
+    if etc_owner:
+        args += ["--keep-owner", "1"]
     subprocess.run(args, check=True, capture_output=True)
     return out
 
@@ -232,14 +239,14 @@ def check_runner(backend, timeout=60.0, **extra):
         ev = state(srv)["egress"]
         assert any(e["host"] == "localhost" and e["allowed"] for e in ev), ev
         assert any(e["host"] == "forbidden.example" and not e["allowed"] for e in ev), ev
-        # The escape suite: every attempt fails.
-        cfg_dir = os.path.dirname(srv.config.path) if hasattr(srv, "config") else ""
-        paths = [os.path.join(srv.config.state_dir, "store.db") if hasattr(srv, "config") else "",
-                 srv.log_path, cfg_dir + "/evserver.conf", "/proc/1/root/etc/passwd",
-                 os.path.dirname(state(srv)["app_socket"])]
-        st, esc = app(srv, "GET", "/escape?paths=%s&port=%d"
-                      % (",".join(p for p in paths if p), srv.port()))
-        assert st == 200, esc
+        # The escape suite: every attempt fails. Another cage runs beside this one (the same
+        # backend): its files and its app socket are out of reach too.
+        other = start(make_image({}, cmdline=tcg_cmdline(extra)), backend, **extra)
+        try:
+            wait_ready(other, timeout)
+            esc = escape(srv, other, backend)
+        finally:
+            other.stop()
         # Under the sandbox every attempt fails. Under kvm the app is root of its own VM (as
         # in a Nitro enclave): mounting or a raw socket there reaches nothing outside the VM,
         # so only what would leave it must fail.
@@ -247,7 +254,7 @@ def check_runner(backend, timeout=60.0, **extra):
         checked = list(esc) if backend == "sandbox" else leaving
         allowed = [k for k in checked if esc[k] == "ALLOWED"]
         assert not allowed, esc
-        assert len(esc) >= 14 and len(leaving) >= 6, esc
+        assert len(esc) >= 35 and len(leaving) >= 15, esc
         if backend == "sandbox":
             check_whoami(srv)
         # A crash: reported with its cause, restarted, serving again.
@@ -273,27 +280,78 @@ def check_runner(backend, timeout=60.0, **extra):
     assert "Sanitizer" not in srv.log()
 
 
-CAGE_UID = 2147483645  # sandbox/userns.h EVS_CAGE_UID
+def escape(srv, other, backend="sandbox"):
+    """The escape attempts of hello-cage's /escape from srv's cage: evserver's files (its
+    store, log, config, admin socket), the cage's own directory on the host, another cage's
+    (other) files and app socket, the host's processes through /proc (evserver's pid, init's
+    memory: under the sandbox only, a VM's init being inside the VM), /proc's global knobs,
+    forbidden calls, raw sockets, the network."""
+    mine = os.path.dirname(state(srv)["app_socket"])
+    theirs = os.path.dirname(state(other)["app_socket"])
+    pid = srv.proc.pid
+    paths = [os.path.join(srv.config.state_dir, "store.db"), srv.log_path, srv.config.path,
+             "/proc/1/root/etc/passwd", mine, os.path.join(mine, "root", "cage.json"),
+             theirs, os.path.join(theirs, "root", "rootfs", "bin", "hello-cage"),
+             "/proc/%d/environ" % pid, "/proc/%d/root/etc/passwd" % pid]
+    if backend == "sandbox":
+        paths += ["/proc/1/mem", "/proc/1/environ"]
+    wpaths = ["/proc/sys/kernel/core_pattern", "/proc/sysrq-trigger", "/proc/1/mem",
+              "/sys/kernel/uevent_helper"]
+    socks = [state(srv)["app_socket"], state(other)["app_socket"], srv.config.admin_socket]
+    st, esc = app(srv, "GET", "/escape?paths=%s&port=%d&wpaths=%s&socks=%s&pid=%d"
+                  % (",".join(paths), srv.port(), ",".join(wpaths), ",".join(socks), pid))
+    assert st == 200, esc
+    for k in ("add_key", "perf_event_open", "open_tree", "userfaultfd",
+              "process_vm_readv init", "reboot", "signal a host process",
+              "connect unix socket 2", "write path 0"):
+        assert k in esc, (k, esc)
+    return esc
 
 
-def check_whoami(srv, runner_uid=None):
-    """The app is uid 0 of its cage and owns its files there. On the host that uid 0 is the
-    runner's uid, except that a runner started by root maps it to EVS_CAGE_UID, never to root:
-    what the app creates belongs to that uid, and the host's root is nobody in the cage."""
+CAGE_UID = 2147352576  # sandbox/userns.h EVS_CAGE_UID_BASE: the cage's uid 0 when run by root
+CAGE_IDS = 65536
+
+
+def host_proc_masked():
+    """Whether the host's /proc is partly hidden (mounts over its files, as container runtimes
+    do): the kernel then refuses a user namespace a /proc of its own, and the cage has none."""
+    with open("/proc/self/mountinfo") as f:
+        points = [l.split()[4] for l in f]
+    return any(p.startswith("/proc/") and "binfmt_misc" not in p for p in points)
+
+
+def check_whoami(srv, runner_uid=None, uid=0, gid=0):
+    """The app is uid (the image's USER) of its cage and owns its files there. On the host the
+    cage's uid 0 is the runner's uid, except that a runner started by root maps the cage's ids
+    0..65535 to EVS_CAGE_UID_BASE + n, never to root: what the app creates belongs to that, and
+    the host's root is nobody in the cage. /proc is the cage's own: the app, init and nothing of
+    the host's."""
     st, who = app(srv, "GET", "/whoami")
-    assert st == 200 and who["uid"] == 0, who
+    assert st == 200 and who["uid"] == uid and who["gid"] == gid, who
     assert who["write own file"] == "ALLOWED", who
     assert who["create own file"] == "ALLOWED", who
     runner_uid = os.geteuid() if runner_uid is None else runner_uid
-    want = CAGE_UID if runner_uid == 0 else runner_uid
+    want = CAGE_UID + uid if runner_uid == 0 else runner_uid
+    want_gid = CAGE_UID + gid if runner_uid == 0 else os.getegid()
     made = os.path.join(os.path.dirname(state(srv)["app_socket"]), "root", "rootfs", "etc",
                         "whoami-file")
-    assert os.lstat(made).st_uid == want and os.lstat(made).st_gid == want, (made, want)
+    assert os.lstat(made).st_uid == want, (made, want, os.lstat(made))
+    if runner_uid == 0:
+        assert os.lstat(made).st_gid == want_gid, (made, want_gid, os.lstat(made))
     with open("/proc/sys/kernel/overflowuid") as f:
         nobody = int(f.read())
     assert who["dev_null_uid"] == nobody, who  # the host's root (owner of /dev/null) unmapped
-    if who["uid_map"]:  # (the cage may have no /proc)
-        assert who["uid_map"].split() == ["0", str(want), "1"], who
+    if host_proc_masked():
+        print("  the host's /proc is partly masked: the cage has none (documented)")
+        return who
+    # /proc: the cage's own pid namespace and user namespace.
+    map_ = ["0", str(CAGE_UID), str(CAGE_IDS)] if runner_uid == 0 else ["0", str(want), "1"]
+    assert who["uid_map"].split() == map_, who
+    assert who["status_pid"] == who["pid"] and who["status_uid"] == uid, who
+    pids = who["proc_pids"]
+    assert 1 in pids and who["pid"] in pids and len(pids) < 10, who  # init, the app, its own
+    assert srv.proc.pid not in pids or srv.proc.pid < 10, who
+    return who
 
 
 def check_no_egress(backend, timeout=60.0, **extra):
@@ -346,6 +404,76 @@ def test_sandbox_runner_as_user():
     finally:
         srv.stop()
     assert "Sanitizer" not in srv.log()
+
+
+def host_uid_of(srv, name):
+    """The host uid and gid (real) of the process under srv whose command line starts with
+    name, or None."""
+    parent, cmd = {}, {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % p, "rb") as f:
+                cmd[int(p)] = f.read()
+            with open("/proc/%s/status" % p) as f:
+                parent[int(p)] = dict(l.split(":", 1) for l in f if ":" in l)
+        except OSError:
+            continue
+    for pid, c in cmd.items():
+        if not c.startswith(name.encode() + b"\0") or pid not in parent:
+            continue
+        up = pid
+        while up in parent and up != srv.proc.pid:
+            up = int(parent[up]["PPid"])
+        if up == srv.proc.pid:
+            st = parent[pid]
+            return int(st["Uid"].split()[0]), int(st["Gid"].split()[0])
+    return None
+
+
+def test_sandbox_non_root_user():
+    """An image whose Dockerfile says USER 1000 (its /etc is 1000's) answers requests under the
+    sandbox: run by root, the cage has 65536 ids, the app is 1000:1000 inside and
+    EVS_CAGE_UID_BASE + 1000 outside (no host user's uid, not root), and writes its files.
+    Run by a user, the cage has one id: the start is refused with the documented sentence."""
+    if os.geteuid() != 0:
+        raise evstest.Skip("needs root (the range of ids; the user run starts evserver as nobody)")
+    image = make_image({"user": "1000:1000"}, etc_owner=(1000, 1000))
+    srv = start(image, "sandbox")
+    try:
+        wait_ready(srv)
+        st, body = app(srv, "GET", "/hello")
+        assert st == 200 and "enclave" in body["response"], (st, body)
+        check_whoami(srv, uid=1000, gid=1000)
+        outside = host_uid_of(srv, "/bin/hello-cage")
+        assert outside == (CAGE_UID + 1000, CAGE_UID + 1000), outside
+        etc = os.path.join(os.path.dirname(state(srv)["app_socket"]), "root", "rootfs", "etc")
+        assert os.stat(etc).st_uid == CAGE_UID + 1000  # the image's owner, shifted
+        st, esc = app(srv, "GET", "/escape?port=%d&pid=%d" % (srv.port(), srv.proc.pid))
+        assert not [k for k in esc if esc[k] == "ALLOWED"], esc
+    finally:
+        srv.stop()
+    assert "Sanitizer" not in srv.log()
+    # Started by a user: refused, saying why (and never started as another uid).
+    for p in (os.path.dirname(image), image):
+        os.chmod(p, 0o755)
+    d = evstest.tmpdir("evs-cage-user-")
+    os.chmod(d, 0o755)
+    plugins = plugins_dir()
+    os.chmod(plugins, 0o755)
+    cfg = evstest.write_config(d, server={"plugins_dir": plugins, "user": "nobody",
+                                          "state_dir": os.path.join(d, "fresh", "state")},
+                               plugins={"test-cage-run": {"image": image, "backend": "sandbox"}})
+    srv = evstest.Server(cfg).start()
+    try:
+        why = "this cage has only uid and gid 0: the sandbox backend maps a range of ids only"
+        evstest.wait_for(lambda: any(why in h for h in state(srv)["history"]), timeout=60,
+                         what="the refusal of USER 1000 reported")
+        assert state(srv)["state"] != "READY"
+        assert host_uid_of(srv, "/bin/hello-cage") is None
+    finally:
+        srv.stop()
 
 
 def kvm_usable():

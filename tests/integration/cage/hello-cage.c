@@ -12,11 +12,14 @@
  *                             the cage has a /proc), the owner it sees of /dev/null (the
  *                             host's), whether it can write its own files (/etc/hostname, a
  *                             new /etc/whoami-file, left for the host to look at)
- *   GET  /escape?paths=a,b&port=N  escape attempts, each reported "blocked: <why>" or
- *                             "ALLOWED"
+ *   GET  /escape?paths=a,b&port=N&wpaths=c&socks=d&pid=P  escape attempts, each reported
+ *                             "blocked: <why>" or "ALLOWED": paths read, wpaths written,
+ *                             unix sockets socks connected, signal 0 to the host's pid P,
+ *                             forbidden calls, the network
  * Listens on $PORT or 8008; one request per connection.
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -31,6 +34,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -204,6 +208,13 @@ static void report(const char *name, int rc, int err) {
   adds(m);
 }
 
+/* The call first, then its errno (a function's arguments have no order of evaluation). */
+#define TRY(name, call)       \
+  do {                        \
+    int rc_ = (int)(call);    \
+    report(name, rc_, errno); \
+  } while (0)
+
 /* A call that the policy may answer by killing: tried in a child. */
 static void in_child(const char *name, int which) {
   pid_t p = fork();
@@ -213,6 +224,22 @@ static void in_child(const char *name, int which) {
     else if (which == 1) r = syscall(SYS_bpf, 0, NULL, 0);
     else if (which == 2) r = syscall(SYS_init_module, NULL, 0, "");
     else if (which == 3) r = syscall(SYS_kexec_load, 0, 0, NULL, 0);
+    else if (which == 4) r = syscall(SYS_add_key, "user", "k", "v", 1, -2 /* user keyring */);
+    else if (which == 5) {
+      char attr[128] = {0}; /* a software counter on itself: the least perf allows */
+      ((uint32_t *)attr)[0] = 1, ((uint32_t *)attr)[1] = 112, ((uint64_t *)attr)[1] = 0;
+      r = syscall(SYS_perf_event_open, attr, 0, -1, -1, 0);
+    } else if (which == 6) r = syscall(SYS_open_tree, -100, "/", 1 /* OPEN_TREE_CLONE */);
+    else if (which == 7) r = syscall(SYS_userfaultfd, 0);
+    else if (which == 8) {
+      char buf[8];
+      struct iovec l = {buf, sizeof buf}, rm = {(void *)0x400000, sizeof buf};
+      r = syscall(SYS_process_vm_readv, 1, &l, 1, &rm, 1, 0); /* init's memory */
+      if (r < 0 && errno == EFAULT) r = 0; /* reached it: only the address was wrong */
+    } else if (which == 9) { /* a command that does not exist: only the permission is tried */
+      r = syscall(SYS_reboot, 0xfee1dead, 672274793, 0x0badc0de, NULL);
+      if (r < 0 && errno == EINVAL) r = 0;
+    }
     _exit(r >= 0 ? 0 : 10 + (errno & 0x3f));
   }
   int ws;
@@ -230,43 +257,80 @@ static void in_child(const char *name, int which) {
   adds(m);
 }
 
-static void escape(char *paths, int port) {
+static void escape(char *paths, int port, char *wpaths, char *socks, int pid) {
   first = 1;
   adds("{");
   int k = 0;
+  char name[64];
   for (char *p = strtok(paths, ","); p; p = strtok(NULL, ","), k++) {
-    char name[64];
     snprintf(name, sizeof name, "read path %d", k);
     int fd = open(p, O_RDONLY);
     report(name, fd, errno);
     if (fd >= 0) close(fd);
   }
+  k = 0;
+  for (char *p = strtok(wpaths, ","); p; p = strtok(NULL, ","), k++) {
+    snprintf(name, sizeof name, "write path %d", k);
+    int fd = open(p, O_WRONLY);
+    report(name, fd, errno);
+    if (fd >= 0) close(fd);
+  }
+  k = 0;
+  for (char *p = strtok(socks, ","); p; p = strtok(NULL, ","), k++) {
+    snprintf(name, sizeof name, "connect unix socket %d", k);
+    struct sockaddr_un u = {.sun_family = AF_UNIX};
+    snprintf(u.sun_path, sizeof u.sun_path, "%s", p);
+    int us = socket(AF_UNIX, SOCK_STREAM, 0);
+    TRY(name, connect(us, (struct sockaddr *)&u, sizeof u));
+    close(us);
+  }
+  if (pid > 0) TRY("signal a host process", kill(pid, 0));
   int s = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
   report("raw socket", s, errno);
   s = socket(AF_PACKET, SOCK_RAW, 0);
   report("packet socket", s, errno);
-  report("mount tmpfs", mount("x", "/tmp", "tmpfs", 0, NULL), errno);
-  report("unshare user ns", unshare(CLONE_NEWUSER), errno);
-  report("unshare net ns", unshare(CLONE_NEWNET), errno);
-  report("chroot", chroot("/tmp"), errno);
-  report("sethostname", sethostname("x", 1), errno);
-  report("setns", (int)syscall(SYS_setns, 0, 0), errno);
+  TRY("mount tmpfs", mount("x", "/tmp", "tmpfs", 0, NULL));
+  TRY("unshare user ns", unshare(CLONE_NEWUSER));
+  TRY("unshare net ns", unshare(CLONE_NEWNET));
+  TRY("chroot", chroot("/tmp"));
+  TRY("sethostname", sethostname("x", 1));
+  TRY("setns", (int)syscall(SYS_setns, 0, 0));
   in_child("ptrace", 0);
   in_child("bpf", 1);
   in_child("init_module", 2);
   in_child("kexec_load", 3);
+  in_child("add_key", 4);
+  in_child("perf_event_open", 5);
+  in_child("open_tree", 6);
+  in_child("userfaultfd", 7);
+  in_child("process_vm_readv init", 8);
+  in_child("reboot", 9);
   /* The network: the host's loopback (evserver's port) and an outside address. */
   s = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-  report("connect host loopback port", connect(s, (struct sockaddr *)&a, sizeof a), errno);
+  TRY("connect host loopback port", connect(s, (struct sockaddr *)&a, sizeof a));
   close(s);
   s = socket(AF_INET, SOCK_STREAM, 0);
   a.sin_port = htons(443);
   inet_pton(AF_INET, "1.1.1.1", &a.sin_addr);
-  report("connect outside", connect(s, (struct sockaddr *)&a, sizeof a), errno);
+  TRY("connect outside", connect(s, (struct sockaddr *)&a, sizeof a));
   close(s);
   adds("}");
+}
+
+/* A line of /proc/self/status ("Pid", "Uid"...): its first field, or -1. */
+static long status_field(const char *key) {
+  char buf[4096];
+  int fd = open("/proc/self/status", O_RDONLY);
+  ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+  if (fd >= 0) close(fd);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  size_t kl = strlen(key);
+  for (char *l = buf; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL)
+    if (strncmp(l, key, kl) == 0 && l[kl] == ':') return strtol(l + kl + 1, NULL, 10);
+  return -1;
 }
 
 static void whoami(void) {
@@ -277,10 +341,24 @@ static void whoami(void) {
   map[n > 0 ? n : 0] = 0;
   struct stat sb;
   long null_uid = stat("/dev/null", &sb) == 0 ? (long)sb.st_uid : -1;
-  snprintf(m, sizeof m, "{\"uid\":%u,\"dev_null_uid\":%ld,\"uid_map\":", (unsigned)getuid(),
-           null_uid);
+  snprintf(m, sizeof m, "{\"uid\":%u,\"gid\":%u,\"pid\":%d,\"dev_null_uid\":%ld,\"uid_map\":",
+           (unsigned)getuid(), (unsigned)getgid(), (int)getpid(), null_uid);
   adds(m);
   add_json_str(map, strlen(map));
+  /* What /proc shows: this process as its pid namespace numbers it, and every process there. */
+  snprintf(m, sizeof m, ",\"status_pid\":%ld,\"status_uid\":%ld,\"proc_pids\":[",
+           status_field("Pid"), status_field("Uid"));
+  adds(m);
+  DIR *d = opendir("/proc");
+  struct dirent *e;
+  int k = 0;
+  while (d && (e = readdir(d)))
+    if (e->d_name[0] >= '0' && e->d_name[0] <= '9') {
+      snprintf(m, sizeof m, "%s%s", k++ ? "," : "", e->d_name);
+      adds(m);
+    }
+  if (d) closedir(d);
+  adds("]");
   first = 0;
   fd = open("/etc/hostname", O_WRONLY | O_APPEND);
   report("write own file", fd >= 0 && write(fd, "", 0) == 0 ? 0 : -1, errno);
@@ -390,10 +468,13 @@ static void serve(int c) {
   } else if (strcmp(path, "/whoami") == 0) {
     whoami();
   } else if (strncmp(path, "/escape", 7) == 0) {
-    char paths[1024], port[8];
+    char paths[2048], port[8], wpaths[1024], socks[1024], pid[16];
     query(path, "paths", paths, sizeof paths);
     query(path, "port", port, sizeof port);
-    escape(paths, port[0] ? atoi(port) : 1);
+    query(path, "wpaths", wpaths, sizeof wpaths);
+    query(path, "socks", socks, sizeof socks);
+    query(path, "pid", pid, sizeof pid);
+    escape(paths, port[0] ? atoi(port) : 1, wpaths, socks, pid[0] ? atoi(pid) : 0);
   } else {
     status = 404;
     adds("{\"error\":\"not found\"}");

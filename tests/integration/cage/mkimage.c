@@ -4,7 +4,8 @@
  * application ramdisk (a directory as /rootfs, and /cage.json), a kernel and its cmdline, with
  * the same writers `evctl cage build` uses (cpio.c, eif.c).
  *   evs-test-cage-mkimage --out F --kernel F --cmdline S --init F --rootfs DIR --cage-json F
- *                         [--module F ...]
+ *                         [--module F ...] [--keep-owner 1]  (the rootfs's owners, as
+ *                         `evctl cage build` keeps an image's; else 0:0)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +33,7 @@ static uint8_t *slurp(const char *path, size_t *len) {
 int main(int argc, char **argv) {
   const char *out = NULL, *kernel = NULL, *cmdline = "", *init = NULL, *rootfs = NULL,
              *cj = NULL, *mods[32];
-  int nmods = 0;
+  int nmods = 0, keep_owner = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--out")) out = argv[i + 1];
     else if (!strcmp(argv[i], "--kernel")) kernel = argv[i + 1];
@@ -40,6 +41,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--init")) init = argv[i + 1];
     else if (!strcmp(argv[i], "--rootfs")) rootfs = argv[i + 1];
     else if (!strcmp(argv[i], "--cage-json")) cj = argv[i + 1];
+    else if (!strcmp(argv[i], "--keep-owner")) keep_owner = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--module") && nmods < 32) mods[nmods++] = argv[i + 1];
   }
   if (!out || !kernel || !init || !rootfs || !cj) {
@@ -64,7 +66,7 @@ int main(int argc, char **argv) {
   if (r == 0)
     r = cpio_add_file(boot, "lib/modules/evs/order", 0644, (const uint8_t *)order, strlen(order));
   char *bad = NULL;
-  if (r == 0) r = cpio_add_tree(app, "rootfs", rootfs, 0, &why, &bad);
+  if (r == 0) r = cpio_add_tree(app, "rootfs", rootfs, keep_owner, &why, &bad);
   size_t cjl;
   uint8_t *cjb = slurp(cj, &cjl);
   if (r == 0) r = cpio_add_file(app, "cage.json", 0644, cjb, cjl);
