@@ -11,11 +11,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fr_sni.h"
+#include "tls_hello.h"
 #include "outbound_match.h"
 
 #define HEAD_MAX 4096            /* the CONNECT request's head */
-#define PEEK_MAX FR_SNI_MAX_HELLO /* the first flight held until its name is checked */
+#define PEEK_MAX EVS_TLS_HELLO_MAX /* the first flight held until its name is checked */
 #define HIGH_WATER (256 * 1024)  /* bytes queued towards one end before the other is paused */
 #define LOW_WATER (64 * 1024)
 
@@ -407,8 +407,8 @@ static int http_host(const uint8_t *p, size_t n, char *out, size_t cap) {
 static void on_first_flight(tunnel *t) {
   char name[EVS__OB_HOST_MAX + 2];
   int rc;
-  if (fr_sni_is_tls(t->buf, t->len)) {
-    rc = fr_sni_parse(t->buf, t->len, name, sizeof name);
+  if (evs_tls_hello_is_tls(t->buf, t->len)) {
+    rc = evs_tls_hello_sni(t->buf, t->len, name, sizeof name);
     if (rc == -EAGAIN && t->len < PEEK_MAX) return;
     if (rc < 0) {
       event(t, 0, "the TLS ClientHello could not be read");

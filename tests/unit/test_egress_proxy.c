@@ -1,7 +1,8 @@
 /*
- * The egress proxy of function boxes (plugins/function-runtime/egress_proxy.c) and its ClientHello
- * reader (fr_sni.c), with real sockets: the proxy and an echo destination run on a libuv loop in
- * this thread, the "box" is a blocking client in another thread. ClientHellos come from OpenSSL.
+ * The egress proxy of function boxes (plugins/function-runtime/egress_proxy.c) and its
+ * ClientHello reader (lib/tls_hello.c), with real sockets: the proxy and an echo destination
+ * run on a libuv loop in this thread, the "box" is a blocking client in another thread.
+ * ClientHellos come from OpenSSL.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -22,7 +23,7 @@
 #include <uv.h>
 
 #include "egress_proxy.h"
-#include "fr_sni.h"
+#include "tls_hello.h"
 
 /* ---- ClientHellos from OpenSSL ------------------------------------------------------------ */
 
@@ -46,46 +47,47 @@ static void test_sni_from_openssl(void **state) {
   uint8_t hello[4096];
   char name[256];
   size_t n = client_hello("API.Example.com", hello, sizeof hello);
-  assert_int_equal(fr_sni_parse(hello, n, name, sizeof name), 1);
+  assert_int_equal(evs_tls_hello_sni(hello, n, name, sizeof name), 1);
   assert_string_equal(name, "api.example.com");
-  assert_true(fr_sni_is_tls(hello, n));
+  assert_true(evs_tls_hello_is_tls(hello, n));
   /* Every proper prefix asks for more, never decides. */
-  for (size_t k = 0; k < n; k++) assert_int_equal(fr_sni_parse(hello, k, name, sizeof name), -EAGAIN);
+  for (size_t k = 0; k < n; k++)
+    assert_int_equal(evs_tls_hello_sni(hello, k, name, sizeof name), -EAGAIN);
   /* A name that does not fit. */
-  assert_int_equal(fr_sni_parse(hello, n, name, 8), -ENAMETOOLONG);
+  assert_int_equal(evs_tls_hello_sni(hello, n, name, 8), -ENAMETOOLONG);
   n = client_hello(NULL, hello, sizeof hello);
-  assert_int_equal(fr_sni_parse(hello, n, name, sizeof name), 0);
+  assert_int_equal(evs_tls_hello_sni(hello, n, name, sizeof name), 0);
 }
 
 static void test_sni_refuses_what_is_not_a_hello(void **state) {
   (void)state;
   char name[256];
   const uint8_t http[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-  assert_false(fr_sni_is_tls(http, sizeof http - 1));
-  assert_int_equal(fr_sni_parse(http, sizeof http - 1, name, sizeof name), -EINVAL);
+  assert_false(evs_tls_hello_is_tls(http, sizeof http - 1));
+  assert_int_equal(evs_tls_hello_sni(http, sizeof http - 1, name, sizeof name), -EINVAL);
   uint8_t hello[4096];
   size_t n = client_hello("a.example", hello, sizeof hello);
   uint8_t bad[4096];
   /* Not a client_hello, an unknown record version, a record longer than TLS allows. */
   memcpy(bad, hello, n);
   bad[5] = 2;
-  assert_int_equal(fr_sni_parse(bad, n, name, sizeof name), -EINVAL);
+  assert_int_equal(evs_tls_hello_sni(bad, n, name, sizeof name), -EINVAL);
   memcpy(bad, hello, n);
   bad[1] = 9;
-  assert_int_equal(fr_sni_parse(bad, n, name, sizeof name), -EINVAL);
+  assert_int_equal(evs_tls_hello_sni(bad, n, name, sizeof name), -EINVAL);
   memcpy(bad, hello, n);
   bad[3] = 0x40;
-  assert_int_equal(fr_sni_parse(bad, n, name, sizeof name), -EINVAL);
+  assert_int_equal(evs_tls_hello_sni(bad, n, name, sizeof name), -EINVAL);
   /* A handshake longer than its record: split over records, not reassembled. */
   memcpy(bad, hello, n);
   bad[8] = (uint8_t)(bad[8] + 1);
-  assert_int_equal(fr_sni_parse(bad, n, name, sizeof name), -EINVAL);
+  assert_int_equal(evs_tls_hello_sni(bad, n, name, sizeof name), -EINVAL);
   /* Flipping any single byte never makes the reader go out of bounds or accept a garbage
    * name (ASan watches the first; the second is checked here). */
   for (size_t i = 5; i < n; i++) {
     memcpy(bad, hello, n);
     bad[i] ^= 0xff;
-    int rc = fr_sni_parse(bad, n, name, sizeof name);
+    int rc = evs_tls_hello_sni(bad, n, name, sizeof name);
     if (rc == 1)
       for (const char *c = name; *c; c++) assert_true(*c > 0x20 && *c < 0x7f);
   }

@@ -1,5 +1,6 @@
-/* fr_sni.c: the server_name of a TLS ClientHello (RFC 8446 §4.1.2, RFC 6066 §3). */
-#include "fr_sni.h"
+/* tls_hello.c: the server_name of a TLS ClientHello (RFC 8446 §4.1.2, RFC 6066 §3), read with
+ * bounds checked at every step (tls_hello.h). */
+#include "tls_hello.h"
 
 #include <errno.h>
 #include <string.h>
@@ -41,9 +42,9 @@ static int vec(rd *r, int w, rd *ret) {
   return take(r, len, NULL);
 }
 
-int fr_sni_is_tls(const uint8_t *p, size_t n) { return n >= 1 && p[0] == 22; }
+int evs_tls_hello_is_tls(const uint8_t *p, size_t n) { return n >= 1 && p[0] == 22; }
 
-int fr_sni_parse(const uint8_t *p, size_t n, char *out, size_t cap) {
+int evs_tls_hello_sni(const uint8_t *p, size_t n, char *out, size_t cap) {
   if (n < 1) return -EAGAIN;
   if (p[0] != 22) return -EINVAL; /* handshake record */
   if (n < 5) return -EAGAIN;
