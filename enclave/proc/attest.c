@@ -26,6 +26,7 @@
 #include <openssl/x509v3.h>
 
 #include "enclave.h"
+#include "x509_make.h"
 
 static const uint8_t att_magic[4] = {'E', 'V', 'A', 1};
 static const char root_label[] = "evserver-enclave attest-root v1";
@@ -50,39 +51,6 @@ void evs__attest_cache_free(evs_attest_cache *c) {
 }
 
 /* ---- helpers -------------------------------------------------------------------------------- */
-
-static int random_serial(X509 *x) {
-  uint8_t b[16];
-  if (RAND_bytes(b, sizeof b) != 1) return -1;
-  b[0] &= 0x7f;
-  b[0] |= 0x40;
-  BIGNUM *bn = BN_bin2bn(b, sizeof b, NULL);
-  int ok = bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL;
-  BN_free(bn);
-  return ok ? 0 : -1;
-}
-
-static int add_ext(X509 *issuer, X509 *x, int nid, const char *value) {
-  X509V3_CTX ctx;
-  X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
-  X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-  int ok = ext && X509_add_ext(x, ext, -1) == 1;
-  X509_EXTENSION_free(ext);
-  return ok ? 0 : -1;
-}
-
-static int der_of(X509 *x, uint8_t **ret, size_t *ret_len) {
-  uint8_t *der = NULL;
-  int n = i2d_X509(x, &der);
-  if (n <= 0) return -1;
-  uint8_t *out = malloc((size_t)n);
-  if (out) memcpy(out, der, (size_t)n);
-  OPENSSL_free(der);
-  if (!out) return -1;
-  *ret = out;
-  *ret_len = (size_t)n;
-  return 0;
-}
 
 static X509 *parse_der(const uint8_t *p, size_t len) {
   if (len == 0 || len > EVS_CA_PEM_MAX) return NULL;
@@ -189,28 +157,12 @@ int evs__attest_root_create(evs_enclave *e, const uint8_t *cn, size_t cn_len, ui
   if (days == 0) days = EVS_CA_DEFAULT_DAYS;
   int32_t r = EVS_EP_E_INTERNAL;
   EVP_PKEY *key = EVP_EC_gen("P-384");
-  X509 *x = X509_new();
-  X509_NAME *subj = X509_NAME_new();
+  X509 *x = key ? evs_x509_self_signed_ca(key, name, days, EVP_sha384()) : NULL;
   uint8_t *der = NULL, *sealed = NULL;
   size_t der_len = 0, sealed_len = 0;
-  if (!key || !x || !subj) goto done;
-  if (X509_set_version(x, 2) != 1 || random_serial(x) < 0 ||
-      X509_NAME_add_entry_by_txt(subj, "O", MBSTRING_ASC, (const unsigned char *)"evserver", -1,
-                                 -1, 0) != 1 ||
-      X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_ASC, (const unsigned char *)name, -1, -1,
-                                 0) != 1 ||
-      X509_set_subject_name(x, subj) != 1 || X509_set_issuer_name(x, subj) != 1 ||
-      !X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
-      !X509_time_adj_ex(X509_getm_notAfter(x), (int)days, 0, NULL) ||
-      X509_set_pubkey(x, key) != 1)
-    goto done;
-  if (add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") < 0 ||
-      add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign") < 0 ||
-      add_ext(x, x, NID_subject_key_identifier, "hash") < 0 ||
-      X509_sign(x, key, EVP_sha384()) <= 0)
-    goto done;
+  if (!x) goto done;
   if (seal_key(e, root_label, sizeof root_label, key, &sealed, &sealed_len) < 0 ||
-      der_of(x, &der, &der_len) < 0)
+      evs_x509_der(x, &der, &der_len) < 0)
     goto done;
   *ret_der = der;
   *ret_der_len = der_len;
@@ -221,7 +173,6 @@ int evs__attest_root_create(evs_enclave *e, const uint8_t *cn, size_t cn_len, ui
 done:
   free(der);
   free(sealed);
-  X509_NAME_free(subj);
   X509_free(x);
   EVP_PKEY_free(key);
   return r;
@@ -241,36 +192,21 @@ int evs__attest_node_create(evs_enclave *e, const uint8_t *root_der, size_t root
   int32_t r = EVS_EP_E_INVALID;
   EVP_PKEY *key = NULL;
   X509 *x = NULL;
-  X509_NAME *subj = NULL;
   uint8_t *der = NULL, *sealed = NULL;
   size_t der_len = 0, sealed_len = 0;
-  char cn[EVS_CA_CN_MAX + 1];
   if (!root_key || !valid_now(root)) goto done;
-  memcpy(cn, name, name_len);
-  cn[name_len] = 0;
   r = EVS_EP_E_INTERNAL;
-  if (!(key = EVP_EC_gen("P-384")) || !(x = X509_new()) || !(subj = X509_NAME_new())) goto done;
   /* Valid as long as the root: a node certificate is renewed only with a new root. */
-  if (X509_set_version(x, 2) != 1 || random_serial(x) < 0 ||
-      X509_NAME_add_entry_by_txt(subj, "O", MBSTRING_ASC, (const unsigned char *)"evserver", -1,
-                                 -1, 0) != 1 ||
-      X509_NAME_add_entry_by_txt(subj, "OU", MBSTRING_ASC,
-                                 (const unsigned char *)"attestation node", -1, -1, 0) != 1 ||
-      X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1,
-                                 0) != 1 ||
-      X509_set_subject_name(x, subj) != 1 ||
-      X509_set_issuer_name(x, X509_get_subject_name(root)) != 1 ||
-      !X509_gmtime_adj(X509_getm_notBefore(x), -300) ||
-      X509_set1_notAfter(x, X509_get0_notAfter(root)) != 1 || X509_set_pubkey(x, key) != 1)
-    goto done;
-  if (add_ext(root, x, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
-      add_ext(root, x, NID_key_usage, "critical,digitalSignature") < 0 ||
-      add_ext(root, x, NID_subject_key_identifier, "hash") < 0 ||
-      add_ext(root, x, NID_authority_key_identifier, "keyid:always") < 0 ||
-      X509_sign(x, root_key, EVP_sha384()) <= 0)
-    goto done;
+  evs_x509_spec spec = {.o = "evserver", .ou = "attestation node", .cn = (const char *)name,
+                        .cn_len = name_len,
+                        .issuer = root, .not_before = time(NULL) - 300,
+                        .not_after_as = X509_get0_notAfter(root), .exts = evs_x509_signer_exts,
+                        .n_exts = 4};
+  if (!(key = EVP_EC_gen("P-384"))) goto done;
+  spec.key = key;
+  if (!(x = evs_x509_draft(&spec)) || X509_sign(x, root_key, EVP_sha384()) <= 0) goto done;
   if (seal_key(e, node_label, sizeof node_label, key, &sealed, &sealed_len) < 0 ||
-      der_of(x, &der, &der_len) < 0)
+      evs_x509_der(x, &der, &der_len) < 0)
     goto done;
   *ret_der = der;
   *ret_der_len = der_len;
@@ -281,7 +217,6 @@ int evs__attest_node_create(evs_enclave *e, const uint8_t *root_der, size_t root
 done:
   free(der);
   free(sealed);
-  X509_NAME_free(subj);
   X509_free(x);
   EVP_PKEY_free(key);
   EVP_PKEY_free(root_key);

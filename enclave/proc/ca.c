@@ -25,6 +25,7 @@
 #include <openssl/x509v3.h>
 
 #include "enclave.h"
+#include "x509_make.h"
 
 static const uint8_t ca_magic[4] = {'E', 'V', 'C', 1};
 static const char ca_label[] = "evserver-enclave relay-ca v1";
@@ -86,40 +87,6 @@ int evs__ca_name_kind(const uint8_t *s, size_t len, uint8_t ip[16], size_t *ip_l
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
-static int random_serial(X509 *x) {
-  uint8_t b[16];
-  if (RAND_bytes(b, sizeof b) != 1) return -1;
-  b[0] &= 0x7f; /* positive */
-  b[0] |= 0x40; /* and exactly 16 bytes long */
-  BIGNUM *bn = BN_bin2bn(b, sizeof b, NULL);
-  int ok = bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL;
-  BN_free(bn);
-  return ok ? 0 : -1;
-}
-
-static int add_ext(X509 *x, X509V3_CTX *ctx, int nid, const char *value) {
-  X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, ctx, nid, value);
-  int ok = ext && X509_add_ext(x, ext, -1) == 1;
-  X509_EXTENSION_free(ext);
-  return ok ? 0 : -1;
-}
-
-static int pem_of(X509 *x, char **ret, size_t *ret_len) {
-  BIO *b = BIO_new(BIO_s_mem());
-  char *data = NULL;
-  long n;
-  int ok = b && PEM_write_bio_X509(b, x) == 1 && (n = BIO_get_mem_data(b, &data)) > 0;
-  char *out = ok ? malloc((size_t)n + 1) : NULL;
-  if (out) {
-    memcpy(out, data, (size_t)n);
-    out[n] = 0;
-    *ret = out;
-    *ret_len = (size_t)n;
-  }
-  BIO_free(b);
-  return out ? 0 : -1;
-}
-
 /* AAD = label (with its NUL) || SHA-256(SubjectPublicKeyInfo DER of the CA key). */
 static int ca_aad(EVP_PKEY *pub, uint8_t aad[sizeof ca_label + 32]) {
   uint8_t *der = NULL;
@@ -158,30 +125,12 @@ int evs__ca_create(evs_enclave *e, const uint8_t *cn, size_t cn_len, uint32_t da
 
   int32_t r = EVS_EP_E_INTERNAL;
   EVP_PKEY *key = EVP_EC_gen("P-256");
-  X509 *x = X509_new();
-  X509_NAME *subj = X509_NAME_new();
+  X509 *x = key ? evs_x509_self_signed_ca(key, name, days, EVP_sha256()) : NULL;
   uint8_t *der = NULL, *sealed = NULL;
   int der_len = 0;
   char *pem = NULL;
   size_t pem_len = 0;
-  if (!key || !x || !subj) goto done;
-  if (X509_set_version(x, 2) != 1 || random_serial(x) < 0 ||
-      X509_NAME_add_entry_by_txt(subj, "O", MBSTRING_ASC, (const unsigned char *)"evserver", -1,
-                                 -1, 0) != 1 ||
-      X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_ASC, (const unsigned char *)name, -1, -1,
-                                 0) != 1 ||
-      X509_set_subject_name(x, subj) != 1 || X509_set_issuer_name(x, subj) != 1 ||
-      !X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
-      !X509_time_adj_ex(X509_getm_notAfter(x), (int)days, 0, NULL) ||
-      X509_set_pubkey(x, key) != 1)
-    goto done;
-  X509V3_CTX ctx;
-  X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-  if (add_ext(x, &ctx, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") < 0 ||
-      add_ext(x, &ctx, NID_key_usage, "critical,keyCertSign,cRLSign") < 0 ||
-      add_ext(x, &ctx, NID_subject_key_identifier, "hash") < 0 ||
-      X509_sign(x, key, EVP_sha256()) <= 0)
-    goto done;
+  if (!x) goto done;
 
   /* The private key, sealed: SEC1 DER in the secure heap, then AES-GCM under the sealing key. */
   der_len = i2d_PrivateKey(key, NULL);
@@ -194,7 +143,7 @@ int evs__ca_create(evs_enclave *e, const uint8_t *cn, size_t cn_len, uint32_t da
   if (ca_aad(key, aad) < 0 || !(sealed = malloc(sealed_len))) goto done;
   memcpy(sealed, ca_magic, 4);
   if (evs__enclave_seal(e, aad, sizeof aad, der, (size_t)der_len, sealed + 4) < 0) goto done;
-  if (pem_of(x, &pem, &pem_len) < 0) goto done;
+  if (evs_x509_pem(x, &pem, &pem_len) < 0) goto done;
   *ret_pem = pem;
   *ret_pem_len = pem_len;
   *ret_sealed = sealed;
@@ -206,7 +155,6 @@ done:
   if (der) OPENSSL_secure_clear_free(der, (size_t)der_len);
   free(sealed);
   free(pem);
-  X509_NAME_free(subj);
   X509_free(x);
   EVP_PKEY_free(key);
   return r;
@@ -357,7 +305,6 @@ int evs__ca_sign(evs_enclave *e, const uint8_t *ca_pem, size_t ca_pem_len, const
   time_t now = time(NULL);
   time_t until = now + (time_t)validity_s;
   X509 *x = NULL;
-  X509_NAME *subj = NULL;
   GENERAL_NAMES *gens = NULL;
   char *pem = NULL;
   size_t pem_len = 0;
@@ -366,41 +313,31 @@ int evs__ca_sign(evs_enclave *e, const uint8_t *ca_pem, size_t ca_pem_len, const
       X509_cmp_time(X509_get0_notBefore(ca->cert), &now) >= 0)
     goto done;
   r = EVS_EP_E_INTERNAL;
-  if (!(x = X509_new()) || !(subj = X509_NAME_new()) || !(gens = make_sans(names, nnames)))
-    goto done;
-  if (names[0].len <= EVS_CA_CN_MAX &&
-      X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_ASC, names[0].p, (int)names[0].len, -1,
-                                 0) != 1)
-    goto done;
-  if (X509_set_version(x, 2) != 1 || random_serial(x) < 0 || X509_set_subject_name(x, subj) != 1 ||
-      X509_set_issuer_name(x, X509_get_subject_name(ca->cert)) != 1 ||
-      !X509_time_adj_ex(X509_getm_notBefore(x), 0, -EVS_CA_LEAF_BACKDATE_S, &now) ||
-      X509_set_pubkey(x, leaf_key) != 1)
-    goto done;
-  if (X509_cmp_time(X509_get0_notAfter(ca->cert), &until) < 0) {
-    if (X509_set1_notAfter(x, X509_get0_notAfter(ca->cert)) != 1) goto done;
-  } else if (!X509_time_adj_ex(X509_getm_notAfter(x), 0, (long)validity_s, &now)) {
-    goto done;
-  }
-  X509V3_CTX ctx;
-  X509V3_set_ctx(&ctx, ca->cert, x, NULL, NULL, 0);
   /* A subject without a CN (a name over 64 bytes) makes the SAN extension critical (RFC 5280). */
-  if (add_ext(x, &ctx, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
-      add_ext(x, &ctx, NID_key_usage,
-              rsa ? "critical,digitalSignature,keyEncipherment" : "critical,digitalSignature") < 0 ||
-      add_ext(x, &ctx, NID_ext_key_usage, "serverAuth") < 0 ||
-      add_ext(x, &ctx, NID_subject_key_identifier, "hash") < 0 ||
-      add_ext(x, &ctx, NID_authority_key_identifier, "keyid:always") < 0 ||
-      X509_add1_ext_i2d(x, NID_subject_alt_name, gens, names[0].len > EVS_CA_CN_MAX,
-                        X509V3_ADD_DEFAULT) != 1 ||
-      X509_sign(x, ca->key, EVP_sha256()) <= 0 || pem_of(x, &pem, &pem_len) < 0)
+  int cn = names[0].len <= EVS_CA_CN_MAX;
+  const evs_x509_ext exts[] = {
+      {NID_basic_constraints, "critical,CA:FALSE"},
+      {NID_key_usage,
+       rsa ? "critical,digitalSignature,keyEncipherment" : "critical,digitalSignature"},
+      {NID_ext_key_usage, "serverAuth"},
+      {NID_subject_key_identifier, "hash"},
+      {NID_authority_key_identifier, "keyid:always"},
+  };
+  const int capped = X509_cmp_time(X509_get0_notAfter(ca->cert), &until) < 0;
+  evs_x509_spec spec = {.cn = cn ? (const char *)names[0].p : NULL, .cn_len = names[0].len,
+                        .key = leaf_key, .issuer = ca->cert,
+                        .not_before = now - EVS_CA_LEAF_BACKDATE_S, .not_after = until,
+                        .not_after_as = capped ? X509_get0_notAfter(ca->cert) : NULL,
+                        .exts = exts, .n_exts = sizeof exts / sizeof exts[0]};
+  if (!(gens = make_sans(names, nnames)) || !(x = evs_x509_draft(&spec)) ||
+      X509_add1_ext_i2d(x, NID_subject_alt_name, gens, !cn, X509V3_ADD_DEFAULT) != 1 ||
+      X509_sign(x, ca->key, EVP_sha256()) <= 0 || evs_x509_pem(x, &pem, &pem_len) < 0)
     goto done;
   *ret_pem = pem;
   *ret_pem_len = pem_len;
   r = EVS_EP_OK;
 done:
   GENERAL_NAMES_free(gens);
-  X509_NAME_free(subj);
   X509_free(x);
   EVP_PKEY_free(leaf_key);
   return r;

@@ -24,6 +24,7 @@
 #include <openssl/x509v3.h>
 
 #include "attest.h"
+#include "x509_make.h"
 
 int cmd_cage_attest(int argc, char **argv); /* core/evctl/cmd_cage_attest.c */
 
@@ -51,37 +52,14 @@ static uint8_t *read_file(const char *path, size_t *len) {
   return buf;
 }
 
-static int ext(X509 *issuer, X509 *x, int nid, const char *v) {
-  X509V3_CTX ctx;
-  X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
-  X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, nid, v);
-  int ok = e && X509_add_ext(x, e, -1) == 1;
-  X509_EXTENSION_free(e);
-  return ok ? 0 : -1;
-}
-
-static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *issuer_key,
-                       int ca) {
-  X509 *x = X509_new();
-  X509_NAME *n = X509_NAME_new();
-  ASN1_INTEGER_set(X509_get_serialNumber(x), (long)time(NULL) ^ (ca ? 1 : 2));
-  X509_set_version(x, 2);
-  X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, (const unsigned char *)"evserver", -1, -1, 0);
-  X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-  X509_set_subject_name(x, n);
-  X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : n);
-  X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 365);
-  X509_set_pubkey(x, key);
-  X509 *is = issuer ? issuer : x;
-  int bad = ext(is, x, NID_basic_constraints,
-                ca ? "critical,CA:TRUE,pathlen:0" : "critical,CA:FALSE") ||
-            ext(is, x, NID_key_usage,
-                ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature") ||
-            ext(is, x, NID_subject_key_identifier, "hash") ||
-            (issuer && ext(is, x, NID_authority_key_identifier, "keyid:always"));
-  X509_NAME_free(n);
-  if (bad || X509_sign(x, issuer_key ? issuer_key : key, EVP_sha384()) <= 0) {
+/* A node certificate with the extensions a node's has (enclave/proc/attest.c), for a year. */
+static X509 *make_node(EVP_PKEY *key, X509 *root, EVP_PKEY *root_key) {
+  time_t now = time(NULL);
+  evs_x509_spec s = {.o = "evserver", .cn = "test-node", .cn_len = 9, .key = key,
+                     .issuer = root, .not_before = now - 3600, .not_after = now + 86400L * 365,
+                     .exts = evs_x509_signer_exts, .n_exts = 4};
+  X509 *x = evs_x509_draft(&s);
+  if (x && X509_sign(x, root_key, EVP_sha384()) <= 0) {
     X509_free(x);
     return NULL;
   }
@@ -90,8 +68,10 @@ static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *is
 
 static int cmd_ca(const char *dir) {
   EVP_PKEY *rk = EVP_EC_gen("P-384"), *nk = EVP_EC_gen("P-384");
-  X509 *root = rk ? make_cert("evserver attestation root (test)", rk, NULL, NULL, 1) : NULL;
-  X509 *node = root && nk ? make_cert("test-node", nk, root, rk, 0) : NULL;
+  X509 *root = rk ? evs_x509_self_signed_ca(rk, "evserver attestation root (test)", 365,
+                                            EVP_sha384())
+                   : NULL;
+  X509 *node = root && nk ? make_node(nk, root, rk) : NULL;
   if (!node) return fail("cannot make certificates");
   uint8_t *der = NULL;
   int n = i2d_X509(root, &der);

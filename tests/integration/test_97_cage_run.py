@@ -381,13 +381,8 @@ def test_sandbox_no_egress():
     check_no_egress("sandbox")
 
 
-def test_sandbox_runner_as_user():
-    """Run by a user ([server] user = nobody), the cage's uid 0 is that user on the host."""
-    if os.geteuid() != 0:
-        raise evstest.Skip("needs root to start evserver as nobody")
-    import pwd
-    nobody = pwd.getpwnam("nobody").pw_uid
-    image = make_image({})
+def start_as_nobody(image):
+    """evserver started by root as [server] user = nobody, running image on the sandbox."""
     for p in (os.path.dirname(image), image):
         os.chmod(p, 0o755)
     d = evstest.tmpdir("evs-cage-user-")
@@ -397,7 +392,16 @@ def test_sandbox_runner_as_user():
     cfg = evstest.write_config(d, server={"plugins_dir": plugins, "user": "nobody",
                                           "state_dir": os.path.join(d, "fresh", "state")},
                                plugins={"test-cage-run": {"image": image, "backend": "sandbox"}})
-    srv = evstest.Server(cfg).start()
+    return evstest.Server(cfg).start()
+
+
+def test_sandbox_runner_as_user():
+    """Run by a user ([server] user = nobody), the cage's uid 0 is that user on the host."""
+    if os.geteuid() != 0:
+        raise evstest.Skip("needs root to start evserver as nobody")
+    import pwd
+    nobody = pwd.getpwnam("nobody").pw_uid
+    srv = start_as_nobody(make_image({}))
     try:
         wait_ready(srv)
         check_whoami(srv, runner_uid=nobody)
@@ -456,16 +460,7 @@ def test_sandbox_non_root_user():
         srv.stop()
     assert "Sanitizer" not in srv.log()
     # Started by a user: refused, saying why (and never started as another uid).
-    for p in (os.path.dirname(image), image):
-        os.chmod(p, 0o755)
-    d = evstest.tmpdir("evs-cage-user-")
-    os.chmod(d, 0o755)
-    plugins = plugins_dir()
-    os.chmod(plugins, 0o755)
-    cfg = evstest.write_config(d, server={"plugins_dir": plugins, "user": "nobody",
-                                          "state_dir": os.path.join(d, "fresh", "state")},
-                               plugins={"test-cage-run": {"image": image, "backend": "sandbox"}})
-    srv = evstest.Server(cfg).start()
+    srv = start_as_nobody(image)
     try:
         why = "this cage has only uid and gid 0: the sandbox backend maps a range of ids only"
         evstest.wait_for(lambda: any(why in h for h in state(srv)["history"]), timeout=60,

@@ -257,24 +257,25 @@ static void in_child(const char *name, int which) {
   adds(m);
 }
 
-static void escape(char *paths, int port, char *wpaths, char *socks, int pid) {
-  first = 1;
-  adds("{");
+/* Opens each of the comma-separated paths with flags: "<what> <i>" in the report. */
+static void opens(char *paths, const char *what, int flags) {
   int k = 0;
   char name[64];
   for (char *p = strtok(paths, ","); p; p = strtok(NULL, ","), k++) {
-    snprintf(name, sizeof name, "read path %d", k);
-    int fd = open(p, O_RDONLY);
+    snprintf(name, sizeof name, "%s %d", what, k);
+    int fd = open(p, flags);
     report(name, fd, errno);
     if (fd >= 0) close(fd);
   }
-  k = 0;
-  for (char *p = strtok(wpaths, ","); p; p = strtok(NULL, ","), k++) {
-    snprintf(name, sizeof name, "write path %d", k);
-    int fd = open(p, O_WRONLY);
-    report(name, fd, errno);
-    if (fd >= 0) close(fd);
-  }
+}
+
+static void escape(char *paths, int port, char *wpaths, char *socks, int pid) {
+  first = 1;
+  adds("{");
+  opens(paths, "read path", O_RDONLY);
+  opens(wpaths, "write path", O_WRONLY);
+  int k = 0;
+  char name[64];
   k = 0;
   for (char *p = strtok(socks, ","); p; p = strtok(NULL, ","), k++) {
     snprintf(name, sizeof name, "connect unix socket %d", k);
