@@ -21,7 +21,6 @@
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -32,13 +31,12 @@ static const uint8_t att_magic[4] = {'E', 'V', 'A', 1};
 static const char root_label[] = "evserver-enclave attest-root v1";
 static const char node_label[] = "evserver-enclave attest-node v1";
 #define ROOT_DEFAULT_CN "evserver attestation root"
-#define KEY_DER_MAX 512 /* SEC1 DER of a P-384 key is 167 bytes */
 /* ["Signature1", ...: array(4), text(10) */
 static const uint8_t sig_structure_prefix[] = {0x84, 0x6a, 'S', 'i', 'g', 'n', 'a', 't',
                                                'u', 'r', 'e', '1'};
 
 struct evs_attest_cache {
-  uint8_t id[32]; /* SHA-256(cert DER || 0 || sealed blob) */
+  uint8_t id[32]; /* evs__sealed_key_id of the certificate and the blob */
   X509 *cert;
   EVP_PKEY *key;
 };
@@ -71,64 +69,13 @@ static int is_p384(EVP_PKEY *k) {
          strcmp(group, "secp384r1") == 0;
 }
 
-/* AAD = label (with its NUL) || SHA-256(SubjectPublicKeyInfo DER). */
-static int key_aad(const char *label, size_t label_len, EVP_PKEY *pub, uint8_t *aad) {
-  uint8_t *der = NULL;
-  int n = i2d_PUBKEY(pub, &der);
-  unsigned int hl = 0;
-  int ok = n > 0 && EVP_Digest(der, (size_t)n, aad + label_len, &hl, EVP_sha256(), NULL) == 1;
-  OPENSSL_free(der);
-  memcpy(aad, label, label_len);
-  return ok && hl == 32 ? 0 : -1;
-}
-
-/* "EVA\1" || seal(SEC1 DER of key), bound to the key's public half under label. */
-static int seal_key(evs_enclave *e, const char *label, size_t label_len, EVP_PKEY *key,
-                    uint8_t **ret, size_t *ret_len) {
-  int der_len = i2d_PrivateKey(key, NULL);
-  if (der_len <= 0 || der_len > KEY_DER_MAX) return -1;
-  uint8_t *der = OPENSSL_secure_malloc((size_t)der_len), *p = der;
-  uint8_t aad[64 + 32];
-  size_t sealed_len = 4 + (size_t)der_len + EVS_SEAL_OVERHEAD;
-  uint8_t *sealed = NULL;
-  int r = -1;
-  if (der && i2d_PrivateKey(key, &p) == der_len && key_aad(label, label_len, key, aad) == 0 &&
-      (sealed = malloc(sealed_len))) {
-    memcpy(sealed, att_magic, 4);
-    if (evs__enclave_seal(e, aad, label_len + 32, der, (size_t)der_len, sealed + 4) == 0) {
-      *ret = sealed;
-      *ret_len = sealed_len;
-      sealed = NULL;
-      r = 0;
-    }
-  }
-  if (der) OPENSSL_secure_clear_free(der, (size_t)der_len);
-  free(sealed);
-  return r;
-}
-
-/* The private key of cert from its sealed blob; NULL unless it opens and is cert's key. */
+/* The private key of cert from its sealed blob ("EVA\1", sealed_key.c); NULL unless it opens,
+ * is cert's key, and is P-384. */
 static EVP_PKEY *unseal_key(evs_enclave *e, const char *label, size_t label_len, X509 *cert,
                             const uint8_t *sealed, size_t sealed_len) {
-  if (sealed_len < 4 + EVS_SEAL_OVERHEAD + 1 || sealed_len > 4 + EVS_SEAL_OVERHEAD + KEY_DER_MAX ||
-      memcmp(sealed, att_magic, 4) != 0)
-    return NULL;
   EVP_PKEY *pub = X509_get0_pubkey(cert);
-  size_t der_len = sealed_len - 4 - EVS_SEAL_OVERHEAD;
-  uint8_t *der = OPENSSL_secure_malloc(der_len);
-  uint8_t aad[64 + 32];
-  EVP_PKEY *key = NULL;
-  if (is_p384(pub) && der && key_aad(label, label_len, pub, aad) == 0 &&
-      evs__enclave_unseal(e, aad, label_len + 32, sealed + 4, der_len, der) == 0) {
-    const uint8_t *p = der;
-    key = d2i_PrivateKey(EVP_PKEY_EC, NULL, &p, (long)der_len);
-    if (key && (p != der + der_len || EVP_PKEY_eq(key, pub) != 1)) {
-      EVP_PKEY_free(key);
-      key = NULL;
-    }
-  }
-  if (der) OPENSSL_secure_clear_free(der, der_len);
-  return key;
+  if (!is_p384(pub)) return NULL;
+  return evs__unseal_key(e, att_magic, label, label_len, pub, sealed, sealed_len);
 }
 
 static int valid_now(X509 *x) {
@@ -144,6 +91,25 @@ static int name_ok(const uint8_t *s, size_t len) {
   return 1;
 }
 
+/* What ROOT_CREATE and NODE_CREATE answer: x's DER and key sealed under label, both malloc'd
+ * and written only on success. EVS_EP_OK or EVS_EP_E_INTERNAL. */
+static int32_t cert_and_key(evs_enclave *e, const char *label, size_t label_len, X509 *x,
+                            EVP_PKEY *key, uint8_t **ret_der, size_t *ret_der_len,
+                            uint8_t **ret_sealed, size_t *ret_sealed_len) {
+  uint8_t *der = NULL, *sealed = NULL;
+  size_t der_len = 0, sealed_len = 0;
+  if (evs__seal_key(e, att_magic, label, label_len, key, &sealed, &sealed_len) < 0 ||
+      evs_x509_der(x, &der, &der_len) < 0) {
+    free(sealed);
+    return EVS_EP_E_INTERNAL;
+  }
+  *ret_der = der;
+  *ret_der_len = der_len;
+  *ret_sealed = sealed;
+  *ret_sealed_len = sealed_len;
+  return EVS_EP_OK;
+}
+
 /* ---- the root ------------------------------------------------------------------------------- */
 
 int evs__attest_root_create(evs_enclave *e, const uint8_t *cn, size_t cn_len, uint32_t days,
@@ -155,24 +121,11 @@ int evs__attest_root_create(evs_enclave *e, const uint8_t *cn, size_t cn_len, ui
   name[cn_len] = 0;
   if (!cn_len) strcpy(name, ROOT_DEFAULT_CN);
   if (days == 0) days = EVS_CA_DEFAULT_DAYS;
-  int32_t r = EVS_EP_E_INTERNAL;
   EVP_PKEY *key = EVP_EC_gen("P-384");
   X509 *x = key ? evs_x509_self_signed_ca(key, name, days, EVP_sha384()) : NULL;
-  uint8_t *der = NULL, *sealed = NULL;
-  size_t der_len = 0, sealed_len = 0;
-  if (!x) goto done;
-  if (seal_key(e, root_label, sizeof root_label, key, &sealed, &sealed_len) < 0 ||
-      evs_x509_der(x, &der, &der_len) < 0)
-    goto done;
-  *ret_der = der;
-  *ret_der_len = der_len;
-  *ret_sealed = sealed;
-  *ret_sealed_len = sealed_len;
-  der = sealed = NULL;
-  r = EVS_EP_OK;
-done:
-  free(der);
-  free(sealed);
+  int32_t r = x ? cert_and_key(e, root_label, sizeof root_label, x, key, ret_der, ret_der_len,
+                               ret_sealed, ret_sealed_len)
+                : EVS_EP_E_INTERNAL;
   X509_free(x);
   EVP_PKEY_free(key);
   return r;
@@ -192,31 +145,19 @@ int evs__attest_node_create(evs_enclave *e, const uint8_t *root_der, size_t root
   int32_t r = EVS_EP_E_INVALID;
   EVP_PKEY *key = NULL;
   X509 *x = NULL;
-  uint8_t *der = NULL, *sealed = NULL;
-  size_t der_len = 0, sealed_len = 0;
   if (!root_key || !valid_now(root)) goto done;
   r = EVS_EP_E_INTERNAL;
   /* Valid as long as the root: a node certificate is renewed only with a new root. */
   evs_x509_spec spec = {.o = "evserver", .ou = "attestation node", .cn = (const char *)name,
-                        .cn_len = name_len,
-                        .issuer = root, .not_before = time(NULL) - 300,
+                        .cn_len = name_len, .issuer = root, .not_before = time(NULL) - 300,
                         .not_after_as = X509_get0_notAfter(root), .exts = evs_x509_signer_exts,
                         .n_exts = 4};
   if (!(key = EVP_EC_gen("P-384"))) goto done;
   spec.key = key;
   if (!(x = evs_x509_draft(&spec)) || X509_sign(x, root_key, EVP_sha384()) <= 0) goto done;
-  if (seal_key(e, node_label, sizeof node_label, key, &sealed, &sealed_len) < 0 ||
-      evs_x509_der(x, &der, &der_len) < 0)
-    goto done;
-  *ret_der = der;
-  *ret_der_len = der_len;
-  *ret_sealed = sealed;
-  *ret_sealed_len = sealed_len;
-  der = sealed = NULL;
-  r = EVS_EP_OK;
+  r = cert_and_key(e, node_label, sizeof node_label, x, key, ret_der, ret_der_len, ret_sealed,
+                   ret_sealed_len);
 done:
-  free(der);
-  free(sealed);
   X509_free(x);
   EVP_PKEY_free(key);
   EVP_PKEY_free(root_key);
@@ -228,13 +169,7 @@ done:
 static evs_attest_cache *node_open(evs_enclave *e, const uint8_t *cert, size_t cert_len,
                                    const uint8_t *sealed, size_t sealed_len) {
   uint8_t id[32];
-  EVP_MD_CTX *md = EVP_MD_CTX_new();
-  int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
-           EVP_DigestUpdate(md, cert, cert_len) == 1 && EVP_DigestUpdate(md, "\0", 1) == 1 &&
-           EVP_DigestUpdate(md, sealed, sealed_len) == 1 &&
-           EVP_DigestFinal_ex(md, id, NULL) == 1;
-  EVP_MD_CTX_free(md);
-  if (!ok) return NULL;
+  if (evs__sealed_key_id(cert, cert_len, sealed, sealed_len, id) < 0) return NULL;
   evs_attest_cache **slot = evs__enclave_attest(e);
   if (*slot && CRYPTO_memcmp((*slot)->id, id, 32) == 0) return *slot;
   X509 *x = parse_der(cert, cert_len);

@@ -20,7 +20,6 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
-#include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -30,10 +29,9 @@
 static const uint8_t ca_magic[4] = {'E', 'V', 'C', 1};
 static const char ca_label[] = "evserver-enclave relay-ca v1";
 #define CA_DEFAULT_CN "evserver Outbound Relay CA"
-#define CA_KEY_DER_MAX 512 /* SEC1 DER of a P-256 key is 121 bytes */
 
 struct evs_ca_cache {
-  uint8_t id[32]; /* SHA-256(cert PEM || sealed blob) */
+  uint8_t id[32]; /* evs__sealed_key_id of the certificate and the blob */
   X509 *cert;
   EVP_PKEY *key;
 };
@@ -87,17 +85,6 @@ int evs__ca_name_kind(const uint8_t *s, size_t len, uint8_t ip[16], size_t *ip_l
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
-/* AAD = label (with its NUL) || SHA-256(SubjectPublicKeyInfo DER of the CA key). */
-static int ca_aad(EVP_PKEY *pub, uint8_t aad[sizeof ca_label + 32]) {
-  uint8_t *der = NULL;
-  int n = i2d_PUBKEY(pub, &der);
-  unsigned int hl = 0;
-  int ok = n > 0 && EVP_Digest(der, (size_t)n, aad + sizeof ca_label, &hl, EVP_sha256(), NULL) == 1;
-  OPENSSL_free(der);
-  memcpy(aad, ca_label, sizeof ca_label);
-  return ok && hl == 32 ? 0 : -1;
-}
-
 static X509 *parse_pem_cert(const uint8_t *pem, size_t len) {
   if (len == 0 || len > EVS_CA_PEM_MAX) return NULL;
   BIO *b = BIO_new_mem_buf(pem, (int)len);
@@ -126,23 +113,15 @@ int evs__ca_create(evs_enclave *e, const uint8_t *cn, size_t cn_len, uint32_t da
   int32_t r = EVS_EP_E_INTERNAL;
   EVP_PKEY *key = EVP_EC_gen("P-256");
   X509 *x = key ? evs_x509_self_signed_ca(key, name, days, EVP_sha256()) : NULL;
-  uint8_t *der = NULL, *sealed = NULL;
-  int der_len = 0;
+  uint8_t *sealed = NULL;
+  size_t sealed_len = 0;
   char *pem = NULL;
   size_t pem_len = 0;
   if (!x) goto done;
 
-  /* The private key, sealed: SEC1 DER in the secure heap, then AES-GCM under the sealing key. */
-  der_len = i2d_PrivateKey(key, NULL);
-  if (der_len <= 0 || der_len > CA_KEY_DER_MAX) goto done;
-  der = OPENSSL_secure_malloc((size_t)der_len);
-  uint8_t *p = der;
-  if (!der || i2d_PrivateKey(key, &p) != der_len) goto done;
-  uint8_t aad[sizeof ca_label + 32];
-  size_t sealed_len = 4 + (size_t)der_len + EVS_SEAL_OVERHEAD;
-  if (ca_aad(key, aad) < 0 || !(sealed = malloc(sealed_len))) goto done;
-  memcpy(sealed, ca_magic, 4);
-  if (evs__enclave_seal(e, aad, sizeof aad, der, (size_t)der_len, sealed + 4) < 0) goto done;
+  /* The private key, sealed (sealed_key.c). */
+  if (evs__seal_key(e, ca_magic, ca_label, sizeof ca_label, key, &sealed, &sealed_len) < 0)
+    goto done;
   if (evs_x509_pem(x, &pem, &pem_len) < 0) goto done;
   *ret_pem = pem;
   *ret_pem_len = pem_len;
@@ -152,7 +131,6 @@ int evs__ca_create(evs_enclave *e, const uint8_t *cn, size_t cn_len, uint32_t da
   sealed = NULL;
   r = EVS_EP_OK;
 done:
-  if (der) OPENSSL_secure_clear_free(der, (size_t)der_len);
   free(sealed);
   free(pem);
   X509_free(x);
@@ -166,33 +144,16 @@ done:
 static evs_ca_cache *ca_open(evs_enclave *e, const uint8_t *ca_pem, size_t ca_pem_len,
                              const uint8_t *sealed, size_t sealed_len) {
   uint8_t id[32];
-  EVP_MD_CTX *md = EVP_MD_CTX_new();
-  int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
-           EVP_DigestUpdate(md, ca_pem, ca_pem_len) == 1 &&
-           EVP_DigestUpdate(md, "\0", 1) == 1 && EVP_DigestUpdate(md, sealed, sealed_len) == 1 &&
-           EVP_DigestFinal_ex(md, id, NULL) == 1;
-  EVP_MD_CTX_free(md);
-  if (!ok) return NULL;
+  if (evs__sealed_key_id(ca_pem, ca_pem_len, sealed, sealed_len, id) < 0) return NULL;
   evs_ca_cache **slot = evs__enclave_ca(e);
   if (*slot && CRYPTO_memcmp((*slot)->id, id, 32) == 0) return *slot;
 
-  if (sealed_len < 4 + EVS_SEAL_OVERHEAD + 1 || sealed_len > 4 + EVS_SEAL_OVERHEAD + CA_KEY_DER_MAX ||
-      memcmp(sealed, ca_magic, 4) != 0)
-    return NULL;
   X509 *cert = parse_pem_cert(ca_pem, ca_pem_len);
-  EVP_PKEY *pub = cert ? X509_get0_pubkey(cert) : NULL;
-  size_t der_len = sealed_len - 4 - EVS_SEAL_OVERHEAD;
-  uint8_t *der = OPENSSL_secure_malloc(der_len);
-  uint8_t aad[sizeof ca_label + 32];
-  EVP_PKEY *key = NULL;
+  EVP_PKEY *key = cert ? evs__unseal_key(e, ca_magic, ca_label, sizeof ca_label,
+                                         X509_get0_pubkey(cert), sealed, sealed_len)
+                       : NULL;
   evs_ca_cache *c = NULL;
-  if (!pub || !der || ca_aad(pub, aad) < 0 ||
-      evs__enclave_unseal(e, aad, sizeof aad, sealed + 4, der_len, der) < 0)
-    goto done;
-  const uint8_t *p = der;
-  key = d2i_PrivateKey(EVP_PKEY_EC, NULL, &p, (long)der_len);
-  /* The key must be the certificate's (the AAD binds the blob to it; this checks the pair). */
-  if (!key || p != der + der_len || EVP_PKEY_eq(key, pub) != 1) goto done;
+  if (!key) goto done;
   if (!(c = OPENSSL_zalloc(sizeof *c))) goto done;
   memcpy(c->id, id, 32);
   c->cert = cert;
@@ -202,7 +163,6 @@ static evs_ca_cache *ca_open(evs_enclave *e, const uint8_t *ca_pem, size_t ca_pe
   evs__ca_cache_free(*slot);
   *slot = c;
 done:
-  if (der) OPENSSL_secure_clear_free(der, der_len);
   EVP_PKEY_free(key);
   X509_free(cert);
   return c;

@@ -160,6 +160,21 @@ int evs__enclave_seal(const evs_enclave *e, const uint8_t *aad, size_t aad_len,
 int evs__enclave_unseal(const evs_enclave *e, const uint8_t *aad, size_t aad_len,
                         const uint8_t *in, size_t len, uint8_t *out);
 
+/* A private key that leaves the enclave only sealed (sealed_key.c; the relay CA's, the
+ * attestation root's and nodes'): magic (4 bytes) || seal(SEC1 DER of the key), AAD = label
+ * (label_len bytes, at most 64: with its NUL) || SHA-256 of the key's SubjectPublicKeyInfo, so a
+ * blob opens only with the certificate it belongs to. seal: 0 with a malloc'd *ret, or -1.
+ * unseal: the key, if the blob opens under pub and holds pub's private half; else NULL. */
+typedef struct evp_pkey_st EVP_PKEY;
+int evs__seal_key(const evs_enclave *e, const uint8_t magic[4], const char *label,
+                  size_t label_len, EVP_PKEY *key, uint8_t **ret, size_t *ret_len);
+EVP_PKEY *evs__unseal_key(const evs_enclave *e, const uint8_t magic[4], const char *label,
+                          size_t label_len, EVP_PKEY *pub, const uint8_t *sealed,
+                          size_t sealed_len);
+/* What names an unsealed key in a cache: SHA-256(cert || 0 || sealed). 0 or -1. */
+int evs__sealed_key_id(const uint8_t *cert, size_t cert_len, const uint8_t *sealed,
+                       size_t sealed_len, uint8_t id[32]);
+
 /* ---- the Outbound Relay's CA (ca.c) ------------------------------------------------------
  * A P-256 CA made here; its private key leaves the enclave only sealed ("EVC\1" || IV ||
  * AES-256-GCM(SEC1 DER of the key) || tag, AAD = label || SHA-256 of the CA's
