@@ -63,13 +63,18 @@ class Env(T97.Env):
         self.broker_extra = {"backend": backend}
         super().__init__()
 
-    def cage_dir(self):
+    def cage_dir(self, user=None):
+        """The hello-cage Dockerfile; user: its USER (the binary then belongs to that user)."""
         d = os.path.join(self.dir, "hello-cage")
         os.makedirs(d, exist_ok=True)
         shutil.copy(evstest.build_path("test-bin", "hello-cage"), os.path.join(d, "hello-cage"))
         with open(os.path.join(d, "Dockerfile"), "w") as f:
-            f.write('FROM scratch\nCOPY hello-cage /hello-cage\nEXPOSE 8008\n'
-                    'ENTRYPOINT ["/hello-cage"]\n')
+            if user:
+                f.write('FROM scratch\nCOPY --chown=%s hello-cage /hello-cage\nUSER %s\n'
+                        'EXPOSE 8008\nENTRYPOINT ["/hello-cage"]\n' % (user, user))
+            else:
+                f.write('FROM scratch\nCOPY hello-cage /hello-cage\nEXPOSE 8008\n'
+                        'ENTRYPOINT ["/hello-cage"]\n')
         return d
 
     def evctl(self, d, *args, ok=True):
@@ -170,6 +175,30 @@ def test_hello_cage_sandbox():
                               c["instances"][0]["state"] == "ready")(e.cage("hello-cage")),
                      timeout=120, what="restart after the crash")
     assert "crashed" in e.srv.log()
+
+
+def test_non_root_user_sandbox():
+    """A Dockerfile whose USER is 1000 (no /etc/passwd: gid 0, as Docker does), built by evctl,
+    deployed and answering through the front on the sandbox backend: the app runs as 1000 in its
+    cage and sees its own /proc (run by root, the cage has 65536 ids: docs/cages.md)."""
+    if os.geteuid() != 0:
+        raise evstest.Skip("a cage with more than one id needs evserver run by root")
+    e = Env("sandbox")
+    d = e.cage_dir(user="1000")
+    e.evctl(d, "init", "-f", "Dockerfile", "--name", "hello-cage", "--app", e.app)
+    e.evctl(d, "deploy", "--output", d)
+    e.wait_ready("hello-cage", deployment=1, timeout=120)
+    e.wait_tls("hello-cage")
+    st, _, body = e.curl("hello-cage", "/hello", key=e.key)
+    assert st == 200 and json.loads(body) == HELLO, (st, body)
+    st, _, body = e.curl("hello-cage", "/whoami", key=e.key)
+    who = json.loads(body)
+    assert st == 200 and who["uid"] == 1000 and who["gid"] == 0, who
+    with open("/proc/self/mountinfo") as f:  # a masked host /proc: no /proc in a cage
+        masked = any(l.split()[4].startswith("/proc/") and "binfmt_misc" not in l for l in f)
+    if not masked:
+        assert who["status_uid"] == 1000 and who["status_pid"] == who["pid"], who
+        assert 1 in who["proc_pids"] and len(who["proc_pids"]) < 10, who
 
 
 def test_hello_cage_kvm():
