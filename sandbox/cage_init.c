@@ -362,7 +362,8 @@ static void vm_setup(void) {
   fail("no virtio-serial port named evs");
 }
 
-/* What the app sees besides its image: /proc, /sys (read-only), /dev, a /tmp of its own. */
+/* What the app sees besides its image: /proc, /sys (read-only, in a VM only: in the sandbox it
+ * would be the host kernel's, devices and all), /dev, a /tmp of its own. */
 static void app_mounts(void) {
   mkdir("/rootfs/proc", 0555);
   mkdir("/rootfs/sys", 0555);
@@ -373,8 +374,10 @@ static void app_mounts(void) {
   unsigned long ro = g.vm ? 0 : MS_RDONLY;
   if (mount("proc", "/rootfs/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | ro, NULL) < 0)
     dprintf(2, "evs-cage-init: /proc: %s\n", strerror(errno));
-  mount("sysfs", "/rootfs/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-  if (g.vm) mount("devtmpfs", "/rootfs/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+  if (g.vm) {
+    mount("sysfs", "/rootfs/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount("devtmpfs", "/rootfs/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+  }
   /* (the sandbox's /dev nodes are bound in by evs-cage-vmm, which can still see the host's) */
   mount("tmp", "/rootfs/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m");
 }
