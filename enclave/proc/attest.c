@@ -35,19 +35,6 @@ static const char node_label[] = "evserver-enclave attest-node v1";
 static const uint8_t sig_structure_prefix[] = {0x84, 0x6a, 'S', 'i', 'g', 'n', 'a', 't',
                                                'u', 'r', 'e', '1'};
 
-struct evs_attest_cache {
-  uint8_t id[32]; /* evs__sealed_key_id of the certificate and the blob */
-  X509 *cert;
-  EVP_PKEY *key;
-};
-
-void evs__attest_cache_free(evs_attest_cache *c) {
-  if (!c) return;
-  X509_free(c->cert);
-  EVP_PKEY_free(c->key);
-  OPENSSL_clear_free(c, sizeof *c);
-}
-
 /* ---- helpers -------------------------------------------------------------------------------- */
 
 static X509 *parse_der(const uint8_t *p, size_t len) {
@@ -69,13 +56,14 @@ static int is_p384(EVP_PKEY *k) {
          strcmp(group, "secp384r1") == 0;
 }
 
-/* The private key of cert from its sealed blob ("EVA\1", sealed_key.c); NULL unless it opens,
- * is cert's key, and is P-384. */
-static EVP_PKEY *unseal_key(evs_enclave *e, const char *label, size_t label_len, X509 *cert,
-                            const uint8_t *sealed, size_t sealed_len) {
-  EVP_PKEY *pub = X509_get0_pubkey(cert);
-  if (!is_p384(pub)) return NULL;
-  return evs__unseal_key(e, att_magic, label, label_len, pub, sealed, sealed_len);
+/* A certificate whose key can be a root's or a node's (P-384), else NULL. */
+static X509 *parse_p384_der(const uint8_t *p, size_t len) {
+  X509 *x = parse_der(p, len);
+  if (x && !is_p384(X509_get0_pubkey(x))) {
+    X509_free(x);
+    return NULL;
+  }
+  return x;
 }
 
 static int valid_now(X509 *x) {
@@ -138,10 +126,11 @@ int evs__attest_node_create(evs_enclave *e, const uint8_t *root_der, size_t root
                             const uint8_t *name, size_t name_len, uint8_t **ret_der,
                             size_t *ret_der_len, uint8_t **ret_sealed, size_t *ret_sealed_len) {
   if (name_len == 0 || !name_ok(name, name_len)) return EVS_EP_E_INVALID;
-  X509 *root = parse_der(root_der, root_len);
-  EVP_PKEY *root_key =
-      root ? unseal_key(e, root_label, sizeof root_label, root, root_sealed, root_sealed_len)
-           : NULL;
+  X509 *root = parse_p384_der(root_der, root_len);
+  EVP_PKEY *root_key = root ? evs__unseal_key(e, att_magic, root_label, sizeof root_label,
+                                              X509_get0_pubkey(root), root_sealed,
+                                              root_sealed_len)
+                            : NULL;
   int32_t r = EVS_EP_E_INVALID;
   EVP_PKEY *key = NULL;
   X509 *x = NULL;
@@ -165,34 +154,18 @@ done:
   return r;
 }
 
-/* The cached node key for this certificate and blob, unsealing it on a miss. */
-static evs_attest_cache *node_open(evs_enclave *e, const uint8_t *cert, size_t cert_len,
-                                   const uint8_t *sealed, size_t sealed_len) {
-  uint8_t id[32];
-  if (evs__sealed_key_id(cert, cert_len, sealed, sealed_len, id) < 0) return NULL;
-  evs_attest_cache **slot = evs__enclave_attest(e);
-  if (*slot && CRYPTO_memcmp((*slot)->id, id, 32) == 0) return *slot;
-  X509 *x = parse_der(cert, cert_len);
-  EVP_PKEY *key = x ? unseal_key(e, node_label, sizeof node_label, x, sealed, sealed_len) : NULL;
-  evs_attest_cache *c = key ? OPENSSL_zalloc(sizeof *c) : NULL;
-  if (!c) {
-    EVP_PKEY_free(key);
-    X509_free(x);
-    return NULL;
-  }
-  memcpy(c->id, id, 32);
-  c->cert = x;
-  c->key = key;
-  evs__attest_cache_free(*slot);
-  *slot = c;
-  return c;
+/* The node key for this certificate and blob, unsealed or as the last call left it. */
+static evs_key_cache *node_open(evs_enclave *e, const uint8_t *cert, size_t cert_len,
+                                const uint8_t *sealed, size_t sealed_len) {
+  return evs__key_cache_open(evs__enclave_attest(e), e, att_magic, node_label, sizeof node_label,
+                             cert, cert_len, parse_p384_der, sealed, sealed_len);
 }
 
 int evs__attest_chain(evs_enclave *e, const uint8_t *root_der, size_t root_len,
                       const uint8_t *node_der, size_t node_len, const uint8_t *sealed,
                       size_t sealed_len) {
   X509 *root = parse_der(root_der, root_len);
-  evs_attest_cache *c = root ? node_open(e, node_der, node_len, sealed, sealed_len) : NULL;
+  evs_key_cache *c = root ? node_open(e, node_der, node_len, sealed, sealed_len) : NULL;
   EVP_PKEY *rk = root ? X509_get0_pubkey(root) : NULL;
   int ok = c && is_p384(rk) && valid_now(root) && valid_now(c->cert) &&
            X509_check_issued(root, c->cert) == X509_V_OK && X509_verify(c->cert, rk) == 1;
@@ -206,7 +179,7 @@ int evs__attest_sign(evs_enclave *e, const uint8_t *node_der, size_t node_len,
   if (tbs_len < sizeof sig_structure_prefix || tbs_len > EVS_ATTEST_TBS_MAX ||
       memcmp(tbs, sig_structure_prefix, sizeof sig_structure_prefix) != 0)
     return EVS_EP_E_INVALID;
-  evs_attest_cache *c = node_open(e, node_der, node_len, sealed, sealed_len);
+  evs_key_cache *c = node_open(e, node_der, node_len, sealed, sealed_len);
   if (!c || !valid_now(c->cert)) return EVS_EP_E_INVALID;
   EVP_MD_CTX *md = EVP_MD_CTX_new();
   uint8_t der[128];

@@ -30,19 +30,6 @@ static const uint8_t ca_magic[4] = {'E', 'V', 'C', 1};
 static const char ca_label[] = "evserver-enclave relay-ca v1";
 #define CA_DEFAULT_CN "evserver Outbound Relay CA"
 
-struct evs_ca_cache {
-  uint8_t id[32]; /* evs__sealed_key_id of the certificate and the blob */
-  X509 *cert;
-  EVP_PKEY *key;
-};
-
-void evs__ca_cache_free(evs_ca_cache *c) {
-  if (!c) return;
-  X509_free(c->cert);
-  EVP_PKEY_free(c->key);
-  OPENSSL_clear_free(c, sizeof *c);
-}
-
 /* ---- names ---------------------------------------------------------------------------------- */
 
 static int is_alnum(uint8_t c) {
@@ -140,34 +127,6 @@ done:
 
 /* ---- sign ----------------------------------------------------------------------------------- */
 
-/* The cached CA for this certificate and blob, unsealing it on a miss. NULL: does not open. */
-static evs_ca_cache *ca_open(evs_enclave *e, const uint8_t *ca_pem, size_t ca_pem_len,
-                             const uint8_t *sealed, size_t sealed_len) {
-  uint8_t id[32];
-  if (evs__sealed_key_id(ca_pem, ca_pem_len, sealed, sealed_len, id) < 0) return NULL;
-  evs_ca_cache **slot = evs__enclave_ca(e);
-  if (*slot && CRYPTO_memcmp((*slot)->id, id, 32) == 0) return *slot;
-
-  X509 *cert = parse_pem_cert(ca_pem, ca_pem_len);
-  EVP_PKEY *key = cert ? evs__unseal_key(e, ca_magic, ca_label, sizeof ca_label,
-                                         X509_get0_pubkey(cert), sealed, sealed_len)
-                       : NULL;
-  evs_ca_cache *c = NULL;
-  if (!key) goto done;
-  if (!(c = OPENSSL_zalloc(sizeof *c))) goto done;
-  memcpy(c->id, id, 32);
-  c->cert = cert;
-  c->key = key;
-  cert = NULL;
-  key = NULL;
-  evs__ca_cache_free(*slot);
-  *slot = c;
-done:
-  EVP_PKEY_free(key);
-  X509_free(cert);
-  return c;
-}
-
 static EVP_PKEY *parse_leaf_key(const uint8_t *spki, size_t len, int *ret_rsa) {
   if (len == 0 || len > EVS_CA_SPKI_MAX) return NULL;
   EVP_PKEY *k = NULL;
@@ -255,7 +214,10 @@ int evs__ca_sign(evs_enclave *e, const uint8_t *ca_pem, size_t ca_pem_len, const
   int rsa = 0;
   EVP_PKEY *leaf_key = parse_leaf_key(spki, spki_len, &rsa);
   if (!leaf_key) return EVS_EP_E_INVALID;
-  evs_ca_cache *ca = ca_open(e, ca_pem, ca_pem_len, sealed, sealed_len);
+  /* The CA, unsealed or as the last CA_SIGN left it. */
+  evs_key_cache *ca = evs__key_cache_open(evs__enclave_ca(e), e, ca_magic, ca_label,
+                                          sizeof ca_label, ca_pem, ca_pem_len, parse_pem_cert,
+                                          sealed, sealed_len);
   if (!ca) {
     EVP_PKEY_free(leaf_key);
     return EVS_EP_E_INVALID;

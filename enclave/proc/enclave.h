@@ -171,15 +171,30 @@ int evs__seal_key(const evs_enclave *e, const uint8_t magic[4], const char *labe
 EVP_PKEY *evs__unseal_key(const evs_enclave *e, const uint8_t magic[4], const char *label,
                           size_t label_len, EVP_PKEY *pub, const uint8_t *sealed,
                           size_t sealed_len);
-/* What names an unsealed key in a cache: SHA-256(cert || 0 || sealed). 0 or -1. */
-int evs__sealed_key_id(const uint8_t *cert, size_t cert_len, const uint8_t *sealed,
-                       size_t sealed_len, uint8_t id[32]);
+/* The last key unsealed for one use (the relay CA's, an attestation node's), with its
+ * certificate, kept while the same certificate bytes and blob come back (id: SHA-256(cert || 0
+ * || sealed)), so that a request does not unseal again. */
+typedef struct x509_st X509;
+typedef struct evs_key_cache {
+  uint8_t id[32];
+  X509 *cert;
+  EVP_PKEY *key;
+} evs_key_cache;
+void evs__key_cache_free(evs_key_cache *c);
+/* *slot if it holds cert and sealed; else parse(cert) unsealed under magic and label into a
+ * new entry that replaces *slot. NULL when the certificate does not parse or the key does not
+ * open (parse may refuse a certificate, say for its key's curve). */
+evs_key_cache *evs__key_cache_open(evs_key_cache **slot, const evs_enclave *e,
+                                   const uint8_t magic[4], const char *label, size_t label_len,
+                                   const uint8_t *cert, size_t cert_len,
+                                   X509 *(*parse)(const uint8_t *, size_t),
+                                   const uint8_t *sealed, size_t sealed_len);
 
 /* ---- the Outbound Relay's CA (ca.c) ------------------------------------------------------
  * A P-256 CA made here; its private key leaves the enclave only sealed ("EVC\1" || IV ||
  * AES-256-GCM(SEC1 DER of the key) || tag, AAD = label || SHA-256 of the CA's
  * SubjectPublicKeyInfo), so the store holds the certificate and that blob. CA_SIGN sends both
- * back with every request; the enclave keeps the last one it unsealed (evs_ca_cache), so a
+ * back with every request; the enclave keeps the last one it unsealed (evs_key_cache), so a
  * restarted enclave or a rotated CA needs no extra step. */
 #define EVS_CA_MAX_NAMES 8
 #define EVS_CA_NAME_MAX 253
@@ -192,9 +207,7 @@ int evs__sealed_key_id(const uint8_t *cert, size_t cert_len, const uint8_t *seal
 #define EVS_CA_SPKI_MAX 16384
 #define EVS_CA_PEM_MAX 16384
 
-typedef struct evs_ca_cache evs_ca_cache;
-void evs__ca_cache_free(evs_ca_cache *c);
-evs_ca_cache **evs__enclave_ca(evs_enclave *e);
+evs_key_cache **evs__enclave_ca(evs_enclave *e);
 
 /* What a SAN is: EVS_CA_NAME_DNS (a host name: 1..253 bytes, labels of 1..63 of [A-Za-z0-9-],
  * not starting or ending with '-', no trailing dot, no wildcard, not all-numeric like an IPv4
@@ -230,9 +243,7 @@ int evs__ca_sign(evs_enclave *e, const uint8_t *ca_pem, size_t ca_pem_len, const
  * Certificates travel as DER. The last node key unsealed is cached. */
 #define EVS_ATTEST_SIG_LEN 96             /* P-384 r || s, as COSE wants it */
 #define EVS_ATTEST_TBS_MAX (64u * 1024)   /* a Sig_structure; a document is ~2 KiB */
-typedef struct evs_attest_cache evs_attest_cache;
-void evs__attest_cache_free(evs_attest_cache *c);
-evs_attest_cache **evs__enclave_attest(evs_enclave *e);
+evs_key_cache **evs__enclave_attest(evs_enclave *e);
 /* A root: CN cn (0..64 printable ASCII; empty: "evserver attestation root"), valid days (0:
  * EVS_CA_DEFAULT_DAYS, at most EVS_CA_MAX_DAYS) from an hour ago, CA:TRUE pathlen 0. Returns
  * its DER certificate and sealed key (malloc'd). EVS_EP_E_INVALID, EVS_EP_E_INTERNAL. */

@@ -48,8 +48,8 @@ struct evs_enclave {
   const char *sandbox;
   const char *mlock;
   const char *tag;
-  evs_ca_cache *ca; /* the relay CA last used for CA_SIGN (ca.c) */
-  evs_attest_cache *attest; /* the node attestation key last used (attest.c) */
+  evs_key_cache *ca;     /* the relay CA last used for CA_SIGN (ca.c) */
+  evs_key_cache *attest; /* the node attestation key last used (attest.c) */
 };
 
 /* Secrets that an operation needs for a moment, in one secure-heap block. */
@@ -210,8 +210,8 @@ void evs__enclave_free(evs_enclave *e) {
     OPENSSL_secure_clear_free(c->token, c->token_len + 1);
     OPENSSL_clear_free(c, sizeof *c);
   }
-  evs__ca_cache_free(e->ca);
-  evs__attest_cache_free(e->attest);
+  evs__key_cache_free(e->ca);
+  evs__key_cache_free(e->attest);
   OPENSSL_secure_clear_free(e->seal_key, EVS_SEAL_KEY_LEN);
   OPENSSL_clear_free(e, sizeof *e);
 }
@@ -268,8 +268,8 @@ int evs__enclave_unseal(const evs_enclave *e, const uint8_t *aad, size_t aad_len
                         const uint8_t *in, size_t len, uint8_t *out) {
   return open_sealed(e->seal_key, aad, aad_len, in, len, out);
 }
-evs_ca_cache **evs__enclave_ca(evs_enclave *e) { return &e->ca; }
-evs_attest_cache **evs__enclave_attest(evs_enclave *e) { return &e->attest; }
+evs_key_cache **evs__enclave_ca(evs_enclave *e) { return &e->ca; }
+evs_key_cache **evs__enclave_attest(evs_enclave *e) { return &e->attest; }
 size_t evs__enclave_unlocked(const evs_enclave *e) { return e->napps; }
 
 evs_app *evs__app_find(evs_enclave *e, const uint8_t *id, size_t id_len) {

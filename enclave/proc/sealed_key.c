@@ -70,13 +70,41 @@ EVP_PKEY *evs__unseal_key(const evs_enclave *e, const uint8_t magic[4], const ch
   return key;
 }
 
-int evs__sealed_key_id(const uint8_t *cert, size_t cert_len, const uint8_t *sealed,
-                       size_t sealed_len, uint8_t id[32]) {
+void evs__key_cache_free(evs_key_cache *c) {
+  if (!c) return;
+  X509_free(c->cert);
+  EVP_PKEY_free(c->key);
+  OPENSSL_clear_free(c, sizeof *c);
+}
+
+evs_key_cache *evs__key_cache_open(evs_key_cache **slot, const evs_enclave *e,
+                                   const uint8_t magic[4], const char *label, size_t label_len,
+                                   const uint8_t *cert, size_t cert_len,
+                                   X509 *(*parse)(const uint8_t *, size_t),
+                                   const uint8_t *sealed, size_t sealed_len) {
+  uint8_t id[32];
   EVP_MD_CTX *md = EVP_MD_CTX_new();
   int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
            EVP_DigestUpdate(md, cert, cert_len) == 1 && EVP_DigestUpdate(md, "\0", 1) == 1 &&
            EVP_DigestUpdate(md, sealed, sealed_len) == 1 &&
            EVP_DigestFinal_ex(md, id, NULL) == 1;
   EVP_MD_CTX_free(md);
-  return ok ? 0 : -1;
+  if (!ok) return NULL;
+  if (*slot && CRYPTO_memcmp((*slot)->id, id, 32) == 0) return *slot;
+  X509 *x = parse(cert, cert_len);
+  EVP_PKEY *key = x ? evs__unseal_key(e, magic, label, label_len, X509_get0_pubkey(x), sealed,
+                                      sealed_len)
+                    : NULL;
+  evs_key_cache *c = key ? OPENSSL_zalloc(sizeof *c) : NULL;
+  if (!c) {
+    EVP_PKEY_free(key);
+    X509_free(x);
+    return NULL;
+  }
+  memcpy(c->id, id, 32);
+  c->cert = x;
+  c->key = key;
+  evs__key_cache_free(*slot);
+  *slot = c;
+  return c;
 }
