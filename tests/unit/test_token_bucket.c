@@ -1,5 +1,5 @@
 /*
- * Unit tests of plugins/common/token_bucket.h, the rate limiter of alerts, the Outbound Relay's
+ * Unit tests of lib/token_bucket.h, the rate limiter of alerts, the Outbound Relay's
  * unauthenticated leaves and GET /public-keys: the burst, the continuous refill, the cap, a
  * clock that goes back, and the property a fixed window lacks (no burst across a window edge).
  */

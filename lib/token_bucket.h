@@ -1,4 +1,4 @@
-/* token_bucket.h: the one rate limiter the plugins share (alerts per destination, the Outbound
+/* token_bucket.h: the one rate limiter (alerts per destination, the Outbound
  * Relay's unauthenticated leaves, GET /public-keys per client address). A bucket holds at most
  * `burst` tokens and gains `per_minute` every 60 s, continuously: unlike a fixed window, a burst
  * across a window's edge cannot pass twice the rate. Header-only, libc alone, no state beyond
