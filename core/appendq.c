@@ -15,8 +15,9 @@
  *   being written go together into the next one, which starts at the loop turn after that one
  *   committed (with the records of the turn in which it committed).
  *   No timer: under load a batch carries what arrived during one commit, idle it carries one
- *   record. Waiters (evs__appendq_wait) are told on the loop thread, from the idle handle, so
- *   that a released response never runs inside a plugin's call.
+ *   record. Waiters (evs__appendq_wait) are told on the loop thread, as soon as their batch's
+ *   commit is back (libuv's after-work callback) or else from the idle handle, so that a
+ *   released response never runs inside a plugin's call.
  *
  * A query first has this worker's queue written (evs__appendq_flush, as for a waited-for
  * record), so a worker reads what it appended. A stopping worker writes what is left before it
@@ -123,6 +124,19 @@ static void settle(evs__appendq *q, uint64_t seq, int status) {
   if (q->ready && !closing(q)) uv_idle_start(&q->idle, on_idle);
 }
 
+/* Tells the settled waiters (their callbacks may queue records: the list is taken first). */
+static void tell_ready(evs__appendq *q) {
+  waiter *x = q->ready;
+  q->ready = NULL;
+  q->ready_tail = &q->ready;
+  while (x) {
+    waiter *n = x->next;
+    x->fn(x->arg, x->status);
+    free(x);
+    x = n;
+  }
+}
+
 static void on_work(uv_work_t *req) {
   evs__appendq *q = req->data;
   q->result = evs__store_append_batch(q->own ? q->own : q->w->store, q->writing.recs,
@@ -168,8 +182,8 @@ static void on_timer(uv_timer_t *t) {
   kick(t->data);
 }
 
-static void after_work(uv_work_t *req, int status) {
-  evs__appendq *q = req->data;
+/* The batch is written (or not): settles its waiters and starts what comes next. */
+static void batch_done(evs__appendq *q, int status) {
   int r = status < 0 ? status : q->result;
   q->batches++;
   q->busy = 0;
@@ -199,6 +213,15 @@ static void after_work(uv_work_t *req, int status) {
     uv_timer_start(&q->timer, on_timer, APPENDQ_INTERVAL_MS, 0);
 }
 
+static void after_work(uv_work_t *req, int status) {
+  evs__appendq *q = req->data;
+  batch_done(q, status);
+  /* A callback of the loop's own (libuv's async), never inside a plugin's call: the released
+   * responses leave now rather than at the next turn's idle (under load a turn is every
+   * connection's events, a large part of a response's latency). */
+  tell_ready(q);
+}
+
 static void kick(evs__appendq *q) {
   if (q->busy || q->pending.n == 0) return;
   if (!closing(q)) uv_timer_stop(&q->timer);
@@ -212,7 +235,7 @@ static void kick(evs__appendq *q) {
   if (uv_queue_work(q->w->loop, &q->work, on_work, after_work) < 0) {
     /* No thread: write it here rather than lose it. */
     on_work(&q->work);
-    after_work(&q->work, 0);
+    batch_done(q, 0); /* maybe inside a plugin's call: the waiters are told at the idle turn */
   }
 }
 
@@ -221,15 +244,7 @@ static void kick(evs__appendq *q) {
 static void on_idle(uv_idle_t *h) {
   evs__appendq *q = h->data;
   uv_idle_stop(h);
-  waiter *x = q->ready;
-  q->ready = NULL;
-  q->ready_tail = &q->ready;
-  while (x) {
-    waiter *n = x->next;
-    x->fn(x->arg, x->status);
-    free(x);
-    x = n;
-  }
+  tell_ready(q);
   if (q->urgent && !q->busy && !q->retrying) kick(q);
 }
 

@@ -75,6 +75,8 @@ enum stmt_id {
   ST_QUERY,
   ST_PURGE,
   ST_VERSION,
+  ST_BEGIN,
+  ST_COMMIT,
   ST_COUNT
 };
 
@@ -104,11 +106,20 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_PURGE] = "DELETE FROM evs_kv WHERE rowid IN (SELECT rowid FROM evs_kv "
                "WHERE expires_at <= ?1 LIMIT ?2)",
   [ST_VERSION] = "SELECT coalesce(max(version), 0) FROM evs_schema_migrations",
+  /* A batch's transaction, prepared once rather than parsed at every batch. */
+  [ST_BEGIN] = "BEGIN IMMEDIATE",
+  [ST_COMMIT] = "COMMIT",
 };
+
+/* A batch of records is written with multi-row INSERTs of these sizes (greedy), each prepared
+ * once: one statement per row cost a VDBE run per row. */
+static const size_t multi_rows[] = {32, 8, 2};
+#define N_MULTI (sizeof multi_rows / sizeof multi_rows[0])
 
 typedef struct sq {
   sqlite3 *db;
   sqlite3_stmt *stmt[ST_COUNT];
+  sqlite3_stmt *multi[N_MULTI]; /* INSERT of multi_rows[i] records */
   char errmsg[256];
 } sq;
 
@@ -176,6 +187,8 @@ static void sq_close(void *impl) {
     return;
   for (int i = 0; i < ST_COUNT; i++)
     sqlite3_finalize(q->stmt[i]);
+  for (size_t i = 0; i < N_MULTI; i++)
+    sqlite3_finalize(q->multi[i]);
   sqlite3_close_v2(q->db);
   free(q);
 }
@@ -544,16 +557,62 @@ static int sq_append(void *impl, const char *stream, int64_t ts_ms, const char *
   return r;
 }
 
+/* Steps a prepared statement that returns no row. */
+static int step_done(sq *q, enum stmt_id id, const char *what) {
+  sqlite3_stmt *st = NULL;
+  int r, rc;
+
+  if ((r = stmt(q, id, &st)) < 0)
+    return r;
+  rc = sqlite3_step(st);
+  r = rc == SQLITE_DONE ? 0 : fail(q, rc, what);
+  sqlite3_reset(st);
+  return r;
+}
+
+/* INSERT of multi_rows[k] records from recs. */
+static int append_multi(sq *q, size_t k, const evs__store_rec *recs) {
+  size_t n = multi_rows[k];
+  int rc, r;
+
+  if (!q->multi[k]) {
+    char sql[64 + 12 * 32];
+    size_t len = (size_t)snprintf(sql, sizeof sql,
+                                  "INSERT INTO evs_log (stream, ts_ms, record) VALUES ");
+    for (size_t i = 0; i < n; i++)
+      len += (size_t)snprintf(sql + len, sizeof sql - len, "%s(?,?,?)", i ? "," : "");
+    rc = sqlite3_prepare_v3(q->db, sql, (int)len, SQLITE_PREPARE_PERSISTENT, &q->multi[k],
+                            NULL);
+    if (rc != SQLITE_OK)
+      return fail(q, rc, "sqlite: prepare");
+  }
+  sqlite3_stmt *st = q->multi[k];
+  for (size_t i = 0; i < n; i++) {
+    int b = 3 * (int)i;
+    sqlite3_bind_text(st, b + 1, recs[i].stream, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, b + 2, recs[i].ts_ms);
+    sqlite3_bind_text(st, b + 3, recs[i].json, -1, SQLITE_STATIC);
+  }
+  rc = sqlite3_step(st);
+  r = rc == SQLITE_DONE ? 0 : fail(q, rc, "sqlite: append");
+  done(st);
+  return r;
+}
+
 static int sq_append_batch(void *impl, const evs__store_rec *recs, size_t n) {
   sq *q = impl;
   int64_t id;
   int r;
 
-  if ((r = exec(q, "BEGIN IMMEDIATE", "sqlite: begin append")) < 0)
+  if ((r = step_done(q, ST_BEGIN, "sqlite: begin append")) < 0)
     return r;
-  for (size_t i = 0; i < n && r == 0; i++)
+  size_t i = 0;
+  for (size_t k = 0; k < N_MULTI && r == 0; k++)
+    for (; n - i >= multi_rows[k] && r == 0; i += multi_rows[k])
+      r = append_multi(q, k, recs + i);
+  for (; i < n && r == 0; i++)
     r = sq_append(q, recs[i].stream, recs[i].ts_ms, recs[i].json, strlen(recs[i].json), &id);
-  if (r == 0 && (r = exec(q, "COMMIT", "sqlite: commit append")) == 0)
+  if (r == 0 && (r = step_done(q, ST_COMMIT, "sqlite: commit append")) == 0)
     return 0;
   sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
   return r;
