@@ -50,6 +50,7 @@ void evs__io_init(evs__io *io, void *owner) {
   io->cork = NULL;
   io->corked = 0;
   io->held = 0;
+  io->cork_plain = 0;
   io->reading = io->handshaking = io->closing = io->shutdown_sent = io->tls_verified = 0;
   io->error = 0;
 }
@@ -111,11 +112,36 @@ static int try_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
   return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? UV_EAGAIN : -errno;
 }
 
+/* Appends to the cork (ciphertext, or a TLS connection's plaintext). */
+static int gather(evs__io *io, const uv_buf_t *bufs, size_t nbufs, size_t total) {
+  if (!io->cork && !(io->cork = cork_get())) return UV_ENOMEM;
+  write_req *c = io->cork;
+  size_t have = c->len;
+  if (have + total > c->cap) {
+    size_t cap = c->cap * 2;
+    if (cap < have + total) cap = have + total;
+    write_req *nc = realloc(c, sizeof *nc + cap);
+    if (!nc) return UV_ENOMEM;
+    nc->len = have;
+    nc->cap = cap;
+    io->cork = c = nc;
+  }
+  for (size_t i = 0; i < nbufs; i++) {
+    memcpy(c->data + c->len, bufs[i].base, bufs[i].len);
+    c->len += bufs[i].len;
+  }
+  io->write_queued += total;
+  return 0;
+}
+
+static int raw_send(evs__io *io, const uv_buf_t *bufs, size_t nbufs, size_t total);
+
 static int raw_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
   size_t total = 0;
   for (size_t i = 0; i < nbufs; i++) total += bufs[i].len;
   if (total == 0) return 0;
   if (io->closing) return UV_ECANCELED;
+  if (io->cork_plain) return raw_send(io, bufs, nbufs, total); /* sealed before what is gathered */
   if (io->corked && !io->held && (io->cork ? io->cork->len : 0) + total > EVS_IO_CORK_MAX) {
     /* Gathering is for small pieces: what is gathered goes out now, and so does a large one. */
     int r = evs__io_uncork(io);
@@ -123,26 +149,11 @@ static int raw_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
     io->corked = 1;
     if (r < 0 || total > EVS_IO_CORK_MAX) return r;
   }
-  if (io->corked) {
-    if (!io->cork && !(io->cork = cork_get())) return UV_ENOMEM;
-    write_req *c = io->cork;
-    size_t have = c->len;
-    if (have + total > c->cap) {
-      size_t cap = c->cap * 2;
-      if (cap < have + total) cap = have + total;
-      write_req *nc = realloc(c, sizeof *nc + cap);
-      if (!nc) return UV_ENOMEM;
-      nc->len = have;
-      nc->cap = cap;
-      io->cork = c = nc;
-    }
-    for (size_t i = 0; i < nbufs; i++) {
-      memcpy(c->data + c->len, bufs[i].base, bufs[i].len);
-      c->len += bufs[i].len;
-    }
-    io->write_queued += total;
-    return 0;
-  }
+  if (io->corked) return gather(io, bufs, nbufs, total);
+  return raw_send(io, bufs, nbufs, total);
+}
+
+static int raw_send(evs__io *io, const uv_buf_t *bufs, size_t nbufs, size_t total) {
   /* Nothing queued: write now. What the socket takes needs no copy, no write request and no
    * POLLOUT start/stop in libuv (each costs an epoll_ctl on the next loop turn). */
   size_t skip = 0;
@@ -366,9 +377,39 @@ void evs__io_read_stop(evs__io *io) {
   if (!io->closing) uv_read_stop(&io->h.stream);
 }
 
+/* TLS: plaintext into records, out to the socket (or the outer layer). */
+static int tls_write(evs__io *io, const char *p, size_t len) {
+  size_t off = 0;
+  while (off < len) {
+    int n = SSL_write(io->ssl, p + off, (int)(len - off));
+    if (n <= 0) {
+      ERR_clear_error();
+      return UV_EPROTO;
+    }
+    off += (size_t)n;
+  }
+  return flush_tls(io);
+}
+
 int evs__io_writev(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
   if (io->closing) return UV_ECANCELED;
   if (!io->ssl) return raw_write(io, bufs, nbufs);
+  if (io->corked && (!io->cork || io->cork_plain)) {
+    /* Corked TLS gathers plaintext: a response's head and body become one record at uncork,
+     * not one each (every record is a seal here and an open at the peer). Ciphertext made
+     * meanwhile (a handshake message) goes out ahead: its records come first in sequence. */
+    size_t total = 0;
+    for (size_t i = 0; i < nbufs; i++) total += bufs[i].len;
+    if (!io->held && (io->cork ? io->cork->len : 0) + total > EVS_IO_CORK_MAX) {
+      int r = evs__io_uncork(io);
+      if (r == 0 && total > EVS_IO_CORK_MAX) r = evs__io_writev(io, bufs, nbufs);
+      io->corked = 1;
+      if (r < 0 || total > EVS_IO_CORK_MAX) return r;
+    }
+    int r = gather(io, bufs, nbufs, total);
+    if (r == 0) io->cork_plain = 1;
+    return r;
+  }
   if (nbufs > 1) {
     /* One TLS record for a gathered write (a chunk header, its data and CRLF), not three. */
     size_t total = 0;
@@ -385,18 +426,7 @@ int evs__io_writev(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
     free(joined);
     return r;
   }
-  for (size_t i = 0; i < nbufs; i++) {
-    size_t off = 0;
-    while (off < bufs[i].len) {
-      int n = SSL_write(io->ssl, bufs[i].base + off, (int)(bufs[i].len - off));
-      if (n <= 0) {
-        ERR_clear_error();
-        return UV_EPROTO;
-      }
-      off += (size_t)n;
-    }
-  }
-  return flush_tls(io);
+  return nbufs ? tls_write(io, bufs[0].base, bufs[0].len) : flush_tls(io);
 }
 
 void evs__io_cork(evs__io *io) { io->corked = 1; }
@@ -418,10 +448,12 @@ int evs__io_uncork(evs__io *io) {
   if (!w) return 0;
   io->cork = NULL;
   io->write_queued -= w->len;
+  int plain = io->cork_plain;
+  io->cork_plain = 0;
   int r = UV_ECANCELED;
   if (!io->closing) {
     uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
-    r = raw_write(io, &b, 1);
+    r = plain ? tls_write(io, w->data, w->len) : raw_write(io, &b, 1);
   }
   cork_put(w);
   return r;
@@ -528,6 +560,7 @@ void evs__io_close(evs__io *io) {
   }
   io->corked = 0;
   io->held = 0;
+  io->cork_plain = 0;
   if (io->ssl && !io->handshaking && !io->shutdown_sent) tls_shutdown(io);
   io->closing = 1;
   io->reading = 0;

@@ -55,6 +55,7 @@ struct evs__io {
   unsigned lingering : 1;
   unsigned corked : 1;
   unsigned held : 1;             /* corked until evs__io_release: uncork does nothing */
+  unsigned cork_plain : 1;       /* TLS: cork holds plaintext, sealed into records at uncork */
   uv_timer_t *linger_timer;
   struct evs__io_wreq *cork;     /* writes gathered while corked */
   int error;                     /* last error, if any */

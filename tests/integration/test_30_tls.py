@@ -237,4 +237,57 @@ def test_x_forwarded_proto_at_upstream():
     assert q.header_all("X-Forwarded-Proto") == ["http"], q.headers
 
 
+def test_small_response_is_one_tls_record():
+    """A response evserver writes whole (head and body gathered in the cork) leaves in one TLS
+    record, not one per piece (core/io.c seals a corked TLS connection's plaintext at uncork):
+    counted on the wire, TLS 1.2 so that every application-data record is the response's."""
+    t = Tls()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname="default.test")
+    sock = socket.create_connection(("127.0.0.1", t.port), timeout=10)
+    with sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(out.read())
+                data = sock.recv(65536)
+                assert data, "the server closed during the handshake"
+                inc.write(data)
+        sock.sendall(out.read())
+        tls.write(b"GET /nowhere HTTP/1.1\r\nHost: unknown.test\r\nConnection: close\r\n\r\n")
+        sock.sendall(out.read())
+        wire = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            wire += data
+    records, off = [], 0
+    while off + 5 <= len(wire):
+        n = int.from_bytes(wire[off + 3:off + 5], "big")
+        records.append((wire[off], n))
+        off += 5 + n
+    assert off == len(wire), "a truncated record on the wire"
+    inc.write(wire)
+    plain = b""
+    try:
+        while True:
+            chunk = tls.read(65536)
+            if not chunk:
+                break
+            plain += chunk
+    except (ssl.SSLZeroReturnError, ssl.SSLWantReadError):
+        pass
+    r = parse_response(plain)
+    assert r.status == 404 and r.body, r
+    app = [n for typ, n in records if typ == 23]
+    assert len(app) == 1, "response in %d application-data records %r" % (len(app), records)
+
+
 evstest.main(globals())

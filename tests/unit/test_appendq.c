@@ -177,6 +177,25 @@ static void test_group_commit_order(void **state) {
   assert_int_equal(stored(f), 11);
 }
 
+/* The waiters of a batch are told in the loop turn in which its commit comes back (libuv's
+ * after-work callback), not one turn later: under load a turn is every connection's events. */
+static void test_told_with_commit(void **state) {
+  fx *f = *state;
+  told t[3];
+  for (int i = 0; i < 3; i++) t[i] = (told){f, i, 99, 0, 0};
+  for (int i = 0; i < 3; i++) add(f, 1, &t[i]);
+  for (int i = 0; i < 100000 && evs__appendq_batches(&f->w) == 0; i++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  assert_int_equal(evs__appendq_batches(&f->w), 1);
+  assert_int_equal(norder, 3);
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(order[i], i);
+    assert_int_equal(t[i].status, 0);
+    assert_int_equal(t[i].stored, 3);
+    assert_int_equal(t[i].in_call, 0);
+  }
+}
+
 /* A record written behind waits for the interval, unless a waited-for record queued after it
  * takes it along; the waiter is told once both are in. */
 static void test_behind_then_urgent(void **state) {
@@ -233,6 +252,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_one_record, setup, teardown),
       cmocka_unit_test_setup_teardown(test_group_commit_order, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_told_with_commit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_behind_then_urgent, setup, teardown),
       cmocka_unit_test_setup_teardown(test_waiters_out_of_order, setup, teardown),
       cmocka_unit_test_setup_teardown(test_close_tells, setup, teardown),
