@@ -555,6 +555,20 @@ static void test_limits(void **state) {
   assert_int_equal(evs__store_append(f->s, "log", "\xe2\x82", NULL), -EINVAL); /* truncated */
   assert_int_equal(evs__store_append(f->s, "log", "{\"\xe2\x82\xac\xf0\x9f\x98\x80\":1}", NULL),
                    0);
+  /* The same behind ASCII runs of every length (the check skips eight ASCII bytes at once): a
+   * bad or truncated sequence at any offset, a good one at any offset. */
+  for (int pad = 0; pad < 20; pad++) {
+    static const char *const bad[] = {"\xc3\x28", "\xc0\xaf", "\xed\xa0\x80", "\xe2\x82"};
+    char buf[64];
+    for (size_t b = 0; b < sizeof bad / sizeof *bad; b++) {
+      snprintf(buf, sizeof buf, "%.*s%s", pad, "{\"aaaaaaaaaaaaaaaaaaaaaaaaaaa", bad[b]);
+      assert_int_equal(evs__store_append(f->s, "log", buf, NULL), -EINVAL);
+      snprintf(buf, sizeof buf, "%.*s%sbbbbbbbbbbbb", pad, "{\"aaaaaaaaaaaaaaaaaaaaaaaa", bad[b]);
+      assert_int_equal(evs__store_append(f->s, "log", buf, NULL), -EINVAL);
+    }
+    snprintf(buf, sizeof buf, "%.*s\xe2\x82\xac" "bbbbbbbbbbb", pad, "aaaaaaaaaaaaaaaaaaaaaaaaaa");
+    assert_int_equal(evs__store_append(f->s, "log", buf, NULL), 0);
+  }
   rec = malloc(EVS_STORE_RECORD_MAX + 2);
   assert_non_null(rec);
   memset(rec, 'x', EVS_STORE_RECORD_MAX + 1);
