@@ -42,6 +42,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -69,22 +71,30 @@ int64_t cb_now_ms(void) {
 }
 
 /* Random bytes are drawn from OpenSSL 1 KiB at a time: one RAND_bytes and 16 sprintf per
- * request (a ctx id each) were 4% of the front's loop. Refilled in a new process, so forked
- * workers never share a pool. Loop thread only. */
+ * request (a ctx id each) were 4% of the front's loop. Emptied in a forked child (pthread_atfork,
+ * not a getpid per call), so forked workers never share a pool. Loop thread only. */
+static uint8_t rand_pool[1024];
+static size_t rand_used = sizeof rand_pool;
+static void rand_pool_forked(void) {
+  OPENSSL_cleanse(rand_pool, sizeof rand_pool);
+  rand_used = sizeof rand_pool;
+}
+static void rand_pool_once(void) {
+  pthread_atfork(NULL, NULL, rand_pool_forked);
+}
+
 void cb_random_hex(char *out, size_t nbytes) {
-  static uint8_t pool[1024];
-  static size_t used = sizeof pool;
-  static pid_t owner;
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
   static const char hexd[] = "0123456789abcdef";
+  pthread_once(&once, rand_pool_once);
   if (nbytes > 64) nbytes = 64;
-  pid_t me = getpid();
-  if (used + nbytes > sizeof pool || owner != me) {
-    if (RAND_bytes(pool, (int)sizeof pool) != 1) memset(pool, 0, sizeof pool);
-    used = 0;
-    owner = me;
+  if (rand_used + nbytes > sizeof rand_pool) {
+    /* A broken RNG ends the worker: ids that others could guess are worse than none. */
+    if (RAND_bytes(rand_pool, (int)sizeof rand_pool) != 1) abort();
+    rand_used = 0;
   }
-  const uint8_t *b = pool + used;
-  used += nbytes;
+  const uint8_t *b = rand_pool + rand_used;
+  rand_used += nbytes;
   for (size_t i = 0; i < nbytes; i++) {
     out[2 * i] = hexd[b[i] >> 4];
     out[2 * i + 1] = hexd[b[i] & 15];
