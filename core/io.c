@@ -51,6 +51,7 @@ void evs__io_init(evs__io *io, void *owner) {
   io->corked = 0;
   io->held = 0;
   io->cork_plain = 0;
+  io->edge = io->edge_ready = 0;
   io->reading = io->handshaking = io->closing = io->shutdown_sent = io->tls_verified = 0;
   io->error = 0;
 }
@@ -358,6 +359,7 @@ int evs__io_read_start(evs__io *io) {
   if (io->closing) return UV_ECANCELED;
   if (io->reading) return 0;
   io->reading = 1;
+  if (io->edge) return evs__io_edge_resume(io);
   int r = uv_read_start(&io->h.stream, alloc_cb, on_read);
   if (r < 0) {
     io->reading = 0;
@@ -374,7 +376,7 @@ int evs__io_read_start(evs__io *io) {
 void evs__io_read_stop(evs__io *io) {
   if (!io->reading) return;
   io->reading = 0;
-  if (!io->closing) uv_read_stop(&io->h.stream);
+  if (!io->closing && !io->edge) uv_read_stop(&io->h.stream);
 }
 
 /* TLS: plaintext into records, out to the socket (or the outer layer). */
@@ -465,6 +467,10 @@ int evs__io_write(evs__io *io, const void *data, size_t len) {
 }
 
 static int tls_common(evs__io *io, SSL_CTX *ctx, evs__io_handshake_cb cb) {
+  if (io->edge) { /* TLS reads through libuv again */
+    evs__io_edge_off(io);
+    if (io->reading && uv_read_start(&io->h.stream, alloc_cb, on_read) < 0) return UV_EIO;
+  }
   SSL *ssl = SSL_new(ctx);
   BIO *rbio = BIO_new(BIO_s_mem()), *wbio = BIO_new(BIO_s_mem());
   if (!ssl || !rbio || !wbio) {
@@ -561,6 +567,7 @@ void evs__io_close(evs__io *io) {
   io->corked = 0;
   io->held = 0;
   io->cork_plain = 0;
+  evs__io_edge_off(io);
   if (io->ssl && !io->handshaking && !io->shutdown_sent) tls_shutdown(io);
   io->closing = 1;
   io->reading = 0;
@@ -594,6 +601,7 @@ void evs__io_shutdown_close(evs__io *io) {
   evs__io_uncork(io);
   if (io->ssl && !io->handshaking && !io->shutdown_sent) tls_shutdown(io);
   evs__io_read_stop(io);
+  evs__io_edge_off(io); /* a lingering close reads through libuv */
   uv_shutdown_t *req = malloc(sizeof *req);
   if (!req || (req->data = io, uv_shutdown(req, &io->h.stream, on_shutdown)) < 0) {
     free(req);

@@ -326,6 +326,8 @@ int evs__stream_read_start(evs_stream *s, evs_stream_read_fn cb, void *arg) {
       s->refs--; /* others still hold it, so this cannot free it */
     }
   }
+  /* Plain TCP streams read edge-triggered (io_edge.c); a failure leaves libuv reading. */
+  if (!s->io->edge) (void)evs__io_edge_on(s->io);
   return evs__io_read_start(s->io);
 }
 
