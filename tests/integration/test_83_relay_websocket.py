@@ -825,6 +825,21 @@ def test_client_that_never_reads():
     # the relay's queue of 256 KiB and one message), far below what was sent if unbounded
     assert sent * 60000 < 64 << 20, sent
     assert rss < 64 * 1024, rss
+    # the client reads again: the relay resumes reading the destination (a stream paused with
+    # input waiting is re-armed, since its edge came while it was paused), so the destination
+    # sends again and its messages arrive whole
+    s.settimeout(10)
+    buf, got = b"", 0
+    while got < sent + 20:
+        chunk = s.recv(1 << 20)
+        assert chunk, "the relay closed"
+        buf += chunk
+        while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">H", buf[2:4])[0]:
+            n = struct.unpack(">H", buf[2:4])[0]
+            assert buf[0] == 0x81 and buf[1] == 126 and json.loads(buf[4:4 + n]) == \
+                {"n": "x" * 60000}, buf[:8]
+            buf, got = buf[4 + n:], got + 1
+    assert dest.sent > sent, (dest.sent, sent)
     s.close()
 
 
