@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define EDGE_BUF_SIZE (64u * 1024u)
@@ -62,7 +63,8 @@ static void edge_read(evs__io *io) {
   int fd = edge_fd(io);
   for (int i = 0; i < EDGE_READS; i++) {
     if (!io->edge || !io->reading || io->closing || !io->edge_ready) return;
-    ssize_t n = recv(fd, edge_buf, sizeof edge_buf, 0);
+    /* syscall(2): glibc's recv(3) adds cancellation bookkeeping in a threaded process */
+    ssize_t n = syscall(SYS_recvfrom, fd, edge_buf, sizeof edge_buf, 0, NULL, NULL);
     if (n > 0) {
       /* A short read took everything there was; more input brings another edge. */
       io->edge_ready = (size_t)n == sizeof edge_buf;
