@@ -102,6 +102,8 @@ static void edge_poll(uv_poll_t *p, int status, int events) {
 }
 
 static edge_loop *edge_get(uv_loop_t *loop) {
+  /* The worker's exit closes every handle without a callback: that set is done with. */
+  if (edge && uv_is_closing((uv_handle_t *)&edge->poll)) edge = NULL;
   if (edge) return edge->loop == loop ? edge : NULL;
   edge_loop *e = calloc(1, sizeof *e);
   if (!e) return NULL;
