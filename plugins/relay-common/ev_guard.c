@@ -212,30 +212,48 @@ static size_t next_trigger(const unsigned char *p, size_t n) {
   return i;
 }
 
-/* Like next_trigger, but also steps over an 'e' followed by a byte that is neither 'v' nor a
- * trigger (the pair leaves the detector at rest, see evs__ev_guard_feed): a message with no
- * "ev" and no escape is passed over sixteen bytes at a time, not stopped at every 'e'. Looks
- * one byte ahead, so the last sixteen bytes go to next_trigger. */
-static size_t next_candidate(const unsigned char *p, size_t n) {
-  size_t i = 0;
 #ifdef __SSE2__
+/* Bit k: p[k] of the sixteen starts an escape ('%', '\\', '&'), or is an 'e' whose next byte
+ * (p[16] for the last) is 'v' or one of those or another 'e'. */
+static unsigned candidates16(const unsigned char *p) {
   const __m128i te = _mm_set1_epi8('e'), tp = _mm_set1_epi8('%'), tb = _mm_set1_epi8('\\'),
                 ta = _mm_set1_epi8('&'), tv = _mm_set1_epi8('v');
+  __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+  __m128i w = _mm_loadu_si128((const __m128i *)(const void *)(p + 1));
+  __m128i e = _mm_cmpeq_epi8(v, te);
+  __m128i other = _mm_or_si128(_mm_cmpeq_epi8(v, tp),
+                               _mm_or_si128(_mm_cmpeq_epi8(v, tb), _mm_cmpeq_epi8(v, ta)));
+  __m128i next = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(w, te), _mm_cmpeq_epi8(w, tv)),
+                              _mm_or_si128(_mm_cmpeq_epi8(w, tp),
+                                           _mm_or_si128(_mm_cmpeq_epi8(w, tb),
+                                                        _mm_cmpeq_epi8(w, ta))));
+  return (unsigned)_mm_movemask_epi8(_mm_or_si128(other, _mm_and_si128(e, next)));
+}
+#endif
+
+/* Like next_trigger, but also steps over an 'e' followed by a byte that is neither 'v' nor a
+ * trigger (the pair leaves the detector at rest, see evs__ev_guard_feed): a message with no
+ * "ev" and no escape is passed over sixteen bytes at a time, not stopped at every 'e'. Each
+ * block looks one byte ahead; the last block overlaps the one before, and the last byte, which
+ * has no next one, counts as a candidate if it is any trigger. */
+static size_t next_candidate(const unsigned char *p, size_t n) {
+#ifdef __SSE2__
+  if (n < 17) return next_trigger(p, n);
+  size_t i = 0;
   for (; i + 17 <= n; i += 16) {
-    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
-    __m128i w = _mm_loadu_si128((const __m128i *)(const void *)(p + i + 1));
-    __m128i e = _mm_cmpeq_epi8(v, te);
-    __m128i other = _mm_or_si128(_mm_cmpeq_epi8(v, tp),
-                                 _mm_or_si128(_mm_cmpeq_epi8(v, tb), _mm_cmpeq_epi8(v, ta)));
-    __m128i next = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(w, te), _mm_cmpeq_epi8(w, tv)),
-                                _mm_or_si128(_mm_cmpeq_epi8(w, tp),
-                                             _mm_or_si128(_mm_cmpeq_epi8(w, tb),
-                                                          _mm_cmpeq_epi8(w, ta))));
-    unsigned bits = (unsigned)_mm_movemask_epi8(_mm_or_si128(other, _mm_and_si128(e, next)));
+    unsigned bits = candidates16(p + i);
     if (bits) return i + (size_t)__builtin_ctz(bits);
   }
-#endif
+  if (i < n - 1) {
+    size_t j = n - 17; /* i - j is 1 to 16: the bits below i were looked at already */
+    unsigned bits = candidates16(p + j) & (0xffffu << (i - j));
+    if (bits) return j + (size_t)__builtin_ctz(bits);
+    i = n - 1;
+  }
   return i + next_trigger(p + i, n - i);
+#else
+  return next_trigger(p, n);
+#endif
 }
 
 size_t evs__ev_guard_feed(evs__ev_guard *g, const void *buf, size_t len) {
