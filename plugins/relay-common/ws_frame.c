@@ -61,17 +61,33 @@ static int utf8_feed(uint8_t *need, uint8_t *lo, uint8_t *hi, const uint8_t *s, 
   return 1;
 }
 
-int evs__ws_utf8_valid(const uint8_t *s, size_t n) {
-  /* Most messages are ASCII: one pass that only looks for a high bit first. */
-  uint64_t any = 0;
+/* 1 if any byte of s[0..n) has its high bit set (is not ASCII). */
+static int any_high(const uint8_t *s, size_t n) {
   size_t i = 0;
+#ifdef __SSE2__
+  /* Sixteen at a time; a tail of sixteen or more is one block overlapping the one before. */
+  if (n >= 16) {
+    __m128i acc = _mm_setzero_si128();
+    for (; i + 16 <= n; i += 16)
+      acc = _mm_or_si128(acc, _mm_loadu_si128((const __m128i *)(const void *)(s + i)));
+    if (i < n)
+      acc = _mm_or_si128(acc, _mm_loadu_si128((const __m128i *)(const void *)(s + n - 16)));
+    return _mm_movemask_epi8(acc) != 0;
+  }
+#endif
+  uint64_t any = 0;
   for (; i + 8 <= n; i += 8) {
     uint64_t w;
     memcpy(&w, s + i, 8);
     any |= w;
   }
   for (; i < n; i++) any |= s[i];
-  if (!(any & 0x8080808080808080ull)) return 1;
+  return (any & 0x8080808080808080ull) != 0;
+}
+
+int evs__ws_utf8_valid(const uint8_t *s, size_t n) {
+  /* Most messages are ASCII: one pass that only looks for a high bit first. */
+  if (!any_high(s, n)) return 1;
   uint8_t need = 0, lo = 0x80, hi = 0xBF;
   return utf8_feed(&need, &lo, &hi, s, n) && need == 0;
 }
@@ -117,9 +133,15 @@ size_t evs__ws_frame_head(uint8_t out[14], int fin, int opcode, uint64_t len,
   return o;
 }
 
-void evs__ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t off) {
-  uint8_t k[8];
-  for (int i = 0; i < 8; i++) k[i] = key[(off + (uint64_t)i) & 3];
+/* dst[i] = src[i] ^ key[(off + i) & 3]; dst == src masks in place. */
+void evs__ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4],
+                       uint64_t off) {
+  /* The key three times over: its eight bytes from phase off & 3 start at k + (off & 3). */
+  uint8_t k3[12];
+  memcpy(k3, key, 4);
+  memcpy(k3 + 4, key, 4);
+  memcpy(k3 + 8, key, 4);
+  const uint8_t *k = k3 + (off & 3);
   size_t i = 0;
   uint64_t kw;
   memcpy(&kw, k, 8);
@@ -127,17 +149,21 @@ void evs__ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t off) {
   /* Sixteen at a time: the relay unmasks and masks again every client message. */
   const __m128i kv = _mm_set1_epi64x((long long)kw);
   for (; i + 16 <= n; i += 16) {
-    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
-    _mm_storeu_si128((__m128i *)(void *)(p + i), _mm_xor_si128(v, kv));
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(src + i));
+    _mm_storeu_si128((__m128i *)(void *)(dst + i), _mm_xor_si128(v, kv));
   }
 #endif
   for (; i + 8 <= n; i += 8) {
     uint64_t w;
-    memcpy(&w, p + i, 8);
+    memcpy(&w, src + i, 8);
     w ^= kw;
-    memcpy(p + i, &w, 8);
+    memcpy(dst + i, &w, 8);
   }
-  for (; i < n; i++) p[i] ^= k[i & 7];
+  for (; i < n; i++) dst[i] = src[i] ^ k[i & 7];
+}
+
+void evs__ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t off) {
+  evs__ws_mask_copy(p, p, n, key, off);
 }
 
 /* ---- parsing ----------------------------------------------------------------------------- */

@@ -120,6 +120,9 @@ size_t evs__ws_frame_head(uint8_t out[14], int fin, int opcode, uint64_t len,
                           const uint8_t *mask);
 /* XORs p[0..n) with key, starting at phase `off` of the key (off = bytes masked before). */
 void evs__ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t off);
+/* The same from src into dst (the same buffer, or not overlapping): copies and masks at once. */
+void evs__ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4],
+                       uint64_t off);
 
 /* A close frame's payload: 1 if valid (empty, or a code a peer may send followed by UTF-8), and
  * then *code (1005 for an empty payload); 0 otherwise. */

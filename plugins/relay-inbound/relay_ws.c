@@ -617,8 +617,7 @@ static size_t fast_forward(ws_dir *d, const uint8_t *p, size_t n) {
     int data = f.opcode < 0x8;
     if (c2s) {
       uint8_t *o = d->out + i, *oq = o + f.head_len;
-      memcpy(oq, q, f.len);
-      evs__ws_mask(oq, f.len, f.mask, 0);
+      evs__ws_mask_copy(oq, q, f.len, f.mask, 0);
       if (f.opcode == EVS__WS_OP_TEXT && !evs__ws_utf8_valid(oq, f.len)) break;
       if (data && (evs__ev_guard_scan(oq, f.len) ||
                    (t->has_match && evs__ws_message_kind(oq, f.len))))

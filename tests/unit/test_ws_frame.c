@@ -140,6 +140,78 @@ static void test_utf8_across_fragments_and_limit(void **state) {
   assert_int_equal(parse(0, 4, big, sizeof big, &s), -1009);
 }
 
+/* The masking and the UTF-8 check go sixteen and eight bytes at a time: every length and phase
+ * agrees with the byte-by-byte definitions (RFC 6455 §5.3, RFC 3629). */
+static int utf8_ref(const uint8_t *s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    uint8_t c = s[i];
+    size_t k;
+    uint32_t cp;
+    if (c < 0x80) {
+      i++;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      k = 1, cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      k = 2, cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      k = 3, cp = c & 0x07;
+    } else {
+      return 0;
+    }
+    if (n - i <= k) return 0;
+    for (size_t j = 1; j <= k; j++) {
+      if ((s[i + j] & 0xC0) != 0x80) return 0;
+      cp = cp << 6 | (s[i + j] & 0x3F);
+    }
+    if ((k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+      return 0;
+    i += k + 1;
+  }
+  return 1;
+}
+
+static void test_mask_and_utf8_fast_agree(void **state) {
+  (void)state;
+  const uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d};
+  uint8_t src[80], a[80], b[80];
+  uint32_t x = 12345;
+  for (size_t i = 0; i < sizeof src; i++) src[i] = (uint8_t)(x = x * 1103515245u + 12345u) ^ 0x5a;
+  for (size_t n = 0; n <= sizeof src; n++)
+    for (uint64_t off = 0; off < 8; off++) {
+      for (size_t i = 0; i < n; i++) b[i] = src[i] ^ key[(off + i) & 3];
+      memset(a, 0, sizeof a);
+      evs__ws_mask_copy(a, src, n, key, off);
+      assert_memory_equal(a, b, n);
+      memcpy(a, src, n);
+      evs__ws_mask(a, n, key, off);
+      assert_memory_equal(a, b, n);
+    }
+  /* ASCII with one or two other bytes anywhere, at every length (the high-bit pre-check's
+   * blocks and tails), against the reference */
+  static const uint8_t odd[] = {0x80, 0xC2, 0xC3, 0xE0, 0xED, 0xF0, 0xF4, 0xF5, 0xFF, 0xBF};
+  uint8_t t[70];
+  for (size_t n = 0; n <= sizeof t; n++)
+    for (size_t pos = 0; pos < n; pos++)
+      for (size_t o = 0; o < sizeof odd; o++)
+        for (size_t o2 = 0; o2 <= sizeof odd; o2++) {
+          memset(t, 'a', n);
+          t[pos] = odd[o];
+          if (o2 < sizeof odd && pos + 1 < n) t[pos + 1] = odd[o2];
+          assert_int_equal(evs__ws_utf8_valid(t, n), utf8_ref(t, n));
+        }
+  for (size_t n = 0; n <= sizeof t; n++) {
+    memset(t, 'a', n);
+    assert_true(evs__ws_utf8_valid(t, n));
+    if (n >= 2) {
+      t[n - 2] = 0xC3, t[n - 1] = 0xA9; /* é at the very end */
+      assert_true(evs__ws_utf8_valid(t, n));
+      assert_false(evs__ws_utf8_valid(t, n - 1));
+    }
+  }
+}
+
 static void test_writer_and_kinds(void **state) {
   (void)state;
   uint8_t h[14], key[4] = {9, 8, 7, 6};
@@ -200,6 +272,7 @@ int main(void) {
       cmocka_unit_test(test_accept_key),
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_utf8_across_fragments_and_limit),
+      cmocka_unit_test(test_mask_and_utf8_fast_agree),
       cmocka_unit_test(test_writer_and_kinds),
       cmocka_unit_test(test_frame_whole),
   };
