@@ -54,6 +54,7 @@ void evs__io_init(evs__io *io, void *owner) {
   io->held = 0;
   io->cork_plain = 0;
   io->edge = io->edge_ready = 0;
+  io->edge_fd = -1;
   io->reading = io->handshaking = io->closing = io->shutdown_sent = io->tls_verified = 0;
   io->error = 0;
 }
@@ -98,8 +99,8 @@ static void cork_put(write_req *w) {
  * profile of small WebSocket messages shows per message (docs/performance.md, "WebSockets").
  * Same contract: bytes taken, or a negative error (UV_EAGAIN: none). */
 static int try_write(evs__io *io, const uv_buf_t *bufs, size_t nbufs) {
-  uv_os_fd_t fd;
-  if (io->h.handle.type != UV_TCP || uv_fileno(&io->h.handle, &fd) < 0)
+  uv_os_fd_t fd = io->edge_fd; /* set while the stream is read edge-triggered (io_edge.c) */
+  if (!io->edge && (io->h.handle.type != UV_TCP || uv_fileno(&io->h.handle, &fd) < 0))
     return uv_try_write(&io->h.stream, bufs, (unsigned)nbufs);
   ssize_t n;
   if (nbufs == 1) {
@@ -162,7 +163,7 @@ static int raw_send(evs__io *io, const uv_buf_t *bufs, size_t nbufs, size_t tota
   /* Nothing queued: write now. What the socket takes needs no copy, no write request and no
    * POLLOUT start/stop in libuv (each costs an epoll_ctl on the next loop turn). */
   size_t skip = 0;
-  if (io->write_queued == 0 && uv_stream_get_write_queue_size(&io->h.stream) == 0) {
+  if (io->write_queued == 0 && io->h.stream.write_queue_size == 0) { /* libuv's, read-only */
     int n = try_write(io, bufs, nbufs);
     if (n > 0) {
       if ((size_t)n == total) return 0;
@@ -466,7 +467,7 @@ int evs__io_uncork(evs__io *io) {
 }
 
 int evs__io_write(evs__io *io, const void *data, size_t len) {
-  uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+  uv_buf_t b = {.base = (char *)data, .len = len}; /* uv_buf_init, not a call per message */
   return evs__io_writev(io, &b, 1);
 }
 

@@ -58,6 +58,7 @@ struct evs__io {
   unsigned cork_plain : 1;       /* TLS: cork holds plaintext, sealed into records at uncork */
   unsigned edge : 1;             /* read by io_edge.c (edge-triggered, recv), not by libuv */
   unsigned edge_ready : 1;       /* edge: input may be waiting in the kernel */
+  int edge_fd;                   /* edge: the socket, not asked of libuv per read and send */
   uv_timer_t *linger_timer;
   struct evs__io_wreq *cork;     /* writes gathered while corked */
   int error;                     /* last error, if any */

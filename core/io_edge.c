@@ -42,6 +42,7 @@ static void edge_closed(uv_handle_t *h) {
 }
 
 static int edge_fd(const evs__io *io) {
+  if (io->edge) return io->edge_fd;
   uv_os_fd_t fd;
   return uv_fileno(&io->h.handle, &fd) == 0 ? (int)fd : -1;
 }
@@ -136,6 +137,7 @@ int evs__io_edge_on(evs__io *io) {
   /* Registering reports input already waiting as an edge. */
   if (edge_arm(io, EPOLL_CTL_ADD) < 0) return uv_translate_sys_error(errno);
   if (io->reading) uv_read_stop(&io->h.stream);
+  io->edge_fd = edge_fd(io);
   io->edge = 1;
   io->edge_ready = 0;
   return 0;
@@ -147,6 +149,7 @@ void evs__io_edge_off(evs__io *io) {
   int fd = edge_fd(io);
   if (edge && fd >= 0) epoll_ctl(edge->epfd, EPOLL_CTL_DEL, fd, &ev);
   io->edge = 0;
+  io->edge_fd = -1;
   io->edge_ready = 0;
 }
 
