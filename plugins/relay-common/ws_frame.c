@@ -159,7 +159,24 @@ void evs__ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t
     w ^= kw;
     memcpy(dst + i, &w, 8);
   }
-  for (; i < n; i++) dst[i] = src[i] ^ k[i & 7];
+  /* Under eight left, i a multiple of eight: four, two, one, the key from k[i & 7] (< 8). */
+  if (n - i >= 4) {
+    uint32_t w, kk;
+    memcpy(&w, src + i, 4);
+    memcpy(&kk, k, 4);
+    w ^= kk;
+    memcpy(dst + i, &w, 4);
+    i += 4;
+  }
+  if (n - i >= 2) {
+    uint16_t w, kk;
+    memcpy(&w, src + i, 2);
+    memcpy(&kk, k + (i & 7), 2);
+    w ^= kk;
+    memcpy(dst + i, &w, 2);
+    i += 2;
+  }
+  if (i < n) dst[i] = src[i] ^ k[i & 7];
 }
 
 void evs__ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t off) {
