@@ -248,9 +248,10 @@ static size_t next_candidate(const unsigned char *p, size_t n) {
     size_t j = n - 17; /* i - j is 1 to 16: the bits below i were looked at already */
     unsigned bits = candidates16(p + j) & (0xffffu << (i - j));
     if (bits) return j + (size_t)__builtin_ctz(bits);
-    i = n - 1;
   }
-  return i + next_trigger(p + i, n - i);
+  /* The loop and the block above leave the last byte alone (i == n - 1): it has no next one. */
+  unsigned c = p[n - 1];
+  return c == 'e' || c == '%' || c == '\\' || c == '&' ? n - 1 : n;
 #else
   return next_trigger(p, n);
 #endif

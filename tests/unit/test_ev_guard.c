@@ -175,6 +175,17 @@ static void test_every_alignment(void **state) {
   memset(buf, 'Z', sizeof buf - 1);
   buf[sizeof buf - 1] = 0;
   assert_int_equal(found_all_splits(buf), 0);
+  /* The whole scan's last byte (no next one) against byte by byte, a value before it or not */
+  static const char last[] = "e%\\&vx";
+  for (size_t n = 16; n < 60; n++)
+    for (size_t k = 0; k < sizeof last - 1; k++)
+      for (int tok = 0; tok < 2; tok++) {
+        memset(buf, 'y', n);
+        if (tok && n > sizeof TOKEN) memcpy(buf + n - sizeof TOKEN, TOKEN, sizeof TOKEN - 1);
+        buf[n - 1] = last[k];
+        buf[n] = 0;
+        assert_int_equal(found_all_splits(buf), tok && n > sizeof TOKEN ? 1 : 0);
+      }
 }
 
 int main(void) {
