@@ -91,7 +91,8 @@ static void edge_poll(uv_poll_t *p, int status, int events) {
   edge_loop *e = p->data;
   if (status < 0) return;
   struct epoll_event ev[EDGE_EVENTS];
-  int n = epoll_wait(e->epfd, ev, EDGE_EVENTS, 0);
+  /* syscall(2) as for the reads (no cancellation bookkeeping); epoll_pwait: every architecture */
+  int n = (int)syscall(SYS_epoll_pwait, e->epfd, ev, EDGE_EVENTS, 0, NULL, 0);
   /* An evs__io closed by an earlier stream's callback is freed only in libuv's closing phase,
    * after this callback: its pointer stays valid here, and edge_off cleared io->edge. */
   for (int i = 0; i < n; i++) {

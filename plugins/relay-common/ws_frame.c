@@ -15,10 +15,6 @@ void evs__ws_parser_init(evs__ws_parser *p, int from_client, uint64_t max_messag
   p->max_message = max_message;
 }
 
-int evs__ws_parser_idle(const evs__ws_parser *p) {
-  return !p->in_frame && p->head_len == 0 && !p->in_message;
-}
-
 /* ---- UTF-8 ------------------------------------------------------------------------------- */
 
 /* Feeds s[0..n) to the incremental check; 0 when a byte is not UTF-8. */

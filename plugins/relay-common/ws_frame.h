@@ -93,8 +93,10 @@ void evs__ws_parser_init(evs__ws_parser *p, int from_client, uint64_t max_messag
  * then over (later calls return the same). */
 long evs__ws_parse(evs__ws_parser *p, const uint8_t *buf, size_t len, evs__ws_event_fn fn,
                    void *arg);
-/* 1 when no frame or message is half-read. */
-int evs__ws_parser_idle(const evs__ws_parser *p);
+/* 1 when no frame or message is half-read. Inline: the fast path asks it per read. */
+static inline int evs__ws_parser_idle(const evs__ws_parser *p) {
+  return !p->in_frame && p->head_len == 0 && !p->in_message;
+}
 
 /* One whole frame found by evs__ws_frame_whole: the relay's fast path (relay_ws.c) forwards such
  * frames without the streaming parser, reassembly or a copy per frame. */
