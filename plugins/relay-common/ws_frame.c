@@ -333,35 +333,6 @@ long evs__ws_parse(evs__ws_parser *p, const uint8_t *buf, size_t len, evs__ws_ev
   return (long)i;
 }
 
-int evs__ws_frame_whole(const uint8_t *p, size_t n, int from_client, uint64_t max_message,
-                        evs__ws_frame *f) {
-  if (n < 2) return 0;
-  int op = p[0] & 0x0F, fin = p[0] >> 7, masked = p[1] >> 7;
-  if ((p[0] & 0x70) || masked != from_client) return 0;
-  size_t hl = 2;
-  uint64_t len = p[1] & 0x7F;
-  if (len == 126) {
-    if (n < 4) return 0;
-    len = ((uint64_t)p[2] << 8) | p[3];
-    hl = 4;
-  } else if (len == 127) {
-    return 0; /* over 64 KiB: the streaming parser takes it a piece at a time */
-  }
-  if (op == EVS__WS_OP_TEXT || op == EVS__WS_OP_BINARY) {
-    if (!fin || (max_message && len > max_message)) return 0;
-  } else if (op == EVS__WS_OP_PING || op == EVS__WS_OP_PONG) {
-    if (!fin || len > 125) return 0;
-  } else {
-    return 0;
-  }
-  if (masked) hl += 4;
-  if (n < hl || n - hl < len) return 0;
-  f->opcode = op;
-  f->head_len = hl;
-  f->len = (size_t)len;
-  f->mask = masked ? p + hl - 4 : NULL;
-  return 1;
-}
 
 /* ---- messages ----------------------------------------------------------------------------- */
 
