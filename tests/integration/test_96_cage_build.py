@@ -460,11 +460,14 @@ def test_signed_build():
     sig = eif.of(4)[0]
     i = data.rindex(sig)
     bad = bytearray(data)
-    bad[i + len(sig) - 3] ^= 1  # a byte of s, inside the COSE_Sign1
+    # The last byte of s. Nitro encodes bytes as an array of CBOR integers (one byte below 24,
+    # else 0x18 and the byte): the section's last byte is always a value, and its low bit
+    # flipped stays a value of the same encoding (a prefix byte flipped broke the structure).
+    bad[i + len(sig) - 1] ^= 1
     bad[544:548] = struct.pack(">I", zlib.crc32(bytes(bad[:544] + bad[548:])))
     open(os.path.join(d, "tampered.eif"), "wb").write(bad)
     r = evctl("cage", "describe", "tampered.eif", cwd=d, check=False)
-    assert r.returncode == 1 and "SIGNATURE INVALID" in r.stdout, r.stdout
+    assert r.returncode == 1 and "SIGNATURE INVALID" in r.stdout, (r.returncode, r.stdout, r.stderr)
 
 
 def test_local_base_and_oci_archive():
