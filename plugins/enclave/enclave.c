@@ -340,22 +340,24 @@ static uint64_t mono_ms(void) {
 }
 
 /* A cache slot's name: SHA-256 of the key, a NUL and the permission (the key is not kept). */
-static int keycache_id(const char *key, size_t key_len, const char *perm, size_t perm_len,
-                       unsigned char out[32]) {
-  EVP_MD_CTX *c = EVP_MD_CTX_new();
+static int keycache_id(enclave_state *st, const char *key, size_t key_len, const char *perm,
+                       size_t perm_len, unsigned char out[32]) {
+  if (!st->keycache_md) st->keycache_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+  if (!st->keycache_ctx) st->keycache_ctx = EVP_MD_CTX_new();
+  EVP_MD_CTX *c = st->keycache_ctx;
   unsigned int n = 32;
-  int ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) && EVP_DigestUpdate(c, key, key_len) &&
-           EVP_DigestUpdate(c, "", 1) && EVP_DigestUpdate(c, perm, perm_len) &&
-           EVP_DigestFinal_ex(c, out, &n);
-  EVP_MD_CTX_free(c);
-  return ok ? 0 : -1;
+  return st->keycache_md && c && EVP_DigestInit_ex2(c, st->keycache_md, NULL) &&
+                 EVP_DigestUpdate(c, key, key_len) && EVP_DigestUpdate(c, "", 1) &&
+                 EVP_DigestUpdate(c, perm, perm_len) && EVP_DigestFinal_ex(c, out, &n)
+             ? 0
+             : -1;
 }
 
 void enc_keycache_put(enclave_state *st, uint64_t gen, const char *key, const char *perm,
                       const char *app) {
   if (gen != st->key_gen) return; /* a key was revoked since the record was read */
   unsigned char id[32];
-  if (keycache_id(key, strlen(key), perm, strlen(perm), id) < 0) return;
+  if (keycache_id(st, key, strlen(key), perm, strlen(perm), id) < 0) return;
   enc_keycache_slot *sl = &st->keycache[id[0] % ENC_KEYCACHE_SLOTS];
   memcpy(sl->id, id, sizeof id);
   snprintf(sl->app, sizeof sl->app, "%s", app);
@@ -367,7 +369,7 @@ void enc_keycache_put(enclave_state *st, uint64_t gen, const char *key, const ch
 const char *enc_keycache_get(enclave_state *st, const char *key, size_t key_len,
                              const char *perm) {
   unsigned char id[32];
-  if (keycache_id(key, key_len, perm, strlen(perm), id) < 0) return NULL;
+  if (keycache_id(st, key, key_len, perm, strlen(perm), id) < 0) return NULL;
   enc_keycache_slot *sl = &st->keycache[id[0] % ENC_KEYCACHE_SLOTS];
   if (sl->gen != st->key_gen || CRYPTO_memcmp(sl->id, id, sizeof id) != 0 ||
       mono_ms() >= sl->until_ms)
@@ -745,6 +747,8 @@ static void state_free(enclave_state *st) {
   ep_client_free(st->client); /* fails what waits on the enclave, attestation loads too */
   enc_attest_free(st);
   free(st->seal_key);
+  EVP_MD_CTX_free(st->keycache_ctx);
+  EVP_MD_free(st->keycache_md);
   free(st);
 }
 

@@ -76,6 +76,10 @@ typedef struct enclave_state {
   uint64_t ca_read_ms;   /* when it was last read (a miss re-reads at most once a second) */
   uint64_t key_gen;      /* from 1; +1 whenever a key is revoked in this node */
   enc_keycache_slot keycache[ENC_KEYCACHE_SLOTS];
+  /* SHA-256 fetched once and a context reused: the cache is looked up on every request that
+   * carries an API key, and an implicit fetch per digest cost more than the digest. */
+  EVP_MD *keycache_md;
+  EVP_MD_CTX *keycache_ctx;
   int64_t public_keys_rate; /* GET /public-keys: requests per minute per client address */
   enc_rate_slot rate[ENC_RATE_SLOTS];
 } enclave_state;
