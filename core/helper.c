@@ -49,6 +49,7 @@
 #include <uv.h>
 
 #include "evs_sandbox.h"
+#include "userns.h"
 #include "log.h"
 #include "node.h"
 #include "plugin.h"
@@ -281,15 +282,6 @@ static void close_except(const int *keep, size_t n) {
   }
 }
 
-static int write_file(const char *path, const char *s) {
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return -errno;
-  ssize_t n = write(fd, s, strlen(s));
-  int e = n < 0 ? -errno : 0;
-  close(fd);
-  return e;
-}
-
 /* Namespaces, in the shepherd (so that a new pid namespace holds the helper as pid 1). Refused
  * ones listed as optional are skipped; another refusal fails the start, naming it. */
 static void enter_namespaces(const evs_helper *h, int bfd) {
@@ -300,12 +292,7 @@ static void enter_namespaces(const evs_helper *h, int bfd) {
     if (unshare(CLONE_NEWUSER) < 0) {
       if (!(h->ns_optional & EVS_HELPER_NS_USER)) child_fail(bfd, "user namespace", -errno);
     } else {
-      char map[64];
-      int r = write_file("/proc/self/setgroups", "deny");
-      snprintf(map, sizeof map, "%u %u 1\n", (unsigned)uid, (unsigned)uid);
-      if (r == 0) r = write_file("/proc/self/uid_map", map);
-      snprintf(map, sizeof map, "%u %u 1\n", (unsigned)gid, (unsigned)gid);
-      if (r == 0) r = write_file("/proc/self/gid_map", map);
+      int r = evs__map_ids(uid, uid, gid, gid); /* the same ids inside */
       if (r < 0) child_fail(bfd, "user namespace id maps", r);
     }
   }
@@ -454,7 +441,7 @@ static int cgroup_open(evs_helper *h) {
   /* The controllers must be enabled for our cgroup's children; the kernel refuses that while
    * processes sit in our cgroup itself (no internal processes), unless it is the root. */
   snprintf(path, sizeof path, "%s/cgroup.subtree_control", dir);
-  if (!why && write_file(path, "+memory +pids +cpu") < 0)
+  if (!why && evs__write_file(path, "+memory +pids +cpu") < 0)
     why = "cannot enable memory, pids and cpu for child cgroups (the server's own cgroup holds "
           "processes; delegate a subtree whose root holds none)";
   if (!why) {
@@ -473,7 +460,7 @@ static int cgroup_open(evs_helper *h) {
       else
         snprintf(v, sizeof v, "%llu", (unsigned long long)lim[i].val);
       snprintf(file, sizeof file, "%s/%s", path, lim[i].name);
-      if (write_file(file, v) < 0) why = "a controller is not enabled for the child cgroup";
+      if (evs__write_file(file, v) < 0) why = "a controller is not enabled for the child cgroup";
     }
     snprintf(file, sizeof file, "%s/cgroup.procs", path);
     if (!why && (fd = open(file, O_WRONLY | O_CLOEXEC)) < 0) why = "cgroup.procs is not writable";

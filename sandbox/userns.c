@@ -27,15 +27,17 @@ int evs__write_file(const char *path, const char *s) {
   return e;
 }
 
-int evs__map_self(uid_t uid, gid_t gid) {
+int evs__map_ids(uid_t inner_uid, uid_t uid, gid_t inner_gid, gid_t gid) {
   char map[64];
   int r = evs__write_file("/proc/self/setgroups", "deny");
-  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)uid);
+  snprintf(map, sizeof map, "%u %u 1\n", (unsigned)inner_uid, (unsigned)uid);
   if (r == 0) r = evs__write_file("/proc/self/uid_map", map);
-  snprintf(map, sizeof map, "0 %u 1\n", (unsigned)gid);
+  snprintf(map, sizeof map, "%u %u 1\n", (unsigned)inner_gid, (unsigned)gid);
   if (r == 0) r = evs__write_file("/proc/self/gid_map", map);
   return r;
 }
+
+int evs__map_self(uid_t uid, gid_t gid) { return evs__map_ids(0, uid, 0, gid); }
 
 int evs__map_stranger(pid_t pid, unsigned id) { return evs__map_stranger_range(pid, id, 1); }
 

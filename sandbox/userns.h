@@ -31,7 +31,10 @@
 int evs__write_file(const char *path, const char *s);
 
 /* After unshare(CLONE_NEWUSER) by an unprivileged process: setgroups denied, then its own uid
- * and gid as 0 inside. 0 or -errno. */
+ * and gid (the only ids it may map) as inner_uid and inner_gid inside. 0 or -errno. */
+int evs__map_ids(uid_t inner_uid, uid_t uid, gid_t inner_gid, gid_t gid);
+
+/* evs__map_ids with 0 inside. */
 int evs__map_self(uid_t uid, gid_t gid);
 
 /* Root's part for a stranger: maps uid and gid 0 of pid's new user namespace to id (pid has
