@@ -79,6 +79,9 @@ int evs__io_read_start(evs__io *io);
 int evs__io_edge_on(evs__io *io);
 void evs__io_edge_off(evs__io *io);
 int evs__io_edge_resume(evs__io *io);
+/* Run loop like uv_run(UV_RUN_DEFAULT), blocking on the edge-triggered streams' epoll set with
+ * libuv's descriptor inside it, until *stop is set (by a callback) or nothing is alive. */
+int evs__io_edge_run(uv_loop_t *loop, const int *stop);
 void evs__io_read_stop(evs__io *io);
 /* Queue plaintext; returns 0 or a negative uv error. */
 int evs__io_write(evs__io *io, const void *data, size_t len);

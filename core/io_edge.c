@@ -3,9 +3,14 @@
  * carrying many small messages (a WebSocket, a tunnel) pays per message for libuv's reading:
  * level-triggered epoll polls each socket that was ready once more on the next wait, and libuv
  * reads with read(2), through the file layer. Here such streams sit in an epoll set of the
- * worker's own, edge-triggered, which libuv polls as one descriptor; when it is readable, one
- * epoll_wait lists the streams with input and each is read with recv(2) until a short read,
- * as nginx does.
+ * worker's own, edge-triggered, and each stream with input is read with recv(2) until a short
+ * read, as nginx does.
+ *
+ * The worker blocks on that set (evs__io_edge_run), with libuv's own epoll descriptor inside
+ * it: a wakeup for the streams alone costs one epoll_wait, and libuv runs a turn (UV_RUN_NOWAIT)
+ * only when its descriptor is readable, a timer is due, or a callback left it work that it
+ * does only inside a turn (edge_uv_wants_turn). A loop that is not run so (unit tests, the
+ * plugin check) polls the set from libuv instead, through a uv_poll.
  *
  * Backpressure is unchanged: a paused stream is not read, so its input stays in the kernel and
  * TCP's window closes. An edge that came while paused is remembered (edge_ready) and on resume
@@ -26,20 +31,14 @@
 #define EDGE_READS 16 /* per stream and event, then re-armed: one stream cannot starve others */
 
 typedef struct edge_loop {
-  uv_poll_t poll;
+  uv_poll_t poll; /* started unless evs__io_edge_run blocks on the set */
   uv_loop_t *loop;
   int epfd;
+  int driven; /* evs__io_edge_run blocks on the set */
 } edge_loop;
 
 static __thread edge_loop *edge;
 static __thread char edge_buf[EDGE_BUF_SIZE];
-
-static void edge_closed(uv_handle_t *h) {
-  edge_loop *e = h->data;
-  close(e->epfd);
-  if (edge == e) edge = NULL;
-  free(e);
-}
 
 static int edge_fd(const evs__io *io) {
   if (io->edge) return io->edge_fd;
@@ -86,21 +85,36 @@ static void edge_read(evs__io *io) {
     edge_fail(io, UV_EIO);
 }
 
+/* Reads the streams of a batch of events; says whether libuv's descriptor was among them. */
+static int edge_dispatch(const struct epoll_event *ev, int n) {
+  int uv_ready = 0;
+  /* An evs__io closed by an earlier stream's callback is freed only in libuv's closing phase,
+   * after the batch: its pointer stays valid here, and edge_off cleared io->edge. */
+  for (int i = 0; i < n; i++) {
+    evs__io *io = ev[i].data.ptr;
+    if (!io) { /* libuv's descriptor (evs__io_edge_run) */
+      uv_ready = 1;
+      continue;
+    }
+    if (!io->edge || io->closing) continue;
+    io->edge_ready = 1;
+    edge_read(io);
+  }
+  return uv_ready;
+}
+
+/* syscall(2) as for the reads (no cancellation bookkeeping); epoll_pwait: every architecture */
+static int edge_wait(int epfd, struct epoll_event *ev, int timeout) {
+  return (int)syscall(SYS_epoll_pwait, epfd, ev, EDGE_EVENTS, timeout, NULL, 0);
+}
+
 static void edge_poll(uv_poll_t *p, int status, int events) {
   (void)events;
   edge_loop *e = p->data;
   if (status < 0) return;
   struct epoll_event ev[EDGE_EVENTS];
-  /* syscall(2) as for the reads (no cancellation bookkeeping); epoll_pwait: every architecture */
-  int n = (int)syscall(SYS_epoll_pwait, e->epfd, ev, EDGE_EVENTS, 0, NULL, 0);
-  /* An evs__io closed by an earlier stream's callback is freed only in libuv's closing phase,
-   * after this callback: its pointer stays valid here, and edge_off cleared io->edge. */
-  for (int i = 0; i < n; i++) {
-    evs__io *io = ev[i].data.ptr;
-    if (!io->edge || io->closing) continue;
-    io->edge_ready = 1;
-    edge_read(io);
-  }
+  int n = edge_wait(e->epfd, ev, 0);
+  if (n > 0) edge_dispatch(ev, n);
 }
 
 static edge_loop *edge_get(uv_loop_t *loop) {
@@ -121,20 +135,72 @@ static edge_loop *edge_get(uv_loop_t *loop) {
     return NULL;
   }
   e->poll.data = e;
-  edge = e;
-  if (uv_poll_start(&e->poll, UV_READABLE, edge_poll) < 0) {
-    uv_close((uv_handle_t *)&e->poll, edge_closed);
-    return NULL;
-  }
   uv_unref((uv_handle_t *)&e->poll); /* it never keeps the loop alive by itself */
+  edge = e;
   return e;
+}
+
+/* Work that libuv does only inside a turn of its loop and that uv_backend_timeout does not
+ * report (it reports due timers, pending callbacks, idle handles and closing handles):
+ * watchers started or changed by a callback (uv_read_start, a uv_write the socket did not take
+ * at once, a connect), which libuv hands to epoll only inside uv__io_poll; prepare and check
+ * handles, run around the poll. The heads are in uv_loop_t's public layout: a queue is two
+ * pointers, the first the next element, and is empty when it points to itself. */
+static int queue_busy(const void *head) {
+  return *(void *const *)head != head;
+}
+
+static int edge_uv_wants_turn(const uv_loop_t *loop) {
+  _Static_assert(sizeof loop->watcher_queue == 2 * sizeof(void *), "libuv's queue layout");
+  return uv_backend_timeout(loop) == 0 || queue_busy(&loop->watcher_queue) ||
+         queue_busy(&loop->prepare_handles) || queue_busy(&loop->check_handles);
+}
+
+int evs__io_edge_run(uv_loop_t *loop, const int *stop) {
+  edge_loop *e = edge_get(loop);
+  int uvfd = uv_backend_fd(loop);
+  struct epoll_event uvev = {.events = EPOLLIN, .data.ptr = NULL};
+  if (!e || uvfd < 0) return uv_run(loop, UV_RUN_DEFAULT);
+  uv_poll_stop(&e->poll); /* libuv drops the set from its own (a cycle is refused) */
+  if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, uvfd, &uvev) < 0) {
+    uv_poll_start(&e->poll, UV_READABLE, edge_poll);
+    return uv_run(loop, UV_RUN_DEFAULT);
+  }
+  e->driven = 1;
+  struct epoll_event ev[EDGE_EVENTS];
+  int turn = 1;
+  for (;;) {
+    if (turn) {
+      uv_run(loop, UV_RUN_NOWAIT);
+      if (*stop || !uv_loop_alive(loop)) break;
+    }
+    int n = edge_wait(e->epfd, ev, edge_uv_wants_turn(loop) ? 0 : uv_backend_timeout(loop));
+    if (n < 0) {
+      if (errno != EINTR) abort(); /* as libuv does: the set is the worker's own */
+      turn = 1;                    /* a signal: libuv's handler wrote to its pipe */
+      continue;
+    }
+    uv_update_time(loop);
+    /* n == 0: the timeout, so a timer is due */
+    turn = edge_dispatch(ev, n) | (n == 0) | edge_uv_wants_turn(loop);
+  }
+  /* Back to being polled by libuv, for whatever runs the loop after this. */
+  e->driven = 0;
+  struct epoll_event none = {0};
+  epoll_ctl(e->epfd, EPOLL_CTL_DEL, uvfd, &none);
+  uv_poll_start(&e->poll, UV_READABLE, edge_poll);
+  return uv_loop_alive(loop);
 }
 
 int evs__io_edge_on(evs__io *io) {
   if (io->edge) return 0;
   if (io->h.handle.type != UV_TCP || io->ssl || io->outer_ssl || io->closing || io->lingering)
     return UV_EINVAL;
-  if (!edge_get(io->h.handle.loop)) return UV_ENOMEM;
+  edge_loop *e = edge_get(io->h.handle.loop);
+  if (!e) return UV_ENOMEM;
+  if (!e->driven && !uv_is_active((uv_handle_t *)&e->poll) &&
+      uv_poll_start(&e->poll, UV_READABLE, edge_poll) < 0)
+    return UV_ENOMEM;
   /* Registering reports input already waiting as an edge. */
   if (edge_arm(io, EPOLL_CTL_ADD) < 0) return uv_translate_sys_error(errno);
   if (io->reading) uv_read_stop(&io->h.stream);

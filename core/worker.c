@@ -16,6 +16,7 @@
 #include "appendq.h"
 #include "storeq.h"
 #include "host.h"
+#include "io.h"
 #include "log.h"
 #include "metrics.h"
 #include "node.h"
@@ -30,7 +31,10 @@ evs__worker *evs__w;
 #define DRAIN_TICK_MS 200
 #define DRAIN_IDLE_GRACE_MS 1000
 
+static int finished; /* ends evs__io_edge_run (uv_stop ends only the turn it is in) */
+
 static void finish(evs__worker *w) {
+  finished = 1;
   uv_timer_stop(&w->drain_timer);
   evs__server_close_all(w);
   evs__streams_stop();
@@ -148,7 +152,7 @@ int evs__worker_run(const evs__settings *s, evs__listen_sock *socks, size_t nsoc
     close(ready_fd);
   }
   EVS_LOG_DEBUG("EVS-1505", "worker ready (slot %d, generation %u)", slot, generation);
-  uv_run(w->loop, UV_RUN_DEFAULT);
+  evs__io_edge_run(w->loop, &finished);
 
   evs__plugins_unload(w);
   evs__node_stop(w); /* after fini: a plugin may still answer node messages there */
