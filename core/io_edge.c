@@ -150,10 +150,13 @@ static int queue_busy(const void *head) {
   return *(void *const *)head != head;
 }
 
-static int edge_uv_wants_turn(const uv_loop_t *loop) {
+/* How long the worker may block before libuv wants a turn: 0 if it wants one now. */
+static int edge_uv_timeout(const uv_loop_t *loop) {
   _Static_assert(sizeof loop->watcher_queue == 2 * sizeof(void *), "libuv's queue layout");
-  return uv_backend_timeout(loop) == 0 || queue_busy(&loop->watcher_queue) ||
-         queue_busy(&loop->prepare_handles) || queue_busy(&loop->check_handles);
+  if (queue_busy(&loop->watcher_queue) || queue_busy(&loop->prepare_handles) ||
+      queue_busy(&loop->check_handles))
+    return 0;
+  return uv_backend_timeout(loop);
 }
 
 int evs__io_edge_run(uv_loop_t *loop, const int *stop) {
@@ -168,21 +171,24 @@ int evs__io_edge_run(uv_loop_t *loop, const int *stop) {
   }
   e->driven = 1;
   struct epoll_event ev[EDGE_EVENTS];
-  int turn = 1;
+  int turn = 1, timeout = 0;
   for (;;) {
     if (turn) {
       uv_run(loop, UV_RUN_NOWAIT);
       if (*stop || !uv_loop_alive(loop)) break;
+      timeout = edge_uv_timeout(loop);
     }
-    int n = edge_wait(e->epfd, ev, edge_uv_wants_turn(loop) ? 0 : uv_backend_timeout(loop));
+    int n = edge_wait(e->epfd, ev, timeout);
     if (n < 0) {
       if (errno != EINTR) abort(); /* as libuv does: the set is the worker's own */
       turn = 1;                    /* a signal: libuv's handler wrote to its pipe */
       continue;
     }
     uv_update_time(loop);
-    /* n == 0: the timeout, so a timer is due */
-    turn = edge_dispatch(ev, n) | (n == 0) | edge_uv_wants_turn(loop);
+    int uv_ready = edge_dispatch(ev, n);
+    timeout = edge_uv_timeout(loop);
+    /* n == 0: the wait's timeout, so a timer is due */
+    turn = uv_ready || n == 0 || timeout == 0 || *stop;
   }
   /* Back to being polled by libuv, for whatever runs the loop after this. */
   e->driven = 0;
