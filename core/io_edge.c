@@ -140,12 +140,13 @@ static edge_loop *edge_get(uv_loop_t *loop) {
   return e;
 }
 
-/* Work that libuv does only inside a turn of its loop and that uv_backend_timeout does not
- * report (it reports due timers, pending callbacks, idle handles and closing handles):
- * watchers started or changed by a callback (uv_read_start, a uv_write the socket did not take
- * at once, a connect), which libuv hands to epoll only inside uv__io_poll; prepare and check
- * handles, run around the poll. The heads are in uv_loop_t's public layout: a queue is two
- * pointers, the first the next element, and is empty when it points to itself. */
+/* Work that libuv does only inside a turn of its loop: uv_backend_timeout reports due timers,
+ * pending callbacks, idle and closing handles, and (since libuv 1.44) watchers started or
+ * changed by a callback (uv_read_start, a uv_write the socket did not take at once, a connect),
+ * which libuv hands to epoll only inside uv__io_poll. Not prepare and check handles, run around
+ * the poll (the enclave client flushes its calls from one), nor the watchers before 1.44. Their
+ * heads are in uv_loop_t's public layout: a queue is two pointers, the first the next element,
+ * and is empty when it points to itself. */
 static int queue_busy(const void *head) {
   return *(void *const *)head != head;
 }
