@@ -9,7 +9,7 @@
  * The worker blocks on that set (evs__io_edge_run), with libuv's own epoll descriptor inside
  * it: a wakeup for the streams alone costs one epoll_wait, and libuv runs a turn (UV_RUN_NOWAIT)
  * only when its descriptor is readable, a timer is due, or a callback left it work that it
- * does only inside a turn (edge_uv_wants_turn). A loop that is not run so (unit tests, the
+ * does only inside a turn (edge_uv_timeout). A loop that is not run so (unit tests, the
  * plugin check) polls the set from libuv instead, through a uv_poll.
  *
  * Backpressure is unchanged: a paused stream is not read, so its input stays in the kernel and
