@@ -23,6 +23,7 @@
  *      the previous version may still run against a migrated PostgreSQL store.
  */
 #include "store.h"
+#include "store_sqlite_vfs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -376,10 +377,11 @@ static int sq_open(const evs__store_options *o, int64_t now_ms, void **ret_impl,
       snprintf(err, errlen, "sqlite: out of memory");
     return -ENOMEM;
   }
-  /* NOMUTEX: store.c serializes calls on a handle, so SQLite's own mutex is redundant. */
+  /* NOMUTEX: store.c serializes calls on a handle, so SQLite's own mutex is redundant. The
+   * VFS writes each WAL commit in one call (store_sqlite_vfs.c); without it, the default. */
   rc = sqlite3_open_v2(o->path, &q->db,
                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
-                       NULL);
+                       evs__sqlite_vfs_register() == SQLITE_OK ? EVS_SQLITE_VFS : NULL);
   if (rc != SQLITE_OK) {
     r = q->db ? fail(q, rc, "sqlite: open") : -ENOMEM;
     goto fail;

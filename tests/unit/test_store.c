@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -838,6 +839,74 @@ static void test_ids_concurrent(void **state) {
   free(rows.v);
 }
 
+/* A record is acknowledged when its batch's commit returns: it must then survive the process
+ * being killed at once (kill -9, no close). The store's VFS (store_sqlite_vfs.c) holds WAL
+ * writes until a commit frame: this checks they are in the file when the commit returns, for
+ * batches of every size (one frame, a run longer than the VFS's buffer, a transaction that
+ * spills pages before it commits) and across WAL checkpoints and restarts. SQLite only. */
+static int killed_child(const evs__store_options *o, int batches, int per, size_t rec_len) {
+  char err[256];
+  evs__store *s = NULL;
+  evs__store_rec *batch = calloc((size_t)per, sizeof(*batch));
+  char *texts = malloc((size_t)per * (rec_len + 1));
+
+  if (!batch || !texts || evs__store_open(o, &s, err, sizeof(err)) < 0)
+    return 10;
+  for (int b = 0; b < batches; b++) {
+    for (int i = 0; i < per; i++) {
+      char *t = texts + (size_t)i * (rec_len + 1);
+      int n = snprintf(t, rec_len + 1, "{\"b\":%d,\"i\":%d,\"pad\":\"", b, i);
+      memset(t + n, 'x', rec_len - (size_t)n - 2);
+      memcpy(t + rec_len - 2, "\"}", 3);
+      batch[i] = (evs__store_rec){"durable", t, 1000 + b};
+    }
+    if (evs__store_append_batch(s, batch, (size_t)per) != 0)
+      return 11;
+  }
+  kill(getpid(), SIGKILL); /* right after the last commit returned */
+  return 12;
+}
+
+static void test_durable_after_kill(void **state) {
+  fx *f = need(state);
+  static const struct {
+    int batches, per;
+    size_t len;
+  } cases[] = {
+    {1, 1, 40},        /* one small record: one frame */
+    {3, 200, 300},     /* runs longer than the VFS's buffer (~15 pages per commit) */
+    {1, 3000, 1000},   /* ~3 MB in one transaction: pages spill before the commit */
+    {60, 60, 250},     /* > 1000 frames: checkpoints, the WAL restarts from its start */
+  };
+
+  for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+    evs__store_options o;
+    char where[PATH_MAX], name[16];
+    int status;
+    recs r;
+
+    snprintf(name, sizeof(name), "kill%zu", c);
+    fresh_location(f, name, &o, where, sizeof(where));
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+      _exit(killed_child(&o, cases[c].batches, cases[c].per, cases[c].len));
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGKILL);
+
+    evs__store *s = reopen(f, &o);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(evs__store_query(s, "durable", 0, 1u << 20, recs_cb, &r), 0);
+    assert_int_equal(r.n, cases[c].batches * cases[c].per);
+    char want[64];
+    snprintf(want, sizeof(want), "{\"b\":%d,\"i\":", cases[c].batches - 1);
+    assert_memory_equal(r.first, want, strlen(want));
+    evs__store_close(s);
+    restore_location(f);
+  }
+}
+
 /* ---- schema ------------------------------------------------------------------------------ */
 
 static void test_migrations(void **state) {
@@ -1424,6 +1493,7 @@ int main(void) {
     STORE_TESTS(setup_sqlite, teardown_sqlite),
     cmocka_unit_test_setup_teardown(test_open_errors, setup_sqlite, teardown_sqlite),
     cmocka_unit_test_setup_teardown(test_migrate_log_v1, setup_sqlite, teardown_sqlite),
+    cmocka_unit_test_setup_teardown(test_durable_after_kill, setup_sqlite, teardown_sqlite),
     cmocka_unit_test(test_format_error),
   };
   const struct CMUnitTest pg_tests[] = {
