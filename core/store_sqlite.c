@@ -145,7 +145,7 @@ static const char *const stmt_sql[ST_COUNT] = {
 
 /* A batch of records is written with multi-row INSERTs of these sizes (greedy), each prepared
  * once: one statement per row cost a VDBE run per row. */
-static const size_t multi_rows[] = {32, 8, 2};
+static const size_t multi_rows[] = {32, 16, 8, 4, 2};
 #define N_MULTI (sizeof multi_rows / sizeof multi_rows[0])
 
 /* Stream names this connection has seen committed, with their ids: streams are never deleted

@@ -720,8 +720,8 @@ static void test_append_batch(void **state) {
  * in the order it appended, and a query that spans several pages returns every record once,
  * by (ts_ms, id) descending. */
 #define ID_PROCS 3
-#define ID_ROUNDS 40
-#define ID_BATCH 9 /* a multi-row INSERT of 8 and a single row: both paths */
+#define ID_ROUNDS 20
+#define ID_BATCH 31 /* multi-row INSERTs of 16, 8, 4 and 2 rows and a single row */
 
 typedef struct id_row {
   int64_t id, ts;
