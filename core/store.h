@@ -8,8 +8,10 @@
  *
  * Backends: "sqlite" (store_sqlite.c, the embedded default: one WAL-mode file in the state
  * directory, shared by the worker processes of one node) and "postgresql" (store_pg.c, for
- * several nodes sharing one database). Both keep the same schema, apply the same numbered
- * migrations at open and order keys the same way (bytewise), so plugins cannot tell them apart.
+ * several nodes sharing one database). Both keep the same data and schema versions (SQLite's
+ * log table stores interned stream ids where PostgreSQL's stores names: version 2), apply the
+ * same numbered migrations at open and order keys the same way (bytewise), so plugins cannot
+ * tell them apart.
  * A third backend is one new file exporting an evs__store_backend, plus one line in the table
  * in store.c.
  *
@@ -33,7 +35,7 @@
 
 /* The schema version this build migrates to. Every backend's migration array has exactly this
  * many steps (each backend checks that at compile time). */
-#define EVS_STORE_SCHEMA_VERSION 1
+#define EVS_STORE_SCHEMA_VERSION 2
 
 typedef struct evs__store evs__store;
 

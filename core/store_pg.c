@@ -63,6 +63,11 @@ static const migration migrations[] = {
     "  ts_ms bigint NOT NULL,"
     "  record text NOT NULL);"
     "CREATE INDEX evs_log_stream_ts ON evs_log (stream, ts_ms, id);" },
+  /* SQLite's version 2 rebuilt its evs_log so that a commit writes fewer WAL pages (no
+   * AUTOINCREMENT row, stream names interned). Nothing here has that cost: the identity
+   * column's sequence is not written per row, and nodes of version 1 may still be writing to
+   * this table; so the step only moves the version. */
+  { 2, "log: interned streams, no sqlite_sequence (sqlite only)", "SELECT 1" },
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == EVS_STORE_SCHEMA_VERSION,
                "store_pg.c: migrations[] and EVS_STORE_SCHEMA_VERSION disagree");

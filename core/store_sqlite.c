@@ -23,6 +23,7 @@
  *      the previous version may still run against a migrated PostgreSQL store.
  */
 #include "store.h"
+#include "store_sqlite_vfs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -59,6 +60,31 @@ static const migration migrations[] = {
     "  ts_ms INTEGER NOT NULL,"
     "  record TEXT NOT NULL);"
     "CREATE INDEX evs_log_stream_ts ON evs_log (stream, ts_ms, id);" },
+  { 2, "log: interned streams, no sqlite_sequence",
+    /* A commit of a batch of records wrote the table's last leaf, the index's leaf and the
+     * sqlite_sequence row (AUTOINCREMENT), each a 4 KiB WAL frame, for about one page of
+     * records: the commit's cost was mostly frames. Without AUTOINCREMENT the id is the rowid
+     * SQLite picks under the write lock, max(id) + 1: unique across the processes sharing the
+     * file and increasing in commit order, as before; it could only be reused if the newest
+     * records were deleted, and nothing deletes records. Streams are interned: an integer in
+     * the row and in the index instead of the name twice. One B-tree clustered on
+     * (stream, ts_ms, id) (WITHOUT ROWID) measured worse: its interior pages hold whole rows.
+     * Records are copied with their ids, so query order and cursors are unchanged. */
+    "CREATE TABLE evs_log_stream ("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE);"
+    "INSERT INTO evs_log_stream (name) SELECT DISTINCT stream FROM evs_log ORDER BY stream;"
+    "CREATE TABLE evs_log_v2 ("
+    "  id INTEGER PRIMARY KEY,"
+    "  stream_id INTEGER NOT NULL," /* evs_log_stream.id */
+    "  ts_ms INTEGER NOT NULL,"
+    "  record TEXT NOT NULL);"
+    "INSERT INTO evs_log_v2 (id, stream_id, ts_ms, record) "
+    "  SELECT l.id, s.id, l.ts_ms, l.record FROM evs_log l "
+    "  JOIN evs_log_stream s ON s.name = l.stream ORDER BY l.id;"
+    "DROP TABLE evs_log;" /* and its index and its sqlite_sequence row */
+    "ALTER TABLE evs_log_v2 RENAME TO evs_log;"
+    "CREATE INDEX evs_log_stream_ts ON evs_log (stream_id, ts_ms, id);" },
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == EVS_STORE_SCHEMA_VERSION,
                "store_sqlite.c: migrations[] and EVS_STORE_SCHEMA_VERSION disagree");
@@ -72,6 +98,8 @@ enum stmt_id {
   ST_SCAN,
   ST_SCAN_BOUNDED,
   ST_APPEND,
+  ST_STREAM_ID,
+  ST_STREAM_ADD,
   ST_QUERY,
   ST_PURGE,
   ST_VERSION,
@@ -99,10 +127,14 @@ static const char *const stmt_sql[ST_COUNT] = {
               "AND (expires_at IS NULL OR expires_at > ?4) ORDER BY key LIMIT ?5",
   [ST_SCAN_BOUNDED] = "SELECT key, value FROM evs_kv WHERE ns = ?1 AND key >= ?2 AND key < ?3 "
                       "AND (expires_at IS NULL OR expires_at > ?4) ORDER BY key LIMIT ?5",
-  [ST_APPEND] = "INSERT INTO evs_log (stream, ts_ms, record) VALUES (?1, ?2, ?3)",
-  /* The row value comparison is a range on the (stream, ts_ms, id) index. */
-  [ST_QUERY] = "SELECT id, ts_ms, record FROM evs_log WHERE stream = ?1 AND ts_ms >= ?2 "
-               "AND (ts_ms, id) < (?3, ?4) ORDER BY ts_ms DESC, id DESC LIMIT ?5",
+  [ST_APPEND] = "INSERT INTO evs_log (stream_id, ts_ms, record) VALUES (?1, ?2, ?3)",
+  [ST_STREAM_ID] = "SELECT id FROM evs_log_stream WHERE name = ?1",
+  [ST_STREAM_ADD] = "INSERT INTO evs_log_stream (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+  /* The row value comparison is a range on the (stream_id, ts_ms, id) index; the subquery runs
+   * once. */
+  [ST_QUERY] = "SELECT id, ts_ms, record FROM evs_log "
+               "WHERE stream_id = (SELECT id FROM evs_log_stream WHERE name = ?1) "
+               "AND ts_ms >= ?2 AND (ts_ms, id) < (?3, ?4) ORDER BY ts_ms DESC, id DESC LIMIT ?5",
   [ST_PURGE] = "DELETE FROM evs_kv WHERE rowid IN (SELECT rowid FROM evs_kv "
                "WHERE expires_at <= ?1 LIMIT ?2)",
   [ST_VERSION] = "SELECT coalesce(max(version), 0) FROM evs_schema_migrations",
@@ -113,13 +145,24 @@ static const char *const stmt_sql[ST_COUNT] = {
 
 /* A batch of records is written with multi-row INSERTs of these sizes (greedy), each prepared
  * once: one statement per row cost a VDBE run per row. */
-static const size_t multi_rows[] = {32, 8, 2};
+static const size_t multi_rows[] = {32, 16, 8, 4, 2};
 #define N_MULTI (sizeof multi_rows / sizeof multi_rows[0])
+
+/* Stream names this connection has seen committed, with their ids: streams are never deleted
+ * or renumbered, so an entry stays true. A stream beyond the cache is looked up every time. */
+#define STREAM_CACHE 32
+
+typedef struct stream_ent {
+  int64_t id;
+  char name[EVS_STORE_NAME_MAX + 1];
+} stream_ent;
 
 typedef struct sq {
   sqlite3 *db;
   sqlite3_stmt *stmt[ST_COUNT];
   sqlite3_stmt *multi[N_MULTI]; /* INSERT of multi_rows[i] records */
+  stream_ent streams[STREAM_CACHE];
+  size_t nstreams;
   char errmsg[256];
 } sq;
 
@@ -334,10 +377,11 @@ static int sq_open(const evs__store_options *o, int64_t now_ms, void **ret_impl,
       snprintf(err, errlen, "sqlite: out of memory");
     return -ENOMEM;
   }
-  /* NOMUTEX: store.c serializes calls on a handle, so SQLite's own mutex is redundant. */
+  /* NOMUTEX: store.c serializes calls on a handle, so SQLite's own mutex is redundant. The
+   * VFS writes each WAL commit in one call (store_sqlite_vfs.c); without it, the default. */
   rc = sqlite3_open_v2(o->path, &q->db,
                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
-                       NULL);
+                       evs__sqlite_vfs_register() == SQLITE_OK ? EVS_SQLITE_VFS : NULL);
   if (rc != SQLITE_OK) {
     r = q->db ? fail(q, rc, "sqlite: open") : -ENOMEM;
     goto fail;
@@ -534,29 +578,6 @@ static int sq_scan(void *impl, const evs__store_scan_req *req, evs__store_page *
 
 /* ---- streams ----------------------------------------------------------------------------- */
 
-static int sq_append(void *impl, const char *stream, int64_t ts_ms, const char *record,
-                     size_t record_len, int64_t *ret_id) {
-  sq *q = impl;
-  sqlite3_stmt *st = NULL;
-  int r, rc;
-
-  if ((r = stmt(q, ST_APPEND, &st)) < 0)
-    return r;
-  sqlite3_bind_text(st, 1, stream, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, ts_ms);
-  sqlite3_bind_text(st, 3, record, (int)record_len, SQLITE_STATIC);
-  rc = sqlite3_step(st);
-  if (rc == SQLITE_DONE) {
-    /* The connection is ours alone (store.c holds the handle's mutex), so the last rowid is
-     * this insert's. */
-    *ret_id = sqlite3_last_insert_rowid(q->db);
-    r = 0;
-  } else
-    r = fail(q, rc, "sqlite: append");
-  done(st);
-  return r;
-}
-
 /* Steps a prepared statement that returns no row. */
 static int step_done(sq *q, enum stmt_id id, const char *what) {
   sqlite3_stmt *st = NULL;
@@ -570,15 +591,111 @@ static int step_done(sq *q, enum stmt_id id, const char *what) {
   return r;
 }
 
-/* INSERT of multi_rows[k] records from recs. */
-static int append_multi(sq *q, size_t k, const evs__store_rec *recs) {
+static const stream_ent *stream_cached(const sq *q, const char *name) {
+  for (size_t i = 0; i < q->nstreams; i++)
+    if (strcmp(q->streams[i].name, name) == 0)
+      return &q->streams[i];
+  return NULL;
+}
+
+/* The id of a stream, created if new. Inside the caller's write transaction: an id created
+ * here is cached only once that commits (stream_commit), so a rollback leaves no stale entry.
+ * *ret_new says the id is not cached yet. */
+static int stream_id(sq *q, const char *name, int64_t *ret_id, int *ret_new) {
+  const stream_ent *e = stream_cached(q, name);
+  sqlite3_stmt *st = NULL;
+  int r, rc;
+
+  if (e) {
+    *ret_id = e->id;
+    *ret_new = 0;
+    return 0;
+  }
+  for (int pass = 0; pass < 2; pass++) {
+    if ((r = stmt(q, ST_STREAM_ID, &st)) < 0)
+      return r;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      *ret_id = sqlite3_column_int64(st, 0);
+      *ret_new = 1;
+      done(st);
+      return 0;
+    }
+    done(st);
+    if (rc != SQLITE_DONE)
+      return fail(q, rc, "sqlite: stream id");
+    if (pass == 0) {
+      if ((r = stmt(q, ST_STREAM_ADD, &st)) < 0)
+        return r;
+      sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+      rc = sqlite3_step(st);
+      done(st);
+      if (rc != SQLITE_DONE)
+        return fail(q, rc, "sqlite: add stream");
+    }
+  }
+  snprintf(q->errmsg, sizeof(q->errmsg), "sqlite: stream not found after adding it");
+  return -EIO;
+}
+
+/* After a commit: remember a stream id the transaction looked up. */
+static void stream_commit(sq *q, const char *name, int64_t id) {
+  if (q->nstreams < STREAM_CACHE && !stream_cached(q, name)) {
+    stream_ent *e = &q->streams[q->nstreams++];
+    e->id = id;
+    snprintf(e->name, sizeof(e->name), "%s", name);
+  }
+}
+
+static int insert_one(sq *q, int64_t sid, int64_t ts_ms, const char *record, size_t len) {
+  sqlite3_stmt *st = NULL;
+  int r, rc;
+
+  if ((r = stmt(q, ST_APPEND, &st)) < 0)
+    return r;
+  sqlite3_bind_int64(st, 1, sid);
+  sqlite3_bind_int64(st, 2, ts_ms);
+  sqlite3_bind_text(st, 3, record, (int)len, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  r = rc == SQLITE_DONE ? 0 : fail(q, rc, "sqlite: append");
+  done(st);
+  return r;
+}
+
+static int sq_append(void *impl, const char *stream, int64_t ts_ms, const char *record,
+                     size_t record_len, int64_t *ret_id) {
+  sq *q = impl;
+  int64_t sid, id;
+  int r, fresh;
+
+  if ((r = step_done(q, ST_BEGIN, "sqlite: begin append")) < 0)
+    return r;
+  if ((r = stream_id(q, stream, &sid, &fresh)) == 0 &&
+      (r = insert_one(q, sid, ts_ms, record, record_len)) == 0) {
+    /* The connection is ours alone (store.c holds the handle's mutex), so the last rowid is
+     * this insert's. */
+    id = sqlite3_last_insert_rowid(q->db);
+    if ((r = step_done(q, ST_COMMIT, "sqlite: commit append")) == 0) {
+      if (fresh)
+        stream_commit(q, stream, sid);
+      *ret_id = id;
+      return 0;
+    }
+  }
+  sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+  return r;
+}
+
+/* INSERT of multi_rows[k] records from recs, with their stream ids in sids. */
+static int append_multi(sq *q, size_t k, const evs__store_rec *recs, const int64_t *sids) {
   size_t n = multi_rows[k];
   int rc, r;
 
   if (!q->multi[k]) {
     char sql[64 + 12 * 32];
     size_t len = (size_t)snprintf(sql, sizeof sql,
-                                  "INSERT INTO evs_log (stream, ts_ms, record) VALUES ");
+                                  "INSERT INTO evs_log (stream_id, ts_ms, record) VALUES ");
     for (size_t i = 0; i < n; i++)
       len += (size_t)snprintf(sql + len, sizeof sql - len, "%s(?,?,?)", i ? "," : "");
     rc = sqlite3_prepare_v3(q->db, sql, (int)len, SQLITE_PREPARE_PERSISTENT, &q->multi[k],
@@ -589,7 +706,7 @@ static int append_multi(sq *q, size_t k, const evs__store_rec *recs) {
   sqlite3_stmt *st = q->multi[k];
   for (size_t i = 0; i < n; i++) {
     int b = 3 * (int)i;
-    sqlite3_bind_text(st, b + 1, recs[i].stream, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, b + 1, sids[i]);
     sqlite3_bind_int64(st, b + 2, recs[i].ts_ms);
     sqlite3_bind_text(st, b + 3, recs[i].json, -1, SQLITE_STATIC);
   }
@@ -599,21 +716,47 @@ static int append_multi(sq *q, size_t k, const evs__store_rec *recs) {
   return r;
 }
 
+/* Stream ids of a batch are resolved in chunks of this many records (a batch's records are
+ * almost always of one or two streams). */
+#define SID_CHUNK 256
+
 static int sq_append_batch(void *impl, const evs__store_rec *recs, size_t n) {
   sq *q = impl;
-  int64_t id;
+  int64_t sids[SID_CHUNK];
+  /* Streams looked up (not cached) in this transaction, to cache once it commits. */
+  struct {
+    const char *name;
+    int64_t id;
+  } fresh[STREAM_CACHE];
+  size_t nfresh = 0;
   int r;
 
   if ((r = step_done(q, ST_BEGIN, "sqlite: begin append")) < 0)
     return r;
-  size_t i = 0;
-  for (size_t k = 0; k < N_MULTI && r == 0; k++)
-    for (; n - i >= multi_rows[k] && r == 0; i += multi_rows[k])
-      r = append_multi(q, k, recs + i);
-  for (; i < n && r == 0; i++)
-    r = sq_append(q, recs[i].stream, recs[i].ts_ms, recs[i].json, strlen(recs[i].json), &id);
-  if (r == 0 && (r = step_done(q, ST_COMMIT, "sqlite: commit append")) == 0)
+  for (size_t off = 0; off < n && r == 0; off += SID_CHUNK) {
+    size_t m = n - off < SID_CHUNK ? n - off : SID_CHUNK, i = 0;
+    const evs__store_rec *c = recs + off;
+    for (size_t j = 0; j < m && r == 0; j++) {
+      int is_new = 0;
+      if (j > 0 && strcmp(c[j].stream, c[j - 1].stream) == 0)
+        sids[j] = sids[j - 1];
+      else if ((r = stream_id(q, c[j].stream, &sids[j], &is_new)) == 0 && is_new &&
+               nfresh < STREAM_CACHE) {
+        fresh[nfresh].name = c[j].stream;
+        fresh[nfresh++].id = sids[j];
+      }
+    }
+    for (size_t k = 0; k < N_MULTI && r == 0; k++)
+      for (; m - i >= multi_rows[k] && r == 0; i += multi_rows[k])
+        r = append_multi(q, k, c + i, sids + i);
+    for (; i < m && r == 0; i++)
+      r = insert_one(q, sids[i], c[i].ts_ms, c[i].json, strlen(c[i].json));
+  }
+  if (r == 0 && (r = step_done(q, ST_COMMIT, "sqlite: commit append")) == 0) {
+    for (size_t i = 0; i < nfresh; i++)
+      stream_commit(q, fresh[i].name, fresh[i].id);
     return 0;
+  }
   sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
   return r;
 }

@@ -21,6 +21,8 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -514,6 +516,59 @@ def test_one_certificate_across_workers():
     evstest.wait_for(lambda: (lambda f: len(f) == 1 and None not in f)(
         {fingerprint() for _ in range(12)}), timeout=90, interval=1,
         what="one certificate on every worker")
+
+
+def test_trx_records_survive_worker_kill():
+    """A response's end leaves only once its record's batch has committed, and a commit is in
+    the SQLite file when it returns (core/store_sqlite_vfs.c holds WAL writes until the commit
+    frame): so every answered request has its record, whenever the worker dies (kill -9)."""
+    e = Env()
+    st, body, _ = e.deploy("hello-cage", "k1")
+    assert st == 200, body
+    e.wait_ready("hello-cage", deployment=1)
+    e.wait_tls("hello-cage")
+    answered, done, lock = [], threading.Event(), threading.Lock()
+
+    def loop():
+        while not done.is_set():
+            st, hdrs, _ = e.curl("hello-cage", "/hello", key=e.key)
+            if st == 200 and hdrs.get("x-evervault-cage-ctx"):
+                with lock:
+                    answered.append(hdrs["x-evervault-cage-ctx"])
+    threads = [threading.Thread(target=loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        evstest.wait_for(lambda: len(answered) >= 40, timeout=60, what="answers before the kill")
+        workers = [int(x) for x in open("/proc/%d/task/%d/children" % (e.srv.pid, e.srv.pid))
+                   .read().split()
+                   if open("/proc/%s/comm" % x).read().strip() == "evserver"]
+        assert len(workers) == 1, workers
+        os.kill(workers[0], signal.SIGKILL)
+        n = len(answered)
+        # answers from the replacement worker count too: their records are committed as well
+        evstest.wait_for(lambda: len(answered) >= n + 5, timeout=60,
+                         what="answers after the kill")
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert "worker %d exited unexpectedly" % workers[0] in e.srv.log()
+    dbs = [os.path.join(e.srv.config.state_dir, f) for f in os.listdir(e.srv.config.state_dir)
+           if f.endswith(".db")]
+    assert len(dbs) == 1, dbs
+    db = sqlite3.connect(dbs[0])
+    try:
+        rows = db.execute("SELECT l.record FROM evs_log l JOIN evs_log_stream s "
+                          "ON s.id = l.stream_id WHERE s.name = 'cage-broker/trx'").fetchall()
+    finally:
+        db.close()
+    recorded = {json.loads(r[0]).get("ctx") for r in rows}
+    missing = [c for c in answered if c not in recorded]
+    print("%d answered (%d before the kill), %d records" % (len(answered), n, len(rows)),
+          flush=True)
+    assert not missing, "%d answered requests without a record, e.g. %s" % (len(missing),
+                                                                          missing[:3])
 
 
 evstest.main(globals())

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -714,6 +715,198 @@ static void test_append_batch(void **state) {
   free(texts);
 }
 
+/* Several processes append at once, in batches and one by one, to one stream with few distinct
+ * timestamps (so that ids decide the order): every id is unique, each process's ids increase
+ * in the order it appended, and a query that spans several pages returns every record once,
+ * by (ts_ms, id) descending. */
+#define ID_PROCS 3
+#define ID_ROUNDS 20
+#define ID_BATCH 31 /* multi-row INSERTs of 16, 8, 4 and 2 rows and a single row */
+
+typedef struct id_row {
+  int64_t id, ts;
+  int p, n;
+} id_row;
+
+typedef struct id_rows {
+  id_row *v;
+  int n, cap, bad;
+} id_rows;
+
+static int id_rows_cb(void *arg, int64_t id, int64_t ts_ms, const char *json) {
+  id_rows *r = arg;
+  id_row x = {id, ts_ms, -1, -1};
+  if (sscanf(json, "{\"p\":%d,\"n\":%d}", &x.p, &x.n) != 2 || r->n == r->cap) {
+    r->bad++;
+    return 0;
+  }
+  r->v[r->n++] = x;
+  return 0;
+}
+
+static int id_child(const evs__store_options *o, int p) {
+  char err[256], texts[ID_BATCH][48];
+  evs__store_rec batch[ID_BATCH];
+  evs__store *s = NULL;
+  int n = 0;
+
+  if (evs__store_open(o, &s, err, sizeof(err)) < 0) {
+    fprintf(stderr, "id child %d: open: %s\n", p, err);
+    return 10;
+  }
+  for (int round = 0; round < ID_ROUNDS; round++) {
+    for (int i = 0; i < ID_BATCH; i++, n++) {
+      snprintf(texts[i], sizeof(texts[i]), "{\"p\":%d,\"n\":%d}", p, n);
+      batch[i] = (evs__store_rec){i % 4 ? "ids" : "ids.other", texts[i], 1000 + n % 3};
+    }
+    if (evs__store_append_batch(s, batch, ID_BATCH) != 0)
+      return 11;
+    snprintf(texts[0], sizeof(texts[0]), "{\"p\":%d,\"n\":%d}", p, n++);
+    if (evs__store_append(s, "ids", texts[0], NULL) != 0)
+      return 12;
+  }
+  evs__store_close(s);
+  return 0;
+}
+
+static void test_ids_concurrent(void **state) {
+  fx *f = need(state);
+  enum { PER = ID_ROUNDS * (ID_BATCH + 1), TOTAL = ID_PROCS * PER };
+  evs__store_options o;
+  char where[PATH_MAX];
+  pid_t pids[ID_PROCS];
+  int go[2], total = 0;
+  id_rows rows = {calloc(TOTAL, sizeof(id_row)), 0, TOTAL, 0};
+
+  assert_non_null(rows.v);
+  fresh_location(f, "ids", &o, where, sizeof(where));
+  evs__store_close(reopen(f, &o)); /* migrated before the race */
+  assert_int_equal(pipe(go), 0);
+  for (int i = 0; i < ID_PROCS; i++) {
+    pids[i] = fork();
+    assert_true(pids[i] >= 0);
+    if (pids[i] == 0) {
+      char c;
+      close(go[1]);
+      if (read(go[0], &c, 1) != 0)
+        _exit(9);
+      _exit(id_child(&o, i));
+    }
+  }
+  close(go[0]);
+  close(go[1]);
+  for (int i = 0; i < ID_PROCS; i++) {
+    int status;
+    assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+  }
+
+  evs__store *s = reopen(f, &o);
+  const char *streams[] = {"ids", "ids.other"};
+  for (int k = 0; k < 2; k++) {
+    int from = rows.n;
+    assert_int_equal(evs__store_query(s, streams[k], 0, TOTAL, id_rows_cb, &rows), 0);
+    for (int i = from + 1; i < rows.n; i++) {
+      const id_row *a = &rows.v[i - 1], *b = &rows.v[i];
+      assert_true(a->ts > b->ts || (a->ts == b->ts && a->id > b->id));
+    }
+  }
+  evs__store_close(s);
+  restore_location(f);
+  assert_int_equal(rows.bad, 0);
+  assert_int_equal(rows.n, TOTAL); /* > the store's page of 256 rows: paged by (ts_ms, id) */
+
+  /* By process and append order: ids increase; all ids differ. */
+  int64_t *last = calloc(ID_PROCS * PER, sizeof(int64_t));
+  assert_non_null(last);
+  for (int i = 0; i < rows.n; i++) {
+    assert_true(rows.v[i].p >= 0 && rows.v[i].p < ID_PROCS && rows.v[i].n >= 0 &&
+                rows.v[i].n < PER);
+    assert_int_equal(last[rows.v[i].p * PER + rows.v[i].n], 0); /* each record once */
+    last[rows.v[i].p * PER + rows.v[i].n] = rows.v[i].id;
+    total++;
+  }
+  for (int p = 0; p < ID_PROCS; p++)
+    for (int n = 1; n < PER; n++)
+      assert_true(last[p * PER + n] > last[p * PER + n - 1]);
+  for (int i = 0; i < TOTAL; i++)
+    for (int j = i + 1; j < TOTAL; j++)
+      if (last[i] == last[j])
+        fail_msg("id %lld given twice", (long long)last[i]);
+  assert_int_equal(total, TOTAL);
+  free(last);
+  free(rows.v);
+}
+
+/* A record is acknowledged when its batch's commit returns: it must then survive the process
+ * being killed at once (kill -9, no close). The store's VFS (store_sqlite_vfs.c) holds WAL
+ * writes until a commit frame: this checks they are in the file when the commit returns, for
+ * batches of every size (one frame, a run longer than the VFS's buffer, a transaction that
+ * spills pages before it commits) and across WAL checkpoints and restarts. SQLite only. */
+static int killed_child(const evs__store_options *o, int batches, int per, size_t rec_len) {
+  char err[256];
+  evs__store *s = NULL;
+  evs__store_rec *batch = calloc((size_t)per, sizeof(*batch));
+  char *texts = malloc((size_t)per * (rec_len + 1));
+
+  if (!batch || !texts || evs__store_open(o, &s, err, sizeof(err)) < 0)
+    return 10;
+  for (int b = 0; b < batches; b++) {
+    for (int i = 0; i < per; i++) {
+      char *t = texts + (size_t)i * (rec_len + 1);
+      int n = snprintf(t, rec_len + 1, "{\"b\":%d,\"i\":%d,\"pad\":\"", b, i);
+      memset(t + n, 'x', rec_len - (size_t)n - 2);
+      memcpy(t + rec_len - 2, "\"}", 3);
+      batch[i] = (evs__store_rec){"durable", t, 1000 + b};
+    }
+    if (evs__store_append_batch(s, batch, (size_t)per) != 0)
+      return 11;
+  }
+  kill(getpid(), SIGKILL); /* right after the last commit returned */
+  return 12;
+}
+
+static void test_durable_after_kill(void **state) {
+  fx *f = need(state);
+  static const struct {
+    int batches, per;
+    size_t len;
+  } cases[] = {
+    {1, 1, 40},        /* one small record: one frame */
+    {3, 200, 300},     /* runs longer than the VFS's buffer (~15 pages per commit) */
+    {1, 3000, 1000},   /* ~3 MB in one transaction: pages spill before the commit */
+    {60, 60, 250},     /* > 1000 frames: checkpoints, the WAL restarts from its start */
+  };
+
+  for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+    evs__store_options o;
+    char where[PATH_MAX], name[16];
+    int status;
+    recs r;
+
+    snprintf(name, sizeof(name), "kill%zu", c);
+    fresh_location(f, name, &o, where, sizeof(where));
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+      _exit(killed_child(&o, cases[c].batches, cases[c].per, cases[c].len));
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGKILL);
+
+    evs__store *s = reopen(f, &o);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(evs__store_query(s, "durable", 0, 1u << 20, recs_cb, &r), 0);
+    assert_int_equal(r.n, cases[c].batches * cases[c].per);
+    char want[64];
+    snprintf(want, sizeof(want), "{\"b\":%d,\"i\":", cases[c].batches - 1);
+    assert_memory_equal(r.first, want, strlen(want));
+    evs__store_close(s);
+    restore_location(f);
+  }
+}
+
 /* ---- schema ------------------------------------------------------------------------------ */
 
 static void test_migrations(void **state) {
@@ -749,6 +942,85 @@ static void test_migrations(void **state) {
   assert_non_null(strstr(err, "newer"));
   assert_int_equal(raw_sql(f, where, "DELETE FROM evs_schema_migrations WHERE version = 999"), 0);
   f->s = reopen(f, &f->o);
+}
+
+/* A store written at schema 1 (evs_log with the stream's name and AUTOINCREMENT ids) opens at
+ * the current version with its records, their ids and timestamps, and query order intact, and
+ * new records get ids above the old ones. SQLite only: PostgreSQL's version 2 changes nothing. */
+static void test_migrate_log_v1(void **state) {
+  fx *f = need(state);
+  evs__store_options o;
+  char where[PATH_MAX];
+  recs r;
+
+  fresh_location(f, "v1", &o, where, sizeof(where));
+  /* Schema 1 as version 1 of store_sqlite.c made it. */
+  assert_int_equal(raw_sql(f, where,
+                           "CREATE TABLE evs_schema_migrations (version INTEGER PRIMARY KEY, "
+                           "name TEXT NOT NULL, applied_at INTEGER NOT NULL);"),
+                   0);
+  assert_int_equal(raw_sql(f, where,
+                           "INSERT INTO evs_schema_migrations VALUES (1, 'kv and log', 0)"), 0);
+  assert_int_equal(raw_sql(f, where,
+                           "CREATE TABLE evs_kv (ns TEXT NOT NULL, key BLOB NOT NULL, "
+                           "value BLOB NOT NULL, expires_at INTEGER, PRIMARY KEY (ns, key))"),
+                   0);
+  assert_int_equal(raw_sql(f, where,
+                           "CREATE TABLE evs_log (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                           "stream TEXT NOT NULL, ts_ms INTEGER NOT NULL, record TEXT NOT NULL)"),
+                   0);
+  assert_int_equal(raw_sql(f, where, "CREATE INDEX evs_log_stream_ts ON evs_log "
+                                     "(stream, ts_ms, id)"),
+                   0);
+  /* Ids with gaps, ties on the timestamp, two streams. */
+  assert_int_equal(raw_sql(f, where,
+                           "INSERT INTO evs_log (id, stream, ts_ms, record) VALUES "
+                           "(5, 'a', 1000, '{\"n\":5}'), (7, 'b/c', 1000, '{\"n\":7}'), "
+                           "(8, 'a', 1000, '{\"n\":8}'), (9, 'a', 900, '{\"n\":9}'), "
+                           "(12, 'a', 1100, '{\"n\":12}')"),
+                   0);
+  assert_int_equal(raw_sql(f, where, "SELECT seq FROM sqlite_sequence WHERE name = 'evs_log'"),
+                   12);
+
+  evs__store *s = reopen(f, &o);
+  assert_int_equal(evs__store_schema_version(s), EVS_STORE_SCHEMA_VERSION);
+  memset(&r, 0, sizeof(r));
+  assert_int_equal(evs__store_query(s, "a", 0, 100, recs_cb, &r), 0);
+  assert_int_equal(r.n, 4);
+  assert_string_equal(r.first, "{\"n\":12}");
+  int64_t want_ids[] = {12, 8, 5, 9}, want_ts[] = {1100, 1000, 1000, 900};
+  for (int i = 0; i < 4; i++) {
+    assert_int_equal(r.ids[i], want_ids[i]);
+    assert_int_equal(r.ts[i], want_ts[i]);
+  }
+  memset(&r, 0, sizeof(r));
+  r.stop_after = 0;
+  assert_int_equal(evs__store_query(s, "b/c", 0, 100, recs_cb, &r), 0);
+  assert_int_equal(r.n, 1);
+  assert_int_equal(r.ids[0], 7);
+  assert_string_equal(r.first, "{\"n\":7}");
+
+  int64_t id;
+  assert_int_equal(evs__store_append(s, "a", "{\"n\":13}", &id), 0);
+  assert_true(id > 12);
+  assert_int_equal(evs__store_append(s, "new", "{}", &id), 0);
+  evs__store_rec batch[] = {{"b/c", "{\"n\":14}", 2000}, {"a", "{\"n\":15}", 2000}};
+  assert_int_equal(evs__store_append_batch(s, batch, 2), 0);
+  memset(&r, 0, sizeof(r));
+  assert_int_equal(evs__store_query(s, "b/c", 0, 100, recs_cb, &r), 0);
+  assert_int_equal(r.n, 2);
+  assert_string_equal(r.first, "{\"n\":14}");
+  assert_true(r.ids[0] > id);
+  evs__store_close(s);
+
+  assert_int_equal(raw_sql(f, where, "SELECT count(*) FROM evs_log"), 9);
+  assert_int_equal(raw_sql(f, where, "SELECT count(*) FROM evs_log_stream"), 3);
+  assert_int_equal(raw_sql(f, where, "SELECT count(*) FROM sqlite_sequence"), 0);
+  s = reopen(f, &o); /* nothing applied twice */
+  evs__store_close(s);
+  assert_int_equal(raw_sql(f, where, "SELECT count(*) FROM evs_schema_migrations"),
+                   EVS_STORE_SCHEMA_VERSION);
+  restore_location(f);
 }
 
 /* Several processes open a fresh store at the same moment (so they race to migrate it), then
@@ -1207,6 +1479,7 @@ static void test_format_error(void **state) {
   cmocka_unit_test_setup_teardown(test_limits, setup, teardown),                              \
   cmocka_unit_test_setup_teardown(test_append_query, setup, teardown),                        \
   cmocka_unit_test_setup_teardown(test_append_batch, setup, teardown),                        \
+  cmocka_unit_test_setup_teardown(test_ids_concurrent, setup, teardown),                      \
   cmocka_unit_test_setup_teardown(test_migrations, setup, teardown),                          \
   cmocka_unit_test_setup_teardown(test_concurrent_processes, setup, teardown),                \
   cmocka_unit_test_setup_teardown(test_concurrent_upgrade, setup, teardown),                  \
@@ -1219,6 +1492,8 @@ int main(void) {
   const struct CMUnitTest sqlite_tests[] = {
     STORE_TESTS(setup_sqlite, teardown_sqlite),
     cmocka_unit_test_setup_teardown(test_open_errors, setup_sqlite, teardown_sqlite),
+    cmocka_unit_test_setup_teardown(test_migrate_log_v1, setup_sqlite, teardown_sqlite),
+    cmocka_unit_test_setup_teardown(test_durable_after_kill, setup_sqlite, teardown_sqlite),
     cmocka_unit_test(test_format_error),
   };
   const struct CMUnitTest pg_tests[] = {
