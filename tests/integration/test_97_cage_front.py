@@ -257,6 +257,8 @@ def test_hello_auth_decrypt_trx_api_env():
     r = recs[echo_ctx]
     assert r["method"] == "POST" and r["path"] == "/echo" and r["status"] == 200, r
     assert r["decryptedFields"] == 4 and "4242" not in json.dumps(r), r
+    # durationMs: milliseconds with three decimals (microseconds), as written by hand
+    assert isinstance(r["durationMs"], float) and 0 < r["durationMs"] < 10000, r
     assert recs[ctx]["path"] == "/hello" and recs[ctx]["status"] == 200, recs[ctx]
     assert any(x["status"] == 401 for x in recs.values()), recs
 

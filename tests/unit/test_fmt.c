@@ -1,4 +1,4 @@
-/* Unit tests for core/fmt.h: each appender writes what snprintf would, checked against it at the
+/* Unit tests for lib/fmt.h: each appender writes what snprintf would, checked against it at the
  * edges (zero, limits, signs, padding). */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,13 +1,13 @@
 /*
- * Small appenders that build heads, keys and IDs on the request path (server.c, upstream.c,
- * proxy.c).
+ * Small appenders that build heads, keys, IDs and records on the request path (core's server.c,
+ * upstream.c, proxy.c; the cage front's transaction record).
  *
  * snprintf parses its format on every call, and with ten calls a request that was a third of the
  * proxy's user-space instructions (docs/performance.md). Each appender writes at p, without a NUL,
  * and returns the new end. The caller has sized the buffer: these never check.
  */
-#ifndef EVS_CORE_FMT_H
-#define EVS_CORE_FMT_H
+#ifndef EVS_LIB_FMT_H
+#define EVS_LIB_FMT_H
 
 #include <stddef.h>
 #include <stdint.h>
