@@ -252,10 +252,20 @@ static int transform(evs__decrypt_scan *s, int kind, const char *v, size_t n) {
 
 /* ---- candidates ------------------------------------------------------------------------------ */
 
-static bool is_b64(unsigned char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
-         c == '/' || c == '=' || c == '_' || c == '-';
-}
+/* The characters of a token's base64 fields (standard and URL-safe alphabets, padding). */
+static const bool b64_chars[256] = {
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+    ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1,
+    ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1,
+    ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1, ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1,
+    ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1, ['+'] = 1, ['/'] = 1,
+    ['='] = 1, ['_'] = 1, ['-'] = 1,
+};
+
+static bool is_b64(unsigned char c) { return b64_chars[c]; }
 
 static bool is_alnum(unsigned char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
@@ -396,6 +406,19 @@ static int json_feed(evs__decrypt_scan *s, const char *b, size_t n) {
   int r;
   while (p < end) {
     unsigned char c = (unsigned char)*p;
+    if (s->cand && s->tk.pos == 3 && !s->tk.done && !s->cand_esc && is_b64(c)) {
+      /* Inside a field of a token: a run of base64 takes each byte as tk_step would (last_colon
+       * cleared), up to max_token; the byte after it goes the byte-by-byte way below. */
+      size_t room = s->max_token - s->cand_len;
+      const char *q = p, *lim = (size_t)(end - p) < room ? end : p + room;
+      while (q < lim && is_b64((unsigned char)*q)) q++;
+      if (q > p) {
+        s->tk.last_colon = false;
+        s->cand_len += (size_t)(q - p);
+        p = q;
+        continue;
+      }
+    }
     if (s->cand) {
       int t = TK_MORE;
       if (s->cand_esc) {

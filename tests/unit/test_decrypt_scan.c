@@ -625,6 +625,24 @@ static void test_caps(void **state) {
     assert_string_equal(s.out, "[\"" EV_STR "\",\"#0\"]");
     sink_clear(&s);
   }
+  /* JSON: a candidate of max_token bytes with its quotes is a token, one byte more is not
+   * (the long base64 field crosses the limit inside a run, at every cut) */
+  for (size_t extra = 0; extra <= 1; extra++) {
+    char tok[128], doc[160];
+    size_t k = 46 + extra; /* 2 quotes + "ev:RFVC:" + k + ":b:c:d:$" = 64 + extra bytes */
+    memcpy(tok, "ev:RFVC:", 8);
+    memset(tok + 8, 'A', k);
+    memcpy(tok + 8 + k, ":b:c:d:$", 9);
+    int n = snprintf(doc, sizeof doc, "{\"a\":\"%s\"}", tok);
+    for (size_t i = 0; i <= (size_t)n; i++) {
+      memset(&s, 0, sizeof s);
+      cuts[0] = i;
+      assert_int_equal(scan_cuts("application/json", &o, doc, (size_t)n, cuts, 1, &s), 0);
+      assert_string_equal(s.out, extra ? doc : "{\"a\":\"#0\"}");
+      assert_int_equal(s.k, extra ? 0 : 1);
+      sink_clear(&s);
+    }
+  }
   /* a file over the cap is an error (in raw bodies and parts), at the cap it is not */
   o.max_file = flen - 1;
   memset(&s, 0, sizeof s);
