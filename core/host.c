@@ -1286,7 +1286,12 @@ static int rb_data(evs_request *req, const char *data, size_t len) {
     return 0;
   }
   if (req->rb_len + len > req->rb_cap) {
-    size_t ncap = req->rb_cap ? req->rb_cap * 2 : 16384;
+    /* A body of known length gets one buffer of its size: a 16 KiB buffer for a small body
+     * was a large allocation at every request. */
+    size_t ncap = req->rb_cap                      ? req->rb_cap * 2
+                  : req->info.has_content_length ? (size_t)req->info.content_length
+                                                 : 16384;
+    if (ncap == 0) ncap = 16384;
     while (ncap < req->rb_len + len) ncap *= 2;
     if (ncap > req->rb_max) ncap = req->rb_max;
     char *nb = realloc(req->rb_buf, ncap);
