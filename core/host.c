@@ -1279,6 +1279,7 @@ void evs__host_done(void) {
 }
 
 /* read_body: collect the whole body (bounded) and hand it over on the next loop turn. */
+#define RB_FIRST_MAX 65536
 static int rb_data(evs_request *req, const char *data, size_t len) {
   if (req->rb_overflow) return 0;
   if (req->rb_len + len > req->rb_max) {
@@ -1286,12 +1287,15 @@ static int rb_data(evs_request *req, const char *data, size_t len) {
     return 0;
   }
   if (req->rb_len + len > req->rb_cap) {
-    /* A body of known length gets one buffer of its size: a 16 KiB buffer for a small body
-     * was a large allocation at every request. */
-    size_t ncap = req->rb_cap                      ? req->rb_cap * 2
-                  : req->info.has_content_length ? (size_t)req->info.content_length
-                                                 : 16384;
-    if (ncap == 0) ncap = 16384;
+    /* A small body of known length gets one buffer of its size (a 16 KiB buffer for a
+     * 400-byte body was a large allocation at every request). Never more than RB_FIRST_MAX up
+     * front: a Content-Length alone must not make the worker allocate what was not sent. */
+    size_t ncap = 16384;
+    if (req->rb_cap)
+      ncap = req->rb_cap * 2;
+    else if (req->info.has_content_length && req->info.content_length > 0 &&
+             req->info.content_length <= RB_FIRST_MAX)
+      ncap = (size_t)req->info.content_length;
     while (ncap < req->rb_len + len) ncap *= 2;
     if (ncap > req->rb_max) ncap = req->rb_max;
     char *nb = realloc(req->rb_buf, ncap);
