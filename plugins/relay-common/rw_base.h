@@ -1,0 +1,170 @@
+/*
+ * rw_base: the skeleton the four body rewriters (json, xml, form, multipart) share, so that each
+ * format's .c keeps only its grammar. A rewriter embeds an evs__rw_base first and gives a
+ * class (its run, finish and clear); the base holds the callbacks, the error that poisons the
+ * rewriter and where it was found, the pass-through span of the current buffer, the captured
+ * value and the memory accounting, and implements the feed/finish/free/transform plumbing that
+ * used to be written four times. Internal to relay-common (rewriter.h is the interface).
+ *
+ * Threading: one rewriter per request, used from one thread at a time.
+ */
+#ifndef EVS_RELAY_RW_BASE_H
+#define EVS_RELAY_RW_BASE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "rewriter.h"
+
+struct evs__rw_base;
+
+/* A growable byte buffer kept NUL-terminated (a captured value, a name, a header block). */
+typedef struct evs__rw_buf {
+  char *p;
+  size_t len, cap;
+} evs__rw_buf;
+
+/* What a format gives the base. */
+typedef struct evs__rw_class {
+  /* Parses p[0..e) of the current buffer (the base has set pass to its start): 0, or an error
+   * with *ret_p where it was found. Output before a selected value goes through
+   * evs__rw_capture_begin; the rest of the buffer is emitted by the base unless capturing. */
+  int (*run)(struct evs__rw_base *b, const char *p, const char *e, const char **ret_p);
+  /* The end of the body: 0 or an error (reported at the body's length). */
+  int (*finish)(struct evs__rw_base *b);
+  /* Frees what the format allocated besides the base's value buffer (not the rewriter). */
+  void (*clear)(struct evs__rw_base *b);
+  /* How val grows (evs__rw_buf_grow): from val_first bytes, doubling; with val_clamp, never
+   * past val_max + 1 (so that a 25 MiB cap does not allocate 32 MiB). Each format keeps the
+   * policy it always had. */
+  size_t val_first;
+  bool val_clamp;
+} evs__rw_class;
+
+typedef struct evs__rw_base {
+  const evs__rw_class *cls;
+  evs__rw_emit_fn emit;
+  evs__rw_transform_fn transform;
+  void *ud;
+  int err;        /* nonzero: poisoned, returned by every later call */
+  bool capturing; /* a selected value is being held in val; nothing is emitted */
+  uint64_t err_off, off; /* off: body offset of the current buffer's first byte */
+  const char *pass; /* start of not yet emitted pass-through bytes in the current buffer */
+  evs__rw_buf val;
+  size_t val_max; /* bytes of val; more is EVS__RW_E_TOOBIG */
+  evs__rw_mem mem;
+} evs__rw_base;
+
+/* Allocates a zeroed rewriter of size bytes whose first member is an evs__rw_base, copies the
+ * caller's options (a struct starting with its size_t size, which may be older and shorter, or
+ * NULL) to the o_size bytes at offset o_off and sets their size, and accounts size bytes. NULL
+ * on -ENOMEM. */
+void *evs__rw_base_new(size_t size, size_t o_off, size_t o_size, const void *opts,
+                       const evs__rw_class *cls, evs__rw_emit_fn emit,
+                       evs__rw_transform_fn transform, void *ud);
+
+/* The defaults of the tree formats (JSON, XML): depth 256, value 1 MiB, keys 100000 with at most
+ * UINT32_MAX / 4 (the hash table holds 32-bit entries). */
+void evs__rw_tree_limits(unsigned *max_depth, size_t *max_value, size_t *max_keys);
+
+/* The operations every format's table and typed functions share (impl is the rewriter). */
+int evs__rw_base_feed(void *impl, const char *buf, size_t len);
+int evs__rw_base_finish(void *impl);
+void evs__rw_base_free(void *impl); /* accepts NULL */
+uint64_t evs__rw_base_error_offset(const void *impl);
+size_t evs__rw_base_mem_high_water(const void *impl);
+
+/* Records r (an error) found at body offset off and returns it. */
+static inline int evs__rw_fail(evs__rw_base *b, int r, uint64_t off) {
+  b->err = r;
+  b->err_off = off;
+  return r;
+}
+
+static inline int evs__rw_emit(evs__rw_base *b, const char *p, size_t n) {
+  return n ? b->emit(b->ud, p, n) : 0;
+}
+
+/* Grows buf to hold need bytes: the capacity doubles from first (or from its current size),
+ * and stays at most clamp when clamp is nonzero. 0 or -ENOMEM (buf unchanged). */
+int evs__rw_buf_grow(evs__rw_mem *m, evs__rw_buf *buf, size_t need, size_t first, size_t clamp);
+
+/* Appends s[0..n) to buf, failing with err past max bytes. The check is inline: it runs on
+ * every piece of a captured value or name, the growing rarely. */
+static inline int evs__rw_buf_append(evs__rw_mem *m, evs__rw_buf *buf, size_t max, int err,
+                                     size_t first, size_t clamp, const char *s, size_t n) {
+  if (n > max - buf->len) return err;
+  if (buf->len + n + 1 > buf->cap) {
+    int r = evs__rw_buf_grow(m, buf, buf->len + n + 1, first, clamp);
+    if (r < 0) return r;
+  }
+  if (n) memcpy(buf->p + buf->len, s, n);
+  buf->len += n;
+  buf->p[buf->len] = 0;
+  return 0;
+}
+
+/* Appends to the captured value (EVS__RW_E_TOOBIG past val_max). */
+static inline int evs__rw_val_append(evs__rw_base *b, const char *s, size_t n) {
+  return evs__rw_buf_append(&b->mem, &b->val, b->val_max, EVS__RW_E_TOOBIG, b->cls->val_first,
+                            b->cls->val_clamp ? b->val_max + 1 : 0, s, n);
+}
+
+/* A selected value starts at p in the current buffer: the pass-through bytes before it are
+ * emitted and val is emptied, still NUL-terminated so that an empty value is handed over as a
+ * string. 0 or a negative error. */
+static inline int evs__rw_capture_begin(evs__rw_base *b, const char *p) {
+  int r = evs__rw_emit(b, b->pass, (size_t)(p - b->pass));
+  b->capturing = true;
+  b->val.len = 0;
+  return r < 0 ? r : evs__rw_val_append(b, "", 0);
+}
+
+/* Writes a replacement: the base emits it verbatim; the form rewriter percent-encodes it. */
+typedef int (*evs__rw_put_fn)(evs__rw_base *b, const char *s, size_t n);
+
+/* The captured value ends; pass-through resumes at resume (NULL at the end of the body). The
+ * value goes to the transform as type; what it returns is written with put (NULL: verbatim).
+ * A deferred value writes nothing: the caller has recorded a hole at its output position.
+ * Returns 0, a negative error, or a positive value the transform returned other than
+ * EVS__RW_DEFER (as each format always passed it on). */
+int evs__rw_capture_end(evs__rw_base *b, evs__rw_type type, const char *resume,
+                        evs__rw_put_fn put);
+
+/* The plain field names the form and multipart rewriters select, copied into one allocation. */
+typedef struct evs__rw_names {
+  char **v;
+  size_t *len, n;
+} evs__rw_names;
+
+/* Copies names[0..n) (n > 0, none NULL) into set and accounts it in m. With name_buf, room for
+ * the longest name and a NUL follows the copies: *ret_buf points to it and *ret_max is that
+ * longest length (the form rewriter reads a name there; a longer one cannot be selected).
+ * 0 or -ENOMEM (set unchanged). */
+int evs__rw_names_copy(evs__rw_names *set, evs__rw_mem *m, const char *const *names, size_t n,
+                       bool name_buf, char **ret_buf, size_t *ret_max);
+void evs__rw_names_clear(evs__rw_names *set);
+
+static inline bool evs__rw_names_has(const evs__rw_names *set, const char *s, size_t n) {
+  for (size_t i = 0; i < set->n; i++)
+    if (set->len[i] == n && memcmp(set->v[i], s, n) == 0) return true;
+  return false;
+}
+
+/* The typed functions of a format's header (T_feed, T_finish, T_free, T_error_offset,
+ * T_mem_high_water for the prefix T), each the base's own. */
+#define EVS__RW_DEFINE_TYPED(T)                                                                   \
+  int T##_feed(T *rw, const char *buf, size_t len) { return evs__rw_base_feed(rw, buf, len); }   \
+  int T##_finish(T *rw) { return evs__rw_base_finish(rw); }                                       \
+  void T##_free(T *rw) { evs__rw_base_free(rw); }                                                 \
+  uint64_t T##_error_offset(const T *rw) { return evs__rw_base_error_offset(rw); }               \
+  size_t T##_mem_high_water(const T *rw) { return evs__rw_base_mem_high_water(rw); }
+
+/* The entries of a format's evs__rewriter_ops that are the base's. */
+#define EVS__RW_BASE_OPS                                                                          \
+  .feed = evs__rw_base_feed, .finish = evs__rw_base_finish, .free = evs__rw_base_free,           \
+  .error_offset = evs__rw_base_error_offset, .mem_high_water = evs__rw_base_mem_high_water
+
+#endif
