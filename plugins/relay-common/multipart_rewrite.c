@@ -61,6 +61,14 @@ const char *evs__multipart_rewrite_strerror(int err) {
   }
 }
 
+/* Appends to the header block or the value: from 256 bytes, doubling, never past max + 1 (the
+ * value's policy in multipart_class). Out of line, as body_bytes() and header_byte() run on every
+ * piece of a body: inlined, the append made them heavier (callgrind, +10% on a 25 MB body). */
+static __attribute__((noinline)) int append(evs__multipart_rewrite *rw, evs__rw_buf *buf,
+                                            size_t max, int err, const char *s, size_t n) {
+  return evs__rw_buf_append(&rw->b.mem, buf, max, err, 256, max + 1, s, n);
+}
+
 /* ---- header parsing ------------------------------------------------------------------------- */
 
 static bool is_tchar(unsigned char c) {
@@ -193,9 +201,7 @@ static int header_byte(evs__multipart_rewrite *rw, const char *p, bool *ret_done
   unsigned char c = (unsigned char)*p;
   int r;
   *ret_done = false;
-  /* Grown like the value: from 256 bytes, never past the cap + 1. */
-  if ((r = evs__rw_buf_append(&rw->b.mem, &rw->hdr, rw->o.max_header, EVS__RW_E_SYNTAX, 256,
-                              rw->o.max_header + 1, p, 1)) < 0)
+  if ((r = append(rw, &rw->hdr, rw->o.max_header, EVS__RW_E_SYNTAX, p, 1)) < 0)
     return r;
   switch (rw->hs) {
   case H_LINE_START:
@@ -227,7 +233,7 @@ static int header_byte(evs__multipart_rewrite *rw, const char *p, bool *ret_done
 /* Body bytes of the current part (never called for the preamble). */
 static int body_bytes(evs__multipart_rewrite *rw, const char *s, size_t n) {
   if (!n) return 0;
-  if (rw->b.capturing) return evs__rw_val_append(&rw->b, s, n);
+  if (rw->b.capturing) return append(rw, &rw->b.val, rw->o.max_value, EVS__RW_E_TOOBIG, s, n);
   if (rw->ev_on && rw->ev.st >= 0) evs__ev_detect_feed(&rw->ev, s, n);
   return 0;
 }

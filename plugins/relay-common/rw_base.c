@@ -85,17 +85,9 @@ int evs__rw_buf_grow(evs__rw_mem *m, evs__rw_buf *buf, size_t need, size_t first
   return 0;
 }
 
-int evs__rw_capture_end(evs__rw_base *b, evs__rw_type type, const char *resume,
-                        evs__rw_put_fn put) {
-  const char *out = NULL;
-  size_t out_len = 0;
-  int r;
-  b->capturing = false;
-  b->pass = resume;
-  r = b->transform(b->ud, type, b->val.p, b->val.len, &out, &out_len);
-  if (r == EVS__RW_DEFER) return 0;
-  if (r == 0) r = put ? put(b, out, out_len) : evs__rw_emit(b, out, out_len);
-  return r;
+int evs__rw_val_grow(evs__rw_base *b, size_t need) {
+  return evs__rw_buf_grow(&b->mem, &b->val, need, b->cls->val_first,
+                          b->cls->val_clamp ? b->val_max + 1 : 0);
 }
 
 int evs__rw_names_copy(evs__rw_names *set, evs__rw_mem *m, const char *const *names, size_t n,

@@ -91,8 +91,15 @@ static inline int evs__rw_emit(evs__rw_base *b, const char *p, size_t n) {
  * and stays at most clamp when clamp is nonzero. 0 or -ENOMEM (buf unchanged). */
 int evs__rw_buf_grow(evs__rw_mem *m, evs__rw_buf *buf, size_t need, size_t first, size_t clamp);
 
-/* Appends s[0..n) to buf, failing with err past max bytes. The check is inline: it runs on
- * every piece of a captured value or name, the growing rarely. */
+/* Appends s[0..n) to buf, which has room for it and a NUL. */
+static inline void evs__rw_buf_put(evs__rw_buf *buf, const char *s, size_t n) {
+  if (n) memcpy(buf->p + buf->len, s, n);
+  buf->len += n;
+  buf->p[buf->len] = 0;
+}
+
+/* Appends s[0..n) to buf, kept NUL-terminated, failing with err past max bytes (growing it by
+ * evs__rw_buf_grow). 0, err or -ENOMEM. Inline: it runs on every piece of a name. */
 static inline int evs__rw_buf_append(evs__rw_mem *m, evs__rw_buf *buf, size_t max, int err,
                                      size_t first, size_t clamp, const char *s, size_t n) {
   if (n > max - buf->len) return err;
@@ -100,16 +107,23 @@ static inline int evs__rw_buf_append(evs__rw_mem *m, evs__rw_buf *buf, size_t ma
     int r = evs__rw_buf_grow(m, buf, buf->len + n + 1, first, clamp);
     if (r < 0) return r;
   }
-  if (n) memcpy(buf->p + buf->len, s, n);
-  buf->len += n;
-  buf->p[buf->len] = 0;
+  evs__rw_buf_put(buf, s, n);
   return 0;
 }
 
-/* Appends to the captured value (EVS__RW_E_TOOBIG past val_max). */
+/* Grows val to need bytes by the class's policy. 0 or -ENOMEM. */
+int evs__rw_val_grow(evs__rw_base *b, size_t need);
+
+/* Appends to the captured value (EVS__RW_E_TOOBIG past val_max). Inline, and the class read
+ * only when growing: it runs on every piece of a selected value. */
 static inline int evs__rw_val_append(evs__rw_base *b, const char *s, size_t n) {
-  return evs__rw_buf_append(&b->mem, &b->val, b->val_max, EVS__RW_E_TOOBIG, b->cls->val_first,
-                            b->cls->val_clamp ? b->val_max + 1 : 0, s, n);
+  if (n > b->val_max - b->val.len) return EVS__RW_E_TOOBIG;
+  if (b->val.len + n + 1 > b->val.cap) {
+    int r = evs__rw_val_grow(b, b->val.len + n + 1);
+    if (r < 0) return r;
+  }
+  evs__rw_buf_put(&b->val, s, n);
+  return 0;
 }
 
 /* A selected value starts at p in the current buffer: the pass-through bytes before it are
@@ -125,13 +139,24 @@ static inline int evs__rw_capture_begin(evs__rw_base *b, const char *p) {
 /* Writes a replacement: the base emits it verbatim; the form rewriter percent-encodes it. */
 typedef int (*evs__rw_put_fn)(evs__rw_base *b, const char *s, size_t n);
 
+
 /* The captured value ends; pass-through resumes at resume (NULL at the end of the body). The
  * value goes to the transform as type; what it returns is written with put (NULL: verbatim).
  * A deferred value writes nothing: the caller has recorded a hole at its output position.
  * Returns 0, a negative error, or a positive value the transform returned other than
  * EVS__RW_DEFER (as each format always passed it on). */
-int evs__rw_capture_end(evs__rw_base *b, evs__rw_type type, const char *resume,
-                        evs__rw_put_fn put);
+static inline int evs__rw_capture_end(evs__rw_base *b, evs__rw_type type, const char *resume,
+                                      evs__rw_put_fn put) {
+  const char *out = NULL;
+  size_t out_len = 0;
+  int r;
+  b->capturing = false;
+  b->pass = resume;
+  r = b->transform(b->ud, type, b->val.p, b->val.len, &out, &out_len);
+  if (r == EVS__RW_DEFER) return 0;
+  if (r == 0) r = put ? put(b, out, out_len) : evs__rw_emit(b, out, out_len);
+  return r;
+}
 
 /* The plain field names the form and multipart rewriters select, copied into one allocation. */
 typedef struct evs__rw_names {
