@@ -23,7 +23,7 @@ enum nstate { N_START, N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EX
 
 struct frame {
   uint64_t index;  /* arrays: index of the next element */
-  size_t key_base; /* objects: first entry of this object in kh[] */
+  size_t key_base; /* objects: first entry of this object in keys */
   bool is_obj, sel, live;
 };
 
@@ -53,10 +53,7 @@ struct evs__json_rewrite {
   unsigned char ev_last[2];
 
   evs__rw_buf key; /* the member name being read (the value is the base's val) */
-  uint64_t *kh; /* hashes of the member names of all open objects */
-  size_t kh_len, kh_cap;
-  uint32_t *tab; /* open addressing over kh[]: entry index + 1, 0 empty */
-  size_t tab_cap, tab_used;
+  evs__rw_keys keys; /* the member names of all open objects: their hashes */
 };
 
 const char *evs__json_rewrite_strerror(int err) {
@@ -148,72 +145,14 @@ static int str_out_cp(evs__json_rewrite *rw, uint32_t cp) {
   return str_out(rw, b, n);
 }
 
-/* A 64-bit hash of a decoded member name, eight bytes at a time. Unkeyed: a collision can only
- * make the request that contains it fail (see json_rewrite.h). */
-static uint64_t key_hash(const char *s, size_t n) {
-  uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    memcpy(&w, s + i, 8);
-    h = (h ^ w) * 0x100000001b3ULL;
-    h ^= h >> 29;
-  }
-  if (i < n) {
-    uint64_t w = 0;
-    for (unsigned sh = 0; i < n; i++, sh += 8) w |= (uint64_t)(unsigned char)s[i] << sh;
-    h = (h ^ w) * 0x100000001b3ULL;
-  }
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ULL;
-  h ^= h >> 33;
-  return h;
-}
-
 /* Records the member name just parsed in the innermost object; fails on a repeat. */
 static int key_insert(evs__json_rewrite *rw, uint64_t h, size_t base) {
-  size_t mask, slot;
-  int r;
-  if (rw->kh_len >= rw->o.max_keys) return EVS__RW_E_KEYS;
-  if (rw->kh_len == rw->kh_cap) {
-    void *v = rw->kh;
-    if ((r = evs__rw_grow(&rw->b.mem, &v, &rw->kh_cap, rw->kh_len + 1, sizeof *rw->kh)) < 0)
-      return r;
-    rw->kh = v;
-  }
-  if ((rw->tab_used + 1) * 2 > rw->tab_cap) { /* rebuild, dropping stale slots of closed objects */
-    size_t n = 16;
-    while (n < 3 * (rw->kh_len + 1)) n *= 2;
-    if (n != rw->tab_cap) {
-      uint32_t *t = malloc(n * sizeof *t);
-      if (!t) return -ENOMEM;
-      evs__rw_mem_account(&rw->b.mem, rw->tab_cap * sizeof *t, n * sizeof *t);
-      free(rw->tab);
-      rw->tab = t;
-      rw->tab_cap = n;
-    }
-    memset(rw->tab, 0, rw->tab_cap * sizeof *rw->tab);
-    rw->tab_used = 0;
-    mask = rw->tab_cap - 1;
-    for (size_t i = 0; i < rw->kh_len; i++) {
-      for (slot = rw->kh[i] & mask; rw->tab[slot]; slot = (slot + 1) & mask) {
-      }
-      rw->tab[slot] = (uint32_t)(i + 1);
-      rw->tab_used++;
-    }
-  }
-  mask = rw->tab_cap - 1;
-  /* A slot may point past kh_len or into an enclosing object (stale, or another object's): only
-   * a live entry of this object with an equal hash is a duplicate. */
-  for (slot = h & mask; rw->tab[slot]; slot = (slot + 1) & mask) {
-    size_t e = rw->tab[slot] - 1;
-    if (e >= base && e < rw->kh_len && rw->kh[e] == h) return EVS__RW_E_DUPKEY;
-  }
-  rw->tab[slot] = (uint32_t)(rw->kh_len + 1);
-  rw->tab_used++;
-  rw->kh[rw->kh_len++] = h;
+  size_t slot;
+  int r = evs__rw_keys_reserve(&rw->keys, &rw->b.mem, sizeof h, rw->o.max_keys);
+  if (r < 0) return r;
+  if (evs__rw_keys_find(&rw->keys, sizeof h, h, base, &slot) != EVS__RW_KEYS_NONE)
+    return EVS__RW_E_DUPKEY;
+  evs__rw_keys_put(&rw->keys, sizeof h, slot, h);
   return 0;
 }
 
@@ -223,7 +162,8 @@ static int tok_end(evs__json_rewrite *rw, const char *q, evs__rw_type type) {
   rw->tok = T_NONE;
   if (rw->tok_key) {
     struct frame *f = &rw->fr[rw->depth - 1];
-    if ((r = key_insert(rw, key_hash(rw->key.p, rw->key.len), f->key_base)) < 0) return r;
+    if ((r = key_insert(rw, evs__rw_name_hash(rw->key.p, rw->key.len), f->key_base)) < 0)
+      return r;
     if (f->sel) {
       rw->cur_sel = true;
       rw->cur_live = false;
@@ -482,7 +422,7 @@ static int push_frame(evs__json_rewrite *rw, bool is_obj) {
   }
   f = &rw->fr[rw->depth];
   f->index = 0;
-  f->key_base = rw->kh_len;
+  f->key_base = rw->keys.len;
   f->is_obj = is_obj;
   f->sel = rw->cur_sel;
   f->live = rw->cur_live;
@@ -493,7 +433,7 @@ static int push_frame(evs__json_rewrite *rw, bool is_obj) {
 }
 
 static void pop_frame(evs__json_rewrite *rw) {
-  rw->kh_len = rw->fr[--rw->depth].key_base;
+  rw->keys.len = rw->fr[--rw->depth].key_base;
   rw->ps = rw->depth ? P_AFTER : P_END;
 }
 
@@ -668,8 +608,7 @@ static void clear(evs__rw_base *b) {
   free(rw->st);
   free(rw->cur);
   free(rw->key.p);
-  free(rw->kh);
-  free(rw->tab);
+  evs__rw_keys_clear(&rw->keys);
 }
 
 static const evs__rw_class json_class = {run, finish, clear, 16, false};

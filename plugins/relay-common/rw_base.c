@@ -130,3 +130,37 @@ void evs__rw_names_clear(evs__rw_names *set) {
   free(set->v);
   free(set->len);
 }
+
+int evs__rw_keys_grow(evs__rw_keys *k, evs__rw_mem *m, size_t el) {
+  int r;
+  if (k->len == k->cap && (r = evs__rw_grow(m, &k->ent, &k->cap, k->len + 1, el)) < 0) return r;
+  if ((k->tab_used + 1) * 2 > k->tab_cap) { /* rebuild, dropping stale slots */
+    size_t n = 16, mask, slot;
+    while (n < 3 * (k->len + 1)) n *= 2;
+    if (n != k->tab_cap) {
+      uint32_t *t = malloc(n * sizeof *t);
+      if (!t) return -ENOMEM;
+      evs__rw_mem_account(m, k->tab_cap * sizeof *t, n * sizeof *t);
+      free(k->tab);
+      k->tab = t;
+      k->tab_cap = n;
+    }
+    memset(k->tab, 0, k->tab_cap * sizeof *k->tab);
+    k->tab_used = 0;
+    mask = k->tab_cap - 1;
+    for (size_t i = 0; i < k->len; i++) {
+      uint64_t h;
+      memcpy(&h, (const char *)k->ent + i * el, sizeof h);
+      for (slot = h & mask; k->tab[slot]; slot = (slot + 1) & mask) {
+      }
+      k->tab[slot] = (uint32_t)(i + 1);
+      k->tab_used++;
+    }
+  }
+  return 0;
+}
+
+void evs__rw_keys_clear(evs__rw_keys *k) {
+  free(k->ent);
+  free(k->tab);
+}

@@ -178,6 +178,92 @@ static inline bool evs__rw_names_has(const evs__rw_names *set, const char *s, si
   return false;
 }
 
+/* ---- names of the open containers (JSON: duplicate member names; XML: sibling indices) ---- */
+
+/* A 64-bit hash of a name, eight bytes at a time. Unkeyed: a collision can only make the request
+ * that contains it fail (json_rewrite.h, xml_rewrite.h). */
+static inline uint64_t evs__rw_name_hash(const char *s, size_t n) {
+  uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, s + i, 8);
+    h = (h ^ w) * 0x100000001b3ULL;
+    h ^= h >> 29;
+  }
+  if (i < n) {
+    uint64_t w = 0;
+    for (unsigned sh = 0; i < n; i++, sh += 8) w |= (uint64_t)(unsigned char)s[i] << sh;
+    h = (h ^ w) * 0x100000001b3ULL;
+  }
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return h;
+}
+
+/* The names of all open containers, innermost last (a container records where its own start and
+ * drops them when it closes), each an entry of el bytes starting with its hash, found through an
+ * open-addressing table of entry index + 1 (0 empty). Slots of closed containers go stale rather
+ * than being cleared; a rebuild drops them. */
+typedef struct evs__rw_keys {
+  void *ent;
+  size_t len, cap;
+  uint32_t *tab;
+  size_t tab_cap, tab_used;
+} evs__rw_keys;
+
+#define EVS__RW_KEYS_NONE SIZE_MAX
+
+/* The entry among ent[base..len) whose hash is h, or EVS__RW_KEYS_NONE with *ret_slot the free
+ * slot where the probe ended (the one evs__rw_keys_put takes). A slot may point past len or
+ * before base (stale, or an enclosing container's): only a live entry of this container counts. */
+static inline size_t evs__rw_keys_find(const evs__rw_keys *k, size_t el, uint64_t h, size_t base,
+                                       size_t *ret_slot) {
+  size_t mask = k->tab_cap - 1, slot;
+  *ret_slot = 0;
+  if (!k->tab_cap) return EVS__RW_KEYS_NONE;
+  for (slot = h & mask; k->tab[slot]; slot = (slot + 1) & mask) {
+    size_t e = k->tab[slot] - 1;
+    uint64_t eh;
+    if (e < base || e >= k->len) continue;
+    memcpy(&eh, (const char *)k->ent + e * el, sizeof eh);
+    if (eh == h) return e;
+  }
+  *ret_slot = slot;
+  return EVS__RW_KEYS_NONE;
+}
+
+/* The first free slot on h's probe path (the table has one: it is at most half full). */
+static inline size_t evs__rw_keys_slot(const evs__rw_keys *k, uint64_t h) {
+  size_t mask = k->tab_cap - 1, slot;
+  for (slot = h & mask; k->tab[slot]; slot = (slot + 1) & mask) {
+  }
+  return slot;
+}
+
+/* Room for one more entry: EVS__RW_E_KEYS at max entries, the entries grown, the table rebuilt
+ * when half full. 0 or a negative error; a rebuild moves slots (find again). */
+int evs__rw_keys_grow(evs__rw_keys *k, evs__rw_mem *m, size_t el);
+static inline int evs__rw_keys_reserve(evs__rw_keys *k, evs__rw_mem *m, size_t el, size_t max) {
+  if (k->len >= max) return EVS__RW_E_KEYS;
+  if (k->len == k->cap || (k->tab_used + 1) * 2 > k->tab_cap) return evs__rw_keys_grow(k, m, el);
+  return 0;
+}
+
+/* Appends an entry with hash h at a free slot on its probe path (a find's or evs__rw_keys_slot's
+ * after the reserve); returns its index (its bytes past the hash are the caller's). */
+static inline size_t evs__rw_keys_put(evs__rw_keys *k, size_t el, size_t slot, uint64_t h) {
+  k->tab[slot] = (uint32_t)(k->len + 1);
+  k->tab_used++;
+  memcpy((char *)k->ent + k->len * el, &h, sizeof h);
+  return k->len++;
+}
+
+void evs__rw_keys_clear(evs__rw_keys *k);
+
 /* The typed functions of a format's header (T_feed, T_finish, T_free, T_error_offset,
  * T_mem_high_water for the prefix T), each the base's own. */
 #define EVS__RW_DEFINE_TYPED(T)                                                                   \

@@ -55,7 +55,7 @@ enum kind { K_LIT, K_CDATA, K_REF }; /* where decoded text bytes come from */
 
 struct frame {
   size_t name_off, name_len; /* in names[] */
-  size_t key_base;           /* this element's first entry in kh[] */
+  size_t key_base;           /* this element's first entry in keys */
   bool sel, live;
 };
 
@@ -102,10 +102,7 @@ struct evs__xml_rewrite {
   char decl[256];
   size_t decl_len;
 
-  struct kent *kh;
-  size_t kh_len, kh_cap;
-  uint32_t *tab; /* open addressing over kh[]: entry index + 1, 0 empty */
-  size_t tab_cap, tab_used;
+  evs__rw_keys keys; /* the child names of all open elements: struct kent */
 };
 
 const char *evs__xml_rewrite_strerror(int err) {
@@ -192,82 +189,20 @@ static bool ev_looks_encrypted(const evs__xml_rewrite *rw) {
 
 /* ---- sibling-name counts ------------------------------------------------------------------- */
 
-/* A 64-bit hash of an element name (unkeyed: see xml_rewrite.h for why a collision is harmless). */
-static uint64_t name_hash(const char *s, size_t n) {
-  uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    memcpy(&w, s + i, 8);
-    h = (h ^ w) * 0x100000001b3ULL;
-    h ^= h >> 29;
-  }
-  if (i < n) {
-    uint64_t w = 0;
-    for (unsigned sh = 0; i < n; i++, sh += 8) w |= (uint64_t)(unsigned char)s[i] << sh;
-    h = (h ^ w) * 0x100000001b3ULL;
-  }
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ULL;
-  h ^= h >> 33;
-  return h;
-}
-
 /* Sets *ret_idx to the number of earlier children named like h of the element whose entries
  * start at base, and counts this one. */
 static int sibling_index(evs__xml_rewrite *rw, uint64_t h, size_t base, uint64_t *ret_idx) {
-  size_t mask, slot;
+  struct kent *k;
+  size_t slot, e = evs__rw_keys_find(&rw->keys, sizeof *k, h, base, &slot);
   int r;
-  if (rw->tab_cap) {
-    mask = rw->tab_cap - 1;
-    /* A slot may point past kh_len or into an enclosing element (stale, or another element's):
-     * only a live entry of this element with an equal hash is a match. */
-    for (slot = h & mask; rw->tab[slot]; slot = (slot + 1) & mask) {
-      size_t e = rw->tab[slot] - 1;
-      if (e >= base && e < rw->kh_len && rw->kh[e].h == h) {
-        *ret_idx = rw->kh[e].n++;
-        return 0;
-      }
-    }
+  if (e != EVS__RW_KEYS_NONE) {
+    *ret_idx = ((struct kent *)rw->keys.ent)[e].n++;
+    return 0;
   }
-  if (rw->kh_len >= rw->o.max_keys) return EVS__RW_E_KEYS;
-  if (rw->kh_len == rw->kh_cap) {
-    void *v = rw->kh;
-    if ((r = evs__rw_grow(&rw->b.mem, &v, &rw->kh_cap, rw->kh_len + 1, sizeof *rw->kh)) < 0)
-      return r;
-    rw->kh = v;
-  }
-  if ((rw->tab_used + 1) * 2 > rw->tab_cap) { /* rebuild, dropping stale slots of closed elements */
-    size_t n = 16;
-    while (n < 3 * (rw->kh_len + 1)) n *= 2;
-    if (n != rw->tab_cap) {
-      uint32_t *t = malloc(n * sizeof *t);
-      if (!t) return -ENOMEM;
-      evs__rw_mem_account(&rw->b.mem, rw->tab_cap * sizeof *t, n * sizeof *t);
-      free(rw->tab);
-      rw->tab = t;
-      rw->tab_cap = n;
-    }
-    memset(rw->tab, 0, rw->tab_cap * sizeof *rw->tab);
-    rw->tab_used = 0;
-    mask = rw->tab_cap - 1;
-    for (size_t i = 0; i < rw->kh_len; i++) {
-      for (slot = rw->kh[i].h & mask; rw->tab[slot]; slot = (slot + 1) & mask) {
-      }
-      rw->tab[slot] = (uint32_t)(i + 1);
-      rw->tab_used++;
-    }
-  }
-  mask = rw->tab_cap - 1;
-  for (slot = h & mask; rw->tab[slot]; slot = (slot + 1) & mask) {
-  }
-  rw->tab[slot] = (uint32_t)(rw->kh_len + 1);
-  rw->tab_used++;
-  rw->kh[rw->kh_len].h = h;
-  rw->kh[rw->kh_len].n = 1;
-  rw->kh_len++;
+  if ((r = evs__rw_keys_reserve(&rw->keys, &rw->b.mem, sizeof *k, rw->o.max_keys)) < 0) return r;
+  slot = evs__rw_keys_slot(&rw->keys, h); /* after the reserve, which may have rebuilt */
+  k = (struct kent *)rw->keys.ent + evs__rw_keys_put(&rw->keys, sizeof *k, slot, h);
+  k->n = 1;
   *ret_idx = 0;
   return 0;
 }
@@ -421,7 +356,8 @@ static int open_element(evs__xml_rewrite *rw) {
       if (m1 != EVS__JSONPATH_DEAD) {
         uint64_t idx;
         int m2;
-        if ((r = sibling_index(rw, name_hash(name, len), p->key_base, &idx)) < 0) return r;
+        if ((r = sibling_index(rw, evs__rw_name_hash(name, len), p->key_base, &idx)) < 0)
+          return r;
         /* The index among same-named siblings is an optional second step: the element's state
          * is the union of "name" and "name, index". */
         m2 = evs__jsonpath_step(rw->paths, rw->t1, rw->t2, NULL, 0, idx);
@@ -434,7 +370,7 @@ static int open_element(evs__xml_rewrite *rw) {
   f = &rw->fr[rw->depth++];
   f->name_off = rw->tag_off;
   f->name_len = len;
-  f->key_base = rw->kh_len;
+  f->key_base = rw->keys.len;
   f->sel = sel;
   f->live = live;
   return 0;
@@ -453,7 +389,7 @@ static int content_begin(evs__xml_rewrite *rw, const unsigned char *p) {
 static void close_element(evs__xml_rewrite *rw) {
   struct frame *f = &rw->fr[--rw->depth];
   rw->names.len = f->name_off;
-  rw->kh_len = f->key_base;
+  rw->keys.len = f->key_base;
   rw->ls = L_TEXT;
   rw->rb = 0;
   rw->cr = false;
@@ -1005,8 +941,7 @@ static void clear(evs__rw_base *b) {
   free(rw->st);
   free(rw->t1);
   free(rw->names.p);
-  free(rw->kh);
-  free(rw->tab);
+  evs__rw_keys_clear(&rw->keys);
 }
 
 static const evs__rw_class xml_class = {run, finish, clear, 16, false};
