@@ -33,13 +33,8 @@ static int out_transform(void *ud, evs__rw_type type, const char *v, size_t n, c
 
 static int run(const evs__jsonpath *jp, const uint8_t *data, size_t size, size_t step,
                struct out *o) {
-  evs__json_rewrite *rw = NULL;
-  int r;
-  memset(o, 0, sizeof *o);
-  if (evs__json_rewrite_new(jp, NULL, out_emit, out_transform, o, &rw) != 0) abort();
-  r = out_feed(&evs__json_rewriter, rw, data, size, step);
-  evs__json_rewrite_free(rw);
-  return r;
+  evs__rewriter_select sel = {.paths = jp}; /* the default options */
+  return out_run(&evs__json_rewriter, &sel, out_transform, data, size, step, o);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

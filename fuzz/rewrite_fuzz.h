@@ -47,4 +47,18 @@ static inline int out_feed(const evs__rewriter_ops *ops, void *rw, const uint8_t
   return r == 0 ? ops->finish(rw) : r;
 }
 
+/* Makes the rewriter of ops from sel with out_emit and transform into o (reset first), feeds it
+ * data as out_feed does and frees it. Returns the result. */
+static inline int out_run(const evs__rewriter_ops *ops, const evs__rewriter_select *sel,
+                          evs__rw_transform_fn transform, const uint8_t *data, size_t size,
+                          size_t step, struct out *o) {
+  void *rw = NULL;
+  int r;
+  memset(o, 0, sizeof *o);
+  if (ops->new(sel, out_emit, transform, o, &rw) != 0) abort();
+  r = out_feed(ops, rw, data, size, step);
+  ops->free(rw);
+  return r;
+}
+
 #endif
