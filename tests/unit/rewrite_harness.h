@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "jsonpath.h"
+#include "jsonpath_paths.h" /* paths(): the JSON and XML tests' selectors */
 #include "rewriter.h"
 
 #ifndef RW_HARNESS_SEED
@@ -111,16 +111,6 @@ static inline int rw_feed_all(const evs__rewriter_ops *ops, void *rw, const char
     i += c;
   }
   return r == 0 ? ops->finish(rw) : r;
-}
-
-/* JSON and XML selectors: one or two (b may be NULL), compiled or the test fails. */
-static inline evs__jsonpath *paths(const char *a, const char *b) {
-  const char *sel[2] = {a, b};
-  evs__jsonpath *p = NULL;
-  char err[256];
-  int r = evs__jsonpath_compile(sel, b ? 2 : 1, &p, err, sizeof err);
-  if (r != 0) fail_msg("%s", err);
-  return p;
 }
 
 #endif
