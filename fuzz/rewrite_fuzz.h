@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_buf.h"
 #include "rewriter.h"
 
 struct out {
@@ -26,14 +27,7 @@ struct out {
 
 static int out_emit(void *ud, const char *b, size_t n) {
   struct out *o = ud;
-  if (n == 0) __builtin_trap();
-  if (o->len + n > o->cap) {
-    o->cap = (o->len + n) * 2;
-    o->b = realloc(o->b, o->cap);
-    if (!o->b) abort();
-  }
-  memcpy(o->b + o->len, b, n);
-  o->len += n;
+  fuzz_buf_append(&o->b, &o->len, &o->cap, b, n);
   return 0;
 }
 
