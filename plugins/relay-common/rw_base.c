@@ -131,6 +131,18 @@ void evs__rw_names_clear(evs__rw_names *set) {
   free(set->len);
 }
 
+int evs__rw_frames_grow(evs__rw_mem *m, void **fr, uint64_t **st, unsigned *cap, unsigned depth,
+                        size_t fsize, size_t nw) {
+  size_t c = *cap, c2 = *cap;
+  void *s = *st;
+  int r;
+  if ((r = evs__rw_grow(m, fr, &c, depth + 1, fsize)) < 0) return r;
+  if (nw && (r = evs__rw_grow(m, &s, &c2, depth + 1, nw * sizeof **st)) < 0) return r;
+  *st = s;
+  *cap = (unsigned)c;
+  return 0;
+}
+
 int evs__rw_keys_grow(evs__rw_keys *k, evs__rw_mem *m, size_t el) {
   int r;
   if (k->len == k->cap && (r = evs__rw_grow(m, &k->ent, &k->cap, k->len + 1, el)) < 0) return r;

@@ -178,6 +178,20 @@ static inline bool evs__rw_names_has(const evs__rw_names *set, const char *s, si
   return false;
 }
 
+/* ---- the stack of open containers (JSON objects and arrays, XML elements) ------------------ */
+
+/* *fr holds *cap frames of fsize bytes and *st as many runs of nw jsonpath state words. */
+int evs__rw_frames_grow(evs__rw_mem *m, void **fr, uint64_t **st, unsigned *cap, unsigned depth,
+                        size_t fsize, size_t nw);
+/* Room for frame depth: EVS__RW_E_DEPTH at max_depth, else 0 or -ENOMEM (then *fr may have
+ * moved and *st not: store *fr whatever the result). */
+static inline int evs__rw_frames_reserve(evs__rw_mem *m, void **fr, uint64_t **st, unsigned *cap,
+                                         unsigned depth, unsigned max_depth, size_t fsize,
+                                         size_t nw) {
+  if (depth >= max_depth) return EVS__RW_E_DEPTH;
+  return depth == *cap ? evs__rw_frames_grow(m, fr, st, cap, depth, fsize, nw) : 0;
+}
+
 /* ---- names of the open containers (JSON: duplicate member names; XML: sibling indices) ---- */
 
 /* A 64-bit hash of a name, eight bytes at a time. Unkeyed: a collision can only make the request

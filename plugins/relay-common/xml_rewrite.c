@@ -326,18 +326,11 @@ static int open_element(evs__xml_rewrite *rw) {
   uint64_t *slot;
   bool sel = false, live = false;
   int r;
-  if (rw->depth >= rw->o.max_depth) return EVS__RW_E_DEPTH;
-  if (rw->depth == rw->fr_cap) {
-    size_t c = rw->fr_cap, c2 = rw->fr_cap;
-    void *a = rw->fr, *b = rw->st;
-    if ((r = evs__rw_grow(&rw->b.mem, &a, &c, rw->depth + 1, sizeof *rw->fr)) < 0) return r;
-    rw->fr = a;
-    if (rw->nw &&
-        (r = evs__rw_grow(&rw->b.mem, &b, &c2, rw->depth + 1, rw->nw * sizeof *rw->st)) < 0)
-      return r;
-    rw->st = b;
-    rw->fr_cap = (unsigned)c;
-  }
+  void *fr = rw->fr;
+  r = evs__rw_frames_reserve(&rw->b.mem, &fr, &rw->st, &rw->fr_cap, rw->depth, rw->o.max_depth,
+                             sizeof *rw->fr, rw->nw);
+  rw->fr = fr;
+  if (r < 0) return r;
   slot = rw->st ? rw->st + rw->depth * rw->nw : NULL;
   if (rw->depth == 0) { /* the root element is `$` */
     rw->root_seen = true;
