@@ -200,7 +200,7 @@ static int finish(evs__rw_base *b) {
 static void clear(evs__rw_base *b) { evs__rw_names_clear(&((evs__form_rewrite *)b)->fields); }
 
 /* The value grows from 64 bytes, doubling. */
-static const evs__rw_class form_class = {run, finish, clear, 64, false};
+static const evs__rw_class form_class = {finish, clear, 64, false};
 
 int evs__form_rewrite_new(const char *const *fields, size_t nfields,
                           const struct evs__form_rewrite_opts *opts, evs__rw_emit_fn emit_fn,
@@ -224,7 +224,7 @@ int evs__form_rewrite_new(const char *const *fields, size_t nfields,
   return 0;
 }
 
-EVS__RW_DEFINE_TYPED(evs__form_rewrite)
+EVS__RW_DEFINE_TYPED(evs__form_rewrite, run)
 
 uint64_t evs__form_rewrite_pairs(const evs__form_rewrite *rw) { return rw->pairs; }
 
@@ -250,6 +250,6 @@ const evs__rewriter_ops evs__form_rewriter = {
     .place = ops_place,
     .place_returned = evs__rewriter_place_verbatim, /* the rewriter encodes it */
     .new = ops_new,
-    EVS__RW_BASE_OPS,
+    EVS__RW_BASE_OPS(evs__form_rewrite),
     .strerror = evs__form_rewrite_strerror,
 };

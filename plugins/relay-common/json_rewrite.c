@@ -604,7 +604,7 @@ static void clear(evs__rw_base *b) {
   evs__rw_keys_clear(&rw->keys);
 }
 
-static const evs__rw_class json_class = {run, finish, clear, 16, false};
+static const evs__rw_class json_class = {finish, clear, 16, false};
 
 int evs__json_rewrite_new(const evs__jsonpath *paths, const struct evs__json_rewrite_opts *opts,
                           evs__rw_emit_fn emit_fn, evs__rw_transform_fn transform, void *ud,
@@ -633,7 +633,7 @@ int evs__json_rewrite_new(const evs__jsonpath *paths, const struct evs__json_rew
   return 0;
 }
 
-EVS__RW_DEFINE_TYPED(evs__json_rewrite)
+EVS__RW_DEFINE_TYPED(evs__json_rewrite, run)
 
 /* ---- the rewriter interface (rewriter.h) ------------------------------------------------- */
 
@@ -662,6 +662,6 @@ const evs__rewriter_ops evs__json_rewriter = {
     .place = ops_place,
     .place_returned = ops_place,
     .new = ops_new,
-    EVS__RW_BASE_OPS,
+    EVS__RW_BASE_OPS(evs__json_rewrite),
     .strerror = evs__json_rewrite_strerror,
 };

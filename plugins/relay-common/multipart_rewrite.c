@@ -353,7 +353,7 @@ static void clear(evs__rw_base *b) {
 
 /* The value grows from 256 bytes, doubling, but never past max_value + 1: a 25 MiB cap does not
  * allocate 32 MiB. */
-static const evs__rw_class multipart_class = {run, finish, clear, 256, true};
+static const evs__rw_class multipart_class = {finish, clear, 256, true};
 
 /* ---- boundary and set-up -------------------------------------------------------------------- */
 
@@ -460,7 +460,7 @@ int evs__multipart_rewrite_new(const char *boundary, const char *const *fields, 
   return 0;
 }
 
-EVS__RW_DEFINE_TYPED(evs__multipart_rewrite)
+EVS__RW_DEFINE_TYPED(evs__multipart_rewrite, run)
 
 uint64_t evs__multipart_rewrite_parts(const evs__multipart_rewrite *rw) { return rw->parts; }
 
@@ -490,6 +490,6 @@ const evs__rewriter_ops evs__multipart_rewriter = {
     .place = evs__rewriter_place_verbatim,
     .place_returned = evs__rewriter_place_verbatim,
     .new = ops_new,
-    EVS__RW_BASE_OPS,
+    EVS__RW_BASE_OPS(evs__multipart_rewrite),
     .strerror = evs__multipart_rewrite_strerror,
 };

@@ -34,21 +34,6 @@ void evs__rw_tree_limits(unsigned *max_depth, size_t *max_value, size_t *max_key
   if (*max_keys > UINT32_MAX / 4) *max_keys = UINT32_MAX / 4;
 }
 
-int evs__rw_base_feed(void *impl, const char *buf, size_t len) {
-  evs__rw_base *b = impl;
-  const char *p = buf;
-  int r;
-  if (b->err) return b->err;
-  if (len == 0) return 0;
-  b->pass = buf;
-  r = b->cls->run(b, buf, buf + len, &p);
-  if (r < 0) return evs__rw_fail(b, r, b->off + (uint64_t)(p - buf));
-  if (!b->capturing && (r = evs__rw_emit(b, b->pass, (size_t)(buf + len - b->pass))) < 0)
-    return evs__rw_fail(b, r, b->off + len);
-  b->off += len;
-  return 0;
-}
-
 int evs__rw_base_finish(void *impl) {
   evs__rw_base *b = impl;
   int r;

@@ -907,7 +907,10 @@ static __attribute__((noinline)) size_t utf8_check(evs__xml_rewrite *rw, const u
   return n;
 }
 
-static int run(evs__rw_base *b, const char *buf, const char *e, const char **ret_p) {
+/* Not inlined into the feed: the machine's code then stays laid out as it was (inlined, the
+ * 25 MB body cost 0.7% more instructions, callgrind). */
+static __attribute__((noinline)) int run(evs__rw_base *b, const char *buf, const char *e,
+                                         const char **ret_p) {
   evs__xml_rewrite *rw = (evs__xml_rewrite *)b;
   const unsigned char *p = (const unsigned char *)buf;
   size_t len = (size_t)(e - buf), ok;
@@ -937,7 +940,7 @@ static void clear(evs__rw_base *b) {
   evs__rw_keys_clear(&rw->keys);
 }
 
-static const evs__rw_class xml_class = {run, finish, clear, 16, false};
+static const evs__rw_class xml_class = {finish, clear, 16, false};
 
 int evs__xml_rewrite_new(const evs__jsonpath *paths, const struct evs__xml_rewrite_opts *opts,
                          evs__rw_emit_fn emit_fn, evs__rw_transform_fn transform, void *ud,
@@ -966,7 +969,7 @@ int evs__xml_rewrite_new(const evs__jsonpath *paths, const struct evs__xml_rewri
   return 0;
 }
 
-EVS__RW_DEFINE_TYPED(evs__xml_rewrite)
+EVS__RW_DEFINE_TYPED(evs__xml_rewrite, run)
 
 /* ---- the rewriter interface (rewriter.h) ------------------------------------------------- */
 
@@ -985,6 +988,6 @@ const evs__rewriter_ops evs__xml_rewriter = {
     .place = evs__rewriter_place_verbatim,
     .place_returned = evs__rewriter_place_verbatim,
     .new = ops_new,
-    EVS__RW_BASE_OPS,
+    EVS__RW_BASE_OPS(evs__xml_rewrite),
     .strerror = evs__xml_rewrite_strerror,
 };
