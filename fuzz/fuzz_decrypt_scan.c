@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "decrypt_scan.h"
+#include "fuzz_buf.h"
 
 struct out {
   char *b;
@@ -34,14 +35,7 @@ struct out {
 
 static int out_emit(void *ud, const char *b, size_t n) {
   struct out *o = ud;
-  if (n == 0) __builtin_trap();
-  if (o->len + n > o->cap) {
-    o->cap = (o->len + n) * 2;
-    o->b = realloc(o->b, o->cap);
-    if (!o->b) abort();
-  }
-  memcpy(o->b + o->len, b, n);
-  o->len += n;
+  fuzz_buf_append(&o->b, &o->len, &o->cap, b, n);
   return 0;
 }
 

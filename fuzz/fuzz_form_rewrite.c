@@ -7,7 +7,7 @@
  *
  *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
  *     plugins/relay-common/form_rewrite.c plugins/relay-common/json_rewrite.c \
- *     plugins/relay-common/rewriter.c \
+ *     plugins/relay-common/rewriter.c plugins/relay-common/rw_base.c \
  *     plugins/relay-common/jsonpath.c fuzz/fuzz_form_rewrite.c -o /tmp/fuzz_form_rewrite
  */
 #include <stdbool.h>
@@ -17,27 +17,7 @@
 #include <string.h>
 
 #include "form_rewrite.h"
-
-struct out {
-  char *b;
-  size_t len, cap;
-  unsigned k;
-  bool check; /* re-parse: each value must be the marker of its index */
-  char marker[48];
-};
-
-static int out_emit(void *ud, const char *b, size_t n) {
-  struct out *o = ud;
-  if (n == 0) __builtin_trap();
-  if (o->len + n > o->cap) {
-    o->cap = (o->len + n) * 2;
-    o->b = realloc(o->b, o->cap);
-    if (!o->b) abort();
-  }
-  memcpy(o->b + o->len, b, n);
-  o->len += n;
-  return 0;
-}
+#include "rewrite_fuzz.h"
 
 /* Not ev:-shaped ('#'), so an unselected marker is not refused; needs encoding throughout. */
 static int marker(char *b, size_t cap, unsigned k) {
@@ -58,13 +38,11 @@ static int out_transform(void *ud, evs__rw_type type, const char *v, size_t n, c
 static int run(const char *const *f, size_t nf, const uint8_t *data, size_t size, size_t step,
                bool check, struct out *o, uint64_t *ret_pairs) {
   evs__form_rewrite *rw = NULL;
-  int r = 0;
+  int r;
   memset(o, 0, sizeof *o);
   o->check = check;
   if (evs__form_rewrite_new(f, nf, NULL, out_emit, out_transform, o, &rw) != 0) abort();
-  for (size_t i = 0; i < size && r == 0; i += step)
-    r = evs__form_rewrite_feed(rw, (const char *)data + i, size - i < step ? size - i : step);
-  if (r == 0) r = evs__form_rewrite_finish(rw);
+  r = out_feed(&evs__form_rewriter, rw, data, size, step);
   *ret_pairs = evs__form_rewrite_pairs(rw);
   evs__form_rewrite_free(rw);
   return r;

@@ -7,6 +7,7 @@
  *
  *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
  *     plugins/relay-common/json_rewrite.c plugins/relay-common/jsonpath.c \
+ *     plugins/relay-common/rw_base.c plugins/relay-common/rewriter.c \
  *     fuzz/fuzz_json_rewrite.c -o /tmp/fuzz_json_rewrite
  */
 #include <stdbool.h>
@@ -17,29 +18,9 @@
 
 #include "json_rewrite.h"
 #include "jsonpath.h"
+#include "rewrite_fuzz.h"
 
 #include "../tests/unit/json_rewrite_ref.h"
-
-
-struct out {
-  char *b;
-  size_t len, cap;
-  unsigned k;
-  char marker[32];
-};
-
-static int out_emit(void *ud, const char *b, size_t n) {
-  struct out *o = ud;
-  if (n == 0) __builtin_trap();
-  if (o->len + n > o->cap) {
-    o->cap = (o->len + n) * 2;
-    o->b = realloc(o->b, o->cap);
-    if (!o->b) abort();
-  }
-  memcpy(o->b + o->len, b, n);
-  o->len += n;
-  return 0;
-}
 
 static int out_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
                          size_t *ret_len) {
@@ -52,15 +33,8 @@ static int out_transform(void *ud, evs__rw_type type, const char *v, size_t n, c
 
 static int run(const evs__jsonpath *jp, const uint8_t *data, size_t size, size_t step,
                struct out *o) {
-  evs__json_rewrite *rw = NULL;
-  int r = 0;
-  memset(o, 0, sizeof *o);
-  if (evs__json_rewrite_new(jp, NULL, out_emit, out_transform, o, &rw) != 0) abort();
-  for (size_t i = 0; i < size && r == 0; i += step)
-    r = evs__json_rewrite_feed(rw, (const char *)data + i, size - i < step ? size - i : step);
-  if (r == 0) r = evs__json_rewrite_finish(rw);
-  evs__json_rewrite_free(rw);
-  return r;
+  evs__rewriter_select sel = {.paths = jp}; /* the default options */
+  return out_run(&evs__json_rewriter, &sel, out_transform, data, size, step, o);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -8,7 +8,7 @@
  *
  *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
  *     plugins/relay-common/multipart_rewrite.c plugins/relay-common/json_rewrite.c \
- *     plugins/relay-common/rewriter.c \
+ *     plugins/relay-common/rewriter.c plugins/relay-common/rw_base.c \
  *     plugins/relay-common/jsonpath.c fuzz/fuzz_multipart_rewrite.c -o /tmp/fuzz_multipart
  */
 #include <stdbool.h>
@@ -18,28 +18,7 @@
 #include <string.h>
 
 #include "multipart_rewrite.h"
-
-struct out {
-  char *b;
-  size_t len, cap;
-  unsigned k;
-  bool check; /* re-parse: each body must be the marker of its index */
-  unsigned char types[64];
-  char marker[32];
-};
-
-static int out_emit(void *ud, const char *b, size_t n) {
-  struct out *o = ud;
-  if (n == 0) __builtin_trap();
-  if (o->len + n > o->cap) {
-    o->cap = (o->len + n) * 2;
-    o->b = realloc(o->b, o->cap);
-    if (!o->b) abort();
-  }
-  memcpy(o->b + o->len, b, n);
-  o->len += n;
-  return 0;
-}
+#include "rewrite_fuzz.h"
 
 static int marker(char *b, size_t cap, evs__rw_type type, unsigned k) {
   return type == EVS__RW_FILE ? snprintf(b, cap, "%%EVENC#%u", k) : snprintf(b, cap, "#%u", k);
@@ -62,13 +41,11 @@ static int out_transform(void *ud, evs__rw_type type, const char *v, size_t n, c
 static int run(const char *bd, const char *const *f, size_t nf, const uint8_t *data, size_t size,
                size_t step, bool check, struct out *o, uint64_t *ret_parts) {
   evs__multipart_rewrite *rw = NULL;
-  int r = 0;
+  int r;
   memset(o, 0, sizeof *o);
   o->check = check;
   if (evs__multipart_rewrite_new(bd, f, nf, NULL, out_emit, out_transform, o, &rw) != 0) abort();
-  for (size_t i = 0; i < size && r == 0; i += step)
-    r = evs__multipart_rewrite_feed(rw, (const char *)data + i, size - i < step ? size - i : step);
-  if (r == 0) r = evs__multipart_rewrite_finish(rw);
+  r = out_feed(&evs__multipart_rewriter, rw, data, size, step);
   *ret_parts = evs__multipart_rewrite_parts(rw);
   evs__multipart_rewrite_free(rw);
   return r;

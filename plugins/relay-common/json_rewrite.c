@@ -10,8 +10,11 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "rw_base.h"
 
 enum pstate { P_VALUE, P_ARR_FIRST, P_OBJ_FIRST, P_KEY, P_COLON, P_AFTER, P_END };
 enum tok { T_NONE, T_STRING, T_NUMBER, T_LITERAL };
@@ -20,19 +23,15 @@ enum nstate { N_START, N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EX
 
 struct frame {
   uint64_t index;  /* arrays: index of the next element */
-  size_t key_base; /* objects: first entry of this object in kh[] */
+  size_t key_base; /* objects: first entry of this object in keys */
   bool is_obj, sel, live;
 };
 
 struct evs__json_rewrite {
+  evs__rw_base b; /* first: the rewriter is its base (rw_base.h) */
   const evs__jsonpath *paths;
   size_t nw;
   struct evs__json_rewrite_opts o;
-  evs__rw_emit_fn emit;
-  evs__rw_transform_fn transform;
-  void *ud;
-  int err;
-  uint64_t err_off, off;
 
   enum pstate ps;
   struct frame *fr; /* fr[0..depth) */
@@ -43,7 +42,7 @@ struct evs__json_rewrite {
 
   enum tok tok;
   int sub;
-  bool tok_key, capturing;
+  bool tok_key;
   unsigned need, hexn;
   unsigned char lo, hi;
   uint32_t cu, hisur;
@@ -52,15 +51,9 @@ struct evs__json_rewrite {
   int ev; /* ev: detector: 0..2 prefix matched, 3 in body, -1 off */
   unsigned ev_colons;
   unsigned char ev_last[2];
-  const char *pass; /* start of not yet emitted pass-through bytes in the current buffer */
 
-  char *val, *key;
-  size_t val_len, val_cap, key_len, key_cap;
-  uint64_t *kh; /* hashes of the member names of all open objects */
-  size_t kh_len, kh_cap;
-  uint32_t *tab; /* open addressing over kh[]: entry index + 1, 0 empty */
-  size_t tab_cap, tab_used;
-  evs__rw_mem mem;
+  evs__rw_buf key; /* the member name being read (the value is the base's val) */
+  evs__rw_keys keys; /* the member names of all open objects: their hashes */
 };
 
 const char *evs__json_rewrite_strerror(int err) {
@@ -76,22 +69,10 @@ const char *evs__json_rewrite_strerror(int err) {
   }
 }
 
-/* Appends to a byte buffer kept NUL-terminated, capped at max_value bytes. */
-static int append(evs__json_rewrite *rw, char **b, size_t *len, size_t *cap, const char *s,
-                  size_t n) {
-  if (n > rw->o.max_value - *len) return EVS__RW_E_TOOBIG;
-  if (*len + n + 1 > *cap) {
-    size_t c = *cap;
-    void *v = *b;
-    int r = evs__rw_grow(&rw->mem, &v, &c, *len + n + 1, 1);
-    if (r < 0) return r;
-    *b = v;
-    *cap = c;
-  }
-  memcpy(*b + *len, s, n);
-  *len += n;
-  (*b)[*len] = 0;
-  return 0;
+/* The member name and the selected value grow alike: doubling from 16, capped at max_value. */
+static int key_append(evs__json_rewrite *rw, const char *s, size_t n) {
+  return evs__rw_buf_append(&rw->b.mem, &rw->key, rw->o.max_value, EVS__RW_E_TOOBIG, 16, 0, s,
+                            n);
 }
 
 static bool ev_char(unsigned char c) {
@@ -133,8 +114,8 @@ static bool ev_looks_encrypted(const evs__json_rewrite *rw) {
 
 /* Decoded string bytes go to the member name, the selected value, or the ev: detector. */
 static int str_out(evs__json_rewrite *rw, const char *s, size_t n) {
-  if (rw->tok_key) return append(rw, &rw->key, &rw->key_len, &rw->key_cap, s, n);
-  if (rw->capturing) return append(rw, &rw->val, &rw->val_len, &rw->val_cap, s, n);
+  if (rw->tok_key) return key_append(rw, s, n);
+  if (rw->b.capturing) return evs__rw_val_append(&rw->b, s, n);
   if (rw->ev >= 0) ev_feed(rw, (const unsigned char *)s, n);
   return 0;
 }
@@ -164,85 +145,15 @@ static int str_out_cp(evs__json_rewrite *rw, uint32_t cp) {
   return str_out(rw, b, n);
 }
 
-/* A 64-bit hash of a decoded member name, eight bytes at a time. Unkeyed: a collision can only
- * make the request that contains it fail (see json_rewrite.h). */
-static uint64_t key_hash(const char *s, size_t n) {
-  uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    memcpy(&w, s + i, 8);
-    h = (h ^ w) * 0x100000001b3ULL;
-    h ^= h >> 29;
-  }
-  if (i < n) {
-    uint64_t w = 0;
-    for (unsigned sh = 0; i < n; i++, sh += 8) w |= (uint64_t)(unsigned char)s[i] << sh;
-    h = (h ^ w) * 0x100000001b3ULL;
-  }
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ULL;
-  h ^= h >> 33;
-  return h;
-}
-
 /* Records the member name just parsed in the innermost object; fails on a repeat. */
 static int key_insert(evs__json_rewrite *rw, uint64_t h, size_t base) {
-  size_t mask, slot;
-  int r;
-  if (rw->kh_len >= rw->o.max_keys) return EVS__RW_E_KEYS;
-  if (rw->kh_len == rw->kh_cap) {
-    void *v = rw->kh;
-    if ((r = evs__rw_grow(&rw->mem, &v, &rw->kh_cap, rw->kh_len + 1, sizeof *rw->kh)) < 0) return r;
-    rw->kh = v;
-  }
-  if ((rw->tab_used + 1) * 2 > rw->tab_cap) { /* rebuild, dropping stale slots of closed objects */
-    size_t n = 16;
-    while (n < 3 * (rw->kh_len + 1)) n *= 2;
-    if (n != rw->tab_cap) {
-      uint32_t *t = malloc(n * sizeof *t);
-      if (!t) return -ENOMEM;
-      evs__rw_mem_account(&rw->mem, rw->tab_cap * sizeof *t, n * sizeof *t);
-      free(rw->tab);
-      rw->tab = t;
-      rw->tab_cap = n;
-    }
-    memset(rw->tab, 0, rw->tab_cap * sizeof *rw->tab);
-    rw->tab_used = 0;
-    mask = rw->tab_cap - 1;
-    for (size_t i = 0; i < rw->kh_len; i++) {
-      for (slot = rw->kh[i] & mask; rw->tab[slot]; slot = (slot + 1) & mask) {
-      }
-      rw->tab[slot] = (uint32_t)(i + 1);
-      rw->tab_used++;
-    }
-  }
-  mask = rw->tab_cap - 1;
-  /* A slot may point past kh_len or into an enclosing object (stale, or another object's): only
-   * a live entry of this object with an equal hash is a duplicate. */
-  for (slot = h & mask; rw->tab[slot]; slot = (slot + 1) & mask) {
-    size_t e = rw->tab[slot] - 1;
-    if (e >= base && e < rw->kh_len && rw->kh[e] == h) return EVS__RW_E_DUPKEY;
-  }
-  rw->tab[slot] = (uint32_t)(rw->kh_len + 1);
-  rw->tab_used++;
-  rw->kh[rw->kh_len++] = h;
+  size_t slot;
+  int r = evs__rw_keys_reserve(&rw->keys, &rw->b.mem, sizeof h, rw->o.max_keys);
+  if (r < 0) return r;
+  if (evs__rw_keys_find(&rw->keys, sizeof h, h, base, &slot) != EVS__RW_KEYS_NONE)
+    return EVS__RW_E_DUPKEY;
+  evs__rw_keys_put(&rw->keys, sizeof h, slot, h);
   return 0;
-}
-
-static int emit(evs__json_rewrite *rw, const char *b, size_t n) {
-  return n ? rw->emit(rw->ud, b, n) : 0;
-}
-
-/* A selected scalar starts at p: flush the pass-through bytes before it. */
-static int capture_begin(evs__json_rewrite *rw, const char *p) {
-  int r = emit(rw, rw->pass, (size_t)(p - rw->pass));
-  rw->capturing = true;
-  rw->val_len = 0;
-  /* An empty string is still handed over as a NUL-terminated buffer. */
-  return r < 0 ? r : append(rw, &rw->val, &rw->val_len, &rw->val_cap, "", 0);
 }
 
 /* The current token ended just before q. */
@@ -251,13 +162,14 @@ static int tok_end(evs__json_rewrite *rw, const char *q, evs__rw_type type) {
   rw->tok = T_NONE;
   if (rw->tok_key) {
     struct frame *f = &rw->fr[rw->depth - 1];
-    if ((r = key_insert(rw, key_hash(rw->key, rw->key_len), f->key_base)) < 0) return r;
+    if ((r = key_insert(rw, evs__rw_name_hash(rw->key.p, rw->key.len), f->key_base)) < 0)
+      return r;
     if (f->sel) {
       rw->cur_sel = true;
       rw->cur_live = false;
     } else if (f->live) {
-      int m = evs__jsonpath_step(rw->paths, rw->st + (rw->depth - 1) * rw->nw, rw->cur, rw->key,
-                                 rw->key_len, 0);
+      int m = evs__jsonpath_step(rw->paths, rw->st + (rw->depth - 1) * rw->nw, rw->cur, rw->key.p,
+                                 rw->key.len, 0);
       rw->cur_live = m != EVS__JSONPATH_DEAD;
       rw->cur_sel = m == EVS__JSONPATH_MATCH;
     } else {
@@ -266,15 +178,8 @@ static int tok_end(evs__json_rewrite *rw, const char *q, evs__rw_type type) {
     rw->ps = P_COLON;
     return 0;
   }
-  if (rw->capturing) {
-    const char *out = NULL;
-    size_t outlen = 0;
-    rw->capturing = false;
-    rw->pass = q;
-    r = rw->transform(rw->ud, type, rw->val, rw->val_len, &out, &outlen);
-    if (r == EVS__RW_DEFER) r = 0;
-    else if (r == 0) r = emit(rw, out, outlen);
-    if (r < 0) return r;
+  if (rw->b.capturing) {
+    if ((r = evs__rw_capture_end(&rw->b, type, q, NULL)) < 0) return r;
   } else if (type == EVS__RW_STRING && !rw->o.allow_ev && ev_looks_encrypted(rw)) {
     return EVS__RW_E_EVDATA;
   }
@@ -321,7 +226,7 @@ static int lex_string(evs__json_rewrite *rw, const unsigned char **pp, const uns
     case S_NORMAL: {
       const unsigned char *s = p;
       while (p < e && plain[*p]) p++;
-      if (p > s && (rw->tok_key || rw->capturing || rw->ev >= 0) &&
+      if (p > s && (rw->tok_key || rw->b.capturing || rw->ev >= 0) &&
           (r = str_out(rw, (const char *)s, (size_t)(p - s))) < 0)
         goto out;
       if (p == e) goto out;
@@ -487,13 +392,11 @@ static int lex_number(evs__json_rewrite *rw, const unsigned char **pp, const uns
       goto end;
     }
   }
-  if (rw->capturing) r = append(rw, &rw->val, &rw->val_len, &rw->val_cap, (const char *)s,
-                                (size_t)(p - s));
+  if (rw->b.capturing) r = evs__rw_val_append(&rw->b, (const char *)s, (size_t)(p - s));
   *pp = p;
   return r;
 end:
-  if (rw->capturing &&
-      (r = append(rw, &rw->val, &rw->val_len, &rw->val_cap, (const char *)s, (size_t)(p - s))) < 0)
+  if (rw->b.capturing && (r = evs__rw_val_append(&rw->b, (const char *)s, (size_t)(p - s))) < 0)
     return r;
   *pp = p;
   return tok_end(rw, (const char *)p, EVS__RW_NUMBER);
@@ -505,21 +408,14 @@ bad:
 static int push_frame(evs__json_rewrite *rw, bool is_obj) {
   struct frame *f;
   int r;
-  if (rw->depth >= rw->o.max_depth) return EVS__RW_E_DEPTH;
-  if (rw->depth == rw->fr_cap) {
-    size_t c = rw->fr_cap, c2 = rw->fr_cap;
-    void *a = rw->fr, *b = rw->st;
-    if ((r = evs__rw_grow(&rw->mem, &a, &c, rw->depth + 1, sizeof *rw->fr)) < 0) return r;
-    rw->fr = a;
-    if (rw->nw &&
-        (r = evs__rw_grow(&rw->mem, &b, &c2, rw->depth + 1, rw->nw * sizeof *rw->st)) < 0)
-      return r;
-    rw->st = b;
-    rw->fr_cap = (unsigned)c;
-  }
+  void *fr = rw->fr;
+  r = evs__rw_frames_reserve(&rw->b.mem, &fr, &rw->st, &rw->fr_cap, rw->depth, rw->o.max_depth,
+                             sizeof *rw->fr, rw->nw);
+  rw->fr = fr;
+  if (r < 0) return r;
   f = &rw->fr[rw->depth];
   f->index = 0;
-  f->key_base = rw->kh_len;
+  f->key_base = rw->keys.len;
   f->is_obj = is_obj;
   f->sel = rw->cur_sel;
   f->live = rw->cur_live;
@@ -530,7 +426,7 @@ static int push_frame(evs__json_rewrite *rw, bool is_obj) {
 }
 
 static void pop_frame(evs__json_rewrite *rw) {
-  rw->kh_len = rw->fr[--rw->depth].key_base;
+  rw->keys.len = rw->fr[--rw->depth].key_base;
   rw->ps = rw->depth ? P_AFTER : P_END;
 }
 
@@ -564,7 +460,7 @@ static int value_begin(evs__json_rewrite *rw, const unsigned char **pp) {
     rw->sub = S_NORMAL;
     rw->tok_key = false;
     rw->ev = rw->cur_sel ? -1 : 0;
-    if (rw->cur_sel) r = capture_begin(rw, (const char *)p);
+    if (rw->cur_sel) r = evs__rw_capture_begin(&rw->b, (const char *)p);
     *pp = p + 1;
     return r;
   case 't':
@@ -574,22 +470,22 @@ static int value_begin(evs__json_rewrite *rw, const unsigned char **pp) {
     rw->lit = c == 't' ? "true" : c == 'f' ? "false" : "null";
     rw->lit_pos = 0;
     rw->tok_key = false;
-    if (rw->cur_sel && c != 'n') r = capture_begin(rw, (const char *)p);
+    if (rw->cur_sel && c != 'n') r = evs__rw_capture_begin(&rw->b, (const char *)p);
     return r;
   default:
     if (c == '-' || (c >= '0' && c <= '9')) {
       rw->tok = T_NUMBER;
       rw->sub = N_START;
       rw->tok_key = false;
-      if (rw->cur_sel) r = capture_begin(rw, (const char *)p);
+      if (rw->cur_sel) r = evs__rw_capture_begin(&rw->b, (const char *)p);
       return r;
     }
     return EVS__RW_E_SYNTAX;
   }
 }
 
-static int run(evs__json_rewrite *rw, const unsigned char *p, const unsigned char *e,
-               const unsigned char **ret_p) {
+static int parse(evs__json_rewrite *rw, const unsigned char *p, const unsigned char *e,
+                 const unsigned char **ret_p) {
   int r = 0;
   while (p < e) {
     switch (rw->tok) {
@@ -609,8 +505,7 @@ static int run(evs__json_rewrite *rw, const unsigned char *p, const unsigned cha
         p++;
       }
       if (!rw->lit[rw->lit_pos]) {
-        if (rw->capturing) r = append(rw, &rw->val, &rw->val_len, &rw->val_cap, rw->lit,
-                                      rw->lit_pos);
+        if (rw->b.capturing) r = evs__rw_val_append(&rw->b, rw->lit, rw->lit_pos);
         if (r == 0) r = tok_end(rw, (const char *)p, EVS__RW_BOOLEAN);
       }
       break;
@@ -639,7 +534,7 @@ static int run(evs__json_rewrite *rw, const unsigned char *p, const unsigned cha
           rw->tok = T_STRING;
           rw->sub = S_NORMAL;
           rw->tok_key = true;
-          rw->key_len = 0;
+          rw->key.len = 0;
           rw->ev = -1;
         } else {
           r = EVS__RW_E_SYNTAX;
@@ -680,69 +575,56 @@ out:
   return r;
 }
 
-static int fail(evs__json_rewrite *rw, int r, uint64_t off) {
-  rw->err = r;
-  rw->err_off = off;
+static int run(evs__rw_base *b, const char *p, const char *e, const char **ret_p) {
+  const unsigned char *q;
+  int r = parse((evs__json_rewrite *)b, (const unsigned char *)p, (const unsigned char *)e, &q);
+  *ret_p = (const char *)q;
   return r;
 }
 
-int evs__json_rewrite_feed(evs__json_rewrite *rw, const char *buf, size_t len) {
-  const unsigned char *p = (const unsigned char *)buf, *end = p + len;
+static int finish(evs__rw_base *b) {
+  evs__json_rewrite *rw = (evs__json_rewrite *)b;
   int r;
-  if (rw->err) return rw->err;
-  if (len == 0) return 0;
-  rw->pass = buf;
-  r = run(rw, p, end, &p);
-  if (r < 0) return fail(rw, r, rw->off + (uint64_t)(p - (const unsigned char *)buf));
-  if (!rw->capturing && (r = emit(rw, rw->pass, (size_t)(buf + len - rw->pass))) < 0)
-    return fail(rw, r, rw->off + len);
-  rw->off += len;
-  return 0;
-}
-
-int evs__json_rewrite_finish(evs__json_rewrite *rw) {
-  int r = 0;
-  if (rw->err) return rw->err;
   if (rw->tok == T_NUMBER) {
     /* The body's end terminates a top-level number. */
-    if (rw->sub == N_ZERO || rw->sub == N_INT || rw->sub == N_FRAC || rw->sub == N_EXP) {
-      rw->pass = NULL;
-      r = tok_end(rw, NULL, EVS__RW_NUMBER);
-      if (r < 0) return fail(rw, r, rw->off);
-    } else {
-      return fail(rw, EVS__RW_E_SYNTAX, rw->off);
-    }
+    if (rw->sub != N_ZERO && rw->sub != N_INT && rw->sub != N_FRAC && rw->sub != N_EXP)
+      return EVS__RW_E_SYNTAX;
+    rw->b.pass = NULL;
+    if ((r = tok_end(rw, NULL, EVS__RW_NUMBER)) < 0) return r;
   }
-  if (rw->tok != T_NONE || rw->ps != P_END) return fail(rw, EVS__RW_E_SYNTAX, rw->off);
-  return 0;
+  return rw->tok != T_NONE || rw->ps != P_END ? EVS__RW_E_SYNTAX : 0;
 }
+
+static void clear(evs__rw_base *b) {
+  evs__json_rewrite *rw = (evs__json_rewrite *)b;
+  free(rw->fr);
+  free(rw->st);
+  free(rw->cur);
+  free(rw->key.p);
+  evs__rw_keys_clear(&rw->keys);
+}
+
+static const evs__rw_class json_class = {finish, clear, 16, false};
 
 int evs__json_rewrite_new(const evs__jsonpath *paths, const struct evs__json_rewrite_opts *opts,
                           evs__rw_emit_fn emit_fn, evs__rw_transform_fn transform, void *ud,
                           evs__json_rewrite **ret_rw) {
   evs__json_rewrite *rw;
   if (!emit_fn || (paths && !transform)) return -EINVAL;
-  rw = calloc(1, sizeof *rw);
+  rw = evs__rw_base_new(sizeof *rw, offsetof(evs__json_rewrite, o), sizeof rw->o, opts,
+                        &json_class, emit_fn, transform, ud);
   if (!rw) return -ENOMEM;
-  if (opts) memcpy(&rw->o, opts, opts->size < sizeof rw->o ? opts->size : sizeof rw->o);
-  rw->o.size = sizeof rw->o;
-  if (!rw->o.max_depth) rw->o.max_depth = 256;
-  if (!rw->o.max_value) rw->o.max_value = 1024 * 1024;
-  if (!rw->o.max_keys) rw->o.max_keys = 100000;
-  if (rw->o.max_keys > UINT32_MAX / 4) rw->o.max_keys = UINT32_MAX / 4;
+  evs__rw_tree_limits(&rw->o.max_depth, &rw->o.max_value, &rw->o.max_keys);
+  rw->b.val_max = rw->o.max_value;
   rw->paths = paths;
   rw->nw = paths ? evs__jsonpath_nwords(paths) : 0;
-  rw->emit = emit_fn;
-  rw->transform = transform;
-  rw->ud = ud;
   rw->ps = P_VALUE;
-  rw->mem.now = rw->mem.high = sizeof *rw;
   if (paths) {
     if (!(rw->cur = calloc(rw->nw, sizeof *rw->cur))) {
       free(rw);
       return -ENOMEM;
     }
-    evs__rw_mem_account(&rw->mem, 0, rw->nw * sizeof *rw->cur);
+    evs__rw_mem_account(&rw->b.mem, 0, rw->nw * sizeof *rw->cur);
     evs__jsonpath_start(paths, rw->cur);
     rw->cur_live = true;
     rw->cur_sel = evs__jsonpath_accepts(paths, rw->cur);
@@ -751,21 +633,7 @@ int evs__json_rewrite_new(const evs__jsonpath *paths, const struct evs__json_rew
   return 0;
 }
 
-void evs__json_rewrite_free(evs__json_rewrite *rw) {
-  if (!rw) return;
-  free(rw->fr);
-  free(rw->st);
-  free(rw->cur);
-  free(rw->val);
-  free(rw->key);
-  free(rw->kh);
-  free(rw->tab);
-  free(rw);
-}
-
-uint64_t evs__json_rewrite_error_offset(const evs__json_rewrite *rw) { return rw->err_off; }
-
-size_t evs__json_rewrite_mem_high_water(const evs__json_rewrite *rw) { return rw->mem.high; }
+EVS__RW_DEFINE_TYPED(evs__json_rewrite, run)
 
 /* ---- the rewriter interface (rewriter.h) ------------------------------------------------- */
 
@@ -787,15 +655,6 @@ static int ops_new(const evs__rewriter_select *sel, evs__rw_emit_fn emit_fn,
   if (r == 0) *ret_impl = rw;
   return r;
 }
-static int ops_feed(void *impl, const char *buf, size_t len) {
-  return evs__json_rewrite_feed(impl, buf, len);
-}
-static int ops_finish(void *impl) { return evs__json_rewrite_finish(impl); }
-static void ops_free(void *impl) { evs__json_rewrite_free(impl); }
-static uint64_t ops_error_offset(const void *impl) { return evs__json_rewrite_error_offset(impl); }
-static size_t ops_mem_high_water(const void *impl) {
-  return evs__json_rewrite_mem_high_water(impl);
-}
 
 const evs__rewriter_ops evs__json_rewriter = {
     .name = "json",
@@ -803,10 +662,6 @@ const evs__rewriter_ops evs__json_rewriter = {
     .place = ops_place,
     .place_returned = ops_place,
     .new = ops_new,
-    .feed = ops_feed,
-    .finish = ops_finish,
-    .free = ops_free,
-    .error_offset = ops_error_offset,
-    .mem_high_water = ops_mem_high_water,
+    EVS__RW_BASE_OPS(evs__json_rewrite),
     .strerror = evs__json_rewrite_strerror,
 };

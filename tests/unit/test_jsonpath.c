@@ -16,15 +16,7 @@
 #include <string.h>
 
 #include "jsonpath.h"
-
-static evs__jsonpath *paths(const char *a, const char *b) {
-  const char *sel[2] = {a, b};
-  evs__jsonpath *p = NULL;
-  char err[256];
-  int r = evs__jsonpath_compile(sel, b ? 2 : 1, &p, err, sizeof err);
-  if (r != 0) fail_msg("%s", err);
-  return p;
-}
+#include "jsonpath_paths.h"
 
 static bool jp_match(const char *sel, const char *const *elems, size_t n) {
   evs__jsonpath *p = paths(sel, NULL);

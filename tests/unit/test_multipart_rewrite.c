@@ -22,70 +22,19 @@
 #include "json_rewrite.h"
 #include "multipart_rewrite.h"
 
-/* ---- harness --------------------------------------------------------------------------------- */
+/* ---- harness (rewrite_harness.h) ---------------------------------------------------------- */
 
-struct call {
-  evs__rw_type type;
-  char value[256];
-  size_t len;
-};
-
-struct sink {
-  char *out;
-  size_t len, cap;
-  bool store; /* false: count bytes only */
-  bool defer; /* transform defers; holes recorded */
-  unsigned k; /* transform calls */
-  struct call calls[64];
-  size_t holes[64];
-  char marker[64];
-};
-
-static int sink_emit(void *ud, const char *b, size_t n) {
-  struct sink *s = ud;
-  assert_true(n > 0);
-  if (s->store) {
-    if (s->len + n + 1 > s->cap) {
-      s->cap = (s->len + n + 1) * 2;
-      s->out = realloc(s->out, s->cap);
-      assert_non_null(s->out);
-    }
-    memcpy(s->out + s->len, b, n);
-    s->out[s->len + n] = 0;
-  }
-  s->len += n;
-  return 0;
-}
+#define RW_HARNESS_SEED 777
+#include "rewrite_harness.h"
 
 /* Replacement for call k: "%EVENC#k" for files, an ev:-shaped string for text. */
-static int marker(char *b, size_t cap, evs__rw_type type, unsigned k) {
+static int rw_marker(char *b, size_t cap, evs__rw_type type, unsigned k) {
   return type == EVS__RW_FILE ? snprintf(b, cap, "%%EVENC#%u", k)
                                 : snprintf(b, cap, "ev:RFVC:%u:aXY=:ZXBo:$", k);
 }
 
-static int sink_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
-                          size_t *ret_len) {
-  struct sink *s = ud;
-  assert_int_equal(v[n], 0);
-  if (s->k < 64) {
-    s->calls[s->k].type = type;
-    s->calls[s->k].len = n;
-    memcpy(s->calls[s->k].value, v, n < 255 ? n : 255);
-  }
-  if (s->defer) {
-    if (s->k < 64) s->holes[s->k] = s->len;
-    s->k++;
-    return EVS__RW_DEFER;
-  }
-  *ret_len = (size_t)marker(s->marker, sizeof s->marker, type, s->k++);
-  *ret = s->marker;
-  return 0;
-}
-
-static unsigned rng_state = 777;
-static unsigned rng(void) {
-  rng_state = rng_state * 1103515245u + 12345u;
-  return rng_state >> 8;
+static void rw_on_value(struct sink *s, evs__rw_type type, const char *v, size_t n) {
+  (void)s, (void)type, (void)v, (void)n;
 }
 
 /* mode 0: whole; 1: byte by byte; 2: random splits. Returns the feed/finish result. */
@@ -93,19 +42,11 @@ static int rewrite_n(const char *boundary, const char *const *fields, size_t nf,
                      const struct evs__multipart_rewrite_opts *o, const char *in, size_t n,
                      int mode, struct sink *s, uint64_t *ret_parts) {
   evs__multipart_rewrite *rw = NULL;
-  size_t i = 0;
-  int r = 0;
-  memset(s, 0, sizeof *s);
-  s->store = true;
+  int r;
+  sink_start(s);
   assert_int_equal(
       evs__multipart_rewrite_new(boundary, fields, nf, o, sink_emit, sink_transform, s, &rw), 0);
-  while (i < n && r == 0) {
-    size_t c = mode == 0 ? n : mode == 1 ? 1 : 1 + rng() % 23;
-    if (c > n - i) c = n - i;
-    r = evs__multipart_rewrite_feed(rw, in + i, c);
-    i += c;
-  }
-  if (r == 0) r = evs__multipart_rewrite_finish(rw);
+  r = rw_feed_all(&evs__multipart_rewriter, rw, in, n, mode, 23);
   if (ret_parts) *ret_parts = evs__multipart_rewrite_parts(rw);
   evs__multipart_rewrite_free(rw);
   return r;
@@ -352,7 +293,7 @@ static void test_deferred(void **state) {
   for (unsigned k = 0; k < async.k; k++) {
     memcpy(joined + jl, async.out + last, async.holes[k] - last);
     jl += async.holes[k] - last;
-    jl += (size_t)marker(joined + jl, sizeof joined - jl, async.calls[k].type, k);
+    jl += (size_t)rw_marker(joined + jl, sizeof joined - jl, async.calls[k].type, k);
     last = async.holes[k];
   }
   memcpy(joined + jl, async.out + last, async.len - last);
@@ -588,8 +529,8 @@ static void test_bounded_memory(void **state) {
   assert_int_equal(evs__multipart_rewrite_parts(rw), 3);
   {
     char m[64];
-    size_t m0 = (size_t)marker(m, sizeof m, EVS__RW_STRING, 0);
-    size_t m1 = (size_t)marker(m, sizeof m, EVS__RW_STRING, 1);
+    size_t m0 = (size_t)rw_marker(m, sizeof m, EVS__RW_STRING, 0);
+    size_t m1 = (size_t)rw_marker(m, sizeof m, EVS__RW_STRING, 1);
     assert_int_equal(s.len, in - 11 - 16 + m0 + m1);
   }
   if (hw >= 4096) fail_msg("high water %zu bytes for a %zu-byte body", hw, in);

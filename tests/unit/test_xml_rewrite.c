@@ -25,96 +25,30 @@
 
 #include "xml_rewrite_ref.h"
 
-/* ---- harness --------------------------------------------------------------------------------- */
+/* ---- harness (rewrite_harness.h) ---------------------------------------------------------- */
 
-struct call {
-  evs__rw_type type;
-  char value[256];
-  size_t len;
-};
+#define RW_HARNESS_SEED 12345
+#include "rewrite_harness.h"
 
-struct sink {
-  char *out;
-  size_t len, cap;
-  bool store;     /* false: count bytes only */
-  bool defer;     /* transform defers; holes recorded */
-  unsigned k;     /* transform calls */
-  uint64_t vhash; /* xref_hash over the values */
-  struct call calls[64];
-  size_t holes[4096];
-  char marker[32];
-};
-
-static int sink_emit(void *ud, const char *b, size_t n) {
-  struct sink *s = ud;
-  assert_true(n > 0);
-  if (s->store) {
-    if (s->len + n + 1 > s->cap) {
-      s->cap = (s->len + n + 1) * 2;
-      s->out = realloc(s->out, s->cap);
-      assert_non_null(s->out);
-    }
-    memcpy(s->out + s->len, b, n);
-    s->out[s->len + n] = 0;
-  }
-  s->len += n;
-  return 0;
+static int rw_marker(char *b, size_t cap, evs__rw_type type, unsigned k) {
+  (void)type;
+  return snprintf(b, cap, "#%u", k);
 }
 
-static int sink_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
-                          size_t *ret_len) {
-  struct sink *s = ud;
-  int ml;
-  assert_int_equal(v[n], 0);
+/* Every XML value is text; vhash is xref_hash over the values. */
+static void rw_on_value(struct sink *s, evs__rw_type type, const char *v, size_t n) {
   assert_int_equal(type, EVS__RW_STRING);
-  if (s->k < 64) {
-    s->calls[s->k].type = type;
-    s->calls[s->k].len = n;
-    memcpy(s->calls[s->k].value, v, n < 255 ? n : 255);
-  }
   s->vhash = xref_hash(s->vhash, v, n);
-  if (s->defer) {
-    if (s->k < 4096) s->holes[s->k] = s->len;
-    s->k++;
-    return EVS__RW_DEFER;
-  }
-  ml = snprintf(s->marker, sizeof s->marker, "#%u", s->k++);
-  *ret = s->marker;
-  *ret_len = (size_t)ml;
-  return 0;
-}
-
-static evs__jsonpath *paths(const char *a, const char *b) {
-  const char *sel[2] = {a, b};
-  evs__jsonpath *p = NULL;
-  char err[256];
-  int r = evs__jsonpath_compile(sel, b ? 2 : 1, &p, err, sizeof err);
-  if (r != 0) fail_msg("%s", err);
-  return p;
-}
-
-static unsigned rng_state = 12345;
-static unsigned rng(void) {
-  rng_state = rng_state * 1103515245u + 12345u;
-  return rng_state >> 8;
 }
 
 /* mode 0: whole; 1: byte by byte; 2: random splits. Returns the feed/finish result. */
 static int rewrite(const evs__jsonpath *jp, const struct evs__xml_rewrite_opts *o, const char *in,
                    size_t n, int mode, struct sink *s) {
   evs__xml_rewrite *rw = NULL;
-  size_t i = 0;
-  int r = 0;
-  memset(s, 0, sizeof *s);
-  s->store = true;
+  int r;
+  sink_start(s);
   assert_int_equal(evs__xml_rewrite_new(jp, o, sink_emit, sink_transform, s, &rw), 0);
-  while (i < n && r == 0) {
-    size_t c = mode == 0 ? n : mode == 1 ? 1 : 1 + rng() % 17;
-    if (c > n - i) c = n - i;
-    r = evs__xml_rewrite_feed(rw, in + i, c);
-    i += c;
-  }
-  if (r == 0) r = evs__xml_rewrite_finish(rw);
+  r = rw_feed_all(&evs__xml_rewriter, rw, in, n, mode, 17);
   evs__xml_rewrite_free(rw);
   return r;
 }

@@ -1,0 +1,116 @@
+/*
+ * rewrite_harness.h: what the unit tests of the four body rewriters (test_json_rewrite.c,
+ * test_xml_rewrite.c, test_form_rewrite.c, test_multipart_rewrite.c) share: a sink that stores
+ * or counts the output and records each transform call (or the hole of a deferred one), a
+ * deterministic rng, and the feeding of a body whole, byte by byte or in random pieces.
+ *
+ * Include it after cmocka.h. The test file defines, before or after including it:
+ *   RW_HARNESS_SEED  the rng's first state (each test keeps the sequence it always had);
+ *   rw_marker()      the replacement of the k-th transform call, in the format's terms;
+ *   rw_on_value()    a check of each transform value (and anything to accumulate), or nothing.
+ */
+#ifndef EVS_TEST_REWRITE_HARNESS_H
+#define EVS_TEST_REWRITE_HARNESS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jsonpath_paths.h" /* paths(): the JSON and XML tests' selectors */
+#include "rewriter.h"
+
+#ifndef RW_HARNESS_SEED
+#error "define RW_HARNESS_SEED before including rewrite_harness.h"
+#endif
+
+struct call {
+  evs__rw_type type;
+  char value[256];
+  size_t len;
+};
+
+struct sink {
+  char *out;
+  size_t len, cap;
+  bool store;     /* false: count bytes only */
+  bool defer;     /* transform defers; holes recorded */
+  unsigned k;     /* transform calls */
+  uint64_t vhash; /* for rw_on_value(), e.g. a hash over the values */
+  struct call calls[64];
+  size_t holes[4096];
+  char marker[64];
+};
+
+/* Writes the replacement for transform call k of a value of type into b[0..cap); returns its
+ * length (snprintf's). */
+static int rw_marker(char *b, size_t cap, evs__rw_type type, unsigned k);
+/* Sees every transform value v[0..n) (after the harness checked its NUL) before it is counted. */
+static void rw_on_value(struct sink *s, evs__rw_type type, const char *v, size_t n);
+
+static int sink_emit(void *ud, const char *b, size_t n) {
+  struct sink *s = ud;
+  assert_true(n > 0);
+  if (s->store) {
+    if (s->len + n + 1 > s->cap) {
+      s->cap = (s->len + n + 1) * 2;
+      s->out = realloc(s->out, s->cap);
+      assert_non_null(s->out);
+    }
+    memcpy(s->out + s->len, b, n);
+    s->out[s->len + n] = 0;
+  }
+  s->len += n;
+  return 0;
+}
+
+static int sink_transform(void *ud, evs__rw_type type, const char *v, size_t n, const char **ret,
+                          size_t *ret_len) {
+  struct sink *s = ud;
+  assert_int_equal(v[n], 0);
+  rw_on_value(s, type, v, n);
+  if (s->k < 64) {
+    s->calls[s->k].type = type;
+    s->calls[s->k].len = n;
+    memcpy(s->calls[s->k].value, v, n < 255 ? n : 255);
+  }
+  if (s->defer) {
+    if (s->k < 4096) s->holes[s->k] = s->len;
+    s->k++;
+    return EVS__RW_DEFER;
+  }
+  *ret_len = (size_t)rw_marker(s->marker, sizeof s->marker, type, s->k++);
+  *ret = s->marker;
+  return 0;
+}
+
+static unsigned rng_state = RW_HARNESS_SEED;
+static inline unsigned rng(void) {
+  rng_state = rng_state * 1103515245u + 12345u;
+  return rng_state >> 8;
+}
+
+/* Starts s as a storing sink. */
+static inline void sink_start(struct sink *s) {
+  memset(s, 0, sizeof *s);
+  s->store = true;
+}
+
+/* Feeds in[0..n) to the rewriter rw of ops: mode 0 whole, 1 byte by byte, 2 in random pieces of
+ * 1..split bytes; stops at the first error, else finishes. Returns that error or finish's
+ * result. The caller frees rw. */
+static inline int rw_feed_all(const evs__rewriter_ops *ops, void *rw, const char *in, size_t n,
+                              int mode, unsigned split) {
+  size_t i = 0;
+  int r = 0;
+  while (i < n && r == 0) {
+    size_t c = mode == 0 ? n : mode == 1 ? 1 : 1 + rng() % split;
+    if (c > n - i) c = n - i;
+    r = ops->feed(rw, in + i, c);
+    i += c;
+  }
+  return r == 0 ? ops->finish(rw) : r;
+}
+
+#endif
