@@ -719,6 +719,38 @@ static void test_append_batch(void **state) {
  * timestamps (so that ids decide the order): every id is unique, each process's ids increase
  * in the order it appended, and a query that spans several pages returns every record once,
  * by (ts_ms, id) descending. */
+/* n child processes started together: each runs fn(arg, i, go) and exits with what it returns,
+ * which must be 0. A child lines up with the others by calling together_wait(go) once its
+ * set-up is done: it returns when every child has been forked. */
+static int together_wait(int go) {
+  char c;
+  return read(go, &c, 1) == 0 ? 0 : -1;
+}
+
+static void run_together(int n, int (*fn)(void *arg, int i, int go), void *arg) {
+  pid_t pids[16];
+  int go[2];
+
+  assert_true(n <= 16);
+  assert_int_equal(pipe(go), 0);
+  for (int i = 0; i < n; i++) {
+    pids[i] = fork();
+    assert_true(pids[i] >= 0);
+    if (pids[i] == 0) {
+      close(go[1]);
+      _exit(fn(arg, i, go[0]));
+    }
+  }
+  close(go[0]);
+  close(go[1]);
+  for (int i = 0; i < n; i++) {
+    int status;
+    assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+  }
+}
+
 #define ID_PROCS 3
 #define ID_ROUNDS 20
 #define ID_BATCH 31 /* multi-row INSERTs of 16, 8, 4 and 2 rows and a single row */
@@ -744,7 +776,8 @@ static int id_rows_cb(void *arg, int64_t id, int64_t ts_ms, const char *json) {
   return 0;
 }
 
-static int id_child(const evs__store_options *o, int p) {
+static int id_child(void *arg, int p, int go) {
+  const evs__store_options *o = arg;
   char err[256], texts[ID_BATCH][48];
   evs__store_rec batch[ID_BATCH];
   evs__store *s = NULL;
@@ -754,6 +787,8 @@ static int id_child(const evs__store_options *o, int p) {
     fprintf(stderr, "id child %d: open: %s\n", p, err);
     return 10;
   }
+  if (together_wait(go) < 0)
+    return 9;
   for (int round = 0; round < ID_ROUNDS; round++) {
     for (int i = 0; i < ID_BATCH; i++, n++) {
       snprintf(texts[i], sizeof(texts[i]), "{\"p\":%d,\"n\":%d}", p, n);
@@ -774,33 +809,13 @@ static void test_ids_concurrent(void **state) {
   enum { PER = ID_ROUNDS * (ID_BATCH + 1), TOTAL = ID_PROCS * PER };
   evs__store_options o;
   char where[PATH_MAX];
-  pid_t pids[ID_PROCS];
-  int go[2], total = 0;
+  int total = 0;
   id_rows rows = {calloc(TOTAL, sizeof(id_row)), 0, TOTAL, 0};
 
   assert_non_null(rows.v);
   fresh_location(f, "ids", &o, where, sizeof(where));
   evs__store_close(reopen(f, &o)); /* migrated before the race */
-  assert_int_equal(pipe(go), 0);
-  for (int i = 0; i < ID_PROCS; i++) {
-    pids[i] = fork();
-    assert_true(pids[i] >= 0);
-    if (pids[i] == 0) {
-      char c;
-      close(go[1]);
-      if (read(go[0], &c, 1) != 0)
-        _exit(9);
-      _exit(id_child(&o, i));
-    }
-  }
-  close(go[0]);
-  close(go[1]);
-  for (int i = 0; i < ID_PROCS; i++) {
-    int status;
-    assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
-  }
+  run_together(ID_PROCS, id_child, &o);
 
   evs__store *s = reopen(f, &o);
   const char *streams[] = {"ids", "ids.other"};
@@ -1028,12 +1043,15 @@ static void test_migrate_log_v1(void **state) {
 #define NPROC 4
 #define NOPS 150
 
-static int child(const evs__store_options *o, int id) {
+static int child(void *arg, int id, int go) {
+  const evs__store_options *o = arg;
   char err[256], key[32], val[32];
   evs__store *s = NULL;
   uint8_t *v;
   size_t len;
 
+  if (together_wait(go) < 0) /* all open at once: they race to migrate */
+    return 9;
   if (evs__store_open(o, &s, err, sizeof(err)) < 0) {
     fprintf(stderr, "child %d: open: %s\n", id, err);
     return 10;
@@ -1068,34 +1086,12 @@ static void test_concurrent_processes(void **state) {
   fx *f = need(state);
   evs__store_options o;
   char where[PATH_MAX];
-  int go[2];
-  pid_t pids[NPROC];
   evs__store *s;
   seen k;
   recs r;
 
   fresh_location(f, "conc", &o, where, sizeof(where));
-  assert_int_equal(pipe(go), 0);
-  for (int i = 0; i < NPROC; i++) {
-    pids[i] = fork();
-    assert_true(pids[i] >= 0);
-    if (pids[i] == 0) {
-      char c;
-      close(go[1]);
-      /* Wait until the parent closes the pipe, so all children start together. */
-      if (read(go[0], &c, 1) != 0)
-        _exit(9);
-      _exit(child(&o, i));
-    }
-  }
-  close(go[0]);
-  close(go[1]);
-  for (int i = 0; i < NPROC; i++) {
-    int status;
-    assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
-  }
+  run_together(NPROC, child, &o);
 
   s = reopen(f, &o);
   memset(&k, 0, sizeof(k));
@@ -1115,12 +1111,40 @@ static void test_concurrent_processes(void **state) {
  * plugin's run tokens rely on it for "single use" (rtlive/<digest>). */
 #define TAKE_KEYS 200
 
+typedef struct take_arg {
+  const evs__store_options *o;
+  int counts; /* write end: each child's wins */
+} take_arg;
+
+static int take_child(void *arg, int i, int go) {
+  take_arg *a = arg;
+  char err[256];
+  evs__store *cs = NULL;
+  int won = 0;
+  if (evs__store_open(a->o, &cs, err, sizeof(err)) < 0)
+    return 10;
+  if (together_wait(go) < 0)
+    return 9;
+  for (int k = 0; k < TAKE_KEYS; k++) {
+    char ck[32];
+    snprintf(ck, sizeof(ck), "tok/%d", (k + i * 37) % TAKE_KEYS); /* each its own order */
+    int r = evs__store_delete(cs, "take", ck);
+    if (r == 0)
+      won++;
+    else if (r != -ENOENT)
+      return 11;
+  }
+  evs__store_close(cs);
+  if (write(a->counts, &won, sizeof(won)) != (ssize_t)sizeof(won))
+    return 12;
+  return 0;
+}
+
 static void test_delete_once_concurrent(void **state) {
   fx *f = need(state);
   evs__store_options o;
   char where[PATH_MAX], key[32];
-  int go[2], counts[2];
-  pid_t pids[NPROC];
+  int counts[2];
 
   fresh_location(f, "take", &o, where, sizeof(where));
   evs__store *s = reopen(f, &o);
@@ -1129,45 +1153,13 @@ static void test_delete_once_concurrent(void **state) {
     put_str(s, "take", key, "1");
   }
   evs__store_close(s);
-  assert_int_equal(pipe(go), 0);
   assert_int_equal(pipe(counts), 0);
-  for (int i = 0; i < NPROC; i++) {
-    pids[i] = fork();
-    assert_true(pids[i] >= 0);
-    if (pids[i] == 0) {
-      char c, err[256];
-      evs__store *cs = NULL;
-      int won = 0;
-      close(go[1]);
-      close(counts[0]);
-      if (evs__store_open(&o, &cs, err, sizeof(err)) < 0)
-        _exit(10);
-      if (read(go[0], &c, 1) != 0)
-        _exit(9);
-      for (int k = 0; k < TAKE_KEYS; k++) {
-        char ck[32];
-        snprintf(ck, sizeof(ck), "tok/%d", (k + i * 37) % TAKE_KEYS); /* each its own order */
-        int r = evs__store_delete(cs, "take", ck);
-        if (r == 0)
-          won++;
-        else if (r != -ENOENT)
-          _exit(11);
-      }
-      evs__store_close(cs);
-      if (write(counts[1], &won, sizeof(won)) != (ssize_t)sizeof(won))
-        _exit(12);
-      _exit(0);
-    }
-  }
-  close(go[0]);
-  close(go[1]);
+  take_arg a = {&o, counts[1]};
+  run_together(NPROC, take_child, &a);
   close(counts[1]);
   int total = 0;
   for (int i = 0; i < NPROC; i++) {
-    int status, won = 0;
-    assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    int won = 0;
     assert_int_equal(read(counts[0], &won, sizeof(won)), (ssize_t)sizeof(won));
     total += won;
   }
@@ -1203,57 +1195,45 @@ static void test_put_new(void **state) {
 
 /* Create-only is atomic: of NPROC processes creating the same keys at once, exactly one wins
  * each key, and the value kept is the winner's. */
+static int claim_child(void *arg, int i, int go) {
+  take_arg *a = arg;
+  char err[256], ck[32], me[8];
+  evs__store *cs = NULL;
+  int won = 0;
+  if (evs__store_open(a->o, &cs, err, sizeof(err)) < 0)
+    return 10;
+  if (together_wait(go) < 0)
+    return 9;
+  snprintf(me, sizeof(me), "%d", i);
+  for (int k = 0; k < TAKE_KEYS; k++) {
+    snprintf(ck, sizeof(ck), "ver/%d", (k + i * 37) % TAKE_KEYS);
+    int r = evs__store_put_new(cs, "claim", ck, (const uint8_t *)me, strlen(me), 0);
+    if (r == 0)
+      won++;
+    else if (r != -EEXIST)
+      return 11;
+  }
+  evs__store_close(cs);
+  int msg[2] = {i, won};
+  if (write(a->counts, msg, sizeof(msg)) != (ssize_t)sizeof(msg))
+    return 12;
+  return 0;
+}
+
 static void test_put_new_concurrent(void **state) {
   fx *f = need(state);
   evs__store_options o;
   char where[PATH_MAX];
-  int go[2], counts[2];
-  pid_t pids[NPROC];
+  int counts[2];
 
   fresh_location(f, "claim", &o, where, sizeof(where));
   evs__store *s = reopen(f, &o);
   evs__store_close(s);
-  assert_int_equal(pipe(go), 0);
   assert_int_equal(pipe(counts), 0);
-  for (int i = 0; i < NPROC; i++) {
-    pids[i] = fork();
-    assert_true(pids[i] >= 0);
-    if (pids[i] == 0) {
-      char c, err[256], ck[32], me[8];
-      evs__store *cs = NULL;
-      int won = 0;
-      close(go[1]);
-      close(counts[0]);
-      if (evs__store_open(&o, &cs, err, sizeof(err)) < 0)
-        _exit(10);
-      if (read(go[0], &c, 1) != 0)
-        _exit(9);
-      snprintf(me, sizeof(me), "%d", i);
-      for (int k = 0; k < TAKE_KEYS; k++) {
-        snprintf(ck, sizeof(ck), "ver/%d", (k + i * 37) % TAKE_KEYS);
-        int r = evs__store_put_new(cs, "claim", ck, (const uint8_t *)me, strlen(me), 0);
-        if (r == 0)
-          won++;
-        else if (r != -EEXIST)
-          _exit(11);
-      }
-      evs__store_close(cs);
-      int msg[2] = {i, won};
-      if (write(counts[1], msg, sizeof(msg)) != (ssize_t)sizeof(msg))
-        _exit(12);
-      _exit(0);
-    }
-  }
-  close(go[0]);
-  close(go[1]);
+  take_arg a = {&o, counts[1]};
+  run_together(NPROC, claim_child, &a);
   close(counts[1]);
   int total = 0, wins[NPROC] = {0};
-  for (int i = 0; i < NPROC; i++) {
-    int status;
-    assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
-  }
   for (int i = 0; i < NPROC; i++) {
     int msg[2];
     assert_int_equal(read(counts[0], msg, sizeof(msg)), (ssize_t)sizeof(msg));
@@ -1289,11 +1269,23 @@ static void test_put_new_concurrent(void **state) {
  * missing advisory lock shows here as a failed open. */
 #define UPGRADE_ROUNDS 5 /* the race is won or lost by timing: give it several chances */
 
+static int upgrade_child(void *arg, int i, int go) {
+  const evs__store_options *o = arg;
+  evs__store *s = NULL;
+  char err[256];
+  if (together_wait(go) < 0)
+    return 9;
+  if (evs__store_open(o, &s, err, sizeof(err)) < 0) {
+    fprintf(stderr, "child %d: open: %s\n", i, err);
+    return 10;
+  }
+  evs__store_close(s);
+  return 0;
+}
+
 static void upgrade_round(fx *f, int round) {
   evs__store_options o;
-  char where[PATH_MAX], err[256], name[16];
-  pid_t pids[NPROC];
-  int go[2];
+  char where[PATH_MAX], name[16];
 
   snprintf(name, sizeof(name), "upgrade%d", round);
   fresh_location(f, name, &o, where, sizeof(where));
@@ -1301,32 +1293,7 @@ static void upgrade_round(fx *f, int round) {
                                      "PRIMARY KEY, name text NOT NULL, applied_at bigint "
                                      "NOT NULL)"),
                    0);
-  assert_int_equal(pipe(go), 0);
-  for (int i = 0; i < NPROC; i++) {
-    pids[i] = fork();
-    assert_true(pids[i] >= 0);
-    if (pids[i] == 0) {
-      evs__store *s = NULL;
-      char c;
-      close(go[1]);
-      if (read(go[0], &c, 1) != 0)
-        _exit(9);
-      if (evs__store_open(&o, &s, err, sizeof(err)) < 0) {
-        fprintf(stderr, "child %d: open: %s\n", i, err);
-        _exit(10);
-      }
-      evs__store_close(s);
-      _exit(0);
-    }
-  }
-  close(go[0]);
-  close(go[1]);
-  for (int i = 0; i < NPROC; i++) {
-    int status;
-    assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
-  }
+  run_together(NPROC, upgrade_child, &o);
   assert_int_equal(raw_sql(f, where, "SELECT count(*) FROM evs_schema_migrations"),
                    EVS_STORE_SCHEMA_VERSION);
   restore_location(f);
