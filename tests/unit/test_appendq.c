@@ -248,6 +248,43 @@ static void test_close_tells(void **state) {
   assert_int_equal(evs__appendq_init(&f->w, NULL), 0);
 }
 
+/* The queue is bounded (appendq.c: 16 MiB of records, 65536 records): past the bound a record
+ * is refused with -EAGAIN at once, waited-for or not, and the loop never blocks. What was taken
+ * is all written once the loop runs, and the queue takes records again. */
+#define QUEUE_MAX_BYTES (16u << 20)
+
+static void test_queue_full(void **state) {
+  fx *f = *state;
+  enum { PAD = 60000 };
+  char *json = malloc(PAD + 16);
+  assert_non_null(json);
+  memcpy(json, "{\"pad\":\"", 8);
+  memset(json + 8, 'x', PAD);
+  memcpy(json + 8 + PAD, "\"}", 3);
+  size_t jlen = strlen(json);
+  uint64_t seq = 0;
+  int taken = 0, r;
+  /* The loop does not run: nothing leaves the queue meanwhile. */
+  while ((r = evs__appendq_add(&f->w, "t", f->stream, json, NULL)) == 0) taken++;
+  assert_int_equal(r, -EAGAIN);
+  assert_true((size_t)taken * jlen <= QUEUE_MAX_BYTES);
+  assert_true((size_t)(taken + 1) * jlen > QUEUE_MAX_BYTES);
+  assert_int_equal(evs__appendq_add(&f->w, "t", f->stream, json, &seq), -EAGAIN);
+  assert_int_equal(evs__appendq_add(&f->w, "t", f->stream, json, NULL), -EAGAIN);
+  /* Everything taken is written, and the queue takes records again. */
+  told t = {f, 1, 99, 0, 0};
+  assert_int_equal(evs__appendq_flush(&f->w, on_told, &t), 0);
+  run_until(f, 1);
+  assert_int_equal(t.status, 0);
+  assert_int_equal(stored(f), taken);
+  told u = {f, 2, 99, 0, 0};
+  add(f, 1, &u);
+  run_until(f, 2);
+  assert_int_equal(u.status, 0);
+  assert_int_equal(stored(f), taken + 1);
+  free(json);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_one_record, setup, teardown),
@@ -256,6 +293,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_behind_then_urgent, setup, teardown),
       cmocka_unit_test_setup_teardown(test_waiters_out_of_order, setup, teardown),
       cmocka_unit_test_setup_teardown(test_close_tells, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
   };
   int failed = cmocka_run_group_tests_name("appendq/sqlite", tests, NULL, NULL);
   pg_dsn = getenv("EVS_TEST_PG_DSN");
