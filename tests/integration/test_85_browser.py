@@ -255,9 +255,14 @@ def test_chromium():
         st, _, b = call("GET", "http://127.0.0.1:%d/x" % srv.port("http"),
                         headers={"Host": "browser.example"})
         return json.loads(b) if st == 200 else None
-    evstest.wait_for(lambda: relayed() is not None, what="relay-config applied")
-    assert relayed() == {"s": "hello browser", "n": 1.5, "i": 42, "t": True, "f": False,
-                         "nested": {"a": ["x", 2, None]}, "nul": None}
+    want = {"s": "hello browser", "n": 1.5, "i": 42, "t": True, "f": False,
+            "nested": {"a": ["x", 2, None]}, "nul": None}
+    # Each of the two workers reads the new relay-config on its own (one that has not yet
+    # answers 404): wait until answers come back decrypted, then every answer must be.
+    evstest.wait_for(lambda: all(relayed() == want for _ in range(6)),
+                     what="relay-config applied in both workers, values decrypted")
+    for _ in range(6):
+        assert relayed() == want
     log = srv.log()
     assert key["apiKey"] not in log and app["appToken"] not in log
     assert "4242424242424242" not in log
