@@ -37,8 +37,9 @@ int evs__appendq_flush(evs__worker *w, evs__appendq_fn fn, void *arg);
 /* 0 while the store takes records; -ENOTCONN while a batch failed for a passing reason and
  * waits to be written again (PostgreSQL unreachable); -ENOTSUP without a store. */
 int evs__appendq_ready(evs__worker *w);
-/* Batches written so far (tests: group commit). */
+/* Batches written so far (tests: group commit), and of them those written on the loop. */
 uint64_t evs__appendq_batches(evs__worker *w);
+uint64_t evs__appendq_batches_on_loop(evs__worker *w);
 /* Writes the queue on the calling thread (the loop has ended: evs__appendq_close). */
 void evs__appendq_sync(evs__worker *w);
 void evs__appendq_close(evs__worker *w);

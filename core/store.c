@@ -408,7 +408,7 @@ int64_t evs__store_now_ms(evs__store *s) {
   return now_ms(s);
 }
 
-int evs__store_append_batch(evs__store *s, const evs__store_rec *recs, size_t n) {
+static int append_batch(evs__store *s, const evs__store_rec *recs, size_t n, int nowait) {
   int r;
 
   if (!s || (n && !recs))
@@ -419,9 +419,17 @@ int evs__store_append_batch(evs__store *s, const evs__store_rec *recs, size_t n)
   if (n == 0)
     return 0;
   pthread_mutex_lock(&s->lock);
-  r = s->backend->append_batch(s->impl, recs, n);
+  r = s->backend->append_batch(s->impl, recs, n, nowait);
   pthread_mutex_unlock(&s->lock);
   return r;
+}
+
+int evs__store_append_batch(evs__store *s, const evs__store_rec *recs, size_t n) {
+  return append_batch(s, recs, n, 0);
+}
+
+int evs__store_append_batch_try(evs__store *s, const evs__store_rec *recs, size_t n) {
+  return append_batch(s, recs, n, 1);
 }
 
 int evs__store_append(evs__store *s, const char *stream, const char *json_record,

@@ -118,6 +118,11 @@ typedef struct evs__store_rec {
 /* Append n records in one transaction: all of them or, on failure (a negative errno), none.
  * Records are checked as evs__store_append checks them (evs__store_check_record) first. */
 int evs__store_append_batch(evs__store *s, const evs__store_rec *recs, size_t n);
+/* The same, written only if that needs no waiting: -EWOULDBLOCK (nothing written) when another
+ * connection holds the write lock or the log is due for a checkpoint (the next
+ * evs__store_append_batch does it), -EOPNOTSUPP when the backend always waits (PostgreSQL: a
+ * network round trip). For a caller on an event loop, which hands those batches to a thread. */
+int evs__store_append_batch_try(evs__store *s, const evs__store_rec *recs, size_t n);
 
 /* 0 if evs__store_append would accept this record, else the negative errno it would return. */
 int evs__store_check_record(const char *stream, const char *json_record);
@@ -216,8 +221,9 @@ typedef struct evs__store_backend {
   int (*scan)(void *impl, const evs__store_scan_req *req, evs__store_page *page);
   int (*append)(void *impl, const char *stream, int64_t ts_ms, const char *record,
                 size_t record_len, int64_t *ret_id);
-  /* All n appends in one transaction, or none. */
-  int (*append_batch)(void *impl, const evs__store_rec *recs, size_t n);
+  /* All n appends in one transaction, or none. nowait: -EWOULDBLOCK rather than wait for a
+   * lock or a checkpoint, -EOPNOTSUPP if the backend cannot (evs__store_append_batch_try). */
+  int (*append_batch)(void *impl, const evs__store_rec *recs, size_t n, int nowait);
   int (*query)(void *impl, const evs__store_query_req *req, evs__store_page *page);
   int (*purge)(void *impl, int64_t now_ms, size_t max_rows);
   int (*schema_version)(void *impl);

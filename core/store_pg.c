@@ -659,10 +659,12 @@ out:
   return r;
 }
 
-static int pg_append_batch(void *impl, const evs__store_rec *recs, size_t n) {
+static int pg_append_batch(void *impl, const evs__store_rec *recs, size_t n, int nowait) {
   pg *g = impl;
   int r;
 
+  if (nowait) /* every write is a round trip to the server */
+    return -EOPNOTSUPP;
   if ((r = ensure_conn(g)) < 0)
     return r;
   if (n <= PG_BATCH_ROWS)

@@ -163,6 +163,8 @@ typedef struct sq {
   sqlite3_stmt *multi[N_MULTI]; /* INSERT of multi_rows[i] records */
   stream_ent streams[STREAM_CACHE];
   size_t nstreams;
+  int nowait;    /* in a nowait append (sq_append_batch) */
+  int ckpt_due;  /* the log passed CKPT_PAGES in a nowait commit */
   char errmsg[256];
 } sq;
 
@@ -320,6 +322,24 @@ out:
 /* Switch to WAL. Changing the journal mode needs a moment of exclusive access, and SQLite may
  * report SQLITE_BUSY for it without consulting the busy handler when another process is
  * opening the file at the same time, so retry for up to the busy timeout. */
+/* SQLite's default checkpoint (PASSIVE once the log holds this many pages) runs inside the
+ * commit that passes it: its copying and fsyncs would stall an event loop. A nowait commit
+ * leaves it due instead and refuses the next nowait batch, so it runs in a commit that may wait
+ * (the caller's thread). */
+#define CKPT_PAGES 1000
+
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages) {
+  sq *q = arg;
+
+  if (pages < CKPT_PAGES || q->nowait) {
+    q->ckpt_due = pages >= CKPT_PAGES;
+    return SQLITE_OK;
+  }
+  q->ckpt_due = 0;
+  sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+  return SQLITE_OK;
+}
+
 static int set_wal(sq *q) {
   sqlite3_stmt *st = NULL;
   int rc = SQLITE_OK;
@@ -389,6 +409,7 @@ static int sq_open(const evs__store_options *o, int64_t now_ms, void **ret_impl,
   sqlite3_busy_timeout(q->db, BUSY_TIMEOUT_MS);
   if ((r = set_wal(q)) < 0)
     goto fail;
+  sqlite3_wal_hook(q->db, wal_hook, q);
   /* trusted_schema=OFF: a tampered file cannot make our statements call SQL functions with
    * side effects through views or triggers. */
   r = exec(q, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA trusted_schema=OFF",
@@ -720,8 +741,7 @@ static int append_multi(sq *q, size_t k, const evs__store_rec *recs, const int64
  * almost always of one or two streams). */
 #define SID_CHUNK 256
 
-static int sq_append_batch(void *impl, const evs__store_rec *recs, size_t n) {
-  sq *q = impl;
+static int append_batch(sq *q, const evs__store_rec *recs, size_t n) {
   int64_t sids[SID_CHUNK];
   /* Streams looked up (not cached) in this transaction, to cache once it commits. */
   struct {
@@ -759,6 +779,24 @@ static int sq_append_batch(void *impl, const evs__store_rec *recs, size_t n) {
   }
   sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
   return r;
+}
+
+/* nowait: no busy timeout, so a write lock held by another connection (another worker) fails
+ * BEGIN IMMEDIATE at once, and the transaction is rolled back whole on any failure. */
+static int sq_append_batch(void *impl, const evs__store_rec *recs, size_t n, int nowait) {
+  sq *q = impl;
+  int r;
+
+  if (!nowait)
+    return append_batch(q, recs, n);
+  if (q->ckpt_due)
+    return -EWOULDBLOCK;
+  q->nowait = 1;
+  sqlite3_busy_timeout(q->db, 0);
+  r = append_batch(q, recs, n);
+  sqlite3_busy_timeout(q->db, BUSY_TIMEOUT_MS);
+  q->nowait = 0;
+  return r == -EBUSY ? -EWOULDBLOCK : r;
 }
 
 static int sq_query(void *impl, const evs__store_query_req *req, evs__store_page *page) {

@@ -10,7 +10,9 @@
  * is in the store; waiters are told in order, on the loop thread, never inside the call that
  * queued; records queued while a batch is being written share the next batch, which starts as
  * soon as that one committed (no timer); records written behind wait for the interval unless a
- * waited-for record takes them along.
+ * waited-for record takes them along. With SQLite a batch is written on the loop unless that
+ * would wait (the file's write lock held elsewhere, a checkpoint due): then on the work thread,
+ * the loop going on.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -20,9 +22,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "appendq.h"
 #include "store.h"
@@ -63,7 +67,7 @@ static int count_cb(void *arg, int64_t id, int64_t ts, const char *json) {
 
 static int stored(fx *f) {
   int n = 0;
-  assert_int_equal(evs__store_query(f->w.store, f->stream, 0, 1000, count_cb, &n), 0);
+  assert_int_equal(evs__store_query(f->w.store, f->stream, 0, 100000, count_cb, &n), 0);
   return n;
 }
 
@@ -285,6 +289,97 @@ static void test_queue_full(void **state) {
   free(json);
 }
 
+/* SQLite writes a waited-for batch on the loop, and its waiters are told in that same turn;
+ * PostgreSQL never does (a network round trip). */
+static void test_written_on_loop(void **state) {
+  fx *f = *state;
+  told t[3];
+  for (int i = 0; i < 3; i++) t[i] = (told){f, i, 99, 0, 0};
+  for (int i = 0; i < 3; i++) add(f, 1, &t[i]);
+  if (use_pg) {
+    run_until(f, 3);
+    assert_int_equal(evs__appendq_batches_on_loop(&f->w), 0);
+    return;
+  }
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  assert_int_equal(norder, 3);
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(t[i].status, 0);
+    assert_int_equal(t[i].stored, 3);
+    assert_int_equal(t[i].in_call, 0);
+  }
+  assert_int_equal(evs__appendq_batches(&f->w), 1);
+  assert_int_equal(evs__appendq_batches_on_loop(&f->w), 1);
+}
+
+/* Another connection (another worker) holds the file's write lock: the loop does not wait for
+ * it (its busy timeout would stall every connection of the worker). The batch goes to the work
+ * thread, which waits; its waiter is told once the lock is released and the record is in. */
+static void test_lock_held_elsewhere(void **state) {
+  fx *f = *state;
+  if (use_pg) skip();
+  sqlite3 *other = NULL;
+  assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+  told t = {f, 1, 99, 0, 0};
+  add(f, 1, &t);
+  /* Written on the loop, the turn would block in the busy timeout, then fail with -EBUSY. */
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  assert_int_equal(norder, 0);
+  assert_int_equal(evs__appendq_batches_on_loop(&f->w), 0);
+  assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+  run_until(f, 1);
+  assert_int_equal(t.status, 0);
+  assert_int_equal(t.stored, 1);
+  assert_int_equal(evs__appendq_batches_on_loop(&f->w), 0);
+  assert_int_equal(evs__appendq_batches(&f->w), 1);
+  /* The lock is free again: the next batch is the loop's. */
+  told u = {f, 2, 99, 0, 0};
+  add(f, 1, &u);
+  run_until(f, 2);
+  assert_int_equal(u.stored, 2);
+  assert_int_equal(evs__appendq_batches_on_loop(&f->w), 1);
+  sqlite3_close(other);
+}
+
+/* Batches written on the loop never checkpoint there (copying pages and two fsyncs): a
+ * checkpoint falls due and the next batch goes to the work thread, which does it; the log
+ * file stays bounded (it is reused from its start once checkpointed) instead of growing with
+ * every record. */
+static void test_checkpoint_off_loop(void **state) {
+  fx *f = *state;
+  if (use_pg) skip();
+  enum { PAD = 2000, ROUNDS = 60, PER_ROUND = 100 }; /* 12 MB of records, 3x the checkpoint */
+  char *json = malloc(PAD + 16);
+  assert_non_null(json);
+  memcpy(json, "{\"pad\":\"", 8);
+  memset(json + 8, 'x', PAD);
+  memcpy(json + 8 + PAD, "\"}", 3);
+  told t[ROUNDS];
+  for (int r = 0; r < ROUNDS; r++) {
+    uint64_t seq = 0;
+    for (int i = 0; i < PER_ROUND; i++)
+      assert_int_equal(evs__appendq_add(&f->w, "t", f->stream, json, &seq), 0);
+    t[r] = (told){f, r, 99, 0, 0};
+    assert_int_equal(evs__appendq_wait(&f->w, seq, on_told, &t[r]), 0);
+    run_until(f, r + 1);
+    assert_int_equal(t[r].status, 0);
+    assert_int_equal(t[r].stored, (r + 1) * PER_ROUND);
+  }
+  uint64_t all = evs__appendq_batches(&f->w), on_loop = evs__appendq_batches_on_loop(&f->w);
+  print_message("%llu batches, %llu on the loop\n", (unsigned long long)all,
+                (unsigned long long)on_loop);
+  assert_true(on_loop < all);          /* the checkpoints' batches went to the thread */
+  assert_true(on_loop >= all - all / 4); /* and only those */
+  char wal[160];
+  struct stat st;
+  snprintf(wal, sizeof wal, "%s-wal", f->path);
+  assert_int_equal(stat(wal, &st), 0);
+  print_message("log file: %lld bytes\n", (long long)st.st_size);
+  assert_true(st.st_size < 8 << 20);
+  free(json);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_one_record, setup, teardown),
@@ -294,6 +389,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_waiters_out_of_order, setup, teardown),
       cmocka_unit_test_setup_teardown(test_close_tells, setup, teardown),
       cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_written_on_loop, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_lock_held_elsewhere, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_checkpoint_off_loop, setup, teardown),
   };
   int failed = cmocka_run_group_tests_name("appendq/sqlite", tests, NULL, NULL);
   pg_dsn = getenv("EVS_TEST_PG_DSN");
