@@ -165,6 +165,7 @@ typedef struct sq {
   size_t nstreams;
   int nowait;    /* in a nowait append (sq_append_batch) */
   int ckpt_due;  /* the log passed CKPT_PAGES in a nowait commit */
+  int restart_due; /* a checkpoint took the whole log: the next write restarts it */
   char errmsg[256];
 } sq;
 
@@ -325,18 +326,24 @@ out:
 /* SQLite's default checkpoint (PASSIVE once the log holds this many pages) runs inside the
  * commit that passes it: its copying and fsyncs would stall an event loop. A nowait commit
  * leaves it due instead and refuses the next nowait batch, so it runs in a commit that may wait
- * (the caller's thread). */
+ * (the caller's thread). So does the write after a checkpoint that took the whole log: it
+ * starts the log over and fsyncs its new header before any frame overwrites an old one. (A
+ * checkpoint by another connection can still hand that write to a nowait commit.) */
 #define CKPT_PAGES 1000
 
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages) {
   sq *q = arg;
+  int log = 0, done = 0;
 
   if (pages < CKPT_PAGES || q->nowait) {
     q->ckpt_due = pages >= CKPT_PAGES;
+    if (!q->nowait)
+      q->restart_due = 0;
     return SQLITE_OK;
   }
   q->ckpt_due = 0;
-  sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+  q->restart_due = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, &log,
+                                             &done) == SQLITE_OK && log > 0 && done == log;
   return SQLITE_OK;
 }
 
@@ -789,7 +796,7 @@ static int sq_append_batch(void *impl, const evs__store_rec *recs, size_t n, int
 
   if (!nowait)
     return append_batch(q, recs, n);
-  if (q->ckpt_due)
+  if (q->ckpt_due || q->restart_due)
     return -EWOULDBLOCK;
   q->nowait = 1;
   sqlite3_busy_timeout(q->db, 0);

@@ -27,6 +27,7 @@
 #include "store_sqlite_vfs.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -148,7 +149,14 @@ static int w_truncate(sqlite3_file *f, sqlite3_int64 size) {
   return REAL(f)->pMethods->xTruncate(REAL(f), size);
 }
 
+static _Thread_local uint64_t thread_syncs;
+
+uint64_t evs__sqlite_vfs_thread_syncs(void) {
+  return thread_syncs;
+}
+
 static int w_sync(sqlite3_file *f, int flags) {
+  thread_syncs++;
   FLUSHED(f);
   return REAL(f)->pMethods->xSync(REAL(f), flags);
 }
