@@ -167,8 +167,10 @@ static void test_group_commit_order(void **state) {
   told t[11];
   for (int i = 0; i < 11; i++) t[i] = (told){f, i, 99, 0, 0};
   add(f, 1, &t[0]);
-  /* One turn: the idle handle starts the first batch on the work thread. */
+  /* One turn: the idle handle starts the first batch on the work thread (SQLite: two, the
+   * second, with nothing new, writes it on the loop). */
   uv_run(&f->loop, UV_RUN_NOWAIT);
+  if (!use_pg) uv_run(&f->loop, UV_RUN_NOWAIT);
   for (int i = 1; i < 11; i++) add(f, 1, &t[i]);
   run_until(f, 11);
   for (int i = 0; i < 11; i++) {
@@ -302,6 +304,9 @@ static void test_written_on_loop(void **state) {
     assert_int_equal(evs__appendq_batches_on_loop(&f->w), 0);
     return;
   }
+  /* The first turn looks for more records; the next, with none new, commits and tells. */
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  assert_int_equal(evs__appendq_batches(&f->w), 0);
   uv_run(&f->loop, UV_RUN_NOWAIT);
   assert_int_equal(norder, 3);
   for (int i = 0; i < 3; i++) {
@@ -311,6 +316,30 @@ static void test_written_on_loop(void **state) {
   }
   assert_int_equal(evs__appendq_batches(&f->w), 1);
   assert_int_equal(evs__appendq_batches_on_loop(&f->w), 1);
+}
+
+/* On the loop, records that keep arriving turn after turn share one batch, until a turn brings
+ * none or 16 wait (APPENDQ_GROUP); a commit costs about as much as seven records. */
+static void test_grouped_on_loop(void **state) {
+  fx *f = *state;
+  if (use_pg) skip();
+  told t[20];
+  for (int i = 0; i < 20; i++) t[i] = (told){f, i, 99, 0, 0};
+  for (int i = 0; i < 3; i++) {
+    add(f, 1, &t[i]);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_int_equal(evs__appendq_batches(&f->w), 0);
+  }
+  uv_run(&f->loop, UV_RUN_NOWAIT); /* a turn with nothing new */
+  assert_int_equal(evs__appendq_batches(&f->w), 1);
+  assert_int_equal(norder, 3);
+  assert_int_equal(t[2].stored, 3);
+  /* 16 waiting: the next turn commits, new arrivals or not. */
+  for (int i = 3; i < 19; i++) add(f, 1, &t[i]);
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  assert_int_equal(evs__appendq_batches(&f->w), 2);
+  assert_int_equal(norder, 19);
+  assert_int_equal(t[18].stored, 19);
 }
 
 /* Another connection (another worker) holds the file's write lock: the loop does not wait for
@@ -324,7 +353,9 @@ static void test_lock_held_elsewhere(void **state) {
   assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
   told t = {f, 1, 99, 0, 0};
   add(f, 1, &t);
-  /* Written on the loop, the turn would block in the busy timeout, then fail with -EBUSY. */
+  /* Written on the loop, the second turn would block in the busy timeout, then fail with
+   * -EBUSY. */
+  uv_run(&f->loop, UV_RUN_NOWAIT);
   uv_run(&f->loop, UV_RUN_NOWAIT);
   assert_int_equal(norder, 0);
   assert_int_equal(evs__appendq_batches_on_loop(&f->w), 0);
@@ -394,6 +425,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_close_tells, setup, teardown),
       cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
       cmocka_unit_test_setup_teardown(test_written_on_loop, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_grouped_on_loop, setup, teardown),
       cmocka_unit_test_setup_teardown(test_lock_held_elsewhere, setup, teardown),
       cmocka_unit_test_setup_teardown(test_checkpoint_off_loop, setup, teardown),
   };
