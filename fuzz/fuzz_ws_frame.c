@@ -6,7 +6,9 @@
  * 125 bytes; and what was delivered, framed again by the writer (masked or not), parses back to
  * the same messages. The fast path's frame finder (evs__ws_frame_whole) agrees with the parser:
  * each frame it finds at the start of the input, the parser takes whole, as one message (or ping
- * or pong) with the same payload, refusing it only for invalid UTF-8.
+ * or pong) with the same payload, refusing it only for invalid UTF-8. The client fast path's
+ * one pass (evs__ws_remask_plain) on each such frame's payload gives the byte-by-byte rule's
+ * verdict, masks with the new key, and never passes what the UTF-8 check or the guard refuses.
  *
  * The first byte picks the side (bit 0: frames from a client, masked), the split step (bits 1-4)
  * and a small max_message (bits 5-7: 0 none, else 2^(4+n) bytes).
@@ -15,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ev_guard.h"
 #include "ws_frame.h"
 
 typedef struct log {
@@ -107,6 +110,33 @@ static int count_ev(void *arg, const evs__ws_event *ev) {
   return 0;
 }
 
+/* evs__ws_remask_plain's rule, byte by byte (ws_frame.h). */
+static int plain_rule(const uint8_t *t, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    uint8_t c = t[i], c2 = i + 1 < n ? t[i + 1] : 0;
+    if (c >= 0x80 || c == '%' || c == '\\' || c == '&') return 0;
+    if (c == 'e' && (i + 1 == n || c2 == 'v' || c2 == 'e' || c2 == '%' || c2 == '\\' ||
+                     c2 == '&'))
+      return 0;
+  }
+  return 1;
+}
+
+static void check_remask(const uint8_t *masked, size_t n, const uint8_t key[4]) {
+  const uint8_t ko[4] = {0xa5, 0x5a, (uint8_t)n, 0x3c};
+  uint8_t *o = malloc(n + 1), *plain = malloc(n + 1);
+  if (!o || !plain) abort();
+  for (size_t k = 0; k < n; k++) plain[k] = masked[k] ^ key[k & 3];
+  int r = evs__ws_remask_plain(o, masked, n, key, ko);
+  if (r != plain_rule(plain, n)) __builtin_trap();
+  if (r && (!evs__ws_utf8_valid(plain, n) || evs__ev_guard_scan(plain, n) != 0))
+    __builtin_trap();
+  for (size_t k = 0; r && k < n; k++)
+    if (o[k] != (plain[k] ^ ko[k & 3])) __builtin_trap();
+  free(o);
+  free(plain);
+}
+
 static void check_whole(int from_client, uint64_t max, const uint8_t *d, size_t n) {
   evs__ws_frame f;
   evs__ws_parser *p = malloc(sizeof *p);
@@ -114,6 +144,8 @@ static void check_whole(int from_client, uint64_t max, const uint8_t *d, size_t 
   for (size_t i = 0; evs__ws_frame_whole(d + i, n - i, from_client, max, &f);) {
     size_t fl = f.head_len + f.len;
     if (fl > n - i || (from_client != (f.mask != NULL))) __builtin_trap();
+    static const uint8_t none[4];
+    check_remask(d + i + f.head_len, f.len, f.mask ? f.mask : none);
     log_t l;
     memset(&l, 0, sizeof l);
     evs__ws_parser_init(p, from_client, max);

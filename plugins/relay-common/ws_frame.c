@@ -179,6 +179,78 @@ void evs__ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t off) {
   evs__ws_mask_copy(p, p, n, key, off);
 }
 
+/* The guard's rule (ev_guard.c, next_candidate): c starts an escape, or is an 'e' that the
+ * next byte may turn into the start of a value. */
+static int guard_trigger(unsigned c) { return c == '%' || c == '\\' || c == '&'; }
+
+#ifdef __SSE2__
+/* Of sixteen unmasked bytes v: *trig, the bytes that start an escape; *e, the 'e's; and the
+ * return, the bytes after which an 'e' may start a value ('v', 'e' or a trigger). */
+static inline __m128i guard_classes(__m128i v, __m128i *trig, __m128i *e) {
+  *trig = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('%')),
+                       _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('\\')),
+                                    _mm_cmpeq_epi8(v, _mm_set1_epi8('&'))));
+  *e = _mm_cmpeq_epi8(v, _mm_set1_epi8('e'));
+  return _mm_or_si128(_mm_or_si128(*e, *trig), _mm_cmpeq_epi8(v, _mm_set1_epi8('v')));
+}
+#endif
+
+int evs__ws_remask_plain(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key_in[4],
+                         const uint8_t key_out[4]) {
+  if (n == 0) return 1;
+#ifdef __SSE2__
+  if (n >= 16) {
+    /* Each key five times over: its sixteen bytes from any phase are one unaligned load. */
+    uint8_t ki[20], ko[20];
+    for (int r = 0; r < 20; r += 4) {
+      memcpy(ki + r, key_in, 4);
+      memcpy(ko + r, key_out, 4);
+    }
+    const __m128i ki0 = _mm_loadu_si128((const __m128i *)(const void *)ki),
+                  ko0 = _mm_loadu_si128((const __m128i *)(const void *)ko);
+    /* High bits of acc: a byte that is not ASCII, or a candidate. A candidate is a trigger, or
+     * an 'e' whose next byte may continue a value: within a block the next bytes are the block
+     * shifted by one; the last 'e' of a block meets the next block's first byte there. */
+    __m128i acc = _mm_setzero_si128(), e_prev = _mm_setzero_si128(), trig, e;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      __m128i v = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), ki0);
+      __m128i next = guard_classes(v, &trig, &e);
+      acc = _mm_or_si128(acc, _mm_or_si128(_mm_or_si128(v, trig),
+                                           _mm_and_si128(e, _mm_srli_si128(next, 1))));
+      acc = _mm_or_si128(acc, _mm_and_si128(_mm_srli_si128(e_prev, 15), next));
+      e_prev = e;
+      _mm_storeu_si128((__m128i *)(void *)(dst + i), _mm_xor_si128(v, ko0));
+    }
+    if (i < n) {
+      /* The last sixteen bytes as one block, overlapping the one before (which wrote the same
+       * bytes there): the byte after that block's last is inside this one. */
+      size_t j = n - 16, ph = j & 3;
+      __m128i v = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(src + j)),
+                                _mm_loadu_si128((const __m128i *)(const void *)(ki + ph)));
+      __m128i next = guard_classes(v, &trig, &e);
+      acc = _mm_or_si128(acc, _mm_or_si128(_mm_or_si128(v, trig),
+                                           _mm_and_si128(e, _mm_srli_si128(next, 1))));
+      _mm_storeu_si128((__m128i *)(void *)(dst + j),
+                       _mm_xor_si128(v, _mm_loadu_si128((const __m128i *)(const void *)(ko + ph))));
+    }
+    /* The last byte has no next one: an 'e' there counts on its own (next_candidate). */
+    return !_mm_movemask_epi8(acc) && (src[n - 1] ^ key_in[(n - 1) & 3]) != 'e';
+  }
+#endif
+  unsigned bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned c = src[i] ^ key_in[i & 3];
+    dst[i] = (uint8_t)(c ^ key_out[i & 3]);
+    bad |= (c & 0x80) | (unsigned)guard_trigger(c);
+    if (c == 'e') {
+      unsigned c2 = i + 1 < n ? src[i + 1] ^ key_in[(i + 1) & 3] : 'e';
+      bad |= (unsigned)(c2 == 'v' || c2 == 'e' || guard_trigger(c2));
+    }
+  }
+  return !bad;
+}
+
 /* ---- parsing ----------------------------------------------------------------------------- */
 
 static long fail(evs__ws_parser *p, int code) {

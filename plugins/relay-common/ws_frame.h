@@ -154,6 +154,17 @@ void evs__ws_mask(uint8_t *p, size_t n, const uint8_t key[4], uint64_t off);
 void evs__ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4],
                        uint64_t off);
 
+/* The client-to-destination fast path's one pass over a client frame's payload (relay_ws.c):
+ * dst[0..n) gets src[0..n) unmasked with key_in and masked again with key_out (no overlap
+ * between dst and src), and the unmasked bytes are looked at on the way. Returns 1 if they are
+ * all ASCII and none of them is where the trust-boundary guard could start an escape or a value
+ * (a '%', '\\' or '&'; an 'e' followed by 'v', 'e', '%', '\\' or '&', or last): then
+ * evs__ws_utf8_valid holds and evs__ev_guard_scan finds nothing, so neither needs to run. 0
+ * otherwise, with dst unspecified: the caller then unmasks and runs those checks themselves
+ * (test_ws_frame checks the rule against both, at every offset). */
+int evs__ws_remask_plain(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key_in[4],
+                         const uint8_t key_out[4]);
+
 /* A close frame's payload: 1 if valid (empty, or a code a peer may send followed by UTF-8), and
  * then *code (1005 for an empty payload); 0 otherwise. */
 int evs__ws_close_valid(const uint8_t *p, size_t n, int *code);

@@ -586,12 +586,14 @@ static int has_ev(const uint8_t *p, size_t n) {
  * without the streaming parser, reassembly or a copy per frame. Toward the client the
  * destination's frames leave as they came (unmasked; the input itself is written); toward the
  * destination each frame is unmasked into d->out, checked, and masked again with a key of the
- * relay's. The checks are the parser's and the message handlers' (UTF-8 of text, the
- * trust-boundary guard); a frame that would need anything else (a fragment, a close, a frame not
- * yet whole, a message to encrypt or decrypt, an ev: token to refuse, invalid UTF-8, a frame the
- * parser refuses) stops the fast path, and the streaming path takes it and the rest, so each of
- * those decisions is made in one place only. Takes at most FAST_MAX bytes (the write, and
- * d->out, stay bounded); returns the bytes consumed. */
+ * relay's: in one pass when it is ASCII with nothing the guard could take for the start of a
+ * value (evs__ws_remask_plain; most messages), else in steps. The checks are the parser's and
+ * the message handlers' (UTF-8 of text, the trust-boundary guard); a frame that would need
+ * anything else (a fragment, a close, a frame not yet whole, a message to encrypt or decrypt,
+ * an ev: token to refuse, invalid UTF-8, a frame the parser refuses) stops the fast path, and
+ * the streaming path takes it and the rest, so each of those decisions is made in one place
+ * only. Takes at most FAST_MAX bytes (the write, and d->out, stay bounded); returns the bytes
+ * consumed. */
 static size_t fast_forward(ws_dir *d, const uint8_t *p, size_t n) {
   relay_ws *ws = d->ws;
   if (n > FAST_MAX) n = FAST_MAX;
@@ -617,16 +619,21 @@ static size_t fast_forward(ws_dir *d, const uint8_t *p, size_t n) {
     int data = f.opcode < 0x8;
     if (c2s) {
       uint8_t *o = d->out + i, *oq = o + f.head_len;
-      evs__ws_mask_copy(oq, q, f.len, f.mask, 0);
-      if (f.opcode == EVS__WS_OP_TEXT && !evs__ws_utf8_valid(oq, f.len)) break;
-      if (data && (evs__ev_guard_scan(oq, f.len) ||
-                   (t->has_match && evs__ws_message_kind(oq, f.len))))
-        break;
       uint8_t key[4];
       if (mask_key(key) < 0) break;
+      /* One pass for the common message (ASCII, nothing the guard could take for the start of
+       * a value): unmasked, looked at and masked again. Anything else, or a relay with fields
+       * to select, is unmasked first and checked in full. */
+      if (t->has_match || !evs__ws_remask_plain(oq, q, f.len, f.mask, key)) {
+        evs__ws_mask_copy(oq, q, f.len, f.mask, 0);
+        if (f.opcode == EVS__WS_OP_TEXT && !evs__ws_utf8_valid(oq, f.len)) break;
+        if (data && (evs__ev_guard_scan(oq, f.len) ||
+                     (t->has_match && evs__ws_message_kind(oq, f.len))))
+          break;
+        evs__ws_mask(oq, f.len, key, 0);
+      }
       memcpy(o, p + i, f.head_len - 4);
       memcpy(o + f.head_len - 4, key, 4);
-      evs__ws_mask(oq, f.len, key, 0);
     } else {
       if (f.opcode == EVS__WS_OP_TEXT && !evs__ws_utf8_valid(q, f.len)) break;
       if (data && decrypts && evs__ws_message_kind(q, f.len) && has_ev(q, f.len)) break;

@@ -762,6 +762,51 @@ def test_batched_split_and_fragmented_client_frames():
         assert dest.messages[n:] == ["good-%d" % code], (bad, dest.messages[n:])
 
 
+def test_fast_path_block_boundaries():
+    """The client fast path checks a message sixteen bytes at a time in one pass: an ev: token,
+    an escaped one, a non-ASCII byte (valid or not) and an 'e' before a trigger, on either side
+    of those blocks' boundaries and at the message's ends, give the same verdicts as the full
+    checks (1008, 1007, or passed unchanged), with a good message before them in the same
+    write always delivered."""
+    dest = PyDest()
+    c = setup({"py.example": "http://127.0.0.1:%d" % dest.port})
+    srv = c["srv"]
+    size = 50
+    cases = []
+    for tok in (b"ev:RFVC:Ak3X:AAAA:BBBB:$", b"%65v:RFVC:Ak3X:AAAA:BBBB:$"):
+        for at in sorted({0, 1, 14, 15, 16, 17, 31, size - len(tok)}):
+            cases.append((b"x" * at + tok + b"x" * (size - at - len(tok)), 1008))
+    for at in (0, 15, 16, 17, 31, 32, size - 1):
+        cases.append((b"y" * at + b"\xff" + b"y" * (size - at - 1), 1007))
+    for at in (0, 15, 16, 31, size - 2):
+        body = b"z" * at + "é".encode() + b"z" * (size - at - 2)
+        cases.append((body, None))                                # valid UTF-8 passes
+        cases.append((body[:at] + b"e%" + body[at + 2:], None))  # a stray escape start passes
+    cases += [(b"z" * (size - 1) + b"e", None), (b"v" + b"z" * (size - 1), None)]
+    s = raw_client(srv, "py.example", path="/plain")
+    for body, code in cases:
+        if code is not None:
+            continue
+        # passes: several in one write, the fast path's batch
+        n = len(dest.messages)
+        s.sendall(frame(1, b"good") + frame(1, body))
+        got = read_until(s, lambda f: len(data_of(f)) >= 2)
+        assert data_of(got) == [(1, b"good"), (1, body)], (body, got)
+        assert dest.messages[n:] == ["good", body.decode()], (body, dest.messages[n:])
+    s.close()
+    for body, code in cases:
+        if code is None:
+            continue
+        n = len(dest.messages)
+        s = raw_client(srv, "py.example", path="/plain")
+        s.sendall(frame(1, b"good-%d" % code) + frame(1, body))
+        frames = read_frames(s)
+        assert close_code(frames) == code, (body, frames)
+        s.close()
+        evstest.wait_for(lambda: len(dest.messages) > n, what="the good message")
+        assert dest.messages[n:] == ["good-%d" % code], (body, dest.messages[n:])
+
+
 def test_batched_split_and_fragmented_destination_frames():
     """The destination's side of the same: several frames in one write (fragmented messages,
     pings among them), frames split across reads, and a good message followed by invalid UTF-8

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ev_guard.h"
 #include "ws_frame.h"
 
 typedef struct seen {
@@ -212,6 +213,87 @@ static void test_mask_and_utf8_fast_agree(void **state) {
   }
 }
 
+/* evs__ws_remask_plain's rule, byte by byte (ws_frame.h). */
+static int plain_ref(const uint8_t *t, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    uint8_t c = t[i], c2 = i + 1 < n ? t[i + 1] : 0;
+    if (c >= 0x80 || c == '%' || c == '\\' || c == '&') return 0;
+    if (c == 'e' && (i + 1 == n || c2 == 'v' || c2 == 'e' || c2 == '%' || c2 == '\\' ||
+                     c2 == '&'))
+      return 0;
+  }
+  return 1;
+}
+
+/* One payload through the one-pass remask: the rule's verdict, the output masked with the new
+ * key, and never a yes where the UTF-8 check or the guard would refuse. */
+static void remask_check(const uint8_t *t, size_t n) {
+  static const uint8_t kin[4] = {0x37, 0xfa, 0x21, 0x3d}, kout[4] = {0x5e, 0x01, 0xc4, 0x92};
+  uint8_t src[300], dst[300];
+  assert_true(n <= sizeof src);
+  for (size_t i = 0; i < n; i++) src[i] = t[i] ^ kin[i & 3];
+  int r = evs__ws_remask_plain(dst, src, n, kin, kout);
+  assert_int_equal(r, plain_ref(t, n));
+  if (r) {
+    assert_true(evs__ws_utf8_valid(t, n));
+    assert_int_equal(evs__ev_guard_scan(t, n), 0);
+    for (size_t i = 0; i < n; i++) assert_int_equal(dst[i], t[i] ^ kout[i & 3]);
+  }
+}
+
+/* The one pass goes sixteen bytes at a time, looking one byte ahead across blocks, with an
+ * overlapping last block: a trigger, a non-ASCII byte, an 'e' and its next byte, and a whole ev:
+ * token, at every offset of every length up to past four blocks, against the byte-by-byte rule
+ * and against the UTF-8 check and the guard themselves. */
+static void test_remask_plain(void **state) {
+  (void)state;
+  static const uint8_t odd[] = {'%', '\\', '&', 'e', 'v', 'x', 0x80, 0xC3, 0xFF, 0x7F, 0x00};
+  uint8_t t[300];
+  for (size_t n = 0; n <= 70; n++) {
+    memset(t, 'a', n);
+    remask_check(t, n);
+    for (size_t pos = 0; pos < n; pos++)
+      for (size_t o = 0; o < sizeof odd; o++)
+        for (size_t o2 = 0; o2 <= sizeof odd; o2++) {
+          memset(t, 'a', n);
+          t[pos] = odd[o];
+          if (o2 < sizeof odd && pos + 1 < n) t[pos + 1] = odd[o2];
+          remask_check(t, n);
+        }
+  }
+  /* An ev: token (and its escaped spellings) anywhere in plain text: the pass says no, and the
+   * guard finds it. */
+  static const char *const tokens[] = {"ev:RFVC:Ak3X:AAAA:BBBB:$", "\\u0065v:RFVC:Ak3X:AAAA:BBBB:$",
+                                       "%65v:RFVC:Ak3X:AAAA:BBBB:$", "%EVENC"};
+  for (size_t k = 0; k < sizeof tokens / sizeof tokens[0]; k++) {
+    size_t tl = strlen(tokens[k]);
+    for (size_t n = tl; n <= 100; n++)
+      for (size_t pos = 0; pos + tl <= n; pos++) {
+        memset(t, 'b', n);
+        memcpy(t + pos, tokens[k], tl);
+        assert_int_not_equal(evs__ev_guard_scan(t, n), 0);
+        remask_check(t, n);
+      }
+  }
+  /* The benchmark's message passes in one pass; random ASCII text agrees with the rule. */
+  static const char msg[] =
+      "{\"name\":\"Claude Shannon\",\"ssn\":\"123-12-1234\",\"card\":{\"number\":"
+      "\"4242 4242 4242 4242\",\"cvc\":\"123\"},\"email\":\"claude@example.com\"}";
+  uint8_t src[sizeof msg], dst[sizeof msg];
+  static const uint8_t key[4] = {1, 2, 3, 4};
+  for (size_t i = 0; i + 1 < sizeof msg; i++) src[i] = (uint8_t)msg[i] ^ key[i & 3];
+  assert_true(evs__ws_remask_plain(dst, src, sizeof msg - 1, key, key));
+  assert_memory_equal(dst, src, sizeof msg - 1); /* the same key again */
+  uint32_t x = 99;
+  static const char alpha[] = "abcdev%&\\ {}\":,0123456789";
+  for (int round = 0; round < 20000; round++) {
+    size_t n = (x = x * 1103515245u + 12345u) >> 16 & 255;
+    for (size_t i = 0; i < n; i++)
+      t[i] = (uint8_t)alpha[((x = x * 1103515245u + 12345u) >> 16) % (sizeof alpha - 1)];
+    remask_check(t, n);
+  }
+}
+
 static void test_writer_and_kinds(void **state) {
   (void)state;
   uint8_t h[14], key[4] = {9, 8, 7, 6};
@@ -273,6 +355,7 @@ int main(void) {
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_utf8_across_fragments_and_limit),
       cmocka_unit_test(test_mask_and_utf8_fast_agree),
+      cmocka_unit_test(test_remask_plain),
       cmocka_unit_test(test_writer_and_kinds),
       cmocka_unit_test(test_frame_whole),
   };
