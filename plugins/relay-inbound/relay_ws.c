@@ -103,7 +103,8 @@ typedef struct relay_ws {
   ws_dir dir[2];          /* [0] client to destination, [1] destination to client */
   int close_sent[2];      /* [0] to the destination, [1] to the client */
   uint64_t deadline_ms;   /* handshake or close deadline; 0: none */
-  uint64_t last_ms;
+  uint64_t last_ms;       /* the tick that first saw a frame after the ones before */
+  int active;             /* a frame came since the last tick (no clock read per frame) */
   int close_code;         /* the close the relay started with, for the log */
   uint64_t domain_hash;   /* the relay's, for websocket_max_connections */
   int listed;
@@ -522,7 +523,7 @@ static void on_close_frame(ws_dir *d, const uint8_t *p, size_t n) {
 static int on_event(void *arg, const evs__ws_event *ev) {
   ws_dir *d = arg;
   relay_ws *ws = d->ws;
-  ws->last_ms = now_ms();
+  ws->active = 1;
   if (ev->control) {
     if (ev->opcode == EVS__WS_OP_CLOSE) {
       on_close_frame(d, ev->data, ev->len);
@@ -642,7 +643,7 @@ static size_t fast_forward(ws_dir *d, const uint8_t *p, size_t n) {
     i += f.head_len + f.len;
   }
   if (i == 0) return 0;
-  ws->last_ms = now_ms();
+  ws->active = 1;
   d->messages += msgs;
   send_bytes(ws, !c2s, c2s ? d->out : p, i);
   return i;
@@ -1236,6 +1237,12 @@ void relay_ws_tick(relay_state *st) {
   for (relay_ws *ws = st->ws_list; ws; ws = next) {
     next = ws->next;
     ws_enter(ws);
+    /* Idle time counts from the first tick after the last frame: at most a tick later than
+     * the frame, the tick's own resolution anyway. */
+    if (ws->active) {
+      ws->active = 0;
+      ws->last_ms = now;
+    }
     if (ws->phase == WS_HANDSHAKE && ws->deadline_ms && now >= ws->deadline_ms) {
       refuse(ws, 504, "request-timeout", "The destination did not answer the WebSocket handshake");
     } else if (ws->phase == WS_CLOSING && ws->deadline_ms && now >= ws->deadline_ms) {
