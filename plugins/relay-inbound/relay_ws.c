@@ -63,6 +63,10 @@ typedef struct ws_dir {
   struct relay_ws *ws;
   int c2s;                /* client to destination */
   evs__ws_parser *parser;
+  /* The parser is mid-frame or mid-message, or refused: the fast path waits. Kept here, set
+   * after each evs__ws_parse, so the fast path does not load the parser's lines per read. */
+  int parser_busy;
+  uint64_t max_message;   /* the parser's */
   uint8_t *msg;           /* HEADROOM bytes, then the message being assembled */
   size_t msg_len, msg_cap;
   int msg_op;
@@ -599,9 +603,8 @@ static size_t fast_forward(ws_dir *d, const uint8_t *p, size_t n) {
   relay_ws *ws = d->ws;
   if (n > FAST_MAX) n = FAST_MAX;
   relay_txn *t = ws->t;
-  if (ws->phase != WS_OPEN || !t || d->parser->error || !evs__ws_parser_idle(d->parser))
-    return 0;
-  uint64_t max = d->parser->max_message;
+  if (ws->phase != WS_OPEN || !t || d->parser_busy) return 0;
+  uint64_t max = d->max_message;
   int c2s = d->c2s;
   int decrypts = !c2s && relay_decrypts_responses(t);
   if (c2s && d->out_cap < n) {
@@ -659,6 +662,7 @@ static void parse_bytes(ws_dir *d, const uint8_t *p, size_t n) {
   }
   if (used < n && can_parse(d)) {
     long r = evs__ws_parse(d->parser, p + used, n - used, on_event, d);
+    d->parser_busy = d->parser->error || !evs__ws_parser_idle(d->parser);
     if (r < 0) {
       parse_error(d, (int)-r);
       return;
@@ -1126,6 +1130,7 @@ void relay_ws_start(relay_txn *t) {
     ws->dir[i].ws = ws;
     ws->dir[i].c2s = i == 0;
     evs__ws_parser_init(ws->dir[i].parser, i == 0, st->ws_max_message);
+    ws->dir[i].max_message = st->ws_max_message;
   }
   evs__ws_accept(key.value, key.value_len, sha1, ws->client_accept);
   /* The destination gets a key of the relay's own. */
