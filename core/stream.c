@@ -72,6 +72,8 @@ struct evs_stream {
   uv_connect_t creq;
   uv_timer_t timer;
   int timer_live;
+  int literal;              /* host is an address: connect from the timer's first run */
+  uint64_t connect_ms;      /* literal: the connect timeout, started then */
   struct addrinfo *addrs, *cur;
   evs_stream *prev, *next;  /* client_streams */
 };
@@ -525,6 +527,13 @@ static void client_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *
 
 static void client_timeout(uv_timer_t *t) {
   evs_stream *s = t->data;
+  if (s->literal) {
+    s->literal = 0;
+    if (s->closed || !s->connecting) return;
+    uv_timer_start(&s->timer, client_timeout, s->connect_ms, 0);
+    client_try(s);
+    return;
+  }
   if (s->connecting && !s->closed) client_done(s, EVS_EUPSTREAM_TIMEOUT);
 }
 
@@ -588,12 +597,23 @@ evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *op
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    s->gai.data = s;
-    if (uv_getaddrinfo(evs__w->loop, &s->gai, client_resolved, s->host, port_s, &hints) < 0) {
-      stream_unref(s);
-      return NULL;
+    /* An address needs no lookup, so no thread of libuv's pool either (uv_getaddrinfo runs
+     * there): a worker with no other thread then pays no file reference counting per system
+     * call. Connecting starts from the timer's first run, on a later turn, as after a lookup. */
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    struct addrinfo *lit = NULL;
+    if (getaddrinfo(s->host, port_s, &hints, &lit) == 0 && lit) {
+      s->addrs = s->cur = lit;
+      s->literal = 1;
+    } else {
+      hints.ai_flags = 0;
+      s->gai.data = s;
+      if (uv_getaddrinfo(evs__w->loop, &s->gai, client_resolved, s->host, port_s, &hints) < 0) {
+        stream_unref(s);
+        return NULL;
+      }
+      s->refs++; /* the lookup's */
     }
-    s->refs++; /* the lookup's */
     s->connecting = 1;
   }
   uv_timer_init(evs__w->loop, &s->timer);
@@ -602,7 +622,8 @@ evs_stream *evs__stream_connect(evs__plugin_rec *p, const evs_stream_connect *op
   s->refs++; /* the timer's */
   uint64_t ms = o.connect_timeout_ms ? o.connect_timeout_ms
                                      : (uint64_t)evs__w->settings->upstream_connect_timeout_ms;
-  uv_timer_start(&s->timer, client_timeout, ms, 0);
+  s->connect_ms = ms;
+  uv_timer_start(&s->timer, client_timeout, s->literal ? 0 : ms, 0);
   /* A pipe connect reports its result in the callback, on a later turn. */
   if (s->unix_path) client_try(s);
   return s;
