@@ -9,12 +9,20 @@
  * batches (appendq.c), which must not queue behind a slow key-value call or ahead of one.
  *
  * The lane's thread only calls the store, whose handle serializes calls with its own mutex;
- * PostgreSQL's reconnect backoff (store_pg.c) works as before, per handle.
+ * PostgreSQL's reconnect backoff (store_pg.c) works as before, per handle. The thread starts
+ * with a call and ends 100 ms after the last one: a worker that calls only now and then in its
+ * steady state (a relay polling a generation token every 2 s) is single-threaded most of the
+ * time, and the kernel then skips the file reference counting that every system call of a
+ * threaded process pays. A thread start (~50 us) per call at worst.
  */
 #include <errno.h>
 #include <stdlib.h>
 
 #include "storeq.h"
+
+#define LANE_IDLE_NS (100ull * 1000 * 1000)
+
+enum { LANE_NONE, LANE_RUNNING, LANE_EXITED };
 
 struct evs__storeq {
   uv_thread_t thread;
@@ -24,6 +32,7 @@ struct evs__storeq {
   evs__storeq_job *todo, **todo_tail;
   evs__storeq_job *done, **done_tail;
   int running;          /* the thread is inside a job's work */
+  int state;            /* LANE_*: EXITED ended for want of work and is still to be joined */
   int stop;
   int joined;
   size_t outstanding;   /* queued and not yet handed back (loop thread only) */
@@ -34,7 +43,14 @@ static void lane(void *arg) {
   evs__storeq *q = arg;
   uv_mutex_lock(&q->lock);
   for (;;) {
-    while (!q->todo && !q->stop) uv_cond_wait(&q->todo_cond, &q->lock);
+    while (!q->todo && !q->stop) {
+      if (uv_cond_timedwait(&q->todo_cond, &q->lock, LANE_IDLE_NS) == UV_ETIMEDOUT &&
+          !q->todo && !q->stop) {
+        q->state = LANE_EXITED;
+        uv_mutex_unlock(&q->lock);
+        return;
+      }
+    }
     if (!q->todo) break;
     evs__storeq_job *j = q->todo;
     q->todo = j->next;
@@ -81,10 +97,6 @@ int evs__storeq_init(evs__worker *w) {
   if (uv_async_init(w->loop, &q->async, on_async) < 0) goto fail_async;
   q->async.data = q;
   uv_unref((uv_handle_t *)&q->async);
-  if (uv_thread_create(&q->thread, lane, q) < 0) {
-    uv_close((uv_handle_t *)&q->async, NULL);
-    goto fail_async;
-  }
   w->storeq = q;
   return 0;
 fail_async:
@@ -101,9 +113,20 @@ fail_mutex:
 int evs__storeq_submit(evs__worker *w, evs__storeq_job *j) {
   evs__storeq *q = w->storeq;
   if (!q || q->stop || uv_is_closing((uv_handle_t *)&q->async)) return -ENOTSUP;
+  uv_mutex_lock(&q->lock);
+  if (q->state == LANE_EXITED) { /* it set EXITED as its last act under the lock */
+    uv_thread_join(&q->thread);
+    q->state = LANE_NONE;
+  }
+  if (q->state == LANE_NONE) { /* the new thread takes the lock once this call has queued */
+    if (uv_thread_create(&q->thread, lane, q) < 0) {
+      uv_mutex_unlock(&q->lock);
+      return -ENOTSUP;
+    }
+    q->state = LANE_RUNNING;
+  }
   j->next = NULL;
   if (q->outstanding++ == 0) uv_ref((uv_handle_t *)&q->async);
-  uv_mutex_lock(&q->lock);
   *q->todo_tail = j;
   q->todo_tail = &j->next;
   uv_cond_signal(&q->todo_cond);
@@ -125,8 +148,9 @@ void evs__storeq_stop(evs__worker *w) {
   uv_mutex_lock(&q->lock);
   q->stop = 1;
   uv_cond_signal(&q->todo_cond);
+  int state = q->state;
   uv_mutex_unlock(&q->lock);
-  uv_thread_join(&q->thread);
+  if (state != LANE_NONE) uv_thread_join(&q->thread);
   q->joined = 1;
 }
 
