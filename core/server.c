@@ -318,6 +318,9 @@ static void on_handshake(evs__io *io, int status) {
     return;
   }
   c->state = CONN_HEAD;
+  /* Its keep-alive requests are read edge-triggered from here on (io_edge.c): recv(2) until a
+   * short read, no level-triggered re-poll per wait. Refused (libuv reads on) for TLS in TLS. */
+  if (io->h.handle.type == UV_TCP) (void)evs__io_edge_on(io);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
