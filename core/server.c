@@ -596,10 +596,7 @@ static evs_request *request_new(evs__conn *c, size_t head_len, const evs__http_h
 
 static void request_free(evs_request *req) {
   evs__request_free_pdata(req);
-  for (size_t i = 0; i < req->nedits; i++) {
-    free(req->edits[i].name);
-    free(req->edits[i].value);
-  }
+  for (size_t i = 0; i < req->nedits; i++) free(req->edits[i].name); /* the value with it */
   free(req->edits);
   free(req->rb_buf);
   free(req->extra_out);
