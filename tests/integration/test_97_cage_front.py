@@ -245,15 +245,21 @@ def test_hello_auth_decrypt_trx_api_env():
                                         "plain": "x"}, echo
     assert "api-key" not in echo["headers"], echo["headers"]
     assert echo["headers"]["host"].startswith(e.host("hello-cage")), echo["headers"]
+    assert echo["headers"]["x-forwarded-proto"] == "https", echo["headers"]
     echo_ctx = hdrs["x-evervault-cage-ctx"]
+    # a record longer than the front's stack buffer for it (512 bytes) is written whole
+    long_path = "/long/" + "x" * 700
+    st, hdrs, _ = e.curl("hello-cage", long_path, key=e.key)
+    long_ctx = hdrs["x-evervault-cage-ctx"]
 
     # the transaction records carry the same ids (never bodies)
     def trx():
         st, body = e.admin("GET", "/cages/%s/hello-cage/transactions?limit=50" % e.app)
         assert st == 200, body
         recs = {r["ctx"]: r for r in body["records"]}
-        return echo_ctx in recs and ctx in recs and recs
+        return echo_ctx in recs and ctx in recs and long_ctx in recs and recs
     recs = evstest.wait_for(trx, timeout=10, what="transaction records")
+    assert recs[long_ctx]["path"] == long_path and recs[long_ctx]["status"] == st, recs[long_ctx]
     r = recs[echo_ctx]
     assert r["method"] == "POST" and r["path"] == "/echo" and r["status"] == 200, r
     assert r["decryptedFields"] == 4 and "4242" not in json.dumps(r), r
