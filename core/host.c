@@ -959,8 +959,12 @@ static int h_read_body(evs_request *req, size_t max_bytes,
 
 static int stream_name(evs__plugin_rec *r, const char *stream, char *out, size_t n) {
   if (!stream || !*stream) return -EINVAL;
-  int w = snprintf(out, n, "%s/%s", r->name, stream);
-  return w < 0 || (size_t)w >= n ? -E2BIG : 0;
+  size_t pl = strlen(r->name), sl = strlen(stream); /* not snprintf: once per record */
+  if (pl + 1 + sl >= n) return -E2BIG;
+  memcpy(out, r->name, pl);
+  out[pl] = '/';
+  memcpy(out + pl + 1, stream, sl + 1);
+  return 0;
 }
 
 static int h_store_append(evs_plugin *p, const char *stream, const char *json) {

@@ -567,15 +567,24 @@ static int front_request(void *state, evs_request *req) {
   t->req = req;
   t->c = c;
   cb_cage_ref(c);
-  snprintf(t->app, sizeof t->app, "%s", c->app);
-  snprintf(t->name, sizeof t->name, "%s", c->name);
+  /* Copied without snprintf: its three calls here were ~1% of the worker's samples. */
+  _Static_assert(sizeof t->app == sizeof c->app && sizeof t->name == sizeof c->name,
+                 "the cage's names fit the transaction's");
+  memcpy(t->app, c->app, sizeof t->app);
+  memcpy(t->name, c->name, sizeof t->name);
   t->t0 = mono_ns();
   t->trx = c->trx_logging;
-  /* The ctx id: what the transaction record and the response share. */
+  /* The ctx id: what the transaction record and the response share (8-4-4-4-12 hex). */
   char hex[33];
   cb_random_hex(hex, 16);
-  snprintf(t->ctx, sizeof t->ctx, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16,
-           hex + 20);
+  static const uint8_t at[5] = {0, 8, 12, 16, 20}, len[5] = {8, 4, 4, 4, 12};
+  char *o = t->ctx;
+  for (int i = 0; i < 5; i++) {
+    if (i) *o++ = '-';
+    memcpy(o, hex + at[i], len[i]);
+    o += len[i];
+  }
+  *o = 0;
   h->request_set_data(req, st->p, t, txn_gone);
   h->response_add_header(req, "x-evervault-cage-ctx", t->ctx);
   if (!strcmp(ri->path, "/.well-known/attestation") &&
