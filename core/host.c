@@ -336,21 +336,35 @@ static int valid_header(const char *name, const char *value) {
   return !value || evs__http_is_valid_field_value(value, strlen(value));
 }
 
+/* An edit's name and value share one allocation (the name's; the value points after it). */
 static int add_edit(evs_request *req, const char *name, const char *value) {
   if (!valid_header(name, value)) return -EINVAL;
+  size_t nl = strlen(name) + 1, vl = value ? strlen(value) + 1 : 0;
+  char *mem = malloc(nl + vl);
+  if (!mem) return -ENOMEM;
+  memcpy(mem, name, nl);
+  if (value) memcpy(mem + nl, value, vl);
   for (size_t i = 0; i < req->nedits; i++) {
     if (strcasecmp(req->edits[i].name, name) == 0) {
-      free(req->edits[i].value);
-      req->edits[i].value = value ? strdup(value) : NULL;
+      free(req->edits[i].name);
+      req->edits[i].name = mem;
+      req->edits[i].value = value ? mem + nl : NULL;
       return 0;
     }
   }
-  evs__edit *ne = realloc(req->edits, (req->nedits + 1) * sizeof *ne);
-  if (!ne) return -ENOMEM;
-  req->edits = ne;
-  req->edits[req->nedits].name = strdup(name);
-  req->edits[req->nedits].value = value ? strdup(value) : NULL;
-  req->nedits++;
+  /* Room for four at first, then doubled: one allocation for a request's usual few edits. */
+  size_t n = req->nedits;
+  if (n == 0 || (n >= 4 && (n & (n - 1)) == 0)) {
+    evs__edit *ne = realloc(req->edits, (n ? 2 * n : 4) * sizeof *ne);
+    if (!ne) {
+      free(mem);
+      return -ENOMEM;
+    }
+    req->edits = ne;
+  }
+  req->edits[n].name = mem;
+  req->edits[n].value = value ? mem + nl : NULL;
+  req->nedits = n + 1;
   return 0;
 }
 
@@ -945,8 +959,12 @@ static int h_read_body(evs_request *req, size_t max_bytes,
 
 static int stream_name(evs__plugin_rec *r, const char *stream, char *out, size_t n) {
   if (!stream || !*stream) return -EINVAL;
-  int w = snprintf(out, n, "%s/%s", r->name, stream);
-  return w < 0 || (size_t)w >= n ? -E2BIG : 0;
+  size_t pl = strlen(r->name), sl = strlen(stream); /* not snprintf: once per record */
+  if (pl + 1 + sl >= n) return -E2BIG;
+  memcpy(out, r->name, pl);
+  out[pl] = '/';
+  memcpy(out + pl + 1, stream, sl + 1);
+  return 0;
 }
 
 static int h_store_append(evs_plugin *p, const char *stream, const char *json) {

@@ -53,7 +53,7 @@ void evs__io_init(evs__io *io, void *owner) {
   io->corked = 0;
   io->held = 0;
   io->cork_plain = 0;
-  io->edge = io->edge_ready = 0;
+  io->edge = io->edge_ready = io->edge_hup = 0;
   io->edge_fd = -1;
   io->reading = io->handshaking = io->closing = io->shutdown_sent = io->tls_verified = 0;
   io->error = 0;
@@ -282,6 +282,13 @@ static void tls_input(evs__io *io, const char *data, size_t len) {
     int n = SSL_read(io->ssl, plain_buf, sizeof plain_buf);
     if (n > 0) {
       io->on_read(io, n, plain_buf);
+      /* Everything in: no record, whole or partial, is left in OpenSSL or the BIO. Another
+       * SSL_read would only say WANT_READ, and with SSL_MODE_RELEASE_BUFFERS it allocates and
+       * frees its 16 KiB read buffer to say so (once per request on keep-alive). */
+      if (!SSL_has_pending(io->ssl) && BIO_ctrl_pending(io->rbio) == 0) {
+        if (!io->closing) flush_tls(io); /* what a record read may answer (a key update) */
+        break;
+      }
       continue;
     }
     int e = SSL_get_error(io->ssl, n);
@@ -364,7 +371,12 @@ int evs__io_read_start(evs__io *io) {
   if (io->closing) return UV_ECANCELED;
   if (io->reading) return 0;
   io->reading = 1;
-  if (io->edge) return evs__io_edge_resume(io);
+  if (io->edge) {
+    int r = evs__io_edge_resume(io);
+    /* Records OpenSSL holds from before the pause: the socket has no edge for them. */
+    if (r == 0 && io->ssl && !io->closing && tls_held(io->ssl, io->rbio)) tls_input(io, NULL, 0);
+    return r;
+  }
   int r = uv_read_start(&io->h.stream, alloc_cb, on_read);
   if (r < 0) {
     io->reading = 0;

@@ -58,6 +58,7 @@ struct evs__io {
   unsigned cork_plain : 1;       /* TLS: cork holds plaintext, sealed into records at uncork */
   unsigned edge : 1;             /* read by io_edge.c (edge-triggered, recv), not by libuv */
   unsigned edge_ready : 1;       /* edge: input may be waiting in the kernel */
+  unsigned edge_hup : 1;         /* edge: the peer closed (EPOLLRDHUP): read on to the EOF */
   int edge_fd;                   /* edge: the socket, not asked of libuv per read and send */
   uv_timer_t *linger_timer;
   struct evs__io_wreq *cork;     /* writes gathered while corked */
@@ -73,9 +74,9 @@ int evs__io_tls_server(evs__io *io, SSL_CTX *ctx, evs__io_handshake_cb cb);
 int evs__io_tls_client(evs__io *io, SSL_CTX *ctx, const char *sni, const char *verify_host,
                        evs__io_handshake_cb cb);
 int evs__io_read_start(evs__io *io);
-/* Read a plain TCP stream edge-triggered from here on (io_edge.c): for long-lived streams of
- * small messages. 0, or a negative uv error and libuv reads it as before. Starting TLS or
- * closing turns it off. */
+/* Read a TCP or unix stream edge-triggered from here on (io_edge.c): for long-lived streams of
+ * small messages. Plain, or TLS once its handshake is done (one layer). 0, or a negative uv
+ * error and libuv reads it as before. Starting TLS or closing turns it off. */
 int evs__io_edge_on(evs__io *io);
 void evs__io_edge_off(evs__io *io);
 int evs__io_edge_resume(evs__io *io);

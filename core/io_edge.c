@@ -1,6 +1,7 @@
 /*
- * Edge-triggered reading for plain TCP streams (io.h, evs__io_edge_on). A long-lived stream
- * carrying many small messages (a WebSocket, a tunnel) pays per message for libuv's reading:
+ * Edge-triggered reading for TCP and unix streams (io.h, evs__io_edge_on), plain or with one TLS
+ * layer. A long-lived stream carrying many small messages (a WebSocket, a tunnel, a keep-alive
+ * connection and its pooled upstream connection) pays per message for libuv's reading:
  * level-triggered epoll polls each socket that was ready once more on the next wait, and libuv
  * reads with read(2), through the file layer. Here such streams sit in an epoll set of the
  * worker's own, edge-triggered, and each stream with input is read with recv(2) until a short
@@ -47,7 +48,9 @@ static int edge_fd(const evs__io *io) {
 }
 
 static int edge_arm(evs__io *io, int op) {
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = io};
+  /* EPOLLRDHUP: a peer's close that came with its last data (one edge for both) is told apart,
+   * so a short read does not end the reading before the EOF (nginx's pending_eof). */
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = io};
   int fd = edge_fd(io);
   if (fd < 0 || !edge || epoll_ctl(edge->epfd, op, fd, &ev) < 0) return -1;
   return 0;
@@ -66,9 +69,11 @@ static void edge_read(evs__io *io) {
     /* syscall(2): glibc's recv(3) adds cancellation bookkeeping in a threaded process */
     ssize_t n = syscall(SYS_recvfrom, fd, edge_buf, sizeof edge_buf, 0, NULL, NULL);
     if (n > 0) {
-      /* A short read took everything there was; more input brings another edge. */
-      io->edge_ready = (size_t)n == sizeof edge_buf;
-      if (io->on_read) io->on_read(io, n, edge_buf);
+      /* A short read took everything there was; more input brings another edge. Not the EOF
+       * if it came in the same edge: then read on until recv says 0. */
+      io->edge_ready = (size_t)n == sizeof edge_buf || io->edge_hup;
+      if (io->ssl) evs__io_feed(io, edge_buf, (size_t)n); /* records: plaintext to on_read */
+      else if (io->on_read) io->on_read(io, n, edge_buf);
     } else if (n == 0) {
       edge_fail(io, UV_EOF);
       return;
@@ -98,6 +103,7 @@ static int edge_dispatch(const struct epoll_event *ev, int n) {
     }
     if (!io->edge || io->closing) continue;
     io->edge_ready = 1;
+    if (ev[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) io->edge_hup = 1;
     edge_read(io);
   }
   return uv_ready;
@@ -201,7 +207,10 @@ int evs__io_edge_run(uv_loop_t *loop, const int *stop) {
 
 int evs__io_edge_on(evs__io *io) {
   if (io->edge) return 0;
-  if (io->h.handle.type != UV_TCP || io->ssl || io->outer_ssl || io->closing || io->lingering)
+  /* TLS: one layer whose handshake is done (its records are fed from here); unix sockets too
+   * (an upstream app's). */
+  if ((io->h.handle.type != UV_TCP && io->h.handle.type != UV_NAMED_PIPE) ||
+      (io->ssl && (io->handshaking || io->outer_ssl)) || io->closing || io->lingering)
     return UV_EINVAL;
   edge_loop *e = edge_get(io->h.handle.loop);
   if (!e) return UV_ENOMEM;
@@ -214,6 +223,7 @@ int evs__io_edge_on(evs__io *io) {
   io->edge_fd = edge_fd(io);
   io->edge = 1;
   io->edge_ready = 0;
+  io->edge_hup = 0;
   return 0;
 }
 

@@ -57,6 +57,7 @@ struct evs__proxy {
   void *body_source_arg;
   uint64_t body_source_len, body_source_sent;
   uint8_t *source_buf;
+  char strs[]; /* scheme, host, sni, host_header and the files point in here */
 };
 
 static void proxy_finish(evs__proxy *px);
@@ -64,15 +65,16 @@ static void proxy_finish(evs__proxy *px);
 static void proxy_free(evs__proxy *px) {
   free(px->source_buf);
   free(px->rp.head);
-  free(px->scheme);
-  free(px->host);
-  free(px->sni);
-  free(px->host_header);
-  free(px->ca_file);
-  free(px->cert_file);
-  free(px->key_file);
-  free(px->pass_file);
-  free(px);
+  free(px); /* its strings with it */
+}
+
+/* Copies s to *at (room counted by the caller) and moves *at past it. */
+static char *keep(char **at, const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = *at;
+  memcpy(d, s, n);
+  *at += n;
+  return d;
 }
 
 static void proxy_timer_closed(uv_handle_t *h) {
@@ -634,48 +636,51 @@ int evs__proxy_start(evs_request *req, const evs_upstream *up, evs_body_filter_f
   const char *unix_path =
       up->size >= offsetof(evs_upstream, unix_path) + sizeof up->unix_path ? up->unix_path : NULL;
   if (unix_path && (tls || !unix_path[0])) return -EINVAL; /* plain HTTP on a unix socket */
-  evs__proxy *px = calloc(1, sizeof *px);
+  /* The strings it keeps live in the same allocation (one malloc per proxied request, not up
+   * to nine). */
+  const char *pass = up->size >= offsetof(evs_upstream, client_key_passphrase_file) +
+                                     sizeof up->client_key_passphrase_file
+                         ? up->client_key_passphrase_file
+                         : NULL;
+  int port = up->port ? up->port : (tls ? 443 : 80);
+  size_t room = strlen(up->scheme) + 1 + strlen(up->host) + 1 +
+                (unix_path ? strlen(unix_path) + 6 : 0) + (up->sni ? strlen(up->sni) + 1 : 0) +
+                (up->host_header ? strlen(up->host_header) : strlen(up->host) + 24) + 1 +
+                (up->ca_file ? strlen(up->ca_file) + 1 : 0) +
+                (up->client_cert_file ? strlen(up->client_cert_file) + 1 : 0) +
+                (up->client_key_file ? strlen(up->client_key_file) + 1 : 0) +
+                (pass ? strlen(pass) + 1 : 0);
+  evs__proxy *px = calloc(1, sizeof *px + room);
   if (!px) return -ENOMEM;
   /* A plugin built against an older ABI passes a shorter struct: copy what it has. */
   memcpy(&px->up, up, up->size < sizeof px->up ? up->size : sizeof px->up);
   px->up.size = sizeof px->up;
-  px->port = up->port ? up->port : (tls ? 443 : 80);
-  px->scheme = strdup(up->scheme);
-  px->host = strdup(up->host);
-  px->sni = up->sni ? strdup(up->sni) : NULL;
-  if (up->host_header) {
-    px->host_header = strdup(up->host_header);
-  } else if ((tls && px->port == 443) || (!tls && px->port == 80)) {
-    px->host_header = strdup(up->host);
-  } else {
-    size_t hl = strlen(up->host);
-    if ((px->host_header = malloc(hl + 24))) {
-      char *e = evs__fmt_i64(EVS__FMT_LIT(evs__fmt_mem(px->host_header, up->host, hl), ":"), px->port);
-      *e = '\0';
-    }
-  }
+  px->port = port;
+  char *at = px->strs;
+  px->scheme = keep(&at, up->scheme);
   /* ABI 1.9: a unix socket; the connection pool keys it as the host "unix:<path>". */
   if (unix_path) {
-    size_t ul = strlen(unix_path);
-    char *uh = malloc(ul + 6);
-    if (uh) {
-      memcpy(uh, "unix:", 5);
-      memcpy(uh + 5, unix_path, ul + 1);
-    }
-    free(px->host);
-    px->host = uh;
+    px->host = at;
+    at = evs__fmt_str(EVS__FMT_LIT(at, "unix:"), unix_path);
+    *at++ = '\0';
+  } else {
+    px->host = keep(&at, up->host);
   }
-  px->ca_file = up->ca_file ? strdup(up->ca_file) : NULL;
-  px->cert_file = up->client_cert_file ? strdup(up->client_cert_file) : NULL;
-  px->key_file = up->client_key_file ? strdup(up->client_key_file) : NULL;
-  /* ABI 1.5; px->up holds NULL there when the plugin's struct is older (copied by its size). */
-  if (px->up.client_key_passphrase_file)
-    px->pass_file = strdup(px->up.client_key_passphrase_file);
-  if (!px->scheme || !px->host || !px->host_header || /* send_head needs them */
-      (px->up.client_key_passphrase_file && !px->pass_file)) {
-    proxy_free(px);
-    return -ENOMEM;
+  px->sni = up->sni ? keep(&at, up->sni) : NULL;
+  if (up->host_header) {
+    px->host_header = keep(&at, up->host_header);
+  } else if ((tls && px->port == 443) || (!tls && px->port == 80)) {
+    px->host_header = keep(&at, up->host);
+  } else {
+    px->host_header = at;
+    at = evs__fmt_i64(EVS__FMT_LIT(evs__fmt_str(at, up->host), ":"), px->port);
+    *at++ = '\0';
   }
+  px->ca_file = up->ca_file ? keep(&at, up->ca_file) : NULL;
+  px->cert_file = up->client_cert_file ? keep(&at, up->client_cert_file) : NULL;
+  px->key_file = up->client_key_file ? keep(&at, up->client_key_file) : NULL;
+  /* ABI 1.5; NULL when the plugin's struct is older. */
+  px->pass_file = pass ? keep(&at, pass) : NULL;
   if (up->size >= offsetof(evs_upstream, body_source_len) + sizeof(uint64_t) && up->body_source) {
     px->body_source = up->body_source;
     px->body_source_arg = up->body_source_arg;

@@ -318,6 +318,9 @@ static void on_handshake(evs__io *io, int status) {
     return;
   }
   c->state = CONN_HEAD;
+  /* Its keep-alive requests are read edge-triggered from here on (io_edge.c): recv(2) until a
+   * short read, no level-triggered re-poll per wait. Refused (libuv reads on) for TLS in TLS. */
+  if (io->h.handle.type == UV_TCP) (void)evs__io_edge_on(io);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -593,10 +596,7 @@ static evs_request *request_new(evs__conn *c, size_t head_len, const evs__http_h
 
 static void request_free(evs_request *req) {
   evs__request_free_pdata(req);
-  for (size_t i = 0; i < req->nedits; i++) {
-    free(req->edits[i].name);
-    free(req->edits[i].value);
-  }
+  for (size_t i = 0; i < req->nedits; i++) free(req->edits[i].name); /* the value with it */
   free(req->edits);
   free(req->rb_buf);
   free(req->extra_out);

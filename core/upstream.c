@@ -205,6 +205,9 @@ static void on_connect(uv_connect_t *req, int status) {
     evs__io_read_start(u->io);
     return;
   }
+  /* A plain connection is pooled and reused request after request: read edge-triggered
+   * (io_edge.c), as the client's side is. On failure libuv reads it. */
+  (void)evs__io_edge_on(u->io);
   evs__io_read_start(u->io);
   if (u->owner) u->owner->on_connected(u->owner, 0);
 }

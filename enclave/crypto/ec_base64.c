@@ -89,6 +89,13 @@ int evs_ec_b64_decode(const char *in, size_t len, uint8_t *out, size_t cap, size
   int r = evs__ec_b64_check(in, len, &outlen);
   if (r) return r;
   if (outlen > cap) return EVS_EC_ESPACE;
+  *ret_len = evs__ec_b64_decode_valid(in, len, out);
+  return EVS_EC_OK;
+}
+
+/* The check above, once: ev: strings are checked when parsed and decoded after (the
+ * ciphertext once per key tried), so checking at every decode doubled the base64 work. */
+size_t evs__ec_b64_decode_valid(const char *in, size_t len, uint8_t *out) {
   size_t n = b64_data_chars(in, len), i = 0;
   uint8_t *o = out;
   for (; i + 4 <= n; i += 4) {
@@ -113,6 +120,5 @@ int evs_ec_b64_decode(const char *in, size_t len, uint8_t *out, size_t cap, size
     o[1] = (uint8_t)(v >> 8);
     o += 2;
   }
-  *ret_len = (size_t)(o - out);
-  return EVS_EC_OK;
+  return (size_t)(o - out);
 }

@@ -272,11 +272,9 @@ int evs_ec_decrypt(evs_ec_decryptor *d, const char *s, size_t len, uint8_t *out,
       r = kr;
       break;
     }
-    /* (Re)decode: a failed in-place attempt has overwritten the ciphertext. */
-    if ((kr = evs_ec_b64_decode(p.ct_b64, p.ct_b64_len, out, cap, &n)) != EVS_EC_OK) {
-      r = kr;
-      break;
-    }
+    /* (Re)decode: a failed in-place attempt has overwritten the ciphertext. Checked by the
+     * parse above (validate_ct), and cap >= its length. */
+    n = evs__ec_b64_decode_valid(p.ct_b64, p.ct_b64_len, out);
     memcpy(tag, out + pt_len, EVS_EC_TAG_LEN);
     r = evs__ec_gcm_open(e->gcm[order[t]], p.iv, aad, aad_len, out, pt_len, tag, out);
     if (r == EVS_EC_OK) {

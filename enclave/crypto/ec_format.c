@@ -35,15 +35,16 @@ int evs__ec_parse(const char *s, size_t len, evs_ec_parsed *ret, int validate_ct
   int r;
   if (!ret || (!s && len)) return EVS_EC_EINVAL;
   memset(&p, 0, sizeof p);
-  /* Split on ':' into at most 7 fields, the last being "$". */
-  for (size_t i = 0; i <= len; i++) {
-    if (i == len || s[i] == ':') {
-      if (nf == 7) return EVS_EC_EFORMAT;
-      field[nf] = s + start;
-      flen[nf] = i - start;
-      nf++;
-      start = i + 1;
-    }
+  /* Split on ':' into at most 7 fields, the last being "$" (memchr: the fields are long). */
+  for (;;) {
+    const char *c = start < len ? memchr(s + start, ':', len - start) : NULL;
+    size_t i = c ? (size_t)(c - s) : len;
+    if (nf == 7) return EVS_EC_EFORMAT;
+    field[nf] = s + start;
+    flen[nf] = i - start;
+    nf++;
+    if (!c) break;
+    start = i + 1;
   }
   if (nf < 6 || flen[0] != 2 || memcmp(field[0], "ev", 2) != 0 || flen[nf - 1] != 1 ||
       field[nf - 1][0] != '$')
@@ -69,11 +70,10 @@ int evs__ec_parse(const char *s, size_t len, evs_ec_parsed *ret, int validate_ct
   }
   if ((r = evs__ec_b64_check(field[f], flen[f], &n)) != EVS_EC_OK) return r;
   if (n != EVS_EC_IV_LEN) return EVS_EC_EFORMAT;
-  if ((r = evs_ec_b64_decode(field[f], flen[f], p.iv, sizeof p.iv, &n)) != EVS_EC_OK) return r;
+  evs__ec_b64_decode_valid(field[f], flen[f], p.iv);
   if ((r = evs__ec_b64_check(field[f + 1], flen[f + 1], &n)) != EVS_EC_OK) return r;
   if (n != EVS_EC_PUB_LEN) return EVS_EC_EFORMAT;
-  if ((r = evs_ec_b64_decode(field[f + 1], flen[f + 1], p.eph, sizeof p.eph, &n)) != EVS_EC_OK)
-    return r;
+  evs__ec_b64_decode_valid(field[f + 1], flen[f + 1], p.eph);
   p.ct_b64 = field[f + 2];
   p.ct_b64_len = flen[f + 2];
   if (validate_ct) {

@@ -73,6 +73,9 @@ const char *evs__ec_version_tag(evs_ec_version v);
 int evs__ec_parse(const char *s, size_t len, evs_ec_parsed *ret, int validate_ct);
 /* Length and validity of a base64 field without decoding it. */
 int evs__ec_b64_check(const char *in, size_t len, size_t *ret_len);
+/* Decodes base64 that evs__ec_b64_check accepted into out (room for its ret_len); returns the
+ * length. Unchecked input is undefined. */
+size_t evs__ec_b64_decode_valid(const char *in, size_t len, uint8_t *out);
 
 /* CRC-32 (IEEE, as zlib). */
 uint32_t evs__ec_crc32(const uint8_t *in, size_t len);

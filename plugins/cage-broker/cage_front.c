@@ -567,15 +567,24 @@ static int front_request(void *state, evs_request *req) {
   t->req = req;
   t->c = c;
   cb_cage_ref(c);
-  snprintf(t->app, sizeof t->app, "%s", c->app);
-  snprintf(t->name, sizeof t->name, "%s", c->name);
+  /* Copied without snprintf: its three calls here were ~1% of the worker's samples. */
+  _Static_assert(sizeof t->app == sizeof c->app && sizeof t->name == sizeof c->name,
+                 "the cage's names fit the transaction's");
+  memcpy(t->app, c->app, sizeof t->app);
+  memcpy(t->name, c->name, sizeof t->name);
   t->t0 = mono_ns();
   t->trx = c->trx_logging;
-  /* The ctx id: what the transaction record and the response share. */
+  /* The ctx id: what the transaction record and the response share (8-4-4-4-12 hex). */
   char hex[33];
   cb_random_hex(hex, 16);
-  snprintf(t->ctx, sizeof t->ctx, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16,
-           hex + 20);
+  static const uint8_t at[5] = {0, 8, 12, 16, 20}, len[5] = {8, 4, 4, 4, 12};
+  char *o = t->ctx;
+  for (int i = 0; i < 5; i++) {
+    if (i) *o++ = '-';
+    memcpy(o, hex + at[i], len[i]);
+    o += len[i];
+  }
+  *o = 0;
   h->request_set_data(req, st->p, t, txn_gone);
   h->response_add_header(req, "x-evervault-cage-ctx", t->ctx);
   if (!strcmp(ri->path, "/.well-known/attestation") &&
@@ -636,19 +645,34 @@ typedef struct jbuf {
   char *p;
   size_t n, cap;
   int oom;
+  char *heap;     /* p once the text outgrew the caller's buffer */
 } jbuf;
+
+/* Starts in the caller's buffer: a record is copied by the append queue, so it needs no
+ * allocation of its own unless its path is long. */
+static void jb_init(jbuf *b, char *stack, size_t cap) {
+  memset(b, 0, sizeof *b);
+  b->p = stack;
+  b->cap = cap;
+}
+
+static void jb_free(jbuf *b) {
+  free(b->heap);
+  b->heap = NULL;
+}
 
 static void jb_put(jbuf *b, const char *s, size_t n) {
   if (b->oom) return;
   if (b->n + n + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->n + n + 1) cap *= 2;
-    char *np = realloc(b->p, cap);
+    char *np = realloc(b->heap, cap);
     if (!np) {
       b->oom = 1;
       return;
     }
-    b->p = np;
+    if (!b->heap) memcpy(np, b->p, b->n);
+    b->heap = b->p = np;
     b->cap = cap;
   }
   memcpy(b->p + b->n, s, n);
@@ -689,8 +713,9 @@ static void jb_raw(jbuf *b, const char *key, const char *num) {
   jb_put(b, num, strlen(num));
 }
 
-/* The transaction record of a request (never bodies), as JSON text; NULL if none is due. */
-static char *trx_record(cb_state *st, evs_request *req, cb_txn *t) {
+/* The transaction record of a request (never bodies), as JSON text in b (jb_free after);
+ * NULL if out of memory. */
+static const char *trx_record(cb_state *st, evs_request *req, cb_txn *t, jbuf *b) {
   const evs_request_info *ri = st->h->request_info(req);
   const char *code = NULL;
   int status = st->h->response_status(req, &code);
@@ -705,24 +730,19 @@ static char *trx_record(cb_state *st, evs_request *req, cb_txn *t) {
   *p++ = (char)('0' + ms_frac % 10);
   *p = 0;
   *evs__fmt_u64(num[2], (uint64_t)t->decrypted) = 0;
-  jbuf b = {0};
-  jb_put(&b, "{", 1);
-  jb_str(&b, "ctx", t->ctx);
-  jb_str(&b, "app", t->app);
-  jb_str(&b, "cage", t->name);
-  jb_str(&b, "method", ri->method);
-  jb_str(&b, "path", ri->path);
-  jb_raw(&b, "status", num[0]);
-  jb_raw(&b, "durationMs", num[1]);
-  jb_raw(&b, "decryptedFields", num[2]);
-  jb_str(&b, "requestId", ri->request_id ? ri->request_id : "");
-  if (code) jb_str(&b, "errorCode", code);
-  jb_put(&b, "}", 1);
-  if (b.oom) {
-    free(b.p);
-    return NULL;
-  }
-  return b.p;
+  jb_put(b, "{", 1);
+  jb_str(b, "ctx", t->ctx);
+  jb_str(b, "app", t->app);
+  jb_str(b, "cage", t->name);
+  jb_str(b, "method", ri->method);
+  jb_str(b, "path", ri->path);
+  jb_raw(b, "status", num[0]);
+  jb_raw(b, "durationMs", num[1]);
+  jb_raw(b, "decryptedFields", num[2]);
+  jb_str(b, "requestId", ri->request_id ? ri->request_id : "");
+  if (code) jb_str(b, "errorCode", code);
+  jb_put(b, "}", 1);
+  return b->oom ? NULL : b->p;
 }
 
 /* END (ABI 1.9): the response is complete and its end not yet sent. Its record is bound to it,
@@ -731,10 +751,13 @@ static int front_end(void *state, evs_request *req) {
   cb_state *st = state;
   cb_txn *t = st->h->request_get_data(req, st->p);
   if (!t || t->magic != TXN_MAGIC || !t->trx || t->recorded) return EVS_DECLINED;
-  char *s = trx_record(st, req, t);
+  char stack[512];
+  jbuf b;
+  jb_init(&b, stack, sizeof stack);
+  const char *s = trx_record(st, req, t, &b);
   int r = s ? st->h->store_append_request(st->p, req, "trx", s) : -ENOMEM;
   t->recorded = r == 0 || r == -EALREADY || r == -ECONNRESET; /* else LOG tries again */
-  free(s);
+  jb_free(&b);
   return EVS_DECLINED;
 }
 
@@ -744,9 +767,12 @@ static int front_log(void *state, evs_request *req) {
   cb_state *st = state;
   cb_txn *t = st->h->request_get_data(req, st->p);
   if (!t || t->magic != TXN_MAGIC || !t->trx || t->recorded) return EVS_DECLINED;
-  char *s = trx_record(st, req, t);
+  char stack[512];
+  jbuf b;
+  jb_init(&b, stack, sizeof stack);
+  const char *s = trx_record(st, req, t, &b);
   if (s) st->h->store_append(st->p, "trx", s);
-  free(s);
+  jb_free(&b);
   return EVS_DECLINED;
 }
 

@@ -20,6 +20,7 @@ import base64
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -229,7 +230,7 @@ def test_hello_auth_decrypt_trx_api_env():
     st, hdrs, body = e.curl("hello-cage", "/hello", key=e.key)
     assert st == 200 and json.loads(body) == HELLO, (st, body)
     ctx = hdrs.get("x-evervault-cage-ctx")
-    assert ctx and len(ctx) == 36, hdrs
+    assert ctx and re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", ctx), hdrs
 
     assert_unauthorized(*e.curl("hello-cage", "/hello"))
     assert_unauthorized(*e.curl("hello-cage", "/hello", key="ev:key:not-a-key"))
@@ -245,17 +246,24 @@ def test_hello_auth_decrypt_trx_api_env():
                                         "plain": "x"}, echo
     assert "api-key" not in echo["headers"], echo["headers"]
     assert echo["headers"]["host"].startswith(e.host("hello-cage")), echo["headers"]
+    assert echo["headers"]["x-forwarded-proto"] == "https", echo["headers"]
     echo_ctx = hdrs["x-evervault-cage-ctx"]
+    # a record longer than the front's stack buffer for it (512 bytes) is written whole
+    long_path = "/long/" + "x" * 700
+    st, hdrs, _ = e.curl("hello-cage", long_path, key=e.key)
+    long_ctx = hdrs["x-evervault-cage-ctx"]
 
     # the transaction records carry the same ids (never bodies)
     def trx():
         st, body = e.admin("GET", "/cages/%s/hello-cage/transactions?limit=50" % e.app)
         assert st == 200, body
         recs = {r["ctx"]: r for r in body["records"]}
-        return echo_ctx in recs and ctx in recs and recs
+        return echo_ctx in recs and ctx in recs and long_ctx in recs and recs
     recs = evstest.wait_for(trx, timeout=10, what="transaction records")
+    assert recs[long_ctx]["path"] == long_path and recs[long_ctx]["status"] == st, recs[long_ctx]
     r = recs[echo_ctx]
     assert r["method"] == "POST" and r["path"] == "/echo" and r["status"] == 200, r
+    assert r["app"] == e.app and r["cage"] == "hello-cage", r
     assert r["decryptedFields"] == 4 and "4242" not in json.dumps(r), r
     # durationMs: milliseconds with three decimals (microseconds), as written by hand
     assert isinstance(r["durationMs"], float) and 0 < r["durationMs"] < 10000, r
