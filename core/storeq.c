@@ -10,7 +10,7 @@
  *
  * The lane's thread only calls the store, whose handle serializes calls with its own mutex;
  * PostgreSQL's reconnect backoff (store_pg.c) works as before, per handle. The thread starts
- * with a call and ends 100 ms after the last one: a worker that calls only now and then in its
+ * with a call and ends 20 ms after the last one: a worker that calls only now and then in its
  * steady state (a relay polling a generation token every 2 s) is single-threaded most of the
  * time, and the kernel then skips the file reference counting that every system call of a
  * threaded process pays. A thread start (~50 us) per call at worst.
@@ -20,7 +20,7 @@
 
 #include "storeq.h"
 
-#define LANE_IDLE_NS (100ull * 1000 * 1000)
+#define LANE_IDLE_NS (20ull * 1000 * 1000)
 
 enum { LANE_NONE, LANE_RUNNING, LANE_EXITED };
 

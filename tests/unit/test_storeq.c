@@ -1,7 +1,7 @@
 /*
  * Unit tests for core/storeq.c, the worker's store lane: jobs run one at a time on its thread,
  * in the order they were submitted, and are answered on the loop thread; the thread exists only
- * while there is work (from a submit until 100 ms without one), so a worker that makes no
+ * while there is work (from a submit until 20 ms without one), so a worker that makes no
  * store call in its steady state is single-threaded.
  */
 #include <dirent.h>
@@ -93,7 +93,7 @@ static void test_lazy_thread_and_order(void **state) {
   }
   assert_int_equal(answered_off_loop, 0);
 
-  /* 100 ms without work: the thread ends (storeq.c LANE_IDLE_NS). */
+  /* 20 ms without work: the thread ends (storeq.c LANE_IDLE_NS). */
   for (int i = 0; i < 1000 && threads() > base; i++) usleep(10 * 1000);
   assert_int_equal(threads(), base);
   /* The next call starts another, and is answered. */
