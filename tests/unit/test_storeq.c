@@ -42,6 +42,12 @@ static int threads(void) {
   return n;
 }
 
+/* Polls (up to 10 s) until the process is down to n threads. */
+static void wait_threads(int n) {
+  for (int i = 0; i < 1000 && threads() > n; i++) usleep(10 * 1000);
+  assert_int_equal(threads(), n);
+}
+
 static void work(evs__storeq_job *jb) {
   job *x = (job *)jb;
   x->worked_on = uv_thread_self();
@@ -63,16 +69,31 @@ static void close_walk(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* A worker with only a loop and a lane. */
+static void lane_open(uv_loop_t *loop, evs__worker *w) {
+  memset(w, 0, sizeof *w);
+  assert_int_equal(uv_loop_init(loop), 0);
+  w->loop = loop;
+  assert_int_equal(evs__storeq_init(w), 0);
+}
+
+/* Stops the lane, closes the loop's handles (the lane's async), then frees the lane. */
+static void lane_close(uv_loop_t *loop, evs__worker *w) {
+  evs__storeq_stop(w);
+  uv_walk(loop, close_walk, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  evs__storeq_close(w);
+  assert_null(w->storeq);
+  assert_int_equal(uv_loop_close(loop), 0);
+}
+
 static void test_lazy_thread_and_order(void **state) {
   (void)state;
   uv_loop_t loop;
   evs__worker w;
-  memset(&w, 0, sizeof w);
-  assert_int_equal(uv_loop_init(&loop), 0);
-  w.loop = &loop;
   loop_thread = uv_thread_self();
   int base = threads();
-  assert_int_equal(evs__storeq_init(&w), 0);
+  lane_open(&loop, &w);
   assert_int_equal(threads(), base);
   evs__storeq_drain(&w); /* nothing queued, no thread: returns at once */
   assert_int_equal(threads(), base);
@@ -94,8 +115,7 @@ static void test_lazy_thread_and_order(void **state) {
   assert_int_equal(answered_off_loop, 0);
 
   /* 20 ms without work: the thread ends (storeq.c LANE_IDLE_NS). */
-  for (int i = 0; i < 1000 && threads() > base; i++) usleep(10 * 1000);
-  assert_int_equal(threads(), base);
+  wait_threads(base);
   /* The next call starts another, and is answered. */
   job again = {.j = {work, done, release, NULL}, .id = 7};
   assert_int_equal(evs__storeq_submit(&w, &again.j), 0);
@@ -105,17 +125,13 @@ static void test_lazy_thread_and_order(void **state) {
   assert_int_equal(answered[JOBS], 7);
   evs__storeq_drain(&w);
   /* Stopping a lane whose thread ended for want of work reaps it. */
-  for (int i = 0; i < 1000 && threads() > base; i++) usleep(10 * 1000);
-  assert_int_equal(threads(), base);
+  wait_threads(base);
 
   evs__storeq_stop(&w);
   assert_int_equal(threads(), base);
   job late = {.j = {work, done, release, NULL}, .id = 0};
   assert_int_equal(evs__storeq_submit(&w, &late.j), -ENOTSUP);
-  uv_walk(&loop, close_walk, NULL);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  evs__storeq_close(&w);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  lane_close(&loop, &w);
 }
 
 /* A lane that never got a job stops and closes without a thread to join. */
@@ -123,18 +139,10 @@ static void test_unused_lane_closes(void **state) {
   (void)state;
   uv_loop_t loop;
   evs__worker w;
-  memset(&w, 0, sizeof w);
-  assert_int_equal(uv_loop_init(&loop), 0);
-  w.loop = &loop;
   int base = threads();
-  assert_int_equal(evs__storeq_init(&w), 0);
-  evs__storeq_stop(&w);
-  uv_walk(&loop, close_walk, NULL);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  evs__storeq_close(&w);
-  assert_null(w.storeq);
+  lane_open(&loop, &w);
+  lane_close(&loop, &w);
   assert_int_equal(threads(), base);
-  assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 int main(void) {
