@@ -25,10 +25,10 @@
  *   record. A batch written on the loop waits while waited-for records keep arriving, turn
  *   after turn, up to APPENDQ_GROUP of them: a busy loop then commits a few times less often
  *   (a commit's fixed cost, ~10 us, is about as much as seven records'), and a loop with
- *   nothing new to do commits at its next turn. Waiters (evs__appendq_wait) are told on the loop thread, as soon as their batch's
- *   commit is back (libuv's after-work callback, or the idle handle that wrote it on the loop)
- *   or else from the idle handle, so that a released response never runs inside a plugin's
- *   call.
+ *   nothing new to do commits at its next turn. Waiters (evs__appendq_wait) are told on the
+ *   loop thread, as soon as their batch's commit is back (libuv's after-work callback, or the
+ *   idle handle that wrote it on the loop) or else from the idle handle, so that a released
+ *   response never runs inside a plugin's call.
  *
  * A query first has this worker's queue written (evs__appendq_flush, as for a waited-for
  * record), so a worker reads what it appended. A stopping worker writes what is left before it
