@@ -23,6 +23,7 @@
 #include <uv.h>
 
 #include "egress_proxy.h"
+#include "loopback.h"
 #include "tls_hello.h"
 
 /* ---- ClientHellos from OpenSSL ------------------------------------------------------------ */
@@ -165,15 +166,8 @@ static int setup(void **state) {
   strcpy(W.dir, "/tmp/fr-egress-XXXXXX");
   assert_non_null(mkdtemp(W.dir));
   snprintf(W.sock, sizeof W.sock, "%s/egress.sock", W.dir);
-  uv_tcp_init(&W.loop, &W.echo);
   struct sockaddr_in a;
-  uv_ip4_addr("127.0.0.1", 0, &a);
-  assert_int_equal(uv_tcp_bind(&W.echo, (struct sockaddr *)&a, 0), 0);
-  assert_int_equal(uv_listen((uv_stream_t *)&W.echo, 16, echo_conn), 0);
-  struct sockaddr_storage ss;
-  int len = sizeof ss;
-  uv_tcp_getsockname(&W.echo, (struct sockaddr *)&ss, &len);
-  W.echo_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  W.echo_port = loopback_listen(&W.loop, &W.echo, 16, echo_conn, &a);
   uv_async_init(&W.loop, &W.done, on_done);
   return 0;
 }

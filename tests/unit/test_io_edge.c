@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "../../core/io.h"
+#include "loopback.h"
 
 static uv_loop_t *loop;
 static uv_tcp_t server;
@@ -106,13 +107,8 @@ static void test_edge_run(void **state) {
   uv_prepare_init(loop, &prep);
   uv_timer_init(loop, &timer);
   uv_async_init(loop, &async, on_async);
-  uv_tcp_init(loop, &server);
   struct sockaddr_in a;
-  uv_ip4_addr("127.0.0.1", 0, &a);
-  assert_int_equal(uv_tcp_bind(&server, (const struct sockaddr *)&a, 0), 0);
-  assert_int_equal(uv_listen((uv_stream_t *)&server, 8, on_connection), 0);
-  int alen = sizeof a;
-  uv_tcp_getsockname(&server, (struct sockaddr *)&a, &alen);
+  loopback_listen(loop, &server, 8, on_connection, &a);
   int c = socket(AF_INET, SOCK_STREAM, 0);
   assert_int_equal(connect(c, (struct sockaddr *)&a, sizeof a), 0);
   assert_int_equal(send(c, "ping", 4, 0), 4);

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "../../core/io.h"
+#include "loopback.h"
 
 static uv_loop_t *loop;
 static uv_tcp_t server;
@@ -138,14 +139,8 @@ static void test_tls_edge(void **state) {
   loop = uv_default_loop();
   sctx = server_ctx();
   uv_timer_init(loop, &resume_timer);
-  uv_tcp_init(loop, &server);
   struct sockaddr_in a;
-  uv_ip4_addr("127.0.0.1", 0, &a);
-  assert_int_equal(uv_tcp_bind(&server, (const struct sockaddr *)&a, 0), 0);
-  assert_int_equal(uv_listen((uv_stream_t *)&server, 8, on_connection), 0);
-  int alen = sizeof a;
-  uv_tcp_getsockname(&server, (struct sockaddr *)&a, &alen);
-  port = ntohs(a.sin_port);
+  port = loopback_listen(loop, &server, 8, on_connection, &a);
   pthread_t th;
   assert_int_equal(pthread_create(&th, NULL, client, NULL), 0);
   while (!done) uv_run(loop, UV_RUN_ONCE);
