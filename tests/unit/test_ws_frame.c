@@ -174,6 +174,24 @@ static int utf8_ref(const uint8_t *s, size_t n) {
   return 1;
 }
 
+
+/* n bytes of 'a' with one byte of odd at each position, alone or followed by a second one of
+ * odd, each given to check: every spot of a block and of its tail. */
+static void each_odd_spot(uint8_t *t, size_t n, const uint8_t *odd, size_t nodd,
+                          void (*check)(const uint8_t *, size_t)) {
+  for (size_t pos = 0; pos < n; pos++)
+    for (size_t o = 0; o < nodd; o++)
+      for (size_t o2 = 0; o2 <= nodd; o2++) {
+        memset(t, 'a', n);
+        t[pos] = odd[o];
+        if (o2 < nodd && pos + 1 < n) t[pos + 1] = odd[o2];
+        check(t, n);
+      }
+}
+
+static void utf8_check(const uint8_t *t, size_t n) {
+  assert_int_equal(evs__ws_utf8_valid(t, n), utf8_ref(t, n));
+}
 static void test_mask_and_utf8_fast_agree(void **state) {
   (void)state;
   const uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d};
@@ -194,15 +212,7 @@ static void test_mask_and_utf8_fast_agree(void **state) {
    * blocks and tails), against the reference */
   static const uint8_t odd[] = {0x80, 0xC2, 0xC3, 0xE0, 0xED, 0xF0, 0xF4, 0xF5, 0xFF, 0xBF};
   uint8_t t[70];
-  for (size_t n = 0; n <= sizeof t; n++)
-    for (size_t pos = 0; pos < n; pos++)
-      for (size_t o = 0; o < sizeof odd; o++)
-        for (size_t o2 = 0; o2 <= sizeof odd; o2++) {
-          memset(t, 'a', n);
-          t[pos] = odd[o];
-          if (o2 < sizeof odd && pos + 1 < n) t[pos + 1] = odd[o2];
-          assert_int_equal(evs__ws_utf8_valid(t, n), utf8_ref(t, n));
-        }
+  for (size_t n = 0; n <= sizeof t; n++) each_odd_spot(t, n, odd, sizeof odd, utf8_check);
   for (size_t n = 0; n <= sizeof t; n++) {
     memset(t, 'a', n);
     assert_true(evs__ws_utf8_valid(t, n));
@@ -241,14 +251,7 @@ static void test_remask_plain(void **state) {
   for (size_t n = 0; n <= 70; n++) {
     memset(t, 'a', n);
     remask_check(t, n);
-    for (size_t pos = 0; pos < n; pos++)
-      for (size_t o = 0; o < sizeof odd; o++)
-        for (size_t o2 = 0; o2 <= sizeof odd; o2++) {
-          memset(t, 'a', n);
-          t[pos] = odd[o];
-          if (o2 < sizeof odd && pos + 1 < n) t[pos + 1] = odd[o2];
-          remask_check(t, n);
-        }
+    each_odd_spot(t, n, odd, sizeof odd, remask_check);
   }
   /* An ev: token (and its escaped spellings) anywhere in plain text: the pass says no, and the
    * guard finds it. */
