@@ -27,6 +27,7 @@ typedef struct log {
   uint8_t *msg; /* the data message being assembled */
   size_t msg_len, msg_cap;
   int msg_op;
+  int msg_open; /* count_ev: a message's first piece came, its last not yet */
   uint64_t max;
   /* whole messages and control frames, for re-framing: op, len, bytes */
   uint8_t *items;
@@ -102,12 +103,15 @@ static void log_free(log_t *l) {
   free(l->items);
 }
 
+/* A whole frame is one message: one event, or a client's payload in pieces of the parser's
+ * scratch buffer, the first piece starting it and only the last ending it. */
 static int count_ev(void *arg, const evs__ws_event *ev) {
   log_t *l = arg;
-  if (!ev->first || !ev->fin) __builtin_trap(); /* a whole frame is one event */
+  if (ev->first == l->msg_open || l->len) __builtin_trap();
+  l->msg_open = !ev->fin;
   l->msg_op = ev->opcode;
   put(&l->msg, &l->msg_len, &l->msg_cap, ev->data, ev->len);
-  l->len++;
+  if (ev->fin) l->len++;
   return 0;
 }
 
@@ -144,8 +148,8 @@ static void check_whole(int from_client, uint64_t max, const uint8_t *d, size_t 
       log_free(&l);
       break;
     }
-    if ((size_t)r != fl || l.len != 1 || l.msg_op != f.opcode || l.msg_len != f.len ||
-        !evs__ws_parser_idle(p))
+    if ((size_t)r != fl || l.len != 1 || l.msg_open || l.msg_op != f.opcode ||
+        l.msg_len != f.len || !evs__ws_parser_idle(p))
       __builtin_trap();
     uint8_t *pl = malloc(f.len + 1);
     if (!pl) abort();
