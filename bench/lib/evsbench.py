@@ -9,6 +9,7 @@ machine, and prints medians and ratios. Method and figures: docs/performance.md.
 import argparse, os, re, resource, shutil, signal, socket, statistics, subprocess, tempfile, time
 
 PROXY_CPUS, LOAD_CPUS = "0", "1"   # with --pin: the proxy alone on CPU 0; wrk and upstream on CPU 1
+CPU_PERIOD_US = 10000   # --proxy-cpu: the CFS bandwidth period (short: a throttled proxy stalls less)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
@@ -28,6 +29,11 @@ def arg_parser(prog):
                          "nginx runs with access_log off; on: as shipped)")
     ap.add_argument("--max-other", type=float, default=30)
     ap.add_argument("--retries", type=int, default=2)
+    ap.add_argument("--proxy-cpu", type=float, default=None, metavar="CPUS",
+                    help="give each proxy (all its processes) this much CPU time and no more, "
+                         "e.g. 0.5: a cgroup of its own with a CFS quota, the same for every "
+                         "proxy, so that the proxy bounds the rate and not the load side (needs "
+                         "root: a cgroup v2 mount with the cpu controller, or v1's cpu hierarchy)")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--hold", action="store_true",
@@ -47,6 +53,8 @@ def check_options(prog, opt):
         opt.pin = opt.workers == 1 and ncpu >= 2
     if opt.pin and ncpu < 2:
         raise SystemExit(f"{prog}: --pin needs 2 CPUs")
+    if opt.proxy_cpu is not None and not 0.05 <= opt.proxy_cpu <= ncpu:
+        raise SystemExit(f"{prog}: --proxy-cpu is out of range (0.05 to {ncpu})")
 
 
 class Case:
@@ -63,6 +71,7 @@ class Bench:
         self.tmp = tempfile.mkdtemp(prefix="evs-bench-")
         os.chmod(self.tmp, 0o755)   # nginx workers started by root run as nobody and read files here
         self.procs = []
+        self.cgroups = []   # --proxy-cpu: the proxies' cgroups, removed by close()
         self.servers = {}   # name -> (Popen, port); the two proxies
         self.upstream = None
         self.baseline = "nginx"   # the other proxy's name in self.servers (bench/outbound: squid)
@@ -119,7 +128,73 @@ class Bench:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         self.procs.clear()
+        for path in self.cgroups:
+            deadline = time.time() + 5   # a killed process leaves its cgroup when it is reaped
+            while True:
+                try:
+                    os.rmdir(path)
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        log(f"warning: could not remove the cgroup {path}")
+                        break
+                    time.sleep(0.1)
+        self.cgroups.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ---- --proxy-cpu -------------------------------------------------------------------------
+    @staticmethod
+    def cpu_cgroup_root():
+        """(mount point, version) of the hierarchy with the cpu controller: v2 if its mount
+        offers cpu, else v1's cpu hierarchy; (None, 0) if neither."""
+        mounts = [l.split()[:4] for l in open("/proc/mounts")]
+        for _, mnt, fstype, _ in mounts:
+            if fstype == "cgroup2":
+                try:
+                    if "cpu" in open(os.path.join(mnt, "cgroup.controllers")).read().split():
+                        return mnt, 2
+                except OSError:
+                    pass
+        for _, mnt, fstype, opts in mounts:
+            if fstype == "cgroup" and "cpu" in opts.split(","):
+                return mnt, 1
+        return None, 0
+
+    def limit_cpu(self):
+        """--proxy-cpu: moves every proxy's processes into a cgroup of its own whose CPU
+        bandwidth is opt.proxy_cpu CPUs (a quota per CPU_PERIOD_US), the same for each. Their
+        later children (a restarted enclave, a respawned worker) stay in it. Call once all the
+        proxies run, before any round."""
+        if self.opt.proxy_cpu is None:
+            return
+        root, version = self.cpu_cgroup_root()
+        if not root:
+            raise SystemExit(f"{self.prog}: --proxy-cpu: no cgroup hierarchy with the cpu "
+                             "controller is mounted")
+        quota = max(int(self.opt.proxy_cpu * CPU_PERIOD_US), 1000)
+        for name in self.servers:
+            path = os.path.join(root, f"evs-bench-{os.getpid()}-{name}")
+            try:
+                if version == 2:
+                    with open(os.path.join(root, "cgroup.subtree_control"), "w") as f:
+                        f.write("+cpu")
+                os.mkdir(path)
+                self.cgroups.append(path)
+                if version == 2:
+                    self.write_cg(path, "cpu.max", f"{quota} {CPU_PERIOD_US}")
+                else:
+                    self.write_cg(path, "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                    self.write_cg(path, "cpu.cfs_quota_us", str(quota))
+                for pid in self.server_pids(name):
+                    self.write_cg(path, "cgroup.procs", str(pid))
+            except OSError as e:
+                raise SystemExit(f"{self.prog}: --proxy-cpu needs a cgroup it can create and "
+                                 f"fill ({path}): {e}")
+
+    @staticmethod
+    def write_cg(path, name, value):
+        with open(os.path.join(path, name), "w") as f:
+            f.write(value)
 
     # ---- the usual three: upstream nginx, evserver, nginx as a reverse proxy ----------------
     def nginx_conf(self, name, workers, http_block):
@@ -319,7 +394,9 @@ transaction_log = {self.opt.ev_transaction_log}
         log(f"workers={o.workers} rounds={o.rounds} duration={o.duration}s wrk -t{o.threads} "
             f"-c{o.connections} pin={'proxy:CPU0 wrk+upstream:CPU1' if o.pin else 'off'} "
             f"evserver pool_max_idle={o.ev_pool_idle} transaction_log={o.ev_transaction_log} "
-            f"nginx keepalive=64{extra}")
+            f"nginx keepalive=64"
+            + (f" proxy-cpu={o.proxy_cpu:g} CPU each (CFS quota, {CPU_PERIOD_US // 1000} ms period)"
+               if o.proxy_cpu is not None else "") + extra)
         ports = ", ".join(f"{n} {port}" for n, (_, port) in self.servers.items())
         log(f"ports: {ports}; temp dir {self.tmp}")
 
@@ -342,6 +419,7 @@ transaction_log = {self.opt.ev_transaction_log}
 
     def run(self, cases):
         """ABBA rounds per case; returns {(case name, server): [round results]}."""
+        self.limit_cpu()
         if self.opt.hold:
             self.hold(cases)
         o, results = self.opt, {}
