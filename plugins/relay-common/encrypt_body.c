@@ -5,6 +5,8 @@
  *
  * Memory per body: the rewriter's bounded state, the spool's first MiB (the rest goes to an
  * unlinked temporary file), and the values of at most MAX_INFLIGHT batches of BATCH_BYTES.
+ * A body that is reused (evs__encrypt_body_reuse) keeps its rewriter, spool and one spare batch
+ * between bodies: a small message allocates nothing there after the first.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -34,6 +36,7 @@ typedef struct ebatch {
   size_t n;
   ebval *holes;
   size_t holes_cap;
+  evs_crypto_value *vals; /* the encrypt_values request's values (holes_cap of them) */
   int file; /* an encrypt_file call: one hole, raw bytes */
 } ebatch;
 
@@ -45,6 +48,7 @@ struct evs__encrypt_body {
   size_t whole_hole;
   relay_spool spool;
   ebatch *cur;
+  ebatch *spare; /* a values batch back from the enclave, wiped, for the next one */
   int inflight;
   int finished;
   int gone;
@@ -55,6 +59,8 @@ struct evs__encrypt_body {
   uint64_t encrypted, passed;
   uint8_t *pass; /* a passed value as its format writes it */
   size_t pass_cap;
+  uint8_t *placed; /* a returned value as its format places it (ciphertext) */
+  size_t placed_cap;
 };
 
 static void batch_free(ebatch *b) {
@@ -64,6 +70,7 @@ static void batch_free(ebatch *b) {
     free(b->payload);
   }
   free(b->holes);
+  free(b->vals);
   free(b);
 }
 
@@ -72,7 +79,9 @@ static void body_release(evs__encrypt_body *e) {
   relay_spool_done(&e->spool);
   batch_free(e->cur);
   batch_free(e->whole);
+  batch_free(e->spare);
   free(e->pass);
+  free(e->placed);
   free(e->app_id);
   free(e->curve);
   free(e);
@@ -147,6 +156,9 @@ static int add_value(ebatch *b, size_t hole, int type, const void *value, size_t
     ebval *nh = realloc(b->holes, nc * sizeof *nh);
     if (!nh) return -ENOMEM;
     b->holes = nh;
+    evs_crypto_value *nv = realloc(b->vals, nc * sizeof *nv);
+    if (!nv) return -ENOMEM;
+    b->vals = nv;
     b->holes_cap = nc;
   }
   size_t off = b->len;
@@ -156,11 +168,28 @@ static int add_value(ebatch *b, size_t hole, int type, const void *value, size_t
 }
 
 static ebatch *batch_new(evs__encrypt_body *e, int file) {
+  if (!file && e->spare) {
+    ebatch *b = e->spare;
+    e->spare = NULL;
+    return b;
+  }
   ebatch *b = calloc(1, sizeof *b);
   if (!b) return NULL;
   b->e = e;
   b->file = file;
   return b;
+}
+
+/* A batch that is done with: kept, wiped, as the spare for the next values batch, or freed. */
+static void batch_recycle(evs__encrypt_body *e, ebatch *b) {
+  if (b->file || e->spare) {
+    batch_free(b);
+    return;
+  }
+  if (b->payload) explicit_bzero(b->payload, b->len);
+  b->len = 0;
+  b->n = 0;
+  e->spare = b;
 }
 
 /* The results of a batch: per value (res, n) from encrypt_values, or the file (file, file_len)
@@ -192,22 +221,25 @@ static void batch_done(ebatch *b, int status, const evs_crypto_result *res, size
       size_t (*place)(const char *, size_t, char *, size_t) =
           e->cfg.ops ? e->cfg.ops->place : evs__rewriter_place_verbatim;
       size_t wl = place((const char *)ct, ctl, NULL, 0);
-      uint8_t *tmp = malloc(wl ? wl : 1);
-      if (!tmp) {
-        fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
-        break;
+      if (wl > e->placed_cap) {
+        uint8_t *np = realloc(e->placed, wl);
+        if (!np) {
+          fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
+          break;
+        }
+        e->placed = np;
+        e->placed_cap = wl;
       }
-      place((const char *)ct, ctl, (char *)tmp, wl);
-      if (relay_spool_fill(&e->spool, b->holes[i].hole, tmp, wl) < 0)
+      place((const char *)ct, ctl, (char *)e->placed, wl);
+      if (relay_spool_fill(&e->spool, b->holes[i].hole, e->placed, wl) < 0)
         fail(e, -ENOMEM, 500, "internal-server-error", "Out of memory");
-      free(tmp);
       e->encrypted++;
     }
     if (!e->err && e->spool.filled < e->spool.nholes && e->inflight == 0 && e->finished &&
         !e->cur)
       fail(e, -EPROTO, 500, "internal-server-error", "The enclave answered too few fields");
   }
-  batch_free(b);
+  batch_recycle(e, b);
   if (e->cfg.progress) e->cfg.progress(e->cfg.arg);
 }
 
@@ -227,18 +259,13 @@ static int batch_send(evs__encrypt_body *e, ebatch *b) {
     evs_file_request fr = {sizeof fr, e->app_id, e->curve, b->payload, b->len};
     r = h->encrypt_file(e->cfg.plugin, &fr, on_file, b);
   } else {
-    evs_crypto_value *v = calloc(b->n, sizeof *v);
-    if (!v) {
-      r = -ENOMEM;
-    } else {
-      for (size_t i = 0; i < b->n; i++)
-        v[i] = (evs_crypto_value){sizeof v[i], b->holes[i].type,
-                                  b->payload ? b->payload + b->holes[i].off : NULL,
-                                  b->holes[i].len};
-      evs_encrypt_request er = {sizeof er, e->app_id, e->curve, NULL, v, b->n};
-      r = h->encrypt_values(e->cfg.plugin, &er, on_values, b);
-      free(v);
-    }
+    evs_crypto_value *v = b->vals;
+    for (size_t i = 0; i < b->n; i++)
+      v[i] = (evs_crypto_value){sizeof v[i], b->holes[i].type,
+                                b->payload ? b->payload + b->holes[i].off : NULL,
+                                b->holes[i].len};
+    evs_encrypt_request er = {sizeof er, e->app_id, e->curve, NULL, v, b->n};
+    r = h->encrypt_values(e->cfg.plugin, &er, on_values, b);
   }
   if (r < 0) {
     e->inflight--;
@@ -322,32 +349,70 @@ static int rw_emit(void *ud, const char *buf, size_t len) {
 
 /* ---- the body ---------------------------------------------------------------------------- */
 
+/* Keeps *dst if it already holds s (NULL alike), else replaces it with a copy. 0 or -ENOMEM. */
+static int keep_str(char **dst, const char *s) {
+  if (*dst && s && strcmp(*dst, s) == 0) return 0;
+  if (!*dst && !s) return 0;
+  free(*dst);
+  *dst = NULL;
+  return s && !(*dst = strdup(s)) ? -ENOMEM : 0;
+}
+
+/* What new and reuse share: the configuration, the names, and the rewriter (the one there is,
+ * reset, when the format is the same and can be) or the whole-file batch. On error e is only
+ * fit to be released. */
+static int body_setup(evs__encrypt_body *e, const evs__encrypt_body_cfg *cfg) {
+  const evs__rewriter_ops *had = e->cfg.ops;
+  e->cfg = *cfg;
+  if (keep_str(&e->app_id, cfg->app_id) < 0 ||
+      keep_str(&e->curve, cfg->curve ? cfg->curve : "secp256k1") < 0)
+    return -ENOMEM;
+  if (e->rw && !(cfg->ops && cfg->sel && cfg->ops == had && cfg->ops->reset &&
+                 cfg->ops->reset(e->rw) == 0)) {
+    had->free(e->rw);
+    e->rw = NULL;
+  }
+  if (!e->rw && cfg->ops && cfg->sel) {
+    int r = cfg->ops->new(cfg->sel, rw_emit, transform, e, &e->rw);
+    if (r < 0) {
+      e->rw = NULL;
+      return r;
+    }
+  } else if (!cfg->ops && cfg->whole_file) {
+    if (!(e->whole = batch_new(e, 1)) || relay_spool_hole(&e->spool, &e->whole_hole) < 0)
+      return -ENOMEM;
+  }
+  return 0;
+}
+
 int evs__encrypt_body_new(const evs__encrypt_body_cfg *cfg, evs__encrypt_body **ret) {
   if (!cfg || cfg->size < sizeof *cfg || !cfg->host) return -EINVAL;
   evs__encrypt_body *e = calloc(1, sizeof *e);
   if (!e) return -ENOMEM;
-  e->cfg = *cfg;
   relay_spool_init(&e->spool, cfg->spool_dir, SPOOL_MEM_MAX);
-  if ((cfg->app_id && !(e->app_id = strdup(cfg->app_id))) ||
-      !(e->curve = strdup(cfg->curve ? cfg->curve : "secp256k1"))) {
+  int r = body_setup(e, cfg);
+  if (r < 0) {
     body_release(e);
-    return -ENOMEM;
-  }
-  if (cfg->ops && cfg->sel) {
-    int r = cfg->ops->new(cfg->sel, rw_emit, transform, e, &e->rw);
-    if (r < 0) {
-      e->rw = NULL;
-      body_release(e);
-      return r;
-    }
-  } else if (!cfg->ops && cfg->whole_file) {
-    if (!(e->whole = batch_new(e, 1)) || relay_spool_hole(&e->spool, &e->whole_hole) < 0) {
-      body_release(e);
-      return -ENOMEM;
-    }
+    return r;
   }
   *ret = e;
   return 0;
+}
+
+int evs__encrypt_body_reuse(evs__encrypt_body *e, const evs__encrypt_body_cfg *cfg) {
+  if (!cfg || cfg->size < sizeof *cfg || !cfg->host) return -EINVAL;
+  if (e->inflight > 0 || e->gone) return -EBUSY;
+  relay_spool_reset(&e->spool);
+  e->spool.dir = cfg->spool_dir;
+  if (e->cur) batch_recycle(e, e->cur); /* values an error kept from the enclave: wiped */
+  e->cur = NULL;
+  batch_free(e->whole);
+  e->whole = NULL;
+  e->finished = 0;
+  e->err = e->err_status = 0;
+  e->err_code = e->err_detail = NULL;
+  e->encrypted = e->passed = 0;
+  return body_setup(e, cfg);
 }
 
 int evs__encrypt_body_feed(evs__encrypt_body *e, const uint8_t *p, size_t n) {

@@ -64,6 +64,12 @@ typedef struct evs__encrypt_body evs__encrypt_body;
 /* Returns 0 and sets *ret, or -EINVAL, -ENOMEM, EVS__RW_E_BOUNDARY (multipart without a valid
  * boundary). */
 int evs__encrypt_body_new(const evs__encrypt_body_cfg *cfg, evs__encrypt_body **ret);
+/* Makes an idle body ready for the next one, as evs__encrypt_body_new(cfg) would, keeping the
+ * memory it grew (a WebSocket's messages, one after another): what the last one held is wiped.
+ * cfg's sel must select what the one e was made with selected; a rewriter of the same format
+ * that can be reset is, any other is made anew. Returns 0; -EBUSY while calls are in flight
+ * (free e and make a new one); or new's errors, after which e is only fit to be freed. */
+int evs__encrypt_body_reuse(evs__encrypt_body *e, const evs__encrypt_body_cfg *cfg);
 /* Feeds the next bytes of the body (any split). 0 or a negative error (see
  * evs__encrypt_body_error for its answer). */
 int evs__encrypt_body_feed(evs__encrypt_body *e, const uint8_t *p, size_t n);

@@ -200,7 +200,7 @@ static int finish(evs__rw_base *b) {
 static void clear(evs__rw_base *b) { evs__rw_names_clear(&((evs__form_rewrite *)b)->fields); }
 
 /* The value grows from 64 bytes, doubling. */
-static const evs__rw_class form_class = {finish, clear, 64, false};
+static const evs__rw_class form_class = {finish, clear, 64, false, NULL};
 
 int evs__form_rewrite_new(const char *const *fields, size_t nfields,
                           const struct evs__form_rewrite_opts *opts, evs__rw_emit_fn emit_fn,

@@ -604,7 +604,39 @@ static void clear(evs__rw_base *b) {
   evs__rw_keys_clear(&rw->keys);
 }
 
-static const evs__rw_class json_class = {finish, clear, 16, false};
+/* The state before the first byte (new and reset): a value is expected, the selectors at their
+ * start. */
+static void start(evs__json_rewrite *rw) {
+  rw->ps = P_VALUE;
+  if (rw->paths) {
+    evs__jsonpath_start(rw->paths, rw->cur);
+    rw->cur_live = true;
+    rw->cur_sel = evs__jsonpath_accepts(rw->paths, rw->cur);
+  }
+}
+
+/* Everything from ps on is parse state, zero after new, except the buffers, which are kept
+ * (emptied). */
+static void reset(evs__rw_base *b) {
+  evs__json_rewrite *rw = (evs__json_rewrite *)b;
+  struct frame *fr = rw->fr;
+  uint64_t *st = rw->st, *cur = rw->cur;
+  unsigned fr_cap = rw->fr_cap;
+  evs__rw_buf key = rw->key;
+  evs__rw_keys keys = rw->keys;
+  memset(&rw->ps, 0, sizeof *rw - offsetof(evs__json_rewrite, ps));
+  rw->fr = fr;
+  rw->st = st;
+  rw->fr_cap = fr_cap;
+  rw->cur = cur;
+  rw->key = (evs__rw_buf){key.p, 0, key.cap};
+  if (key.p) key.p[0] = 0;
+  rw->keys = (evs__rw_keys){keys.ent, 0, keys.cap, keys.tab, keys.tab_cap, 0};
+  if (keys.tab) memset(keys.tab, 0, keys.tab_cap * sizeof *keys.tab);
+  start(rw);
+}
+
+static const evs__rw_class json_class = {finish, clear, 16, false, reset};
 
 int evs__json_rewrite_new(const evs__jsonpath *paths, const struct evs__json_rewrite_opts *opts,
                           evs__rw_emit_fn emit_fn, evs__rw_transform_fn transform, void *ud,
@@ -618,17 +650,14 @@ int evs__json_rewrite_new(const evs__jsonpath *paths, const struct evs__json_rew
   rw->b.val_max = rw->o.max_value;
   rw->paths = paths;
   rw->nw = paths ? evs__jsonpath_nwords(paths) : 0;
-  rw->ps = P_VALUE;
   if (paths) {
     if (!(rw->cur = calloc(rw->nw, sizeof *rw->cur))) {
       free(rw);
       return -ENOMEM;
     }
     evs__rw_mem_account(&rw->b.mem, 0, rw->nw * sizeof *rw->cur);
-    evs__jsonpath_start(paths, rw->cur);
-    rw->cur_live = true;
-    rw->cur_sel = evs__jsonpath_accepts(paths, rw->cur);
   }
+  start(rw);
   *ret_rw = rw;
   return 0;
 }
@@ -662,6 +691,7 @@ const evs__rewriter_ops evs__json_rewriter = {
     .place = ops_place,
     .place_returned = ops_place,
     .new = ops_new,
+    .reset = evs__rw_base_reset,
     EVS__RW_BASE_OPS(evs__json_rewrite),
     .strerror = evs__json_rewrite_strerror,
 };

@@ -353,7 +353,7 @@ static void clear(evs__rw_base *b) {
 
 /* The value grows from 256 bytes, doubling, but never past max_value + 1: a 25 MiB cap does not
  * allocate 32 MiB. */
-static const evs__rw_class multipart_class = {finish, clear, 256, true};
+static const evs__rw_class multipart_class = {finish, clear, 256, true, NULL};
 
 /* ---- boundary and set-up -------------------------------------------------------------------- */
 

@@ -129,6 +129,11 @@ typedef struct evs__rewriter_ops {
   int (*feed)(void *impl, const char *buf, size_t len); /* any split of the body */
   int (*finish)(void *impl);                            /* the end of the body */
   void (*free)(void *impl);                             /* accepts NULL */
+  /* Optional (NULL where a format has none): makes the rewriter as new (same selection and
+   * callbacks, poisoned or not, mid-body or not) while keeping the memory it grew, for a
+   * caller that rewrites many small bodies in a row (a WebSocket's messages). 0, or
+   * -EOPNOTSUPP. */
+  int (*reset)(void *impl);
   uint64_t (*error_offset)(const void *impl);           /* where the error was found */
   size_t (*mem_high_water)(const void *impl);           /* peak bytes allocated */
   const char *(*strerror)(int err); /* a static English description, in the format's terms */

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 void *evs__rw_base_new(size_t size, size_t o_off, size_t o_size, const void *opts,
                        const evs__rw_class *cls, evs__rw_emit_fn emit,
@@ -48,6 +49,19 @@ void evs__rw_base_free(void *impl) {
   b->cls->clear(b);
   free(b->val.p);
   free(b);
+}
+
+int evs__rw_base_reset(void *impl) {
+  evs__rw_base *b = impl;
+  if (!b->cls->reset) return -EOPNOTSUPP;
+  b->err = 0;
+  b->capturing = false;
+  b->err_off = b->off = 0;
+  b->pass = NULL;
+  b->val.len = 0;
+  if (b->val.p) explicit_bzero(b->val.p, b->val.cap); /* the last selected value, plaintext */
+  b->cls->reset(b);
+  return 0;
 }
 
 uint64_t evs__rw_base_error_offset(const void *impl) {

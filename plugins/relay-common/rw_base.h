@@ -46,6 +46,9 @@ typedef struct evs__rw_class {
    * policy it always had. */
   size_t val_first;
   bool val_clamp;
+  /* Optional: back to the state the format's new left it in, keeping what its buffers grew to
+   * (the base has reset its own part). NULL: the format cannot be reset. */
+  void (*reset)(struct evs__rw_base *b);
 } evs__rw_class;
 
 typedef struct evs__rw_base {
@@ -79,6 +82,8 @@ int evs__rw_base_finish(void *impl);
 void evs__rw_base_free(void *impl); /* accepts NULL */
 uint64_t evs__rw_base_error_offset(const void *impl);
 size_t evs__rw_base_mem_high_water(const void *impl);
+/* The ops' reset (rewriter.h): 0, or -EOPNOTSUPP for a format without a class reset. */
+int evs__rw_base_reset(void *impl);
 
 /* Records r (an error) found at body offset off and returns it. */
 static inline int evs__rw_fail(evs__rw_base *b, int r, uint64_t off) {
@@ -174,6 +179,7 @@ static inline int evs__rw_capture_end(evs__rw_base *b, evs__rw_type type, const 
   b->capturing = false;
   b->pass = resume;
   r = b->transform(b->ud, type, b->val.p, b->val.len, &out, &out_len);
+  explicit_bzero(b->val.p, b->val.len); /* a plaintext value: the transform has taken its copy */
   if (r == EVS__RW_DEFER) return 0;
   if (r == 0) r = put ? put(b, out, out_len) : evs__rw_emit(b, out, out_len);
   return r;

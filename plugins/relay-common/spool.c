@@ -148,17 +148,35 @@ int relay_spool_read(relay_spool *s, uint8_t *buf, size_t cap, size_t *ret_len) 
   return 0;
 }
 
-void relay_spool_done(relay_spool *s) {
+static void free_holes(relay_spool *s) {
   for (size_t i = 0; i < s->nholes; i++) {
     if (s->holes[i].bytes) {
       explicit_bzero(s->holes[i].bytes, s->holes[i].len);
       free(s->holes[i].bytes);
     }
   }
+}
+
+void relay_spool_done(relay_spool *s) {
+  free_holes(s);
   free(s->holes);
   free(s->mem);
   if (s->fd >= 0) close(s->fd);
   relay_spool_init(s, s->dir, s->mem_max);
+}
+
+void relay_spool_reset(relay_spool *s) {
+  free_holes(s);
+  if (s->mem) explicit_bzero(s->mem, s->mem_len);
+  if (s->fd >= 0) close(s->fd);
+  uint8_t *mem = s->mem;
+  relay_hole *holes = s->holes;
+  size_t mem_cap = s->mem_cap, holes_cap = s->holes_cap;
+  relay_spool_init(s, s->dir, s->mem_max);
+  s->mem = mem;
+  s->mem_cap = mem_cap;
+  s->holes = holes;
+  s->holes_cap = holes_cap;
 }
 
 int relay_spool_replay(relay_spool *s, int (*fn)(void *arg, const uint8_t *p, size_t n),

@@ -54,5 +54,8 @@ int relay_spool_read(relay_spool *s, uint8_t *buf, size_t cap, size_t *ret_len);
 int relay_spool_replay(relay_spool *s, int (*fn)(void *arg, const uint8_t *p, size_t n),
                        void *arg);
 void relay_spool_done(relay_spool *s);
+/* As done, but the memory part and the holes' array are kept (wiped, emptied) for the next body
+ * (a WebSocket's next message); a temporary file is closed. */
+void relay_spool_reset(relay_spool *s);
 
 #endif

@@ -940,7 +940,7 @@ static void clear(evs__rw_base *b) {
   evs__rw_keys_clear(&rw->keys);
 }
 
-static const evs__rw_class xml_class = {finish, clear, 16, false};
+static const evs__rw_class xml_class = {finish, clear, 16, false, NULL};
 
 int evs__xml_rewrite_new(const evs__jsonpath *paths, const struct evs__xml_rewrite_opts *opts,
                          evs__rw_emit_fn emit_fn, evs__rw_transform_fn transform, void *ud,

@@ -335,8 +335,11 @@ static void enc_done(ws_dir *d) {
   } else if (ws->phase == WS_OPEN) {
     if (forward_spool(d, NULL, 0, evs__encrypt_body_spool(d->enc)) < 0) fail_enclave(d);
   }
-  evs__encrypt_body_free(d->enc);
-  d->enc = NULL;
+  /* Kept for the next message (evs__encrypt_body_reuse) unless calls are still out. */
+  if (!evs__encrypt_body_idle(d->enc)) {
+    evs__encrypt_body_free(d->enc);
+    d->enc = NULL;
+  }
   dir_update(d);
 }
 
@@ -427,8 +430,10 @@ static void c2s_message(ws_dir *d) {
                     EVS__WS_CLOSE_GOING_AWAY, "relay error");
       return;
     }
-    int r = evs__encrypt_body_new(&c, &d->enc);
+    int r = d->enc ? evs__encrypt_body_reuse(d->enc, &c) : evs__encrypt_body_new(&c, &d->enc);
     if (r < 0) {
+      evs__encrypt_body_free(d->enc);
+      d->enc = NULL;
       fail_enclave(d);
       return;
     }
