@@ -79,21 +79,29 @@ int relay_spool_hole(relay_spool *s, size_t *ret_index) {
     s->holes = nh;
     s->holes_cap = ncap;
   }
-  relay_hole *h = &s->holes[s->nholes];
-  h->at = s->mem_len + s->file_len;
-  h->bytes = NULL;
-  h->len = 0;
+  s->holes[s->nholes] = (relay_hole){s->mem_len + s->file_len, 0, 0, 0};
   *ret_index = s->nholes++;
   return 0;
 }
 
 int relay_spool_fill(relay_spool *s, size_t i, const void *data, size_t len) {
-  if (i >= s->nholes || s->holes[i].bytes) return -EINVAL;
-  uint8_t *b = malloc(len ? len : 1);
-  if (!b) return -ENOMEM;
-  memcpy(b, data, len);
-  s->holes[i].bytes = b;
-  s->holes[i].len = len;
+  if (i >= s->nholes || s->holes[i].filled) return -EINVAL;
+  if (len > s->fill_cap - s->hole_bytes) {
+    /* Grown by hand, not realloc: the old copy may hold plaintext (a response's values). */
+    size_t cap = s->fill_cap ? s->fill_cap * 2 : 256;
+    if (cap < s->hole_bytes + len) cap = s->hole_bytes + len;
+    uint8_t *nf = malloc(cap);
+    if (!nf) return -ENOMEM;
+    if (s->fill) {
+      memcpy(nf, s->fill, s->hole_bytes);
+      explicit_bzero(s->fill, s->hole_bytes);
+      free(s->fill);
+    }
+    s->fill = nf;
+    s->fill_cap = cap;
+  }
+  if (len) memcpy(s->fill + s->hole_bytes, data, len);
+  s->holes[i] = (relay_hole){s->holes[i].at, s->hole_bytes, len, 1};
   s->filled++;
   s->hole_bytes += len;
   return 0;
@@ -117,7 +125,7 @@ int relay_spool_read(relay_spool *s, uint8_t *buf, size_t cap, size_t *ret_len) 
       relay_hole *h = &s->holes[s->rd_hole];
       size_t n = h->len - s->rd_hole_off;
       if (n > cap - out) n = cap - out;
-      if (n) memcpy(buf + out, h->bytes + s->rd_hole_off, n);
+      if (n) memcpy(buf + out, s->fill + h->off + s->rd_hole_off, n);
       out += n;
       s->rd_hole_off += n;
       if (s->rd_hole_off == h->len) {
@@ -148,17 +156,9 @@ int relay_spool_read(relay_spool *s, uint8_t *buf, size_t cap, size_t *ret_len) 
   return 0;
 }
 
-static void free_holes(relay_spool *s) {
-  for (size_t i = 0; i < s->nholes; i++) {
-    if (s->holes[i].bytes) {
-      explicit_bzero(s->holes[i].bytes, s->holes[i].len);
-      free(s->holes[i].bytes);
-    }
-  }
-}
-
 void relay_spool_done(relay_spool *s) {
-  free_holes(s);
+  if (s->fill) explicit_bzero(s->fill, s->hole_bytes);
+  free(s->fill);
   free(s->holes);
   free(s->mem);
   if (s->fd >= 0) close(s->fd);
@@ -166,17 +166,19 @@ void relay_spool_done(relay_spool *s) {
 }
 
 void relay_spool_reset(relay_spool *s) {
-  free_holes(s);
+  if (s->fill) explicit_bzero(s->fill, s->hole_bytes);
   if (s->mem) explicit_bzero(s->mem, s->mem_len);
   if (s->fd >= 0) close(s->fd);
-  uint8_t *mem = s->mem;
+  uint8_t *mem = s->mem, *fill = s->fill;
   relay_hole *holes = s->holes;
-  size_t mem_cap = s->mem_cap, holes_cap = s->holes_cap;
+  size_t mem_cap = s->mem_cap, holes_cap = s->holes_cap, fill_cap = s->fill_cap;
   relay_spool_init(s, s->dir, s->mem_max);
   s->mem = mem;
   s->mem_cap = mem_cap;
   s->holes = holes;
   s->holes_cap = holes_cap;
+  s->fill = fill;
+  s->fill_cap = fill_cap;
 }
 
 int relay_spool_replay(relay_spool *s, int (*fn)(void *arg, const uint8_t *p, size_t n),

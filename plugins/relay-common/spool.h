@@ -6,8 +6,9 @@
  *
  * Memory is bounded: the first mem_max bytes stay in memory, the rest go to an unlinked
  * temporary file (O_TMPFILE) in the spool directory. Only bytes that pass through unchanged go
- * to that file; hole contents (ciphertext on requests, plaintext on responses) stay in memory
- * and are wiped when the spool is freed.
+ * to that file; hole contents (ciphertext on requests, plaintext on responses) stay in memory,
+ * one after another in one buffer (never moved without wiping the old copy), and are wiped when
+ * the spool is freed or reset.
  */
 #ifndef EVS_RELAY_SPOOL_H
 #define EVS_RELAY_SPOOL_H
@@ -16,9 +17,9 @@
 #include <stdint.h>
 
 typedef struct relay_hole {
-  uint64_t at;    /* offset among the spooled bytes (holes excluded) */
-  uint8_t *bytes; /* NULL until filled */
-  size_t len;
+  uint64_t at; /* offset among the spooled bytes (holes excluded) */
+  size_t off, len; /* its bytes in fill, once filled */
+  int filled;
 } relay_hole;
 
 typedef struct relay_spool {
@@ -31,6 +32,8 @@ typedef struct relay_spool {
   relay_hole *holes;
   size_t nholes, holes_cap, filled;
   size_t hole_bytes;
+  uint8_t *fill; /* the holes' bytes, in the order they were filled */
+  size_t fill_cap;
   /* reader */
   uint64_t rd_base;
   size_t rd_hole, rd_hole_off;

@@ -54,6 +54,7 @@
 #define HEADROOM 14             /* a frame head in front of every payload */
 #define MAX_HEADERS 64
 #define FAST_MAX (128u << 10)  /* input the fast path takes per write (a 64 KiB frame fits) */
+#define KEEP_MAX (64u << 10) /* an encrypt_body that rewrote up to this much is kept for reuse */
 
 enum { WS_CONNECTING, WS_HANDSHAKE, WS_OPEN, WS_CLOSING, WS_DONE };
 
@@ -83,7 +84,8 @@ typedef struct ws_dir {
   uint8_t *prefix;        /* decrypt_body's bytes before the first value */
   size_t prefix_len, prefix_cap;
   size_t guard_found;
-  uint8_t *out;           /* the fast path's frames toward the destination, masked again */
+  uint8_t *out; /* the fast path's frames toward the destination, masked again; a rewritten
+                 * message of up to FAST_MAX bytes */
   size_t out_cap;
 } ws_dir;
 
@@ -281,10 +283,22 @@ static void forward(ws_dir *d, uint8_t *buf, size_t len) {
   send_frame(ws, d->c2s ? 0 : 1, d->msg_op, buf, len);
 }
 
-/* Copies a spool (after an optional prefix) into a new buffer with headroom and forwards it. */
+/* Copies a spool (after an optional prefix) into a buffer with headroom and forwards it: d->out
+ * up to FAST_MAX bytes (kept: the stream copies what the socket does not take), else a buffer
+ * of the message's own. */
 static int forward_spool(ws_dir *d, const uint8_t *prefix, size_t plen, relay_spool *sp) {
   uint64_t total = plen + (sp ? relay_spool_total(sp) : 0);
-  uint8_t *buf = malloc(HEADROOM + total + 1);
+  size_t need = HEADROOM + (size_t)total + 1;
+  uint8_t *buf = d->out;
+  if (need > FAST_MAX) {
+    buf = malloc(need);
+  } else if (d->out_cap < need) {
+    size_t cap = need < 4096 ? 4096 : need;
+    if ((buf = realloc(d->out, cap))) {
+      d->out = buf;
+      d->out_cap = cap;
+    }
+  }
   if (!buf) return -ENOMEM;
   if (plen) memcpy(buf + HEADROOM, prefix, plen);
   size_t o = plen;
@@ -302,7 +316,7 @@ static int forward_spool(ws_dir *d, const uint8_t *prefix, size_t plen, relay_sp
     }
   }
   forward(d, buf, o);
-  free(buf);
+  if (buf != d->out) free(buf);
   return 0;
 }
 
@@ -335,8 +349,9 @@ static void enc_done(ws_dir *d) {
   } else if (ws->phase == WS_OPEN) {
     if (forward_spool(d, NULL, 0, evs__encrypt_body_spool(d->enc)) < 0) fail_enclave(d);
   }
-  /* Kept for the next message (evs__encrypt_body_reuse) unless calls are still out. */
-  if (!evs__encrypt_body_idle(d->enc)) {
+  /* Kept for the next message (evs__encrypt_body_reuse), with what a message of up to KEEP_MAX
+   * bytes grew in it; a larger message's, or one with calls still out, is freed. */
+  if (!evs__encrypt_body_idle(d->enc) || d->msg_len > KEEP_MAX) {
     evs__encrypt_body_free(d->enc);
     d->enc = NULL;
   }
