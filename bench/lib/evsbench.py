@@ -9,7 +9,7 @@ machine, and prints medians and ratios. Method and figures: docs/performance.md.
 import argparse, os, re, resource, shutil, signal, socket, statistics, subprocess, tempfile, time
 
 PROXY_CPUS, LOAD_CPUS = "0", "1"   # with --pin: the proxy alone on CPU 0; wrk and upstream on CPU 1
-CPU_PERIOD_US = 10000   # --proxy-cpu: the CFS bandwidth period (short: a throttled proxy stalls less)
+CPU_PERIOD_US = 100000  # --proxy-cpu: the CFS bandwidth period, the kernel's and container runtimes' default
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
