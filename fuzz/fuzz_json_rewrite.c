@@ -3,7 +3,8 @@
  * errors it checks: without selectors (identity: nothing is transformed) a body is accepted iff
  * the output equals the input; with selectors, a body valid without them is accepted too, the
  * output equals a non-streaming reference that replaces the selected spans, and putting the
- * original spans back yields the input; the result does not depend on how the body is split.
+ * original spans back yields the input; the result does not depend on how the body is split;
+ * a rewriter reset after (part of) the body rewrites it again as a new one does.
  *
  *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
  *     plugins/relay-common/json_rewrite.c plugins/relay-common/jsonpath.c \
@@ -37,11 +38,31 @@ static int run(const evs__jsonpath *jp, const uint8_t *data, size_t size, size_t
   return out_run(&evs__json_rewriter, &sel, out_transform, data, size, step, o);
 }
 
+/* One rewriter: the first cut bytes in pieces of step (whatever they give), reset, then the
+ * whole body at once. */
+static int run_reset(const evs__jsonpath *jp, const uint8_t *data, size_t size, size_t cut,
+                     size_t step, struct out *o) {
+  evs__rewriter_select sel = {.paths = jp};
+  void *rw = NULL;
+  int r;
+  memset(o, 0, sizeof *o);
+  if (evs__json_rewriter.new(&sel, out_emit, out_transform, o, &rw) != 0) abort();
+  for (size_t i = 0; i < cut; i += step)
+    if (evs__json_rewriter.feed(rw, (const char *)data + i, cut - i < step ? cut - i : step) < 0)
+      break;
+  free(o->b);
+  memset(o, 0, sizeof *o);
+  if (evs__json_rewriter.reset(rw) != 0) __builtin_trap();
+  r = out_feed(&evs__json_rewriter, rw, data, size, size ? size : 1);
+  evs__json_rewriter.free(rw);
+  return r;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static evs__jsonpath *jp;
-  struct out a, b, c;
-  int ra, rb, rc;
+  struct out a, b, c, d;
+  int ra, rb, rc, rd;
   size_t step = size ? 1 + data[0] % 7 : 1;
   if (!jp) {
     const char *sel[] = {"$..a", "$.*[1]", "$['b'].c"};
@@ -55,6 +76,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (rb != rc || (rb == 0 && (b.len != c.len || (b.len && memcmp(b.b, c.b, b.len) != 0))))
     __builtin_trap();
   if (ra == 0 && rb != 0) __builtin_trap();
+  rd = run_reset(jp, data, size, size ? data[size - 1] % (size + 1) : 0, step, &d);
+  if (rd != rb || d.len != b.len || d.k != b.k || (b.len && memcmp(d.b, b.b, b.len) != 0))
+    __builtin_trap();
   if (ra == 0 && size <= 4000) {
     struct ref *ref = calloc(1, sizeof *ref);
     size_t last = 0, bl = 0;
@@ -77,5 +101,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   free(a.b);
   free(b.b);
   free(c.b);
+  free(d.b);
   return 0;
 }
