@@ -132,19 +132,7 @@ static void fail_crypto(evs__encrypt_body *e, int status) {
 
 static int put_bytes(ebatch *b, const void *a, size_t al) {
   size_t need = b->len + al;
-  if (need > b->cap) {
-    size_t ncap = b->cap ? b->cap * 2 : 1024;
-    while (ncap < need) ncap *= 2;
-    uint8_t *np = malloc(ncap);
-    if (!np) return -ENOMEM;
-    if (b->payload) {
-      memcpy(np, b->payload, b->len);
-      explicit_bzero(b->payload, b->len);
-      free(b->payload);
-    }
-    b->payload = np;
-    b->cap = ncap;
-  }
+  if (relay_buf_grow_wiped(&b->payload, &b->cap, b->len, need, 1024) < 0) return -ENOMEM;
   if (al) memcpy(b->payload + b->len, a, al);
   b->len = need;
   return 0;

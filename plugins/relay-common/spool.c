@@ -16,6 +16,22 @@
 
 #define REPLAY_CHUNK (64u << 10)
 
+int relay_buf_grow_wiped(uint8_t **buf, size_t *cap, size_t used, size_t need, size_t first) {
+  if (need <= *cap) return 0;
+  size_t ncap = *cap ? *cap * 2 : first;
+  if (ncap < need) ncap = need;
+  uint8_t *nb = malloc(ncap);
+  if (!nb) return -ENOMEM;
+  if (*buf) {
+    memcpy(nb, *buf, used);
+    explicit_bzero(*buf, used);
+    free(*buf);
+  }
+  *buf = nb;
+  *cap = ncap;
+  return 0;
+}
+
 void relay_spool_init(relay_spool *s, const char *dir, size_t mem_max) {
   memset(s, 0, sizeof *s);
   s->dir = dir;
@@ -86,20 +102,8 @@ int relay_spool_hole(relay_spool *s, size_t *ret_index) {
 
 int relay_spool_fill(relay_spool *s, size_t i, const void *data, size_t len) {
   if (i >= s->nholes || s->holes[i].filled) return -EINVAL;
-  if (len > s->fill_cap - s->hole_bytes) {
-    /* Grown by hand, not realloc: the old copy may hold plaintext (a response's values). */
-    size_t cap = s->fill_cap ? s->fill_cap * 2 : 256;
-    if (cap < s->hole_bytes + len) cap = s->hole_bytes + len;
-    uint8_t *nf = malloc(cap);
-    if (!nf) return -ENOMEM;
-    if (s->fill) {
-      memcpy(nf, s->fill, s->hole_bytes);
-      explicit_bzero(s->fill, s->hole_bytes);
-      free(s->fill);
-    }
-    s->fill = nf;
-    s->fill_cap = cap;
-  }
+  if (relay_buf_grow_wiped(&s->fill, &s->fill_cap, s->hole_bytes, s->hole_bytes + len, 256) < 0)
+    return -ENOMEM;
   if (len) memcpy(s->fill + s->hole_bytes, data, len);
   s->holes[i] = (relay_hole){s->holes[i].at, s->hole_bytes, len, 1};
   s->filled++;

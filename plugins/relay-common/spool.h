@@ -39,6 +39,11 @@ typedef struct relay_spool {
   size_t rd_hole, rd_hole_off;
 } relay_spool;
 
+/* Makes room for need bytes in *buf (*cap of room; its first used bytes kept): at least twice
+ * the room, from first. By a new buffer, the old copy wiped, where realloc would leave it
+ * behind: a body's values may be plaintext. 0 or -ENOMEM (*buf unchanged). */
+int relay_buf_grow_wiped(uint8_t **buf, size_t *cap, size_t used, size_t need, size_t first);
+
 void relay_spool_init(relay_spool *s, const char *dir, size_t mem_max);
 /* 0 or a negative errno (-ENOSPC, -EIO, -ENOMEM). */
 int relay_spool_write(relay_spool *s, const void *data, size_t len);
