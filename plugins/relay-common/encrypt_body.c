@@ -350,16 +350,16 @@ static int keep_str(char **dst, const char *s) {
  * reset, when the format is the same and can be) or the whole-file batch. On error e is only
  * fit to be released. */
 static int body_setup(evs__encrypt_body *e, const evs__encrypt_body_cfg *cfg) {
-  const evs__rewriter_ops *had = e->cfg.ops;
+  /* The old rewriter goes first, by its own ops: e->cfg names the new ones from here on. */
+  if (e->rw && !(cfg->ops && cfg->sel && cfg->ops == e->cfg.ops && cfg->ops->reset &&
+                 cfg->ops->reset(e->rw) == 0)) {
+    e->cfg.ops->free(e->rw);
+    e->rw = NULL;
+  }
   e->cfg = *cfg;
   if (keep_str(&e->app_id, cfg->app_id) < 0 ||
       keep_str(&e->curve, cfg->curve ? cfg->curve : "secp256k1") < 0)
     return -ENOMEM;
-  if (e->rw && !(cfg->ops && cfg->sel && cfg->ops == had && cfg->ops->reset &&
-                 cfg->ops->reset(e->rw) == 0)) {
-    had->free(e->rw);
-    e->rw = NULL;
-  }
   if (!e->rw && cfg->ops && cfg->sel) {
     int r = cfg->ops->new(cfg->sel, rw_emit, transform, e, &e->rw);
     if (r < 0) {
