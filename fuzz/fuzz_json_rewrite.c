@@ -38,26 +38,6 @@ static int run(const evs__jsonpath *jp, const uint8_t *data, size_t size, size_t
   return out_run(&evs__json_rewriter, &sel, out_transform, data, size, step, o);
 }
 
-/* One rewriter: the first cut bytes in pieces of step (whatever they give), reset, then the
- * whole body at once. */
-static int run_reset(const evs__jsonpath *jp, const uint8_t *data, size_t size, size_t cut,
-                     size_t step, struct out *o) {
-  evs__rewriter_select sel = {.paths = jp};
-  void *rw = NULL;
-  int r;
-  memset(o, 0, sizeof *o);
-  if (evs__json_rewriter.new(&sel, out_emit, out_transform, o, &rw) != 0) abort();
-  for (size_t i = 0; i < cut; i += step)
-    if (evs__json_rewriter.feed(rw, (const char *)data + i, cut - i < step ? cut - i : step) < 0)
-      break;
-  free(o->b);
-  memset(o, 0, sizeof *o);
-  if (evs__json_rewriter.reset(rw) != 0) __builtin_trap();
-  r = out_feed(&evs__json_rewriter, rw, data, size, size ? size : 1);
-  evs__json_rewriter.free(rw);
-  return r;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static evs__jsonpath *jp;
@@ -76,7 +56,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (rb != rc || (rb == 0 && (b.len != c.len || (b.len && memcmp(b.b, c.b, b.len) != 0))))
     __builtin_trap();
   if (ra == 0 && rb != 0) __builtin_trap();
-  rd = run_reset(jp, data, size, size ? data[size - 1] % (size + 1) : 0, step, &d);
+  evs__rewriter_select sel = {.paths = jp};
+  rd = out_run_reset(&evs__json_rewriter, &sel, out_transform, data, size,
+                     size ? data[size - 1] % (size + 1) : 0, step, &d);
   if (rd != rb || d.len != b.len || d.k != b.k || (b.len && memcmp(d.b, b.b, b.len) != 0))
     __builtin_trap();
   if (ra == 0 && size <= 4000) {

@@ -4,8 +4,9 @@
  * the output equals the input; with selectors, a body valid without them is accepted too unless a
  * selected element has mixed content; the result does not depend on how the body is split; the
  * output equals a non-streaming reference (tests/unit/xml_rewrite_ref.h) that replaces the
- * selected spans, with the same decoded values; the output re-parses as XML; and putting the
- * original spans back yields the input.
+ * selected spans, with the same decoded values; the output re-parses as XML; putting the
+ * original spans back yields the input; and a rewriter reset after (part of) the body rewrites
+ * it again as a new one does.
  *
  *   clang -g -fsanitize=fuzzer,address,undefined -Iplugins/relay-common \
  *     plugins/relay-common/xml_rewrite.c plugins/relay-common/jsonpath.c \
@@ -43,8 +44,8 @@ static int run(const evs__jsonpath *jp, const uint8_t *data, size_t size, size_t
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static evs__jsonpath *jp;
-  struct out a, b, c, d;
-  int ra, rb, rc;
+  struct out a, b, c, d, e;
+  int ra, rb, rc, re;
   size_t step = size ? 1 + data[0] % 7 : 1;
   if (!jp) {
     const char *sel[] = {"$..a", "$.*[1]", "$['b'].c", "$.d[*].e"};
@@ -59,6 +60,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                                (b.len && memcmp(b.b, c.b, b.len) != 0))))
     __builtin_trap();
   if (ra == 0 && rb != 0 && rb != EVS__RW_E_MIXED) __builtin_trap();
+  evs__rewriter_select sel = {.paths = jp};
+  re = out_run_reset(&evs__xml_rewriter, &sel, out_transform, data, size,
+                     size ? data[size - 1] % (size + 1) : 0, step, &e);
+  if (re != rb || e.len != b.len || e.k != b.k || e.vhash != b.vhash ||
+      (b.len && memcmp(e.b, b.b, b.len) != 0))
+    __builtin_trap();
+  free(e.b);
   if (rb == 0) { /* the output is XML again (markers are plain text) */
     if (run(NULL, (const uint8_t *)b.b, b.len, b.len ? b.len : 1, &d) != 0) __builtin_trap();
     free(d.b);

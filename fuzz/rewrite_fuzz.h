@@ -2,7 +2,7 @@
  * rewrite_fuzz.h: what the fuzz targets of the four body rewriters (fuzz_json_rewrite.c,
  * fuzz_xml_rewrite.c, fuzz_form_rewrite.c, fuzz_multipart_rewrite.c) share: an output buffer
  * that also carries what each target's transform records, its emit callback, and the feeding of
- * a body in pieces of one size. Each target keeps its transform and its checks.
+ * a body in pieces of one size, and a rewriter's reset. Each target keeps its transform and its checks.
  */
 #ifndef EVS_FUZZ_REWRITE_FUZZ_H
 #define EVS_FUZZ_REWRITE_FUZZ_H
@@ -51,6 +51,25 @@ static inline int out_run(const evs__rewriter_ops *ops, const evs__rewriter_sele
   memset(o, 0, sizeof *o);
   if (ops->new(sel, out_emit, transform, o, &rw) != 0) abort();
   r = out_feed(ops, rw, data, size, step);
+  ops->free(rw);
+  return r;
+}
+
+/* As out_run, but the rewriter first takes data[0..cut) in pieces of step (whatever they give)
+ * and is reset (ops->reset): then the whole body at once. Returns the result after the reset. */
+static inline int out_run_reset(const evs__rewriter_ops *ops, const evs__rewriter_select *sel,
+                                evs__rw_transform_fn transform, const uint8_t *data, size_t size,
+                                size_t cut, size_t step, struct out *o) {
+  void *rw = NULL;
+  int r;
+  memset(o, 0, sizeof *o);
+  if (ops->new(sel, out_emit, transform, o, &rw) != 0) abort();
+  for (size_t i = 0; i < cut; i += step)
+    if (ops->feed(rw, (const char *)data + i, cut - i < step ? cut - i : step) < 0) break;
+  free(o->b);
+  memset(o, 0, sizeof *o);
+  if (ops->reset(rw) != 0) __builtin_trap();
+  r = out_feed(ops, rw, data, size, size ? size : 1);
   ops->free(rw);
   return r;
 }

@@ -631,8 +631,8 @@ static void reset(evs__rw_base *b) {
   rw->cur = cur;
   rw->key = (evs__rw_buf){key.p, 0, key.cap};
   if (key.p) key.p[0] = 0;
-  rw->keys = (evs__rw_keys){keys.ent, 0, keys.cap, keys.tab, keys.tab_cap, 0};
-  if (keys.tab) memset(keys.tab, 0, keys.tab_cap * sizeof *keys.tab);
+  rw->keys = keys;
+  evs__rw_keys_empty(&rw->keys);
   start(rw);
 }
 

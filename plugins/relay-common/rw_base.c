@@ -175,3 +175,8 @@ void evs__rw_keys_clear(evs__rw_keys *k) {
   free(k->ent);
   free(k->tab);
 }
+
+void evs__rw_keys_empty(evs__rw_keys *k) {
+  k->len = k->tab_used = 0;
+  if (k->tab) memset(k->tab, 0, k->tab_cap * sizeof *k->tab);
+}

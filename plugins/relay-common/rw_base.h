@@ -304,6 +304,8 @@ static inline size_t evs__rw_keys_put(evs__rw_keys *k, size_t el, size_t slot, u
 }
 
 void evs__rw_keys_clear(evs__rw_keys *k);
+/* Empties k for a rewriter's reset, keeping its memory. */
+void evs__rw_keys_empty(evs__rw_keys *k);
 
 /* The typed functions of a format's header (T_feed, T_finish, T_free, T_error_offset,
  * T_mem_high_water for the prefix T), each the base's own, T_feed with the format's run; and

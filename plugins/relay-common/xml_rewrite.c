@@ -940,7 +940,34 @@ static void clear(evs__rw_base *b) {
   evs__rw_keys_clear(&rw->keys);
 }
 
-static const evs__rw_class xml_class = {finish, clear, 16, false, NULL};
+/* The state before the first byte (new and reset). */
+static void start(evs__xml_rewrite *rw) {
+  rw->ls = L_BOM;
+  rw->ev = -1;
+}
+
+/* Everything from ls on is parse state, zero after new, except the buffers, which are kept
+ * (emptied; t1 and t2 are scratch that each step writes whole). */
+static void reset(evs__rw_base *b) {
+  evs__xml_rewrite *rw = (evs__xml_rewrite *)b;
+  struct frame *fr = rw->fr;
+  uint64_t *st = rw->st, *t1 = rw->t1, *t2 = rw->t2;
+  unsigned fr_cap = rw->fr_cap;
+  evs__rw_buf names = rw->names;
+  evs__rw_keys keys = rw->keys;
+  memset(&rw->ls, 0, sizeof *rw - offsetof(evs__xml_rewrite, ls));
+  rw->fr = fr;
+  rw->st = st;
+  rw->t1 = t1;
+  rw->t2 = t2;
+  rw->fr_cap = fr_cap;
+  rw->names = (evs__rw_buf){names.p, 0, names.cap};
+  rw->keys = keys;
+  evs__rw_keys_empty(&rw->keys);
+  start(rw);
+}
+
+static const evs__rw_class xml_class = {finish, clear, 16, false, reset};
 
 int evs__xml_rewrite_new(const evs__jsonpath *paths, const struct evs__xml_rewrite_opts *opts,
                          evs__rw_emit_fn emit_fn, evs__rw_transform_fn transform, void *ud,
@@ -954,8 +981,7 @@ int evs__xml_rewrite_new(const evs__jsonpath *paths, const struct evs__xml_rewri
   rw->b.val_max = rw->o.max_value;
   rw->paths = paths;
   rw->nw = paths ? evs__jsonpath_nwords(paths) : 0;
-  rw->ls = L_BOM;
-  rw->ev = -1;
+  start(rw);
   if (paths) {
     rw->t1 = calloc(2 * rw->nw, sizeof *rw->t1);
     if (!rw->t1) {
@@ -988,6 +1014,7 @@ const evs__rewriter_ops evs__xml_rewriter = {
     .place = evs__rewriter_place_verbatim,
     .place_returned = evs__rewriter_place_verbatim,
     .new = ops_new,
+    .reset = evs__rw_base_reset,
     EVS__RW_BASE_OPS(evs__xml_rewrite),
     .strerror = evs__xml_rewrite_strerror,
 };

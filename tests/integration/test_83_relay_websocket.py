@@ -339,6 +339,10 @@ def test_python_both_ends():
             for m in more:
                 await ws.send(json.dumps(m))
                 back_more.append(json.loads(await ws.recv()))
+            # XML after JSON (a new rewriter), then XML after XML (reset)
+            for m in more_xml:
+                await ws.send(m)
+                back_more.append(await ws.recv())
             pong = await ws.ping(b"are you there")  # answered by the destination, end to end
             await asyncio.wait_for(pong, 10)
             return back, back_xml, back_frag, back_bin, back_txt, back_more
@@ -346,8 +350,10 @@ def test_python_both_ends():
     more = [{"ssn": "111-11-1111", "card": {"number": "5555555555554444", "ssn": "not"}},
             {"deep": [[{"ssn": "no"}]], "ssn": "222-22-2222"},
             {"card": {"number": 4000056655665556}}]
+    more_xml = ["<doc><ssn>333-33-3333</ssn><name>x</name></doc>",
+                "<doc><inner><ssn>no</ssn></inner><ssn>444-44-4444</ssn></doc>"]
     back, back_xml, back_frag, back_bin, back_txt, back_more = asyncio.run(run())
-    assert back_more == more, back_more
+    assert back_more == more + more_xml, back_more
     # the client gets its own plaintext back: the destination echoed ev: strings, decrypted
     assert back == doc, back
     assert back_xml == xml, back_xml
@@ -370,6 +376,11 @@ def test_python_both_ends():
     assert m1["card"]["ssn"] == "not" and decrypt(c, m1["ssn"]) == "111-11-1111", m1
     assert m2["deep"] == [[{"ssn": "no"}]] and decrypt(c, m2["ssn"]) == "222-22-2222", m2
     assert decrypt(c, m3["card"]["number"]) in (4000056655665556, "4000056655665556"), m3
+    x1, x2 = at_dest[8:10]
+    m = re.fullmatch(r"<doc><ssn>(ev:[^<]+)</ssn><name>x</name></doc>", x1)
+    assert m and decrypt(c, m.group(1)) == "333-33-3333", x1
+    m = re.fullmatch(r"<doc><inner><ssn>no</ssn></inner><ssn>(ev:[^<]+)</ssn></doc>", x2)
+    assert m and decrypt(c, m.group(1)) == "444-44-4444", x2
     # the destination saw the relay's handshake: no compression offered, the subprotocol passed
     path, head = dest.heads[-1]
     lower = {k.lower(): v for k, v in head.items()}
@@ -379,7 +390,7 @@ def test_python_both_ends():
     evstest.wait_for(lambda: '"websocket"' in json.dumps(evctl_json(srv, "activity")),
                      what="transaction recorded")
     act = json.dumps(evctl_json(srv, "activity"))
-    assert '"messagesIn": 8' in act or '"messagesIn":8' in act, act
+    assert '"messagesIn": 10' in act or '"messagesIn":10' in act, act
     assert "123-12-1234" not in act and "123-12-1234" not in srv.log()
 
 

@@ -2,7 +2,8 @@
  * rewrite_harness.h: what the unit tests of the four body rewriters (test_json_rewrite.c,
  * test_xml_rewrite.c, test_form_rewrite.c, test_multipart_rewrite.c) share: a sink that stores
  * or counts the output and records each transform call (or the hole of a deferred one), a
- * deterministic rng, and the feeding of a body whole, byte by byte or in random pieces.
+ * deterministic rng, the feeding of a body whole, byte by byte or in random pieces, and the
+ * check that a reset rewriter is as good as a new one.
  *
  * Include it after cmocka.h. The test file defines, before or after including it:
  *   RW_HARNESS_SEED  the rng's first state (each test keeps the sequence it always had);
@@ -111,6 +112,54 @@ static inline int rw_feed_all(const evs__rewriter_ops *ops, void *rw, const char
     i += c;
   }
   return r == 0 ? ops->finish(rw) : r;
+}
+
+/* A new rewriter of the test's format over jp, emitting into and transforming with s. */
+typedef void *(*rw_make_fn)(const evs__jsonpath *jp, struct sink *s);
+
+/* A rewriter of ops reset after any of docs (whole, or cut off in the middle) rewrites each doc
+ * exactly as a new one does: the same output, the same transform calls and values, the same
+ * result, whatever the first document grew, held or poisoned. Each doc is fed whole and byte by
+ * byte (the output before an error differs). */
+static inline void rw_check_reset(const evs__rewriter_ops *ops, rw_make_fn make,
+                                  const evs__jsonpath *jp, const char *const *docs, size_t ndocs) {
+  for (size_t d = 0; d < ndocs * 2; d++) {
+    struct sink want, s;
+    int mode = (int)(d % 2);
+    const char *doc = docs[d / 2];
+    size_t n = strlen(doc);
+    sink_start(&want);
+    void *fresh = make(jp, &want);
+    int want_r = rw_feed_all(ops, fresh, doc, n, mode, 1);
+    ops->free(fresh);
+    for (size_t p = 0; p < ndocs; p++) {
+      for (int cut = 0; cut < 2; cut++) {
+        size_t pn = strlen(docs[p]);
+        sink_start(&s);
+        void *rw = make(jp, &s);
+        if (cut) (void)ops->feed(rw, docs[p], pn / 2);
+        else (void)rw_feed_all(ops, rw, docs[p], pn, 0, 1);
+        free(s.out);
+        sink_start(&s);
+        assert_int_equal(ops->reset(rw), 0);
+        int r = rw_feed_all(ops, rw, doc, n, mode, 1);
+        if (r != want_r || s.len != want.len || (s.len && memcmp(s.out, want.out, s.len)) ||
+            s.k != want.k || s.vhash != want.vhash)
+          fail_msg("after %s (cut %d), %s: %d %.*s, want %d %.*s", docs[p], cut, doc, r,
+                   (int)s.len, s.out ? s.out : "", want_r, (int)want.len,
+                   want.out ? want.out : "");
+        for (unsigned c = 0; c < s.k && c < 64; c++) {
+          assert_int_equal(s.calls[c].type, want.calls[c].type);
+          assert_int_equal(s.calls[c].len, want.calls[c].len);
+          assert_memory_equal(s.calls[c].value, want.calls[c].value,
+                              s.calls[c].len < 255 ? s.calls[c].len : 255);
+        }
+        free(s.out);
+        ops->free(rw);
+      }
+    }
+    free(want.out);
+  }
 }
 
 #endif

@@ -646,6 +646,41 @@ static void test_bounded_memory(void **state) {
   free(chunk);
 }
 
+/* ---- reset ------------------------------------------------------------------------------------ */
+
+/* Few names allowed, so that names a reset failed to forget would show. */
+static void *make(const evs__jsonpath *jp, struct sink *s) {
+  struct evs__xml_rewrite_opts o = {sizeof o, 0, 0, 16, 0};
+  evs__xml_rewrite *rw = NULL;
+  assert_int_equal(evs__xml_rewrite_new(jp, &o, sink_emit, sink_transform, s, &rw), 0);
+  return rw;
+}
+
+/* A rewriter reset after any document (malformed, refused, deep, with many names, cut off in a
+ * declaration, a CDATA section, a reference or the BOM) is as good as a new one
+ * (rw_check_reset), under every selector set. */
+static void test_reset_is_new(void **state) {
+  static const char *const extra[] = {
+      "<r><a>unterminated", "<r><ssn>1</ssn></x>", "<!DOCTYPE r><r/>", "<r>&bogus;</r>",
+      "<a><a><a><a><a><a><a><a><a><a><a><a><a><a><a><a><ssn>d</ssn></a></a></a></a></a></a></a>"
+      "</a></a></a></a></a></a></a></a></a>",
+      "<r><k0/><k1/><k2/><k3/><k4/><k5/><k6/><k7/><k8/><k9/><ka><kb><ssn>x</ssn><ssn>y</ssn></kb>"
+      "</ka></r>",
+      "<?xml version=\"1.0\" encoding=\"UTF-8\"?><r><ssn><![CDATA[a]]b]]></ssn><ssn>&#x41;</ssn></r>",
+      "\xEF\xBB", "<r><ssn>ev:abc:def</ssn></r>",
+  };
+  const size_t ncorpus = sizeof corpus / sizeof corpus[0], nextra = sizeof extra / sizeof extra[0];
+  const char *docs[sizeof corpus / sizeof corpus[0] + sizeof extra / sizeof extra[0]];
+  (void)state;
+  for (size_t i = 0; i < ncorpus; i++) docs[i] = corpus[i];
+  for (size_t i = 0; i < nextra; i++) docs[ncorpus + i] = extra[i];
+  for (size_t k = 0; k < sizeof selsets / sizeof selsets[0]; k++) {
+    evs__jsonpath *jp = paths(selsets[k][0], selsets[k][1]);
+    rw_check_reset(&evs__xml_rewriter, make, jp, docs, ncorpus + nextra);
+    evs__jsonpath_free(jp);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_byte_exact),
@@ -659,6 +694,7 @@ int main(void) {
       cmocka_unit_test(test_limits),
       cmocka_unit_test(test_callback_errors_and_poison),
       cmocka_unit_test(test_bounded_memory),
+      cmocka_unit_test(test_reset_is_new),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
