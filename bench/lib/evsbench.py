@@ -6,7 +6,7 @@ this module starts the processes, drives them with wrk in alternating rounds (AB
 measures CPU time per request from /proc, re-runs rounds disturbed by other tenants of the
 machine, and prints medians and ratios. Method and figures: docs/performance.md.
 """
-import argparse, os, re, resource, shutil, signal, socket, statistics, subprocess, tempfile, time
+import argparse, os, random, re, resource, shutil, signal, socket, statistics, subprocess, tempfile, time
 
 PROXY_CPUS, LOAD_CPUS = "0", "1"   # with --pin: the proxy alone on CPU 0; wrk and upstream on CPU 1
 CPU_PERIOD_US = 100000  # --proxy-cpu: the CFS bandwidth period, the kernel's and container runtimes' default
@@ -485,6 +485,17 @@ transaction_log = {self.opt.ev_transaction_log}
                     log(f"| {c} | **evserver/{b}** | {v[0]:.2f}× | {v[1]:.2f}× | {v[2]:.2f}× | {v[3]:.2f}× |")
                 else:
                     log(f"| {c} | {name} | {v[0]:.0f} | {v[1]:.3f} | {v[2]:.3f} | {v[3]:.2f} |")
+
+
+def median_ci(values, level=0.95, resamples=10000):
+    """The median of values and its bootstrap interval (percentile method, fixed seed: the same
+    figures give the same interval). Pairs of rounds on a shared machine spread far more than
+    the difference between two proxies that are about as cheap; this says how far."""
+    rng = random.Random(1)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values)))
+                  for _ in range(resamples))
+    cut = int(resamples * (1 - level) / 2)
+    return statistics.median(values), meds[cut], meds[resamples - 1 - cut]
 
 
 def log(*a):
