@@ -33,11 +33,17 @@ struct evs__json_rewrite {
   size_t nw;
   struct evs__json_rewrite_opts o;
 
-  enum pstate ps;
+  /* Buffers, kept by a reset (emptied). */
   struct frame *fr; /* fr[0..depth) */
   uint64_t *st;     /* states of frame d at st[d * nw] */
-  unsigned depth, fr_cap;
-  uint64_t *cur; /* states of the value about to start */
+  unsigned fr_cap;
+  uint64_t *cur;     /* states of the value about to start */
+  evs__rw_buf key;   /* the member name being read (the value is the base's val) */
+  evs__rw_keys keys; /* the member names of all open objects: their hashes */
+
+  /* Parse state from here on: zero after new and after a reset, but for start(). */
+  enum pstate ps;
+  unsigned depth;
   bool cur_sel, cur_live;
 
   enum tok tok;
@@ -51,9 +57,6 @@ struct evs__json_rewrite {
   int ev; /* ev: detector: 0..2 prefix matched, 3 in body, -1 off */
   unsigned ev_colons;
   unsigned char ev_last[2];
-
-  evs__rw_buf key; /* the member name being read (the value is the base's val) */
-  evs__rw_keys keys; /* the member names of all open objects: their hashes */
 };
 
 const char *evs__json_rewrite_strerror(int err) {
@@ -615,23 +618,11 @@ static void start(evs__json_rewrite *rw) {
   }
 }
 
-/* Everything from ps on is parse state, zero after new, except the buffers, which are kept
- * (emptied). */
 static void reset(evs__rw_base *b) {
   evs__json_rewrite *rw = (evs__json_rewrite *)b;
-  struct frame *fr = rw->fr;
-  uint64_t *st = rw->st, *cur = rw->cur;
-  unsigned fr_cap = rw->fr_cap;
-  evs__rw_buf key = rw->key;
-  evs__rw_keys keys = rw->keys;
   memset(&rw->ps, 0, sizeof *rw - offsetof(evs__json_rewrite, ps));
-  rw->fr = fr;
-  rw->st = st;
-  rw->fr_cap = fr_cap;
-  rw->cur = cur;
-  rw->key = (evs__rw_buf){key.p, 0, key.cap};
-  if (key.p) key.p[0] = 0;
-  rw->keys = keys;
+  rw->key.len = 0;
+  if (rw->key.p) rw->key.p[0] = 0;
   evs__rw_keys_empty(&rw->keys);
   start(rw);
 }

@@ -70,17 +70,22 @@ struct evs__xml_rewrite {
   struct evs__xml_rewrite_opts o;
   const char *buf; /* the current buffer (the base's off is the body offset of buf[0]) */
 
+  /* Buffers, kept by a reset (emptied; t1 and t2 are scratch that each step writes whole). */
+  struct frame *fr; /* fr[0..depth) */
+  uint64_t *st;     /* states of frame d at st[d * nw] */
+  uint64_t *t1, *t2;
+  unsigned fr_cap;
+  evs__rw_buf names; /* names of the open elements, then the start tag being read */
+  evs__rw_keys keys; /* the child names of all open elements: struct kent */
+
+  /* Parse state from here on: zero after new and after a reset, but for start(). */
   enum lstate ls;
   unsigned bom_pos, sub, rb; /* rb: consecutive ']' in text (for "]]>") */
   uint64_t bom_len, mark_off; /* mark_off: body offset of the last '<' */
   bool root_seen, had_ws;
   char quote;
 
-  struct frame *fr; /* fr[0..depth) */
-  uint64_t *st;     /* states of frame d at st[d * nw] */
-  uint64_t *t1, *t2;
-  unsigned depth, fr_cap;
-  evs__rw_buf names; /* names of the open elements, then the start tag being read */
+  unsigned depth;
   size_t tag_off, etag_i;
 
   bool cap_ws, recapture, cr; /* the capture: the base's capturing and val */
@@ -101,8 +106,6 @@ struct evs__xml_rewrite {
 
   char decl[256];
   size_t decl_len;
-
-  evs__rw_keys keys; /* the child names of all open elements: struct kent */
 };
 
 const char *evs__xml_rewrite_strerror(int err) {
@@ -946,23 +949,10 @@ static void start(evs__xml_rewrite *rw) {
   rw->ev = -1;
 }
 
-/* Everything from ls on is parse state, zero after new, except the buffers, which are kept
- * (emptied; t1 and t2 are scratch that each step writes whole). */
 static void reset(evs__rw_base *b) {
   evs__xml_rewrite *rw = (evs__xml_rewrite *)b;
-  struct frame *fr = rw->fr;
-  uint64_t *st = rw->st, *t1 = rw->t1, *t2 = rw->t2;
-  unsigned fr_cap = rw->fr_cap;
-  evs__rw_buf names = rw->names;
-  evs__rw_keys keys = rw->keys;
   memset(&rw->ls, 0, sizeof *rw - offsetof(evs__xml_rewrite, ls));
-  rw->fr = fr;
-  rw->st = st;
-  rw->t1 = t1;
-  rw->t2 = t2;
-  rw->fr_cap = fr_cap;
-  rw->names = (evs__rw_buf){names.p, 0, names.cap};
-  rw->keys = keys;
+  rw->names.len = 0;
   evs__rw_keys_empty(&rw->keys);
   start(rw);
 }

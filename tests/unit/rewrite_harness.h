@@ -121,8 +121,9 @@ typedef void *(*rw_make_fn)(const evs__jsonpath *jp, struct sink *s);
  * exactly as a new one does: the same output, the same transform calls and values, the same
  * result, whatever the first document grew, held or poisoned. Each doc is fed whole and byte by
  * byte (the output before an error differs). */
-static inline void rw_check_reset(const evs__rewriter_ops *ops, rw_make_fn make,
-                                  const evs__jsonpath *jp, const char *const *docs, size_t ndocs) {
+static inline void rw_check_reset_docs(const evs__rewriter_ops *ops, rw_make_fn make,
+                                       const evs__jsonpath *jp, const char *const *docs,
+                                       size_t ndocs) {
   for (size_t d = 0; d < ndocs * 2; d++) {
     struct sink want, s;
     int mode = (int)(d % 2);
@@ -160,6 +161,24 @@ static inline void rw_check_reset(const evs__rewriter_ops *ops, rw_make_fn make,
     }
     free(want.out);
   }
+}
+
+/* rw_check_reset_docs over the test's corpus and extra documents, under each of its selector
+ * sets (one or two selectors each). */
+static inline void rw_check_reset(const evs__rewriter_ops *ops, rw_make_fn make,
+                                  const char *const *corpus, size_t ncorpus,
+                                  const char *const *extra, size_t nextra,
+                                  const char *const (*selsets)[2], size_t nsel) {
+  const char **docs = calloc(ncorpus + nextra, sizeof *docs);
+  assert_non_null(docs);
+  memcpy(docs, corpus, ncorpus * sizeof *docs);
+  memcpy(docs + ncorpus, extra, nextra * sizeof *docs);
+  for (size_t k = 0; k < nsel; k++) {
+    evs__jsonpath *jp = paths(selsets[k][0], selsets[k][1]);
+    rw_check_reset_docs(ops, make, jp, docs, ncorpus + nextra);
+    evs__jsonpath_free(jp);
+  }
+  free(docs);
 }
 
 #endif

@@ -430,16 +430,9 @@ static void test_reset_is_new(void **state) {
       "{\"k0\":0,\"k1\":1,\"k2\":2,\"k3\":3,\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,\"k8\":8,\"k9\":9,"
       "\"ka\":{\"kb\":[\"ssn\",{\"ssn\":\"x\"}]}}",
   };
-  const size_t ncorpus = sizeof corpus / sizeof corpus[0], nextra = sizeof extra / sizeof extra[0];
-  const char *docs[sizeof corpus / sizeof corpus[0] + sizeof extra / sizeof extra[0]];
   (void)state;
-  for (size_t i = 0; i < ncorpus; i++) docs[i] = corpus[i];
-  for (size_t i = 0; i < nextra; i++) docs[ncorpus + i] = extra[i];
-  for (size_t k = 0; k < sizeof selsets / sizeof selsets[0]; k++) {
-    evs__jsonpath *jp = paths(selsets[k][0], selsets[k][1]);
-    rw_check_reset(&evs__json_rewriter, make, jp, docs, ncorpus + nextra);
-    evs__jsonpath_free(jp);
-  }
+  rw_check_reset(&evs__json_rewriter, make, corpus, sizeof corpus / sizeof corpus[0], extra,
+                 sizeof extra / sizeof extra[0], selsets, sizeof selsets / sizeof selsets[0]);
 }
 
 int main(void) {

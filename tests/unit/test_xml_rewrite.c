@@ -669,16 +669,9 @@ static void test_reset_is_new(void **state) {
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?><r><ssn><![CDATA[a]]b]]></ssn><ssn>&#x41;</ssn></r>",
       "\xEF\xBB", "<r><ssn>ev:abc:def</ssn></r>",
   };
-  const size_t ncorpus = sizeof corpus / sizeof corpus[0], nextra = sizeof extra / sizeof extra[0];
-  const char *docs[sizeof corpus / sizeof corpus[0] + sizeof extra / sizeof extra[0]];
   (void)state;
-  for (size_t i = 0; i < ncorpus; i++) docs[i] = corpus[i];
-  for (size_t i = 0; i < nextra; i++) docs[ncorpus + i] = extra[i];
-  for (size_t k = 0; k < sizeof selsets / sizeof selsets[0]; k++) {
-    evs__jsonpath *jp = paths(selsets[k][0], selsets[k][1]);
-    rw_check_reset(&evs__xml_rewriter, make, jp, docs, ncorpus + nextra);
-    evs__jsonpath_free(jp);
-  }
+  rw_check_reset(&evs__xml_rewriter, make, corpus, sizeof corpus / sizeof corpus[0], extra,
+                 sizeof extra / sizeof extra[0], selsets, sizeof selsets / sizeof selsets[0]);
 }
 
 int main(void) {
