@@ -1,8 +1,9 @@
 /*
  * rewrite_fuzz.h: what the fuzz targets of the four body rewriters (fuzz_json_rewrite.c,
  * fuzz_xml_rewrite.c, fuzz_form_rewrite.c, fuzz_multipart_rewrite.c) share: an output buffer
- * that also carries what each target's transform records, its emit callback, and the feeding of
- * a body in pieces of one size, and a rewriter's reset. Each target keeps its transform and its checks.
+ * that also carries what each target's transform records, its emit callback, the feeding of a
+ * body in pieces of one size, and a rewriter's reset. Each target keeps its transform and its
+ * checks.
  */
 #ifndef EVS_FUZZ_REWRITE_FUZZ_H
 #define EVS_FUZZ_REWRITE_FUZZ_H
