@@ -175,6 +175,9 @@ typedef struct reload_job {
 static void on_reload(void *arg, int status, const uint8_t *v, size_t len) {
   reload_job *j = arg;
   enclave_state *st = j->st;
+  /* When the read ended, not began: a miss while the first read is on its way (a worker just
+   * started) reads too, rather than answering from a memory not yet filled. */
+  st->ca_read_ms = now_ms();
   if (status == 0) {
     relay_ca *c = ca_from_record(v, len);
     if (c) ca_set(st, c);
@@ -194,7 +197,6 @@ static int ca_reload(enclave_state *st, reload_fn fn, void *arg) {
   j->st = st;
   j->fn = fn;
   j->arg = arg;
-  st->ca_read_ms = now_ms();
   int r = st->host->store_get(st->plugin, RELAY_CA_KEY, on_reload, j);
   if (r < 0) free(j);
   return r;
